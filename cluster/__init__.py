@@ -1,0 +1,1 @@
+"""Where workers run. Knows ranks, processes and environment; knows nothing about models."""

@@ -1,0 +1,1 @@
+"""What the user touches: the `ftl` CLI, config loading and validation, run submission."""

@@ -1,0 +1,101 @@
+"""`ftl` command line. Imports nothing heavy at module import time so `ftl --help` is instant;
+each verb imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USER_ERROR = 2
+EXIT_STOPPED = 3  # stopped at a step boundary with a checkpoint; rerun the same command to resume
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftl",
+        description="Fine-tune language models from one YAML config, on a laptop CPU or a cluster.",
+        epilog="Overrides use key.path=value, e.g. `ftl train cfg.yaml training.learning_rate=1e-4 output.dir=runs/x`.",
+    )
+    parser.add_argument("--version", action="version", version=f"ftl {_version()}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    train = verbs.add_parser("train", help="validate a config and run the fine-tune it describes")
+    train.add_argument("config", help="YAML config file")
+    train.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+
+    validate = verbs.add_parser("validate", help="print the resolved config, or every error in it")
+    validate.add_argument("config")
+    validate.add_argument("overrides", nargs="*", metavar="key.path=value")
+
+    export = verbs.add_parser("export", help="write RUN_DIR/final from the latest checkpoint")
+    export.add_argument("run_dir")
+    export.add_argument("--merge", action="store_true", help="also write a merged full model (final/merged)")
+    export.add_argument("--checkpoint", help="a specific checkpoint directory instead of the latest valid one")
+
+    generate = verbs.add_parser("generate", help="generate text with a run's fine-tuned model")
+    generate.add_argument("run_dir", help="a run directory (uses final/) or any model directory")
+    generate.add_argument("--prompt", required=True, help="user message (chat template applied unless --raw)")
+    generate.add_argument("--raw", action="store_true", help="feed the prompt as-is, without the chat template")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from launcher.errors import UserError
+
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:
+        # Trainer input errors are user mistakes too (bad data row, bad model path).
+        from trainer.errors import TrainerInputError
+        from trainer.stopping import StopRequested
+
+        if isinstance(exc, TrainerInputError):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if isinstance(exc, StopRequested):
+            print(f"ftl: {exc}", file=sys.stderr)
+            return 128 + exc.signum if exc.signum else EXIT_STOPPED
+        raise
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb == "validate":
+        from launcher.commands import validate
+
+        return validate(args.config, args.overrides)
+    if args.verb == "train":
+        from launcher.commands import train
+
+        return train(args.config, args.overrides)
+    if args.verb == "export":
+        from launcher.commands import export
+
+        return export(args.run_dir, merge=args.merge, checkpoint=args.checkpoint)
+    if args.verb == "generate":
+        from launcher.commands import generate
+
+        return generate(args)
+    raise AssertionError(args.verb)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ftl")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The `ftl` verbs. Each returns the process exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from launcher.config_loader import config_to_yaml, load_config
+from launcher.errors import UserError
+from launcher.preflight import check_inputs
+from launcher.run_dir import load_snapshot, prepare_run_dir
+
+
+def validate(config_path: str, overrides: list[str]) -> int:
+    cfg = load_config(config_path, overrides)
+    problems = check_inputs(cfg)
+    if problems:
+        raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
+    sys.stdout.write(config_to_yaml(cfg))
+    print(f"# {config_path}: valid", file=sys.stderr)
+    return 0
+
+
+def train(config_path: str, overrides: list[str]) -> int:
+    cfg = load_config(config_path, overrides)
+    problems = check_inputs(cfg)
+    if problems:
+        raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    _quiet_libraries()
+    run_dir = prepare_run_dir(cfg)
+    print(f"ftl: run directory {run_dir}", file=sys.stderr)
+    from cluster.local import launch_local
+
+    summary = launch_local(cfg, run_dir, cfg.cluster.workers)
+    print(format_summary(summary))
+    return 0
+
+
+def export(run_dir: str, merge: bool, checkpoint: str | None) -> int:
+    cfg = load_snapshot(Path(run_dir))
+    _quiet_libraries()
+    from cluster.local import default_device
+    from trainer.export import export_run
+
+    out = export_run(cfg, Path(run_dir), checkpoint=Path(checkpoint) if checkpoint else None, merge=merge, device=default_device())
+    print(f"exported to {out}")
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    import torch
+
+    from cluster.local import default_device
+    from trainer.inference import generate_reply, load_for_inference
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_for_inference(Path(args.run_dir), default_device())
+    sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {}
+    print(generate_reply(model, tokenizer, args.prompt, raw=args.raw, max_new_tokens=args.max_new_tokens, device=default_device(), **sampling))
+    return 0
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"\nFine-tune finished: {summary['steps']} steps, train loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}"]
+    scores = summary.get("scores", {})
+    if scores:
+        lines.append(f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}{'exact match (base -> tuned)':<30}")
+        for split, entry in scores.items():
+            base, final = entry.get("base", {}), entry.get("final", {})
+            loss = f"{_fmt(base.get('eval_loss'))} -> {_fmt(final.get('eval_loss'))}"
+            em = f"{_pct(base.get('exact_match'))} -> {_pct(final.get('exact_match'))}"
+            lines.append(f"{split:<14}{loss:<30}{em:<30}")
+    final_dir = Path(summary["final_dir"])
+    for name in ("adapter", "merged"):
+        if (final_dir / name).exists():
+            lines.append(f"{name:<8} {final_dir / name}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from trainer.logging_setup import quiet_third_party
+
+    quiet_third_party()

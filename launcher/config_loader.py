@@ -1,0 +1,168 @@
+"""Load a run config: YAML (safe) -> CLI overrides -> path resolution -> typed validation.
+
+Every problem is reported at once, each naming the key, the YAML line where it is known,
+and what to do (allowed values, or the nearest valid key for a typo).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from launcher.errors import ConfigError
+from launcher.run_config import RunConfig
+
+# Keys holding filesystem paths. Relative paths resolve from the current directory (as in
+# torchrun/Axolotl); model/tokenizer/data values that do not exist locally may be hub names.
+LOCAL_OR_HUB_KEYS = ("model.path", "model.tokenizer", "data.train", "data.validation", "data.test")
+LOCAL_ONLY_KEYS = ("output.dir", "data.cache_dir")
+
+# Names users bring from other tools, for the did-you-mean hint where spelling distance fails.
+KEY_ALIASES = {
+    "lr": "learning_rate", "batch_size": "micro_batch_size", "per_device_train_batch_size": "micro_batch_size",
+    "num_epochs": "epochs", "num_train_epochs": "epochs", "grad_accum": "gradient_accumulation_steps",
+    "gradient_accumulation": "gradient_accumulation_steps", "rank": "r", "lora_r": "r", "lora_alpha": "alpha",
+    "lora_dropout": "dropout", "model_name": "path", "base_model": "path", "sequence_len": "max_seq_len",
+    "seq_len": "max_seq_len", "output_dir": "dir", "scheduler": "lr_scheduler", "warmup": "warmup_steps",
+}
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    source = str(path)
+    raw, key_lines = _read_yaml(Path(path))
+    problems: list[str] = []
+    for override in overrides or []:
+        try:
+            _apply_override(raw, override)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(source, problems)
+    _resolve_paths(raw)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(err, key_lines) for err in exc.errors()]) from None
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"YAML syntax error at {where}{problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), ["the top level must be a mapping of sections (model:, data:, ...)"])
+    # A section written with no keys (`data:`) parses as None; treat it as empty so the error
+    # names the missing keys inside it rather than the section's type.
+    data = {key: ({} if value is None else value) for key, value in data.items()}
+    return data, _key_lines(node)
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """Map each dotted key path to its 1-based line in the YAML file, for error messages."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key + "."))
+    return lines
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value_text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"override {override!r} must look like key.path=value (e.g. training.learning_rate=1e-4)")
+    try:
+        value = yaml.safe_load(value_text) if value_text != "" else ""
+    except yaml.YAMLError:
+        value = value_text
+    target = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"override {override!r}: {part!r} is not a section")
+        target = child
+    target[parts[-1]] = value
+
+
+def _resolve_paths(raw: dict[str, Any]) -> None:
+    for dotted in LOCAL_OR_HUB_KEYS + LOCAL_ONLY_KEYS:
+        section, _, key = dotted.partition(".")
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if not isinstance(value, str) or not value:
+            continue
+        expanded = Path(os.path.expanduser(os.path.expandvars(value)))
+        if dotted in LOCAL_ONLY_KEYS or expanded.exists() or value.startswith((".", "/", "~")):
+            raw[section][key] = str(expanded.resolve())
+
+
+def _describe(err: dict[str, Any], key_lines: dict[str, int]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    dotted = ".".join(loc)
+    line = _nearest_line(loc, key_lines)
+    where = f"{dotted} (line {line})" if line else dotted
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        hint = _did_you_mean(loc)
+        return f"{where}: unknown key{hint}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{where}: must be one of {allowed}; got {err.get('input')!r}"
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    got = err.get("input")
+    if kind != "value_error" and not isinstance(got, dict):
+        message = f"{message}; got {got!r}"
+    return f"{where}: {message}" if dotted else message
+
+
+def _nearest_line(loc: list[str], key_lines: dict[str, int]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        line = key_lines.get(".".join(loc[:end]))
+        if line:
+            return line
+    return None
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    """Suggest the closest valid key in the section that holds the unknown one."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None) if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    valid = list(model.model_fields)
+    alias = KEY_ALIASES.get(loc[-1])
+    close = [alias] if alias in valid else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+    section = ".".join(loc[:-1]) or "top level"
+    if close:
+        return f"; did you mean {'.'.join(loc[:-1] + [close[0]])!r}?"
+    return f"; valid keys in {section}: {', '.join(valid)}"
+
+
+def config_to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

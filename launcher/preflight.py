@@ -1,0 +1,27 @@
+"""Input checks that need the filesystem but not torch: run by `validate` and before `train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.run_config import RunConfig
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def check_inputs(cfg: RunConfig) -> list[str]:
+    problems: list[str] = []
+    for key, value in (("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer)):
+        if value and _looks_local(value) and not (Path(value) / "config.json").exists() and key == "model.path":
+            problems.append(f"{key}: {value} is not a model directory (no config.json); "
+                            "point it at a Hugging Face model folder, or use a hub name when online")
+        elif value and _looks_local(value) and not Path(value).exists():
+            problems.append(f"{key}: {value} does not exist")
+    for key, value in (("data.train", cfg.data.train), ("data.validation", cfg.data.validation), ("data.test", cfg.data.test)):
+        if value and (_looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).is_file():
+            problems.append(f"{key}: file {value} not found (relative paths resolve from the current directory)")
+    return problems
+
+
+def _looks_local(value: str) -> bool:
+    return Path(value).is_absolute() or value.startswith((".", "~")) or Path(value).exists()

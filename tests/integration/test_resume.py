@@ -1,0 +1,61 @@
+"""A stopped run resumes from its checkpoint and finishes exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from launcher.commands import train
+from trainer.metrics import read_metrics
+from tests.conftest import FTL, REPO, write_config
+
+pytestmark = pytest.mark.integration
+
+STEPS = 8
+
+
+def _config(tmp_path: Path, name: str, tiny_model_dir: Path) -> Path:
+    # Dropout on, so the test also proves RNG state is restored, not just weights.
+    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name,
+                        method={"lora": {"dropout": 0.1}},
+                        training={"max_steps": STEPS, "gradient_accumulation_steps": 2},
+                        checkpoint={"every_steps": 3, "keep_last": 2})
+
+
+def test_stopped_run_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
+    golden = _config(tmp_path, "golden", tiny_model_dir)
+    assert train(str(golden), []) == 0
+
+    interrupted = _config(tmp_path, "interrupted", tiny_model_dir)
+    env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="5")
+    first = subprocess.run([*FTL, "train", str(interrupted)], env=env, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 3, first.stderr[-2000:]
+    assert "run the same command again to resume" in first.stderr
+    run_dir = tmp_path / "interrupted"
+    assert not (run_dir / "final").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-3", "step-5"]
+
+    assert train(str(interrupted), []) == 0
+
+    golden_losses = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "golden", "train")]
+    resumed_losses = [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
+    assert [s for s, _ in resumed_losses] == list(range(1, STEPS + 1))  # no step repeated or skipped
+    assert resumed_losses == golden_losses
+    golden_adapter = load_file(str(tmp_path / "golden" / "final" / "adapter" / "adapter_model.safetensors"))
+    resumed_adapter = load_file(str(run_dir / "final" / "adapter" / "adapter_model.safetensors"))
+    assert golden_adapter.keys() == resumed_adapter.keys()
+    for key in golden_adapter:
+        assert (golden_adapter[key] == resumed_adapter[key]).all(), key
+
+
+def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_dir: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 2})
+    assert train(str(config), []) == 0
+    before = (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").read_bytes()
+    again = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr
+    assert (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").read_bytes() == before

@@ -1,0 +1,152 @@
+"""Every class of bad config input gets an error naming the key (and line) and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.config_loader import load_config
+from launcher.errors import ConfigError
+from tests.conftest import FTL, REPO
+
+VALID = """\
+model:
+  path: {model}
+data:
+  train: {train}
+method:
+  type: lora
+training:
+  learning_rate: 1.0e-4
+output:
+  dir: {out}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def valid_text(tmp_path: Path) -> str:
+    return VALID.format(model=REPO / "assets/models/ftl-tiny-llama", train=REPO / "assets/data/fictional-qa/train.jsonl", out=tmp_path / "run")
+
+
+def _problems(path: Path, overrides: list[str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return info.value.problems
+
+
+def test_valid_config_loads_with_defaults(tmp_path: Path, valid_text: str) -> None:
+    cfg = load_config(_write(tmp_path, valid_text))
+    assert cfg.method.type == "lora"
+    assert cfg.training.learning_rate == 1e-4
+    assert cfg.method.lora.target_modules == "all-linear"
+    assert cfg.cluster.backend == "local"
+
+
+def test_unknown_key_suggests_nearest_and_names_line(tmp_path: Path, valid_text: str) -> None:
+    text = valid_text.replace("  learning_rate: 1.0e-4", "  learning_rate: 1.0e-4\n  learnig_rate: 3")
+    (problem,) = _problems(_write(tmp_path, text))
+    assert "training.learnig_rate (line 9)" in problem
+    assert "did you mean 'training.learning_rate'" in problem
+
+
+def test_unknown_section_lists_valid_keys_when_nothing_is_close(tmp_path: Path, valid_text: str) -> None:
+    (problem,) = _problems(_write(tmp_path, valid_text + "zzzzz: {}\n"))
+    assert "zzzzz" in problem and "unknown key" in problem and "model" in problem
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path: Path, valid_text: str) -> None:
+    text = valid_text.replace("  type: lora", "  type: [lora")
+    (problem,) = _problems(_write(tmp_path, text))
+    assert "YAML syntax error at line" in problem and "column" in problem
+
+
+def test_wrong_type_names_key_and_value(tmp_path: Path, valid_text: str) -> None:
+    text = valid_text.replace("1.0e-4", "fast")
+    (problem,) = _problems(_write(tmp_path, text))
+    assert problem.startswith("training.learning_rate (line 8)")
+    assert "'fast'" in problem
+
+
+def test_out_of_range_value_says_the_bound(tmp_path: Path, valid_text: str) -> None:
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.micro_batch_size=0"])
+    assert "training.micro_batch_size" in problem and "greater than or equal to 1" in problem
+
+
+def test_literal_lists_allowed_values(tmp_path: Path, valid_text: str) -> None:
+    (problem,) = _problems(_write(tmp_path, valid_text), ["method.type=lorax"])
+    assert "method.type" in problem
+    for allowed in ("full", "lora", "dora", "qlora"):
+        assert allowed in problem
+
+
+def test_missing_required_key(tmp_path: Path, valid_text: str) -> None:
+    text = "\n".join(line for line in valid_text.splitlines() if "train:" not in line)
+    (problem,) = _problems(_write(tmp_path, text))
+    assert problem.startswith("data.train") and "required" in problem
+
+
+def test_all_problems_reported_together(tmp_path: Path, valid_text: str) -> None:
+    problems = _problems(_write(tmp_path, valid_text), ["training.epochs=-1", "data.packing=maybe", "eval.every=3"])
+    assert len(problems) == 3
+
+
+def test_bad_override_syntax(tmp_path: Path, valid_text: str) -> None:
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.learning_rate"])
+    assert "key.path=value" in problem
+
+
+def test_overrides_are_typed(tmp_path: Path, valid_text: str) -> None:
+    cfg = load_config(_write(tmp_path, valid_text), ["training.learning_rate=3e-4", "data.packing=false", "method.lora.target_modules=[q_proj,v_proj]"])
+    assert cfg.training.learning_rate == 3e-4
+    assert cfg.data.packing is False
+    assert cfg.method.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_cross_section_rule(tmp_path: Path, valid_text: str) -> None:
+    (problem,) = _problems(_write(tmp_path, valid_text), ["data.validation=x.jsonl", "data.validation_split=0.1"])
+    assert "either data.validation" in problem
+
+
+def test_relative_paths_resolve_from_current_directory(tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(_write(tmp_path, valid_text), ["output.dir=runs/x"])
+    assert cfg.output.dir == str(tmp_path / "runs" / "x")
+
+
+def test_cli_validate_exits_nonzero_with_message(tmp_path: Path, valid_text: str) -> None:
+    path = _write(tmp_path, valid_text)
+    bad = subprocess.run([*FTL, "validate", str(path), "training.lr=1"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2
+    assert "training.lr" in bad.stderr and "did you mean 'training.learning_rate'" in bad.stderr
+    good = subprocess.run([*FTL, "validate", str(path)], capture_output=True, text=True, cwd=REPO)
+    assert good.returncode == 0, good.stderr
+    assert "learning_rate: 0.0001" in good.stdout
+
+
+def test_cli_validate_reports_missing_data_file(tmp_path: Path, valid_text: str) -> None:
+    path = _write(tmp_path, valid_text)
+    out = subprocess.run([*FTL, "validate", str(path), f"data.train={tmp_path}/nope.jsonl"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2
+    assert "data.train" in out.stderr and "not found" in out.stderr
+
+
+def test_cli_help_does_not_import_torch() -> None:
+    code = "import sys, launcher.cli; launcher.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_config_snapshot_redacts_secrets() -> None:
+    from launcher.run_dir import REDACTED, redact
+
+    out = redact({"model": {"path": "x", "hub_token": "abc"}, "note": "hf_" + "a" * 30, "api_key": "k"})
+    assert out["model"] == {"path": "x", "hub_token": REDACTED}
+    assert out["note"] == REDACTED and out["api_key"] == REDACTED

@@ -1,0 +1,169 @@
+"""Each data format renders as documented and puts loss exactly on the answer tokens."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trainer.data.formats import render_example, render_prompt
+from trainer.data.sources import Row, read_rows
+from trainer.data.tokenized import load_tokenized
+from trainer.errors import DataError
+
+
+def _split(tokenizer: Any, ids: list[int], mask: list[int]) -> tuple[str, str]:
+    """(text of trained tokens, text of untrained tokens), decoded without dropping specials."""
+    trained = tokenizer.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    other = tokenizer.decode([t for t, m in zip(ids, mask) if not m], skip_special_tokens=False)
+    return trained, other
+
+
+def test_chat_trains_only_assistant_turns_including_end_of_turn(tokenizer: Any) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the capital of Zorblat?"},
+        {"role": "assistant", "content": "Quenta."},
+        {"role": "user", "content": "And its colour?"},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    example = render_example(Row("t", {"messages": messages}), "chat", tokenizer)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert example.input_ids == tokenizer(full, add_special_tokens=False)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    # Token by token: exactly the assistant contents, each followed by its end-of-turn token.
+    trained_ids = [t for t, m in zip(example.input_ids, example.loss_mask) if m]
+    expected = (tokenizer("Quenta.", add_special_tokens=False)["input_ids"] + [end] + tokenizer("\n", add_special_tokens=False)["input_ids"]
+                + tokenizer("Blue.", add_special_tokens=False)["input_ids"] + [end] + tokenizer("\n", add_special_tokens=False)["input_ids"])
+    assert trained_ids == expected
+    trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
+    assert "Zorblat" in other and "<|assistant|>" in other and "Be brief" in other
+    assert "Zorblat" not in trained and "<|user|>" not in trained
+
+
+def test_alpaca_with_chat_template_masks_instruction(tokenizer: Any) -> None:
+    row = Row("t", {"instruction": "Name the capital.", "input": "Zorblat", "output": "Quenta."})
+    example = render_example(row, "alpaca", tokenizer)
+    trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
+    assert trained.startswith("Quenta.<|end|>")
+    assert "Name the capital.\n\nZorblat" in other
+
+
+def test_alpaca_without_chat_template_uses_alpaca_prompt(tokenizer: Any) -> None:
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    example = render_example(Row("t", {"instruction": "Say hi.", "output": "Hi!"}), "alpaca", plain)
+    trained, other = _split(plain, example.input_ids, example.loss_mask)
+    assert "### Instruction:\nSay hi.\n\n### Response:\n" in other
+    assert trained == "Hi!" + plain.eos_token
+
+
+def test_completion_trains_completion_and_eos(tokenizer: Any) -> None:
+    example = render_example(Row("t", {"prompt": "The sky is", "completion": " blue"}), "completion", tokenizer)
+    trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
+    assert trained == " blue" + tokenizer.eos_token
+    assert "The sky is" in other
+
+
+def test_text_trains_every_token(tokenizer: Any) -> None:
+    example = render_example(Row("t", {"text": "Quenta is a city."}), "text", tokenizer)
+    assert all(example.loss_mask)
+    assert example.input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_prompts_end_where_the_answer_starts(tokenizer: Any) -> None:
+    messages = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    prompt = render_prompt(Row("t", {"messages": messages}), "chat", tokenizer)
+    text = tokenizer.decode(prompt.input_ids, skip_special_tokens=False)
+    assert text.endswith("<|assistant|>\n") and prompt.reference == "A."
+
+
+@pytest.mark.parametrize(
+    "fmt,row,reason",
+    [
+        ("chat", {"messages": [{"role": "user", "content": "hi"}]}, "no assistant message"),
+        ("chat", {"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ("chat", {"text": "x"}, "field 'messages'"),
+        ("alpaca", {"instruction": "x"}, "missing field 'output'"),
+        ("completion", {"prompt": "x", "completion": 3}, "must be a string"),
+        ("text", {"text": "   "}, "is empty"),
+    ],
+)
+def test_malformed_rows_name_location_and_reason(tokenizer: Any, fmt: str, row: dict, reason: str) -> None:
+    with pytest.raises(DataError) as info:
+        render_example(Row("train.jsonl line 7", row), fmt, tokenizer)
+    assert str(info.value).startswith("train.jsonl line 7: ")
+    assert reason in str(info.value)
+
+
+def _jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+GOOD = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
+
+
+def test_bad_row_stops_tokenization_with_file_and_line(tmp_path: Path, tokenizer: Any) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, "{not json", GOOD])
+    with pytest.raises(DataError, match=r"d.jsonl line 3: invalid JSON"):
+        load_tokenized(str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+
+
+def test_skip_bad_rows_is_opt_in_and_counted(tmp_path: Path, tokenizer: Any) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD, {"messages": []}, "{oops", GOOD])
+    data = load_tokenized(str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=True, cache_root=tmp_path / "c")
+    assert len(data) == 2
+    assert data.stats["skipped_bad"] == 2
+    assert data.source_rows.tolist() == [0, 3]
+
+
+def test_too_long_policies(tmp_path: Path, tokenizer: Any) -> None:
+    long_row = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "word " * 80}]}
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD, long_row])
+    common = dict(max_seq_len=32, skip_bad_rows=False, cache_root=tmp_path / "c")
+    truncated = load_tokenized(str(path), "chat", tokenizer, too_long="truncate", **common)
+    assert truncated.stats["truncated"] == 1 and max(truncated.lengths()) == 32
+    dropped = load_tokenized(str(path), "chat", tokenizer, too_long="drop", **common)
+    assert len(dropped) == 1 and dropped.stats["dropped_too_long"] == 1
+    with pytest.raises(DataError, match=r"d.jsonl line 2: .* longer than data.max_seq_len=32"):
+        load_tokenized(str(path), "chat", tokenizer, too_long="error", **common)
+
+
+def test_first_token_of_each_example_never_carries_loss(tmp_path: Path, tokenizer: Any) -> None:
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "one two"}, {"text": "three"}])
+    data = load_tokenized(str(path), "text", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+    for index in range(len(data)):
+        _, mask = data.example(index)
+        assert mask[0] == 0 and mask[1:].all()
+
+
+def test_cache_hit_and_invalidation_on_content_change(tmp_path: Path, tokenizer: Any) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD])
+    args = dict(max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+    first = load_tokenized(str(path), "chat", tokenizer, **args)
+    assert len(list((tmp_path / "c").iterdir())) == 1
+    again = load_tokenized(str(path), "chat", tokenizer, **args)
+    assert np.array_equal(first.ids, again.ids) and len(list((tmp_path / "c").iterdir())) == 1
+    _jsonl(path, [GOOD, GOOD])
+    changed = load_tokenized(str(path), "chat", tokenizer, **args)
+    assert len(changed) == 2 and len(list((tmp_path / "c").iterdir())) == 2
+
+
+def test_readers_report_locations(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d.csv").write_text("prompt,completion\nhello,world\n\"multi\nline\",x\n")
+    assert [r.where for r in read_rows(str(tmp_path / "d.csv"))] == ["d.csv line 2", "d.csv line 4"]
+    (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}]))
+    assert [r.where for r in read_rows(str(tmp_path / "d.json"))] == ["d.json item 0", "d.json item 1"]
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "d.parquet")
+    rows = list(read_rows(str(tmp_path / "d.parquet")))
+    assert rows[1].where == "d.parquet row 1" and rows[1].values == {"text": "b"}
+    with pytest.raises(DataError, match="dataset file not found"):
+        list(read_rows(str(tmp_path / "missing.jsonl")))

@@ -1,0 +1,159 @@
+"""Schema of the config sections the trainer owns: model, data, method, training, eval, checkpoint.
+
+The launcher composes these with its own sections (output, cluster) into the run config;
+the trainer only ever reads the sections below, so it never needs to import the launcher.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    path: str = Field(description="Local Hugging Face model directory, or a hub name when online.")
+    tokenizer: str | None = Field(None, description="Tokenizer directory or name; defaults to model.path.")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on a GPU that supports it, float32 otherwise."
+    )
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="auto = flash_attention_2 when flash-attn is installed and CUDA is used, else sdpa."
+    )
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+DataFormat = Literal["alpaca", "chat", "completion", "text"]
+
+
+class DataConfig(Section):
+    train: str = Field(description="Training data: a .jsonl/.json/.parquet/.csv file, or a `datasets` name.")
+    format: DataFormat = "chat"
+    validation: str | None = Field(None, description="Validation file; otherwise see validation_split.")
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of train held out when no validation file.")
+    test: str | None = Field(None, description="Optional held-out test set, scored before and after training.")
+    split: str = Field("train", description="Split name when `train` is a `datasets` hub name.")
+    max_seq_len: int = Field(512, ge=8, le=1_048_576)
+    packing: bool = True
+    too_long: Literal["truncate", "drop", "error"] = "truncate"
+    skip_bad_rows: bool = Field(False, description="Skip malformed rows (and report how many) instead of stopping.")
+    cache_dir: str | None = Field(None, description="Tokenized-data cache; default $FTL_CACHE_DIR or ~/.cache/ftl.")
+    shuffle: bool = True
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, le=4096)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="`all-linear` or a list of module names.")
+    rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
+    modules_to_save: list[str] = Field(default_factory=list)
+
+
+class QuantizationConfig(Section):
+    bits: Literal[4] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = the model dtype."
+    )
+
+
+class MethodConfig(Section):
+    type: Literal["full", "lora", "dora", "qlora"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+
+    @property
+    def uses_adapter(self) -> bool:
+        return self.type in ("lora", "dora", "qlora")
+
+
+class TrainingConfig(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    micro_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final LR as a fraction of the peak (cosine/linear).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
+    seed: int = 42
+    log_every_steps: int = Field(1, ge=1)
+    progress_bar: bool = True
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError("both betas must be in [0, 1)")
+        return betas
+
+
+class GenerationEvalConfig(Section):
+    enabled: bool = True
+    max_new_tokens: int = Field(32, ge=1)
+    max_samples: int | None = Field(200, ge=1, description="Score at most this many rows per eval (generation is slow).")
+    metric: Literal["exact_match"] = "exact_match"
+
+
+class EvalConfig(Section):
+    every_steps: int = Field(0, ge=0, description="Evaluate every N optimizer steps; 0 = only at start and end.")
+    at_start: bool = Field(True, description="Score the base model before training, for the before/after report.")
+    micro_batch_size: int | None = Field(None, ge=1, description="Defaults to training.micro_batch_size.")
+    max_samples: int | None = Field(None, ge=1, description="Limit loss evaluation to the first N rows.")
+    generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig)
+
+
+class CheckpointConfig(Section):
+    every_steps: int = Field(0, ge=0, description="Save every N optimizer steps; 0 = no periodic checkpoints.")
+    keep_last: int = Field(2, ge=1)
+    resume: str = Field("auto", description="`auto` (latest valid checkpoint in output.dir), `never`, or a checkpoint path.")
+
+
+class OutputConfig(Section):
+    dir: str = Field(description="The run directory: config snapshot, logs, metrics, checkpoints, final model.")
+    save_adapter: bool = Field(True, description="Write final/adapter (PEFT format) for adapter methods.")
+    save_merged: bool = Field(True, description="Write final/merged (full model, HF safetensors).")
+    overwrite: bool = Field(False, description="Allow training into a run directory that already holds a final model.")
+
+
+class TrainerConfig(Section):
+    """Everything a worker needs; the launcher's RunConfig extends it with cluster settings."""
+
+    model: ModelConfig
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    output: OutputConfig
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> "TrainerConfig":
+        if self.method.type == "full" and self.method.lora.modules_to_save:
+            raise ValueError("method.lora.modules_to_save only applies to adapter methods (lora, dora, qlora)")
+        if self.data.validation and self.data.validation_split > 0:
+            raise ValueError("set either data.validation (a file) or data.validation_split (a ratio), not both")
+        if self.data.format == "text" and self.eval.generation.enabled and self._has_eval_data():
+            # Plain text has no prompt/answer split, so exact-match has nothing to compare.
+            raise ValueError(
+                "eval.generation.enabled needs prompt/answer data; with data.format=text set eval.generation.enabled=false"
+            )
+        return self
+
+    def _has_eval_data(self) -> bool:
+        return bool(self.data.validation or self.data.validation_split > 0 or self.data.test)

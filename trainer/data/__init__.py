@@ -1,0 +1,1 @@
+"""Datasets: reading files, rendering formats with label masks, caching, packing and batching."""

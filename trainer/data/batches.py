@@ -1,0 +1,93 @@
+"""Turn rows (one example, or several packed ones) into model batches, and order them by epoch.
+
+The sampler is indexed by the global sample index, so the data position is a single integer:
+a resumed run continues exactly where it stopped, without replaying or skipping batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainer.data.tokenized import TokenizedSet
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class RowDataset:
+    """Training rows over a tokenized set: each row is a list of example indices."""
+
+    examples: TokenizedSet
+    rows: list[list[int]]
+    packed: bool
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row_tokens(self, row: int) -> int:
+        return int(sum(len(self.examples.example(i)[0]) for i in self.rows[row]))
+
+
+def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch. Packed rows carry restarting position ids and no 2-D mask (so the
+    model builds the block-diagonal mask); unpacked rows carry an attention mask."""
+    seqs, masks, positions = [], [], []
+    for row in row_indices:
+        ids_parts, mask_parts, pos_parts = [], [], []
+        for example in dataset.rows[row]:
+            ids, loss_mask = dataset.examples.example(example)
+            ids_parts.append(ids)
+            mask_parts.append(loss_mask)
+            pos_parts.append(np.arange(len(ids)))
+        seqs.append(np.concatenate(ids_parts))
+        masks.append(np.concatenate(mask_parts))
+        positions.append(np.concatenate(pos_parts))
+    width = max(len(s) for s in seqs)
+    batch = len(seqs)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((batch, width), dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    for b, (ids, loss_mask, pos) in enumerate(zip(seqs, masks, positions)):
+        n = len(ids)
+        ids_t = torch.from_numpy(ids.astype(np.int64))
+        input_ids[b, :n] = ids_t
+        labels[b, :n] = torch.where(torch.from_numpy(loss_mask.astype(bool)), ids_t, IGNORE_INDEX)
+        position_ids[b, :n] = torch.from_numpy(pos)
+        # Padding continues the position count of a new pseudo-sequence so it never joins a real one.
+        position_ids[b, n:] = torch.arange(width - n)
+        attention_mask[b, :n] = 1
+    out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+           "num_tokens": torch.tensor(int(attention_mask.sum()))}
+    if not dataset.packed:
+        out["attention_mask"] = attention_mask
+    return out
+
+
+class GlobalSampler:
+    """Infinite stream of row indices: epoch e is a seeded permutation; position = global index."""
+
+    def __init__(self, num_rows: int, seed: int, shuffle: bool):
+        self.num_rows = num_rows
+        self.seed = seed
+        self.shuffle = shuffle
+        self._cached_epoch = -1
+        self._order = np.arange(num_rows)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if epoch != self._cached_epoch:
+            if self.shuffle:
+                self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+            self._cached_epoch = epoch
+        return self._order
+
+    def take(self, start: int, count: int) -> list[int]:
+        """Row indices for global sample positions [start, start + count)."""
+        out = []
+        for position in range(start, start + count):
+            epoch, offset = divmod(position, self.num_rows)
+            out.append(int(self._epoch_order(epoch)[offset]))
+        return out

@@ -1,0 +1,200 @@
+"""Dataset formats: validate a row, render it to token ids, and mark which tokens carry loss.
+
+Formats:
+  alpaca      {"instruction", "input"?, "output"}: loss on the output only.
+  chat        {"messages": [{"role", "content"}, ...]}: rendered with the tokenizer's chat
+              template; loss on assistant turns only, end-of-turn token included.
+  completion  {"prompt", "completion"}: loss on the completion (+ EOS) only.
+  text        {"text"}: plain language modelling, loss on every token.
+
+Chat masking works on character offsets of the fully rendered conversation, so the token ids
+are exactly those of rendering the whole conversation at once (no re-tokenisation seams).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.data.sources import Row
+from trainer.errors import DataError
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+# Used for alpaca rows when the tokenizer has no chat template (the classic Alpaca prompt).
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+
+@dataclass
+class Example:
+    """One rendered example: token ids and a parallel 0/1 list saying which tokens are trained."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+@dataclass
+class Prompt:
+    """A prompt to generate from and the reference answer, for exact-match evaluation."""
+
+    input_ids: list[int]
+    reference: str
+
+
+class RowProblem(Exception):
+    """A row does not fit its format; converted to DataError with the row's location."""
+
+
+def render_example(row: Row, fmt: str, tokenizer: Any) -> Example:
+    values = _check_row(row)
+    try:
+        if fmt == "chat":
+            return _render_chat(_messages(values), tokenizer)
+        if fmt == "alpaca":
+            return _render_alpaca(values, tokenizer)
+        if fmt == "completion":
+            prompt, completion = _str_field(values, "prompt"), _str_field(values, "completion", allow_empty=False)
+            return _prompt_answer(tokenizer, prompt, completion)
+        if fmt == "text":
+            ids = _encode(tokenizer, _str_field(values, "text", allow_empty=False), specials=True)
+            ids = ids + _eos(tokenizer)
+            return Example(ids, [1] * len(ids))
+    except RowProblem as exc:
+        raise DataError(f"{row.where}: {exc} (format {fmt!r})") from None
+    raise ValueError(f"unknown data format {fmt!r}")
+
+
+def render_prompt(row: Row, fmt: str, tokenizer: Any) -> Prompt:
+    """The prompt part of a row (up to where the model should answer) and its reference answer."""
+    values = _check_row(row)
+    try:
+        if fmt == "chat":
+            messages = _messages(values)
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            text = _apply_template(tokenizer, messages[:last], add_generation_prompt=True)
+            return Prompt(_encode(tokenizer, text, specials=False), messages[last]["content"])
+        if fmt == "alpaca":
+            messages, answer = _alpaca_messages(values)
+            if tokenizer.chat_template:
+                text = _apply_template(tokenizer, messages, add_generation_prompt=True)
+                return Prompt(_encode(tokenizer, text, specials=False), answer)
+            return Prompt(_encode(tokenizer, _alpaca_plain_prompt(values), specials=True), answer)
+        if fmt == "completion":
+            prompt = _str_field(values, "prompt")
+            return Prompt(_encode(tokenizer, prompt, specials=True), _str_field(values, "completion"))
+    except RowProblem as exc:
+        raise DataError(f"{row.where}: {exc} (format {fmt!r})") from None
+    raise ValueError(f"format {fmt!r} has no prompt/answer split")
+
+
+def _check_row(row: Row) -> dict[str, Any]:
+    reason = getattr(row.values, "reason", None)
+    if reason:
+        raise DataError(f"{row.where}: {reason}")
+    if not isinstance(row.values, dict):
+        raise DataError(f"{row.where}: expected an object with named fields, got {type(row.values).__name__}")
+    return row.values
+
+
+def _str_field(values: dict[str, Any], key: str, allow_empty: bool = True) -> str:
+    if key not in values or values[key] is None:
+        present = ", ".join(sorted(values)) or "none"
+        raise RowProblem(f"missing field {key!r} (fields present: {present})")
+    value = values[key]
+    if not isinstance(value, str):
+        raise RowProblem(f"field {key!r} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RowProblem(f"field {key!r} is empty")
+    return value
+
+
+def _messages(values: dict[str, Any]) -> list[dict[str, str]]:
+    messages = values.get("messages")
+    if messages is None:
+        messages = values.get("conversations")  # a common alias in public chat datasets
+    if not isinstance(messages, list) or not messages:
+        raise RowProblem("field 'messages' must be a non-empty list of {role, content} objects")
+    clean = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RowProblem(f"messages[{index}] must be an object with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            raise RowProblem(f"messages[{index}].role is {role!r}; expected one of {', '.join(CHAT_ROLES)}")
+        if not isinstance(content, str):
+            raise RowProblem(f"messages[{index}].content must be a string")
+        clean.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in clean):
+        raise RowProblem("no assistant message, so there is nothing to train on")
+    return clean
+
+
+def _apply_template(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    if not tokenizer.chat_template:
+        raise RowProblem(
+            "the tokenizer has no chat template; use a tokenizer with one (model.tokenizer) "
+            "or a non-chat format (alpaca, completion, text)"
+        )
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as exc:  # Jinja raises TemplateError subclasses with the template's own message
+        raise RowProblem(f"the chat template rejected this conversation: {exc}") from None
+
+
+def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> Example:
+    full = _apply_template(tokenizer, messages, add_generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _apply_template(tokenizer, messages[:index], add_generation_prompt=True) if index else ""
+        through = _apply_template(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        if not full.startswith(through) or not through.startswith(before):
+            raise RowProblem(
+                "the chat template is not prefix-stable (rendering a conversation prefix does not give a "
+                "prefix of the full rendering), so assistant tokens cannot be located; use a template without "
+                "history-dependent rewrites"
+            )
+        spans.append((len(before), len(through)))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    mask = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoded["offset_mapping"]]
+    return Example(ids, mask)
+
+
+def _alpaca_messages(values: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+    instruction = _str_field(values, "instruction", allow_empty=False)
+    extra = values.get("input") or ""
+    if not isinstance(extra, str):
+        raise RowProblem("field 'input' must be a string")
+    output = _str_field(values, "output", allow_empty=False)
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return [{"role": "user", "content": user}], output
+
+
+def _alpaca_plain_prompt(values: dict[str, Any]) -> str:
+    extra = values.get("input") or ""
+    template = ALPACA_PROMPT_WITH_INPUT if extra.strip() else ALPACA_PROMPT
+    return template.format(instruction=values["instruction"], input=extra)
+
+
+def _render_alpaca(values: dict[str, Any], tokenizer: Any) -> Example:
+    messages, output = _alpaca_messages(values)
+    if tokenizer.chat_template:
+        return _render_chat(messages + [{"role": "assistant", "content": output}], tokenizer)
+    return _prompt_answer(tokenizer, _alpaca_plain_prompt(values), output)
+
+
+def _prompt_answer(tokenizer: Any, prompt: str, answer: str) -> Example:
+    prompt_ids = _encode(tokenizer, prompt, specials=True)
+    answer_ids = _encode(tokenizer, answer, specials=False) + _eos(tokenizer)
+    return Example(prompt_ids + answer_ids, [0] * len(prompt_ids) + [1] * len(answer_ids))
+
+
+def _encode(tokenizer: Any, text: str, specials: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=specials)["input_ids"])
+
+
+def _eos(tokenizer: Any) -> list[int]:
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

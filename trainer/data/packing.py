@@ -1,0 +1,53 @@
+"""Sequence packing: place whole examples into fixed-length rows (best-fit decreasing).
+
+Examples are never split across rows. Inside a row, position ids restart at 0 for each
+example; the model derives a block-diagonal causal mask from them (transformers does this
+for SDPA/eager when no 2-D attention mask is given, and flash-attn uses varlen kernels), so
+attention never crosses an example boundary.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+
+def pack_examples(lengths: np.ndarray, row_len: int) -> list[list[int]]:
+    """Group example indices into rows whose total length is at most row_len.
+
+    Best-fit decreasing: longest examples first, each into the fullest row that still has room.
+    Deterministic for the same lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    rows: list[list[int]] = []
+    # Sorted (free_space, row_index) pairs; bisect finds the tightest row that fits.
+    free: list[tuple[int, int]] = []
+    for index in order:
+        need = int(lengths[index])
+        if need > row_len:
+            raise ValueError(f"example {index} has {need} tokens, more than the row length {row_len}")
+        slot = bisect.bisect_left(free, (need, -1))
+        if slot < len(free):
+            space, row = free.pop(slot)
+            rows[row].append(index)
+            bisect.insort(free, (space - need, row))
+        else:
+            rows.append([index])
+            bisect.insort(free, (row_len - need, len(rows) - 1))
+    # Keep each row's examples in dataset order, so a row reads naturally.
+    return [sorted(row) for row in rows]
+
+
+def packing_efficiency(lengths: np.ndarray, rows: list[list[int]], row_len: int) -> float:
+    """Fraction of row slots holding real tokens (1.0 = no padding at all)."""
+    return float(np.sum(lengths)) / float(len(rows) * row_len) if rows else 0.0
+
+
+def padding_efficiency(lengths: np.ndarray, batch_size: int) -> float:
+    """Real-token fraction when unpacked examples are padded to the longest in each batch (dataset order)."""
+    total_slots = 0
+    for start in range(0, len(lengths), batch_size):
+        chunk = lengths[start : start + batch_size]
+        total_slots += int(chunk.max()) * len(chunk)
+    return float(np.sum(lengths)) / float(total_slots) if total_slots else 0.0

@@ -1,0 +1,179 @@
+"""Tokenize a dataset once and cache it on disk, keyed by content + tokenizer + settings.
+
+The cache holds flat int32 token ids, a uint8 loss mask and int64 offsets (numpy .npy files,
+loaded without pickle), written to a temporary directory and renamed into place so a crash
+never leaves a half-written cache entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.data.formats import render_example
+from trainer.data.sources import dataset_fingerprint, read_rows
+from trainer.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Bump when rendering/masking logic changes so stale caches are not reused.
+CACHE_VERSION = 1
+MAX_REPORTED_ERRORS = 5
+
+
+@dataclass
+class TokenizedSet:
+    ids: np.ndarray
+    mask: np.ndarray
+    offsets: np.ndarray
+    source_rows: np.ndarray  # index of the dataset row each example came from
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return self.ids[start:end], self.mask[start:end]
+
+    def subset(self, indices: np.ndarray) -> "TokenizedSet":
+        parts = [self.example(int(i)) for i in indices]
+        lengths = np.array([len(p[0]) for p in parts], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
+        mask = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.uint8)
+        return TokenizedSet(ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(repr(tokenizer.chat_template).encode())
+    digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    digest.update(type(tokenizer).__name__.encode())
+    return digest.hexdigest()
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("FTL_CACHE_DIR") or Path.home() / ".cache" / "ftl") / "tokenized"
+
+
+def load_tokenized(
+    spec: str,
+    fmt: str,
+    tokenizer: Any,
+    *,
+    max_seq_len: int,
+    too_long: str,
+    skip_bad_rows: bool,
+    split: str = "train",
+    cache_root: Path | None = None,
+) -> TokenizedSet:
+    settings = {
+        "version": CACHE_VERSION,
+        "data": dataset_fingerprint(spec, split),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "format": fmt,
+        "max_seq_len": max_seq_len,
+        "too_long": too_long,
+        "skip_bad_rows": skip_bad_rows,
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+    entry = (cache_root or default_cache_root()) / key
+    if (entry / "meta.json").exists():
+        cached = _read_entry(entry)
+        log.info("tokenized %s: cache hit %s", spec, entry)
+        return cached
+    result = _tokenize(spec, fmt, tokenizer, max_seq_len, too_long, skip_bad_rows, split)
+    _write_entry(entry, result, settings)
+    return result
+
+
+def _tokenize(
+    spec: str, fmt: str, tokenizer: Any, max_seq_len: int, too_long: str, skip_bad_rows: bool, split: str
+) -> TokenizedSet:
+    ids: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    sources: list[int] = []
+    errors: list[str] = []
+    stats = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
+    for row_index, row in enumerate(read_rows(spec, split)):
+        try:
+            example = render_example(row, fmt, tokenizer)
+        except DataError as exc:
+            if skip_bad_rows:
+                stats["skipped_bad"] += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append(str(exc))
+                continue
+            raise
+        token_ids, mask = example.input_ids, example.loss_mask
+        if len(token_ids) > max_seq_len:
+            if too_long == "error":
+                raise DataError(
+                    f"{row.where}: {len(token_ids)} tokens, longer than data.max_seq_len={max_seq_len}; "
+                    "raise max_seq_len or set data.too_long to truncate or drop"
+                )
+            if too_long == "drop":
+                stats["dropped_too_long"] += 1
+                continue
+            token_ids, mask = token_ids[:max_seq_len], mask[:max_seq_len]
+            stats["truncated"] += 1
+        # The first token of an example is never a target inside that example; masking it also
+        # keeps a packed row's previous example from being trained to predict it.
+        mask = [0] + list(mask[1:])
+        if not any(mask):
+            stats["dropped_no_loss"] += 1
+            continue
+        ids.append(np.asarray(token_ids, dtype=np.int32))
+        masks.append(np.asarray(mask, dtype=np.uint8))
+        sources.append(row_index)
+        stats["rows"] += 1
+    if stats["skipped_bad"]:
+        log.warning("%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors)
+    stats["skipped_examples"] = errors
+    if not ids:
+        raise DataError(f"{spec}: no usable rows (after skipping/dropping: {stats})")
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return TokenizedSet(np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats)
+
+
+def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    try:
+        np.save(tmp / "ids.npy", data.ids)
+        np.save(tmp / "mask.npy", data.mask)
+        np.save(tmp / "offsets.npy", data.offsets)
+        np.save(tmp / "source_rows.npy", data.source_rows)
+        (tmp / "meta.json").write_text(json.dumps({"settings": settings, "stats": data.stats}, indent=1))
+        os.replace(tmp, entry)
+    except OSError:
+        # Another process may have written the same entry first, or the disk is full:
+        # the cache is an optimisation, so training goes on with the in-memory result.
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_entry(entry: Path) -> TokenizedSet:
+    meta = json.loads((entry / "meta.json").read_text())
+    return TokenizedSet(
+        np.load(entry / "ids.npy", allow_pickle=False),
+        np.load(entry / "mask.npy", allow_pickle=False),
+        np.load(entry / "offsets.npy", allow_pickle=False),
+        np.load(entry / "source_rows.npy", allow_pickle=False),
+        meta["stats"],
+    )

@@ -1,0 +1,84 @@
+"""Evaluation: mean loss on answer tokens, and exact-match of greedy generations."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from trainer.data.batches import RowDataset, make_batch
+from trainer.data.formats import Prompt
+from trainer.data.prepare import EvalSet
+from trainer.loss import loss_sum
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id: int, device: str, max_samples: int | None) -> float:
+    count = min(len(eval_set.examples), max_samples or len(eval_set.examples))
+    rows = RowDataset(eval_set.examples, [[i] for i in range(count)], packed=False)
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, count, batch_size):
+        batch = make_batch(rows, list(range(start, min(count, start + batch_size))), pad_id)
+        summed, n = loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+        total += float(summed)
+        tokens += n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def normalize_answer(text: str) -> str:
+    return " ".join(text.strip().split())
+
+
+@torch.no_grad()
+def generate_texts(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int, device: str, **sampling: Any) -> list[str]:
+    """Greedy (or sampled) continuations of token-id prompts, left-padded in batches."""
+    was_training = model.training
+    model.eval()
+    pad_id = tokenizer.pad_token_id
+    outputs: list[str] = []
+    eos_ids = _stop_ids(model, tokenizer)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        width = max(len(p) for p in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, ids in enumerate(chunk):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+            use_cache=True,
+            **({"do_sample": False} if not sampling else sampling),
+        )
+        for row in generated[:, width:]:
+            outputs.append(tokenizer.decode(row, skip_special_tokens=True))
+    model.train(was_training)
+    return outputs
+
+
+def exact_match(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int, device: str) -> tuple[float, list[dict[str, str]]]:
+    texts = generate_texts(model, tokenizer, [p.input_ids for p in prompts], max_new_tokens, batch_size, device)
+    hits = [normalize_answer(t) == normalize_answer(p.reference) for t, p in zip(texts, prompts)]
+    samples = [{"reference": p.reference, "generated": t} for p, t in list(zip(prompts, texts))[:3]]
+    return (sum(hits) / len(hits) if hits else math.nan), samples
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Stop at EOS and at the chat end-of-turn token, whichever the model's generation config lists."""
+    ids: set[int] = set()
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(config_eos, int):
+        ids.add(config_eos)
+    elif isinstance(config_eos, list):
+        ids.update(config_eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)

@@ -1,0 +1,130 @@
+"""Write `final/`: the PEFT adapter (adapter methods) and a merged model in HF safetensors format.
+
+Both load with stock libraries: `PeftModel.from_pretrained(base, final/adapter)` and
+`AutoModelForCausalLM.from_pretrained(final/merged)`. The tokenizer (with its chat template) is
+saved next to each. The directory is assembled under a temporary name and renamed into place.
+
+QLoRA merge: the adapter was trained against the *dequantized* 4-bit weights, so the merged model
+starts from those (not from the original high-precision base) and reproduces what was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import TrainerConfig
+from trainer.model_builder import resolve_dtype
+
+log = logging.getLogger(__name__)
+
+
+def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, device: str, *, merge: bool, adapter: bool) -> Path:
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if cfg.method.uses_adapter and adapter:
+        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp / "adapter"))
+    if merge:
+        merged = merged_model(model, cfg, device)
+        merged.save_pretrained(str(tmp / "merged"), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp / "merged"))
+    (tmp / "export.json").write_text(json.dumps({"method": cfg.method.type, "base_model": cfg.model.path}, indent=1))
+    if out_dir.exists():
+        # Keep the previous export until the new one is complete, then swap.
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    log.info("exported %s", out_dir)
+    return out_dir
+
+
+def merged_model(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module:
+    """A plain transformers model with any adapter folded into the weights. Does not modify `model`."""
+    if not cfg.method.uses_adapter:
+        return model
+    from peft import get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
+
+    from trainer.methods import peft_lora_config
+
+    base = _plain_base(model, cfg, device)
+    fresh = get_peft_model(base, peft_lora_config(cfg.method))
+    set_peft_model_state_dict(fresh, get_peft_model_state_dict(model))
+    merged = fresh.merge_and_unload()
+    merged.generation_config = model.generation_config
+    return merged
+
+
+def _plain_base(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    if cfg.method.type == "qlora" and cfg.method.quantization.compute_dtype != "auto":
+        from trainer.model_builder import DTYPES
+
+        dtype = DTYPES[cfg.method.quantization.compute_dtype]
+    base = AutoModelForCausalLM.from_pretrained(
+        cfg.model.path, dtype=dtype, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    )
+    if cfg.method.type == "qlora":
+        _copy_dequantized(model.get_base_model(), base)
+    return base
+
+
+def _copy_dequantized(trained_base: torch.nn.Module, plain: torch.nn.Module) -> None:
+    """Overwrite the plain model's weights with the 4-bit model's dequantized values."""
+    import bitsandbytes as bnb
+
+    plain_params = dict(plain.named_parameters())
+    with torch.no_grad():
+        for name, module in trained_base.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+                key = name.replace(".base_layer", "") + ".weight"
+                plain_params[key].copy_(weight.to(plain_params[key].dtype).cpu())
+        for name, parameter in trained_base.named_parameters():
+            key = name.replace(".base_layer", "")
+            if "lora_" in name or key not in plain_params or parameter.dtype == torch.uint8:
+                continue
+            if plain_params[key].shape == parameter.shape:
+                plain_params[key].copy_(parameter.detach().to(plain_params[key].dtype).cpu())
+
+
+def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, merge: bool, device: str) -> Path:
+    """Rebuild the trained model from a checkpoint (or final/adapter) and write final/ again."""
+    from safetensors.torch import load_file
+
+    from trainer.checkpoint import latest_valid_checkpoint, load_checkpoint, validate_checkpoint
+    from trainer.errors import TrainerInputError
+    from trainer.methods import apply_method
+    from trainer.model_builder import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = apply_method(load_model(cfg.model, cfg.method, device), cfg.method, gradient_checkpointing=False)
+    final = run_dir / "final"
+    source = checkpoint or latest_valid_checkpoint(run_dir)
+    if source is not None:
+        problem = validate_checkpoint(source)
+        if problem:
+            raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")
+        load_checkpoint(source, model, None, None)
+    elif cfg.method.uses_adapter and (final / "adapter" / "adapter_model.safetensors").exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(final / "adapter" / "adapter_model.safetensors")))
+    else:
+        raise TrainerInputError(f"{run_dir}: no valid checkpoint to export (and no final/adapter)")
+    # Never drop a merged model that already exists; a full fine-tune's only output is the merged model.
+    merge = merge or cfg.method.type == "full" or (final / "merged").exists()
+    return export_final(model, tokenizer, cfg, final, device, merge=merge, adapter=True)

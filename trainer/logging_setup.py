@@ -1,0 +1,60 @@
+"""Per-rank log files in the run directory (logs/rank-N.log), plus concise console output on rank 0."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s] %(name)s: %(message)s"
+
+
+def setup_worker_logging(run_dir: Path, rank: int) -> None:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        if getattr(handler, "_ftl", False):
+            root.removeHandler(handler)
+            handler.close()
+    rank_filter = _RankFilter(rank)
+    file_handler = logging.FileHandler(logs / f"rank-{rank}.log", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter(FORMAT))
+    file_handler.addFilter(rank_filter)
+    file_handler._ftl = True  # type: ignore[attr-defined]
+    root.addHandler(file_handler)
+    console = logging.StreamHandler(sys.stderr)
+    # Console shows warnings from every rank but progress info only via the progress bar.
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter(FORMAT))
+    console.addFilter(rank_filter)
+    console._ftl = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    quiet_third_party()
+
+
+def quiet_third_party() -> None:
+    """Keep the console for our progress bar and real problems, not libraries' chatter."""
+    for noisy in ("httpx", "urllib3", "filelock", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # peft still calls a transformers helper renamed in v5; harmless, but printed every run.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return True

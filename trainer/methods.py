@@ -1,0 +1,54 @@
+"""Fine-tuning methods as model transforms: full (no-op), LoRA, DoRA, QLoRA — all through PEFT."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from trainer.config import MethodConfig
+
+log = logging.getLogger(__name__)
+
+
+def peft_lora_config(method: MethodConfig) -> Any:
+    from peft import LoraConfig, TaskType
+
+    lora = method.lora
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_rslora=lora.rslora,
+        use_dora=method.type == "dora",
+        modules_to_save=lora.modules_to_save or None,
+    )
+
+
+def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpointing: bool) -> torch.nn.Module:
+    if method.type == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if method.type == "qlora":
+        # Casts norms/embeddings to fp32 for stable training of the quantized base; our own
+        # checkpointing switch already ran in the model builder.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    peft_model = get_peft_model(model, peft_lora_config(method))
+    trainable, total = count_parameters(peft_model)
+    log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
+    return peft_model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,110 @@
+"""Load the tokenizer and the base model: dtype, attention backend, quantization, checkpointing."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+import torch
+
+from trainer.config import MethodConfig, ModelConfig
+from trainer.errors import TrainerInputError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_attention(name: str, device: str) -> str:
+    """flash-attn only where it can run (installed + CUDA); SDPA everywhere else."""
+    flash_available = importlib.util.find_spec("flash_attn") is not None
+    if name == "auto":
+        return "flash_attention_2" if flash_available and device.startswith("cuda") else "sdpa"
+    if name == "flash_attention_2" and not (flash_available and device.startswith("cuda")):
+        raise TrainerInputError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA device; "
+            "install the gpu extra (pip install 'ftl[gpu]') or use auto/sdpa"
+        )
+    return name
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    source = cfg.tokenizer or cfg.path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise TrainerInputError(f"model.tokenizer / model.path: cannot load a tokenizer from {source!r}: {exc}") from None
+    if tokenizer.pad_token_id is None:
+        # Padding positions never carry loss or attention, so reusing EOS is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_cfg: ModelConfig, method_cfg: MethodConfig, device: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": resolve_attention(model_cfg.attn_implementation, device),
+        "revision": model_cfg.revision,
+        "trust_remote_code": model_cfg.trust_remote_code,
+    }
+    if method_cfg.type == "qlora":
+        kwargs["quantization_config"] = quantization_config(method_cfg, dtype)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_cfg.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise TrainerInputError(f"model.path: cannot load a causal LM from {model_cfg.path!r}: {exc}") from None
+    if method_cfg.type == "qlora":
+        use_exact_cpu_4bit_kernels(model)
+    else:
+        model.to(device)
+    model.config.use_cache = False
+    if model_cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    log.info("model %s: %s, attention=%s", model_cfg.path, dtype, kwargs["attn_implementation"])
+    return model
+
+
+def quantization_config(method_cfg: MethodConfig, model_dtype: torch.dtype) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    q = method_cfg.quantization
+    compute = model_dtype if q.compute_dtype == "auto" else DTYPES[q.compute_dtype]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=compute,
+        # Storage dtype equal to the compute dtype is what lets FSDP2/ZeRO-3 shard the 4-bit weights.
+        bnb_4bit_quant_storage=compute,
+    )
+
+
+def use_exact_cpu_4bit_kernels(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes from switching 4-bit layers to its bf16 CPU inference kernel.
+
+    On AVX512-BF16 CPUs, Linear4bit repacks its weights the first time it runs in eval mode and
+    from then on computes in bf16 through a kernel without a gradient path to its input, even
+    back in train mode: training after the first evaluation would silently change. Training
+    and evaluation must run the same (dequantize + matmul in the compute dtype) path.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False

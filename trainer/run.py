@@ -1,0 +1,170 @@
+"""The trainer entry: `run(config, context)` — the one function every cluster backend calls.
+
+Setup is a sequence of named steps (data before model, so bad data fails in seconds), then the
+loop, then final evaluation and export. Writes only inside context.run_dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.checkpoint import LoopState, latest_valid_checkpoint, load_checkpoint, save_checkpoint, validate_checkpoint
+from trainer.config import TrainerConfig
+from trainer.context import WorkerContext
+from trainer.data.prepare import PreparedData, prepare_data
+from trainer.errors import TrainerInputError
+from trainer.evaluate import eval_loss, exact_match
+from trainer.export import export_final
+from trainer.logging_setup import setup_worker_logging
+from trainer.loop import LoopHooks, train_loop
+from trainer.methods import apply_method
+from trainer.metrics import MetricsWriter, read_metrics
+from trainer.model_builder import load_model, load_tokenizer
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.stopping import StopFlag, StopRequested
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
+    setup_worker_logging(ctx.run_dir, ctx.rank)
+    seed_everything(cfg.training.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare_data(
+        cfg.data, tokenizer, seed=cfg.training.seed, micro_batch_size=cfg.training.micro_batch_size,
+        want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples,
+    )
+    model = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, cfg.model.gradient_checkpointing)
+    total_steps = planned_steps(cfg, len(data.train))
+    optimizer = build_optimizer(model, cfg.training)
+    scheduler = build_scheduler(optimizer, cfg.training, total_steps)
+    state = _resume(cfg, ctx, model, optimizer, scheduler)
+    # Re-seed after model construction: adapter init consumed RNG identically on every rank.
+    if state.step == 0:
+        seed_everything(cfg.training.seed + ctx.rank)
+
+    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main)
+    evaluator = _Evaluator(cfg, model, tokenizer, data, ctx, metrics)
+    if state.step == 0 and cfg.eval.at_start and data.evals:
+        evaluator(0, label="base")
+    stop = StopFlag()
+    stop.install()
+    config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+    def save(current: LoopState) -> str:
+        path = save_checkpoint(ctx.run_dir, model, optimizer, scheduler, current, config_hash=config_hash,
+                               world_size=ctx.world_size, keep_last=cfg.checkpoint.keep_last)
+        return str(path)
+
+    hooks = LoopHooks(
+        evaluate=evaluator,
+        save=save,
+        should_eval=lambda step: bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and step < total_steps,
+        should_save=lambda step: bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0,
+    )
+    log.info("training %d steps (%d rows, %s)", total_steps, len(data.train), data.report)
+    try:
+        state = train_loop(model, optimizer, scheduler, data.train, cfg.training, state, total_steps,
+                           pad_id=tokenizer.pad_token_id, device=ctx.device, metrics=metrics, hooks=hooks,
+                           stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar)
+    finally:
+        stop.uninstall()
+    if state.step < total_steps:
+        metrics.close()
+        raise StopRequested(state.step, str(ctx.run_dir / "checkpoints" / f"step-{state.step}"), stop.signum)
+
+    if data.evals:
+        evaluator(state.step, label="final")
+    if ctx.is_main:
+        export_final(model, tokenizer, cfg, ctx.run_dir / "final", ctx.device,
+                     merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
+    summary = _summary(ctx.run_dir, data, state, total_steps)
+    if ctx.is_main:
+        (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    metrics.close()
+    return summary
+
+
+def planned_steps(cfg: TrainerConfig, rows: int) -> int:
+    if cfg.training.max_steps:
+        return cfg.training.max_steps
+    per_step = cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps
+    return max(1, math.ceil(cfg.training.epochs * rows / per_step))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _resume(cfg: TrainerConfig, ctx: WorkerContext, model: Any, optimizer: Any, scheduler: Any) -> LoopState:
+    mode = cfg.checkpoint.resume
+    if mode == "never":
+        return LoopState()
+    if mode == "auto":
+        path = latest_valid_checkpoint(ctx.run_dir)
+        if path is None:
+            return LoopState()
+    else:
+        path = Path(mode)
+        problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
+        if problem:
+            raise TrainerInputError(f"checkpoint.resume={mode!r}: cannot resume from it: {problem}")
+    state = load_checkpoint(path, model, optimizer, scheduler)
+    log.info("resumed from %s at step %d (sample %d)", path, state.step, state.samples_seen)
+    return state
+
+
+class _Evaluator:
+    def __init__(self, cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, ctx: WorkerContext, metrics: MetricsWriter):
+        self.cfg, self.model, self.tokenizer, self.data, self.ctx, self.metrics = cfg, model, tokenizer, data, ctx, metrics
+
+    def __call__(self, step: int, label: str = "periodic") -> None:
+        batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
+        for eval_set in self.data.evals:
+            values: dict[str, Any] = {
+                "split": eval_set.name,
+                "label": label,
+                "eval_loss": eval_loss(self.model, eval_set, batch, self.tokenizer.pad_token_id, self.ctx.device, self.cfg.eval.max_samples),
+            }
+            if self.cfg.eval.generation.enabled and eval_set.prompts:
+                score, samples = exact_match(self.model, self.tokenizer, eval_set.prompts,
+                                             self.cfg.eval.generation.max_new_tokens, batch, self.ctx.device)
+                values["exact_match"] = score
+                values["samples"] = samples
+            self.metrics.write(step, values, kind="eval")
+            log.info("eval %s step %d: %s", eval_set.name, step, {k: v for k, v in values.items() if k != "samples"})
+
+
+def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: int) -> dict[str, Any]:
+    evals = read_metrics(run_dir, kind="eval")
+    scores: dict[str, dict[str, Any]] = {}
+    for record in evals:
+        split = record["split"]
+        entry = scores.setdefault(split, {})
+        picked = {k: record[k] for k in ("eval_loss", "exact_match") if k in record}
+        if record.get("label") == "base":
+            entry["base"] = picked
+        elif record.get("label") == "final":
+            entry["final"] = picked
+    train = read_metrics(run_dir, kind="train")
+    return {
+        "steps": state.step,
+        "total_steps": total_steps,
+        "tokens_seen": state.tokens_seen,
+        "first_loss": train[0]["loss"] if train else None,
+        "last_loss": train[-1]["loss"] if train else None,
+        "data": data.report,
+        "scores": scores,
+        "final_dir": str(run_dir / "final"),
+    }
