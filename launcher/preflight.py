@@ -18,8 +18,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         elif value and _looks_local(value) and not Path(value).exists():
             problems.append(f"{key}: {value} does not exist")
     for key, value in (("data.train", cfg.data.train), ("data.validation", cfg.data.validation), ("data.test", cfg.data.test)):
-        if value and (_looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).is_file():
-            problems.append(f"{key}: file {value} not found (relative paths resolve from the current directory)")
+        if value and (_looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).exists():
+            problems.append(f"{key}: {value} not found (relative paths resolve from the current directory)")
     return problems
 
 

@@ -72,7 +72,12 @@ def exact_match(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_token
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Stop at EOS and at the chat end-of-turn token, whichever the model's generation config lists."""
+    """EOS, the generation config's stop ids, and the chat template's end-of-turn token.
+
+    Many base models' generation configs stop only at EOS, while their chat template closes an
+    assistant turn with another special token (<|eot_id|>, <|im_end|>, ...); stopping at it keeps
+    a fine-tuned chat model from running on into a new turn.
+    """
     ids: set[int] = set()
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(config_eos, int):
@@ -81,4 +86,26 @@ def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
         ids.update(config_eos)
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
+    end_of_turn = chat_end_of_turn_id(tokenizer)
+    if end_of_turn is not None:
+        ids.add(end_of_turn)
     return sorted(ids)
+
+
+def chat_end_of_turn_id(tokenizer: Any) -> int | None:
+    """The first special token the chat template puts after an assistant message's content."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "ftl-end-of-turn-probe"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except Exception:  # templates may reject unusual conversations; then we simply do not know
+        return None
+    tail = text[text.rfind(marker) + len(marker) :]
+    specials = set(tokenizer.all_special_ids)
+    for token in tokenizer(tail, add_special_tokens=False)["input_ids"]:
+        if token in specials:
+            return token
+    return None

@@ -34,7 +34,8 @@ def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, 
         tokenizer.save_pretrained(str(tmp / "adapter"))
     if merge:
         merged = merged_model(model, cfg, device)
-        merged.save_pretrained(str(tmp / "merged"), safe_serialization=True)
+        _stop_at_end_of_turn(merged, tokenizer)
+        merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
         tokenizer.save_pretrained(str(tmp / "merged"))
     (tmp / "export.json").write_text(json.dumps({"method": cfg.method.type, "base_model": cfg.model.path}, indent=1))
     if out_dir.exists():
@@ -48,6 +49,20 @@ def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, 
         os.replace(tmp, out_dir)
     log.info("exported %s", out_dir)
     return out_dir
+
+
+def _stop_at_end_of_turn(model: Any, tokenizer: Any) -> None:
+    """Make stock `generate` on the exported model stop where a chat turn ends, not only at EOS."""
+    from trainer.evaluate import chat_end_of_turn_id
+
+    end_of_turn = chat_end_of_turn_id(tokenizer)
+    config = getattr(model, "generation_config", None)
+    if end_of_turn is None or config is None:
+        return
+    current = config.eos_token_id
+    ids = [current] if isinstance(current, int) else list(current or [])
+    if end_of_turn not in ids:
+        config.eos_token_id = ids + [end_of_turn]
 
 
 def merged_model(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module:

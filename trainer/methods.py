@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from trainer.config import MethodConfig
+from trainer.model_builder import enable_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpoi
         # checkpointing switch already ran in the model builder.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
     peft_model = get_peft_model(model, peft_lora_config(method))
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)

@@ -74,8 +74,7 @@ def load_model(model_cfg: ModelConfig, method_cfg: MethodConfig, device: str) ->
         model.to(device)
     model.config.use_cache = False
     if model_cfg.gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     log.info("model %s: %s, attention=%s", model_cfg.path, dtype, kwargs["attn_implementation"])
     return model
 
@@ -108,3 +107,13 @@ def use_exact_cpu_4bit_kernels(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing per decoder layer. Non-reentrant, so it works with frozen inputs
+    (LoRA, QLoRA) without making the embeddings require grad."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -136,7 +136,7 @@ def test_cli_validate_reports_missing_data_file(tmp_path: Path, valid_text: str)
     path = _write(tmp_path, valid_text)
     out = subprocess.run([*FTL, "validate", str(path), f"data.train={tmp_path}/nope.jsonl"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2
-    assert "data.train" in out.stderr and "not found" in out.stderr
+    assert "data.train" in out.stderr and "nope.jsonl not found" in out.stderr
 
 
 def test_cli_help_does_not_import_torch() -> None:

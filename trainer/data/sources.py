@@ -30,8 +30,14 @@ def is_local_dataset(spec: str) -> bool:
 
 
 def dataset_fingerprint(spec: str, split: str) -> str:
-    """Content hash for local files (so edits invalidate the cache); name+split for hub datasets."""
+    """Content hash for local files and folders (so edits invalidate the cache); name+split for hub datasets."""
     path = Path(spec)
+    if path.is_dir():
+        digest = hashlib.sha256(split.encode())
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode())
+            digest.update(dataset_fingerprint(str(file), split).encode())
+        return digest.hexdigest()
     if path.is_file():
         digest = hashlib.sha256()
         with path.open("rb") as handle:
@@ -43,7 +49,9 @@ def dataset_fingerprint(spec: str, split: str) -> str:
 
 def read_rows(spec: str, split: str = "train") -> Iterator[Row]:
     path = Path(spec)
-    if not is_local_dataset(spec):
+    if not is_local_dataset(spec) or path.is_dir():
+        # Hub names and local dataset folders (a downloaded hub repo, data files inside) both
+        # go through `datasets.load_dataset`.
         yield from _read_hub(spec, split)
         return
     if not path.is_file():

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Rebuild the bundled fictional-world data and the ftl-tiny-llama base model from scratch.
+#
+#   scripts/bundled/build_all.sh                # default seed, writes assets/ (about 8-9 min on 1 CPU core)
+#   SEED=7 PYTHON=python3 scripts/bundled/build_all.sh
+#
+# Deterministic for a given SEED, thread count and library versions; rerunning overwrites the
+# same files. The intermediate pretraining corpus goes to build/bundled/ (git-ignored); only
+# assets/ is meant to be committed. No network access is needed or attempted.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+SEED="${SEED:-20250101}"   # the seed the committed assets were built with
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+"$PYTHON" scripts/bundled/make_corpus.py --seed "$SEED" --assets-dir assets --build-dir build/bundled
+
+# Start from an empty model dir so files from an older layout cannot linger.
+rm -rf assets/models/ftl-tiny-llama
+"$PYTHON" scripts/bundled/build_model.py --seed "$SEED" \
+  --corpus build/bundled/pretrain.jsonl \
+  --heldout assets/data/fictional-corpus/heldout.jsonl \
+  --world assets/data/fictional-corpus/world.json \
+  --out assets/models/ftl-tiny-llama
+
+echo "done: assets/models/ftl-tiny-llama, assets/data/fictional-qa, assets/data/fictional-corpus"
+echo "check the fine-tuning gain with: $PYTHON scripts/bundled/check_finetune_gain.py"

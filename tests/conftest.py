@@ -1,0 +1,76 @@
+"""Shared fixtures: the bundled model/data, a tinier random model for mechanics tests, configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = REPO / "assets" / "models" / "ftl-tiny-llama"
+QA_DATA = REPO / "assets" / "data" / "fictional-qa"
+FTL = [sys.executable, "-m", "launcher.cli"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Tokenized-data cache per test session, so tests never read a stale cache from elsewhere.
+    os.environ["FTL_CACHE_DIR"] = str(tmp_path_factory.mktemp("ftl-cache"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(BUNDLED_MODEL))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    """A 2-layer random Llama with the bundled tokenizer, saved and loaded like any HF model.
+
+    Mechanics tests (packing, export, resume) need a real architecture, not a trained one;
+    this keeps them fast."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def write_config(path: Path, model_dir: Path, run_dir: Path, **sections: dict[str, Any]) -> Path:
+    """A small, fast config on the bundled QA data; `sections` deep-merge over the defaults."""
+    config: dict[str, Any] = {
+        "model": {"path": str(model_dir)},
+        "data": {"train": str(QA_DATA / "train.jsonl"), "validation": str(QA_DATA / "valid.jsonl"), "format": "chat", "max_seq_len": 128},
+        "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+        "training": {"max_steps": 6, "micro_batch_size": 4, "learning_rate": 5e-3, "progress_bar": False, "seed": 1},
+        "eval": {"at_start": False, "max_samples": 16, "generation": {"enabled": False}},
+        "output": {"dir": str(run_dir)},
+    }
+    for section, values in sections.items():
+        _merge(config.setdefault(section, {}), values)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,63 @@
+"""Loop semantics: accumulation equals a bigger batch, checkpointing does not change the maths,
+validation_split holds rows out, dataset folders load through `datasets`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from launcher.commands import train
+from trainer.metrics import read_metrics
+from tests.conftest import QA_DATA, write_config
+
+pytestmark = pytest.mark.integration
+
+LOSS_RTOL = 1e-5  # fp32 on CPU; summation order differs between one batch and two halves
+
+
+def _losses(tmp_path: Path, name: str, model_dir: Path, **sections: dict) -> list[float]:
+    config = write_config(tmp_path / f"{name}.yaml", model_dir, tmp_path / name, **sections)
+    assert train(str(config), []) == 0
+    return [r["loss"] for r in read_metrics(tmp_path / name, "train")]
+
+
+def test_accumulation_equals_one_big_batch(tmp_path: Path, tiny_model_dir: Path) -> None:
+    big = _losses(tmp_path, "big", tiny_model_dir, training={"max_steps": 4, "micro_batch_size": 8, "gradient_accumulation_steps": 1})
+    accum = _losses(tmp_path, "accum", tiny_model_dir, training={"max_steps": 4, "micro_batch_size": 2, "gradient_accumulation_steps": 4})
+    assert accum == pytest.approx(big, rel=LOSS_RTOL)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path: Path, tiny_model_dir: Path) -> None:
+    plain = _losses(tmp_path, "plain", tiny_model_dir, training={"max_steps": 4})
+    checkpointed = _losses(tmp_path, "ckpt", tiny_model_dir, training={"max_steps": 4}, model={"gradient_checkpointing": True})
+    assert checkpointed == pytest.approx(plain, rel=LOSS_RTOL)
+
+
+def test_validation_split_and_dataset_folder(tmp_path: Path, tiny_model_dir: Path) -> None:
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    shutil.copy(QA_DATA / "valid.jsonl", folder / "train.jsonl")
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run",
+                          data={"train": str(folder), "validation": None, "validation_split": 0.25},
+                          training={"max_steps": 2})
+    assert train(str(config), []) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["validation_examples"] == 50
+    assert summary["data"]["train_examples"] == 150
+    assert summary["scores"]["validation"]["final"]["eval_loss"] > 0
+
+
+def test_gradient_checkpointing_switch_reaches_the_model(tiny_model_dir: Path) -> None:
+    from trainer.config import MethodConfig, ModelConfig
+    from trainer.methods import apply_method
+    from trainer.model_builder import load_model
+
+    for method in ("lora", "qlora", "full"):
+        cfg = MethodConfig(type=method)
+        model = apply_method(load_model(ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=True), cfg, "cpu"), cfg, True)
+        assert model.is_activation_checkpointing, method
+        plain = apply_method(load_model(ModelConfig(path=str(tiny_model_dir)), cfg, "cpu"), cfg, False)
+        assert not plain.is_activation_checkpointing, method
