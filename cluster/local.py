@@ -5,6 +5,7 @@ One worker runs in the launcher's own process (no process-group setup, fastest s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,11 @@ from trainer.config import TrainerConfig
 def default_device() -> str:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    # Tell DeepSpeed up front, instead of letting it probe and warn on every import.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return "cpu"
 
 
 def launch_local(cfg: TrainerConfig, run_dir: Path, workers: int) -> dict[str, Any]:
