@@ -1,15 +1,35 @@
 """Local backend: run the trainer entry on this machine.
 
-One worker runs in the launcher's own process (no process-group setup, fastest start).
+One worker runs in the launcher's own process (fastest start). Several workers run as
+`python -m cluster.worker RUN_DIR` processes with torchrun's environment contract (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), rendezvous on loopback, gloo on CPU.
+If one worker fails, the others are stopped and the launcher exits with its code.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from cluster.config import ClusterConfig
 from trainer.config import TrainerConfig
+
+RESULT_FILE = ".worker-result.json"
+STOP_GRACE_S = 20
+
+
+class WorkerFailed(Exception):
+    def __init__(self, rank: int, code: int, log: Path | None):
+        self.rank, self.code, self.log = rank, code, log
+        where = f"; see {log}" if log else ""
+        super().__init__(f"worker {rank} exited with code {code}{where}")
 
 
 def default_device() -> str:
@@ -22,10 +42,90 @@ def default_device() -> str:
     return "cpu"
 
 
-def launch_local(cfg: TrainerConfig, run_dir: Path, workers: int) -> dict[str, Any]:
-    from trainer.context import WorkerContext
-    from trainer.run import run
+def launch_local(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
+    if cluster.workers == 1 and cfg.parallel.strategy in ("auto", "none"):
+        from trainer.context import WorkerContext
+        from trainer.run import run
 
-    if workers != 1:
-        raise NotImplementedError("multi-worker local runs need a distributed strategy")
-    return run(cfg, WorkerContext(run_dir=run_dir, device=default_device()))
+        return run(cfg, WorkerContext(run_dir=run_dir, device=default_device()))
+    default_device()  # sets DS_ACCELERATOR for the children on CPU-only machines
+    return spawn_workers(run_dir, cluster.workers, cluster.master_port or free_port())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # Like torchrun: split the cores between workers, or OpenMP oversubscribes them and every
+    # op (optimizer setup included) slows down many times over.
+    threads = max(1, (os.cpu_count() or 1) // world_size)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def spawn_workers(run_dir: Path, world_size: int, port: int) -> dict[str, Any]:
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path | None] = []
+    for rank in range(world_size):
+        # Rank 0 talks to the terminal (progress bar); the others write to their own files.
+        log = None if rank == 0 else run_dir / "logs" / f"worker-{rank}.out"
+        out = None if log is None else log.open("wb")
+        procs.append(subprocess.Popen([sys.executable, "-m", "cluster.worker", str(run_dir)],
+                                      env=worker_env(rank, world_size, port), stdout=out, stderr=subprocess.STDOUT if out else None))
+        logs.append(log)
+    previous = {s: signal.signal(s, _forward_to(procs)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        failed = _wait_all(procs)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if failed is not None:
+        rank, code = failed
+        raise WorkerFailed(rank, code, logs[rank])
+    result = run_dir / RESULT_FILE
+    summary = json.loads(result.read_text())
+    result.unlink()
+    return summary
+
+
+def _forward_to(procs: list[subprocess.Popen[bytes]]) -> Any:
+    def forward(signum: int, frame: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    return forward
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]]) -> tuple[int, int] | None:
+    """Wait for every worker; on the first failure stop the rest. Returns (rank, code) of it."""
+    while True:
+        codes = [p.poll() for p in procs]
+        for rank, code in enumerate(codes):
+            if code not in (None, 0):
+                _stop_all(procs)
+                return rank, code
+        if all(code == 0 for code in codes):
+            return None
+        time.sleep(0.2)
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.time() + STOP_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except Exception as exc:
         # Trainer input errors are user mistakes too (bad data row, bad model path).
+        from cluster.local import WorkerFailed
         from trainer.errors import TrainerInputError
         from trainer.stopping import StopRequested
 
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, StopRequested):
             print(f"ftl: {exc}", file=sys.stderr)
             return 128 + exc.signum if exc.signum else EXIT_STOPPED
+        if isinstance(exc, WorkerFailed):
+            print(f"ftl: {exc}", file=sys.stderr)
+            return exc.code
         raise
 
 

@@ -34,7 +34,7 @@ def train(config_path: str, overrides: list[str]) -> int:
     print(f"ftl: run directory {run_dir}", file=sys.stderr)
     from cluster.local import launch_local
 
-    summary = launch_local(cfg, run_dir, cfg.cluster.workers)
+    summary = launch_local(cfg, run_dir, cfg.cluster)
     print(format_summary(summary))
     return 0
 

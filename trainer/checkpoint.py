@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.distributed import barrier, broadcast_object
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -46,39 +48,53 @@ def checkpoints_dir(run_dir: Path) -> Path:
 
 def save_checkpoint(
     run_dir: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    trainable: dict[str, torch.Tensor],
+    optimizer: Any,
     scheduler: Any,
     state: LoopState,
     *,
     config_hash: str,
-    world_size: int,
+    rank: int = 0,
+    world_size: int = 1,
     keep_last: int,
 ) -> Path:
+    """Collective when world_size > 1: every rank calls it. Rank 0 writes the shared state
+    (trainable weights, optimizer, loop counters); every rank writes its own RNG state."""
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
-    if final.exists():
-        return final  # already committed (e.g. a stop request right after a periodic save)
-    tmp = root / f".tmp-step-{state.step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    trainable = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(
-        json.dumps(
-            {
-                "loop": asdict(state),
-                "python_rng": _jsonable(random.getstate()),
-                "numpy_rng": _jsonable(np.random.get_state()),
-            }
-        )
+    tmp = root / f".tmp-step-{state.step}"
+    already = broadcast_object(final.exists())
+    if already:
+        return final  # committed already (a stop request right after a periodic save)
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of an earlier crashed attempt
+        tmp.mkdir()
+    barrier()
+    written = [f"rng-rank{rank}.pt"]
+    torch.save(
+        {"torch": torch.get_rng_state(), "python": json.dumps(_jsonable(random.getstate())),
+         "numpy": json.dumps(_jsonable(np.random.get_state()))},
+        tmp / written[0],
     )
-    files = sorted(p.name for p in tmp.iterdir())
-    for name in files:
+    if rank == 0:
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"loop": asdict(state)}))
+        written += ["trainable.safetensors", "optimizer.pt", "trainer_state.json"]
+    for name in written:
         _fsync_file(tmp / name)
+    barrier()
+    if rank == 0:
+        _commit(tmp, final, state, config_hash, world_size)
+        _purge_old(root, keep_last)
+        log.info("checkpoint committed: %s", final)
+    barrier()
+    return final
+
+
+def _commit(tmp: Path, final: Path, state: LoopState, config_hash: str, world_size: int) -> None:
+    files = sorted(p.name for p in tmp.iterdir())
     manifest = {
         "format": FORMAT_VERSION,
         "step": state.step,
@@ -86,7 +102,7 @@ def save_checkpoint(
         "world_size": world_size,
         "config_hash": config_hash,
         "created": time.time(),
-        "states": ["trainable_weights", "optimizer", "scheduler", "rng", "loop"],
+        "states": ["trainable_weights", "optimizer", "scheduler", "rng_per_rank", "loop"],
         "versions": {"torch": torch.__version__},
         "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in files},
     }
@@ -94,10 +110,7 @@ def save_checkpoint(
     _fsync_file(tmp / MANIFEST)
     _fsync_dir(tmp)
     os.replace(tmp, final)
-    _fsync_dir(root)
-    _purge_old(root, keep_last)
-    log.info("checkpoint committed: %s", final)
-    return final
+    _fsync_dir(final.parent)
 
 
 def validate_checkpoint(path: Path) -> str | None:
@@ -141,25 +154,35 @@ def latest_valid_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> LoopState:
-    weights = load_file(str(path / "trainable.safetensors"))
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "state") -> None:
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))
     if unknown:
-        raise ValueError(f"checkpoint {path} holds parameters this model lacks (e.g. {unknown[:3]}); was the method changed?")
+        raise ValueError(f"{source} holds parameters this model lacks (e.g. {unknown[:3]}); was the method changed?")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+def checkpoint_world_size(path: Path) -> int:
+    return int(json.loads((path / MANIFEST).read_text()).get("world_size", 1))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any, rank: int = 0) -> LoopState:
+    """Load into an unwrapped (or replicated) model; every rank loads the shared state and its own RNG."""
+    load_trainable(model, load_file(str(path / "trainable.safetensors")), source=str(path))
     if optimizer is not None:
         states = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
-    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
-    torch.set_rng_state(rng["torch"])
+    rng_file = path / f"rng-rank{rank}.pt"
+    if rng_file.exists():
+        rng = torch.load(rng_file, map_location="cpu", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_tuplify(json.loads(rng["python"])))
+        kind, keys, pos, has_gauss, cached = json.loads(rng["numpy"])
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     saved = json.loads((path / "trainer_state.json").read_text())
-    random.setstate(_tuplify(saved["python_rng"]))
-    kind, keys, pos, has_gauss, cached = saved["numpy_rng"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     return LoopState(**saved["loop"])
 
 

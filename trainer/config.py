@@ -124,6 +124,23 @@ class CheckpointConfig(Section):
     resume: str = Field("auto", description="`auto` (latest valid checkpoint in output.dir), `never`, or a checkpoint path.")
 
 
+class ParallelConfig(Section):
+    strategy: Literal["auto", "none", "ddp", "fsdp", "deepspeed"] = Field(
+        "auto", description="auto = none for one worker, ddp for several."
+    )
+    zero_stage: Literal[1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (strategy=deepspeed).")
+    offload_optimizer: Literal["none", "cpu", "nvme"] = Field("none", description="DeepSpeed optimizer-state offload.")
+    offload_params: Literal["none", "cpu", "nvme"] = Field(
+        "none", description="Parameter offload: DeepSpeed ZeRO-3 (cpu/nvme) or FSDP2 (cpu)."
+    )
+    nvme_path: str | None = Field(None, description="Directory for NVMe offload (ZeRO-3).")
+    reshard_after_forward: bool = Field(True, description="FSDP2: free gathered parameters after forward (ZeRO-3 like).")
+    mixed_precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto = bf16 on GPUs that support it, fp32 on CPU."
+    )
+    deepspeed_config: str | None = Field(None, description="A DeepSpeed JSON merged over the generated config.")
+
+
 class OutputConfig(Section):
     dir: str = Field(description="The run directory: config snapshot, logs, metrics, checkpoints, final model.")
     save_adapter: bool = Field(True, description="Write final/adapter (PEFT format) for adapter methods.")
@@ -140,6 +157,7 @@ class TrainerConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     output: OutputConfig
 
     @model_validator(mode="after")

@@ -10,22 +10,40 @@ import torch
 from trainer.data.batches import RowDataset, make_batch
 from trainer.data.formats import Prompt
 from trainer.data.prepare import EvalSet
+from trainer.distributed import all_reduce_sum
 from trainer.loss import loss_sum
+from trainer.strategies.base import Strategy
+
+
+def lockstep_batches(count: int, batch_size: int, rank: int, world: int, collective: bool) -> list[list[int] | None]:
+    """This rank's share of `count` items in batches. When forward passes are collectives
+    (sharded models), every rank gets the same number of batches; None marks a filler batch
+    the rank runs only to keep step with the others."""
+    batches: list[list[int] | None] = []
+    for start in range(0, count, batch_size * world):
+        mine = list(range(start + rank * batch_size, min(count, start + (rank + 1) * batch_size)))
+        if mine:
+            batches.append(mine)
+        elif collective:
+            batches.append(None)
+    return batches
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id: int, device: str, max_samples: int | None) -> float:
+def eval_loss(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id: int, strategy: Strategy, max_samples: int | None) -> float:
     count = min(len(eval_set.examples), max_samples or len(eval_set.examples))
     rows = RowDataset(eval_set.examples, [[i] for i in range(count)], packed=False)
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
-    for start in range(0, count, batch_size):
-        batch = make_batch(rows, list(range(start, min(count, start + batch_size))), pad_id)
-        summed, n = loss_sum(model, {k: v.to(device) for k, v in batch.items()})
-        total += float(summed)
-        tokens += n
+    for indices in lockstep_batches(count, batch_size, strategy.rank, strategy.world_size, strategy.forward_is_collective):
+        batch = make_batch(rows, indices or [0], pad_id)
+        summed, n = loss_sum(model, {k: v.to(strategy.device) for k, v in batch.items()})
+        if indices is not None:
+            total += float(summed)
+            tokens += n
     model.train(was_training)
+    total, tokens = all_reduce_sum([total, float(tokens)], strategy.device)
     return total / max(tokens, 1)
 
 
@@ -34,8 +52,11 @@ def normalize_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def generate_texts(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int, device: str, **sampling: Any) -> list[str]:
-    """Greedy (or sampled) continuations of token-id prompts, left-padded in batches."""
+def generate_texts(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int, device: str, synced: bool = False, **sampling: Any) -> list[str]:
+    """Greedy (or sampled) continuations of token-id prompts, left-padded in batches.
+
+    `synced` keeps every rank generating until all are done (sharded models run collectives
+    in each forward)."""
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id
@@ -56,6 +77,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
             eos_token_id=eos_ids,
             pad_token_id=pad_id,
             use_cache=True,
+            **({"synced_gpus": True} if synced else {}),
             **({"do_sample": False} if not sampling else sampling),
         )
         for row in generated[:, width:]:
@@ -64,11 +86,18 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
     return outputs
 
 
-def exact_match(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int, device: str) -> tuple[float, list[dict[str, str]]]:
-    texts = generate_texts(model, tokenizer, [p.input_ids for p in prompts], max_new_tokens, batch_size, device)
-    hits = [normalize_answer(t) == normalize_answer(p.reference) for t, p in zip(texts, prompts)]
-    samples = [{"reference": p.reference, "generated": t} for p, t in list(zip(prompts, texts))[:3]]
-    return (sum(hits) / len(hits) if hits else math.nan), samples
+def exact_match(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int, strategy: Strategy) -> tuple[float, list[dict[str, str]]]:
+    hits, samples = 0, []
+    collective = strategy.forward_is_collective
+    for indices in lockstep_batches(len(prompts), batch_size, strategy.rank, strategy.world_size, collective):
+        chunk = [prompts[i] for i in (indices or [0])]
+        texts = generate_texts(model, tokenizer, [p.input_ids for p in chunk], max_new_tokens, len(chunk), strategy.device, synced=collective)
+        if indices is None:
+            continue
+        hits += sum(normalize_answer(t) == normalize_answer(p.reference) for t, p in zip(texts, chunk))
+        samples.extend({"reference": p.reference, "generated": t} for p, t in zip(chunk, texts) if len(samples) < 3)
+    (total_hits,) = all_reduce_sum([float(hits)], strategy.device)
+    return (total_hits / len(prompts) if prompts else math.nan), samples
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -1,4 +1,5 @@
-"""The training loop: one optimizer step per iteration, gradient accumulation inside it."""
+"""The training loop: one optimizer step per iteration, gradient accumulation inside it,
+the same code for one process and many (the Strategy hides wrapping and synchronisation)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import torch
 
 from trainer.checkpoint import LoopState
 from trainer.config import TrainingConfig
+from trainer.distributed import all_reduce_sum, any_rank
 from trainer.data.batches import GlobalSampler, RowDataset, make_batch
 from trainer.loss import loss_sum
 from trainer.metrics import MetricsWriter
 from trainer.stopping import StopFlag
+from trainer.strategies.base import Strategy
 
 
 @dataclass
@@ -30,49 +33,55 @@ class LoopHooks:
 
 def train_loop(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Any,
     scheduler: Any,
     data: RowDataset,
     cfg: TrainingConfig,
     state: LoopState,
     total_steps: int,
     *,
+    strategy: Strategy,
     pad_id: int,
-    device: str,
     metrics: MetricsWriter,
     hooks: LoopHooks,
     stop: StopFlag,
     show_progress: bool,
 ) -> LoopState:
+    rank, world, device = strategy.rank, strategy.world_size, strategy.device
     sampler = GlobalSampler(len(data), cfg.seed, shuffle=True)
-    per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+    mb, accum = cfg.micro_batch_size, cfg.gradient_accumulation_steps
+    per_step = mb * accum * world
     progress = _progress(total_steps, state.step, show_progress)
     model.train()
     while state.step < total_steps:
         started = time.perf_counter()
         rows = sampler.take(state.samples_seen, per_step)
-        micro = [make_batch(data, rows[i : i + cfg.micro_batch_size], pad_id) for i in range(0, per_step, cfg.micro_batch_size)]
-        # Normalise by the label tokens of the whole step, so accumulation equals one big batch.
-        step_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-        step_loss = 0.0
-        for batch in micro:
-            summed, _ = loss_sum(model, {k: v.to(device) for k, v in batch.items()})
-            (summed / max(step_tokens, 1)).backward()
-            step_loss += summed.detach().item()
-        grad_norm = _clip(model, cfg.max_grad_norm)
+        # Micro-batch k of this rank: slot (k, rank) of the global step, so the step's rows are
+        # the same whatever the world size, and one process with a bigger batch sees them all.
+        micro = [make_batch(data, rows[(k * world + rank) * mb : (k * world + rank + 1) * mb], pad_id) for k in range(accum)]
+        local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        (global_targets,) = all_reduce_sum([float(local_targets)], device)
+        # Normalise by the label tokens of the whole global step: accumulation and sharding then
+        # give exactly the gradient of one big batch.
+        scale = strategy.loss_scale() / max(global_targets, 1.0)
+        local_loss = 0.0
+        for k, batch in enumerate(micro):
+            with strategy.micro_step(model, last=k == accum - 1):
+                summed, _ = loss_sum(model, {key: v.to(device) for key, v in batch.items()})
+                strategy.backward(model, summed * scale)
+            local_loss += summed.detach().item()
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        grad_norm = strategy.clip_and_step(model, optimizer, cfg.max_grad_norm)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        real_tokens = sum(int(b["num_tokens"]) for b in micro)
+        loss_sum_all, tokens_all = all_reduce_sum([local_loss, float(sum(int(b["num_tokens"]) for b in micro))], device)
         state.step += 1
         state.samples_seen += per_step
-        state.tokens_seen += real_tokens
+        state.tokens_seen += int(tokens_all)
         elapsed = time.perf_counter() - started
-        loss = step_loss / max(step_tokens, 1)
+        loss = loss_sum_all / max(global_targets, 1.0)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {state.step}; lower training.learning_rate or check the data")
-        values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": real_tokens / elapsed,
+        values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_all / elapsed,
                   "epoch": state.samples_seen / len(data), "samples_seen": state.samples_seen}
         if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
             metrics.write(state.step, values)
@@ -80,20 +89,15 @@ def train_loop(
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
         if hooks.should_eval(state.step):
             hooks.evaluate(state.step)
-        if hooks.should_save(state.step) or stop.check_step(state.step):
+        # Every rank must agree to stop at the same step, or the next collective would hang.
+        stopping = any_rank(stop.check_step(state.step), device)
+        if hooks.should_save(state.step) or stopping:
             hooks.save(state)
-        if stop.requested and state.step < total_steps:
+        if stopping and state.step < total_steps:
+            stop.requested = True
             break
     progress.close()
     return state
-
-
-def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-    return float(norm)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

@@ -43,8 +43,43 @@ def lr_multiplier(step: int, total_steps: int, warmup: int, kind: str, min_ratio
     return min_ratio + (1.0 - min_ratio) * decay
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = warmup_steps(cfg, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, warmup, cfg.lr_scheduler, cfg.min_lr_ratio)
-    )
+class WarmupDecaySchedule:
+    """Sets each param group's lr to its base lr x lr_multiplier(step).
+
+    Works on anything with `param_groups` (a torch optimizer, or DeepSpeed's ZeRO optimizer,
+    which is not a torch Optimizer and so cannot take a torch LR scheduler).
+    """
+
+    def __init__(self, optimizer: object, cfg: TrainingConfig, total_steps: int):
+        self.optimizer = optimizer
+        self.total_steps = total_steps
+        self.warmup = warmup_steps(cfg, total_steps)
+        self.kind = cfg.lr_scheduler
+        self.min_ratio = cfg.min_lr_ratio
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # type: ignore[attr-defined]
+        self.step_count = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        factor = lr_multiplier(self.step_count, self.total_steps, self.warmup, self.kind, self.min_ratio)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):  # type: ignore[attr-defined]
+            group["lr"] = base * factor
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, object]:
+        return {"step_count": self.step_count, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.step_count = int(state["step_count"])  # type: ignore[arg-type]
+        self.base_lrs = list(state["base_lrs"])  # type: ignore[arg-type]
+        self._apply()
+
+
+def build_scheduler(optimizer: object, cfg: TrainingConfig, total_steps: int) -> WarmupDecaySchedule:
+    return WarmupDecaySchedule(optimizer, cfg, total_steps)

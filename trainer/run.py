@@ -17,10 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.checkpoint import LoopState, latest_valid_checkpoint, load_checkpoint, save_checkpoint, validate_checkpoint
+from trainer.checkpoint import (
+    LoopState,
+    checkpoint_world_size,
+    latest_valid_checkpoint,
+    load_checkpoint,
+    load_trainable,
+    save_checkpoint,
+    validate_checkpoint,
+)
 from trainer.config import TrainerConfig
 from trainer.context import WorkerContext
 from trainer.data.prepare import PreparedData, prepare_data
+from trainer.distributed import barrier
 from trainer.errors import TrainerInputError
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
@@ -31,6 +40,8 @@ from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model_builder import load_model, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.stopping import StopFlag, StopRequested
+from trainer.strategies import build_strategy
+from trainer.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +49,23 @@ log = logging.getLogger(__name__)
 def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     setup_worker_logging(ctx.run_dir, ctx.rank)
     seed_everything(cfg.training.seed)
+    strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(
         cfg.data, tokenizer, seed=cfg.training.seed, micro_batch_size=cfg.training.micro_batch_size,
         want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples,
     )
-    model = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, cfg.model.gradient_checkpointing)
-    total_steps = planned_steps(cfg, len(data.train))
-    optimizer = build_optimizer(model, cfg.training)
+    base = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, cfg.model.gradient_checkpointing)
+    total_steps = planned_steps(cfg, len(data.train), ctx.world_size)
+    model, optimizer = strategy.wrap(base, lambda m: build_optimizer(m, cfg.training))
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
-    state = _resume(cfg, ctx, model, optimizer, scheduler)
+    state = _resume(cfg, ctx, strategy.unwrapped(model), optimizer, scheduler)
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
 
     metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main)
-    evaluator = _Evaluator(cfg, model, tokenizer, data, ctx, metrics)
+    evaluator = _Evaluator(cfg, model, strategy, tokenizer, data, metrics)
     if state.step == 0 and cfg.eval.at_start and data.evals:
         evaluator(0, label="base")
     stop = StopFlag()
@@ -61,8 +73,9 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
     def save(current: LoopState) -> str:
-        path = save_checkpoint(ctx.run_dir, model, optimizer, scheduler, current, config_hash=config_hash,
-                               world_size=ctx.world_size, keep_last=cfg.checkpoint.keep_last)
+        path = save_checkpoint(ctx.run_dir, strategy.trainable_state(model), optimizer, scheduler, current,
+                               config_hash=config_hash, rank=ctx.rank, world_size=ctx.world_size,
+                               keep_last=cfg.checkpoint.keep_last)
         return str(path)
 
     hooks = LoopHooks(
@@ -71,10 +84,10 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
         should_eval=lambda step: bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and step < total_steps,
         should_save=lambda step: bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0,
     )
-    log.info("training %d steps (%d rows, %s)", total_steps, len(data.train), data.report)
+    log.info("training %d steps on %d worker(s) with %s (%d rows, %s)", total_steps, ctx.world_size, strategy.name, len(data.train), data.report)
     try:
         state = train_loop(model, optimizer, scheduler, data.train, cfg.training, state, total_steps,
-                           pad_id=tokenizer.pad_token_id, device=ctx.device, metrics=metrics, hooks=hooks,
+                           strategy=strategy, pad_id=tokenizer.pad_token_id, metrics=metrics, hooks=hooks,
                            stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar)
     finally:
         stop.uninstall()
@@ -84,20 +97,35 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
 
     if data.evals:
         evaluator(state.step, label="final")
-    if ctx.is_main:
-        export_final(model, tokenizer, cfg, ctx.run_dir / "final", ctx.device,
-                     merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
+    _export(cfg, ctx, strategy, model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, total_steps)
     if ctx.is_main:
         (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     metrics.close()
+    barrier()
     return summary
 
 
-def planned_steps(cfg: TrainerConfig, rows: int) -> int:
+def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: Any, tokenizer: Any) -> None:
+    """Rank 0 writes final/. Sharded strategies first gather the full trainable weights (a
+    collective) into a freshly built model, so the export holds real full tensors."""
+    if strategy.replicated:
+        if ctx.is_main:
+            export_final(strategy.unwrapped(model), tokenizer, cfg, ctx.run_dir / "final", ctx.device,
+                         merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
+        return
+    trainable = strategy.trainable_state(model)
+    if ctx.is_main:
+        fresh = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, False)
+        load_trainable(fresh, trainable)
+        export_final(fresh, tokenizer, cfg, ctx.run_dir / "final", ctx.device,
+                     merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
+
+
+def planned_steps(cfg: TrainerConfig, rows: int, world_size: int = 1) -> int:
     if cfg.training.max_steps:
         return cfg.training.max_steps
-    per_step = cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps
+    per_step = cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * world_size
     return max(1, math.ceil(cfg.training.epochs * rows / per_step))
 
 
@@ -120,26 +148,35 @@ def _resume(cfg: TrainerConfig, ctx: WorkerContext, model: Any, optimizer: Any, 
         problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
         if problem:
             raise TrainerInputError(f"checkpoint.resume={mode!r}: cannot resume from it: {problem}")
-    state = load_checkpoint(path, model, optimizer, scheduler)
+    saved_world = checkpoint_world_size(path)
+    if saved_world != ctx.world_size:
+        raise TrainerInputError(
+            f"checkpoint {path} was written by {saved_world} worker(s) but this run has {ctx.world_size}; "
+            f"resume with cluster.workers={saved_world} (changing the worker count on resume is not supported yet)"
+        )
+    state = load_checkpoint(path, model, optimizer, scheduler, rank=ctx.rank)
     log.info("resumed from %s at step %d (sample %d)", path, state.step, state.samples_seen)
     return state
 
 
 class _Evaluator:
-    def __init__(self, cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, ctx: WorkerContext, metrics: MetricsWriter):
-        self.cfg, self.model, self.tokenizer, self.data, self.ctx, self.metrics = cfg, model, tokenizer, data, ctx, metrics
+    def __init__(self, cfg: TrainerConfig, model: Any, strategy: Strategy, tokenizer: Any, data: PreparedData, metrics: MetricsWriter):
+        self.cfg, self.model, self.strategy, self.tokenizer, self.data, self.metrics = cfg, model, strategy, tokenizer, data, metrics
 
     def __call__(self, step: int, label: str = "periodic") -> None:
         batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
+        # Replicated strategies evaluate the plain module (no collectives in forward); sharded
+        # ones must run the wrapped model, in lockstep on every rank.
+        model = self.model if self.strategy.forward_is_collective else self.strategy.unwrapped(self.model)
         for eval_set in self.data.evals:
             values: dict[str, Any] = {
                 "split": eval_set.name,
                 "label": label,
-                "eval_loss": eval_loss(self.model, eval_set, batch, self.tokenizer.pad_token_id, self.ctx.device, self.cfg.eval.max_samples),
+                "eval_loss": eval_loss(model, eval_set, batch, self.tokenizer.pad_token_id, self.strategy, self.cfg.eval.max_samples),
             }
             if self.cfg.eval.generation.enabled and eval_set.prompts:
-                score, samples = exact_match(self.model, self.tokenizer, eval_set.prompts,
-                                             self.cfg.eval.generation.max_new_tokens, batch, self.ctx.device)
+                score, samples = exact_match(model, self.tokenizer, eval_set.prompts,
+                                             self.cfg.eval.generation.max_new_tokens, batch, self.strategy)
                 values["exact_match"] = score
                 values["samples"] = samples
             self.metrics.write(step, values, kind="eval")

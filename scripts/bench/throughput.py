@@ -27,6 +27,7 @@ from trainer.loss import loss_sum
 from trainer.metrics import MetricsWriter
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.stopping import StopFlag
+from trainer.strategies.base import SingleProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,11 +47,11 @@ def bench_trainer(path: str, data: RowDataset, cfg: TrainingConfig, steps: int, 
     scheduler = build_scheduler(optimizer, cfg, steps + warmup)
     hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda s: False)
     metrics = MetricsWriter(Path("."), enabled=False)
-    state = train_loop(model, optimizer, scheduler, data, cfg, LoopState(), warmup, pad_id=pad_id, device="cpu",
+    state = train_loop(model, optimizer, scheduler, data, cfg, LoopState(), warmup, strategy=SingleProcess("cpu"), pad_id=pad_id,
                        metrics=metrics, hooks=hooks, stop=StopFlag(), show_progress=False)
     tokens_before = state.tokens_seen
     started = time.perf_counter()
-    state = train_loop(model, optimizer, scheduler, data, cfg, state, warmup + steps, pad_id=pad_id, device="cpu",
+    state = train_loop(model, optimizer, scheduler, data, cfg, state, warmup + steps, strategy=SingleProcess("cpu"), pad_id=pad_id,
                        metrics=metrics, hooks=hooks, stop=StopFlag(), show_progress=False)
     return (state.tokens_seen - tokens_before) / (time.perf_counter() - started)
 

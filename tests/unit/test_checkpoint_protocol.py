@@ -18,8 +18,9 @@ def _save(run_dir: Path, step: int, keep_last: int = 3) -> tuple[torch.nn.Module
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    path = save_checkpoint(run_dir, model, optimizer, scheduler, LoopState(step=step, samples_seen=step * 8),
-                           config_hash="h", world_size=1, keep_last=keep_last)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters()}
+    path = save_checkpoint(run_dir, trainable, optimizer, scheduler, LoopState(step=step, samples_seen=step * 8),
+                           config_hash="h", keep_last=keep_last)
     return model, path
 
 

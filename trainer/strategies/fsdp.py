@@ -1,0 +1,75 @@
+"""FSDP2 (`fully_shard`): parameters, gradients and optimizer state sharded across ranks.
+
+Each decoder layer is its own shard unit (the model's `_no_split_modules` names them), then the
+root; reshard_after_forward frees gathered weights between forward and backward (ZeRO-3 like).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+from trainer.config import ParallelConfig
+from trainer.strategies.base import Strategy
+
+
+class FSDPStrategy(Strategy):
+    name = "fsdp"
+    replicated = False
+    forward_is_collective = True
+
+    def __init__(self, device: str, rank: int, world_size: int, cfg: ParallelConfig):
+        super().__init__(device, rank, world_size)
+        self.cfg = cfg
+
+    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        kwargs: dict[str, object] = {"reshard_after_forward": self.cfg.reshard_after_forward}
+        if self.cfg.mixed_precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.cfg.mixed_precision == "bf16" else torch.float16
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        if self.cfg.offload_params == "cpu":
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+        for layer in decoder_layers(model):
+            fully_shard(layer, **kwargs)
+        # The root unit is the transformers model, not a PEFT wrapper around it: PEFT's generate()
+        # calls the inner model directly, which would skip a hook on the wrapper.
+        self.root = model.get_base_model() if hasattr(model, "get_base_model") else model
+        fully_shard(self.root, **kwargs)
+        return model, make_optimizer(model)
+
+    @contextlib.contextmanager
+    def micro_step(self, model: torch.nn.Module, last: bool) -> Iterator[None]:
+        # Sync (reduce-scatter) gradients only on the last micro-batch of the step.
+        for module in self.root.modules():
+            if hasattr(module, "set_requires_gradient_sync"):
+                module.set_requires_gradient_sync(last, recurse=False)
+        yield
+
+    def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        from torch.distributed.tensor import DTensor
+
+        state = {}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            value = param.detach()
+            # full_tensor() is a collective: every rank runs it, in the same order.
+            value = value.full_tensor() if isinstance(value, DTensor) else value
+            state[name] = value.cpu().clone()
+        return state
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(
+            f"parallel.strategy=fsdp: cannot find the decoder layers of {type(base).__name__} "
+            "(its _no_split_modules is empty); use ddp or deepspeed for this model"
+        )
+    return layers
