@@ -24,4 +24,18 @@ class RunConfig(TrainerConfig):
                 f"checkpoint.every_steps: periodic checkpoints of sharded state ({strategy}) are not supported yet; "
                 "set checkpoint.every_steps=0 or use parallel.strategy=ddp"
             )
+        parallel = self.parallel
+        if parallel.offload_optimizer != "none" and strategy != "deepspeed":
+            raise ValueError("parallel.offload_optimizer needs parallel.strategy=deepspeed "
+                             "(with fsdp, parallel.offload_params=cpu offloads parameters, gradients and the optimizer step)")
+        if parallel.offload_params != "none":
+            if strategy == "deepspeed" and parallel.zero_stage != 3:
+                raise ValueError("parallel.offload_params needs parallel.zero_stage=3 (ZeRO-1/2 do not partition parameters); "
+                                 "use offload_optimizer with stages 1-2")
+            if strategy == "fsdp" and parallel.offload_params != "cpu":
+                raise ValueError("parallel.offload_params: fsdp offloads to cpu only; use deepspeed ZeRO-3 for nvme")
+            if strategy not in SHARDED:
+                raise ValueError("parallel.offload_params needs parallel.strategy=fsdp or deepspeed")
+        if "nvme" in (parallel.offload_params, parallel.offload_optimizer) and not parallel.nvme_path:
+            raise ValueError("parallel.nvme_path is required for nvme offload (a directory on a fast local disk)")
         return self

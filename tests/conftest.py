@@ -22,6 +22,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["FTL_CACHE_DIR"] = str(tmp_path_factory.mktemp("ftl-cache"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # DeepSpeed JIT-builds its CPU Adam once; keep the build in the repo-local cache so test
+    # runs after the first reuse it (CI builds it once per run).
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 
 
 @pytest.fixture(scope="session")

@@ -165,9 +165,9 @@ class _Evaluator:
 
     def __call__(self, step: int, label: str = "periodic") -> None:
         batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
-        # Replicated strategies evaluate the plain module (no collectives in forward); sharded
-        # ones must run the wrapped model, in lockstep on every rank.
-        model = self.model if self.strategy.forward_is_collective else self.strategy.unwrapped(self.model)
+        # The module with the original API (generate etc.); for sharded strategies it still
+        # carries the hooks that gather parameters, so every rank evaluates in lockstep.
+        model = self.strategy.unwrapped(self.model)
         for eval_set in self.data.evals:
             values: dict[str, Any] = {
                 "split": eval_set.name,

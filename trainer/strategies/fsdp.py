@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from trainer.config import ParallelConfig
+from trainer.errors import TrainerInputError
 from trainer.strategies.base import Strategy
 
 
@@ -23,6 +24,11 @@ class FSDPStrategy(Strategy):
     def __init__(self, device: str, rank: int, world_size: int, cfg: ParallelConfig):
         super().__init__(device, rank, world_size)
         self.cfg = cfg
+        if cfg.offload_params == "cpu" and not device.startswith("cuda"):
+            raise TrainerInputError(
+                "parallel.offload_params=cpu with fsdp moves parameters from GPU to CPU memory; this worker has "
+                "no GPU, so its parameters are in CPU memory already: remove the setting (or use deepspeed ZeRO-3 offload)"
+            )
 
     def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard

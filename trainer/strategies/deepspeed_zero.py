@@ -1,0 +1,158 @@
+"""DeepSpeed ZeRO-1/2/3, with optimizer and parameter offload, driven by our own loop.
+
+We keep control of the maths DeepSpeed would otherwise change:
+- loss normalisation: `backward(loss, scale_wrt_gas=False)`, since our loss is already divided by
+  the global step's token count (DeepSpeed would divide by gradient_accumulation_steps again);
+- learning rate: our schedule writes the lr into the ZeRO optimizer's param_groups each step (no
+  DeepSpeed scheduler is configured);
+- clipping: DeepSpeed clips by the global norm (`gradient_clipping` = training.max_grad_norm).
+`engine.step()` runs after every micro-batch; DeepSpeed only steps the optimizer at the
+accumulation boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import TrainerConfig
+from trainer.errors import TrainerInputError
+from trainer.strategies.base import Strategy
+
+
+def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
+    """Our DeepSpeed config, generated from the run config, with the user's JSON merged over it."""
+    parallel, training = cfg.parallel, cfg.training
+    zero: dict[str, Any] = {"stage": parallel.zero_stage}
+    if parallel.zero_stage == 3:
+        # Partition every parameter (DeepSpeed keeps small ones replicated by default), so the
+        # memory split is what the stage promises, and 16-bit weights can be gathered at save.
+        zero["stage3_param_persistence_threshold"] = 0
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if parallel.offload_optimizer != "none":
+        zero["offload_optimizer"] = _offload(parallel.offload_optimizer, parallel.nvme_path)
+    if parallel.offload_params != "none":
+        zero["offload_param"] = _offload(parallel.offload_params, parallel.nvme_path)
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": training.micro_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "train_batch_size": training.micro_batch_size * training.gradient_accumulation_steps * world_size,
+        "gradient_clipping": training.max_grad_norm or 0.0,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    precision = resolved_precision(parallel.mixed_precision)
+    if precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif precision == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0}
+    if parallel.deepspeed_config:
+        _deep_merge(config, _read_user_config(parallel.deepspeed_config))
+    return config
+
+
+def resolved_precision(name: str) -> str:
+    if name != "auto":
+        return name
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+class DeepSpeedStrategy(Strategy):
+    name = "deepspeed"
+
+    def __init__(self, device: str, rank: int, world_size: int, cfg: TrainerConfig):
+        super().__init__(device, rank, world_size)
+        self.cfg = cfg
+        self.stage = cfg.parallel.zero_stage
+        # ZeRO-1/2 keep full parameters on every rank (only gradients/optimizer are split);
+        # ZeRO-3 partitions parameters, so forward passes gather them collectively.
+        self.replicated = self.stage < 3
+        self.forward_is_collective = self.stage == 3
+        self.engine: Any = None
+
+    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
+        import deepspeed
+
+        config = deepspeed_config(self.cfg, self.world_size)
+        optimizer = self._optimizer(model, make_optimizer)
+        if self.cfg.parallel.offload_optimizer != "none" and not _is_ds_cpu_adam(optimizer):
+            config["zero_force_ds_cpu_optimizer"] = False
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.engine = engine
+        # The ZeRO optimizer is what holds the live param_groups our LR schedule writes into.
+        return engine, engine.optimizer
+
+    def _optimizer(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> Any:
+        torch_optimizer = make_optimizer(model)
+        if self.cfg.parallel.offload_optimizer == "none":
+            return torch_optimizer
+        # With offload the step runs on CPU: DeepSpeed's vectorised CPU Adam (same AdamW maths,
+        # JIT-built once and cached in TORCH_EXTENSIONS_DIR) is far faster than torch's.
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        defaults = torch_optimizer.defaults
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in torch_optimizer.param_groups]
+        return DeepSpeedCPUAdam(groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"], adamw_mode=True)
+
+    def backward(self, model: torch.nn.Module, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+        self.engine.step()  # a no-op for the optimizer until the accumulation boundary
+
+    def clip_and_step(self, model: torch.nn.Module, optimizer: object, max_norm: float | None) -> float:
+        # Clipping and the optimizer step already happened in the boundary engine.step().
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else 0.0
+
+    def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.engine.module if self.engine is not None else model
+
+    def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        module = self.unwrapped(model)
+        if self.stage < 3:
+            return super().trainable_state(model)
+        import deepspeed
+
+        trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        # Collective: every rank gathers; the full tensors exist only inside the context.
+        with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
+            return {name: p.detach().cpu().clone() for name, p in trainable}
+
+
+def _offload(device: str, nvme_path: str | None) -> dict[str, Any]:
+    if device == "nvme":
+        if not nvme_path:
+            raise TrainerInputError("parallel.offload_*=nvme needs parallel.nvme_path (a directory on a fast local disk)")
+        return {"device": "nvme", "nvme_path": nvme_path}
+    return {"device": "cpu"}
+
+
+def _is_ds_cpu_adam(optimizer: Any) -> bool:
+    return type(optimizer).__name__ == "DeepSpeedCPUAdam"
+
+
+def _read_user_config(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TrainerInputError(f"parallel.deepspeed_config: {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise TrainerInputError(f"parallel.deepspeed_config: {path} line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise TrainerInputError(f"parallel.deepspeed_config: {path} must hold a JSON object")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
