@@ -9,6 +9,7 @@ import sys
 
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3  # stopped at a step boundary with a checkpoint; rerun the same command to resume
+STOP_SIGNAL_CODES = (130, 138, 143)  # 128 + SIGINT / SIGUSR1 / SIGTERM, after a checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ftl: {exc}", file=sys.stderr)
             return 128 + exc.signum if exc.signum else EXIT_STOPPED
         if isinstance(exc, WorkerFailed):
-            print(f"ftl: {exc}", file=sys.stderr)
+            if exc.code == EXIT_STOPPED or exc.code in STOP_SIGNAL_CODES:
+                print("ftl: workers stopped at a step boundary with a checkpoint; run the same command again to resume", file=sys.stderr)
+            elif exc.code == EXIT_USER_ERROR:
+                print("ftl: a worker rejected its input (message above)", file=sys.stderr)
+            else:
+                print(f"ftl: {exc}", file=sys.stderr)
             return exc.code
         raise
 

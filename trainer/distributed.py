@@ -42,3 +42,11 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def all_gather_object(value: Any) -> list[Any]:
+    if not active():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -34,6 +34,7 @@ from trainer.errors import TrainerInputError
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
+from trainer.memory_report import memory_report
 from trainer.loop import LoopHooks, train_loop
 from trainer.methods import apply_method
 from trainer.metrics import MetricsWriter, read_metrics
@@ -95,10 +96,12 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
         metrics.close()
         raise StopRequested(state.step, str(ctx.run_dir / "checkpoints" / f"step-{state.step}"), stop.signum)
 
+    memory = memory_report(model, optimizer, ctx.rank)
     if data.evals:
         evaluator(state.step, label="final")
     _export(cfg, ctx, strategy, model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, total_steps)
+    summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
     if ctx.is_main:
         (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     metrics.close()

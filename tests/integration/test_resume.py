@@ -59,3 +59,26 @@ def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_di
     again = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_two_worker_ddp_run_stops_and_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
+    def config(name: str) -> Path:
+        return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name,
+                            method={"lora": {"dropout": 0.1}}, training={"max_steps": 6, "micro_batch_size": 2},
+                            checkpoint={"every_steps": 2}, cluster={"workers": 2})
+
+    golden = subprocess.run([*FTL, "train", str(config("golden"))], cwd=REPO, capture_output=True, text=True)
+    assert golden.returncode == 0, golden.stderr[-2000:]
+    interrupted = config("interrupted")
+    env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="3")
+    first = subprocess.run([*FTL, "train", str(interrupted)], env=env, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 3, first.stderr[-2000:]
+    assert "run the same command again to resume" in first.stderr
+    manifest = (tmp_path / "interrupted" / "checkpoints" / "step-3" / "manifest.json").read_text()
+    assert '"rng-rank1.pt"' in manifest  # every rank's RNG state is part of the checkpoint
+    second = subprocess.run([*FTL, "train", str(interrupted)], cwd=REPO, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert [r["loss"] for r in read_metrics(tmp_path / "interrupted", "train")] == [r["loss"] for r in read_metrics(tmp_path / "golden", "train")]
+    golden_adapter = load_file(str(tmp_path / "golden" / "final" / "adapter" / "adapter_model.safetensors"))
+    resumed_adapter = load_file(str(tmp_path / "interrupted" / "final" / "adapter" / "adapter_model.safetensors"))
+    assert all((golden_adapter[k] == resumed_adapter[k]).all() for k in golden_adapter)

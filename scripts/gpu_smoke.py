@@ -1,0 +1,138 @@
+"""The checks behind scripts/gpu_smoke.sh; each prints one PASS/FAIL/SKIP line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "assets/models/ftl-tiny-llama"
+DATA = REPO / "assets/data/fictional-qa"
+RESULTS: list[tuple[str, str, str]] = []
+
+
+def check(name: str) -> Callable[[Callable[[], str]], Callable[[], str]]:
+    def register(fn: Callable[[], str]) -> Callable[[], str]:
+        try:
+            detail = fn()
+            status = "SKIP" if detail.startswith("skip:") else "PASS"
+        except Exception as exc:  # report and go on: the point is one line per item
+            status, detail = "FAIL", f"{type(exc).__name__}: {exc}"
+            traceback.print_exc(file=sys.stderr)
+        RESULTS.append((status, name, detail))
+        print(f"{status:<5} {name}: {detail}", flush=True)
+        return fn
+    return register
+
+
+def train(tmp: Path, name: str, **sections: dict) -> list[float]:
+    config = {
+        "model": {"path": str(MODEL)},
+        "data": {"train": str(DATA / "train.jsonl"), "validation": str(DATA / "valid.jsonl"), "max_seq_len": 128},
+        "method": {"type": "lora"},
+        "training": {"max_steps": 10, "micro_batch_size": 8, "learning_rate": 2e-3, "progress_bar": False},
+        "eval": {"max_samples": 32, "generation": {"max_samples": 32}},
+        "output": {"dir": str(tmp / name)},
+    }
+    for key, value in sections.items():
+        config.setdefault(key, {}).update(value)
+    (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    out = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(tmp / f"{name}.yaml")], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"ftl train ({name}) exited {out.returncode}: {out.stderr[-1500:]}")
+    lines = (tmp / name / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(l)["loss"] for l in lines if '"kind": "train"' in l]
+
+
+def main() -> int:
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="ftl-gpu-smoke-"))
+
+    @check("cuda")
+    def _cuda() -> str:
+        assert torch.cuda.is_available(), "torch.cuda.is_available() is False"
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}, bf16={torch.cuda.is_bf16_supported()}"
+
+    if RESULTS[-1][0] == "FAIL":
+        print("no CUDA device: the other checks need one")
+        return 1
+
+    @check("flash-attn packed rows")
+    def _flash() -> str:
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            return "skip: flash-attn not installed"
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from trainer.data.batches import RowDataset, make_batch
+        from trainer.data.tokenized import load_tokenized
+        from trainer.loss import forward_logits
+
+        tok = AutoTokenizer.from_pretrained(str(MODEL))
+        model = AutoModelForCausalLM.from_pretrained(str(MODEL), dtype=torch.bfloat16, attn_implementation="flash_attention_2").cuda().eval()
+        data = load_tokenized(str(DATA / "valid.jsonl"), "chat", tok, max_seq_len=128, too_long="truncate", skip_bad_rows=False)
+        packed = make_batch(RowDataset(data, [[0, 1, 2, 3]], packed=True), [0], tok.pad_token_id)
+        worst, offset = 0.0, 0
+        with torch.no_grad():
+            logits = forward_logits(model, {k: v.cuda() for k, v in packed.items()})[0].float()
+            for i in range(4):
+                ids, _ = data.example(i)
+                alone = forward_logits(model, {"input_ids": torch.tensor(ids[None], dtype=torch.long).cuda()})[0].float()
+                worst = max(worst, float((logits[offset: offset + len(ids)] - alone).abs().max()))
+                offset += len(ids)
+        assert worst < 5e-2, f"packed vs one-by-one max |diff| {worst} (bf16)"
+        losses = train(tmp, "flash", model={"attn_implementation": "flash_attention_2"})
+        return f"packed = one-by-one within {worst:.1e} (bf16); 10 LoRA steps loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+    @check("bf16 training (dtype auto)")
+    def _bf16() -> str:
+        losses = train(tmp, "bf16", method={"type": "full"}, training={"learning_rate": 3e-4})
+        log = (tmp / "bf16" / "logs" / "rank-0.log").read_text()
+        assert "torch.bfloat16" in log, "dtype auto did not pick bf16"
+        assert losses[-1] < losses[0], losses
+        return f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+    @check("QLoRA 4-bit CUDA kernels")
+    def _qlora() -> str:
+        losses = train(tmp, "qlora", method={"type": "qlora"})
+        assert losses[-1] < losses[0], losses
+        return f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+    @check("NCCL all-reduce")
+    def _nccl() -> str:
+        code = ("import os, torch, torch.distributed as dist; dist.init_process_group('nccl'); r = dist.get_rank();"
+                "torch.cuda.set_device(r); t = torch.ones(1, device='cuda') * (r + 1); dist.all_reduce(t);"
+                "n = dist.get_world_size(); assert t.item() == n * (n + 1) / 2, t; dist.destroy_process_group()")
+        n = min(torch.cuda.device_count(), 2)
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--no-python",
+                              sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-1500:]
+        return f"{n} rank(s)"
+
+    @check("strategy parity: none vs FSDP2 vs ZeRO-2")
+    def _parity() -> str:
+        workers = min(torch.cuda.device_count(), 2)
+        micro = 8 // workers
+        ref = train(tmp, "p-none", parallel={"mixed_precision": "bf16"})
+        fsdp = train(tmp, "p-fsdp", parallel={"strategy": "fsdp", "mixed_precision": "bf16"}, cluster={"workers": workers}, training={"micro_batch_size": micro})
+        zero = train(tmp, "p-zero2", parallel={"strategy": "deepspeed", "zero_stage": 2, "mixed_precision": "bf16"}, cluster={"workers": workers}, training={"micro_batch_size": micro})
+        worst = max(abs(a - b) / abs(b) for run in (fsdp, zero) for a, b in zip(run, ref))
+        assert worst < 2e-2, f"max relative loss difference {worst:.3g} (bf16 tolerance 2e-2)"
+        return f"{workers} worker(s); max relative loss difference {worst:.2e} over 10 steps"
+
+    failed = [r for r in RESULTS if r[0] == "FAIL"]
+    print(f"\n{len(RESULTS) - len(failed)} passed or skipped, {len(failed)} failed; work dir {tmp}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
