@@ -65,7 +65,12 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"\nFine-tune finished: {summary['steps']} steps, train loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}"]
+    lines = [f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> {_fmt(summary['last_loss'])}"]
+    data = summary.get("data", {})
+    if data:
+        mode = "packed into" if data.get("packing") else "padded in batches,"
+        lines.append(f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; "
+                     f"{100 * data['token_efficiency']:.1f}% of token slots hold real tokens")
     scores = summary.get("scores", {})
     if scores:
         lines.append(f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}{'exact match (base -> tuned)':<30}")

@@ -25,6 +25,9 @@ class RunConfig(TrainerConfig):
                 "set checkpoint.every_steps=0 or use parallel.strategy=ddp"
             )
         parallel = self.parallel
+        if parallel.mixed_precision == "fp16" and strategy != "deepspeed":
+            raise ValueError("parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
+                             "use bf16, or parallel.strategy=deepspeed")
         if parallel.offload_optimizer != "none" and strategy != "deepspeed":
             raise ValueError("parallel.offload_optimizer needs parallel.strategy=deepspeed "
                              "(with fsdp, parallel.offload_params=cpu offloads parameters, gradients and the optimizer step)")

@@ -67,7 +67,8 @@ def train_loop(
         local_loss = 0.0
         for k, batch in enumerate(micro):
             with strategy.micro_step(model, last=k == accum - 1):
-                summed, _ = loss_sum(model, {key: v.to(device) for key, v in batch.items()})
+                with strategy.autocast():
+                    summed, _ = loss_sum(model, {key: v.to(device) for key, v in batch.items()})
                 strategy.backward(model, summed * scale)
             local_loss += summed.detach().item()
         lr = scheduler.get_last_lr()[0]

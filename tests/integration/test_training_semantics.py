@@ -61,3 +61,10 @@ def test_gradient_checkpointing_switch_reaches_the_model(tiny_model_dir: Path) -
         assert model.is_activation_checkpointing, method
         plain = apply_method(load_model(ModelConfig(path=str(tiny_model_dir)), cfg, "cpu"), cfg, False)
         assert not plain.is_activation_checkpointing, method
+
+
+def test_bf16_autocast_single_process(tmp_path: Path, tiny_model_dir: Path) -> None:
+    fp32 = _losses(tmp_path, "fp32", tiny_model_dir, training={"max_steps": 4})
+    bf16 = _losses(tmp_path, "bf16", tiny_model_dir, training={"max_steps": 4}, parallel={"mixed_precision": "bf16"})
+    assert bf16 != fp32  # the forward really ran in bf16 ...
+    assert bf16 == pytest.approx(fp32, rel=2e-2)  # ... and trains the same model within bf16 rounding

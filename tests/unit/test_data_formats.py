@@ -45,6 +45,12 @@ def test_chat_trains_only_assistant_turns_including_end_of_turn(tokenizer: Any) 
     assert "Zorblat" not in trained and "<|user|>" not in trained
 
 
+def test_sharegpt_rows_render_like_chat_rows(tokenizer: Any) -> None:
+    chat = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
+    sharegpt = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
+    assert render_example(Row("t", sharegpt), "chat", tokenizer) == render_example(Row("t", chat), "chat", tokenizer)
+
+
 def test_alpaca_with_chat_template_masks_instruction(tokenizer: Any) -> None:
     row = Row("t", {"instruction": "Name the capital.", "input": "Zorblat", "output": "Quenta."})
     example = render_example(row, "alpaca", tokenizer)

@@ -2,7 +2,8 @@
 
 Formats:
   alpaca      {"instruction", "input"?, "output"}: loss on the output only.
-  chat        {"messages": [{"role", "content"}, ...]}: rendered with the tokenizer's chat
+  chat        {"messages": [{"role", "content"}, ...]} (or ShareGPT's {"conversations":
+              [{"from", "value"}, ...]}): rendered with the tokenizer's chat
               template; loss on assistant turns only, end-of-turn token included.
   completion  {"prompt", "completion"}: loss on the completion (+ EOS) only.
   text        {"text"}: plain language modelling, loss on every token.
@@ -20,6 +21,8 @@ from trainer.data.sources import Row
 from trainer.errors import DataError
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT-style rows ({"from": "human", "value": ...}) name roles differently.
+ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
 
 # Used for alpaca rows when the tokenizer has no chat template (the classic Alpaca prompt).
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -119,7 +122,9 @@ def _messages(values: dict[str, Any]) -> list[dict[str, str]]:
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise RowProblem(f"messages[{index}] must be an object with 'role' and 'content'")
-        role, content = message.get("role"), message.get("content")
+        role = message.get("role", message.get("from"))
+        content = message.get("content", message.get("value"))
+        role = ROLE_ALIASES.get(role, role)
         if role not in CHAT_ROLES:
             raise RowProblem(f"messages[{index}].role is {role!r}; expected one of {', '.join(CHAT_ROLES)}")
         if not isinstance(content, str):

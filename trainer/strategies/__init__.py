@@ -21,11 +21,11 @@ def build_strategy(cfg: TrainerConfig, world_size: int, rank: int, device: str) 
     if name == "none":
         if world_size > 1:
             raise ValueError("parallel.strategy=none cannot run on several workers; use ddp, fsdp or deepspeed")
-        return SingleProcess(device)
+        return SingleProcess(device, precision=cfg.parallel.mixed_precision)
     if name == "ddp":
         from trainer.strategies.ddp import DDPStrategy
 
-        return DDPStrategy(device, rank, world_size)
+        return DDPStrategy(device, rank, world_size, cfg.parallel.mixed_precision)
     if name == "fsdp":
         from trainer.strategies.fsdp import FSDPStrategy
 

@@ -15,8 +15,16 @@ class Strategy:
     # Whether forward passes run collectives, so every rank must run the same number of them.
     forward_is_collective = False
 
-    def __init__(self, device: str, rank: int = 0, world_size: int = 1):
+    def __init__(self, device: str, rank: int = 0, world_size: int = 1, precision: str = "auto"):
         self.device, self.rank, self.world_size = device, rank, world_size
+        self.precision = resolved_precision(precision, device)
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """Mixed precision for strategies that do not bring their own (single process, DDP):
+        bf16 autocast; FSDP2 and DeepSpeed cast inside their wrappers instead."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
         """Wrap the model for training and build its optimizer over the wrapped parameters."""
@@ -50,6 +58,15 @@ class Strategy:
         """Full (unsharded) trainable parameters on CPU. Collective for sharded strategies:
         every rank must call it; the result is complete on rank 0."""
         return {name: p.detach().cpu().clone() for name, p in self.unwrapped(model).named_parameters() if p.requires_grad}
+
+
+def resolved_precision(name: str, device: str) -> str:
+    """`auto`: bf16 on a GPU that supports it, fp32 otherwise."""
+    if name != "auto":
+        return name
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
 
 
 class SingleProcess(Strategy):

@@ -12,6 +12,7 @@ accumulation boundary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import torch
 
 from trainer.config import TrainerConfig
 from trainer.errors import TrainerInputError
-from trainer.strategies.base import Strategy
+from trainer.strategies.base import Strategy, resolved_precision
 
 
 def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    precision = resolved_precision(parallel.mixed_precision)
+    precision = resolved_precision(parallel.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     if precision == "bf16":
         config["bf16"] = {"enabled": True}
     elif precision == "fp16":
@@ -58,17 +59,11 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
     return config
 
 
-def resolved_precision(name: str) -> str:
-    if name != "auto":
-        return name
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
 class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
 
     def __init__(self, device: str, rank: int, world_size: int, cfg: TrainerConfig):
-        super().__init__(device, rank, world_size)
+        super().__init__(device, rank, world_size, cfg.parallel.mixed_precision)
         self.cfg = cfg
         self.stage = cfg.parallel.zero_stage
         # ZeRO-1/2 keep full parameters on every rank (only gradients/optimizer are split);
@@ -101,6 +96,9 @@ class DeepSpeedStrategy(Strategy):
         defaults = torch_optimizer.defaults
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in torch_optimizer.param_groups]
         return DeepSpeedCPUAdam(groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"], adamw_mode=True)
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # the engine runs the model in its configured precision
 
     def backward(self, model: torch.nn.Module, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)

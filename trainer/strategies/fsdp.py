@@ -22,7 +22,7 @@ class FSDPStrategy(Strategy):
     forward_is_collective = True
 
     def __init__(self, device: str, rank: int, world_size: int, cfg: ParallelConfig):
-        super().__init__(device, rank, world_size)
+        super().__init__(device, rank, world_size, cfg.mixed_precision)
         self.cfg = cfg
         if cfg.offload_params == "cpu" and not device.startswith("cuda"):
             raise TrainerInputError(
@@ -34,8 +34,8 @@ class FSDPStrategy(Strategy):
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
         kwargs: dict[str, object] = {"reshard_after_forward": self.cfg.reshard_after_forward}
-        if self.cfg.mixed_precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.cfg.mixed_precision == "bf16" else torch.float16
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         if self.cfg.offload_params == "cpu":
             kwargs["offload_policy"] = CPUOffloadPolicy()
@@ -46,6 +46,9 @@ class FSDPStrategy(Strategy):
         self.root = model.get_base_model() if hasattr(model, "get_base_model") else model
         fully_shard(self.root, **kwargs)
         return model, make_optimizer(model)
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # the MixedPrecisionPolicy casts inside fully_shard
 
     @contextlib.contextmanager
     def micro_step(self, model: torch.nn.Module, last: bool) -> Iterator[None]:
