@@ -120,6 +120,7 @@ def test_worker_failure_stops_the_run(tmp_path: Path, tiny_model_dir: Path) -> N
         ({"strategy": "fsdp", "offload_params": "nvme", "nvme_path": "/tmp"}, "fsdp offloads to cpu only"),
         ({"strategy": "deepspeed", "zero_stage": 3, "offload_params": "nvme"}, "nvme_path is required"),
         ({"strategy": "fsdp"}, "periodic checkpoints of sharded state"),
+        ({"strategy": "ddp", "mixed_precision": "fp16"}, "use bf16, or parallel.strategy=deepspeed"),
     ],
 )
 def test_rejected_combinations_say_what_to_use(parallel: dict, message: str, tmp_path: Path, tiny_model_dir: Path) -> None:
