@@ -46,7 +46,7 @@ class DataConfig(Section):
     too_long: Literal["truncate", "drop", "error"] = "truncate"
     skip_bad_rows: bool = Field(False, description="Skip malformed rows (and report how many) instead of stopping.")
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default $FTL_CACHE_DIR or ~/.cache/ftl.")
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="Reshuffle the training rows each epoch (seeded by training.seed).")
 
 
 class LoraConfig(Section):
@@ -145,7 +145,6 @@ class OutputConfig(Section):
     dir: str = Field(description="The run directory: config snapshot, logs, metrics, checkpoints, final model.")
     save_adapter: bool = Field(True, description="Write final/adapter (PEFT format) for adapter methods.")
     save_merged: bool = Field(True, description="Write final/merged (full model, HF safetensors).")
-    overwrite: bool = Field(False, description="Allow training into a run directory that already holds a final model.")
 
 
 class TrainerConfig(Section):

@@ -46,9 +46,10 @@ def train_loop(
     hooks: LoopHooks,
     stop: StopFlag,
     show_progress: bool,
+    shuffle: bool = True,
 ) -> LoopState:
     rank, world, device = strategy.rank, strategy.world_size, strategy.device
-    sampler = GlobalSampler(len(data), cfg.seed, shuffle=True)
+    sampler = GlobalSampler(len(data), cfg.seed, shuffle=shuffle)
     mb, accum = cfg.micro_batch_size, cfg.gradient_accumulation_steps
     per_step = mb * accum * world
     progress = _progress(total_steps, state.step, show_progress)

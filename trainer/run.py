@@ -29,7 +29,7 @@ from trainer.checkpoint import (
 from trainer.config import TrainerConfig
 from trainer.context import WorkerContext
 from trainer.data.prepare import PreparedData, prepare_data
-from trainer.distributed import barrier
+from trainer.distributed import barrier, broadcast_object
 from trainer.errors import TrainerInputError
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
@@ -52,10 +52,7 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
     tokenizer = load_tokenizer(cfg.model)
-    data = prepare_data(
-        cfg.data, tokenizer, seed=cfg.training.seed, micro_batch_size=cfg.training.micro_batch_size,
-        want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples,
-    )
+    data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
     base = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, cfg.model.gradient_checkpointing)
     total_steps = planned_steps(cfg, len(data.train), ctx.world_size)
     model, optimizer = strategy.wrap(base, lambda m: build_optimizer(m, cfg.training))
@@ -89,7 +86,7 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     try:
         state = train_loop(model, optimizer, scheduler, data.train, cfg.training, state, total_steps,
                            strategy=strategy, pad_id=tokenizer.pad_token_id, metrics=metrics, hooks=hooks,
-                           stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar)
+                           stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar, shuffle=cfg.data.shuffle)
     finally:
         stop.uninstall()
     if state.step < total_steps:
@@ -125,6 +122,20 @@ def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: A
                      merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
 
 
+def _prepare_data_rank0_first(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerContext) -> PreparedData:
+    """Rank 0 tokenizes (and fills the cache) while the others wait, then they read the cache:
+    one tokenization per run instead of one per worker. A data error on rank 0 fails the run
+    there; the others then fail at the barrier when the launcher stops them."""
+    def prepare() -> PreparedData:
+        return prepare_data(cfg.data, tokenizer, seed=cfg.training.seed, micro_batch_size=cfg.training.micro_batch_size,
+                            want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples)
+
+    if ctx.is_main:
+        data = prepare()
+    barrier()
+    return data if ctx.is_main else prepare()
+
+
 def planned_steps(cfg: TrainerConfig, rows: int, world_size: int = 1) -> int:
     if cfg.training.max_steps:
         return cfg.training.max_steps
@@ -143,9 +154,13 @@ def _resume(cfg: TrainerConfig, ctx: WorkerContext, model: Any, optimizer: Any, 
     if mode == "never":
         return LoopState()
     if mode == "auto":
-        path = latest_valid_checkpoint(ctx.run_dir)
-        if path is None:
+        # Rank 0 validates (checksums) and moves bad checkpoints aside; the others take its answer,
+        # so no two processes race to rename the same directory.
+        found = latest_valid_checkpoint(ctx.run_dir) if ctx.is_main else None
+        found = broadcast_object(str(found) if found else None)
+        if found is None:
             return LoopState()
+        path = Path(found)
     else:
         path = Path(mode)
         problem = validate_checkpoint(path) if path.is_dir() else "not a directory"

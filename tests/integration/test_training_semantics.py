@@ -68,3 +68,14 @@ def test_bf16_autocast_single_process(tmp_path: Path, tiny_model_dir: Path) -> N
     bf16 = _losses(tmp_path, "bf16", tiny_model_dir, training={"max_steps": 4}, parallel={"mixed_precision": "bf16"})
     assert bf16 != fp32  # the forward really ran in bf16 ...
     assert bf16 == pytest.approx(fp32, rel=2e-2)  # ... and trains the same model within bf16 rounding
+
+
+def test_data_shuffle_switch(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Full fine-tuning without dropout has no randomness but the row order, which the seed sets
+    # only when shuffling.
+    def run(name: str, seed: int, shuffle: bool) -> list[float]:
+        return _losses(tmp_path, name, tiny_model_dir, method={"type": "full"},
+                       training={"max_steps": 2, "seed": seed, "learning_rate": 1e-3}, data={"shuffle": shuffle})
+
+    assert run("ordered-1", 1, False) == run("ordered-2", 2, False)
+    assert run("shuffled-1", 1, True) != run("shuffled-2", 2, True)
