@@ -64,6 +64,8 @@ def write_config(path: Path, model_dir: Path, run_dir: Path, **sections: dict[st
         "training": {"max_steps": 6, "micro_batch_size": 4, "learning_rate": 5e-3, "progress_bar": False, "seed": 1},
         "eval": {"at_start": False, "max_samples": 16, "generation": {"enabled": False}},
         "output": {"dir": str(run_dir)},
+        # In-process/local workers unless a test is about another backend: fast and no services.
+        "cluster": {"backend": "local"},
     }
     for section, values in sections.items():
         _merge(config.setdefault(section, {}), values)
