@@ -1,18 +1,86 @@
-"""Schema of the `cluster` config section: where and on how many workers a run executes."""
+"""Schema of the `cluster` config section: where and on how many workers a run executes.
+
+The rest of the config is the same whatever the backend: moving a run from a laptop to Ray,
+Slurm or torchrun changes only this section (or one override, e.g. `cluster.backend=slurm`).
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Backend = Literal["ray", "local", "slurm", "torchrun"]
 
 
-class ClusterConfig(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    backend: Literal["local"] = Field("local", description="local = worker processes on this machine.")
-    workers: int = Field(1, ge=1, le=4096, description="Worker processes (one per device).")
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); default: $RAY_ADDRESS, else start a local Ray."
+    )
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs reserved per worker; default: this machine's cores / workers.")
+    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs per worker; default: 1 when the cluster has GPUs, else 0.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How Ray places the workers' bundles on nodes (SPREAD puts them on different nodes)."
+    )
+    max_failures: int = Field(0, ge=-1, description="Restart the worker group from the latest checkpoint this many times (-1 = always).")
+
+
+class TorchrunConfig(_Section):
+    rdzv_endpoint: str | None = Field(
+        None, description="HOST:PORT of the c10d rendezvous for multi-node runs (the same on every node); default: this host."
+    )
+    rdzv_id: str | None = Field(None, description="Rendezvous id shared by the nodes of one run; default: the run directory name.")
+    max_restarts: int = Field(0, ge=0, description="torchrun restarts the workers (from the latest checkpoint) this many times.")
+
+
+class SlurmConfig(_Section):
+    mode: Literal["torchrun", "ray"] = Field(
+        "torchrun", description="torchrun = one torchrun agent per node with c10d rendezvous on the first node; "
+        "ray = a Ray cluster on the allocation (head on the first node) driven like cluster.backend=ray."
+    )
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = Field(None, description="Time limit in any sbatch --time format, e.g. 04:00:00.")
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1, description="CPUs per worker; default: let Slurm decide.")
+    mem: str | None = Field(None, description="Memory per node, e.g. 64G; default: the partition's default.")
+    signal_before_s: int = Field(
+        120, ge=10, description="Ask Slurm for SIGUSR1 this long before the time limit; the run checkpoints and requeues."
+    )
+    requeue: bool = Field(True, description="After a preemption/time-limit signal: checkpoint, then `scontrol requeue` the job.")
+    extra_sbatch: list[str] = Field(default_factory=list, description="More #SBATCH lines, e.g. ['--constraint=a100'].")
+    setup: list[str] = Field(
+        default_factory=list, description="Shell lines run before training on every job start (module load, source venv)."
+    )
+
+
+class ClusterConfig(_Section):
+    backend: Backend = Field(
+        "ray", description="ray = Ray Train (local Ray if no cluster is given); local = processes on this machine; "
+        "slurm = sbatch/srun (`ftl slurm`); torchrun = torchrun agents with c10d rendezvous."
+    )
+    workers: int = Field(1, ge=1, le=4096, description="Worker processes per node (one per GPU).")
+    nodes: int = Field(1, ge=1, le=4096, description="Nodes; the run has nodes x workers workers in all.")
     collective_timeout_s: int = Field(
         600, ge=10, description="Timeout of any collective (all-reduce, barrier); a hung worker fails the run after it."
     )
     master_port: int | None = Field(None, ge=1024, le=65535, description="Rendezvous port; default: a free port.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    torchrun: TorchrunConfig = Field(default_factory=TorchrunConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.workers
+
+    @model_validator(mode="after")
+    def _nodes_fit_backend(self) -> ClusterConfig:
+        if self.backend == "local" and self.nodes > 1:
+            raise ValueError("cluster.nodes: the local backend runs on this machine only; "
+                             "use cluster.backend=ray, slurm or torchrun for several nodes")
+        return self

@@ -8,7 +8,6 @@ If one worker fails, the others are stopped and the launcher exits with its code
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
+from cluster.results import clear_result, take_result
 from trainer.config import TrainerConfig
 
-RESULT_FILE = ".worker-result.json"
 STOP_GRACE_S = 20
 
 
 class WorkerFailed(Exception):
-    def __init__(self, rank: int, code: int, log: Path | None):
+    def __init__(self, rank: int | None, code: int, log: Path | None, who: str = ""):
         self.rank, self.code, self.log = rank, code, log
         where = f"; see {log}" if log else ""
-        super().__init__(f"worker {rank} exited with code {code}{where}")
+        who = who or (f"worker {rank}" if rank is not None else "the workers")
+        super().__init__(f"{who} exited with code {code}{where}")
 
 
 def default_device() -> str:
@@ -42,8 +42,13 @@ def default_device() -> str:
     return "cpu"
 
 
+def in_process(cfg: TrainerConfig, cluster: ClusterConfig) -> bool:
+    """One worker without a distributed strategy needs no process group: run it right here."""
+    return cluster.world_size == 1 and cfg.parallel.strategy in ("auto", "none")
+
+
 def launch_local(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
-    if cluster.workers == 1 and cfg.parallel.strategy in ("auto", "none"):
+    if in_process(cfg, cluster):
         from trainer.context import WorkerContext
         from trainer.run import run
 
@@ -58,12 +63,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def threads_per_worker(workers_here: int) -> int:
+    """Like torchrun: split this machine's cores between its workers, or OpenMP oversubscribes
+    them and every op (optimizer setup included) slows down many times over."""
+    return max(1, (os.cpu_count() or 1) // workers_here)
+
+
 def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
-    # Like torchrun: split the cores between workers, or OpenMP oversubscribes them and every
-    # op (optimizer setup included) slows down many times over.
-    threads = max(1, (os.cpu_count() or 1) // world_size)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(world_size)))
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TOKENIZERS_PARALLELISM="false")
     return env
@@ -71,7 +79,7 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
 
 def spawn_workers(run_dir: Path, world_size: int, port: int) -> dict[str, Any]:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    (run_dir / RESULT_FILE).unlink(missing_ok=True)
+    clear_result(run_dir)
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path | None] = []
     for rank in range(world_size):
@@ -90,10 +98,7 @@ def spawn_workers(run_dir: Path, world_size: int, port: int) -> dict[str, Any]:
     if failed is not None:
         rank, code = failed
         raise WorkerFailed(rank, code, logs[rank])
-    result = run_dir / RESULT_FILE
-    summary = json.loads(result.read_text())
-    result.unlink()
-    return summary
+    return take_result(run_dir)
 
 
 def _forward_to(procs: list[subprocess.Popen[bytes]]) -> Any:

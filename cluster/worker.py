@@ -1,21 +1,26 @@
-"""Worker process entry: read rank/world from the environment (torchrun-style), initialise the
-process group, run the trainer entry, report the result.
+"""Worker entry: read rank/world from the environment (torchrun-style), initialise the
+process group, run the trainer entry, report the result through the run directory.
 
-    python -m cluster.worker RUN_DIR          (the local backend starts N of these)
+    python -m cluster.worker RUN_DIR          (the local and Slurm backends start these)
     torchrun --nproc-per-node N -m cluster.worker RUN_DIR
 
-The config is the run directory's config.yaml snapshot, written by the launcher.
+The config is the run directory's config.yaml snapshot, written by the launcher. The Ray backend
+calls `execute` from inside its Ray Train workers instead of `main`.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-EXIT_STOPPED = 3
+if TYPE_CHECKING:
+    from cluster.config import ClusterConfig
+    from trainer.config import TrainerConfig
+    from trainer.context import Reporter
+
 EXIT_INPUT_ERROR = 2
 
 
@@ -24,7 +29,8 @@ def distributed_env() -> tuple[int, int, int]:
 
 
 def init_process_group(rank: int, world_size: int, local_rank: int, timeout_s: int) -> str:
-    """gloo on CPU, NCCL on CUDA; returns the device this rank uses."""
+    """gloo on CPU, NCCL on CUDA; returns the device this rank uses. A group that the backend
+    (e.g. Ray Train) already initialised is kept."""
     import torch
     import torch.distributed as dist
 
@@ -33,9 +39,45 @@ def init_process_group(rank: int, world_size: int, local_rank: int, timeout_s: i
         device, backend = f"cuda:{local_rank}", "nccl"
     else:
         device, backend = "cpu", "gloo"
+        # Tell DeepSpeed up front, instead of letting it probe and warn on every import.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
     return device
+
+
+def load_run_configs(run_dir: Path) -> tuple[TrainerConfig, ClusterConfig]:
+    """The launcher wrote and validated this snapshot; the trainer's sections and ours parse
+    apart, so a worker never needs the launcher."""
+    import yaml
+
+    from cluster.config import ClusterConfig
+    from trainer.config import TrainerConfig
+
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cluster_cfg = ClusterConfig.model_validate(raw.pop("cluster", {}))
+    return TrainerConfig.model_validate(raw), cluster_cfg
+
+
+def execute(run_dir: Path, rank: int, world_size: int, local_rank: int, device: str, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run the trainer entry on this rank; rank 0 records the outcome for the launcher.
+    Returns the outcome (summary, or where it stopped)."""
+    from cluster.results import write_result
+    from trainer.context import WorkerContext
+    from trainer.run import run
+    from trainer.stopping import StopRequested
+
+    cfg, _ = load_run_configs(run_dir)
+    context = WorkerContext(run_dir=run_dir, rank=rank, world_size=world_size, local_rank=local_rank,
+                            device=device, reporter=reporter)
+    try:
+        outcome: dict[str, Any] = {"stopped": False, "summary": run(cfg, context)}
+    except StopRequested as exc:
+        print(f"ftl worker {rank}: {exc}", file=sys.stderr)
+        outcome = {"stopped": True, "step": exc.step, "checkpoint": exc.checkpoint, "signum": exc.signum}
+    if rank == 0:
+        write_result(run_dir, outcome)
+    return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,35 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m cluster.worker RUN_DIR", file=sys.stderr)
         return EXIT_INPUT_ERROR
     run_dir = Path(args[0]).resolve()
-    import yaml
-
-    from cluster.config import ClusterConfig
-    from trainer.config import TrainerConfig
-    from trainer.context import WorkerContext
     from trainer.errors import TrainerInputError
-    from trainer.run import run
-    from trainer.stopping import StopRequested
 
-    # The launcher wrote and validated this snapshot; the trainer's sections and ours parse apart,
-    # so the worker never needs the launcher.
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
-    cluster_cfg = ClusterConfig.model_validate(raw.pop("cluster", {}))
-    cfg = TrainerConfig.model_validate(raw)
+    _, cluster_cfg = load_run_configs(run_dir)
     rank, world_size, local_rank = distributed_env()
     device = init_process_group(rank, world_size, local_rank, cluster_cfg.collective_timeout_s)
-    context = WorkerContext(run_dir=run_dir, rank=rank, world_size=world_size, local_rank=local_rank, device=device)
     try:
-        summary = run(cfg, context)
-    except StopRequested as exc:
-        print(f"ftl worker {rank}: {exc}", file=sys.stderr)
-        return 128 + exc.signum if exc.signum else EXIT_STOPPED
+        execute(run_dir, rank, world_size, local_rank, device)
     except TrainerInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     finally:
         _destroy_process_group()
-    if rank == 0:
-        (run_dir / ".worker-result.json").write_text(json.dumps(summary))
     return 0
 
 

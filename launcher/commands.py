@@ -30,12 +30,30 @@ def train(config_path: str, overrides: list[str]) -> int:
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries()
+    from cluster.torchrun import started_by_torchrun
+
+    if started_by_torchrun():
+        return _train_as_torchrun_worker(cfg)
     run_dir = prepare_run_dir(cfg)
     print(f"ftl: run directory {run_dir}", file=sys.stderr)
-    from cluster.local import launch_local
+    from cluster.launch import launch
 
-    summary = launch_local(cfg, run_dir, cfg.cluster)
+    summary = launch(cfg, run_dir, cfg.cluster)
     print(format_summary(summary))
+    return 0
+
+
+def _train_as_torchrun_worker(cfg: Any) -> int:
+    """`torchrun [...] -m launcher.cli train CONFIG`: the user's torchrun owns the processes and
+    the rendezvous; this process is one worker of it (cluster.backend/workers/nodes are ignored)."""
+    from cluster.torchrun import TorchrunPrepareFailed, run_as_torchrun_worker
+
+    try:
+        summary = run_as_torchrun_worker(lambda: prepare_run_dir(cfg), cfg.cluster.collective_timeout_s)
+    except TorchrunPrepareFailed as exc:
+        raise UserError(str(exc)) from None
+    if summary is not None:
+        print(format_summary(summary))
     return 0
 
 

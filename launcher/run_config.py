@@ -16,9 +16,9 @@ class RunConfig(TrainerConfig):
 
     @model_validator(mode="after")
     def _parallel_fits_cluster(self) -> "RunConfig":
-        strategy, workers = self.parallel.strategy, self.cluster.workers
+        strategy, workers = self.parallel.strategy, self.cluster.world_size
         if strategy == "none" and workers > 1:
-            raise ValueError(f"parallel.strategy=none runs one process but cluster.workers={workers}; use ddp, fsdp or deepspeed")
+            raise ValueError(f"parallel.strategy=none runs one process but the cluster has {workers} workers; use ddp, fsdp or deepspeed")
         if strategy in SHARDED and self.checkpoint.every_steps:
             raise ValueError(
                 f"checkpoint.every_steps: periodic checkpoints of sharded state ({strategy}) are not supported yet; "

@@ -1,9 +1,19 @@
-"""What a worker knows about where it runs: rank, world size, device, run directory."""
+"""What a worker knows about where it runs: rank, world size, device, run directory, and an
+optional reporter through which a cluster backend (e.g. Ray Train) hears about progress."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
+
+
+class Reporter(Protocol):
+    """Called on every rank at the same points (backends may use the calls as barriers)."""
+
+    def metrics(self, step: int, values: dict[str, Any], kind: str) -> None: ...
+
+    def checkpoint(self, step: int, path: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -13,6 +23,7 @@ class WorkerContext:
     world_size: int = 1
     local_rank: int = 0
     device: str = "cpu"
+    reporter: Reporter | None = None
 
     @property
     def is_main(self) -> bool:

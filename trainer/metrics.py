@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,12 @@ log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    """Rank 0 writes the files; `forward` (e.g. a Ray reporter) is called on every rank, because
+    backends such as Ray Train treat a report as a barrier that all workers must reach."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, forward: Callable[[int, dict[str, Any], str], None] | None = None):
         self.enabled = enabled
+        self.forward = forward
         self._jsonl = None
         self._tb = None
         if not enabled:
@@ -27,6 +32,8 @@ class MetricsWriter:
             log.warning("tensorboard not installed; metrics go to metrics.jsonl only")
 
     def write(self, step: int, values: dict[str, Any], kind: str = "train") -> None:
+        if self.forward is not None:
+            self.forward(step, values, kind)
         if not self.enabled:
             return
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}

@@ -40,7 +40,7 @@ from trainer.methods import apply_method
 from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model_builder import load_model, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.stopping import StopFlag, StopRequested
+from trainer.stopping import STOP_REQUEST_FILE, StopFlag, StopRequested
 from trainer.strategies import build_strategy
 from trainer.strategies.base import Strategy
 
@@ -62,11 +62,11 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
 
-    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main)
+    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main, forward=ctx.reporter.metrics if ctx.reporter else None)
     evaluator = _Evaluator(cfg, model, strategy, tokenizer, data, metrics)
     if state.step == 0 and cfg.eval.at_start and data.evals:
         evaluator(0, label="base")
-    stop = StopFlag()
+    stop = StopFlag(request_file=ctx.run_dir / STOP_REQUEST_FILE)
     stop.install()
     config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
@@ -74,6 +74,8 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
         path = save_checkpoint(ctx.run_dir, strategy.trainable_state(model), optimizer, scheduler, current,
                                config_hash=config_hash, rank=ctx.rank, world_size=ctx.world_size,
                                keep_last=cfg.checkpoint.keep_last)
+        if ctx.reporter is not None:
+            ctx.reporter.checkpoint(current.step, path)
         return str(path)
 
     hooks = LoopHooks(

@@ -1,5 +1,9 @@
 """Graceful stop: SIGINT/SIGTERM/SIGUSR1 ask the loop to checkpoint at the next step boundary and exit.
 
+A launcher that cannot signal the workers directly (Ray actors, torchrun or srun children on other
+nodes) writes the stop-request file into the run directory instead; its content is the signal
+number that caused it. The loop checks it at every step boundary.
+
 A second signal while the checkpoint is being written is recorded but does not interrupt the
 write: the commit protocol would survive it, but finishing the save loses less work.
 """
@@ -10,11 +14,24 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+STOP_REQUEST_FILE = ".stop-requested"
+
+
+def request_stop(run_dir: Path, signum: int | None) -> None:
+    """Ask the workers of the run in `run_dir` to checkpoint and stop (atomic write)."""
+    tmp = run_dir / (STOP_REQUEST_FILE + ".tmp")
+    tmp.write_text(str(signum or ""))
+    os.replace(tmp, run_dir / STOP_REQUEST_FILE)
+
+
+def clear_stop_request(run_dir: Path) -> None:
+    (run_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)
 
 
 class StopRequested(Exception):
@@ -28,7 +45,8 @@ class StopRequested(Exception):
 
 
 class StopFlag:
-    def __init__(self) -> None:
+    def __init__(self, request_file: Path | None = None) -> None:
+        self.request_file = request_file
         self.signum: int | None = None
         self.requested = False
         self._previous: dict[int, object] = {}
@@ -50,6 +68,11 @@ class StopFlag:
     def check_step(self, step: int) -> bool:
         if self.stop_at_step is not None and step >= self.stop_at_step:
             self.requested = True
+        if not self.requested and self.request_file is not None and self.request_file.exists():
+            content = self.request_file.read_text().strip()
+            self.signum = int(content) if content.isdigit() else None
+            self.requested = True
+            log.warning("stop requested by the launcher (%s): will checkpoint and stop after the current step", self.request_file)
         return self.requested
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -48,7 +48,7 @@ def test_valid_config_loads_with_defaults(tmp_path: Path, valid_text: str) -> No
     assert cfg.method.type == "lora"
     assert cfg.training.learning_rate == 1e-4
     assert cfg.method.lora.target_modules == "all-linear"
-    assert cfg.cluster.backend == "local"
+    assert cfg.cluster.backend == "ray"  # the default driver
 
 
 def test_unknown_key_suggests_nearest_and_names_line(tmp_path: Path, valid_text: str) -> None:

@@ -1,0 +1,31 @@
+"""One entry for the launcher: run a prepared run directory on the configured backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cluster.config import ClusterConfig
+from trainer.config import TrainerConfig
+from trainer.stopping import clear_stop_request
+
+
+def launch(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
+    """Train to the end and return the run summary; raises StopRequested when the run stopped
+    with a checkpoint (signal or preemption), or the backend's failure exception."""
+    clear_stop_request(run_dir)  # a request left by an earlier, stopped attempt is not for this one
+    if cluster.backend == "local":
+        from cluster.local import launch_local
+
+        return launch_local(cfg, run_dir, cluster)
+    if cluster.backend == "ray":
+        from cluster.ray_driver import launch_ray
+
+        return launch_ray(cfg, run_dir, cluster)
+    if cluster.backend == "torchrun":
+        from cluster.torchrun import launch_torchrun
+
+        return launch_torchrun(run_dir, cluster)
+    from cluster.slurm import submit_and_wait
+
+    return submit_and_wait(run_dir, cluster)

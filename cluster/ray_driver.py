@@ -1,0 +1,201 @@
+"""Ray backend: drive the run with Ray Train's TorchTrainer (Train V2).
+
+The driver joins the Ray cluster named by `cluster.ray.address` / $RAY_ADDRESS, or starts a local
+one (dashboard, if any, on 127.0.0.1 only). Ray Train schedules nodes x workers workers, sets up
+the torch process group (gloo on CPU, NCCL on GPU) and restarts the whole worker group after a
+failure, up to `cluster.ray.max_failures` times; each restart resumes from the run directory's
+latest committed checkpoint (`checkpoint.resume: auto`).
+
+Storage: Ray's experiment directory *is* the run directory (storage_path = its parent, name = its
+name), so a node running a worker must see the run directory (local disk on one machine, a shared
+filesystem on several).
+
+Checkpoints: the trainer writes them itself, with its own commit protocol, straight into
+run_dir/checkpoints/step-N (sharded strategies write one shard per rank there). They are then
+registered with Ray with CheckpointUploadMode.NO_UPLOAD: Ray records the committed directory in
+place instead of copying it, so large sharded state is written once, not twice, and Ray's retention
+is off (num_to_keep=None) because ftl's own retention (checkpoint.keep_last) decides what to
+delete. Resume reads the run directory, not Ray's checkpoint record, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from cluster.config import ClusterConfig, RayConfig
+from cluster.results import clear_result, take_result
+from cluster.signals import signals_request_stop
+from trainer.config import TrainerConfig
+
+log = logging.getLogger(__name__)
+
+# Environment a worker needs from the driver's: on an existing cluster, workers do not inherit the
+# driver's environment. Secrets among them (HF_TOKEN) travel in the runtime env, never to files.
+FORWARDED_ENV_PREFIXES = ("FTL_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "DS_", "NCCL_", "PYTHONPATH")
+
+
+class RayRunFailed(Exception):
+    """The worker group failed (after any restarts Ray was allowed)."""
+
+
+def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
+    import ray
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started_here = connect(cluster.ray)
+    try:
+        gpus = cluster.ray.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        cpus = cluster.ray.cpus_per_worker or default_cpus_per_worker(cluster)
+        placement = cluster.ray.placement_strategy
+        if cluster.nodes > 1 and placement == "PACK":
+            placement = "SPREAD"  # PACK would put every worker on the first node that fits them
+        scaling = ScalingConfig(num_workers=cluster.world_size, use_gpu=gpus > 0,
+                                resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
+                                placement_strategy=placement)
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"run_dir": str(run_dir), "threads": max(1, int(cpus))},
+            torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=cluster.collective_timeout_s),
+            scaling_config=scaling,
+            run_config=RunConfig(
+                name=run_dir.name,
+                storage_path=str(run_dir.parent),
+                failure_config=FailureConfig(max_failures=cluster.ray.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=None),
+                worker_runtime_env={"env_vars": forwarded_env()},
+                logging_config=LoggingConfig(log_level="WARNING"),  # ftl's own per-rank logs keep the details
+            ),
+        )
+        clear_result(run_dir)
+        with signals_request_stop(run_dir):
+            try:
+                trainer.fit()
+            except Exception as exc:  # ray.train.TrainingFailedError and controller errors
+                # A worker that rejected its input left the reason in the result; prefer it.
+                with contextlib.suppress(Exception):
+                    take_result(run_dir)
+                raise RayRunFailed(f"Ray Train run failed: {exc}\nper-rank logs: {run_dir / 'logs'}") from exc
+        check_placement(run_dir, cluster)
+        return take_result(run_dir)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def connect(settings: RayConfig) -> bool:
+    """Join the configured cluster or start a local one; True when this process started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        return False
+    # The dashboard process also serves the state API that Ray Train's placement-group cleaner
+    # polls; bound to loopback so nothing is exposed.
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+             logging_level=logging.WARNING, num_cpus=os.cpu_count() or 1)
+    return True
+
+
+def _free_port() -> int:
+    from cluster.local import free_port
+
+    return free_port()
+
+
+def default_cpus_per_worker(cluster: ClusterConfig) -> float:
+    """Cores of the smallest alive node split between that node's workers (at least 1)."""
+    import ray
+
+    node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    smallest = min((c for c in node_cpus if c > 0), default=1)
+    return float(max(1, int(smallest // cluster.workers)))
+
+
+def forwarded_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def check_placement(run_dir: Path, cluster: ClusterConfig) -> None:
+    nodes = {json.loads(p.read_text())["node_id"] for p in (run_dir / "logs").glob("ray-worker-*.json")}
+    if len(nodes) != cluster.nodes:
+        log.warning("Ray placed the %d workers on %d node(s), not cluster.nodes=%d", cluster.world_size, len(nodes), cluster.nodes)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Runs inside each Ray Train worker."""
+    import ray
+    import ray.train
+    import torch
+
+    from cluster.worker import execute
+    from trainer.errors import TrainerInputError
+
+    context = ray.train.get_context()
+    rank, world, local_rank = context.get_world_rank(), context.get_world_size(), context.get_local_rank()
+    run_dir = Path(config["run_dir"])
+    # Ray starts workers with OMP_NUM_THREADS=1 unless told otherwise; give each the cores it
+    # reserved, as torchrun would (too few threads or oversubscription both cost many times over).
+    torch.set_num_threads(config["threads"])
+    os.environ["OMP_NUM_THREADS"] = str(config["threads"])
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    device = str(ray.train.torch.get_device())
+    # The driver's console gets warnings and the progress bar; INFO goes to logs/rank-N.log.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs" / f"ray-worker-{rank}.json").write_text(json.dumps({
+        "rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "hostname": os.uname().nodename,
+        "pid": os.getpid(), "device": device,
+    }))
+    try:
+        execute(run_dir, rank, world, local_rank, device, reporter=RayReporter(rank))
+    except TrainerInputError as exc:
+        # Recorded for the driver (exit code 2 there), then fail the group so no rank waits forever.
+        if rank == 0:
+            from cluster.results import write_result
+
+            write_result(run_dir, {"error": str(exc)})
+        raise
+
+
+class RayReporter:
+    """Forwards metrics and committed checkpoints to Ray Train (every rank calls, as Ray requires)."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def metrics(self, step: int, values: dict[str, Any], kind: str) -> None:
+        import ray.train
+
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        ray.train.report({"step": step, "kind": kind, **scalars})
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        import ray.train
+        from ray.train import Checkpoint, CheckpointUploadMode
+
+        # Rank 0 registers the committed directory; NO_UPLOAD: Ray records it where it is.
+        checkpoint = Checkpoint.from_directory(str(path)) if self.rank == 0 else None
+        ray.train.report({"step": step, "kind": "checkpoint"}, checkpoint=checkpoint,
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)

@@ -1,0 +1,109 @@
+"""torchrun backend: this machine runs one torchrun agent that starts `cluster.workers` workers
+(`python -m cluster.worker RUN_DIR`) and joins a c10d rendezvous.
+
+One node: `--standalone`. Several nodes: run the same `ftl train` command on every node with
+`cluster.nodes=N cluster.torchrun.rdzv_endpoint=HOST:PORT` (HOST is one of the nodes; its agent
+serves the rendezvous store). The run directory must be on a filesystem all nodes share.
+
+torchrun restarts all workers after a failure, up to `cluster.torchrun.max_restarts` times; the
+restarted workers resume from the latest committed checkpoint. Stop signals become a stop request
+(the workers checkpoint and exit 0, so torchrun does not take a requested stop for a crash).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cluster.config import ClusterConfig
+from cluster.local import WorkerFailed, threads_per_worker
+from cluster.results import clear_result, take_result
+from cluster.signals import signals_request_stop
+
+AGENT_STOP_GRACE_S = 60
+
+
+def torchrun_command(run_dir: Path, cluster: ClusterConfig) -> list[str]:
+    settings = cluster.torchrun
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cluster.workers}",
+           f"--max-restarts={settings.max_restarts}", "--monitor-interval=1"]
+    if cluster.nodes == 1 and not settings.rdzv_endpoint:
+        cmd.append("--standalone")
+    else:
+        cmd += [f"--nnodes={cluster.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint(cluster)}",
+                f"--rdzv-id={settings.rdzv_id or run_dir.name}"]
+    return cmd + ["-m", "cluster.worker", str(run_dir)]
+
+
+def rdzv_endpoint(cluster: ClusterConfig) -> str:
+    if cluster.torchrun.rdzv_endpoint:
+        return cluster.torchrun.rdzv_endpoint
+    return f"127.0.0.1:{cluster.master_port or 29400}"
+
+
+def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    clear_result(run_dir)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(cluster.workers)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Own session: a Ctrl-C in the terminal reaches ftl only, which asks for a clean stop; the
+    # agent would otherwise kill its workers mid-step.
+    agent = subprocess.Popen(torchrun_command(run_dir, cluster), env=env, start_new_session=True)
+
+    def abort() -> None:
+        agent.send_signal(signal.SIGTERM)
+
+    with signals_request_stop(run_dir, on_second_interrupt=abort):
+        try:
+            code = agent.wait()
+        except BaseException:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(timeout=AGENT_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+            raise
+    if code != 0:
+        raise WorkerFailed(None, code, run_dir / "logs", who="torchrun")
+    return take_result(run_dir)
+
+
+def started_by_torchrun() -> bool:
+    """True inside a process that torchrun (torch.distributed.run) started as a worker."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def run_as_torchrun_worker(prepare_run_dir: Callable[[], Path], collective_timeout_s: int) -> dict[str, Any] | None:
+    """For users with their own torchrun setup (`torchrun ... -m launcher.cli train CONFIG`):
+    this process is one worker. Rank 0 prepares the run directory and shares its path (or the
+    reason it could not); then every rank runs the trainer entry. Returns the summary on rank 0."""
+    from cluster.worker import distributed_env, execute, init_process_group
+    from trainer.distributed import broadcast_object
+
+    rank, world_size, local_rank = distributed_env()
+    device = init_process_group(rank, world_size, local_rank, collective_timeout_s)
+    prepared: tuple[str | None, str | None] = (None, None)
+    if rank == 0:
+        try:
+            prepared = (str(prepare_run_dir()), None)
+        except Exception as exc:  # every rank must hear about it, or they would wait forever
+            prepared = (None, str(exc))
+    run_dir, problem = broadcast_object(prepared)
+    if problem is not None:
+        raise TorchrunPrepareFailed(problem)
+    outcome = execute(Path(run_dir), rank, world_size, local_rank, device)
+    if outcome.get("stopped"):
+        from trainer.stopping import StopRequested
+
+        raise StopRequested(outcome["step"], outcome["checkpoint"], outcome["signum"])
+    return outcome["summary"] if rank == 0 else None
+
+
+class TorchrunPrepareFailed(Exception):
+    pass
