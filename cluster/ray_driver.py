@@ -43,7 +43,8 @@ class RayRunFailed(Exception):
     """The worker group failed (after any restarts Ray was allowed)."""
 
 
-def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
+def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle_signals: bool = True) -> dict[str, Any]:
+    """`handle_signals=False` when the caller already turns signals into stop requests (Slurm job)."""
     import ray
     from ray.train import (
         CheckpointConfig,
@@ -81,7 +82,7 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> dic
             ),
         )
         clear_result(run_dir)
-        with signals_request_stop(run_dir):
+        with signals_request_stop(run_dir) if handle_signals else contextlib.nullcontext():
             try:
                 trainer.fit()
             except Exception as exc:  # ray.train.TrainingFailedError and controller errors

@@ -25,6 +25,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
+    slurm = verbs.add_parser("slurm", help="submit the run to Slurm as a batch job (sbatch), or print the script")
+    slurm.add_argument("config", help="YAML config file")
+    slurm.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    slurm.add_argument("--nodes", type=int, help="cluster.nodes")
+    slurm.add_argument("--workers-per-node", type=int, help="cluster.workers (one per GPU)")
+    slurm.add_argument("--gpus-per-node", type=int, help="cluster.slurm.gpus_per_node")
+    slurm.add_argument("--time", help="cluster.slurm.time, e.g. 04:00:00")
+    slurm.add_argument("--partition", help="cluster.slurm.partition")
+    slurm.add_argument("--account", help="cluster.slurm.account")
+    slurm.add_argument("--qos", help="cluster.slurm.qos")
+    slurm.add_argument("--mode", choices=("torchrun", "ray"), help="cluster.slurm.mode")
+    slurm.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing, write nothing")
+
+    submit = verbs.add_parser("submit", help="submit the run to a Ray cluster as a Ray Job; prints the job id")
+    submit.add_argument("config", help="YAML config file")
+    submit.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    submit.add_argument("--address", help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    submit.add_argument("--python", default="python", help="Python executable on the cluster (default: python)")
+    submit.add_argument("--follow", action="store_true", help="stream the job's log until it ends")
+    for verb, text in (("status", "show a Ray Job's state"), ("logs", "print a Ray Job's log"), ("stop", "stop a Ray Job (it checkpoints first)")):
+        job = verbs.add_parser(verb, help=text)
+        job.add_argument("job_id")
+        job.add_argument("--address", help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+        if verb == "logs":
+            job.add_argument("--follow", action="store_true", help="keep streaming until the job ends")
+
     validate = verbs.add_parser("validate", help="print the resolved config, or every error in it")
     validate.add_argument("config")
     validate.add_argument("overrides", nargs="*", metavar="key.path=value")
@@ -46,7 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after flags too (`ftl slurm cfg.yaml --nodes 2 output.dir=x`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(arg.startswith("-") or "=" not in arg for arg in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     from launcher.errors import UserError
 
     try:
@@ -86,6 +118,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from launcher.commands import train
 
         return train(args.config, args.overrides)
+    if args.verb in ("submit", "status", "logs", "stop"):
+        from launcher import ray_jobs_commands
+
+        return getattr(ray_jobs_commands, args.verb)(args)
+    if args.verb == "slurm":
+        from launcher.slurm_submit import slurm
+
+        return slurm(args)
     if args.verb == "export":
         from launcher.commands import export
 

@@ -29,6 +29,8 @@ class LoopHooks:
     save: Callable[[LoopState], str]
     should_eval: Callable[[int], bool]
     should_save: Callable[[int], bool]
+    # Called inside each step after the first micro-batch's backward (fault-injection point).
+    mid_step: Callable[[int], None] = lambda step: None
 
 
 def train_loop(
@@ -72,6 +74,8 @@ def train_loop(
                     summed, _ = loss_sum(model, {key: v.to(device) for key, v in batch.items()})
                 strategy.backward(model, summed * scale)
             local_loss += summed.detach().item()
+            if k == 0:
+                hooks.mid_step(state.step + 1)
         lr = scheduler.get_last_lr()[0]
         grad_norm = strategy.clip_and_step(model, optimizer, cfg.max_grad_norm)
         scheduler.step()

@@ -42,6 +42,7 @@ from trainer.model_builder import load_model, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.stopping import STOP_REQUEST_FILE, StopFlag, StopRequested
 from trainer.strategies import build_strategy
+from trainer.worker_faults import maybe_kill_mid_step
 from trainer.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
         save=save,
         should_eval=lambda step: bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and step < total_steps,
         should_save=lambda step: bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0,
+        mid_step=lambda step: maybe_kill_mid_step(step, ctx.rank, ctx.run_dir),
     )
     log.info("training %d steps on %d worker(s) with %s (%d rows, %s)", total_steps, ctx.world_size, strategy.name, len(data.train), data.report)
     try:

@@ -1,0 +1,94 @@
+"""Ray Jobs: submit a run to a Ray cluster's job server and follow it (`ftl submit/status/logs/stop`).
+
+The job's entrypoint is `python -m launcher.job_entry`; the runtime env carries the resolved
+config (env var FTL_JOB_CONFIG, paths already absolute, so the data/model paths and output.dir
+must be visible on the cluster, e.g. on a shared filesystem) and, when ftl runs from a source
+checkout, the project itself as the working_dir. On the cluster the job then drives the run with
+Ray Train (cluster.backend=ray, joining the cluster the job runs on).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+# Never uploaded: environments, caches, outputs and VCS data (Ray caps working_dir size anyway).
+UPLOAD_EXCLUDES = [".venv", ".git", "runs", ".cache", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+FORWARDED_ENV_PREFIXES = ("FTL_", "HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR")
+# Ray's default grace between SIGTERM and SIGKILL when a job is stopped is 3 s; a run needs
+# long enough to finish its step and write a checkpoint.
+STOP_GRACE_S = "120"
+CONFIG_ENV = "FTL_JOB_CONFIG"
+FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class JobError(Exception):
+    pass
+
+
+def resolve_address(address: str | None) -> str:
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise JobError("no Ray job server given: pass --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
+    return address if "://" in address else f"http://{address}"
+
+
+def client(address: str | None) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    resolved = resolve_address(address)
+    try:
+        return JobSubmissionClient(resolved)
+    except Exception as exc:  # connection refused, wrong port, not a Ray dashboard
+        raise JobError(f"cannot reach the Ray job server at {resolved}: {exc}") from None
+
+
+def runtime_env(config_yaml: str) -> dict[str, Any]:
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    env_vars.update({CONFIG_ENV: config_yaml, "RAY_JOB_STOP_WAIT_TIME_S": STOP_GRACE_S, "TOKENIZERS_PARALLELISM": "false"})
+    env: dict[str, Any] = {"env_vars": env_vars}
+    if (REPO / "pyproject.toml").is_file() and (REPO / "launcher").is_dir():
+        env["working_dir"] = str(REPO)
+        env["excludes"] = UPLOAD_EXCLUDES
+    return env
+
+
+def submit(config_yaml: str, run_name: str, address: str | None, python: str = "python") -> str:
+    job_id = f"ftl-{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return client(address).submit_job(entrypoint=f"{python} -m launcher.job_entry", runtime_env=runtime_env(config_yaml),
+                                      submission_id=job_id)
+
+
+def status(job_id: str, address: str | None) -> dict[str, Any]:
+    info = client(address).get_job_info(job_id)
+    return {"job": job_id, "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+            "message": info.message or "", "entrypoint": info.entrypoint}
+
+
+def logs(job_id: str, address: str | None) -> str:
+    return client(address).get_job_logs(job_id)
+
+
+def follow(job_id: str, address: str | None, write: Any) -> str:
+    """Print the job's log as it grows until the job ends; returns the final status."""
+    jobs = client(address)
+    shown = 0
+    while True:
+        text = jobs.get_job_logs(job_id)
+        if len(text) > shown:
+            write(text[shown:])
+            shown = len(text)
+        state = str(jobs.get_job_status(job_id).value)
+        if state in FINAL:
+            text = jobs.get_job_logs(job_id)
+            write(text[shown:])
+            return state
+        time.sleep(2)
+
+
+def stop(job_id: str, address: str | None) -> bool:
+    """Ask the job to stop: its driver gets SIGTERM, the workers checkpoint and exit."""
+    return bool(client(address).stop_job(job_id))

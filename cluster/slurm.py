@@ -1,0 +1,123 @@
+"""Slurm backend, submission side: render the sbatch script from its template, submit it, and
+(for `ftl train` with cluster.backend=slurm) follow the job to its end.
+
+What runs inside the allocation is cluster/slurm_job.py. Slurm is driven through its commands
+(sbatch, scontrol), which every site has; no accounting database is assumed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from cluster.config import ClusterConfig
+from cluster.results import clear_result, take_result
+from cluster.signals import signals_request_stop
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE = REPO / "scripts" / "slurm" / "ftl.sbatch.template"
+SCRIPT_NAME = "slurm-job.sbatch"
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+POLL_S = 2.0
+
+
+class SlurmError(Exception):
+    """sbatch/scontrol failed, or the job ended without finishing the run."""
+
+
+def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = None, workdir: Path | None = None) -> str:
+    settings = cluster.slurm
+    if re.search(r"\s", str(run_dir)):
+        raise SlurmError(f"output.dir {run_dir!s}: #SBATCH lines cannot hold paths with spaces; pick a path without them")
+    options = [f"--gpus-per-node={settings.gpus_per_node}"] if settings.gpus_per_node else []
+    for flag, value in (("partition", settings.partition), ("account", settings.account), ("qos", settings.qos),
+                        ("time", settings.time), ("cpus-per-task", settings.cpus_per_task), ("mem", settings.mem)):
+        if value is not None:
+            options.append(f"--{flag}={value}")
+    options += [opt if opt.startswith("-") else f"--{opt}" for opt in settings.extra_sbatch]
+    template = Path(settings.template) if settings.template else DEFAULT_TEMPLATE
+    if not template.is_file():
+        raise SlurmError(f"cluster.slurm.template: {template} does not exist")
+    try:
+        return Template(template.read_text()).substitute(
+            run_dir=str(run_dir),
+            job_name=f"ftl-{run_dir.name}",
+            nodes=cluster.nodes,
+            signal_before_s=settings.signal_before_s,
+            requeue="--requeue" if settings.requeue else "--no-requeue",
+            sbatch_options="\n".join(f"#SBATCH {opt}" for opt in options),
+            setup="\n".join(settings.setup),
+            workdir=shlex.quote(str(workdir or REPO)),
+            python=shlex.quote(python or sys.executable),
+        )
+    except (KeyError, ValueError) as exc:
+        raise SlurmError(f"{template}: bad placeholder {exc}; the template may use $run_dir, $job_name, $nodes, "
+                         "$signal_before_s, $requeue, $sbatch_options, $setup, $workdir, $python") from None
+
+
+def submit(run_dir: Path, cluster: ClusterConfig) -> str:
+    """Write the rendered script into the run directory and sbatch it; returns the job id."""
+    if shutil.which("sbatch") is None:
+        raise SlurmError("sbatch not found: run this on a Slurm login node (or start a local Slurm with "
+                         "scripts/slurm/start_local_slurm.sh and export SLURM_CONF)")
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    script = run_dir / SCRIPT_NAME
+    script.write_text(render_sbatch(run_dir, cluster))
+    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SlurmError(f"sbatch {script} failed: {out.stderr.strip() or out.stdout.strip()}")
+    job_id = out.stdout.strip().split(";")[0]
+    (run_dir / "slurm-job-id").write_text(job_id + "\n")
+    return job_id
+
+
+def job_info(job_id: str) -> dict[str, str]:
+    """`scontrol show job` as a dict (works without Slurm accounting); {} once Slurm forgot it."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
+def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
+    """`ftl train` on Slurm: submit, stream the job's log, return the run summary. Survives the
+    job's own requeues (preemption, time limit) and waits for the run to really end."""
+    clear_result(run_dir)
+    job_id = submit(run_dir, cluster)
+    print(f"ftl: submitted Slurm job {job_id}; log {run_dir / 'logs' / f'slurm-{job_id}.out'}", file=sys.stderr, flush=True)
+    log_path = run_dir / "logs" / f"slurm-{job_id}.out"
+    shown = 0
+
+    def cancel() -> None:
+        subprocess.run(["scancel", job_id], check=False)
+
+    with signals_request_stop(run_dir, on_second_interrupt=cancel):
+        while True:
+            shown = _stream_new(log_path, shown)
+            state = job_info(job_id).get("JobState", "UNKNOWN")
+            if state in FINAL_STATES or state == "UNKNOWN":
+                break
+            time.sleep(POLL_S)
+    _stream_new(log_path, shown)
+    if state != "COMPLETED":
+        raise SlurmError(f"Slurm job {job_id} ended {state}; see {log_path}")
+    return take_result(run_dir)
+
+
+def _stream_new(path: Path, shown: int) -> int:
+    if not path.exists():
+        return shown
+    with path.open("rb") as handle:
+        handle.seek(shown)
+        chunk = handle.read()
+    if chunk:
+        sys.stderr.write(chunk.decode(errors="replace"))
+        sys.stderr.flush()
+    return shown + len(chunk)

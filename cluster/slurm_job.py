@@ -1,0 +1,183 @@
+"""Inside a Slurm allocation: the batch script execs `python -m cluster.slurm_job RUN_DIR`.
+
+Two ways to start the workers, picked by `cluster.slurm.mode`:
+- torchrun: `srun` starts one torchrun agent per node; the agents meet in a c10d rendezvous on
+  the first node (its address from `scontrol show hostnames` + the node's NodeAddr).
+- ray: `srun` starts a Ray node per node (head on the first), and this process drives the run
+  with Ray Train exactly as `cluster.backend=ray` does on an existing cluster.
+
+Preemption and time limits: the sbatch script asks for SIGUSR1 some time before the limit
+(`--signal=B:USR1@T`, delivered to this process). It, or a SIGTERM, becomes a stop request in the
+run directory: every worker finishes its step, writes a checkpoint and exits cleanly; then this
+process runs `scontrol requeue`, and the requeued job resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cluster.config import ClusterConfig
+from cluster.local import threads_per_worker
+from cluster.results import RESULT_FILE, clear_result
+from cluster.worker import load_run_configs
+from trainer.stopping import STOP_SIGNALS, clear_stop_request, request_stop
+
+EXIT_STOPPED = 3
+RAY_NODES_WAIT_S = 120
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1 or "SLURM_JOB_ID" not in os.environ:
+        print("usage (inside a Slurm job): python -m cluster.slurm_job RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(args[0]).resolve()
+    cfg, cluster = load_run_configs(run_dir)
+    job_id = os.environ["SLURM_JOB_ID"]
+    nodes = hostnames(os.environ["SLURM_JOB_NODELIST"])
+    head = node_address(nodes[0])
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    print(f"ftl slurm job {job_id}: {len(nodes)} node(s) {','.join(nodes)}, head {head}, mode {cluster.slurm.mode}, "
+          f"start #{int(restarts) + 1}", flush=True)
+    clear_stop_request(run_dir)
+    clear_result(run_dir)
+    signals: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        print(f"ftl slurm job {job_id}: signal {signum}: checkpointing and stopping", flush=True)
+        signals.append(signum)
+        request_stop(run_dir, signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    port = cluster.master_port or 20000 + int(job_id) % 20000
+    if cluster.slurm.mode == "torchrun":
+        code = run_torchrun_agents(run_dir, cluster, head, port, job_id)
+    else:
+        code = run_ray_on_allocation(cfg, run_dir, cluster, head, port)
+    outcome = _read_outcome(run_dir)
+    if outcome.get("stopped"):
+        if signals and cluster.slurm.requeue:
+            print(f"ftl slurm job {job_id}: checkpoint at step {outcome['step']}; requeueing", flush=True)
+            subprocess.run(["scontrol", "requeue", job_id], check=False)
+            return 0
+        return EXIT_STOPPED
+    if code == 0 and "summary" not in outcome:
+        print(f"ftl slurm job {job_id}: the workers left no result; see {run_dir / 'logs'}", flush=True)
+        return 1
+    return code
+
+
+def hostnames(nodelist: str) -> list[str]:
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def node_address(node: str) -> str:
+    """The address other nodes reach `node` at: its NodeAddr (the hostname on most sites)."""
+    out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True)
+    for field in out.stdout.split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1]
+    return node
+
+
+def threads_for(cluster: ClusterConfig) -> int:
+    cpus = os.environ.get("SLURM_CPUS_ON_NODE")
+    return max(1, int(cpus) // cluster.workers) if cpus else threads_per_worker(cluster.workers)
+
+
+def run_torchrun_agents(run_dir: Path, cluster: ClusterConfig, head: str, port: int, job_id: str) -> int:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads_for(cluster)), TOKENIZERS_PARALLELISM="false")
+    cmd = ["srun", f"--nodes={len(hostnames(os.environ['SLURM_JOB_NODELIST']))}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+           sys.executable, "-m", "torch.distributed.run", f"--nnodes={cluster.nodes}", f"--nproc-per-node={cluster.workers}",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=slurm-{job_id}",
+           f"--max-restarts={cluster.torchrun.max_restarts}", "--monitor-interval=1",
+           "-m", "cluster.worker", str(run_dir)]
+    # srun is in this process's group: a signal to the batch shell alone (B:USR1) does not reach
+    # it, so the stop request, not the signal, tells the workers.
+    return _wait(subprocess.Popen(cmd, env=env))
+
+
+def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, head: str, port: int) -> int:
+    from cluster.ray_driver import launch_ray
+    from cluster.results import NoResult
+    from trainer.errors import TrainerInputError
+    from trainer.stopping import StopRequested
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    cpus = os.environ.get("SLURM_CPUS_ON_NODE", str(os.cpu_count() or 1))
+    # Every node advertises its own NodeAddr (what Slurm uses to reach it), the head included.
+    own_addr = "$(scontrol show node -o $SLURMD_NODENAME | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"
+    start = (f'if [ "$SLURM_NODEID" = 0 ]; then exec {ray_bin} start --head --node-ip-address={head} --port={port} '
+             f"--num-cpus={cpus} --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port={port + 1} "
+             f"--disable-usage-stats --block; "
+             f'else sleep 3; exec {ray_bin} start --address={head}:{port} --node-ip-address="{own_addr}" '
+             f"--num-cpus={cpus} --disable-usage-stats --block; fi")
+    # Ray's token authentication: one fresh token per job, shared by the nodes and this driver
+    # through the environment (srun passes it on), never written to the run directory.
+    if "RAY_AUTH_TOKEN" not in os.environ:
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    nodes = hostnames(os.environ["SLURM_JOB_NODELIST"])
+    ray_nodes = subprocess.Popen(["srun", f"--nodes={len(nodes)}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+                                  "bash", "-c", start])
+    try:
+        address = f"{head}:{port}"
+        if not _wait_for_ray_nodes(address, len(nodes), ray_nodes):
+            print(f"ftl: the Ray cluster on the allocation did not come up with {len(nodes)} nodes", flush=True)
+            return 1
+        settings = cluster.model_copy(update={"ray": cluster.ray.model_copy(update={"address": address})})
+        try:
+            launch_ray(cfg, run_dir, settings, handle_signals=False)  # type: ignore[arg-type]
+        except (StopRequested, TrainerInputError, NoResult):
+            pass  # the outcome file says what happened
+        except Exception as exc:  # the worker group failed after its restarts
+            print(f"ftl: {exc}", flush=True)
+            return 1
+        return 0
+    finally:
+        ray_nodes.send_signal(signal.SIGTERM)
+        try:
+            ray_nodes.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            ray_nodes.kill()
+
+
+def _wait_for_ray_nodes(address: str, count: int, starter: subprocess.Popen[bytes]) -> bool:
+    import ray
+
+    deadline = time.time() + RAY_NODES_WAIT_S
+    while time.time() < deadline and starter.poll() is None:
+        try:
+            if not ray.is_initialized():
+                ray.init(address=address, logging_level="WARNING")
+            if sum(1 for n in ray.nodes() if n.get("Alive")) >= count:
+                return True
+        except ConnectionError:
+            pass
+        time.sleep(1)
+    return False
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    while True:
+        try:
+            return proc.wait()
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+            continue
+
+
+def _read_outcome(run_dir: Path) -> dict[str, object]:
+    path = run_dir / RESULT_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

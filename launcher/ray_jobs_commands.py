@@ -1,0 +1,64 @@
+"""`ftl submit / status / logs / stop`: a run as a Ray Job on a remote Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from launcher.config_loader import config_to_yaml, load_config
+from launcher.errors import UserError
+
+EXIT_JOB_FAILED = 1
+
+
+def _jobs():  # type: ignore[no-untyped-def]
+    from cluster import ray_jobs
+
+    return ray_jobs
+
+
+def submit(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    jobs = _jobs()
+    try:
+        job_id = jobs.submit(config_to_yaml(cfg), Path(cfg.output.dir).name, args.address, python=args.python)
+    except jobs.JobError as exc:
+        raise UserError(str(exc)) from None
+    print(job_id)
+    print(f"ftl: submitted Ray Job {job_id}; follow it with `ftl logs {job_id} --follow`, "
+          f"stop it with `ftl stop {job_id}`", file=sys.stderr)
+    if args.follow:
+        state = jobs.follow(job_id, args.address, sys.stdout.write)
+        return 0 if state == "SUCCEEDED" else EXIT_JOB_FAILED
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    print(json.dumps(_call(lambda jobs: jobs.status(args.job_id, args.address)), indent=1))
+    return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    if args.follow:
+        state = _call(lambda jobs: jobs.follow(args.job_id, args.address, sys.stdout.write))
+        return 0 if state == "SUCCEEDED" else EXIT_JOB_FAILED
+    sys.stdout.write(_call(lambda jobs: jobs.logs(args.job_id, args.address)))
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    stopped = _call(lambda jobs: jobs.stop(args.job_id, args.address))
+    print(f"ftl: {'asked Ray Job ' + args.job_id + ' to stop (it checkpoints first)' if stopped else args.job_id + ' had already ended'}")
+    return 0
+
+
+def _call(action):  # type: ignore[no-untyped-def]
+    jobs = _jobs()
+    try:
+        return action(jobs)
+    except jobs.JobError as exc:
+        raise UserError(str(exc)) from None
+    except RuntimeError as exc:  # the job server's answer, e.g. "job does not exist"
+        raise UserError(f"Ray job server: {exc}") from None

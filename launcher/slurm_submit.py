@@ -1,0 +1,50 @@
+"""`ftl slurm CONFIG`: validate, prepare the run directory, render the sbatch script into it and
+submit it. The job then runs on its own (and requeues itself on preemption); follow it with the
+log in RUN_DIR/logs, or use `ftl train CONFIG cluster.backend=slurm` to submit and wait."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launcher.config_loader import load_config
+from launcher.errors import UserError
+from launcher.preflight import check_inputs
+from launcher.run_dir import prepare_run_dir
+
+FLAG_KEYS = {
+    "nodes": "cluster.nodes",
+    "workers_per_node": "cluster.workers",
+    "gpus_per_node": "cluster.slurm.gpus_per_node",
+    "time": "cluster.slurm.time",
+    "partition": "cluster.slurm.partition",
+    "account": "cluster.slurm.account",
+    "qos": "cluster.slurm.qos",
+    "mode": "cluster.slurm.mode",
+}
+
+
+def slurm(args: argparse.Namespace) -> int:
+    flags = [f"{key}={getattr(args, attr)}" for attr, key in FLAG_KEYS.items() if getattr(args, attr) is not None]
+    cfg = load_config(args.config, [*args.overrides, "cluster.backend=slurm", *flags])
+    from cluster.slurm import SlurmError, render_sbatch, submit
+
+    try:
+        if args.dry_run:
+            from pathlib import Path
+
+            sys.stdout.write(render_sbatch(Path(cfg.output.dir).resolve(), cfg.cluster))
+            return 0
+        problems = check_inputs(cfg)
+        if problems:
+            raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+        run_dir = prepare_run_dir(cfg)
+        job_id = submit(run_dir, cfg.cluster)
+    except SlurmError as exc:
+        raise UserError(str(exc)) from None
+    print(job_id)
+    print(f"ftl: submitted Slurm job {job_id} for {run_dir}\n"
+          f"  log:    {run_dir / 'logs' / f'slurm-{job_id}.out'}\n"
+          f"  state:  scontrol show job {job_id}\n"
+          f"  cancel: scancel {job_id}   (scancel --signal=USR1 --batch {job_id} checkpoints and requeues)", file=sys.stderr)
+    return 0

@@ -1,0 +1,80 @@
+"""Real clusters on this machine for the backend tests: a two-node Ray cluster
+(ray.cluster_utils.Cluster, dashboard and job server on loopback) and the local Slurm that
+scripts/slurm/start_local_slurm.sh starts (two slurmd nodes, n1 and n2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SLURM_DIR = Path(os.environ.get("FTL_SLURM_DIR", "/tmp/ftl-slurm"))
+
+
+@dataclass
+class RayTestCluster:
+    address: str  # GCS address for cluster.ray.address
+    dashboard: str  # job server, http://127.0.0.1:PORT
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayTestCluster]:
+    from ray.cluster_utils import Cluster
+
+    from cluster.local import free_port
+
+    port = free_port()
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+    })
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    try:
+        yield RayTestCluster(address=cluster.address, dashboard=f"http://127.0.0.1:{port}")
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def slurm() -> str:
+    """SLURM_CONF of a running local Slurm with nodes n1, n2 (started here when needed)."""
+    conf = SLURM_DIR / "slurm.conf"
+    if shutil.which("sbatch") is None or not _responds(conf):
+        if os.geteuid() != 0:
+            pytest.skip("needs a Slurm: run `sudo bash scripts/slurm/start_local_slurm.sh` (starts one on this machine)")
+        out = subprocess.run(["bash", str(REPO / "scripts" / "slurm" / "start_local_slurm.sh")], capture_output=True, text=True)
+        assert out.returncode == 0, f"could not start the local Slurm:\n{out.stderr}"
+    os.environ["SLURM_CONF"] = str(conf)
+    return str(conf)
+
+
+def _responds(conf: Path) -> bool:
+    if not conf.exists():
+        return False
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    return subprocess.run(["scontrol", "ping"], capture_output=True, env=env).returncode == 0
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss; after a restart a step may be logged twice, the later record wins."""
+    losses: dict[int, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record: dict[str, Any] = json.loads(line)
+        if record.get("kind") == "train":
+            losses[record["step"]] = record["loss"]
+    return losses
+
+
+def assert_same_losses(run_dir: Path, golden: dict[int, float], rel: float = 1e-6) -> None:
+    losses = train_losses(run_dir)
+    assert sorted(losses) == sorted(golden), f"steps {sorted(losses)} != golden {sorted(golden)}"
+    for step, loss in golden.items():
+        assert abs(losses[step] - loss) <= rel * abs(loss), f"step {step}: loss {losses[step]} != golden {loss}"

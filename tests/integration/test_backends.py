@@ -1,0 +1,216 @@
+"""Cluster backends with real processes: Ray Train on a two-node Ray cluster, Ray Jobs, torchrun
+(incl. a user's own torchrun), Slurm in both modes, and restarts after a killed worker. Every run
+is compared with the same run on the local backend: the same losses, step by step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_fixtures import RayTestCluster, assert_same_losses, ray_cluster, slurm, train_losses  # noqa: F401
+from tests.conftest import FTL, write_config
+
+pytestmark = pytest.mark.integration
+
+STEPS = 4
+
+
+def _config(tmp_path: Path, model_dir: Path, name: str, **sections: dict) -> Path:
+    base = {"training": {"max_steps": STEPS}, "checkpoint": {"every_steps": 2}, "parallel": {"strategy": "ddp"}}
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return write_config(tmp_path / f"{name}.yaml", model_dir, tmp_path / name, **base)
+
+
+def _ftl(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FTL, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[int, float]:
+    """The reference: 2 workers on the local backend."""
+    tmp = tmp_path_factory.mktemp("golden")
+    out = _ftl("train", str(_config(tmp, tiny_model_dir, "run", cluster={"backend": "local", "workers": 2})))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return train_losses(tmp / "run")
+
+
+def test_ray_spreads_workers_over_two_nodes_with_the_same_losses(tmp_path, tiny_model_dir, golden, ray_cluster):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "nodes": 2, "workers": 1,
+                                                                 "ray": {"address": ray_cluster.address}})
+    out = _ftl("train", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    placed = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "logs").glob("ray-worker-*.json"))]
+    assert [w["rank"] for w in placed] == [0, 1]
+    assert len({w["node_id"] for w in placed}) == 2, placed
+    assert_same_losses(tmp_path / "run", golden)
+    # Per-rank logs in the run directory, and the checkpoints Ray recorded are ftl's own (no copies).
+    assert (tmp_path / "run" / "logs" / "rank-1.log").exists()
+    snapshot = (tmp_path / "run" / "checkpoint_manager_snapshot.json").read_text()
+    assert str(tmp_path / "run" / "checkpoints" / "step-4") in snapshot
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-2", "step-4"]
+
+
+def test_ray_restarts_the_worker_group_from_the_checkpoint(tmp_path, tiny_model_dir, golden, ray_cluster):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "workers": 2,
+                                                                 "ray": {"address": ray_cluster.address, "max_failures": 1}})
+    out = _ftl("train", str(config), env={"FTL_FAULT_KILL_AT_STEP": "3", "FTL_FAULT_KILL_RANK": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / ".fault-kill-fired").exists()  # the worker really died mid-step 3
+    resumed = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
+    assert "resumed from" in resumed and "step-2" in resumed
+    assert_same_losses(tmp_path / "run", golden)
+
+
+def test_ray_without_restarts_fails_with_the_logs_named(tmp_path, tiny_model_dir, ray_cluster):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
+    out = _ftl("train", str(config), env={"FTL_FAULT_KILL_AT_STEP": "3", "FTL_FAULT_KILL_RANK": "1"})
+    assert out.returncode != 0
+    assert "Ray Train run failed" in out.stderr and str(tmp_path / "run" / "logs") in out.stderr
+
+
+def test_ray_driver_signal_checkpoints_and_the_rerun_resumes(tmp_path, tiny_model_dir, golden, ray_cluster):
+    config = _config(tmp_path, tiny_model_dir, "run", training={"max_steps": STEPS},
+                     cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FTL_FAULT_SLOW_STEP_S": "1.5"})
+    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    stopped_at = max(train_losses(run_dir))
+    assert stopped_at < STEPS and (run_dir / "checkpoints" / f"step-{stopped_at}").is_dir()
+    out = _ftl("train", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_losses(run_dir, golden)
+
+
+def test_ray_job_submit_status_logs(tmp_path, tiny_model_dir, golden, ray_cluster):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"workers": 2})
+    out = _ftl("submit", str(config), "--address", ray_cluster.dashboard, "--python", sys.executable)
+    assert out.returncode == 0, out.stderr[-3000:]
+    job_id = out.stdout.strip().splitlines()[0]
+    state = _wait_for(lambda: _job_state(job_id, ray_cluster.dashboard) in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=400)
+    logs = _ftl("logs", job_id, "--address", ray_cluster.dashboard).stdout
+    assert _job_state(job_id, ray_cluster.dashboard) == "SUCCEEDED", logs[-3000:]
+    assert state and "Fine-tune finished: 4 steps" in logs
+    assert_same_losses(tmp_path / "run", golden)
+    missing = _ftl("status", "ftl-no-such-job", "--address", ray_cluster.dashboard)
+    assert missing.returncode == 2 and "ftl-no-such-job" in missing.stderr
+
+
+def test_ray_job_stop_checkpoints_first(tmp_path, tiny_model_dir, ray_cluster):
+    config = _config(tmp_path, tiny_model_dir, "run", training={"max_steps": 200}, cluster={"workers": 1},
+                     parallel={"strategy": "auto"})
+    out = _ftl("submit", str(config), "--address", ray_cluster.dashboard, "--python", sys.executable)
+    assert out.returncode == 0, out.stderr[-3000:]
+    job_id = out.stdout.strip().splitlines()[0]
+    run_dir = tmp_path / "run"
+    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+    stop = _ftl("stop", job_id, "--address", ray_cluster.dashboard)
+    assert stop.returncode == 0, stop.stderr
+    _wait_for(lambda: _job_state(job_id, ray_cluster.dashboard) in ("STOPPED", "FAILED", "SUCCEEDED"), timeout=300)
+    assert _job_state(job_id, ray_cluster.dashboard) == "STOPPED"
+    checkpoints = list((run_dir / "checkpoints").glob("step-*"))
+    assert checkpoints and not (run_dir / "final").exists()
+
+
+def test_torchrun_two_agents_rendezvous_with_the_same_losses(tmp_path, tiny_model_dir, golden):
+    from cluster.local import free_port
+
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={
+        "backend": "torchrun", "nodes": 2, "workers": 1, "torchrun": {"rdzv_endpoint": f"127.0.0.1:{free_port()}"}})
+    agents = [subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    results = [agent.communicate(timeout=600) for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert_same_losses(tmp_path / "run", golden)
+
+
+def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_model_dir, golden):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 2, "torchrun": {"max_restarts": 1}})
+    out = _ftl("train", str(config), env={"FTL_FAULT_KILL_AT_STEP": "3", "FTL_FAULT_KILL_RANK": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / ".fault-kill-fired").exists()
+    assert_same_losses(tmp_path / "run", golden)
+
+
+def test_users_own_torchrun_runs_ftl_train(tmp_path, tiny_model_dir, golden):
+    config = _config(tmp_path, tiny_model_dir, "run")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          "-m", "launcher.cli", "train", str(config)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Fine-tune finished: 4 steps" in out.stdout
+    assert_same_losses(tmp_path / "run", golden)
+
+
+def test_slurm_one_node_two_workers(tmp_path, tiny_model_dir, golden, slurm):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "workers": 2})
+    out = _ftl("train", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 node(s) n1" in out.stderr or "1 node(s) n2" in out.stderr
+    assert_same_losses(tmp_path / "run", golden)
+    assert (tmp_path / "run" / "slurm-job.sbatch").exists()
+
+
+def test_slurm_two_nodes_ray_mode(tmp_path, tiny_model_dir, golden, slurm):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "nodes": 2, "workers": 1, "slurm": {"mode": "ray"}})
+    out = _ftl("train", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 node(s) n1,n2" in out.stderr and "mode ray" in out.stderr
+    placed = [json.loads(p.read_text()) for p in (tmp_path / "run" / "logs").glob("ray-worker-*.json")]
+    assert len({w["node_id"] for w in placed}) == 2
+    assert_same_losses(tmp_path / "run", golden)
+
+
+def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tiny_model_dir, golden, slurm):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "nodes": 2, "workers": 1})
+    run_dir = tmp_path / "run"
+    out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "1.5"})
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+    # What Slurm sends before a time limit (--signal=B:USR1@T), delivered now instead of later.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+    from cluster.slurm import job_info
+
+    _wait_for(lambda: (run_dir / "final").exists() and job_info(job_id).get("JobState") == "COMPLETED", timeout=600)
+    log = (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
+    assert "requeueing" in log and "start #2" in log, log[-3000:]
+    assert job_info(job_id).get("Restarts") == "1"
+    assert_same_losses(run_dir, golden)
+
+
+def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, tiny_model_dir, "run")
+    out = _ftl("slurm", str(config), "--dry-run", "--nodes", "2", "--time", "04:00:00", "--partition", "gpu",
+               "--account", "proj1", "--gpus-per-node", "8", "--workers-per-node", "8", "cluster.slurm.setup=[module load cuda]")
+    assert out.returncode == 0, out.stderr
+    rendered = out.stdout.replace(str(tmp_path / "run"), "RUN_DIR").replace(str(Path(sys.executable)), "PYTHON")
+    rendered = rendered.replace(str(Path(__file__).resolve().parents[2]), "REPO")
+    golden_script = (Path(__file__).parents[1] / "golden" / "slurm_dry_run.sbatch").read_text()
+    assert rendered == golden_script
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def _job_state(job_id: str, address: str) -> str:
+    out = _ftl("status", job_id, "--address", address)
+    return json.loads(out.stdout)["status"] if out.returncode == 0 else f"error: {out.stderr}"
+
+
+def _wait_for(condition, timeout: float, interval: float = 1.0):  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
