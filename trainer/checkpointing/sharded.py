@@ -17,11 +17,11 @@ import torch
 STATE_DIR = "state"
 
 
-def _options() -> Any:
+def _options(strict: bool = True) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     # Frozen parameters (the base model under LoRA/QLoRA) are not state: they come from model.path.
-    return StateDictOptions(ignore_frozen_params=True)
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
 
 
 class DCPStateIO:
@@ -55,8 +55,11 @@ class DCPStateIO:
 
         model_state, optim_state = get_state_dict(model, optimizer, options=_options())
         state = {"model": model_state, "optim": optim_state}
+        # dcp.load fails on any trainable key the checkpoint lacks; the frozen keys are absent by
+        # design, which set_state_dict must not count as missing (strict=False).
         dcp.load(state, checkpoint_id=str(directory / STATE_DIR))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_options())
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=_options(strict=False))
 
     def manifest_extra(self) -> dict[str, Any]:
         return {}
