@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from trainer.checkpointing.rng import write_torch
 from trainer.faults import fault_point
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -105,7 +106,7 @@ def _write_replicated(directory: Path, trainable: dict[str, torch.Tensor], optim
         handle.flush()
         fault_point("mid_shard", step, rank)
         handle.write(data[half:])
-    torch.save({"optimizer": optim_state}, directory / OPTIMIZER_FILE)
+    write_torch({"optimizer": optim_state}, directory / OPTIMIZER_FILE)
 
 
 def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "state") -> None:

@@ -3,6 +3,7 @@ so it loads back with torch.load(weights_only=True)."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -30,7 +31,16 @@ def save_rng(path: Path) -> None:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
-    torch.save(state, path)
+    write_torch(state, path)
+
+
+def write_torch(obj: Any, path: Path) -> None:
+    """torch.save through memory, so a full disk raises a plain OSError (ENOSPC) from the file
+    write instead of an opaque RuntimeError from torch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with Path(path).open("wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def load_rng(path: Path) -> None:
