@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=0)
+
+    runs = verbs.add_parser("runs", help="list runs under a directory with their status and latest valid checkpoint")
+    runs.add_argument("dir", nargs="?", default="runs", help="a directory of runs, or one run directory (default: ./runs)")
+    runs.add_argument("--verify", action="store_true", help="also verify checkpoint checksums (reads every file)")
     return parser
 
 
@@ -95,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, TrainerInputError):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
+        from trainer.checkpointing.manager import CheckpointWriteError
+
+        if isinstance(exc, CheckpointWriteError):
+            return 1  # the message is already on stderr; earlier checkpoints are intact
         if isinstance(exc, StopRequested):
             print(f"ftl: {exc}", file=sys.stderr)
             return 128 + exc.signum if exc.signum else EXIT_STOPPED
@@ -134,6 +142,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from launcher.commands import generate
 
         return generate(args)
+    if args.verb == "runs":
+        from launcher.commands import runs
+
+        return runs(args.dir, verify=args.verify)
     raise AssertionError(args.verb)
 
 

@@ -82,6 +82,20 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def runs(parent: str, verify: bool = False) -> int:
+    from launcher.runs import describe_run, find_runs, format_runs
+
+    path = Path(parent)
+    if not path.is_dir():
+        raise UserError(f"{parent}: no such directory; pass the parent directory of your runs (output.dir's parent)")
+    found = find_runs(path)
+    if not found:
+        print(f"no runs under {parent} (a run directory holds config.yaml)")
+        return 0
+    print(format_runs([describe_run(run, verify=verify) for run in found]))
+    return 0
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> {_fmt(summary['last_loss'])}"]
     data = summary.get("data", {})

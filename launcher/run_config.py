@@ -19,11 +19,6 @@ class RunConfig(TrainerConfig):
         strategy, workers = self.parallel.strategy, self.cluster.world_size
         if strategy == "none" and workers > 1:
             raise ValueError(f"parallel.strategy=none runs one process but the cluster has {workers} workers; use ddp, fsdp or deepspeed")
-        if strategy in SHARDED and self.checkpoint.every_steps:
-            raise ValueError(
-                f"checkpoint.every_steps: periodic checkpoints of sharded state ({strategy}) are not supported yet; "
-                "set checkpoint.every_steps=0 or use parallel.strategy=ddp"
-            )
         parallel = self.parallel
         if parallel.mixed_precision == "fp16" and strategy != "deepspeed":
             raise ValueError("parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "

@@ -94,6 +94,9 @@ class TrainingConfig(Section):
     seed: int = 42
     log_every_steps: int = Field(1, ge=1)
     progress_bar: bool = True
+    watchdog_timeout_s: float = Field(
+        1800.0, ge=0.0, description="A worker that makes no step progress (step, eval, checkpoint) for this long dumps "
+        "its stacks and exits non-zero, so a hang becomes a failure restarts handle; 0 = off.")
 
     @field_validator("adam_betas")
     @classmethod
@@ -119,9 +122,22 @@ class EvalConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_steps: int = Field(0, ge=0, description="Save every N optimizer steps; 0 = no periodic checkpoints.")
-    keep_last: int = Field(2, ge=1)
+    every_steps: int = Field(0, ge=0, description="Save every N optimizer steps; 0 = no step-based checkpoints.")
+    every_minutes: float = Field(0.0, ge=0.0, description="Also save when this many minutes passed since the last "
+                                 "save (decided on rank 0 for all ranks); 0 = no time-based checkpoints.")
+    keep_last: int = Field(2, ge=1, description="Keep the newest K checkpoints (older ones are deleted after each commit).")
+    keep_every: int = Field(0, ge=0, description="Additionally keep every checkpoint whose step is a multiple of M; 0 = off.")
+    async_save: bool = Field(False, description="Write checkpoints in the background while training continues "
+                             "(single process, DDP, FSDP2); the commit waits for the write. Needs keep_last >= 2.")
     resume: str = Field("auto", description="`auto` (latest valid checkpoint in output.dir), `never`, or a checkpoint path.")
+
+    @model_validator(mode="after")
+    def _async_keeps_two(self) -> "CheckpointConfig":
+        if self.async_save and self.keep_last < 2:
+            # While a save is in flight the previous checkpoint is the only valid one: it must survive.
+            raise ValueError("checkpoint.async_save needs checkpoint.keep_last >= 2 (the previous checkpoint must "
+                             "survive while the next is written); set keep_last: 2")
+        return self
 
 
 class ParallelConfig(Section):
@@ -163,6 +179,9 @@ class TrainerConfig(Section):
     def _cross_section_rules(self) -> "TrainerConfig":
         if self.method.type == "full" and self.method.lora.modules_to_save:
             raise ValueError("method.lora.modules_to_save only applies to adapter methods (lora, dora, qlora)")
+        if self.checkpoint.async_save and self.parallel.strategy == "deepspeed":
+            raise ValueError("checkpoint.async_save is not supported with parallel.strategy=deepspeed (the ZeRO engine "
+                             "saves synchronously); set checkpoint.async_save=false or use fsdp")
         if self.data.validation and self.data.validation_split > 0:
             raise ValueError("set either data.validation (a file) or data.validation_split (a ratio), not both")
         if self.data.format == "text" and self.eval.generation.enabled and self._has_eval_data():

@@ -120,7 +120,7 @@ def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, me
     """Rebuild the trained model from a checkpoint (or final/adapter) and write final/ again."""
     from safetensors.torch import load_file
 
-    from trainer.checkpoint import latest_valid_checkpoint, load_checkpoint, validate_checkpoint
+    from trainer.checkpoint import latest_valid_checkpoint, load_trainable_from_checkpoint, validate_checkpoint
     from trainer.errors import TrainerInputError
     from trainer.methods import apply_method
     from trainer.model_builder import load_model, load_tokenizer
@@ -133,7 +133,7 @@ def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, me
         problem = validate_checkpoint(source)
         if problem:
             raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")
-        load_checkpoint(source, model, None, None)
+        load_trainable_from_checkpoint(source, model)
     elif cfg.method.uses_adapter and (final / "adapter" / "adapter_model.safetensors").exists():
         from peft import set_peft_model_state_dict
 

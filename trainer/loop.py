@@ -15,6 +15,7 @@ from trainer.checkpoint import LoopState
 from trainer.config import TrainingConfig
 from trainer.distributed import all_reduce_sum, any_rank
 from trainer.data.batches import GlobalSampler, RowDataset, make_batch
+from trainer.faults import fault_point
 from trainer.loss import loss_sum
 from trainer.metrics import MetricsWriter
 from trainer.stopping import StopFlag
@@ -29,8 +30,8 @@ class LoopHooks:
     save: Callable[[LoopState], str]
     should_eval: Callable[[int], bool]
     should_save: Callable[[int], bool]
-    # Called inside each step after the first micro-batch's backward (fault-injection point).
-    mid_step: Callable[[int], None] = lambda step: None
+    # Called on every rank after each step (collective-safe): commit finished async saves, heartbeat.
+    step_end: Callable[[int], None] = lambda step: None
 
 
 def train_loop(
@@ -74,8 +75,7 @@ def train_loop(
                     summed, _ = loss_sum(model, {key: v.to(device) for key, v in batch.items()})
                 strategy.backward(model, summed * scale)
             local_loss += summed.detach().item()
-            if k == 0:
-                hooks.mid_step(state.step + 1)
+            fault_point("micro", state.step + 1, rank)  # inside the accumulation window
         lr = scheduler.get_last_lr()[0]
         grad_norm = strategy.clip_and_step(model, optimizer, cfg.max_grad_norm)
         scheduler.step()
@@ -95,6 +95,8 @@ def train_loop(
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
         if hooks.should_eval(state.step):
             hooks.evaluate(state.step)
+        hooks.step_end(state.step)
+        fault_point("step_end", state.step, rank)
         # Every rank must agree to stop at the same step, or the next collective would hang.
         stopping = any_rank(stop.check_step(state.step), device)
         if hooks.should_save(state.step) or stopping:

@@ -10,27 +10,18 @@ import hashlib
 import json
 import logging
 import math
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
-from trainer.checkpoint import (
-    LoopState,
-    checkpoint_world_size,
-    latest_valid_checkpoint,
-    load_checkpoint,
-    load_trainable,
-    save_checkpoint,
-    validate_checkpoint,
-)
+from trainer.checkpoint import LoopState, load_trainable
+from trainer.checkpointing.resume import SaveClock, build_manager, find_resume_checkpoint, load_resume_state
+from trainer.checkpointing.preflight import check_disk_space, verify_shared_run_dir
+from trainer.checkpointing.rng import seed_everything
 from trainer.config import TrainerConfig
 from trainer.context import WorkerContext
 from trainer.data.prepare import PreparedData, prepare_data
-from trainer.distributed import barrier, broadcast_object
-from trainer.errors import TrainerInputError
+from trainer.distributed import barrier
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
@@ -42,8 +33,8 @@ from trainer.model_builder import load_model, load_tokenizer
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.stopping import STOP_REQUEST_FILE, StopFlag, StopRequested
 from trainer.strategies import build_strategy
-from trainer.worker_faults import maybe_kill_mid_step
 from trainer.strategies.base import Strategy
+from trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +43,20 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     setup_worker_logging(ctx.run_dir, ctx.rank)
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
+    config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    verify_shared_run_dir(ctx.run_dir, ctx.rank, ctx.world_size)
+    # Before any model work: an incompatible or broken checkpoint fails the run in seconds.
+    resume_from = find_resume_checkpoint(cfg, ctx, strategy, config_hash)
     tokenizer = load_tokenizer(cfg.model)
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
     base = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, cfg.model.gradient_checkpointing)
-    total_steps = planned_steps(cfg, len(data.train), ctx.world_size)
+    resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
+    total_steps = planned_steps(cfg, len(data.train), ctx.world_size, *resumed_at)
     model, optimizer = strategy.wrap(base, lambda m: build_optimizer(m, cfg.training))
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
-    state = _resume(cfg, ctx, strategy.unwrapped(model), optimizer, scheduler)
+    manager = build_manager(cfg, ctx, strategy, config_hash)
+    check_disk_space(ctx.run_dir, strategy.unwrapped(model), strategy.checkpoint_layout, cfg.checkpoint.keep_last, ctx.rank)
+    state = load_resume_state(resume_from, manager, model, optimizer, scheduler, cfg, ctx) if resume_from else LoopState()
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
@@ -69,29 +67,41 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
         evaluator(0, label="base")
     stop = StopFlag(request_file=ctx.run_dir / STOP_REQUEST_FILE)
     stop.install()
-    config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    clock = SaveClock(cfg.checkpoint.every_minutes, ctx.rank, ctx.device)
+    watchdog = Watchdog(cfg.training.watchdog_timeout_s, ctx.run_dir, ctx.rank).start()
 
     def save(current: LoopState) -> str:
-        path = save_checkpoint(ctx.run_dir, strategy.trainable_state(model), optimizer, scheduler, current,
-                               config_hash=config_hash, rank=ctx.rank, world_size=ctx.world_size,
-                               keep_last=cfg.checkpoint.keep_last)
-        if ctx.reporter is not None:
-            ctx.reporter.checkpoint(current.step, path)
+        watchdog.beat("checkpoint")
+        path = manager.save(model, optimizer, scheduler, current)
+        clock.reset()
+        watchdog.beat("checkpoint written")
         return str(path)
 
+    def evaluate(step: int) -> None:
+        watchdog.beat("evaluation")
+        evaluator(step)
+        watchdog.beat("evaluation done")
+
+    def step_end(step: int) -> None:
+        manager.poll()  # commits an asynchronous save whose write finished
+        watchdog.beat(f"step {step}")
+
+    every = cfg.checkpoint.every_steps
     hooks = LoopHooks(
-        evaluate=evaluator,
+        evaluate=evaluate,
         save=save,
         should_eval=lambda step: bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and step < total_steps,
-        should_save=lambda step: bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0,
-        mid_step=lambda step: maybe_kill_mid_step(step, ctx.rank, ctx.run_dir),
+        should_save=lambda step: (bool(every) and step % every == 0) or clock.due(),
+        step_end=step_end,
     )
     log.info("training %d steps on %d worker(s) with %s (%d rows, %s)", total_steps, ctx.world_size, strategy.name, len(data.train), data.report)
     try:
         state = train_loop(model, optimizer, scheduler, data.train, cfg.training, state, total_steps,
                            strategy=strategy, pad_id=tokenizer.pad_token_id, metrics=metrics, hooks=hooks,
                            stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar, shuffle=cfg.data.shuffle)
+        manager.close()  # an asynchronous save still in flight is committed before anything else
     finally:
+        watchdog.stop()
         stop.uninstall()
     if state.step < total_steps:
         metrics.close()
@@ -140,45 +150,15 @@ def _prepare_data_rank0_first(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerCon
     return data if ctx.is_main else prepare()
 
 
-def planned_steps(cfg: TrainerConfig, rows: int, world_size: int = 1) -> int:
+def planned_steps(cfg: TrainerConfig, rows: int, world_size: int = 1, resumed_step: int = 0, samples_seen: int = 0) -> int:
+    """Optimizer steps of the whole run. max_steps counts steps whatever the batch; epochs count
+    samples, so a run resumed on another worker count (another global batch) trains the samples
+    that remain: resumed_step + ceil(remaining / new global batch). Unchanged world: same total."""
     if cfg.training.max_steps:
         return cfg.training.max_steps
     per_step = cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * world_size
-    return max(1, math.ceil(cfg.training.epochs * rows / per_step))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _resume(cfg: TrainerConfig, ctx: WorkerContext, model: Any, optimizer: Any, scheduler: Any) -> LoopState:
-    mode = cfg.checkpoint.resume
-    if mode == "never":
-        return LoopState()
-    if mode == "auto":
-        # Rank 0 validates (checksums) and moves bad checkpoints aside; the others take its answer,
-        # so no two processes race to rename the same directory.
-        found = latest_valid_checkpoint(ctx.run_dir) if ctx.is_main else None
-        found = broadcast_object(str(found) if found else None)
-        if found is None:
-            return LoopState()
-        path = Path(found)
-    else:
-        path = Path(mode)
-        problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
-        if problem:
-            raise TrainerInputError(f"checkpoint.resume={mode!r}: cannot resume from it: {problem}")
-    saved_world = checkpoint_world_size(path)
-    if saved_world != ctx.world_size:
-        raise TrainerInputError(
-            f"checkpoint {path} was written by {saved_world} worker(s) but this run has {ctx.world_size}; "
-            f"resume with cluster.workers={saved_world} (changing the worker count on resume is not supported yet)"
-        )
-    state = load_checkpoint(path, model, optimizer, scheduler, rank=ctx.rank)
-    log.info("resumed from %s at step %d (sample %d)", path, state.step, state.samples_seen)
-    return state
+    remaining = max(0.0, cfg.training.epochs * rows - samples_seen)
+    return max(1, resumed_step + math.ceil(remaining / per_step))
 
 
 class _Evaluator:

@@ -62,9 +62,9 @@ def test_ray_spreads_workers_over_two_nodes_with_the_same_losses(tmp_path, tiny_
 def test_ray_restarts_the_worker_group_from_the_checkpoint(tmp_path, tiny_model_dir, golden, ray_cluster):
     config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "workers": 2,
                                                                  "ray": {"address": ray_cluster.address, "max_failures": 1}})
-    out = _ftl("train", str(config), env={"FTL_FAULT_KILL_AT_STEP": "3", "FTL_FAULT_KILL_RANK": "1"})
+    out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "run" / ".fault-kill-fired").exists()  # the worker really died mid-step 3
+    assert (tmp_path / "kill.marker").exists()  # the worker really died mid-step 3
     resumed = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
     assert "resumed from" in resumed and "step-2" in resumed
     assert_same_losses(tmp_path / "run", golden)
@@ -72,7 +72,7 @@ def test_ray_restarts_the_worker_group_from_the_checkpoint(tmp_path, tiny_model_
 
 def test_ray_without_restarts_fails_with_the_logs_named(tmp_path, tiny_model_dir, ray_cluster):
     config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
-    out = _ftl("train", str(config), env={"FTL_FAULT_KILL_AT_STEP": "3", "FTL_FAULT_KILL_RANK": "1"})
+    out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
     assert out.returncode != 0
     assert "Ray Train run failed" in out.stderr and str(tmp_path / "run" / "logs") in out.stderr
 
@@ -138,9 +138,9 @@ def test_torchrun_two_agents_rendezvous_with_the_same_losses(tmp_path, tiny_mode
 
 def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_model_dir, golden):
     config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 2, "torchrun": {"max_restarts": 1}})
-    out = _ftl("train", str(config), env={"FTL_FAULT_KILL_AT_STEP": "3", "FTL_FAULT_KILL_RANK": "1"})
+    out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "run" / ".fault-kill-fired").exists()
+    assert (tmp_path / "kill.marker").exists()
     assert_same_losses(tmp_path / "run", golden)
 
 
@@ -200,6 +200,11 @@ def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
     golden_script = (Path(__file__).parents[1] / "golden" / "slurm_dry_run.sbatch").read_text()
     assert rendered == golden_script
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def _kill_rank1_mid_step3(tmp_path: Path) -> dict[str, str]:
+    """SIGKILL rank 1 inside step 3 (after its first micro-batch), once: the restart gets past it."""
+    return {"FTL_FAULT_KILL_AT": "micro@3", "FTL_FAULT_RANK": "1", "FTL_FAULT_ONCE_MARKER": str(tmp_path / "kill.marker")}
 
 
 def _job_state(job_id: str, address: str) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from launcher.commands import train
 from launcher.run_dir import load_snapshot
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import load_trainable_from_checkpoint
 from trainer.metrics import read_metrics
 from trainer.methods import apply_method
 from trainer.model_builder import load_model, quantization_config, use_exact_cpu_4bit_kernels
@@ -30,7 +30,7 @@ MERGED_ATOL = 1e-4
 def _trained_model(run_dir: Path) -> torch.nn.Module:
     cfg = load_snapshot(run_dir)
     model = apply_method(load_model(cfg.model, cfg.method, "cpu"), cfg.method, False)
-    load_checkpoint(run_dir / "checkpoints" / f"step-{STEPS}", model, None, None)
+    load_trainable_from_checkpoint(run_dir / "checkpoints" / f"step-{STEPS}", model)
     return model.eval()
 
 

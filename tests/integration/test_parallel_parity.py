@@ -119,14 +119,11 @@ def test_worker_failure_stops_the_run(tmp_path: Path, tiny_model_dir: Path) -> N
         ({"strategy": "deepspeed", "zero_stage": 2, "offload_params": "cpu"}, "offload_params needs parallel.zero_stage=3"),
         ({"strategy": "fsdp", "offload_params": "nvme", "nvme_path": "/tmp"}, "fsdp offloads to cpu only"),
         ({"strategy": "deepspeed", "zero_stage": 3, "offload_params": "nvme"}, "nvme_path is required"),
-        ({"strategy": "fsdp"}, "periodic checkpoints of sharded state"),
         ({"strategy": "ddp", "mixed_precision": "fp16"}, "use bf16, or parallel.strategy=deepspeed"),
     ],
 )
 def test_rejected_combinations_say_what_to_use(parallel: dict, message: str, tmp_path: Path, tiny_model_dir: Path) -> None:
-    checkpoint = {"every_steps": 5} if message.startswith("periodic") else {}
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", parallel=parallel,
-                          cluster={"workers": 2}, checkpoint=checkpoint)
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", parallel=parallel, cluster={"workers": 2})
     result = subprocess.run([*FTL, "validate", str(config)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr
 

@@ -2,49 +2,95 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from trainer.checkpoint import LoopState, committed_checkpoints, latest_valid_checkpoint, load_checkpoint, save_checkpoint
-from trainer.optim import lr_multiplier
+from trainer.checkpoint import LoopState, committed_checkpoints, latest_valid_checkpoint, loop_state_from_dict
+from trainer.checkpointing.layouts import ReplicatedStateIO
+from trainer.checkpointing.manager import CheckpointManager
+from trainer.checkpointing.retention import checkpoints_to_delete
+from trainer.optim import WarmupDecaySchedule, lr_multiplier
+from trainer.config import TrainingConfig
 
 
-def _save(run_dir: Path, step: int, keep_last: int = 3) -> tuple[torch.nn.Module, Path]:
+def _training(model: torch.nn.Module) -> tuple[torch.optim.Optimizer, WarmupDecaySchedule]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    return optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(learning_rate=0.1), total_steps=10)
+
+
+def _manager(run_dir: Path, keep_last: int = 3, keep_every: int = 0, async_save: bool = False) -> CheckpointManager:
+    io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
+    return CheckpointManager(run_dir, io, rank=0, world_size=1, device="cpu", keep_last=keep_last,
+                             keep_every=keep_every, async_save=async_save, meta={"config_hash": "h"})
+
+
+def _save(run_dir: Path, step: int, keep_last: int = 3, keep_every: int = 0, async_save: bool = False) -> tuple[torch.nn.Module, Path]:
     torch.manual_seed(step)
     model = torch.nn.Linear(4, 3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    optimizer, scheduler = _training(model)
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    trainable = {n: p.detach().clone() for n, p in model.named_parameters()}
-    path = save_checkpoint(run_dir, trainable, optimizer, scheduler, LoopState(step=step, samples_seen=step * 8),
-                           config_hash="h", keep_last=keep_last)
+    scheduler.step()
+    manager = _manager(run_dir, keep_last, keep_every, async_save)
+    path = manager.save(model, optimizer, scheduler, LoopState(step=step, samples_seen=step * 8))
+    manager.close()
     return model, path
 
 
-def test_roundtrip_restores_weights_optimizer_and_counters(tmp_path: Path) -> None:
+def test_roundtrip_restores_weights_optimizer_scheduler_and_counters(tmp_path: Path) -> None:
     model, path = _save(tmp_path, 5)
     fresh = torch.nn.Linear(4, 3)
-    optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    state = load_checkpoint(path, fresh, optimizer, scheduler)
-    assert state.step == 5 and state.samples_seen == 40
+    optimizer, scheduler = _training(fresh)
+    loop = _manager(tmp_path).load(path, fresh, optimizer, scheduler)
+    assert loop["step"] == 5 and loop["samples_seen"] == 40
     assert torch.equal(fresh.weight, model.weight)
     assert optimizer.state_dict()["state"][0]["step"] == 1
+    assert scheduler.step_count == 1
+
+
+def test_manifest_describes_the_checkpoint(tmp_path: Path) -> None:
+    _, path = _save(tmp_path, 2)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format"] == 2 and manifest["step"] == 2 and manifest["layout"] == "replicated"
+    assert manifest["world_size"] == 1 and manifest["config_hash"] == "h"
+    assert set(manifest["files"]) == {"trainable.safetensors", "optimizer.pt", "trainer_state.json", "rng-rank0.pt"}
+    assert all(len(meta["sha256"]) == 64 and meta["bytes"] > 0 for meta in manifest["files"].values())
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-2"
+
+
+def test_async_save_commits_only_after_the_write(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer, scheduler = _training(model)
+    manager = _manager(tmp_path, keep_last=2, async_save=True)
+    manager.save(model, optimizer, scheduler, LoopState(step=1))
+    assert manager.pending is not None
+    assert committed_checkpoints(tmp_path) == []  # in flight: not discoverable yet
+    saved = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on; the snapshot must not see it
+    manager.close()
+    fresh = torch.nn.Linear(4, 3)
+    manager.load(committed_checkpoints(tmp_path)[0], fresh, *_training(fresh))
+    assert torch.equal(fresh.weight, saved)
 
 
 def test_unfinished_write_is_invisible(tmp_path: Path) -> None:
     _save(tmp_path, 2)
     # A crash before the rename leaves a temp dir; a crash before the manifest leaves no manifest.
-    (tmp_path / "checkpoints" / ".tmp-step-4-123").mkdir()
+    (tmp_path / "checkpoints" / ".tmp-step-4").mkdir()
     (tmp_path / "checkpoints" / "step-6").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step-6\n")  # a stale hint is ignored
     assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-2"]
     assert latest_valid_checkpoint(tmp_path).name == "step-2"
 
 
-def test_corrupted_checkpoint_is_moved_aside_and_previous_used(tmp_path: Path) -> None:
+def test_corrupted_checkpoint_is_moved_aside_and_previous_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _save(tmp_path, 2)
     _, newest = _save(tmp_path, 4)
     shard = newest / "trainable.safetensors"
@@ -53,14 +99,34 @@ def test_corrupted_checkpoint_is_moved_aside_and_previous_used(tmp_path: Path) -
     shard.write_bytes(bytes(data))
     assert latest_valid_checkpoint(tmp_path).name == "step-2"
     assert any(p.name.startswith("invalid-step-4") for p in (tmp_path / "checkpoints").iterdir())
+    assert "checksum mismatch" in capsys.readouterr().err
 
 
-def test_retention_keeps_last_k(tmp_path: Path) -> None:
+def test_retention_keeps_last_k_and_every_m(tmp_path: Path) -> None:
     for step in (1, 2, 3, 4):
         _save(tmp_path, step, keep_last=2)
     assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-3", "step-4"]
-    manifest = json.loads((tmp_path / "checkpoints" / "step-4" / "manifest.json").read_text())
-    assert manifest["step"] == 4 and "trainable.safetensors" in manifest["files"]
+    assert checkpoints_to_delete([2, 4, 5, 6, 8, 10], keep_last=2, keep_every=4) == [2, 5, 6]
+    for step in (5, 8, 9, 10):
+        _save(tmp_path, step, keep_last=2, keep_every=4)
+    assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-4", "step-8", "step-9", "step-10"]
+
+
+def test_purge_debris_is_invisible_and_cleaned(tmp_path: Path) -> None:
+    _save(tmp_path, 2)
+    debris = tmp_path / "checkpoints" / ".purge-step-1"
+    debris.mkdir()
+    (debris / "manifest.json").write_text("{}")
+    assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-2"]
+    _save(tmp_path, 3)
+    assert not debris.exists()
+
+
+def test_loop_state_round_trips_generically() -> None:
+    state = LoopState(step=3, samples_seen=24, tokens_seen=100, best={"eval_loss": 1.5})
+    assert loop_state_from_dict(dataclasses.asdict(state)) == state
+    # Older checkpoints miss newer fields (defaults fill them); unknown fields are dropped.
+    assert loop_state_from_dict({"step": 2, "from_the_future": 1}) == LoopState(step=2)
 
 
 def test_lr_schedules() -> None:
@@ -72,3 +138,15 @@ def test_lr_schedules() -> None:
     assert abs(lr_multiplier(55, total, warmup, "linear", 0.1) - (0.1 + 0.9 * 0.5)) < 1e-9
     assert lr_multiplier(99, total, warmup, "constant", 0.0) == 1.0
     assert lr_multiplier(100, total, warmup, "cosine", 0.2) == 0.2
+
+
+def test_time_based_trigger_fires_after_the_interval_and_resets() -> None:
+    from trainer.checkpointing.resume import SaveClock
+
+    clock = SaveClock(every_minutes=0.002, rank=0, device="cpu")  # 120 ms
+    assert not clock.due()
+    time.sleep(0.15)
+    assert clock.due()
+    clock.reset()
+    assert not clock.due()
+    assert not SaveClock(every_minutes=0.0, rank=0, device="cpu").due()  # off

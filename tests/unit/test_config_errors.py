@@ -150,3 +150,22 @@ def test_config_snapshot_redacts_secrets() -> None:
     out = redact({"model": {"path": "x", "hub_token": "abc"}, "note": "hf_" + "a" * 30, "api_key": "k"})
     assert out["model"] == {"path": "x", "hub_token": REDACTED}
     assert out["note"] == REDACTED and out["api_key"] == REDACTED
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["checkpoint.async_save=true", "checkpoint.keep_last=1"], "checkpoint.async_save needs checkpoint.keep_last >= 2"),
+        (["checkpoint.async_save=true", "parallel.strategy=deepspeed", "cluster.workers=2"], "not supported with parallel.strategy=deepspeed"),
+        (["checkpoint.every_minutes=-1"], "checkpoint.every_minutes"),
+    ],
+)
+def test_checkpoint_rules(tmp_path: Path, valid_text: str, overrides: list[str], message: str) -> None:
+    problems = _problems(_write(tmp_path, valid_text), overrides)
+    assert any(message in p for p in problems), problems
+
+
+def test_sharded_strategies_may_checkpoint_periodically(tmp_path: Path, valid_text: str) -> None:
+    for strategy in ("fsdp", "deepspeed"):
+        cfg = load_config(_write(tmp_path, valid_text), [f"parallel.strategy={strategy}", "cluster.workers=2", "checkpoint.every_steps=5"])
+        assert cfg.checkpoint.every_steps == 5

@@ -14,6 +14,8 @@ class Strategy:
     replicated = True
     # Whether forward passes run collectives, so every rank must run the same number of them.
     forward_is_collective = False
+    # How checkpoints hold the model/optimizer state (trainer/checkpointing/layouts.py).
+    checkpoint_layout = "replicated"
 
     def __init__(self, device: str, rank: int = 0, world_size: int = 1, precision: str = "auto"):
         self.device, self.rank, self.world_size = device, rank, world_size
@@ -53,6 +55,12 @@ class Strategy:
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module with the original parameter names (for evaluation and export)."""
         return model
+
+    def checkpoint_io(self, adapter_only: bool) -> object:
+        """Writes and reads this strategy's model + optimizer state inside a checkpoint."""
+        from trainer.checkpointing.layouts import ReplicatedStateIO
+
+        return ReplicatedStateIO(self.trainable_state, self.unwrapped, self.rank)
 
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """Full (unsharded) trainable parameters on CPU. Collective for sharded strategies:

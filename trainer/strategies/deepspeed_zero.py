@@ -61,6 +61,7 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
 
 class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
+    checkpoint_layout = "deepspeed"
 
     def __init__(self, device: str, rank: int, world_size: int, cfg: TrainerConfig):
         super().__init__(device, rank, world_size, cfg.parallel.mixed_precision)
@@ -111,6 +112,11 @@ class DeepSpeedStrategy(Strategy):
 
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.engine.module if self.engine is not None else model
+
+    def checkpoint_io(self, adapter_only: bool) -> object:
+        from trainer.checkpointing.deepspeed_state import DeepSpeedStateIO
+
+        return DeepSpeedStateIO(self, adapter_only)
 
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         module = self.unwrapped(model)

@@ -20,6 +20,7 @@ class FSDPStrategy(Strategy):
     name = "fsdp"
     replicated = False
     forward_is_collective = True
+    checkpoint_layout = "dcp"
 
     def __init__(self, device: str, rank: int, world_size: int, cfg: ParallelConfig):
         super().__init__(device, rank, world_size, cfg.mixed_precision)
@@ -57,6 +58,11 @@ class FSDPStrategy(Strategy):
             if hasattr(module, "set_requires_gradient_sync"):
                 module.set_requires_gradient_sync(last, recurse=False)
         yield
+
+    def checkpoint_io(self, adapter_only: bool) -> object:
+        from trainer.checkpointing.sharded import DCPStateIO
+
+        return DCPStateIO()
 
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.tensor import DTensor

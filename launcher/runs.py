@@ -1,0 +1,73 @@
+"""`ftl runs [DIR]`: the runs under a directory, what state each is in, and where it would resume.
+
+Reads only run directories (config.yaml marks one); never imports torch, never modifies anything:
+a checkpoint that fails validation is reported, not moved aside (resume does that).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    status: str
+    step: int | None
+    checkpoint: str | None
+    note: str = ""
+
+
+def find_runs(parent: Path) -> list[Path]:
+    if (parent / "config.yaml").is_file():
+        return [parent]
+    return sorted(p for p in parent.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
+
+
+def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
+    step = _last_logged_step(run_dir)
+    valid, notes = None, []
+    for candidate in reversed(committed_checkpoints(run_dir)):
+        problem = validate_checkpoint(candidate, checksums=verify)
+        if problem is None:
+            valid = candidate
+            break
+        notes.append(f"{candidate.name} invalid: {problem}")
+    if (run_dir / "final").is_dir():
+        status = "finished"
+    elif valid is not None:
+        status = "resumable"
+    elif step is not None:
+        status = "no checkpoint"
+    else:
+        status = "not started"
+    return RunInfo(run_dir, status, step, valid.name if valid else None, "; ".join(notes))
+
+
+def format_runs(infos: list[RunInfo]) -> str:
+    rows = [("RUN", "STATUS", "STEP", "LATEST VALID CHECKPOINT")]
+    for info in infos:
+        rows.append((str(info.path), info.status, "-" if info.step is None else str(info.step), info.checkpoint or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]
+    lines += [f"  {info.path.name}: {info.note}" for info in infos if info.note]
+    return "\n".join(lines)
+
+
+def _last_logged_step(run_dir: Path) -> int | None:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    last = None
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if record.get("kind") == "train":
+            last = record.get("step")
+    return last

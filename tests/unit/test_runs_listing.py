@@ -1,0 +1,55 @@
+"""`ftl runs`: status, last step and latest valid checkpoint of each run, read-only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from launcher.cli import main
+from trainer.checkpoint import LoopState
+from trainer.checkpointing.layouts import ReplicatedStateIO
+from trainer.checkpointing.manager import CheckpointManager
+from trainer.config import TrainingConfig
+from trainer.optim import WarmupDecaySchedule
+
+
+def _run(parent: Path, name: str, steps: list[int], logged: int | None, finished: bool = False) -> Path:
+    run = parent / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    if logged is not None:
+        lines = [json.dumps({"kind": "train", "step": s, "loss": 1.0}) for s in range(1, logged + 1)]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
+    manager = CheckpointManager(run, io, rank=0, world_size=1, device="cpu", keep_last=5)
+    for step in steps:
+        manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=step))
+    if finished:
+        (run / "final").mkdir()
+    return run
+
+
+def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run(tmp_path, "done", [2, 4], 4, finished=True)
+    stopped = _run(tmp_path, "stopped", [2, 4], 5)
+    _run(tmp_path, "crashed-early", [], 1)
+    (tmp_path / "not-a-run").mkdir()
+    # The newest checkpoint lost a file: the listing says so and points at the previous one.
+    (stopped / "checkpoints" / "step-4" / "optimizer.pt").unlink()
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:] for line in out[1:] if line.startswith("/")}
+    assert rows == {"crashed-early": ["no", "checkpoint", "1", "-"], "done": ["finished", "4", "step-4"],
+                    "stopped": ["resumable", "5", "step-2"]}
+    assert any("step-4 invalid: missing file optimizer.pt" in line for line in out)
+    assert (stopped / "checkpoints" / "step-4").is_dir()  # read-only: nothing moved aside
+
+
+def test_missing_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err

@@ -1,0 +1,51 @@
+"""DeepSpeed ZeRO state: the engine's own save_checkpoint/load_checkpoint, inside our commit protocol.
+
+The engine writes into our temporary directory under a fixed tag (`ds/`) with save_latest=False,
+so DeepSpeed's own `latest` file is never written: which checkpoint is current is decided only
+by our manifest + atomic rename. ZeRO partitions optimizer state (and for stage 3 parameters) by
+rank, so a checkpoint resumes only on the same worker count and stage; the check runs before the
+model is built (see compat.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TAG = "ds"
+
+
+class DeepSpeedStateIO:
+    layout = "deepspeed"
+
+    def __init__(self, strategy: Any, adapter_only: bool):
+        self.strategy, self.adapter_only = strategy, adapter_only
+
+    def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> None:
+        # Adapter methods: the frozen base is not state (it comes from model.path).
+        self.strategy.engine.save_checkpoint(str(directory), tag=TAG, client_state={}, save_latest=False,
+                                             exclude_frozen_parameters=self.adapter_only)
+        return None
+
+    def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
+        path, _ = self.strategy.engine.load_checkpoint(
+            str(directory), tag=TAG, load_module_strict=not self.adapter_only,
+            load_optimizer_states=optimizer is not None, load_lr_scheduler_states=False,
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory / TAG}")
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"zero_stage": self.strategy.stage}
+
+
+def load_trainable_unsharded(model: Any, directory: Path) -> None:
+    """Consolidate a ZeRO checkpoint's fp32 weights on CPU (DeepSpeed's zero_to_fp32, no process
+    group needed) and copy the trainable ones into a plain model: used by `ftl export`."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from trainer.checkpointing.layouts import load_trainable
+
+    full = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG, exclude_frozen_parameters=True)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    load_trainable(model, {k: v for k, v in full.items() if k in trainable}, source=str(directory))

@@ -1,0 +1,186 @@
+"""Saving and loading checkpoints for a running trainer: the commit protocol over a strategy's
+StateIO, plus the per-rank RNG and rank 0's loop/scheduler state.
+
+Save (collective: every rank calls it at the same step):
+  1. finish an asynchronous save still in flight (at most one is ever in flight);
+  2. rank 0 creates `.tmp-step-N/` (removing debris of crashed saves), barrier;
+  3. every rank writes its RNG state, rank 0 `trainer_state.json`, the StateIO its model and
+     optimizer files (possibly in the background: asynchronous save returns here);
+  4. commit, once the write finished: every rank fsyncs the files it sees, barrier, ranks hash a
+     share of the files each, rank 0 writes the manifest, fsyncs, renames to `step-N/`, fsyncs
+     the parent, updates the `latest` hint; then purges old checkpoints (retention.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.checkpointing.layouts import PendingWrite, StateIO
+from trainer.checkpointing.protocol import (
+    atomic_write_text,
+    checkpoints_dir,
+    commit,
+    fsync_file,
+    list_files,
+    read_manifest,
+    sha256_file,
+    write_latest_hint,
+    write_manifest,
+)
+from trainer.checkpointing.retention import purge_old, remove_debris
+from trainer.checkpointing.rng import load_rng, rng_file, save_rng
+from trainer.distributed import all_gather_object, any_rank, barrier, broadcast_object
+from trainer.faults import fault_point
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+STATES = ["trainable_weights", "optimizer", "scheduler", "rng_per_rank", "loop"]
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (disk full, I/O error); earlier checkpoints are untouched."""
+
+
+@dataclass
+class _InFlight:
+    write: PendingWrite
+    tmp: Path
+    final: Path
+    meta: dict[str, Any]
+
+
+class CheckpointManager:
+    def __init__(self, run_dir: Path, io: StateIO, *, rank: int, world_size: int, device: str, keep_last: int,
+                 keep_every: int = 0, async_save: bool = False, meta: dict[str, Any] | None = None,
+                 on_commit: Callable[[int, Path], None] | None = None):
+        self.root = checkpoints_dir(run_dir)
+        self.io, self.rank, self.world_size, self.device = io, rank, world_size, device
+        self.keep_last, self.keep_every, self.async_save = keep_last, keep_every, async_save
+        self.meta = dict(meta or {})
+        self.pending: _InFlight | None = None
+        # Told about each committed checkpoint on every rank (e.g. to register it with Ray Train).
+        self.on_commit = on_commit
+        if async_save and hasattr(io, "prepare_async"):
+            io.prepare_async()
+
+    # ----- save -----
+
+    def save(self, model: Any, optimizer: Any, scheduler: Any, state: Any) -> Path:
+        self.wait()
+        final = self.root / f"step-{state.step}"
+        if broadcast_object(final.exists()):
+            return final  # committed already (a stop request right after a periodic save)
+        tmp = self.root / f".tmp-step-{state.step}"
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            remove_debris(self.root)
+            tmp.mkdir()
+        barrier()
+        meta = {**self.meta, "step": state.step, "samples_seen": state.samples_seen, "world_size": self.world_size,
+                "layout": self.io.layout, "states": STATES, **self.io.manifest_extra()}
+        try:
+            fault_point("before_shards", state.step, self.rank, self.root)
+            save_rng(tmp / rng_file(self.rank))
+            if self.rank == 0:
+                loop = {"loop": asdict(state), "scheduler": scheduler.state_dict()}
+                atomic_write_text(tmp / STATE_FILE, json.dumps(loop))
+            write = self.io.write(model, optimizer, tmp, step=state.step, async_write=self.async_save)
+        except OSError as exc:
+            raise self._write_failed(tmp, exc) from exc
+        if write is not None and self.async_save:
+            self.pending = _InFlight(write, tmp, final, meta)
+            fault_point("async_in_flight", state.step, self.rank)
+            return final
+        self._commit(write, tmp, final, meta)
+        return final
+
+    def poll(self) -> None:
+        """Commit the asynchronous save once every rank's write finished. Collective: call it on
+        every rank at the same point (each step boundary)."""
+        if self.pending is not None and not any_rank(not self.pending.write.done(), self.device):
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the in-flight save (if any) is written and committed. Collective."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self._commit(pending.write, pending.tmp, pending.final, pending.meta)
+
+    close = wait
+
+    def _commit(self, write: PendingWrite | None, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+        step = meta["step"]
+        try:
+            if write is not None:
+                write.wait()
+            for name in list_files(tmp):  # covers this rank's own files, written before the listing
+                fsync_file(tmp / name)
+        except OSError as exc:
+            raise self._write_failed(tmp, exc) from exc
+        barrier()
+        names = broadcast_object(list_files(tmp) if self.rank == 0 else None)
+        # Hashing a large sharded checkpoint on one rank would serialise the save: split it.
+        mine = {name: sha256_file(tmp / name) for name in names[self.rank :: self.world_size]}
+        hashes = {k: v for part in all_gather_object(mine) for k, v in part.items()}
+        if self.rank == 0:
+            fault_point("before_manifest", step, self.rank)
+            write_manifest(tmp, meta, hashes)
+            fault_point("before_rename", step, self.rank)
+            commit(tmp, final)
+            write_latest_hint(self.root, final)
+            log.info("checkpoint committed: %s", final)
+        barrier()
+        if self.rank == 0:
+            purge_old(self.root, self.keep_last, self.keep_every, rank=self.rank)
+        barrier()
+        if self.on_commit is not None:
+            self.on_commit(step, final)
+
+    def _write_failed(self, tmp: Path, exc: OSError) -> CheckpointWriteError:
+        if self.world_size == 1:
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back; other ranks may still write otherwise
+        message = (f"writing checkpoint {tmp} failed: {exc.strerror or exc}; earlier checkpoints in {self.root} are "
+                   "intact. Free space (or fix the filesystem) and run the same command again to resume.")
+        print(f"ftl: error: {message}", file=sys.stderr, flush=True)
+        return CheckpointWriteError(message)
+
+    # ----- load -----
+
+    def load(self, path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+        """Restore model, optimizer, scheduler and this rank's RNG; returns the saved loop fields."""
+        manifest = read_manifest(path)
+        self.io.read(model, optimizer, path, manifest)
+        saved = json.loads((path / STATE_FILE).read_text())
+        scheduler_state = saved.get("scheduler")
+        if scheduler_state is None:  # format 1 kept it next to the optimizer
+            scheduler_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)["scheduler"]
+        scheduler.load_state_dict(scheduler_state)
+        own_rng = path / rng_file(self.rank)
+        if own_rng.exists():
+            load_rng(own_rng)
+        else:
+            log.warning("checkpoint %s has no RNG state for rank %d (written by %s worker(s)); this rank starts a "
+                        "fresh seeded stream", path, self.rank, manifest.get("world_size"))
+        return saved["loop"]
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "peft", "deepspeed"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions

@@ -1,0 +1,154 @@
+"""The commit protocol: what makes a checkpoint directory trustworthy, and how to find one.
+
+A checkpoint is written into `checkpoints/.tmp-step-N/`, every rank fsyncs what it wrote, then
+one rank writes `manifest.json` (every file with its size and sha256, plus what the checkpoint
+is), fsyncs it, renames the directory to `checkpoints/step-N/` (atomic on POSIX filesystems)
+and fsyncs the parent. Discovery trusts only `step-N` directories whose manifest matches their
+files; `checkpoints/latest` is a hint for people and tools, never read by resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LATEST_HINT = "latest"
+FORMAT_VERSION = 2
+KNOWN_FORMATS = (1, 2)
+TMP_PREFIX = ".tmp-"
+PURGE_PREFIX = ".purge-"
+INVALID_PREFIX = "invalid-"
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_of(path: Path) -> int:
+    return int(path.name.split("-", 1)[1])
+
+
+def committed_checkpoints(run_dir: Path) -> list[Path]:
+    """Committed-looking checkpoints (a manifest exists), oldest first. Validate before loading."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir()
+             if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit() and (p / MANIFEST).exists()]
+    return sorted(found, key=step_of)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / MANIFEST).read_text())
+
+
+def validate_checkpoint(path: Path, *, checksums: bool = True) -> str | None:
+    """None when the checkpoint is complete and intact, else the reason it is not.
+    Without `checksums` only presence and sizes are checked (fast, for listings)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        return "no manifest (the write did not finish)"
+    try:
+        manifest = read_manifest(path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "manifest is not valid JSON"
+    if manifest.get("format") not in KNOWN_FORMATS:
+        return f"manifest format {manifest.get('format')!r} is not one this ftl reads ({KNOWN_FORMATS})"
+    files = manifest.get("files")
+    if not files:
+        return "manifest lists no files"
+    for name, meta in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"missing file {name}"
+        size = file.stat().st_size
+        if size != meta["bytes"]:
+            return f"{name} has {size} bytes, manifest says {meta['bytes']}"
+        if checksums and sha256_file(file) != meta["sha256"]:
+            return f"{name} checksum mismatch (corrupted)"
+    return None
+
+
+def latest_valid_checkpoint(run_dir: Path, *, move_aside: bool = True) -> Path | None:
+    """Newest checkpoint that validates. Invalid ones are moved aside (renamed `invalid-step-N-T`)
+    with a loud warning, so the next discovery does not pay for them again."""
+    for candidate in reversed(committed_checkpoints(run_dir)):
+        problem = validate_checkpoint(candidate)
+        if problem is None:
+            return candidate
+        if not move_aside:
+            continue
+        aside = candidate.with_name(f"{INVALID_PREFIX}{candidate.name}-{int(time.time())}")
+        message = f"checkpoint {candidate} is INVALID ({problem}); moved it to {aside} and using the previous one"
+        log.warning(message)
+        print(f"ftl: WARNING: {message}", file=sys.stderr, flush=True)
+        os.replace(candidate, aside)
+    return None
+
+
+def list_files(directory: Path) -> list[str]:
+    """Every regular file under `directory`, as sorted posix paths relative to it."""
+    return sorted(p.relative_to(directory).as_posix() for p in Path(directory).rglob("*") if p.is_file())
+
+
+def write_manifest(tmp: Path, meta: dict[str, Any], hashes: dict[str, str]) -> None:
+    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": digest} for name, digest in sorted(hashes.items())}
+    manifest = {"format": FORMAT_VERSION, **meta, "created": time.time(), "files": files}
+    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """The single atomic step that makes a checkpoint exist. The manifest is already durable."""
+    fsync_tree_dirs(tmp)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_latest_hint(root: Path, final: Path) -> None:
+    atomic_write_text(root / LATEST_HINT, final.name + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    with Path(path).open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree_dirs(root: Path) -> None:
+    """fsync every directory under root (deepest first), so the new entries are durable."""
+    dirs = [p for p in Path(root).rglob("*") if p.is_dir()]
+    for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True) + [Path(root)]:
+        fsync_dir(directory)

@@ -1,0 +1,108 @@
+"""What run.py calls to resume and to save: pick the checkpoint (before any model work), build the
+manager, restore the state, and the time-based save trigger.
+
+Resuming on another worker count: replicated and FSDP2 (DCP) state load on any count; ZeRO is
+refused before the model is built (compat.py). The data position is the global sample index
+`samples_seen`: the next step trains samples [samples_seen, samples_seen + new global batch), so
+no sample is repeated or skipped even though the global batch (micro x accumulation x workers)
+changes. `max_steps` keeps counting optimizer steps; an epoch-based run trains the samples that
+remain (run.planned_steps). Ranks the old run did not have start a fresh seeded RNG stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.checkpoint import LoopState, loop_state_from_dict
+from trainer.checkpointing.compat import resume_problem
+from trainer.checkpointing.manager import CheckpointManager, library_versions
+from trainer.checkpointing.protocol import latest_valid_checkpoint, read_manifest, validate_checkpoint
+from trainer.checkpointing.rng import rng_file, seed_everything
+from trainer.config import TrainerConfig
+from trainer.context import WorkerContext
+from trainer.distributed import any_rank, broadcast_object
+from trainer.errors import TrainerInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    path: Path
+    manifest: dict[str, Any]
+
+
+def find_resume_checkpoint(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_hash: str) -> ResumePoint | None:
+    """Collective. Rank 0 validates (checksums) and moves bad checkpoints aside; the others take
+    its answer, so no two processes race to rename the same directory."""
+    mode = cfg.checkpoint.resume
+    if mode == "never":
+        return None
+    answer: tuple[str | None, str | None] = (None, None)
+    if ctx.is_main:
+        if mode == "auto":
+            found = latest_valid_checkpoint(ctx.run_dir)
+            answer = (str(found) if found else None, None)
+        else:
+            path = Path(mode)
+            problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
+            answer = (None, f"checkpoint.resume={mode!r}: cannot resume from it: {problem}") if problem else (str(path), None)
+    found_path, problem = broadcast_object(answer)
+    if problem:
+        raise TrainerInputError(problem)
+    if found_path is None:
+        return None
+    path = Path(found_path)
+    manifest = read_manifest(path)
+    problem = resume_problem(path, manifest, layout=strategy.checkpoint_layout, strategy=strategy.name,
+                             world_size=ctx.world_size, zero_stage=getattr(strategy, "stage", None))
+    if problem:
+        raise TrainerInputError(problem)
+    if manifest.get("config_hash") not in (None, config_hash) and ctx.is_main:
+        log.warning("resuming %s, written with a different config (hash %s, now %s): the result will not equal an "
+                    "uninterrupted run of either config", path, manifest.get("config_hash"), config_hash)
+    return ResumePoint(path, manifest)
+
+
+def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_hash: str) -> CheckpointManager:
+    meta = {"strategy": strategy.name, "method": cfg.method.type, "config_hash": config_hash, "versions": library_versions(),
+            "global_batch": cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * ctx.world_size}
+    return CheckpointManager(ctx.run_dir, strategy.checkpoint_io(cfg.method.uses_adapter), rank=ctx.rank,
+                             world_size=ctx.world_size, device=ctx.device, keep_last=cfg.checkpoint.keep_last,
+                             keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save, meta=meta,
+                             on_commit=ctx.reporter.checkpoint if ctx.reporter is not None else None)
+
+
+def load_resume_state(point: ResumePoint, manager: CheckpointManager, model: Any, optimizer: Any, scheduler: Any,
+                      cfg: TrainerConfig, ctx: WorkerContext) -> LoopState:
+    state = loop_state_from_dict(manager.load(point.path, model, optimizer, scheduler))
+    saved_world = int(point.manifest.get("world_size", 1))
+    if not (point.path / rng_file(ctx.rank)).exists():
+        seed_everything(cfg.training.seed + ctx.rank + 7919 * state.step)
+    if saved_world != ctx.world_size and ctx.is_main:
+        log.warning("resumed a checkpoint of %d worker(s) on %d: data continues at global sample %d, the global batch "
+                    "is now %d samples", saved_world, ctx.world_size, state.samples_seen,
+                    cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * ctx.world_size)
+    log.info("resumed from %s at step %d (sample %d)", point.path, state.step, state.samples_seen)
+    return state
+
+
+class SaveClock:
+    """Time-based save trigger. Only rank 0's clock counts, and its decision reaches every rank
+    through one small all-reduce, so all ranks save at the same step (clocks drift apart)."""
+
+    def __init__(self, every_minutes: float, rank: int, device: str):
+        self.every_s, self.rank, self.device = every_minutes * 60.0, rank, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        if not self.every_s:
+            return False
+        return any_rank(self.rank == 0 and time.monotonic() - self.last >= self.every_s, self.device)

@@ -1,0 +1,42 @@
+"""Which checkpoints to keep, and deleting the others without ever exposing a half-deleted one.
+
+Runs only after the newest checkpoint is committed. An old checkpoint is first renamed to
+`.purge-step-N` (atomic: it stops being discoverable in one step), then deleted; debris of a
+purge or a save that crashed is removed at the next save.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from trainer.checkpointing.protocol import PURGE_PREFIX, TMP_PREFIX, step_of
+from trainer.faults import fault_point
+
+
+def checkpoints_to_delete(steps: list[int], keep_last: int, keep_every: int) -> list[int]:
+    """The last `keep_last` steps survive, and every step divisible by `keep_every` (if set)."""
+    newest = set(sorted(steps)[-keep_last:])
+    return [s for s in sorted(steps) if s not in newest and not (keep_every and s % keep_every == 0)]
+
+
+def purge_old(root: Path, keep_last: int, keep_every: int, *, rank: int = 0) -> list[int]:
+    committed = {step_of(p): p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()}
+    doomed = checkpoints_to_delete(list(committed), keep_last, keep_every)
+    for step in doomed:  # oldest first: a crash mid-purge leaves the newer ones
+        hidden = root / f"{PURGE_PREFIX}step-{step}"
+        os.replace(committed[step], hidden)
+        files = sorted(p for p in hidden.rglob("*") if p.is_file())
+        if files:
+            files[0].unlink()
+        fault_point("during_purge", step, rank)
+        shutil.rmtree(hidden, ignore_errors=True)
+    return doomed
+
+
+def remove_debris(root: Path) -> None:
+    """Leftovers of saves or purges that crashed: never discoverable, only taking space."""
+    for entry in root.iterdir():
+        if entry.name.startswith((TMP_PREFIX, PURGE_PREFIX)) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)

@@ -1,0 +1,90 @@
+"""FSDP2 state through torch.distributed.checkpoint (DCP): each rank writes only its shards of the
+trainable parameters and their optimizer state into `state/`; DCP's metadata lets any number of
+ranks (one plain process included) read them back, resharding as needed.
+
+Asynchronous save uses `dcp.async_save`: the state is staged (copied) to CPU memory before it
+returns, then written by a background thread over a dedicated gloo group, so the background
+collectives never interleave with the training loop's collectives on the default group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_DIR = "state"
+
+
+def _options(strict: bool = True) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Frozen parameters (the base model under LoRA/QLoRA) are not state: they come from model.path.
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
+
+
+class DCPStateIO:
+    layout = "dcp"
+
+    def __init__(self) -> None:
+        self._async_group: Any = None
+
+    def prepare_async(self) -> None:
+        """Collective (every rank, once): the process group the background writes use."""
+        import torch.distributed as dist
+
+        if dist.is_initialized() and self._async_group is None:
+            self._async_group = dist.new_group(backend="gloo")
+
+    def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> Any:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(model, optimizer, options=_options())
+        state = {"model": model_state, "optim": optim_state}
+        target = str(directory / STATE_DIR)
+        if async_write:
+            return _FutureWrite(dcp.async_save(state, checkpoint_id=target, process_group=self._async_group))
+        dcp.save(state, checkpoint_id=target)
+        return None
+
+    def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optim_state = get_state_dict(model, optimizer, options=_options())
+        state = {"model": model_state, "optim": optim_state}
+        # dcp.load fails on any trainable key the checkpoint lacks; the frozen keys are absent by
+        # design, which set_state_dict must not count as missing (strict=False).
+        dcp.load(state, checkpoint_id=str(directory / STATE_DIR))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=_options(strict=False))
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {}
+
+
+def load_trainable_unsharded(model: torch.nn.Module, directory: Path) -> None:
+    """Read a DCP checkpoint's trainable weights into a plain (unwrapped, single-process) model:
+    used by `ftl export`, where there is no process group and no FSDP."""
+    import torch.distributed.checkpoint as dcp
+
+    target = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    dcp.load({"model": target}, checkpoint_id=str(directory / STATE_DIR), no_dist=True)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in target.items():
+            params[name].copy_(value)
+
+
+class _FutureWrite:
+    def __init__(self, future: Any):
+        # Newer torch may return an AsyncSaveResponse with separate staging/upload futures.
+        self._future = getattr(future, "upload_completion", future)
+
+    def done(self) -> bool:
+        return bool(self._future.done())
+
+    def wait(self) -> None:
+        self._future.result()
