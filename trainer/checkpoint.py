@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ class LoopState:
     samples_seen: int = 0  # global sample index of the next row to train on
     tokens_seen: int = 0
     best: dict[str, float] = field(default_factory=dict)
+    transfer: dict[str, Any] = field(default_factory=dict)  # early stopping, unfreezing stage, retain baseline
+    keep_steps: list[int] = field(default_factory=list)  # checkpoints rotation must keep (the best one)
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -87,7 +90,7 @@ def save_checkpoint(
     barrier()
     if rank == 0:
         _commit(tmp, final, state, config_hash, world_size)
-        _purge_old(root, keep_last)
+        _purge_old(root, keep_last, protected=set(state.keep_steps))
         log.info("checkpoint committed: %s", final)
     barrier()
     return final
@@ -186,14 +189,15 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any | None, s
     return LoopState(**saved["loop"])
 
 
-def _purge_old(root: Path, keep_last: int) -> None:
+def _purge_old(root: Path, keep_last: int, protected: Collection[int] = ()) -> None:
     # Only after the new checkpoint is committed; oldest first, so a crash mid-purge leaves newer ones.
     committed = sorted(
         (p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")),
         key=lambda p: int(p.name.split("-", 1)[1]),
     )
     for old in committed[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if int(old.name.split("-", 1)[1]) not in protected:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

@@ -36,13 +36,14 @@ from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
 from trainer.memory_report import memory_report
 from trainer.loop import LoopHooks, train_loop
-from trainer.methods import apply_method
 from trainer.metrics import MetricsWriter, read_metrics
-from trainer.model_builder import load_model, load_tokenizer
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.model_builder import load_tokenizer
+from trainer.optim import build_scheduler
 from trainer.stopping import StopFlag, StopRequested
 from trainer.strategies import build_strategy
 from trainer.strategies.base import Strategy
+from trainer.transfer.controller import TransferController
+from trainer.transfer.setup import build_model
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +54,42 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
     tokenizer = load_tokenizer(cfg.model)
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
-    base = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, cfg.model.gradient_checkpointing)
+    base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
     total_steps = planned_steps(cfg, len(data.train), ctx.world_size)
-    model, optimizer = strategy.wrap(base, lambda m: build_optimizer(m, cfg.training))
+    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main)
+    transfer = TransferController(cfg, base, strategy, metrics, train_rows=len(data.train), pad_id=tokenizer.pad_token_id)
+    model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     state = _resume(cfg, ctx, strategy.unwrapped(model), optimizer, scheduler)
+    model = transfer.resumed(state, model)
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
 
-    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main)
-    evaluator = _Evaluator(cfg, model, strategy, tokenizer, data, metrics)
-    if state.step == 0 and cfg.eval.at_start and data.evals:
-        evaluator(0, label="base")
+    evaluator = _Evaluator(cfg, model, strategy, tokenizer, data, metrics, extras=transfer.eval_extras)
+    if state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
+        # The forgetting check needs the base model's retain loss even when at_start is off.
+        evaluator(0, label="base", only=None if cfg.eval.at_start else "retain")
     stop = StopFlag()
     stop.install()
     config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
     def save(current: LoopState) -> str:
+        transfer.fill_state(current)
         path = save_checkpoint(ctx.run_dir, strategy.trainable_state(model), optimizer, scheduler, current,
                                config_hash=config_hash, rank=ctx.rank, world_size=ctx.world_size,
                                keep_last=cfg.checkpoint.keep_last)
         return str(path)
 
+    # Early stopping also judges the last step, so a run that ends on its best step keeps it.
+    last_eval = total_steps + 1 if transfer.early is not None else total_steps
     hooks = LoopHooks(
-        evaluate=evaluator,
+        evaluate=lambda step: transfer.after_eval(step, evaluator(step)),
         save=save,
-        should_eval=lambda step: bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and step < total_steps,
-        should_save=lambda step: bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0,
+        should_eval=lambda step: bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and step < last_eval,
+        should_save=lambda step: (bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0) or transfer.must_save(step),
+        on_step_start=transfer.on_step_start,
+        should_stop_early=lambda: transfer.stopped_early,
     )
     log.info("training %d steps on %d worker(s) with %s (%d rows, %s)", total_steps, ctx.world_size, strategy.name, len(data.train), data.report)
     try:
@@ -89,16 +98,20 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
                            stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar, shuffle=cfg.data.shuffle)
     finally:
         stop.uninstall()
-    if state.step < total_steps:
+    if state.step < total_steps and not transfer.stopped_early:
         metrics.close()
         raise StopRequested(state.step, str(ctx.run_dir / "checkpoints" / f"step-{state.step}"), stop.signum)
 
     memory = memory_report(model, optimizer, ctx.rank)
+    barrier()  # the best checkpoint is complete on disk before any rank reads it
+    transfer.restore_best(strategy.unwrapped(model), ctx.run_dir, state.step,
+                          lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False))
     if data.evals:
         evaluator(state.step, label="final")
     _export(cfg, ctx, strategy, model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, total_steps)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
+    summary["transfer"] = transfer.summary()
     if ctx.is_main:
         (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     metrics.close()
@@ -116,7 +129,7 @@ def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: A
         return
     trainable = strategy.trainable_state(model)
     if ctx.is_main:
-        fresh = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, False)
+        fresh = build_model(cfg, ctx.device, tokenizer.pad_token_id, False)
         load_trainable(fresh, trainable)
         export_final(fresh, tokenizer, cfg, ctx.run_dir / "final", ctx.device,
                      merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
@@ -128,7 +141,9 @@ def _prepare_data_rank0_first(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerCon
     there; the others then fail at the barrier when the launcher stops them."""
     def prepare() -> PreparedData:
         return prepare_data(cfg.data, tokenizer, seed=cfg.training.seed, micro_batch_size=cfg.training.micro_batch_size,
-                            want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples)
+                            want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples,
+                            retain=cfg.eval.retain,
+                            label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None)
 
     if ctx.is_main:
         data = prepare()
@@ -178,15 +193,21 @@ def _resume(cfg: TrainerConfig, ctx: WorkerContext, model: Any, optimizer: Any, 
 
 
 class _Evaluator:
-    def __init__(self, cfg: TrainerConfig, model: Any, strategy: Strategy, tokenizer: Any, data: PreparedData, metrics: MetricsWriter):
+    def __init__(self, cfg: TrainerConfig, model: Any, strategy: Strategy, tokenizer: Any, data: PreparedData, metrics: MetricsWriter,
+                 extras: Any = None):
         self.cfg, self.model, self.strategy, self.tokenizer, self.data, self.metrics = cfg, model, strategy, tokenizer, data, metrics
+        self.extras = extras  # adds strategy-specific scores (classification, forgetting) to a record
 
-    def __call__(self, step: int, label: str = "periodic") -> None:
+    def __call__(self, step: int, label: str = "periodic", only: str | None = None) -> dict[str, dict[str, Any]]:
+        """Score every eval set (or only the one named `only`); returns the records by set name."""
         batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
         # The module with the original API (generate etc.); for sharded strategies it still
         # carries the hooks that gather parameters, so every rank evaluates in lockstep.
         model = self.strategy.unwrapped(self.model)
+        results: dict[str, dict[str, Any]] = {}
         for eval_set in self.data.evals:
+            if only is not None and eval_set.name != only:
+                continue
             values: dict[str, Any] = {
                 "split": eval_set.name,
                 "label": label,
@@ -197,8 +218,12 @@ class _Evaluator:
                                              self.cfg.eval.generation.max_new_tokens, batch, self.strategy)
                 values["exact_match"] = score
                 values["samples"] = samples
+            if self.extras is not None:
+                self.extras(model, eval_set, values, batch)
             self.metrics.write(step, values, kind="eval")
+            results[eval_set.name] = values
             log.info("eval %s step %d: %s", eval_set.name, step, {k: v for k, v in values.items() if k != "samples"})
+        return results
 
 
 def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: int) -> dict[str, Any]:
@@ -207,7 +232,7 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
     for record in evals:
         split = record["split"]
         entry = scores.setdefault(split, {})
-        picked = {k: record[k] for k in ("eval_loss", "exact_match") if k in record}
+        picked = {k: record[k] for k in ("eval_loss", "exact_match", "accuracy", "macro_f1", "retain_loss_change") if k in record}
         if record.get("label") == "base":
             entry["base"] = picked
         elif record.get("label") == "final":
