@@ -120,6 +120,14 @@ def _copy_dequantized(trained_base: torch.nn.Module, plain: torch.nn.Module) -> 
                 plain_params[key].copy_(parameter.detach().to(plain_params[key].dtype).cpu())
 
 
+def _best_checkpoint(latest: Path) -> Path:
+    """With early stopping, the best checkpoint the latest one points to (kept from rotation)."""
+    state = json.loads((latest / "trainer_state.json").read_text())["loop"]
+    best = (state.get("transfer") or {}).get("early_stopping", {}).get("best_step")
+    candidate = latest.parent / f"step-{best}"
+    return candidate if best is not None and candidate.is_dir() else latest
+
+
 def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, merge: bool, device: str) -> Path:
     """Rebuild the trained model from a checkpoint (or final/adapter) and write final/ again."""
     from safetensors.torch import load_file
@@ -133,6 +141,8 @@ def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, me
     model = build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
     final = run_dir / "final"
     source = checkpoint or latest_valid_checkpoint(run_dir)
+    if checkpoint is None and source is not None and cfg.transfer.early_stopping.enabled:
+        source = _best_checkpoint(source)
     if source is not None:
         problem = validate_checkpoint(source)
         if problem:

@@ -81,12 +81,18 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
                                keep_last=cfg.checkpoint.keep_last)
         return str(path)
 
-    # Early stopping also judges the last step, so a run that ends on its best step keeps it.
-    last_eval = total_steps + 1 if transfer.early is not None else total_steps
+    def should_eval(step: int) -> bool:
+        if not cfg.eval.every_steps:
+            return False
+        # Early stopping also judges the last step, so a run that ends on its best step keeps it.
+        if step == total_steps:
+            return transfer.early is not None
+        return step % cfg.eval.every_steps == 0
+
     hooks = LoopHooks(
         evaluate=lambda step: transfer.after_eval(step, evaluator(step)),
         save=save,
-        should_eval=lambda step: bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and step < last_eval,
+        should_eval=should_eval,
         should_save=lambda step: (bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0) or transfer.must_save(step),
         on_step_start=transfer.on_step_start,
         should_stop_early=lambda: transfer.stopped_early,

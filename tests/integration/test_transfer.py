@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launcher.commands import train
+from launcher.commands import export, train
 from trainer.metrics import read_metrics
 from trainer.optim import lr_multiplier
 from tests.conftest import FTL, QA_DATA, REPO, write_config
@@ -191,6 +191,9 @@ def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(tmp_path: 
     assert all(torch.equal(best_weights[k], final[k]) for k in final)
     final_eval = next(r for r in read_metrics(run, "eval") if r["label"] == "final" and r["split"] == "validation")
     assert final_eval["eval_loss"] == pytest.approx(best, rel=1e-6)
+    # `ftl export` rebuilds final/ from the best checkpoint too, not from the latest one.
+    assert export(str(run), merge=True, checkpoint=None) == 0
+    assert all(torch.equal(best_weights[k], v) for k, v in _merged(run).items())
 
 
 def test_mixture_is_evaluated_per_dataset_and_retain_loss_is_tracked(tmp_path: Path, tiny_model_dir: Path) -> None:

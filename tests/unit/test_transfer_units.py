@@ -181,3 +181,37 @@ def test_combinations_that_make_no_sense_are_rejected(sections: dict, message: s
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any(message in problem for problem in info.value.problems), info.value.problems
+
+
+def test_early_stopping_rule_and_its_state_survive_a_resume() -> None:
+    from trainer.transfer.config import EarlyStoppingConfig
+    from trainer.transfer.early_stopping import EarlyStopping
+
+    losses = {2: 5.0, 4: 4.0, 6: 3.95, 8: 3.5, 10: 3.49, 12: 3.6, 14: 3.2}
+    cfg = EarlyStoppingConfig(enabled=True, patience=2, min_delta=0.1)
+
+    def run(stopper: EarlyStopping, steps: list[int]) -> None:
+        for step in steps:
+            if not stopper.should_stop:
+                stopper.update(step, {"validation": {"eval_loss": losses[step]}})
+
+    whole = EarlyStopping(cfg)
+    run(whole, sorted(losses))
+    # 6 and 10 miss min_delta; 8 resets the count; 10, 12 are two misses in a row -> stop at 12.
+    assert (whole.best_step, whole.best, whole.stopped_at) == (8, 3.5, 12)
+    first = EarlyStopping(cfg)
+    run(first, [2, 4, 6, 8, 10])
+    resumed = EarlyStopping(cfg)
+    resumed.load_state_dict(json_round_trip(first.state_dict()))
+    run(resumed, [12, 14])
+    assert resumed.state_dict() == whole.state_dict()
+    accuracy = EarlyStopping(EarlyStoppingConfig(enabled=True, metric="accuracy", patience=1))
+    accuracy.update(1, {"validation": {"accuracy": 0.5}})
+    accuracy.update(2, {"validation": {"accuracy": 0.6}})
+    assert accuracy.best_step == 2 and not accuracy.should_stop  # higher is better for accuracy
+
+
+def json_round_trip(value: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(value))

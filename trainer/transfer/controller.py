@@ -39,12 +39,16 @@ class TransferController:
                  train_rows: int, pad_id: int):
         self.cfg, self.strategy, self.metrics, self.pad_id = cfg, strategy, metrics, pad_id
         transfer = cfg.transfer
-        self.parts = model_parts(model)
+        # Only strategies that group parameters by depth need the model's structure (some custom
+        # architectures have no recognisable block list; plain runs must not depend on finding it).
+        self.grouped = transfer.gradual_unfreezing.enabled or transfer.learning_rates.any
+        self.parts = model_parts(model) if self.grouped else None
         # Every parameter that will ever train; gradual unfreezing then freezes most of them for now.
         self.trainable = {plain_name(n) for n, p in model.named_parameters() if p.requires_grad}
         self.unfreezer: GradualUnfreezer | None = None
         if transfer.gradual_unfreezing.enabled:
             rows_per_step = cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * strategy.world_size
+            assert self.parts is not None
             groups = unfreezing_groups(self.parts, self.trainable, transfer.gradual_unfreezing.blocks_per_stage)
             every = steps_per_stage(transfer.gradual_unfreezing, train_rows, rows_per_step)
             self.unfreezer = GradualUnfreezer(model, groups, every)
@@ -57,7 +61,7 @@ class TransferController:
 
     # -- optimizer -------------------------------------------------------------------------------
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        if self.unfreezer is None and not self.cfg.transfer.learning_rates.any:
+        if self.parts is None:
             return build_optimizer(model, self.cfg.training)
         return build_grouped_optimizer(model, self.cfg.training, self.cfg.transfer.learning_rates, self.parts, self.trainable)
 
