@@ -105,12 +105,19 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{100 * data['token_efficiency']:.1f}% of token slots hold real tokens")
     scores = summary.get("scores", {})
     if scores:
-        lines.append(f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}{'exact match (base -> tuned)':<30}")
+        # Classification runs report accuracy where generation runs report exact match.
+        classification = any("accuracy" in part for entry in scores.values() for part in entry.values())
+        metric, title = ("accuracy", "accuracy") if classification else ("exact_match", "exact match")
+        lines.append(f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}{title + ' (base -> tuned)':<30}")
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})
             loss = f"{_fmt(base.get('eval_loss'))} -> {_fmt(final.get('eval_loss'))}"
-            em = f"{_pct(base.get('exact_match'))} -> {_pct(final.get('exact_match'))}"
+            em = f"{_pct(base.get(metric))} -> {_pct(final.get(metric))}"
             lines.append(f"{split:<14}{loss:<30}{em:<30}")
+    stopping = summary.get("transfer", {}).get("early_stopping")
+    if stopping and stopping.get("stopped_at") is not None:
+        lines.append(f"early stopping: stopped at step {stopping['stopped_at']}; final/ holds the best step {stopping['best_step']} "
+                     f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])})")
     final_dir = Path(summary["final_dir"])
     for name in ("adapter", "merged"):
         if (final_dir / name).exists():

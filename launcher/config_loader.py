@@ -19,7 +19,8 @@ from launcher.run_config import RunConfig
 
 # Keys holding filesystem paths. Relative paths resolve from the current directory (as in
 # torchrun/Axolotl); model/tokenizer/data values that do not exist locally may be hub names.
-LOCAL_OR_HUB_KEYS = ("model.path", "model.tokenizer", "data.train", "data.validation", "data.test")
+LOCAL_OR_HUB_KEYS = ("model.path", "model.tokenizer", "data.train", "data.validation", "data.test", "eval.retain")
+MIXTURE_PATH_KEYS = ("train", "validation")  # in each data.mixture entry
 LOCAL_ONLY_KEYS = ("output.dir", "data.cache_dir")
 
 # Names users bring from other tools, for the did-you-mean hint where spelling distance fails.
@@ -107,12 +108,21 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 def _resolve_paths(raw: dict[str, Any]) -> None:
     for dotted in LOCAL_OR_HUB_KEYS + LOCAL_ONLY_KEYS:
         section, _, key = dotted.partition(".")
-        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
-        if not isinstance(value, str) or not value:
-            continue
-        expanded = Path(os.path.expanduser(os.path.expandvars(value)))
-        if dotted in LOCAL_ONLY_KEYS or expanded.exists() or value.startswith((".", "/", "~")):
-            raw[section][key] = str(expanded.resolve())
+        if isinstance(raw.get(section), dict):
+            _resolve_one(raw[section], key, local_only=dotted in LOCAL_ONLY_KEYS)
+    mixture = raw.get("data", {}).get("mixture") if isinstance(raw.get("data"), dict) else None
+    for entry in mixture if isinstance(mixture, list) else []:
+        for key in MIXTURE_PATH_KEYS if isinstance(entry, dict) else ():
+            _resolve_one(entry, key, local_only=False)
+
+
+def _resolve_one(holder: dict[str, Any], key: str, local_only: bool) -> None:
+    value = holder.get(key)
+    if not isinstance(value, str) or not value:
+        return
+    expanded = Path(os.path.expanduser(os.path.expandvars(value)))
+    if local_only or expanded.exists() or value.startswith((".", "/", "~")):
+        holder[key] = str(expanded.resolve())
 
 
 def _describe(err: dict[str, Any], key_lines: dict[str, int]) -> str:

@@ -39,6 +39,8 @@ class LoopState:
     samples_seen: int = 0  # global sample index of the next row to train on
     tokens_seen: int = 0
     best: dict[str, float] = field(default_factory=dict)
+    transfer: dict[str, Any] = field(default_factory=dict)  # early stopping, unfreezing stage, retain baseline
+    keep_steps: list[int] = field(default_factory=list)  # checkpoints rotation must keep (the best one)
 
 
 def loop_state_from_dict(saved: dict[str, Any]) -> LoopState:

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainer.transfer.config import TransferConfig
+
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are re-validated."""
@@ -31,12 +33,27 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
 
 
-DataFormat = Literal["alpaca", "chat", "completion", "text"]
+DataFormat = Literal["alpaca", "chat", "completion", "text", "classification"]
+
+
+class MixtureSource(Section):
+    """One dataset of a multi-task mixture."""
+
+    name: str = Field(description="Short name; its validation set is reported under this name.", pattern=r"^[A-Za-z0-9_.-]+$")
+    train: str = Field(description="Training file or `datasets` name, as data.train.")
+    weight: float = Field(1.0, gt=0, description="Relative sampling weight (normalised over the mixture).")
+    format: DataFormat | None = Field(None, description="Row format; defaults to data.format.")
+    validation: str | None = Field(None, description="Optional validation file, evaluated separately under `name`.")
 
 
 class DataConfig(Section):
-    train: str = Field(description="Training data: a .jsonl/.json/.parquet/.csv file, or a `datasets` name.")
-    format: DataFormat = "chat"
+    train: str | None = Field(None, description="Training data: a .jsonl/.json/.parquet/.csv file, or a `datasets` name "
+                                                 "(required unless data.mixture is set).")
+    format: DataFormat = Field("chat", description="Row format; `classification` = {text, label} rows for a classification head.")
+    mixture: list[MixtureSource] = Field(
+        default_factory=list,
+        description="Multi-task training: several datasets sampled by weight (instead of data.train), each evaluated separately.",
+    )
     validation: str | None = Field(None, description="Validation file; otherwise see validation_split.")
     validation_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of train held out when no validation file.")
     test: str | None = Field(None, description="Optional held-out test set, scored before and after training.")
@@ -47,6 +64,26 @@ class DataConfig(Section):
     skip_bad_rows: bool = Field(False, description="Skip malformed rows (and report how many) instead of stopping.")
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default $FTL_CACHE_DIR or ~/.cache/ftl.")
     shuffle: bool = Field(True, description="Reshuffle the training rows each epoch (seeded by training.seed).")
+
+    @model_validator(mode="after")
+    def _train_or_mixture(self) -> "DataConfig":
+        if not self.train and not self.mixture:
+            raise ValueError("data.train: required key is missing; give a training file, or list datasets under data.mixture")
+        if self.train and self.mixture:
+            raise ValueError("set either data.train or data.mixture (a list of datasets with weights), not both")
+        if self.mixture:
+            names = [source.name for source in self.mixture]
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.mixture names must be unique; got {names}")
+            reserved = sorted(set(names) & {"validation", "test", "retain"})
+            if reserved:
+                raise ValueError(f"data.mixture name {reserved[0]!r} is reserved for another evaluation set; rename it")
+            if self.validation_split > 0:
+                raise ValueError("data.validation_split does not apply to data.mixture; give each mixture entry a validation file")
+        return self
+
+    def format_of(self, source: MixtureSource | None = None) -> str:
+        return (source.format if source and source.format else None) or self.format
 
 
 class LoraConfig(Section):
@@ -86,7 +123,11 @@ class TrainingConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant", "slanted_triangular"] = Field(
+        "cosine",
+        description="After warmup: cosine/linear decay to min_lr_ratio, or constant. slanted_triangular (ULMFiT): "
+        "linear rise from min_lr_ratio over the warmup steps, then linear fall back to it.",
+    )
     warmup_steps: int | None = Field(None, ge=0)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final LR as a fraction of the peak (cosine/linear).")
@@ -119,6 +160,11 @@ class EvalConfig(Section):
     micro_batch_size: int | None = Field(None, ge=1, description="Defaults to training.micro_batch_size.")
     max_samples: int | None = Field(None, ge=1, description="Limit loss evaluation to the first N rows.")
     generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig)
+    retain: str | None = Field(
+        None,
+        description="Forgetting check: general text ({text} rows) the base model was good at, scored on the base "
+        "model before training and at every evaluation; the loss change is reported as retain_loss_change.",
+    )
 
 
 class CheckpointConfig(Section):
@@ -173,6 +219,7 @@ class TrainerConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
     output: OutputConfig
 
     @model_validator(mode="after")
@@ -184,12 +231,24 @@ class TrainerConfig(Section):
                              "saves synchronously); set checkpoint.async_save=false or use fsdp")
         if self.data.validation and self.data.validation_split > 0:
             raise ValueError("set either data.validation (a file) or data.validation_split (a ratio), not both")
-        if self.data.format == "text" and self.eval.generation.enabled and self._has_eval_data():
+        formats = {self.data.format_of(source) for source in self.data.mixture} if self.data.mixture else {self.data.format}
+        if formats <= {"text", "classification"} and self.eval.generation.enabled and self._has_eval_data():
             # Plain text has no prompt/answer split, so exact-match has nothing to compare.
             raise ValueError(
-                "eval.generation.enabled needs prompt/answer data; with data.format=text set eval.generation.enabled=false"
+                f"eval.generation.enabled needs prompt/answer data; with data.format={'/'.join(sorted(formats))} "
+                "set eval.generation.enabled=false"
             )
+
+        transfer_rules(self)
         return self
 
     def _has_eval_data(self) -> bool:
-        return bool(self.data.validation or self.data.validation_split > 0 or self.data.test)
+        return bool(self.data.validation or self.data.validation_split > 0 or self.data.test
+                    or any(source.validation for source in self.data.mixture))
+
+
+def transfer_rules(cfg: TrainerConfig) -> None:
+    """Rules between the transfer section and the rest (a function: the cross-section validator stays short)."""
+    from trainer.transfer.config import check_transfer
+
+    check_transfer(cfg)

@@ -1,7 +1,8 @@
 """Write `final/`: the PEFT adapter (adapter methods) and a merged model in HF safetensors format.
 
 Both load with stock libraries: `PeftModel.from_pretrained(base, final/adapter)` and
-`AutoModelForCausalLM.from_pretrained(final/merged)`. The tokenizer (with its chat template) is
+`AutoModelForCausalLM.from_pretrained(final/merged)` (`AutoModelForSequenceClassification` for a
+classification head, whose adapter also holds the trained head). The tokenizer (with its chat template) is
 saved next to each. The directory is assembled under a temporary name and renamed into place.
 
 QLoRA merge: the adapter was trained against the *dequantized* 4-bit weights, so the merged model
@@ -69,28 +70,31 @@ def merged_model(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module
     """A plain transformers model with any adapter folded into the weights. Does not modify `model`."""
     if not cfg.method.uses_adapter:
         return model
+    import copy
+
     from peft import get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
 
-    from trainer.methods import peft_lora_config
-
     base = _plain_base(model, cfg, device)
-    fresh = get_peft_model(base, peft_lora_config(cfg.method))
+    # The trained model's own adapter config: same task type, targets and excluded (frozen) blocks.
+    fresh = get_peft_model(base, copy.deepcopy(model.peft_config["default"]))
     set_peft_model_state_dict(fresh, get_peft_model_state_dict(model))
     merged = fresh.merge_and_unload()
-    merged.generation_config = model.generation_config
+    if getattr(model, "generation_config", None) is not None:  # classification models do not generate
+        merged.generation_config = model.generation_config
     return merged
 
 
 def _plain_base(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
+    from trainer.transfer.heads import auto_model_class, head_load_kwargs
 
     dtype = resolve_dtype(cfg.model.dtype, device)
     if cfg.method.type == "qlora" and cfg.method.quantization.compute_dtype != "auto":
         from trainer.model_builder import DTYPES
 
         dtype = DTYPES[cfg.method.quantization.compute_dtype]
-    base = AutoModelForCausalLM.from_pretrained(
-        cfg.model.path, dtype=dtype, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    head_kwargs = head_load_kwargs(cfg.transfer.head, model.config.pad_token_id)
+    base = auto_model_class(cfg.transfer.head).from_pretrained(
+        cfg.model.path, dtype=dtype, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code, **head_kwargs
     )
     if cfg.method.type == "qlora":
         _copy_dequantized(model.get_base_model(), base)
@@ -116,19 +120,29 @@ def _copy_dequantized(trained_base: torch.nn.Module, plain: torch.nn.Module) -> 
                 plain_params[key].copy_(parameter.detach().to(plain_params[key].dtype).cpu())
 
 
+def _best_checkpoint(latest: Path) -> Path:
+    """With early stopping, the best checkpoint the latest one points to (kept from rotation)."""
+    state = json.loads((latest / "trainer_state.json").read_text())["loop"]
+    best = (state.get("transfer") or {}).get("early_stopping", {}).get("best_step")
+    candidate = latest.parent / f"step-{best}"
+    return candidate if best is not None and candidate.is_dir() else latest
+
+
 def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, merge: bool, device: str) -> Path:
     """Rebuild the trained model from a checkpoint (or final/adapter) and write final/ again."""
     from safetensors.torch import load_file
 
     from trainer.checkpoint import latest_valid_checkpoint, load_trainable_from_checkpoint, validate_checkpoint
     from trainer.errors import TrainerInputError
-    from trainer.methods import apply_method
-    from trainer.model_builder import load_model, load_tokenizer
+    from trainer.model_builder import load_tokenizer
+    from trainer.transfer.setup import build_model
 
     tokenizer = load_tokenizer(cfg.model)
-    model = apply_method(load_model(cfg.model, cfg.method, device), cfg.method, gradient_checkpointing=False)
+    model = build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
     final = run_dir / "final"
     source = checkpoint or latest_valid_checkpoint(run_dir)
+    if checkpoint is None and source is not None and cfg.transfer.early_stopping.enabled:
+        source = _best_checkpoint(source)
     if source is not None:
         problem = validate_checkpoint(source)
         if problem:

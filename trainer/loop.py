@@ -14,9 +14,9 @@ import torch
 from trainer.checkpoint import LoopState
 from trainer.config import TrainingConfig
 from trainer.distributed import all_reduce_sum, any_rank
-from trainer.data.batches import GlobalSampler, RowDataset, make_batch
+from trainer.data.batches import RowDataset, make_batch
 from trainer.faults import fault_point
-from trainer.loss import loss_sum
+from trainer.loss import loss_sum, target_count
 from trainer.metrics import MetricsWriter
 from trainer.stopping import StopFlag
 from trainer.strategies.base import Strategy
@@ -32,6 +32,9 @@ class LoopHooks:
     should_save: Callable[[int], bool]
     # Called on every rank after each step (collective-safe): commit finished async saves, heartbeat.
     step_end: Callable[[int], None] = lambda step: None
+    # Called before each step; returns the model to train (a new wrapper when the trainable set changed).
+    on_step_start: Callable[[LoopState, torch.nn.Module], torch.nn.Module] | None = None
+    should_stop_early: Callable[[], bool] = lambda: False
 
 
 def train_loop(
@@ -52,18 +55,20 @@ def train_loop(
     shuffle: bool = True,
 ) -> LoopState:
     rank, world, device = strategy.rank, strategy.world_size, strategy.device
-    sampler = GlobalSampler(len(data), cfg.seed, shuffle=shuffle)
+    sampler = data.sampler(cfg.seed, shuffle=shuffle)
     mb, accum = cfg.micro_batch_size, cfg.gradient_accumulation_steps
     per_step = mb * accum * world
     progress = _progress(total_steps, state.step, show_progress)
     model.train()
     while state.step < total_steps:
+        if hooks.on_step_start is not None:
+            model = hooks.on_step_start(state, model)
         started = time.perf_counter()
         rows = sampler.take(state.samples_seen, per_step)
         # Micro-batch k of this rank: slot (k, rank) of the global step, so the step's rows are
         # the same whatever the world size, and one process with a bigger batch sees them all.
         micro = [make_batch(data, rows[(k * world + rank) * mb : (k * world + rank + 1) * mb], pad_id) for k in range(accum)]
-        local_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        local_targets = sum(target_count(b) for b in micro)
         (global_targets,) = all_reduce_sum([float(local_targets)], device)
         # Normalise by the label tokens of the whole global step: accumulation and sharding then
         # give exactly the gradient of one big batch.
@@ -77,6 +82,7 @@ def train_loop(
             local_loss += summed.detach().item()
             fault_point("micro", state.step + 1, rank)  # inside the accumulation window
         lr = scheduler.get_last_lr()[0]
+        group_lrs = {g["name"]: g["lr"] for g in optimizer.param_groups if "name" in g}
         grad_norm = strategy.clip_and_step(model, optimizer, cfg.max_grad_norm)
         scheduler.step()
         loss_sum_all, tokens_all = all_reduce_sum([local_loss, float(sum(int(b["num_tokens"]) for b in micro))], device)
@@ -89,6 +95,8 @@ def train_loop(
             raise FloatingPointError(f"loss is {loss} at step {state.step}; lower training.learning_rate or check the data")
         values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_all / elapsed,
                   "epoch": state.samples_seen / len(data), "samples_seen": state.samples_seen}
+        if group_lrs:
+            values["lr_groups"] = group_lrs
         if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
             metrics.write(state.step, values)
         progress.update(1)
@@ -103,6 +111,8 @@ def train_loop(
             hooks.save(state)
         if stopping and state.step < total_steps:
             stop.requested = True
+            break
+        if hooks.should_stop_early():
             break
     progress.close()
     return state

@@ -1,4 +1,6 @@
-"""Causal-LM loss as a token sum, so gradient accumulation can normalise by the real token count."""
+"""Losses as sums, so gradient accumulation can normalise by the real target count: next-token
+cross-entropy over label tokens, or (batches with `class_labels`) cross-entropy per example of a
+classification head."""
 
 from __future__ import annotations
 
@@ -15,8 +17,19 @@ def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     return model(**inputs, use_cache=False).logits
 
 
+def target_count(batch: dict[str, torch.Tensor]) -> int:
+    """How many targets loss_sum sums over: classified examples, or label tokens."""
+    if "class_labels" in batch:
+        return int(batch["class_labels"].numel())
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
 def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over label tokens, and how many there were."""
+    """Summed cross-entropy over the batch's targets, and how many there were."""
+    if "class_labels" in batch:
+        logits = forward_logits(model, batch).float()
+        labels = batch["class_labels"]
+        return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
     logits = forward_logits(model, batch)
     targets = batch["labels"][:, 1:]
     shifted = logits[:, :-1].float()

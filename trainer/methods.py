@@ -13,12 +13,15 @@ from trainer.model_builder import enable_checkpointing
 log = logging.getLogger(__name__)
 
 
-def peft_lora_config(method: MethodConfig) -> Any:
-    from peft import LoraConfig, TaskType
+def peft_lora_config(method: MethodConfig, *, task_type: str = "CAUSAL_LM", exclude_modules: str | None = None) -> Any:
+    """`task_type` SEQ_CLS also trains and saves the classification head; `exclude_modules` (a
+    regex on module names) keeps adapters off frozen blocks (transfer.freeze.first_n_blocks)."""
+    from peft import LoraConfig
 
     lora = method.lora
     return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=task_type,
+        exclude_modules=exclude_modules,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
@@ -29,7 +32,8 @@ def peft_lora_config(method: MethodConfig) -> Any:
     )
 
 
-def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpointing: bool) -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpointing: bool, *,
+                 task_type: str = "CAUSAL_LM", exclude_modules: str | None = None) -> torch.nn.Module:
     if method.type == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -43,7 +47,7 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpoi
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if gradient_checkpointing:
             enable_checkpointing(model)
-    peft_model = get_peft_model(model, peft_lora_config(method))
+    peft_model = get_peft_model(model, peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules))
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
     return peft_model

@@ -51,23 +51,28 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tokenizer
 
 
-def load_model(model_cfg: ModelConfig, method_cfg: MethodConfig, device: str) -> torch.nn.Module:
+def load_model(model_cfg: ModelConfig, method_cfg: MethodConfig, device: str, *, auto_class: Any = None,
+               head_kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
+    """`auto_class`/`head_kwargs` load another task head (e.g. sequence classification) on the same checkpoint."""
     from transformers import AutoModelForCausalLM
 
+    auto_class = auto_class or AutoModelForCausalLM
     dtype = resolve_dtype(model_cfg.dtype, device)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "attn_implementation": resolve_attention(model_cfg.attn_implementation, device),
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
+        **(head_kwargs or {}),
     }
     if method_cfg.type == "qlora":
         kwargs["quantization_config"] = quantization_config(method_cfg, dtype)
         kwargs["device_map"] = {"": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_cfg.path, **kwargs)
+        model = auto_class.from_pretrained(model_cfg.path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise TrainerInputError(f"model.path: cannot load a causal LM from {model_cfg.path!r}: {exc}") from None
+        kind = "a causal LM" if auto_class is AutoModelForCausalLM else f"a model for {auto_class.__name__}"
+        raise TrainerInputError(f"model.path: cannot load {kind} from {model_cfg.path!r}: {exc}") from None
     if method_cfg.type == "qlora":
         use_exact_cpu_4bit_kernels(model)
     else:

@@ -29,7 +29,10 @@ def warmup_steps(cfg: TrainingConfig, total_steps: int) -> int:
 
 
 def lr_multiplier(step: int, total_steps: int, warmup: int, kind: str, min_ratio: float) -> float:
-    """LR factor for optimizer step `step` (0-based): linear warmup, then constant/linear/cosine decay."""
+    """LR factor for optimizer step `step` (0-based): linear warmup, then constant/linear/cosine
+    decay; or ULMFiT's slanted triangle."""
+    if kind == "slanted_triangular":
+        return slanted_triangular(step, total_steps, warmup, min_ratio)
     if warmup and step < warmup:
         return (step + 1) / warmup
     if kind == "constant":
@@ -41,6 +44,18 @@ def lr_multiplier(step: int, total_steps: int, warmup: int, kind: str, min_ratio
     else:
         decay = 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_ratio + (1.0 - min_ratio) * decay
+
+
+def slanted_triangular(step: int, total_steps: int, cut: int, min_ratio: float) -> float:
+    """ULMFiT (Howard & Ruder, 2018): rise linearly from min_ratio to 1 over `cut` steps (10% of
+    the run when no warmup is set), then fall linearly back to min_ratio at the end. ULMFiT's
+    ratio of 32 is min_ratio = 1/32."""
+    cut = cut or max(1, int(0.1 * total_steps))
+    if step < cut:
+        progress = step / cut
+    else:
+        progress = max(0.0, 1.0 - (step - cut) / max(1, total_steps - cut))
+    return min_ratio + (1.0 - min_ratio) * progress
 
 
 class WarmupDecaySchedule:

@@ -27,13 +27,14 @@ from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
 from trainer.memory_report import memory_report
 from trainer.loop import LoopHooks, train_loop
-from trainer.methods import apply_method
 from trainer.metrics import MetricsWriter, read_metrics
-from trainer.model_builder import load_model, load_tokenizer
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.model_builder import load_tokenizer
+from trainer.optim import build_scheduler
 from trainer.stopping import STOP_REQUEST_FILE, StopFlag, StopRequested
 from trainer.strategies import build_strategy
 from trainer.strategies.base import Strategy
+from trainer.transfer.controller import TransferController
+from trainer.transfer.setup import build_model
 from trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -49,22 +50,25 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     resume_from = find_resume_checkpoint(cfg, ctx, strategy, config_hash)
     tokenizer = load_tokenizer(cfg.model)
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
-    base = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, cfg.model.gradient_checkpointing)
+    base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
     total_steps = planned_steps(cfg, len(data.train), ctx.world_size, *resumed_at)
-    model, optimizer = strategy.wrap(base, lambda m: build_optimizer(m, cfg.training))
+    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main, forward=ctx.reporter.metrics if ctx.reporter else None)
+    transfer = TransferController(cfg, base, strategy, metrics, train_rows=len(data.train), pad_id=tokenizer.pad_token_id)
+    model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     manager = build_manager(cfg, ctx, strategy, config_hash)
     check_disk_space(ctx.run_dir, strategy.unwrapped(model), strategy.checkpoint_layout, cfg.checkpoint.keep_last, ctx.rank)
     state = load_resume_state(resume_from, manager, model, optimizer, scheduler, cfg, ctx) if resume_from else LoopState()
+    model = transfer.resumed(state, model)
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
 
-    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main, forward=ctx.reporter.metrics if ctx.reporter else None)
-    evaluator = _Evaluator(cfg, model, strategy, tokenizer, data, metrics)
-    if state.step == 0 and cfg.eval.at_start and data.evals:
-        evaluator(0, label="base")
+    evaluator = _Evaluator(cfg, model, strategy, tokenizer, data, metrics, extras=transfer.eval_extras)
+    if state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
+        # The forgetting check needs the base model's retain loss even when at_start is off.
+        evaluator(0, label="base", only=None if cfg.eval.at_start else "retain")
     stop = StopFlag(request_file=ctx.run_dir / STOP_REQUEST_FILE)
     stop.install()
     clock = SaveClock(cfg.checkpoint.every_minutes, ctx.rank, ctx.device)
@@ -72,6 +76,7 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
 
     def save(current: LoopState) -> str:
         watchdog.beat("checkpoint")
+        transfer.fill_state(current)
         path = manager.save(model, optimizer, scheduler, current)
         clock.reset()
         watchdog.beat("checkpoint written")
@@ -79,20 +84,30 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
 
     def evaluate(step: int) -> None:
         watchdog.beat("evaluation")
-        evaluator(step)
+        transfer.after_eval(step, evaluator(step))
         watchdog.beat("evaluation done")
 
     def step_end(step: int) -> None:
         manager.poll()  # commits an asynchronous save whose write finished
         watchdog.beat(f"step {step}")
 
+    def should_eval(step: int) -> bool:
+        if not cfg.eval.every_steps:
+            return False
+        # Early stopping also judges the last step, so a run that ends on its best step keeps it.
+        if step == total_steps:
+            return transfer.early is not None
+        return step % cfg.eval.every_steps == 0
+
     every = cfg.checkpoint.every_steps
     hooks = LoopHooks(
         evaluate=evaluate,
         save=save,
-        should_eval=lambda step: bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0 and step < total_steps,
-        should_save=lambda step: (bool(every) and step % every == 0) or clock.due(),
+        should_eval=should_eval,
+        should_save=lambda step: (bool(every) and step % every == 0) or clock.due() or transfer.must_save(step),
         step_end=step_end,
+        on_step_start=transfer.on_step_start,
+        should_stop_early=lambda: transfer.stopped_early,
     )
     log.info("training %d steps on %d worker(s) with %s (%d rows, %s)", total_steps, ctx.world_size, strategy.name, len(data.train), data.report)
     try:
@@ -103,16 +118,20 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     finally:
         watchdog.stop()
         stop.uninstall()
-    if state.step < total_steps:
+    if state.step < total_steps and not transfer.stopped_early:
         metrics.close()
         raise StopRequested(state.step, str(ctx.run_dir / "checkpoints" / f"step-{state.step}"), stop.signum)
 
     memory = memory_report(model, optimizer, ctx.rank)
+    barrier()  # the best checkpoint is complete on disk before any rank reads it
+    transfer.restore_best(strategy.unwrapped(model), ctx.run_dir, state.step,
+                          lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False))
     if data.evals:
         evaluator(state.step, label="final")
     _export(cfg, ctx, strategy, model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, total_steps)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
+    summary["transfer"] = transfer.summary()
     if ctx.is_main:
         (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     metrics.close()
@@ -130,7 +149,7 @@ def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: A
         return
     trainable = strategy.trainable_state(model)
     if ctx.is_main:
-        fresh = apply_method(load_model(cfg.model, cfg.method, ctx.device), cfg.method, False)
+        fresh = build_model(cfg, ctx.device, tokenizer.pad_token_id, False)
         load_trainable(fresh, trainable)
         export_final(fresh, tokenizer, cfg, ctx.run_dir / "final", ctx.device,
                      merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
@@ -142,7 +161,9 @@ def _prepare_data_rank0_first(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerCon
     there; the others then fail at the barrier when the launcher stops them."""
     def prepare() -> PreparedData:
         return prepare_data(cfg.data, tokenizer, seed=cfg.training.seed, micro_batch_size=cfg.training.micro_batch_size,
-                            want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples)
+                            want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples,
+                            retain=cfg.eval.retain,
+                            label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None)
 
     if ctx.is_main:
         data = prepare()
@@ -162,15 +183,21 @@ def planned_steps(cfg: TrainerConfig, rows: int, world_size: int = 1, resumed_st
 
 
 class _Evaluator:
-    def __init__(self, cfg: TrainerConfig, model: Any, strategy: Strategy, tokenizer: Any, data: PreparedData, metrics: MetricsWriter):
+    def __init__(self, cfg: TrainerConfig, model: Any, strategy: Strategy, tokenizer: Any, data: PreparedData, metrics: MetricsWriter,
+                 extras: Any = None):
         self.cfg, self.model, self.strategy, self.tokenizer, self.data, self.metrics = cfg, model, strategy, tokenizer, data, metrics
+        self.extras = extras  # adds strategy-specific scores (classification, forgetting) to a record
 
-    def __call__(self, step: int, label: str = "periodic") -> None:
+    def __call__(self, step: int, label: str = "periodic", only: str | None = None) -> dict[str, dict[str, Any]]:
+        """Score every eval set (or only the one named `only`); returns the records by set name."""
         batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
         # The module with the original API (generate etc.); for sharded strategies it still
         # carries the hooks that gather parameters, so every rank evaluates in lockstep.
         model = self.strategy.unwrapped(self.model)
+        results: dict[str, dict[str, Any]] = {}
         for eval_set in self.data.evals:
+            if only is not None and eval_set.name != only:
+                continue
             values: dict[str, Any] = {
                 "split": eval_set.name,
                 "label": label,
@@ -181,8 +208,12 @@ class _Evaluator:
                                              self.cfg.eval.generation.max_new_tokens, batch, self.strategy)
                 values["exact_match"] = score
                 values["samples"] = samples
+            if self.extras is not None:
+                self.extras(model, eval_set, values, batch)
             self.metrics.write(step, values, kind="eval")
+            results[eval_set.name] = values
             log.info("eval %s step %d: %s", eval_set.name, step, {k: v for k, v in values.items() if k != "samples"})
+        return results
 
 
 def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: int) -> dict[str, Any]:
@@ -191,7 +222,7 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
     for record in evals:
         split = record["split"]
         entry = scores.setdefault(split, {})
-        picked = {k: record[k] for k in ("eval_loss", "exact_match") if k in record}
+        picked = {k: record[k] for k in ("eval_loss", "exact_match", "accuracy", "macro_f1", "retain_loss_change") if k in record}
         if record.get("label") == "base":
             entry["base"] = picked
         elif record.get("label") == "final":

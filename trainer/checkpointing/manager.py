@@ -57,6 +57,7 @@ class _InFlight:
     tmp: Path
     final: Path
     meta: dict[str, Any]
+    protected: frozenset[int]
 
 
 class CheckpointManager:
@@ -86,6 +87,7 @@ class CheckpointManager:
             remove_debris(self.root)
             tmp.mkdir()
         barrier()
+        protected = frozenset(getattr(state, "keep_steps", ()))  # e.g. early stopping's best checkpoint
         meta = {**self.meta, "step": state.step, "samples_seen": state.samples_seen, "world_size": self.world_size,
                 "layout": self.io.layout, "states": STATES, **self.io.manifest_extra()}
         try:
@@ -98,10 +100,10 @@ class CheckpointManager:
         except OSError as exc:
             raise self._write_failed(tmp, exc) from exc
         if write is not None and self.async_save:
-            self.pending = _InFlight(write, tmp, final, meta)
+            self.pending = _InFlight(write, tmp, final, meta, protected)
             fault_point("async_in_flight", state.step, self.rank)
             return final
-        self._commit(write, tmp, final, meta)
+        self._commit(write, tmp, final, meta, protected)
         return final
 
     def poll(self) -> None:
@@ -114,11 +116,12 @@ class CheckpointManager:
         """Block until the in-flight save (if any) is written and committed. Collective."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
-            self._commit(pending.write, pending.tmp, pending.final, pending.meta)
+            self._commit(pending.write, pending.tmp, pending.final, pending.meta, pending.protected)
 
     close = wait
 
-    def _commit(self, write: PendingWrite | None, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+    def _commit(self, write: PendingWrite | None, tmp: Path, final: Path, meta: dict[str, Any],
+                protected: frozenset[int] = frozenset()) -> None:
         step = meta["step"]
         try:
             if write is not None:
@@ -141,7 +144,7 @@ class CheckpointManager:
             log.info("checkpoint committed: %s", final)
         barrier()
         if self.rank == 0:
-            purge_old(self.root, self.keep_last, self.keep_every, rank=self.rank)
+            purge_old(self.root, self.keep_last, self.keep_every, rank=self.rank, protected=protected)
         barrier()
         if self.on_commit is not None:
             self.on_commit(step, final)

@@ -23,9 +23,18 @@ class RowDataset:
     examples: TokenizedSet
     rows: list[list[int]]
     packed: bool
+    mixture: list | None = None  # MixtureSpan per source when training on a data.mixture
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def sampler(self, seed: int, shuffle: bool) -> "GlobalSampler":
+        """The row order of training: one seeded stream over all rows, or a weighted mixture."""
+        if self.mixture:
+            from trainer.data.mixture import MixtureSampler
+
+            return MixtureSampler(self.mixture, seed, shuffle)  # type: ignore[return-value]
+        return GlobalSampler(len(self.rows), seed, shuffle)
 
     def row_tokens(self, row: int) -> int:
         return int(sum(len(self.examples.example(i)[0]) for i in self.rows[row]))
@@ -64,6 +73,9 @@ def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict
            "num_tokens": torch.tensor(int(attention_mask.sum()))}
     if not dataset.packed:
         out["attention_mask"] = attention_mask
+    if dataset.examples.classes is not None:
+        # Classification rows hold one example each (packing is refused for them).
+        out["class_labels"] = torch.tensor([int(dataset.examples.classes[dataset.rows[r][0]]) for r in row_indices])
     return out
 
 

@@ -7,6 +7,8 @@ Formats:
               template; loss on assistant turns only, end-of-turn token included.
   completion  {"prompt", "completion"}: loss on the completion (+ EOS) only.
   text        {"text"}: plain language modelling, loss on every token.
+  classification  {"text", "label"}: one example for a classification head; the label is a
+              class name (transfer.head.labels) or its 0-based id.
 
 Chat masking works on character offsets of the fully rendered conversation, so the token ids
 are exactly those of rendering the whole conversation at once (no re-tokenisation seams).
@@ -35,6 +37,7 @@ class Example:
 
     input_ids: list[int]
     loss_mask: list[int]
+    class_label: int | None = None  # classification rows only
 
 
 @dataclass
@@ -49,9 +52,13 @@ class RowProblem(Exception):
     """A row does not fit its format; converted to DataError with the row's location."""
 
 
-def render_example(row: Row, fmt: str, tokenizer: Any) -> Example:
+def render_example(row: Row, fmt: str, tokenizer: Any, label_names: list[str] | None = None) -> Example:
     values = _check_row(row)
     try:
+        if fmt == "classification":
+            ids = _encode(tokenizer, _str_field(values, "text", allow_empty=False), specials=True)
+            # No EOS: the head reads the last real token, which should be the text's own.
+            return Example(ids, [1] * len(ids), class_label_id(values, label_names or []))
         if fmt == "chat":
             return _render_chat(_messages(values), tokenizer)
         if fmt == "alpaca":
@@ -89,6 +96,19 @@ def render_prompt(row: Row, fmt: str, tokenizer: Any) -> Prompt:
     except RowProblem as exc:
         raise DataError(f"{row.where}: {exc} (format {fmt!r})") from None
     raise ValueError(f"format {fmt!r} has no prompt/answer split")
+
+
+def class_label_id(values: dict[str, Any], names: list[str]) -> int:
+    if "label" not in values or values["label"] is None:
+        raise RowProblem(f"missing field 'label' (fields present: {', '.join(sorted(values)) or 'none'})")
+    label = values["label"]
+    if isinstance(label, str) and label in names:
+        return names.index(label)
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names):
+        return label
+    if isinstance(label, str) and label.strip().isdigit() and int(label) < len(names):
+        return int(label)  # CSV cells are strings
+    raise RowProblem(f"label {label!r} is not one of transfer.head.labels {names} (or an id 0-{len(names) - 1})")
 
 
 def _check_row(row: Row) -> dict[str, Any]:

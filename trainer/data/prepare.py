@@ -18,12 +18,18 @@ from trainer.data.tokenized import TokenizedSet, load_tokenized
 
 log = logging.getLogger(__name__)
 
+# Formats with a prompt/answer split, which exact-match generation can score.
+PROMPT_FORMATS = ("chat", "alpaca", "completion")
+
 
 @dataclass
 class EvalSet:
     name: str
     examples: TokenizedSet
     prompts: list[Prompt] = field(default_factory=list)
+    source: str = ""  # the file (or dataset name) the examples were read from
+    format: str = "chat"
+    split: str = "train"
 
 
 @dataclass
@@ -33,31 +39,49 @@ class PreparedData:
     report: dict[str, Any]
 
 
-def prepare_data(cfg: DataConfig, tokenizer: Any, *, seed: int, micro_batch_size: int, want_prompts: bool, max_prompts: int | None) -> PreparedData:
+def prepare_data(cfg: DataConfig, tokenizer: Any, *, seed: int, micro_batch_size: int, want_prompts: bool, max_prompts: int | None,
+                 retain: str | None = None, label_names: list[str] | None = None) -> PreparedData:
     cache_root = Path(cfg.cache_dir) / "tokenized" if cfg.cache_dir else None
-    common = dict(max_seq_len=cfg.max_seq_len, too_long=cfg.too_long, skip_bad_rows=cfg.skip_bad_rows, cache_root=cache_root)
-    train = load_tokenized(cfg.train, cfg.format, tokenizer, split=cfg.split, **common)
+    common = dict(max_seq_len=cfg.max_seq_len, too_long=cfg.too_long, skip_bad_rows=cfg.skip_bad_rows, cache_root=cache_root,
+                  label_names=label_names)
+
+    def load(spec: str, fmt: str, split: str = "train") -> TokenizedSet:
+        return load_tokenized(spec, fmt, tokenizer, split=split, **common)  # type: ignore[arg-type]
+
     evals: list[EvalSet] = []
-    if cfg.validation:
-        evals.append(EvalSet("validation", load_tokenized(cfg.validation, cfg.format, tokenizer, **common)))
-    elif cfg.validation_split > 0:
-        order = np.random.default_rng(seed).permutation(len(train))
-        held = max(1, int(round(len(train) * cfg.validation_split)))
-        evals.append(EvalSet("validation", train.subset(np.sort(order[:held]))))
-        train = train.subset(np.sort(order[held:]))
+    mixture_report: dict[str, Any] = {}
+    if cfg.mixture:
+        train, rows, spans = _mixture_rows(cfg, load)
+        for source in cfg.mixture:
+            if source.validation:
+                evals.append(EvalSet(source.name, load(source.validation, cfg.format_of(source)), source=source.validation,
+                                     format=cfg.format_of(source)))
+        mixture_report = {s.name: {"rows": s.count, "weight": s.weight} for s in spans}
+    else:
+        assert cfg.train is not None  # DataConfig requires train or mixture
+        train = load(cfg.train, cfg.format, cfg.split)
+        if cfg.validation:
+            evals.append(EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format))
+        elif cfg.validation_split > 0:
+            order = np.random.default_rng(seed).permutation(len(train))
+            held = max(1, int(round(len(train) * cfg.validation_split)))
+            evals.append(EvalSet("validation", train.subset(np.sort(order[:held])), source=cfg.train, format=cfg.format, split=cfg.split))
+            train = train.subset(np.sort(order[held:]))
+        rows, spans = _rows_of(train, cfg), None
     if cfg.test:
-        evals.append(EvalSet("test", load_tokenized(cfg.test, cfg.format, tokenizer, **common)))
+        evals.append(EvalSet("test", load(cfg.test, cfg.format), source=cfg.test, format=cfg.format))
+    if retain:
+        evals.append(EvalSet("retain", load(retain, "text"), source=retain, format="text"))
 
     if want_prompts:
         for eval_set in evals:
-            eval_set.prompts = _prompts_for(eval_set, cfg, tokenizer, max_prompts)
+            if eval_set.format in PROMPT_FORMATS:
+                eval_set.prompts = _prompts_for(eval_set, tokenizer, max_prompts)
 
     lengths = train.lengths()
     if cfg.packing:
-        rows = pack_examples(lengths, cfg.max_seq_len)
         efficiency = packing_efficiency(lengths, rows, cfg.max_seq_len)
     else:
-        rows = [[i] for i in range(len(train))]
         efficiency = padding_efficiency(lengths, micro_batch_size)
     report = {
         "train_examples": len(train),
@@ -69,16 +93,36 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, *, seed: int, micro_batch_size
         **{f"train_{k}": v for k, v in train.stats.items() if k != "rows" and not isinstance(v, list)},
         **{f"{e.name}_examples": len(e.examples) for e in evals},
     }
+    if mixture_report:
+        report["mixture"] = mixture_report
     log.info("data: %s", report)
-    return PreparedData(RowDataset(train, rows, cfg.packing), evals, report)
+    return PreparedData(RowDataset(train, rows, cfg.packing, spans), evals, report)
 
 
-def _prompts_for(eval_set: EvalSet, cfg: DataConfig, tokenizer: Any, limit: int | None) -> list[Prompt]:
+def _rows_of(examples: TokenizedSet, cfg: DataConfig) -> list[list[int]]:
+    if cfg.packing:
+        return pack_examples(examples.lengths(), cfg.max_seq_len)
+    return [[i] for i in range(len(examples))]
+
+
+def _mixture_rows(cfg: DataConfig, load: Any) -> tuple[TokenizedSet, list[list[int]], list[Any]]:
+    """Each source is packed on its own (a row never mixes sources), then all rows are concatenated."""
+    from trainer.data.mixture import MixtureSpan, concat_sets
+
+    sets = [load(source.train, cfg.format_of(source)) for source in cfg.mixture]
+    merged, firsts = concat_sets(sets)
+    rows: list[list[int]] = []
+    spans = []
+    for source, part, first in zip(cfg.mixture, sets, firsts):
+        own = [[first + i for i in row] for row in _rows_of(part, cfg)]
+        spans.append(MixtureSpan(source.name, len(rows), len(own), source.weight))
+        rows += own
+    return merged, rows, spans
+
+
+def _prompts_for(eval_set: EvalSet, tokenizer: Any, limit: int | None) -> list[Prompt]:
     """Prompts for exact-match scoring, re-rendered from the same source rows as the eval examples."""
-    held_out_of_train = eval_set.name == "validation" and not cfg.validation
-    source = cfg.train if held_out_of_train else (cfg.validation if eval_set.name == "validation" else cfg.test)
-    split = cfg.split if held_out_of_train else "train"
     wanted = eval_set.examples.source_rows[: limit or len(eval_set.examples)].tolist()
     wanted_set = set(wanted)
-    by_index = {i: row for i, row in enumerate(read_rows(source, split)) if i in wanted_set}
-    return [render_prompt(by_index[i], cfg.format, tokenizer) for i in wanted]
+    by_index = {i: row for i, row in enumerate(read_rows(eval_set.source, eval_set.split)) if i in wanted_set}
+    return [render_prompt(by_index[i], eval_set.format, tokenizer) for i in wanted]

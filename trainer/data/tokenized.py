@@ -37,6 +37,7 @@ class TokenizedSet:
     offsets: np.ndarray
     source_rows: np.ndarray  # index of the dataset row each example came from
     stats: dict[str, Any] = field(default_factory=dict)
+    classes: np.ndarray | None = None  # class id per example (classification format only)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -54,7 +55,8 @@ class TokenizedSet:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
         mask = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.uint8)
-        return TokenizedSet(ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)))
+        classes = self.classes[indices] if self.classes is not None else None
+        return TokenizedSet(ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)), classes)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -81,6 +83,7 @@ def load_tokenized(
     skip_bad_rows: bool,
     split: str = "train",
     cache_root: Path | None = None,
+    label_names: list[str] | None = None,
 ) -> TokenizedSet:
     settings = {
         "version": CACHE_VERSION,
@@ -91,28 +94,32 @@ def load_tokenized(
         "too_long": too_long,
         "skip_bad_rows": skip_bad_rows,
     }
+    if fmt == "classification":
+        settings["labels"] = list(label_names or [])
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
     entry = (cache_root or default_cache_root()) / key
     if (entry / "meta.json").exists():
         cached = _read_entry(entry)
         log.info("tokenized %s: cache hit %s", spec, entry)
         return cached
-    result = _tokenize(spec, fmt, tokenizer, max_seq_len, too_long, skip_bad_rows, split)
+    result = _tokenize(spec, fmt, tokenizer, max_seq_len, too_long, skip_bad_rows, split, label_names)
     _write_entry(entry, result, settings)
     return result
 
 
 def _tokenize(
-    spec: str, fmt: str, tokenizer: Any, max_seq_len: int, too_long: str, skip_bad_rows: bool, split: str
+    spec: str, fmt: str, tokenizer: Any, max_seq_len: int, too_long: str, skip_bad_rows: bool, split: str,
+    label_names: list[str] | None = None,
 ) -> TokenizedSet:
     ids: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     sources: list[int] = []
+    classes: list[int] = []
     errors: list[str] = []
     stats = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
     for row_index, row in enumerate(read_rows(spec, split)):
         try:
-            example = render_example(row, fmt, tokenizer)
+            example = render_example(row, fmt, tokenizer, label_names)
         except DataError as exc:
             if skip_bad_rows:
                 stats["skipped_bad"] += 1
@@ -141,6 +148,8 @@ def _tokenize(
         ids.append(np.asarray(token_ids, dtype=np.int32))
         masks.append(np.asarray(mask, dtype=np.uint8))
         sources.append(row_index)
+        if example.class_label is not None:
+            classes.append(example.class_label)
         stats["rows"] += 1
     if stats["skipped_bad"]:
         log.warning("%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors)
@@ -149,7 +158,8 @@ def _tokenize(
         raise DataError(f"{spec}: no usable rows (after skipping/dropping: {stats})")
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return TokenizedSet(np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats)
+    class_ids = np.asarray(classes, np.int64) if fmt == "classification" else None
+    return TokenizedSet(np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats, class_ids)
 
 
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:
@@ -160,6 +170,8 @@ def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> N
         np.save(tmp / "mask.npy", data.mask)
         np.save(tmp / "offsets.npy", data.offsets)
         np.save(tmp / "source_rows.npy", data.source_rows)
+        if data.classes is not None:
+            np.save(tmp / "classes.npy", data.classes)
         (tmp / "meta.json").write_text(json.dumps({"settings": settings, "stats": data.stats}, indent=1))
         os.replace(tmp, entry)
     except OSError:
@@ -176,4 +188,5 @@ def _read_entry(entry: Path) -> TokenizedSet:
         np.load(entry / "offsets.npy", allow_pickle=False),
         np.load(entry / "source_rows.npy", allow_pickle=False),
         meta["stats"],
+        np.load(entry / "classes.npy", allow_pickle=False) if (entry / "classes.npy").exists() else None,
     )

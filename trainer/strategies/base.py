@@ -52,6 +52,12 @@ class Strategy:
         optimizer.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
         return _to_float(norm)
 
+    def rewrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The training wrapper again after the set of trainable parameters changed (gradual
+        unfreezing); the optimizer is unchanged. Only wrappers that fix the set at construction
+        need to do anything."""
+        return model
+
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module with the original parameter names (for evaluation and export)."""
         return model

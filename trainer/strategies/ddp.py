@@ -15,9 +15,20 @@ class DDPStrategy(Strategy):
     name = "ddp"
 
     def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
-        device_ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
-        wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        wrapped = self._ddp(model)
         return wrapped, make_optimizer(wrapped)
+
+    def rewrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        # DDP builds its gradient buckets from the parameters that require grad when it is
+        # constructed; a parameter unfrozen later would never be all-reduced (ranks would drift).
+        # A new wrapper over the same module (same parameter objects, so the optimizer is
+        # untouched) registers the new set. The old wrapper stays inert: its hooks only fire
+        # after its own forward.
+        return self._ddp(self.unwrapped(model))
+
+    def _ddp(self, model: torch.nn.Module) -> DistributedDataParallel:
+        device_ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+        return DistributedDataParallel(model, device_ids=device_ids)
 
     @contextlib.contextmanager
     def micro_step(self, model: torch.nn.Module, last: bool) -> Iterator[None]:

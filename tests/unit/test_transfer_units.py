@@ -1,0 +1,217 @@
+"""Pieces of the transfer strategies in isolation: mixture sampling, model parts and unfreezing
+groups, per-group learning rates, the slanted triangular schedule, classification scores, the
+classification row format, and the config rules for combinations that do not make sense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from launcher.config_loader import load_config
+from launcher.errors import ConfigError
+from trainer.config import LoraConfig, MethodConfig, TrainingConfig
+from trainer.data.formats import render_example
+from trainer.data.mixture import MixtureSampler, MixtureSpan
+from trainer.data.sources import Row
+from trainer.errors import DataError
+from trainer.optim import lr_multiplier
+from trainer.transfer.config import LearningRatesConfig
+from trainer.transfer.heads import scores_from_confusion
+from trainer.transfer.model_parts import model_parts
+from trainer.transfer.param_groups import build_grouped_optimizer
+from trainer.transfer.unfreezing import GradualUnfreezer, unfreezing_groups
+from tests.conftest import write_config
+
+SPANS = [MixtureSpan("a", 0, 10, 5.0), MixtureSpan("b", 10, 50, 3.0), MixtureSpan("c", 60, 7, 2.0)]
+
+
+def test_mixture_sampling_follows_weights_and_resumes_by_position() -> None:
+    sampler = MixtureSampler(SPANS, seed=3, shuffle=True)
+    rows = np.array(sampler.take(0, 20_000))
+    source = np.searchsorted([0, 10, 60], rows, side="right") - 1
+    shares = np.bincount(source, minlength=3) / len(rows)
+    assert shares == pytest.approx([0.5, 0.3, 0.2], abs=0.01)
+    # Within a source, rows go through its epochs: every row of the small source equally often.
+    counts_c = np.bincount(rows[source == 2] - 60, minlength=7)
+    assert counts_c.max() - counts_c.min() <= 1
+    # The stream is a function of the position: a resumed sampler continues it exactly.
+    assert MixtureSampler(SPANS, seed=3, shuffle=True).take(12_345, 50) == rows[12_345:12_395].tolist()
+    assert MixtureSampler(SPANS, seed=4, shuffle=True).take(0, 50) != rows[:50].tolist()
+
+
+def _tiny_causal_lm(lora: bool = False) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    if lora:
+        from trainer.methods import apply_method
+
+        model = apply_method(model, MethodConfig(type="lora", lora=LoraConfig(r=2)), False)
+    return model
+
+
+def test_model_parts_and_unfreezing_groups_top_to_bottom() -> None:
+    model = _tiny_causal_lm()
+    parts = model_parts(model)
+    assert parts.num_blocks == 3
+    assert parts.of("lm_head.weight").kind == "head"
+    assert parts.of("module.model.embed_tokens.weight").kind == "embeddings"  # DDP prefix is ignored
+    assert (parts.of("model.layers.2.mlp.up_proj.weight").kind, parts.of("model.layers.2.mlp.up_proj.weight").block) == ("block", 2)
+    assert parts.of("model.norm.weight").kind == "other"
+    trainable = set(parts.parts)
+    groups = unfreezing_groups(parts, trainable, blocks_per_stage=2)
+    assert [label for label, _ in groups] == ["head", "blocks 1-2", "block 0", "embeddings"]
+    assert "model.norm.weight" in groups[0][1]
+
+    unfreezer = GradualUnfreezer(model, groups, every_steps=3)
+    expected_stage = {0: 0, 2: 0, 3: 1, 5: 1, 6: 2, 9: 3, 100: 3}
+    for step, stage in expected_stage.items():
+        unfreezer.apply(step)
+        assert unfreezer.stage == stage
+        on = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert on == {n for _, names in groups[: stage + 1] for n in names}, step
+
+
+def test_lora_model_has_no_head_group_and_unfreezes_adapters_top_down() -> None:
+    model = _tiny_causal_lm(lora=True)
+    parts = model_parts(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    labels = [label for label, _ in unfreezing_groups(parts, trainable, 1)]
+    assert labels == ["block 2", "block 1", "block 0"]  # the LM head is not trained by LoRA
+
+
+def test_each_group_gets_its_configured_rate() -> None:
+    model = _tiny_causal_lm(lora=True)
+    parts = model_parts(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    rates = LearningRatesConfig(layer_decay=0.5, lora_plus_ratio=8)
+    optimizer = build_grouped_optimizer(model, TrainingConfig(learning_rate=1e-3), rates, parts, trainable)
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    for block in range(3):
+        distance = 3 - block
+        assert by_name[f"block.{block}"]["lr"] == pytest.approx(1e-3 * 0.5**distance)
+        assert by_name[f"block.{block}.lora_B"]["lr"] == pytest.approx(8 * 1e-3 * 0.5**distance)
+        names_b = {id(p) for p in by_name[f"block.{block}.lora_B"]["params"]}
+        assert all(("lora_B" in n) == (id(p) in names_b) for n, p in model.named_parameters()
+                   if f"layers.{block}." in n and p.requires_grad)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+
+    full = _tiny_causal_lm()
+    parts = model_parts(full)
+    optimizer = build_grouped_optimizer(full, TrainingConfig(learning_rate=1e-3), LearningRatesConfig(head=5e-3), parts, set(parts.parts))
+    rates_by_group = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert rates_by_group == {"head": 5e-3, "pretrained": 1e-3, "pretrained.no_decay": 1e-3}
+    assert optimizer.param_groups[0]["name"] == "head"
+
+
+def test_slanted_triangular_schedule() -> None:
+    total, cut, low = 100, 10, 1 / 32
+    values = [lr_multiplier(step, total, cut, "slanted_triangular", low) for step in range(total)]
+    assert values[0] == pytest.approx(low)
+    assert values[cut] == pytest.approx(1.0) and max(values) == values[cut]
+    assert values[5] == pytest.approx(low + (1 - low) * 0.5)
+    assert all(a < b for a, b in zip(values[:cut], values[1 : cut + 1]))
+    assert all(a > b for a, b in zip(values[cut:], values[cut + 1 :]))
+    assert values[-1] == pytest.approx(low + (1 - low) / 90)
+
+
+def test_accuracy_and_macro_f1_from_confusion() -> None:
+    # truth rows, predicted columns: class 0: 3 right 1 wrong; class 1: 2 right; class 2: 0 of 1
+    confusion = torch.tensor([[3, 1, 0], [0, 2, 0], [1, 0, 0]], dtype=torch.float64)
+    scores = scores_from_confusion(confusion)
+    assert scores["accuracy"] == pytest.approx(5 / 7)
+    f1 = [2 * 3 / (4 + 4), 2 * 2 / (3 + 2), 0.0]
+    assert scores["macro_f1"] == pytest.approx(sum(f1) / 3)
+
+
+def test_classification_rows(tokenizer: object) -> None:
+    names = ["country", "person"]
+    example = render_example(Row("f.jsonl line 1", {"text": "The capital is Zirra.", "label": "person"}), "classification", tokenizer, names)
+    assert example.class_label == 1 and example.input_ids[-1] != tokenizer.eos_token_id  # type: ignore[attr-defined]
+    assert render_example(Row("x", {"text": "a b", "label": 0}), "classification", tokenizer, names).class_label == 0
+    assert render_example(Row("x", {"text": "a b", "label": "1"}), "classification", tokenizer, names).class_label == 1
+    with pytest.raises(DataError, match=r"f.jsonl line 7: label 'city' is not one of transfer.head.labels"):
+        render_example(Row("f.jsonl line 7", {"text": "a", "label": "city"}), "classification", tokenizer, names)
+    with pytest.raises(DataError, match="missing field 'label'"):
+        render_example(Row("f.jsonl line 8", {"text": "a"}), "classification", tokenizer, names)
+
+
+KINDS = {"train": "assets/data/fictional-kinds/train.jsonl", "format": "classification", "packing": False}
+CLASSIFY = {"head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]}}
+NO_GEN = {"generation": {"enabled": False}}
+
+
+@pytest.mark.parametrize(
+    "sections,message",
+    [
+        ({"transfer": {"freeze": {"all_but_head": True}}}, "use method.type=full with it"),
+        ({"transfer": {"gradual_unfreezing": {"enabled": True}, "freeze": {"all_but_head": True}}, "method": {"type": "full"}},
+         "choose one"),
+        ({"transfer": {"learning_rates": {"lora_plus_ratio": 16}}, "method": {"type": "full"}}, "needs an adapter method"),
+        ({"transfer": {"gradual_unfreezing": {"enabled": True}}, "parallel": {"strategy": "fsdp"}, "cluster": {"workers": 2}},
+         "use parallel.strategy=ddp"),
+        ({"transfer": {"learning_rates": {"head": 1e-3}}, "parallel": {"strategy": "deepspeed"}, "cluster": {"workers": 2}},
+         "use parallel.strategy=ddp"),
+        ({"transfer": CLASSIFY, "data": {**KINDS, "packing": True}, "eval": NO_GEN}, "set data.packing=false"),
+        ({"transfer": CLASSIFY, "eval": NO_GEN}, "set data.format=classification"),
+        ({"data": KINDS, "eval": NO_GEN}, "set transfer.head.type=sequence_classification"),
+        ({"transfer": {"head": {"type": "sequence_classification"}}, "data": KINDS, "eval": NO_GEN}, "needs transfer.head.labels"),
+        ({"transfer": CLASSIFY, "data": KINDS, "method": {"type": "qlora"}, "eval": NO_GEN}, "use lora or full"),
+        ({"transfer": {"early_stopping": {"enabled": True}}}, "set eval.every_steps"),
+        ({"transfer": {"early_stopping": {"enabled": True, "split": "test"}}, "eval": {"every_steps": 5}},
+         "is not an evaluation set of this run (have: validation)"),
+        ({"transfer": {"early_stopping": {"enabled": True, "metric": "accuracy"}}, "eval": {"every_steps": 5}},
+         "needs transfer.head.type=sequence_classification"),
+        ({"data": {"train": None, "validation": None, "mixture": [{"name": "test", "train": "assets/data/fictional-qa/train.jsonl"}]}},
+         "reserved"),
+        ({"data": {"mixture": [{"name": "a", "train": "assets/data/fictional-qa/train.jsonl"}]}}, "not both"),
+    ],
+)
+def test_combinations_that_make_no_sense_are_rejected(sections: dict, message: str, tmp_path: Path, tiny_model_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    path = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", **sections)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(message in problem for problem in info.value.problems), info.value.problems
+
+
+def test_early_stopping_rule_and_its_state_survive_a_resume() -> None:
+    from trainer.transfer.config import EarlyStoppingConfig
+    from trainer.transfer.early_stopping import EarlyStopping
+
+    losses = {2: 5.0, 4: 4.0, 6: 3.95, 8: 3.5, 10: 3.49, 12: 3.6, 14: 3.2}
+    cfg = EarlyStoppingConfig(enabled=True, patience=2, min_delta=0.1)
+
+    def run(stopper: EarlyStopping, steps: list[int]) -> None:
+        for step in steps:
+            if not stopper.should_stop:
+                stopper.update(step, {"validation": {"eval_loss": losses[step]}})
+
+    whole = EarlyStopping(cfg)
+    run(whole, sorted(losses))
+    # 6 and 10 miss min_delta; 8 resets the count; 10, 12 are two misses in a row -> stop at 12.
+    assert (whole.best_step, whole.best, whole.stopped_at) == (8, 3.5, 12)
+    first = EarlyStopping(cfg)
+    run(first, [2, 4, 6, 8, 10])
+    resumed = EarlyStopping(cfg)
+    resumed.load_state_dict(json_round_trip(first.state_dict()))
+    run(resumed, [12, 14])
+    assert resumed.state_dict() == whole.state_dict()
+    accuracy = EarlyStopping(EarlyStoppingConfig(enabled=True, metric="accuracy", patience=1))
+    accuracy.update(1, {"validation": {"accuracy": 0.5}})
+    accuracy.update(2, {"validation": {"accuracy": 0.6}})
+    assert accuracy.best_step == 2 and not accuracy.should_stop  # higher is better for accuracy
+
+
+def json_round_trip(value: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(value))

@@ -1,0 +1,95 @@
+"""Multi-task mixtures: several training sets in one row stream, each row drawn by weight.
+
+Position p of the global sample stream picks a source with probability weight / sum(weights)
+(a seeded draw per block of positions, so the stream is a pure function of the seed: resume by
+position stays exact), then that source's next row in its own epoch order. Small sources are
+revisited more often than large ones; the weights, not the sizes, set the mix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.data.batches import GlobalSampler
+from trainer.data.tokenized import TokenizedSet
+
+BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class MixtureSpan:
+    """Rows [start, start + count) of the combined row list come from source `name`."""
+
+    name: str
+    start: int
+    count: int
+    weight: float
+
+
+class MixtureSampler:
+    def __init__(self, spans: list[MixtureSpan], seed: int, shuffle: bool):
+        self.spans = spans
+        weights = np.array([s.weight for s in spans], dtype=np.float64)
+        self.probabilities = weights / weights.sum()
+        self.seed = seed
+        self.sources = [GlobalSampler(s.count, seed + index, shuffle) for index, s in enumerate(spans)]
+        # draws of each source before block b (cumulative), grown lazily
+        self._before: list[np.ndarray] = [np.zeros(len(spans), dtype=np.int64)]
+        self._block = -1
+        self._choices = np.zeros(0, dtype=np.int64)
+        self._within = np.zeros(0, dtype=np.int64)
+
+    def _draw(self, block: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, 0x6D6978, block]).choice(len(self.spans), size=BLOCK, p=self.probabilities)
+
+    def _load_block(self, block: int) -> None:
+        if block == self._block:
+            return
+        while len(self._before) <= block:
+            previous = len(self._before) - 1
+            counts = np.bincount(self._draw(previous), minlength=len(self.spans))
+            self._before.append(self._before[previous] + counts)
+        choices = self._draw(block)
+        within = np.zeros(BLOCK, dtype=np.int64)
+        for source in range(len(self.spans)):
+            hits = choices == source
+            within[hits] = np.arange(int(hits.sum()))
+        self._block, self._choices, self._within = block, choices, within
+
+    def source_of(self, position: int) -> int:
+        block, offset = divmod(position, BLOCK)
+        self._load_block(block)
+        return int(self._choices[offset])
+
+    def take(self, start: int, count: int) -> list[int]:
+        """Row indices (into the combined row list) for global positions [start, start + count)."""
+        out = []
+        for position in range(start, start + count):
+            block, offset = divmod(position, BLOCK)
+            self._load_block(block)
+            source = int(self._choices[offset])
+            nth = int(self._before[block][source] + self._within[offset])
+            out.append(self.spans[source].start + self.sources[source].take(nth, 1)[0])
+        return out
+
+
+def concat_sets(sets: list[TokenizedSet]) -> tuple[TokenizedSet, list[int]]:
+    """One TokenizedSet holding all examples, and the example offset of each input set."""
+    firsts, total = [], 0
+    for part in sets:
+        firsts.append(total)
+        total += len(part)
+    lengths = np.concatenate([part.lengths() for part in sets])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    classes = [part.classes for part in sets]
+    merged = TokenizedSet(
+        np.concatenate([part.ids for part in sets]),
+        np.concatenate([part.mask for part in sets]),
+        offsets,
+        np.concatenate([part.source_rows for part in sets]),
+        {"rows": total},
+        np.concatenate(classes) if all(c is not None for c in classes) else None,
+    )
+    return merged, firsts

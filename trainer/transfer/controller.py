@@ -1,0 +1,157 @@
+"""The transfer strategies at run time: what run.py's hooks call.
+
+- optimizer: parameter groups with their own rates, over every parameter that will ever train;
+- gradual unfreezing: applied at each step boundary (and after a resume); with DDP the wrapper
+  is rebuilt when the trainable set changes, because DDP registers the parameters it reduces
+  when it is constructed;
+- evaluation extras: accuracy/macro-F1 for a classification head, the retain (forgetting) loss
+  change against the base model;
+- early stopping: decides after each evaluation; the best step is checkpointed and protected
+  from rotation; at the end its weights are put back before the final evaluation and export.
+All of it lives in LoopState.transfer, so it survives checkpoint/resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.checkpoint import LoopState, load_trainable_from_checkpoint
+from trainer.config import TrainerConfig
+from trainer.data.prepare import EvalSet
+from trainer.metrics import MetricsWriter
+from trainer.optim import build_optimizer
+from trainer.strategies.base import Strategy
+from trainer.transfer.early_stopping import EarlyStopping
+from trainer.transfer.heads import classification_scores
+from trainer.transfer.model_parts import model_parts, plain_name
+from trainer.transfer.param_groups import build_grouped_optimizer
+from trainer.transfer.unfreezing import GradualUnfreezer, steps_per_stage, unfreezing_groups
+
+log = logging.getLogger(__name__)
+
+
+class TransferController:
+    def __init__(self, cfg: TrainerConfig, model: torch.nn.Module, strategy: Strategy, metrics: MetricsWriter, *,
+                 train_rows: int, pad_id: int):
+        self.cfg, self.strategy, self.metrics, self.pad_id = cfg, strategy, metrics, pad_id
+        transfer = cfg.transfer
+        # Only strategies that group parameters by depth need the model's structure (some custom
+        # architectures have no recognisable block list; plain runs must not depend on finding it).
+        self.grouped = transfer.gradual_unfreezing.enabled or transfer.learning_rates.any
+        self.parts = model_parts(model) if self.grouped else None
+        # Every parameter that will ever train; gradual unfreezing then freezes most of them for now.
+        self.trainable = {plain_name(n) for n, p in model.named_parameters() if p.requires_grad}
+        self.unfreezer: GradualUnfreezer | None = None
+        if transfer.gradual_unfreezing.enabled:
+            rows_per_step = cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * strategy.world_size
+            assert self.parts is not None
+            groups = unfreezing_groups(self.parts, self.trainable, transfer.gradual_unfreezing.blocks_per_stage)
+            every = steps_per_stage(transfer.gradual_unfreezing, train_rows, rows_per_step)
+            self.unfreezer = GradualUnfreezer(model, groups, every)
+            self.unfreezer.apply(0)
+            log.info("gradual unfreezing every %d steps: %s", every,
+                     "; ".join(f"step {i * every}: +{label}" for i, (label, _) in enumerate(groups)))
+        self.early = EarlyStopping(transfer.early_stopping) if transfer.early_stopping.enabled else None
+        self.retain_base: float | None = None
+        self._improved_at: int | None = None
+
+    # -- optimizer -------------------------------------------------------------------------------
+    def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        if self.parts is None:
+            return build_optimizer(model, self.cfg.training)
+        return build_grouped_optimizer(model, self.cfg.training, self.cfg.transfer.learning_rates, self.parts, self.trainable)
+
+    # -- resume and step boundaries --------------------------------------------------------------
+    def resumed(self, state: LoopState, model: torch.nn.Module) -> torch.nn.Module:
+        saved = state.transfer or {}
+        if self.early is not None and "early_stopping" in saved:
+            self.early.load_state_dict(saved["early_stopping"])
+        self.retain_base = saved.get("retain_base_loss")
+        if self.unfreezer is None:
+            return model
+        changed = self.unfreezer.apply(state.step)
+        if state.step == 0:
+            self.metrics.write(0, {"event": "unfreeze", **self.unfreezer.describe()}, kind="transfer")
+        elif changed:
+            log.info("resumed at step %d in unfreezing stage %s", state.step, self.unfreezer.describe())
+        return self.strategy.rewrap(model) if changed else model
+
+    def on_step_start(self, state: LoopState, model: torch.nn.Module) -> torch.nn.Module:
+        if self.unfreezer is None or not self.unfreezer.apply(state.step):
+            return model
+        described = self.unfreezer.describe()
+        log.info("step %d: gradual unfreezing stage %d: %s", state.step, described["stage"], described["unfrozen"])
+        self.metrics.write(state.step, {"event": "unfreeze", **described}, kind="transfer")
+        return self.strategy.rewrap(model)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def eval_extras(self, model: torch.nn.Module, eval_set: EvalSet, values: dict[str, Any], batch_size: int) -> None:
+        """Add the strategy-specific scores to one evaluation set's metrics record."""
+        head = self.cfg.transfer.head
+        if head.is_classification and eval_set.examples.classes is not None:
+            values.update(classification_scores(model, eval_set, batch_size, self.pad_id, self.strategy,
+                                                self.cfg.eval.max_samples, len(head.label_names)))
+        if eval_set.name == "retain":
+            if values["label"] == "base":
+                self.retain_base = values["eval_loss"]
+            if self.retain_base is not None:
+                values["retain_base_loss"] = self.retain_base
+                values["retain_loss_change"] = values["eval_loss"] - self.retain_base
+
+    def after_eval(self, step: int, results: dict[str, dict[str, Any]]) -> None:
+        if self.early is None:
+            return
+        before = self.early.best_step
+        self.early.update(step, results)
+        self._improved_at = step if self.early.best_step != before else None
+
+    def must_save(self, step: int) -> bool:
+        """The best step so far is always checkpointed (final/ is restored from it)."""
+        return self._improved_at == step
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.early is not None and self.early.should_stop
+
+    # -- checkpoint state ------------------------------------------------------------------------
+    def fill_state(self, state: LoopState) -> None:
+        state.transfer = {"retain_base_loss": self.retain_base}
+        if self.early is not None:
+            state.transfer["early_stopping"] = self.early.state_dict()
+            state.keep_steps = [self.early.best_step] if self.early.best_step is not None else []
+        if self.unfreezer is not None:
+            state.transfer["unfreezing_stage"] = self.unfreezer.stage
+
+    # -- end of training -------------------------------------------------------------------------
+    def restore_best(self, live: torch.nn.Module, run_dir: Path, step: int, build_fresh: Any) -> int | None:
+        """Put the best checkpoint's weights into the live (unwrapped) model; returns its step.
+
+        The checkpoint holds only what was trainable when it was written, so the weights come
+        from a fresh model (the base weights) with the checkpoint loaded over it: parameters
+        that were still frozen then get their base values back."""
+        if self.early is None or self.early.best_step is None or self.early.best_step == step:
+            return None
+        best = self.early.best_step
+        fresh = build_fresh()
+        load_trainable_from_checkpoint(run_dir / "checkpoints" / f"step-{best}", fresh)
+        values = dict(fresh.named_parameters())
+        with torch.no_grad():
+            for name, parameter in live.named_parameters():
+                if parameter.is_floating_point():
+                    parameter.copy_(values[name].to(parameter.device, parameter.dtype))
+        log.info("early stopping: restored the best checkpoint (step %d, %s=%s)", best, self.cfg.transfer.early_stopping.metric,
+                 self.early.best)
+        return best
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.early is not None:
+            out["early_stopping"] = {**self.early.state_dict(), "metric": self.cfg.transfer.early_stopping.metric,
+                                     "split": self.cfg.transfer.early_stopping.split}
+        if self.unfreezer is not None:
+            out["gradual_unfreezing"] = {**self.unfreezer.describe(), "every_steps": self.unfreezer.every_steps}
+        return out

@@ -1,0 +1,50 @@
+"""Early stopping: watch one metric of one evaluation set; stop after `patience` evaluations in a
+row that do not beat the best by more than `min_delta`. The best step's checkpoint is always
+written and kept, and at the end its weights are what final/ holds."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trainer.transfer.config import EarlyStoppingConfig
+
+log = logging.getLogger(__name__)
+
+
+class EarlyStopping:
+    def __init__(self, cfg: EarlyStoppingConfig):
+        self.cfg = cfg
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+        self.stopped_at: int | None = None
+
+    def improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.cfg.mode == "min":
+            return value < self.best - self.cfg.min_delta
+        return value > self.best + self.cfg.min_delta
+
+    def update(self, step: int, results: dict[str, dict[str, Any]]) -> None:
+        value = float(results[self.cfg.split][self.cfg.metric])
+        if self.improves(value):
+            self.best, self.best_step, self.bad_evals = value, step, 0
+        else:
+            self.bad_evals += 1
+            if self.bad_evals >= self.cfg.patience:
+                self.stopped_at = step
+        log.info("early stopping: %s %s=%.6f at step %d; best %.6f at step %s; %d/%d without improvement",
+                 self.cfg.split, self.cfg.metric, value, step, self.best, self.best_step, self.bad_evals, self.cfg.patience)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stopped_at is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = state.get("best"), state.get("best_step")
+        self.bad_evals, self.stopped_at = int(state.get("bad_evals", 0)), state.get("stopped_at")
