@@ -105,7 +105,11 @@ def connect(settings: RayConfig) -> bool:
         return False
     address = settings.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise RayRunFailed(f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): {exc}; "
+                               "check the address, or leave both unset to run on a local Ray") from None
         return False
     # The dashboard process also serves the state API that Ray Train's placement-group cleaner
     # polls; bound to loopback so nothing is exposed.

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+EXIT_RUN_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3  # stopped at a step boundary with a checkpoint; rerun the same command to resume
 STOP_SIGNAL_CODES = (130, 138, 143)  # 128 + SIGINT / SIGUSR1 / SIGTERM, after a checkpoint
@@ -113,8 +114,20 @@ def main(argv: list[str] | None = None) -> int:
                 print("ftl: a worker rejected its input (message above)", file=sys.stderr)
             else:
                 print(f"ftl: {exc}", file=sys.stderr)
-            return exc.code
+            return exc.code if exc.code > 0 else 128 - exc.code  # killed by signal N -> 128 + N
+        if _is_run_failure(exc):
+            print(f"ftl: {exc}", file=sys.stderr)
+            return EXIT_RUN_FAILED
         raise
+
+
+def _is_run_failure(exc: Exception) -> bool:
+    """A backend reporting that the run failed (already explained in its message and logs)."""
+    from cluster.ray_driver import RayRunFailed
+    from cluster.results import NoResult
+    from cluster.slurm import SlurmError
+
+    return isinstance(exc, (RayRunFailed, NoResult, SlurmError))
 
 
 def _dispatch(args: argparse.Namespace) -> int:

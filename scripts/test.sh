@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Install ftl with its test tools into .venv and run the whole test suite (unit + integration).
+# As root it first starts a real local Slurm (two nodes on this machine) for the Slurm tests;
+# without root those tests are skipped with the command to start one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh dev
+if [ "$(id -u)" = 0 ]; then
+    bash scripts/slurm/start_local_slurm.sh >/dev/null
+fi
 export HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest -q "$@"
