@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="validate a config and run the fine-tune it describes")
     train.add_argument("config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    train.add_argument("--skip-fit-check", action="store_true", help="launch even when `ftl plan` predicts the run does not fit")
 
     validate = verbs.add_parser("validate", help="print the resolved config, or every error in it")
     validate.add_argument("config")
@@ -42,7 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=0)
+    _add_plan_and_doctor(verbs)
     return parser
+
+
+def _add_plan_and_doctor(verbs: argparse._SubParsersAction) -> None:
+    plan = verbs.add_parser("plan", help="predict per-GPU memory, speed, time and cost of a run before launching it",
+                            description="Exit code 0 when the run fits, 1 when it does not.")
+    plan.add_argument("config", help="YAML config file (model.path may be a built-in architecture, e.g. llama-3.1-8b)")
+    plan.add_argument("overrides", nargs="*", metavar="key.path=value")
+    plan.add_argument("--gpu", help="GPU type (H100, H200, A100-80GB, A100-40GB, L40S, A6000, L4, RTX4090, ...) or cpu; "
+                                    "default: this machine's device")
+    plan.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: cluster.workers)")
+    plan.add_argument("--nodes", type=int, default=1)
+    plan.add_argument("--gpu-memory", help="memory per GPU, e.g. 24GiB or 80GB (overrides the table)")
+    plan.add_argument("--peak-tflops", type=float, help="dense bf16 peak TFLOP/s per GPU (overrides the table)")
+    plan.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation (default 0.35)")
+    plan.add_argument("--price-per-gpu-hour", type=float, help="price of one GPU-hour, for the cost estimate")
+
+    doctor = verbs.add_parser("doctor", help="preflight checks: versions, CUDA/NCCL, disk, shared run directory, all-reduce bandwidth")
+    doctor.add_argument("config", nargs="?", help="YAML config (run directory, workers, checkpoint sizes); optional")
+    doctor.add_argument("overrides", nargs="*", metavar="key.path=value")
+    doctor.add_argument("--workers", type=int, help="worker processes for the collective checks (default: cluster.workers, at least 2)")
+    doctor.add_argument("--size-mb", type=float, default=64.0, help="all-reduce message size in MB (default 64)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "train":
         from launcher.commands import train
 
-        return train(args.config, args.overrides)
+        return train(args.config, args.overrides, fit_check=not args.skip_fit_check)
     if args.verb == "export":
         from launcher.commands import export
 
@@ -94,6 +117,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from launcher.commands import generate
 
         return generate(args)
+    if args.verb == "plan":
+        from launcher.plan.command import plan_command
+
+        return plan_command(args)
+    if args.verb == "doctor":
+        from launcher.doctor import doctor_command
+
+        return doctor_command(args)
     raise AssertionError(args.verb)
 
 

@@ -11,6 +11,8 @@ from launcher.plan.hardware import Accelerator
 from launcher.plan.inventory import Inventory, build_inventory, with_block_scales
 from launcher.plan.memory import MemoryPlan, plan_memory
 from launcher.plan.setup import Setup
+from launcher.plan.suggest import Suggestion, suggest
+from launcher.plan.throughput import DEFAULT_MFU, Throughput, count_tokens, estimate
 from launcher.run_config import RunConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,6 +35,8 @@ class Plan:
     target: Target
     inventory: Inventory
     memory: MemoryPlan
+    suggestions: list[Suggestion] = field(default_factory=list)
+    throughput: Throughput | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -71,7 +75,19 @@ def inventory_for(cfg: RunConfig, setup: Setup, method: "object | None" = None) 
     return inventory
 
 
-def plan_run(cfg: RunConfig, target: Target) -> Plan:
+def plan_run(cfg: RunConfig, target: Target, *, mfu: float = DEFAULT_MFU, price_per_gpu_hour: float | None = None,
+             with_throughput: bool = True) -> Plan:
+    """Memory (always), suggestions when it does not fit, and throughput/time/cost estimates."""
     setup = resolve_setup(cfg, target)
     inventory = inventory_for(cfg, setup)
-    return Plan(cfg, target, inventory, plan_memory(inventory, setup))
+    plan = Plan(cfg, target, inventory, plan_memory(inventory, setup))
+    if not plan.memory.fits:
+        plan.suggestions = suggest(setup, inventory, lambda m: inventory_for(cfg, setup, cfg.method.model_copy(update={"type": m})))
+    if with_throughput:
+        plan.throughput = estimate(inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=count_tokens(cfg))
+    if setup.method == "dora":
+        plan.notes.append("DoRA activations are an approximation (weight-sized temporaries per adapted layer); "
+                          "parameter, gradient and optimizer figures are exact")
+    if cfg.model.attn_implementation == "auto" and target.accelerator.is_gpu:
+        plan.notes.append("attention counted as SDPA/flash-attn (no seq x seq scores kept)")
+    return plan
