@@ -120,6 +120,13 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
     adapter = "LoRA/DoRA adapters" if s.method != "full" else "all parameters"
     items.append(Item(f"weights, trainable ({adapter}, {_dtype_name(trainable, ds_cast)})", sum(stored(p) for p in trainable), param_where))
 
+    quantized = [p for p in frozen if p.quantized]
+    if quantized:
+        # bitsandbytes dequantizes a 4-bit weight to the compute dtype for each matmul; the
+        # largest one can be alive twice (forward of one layer, backward of another).
+        largest = max(p.numel for p in quantized) * quantized[0].element_size
+        items.append(Item("4-bit dequantization workspace (largest weight, x2)", 2 * largest, kind="buffer"))
+
     n_trainable = sum(p.numel for p in trainable)
     if s.strategy == "deepspeed":
         items += _zero_states(trainable, n_trainable, s, ds_cast)
