@@ -115,7 +115,9 @@ def suggest(setup: Setup, inventory: Inventory, inventory_for: Callable[[str], I
                     break
             if len(found) >= MAX_SUGGESTIONS:
                 break
-    gpus = more_gpus(setup, lambda s: plan_memory(inventory, s))
+    sharding_fits = any(s.change.setup.strategy in ("fsdp", "deepspeed") and s.change.setup.offload_params == "none"
+                        and s.change.method is None for s in found)
+    gpus = None if sharding_fits else more_gpus(setup, lambda s: plan_memory(inventory, s))
     if gpus:
         found.append(Suggestion(gpus, plan_memory(inventory, gpus.setup)))
     return found[:MAX_SUGGESTIONS]
