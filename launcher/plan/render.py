@@ -32,8 +32,7 @@ def memory_table(memory: MemoryPlan) -> list[str]:
     for item in memory.items:
         if item.where == "gpu" and item.bytes:
             lines.append(f"    {item.label:<60}{size(item.bytes):>12}")
-    lines.append(f"    {'peak of live tensors (the step peaks with the larger of all activations or all gradients)':<60}")
-    lines.append(f"    {'  = ' + size(memory.peak_bytes):<60}")
+    lines.append(f"    {'peak of live tensors (at the larger of: activations, gradients)':<60}{size(memory.peak_bytes):>12}")
     where = "CUDA context, NCCL, allocator slack" if memory.setup.accelerator.is_gpu else "python + torch + libraries"
     lines.append(f"    {'framework overhead (' + where + ')':<60}{size(memory.overhead_bytes):>12}")
     lines.append(f"    {'total':<60}{size(memory.total_bytes):>12}")
