@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from launcher.plan.activations import Activations, activation_memory
+from launcher.plan.activations import Activations, activation_memory  # noqa: F401 (Activations: MemoryPlan field type)
 from launcher.plan.inventory import Inventory, ParamInfo
 from launcher.plan.setup import Setup
 
@@ -36,7 +36,7 @@ class Item:
     label: str
     bytes: int
     where: str = "gpu"  # gpu | host (offloaded to CPU RAM) | nvme
-    kind: str = "state"  # state | activation | overhead
+    kind: str = "state"  # state | buffer (communication/workspace) | activation
 
 
 @dataclass

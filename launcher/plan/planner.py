@@ -14,6 +14,7 @@ from launcher.plan.setup import Setup
 from launcher.plan.suggest import Suggestion, suggest
 from launcher.plan.throughput import DEFAULT_MFU, Throughput, count_tokens, estimate
 from launcher.run_config import RunConfig
+from trainer.config import MethodConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,15 +64,15 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
     )
 
 
-def inventory_for(cfg: RunConfig, setup: Setup, method: "object | None" = None) -> Inventory:
+def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = None) -> Inventory:
     method_cfg = method or cfg.method
     label, fields = model_config_fields(cfg.model.path)
     dtype = {2: torch.bfloat16, 4: torch.float32}[setup.param_bytes]
     if cfg.model.dtype == "float16":
         dtype = torch.float16
-    inventory = build_inventory(label, fields, method_cfg, dtype)  # type: ignore[arg-type]
-    if method_cfg.type == "qlora":  # type: ignore[attr-defined]
-        inventory = with_block_scales(inventory, method_cfg.quantization.double_quant)  # type: ignore[attr-defined]
+    inventory = build_inventory(label, fields, method_cfg, dtype)
+    if method_cfg.type == "qlora":
+        inventory = with_block_scales(inventory, method_cfg.quantization.double_quant)
     return inventory
 
 
