@@ -78,16 +78,27 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
 
 
 def spawn_workers(run_dir: Path, world_size: int, port: int) -> dict[str, Any]:
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     clear_result(run_dir)
+    spawn_module("cluster.worker", [str(run_dir)], world_size, port, run_dir / "logs")
+    return take_result(run_dir)
+
+
+def spawn_module(module: str, args: list[str], world_size: int, port: int, log_dir: Path,
+                 extra_env: dict[int, dict[str, str]] | None = None, rank0_to_terminal: bool = True) -> None:
+    """Run `python -m MODULE ARGS` as `world_size` local processes with torchrun's environment
+    contract; forward Ctrl-C/SIGTERM/SIGUSR1 to them; on the first failure stop the others and
+    raise WorkerFailed. Rank 0 talks to the terminal unless told not to; the others (and then
+    rank 0 too) write to LOG_DIR/worker-R.out. `extra_env` adds variables per rank."""
+    log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path | None] = []
     for rank in range(world_size):
-        # Rank 0 talks to the terminal (progress bar); the others write to their own files.
-        log = None if rank == 0 else run_dir / "logs" / f"worker-{rank}.out"
+        log = None if (rank == 0 and rank0_to_terminal) else log_dir / f"worker-{rank}.out"
         out = None if log is None else log.open("wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "cluster.worker", str(run_dir)],
-                                      env=worker_env(rank, world_size, port), stdout=out, stderr=subprocess.STDOUT if out else None))
+        env = worker_env(rank, world_size, port)
+        env.update((extra_env or {}).get(rank, {}))
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *args],
+                                      env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
         logs.append(log)
     previous = {s: signal.signal(s, _forward_to(procs)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
@@ -98,7 +109,6 @@ def spawn_workers(run_dir: Path, world_size: int, port: int) -> dict[str, Any]:
     if failed is not None:
         rank, code = failed
         raise WorkerFailed(rank, code, logs[rank])
-    return take_result(run_dir)
 
 
 def _forward_to(procs: list[subprocess.Popen[bytes]]) -> Any:

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="validate a config and run the fine-tune it describes")
     train.add_argument("config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    train.add_argument("--skip-fit-check", action="store_true", help="launch even when `ftl plan` predicts the run does not fit")
 
     slurm = verbs.add_parser("slurm", help="submit the run to Slurm as a batch job (sbatch), or print the script")
     slurm.add_argument("config", help="YAML config file")
@@ -73,7 +74,29 @@ def build_parser() -> argparse.ArgumentParser:
     runs = verbs.add_parser("runs", help="list runs under a directory with their status and latest valid checkpoint")
     runs.add_argument("dir", nargs="?", default="runs", help="a directory of runs, or one run directory (default: ./runs)")
     runs.add_argument("--verify", action="store_true", help="also verify checkpoint checksums (reads every file)")
+    _add_plan_and_doctor(verbs)
     return parser
+
+
+def _add_plan_and_doctor(verbs: argparse._SubParsersAction) -> None:
+    plan = verbs.add_parser("plan", help="predict per-GPU memory, speed, time and cost of a run before launching it",
+                            description="Exit code 0 when the run fits, 1 when it does not.")
+    plan.add_argument("config", help="YAML config file (model.path may be a built-in architecture, e.g. llama-3.1-8b)")
+    plan.add_argument("overrides", nargs="*", metavar="key.path=value")
+    plan.add_argument("--gpu", help="GPU type (H100, H200, A100-80GB, A100-40GB, L40S, A6000, L4, RTX4090, ...) or cpu; "
+                                    "default: this machine's device")
+    plan.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: cluster.workers)")
+    plan.add_argument("--nodes", type=int, default=1)
+    plan.add_argument("--gpu-memory", help="memory per GPU, e.g. 24GiB or 80GB (overrides the table)")
+    plan.add_argument("--peak-tflops", type=float, help="dense bf16 peak TFLOP/s per GPU (overrides the table)")
+    plan.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation (default 0.35)")
+    plan.add_argument("--price-per-gpu-hour", type=float, help="price of one GPU-hour, for the cost estimate")
+
+    doctor = verbs.add_parser("doctor", help="preflight checks: versions, CUDA/NCCL, disk, shared run directory, all-reduce bandwidth")
+    doctor.add_argument("config", nargs="?", help="YAML config (run directory, workers, checkpoint sizes); optional")
+    doctor.add_argument("overrides", nargs="*", metavar="key.path=value")
+    doctor.add_argument("--workers", type=int, help="worker processes for the collective checks (default: cluster.workers, at least 2)")
+    doctor.add_argument("--size-mb", type=float, default=64.0, help="all-reduce message size in MB (default 64)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +170,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from launcher.slurm_submit import slurm
 
         return slurm(args)
+        return train(args.config, args.overrides, fit_check=not args.skip_fit_check)
     if args.verb == "export":
         from launcher.commands import export
 
@@ -159,6 +183,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from launcher.commands import runs
 
         return runs(args.dir, verify=args.verify)
+    if args.verb == "plan":
+        from launcher.plan.command import plan_command
+
+        return plan_command(args)
+    if args.verb == "doctor":
+        from launcher.doctor import doctor_command
+
+        return doctor_command(args)
     raise AssertionError(args.verb)
 
 

@@ -24,12 +24,16 @@ def validate(config_path: str, overrides: list[str]) -> int:
     return 0
 
 
-def train(config_path: str, overrides: list[str]) -> int:
+def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int:
     cfg = load_config(config_path, overrides)
     problems = check_inputs(cfg)
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries()
+    if fit_check:  # `ftl plan`'s memory verdict for this machine; refuses a run that cannot fit
+        from launcher.plan.command import check_fit
+
+        check_fit(cfg)
     from cluster.torchrun import started_by_torchrun
 
     if started_by_torchrun():

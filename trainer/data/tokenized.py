@@ -85,6 +85,22 @@ def load_tokenized(
     cache_root: Path | None = None,
     label_names: list[str] | None = None,
 ) -> TokenizedSet:
+    entry, settings = cache_entry(spec, fmt, tokenizer, max_seq_len=max_seq_len, too_long=too_long,
+                                  skip_bad_rows=skip_bad_rows, split=split, cache_root=cache_root, label_names=label_names)
+    if (entry / "meta.json").exists():
+        cached = _read_entry(entry)
+        log.info("tokenized %s: cache hit %s", spec, entry)
+        return cached
+    result = _tokenize(spec, fmt, tokenizer, max_seq_len, too_long, skip_bad_rows, split, label_names)
+    _write_entry(entry, result, settings)
+    return result
+
+
+def cache_entry(
+    spec: str, fmt: str, tokenizer: Any, *, max_seq_len: int, too_long: str, skip_bad_rows: bool,
+    split: str = "train", cache_root: Path | None = None, label_names: list[str] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Where the tokenized form of this dataset is (or would be) cached, and the settings keying it."""
     settings = {
         "version": CACHE_VERSION,
         "data": dataset_fingerprint(spec, split),
@@ -97,14 +113,12 @@ def load_tokenized(
     if fmt == "classification":
         settings["labels"] = list(label_names or [])
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
-    entry = (cache_root or default_cache_root()) / key
-    if (entry / "meta.json").exists():
-        cached = _read_entry(entry)
-        log.info("tokenized %s: cache hit %s", spec, entry)
-        return cached
-    result = _tokenize(spec, fmt, tokenizer, max_seq_len, too_long, skip_bad_rows, split, label_names)
-    _write_entry(entry, result, settings)
-    return result
+    return (cache_root or default_cache_root()) / key, settings
+
+
+def read_cached(entry: Path) -> TokenizedSet | None:
+    """The cached tokenized set at `entry`, or None when it has not been written."""
+    return _read_entry(entry) if (entry / "meta.json").exists() else None
 
 
 def _tokenize(

@@ -1,0 +1,43 @@
+"""Built-in model architectures, so a run can be planned before anything is downloaded.
+
+The data (catalogue.json) holds the config.json fields that set parameter shapes; a model is
+found by its short name (`llama-3.1-8b`) or its hub id (`meta-llama/Llama-3.1-8B`)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import UserError
+
+DATA = Path(__file__).with_name("catalogue.json")
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> dict[str, dict[str, Any]]:
+    return json.loads(DATA.read_text())["models"]
+
+
+def find(name: str) -> tuple[str, dict[str, Any]] | None:
+    """(short name, entry) for a short name or hub id, case-insensitive; None when unknown."""
+    key = name.strip().lower()
+    for short, entry in catalogue().items():
+        if key in (short, entry["hub_id"].lower()):
+            return short, entry
+    return None
+
+
+def model_config_fields(model: str) -> tuple[str, dict[str, Any]]:
+    """(label, config.json fields) for a local model folder or a catalogue name."""
+    folder = Path(model).expanduser()
+    if (folder / "config.json").is_file():
+        return str(model), json.loads((folder / "config.json").read_text())
+    found = find(model)
+    if found:
+        short, entry = found
+        return f"{short} ({entry['hub_id']}, built-in catalogue)", dict(entry["config"])
+    names = ", ".join(catalogue())
+    raise UserError(f"model.path: {model!r} is neither a model folder with a config.json nor a built-in architecture; "
+                    f"use a local folder or one of: {names}")

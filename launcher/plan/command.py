@@ -1,0 +1,65 @@
+"""`ftl plan` and the fit check `ftl train` runs before launching."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launcher.config_loader import load_config
+from launcher.errors import UserError
+from launcher.plan.hardware import Accelerator, accelerator, parse_size
+from launcher.plan.planner import Target, plan_run
+from launcher.plan.render import render, size
+from launcher.run_config import RunConfig
+
+EXIT_DOES_NOT_FIT = 1
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu {args.mfu}: a fraction of peak throughput, in (0, 1]")
+    acc = accelerator(args.gpu, args.gpu_memory, args.peak_tflops) if args.gpu else this_machine(args.gpu_memory, args.peak_tflops)
+    per_node = args.gpus_per_node or (cfg.cluster.workers if args.nodes == 1 else 1)
+    target = Target(acc, per_node, args.nodes)
+    plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
+    print(render(plan))
+    return 0 if plan.memory.fits else EXIT_DOES_NOT_FIT
+
+
+def this_machine(memory: str | None = None, peak_tflops: float | None = None) -> Accelerator:
+    """The first CUDA device when there is one, else the CPU with its available RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        total = parse_size(memory) if memory else props.total_memory
+        return Accelerator(props.name, total, peak_tflops, torch.cuda.is_bf16_supported())
+    return accelerator("cpu", memory, peak_tflops)
+
+
+def check_fit(cfg: RunConfig) -> None:
+    """Refuse a run that cannot fit on this machine. On GPU the budget is one device per worker;
+    on a CPU-only machine all local workers share the available RAM. A planner failure (say, an
+    architecture it cannot build) only warns: the check must never block a run it cannot judge."""
+    acc = this_machine()
+    workers = cfg.cluster.workers
+    try:
+        plan = plan_run(cfg, Target(acc, workers, 1), with_throughput=False)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported, then the run goes on
+        print(f"ftl: fit check skipped: cannot plan this model ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    memory = plan.memory
+    if acc.is_gpu:
+        need, have, what = memory.total_bytes, acc.memory_bytes, f"per GPU ({acc.name})"
+    else:
+        need, have, what = memory.total_bytes * workers, acc.memory_bytes, f"of available RAM for {workers} worker(s)"
+    if need <= have:
+        print(f"ftl: fit check: {size(need)} {what}, {size(have)} available", file=sys.stderr)
+        return
+    hints = "; ".join(f"{s.change.description} ({' '.join(s.change.overrides)})" for s in plan.suggestions[:3])
+    raise UserError(f"this run needs about {size(need)} {what} but {size(have)} is available "
+                    f"(see `ftl plan` for the breakdown){'; it would fit with: ' + hints if hints else ''}. "
+                    "Pass --skip-fit-check to launch anyway")

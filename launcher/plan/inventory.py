@@ -1,0 +1,193 @@
+"""What ftl will hold in memory for a model, derived without weights.
+
+The model is built on the meta device from its config (exact parameter names and shapes, no
+memory), then transformed as the trainer does: QLoRA quantizes every linear layer except the
+output head and PEFT's prepare step upcasts the remaining 16-bit parameters to fp32; adapter
+methods run the real PEFT `get_peft_model` on the meta model (so targeted layers, DoRA
+magnitudes and adapter dtypes are PEFT's own answer, not a re-implementation)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trainer.config import MethodConfig
+
+# bitsandbytes 4-bit: blocks of 64 weights share one absmax; double quantization stores those
+# absmax values as uint8 with one fp32 absmax per 256 blocks plus an fp32 offset. Each layer
+# also keeps its 16-entry fp32 code (NF4/FP4) and, nested, a 256-entry fp32 code.
+BNB_BLOCKSIZE = 64
+BNB_NESTED_BLOCKSIZE = 256
+BNB_CODE_BYTES = 16 * 4
+BNB_NESTED_CODE_BYTES = 256 * 4
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    numel: int
+    dim0: int  # FSDP2 shards dimension 0
+    element_size: int  # bytes per stored element (packed storage for 4-bit weights)
+    stored_numel: int  # elements as stored (numel / (2 * element_size) for 4-bit weights)
+    trainable: bool
+    quantized: bool = False
+    scale_bytes: int = 0  # 4-bit block scales and codes that live beside the weight
+
+    @property
+    def nbytes(self) -> int:
+        return self.stored_numel * self.element_size
+
+
+@dataclass
+class Architecture:
+    """The shape facts the activation and FLOP models need."""
+
+    model_type: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    experts_per_token: int = 1
+    norms_per_layer: int = 2
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+@dataclass
+class Inventory:
+    label: str
+    arch: Architecture
+    params: list[ParamInfo]
+    layer_bytes: int  # stored bytes of the largest decoder layer (gathered whole by FSDP2 / ZeRO-3)
+    root_bytes: int  # stored bytes outside the decoder layers (embeddings, head, final norm)
+    lora_targets: list[tuple[int, int, int]] = field(default_factory=list)  # (in, out, r) per adapted layer
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def total(self, trainable: bool | None = None) -> int:
+        return sum(p.numel for p in self.params if trainable is None or p.trainable == trainable)
+
+
+def hf_config(fields: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    fields = dict(fields)
+    model_type = fields.pop("model_type", None)
+    if not model_type:
+        raise ValueError("config.json has no model_type")
+    for key in ("architectures", "transformers_version", "auto_map", "quantization_config", "torch_dtype", "dtype"):
+        fields.pop(key, None)
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def build_inventory(label: str, config_fields: dict[str, Any], method: MethodConfig, dtype: torch.dtype) -> Inventory:
+    from transformers import AutoModelForCausalLM
+
+    config = hf_config(config_fields)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    quantized: dict[int, int] = {}
+    if method.type == "qlora":
+        quantized = _quantize_like_bnb(model, method)
+    if method.uses_adapter:
+        from peft import get_peft_model
+
+        from trainer.methods import peft_lora_config
+
+        if method.type != "qlora":
+            model.requires_grad_(False)
+        with torch.device("meta"):
+            model = get_peft_model(model, peft_lora_config(method))
+    else:
+        model.requires_grad_(True)
+    params = [_param_info(name, p, quantized.get(id(p))) for name, p in model.named_parameters()]
+    by_id = {id(p): info for (_, p), info in zip(model.named_parameters(), params)}
+    layers = _decoder_layers(model)
+    layer_bytes = [sum(by_id[id(p)].nbytes for p in layer.parameters()) for layer in layers]
+    root_bytes = sum(p.nbytes for p in params) - sum(layer_bytes)
+    targets = [(m.in_features, m.out_features, m.r[name]) for m in model.modules()
+               if hasattr(m, "lora_A") and hasattr(m, "in_features") for name in m.lora_A]
+    return Inventory(label, _architecture(config, layers), params, max(layer_bytes, default=0), root_bytes, targets)
+
+
+def _quantize_like_bnb(model: torch.nn.Module, method: MethodConfig) -> dict[int, int]:
+    """Mark the linear layers transformers' bitsandbytes integration quantizes (all but the
+    output head), freeze everything, and upcast the rest like PEFT's prepare_model_for_kbit_training.
+    Returns {id(weight): compute element size}."""
+    head = model.get_output_embeddings()
+    marked = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            marked[id(module.weight)] = _compute_dtype(method, module.weight.dtype).itemsize
+    model.requires_grad_(False)
+    for param in model.parameters():
+        if id(param) not in marked and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.to(torch.float32)
+    return marked
+
+
+def _compute_dtype(method: MethodConfig, model_dtype: torch.dtype) -> torch.dtype:
+    from trainer.model_builder import DTYPES
+
+    name = method.quantization.compute_dtype
+    return model_dtype if name == "auto" else DTYPES[name]
+
+
+def _param_info(name: str, param: torch.Tensor, quant_storage_size: int | None) -> ParamInfo:
+    numel = param.numel()
+    dim0 = param.shape[0] if param.dim() else 1
+    if quant_storage_size is None:
+        return ParamInfo(name, numel, dim0, param.element_size(), numel, param.requires_grad)
+    # Params4bit packs two 4-bit values per byte into a (n, 1) tensor of the storage dtype.
+    per_element = 2 * quant_storage_size
+    stored = (numel + per_element - 1) // per_element
+    return ParamInfo(name, numel, stored, quant_storage_size, stored, False, quantized=True, scale_bytes=0)
+
+
+def with_block_scales(inventory: Inventory, double_quant: bool) -> Inventory:
+    """Attach the 4-bit block-scale bytes to every quantized weight."""
+    params = []
+    for p in inventory.params:
+        if p.quantized:
+            blocks = math.ceil(p.numel / BNB_BLOCKSIZE)
+            if double_quant:
+                scales = blocks + 4 * math.ceil(blocks / BNB_NESTED_BLOCKSIZE) + 4 + BNB_NESTED_CODE_BYTES
+            else:
+                scales = 4 * blocks
+            p = ParamInfo(p.name, p.numel, p.dim0, p.element_size, p.stored_numel, False, True, scales + BNB_CODE_BYTES)
+        params.append(p)
+    inventory.params = params
+    return inventory
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def _architecture(config: Any, layers: list[torch.nn.Module]) -> Architecture:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    norms = 2
+    if layers:
+        norms = sum(1 for m in layers[0].modules() if type(m).__name__.endswith("RMSNorm")
+                    and getattr(m, "weight", None) is not None and m.weight.numel() == text.hidden_size)
+    return Architecture(
+        model_type=text.model_type, hidden=text.hidden_size, layers=text.num_hidden_layers, heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads, head_dim=head_dim,
+        intermediate=text.intermediate_size, vocab=text.vocab_size,
+        experts_per_token=getattr(text, "num_experts_per_tok", None) or 1, norms_per_layer=norms or 2,
+    )

@@ -1,0 +1,174 @@
+"""Per-GPU memory of a run: model states under the chosen strategy, activations, overhead.
+
+Model states follow what ftl's trainer really allocates (checked byte for byte on CPU):
+- parameters in the loaded dtype; DeepSpeed casts the module to bf16/fp16 when that precision is on;
+  QLoRA keeps linear weights packed 4-bit plus block scales, other weights upcast to fp32 by PEFT;
+- torch AdamW keeps two states in the parameter's dtype plus a 4-byte step per tensor;
+  DeepSpeed keeps fp32 master weights and fp32 Adam states for its partition;
+- DDP: full copies and gradient buckets as big as the gradients; FSDP2: every parameter split on
+  dimension 0 (the first rank holds the rounded-up chunk); ZeRO-1/2/3 split optimizer states,
+  + gradients, + parameters over the ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from launcher.plan.activations import Activations, activation_memory  # noqa: F401 (Activations: MemoryPlan field type)
+from launcher.plan.inventory import Inventory, ParamInfo
+from launcher.plan.setup import Setup
+
+GIB = 1024**3
+# DeepSpeed defaults for its communication buckets (elements).
+DS_BUCKET_ELEMENTS = 500_000_000
+# Memory a process needs beyond its tensors. GPU: CUDA context + cuBLAS workspace (~0.75 GiB),
+# NCCL buffers when distributed, and caching-allocator fragmentation (5% of what is allocated).
+CUDA_CONTEXT = int(0.75 * GIB)
+NCCL_BUFFERS = int(0.25 * GIB)
+ALLOCATOR_SLACK = 0.05
+# CPU: a worker process with torch, transformers and peft imported (measured RSS, scripts/bench/memory.py).
+CPU_PROCESS = int(0.45 * GIB)
+
+
+@dataclass
+class Item:
+    label: str
+    bytes: int
+    where: str = "gpu"  # gpu | host (offloaded to CPU RAM) | nvme
+    kind: str = "state"  # state | buffer (communication/workspace) | activation
+
+
+@dataclass
+class MemoryPlan:
+    setup: Setup
+    items: list[Item]
+    activations: Activations
+    peak_bytes: int  # tensors alive at the step's peak on the first rank (what a memory tracker sees)
+    overhead_bytes: int
+    capacity_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def state_bytes(self, label_prefix: str, where: str = "gpu") -> int:
+        return sum(i.bytes for i in self.items if i.label.startswith(label_prefix) and i.where == where)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.peak_bytes + self.overhead_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.capacity_bytes - self.total_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.headroom_bytes >= 0
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(i.bytes for i in self.items if i.where == "host")
+
+
+def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
+    states = model_states(inventory, setup)
+    acts = activation_memory(inventory.arch, setup, inventory.lora_targets)
+    on_gpu = [i for i in states if i.where == "gpu"]
+    grads = sum(i.bytes for i in on_gpu if i.label.startswith("gradients"))
+    static = sum(i.bytes for i in on_gpu) - grads
+    # The step peaks either at the end of forward (all activations alive; gradients of earlier
+    # micro-batches too when accumulating) or once every gradient exists (end of backward, step).
+    forward_peak = acts.total + (grads if setup.accumulation > 1 else 0)
+    peak = static + max(forward_peak, grads)
+    items = states + [
+        Item("activations: decoder layers" + (" (checkpointed)" if setup.checkpointing else ""), acts.layers, kind="activation"),
+        Item("activations: logits + loss", acts.head, kind="activation"),
+        Item("activations: embeddings + final norm", acts.other, kind="activation"),
+    ]
+    overhead = process_overhead(setup, peak)
+    return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes)
+
+
+def process_overhead(setup: Setup, peak: int) -> int:
+    if not setup.accelerator.is_gpu:
+        return CPU_PROCESS
+    return CUDA_CONTEXT + (NCCL_BUFFERS if setup.workers > 1 else 0) + int(ALLOCATOR_SLACK * peak)
+
+
+def model_states(inv: Inventory, s: Setup) -> list[Item]:
+    w = s.workers
+    trainable = [p for p in inv.params if p.trainable]
+    frozen = [p for p in inv.params if not p.trainable]
+    ds_cast = 2 if (s.strategy == "deepspeed" and s.precision in ("bf16", "fp16")) else None
+
+    def stored(p: ParamInfo) -> int:
+        """Bytes of this parameter on the first rank."""
+        size = p.element_size if (p.quantized or ds_cast is None) else ds_cast
+        if s.strategy == "fsdp":
+            # FSDP2 splits dimension 0 into `workers` chunks; the first rank's is rounded up.
+            return math.ceil(p.dim0 / w) * (p.stored_numel // p.dim0) * size
+        if s.strategy == "deepspeed" and s.zero_stage == 3:
+            return math.ceil(p.stored_numel / w) * size
+        return p.stored_numel * size
+
+    param_where = "host" if s.offload_params != "none" else "gpu"
+    items: list[Item] = []
+    for label, group in _frozen_groups(frozen).items():
+        items.append(Item(f"weights, frozen: {label}", sum(stored(p) for p in group), param_where))
+    scales = sum(p.scale_bytes for p in frozen if p.quantized)
+    if scales:
+        items.append(Item("weights, frozen: 4-bit block scales and codes", scales, param_where))
+    adapter = "LoRA/DoRA adapters" if s.method != "full" else "all parameters"
+    items.append(Item(f"weights, trainable ({adapter}, {_dtype_name(trainable, ds_cast)})", sum(stored(p) for p in trainable), param_where))
+
+    quantized = [p for p in frozen if p.quantized]
+    if quantized:
+        # bitsandbytes dequantizes a 4-bit weight to the compute dtype for each matmul; the
+        # largest one can be alive twice (forward of one layer, backward of another).
+        largest = max(p.numel for p in quantized) * quantized[0].element_size
+        items.append(Item("4-bit dequantization workspace (largest weight, x2)", 2 * largest, kind="buffer"))
+
+    n_trainable = sum(p.numel for p in trainable)
+    if s.strategy == "deepspeed":
+        items += _zero_states(trainable, n_trainable, s, ds_cast)
+    else:
+        grads = sum(stored(p) for p in trainable)
+        step = 4 * len(trainable)  # AdamW's step counter: one fp32 scalar tensor per parameter
+        opt_where = "host" if s.offload_params != "none" else "gpu"  # FSDP2 CPU offload moves all states
+        items.append(Item("gradients", grads, opt_where))
+        items.append(Item("optimizer: AdamW exp_avg + exp_avg_sq + step", 2 * grads + step, opt_where))
+        if s.strategy == "ddp":
+            items.append(Item("DDP gradient buckets", sum(p.nbytes for p in trainable), kind="buffer"))
+        if s.strategy == "fsdp":
+            gathered = inv.root_bytes + (1 if not s.reshard_after_forward else 2) * inv.layer_bytes
+            items.append(Item("FSDP2 unsharded parameters (root + current/prefetched layer)", gathered, kind="buffer"))
+    return items
+
+
+def _zero_states(trainable: list[ParamInfo], n: int, s: Setup, ds_cast: int | None) -> list[Item]:
+    w, stage = s.workers, s.zero_stage
+    part = math.ceil(n / w)
+    elem = ds_cast or (trainable[0].element_size if trainable else 4)
+    opt_where = {"none": "gpu", "cpu": "host", "nvme": "nvme"}[s.offload_optimizer]
+    grads = n * elem if stage == 1 else part * elem
+    items = [
+        Item(f"gradients ({'full' if stage == 1 else 'partitioned'})", grads),
+        Item("optimizer: fp32 master weights (partition)", 4 * part, opt_where),
+        Item("optimizer: fp32 Adam exp_avg + exp_avg_sq (partition)", 8 * part, opt_where),
+        Item("ZeRO step workspace: fp32 gradient partition", 4 * part, opt_where, kind="buffer"),
+    ]
+    bucket = min(DS_BUCKET_ELEMENTS, n) * elem
+    items.append(Item("ZeRO reduce bucket" + (" + all-gather bucket" if stage < 3 else ""), bucket * (2 if stage < 3 else 1), kind="buffer"))
+    return items
+
+
+def _frozen_groups(frozen: list[ParamInfo]) -> dict[str, list[ParamInfo]]:
+    groups: dict[str, list[ParamInfo]] = {}
+    for p in frozen:
+        label = "4-bit linear weights (packed)" if p.quantized else {2: "16-bit", 4: "fp32"}.get(p.element_size, f"{p.element_size}-byte")
+        groups.setdefault(label, []).append(p)
+    return groups
+
+
+def _dtype_name(params: list[ParamInfo], ds_cast: int | None) -> str:
+    sizes = {ds_cast or p.element_size for p in params}
+    return "/".join({2: "16-bit", 4: "fp32"}.get(x, f"{x}-byte") for x in sorted(sizes)) or "none"

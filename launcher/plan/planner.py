@@ -1,0 +1,94 @@
+"""Entry point of the planner: a run config + target hardware -> memory, throughput, suggestions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from launcher.plan.catalogue import model_config_fields
+from launcher.plan.hardware import Accelerator
+from launcher.plan.inventory import Inventory, build_inventory, with_block_scales
+from launcher.plan.memory import MemoryPlan, plan_memory
+from launcher.plan.setup import Setup
+from launcher.plan.suggest import Suggestion, suggest
+from launcher.plan.throughput import DEFAULT_MFU, Throughput, count_tokens, estimate
+from launcher.run_config import RunConfig
+from trainer.config import MethodConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Target:
+    accelerator: Accelerator
+    gpus_per_node: int = 1
+    nodes: int = 1
+
+    @property
+    def workers(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+@dataclass
+class Plan:
+    cfg: RunConfig
+    target: Target
+    inventory: Inventory
+    memory: MemoryPlan
+    suggestions: list[Suggestion] = field(default_factory=list)
+    throughput: Throughput | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
+    from trainer.strategies import resolve_strategy_name
+
+    acc = target.accelerator
+    gpu_bf16 = acc.is_gpu and acc.bf16
+    model_dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if gpu_bf16 else "float32")
+    precision = cfg.parallel.mixed_precision if cfg.parallel.mixed_precision != "auto" else ("bf16" if gpu_bf16 else "fp32")
+    if model_dtype in ("bfloat16", "float16") and precision == "fp32":
+        precision = "bf16" if model_dtype == "bfloat16" else "fp16"  # 16-bit weights compute in 16 bits
+    attention = cfg.model.attn_implementation
+    if attention == "auto":
+        attention = "sdpa"  # flash-attn keeps the same tensors alive as SDPA's memory-efficient kernels
+    return Setup(
+        method=cfg.method.type, strategy=resolve_strategy_name(cfg, target.workers), zero_stage=cfg.parallel.zero_stage,
+        offload_optimizer=cfg.parallel.offload_optimizer, offload_params=cfg.parallel.offload_params,
+        reshard_after_forward=cfg.parallel.reshard_after_forward, workers=target.workers, gpus_per_node=target.gpus_per_node,
+        micro_batch=cfg.training.micro_batch_size, accumulation=cfg.training.gradient_accumulation_steps,
+        seq_len=cfg.data.max_seq_len, packing=cfg.data.packing, checkpointing=cfg.model.gradient_checkpointing,
+        attention=attention, param_bytes=DTYPES[model_dtype].itemsize, precision=precision,
+        lora_dropout=cfg.method.lora.dropout, accelerator=acc,
+    )
+
+
+def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = None) -> Inventory:
+    method_cfg = method or cfg.method
+    label, fields = model_config_fields(cfg.model.path)
+    dtype = {2: torch.bfloat16, 4: torch.float32}[setup.param_bytes]
+    if cfg.model.dtype == "float16":
+        dtype = torch.float16
+    inventory = build_inventory(label, fields, method_cfg, dtype)
+    if method_cfg.type == "qlora":
+        inventory = with_block_scales(inventory, method_cfg.quantization.double_quant)
+    return inventory
+
+
+def plan_run(cfg: RunConfig, target: Target, *, mfu: float = DEFAULT_MFU, price_per_gpu_hour: float | None = None,
+             with_throughput: bool = True) -> Plan:
+    """Memory (always), suggestions when it does not fit, and throughput/time/cost estimates."""
+    setup = resolve_setup(cfg, target)
+    inventory = inventory_for(cfg, setup)
+    plan = Plan(cfg, target, inventory, plan_memory(inventory, setup))
+    if not plan.memory.fits:
+        plan.suggestions = suggest(setup, inventory, lambda m: inventory_for(cfg, setup, cfg.method.model_copy(update={"type": m})))
+    if with_throughput:
+        plan.throughput = estimate(inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=count_tokens(cfg))
+    if setup.method == "dora":
+        plan.notes.append("DoRA activations are an approximation (weight-sized temporaries per adapted layer); "
+                          "parameter, gradient and optimizer figures are exact")
+    if cfg.model.attn_implementation == "auto" and target.accelerator.is_gpu:
+        plan.notes.append("attention counted as SDPA/flash-attn (no seq x seq scores kept)")
+    return plan

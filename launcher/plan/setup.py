@@ -1,0 +1,59 @@
+"""The run as the planner sees it: what the config and the target hardware resolve to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from launcher.plan.hardware import Accelerator
+
+
+@dataclass(frozen=True)
+class Setup:
+    method: str  # full | lora | dora | qlora
+    strategy: str  # none | ddp | fsdp | deepspeed
+    zero_stage: int
+    offload_optimizer: str  # none | cpu | nvme
+    offload_params: str
+    reshard_after_forward: bool
+    workers: int  # total ranks (GPUs), nodes x gpus per node
+    gpus_per_node: int
+    micro_batch: int
+    accumulation: int
+    seq_len: int
+    packing: bool
+    checkpointing: bool
+    attention: str  # sdpa | flash_attention_2 | eager
+    param_bytes: int  # element size of the model's parameters as loaded (2 = bf16, 4 = fp32)
+    precision: str  # bf16 | fp16 | fp32: the compute precision
+    lora_dropout: float
+    accelerator: Accelerator
+
+    def but(self, **changes: object) -> "Setup":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def activation_bytes(self) -> int:
+        return 2 if self.precision in ("bf16", "fp16") else 4
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.micro_batch * self.seq_len
+
+    def describe(self) -> str:
+        parts = [self.method]
+        if self.strategy == "deepspeed":
+            parts.append(f"ZeRO-{self.zero_stage}")
+        elif self.strategy == "fsdp":
+            parts.append("FSDP2")
+        elif self.strategy == "ddp":
+            parts.append("DDP")
+        else:
+            parts.append("single process")
+        if self.offload_optimizer != "none":
+            parts.append(f"optimizer offload {self.offload_optimizer}")
+        if self.offload_params != "none":
+            parts.append(f"parameter offload {self.offload_params}")
+        parts.append(f"micro-batch {self.micro_batch} x {self.seq_len} tokens")
+        if self.checkpointing:
+            parts.append("activation checkpointing")
+        return ", ".join(parts)

@@ -1,0 +1,195 @@
+"""Training FLOPs per token, tokens/s, time per epoch and cost.
+
+Convention (stated in every report): N = parameters that take part in matmuls (all but the
+input embedding table; for mixture-of-experts only the experts a token is routed to).
+Full fine-tuning: 6N per token (forward 2N, backward 4N). Frozen-base adapters (LoRA, DoRA,
+QLoRA): 4N + 6 N_adapter (the backward computes input gradients through the frozen weights but
+no weight gradients). Attention adds 12 * layers * seq_len * q_dim (PaLM's convention, without
+the causal halving). Activation checkpointing recomputes the forward: +2N + 4 * layers * seq_len
+* q_dim of hardware FLOPs that MFU does not credit. tokens/s = GPUs x peak x MFU / FLOPs per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.plan.inventory import Inventory
+from launcher.plan.setup import Setup
+from launcher.run_config import RunConfig
+
+DEFAULT_MFU = 0.35
+SAMPLE_ROWS = 256
+
+
+@dataclass
+class TokenCount:
+    real_tokens: int  # tokens of the training examples in one epoch
+    slots: int  # token positions the model computes (real tokens / packing or padding efficiency)
+    source: str
+
+
+@dataclass
+class Throughput:
+    model_flops_per_token: float
+    hardware_flops_per_token: float
+    tokens_per_s: float | None  # computed positions per second, all GPUs
+    mfu: float
+    peak_tflops: float | None
+    tokens: TokenCount | None
+    epoch_seconds: float | None
+    run_seconds: float | None
+    cost: float | None
+
+
+def matmul_params(inventory: Inventory) -> tuple[int, int]:
+    """(N, adapter N) per token, per the convention above."""
+    n = adapters = 0
+    arch = inventory.arch
+    for p in inventory.params:
+        if "embed_tokens" in p.name:
+            continue
+        share = 1.0
+        if ".experts." in p.name and arch.experts_per_token > 1:
+            share = arch.experts_per_token / _expert_count(inventory)
+        if "lora_" in p.name:
+            adapters += int(p.numel * share)
+        else:
+            n += int(p.numel * share)
+    if not any("lm_head" in p.name for p in inventory.params):  # tied head: the embedding matmul still runs
+        n += arch.vocab * arch.hidden
+    return n, adapters
+
+
+def _expert_count(inventory: Inventory) -> int:
+    names = {p.name.split(".experts.")[1].split(".")[0] for p in inventory.params if ".experts." in p.name}
+    digits = [int(x) for x in names if x.isdigit()]
+    return max(digits) + 1 if digits else max(inventory.arch.experts_per_token, 1)
+
+
+def flops_per_token(inventory: Inventory, setup: Setup) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs incl. checkpoint recompute) per trained token."""
+    n, n_adapter = matmul_params(inventory)
+    arch = inventory.arch
+    attention_fwd = 4 * arch.layers * setup.seq_len * arch.q_dim
+    if setup.method == "full":
+        model = 6 * n + 3 * attention_fwd
+    else:
+        model = 4 * n + 6 * n_adapter + 3 * attention_fwd
+    recompute = (2 * (n + n_adapter) + attention_fwd) if setup.checkpointing else 0
+    return float(model), float(model + recompute)
+
+
+def estimate(inventory: Inventory, setup: Setup, cfg: RunConfig, *, mfu: float, price_per_gpu_hour: float | None,
+             tokens: TokenCount | None) -> Throughput:
+    model, hardware = flops_per_token(inventory, setup)
+    peak = setup.accelerator.peak_tflops
+    tokens_per_s = setup.workers * peak * 1e12 * mfu / hardware if peak else None
+    epoch_s = run_s = cost = None
+    if tokens_per_s and tokens:
+        epoch_s = tokens.slots / tokens_per_s
+        run_s = epoch_s * cfg.training.epochs
+        if cfg.training.max_steps:
+            rows_per_step = setup.micro_batch * setup.accumulation * setup.workers
+            run_s = cfg.training.max_steps * rows_per_step * setup.seq_len / tokens_per_s
+        if price_per_gpu_hour is not None:
+            cost = run_s / 3600 * setup.workers * price_per_gpu_hour
+    return Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost)
+
+
+def count_tokens(cfg: RunConfig) -> TokenCount | None:
+    """Tokens in one epoch of data.train: exact from the tokenized-data cache when this config was
+    prepared before, else tokenized from a sample of the first rows and scaled to the row count.
+    None when the tokenizer or the data cannot be read here."""
+    from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
+    from trainer.data.tokenized import cache_entry, read_cached
+
+    tokenizer = _tokenizer(cfg)
+    data = cfg.data
+    if tokenizer is None:
+        return _estimate_without_tokenizer(cfg)
+    cache_root = Path(data.cache_dir) / "tokenized" if data.cache_dir else None
+    try:
+        entry, _ = cache_entry(data.train, data.format, tokenizer, max_seq_len=data.max_seq_len, too_long=data.too_long,
+                               skip_bad_rows=data.skip_bad_rows, split=data.split, cache_root=cache_root)
+        cached = read_cached(entry)
+    except Exception:  # the dataset is not readable here (e.g. a hub dataset offline)
+        return None
+    if cached is not None:
+        lengths, rows, source = cached.lengths(), len(cached), "tokenized-data cache (exact)"
+    else:
+        sampled = _sample_lengths(cfg, tokenizer)
+        if sampled is None:
+            return None
+        lengths, rows = sampled
+        source = f"tokenized sample of {len(lengths)} of {rows} rows, scaled"
+    if len(lengths) == 0:
+        return None
+    import numpy as np
+
+    lengths = np.minimum(np.asarray(lengths), data.max_seq_len)
+    if data.packing:
+        efficiency = packing_efficiency(lengths, pack_examples(lengths, data.max_seq_len), data.max_seq_len)
+    else:
+        efficiency = padding_efficiency(lengths, cfg.training.micro_batch_size)
+    real = int(round(float(lengths.mean()) * rows))
+    return TokenCount(real, int(math.ceil(real / max(efficiency, 1e-6))), source)
+
+
+def _tokenizer(cfg: RunConfig) -> Any:
+    """The run's tokenizer when it is on this machine (a catalogue name is never fetched)."""
+    from trainer.model_builder import load_tokenizer
+
+    source = Path(cfg.model.tokenizer or cfg.model.path).expanduser()
+    if not source.is_dir():
+        return None
+    try:
+        return load_tokenizer(cfg.model)
+    except Exception:
+        return None
+
+
+def _sample_lengths(cfg: RunConfig, tokenizer: Any) -> tuple[list[int], int] | None:
+    from trainer.data.formats import render_example
+    from trainer.data.sources import read_rows
+
+    lengths: list[int] = []
+    rows = 0
+    try:
+        for row in read_rows(cfg.data.train, cfg.data.split):
+            rows += 1
+            if len(lengths) < SAMPLE_ROWS:
+                try:
+                    lengths.append(len(render_example(row, cfg.data.format, tokenizer).input_ids))
+                except Exception:
+                    continue
+    except Exception:
+        return None
+    return (lengths, rows) if lengths else None
+
+
+CHARS_PER_TOKEN = 4  # rough English average for BPE tokenizers, used only without a tokenizer
+
+
+def _estimate_without_tokenizer(cfg: RunConfig) -> TokenCount | None:
+    import json
+
+    from trainer.data.sources import read_rows
+
+    chars: list[int] = []
+    rows = 0
+    try:
+        for row in read_rows(cfg.data.train, cfg.data.split):
+            rows += 1
+            if len(chars) < SAMPLE_ROWS:
+                chars.append(len(json.dumps(row.values, ensure_ascii=False)))
+    except Exception:
+        return None
+    if not chars:
+        return None
+    per_row = min(sum(chars) / len(chars) / CHARS_PER_TOKEN, cfg.data.max_seq_len)
+    real = int(per_row * rows)
+    return TokenCount(real, real, f"~{CHARS_PER_TOKEN} characters per token over a sample of {len(chars)} of {rows} rows "
+                                  "(the tokenizer is not on this machine)")

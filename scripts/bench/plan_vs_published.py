@@ -1,0 +1,122 @@
+"""`ftl plan` against published memory figures, and where/why ftl differs.
+
+    .venv/bin/python scripts/bench/plan_vs_published.py
+
+1. ZeRO paper (Rajbhandari et al. 2020, Fig. 1 / Table 1): model states per GPU for Ψ = 7.5B
+   parameters on 64 GPUs with mixed-precision Adam: DDP 120 GB, ZeRO-1 31.4, ZeRO-2 16.6, ZeRO-3 1.9.
+2. QLoRA paper (Dettmers et al. 2023): LLaMA 65B fine-tuned on one 48 GB GPU.
+3. torchtune README, "Memory and training speed": Llama 3.1 8B, batch 2, packed to 2048 tokens,
+   torch.compile on: full 18.9 GiB (1x RTX 4090) / 37.4 GiB (1x A6000), LoRA 16.2 / 30.3 GiB,
+   QLoRA 7.4 GiB (RTX 4090); peak memory per GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import yaml  # noqa: E402
+
+from launcher.config_loader import load_config  # noqa: E402
+from launcher.plan.hardware import GIB, accelerator  # noqa: E402
+from launcher.plan.planner import Target, plan_run  # noqa: E402
+from launcher.plan.published import model_states, plan_bare  # noqa: E402
+
+DATA = REPO / "assets" / "data" / "fictional-qa" / "train.jsonl"
+
+
+def config(tmp: Path, **sections: dict) -> object:  # type: ignore[type-arg]
+    raw = {"model": {"path": "llama-3.1-8b"}, "data": {"train": str(DATA), "max_seq_len": 2048},
+           "method": {"type": "lora"}, "training": {"micro_batch_size": 2}, "output": {"dir": str(tmp / "run")}}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path = tmp / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def zero_paper() -> None:
+    print("1. ZeRO paper: model states per GPU, 7.5B parameters, 64 GPUs (GB = 1e9 bytes)")
+    gpu, psi = accelerator("A100-80GB"), 7_500_000_000
+    rows = [("DDP (fp32 weights, ftl's DDP)", 120.0, plan_bare(psi, strategy="ddp", gpus=64, precision="fp32", param_bytes=4, gpu=gpu)),
+            ("DDP (bf16 weights, ftl's default on GPU)", 120.0, plan_bare(psi, strategy="ddp", gpus=64, precision="bf16", param_bytes=2, gpu=gpu))]
+    for stage, paper in ((1, 31.4), (2, 16.6), (3, 1.9)):
+        rows.append((f"ZeRO-{stage} (DeepSpeed, bf16)", paper, plan_bare(psi, strategy="deepspeed", zero_stage=stage, gpus=64,
+                                                                         precision="bf16", param_bytes=2, gpu=gpu)))
+    print(f"   {'setup':<42}{'paper':>8}{'ftl plan':>10}{'+ buffers':>11}")
+    for name, paper, memory in rows:
+        states = model_states(memory)
+        buffers = sum(i.bytes for i in memory.items if i.kind == "buffer" and i.where == "gpu")
+        print(f"   {name:<42}{paper:>8.1f}{states / 1e9:>10.1f}{buffers / 1e9:>11.1f}")
+    print("   Model states match the paper's (2+2+12)Ψ accounting. Differences: ftl's DDP trains the weights in their\n"
+          "   loaded dtype with torch AdamW (states in that dtype, no fp32 master copy), so with bf16 weights it holds\n"
+          "   8Ψ, not 16Ψ; with fp32 weights 16Ψ = 120 GB as in the paper. ftl also counts what the paper leaves out:\n"
+          "   DDP's gradient buckets (one more gradient copy), DeepSpeed's reduce/all-gather buckets (5e8 elements each\n"
+          "   by default) and the fp32 gradient partition of the optimizer step ('+ buffers').")
+
+
+def qlora_paper(tmp: Path) -> None:
+    print("\n2. QLoRA paper: LLaMA 65B on one 48 GB GPU (NF4 + double quant, LoRA r=64 on all linear layers, bf16)")
+    cfg = config(tmp, model={"path": "llama-65b", "gradient_checkpointing": True}, data={"max_seq_len": 512},
+                 method={"type": "qlora", "lora": {"r": 64, "alpha": 16, "dropout": 0.05}}, training={"micro_batch_size": 1})
+    plan = plan_run(cfg, Target(accelerator("A6000")), with_throughput=False)
+    m = plan.memory
+    print(f"   ftl plan, micro-batch 1 x 512 tokens, checkpointing: {m.total_bytes / GIB:.1f} GiB on a 48 GiB A6000 -> "
+          f"{'fits' if m.fits else 'does not fit'}")
+    for item in m.items:
+        if item.where == "gpu" and item.bytes > 0.05 * GIB:
+            print(f"     {item.label:<58}{item.bytes / GIB:>7.2f} GiB")
+    packed = m.state_bytes("weights, frozen: 4-bit linear")
+    scales = m.state_bytes("weights, frozen: 4-bit block")
+    quantized = 2 * packed  # 4-bit: two weights per byte
+    fp32_frozen = m.state_bytes("weights, frozen: fp32")
+    adapters = m.state_bytes("weights, trainable")
+    print(f"   Block scales: {8 * scales / quantized:.3f} bits/parameter (the paper: 0.127 with double quantization, 0.5 without).\n"
+          f"   ftl {'agrees' if m.fits else 'differs'}: {m.total_bytes / GIB:.1f} GiB incl. {m.overhead_bytes / GIB:.1f} GiB CUDA context/allocator allowance.\n"
+          f"   Why: PEFT keeps the LoRA adapters in fp32 ({adapters / GIB:.1f} GiB, and fp32 gradients and Adam states for them)\n"
+          f"   and its k-bit preparation upcasts embeddings, head and norms to fp32 ({fp32_frozen / GIB:.1f} GiB); the paper keeps\n"
+          "   adapters in bf16 and pages optimizer states to CPU RAM on memory spikes (ftl has no paged optimizer).")
+
+
+def torchtune(tmp: Path) -> None:
+    print("\n3. torchtune README: Llama 3.1 8B, batch 2 x 2048 packed tokens, peak memory per GPU (GiB)")
+    cases = [
+        ("full", "RTX4090", 18.9, True), ("full", "A6000", 37.4, True),
+        ("lora", "RTX4090", 16.2, True), ("lora", "A6000", 30.3, False),
+        ("qlora", "RTX4090", 7.4, True),
+    ]
+    print(f"   {'method':<7}{'GPU':<9}{'torchtune':>10}{'ftl plan':>10}  ftl setup")
+    for method, gpu, published, checkpointing in cases:
+        lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+        cfg = config(tmp, model={"gradient_checkpointing": checkpointing}, method={"type": method, "lora": lora})
+        memory = plan_run(cfg, Target(accelerator(gpu)), with_throughput=False).memory
+        print(f"   {method:<7}{gpu:<9}{published:>10.1f}{memory.total_bytes / GIB:>10.1f}  "
+              f"{'checkpointing' if checkpointing else 'no checkpointing'}, logits+loss {memory.activations.head / GIB:.1f} GiB")
+    print("   Where ftl is higher, and why:\n"
+          "   - full: torchtune's single-device recipe uses bitsandbytes' paged 8-bit AdamW with the optimizer step fused\n"
+          "     into backward (no full gradient copy); ftl uses torch AdamW with bf16 states (4 bytes/param of optimizer\n"
+          "     state + 2 of gradients), so a full 8B fine-tune does not fit 24 GB in ftl at all.\n"
+          "   - all methods: ftl's loss materialises the logits, an fp32 copy and the fp32 log-softmax of the whole micro-\n"
+          "     batch (10 bytes x 128,256 vocab x 4,096 tokens = 4.9 GiB); torchtune computes cross-entropy in chunks.\n"
+          "   - QLoRA: ftl's embeddings and head stay fp32 after PEFT's k-bit preparation (+2 GiB vs bf16).\n"
+          "   - torch.compile fuses element-wise ops and saves fewer activations than eager PyTorch, which ftl models.\n"
+          "   The A6000 rows are assumed to run without activation checkpointing for LoRA and with it for full (the README\n"
+          "   does not say); the published figures are measurements of torchtune, the ftl figures predictions of ftl.")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        zero_paper()
+        qlora_paper(Path(tmp))
+        torchtune(Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Measure what the trainer really allocates, for comparison with `ftl plan`.
+
+`measure_step` builds the model exactly as trainer.run does (load_model -> apply_method ->
+strategy.wrap with build_optimizer), runs two real training steps under a live-tensor tracker
+and returns: parameter bytes, gradient bytes after the first backward, optimizer-state bytes
+after a step (all as sum of numel * element_size of the local tensors), 4-bit quant-state bytes,
+and the peak of live tensor bytes (torch MemTracker, see memtrack.py).
+
+Run as `python -m tests.integration.plan_measure CONFIG OUT` under torchrun's environment to
+measure each rank of a distributed strategy (states only; the tracker is single-process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+
+
+def measure_step(cfg: Any, rank: int = 0, world_size: int = 1, device: str = "cpu", track_peak: bool = True) -> dict[str, int]:
+    from tests.integration.memtrack import FrozenAwareMemTracker, quant_state_tensors
+    from trainer.loss import loss_sum
+    from trainer.memory_report import local_numel
+    from trainer.methods import apply_method
+    from trainer.model_builder import load_model
+    from trainer.optim import build_optimizer
+    from trainer.strategies import build_strategy
+
+    torch.manual_seed(0)
+    strategy = build_strategy(cfg, world_size, rank, device)
+    base = apply_method(load_model(cfg.model, cfg.method, device), cfg.method, cfg.model.gradient_checkpointing)
+    model, optimizer = strategy.wrap(base, lambda m: build_optimizer(m, cfg.training))
+    mb, seq = cfg.training.micro_batch_size, cfg.data.max_seq_len
+    vocab = strategy.unwrapped(model).config.vocab_size
+    ids = torch.randint(4, vocab, (mb, seq), generator=torch.Generator().manual_seed(rank))
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(seq).expand(mb, seq)}
+
+    def nbytes(t: torch.Tensor) -> int:
+        return local_numel(t) * t.element_size()
+
+    tracker = FrozenAwareMemTracker() if track_peak else None
+    if tracker:
+        tracker.track_external(model, optimizer, *quant_state_tensors(model))
+    grads = 0
+    model.train()
+    with tracker if tracker else _null():
+        for step in range(2):
+            accumulation = cfg.training.gradient_accumulation_steps
+            for k in range(accumulation):
+                if tracker:  # per-module stats are per forward; the global peak is kept
+                    tracker.reset_mod_stats()
+                with strategy.micro_step(model, last=k == accumulation - 1):
+                    summed, _ = loss_sum(model, batch)
+                    strategy.backward(model, summed / summed.numel())
+            if step == 0:
+                grads = sum(nbytes(p.grad) for p in model.parameters() if p.grad is not None)
+            strategy.clip_and_step(model, optimizer, cfg.training.max_grad_norm)
+    return {
+        "params": sum(nbytes(p) for p in model.parameters()),
+        "grads": grads,
+        "optimizer": sum(nbytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)),
+        "quant_state": sum(t.untyped_storage().nbytes() for t in quant_state_tensors(model)),
+        "peak": tracker.peak_bytes() if tracker else 0,
+    }
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def main() -> int:
+    from cluster.worker import init_process_group
+    from launcher.config_loader import load_config
+
+    cfg = load_config(sys.argv[1])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = init_process_group(rank, world, int(os.environ["LOCAL_RANK"]), 120)
+    result = measure_step(cfg, rank, world, device, track_peak=False)
+    with open(f"{sys.argv[2]}.rank-{rank}.json", "w") as handle:
+        json.dump(result, handle)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
