@@ -19,15 +19,17 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, enabled: bool = True, forward: Callable[[int, dict[str, Any], str], None] | None = None):
         self.enabled = enabled
         self.forward = forward
-        self._jsonl = None
-        self._tb = None
-        if not enabled:
-            return
-        self._jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.run_dir = run_dir
+        self._jsonl: Any = None
+        self._tb: Any = None
+
+    def _open(self) -> None:
+        """On the first record, so a run refused during setup leaves no metrics files behind."""
+        self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         except ImportError:  # tensorboard is a core dependency; keep JSONL if it is missing
             log.warning("tensorboard not installed; metrics go to metrics.jsonl only")
 
@@ -36,6 +38,8 @@ class MetricsWriter:
             self.forward(step, values, kind)
         if not self.enabled:
             return
+        if self._jsonl is None:
+            self._open()
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
