@@ -51,22 +51,12 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
         FailureConfig,
         LoggingConfig,
         RunConfig,
-        ScalingConfig,
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started_here = connect(cluster.ray)
     try:
-        gpus = cluster.ray.gpus_per_worker
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        cpus = cluster.ray.cpus_per_worker or default_cpus_per_worker(cluster)
-        placement = cluster.ray.placement_strategy
-        if cluster.nodes > 1 and placement == "PACK":
-            placement = "SPREAD"  # PACK would put every worker on the first node that fits them
-        scaling = ScalingConfig(num_workers=cluster.world_size, use_gpu=gpus > 0,
-                                resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
-                                placement_strategy=placement)
+        scaling, cpus, gpus = scaling_for(cluster)
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"run_dir": str(run_dir), "threads": max(1, int(cpus))},
@@ -95,6 +85,24 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
     finally:
         if started_here:
             ray.shutdown()
+
+
+def scaling_for(cluster: ClusterConfig) -> tuple[Any, float, float]:
+    """Ray Train's ScalingConfig for nodes x workers workers, with the CPUs and GPUs per worker."""
+    import ray
+    from ray.train import ScalingConfig
+
+    gpus = cluster.ray.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    cpus = cluster.ray.cpus_per_worker or default_cpus_per_worker(cluster)
+    placement = cluster.ray.placement_strategy
+    if cluster.nodes > 1 and placement == "PACK":
+        placement = "SPREAD"  # PACK would put every worker on the first node that fits them
+    scaling = ScalingConfig(num_workers=cluster.world_size, use_gpu=gpus > 0,
+                            resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
+                            placement_strategy=placement)
+    return scaling, cpus, gpus
 
 
 def connect(settings: RayConfig) -> bool:

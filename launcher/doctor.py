@@ -9,8 +9,8 @@ Worker-side checks (every worker, through cluster.doctor_worker): the run direct
 and writable everywhere, and the all-reduce bandwidth across the real workers.
 
 `worker_checks(results)` and `render_table(checks)` take plain per-rank JSON dicts, so any
-backend (local processes today; Ray, Slurm, torchrun) can run the worker entry its own way and
-reuse them.
+backend (cluster/doctor_backends.py: local processes, Ray Train workers, a Slurm job) runs the
+worker entry its own way and reuses them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import argparse
 import ctypes.util
 import json
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ from launcher.errors import UserError
 
 EXIT_CHECK_FAILED = 1
 DEFAULT_WORKERS = 2
-WORKER_TIMEOUT_S = 120
 
 
 @dataclass
@@ -52,27 +51,23 @@ def doctor_command(args: argparse.Namespace) -> int:
         raise UserError("--workers must be at least 1")
     checks = launcher_checks(cfg)
     run_dir = Path(cfg.output.dir).resolve().parent if cfg else Path.cwd() / "runs"
-    results = run_local_workers(run_dir, workers, args.size_mb)
+    from cluster.config import ClusterConfig
+    from cluster.doctor_backends import run_doctor_workers
+
+    cluster = cfg.cluster if cfg else ClusterConfig(backend="local")
+    print(f"ftl doctor: {workers} worker(s) per node x {cluster.nodes} node(s) on the {cluster.backend} backend ...", file=sys.stderr)
+    results = run_doctor_workers(cluster, run_dir, args.size_mb, workers)
     checks += worker_checks(results, args.size_mb)
     print(render_table(checks))
     return 0 if all(c.ok for c in checks) else EXIT_CHECK_FAILED
 
 
 def run_local_workers(run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, dict[str, str]] | None = None) -> list[dict[str, Any]]:
-    """Start `workers` local doctor workers (the local backend's process spawning) and collect
-    their JSON results, ordered by rank. A worker that dies becomes a failed result."""
-    from cluster.local import WorkerFailed, free_port, spawn_module
+    """`workers` local doctor workers (the local backend's process spawning), results by rank."""
+    from cluster.config import ClusterConfig
+    from cluster.doctor_backends import run_doctor_workers
 
-    with tempfile.TemporaryDirectory(prefix="ftl-doctor-") as tmp:
-        out = Path(tmp) / "results"
-        args = [str(run_dir), "--size-mb", str(size_mb), "--out", str(out), "--timeout-s", str(WORKER_TIMEOUT_S)]
-        try:
-            spawn_module("cluster.doctor_worker", args, workers, free_port(), Path(tmp) / "logs",
-                         extra_env=extra_env, rank0_to_terminal=False)
-        except WorkerFailed as exc:
-            log = exc.log.read_text()[-2000:] if exc.log and exc.log.exists() else ""
-            return [{"rank": exc.rank, "failed": f"worker exited with code {exc.code}: {log.strip()}"}]
-        return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(workers)]
+    return run_doctor_workers(ClusterConfig(backend="local"), run_dir, size_mb, workers, extra_env)
 
 
 def launcher_checks(cfg: Any) -> list[Check]:

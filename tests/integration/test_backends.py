@@ -26,7 +26,7 @@ def _config(tmp_path: Path, model_dir: Path, name: str, **sections: dict) -> Pat
     base = {"training": {"max_steps": STEPS}, "checkpoint": {"every_steps": 2}, "parallel": {"strategy": "ddp"}}
     for key, value in sections.items():
         base.setdefault(key, {}).update(value)
-    return write_config(tmp_path / f"{name}.yaml", model_dir, tmp_path / name, **base)
+    return write_config(tmp_path / f"{name.replace('/', '-')}.yaml", model_dir, tmp_path / name, **base)
 
 
 def _ftl(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
@@ -220,3 +220,29 @@ def _wait_for(condition, timeout: float, interval: float = 1.0):  # type: ignore
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def test_doctor_on_two_ray_nodes_passes_and_names_an_unwritable_run_dir(tmp_path, tiny_model_dir, ray_cluster):
+    cluster = {"backend": "ray", "nodes": 2, "workers": 1, "ray": {"address": ray_cluster.address}}
+    config = _config(tmp_path, tiny_model_dir, "runs/r1", cluster=cluster)
+    ok = _ftl("doctor", str(config), "--workers", "1", "--size-mb", "1")
+    assert ok.returncode == 0, ok.stdout + ok.stderr[-2000:]
+    assert "all-reduce 1 MB across 2 workers (gloo)" in ok.stdout and "on the ray backend" in ok.stderr
+    (tmp_path / "blocker").write_text("a file where the run directory's parent should be")
+    bad = _ftl("doctor", str(config), f"output.dir={tmp_path / 'blocker' / 'r1'}", "--workers", "1", "--size-mb", "1")
+    assert bad.returncode == 1, bad.stdout + bad.stderr[-2000:]
+    assert "cannot create" in bad.stdout and "fix:" in bad.stdout
+
+
+def test_doctor_under_slurm_passes_and_catches_an_unshared_run_dir(tmp_path, tiny_model_dir, slurm):
+    from cluster.doctor_worker import RUN_DIR_OVERRIDE_ENV
+
+    config = _config(tmp_path, tiny_model_dir, "runs/r1", cluster={"backend": "slurm", "nodes": 2, "workers": 1})
+    ok = _ftl("doctor", str(config), "--workers", "1", "--size-mb", "1")
+    assert ok.returncode == 0, ok.stdout + ok.stderr[-2000:]
+    assert "all-reduce 1 MB across 2 workers (gloo)" in ok.stdout
+    # Rank 1 (on node n2) sees another folder at the run directory's path: an unmounted share.
+    bad = _ftl("doctor", str(config), "--workers", "1", "--size-mb", "1",
+               env={RUN_DIR_OVERRIDE_ENV.format(rank=1): str(tmp_path / "n2-local-disk")})
+    assert bad.returncode == 1, bad.stdout + bad.stderr[-2000:]
+    assert "ranks [1] do not see the same" in bad.stdout
