@@ -118,8 +118,8 @@ def _resolve_paths(raw: dict[str, Any]) -> None:
 
 def _resolve_one(holder: dict[str, Any], key: str, local_only: bool) -> None:
     value = holder.get(key)
-    if not isinstance(value, str) or not value:
-        return
+    if not isinstance(value, str) or not value or "://" in value:
+        return  # URIs are not paths (the schema says where they are accepted)
     expanded = Path(os.path.expanduser(os.path.expandvars(value)))
     if local_only or expanded.exists() or value.startswith((".", "/", "~")):
         holder[key] = str(expanded.resolve())

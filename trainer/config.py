@@ -208,6 +208,14 @@ class OutputConfig(Section):
     save_adapter: bool = Field(True, description="Write final/adapter (PEFT format) for adapter methods.")
     save_merged: bool = Field(True, description="Write final/merged (full model, HF safetensors).")
 
+    @field_validator("dir")
+    @classmethod
+    def _posix_path(cls, value: str) -> str:
+        if "://" in value:
+            raise ValueError(f"{value!r}: the run directory must be a local or shared-filesystem path (checkpoints are "
+                             "committed with atomic renames, which object stores lack); mount the bucket or use a shared filesystem")
+        return value
+
 
 class TrainerConfig(Section):
     """Everything a worker needs; the launcher's RunConfig extends it with cluster settings."""
