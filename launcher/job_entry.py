@@ -19,8 +19,10 @@ def main() -> int:
         path = os.path.join(tmp, "config.yaml")
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
-        # The job runs on a node of the Ray cluster: join that cluster rather than start one.
-        return cli_main(["train", path, "cluster.backend=ray", "cluster.ray.address=auto"])
+        # The job runs on a node of the Ray cluster: join that cluster (Ray Jobs gives its address
+        # in RAY_ADDRESS; "auto" could pick another Ray instance on the same machine).
+        address = os.environ.get("RAY_ADDRESS") or "auto"
+        return cli_main(["train", path, "cluster.backend=ray", f"cluster.ray.address={address}"])
 
 
 if __name__ == "__main__":
