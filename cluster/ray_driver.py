@@ -121,7 +121,8 @@ def connect(settings: RayConfig) -> bool:
         return False
     # The dashboard process also serves the state API that Ray Train's placement-group cleaner
     # polls; bound to loopback so nothing is exposed.
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+    # address="local": always a new instance; None would join any Ray already running on this machine.
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
              logging_level=logging.WARNING, num_cpus=os.cpu_count() or 1)
     return True
 

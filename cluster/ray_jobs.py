@@ -22,6 +22,7 @@ FORWARDED_ENV_PREFIXES = ("FTL_", "HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR")
 # long enough to finish its step and write a checkpoint.
 STOP_GRACE_S = "120"
 CONFIG_ENV = "FTL_JOB_CONFIG"
+AGENT_WAIT_S = 120
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -58,8 +59,17 @@ def runtime_env(config_yaml: str) -> dict[str, Any]:
 
 def submit(config_yaml: str, run_name: str, address: str | None, python: str = "python") -> str:
     job_id = f"ftl-{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return client(address).submit_job(entrypoint=f"{python} -m launcher.job_entry", runtime_env=runtime_env(config_yaml),
-                                      submission_id=job_id)
+    jobs = client(address)
+    deadline = time.time() + AGENT_WAIT_S
+    while True:
+        try:
+            return jobs.submit_job(entrypoint=f"{python} -m launcher.job_entry", runtime_env=runtime_env(config_yaml),
+                                   submission_id=job_id)
+        except RuntimeError as exc:
+            # A head that just started answers before its job agent is up; that passes.
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(2)
 
 
 def status(job_id: str, address: str | None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Cluster backends with real processes: Ray Train on a two-node Ray cluster, Ray Jobs, torchrun
-(incl. a user's own torchrun), Slurm in both modes, and restarts after a killed worker. Every run
-is compared with the same run on the local backend: the same losses, step by step."""
+(restarts, a user's own torchrun; two agents in one rendezvous are in test_same_config_backends),
+Slurm in both modes with a preemption requeue, restarts after a killed worker, and `ftl doctor`
+on Ray and Slurm. Every run is compared with the same run on the local backend, step by step."""
 
 from __future__ import annotations
 
@@ -70,13 +71,6 @@ def test_ray_restarts_the_worker_group_from_the_checkpoint(tmp_path, tiny_model_
     assert_same_losses(tmp_path / "run", golden)
 
 
-def test_ray_without_restarts_fails_with_the_logs_named(tmp_path, tiny_model_dir, ray_cluster):
-    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
-    out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
-    assert out.returncode != 0
-    assert "Ray Train run failed" in out.stderr and str(tmp_path / "run" / "logs") in out.stderr
-
-
 def test_ray_driver_signal_checkpoints_and_the_rerun_resumes(tmp_path, tiny_model_dir, golden, ray_cluster):
     config = _config(tmp_path, tiny_model_dir, "run", training={"max_steps": STEPS},
                      cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
@@ -122,18 +116,6 @@ def test_ray_job_stop_checkpoints_first(tmp_path, tiny_model_dir, ray_cluster):
     assert _job_state(job_id, ray_cluster.dashboard) == "STOPPED"
     checkpoints = list((run_dir / "checkpoints").glob("step-*"))
     assert checkpoints and not (run_dir / "final").exists()
-
-
-def test_torchrun_two_agents_rendezvous_with_the_same_losses(tmp_path, tiny_model_dir, golden):
-    from cluster.local import free_port
-
-    config = _config(tmp_path, tiny_model_dir, "run", cluster={
-        "backend": "torchrun", "nodes": 2, "workers": 1, "torchrun": {"rdzv_endpoint": f"127.0.0.1:{free_port()}"}})
-    agents = [subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
-    results = [agent.communicate(timeout=600) for agent in agents]
-    assert [a.returncode for a in agents] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
-    assert_same_losses(tmp_path / "run", golden)
 
 
 def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_model_dir, golden):
