@@ -194,15 +194,27 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 class RayReporter:
-    """Forwards metrics and committed checkpoints to Ray Train (every rank calls, as Ray requires)."""
+    """Forwards metrics and committed checkpoints to Ray Train (every rank calls, as Ray requires).
+
+    A Ray report is a barrier through Ray's actors, far slower than a small model's training step
+    (measured here: ~2 s per report on 2 CPU cores, 20x the step). So training metrics go to Ray
+    every TRAIN_REPORT_EVERY steps and with each checkpoint; evaluations always. The decision
+    depends only on the step, so every rank reports at the same points."""
+
+    TRAIN_REPORT_EVERY = 50
 
     def __init__(self, rank: int):
         self.rank = rank
+        self.last_train: dict[str, Any] = {}
 
     def metrics(self, step: int, values: dict[str, Any], kind: str) -> None:
         import ray.train
 
         scalars = {k: v for k, v in values.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        if kind == "train":
+            self.last_train = scalars
+            if step % self.TRAIN_REPORT_EVERY:
+                return
         ray.train.report({"step": step, "kind": kind, **scalars})
 
     def checkpoint(self, step: int, path: Path) -> None:
@@ -211,5 +223,5 @@ class RayReporter:
 
         # Rank 0 registers the committed directory; NO_UPLOAD: Ray records it where it is.
         checkpoint = Checkpoint.from_directory(str(path)) if self.rank == 0 else None
-        ray.train.report({"step": step, "kind": "checkpoint"}, checkpoint=checkpoint,
+        ray.train.report({**self.last_train, "step": step, "kind": "checkpoint"}, checkpoint=checkpoint,
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
