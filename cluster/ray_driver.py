@@ -8,14 +8,18 @@ latest committed checkpoint (`checkpoint.resume: auto`).
 
 Storage: Ray's experiment directory *is* the run directory (storage_path = its parent, name = its
 name), so a node running a worker must see the run directory (local disk on one machine, a shared
-filesystem on several).
+filesystem on several). With a URI output.dir (s3://...), Ray's storage is that URI and the run
+directory is its local working copy (see run_storage.py): each committed checkpoint is uploaded by
+Ray (SYNC, from rank 0, into URI/checkpoints/step-N), the rest is mirrored when the driver ends.
 
 Checkpoints: the trainer writes them itself, with its own commit protocol, straight into
 run_dir/checkpoints/step-N (sharded strategies write one shard per rank there). They are then
 registered with Ray with CheckpointUploadMode.NO_UPLOAD: Ray records the committed directory in
 place instead of copying it, so large sharded state is written once, not twice, and Ray's retention
 is off (num_to_keep=None) because ftl's own retention (checkpoint.keep_last) decides what to
-delete. Resume reads the run directory, not Ray's checkpoint record, so the two cannot disagree.
+delete. Resume reads the run directory's manifests, not Ray's checkpoint record; that record goes
+stale as soon as ftl deletes a checkpoint it lists, and Ray refuses to start on a stale one, so
+the driver drops it before each start.
 """
 
 from __future__ import annotations
@@ -24,11 +28,23 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
 from cluster.results import clear_result, take_result
+from cluster.run_storage import (
+    RemoteRun,
+    delete_remote_checkpoints,
+    drop_ray_snapshot,
+    is_uri,
+    open_remote,
+    pull,
+    push,
+    refuse_finished,
+    upload_file,
+)
 from cluster.signals import signals_request_stop
 from trainer.config import TrainerConfig
 
@@ -36,7 +52,9 @@ log = logging.getLogger(__name__)
 
 # Environment a worker needs from the driver's: on an existing cluster, workers do not inherit the
 # driver's environment. Secrets among them (HF_TOKEN) travel in the runtime env, never to files.
-FORWARDED_ENV_PREFIXES = ("FTL_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "DS_", "NCCL_", "PYTHONPATH")
+# Object-store credentials (AWS_*, GOOGLE_*, AZURE_*) likewise, for Ray's checkpoint uploads from rank 0.
+FORWARDED_ENV_PREFIXES = ("FTL_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "DS_", "NCCL_", "PYTHONPATH",
+                          "AWS_", "GOOGLE_", "AZURE_")
 
 
 class RayRunFailed(Exception):
@@ -54,17 +72,27 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    remote = open_remote(cfg.output.dir) if is_uri(cfg.output.dir) else None
+    if remote is not None:
+        refuse_finished(remote)
+        if cfg.checkpoint.resume == "auto":
+            pull(remote, run_dir)
+    storage_fs, storage_path, name = ((remote.filesystem, remote.parent, remote.name) if remote is not None
+                                      else (_local_fs(), str(run_dir.parent), run_dir.name))
+    drop_ray_snapshot(storage_fs, f"{storage_path}/{name}")
     started_here = connect(cluster.ray)
     try:
         scaling, cpus, gpus = scaling_for(cluster)
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"run_dir": str(run_dir), "threads": max(1, int(cpus))},
+            train_loop_config={"run_dir": str(run_dir), "threads": max(1, int(cpus)),
+                               "storage_uri": remote.uri if remote is not None else None},
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=cluster.collective_timeout_s),
             scaling_config=scaling,
             run_config=RunConfig(
-                name=run_dir.name,
-                storage_path=str(run_dir.parent),
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs if remote is not None else None,
                 failure_config=FailureConfig(max_failures=cluster.ray.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=None),
                 worker_runtime_env={"env_vars": forwarded_env()},
@@ -85,6 +113,23 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
     finally:
         if started_here:
             ray.shutdown()
+        if remote is not None:
+            _mirror(remote, run_dir)
+
+
+def _local_fs() -> Any:
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
+
+
+def _mirror(remote: RemoteRun, run_dir: Path) -> None:
+    """Whatever the outcome, the remote run gets the metrics, logs and (if finished) final model."""
+    try:
+        push(remote, run_dir)
+    except OSError as exc:  # the run's outcome matters more; checkpoints were uploaded as they came
+        log.warning("could not mirror %s to %s: %s", run_dir, remote.display, exc)
+        print(f"ftl: WARNING: could not copy {run_dir} to {remote.display} ({exc}); the local copy is complete", file=sys.stderr)
 
 
 def scaling_for(cluster: ClusterConfig) -> tuple[Any, float, float]:
@@ -114,7 +159,9 @@ def connect(settings: RayConfig) -> bool:
     address = settings.address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
-            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+            # The job-level env reaches Ray Train's controller too, which writes to the storage.
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING,
+                     runtime_env={"env_vars": forwarded_env()})
         except ConnectionError as exc:
             raise RayRunFailed(f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): {exc}; "
                                "check the address, or leave both unset to run on a local Ray") from None
@@ -183,7 +230,7 @@ def train_worker(config: dict[str, Any]) -> None:
         "pid": os.getpid(), "device": device,
     }))
     try:
-        execute(run_dir, rank, world, local_rank, device, reporter=RayReporter(rank))
+        execute(run_dir, rank, world, local_rank, device, reporter=RayReporter(rank, config.get("storage_uri")))
     except TrainerInputError as exc:
         # Recorded for the driver (exit code 2 there), then fail the group so no rank waits forever.
         if rank == 0:
@@ -203,9 +250,11 @@ class RayReporter:
 
     TRAIN_REPORT_EVERY = 50
 
-    def __init__(self, rank: int):
+    def __init__(self, rank: int, storage_uri: str | None = None):
         self.rank = rank
         self.last_train: dict[str, Any] = {}
+        self.remote = open_remote(storage_uri) if storage_uri and rank == 0 else None
+        self.uploads = storage_uri is not None
 
     def metrics(self, step: int, values: dict[str, Any], kind: str) -> None:
         import ray.train
@@ -217,11 +266,22 @@ class RayReporter:
                 return
         ray.train.report({"step": step, "kind": kind, **scalars})
 
-    def checkpoint(self, step: int, path: Path) -> None:
+    def checkpoint(self, step: int, path: Path, purged: list[int]) -> None:
         import ray.train
         from ray.train import Checkpoint, CheckpointUploadMode
 
-        # Rank 0 registers the committed directory; NO_UPLOAD: Ray records it where it is.
         checkpoint = Checkpoint.from_directory(str(path)) if self.rank == 0 else None
-        ray.train.report({**self.last_train, "step": step, "kind": "checkpoint"}, checkpoint=checkpoint,
-                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        metrics = {**self.last_train, "step": step, "kind": "checkpoint"}
+        if not self.uploads:
+            # Local or shared storage: rank 0 registers the committed directory; NO_UPLOAD: Ray records it where it is.
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+            return
+        # Object storage: Ray copies the committed directory to URI/checkpoints/step-N before the
+        # report returns (SYNC: the step waits, but the next commit may purge this local copy).
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoints/step-{step}",
+                         checkpoint_upload_mode=CheckpointUploadMode.SYNC, delete_local_checkpoint_after_upload=False)
+        if self.remote is not None:
+            delete_remote_checkpoints(self.remote, purged)  # ftl's retention, mirrored
+            metrics_file = path.parent.parent / "metrics.jsonl"
+            if metrics_file.exists():  # the loss history travels with the checkpoints it belongs to
+                upload_file(self.remote, metrics_file, "metrics.jsonl")

@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.errors import TrainerInputError
         from trainer.stopping import StopRequested
 
-        if isinstance(exc, TrainerInputError):
+        from cluster.run_storage import StorageError
+
+        if isinstance(exc, (TrainerInputError, StorageError)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         from trainer.checkpointing.manager import CheckpointWriteError

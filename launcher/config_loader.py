@@ -21,7 +21,7 @@ from launcher.run_config import RunConfig
 # torchrun/Axolotl); model/tokenizer/data values that do not exist locally may be hub names.
 LOCAL_OR_HUB_KEYS = ("model.path", "model.tokenizer", "data.train", "data.validation", "data.test", "eval.retain")
 MIXTURE_PATH_KEYS = ("train", "validation")  # in each data.mixture entry
-LOCAL_ONLY_KEYS = ("output.dir", "data.cache_dir")
+LOCAL_ONLY_KEYS = ("output.dir", "output.local_dir", "data.cache_dir")
 
 # Names users bring from other tools, for the did-you-mean hint where spelling distance fails.
 KEY_ALIASES = {

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import UserError
+from launcher.run_dir import local_run_dir
 
 EXIT_CHECK_FAILED = 1
 DEFAULT_WORKERS = 2
@@ -50,7 +51,7 @@ def doctor_command(args: argparse.Namespace) -> int:
     if workers < 1:
         raise UserError("--workers must be at least 1")
     checks = launcher_checks(cfg)
-    run_dir = Path(cfg.output.dir).resolve().parent if cfg else Path.cwd() / "runs"
+    run_dir = local_run_dir(cfg).resolve().parent if cfg else Path.cwd() / "runs"
     from cluster.config import ClusterConfig
     from cluster.doctor_backends import run_doctor_workers
 
@@ -150,7 +151,7 @@ def config_checks(cfg: Any) -> list[Check]:
 def checkpoint_disk_check(cfg: Any) -> Check:
     """Room for keep_last checkpoints + the one being written + final/ (adapter and/or merged model)."""
     need = checkpoint_bytes_needed(cfg)
-    where = _existing_parent(Path(cfg.output.dir).resolve())
+    where = _existing_parent(local_run_dir(cfg).resolve())
     free = shutil.disk_usage(where).free
     from launcher.plan.render import size
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from cluster.run_storage import run_name
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import UserError
 
@@ -23,7 +23,7 @@ def submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     jobs = _jobs()
     try:
-        job_id = jobs.submit(config_to_yaml(cfg), Path(cfg.output.dir).name, args.address, python=args.python)
+        job_id = jobs.submit(config_to_yaml(cfg), run_name(cfg.output.dir), args.address, python=args.python)
     except jobs.JobError as exc:
         raise UserError(str(exc)) from None
     print(job_id)

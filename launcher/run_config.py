@@ -9,6 +9,8 @@ from cluster.config import ClusterConfig
 from trainer.config import TrainerConfig
 
 SHARDED = ("fsdp", "deepspeed")
+# URI schemes pyarrow.fs opens (what Ray Train storage accepts without a custom filesystem).
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 
 
 class RunConfig(TrainerConfig):
@@ -36,4 +38,19 @@ class RunConfig(TrainerConfig):
                 raise ValueError("parallel.offload_params needs parallel.strategy=fsdp or deepspeed")
         if "nvme" in (parallel.offload_params, parallel.offload_optimizer) and not parallel.nvme_path:
             raise ValueError("parallel.nvme_path is required for nvme offload (a directory on a fast local disk)")
+        return self
+
+    @model_validator(mode="after")
+    def _uri_output_needs_ray(self) -> "RunConfig":
+        uri = self.output.dir
+        if "://" not in uri:
+            return self
+        scheme = uri.split("://", 1)[0].lower()
+        if scheme not in STORAGE_SCHEMES:
+            raise ValueError(f"output.dir {uri!r}: {scheme}:// is not a storage ftl can use; use a path, or one of "
+                             + ", ".join(f"{s}://" for s in STORAGE_SCHEMES))
+        if self.cluster.backend != "ray":
+            raise ValueError(f"output.dir {uri!r} is an object-store URI, which ftl stores through Ray Train "
+                             f"(cluster.backend=ray); with cluster.backend={self.cluster.backend} use a path on a "
+                             "filesystem every worker mounts")
         return self

@@ -36,8 +36,17 @@ def redact(value: Any, key: str = "") -> Any:
     return value
 
 
+def local_run_dir(cfg: RunConfig) -> Path:
+    """Where workers write: output.dir, or for a URI output.dir its local working copy."""
+    from cluster.run_storage import default_local_dir, is_uri
+
+    if not is_uri(cfg.output.dir):
+        return Path(cfg.output.dir)
+    return Path(cfg.output.local_dir) if cfg.output.local_dir else default_local_dir(cfg.output.dir)
+
+
 def prepare_run_dir(cfg: RunConfig, argv: list[str] | None = None) -> Path:
-    run_dir = Path(cfg.output.dir)
+    run_dir = local_run_dir(cfg)
     if (run_dir / "final").exists():
         raise UserError(
             f"output.dir {run_dir} already holds a finished run (final/ exists); "

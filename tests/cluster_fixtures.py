@@ -78,3 +78,44 @@ def assert_same_losses(run_dir: Path, golden: dict[int, float], rel: float = 1e-
     assert sorted(losses) == sorted(golden), f"steps {sorted(losses)} != golden {sorted(golden)}"
     for step, loss in golden.items():
         assert abs(losses[step] - loss) <= rel * abs(loss), f"step {step}: loss {losses[step]} != golden {loss}"
+
+
+@dataclass
+class S3TestServer:
+    endpoint: str  # 127.0.0.1:PORT
+    bucket: str
+
+    def uri(self, path: str) -> str:
+        """An s3:// URI for output.dir; pyarrow reads the endpoint from the query string."""
+        return f"s3://{self.bucket}/{path}?endpoint_override={self.endpoint}&scheme=http&region=us-east-1"
+
+    def filesystem(self) -> Any:
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(endpoint_override=self.endpoint, scheme="http", region="us-east-1",
+                                 access_key="testing", secret_key="testing")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3TestServer]:
+    """A real S3 endpoint on loopback (moto's server): the HTTP protocol pyarrow and Ray use against
+    AWS, with no account. Credentials are dummies in the environment, as a user would set theirs."""
+    from moto.server import ThreadedMotoServer
+
+    from cluster.local import free_port
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        os.environ[key] = value
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = S3TestServer(endpoint=f"127.0.0.1:{port}", bucket="ftl-test")
+    import pyarrow.fs as pafs
+
+    pafs.S3FileSystem(endpoint_override=s3.endpoint, scheme="http", region="us-east-1", access_key="testing",
+                      secret_key="testing", allow_bucket_creation=True).create_dir(s3.bucket)
+    try:
+        yield s3
+    finally:
+        server.stop()

@@ -204,17 +204,23 @@ class ParallelConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: str = Field(description="The run directory: config snapshot, logs, metrics, checkpoints, final model.")
+    dir: str = Field(description="The run directory: config snapshot, logs, metrics, checkpoints, final model. A path, or "
+                                 "with cluster.backend=ray an object-store URI (s3://bucket/runs/NAME, gs://, abfss://, "
+                                 "hdfs://, file://) stored through Ray Train, with a local working copy in output.local_dir.")
+    local_dir: str | None = Field(None, description="Only with a URI output.dir: the working copy workers write before each "
+                                                    "checkpoint is uploaded (every worker must see it). Default: "
+                                                    "~/.cache/ftl/runs/SCHEME/BUCKET/PATH.")
     save_adapter: bool = Field(True, description="Write final/adapter (PEFT format) for adapter methods.")
     save_merged: bool = Field(True, description="Write final/merged (full model, HF safetensors).")
 
-    @field_validator("dir")
-    @classmethod
-    def _posix_path(cls, value: str) -> str:
-        if "://" in value:
-            raise ValueError(f"{value!r}: the run directory must be a local or shared-filesystem path (checkpoints are "
-                             "committed with atomic renames, which object stores lack); mount the bucket or use a shared filesystem")
-        return value
+    @model_validator(mode="after")
+    def _local_dir_only_for_uris(self) -> "OutputConfig":
+        if self.local_dir is not None and "://" not in self.dir:
+            raise ValueError("output.local_dir is the working copy of a URI output.dir; with a path output.dir, remove it")
+        if self.local_dir is not None and "://" in self.local_dir:
+            raise ValueError(f"output.local_dir {self.local_dir!r} must be a filesystem path (checkpoints are committed there "
+                             "with atomic renames)")
+        return self
 
 
 class TrainerConfig(Section):

@@ -13,7 +13,8 @@ class Reporter(Protocol):
 
     def metrics(self, step: int, values: dict[str, Any], kind: str) -> None: ...
 
-    def checkpoint(self, step: int, path: Path) -> None: ...
+    def checkpoint(self, step: int, path: Path, purged: list[int]) -> None:
+        """`path` was just committed; `purged` lists the steps retention then deleted (rank 0 only)."""
 
 
 @dataclass(frozen=True)

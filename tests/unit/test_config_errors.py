@@ -170,3 +170,28 @@ def test_sharded_strategies_may_checkpoint_periodically(tmp_path: Path, valid_te
     for strategy in ("fsdp", "deepspeed"):
         cfg = load_config(_write(tmp_path, valid_text), [f"parallel.strategy={strategy}", "cluster.workers=2", "checkpoint.every_steps=5"])
         assert cfg.checkpoint.every_steps == 5
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["output.dir=s3://bucket/runs/a", "cluster.backend=local"], "stores through Ray Train (cluster.backend=ray)"),
+        (["output.dir=ftp://host/runs/a"], "ftp:// is not a storage ftl can use"),
+        (["output.local_dir=/tmp/x"], "output.local_dir is the working copy of a URI output.dir"),
+        (["output.dir=s3://bucket/runs/a", "output.local_dir=s3://other/x"], "must be a filesystem path"),
+    ],
+)
+def test_object_storage_rules(tmp_path: Path, valid_text: str, overrides: list[str], message: str) -> None:
+    problems = _problems(_write(tmp_path, valid_text), overrides)
+    assert any(message in p for p in problems), problems
+
+
+def test_uri_output_keeps_its_uri_and_gets_a_local_working_copy(tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher.run_dir import local_run_dir
+
+    monkeypatch.setenv("FTL_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(_write(tmp_path, valid_text), ["output.dir=s3://bucket/runs/a?region=eu-west-1", "cluster.backend=ray"])
+    assert cfg.output.dir == "s3://bucket/runs/a?region=eu-west-1"  # not resolved as a relative path
+    assert local_run_dir(cfg) == tmp_path / "cache" / "runs" / "s3" / "bucket" / "runs" / "a"
+    cfg = load_config(_write(tmp_path, valid_text), ["output.dir=gs://b/r", "cluster.backend=ray", "output.local_dir=work"])
+    assert local_run_dir(cfg) == Path.cwd() / "work"

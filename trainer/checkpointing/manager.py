@@ -63,7 +63,7 @@ class _InFlight:
 class CheckpointManager:
     def __init__(self, run_dir: Path, io: StateIO, *, rank: int, world_size: int, device: str, keep_last: int,
                  keep_every: int = 0, async_save: bool = False, meta: dict[str, Any] | None = None,
-                 on_commit: Callable[[int, Path], None] | None = None):
+                 on_commit: Callable[[int, Path, list[int]], None] | None = None):
         self.root = checkpoints_dir(run_dir)
         self.io, self.rank, self.world_size, self.device = io, rank, world_size, device
         self.keep_last, self.keep_every, self.async_save = keep_last, keep_every, async_save
@@ -143,11 +143,10 @@ class CheckpointManager:
             write_latest_hint(self.root, final)
             log.info("checkpoint committed: %s", final)
         barrier()
-        if self.rank == 0:
-            purge_old(self.root, self.keep_last, self.keep_every, rank=self.rank, protected=protected)
+        purged = purge_old(self.root, self.keep_last, self.keep_every, rank=self.rank, protected=protected) if self.rank == 0 else []
         barrier()
-        if self.on_commit is not None:
-            self.on_commit(step, final)
+        if self.on_commit is not None:  # `purged` is known on rank 0 only (the rank that purges)
+            self.on_commit(step, final, purged)
 
     def _write_failed(self, tmp: Path, exc: OSError) -> CheckpointWriteError:
         if self.world_size == 1:
