@@ -9,8 +9,29 @@ import torch
 import torch.distributed as dist
 
 
+# The world size this process trains in. A multi-worker run whose process group disappears
+# mid-run (Ray Train tears it down on the survivors when a worker or node dies) must fail here:
+# answering "not distributed" would let the collectives below quietly become local, and a
+# survivor would go on to log wrong losses and commit a checkpoint without the other ranks.
+_expected_world = 1
+
+
+class ProcessGroupLost(RuntimeError):
+    """The process group went away while this worker still trained in it."""
+
+
+def expect_world(world_size: int) -> None:
+    global _expected_world
+    _expected_world = world_size
+
+
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if not (dist.is_available() and dist.is_initialized()):
+        if _expected_world > 1:
+            raise ProcessGroupLost(f"the process group of this {_expected_world}-worker run was destroyed mid-run "
+                                   "(another worker or node failed); stopping so the run restarts from its last checkpoint")
+        return False
+    return dist.get_world_size() > 1
 
 
 def all_reduce_sum(values: list[float], device: str) -> list[float]:

@@ -21,7 +21,7 @@ from trainer.checkpointing.rng import seed_everything
 from trainer.config import TrainerConfig
 from trainer.context import WorkerContext
 from trainer.data.prepare import PreparedData, prepare_data
-from trainer.distributed import barrier
+from trainer.distributed import barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
+    expect_world(ctx.world_size)  # collectives fail loudly if the process group vanishes mid-run
+    try:
+        return _run(cfg, ctx)
+    finally:
+        expect_world(1)
+
+
+def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     setup_worker_logging(ctx.run_dir, ctx.rank)
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)

@@ -71,6 +71,40 @@ def test_ray_restarts_the_worker_group_from_the_checkpoint(tmp_path, tiny_model_
     assert_same_losses(tmp_path / "run", golden)
 
 
+def test_ray_node_failure_restarts_the_group_on_the_surviving_node(tmp_path, tiny_model_dir, golden):
+    """A whole node dies mid-run (its raylet and every process on it): Ray Train restarts the
+    worker group on what is left, from the latest committed checkpoint, with the golden losses."""
+    from ray.cluster_utils import Cluster
+
+    from cluster.local import free_port
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        # One worker per node (SPREAD); after the loss, both fit on the head's 2 CPUs.
+        config = _config(tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 1},
+                         cluster={"backend": "ray", "nodes": 2, "workers": 1,
+                                  "ray": {"address": cluster.address, "max_failures": 1, "cpus_per_worker": 1}})
+        run_dir = tmp_path / "run"
+        proc = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "FTL_FAULT_SLOW_STEP_S": "1.5"})
+        _wait_for(lambda: (run_dir / "checkpoints" / "step-2").is_dir(), timeout=300)
+        placed = {json.loads(p.read_text())["node_id"] for p in (run_dir / "logs").glob("ray-worker-*.json")}
+        assert doomed.node_id in placed, "a worker should run on the node that is about to die"
+        cluster.remove_node(doomed, allow_graceful=False)
+        _, stderr = proc.communicate(timeout=400)
+        assert proc.returncode == 0, stderr[-3000:]
+        resumed = (run_dir / "logs" / "rank-0.log").read_text()
+        assert "resumed from" in resumed, resumed[-2000:]
+        after = {json.loads(p.read_text())["node_id"] for p in (run_dir / "logs").glob("ray-worker-*.json")}
+        assert doomed.node_id not in after  # the restarted group lives on the surviving node
+        assert_same_losses(run_dir, golden)
+    finally:
+        cluster.shutdown()
+
+
 def test_ray_driver_signal_checkpoints_and_the_rerun_resumes(tmp_path, tiny_model_dir, golden, ray_cluster):
     # keep_last=1: by the signal, step-1 was deleted by ftl's retention but is still in Ray's own
     # record of reported checkpoints, which Ray refuses to start from; the rerun must not care.
