@@ -4,10 +4,11 @@ manager, restore the state, and the time-based save trigger.
 Resuming on another worker count: replicated and FSDP2 (DCP) state load on any count; ZeRO state
 through DeepSpeed's universal copy of the checkpoint, made before the model is built
 (universal.py); what cannot be resharded is refused before that (compat.py). The data position
-is the global sample index `samples_seen`: the next step trains samples [samples_seen, samples_seen + new global batch), so
-no sample is repeated or skipped even though the global batch (micro x accumulation x workers)
-changes. `max_steps` keeps counting optimizer steps; an epoch-based run trains the samples that
-remain (run.planned_steps). Ranks the old run did not have start a fresh seeded RNG stream.
+is the global sample index `samples_seen`: the next step trains samples [samples_seen,
+samples_seen + new global batch), so no sample is repeated or skipped even though the global
+batch (micro x accumulation x workers) changes. `max_steps` keeps counting optimizer steps; an
+epoch-based run trains the samples that remain (run.planned_steps). Ranks the old run did not
+have start a fresh seeded RNG stream.
 """
 
 from __future__ import annotations
