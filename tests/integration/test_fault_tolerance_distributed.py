@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from tests.conftest import FTL, REPO, write_config
 from trainer.checkpoint import committed_checkpoints
 from trainer.checkpointing.protocol import validate_checkpoint
+from trainer.errors import TrainerInputError
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
@@ -183,6 +184,13 @@ def test_universal_copy_is_reused_only_when_it_matches(tiny_model_dir: Path, tmp
     assert '"elsewhere"' not in (copy / SOURCE_FILE).read_text()  # another checkpoint's copy: converted again
     assert validate_checkpoint(checkpoint) is None
     assert [p.name for p in (tmp_path / "resumed" / ".universal").iterdir()] == ["step-2"]  # no debris
+
+    # A conversion that fails is an error naming the checkpoint and what to do, not a half-made copy.
+    broken = tmp_path / "broken" / "checkpoints" / "step-2"
+    shutil.copytree(checkpoint, broken, ignore=shutil.ignore_patterns("mp_rank_00_model_states.pt"))
+    with pytest.raises(TrainerInputError, match=r"converting ZeRO checkpoint .*broken.*step-2.* failed.*worker count"):
+        prepare_universal(broken, tmp_path / "broken", rank=0)
+    assert not (tmp_path / "broken" / ".universal" / "step-2").exists()
 
 
 def test_hung_collective_fails_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ import io
 import json
 import logging
 import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,11 @@ log = logging.getLogger(__name__)
 
 UNIVERSAL_DIR = ".universal"
 SOURCE_FILE = "source.json"  # written last: which checkpoint (manifest hash) the copy was made from
+OUTCOME_PREFIX = ".outcome-"  # rank 0's answer to the ranks waiting for the conversion
+POLL_S = 0.5
+# Ranks other than 0 give up after this long (a rank 0 that died normally takes the whole worker
+# group down with it first; this only bounds a wait that nothing else would end).
+WAIT_LIMIT_S = 6 * 3600
 
 
 def universal_problem(manifest: dict[str, Any], *, nvme_offload: bool) -> str | None:
@@ -60,22 +67,49 @@ def universal_copy(run_dir: Path, step: int) -> Path:
 
 def prepare_universal(checkpoint: Path, run_dir: Path, *, rank: int) -> Path:
     """The universal copy of `checkpoint` (a committed ZeRO checkpoint), converted by rank 0 if no
-    complete copy exists. Collective; a conversion failure raises on every rank."""
+    complete copy exists. Collective; a conversion failure raises on every rank.
+
+    The other ranks wait by polling the (shared, verified) run directory for rank 0's outcome
+    file rather than inside a collective: converting a large full fine-tuning checkpoint can take
+    longer than cluster.collective_timeout_s. The nonce keeps an outcome of an earlier attempt
+    from being taken for this one."""
     target = universal_copy(run_dir, step_of(checkpoint))
-    problem = None
+    nonce = broadcast_object(uuid.uuid4().hex if rank == 0 else None)
+    outcome = target.parent / f"{OUTCOME_PREFIX}{nonce}.json"
     if rank == 0:
+        problem = None
         try:
             _convert_once(checkpoint, target)
         except Exception as exc:  # every rank must learn that the conversion failed
             log.exception("universal checkpoint conversion of %s failed", checkpoint)
             problem = (f"converting ZeRO checkpoint {checkpoint} to DeepSpeed's universal format (for another worker "
-                       f"count) failed: {type(exc).__name__}: {exc}. Resume with the worker count that wrote it "
+                       f"count) failed: {type(exc).__name__}: {str(exc).rstrip('.')}. Resume with the worker count that wrote it "
                        "(its manifest.json: world_size)")
-    problem = broadcast_object(problem)
-    barrier()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(outcome, json.dumps({"problem": problem}))
+    else:
+        problem = _wait_for_outcome(outcome, checkpoint)
+    barrier()  # every rank has read the outcome
+    if rank == 0:
+        outcome.unlink(missing_ok=True)
     if problem:
         raise TrainerInputError(problem)
     return target
+
+
+def _wait_for_outcome(outcome: Path, checkpoint: Path) -> str | None:
+    started = time.monotonic()
+    next_note = started + 60
+    while not outcome.exists():
+        now = time.monotonic()
+        if now - started > WAIT_LIMIT_S:
+            raise TrainerInputError(f"rank 0 did not finish converting {checkpoint} to a universal checkpoint within "
+                                    f"{WAIT_LIMIT_S // 3600} h; see rank 0's log in logs/")
+        if now >= next_note:
+            log.info("waiting for rank 0 to convert %s to a universal checkpoint (%.0f s so far)", checkpoint, now - started)
+            next_note = now + 60
+        time.sleep(POLL_S)
+    return json.loads(outcome.read_text())["problem"]
 
 
 def _convert_once(checkpoint: Path, target: Path) -> None:
@@ -83,8 +117,12 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     for entry in root.iterdir():  # debris of crashed conversions, copies of other checkpoints
-        if entry != target:
+        if entry == target:
+            continue
+        if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
     if target.is_dir():
         if _recorded_source(target) == source:
             log.info("reusing the universal copy %s of %s", target, checkpoint)
@@ -92,9 +130,13 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
         shutil.rmtree(target)  # made from another checkpoint with the same step (checkpoint.resume=PATH)
     tmp = root / f".tmp-{target.name}"
     log.info("converting ZeRO checkpoint %s to a universal checkpoint in %s (for a new worker count)", checkpoint, target)
-    _ds_to_universal(checkpoint / TAG, tmp / TAG)
-    atomic_write_text(tmp / SOURCE_FILE, json.dumps(source))
-    fsync_tree_dirs(tmp)
+    try:
+        _ds_to_universal(checkpoint / TAG, tmp / TAG)
+        atomic_write_text(tmp / SOURCE_FILE, json.dumps(source))
+        fsync_tree_dirs(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the next attempt starts clean anyway
+        raise
     tmp.rename(target)
     fsync_dir(root)
 
