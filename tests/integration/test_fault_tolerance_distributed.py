@@ -1,11 +1,12 @@
 """Fault tolerance with 2 real gloo worker processes: sharded checkpoints (FSDP2 via DCP, ZeRO via
-the DeepSpeed engine) resume bit-exactly, FSDP2 reshards to another worker count, ZeRO refuses a
-worker-count change before building the model, a hung collective fails the run, and workers
-that do not share the run directory are refused.
+the DeepSpeed engine) resume bit-exactly, FSDP2 reshards to another worker count, ZeRO does
+through DeepSpeed's universal checkpoint (2 -> 1 -> 2) and refuses what that cannot do (NVMe
+offload) before building the model, a hung collective fails the run, and workers that do not
+share the run directory are refused.
 
-Tolerance for a worker-count change (2 -> 1, same global batch): the maths is identical but
-summation order of the gradient reduction differs, as in test_parallel_parity: losses agree to
-1e-5 relative, weights to 1e-4 absolute. Same worker count: bit-identical.
+Tolerance for a worker-count change (same global batch): the maths is identical but summation
+order of the gradient reduction differs, as in test_parallel_parity: losses agree to 1e-5
+relative, weights to 1e-4 absolute. Same worker count: bit-identical.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import FTL, REPO, write_config
 from trainer.checkpoint import committed_checkpoints
+from trainer.checkpointing.protocol import validate_checkpoint
+from trainer.errors import TrainerInputError
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
@@ -33,9 +36,9 @@ STEPS = 4
 
 
 def _config(tmp_path: Path, name: str, tiny_model_dir: Path, parallel: dict[str, Any], workers: int = 2, micro: int = 2,
-            **checkpoint: Any) -> Path:
-    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name, parallel=parallel,
-                        training={"max_steps": STEPS, "micro_batch_size": micro}, eval={"max_samples": 4},
+            steps: int = STEPS, method: str = "lora", **checkpoint: Any) -> Path:
+    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name, parallel=parallel, method={"type": method},
+                        training={"max_steps": steps, "micro_batch_size": micro}, eval={"max_samples": 4},
                         checkpoint={"every_steps": 2, **checkpoint}, cluster={"workers": workers})
 
 
@@ -48,10 +51,10 @@ def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "final" / "adapter" / "adapter_model.safetensors"))
 
 
-def _assert_bit_identical(run_dir: Path, golden: Path) -> None:
+def _assert_bit_identical(run_dir: Path, golden: Path, steps: int = STEPS) -> None:
     want = {r["step"]: r["loss"] for r in read_metrics(golden, "train")}
     have = read_metrics(run_dir, "train")
-    assert sorted({r["step"] for r in have}) == list(range(1, STEPS + 1))
+    assert sorted({r["step"] for r in have}) == list(range(1, steps + 1))
     assert all(r["loss"] == want[r["step"]] for r in have)
     a, b = _adapter(golden), _adapter(run_dir)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
@@ -89,26 +92,105 @@ def test_fsdp2_async_save_killed_in_flight_resumes_exactly_and_reshards(tiny_mod
         torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=0)
 
 
-def test_zero2_resumes_exactly_and_refuses_another_worker_count(tiny_model_dir: Path, tmp_path: Path) -> None:
+def _assert_continues_golden(run_dir: Path, golden: Path, steps: list[int]) -> None:
+    """The resumed steps train the golden run's samples (same global sample indices: none repeated
+    or skipped) to the same losses, within the worker-count tolerance."""
+    want = {r["step"]: r for r in read_metrics(golden, "train")}
+    have = read_metrics(run_dir, "train")
+    assert [r["step"] for r in have] == steps
+    assert [r["samples_seen"] for r in have] == [want[s]["samples_seen"] for s in steps]
+    assert [r["loss"] for r in have] == pytest.approx([want[s]["loss"] for s in steps], rel=1e-5)
+
+
+def _copy_checkpoint(source: Path, run_dir: Path) -> Path:
+    (run_dir / "checkpoints").mkdir(parents=True)
+    return Path(shutil.copytree(source, run_dir / "checkpoints" / source.name))
+
+
+def test_zero2_resumes_exactly_and_reshards_through_universal_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     zero = {"strategy": "deepspeed", "zero_stage": 2}
-    golden = _train(_config(tmp_path, "golden", tiny_model_dir, zero))
+    steps = 6  # 2 -> 1 worker at step 2, back to 2 workers at step 4
+    golden = _train(_config(tmp_path, "golden", tiny_model_dir, zero, steps=steps, keep_last=3))
     assert golden.returncode == 0, golden.stderr[-3000:]
-    config = _config(tmp_path, "run", tiny_model_dir, zero)
+    config = _config(tmp_path, "run", tiny_model_dir, zero, steps=steps, keep_last=3)
     stopped = _train(config, FTL_FAULT_STOP_AT_STEP="3")
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     step3 = tmp_path / "run" / "checkpoints" / "step-3"
     assert (step3 / "ds").is_dir() and not (step3 / "latest").exists()  # DeepSpeed's own pointer is never written
     resumed = _train(config)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_bit_identical(tmp_path / "run", tmp_path / "golden")
+    _assert_bit_identical(tmp_path / "run", tmp_path / "golden", steps)
 
-    one = _config(tmp_path, "one", tiny_model_dir, zero, workers=1, micro=4)
-    (tmp_path / "one" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "golden" / "checkpoints" / "step-2", tmp_path / "one" / "checkpoints" / "step-2")
-    refused = _train(one)
-    assert refused.returncode == 2
-    assert "partitioned over 2 worker(s)" in refused.stderr and "cluster.workers=2" in refused.stderr
-    assert not (tmp_path / "one" / "metrics.jsonl").exists()
+    # 2 -> 1: the golden run's step-2 checkpoint, resumed by one worker with the same global batch,
+    # stopped after step 4 (which it checkpoints as a 1-worker ZeRO checkpoint).
+    step2 = _copy_checkpoint(tmp_path / "golden" / "checkpoints" / "step-2", tmp_path / "one")
+    one = _config(tmp_path, "one", tiny_model_dir, zero, workers=1, micro=4, steps=steps, keep_last=3)
+    single = _train(one, FTL_FAULT_STOP_AT_STEP="4")
+    assert single.returncode == 3, single.stderr[-3000:]
+    _assert_continues_golden(tmp_path / "one", tmp_path / "golden", [3, 4])
+    assert validate_checkpoint(step2) is None  # the committed checkpoint is untouched: every sha256 still matches
+    assert (tmp_path / "one" / ".universal" / "step-2" / "ds" / "zero").is_dir()  # the derived copy it loaded
+
+    # 1 -> 2: that 1-worker checkpoint, resumed by two workers to the end.
+    _copy_checkpoint(tmp_path / "one" / "checkpoints" / "step-4", tmp_path / "two")
+    two = _train(_config(tmp_path, "two", tiny_model_dir, zero, steps=steps, keep_last=3))
+    assert two.returncode == 0, two.stderr[-3000:]
+    _assert_continues_golden(tmp_path / "two", tmp_path / "golden", [5, 6])
+    a, b = _adapter(tmp_path / "golden"), _adapter(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=0)
+
+    # NVMe offload cannot load a universal checkpoint: refused before any model work.
+    _copy_checkpoint(tmp_path / "golden" / "checkpoints" / "step-2", tmp_path / "nvme")
+    nvme = {**zero, "offload_optimizer": "nvme", "nvme_path": str(tmp_path / "swap")}
+    refused = _train(_config(tmp_path, "nvme", tiny_model_dir, nvme, workers=1, micro=4, steps=steps))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "partitioned over 2 worker(s)" in refused.stderr and "NVMe" in refused.stderr
+    assert "cluster.workers=2" in refused.stderr and "parallel.strategy=fsdp" in refused.stderr
+    assert not (tmp_path / "nvme" / "metrics.jsonl").exists()
+
+
+def test_zero3_full_finetuning_reshards_2_to_1(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """ZeRO-3 partitions the parameters too, and full fine-tuning has two optimizer groups (decayed
+    weights, norms): DeepSpeed's ZeRO-3 universal loader shares one Adam step counter between them,
+    which ftl undoes (deepspeed_state._unshare_step_counters); without that step 4 drifts by ~3e-5."""
+    zero3 = {"strategy": "deepspeed", "zero_stage": 3}
+    golden = _train(_config(tmp_path, "golden", tiny_model_dir, zero3, method="full"))
+    assert golden.returncode == 0, golden.stderr[-3000:]
+    step2 = _copy_checkpoint(tmp_path / "golden" / "checkpoints" / "step-2", tmp_path / "one")
+    single = _train(_config(tmp_path, "one", tiny_model_dir, zero3, workers=1, micro=4, method="full"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    _assert_continues_golden(tmp_path / "one", tmp_path / "golden", [3, 4])
+    assert validate_checkpoint(step2) is None
+
+
+def test_universal_copy_is_reused_only_when_it_matches(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The conversion runs once per checkpoint: a complete copy made from the same committed
+    checkpoint (manifest hash) is reused, one made from another checkpoint is replaced, and the
+    committed checkpoint is only read."""
+    from trainer.checkpointing.universal import SOURCE_FILE, prepare_universal
+
+    zero = {"strategy": "deepspeed", "zero_stage": 2}
+    done = _train(_config(tmp_path, "golden", tiny_model_dir, zero, steps=2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = tmp_path / "golden" / "checkpoints" / "step-2"
+    copy = prepare_universal(checkpoint, tmp_path / "resumed", rank=0)
+    assert copy == tmp_path / "resumed" / ".universal" / "step-2" and (copy / "ds" / "zero" / "optimizer_state.pt").is_file()
+    made = (copy / SOURCE_FILE).stat().st_mtime_ns
+    assert prepare_universal(checkpoint, tmp_path / "resumed", rank=0) == copy
+    assert (copy / SOURCE_FILE).stat().st_mtime_ns == made  # reused, not converted again
+    (copy / SOURCE_FILE).write_text('{"checkpoint": "elsewhere", "manifest_sha256": "0"}')
+    prepare_universal(checkpoint, tmp_path / "resumed", rank=0)
+    assert '"elsewhere"' not in (copy / SOURCE_FILE).read_text()  # another checkpoint's copy: converted again
+    assert validate_checkpoint(checkpoint) is None
+    assert [p.name for p in (tmp_path / "resumed" / ".universal").iterdir()] == ["step-2"]  # no debris
+
+    # A conversion that fails is an error naming the checkpoint and what to do, not a half-made copy.
+    broken = tmp_path / "broken" / "checkpoints" / "step-2"
+    shutil.copytree(checkpoint, broken, ignore=shutil.ignore_patterns("mp_rank_00_model_states.pt"))
+    with pytest.raises(TrainerInputError, match=r"converting ZeRO checkpoint .*broken.*step-2.* failed.*worker count"):
+        prepare_universal(broken, tmp_path / "broken", rank=0)
+    assert not (tmp_path / "broken" / ".universal" / "step-2").exists()
 
 
 def test_hung_collective_fails_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -150,3 +150,22 @@ def test_time_based_trigger_fires_after_the_interval_and_resets() -> None:
     clock.reset()
     assert not clock.due()
     assert not SaveClock(every_minutes=0.0, rank=0, device="cpu").due()  # off
+
+
+def test_zero_checkpoint_on_another_worker_count_is_refused_only_where_universal_cannot_load() -> None:
+    from trainer.checkpointing.compat import resume_problem
+
+    path = Path("run/checkpoints/step-2")
+    manifest = {"layout": "deepspeed", "strategy": "deepspeed", "zero_stage": 3, "world_size": 2,
+                "files": {"ds/zero_pp_rank_0_mp_rank_00_optim_states.pt": {}}}
+    ask = dict(layout="deepspeed", strategy="deepspeed", world_size=1, zero_stage=3)
+    assert resume_problem(path, manifest, **ask) is None  # converted to a universal checkpoint
+    assert resume_problem(path, manifest, **{**ask, "world_size": 2}) is None
+    this_run_nvme = resume_problem(path, manifest, **ask, nvme_offload=True)
+    assert this_run_nvme and "NVMe" in this_run_nvme and "cluster.workers=2" in this_run_nvme
+    swapped = {**manifest, "files": {"ds/offloaded_tensors/rank0/x.tensor.swp": {}}}
+    saved_nvme = resume_problem(path, swapped, **ask)
+    assert saved_nvme and "NVMe optimizer offload" in saved_nvme and "parallel.strategy=fsdp" in saved_nvme
+    assert resume_problem(path, swapped, **{**ask, "world_size": 2}) is None  # same count: the engine's own files
+    other_stage = resume_problem(path, manifest, **{**ask, "zero_stage": 2})
+    assert other_stage and "parallel.zero_stage=3" in other_stage

@@ -3,14 +3,17 @@
 The engine writes into our temporary directory under a fixed tag (`ds/`) with save_latest=False,
 so DeepSpeed's own `latest` file is never written: which checkpoint is current is decided only
 by our manifest + atomic rename. ZeRO partitions optimizer state (and for stage 3 parameters) by
-rank, so a checkpoint resumes only on the same worker count and stage; the check runs before the
-model is built (see compat.py).
+rank, so the engine loads these files only on the same worker count and stage; on another worker
+count it loads a universal copy instead (universal.py). Which one is decided before the model is
+built (compat.py, resume.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import torch
 
 TAG = "ds"
 
@@ -28,15 +31,33 @@ class DeepSpeedStateIO:
         return None
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
+        # Another worker count: the universal copy made before the engine was built (it has the same
+        # `ds/` tag); the engine was configured to slice it for its own ranks.
+        source = self.strategy.universal_checkpoint or directory
         path, _ = self.strategy.engine.load_checkpoint(
-            str(directory), tag=TAG, load_module_strict=not self.adapter_only,
+            str(source), tag=TAG, load_module_strict=not self.adapter_only,
             load_optimizer_states=optimizer is not None, load_lr_scheduler_states=False,
         )
         if path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory / TAG}")
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {Path(source) / TAG}")
+        if self.strategy.universal_checkpoint is not None and optimizer is not None:
+            _unshare_step_counters(self.strategy.engine.optimizer)
 
     def manifest_extra(self) -> dict[str, Any]:
         return {"zero_stage": self.strategy.stage}
+
+
+def _unshare_step_counters(zero_optimizer: Any) -> None:
+    """DeepSpeed 0.19's ZeRO-3 universal loader gives every parameter group's Adam state the same
+    `step` tensor object; torch's Adam increments it in place once per group and step, so with two
+    groups (decayed weights and the rest) the second group's bias correction ran ahead (seen as a
+    loss drift of ~3e-5 one step after a full fine-tuning resume). One tensor per state restores
+    the uninterrupted run's behaviour; ZeRO-1/2 already load one step tensor per group."""
+    base = getattr(zero_optimizer, "optimizer", None)
+    for state in getattr(base, "state", {}).values():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            state["step"] = step.clone()
 
 
 def load_trainable_unsharded(model: Any, directory: Path) -> None:

@@ -6,7 +6,8 @@
 - `dcp` (FSDP2): torch.distributed.checkpoint, every rank writes its shards (trainer/checkpointing/
   sharded.py). DCP reshards on load, so any worker count can resume it.
 - `deepspeed` (ZeRO): the engine's own checkpoint (trainer/checkpointing/deepspeed_state.py);
-  partitioned per rank, so only the same worker count and stage can resume it.
+  partitioned per rank, so the same stage resumes it; another worker count loads a universal
+  copy converted from it (trainer/checkpointing/universal.py).
 
 A writer may return a PendingWrite: the write continues in the background and the commit waits
 for it (asynchronous save).

@@ -1,12 +1,14 @@
 """What run.py calls to resume and to save: pick the checkpoint (before any model work), build the
 manager, restore the state, and the time-based save trigger.
 
-Resuming on another worker count: replicated and FSDP2 (DCP) state load on any count; ZeRO is
-refused before the model is built (compat.py). The data position is the global sample index
-`samples_seen`: the next step trains samples [samples_seen, samples_seen + new global batch), so
-no sample is repeated or skipped even though the global batch (micro x accumulation x workers)
-changes. `max_steps` keeps counting optimizer steps; an epoch-based run trains the samples that
-remain (run.planned_steps). Ranks the old run did not have start a fresh seeded RNG stream.
+Resuming on another worker count: replicated and FSDP2 (DCP) state load on any count; ZeRO state
+through DeepSpeed's universal copy of the checkpoint, made before the model is built
+(universal.py); what cannot be resharded is refused before that (compat.py). The data position
+is the global sample index `samples_seen`: the next step trains samples [samples_seen,
+samples_seen + new global batch), so no sample is repeated or skipped even though the global
+batch (micro x accumulation x workers) changes. `max_steps` keeps counting optimizer steps; an
+epoch-based run trains the samples that remain (run.planned_steps). Ranks the old run did not
+have start a fresh seeded RNG stream.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from trainer.checkpointing.compat import resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import latest_valid_checkpoint, read_manifest, validate_checkpoint
 from trainer.checkpointing.rng import rng_file, seed_everything
+from trainer.checkpointing.universal import discard_universal_copies, prepare_universal
 from trainer.config import TrainerConfig
 from trainer.context import WorkerContext
 from trainer.distributed import any_rank, broadcast_object
@@ -59,9 +62,16 @@ def find_resume_checkpoint(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any
     path = Path(found_path)
     manifest = read_manifest(path)
     problem = resume_problem(path, manifest, layout=strategy.checkpoint_layout, strategy=strategy.name,
-                             world_size=ctx.world_size, zero_stage=getattr(strategy, "stage", None))
+                             world_size=ctx.world_size, zero_stage=getattr(strategy, "stage", None),
+                             nvme_offload="nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params))
     if problem:
         raise TrainerInputError(problem)
+    if strategy.checkpoint_layout == "deepspeed":
+        if int(manifest.get("world_size", 1)) != ctx.world_size:
+            # Decided before the engine exists: it must be built with checkpoint.load_universal.
+            strategy.universal_checkpoint = prepare_universal(path, ctx.run_dir, rank=ctx.rank)
+        elif ctx.is_main:
+            discard_universal_copies(ctx.run_dir)
     if manifest.get("config_hash") not in (None, config_hash) and ctx.is_main:
         log.warning("resuming %s, written with a different config (hash %s, now %s): the result will not equal an "
                     "uninterrupted run of either config", path, manifest.get("config_hash"), config_hash)

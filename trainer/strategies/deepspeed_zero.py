@@ -26,8 +26,9 @@ from trainer.errors import TrainerInputError
 from trainer.strategies.base import Strategy, resolved_precision
 
 
-def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
-    """Our DeepSpeed config, generated from the run config, with the user's JSON merged over it."""
+def deepspeed_config(cfg: TrainerConfig, world_size: int, *, load_universal: bool = False) -> dict[str, Any]:
+    """Our DeepSpeed config, generated from the run config, with the user's JSON merged over it.
+    `load_universal`: the engine will load a universal checkpoint (a resume on another worker count)."""
     parallel, training = cfg.parallel, cfg.training
     zero: dict[str, Any] = {"stage": parallel.zero_stage}
     if parallel.zero_stage == 3:
@@ -56,6 +57,8 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
         config["fp16"] = {"enabled": True, "loss_scale": 0}
     if parallel.deepspeed_config:
         _deep_merge(config, _read_user_config(parallel.deepspeed_config))
+    # After the user's JSON: which format the engine loads is ftl's decision (from the manifest).
+    config.setdefault("checkpoint", {})["load_universal"] = load_universal
     return config
 
 
@@ -72,12 +75,15 @@ class DeepSpeedStrategy(Strategy):
         self.replicated = self.stage < 3
         self.forward_is_collective = self.stage == 3
         self.engine: Any = None
+        # Set before wrap() when the resumed checkpoint was written by another worker count: its
+        # universal copy (trainer/checkpointing/universal.py), which the engine then loads.
+        self.universal_checkpoint: Path | None = None
 
     def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
         import deepspeed
 
-        config = deepspeed_config(self.cfg, self.world_size)
+        config = deepspeed_config(self.cfg, self.world_size, load_universal=self.universal_checkpoint is not None)
         optimizer = self._optimizer(model, make_optimizer)
         if self.cfg.parallel.offload_optimizer != "none" and not _is_ds_cpu_adam(optimizer):
             config["zero_force_ds_cpu_optimizer"] = False
