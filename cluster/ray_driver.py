@@ -159,9 +159,12 @@ def connect(settings: RayConfig) -> bool:
     address = settings.address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
-            # The job-level env reaches Ray Train's controller too, which writes to the storage.
+            # The job-level env reaches Ray Train's controller too, which writes to the storage. A
+            # Ray Job's driver already runs in the env the job was submitted with (Ray refuses a
+            # second one that overlaps it).
+            in_ray_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
             ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": forwarded_env()})
+                     runtime_env=None if in_ray_job else {"env_vars": forwarded_env()})
         except ConnectionError as exc:
             raise RayRunFailed(f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): {exc}; "
                                "check the address, or leave both unset to run on a local Ray") from None

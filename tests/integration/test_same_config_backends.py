@@ -27,7 +27,7 @@ def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(t
     legs = {
         "local": ["cluster.backend=local", "cluster.workers=2"],
         "ray": ["cluster.backend=ray", "cluster.workers=2"],  # a local Ray started by ftl, as in the quickstart
-        "slurm": ["cluster.backend=slurm", "cluster.nodes=2", "cluster.workers=1"],
+        "slurm": ["cluster.backend=slurm", "cluster.nodes=1", "cluster.workers=2"],  # 2-node jobs: test_backends
     }
     runs: dict[str, Path] = {}
     for name, cluster in legs.items():
@@ -35,6 +35,9 @@ def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(t
         out = subprocess.run([*FTL, "train", str(EXAMPLE), *SHORT, *cluster, f"output.dir={runs[name]}"],
                              capture_output=True, text=True, timeout=900, cwd=REPO, env=dict(os.environ))
         assert out.returncode == 0, f"{name}:\n{out.stderr[-3000:]}"
+        if name == "slurm":
+            assert "1 node(s) n1" in out.stderr or "1 node(s) n2" in out.stderr, out.stderr[-2000:]
+            assert (runs[name] / "slurm-job.sbatch").exists()  # the rendered script is kept with the run
     # torchrun: two agents (node ranks 0 and 1) meeting in a c10d rendezvous on localhost.
     runs["torchrun"] = tmp_path / "torchrun"
     endpoint = f"127.0.0.1:{free_port()}"
