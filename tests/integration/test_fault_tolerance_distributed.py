@@ -51,6 +51,12 @@ def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "final" / "adapter" / "adapter_model.safetensors"))
 
 
+def _assert_every_file_claimed(run_dir: Path) -> None:
+    """Each rank named the files it wrote (and fsynced them itself): the commit never had to
+    fsync a file no rank claimed, for this layout and library version."""
+    assert "no rank reported writing" not in (run_dir / "logs" / "rank-0.log").read_text()
+
+
 def _assert_bit_identical(run_dir: Path, golden: Path, steps: int = STEPS) -> None:
     want = {r["step"]: r["loss"] for r in read_metrics(golden, "train")}
     have = read_metrics(run_dir, "train")
@@ -64,6 +70,7 @@ def test_fsdp2_async_save_killed_in_flight_resumes_exactly_and_reshards(tiny_mod
     fsdp = {"strategy": "fsdp"}
     golden = _train(_config(tmp_path, "golden", tiny_model_dir, fsdp))
     assert golden.returncode == 0, golden.stderr[-3000:]
+    _assert_every_file_claimed(tmp_path / "golden")
 
     # Rank 0 dies right after starting the asynchronous write of step 4: step 2 stays the latest.
     config = _config(tmp_path, "run", tiny_model_dir, fsdp, async_save=True)
@@ -112,6 +119,7 @@ def test_zero2_resumes_exactly_and_reshards_through_universal_checkpoint(tiny_mo
     steps = 6  # 2 -> 1 worker at step 2, back to 2 workers at step 4
     golden = _train(_config(tmp_path, "golden", tiny_model_dir, zero, steps=steps, keep_last=3))
     assert golden.returncode == 0, golden.stderr[-3000:]
+    _assert_every_file_claimed(tmp_path / "golden")
     config = _config(tmp_path, "run", tiny_model_dir, zero, steps=steps, keep_last=3)
     stopped = _train(config, FTL_FAULT_STOP_AT_STEP="3")
     assert stopped.returncode == 3, stopped.stderr[-3000:]
@@ -157,6 +165,7 @@ def test_zero3_full_finetuning_reshards_2_to_1(tiny_model_dir: Path, tmp_path: P
     zero3 = {"strategy": "deepspeed", "zero_stage": 3}
     golden = _train(_config(tmp_path, "golden", tiny_model_dir, zero3, method="full"))
     assert golden.returncode == 0, golden.stderr[-3000:]
+    _assert_every_file_claimed(tmp_path / "golden")
     step2 = _copy_checkpoint(tmp_path / "golden" / "checkpoints" / "step-2", tmp_path / "one")
     single = _train(_config(tmp_path, "one", tiny_model_dir, zero3, workers=1, micro=4, method="full"))
     assert single.returncode == 0, single.stderr[-3000:]

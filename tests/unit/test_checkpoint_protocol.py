@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import LoopState, committed_checkpoints, latest_valid_checkpoint, loop_state_from_dict
+from trainer.checkpoint import LoopState, committed_checkpoints, latest_valid_checkpoint, loop_state_from_dict, validate_checkpoint
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.retention import checkpoints_to_delete
@@ -169,3 +169,48 @@ def test_zero_checkpoint_on_another_worker_count_is_refused_only_where_universal
     assert resume_problem(path, swapped, **{**ask, "world_size": 2}) is None  # same count: the engine's own files
     other_stage = resume_problem(path, manifest, **{**ask, "zero_stage": 2})
     assert other_stage and "parallel.zero_stage=3" in other_stage
+
+
+def test_step_folder_without_manifest_is_moved_aside_and_neither_blocks_a_save_nor_counts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "checkpoints"
+    _save(tmp_path, 1, keep_last=2)
+    (root / "step-2").mkdir()  # e.g. a copy that lost its manifest
+    (root / "step-2" / "trainable.safetensors").write_bytes(b"stale")
+    (root / "step-9").mkdir()  # newer than anything this run saves: used to count toward keep_last
+    _, path = _save(tmp_path, 2, keep_last=2)  # not skipped: step-2 is written for real
+    assert validate_checkpoint(path) is None and (path / "trainer_state.json").exists()
+    err = capsys.readouterr().err
+    assert "step-2 is INVALID (no manifest" in err and "step-9 is INVALID (no manifest" in err
+    _save(tmp_path, 3, keep_last=2)
+    assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-2", "step-3"]  # keep_last=2 valid ones
+    assert not [p for p in root.iterdir() if p.name.startswith("invalid-")]  # superseded by the new commits
+
+
+def test_discovery_moves_a_step_folder_without_manifest_aside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _save(tmp_path, 2)
+    (tmp_path / "checkpoints" / "step-4").mkdir()
+    assert latest_valid_checkpoint(tmp_path).name == "step-2"
+    assert "checkpoints/step-4 is INVALID (no manifest" in capsys.readouterr().err
+    assert [p.name.rsplit("-", 1)[0] for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("invalid-")] \
+        == ["invalid-step-4"]
+
+
+def test_invalid_checkpoints_are_deleted_once_a_newer_one_is_committed(tmp_path: Path) -> None:
+    _save(tmp_path, 2)
+    _, newest = _save(tmp_path, 4)
+    (newest / "optimizer.pt").write_bytes(b"corrupt")
+    assert latest_valid_checkpoint(tmp_path).name == "step-2"  # step-4 moved aside, kept for a post-mortem
+    assert any(p.name.startswith("invalid-step-4") for p in (tmp_path / "checkpoints").iterdir())
+    _save(tmp_path, 3)  # the resumed run's next commit supersedes it
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-2", "step-3"]
+
+
+def test_debris_of_any_rank_goes_when_the_next_run_starts(tmp_path: Path) -> None:
+    _save(tmp_path, 2)
+    debris = tmp_path / "checkpoints" / ".tmp-step-4"  # a 2-worker save that failed on a full disk
+    debris.mkdir()
+    (debris / "rng-rank1.pt").write_bytes(b"x" * 100)
+    _manager(tmp_path)  # rank 0 of the next run, before it trains
+    assert not debris.exists()
+    assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-2"]

@@ -46,6 +46,25 @@ class DeepSpeedStateIO:
     def manifest_extra(self) -> dict[str, Any]:
         return {"zero_stage": self.strategy.stage}
 
+    def written_files(self, directory: Path) -> list[str]:
+        """What engine.save_checkpoint wrote on this rank, named by the engine's own naming
+        functions: the model states (data-parallel rank 0; every rank under ZeRO-3), this rank's
+        ZeRO partition, and on global rank 0 the recovery scripts it copies next to `ds/`. Names
+        the engine does not give (another DeepSpeed version) are fsynced by the commit's fallback."""
+        engine, root = self.strategy.engine, str(directory)
+        paths = []
+        try:
+            if getattr(engine, "save_non_zero_checkpoint", False):
+                paths.append(engine._get_ckpt_name(root, TAG))
+            if getattr(engine, "save_zero_checkpoint", False):
+                paths.append(engine._get_zero_ckpt_name(root, TAG))
+        except AttributeError:
+            return []
+        names = [Path(p).relative_to(directory).as_posix() for p in paths]
+        if getattr(engine, "global_rank", None) == 0:
+            names += [script for script in ("zero_to_fp32.py", "zero_to_torch.py") if (directory / script).is_file()]
+        return names
+
 
 def _unshare_step_counters(zero_optimizer: Any) -> None:
     """DeepSpeed 0.19's ZeRO-3 universal loader gives every parameter group's Adam state the same

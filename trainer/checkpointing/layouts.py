@@ -10,7 +10,10 @@
   copy converted from it (trainer/checkpointing/universal.py).
 
 A writer may return a PendingWrite: the write continues in the background and the commit waits
-for it (asynchronous save).
+for it (asynchronous save). Once its write finished, each rank names the files it wrote itself
+(`written_files`): those are the ones it fsyncs before the commit, because another rank's files
+may still be in the making and only their writer can make them durable (on a shared filesystem
+an fsync from another node does not flush the writer's cache).
 """
 
 from __future__ import annotations
@@ -47,6 +50,21 @@ class StateIO(Protocol):
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None: ...
 
     def manifest_extra(self) -> dict[str, Any]: ...
+
+    def written_files(self, directory: Path) -> list[str]:
+        """The files (posix paths relative to `directory`) this rank's last `write` into it
+        created. Called after that write finished; never lists what other ranks wrote."""
+        ...
+
+
+class FinishedWrite:
+    """What a rank whose write was synchronous (or that wrote nothing) has in flight."""
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        pass
 
 
 class ThreadWrite:
@@ -97,6 +115,9 @@ class ReplicatedStateIO:
 
     def manifest_extra(self) -> dict[str, Any]:
         return {}
+
+    def written_files(self, directory: Path) -> list[str]:
+        return [TRAINABLE_FILE, OPTIMIZER_FILE] if self.rank == 0 else []
 
 
 def _write_replicated(directory: Path, trainable: dict[str, torch.Tensor], optim_state: dict[str, Any], step: int, rank: int) -> None:

@@ -3,12 +3,17 @@ StateIO, plus the per-rank RNG and rank 0's loop/scheduler state.
 
 Save (collective: every rank calls it at the same step):
   1. finish an asynchronous save still in flight (at most one is ever in flight);
-  2. rank 0 creates `.tmp-step-N/` (removing debris of crashed saves), barrier;
+  2. rank 0 creates `.tmp-step-N/` (removing debris of crashed saves, and moving aside `step-N`
+     folders without a manifest: they never block a save nor count as checkpoints), barrier;
   3. every rank writes its RNG state, rank 0 `trainer_state.json`, the StateIO its model and
      optimizer files (possibly in the background: asynchronous save returns here);
-  4. commit, once the write finished: every rank fsyncs the files it sees, barrier, ranks hash a
-     share of the files each, rank 0 writes the manifest, fsyncs, renames to `step-N/`, fsyncs
-     the parent, updates the `latest` hint; then purges old checkpoints (retention.py).
+  4. commit, once the write finished: every rank fsyncs the files it wrote itself (its RNG file,
+     rank 0's loop state, what the StateIO says it wrote) and tells rank 0 their names; only
+     when every rank has (the gather is the barrier) does rank 0 list the directory, so no rank
+     ever lists, opens or hashes a file another rank is still writing. Ranks hash a share of
+     the listed files each, rank 0 writes the manifest, fsyncs, renames to `step-N/`, fsyncs the
+     parent, updates the `latest` hint; then purges old checkpoints (retention.py) and removes
+     the checkpoints earlier resumes moved aside as invalid (superseded by this one).
 """
 
 from __future__ import annotations
@@ -24,21 +29,24 @@ from typing import Any
 
 import torch
 
-from trainer.checkpointing.layouts import PendingWrite, StateIO
+from trainer.checkpointing.layouts import FinishedWrite, PendingWrite, StateIO
 from trainer.checkpointing.protocol import (
-    atomic_write_text,
+    MANIFEST,
     checkpoints_dir,
     commit,
     fsync_file,
     list_files,
+    move_aside_unfinished,
     read_manifest,
     sha256_file,
+    write_durably,
     write_latest_hint,
     write_manifest,
 )
-from trainer.checkpointing.retention import purge_old, remove_debris
+from trainer.checkpointing.retention import purge_old, remove_debris, remove_superseded_invalid
 from trainer.checkpointing.rng import load_rng, rng_file, save_rng
 from trainer.distributed import all_gather_object, any_rank, barrier, broadcast_object
+from trainer.errors import RunWriteError
 from trainer.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -47,7 +55,7 @@ STATE_FILE = "trainer_state.json"
 STATES = ["trainable_weights", "optimizer", "scheduler", "rng_per_rank", "loop"]
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(RunWriteError):
     """Writing a checkpoint failed (disk full, I/O error); earlier checkpoints are untouched."""
 
 
@@ -69,22 +77,29 @@ class CheckpointManager:
         self.keep_last, self.keep_every, self.async_save = keep_last, keep_every, async_save
         self.meta = dict(meta or {})
         self.pending: _InFlight | None = None
+        self._warned_unclaimed = False
         # Told about each committed checkpoint on every rank (e.g. to register it with Ray Train).
         self.on_commit = on_commit
         if async_save and hasattr(io, "prepare_async"):
             io.prepare_async()
+        if rank == 0 and self.root.is_dir():
+            # Before this run writes anything: what a crashed or failed save of an earlier run left
+            # (on any rank, e.g. after a full disk) goes now, not only at this run's first save.
+            remove_debris(self.root)
 
     # ----- save -----
 
     def save(self, model: Any, optimizer: Any, scheduler: Any, state: Any) -> Path:
         self.wait()
         final = self.root / f"step-{state.step}"
-        if broadcast_object(final.exists()):
-            return final  # committed already (a stop request right after a periodic save)
-        tmp = self.root / f".tmp-step-{state.step}"
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             remove_debris(self.root)
+            move_aside_unfinished(self.root)  # a `step-N` without a manifest never blocks this save
+        if broadcast_object((final / MANIFEST).is_file()):
+            return final  # committed already (a stop request right after a periodic save)
+        tmp = self.root / f".tmp-step-{state.step}"
+        if self.rank == 0:
             tmp.mkdir()
         barrier()
         protected = frozenset(getattr(state, "keep_steps", ()))  # e.g. early stopping's best checkpoint
@@ -95,12 +110,15 @@ class CheckpointManager:
             save_rng(tmp / rng_file(self.rank))
             if self.rank == 0:
                 loop = {"loop": asdict(state), "scheduler": scheduler.state_dict()}
-                atomic_write_text(tmp / STATE_FILE, json.dumps(loop))
+                write_durably(tmp / STATE_FILE, json.dumps(loop).encode())
             write = self.io.write(model, optimizer, tmp, step=state.step, async_write=self.async_save)
         except OSError as exc:
             raise self._write_failed(tmp, exc) from exc
-        if write is not None and self.async_save:
-            self.pending = _InFlight(write, tmp, final, meta, protected)
+        if self.async_save:
+            # Every rank defers its commit, also one with nothing in the background (DDP's rank 1,
+            # a layout without asynchronous writes): the commit is collective, so all ranks must
+            # reach it in the same poll, or their collectives pair up wrongly and hang.
+            self.pending = _InFlight(write or FinishedWrite(), tmp, final, meta, protected)
             fault_point("async_in_flight", state.step, self.rank)
             return final
         self._commit(write, tmp, final, meta, protected)
@@ -123,15 +141,37 @@ class CheckpointManager:
     def _commit(self, write: PendingWrite | None, tmp: Path, final: Path, meta: dict[str, Any],
                 protected: frozenset[int] = frozenset()) -> None:
         step = meta["step"]
+        own: list[str] = []
+        failure: OSError | None = None
         try:
             if write is not None:
                 write.wait()
-            for name in list_files(tmp):  # covers this rank's own files, written before the listing
+            own = [rng_file(self.rank), *([STATE_FILE] if self.rank == 0 else []), *self.io.written_files(tmp)]
+            for name in own:
                 fsync_file(tmp / name)
         except OSError as exc:
-            raise self._write_failed(tmp, exc) from exc
-        barrier()
-        names = broadcast_object(list_files(tmp) if self.rank == 0 else None)
+            failure = exc
+        # Every rank's files are complete and durable once this returns on rank 0: only now is
+        # the directory listed (by rank 0 alone), so no temporary or half-written name is seen.
+        # A rank's failure travels with it, so every rank fails this save together (none waits).
+        reports = all_gather_object((own, None if failure is None else (failure.strerror or str(failure))))
+        failed = [(rank, problem) for rank, (_, problem) in enumerate(reports) if problem]
+        if failed:
+            rank, problem = failed[0]
+            raise self._write_failed(tmp, failure or OSError(f"rank {rank}: {problem}"), nobody_writes=True,
+                                     say=failure is not None) from failure
+        claimed = {name for names, _ in reports for name in names}
+        listing: tuple[list[str], str | None] = ([], None)
+        if self.rank == 0:
+            names = [name for name in list_files(tmp) if name != MANIFEST]
+            try:
+                self._fsync_unclaimed(tmp, [name for name in names if name not in claimed])
+                listing = (names, None)
+            except OSError as exc:
+                listing = ([], exc.strerror or str(exc))
+        names, problem = broadcast_object(listing)
+        if problem:
+            raise self._write_failed(tmp, OSError(f"rank 0: {problem}"), nobody_writes=True)
         # Hashing a large sharded checkpoint on one rank would serialise the save: split it.
         mine = {name: sha256_file(tmp / name) for name in names[self.rank :: self.world_size]}
         hashes = {k: v for part in all_gather_object(mine) for k, v in part.items()}
@@ -143,17 +183,35 @@ class CheckpointManager:
             write_latest_hint(self.root, final)
             log.info("checkpoint committed: %s", final)
         barrier()
-        purged = purge_old(self.root, self.keep_last, self.keep_every, rank=self.rank, protected=protected) if self.rank == 0 else []
+        purged: list[int] = []
+        if self.rank == 0:
+            purged = purge_old(self.root, self.keep_last, self.keep_every, rank=self.rank, protected=protected)
+            remove_superseded_invalid(self.root, final)
         barrier()
         if self.on_commit is not None:  # `purged` is known on rank 0 only (the rank that purges)
             self.on_commit(step, final, purged)
 
-    def _write_failed(self, tmp: Path, exc: OSError) -> CheckpointWriteError:
-        if self.world_size == 1:
-            shutil.rmtree(tmp, ignore_errors=True)  # give the space back; other ranks may still write otherwise
+    def _fsync_unclaimed(self, tmp: Path, names: list[str]) -> None:
+        """Files no rank said it wrote (a library version that names its files differently):
+        every writer has finished, so rank 0 fsyncs them itself, and says so once."""
+        if not names:
+            return
+        level = logging.DEBUG if self._warned_unclaimed else logging.WARNING
+        log.log(level, "checkpoint files no rank reported writing (fsynced by rank 0 instead): %s", names[:10])
+        self._warned_unclaimed = True
+        for name in names:
+            fsync_file(tmp / name)
+
+    def _write_failed(self, tmp: Path, exc: OSError, nobody_writes: bool = False, say: bool = True) -> CheckpointWriteError:
+        """`say`: print the message (the rank whose write failed does; the others fail quietly)."""
+        # Give the space back, unless another rank may still be writing there; then the next
+        # save (or run) removes the directory as debris.
+        if self.world_size == 1 or (nobody_writes and self.rank == 0):
+            shutil.rmtree(tmp, ignore_errors=True)
         message = (f"writing checkpoint {tmp} failed: {exc.strerror or exc}; earlier checkpoints in {self.root} are "
                    "intact. Free space (or fix the filesystem) and run the same command again to resume.")
-        print(f"ftl: error: {message}", file=sys.stderr, flush=True)
+        if say:
+            print(f"ftl: error: {message}", file=sys.stderr, flush=True)
         return CheckpointWriteError(message)
 
     # ----- load -----

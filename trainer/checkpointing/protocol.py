@@ -1,9 +1,11 @@
 """The commit protocol: what makes a checkpoint directory trustworthy, and how to find one.
 
-A checkpoint is written into `checkpoints/.tmp-step-N/`, every rank fsyncs what it wrote, then
-one rank writes `manifest.json` (every file with its size and sha256, plus what the checkpoint
-is), fsyncs it, renames the directory to `checkpoints/step-N/` (atomic on POSIX filesystems)
-and fsyncs the parent. Discovery trusts only `step-N` directories whose manifest matches their
+A checkpoint is written into `checkpoints/.tmp-step-N/`, every rank fsyncs the files it wrote
+itself (never another rank's: they may not be finished), then, once every rank has, one rank
+lists the directory and writes `manifest.json` (every file with its size and sha256, plus what
+the checkpoint is), fsyncs it, renames the directory to `checkpoints/step-N/` (atomic on POSIX
+filesystems) and fsyncs the parent. Files inside `.tmp-step-N/` are written under their final
+names (the directory rename is what makes them visible), so no temporary name is ever listed. Discovery trusts only `step-N` directories whose manifest matches their
 files; `checkpoints/latest` is a hint for people and tools, never read by resume.
 """
 
@@ -37,14 +39,38 @@ def step_of(path: Path) -> int:
     return int(path.name.split("-", 1)[1])
 
 
-def committed_checkpoints(run_dir: Path) -> list[Path]:
-    """Committed-looking checkpoints (a manifest exists), oldest first. Validate before loading."""
-    root = checkpoints_dir(run_dir)
+def _step_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir()
-             if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit() and (p / MANIFEST).exists()]
-    return sorted(found, key=step_of)
+    return [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+
+
+def committed_checkpoints(run_dir: Path) -> list[Path]:
+    """Committed-looking checkpoints (a manifest exists), oldest first. Validate before loading."""
+    return sorted((p for p in _step_dirs(checkpoints_dir(run_dir)) if (p / MANIFEST).exists()), key=step_of)
+
+
+def unfinished_checkpoints(root: Path) -> list[Path]:
+    """`step-N` folders without a manifest: never written so by the commit protocol (a copy or a
+    filesystem that lost the manifest). Not checkpoints: moved aside, never counted or kept."""
+    return sorted((p for p in _step_dirs(root) if not (p / MANIFEST).exists()), key=step_of)
+
+
+def move_aside_invalid(candidate: Path, problem: str, outcome: str) -> Path:
+    """Rename a checkpoint folder that must not be used to `invalid-step-N-T`, loudly."""
+    aside = candidate.with_name(f"{INVALID_PREFIX}{candidate.name}-{int(time.time())}")
+    while aside.exists():  # the same step moved aside twice within a second
+        aside = aside.with_name(aside.name + "x")
+    message = f"checkpoint {candidate} is INVALID ({problem}); moved it to {aside}{outcome}"
+    log.warning(message)
+    print(f"ftl: WARNING: {message}", file=sys.stderr, flush=True)
+    os.replace(candidate, aside)
+    return aside
+
+
+def move_aside_unfinished(root: Path) -> None:
+    for path in unfinished_checkpoints(root):
+        move_aside_invalid(path, "no manifest: its write never finished or the manifest was lost", "")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -79,19 +105,17 @@ def validate_checkpoint(path: Path, *, checksums: bool = True) -> str | None:
 
 
 def latest_valid_checkpoint(run_dir: Path, *, move_aside: bool = True) -> Path | None:
-    """Newest checkpoint that validates. Invalid ones are moved aside (renamed `invalid-step-N-T`)
-    with a loud warning, so the next discovery does not pay for them again."""
+    """Newest checkpoint that validates. Invalid ones, and `step-N` folders without a manifest,
+    are moved aside (renamed `invalid-step-N-T`) with a loud warning, so the next discovery does
+    not pay for them again and they never hold a step's name."""
+    if move_aside:
+        move_aside_unfinished(checkpoints_dir(run_dir))
     for candidate in reversed(committed_checkpoints(run_dir)):
         problem = validate_checkpoint(candidate)
         if problem is None:
             return candidate
-        if not move_aside:
-            continue
-        aside = candidate.with_name(f"{INVALID_PREFIX}{candidate.name}-{int(time.time())}")
-        message = f"checkpoint {candidate} is INVALID ({problem}); moved it to {aside} and using the previous one"
-        log.warning(message)
-        print(f"ftl: WARNING: {message}", file=sys.stderr, flush=True)
-        os.replace(candidate, aside)
+        if move_aside:
+            move_aside_invalid(candidate, problem, " and using the previous one")
     return None
 
 
@@ -103,7 +127,7 @@ def list_files(directory: Path) -> list[str]:
 def write_manifest(tmp: Path, meta: dict[str, Any], hashes: dict[str, str]) -> None:
     files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": digest} for name, digest in sorted(hashes.items())}
     manifest = {"format": FORMAT_VERSION, **meta, "created": time.time(), "files": files}
-    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+    write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def commit(tmp: Path, final: Path) -> None:
@@ -115,6 +139,15 @@ def commit(tmp: Path, final: Path) -> None:
 
 def write_latest_hint(root: Path, final: Path) -> None:
     atomic_write_text(root / LATEST_HINT, final.name + "\n")
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write and fsync a file under its final name: for files inside a `.tmp-step-N/` directory,
+    which nothing discovers before the rename that commits it."""
+    with Path(path).open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:

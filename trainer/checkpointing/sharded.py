@@ -29,6 +29,7 @@ class DCPStateIO:
 
     def __init__(self) -> None:
         self._async_group: Any = None
+        self._last: Any = None  # the last write: DCP's Metadata, or the _FutureWrite that yields it
 
     def prepare_async(self) -> None:
         """Collective (every rank, once): the process group the background writes use."""
@@ -45,8 +46,9 @@ class DCPStateIO:
         state = {"model": model_state, "optim": optim_state}
         target = str(directory / STATE_DIR)
         if async_write:
-            return _FutureWrite(dcp.async_save(state, checkpoint_id=target, process_group=self._async_group))
-        dcp.save(state, checkpoint_id=target)
+            self._last = _FutureWrite(dcp.async_save(state, checkpoint_id=target, process_group=self._async_group))
+            return self._last
+        self._last = dcp.save(state, checkpoint_id=target)
         return None
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
@@ -63,6 +65,20 @@ class DCPStateIO:
 
     def manifest_extra(self) -> dict[str, Any]:
         return {}
+
+    def written_files(self, directory: Path) -> list[str]:
+        """From the Metadata the save returned (every rank gets it): DCP's FileSystemWriter names
+        each rank's data files `__{rank}_{n}.distcp`, and its coordinator (rank 0) writes
+        `.metadata`. DCP already fsynced them (sync_files); the commit's fsync is then cheap."""
+        import torch.distributed as dist
+
+        metadata = self._last.result() if isinstance(self._last, _FutureWrite) else self._last
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        storage = getattr(metadata, "storage_data", None) or {}
+        mine = sorted({info.relative_path for info in storage.values() if info.relative_path.startswith(f"__{rank}_")})
+        if rank == 0:
+            mine.append(".metadata")
+        return [f"{STATE_DIR}/{name}" for name in mine]
 
 
 def load_trainable_unsharded(model: torch.nn.Module, directory: Path) -> None:
@@ -88,3 +104,6 @@ class _FutureWrite:
 
     def wait(self) -> None:
         self._future.result()
+
+    def result(self) -> Any:
+        return self._future.result()
