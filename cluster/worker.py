@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m cluster.worker RUN_DIR", file=sys.stderr)
         return EXIT_INPUT_ERROR
     run_dir = Path(args[0]).resolve()
-    from trainer.errors import TrainerInputError
+    from trainer.errors import RunWriteError, TrainerInputError
 
     _, cluster_cfg = load_run_configs(run_dir)
     rank, world_size, local_rank = distributed_env()
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainerInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except RunWriteError:
+        return 1  # disk full or I/O error: the clear message is already on stderr
     finally:
         _destroy_process_group()
     return 0

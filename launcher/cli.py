@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, (TrainerInputError, StorageError)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
-        from trainer.checkpointing.manager import CheckpointWriteError
+        from trainer.errors import RunWriteError
 
-        if isinstance(exc, CheckpointWriteError):
-            return 1  # the message is already on stderr; earlier checkpoints are intact
+        if isinstance(exc, RunWriteError):
+            return 1  # disk full or I/O error: the message is already on stderr; what was written is intact
         if isinstance(exc, StopRequested):
             print(f"ftl: {exc}", file=sys.stderr)
             return 128 + exc.signum if exc.signum else EXIT_STOPPED

@@ -9,3 +9,8 @@ class TrainerInputError(Exception):
 
 class DataError(TrainerInputError):
     """A malformed dataset row or unreadable dataset file."""
+
+
+class RunWriteError(RuntimeError):
+    """Writing into the run directory failed (disk full, I/O error). What was written before is
+    intact, and the message (with what to do) is already on stderr: print no traceback."""

@@ -16,7 +16,8 @@ process die, signal itself, hang or fill its disk, through environment variables
 A point is `name` (every time it is reached) or `name@step`. Points, in order of a save:
 before_shards, mid_shard (half of trainable.safetensors written), before_manifest,
 before_rename, during_purge (an old checkpoint half deleted), async_in_flight (an asynchronous
-write was started); and in the loop: micro (after the first micro-batch of a step), step_end.
+write was started); and in the loop: micro (after the first micro-batch of a step), step_end,
+tensorboard (a step's metrics line is written, its TensorBoard events not yet).
 Unset variables cost one dict lookup per point.
 """
 
