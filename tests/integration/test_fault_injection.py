@@ -9,9 +9,14 @@ repeat, and the interrupted process exited non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import shutil
 import signal
 import subprocess
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from safetensors.torch import load_file
 
 from launcher.commands import train
 from tests.conftest import FTL, REPO, write_config
-from trainer.checkpoint import committed_checkpoints
+from trainer.checkpoint import committed_checkpoints, validate_checkpoint
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
@@ -112,7 +117,11 @@ def test_flipped_byte_in_committed_shard(golden: Path, tiny_model_dir: Path, tmp
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
     _resume_and_compare(config, tmp_path / "run", golden, caplog, expect_from=4)
-    assert any(p.name.startswith("invalid-step-6") for p in (tmp_path / "run" / "checkpoints").iterdir())
+    log = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
+    assert "step-6 is INVALID" in log and "moved it to" in log
+    # Kept for a post-mortem until the resumed run committed a newer checkpoint (step 6 again).
+    assert "deleted invalid-step-6-" in log and "superseded by step-6" in log
+    assert not any(p.name.startswith("invalid-") for p in (tmp_path / "run" / "checkpoints").iterdir())
 
 
 SIGNALS = [
@@ -177,6 +186,55 @@ def test_disk_full_during_save(golden: Path, tiny_model_dir: Path, tmp_path: Pat
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def test_disk_full_during_a_two_worker_save(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Both workers' disk fills at step 4's save: one clear error per worker that hit it, exit 1,
+    no traceback; the partial `.tmp-step-4` (both ranks' files) is removed by the rerun, which
+    resumes from step 2 and finishes."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "64m"):
+        pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
+    try:
+        run_dir = disk / "run"
+        config = write_config(tmp_path / "two.yaml", tiny_model_dir, run_dir, training={"max_steps": 6},
+                              eval={"max_samples": 4}, checkpoint={"every_steps": 2}, cluster={"workers": 2})
+        failed = _interrupt(config, FTL_FAULT_FILL_DISK_AT="before_shards@4")
+        assert failed.returncode == 1, failed.stderr[-2000:]
+        assert "No space left on device" in failed.stderr and "earlier checkpoints" in failed.stderr
+        assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+        assert [p.name for p in committed_checkpoints(run_dir)] == ["step-2"]
+        assert (run_dir / "checkpoints" / ".tmp-step-4").is_dir()
+        (run_dir / "checkpoints" / ".fault-filler").unlink()
+        resumed = _interrupt(config)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "resumed from" in (run_dir / "logs" / "rank-0.log").read_text()
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-4", "step-6"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_disk_full_in_tensorboard_writer(golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The disk fills while TensorBoard writes a step's events (after its metrics.jsonl line): one
+    clear error and exit 1, not a traceback; metrics and checkpoints intact; the same command
+    resumes once there is room. The run resumes first, so TensorBoard opens a new event file
+    with no room at all (an old one could still take a few records into its last page)."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "64m"):
+        pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
+    try:
+        config = _config(tmp_path, "run", tiny_model_dir, run_dir=disk / "run")
+        assert _interrupt(config, FTL_FAULT_STOP_AT_STEP="4").returncode == 3
+        failed = _interrupt(config, FTL_FAULT_FILL_DISK_AT="tensorboard@5")
+        assert failed.returncode == 1, failed.stderr[-2000:]
+        assert "ftl: error: writing metrics in" in failed.stderr and "No space left on device" in failed.stderr
+        assert "Traceback" not in failed.stderr and "Exception in thread" not in failed.stderr
+        assert [r["step"] for r in read_metrics(disk / "run", "train")] == [1, 2, 3, 4, 5]  # whole lines
+        assert [p.name for p in committed_checkpoints(disk / "run")] == ["step-2", "step-4"]
+        (disk / "run" / ".fault-filler").unlink()
+        _resume_and_compare(config, disk / "run", golden, caplog, expect_from=4)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def test_refuses_to_start_without_room_for_checkpoints(tiny_model_dir: Path, tmp_path: Path) -> None:
     config = _config(tmp_path, "run", tiny_model_dir, keep_last=10**7)
     result = _interrupt(config)
@@ -192,3 +250,118 @@ def test_hung_worker_is_killed_by_the_watchdog(tiny_model_dir: Path, tmp_path: P
     assert "made no progress" in result.stderr
     dump = (tmp_path / "run" / "logs" / "hang-rank0.txt").read_text()
     assert "fault_point" in dump and "train_loop" in dump  # the stuck frame, for the post-mortem
+
+
+# ----- the default backend (Ray), 2 workers, SIGKILL to the whole process group at random moments -----
+
+RAY_STEPS = 10
+RAY_KILLS = 3
+# A kill comes at a random moment, but at the latest once this many new checkpoints are committed
+# (one more may land while the kill is sent): 3 kills x (2 + 1) < RAY_STEPS, so all come before the end.
+RAY_PROGRESS_PER_KILL = 2
+
+
+def _ray_config(tmp_path: Path, tiny_model_dir: Path, name: str, backend: str) -> Path:
+    # Every step is checkpointed, so a kill lands in a commit as often as in a step.
+    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name, parallel={"strategy": "ddp"},
+                        training={"max_steps": RAY_STEPS, "watchdog_timeout_s": 120}, eval={"max_samples": 4},
+                        checkpoint={"every_steps": 1, "keep_last": 2}, cluster={"backend": backend, "workers": 2})
+
+
+def _processes_of(tag: str, session: int) -> list[tuple[int, str]]:
+    """Processes that carry this test's environment tag or live in the killed run's session."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            ours = tag.encode() in (entry / "environ").read_bytes() or os.getsid(int(entry.name)) == session
+            if ours:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()))
+        except (OSError, ProcessLookupError):
+            continue  # gone, or not ours to read
+    return found
+
+
+def _newest_step(run_dir: Path) -> int:
+    found = committed_checkpoints(run_dir)
+    return int(found[-1].name.split("-")[1]) if found else 0
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.2)
+
+
+def test_ray_two_workers_killed_at_random_moments_resume_to_the_uninterrupted_losses(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`ftl train` on the default backend (a local Ray started by ftl, 2 workers) is SIGKILLed with
+    its whole process group (ftl, Ray's daemons, the workers) at random moments after a checkpoint,
+    3 times, each time rerun with the same command, then run to the end: every step's loss, also
+    of steps trained again after a kill, equals an uninterrupted run's, and no process of a killed
+    run survives it. FTL_TEST_KILL_SEED=N replays a failure."""
+    seed = int(os.environ.get("FTL_TEST_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    print(f"random kills: FTL_TEST_KILL_SEED={seed}")
+    chance = random.Random(seed)
+    golden = _interrupt(_ray_config(tmp_path, tiny_model_dir, "golden", "local"))
+    assert golden.returncode == 0, golden.stderr[-2000:]
+    want = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "golden", "train")}
+
+    config, run_dir = _ray_config(tmp_path, tiny_model_dir, "run", "ray"), tmp_path / "run"
+    tag = f"ftl-kill-test-{uuid.uuid4().hex}"
+    # Steps of at least 0.5 s: a kill lands inside a step as often as inside a commit.
+    env = {**os.environ, "FTL_TEST_PROCESS_TAG": tag, "FTL_FAULT_SLOW_STEP_S": "0.5"}
+    kills = []
+    for attempt in range(RAY_KILLS):
+        before = _newest_step(run_dir)
+        with (tmp_path / f"attempt-{attempt}.log").open("w") as log:
+            proc = subprocess.Popen([*FTL, "train", str(config)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # its own process group: ftl and everything it starts
+        try:
+            _wait(lambda: _newest_step(run_dir) > before or proc.poll() is not None, 400, f"seed {seed}: a new checkpoint")
+            assert proc.poll() is None, f"seed {seed}: attempt {attempt} ended ({proc.returncode}) before the kill:\n" \
+                                        + (tmp_path / f"attempt-{attempt}.log").read_text()[-3000:]
+            kill_at = time.monotonic() + chance.uniform(0.0, 2.0)
+            while time.monotonic() < kill_at and _newest_step(run_dir) < before + RAY_PROGRESS_PER_KILL:
+                time.sleep(0.05)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            survivors, lingered, right_after = _reap(tag, proc.pid)
+        assert proc.returncode == -signal.SIGKILL
+        assert not survivors, f"processes outlived the killed run (killed now): {survivors}"
+        assert _newest_step(run_dir) < RAY_STEPS and not (run_dir / "final").exists(), f"seed {seed}: killed too late"
+        kills.append((_newest_step(run_dir), lingered, right_after))
+    print(f"after each kill: (newest checkpoint, seconds until the run's last process was gone, those alive "
+          f"right after the kill): {kills}")
+
+    finished = _interrupt(config, FTL_TEST_PROCESS_TAG=tag)
+    assert finished.returncode == 0, f"seed {seed}:\n{finished.stderr[-3000:]}"
+    have = read_metrics(run_dir, "train")
+    assert sorted({r["step"] for r in have}) == list(range(1, RAY_STEPS + 1)), f"seed {seed}"
+    for record in have:  # steps trained before a kill and again after it: every record counts
+        assert record["loss"] == want[record["step"]], f"seed {seed}: step {record['step']}: {record['loss']} != {want[record['step']]}"
+    assert all(validate_checkpoint(p) is None for p in committed_checkpoints(run_dir))
+    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith((".tmp-", ".purge-", "invalid-"))]
+
+
+def _reap(tag: str, session: int) -> tuple[list[tuple[int, str]], float, list[str]]:
+    """The killed run's processes outside its process group: Ray gives each worker its own group
+    (same session), so the group kill reaches Ray's daemons at once and the workers only when they
+    notice their raylet is gone, a second or two later (meanwhile a worker may finish a step and
+    commit it, which is as safe as any commit). Given 15 s; any left then are killed so no test
+    leaks them, and returned with how long the run's processes lingered."""
+    started = time.monotonic()
+    right_after = sorted({cmd.split()[0] for _, cmd in _processes_of(tag, session)})
+    while _processes_of(tag, session) and time.monotonic() - started < 15:
+        time.sleep(0.2)
+    lingered = round(time.monotonic() - started, 1)
+    left = _processes_of(tag, session)
+    for pid, _ in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for session_dir in Path("/tmp/ray").glob(f"session_*_{session}"):  # the killed driver's Ray logs
+        shutil.rmtree(session_dir, ignore_errors=True)
+    return left, lingered, right_after

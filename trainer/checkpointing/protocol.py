@@ -5,8 +5,9 @@ itself (never another rank's: they may not be finished), then, once every rank h
 lists the directory and writes `manifest.json` (every file with its size and sha256, plus what
 the checkpoint is), fsyncs it, renames the directory to `checkpoints/step-N/` (atomic on POSIX
 filesystems) and fsyncs the parent. Files inside `.tmp-step-N/` are written under their final
-names (the directory rename is what makes them visible), so no temporary name is ever listed. Discovery trusts only `step-N` directories whose manifest matches their
-files; `checkpoints/latest` is a hint for people and tools, never read by resume.
+names (the directory rename is what makes them visible), so no temporary name is ever listed.
+Discovery trusts only `step-N` directories whose manifest matches their files;
+`checkpoints/latest` is a hint for people and tools, never read by resume.
 """
 
 from __future__ import annotations
