@@ -38,6 +38,7 @@ from trainer.checkpointing.protocol import (
 )
 from trainer.checkpointing.retention import purge_old, remove_debris
 from trainer.checkpointing.rng import load_rng, rng_file, save_rng
+from trainer.checkpointing.trajectory import set_aside_foreign
 from trainer.distributed import all_gather_object, any_rank, barrier, broadcast_object
 from trainer.faults import fault_point
 
@@ -69,6 +70,7 @@ class CheckpointManager:
         self.keep_last, self.keep_every, self.async_save = keep_last, keep_every, async_save
         self.meta = dict(meta or {})
         self.pending: _InFlight | None = None
+        self.saved_steps: set[int] = set()  # steps this process saved: only those may already exist at save time
         # Told about each committed checkpoint on every rank (e.g. to register it with Ray Train).
         self.on_commit = on_commit
         if async_save and hasattr(io, "prepare_async"):
@@ -79,10 +81,14 @@ class CheckpointManager:
     def save(self, model: Any, optimizer: Any, scheduler: Any, state: Any) -> Path:
         self.wait()
         final = self.root / f"step-{state.step}"
-        if broadcast_object(final.exists()):
-            return final  # committed already (a stop request right after a periodic save)
+        exists = broadcast_object(final.exists())
+        if exists and state.step in self.saved_steps:
+            return final  # this process committed it already (a stop request right after a periodic save)
+        self.saved_steps.add(state.step)
         tmp = self.root / f".tmp-step-{state.step}"
         if self.rank == 0:
+            if exists:  # not this run's: never take it for this step's state, never delete it
+                set_aside_foreign(final)
             self.root.mkdir(parents=True, exist_ok=True)
             remove_debris(self.root)
             tmp.mkdir()
