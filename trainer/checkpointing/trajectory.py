@@ -73,13 +73,15 @@ def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
     """Rank 0. Raises TrainerInputError for a start that would mix two runs or a bad PATH."""
     recorded = read_record(run_dir)
     request = mode if mode in ("auto", "never") else str(Path(mode).resolve())
-    if mode == "auto" or (recorded or {}).get("request") == request:
+    again = (recorded or {}).get("request") == request
+    if mode == "auto" or again:
         latest = latest_valid_checkpoint(run_dir)
         if latest is not None:
             return StartPlan(latest, request, record=False)
-        if mode == "auto":
-            return StartPlan(None, "auto")
-        # Started before with this request but nothing of its own committed yet: carry it out again.
+        if mode == "auto":  # a fresh start; a record of another request no longer describes this run
+            return StartPlan(None, "auto", record=recorded is not None)
+        # Started before with this request but nothing of its own committed yet: carry it out again
+        # (what metrics that attempt logged are its own: superseded by the next start record, not moved).
     if mode == "never":
         earlier = committed_checkpoints(run_dir)
         if earlier and not move_aside:
@@ -88,7 +90,7 @@ def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
                 f"checkpoint.resume=never, but {root} holds checkpoints of an earlier run ({_names(earlier)}); starting "
                 "over here would mix two runs. Use a new output.dir, or set checkpoint.move_aside=true to move them to "
                 f"{root / BRANCHES_DIR}/ (nothing is deleted), or checkpoint.resume=auto to continue that run.")
-        return StartPlan(None, "never", set_aside=_step_dirs(run_dir), whole_run=True)
+        return StartPlan(None, "never", set_aside=_step_dirs(run_dir), whole_run=not again)
     path = Path(request)
     problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
     if problem:
@@ -96,7 +98,7 @@ def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
     step = int(read_manifest(path)["step"])
     own = path.parent == checkpoints_dir(run_dir).resolve()
     later = [p for p in _step_dirs(run_dir) if not own or step_of(p) > step]
-    return StartPlan(path, request, set_aside=later, branch_step=step, whole_run=not own)
+    return StartPlan(path, request, set_aside=later, branch_step=step, whole_run=not own and not again)
 
 
 def begin(run_dir: Path, plan: StartPlan) -> Path | None:
