@@ -1,12 +1,14 @@
 """Starting a run over checkpoints of another trajectory, with real runs: `resume: never` refuses
 (or moves them aside when told), `resume: PATH` from an earlier step moves the later ones into a
 branch and the new run's saves are its own; a torn metrics line and steps replayed after a kill
-never break the finish or reach the summary."""
+never break the finish or reach the summary. One case on Ray: a restarted worker group
+continues the branch its first start made."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from tests.cluster_fixtures import ray_cluster  # noqa: F401
 from tests.conftest import FTL, REPO, write_config
 from trainer.checkpoint import committed_checkpoints
 from trainer.metrics import read_metrics
@@ -109,6 +112,31 @@ def test_resume_from_an_earlier_checkpoint_branches_the_later_ones_on_two_worker
     assert all(r["loss"] != old_losses[r["step"]] for r in train[2:6])  # steps 3-6: the new trajectory's
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["first_loss"], summary["last_loss"]) == (train[0]["loss"], train[-1]["loss"])
+
+
+def test_a_ray_restart_continues_the_branch_it_started(tmp_path: Path, tiny_model_dir: Path, ray_cluster) -> None:  # noqa: F811
+    """`resume: PATH` is carried out once: when Ray Train restarts the worker group after a failure
+    (same config, resume still PATH), the group continues the new trajectory's own checkpoint."""
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, run, training={"max_steps": 6, "micro_batch_size": 2},
+                          checkpoint={"every_steps": 2, "keep_last": 3}, cluster={"workers": 2})
+    first = _ftl("train", str(config), FTL_FAULT_STOP_AT_STEP="4")
+    assert first.returncode == 3, first.stderr[-2000:]
+    old4 = _weights(run / "checkpoints" / "step-4")
+
+    on_ray = ["cluster.backend=ray", f"cluster.ray.address={ray_cluster.address}", "cluster.ray.max_failures=1",
+              "checkpoint.resume=" + str(run / "checkpoints" / "step-2"), "training.seed=7"]
+    marker = tmp_path / "kill.marker"  # rank 1 dies inside step 5, after the new trajectory's step-4 is committed
+    out = _ftl("train", str(config), *on_ray, FTL_FAULT_KILL_AT="micro@5", FTL_FAULT_RANK="1", FTL_FAULT_ONCE_MARKER=str(marker))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert marker.exists()
+    [branch] = _branches(run)
+    assert _same(_weights(branch / "step-4"), old4)
+    assert not _same(_weights(run / "checkpoints" / "step-4"), old4)
+    log = (run / "logs" / "rank-0.log").read_text()
+    # The first start resumed PATH (step-2); the restarted group its own step-4, not PATH again.
+    assert [Path(p).name for p in re.findall(r"resumed from (\S+)", log)] == ["step-2", "step-4"]
+    assert _train_steps(run) == [1, 2, 3, 4, 5, 6]
 
 
 def test_torn_metrics_line_and_replayed_steps_do_not_break_the_finish(tmp_path: Path, tiny_model_dir: Path) -> None:
