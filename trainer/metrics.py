@@ -4,7 +4,7 @@ metrics.jsonl is appended to across restarts. Each start of a run writes a `{"ki
 "step": N}` record before its first metric (N = the step it resumed at, 0 for a fresh start): the
 records before it with a later step (all of them when N is 0) belong to an attempt that a resume
 replaced, and readers drop them. `read_metrics` gives the current trajectory: those dropped, and
-the latest record per (kind, step, split, label) kept. A line cut short by a crash is skipped by
+the latest record per (kind, step, split, label, event) kept. A line cut short by a crash is skipped by
 readers and cut off before the next append.
 """
 
@@ -114,7 +114,7 @@ def parse_records(path: Path) -> list[dict[str, Any]]:
 def current_trajectory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of the run as it stands: a start record at step N drops the earlier records
     with a later step (all earlier ones when N is 0); of several records with the same (kind,
-    step, split, label) the latest counts (files written before start records existed)."""
+    step, split, label, event) the latest counts (files written before start records existed)."""
     kept: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
         step = record.get("step", 0)
