@@ -190,7 +190,9 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
     from trainer.errors import TrainerInputError
 
     final = run_dir / FINAL_DIR
-    step = json.loads((run_dir / SUMMARY_FILE).read_text()).get("steps")
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    # With early stopping final/ holds the best step's weights (restored at the end), not the last step's.
+    step = ((summary.get("transfer") or {}).get("early_stopping") or {}).get("best_step") or summary.get("steps")
     target = out or final
     adapter = final / "adapter" / "adapter_model.safetensors"
     if target.resolve() == final.resolve() and (not merge or (final / "merged").exists() or not adapter.exists()):
