@@ -35,6 +35,7 @@ from trainer.checkpointing.protocol import (
     latest_valid_checkpoint,
     validate_checkpoint,
 )
+from trainer.run_files import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,9 @@ def remote_checkpoint_steps(remote: RemoteRun) -> list[int]:
 def refuse_finished(remote: RemoteRun) -> None:
     import pyarrow.fs as pafs
 
-    if _kind(remote, remote.join("final")) != pafs.FileType.NotFound:
-        raise StorageError(f"output.dir {remote.display} already holds a finished run (final/ exists there); choose a new "
-                           "output.dir or delete the old one")
+    if _kind(remote, remote.join(SUMMARY_FILE)) != pafs.FileType.NotFound:  # written last by a run that finished
+        raise StorageError(f"output.dir {remote.display} already holds a finished run ({SUMMARY_FILE} exists there); "
+                           "choose a new output.dir or delete the old one")
 
 
 def pull(remote: RemoteRun, run_dir: Path) -> Path | None:

@@ -57,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config")
     validate.add_argument("overrides", nargs="*", metavar="key.path=value")
 
-    export = verbs.add_parser("export", help="write RUN_DIR/final from the latest checkpoint")
+    export = verbs.add_parser("export", help="write a loadable model: a finished run's final/ (from the weights it "
+                              "finished with), else the latest checkpoint into RUN_DIR/exports/step-N")
     export.add_argument("run_dir")
-    export.add_argument("--merge", action="store_true", help="also write a merged full model (final/merged)")
-    export.add_argument("--checkpoint", help="a specific checkpoint directory instead of the latest valid one")
+    export.add_argument("--merge", action="store_true", help="also write a merged full model (merged/)")
+    export.add_argument("--checkpoint", help="a specific checkpoint directory instead of the latest valid one "
+                        "(written to exports/step-N, never to final/)")
+    export.add_argument("--out", help="write the export into this directory instead")
 
     generate = verbs.add_parser("generate", help="generate text with a run's fine-tuned model")
     generate.add_argument("run_dir", help="a run directory (uses final/) or any model directory")
@@ -176,7 +179,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "export":
         from launcher.commands import export
 
-        return export(args.run_dir, merge=args.merge, checkpoint=args.checkpoint)
+        return export(args.run_dir, merge=args.merge, checkpoint=args.checkpoint, out=args.out)
     if args.verb == "generate":
         from launcher.commands import generate
 

@@ -61,14 +61,19 @@ def _train_as_torchrun_worker(cfg: Any) -> int:
     return 0
 
 
-def export(run_dir: str, merge: bool, checkpoint: str | None) -> int:
+def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = None) -> int:
     cfg = load_snapshot(Path(run_dir))
     _quiet_libraries()
     from cluster.local import default_device
     from trainer.export import export_run
 
-    out = export_run(cfg, Path(run_dir), checkpoint=Path(checkpoint) if checkpoint else None, merge=merge, device=default_device())
-    print(f"exported to {out}")
+    done = export_run(cfg, Path(run_dir), checkpoint=Path(checkpoint).resolve() if checkpoint else None, merge=merge,
+                      device=default_device(), out=Path(out).resolve() if out else None)
+    if not done.written:
+        print(f"{done.path} already holds the finished run's model (step {done.step}); nothing to export "
+              "(--merge adds a merged model, --out DIR writes a copy elsewhere)")
+    else:
+        print(f"exported step {done.step} (from {done.source}) to {done.path}")
     return 0
 
 

@@ -110,6 +110,10 @@ def _resolve_paths(raw: dict[str, Any]) -> None:
         section, _, key = dotted.partition(".")
         if isinstance(raw.get(section), dict):
             _resolve_one(raw[section], key, local_only=dotted in LOCAL_ONLY_KEYS)
+    checkpoint = raw.get("checkpoint")
+    if isinstance(checkpoint, dict) and checkpoint.get("resume") not in (None, "auto", "never"):
+        # A checkpoint path: resolved here, so workers (other cwd) and restarts see one same path.
+        _resolve_one(checkpoint, "resume", local_only=True)
     mixture = raw.get("data", {}).get("mixture") if isinstance(raw.get("data"), dict) else None
     for entry in mixture if isinstance(mixture, list) else []:
         for key in MIXTURE_PATH_KEYS if isinstance(entry, dict) else ():

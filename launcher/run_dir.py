@@ -19,6 +19,7 @@ import yaml
 
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
+from trainer.run_files import SUMMARY_FILE, is_finished
 
 SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|private[_-]?key)", re.I)
 SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,})$")
@@ -47,9 +48,9 @@ def local_run_dir(cfg: RunConfig) -> Path:
 
 def prepare_run_dir(cfg: RunConfig, argv: list[str] | None = None) -> Path:
     run_dir = local_run_dir(cfg)
-    if (run_dir / "final").exists():
+    if is_finished(run_dir):
         raise UserError(
-            f"output.dir {run_dir} already holds a finished run (final/ exists); "
+            f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
             "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one"
         )
     try:

@@ -6,11 +6,12 @@ a checkpoint that fails validation is reported, not moved aside (resume does tha
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
+from trainer.metrics import read_metrics
+from trainer.run_files import is_finished
 
 
 @dataclass
@@ -37,7 +38,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
             valid = candidate
             break
         notes.append(f"{candidate.name} invalid: {problem}")
-    if (run_dir / "final").is_dir():
+    if is_finished(run_dir):  # the trainer's summary, written last (final/ alone may be a crashed finish)
         status = "finished"
     elif valid is not None:
         status = "resumable"
@@ -59,15 +60,5 @@ def format_runs(infos: list[RunInfo]) -> str:
 
 
 def _last_logged_step(run_dir: Path) -> int | None:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return None
-    last = None
-    for line in metrics.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if record.get("kind") == "train":
-            last = record.get("step")
-    return last
+    train = read_metrics(run_dir, kind="train")  # the current trajectory; a torn last line is skipped
+    return train[-1].get("step") if train else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -47,8 +46,9 @@ def train(tmp: Path, name: str, **sections: dict) -> list[float]:
     out = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(tmp / f"{name}.yaml")], cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"ftl train ({name}) exited {out.returncode}: {out.stderr[-1500:]}")
-    lines = (tmp / name / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(l)["loss"] for l in lines if '"kind": "train"' in l]
+    from trainer.metrics import read_metrics
+
+    return [record["loss"] for record in read_metrics(tmp / name, "train")]
 
 
 def main() -> int:

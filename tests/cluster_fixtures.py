@@ -4,7 +4,6 @@ scripts/slurm/start_local_slurm.sh starts (two slurmd nodes, n1 and n2)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -64,13 +63,11 @@ def _responds(conf: Path) -> bool:
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
-    """step -> loss; after a restart a step may be logged twice, the later record wins."""
-    losses: dict[int, float] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record: dict[str, Any] = json.loads(line)
-        if record.get("kind") == "train":
-            losses[record["step"]] = record["loss"]
-    return losses
+    """step -> loss of the run's current trajectory (trainer.metrics.read_metrics: a step logged
+    again after a restart counts once; a line still being written is skipped)."""
+    from trainer.metrics import read_metrics
+
+    return {record["step"]: record["loss"] for record in read_metrics(run_dir, "train")}
 
 
 def assert_same_losses(run_dir: Path, golden: dict[int, float], rel: float = 1e-6) -> None:

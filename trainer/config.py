@@ -175,7 +175,11 @@ class CheckpointConfig(Section):
     keep_every: int = Field(0, ge=0, description="Additionally keep every checkpoint whose step is a multiple of M; 0 = off.")
     async_save: bool = Field(False, description="Write checkpoints in the background while training continues "
                              "(single process, DDP, FSDP2); the commit waits for the write. Needs keep_last >= 2.")
-    resume: str = Field("auto", description="`auto` (latest valid checkpoint in output.dir), `never`, or a checkpoint path.")
+    resume: str = Field("auto", description="`auto` (latest valid checkpoint in output.dir), `never` (start at step 0; "
+                        "refused when output.dir holds checkpoints of an earlier run, see move_aside), or a checkpoint "
+                        "path (later checkpoints in output.dir are moved to checkpoints/branches/).")
+    move_aside: bool = Field(False, description="With resume: never, move the checkpoints (and metrics) of an earlier "
+                             "run in output.dir to checkpoints/branches/ and start over, instead of refusing to start.")
 
     @model_validator(mode="after")
     def _async_keeps_two(self) -> "CheckpointConfig":

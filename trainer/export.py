@@ -1,4 +1,5 @@
-"""Write `final/`: the PEFT adapter (adapter methods) and a merged model in HF safetensors format.
+"""Write `final/` (the end of a run) or an export (`ftl export`, see export_run): the PEFT adapter
+(adapter methods) and a merged model in HF safetensors format.
 
 Both load with stock libraries: `PeftModel.from_pretrained(base, final/adapter)` and
 `AutoModelForCausalLM.from_pretrained(final/merged)` (`AutoModelForSequenceClassification` for a
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,14 @@ import torch
 
 from trainer.config import TrainerConfig
 from trainer.model_builder import resolve_dtype
+from trainer.run_files import EXPORTS_DIR, FINAL_DIR, SUMMARY_FILE, is_finished
 
 log = logging.getLogger(__name__)
 
 
-def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, device: str, *, merge: bool, adapter: bool) -> Path:
+def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, device: str, *, merge: bool, adapter: bool,
+                 info: dict[str, Any] | None = None) -> Path:
+    """Write `out_dir` (final/ or an export) atomically; `info` goes into its export.json."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -38,7 +43,13 @@ def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, 
         _stop_at_end_of_turn(merged, tokenizer)
         merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
         tokenizer.save_pretrained(str(tmp / "merged"))
-    (tmp / "export.json").write_text(json.dumps({"method": cfg.method.type, "base_model": cfg.model.path}, indent=1))
+    (tmp / "export.json").write_text(json.dumps({"method": cfg.method.type, "base_model": cfg.model.path, **(info or {})}, indent=1))
+    _swap_into_place(tmp, out_dir)
+    log.info("exported %s", out_dir)
+    return out_dir
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists():
         # Keep the previous export until the new one is complete, then swap.
         old = out_dir.with_name(out_dir.name + ".old")
@@ -48,8 +59,6 @@ def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, 
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
-    log.info("exported %s", out_dir)
-    return out_dir
 
 
 def _stop_at_end_of_turn(model: Any, tokenizer: Any) -> None:
@@ -128,32 +137,95 @@ def _best_checkpoint(latest: Path) -> Path:
     return candidate if best is not None and candidate.is_dir() else latest
 
 
-def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, merge: bool, device: str) -> Path:
-    """Rebuild the trained model from a checkpoint (or final/adapter) and write final/ again."""
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    step: int | None  # the training step the exported weights are from
+    source: str  # where they came from: a checkpoint, or the finished run's final/
+    written: bool = True  # False: the destination already held everything asked for
+
+
+def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, merge: bool, device: str,
+               out: Path | None = None) -> Exported:
+    """`ftl export`. A finished run (summary.json) without `checkpoint`: its own final weights,
+    into final/ (adding only what is missing, e.g. the merged model; the weights are the same) or
+    into `out`. Otherwise a checkpoint (the latest valid one, the best one with early stopping, or
+    `checkpoint`) into `out` or RUN_DIR/exports/step-N/: final/ is written only by the run itself
+    when it finishes, so exporting never makes a stopped run look finished or replaces the
+    weights it finished with."""
+    from trainer.checkpoint import latest_valid_checkpoint, load_trainable_from_checkpoint, read_manifest, validate_checkpoint
+    from trainer.errors import TrainerInputError
+
+    final = run_dir / FINAL_DIR
+    finished = is_finished(run_dir)
+    if out is not None and out.resolve() == final.resolve() and (checkpoint is not None or not finished):
+        raise TrainerInputError(f"{final} is written by the run itself when it finishes; export a checkpoint elsewhere "
+                                f"(leave out --out for {run_dir / EXPORTS_DIR}/step-N)")
+    if checkpoint is None and finished:
+        return _export_finished(cfg, run_dir, merge=merge, device=device, out=out)
+    source = checkpoint or latest_valid_checkpoint(run_dir)
+    if source is None:
+        raise TrainerInputError(f"{run_dir}: no valid checkpoint to export (checkpoints are written every "
+                                "checkpoint.every_steps / every_minutes and when a run is stopped)")
+    if checkpoint is None and cfg.transfer.early_stopping.enabled:
+        source = _best_checkpoint(source)
+    problem = validate_checkpoint(source)
+    if problem:
+        raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")
+    step = int(read_manifest(source)["step"])
+    target = out or run_dir / EXPORTS_DIR / f"step-{step}"
+    _check_target(target)
+    tokenizer, model = _fresh_model(cfg, device)
+    load_trainable_from_checkpoint(source, model)
+    # Never drop a merged model that already exists; a full fine-tune's only output is the merged model.
+    merge = merge or cfg.method.type == "full" or (target / "merged").exists()
+    export_final(model, tokenizer, cfg, target, device, merge=merge, adapter=True, info={"step": step, "source": str(source)})
+    return Exported(target, step, str(source))
+
+
+def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: str, out: Path | None) -> Exported:
+    """The weights the run finished with, read back from final/ (never from an older checkpoint)."""
     from safetensors.torch import load_file
 
-    from trainer.checkpoint import latest_valid_checkpoint, load_trainable_from_checkpoint, validate_checkpoint
     from trainer.errors import TrainerInputError
+
+    final = run_dir / FINAL_DIR
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    # With early stopping final/ holds the best step's weights (restored at the end), not the last step's.
+    step = ((summary.get("transfer") or {}).get("early_stopping") or {}).get("best_step") or summary.get("steps")
+    target = out or final
+    adapter = final / "adapter" / "adapter_model.safetensors"
+    if target.resolve() == final.resolve() and (not merge or (final / "merged").exists() or not adapter.exists()):
+        return Exported(final, step, str(final), written=False)
+    _check_target(target)
+    if cfg.method.uses_adapter and adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        tokenizer, model = _fresh_model(cfg, device)
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        export_final(model, tokenizer, cfg, target, device, merge=merge or (final / "merged").exists(), adapter=True,
+                     info={"step": step, "source": str(final)})
+        return Exported(target, step, str(final / "adapter"))
+    if not final.is_dir():
+        raise TrainerInputError(f"{run_dir} finished but has no {FINAL_DIR}/; export one of its checkpoints with --checkpoint")
+    tmp = target.with_name(target.name + ".tmp")  # a full fine-tune: final/merged is the model, copy it whole
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(final, tmp)
+    _swap_into_place(tmp, target)
+    return Exported(target, step, str(final))
+
+
+def _fresh_model(cfg: TrainerConfig, device: str) -> tuple[Any, Any]:
     from trainer.model_builder import load_tokenizer
     from trainer.transfer.setup import build_model
 
     tokenizer = load_tokenizer(cfg.model)
-    model = build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
-    final = run_dir / "final"
-    source = checkpoint or latest_valid_checkpoint(run_dir)
-    if checkpoint is None and source is not None and cfg.transfer.early_stopping.enabled:
-        source = _best_checkpoint(source)
-    if source is not None:
-        problem = validate_checkpoint(source)
-        if problem:
-            raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")
-        load_trainable_from_checkpoint(source, model)
-    elif cfg.method.uses_adapter and (final / "adapter" / "adapter_model.safetensors").exists():
-        from peft import set_peft_model_state_dict
+    return tokenizer, build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
 
-        set_peft_model_state_dict(model, load_file(str(final / "adapter" / "adapter_model.safetensors")))
-    else:
-        raise TrainerInputError(f"{run_dir}: no valid checkpoint to export (and no final/adapter)")
-    # Never drop a merged model that already exists; a full fine-tune's only output is the merged model.
-    merge = merge or cfg.method.type == "full" or (final / "merged").exists()
-    return export_final(model, tokenizer, cfg, final, device, merge=merge, adapter=True)
+
+def _check_target(target: Path) -> None:
+    """An export replaces an earlier export, never a directory with other contents."""
+    from trainer.errors import TrainerInputError
+
+    if target.is_dir() and any(target.iterdir()) and not (target / "export.json").is_file():
+        raise TrainerInputError(f"{target} exists and is not an ftl export; choose a new or empty directory (--out)")

@@ -7,13 +7,16 @@ from typing import Any
 
 from trainer.errors import TrainerInputError
 from trainer.evaluate import generate_texts
+from trainer.run_files import EXPORTS_DIR, FINAL_DIR
 
 
 def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
-    """`path` is a run directory (final/merged, else base + final/adapter) or a model directory."""
+    """`path` is a run directory (final/merged, else base + final/adapter), an export
+    (RUN_DIR/exports/step-N: merged/ or adapter/) or a model directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    merged, adapter = path / "final" / "merged", path / "final" / "adapter"
+    outputs = path / FINAL_DIR if (path / FINAL_DIR).is_dir() else path
+    merged, adapter = outputs / "merged", outputs / "adapter"
     if (merged / "config.json").exists():
         model_dir = merged
     elif (adapter / "adapter_config.json").exists():
@@ -24,7 +27,8 @@ def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
     elif (path / "config.json").exists():
         model_dir = path
     else:
-        raise TrainerInputError(f"{path}: no final/merged or final/adapter (has the run finished? try `ftl export {path}`)")
+        raise TrainerInputError(f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
+                                f"writes its latest checkpoint to {path / EXPORTS_DIR}/step-N; pass that directory)")
     return AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device), AutoTokenizer.from_pretrained(str(model_dir))
 
 

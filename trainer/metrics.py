@@ -1,5 +1,12 @@
 """Metrics sinks: JSON Lines (the run directory's record) and TensorBoard, written by rank 0.
 
+metrics.jsonl is appended to across restarts. Each start of a run writes a `{"kind": "start",
+"step": N}` record before its first metric (N = the step it resumed at, 0 for a fresh start): the
+records before it with a later step (all of them when N is 0) belong to an attempt that a resume
+replaced, and readers drop them. `read_metrics` gives the current trajectory: those dropped, and
+the latest record per (kind, step, split, label, event) kept. A line cut short by a crash is skipped by
+readers and cut off before the next append.
+
 A write that fails (disk full, I/O error) ends the run with one clear message and exit code 1,
 like a failed checkpoint: the JSONL file is cut back to its last whole line, TensorBoard's
 event file keeps its complete records (its readers skip a cut-off last one), checkpoints are
@@ -20,8 +27,11 @@ from typing import Any
 
 from trainer.errors import RunWriteError
 from trainer.faults import fault_point
+from trainer.run_files import METRICS_FILE, TENSORBOARD_DIR
 
 log = logging.getLogger(__name__)
+
+START = "start"  # the kind of the record each start of a run writes first
 
 
 class MetricsWriteError(RunWriteError):
@@ -30,19 +40,29 @@ class MetricsWriteError(RunWriteError):
 
 class MetricsWriter:
     """Rank 0 writes the files; `forward` (e.g. a Ray reporter) is called on every rank, because
-    backends such as Ray Train treat a report as a barrier that all workers must reach."""
+    backends such as Ray Train treat a report as a barrier that all workers must reach.
+    `resumed_at`: the step this start continues from (0 = fresh start)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, forward: Callable[[int, dict[str, Any], str], None] | None = None):
+    def __init__(self, run_dir: Path, enabled: bool = True, forward: Callable[[int, dict[str, Any], str], None] | None = None,
+                 resumed_at: int = 0):
         self.enabled = enabled
         self.forward = forward
         self.run_dir = run_dir
+        self.resumed_at = resumed_at
         self._jsonl: Any = None
         self._tb: Any = None
         self._tb_opened = False
 
+    def _open_jsonl(self) -> None:
+        """On the first record, so a run refused during setup leaves no metrics files behind."""
+        path = self.run_dir / METRICS_FILE
+        cut_torn_line(path)  # or the first record would be glued onto it
+        # Unbuffered: each record is one write, so a failed one can be cut back exactly.
+        self._jsonl = path.open("ab", buffering=0)
+        self._append({"kind": START, "step": self.resumed_at, "time": round(time.time(), 3)})
+
     def _open_tensorboard(self) -> None:
-        """On the first record (after its JSONL line), so a run refused during setup leaves no
-        metrics files behind. Each run (and each resume) writes a new event file."""
+        """After the first JSONL line. Each run (and each resume) writes a new event file."""
         self._tb_opened = True
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -50,19 +70,19 @@ class MetricsWriter:
             log.warning("tensorboard not installed; metrics go to metrics.jsonl only")
             return
         _quiet_tensorboard_writer_thread()
-        self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        # purge_step: TensorBoard hides the events a resume replaces (steps after resumed_at).
+        self._tb = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR),
+                                 purge_step=self.resumed_at + 1 if self.resumed_at else 0)
 
     def write(self, step: int, values: dict[str, Any], kind: str = "train") -> None:
         if self.forward is not None:
             self.forward(step, values, kind)
         if not self.enabled:
             return
-        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         try:
             if self._jsonl is None:
-                # Unbuffered: each record is one write, so a failed one can be cut back exactly.
-                self._jsonl = (self.run_dir / "metrics.jsonl").open("ab", buffering=0)
-            self._append_line((json.dumps(record) + "\n").encode())
+                self._open_jsonl()
+            self._append({"kind": kind, "step": step, "time": round(time.time(), 3), **values})
             fault_point("tensorboard", step, 0, self.run_dir)
             if not self._tb_opened:
                 self._open_tensorboard()
@@ -76,7 +96,8 @@ class MetricsWriter:
         except OSError as exc:
             raise self._failed(exc) from exc
 
-    def _append_line(self, data: bytes) -> None:
+    def _append(self, record: dict[str, Any]) -> None:
+        data = (json.dumps(record) + "\n").encode()
         start = self._jsonl.seek(0, os.SEEK_END)
         try:
             view = memoryview(data)
@@ -132,9 +153,78 @@ def _quiet_tensorboard_writer_thread() -> None:
     _quieted = True
 
 
-def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+def cut_torn_line(path: Path) -> None:
+    """Truncate a file to its last complete line (a process killed mid-write leaves a partial one)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+        log.warning("%s: cut off an incomplete last line (%d bytes) left by an interrupted write", path, len(data) - data.rfind(b"\n") - 1)
+
+
+def parse_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete record of a metrics file, in file order; lines that are not JSON (a line cut
+    short by a crash) are skipped."""
+    if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            # The last line may be one being written right now, or cut short by a crash.
+            log.log(logging.DEBUG if number == len(lines) else logging.WARNING,
+                    "%s line %d is not a complete record; skipped", path, number)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def current_trajectory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the run as it stands: a start record at step N drops the earlier records
+    with a later step (all earlier ones when N is 0); of several records with the same (kind,
+    step, split, label, event) the latest counts (files written before start records existed)."""
+    kept: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in records:
+        step = record.get("step", 0)
+        if record.get("kind") == START:
+            for key in [k for k, r in kept.items() if step == 0 or r.get("step", 0) > step]:
+                del kept[key]
+        key = (record.get("kind"), step, record.get("split"), record.get("label"), record.get("event"))
+        kept.pop(key, None)  # re-inserted at the end: the order stays the order of writing
+        kept[key] = record
+    return list(kept.values())
+
+
+def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The current trajectory's records (see module doc), optionally of one kind."""
+    records = current_trajectory(parse_records(Path(run_dir) / METRICS_FILE))
     return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def move_records_after(run_dir: Path, step: int, target: Path) -> int:
+    """Move the records with a step after `step` from run_dir's metrics file into `target` (the
+    metrics file of a set-aside trajectory). Both are written atomically; returns how many moved."""
+    source = Path(run_dir) / METRICS_FILE
+    records = parse_records(source)
+    moved = [r for r in records if r.get("step", 0) > step]
+    if not moved:
+        return 0
+    _write_records(target, moved)
+    _write_records(source, [r for r in records if r.get("step", 0) <= step])
+    return len(moved)
+
+
+def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -6,7 +6,6 @@ loop, then final evaluation and export. Writes only inside context.run_dir.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -17,8 +16,10 @@ from typing import Any
 from trainer.checkpoint import LoopState, load_trainable
 from trainer.checkpointing.resume import SaveClock, build_manager, find_resume_checkpoint, load_resume_state
 from trainer.checkpointing.preflight import check_disk_space, verify_shared_run_dir
+from trainer.checkpointing.protocol import atomic_write_text
 from trainer.checkpointing.rng import seed_everything
 from trainer.config import TrainerConfig
+from trainer.config_hash import config_hash as result_config_hash
 from trainer.context import WorkerContext
 from trainer.data.prepare import PreparedData, prepare_data
 from trainer.distributed import barrier, expect_world
@@ -30,6 +31,7 @@ from trainer.loop import LoopHooks, train_loop
 from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model_builder import load_tokenizer
 from trainer.optim import build_scheduler
+from trainer.run_files import FINAL_DIR, SUMMARY_FILE
 from trainer.stopping import STOP_REQUEST_FILE, StopFlag, StopRequested
 from trainer.strategies import build_strategy
 from trainer.strategies.base import Strategy
@@ -52,7 +54,7 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     setup_worker_logging(ctx.run_dir, ctx.rank)
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
-    config_hash = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    config_hash = result_config_hash(cfg)
     verify_shared_run_dir(ctx.run_dir, ctx.rank, ctx.world_size)
     # Before any model work: an incompatible or broken checkpoint fails the run in seconds.
     resume_from = find_resume_checkpoint(cfg, ctx, strategy, config_hash)
@@ -61,7 +63,8 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
     total_steps = planned_steps(cfg, len(data.train), ctx.world_size, *resumed_at)
-    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main, forward=ctx.reporter.metrics if ctx.reporter else None)
+    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main, forward=ctx.reporter.metrics if ctx.reporter else None,
+                            resumed_at=resumed_at[0])
     transfer = TransferController(cfg, base, strategy, metrics, train_rows=len(data.train), pad_id=tokenizer.pad_token_id)
     model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
@@ -140,8 +143,8 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     summary = _summary(ctx.run_dir, data, state, total_steps)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
     summary["transfer"] = transfer.summary()
-    if ctx.is_main:
-        (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if ctx.is_main:  # written last and atomically: its presence is what marks the run finished
+        atomic_write_text(ctx.run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
     metrics.close()
     barrier()
     return summary
@@ -152,14 +155,14 @@ def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: A
     collective) into a freshly built model, so the export holds real full tensors."""
     if strategy.replicated:
         if ctx.is_main:
-            export_final(strategy.unwrapped(model), tokenizer, cfg, ctx.run_dir / "final", ctx.device,
+            export_final(strategy.unwrapped(model), tokenizer, cfg, ctx.run_dir / FINAL_DIR, ctx.device,
                          merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
         return
     trainable = strategy.trainable_state(model)
     if ctx.is_main:
         fresh = build_model(cfg, ctx.device, tokenizer.pad_token_id, False)
         load_trainable(fresh, trainable)
-        export_final(fresh, tokenizer, cfg, ctx.run_dir / "final", ctx.device,
+        export_final(fresh, tokenizer, cfg, ctx.run_dir / FINAL_DIR, ctx.device,
                      merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
 
 
@@ -244,5 +247,5 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
         "last_loss": train[-1]["loss"] if train else None,
         "data": data.report,
         "scores": scores,
-        "final_dir": str(run_dir / "final"),
+        "final_dir": str(run_dir / FINAL_DIR),
     }

@@ -191,9 +191,14 @@ def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(tmp_path: 
     assert all(torch.equal(best_weights[k], final[k]) for k in final)
     final_eval = next(r for r in read_metrics(run, "eval") if r["label"] == "final" and r["split"] == "validation")
     assert final_eval["eval_loss"] == pytest.approx(best, rel=1e-6)
-    # `ftl export` rebuilds final/ from the best checkpoint too, not from the latest one.
+    # `ftl export` of the finished run keeps final/ (the best weights); of a run that has not
+    # finished (here: its summary removed) it exports the best checkpoint too, not the latest one.
     assert export(str(run), merge=True, checkpoint=None) == 0
     assert all(torch.equal(best_weights[k], v) for k, v in _merged(run).items())
+    (run / "summary.json").unlink()
+    assert export(str(run), merge=True, checkpoint=None) == 0
+    exported = load_file(str(run / "exports" / f"step-{best_step}" / "merged" / "model.safetensors"))
+    assert all(torch.equal(best_weights[k], v) for k, v in exported.items())
 
 
 def test_mixture_is_evaluated_per_dataset_and_retain_loss_is_tracked(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -31,6 +31,7 @@ def _run(parent: Path, name: str, steps: list[int], logged: int | None, finished
         manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=step))
     if finished:
         (run / "final").mkdir()
+        (run / "summary.json").write_text("{}")  # the trainer writes it last, at the real end
     return run
 
 
@@ -38,6 +39,12 @@ def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: p
     _run(tmp_path, "done", [2, 4], 4, finished=True)
     stopped = _run(tmp_path, "stopped", [2, 4], 5)
     _run(tmp_path, "crashed-early", [], 1)
+    # Stopped, then `ftl export`ed by an older ftl (which wrote final/): still resumable, not finished;
+    # its last metrics line was cut short by a kill.
+    exported = _run(tmp_path, "exported", [2], 3)
+    (exported / "final" / "adapter").mkdir(parents=True)
+    with (exported / "metrics.jsonl").open("a") as handle:
+        handle.write('{"kind": "train", "st')
     (tmp_path / "not-a-run").mkdir()
     # The newest checkpoint lost a file: the listing says so and points at the previous one.
     (stopped / "checkpoints" / "step-4" / "optimizer.pt").unlink()
@@ -45,7 +52,7 @@ def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: p
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:] for line in out[1:] if line.startswith("/")}
     assert rows == {"crashed-early": ["no", "checkpoint", "1", "-"], "done": ["finished", "4", "step-4"],
-                    "stopped": ["resumable", "5", "step-2"]}
+                    "stopped": ["resumable", "5", "step-2"], "exported": ["resumable", "3", "step-2"]}
     assert any("step-4 invalid: missing file optimizer.pt" in line for line in out)
     assert (stopped / "checkpoints" / "step-4").is_dir()  # read-only: nothing moved aside
 

@@ -45,6 +45,7 @@ from trainer.checkpointing.protocol import (
 )
 from trainer.checkpointing.retention import purge_old, remove_debris, remove_superseded_invalid
 from trainer.checkpointing.rng import load_rng, rng_file, save_rng
+from trainer.checkpointing.trajectory import set_aside_foreign
 from trainer.distributed import all_gather_object, any_rank, barrier, broadcast_object
 from trainer.errors import RunWriteError
 from trainer.faults import fault_point
@@ -78,6 +79,7 @@ class CheckpointManager:
         self.meta = dict(meta or {})
         self.pending: _InFlight | None = None
         self._warned_unclaimed = False
+        self.saved_steps: set[int] = set()  # steps this process saved: only those may already exist at save time
         # Told about each committed checkpoint on every rank (e.g. to register it with Ray Train).
         self.on_commit = on_commit
         if async_save and hasattr(io, "prepare_async"):
@@ -92,12 +94,15 @@ class CheckpointManager:
     def save(self, model: Any, optimizer: Any, scheduler: Any, state: Any) -> Path:
         self.wait()
         final = self.root / f"step-{state.step}"
+        if state.step in self.saved_steps and broadcast_object((final / MANIFEST).is_file()):
+            return final  # this process committed it already (a stop request right after a periodic save)
+        self.saved_steps.add(state.step)
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             remove_debris(self.root)
             move_aside_unfinished(self.root)  # a `step-N` without a manifest never blocks this save
-        if broadcast_object((final / MANIFEST).is_file()):
-            return final  # committed already (a stop request right after a periodic save)
+            if final.exists():  # not this run's: never take it for this step's state, never delete it
+                set_aside_foreign(final)
         tmp = self.root / f".tmp-step-{state.step}"
         if self.rank == 0:
             tmp.mkdir()

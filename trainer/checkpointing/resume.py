@@ -22,12 +22,13 @@ from typing import Any
 from trainer.checkpoint import LoopState, loop_state_from_dict
 from trainer.checkpointing.compat import resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
-from trainer.checkpointing.protocol import latest_valid_checkpoint, read_manifest, validate_checkpoint
+from trainer.checkpointing.protocol import read_manifest
+from trainer.checkpointing.trajectory import begin, plan_start
 from trainer.checkpointing.rng import rng_file, seed_everything
 from trainer.checkpointing.universal import discard_universal_copies, prepare_universal
 from trainer.config import TrainerConfig
 from trainer.context import WorkerContext
-from trainer.distributed import any_rank, broadcast_object
+from trainer.distributed import any_rank, barrier, broadcast_object
 from trainer.errors import TrainerInputError
 
 log = logging.getLogger(__name__)
@@ -40,26 +41,28 @@ class ResumePoint:
 
 
 def find_resume_checkpoint(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_hash: str) -> ResumePoint | None:
-    """Collective. Rank 0 validates (checksums) and moves bad checkpoints aside; the others take
-    its answer, so no two processes race to rename the same directory."""
-    mode = cfg.checkpoint.resume
-    if mode == "never":
-        return None
-    answer: tuple[str | None, str | None] = (None, None)
+    """Collective. Rank 0 decides what this start continues (trajectory.py: validates checksums,
+    moves bad checkpoints aside, refuses a start that would mix two runs); the others take its
+    answer, so no two processes race to rename the same directory. Checkpoints of another
+    trajectory move into a branch only once the chosen one passed every check below."""
+    plan, answer = None, (None, None)
     if ctx.is_main:
-        if mode == "auto":
-            found = latest_valid_checkpoint(ctx.run_dir)
-            answer = (str(found) if found else None, None)
-        else:
-            path = Path(mode)
-            problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
-            answer = (None, f"checkpoint.resume={mode!r}: cannot resume from it: {problem}") if problem else (str(path), None)
+        try:
+            plan = plan_start(ctx.run_dir, cfg.checkpoint.resume, move_aside=cfg.checkpoint.move_aside)
+            answer = (str(plan.resume_from) if plan.resume_from else None, None)
+        except TrainerInputError as exc:
+            answer = (None, str(exc))
     found_path, problem = broadcast_object(answer)
     if problem:
         raise TrainerInputError(problem)
-    if found_path is None:
-        return None
-    path = Path(found_path)
+    point = _check_resume_point(Path(found_path), cfg, ctx, strategy, config_hash) if found_path else None
+    if ctx.is_main:
+        begin(ctx.run_dir, plan)
+    barrier()  # no rank looks at checkpoints/ while rank 0 moves another trajectory's folders
+    return point
+
+
+def _check_resume_point(path: Path, cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_hash: str) -> ResumePoint:
     manifest = read_manifest(path)
     problem = resume_problem(path, manifest, layout=strategy.checkpoint_layout, strategy=strategy.name,
                              world_size=ctx.world_size, zero_stage=getattr(strategy, "stage", None),

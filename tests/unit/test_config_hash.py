@@ -1,0 +1,39 @@
+"""The config hash in checkpoint manifests names what the training result depends on: where the run
+directory is, how often it saves or logs and how it resumes do not change it; training settings do."""
+
+from __future__ import annotations
+
+from trainer.config import TrainerConfig
+from trainer.config_hash import config_hash
+
+
+def _cfg(**sections: dict) -> TrainerConfig:
+    raw = {"model": {"path": "/models/m"}, "data": {"train": "/data/train.jsonl"}, "output": {"dir": "/runs/a"}}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return TrainerConfig.model_validate(raw)
+
+
+def test_settings_that_do_not_change_the_result_keep_the_hash() -> None:
+    base = config_hash(_cfg())
+    same = [
+        _cfg(output={"dir": "/elsewhere/copy-of-a", "save_merged": False}),
+        _cfg(checkpoint={"every_steps": 7, "keep_last": 5, "resume": "/runs/a/checkpoints/step-15", "move_aside": True}),
+        _cfg(training={"progress_bar": False, "log_every_steps": 10, "watchdog_timeout_s": 60}),
+        _cfg(data={"train": "/data/train.jsonl", "cache_dir": "/tmp/cache"}),
+    ]
+    assert [config_hash(cfg) for cfg in same] == [base] * len(same)
+
+
+def test_settings_that_change_the_result_change_the_hash() -> None:
+    base = config_hash(_cfg())
+    different = [
+        _cfg(training={"learning_rate": 1e-3}),
+        _cfg(training={"seed": 7}),
+        _cfg(method={"type": "full"}),
+        _cfg(data={"train": "/data/other.jsonl"}),
+        _cfg(model={"path": "/models/other"}),
+        _cfg(parallel={"strategy": "fsdp"}),
+    ]
+    hashes = [config_hash(cfg) for cfg in different]
+    assert base not in hashes and len(set(hashes)) == len(hashes)

@@ -1,0 +1,126 @@
+"""What a start does to checkpoints of another trajectory (trainer/checkpointing/trajectory.py),
+and saves that never take someone else's step-N for their own. Real files, one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer.checkpoint import LoopState, committed_checkpoints
+from trainer.checkpointing.layouts import ReplicatedStateIO
+from trainer.checkpointing.manager import CheckpointManager
+from trainer.checkpointing.trajectory import begin, plan_start
+from trainer.config import TrainingConfig
+from trainer.errors import TrainerInputError
+from trainer.metrics import read_metrics
+from trainer.optim import WarmupDecaySchedule
+
+
+def _manager(run_dir: Path, keep_last: int = 3) -> CheckpointManager:
+    io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
+    return CheckpointManager(run_dir, io, rank=0, world_size=1, device="cpu", keep_last=keep_last)
+
+
+def _save(manager: CheckpointManager, step: int, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    return manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=step))
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "trainable.safetensors"))
+
+
+def _earlier_run(run_dir: Path, steps: list[int]) -> None:
+    manager = _manager(run_dir)
+    for step in steps:
+        _save(manager, step, seed=100 + step)
+    records = [{"kind": "start", "step": 0}] + [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, steps[-1] + 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _branches(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints" / "branches").iterdir())
+
+
+def test_never_refuses_a_directory_with_checkpoints_and_moves_them_aside_only_when_told(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _earlier_run(run, [4, 6])
+    with pytest.raises(TrainerInputError) as refused:
+        plan_start(run, "never", move_aside=False)
+    message = str(refused.value)
+    assert "step-4, step-6" in message and "new output.dir" in message and "checkpoint.move_aside=true" in message
+    assert [p.name for p in committed_checkpoints(run)] == ["step-4", "step-6"]  # nothing touched
+
+    plan = plan_start(run, "never", move_aside=True)
+    assert plan.resume_from is None
+    begin(run, plan)
+    [branch] = _branches(run)
+    assert branch.name.endswith("-from-step-0")
+    assert sorted(p.name for p in branch.iterdir()) == ["metrics.jsonl", "step-4", "step-6"]
+    assert committed_checkpoints(run) == [] and not (run / "metrics.jsonl").exists()
+    assert not (run / "checkpoints" / "latest").exists()  # it named a folder that moved
+
+    # The new run saves; started again with the same request (a restart, or the same command
+    # after a stop), it continues its own checkpoints instead of refusing or moving them.
+    _save(_manager(run), 2, seed=2)
+    again = plan_start(run, "never", move_aside=False)
+    assert again.resume_from == run / "checkpoints" / "step-2" and not again.set_aside
+    # auto continues them too.
+    assert plan_start(run, "auto", move_aside=False).resume_from == run / "checkpoints" / "step-2"
+
+
+def test_resume_from_an_earlier_step_moves_the_later_checkpoints_and_metrics_into_a_branch(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _earlier_run(run, [2, 4, 6])
+    old4 = _weights(run / "checkpoints" / "step-4")
+    step2 = str(run / "checkpoints" / "step-2")
+    begin(run, plan_start(run, step2, move_aside=False))
+    [branch] = _branches(run)
+    assert branch.name.endswith("-from-step-2")
+    assert sorted(p.name for p in branch.iterdir()) == ["metrics.jsonl", "step-4", "step-6"]
+    assert [r["step"] for r in read_metrics(branch, "train")] == [3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(run, "train")] == [1, 2]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-2"
+
+    # The new trajectory's step 4 is saved, not skipped (the old one is in the branch).
+    path = _save(_manager(run), 4, seed=4)
+    assert path == run / "checkpoints" / "step-4"
+    assert not torch.equal(_weights(path)["weight"], old4["weight"])
+    assert torch.equal(_weights(branch / "step-4")["weight"], old4["weight"])
+    # The same command again continues the new trajectory; nothing more is moved.
+    again = plan_start(run, step2, move_aside=False)
+    assert again.resume_from == path and not again.set_aside
+
+
+def test_resume_from_another_directory_moves_everything_here_aside(tmp_path: Path) -> None:
+    other, run = tmp_path / "other", tmp_path / "run"
+    _earlier_run(other, [3])
+    _earlier_run(run, [2, 4])
+    plan = plan_start(run, str(other / "checkpoints" / "step-3"), move_aside=False)
+    assert plan.resume_from == other / "checkpoints" / "step-3" and plan.whole_run
+    begin(run, plan)
+    [branch] = _branches(run)
+    assert sorted(p.name for p in branch.iterdir()) == ["metrics.jsonl", "step-2", "step-4"]
+    assert committed_checkpoints(run) == [] and read_metrics(run) == []
+
+
+def test_a_save_never_returns_a_step_n_it_did_not_write(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    foreign = _save(_manager(run), 4, seed=1)
+    theirs = _weights(foreign)
+    manager = _manager(run)
+    mine = _save(manager, 4, seed=2)
+    assert mine == foreign and not torch.equal(_weights(mine)["weight"], theirs["weight"])
+    [branch] = _branches(run)
+    assert branch.name.endswith("-replaced-step-4")
+    assert torch.equal(_weights(branch / "step-4")["weight"], theirs["weight"])  # kept, never deleted
+    # A stop request right after this process's own periodic save at the same step: no second write.
+    before = (mine / "manifest.json").read_text()
+    assert _save(manager, 4, seed=3) == mine and (mine / "manifest.json").read_text() == before
+    assert len(_branches(run)) == 1

@@ -1,0 +1,203 @@
+"""Which run a start continues, and what becomes of checkpoints that belong to another one.
+
+A trajectory is the sequence of steps one training run follows; `checkpoints/step-N` only ever
+holds the current trajectory's checkpoints, so resume (auto) and retention see no other. A start
+decides on rank 0, before any model work (`plan_start`), and acts once the chosen checkpoint
+passed every check (`begin`):
+
+- resume: auto   continue from the newest valid checkpoint (a fresh start when there is none).
+- resume: never  start at step 0. Checkpoints already in checkpoints/ are another run's: the start
+                 is refused, naming them, unless checkpoint.move_aside is set, which moves them
+                 (with that run's metrics.jsonl and tensorboard/) into a branch.
+- resume: PATH   continue from PATH (step N). This run directory's checkpoints after step N are
+                 the abandoned rest of the old trajectory and move into a branch, with their
+                 metrics records after step N. When PATH is not one of this run directory's own
+                 checkpoints (another run's, or a branch's), everything here is another
+                 trajectory and moves, as for `never`.
+
+A branch is `checkpoints/branches/<time>-from-step-N/` (N: where it left the trajectory that now
+continues): never deleted, never resumed by `auto`, never counted by retention. Resume it by
+pointing checkpoint.resume at one of its step-N folders.
+
+The request that started the current trajectory is recorded in checkpoints/trajectory.json. A
+start with the same request (`never`, or the same PATH) is that run started again (a restart by
+Ray, torchrun or a Slurm requeue, or the same command after a stop) and continues its own
+checkpoints like `auto`: a request is carried out once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.checkpointing.protocol import (
+    INVALID_PREFIX,
+    LATEST_HINT,
+    atomic_write_text,
+    checkpoints_dir,
+    committed_checkpoints,
+    fsync_dir,
+    latest_valid_checkpoint,
+    read_manifest,
+    step_of,
+    validate_checkpoint,
+    write_latest_hint,
+)
+from trainer.errors import TrainerInputError
+from trainer.metrics import move_records_after
+from trainer.run_files import METRICS_FILE, TENSORBOARD_DIR
+
+log = logging.getLogger(__name__)
+
+TRAJECTORY_FILE = "trajectory.json"
+BRANCHES_DIR = "branches"
+
+
+@dataclass
+class StartPlan:
+    resume_from: Path | None
+    request: str  # "auto", "never", or the resolved checkpoint path
+    set_aside: list[Path] = field(default_factory=list)  # step-N folders of another trajectory
+    branch_step: int = 0  # where the set-aside trajectory leaves the one that continues
+    whole_run: bool = False  # everything here is another run's (its metrics and tensorboard move too)
+    record: bool = True  # this start begins a trajectory: record its request
+
+
+def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
+    """Rank 0. Raises TrainerInputError for a start that would mix two runs or a bad PATH."""
+    recorded = read_record(run_dir)
+    request = mode if mode in ("auto", "never") else str(Path(mode).resolve())
+    again = (recorded or {}).get("request") == request
+    if mode == "auto" or again:
+        latest = latest_valid_checkpoint(run_dir)
+        if latest is not None:
+            return StartPlan(latest, request, record=False)
+        if mode == "auto":  # a fresh start; a record of another request no longer describes this run
+            return StartPlan(None, "auto", record=recorded is not None)
+        # Started before with this request but nothing of its own committed yet: carry it out again
+        # (what metrics that attempt logged are its own: superseded by the next start record, not moved).
+    if mode == "never":
+        earlier = committed_checkpoints(run_dir)
+        if earlier and not move_aside:
+            root = checkpoints_dir(run_dir)
+            raise TrainerInputError(
+                f"checkpoint.resume=never, but {root} holds checkpoints of an earlier run ({_names(earlier)}); starting "
+                "over here would mix two runs. Use a new output.dir, or set checkpoint.move_aside=true to move them to "
+                f"{root / BRANCHES_DIR}/ (nothing is deleted), or checkpoint.resume=auto to continue that run.")
+        return StartPlan(None, "never", set_aside=_step_dirs(run_dir), whole_run=not again)
+    path = Path(request)
+    problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
+    if problem:
+        raise TrainerInputError(f"checkpoint.resume={mode!r}: cannot resume from it: {problem}")
+    step = int(read_manifest(path)["step"])
+    own = path.parent == checkpoints_dir(run_dir).resolve()
+    later = [p for p in _step_dirs(run_dir) if not own or step_of(p) > step]
+    return StartPlan(path, request, set_aside=later, branch_step=step, whole_run=not own and not again)
+
+
+def begin(run_dir: Path, plan: StartPlan) -> Path | None:
+    """Rank 0, once the resume point passed every check: move another trajectory's checkpoints
+    and metrics into a branch and record the request. Returns the branch, if one was made.
+    The record is written last: a crash before it repeats the plan at the next start."""
+    run_dir = Path(run_dir)
+    root = checkpoints_dir(run_dir)
+    metrics, tensorboard = run_dir / METRICS_FILE, run_dir / TENSORBOARD_DIR
+    history = plan.whole_run and (metrics.exists() or tensorboard.exists())
+    branch = None
+    if plan.set_aside or history:
+        branch = _new_branch(root, f"from-step-{plan.branch_step}")
+        for folder in plan.set_aside:
+            os.replace(folder, branch / folder.name)
+        if plan.whole_run:
+            for item in (metrics, tensorboard):
+                if item.exists():
+                    os.replace(item, branch / item.name)
+        else:
+            move_records_after(run_dir, plan.branch_step, branch / METRICS_FILE)
+        fsync_dir(root)
+        _update_latest_hint(root)
+        _announce(plan, branch)
+    if plan.record:
+        root.mkdir(parents=True, exist_ok=True)
+        write_record(run_dir, {"request": plan.request, "step": plan.branch_step if plan.resume_from else 0,
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return branch
+
+
+def set_aside_foreign(final: Path) -> Path:
+    """Rank 0, in a save: `final` (step-N) exists but this process did not write it (another
+    writer, or a folder without a valid manifest). Move it out of the way instead of taking it
+    for this run's checkpoint, loudly; never delete it."""
+    if validate_checkpoint(final, checksums=False) is None:
+        aside = _new_branch(final.parent, f"replaced-{final.name}") / final.name
+    else:
+        aside = final.with_name(f"{INVALID_PREFIX}{final.name}-{int(time.time())}")
+    os.replace(final, aside)
+    message = f"{final} already existed but was not written by this run; moved it to {aside} and saving this run's step there"
+    log.warning(message)
+    print(f"ftl: WARNING: {message}", file=sys.stderr, flush=True)
+    return aside
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    path = checkpoints_dir(run_dir) / TRAJECTORY_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_text(checkpoints_dir(run_dir) / TRAJECTORY_FILE, json.dumps(record, indent=1))
+
+
+def _step_dirs(run_dir: Path) -> list[Path]:
+    """Every step-N folder, committed or not (an uncommitted one would still block step N's save)."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()), key=step_of)
+
+
+def _new_branch(root: Path, why: str) -> Path:
+    base = root / BRANCHES_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{why}"
+    branch, n = base, 1
+    while branch.exists():
+        n += 1
+        branch = base.with_name(f"{base.name}-{n}")
+    branch.mkdir(parents=True)
+    return branch
+
+
+def _update_latest_hint(root: Path) -> None:
+    remaining = committed_checkpoints(root.parent)
+    if remaining:
+        write_latest_hint(root, remaining[-1])
+    else:
+        (root / LATEST_HINT).unlink(missing_ok=True)
+
+
+def _names(paths: list[Path]) -> str:
+    names = [p.name for p in paths]
+    return ", ".join(names if len(names) <= 6 else names[:3] + ["..."] + names[-2:])
+
+
+def _announce(plan: StartPlan, branch: Path) -> None:
+    moved = _names(plan.set_aside) or "no checkpoints"
+    if plan.resume_from is None:
+        message = f"checkpoint.resume=never: moved the earlier run ({moved}, its metrics and tensorboard) to {branch}; starting at step 0"
+    elif plan.whole_run:
+        message = (f"resuming from {plan.resume_from}, which is not a checkpoint of this run directory: moved what was here "
+                   f"({moved}, metrics, tensorboard) to {branch}")
+    else:
+        message = (f"resuming from {plan.resume_from} (step {plan.branch_step}): the later checkpoints of the earlier "
+                   f"trajectory ({moved}) and its metrics after step {plan.branch_step} moved to {branch}; "
+                   "they are kept, not resumed and not counted by retention")
+    log.warning(message)
+    print(f"ftl: {message}", file=sys.stderr, flush=True)
