@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, he
     from trainer.errors import TrainerInputError
     from trainer.stopping import StopRequested
 
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    ray_bin = shlex.quote(str(Path(sys.executable).parent / "ray"))  # goes into a bash -c line
     cpus = os.environ.get("SLURM_CPUS_ON_NODE", str(os.cpu_count() or 1))
     # Every node advertises its own NodeAddr (what Slurm uses to reach it), the head included.
     own_addr = "$(scontrol show node -o $SLURMD_NODENAME | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"
