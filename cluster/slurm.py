@@ -17,8 +17,10 @@ from string import Template
 from typing import Any
 
 from cluster.config import ClusterConfig, sbatch_path_problem
-from cluster.results import clear_result, take_result
+from cluster.local import WorkerFailed
+from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
+from cluster.worker import EXIT_INPUT_ERROR
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = REPO / "scripts" / "slurm" / "ftl.sbatch.template"
@@ -109,6 +111,8 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
                 break
             time.sleep(POLL_S)
     _stream_new(log_path, shown)
+    if recorded_input_error(run_dir) is not None:  # its message is in the log just shown
+        raise WorkerFailed(None, EXIT_INPUT_ERROR, log_path, who=f"Slurm job {job_id}")
     if state != "COMPLETED":
         raise SlurmError(f"Slurm job {job_id} ended {state}; see {log_path}")
     return take_result(run_dir)

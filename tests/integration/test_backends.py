@@ -298,6 +298,35 @@ def test_slurm_job_and_doctor_with_a_hostile_run_dir_run_no_injected_code(tmp_pa
     assert not pwned.exists()
 
 
+BAD_ROWS = ["train.jsonl line 3: unknown field 'mesages'; did you mean 'messages'?", "train.jsonl line 5: invalid JSON",
+            "train.jsonl line 6: field 'messages' must be a non-empty list"]
+
+
+@pytest.mark.parametrize("backend", ["ray", "torchrun", "local", "slurm"])
+def test_bad_rows_are_one_clean_message_and_exit_2_on_every_backend(tmp_path, tiny_model_dir, backend, request):
+    """Two workers; the data file has three bad rows. The console shows the list once, with no
+    traceback (neither the failing rank's nor the others' broken collectives nor the backend's
+    report of a failed worker group), and ftl exits 2 like any input error."""
+    good = json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]})
+    rows = [good, good, json.dumps({"mesages": [{"role": "user", "content": "Q?"}]}), good, "{oops", '{"messages": []}', good]
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    cluster: dict = {"backend": backend, "workers": 2}
+    if backend == "ray":
+        cluster["ray"] = {"address": request.getfixturevalue("ray_cluster").address}
+    if backend == "slurm":
+        request.getfixturevalue("slurm")
+        cluster.update(nodes=1)
+    config = _config(tmp_path, tiny_model_dir, "run", data={"train": str(tmp_path / "train.jsonl"), "validation": None},
+                     cluster=cluster)
+    out = _ftl("train", str(config))
+    assert out.returncode == 2, out.stderr[-5000:]
+    assert out.stderr.count("3 bad rows") == 1 and all(out.stderr.count(row) == 1 for row in BAD_ROWS), out.stderr[-5000:]
+    # Ray's own placement-group monitor fails to pick its cluster when a machine runs several Ray
+    # instances (a test machine, not ftl's doing); that actor's lines are not ftl's output.
+    ours = "\n".join(line for line in out.stderr.splitlines() if "(PlacementGroupCleaner" not in line)
+    assert "Traceback" not in ours and "Error in training function" not in ours, ours[-5000:]
+
+
 def _kill_rank1_mid_step3(tmp_path: Path) -> dict[str, str]:
     """SIGKILL rank 1 inside step 3 (after its first micro-batch), once: the restart gets past it."""
     return {"FTL_FAULT_KILL_AT": "micro@3", "FTL_FAULT_RANK": "1", "FTL_FAULT_ONCE_MARKER": str(tmp_path / "kill.marker")}
