@@ -6,11 +6,31 @@ Slurm or torchrun changes only this section (or one override, e.g. `cluster.back
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Backend = Literal["ray", "local", "slurm", "torchrun"]
+
+# What may stand in the value of an #SBATCH directive that ftl writes from a config value
+# (partition, account, time...). sbatch reads the lines itself (no shell), but a newline would
+# start a new directive or a shell line of the batch script, and quotes, backslashes and `#`
+# are syntax to its directive parser; real names and times need none of them.
+SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:+=@/-]+")
+# Characters a run directory cannot hold under Slurm: whitespace and control characters end an
+# #SBATCH argument or line, quotes and backslashes are sbatch syntax, `%` is a --output pattern.
+SBATCH_PATH_FORBIDDEN = re.compile(r"""[\s\x00-\x1f\x7f'"\\%]""")
+
+
+def sbatch_path_problem(path: str) -> str | None:
+    """Why `path` cannot be a run directory in an sbatch script, or None. (The shell lines quote
+    it; this is about the #SBATCH lines, which sbatch parses with its own rules.)"""
+    bad = SBATCH_PATH_FORBIDDEN.search(path)
+    if bad is None:
+        return None
+    return (f"{path!r} holds {bad.group()!r}, which an #SBATCH line cannot carry (whitespace, control characters, "
+            "quotes, backslashes and % are sbatch syntax); pick a path without them")
 
 
 class _Section(BaseModel):
@@ -56,8 +76,26 @@ class SlurmConfig(_Section):
     template: str | None = Field(None, description="Your own sbatch template (see scripts/slurm/ftl.sbatch.template for the placeholders).")
     extra_sbatch: list[str] = Field(default_factory=list, description="More #SBATCH lines, e.g. ['--constraint=a100'].")
     setup: list[str] = Field(
-        default_factory=list, description="Shell lines run before training on every job start (module load, source venv)."
+        default_factory=list, description="Shell lines run before training on every job start (module load, source venv); "
+        "they go into the batch script as written: they are your shell code."
     )
+
+    @field_validator("partition", "account", "qos", "time", "mem")
+    @classmethod
+    def _fits_an_sbatch_line(cls, value: str | None) -> str | None:
+        if value is not None and not SBATCH_VALUE.fullmatch(value):
+            raise ValueError(f"{value!r} cannot go on an #SBATCH line: use letters, digits and _ . , : + = @ / - only "
+                             "(a newline would add lines to the batch script)")
+        return value
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _one_line_each(cls, options: list[str]) -> list[str]:
+        for option in options:
+            if re.search(r"[\x00-\x1f\x7f]", option):
+                raise ValueError(f"{option!r}: each entry is one #SBATCH line; a newline or control character would add "
+                                 "lines to the batch script (write one entry per option)")
+        return options
 
 
 class ClusterConfig(_Section):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -110,7 +111,9 @@ def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dic
                         ("gpus-per-node", settings.gpus_per_node or None)):
         if value is not None:
             options.append(f"--{flag}={value}")
-    command = f"{sys.executable} -m cluster.slurm_doctor {run_dir} --size-mb {size_mb} --out {scratch / 'results'}"
+    # --wrap hands the command to a shell: every argument quoted (a run directory may hold $, ;, ...).
+    command = shlex.join([sys.executable, "-m", "cluster.slurm_doctor", str(run_dir), "--size-mb", str(size_mb),
+                          "--out", str(scratch / "results")])
     out = subprocess.run(["sbatch", "--parsable", *options, f"--chdir={Path(__file__).resolve().parent.parent}",
                           "--wrap", command], capture_output=True, text=True)
     if out.returncode != 0:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
-from cluster.results import clear_result, take_result
+from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.run_storage import (
     RemoteRun,
     delete_remote_checkpoints,
@@ -47,6 +47,7 @@ from cluster.run_storage import (
 )
 from cluster.signals import signals_request_stop
 from trainer.config import TrainerConfig
+from trainer.errors import TrainerInputError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 # Object-store credentials (AWS_*, GOOGLE_*, AZURE_*) likewise, for Ray's checkpoint uploads from rank 0.
 FORWARDED_ENV_PREFIXES = ("FTL_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "DS_", "NCCL_", "PYTHONPATH",
                           "AWS_", "GOOGLE_", "AZURE_")
+
+
+# Where Ray Train (2.60) logs "Error in training function" with the traceback, on the worker.
+RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
 
 
 class RayRunFailed(Exception):
@@ -104,9 +109,11 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
             try:
                 trainer.fit()
             except Exception as exc:  # ray.train.TrainingFailedError and controller errors
-                # A worker that rejected its input left the reason in the result; prefer it.
-                with contextlib.suppress(Exception):
-                    take_result(run_dir)
+                # A worker that rejected its input left the reason in the result: that one message
+                # (exit 2), not Ray's report of the failed worker group.
+                error = recorded_input_error(run_dir)
+                if error is not None:
+                    raise TrainerInputError(error) from None
                 raise RayRunFailed(f"Ray Train run failed: {exc}\nper-rank logs: {run_dir / 'logs'}") from exc
         check_placement(run_dir, cluster)
         return take_result(run_dir)
@@ -210,8 +217,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from cluster.worker import execute
-    from trainer.errors import TrainerInputError
+    from cluster.worker import execute, record_input_error
 
     context = ray.train.get_context()
     rank, world, local_rank = context.get_world_rank(), context.get_world_size(), context.get_local_rank()
@@ -234,12 +240,15 @@ def train_worker(config: dict[str, Any]) -> None:
     }))
     try:
         execute(run_dir, rank, world, local_rank, device, reporter=RayReporter(rank, config.get("storage_uri")))
-    except TrainerInputError as exc:
-        # Recorded for the driver (exit code 2 there), then fail the group so no rank waits forever.
-        if rank == 0:
-            from cluster.results import write_result
-
-            write_result(run_dir, {"error": str(exc)})
+    except Exception as exc:
+        # An input error is recorded for the driver, which prints it (exit code 2); then the group
+        # fails so no rank waits forever. Ray Train would also log its traceback on this worker
+        # (forwarded to the driver's console), as it would another rank's broken collective that
+        # follows from it: the one message is the driver's.
+        if isinstance(exc, TrainerInputError):
+            record_input_error(run_dir, rank, exc)
+        if isinstance(exc, TrainerInputError) or recorded_input_error(run_dir) is not None:
+            logging.getLogger(RAY_TRAIN_ERROR_LOGGER).setLevel(logging.CRITICAL)
         raise
 
 

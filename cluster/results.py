@@ -33,6 +33,16 @@ def clear_result(run_dir: Path) -> None:
     (run_dir / RESULT_FILE).unlink(missing_ok=True)
 
 
+def recorded_input_error(run_dir: Path) -> str | None:
+    """The input error a rank recorded (bad data row, bad checkpoint...), if any. Other ranks and
+    the launchers use it to tell the consequences of that error (a broken collective, a failed
+    worker group) from a failure of their own, and to report the one message instead."""
+    try:
+        return json.loads((run_dir / RESULT_FILE).read_text()).get("error")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def take_result(run_dir: Path) -> dict[str, Any]:
     """The run summary; raises StopRequested for a run that stopped with a checkpoint.
     The file stays (several launchers may read it, e.g. one per torchrun node); each launch

@@ -7,7 +7,6 @@ What runs inside the allocation is cluster/slurm_job.py. Slurm is driven through
 
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 import subprocess
@@ -17,9 +16,11 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from cluster.config import ClusterConfig
-from cluster.results import clear_result, take_result
+from cluster.config import ClusterConfig, sbatch_path_problem
+from cluster.local import WorkerFailed
+from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
+from cluster.worker import EXIT_INPUT_ERROR
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = REPO / "scripts" / "slurm" / "ftl.sbatch.template"
@@ -33,9 +34,13 @@ class SlurmError(Exception):
 
 
 def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = None, workdir: Path | None = None) -> str:
+    """Every placeholder is shell-quoted (shlex.quote leaves plain names as they are): the batch
+    script is run by bash, and sbatch's own parser of #SBATCH lines removes the same quotes.
+    Values that become #SBATCH directives were checked when the config was validated."""
     settings = cluster.slurm
-    if re.search(r"\s", str(run_dir)):
-        raise SlurmError(f"output.dir {run_dir!s}: #SBATCH lines cannot hold paths with spaces; pick a path without them")
+    problem = sbatch_path_problem(str(run_dir))
+    if problem:
+        raise SlurmError(f"output.dir {problem}")
     options = [f"--gpus-per-node={settings.gpus_per_node}"] if settings.gpus_per_node else []
     for flag, value in (("partition", settings.partition), ("account", settings.account), ("qos", settings.qos),
                         ("time", settings.time), ("cpus-per-task", settings.cpus_per_task), ("mem", settings.mem)):
@@ -47,8 +52,8 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
         raise SlurmError(f"cluster.slurm.template: {template} does not exist")
     try:
         return Template(template.read_text()).substitute(
-            run_dir=str(run_dir),
-            job_name=f"ftl-{run_dir.name}",
+            run_dir=shlex.quote(str(run_dir)),
+            job_name=shlex.quote(f"ftl-{run_dir.name}"),
             nodes=cluster.nodes,
             signal_before_s=settings.signal_before_s,
             requeue="--requeue" if settings.requeue else "--no-requeue",
@@ -106,6 +111,8 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
                 break
             time.sleep(POLL_S)
     _stream_new(log_path, shown)
+    if recorded_input_error(run_dir) is not None:  # its message is in the log just shown
+        raise WorkerFailed(None, EXIT_INPUT_ERROR, log_path, who=f"Slurm job {job_id}")
     if state != "COMPLETED":
         raise SlurmError(f"Slurm job {job_id} ended {state}; see {log_path}")
     return take_result(run_dir)

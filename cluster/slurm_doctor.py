@@ -4,6 +4,7 @@ environment derived from Slurm's (the first node hosts the rendezvous store)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     head = node_address(hostnames(os.environ["SLURM_JOB_NODELIST"])[0])
     port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 20000
-    worker = " ".join([sys.executable, "-m", "cluster.doctor_worker", *args])
+    worker = shlex.join([sys.executable, "-m", "cluster.doctor_worker", *args])  # bash -c: quoted
     script = (f"export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
               f"MASTER_ADDR={head} MASTER_PORT={port} OMP_NUM_THREADS=1; exec {worker}")
     return subprocess.run(["srun", "bash", "-c", script]).returncode

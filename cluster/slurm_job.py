@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 from cluster.config import ClusterConfig
 from cluster.local import threads_per_worker
 from cluster.results import RESULT_FILE, clear_result
-from cluster.worker import load_run_configs
+from cluster.worker import EXIT_INPUT_ERROR, load_run_configs
 from trainer.stopping import STOP_SIGNALS, clear_stop_request, request_stop
 
 EXIT_STOPPED = 3
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         code = run_ray_on_allocation(cfg, run_dir, cluster, head, port)
     outcome = _read_outcome(run_dir)
+    if "error" in outcome:  # a worker rejected its input: no requeue would help
+        if cluster.slurm.mode == "ray":  # in torchrun mode rank 0 printed it into this log already
+            print(f"error: {outcome['error']}", flush=True)
+        return EXIT_INPUT_ERROR
     if outcome.get("stopped"):
         if signals and cluster.slurm.requeue:
             print(f"ftl slurm job {job_id}: checkpoint at step {outcome['step']}; requeueing", flush=True)
@@ -97,7 +102,7 @@ def threads_for(cluster: ClusterConfig) -> int:
 def run_torchrun_agents(run_dir: Path, cluster: ClusterConfig, head: str, port: int, job_id: str) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads_for(cluster)), TOKENIZERS_PARALLELISM="false")
     cmd = ["srun", f"--nodes={len(hostnames(os.environ['SLURM_JOB_NODELIST']))}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-           sys.executable, "-m", "torch.distributed.run", f"--nnodes={cluster.nodes}", f"--nproc-per-node={cluster.workers}",
+           sys.executable, "-m", "cluster.torchrun_agent", f"--nnodes={cluster.nodes}", f"--nproc-per-node={cluster.workers}",
            "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=slurm-{job_id}",
            f"--max-restarts={cluster.torchrun.max_restarts}", "--monitor-interval=1",
            "-m", "cluster.worker", str(run_dir)]
@@ -112,7 +117,7 @@ def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, he
     from trainer.errors import TrainerInputError
     from trainer.stopping import StopRequested
 
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    ray_bin = shlex.quote(str(Path(sys.executable).parent / "ray"))  # goes into a bash -c line
     cpus = os.environ.get("SLURM_CPUS_ON_NODE", str(os.cpu_count() or 1))
     # Every node advertises its own NodeAddr (what Slurm uses to reach it), the head included.
     own_addr = "$(scontrol show node -o $SLURMD_NODENAME | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"

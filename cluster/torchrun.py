@@ -1,5 +1,6 @@
-"""torchrun backend: this machine runs one torchrun agent that starts `cluster.workers` workers
-(`python -m cluster.worker RUN_DIR`) and joins a c10d rendezvous.
+"""torchrun backend: this machine runs one torchrun agent (cluster/torchrun_agent.py: torchrun's own,
+with a short failure report) that starts `cluster.workers` workers (`python -m cluster.worker
+RUN_DIR`) and joins a c10d rendezvous.
 
 One node: `--standalone`. Several nodes: run the same `ftl train` command on every node with
 `cluster.nodes=N cluster.torchrun.rdzv_endpoint=HOST:PORT` (HOST is one of the nodes; its agent
@@ -22,15 +23,16 @@ from typing import Any
 
 from cluster.config import ClusterConfig
 from cluster.local import WorkerFailed, threads_per_worker
-from cluster.results import clear_result, take_result
+from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
+from cluster.worker import EXIT_INPUT_ERROR
 
 AGENT_STOP_GRACE_S = 60
 
 
 def torchrun_command(run_dir: Path, cluster: ClusterConfig) -> list[str]:
     settings = cluster.torchrun
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cluster.workers}",
+    cmd = [sys.executable, "-m", "cluster.torchrun_agent", f"--nproc-per-node={cluster.workers}",
            f"--max-restarts={settings.max_restarts}", "--monitor-interval=1"]
     if cluster.nodes == 1 and not settings.rdzv_endpoint:
         cmd.append("--standalone")
@@ -70,7 +72,9 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
                 agent.kill()
             raise
     if code != 0:
-        raise WorkerFailed(None, code, run_dir / "logs", who="torchrun")
+        # A rank's input error (exit 2, printed by that rank) is reported as such, whatever the
+        # other ranks' exit codes.
+        raise WorkerFailed(None, EXIT_INPUT_ERROR if recorded_input_error(run_dir) else code, run_dir / "logs", who="torchrun")
     return take_result(run_dir)
 
 

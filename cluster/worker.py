@@ -98,12 +98,36 @@ def execute(run_dir: Path, rank: int, world_size: int, local_rank: int, device: 
     return outcome
 
 
+def record_input_error(run_dir: Path, rank: int, exc: Exception) -> None:
+    """Rank 0's input error goes to the launcher through the result file (exit code 2 there)."""
+    from cluster.results import write_result
+
+    if rank == 0:
+        write_result(run_dir, {"error": str(exc)})
+
+
+def _reported_by_rank0(run_dir: Path, message: str, wait_s: float = 5.0) -> bool:
+    """An error every rank hits (e.g. an invalid checkpoint.resume) is printed by rank 0 only;
+    torchrun shows all ranks' stderr on one console. Rank 0 records it at the same moment."""
+    import time
+
+    from cluster.results import recorded_input_error
+
+    deadline = time.monotonic() + wait_s
+    while recorded_input_error(run_dir) != message:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
         print("usage: python -m cluster.worker RUN_DIR", file=sys.stderr)
         return EXIT_INPUT_ERROR
     run_dir = Path(args[0]).resolve()
+    from cluster.results import recorded_input_error
     from trainer.errors import RunWriteError, TrainerInputError
 
     _, cluster_cfg = load_run_configs(run_dir)
@@ -112,10 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         execute(run_dir, rank, world_size, local_rank, device)
     except TrainerInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        record_input_error(run_dir, rank, exc)
+        if rank == 0 or not _reported_by_rank0(run_dir, str(exc)):
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except RunWriteError:
         return 1  # disk full or I/O error: the clear message is already on stderr
+    except Exception:
+        if recorded_input_error(run_dir) is None:
+            raise
+        return EXIT_INPUT_ERROR  # a consequence of another rank's input error (printed there): no traceback
     finally:
         _destroy_process_group()
     return 0

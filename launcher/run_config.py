@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, sbatch_path_problem
 from trainer.config import TrainerConfig
 
 SHARDED = ("fsdp", "deepspeed")
@@ -53,4 +53,11 @@ class RunConfig(TrainerConfig):
             raise ValueError(f"output.dir {uri!r} is an object-store URI, which ftl stores through Ray Train "
                              f"(cluster.backend=ray); with cluster.backend={self.cluster.backend} use a path on a "
                              "filesystem every worker mounts")
+        return self
+
+    @model_validator(mode="after")
+    def _slurm_run_dir_fits_sbatch(self) -> "RunConfig":
+        problem = sbatch_path_problem(self.output.dir) if self.cluster.backend == "slurm" else None
+        if problem:
+            raise ValueError(f"output.dir {problem}")
         return self

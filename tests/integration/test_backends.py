@@ -258,6 +258,75 @@ def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
+def _hostile_run_dir(tmp_path: Path, pwned: Path) -> str:
+    """A run directory whose name is shell code that creates `pwned` if a shell ever evaluates it."""
+    return f"{tmp_path}/runs/x$(touch${{IFS}}{pwned})`touch${{IFS}}{pwned}`;#y"
+
+
+def test_slurm_script_quotes_the_run_dir_and_refuses_values_that_break_sbatch_lines(tmp_path, tiny_model_dir):
+    pwned = tmp_path / "PWNED"
+    config = _config(tmp_path, tiny_model_dir, "run")
+    out = _ftl("slurm", str(config), "--dry-run", f"output.dir={_hostile_run_dir(tmp_path, pwned)}")
+    assert out.returncode == 0, out.stderr
+    script = tmp_path / "job.sbatch"
+    script.write_text(out.stdout)
+    # Run the script as the batch shell would (outside a job, cluster.slurm_job prints its usage
+    # and exits 2): the hostile name is an argument, never code.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    ran = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert ran.returncode == 2 and "usage" in ran.stderr, ran.stderr
+    assert not pwned.exists()
+    # Values that become #SBATCH directives: a newline would add a directive or a shell line.
+    for key, value in (("partition", f"gpu\n#SBATCH --wrap='touch {pwned}'"), ("extra_sbatch", ["--exclusive", f"-c1\ntouch {pwned}"])):
+        hostile = _config(tmp_path, tiny_model_dir, key, cluster={"slurm": {key: value}})
+        refused = _ftl("slurm", str(hostile), "--dry-run")
+        assert refused.returncode == 2 and f"cluster.slurm.{key}" in refused.stderr and "#SBATCH" in refused.stderr, refused.stderr
+    spaced = _ftl("slurm", str(config), "--dry-run", f"output.dir={tmp_path}/a b")
+    assert spaced.returncode == 2 and "output.dir" in spaced.stderr and "#SBATCH" in spaced.stderr, spaced.stderr
+    assert not pwned.exists()
+
+
+def test_slurm_job_and_doctor_with_a_hostile_run_dir_run_no_injected_code(tmp_path, tiny_model_dir, slurm):
+    pwned = tmp_path / "PWNED"
+    run_dir = _hostile_run_dir(tmp_path, pwned)
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "nodes": 1, "workers": 1})
+    doctor = _ftl("doctor", str(config), f"output.dir={run_dir}", "--workers", "1", "--size-mb", "1")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr[-2000:]
+    out = _ftl("train", str(config), f"output.dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (Path(run_dir) / "final").is_dir() and list((Path(run_dir) / "logs").glob("slurm-*.out"))  # sbatch read --output right
+    assert not pwned.exists()
+
+
+BAD_ROWS = ["train.jsonl line 3: unknown field 'mesages'; did you mean 'messages'?", "train.jsonl line 5: invalid JSON",
+            "train.jsonl line 6: field 'messages' must be a non-empty list"]
+
+
+@pytest.mark.parametrize("backend", ["ray", "torchrun", "local", "slurm"])
+def test_bad_rows_are_one_clean_message_and_exit_2_on_every_backend(tmp_path, tiny_model_dir, backend, request):
+    """Two workers; the data file has three bad rows. The console shows the list once, with no
+    traceback (neither the failing rank's nor the others' broken collectives nor the backend's
+    report of a failed worker group), and ftl exits 2 like any input error."""
+    good = json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]})
+    rows = [good, good, json.dumps({"mesages": [{"role": "user", "content": "Q?"}]}), good, "{oops", '{"messages": []}', good]
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    cluster: dict = {"backend": backend, "workers": 2}
+    if backend == "ray":
+        cluster["ray"] = {"address": request.getfixturevalue("ray_cluster").address}
+    if backend == "slurm":
+        request.getfixturevalue("slurm")
+        cluster.update(nodes=1)
+    config = _config(tmp_path, tiny_model_dir, "run", data={"train": str(tmp_path / "train.jsonl"), "validation": None},
+                     cluster=cluster)
+    out = _ftl("train", str(config))
+    assert out.returncode == 2, out.stderr[-5000:]
+    assert out.stderr.count("3 bad rows") == 1 and all(out.stderr.count(row) == 1 for row in BAD_ROWS), out.stderr[-5000:]
+    # Ray's own placement-group monitor fails to pick its cluster when a machine runs several Ray
+    # instances (a test machine, not ftl's doing); that actor's lines are not ftl's output.
+    ours = "\n".join(line for line in out.stderr.splitlines() if "(PlacementGroupCleaner" not in line)
+    assert "Traceback" not in ours and "Error in training function" not in ours, ours[-5000:]
+
+
 def _kill_rank1_mid_step3(tmp_path: Path) -> dict[str, str]:
     """SIGKILL rank 1 inside step 3 (after its first micro-batch), once: the restart gets past it."""
     return {"FTL_FAULT_KILL_AT": "micro@3", "FTL_FAULT_RANK": "1", "FTL_FAULT_ONCE_MARKER": str(tmp_path / "kill.marker")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,33 @@ def test_readers_report_locations(tmp_path: Path) -> None:
     assert rows[1].where == "d.parquet row 1" and rows[1].values == {"text": "b"}
     with pytest.raises(DataError, match="dataset file not found"):
         list(read_rows(str(tmp_path / "missing.jsonl")))
+
+
+def test_every_bad_row_is_reported_with_its_line_and_a_misspelled_key_is_named(tmp_path: Path, tokenizer: Any) -> None:
+    misspelled = {"mesages": GOOD["messages"]}
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD, misspelled, GOOD, "{not json", {"messages": []}, GOOD])
+    with pytest.raises(DataError) as info:
+        load_tokenized(str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+    message = str(info.value)
+    assert message.startswith(f"{path}: 3 bad rows") and "data.skip_bad_rows=true" in message
+    assert "d.jsonl line 2: unknown field 'mesages'; did you mean 'messages'?" in message
+    assert "d.jsonl line 4: invalid JSON" in message and "d.jsonl line 5: field 'messages'" in message
+
+
+def test_a_long_list_of_bad_rows_stops_at_twenty_and_counts_the_rest(tmp_path: Path, tokenizer: Any) -> None:
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD] + [{"text": "x"}] * 25)
+    with pytest.raises(DataError) as info:
+        load_tokenized(str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+    lines = str(info.value).splitlines()
+    assert "25 bad rows" in lines[0] and len(lines) == 1 + 20 + 1 and lines[-1].strip() == "... and 5 more"
+    assert lines[1].strip().startswith("- d.jsonl line 2:") and lines[20].strip().startswith("- d.jsonl line 21:")
+
+
+@pytest.mark.parametrize("fmt,row,hint", [
+    ("alpaca", {"instruction": "x", "ouptut": "y"}, "unknown field 'ouptut'; did you mean 'output'?"),
+    ("completion", {"promt": "x", "completion": "y"}, "unknown field 'promt'; did you mean 'prompt'?"),
+    ("text", {"txt": "x"}, "unknown field 'txt'; did you mean 'text'?"),
+])
+def test_a_misspelled_field_is_named_in_every_format(tokenizer: Any, fmt: str, row: dict, hint: str) -> None:
+    with pytest.raises(DataError, match=re.escape(f"train.jsonl line 3: {hint}")):
+        render_example(Row("train.jsonl line 3", row), fmt, tokenizer)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from trainer.checkpointing.safe_load import weights_only_loads
+
 TAG = "ds"
 
 
@@ -34,10 +36,11 @@ class DeepSpeedStateIO:
         # Another worker count: the universal copy made before the engine was built (it has the same
         # `ds/` tag); the engine was configured to slice it for its own ranks.
         source = self.strategy.universal_checkpoint or directory
-        path, _ = self.strategy.engine.load_checkpoint(
-            str(source), tag=TAG, load_module_strict=not self.adapter_only,
-            load_optimizer_states=optimizer is not None, load_lr_scheduler_states=False,
-        )
+        with weights_only_loads(source):  # DeepSpeed's torch.load passes weights_only=False
+            path, _ = self.strategy.engine.load_checkpoint(
+                str(source), tag=TAG, load_module_strict=not self.adapter_only,
+                load_optimizer_states=optimizer is not None, load_lr_scheduler_states=False,
+            )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {Path(source) / TAG}")
         if self.strategy.universal_checkpoint is not None and optimizer is not None:
@@ -86,6 +89,7 @@ def load_trainable_unsharded(model: Any, directory: Path) -> None:
 
     from trainer.checkpointing.layouts import load_trainable
 
-    full = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG, exclude_frozen_parameters=True)
+    with weights_only_loads(directory):
+        full = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG, exclude_frozen_parameters=True)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     load_trainable(model, {k: v for k, v in full.items() if k in trainable}, source=str(directory))

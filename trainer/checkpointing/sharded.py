@@ -1,6 +1,7 @@
 """FSDP2 state through torch.distributed.checkpoint (DCP): each rank writes only its shards of the
 trainable parameters and their optimizer state into `state/`; DCP's metadata lets any number of
-ranks (one plain process included) read them back, resharding as needed.
+ranks (one plain process included) read them back, resharding as needed. DCP's files are pickles:
+they are read through safe_load's restricted reader and weights-only planner.
 
 Asynchronous save uses `dcp.async_save`: the state is staged (copied) to CPU memory before it
 returns, then written by a background thread over a dedicated gloo group, so the background
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainer.checkpointing.safe_load import dcp_load
 
 STATE_DIR = "state"
 
@@ -52,14 +55,13 @@ class DCPStateIO:
         return None
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         model_state, optim_state = get_state_dict(model, optimizer, options=_options())
         state = {"model": model_state, "optim": optim_state}
         # dcp.load fails on any trainable key the checkpoint lacks; the frozen keys are absent by
         # design, which set_state_dict must not count as missing (strict=False).
-        dcp.load(state, checkpoint_id=str(directory / STATE_DIR))
+        dcp_load(state, directory / STATE_DIR, directory)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                        options=_options(strict=False))
 
@@ -84,10 +86,8 @@ class DCPStateIO:
 def load_trainable_unsharded(model: torch.nn.Module, directory: Path) -> None:
     """Read a DCP checkpoint's trainable weights into a plain (unwrapped, single-process) model:
     used by `ftl export`, where there is no process group and no FSDP."""
-    import torch.distributed.checkpoint as dcp
-
     target = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-    dcp.load({"model": target}, checkpoint_id=str(directory / STATE_DIR), no_dist=True)
+    dcp_load({"model": target}, directory / STATE_DIR, directory, no_dist=True)
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in target.items():

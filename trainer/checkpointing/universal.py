@@ -8,7 +8,8 @@ engine configured with `checkpoint.load_universal=true` slices for its own rank 
 The committed checkpoint is never modified (its manifest's checksums stay valid): rank 0 writes a
 derived copy into `RUN_DIR/.universal/.tmp-step-N/`, records which checkpoint it came from, and
 renames it to `RUN_DIR/.universal/step-N/` (atomic), so a crash mid-conversion leaves nothing
-that looks complete. A complete copy of the same checkpoint is reused; copies of other
+that looks complete. The copy has its own manifest (sizes and sha256 of its files), and a copy
+of the same checkpoint is reused only when that manifest still matches; copies of other
 checkpoints are deleted (only the one being resumed is ever needed). The other ranks wait for
 rank 0's answer. All of this runs before the model is built.
 """
@@ -27,7 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from trainer.checkpointing.deepspeed_state import TAG
-from trainer.checkpointing.protocol import MANIFEST, atomic_write_text, fsync_dir, fsync_tree_dirs, sha256_file, step_of
+from trainer.checkpointing.protocol import (
+    MANIFEST,
+    atomic_write_text,
+    fsync_dir,
+    fsync_tree_dirs,
+    list_files,
+    sha256_file,
+    step_of,
+    validate_checkpoint,
+    write_manifest,
+)
+from trainer.checkpointing.safe_load import weights_only_loads
 from trainer.distributed import barrier, broadcast_object
 from trainer.errors import TrainerInputError
 
@@ -80,6 +92,8 @@ def prepare_universal(checkpoint: Path, run_dir: Path, *, rank: int) -> Path:
         problem = None
         try:
             _convert_once(checkpoint, target)
+        except TrainerInputError as exc:  # the checkpoint holds what ftl refuses to load
+            problem = str(exc)
         except Exception as exc:  # every rank must learn that the conversion failed
             log.exception("universal checkpoint conversion of %s failed", checkpoint)
             problem = (f"converting ZeRO checkpoint {checkpoint} to DeepSpeed's universal format (for another worker "
@@ -124,15 +138,17 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
         else:
             entry.unlink(missing_ok=True)
     if target.is_dir():
-        if _recorded_source(target) == source:
+        # Reused only when made from this checkpoint and intact (its own manifest: sizes, sha256).
+        if _recorded_source(target) == source and validate_checkpoint(target) is None:
             log.info("reusing the universal copy %s of %s", target, checkpoint)
             return
-        shutil.rmtree(target)  # made from another checkpoint with the same step (checkpoint.resume=PATH)
+        shutil.rmtree(target)  # made from another checkpoint with the same step (checkpoint.resume=PATH), or damaged
     tmp = root / f".tmp-{target.name}"
     log.info("converting ZeRO checkpoint %s to a universal checkpoint in %s (for a new worker count)", checkpoint, target)
     try:
         _ds_to_universal(checkpoint / TAG, tmp / TAG)
         atomic_write_text(tmp / SOURCE_FILE, json.dumps(source))
+        write_manifest(tmp, {"derived_from": source}, {name: sha256_file(tmp / name) for name in list_files(tmp)})
         fsync_tree_dirs(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the next attempt starts clean anyway
@@ -163,7 +179,7 @@ def _ds_to_universal(input_folder: Path, output_folder: Path) -> None:
         inject_missing_state=True,
     )
     chatter = io.StringIO()  # the converter prints its progress; keep it out of the run's stdout
-    with contextlib.redirect_stdout(chatter):
+    with contextlib.redirect_stdout(chatter), weights_only_loads(input_folder.parent):
         main(args)
     log.debug("ds_to_universal: %s", chatter.getvalue())
 

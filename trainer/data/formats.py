@@ -16,6 +16,7 @@ are exactly those of rendering the whole conversation at once (no re-tokenisatio
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,9 +99,18 @@ def render_prompt(row: Row, fmt: str, tokenizer: Any) -> Prompt:
     raise ValueError(f"format {fmt!r} has no prompt/answer split")
 
 
+def missing_field(values: dict[str, Any], key: str) -> RowProblem:
+    """A required field is absent: name a present field that looks like a misspelling of it."""
+    present = [name for name in values if isinstance(name, str)]
+    close = difflib.get_close_matches(key, present, n=1, cutoff=0.75)
+    if close:
+        return RowProblem(f"unknown field {close[0]!r}; did you mean {key!r}?")
+    return RowProblem(f"missing field {key!r} (fields present: {', '.join(sorted(present)) or 'none'})")
+
+
 def class_label_id(values: dict[str, Any], names: list[str]) -> int:
     if "label" not in values or values["label"] is None:
-        raise RowProblem(f"missing field 'label' (fields present: {', '.join(sorted(values)) or 'none'})")
+        raise missing_field(values, "label")
     label = values["label"]
     if isinstance(label, str) and label in names:
         return names.index(label)
@@ -122,8 +132,7 @@ def _check_row(row: Row) -> dict[str, Any]:
 
 def _str_field(values: dict[str, Any], key: str, allow_empty: bool = True) -> str:
     if key not in values or values[key] is None:
-        present = ", ".join(sorted(values)) or "none"
-        raise RowProblem(f"missing field {key!r} (fields present: {present})")
+        raise missing_field(values, key)
     value = values[key]
     if not isinstance(value, str):
         raise RowProblem(f"field {key!r} must be a string, got {type(value).__name__}")
@@ -136,6 +145,11 @@ def _messages(values: dict[str, Any]) -> list[dict[str, str]]:
     messages = values.get("messages")
     if messages is None:
         messages = values.get("conversations")  # a common alias in public chat datasets
+    if messages is None:
+        for key in ("messages", "conversations"):
+            problem = missing_field(values, key)
+            if "did you mean" in str(problem):
+                raise problem
     if not isinstance(messages, list) or not messages:
         raise RowProblem("field 'messages' must be a non-empty list of {role, content} objects")
     clean = []

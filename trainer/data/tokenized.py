@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 # Bump when rendering/masking logic changes so stale caches are not reused.
 CACHE_VERSION = 1
-MAX_REPORTED_ERRORS = 5
+MAX_REPORTED_ERRORS = 5  # skipped rows named in the data report
+MAX_LISTED_BAD_ROWS = 20  # bad rows listed in the error that stops a run (then a count)
 
 
 @dataclass
@@ -130,6 +131,7 @@ def _tokenize(
     sources: list[int] = []
     classes: list[int] = []
     errors: list[str] = []
+    bad_rows: list[str] = []  # without skip_bad_rows: every bad row, reported together at the end
     stats = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
     for row_index, row in enumerate(read_rows(spec, split)):
         try:
@@ -139,15 +141,15 @@ def _tokenize(
                 stats["skipped_bad"] += 1
                 if len(errors) < MAX_REPORTED_ERRORS:
                     errors.append(str(exc))
-                continue
-            raise
+            else:
+                bad_rows.append(str(exc))
+            continue
         token_ids, mask = example.input_ids, example.loss_mask
         if len(token_ids) > max_seq_len:
             if too_long == "error":
-                raise DataError(
-                    f"{row.where}: {len(token_ids)} tokens, longer than data.max_seq_len={max_seq_len}; "
-                    "raise max_seq_len or set data.too_long to truncate or drop"
-                )
+                bad_rows.append(f"{row.where}: {len(token_ids)} tokens, longer than data.max_seq_len={max_seq_len}; "
+                                "raise max_seq_len or set data.too_long to truncate or drop")
+                continue
             if too_long == "drop":
                 stats["dropped_too_long"] += 1
                 continue
@@ -165,6 +167,8 @@ def _tokenize(
         if example.class_label is not None:
             classes.append(example.class_label)
         stats["rows"] += 1
+    if bad_rows:
+        raise DataError(_bad_rows_message(spec, bad_rows))
     if stats["skipped_bad"]:
         log.warning("%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors)
     stats["skipped_examples"] = errors
@@ -174,6 +178,16 @@ def _tokenize(
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     class_ids = np.asarray(classes, np.int64) if fmt == "classification" else None
     return TokenizedSet(np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats, class_ids)
+
+
+def _bad_rows_message(spec: str, bad_rows: list[str]) -> str:
+    if len(bad_rows) == 1:
+        return bad_rows[0]
+    listed = "\n".join(f"  - {problem}" for problem in bad_rows[:MAX_LISTED_BAD_ROWS])
+    more = len(bad_rows) - MAX_LISTED_BAD_ROWS
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    return (f"{spec}: {len(bad_rows)} bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows:\n"
+            f"{listed}{tail}")
 
 
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from trainer.checkpoint import LoopState, load_trainable_from_checkpoint
+from trainer.checkpointing.safe_load import verify_before_load
 from trainer.config import TrainerConfig
 from trainer.data.prepare import EvalSet
 from trainer.metrics import MetricsWriter
@@ -136,8 +137,10 @@ class TransferController:
         if self.early is None or self.early.best_step is None or self.early.best_step == step:
             return None
         best = self.early.best_step
+        checkpoint = run_dir / "checkpoints" / f"step-{best}"
+        verify_before_load(checkpoint)  # collective: every rank calls restore_best
         fresh = build_fresh()
-        load_trainable_from_checkpoint(run_dir / "checkpoints" / f"step-{best}", fresh)
+        load_trainable_from_checkpoint(checkpoint, fresh)
         values = dict(fresh.named_parameters())
         with torch.no_grad():
             for name, parameter in live.named_parameters():
