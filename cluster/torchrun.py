@@ -59,7 +59,7 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     def abort() -> None:
         agent.send_signal(signal.SIGTERM)
 
-    with signals_request_stop(run_dir, on_second_interrupt=abort):
+    with signals_request_stop(run_dir, force_quit=abort):
         try:
             code = agent.wait()
         except BaseException:
