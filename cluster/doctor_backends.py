@@ -51,6 +51,9 @@ def _on_local(run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, 
 def _on_ray(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[str, Any]]:
     """Ray Train workers placed as a training run's would be; results through a shared folder
     next to the run directory (the same shared filesystem a run needs)."""
+    from cluster.ray_driver import prefer_loopback
+
+    prefer_loopback(cluster.ray)  # before Ray is imported
     import ray
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer

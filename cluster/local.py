@@ -3,7 +3,8 @@
 One worker runs in the launcher's own process (fastest start). Several workers run as
 `python -m cluster.worker RUN_DIR` processes with torchrun's environment contract (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), rendezvous on loopback, gloo on CPU.
-If one worker fails, the others are stopped and the launcher exits with its code.
+If one worker fails, the others are stopped and the launcher exits with its code. If the
+launcher dies (even by SIGKILL), its workers die with it (cluster/parent_death.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
+from cluster.loopback import LOOPBACK_INTERFACE
+from cluster.parent_death import child_dies_with_this_process
 from cluster.results import clear_result, take_result
 from trainer.config import TrainerConfig
 
@@ -74,6 +77,8 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(world_size)))
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TOKENIZERS_PARALLELISM="false")
+    if LOOPBACK_INTERFACE:  # gloo listens on loopback only (cluster/loopback.py)
+        env.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK_INTERFACE)
     return env
 
 
@@ -90,6 +95,7 @@ def spawn_module(module: str, args: list[str], world_size: int, port: int, log_d
     raise WorkerFailed. Rank 0 talks to the terminal unless told not to; the others (and then
     rank 0 too) write to LOG_DIR/worker-R.out. `extra_env` adds variables per rank."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    tie_to_launcher = child_dies_with_this_process()  # a SIGKILLed launcher takes its workers along
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path | None] = []
     for rank in range(world_size):
@@ -97,8 +103,8 @@ def spawn_module(module: str, args: list[str], world_size: int, port: int, log_d
         out = None if log is None else log.open("wb")
         env = worker_env(rank, world_size, port)
         env.update((extra_env or {}).get(rank, {}))
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *args],
-                                      env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=out,
+                                      stderr=subprocess.STDOUT if out else None, preexec_fn=tie_to_launcher))
         logs.append(log)
     previous = {s: signal.signal(s, _forward_to(procs)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:

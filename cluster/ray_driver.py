@@ -20,19 +20,32 @@ is off (num_to_keep=None) because ftl's own retention (checkpoint.keep_last) dec
 delete. Resume reads the run directory's manifests, not Ray's checkpoint record; that record goes
 stale as soon as ftl deletes a checkpoint it lists, and Ray refuses to start on a stale one, so
 the driver drops it before each start.
+
+Signals and lifetime: Ctrl-C / SIGTERM / SIGUSR1 to the driver become ftl's stop request (the
+workers checkpoint at the next step boundary, as on the local backend). Ray Train's own SIGINT
+handler, which would abort the workers mid-step, is not installed. A local Ray started here runs
+on loopback only, ignores the terminal's Ctrl-C (which reaches the whole foreground process group)
+and dies with the driver: Ray ties its daemons to it with PR_SET_PDEATHSIG, and ftl ties the
+workers to it directly (Ray alone ends them only seconds after their raylet, time to commit a
+checkpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
+from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.run_storage import (
     RemoteRun,
@@ -68,6 +81,7 @@ class RayRunFailed(Exception):
 
 def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle_signals: bool = True) -> dict[str, Any]:
     """`handle_signals=False` when the caller already turns signals into stop requests (Slurm job)."""
+    prefer_loopback(cluster.ray)  # before Ray is imported
     import ray
     from ray.train import (
         CheckpointConfig,
@@ -75,7 +89,7 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
         LoggingConfig,
         RunConfig,
     )
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     remote = open_remote(cfg.output.dir) if is_uri(cfg.output.dir) else None
     if remote is not None:
@@ -88,10 +102,13 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
     started_here = connect(cluster.ray)
     try:
         scaling, cpus, gpus = scaling_for(cluster)
-        trainer = TorchTrainer(
+        trainer = stop_requesting_torch_trainer()(
             train_worker,
             train_loop_config={"run_dir": str(run_dir), "threads": max(1, int(cpus)),
-                               "storage_uri": remote.uri if remote is not None else None},
+                               "storage_uri": remote.uri if remote is not None else None,
+                               # A local Ray started here: its workers listen on loopback only and die with this driver.
+                               "loopback_timeout_s": cluster.collective_timeout_s if started_here else None,
+                               "driver_pid": os.getpid() if started_here else None},
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=cluster.collective_timeout_s),
             scaling_config=scaling,
             run_config=RunConfig(
@@ -100,7 +117,7 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
                 storage_filesystem=storage_fs if remote is not None else None,
                 failure_config=FailureConfig(max_failures=cluster.ray.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=None),
-                worker_runtime_env={"env_vars": forwarded_env()},
+                worker_runtime_env={"env_vars": {**forwarded_env(), **(loopback_env() if started_here else {})}},
                 logging_config=LoggingConfig(log_level="WARNING"),  # ftl's own per-rank logs keep the details
             ),
         )
@@ -122,6 +139,22 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
             ray.shutdown()
         if remote is not None:
             _mirror(remote, run_dir)
+
+
+@functools.cache
+def stop_requesting_torch_trainer() -> type:
+    """Ray Train's TorchTrainer without its SIGINT handler. Ray Train installs one in fit() that
+    aborts the controller (workers killed mid-step, no checkpoint, exit 1), replacing the one that
+    turns Ctrl-C into ftl's stop request (ray/train/v2/api/data_parallel_trainer.py:
+    `_register_sigint_handler`, from `_initialize_and_run_controller`). Built on first use, so
+    importing this module does not import Ray."""
+    from ray.train.torch import TorchTrainer
+
+    class StopRequestingTorchTrainer(TorchTrainer):  # type: ignore[misc]
+        def _register_sigint_handler(self, controller: Any) -> None:
+            pass  # the driver's handler (cluster/signals.py) stays in place
+
+    return StopRequestingTorchTrainer
 
 
 def _local_fs() -> Any:
@@ -179,9 +212,44 @@ def connect(settings: RayConfig) -> bool:
     # The dashboard process also serves the state API that Ray Train's placement-group cleaner
     # polls; bound to loopback so nothing is exposed.
     # address="local": always a new instance; None would join any Ray already running on this machine.
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
-             logging_level=logging.WARNING, num_cpus=os.cpu_count() or 1)
+    with _children_ignore_sigint():
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+                 logging_level=logging.WARNING, num_cpus=os.cpu_count() or 1)
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip not in LOOPBACK:
+        log.warning("the local Ray listens on %s, not only on loopback (Ray was imported before ftl could ask for "
+                    "loopback)", node_ip)
     return True
+
+
+# Ray resolves a local node's address to the machine's routable IP, and its servers (GCS, raylet,
+# workers, agents, metrics endpoints) then listen on every interface. Ray's single-machine setting
+# (its default on macOS/Windows) resolves it to 127.0.0.1 instead, and every server binds loopback.
+# Read once, when Ray is imported.
+RAY_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def prefer_loopback(settings: RayConfig) -> None:
+    """Call before importing Ray: a local Ray that ftl starts (no cluster address) binds loopback
+    only. Never for a cluster to join: its nodes must reach this driver at a routable address."""
+    if not (settings.address or os.environ.get("RAY_ADDRESS")):
+        os.environ[RAY_SINGLE_MACHINE_ENV] = "0"
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """A terminal's Ctrl-C goes to its whole foreground process group, which Ray's daemons join
+    (the dashboard's modules would die of it). Started while SIGINT is ignored, they inherit
+    SIG_IGN, and so do the workers the raylet starts; the driver's own handler comes back after
+    (a Ctrl-C during these seconds of start-up is lost)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _free_port() -> int:
@@ -197,6 +265,11 @@ def default_cpus_per_worker(cluster: ClusterConfig) -> float:
     node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     smallest = min((c for c in node_cpus if c > 0), default=1)
     return float(max(1, int(smallest // cluster.workers)))
+
+
+def loopback_env() -> dict[str, str]:
+    """For the workers of a local Ray started here: gloo listens on loopback (cluster/loopback.py)."""
+    return {"GLOO_SOCKET_IFNAME": LOOPBACK_INTERFACE} if LOOPBACK_INTERFACE else {}
 
 
 def forwarded_env() -> dict[str, str]:
@@ -219,6 +292,10 @@ def train_worker(config: dict[str, Any]) -> None:
 
     from cluster.worker import execute, record_input_error
 
+    if config.get("driver_pid"):
+        from cluster.parent_death import die_with
+
+        die_with(config["driver_pid"])
     context = ray.train.get_context()
     rank, world, local_rank = context.get_world_rank(), context.get_world_size(), context.get_local_rank()
     run_dir = Path(config["run_dir"])
@@ -229,6 +306,10 @@ def train_worker(config: dict[str, Any]) -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     device = str(ray.train.torch.get_device())
+    if config.get("loopback_timeout_s"):  # a local Ray started by the driver: no listener beyond loopback
+        from cluster.loopback import move_process_group_to_loopback
+
+        move_process_group_to_loopback(config["loopback_timeout_s"])
     # The driver's console gets warnings and the progress bar; INFO goes to logs/rank-N.log.
     for handler in logging.getLogger().handlers:
         handler.setLevel(max(handler.level, logging.WARNING))

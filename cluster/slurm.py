@@ -103,7 +103,7 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     def cancel() -> None:
         subprocess.run(["scancel", job_id], check=False)
 
-    with signals_request_stop(run_dir, on_second_interrupt=cancel):
+    with signals_request_stop(run_dir, force_quit=cancel):
         while True:
             shown = _stream_new(log_path, shown)
             state = job_info(job_id).get("JobState", "UNKNOWN")

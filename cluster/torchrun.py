@@ -23,6 +23,7 @@ from typing import Any
 
 from cluster.config import ClusterConfig
 from cluster.local import WorkerFailed, threads_per_worker
+from cluster.parent_death import child_dies_with_this_process
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
 from cluster.worker import EXIT_INPUT_ERROR
@@ -56,12 +57,14 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Own session: a Ctrl-C in the terminal reaches ftl only, which asks for a clean stop; the
     # agent would otherwise kill its workers mid-step.
-    agent = subprocess.Popen(torchrun_command(run_dir, cluster), env=env, start_new_session=True)
+    # The agent dies with ftl, and its workers with the agent (cluster/parent_death.py).
+    agent = subprocess.Popen(torchrun_command(run_dir, cluster), env=env, start_new_session=True,
+                             preexec_fn=child_dies_with_this_process())
 
     def abort() -> None:
         agent.send_signal(signal.SIGTERM)
 
-    with signals_request_stop(run_dir, on_second_interrupt=abort):
+    with signals_request_stop(run_dir, force_quit=abort):
         try:
             code = agent.wait()
         except BaseException:

@@ -43,16 +43,24 @@ def init_process_group(rank: int, world_size: int, local_rank: int, timeout_s: i
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
-        store = _attempt_store(rank, world_size, timeout)
+        store = _attempt_store(rank, world_size, timeout) or _loopback_store(rank, world_size, timeout)
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, store=store)
     return device
+
+
+def _loopback_store(rank: int, world_size: int, timeout: datetime.timedelta) -> Any:
+    """A rendezvous on loopback (the local backend) stays on loopback (cluster/loopback.py).
+    None for any other address: init_process_group then reads MASTER_ADDR / MASTER_PORT itself."""
+    from cluster.loopback import LOOPBACK, store_on
+
+    host = os.environ.get("MASTER_ADDR", "")
+    return store_on(host, int(os.environ["MASTER_PORT"]), rank, world_size, timeout) if host in LOOPBACK else None
 
 
 def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> Any:
     """Under torchrun, the agent's store outlives a restart of the workers, and so do the keys
     the previous attempt's ranks published (e.g. gloo's listening addresses): a restarted rank
-    would connect to a dead peer. Keys of each attempt get their own prefix. None elsewhere
-    (init_process_group then reads MASTER_ADDR/MASTER_PORT itself)."""
+    would connect to a dead peer. Keys of each attempt get their own prefix. None elsewhere."""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if attempt is None:
         return None
@@ -122,6 +130,9 @@ def _reported_by_rank0(run_dir: Path, message: str, wait_s: float = 5.0) -> bool
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cluster.parent_death import die_with_parent
+
+    die_with_parent()  # ftl's launcher, torchrun's agent or srun: this worker never outlives it
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
         print("usage: python -m cluster.worker RUN_DIR", file=sys.stderr)

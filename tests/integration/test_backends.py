@@ -17,6 +17,7 @@ import pytest
 
 from tests.cluster_fixtures import RayTestCluster, assert_same_losses, ray_cluster, s3_server, slurm, train_losses  # noqa: F401
 from tests.conftest import FTL, write_config
+from trainer.stopping import STOP_REQUEST_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -102,17 +103,83 @@ def test_ray_driver_signal_checkpoints_and_the_rerun_resumes(tmp_path, tiny_mode
                      checkpoint={"every_steps": 1, "keep_last": 1},
                      cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
     run_dir = tmp_path / "run"
+    # Rank 0 waits at the end of step 2 until the stop request exists: the signal lands at step 2
+    # however fast or slow the machine, and step-1 (purged by step 2's commit) is there to wait for.
     proc = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "FTL_FAULT_SLOW_STEP_S": "1.5"})
+                            env={**os.environ, "FTL_FAULT_WAIT_AT": f"step_end@2={run_dir / STOP_REQUEST_FILE}"})
     _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir(), timeout=300)
-    proc.send_signal(signal.SIGUSR1)  # lands in step 2 or 3: that commit purges step-1
+    proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
-    stopped_at = max(train_losses(run_dir))
-    assert stopped_at < STEPS and (run_dir / "checkpoints" / f"step-{stopped_at}").is_dir()
+    assert max(train_losses(run_dir)) == 2 and _checkpoint_steps(run_dir) == [2]
     out = _ftl("train", str(config))
     assert out.returncode == 0, out.stderr[-3000:]
     assert_same_losses(run_dir, golden)
+
+
+def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resumes(tmp_path, tiny_model_dir, golden):
+    """A terminal's Ctrl-C (SIGINT to the whole foreground process group: ftl and the local Ray it
+    starts) does what it does on `local`: the workers finish the step, checkpoint, ftl exits 130;
+    a second Ctrl-C while that checkpoint is written is said and ignored, and neither kills any
+    of Ray's processes. The rerun says where it resumed and matches the uninterrupted losses."""
+    import psutil
+
+    config = _config(tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 1}, cluster={"backend": "ray", "workers": 2})
+    run_dir, release = tmp_path / "run", tmp_path / "release-the-save"
+    stderr_path = tmp_path / "stderr.txt"
+    # Rank 0 holds at the end of step 2 until the stop request exists, then holds the stop
+    # checkpoint open (before its manifest) until the test has pressed Ctrl-C a second time.
+    hold = f"step_end@2={run_dir / STOP_REQUEST_FILE},before_manifest@2={release}"
+    with stderr_path.open("w") as stderr:
+        # A new session: the test stands in for the terminal; its Ctrl-C goes to the group.
+        proc = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                                env={**os.environ, "FTL_FAULT_WAIT_AT": hold}, start_new_session=True,
+                                preexec_fn=_default_sigint)
+    try:
+        _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir(), timeout=400)
+        # Ray's daemons and the run's actors (idle workers come and go as Ray pleases).
+        started = [p for p in _process_tree(proc.pid) if p.name() in ("gcs_server", "raylet") or p.name().startswith(
+            ("ray-dashboard", "ray::RayTrainWorker", "ray::TrainController", "ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
+        assert len([p for p in started if p.name() == "ray::RayTrainWorker"]) == 2, [p.name() for p in started]
+        os.killpg(proc.pid, signal.SIGINT)
+        _wait_for(lambda: (run_dir / "checkpoints" / ".tmp-step-2").is_dir(), timeout=300)  # the stop checkpoint
+        os.killpg(proc.pid, signal.SIGINT)
+        _wait_for(lambda: "already stopping, finishing the checkpoint first" in stderr_path.read_text(), timeout=60)
+        dead = [p.name() for p in started if not p.is_running() or p.status() == psutil.STATUS_ZOMBIE]
+        assert not dead, f"Ctrl-C killed Ray's processes: {dead}"
+        release.touch()
+        proc.wait(timeout=300)
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = stderr_path.read_text()
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "workers will checkpoint and stop after the current step" in err
+    assert max(train_losses(run_dir)) == 2 and _checkpoint_steps(run_dir) == [1, 2]
+    assert (run_dir / STOP_REQUEST_FILE).read_text() == str(int(signal.SIGINT))  # how the driver asked
+
+    out = _ftl("train", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ftl: resumed from checkpoints/step-2 (sample 16)" in out.stderr, out.stderr[-3000:]
+    assert not (run_dir / STOP_REQUEST_FILE).exists()  # the old request is not for the rerun
+    assert_same_losses(run_dir, golden)
+
+
+def _default_sigint() -> None:
+    """A shell gives its foreground job SIGINT's default action; a test runner may have it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _process_tree(pid: int) -> list:  # type: ignore[type-arg]
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
 
 
 def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upload(tmp_path, tiny_model_dir, golden,
@@ -133,14 +200,16 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
 
         return remote_checkpoint_steps(open_remote(uri))
 
+    # Rank 0 holds at the end of step 2 until the stop request exists: the stop comes at step 2.
+    hold = f"step_end@2={tmp_path / 'machine-a' / STOP_REQUEST_FILE}"
     proc = subprocess.Popen([*FTL, "train", str(config("machine-a"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "FTL_FAULT_SLOW_STEP_S": "1.5"})
-    _wait_for(lambda: 1 in remote_steps(), timeout=300)  # uploaded before step 2 starts: the stop comes at 2 or 3
+                            text=True, env={**os.environ, "FTL_FAULT_WAIT_AT": hold})
+    _wait_for(lambda: 1 in remote_steps(), timeout=300)
     proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
     stopped_at = max(remote_steps())
-    assert stopped_at < STEPS and remote_steps() == [stopped_at - 1, stopped_at]  # ftl's keep_last=2, mirrored
+    assert stopped_at == 2 and remote_steps() == [1, 2]  # ftl's keep_last=2, mirrored
     # The newest upload is damaged (as by a crash mid-upload): one byte of its largest file flips.
     newest = f"{remote}/checkpoints/step-{stopped_at}"
     import pyarrow.fs as pafs

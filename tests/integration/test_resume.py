@@ -29,7 +29,7 @@ def _config(tmp_path: Path, name: str, tiny_model_dir: Path) -> Path:
                         checkpoint={"every_steps": 3, "keep_last": 2})
 
 
-def test_stopped_run_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_stopped_run_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
     golden = _config(tmp_path, "golden", tiny_model_dir)
     assert train(str(golden), []) == 0
 
@@ -42,7 +42,9 @@ def test_stopped_run_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path) -
     assert not (run_dir / "final").exists()
     assert [p.name for p in committed_checkpoints(run_dir)] == ["step-3", "step-5"]
 
+    capfd.readouterr()
     assert train(str(interrupted), []) == 0
+    assert "ftl: resumed from checkpoints/step-5 (sample 40)" in capfd.readouterr().err  # in-process worker
 
     golden_losses = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "golden", "train")]
     resumed_losses = [(r["step"], r["loss"]) for r in read_metrics(run_dir, "train")]
@@ -81,6 +83,8 @@ def test_two_worker_ddp_run_stops_and_resumes_bit_exactly(tmp_path: Path, tiny_m
     assert '"rng-rank1.pt"' in manifest  # every rank's RNG state is part of the checkpoint
     second = subprocess.run([*FTL, "train", str(interrupted)], cwd=REPO, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
+    assert "ftl: resumed from checkpoints/step-3 (sample 12)" in second.stderr  # said once, by rank 0
+    assert second.stderr.count("ftl: resumed from") == 1
     assert [r["loss"] for r in read_metrics(tmp_path / "interrupted", "train")] == [r["loss"] for r in read_metrics(tmp_path / "golden", "train")]
     golden_adapter = load_file(str(tmp_path / "golden" / "final" / "adapter" / "adapter_model.safetensors"))
     resumed_adapter = load_file(str(tmp_path / "interrupted" / "final" / "adapter" / "adapter_model.safetensors"))

@@ -14,6 +14,7 @@ have start a fresh seeded RNG stream.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,9 @@ def load_resume_state(point: ResumePoint, manager: CheckpointManager, model: Any
                     "is now %d samples", saved_world, ctx.world_size, state.samples_seen,
                     cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * ctx.world_size)
     log.info("resumed from %s at step %d (sample %d)", point.path, state.step, state.samples_seen)
+    if ctx.is_main:  # the user's console: the ftl command's stderr (Ray forwards it from the worker)
+        shown = point.path.relative_to(ctx.run_dir) if point.path.is_relative_to(ctx.run_dir) else point.path
+        print(f"ftl: resumed from {shown} (sample {state.samples_seen})", file=sys.stderr, flush=True)
     return state
 
 

@@ -1,0 +1,58 @@
+"""The launcher's Ctrl-C policy (cluster/signals.py) with real signals to this process: the first
+asks for a checkpoint, a second while it is written is said and ignored, a third force-quits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.signals import signals_request_stop
+from trainer.stopping import STOP_REQUEST_FILE
+
+
+def _signal_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(0.05)  # the handler runs in the main thread at its next bytecode
+
+
+def test_first_ctrl_c_requests_a_checkpoint_second_is_ignored_third_force_quits(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    forced: list[bool] = []
+    before = signal.getsignal(signal.SIGINT)
+    with signals_request_stop(tmp_path, force_quit=lambda: forced.append(True)):
+        _signal_self(signal.SIGINT)
+        assert (tmp_path / STOP_REQUEST_FILE).read_text() == str(int(signal.SIGINT))
+        assert "workers will checkpoint and stop after the current step" in capfd.readouterr().err
+
+        (tmp_path / STOP_REQUEST_FILE).unlink()  # a second request would rewrite it
+        _signal_self(signal.SIGINT)
+        assert "already stopping, finishing the checkpoint first" in capfd.readouterr().err
+        assert not forced and not (tmp_path / STOP_REQUEST_FILE).exists()
+
+        _signal_self(signal.SIGINT)
+        assert forced == [True]
+        assert "force-quitting" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+
+
+def test_other_stop_signals_after_the_request_do_not_count_towards_a_force_quit(tmp_path: Path,
+                                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    forced: list[bool] = []
+    with signals_request_stop(tmp_path, force_quit=lambda: forced.append(True)):
+        _signal_self(signal.SIGTERM)
+        assert (tmp_path / STOP_REQUEST_FILE).read_text() == str(int(signal.SIGTERM))
+        for _ in range(3):
+            _signal_self(signal.SIGUSR1)
+        _signal_self(signal.SIGINT)
+        assert not forced
+        assert capfd.readouterr().err.count("already stopping") == 4
+
+
+def test_without_a_force_quit_action_the_third_ctrl_c_raises_keyboard_interrupt(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        with signals_request_stop(tmp_path):
+            for _ in range(3):
+                _signal_self(signal.SIGINT)
