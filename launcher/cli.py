@@ -169,7 +169,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "train":
         from launcher.commands import train
 
-        return train(args.config, args.overrides)
+        return train(args.config, args.overrides, fit_check=not args.skip_fit_check)
     if args.verb in ("submit", "status", "logs", "stop"):
         from launcher import ray_jobs_commands
 
@@ -178,7 +178,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from launcher.slurm_submit import slurm
 
         return slurm(args)
-        return train(args.config, args.overrides, fit_check=not args.skip_fit_check)
     if args.verb == "export":
         from launcher.commands import export
 

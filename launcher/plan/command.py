@@ -46,8 +46,9 @@ def check_fit(cfg: RunConfig) -> None:
     workers = cfg.cluster.workers
     try:
         plan = plan_run(cfg, Target(acc, workers, 1), with_throughput=False)
-    except UserError:
-        raise
+    except UserError as exc:  # a model.path it does not know (a hub name, or a typo)
+        raise UserError(f"{exc}. The fit check cannot judge this run; pass --skip-fit-check to launch it anyway "
+                        "(a hub model is then loaded by the workers)") from None
     except Exception as exc:  # noqa: BLE001 - reported, then the run goes on
         print(f"ftl: fit check skipped: cannot plan this model ({type(exc).__name__}: {exc})", file=sys.stderr)
         return

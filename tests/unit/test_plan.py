@@ -115,6 +115,28 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
+def test_skip_fit_check_launches_what_the_fit_check_refuses(tmp_path: Path) -> None:
+    # The planner budgets micro-batch x max_seq_len tokens (270 GiB here); unpacked rows are only
+    # padded to the longest example of their batch, so the real run is small and finishes.
+    huge_rows = ["data.max_seq_len=1048576", "data.packing=false", "training.max_steps=2"]
+    cfg = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    refused = subprocess.run([*FTL, "train", str(cfg), *huge_rows], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--skip-fit-check" in refused.stderr, refused.stderr
+    assert not (tmp_path / "run").exists()
+    ran = subprocess.run([*FTL, "train", str(cfg), *huge_rows, "--skip-fit-check"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "fit check" not in ran.stderr and "Fine-tune finished: 2 steps" in ran.stdout
+    assert (tmp_path / "run" / "final" / "adapter").is_dir()
+    # A model name the planner does not know (a hub name) is refused with the same way out, which
+    # gets it to the workers (here: offline, so they cannot download it).
+    hub = subprocess.run([*FTL, "train", str(cfg), "model.path=some-org/some-model", "output.dir=" + str(tmp_path / "hub")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert hub.returncode == 2 and "--skip-fit-check" in hub.stderr and not (tmp_path / "hub").exists(), hub.stderr
+    hub = subprocess.run([*FTL, "train", str(cfg), "model.path=some-org/some-model", "output.dir=" + str(tmp_path / "hub"),
+                          "--skip-fit-check"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "cannot load a tokenizer from 'some-org/some-model'" in hub.stderr and (tmp_path / "hub" / "config.yaml").is_file(), hub.stderr
+
+
 def test_help_does_not_import_torch() -> None:
     code = "import sys; from launcher.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
