@@ -41,7 +41,7 @@ def test_a_line_that_does_not_fit_is_cut_back_and_reported_clearly(small_disk: P
     assert "ftl: error: writing metrics in" in err and "No space left on device" in err
     assert "run the same command again to resume" in err and "Traceback" not in err
     lines = (small_disk / "metrics.jsonl").read_text().splitlines(keepends=True)
-    assert all(line.endswith("\n") for line in lines) and [r["step"] for r in read_metrics(small_disk)] == [1]
+    assert all(line.endswith("\n") for line in lines) and [r["step"] for r in read_metrics(small_disk, "train")] == [1]
     writer.close()  # nothing left to fail
 
 
@@ -49,10 +49,10 @@ def test_tensorboard_on_a_full_disk_is_a_clear_error_not_a_thread_traceback(smal
                                                                             capfd: pytest.CaptureFixture[str]) -> None:
     (small_disk / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "loss": 2.5}) + "\n")
     fill_filesystem(small_disk)
-    writer = MetricsWriter(small_disk)  # a resumed run: a new TensorBoard event file, no room for it
+    writer = MetricsWriter(small_disk, resumed_at=1)  # a resumed run: a new TensorBoard event file, no room for it
     with pytest.raises(MetricsWriteError):
         writer.write(2, {"loss": 2.4})
     err = capfd.readouterr().err
     assert "ftl: error: writing metrics in" in err and "No space left on device" in err
     assert "Traceback" not in err and "Exception in thread" not in err
-    assert [r["step"] for r in read_metrics(small_disk)] in ([1], [1, 2])  # whole lines either way
+    assert [r["step"] for r in read_metrics(small_disk, "train")] in ([1], [1, 2])  # whole lines either way
