@@ -80,6 +80,9 @@ def submit(run_dir: Path, cluster: ClusterConfig) -> str:
         raise SlurmError(f"sbatch {script} failed: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip().split(";")[0]
     (run_dir / "slurm-job-id").write_text(job_id + "\n")
+    from cluster.run_lock import hand_over_to_slurm_job
+
+    hand_over_to_slurm_job(run_dir, job_id)  # the job holds the run directory's lock from now on
     return job_id
 
 

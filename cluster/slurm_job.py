@@ -27,11 +27,16 @@ from pathlib import Path
 from cluster.config import ClusterConfig
 from cluster.local import threads_per_worker
 from cluster.results import RESULT_FILE, clear_result
+from cluster.run_lock import RunDirLocked, RunLock
 from cluster.worker import EXIT_INPUT_ERROR, load_run_configs
 from trainer.stopping import STOP_SIGNALS, clear_stop_request, request_stop
 
 EXIT_STOPPED = 3
+EXIT_INPUT_ERROR = 2
 RAY_NODES_WAIT_S = 120
+# The submitter hands the run directory's lock to this job right after sbatch returns; a job that
+# starts at once may find it still in the submitter's name for a moment.
+LOCK_HANDOVER_WAIT_S = 60
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     print(f"ftl slurm job {job_id}: {len(nodes)} node(s) {','.join(nodes)}, head {head}, mode {cluster.slurm.mode}, "
           f"start #{int(restarts) + 1}", flush=True)
+    try:
+        lock = RunLock.acquire(run_dir, f"Slurm job {job_id}", slurm_job=job_id, wait_s=LOCK_HANDOVER_WAIT_S)
+    except RunDirLocked as exc:
+        print(f"ftl slurm job {job_id}: error: {exc}", flush=True)
+        return EXIT_INPUT_ERROR
+    with lock:  # held until this start of the job ends; a requeued start takes it back
+        return _run(run_dir, cfg, cluster, job_id, head)
+
+
+def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: str) -> int:
     clear_stop_request(run_dir)
     clear_result(run_dir)
     signals: list[int] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import UserError
 from launcher.preflight import check_inputs
-from launcher.run_dir import load_snapshot, prepare_run_dir
+from launcher.run_dir import load_snapshot, lock_run_dir, running_in
 
 
 def validate(config_path: str, overrides: list[str]) -> int:
@@ -38,11 +39,13 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
 
     if started_by_torchrun():
         return _train_as_torchrun_worker(cfg)
-    run_dir = prepare_run_dir(cfg)
-    print(f"ftl: run directory {run_dir}", file=sys.stderr)
-    from cluster.launch import launch
+    # This process holds the run directory's lock until the run ends, however it ends (on Slurm
+    # the job takes it over once submitted: cluster/slurm.py).
+    with running_in(cfg) as run_dir:
+        print(f"ftl: run directory {run_dir}", file=sys.stderr)
+        from cluster.launch import launch
 
-    summary = launch(cfg, run_dir, cfg.cluster)
+        summary = launch(cfg, run_dir, cfg.cluster)
     print(format_summary(summary))
     return 0
 
@@ -52,10 +55,12 @@ def _train_as_torchrun_worker(cfg: Any) -> int:
     the rendezvous; this process is one worker of it (cluster.backend/workers/nodes are ignored)."""
     from cluster.torchrun import TorchrunPrepareFailed, run_as_torchrun_worker
 
-    try:
-        summary = run_as_torchrun_worker(lambda: prepare_run_dir(cfg), cfg.cluster.collective_timeout_s)
-    except TorchrunPrepareFailed as exc:
-        raise UserError(str(exc)) from None
+    # Rank 0 prepares the run directory and holds its lock until this process ends its run.
+    with contextlib.ExitStack() as hold:
+        try:
+            summary = run_as_torchrun_worker(lambda: hold.enter_context(running_in(cfg)), cfg.cluster.collective_timeout_s)
+        except TorchrunPrepareFailed as exc:
+            raise UserError(str(exc)) from None
     if summary is not None:
         print(format_summary(summary))
     return 0
@@ -67,8 +72,10 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
     from cluster.local import default_device
     from trainer.export import export_run
 
-    done = export_run(cfg, Path(run_dir), checkpoint=Path(checkpoint).resolve() if checkpoint else None, merge=merge,
-                      device=default_device(), out=Path(out).resolve() if out else None)
+    # Not while the run trains (its final/ and checkpoints are in flux), nor two exports at once.
+    with lock_run_dir(Path(run_dir), "ftl export"):
+        done = export_run(cfg, Path(run_dir), checkpoint=Path(checkpoint).resolve() if checkpoint else None, merge=merge,
+                          device=default_device(), out=Path(out).resolve() if out else None)
     if not done.written:
         print(f"{done.path} already holds the finished run's model (step {done.step}); nothing to export "
               "(--merge adds a merged model, --out DIR writes a copy elsewhere)")

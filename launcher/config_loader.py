@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from launcher.errors import ConfigError
 from launcher.run_config import RunConfig
+from launcher.secret_values import secret_problems
 
 # Keys holding filesystem paths. Relative paths resolve from the current directory (as in
 # torchrun/Axolotl); model/tokenizer/data values that do not exist locally may be hub names.
@@ -44,6 +45,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             problems.append(str(exc))
     if problems:
         raise ConfigError(source, problems)
+    # Before validation: its messages quote values, and a secret must not appear in any of them.
+    secrets = secret_problems(raw)
+    if secrets:
+        raise ConfigError(source, secrets)
     _resolve_paths(raw)
     try:
         return RunConfig.model_validate(raw)

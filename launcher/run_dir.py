@@ -1,40 +1,36 @@
-"""Prepare the run directory: refuse to clobber a finished run, write the redacted config snapshot
-and the environment record (versions, git hash, host) that make a run reproducible."""
+"""Prepare the run directory: refuse to clobber a finished run or a directory ftl did not make,
+take the run directory's lock, write the config snapshot (what every worker reads) and the
+environment record (versions, git hash, host) that make a run reproducible."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cluster.run_lock import LOCK_FILE, RunDirLocked, RunLock
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
+from launcher.secret_values import REDACTED, redact, redact_argv  # noqa: F401 - redact: shown configs
 from trainer.run_files import SUMMARY_FILE, is_finished
 
-SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|private[_-]?key)", re.I)
-SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,})$")
-REDACTED = "***redacted***"
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "deepspeed", "ray", "accelerate", "datasets", "ftl")
-
-
-def redact(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if isinstance(value, str) and (SECRET_KEY.search(key) or SECRET_VALUE.match(value)):
-        return REDACTED
-    return value
+# Written first into every run directory: says "ftl made this" (a user's own folder is never written to).
+RUN_MARKER = ".ftl-run"
+# Names ftl itself may leave in a directory before its marker: the lock (and its temporary names),
+# the write probe, `ftl doctor`'s probes.
+OWN_NAMES = (RUN_MARKER, LOCK_FILE, ".write-test", ".ftl-doctor")
 
 
 def local_run_dir(cfg: RunConfig) -> Path:
@@ -46,24 +42,87 @@ def local_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output.local_dir) if cfg.output.local_dir else default_local_dir(cfg.output.dir)
 
 
-def prepare_run_dir(cfg: RunConfig, argv: list[str] | None = None) -> Path:
+@contextmanager
+def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ftl train") -> Iterator[Path]:
+    """The prepared run directory, locked for this process until the block ends, whatever the
+    outcome (finished, stopped, failed, Ctrl-C)."""
+    with ExitStack() as hold:
+        yield prepare_run_dir(cfg, argv, hold=hold, purpose=purpose)
+
+
+def prepare_run_dir(cfg: RunConfig, argv: list[str] | None = None, hold: ExitStack | None = None,
+                    purpose: str = "ftl train") -> Path:
+    """Check and write the run directory under its lock. The lock is released on return unless
+    `hold` is given: then it is released when `hold` closes."""
     run_dir = local_run_dir(cfg)
     if is_finished(run_dir):
         raise UserError(
             f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
             "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one"
         )
+    refuse_foreign_dir(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"  # per process: two launchers may probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
         raise UserError(f"output.dir {run_dir}: cannot write there ({exc.strerror}); pick a writable directory") from None
-    snapshot = yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
-    _atomic_write(run_dir / "config.yaml", snapshot)
-    _atomic_write(run_dir / "environment.json", json.dumps(environment_record(argv), indent=1))
+    with ExitStack() as scope:
+        scope.enter_context(lock_run_dir(run_dir, purpose, group=_launch_group(cfg, run_dir)))
+        if not (run_dir / RUN_MARKER).exists():
+            _atomic_write(run_dir / RUN_MARKER, json.dumps({"ftl_run_directory": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        # The snapshot is what the workers read, so it is the config itself: it holds no secrets
+        # because load_config refuses them (launcher/secret_values.py).
+        snapshot = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        _atomic_write(run_dir / "config.yaml", snapshot)
+        _atomic_write(run_dir / "environment.json", json.dumps(environment_record(argv), indent=1))
+        if hold is not None:
+            hold.push(scope.pop_all())
     return run_dir
+
+
+def lock_run_dir(run_dir: Path, purpose: str, group: str | None = None) -> RunLock:
+    """RUN_DIR's lock (cluster/run_lock.py), or a UserError naming the run that holds it."""
+    try:
+        return RunLock.acquire(run_dir, purpose, group=group)
+    except RunDirLocked as exc:
+        raise UserError(str(exc)) from None
+
+
+def _launch_group(cfg: RunConfig, run_dir: Path) -> str | None:
+    """Multi-node torchrun: `ftl train` runs on every node with the same rendezvous; they share one lock."""
+    cluster = cfg.cluster
+    if cluster.backend != "torchrun" or cluster.nodes == 1:
+        return None
+    from cluster.torchrun import rdzv_endpoint
+
+    return f"torchrun {rdzv_endpoint(cluster)} {cluster.torchrun.rdzv_id or run_dir.name}"
+
+
+def refuse_foreign_dir(run_dir: Path) -> None:
+    """A non-empty directory that ftl did not make is the user's: never written to. Accepted: a
+    missing or empty directory, one with ftl's marker, and runs made before the marker existed
+    (their config.yaml + environment.json in ftl's format)."""
+    if not run_dir.is_dir() or (run_dir / RUN_MARKER).exists():
+        return
+    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(OWN_NAMES))
+    if not entries or _made_by_earlier_ftl(run_dir):
+        return
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    raise UserError(f"output.dir {run_dir} is not empty and is not an ftl run directory (no {RUN_MARKER}; it holds {shown}); "
+                    "ftl does not write into a directory it did not make. Choose an output.dir that does not exist yet "
+                    "or is empty (e.g. a new subdirectory)")
+
+
+def _made_by_earlier_ftl(run_dir: Path) -> bool:
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        env = json.loads((run_dir / "environment.json").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return (isinstance(config, dict) and {"model", "output"} <= config.keys() and isinstance(env, dict)
+            and {"packages", "git_commit", "argv"} <= env.keys() and "ftl" in (env.get("packages") or {}))
 
 
 def environment_record(argv: list[str] | None = None) -> dict[str, Any]:
@@ -80,7 +139,7 @@ def environment_record(argv: list[str] | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "packages": versions,
         "git_commit": _git_commit(),
-        "argv": redact(list(argv or sys.argv)),
+        "argv": redact_argv(list(argv or sys.argv)),
     }
 
 

@@ -10,7 +10,7 @@ import sys
 from launcher.config_loader import load_config
 from launcher.errors import UserError
 from launcher.preflight import check_inputs
-from launcher.run_dir import prepare_run_dir
+from launcher.run_dir import running_in
 
 FLAG_KEYS = {
     "nodes": "cluster.nodes",
@@ -38,8 +38,9 @@ def slurm(args: argparse.Namespace) -> int:
         problems = check_inputs(cfg)
         if problems:
             raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
-        run_dir = prepare_run_dir(cfg)
-        job_id = submit(run_dir, cfg.cluster)
+        # Locked while the script is written and submitted; submit() hands the lock to the job.
+        with running_in(cfg, purpose="ftl slurm") as run_dir:
+            job_id = submit(run_dir, cfg.cluster)
     except SlurmError as exc:
         raise UserError(str(exc)) from None
     print(job_id)

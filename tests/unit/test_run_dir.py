@@ -1,0 +1,123 @@
+"""Preparing the run directory (launcher/run_dir.py) and keeping secrets out of configs
+(launcher/secret_values.py): a user's own folder is never written to, workers get the real config,
+and a secret in a config is refused without being repeated anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.config_loader import load_config
+from launcher.errors import UserError
+from launcher.run_dir import RUN_MARKER, prepare_run_dir, redact
+from launcher.secret_values import is_secret_name, redact_argv, secret_problems
+from tests.conftest import BUNDLED_MODEL, FTL, REPO, write_config
+
+
+def _cfg(tmp_path: Path, run_dir: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    return load_config(write_config(tmp_path / "c.yaml", BUNDLED_MODEL, run_dir), list(overrides))
+
+
+def _ftl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FTL, *args], cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_train_refuses_a_users_own_directory_and_changes_nothing_in_it(tmp_path: Path) -> None:
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: own config\n")
+    (mine / "summary.json").write_text('{"mine": true}\n')
+    (mine / "notes.txt").write_text("do not touch\n")
+    before = _tree(mine)
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, mine)
+    out = _ftl("train", str(config))
+    assert out.returncode == 2, out.stderr
+    assert "is not an ftl run directory" in out.stderr and "config.yaml" in out.stderr
+    assert _tree(mine) == before and sorted(p.name for p in mine.iterdir()) == ["config.yaml", "notes.txt", "summary.json"]
+
+
+def test_new_empty_marked_and_earlier_ftl_run_directories_are_accepted(tmp_path: Path) -> None:
+    fresh = prepare_run_dir(_cfg(tmp_path, tmp_path / "new"))
+    assert (fresh / RUN_MARKER).is_file()
+    (tmp_path / "empty").mkdir()
+    prepare_run_dir(_cfg(tmp_path, tmp_path / "empty"))
+    # A run made before the marker existed: ftl's config.yaml and environment.json, no marker.
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("config.yaml", "environment.json"):
+        (old / name).write_bytes((fresh / name).read_bytes())
+    (old / "metrics.jsonl").write_text("")
+    prepare_run_dir(_cfg(tmp_path, old))
+    assert (old / RUN_MARKER).is_file()
+    # The same files with someone else's environment.json are not ftl's.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_bytes((fresh / "config.yaml").read_bytes())
+    (other / "environment.json").write_text(json.dumps({"python": "3.11"}))
+    with pytest.raises(UserError, match="not an ftl run directory"):
+        prepare_run_dir(_cfg(tmp_path, other))
+
+
+def test_the_snapshot_workers_read_holds_the_real_tokenizer(tmp_path: Path) -> None:
+    tokenizer = tmp_path / "my-tokenizer"
+    tokenizer.mkdir()
+    run_dir = prepare_run_dir(_cfg(tmp_path, tmp_path / "run", f"model.tokenizer={tokenizer}"))
+    snapshot = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert snapshot["model"]["tokenizer"] == str(tokenizer)
+
+
+def test_redaction_for_display_goes_by_exact_secret_names() -> None:
+    shown = redact({"model": {"tokenizer": "/t", "hub_token": "abc"}, "max_tokens": 5, "api_key": "k", "apiKey": "k",
+                    "note": "hf_" + "a" * 30, "uri": "s3://AK:SK@bucket/x"})
+    assert shown["model"] == {"tokenizer": "/t", "hub_token": "***redacted***"}
+    assert shown["max_tokens"] == 5 and shown["api_key"] == shown["apiKey"] == shown["note"] == "***redacted***"
+    assert shown["uri"] == "s3://***@bucket/x"
+    assert not any(is_secret_name(n) for n in ("tokenizer", "TOKENIZERS_PARALLELISM", "max_tokens", "HF_HOME"))
+    assert all(is_secret_name(n) for n in ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "db_password"))
+    assert redact_argv(["ftl", "train", "c.yaml", "model.tokenizer=/t", "x.hub_token=abc", "--api-key", "k"]) == [
+        "ftl", "train", "c.yaml", "model.tokenizer=/t", "x.hub_token=***redacted***", "--api-key", "***redacted***"]
+
+
+@pytest.mark.parametrize("raw,key", [
+    ({"output": {"dir": "s3://AKIDQQQID:wJalrQQQKEY@bucket/runs/x"}}, "output.dir"),
+    ({"data": {"train": "s3://bucket/d.jsonl?access_key=AKID&secret_key=wJalrQQQKEY"}}, "data.train"),
+    ({"model": {"path": "hf_" + "Z" * 34}}, "model.path"),
+    ({"cluster": {"slurm": {"setup": ["module load cuda", "export HF_TOKEN=hfQQQVALUE"]}}}, "cluster.slurm.setup[1]"),
+    ({"cluster": {"slurm": {"extra_sbatch": ["--export=ALL,WANDB_API_KEY=QQQVALUE"]}}}, "cluster.slurm.extra_sbatch[0]"),
+])
+def test_secret_looking_values_are_refused_naming_the_key_not_the_value(raw: dict, key: str) -> None:
+    problems = secret_problems(raw)
+    assert len(problems) == 1 and problems[0].startswith(f"{key}:")
+    assert "QQQ" not in problems[0] and "Z" * 34 not in problems[0]
+    assert "environment" in problems[0] or "in the shell that runs ftl" in problems[0]
+
+
+def test_values_that_are_not_secrets_pass() -> None:
+    assert secret_problems({
+        "output": {"dir": "abfss://container@account.dfs.core.windows.net/runs/x"},  # a container, no password
+        "data": {"train": "s3://bucket/d.jsonl?endpoint_override=minio:9000&scheme=http"},
+        "model": {"tokenizer": "/models/tok", "path": "meta-llama/Llama-3.1-8B"},
+        "cluster": {"ray": {"address": "http://head:8265"},
+                    "slurm": {"setup": ["export TOKENIZERS_PARALLELISM=false", "export HF_TOKEN=$HF_TOKEN", "export HF_HOME=/scratch"]}},
+    }) == []
+
+
+def test_a_uri_with_credentials_is_refused_before_anything_stores_or_shows_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", cluster={"backend": "ray"})
+    uri = "output.dir=s3://AKIDEXAMPLEKEY:wJalrXUtnFEMIEXAMPLESECRET@bucket/runs/x"
+    cache = tmp_path / "cache"
+    for verb in ("validate", "train", "submit"):
+        out = _ftl(verb, str(config), uri, env={"FTL_CACHE": str(cache)})
+        assert out.returncode == 2, (verb, out.stderr)
+        assert "output.dir" in out.stderr and "AWS_SECRET_ACCESS_KEY" in out.stderr and "s3://***@bucket/runs/x" in out.stderr
+        assert "EXAMPLESECRET" not in out.stderr + out.stdout and "AKIDEXAMPLEKEY" not in out.stderr + out.stdout
+    assert not cache.exists() and not (tmp_path / "run").exists()  # no working copy named after the secret, no snapshot
