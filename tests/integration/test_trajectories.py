@@ -135,7 +135,7 @@ def test_a_ray_restart_continues_the_branch_it_started(tmp_path: Path, tiny_mode
     assert not _same(_weights(run / "checkpoints" / "step-4"), old4)
     log = (run / "logs" / "rank-0.log").read_text()
     # The first start resumed PATH (step-2); the restarted group its own step-4, not PATH again.
-    assert [Path(p).name for p in re.findall(r"resumed from (\S+)", log)] == ["step-2", "step-4"]
+    assert [Path(p).name for p in re.findall(r"resumed from (\S+) at step", log)] == ["step-2", "step-4"]
     assert _train_steps(run) == [1, 2, 3, 4, 5, 6]
 
 
