@@ -55,12 +55,12 @@ def prepare_run_dir(cfg: RunConfig, argv: list[str] | None = None, hold: ExitSta
     """Check and write the run directory under its lock. The lock is released on return unless
     `hold` is given: then it is released when `hold` closes."""
     run_dir = local_run_dir(cfg)
+    refuse_foreign_dir(run_dir)  # first: a user's own summary.json does not make an ftl run
     if is_finished(run_dir):
         raise UserError(
             f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
             "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one"
         )
-    refuse_foreign_dir(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"  # per process: two launchers may probe at once
