@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -107,12 +108,21 @@ def refuse_foreign_dir(run_dir: Path) -> None:
     if not run_dir.is_dir() or (run_dir / RUN_MARKER).exists():
         return
     entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(OWN_NAMES))
-    if not entries or _made_by_earlier_ftl(run_dir):
+    if not entries or _made_by_earlier_ftl(run_dir) or _holds_only_copied_checkpoints(run_dir, entries):
         return
     shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
     raise UserError(f"output.dir {run_dir} is not empty and is not an ftl run directory (no {RUN_MARKER}; it holds {shown}); "
                     "ftl does not write into a directory it did not make. Choose an output.dir that does not exist yet "
                     "or is empty (e.g. a new subdirectory)")
+
+
+def _holds_only_copied_checkpoints(run_dir: Path, entries: list[str]) -> bool:
+    """A new run seeded by copying committed checkpoints into it (RUN/checkpoints/step-N, each with
+    ftl's manifest.json): continuing someone's checkpoint elsewhere, or on another worker count."""
+    if entries != ["checkpoints"] or not (run_dir / "checkpoints").is_dir():
+        return False
+    steps = list((run_dir / "checkpoints").iterdir())
+    return bool(steps) and all(re.fullmatch(r"step-\d+", p.name) and (p / "manifest.json").is_file() for p in steps)
 
 
 def _made_by_earlier_ftl(run_dir: Path) -> bool:

@@ -67,6 +67,26 @@ def test_new_empty_marked_and_earlier_ftl_run_directories_are_accepted(tmp_path:
         prepare_run_dir(_cfg(tmp_path, other))
 
 
+def test_a_directory_seeded_with_copied_checkpoints_is_accepted_and_nothing_else_is(tmp_path: Path) -> None:
+    """Continuing a checkpoint in a new run directory (e.g. on another worker count): copy
+    RUN/checkpoints/step-N into NEW/checkpoints/. Only committed step folders qualify."""
+    seeded = tmp_path / "seeded"
+    (seeded / "checkpoints" / "step-2").mkdir(parents=True)
+    (seeded / "checkpoints" / "step-2" / "manifest.json").write_text("{}")
+    prepare_run_dir(_cfg(tmp_path, seeded))
+    assert (seeded / RUN_MARKER).is_file()
+    for name, extra in (("no-manifest", "checkpoints/step-2/weights.bin"), ("other-folder", "checkpoints/mine/manifest.json"),
+                        ("beside", "notes.txt")):
+        folder = tmp_path / name
+        (folder / "checkpoints" / "step-1").mkdir(parents=True)
+        (folder / "checkpoints" / "step-1" / "manifest.json").write_text("{}")
+        (folder / extra).parent.mkdir(parents=True, exist_ok=True)
+        (folder / extra).write_text("x")
+        with pytest.raises(UserError, match="not an ftl run directory"):
+            prepare_run_dir(_cfg(tmp_path, folder))
+        assert not (folder / RUN_MARKER).exists()
+
+
 def test_the_snapshot_workers_read_holds_the_real_tokenizer(tmp_path: Path) -> None:
     tokenizer = tmp_path / "my-tokenizer"
     tokenizer.mkdir()
