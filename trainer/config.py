@@ -30,6 +30,13 @@ class ModelConfig(Section):
         "auto", description="auto = flash_attention_2 when flash-attn is installed and CUDA is used, else sdpa."
     )
     gradient_checkpointing: bool = False
+    activation_offloading: bool = Field(
+        False, description="Keep the activations saved for backward in CPU memory (pinned, copied alongside compute on "
+        "CUDA) instead of accelerator memory; on top of gradient_checkpointing, only the layer inputs move.")
+    compile: bool = Field(False, description="torch.compile each decoder layer (inductor); same losses, faster steps "
+                          "once compiled.")
+    liger_kernels: bool = Field(False, description="CUDA: Liger's fused RMSNorm/RoPE/SwiGLU kernels (pip install "
+                                "'ftl[liger]'); refused where Liger is not installed or the device is not CUDA.")
     trust_remote_code: bool = False
 
 
@@ -106,12 +113,25 @@ class QuantizationConfig(Section):
 
 class MethodConfig(Section):
     type: Literal["full", "lora", "dora", "qlora"] = "lora"
+    adapter_dtype: Literal["auto", "float32", "compute"] = Field(
+        "auto", description="Adapter methods: the dtype of the adapters and of the trainable or non-quantized "
+        "embeddings/head/norms. float32 = master copies in fp32; compute = the model's compute dtype (leaner); "
+        "auto = see README (Memory).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
 
     @property
     def uses_adapter(self) -> bool:
         return self.type in ("lora", "dora", "qlora")
+
+
+class LossConfig(Section):
+    chunked: bool = Field(True, description="Run the LM head and cross-entropy in chunks of tokens, and only on "
+                          "positions that carry a label, so the full logits are never built.")
+    chunk_tokens: int = Field(1024, ge=16, le=1_048_576, description="Tokens per chunk of the chunked loss.")
+    kernel: Literal["auto", "liger", "cut_cross_entropy", "none"] = Field(
+        "auto", description="CUDA: a fused linear cross-entropy kernel (optional extra); auto = the first installed, "
+        "else the chunked path.")
 
 
 class TrainingConfig(Section):
@@ -123,6 +143,13 @@ class TrainingConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw", description="adamw = torch AdamW (fused/foreach where available); adamw_8bit / paged_adamw_8bit = "
+        "bitsandbytes 8-bit states (paged: spill to CPU under memory pressure).")
+    optimizer_in_backward: bool = Field(
+        False, description="Step each parameter as soon as its gradient is ready (no full gradient copy); needs "
+        "gradient_accumulation_steps=1 and max_grad_norm=null.")
+    loss: LossConfig = Field(default_factory=LossConfig)
     lr_scheduler: Literal["cosine", "linear", "constant", "slanted_triangular"] = Field(
         "cosine",
         description="After warmup: cosine/linear decay to min_lr_ratio, or constant. slanted_triangular (ULMFiT): "
