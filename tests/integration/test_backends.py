@@ -380,8 +380,8 @@ def test_bad_rows_are_one_clean_message_and_exit_2_on_every_backend(tmp_path, ti
     rows = [good, good, json.dumps({"mesages": [{"role": "user", "content": "Q?"}]}), good, "{oops", '{"messages": []}', good]
     (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
     cluster: dict = {"backend": backend, "workers": 2}
-    if backend == "ray":
-        cluster["ray"] = {"address": request.getfixturevalue("ray_cluster").address}
+    if backend == "ray":  # restarts allowed: an input error is still not retried
+        cluster["ray"] = {"address": request.getfixturevalue("ray_cluster").address, "max_failures": 2}
     if backend == "slurm":
         request.getfixturevalue("slurm")
         cluster.update(nodes=1)
