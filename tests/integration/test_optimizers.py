@@ -16,6 +16,7 @@ import torch
 from launcher.commands import train
 from tests.cluster_fixtures import assert_same_losses, ray_cluster, train_losses  # noqa: F401
 from tests.conftest import FTL, REPO, write_config
+from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -62,8 +63,6 @@ def test_stopped_run_resumes_exactly(kind: str, tmp_path: Path, tiny_model_dir: 
 def test_in_backward_step_equals_the_ordinary_step(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Same maths, only the moment of the step differs: the losses agree bit for bit (CPU), and no
     grad norm is reported (there is no global norm)."""
-    from trainer.metrics import read_metrics
-
     plain = _config(tmp_path, "plain", tiny_model_dir, {"max_steps": 3})
     fused = _config(tmp_path, "fused", tiny_model_dir, {"max_steps": 3, "optimizer_in_backward": True},
                     transfer={"learning_rates": {"layer_decay": 0.8}})
@@ -111,6 +110,7 @@ def test_in_backward_fsdp_on_ray_restarts_and_matches(tmp_path: Path, tiny_model
     log = (tmp_path / "ray" / "logs" / "rank-0.log").read_text()
     assert "resumed from" in log and "step-2" in log, log[-2000:]
     assert_same_losses(tmp_path / "ray", golden, rel=1e-6)
+    assert all(r["grad_norm"] is None for r in read_metrics(tmp_path / "ray", "train"))  # the step ran in backward
 
 
 def _trainable(model_dir: Path) -> list[str]:
