@@ -118,6 +118,24 @@ def main() -> int:
         assert out.returncode == 0, out.stderr[-1500:]
         return f"{n} rank(s)"
 
+    @check("optimizers: fused AdamW, 8-bit, paged 8-bit, step in backward")
+    def _optimizers() -> str:
+        from trainer.config import TrainingConfig
+        from trainer.optim import build_optimizer
+
+        assert build_optimizer(torch.nn.Linear(8, 8).cuda(), TrainingConfig()).defaults["fused"], "AdamW is not fused on CUDA"
+        full = {"method": {"type": "full"}}
+        losses = {}
+        for name, training in {"adamw": {}, "adamw_8bit": {"optimizer": "adamw_8bit"},
+                               "paged_adamw_8bit": {"optimizer": "paged_adamw_8bit"},
+                               "in_backward": {"optimizer_in_backward": True}}.items():
+            losses[name] = train(tmp, f"opt-{name}", training={"learning_rate": 3e-4, "max_grad_norm": None, **training}, **full)
+            assert losses[name][-1] < losses[name][0], (name, losses[name])
+        # The same maths, only the moment of the step differs: bf16 tolerance.
+        worst = max(abs(a - b) / abs(b) for a, b in zip(losses["in_backward"], losses["adamw"]))
+        assert worst < 2e-2, f"in-backward vs adamw max relative loss difference {worst:.3g}"
+        return "; ".join(f"{name} {run[0]:.3f} -> {run[-1]:.3f}" for name, run in losses.items())
+
     @check("strategy parity: none vs FSDP2 vs ZeRO-2")
     def _parity() -> str:
         workers = min(torch.cuda.device_count(), 2)

@@ -3,7 +3,8 @@
 #   bash scripts/gpu_smoke.sh            (installs flash-attn if missing; FTL_SKIP_FLASH_INSTALL=1 to skip)
 # Prints PASS/FAIL/SKIP per item and exits non-zero if any item failed:
 #   cuda, flash-attn (packed varlen rows = one-by-one), bf16 training, QLoRA 4-bit CUDA kernels,
-#   NCCL all-reduce, strategy parity (none vs FSDP2 vs ZeRO-2 on the same batches, bf16 tolerance).
+#   NCCL all-reduce, optimizers (fused AdamW, bitsandbytes 8-bit and paged 8-bit, step in backward),
+#   strategy parity (none vs FSDP2 vs ZeRO-2 on the same batches, bf16 tolerance).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

@@ -284,12 +284,21 @@ class TrainerConfig(Section):
                 "set eval.generation.enabled=false"
             )
 
+        optimizer_rules(self)
         transfer_rules(self)
         return self
 
     def _has_eval_data(self) -> bool:
         return bool(self.data.validation or self.data.validation_split > 0 or self.data.test
                     or any(source.validation for source in self.data.mixture))
+
+
+def optimizer_rules(cfg: TrainerConfig) -> None:
+    from trainer.optim_rules import optimizer_problem
+
+    problem = optimizer_problem(cfg)
+    if problem:
+        raise ValueError(problem)
 
 
 def transfer_rules(cfg: TrainerConfig) -> None:
