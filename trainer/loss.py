@@ -45,6 +45,8 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: L
             labels = batch["labels"]
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
             kernel = select_kernel(settings, labels.device, head.weight)
+            if kernel is None:
+                log_once(f"training.loss: chunked LM head and cross-entropy, {settings.chunk_tokens} tokens per chunk")
             return lm_loss_sum(model, head, inputs, labels, settings.chunk_tokens, kernel)
         log_once(f"training.loss.chunked: {reason}, so the loss uses the full logits")
     logits = forward_logits(model, batch)

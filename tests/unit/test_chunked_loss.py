@@ -231,3 +231,20 @@ def test_full_logits_are_never_allocated(tiny_model_dir: Path, tokenizer: Any, q
     assert full_largest >= full  # the check sees the logits when they exist
     assert chunk_largest <= 64 * vocab < full  # only a chunk of them, and the head's own weight
     assert chunk_peak < full_peak - 2 * full * 4  # at least two fp32 [B, T, V] tensors fewer at the peak
+
+
+@pytest.mark.parametrize("kernel", ["liger", "cut_cross_entropy"])
+def test_a_named_kernel_that_cannot_run_is_refused_at_startup(kernel: str) -> None:
+    from trainer.errors import TrainerInputError
+    from trainer.loss_kernels import check_loss_kernel, installed, select_kernel
+
+    with pytest.raises(TrainerInputError, match=f"training.loss.kernel={kernel} is a CUDA kernel"):
+        check_loss_kernel(LossConfig(kernel=kernel), "cpu")
+    with pytest.raises(TrainerInputError, match="training.loss.chunked is false"):
+        check_loss_kernel(LossConfig(kernel=kernel, chunked=False), "cuda:0")
+    if not installed(kernel):
+        with pytest.raises(TrainerInputError, match=r"pip install 'ftl\[(liger|cce)\]'"):
+            check_loss_kernel(LossConfig(kernel=kernel), "cuda:0")
+    check_loss_kernel(LossConfig(kernel="auto"), "cpu")  # auto and none never refuse
+    check_loss_kernel(LossConfig(kernel="none"), "cpu")
+    assert select_kernel(LossConfig(kernel="auto"), torch.device("cpu"), torch.zeros(1)) is None
