@@ -107,6 +107,45 @@ def main() -> int:
         assert losses[-1] < losses[0], losses
         return f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
 
+    @check("loss without full logits: chunked / Liger / Cut Cross-Entropy vs full logits")
+    def _loss_kernels() -> str:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from trainer.config import LossConfig
+        from trainer.data.batches import RowDataset, make_batch
+        from trainer.data.tokenized import load_tokenized
+        from trainer.loss import loss_sum
+        from trainer.loss_kernels import installed
+
+        tok = AutoTokenizer.from_pretrained(str(MODEL))
+        model = AutoModelForCausalLM.from_pretrained(str(MODEL), dtype=torch.bfloat16).cuda().train()
+        data = load_tokenized(str(DATA / "valid.jsonl"), "chat", tok, max_seq_len=128, too_long="truncate", skip_bad_rows=False)
+        batch = {k: v.cuda() for k, v in make_batch(RowDataset(data, [[0, 1, 2], [3, 4, 5]], packed=True), [0, 1], tok.pad_token_id).items()}
+
+        def run(settings: LossConfig) -> tuple[float, torch.Tensor]:
+            model.zero_grad(set_to_none=True)
+            summed, _ = loss_sum(model, batch, settings)
+            summed.backward()
+            return float(summed), model.lm_head.weight.grad.float().clone()
+
+        ref_loss, ref_grad = run(LossConfig(chunked=False))
+        variants = {"chunked": LossConfig(kernel="none", chunk_tokens=64)}
+        variants.update({name: LossConfig(kernel=name) for name in ("liger", "cut_cross_entropy") if installed(name)})
+        report = []
+        for name, settings in variants.items():
+            loss, grad = run(settings)
+            loss_diff = abs(loss - ref_loss) / abs(ref_loss)
+            grad_diff = float((grad - ref_grad).norm() / ref_grad.norm())
+            assert loss_diff < 1e-2 and grad_diff < 5e-2, f"{name}: loss rel diff {loss_diff:.2e}, head grad rel diff {grad_diff:.2e} (bf16)"
+            report.append(f"{name} {loss_diff:.1e}/{grad_diff:.1e}")
+        for name in ("liger", "cut_cross_entropy"):
+            if installed(name):  # the configured path end to end: startup check, training, evaluation
+                losses = train(tmp, f"loss-{name}", method={"type": "full"}, training={"learning_rate": 3e-4, "loss": {"kernel": name}})
+                assert losses[-1] < losses[0], losses
+                report.append(f"{name} trains {losses[0]:.3f} -> {losses[-1]:.3f}")
+        missing = [n for n in ("liger", "cut_cross_entropy") if not installed(n)]
+        return "loss/head-grad rel diff " + ", ".join(report) + (f"; not installed: {', '.join(missing)}" if missing else "")
+
     @check("NCCL all-reduce")
     def _nccl() -> str:
         code = ("import os, torch, torch.distributed as dist; dist.init_process_group('nccl'); r = dist.get_rank();"

@@ -26,6 +26,7 @@ from trainer.distributed import barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
+from trainer.loss_kernels import check_loss_kernel
 from trainer.memory_report import memory_report
 from trainer.loop import LoopHooks, train_loop
 from trainer.metrics import MetricsWriter, read_metrics
@@ -54,6 +55,7 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     setup_worker_logging(ctx.run_dir, ctx.rank)
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
+    check_loss_kernel(cfg.training.loss, ctx.device)
     config_hash = result_config_hash(cfg)
     verify_shared_run_dir(ctx.run_dir, ctx.rank, ctx.world_size)
     # Before any model work: an incompatible or broken checkpoint fails the run in seconds.
@@ -212,7 +214,8 @@ class _Evaluator:
             values: dict[str, Any] = {
                 "split": eval_set.name,
                 "label": label,
-                "eval_loss": eval_loss(model, eval_set, batch, self.tokenizer.pad_token_id, self.strategy, self.cfg.eval.max_samples),
+                "eval_loss": eval_loss(model, eval_set, batch, self.tokenizer.pad_token_id, self.strategy, self.cfg.eval.max_samples,
+                                       self.cfg.training.loss),
             }
             if self.cfg.eval.generation.enabled and eval_set.prompts:
                 score, samples = exact_match(model, self.tokenizer, eval_set.prompts,
