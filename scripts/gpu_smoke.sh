@@ -3,7 +3,9 @@
 #   bash scripts/gpu_smoke.sh            (installs flash-attn if missing; FTL_SKIP_FLASH_INSTALL=1 to skip)
 # Prints PASS/FAIL/SKIP per item and exits non-zero if any item failed:
 #   cuda, flash-attn (packed varlen rows = one-by-one), bf16 training, QLoRA 4-bit CUDA kernels,
-#   NCCL all-reduce, strategy parity (none vs FSDP2 vs ZeRO-2 on the same batches, bf16 tolerance).
+#   NCCL all-reduce, strategy parity (none vs FSDP2 vs ZeRO-2 on the same batches, bf16 tolerance),
+#   method.adapter_dtype=compute, activation offloading, torch.compile and Liger kernels (installs
+#   liger-kernel if missing; FTL_SKIP_LIGER_INSTALL=1 to skip).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -12,5 +14,9 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ -z "${FTL_SKIP_FLASH_INSTALL:-}" ] && ! "$PY" -c "import flash_attn" 2>/dev/null; then
     timeout 1200 "$PY" -m pip install --quiet flash-attn --no-build-isolation >/tmp/ftl-flash-install.log 2>&1 \
         || echo "note: flash-attn did not install (see /tmp/ftl-flash-install.log)"
+fi
+if [ -z "${FTL_SKIP_LIGER_INSTALL:-}" ] && ! "$PY" -c "import liger_kernel" 2>/dev/null; then
+    timeout 600 "$PY" -m pip install --quiet "liger-kernel>=0.5" >/tmp/ftl-liger-install.log 2>&1 \
+        || echo "note: liger-kernel did not install (see /tmp/ftl-liger-install.log)"
 fi
 exec "$PY" scripts/gpu_smoke.py "$@"
