@@ -29,7 +29,7 @@ def test_offloading_and_compile_train_with_the_plain_losses(tiny_model_dir: Path
     for name, options in runs.items():
         config = write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name,
                               model={"gradient_checkpointing": True, **options}, training={"max_steps": 3},
-                              eval={"at_start": False})
+                              data={"validation": None}, eval={"at_start": False})  # no evaluation: no inference graph to compile
         assert train(str(config), []) == 0, name
     plain = _losses(tmp_path / "plain")
     assert len(plain) == 3
@@ -84,3 +84,12 @@ def test_compute_dtype_adapters_train_resume_and_export(tiny_model_dir: Path, to
     assert merged.dtype == torch.bfloat16
     # Folding the adapter into bf16 weights rounds once more than adding its output.
     torch.testing.assert_close(_logits(merged, tokenizer), adapted, atol=0.1, rtol=0.05)
+
+
+def test_liger_kernels_on_a_cpu_worker_stop_the_run_with_the_fix(tiny_model_dir: Path, tmp_path: Path,
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path / "liger.yaml", tiny_model_dir, tmp_path / "liger", model={"liger_kernels": True})
+    assert train(str(config), []) == 2  # an input error, before any model work
+    err = capfd.readouterr().err
+    assert "model.liger_kernels needs a CUDA device" in err and "set model.liger_kernels=false" in err
+    assert not (tmp_path / "liger" / "checkpoints").exists()
