@@ -35,7 +35,7 @@ class ModelConfig(Section):
         "alongside compute on CUDA) instead of GPU memory; with gradient_checkpointing only the layer inputs move, "
         "without it everything the layers save moves (more host traffic). No effect on a CPU worker (a warning says so).")
     compile: bool = Field(False, description="torch.compile each decoder layer (inductor); same losses, faster steps "
-                          "once compiled.")
+                          "once compiled. Not with parallel.strategy=deepspeed.")
     liger_kernels: bool = Field(False, description="CUDA: Liger's fused RMSNorm/RoPE/SwiGLU kernels (pip install "
                                 "'ftl[liger]'); refused where Liger is not installed or the device is not CUDA.")
     trust_remote_code: bool = False
