@@ -186,6 +186,67 @@ def main() -> int:
         assert worst < 2e-2, f"max relative loss difference {worst:.3g} (bf16 tolerance 2e-2)"
         return f"{workers} worker(s); max relative loss difference {worst:.2e} over 10 steps"
 
+    def close(run: list[float], ref: list[float], tolerance: float) -> float:
+        worst = max(abs(a - b) / abs(b) for a, b in zip(run, ref))
+        assert len(run) == len(ref) and worst < tolerance, f"max relative loss difference {worst:.3g} (tolerance {tolerance})"
+        return worst
+
+    @check("method.adapter_dtype=compute (bf16 QLoRA)")
+    def _adapter_dtype() -> str:
+        ref = train(tmp, "ad-f32", method={"type": "qlora", "adapter_dtype": "float32"})
+        low = train(tmp, "ad-compute", method={"type": "qlora", "adapter_dtype": "compute"})
+        assert low[-1] < low[0], low
+        return f"loss float32 {ref[0]:.3f} -> {ref[-1]:.3f}, compute {low[0]:.3f} -> {low[-1]:.3f}"
+
+    @check("activation offloading (peak memory, losses)")
+    def _offload() -> str:
+        from trainer.activation_offload import enable_activation_offloading
+        from trainer.config import MethodConfig, ModelConfig
+        from trainer.methods import apply_method
+        from trainer.model_builder import load_model
+
+        def peak(offload: bool) -> tuple[int, float]:
+            method = MethodConfig(type="lora", lora={"dropout": 0.0})
+            torch.manual_seed(0)
+            model = apply_method(load_model(ModelConfig(path=str(MODEL), gradient_checkpointing=True), method, "cuda"), method, True)
+            if offload:
+                enable_activation_offloading(model, "cuda")
+            ids = torch.randint(5, 1000, (8, 1024), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            after_forward = torch.cuda.memory_allocated() - base
+            loss.backward()
+            torch.cuda.synchronize()
+            return after_forward, float(loss)
+
+        kept, loss = peak(False)
+        offloaded, offloaded_loss = peak(True)
+        assert abs(offloaded_loss - loss) < 1e-4 * abs(loss), (loss, offloaded_loss)
+        assert offloaded < kept, f"held after forward: {offloaded} B offloaded vs {kept} B"
+        ref = train(tmp, "off-ref", model={"gradient_checkpointing": True})
+        run = train(tmp, "off-on", model={"gradient_checkpointing": True, "activation_offloading": True})
+        worst = close(run, ref, 1e-3)
+        return (f"GPU memory held after forward (8 x 1024 tokens, checkpointing): {kept / 2**20:.1f} -> {offloaded / 2**20:.1f} MiB; "
+                f"10 LoRA steps within {worst:.1e} of no offload")
+
+    @check("torch.compile of the decoder layers")
+    def _compile() -> str:
+        ref = train(tmp, "c-eager", model={"gradient_checkpointing": True})
+        run = train(tmp, "c-compiled", model={"gradient_checkpointing": True, "compile": True})
+        return f"10 LoRA steps (bf16) within {close(run, ref, 2e-2):.1e} of eager"
+
+    @check("Liger kernels (RMSNorm, RoPE, SwiGLU)")
+    def _liger() -> str:
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            return "skip: liger-kernel not installed (pip install 'ftl[liger]')"
+        ref = train(tmp, "l-ref", method={"type": "full"}, training={"learning_rate": 3e-4})
+        run = train(tmp, "l-liger", model={"liger_kernels": True}, method={"type": "full"}, training={"learning_rate": 3e-4})
+        log = (tmp / "l-liger" / "logs" / "rank-0.log").read_text()
+        assert "Liger RMSNorm, RoPE and SwiGLU kernels applied" in log, "Liger was not applied"
+        return f"10 full steps (bf16) within {close(run, ref, 2e-2):.1e} of the eager kernels"
+
     failed = [r for r in RESULTS if r[0] == "FAIL"]
     print(f"\n{len(RESULTS) - len(failed)} passed or skipped, {len(failed)} failed; work dir {tmp}")
     return 1 if failed else 0

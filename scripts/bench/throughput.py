@@ -43,8 +43,13 @@ def build_model(path: str, seed: int) -> torch.nn.Module:
     return model.train()
 
 
-def bench_trainer(path: str, data: RowDataset, cfg: TrainingConfig, steps: int, warmup: int, pad_id: int) -> float:
+def bench_trainer(path: str, data: RowDataset, cfg: TrainingConfig, steps: int, warmup: int, pad_id: int,
+                  compiled: bool = False) -> float:
     model = build_model(path, 0)
+    if compiled:
+        from trainer.compile_layers import compile_decoder_layers
+
+        compile_decoder_layers(model)  # compiles during the warmup steps
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps + warmup)
     hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda s: False)
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="alternate the two loops this many times, report the best")
     parser.add_argument("--loss", choices=["chunked", "full"], default="chunked", help="the trainer's training.loss (chunked = default)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the run with model.compile")
     args = parser.parse_args()
     quiet_third_party()
     from transformers import AutoTokenizer
@@ -104,6 +110,9 @@ def main() -> None:
     print(f"minimal PyTorch loop : {minimal_best:10.0f} tokens/s")
     print(f"ftl trainer loop     : {trainer_best:10.0f} tokens/s")
     print(f"ratio                : {trainer_best / minimal_best:10.3f}  (target >= 0.95)")
+    if not args.no_compile:
+        compiled = bench_trainer(args.model, data, cfg, args.steps, args.warmup, tokenizer.pad_token_id, compiled=True)
+        print(f"ftl + model.compile  : {compiled:10.0f} tokens/s  ({compiled / trainer_best:.3f}x the eager trainer loop)")
 
     lengths = np.random.default_rng(0).lognormal(4.0, 1.0, size=4000).astype(int).clip(4, 2048)
     packed = packing_efficiency(lengths, pack_examples(lengths, 2048), 2048)
