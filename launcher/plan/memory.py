@@ -3,7 +3,13 @@
 Model states follow what ftl's trainer really allocates (checked byte for byte on CPU):
 - parameters in the loaded dtype; DeepSpeed casts the module to bf16/fp16 when that precision is on;
   QLoRA keeps linear weights packed 4-bit plus block scales, other weights upcast to fp32 by PEFT;
-- torch AdamW keeps two states in the parameter's dtype plus a 4-byte step per tensor;
+- torch AdamW keeps two states in the parameter's dtype plus a 4-byte step per tensor; bitsandbytes'
+  8-bit AdamW keeps two uint8 states plus an fp32 absmax per 256-element block for tensors of at
+  least 4096 elements, two fp32 states below that, and one shared pair of 256-entry fp32 maps;
+- optimizer step in backward: each parameter is stepped in its post-accumulate-grad hook and its
+  gradient freed, so one gradient exists at a time (the largest bounds it);
+- chunked loss: the LM head's weight gradient is computed in forward (trainable head only) and is
+  alive from the end of forward;
   DeepSpeed keeps fp32 master weights and fp32 Adam states for its partition;
 - DDP: full copies and gradient buckets as big as the gradients; FSDP2: every parameter split on
   dimension 0 (the first rank holds the rounded-up chunk); ZeRO-1/2/3 split optimizer states,
@@ -29,13 +35,19 @@ NCCL_BUFFERS = int(0.25 * GIB)
 ALLOCATOR_SLACK = 0.05
 # CPU: a worker process with torch, transformers and peft imported (measured RSS, scripts/bench/memory.py).
 CPU_PROCESS = int(0.45 * GIB)
+# bitsandbytes 8-bit optimizers: tensors below this many elements keep 32-bit states; blockwise
+# quantization with one fp32 absmax per block; one dynamic map (256 fp32) per state, shared.
+BNB_MIN_8BIT_SIZE = 4096
+BNB_OPTIM_BLOCKSIZE = 256
+BNB_QMAPS = 2 * 256 * 4
+EIGHT_BIT = ("adamw_8bit", "paged_adamw_8bit")
 
 
 @dataclass
 class Item:
     label: str
     bytes: int
-    where: str = "gpu"  # gpu | host (offloaded to CPU RAM) | nvme
+    where: str = "gpu"  # gpu | host (offloaded to CPU RAM) | nvme | paged (CUDA unified memory, spills to CPU RAM)
     kind: str = "state"  # state | buffer (communication/workspace) | activation
 
 
@@ -77,15 +89,46 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     static = sum(i.bytes for i in on_gpu) - grads
     # The step peaks either at the end of forward (all activations alive; gradients of earlier
     # micro-batches too when accumulating) or once every gradient exists (end of backward, step).
-    forward_peak = acts.total + (grads if setup.accumulation > 1 else 0)
+    # The chunked loss computes the head's weight gradient in forward: alive from then on.
+    head_grad = head_gradient_in_forward(inventory, setup)
+    forward_peak = acts.total + head_grad + (grads if setup.accumulation > 1 else 0)
     peak = static + max(forward_peak, grads)
+    checkpointed = " (checkpointed)" if setup.checkpointing else ""
+    loss_label = (f"activations: chunked LM head + loss ({min(setup.chunk_tokens, setup.tokens_per_micro_batch)} tokens/chunk)"
+                  if setup.loss_chunked else "activations: full logits + fp32 copy + log-softmax")
     items = states + [
-        Item("activations: decoder layers" + (" (checkpointed)" if setup.checkpointing else ""), acts.layers, kind="activation"),
-        Item("activations: logits + loss", acts.head, kind="activation"),
+        Item("activations: decoder layers" + checkpointed + (" (on device while offloading)" if acts.offloaded else ""),
+             acts.layers, kind="activation"),
+        Item(loss_label, acts.head, kind="activation"),
         Item("activations: embeddings + final norm", acts.other, kind="activation"),
     ]
+    if head_grad:
+        items.append(Item("LM head weight gradient (chunked loss: made in forward)", head_grad, kind="activation"))
+    if acts.offloaded:
+        items.append(Item("activations: decoder layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"))
     overhead = process_overhead(setup, peak)
-    return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes)
+    return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes, notes=setting_notes(setup))
+
+
+def head_gradient_in_forward(inv: Inventory, s: Setup) -> int:
+    if not s.loss_chunked or s.strategy == "deepspeed" or not inv.head_param:
+        return 0
+    head = next((p for p in inv.params if p.name == inv.head_param), None)
+    return head.nbytes if head is not None and head.trainable else 0
+
+
+def setting_notes(s: Setup) -> list[str]:
+    notes = []
+    if s.compile:
+        notes.append("torch.compile: no memory term (counted as eager; compiled layers usually keep slightly fewer tensors)")
+    if s.liger:
+        notes.append("Liger kernels: MLP and RMSNorm activations are an approximation (CUDA only, not measured here)")
+    if s.activation_offloading and not s.accelerator.is_gpu:
+        notes.append("activation offloading: the device is the CPU, so nothing moves and memory does not change")
+    if s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu:
+        notes.append("paged 8-bit AdamW: its states are in CUDA unified memory, outside the device budget: they use free GPU "
+                      "memory and page out to CPU RAM (slower steps) when there is none")
+    return notes
 
 
 def process_overhead(setup: Setup, peak: int) -> int:
@@ -131,17 +174,39 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
     if s.strategy == "deepspeed":
         items += _zero_states(trainable, n_trainable, s, ds_cast)
     else:
-        grads = sum(stored(p) for p in trainable)
-        step = 4 * len(trainable)  # AdamW's step counter: one fp32 scalar tensor per parameter
+        local = [(stored(p), stored(p) // max(p.element_size, 1)) for p in trainable]  # (bytes, elements) on this rank
+        grads = sum(b for b, _ in local)
         opt_where = "host" if s.offload_params != "none" else "gpu"  # FSDP2 CPU offload moves all states
-        items.append(Item("gradients", grads, opt_where))
-        items.append(Item("optimizer: AdamW exp_avg + exp_avg_sq + step", 2 * grads + step, opt_where))
+        if s.optimizer_in_backward:
+            items.append(Item("gradients (one at a time: optimizer step in backward)", max((b for b, _ in local), default=0), opt_where))
+        else:
+            items.append(Item("gradients", grads, opt_where))
+        if s.optimizer in EIGHT_BIT:
+            # Paged states live in CUDA unified memory: the driver pages them out to CPU RAM when the
+            # GPU is full, and torch's allocator (what peak figures report) never sees them.
+            paged = s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu and opt_where == "gpu"
+            items.append(Item("optimizer: 8-bit AdamW states (uint8 + block absmax)",
+                              eight_bit_state_bytes([n for _, n in local]), "paged" if paged else opt_where))
+        else:
+            step = 4 * len(trainable)  # AdamW's step counter: one fp32 scalar tensor per parameter
+            items.append(Item("optimizer: AdamW exp_avg + exp_avg_sq + step", 2 * grads + step, opt_where))
         if s.strategy == "ddp":
             items.append(Item("DDP gradient buckets", sum(p.nbytes for p in trainable), kind="buffer"))
         if s.strategy == "fsdp":
             gathered = inv.root_bytes + (1 if not s.reshard_after_forward else 2) * inv.layer_bytes
             items.append(Item("FSDP2 unsharded parameters (root + current/prefetched layer)", gathered, kind="buffer"))
     return items
+
+
+def eight_bit_state_bytes(numels: list[int]) -> int:
+    """bitsandbytes AdamW8bit/PagedAdamW8bit states for tensors of these element counts."""
+    total = 0
+    for n in numels:
+        if n >= BNB_MIN_8BIT_SIZE:
+            total += 2 * n + 2 * 4 * math.ceil(n / BNB_OPTIM_BLOCKSIZE)
+        else:
+            total += 2 * 4 * n
+    return total + (BNB_QMAPS if any(n >= BNB_MIN_8BIT_SIZE for n in numels) else 0)
 
 
 def _zero_states(trainable: list[ParamInfo], n: int, s: Setup, ds_cast: int | None) -> list[Item]:
