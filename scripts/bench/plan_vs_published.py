@@ -78,11 +78,15 @@ def qlora_paper(tmp: Path) -> None:
     quantized = 2 * packed  # 4-bit: two weights per byte
     fp32_frozen = m.state_bytes("weights, frozen: fp32")
     adapters = m.state_bytes("weights, trainable")
+    lean = plan_run(load_config(tmp / "c.yaml", ["method.adapter_dtype=compute", "training.optimizer=paged_adamw_8bit"]),
+                    Target(accelerator("A6000")), with_throughput=False).memory
     print(f"   Block scales: {8 * scales / quantized:.3f} bits/parameter (the paper: 0.127 with double quantization, 0.5 without).\n"
-          f"   ftl {'agrees' if m.fits else 'differs'}: {m.total_bytes / GIB:.1f} GiB incl. {m.overhead_bytes / GIB:.1f} GiB CUDA context/allocator allowance.\n"
-          f"   Why: PEFT keeps the LoRA adapters in fp32 ({adapters / GIB:.1f} GiB, and fp32 gradients and Adam states for them)\n"
-          f"   and its k-bit preparation upcasts embeddings, head and norms to fp32 ({fp32_frozen / GIB:.1f} GiB); the paper keeps\n"
-          "   adapters in bf16 and pages optimizer states to CPU RAM on memory spikes (ftl has no paged optimizer).")
+          f"   ftl {'agrees' if m.fits else 'differs'} with its defaults: {m.total_bytes / GIB:.1f} GiB incl. {m.overhead_bytes / GIB:.1f} GiB "
+          "CUDA context/allocator allowance.\n"
+          f"   Why: by default PEFT keeps the LoRA adapters in fp32 ({adapters / GIB:.1f} GiB, and fp32 gradients and Adam states for them)\n"
+          f"   and its k-bit preparation upcasts embeddings, head and norms to fp32 ({fp32_frozen / GIB:.1f} GiB). With the paper's choices,\n"
+          "   bf16 adapters/embeddings/head (method.adapter_dtype=compute) and paged 8-bit optimizer states\n"
+          f"   (training.optimizer=paged_adamw_8bit): {lean.total_bytes / GIB:.1f} GiB -> {'fits' if lean.fits else 'does not fit'}.")
 
 
 BEFORE_ISSUE_13 = ["training.loss.chunked=false", "training.optimizer=adamw", "training.optimizer_in_backward=false",
@@ -130,7 +134,9 @@ def torchtune(tmp: Path) -> None:
         paged = sum(i.bytes for i in figures[2].items if i.where == "paged")
         host = figures[2].host_bytes
         if paged or host:
-            print(f"        outside GPU memory: {paged / GIB:.1f} GiB paged optimizer states (CUDA unified memory), "
+            spill = paged > figures[2].headroom_bytes
+            print(f"        outside GPU memory: {paged / GIB:.1f} GiB paged optimizer states (CUDA unified memory"
+                  f"{'; more than the GPU has free, so part pages to CPU RAM every step' if paged and spill else ''}), "
                   f"{host / GIB:.1f} GiB offloaded activations (CPU RAM)")
         if live > published:  # would a smaller loss chunk get there?
             smaller = plan_run(load_config(path, [*lean, "training.loss.chunk_tokens=256"]), Target(accelerator(gpu)),
