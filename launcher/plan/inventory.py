@@ -74,6 +74,8 @@ class Inventory:
     root_bytes: int  # stored bytes outside the decoder layers (embeddings, head, final norm)
     lora_targets: list[tuple[int, int, int]] = field(default_factory=list)  # (in, out, r) per adapted layer
     head_param: str | None = None  # name of the LM head's weight (the input embedding's when tied)
+    head_chunkable: bool = True  # the chunked loss can stand in for the head (trainer/chunked_loss.py)
+    head_chunkable_reason: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
 
     def total(self, trainable: bool | None = None) -> int:
@@ -131,7 +133,19 @@ def build_inventory(label: str, config_fields: dict[str, Any], method: MethodCon
     root_bytes = sum(p.nbytes for p in params) - sum(layer_bytes)
     targets = [(m.in_features, m.out_features, m.r[name]) for m in model.modules()
                if hasattr(m, "lora_A") and hasattr(m, "in_features") for name in m.lora_A]
-    return Inventory(label, _architecture(config, layers), params, max(layer_bytes, default=0), root_bytes, targets, head_name)
+    chunkable, reason = _head_chunkable(model)
+    return Inventory(label, _architecture(config, layers), params, max(layer_bytes, default=0), root_bytes, targets, head_name,
+                     chunkable, reason)
+
+
+def _head_chunkable(model: torch.nn.Module) -> tuple[bool, str]:
+    """The trainer's own test of whether the chunked loss can stand in for this model's head."""
+    try:
+        from trainer.chunked_loss import chunkable_head
+    except ImportError:  # a trainer without the chunked loss: the planner assumes a plain head
+        return True, ""
+    head, reason = chunkable_head(model)
+    return head is not None, reason
 
 
 def _quantize_like_bnb(model: torch.nn.Module, method: MethodConfig, upcast: bool = True) -> dict[int, int]:

@@ -19,7 +19,7 @@ Model states follow what ftl's trainer really allocates (checked byte for byte o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from launcher.plan.activations import Activations, activation_memory  # noqa: F401 (Activations: MemoryPlan field type)
 from launcher.plan.inventory import Inventory, ParamInfo
@@ -82,17 +82,23 @@ class MemoryPlan:
 
 
 def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
+    notes = setting_notes(setup)
+    if setup.loss_chunked and not inventory.head_chunkable:
+        notes.append(f"training.loss.chunked: {inventory.head_chunkable_reason}, so the loss uses the full logits")
+        setup = setup.but(loss_chunked=False)
     states = model_states(inventory, setup)
     acts = activation_memory(inventory.arch, setup, inventory.lora_targets)
+    head_grad, head_transient = head_gradient_in_forward(inventory, setup)
+    acts = replace(acts, head=acts.head + head_transient)
     on_gpu = [i for i in states if i.where == "gpu"]
     grads = sum(i.bytes for i in on_gpu if i.label.startswith("gradients"))
     static = sum(i.bytes for i in on_gpu) - grads
     # The step peaks either at the end of forward (all activations alive; gradients of earlier
-    # micro-batches too when accumulating) or once every gradient exists (end of backward, step).
-    # The chunked loss computes the head's weight gradient in forward: alive from then on.
-    head_grad = head_gradient_in_forward(inventory, setup)
+    # micro-batches too when accumulating; the head's weight gradient the chunked loss made in
+    # forward) or once every gradient exists and the optimizer steps (its temporaries too).
     forward_peak = acts.total + head_grad + (grads if setup.accumulation > 1 else 0)
-    peak = static + max(forward_peak, grads)
+    step_peak = grads + optimizer_step_workspace(inventory, setup)
+    peak = static + max(forward_peak, step_peak)
     checkpointed = " (checkpointed)" if setup.checkpointing else ""
     loss_label = (f"activations: chunked LM head + loss ({min(setup.chunk_tokens, setup.tokens_per_micro_batch)} tokens/chunk)"
                   if setup.loss_chunked else "activations: full logits + fp32 copy + log-softmax")
@@ -104,17 +110,51 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     ]
     if head_grad:
         items.append(Item("LM head weight gradient (chunked loss: made in forward)", head_grad, kind="activation"))
+    if step_peak > grads:
+        items.append(Item("optimizer step workspace (foreach AdamW temporaries)", step_peak - grads, kind="buffer"))
     if acts.offloaded:
         items.append(Item("activations: decoder layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"))
     overhead = process_overhead(setup, peak)
-    return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes, notes=setting_notes(setup))
+    return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes, notes=notes)
 
 
-def head_gradient_in_forward(inv: Inventory, s: Setup) -> int:
-    if not s.loss_chunked or s.strategy == "deepspeed" or not inv.head_param:
-        return 0
+def head_gradient_in_forward(inv: Inventory, s: Setup) -> tuple[int, int]:
+    """(bytes of the head's weight gradient alive from the end of forward, extra bytes alive only
+    while the chunked loss runs). The loss sums the chunks' weight gradients in an fp32
+    accumulator; in 16 bits each chunk's product is made in the compute dtype, then as fp32, and
+    the result is cast to the weight's dtype at the end. The weight is the gathered (unsharded)
+    one under FSDP2/ZeRO-3, so the gradient is full-size."""
+    if not s.loss_chunked or not inv.head_param:
+        return 0, 0
     head = next((p for p in inv.params if p.name == inv.head_param), None)
-    return head.nbytes if head is not None and head.trainable else 0
+    if head is None or not head.trainable:
+        return 0, 0
+    size = 2 if (s.strategy == "deepspeed" and s.precision in ("bf16", "fp16")) else head.element_size
+    kept = head.numel * size
+    if size == 4:
+        return kept, 0  # the fp32 accumulator is the gradient
+    return kept, head.numel * (4 + s.activation_bytes + 4) - kept
+
+
+def optimizer_step_workspace(inv: Inventory, s: Setup) -> int:
+    """Temporaries of the optimizer step on top of the gradients. torch AdamW runs fused on CUDA
+    (none) and foreach elsewhere: one temporary as large as a parameter group (its sqrt of
+    exp_avg_sq), groups being the decayed (2-D+) and the non-decayed parameters. bitsandbytes'
+    8-bit kernels and DeepSpeed's own step (buffers listed with its states) add none here."""
+    if s.strategy == "deepspeed" or s.optimizer in EIGHT_BIT or s.accelerator.is_gpu:
+        return 0
+    trainable = [p for p in inv.params if p.trainable]
+    if s.optimizer_in_backward:  # one parameter's optimizer at a time
+        return max((_local_bytes(p, s) for p in trainable), default=0)
+    decay = sum(_local_bytes(p, s) for p in trainable if p.numel != p.dim0)
+    no_decay = sum(_local_bytes(p, s) for p in trainable if p.numel == p.dim0)
+    return max(decay, no_decay)
+
+
+def _local_bytes(p: ParamInfo, s: Setup) -> int:
+    if s.strategy == "fsdp":
+        return math.ceil(p.dim0 / s.workers) * (p.stored_numel // p.dim0) * p.element_size
+    return p.nbytes
 
 
 def setting_notes(s: Setup) -> list[str]:
