@@ -111,7 +111,7 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     if head_grad:
         items.append(Item("LM head weight gradient (chunked loss: made in forward)", head_grad, kind="activation"))
     if step_peak > grads:
-        items.append(Item("optimizer step workspace (foreach AdamW temporaries)", step_peak - grads, kind="buffer"))
+        items.append(Item("step workspace: foreach AdamW temporaries", step_peak - grads, kind="buffer"))
     if acts.offloaded:
         items.append(Item("activations: decoder layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"))
     overhead = process_overhead(setup, peak)
@@ -226,7 +226,8 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
             # GPU is full, and torch's allocator (what peak figures report) never sees them.
             paged = s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu and opt_where == "gpu"
             items.append(Item("optimizer: 8-bit AdamW states (uint8 + block absmax)",
-                              eight_bit_state_bytes([n for _, n in local]), "paged" if paged else opt_where))
+                              eight_bit_state_bytes([n for _, n in local], shared_maps=not s.optimizer_in_backward),
+                              "paged" if paged else opt_where))
         else:
             step = 4 * len(trainable)  # AdamW's step counter: one fp32 scalar tensor per parameter
             items.append(Item("optimizer: AdamW exp_avg + exp_avg_sq + step", 2 * grads + step, opt_where))
@@ -238,15 +239,18 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
     return items
 
 
-def eight_bit_state_bytes(numels: list[int]) -> int:
-    """bitsandbytes AdamW8bit/PagedAdamW8bit states for tensors of these element counts."""
+def eight_bit_state_bytes(numels: list[int], shared_maps: bool = True) -> int:
+    """bitsandbytes AdamW8bit/PagedAdamW8bit states for tensors of these element counts. Each
+    optimizer keeps one pair of quantization maps for its 8-bit tensors (shared_maps=False: one
+    optimizer per parameter, as with the step in backward)."""
     total = 0
     for n in numels:
         if n >= BNB_MIN_8BIT_SIZE:
             total += 2 * n + 2 * 4 * math.ceil(n / BNB_OPTIM_BLOCKSIZE)
         else:
             total += 2 * 4 * n
-    return total + (BNB_QMAPS if any(n >= BNB_MIN_8BIT_SIZE for n in numels) else 0)
+    quantized = sum(1 for n in numels if n >= BNB_MIN_8BIT_SIZE)
+    return total + BNB_QMAPS * (min(quantized, 1) if shared_maps else quantized)
 
 
 def _zero_states(trainable: list[ParamInfo], n: int, s: Setup, ds_cast: int | None) -> list[Item]:
