@@ -10,8 +10,8 @@ autograd (what stays alive from forward to backward), per token of the micro-bat
   each RMSNorm + residual   8*hidden + 4 (fp32 normalised input, output, 1/rms)
   LoRA, per adapted layer   e*r (+ e*in_features when lora dropout > 0: the dropped-out input)
   loss head, full logits    e*vocab (logits) + 4*vocab (fp32 copy) + 4*vocab (log-softmax), every position
-  loss head, chunked        8*vocab per row of one chunk of chunk_tokens label positions (fp32 scores
-                            + logsumexp's fp32 temporary; transient: gradients are computed in
+  loss head, chunked        (4 + e if e < 4)*vocab per row of one chunk of chunk_tokens label positions
+                            (fp32 scores + the 16-bit logits/gradient; transient: gradients are made in
                             forward), plus the selected hidden rows and their gradient, 2*e*hidden per
                             label position (trainable head: its weight gradient, memory.py)
 
@@ -33,8 +33,6 @@ from launcher.plan.inventory import Architecture
 from launcher.plan.setup import Setup
 
 
-# Chunked loss: bytes per logit of one chunk alive at once (fp32 scores + logsumexp's temporary).
-CHUNK_BYTES_PER_LOGIT = 8
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,9 @@ def loss_head_bytes(arch: Architecture, setup: Setup) -> int:
     tokens, e = setup.tokens_per_micro_batch, setup.activation_bytes
     if not setup.loss_chunked:
         return tokens * arch.vocab * (e + 8)
-    # One chunk: its fp32 scores (the logits, upcast; softmax and gradient in place) and
-    # logsumexp's fp32 temporary; all label rows: the selected hidden rows and their gradient.
+    # One chunk: its fp32 scores (the logits, upcast: softmax and gradient are made in place) and,
+    # in 16 bits, the logits / the gradient in the compute dtype beside them (measured with
+    # MemTracker on CPU); all label rows: the selected hidden rows and their gradient.
     rows = min(setup.chunk_tokens, tokens)
-    return rows * arch.vocab * CHUNK_BYTES_PER_LOGIT + tokens * arch.hidden * 2 * e
+    per_logit = 4 + (e if e < 4 else 0)
+    return rows * arch.vocab * per_logit + tokens * arch.hidden * 2 * e
