@@ -33,8 +33,6 @@ from launcher.plan.inventory import Architecture
 from launcher.plan.setup import Setup
 
 
-
-
 @dataclass(frozen=True)
 class Activations:
     per_layer: int  # bytes one decoder layer keeps for the micro-batch (without checkpointing)

@@ -85,7 +85,8 @@ def optimizer_state_bytes(model: torch.nn.Module, optimizer: Any, nbytes: Any) -
         for state in getattr(opt, "state", {}).values():
             for value in state.values():
                 if torch.is_tensor(value):
-                    seen[value.untyped_storage().data_ptr()] = nbytes(value)
+                    local = value.to_local() if hasattr(value, "to_local") else value  # FSDP2: the DTensor's shard
+                    seen[local.untyped_storage().data_ptr()] = nbytes(value)
     return sum(seen.values())
 
 
