@@ -41,13 +41,16 @@ class Activations:
     other: int  # embedding output and final norm
     checkpointing: bool
     offloaded: int = 0  # bytes the decoder layers keep in host memory (activation offloading)
+    recompute_workspace: int = 0  # checkpointing: gradients inside the recomputed layer's backward
 
     @property
     def total(self) -> int:
         """Peak of live activation bytes. With checkpointing, backward frees the loss head before
-        it recomputes the first layer, so only the larger of the two is alive at once."""
+        it recomputes the first layer, so only the larger of the two is alive at once; the
+        recomputed layer's backward adds its gradient temporaries (the MLP's gate and up
+        gradients and the hidden-state gradient, measured with MemTracker on CPU)."""
         if self.checkpointing:
-            return self.layers + self.other + max(self.head, self.per_layer)
+            return self.layers + self.other + max(self.head, self.per_layer + self.recompute_workspace)
         return self.layers + self.head + self.other
 
 
@@ -99,7 +102,8 @@ def activation_memory(arch: Architecture, setup: Setup, lora_targets: list[tuple
         layers, offloaded = on_device, arch.layers * kept - on_device
     head = loss_head_bytes(arch, setup)
     other = tokens * (e * arch.hidden + norm_bytes_per_token(arch.hidden, e, frozen=setup.method != "full"))
-    return Activations(per_layer, layers, head, other, setup.checkpointing, offloaded)
+    workspace = tokens * e * (2 * arch.intermediate * arch.experts_per_token + arch.hidden) if setup.checkpointing else 0
+    return Activations(per_layer, layers, head, other, setup.checkpointing, offloaded, workspace)
 
 
 def loss_head_bytes(arch: Architecture, setup: Setup) -> int:
