@@ -154,7 +154,35 @@ def stop_requesting_torch_trainer() -> type:
         def _register_sigint_handler(self, controller: Any) -> None:
             pass  # the driver's handler (cluster/signals.py) stays in place
 
+        def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
+            run_dir = Path(self.train_loop_config["run_dir"])
+            policy = controller_init_kwargs["failure_policy"]
+            controller_init_kwargs["failure_policy"] = input_errors_not_retried(policy, run_dir)
+            return super()._initialize_and_run_controller(**controller_init_kwargs)
+
     return StopRequestingTorchTrainer
+
+
+def input_errors_not_retried(policy: Any, run_dir: Path) -> Any:
+    """Ray Train's failure policy, except that a worker group that failed on an input error (a bad
+    data row, a bad checkpoint: recorded in the run directory by the rank that found it) is not
+    restarted: a restart would only meet the same error, cluster.ray.max_failures times over."""
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision, FailurePolicy
+
+    class InputErrorsAreFinal(FailurePolicy):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(policy.failure_config)
+            self.inner = policy
+
+        def make_decision(self, training_failed_error: Any) -> Any:
+            failures = getattr(training_failed_error, "worker_failures", {}).values()
+            # Ray wraps a worker's exception with its traceback (UserExceptionWithTraceback._base_exc).
+            if recorded_input_error(run_dir) is not None or any(
+                    isinstance(getattr(error, "_base_exc", error), TrainerInputError) for error in failures):
+                return FailureDecision.RAISE
+            return self.inner.make_decision(training_failed_error)
+
+    return InputErrorsAreFinal()
 
 
 def _local_fs() -> Any:

@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 
 from cluster.config import ClusterConfig, sbatch_path_problem
 from trainer.config import TrainerConfig
+from trainer.optim_rules import in_backward_problem
 
 SHARDED = ("fsdp", "deepspeed")
 # URI schemes pyarrow.fs opens (what Ray Train storage accepts without a custom filesystem).
@@ -36,6 +37,10 @@ class RunConfig(TrainerConfig):
                 raise ValueError("parallel.offload_params: fsdp offloads to cpu only; use deepspeed ZeRO-3 for nvme")
             if strategy not in SHARDED:
                 raise ValueError("parallel.offload_params needs parallel.strategy=fsdp or deepspeed")
+        if self.training.optimizer_in_backward and strategy == "auto" and workers > 1:
+            problem = in_backward_problem(self.training, "ddp")  # what auto resolves to on several workers
+            if problem:
+                raise ValueError(f"{problem} (parallel.strategy=auto is ddp on {workers} workers)")
         if "nvme" in (parallel.offload_params, parallel.offload_optimizer) and not parallel.nvme_path:
             raise ValueError("parallel.nvme_path is required for nvme offload (a directory on a fast local disk)")
         return self

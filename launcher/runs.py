@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.run_lock import LOCK_FILE, read_holder, stale_reason
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.metrics import read_metrics
 from trainer.run_files import is_finished
@@ -38,8 +39,12 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
             valid = candidate
             break
         notes.append(f"{candidate.name} invalid: {problem}")
+    holder = read_holder(run_dir / LOCK_FILE)
     if is_finished(run_dir):  # the trainer's summary, written last (final/ alone may be a crashed finish)
         status = "finished"
+    elif holder is not None and stale_reason(holder) is None:
+        status = "running"  # or exporting: the lock names who holds the directory now
+        notes.insert(0, f"in use by {holder.describe()}")
     elif valid is not None:
         status = "resumable"
     elif step is not None:

@@ -31,10 +31,11 @@ class ModelConfig(Section):
     )
     gradient_checkpointing: bool = False
     activation_offloading: bool = Field(
-        False, description="Keep the activations saved for backward in CPU memory (pinned, copied alongside compute on "
-        "CUDA) instead of accelerator memory; on top of gradient_checkpointing, only the layer inputs move.")
+        False, description="Keep the activations the decoder layers save for backward in CPU memory (pinned, copied "
+        "alongside compute on CUDA) instead of GPU memory; with gradient_checkpointing only the layer inputs move, "
+        "without it everything the layers save moves (more host traffic). No effect on a CPU worker (a warning says so).")
     compile: bool = Field(False, description="torch.compile each decoder layer (inductor); same losses, faster steps "
-                          "once compiled.")
+                          "once compiled. Not with parallel.strategy=deepspeed.")
     liger_kernels: bool = Field(False, description="CUDA: Liger's fused RMSNorm/RoPE/SwiGLU kernels (pip install "
                                 "'ftl[liger]'); refused where Liger is not installed or the device is not CUDA.")
     trust_remote_code: bool = False
@@ -284,12 +285,34 @@ class TrainerConfig(Section):
                 "set eval.generation.enabled=false"
             )
 
+        optimizer_rules(self)
+        model_option_rules(self)
         transfer_rules(self)
         return self
 
     def _has_eval_data(self) -> bool:
         return bool(self.data.validation or self.data.validation_split > 0 or self.data.test
                     or any(source.validation for source in self.data.mixture))
+
+
+def optimizer_rules(cfg: TrainerConfig) -> None:
+    from trainer.optim_rules import optimizer_problem
+
+    problem = optimizer_problem(cfg)
+    if problem:
+        raise ValueError(problem)
+
+
+def model_option_rules(cfg: TrainerConfig) -> None:
+    """Rules between model.compile / method.adapter_dtype and the rest; the device-dependent ones
+    (liger_kernels needs CUDA) are checked by the worker (trainer/model_options.py)."""
+    if cfg.model.compile and cfg.parallel.strategy == "deepspeed":
+        # ZeRO gathers and releases parameters in hooks around every submodule, inside the layers.
+        raise ValueError("model.compile is not supported with parallel.strategy=deepspeed (ZeRO's parameter hooks run "
+                         "inside the compiled layers); set model.compile=false, or use fsdp or ddp")
+    if cfg.method.type == "full" and cfg.method.adapter_dtype != "auto":
+        raise ValueError("method.adapter_dtype only applies to adapter methods (lora, dora, qlora); with method.type=full "
+                         "the trained weights keep model.dtype: remove method.adapter_dtype")
 
 
 def transfer_rules(cfg: TrainerConfig) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from trainer.config import LossConfig
 from trainer.data.batches import RowDataset, make_batch
 from trainer.data.formats import Prompt
 from trainer.data.prepare import EvalSet
@@ -30,7 +31,9 @@ def lockstep_batches(count: int, batch_size: int, rank: int, world: int, collect
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id: int, strategy: Strategy, max_samples: int | None) -> float:
+def eval_loss(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id: int, strategy: Strategy, max_samples: int | None,
+              settings: LossConfig | None = None) -> float:
+    """Mean loss per label token; `settings` = training.loss, so evaluation computes it as training does."""
     count = min(len(eval_set.examples), max_samples or len(eval_set.examples))
     rows = RowDataset(eval_set.examples, [[i] for i in range(count)], packed=False)
     was_training = model.training
@@ -38,7 +41,7 @@ def eval_loss(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id
     total, tokens = 0.0, 0
     for indices in lockstep_batches(count, batch_size, strategy.rank, strategy.world_size, strategy.forward_is_collective):
         batch = make_batch(rows, indices or [0], pad_id)
-        summed, n = loss_sum(model, {k: v.to(strategy.device) for k, v in batch.items()})
+        summed, n = loss_sum(model, {k: v.to(strategy.device) for k, v in batch.items()}, settings)
         if indices is not None:
             total += float(summed)
             tokens += n

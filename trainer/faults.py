@@ -5,8 +5,9 @@ process die, signal itself, hang or fill its disk, through environment variables
     FTL_FAULT_SIGNAL_AT=step_end@3,before_manifest@3   send FTL_FAULT_SIGNAL (USR1|TERM|INT,
                                             default USR1) to this process at each listed point
     FTL_FAULT_HANG_AT=step_end@2            sleep forever there (a stuck worker)
-    FTL_FAULT_WAIT_AT=step_end@2=/path/go   wait there until that file exists: a test holds the run
-                                            at a known point (e.g. a save open) while it acts
+    FTL_FAULT_WAIT_AT=step_end@2=/path/go   every rank waits there until that file exists: a test
+                                            holds the run at a known point (e.g. a save open, a run
+                                            surely still running) while it acts, without timing
     FTL_FAULT_FILL_DISK_AT=before_shards@4  fill the checkpoint's filesystem (only one < 1 GiB free)
     FTL_FAULT_RANK=1                        which rank the faults apply to (default 0)
     FTL_FAULT_ONCE_MARKER=/path/file        kill only if this file does not exist yet (it is
@@ -14,9 +15,6 @@ process die, signal itself, hang or fill its disk, through environment variables
                                             the point (Ray / torchrun restart tests)
     FTL_FAULT_SLOW_STEP_S=1.5               sleep that long at every `micro` point, on every rank
                                             (time for a test to send a signal mid-run)
-    FTL_FAULT_PAUSE_AT=step_end@2           every rank waits there until the file named by
-                                            FTL_FAULT_RESUME_FILE exists (a test acts on a run
-                                            that is surely still running, without timing)
 
 A point is `name` (every time it is reached) or `name@step`. Points, in order of a save:
 before_shards, mid_shard (half of trainable.safetensors written), before_manifest,
@@ -37,19 +35,20 @@ from pathlib import Path
 KILL, SIGNAL, HANG, FILL = "FTL_FAULT_KILL_AT", "FTL_FAULT_SIGNAL_AT", "FTL_FAULT_HANG_AT", "FTL_FAULT_FILL_DISK_AT"
 WAIT = "FTL_FAULT_WAIT_AT"
 ONCE, SLOW = "FTL_FAULT_ONCE_MARKER", "FTL_FAULT_SLOW_STEP_S"
-PAUSE, RESUME_FILE = "FTL_FAULT_PAUSE_AT", "FTL_FAULT_RESUME_FILE"
 FILL_GUARD_BYTES = 1 << 30  # never fill a real disk: only small test filesystems
 
 
 def fault_point(name: str, step: int, rank: int, path: Path | None = None) -> None:
     """Trigger whatever fault the environment asks for at this point (usually nothing)."""
-    if not any(var in os.environ for var in (KILL, SIGNAL, HANG, FILL, SLOW, WAIT, PAUSE)):
+    if not any(var in os.environ for var in (KILL, SIGNAL, HANG, FILL, SLOW, WAIT)):
         return
     if name == "micro" and os.environ.get(SLOW):
         time.sleep(float(os.environ[SLOW]))
-    if _matches(os.environ.get(PAUSE), name, step):
-        while not Path(os.environ[RESUME_FILE]).exists():
-            time.sleep(0.2)
+    for item in os.environ.get(WAIT, "").split(","):
+        point, _, until = item.strip().partition("=")
+        if until and _matches(point, name, step):
+            while not os.path.exists(until):
+                time.sleep(0.1)
     if rank != int(os.environ.get("FTL_FAULT_RANK", "0")):
         return
     if _matches(os.environ.get(FILL), name, step) and path is not None:
@@ -57,11 +56,6 @@ def fault_point(name: str, step: int, rank: int, path: Path | None = None) -> No
     if _matches(os.environ.get(SIGNAL), name, step):
         signum = getattr(signal, "SIG" + os.environ.get("FTL_FAULT_SIGNAL", "USR1"))
         os.kill(os.getpid(), signum)
-    for item in os.environ.get(WAIT, "").split(","):
-        point, _, until = item.strip().partition("=")
-        if until and _matches(point, name, step):
-            while not os.path.exists(until):
-                time.sleep(0.1)
     if _matches(os.environ.get(HANG), name, step):
         while True:
             time.sleep(3600)

@@ -77,7 +77,7 @@ def train_loop(
         for k, batch in enumerate(micro):
             with strategy.micro_step(model, last=k == accum - 1):
                 with strategy.autocast():
-                    summed, _ = loss_sum(model, {key: v.to(device) for key, v in batch.items()})
+                    summed, _ = loss_sum(model, {key: v.to(device) for key, v in batch.items()}, cfg.loss)
                 strategy.backward(model, summed * scale)
             local_loss += summed.detach().item()
             fault_point("micro", state.step + 1, rank)  # inside the accumulation window

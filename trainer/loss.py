@@ -1,13 +1,20 @@
 """Losses as sums, so gradient accumulation can normalise by the real target count: next-token
 cross-entropy over label tokens, or (batches with `class_labels`) cross-entropy per example of a
-classification head."""
+classification head.
+
+Next-token loss runs chunked by default (training.loss, trainer/chunked_loss.py): the same sum
+without ever building the [batch, tokens, vocab] logits; the full-logits path below stays for
+`chunked: false`, classification, and heads the chunked path cannot stand in for."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from trainer.chunked_loss import chunkable_head, lm_loss_sum, log_once
+from trainer.config import LossConfig
 from trainer.data.batches import IGNORE_INDEX
+from trainer.loss_kernels import select_kernel
 
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 
@@ -24,12 +31,24 @@ def target_count(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the batch's targets, and how many there were."""
+def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: LossConfig | None = None) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the batch's targets, and how many there were.
+    `settings`: training.loss (None = its defaults)."""
     if "class_labels" in batch:
         logits = forward_logits(model, batch).float()
         labels = batch["class_labels"]
         return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
+    settings = settings or LossConfig()
+    if settings.chunked:
+        head, reason = chunkable_head(model)
+        if head is not None:
+            labels = batch["labels"]
+            inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+            kernel = select_kernel(settings, labels.device, head.weight)
+            if kernel is None:
+                log_once(f"training.loss: chunked LM head and cross-entropy, {settings.chunk_tokens} tokens per chunk")
+            return lm_loss_sum(model, head, inputs, labels, settings.chunk_tokens, kernel)
+        log_once(f"training.loss.chunked: {reason}, so the loss uses the full logits")
     logits = forward_logits(model, batch)
     targets = batch["labels"][:, 1:]
     shifted = logits[:, :-1].float()

@@ -41,16 +41,46 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpoi
 
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    fp32 = adapters_in_fp32(method)
     if method.type == "qlora":
-        # Casts norms/embeddings to fp32 for stable training of the quantized base; our own
-        # checkpointing switch already ran in the model builder.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if fp32:
+            # Casts norms/embeddings/head to fp32 for stable training of the quantized base; our
+            # own checkpointing switch already ran in the model builder.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        else:
+            # The same minus the upcast: everything not quantized stays in the compute dtype.
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
         if gradient_checkpointing:
             enable_checkpointing(model)
-    peft_model = get_peft_model(model, peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules))
+    # autocast_adapter_dtype: PEFT creates bf16/fp16 adapters in fp32 unless told not to.
+    peft_model = get_peft_model(model, peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules),
+                                autocast_adapter_dtype=fp32)
+    if not fp32:
+        _cast_trainable(peft_model, compute_dtype(model, method))
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
     return peft_model
+
+
+def adapters_in_fp32(method: MethodConfig) -> bool:
+    """method.adapter_dtype resolved: auto = float32, the measured choice (README, Memory settings:
+    with compute, bf16 adapters and AdamW states lose small updates to rounding)."""
+    return method.adapter_dtype in ("auto", "float32")
+
+
+def compute_dtype(model: torch.nn.Module, method: MethodConfig) -> torch.dtype:
+    """The dtype the model computes in: QLoRA's bitsandbytes compute dtype, else the loaded dtype."""
+    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+    if method.type == "qlora" and quantization is not None:
+        return quantization.bnb_4bit_compute_dtype
+    return next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+
+
+def _cast_trainable(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype.is_floating_point and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

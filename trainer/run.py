@@ -26,10 +26,12 @@ from trainer.distributed import barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
+from trainer.loss_kernels import check_loss_kernel
 from trainer.memory_report import memory_report
 from trainer.loop import LoopHooks, train_loop
 from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model_builder import load_tokenizer
+from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
 from trainer.run_files import FINAL_DIR, SUMMARY_FILE
 from trainer.stopping import STOP_REQUEST_FILE, StopFlag, StopRequested
@@ -54,13 +56,16 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     setup_worker_logging(ctx.run_dir, ctx.rank)
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
+    check_loss_kernel(cfg.training.loss, ctx.device)
+    check_model_options(cfg.model, ctx.device)
     config_hash = result_config_hash(cfg)
     verify_shared_run_dir(ctx.run_dir, ctx.rank, ctx.world_size)
     # Before any model work: an incompatible or broken checkpoint fails the run in seconds.
     resume_from = find_resume_checkpoint(cfg, ctx, strategy, config_hash)
     tokenizer = load_tokenizer(cfg.model)
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
-    base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
+    base = apply_model_options(build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing),
+                               cfg.model, ctx.device)
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
     total_steps = planned_steps(cfg, len(data.train), ctx.world_size, *resumed_at)
     metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main, forward=ctx.reporter.metrics if ctx.reporter else None,
@@ -212,7 +217,8 @@ class _Evaluator:
             values: dict[str, Any] = {
                 "split": eval_set.name,
                 "label": label,
-                "eval_loss": eval_loss(model, eval_set, batch, self.tokenizer.pad_token_id, self.strategy, self.cfg.eval.max_samples),
+                "eval_loss": eval_loss(model, eval_set, batch, self.tokenizer.pad_token_id, self.strategy, self.cfg.eval.max_samples,
+                                       self.cfg.training.loss),
             }
             if self.cfg.eval.generation.enabled and eval_set.prompts:
                 score, samples = exact_match(model, self.tokenizer, eval_set.prompts,

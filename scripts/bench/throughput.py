@@ -1,10 +1,12 @@
 """Benchmark: the trainer's loop against a minimal hand-written PyTorch loop, same model and batches;
 and packing efficiency against padding on a skewed length distribution.
 
-    .venv/bin/python scripts/bench/throughput.py [--steps 30] [--model assets/models/ftl-tiny-llama]
+    .venv/bin/python scripts/bench/throughput.py [--steps 30] [--model assets/models/ftl-tiny-llama] [--loss full]
 
 Prints tokens/s for both loops and their ratio (target >= 0.95), then the token efficiency
-(real tokens / slots) of packing vs pad-to-longest batching.
+(real tokens / slots) of packing vs pad-to-longest batching. The minimal loop computes the loss
+from the full logits, as a hand-written loop does; the trainer uses its default chunked loss
+(training.loss), or the full logits with `--loss full`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from trainer.checkpoint import LoopState
-from trainer.config import TrainingConfig
+from trainer.config import LossConfig, TrainingConfig
 from trainer.data.batches import GlobalSampler, RowDataset, make_batch
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.tokenized import load_tokenized
@@ -41,8 +43,13 @@ def build_model(path: str, seed: int) -> torch.nn.Module:
     return model.train()
 
 
-def bench_trainer(path: str, data: RowDataset, cfg: TrainingConfig, steps: int, warmup: int, pad_id: int) -> float:
+def bench_trainer(path: str, data: RowDataset, cfg: TrainingConfig, steps: int, warmup: int, pad_id: int,
+                  compiled: bool = False) -> float:
     model = build_model(path, 0)
+    if compiled:
+        from trainer.compile_layers import compile_decoder_layers
+
+        compile_decoder_layers(model)  # compiles during the warmup steps
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps + warmup)
     hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda s: False)
@@ -66,7 +73,7 @@ def bench_minimal(path: str, data: RowDataset, cfg: TrainingConfig, steps: int, 
     for index, batch in enumerate(batches):
         if index == warmup:
             tokens, started = 0, time.perf_counter()
-        summed, count = loss_sum(model, batch)
+        summed, count = loss_sum(model, batch, LossConfig(chunked=False))
         (summed / count).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -83,6 +90,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="alternate the two loops this many times, report the best")
+    parser.add_argument("--loss", choices=["chunked", "full"], default="chunked", help="the trainer's training.loss (chunked = default)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the run with model.compile")
     args = parser.parse_args()
     quiet_third_party()
     from transformers import AutoTokenizer
@@ -91,8 +100,9 @@ def main() -> None:
     examples = load_tokenized(args.data, "chat", tokenizer, max_seq_len=args.seq_len, too_long="truncate", skip_bad_rows=False)
     rows = pack_examples(examples.lengths(), args.seq_len)
     data = RowDataset(examples, rows, packed=True)
-    cfg = TrainingConfig(micro_batch_size=args.micro_batch, learning_rate=1e-4, max_grad_norm=1.0, progress_bar=False)
-    print(f"torch threads: {torch.get_num_threads()}, model: {args.model}, rows of {args.seq_len} tokens, micro-batch {args.micro_batch}")
+    cfg = TrainingConfig(micro_batch_size=args.micro_batch, learning_rate=1e-4, max_grad_norm=1.0, progress_bar=False,
+                         loss=LossConfig(chunked=args.loss == "chunked"))
+    print(f"torch threads: {torch.get_num_threads()}, model: {args.model}, rows of {args.seq_len} tokens, micro-batch {args.micro_batch}, trainer loss {args.loss}")
     trainer_best, minimal_best = 0.0, 0.0
     for _ in range(args.repeats):
         minimal_best = max(minimal_best, bench_minimal(args.model, data, cfg, args.steps, args.warmup, tokenizer.pad_token_id))
@@ -100,6 +110,9 @@ def main() -> None:
     print(f"minimal PyTorch loop : {minimal_best:10.0f} tokens/s")
     print(f"ftl trainer loop     : {trainer_best:10.0f} tokens/s")
     print(f"ratio                : {trainer_best / minimal_best:10.3f}  (target >= 0.95)")
+    if not args.no_compile:
+        compiled = bench_trainer(args.model, data, cfg, args.steps, args.warmup, tokenizer.pad_token_id, compiled=True)
+        print(f"ftl + model.compile  : {compiled:10.0f} tokens/s  ({compiled / trainer_best:.3f}x the eager trainer loop)")
 
     lengths = np.random.default_rng(0).lognormal(4.0, 1.0, size=4000).astype(int).clip(4, 2048)
     packed = packing_efficiency(lengths, pack_examples(lengths, 2048), 2048)

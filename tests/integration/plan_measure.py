@@ -43,7 +43,8 @@ def measure_step(cfg: Any, rank: int = 0, world_size: int = 1, device: str = "cp
 
     tracker = FrozenAwareMemTracker() if track_peak else None
     if tracker:
-        tracker.track_external(model, optimizer, *quant_state_tensors(model))
+        # With optimizer_in_backward: its per-parameter optimizers (a list is tracked element-wise).
+        tracker.track_external(model, getattr(optimizer, "optimizers", optimizer), *quant_state_tensors(model))
     grads = 0
     model.train()
     with tracker if tracker else _null():
@@ -53,7 +54,7 @@ def measure_step(cfg: Any, rank: int = 0, world_size: int = 1, device: str = "cp
                 if tracker:  # per-module stats are per forward; the global peak is kept
                     tracker.reset_mod_stats()
                 with strategy.micro_step(model, last=k == accumulation - 1):
-                    summed, _ = loss_sum(model, batch)
+                    summed, _ = loss_sum(model, batch, cfg.training.loss)
                     strategy.backward(model, summed / summed.numel())
             if step == 0:
                 grads = sum(nbytes(p.grad) for p in model.parameters() if p.grad is not None)

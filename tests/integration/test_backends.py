@@ -380,8 +380,8 @@ def test_bad_rows_are_one_clean_message_and_exit_2_on_every_backend(tmp_path, ti
     rows = [good, good, json.dumps({"mesages": [{"role": "user", "content": "Q?"}]}), good, "{oops", '{"messages": []}', good]
     (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
     cluster: dict = {"backend": backend, "workers": 2}
-    if backend == "ray":
-        cluster["ray"] = {"address": request.getfixturevalue("ray_cluster").address}
+    if backend == "ray":  # restarts allowed: an input error is still not retried
+        cluster["ray"] = {"address": request.getfixturevalue("ray_cluster").address, "max_failures": 2}
     if backend == "slurm":
         request.getfixturevalue("slurm")
         cluster.update(nodes=1)
@@ -395,19 +395,21 @@ def test_bad_rows_are_one_clean_message_and_exit_2_on_every_backend(tmp_path, ti
 
 
 def _without_ray_cleaner_noise(stderr: str) -> str:
-    """Ray's own placement-group monitor fails to pick its cluster when a machine runs several Ray
-    instances (a test machine, not ftl's doing): that actor's lines, and the controller's traceback
-    when stopping it times out, are Ray's output, not ftl's."""
-    ours, in_cleaner_traceback = [], False
-    for line in stderr.splitlines():
-        if "Failed to stop PlacementGroupCleaner gracefully" in line:
-            in_cleaner_traceback = True
-        elif in_cleaner_traceback and "(TrainController pid=" not in line:
-            in_cleaner_traceback = False
-        if not in_cleaner_traceback and "(PlacementGroupCleaner" not in line:
-            ours.append(line)
-        if in_cleaner_traceback and "GetTimeoutError" in line:
-            in_cleaner_traceback = False
+    """Ray's own actors time out on an overloaded machine or one running several Ray instances (a
+    test machine, not ftl's doing): the placement-group monitor's lines, and the controller's
+    tracebacks of its internal `ray.get` timeouts ("safe to ignore", Ray says), are Ray's output,
+    not ftl's. A worker's traceback (RayTrainWorker) is never excused."""
+    lines = [line for line in stderr.splitlines() if "(PlacementGroupCleaner" not in line]
+    ours: list[str] = []
+    run: list[str] = []  # consecutive lines of the controller
+    for line in [*lines, ""]:
+        if "(TrainController pid=" in line:
+            run.append(line)
+            continue
+        if not any("GetTimeoutError" in held for held in run):
+            ours.extend(run)
+        run = []
+        ours.append(line)
     return "\n".join(ours)
 
 

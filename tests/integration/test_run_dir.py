@@ -43,7 +43,7 @@ def _logged_step(run_dir: Path, step: int) -> bool:
 
 def _start(config: Path, run_dir: Path, *overrides: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the default: a Ray of its own
-    env.update(FTL_FAULT_PAUSE_AT="step_end@2", FTL_FAULT_RESUME_FILE=str(run_dir.parent / "resume"))
+    env.update(FTL_FAULT_WAIT_AT=f"step_end@2={run_dir.parent / 'resume'}")
     return subprocess.Popen([*FTL, "train", str(config), *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
 

@@ -60,3 +60,20 @@ def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: p
 def test_missing_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["runs", str(tmp_path / "nope")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_a_run_whose_lock_is_held_is_listed_as_running_and_a_stale_lock_is_not(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from cluster.run_lock import LOCK_FILE, RunLock
+
+    live = _run(tmp_path, "live", [2], 3)
+    stale = _run(tmp_path, "stale", [2], 3)
+    with RunLock.acquire(live, "ftl train"):
+        # A lock left by a process that is gone (pid 2**22 + 1 is above Linux's pid_max default range).
+        holder = json.loads((live / LOCK_FILE).read_text())
+        (stale / LOCK_FILE).write_text(json.dumps({**holder, "pid": 4194305, "pid_start": "1"}))
+        assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1] for line in out[1:] if line.startswith("/")}
+    assert rows == {"live": "running", "stale": "resumable"}
+    assert any("live: in use by ftl train on host" in line for line in out)

@@ -12,7 +12,10 @@ from trainer.checkpointing.universal import universal_problem
 
 
 def resume_problem(path: Path, manifest: dict[str, Any], *, layout: str, strategy: str, world_size: int,
-                   zero_stage: int | None, nvme_offload: bool = False) -> str | None:
+                   zero_stage: int | None, nvme_offload: bool = False, optimizer: dict[str, Any] | None = None) -> str | None:
+    problem = optimizer_problem(path, manifest, layout, optimizer) if optimizer is not None else None
+    if problem:
+        return problem
     saved_layout = manifest.get("layout", "replicated")  # format 1 wrote only replicated checkpoints
     saved_strategy = manifest.get("strategy", "ddp or single process")
     saved_world = int(manifest.get("world_size", 1))
@@ -31,4 +34,23 @@ def resume_problem(path: Path, manifest: dict[str, Any], *, layout: str, strateg
                         f"has {world_size}, and it cannot be resharded: {reason}. Resume with "
                         f"cluster.workers={saved_world}, or use parallel.strategy=fsdp, whose checkpoints reshard to any "
                         "worker count")
+    return None
+
+
+def optimizer_manifest(training: Any) -> dict[str, Any]:
+    """What a checkpoint records of its optimizer (manifest key `optimizer`)."""
+    return {"name": training.optimizer, "in_backward": training.optimizer_in_backward}
+
+
+def optimizer_problem(path: Path, manifest: dict[str, Any], layout: str, optimizer: dict[str, Any]) -> str | None:
+    """Optimizer states of another kind cannot continue: 8-bit and fp32 Adam states differ, and in
+    a replicated checkpoint the per-parameter optimizers of optimizer_in_backward keep one state
+    each (DCP keys both by parameter name, so FSDP2 may switch in_backward)."""
+    saved = manifest.get("optimizer", {"name": "adamw", "in_backward": False})  # written before the setting existed
+    if saved["name"] != optimizer["name"]:
+        return (f"checkpoint {path} holds training.optimizer={saved['name']} state, this run uses {optimizer['name']}; "
+                f"resume with training.optimizer={saved['name']}, or start a new output.dir")
+    if layout == "replicated" and bool(saved.get("in_backward")) != bool(optimizer["in_backward"]):
+        return (f"checkpoint {path} was written with training.optimizer_in_backward={str(saved.get('in_backward')).lower()}"
+                f" (its optimizer state is laid out for that); resume with the same setting, or start a new output.dir")
     return None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.checkpoint import LoopState, loop_state_from_dict
-from trainer.checkpointing.compat import resume_problem
+from trainer.checkpointing.compat import optimizer_manifest, resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.trajectory import begin, plan_start
@@ -67,7 +67,8 @@ def _check_resume_point(path: Path, cfg: TrainerConfig, ctx: WorkerContext, stra
     manifest = read_manifest(path)
     problem = resume_problem(path, manifest, layout=strategy.checkpoint_layout, strategy=strategy.name,
                              world_size=ctx.world_size, zero_stage=getattr(strategy, "stage", None),
-                             nvme_offload="nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params))
+                             nvme_offload="nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params),
+                             optimizer=optimizer_manifest(cfg.training))
     if problem:
         raise TrainerInputError(problem)
     if strategy.checkpoint_layout == "deepspeed":
@@ -84,6 +85,7 @@ def _check_resume_point(path: Path, cfg: TrainerConfig, ctx: WorkerContext, stra
 
 def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_hash: str) -> CheckpointManager:
     meta = {"strategy": strategy.name, "method": cfg.method.type, "config_hash": config_hash, "versions": library_versions(),
+            "optimizer": optimizer_manifest(cfg.training),
             "global_batch": cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * ctx.world_size}
     return CheckpointManager(ctx.run_dir, strategy.checkpoint_io(cfg.method.uses_adapter), rank=ctx.rank,
                              world_size=ctx.world_size, device=ctx.device, keep_last=cfg.checkpoint.keep_last,

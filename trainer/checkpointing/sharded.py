@@ -27,6 +27,12 @@ def _options(strict: bool = True) -> Any:
     return StateDictOptions(ignore_frozen_params=True, strict=strict)
 
 
+def _optimizers(optimizer: Any) -> Any:
+    """What DCP's get/set_state_dict take: the optimizer, or with training.optimizer_in_backward the
+    list of per-parameter optimizers (DCP keys their state by parameter name either way)."""
+    return getattr(optimizer, "optimizers", optimizer)
+
+
 class DCPStateIO:
     layout = "dcp"
 
@@ -45,7 +51,7 @@ class DCPStateIO:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_state, optim_state = get_state_dict(model, optimizer, options=_options())
+        model_state, optim_state = get_state_dict(model, _optimizers(optimizer), options=_options())
         state = {"model": model_state, "optim": optim_state}
         target = str(directory / STATE_DIR)
         if async_write:
@@ -57,12 +63,13 @@ class DCPStateIO:
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        model_state, optim_state = get_state_dict(model, optimizer, options=_options())
+        optimizers = _optimizers(optimizer)
+        model_state, optim_state = get_state_dict(model, optimizers, options=_options())
         state = {"model": model_state, "optim": optim_state}
         # dcp.load fails on any trainable key the checkpoint lacks; the frozen keys are absent by
         # design, which set_state_dict must not count as missing (strict=False).
         dcp_load(state, directory / STATE_DIR, directory)
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+        set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"],
                        options=_options(strict=False))
 
     def manifest_extra(self) -> dict[str, Any]:

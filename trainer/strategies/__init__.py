@@ -6,6 +6,8 @@ The loop talks to a Strategy only; adding a strategy never touches the loop.
 from __future__ import annotations
 
 from trainer.config import TrainerConfig
+from trainer.errors import TrainerInputError
+from trainer.optim_rules import in_backward_problem
 from trainer.strategies.base import SingleProcess, Strategy
 
 
@@ -18,6 +20,9 @@ def resolve_strategy_name(cfg: TrainerConfig, world_size: int) -> str:
 
 def build_strategy(cfg: TrainerConfig, world_size: int, rank: int, device: str) -> Strategy:
     name = resolve_strategy_name(cfg, world_size)
+    problem = in_backward_problem(cfg.training, name) if cfg.training.optimizer_in_backward else None
+    if problem:  # parallel.strategy=auto resolved on this worker count (the config check saw `auto`)
+        raise TrainerInputError(problem)
     if name == "none":
         if world_size > 1:
             raise ValueError("parallel.strategy=none cannot run on several workers; use ddp, fsdp or deepspeed")

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from trainer.optim_in_backward import steps_in_backward
+
 
 class Strategy:
     name = "none"
@@ -45,7 +47,11 @@ class Strategy:
         over ranks, so multiplying by world size makes the result a plain sum."""
         return float(self.world_size)
 
-    def clip_and_step(self, model: torch.nn.Module, optimizer: object, max_norm: float | None) -> float:
+    def clip_and_step(self, model: torch.nn.Module, optimizer: object, max_norm: float | None) -> float | None:
+        """Clip by the global norm, step, zero the gradients; returns the norm before clipping. None with
+        training.optimizer_in_backward: backward already stepped each parameter, no global norm exists."""
+        if steps_in_backward(optimizer):
+            return None
         params = [p for p in model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf")) if params else torch.tensor(0.0)
         optimizer.step()  # type: ignore[attr-defined]

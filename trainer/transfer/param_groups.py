@@ -11,9 +11,12 @@ every group's base rate by the same factor each step. Groups carry a `name` for 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from trainer.config import TrainingConfig
+from trainer.optim import optimizer_over
 from trainer.transfer.config import LearningRatesConfig
 from trainer.transfer.model_parts import BLOCK, HEAD, ModelParts, Part, plain_name
 
@@ -36,8 +39,9 @@ def group_rate(name: str, part: Part, base_lr: float, rates: LearningRatesConfig
 
 def build_grouped_optimizer(
     model: torch.nn.Module, training: TrainingConfig, rates: LearningRatesConfig, parts: ModelParts, trainable: set[str]
-) -> torch.optim.Optimizer:
-    """AdamW over the parameters named in `trainable` (unprefixed names; `model` may be wrapped)."""
+) -> Any:
+    """training.optimizer over the parameters named in `trainable` (unprefixed names; `model` may be
+    wrapped), one group per (rate, decay)."""
     groups: dict[tuple[str, bool], dict] = {}
     order: dict[tuple[str, bool], tuple[int, str]] = {}
     for name, parameter in model.named_parameters():
@@ -54,4 +58,4 @@ def build_grouped_optimizer(
             order[key] = (part.distance_from_top(parts.num_blocks), groups[key]["name"])
         groups[key]["params"].append(parameter)
     ordered = [groups[key] for key in sorted(groups, key=lambda k: order[k])]  # head first: "lr" in metrics is its rate
-    return torch.optim.AdamW(ordered, lr=training.learning_rate, betas=training.adam_betas, eps=training.adam_eps, foreach=False)
+    return optimizer_over(ordered, training)

@@ -1,0 +1,43 @@
+"""On Ray, a worker group that failed on an input error is not restarted, whatever
+cluster.ray.max_failures says (a restart meets the same bad row again); other failures are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from ray import cloudpickle  # noqa: E402
+from ray.train import FailureConfig  # noqa: E402
+from ray.train.v2._internal.exceptions import UserExceptionWithTraceback  # noqa: E402
+from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision  # noqa: E402
+from ray.train.v2.api.exceptions import WorkerGroupError  # noqa: E402
+
+from cluster.ray_driver import input_errors_not_retried  # noqa: E402
+from cluster.results import clear_result, write_result  # noqa: E402
+from trainer.errors import TrainerInputError  # noqa: E402
+
+
+def _policy(run_dir: Path):  # type: ignore[no-untyped-def]
+    policy = input_errors_not_retried(DefaultFailurePolicy(FailureConfig(max_failures=2)), run_dir)
+    return cloudpickle.loads(cloudpickle.dumps(policy))  # as the controller actor receives it
+
+
+def test_other_failures_are_retried_up_to_max_failures(tmp_path: Path) -> None:
+    policy = _policy(tmp_path)
+    crash = WorkerGroupError("rank 1 died", {1: RuntimeError("connection reset")})
+    assert [policy.make_decision(crash) for _ in range(3)] == [FailureDecision.RETRY, FailureDecision.RETRY,
+                                                              FailureDecision.RAISE]
+
+
+def test_an_input_error_is_never_retried(tmp_path: Path) -> None:
+    bad_row = UserExceptionWithTraceback(TrainerInputError("train.jsonl line 3: invalid JSON"), "Traceback ...")
+    assert _policy(tmp_path).make_decision(WorkerGroupError("bad data", {0: bad_row})) == FailureDecision.RAISE
+    # Rank 1 saw only the broken collective; rank 0 recorded the input error in the run directory.
+    write_result(tmp_path, {"error": "train.jsonl line 3: invalid JSON"})
+    broken = WorkerGroupError("rank 1", {1: RuntimeError("gloo: connection closed by peer")})
+    assert _policy(tmp_path).make_decision(broken) == FailureDecision.RAISE
+    clear_result(tmp_path)
+    assert _policy(tmp_path).make_decision(broken) == FailureDecision.RETRY
