@@ -140,10 +140,8 @@ def build_inventory(label: str, config_fields: dict[str, Any], method: MethodCon
 
 def _head_chunkable(model: torch.nn.Module) -> tuple[bool, str]:
     """The trainer's own test of whether the chunked loss can stand in for this model's head."""
-    try:
-        from trainer.chunked_loss import chunkable_head
-    except ImportError:  # a trainer without the chunked loss: the planner assumes a plain head
-        return True, ""
+    from trainer.chunked_loss import chunkable_head
+
     head, reason = chunkable_head(model)
     return head is not None, reason
 

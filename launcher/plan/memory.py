@@ -265,12 +265,21 @@ def _zero_states(trainable: list[ParamInfo], n: int, s: Setup, ds_cast: int | No
     items = [
         Item(f"gradients ({'full' if stage == 1 else 'partitioned'})", grads),
         Item("optimizer: fp32 master weights (partition)", 4 * part, opt_where),
-        Item("optimizer: fp32 Adam exp_avg + exp_avg_sq (partition)", 8 * part, opt_where),
+        _zero_adam_states(part, s, opt_where),
         Item("ZeRO step workspace: fp32 gradient partition", 4 * part, opt_where, kind="buffer"),
     ]
     bucket = min(DS_BUCKET_ELEMENTS, n) * elem
     items.append(Item("ZeRO reduce bucket" + (" + all-gather bucket" if stage < 3 else ""), bucket * (2 if stage < 3 else 1), kind="buffer"))
     return items
+
+
+def _zero_adam_states(part: int, s: Setup, where: str) -> Item:
+    """ZeRO runs the client optimizer on its flat fp32 partition: torch AdamW keeps two fp32
+    states; bitsandbytes' 8-bit AdamW two uint8 states + block absmax (paged: unified memory)."""
+    if s.optimizer in EIGHT_BIT:
+        paged = s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu and where == "gpu"
+        return Item("optimizer: 8-bit AdamW states of the fp32 partition", eight_bit_state_bytes([part]), "paged" if paged else where)
+    return Item("optimizer: fp32 Adam exp_avg + exp_avg_sq (partition)", 8 * part, where)
 
 
 def _frozen_groups(frozen: list[ParamInfo]) -> dict[str, list[ParamInfo]]:

@@ -70,9 +70,10 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
 
 
 def resolve_adapter_dtype(method: MethodConfig) -> str:
-    """method.adapter_dtype as the trainer applies it: float32 | compute (auto = float32, PEFT's
-    fp32 adapters, until measurements say otherwise)."""
-    return "compute" if method.adapter_dtype == "compute" else "float32"
+    """method.adapter_dtype as the trainer resolves it (trainer/methods.py): float32 | compute."""
+    from trainer.methods import adapters_in_fp32
+
+    return "float32" if adapters_in_fp32(method) else "compute"
 
 
 def compute_dtype(cfg: RunConfig, setup: Setup, method: MethodConfig) -> torch.dtype:

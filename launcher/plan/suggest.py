@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from launcher.plan.inventory import Inventory
 from launcher.plan.memory import MemoryPlan, plan_memory
@@ -18,13 +19,6 @@ from launcher.plan.setup import Setup
 
 MAX_SUGGESTIONS = 5
 MAX_GPUS = 4096
-
-
-# Strategies each lean optimizer setting runs under (the trainer refuses the others): bitsandbytes
-# states are per local tensor (not DTensor shards, and DeepSpeed owns its optimizer); the step in
-# backward needs the whole gradient of a parameter in its hook (DDP reduces after the hook fires).
-EIGHT_BIT_STRATEGIES = ("none", "ddp")
-IN_BACKWARD_STRATEGIES = ("none",)
 
 
 @dataclass
@@ -37,16 +31,16 @@ class Change:
 
 
 def lean_problem(s: Setup) -> str | None:
-    """Why these lean settings are not valid for this setup, or None."""
-    if s.optimizer != "adamw" and s.strategy not in EIGHT_BIT_STRATEGIES:
-        return f"training.optimizer={s.optimizer} runs with parallel.strategy none or ddp"
-    if s.optimizer_in_backward:
-        if s.strategy not in IN_BACKWARD_STRATEGIES:
-            return "training.optimizer_in_backward runs in a single process (parallel.strategy=none)"
-        if s.accumulation > 1:
-            return "training.optimizer_in_backward needs training.gradient_accumulation_steps=1"
-        if s.clipping:
-            return "training.optimizer_in_backward needs training.max_grad_norm=null"
+    """Why these lean settings are not valid for this setup, or None: the trainer's own optimizer
+    rules (trainer/optim_rules.py) on the resolved strategy, and offloading needs a GPU."""
+    from trainer.optim_rules import optimizer_problem
+
+    training = SimpleNamespace(optimizer=s.optimizer, optimizer_in_backward=s.optimizer_in_backward,
+                               gradient_accumulation_steps=s.accumulation, max_grad_norm=1.0 if s.clipping else None)
+    parallel = SimpleNamespace(strategy=s.strategy, offload_optimizer=s.offload_optimizer)
+    problem = optimizer_problem(SimpleNamespace(training=training, parallel=parallel))
+    if problem:
+        return problem
     if s.activation_offloading and not s.accelerator.is_gpu:
         return "model.activation_offloading saves nothing on a CPU"
     return None
@@ -58,12 +52,12 @@ def lean_changes(s: Setup) -> list[Change]:
     if not s.loss_chunked:
         changes.append(Change("chunked loss (LM head + cross-entropy in chunks, never the full logits; same loss)",
                               ["training.loss.chunked=true"], s.but(loss_chunked=True), lean=True))
-    if s.optimizer == "adamw" and s.strategy in EIGHT_BIT_STRATEGIES:
+    if s.optimizer == "adamw":
         # Paged states can spill to host RAM on a CUDA spike; on a CPU bitsandbytes has no pages.
         name = "paged_adamw_8bit" if s.accelerator.is_gpu else "adamw_8bit"
         changes.append(Change(f"{'paged ' if s.accelerator.is_gpu else ''}8-bit AdamW states (bitsandbytes, ~2 bytes/parameter)",
                               [f"training.optimizer={name}"], s.but(optimizer=name), lean=True))
-    if not s.optimizer_in_backward and s.strategy in IN_BACKWARD_STRATEGIES and s.accumulation == 1:
+    if not s.optimizer_in_backward:
         overrides = ["training.optimizer_in_backward=true"] + (["training.max_grad_norm=null"] if s.clipping else [])
         cost = ", without gradient clipping" if s.clipping else ""
         changes.append(Change(f"optimizer step in backward (no full set of gradients{cost})", overrides,

@@ -163,7 +163,10 @@ def test_chunked_loss_term_is_a_chunk_of_the_full_logits_at_128k_vocab(tmp_path:
     # plus the selected hidden rows and their gradient.
     assert chunked.activations.head == 1024 * vocab * (4 + e) + tokens * hidden * 2 * e
     assert full.activations.head / chunked.activations.head > 4  # 4096 / 1024 tokens, fewer bytes per logit
-    assert full.peak_bytes - chunked.peak_bytes == full.activations.head - chunked.activations.head
+    # With checkpointing the peak is now the recomputed layer's backward, no longer the loss.
+    assert chunked.activations.total == full.activations.total - full.activations.head + chunked.activations.per_layer \
+        + chunked.activations.recompute_workspace
+    assert full.peak_bytes - chunked.peak_bytes == full.activations.total - chunked.activations.total
     # A chunk is never larger than the micro-batch.
     small = _plan(tmp_path, overrides=["training.loss.chunk_tokens=8192"], **LLAMA_8B_2x2048).memory
     assert small.activations.head == tokens * vocab * (4 + e) + tokens * hidden * 2 * e
@@ -315,3 +318,14 @@ def test_fit_check_suggests_the_lean_settings(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(UserError, match=r"it would fit with: chunked loss .*training\.loss\.chunked=true"):
         command.check_fit(cfg)
     command.check_fit(load_config(path))  # the default (chunked) fits the same budget
+
+
+def test_zero_with_8bit_states(tmp_path: Path) -> None:
+    """DeepSpeed runs ftl's 8-bit AdamW on its flat fp32 partition: ~2 bytes per parameter of the
+    partition instead of 8 (two fp32 states)."""
+    sections = dict(LLAMA_8B_2x2048, parallel={"strategy": "deepspeed", "zero_stage": 2}, cluster={"workers": 8})
+    fp32 = _plan(tmp_path, gpu="A100-80GB", gpus=8, overrides=["method.type=full"], **sections).memory
+    eight = _plan(tmp_path, gpu="A100-80GB", gpus=8, overrides=["method.type=full", "training.optimizer=adamw_8bit"], **sections).memory
+    part = -(-8_030_261_248 // 8)
+    assert fp32.state_bytes("optimizer: fp32 Adam") == 8 * part
+    assert abs(eight.state_bytes("optimizer: 8-bit") / part - 2.03) < 0.01
