@@ -1,14 +1,15 @@
 """Benchmark: peak memory and tokens/s of issue 13's lean settings against the current path, on CPU.
 
-    nice -n 19 .venv/bin/python scripts/bench/lean_memory.py                  # ~2-3 min on 2 cores
+    nice -n 19 .venv/bin/python scripts/bench/lean_memory.py                  # a few minutes on 2 cores
     nice -n 19 .venv/bin/python scripts/bench/lean_memory.py --hidden 512 --layers 4 --micro-batch 4 \\
         --seq-len 1024 --chunk-tokens 1024 --repeats 3                         # the issue's shape (long)
 
 A randomly initialised Llama with a 128k vocabulary (built in-process from a LlamaConfig, saved to a
 temporary folder so ftl's own model builder loads it) is fine-tuned with LoRA and with full
-fine-tuning through ftl's real trainer code: trainer.transfer.setup.build_model (model builder +
-method), the strategy's wrap with trainer.optim.build_optimizer, and trainer.loop.train_loop (which
-calls trainer.loss). Each setting is measured against the current path (full logits + torch AdamW)
+fine-tuning through ftl's real trainer code, built as trainer/run.py builds it:
+trainer.transfer.setup.build_model (model builder + method) with trainer.model_options, the
+strategy's wrap with trainer.optim.build_optimizer, and trainer.loop.train_loop (which calls
+trainer.loss with training.loss). Each setting is measured against the current path (full logits + torch AdamW)
 in the same run:
 
 - peak memory: the peak of live tensor bytes over two training steps, torch's MemTracker (a
@@ -165,9 +166,11 @@ def build(cfg: Any) -> tuple[Any, Any, Any, Any]:
     from trainer.strategies import build_strategy
     from trainer.transfer.setup import build_model
 
+    from trainer.model_options import apply_model_options
+
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, 1, 0, "cpu")
-    base = build_model(cfg, "cpu", 0, cfg.model.gradient_checkpointing)
+    base = apply_model_options(build_model(cfg, "cpu", 0, cfg.model.gradient_checkpointing), cfg.model, "cpu")
     model, optimizer = strategy.wrap(base, lambda m: build_optimizer(m, cfg.training))
     return model, optimizer, build_scheduler(optimizer, cfg.training, 1000), strategy
 
@@ -195,7 +198,8 @@ def peak_bytes(cfg: Any, data: Any) -> int:
 
     model, optimizer, scheduler, strategy = build(cfg)
     tracker = FrozenAwareMemTracker()
-    tracker.track_external(model, optimizer)
+    # With optimizer_in_backward: its per-parameter optimizers (a list is tracked element-wise).
+    tracker.track_external(model, getattr(optimizer, "optimizers", optimizer))
     with tracker:
         steps(model, optimizer, scheduler, strategy, cfg, data, LoopState(), 2, tracker)
     return tracker.peak_bytes()
@@ -258,12 +262,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=1024, help="up to 4096")
+    parser.add_argument("--seq-len", type=int, default=512, help="up to 4096")
     parser.add_argument("--micro-batch", type=int, default=1)
-    parser.add_argument("--chunk-tokens", type=int, default=256, help="training.loss.chunk_tokens")
+    parser.add_argument("--chunk-tokens", type=int, default=128, help="training.loss.chunk_tokens")
     parser.add_argument("--label-fraction", type=float, default=1.0, help="share of positions that carry a label")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per setting and repetition")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median reported)")
     parser.add_argument("--methods", default="lora,full")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -278,6 +282,7 @@ def main() -> int:
     methods = [m for m in args.methods.split(",") if m]
     tokens = RandomTokens(rows=64, seq_len=args.seq_len, label_fraction=args.label_fraction)
     args.data = RowDataset(tokens, [[i] for i in range(64)], packed=True)  # type: ignore[arg-type]
+    print(f"load average (1 min) at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; random Llama: vocab {VOCAB:,}, hidden {args.hidden}, "
           f"{args.layers} layers, fp32; micro-batch {args.micro_batch} x {args.seq_len} tokens "
           f"({args.label_fraction:.0%} carry a label), chunk {args.chunk_tokens} tokens")
@@ -318,8 +323,12 @@ def main() -> int:
                 print(f"  {setting.name:<34}{peaks[setting.name] / 2**20:>10.1f}{base_peak / peaks[setting.name]:>11.2f}x"
                       f"{speed:>10.0f}{speed / base_speed:>11.3f}x{note}")
         status = trl_status()
-        print(f"\nTRL SFTTrainer: {status}" if status else "\nTRL SFTTrainer: installed, but this script does not drive it yet")
+        print(f"\nTRL SFTTrainer: {status}" if status else
+              "\nTRL SFTTrainer: installed, but this script has no SFTTrainer comparison yet (it was written where TRL "
+              "is not installed); not measured")
     print("\n'vs current': peak = current / setting (higher is leaner); tokens/s = setting / current (target >= 0.97).")
+    print(f"load average over the last 5 minutes at the end: {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores "
+          "(tokens/s from a shared machine are only as steady as its load)")
     return 0
 
 
