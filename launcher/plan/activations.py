@@ -9,11 +9,20 @@ autograd (what stays alive from forward to backward), per token of the micro-bat
   MLP (gated)               e*(4*intermediate*experts_per_token + hidden)
   each RMSNorm + residual   8*hidden + 4 (fp32 normalised input, output, 1/rms)
   LoRA, per adapted layer   e*r (+ e*in_features when lora dropout > 0: the dropped-out input)
-  loss head                 e*vocab (logits) + 4*vocab (fp32 copy) + 4*vocab (log-softmax)
+  loss head, full logits    e*vocab (logits) + 4*vocab (fp32 copy) + 4*vocab (log-softmax), every position
+  loss head, chunked        (4 + e if e < 4)*vocab per row of one chunk of chunk_tokens label positions
+                            (fp32 scores + the 16-bit logits/gradient; transient: gradients are made in
+                            forward), plus the selected hidden rows and their gradient, 2*e*hidden per
+                            label position (trainable head: its weight gradient, memory.py)
 
 The counts were checked against torch's MemTracker on CPU (tests/integration/test_plan_accuracy.py).
 With activation checkpointing only each layer's input (e*hidden) is kept, and one layer is
-recomputed at a time during backward.
+recomputed at a time during backward. Activation offloading moves what the layers keep to host
+memory; the device keeps the layer being computed and the one in transfer. Liger's kernels (CUDA
+only, not measured here: an approximation) keep 3 of the MLP's 4 intermediate tensors and e*hidden
++ 4 per RMSNorm. torch.compile is counted as eager (it usually keeps slightly fewer tensors).
+The planner budgets every position as a label position (the worst case: plain-text data, or
+chat data with loss on every token).
 """
 
 from __future__ import annotations
@@ -27,17 +36,21 @@ from launcher.plan.setup import Setup
 @dataclass(frozen=True)
 class Activations:
     per_layer: int  # bytes one decoder layer keeps for the micro-batch (without checkpointing)
-    layers: int  # bytes the decoder layers keep until backward (checkpointing: their inputs only)
-    head: int  # logits, fp32 copy and log-softmax of the micro-batch
+    layers: int  # bytes the decoder layers keep on the device until backward (checkpointing: their inputs only)
+    head: int  # loss path: logits, fp32 copy and log-softmax of the micro-batch (chunked: of one chunk)
     other: int  # embedding output and final norm
     checkpointing: bool
+    offloaded: int = 0  # bytes the decoder layers keep in host memory (activation offloading)
+    recompute_workspace: int = 0  # checkpointing: gradients inside the recomputed layer's backward
 
     @property
     def total(self) -> int:
         """Peak of live activation bytes. With checkpointing, backward frees the loss head before
-        it recomputes the first layer, so only the larger of the two is alive at once."""
+        it recomputes the first layer, so only the larger of the two is alive at once; the
+        recomputed layer's backward adds its gradient temporaries (the MLP's gate and up
+        gradients and the hidden-state gradient, measured with MemTracker on CPU)."""
         if self.checkpointing:
-            return self.layers + self.other + max(self.head, self.per_layer)
+            return self.layers + self.other + max(self.head, self.per_layer + self.recompute_workspace)
         return self.layers + self.head + self.other
 
 
@@ -55,8 +68,9 @@ def layer_bytes_per_token(arch: Architecture, setup: Setup, lora_targets: list[t
         attention += 2 * e * (arch.q_dim - arch.kv_dim)
     else:
         attention += 4 * arch.heads
-    mlp = e * (4 * arch.intermediate * arch.experts_per_token + arch.hidden)
-    norms = arch.norms_per_layer * norm_bytes_per_token(arch.hidden, e, frozen=setup.method != "full")
+    mlp = e * ((3 if setup.liger else 4) * arch.intermediate * arch.experts_per_token + arch.hidden)
+    norm = (e * arch.hidden + 4) if setup.liger else norm_bytes_per_token(arch.hidden, e, frozen=setup.method != "full")
+    norms = arch.norms_per_layer * norm
     # Adapted layers are spread evenly over the decoder layers (the head is never adapted).
     adapters = 0
     for fan_in, fan_out, r in lora_targets:
@@ -80,7 +94,26 @@ def activation_memory(arch: Architecture, setup: Setup, lora_targets: list[tuple
     tokens = setup.tokens_per_micro_batch
     e = setup.activation_bytes
     per_layer = tokens * layer_bytes_per_token(arch, setup, lora_targets) + dora_weight_bytes_per_layer(arch, setup, lora_targets)
-    layers = arch.layers * (tokens * e * arch.hidden if setup.checkpointing else per_layer)
-    head = tokens * arch.vocab * (e + 8)
+    kept = tokens * e * arch.hidden if setup.checkpointing else per_layer  # what one layer keeps until backward
+    layers, offloaded = arch.layers * kept, 0
+    if setup.activation_offloading and setup.accelerator.is_gpu:
+        # Only the layer being computed and the one in transfer stay on the device.
+        on_device = min(arch.layers, 2) * kept
+        layers, offloaded = on_device, arch.layers * kept - on_device
+    head = loss_head_bytes(arch, setup)
     other = tokens * (e * arch.hidden + norm_bytes_per_token(arch.hidden, e, frozen=setup.method != "full"))
-    return Activations(per_layer, layers, head, other, setup.checkpointing)
+    workspace = tokens * e * (2 * arch.intermediate * arch.experts_per_token + arch.hidden) if setup.checkpointing else 0
+    return Activations(per_layer, layers, head, other, setup.checkpointing, offloaded, workspace)
+
+
+def loss_head_bytes(arch: Architecture, setup: Setup) -> int:
+    """Peak bytes of the LM head + cross-entropy for one micro-batch (every position a label)."""
+    tokens, e = setup.tokens_per_micro_batch, setup.activation_bytes
+    if not setup.loss_chunked:
+        return tokens * arch.vocab * (e + 8)
+    # One chunk: its fp32 scores (the logits, upcast: softmax and gradient are made in place) and,
+    # in 16 bits, the logits / the gradient in the compute dtype beside them (measured with
+    # MemTracker on CPU); all label rows: the selected hidden rows and their gradient.
+    rows = min(setup.chunk_tokens, tokens)
+    per_logit = 4 + (e if e < 4 else 0)
+    return rows * arch.vocab * per_logit + tokens * arch.hidden * 2 * e

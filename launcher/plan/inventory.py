@@ -73,6 +73,9 @@ class Inventory:
     layer_bytes: int  # stored bytes of the largest decoder layer (gathered whole by FSDP2 / ZeRO-3)
     root_bytes: int  # stored bytes outside the decoder layers (embeddings, head, final norm)
     lora_targets: list[tuple[int, int, int]] = field(default_factory=list)  # (in, out, r) per adapted layer
+    head_param: str | None = None  # name of the LM head's weight (the input embedding's when tied)
+    head_chunkable: bool = True  # the chunked loss can stand in for the head (trainer/chunked_loss.py)
+    head_chunkable_reason: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
 
     def total(self, trainable: bool | None = None) -> int:
@@ -91,7 +94,10 @@ def hf_config(fields: dict[str, Any]) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
-def build_inventory(label: str, config_fields: dict[str, Any], method: MethodConfig, dtype: torch.dtype) -> Inventory:
+def build_inventory(label: str, config_fields: dict[str, Any], method: MethodConfig, dtype: torch.dtype,
+                    adapter_dtype: torch.dtype | None = None) -> Inventory:
+    """adapter_dtype: for adapter methods, the dtype adapters (and QLoRA's non-quantized
+    embeddings/head/norms) are kept in; None = PEFT's default (fp32 adapters, QLoRA upcast to fp32)."""
     from transformers import AutoModelForCausalLM
 
     config = hf_config(config_fields)
@@ -99,7 +105,7 @@ def build_inventory(label: str, config_fields: dict[str, Any], method: MethodCon
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     quantized: dict[int, int] = {}
     if method.type == "qlora":
-        quantized = _quantize_like_bnb(model, method)
+        quantized = _quantize_like_bnb(model, method, upcast=adapter_dtype is None)
     if method.uses_adapter:
         from peft import get_peft_model
 
@@ -109,8 +115,17 @@ def build_inventory(label: str, config_fields: dict[str, Any], method: MethodCon
             model.requires_grad_(False)
         with torch.device("meta"):
             model = get_peft_model(model, peft_lora_config(method))
+        if adapter_dtype is not None:
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.to(adapter_dtype)
     else:
         model.requires_grad_(True)
+    head = model.get_output_embeddings()
+    head_id = id(head.weight) if head is not None and getattr(head, "weight", None) is not None else None
+    head_name = next((name for name, p in model.named_parameters() if id(p) == head_id), None)
+    if head_name is None:  # PEFT modules_to_save wraps the head: the trained copy is the one that counts
+        head_name = next((name for name, p in model.named_parameters() if "lm_head" in name and p.requires_grad), None)
     params = [_param_info(name, p, quantized.get(id(p))) for name, p in model.named_parameters()]
     by_id = {id(p): info for (_, p), info in zip(model.named_parameters(), params)}
     layers = _decoder_layers(model)
@@ -118,12 +133,23 @@ def build_inventory(label: str, config_fields: dict[str, Any], method: MethodCon
     root_bytes = sum(p.nbytes for p in params) - sum(layer_bytes)
     targets = [(m.in_features, m.out_features, m.r[name]) for m in model.modules()
                if hasattr(m, "lora_A") and hasattr(m, "in_features") for name in m.lora_A]
-    return Inventory(label, _architecture(config, layers), params, max(layer_bytes, default=0), root_bytes, targets)
+    chunkable, reason = _head_chunkable(model)
+    return Inventory(label, _architecture(config, layers), params, max(layer_bytes, default=0), root_bytes, targets, head_name,
+                     chunkable, reason)
 
 
-def _quantize_like_bnb(model: torch.nn.Module, method: MethodConfig) -> dict[int, int]:
+def _head_chunkable(model: torch.nn.Module) -> tuple[bool, str]:
+    """The trainer's own test of whether the chunked loss can stand in for this model's head."""
+    from trainer.chunked_loss import chunkable_head
+
+    head, reason = chunkable_head(model)
+    return head is not None, reason
+
+
+def _quantize_like_bnb(model: torch.nn.Module, method: MethodConfig, upcast: bool = True) -> dict[int, int]:
     """Mark the linear layers transformers' bitsandbytes integration quantizes (all but the
-    output head), freeze everything, and upcast the rest like PEFT's prepare_model_for_kbit_training.
+    output head), freeze everything, and upcast the rest like PEFT's prepare_model_for_kbit_training
+    (unless the adapters keep the compute dtype: then the rest stays in it too).
     Returns {id(weight): compute element size}."""
     head = model.get_output_embeddings()
     marked = {}
@@ -132,7 +158,7 @@ def _quantize_like_bnb(model: torch.nn.Module, method: MethodConfig) -> dict[int
             marked[id(module.weight)] = _compute_dtype(method, module.weight.dtype).itemsize
     model.requires_grad_(False)
     for param in model.parameters():
-        if id(param) not in marked and param.dtype in (torch.float16, torch.bfloat16):
+        if upcast and id(param) not in marked and param.dtype in (torch.float16, torch.bfloat16):
             param.data = param.data.to(torch.float32)
     return marked
 

@@ -3,7 +3,13 @@
 Model states follow what ftl's trainer really allocates (checked byte for byte on CPU):
 - parameters in the loaded dtype; DeepSpeed casts the module to bf16/fp16 when that precision is on;
   QLoRA keeps linear weights packed 4-bit plus block scales, other weights upcast to fp32 by PEFT;
-- torch AdamW keeps two states in the parameter's dtype plus a 4-byte step per tensor;
+- torch AdamW keeps two states in the parameter's dtype plus a 4-byte step per tensor; bitsandbytes'
+  8-bit AdamW keeps two uint8 states plus an fp32 absmax per 256-element block for tensors of at
+  least 4096 elements, two fp32 states below that, and one shared pair of 256-entry fp32 maps;
+- optimizer step in backward: each parameter is stepped in its post-accumulate-grad hook and its
+  gradient freed, so one gradient exists at a time (the largest bounds it);
+- chunked loss: the LM head's weight gradient is computed in forward (trainable head only) and is
+  alive from the end of forward;
   DeepSpeed keeps fp32 master weights and fp32 Adam states for its partition;
 - DDP: full copies and gradient buckets as big as the gradients; FSDP2: every parameter split on
   dimension 0 (the first rank holds the rounded-up chunk); ZeRO-1/2/3 split optimizer states,
@@ -13,7 +19,7 @@ Model states follow what ftl's trainer really allocates (checked byte for byte o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from launcher.plan.activations import Activations, activation_memory  # noqa: F401 (Activations: MemoryPlan field type)
 from launcher.plan.inventory import Inventory, ParamInfo
@@ -29,13 +35,19 @@ NCCL_BUFFERS = int(0.25 * GIB)
 ALLOCATOR_SLACK = 0.05
 # CPU: a worker process with torch, transformers and peft imported (measured RSS, scripts/bench/memory.py).
 CPU_PROCESS = int(0.45 * GIB)
+# bitsandbytes 8-bit optimizers: tensors below this many elements keep 32-bit states; blockwise
+# quantization with one fp32 absmax per block; one dynamic map (256 fp32) per state, shared.
+BNB_MIN_8BIT_SIZE = 4096
+BNB_OPTIM_BLOCKSIZE = 256
+BNB_QMAPS = 2 * 256 * 4
+EIGHT_BIT = ("adamw_8bit", "paged_adamw_8bit")
 
 
 @dataclass
 class Item:
     label: str
     bytes: int
-    where: str = "gpu"  # gpu | host (offloaded to CPU RAM) | nvme
+    where: str = "gpu"  # gpu | host (offloaded to CPU RAM) | nvme | paged (CUDA unified memory, spills to CPU RAM)
     kind: str = "state"  # state | buffer (communication/workspace) | activation
 
 
@@ -70,22 +82,96 @@ class MemoryPlan:
 
 
 def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
+    notes = setting_notes(setup)
+    if setup.loss_chunked and not inventory.head_chunkable:
+        notes.append(f"training.loss.chunked: {inventory.head_chunkable_reason}, so the loss uses the full logits")
+        setup = setup.but(loss_chunked=False)
     states = model_states(inventory, setup)
     acts = activation_memory(inventory.arch, setup, inventory.lora_targets)
+    head_grad, head_transient = head_gradient_in_forward(inventory, setup)
+    # QLoRA: the 4-bit dequantization workspace (a static item) is itself a temporary of the
+    # recomputed layer's backward; the two do not add up (measured with MemTracker on CPU).
+    dequant = sum(i.bytes for i in states if i.label.startswith("4-bit dequantization"))
+    acts = replace(acts, head=acts.head + head_transient, recompute_workspace=max(0, acts.recompute_workspace - dequant))
     on_gpu = [i for i in states if i.where == "gpu"]
     grads = sum(i.bytes for i in on_gpu if i.label.startswith("gradients"))
     static = sum(i.bytes for i in on_gpu) - grads
     # The step peaks either at the end of forward (all activations alive; gradients of earlier
-    # micro-batches too when accumulating) or once every gradient exists (end of backward, step).
-    forward_peak = acts.total + (grads if setup.accumulation > 1 else 0)
-    peak = static + max(forward_peak, grads)
+    # micro-batches too when accumulating; the head's weight gradient the chunked loss made in
+    # forward) or once every gradient exists and the optimizer steps (its temporaries too).
+    forward_peak = acts.total + head_grad + (grads if setup.accumulation > 1 else 0)
+    step_peak = grads + optimizer_step_workspace(inventory, setup)
+    peak = static + max(forward_peak, step_peak)
+    checkpointed = " (checkpointed)" if setup.checkpointing else ""
+    loss_label = (f"activations: chunked LM head + loss ({min(setup.chunk_tokens, setup.tokens_per_micro_batch)} tokens/chunk)"
+                  if setup.loss_chunked else "activations: full logits + fp32 copy + log-softmax")
     items = states + [
-        Item("activations: decoder layers" + (" (checkpointed)" if setup.checkpointing else ""), acts.layers, kind="activation"),
-        Item("activations: logits + loss", acts.head, kind="activation"),
+        Item("activations: decoder layers" + checkpointed + (" (on device while offloading)" if acts.offloaded else ""),
+             acts.layers, kind="activation"),
+        Item(loss_label, acts.head, kind="activation"),
         Item("activations: embeddings + final norm", acts.other, kind="activation"),
     ]
+    if head_grad:
+        items.append(Item("LM head weight gradient (chunked loss: made in forward)", head_grad, kind="activation"))
+    if step_peak > grads:
+        items.append(Item("step workspace: foreach AdamW temporaries", step_peak - grads, kind="buffer"))
+    if acts.offloaded:
+        items.append(Item("activations: decoder layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"))
     overhead = process_overhead(setup, peak)
-    return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes)
+    return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes, notes=notes)
+
+
+def head_gradient_in_forward(inv: Inventory, s: Setup) -> tuple[int, int]:
+    """(bytes of the head's weight gradient alive from the end of forward, extra bytes alive only
+    while the chunked loss runs). The loss sums the chunks' weight gradients in an fp32
+    accumulator; in 16 bits each chunk's product is made in the compute dtype, then as fp32, and
+    the result is cast to the weight's dtype at the end. The weight is the gathered (unsharded)
+    one under FSDP2/ZeRO-3, so the gradient is full-size."""
+    if not s.loss_chunked or not inv.head_param:
+        return 0, 0
+    head = next((p for p in inv.params if p.name == inv.head_param), None)
+    if head is None or not head.trainable:
+        return 0, 0
+    size = 2 if (s.strategy == "deepspeed" and s.precision in ("bf16", "fp16")) else head.element_size
+    kept = head.numel * size
+    if size == 4:
+        return kept, 0  # the fp32 accumulator is the gradient
+    return kept, head.numel * (4 + s.activation_bytes + 4) - kept
+
+
+def optimizer_step_workspace(inv: Inventory, s: Setup) -> int:
+    """Temporaries of the optimizer step on top of the gradients. torch AdamW runs fused on CUDA
+    (none) and foreach elsewhere: one temporary as large as a parameter group (its sqrt of
+    exp_avg_sq), groups being the decayed (2-D+) and the non-decayed parameters. bitsandbytes'
+    8-bit kernels and DeepSpeed's own step (buffers listed with its states) add none here."""
+    if s.strategy == "deepspeed" or s.optimizer in EIGHT_BIT or s.accelerator.is_gpu:
+        return 0
+    trainable = [p for p in inv.params if p.trainable]
+    if s.optimizer_in_backward:  # one parameter's optimizer at a time
+        return max((_local_bytes(p, s) for p in trainable), default=0)
+    decay = sum(_local_bytes(p, s) for p in trainable if p.numel != p.dim0)
+    no_decay = sum(_local_bytes(p, s) for p in trainable if p.numel == p.dim0)
+    return max(decay, no_decay)
+
+
+def _local_bytes(p: ParamInfo, s: Setup) -> int:
+    if s.strategy == "fsdp":
+        return math.ceil(p.dim0 / s.workers) * (p.stored_numel // p.dim0) * p.element_size
+    return p.nbytes
+
+
+def setting_notes(s: Setup) -> list[str]:
+    notes = []
+    if s.compile:
+        notes.append("torch.compile: no memory term (counted as eager; compiled layers usually keep slightly fewer tensors)")
+    if s.liger:
+        notes.append("Liger kernels: MLP and RMSNorm activations are an approximation (CUDA only, not measured here)")
+    if s.activation_offloading and not s.accelerator.is_gpu:
+        notes.append("activation offloading: the device is the CPU, so nothing moves and memory does not change")
+    if s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu:
+        notes.append("paged 8-bit AdamW: its states are in CUDA unified memory, outside the device budget: they use free GPU "
+                      "memory and page out to CPU RAM (slower steps) when there is none")
+    return notes
 
 
 def process_overhead(setup: Setup, peak: int) -> int:
@@ -131,17 +217,43 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
     if s.strategy == "deepspeed":
         items += _zero_states(trainable, n_trainable, s, ds_cast)
     else:
-        grads = sum(stored(p) for p in trainable)
-        step = 4 * len(trainable)  # AdamW's step counter: one fp32 scalar tensor per parameter
+        local = [(stored(p), stored(p) // max(p.element_size, 1)) for p in trainable]  # (bytes, elements) on this rank
+        grads = sum(b for b, _ in local)
         opt_where = "host" if s.offload_params != "none" else "gpu"  # FSDP2 CPU offload moves all states
-        items.append(Item("gradients", grads, opt_where))
-        items.append(Item("optimizer: AdamW exp_avg + exp_avg_sq + step", 2 * grads + step, opt_where))
+        if s.optimizer_in_backward:
+            items.append(Item("gradients (one at a time: optimizer step in backward)", max((b for b, _ in local), default=0), opt_where))
+        else:
+            items.append(Item("gradients", grads, opt_where))
+        if s.optimizer in EIGHT_BIT:
+            # Paged states live in CUDA unified memory: the driver pages them out to CPU RAM when the
+            # GPU is full, and torch's allocator (what peak figures report) never sees them.
+            paged = s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu and opt_where == "gpu"
+            items.append(Item("optimizer: 8-bit AdamW states (uint8 + block absmax)",
+                              eight_bit_state_bytes([n for _, n in local], shared_maps=not s.optimizer_in_backward),
+                              "paged" if paged else opt_where))
+        else:
+            step = 4 * len(trainable)  # AdamW's step counter: one fp32 scalar tensor per parameter
+            items.append(Item("optimizer: AdamW exp_avg + exp_avg_sq + step", 2 * grads + step, opt_where))
         if s.strategy == "ddp":
             items.append(Item("DDP gradient buckets", sum(p.nbytes for p in trainable), kind="buffer"))
         if s.strategy == "fsdp":
             gathered = inv.root_bytes + (1 if not s.reshard_after_forward else 2) * inv.layer_bytes
             items.append(Item("FSDP2 unsharded parameters (root + current/prefetched layer)", gathered, kind="buffer"))
     return items
+
+
+def eight_bit_state_bytes(numels: list[int], shared_maps: bool = True) -> int:
+    """bitsandbytes AdamW8bit/PagedAdamW8bit states for tensors of these element counts. Each
+    optimizer keeps one pair of quantization maps for its 8-bit tensors (shared_maps=False: one
+    optimizer per parameter, as with the step in backward)."""
+    total = 0
+    for n in numels:
+        if n >= BNB_MIN_8BIT_SIZE:
+            total += 2 * n + 2 * 4 * math.ceil(n / BNB_OPTIM_BLOCKSIZE)
+        else:
+            total += 2 * 4 * n
+    quantized = sum(1 for n in numels if n >= BNB_MIN_8BIT_SIZE)
+    return total + BNB_QMAPS * (min(quantized, 1) if shared_maps else quantized)
 
 
 def _zero_states(trainable: list[ParamInfo], n: int, s: Setup, ds_cast: int | None) -> list[Item]:
@@ -153,12 +265,21 @@ def _zero_states(trainable: list[ParamInfo], n: int, s: Setup, ds_cast: int | No
     items = [
         Item(f"gradients ({'full' if stage == 1 else 'partitioned'})", grads),
         Item("optimizer: fp32 master weights (partition)", 4 * part, opt_where),
-        Item("optimizer: fp32 Adam exp_avg + exp_avg_sq (partition)", 8 * part, opt_where),
+        _zero_adam_states(part, s, opt_where),
         Item("ZeRO step workspace: fp32 gradient partition", 4 * part, opt_where, kind="buffer"),
     ]
     bucket = min(DS_BUCKET_ELEMENTS, n) * elem
     items.append(Item("ZeRO reduce bucket" + (" + all-gather bucket" if stage < 3 else ""), bucket * (2 if stage < 3 else 1), kind="buffer"))
     return items
+
+
+def _zero_adam_states(part: int, s: Setup, where: str) -> Item:
+    """ZeRO runs the client optimizer on its flat fp32 partition: torch AdamW keeps two fp32
+    states; bitsandbytes' 8-bit AdamW two uint8 states + block absmax (paged: unified memory)."""
+    if s.optimizer in EIGHT_BIT:
+        paged = s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu and where == "gpu"
+        return Item("optimizer: 8-bit AdamW states of the fp32 partition", eight_bit_state_bytes([part]), "paged" if paged else where)
+    return Item("optimizer: fp32 Adam exp_avg + exp_avg_sq (partition)", 8 * part, where)
 
 
 def _frozen_groups(frozen: list[ParamInfo]) -> dict[str, list[ParamInfo]]:

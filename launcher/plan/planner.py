@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +12,7 @@ from launcher.plan.hardware import Accelerator
 from launcher.plan.inventory import Inventory, build_inventory, with_block_scales
 from launcher.plan.memory import MemoryPlan, plan_memory
 from launcher.plan.setup import Setup
-from launcher.plan.suggest import Suggestion, suggest
+from launcher.plan.suggest import Suggestion, evaluator, lean_changes, leanest, suggest
 from launcher.plan.throughput import DEFAULT_MFU, Throughput, count_tokens, estimate
 from launcher.run_config import RunConfig
 from trainer.config import MethodConfig
@@ -61,19 +62,79 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         seq_len=cfg.data.max_seq_len, packing=cfg.data.packing, checkpointing=cfg.model.gradient_checkpointing,
         attention=attention, param_bytes=DTYPES[model_dtype].itemsize, precision=precision,
         lora_dropout=cfg.method.lora.dropout, accelerator=acc,
+        loss_chunked=cfg.training.loss.chunked, chunk_tokens=cfg.training.loss.chunk_tokens,
+        optimizer=cfg.training.optimizer, optimizer_in_backward=cfg.training.optimizer_in_backward,
+        clipping=cfg.training.max_grad_norm is not None, adapter_dtype=resolve_adapter_dtype(cfg.method),
+        activation_offloading=cfg.model.activation_offloading, compile=cfg.model.compile, liger=cfg.model.liger_kernels,
     )
 
 
+def resolve_adapter_dtype(method: MethodConfig) -> str:
+    """method.adapter_dtype as the trainer resolves it (trainer/methods.py): float32 | compute."""
+    from trainer.methods import adapters_in_fp32
+
+    return "float32" if adapters_in_fp32(method) else "compute"
+
+
+def compute_dtype(cfg: RunConfig, setup: Setup, method: MethodConfig) -> torch.dtype:
+    model_dtype = {2: torch.bfloat16, 4: torch.float32}[setup.param_bytes]
+    if cfg.model.dtype == "float16":
+        model_dtype = torch.float16
+    if method.type == "qlora" and method.quantization.compute_dtype != "auto":
+        return DTYPES[method.quantization.compute_dtype]
+    return model_dtype
+
+
 def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = None) -> Inventory:
+    """What the trainer holds for this method; the adapter dtype is the setup's (a suggestion may change it)."""
     method_cfg = method or cfg.method
     label, fields = model_config_fields(cfg.model.path)
     dtype = {2: torch.bfloat16, 4: torch.float32}[setup.param_bytes]
     if cfg.model.dtype == "float16":
         dtype = torch.float16
-    inventory = build_inventory(label, fields, method_cfg, dtype)
+    adapter = compute_dtype(cfg, setup, method_cfg) if setup.adapter_dtype == "compute" and method_cfg.uses_adapter else None
+    inventory = build_inventory(label, fields, method_cfg, dtype, adapter)
     if method_cfg.type == "qlora":
         inventory = with_block_scales(inventory, method_cfg.quantization.double_quant)
     return inventory
+
+
+def config_accepts(cfg: RunConfig, overrides: list[str]) -> bool:
+    """Whether the config still validates with these key.path=value overrides (its cross-field rules)."""
+    import yaml
+    from pydantic import ValidationError
+
+    raw = cfg.model_dump(mode="json")
+    for override in overrides:
+        key, _, value = override.partition("=")
+        *sections, last = key.split(".")
+        target = raw
+        for part in sections:
+            target = target.setdefault(part, {})
+        target[last] = yaml.safe_load(value)
+    try:
+        RunConfig.model_validate(raw)
+    except ValidationError:
+        return False
+    return True
+
+
+def _inventories(cfg: RunConfig, setup: Setup) -> Callable[[str, str], Inventory]:
+    return lambda m, a: inventory_for(cfg, setup.but(adapter_dtype=a), cfg.method.model_copy(update={"type": m}))
+
+
+def leanest_overrides(cfg: RunConfig, target: Target) -> list[str]:
+    """The overrides of the leanest lean-memory settings valid for this run (each one that makes
+    it leaner), as the suggestions combine them; [] when there is none."""
+    setup = resolve_setup(cfg, target)
+    evaluate = evaluator(setup, inventory_for(cfg, setup), _inventories(cfg, setup))
+    bundle = leanest(None, setup, evaluate)
+    if bundle is None:
+        best = min(lean_changes(setup), key=lambda c: evaluate(c).total_bytes, default=None)
+        bundle = best if best is not None and config_accepts(cfg, best.overrides) else None
+    if bundle is None or not config_accepts(cfg, bundle.overrides):
+        return []
+    return list(bundle.overrides)
 
 
 def plan_run(cfg: RunConfig, target: Target, *, mfu: float = DEFAULT_MFU, price_per_gpu_hour: float | None = None,
@@ -83,7 +144,7 @@ def plan_run(cfg: RunConfig, target: Target, *, mfu: float = DEFAULT_MFU, price_
     inventory = inventory_for(cfg, setup)
     plan = Plan(cfg, target, inventory, plan_memory(inventory, setup))
     if not plan.memory.fits:
-        plan.suggestions = suggest(setup, inventory, lambda m: inventory_for(cfg, setup, cfg.method.model_copy(update={"type": m})))
+        plan.suggestions = suggest(setup, inventory, _inventories(cfg, setup), lambda overrides: config_accepts(cfg, overrides))
     if with_throughput:
         plan.throughput = estimate(inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=count_tokens(cfg))
     if setup.method == "dora":

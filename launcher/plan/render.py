@@ -39,6 +39,8 @@ def memory_table(memory: MemoryPlan) -> list[str]:
     offloaded = [i for i in memory.items if i.where != "gpu" and i.bytes]
     for item in offloaded:
         lines.append(f"    {'[' + item.where + '] ' + item.label:<60}{size(item.bytes):>12}")
+    if memory.host_bytes and memory.setup.accelerator.is_gpu:
+        lines.append(f"    {'[host] total in CPU RAM per GPU (offloaded)':<60}{size(memory.host_bytes):>12}")
     return lines
 
 
@@ -92,5 +94,5 @@ def render(plan: Plan) -> str:
         lines += ["", "no single change or pair of changes fits; plan more GPUs with --gpus-per-node/--nodes"]
     if plan.throughput:
         lines += ["", "throughput", *throughput_lines(plan.throughput, setup.workers)]
-    lines += [f"  note: {n}" for n in plan.notes]
+    lines += [f"  note: {n}" for n in memory.notes + plan.notes]
     return "\n".join(lines)

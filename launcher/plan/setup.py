@@ -27,6 +27,17 @@ class Setup:
     precision: str  # bf16 | fp16 | fp32: the compute precision
     lora_dropout: float
     accelerator: Accelerator
+    # Lean-memory settings (issue 13). Defaults are the path before them, so bare setups
+    # (published.py) keep their meaning.
+    loss_chunked: bool = False  # LM head + cross-entropy in chunks of chunk_tokens label positions
+    chunk_tokens: int = 1024
+    optimizer: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit
+    optimizer_in_backward: bool = False  # per-parameter step in a post-accumulate-grad hook
+    clipping: bool = True  # training.max_grad_norm is set (clipping by global norm needs every gradient)
+    adapter_dtype: str = "float32"  # resolved method.adapter_dtype: float32 | compute
+    activation_offloading: bool = False
+    compile: bool = False
+    liger: bool = False
 
     def but(self, **changes: object) -> "Setup":
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -56,4 +67,15 @@ class Setup:
         parts.append(f"micro-batch {self.micro_batch} x {self.seq_len} tokens")
         if self.checkpointing:
             parts.append("activation checkpointing")
+        if self.activation_offloading:
+            parts.append("activation offloading")
+        parts.append(f"chunked loss ({self.chunk_tokens} tokens/chunk)" if self.loss_chunked else "full-logits loss")
+        parts.append({"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged 8-bit AdamW"}.get(self.optimizer, self.optimizer)
+                     + (" stepped in backward" if self.optimizer_in_backward else ""))
+        if self.method != "full":
+            parts.append(f"adapters in {'the compute dtype' if self.adapter_dtype == 'compute' else 'fp32'}")
+        if self.compile:
+            parts.append("torch.compile")
+        if self.liger:
+            parts.append("Liger kernels")
         return ", ".join(parts)

@@ -62,10 +62,33 @@ def measure_step(cfg: Any, rank: int = 0, world_size: int = 1, device: str = "cp
     return {
         "params": sum(nbytes(p) for p in model.parameters()),
         "grads": grads,
-        "optimizer": sum(nbytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)),
+        "optimizer": optimizer_state_bytes(model, optimizer, nbytes),
         "quant_state": sum(t.untyped_storage().nbytes() for t in quant_state_tensors(model)),
         "peak": tracker.peak_bytes() if tracker else 0,
     }
+
+
+def optimizer_state_bytes(model: torch.nn.Module, optimizer: Any, nbytes: Any) -> int:
+    """Bytes of the optimizer states, each storage once (bitsandbytes shares its quantization maps
+    between parameters). With the step in backward the states may live in per-parameter
+    optimizers the returned object delegates to; those are found too."""
+    optimizers = [optimizer]
+    for attr in ("optimizers", "per_parameter", "_optimizers"):
+        inner = getattr(optimizer, attr, None)
+        if isinstance(inner, dict):
+            optimizers += list(inner.values())
+        elif isinstance(inner, (list, tuple)):
+            optimizers += list(inner)
+    for param in model.parameters():
+        optimizers += list(getattr(param, "_in_backward_optimizers", None) or [])
+    seen: dict[int, int] = {}
+    for opt in optimizers:
+        for state in getattr(opt, "state", {}).values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    local = value.to_local() if hasattr(value, "to_local") else value  # FSDP2: the DTensor's shard
+                    seen[local.untyped_storage().data_ptr()] = nbytes(value)
+    return sum(seen.values())
 
 
 class _null:

@@ -141,3 +141,191 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys; from launcher.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+# --- issue 13: the lean-memory settings in the plan and its suggestions ---------------------------
+
+def _plan(tmp_path: Path, gpu: str = "RTX4090", overrides: list[str] | None = None, gpus: int = 1, **sections: dict) -> object:
+    path = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", **sections)
+    return plan_run(load_config(path, overrides), Target(accelerator(gpu), gpus_per_node=gpus), with_throughput=False)
+
+
+LLAMA_8B_2x2048 = dict(model={"path": "llama-3.1-8b", "gradient_checkpointing": True}, data={"max_seq_len": 2048},
+                       training={"micro_batch_size": 2})
+
+
+def test_chunked_loss_term_is_a_chunk_of_the_full_logits_at_128k_vocab(tmp_path: Path) -> None:
+    full = _plan(tmp_path, overrides=["training.loss.chunked=false"], **LLAMA_8B_2x2048).memory
+    chunked = _plan(tmp_path, overrides=["training.loss.chunked=true", "training.loss.chunk_tokens=1024"], **LLAMA_8B_2x2048).memory
+    vocab, hidden, tokens, e = 128_256, 4096, 4096, 2
+    assert full.activations.head == tokens * vocab * (e + 8)  # logits + fp32 copy + fp32 log-softmax, every position
+    # One chunk of 1024 label positions at a time (fp32 scores + the bf16 logits/gradient),
+    # plus the selected hidden rows and their gradient.
+    assert chunked.activations.head == 1024 * vocab * (4 + e) + tokens * hidden * 2 * e
+    assert full.activations.head / chunked.activations.head > 4  # 4096 / 1024 tokens, fewer bytes per logit
+    # With checkpointing the peak is now the recomputed layer's backward, no longer the loss.
+    assert chunked.activations.total == full.activations.total - full.activations.head + chunked.activations.per_layer \
+        + chunked.activations.recompute_workspace
+    assert full.peak_bytes - chunked.peak_bytes == full.activations.total - chunked.activations.total
+    # A chunk is never larger than the micro-batch.
+    small = _plan(tmp_path, overrides=["training.loss.chunk_tokens=8192"], **LLAMA_8B_2x2048).memory
+    assert small.activations.head == tokens * vocab * (4 + e) + tokens * hidden * 2 * e
+
+
+def test_chunked_loss_counts_the_head_gradient_made_in_forward(tmp_path: Path) -> None:
+    """Full fine-tuning: the chunked loss computes the head's weight gradient in forward; it is
+    alive from the end of forward, so it adds to the forward peak (LoRA: the head is frozen)."""
+    full = _plan(tmp_path, overrides=["method.type=full", "training.optimizer_in_backward=true", "training.max_grad_norm=null"],
+                 **LLAMA_8B_2x2048).memory
+    head = [i for i in full.items if i.label.startswith("LM head weight gradient")]
+    assert [i.bytes for i in head] == [128_256 * 4096 * 2]
+    # bf16: while the chunks run, an fp32 accumulator and each chunk's product in bf16 and fp32.
+    chunks = 1024 * 128_256 * 6 + 4096 * 4096 * 2 * 2
+    assert full.activations.head == chunks + 128_256 * 4096 * (4 + 2 + 4) - head[0].bytes
+    lora = _plan(tmp_path, **LLAMA_8B_2x2048).memory
+    assert not any(i.label.startswith("LM head weight gradient") for i in lora.items)
+
+
+def test_optimizer_in_backward_keeps_one_gradient_at_a_time(tmp_path: Path) -> None:
+    base = ["method.type=full", "training.max_grad_norm=null"]
+    normal = _plan(tmp_path, overrides=base, **LLAMA_8B_2x2048).memory
+    fused = _plan(tmp_path, overrides=[*base, "training.optimizer_in_backward=true"], **LLAMA_8B_2x2048).memory
+    assert normal.state_bytes("gradients") == 8_030_261_248 * 2
+    assert fused.state_bytes("gradients") == 128_256 * 4096 * 2  # the largest parameter: embedding / head
+    # The full gradient set was the peak's last term; now the end of forward is (activations + head gradient).
+    assert normal.peak_bytes - fused.peak_bytes > 5 * 1024**3
+    static = sum(i.bytes for i in fused.items if i.where == "gpu" and i.kind != "activation" and not i.label.startswith("gradients"))
+    assert fused.peak_bytes == static + fused.activations.total + 128_256 * 4096 * 2
+    cpu = _plan(tmp_path, gpu="cpu", overrides=[*base, "training.optimizer_in_backward=true"], **LLAMA_8B_2x2048).memory
+    assert cpu.state_bytes("gradients") == 128_256 * 4096 * 4  # fp32 on a CPU
+
+
+def test_8bit_states_are_a_quarter_of_fp32_states_for_large_tensors() -> None:
+    from launcher.plan.memory import BNB_QMAPS, eight_bit_state_bytes
+
+    big = 4096 * 4096
+    assert eight_bit_state_bytes([big]) - BNB_QMAPS == 2 * big + 8 * big // 256
+    assert abs((eight_bit_state_bytes([big]) - BNB_QMAPS) / (2 * 4 * big) - 0.25) < 0.01
+    assert eight_bit_state_bytes([4095]) == 2 * 4 * 4095  # below 4096 elements: 32-bit states, no maps
+
+
+def test_8bit_state_formula_matches_bitsandbytes_on_cpu() -> None:
+    """The byte count of real bitsandbytes AdamW8bit states (where bitsandbytes runs on this CPU)."""
+    import torch
+
+    from launcher.plan.memory import eight_bit_state_bytes
+
+    bnb = pytest.importorskip("bitsandbytes")
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (4096 * 3 + 7, 4096, 100)]
+    try:
+        optimizer = bnb.optim.AdamW8bit(params, lr=1e-3)
+        sum(p.sum() for p in params).backward()
+        optimizer.step()
+    except (RuntimeError, NotImplementedError) as exc:  # a build without CPU kernels
+        pytest.skip(f"bitsandbytes 8-bit AdamW does not run on this CPU: {exc}")
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)}
+    assert sum(storages.values()) == eight_bit_state_bytes([p.numel() for p in params])
+
+
+def test_8bit_optimizer_in_the_plan(tmp_path: Path) -> None:
+    adamw = _plan(tmp_path, overrides=["method.type=full"], **LLAMA_8B_2x2048).memory
+    eight = _plan(tmp_path, overrides=["method.type=full", "training.optimizer=adamw_8bit"], **LLAMA_8B_2x2048).memory
+    ratio = eight.state_bytes("optimizer") / adamw.state_bytes("optimizer")
+    assert 0.5 < ratio < 0.51  # bf16 weights: AdamW states are 4 bytes/param, 8-bit ones 2 (+ block absmax)
+    paged = _plan(tmp_path, overrides=["method.type=full", "training.optimizer=paged_adamw_8bit"], **LLAMA_8B_2x2048).memory
+    assert paged.state_bytes("optimizer") == 0 and paged.state_bytes("optimizer", where="paged") == eight.state_bytes("optimizer")
+    assert any("unified memory" in n for n in paged.notes)
+
+
+def test_adapter_dtype_compute_keeps_qlora_out_of_fp32(tmp_path: Path) -> None:
+    fp32 = _plan(tmp_path, overrides=["method.type=qlora", "method.adapter_dtype=float32"], **LLAMA_8B_2x2048)
+    compute = _plan(tmp_path, overrides=["method.type=qlora", "method.adapter_dtype=compute"], **LLAMA_8B_2x2048)
+    assert fp32.memory.state_bytes("weights, frozen: fp32") > 3.9 * 1024**3  # embeddings + head + norms upcast by PEFT
+    assert compute.memory.state_bytes("weights, frozen: fp32") == 0
+    assert compute.memory.state_bytes("weights, frozen: 16-bit") * 2 == fp32.memory.state_bytes("weights, frozen: fp32")
+    assert {p.element_size for p in compute.inventory.params if p.trainable} == {2}
+    steps = 4 * sum(1 for p in compute.inventory.params if p.trainable)  # AdamW's fp32 step per tensor
+    assert (compute.memory.state_bytes("optimizer") - steps) * 2 == fp32.memory.state_bytes("optimizer") - steps
+
+
+def test_activation_offloading_moves_layer_activations_to_host(tmp_path: Path) -> None:
+    sections = dict(LLAMA_8B_2x2048, model={"path": "llama-3.1-8b", "gradient_checkpointing": False})
+    on_gpu = _plan(tmp_path, **sections).memory
+    offloaded = _plan(tmp_path, overrides=["model.activation_offloading=true"], **sections).memory
+    moved = on_gpu.activations.layers - offloaded.activations.layers
+    assert moved == offloaded.activations.offloaded == offloaded.host_bytes > 0
+    assert offloaded.activations.layers == 2 * on_gpu.activations.per_layer  # the layer computed + the one in transfer
+    assert on_gpu.peak_bytes - offloaded.peak_bytes == moved
+    cpu = _plan(tmp_path, gpu="cpu", overrides=["model.activation_offloading=true"], **sections).memory
+    assert cpu.activations.offloaded == 0 and any("nothing moves" in n for n in cpu.notes)
+
+
+def test_compile_has_no_memory_term_and_says_so(tmp_path: Path) -> None:
+    eager = _plan(tmp_path, **LLAMA_8B_2x2048).memory
+    compiled = _plan(tmp_path, overrides=["model.compile=true"], **LLAMA_8B_2x2048).memory
+    assert compiled.peak_bytes == eager.peak_bytes and any("torch.compile" in n for n in compiled.notes)
+
+
+def _suggested(plan: object) -> list[str]:
+    return [o for s in plan.suggestions for o in s.change.overrides]
+
+
+def test_suggestions_lead_with_valid_lean_settings(tmp_path: Path) -> None:
+    """Full fine-tuning of 8B on one 24 GB GPU fits only with the lean settings together (what
+    torchtune's recipe uses); each suggestion's overrides load, and each fits."""
+    plan = _plan(tmp_path, overrides=["method.type=full"], **LLAMA_8B_2x2048)
+    assert not plan.memory.fits and plan.suggestions
+    first = plan.suggestions[0].change.overrides
+    assert {"training.optimizer=paged_adamw_8bit", "training.optimizer_in_backward=true", "training.max_grad_norm=null"} <= set(first), first
+    # LoRA with the full-logits loss on a GPU too small for it: the chunked loss alone makes it fit.
+    lora = _plan(tmp_path, gpu="L4", overrides=["training.loss.chunked=false"],
+                 **dict(LLAMA_8B_2x2048, training={"micro_batch_size": 4}))
+    assert not lora.memory.fits and lora.suggestions[0].change.overrides == ["training.loss.chunked=true"]
+    assert all(s.memory.fits for s in plan.suggestions)
+    for s in plan.suggestions:
+        load_config(tmp_path / "c.yaml", ["method.type=full", *[o for o in s.change.overrides if not o.startswith("--")]])
+
+
+def test_lean_suggestions_only_where_valid(tmp_path: Path) -> None:
+    # Gradient accumulation: never the step in backward.
+    accumulating = _plan(tmp_path, overrides=["method.type=full", "training.gradient_accumulation_steps=2"], **LLAMA_8B_2x2048)
+    assert accumulating.suggestions and "training.optimizer_in_backward=true" not in _suggested(accumulating)
+    # Sharded strategies own the step: neither 8-bit states nor the step in backward.
+    for strategy in ("fsdp", "deepspeed"):
+        sharded = _plan(tmp_path, gpu="L4", gpus=2, overrides=["model.path=llama-3.1-70b", "method.type=full",
+                                                             f"parallel.strategy={strategy}", "cluster.workers=2"], **LLAMA_8B_2x2048)
+        suggested = _suggested(sharded)
+        assert sharded.suggestions and not any(o.startswith("training.optimizer") for o in suggested), (strategy, suggested)
+    # A CPU plan never offloads activations (nothing to move them to).
+    cpu = _plan(tmp_path, gpu="cpu", overrides=["method.type=full"], **LLAMA_8B_2x2048)
+    assert "model.activation_offloading=true" not in _suggested(cpu)
+
+
+def test_fit_check_suggests_the_lean_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ftl train`'s fit check: a run that fits only with the chunked loss is refused with it as the hint."""
+    import launcher.plan.command as command
+    from launcher.plan.hardware import Accelerator
+
+    path = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", model={"path": "llama-3.2-1b"},
+                        data={"max_seq_len": 2048}, training={"micro_batch_size": 4})
+    cfg = load_config(path, ["training.loss.chunked=false"])
+    cpu = accelerator("cpu")
+    full = plan_run(cfg, Target(cpu), with_throughput=False).memory.total_bytes
+    chunked = plan_run(load_config(path), Target(cpu), with_throughput=False).memory.total_bytes
+    assert chunked < full
+    monkeypatch.setattr(command, "this_machine", lambda *a: Accelerator("cpu", (full + chunked) // 2, None, bf16=False, is_gpu=False))
+    with pytest.raises(UserError, match=r"it would fit with: chunked loss .*training\.loss\.chunked=true"):
+        command.check_fit(cfg)
+    command.check_fit(load_config(path))  # the default (chunked) fits the same budget
+
+
+def test_zero_with_8bit_states(tmp_path: Path) -> None:
+    """DeepSpeed runs ftl's 8-bit AdamW on its flat fp32 partition: ~2 bytes per parameter of the
+    partition instead of 8 (two fp32 states)."""
+    sections = dict(LLAMA_8B_2x2048, parallel={"strategy": "deepspeed", "zero_stage": 2}, cluster={"workers": 8})
+    fp32 = _plan(tmp_path, gpu="A100-80GB", gpus=8, overrides=["method.type=full"], **sections).memory
+    eight = _plan(tmp_path, gpu="A100-80GB", gpus=8, overrides=["method.type=full", "training.optimizer=adamw_8bit"], **sections).memory
+    part = -(-8_030_261_248 // 8)
+    assert fp32.state_bytes("optimizer: fp32 Adam") == 8 * part
+    assert abs(eight.state_bytes("optimizer: 8-bit") / part - 2.03) < 0.01
