@@ -55,7 +55,8 @@ def lean_changes(s: Setup) -> list[Change]:
     if s.optimizer == "adamw":
         # Paged states can spill to host RAM on a CUDA spike; on a CPU bitsandbytes has no pages.
         name = "paged_adamw_8bit" if s.accelerator.is_gpu else "adamw_8bit"
-        changes.append(Change(f"{'paged ' if s.accelerator.is_gpu else ''}8-bit AdamW states (bitsandbytes, ~2 bytes/parameter)",
+        paged = " in CUDA unified memory, paged out to CPU RAM when the GPU is full" if s.accelerator.is_gpu else ""
+        changes.append(Change(f"8-bit AdamW states (bitsandbytes, ~2 bytes/parameter{paged})",
                               [f"training.optimizer={name}"], s.but(optimizer=name), lean=True))
     if not s.optimizer_in_backward:
         overrides = ["training.optimizer_in_backward=true"] + (["training.max_grad_norm=null"] if s.clipping else [])
