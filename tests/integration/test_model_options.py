@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launcher.cli import main
 from launcher.commands import train
 from trainer.metrics import read_metrics
 from tests.conftest import FTL, REPO, write_config
@@ -89,7 +90,7 @@ def test_compute_dtype_adapters_train_resume_and_export(tiny_model_dir: Path, to
 def test_liger_kernels_on_a_cpu_worker_stop_the_run_with_the_fix(tiny_model_dir: Path, tmp_path: Path,
                                                                  capfd: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path / "liger.yaml", tiny_model_dir, tmp_path / "liger", model={"liger_kernels": True})
-    assert train(str(config), []) == 2  # an input error, before any model work
+    assert main(["train", str(config)]) == 2  # an input error, before any model work
     err = capfd.readouterr().err
     assert "model.liger_kernels needs a CUDA device" in err and "set model.liger_kernels=false" in err
     assert not (tmp_path / "liger" / "checkpoints").exists()
