@@ -3,13 +3,21 @@ failed worker group ends with one line naming the rank and its exit code (the wo
 output says why) instead of torchrun's traceback, and the agent exits with that worker's code
 (a signal N as 128 + N), so a worker's input error (exit 2) reaches the launcher as 2.
 
+A rendezvous on loopback stays on loopback: torch's agent hosts two TCPStore servers (the c10d
+rendezvous store and the store it shares with its workers) and TCPStore listens on every
+interface whatever host it is given. When the rendezvous endpoint is a loopback address, this
+agent hands both servers a socket it bound to that address (cluster/loopback.py), and the node's
+address (the workers' MASTER_ADDR) is that loopback address.
+
     python -m cluster.torchrun_agent [torchrun arguments] -m cluster.worker RUN_DIR
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
+from cluster.loopback import LOOPBACK
 from cluster.worker import EXIT_INPUT_ERROR
 
 
@@ -17,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    if _rendezvous_on_loopback(args):
+        args.local_addr = "127.0.0.1"
+        _keep_agent_stores_on_loopback()
     try:
-        run(parse_args(argv if argv is not None else sys.argv[1:]))
+        run(args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
@@ -26,6 +38,41 @@ def main(argv: list[str] | None = None) -> int:
             print(f"torchrun: worker rank {rank} failed with exit code {failure.exitcode}", file=sys.stderr, flush=True)
         return code
     return 0
+
+
+def _rendezvous_on_loopback(args: Any) -> bool:
+    # --standalone picks localhost:0 itself (inside run()); otherwise the endpoint says.
+    if args.standalone:
+        return True
+    host = (args.rdzv_endpoint or "").rsplit(":", 1)[0].strip("[]")
+    return host in LOOPBACK
+
+
+def _keep_agent_stores_on_loopback() -> None:
+    """Both of the agent's TCPStore servers are created through a constructor that binds the
+    listening socket to the loopback host first (torch offers no bind address of its own)."""
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous import c10d_rendezvous_backend, dynamic_rendezvous
+
+    from cluster.loopback import listen_on
+
+    def loopback_store(host_name: str, port: int, *args: Any, is_master: bool = False, **kwargs: Any) -> Any:
+        if is_master and host_name in LOOPBACK and kwargs.get("master_listen_fd") is None:
+            try:
+                listener = listen_on("127.0.0.1" if host_name == "localhost" else host_name, port)
+            except OSError as exc:  # torch's callers take a RuntimeError as "another agent hosts it"
+                raise RuntimeError(f"cannot listen on {host_name}:{port}: {exc}") from exc
+            port = listener.getsockname()[1]
+            # detach(): the store's server owns the descriptor from here on.
+            kwargs["master_listen_fd"] = listener.detach()
+        return dist.TCPStore(host_name, port, *args, is_master=is_master, **kwargs)
+
+    c10d_rendezvous_backend.TCPStore = loopback_store  # type: ignore[attr-defined]
+
+    def create_server(self: Any, master_addr: str, master_port: int) -> Any:
+        return loopback_store(master_addr, master_port, is_master=True, multi_tenant=True)
+
+    dynamic_rendezvous.DynamicRendezvousHandler._create_tcp_store_server = create_server  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -43,10 +43,9 @@ def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(ba
         _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir() or launcher.poll() is not None, timeout=400)
         assert launcher.poll() is None, stderr.read_text()[-3000:]
         started = psutil.Process(launcher.pid).children(recursive=True)
-        if backend != "torchrun":  # torchrun's own rendezvous store (in its agent) listens on every interface
-            exposed = [(p.name(), c.laddr) for p in [psutil.Process(launcher.pid), *started] for c in _listening(p)
-                       if c.laddr.ip not in LOOPBACK]
-            assert not exposed, f"listening beyond loopback: {exposed}"
+        exposed = [(p.name(), c.laddr) for p in [psutil.Process(launcher.pid), *started] for c in _listening(p)
+                   if c.laddr.ip not in LOOPBACK]
+        assert not exposed, f"listening beyond loopback: {exposed}"
 
         os.kill(launcher.pid, signal.SIGKILL)  # the ftl process only, not its group
         launcher.wait()
