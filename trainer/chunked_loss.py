@@ -8,8 +8,8 @@ ZeRO-3 have gathered its weight when the loss reads it, and every hook (ZeRO-3's
 backward, FSDP2's gradient reduction) runs as it would for the logits.
 
 Memory: one chunk of logits (compute dtype + an fp32 copy that becomes the softmax in place), the
-gradient of the selected hidden rows, and the head's weight gradient (fp32 accumulator while
-several chunks add up); the gradients are computed in the forward and only scaled in backward.
+gradient of the selected hidden rows, and the head's weight gradient (summed in the weight's dtype,
+no extra weight-sized buffer); the gradients are computed in the forward and only scaled in backward.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 # Cohere's logit_scale, Granite's logits_scaling, Falcon-H1's lm_head_multiplier): the loss must
 # see those logits, so these models keep the full-logits path.
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
+
+# Rows of the head's weight gradient made per product when it is summed in another dtype than the
+# matmul's (fp32 weights, 16-bit autocast): bounds that temporary to VOCAB_SLICE x hidden.
+VOCAB_SLICE = 8192
 
 _logged: set[str] = set()
 
@@ -159,8 +163,11 @@ def _chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         h_all = hidden.to(compute)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty(hidden.shape, dtype=compute, device=hidden.device) if need_hidden else None
-        # Several chunks add up in fp32, so the sum is at least as exact as one matmul over all rows.
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        # The head's weight gradient is summed in the weight's own dtype, so no buffer beyond the
+        # gradient itself is ever weight-sized. Same dtype as the matmul: each chunk's product is
+        # added inside addmm (fp32 accumulation, one rounding per chunk, as Liger's kernel does).
+        # fp32 weights under 16-bit autocast: products of VOCAB_SLICE rows at a time, added in fp32.
+        grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias and bias is not None else None
         for start in range(0, count, chunk_tokens):
             h = h_all[start : start + chunk_tokens]
@@ -180,16 +187,17 @@ def _chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
             if grad_hidden is not None:
                 torch.mm(grad_logits, w, out=grad_hidden[start : start + chunk_tokens])
             if grad_weight is not None:
-                if compute == torch.float32:
+                if grad_weight.dtype == compute:
                     grad_weight.addmm_(grad_logits.t(), h)
                 else:
-                    grad_weight += (grad_logits.t() @ h).float()
+                    for v in range(0, grad_weight.size(0), VOCAB_SLICE):
+                        grad_weight[v : v + VOCAB_SLICE] += grad_logits[:, v : v + VOCAB_SLICE].t() @ h
             if grad_bias is not None:
                 grad_bias += grad_logits.float().sum(0)
             del grad_logits
     return (
         total,
         grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
-        grad_weight.to(weight.dtype) if grad_weight is not None else None,
+        grad_weight,
         grad_bias.to(bias.dtype) if grad_bias is not None and bias is not None else None,
     )

@@ -123,10 +123,12 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
 
 def head_gradient_in_forward(inv: Inventory, s: Setup) -> tuple[int, int]:
     """(bytes of the head's weight gradient alive from the end of forward, extra bytes alive only
-    while the chunked loss runs). The loss sums the chunks' weight gradients in an fp32
-    accumulator; in 16 bits each chunk's product is made in the compute dtype, then as fp32, and
-    the result is cast to the weight's dtype at the end. The weight is the gathered (unsharded)
-    one under FSDP2/ZeRO-3, so the gradient is full-size."""
+    while the chunked loss runs). The loss sums the chunks' weight gradients in the weight's own
+    dtype (trainer/chunked_loss.py); only fp32 weights under 16-bit compute add a temporary, the
+    product of VOCAB_SLICE vocabulary rows. The weight is the gathered (unsharded) one under
+    FSDP2/ZeRO-3, so the gradient is full-size."""
+    from trainer.chunked_loss import VOCAB_SLICE
+
     if not s.loss_chunked or not inv.head_param:
         return 0, 0
     head = next((p for p in inv.params if p.name == inv.head_param), None)
@@ -134,9 +136,9 @@ def head_gradient_in_forward(inv: Inventory, s: Setup) -> tuple[int, int]:
         return 0, 0
     size = 2 if (s.strategy == "deepspeed" and s.precision in ("bf16", "fp16")) else head.element_size
     kept = head.numel * size
-    if size == 4:
-        return kept, 0  # the fp32 accumulator is the gradient
-    return kept, head.numel * (4 + s.activation_bytes + 4) - kept
+    if size == s.activation_bytes:
+        return kept, 0
+    return kept, min(head.dim0, VOCAB_SLICE) * (head.numel // max(head.dim0, 1)) * s.activation_bytes
 
 
 def optimizer_step_workspace(inv: Inventory, s: Setup) -> int:

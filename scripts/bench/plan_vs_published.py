@@ -159,10 +159,8 @@ def torchtune(tmp: Path) -> None:
         print(f"   - {method} {gpu}: {memory.peak_bytes / GIB:.2f} GiB live vs {published:.1f}. Of it: weights {weights:.1f} GiB, "
               + (f"the recomputed layer's activations and gradients {recompute:.1f} GiB (the peak is in backward), "
                  if recompute > acts.head / GIB else "")
-              + f"one 1024-token loss chunk {chunk:.1f} GiB" + (f",\n     and the trained head's weight gradient as the chunked loss "
-              f"builds it in forward, {head_grad:.1f} GiB (an fp32\n     accumulator plus, per chunk, a bf16 and an fp32 "
-              "weight-sized product: trainer/chunked_loss.py; accumulating\n     chunk-sized fp32 products instead would "
-              "save most of it)" if trained else "") + ".")
+              + f"one 1024-token loss chunk {chunk:.1f} GiB" + (f",\n     and the trained head's weight gradient, made in forward "
+              f"by the chunked loss, {head_grad:.1f} GiB" if trained else "") + ".")
         print(f"     With training.loss.chunk_tokens=256: {smaller.peak_bytes / GIB:.2f} GiB live "
               f"({'at or below' if smaller.peak_bytes / GIB <= published else 'still above'}; more, smaller head matmuls). "
               "torchtune also\n     compiles the model (fewer saved activations; ftl counts compiled layers as eager).")

@@ -71,6 +71,45 @@ def test_bf16_autocast_follows_the_full_path_within_bf16_tolerance() -> None:
         torch.testing.assert_close(g, e, atol=2e-2, rtol=2e-2)
 
 
+def test_bf16_weights_sum_the_head_gradient_in_bf16_within_bf16_tolerance() -> None:
+    """16-bit weights: the head's weight gradient is summed over the chunks in its own dtype (no
+    fp32 weight-sized buffer); the result stays within bf16 tolerance of one matmul over all rows."""
+    torch.manual_seed(1)
+    hidden = torch.randn(70, 32, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(500, 32, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 500, (70,))
+    expected = reference(hidden, weight, None, targets)
+    got = linear_cross_entropy_sum(hidden, weight, None, targets, 16)
+    e_grads = torch.autograd.grad(expected, [hidden, weight])
+    grads = torch.autograd.grad(got, [hidden, weight])
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=0)
+    for g, e in zip(grads, e_grads):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g, e, atol=3e-2, rtol=3e-2)
+
+
+def test_fp32_weights_under_autocast_sum_vocab_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 weights, bf16 matmuls: the gradient is summed in fp32 a few vocabulary rows at a time;
+    slicing changes no value."""
+    import trainer.chunked_loss as chunked_loss
+
+    torch.manual_seed(2)
+    hidden = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(300, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (40,))
+
+    def weight_grad() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = linear_cross_entropy_sum(hidden, weight, None, targets, 8)
+        return torch.autograd.grad(loss, [weight])[0]
+
+    whole = weight_grad()
+    monkeypatch.setattr(chunked_loss, "VOCAB_SLICE", 7)
+    sliced = weight_grad()
+    assert whole.dtype == sliced.dtype == torch.float32
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def qa_examples(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     return load_tokenized(str(QA_DATA / "valid.jsonl"), "chat", tokenizer, max_seq_len=128, too_long="truncate",
