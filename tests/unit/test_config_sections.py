@@ -13,7 +13,14 @@ from launcher.config_loader import load_config
 from launcher.errors import ConfigError
 from launcher.run_config import RunConfig
 from tests.conftest import REPO
-from trainer.config import DataConfig, MethodConfig, ModelConfig, OutputConfig, ParallelConfig, TrainerConfig
+from trainer.config import (
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    OutputConfig,
+    ParallelConfig,
+    TrainerConfig,
+)
 from trainer.config_section import Section
 
 
@@ -70,6 +77,6 @@ def test_a_section_rule_error_names_the_section_and_its_line(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems == [
-        "parallel (line 7): parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
-        "use bf16, or parallel.strategy=deepspeed"
+        ("parallel (line 7): parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
+         "use bf16, or parallel.strategy=deepspeed")
     ]

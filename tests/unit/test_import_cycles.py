@@ -9,6 +9,7 @@ needing each other; the fix is to move the shared piece down to where it belongs
 from __future__ import annotations
 
 import ast
+from itertools import pairwise
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -114,7 +115,7 @@ def _one_cycle(graph: Graph, component: list[str]) -> str:
         for child in sorted(graph[node]):
             if child == start:
                 path = [*paths[node], start]
-                return " -> ".join(f"{a} (line {graph[a][b]})" for a, b in zip(path, path[1:])) + f" -> {start}"
+                return " -> ".join(f"{a} (line {graph[a][b]})" for a, b in pairwise(path)) + f" -> {start}"
             if child in members and child not in paths:
                 paths[child] = [*paths[node], child]
                 queue.append(child)
