@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from trainer.config_section import Section
 
 Backend = Literal["ray", "local", "slurm", "torchrun"]
 
@@ -33,11 +35,7 @@ def sbatch_path_problem(path: str) -> str | None:
             "quotes, backslashes and % are sbatch syntax); pick a path without them")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RayConfig(_Section):
+class RayConfig(Section):
     address: str | None = Field(
         None, description="Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); default: $RAY_ADDRESS, else start a local Ray."
     )
@@ -49,7 +47,7 @@ class RayConfig(_Section):
     max_failures: int = Field(0, ge=-1, description="Restart the worker group from the latest checkpoint this many times (-1 = always).")
 
 
-class TorchrunConfig(_Section):
+class TorchrunConfig(Section):
     rdzv_endpoint: str | None = Field(
         None, description="HOST:PORT of the c10d rendezvous for multi-node runs (the same on every node); default: this host."
     )
@@ -57,7 +55,7 @@ class TorchrunConfig(_Section):
     max_restarts: int = Field(0, ge=0, description="torchrun restarts the workers (from the latest checkpoint) this many times.")
 
 
-class SlurmConfig(_Section):
+class SlurmConfig(Section):
     mode: Literal["torchrun", "ray"] = Field(
         "torchrun", description="torchrun = one torchrun agent per node with c10d rendezvous on the first node; "
         "ray = a Ray cluster on the allocation (head on the first node) driven like cluster.backend=ray."
@@ -98,7 +96,7 @@ class SlurmConfig(_Section):
         return options
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(Section):
     backend: Backend = Field(
         "ray", description="ray = Ray Train (local Ray if no cluster is given); local = processes on this machine; "
         "slurm = sbatch/srun (`ftl slurm`); torchrun = torchrun agents with c10d rendezvous."

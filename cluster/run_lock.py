@@ -34,6 +34,8 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from cluster.slurm_states import FINAL_STATES
+
 LOCK_FILE = ".ftl-lock"
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 120.0
@@ -327,7 +329,5 @@ def _slurm_job_state(job_id: str) -> str | None:
     if out.returncode != 0:
         return "gone from Slurm's records" if "Invalid job id" in out.stderr else None
     fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
-    from cluster.slurm import FINAL_STATES
-
     state = fields.get("JobState", "")
     return state if state in FINAL_STATES else "ACTIVE"

@@ -20,12 +20,12 @@ from cluster.config import ClusterConfig, sbatch_path_problem
 from cluster.local import WorkerFailed
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
+from cluster.slurm_states import FINAL_STATES
 from cluster.worker import EXIT_INPUT_ERROR
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = REPO / "scripts" / "slurm" / "ftl.sbatch.template"
 SCRIPT_NAME = "slurm-job.sbatch"
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 POLL_S = 2.0
 
 

@@ -2,21 +2,26 @@
 
 The launcher composes these with its own sections (output, cluster) into the run config;
 the trainer only ever reads the sections below, so it never needs to import the launcher.
+
+Where the rules are: a rule about one section's keys is a validator on that section (its error
+names the section and its YAML line); a rule that relates keys of several sections is a validator
+on TrainerConfig, the smallest config that holds them all; rules that also involve the cluster
+section are on the launcher's RunConfig (launcher/run_config.py).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from trainer.config_section import Section
+from trainer.optim_rules import optimizer_problem
 from trainer.transfer.config import TransferConfig
 
-
-class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are re-validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+SHARDED = ("fsdp", "deepspeed")
+# URI schemes pyarrow.fs opens (what Ray Train storage accepts without a custom filesystem).
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 
 
 class ModelConfig(Section):
@@ -90,8 +95,18 @@ class DataConfig(Section):
                 raise ValueError("data.validation_split does not apply to data.mixture; give each mixture entry a validation file")
         return self
 
+    @model_validator(mode="after")
+    def _validation_file_or_split(self) -> "DataConfig":
+        if self.validation and self.validation_split > 0:
+            raise ValueError("set either data.validation (a file) or data.validation_split (a ratio), not both")
+        return self
+
     def format_of(self, source: MixtureSource | None = None) -> str:
         return (source.format if source and source.format else None) or self.format
+
+    def formats(self) -> set[str]:
+        """The row formats training reads: data.format, or those of the mixture's sources."""
+        return {self.format_of(source) for source in self.mixture} if self.mixture else {self.format}
 
 
 class LoraConfig(Section):
@@ -124,6 +139,15 @@ class MethodConfig(Section):
     @property
     def uses_adapter(self) -> bool:
         return self.type in ("lora", "dora", "qlora")
+
+    @model_validator(mode="after")
+    def _adapter_settings_need_an_adapter(self) -> "MethodConfig":
+        if self.type == "full" and self.lora.modules_to_save:
+            raise ValueError("method.lora.modules_to_save only applies to adapter methods (lora, dora, qlora)")
+        if self.type == "full" and self.adapter_dtype != "auto":
+            raise ValueError("method.adapter_dtype only applies to adapter methods (lora, dora, qlora); with method.type=full "
+                             "the trained weights keep model.dtype: remove method.adapter_dtype")
+        return self
 
 
 class LossConfig(Section):
@@ -234,6 +258,28 @@ class ParallelConfig(Section):
     )
     deepspeed_config: str | None = Field(None, description="A DeepSpeed JSON merged over the generated config.")
 
+    @model_validator(mode="after")
+    def _settings_fit_strategy(self) -> "ParallelConfig":
+        # `auto` never resolves to a sharded strategy, so it is refused where one is needed.
+        strategy = self.strategy
+        if self.mixed_precision == "fp16" and strategy != "deepspeed":
+            raise ValueError("parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
+                             "use bf16, or parallel.strategy=deepspeed")
+        if self.offload_optimizer != "none" and strategy != "deepspeed":
+            raise ValueError("parallel.offload_optimizer needs parallel.strategy=deepspeed "
+                             "(with fsdp, parallel.offload_params=cpu offloads parameters, gradients and the optimizer step)")
+        if self.offload_params != "none":
+            if strategy == "deepspeed" and self.zero_stage != 3:
+                raise ValueError("parallel.offload_params needs parallel.zero_stage=3 (ZeRO-1/2 do not partition parameters); "
+                                 "use offload_optimizer with stages 1-2")
+            if strategy == "fsdp" and self.offload_params != "cpu":
+                raise ValueError("parallel.offload_params: fsdp offloads to cpu only; use deepspeed ZeRO-3 for nvme")
+            if strategy not in SHARDED:
+                raise ValueError("parallel.offload_params needs parallel.strategy=fsdp or deepspeed")
+        if "nvme" in (self.offload_params, self.offload_optimizer) and not self.nvme_path:
+            raise ValueError("parallel.nvme_path is required for nvme offload (a directory on a fast local disk)")
+        return self
+
 
 class OutputConfig(Section):
     dir: str = Field(description="The run directory: config snapshot, logs, metrics, checkpoints, final model. A path, or "
@@ -254,6 +300,17 @@ class OutputConfig(Section):
                              "with atomic renames)")
         return self
 
+    @model_validator(mode="after")
+    def _uri_scheme_is_a_storage(self) -> "OutputConfig":
+        # Which backend may store to a URI is a rule with the cluster section (launcher/run_config.py).
+        if "://" not in self.dir:
+            return self
+        scheme = self.dir.split("://", 1)[0].lower()
+        if scheme not in STORAGE_SCHEMES:
+            raise ValueError(f"output.dir {self.dir!r}: {scheme}:// is not a storage ftl can use; use a path, or one of "
+                             + ", ".join(f"{s}://" for s in STORAGE_SCHEMES))
+        return self
+
 
 class TrainerConfig(Section):
     """Everything a worker needs; the launcher's RunConfig extends it with cluster settings."""
@@ -270,53 +327,98 @@ class TrainerConfig(Section):
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> "TrainerConfig":
-        if self.method.type == "full" and self.method.lora.modules_to_save:
-            raise ValueError("method.lora.modules_to_save only applies to adapter methods (lora, dora, qlora)")
+        # Each rule here relates keys of several sections, which no single section's validator sees.
         if self.checkpoint.async_save and self.parallel.strategy == "deepspeed":
             raise ValueError("checkpoint.async_save is not supported with parallel.strategy=deepspeed (the ZeRO engine "
                              "saves synchronously); set checkpoint.async_save=false or use fsdp")
-        if self.data.validation and self.data.validation_split > 0:
-            raise ValueError("set either data.validation (a file) or data.validation_split (a ratio), not both")
-        formats = {self.data.format_of(source) for source in self.data.mixture} if self.data.mixture else {self.data.format}
+        formats = self.data.formats()
         if formats <= {"text", "classification"} and self.eval.generation.enabled and self._has_eval_data():
             # Plain text has no prompt/answer split, so exact-match has nothing to compare.
             raise ValueError(
                 f"eval.generation.enabled needs prompt/answer data; with data.format={'/'.join(sorted(formats))} "
                 "set eval.generation.enabled=false"
             )
-
-        optimizer_rules(self)
-        model_option_rules(self)
-        transfer_rules(self)
+        problem = optimizer_problem(self)  # training.optimizer* with parallel.* (trainer/optim_rules.py)
+        if problem:
+            raise ValueError(problem)
+        if self.model.compile and self.parallel.strategy == "deepspeed":
+            # ZeRO gathers and releases parameters in hooks around every submodule, inside the layers.
+            # (The device-dependent model options, e.g. liger_kernels needs CUDA, are checked by the
+            # worker: trainer/model_options.py.)
+            raise ValueError("model.compile is not supported with parallel.strategy=deepspeed (ZeRO's parameter hooks run "
+                             "inside the compiled layers); set model.compile=false, or use fsdp or ddp")
+        _check_transfer(self)
         return self
 
     def _has_eval_data(self) -> bool:
         return bool(self.data.validation or self.data.validation_split > 0 or self.data.test
                     or any(source.validation for source in self.data.mixture))
 
-
-def optimizer_rules(cfg: TrainerConfig) -> None:
-    from trainer.optim_rules import optimizer_problem
-
-    problem = optimizer_problem(cfg)
-    if problem:
-        raise ValueError(problem)
-
-
-def model_option_rules(cfg: TrainerConfig) -> None:
-    """Rules between model.compile / method.adapter_dtype and the rest; the device-dependent ones
-    (liger_kernels needs CUDA) are checked by the worker (trainer/model_options.py)."""
-    if cfg.model.compile and cfg.parallel.strategy == "deepspeed":
-        # ZeRO gathers and releases parameters in hooks around every submodule, inside the layers.
-        raise ValueError("model.compile is not supported with parallel.strategy=deepspeed (ZeRO's parameter hooks run "
-                         "inside the compiled layers); set model.compile=false, or use fsdp or ddp")
-    if cfg.method.type == "full" and cfg.method.adapter_dtype != "auto":
-        raise ValueError("method.adapter_dtype only applies to adapter methods (lora, dora, qlora); with method.type=full "
-                         "the trained weights keep model.dtype: remove method.adapter_dtype")
+    def eval_set_names(self) -> list[str]:
+        """Names of the evaluation sets a run will score, as they appear in metrics."""
+        data = self.data
+        names = ["validation"] if data.validation or data.validation_split > 0 else []
+        names += [source.name for source in data.mixture if source.validation]
+        names += ["test"] if data.test else []
+        names += ["retain"] if self.eval.retain else []
+        return names
 
 
-def transfer_rules(cfg: TrainerConfig) -> None:
-    """Rules between the transfer section and the rest (a function: the cross-section validator stays short)."""
-    from trainer.transfer.config import check_transfer
+def _check_transfer(cfg: TrainerConfig) -> None:
+    """Transfer settings against the method, data, eval and parallel sections: combinations that do not
+    make sense, each with what to do instead (raises ValueError). Rules within transfer.* alone are
+    validators of its sections (trainer/transfer/config.py)."""
+    transfer, method = cfg.transfer, cfg.method
+    used = transfer.features()
+    if used and cfg.parallel.strategy in SHARDED:
+        raise ValueError(
+            f"{', '.join(used)} with parallel.strategy={cfg.parallel.strategy} is not supported (sharded parameters "
+            "cannot be frozen, regrouped or restored per group here); use parallel.strategy=ddp, or drop those settings"
+        )
+    _check_head(cfg)
+    if transfer.freeze.all_but_head and method.uses_adapter:
+        raise ValueError("transfer.freeze.all_but_head (feature extraction) trains only the head, so adapters would stay "
+                         "untrained; use method.type=full with it")
+    if transfer.gradual_unfreezing.enabled and transfer.freeze.all_but_head:
+        raise ValueError("transfer.gradual_unfreezing unfreezes blocks that transfer.freeze.all_but_head keeps frozen; choose one")
+    if transfer.learning_rates.lora_plus_ratio is not None and not method.uses_adapter:
+        raise ValueError("transfer.learning_rates.lora_plus_ratio needs an adapter method (method.type=lora, dora or qlora)")
+    _check_early_stopping(cfg)
 
-    check_transfer(cfg)
+
+def _check_head(cfg: TrainerConfig) -> None:
+    classification = cfg.transfer.head.is_classification
+    formats = cfg.data.formats()
+    if classification and formats != {"classification"}:
+        raise ValueError("transfer.head.type=sequence_classification trains on {text, label} rows: set data.format=classification")
+    if not classification and "classification" in formats:
+        raise ValueError("data.format=classification needs a classification head: set transfer.head.type=sequence_classification "
+                         "and transfer.head.labels")
+    if not classification:
+        return
+    if cfg.data.packing:
+        raise ValueError("a classification head scores one example per row: set data.packing=false")
+    if cfg.method.type == "qlora":
+        raise ValueError("transfer.head.type=sequence_classification is not supported with method.type=qlora; use lora or full")
+    if cfg.eval.retain:
+        raise ValueError("eval.retain measures language-modelling loss, which a classification model has no head for; remove it")
+
+
+def _check_early_stopping(cfg: TrainerConfig) -> None:
+    stopping = cfg.transfer.early_stopping
+    if not stopping.enabled:
+        return
+    if not cfg.eval.every_steps:
+        raise ValueError("transfer.early_stopping needs periodic evaluations: set eval.every_steps (e.g. 20)")
+    sets = cfg.eval_set_names()
+    if stopping.split not in sets:
+        have = ", ".join(sets) or "none"
+        raise ValueError(f"transfer.early_stopping.split={stopping.split!r} is not an evaluation set of this run (have: {have}); "
+                         "set data.validation or pick one of those")
+    classification = cfg.transfer.head.is_classification
+    if stopping.metric in ("accuracy", "macro_f1") and not classification:
+        raise ValueError(f"transfer.early_stopping.metric={stopping.metric} needs transfer.head.type=sequence_classification; "
+                         "use eval_loss or exact_match")
+    if stopping.metric == "exact_match" and (classification or not cfg.eval.generation.enabled):
+        raise ValueError("transfer.early_stopping.metric=exact_match needs eval.generation.enabled=true and prompt/answer data; "
+                         "use eval_loss")

@@ -20,8 +20,9 @@ import torch
 
 from trainer.checkpoint import LoopState
 from trainer.config import LossConfig, TrainingConfig
-from trainer.data.batches import GlobalSampler, RowDataset, make_batch
+from trainer.data.batches import RowDataset, make_batch
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
+from trainer.data.sampler import GlobalSampler
 from trainer.data.tokenized import load_tokenized
 from trainer.logging_setup import quiet_third_party
 from trainer.loop import LoopHooks, train_loop

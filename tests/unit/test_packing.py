@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data.batches import GlobalSampler, RowDataset, make_batch
+from trainer.data.batches import RowDataset, make_batch
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
+from trainer.data.sampler import GlobalSampler
 from trainer.data.tokenized import load_tokenized
 from trainer.loss import forward_logits
 from tests.conftest import QA_DATA

@@ -1,7 +1,8 @@
 """Turn rows (one example, or several packed ones) into model batches, and order them by epoch.
 
-The sampler is indexed by the global sample index, so the data position is a single integer:
-a resumed run continues exactly where it stopped, without replaying or skipping batches.
+The sampler is indexed by the global sample index (trainer/data/sampler.py), so the data position
+is a single integer: a resumed run continues exactly where it stopped, without replaying or
+skipping batches.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from trainer.data.mixture import MixtureSampler, MixtureSpan
+from trainer.data.sampler import GlobalSampler, RowSampler
 from trainer.data.tokenized import TokenizedSet
 
 IGNORE_INDEX = -100
@@ -23,17 +26,15 @@ class RowDataset:
     examples: TokenizedSet
     rows: list[list[int]]
     packed: bool
-    mixture: list | None = None  # MixtureSpan per source when training on a data.mixture
+    mixture: list[MixtureSpan] | None = None  # one per source when training on a data.mixture
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sampler(self, seed: int, shuffle: bool) -> "GlobalSampler":
+    def sampler(self, seed: int, shuffle: bool) -> RowSampler:
         """The row order of training: one seeded stream over all rows, or a weighted mixture."""
         if self.mixture:
-            from trainer.data.mixture import MixtureSampler
-
-            return MixtureSampler(self.mixture, seed, shuffle)  # type: ignore[return-value]
+            return MixtureSampler(self.mixture, seed, shuffle)
         return GlobalSampler(len(self.rows), seed, shuffle)
 
     def row_tokens(self, row: int) -> int:
@@ -78,28 +79,3 @@ def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict
         out["class_labels"] = torch.tensor([int(dataset.examples.classes[dataset.rows[r][0]]) for r in row_indices])
     return out
 
-
-class GlobalSampler:
-    """Infinite stream of row indices: epoch e is a seeded permutation; position = global index."""
-
-    def __init__(self, num_rows: int, seed: int, shuffle: bool):
-        self.num_rows = num_rows
-        self.seed = seed
-        self.shuffle = shuffle
-        self._cached_epoch = -1
-        self._order = np.arange(num_rows)
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch != self._cached_epoch:
-            if self.shuffle:
-                self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-            self._cached_epoch = epoch
-        return self._order
-
-    def take(self, start: int, count: int) -> list[int]:
-        """Row indices for global sample positions [start, start + count)."""
-        out = []
-        for position in range(start, start + count):
-            epoch, offset = divmod(position, self.num_rows)
-            out.append(int(self._epoch_order(epoch)[offset]))
-        return out

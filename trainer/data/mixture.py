@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.data.batches import GlobalSampler
+from trainer.data.sampler import GlobalSampler
 from trainer.data.tokenized import TokenizedSet
 
 BLOCK = 4096

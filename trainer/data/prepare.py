@@ -12,6 +12,7 @@ import numpy as np
 from trainer.config import DataConfig
 from trainer.data.batches import RowDataset
 from trainer.data.formats import Prompt, render_prompt
+from trainer.data.mixture import MixtureSpan, concat_sets
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sources import read_rows
 from trainer.data.tokenized import TokenizedSet, load_tokenized
@@ -105,10 +106,8 @@ def _rows_of(examples: TokenizedSet, cfg: DataConfig) -> list[list[int]]:
     return [[i] for i in range(len(examples))]
 
 
-def _mixture_rows(cfg: DataConfig, load: Any) -> tuple[TokenizedSet, list[list[int]], list[Any]]:
+def _mixture_rows(cfg: DataConfig, load: Any) -> tuple[TokenizedSet, list[list[int]], list[MixtureSpan]]:
     """Each source is packed on its own (a row never mixes sources), then all rows are concatenated."""
-    from trainer.data.mixture import MixtureSpan, concat_sets
-
     sets = [load(source.train, cfg.format_of(source)) for source in cfg.mixture]
     merged, firsts = concat_sets(sets)
     rows: list[list[int]] = []

@@ -1,22 +1,19 @@
 """The `transfer` config section: freezing, gradual unfreezing, learning rates per group, task
-heads and early stopping. Each is a transform of the model or the optimizer of the one trainer."""
+heads and early stopping. Each is a transform of the model or the optimizer of the one trainer.
+
+Rules within one of these sections are its validators; the rules between transfer settings and
+the method, data, eval or parallel sections are on TrainerConfig (trainer/config.py)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-if TYPE_CHECKING:
-    from trainer.config import TrainerConfig
-
-
-class _Section(BaseModel):
-    # Same rules as trainer.config.Section (not imported: trainer.config imports this module).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+from trainer.config_section import Section
 
 
-class FreezeConfig(_Section):
+class FreezeConfig(Section):
     all_but_head: bool = Field(
         False, description="Feature extraction: train only the head (lm_head, or the classification head); freeze the rest."
     )
@@ -34,14 +31,14 @@ class FreezeConfig(_Section):
         return self.all_but_head or self.embeddings or self.first_n_blocks > 0 or bool(self.patterns)
 
 
-class GradualUnfreezingConfig(_Section):
+class GradualUnfreezingConfig(Section):
     enabled: bool = Field(False, description="ULMFiT gradual unfreezing: start with the top group trainable, add one group per stage.")
     every: int = Field(1, ge=1, description="Unfreeze the next group every this many `unit`s.")
     unit: Literal["steps", "epochs"] = Field("steps", description="What `every` counts: optimizer steps or epochs.")
     blocks_per_stage: int = Field(1, ge=1, description="Transformer blocks unfrozen per stage, top to bottom.")
 
 
-class LearningRatesConfig(_Section):
+class LearningRatesConfig(Section):
     head: float | None = Field(
         None, gt=0, le=1.0, description="Rate for the head (the new/task parameters); pretrained parameters use training.learning_rate."
     )
@@ -59,7 +56,7 @@ class LearningRatesConfig(_Section):
         return self.head is not None or self.layer_decay is not None or self.lora_plus_ratio is not None
 
 
-class HeadConfig(_Section):
+class HeadConfig(Section):
     type: Literal["causal_lm", "sequence_classification"] = Field(
         "causal_lm", description="sequence_classification: a new head of num_labels on the base's last token."
     )
@@ -93,7 +90,7 @@ class HeadConfig(_Section):
 EarlyStoppingMetric = Literal["eval_loss", "accuracy", "macro_f1", "exact_match"]
 
 
-class EarlyStoppingConfig(_Section):
+class EarlyStoppingConfig(Section):
     enabled: bool = Field(False, description="Stop when the metric has not improved for `patience` evaluations; final/ holds the best.")
     metric: EarlyStoppingMetric = Field("eval_loss", description="Lower is better for eval_loss, higher for the others.")
     split: str = Field("validation", description="The evaluation set to watch: validation, or a data.mixture name.")
@@ -105,7 +102,7 @@ class EarlyStoppingConfig(_Section):
         return "min" if self.metric == "eval_loss" else "max"
 
 
-class TransferConfig(_Section):
+class TransferConfig(Section):
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     gradual_unfreezing: GradualUnfreezingConfig = Field(default_factory=GradualUnfreezingConfig)
     learning_rates: LearningRatesConfig = Field(default_factory=LearningRatesConfig)
@@ -127,70 +124,3 @@ class TransferConfig(_Section):
             on.append("transfer.early_stopping")
         return on
 
-
-def check_transfer(cfg: "TrainerConfig") -> None:
-    """Combinations that do not make sense, each with what to do instead (raises ValueError)."""
-    transfer, method = cfg.transfer, cfg.method
-    used = transfer.features()
-    if used and cfg.parallel.strategy in ("fsdp", "deepspeed"):
-        raise ValueError(
-            f"{', '.join(used)} with parallel.strategy={cfg.parallel.strategy} is not supported (sharded parameters "
-            "cannot be frozen, regrouped or restored per group here); use parallel.strategy=ddp, or drop those settings"
-        )
-    _check_head(cfg)
-    if transfer.freeze.all_but_head and method.uses_adapter:
-        raise ValueError("transfer.freeze.all_but_head (feature extraction) trains only the head, so adapters would stay "
-                         "untrained; use method.type=full with it")
-    if transfer.gradual_unfreezing.enabled and transfer.freeze.all_but_head:
-        raise ValueError("transfer.gradual_unfreezing unfreezes blocks that transfer.freeze.all_but_head keeps frozen; choose one")
-    if transfer.learning_rates.lora_plus_ratio is not None and not method.uses_adapter:
-        raise ValueError("transfer.learning_rates.lora_plus_ratio needs an adapter method (method.type=lora, dora or qlora)")
-    _check_early_stopping(cfg)
-
-
-def _check_head(cfg: "TrainerConfig") -> None:
-    classification = cfg.transfer.head.is_classification
-    formats = {cfg.data.format_of(s) for s in cfg.data.mixture} if cfg.data.mixture else {cfg.data.format}
-    if classification and formats != {"classification"}:
-        raise ValueError("transfer.head.type=sequence_classification trains on {text, label} rows: set data.format=classification")
-    if not classification and "classification" in formats:
-        raise ValueError("data.format=classification needs a classification head: set transfer.head.type=sequence_classification "
-                         "and transfer.head.labels")
-    if not classification:
-        return
-    if cfg.data.packing:
-        raise ValueError("a classification head scores one example per row: set data.packing=false")
-    if cfg.method.type == "qlora":
-        raise ValueError("transfer.head.type=sequence_classification is not supported with method.type=qlora; use lora or full")
-    if cfg.eval.retain:
-        raise ValueError("eval.retain measures language-modelling loss, which a classification model has no head for; remove it")
-
-
-def _check_early_stopping(cfg: "TrainerConfig") -> None:
-    stopping = cfg.transfer.early_stopping
-    if not stopping.enabled:
-        return
-    if not cfg.eval.every_steps:
-        raise ValueError("transfer.early_stopping needs periodic evaluations: set eval.every_steps (e.g. 20)")
-    sets = eval_set_names(cfg)
-    if stopping.split not in sets:
-        have = ", ".join(sets) or "none"
-        raise ValueError(f"transfer.early_stopping.split={stopping.split!r} is not an evaluation set of this run (have: {have}); "
-                         "set data.validation or pick one of those")
-    classification = cfg.transfer.head.is_classification
-    if stopping.metric in ("accuracy", "macro_f1") and not classification:
-        raise ValueError(f"transfer.early_stopping.metric={stopping.metric} needs transfer.head.type=sequence_classification; "
-                         "use eval_loss or exact_match")
-    if stopping.metric == "exact_match" and (classification or not cfg.eval.generation.enabled):
-        raise ValueError("transfer.early_stopping.metric=exact_match needs eval.generation.enabled=true and prompt/answer data; "
-                         "use eval_loss")
-
-
-def eval_set_names(cfg: "TrainerConfig") -> list[str]:
-    """Names of the evaluation sets a run will score, as they appear in metrics."""
-    data = cfg.data
-    names = ["validation"] if data.validation or data.validation_split > 0 else []
-    names += [source.name for source in data.mixture if source.validation]
-    names += ["test"] if data.test else []
-    names += ["retain"] if cfg.eval.retain else []
-    return names

@@ -1,0 +1,82 @@
+"""Where config rules live: a rule about one section's keys holds on that section alone (and its error
+names the section and YAML line); a rule between sections holds on the config that has them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from launcher.config_loader import load_config
+from launcher.errors import ConfigError
+from launcher.run_config import RunConfig
+from tests.conftest import REPO
+from trainer.config import (
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    OutputConfig,
+    ParallelConfig,
+    TrainerConfig,
+)
+from trainer.config_section import Section
+
+
+def _section_classes(model: type[BaseModel]) -> set[type[BaseModel]]:
+    found = set()
+    for field in model.model_fields.values():
+        args = getattr(field.annotation, "__args__", None) or (field.annotation,)
+        for kind in args:
+            for inner in getattr(kind, "__args__", None) or (kind,):  # list[MixtureSource]
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    found |= {inner} | _section_classes(inner)
+    return found
+
+
+def test_every_section_has_the_one_base() -> None:
+    sections = _section_classes(RunConfig)
+    names = {cls.__name__ for cls in sections}
+    assert {"ClusterConfig", "SlurmConfig", "TransferConfig", "HeadConfig", "MixtureSource", "LoraConfig"} <= names
+    assert [cls.__name__ for cls in sections if not issubclass(cls, Section)] == []
+
+
+@pytest.mark.parametrize(
+    "section,values,message",
+    [
+        (ParallelConfig, {"strategy": "ddp", "mixed_precision": "fp16"}, "fp16 needs dynamic loss scaling"),
+        (ParallelConfig, {"strategy": "fsdp", "offload_optimizer": "cpu"}, "offload_optimizer needs parallel.strategy=deepspeed"),
+        (ParallelConfig, {"strategy": "deepspeed", "offload_params": "cpu"}, "offload_params needs parallel.zero_stage=3"),
+        (ParallelConfig, {"strategy": "fsdp", "offload_params": "nvme", "nvme_path": "/x"}, "fsdp offloads to cpu only"),
+        (ParallelConfig, {"strategy": "auto", "offload_params": "cpu"}, "offload_params needs parallel.strategy=fsdp or deepspeed"),
+        (ParallelConfig, {"strategy": "deepspeed", "offload_optimizer": "nvme"}, "nvme_path is required"),
+        (MethodConfig, {"type": "full", "lora": {"modules_to_save": ["score"]}}, "modules_to_save only applies to adapter"),
+        (MethodConfig, {"type": "full", "adapter_dtype": "float32"}, "adapter_dtype only applies to adapter"),
+        (DataConfig, {"train": "t.jsonl", "validation": "v.jsonl", "validation_split": 0.1}, "either data.validation"),
+        (OutputConfig, {"dir": "ftp://host/run"}, "ftp:// is not a storage ftl can use"),
+    ],
+)
+def test_a_one_section_rule_holds_on_the_section_alone(section: type[Section], values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        section.model_validate(values)
+
+
+def test_the_sections_of_a_cross_section_rule_are_valid_alone() -> None:
+    ModelConfig(path="/m", compile=True)
+    ParallelConfig(strategy="deepspeed")
+    with pytest.raises(ValidationError, match="model.compile is not supported with parallel.strategy=deepspeed"):
+        TrainerConfig(model={"path": "/m", "compile": True}, data={"train": "t.jsonl"}, output={"dir": "/r"},
+                      parallel={"strategy": "deepspeed"})
+
+
+def test_a_section_rule_error_names_the_section_and_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model:\n  path: {REPO}/assets/models/ftl-tiny-llama\ndata:\n  train: {tmp_path}/t.jsonl\n"
+                    f"output:\n  dir: {tmp_path}/run\nparallel:\n  strategy: ddp\n  mixed_precision: fp16\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        ("parallel (line 7): parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
+         "use bf16, or parallel.strategy=deepspeed")
+    ]
