@@ -20,12 +20,12 @@ from launcher.config_loader import load_config
 from launcher.preflight import check_inputs
 from tests.conftest import REPO
 from tests.markdown_docs import (
+    INLINE_CODE,
     Block,
     Command,
     config_marker,
     fenced_blocks,
     ftl_commands,
-    INLINE_CODE,
     heading_anchors,
     link_problem,
     links,
@@ -92,7 +92,12 @@ def test_config_example_validates(block: Block, tmp_path: Path, monkeypatch: pyt
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
     monkeypatch.chdir(REPO)  # the examples use paths relative to the repository root
-    assert check_inputs(load_config(config_file)) == []
+    where = _where(block.path, block.line)
+    try:
+        problems = check_inputs(load_config(config_file))
+    except Exception as exc:  # the loader's error names the key and what to do
+        pytest.fail(f"{where}: the example does not validate: {exc}")
+    assert problems == [], f"{where}: {problems}"
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: _where(c.path, c.line))
@@ -102,7 +107,10 @@ def test_ftl_command_parses(command: Command, monkeypatch: pytest.MonkeyPatch) -
         # A placeholder (cfg.yaml) stands for any recipe; the overrides must still name real keys and values.
         config = args.config if (REPO / args.config).is_file() else DEFAULT_BASE
         monkeypatch.chdir(REPO)
-        load_config(config, args.overrides)
+        try:
+            load_config(config, args.overrides)
+        except Exception as exc:  # the loader's error names the key and what to do
+            pytest.fail(f"{_where(command.path, command.line)}: `ftl {' '.join(command.argv)}` on {config}: {exc}")
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: _where(b.path, b.line))
@@ -169,7 +177,8 @@ def test_synopsis_names_real_verbs_and_flags(doc: Path, line: int, span: str) ->
 
 def test_every_verb_is_documented() -> None:
     documented = {verb for _, _, span in _synopses() for verb in span.split()[1].split("/")}
-    assert set(_verb_parsers()) <= documented, f"verbs without an `ftl VERB ...` line in the docs: {sorted(set(_verb_parsers()) - documented)}"
+    missing = sorted(set(_verb_parsers()) - documented)
+    assert not missing, f"verbs without an `ftl VERB ...` line in the docs: {missing}"
 
 
 # The checks above must be able to fail: each gets a wrong input here.
