@@ -4,7 +4,7 @@ validation loss after training and the trainable-state bytes (adapters + their A
 
     .venv/bin/python scripts/bench/adapter_dtype.py [--steps 40] [--methods lora qlora] [--lr 2e-4]
 
-The decision behind `auto` (README, Memory settings) rests on what this prints.
+The decision behind `auto` (docs/configuration.md, Memory settings) rests on what this prints.
 """
 
 from __future__ import annotations
