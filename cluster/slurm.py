@@ -22,8 +22,10 @@ from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
 from cluster.worker import EXIT_INPUT_ERROR
 
+# The job cds here to run `python -m cluster.slurm_job`: the checkout, or site-packages when installed.
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE = REPO / "scripts" / "slurm" / "ftl.sbatch.template"
+# Package data (pyproject.toml), so an installed ftl renders it too, not only a checkout.
+DEFAULT_TEMPLATE = Path(__file__).with_name("ftl.sbatch.template")
 SCRIPT_NAME = "slurm-job.sbatch"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 POLL_S = 2.0
