@@ -31,7 +31,9 @@ PACKAGE_DATA = ("launcher/plan/catalogue.json", "cluster/ftl.sbatch.template")
 
 def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     out = subprocess.run([str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"{' '.join(map(str, command))} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (
+        f"{' '.join(map(str, command))} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
     return out
 
 
@@ -54,8 +56,22 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(REPO / name, source / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-          "--wheel-dir", tmp / "dist", source], cwd=tmp, env=_user_env())
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--wheel-dir",
+            tmp / "dist",
+            source,
+        ],
+        cwd=tmp,
+        env=_user_env(),
+    )
     (built,) = (tmp / "dist").glob("ftl-*.whl")
     return built
 
@@ -65,11 +81,16 @@ def user_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
     venv = tmp_path_factory.mktemp("user") / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=venv.parent, env=_user_env())
     python = venv / "bin" / "python"
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", wheel],
-         cwd=venv.parent, env=_user_env())
+    _run(
+        [python, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", wheel],
+        cwd=venv.parent,
+        env=_user_env(),
+    )
     # The dependencies come from the environment running this test; added after ftl is installed,
     # so pip never sees (nor touches) that environment, and ahead of it on sys.path stays the wheel.
-    site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv.parent).stdout.strip()
+    site = _run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv.parent
+    ).stdout.strip()
     borrowed = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
     Path(site, "zz-ftl-test-dependencies.pth").write_text("".join(f"{path}\n" for path in borrowed))
     return venv
@@ -104,14 +125,24 @@ def test_the_wheel_ships_the_run_time_data_files(wheel: Path):
 
 
 def test_installed_ftl_validates_plans_and_renders_the_sbatch_script_outside_the_checkout(
-        user_venv: Path, elsewhere: Path, tiny_model_dir: Path):
+    user_venv: Path, elsewhere: Path, tiny_model_dir: Path
+):
     python = user_venv / "bin" / "python"
     ftl = user_venv / "bin" / "ftl"
     env = _user_env()
-    located = _run([python, "-c", "import launcher.cli, cluster.slurm, trainer; "
-                    "print(launcher.cli.__file__, cluster.slurm.DEFAULT_TEMPLATE, trainer.__file__, sep='\\n')"],
-                   cwd=elsewhere, env=env).stdout.split()
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=elsewhere).stdout.strip())
+    located = _run(
+        [
+            python,
+            "-c",
+            "import launcher.cli, cluster.slurm, trainer; "
+            "print(launcher.cli.__file__, cluster.slurm.DEFAULT_TEMPLATE, trainer.__file__, sep='\\n')",
+        ],
+        cwd=elsewhere,
+        env=env,
+    ).stdout.split()
+    site = Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=elsewhere).stdout.strip()
+    )
     for path in located:
         assert Path(path).is_relative_to(site), f"{path} is not the installed copy in {site}"
 
@@ -121,11 +152,35 @@ def test_installed_ftl_validates_plans_and_renders_the_sbatch_script_outside_the
     assert str(tiny_model_dir) in validated.stdout and "lora" in validated.stdout, validated.stdout
 
     # The same script as the checkout renders (tests/golden), with the installed package as the workdir.
-    rendered = _run([ftl, "slurm", config.name, "--dry-run", "--nodes", "2", "--time", "04:00:00", "--partition", "gpu",
-                     "--account", "proj1", "--gpus-per-node", "8", "--workers-per-node", "8",
-                     "output.dir=runs/run", "cluster.slurm.setup=[module load cuda]"], cwd=elsewhere, env=env).stdout
-    rendered = (rendered.replace(str(elsewhere.resolve() / "runs" / "run"), "RUN_DIR").replace(str(python), "PYTHON")
-                .replace(str(site.resolve()), "REPO"))
+    rendered = _run(
+        [
+            ftl,
+            "slurm",
+            config.name,
+            "--dry-run",
+            "--nodes",
+            "2",
+            "--time",
+            "04:00:00",
+            "--partition",
+            "gpu",
+            "--account",
+            "proj1",
+            "--gpus-per-node",
+            "8",
+            "--workers-per-node",
+            "8",
+            "output.dir=runs/run",
+            "cluster.slurm.setup=[module load cuda]",
+        ],
+        cwd=elsewhere,
+        env=env,
+    ).stdout
+    rendered = (
+        rendered.replace(str(elsewhere.resolve() / "runs" / "run"), "RUN_DIR")
+        .replace(str(python), "PYTHON")
+        .replace(str(site.resolve()), "REPO")
+    )
     assert rendered == GOLDEN_SBATCH.read_text()
     assert not (elsewhere / "runs").exists()  # a dry run writes nothing
 

@@ -32,9 +32,16 @@ def imported_modules(source: str, module: str) -> list[tuple[int, str]]:
             else:
                 name = node.module or ""
             found.append((node.lineno, name))
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and (getattr(node.func, "attr", None) == "import_module" or getattr(node.func, "id", None) in ("import_module", "__import__"))):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                getattr(node.func, "attr", None) == "import_module"
+                or getattr(node.func, "id", None) in ("import_module", "__import__")
+            )
+        ):
             found.append((node.lineno, node.args[0].value))
     return found
 
@@ -56,15 +63,19 @@ def layer_violations(root: Path) -> list[str]:
 
 def test_arrows_point_downward_only() -> None:
     problems = layer_violations(REPO)
-    assert not problems, ("launcher -> cluster -> trainer: trainer imports neither launcher nor cluster, cluster never "
-                          "imports launcher; move the shared piece down a layer instead:\n" + "\n".join(problems))
+    assert not problems, (
+        "launcher -> cluster -> trainer: trainer imports neither launcher nor cluster, cluster never "
+        "imports launcher; move the shared piece down a layer instead:\n" + "\n".join(problems)
+    )
 
 
 def test_the_checker_sees_imports_inside_functions_relative_imports_and_import_module(tmp_path: Path) -> None:
     for package in PACKAGES:
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / "trainer" / "loop.py").write_text("import os\n\ndef run():\n    from cluster.worker import x\n    return x\n")
+    (tmp_path / "trainer" / "loop.py").write_text(
+        "import os\n\ndef run():\n    from cluster.worker import x\n    return x\n"
+    )
     (tmp_path / "trainer" / "sub").mkdir()
     (tmp_path / "trainer" / "sub" / "__init__.py").write_text("from .helpers import y\nimport launcher.errors as e\n")
     (tmp_path / "cluster" / "ray.py").write_text("import importlib\nimportlib.import_module('launcher.cli')\n")
@@ -79,14 +90,20 @@ def test_the_checker_sees_imports_inside_functions_relative_imports_and_import_m
 
 def test_relative_imports_resolve_against_the_package() -> None:
     assert imported_modules("from .catalogue import x\nfrom .. import errors\n", "launcher.plan.planner") == [
-        (1, "launcher.plan.catalogue"), (2, "launcher")]
+        (1, "launcher.plan.catalogue"),
+        (2, "launcher"),
+    ]
     assert imported_modules("from .memory import y\n", "launcher.plan.__init__") == [(1, "launcher.plan.memory")]
 
 
 def test_the_cli_module_imports_nothing_heavy() -> None:
     """`ftl --help` is instant: building the parser imports no torch (nor Ray, transformers, DeepSpeed)."""
-    code = ("import sys, launcher.cli; launcher.cli.build_parser(); "
-            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys, launcher.cli; launcher.cli.build_parser(); "
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"importing launcher.cli imported {out.stdout.strip()}: import it inside the verb that needs it"
+    assert out.stdout.strip() == "", (
+        f"importing launcher.cli imported {out.stdout.strip()}: import it inside the verb that needs it"
+    )
