@@ -71,7 +71,7 @@ class SlurmConfig(Section):
         120, ge=10, description="Ask Slurm for SIGUSR1 this long before the time limit; the run checkpoints and requeues."
     )
     requeue: bool = Field(True, description="After a preemption/time-limit signal: checkpoint, then `scontrol requeue` the job.")
-    template: str | None = Field(None, description="Your own sbatch template (see scripts/slurm/ftl.sbatch.template for the placeholders).")
+    template: str | None = Field(None, description="Your own sbatch template (see cluster/ftl.sbatch.template for the placeholders).")
     extra_sbatch: list[str] = Field(default_factory=list, description="More #SBATCH lines, e.g. ['--constraint=a100'].")
     setup: list[str] = Field(
         default_factory=list, description="Shell lines run before training on every job start (module load, source venv); "

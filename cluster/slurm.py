@@ -23,8 +23,10 @@ from cluster.signals import signals_request_stop
 from cluster.slurm_states import FINAL_STATES
 from cluster.worker import EXIT_INPUT_ERROR
 
+# The job cds here to run `python -m cluster.slurm_job`: the checkout, or site-packages when installed.
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE = REPO / "scripts" / "slurm" / "ftl.sbatch.template"
+# Package data (pyproject.toml), so an installed ftl renders it too, not only a checkout.
+DEFAULT_TEMPLATE = Path(__file__).with_name("ftl.sbatch.template")
 SCRIPT_NAME = "slurm-job.sbatch"
 POLL_S = 2.0
 
