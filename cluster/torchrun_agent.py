@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from cluster.worker import EXIT_INPUT_ERROR
+from trainer.errors import EXIT_INPUT_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
