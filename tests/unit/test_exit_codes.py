@@ -27,29 +27,26 @@ from trainer.errors import FtlError
 
 STOPPED_HINT = "ftl: workers stopped at a step boundary with a checkpoint; run the same command again to resume"
 
+Case = tuple[type[FtlError], Callable[[], FtlError], int, str | None]
+
+
+def _with_message(cls: type[FtlError], code: int, prefix: str | None) -> Case:
+    return cls, lambda: cls("the message"), code, None if prefix is None else prefix + "the message"
+
+
 # (class, how to make one, exit code, what the CLI prints on stderr; None: nothing, the message is already there)
-CASES: list[tuple[type[FtlError], Callable[[], FtlError], int, str | None]] = [
-    (FtlError, lambda: FtlError("boom"), 1, "ftl: boom"),
-    (trainer.errors.InputError, lambda: trainer.errors.InputError("bad"), 2, "error: bad"),
-    (trainer.errors.TrainerInputError, lambda: trainer.errors.TrainerInputError("model.path x: not found"), 2,
-     "error: model.path x: not found"),
-    (trainer.errors.DataError, lambda: trainer.errors.DataError("train.jsonl line 3: invalid JSON"), 2,
-     "error: train.jsonl line 3: invalid JSON"),
-    (launcher.errors.UserError, lambda: launcher.errors.UserError("cannot start"), 2, "error: cannot start"),
+CASES: list[Case] = [
+    *(_with_message(cls, 2, "error: ") for cls in (
+        trainer.errors.InputError, trainer.errors.TrainerInputError, trainer.errors.DataError, launcher.errors.UserError,
+        cluster.run_storage.StorageError, cluster.run_lock.RunDirLocked, cluster.ray_jobs.JobError,
+        cluster.torchrun.TorchrunPrepareFailed)),
+    *(_with_message(cls, 1, "ftl: ") for cls in (
+        FtlError, cluster.ray_driver.RayRunFailed, cluster.slurm.SlurmError, trainer.outcome.NoResult)),
+    # Disk full or an I/O error: the message, with what to do, is already on stderr.
+    *(_with_message(cls, 1, None) for cls in (
+        trainer.errors.RunWriteError, trainer.metrics.MetricsWriteError, trainer.checkpointing.manager.CheckpointWriteError)),
     (launcher.errors.ConfigError, lambda: launcher.errors.ConfigError("cfg.yaml", ["training.lr: unknown key"]), 2,
      "error: invalid config cfg.yaml: 1 problem(s)\n  - training.lr: unknown key"),
-    (cluster.run_storage.StorageError, lambda: cluster.run_storage.StorageError("output.dir s3://x: no bucket"), 2,
-     "error: output.dir s3://x: no bucket"),
-    (cluster.run_lock.RunDirLocked, lambda: cluster.run_lock.RunDirLocked("output.dir runs/x is in use"), 2,
-     "error: output.dir runs/x is in use"),
-    (cluster.ray_jobs.JobError, lambda: cluster.ray_jobs.JobError("no Ray job server given"), 2,
-     "error: no Ray job server given"),
-    (cluster.torchrun.TorchrunPrepareFailed, lambda: cluster.torchrun.TorchrunPrepareFailed("cannot write"), 2,
-     "error: cannot write"),
-    (trainer.errors.RunWriteError, lambda: trainer.errors.RunWriteError("disk full"), 1, None),
-    (trainer.metrics.MetricsWriteError, lambda: trainer.metrics.MetricsWriteError("disk full"), 1, None),
-    (trainer.checkpointing.manager.CheckpointWriteError,
-     lambda: trainer.checkpointing.manager.CheckpointWriteError("disk full"), 1, None),
     (trainer.stopping.StopRequested, lambda: trainer.stopping.StopRequested(5, "runs/x/checkpoints/step-5", None), 3,
      "ftl: stopped at step 5; checkpoint runs/x/checkpoints/step-5; run the same command again to resume"),
     (trainer.stopping.StopRequested, lambda: trainer.stopping.StopRequested(5, "ck", signal.SIGTERM), 143,
@@ -58,19 +55,12 @@ CASES: list[tuple[type[FtlError], Callable[[], FtlError], int, str | None]] = [
      "ftl: stopped at step 5; checkpoint ck; run the same command again to resume"),
     (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(1, 7, Path("logs/worker-1.out")), 7,
      "ftl: worker 1 exited with code 7; see logs/worker-1.out"),
-    (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(0, -9, None), 137,
-     "ftl: worker 0 exited with code -9"),
+    (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(0, -9, None), 137, "ftl: worker 0 exited with code -9"),
     (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(None, 2, Path("logs"), who="torchrun"), 2,
      "ftl: a worker rejected its input (message above)"),
     (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(None, 3, None), 3, STOPPED_HINT),
     (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(1, 130, None), 130, STOPPED_HINT),
     (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(1, 143, None), 143, STOPPED_HINT),
-    (cluster.ray_driver.RayRunFailed, lambda: cluster.ray_driver.RayRunFailed("Ray Train run failed: x"), 1,
-     "ftl: Ray Train run failed: x"),
-    (cluster.slurm.SlurmError, lambda: cluster.slurm.SlurmError("Slurm job 4 ended FAILED"), 1,
-     "ftl: Slurm job 4 ended FAILED"),
-    (trainer.outcome.NoResult, lambda: trainer.outcome.NoResult("the workers left no result in runs/x"), 1,
-     "ftl: the workers left no result in runs/x"),
 ]
 
 

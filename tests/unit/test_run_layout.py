@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.results import clear_result, recorded_input_error, take_result, write_result
+from cluster.results import (
+    clear_result,
+    recorded_input_error,
+    take_result,
+    write_result,
+)
 from trainer.errors import TrainerInputError
 from trainer.outcome import NoResult, Outcome, OutcomeKind
 from trainer.run_layout import RunLayout
