@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
+from trainer.run_layout import DOCTOR_PROBE
 
 WORKER_TIMEOUT_S = 120
 SLURM_WAIT_S = 900
@@ -34,7 +35,8 @@ def run_doctor_workers(cluster: ClusterConfig, run_dir: Path, size_mb: float, wo
 
 def _on_local(run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, dict[str, str]] | None) -> list[dict[str, Any]]:
     """Local processes (also what torchrun would start on this node)."""
-    from cluster.local import WorkerFailed, free_port, spawn_module
+    from cluster.errors import WorkerFailed
+    from cluster.local import free_port, spawn_module
 
     with tempfile.TemporaryDirectory(prefix="ftl-doctor-") as tmp:
         out = Path(tmp) / "results"
@@ -62,7 +64,7 @@ def _on_ray(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[
 
     started_here = connect(cluster.ray)
     parent = _existing_parent(run_dir)
-    scratch = parent / f".ftl-doctor-{uuid.uuid4().hex[:8]}"
+    scratch = parent / f"{DOCTOR_PROBE}-{uuid.uuid4().hex[:8]}"
     try:
         scaling, _, gpus = scaling_for(cluster)
         trainer = TorchTrainer(_ray_doctor_worker,
@@ -105,7 +107,7 @@ def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dic
     srun starts the doctor workers with torchrun's environment built from Slurm's."""
     from cluster.slurm import SlurmError, job_info
 
-    scratch = _existing_parent(run_dir) / f".ftl-doctor-{uuid.uuid4().hex[:8]}"
+    scratch = _existing_parent(run_dir) / f"{DOCTOR_PROBE}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
     settings = cluster.slurm
     options = [f"--nodes={cluster.nodes}", f"--ntasks-per-node={cluster.workers}", f"--output={scratch}/slurm-%j.out",

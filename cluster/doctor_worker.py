@@ -31,8 +31,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from trainer.run_layout import DOCTOR_PROBE
+
 RESULT_MARKER = "FTL_DOCTOR_RESULT"
-PROBE_DIR = ".ftl-doctor"
 # Test-only hook: rank R uses this path as its run directory instead of the real one, which is
 # how the tests give one worker a directory the others do not share (as a node whose shared
 # filesystem is not mounted would see an empty local folder at the same path).
@@ -137,7 +138,7 @@ def run_dir_check(run_dir: Path, rank: int, world: int) -> dict[str, Any]:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    probe_root = run_dir / PROBE_DIR
+    probe_root = run_dir / DOCTOR_PROBE
     nonce = None
     check: dict[str, Any] = {"visible": False, "writable": False, "errors": []}
     if rank == 0:

@@ -19,20 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
+from cluster.errors import WorkerFailed
 from cluster.loopback import LOOPBACK_INTERFACE
 from cluster.parent_death import child_dies_with_this_process
 from cluster.results import clear_result, take_result
 from trainer.config import TrainerConfig
+from trainer.run_layout import RunLayout
 
 STOP_GRACE_S = 20
-
-
-class WorkerFailed(Exception):
-    def __init__(self, rank: int | None, code: int, log: Path | None, who: str = ""):
-        self.rank, self.code, self.log = rank, code, log
-        where = f"; see {log}" if log else ""
-        who = who or (f"worker {rank}" if rank is not None else "the workers")
-        super().__init__(f"{who} exited with code {code}{where}")
 
 
 def default_device() -> str:
@@ -84,7 +78,7 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
 
 def spawn_workers(run_dir: Path, world_size: int, port: int) -> dict[str, Any]:
     clear_result(run_dir)
-    spawn_module("cluster.worker", [str(run_dir)], world_size, port, run_dir / "logs")
+    spawn_module("cluster.worker", [str(run_dir)], world_size, port, RunLayout(run_dir).logs)
     return take_result(run_dir)
 
 

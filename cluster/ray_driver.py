@@ -60,7 +60,8 @@ from cluster.run_storage import (
 )
 from cluster.signals import signals_request_stop
 from trainer.config import TrainerConfig
-from trainer.errors import TrainerInputError
+from trainer.errors import FtlError, TrainerInputError
+from trainer.run_layout import CHECKPOINTS_DIR, METRICS_FILE, RunLayout, step_name
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ FORWARDED_ENV_PREFIXES = ("FTL_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR"
 RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
 
 
-class RayRunFailed(Exception):
+class RayRunFailed(FtlError):
     """The worker group failed (after any restarts Ray was allowed)."""
 
 
@@ -131,7 +132,7 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
                 error = recorded_input_error(run_dir)
                 if error is not None:
                     raise TrainerInputError(error) from None
-                raise RayRunFailed(f"Ray Train run failed: {exc}\nper-rank logs: {run_dir / 'logs'}") from exc
+                raise RayRunFailed(f"Ray Train run failed: {exc}\nper-rank logs: {RunLayout(run_dir).logs}") from exc
         check_placement(run_dir, cluster)
         return take_result(run_dir)
     finally:
@@ -307,7 +308,7 @@ def forwarded_env() -> dict[str, str]:
 
 
 def check_placement(run_dir: Path, cluster: ClusterConfig) -> None:
-    nodes = {json.loads(p.read_text())["node_id"] for p in (run_dir / "logs").glob("ray-worker-*.json")}
+    nodes = {json.loads(p.read_text())["node_id"] for p in RunLayout(run_dir).ray_worker_records()}
     if len(nodes) != cluster.nodes:
         log.warning("Ray placed the %d workers on %d node(s), not cluster.nodes=%d", cluster.world_size, len(nodes), cluster.nodes)
 
@@ -342,8 +343,9 @@ def train_worker(config: dict[str, Any]) -> None:
     for handler in logging.getLogger().handlers:
         handler.setLevel(max(handler.level, logging.WARNING))
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs" / f"ray-worker-{rank}.json").write_text(json.dumps({
+    layout = RunLayout(run_dir)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    layout.ray_worker_record(rank).write_text(json.dumps({
         "rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "hostname": os.uname().nodename,
         "pid": os.getpid(), "device": device,
     }))
@@ -399,10 +401,10 @@ class RayReporter:
             return
         # Object storage: Ray copies the committed directory to URI/checkpoints/step-N before the
         # report returns (SYNC: the step waits, but the next commit may purge this local copy).
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoints/step-{step}",
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"{CHECKPOINTS_DIR}/{step_name(step)}",
                          checkpoint_upload_mode=CheckpointUploadMode.SYNC, delete_local_checkpoint_after_upload=False)
         if self.remote is not None:
             delete_remote_checkpoints(self.remote, purged)  # ftl's retention, mirrored
-            metrics_file = path.parent.parent / "metrics.jsonl"
+            metrics_file = RunLayout(path.parent.parent).metrics  # path: RUN_DIR/checkpoints/step-N
             if metrics_file.exists():  # the loss history travels with the checkpoints it belongs to
-                upload_file(self.remote, metrics_file, "metrics.jsonl")
+                upload_file(self.remote, metrics_file, METRICS_FILE)

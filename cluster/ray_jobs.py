@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import InputError
+
 REPO = Path(__file__).resolve().parent.parent
 # Never uploaded: environments, caches, outputs and VCS data (Ray caps working_dir size anyway).
 UPLOAD_EXCLUDES = [".venv", ".git", "runs", ".cache", "**/__pycache__", "*.egg-info", ".pytest_cache"]
@@ -26,8 +28,8 @@ AGENT_WAIT_S = 120
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-class JobError(Exception):
-    pass
+class JobError(InputError):
+    """The Ray job server cannot be reached or refused the request; the message says what to do."""
 
 
 def resolve_address(address: str | None) -> str:

@@ -35,8 +35,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cluster.slurm_states import FINAL_STATES
+from trainer.errors import InputError
+from trainer.run_layout import LOCK_FILE, RunLayout
 
-LOCK_FILE = ".ftl-lock"
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 120.0
 READ_RETRIES = 20  # a file caught between its creation and its first write reads as empty
@@ -45,7 +46,7 @@ ATTEMPTS = 10
 _held: dict[Path, RunLock] = {}  # locks this process owns, for hand_over_to_slurm_job
 
 
-class RunDirLocked(Exception):
+class RunDirLocked(InputError):
     """Another live run holds the run directory; the message names it and what to do."""
 
 
@@ -97,7 +98,7 @@ class RunLock:
     @classmethod
     def _acquire(cls, run_dir: Path, purpose: str, group: str | None, slurm_job: str | None,
                  stale_after_s: float, heartbeat_s: float) -> RunLock:
-        path = run_dir / LOCK_FILE
+        path = RunLayout(run_dir).lock
         for _ in range(ATTEMPTS):
             now = time.time()
             mine = Holder(token=uuid.uuid4().hex, purpose=purpose, host=socket.gethostname(), pid=os.getpid(),
@@ -192,7 +193,7 @@ class RunLock:
 def hand_over_to_slurm_job(run_dir: Path, job_id: str) -> None:
     """Called once sbatch accepted the job: the lock this process holds on RUN_DIR (if any)
     becomes the job's."""
-    lock = _held.get(Path(run_dir) / LOCK_FILE)
+    lock = _held.get(RunLayout(run_dir).lock)
     if lock is not None:
         lock.hand_over_to_slurm_job(job_id)
 
@@ -236,7 +237,7 @@ def locked_message(run_dir: Path, holder: Holder, stale_after_s: float = STALE_A
     else:
         stop = (f"stop it (Ctrl-C in its terminal, or `kill -INT {holder.pid}` on {holder.host}; it checkpoints first"
                 f"{f'; or scancel {holder.slurm_job}' if holder.slurm_job else ''})")
-    return (f"output.dir {run_dir} is in use by another run: {holder.describe()} (lock {run_dir / LOCK_FILE}, "
+    return (f"output.dir {run_dir} is in use by another run: {holder.describe()} (lock {RunLayout(run_dir).lock}, "
             f"last heartbeat {age:.0f} s ago). Wait for that run to end, {stop}, or choose another output.dir. "
             f"A lock whose process is gone is taken over automatically (at once on {holder.host}, after "
             f"{stale_after_s:.0f} s without heartbeat from another host).")

@@ -35,7 +35,15 @@ from trainer.checkpointing.protocol import (
     latest_valid_checkpoint,
     validate_checkpoint,
 )
-from trainer.run_files import SUMMARY_FILE
+from trainer.errors import InputError
+from trainer.run_layout import (
+    CHECKPOINTS_DIR,
+    METRICS_FILE,
+    STEP_PREFIX,
+    SUMMARY_FILE,
+    RunLayout,
+    step_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +53,10 @@ log = logging.getLogger(__name__)
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 # What is not mirrored: checkpoints travel through Ray's upload, one by one, as they are committed;
 # dot-files are per-attempt control files (stop requests, worker results).
-NOT_MIRRORED = ("checkpoints",)
+NOT_MIRRORED = (CHECKPOINTS_DIR,)
 
 
-class StorageError(Exception):
+class StorageError(InputError):
     """The configured storage URI cannot be used; the message names output.dir and what to do."""
 
 
@@ -113,12 +121,13 @@ def _kind(remote: RemoteRun, path: str) -> Any:
 def remote_checkpoint_steps(remote: RemoteRun) -> list[int]:
     import pyarrow.fs as pafs
 
-    root = remote.join("checkpoints")
+    root = remote.join(CHECKPOINTS_DIR)
     if _kind(remote, root) != pafs.FileType.Directory:
         return []
     infos = remote.filesystem.get_file_info(pafs.FileSelector(root, recursive=False))
     names = [info.base_name for info in infos if info.type == pafs.FileType.Directory]
-    return sorted(int(n[5:]) for n in names if n.startswith("step-") and n[5:].isdigit())
+    steps = [n.removeprefix(STEP_PREFIX) for n in names if n.startswith(STEP_PREFIX)]
+    return sorted(int(s) for s in steps if s.isdigit())
 
 
 def refuse_finished(remote: RemoteRun) -> None:
@@ -137,14 +146,14 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
     local = latest_valid_checkpoint(run_dir)
     if local is not None:
         return local
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists() and _kind(remote, remote.join("metrics.jsonl")) == pafs.FileType.File:
-        _download_file(remote, remote.join("metrics.jsonl"), metrics)
+    metrics = RunLayout(run_dir).metrics
+    if not metrics.exists() and _kind(remote, remote.join(METRICS_FILE)) == pafs.FileType.File:
+        _download_file(remote, remote.join(METRICS_FILE), metrics)
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     for step in reversed(remote_checkpoint_steps(remote)):
-        source = remote.join("checkpoints", f"step-{step}")
-        staging = root / f"{TMP_PREFIX}pull-step-{step}"
+        source = remote.join(CHECKPOINTS_DIR, step_name(step))
+        staging = root / f"{TMP_PREFIX}pull-{step_name(step)}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
@@ -155,7 +164,7 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
         else:
             problem = validate_checkpoint(staging)
         if problem is None:
-            final = root / f"step-{step}"
+            final = root / step_name(step)
             os.replace(staging, final)  # only a validated download becomes discoverable
             fsync_dir(root)
             log.info("pulled checkpoint %s from %s", final, source)
@@ -193,7 +202,7 @@ def delete_remote_checkpoints(remote: RemoteRun, steps: list[int]) -> None:
     import pyarrow.fs as pafs
 
     for step in steps:
-        directory = remote.join("checkpoints", f"step-{step}")
+        directory = remote.join(CHECKPOINTS_DIR, step_name(step))
         if _kind(remote, directory) == pafs.FileType.NotFound:
             continue
         if _kind(remote, f"{directory}/{MANIFEST}") == pafs.FileType.File:

@@ -17,21 +17,21 @@ from string import Template
 from typing import Any
 
 from cluster.config import ClusterConfig, sbatch_path_problem
-from cluster.local import WorkerFailed
+from cluster.errors import WorkerFailed
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
 from cluster.slurm_states import FINAL_STATES
-from cluster.worker import EXIT_INPUT_ERROR
+from trainer.errors import EXIT_INPUT_ERROR, FtlError
+from trainer.run_layout import RunLayout
 
 # The job cds here to run `python -m cluster.slurm_job`: the checkout, or site-packages when installed.
 REPO = Path(__file__).resolve().parent.parent
 # Package data (pyproject.toml), so an installed ftl renders it too, not only a checkout.
 DEFAULT_TEMPLATE = Path(__file__).with_name("ftl.sbatch.template")
-SCRIPT_NAME = "slurm-job.sbatch"
 POLL_S = 2.0
 
 
-class SlurmError(Exception):
+class SlurmError(FtlError):
     """sbatch/scontrol failed, or the job ended without finishing the run."""
 
 
@@ -74,14 +74,15 @@ def submit(run_dir: Path, cluster: ClusterConfig) -> str:
     if shutil.which("sbatch") is None:
         raise SlurmError("sbatch not found: run this on a Slurm login node (or start a local Slurm with "
                          "scripts/slurm/start_local_slurm.sh and export SLURM_CONF)")
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    script = run_dir / SCRIPT_NAME
+    layout = RunLayout(run_dir)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    script = layout.slurm_script
     script.write_text(render_sbatch(run_dir, cluster))
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SlurmError(f"sbatch {script} failed: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip().split(";")[0]
-    (run_dir / "slurm-job-id").write_text(job_id + "\n")
+    layout.slurm_job_id.write_text(job_id + "\n")
     from cluster.run_lock import hand_over_to_slurm_job
 
     hand_over_to_slurm_job(run_dir, job_id)  # the job holds the run directory's lock from now on
@@ -101,8 +102,8 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     job's own requeues (preemption, time limit) and waits for the run to really end."""
     clear_result(run_dir)
     job_id = submit(run_dir, cluster)
-    print(f"ftl: submitted Slurm job {job_id}; log {run_dir / 'logs' / f'slurm-{job_id}.out'}", file=sys.stderr, flush=True)
-    log_path = run_dir / "logs" / f"slurm-{job_id}.out"
+    log_path = RunLayout(run_dir).slurm_log(job_id)
+    print(f"ftl: submitted Slurm job {job_id}; log {log_path}", file=sys.stderr, flush=True)
     shown = 0
 
     def cancel() -> None:

@@ -14,7 +14,6 @@ process runs `scontrol requeue`, and the requeued job resumes from that checkpoi
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shlex
@@ -26,13 +25,14 @@ from pathlib import Path
 
 from cluster.config import ClusterConfig
 from cluster.local import threads_per_worker
-from cluster.results import RESULT_FILE, clear_result
+from cluster.results import clear_result, read_result
 from cluster.run_lock import RunDirLocked, RunLock
-from cluster.worker import EXIT_INPUT_ERROR, load_run_configs
+from cluster.worker import load_run_configs
+from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_STOPPED
+from trainer.outcome import OutcomeKind
+from trainer.run_layout import RunLayout
 from trainer.stopping import STOP_SIGNALS, clear_stop_request, request_stop
 
-EXIT_STOPPED = 3
-EXIT_INPUT_ERROR = 2
 RAY_NODES_WAIT_S = 120
 # The submitter hands the run directory's lock to this job right after sbatch returns; a job that
 # starts at once may find it still in the submitter's name for a moment.
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1 or "SLURM_JOB_ID" not in os.environ:
         print("usage (inside a Slurm job): python -m cluster.slurm_job RUN_DIR", file=sys.stderr)
-        return 2
+        return EXIT_INPUT_ERROR
     run_dir = Path(args[0]).resolve()
     cfg, cluster = load_run_configs(run_dir)
     job_id = os.environ["SLURM_JOB_ID"]
@@ -78,20 +78,20 @@ def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: 
         code = run_torchrun_agents(run_dir, cluster, head, port, job_id)
     else:
         code = run_ray_on_allocation(cfg, run_dir, cluster, head, port)
-    outcome = _read_outcome(run_dir)
-    if "error" in outcome:  # a worker rejected its input: no requeue would help
+    outcome = read_result(run_dir)
+    if outcome.kind is OutcomeKind.INPUT_ERROR:  # a worker rejected its input: no requeue would help
         if cluster.slurm.mode == "ray":  # in torchrun mode rank 0 printed it into this log already
-            print(f"error: {outcome['error']}", flush=True)
+            print(f"error: {outcome.message}", flush=True)
         return EXIT_INPUT_ERROR
-    if outcome.get("stopped"):
+    if outcome.kind is OutcomeKind.STOPPED:
         if signals and cluster.slurm.requeue:
-            print(f"ftl slurm job {job_id}: checkpoint at step {outcome['step']}; requeueing", flush=True)
+            print(f"ftl slurm job {job_id}: checkpoint at step {outcome.step}; requeueing", flush=True)
             subprocess.run(["scontrol", "requeue", job_id], check=False)
             return 0
         return EXIT_STOPPED
-    if code == 0 and "summary" not in outcome:
-        print(f"ftl slurm job {job_id}: the workers left no result; see {run_dir / 'logs'}", flush=True)
-        return 1
+    if code == 0 and outcome.kind is OutcomeKind.NO_RESULT:
+        print(f"ftl slurm job {job_id}: the workers left no result; see {RunLayout(run_dir).logs}", flush=True)
+        return EXIT_FAILED
     return code
 
 
@@ -128,8 +128,8 @@ def run_torchrun_agents(run_dir: Path, cluster: ClusterConfig, head: str, port: 
 
 def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, head: str, port: int) -> int:
     from cluster.ray_driver import launch_ray
-    from cluster.results import NoResult
     from trainer.errors import TrainerInputError
+    from trainer.outcome import NoResult
     from trainer.stopping import StopRequested
 
     ray_bin = shlex.quote(str(Path(sys.executable).parent / "ray"))  # goes into a bash -c line
@@ -152,7 +152,7 @@ def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, he
         address = f"{head}:{port}"
         if not _wait_for_ray_nodes(address, len(nodes), ray_nodes):
             print(f"ftl: the Ray cluster on the allocation did not come up with {len(nodes)} nodes", flush=True)
-            return 1
+            return EXIT_FAILED
         settings = cluster.model_copy(update={"ray": cluster.ray.model_copy(update={"address": address})})
         try:
             launch_ray(cfg, run_dir, settings, handle_signals=False)  # type: ignore[arg-type]
@@ -160,7 +160,7 @@ def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, he
             pass  # the outcome file says what happened
         except Exception as exc:  # the worker group failed after its restarts
             print(f"ftl: {exc}", flush=True)
-            return 1
+            return EXIT_FAILED
         return 0
     finally:
         ray_nodes.send_signal(signal.SIGTERM)
@@ -192,11 +192,6 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
             return proc.wait()
         except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
             continue
-
-
-def _read_outcome(run_dir: Path) -> dict[str, object]:
-    path = run_dir / RESULT_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 if __name__ == "__main__":

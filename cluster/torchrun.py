@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
-from cluster.local import WorkerFailed, threads_per_worker
+from cluster.errors import WorkerFailed
+from cluster.local import threads_per_worker
 from cluster.parent_death import child_dies_with_this_process
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
-from cluster.worker import EXIT_INPUT_ERROR
+from trainer.errors import EXIT_INPUT_ERROR, InputError
+from trainer.run_layout import RunLayout
 
 AGENT_STOP_GRACE_S = 60
 
@@ -50,7 +52,8 @@ def rdzv_endpoint(cluster: ClusterConfig) -> str:
 
 
 def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    logs = RunLayout(run_dir).logs
+    logs.mkdir(parents=True, exist_ok=True)
     clear_result(run_dir)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(cluster.workers)))
@@ -77,7 +80,7 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     if code != 0:
         # A rank's input error (exit 2, printed by that rank) is reported as such, whatever the
         # other ranks' exit codes.
-        raise WorkerFailed(None, EXIT_INPUT_ERROR if recorded_input_error(run_dir) else code, run_dir / "logs", who="torchrun")
+        raise WorkerFailed(None, EXIT_INPUT_ERROR if recorded_input_error(run_dir) else code, logs, who="torchrun")
     return take_result(run_dir)
 
 
@@ -104,13 +107,9 @@ def run_as_torchrun_worker(prepare_run_dir: Callable[[], Path], collective_timeo
     run_dir, problem = broadcast_object(prepared)
     if problem is not None:
         raise TorchrunPrepareFailed(problem)
-    outcome = execute(Path(run_dir), rank, world_size, local_rank, device)
-    if outcome.get("stopped"):
-        from trainer.stopping import StopRequested
-
-        raise StopRequested(outcome["step"], outcome["checkpoint"], outcome["signum"])
-    return outcome["summary"] if rank == 0 else None
+    summary = execute(Path(run_dir), rank, world_size, local_rank, device).summary_or_raise(RunLayout(run_dir))
+    return summary if rank == 0 else None
 
 
-class TorchrunPrepareFailed(Exception):
-    pass
+class TorchrunPrepareFailed(InputError):
+    """Rank 0 could not prepare the run directory; the message says why."""

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from cluster.loopback import LOOPBACK
-from cluster.worker import EXIT_INPUT_ERROR
+from trainer.errors import EXIT_INPUT_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer.errors import EXIT_INPUT_ERROR
+
 if TYPE_CHECKING:
     from cluster.config import ClusterConfig
     from trainer.config import TrainerConfig
     from trainer.context import Reporter
-
-EXIT_INPUT_ERROR = 2
+    from trainer.outcome import Outcome
 
 
 def distributed_env() -> tuple[int, int, int]:
@@ -79,17 +80,19 @@ def load_run_configs(run_dir: Path) -> tuple[TrainerConfig, ClusterConfig]:
 
     from cluster.config import ClusterConfig
     from trainer.config import TrainerConfig
+    from trainer.run_layout import RunLayout
 
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw = yaml.safe_load(RunLayout(run_dir).config.read_text())
     cluster_cfg = ClusterConfig.model_validate(raw.pop("cluster", {}))
     return TrainerConfig.model_validate(raw), cluster_cfg
 
 
-def execute(run_dir: Path, rank: int, world_size: int, local_rank: int, device: str, reporter: Reporter | None = None) -> dict[str, Any]:
+def execute(run_dir: Path, rank: int, world_size: int, local_rank: int, device: str, reporter: Reporter | None = None) -> Outcome:
     """Run the trainer entry on this rank; rank 0 records the outcome for the launcher.
-    Returns the outcome (summary, or where it stopped)."""
+    Returns the outcome (finished with the summary, or where it stopped)."""
     from cluster.results import write_result
     from trainer.context import WorkerContext
+    from trainer.outcome import Outcome
     from trainer.run import run
     from trainer.stopping import StopRequested
 
@@ -97,10 +100,10 @@ def execute(run_dir: Path, rank: int, world_size: int, local_rank: int, device: 
     context = WorkerContext(run_dir=run_dir, rank=rank, world_size=world_size, local_rank=local_rank,
                             device=device, reporter=reporter)
     try:
-        outcome: dict[str, Any] = {"stopped": False, "summary": run(cfg, context)}
+        outcome = Outcome.finished(run(cfg, context))
     except StopRequested as exc:
         print(f"ftl worker {rank}: {exc}", file=sys.stderr)
-        outcome = {"stopped": True, "step": exc.step, "checkpoint": exc.checkpoint, "signum": exc.signum}
+        outcome = Outcome.stopped(exc)
     if rank == 0:
         write_result(run_dir, outcome)
     return outcome
@@ -109,9 +112,10 @@ def execute(run_dir: Path, rank: int, world_size: int, local_rank: int, device: 
 def record_input_error(run_dir: Path, rank: int, exc: Exception) -> None:
     """Rank 0's input error goes to the launcher through the result file (exit code 2 there)."""
     from cluster.results import write_result
+    from trainer.outcome import Outcome
 
     if rank == 0:
-        write_result(run_dir, {"error": str(exc)})
+        write_result(run_dir, Outcome.input_error(str(exc)))
 
 
 def _reported_by_rank0(run_dir: Path, message: str, wait_s: float = 5.0) -> bool:
@@ -149,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainerInputError as exc:
         record_input_error(run_dir, rank, exc)
         if rank == 0 or not _reported_by_rank0(run_dir, str(exc)):
-            print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except RunWriteError:
-        return 1  # disk full or I/O error: the clear message is already on stderr
+            print(exc.report(), file=sys.stderr)
+        return exc.exit_code
+    except RunWriteError as exc:
+        return exc.exit_code  # disk full or I/O error: the clear message is already on stderr
     except Exception:
         if recorded_input_error(run_dir) is None:
             raise

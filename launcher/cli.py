@@ -7,11 +7,6 @@ import argparse
 import os
 import sys
 
-EXIT_RUN_FAILED = 1
-EXIT_USER_ERROR = 2
-EXIT_STOPPED = 3  # stopped at a step boundary with a checkpoint; rerun the same command to resume
-STOP_SIGNAL_CODES = (130, 138, 143)  # 128 + SIGINT / SIGUSR1 / SIGTERM, after a checkpoint
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -110,55 +105,18 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(arg.startswith("-") or "=" not in arg for arg in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    from launcher.errors import UserError
+    from trainer.errors import EXIT_INTERRUPTED, FtlError
 
     try:
         return _dispatch(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except FtlError as exc:  # what the user should see and the exit code are the error's own (trainer/errors.py)
+        message = exc.report()
+        if message is not None:
+            print(message, file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the run started, or a force-quit (third Ctrl-C) during it
         print("ftl: interrupted", file=sys.stderr)
-        return 130  # 128 + SIGINT, as a shell reports it
-    except Exception as exc:
-        # Trainer input errors are user mistakes too (bad data row, bad model path).
-        from cluster.local import WorkerFailed
-        from trainer.errors import TrainerInputError
-        from trainer.stopping import StopRequested
-
-        from cluster.run_storage import StorageError
-
-        if isinstance(exc, (TrainerInputError, StorageError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        from trainer.errors import RunWriteError
-
-        if isinstance(exc, RunWriteError):
-            return 1  # disk full or I/O error: the message is already on stderr; what was written is intact
-        if isinstance(exc, StopRequested):
-            print(f"ftl: {exc}", file=sys.stderr)
-            return 128 + exc.signum if exc.signum else EXIT_STOPPED
-        if isinstance(exc, WorkerFailed):
-            if exc.code == EXIT_STOPPED or exc.code in STOP_SIGNAL_CODES:
-                print("ftl: workers stopped at a step boundary with a checkpoint; run the same command again to resume", file=sys.stderr)
-            elif exc.code == EXIT_USER_ERROR:
-                print("ftl: a worker rejected its input (message above)", file=sys.stderr)
-            else:
-                print(f"ftl: {exc}", file=sys.stderr)
-            return exc.code if exc.code > 0 else 128 - exc.code  # killed by signal N -> 128 + N
-        if _is_run_failure(exc):
-            print(f"ftl: {exc}", file=sys.stderr)
-            return EXIT_RUN_FAILED
-        raise
-
-
-def _is_run_failure(exc: Exception) -> bool:
-    """A backend reporting that the run failed (already explained in its message and logs)."""
-    from cluster.ray_driver import RayRunFailed
-    from cluster.results import NoResult
-    from cluster.slurm import SlurmError
-
-    return isinstance(exc, (RayRunFailed, NoResult, SlurmError))
+        return EXIT_INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import UserError
 from launcher.preflight import check_inputs
 from launcher.run_dir import load_snapshot, lock_run_dir, running_in
+from trainer.run_layout import CONFIG_FILE
 
 
 def validate(config_path: str, overrides: list[str]) -> int:
@@ -106,7 +107,7 @@ def runs(parent: str, verify: bool = False) -> int:
         raise UserError(f"{parent}: no such directory; pass the parent directory of your runs (output.dir's parent)")
     found = find_runs(path)
     if not found:
-        print(f"no runs under {parent} (a run directory holds config.yaml)")
+        print(f"no runs under {parent} (a run directory holds {CONFIG_FILE})")
         return 0
     print(format_runs([describe_run(run, verify=verify) for run in found]))
     return 0

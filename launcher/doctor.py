@@ -26,8 +26,8 @@ from typing import Any
 
 from launcher.errors import UserError
 from launcher.run_dir import local_run_dir
+from trainer.errors import EXIT_FAILED
 
-EXIT_CHECK_FAILED = 1
 DEFAULT_WORKERS = 2
 
 
@@ -60,7 +60,7 @@ def doctor_command(args: argparse.Namespace) -> int:
     results = run_doctor_workers(cluster, run_dir, args.size_mb, workers)
     checks += worker_checks(results, args.size_mb)
     print(render_table(checks))
-    return 0 if all(c.ok for c in checks) else EXIT_CHECK_FAILED
+    return 0 if all(c.ok for c in checks) else EXIT_FAILED
 
 
 def run_local_workers(run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, dict[str, str]] | None = None) -> list[dict[str, Any]]:

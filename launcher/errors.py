@@ -1,9 +1,12 @@
-"""User-facing errors: the CLI prints them without a traceback and exits non-zero."""
+"""The launcher's user-facing errors: the CLI prints them without a traceback and exits
+EXIT_INPUT_ERROR (the hierarchy and its exit codes: trainer/errors.py)."""
 
 from __future__ import annotations
 
+from trainer.errors import InputError
 
-class UserError(Exception):
+
+class UserError(InputError):
     """A mistake the user can fix; the message says what to do."""
 
 

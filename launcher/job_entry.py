@@ -7,12 +7,14 @@ import os
 import sys
 import tempfile
 
+from trainer.errors import EXIT_INPUT_ERROR
+
 
 def main() -> int:
     text = os.environ.get("FTL_JOB_CONFIG")
     if not text:
         print("launcher.job_entry: FTL_JOB_CONFIG is not set (this entry is started by `ftl submit`)", file=sys.stderr)
-        return 2
+        return EXIT_INPUT_ERROR
     from launcher.cli import main as cli_main
 
     with tempfile.TemporaryDirectory(prefix="ftl-job-") as tmp:

@@ -9,8 +9,7 @@ import sys
 from cluster.run_storage import run_name
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import UserError
-
-EXIT_JOB_FAILED = 1
+from trainer.errors import EXIT_FAILED
 
 
 def _jobs():  # type: ignore[no-untyped-def]
@@ -31,7 +30,7 @@ def submit(args: argparse.Namespace) -> int:
           f"stop it with `ftl stop {job_id}`", file=sys.stderr)
     if args.follow:
         state = jobs.follow(job_id, args.address, sys.stdout.write)
-        return 0 if state == "SUCCEEDED" else EXIT_JOB_FAILED
+        return 0 if state == "SUCCEEDED" else EXIT_FAILED
     return 0
 
 
@@ -43,7 +42,7 @@ def status(args: argparse.Namespace) -> int:
 def logs(args: argparse.Namespace) -> int:
     if args.follow:
         state = _call(lambda jobs: jobs.follow(args.job_id, args.address, sys.stdout.write))
-        return 0 if state == "SUCCEEDED" else EXIT_JOB_FAILED
+        return 0 if state == "SUCCEEDED" else EXIT_FAILED
     sys.stdout.write(_call(lambda jobs: jobs.logs(args.job_id, args.address)))
     return 0
 

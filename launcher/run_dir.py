@@ -20,18 +20,27 @@ from typing import Any
 
 import yaml
 
-from cluster.run_lock import LOCK_FILE, RunDirLocked, RunLock
+from cluster.run_lock import RunDirLocked, RunLock
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
 from launcher.secret_values import REDACTED, redact, redact_argv  # noqa: F401 - redact: shown configs
-from trainer.run_files import SUMMARY_FILE, is_finished
+from trainer.checkpointing.protocol import MANIFEST
+from trainer.run_layout import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    DOCTOR_PROBE,
+    LOCK_FILE,
+    RUN_MARKER,
+    STEP_PREFIX,
+    SUMMARY_FILE,
+    WRITE_PROBE,
+    RunLayout,
+)
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "deepspeed", "ray", "accelerate", "datasets", "ftl")
-# Written first into every run directory: says "ftl made this" (a user's own folder is never written to).
-RUN_MARKER = ".ftl-run"
-# Names ftl itself may leave in a directory before its marker: the lock (and its temporary names),
-# the write probe, `ftl doctor`'s probes.
-OWN_NAMES = (RUN_MARKER, LOCK_FILE, ".write-test", ".ftl-doctor")
+# Names ftl itself may leave in a directory before its marker (RUN_MARKER, written first into every
+# run directory: "ftl made this"): the lock (and its temporary names), the write probe, `ftl doctor`'s probes.
+OWN_NAMES = (RUN_MARKER, LOCK_FILE, WRITE_PROBE, DOCTOR_PROBE)
 
 
 def local_run_dir(cfg: RunConfig) -> Path:
@@ -56,28 +65,29 @@ def prepare_run_dir(cfg: RunConfig, argv: list[str] | None = None, hold: ExitSta
     """Check and write the run directory under its lock. The lock is released on return unless
     `hold` is given: then it is released when `hold` closes."""
     run_dir = local_run_dir(cfg)
+    layout = RunLayout(run_dir)
     refuse_foreign_dir(run_dir)  # first: a user's own summary.json does not make an ftl run
-    if is_finished(run_dir):
+    if layout.is_finished():
         raise UserError(
             f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
             "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one"
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"  # per process: two launchers may probe at once
+        probe = run_dir / f"{WRITE_PROBE}-{os.getpid()}"  # per process: two launchers may probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
         raise UserError(f"output.dir {run_dir}: cannot write there ({exc.strerror}); pick a writable directory") from None
     with ExitStack() as scope:
         scope.enter_context(lock_run_dir(run_dir, purpose, group=_launch_group(cfg, run_dir)))
-        if not (run_dir / RUN_MARKER).exists():
-            _atomic_write(run_dir / RUN_MARKER, json.dumps({"ftl_run_directory": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        if not layout.marker.exists():
+            _atomic_write(layout.marker, json.dumps({"ftl_run_directory": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
         # The snapshot is what the workers read, so it is the config itself: it holds no secrets
         # because load_config refuses them (launcher/secret_values.py).
         snapshot = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        _atomic_write(run_dir / "config.yaml", snapshot)
-        _atomic_write(run_dir / "environment.json", json.dumps(environment_record(argv), indent=1))
+        _atomic_write(layout.config, snapshot)
+        _atomic_write(layout.environment, json.dumps(environment_record(argv), indent=1))
         if hold is not None:
             hold.push(scope.pop_all())
     return run_dir
@@ -105,7 +115,7 @@ def refuse_foreign_dir(run_dir: Path) -> None:
     """A non-empty directory that ftl did not make is the user's: never written to. Accepted: a
     missing or empty directory, one with ftl's marker, and runs made before the marker existed
     (their config.yaml + environment.json in ftl's format)."""
-    if not run_dir.is_dir() or (run_dir / RUN_MARKER).exists():
+    if not run_dir.is_dir() or RunLayout(run_dir).marker.exists():
         return
     entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(OWN_NAMES))
     if not entries or _made_by_earlier_ftl(run_dir) or _holds_only_copied_checkpoints(run_dir, entries):
@@ -119,16 +129,18 @@ def refuse_foreign_dir(run_dir: Path) -> None:
 def _holds_only_copied_checkpoints(run_dir: Path, entries: list[str]) -> bool:
     """A new run seeded by copying committed checkpoints into it (RUN/checkpoints/step-N, each with
     ftl's manifest.json): continuing someone's checkpoint elsewhere, or on another worker count."""
-    if entries != ["checkpoints"] or not (run_dir / "checkpoints").is_dir():
+    checkpoints = RunLayout(run_dir).checkpoints
+    if entries != [CHECKPOINTS_DIR] or not checkpoints.is_dir():
         return False
-    steps = list((run_dir / "checkpoints").iterdir())
-    return bool(steps) and all(re.fullmatch(r"step-\d+", p.name) and (p / "manifest.json").is_file() for p in steps)
+    steps = list(checkpoints.iterdir())
+    return bool(steps) and all(re.fullmatch(rf"{STEP_PREFIX}\d+", p.name) and (p / MANIFEST).is_file() for p in steps)
 
 
 def _made_by_earlier_ftl(run_dir: Path) -> bool:
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        env = json.loads((run_dir / "environment.json").read_text())
+        layout = RunLayout(run_dir)
+        config = yaml.safe_load(layout.config.read_text())
+        env = json.loads(layout.environment.read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False
     return (isinstance(config, dict) and {"model", "output"} <= config.keys() and isinstance(env, dict)
@@ -173,7 +185,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def load_snapshot(run_dir: Path) -> RunConfig:
     """The config a run was started with (paths already absolute)."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunLayout(run_dir).config
     if not path.exists():
-        raise UserError(f"{run_dir}: not a run directory (no config.yaml); pass the output.dir of a run")
+        raise UserError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); pass the output.dir of a run")
     return RunConfig.model_validate(yaml.safe_load(path.read_text()))

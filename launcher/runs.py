@@ -1,6 +1,6 @@
 """`ftl runs [DIR]`: the runs under a directory, what state each is in, and where it would resume.
 
-Reads only run directories (config.yaml marks one); never imports torch, never modifies anything:
+Reads only run directories (their config.yaml marks them); never imports torch, never modifies anything:
 a checkpoint that fails validation is reported, not moved aside (resume does that).
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.run_lock import LOCK_FILE, read_holder, stale_reason
+from cluster.run_lock import read_holder, stale_reason
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.metrics import read_metrics
-from trainer.run_files import is_finished
+from trainer.run_layout import RunLayout
 
 
 @dataclass
@@ -25,9 +25,9 @@ class RunInfo:
 
 
 def find_runs(parent: Path) -> list[Path]:
-    if (parent / "config.yaml").is_file():
+    if RunLayout(parent).is_run_dir():
         return [parent]
-    return sorted(p for p in parent.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
+    return sorted(p for p in parent.iterdir() if p.is_dir() and RunLayout(p).is_run_dir())
 
 
 def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
@@ -39,8 +39,9 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
             valid = candidate
             break
         notes.append(f"{candidate.name} invalid: {problem}")
-    holder = read_holder(run_dir / LOCK_FILE)
-    if is_finished(run_dir):  # the trainer's summary, written last (final/ alone may be a crashed finish)
+    layout = RunLayout(run_dir)
+    holder = read_holder(layout.lock)
+    if layout.is_finished():  # the trainer's summary, written last (final/ alone may be a crashed finish)
         status = "finished"
     elif holder is not None and stale_reason(holder) is None:
         status = "running"  # or exporting: the lock names who holds the directory now

@@ -11,6 +11,7 @@ from launcher.config_loader import load_config
 from launcher.errors import UserError
 from launcher.preflight import check_inputs
 from launcher.run_dir import running_in
+from trainer.run_layout import RunLayout
 
 FLAG_KEYS = {
     "nodes": "cluster.nodes",
@@ -45,7 +46,7 @@ def slurm(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     print(job_id)
     print(f"ftl: submitted Slurm job {job_id} for {run_dir}\n"
-          f"  log:    {run_dir / 'logs' / f'slurm-{job_id}.out'}\n"
+          f"  log:    {RunLayout(run_dir).slurm_log(job_id)}\n"
           f"  state:  scontrol show job {job_id}\n"
           f"  cancel: scancel {job_id}   (scancel --signal=USR1 --batch {job_id} checkpoints and requeues)", file=sys.stderr)
     return 0

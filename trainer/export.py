@@ -24,7 +24,7 @@ import torch
 
 from trainer.config import TrainerConfig
 from trainer.model_builder import resolve_dtype
-from trainer.run_files import EXPORTS_DIR, FINAL_DIR, SUMMARY_FILE, is_finished
+from trainer.run_layout import FINAL_DIR, RunLayout, step_name
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _best_checkpoint(latest: Path) -> Path:
     """With early stopping, the best checkpoint the latest one points to (kept from rotation)."""
     state = json.loads((latest / "trainer_state.json").read_text())["loop"]
     best = (state.get("transfer") or {}).get("early_stopping", {}).get("best_step")
-    candidate = latest.parent / f"step-{best}"
+    candidate = latest.parent / step_name(best)
     return candidate if best is not None and candidate.is_dir() else latest
 
 
@@ -156,11 +156,12 @@ def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, me
     from trainer.checkpoint import latest_valid_checkpoint, load_trainable_from_checkpoint, read_manifest, validate_checkpoint
     from trainer.errors import TrainerInputError
 
-    final = run_dir / FINAL_DIR
-    finished = is_finished(run_dir)
+    layout = RunLayout(run_dir)
+    final = layout.final
+    finished = layout.is_finished()
     if out is not None and out.resolve() == final.resolve() and (checkpoint is not None or not finished):
         raise TrainerInputError(f"{final} is written by the run itself when it finishes; export a checkpoint elsewhere "
-                                f"(leave out --out for {run_dir / EXPORTS_DIR}/step-N)")
+                                f"(leave out --out for {layout.exports}/step-N)")
     if checkpoint is None and finished:
         return _export_finished(cfg, run_dir, merge=merge, device=device, out=out)
     source = checkpoint or latest_valid_checkpoint(run_dir)
@@ -173,7 +174,7 @@ def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, me
     if problem:
         raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")
     step = int(read_manifest(source)["step"])
-    target = out or run_dir / EXPORTS_DIR / f"step-{step}"
+    target = out or layout.export(step)
     _check_target(target)
     tokenizer, model = _fresh_model(cfg, device)
     load_trainable_from_checkpoint(source, model)
@@ -189,8 +190,9 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
 
     from trainer.errors import TrainerInputError
 
-    final = run_dir / FINAL_DIR
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    layout = RunLayout(run_dir)
+    final = layout.final
+    summary = json.loads(layout.summary.read_text())
     # With early stopping final/ holds the best step's weights (restored at the end), not the last step's.
     step = ((summary.get("transfer") or {}).get("early_stopping") or {}).get("best_step") or summary.get("steps")
     target = out or final

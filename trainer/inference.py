@@ -7,7 +7,7 @@ from typing import Any
 
 from trainer.errors import TrainerInputError
 from trainer.evaluate import generate_texts
-from trainer.run_files import EXPORTS_DIR, FINAL_DIR
+from trainer.run_layout import RunLayout
 
 
 def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
@@ -15,7 +15,8 @@ def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
     (RUN_DIR/exports/step-N: merged/ or adapter/) or a model directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    outputs = path / FINAL_DIR if (path / FINAL_DIR).is_dir() else path
+    layout = RunLayout(path)
+    outputs = layout.final if layout.final.is_dir() else path
     merged, adapter = outputs / "merged", outputs / "adapter"
     if (merged / "config.json").exists():
         model_dir = merged
@@ -28,7 +29,7 @@ def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
         model_dir = path
     else:
         raise TrainerInputError(f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
-                                f"writes its latest checkpoint to {path / EXPORTS_DIR}/step-N; pass that directory)")
+                                f"writes its latest checkpoint to {layout.exports}/step-N; pass that directory)")
     return AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device), AutoTokenizer.from_pretrained(str(model_dir))
 
 

@@ -7,12 +7,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from trainer.run_layout import RunLayout
+
 FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s] %(name)s: %(message)s"
 
 
 def setup_worker_logging(run_dir: Path, rank: int) -> None:
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    layout = RunLayout(run_dir)
+    layout.logs.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for handler in list(root.handlers):
@@ -20,7 +22,7 @@ def setup_worker_logging(run_dir: Path, rank: int) -> None:
             root.removeHandler(handler)
             handler.close()
     rank_filter = _RankFilter(rank)
-    file_handler = logging.FileHandler(logs / f"rank-{rank}.log", encoding="utf-8")
+    file_handler = logging.FileHandler(layout.rank_log(rank), encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(FORMAT))
     file_handler.addFilter(rank_filter)
     file_handler._ftl = True  # type: ignore[attr-defined]

@@ -27,7 +27,7 @@ from typing import Any
 
 from trainer.errors import RunWriteError
 from trainer.faults import fault_point
-from trainer.run_files import METRICS_FILE, TENSORBOARD_DIR
+from trainer.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class MetricsWriter:
 
     def _open_jsonl(self) -> None:
         """On the first record, so a run refused during setup leaves no metrics files behind."""
-        path = self.run_dir / METRICS_FILE
+        path = RunLayout(self.run_dir).metrics
         cut_torn_line(path)  # or the first record would be glued onto it
         # Unbuffered: each record is one write, so a failed one can be cut back exactly.
         self._jsonl = path.open("ab", buffering=0)
@@ -71,7 +71,7 @@ class MetricsWriter:
             return
         _quiet_tensorboard_writer_thread()
         # purge_step: TensorBoard hides the events a resume replaces (steps after resumed_at).
-        self._tb = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR),
+        self._tb = SummaryWriter(log_dir=str(RunLayout(self.run_dir).tensorboard),
                                  purge_step=self.resumed_at + 1 if self.resumed_at else 0)
 
     def write(self, step: int, values: dict[str, Any], kind: str = "train") -> None:
@@ -117,7 +117,7 @@ class MetricsWriter:
         self._tb = self._jsonl = None
         self.enabled = False
         message = (f"writing metrics in {self.run_dir} failed: {exc.strerror or exc}; the metrics written so far and "
-                   f"the checkpoints in {self.run_dir / 'checkpoints'} are intact. Free space (or fix the filesystem) "
+                   f"the checkpoints in {RunLayout(self.run_dir).checkpoints} are intact. Free space (or fix the filesystem) "
                    "and run the same command again to resume.")
         print(f"ftl: error: {message}", file=sys.stderr, flush=True)
         return MetricsWriteError(message)
@@ -204,14 +204,14 @@ def current_trajectory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The current trajectory's records (see module doc), optionally of one kind."""
-    records = current_trajectory(parse_records(Path(run_dir) / METRICS_FILE))
+    records = current_trajectory(parse_records(RunLayout(run_dir).metrics))
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
 def move_records_after(run_dir: Path, step: int, target: Path) -> int:
     """Move the records with a step after `step` from run_dir's metrics file into `target` (the
     metrics file of a set-aside trajectory). Both are written atomically; returns how many moved."""
-    source = Path(run_dir) / METRICS_FILE
+    source = RunLayout(run_dir).metrics
     records = parse_records(source)
     moved = [r for r in records if r.get("step", 0) > step]
     if not moved:

@@ -33,8 +33,8 @@ from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model_builder import load_tokenizer
 from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
-from trainer.run_files import FINAL_DIR, SUMMARY_FILE
-from trainer.stopping import STOP_REQUEST_FILE, StopFlag, StopRequested
+from trainer.run_layout import RunLayout
+from trainer.stopping import StopFlag, StopRequested
 from trainer.strategies import build_strategy
 from trainer.strategies.base import Strategy
 from trainer.transfer.controller import TransferController
@@ -85,7 +85,7 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     if state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
         # The forgetting check needs the base model's retain loss even when at_start is off.
         evaluator(0, label="base", only=None if cfg.eval.at_start else "retain")
-    stop = StopFlag(request_file=ctx.run_dir / STOP_REQUEST_FILE)
+    stop = StopFlag(request_file=RunLayout(ctx.run_dir).stop_request)
     stop.install()
     clock = SaveClock(cfg.checkpoint.every_minutes, ctx.rank, ctx.device)
     watchdog = Watchdog(cfg.training.watchdog_timeout_s, ctx.run_dir, ctx.rank).start()
@@ -136,7 +136,7 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
         stop.uninstall()
     if state.step < total_steps and not transfer.stopped_early:
         metrics.close()
-        raise StopRequested(state.step, str(ctx.run_dir / "checkpoints" / f"step-{state.step}"), stop.signum)
+        raise StopRequested(state.step, str(RunLayout(ctx.run_dir).checkpoint(state.step)), stop.signum)
 
     memory = memory_report(model, optimizer, ctx.rank)
     barrier()  # the best checkpoint is complete on disk before any rank reads it
@@ -149,7 +149,7 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
     summary["transfer"] = transfer.summary()
     if ctx.is_main:  # written last and atomically: its presence is what marks the run finished
-        atomic_write_text(ctx.run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
+        atomic_write_text(RunLayout(ctx.run_dir).summary, json.dumps(summary, indent=1))
     metrics.close()
     barrier()
     return summary
@@ -160,14 +160,14 @@ def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: A
     collective) into a freshly built model, so the export holds real full tensors."""
     if strategy.replicated:
         if ctx.is_main:
-            export_final(strategy.unwrapped(model), tokenizer, cfg, ctx.run_dir / FINAL_DIR, ctx.device,
+            export_final(strategy.unwrapped(model), tokenizer, cfg, RunLayout(ctx.run_dir).final, ctx.device,
                          merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
         return
     trainable = strategy.trainable_state(model)
     if ctx.is_main:
         fresh = build_model(cfg, ctx.device, tokenizer.pad_token_id, False)
         load_trainable(fresh, trainable)
-        export_final(fresh, tokenizer, cfg, ctx.run_dir / FINAL_DIR, ctx.device,
+        export_final(fresh, tokenizer, cfg, RunLayout(ctx.run_dir).final, ctx.device,
                      merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
 
 
@@ -253,5 +253,5 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
         "last_loss": train[-1]["loss"] if train else None,
         "data": data.report,
         "scores": scores,
-        "final_dir": str(run_dir / FINAL_DIR),
+        "final_dir": str(RunLayout(run_dir).final),
     }

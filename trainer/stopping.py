@@ -17,30 +17,35 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from trainer.errors import EXIT_STOPPED, FtlError
+from trainer.run_layout import STOP_REQUEST_FILE, RunLayout
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-STOP_REQUEST_FILE = ".stop-requested"
 
 
 def request_stop(run_dir: Path, signum: int | None) -> None:
     """Ask the workers of the run in `run_dir` to checkpoint and stop (atomic write)."""
-    tmp = run_dir / (STOP_REQUEST_FILE + ".tmp")
+    request = RunLayout(run_dir).stop_request
+    tmp = request.with_name(STOP_REQUEST_FILE + ".tmp")
     tmp.write_text(str(signum or ""))
-    os.replace(tmp, run_dir / STOP_REQUEST_FILE)
+    os.replace(tmp, request)
 
 
 def clear_stop_request(run_dir: Path) -> None:
-    (run_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)
+    RunLayout(run_dir).stop_request.unlink(missing_ok=True)
 
 
-class StopRequested(Exception):
-    """The run stopped at a step boundary after saving a checkpoint; resume continues it."""
+class StopRequested(FtlError):
+    """The run stopped at a step boundary after saving a checkpoint; resume continues it.
+    Exit code 128 + the signal that asked for the stop, else EXIT_STOPPED."""
 
     def __init__(self, step: int, checkpoint: str, signum: int | None):
         self.step = step
         self.checkpoint = checkpoint
         self.signum = signum
+        self.exit_code = 128 + signum if signum else EXIT_STOPPED
         super().__init__(f"stopped at step {step}; checkpoint {checkpoint}; run the same command again to resume")
 
 

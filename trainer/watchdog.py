@@ -17,9 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from trainer.errors import EXIT_HUNG
+from trainer.run_layout import RunLayout
 
-EXIT_HUNG = 124  # like timeout(1)
+log = logging.getLogger(__name__)
 
 
 class Watchdog:
@@ -55,9 +56,9 @@ class Watchdog:
         print(message, file=sys.stderr, flush=True)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         try:
-            logs = self.run_dir / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            with (logs / f"hang-rank{self.rank}.txt").open("w") as handle:
+            report = RunLayout(self.run_dir).hang_report(self.rank)
+            report.parent.mkdir(parents=True, exist_ok=True)
+            with report.open("w") as handle:
                 handle.write(message + "\n")
                 handle.flush()
                 faulthandler.dump_traceback(file=handle, all_threads=True)

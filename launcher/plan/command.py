@@ -11,8 +11,7 @@ from launcher.plan.hardware import Accelerator, accelerator, parse_size
 from launcher.plan.planner import Target, plan_run
 from launcher.plan.render import render, size
 from launcher.run_config import RunConfig
-
-EXIT_DOES_NOT_FIT = 1
+from trainer.errors import EXIT_FAILED
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -24,7 +23,7 @@ def plan_command(args: argparse.Namespace) -> int:
     target = Target(acc, per_node, args.nodes)
     plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
     print(render(plan))
-    return 0 if plan.memory.fits else EXIT_DOES_NOT_FIT
+    return 0 if plan.memory.fits else EXIT_FAILED  # does not fit
 
 
 def this_machine(memory: str | None = None, peak_tflops: float | None = None) -> Accelerator:

@@ -18,6 +18,7 @@ from ray.train.v2.api.exceptions import WorkerGroupError  # noqa: E402
 from cluster.ray_driver import input_errors_not_retried  # noqa: E402
 from cluster.results import clear_result, write_result  # noqa: E402
 from trainer.errors import TrainerInputError  # noqa: E402
+from trainer.outcome import Outcome  # noqa: E402
 
 
 def _policy(run_dir: Path):  # type: ignore[no-untyped-def]
@@ -36,7 +37,7 @@ def test_an_input_error_is_never_retried(tmp_path: Path) -> None:
     bad_row = UserExceptionWithTraceback(TrainerInputError("train.jsonl line 3: invalid JSON"), "Traceback ...")
     assert _policy(tmp_path).make_decision(WorkerGroupError("bad data", {0: bad_row})) == FailureDecision.RAISE
     # Rank 1 saw only the broken collective; rank 0 recorded the input error in the run directory.
-    write_result(tmp_path, {"error": "train.jsonl line 3: invalid JSON"})
+    write_result(tmp_path, Outcome.input_error("train.jsonl line 3: invalid JSON"))
     broken = WorkerGroupError("rank 1", {1: RuntimeError("gloo: connection closed by peer")})
     assert _policy(tmp_path).make_decision(broken) == FailureDecision.RAISE
     clear_result(tmp_path)

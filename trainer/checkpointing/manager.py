@@ -49,6 +49,7 @@ from trainer.checkpointing.trajectory import set_aside_foreign
 from trainer.distributed import all_gather_object, any_rank, barrier, broadcast_object
 from trainer.errors import RunWriteError
 from trainer.faults import fault_point
+from trainer.run_layout import step_name
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class CheckpointManager:
 
     def save(self, model: Any, optimizer: Any, scheduler: Any, state: Any) -> Path:
         self.wait()
-        final = self.root / f"step-{state.step}"
+        final = self.root / step_name(state.step)
         if state.step in self.saved_steps and broadcast_object((final / MANIFEST).is_file()):
             return final  # this process committed it already (a stop request right after a periodic save)
         self.saved_steps.add(state.step)

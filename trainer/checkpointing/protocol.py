@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.run_layout import RunLayout
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -33,7 +35,7 @@ INVALID_PREFIX = "invalid-"
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return RunLayout(run_dir).checkpoints
 
 
 def step_of(path: Path) -> int:

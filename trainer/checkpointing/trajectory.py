@@ -51,7 +51,7 @@ from trainer.checkpointing.protocol import (
 )
 from trainer.errors import TrainerInputError
 from trainer.metrics import move_records_after
-from trainer.run_files import METRICS_FILE, TENSORBOARD_DIR
+from trainer.run_layout import METRICS_FILE, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def begin(run_dir: Path, plan: StartPlan) -> Path | None:
     The record is written last: a crash before it repeats the plan at the next start."""
     run_dir = Path(run_dir)
     root = checkpoints_dir(run_dir)
-    metrics, tensorboard = run_dir / METRICS_FILE, run_dir / TENSORBOARD_DIR
+    metrics, tensorboard = RunLayout(run_dir).metrics, RunLayout(run_dir).tensorboard
     history = plan.whole_run and (metrics.exists() or tensorboard.exists())
     branch = None
     if plan.set_aside or history:

@@ -42,10 +42,10 @@ from trainer.checkpointing.protocol import (
 from trainer.checkpointing.safe_load import weights_only_loads
 from trainer.distributed import barrier, broadcast_object
 from trainer.errors import TrainerInputError
+from trainer.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
-UNIVERSAL_DIR = ".universal"
 SOURCE_FILE = "source.json"  # written last: which checkpoint (manifest hash) the copy was made from
 OUTCOME_PREFIX = ".outcome-"  # rank 0's answer to the ranks waiting for the conversion
 POLL_S = 0.5
@@ -74,7 +74,7 @@ def universal_problem(manifest: dict[str, Any], *, nvme_offload: bool) -> str | 
 
 
 def universal_copy(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / UNIVERSAL_DIR / f"step-{step}"
+    return RunLayout(run_dir).universal_copy(step)
 
 
 def prepare_universal(checkpoint: Path, run_dir: Path, *, rank: int) -> Path:
@@ -186,4 +186,4 @@ def _ds_to_universal(input_folder: Path, output_folder: Path) -> None:
 
 def discard_universal_copies(run_dir: Path) -> None:
     """Once a run resumes from a checkpoint of its own worker count, no universal copy is needed."""
-    shutil.rmtree(Path(run_dir) / UNIVERSAL_DIR, ignore_errors=True)
+    shutil.rmtree(RunLayout(run_dir).universal, ignore_errors=True)

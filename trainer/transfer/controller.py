@@ -25,6 +25,7 @@ from trainer.config import TrainerConfig
 from trainer.data.prepare import EvalSet
 from trainer.metrics import MetricsWriter
 from trainer.optim import build_optimizer
+from trainer.run_layout import RunLayout
 from trainer.strategies.base import Strategy
 from trainer.transfer.early_stopping import EarlyStopping
 from trainer.transfer.heads import classification_scores
@@ -137,7 +138,7 @@ class TransferController:
         if self.early is None or self.early.best_step is None or self.early.best_step == step:
             return None
         best = self.early.best_step
-        checkpoint = run_dir / "checkpoints" / f"step-{best}"
+        checkpoint = RunLayout(run_dir).checkpoint(best)
         verify_before_load(checkpoint)  # collective: every rank calls restore_best
         fresh = build_fresh()
         load_trainable_from_checkpoint(checkpoint, fresh)

@@ -1,0 +1,27 @@
+"""Errors of the cluster backends that are not a backend's own (those live with it: RayRunFailed,
+SlurmError, StorageError, RunDirLocked...). All derive from trainer/errors.py's FtlError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES, FtlError
+
+
+class WorkerFailed(FtlError):
+    """A worker process (or torchrun's agent, or a Slurm job) exited non-zero. ftl exits with its
+    code; a worker killed by signal N (a negative code) becomes 128 + N, as a shell reports it."""
+
+    def __init__(self, rank: int | None, code: int, log: Path | None, who: str = ""):
+        self.rank, self.code, self.log = rank, code, log
+        self.exit_code = code if code > 0 else 128 - code
+        where = f"; see {log}" if log else ""
+        who = who or (f"worker {rank}" if rank is not None else "the workers")
+        super().__init__(f"{who} exited with code {code}{where}")
+
+    def report(self) -> str | None:
+        if self.code == EXIT_STOPPED or self.code in STOP_SIGNAL_CODES:
+            return "ftl: workers stopped at a step boundary with a checkpoint; run the same command again to resume"
+        if self.code == EXIT_INPUT_ERROR:
+            return "ftl: a worker rejected its input (message above)"
+        return f"ftl: {self}"
