@@ -107,7 +107,10 @@ def test_ray_driver_signal_checkpoints_and_the_rerun_resumes(tmp_path, tiny_mode
     # however fast or slow the machine, and step-1 (purged by step 2's commit) is there to wait for.
     proc = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "FTL_FAULT_WAIT_AT": f"step_end@2={run_dir / STOP_REQUEST_FILE}"})
-    _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir(), timeout=300)
+    # Generous: on a loaded 2-core machine, starting Ray's workers and the first step can take
+    # minutes; a launcher that died instead fails at once with its output.
+    _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir() or proc.poll() is not None, timeout=900)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
     proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
