@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import LoopState
 from trainer.config import TrainingConfig
 from trainer.distributed import all_reduce_sum, any_rank
 from trainer.data.batches import RowDataset, make_batch
 from trainer.faults import fault_point
+from trainer.global_batch import global_batch_size
+from trainer.loop_state import LoopState
 from trainer.loss import loss_sum, target_count
 from trainer.metrics import MetricsWriter
 from trainer.stopping import StopFlag
@@ -29,7 +30,8 @@ class LoopHooks:
     evaluate: Callable[[int], None]
     save: Callable[[LoopState], str]
     should_eval: Callable[[int], bool]
-    should_save: Callable[[int], bool]
+    # (step, stop requested on some rank) -> checkpoint now? (trainer/checkpointing/save_policy.py)
+    should_save: Callable[[int, bool], bool]
     # Called on every rank after each step (collective-safe): commit finished async saves, heartbeat.
     step_end: Callable[[int], None] = lambda step: None
     # Called before each step; returns the model to train (a new wrapper when the trainable set changed).
@@ -57,7 +59,7 @@ def train_loop(
     rank, world, device = strategy.rank, strategy.world_size, strategy.device
     sampler = data.sampler(cfg.seed, shuffle=shuffle)
     mb, accum = cfg.micro_batch_size, cfg.gradient_accumulation_steps
-    per_step = mb * accum * world
+    per_step = global_batch_size(mb, accum, world)
     progress = _progress(total_steps, state.step, show_progress)
     model.train()
     while state.step < total_steps:
@@ -107,7 +109,7 @@ def train_loop(
         fault_point("step_end", state.step, rank)
         # Every rank must agree to stop at the same step, or the next collective would hang.
         stopping = any_rank(stop.check_step(state.step), device)
-        if hooks.should_save(state.step) or stopping:
+        if hooks.should_save(state.step, stopping):
             hooks.save(state)
         if stopping and state.step < total_steps:
             stop.requested = True

@@ -9,23 +9,28 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 
-from trainer.checkpoint import LoopState, load_trainable
-from trainer.checkpointing.resume import SaveClock, build_manager, find_resume_checkpoint, load_resume_state
+from trainer.checkpointing.layouts import load_trainable
+from trainer.checkpointing.manager import CheckpointManager
+from trainer.checkpointing.resume import ResumePoint, build_manager, find_resume_checkpoint, load_resume_state
 from trainer.checkpointing.preflight import check_disk_space, verify_shared_run_dir
 from trainer.checkpointing.protocol import atomic_write_text
 from trainer.checkpointing.rng import seed_everything
+from trainer.checkpointing.save_policy import SavePolicy
 from trainer.config import TrainerConfig
 from trainer.config_hash import config_hash as result_config_hash
 from trainer.context import WorkerContext
 from trainer.data.prepare import PreparedData, prepare_data
-from trainer.distributed import barrier, expect_world
+from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
+from trainer.loop_state import LoopState
 from trainer.loss_kernels import check_loss_kernel
 from trainer.memory_report import memory_report
 from trainer.loop import LoopHooks, train_loop
@@ -36,7 +41,7 @@ from trainer.optim import build_scheduler
 from trainer.run_layout import RunLayout
 from trainer.stopping import StopFlag, StopRequested
 from trainer.strategies import build_strategy
-from trainer.strategies.base import Strategy
+from trainer.strategies.base import Optimizer, Strategy
 from trainer.transfer.controller import TransferController
 from trainer.transfer.setup import build_model
 from trainer.watchdog import Watchdog
@@ -56,18 +61,50 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     setup_worker_logging(ctx.run_dir, ctx.rank)
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
-    check_loss_kernel(cfg.training.loss, ctx.device)
-    check_model_options(cfg.model, ctx.device)
+    _check_worker_can_run(cfg, ctx)
     config_hash = result_config_hash(cfg)
-    verify_shared_run_dir(ctx.run_dir, ctx.rank, ctx.world_size)
     # Before any model work: an incompatible or broken checkpoint fails the run in seconds.
     resume_from = find_resume_checkpoint(cfg, ctx, strategy, config_hash)
     tokenizer = load_tokenizer(cfg.model)
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
+    trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash)
+    evaluator = _Evaluator(cfg, trainee.model, strategy, tokenizer, data, trainee.metrics, extras=trainee.transfer.eval_extras)
+    if trainee.state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
+        # The forgetting check needs the base model's retain loss even when at_start is off.
+        evaluator(0, label="base", only=None if cfg.eval.at_start else "retain")
+    state = _train(cfg, ctx, strategy, trainee, evaluator, data, tokenizer)
+    return _finish(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, state)
+
+
+def _check_worker_can_run(cfg: TrainerConfig, ctx: WorkerContext) -> None:
+    """What only the worker can check (its device, the run directory its peers see), in seconds."""
+    check_loss_kernel(cfg.training.loss, ctx.device)
+    check_model_options(cfg.model, ctx.device)
+    verify_shared_run_dir(ctx.run_dir, ctx.rank, ctx.world_size)
+
+
+@dataclass
+class _Trainee:
+    """What setup builds and the loop trains; the loop's hooks and the end of the run use it too."""
+
+    model: torch.nn.Module  # as the strategy wrapped it (strategy.unwrapped gives the plain module)
+    optimizer: Optimizer
+    scheduler: Any
+    manager: CheckpointManager
+    metrics: MetricsWriter
+    transfer: TransferController
+    state: LoopState  # where training starts: step 0, or the resumed checkpoint's state
+    total_steps: int
+
+
+def _build_trainee(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, tokenizer: Any, data: PreparedData,
+                   resume_from: ResumePoint | None, config_hash: str) -> _Trainee:
+    """The model (with the method applied), wrapped by the strategy, its optimizer, schedule and
+    checkpoint manager, restored from `resume_from` when there is one."""
     base = apply_model_options(build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing),
                                cfg.model, ctx.device)
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
-    total_steps = planned_steps(cfg, len(data.train), ctx.world_size, *resumed_at)
+    total_steps = planned_steps(cfg, len(data.train), strategy.global_batch(), *resumed_at)
     metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main, forward=ctx.reporter.metrics if ctx.reporter else None,
                             resumed_at=resumed_at[0])
     transfer = TransferController(cfg, base, strategy, metrics, train_rows=len(data.train), pad_id=tokenizer.pad_token_id)
@@ -75,82 +112,104 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     manager = build_manager(cfg, ctx, strategy, config_hash)
     check_disk_space(ctx.run_dir, strategy.unwrapped(model), strategy.checkpoint_layout, cfg.checkpoint.keep_last, ctx.rank)
-    state = load_resume_state(resume_from, manager, model, optimizer, scheduler, cfg, ctx) if resume_from else LoopState()
+    state = load_resume_state(resume_from, manager, model, optimizer, scheduler, cfg, ctx, strategy) if resume_from else LoopState()
     model = transfer.resumed(state, model)
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
+    return _Trainee(model, optimizer, scheduler, manager, metrics, transfer, state, total_steps)
 
-    evaluator = _Evaluator(cfg, model, strategy, tokenizer, data, metrics, extras=transfer.eval_extras)
-    if state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
-        # The forgetting check needs the base model's retain loss even when at_start is off.
-        evaluator(0, label="base", only=None if cfg.eval.at_start else "retain")
-    stop = StopFlag(request_file=RunLayout(ctx.run_dir).stop_request)
-    stop.install()
-    clock = SaveClock(cfg.checkpoint.every_minutes, ctx.rank, ctx.device)
-    watchdog = Watchdog(cfg.training.watchdog_timeout_s, ctx.run_dir, ctx.rank).start()
 
-    def save(current: LoopState) -> str:
-        watchdog.beat("checkpoint")
-        transfer.fill_state(current)
-        path = manager.save(model, optimizer, scheduler, current)
-        clock.reset()
-        watchdog.beat("checkpoint written")
+def _build_save_policy(cfg: TrainerConfig, ctx: WorkerContext, transfer: TransferController) -> SavePolicy:
+    return SavePolicy(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes, is_main=ctx.is_main,
+                      must_save=transfer.must_save, agree=lambda due: any_rank(due, ctx.device))
+
+
+class _RunHooks:
+    """What the loop calls out to in a run: checkpoint when the save policy says so, evaluate on
+    the eval schedule, and tell the watchdog what is happening."""
+
+    def __init__(self, cfg: TrainerConfig, trainee: _Trainee, evaluator: _Evaluator, save_policy: SavePolicy,
+                 watchdog: Watchdog):
+        self.cfg, self.trainee, self.evaluator, self.save_policy, self.watchdog = cfg, trainee, evaluator, save_policy, watchdog
+
+    def loop_hooks(self) -> LoopHooks:
+        return LoopHooks(evaluate=self.evaluate, save=self.save, should_eval=self.should_eval,
+                         should_save=self.save_policy.should_save, step_end=self.step_end,
+                         on_step_start=self.trainee.transfer.on_step_start, should_stop_early=self.stopped_early)
+
+    def save(self, current: LoopState) -> str:
+        trainee = self.trainee
+        self.watchdog.beat("checkpoint")
+        trainee.transfer.fill_state(current)
+        path = trainee.manager.save(trainee.model, trainee.optimizer, trainee.scheduler, current)
+        self.save_policy.saved()
+        self.watchdog.beat("checkpoint written")
         return str(path)
 
-    def evaluate(step: int) -> None:
-        watchdog.beat("evaluation")
-        transfer.after_eval(step, evaluator(step))
-        watchdog.beat("evaluation done")
+    def evaluate(self, step: int) -> None:
+        self.watchdog.beat("evaluation")
+        self.trainee.transfer.after_eval(step, self.evaluator(step))
+        self.watchdog.beat("evaluation done")
 
-    def step_end(step: int) -> None:
-        manager.poll()  # commits an asynchronous save whose write finished
-        watchdog.beat(f"step {step}")
-
-    def should_eval(step: int) -> bool:
-        if not cfg.eval.every_steps:
+    def should_eval(self, step: int) -> bool:
+        if not self.cfg.eval.every_steps:
             return False
         # Early stopping also judges the last step, so a run that ends on its best step keeps it.
-        if step == total_steps:
-            return transfer.early is not None
-        return step % cfg.eval.every_steps == 0
+        if step == self.trainee.total_steps:
+            return self.trainee.transfer.early is not None
+        return step % self.cfg.eval.every_steps == 0
 
-    every = cfg.checkpoint.every_steps
-    hooks = LoopHooks(
-        evaluate=evaluate,
-        save=save,
-        should_eval=should_eval,
-        should_save=lambda step: (bool(every) and step % every == 0) or clock.due() or transfer.must_save(step),
-        step_end=step_end,
-        on_step_start=transfer.on_step_start,
-        should_stop_early=lambda: transfer.stopped_early,
-    )
-    log.info("training %d steps on %d worker(s) with %s (%d rows, %s)", total_steps, ctx.world_size, strategy.name, len(data.train), data.report)
+    def step_end(self, step: int) -> None:
+        self.trainee.manager.poll()  # commits an asynchronous save whose write finished
+        self.watchdog.beat(f"step {step}")
+
+    def stopped_early(self) -> bool:
+        return self.trainee.transfer.stopped_early
+
+
+def _train(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, trainee: _Trainee, evaluator: _Evaluator,
+           data: PreparedData, tokenizer: Any) -> LoopState:
+    """The loop, with stop signals and the watchdog installed around it. Raises StopRequested
+    when a stop request ended it before the last step (after the checkpoint of that step)."""
+    stop = StopFlag(request_file=RunLayout(ctx.run_dir).stop_request)
+    stop.install()
+    save_policy = _build_save_policy(cfg, ctx, trainee.transfer)
+    watchdog = Watchdog(cfg.training.watchdog_timeout_s, ctx.run_dir, ctx.rank).start()
+    hooks = _RunHooks(cfg, trainee, evaluator, save_policy, watchdog).loop_hooks()
+    log.info("training %d steps on %d worker(s) with %s (%d rows, %s)", trainee.total_steps, ctx.world_size, strategy.name,
+             len(data.train), data.report)
     try:
-        state = train_loop(model, optimizer, scheduler, data.train, cfg.training, state, total_steps,
-                           strategy=strategy, pad_id=tokenizer.pad_token_id, metrics=metrics, hooks=hooks,
-                           stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar, shuffle=cfg.data.shuffle)
-        manager.close()  # an asynchronous save still in flight is committed before anything else
+        state = train_loop(trainee.model, trainee.optimizer, trainee.scheduler, data.train, cfg.training, trainee.state,
+                           trainee.total_steps, strategy=strategy, pad_id=tokenizer.pad_token_id, metrics=trainee.metrics,
+                           hooks=hooks, stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar,
+                           shuffle=cfg.data.shuffle)
+        trainee.manager.close()  # an asynchronous save still in flight is committed before anything else
     finally:
         watchdog.stop()
         stop.uninstall()
-    if state.step < total_steps and not transfer.stopped_early:
-        metrics.close()
+    if state.step < trainee.total_steps and not trainee.transfer.stopped_early:
+        trainee.metrics.close()
         raise StopRequested(state.step, str(RunLayout(ctx.run_dir).checkpoint(state.step)), stop.signum)
+    return state
 
-    memory = memory_report(model, optimizer, ctx.rank)
+
+def _finish(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, trainee: _Trainee, evaluator: _Evaluator,
+            data: PreparedData, tokenizer: Any, state: LoopState) -> dict[str, Any]:
+    """Best weights back (early stopping), final evaluation, final/ and summary.json (last)."""
+    memory = memory_report(trainee.model, trainee.optimizer, ctx.rank)
     barrier()  # the best checkpoint is complete on disk before any rank reads it
-    transfer.restore_best(strategy.unwrapped(model), ctx.run_dir, state.step,
-                          lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False))
+    trainee.transfer.restore_best(strategy.unwrapped(trainee.model), ctx.run_dir, state.step,
+                                  lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False))
     if data.evals:
         evaluator(state.step, label="final")
-    _export(cfg, ctx, strategy, model, tokenizer)
-    summary = _summary(ctx.run_dir, data, state, total_steps)
+    _export(cfg, ctx, strategy, trainee.model, tokenizer)
+    summary = _summary(ctx.run_dir, data, state, trainee.total_steps)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
-    summary["transfer"] = transfer.summary()
+    summary["transfer"] = trainee.transfer.summary()
     if ctx.is_main:  # written last and atomically: its presence is what marks the run finished
         atomic_write_text(RunLayout(ctx.run_dir).summary, json.dumps(summary, indent=1))
-    metrics.close()
+    trainee.metrics.close()
     barrier()
     return summary
 
@@ -187,15 +246,14 @@ def _prepare_data_rank0_first(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerCon
     return data if ctx.is_main else prepare()
 
 
-def planned_steps(cfg: TrainerConfig, rows: int, world_size: int = 1, resumed_step: int = 0, samples_seen: int = 0) -> int:
+def planned_steps(cfg: TrainerConfig, rows: int, global_batch: int, resumed_step: int = 0, samples_seen: int = 0) -> int:
     """Optimizer steps of the whole run. max_steps counts steps whatever the batch; epochs count
     samples, so a run resumed on another worker count (another global batch) trains the samples
     that remain: resumed_step + ceil(remaining / new global batch). Unchanged world: same total."""
     if cfg.training.max_steps:
         return cfg.training.max_steps
-    per_step = cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * world_size
     remaining = max(0.0, cfg.training.epochs * rows - samples_seen)
-    return max(1, resumed_step + math.ceil(remaining / per_step))
+    return max(1, resumed_step + math.ceil(remaining / global_batch))
 
 
 class _Evaluator:

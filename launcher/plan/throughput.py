@@ -19,6 +19,7 @@ from typing import Any
 from launcher.plan.inventory import Inventory
 from launcher.plan.setup import Setup
 from launcher.run_config import RunConfig
+from trainer.global_batch import global_batch_size
 
 DEFAULT_MFU = 0.35
 SAMPLE_ROWS = 256
@@ -92,7 +93,7 @@ def estimate(inventory: Inventory, setup: Setup, cfg: RunConfig, *, mfu: float, 
         epoch_s = tokens.slots / tokens_per_s
         run_s = epoch_s * cfg.training.epochs
         if cfg.training.max_steps:
-            rows_per_step = setup.micro_batch * setup.accumulation * setup.workers
+            rows_per_step = global_batch_size(setup.micro_batch, setup.accumulation, setup.workers)
             run_s = cfg.training.max_steps * rows_per_step * setup.seq_len / tokens_per_s
         if price_per_gpu_hour is not None:
             cost = run_s / 3600 * setup.workers * price_per_gpu_hour

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import LoopState
-from trainer.config import MethodConfig, ModelConfig, TrainingConfig
+from trainer.config import MethodConfig, ModelConfig, ParallelConfig, TrainingConfig
 from trainer.data.batches import RowDataset
 from trainer.data.packing import pack_examples
 from trainer.data.tokenized import load_tokenized
@@ -24,6 +23,7 @@ from trainer.data.prepare import EvalSet
 from trainer.evaluate import eval_loss
 from trainer.logging_setup import quiet_third_party
 from trainer.loop import LoopHooks, train_loop
+from trainer.loop_state import LoopState
 from trainer.methods import apply_method
 from trainer.model_builder import load_model
 from trainer.optim import build_optimizer, build_scheduler
@@ -53,8 +53,8 @@ def run(method: str, adapter_dtype: str, args: argparse.Namespace, data: RowData
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, args.steps)
     metrics = _Losses()
-    hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda s: False)
-    strategy = SingleProcess("cpu")
+    hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda step, stopping: stopping)
+    strategy = SingleProcess(cfg, ParallelConfig(), rank=0, world_size=1, device="cpu")
     train_loop(model, optimizer, scheduler, data, cfg, LoopState(), args.steps, strategy=strategy, pad_id=pad_id,
                metrics=metrics, hooks=hooks, stop=StopFlag(), show_progress=False)  # type: ignore[arg-type]
     trainable = [p for p in model.parameters() if p.requires_grad]

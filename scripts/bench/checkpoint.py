@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import LoopState
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.protocol import committed_checkpoints, list_files
+from trainer.loop_state import LoopState
 from trainer.optim import WarmupDecaySchedule
 from trainer.config import TrainingConfig
 

@@ -187,7 +187,7 @@ def steps(model: Any, optimizer: Any, scheduler: Any, strategy: Any, cfg: Any, d
             tracker.reset_mod_stats()
         return model
 
-    hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda s: False,
+    hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda step, stopping: stopping,
                       on_step_start=step_start)
     return train_loop(model, optimizer, scheduler, data, cfg.training, state, state.step + n, strategy=strategy, pad_id=0,
                       metrics=MetricsWriter(Path("."), enabled=False), hooks=hooks, stop=StopFlag(), show_progress=False)
@@ -195,7 +195,7 @@ def steps(model: Any, optimizer: Any, scheduler: Any, strategy: Any, cfg: Any, d
 
 def peak_bytes(cfg: Any, data: Any) -> int:
     from tests.integration.memtrack import FrozenAwareMemTracker
-    from trainer.checkpoint import LoopState
+    from trainer.loop_state import LoopState
 
     model, optimizer, scheduler, strategy = build(cfg)
     tracker = FrozenAwareMemTracker()
@@ -207,7 +207,7 @@ def peak_bytes(cfg: Any, data: Any) -> int:
 
 
 def tokens_per_s(cfg: Any, data: Any, n: int) -> float:
-    from trainer.checkpoint import LoopState
+    from trainer.loop_state import LoopState
 
     model, optimizer, scheduler, strategy = build(cfg)
     state = steps(model, optimizer, scheduler, strategy, cfg, data, LoopState(), 1)  # warm-up (allocations, states)

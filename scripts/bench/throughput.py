@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.checkpoint import LoopState
-from trainer.config import LossConfig, TrainingConfig
+from trainer.config import LossConfig, ParallelConfig, TrainingConfig
 from trainer.data.batches import RowDataset, make_batch
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sampler import GlobalSampler
 from trainer.data.tokenized import load_tokenized
 from trainer.logging_setup import quiet_third_party
 from trainer.loop import LoopHooks, train_loop
+from trainer.loop_state import LoopState
 from trainer.loss import loss_sum
 from trainer.metrics import MetricsWriter
 from trainer.optim import build_optimizer, build_scheduler
@@ -53,13 +53,14 @@ def bench_trainer(path: str, data: RowDataset, cfg: TrainingConfig, steps: int, 
         compile_decoder_layers(model)  # compiles during the warmup steps
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps + warmup)
-    hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda s: False)
+    hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda step, stopping: stopping)
     metrics = MetricsWriter(Path("."), enabled=False)
-    state = train_loop(model, optimizer, scheduler, data, cfg, LoopState(), warmup, strategy=SingleProcess("cpu"), pad_id=pad_id,
+    strategy = SingleProcess(cfg, ParallelConfig(), rank=0, world_size=1, device="cpu")
+    state = train_loop(model, optimizer, scheduler, data, cfg, LoopState(), warmup, strategy=strategy, pad_id=pad_id,
                        metrics=metrics, hooks=hooks, stop=StopFlag(), show_progress=False)
     tokens_before = state.tokens_seen
     started = time.perf_counter()
-    state = train_loop(model, optimizer, scheduler, data, cfg, state, warmup + steps, strategy=SingleProcess("cpu"), pad_id=pad_id,
+    state = train_loop(model, optimizer, scheduler, data, cfg, state, warmup + steps, strategy=strategy, pad_id=pad_id,
                        metrics=metrics, hooks=hooks, stop=StopFlag(), show_progress=False)
     return (state.tokens_seen - tokens_before) / (time.perf_counter() - started)
 

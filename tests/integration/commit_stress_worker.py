@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from trainer.checkpoint import LoopState
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.config import TrainingConfig
 from trainer.distributed import expect_world
+from trainer.loop_state import LoopState
 from trainer.optim import WarmupDecaySchedule
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from trainer.checkpoint import committed_checkpoints
-from trainer.checkpointing.protocol import validate_checkpoint
+from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 
 pytestmark = pytest.mark.integration
 

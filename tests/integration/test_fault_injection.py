@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from launcher.commands import train
 from tests.conftest import FTL, REPO, write_config
-from trainer.checkpoint import committed_checkpoints, validate_checkpoint
+from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration

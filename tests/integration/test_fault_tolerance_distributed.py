@@ -25,8 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import FTL, REPO, write_config
-from trainer.checkpoint import committed_checkpoints
-from trainer.checkpointing.protocol import validate_checkpoint
+from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.errors import TrainerInputError
 from trainer.metrics import read_metrics
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from launcher.commands import train
-from trainer.checkpoint import committed_checkpoints
+from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.metrics import read_metrics
 from tests.conftest import FTL, REPO, write_config
 

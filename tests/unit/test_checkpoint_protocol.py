@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainer.checkpoint import LoopState, committed_checkpoints, latest_valid_checkpoint, loop_state_from_dict, validate_checkpoint
+from trainer.checkpointing.protocol import committed_checkpoints, latest_valid_checkpoint, validate_checkpoint
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.retention import checkpoints_to_delete
+from trainer.loop_state import LoopState, loop_state_from_dict
 from trainer.optim import WarmupDecaySchedule, lr_multiplier
 from trainer.config import TrainingConfig
 
@@ -138,18 +138,6 @@ def test_lr_schedules() -> None:
     assert abs(lr_multiplier(55, total, warmup, "linear", 0.1) - (0.1 + 0.9 * 0.5)) < 1e-9
     assert lr_multiplier(99, total, warmup, "constant", 0.0) == 1.0
     assert lr_multiplier(100, total, warmup, "cosine", 0.2) == 0.2
-
-
-def test_time_based_trigger_fires_after_the_interval_and_resets() -> None:
-    from trainer.checkpointing.resume import SaveClock
-
-    clock = SaveClock(every_minutes=0.002, rank=0, device="cpu")  # 120 ms
-    assert not clock.due()
-    time.sleep(0.15)
-    assert clock.due()
-    clock.reset()
-    assert not clock.due()
-    assert not SaveClock(every_minutes=0.0, rank=0, device="cpu").due()  # off
 
 
 def test_zero_checkpoint_on_another_worker_count_is_refused_only_where_universal_cannot_load() -> None:

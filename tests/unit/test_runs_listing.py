@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from launcher.cli import main
-from trainer.checkpoint import LoopState
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.config import TrainingConfig
+from trainer.loop_state import LoopState
 from trainer.optim import WarmupDecaySchedule
 
 

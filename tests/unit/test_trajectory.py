@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer.checkpoint import LoopState, committed_checkpoints
+from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.trajectory import begin, plan_start
 from trainer.config import TrainingConfig
 from trainer.errors import TrainerInputError
+from trainer.loop_state import LoopState
 from trainer.metrics import read_metrics
 from trainer.optim import WarmupDecaySchedule
 

@@ -5,17 +5,20 @@ so DeepSpeed's own `latest` file is never written: which checkpoint is current i
 by our manifest + atomic rename. ZeRO partitions optimizer state (and for stage 3 parameters) by
 rank, so the engine loads these files only on the same worker count and stage; on another worker
 count it loads a universal copy instead (universal.py). Which one is decided before the model is
-built (compat.py, resume.py).
+built (compat.py checks it can, DeepSpeedStrategy.prepare_resume makes the copy).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from trainer.checkpointing.safe_load import weights_only_loads
+
+if TYPE_CHECKING:
+    from trainer.strategies.deepspeed_zero import DeepSpeedStrategy
 
 TAG = "ds"
 
@@ -23,7 +26,7 @@ TAG = "ds"
 class DeepSpeedStateIO:
     layout = "deepspeed"
 
-    def __init__(self, strategy: Any, adapter_only: bool):
+    def __init__(self, strategy: DeepSpeedStrategy, adapter_only: bool):
         self.strategy, self.adapter_only = strategy, adapter_only
 
     def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> None:
@@ -47,7 +50,7 @@ class DeepSpeedStateIO:
             _unshare_step_counters(self.strategy.engine.optimizer)
 
     def manifest_extra(self) -> dict[str, Any]:
-        return {"zero_stage": self.strategy.stage}
+        return {"zero_stage": self.strategy.zero_stage}
 
     def written_files(self, directory: Path) -> list[str]:
         """What engine.save_checkpoint wrote on this rank, named by the engine's own naming

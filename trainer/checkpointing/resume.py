@@ -1,5 +1,5 @@
 """What run.py calls to resume and to save: pick the checkpoint (before any model work), build the
-manager, restore the state, and the time-based save trigger.
+manager, restore the state. (When to save: trainer/checkpointing/save_policy.py.)
 
 Resuming on another worker count: replicated and FSDP2 (DCP) state load on any count; ZeRO state
 through DeepSpeed's universal copy of the checkpoint, made before the model is built
@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpoint import LoopState, loop_state_from_dict
 from trainer.checkpointing.compat import optimizer_manifest, resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.trajectory import begin, plan_start
 from trainer.checkpointing.rng import rng_file, seed_everything
-from trainer.checkpointing.universal import discard_universal_copies, prepare_universal
 from trainer.config import TrainerConfig
 from trainer.context import WorkerContext
-from trainer.distributed import any_rank, barrier, broadcast_object
+from trainer.distributed import barrier, broadcast_object
 from trainer.errors import TrainerInputError
+from trainer.loop_state import LoopState, loop_state_from_dict
+from trainer.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class ResumePoint:
     manifest: dict[str, Any]
 
 
-def find_resume_checkpoint(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_hash: str) -> ResumePoint | None:
+def find_resume_checkpoint(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str) -> ResumePoint | None:
     """Collective. Rank 0 decides what this start continues (trajectory.py: validates checksums,
     moves bad checkpoints aside, refuses a start that would mix two runs); the others take its
     answer, so no two processes race to rename the same directory. Checkpoints of another
@@ -63,30 +62,24 @@ def find_resume_checkpoint(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any
     return point
 
 
-def _check_resume_point(path: Path, cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_hash: str) -> ResumePoint:
+def _check_resume_point(path: Path, cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str) -> ResumePoint:
     manifest = read_manifest(path)
     problem = resume_problem(path, manifest, layout=strategy.checkpoint_layout, strategy=strategy.name,
-                             world_size=ctx.world_size, zero_stage=getattr(strategy, "stage", None),
+                             world_size=ctx.world_size, zero_stage=strategy.zero_stage,
                              nvme_offload="nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params),
                              optimizer=optimizer_manifest(cfg.training))
     if problem:
         raise TrainerInputError(problem)
-    if strategy.checkpoint_layout == "deepspeed":
-        if int(manifest.get("world_size", 1)) != ctx.world_size:
-            # Decided before the engine exists: it must be built with checkpoint.load_universal.
-            strategy.universal_checkpoint = prepare_universal(path, ctx.run_dir, rank=ctx.rank)
-        elif ctx.is_main:
-            discard_universal_copies(ctx.run_dir)
+    strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine
     if manifest.get("config_hash") not in (None, config_hash) and ctx.is_main:
         log.warning("resuming %s, written with a different config (hash %s, now %s): the result will not equal an "
                     "uninterrupted run of either config", path, manifest.get("config_hash"), config_hash)
     return ResumePoint(path, manifest)
 
 
-def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_hash: str) -> CheckpointManager:
+def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str) -> CheckpointManager:
     meta = {"strategy": strategy.name, "method": cfg.method.type, "config_hash": config_hash, "versions": library_versions(),
-            "optimizer": optimizer_manifest(cfg.training),
-            "global_batch": cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * ctx.world_size}
+            "optimizer": optimizer_manifest(cfg.training), "global_batch": strategy.global_batch()}
     return CheckpointManager(ctx.run_dir, strategy.checkpoint_io(cfg.method.uses_adapter), rank=ctx.rank,
                              world_size=ctx.world_size, device=ctx.device, keep_last=cfg.checkpoint.keep_last,
                              keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save, meta=meta,
@@ -94,34 +87,17 @@ def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Any, config_
 
 
 def load_resume_state(point: ResumePoint, manager: CheckpointManager, model: Any, optimizer: Any, scheduler: Any,
-                      cfg: TrainerConfig, ctx: WorkerContext) -> LoopState:
+                      cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy) -> LoopState:
     state = loop_state_from_dict(manager.load(point.path, model, optimizer, scheduler))
     saved_world = int(point.manifest.get("world_size", 1))
     if not (point.path / rng_file(ctx.rank)).exists():
         seed_everything(cfg.training.seed + ctx.rank + 7919 * state.step)
     if saved_world != ctx.world_size and ctx.is_main:
         log.warning("resumed a checkpoint of %d worker(s) on %d: data continues at global sample %d, the global batch "
-                    "is now %d samples", saved_world, ctx.world_size, state.samples_seen,
-                    cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * ctx.world_size)
+                    "is now %d samples", saved_world, ctx.world_size, state.samples_seen, strategy.global_batch())
     log.info("resumed from %s at step %d (sample %d)", point.path, state.step, state.samples_seen)
     if ctx.is_main:  # the user's console: the ftl command's stderr (Ray forwards it from the worker)
         shown = point.path.relative_to(ctx.run_dir) if point.path.is_relative_to(ctx.run_dir) else point.path
         print(f"ftl: resumed from {shown} (sample {state.samples_seen})", file=sys.stderr, flush=True)
     return state
 
-
-class SaveClock:
-    """Time-based save trigger. Only rank 0's clock counts, and its decision reaches every rank
-    through one small all-reduce, so all ranks save at the same step (clocks drift apart)."""
-
-    def __init__(self, every_minutes: float, rank: int, device: str):
-        self.every_s, self.rank, self.device = every_minutes * 60.0, rank, device
-        self.reset()
-
-    def reset(self) -> None:
-        self.last = time.monotonic()
-
-    def due(self) -> bool:
-        if not self.every_s:
-            return False
-        return any_rank(self.rank == 0 and time.monotonic() - self.last >= self.every_s, self.device)

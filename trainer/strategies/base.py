@@ -1,27 +1,75 @@
-"""The Strategy interface, and the single-process strategy (no wrapping, no communication)."""
+"""The Strategy interface, and the single-process strategy (no wrapping, no communication).
+
+Every strategy has one constructor shape, `(training, parallel, *, rank, world_size, device)`,
+and is selected by parallel.strategy through the registry (registry.py, build_strategy).
+"""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
+from trainer.config import ParallelConfig, TrainingConfig
+from trainer.global_batch import global_batch_size
 from trainer.optim_in_backward import steps_in_backward
+from trainer.strategies.registry import register
+
+if TYPE_CHECKING:
+    from trainer.checkpointing.layouts import StateIO
 
 
-class Strategy:
-    name = "none"
+class Optimizer(Protocol):
+    """What the loop, the LR schedule and checkpoints use of the optimizer `wrap` returns: a torch
+    optimizer, DeepSpeed's ZeRO optimizer, or OptimizerInBackward."""
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def step(self) -> object: ...
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+class Strategy(abc.ABC):
+    name: ClassVar[str]  # the parallel.strategy value; set by @register
     # Whether each rank holds the complete trainable state (so rank 0 can checkpoint it alone).
     replicated = True
     # Whether forward passes run collectives, so every rank must run the same number of them.
     forward_is_collective = False
     # How checkpoints hold the model/optimizer state (trainer/checkpointing/layouts.py).
     checkpoint_layout = "replicated"
+    # DeepSpeed's ZeRO stage; recorded in and checked against checkpoint manifests.
+    zero_stage: int | None = None
 
-    def __init__(self, device: str, rank: int = 0, world_size: int = 1, precision: str = "auto"):
+    def __init__(self, training: TrainingConfig, parallel: ParallelConfig, *, rank: int, world_size: int, device: str):
+        self.training, self.parallel = training, parallel
         self.device, self.rank, self.world_size = device, rank, world_size
-        self.precision = resolved_precision(precision, device)
+        self.precision = resolved_precision(parallel.mixed_precision, device)
+
+    def global_batch(self) -> int:
+        """Rows one optimizer step trains over all ranks (every strategy here is data-parallel
+        over all of them)."""
+        return global_batch_size(self.training.micro_batch_size, self.training.gradient_accumulation_steps, self.world_size)
+
+    @abc.abstractmethod
+    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
+        """Wrap the model for training and build its optimizer over the wrapped parameters."""
+
+    @abc.abstractmethod
+    def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module with the original parameter names (for evaluation and export)."""
+
+    def prepare_resume(self, checkpoint: Path, saved_world_size: int, run_dir: Path) -> None:
+        """Called by the resume path (trainer/checkpointing/resume.py) once it chose and checked the
+        checkpoint to continue from, before wrap(): for engines that must know at construction
+        what they will load. The others load through checkpoint_io() and need nothing here."""
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         """Mixed precision for strategies that do not bring their own (single process, DDP):
@@ -29,10 +77,6 @@ class Strategy:
         if self.precision == "bf16":
             return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
-        """Wrap the model for training and build its optimizer over the wrapped parameters."""
-        return model, make_optimizer(model)
 
     @contextlib.contextmanager
     def micro_step(self, model: torch.nn.Module, last: bool) -> Iterator[None]:
@@ -47,15 +91,15 @@ class Strategy:
         over ranks, so multiplying by world size makes the result a plain sum."""
         return float(self.world_size)
 
-    def clip_and_step(self, model: torch.nn.Module, optimizer: object, max_norm: float | None) -> float | None:
+    def clip_and_step(self, model: torch.nn.Module, optimizer: Optimizer, max_norm: float | None) -> float | None:
         """Clip by the global norm, step, zero the gradients; returns the norm before clipping. None with
         training.optimizer_in_backward: backward already stepped each parameter, no global norm exists."""
         if steps_in_backward(optimizer):
             return None
         params = [p for p in model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf")) if params else torch.tensor(0.0)
-        optimizer.step()  # type: ignore[attr-defined]
-        optimizer.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return _to_float(norm)
 
     def rewrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -64,11 +108,7 @@ class Strategy:
         need to do anything."""
         return model
 
-    def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module with the original parameter names (for evaluation and export)."""
-        return model
-
-    def checkpoint_io(self, adapter_only: bool) -> object:
+    def checkpoint_io(self, adapter_only: bool) -> StateIO:
         """Writes and reads this strategy's model + optimizer state inside a checkpoint."""
         from trainer.checkpointing.layouts import ReplicatedStateIO
 
@@ -89,7 +129,14 @@ def resolved_precision(name: str, device: str) -> str:
     return "fp32"
 
 
+@register("none")
 class SingleProcess(Strategy):
+    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
+        return model, make_optimizer(model)
+
+    def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
     def loss_scale(self) -> float:
         return 1.0
 

@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.strategies.base import Strategy
+from trainer.strategies.base import Optimizer, Strategy
+from trainer.strategies.registry import register
 
 
+@register("ddp")
 class DDPStrategy(Strategy):
-    name = "ddp"
-
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
+    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
         wrapped = self._ddp(model)
         return wrapped, make_optimizer(wrapped)
 

@@ -17,19 +17,24 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.config import TrainerConfig
+from trainer.config import ParallelConfig, TrainingConfig
 from trainer.errors import TrainerInputError
-from trainer.strategies.base import Strategy, resolved_precision
+from trainer.global_batch import global_batch_size
+from trainer.strategies.base import Optimizer, Strategy, resolved_precision
+from trainer.strategies.registry import register
+
+if TYPE_CHECKING:
+    from trainer.checkpointing.layouts import StateIO
 
 
-def deepspeed_config(cfg: TrainerConfig, world_size: int, *, load_universal: bool = False) -> dict[str, Any]:
+def deepspeed_config(training: TrainingConfig, parallel: ParallelConfig, world_size: int, *,
+                     load_universal: bool = False) -> dict[str, Any]:
     """Our DeepSpeed config, generated from the run config, with the user's JSON merged over it.
     `load_universal`: the engine will load a universal checkpoint (a resume on another worker count)."""
-    parallel, training = cfg.parallel, cfg.training
     zero: dict[str, Any] = {"stage": parallel.zero_stage}
     if parallel.zero_stage == 3:
         # Partition every parameter (DeepSpeed keeps small ones replicated by default), so the
@@ -43,7 +48,7 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int, *, load_universal: boo
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": training.micro_batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
-        "train_batch_size": training.micro_batch_size * training.gradient_accumulation_steps * world_size,
+        "train_batch_size": global_batch_size(training.micro_batch_size, training.gradient_accumulation_steps, world_size),
         "gradient_clipping": training.max_grad_norm or 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
@@ -62,30 +67,43 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int, *, load_universal: boo
     return config
 
 
+@register("deepspeed")
 class DeepSpeedStrategy(Strategy):
-    name = "deepspeed"
     checkpoint_layout = "deepspeed"
 
-    def __init__(self, device: str, rank: int, world_size: int, cfg: TrainerConfig):
-        super().__init__(device, rank, world_size, cfg.parallel.mixed_precision)
-        self.cfg = cfg
-        self.stage = cfg.parallel.zero_stage
+    def __init__(self, training: TrainingConfig, parallel: ParallelConfig, *, rank: int, world_size: int, device: str):
+        super().__init__(training, parallel, rank=rank, world_size=world_size, device=device)
+        self.zero_stage = parallel.zero_stage
         # ZeRO-1/2 keep full parameters on every rank (only gradients/optimizer are split);
         # ZeRO-3 partitions parameters, so forward passes gather them collectively.
-        self.replicated = self.stage < 3
-        self.forward_is_collective = self.stage == 3
+        self.replicated = parallel.zero_stage < 3
+        self.forward_is_collective = parallel.zero_stage == 3
         self.engine: Any = None
-        # Set before wrap() when the resumed checkpoint was written by another worker count: its
-        # universal copy (trainer/checkpointing/universal.py), which the engine then loads.
-        self.universal_checkpoint: Path | None = None
+        self._universal_checkpoint: Path | None = None
 
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
+    def prepare_resume(self, checkpoint: Path, saved_world_size: int, run_dir: Path) -> None:
+        # The engine is built knowing which format it loads (checkpoint.load_universal): ZeRO state
+        # partitioned over another worker count loads through its universal copy, made now.
+        from trainer.checkpointing.universal import discard_universal_copies, prepare_universal
+
+        if saved_world_size != self.world_size:
+            self._universal_checkpoint = prepare_universal(checkpoint, run_dir, rank=self.rank)
+        elif self.rank == 0:
+            discard_universal_copies(run_dir)
+
+    @property
+    def universal_checkpoint(self) -> Path | None:
+        """The universal copy (trainer/checkpointing/universal.py) the engine loads instead of the
+        resumed checkpoint, when that was written by another worker count."""
+        return self._universal_checkpoint
+
+    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
         import deepspeed
 
-        config = deepspeed_config(self.cfg, self.world_size, load_universal=self.universal_checkpoint is not None)
+        config = deepspeed_config(self.training, self.parallel, self.world_size, load_universal=self.universal_checkpoint is not None)
         optimizer = self._optimizer(model, make_optimizer)
-        if self.cfg.parallel.offload_optimizer != "none" and not _is_ds_cpu_adam(optimizer):
+        if self.parallel.offload_optimizer != "none" and not _is_ds_cpu_adam(optimizer):
             config["zero_force_ds_cpu_optimizer"] = False
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.engine = engine
@@ -94,7 +112,7 @@ class DeepSpeedStrategy(Strategy):
 
     def _optimizer(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> Any:
         torch_optimizer = make_optimizer(model)
-        if self.cfg.parallel.offload_optimizer == "none":
+        if self.parallel.offload_optimizer == "none":
             return torch_optimizer
         # With offload the step runs on CPU: DeepSpeed's vectorised CPU Adam (same AdamW maths,
         # JIT-built once and cached in TORCH_EXTENSIONS_DIR) is far faster than torch's.
@@ -111,7 +129,7 @@ class DeepSpeedStrategy(Strategy):
         self.engine.backward(loss, scale_wrt_gas=False)
         self.engine.step()  # a no-op for the optimizer until the accumulation boundary
 
-    def clip_and_step(self, model: torch.nn.Module, optimizer: object, max_norm: float | None) -> float:
+    def clip_and_step(self, model: torch.nn.Module, optimizer: Optimizer, max_norm: float | None) -> float:
         # Clipping and the optimizer step already happened in the boundary engine.step().
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else 0.0
@@ -119,14 +137,14 @@ class DeepSpeedStrategy(Strategy):
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.engine.module if self.engine is not None else model
 
-    def checkpoint_io(self, adapter_only: bool) -> object:
+    def checkpoint_io(self, adapter_only: bool) -> StateIO:
         from trainer.checkpointing.deepspeed_state import DeepSpeedStateIO
 
         return DeepSpeedStateIO(self, adapter_only)
 
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         module = self.unwrapped(model)
-        if self.stage < 3:
+        if self.replicated:  # ZeRO-1/2
             return super().trainable_state(model)
         import deepspeed
 

@@ -8,37 +8,41 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
-from trainer.config import ParallelConfig
+from trainer.config import ParallelConfig, TrainingConfig
 from trainer.errors import TrainerInputError
-from trainer.strategies.base import Strategy
+from trainer.strategies.base import Optimizer, Strategy
+from trainer.strategies.registry import register
+
+if TYPE_CHECKING:
+    from trainer.checkpointing.layouts import StateIO
 
 
+@register("fsdp")
 class FSDPStrategy(Strategy):
-    name = "fsdp"
     replicated = False
     forward_is_collective = True
     checkpoint_layout = "dcp"
 
-    def __init__(self, device: str, rank: int, world_size: int, cfg: ParallelConfig):
-        super().__init__(device, rank, world_size, cfg.mixed_precision)
-        self.cfg = cfg
-        if cfg.offload_params == "cpu" and not device.startswith("cuda"):
+    def __init__(self, training: TrainingConfig, parallel: ParallelConfig, *, rank: int, world_size: int, device: str):
+        super().__init__(training, parallel, rank=rank, world_size=world_size, device=device)
+        if parallel.offload_params == "cpu" and not device.startswith("cuda"):
             raise TrainerInputError(
                 "parallel.offload_params=cpu with fsdp moves parameters from GPU to CPU memory; this worker has "
                 "no GPU, so its parameters are in CPU memory already: remove the setting (or use deepspeed ZeRO-3 offload)"
             )
 
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, object]:
+    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-        kwargs: dict[str, object] = {"reshard_after_forward": self.cfg.reshard_after_forward}
+        kwargs: dict[str, object] = {"reshard_after_forward": self.parallel.reshard_after_forward}
         if self.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-        if self.cfg.offload_params == "cpu":
+        if self.parallel.offload_params == "cpu":
             kwargs["offload_policy"] = CPUOffloadPolicy()
         for layer in decoder_layers(model):
             fully_shard(layer, **kwargs)
@@ -47,6 +51,9 @@ class FSDPStrategy(Strategy):
         self.root = model.get_base_model() if hasattr(model, "get_base_model") else model
         fully_shard(self.root, **kwargs)
         return model, make_optimizer(model)
+
+    def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model  # fully_shard swaps the modules' classes in place: names and API stay
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # the MixedPrecisionPolicy casts inside fully_shard
@@ -59,7 +66,7 @@ class FSDPStrategy(Strategy):
                 module.set_requires_gradient_sync(last, recurse=False)
         yield
 
-    def checkpoint_io(self, adapter_only: bool) -> object:
+    def checkpoint_io(self, adapter_only: bool) -> StateIO:
         from trainer.checkpointing.sharded import DCPStateIO
 
         return DCPStateIO()

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import LoopState, load_trainable_from_checkpoint
+from trainer.checkpointing.layouts import load_trainable_from_checkpoint
 from trainer.checkpointing.safe_load import verify_before_load
 from trainer.config import TrainerConfig
 from trainer.data.prepare import EvalSet
+from trainer.loop_state import LoopState
 from trainer.metrics import MetricsWriter
 from trainer.optim import build_optimizer
 from trainer.run_layout import RunLayout
@@ -49,7 +50,7 @@ class TransferController:
         self.trainable = {plain_name(n) for n, p in model.named_parameters() if p.requires_grad}
         self.unfreezer: GradualUnfreezer | None = None
         if transfer.gradual_unfreezing.enabled:
-            rows_per_step = cfg.training.micro_batch_size * cfg.training.gradient_accumulation_steps * strategy.world_size
+            rows_per_step = strategy.global_batch()
             assert self.parts is not None
             groups = unfreezing_groups(self.parts, self.trainable, transfer.gradual_unfreezing.blocks_per_stage)
             every = steps_per_stage(transfer.gradual_unfreezing, train_rows, rows_per_step)
