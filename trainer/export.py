@@ -153,7 +153,7 @@ def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, me
     `checkpoint`) into `out` or RUN_DIR/exports/step-N/: final/ is written only by the run itself
     when it finishes, so exporting never makes a stopped run look finished or replaces the
     weights it finished with."""
-    from trainer.checkpointing.layouts import load_trainable_from_checkpoint
+    from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
     from trainer.checkpointing.protocol import latest_valid_checkpoint, read_manifest, validate_checkpoint
     from trainer.errors import TrainerInputError
 

@@ -28,7 +28,7 @@ from trainer.methods import apply_method
 from trainer.model_builder import load_model
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.stopping import StopFlag
-from trainer.strategies.base import SingleProcess
+from trainer.strategies.single import SingleProcess
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -30,7 +30,7 @@ from trainer.loss import loss_sum
 from trainer.metrics import MetricsWriter
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.stopping import StopFlag
-from trainer.strategies.base import SingleProcess
+from trainer.strategies.single import SingleProcess
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import torch
 
 from launcher.commands import train
 from launcher.run_dir import load_snapshot
-from trainer.checkpointing.layouts import load_trainable_from_checkpoint
+from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
 from trainer.metrics import read_metrics
 from trainer.methods import apply_method
 from trainer.model_builder import load_model, quantization_config, use_exact_cpu_4bit_kernels

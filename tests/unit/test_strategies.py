@@ -11,7 +11,8 @@ import pytest
 from trainer.config import ParallelConfig, TrainerConfig, TrainingConfig
 from trainer.global_batch import global_batch_size
 from trainer.strategies import build_strategy
-from trainer.strategies.base import SingleProcess, Strategy
+from trainer.strategies.base import Strategy
+from trainer.strategies.single import SingleProcess
 from trainer.strategies.deepspeed_zero import DeepSpeedStrategy, deepspeed_config
 from trainer.strategies.registry import STRATEGIES, register, strategy_class
 

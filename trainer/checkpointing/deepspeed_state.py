@@ -11,22 +11,30 @@ built (compat.py checks it can, DeepSpeedStrategy.prepare_resume makes the copy)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from trainer.checkpointing.safe_load import weights_only_loads
 
-if TYPE_CHECKING:
-    from trainer.strategies.deepspeed_zero import DeepSpeedStrategy
-
 TAG = "ds"
+
+
+class DeepSpeedEngineOwner(Protocol):
+    """What this module needs of the DeepSpeed strategy (trainer/strategies/deepspeed_zero.py,
+    which builds this IO: a protocol here keeps the two modules from importing each other)."""
+
+    engine: Any
+    zero_stage: int | None
+
+    @property
+    def universal_checkpoint(self) -> Path | None: ...
 
 
 class DeepSpeedStateIO:
     layout = "deepspeed"
 
-    def __init__(self, strategy: DeepSpeedStrategy, adapter_only: bool):
+    def __init__(self, strategy: DeepSpeedEngineOwner, adapter_only: bool):
         self.strategy, self.adapter_only = strategy, adapter_only
 
     def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> None:

@@ -28,7 +28,6 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.rng import write_torch
 from trainer.faults import fault_point
 
@@ -140,19 +139,3 @@ def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], sou
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
-
-
-def load_trainable_from_checkpoint(path: Path, model: torch.nn.Module) -> None:
-    """Trainable weights of a checkpoint of any layout into a plain, single-process model (`ftl
-    export`, restoring early stopping's best step)."""
-    layout = read_manifest(path).get("layout", "replicated")
-    if layout == "dcp":
-        from trainer.checkpointing.sharded import load_trainable_unsharded
-
-        load_trainable_unsharded(model, path)
-    elif layout == "deepspeed":
-        from trainer.checkpointing.deepspeed_state import load_trainable_unsharded as load_deepspeed
-
-        load_deepspeed(model, path)
-    else:
-        load_trainable(model, load_file(str(path / TRAINABLE_FILE)), source=str(path))

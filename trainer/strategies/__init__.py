@@ -9,7 +9,7 @@ from __future__ import annotations
 from trainer.config import TrainerConfig
 from trainer.errors import TrainerInputError
 from trainer.optim_rules import in_backward_problem
-from trainer.strategies import ddp, deepspeed_zero, fsdp  # noqa: F401 - importing registers each strategy
+from trainer.strategies import ddp, deepspeed_zero, fsdp, single  # noqa: F401 - importing registers each strategy
 from trainer.strategies.base import Strategy
 from trainer.strategies.registry import strategy_class
 

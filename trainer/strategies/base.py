@@ -17,7 +17,6 @@ import torch
 from trainer.config import ParallelConfig, TrainingConfig
 from trainer.global_batch import global_batch_size
 from trainer.optim_in_backward import steps_in_backward
-from trainer.strategies.registry import register
 
 if TYPE_CHECKING:
     from trainer.checkpointing.layouts import StateIO
@@ -127,18 +126,6 @@ def resolved_precision(name: str, device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
-
-
-@register("none")
-class SingleProcess(Strategy):
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
-        return model, make_optimizer(model)
-
-    def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
-
-    def loss_scale(self) -> float:
-        return 1.0
 
 
 def _to_float(norm: torch.Tensor) -> float:

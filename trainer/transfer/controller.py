@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from trainer.checkpointing.layouts import load_trainable_from_checkpoint
+from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
 from trainer.checkpointing.safe_load import verify_before_load
 from trainer.config import TrainerConfig
 from trainer.data.prepare import EvalSet
