@@ -132,7 +132,7 @@ class MethodConfig(Section):
     adapter_dtype: Literal["auto", "float32", "compute"] = Field(
         "auto", description="Adapter methods: the dtype of the adapters and of the trainable or non-quantized "
         "embeddings/head/norms. float32 = master copies in fp32; compute = the model's compute dtype (leaner); "
-        "auto = see README (Memory).")
+        "auto = see docs/configuration.md (Memory settings).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
 

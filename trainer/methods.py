@@ -64,7 +64,7 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpoi
 
 
 def adapters_in_fp32(method: MethodConfig) -> bool:
-    """method.adapter_dtype resolved: auto = float32, the measured choice (README, Memory settings:
+    """method.adapter_dtype resolved: auto = float32, the measured choice (docs/configuration.md, Memory settings:
     with compute, bf16 adapters and AdamW states lose small updates to rounding)."""
     return method.adapter_dtype in ("auto", "float32")
 

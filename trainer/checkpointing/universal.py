@@ -58,7 +58,7 @@ def universal_problem(manifest: dict[str, Any], *, nvme_offload: bool) -> str | 
     """Why this ZeRO checkpoint cannot be resumed on another worker count, or None.
 
     Tried with DeepSpeed 0.19.8 (tests/integration/test_fault_tolerance_distributed.py and the
-    README): ZeRO-1, 2 and 3, LoRA (frozen base excluded from the checkpoint) and full fine-tuning,
+    docs/checkpoints.md): ZeRO-1, 2 and 3, LoRA (frozen base excluded from the checkpoint) and full fine-tuning,
     optimizer/parameter offload to CPU, fp32 and bf16 all convert and resume. NVMe offload is
     refused: with the optimizer on NVMe the engine skips loading ZeRO state altogether (it copies
     back its per-rank swap files, `offloaded_tensors/rankN`, which ds_to_universal does not read),
