@@ -23,7 +23,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> Any:
 
 def weight_decay_groups(model: torch.nn.Module, cfg: TrainingConfig) -> list[dict[str, Any]]:
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
+    for _name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         # Biases and norm weights (1-D) are not decayed, as in most LLM recipes.

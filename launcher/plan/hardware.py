@@ -66,7 +66,7 @@ def parse_size(text: str) -> int:
     """`80GB` / `80G` (10^9), `80GiB` (2^30), or a plain number of GiB."""
     units = {"tib": 1024**4, "gib": GIB, "mib": 1024**2, "tb": 10**12, "gb": 10**9, "mb": 10**6, "t": 10**12, "g": 10**9, "m": 10**6}
     raw = text.strip().lower().replace(" ", "")
-    for suffix, scale in units.items():
+    for suffix, scale in units.items():  # noqa: B007 - the for-else below uses the scale found
         if raw.endswith(suffix):
             number = raw[: -len(suffix)]
             break

@@ -77,8 +77,10 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    load = lambda name: load_tokenized(f"{args.data}/{name}.jsonl", "chat", tokenizer, max_seq_len=args.seq_len,  # noqa: E731
-                                       too_long="truncate", skip_bad_rows=False)
+    def load(name: str):  # type: ignore[no-untyped-def]
+        return load_tokenized(f"{args.data}/{name}.jsonl", "chat", tokenizer, max_seq_len=args.seq_len,
+                              too_long="truncate", skip_bad_rows=False)
+
     train = load("train")
     data = RowDataset(train, pack_examples(train.lengths(), args.seq_len), packed=True)
     valid = EvalSet("validation", load("valid"), [])

@@ -175,7 +175,7 @@ def test_loss_and_gradients_equal_the_full_logits_path(tiny_model_dir: Path, tok
     assert loss == pytest.approx(expected_loss, rel=LOSS_RTOL)
     assert grads.keys() == expected_grads.keys() and grads
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, expected_grads[name], atol=GRAD_ATOL, rtol=GRAD_RTOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grad, expected_grads[name], atol=GRAD_ATOL, rtol=GRAD_RTOL, msg=lambda m, name=name: f"{name}: {m}")
     torch.testing.assert_close(hidden, expected_hidden, atol=GRAD_ATOL, rtol=GRAD_RTOL)
 
 

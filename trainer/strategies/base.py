@@ -65,7 +65,7 @@ class Strategy(abc.ABC):
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module with the original parameter names (for evaluation and export)."""
 
-    def prepare_resume(self, checkpoint: Path, saved_world_size: int, run_dir: Path) -> None:
+    def prepare_resume(self, checkpoint: Path, saved_world_size: int, run_dir: Path) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called by the resume path (trainer/checkpointing/resume.py) once it chose and checked the
         checkpoint to continue from, before wrap(): for engines that must know at construction
         what they will load. The others load through checkpoint_io() and need nothing here."""
