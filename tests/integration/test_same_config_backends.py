@@ -16,9 +16,10 @@ from tests.conftest import FTL, REPO
 pytestmark = pytest.mark.integration
 
 EXAMPLE = REPO / "configs" / "examples" / "lora.yaml"
-# Shorter, and the same for every backend: 3 steps, small evaluations, no periodic checkpoints.
-SHORT = ["training.max_steps=3", "training.progress_bar=false", "eval.max_samples=8", "eval.every_steps=0",
-         "checkpoint.every_steps=0"]
+# Shorter, and the same for every backend: 3 steps, small evaluations (the generation-scored one
+# too: 4 prompts instead of 200, still at start and end on both splits), no periodic checkpoints.
+SHORT = ["training.max_steps=3", "training.progress_bar=false", "eval.max_samples=8", "eval.generation.max_samples=4",
+         "eval.every_steps=0", "checkpoint.every_steps=0"]
 
 
 def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(tmp_path, slurm):
