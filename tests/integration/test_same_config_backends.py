@@ -16,9 +16,10 @@ from tests.conftest import FTL, REPO
 pytestmark = pytest.mark.integration
 
 EXAMPLE = REPO / "configs" / "examples" / "lora.yaml"
-# Shorter, and the same for every backend: 3 steps, small evaluations, no periodic checkpoints.
-SHORT = ["training.max_steps=3", "training.progress_bar=false", "eval.max_samples=8", "eval.every_steps=0",
-         "checkpoint.every_steps=0"]
+# Shorter, and the same for every backend: 3 steps, small evaluations (the generation-scored one
+# too: 4 prompts instead of 200, still at start and end on both splits), no periodic checkpoints.
+SHORT = ["training.max_steps=3", "training.progress_bar=false", "eval.max_samples=8", "eval.generation.max_samples=4",
+         "eval.every_steps=0", "checkpoint.every_steps=0"]
 
 
 def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(tmp_path, slurm):
@@ -38,12 +39,15 @@ def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(t
         if name == "slurm":
             assert "1 node(s) n1" in out.stderr or "1 node(s) n2" in out.stderr, out.stderr[-2000:]
             assert (runs[name] / "slurm-job.sbatch").exists()  # the rendered script is kept with the run
-    # torchrun: two agents (node ranks 0 and 1) meeting in a c10d rendezvous on localhost.
+    # torchrun: two agents (node ranks 0 and 1) meeting in a c10d rendezvous on localhost. Each
+    # "node" would split its own cores between its workers; these two share this machine's, so
+    # each gets one thread, as each local worker does (two would oversubscribe the cores).
     runs["torchrun"] = tmp_path / "torchrun"
     endpoint = f"127.0.0.1:{free_port()}"
     agents = [subprocess.Popen([*FTL, "train", str(EXAMPLE), *SHORT, "cluster.backend=torchrun", "cluster.nodes=2",
                                 "cluster.workers=1", f"cluster.torchrun.rdzv_endpoint={endpoint}",
-                                f"output.dir={runs['torchrun']}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                f"output.dir={runs['torchrun']}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
               for _ in range(2)]
     outputs = [agent.communicate(timeout=900) for agent in agents]
     assert [a.returncode for a in agents] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
