@@ -1,7 +1,6 @@
 """One run per run directory, with real processes: a second `ftl train` (and `ftl export`) on a
-directory that a 2-worker run on the default Ray backend (the session's test cluster: the lock is
-the driver's, whoever started Ray) is training is refused, naming the holder, and the first
-finishes unharmed; a lock left by a dead process is taken over; Ctrl-C
+directory that a 2-worker run on the default Ray backend is training is refused, naming the
+holder, and the first finishes unharmed; a lock left by a dead process is taken over; Ctrl-C
 releases it. The first run also loads its tokenizer from a separate model.tokenizer folder, which
 its workers only find if the config they read holds the real path."""
 
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from cluster.run_lock import LOCK_FILE, read_holder
-from tests.cluster_fixtures import RayTestCluster, ray_cluster, train_losses  # noqa: F401
+from tests.cluster_fixtures import train_losses
 from tests.conftest import FTL, write_config
 
 pytestmark = pytest.mark.integration
@@ -43,7 +42,7 @@ def _logged_step(run_dir: Path, step: int) -> bool:
 
 
 def _start(config: Path, run_dir: Path, *overrides: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # only the config says which Ray
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the default: a Ray of its own
     env.update(FTL_FAULT_WAIT_AT=f"step_end@2={run_dir.parent / 'resume'}")
     return subprocess.Popen([*FTL, "train", str(config), *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
@@ -66,13 +65,12 @@ def _split_model(model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     return weights, tokenizer
 
 
-def test_a_second_run_on_a_training_directory_is_refused_and_the_first_finishes(tmp_path: Path, tiny_model_dir: Path,
-                                                                               ray_cluster: RayTestCluster) -> None:  # noqa: F811
+def test_a_second_run_on_a_training_directory_is_refused_and_the_first_finishes(tmp_path: Path, tiny_model_dir: Path) -> None:
     weights, tokenizer = _split_model(tiny_model_dir, tmp_path)
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", weights, run_dir, model={"tokenizer": str(tokenizer)},
                           training={"max_steps": 4}, checkpoint={"every_steps": 2}, parallel={"strategy": "ddp"},
-                          cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
+                          cluster={"backend": "ray", "workers": 2})
     first = _start(config, run_dir)
     try:
         _wait_for(lambda: _logged_step(run_dir, 2), first)  # now paused at the end of step 2, until `resume` exists
