@@ -31,34 +31,49 @@ def sbatch_path_problem(path: str) -> str | None:
     bad = SBATCH_PATH_FORBIDDEN.search(path)
     if bad is None:
         return None
-    return (f"{path!r} holds {bad.group()!r}, which an #SBATCH line cannot carry (whitespace, control characters, "
-            "quotes, backslashes and % are sbatch syntax); pick a path without them")
+    return (
+        f"{path!r} holds {bad.group()!r}, which an #SBATCH line cannot carry (whitespace, control characters, "
+        "quotes, backslashes and % are sbatch syntax); pick a path without them"
+    )
 
 
 class RayConfig(Section):
     address: str | None = Field(
-        None, description="Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); default: $RAY_ADDRESS, else start a local Ray."
+        None,
+        description="Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); default: $RAY_ADDRESS, else start a local Ray.",
     )
-    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs reserved per worker; default: this machine's cores / workers.")
-    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs per worker; default: 1 when the cluster has GPUs, else 0.")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="CPUs reserved per worker; default: this machine's cores / workers."
+    )
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="GPUs per worker; default: 1 when the cluster has GPUs, else 0."
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How Ray places the workers' bundles on nodes (SPREAD puts them on different nodes)."
     )
-    max_failures: int = Field(0, ge=-1, description="Restart the worker group from the latest checkpoint this many times (-1 = always).")
+    max_failures: int = Field(
+        0, ge=-1, description="Restart the worker group from the latest checkpoint this many times (-1 = always)."
+    )
 
 
 class TorchrunConfig(Section):
     rdzv_endpoint: str | None = Field(
-        None, description="HOST:PORT of the c10d rendezvous for multi-node runs (the same on every node); default: this host."
+        None,
+        description="HOST:PORT of the c10d rendezvous for multi-node runs (the same on every node); default: this host.",
     )
-    rdzv_id: str | None = Field(None, description="Rendezvous id shared by the nodes of one run; default: the run directory name.")
-    max_restarts: int = Field(0, ge=0, description="torchrun restarts the workers (from the latest checkpoint) this many times.")
+    rdzv_id: str | None = Field(
+        None, description="Rendezvous id shared by the nodes of one run; default: the run directory name."
+    )
+    max_restarts: int = Field(
+        0, ge=0, description="torchrun restarts the workers (from the latest checkpoint) this many times."
+    )
 
 
 class SlurmConfig(Section):
     mode: Literal["torchrun", "ray"] = Field(
-        "torchrun", description="torchrun = one torchrun agent per node with c10d rendezvous on the first node; "
-        "ray = a Ray cluster on the allocation (head on the first node) driven like cluster.backend=ray."
+        "torchrun",
+        description="torchrun = one torchrun agent per node with c10d rendezvous on the first node; "
+        "ray = a Ray cluster on the allocation (head on the first node) driven like cluster.backend=ray.",
     )
     partition: str | None = None
     account: str | None = None
@@ -68,22 +83,31 @@ class SlurmConfig(Section):
     cpus_per_task: int | None = Field(None, ge=1, description="CPUs per worker; default: let Slurm decide.")
     mem: str | None = Field(None, description="Memory per node, e.g. 64G; default: the partition's default.")
     signal_before_s: int = Field(
-        120, ge=10, description="Ask Slurm for SIGUSR1 this long before the time limit; the run checkpoints and requeues."
+        120,
+        ge=10,
+        description="Ask Slurm for SIGUSR1 this long before the time limit; the run checkpoints and requeues.",
     )
-    requeue: bool = Field(True, description="After a preemption/time-limit signal: checkpoint, then `scontrol requeue` the job.")
-    template: str | None = Field(None, description="Your own sbatch template (see cluster/ftl.sbatch.template for the placeholders).")
+    requeue: bool = Field(
+        True, description="After a preemption/time-limit signal: checkpoint, then `scontrol requeue` the job."
+    )
+    template: str | None = Field(
+        None, description="Your own sbatch template (see cluster/ftl.sbatch.template for the placeholders)."
+    )
     extra_sbatch: list[str] = Field(default_factory=list, description="More #SBATCH lines, e.g. ['--constraint=a100'].")
     setup: list[str] = Field(
-        default_factory=list, description="Shell lines run before training on every job start (module load, source venv); "
-        "they go into the batch script as written: they are your shell code."
+        default_factory=list,
+        description="Shell lines run before training on every job start (module load, source venv); "
+        "they go into the batch script as written: they are your shell code.",
     )
 
     @field_validator("partition", "account", "qos", "time", "mem")
     @classmethod
     def _fits_an_sbatch_line(cls, value: str | None) -> str | None:
         if value is not None and not SBATCH_VALUE.fullmatch(value):
-            raise ValueError(f"{value!r} cannot go on an #SBATCH line: use letters, digits and _ . , : + = @ / - only "
-                             "(a newline would add lines to the batch script)")
+            raise ValueError(
+                f"{value!r} cannot go on an #SBATCH line: use letters, digits and _ . , : + = @ / - only "
+                "(a newline would add lines to the batch script)"
+            )
         return value
 
     @field_validator("extra_sbatch")
@@ -91,15 +115,18 @@ class SlurmConfig(Section):
     def _one_line_each(cls, options: list[str]) -> list[str]:
         for option in options:
             if re.search(r"[\x00-\x1f\x7f]", option):
-                raise ValueError(f"{option!r}: each entry is one #SBATCH line; a newline or control character would add "
-                                 "lines to the batch script (write one entry per option)")
+                raise ValueError(
+                    f"{option!r}: each entry is one #SBATCH line; a newline or control character would add "
+                    "lines to the batch script (write one entry per option)"
+                )
         return options
 
 
 class ClusterConfig(Section):
     backend: Backend = Field(
-        "ray", description="ray = Ray Train (local Ray if no cluster is given); local = processes on this machine; "
-        "slurm = sbatch/srun (`ftl slurm`); torchrun = torchrun agents with c10d rendezvous."
+        "ray",
+        description="ray = Ray Train (local Ray if no cluster is given); local = processes on this machine; "
+        "slurm = sbatch/srun (`ftl slurm`); torchrun = torchrun agents with c10d rendezvous.",
     )
     workers: int = Field(1, ge=1, le=4096, description="Worker processes per node (one per GPU).")
     nodes: int = Field(1, ge=1, le=4096, description="Nodes; the run has nodes x workers workers in all.")
@@ -118,6 +145,8 @@ class ClusterConfig(Section):
     @model_validator(mode="after")
     def _nodes_fit_backend(self) -> ClusterConfig:
         if self.backend == "local" and self.nodes > 1:
-            raise ValueError("cluster.nodes: the local backend runs on this machine only; "
-                             "use cluster.backend=ray, slurm or torchrun for several nodes")
+            raise ValueError(
+                "cluster.nodes: the local backend runs on this machine only; "
+                "use cluster.backend=ray, slurm or torchrun for several nodes"
+            )
         return self

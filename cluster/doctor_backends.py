@@ -23,8 +23,13 @@ WORKER_TIMEOUT_S = 120
 SLURM_WAIT_S = 900
 
 
-def run_doctor_workers(cluster: ClusterConfig, run_dir: Path, size_mb: float, workers: int,
-                       extra_env: dict[int, dict[str, str]] | None = None) -> list[dict[str, Any]]:
+def run_doctor_workers(
+    cluster: ClusterConfig,
+    run_dir: Path,
+    size_mb: float,
+    workers: int,
+    extra_env: dict[int, dict[str, str]] | None = None,
+) -> list[dict[str, Any]]:
     """`workers` = workers per node (cluster.nodes nodes for Ray and Slurm)."""
     if cluster.backend == "ray":
         return _on_ray(cluster.model_copy(update={"workers": workers}), run_dir, size_mb)
@@ -33,7 +38,9 @@ def run_doctor_workers(cluster: ClusterConfig, run_dir: Path, size_mb: float, wo
     return _on_local(run_dir, workers, size_mb, extra_env)
 
 
-def _on_local(run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, dict[str, str]] | None) -> list[dict[str, Any]]:
+def _on_local(
+    run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, dict[str, str]] | None
+) -> list[dict[str, Any]]:
     """Local processes (also what torchrun would start on this node)."""
     from cluster.errors import WorkerFailed
     from cluster.local import free_port, spawn_module
@@ -42,8 +49,15 @@ def _on_local(run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, 
         out = Path(tmp) / "results"
         args = [str(run_dir), "--size-mb", str(size_mb), "--out", str(out), "--timeout-s", str(WORKER_TIMEOUT_S)]
         try:
-            spawn_module("cluster.doctor_worker", args, workers, free_port(), Path(tmp) / "logs",
-                         extra_env=extra_env, rank0_to_terminal=False)
+            spawn_module(
+                "cluster.doctor_worker",
+                args,
+                workers,
+                free_port(),
+                Path(tmp) / "logs",
+                extra_env=extra_env,
+                rank0_to_terminal=False,
+            )
         except WorkerFailed as exc:
             log = exc.log.read_text()[-2000:] if exc.log and exc.log.exists() else ""
             return [{"rank": exc.rank, "failed": f"worker exited with code {exc.code}: {log.strip()}"}]
@@ -67,12 +81,15 @@ def _on_ray(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[
     scratch = parent / f"{DOCTOR_PROBE}-{uuid.uuid4().hex[:8]}"
     try:
         scaling, _, gpus = scaling_for(cluster)
-        trainer = TorchTrainer(_ray_doctor_worker,
-                               train_loop_config={"run_dir": str(run_dir), "size_mb": size_mb, "out": str(scratch / "results")},
-                               torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=WORKER_TIMEOUT_S),
-                               scaling_config=scaling,
-                               run_config=RunConfig(name="ray", storage_path=str(scratch),
-                                                    worker_runtime_env={"env_vars": forwarded_env()}))
+        trainer = TorchTrainer(
+            _ray_doctor_worker,
+            train_loop_config={"run_dir": str(run_dir), "size_mb": size_mb, "out": str(scratch / "results")},
+            torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=WORKER_TIMEOUT_S),
+            scaling_config=scaling,
+            run_config=RunConfig(
+                name="ray", storage_path=str(scratch), worker_runtime_env={"env_vars": forwarded_env()}
+            ),
+        )
         try:
             trainer.fit()
         except Exception as exc:  # the workers could not even run: that is the finding
@@ -94,8 +111,15 @@ def _ray_doctor_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     device = str(ray.train.torch.get_device())
-    result = run_checks(Path(config["run_dir"]), config["size_mb"], rank, context.get_world_size(), context.get_local_rank(),
-                        device=device, backend="nccl" if device.startswith("cuda") else "gloo")
+    result = run_checks(
+        Path(config["run_dir"]),
+        config["size_mb"],
+        rank,
+        context.get_world_size(),
+        context.get_local_rank(),
+        device=device,
+        backend="nccl" if device.startswith("cuda") else "gloo",
+    )
     result["node_id"] = ray.get_runtime_context().get_node_id()
     out = Path(config["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -110,17 +134,38 @@ def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dic
     scratch = _existing_parent(run_dir) / f"{DOCTOR_PROBE}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
     settings = cluster.slurm
-    options = [f"--nodes={cluster.nodes}", f"--ntasks-per-node={cluster.workers}", f"--output={scratch}/slurm-%j.out",
-               "--job-name=ftl-doctor"]
-    for flag, value in (("partition", settings.partition), ("account", settings.account), ("qos", settings.qos),
-                        ("gpus-per-node", settings.gpus_per_node or None)):
+    options = [
+        f"--nodes={cluster.nodes}",
+        f"--ntasks-per-node={cluster.workers}",
+        f"--output={scratch}/slurm-%j.out",
+        "--job-name=ftl-doctor",
+    ]
+    for flag, value in (
+        ("partition", settings.partition),
+        ("account", settings.account),
+        ("qos", settings.qos),
+        ("gpus-per-node", settings.gpus_per_node or None),
+    ):
         if value is not None:
             options.append(f"--{flag}={value}")
     # --wrap hands the command to a shell: every argument quoted (a run directory may hold $, ;, ...).
-    command = shlex.join([sys.executable, "-m", "cluster.slurm_doctor", str(run_dir), "--size-mb", str(size_mb),
-                          "--out", str(scratch / "results")])
-    out = subprocess.run(["sbatch", "--parsable", *options, f"--chdir={Path(__file__).resolve().parent.parent}",
-                          "--wrap", command], capture_output=True, text=True)
+    command = shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "cluster.slurm_doctor",
+            str(run_dir),
+            "--size-mb",
+            str(size_mb),
+            "--out",
+            str(scratch / "results"),
+        ]
+    )
+    out = subprocess.run(
+        ["sbatch", "--parsable", *options, f"--chdir={Path(__file__).resolve().parent.parent}", "--wrap", command],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise SlurmError(f"sbatch of the doctor job failed: {out.stderr.strip()}")
     job_id = out.stdout.strip().split(";")[0]
@@ -135,7 +180,12 @@ def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dic
     except FileNotFoundError:
         log = next(scratch.glob("slurm-*.out"), None)
         tail = log.read_text()[-2000:] if log else ""
-        results = [{"rank": 0, "failed": f"Slurm job {job_id} ended {job_info(job_id).get('JobState')} without results: {tail}"}]
+        results = [
+            {
+                "rank": 0,
+                "failed": f"Slurm job {job_id} ended {job_info(job_id).get('JobState')} without results: {tail}",
+            }
+        ]
     import shutil
 
     shutil.rmtree(scratch, ignore_errors=True)

@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="directory for rank-R.json result files")
     parser.add_argument("--timeout-s", type=int, default=120, help="collective timeout")
     args = parser.parse_args(argv)
-    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    rank, world, local_rank = (
+        int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+    )
     backend, device = _init(rank, world, local_rank, args.timeout_s)
     try:
         result = run_checks(Path(args.run_dir), args.size_mb, rank, world, local_rank, device=device, backend=backend)
@@ -81,14 +83,20 @@ def _init(rank: int, world: int, local_rank: int, timeout_s: int) -> tuple[str, 
     return backend, device
 
 
-def run_checks(run_dir: Path, size_mb: float, rank: int, world: int, local_rank: int, *,
-               device: str = "cpu", backend: str = "gloo") -> dict[str, Any]:
+def run_checks(
+    run_dir: Path, size_mb: float, rank: int, world: int, local_rank: int, *, device: str = "cpu", backend: str = "gloo"
+) -> dict[str, Any]:
     """Every rank calls this together (it runs collectives); returns this rank's findings."""
     override = os.environ.get(RUN_DIR_OVERRIDE_ENV.format(rank=rank))
     run_dir = Path(override) if override else run_dir
     result: dict[str, Any] = {
-        "rank": rank, "world_size": world, "local_rank": local_rank, "host": socket.gethostname(),
-        "backend": backend, "device": device, "run_dir": str(run_dir),
+        "rank": rank,
+        "world_size": world,
+        "local_rank": local_rank,
+        "host": socket.gethostname(),
+        "backend": backend,
+        "device": device,
+        "run_dir": str(run_dir),
         "environment": environment(),
     }
     result["run_dir_check"] = run_dir_check(run_dir, rank, world)
@@ -103,8 +111,11 @@ def environment() -> dict[str, Any]:
     versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("transformers", "peft", "bitsandbytes", "deepspeed", "ray", "accelerate"):
         versions[name] = _version(name)
-    cuda: dict[str, Any] = {"available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda,
-                            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    cuda: dict[str, Any] = {
+        "available": torch.cuda.is_available(),
+        "torch_cuda": torch.version.cuda,
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
     if torch.cuda.is_available():
         cuda["device_count"] = torch.cuda.device_count()
         cuda["device_name"] = torch.cuda.get_device_name()
@@ -213,8 +224,13 @@ def all_reduce_bandwidth(size_mb: float, world: int, device: str) -> dict[str, A
     nbytes = numel * 4
     algbw = nbytes / seconds
     correct = bool(torch.allclose(tensor[:8].cpu(), torch.full((8,), float(world) ** (WARMUP_ITERS + TIMED_ITERS))))
-    return {"bytes": nbytes, "seconds": seconds, "algbw_gbps": algbw / 1e9, "busbw_gbps": algbw * 2 * (world - 1) / world / 1e9 if world > 1 else None,
-            "result_correct": correct}
+    return {
+        "bytes": nbytes,
+        "seconds": seconds,
+        "algbw_gbps": algbw / 1e9,
+        "busbw_gbps": algbw * 2 * (world - 1) / world / 1e9 if world > 1 else None,
+        "result_correct": correct,
+    }
 
 
 def _sync(device: str) -> None:

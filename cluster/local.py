@@ -69,8 +69,15 @@ def threads_per_worker(workers_here: int) -> int:
 def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(world_size)))
-    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TOKENIZERS_PARALLELISM="false")
+    env.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        TOKENIZERS_PARALLELISM="false",
+    )
     if LOOPBACK_INTERFACE:  # gloo listens on loopback only (cluster/loopback.py)
         env.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK_INTERFACE)
     return env
@@ -82,8 +89,15 @@ def spawn_workers(run_dir: Path, world_size: int, port: int) -> dict[str, Any]:
     return take_result(run_dir)
 
 
-def spawn_module(module: str, args: list[str], world_size: int, port: int, log_dir: Path,
-                 extra_env: dict[int, dict[str, str]] | None = None, rank0_to_terminal: bool = True) -> None:
+def spawn_module(
+    module: str,
+    args: list[str],
+    world_size: int,
+    port: int,
+    log_dir: Path,
+    extra_env: dict[int, dict[str, str]] | None = None,
+    rank0_to_terminal: bool = True,
+) -> None:
     """Run `python -m MODULE ARGS` as `world_size` local processes with torchrun's environment
     contract; forward Ctrl-C/SIGTERM/SIGUSR1 to them; on the first failure stop the others and
     raise WorkerFailed. Rank 0 talks to the terminal unless told not to; the others (and then
@@ -97,8 +111,15 @@ def spawn_module(module: str, args: list[str], world_size: int, port: int, log_d
         out = None if log is None else log.open("wb")
         env = worker_env(rank, world_size, port)
         env.update((extra_env or {}).get(rank, {}))
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=out,
-                                      stderr=subprocess.STDOUT if out else None, preexec_fn=tie_to_launcher))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                preexec_fn=tie_to_launcher,
+            )
+        )
         logs.append(log)
     previous = {s: signal.signal(s, _forward_to(procs)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:

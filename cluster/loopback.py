@@ -17,8 +17,9 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 LOOPBACK_INTERFACE = "lo" if sys.platform.startswith("linux") else None  # for GLOO_SOCKET_IFNAME
 
 
-def store_on(host: str, port: int, rank: int, world_size: int, timeout: datetime.timedelta,
-             listener: socket.socket | None = None) -> Any:
+def store_on(
+    host: str, port: int, rank: int, world_size: int, timeout: datetime.timedelta, listener: socket.socket | None = None
+) -> Any:
     """A TCPStore at host:port whose server (on rank 0) listens on `host` only. Rank 0 may pass
     the `listener` it already bound (port 0 = any free port)."""
     from torch.distributed import TCPStore

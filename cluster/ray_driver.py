@@ -68,8 +68,18 @@ log = logging.getLogger(__name__)
 # Environment a worker needs from the driver's: on an existing cluster, workers do not inherit the
 # driver's environment. Secrets among them (HF_TOKEN) travel in the runtime env, never to files.
 # Object-store credentials (AWS_*, GOOGLE_*, AZURE_*) likewise, for Ray's checkpoint uploads from rank 0.
-FORWARDED_ENV_PREFIXES = ("FTL_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "DS_", "NCCL_", "PYTHONPATH",
-                          "AWS_", "GOOGLE_", "AZURE_")
+FORWARDED_ENV_PREFIXES = (
+    "FTL_",
+    "HF_",
+    "TRANSFORMERS_",
+    "TORCH_EXTENSIONS_DIR",
+    "DS_",
+    "NCCL_",
+    "PYTHONPATH",
+    "AWS_",
+    "GOOGLE_",
+    "AZURE_",
+)
 
 
 # Where Ray Train (2.60) logs "Error in training function" with the traceback, on the worker.
@@ -80,7 +90,9 @@ class RayRunFailed(FtlError):
     """The worker group failed (after any restarts Ray was allowed)."""
 
 
-def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle_signals: bool = True) -> dict[str, Any]:
+def launch_ray(
+    cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle_signals: bool = True
+) -> dict[str, Any]:
     """`handle_signals=False` when the caller already turns signals into stop requests (Slurm job)."""
     prefer_loopback(cluster.ray)  # before Ray is imported
     import ray
@@ -97,19 +109,25 @@ def launch_ray(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig, handle
         refuse_finished(remote)
         if cfg.checkpoint.resume == "auto":
             pull(remote, run_dir)
-    storage_fs, storage_path, name = ((remote.filesystem, remote.parent, remote.name) if remote is not None
-                                      else (_local_fs(), str(run_dir.parent), run_dir.name))
+    storage_fs, storage_path, name = (
+        (remote.filesystem, remote.parent, remote.name)
+        if remote is not None
+        else (_local_fs(), str(run_dir.parent), run_dir.name)
+    )
     drop_ray_snapshot(storage_fs, f"{storage_path}/{name}")
     started_here = connect(cluster.ray)
     try:
         scaling, cpus, gpus = scaling_for(cluster)
         trainer = stop_requesting_torch_trainer()(
             train_worker,
-            train_loop_config={"run_dir": str(run_dir), "threads": max(1, int(cpus)),
-                               "storage_uri": remote.uri if remote is not None else None,
-                               # A local Ray started here: its workers listen on loopback only and die with this driver.
-                               "loopback_timeout_s": cluster.collective_timeout_s if started_here else None,
-                               "driver_pid": os.getpid() if started_here else None},
+            train_loop_config={
+                "run_dir": str(run_dir),
+                "threads": max(1, int(cpus)),
+                "storage_uri": remote.uri if remote is not None else None,
+                # A local Ray started here: its workers listen on loopback only and die with this driver.
+                "loopback_timeout_s": cluster.collective_timeout_s if started_here else None,
+                "driver_pid": os.getpid() if started_here else None,
+            },
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=cluster.collective_timeout_s),
             scaling_config=scaling,
             run_config=RunConfig(
@@ -179,7 +197,8 @@ def input_errors_not_retried(policy: Any, run_dir: Path) -> Any:
             failures = getattr(training_failed_error, "worker_failures", {}).values()
             # Ray wraps a worker's exception with its traceback (UserExceptionWithTraceback._base_exc).
             if recorded_input_error(run_dir) is not None or any(
-                    isinstance(getattr(error, "_base_exc", error), TrainerInputError) for error in failures):
+                isinstance(getattr(error, "_base_exc", error), TrainerInputError) for error in failures
+            ):
                 return FailureDecision.RAISE
             return self.inner.make_decision(training_failed_error)
 
@@ -198,7 +217,10 @@ def _mirror(remote: RemoteRun, run_dir: Path) -> None:
         push(remote, run_dir)
     except OSError as exc:  # the run's outcome matters more; checkpoints were uploaded as they came
         log.warning("could not mirror %s to %s: %s", run_dir, remote.display, exc)
-        print(f"ftl: WARNING: could not copy {run_dir} to {remote.display} ({exc}); the local copy is complete", file=sys.stderr)
+        print(
+            f"ftl: WARNING: could not copy {run_dir} to {remote.display} ({exc}); the local copy is complete",
+            file=sys.stderr,
+        )
 
 
 def scaling_for(cluster: ClusterConfig) -> tuple[Any, float, float]:
@@ -213,9 +235,12 @@ def scaling_for(cluster: ClusterConfig) -> tuple[Any, float, float]:
     placement = cluster.ray.placement_strategy
     if cluster.nodes > 1 and placement == "PACK":
         placement = "SPREAD"  # PACK would put every worker on the first node that fits them
-    scaling = ScalingConfig(num_workers=cluster.world_size, use_gpu=gpus > 0,
-                            resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
-                            placement_strategy=placement)
+    scaling = ScalingConfig(
+        num_workers=cluster.world_size,
+        use_gpu=gpus > 0,
+        resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
+        placement_strategy=placement,
+    )
     return scaling, cpus, gpus
 
 
@@ -232,22 +257,36 @@ def connect(settings: RayConfig) -> bool:
             # Ray Job's driver already runs in the env the job was submitted with (Ray refuses a
             # second one that overlaps it).
             in_ray_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING,
-                     runtime_env=None if in_ray_job else {"env_vars": forwarded_env()})
+            ray.init(
+                address=address,
+                log_to_driver=True,
+                logging_level=logging.WARNING,
+                runtime_env=None if in_ray_job else {"env_vars": forwarded_env()},
+            )
         except ConnectionError as exc:
-            raise RayRunFailed(f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): {exc}; "
-                               "check the address, or leave both unset to run on a local Ray") from None
+            raise RayRunFailed(
+                f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): {exc}; "
+                "check the address, or leave both unset to run on a local Ray"
+            ) from None
         return False
     # The dashboard process also serves the state API that Ray Train's placement-group cleaner
     # polls; bound to loopback so nothing is exposed.
     # address="local": always a new instance; None would join any Ray already running on this machine.
     with _children_ignore_sigint():
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
-                 logging_level=logging.WARNING, num_cpus=os.cpu_count() or 1)
+        ray.init(
+            address="local",
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=_free_port(),
+            logging_level=logging.WARNING,
+            num_cpus=os.cpu_count() or 1,
+        )
     node_ip = ray.util.get_node_ip_address()
     if node_ip not in LOOPBACK:
-        log.warning("the local Ray listens on %s, not only on loopback (Ray was imported before ftl could ask for "
-                    "loopback)", node_ip)
+        log.warning(
+            "the local Ray listens on %s, not only on loopback (Ray was imported before ftl could ask for loopback)",
+            node_ip,
+        )
     return True
 
 
@@ -310,7 +349,12 @@ def forwarded_env() -> dict[str, str]:
 def check_placement(run_dir: Path, cluster: ClusterConfig) -> None:
     nodes = {json.loads(p.read_text())["node_id"] for p in RunLayout(run_dir).ray_worker_records()}
     if len(nodes) != cluster.nodes:
-        log.warning("Ray placed the %d workers on %d node(s), not cluster.nodes=%d", cluster.world_size, len(nodes), cluster.nodes)
+        log.warning(
+            "Ray placed the %d workers on %d node(s), not cluster.nodes=%d",
+            cluster.world_size,
+            len(nodes),
+            cluster.nodes,
+        )
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -345,10 +389,17 @@ def train_worker(config: dict[str, Any]) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     layout = RunLayout(run_dir)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    layout.ray_worker_record(rank).write_text(json.dumps({
-        "rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "hostname": os.uname().nodename,
-        "pid": os.getpid(), "device": device,
-    }))
+    layout.ray_worker_record(rank).write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "hostname": os.uname().nodename,
+                "pid": os.getpid(),
+                "device": device,
+            }
+        )
+    )
     try:
         execute(run_dir, rank, world, local_rank, device, reporter=RayReporter(rank, config.get("storage_uri")))
     except Exception as exc:
@@ -401,8 +452,13 @@ class RayReporter:
             return
         # Object storage: Ray copies the committed directory to URI/checkpoints/step-N before the
         # report returns (SYNC: the step waits, but the next commit may purge this local copy).
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"{CHECKPOINTS_DIR}/{step_name(step)}",
-                         checkpoint_upload_mode=CheckpointUploadMode.SYNC, delete_local_checkpoint_after_upload=False)
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"{CHECKPOINTS_DIR}/{step_name(step)}",
+            checkpoint_upload_mode=CheckpointUploadMode.SYNC,
+            delete_local_checkpoint_after_upload=False,
+        )
         if self.remote is not None:
             delete_remote_checkpoints(self.remote, purged)  # ftl's retention, mirrored
             metrics_file = RunLayout(path.parent.parent).metrics  # path: RUN_DIR/checkpoints/step-N

@@ -51,7 +51,9 @@ def client(address: str | None) -> Any:
 
 def runtime_env(config_yaml: str) -> dict[str, Any]:
     env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-    env_vars.update({CONFIG_ENV: config_yaml, "RAY_JOB_STOP_WAIT_TIME_S": STOP_GRACE_S, "TOKENIZERS_PARALLELISM": "false"})
+    env_vars.update(
+        {CONFIG_ENV: config_yaml, "RAY_JOB_STOP_WAIT_TIME_S": STOP_GRACE_S, "TOKENIZERS_PARALLELISM": "false"}
+    )
     env: dict[str, Any] = {"env_vars": env_vars}
     if (REPO / "pyproject.toml").is_file() and (REPO / "launcher").is_dir():
         env["working_dir"] = str(REPO)
@@ -65,8 +67,9 @@ def submit(config_yaml: str, run_name: str, address: str | None, python: str = "
     deadline = time.time() + AGENT_WAIT_S
     while True:
         try:
-            return jobs.submit_job(entrypoint=f"{python} -m launcher.job_entry", runtime_env=runtime_env(config_yaml),
-                                   submission_id=job_id)
+            return jobs.submit_job(
+                entrypoint=f"{python} -m launcher.job_entry", runtime_env=runtime_env(config_yaml), submission_id=job_id
+            )
         except RuntimeError as exc:
             # A head that just started answers before its job agent is up; that passes.
             if "No available agent" not in str(exc) or time.time() > deadline:
@@ -76,8 +79,12 @@ def submit(config_yaml: str, run_name: str, address: str | None, python: str = "
 
 def status(job_id: str, address: str | None) -> dict[str, Any]:
     info = client(address).get_job_info(job_id)
-    return {"job": job_id, "status": str(info.status.value if hasattr(info.status, "value") else info.status),
-            "message": info.message or "", "entrypoint": info.entrypoint}
+    return {
+        "job": job_id,
+        "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+        "message": info.message or "",
+        "entrypoint": info.entrypoint,
+    }
 
 
 def logs(job_id: str, address: str | None) -> str:

@@ -81,8 +81,17 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def acquire(cls, run_dir: Path, purpose: str, *, group: str | None = None, slurm_job: str | None = None,
-                wait_s: float = 0.0, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S) -> RunLock:
+    def acquire(
+        cls,
+        run_dir: Path,
+        purpose: str,
+        *,
+        group: str | None = None,
+        slurm_job: str | None = None,
+        wait_s: float = 0.0,
+        stale_after_s: float = STALE_AFTER_S,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> RunLock:
         """Take RUN_DIR's lock or raise RunDirLocked naming its holder. `slurm_job`: this process
         is that Slurm job, which takes back a lock it was handed at submission or held before a
         requeue. `wait_s`: keep trying that long while another process holds it."""
@@ -96,14 +105,30 @@ class RunLock:
                 time.sleep(1.0)
 
     @classmethod
-    def _acquire(cls, run_dir: Path, purpose: str, group: str | None, slurm_job: str | None,
-                 stale_after_s: float, heartbeat_s: float) -> RunLock:
+    def _acquire(
+        cls,
+        run_dir: Path,
+        purpose: str,
+        group: str | None,
+        slurm_job: str | None,
+        stale_after_s: float,
+        heartbeat_s: float,
+    ) -> RunLock:
         path = RunLayout(run_dir).lock
         for _ in range(ATTEMPTS):
             now = time.time()
-            mine = Holder(token=uuid.uuid4().hex, purpose=purpose, host=socket.gethostname(), pid=os.getpid(),
-                          started=now, heartbeat=now, pid_start=_pid_start(os.getpid()), boot_id=_boot_id(),
-                          slurm_job=slurm_job, group=group)
+            mine = Holder(
+                token=uuid.uuid4().hex,
+                purpose=purpose,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started=now,
+                heartbeat=now,
+                pid_start=_pid_start(os.getpid()),
+                boot_id=_boot_id(),
+                slurm_job=slurm_job,
+                group=group,
+            )
             if _create(path, mine):
                 lock = cls(path, mine, owned=True)
                 lock._start_heartbeat(heartbeat_s)
@@ -117,9 +142,15 @@ class RunLock:
                     return cls(path, holder, owned=False)
                 raise RunDirLocked(locked_message(Path(run_dir), holder, stale_after_s))
             if _remove_stale(path, holder):
-                print(f"ftl: taking over the lock of {run_dir} from {holder.describe()}: {reason}", file=sys.stderr, flush=True)
-        raise RunDirLocked(f"{run_dir}: could not take the run directory's lock ({path}): other processes keep taking it; "
-                           "is another ftl starting on the same output.dir?")
+                print(
+                    f"ftl: taking over the lock of {run_dir} from {holder.describe()}: {reason}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise RunDirLocked(
+            f"{run_dir}: could not take the run directory's lock ({path}): other processes keep taking it; "
+            "is another ftl starting on the same output.dir?"
+        )
 
     def release(self) -> None:
         self._stop_heartbeat()
@@ -141,8 +172,16 @@ class RunLock:
             return
         self._stop_heartbeat()
         now = time.time()
-        reserved = replace(self.holder, token=uuid.uuid4().hex, purpose=f"Slurm job {job_id}", pid=None, pid_start=None,
-                           started=now, heartbeat=now, slurm_job=job_id)
+        reserved = replace(
+            self.holder,
+            token=uuid.uuid4().hex,
+            purpose=f"Slurm job {job_id}",
+            pid=None,
+            pid_start=None,
+            started=now,
+            heartbeat=now,
+            slurm_job=job_id,
+        )
         if self._rewrite(reserved):
             self.holder = reserved
         self.owned = False
@@ -170,13 +209,21 @@ class RunLock:
             try:
                 if not self._rewrite(replace(self.holder, heartbeat=time.time())):
                     taker = read_holder(self.path)
-                    print(f"ftl: WARNING: lost the lock of {self.path.parent} (this process stalled for longer than the stale "
-                          f"limit?){'; it is now held by ' + taker.describe() if taker else ''}. Two runs may now write to "
-                          "this run directory.", file=sys.stderr, flush=True)
+                    print(
+                        f"ftl: WARNING: lost the lock of {self.path.parent} (this process stalled for longer than the stale "
+                        f"limit?){'; it is now held by ' + taker.describe() if taker else ''}. Two runs may now write to "
+                        "this run directory.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     self.owned = False
                     return
             except OSError as exc:  # a hiccup of a network filesystem; the next beat tries again
-                print(f"ftl: WARNING: could not refresh the run directory lock {self.path}: {exc}", file=sys.stderr, flush=True)
+                print(
+                    f"ftl: WARNING: could not refresh the run directory lock {self.path}: {exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _rewrite(self, holder: Holder) -> bool:
         """Replace the lock file's content if it is still ours; False when it is not."""
@@ -211,7 +258,9 @@ def read_holder(path: Path) -> Holder | None:
             return Holder(**json.loads(text))
         except (ValueError, TypeError):
             time.sleep(0.1)
-    return Holder(token="?", purpose="unknown (unreadable lock file)", host="?", pid=None, started=modified, heartbeat=modified)
+    return Holder(
+        token="?", purpose="unknown (unreadable lock file)", host="?", pid=None, started=modified, heartbeat=modified
+    )
 
 
 def stale_reason(holder: Holder, stale_after_s: float = STALE_AFTER_S, slurm_job: str | None = None) -> str | None:
@@ -235,12 +284,16 @@ def locked_message(run_dir: Path, holder: Holder, stale_after_s: float = STALE_A
     if holder.pid is None:
         stop = f"cancel it (scancel {holder.slurm_job})" if holder.slurm_job else "make sure no ftl uses it"
     else:
-        stop = (f"stop it (Ctrl-C in its terminal, or `kill -INT {holder.pid}` on {holder.host}; it checkpoints first"
-                f"{f'; or scancel {holder.slurm_job}' if holder.slurm_job else ''})")
-    return (f"output.dir {run_dir} is in use by another run: {holder.describe()} (lock {RunLayout(run_dir).lock}, "
-            f"last heartbeat {age:.0f} s ago). Wait for that run to end, {stop}, or choose another output.dir. "
-            f"A lock whose process is gone is taken over automatically (at once on {holder.host}, after "
-            f"{stale_after_s:.0f} s without heartbeat from another host).")
+        stop = (
+            f"stop it (Ctrl-C in its terminal, or `kill -INT {holder.pid}` on {holder.host}; it checkpoints first"
+            f"{f'; or scancel {holder.slurm_job}' if holder.slurm_job else ''})"
+        )
+    return (
+        f"output.dir {run_dir} is in use by another run: {holder.describe()} (lock {RunLayout(run_dir).lock}, "
+        f"last heartbeat {age:.0f} s ago). Wait for that run to end, {stop}, or choose another output.dir. "
+        f"A lock whose process is gone is taken over automatically (at once on {holder.host}, after "
+        f"{stale_after_s:.0f} s without heartbeat from another host)."
+    )
 
 
 def _create(path: Path, holder: Holder) -> bool:
@@ -316,7 +369,7 @@ def _boot_id() -> str | None:
 
 
 def _slurm_job_state(job_id: str) -> str | None:
-    """"ACTIVE" while Slurm still holds the job (queued, running, requeued), its final state once
+    """ "ACTIVE" while Slurm still holds the job (queued, running, requeued), its final state once
     it ended, None when Slurm cannot be asked from here."""
     import shutil
     import subprocess

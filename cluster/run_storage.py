@@ -94,8 +94,10 @@ def open_remote(uri: str) -> RemoteRun:
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # pyarrow raises ValueError/ArrowInvalid/OSError depending on the scheme
-        raise StorageError(f"output.dir {uri}: pyarrow cannot open this URI ({exc}); use s3://, gs://, abfss://, hdfs:// "
-                           "or file://, with credentials in the usual environment variables") from None
+        raise StorageError(
+            f"output.dir {uri}: pyarrow cannot open this URI ({exc}); use s3://, gs://, abfss://, hdfs:// "
+            "or file://, with credentials in the usual environment variables"
+        ) from None
     path = path.rstrip("/")
     if "/" not in path:
         raise StorageError(f"output.dir {uri}: name the run below the bucket, e.g. s3://bucket/runs/my-run")
@@ -134,8 +136,10 @@ def refuse_finished(remote: RemoteRun) -> None:
     import pyarrow.fs as pafs
 
     if _kind(remote, remote.join(SUMMARY_FILE)) != pafs.FileType.NotFound:  # written last by a run that finished
-        raise StorageError(f"output.dir {remote.display} already holds a finished run ({SUMMARY_FILE} exists there); "
-                           "choose a new output.dir or delete the old one")
+        raise StorageError(
+            f"output.dir {remote.display} already holds a finished run ({SUMMARY_FILE} exists there); "
+            "choose a new output.dir or delete the old one"
+        )
 
 
 def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
@@ -157,8 +161,9 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            pafs.copy_files(source, str(staging), source_filesystem=remote.filesystem,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                source, str(staging), source_filesystem=remote.filesystem, destination_filesystem=pafs.LocalFileSystem()
+            )
         except OSError as exc:
             problem = f"download failed: {exc}"
         else:
@@ -168,11 +173,17 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
             os.replace(staging, final)  # only a validated download becomes discoverable
             fsync_dir(root)
             log.info("pulled checkpoint %s from %s", final, source)
-            print(f"ftl: resuming from {remote.display}/checkpoints/step-{step} (downloaded to {final})", file=sys.stderr)
+            print(
+                f"ftl: resuming from {remote.display}/checkpoints/step-{step} (downloaded to {final})", file=sys.stderr
+            )
             return final
         shutil.rmtree(staging, ignore_errors=True)
-        print(f"ftl: WARNING: remote checkpoint {remote.display}/checkpoints/step-{step} is INVALID ({problem}); "
-              "trying the previous one", file=sys.stderr, flush=True)
+        print(
+            f"ftl: WARNING: remote checkpoint {remote.display}/checkpoints/step-{step} is INVALID ({problem}); "
+            "trying the previous one",
+            file=sys.stderr,
+            flush=True,
+        )
     return None
 
 
@@ -186,14 +197,20 @@ def push(remote: RemoteRun, run_dir: Path) -> None:
             continue
         target = remote.join(*relative.parts)
         remote.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        pafs.copy_files(str(path), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=remote.filesystem)
+        pafs.copy_files(
+            str(path), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=remote.filesystem
+        )
 
 
 def upload_file(remote: RemoteRun, local: Path, *parts: str) -> None:
     import pyarrow.fs as pafs
 
-    pafs.copy_files(str(local), remote.join(*parts), source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=remote.filesystem)
+    pafs.copy_files(
+        str(local),
+        remote.join(*parts),
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=remote.filesystem,
+    )
 
 
 def delete_remote_checkpoints(remote: RemoteRun, steps: list[int]) -> None:
@@ -222,4 +239,6 @@ def _download_file(remote: RemoteRun, source: str, target: Path) -> None:
     import pyarrow.fs as pafs
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(source, str(target), source_filesystem=remote.filesystem, destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(
+        source, str(target), source_filesystem=remote.filesystem, destination_filesystem=pafs.LocalFileSystem()
+    )

@@ -36,19 +36,25 @@ def signals_request_stop(run_dir: Path, force_quit: Callable[[], None] | None = 
             interrupts += 1
         if not requested:
             requested = True
-            _say(f"signal {signum}: workers will checkpoint and stop after the current step "
-                 "(a third Ctrl-C force-quits without that checkpoint)")
+            _say(
+                f"signal {signum}: workers will checkpoint and stop after the current step "
+                "(a third Ctrl-C force-quits without that checkpoint)"
+            )
             request_stop(run_dir, signum)
             return
         if interrupts >= FORCE_QUIT_AFTER:
-            _say("third Ctrl-C: force-quitting; the checkpoint in progress is abandoned, the run will resume "
-                 "from the last committed one")
+            _say(
+                "third Ctrl-C: force-quitting; the checkpoint in progress is abandoned, the run will resume "
+                "from the last committed one"
+            )
             if force_quit is None:
                 raise KeyboardInterrupt
             force_quit()
             return
-        _say(f"signal {signum} again: already stopping, finishing the checkpoint first"
-             + (" (a third Ctrl-C force-quits without it)" if signum == signal.SIGINT else ""))
+        _say(
+            f"signal {signum} again: already stopping, finishing the checkpoint first"
+            + (" (a third Ctrl-C force-quits without it)" if signum == signal.SIGINT else "")
+        )
 
     for signum in STOP_SIGNALS:
         previous[signum] = signal.signal(signum, handle)

@@ -44,8 +44,14 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
     if problem:
         raise SlurmError(f"output.dir {problem}")
     options = [f"--gpus-per-node={settings.gpus_per_node}"] if settings.gpus_per_node else []
-    for flag, value in (("partition", settings.partition), ("account", settings.account), ("qos", settings.qos),
-                        ("time", settings.time), ("cpus-per-task", settings.cpus_per_task), ("mem", settings.mem)):
+    for flag, value in (
+        ("partition", settings.partition),
+        ("account", settings.account),
+        ("qos", settings.qos),
+        ("time", settings.time),
+        ("cpus-per-task", settings.cpus_per_task),
+        ("mem", settings.mem),
+    ):
         if value is not None:
             options.append(f"--{flag}={value}")
     options += [opt if opt.startswith("-") else f"--{opt}" for opt in settings.extra_sbatch]
@@ -65,15 +71,19 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
             python=shlex.quote(python or sys.executable),
         )
     except (KeyError, ValueError) as exc:
-        raise SlurmError(f"{template}: bad placeholder {exc}; the template may use $run_dir, $job_name, $nodes, "
-                         "$signal_before_s, $requeue, $sbatch_options, $setup, $workdir, $python") from None
+        raise SlurmError(
+            f"{template}: bad placeholder {exc}; the template may use $run_dir, $job_name, $nodes, "
+            "$signal_before_s, $requeue, $sbatch_options, $setup, $workdir, $python"
+        ) from None
 
 
 def submit(run_dir: Path, cluster: ClusterConfig) -> str:
     """Write the rendered script into the run directory and sbatch it; returns the job id."""
     if shutil.which("sbatch") is None:
-        raise SlurmError("sbatch not found: run this on a Slurm login node (or start a local Slurm with "
-                         "scripts/slurm/start_local_slurm.sh and export SLURM_CONF)")
+        raise SlurmError(
+            "sbatch not found: run this on a Slurm login node (or start a local Slurm with "
+            "scripts/slurm/start_local_slurm.sh and export SLURM_CONF)"
+        )
     layout = RunLayout(run_dir)
     layout.logs.mkdir(parents=True, exist_ok=True)
     script = layout.slurm_script

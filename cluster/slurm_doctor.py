@@ -16,8 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     head = node_address(hostnames(os.environ["SLURM_JOB_NODELIST"])[0])
     port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 20000
     worker = shlex.join([sys.executable, "-m", "cluster.doctor_worker", *args])  # bash -c: quoted
-    script = (f"export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
-              f"MASTER_ADDR={head} MASTER_PORT={port} OMP_NUM_THREADS=1; exec {worker}")
+    script = (
+        f"export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
+        f"MASTER_ADDR={head} MASTER_PORT={port} OMP_NUM_THREADS=1; exec {worker}"
+    )
     return subprocess.run(["srun", "bash", "-c", script]).returncode
 
 

@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     nodes = hostnames(os.environ["SLURM_JOB_NODELIST"])
     head = node_address(nodes[0])
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-    print(f"ftl slurm job {job_id}: {len(nodes)} node(s) {','.join(nodes)}, head {head}, mode {cluster.slurm.mode}, "
-          f"start #{int(restarts) + 1}", flush=True)
+    print(
+        f"ftl slurm job {job_id}: {len(nodes)} node(s) {','.join(nodes)}, head {head}, mode {cluster.slurm.mode}, "
+        f"start #{int(restarts) + 1}",
+        flush=True,
+    )
     try:
         lock = RunLock.acquire(run_dir, f"Slurm job {job_id}", slurm_job=job_id, wait_s=LOCK_HANDOVER_WAIT_S)
     except RunDirLocked as exc:
@@ -116,11 +119,25 @@ def threads_for(cluster: ClusterConfig) -> int:
 
 def run_torchrun_agents(run_dir: Path, cluster: ClusterConfig, head: str, port: int, job_id: str) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads_for(cluster)), TOKENIZERS_PARALLELISM="false")
-    cmd = ["srun", f"--nodes={len(hostnames(os.environ['SLURM_JOB_NODELIST']))}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-           sys.executable, "-m", "cluster.torchrun_agent", f"--nnodes={cluster.nodes}", f"--nproc-per-node={cluster.workers}",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id=slurm-{job_id}",
-           f"--max-restarts={cluster.torchrun.max_restarts}", "--monitor-interval=1",
-           "-m", "cluster.worker", str(run_dir)]
+    cmd = [
+        "srun",
+        f"--nodes={len(hostnames(os.environ['SLURM_JOB_NODELIST']))}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        sys.executable,
+        "-m",
+        "cluster.torchrun_agent",
+        f"--nnodes={cluster.nodes}",
+        f"--nproc-per-node={cluster.workers}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={head}:{port}",
+        f"--rdzv-id=slurm-{job_id}",
+        f"--max-restarts={cluster.torchrun.max_restarts}",
+        "--monitor-interval=1",
+        "-m",
+        "cluster.worker",
+        str(run_dir),
+    ]
     # srun is in this process's group: a signal to the batch shell alone (B:USR1) does not reach
     # it, so the stop request, not the signal, tells the workers.
     return _wait(subprocess.Popen(cmd, env=env))
@@ -136,18 +153,21 @@ def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, he
     cpus = os.environ.get("SLURM_CPUS_ON_NODE", str(os.cpu_count() or 1))
     # Every node advertises its own NodeAddr (what Slurm uses to reach it), the head included.
     own_addr = "$(scontrol show node -o $SLURMD_NODENAME | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"
-    start = (f'if [ "$SLURM_NODEID" = 0 ]; then exec {ray_bin} start --head --node-ip-address={head} --port={port} '
-             f"--num-cpus={cpus} --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port={port + 1} "
-             f"--disable-usage-stats --block; "
-             f'else sleep 3; exec {ray_bin} start --address={head}:{port} --node-ip-address="{own_addr}" '
-             f"--num-cpus={cpus} --disable-usage-stats --block; fi")
+    start = (
+        f'if [ "$SLURM_NODEID" = 0 ]; then exec {ray_bin} start --head --node-ip-address={head} --port={port} '
+        f"--num-cpus={cpus} --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port={port + 1} "
+        f"--disable-usage-stats --block; "
+        f'else sleep 3; exec {ray_bin} start --address={head}:{port} --node-ip-address="{own_addr}" '
+        f"--num-cpus={cpus} --disable-usage-stats --block; fi"
+    )
     # Ray's token authentication: one fresh token per job, shared by the nodes and this driver
     # through the environment (srun passes it on), never written to the run directory.
     if "RAY_AUTH_TOKEN" not in os.environ:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     nodes = hostnames(os.environ["SLURM_JOB_NODELIST"])
-    ray_nodes = subprocess.Popen(["srun", f"--nodes={len(nodes)}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-                                  "bash", "-c", start])
+    ray_nodes = subprocess.Popen(
+        ["srun", f"--nodes={len(nodes)}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "bash", "-c", start]
+    )
     try:
         address = f"{head}:{port}"
         if not _wait_for_ray_nodes(address, len(nodes), ray_nodes):

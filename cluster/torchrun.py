@@ -35,13 +35,23 @@ AGENT_STOP_GRACE_S = 60
 
 def torchrun_command(run_dir: Path, cluster: ClusterConfig) -> list[str]:
     settings = cluster.torchrun
-    cmd = [sys.executable, "-m", "cluster.torchrun_agent", f"--nproc-per-node={cluster.workers}",
-           f"--max-restarts={settings.max_restarts}", "--monitor-interval=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cluster.torchrun_agent",
+        f"--nproc-per-node={cluster.workers}",
+        f"--max-restarts={settings.max_restarts}",
+        "--monitor-interval=1",
+    ]
     if cluster.nodes == 1 and not settings.rdzv_endpoint:
         cmd.append("--standalone")
     else:
-        cmd += [f"--nnodes={cluster.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint(cluster)}",
-                f"--rdzv-id={settings.rdzv_id or run_dir.name}"]
+        cmd += [
+            f"--nnodes={cluster.nodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv_endpoint(cluster)}",
+            f"--rdzv-id={settings.rdzv_id or run_dir.name}",
+        ]
     return cmd + ["-m", "cluster.worker", str(run_dir)]
 
 
@@ -61,8 +71,9 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     # Own session: a Ctrl-C in the terminal reaches ftl only, which asks for a clean stop; the
     # agent would otherwise kill its workers mid-step.
     # The agent dies with ftl, and its workers with the agent (cluster/parent_death.py).
-    agent = subprocess.Popen(torchrun_command(run_dir, cluster), env=env, start_new_session=True,
-                             preexec_fn=child_dies_with_this_process())
+    agent = subprocess.Popen(
+        torchrun_command(run_dir, cluster), env=env, start_new_session=True, preexec_fn=child_dies_with_this_process()
+    )
 
     def abort() -> None:
         agent.send_signal(signal.SIGTERM)

@@ -68,8 +68,13 @@ def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> A
     from torch.distributed import PrefixStore, TCPStore
 
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                     is_master=not agent_hosts_store and rank == 0, timeout=timeout)
+    store = TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=not agent_hosts_store and rank == 0,
+        timeout=timeout,
+    )
     return PrefixStore(f"ftl/attempt-{attempt}", store)
 
 
@@ -87,7 +92,9 @@ def load_run_configs(run_dir: Path) -> tuple[TrainerConfig, ClusterConfig]:
     return TrainerConfig.model_validate(raw), cluster_cfg
 
 
-def execute(run_dir: Path, rank: int, world_size: int, local_rank: int, device: str, reporter: Reporter | None = None) -> Outcome:
+def execute(
+    run_dir: Path, rank: int, world_size: int, local_rank: int, device: str, reporter: Reporter | None = None
+) -> Outcome:
     """Run the trainer entry on this rank; rank 0 records the outcome for the launcher.
     Returns the outcome (finished with the summary, or where it stopped)."""
     from cluster.results import write_result
@@ -97,8 +104,9 @@ def execute(run_dir: Path, rank: int, world_size: int, local_rank: int, device: 
     from trainer.stopping import StopRequested
 
     cfg, _ = load_run_configs(run_dir)
-    context = WorkerContext(run_dir=run_dir, rank=rank, world_size=world_size, local_rank=local_rank,
-                            device=device, reporter=reporter)
+    context = WorkerContext(
+        run_dir=run_dir, rank=rank, world_size=world_size, local_rank=local_rank, device=device, reporter=reporter
+    )
     try:
         outcome = Outcome.finished(run(cfg, context))
     except StopRequested as exc:

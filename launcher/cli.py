@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="validate a config and run the fine-tune it describes")
     train.add_argument("config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
-    train.add_argument("--skip-fit-check", action="store_true", help="launch even when `ftl plan` predicts the run does not fit")
+    train.add_argument(
+        "--skip-fit-check", action="store_true", help="launch even when `ftl plan` predicts the run does not fit"
+    )
 
     slurm = verbs.add_parser("slurm", help="submit the run to Slurm as a batch job (sbatch), or print the script")
     slurm.add_argument("config", help="YAML config file")
@@ -41,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--address", help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
     submit.add_argument("--python", default="python", help="Python executable on the cluster (default: python)")
     submit.add_argument("--follow", action="store_true", help="stream the job's log until it ends")
-    for verb, text in (("status", "show a Ray Job's state"), ("logs", "print a Ray Job's log"), ("stop", "stop a Ray Job (it checkpoints first)")):
+    for verb, text in (
+        ("status", "show a Ray Job's state"),
+        ("logs", "print a Ray Job's log"),
+        ("stop", "stop a Ray Job (it checkpoints first)"),
+    ):
         job = verbs.add_parser(verb, help=text)
         job.add_argument("job_id")
         job.add_argument("--address", help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
@@ -52,12 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config")
     validate.add_argument("overrides", nargs="*", metavar="key.path=value")
 
-    export = verbs.add_parser("export", help="write a loadable model: a finished run's final/ (from the weights it "
-                              "finished with), else the latest checkpoint into RUN_DIR/exports/step-N")
+    export = verbs.add_parser(
+        "export",
+        help="write a loadable model: a finished run's final/ (from the weights it "
+        "finished with), else the latest checkpoint into RUN_DIR/exports/step-N",
+    )
     export.add_argument("run_dir")
     export.add_argument("--merge", action="store_true", help="also write a merged full model (merged/)")
-    export.add_argument("--checkpoint", help="a specific checkpoint directory instead of the latest valid one "
-                        "(written to exports/step-N, never to final/)")
+    export.add_argument(
+        "--checkpoint",
+        help="a specific checkpoint directory instead of the latest valid one "
+        "(written to exports/step-N, never to final/)",
+    )
     export.add_argument("--out", help="write the export into this directory instead")
 
     generate = verbs.add_parser("generate", help="generate text with a run's fine-tuned model")
@@ -70,19 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
 
     runs = verbs.add_parser("runs", help="list runs under a directory with their status and latest valid checkpoint")
-    runs.add_argument("dir", nargs="?", default="runs", help="a directory of runs, or one run directory (default: ./runs)")
+    runs.add_argument(
+        "dir", nargs="?", default="runs", help="a directory of runs, or one run directory (default: ./runs)"
+    )
     runs.add_argument("--verify", action="store_true", help="also verify checkpoint checksums (reads every file)")
     _add_plan_and_doctor(verbs)
     return parser
 
 
 def _add_plan_and_doctor(verbs: argparse._SubParsersAction) -> None:
-    plan = verbs.add_parser("plan", help="predict per-GPU memory, speed, time and cost of a run before launching it",
-                            description="Exit code 0 when the run fits, 1 when it does not.")
+    plan = verbs.add_parser(
+        "plan",
+        help="predict per-GPU memory, speed, time and cost of a run before launching it",
+        description="Exit code 0 when the run fits, 1 when it does not.",
+    )
     plan.add_argument("config", help="YAML config file (model.path may be a built-in architecture, e.g. llama-3.1-8b)")
     plan.add_argument("overrides", nargs="*", metavar="key.path=value")
-    plan.add_argument("--gpu", help="GPU type (H100, H200, A100-80GB, A100-40GB, L40S, A6000, L4, RTX4090, ...) or cpu; "
-                                    "default: this machine's device")
+    plan.add_argument(
+        "--gpu",
+        help="GPU type (H100, H200, A100-80GB, A100-40GB, L40S, A6000, L4, RTX4090, ...) or cpu; "
+        "default: this machine's device",
+    )
     plan.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: cluster.workers)")
     plan.add_argument("--nodes", type=int, default=1)
     plan.add_argument("--gpu-memory", help="memory per GPU, e.g. 24GiB or 80GB (overrides the table)")
@@ -90,10 +110,14 @@ def _add_plan_and_doctor(verbs: argparse._SubParsersAction) -> None:
     plan.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation (default 0.35)")
     plan.add_argument("--price-per-gpu-hour", type=float, help="price of one GPU-hour, for the cost estimate")
 
-    doctor = verbs.add_parser("doctor", help="preflight checks: versions, CUDA/NCCL, disk, shared run directory, all-reduce bandwidth")
+    doctor = verbs.add_parser(
+        "doctor", help="preflight checks: versions, CUDA/NCCL, disk, shared run directory, all-reduce bandwidth"
+    )
     doctor.add_argument("config", nargs="?", help="YAML config (run directory, workers, checkpoint sizes); optional")
     doctor.add_argument("overrides", nargs="*", metavar="key.path=value")
-    doctor.add_argument("--workers", type=int, help="worker processes for the collective checks (default: cluster.workers, at least 2)")
+    doctor.add_argument(
+        "--workers", type=int, help="worker processes for the collective checks (default: cluster.workers, at least 2)"
+    )
     doctor.add_argument("--size-mb", type=float, default=64.0, help="all-reduce message size in MB (default 64)")
 
 

@@ -59,7 +59,9 @@ def _train_as_torchrun_worker(cfg: Any) -> int:
     # Rank 0 prepares the run directory and holds its lock until this process ends its run.
     with contextlib.ExitStack() as hold:
         try:
-            summary = run_as_torchrun_worker(lambda: hold.enter_context(running_in(cfg)), cfg.cluster.collective_timeout_s)
+            summary = run_as_torchrun_worker(
+                lambda: hold.enter_context(running_in(cfg)), cfg.cluster.collective_timeout_s
+            )
         except TorchrunPrepareFailed as exc:
             raise UserError(str(exc)) from None
     if summary is not None:
@@ -75,11 +77,19 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
 
     # Not while the run trains (its final/ and checkpoints are in flux), nor two exports at once.
     with lock_run_dir(Path(run_dir), "ftl export"):
-        done = export_run(cfg, Path(run_dir), checkpoint=Path(checkpoint).resolve() if checkpoint else None, merge=merge,
-                          device=default_device(), out=Path(out).resolve() if out else None)
+        done = export_run(
+            cfg,
+            Path(run_dir),
+            checkpoint=Path(checkpoint).resolve() if checkpoint else None,
+            merge=merge,
+            device=default_device(),
+            out=Path(out).resolve() if out else None,
+        )
     if not done.written:
-        print(f"{done.path} already holds the finished run's model (step {done.step}); nothing to export "
-              "(--merge adds a merged model, --out DIR writes a copy elsewhere)")
+        print(
+            f"{done.path} already holds the finished run's model (step {done.step}); nothing to export "
+            "(--merge adds a merged model, --out DIR writes a copy elsewhere)"
+        )
     else:
         print(f"exported step {done.step} (from {done.source}) to {done.path}")
     return 0
@@ -95,7 +105,17 @@ def generate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_inference(Path(args.run_dir), default_device())
     sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {}
-    print(generate_reply(model, tokenizer, args.prompt, raw=args.raw, max_new_tokens=args.max_new_tokens, device=default_device(), **sampling))
+    print(
+        generate_reply(
+            model,
+            tokenizer,
+            args.prompt,
+            raw=args.raw,
+            max_new_tokens=args.max_new_tokens,
+            device=default_device(),
+            **sampling,
+        )
+    )
     return 0
 
 
@@ -114,12 +134,16 @@ def runs(parent: str, verify: bool = False) -> int:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> {_fmt(summary['last_loss'])}"]
+    lines = [
+        f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> {_fmt(summary['last_loss'])}"
+    ]
     data = summary.get("data", {})
     if data:
         mode = "packed into" if data.get("packing") else "padded in batches,"
-        lines.append(f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; "
-                     f"{100 * data['token_efficiency']:.1f}% of token slots hold real tokens")
+        lines.append(
+            f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; "
+            f"{100 * data['token_efficiency']:.1f}% of token slots hold real tokens"
+        )
     scores = summary.get("scores", {})
     if scores:
         # Classification runs report accuracy where generation runs report exact match.
@@ -133,8 +157,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"{split:<14}{loss:<30}{em:<30}")
     stopping = summary.get("transfer", {}).get("early_stopping")
     if stopping and stopping.get("stopped_at") is not None:
-        lines.append(f"early stopping: stopped at step {stopping['stopped_at']}; final/ holds the best step {stopping['best_step']} "
-                     f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])})")
+        lines.append(
+            f"early stopping: stopped at step {stopping['stopped_at']}; final/ holds the best step {stopping['best_step']} "
+            f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])})"
+        )
     final_dir = Path(summary["final_dir"])
     for name in ("adapter", "merged"):
         if (final_dir / name).exists():

@@ -26,11 +26,24 @@ LOCAL_ONLY_KEYS = ("output.dir", "output.local_dir", "data.cache_dir")
 
 # Names users bring from other tools, for the did-you-mean hint where spelling distance fails.
 KEY_ALIASES = {
-    "lr": "learning_rate", "batch_size": "micro_batch_size", "per_device_train_batch_size": "micro_batch_size",
-    "num_epochs": "epochs", "num_train_epochs": "epochs", "grad_accum": "gradient_accumulation_steps",
-    "gradient_accumulation": "gradient_accumulation_steps", "rank": "r", "lora_r": "r", "lora_alpha": "alpha",
-    "lora_dropout": "dropout", "model_name": "path", "base_model": "path", "sequence_len": "max_seq_len",
-    "seq_len": "max_seq_len", "output_dir": "dir", "scheduler": "lr_scheduler", "warmup": "warmup_steps",
+    "lr": "learning_rate",
+    "batch_size": "micro_batch_size",
+    "per_device_train_batch_size": "micro_batch_size",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "grad_accum": "gradient_accumulation_steps",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "model_name": "path",
+    "base_model": "path",
+    "sequence_len": "max_seq_len",
+    "seq_len": "max_seq_len",
+    "output_dir": "dir",
+    "scheduler": "lr_scheduler",
+    "warmup": "warmup_steps",
 }
 
 

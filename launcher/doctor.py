@@ -56,14 +56,19 @@ def doctor_command(args: argparse.Namespace) -> int:
     from cluster.doctor_backends import run_doctor_workers
 
     cluster = cfg.cluster if cfg else ClusterConfig(backend="local")
-    print(f"ftl doctor: {workers} worker(s) per node x {cluster.nodes} node(s) on the {cluster.backend} backend ...", file=sys.stderr)
+    print(
+        f"ftl doctor: {workers} worker(s) per node x {cluster.nodes} node(s) on the {cluster.backend} backend ...",
+        file=sys.stderr,
+    )
     results = run_doctor_workers(cluster, run_dir, args.size_mb, workers)
     checks += worker_checks(results, args.size_mb)
     print(render_table(checks))
     return 0 if all(c.ok for c in checks) else EXIT_FAILED
 
 
-def run_local_workers(run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, dict[str, str]] | None = None) -> list[dict[str, Any]]:
+def run_local_workers(
+    run_dir: Path, workers: int, size_mb: float, extra_env: dict[int, dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
     """`workers` local doctor workers (the local backend's process spawning), results by rank."""
     from cluster.config import ClusterConfig
     from cluster.doctor_backends import run_doctor_workers
@@ -100,9 +105,14 @@ def version_checks() -> list[Check]:
             continue
         if req.specifier and not req.specifier.contains(Version(installed), prereleases=True):
             problems.append(f"{req.name} {installed} is outside ftl's supported range {req.specifier}")
-    checks.append(Check("library versions", not problems,
-                        "; ".join(problems) or f"{len(requirements)} requirements satisfied",
-                        "reinstall: pip install -e . (or the versions named above)" if problems else ""))
+    checks.append(
+        Check(
+            "library versions",
+            not problems,
+            "; ".join(problems) or f"{len(requirements)} requirements satisfied",
+            "reinstall: pip install -e . (or the versions named above)" if problems else "",
+        )
+    )
     return checks
 
 
@@ -116,17 +126,36 @@ def cuda_checks(cfg: Any) -> list[Check]:
     checks = [Check("CUDA", True, f"{count} x {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")]
     workers = cfg.cluster.workers if cfg is not None else 1
     if workers > count:
-        checks.append(Check("GPUs for the local workers", False, f"cluster.workers={workers} but {count} GPU(s) visible",
-                            f"set cluster.workers={count} or make more GPUs visible (CUDA_VISIBLE_DEVICES)"))
-    checks.append(Check("NCCL", dist.is_nccl_available(),
-                        f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}" if dist.is_nccl_available() else "torch was built without NCCL",
-                        "" if dist.is_nccl_available() else "install a CUDA build of torch"))
+        checks.append(
+            Check(
+                "GPUs for the local workers",
+                False,
+                f"cluster.workers={workers} but {count} GPU(s) visible",
+                f"set cluster.workers={count} or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
+            )
+        )
+    checks.append(
+        Check(
+            "NCCL",
+            dist.is_nccl_available(),
+            f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"
+            if dist.is_nccl_available()
+            else "torch was built without NCCL",
+            "" if dist.is_nccl_available() else "install a CUDA build of torch",
+        )
+    )
     import os
 
     disabled = [k for k in ("NCCL_P2P_DISABLE", "NCCL_IB_DISABLE", "NCCL_SHM_DISABLE") if os.environ.get(k) == "1"]
     if disabled:
-        checks.append(Check("NCCL settings", False, f"{', '.join(disabled)}=1 forces slower transports",
-                            f"unset {' '.join(disabled)} unless your fabric needs it"))
+        checks.append(
+            Check(
+                "NCCL settings",
+                False,
+                f"{', '.join(disabled)}=1 forces slower transports",
+                f"unset {' '.join(disabled)} unless your fabric needs it",
+            )
+        )
     return checks
 
 
@@ -135,16 +164,34 @@ def config_checks(cfg: Any) -> list[Check]:
     import importlib.util
 
     if cfg.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        checks.append(Check("flash-attn", False, "model.attn_implementation=flash_attention_2 but flash-attn is not installed",
-                            "pip install 'ftl[gpu]' on a CUDA machine, or use attn_implementation=auto"))
+        checks.append(
+            Check(
+                "flash-attn",
+                False,
+                "model.attn_implementation=flash_attention_2 but flash-attn is not installed",
+                "pip install 'ftl[gpu]' on a CUDA machine, or use attn_implementation=auto",
+            )
+        )
     if cfg.parallel.offload_optimizer != "none" or cfg.parallel.offload_params != "none":
         compiler = shutil.which("c++") or shutil.which("g++")
-        checks.append(Check("C++ compiler (DeepSpeed CPU Adam JIT)", bool(compiler), compiler or "no c++/g++ on PATH",
-                            "" if compiler else "install a C++ toolchain (apt-get install g++) or prebuild DeepSpeed ops"))
+        checks.append(
+            Check(
+                "C++ compiler (DeepSpeed CPU Adam JIT)",
+                bool(compiler),
+                compiler or "no c++/g++ on PATH",
+                "" if compiler else "install a C++ toolchain (apt-get install g++) or prebuild DeepSpeed ops",
+            )
+        )
     if "nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params):
         aio = ctypes.util.find_library("aio")
-        checks.append(Check("libaio (NVMe offload)", bool(aio), aio or "libaio not found",
-                            "" if aio else "apt-get install libaio-dev, then reinstall deepspeed"))
+        checks.append(
+            Check(
+                "libaio (NVMe offload)",
+                bool(aio),
+                aio or "libaio not found",
+                "" if aio else "apt-get install libaio-dev, then reinstall deepspeed",
+            )
+        )
     return checks
 
 
@@ -155,8 +202,12 @@ def checkpoint_disk_check(cfg: Any) -> Check:
     free = shutil.disk_usage(where).free
     from launcher.plan.render import size
 
-    return Check("disk for checkpoints", free >= need, f"{size(free)} free at {where}, about {size(need)} needed",
-                 "" if free >= need else "free space, lower checkpoint.keep_last, or point output.dir at a bigger disk")
+    return Check(
+        "disk for checkpoints",
+        free >= need,
+        f"{size(free)} free at {where}, about {size(need)} needed",
+        "" if free >= need else "free space, lower checkpoint.keep_last, or point output.dir at a bigger disk",
+    )
 
 
 def checkpoint_bytes_needed(cfg: Any) -> int:
@@ -169,7 +220,11 @@ def checkpoint_bytes_needed(cfg: Any) -> int:
     # A checkpoint holds the trainable weights and AdamW's two states (same dtype) + small files.
     per_checkpoint = 3 * trainable
     checkpoints = (cfg.checkpoint.keep_last + 1) if cfg.checkpoint.every_steps else 1
-    merged = sum(p.numel for p in inventory.params if "lora_" not in p.name) * setup.param_bytes if cfg.output.save_merged else 0
+    merged = (
+        sum(p.numel for p in inventory.params if "lora_" not in p.name) * setup.param_bytes
+        if cfg.output.save_merged
+        else 0
+    )
     return checkpoints * per_checkpoint + merged + trainable
 
 
@@ -184,7 +239,12 @@ def worker_checks(results: list[dict[str, Any]], size_mb: float) -> list[Check]:
     """Checks from the per-rank results of cluster.doctor_worker, however they were collected."""
     failed = [r for r in results if "failed" in r]
     if failed:
-        return [Check(f"worker {r['rank']}", False, r["failed"], "see the message; rerun with fewer --workers to isolate it") for r in failed]
+        return [
+            Check(
+                f"worker {r['rank']}", False, r["failed"], "see the message; rerun with fewer --workers to isolate it"
+            )
+            for r in failed
+        ]
     checks = []
     not_visible = [r for r in results if not r["run_dir_check"]["visible"]]
     not_writable = [r for r in results if not r["run_dir_check"]["writable"]]
@@ -192,29 +252,57 @@ def worker_checks(results: list[dict[str, Any]], size_mb: float) -> list[Check]:
     run_dir = results[0]["run_dir"] if results else "?"
     if not_visible or missing:
         ranks = sorted({r["rank"] for r in not_visible} | set(missing))
-        why = "; ".join(e for r in results for e in r["run_dir_check"]["errors"][:1]) or f"rank 0 cannot see the probes of ranks {missing}"
-        checks.append(Check("run directory shared by every worker", False,
-                            f"ranks {ranks} do not see the same {run_dir} as rank 0: {why}",
-                            "put output.dir on a filesystem mounted at the same path on every node (NFS, Lustre, ...)"))
+        why = (
+            "; ".join(e for r in results for e in r["run_dir_check"]["errors"][:1])
+            or f"rank 0 cannot see the probes of ranks {missing}"
+        )
+        checks.append(
+            Check(
+                "run directory shared by every worker",
+                False,
+                f"ranks {ranks} do not see the same {run_dir} as rank 0: {why}",
+                "put output.dir on a filesystem mounted at the same path on every node (NFS, Lustre, ...)",
+            )
+        )
     else:
         checks.append(Check("run directory shared by every worker", True, f"{len(results)} workers see {run_dir}"))
     if not_writable:
         errors = "; ".join(e for r in not_writable for e in r["run_dir_check"]["errors"][:1])
-        checks.append(Check("run directory writable by every worker", False,
-                            f"ranks {[r['rank'] for r in not_writable]} cannot write there: {errors}",
-                            "choose an output.dir the training user can create and write on every node"))
+        checks.append(
+            Check(
+                "run directory writable by every worker",
+                False,
+                f"ranks {[r['rank'] for r in not_writable]} cannot write there: {errors}",
+                "choose an output.dir the training user can create and write on every node",
+            )
+        )
     else:
         checks.append(Check("run directory writable by every worker", True, f"{len(results)} workers wrote a probe"))
     versions = {json.dumps(r["environment"]["versions"], sort_keys=True) for r in results}
-    checks.append(Check("same library versions on every worker", len(versions) == 1,
-                        "identical" if len(versions) == 1 else f"{len(versions)} different version sets",
-                        "" if len(versions) == 1 else "install the same environment on every node"))
+    checks.append(
+        Check(
+            "same library versions on every worker",
+            len(versions) == 1,
+            "identical" if len(versions) == 1 else f"{len(versions)} different version sets",
+            "" if len(versions) == 1 else "install the same environment on every node",
+        )
+    )
     reduce = results[0]["all_reduce"]
     busbw = reduce["busbw_gbps"]
-    speed = f"bus bandwidth {busbw:.2f} GB/s" if busbw is not None else f"algorithm bandwidth {reduce['algbw_gbps']:.2f} GB/s (1 worker)"
-    checks.append(Check(f"all-reduce {size_mb:g} MB across {len(results)} workers ({results[0]['backend']})", bool(reduce["result_correct"]),
-                        f"{speed}, {1000 * reduce['seconds']:.1f} ms per all-reduce" + ("" if reduce["result_correct"] else "; WRONG RESULT"),
-                        "" if reduce["result_correct"] else "a collective returned a wrong sum: check NCCL/GPU health"))
+    speed = (
+        f"bus bandwidth {busbw:.2f} GB/s"
+        if busbw is not None
+        else f"algorithm bandwidth {reduce['algbw_gbps']:.2f} GB/s (1 worker)"
+    )
+    checks.append(
+        Check(
+            f"all-reduce {size_mb:g} MB across {len(results)} workers ({results[0]['backend']})",
+            bool(reduce["result_correct"]),
+            f"{speed}, {1000 * reduce['seconds']:.1f} ms per all-reduce"
+            + ("" if reduce["result_correct"] else "; WRONG RESULT"),
+            "" if reduce["result_correct"] else "a collective returned a wrong sum: check NCCL/GPU health",
+        )
+    )
     return checks
 
 
@@ -228,4 +316,3 @@ def render_table(checks: list[Check]) -> str:
     failed = sum(not c.ok for c in checks)
     lines.append(f"\n{len(checks) - failed} passed, {failed} failed")
     return "\n".join(lines)
-

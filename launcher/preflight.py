@@ -13,14 +13,23 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     problems: list[str] = []
     for key, value in (("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer)):
         if value and _looks_local(value) and not (Path(value) / "config.json").exists() and key == "model.path":
-            problems.append(f"{key}: {value} is not a model directory (no config.json); "
-                            "point it at a Hugging Face model folder, or use a hub name when online")
+            problems.append(
+                f"{key}: {value} is not a model directory (no config.json); "
+                "point it at a Hugging Face model folder, or use a hub name when online"
+            )
         elif value and _looks_local(value) and not Path(value).exists():
             problems.append(f"{key}: {value} does not exist")
-    data_keys = [("data.train", cfg.data.train), ("data.validation", cfg.data.validation), ("data.test", cfg.data.test),
-                 ("eval.retain", cfg.eval.retain)]
+    data_keys = [
+        ("data.train", cfg.data.train),
+        ("data.validation", cfg.data.validation),
+        ("data.test", cfg.data.test),
+        ("eval.retain", cfg.eval.retain),
+    ]
     for index, source in enumerate(cfg.data.mixture):
-        data_keys += [(f"data.mixture[{index}].train", source.train), (f"data.mixture[{index}].validation", source.validation)]
+        data_keys += [
+            (f"data.mixture[{index}].train", source.train),
+            (f"data.mixture[{index}].validation", source.validation),
+        ]
     for key, value in data_keys:
         if value and (_looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).exists():
             problems.append(f"{key}: {value} not found (relative paths resolve from the current directory)")

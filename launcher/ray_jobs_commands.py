@@ -26,8 +26,11 @@ def submit(args: argparse.Namespace) -> int:
     except jobs.JobError as exc:
         raise UserError(str(exc)) from None
     print(job_id)
-    print(f"ftl: submitted Ray Job {job_id}; follow it with `ftl logs {job_id} --follow`, "
-          f"stop it with `ftl stop {job_id}`", file=sys.stderr)
+    print(
+        f"ftl: submitted Ray Job {job_id}; follow it with `ftl logs {job_id} --follow`, "
+        f"stop it with `ftl stop {job_id}`",
+        file=sys.stderr,
+    )
     if args.follow:
         state = jobs.follow(job_id, args.address, sys.stdout.write)
         return 0 if state == "SUCCEEDED" else EXIT_FAILED
@@ -49,7 +52,9 @@ def logs(args: argparse.Namespace) -> int:
 
 def stop(args: argparse.Namespace) -> int:
     stopped = _call(lambda jobs: jobs.stop(args.job_id, args.address))
-    print(f"ftl: {'asked Ray Job ' + args.job_id + ' to stop (it checkpoints first)' if stopped else args.job_id + ' had already ended'}")
+    print(
+        f"ftl: {'asked Ray Job ' + args.job_id + ' to stop (it checkpoints first)' if stopped else args.job_id + ' had already ended'}"
+    )
     return 0
 
 

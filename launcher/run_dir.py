@@ -37,7 +37,17 @@ from trainer.run_layout import (
     RunLayout,
 )
 
-TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "deepspeed", "ray", "accelerate", "datasets", "ftl")
+TRACKED_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "deepspeed",
+    "ray",
+    "accelerate",
+    "datasets",
+    "ftl",
+)
 # Names ftl itself may leave in a directory before its marker (RUN_MARKER, written first into every
 # run directory: "ftl made this"): the lock (and its temporary names), the write probe, `ftl doctor`'s probes.
 OWN_NAMES = (RUN_MARKER, LOCK_FILE, WRITE_PROBE, DOCTOR_PROBE)
@@ -60,8 +70,9 @@ def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ft
         yield prepare_run_dir(cfg, argv, hold=hold, purpose=purpose)
 
 
-def prepare_run_dir(cfg: RunConfig, argv: list[str] | None = None, hold: ExitStack | None = None,
-                    purpose: str = "ftl train") -> Path:
+def prepare_run_dir(
+    cfg: RunConfig, argv: list[str] | None = None, hold: ExitStack | None = None, purpose: str = "ftl train"
+) -> Path:
     """Check and write the run directory under its lock. The lock is released on return unless
     `hold` is given: then it is released when `hold` closes."""
     run_dir = local_run_dir(cfg)
@@ -78,11 +89,15 @@ def prepare_run_dir(cfg: RunConfig, argv: list[str] | None = None, hold: ExitSta
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"output.dir {run_dir}: cannot write there ({exc.strerror}); pick a writable directory") from None
+        raise UserError(
+            f"output.dir {run_dir}: cannot write there ({exc.strerror}); pick a writable directory"
+        ) from None
     with ExitStack() as scope:
         scope.enter_context(lock_run_dir(run_dir, purpose, group=_launch_group(cfg, run_dir)))
         if not layout.marker.exists():
-            _atomic_write(layout.marker, json.dumps({"ftl_run_directory": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+            _atomic_write(
+                layout.marker, json.dumps({"ftl_run_directory": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            )
         # The snapshot is what the workers read, so it is the config itself: it holds no secrets
         # because load_config refuses them (launcher/secret_values.py).
         snapshot = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
@@ -121,9 +136,11 @@ def refuse_foreign_dir(run_dir: Path) -> None:
     if not entries or _made_by_earlier_ftl(run_dir) or _holds_only_copied_checkpoints(run_dir, entries):
         return
     shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-    raise UserError(f"output.dir {run_dir} is not empty and is not an ftl run directory (no {RUN_MARKER}; it holds {shown}); "
-                    "ftl does not write into a directory it did not make. Choose an output.dir that does not exist yet "
-                    "or is empty (e.g. a new subdirectory)")
+    raise UserError(
+        f"output.dir {run_dir} is not empty and is not an ftl run directory (no {RUN_MARKER}; it holds {shown}); "
+        "ftl does not write into a directory it did not make. Choose an output.dir that does not exist yet "
+        "or is empty (e.g. a new subdirectory)"
+    )
 
 
 def _holds_only_copied_checkpoints(run_dir: Path, entries: list[str]) -> bool:
@@ -143,8 +160,13 @@ def _made_by_earlier_ftl(run_dir: Path) -> bool:
         env = json.loads(layout.environment.read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False
-    return (isinstance(config, dict) and {"model", "output"} <= config.keys() and isinstance(env, dict)
-            and {"packages", "git_commit", "argv"} <= env.keys() and "ftl" in (env.get("packages") or {}))
+    return (
+        isinstance(config, dict)
+        and {"model", "output"} <= config.keys()
+        and isinstance(env, dict)
+        and {"packages", "git_commit", "argv"} <= env.keys()
+        and "ftl" in (env.get("packages") or {})
+    )
 
 
 def environment_record(argv: list[str] | None = None) -> dict[str, Any]:
@@ -173,7 +195,9 @@ def _git_commit() -> str | None:
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain"], capture_output=True, text=True, timeout=5)
+    dirty = subprocess.run(
+        ["git", "-C", str(source), "status", "--porcelain"], capture_output=True, text=True, timeout=5
+    )
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

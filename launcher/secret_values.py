@@ -16,17 +16,21 @@ from typing import Any
 
 REDACTED = "***redacted***"
 # Tokens with a recognisable shape: Hugging Face, OpenAI-style, GitHub, AWS access key ids, Slack.
-TOKEN_VALUE = re.compile(r"(?<![A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|"
-                         r"github_pat_[A-Za-z0-9_]{20,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,})")
+TOKEN_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|"
+    r"github_pat_[A-Za-z0-9_]{20,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,})"
+)
 # scheme://user:password@host — a password in a URI's userinfo (abfss://container@account has none).
 URI_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]*:[^/?#@\s]*)@")
 # NAME=value inside a string (a shell line in cluster.slurm.setup, an --export in extra_sbatch).
 ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_])([A-Za-z_][A-Za-z0-9_]*)=([^\s,;]+)")
 SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials"}
 SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("auth", "token")}
-ENV_HINT = ("put it in the environment instead (HF_TOKEN for the Hugging Face hub; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-            "GOOGLE_APPLICATION_CREDENTIALS or AZURE_STORAGE_* for object storage): ftl passes them to the workers on every "
-            "backend and never writes them to the run directory")
+ENV_HINT = (
+    "put it in the environment instead (HF_TOKEN for the Hugging Face hub; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "GOOGLE_APPLICATION_CREDENTIALS or AZURE_STORAGE_* for object storage): ftl passes them to the workers on every "
+    "backend and never writes them to the run directory"
+)
 
 
 def is_secret_name(name: str) -> bool:
@@ -46,18 +50,24 @@ def secret_problems(raw: Any, path: str = "") -> list[str]:
         return []
     uri = URI_PASSWORD.search(raw)
     if uri:
-        return [f"{path}: the URI carries a user name and password ({strip_userinfo(raw.split('?', 1)[0])} shown without them); "
-                f"credentials do not belong in a config: write the URI without 'user:password@' and {ENV_HINT}"]
+        return [
+            f"{path}: the URI carries a user name and password ({strip_userinfo(raw.split('?', 1)[0])} shown without them); "
+            f"credentials do not belong in a config: write the URI without 'user:password@' and {ENV_HINT}"
+        ]
     if TOKEN_VALUE.search(raw):
         return [f"{path}: holds what looks like an access token; tokens do not belong in a config: {ENV_HINT}"]
     named = [name for name, value in ASSIGNMENT.findall(raw) if is_secret_name(name) and not value.startswith("$")]
     if named and "://" in raw:
-        return [f"{path}: the URI's options carry credentials ({', '.join(named)}); credentials do not belong in a config: "
-                f"write the URI without them and {ENV_HINT}"]
+        return [
+            f"{path}: the URI's options carry credentials ({', '.join(named)}); credentials do not belong in a config: "
+            f"write the URI without them and {ENV_HINT}"
+        ]
     if named:
-        return [f"{path}: sets {', '.join(named)} to a literal value; secrets do not belong in a config: export "
-                f"{named[0]} in the shell that runs ftl instead (a Slurm job inherits the environment it is submitted from), "
-                f"and write ${named[0]} where the config needs it"]
+        return [
+            f"{path}: sets {', '.join(named)} to a literal value; secrets do not belong in a config: export "
+            f"{named[0]} in the shell that runs ftl instead (a Slurm job inherits the environment it is submitted from), "
+            f"and write ${named[0]} where the config needs it"
+        ]
     return []
 
 

@@ -45,8 +45,11 @@ def slurm(args: argparse.Namespace) -> int:
     except SlurmError as exc:
         raise UserError(str(exc)) from None
     print(job_id)
-    print(f"ftl: submitted Slurm job {job_id} for {run_dir}\n"
-          f"  log:    {RunLayout(run_dir).slurm_log(job_id)}\n"
-          f"  state:  scontrol show job {job_id}\n"
-          f"  cancel: scancel {job_id}   (scancel --signal=USR1 --batch {job_id} checkpoints and requeues)", file=sys.stderr)
+    print(
+        f"ftl: submitted Slurm job {job_id} for {run_dir}\n"
+        f"  log:    {RunLayout(run_dir).slurm_log(job_id)}\n"
+        f"  state:  scontrol show job {job_id}\n"
+        f"  cancel: scancel {job_id}   (scancel --signal=USR1 --batch {job_id} checkpoints and requeues)",
+        file=sys.stderr,
+    )
     return 0

@@ -28,6 +28,7 @@ def check(name: str) -> Callable[[Callable[[], str]], Callable[[], str]]:
         RESULTS.append((status, name, detail))
         print(f"{status:<5} {name}: {detail}", flush=True)
         return fn
+
     return register
 
 
@@ -43,7 +44,12 @@ def train(tmp: Path, name: str, **sections: dict) -> list[float]:
     for key, value in sections.items():
         config.setdefault(key, {}).update(value)
     (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    out = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(tmp / f"{name}.yaml")], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "train", str(tmp / f"{name}.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"ftl train ({name}) exited {out.returncode}: {out.stderr[-1500:]}")
     from trainer.metrics import read_metrics
@@ -78,16 +84,26 @@ def main() -> int:
         from trainer.loss import forward_logits
 
         tok = AutoTokenizer.from_pretrained(str(MODEL))
-        model = AutoModelForCausalLM.from_pretrained(str(MODEL), dtype=torch.bfloat16, attn_implementation="flash_attention_2").cuda().eval()
-        data = load_tokenized(str(DATA / "valid.jsonl"), "chat", tok, max_seq_len=128, too_long="truncate", skip_bad_rows=False)
+        model = (
+            AutoModelForCausalLM.from_pretrained(
+                str(MODEL), dtype=torch.bfloat16, attn_implementation="flash_attention_2"
+            )
+            .cuda()
+            .eval()
+        )
+        data = load_tokenized(
+            str(DATA / "valid.jsonl"), "chat", tok, max_seq_len=128, too_long="truncate", skip_bad_rows=False
+        )
         packed = make_batch(RowDataset(data, [[0, 1, 2, 3]], packed=True), [0], tok.pad_token_id)
         worst, offset = 0.0, 0
         with torch.no_grad():
             logits = forward_logits(model, {k: v.cuda() for k, v in packed.items()})[0].float()
             for i in range(4):
                 ids, _ = data.example(i)
-                alone = forward_logits(model, {"input_ids": torch.tensor(ids[None], dtype=torch.long).cuda()})[0].float()
-                worst = max(worst, float((logits[offset: offset + len(ids)] - alone).abs().max()))
+                alone = forward_logits(model, {"input_ids": torch.tensor(ids[None], dtype=torch.long).cuda()})[
+                    0
+                ].float()
+                worst = max(worst, float((logits[offset : offset + len(ids)] - alone).abs().max()))
                 offset += len(ids)
         assert worst < 5e-2, f"packed vs one-by-one max |diff| {worst} (bf16)"
         losses = train(tmp, "flash", model={"attn_implementation": "flash_attention_2"})
@@ -119,8 +135,15 @@ def main() -> int:
 
         tok = AutoTokenizer.from_pretrained(str(MODEL))
         model = AutoModelForCausalLM.from_pretrained(str(MODEL), dtype=torch.bfloat16).cuda().train()
-        data = load_tokenized(str(DATA / "valid.jsonl"), "chat", tok, max_seq_len=128, too_long="truncate", skip_bad_rows=False)
-        batch = {k: v.cuda() for k, v in make_batch(RowDataset(data, [[0, 1, 2], [3, 4, 5]], packed=True), [0, 1], tok.pad_token_id).items()}
+        data = load_tokenized(
+            str(DATA / "valid.jsonl"), "chat", tok, max_seq_len=128, too_long="truncate", skip_bad_rows=False
+        )
+        batch = {
+            k: v.cuda()
+            for k, v in make_batch(
+                RowDataset(data, [[0, 1, 2], [3, 4, 5]], packed=True), [0, 1], tok.pad_token_id
+            ).items()
+        }
 
         def run(settings: LossConfig) -> tuple[float, torch.Tensor]:
             model.zero_grad(set_to_none=True)
@@ -136,24 +159,49 @@ def main() -> int:
             loss, grad = run(settings)
             loss_diff = abs(loss - ref_loss) / abs(ref_loss)
             grad_diff = float((grad - ref_grad).norm() / ref_grad.norm())
-            assert loss_diff < 1e-2 and grad_diff < 5e-2, f"{name}: loss rel diff {loss_diff:.2e}, head grad rel diff {grad_diff:.2e} (bf16)"
+            assert loss_diff < 1e-2 and grad_diff < 5e-2, (
+                f"{name}: loss rel diff {loss_diff:.2e}, head grad rel diff {grad_diff:.2e} (bf16)"
+            )
             report.append(f"{name} {loss_diff:.1e}/{grad_diff:.1e}")
         for name in ("liger", "cut_cross_entropy"):
             if installed(name):  # the configured path end to end: startup check, training, evaluation
-                losses = train(tmp, f"loss-{name}", method={"type": "full"}, training={"learning_rate": 3e-4, "loss": {"kernel": name}})
+                losses = train(
+                    tmp,
+                    f"loss-{name}",
+                    method={"type": "full"},
+                    training={"learning_rate": 3e-4, "loss": {"kernel": name}},
+                )
                 assert losses[-1] < losses[0], losses
                 report.append(f"{name} trains {losses[0]:.3f} -> {losses[-1]:.3f}")
         missing = [n for n in ("liger", "cut_cross_entropy") if not installed(n)]
-        return "loss/head-grad rel diff " + ", ".join(report) + (f"; not installed: {', '.join(missing)}" if missing else "")
+        return (
+            "loss/head-grad rel diff "
+            + ", ".join(report)
+            + (f"; not installed: {', '.join(missing)}" if missing else "")
+        )
 
     @check("NCCL all-reduce")
     def _nccl() -> str:
-        code = ("import os, torch, torch.distributed as dist; dist.init_process_group('nccl'); r = dist.get_rank();"
-                "torch.cuda.set_device(r); t = torch.ones(1, device='cuda') * (r + 1); dist.all_reduce(t);"
-                "n = dist.get_world_size(); assert t.item() == n * (n + 1) / 2, t; dist.destroy_process_group()")
+        code = (
+            "import os, torch, torch.distributed as dist; dist.init_process_group('nccl'); r = dist.get_rank();"
+            "torch.cuda.set_device(r); t = torch.ones(1, device='cuda') * (r + 1); dist.all_reduce(t);"
+            "n = dist.get_world_size(); assert t.item() == n * (n + 1) / 2, t; dist.destroy_process_group()"
+        )
         n = min(torch.cuda.device_count(), 2)
-        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--no-python",
-                              sys.executable, "-c", code], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc-per-node={n}",
+                "--no-python",
+                sys.executable,
+                "-c",
+                code,
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr[-1500:]
         return f"{n} rank(s)"
 
@@ -162,13 +210,20 @@ def main() -> int:
         from trainer.config import TrainingConfig
         from trainer.optim import build_optimizer
 
-        assert build_optimizer(torch.nn.Linear(8, 8).cuda(), TrainingConfig()).defaults["fused"], "AdamW is not fused on CUDA"
+        assert build_optimizer(torch.nn.Linear(8, 8).cuda(), TrainingConfig()).defaults["fused"], (
+            "AdamW is not fused on CUDA"
+        )
         full = {"method": {"type": "full"}}
         losses = {}
-        for name, training in {"adamw": {}, "adamw_8bit": {"optimizer": "adamw_8bit"},
-                               "paged_adamw_8bit": {"optimizer": "paged_adamw_8bit"},
-                               "in_backward": {"optimizer_in_backward": True}}.items():
-            losses[name] = train(tmp, f"opt-{name}", training={"learning_rate": 3e-4, "max_grad_norm": None, **training}, **full)
+        for name, training in {
+            "adamw": {},
+            "adamw_8bit": {"optimizer": "adamw_8bit"},
+            "paged_adamw_8bit": {"optimizer": "paged_adamw_8bit"},
+            "in_backward": {"optimizer_in_backward": True},
+        }.items():
+            losses[name] = train(
+                tmp, f"opt-{name}", training={"learning_rate": 3e-4, "max_grad_norm": None, **training}, **full
+            )
             assert losses[name][-1] < losses[name][0], (name, losses[name])
         # The same maths, only the moment of the step differs: bf16 tolerance.
         worst = max(abs(a - b) / abs(b) for a, b in zip(losses["in_backward"], losses["adamw"]))
@@ -180,15 +235,29 @@ def main() -> int:
         workers = min(torch.cuda.device_count(), 2)
         micro = 8 // workers
         ref = train(tmp, "p-none", parallel={"mixed_precision": "bf16"})
-        fsdp = train(tmp, "p-fsdp", parallel={"strategy": "fsdp", "mixed_precision": "bf16"}, cluster={"workers": workers}, training={"micro_batch_size": micro})
-        zero = train(tmp, "p-zero2", parallel={"strategy": "deepspeed", "zero_stage": 2, "mixed_precision": "bf16"}, cluster={"workers": workers}, training={"micro_batch_size": micro})
+        fsdp = train(
+            tmp,
+            "p-fsdp",
+            parallel={"strategy": "fsdp", "mixed_precision": "bf16"},
+            cluster={"workers": workers},
+            training={"micro_batch_size": micro},
+        )
+        zero = train(
+            tmp,
+            "p-zero2",
+            parallel={"strategy": "deepspeed", "zero_stage": 2, "mixed_precision": "bf16"},
+            cluster={"workers": workers},
+            training={"micro_batch_size": micro},
+        )
         worst = max(abs(a - b) / abs(b) for run in (fsdp, zero) for a, b in zip(run, ref))
         assert worst < 2e-2, f"max relative loss difference {worst:.3g} (bf16 tolerance 2e-2)"
         return f"{workers} worker(s); max relative loss difference {worst:.2e} over 10 steps"
 
     def close(run: list[float], ref: list[float], tolerance: float) -> float:
         worst = max(abs(a - b) / abs(b) for a, b in zip(run, ref))
-        assert len(run) == len(ref) and worst < tolerance, f"max relative loss difference {worst:.3g} (tolerance {tolerance})"
+        assert len(run) == len(ref) and worst < tolerance, (
+            f"max relative loss difference {worst:.3g} (tolerance {tolerance})"
+        )
         return worst
 
     @check("method.adapter_dtype=compute (bf16 QLoRA)")
@@ -208,11 +277,15 @@ def main() -> int:
         def peak(offload: bool) -> tuple[int, float]:
             method = MethodConfig(type="lora", lora={"dropout": 0.0})
             torch.manual_seed(0)
-            model = apply_method(load_model(ModelConfig(path=str(MODEL), gradient_checkpointing=True), method, "cuda"), method, True)
+            model = apply_method(
+                load_model(ModelConfig(path=str(MODEL), gradient_checkpointing=True), method, "cuda"), method, True
+            )
             if offload:
                 enable_activation_offloading(model, "cuda")
             ids = torch.randint(5, 1000, (8, 1024), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             after_forward = torch.cuda.memory_allocated() - base
             loss.backward()
@@ -226,8 +299,10 @@ def main() -> int:
         ref = train(tmp, "off-ref", model={"gradient_checkpointing": True})
         run = train(tmp, "off-on", model={"gradient_checkpointing": True, "activation_offloading": True})
         worst = close(run, ref, 1e-3)
-        return (f"GPU memory held after forward (8 x 1024 tokens, checkpointing): {kept / 2**20:.1f} -> {offloaded / 2**20:.1f} MiB; "
-                f"10 LoRA steps within {worst:.1e} of no offload")
+        return (
+            f"GPU memory held after forward (8 x 1024 tokens, checkpointing): {kept / 2**20:.1f} -> {offloaded / 2**20:.1f} MiB; "
+            f"10 LoRA steps within {worst:.1e} of no offload"
+        )
 
     @check("torch.compile of the decoder layers")
     def _compile() -> str:
@@ -242,7 +317,9 @@ def main() -> int:
         if importlib.util.find_spec("liger_kernel") is None:
             return "skip: liger-kernel not installed (pip install 'ftl[liger]')"
         ref = train(tmp, "l-ref", method={"type": "full"}, training={"learning_rate": 3e-4})
-        run = train(tmp, "l-liger", model={"liger_kernels": True}, method={"type": "full"}, training={"learning_rate": 3e-4})
+        run = train(
+            tmp, "l-liger", model={"liger_kernels": True}, method={"type": "full"}, training={"learning_rate": 3e-4}
+        )
         log = (tmp / "l-liger" / "logs" / "rank-0.log").read_text()
         assert "Liger RMSNorm, RoPE and SwiGLU kernels applied" in log, "Liger was not applied"
         return f"10 full steps (bf16) within {close(run, ref, 2e-2):.1e} of the eager kernels"

@@ -31,9 +31,16 @@ def ray_cluster() -> Iterator[RayTestCluster]:
     from cluster.local import free_port
 
     port = free_port()
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-    })
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+        },
+    )
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     try:
@@ -48,8 +55,12 @@ def slurm() -> str:
     conf = SLURM_DIR / "slurm.conf"
     if shutil.which("sbatch") is None or not _responds(conf):
         if os.geteuid() != 0:
-            pytest.skip("needs a Slurm: run `sudo bash scripts/slurm/start_local_slurm.sh` (starts one on this machine)")
-        out = subprocess.run(["bash", str(REPO / "scripts" / "slurm" / "start_local_slurm.sh")], capture_output=True, text=True)
+            pytest.skip(
+                "needs a Slurm: run `sudo bash scripts/slurm/start_local_slurm.sh` (starts one on this machine)"
+            )
+        out = subprocess.run(
+            ["bash", str(REPO / "scripts" / "slurm" / "start_local_slurm.sh")], capture_output=True, text=True
+        )
         assert out.returncode == 0, f"could not start the local Slurm:\n{out.stderr}"
     os.environ["SLURM_CONF"] = str(conf)
     return str(conf)
@@ -89,8 +100,13 @@ class S3TestServer:
     def filesystem(self) -> Any:
         import pyarrow.fs as pafs
 
-        return pafs.S3FileSystem(endpoint_override=self.endpoint, scheme="http", region="us-east-1",
-                                 access_key="testing", secret_key="testing")
+        return pafs.S3FileSystem(
+            endpoint_override=self.endpoint,
+            scheme="http",
+            region="us-east-1",
+            access_key="testing",
+            secret_key="testing",
+        )
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +117,12 @@ def s3_server() -> Iterator[S3TestServer]:
 
     from cluster.local import free_port
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
         os.environ[key] = value
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -110,8 +130,14 @@ def s3_server() -> Iterator[S3TestServer]:
     s3 = S3TestServer(endpoint=f"127.0.0.1:{port}", bucket="ftl-test")
     import pyarrow.fs as pafs
 
-    pafs.S3FileSystem(endpoint_override=s3.endpoint, scheme="http", region="us-east-1", access_key="testing",
-                      secret_key="testing", allow_bucket_creation=True).create_dir(s3.bucket)
+    pafs.S3FileSystem(
+        endpoint_override=s3.endpoint,
+        scheme="http",
+        region="us-east-1",
+        access_key="testing",
+        secret_key="testing",
+        allow_bucket_creation=True,
+    ).create_dir(s3.bucket)
     try:
         yield s3
     finally:

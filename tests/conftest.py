@@ -46,9 +46,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
     out = tmp_path_factory.mktemp("tiny-model")
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -59,7 +66,12 @@ def write_config(path: Path, model_dir: Path, run_dir: Path, **sections: dict[st
     """A small, fast config on the bundled QA data; `sections` deep-merge over the defaults."""
     config: dict[str, Any] = {
         "model": {"path": str(model_dir)},
-        "data": {"train": str(QA_DATA / "train.jsonl"), "validation": str(QA_DATA / "valid.jsonl"), "format": "chat", "max_seq_len": 128},
+        "data": {
+            "train": str(QA_DATA / "train.jsonl"),
+            "validation": str(QA_DATA / "valid.jsonl"),
+            "format": "chat",
+            "max_seq_len": 128,
+        },
         "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
         "training": {"max_steps": 6, "micro_batch_size": 4, "learning_rate": 5e-3, "progress_bar": False, "seed": 1},
         "eval": {"at_start": False, "max_samples": 16, "generation": {"enabled": False}},

@@ -49,7 +49,7 @@ def fenced_blocks(path: Path, text: str) -> list[Block]:
             start, lang = index, fence.group(2)
             marker = next((previous.strip() for previous in reversed(lines[:index]) if previous.strip()), "")
         else:
-            blocks.append(Block(path, start + 1, lang, "\n".join(lines[start + 1:index]), marker))
+            blocks.append(Block(path, start + 1, lang, "\n".join(lines[start + 1 : index]), marker))
             start = None
     assert start is None, f"{path}:{start + 1 if start is not None else 0}: unclosed code fence"
     return blocks
@@ -91,8 +91,12 @@ def ftl_commands(block: Block) -> list[Command]:
             words.pop(0)
         if words and words[0] == "ftl":
             commands.append(Command(block.path, first_line, words[1:]))
-        elif "launcher.cli" in words and words.index("launcher.cli") > 0 and words[words.index("launcher.cli") - 1] == "-m":
-            commands.append(Command(block.path, first_line, words[words.index("launcher.cli") + 1:]))
+        elif (
+            "launcher.cli" in words
+            and words.index("launcher.cli") > 0
+            and words[words.index("launcher.cli") - 1] == "-m"
+        ):
+            commands.append(Command(block.path, first_line, words[words.index("launcher.cli") + 1 :]))
     return commands
 
 
@@ -156,4 +160,6 @@ def repo_paths(text: str) -> list[tuple[int, str]]:
 
 def python_modules(text: str) -> list[tuple[int, str]]:
     """(line, module) for `-m package.module` of this repository, in prose code spans and code blocks."""
-    return [(number, module) for number, line in enumerate(text.splitlines(), 1) for module in PYTHON_MODULE.findall(line)]
+    return [
+        (number, module) for number, line in enumerate(text.splitlines(), 1) for module in PYTHON_MODULE.findall(line)
+    ]

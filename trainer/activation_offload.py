@@ -79,13 +79,17 @@ class ActivationOffloader:
             hooks.__exit__(None, None, None)
 
 
-def enable_activation_offloading(model: torch.nn.Module, device: str, *, copy_on_cpu: bool = False,
-                                 min_bytes: int = MIN_OFFLOAD_BYTES) -> ActivationOffloader:
+def enable_activation_offloading(
+    model: torch.nn.Module, device: str, *, copy_on_cpu: bool = False, min_bytes: int = MIN_OFFLOAD_BYTES
+) -> ActivationOffloader:
     """Offload what the model's decoder stack saves for backward; returns the offloader (counters)."""
     stack = decoder_stack(model)
     if not device.startswith("cuda") and not copy_on_cpu:
-        log.warning("model.activation_offloading on a %s worker: activations are in CPU memory already, so nothing "
-                    "moves (the hooks run, losses are unchanged); it saves memory only on CUDA", device)
+        log.warning(
+            "model.activation_offloading on a %s worker: activations are in CPU memory already, so nothing "
+            "moves (the hooks run, losses are unchanged); it saves memory only on CUDA",
+            device,
+        )
     offloader = ActivationOffloader(copy_on_cpu=copy_on_cpu, min_bytes=min_bytes)
     stack.register_forward_pre_hook(offloader.enter)
     # always_call: an exception inside the forward must not leave the hooks installed.
@@ -102,4 +106,6 @@ def decoder_stack(model: torch.nn.Module) -> torch.nn.Module:
         for child in module.children():
             if isinstance(child, torch.nn.ModuleList) and any(layer is first for layer in child):
                 return module
-    raise ValueError(f"model.activation_offloading: cannot find the module that runs the decoder layers of {type(base_of(model)).__name__}")
+    raise ValueError(
+        f"model.activation_offloading: cannot find the module that runs the decoder layers of {type(base_of(model)).__name__}"
+    )

@@ -61,7 +61,10 @@ def chunkable_head(model: torch.nn.Module) -> tuple[torch.nn.Linear | None, str]
     # Exactly nn.Linear: LoRA/DoRA layers, modules_to_save wrappers and quantized Linear4bit (a
     # subclass) compute something else than weight @ hidden.
     if type(head) is not torch.nn.Linear:
-        return None, f"the LM head is a {type(head).__name__}, not a plain Linear (adapter, modules_to_save or quantized)"
+        return (
+            None,
+            f"the LM head is a {type(head).__name__}, not a plain Linear (adapter, modules_to_save or quantized)",
+        )
     if "forward" in vars(head):
         return None, "the LM head's forward is already patched (e.g. accelerate hooks)"
     config = getattr(inner, "config", None)
@@ -82,8 +85,14 @@ def head_forward_replaced(head: torch.nn.Module, forward: Callable[[torch.Tensor
         del head.forward
 
 
-def lm_loss_sum(model: torch.nn.Module, head: torch.nn.Linear, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                chunk_tokens: int, kernel: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+def lm_loss_sum(
+    model: torch.nn.Module,
+    head: torch.nn.Linear,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    chunk_tokens: int,
+    kernel: Callable[..., torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the label positions of `labels`, and their count.
     `kernel(hidden_rows, weight, bias, targets)` is a fused CUDA loss used instead of the chunks."""
     # The hidden state at t predicts label t+1; the last position of each row predicts nothing.
@@ -96,12 +105,16 @@ def lm_loss_sum(model: torch.nn.Module, head: torch.nn.Linear, inputs: dict[str,
 
     def loss_instead_of_logits(hidden: torch.Tensor) -> torch.Tensor:
         if computed:
-            raise RuntimeError("training.loss.chunked: the model called its LM head twice in one forward; "
-                               "set training.loss.chunked: false for this model")
+            raise RuntimeError(
+                "training.loss.chunked: the model called its LM head twice in one forward; "
+                "set training.loss.chunked: false for this model"
+            )
         flat = hidden.reshape(-1, hidden.size(-1))
         if flat.size(0) != following.numel():
-            raise RuntimeError(f"training.loss.chunked: the LM head got {flat.size(0)} positions, the batch has "
-                               f"{following.numel()}; set training.loss.chunked: false for this model")
+            raise RuntimeError(
+                f"training.loss.chunked: the LM head got {flat.size(0)} positions, the batch has "
+                f"{following.numel()}; set training.loss.chunked: false for this model"
+            )
         selected = flat.index_select(0, rows)
         if kernel is not None and rows.numel() > 0:
             loss = kernel(selected, head.weight, head.bias, targets)
@@ -115,14 +128,22 @@ def lm_loss_sum(model: torch.nn.Module, head: torch.nn.Linear, inputs: dict[str,
     returned = output.logits
     # The model's own output carries the loss (so wrappers' backward hooks run); it must be our
     # scalar, untouched: a model that post-processes its logits would make it something else.
-    if not computed or returned.dim() != 0 or returned.dtype != torch.float32 or not torch.equal(returned.detach(), computed[0]):
-        raise RuntimeError("training.loss.chunked: the model changes the LM head's output before returning it, so the "
-                           "chunked loss would not be its loss; set training.loss.chunked: false for this model")
+    if (
+        not computed
+        or returned.dim() != 0
+        or returned.dtype != torch.float32
+        or not torch.equal(returned.detach(), computed[0])
+    ):
+        raise RuntimeError(
+            "training.loss.chunked: the model changes the LM head's output before returning it, so the "
+            "chunked loss would not be its loss; set training.loss.chunked: false for this model"
+        )
     return returned, int(rows.numel())
 
 
-def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                             targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+def linear_cross_entropy_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
     """sum_i CE(hidden_i @ weight.T + bias, targets_i), `chunk_tokens` rows of logits at a time."""
     wanted = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if wanted:
@@ -136,10 +157,18 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     backward only scales them by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk_tokens: int,
+    ) -> torch.Tensor:
         needs = tuple(ctx.needs_input_grad[:3])
-        loss, ctx.grad_hidden, ctx.grad_weight, ctx.grad_bias = _chunks(hidden, weight, bias, targets, chunk_tokens, needs)
+        loss, ctx.grad_hidden, ctx.grad_weight, ctx.grad_bias = _chunks(
+            hidden, weight, bias, targets, chunk_tokens, needs
+        )
         return loss
 
     @staticmethod
@@ -150,8 +179,14 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         return (*scaled, None, None)
 
 
-def _chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-            chunk_tokens: int, needs: tuple[bool, bool, bool]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+def _chunks(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_tokens: int,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     device_type = hidden.device.type
     # The dtype the head's matmul runs in: autocast's when on (as F.linear would), else the inputs'.
     compute = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
@@ -168,7 +203,9 @@ def _chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         # added inside addmm (fp32 accumulation, one rounding per chunk, as Liger's kernel does).
         # fp32 weights under 16-bit autocast: products of VOCAB_SLICE rows at a time, added in fp32.
         grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias and bias is not None else None
+        grad_bias = (
+            torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias and bias is not None else None
+        )
         for start in range(0, count, chunk_tokens):
             h = h_all[start : start + chunk_tokens]
             t = targets[start : start + chunk_tokens]

@@ -30,5 +30,8 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
         # dynamic: rows change length from batch to batch (packing, padding to the longest row), so
         # compile for symbolic batch/sequence sizes at once instead of a static graph first.
         layer.compile(backend="inductor", dynamic=True)
-    log.info("model.compile: %d decoder layers compiled with inductor (first steps are slower while it compiles)", len(layers))
+    log.info(
+        "model.compile: %d decoder layers compiled with inductor (first steps are slower while it compiles)",
+        len(layers),
+    )
     return len(layers)

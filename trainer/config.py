@@ -36,13 +36,21 @@ class ModelConfig(Section):
     )
     gradient_checkpointing: bool = False
     activation_offloading: bool = Field(
-        False, description="Keep the activations the decoder layers save for backward in CPU memory (pinned, copied "
+        False,
+        description="Keep the activations the decoder layers save for backward in CPU memory (pinned, copied "
         "alongside compute on CUDA) instead of GPU memory; with gradient_checkpointing only the layer inputs move, "
-        "without it everything the layers save moves (more host traffic). No effect on a CPU worker (a warning says so).")
-    compile: bool = Field(False, description="torch.compile each decoder layer (inductor); same losses, faster steps "
-                          "once compiled. Not with parallel.strategy=deepspeed.")
-    liger_kernels: bool = Field(False, description="CUDA: Liger's fused RMSNorm/RoPE/SwiGLU kernels (pip install "
-                                "'ftl[liger]'); refused where Liger is not installed or the device is not CUDA.")
+        "without it everything the layers save moves (more host traffic). No effect on a CPU worker (a warning says so).",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer (inductor); same losses, faster steps "
+        "once compiled. Not with parallel.strategy=deepspeed.",
+    )
+    liger_kernels: bool = Field(
+        False,
+        description="CUDA: Liger's fused RMSNorm/RoPE/SwiGLU kernels (pip install "
+        "'ftl[liger]'); refused where Liger is not installed or the device is not CUDA.",
+    )
     trust_remote_code: bool = False
 
 
@@ -52,7 +60,9 @@ DataFormat = Literal["alpaca", "chat", "completion", "text", "classification"]
 class MixtureSource(Section):
     """One dataset of a multi-task mixture."""
 
-    name: str = Field(description="Short name; its validation set is reported under this name.", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        description="Short name; its validation set is reported under this name.", pattern=r"^[A-Za-z0-9_.-]+$"
+    )
     train: str = Field(description="Training file or `datasets` name, as data.train.")
     weight: float = Field(1.0, gt=0, description="Relative sampling weight (normalised over the mixture).")
     format: DataFormat | None = Field(None, description="Row format; defaults to data.format.")
@@ -60,15 +70,22 @@ class MixtureSource(Section):
 
 
 class DataConfig(Section):
-    train: str | None = Field(None, description="Training data: a .jsonl/.json/.parquet/.csv file, or a `datasets` name "
-                                                 "(required unless data.mixture is set).")
-    format: DataFormat = Field("chat", description="Row format; `classification` = {text, label} rows for a classification head.")
+    train: str | None = Field(
+        None,
+        description="Training data: a .jsonl/.json/.parquet/.csv file, or a `datasets` name "
+        "(required unless data.mixture is set).",
+    )
+    format: DataFormat = Field(
+        "chat", description="Row format; `classification` = {text, label} rows for a classification head."
+    )
     mixture: list[MixtureSource] = Field(
         default_factory=list,
         description="Multi-task training: several datasets sampled by weight (instead of data.train), each evaluated separately.",
     )
     validation: str | None = Field(None, description="Validation file; otherwise see validation_split.")
-    validation_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of train held out when no validation file.")
+    validation_split: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Fraction of train held out when no validation file."
+    )
     test: str | None = Field(None, description="Optional held-out test set, scored before and after training.")
     split: str = Field("train", description="Split name when `train` is a `datasets` hub name.")
     max_seq_len: int = Field(512, ge=8, le=1_048_576)
@@ -79,9 +96,11 @@ class DataConfig(Section):
     shuffle: bool = Field(True, description="Reshuffle the training rows each epoch (seeded by training.seed).")
 
     @model_validator(mode="after")
-    def _train_or_mixture(self) -> "DataConfig":
+    def _train_or_mixture(self) -> DataConfig:
         if not self.train and not self.mixture:
-            raise ValueError("data.train: required key is missing; give a training file, or list datasets under data.mixture")
+            raise ValueError(
+                "data.train: required key is missing; give a training file, or list datasets under data.mixture"
+            )
         if self.train and self.mixture:
             raise ValueError("set either data.train or data.mixture (a list of datasets with weights), not both")
         if self.mixture:
@@ -92,11 +111,13 @@ class DataConfig(Section):
             if reserved:
                 raise ValueError(f"data.mixture name {reserved[0]!r} is reserved for another evaluation set; rename it")
             if self.validation_split > 0:
-                raise ValueError("data.validation_split does not apply to data.mixture; give each mixture entry a validation file")
+                raise ValueError(
+                    "data.validation_split does not apply to data.mixture; give each mixture entry a validation file"
+                )
         return self
 
     @model_validator(mode="after")
-    def _validation_file_or_split(self) -> "DataConfig":
+    def _validation_file_or_split(self) -> DataConfig:
         if self.validation and self.validation_split > 0:
             raise ValueError("set either data.validation (a file) or data.validation_split (a ratio), not both")
         return self
@@ -130,9 +151,11 @@ class QuantizationConfig(Section):
 class MethodConfig(Section):
     type: Literal["full", "lora", "dora", "qlora"] = "lora"
     adapter_dtype: Literal["auto", "float32", "compute"] = Field(
-        "auto", description="Adapter methods: the dtype of the adapters and of the trainable or non-quantized "
+        "auto",
+        description="Adapter methods: the dtype of the adapters and of the trainable or non-quantized "
         "embeddings/head/norms. float32 = master copies in fp32; compute = the model's compute dtype (leaner); "
-        "auto = see docs/configuration.md (Memory settings).")
+        "auto = see docs/configuration.md (Memory settings).",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
 
@@ -141,22 +164,29 @@ class MethodConfig(Section):
         return self.type in ("lora", "dora", "qlora")
 
     @model_validator(mode="after")
-    def _adapter_settings_need_an_adapter(self) -> "MethodConfig":
+    def _adapter_settings_need_an_adapter(self) -> MethodConfig:
         if self.type == "full" and self.lora.modules_to_save:
             raise ValueError("method.lora.modules_to_save only applies to adapter methods (lora, dora, qlora)")
         if self.type == "full" and self.adapter_dtype != "auto":
-            raise ValueError("method.adapter_dtype only applies to adapter methods (lora, dora, qlora); with method.type=full "
-                             "the trained weights keep model.dtype: remove method.adapter_dtype")
+            raise ValueError(
+                "method.adapter_dtype only applies to adapter methods (lora, dora, qlora); with method.type=full "
+                "the trained weights keep model.dtype: remove method.adapter_dtype"
+            )
         return self
 
 
 class LossConfig(Section):
-    chunked: bool = Field(True, description="Run the LM head and cross-entropy in chunks of tokens, and only on "
-                          "positions that carry a label, so the full logits are never built.")
+    chunked: bool = Field(
+        True,
+        description="Run the LM head and cross-entropy in chunks of tokens, and only on "
+        "positions that carry a label, so the full logits are never built.",
+    )
     chunk_tokens: int = Field(1024, ge=16, le=1_048_576, description="Tokens per chunk of the chunked loss.")
     kernel: Literal["auto", "liger", "cut_cross_entropy", "none"] = Field(
-        "auto", description="CUDA: a fused linear cross-entropy kernel (optional extra); auto = the first installed, "
-        "else the chunked path.")
+        "auto",
+        description="CUDA: a fused linear cross-entropy kernel (optional extra); auto = the first installed, "
+        "else the chunked path.",
+    )
 
 
 class TrainingConfig(Section):
@@ -169,11 +199,15 @@ class TrainingConfig(Section):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0)
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
-        "adamw", description="adamw = torch AdamW (fused/foreach where available); adamw_8bit / paged_adamw_8bit = "
-        "bitsandbytes 8-bit states (paged: spill to CPU under memory pressure).")
+        "adamw",
+        description="adamw = torch AdamW (fused/foreach where available); adamw_8bit / paged_adamw_8bit = "
+        "bitsandbytes 8-bit states (paged: spill to CPU under memory pressure).",
+    )
     optimizer_in_backward: bool = Field(
-        False, description="Step each parameter as soon as its gradient is ready (no full gradient copy); needs "
-        "gradient_accumulation_steps=1 and max_grad_norm=null.")
+        False,
+        description="Step each parameter as soon as its gradient is ready (no full gradient copy); needs "
+        "gradient_accumulation_steps=1 and max_grad_norm=null.",
+    )
     loss: LossConfig = Field(default_factory=LossConfig)
     lr_scheduler: Literal["cosine", "linear", "constant", "slanted_triangular"] = Field(
         "cosine",
@@ -188,8 +222,11 @@ class TrainingConfig(Section):
     log_every_steps: int = Field(1, ge=1)
     progress_bar: bool = True
     watchdog_timeout_s: float = Field(
-        1800.0, ge=0.0, description="A worker that makes no step progress (step, eval, checkpoint) for this long dumps "
-        "its stacks and exits non-zero, so a hang becomes a failure restarts handle; 0 = off.")
+        1800.0,
+        ge=0.0,
+        description="A worker that makes no step progress (step, eval, checkpoint) for this long dumps "
+        "its stacks and exits non-zero, so a hang becomes a failure restarts handle; 0 = off.",
+    )
 
     @field_validator("adam_betas")
     @classmethod
@@ -202,7 +239,9 @@ class TrainingConfig(Section):
 class GenerationEvalConfig(Section):
     enabled: bool = True
     max_new_tokens: int = Field(32, ge=1)
-    max_samples: int | None = Field(200, ge=1, description="Score at most this many rows per eval (generation is slow).")
+    max_samples: int | None = Field(
+        200, ge=1, description="Score at most this many rows per eval (generation is slow)."
+    )
     metric: Literal["exact_match"] = "exact_match"
 
 
@@ -221,24 +260,43 @@ class EvalConfig(Section):
 
 class CheckpointConfig(Section):
     every_steps: int = Field(0, ge=0, description="Save every N optimizer steps; 0 = no step-based checkpoints.")
-    every_minutes: float = Field(0.0, ge=0.0, description="Also save when this many minutes passed since the last "
-                                 "save (decided on rank 0 for all ranks); 0 = no time-based checkpoints.")
-    keep_last: int = Field(2, ge=1, description="Keep the newest K checkpoints (older ones are deleted after each commit).")
-    keep_every: int = Field(0, ge=0, description="Additionally keep every checkpoint whose step is a multiple of M; 0 = off.")
-    async_save: bool = Field(False, description="Write checkpoints in the background while training continues "
-                             "(single process, DDP, FSDP2); the commit waits for the write. Needs keep_last >= 2.")
-    resume: str = Field("auto", description="`auto` (latest valid checkpoint in output.dir), `never` (start at step 0; "
-                        "refused when output.dir holds checkpoints of an earlier run, see move_aside), or a checkpoint "
-                        "path (later checkpoints in output.dir are moved to checkpoints/branches/).")
-    move_aside: bool = Field(False, description="With resume: never, move the checkpoints (and metrics) of an earlier "
-                             "run in output.dir to checkpoints/branches/ and start over, instead of refusing to start.")
+    every_minutes: float = Field(
+        0.0,
+        ge=0.0,
+        description="Also save when this many minutes passed since the last "
+        "save (decided on rank 0 for all ranks); 0 = no time-based checkpoints.",
+    )
+    keep_last: int = Field(
+        2, ge=1, description="Keep the newest K checkpoints (older ones are deleted after each commit)."
+    )
+    keep_every: int = Field(
+        0, ge=0, description="Additionally keep every checkpoint whose step is a multiple of M; 0 = off."
+    )
+    async_save: bool = Field(
+        False,
+        description="Write checkpoints in the background while training continues "
+        "(single process, DDP, FSDP2); the commit waits for the write. Needs keep_last >= 2.",
+    )
+    resume: str = Field(
+        "auto",
+        description="`auto` (latest valid checkpoint in output.dir), `never` (start at step 0; "
+        "refused when output.dir holds checkpoints of an earlier run, see move_aside), or a checkpoint "
+        "path (later checkpoints in output.dir are moved to checkpoints/branches/).",
+    )
+    move_aside: bool = Field(
+        False,
+        description="With resume: never, move the checkpoints (and metrics) of an earlier "
+        "run in output.dir to checkpoints/branches/ and start over, instead of refusing to start.",
+    )
 
     @model_validator(mode="after")
-    def _async_keeps_two(self) -> "CheckpointConfig":
+    def _async_keeps_two(self) -> CheckpointConfig:
         if self.async_save and self.keep_last < 2:
             # While a save is in flight the previous checkpoint is the only valid one: it must survive.
-            raise ValueError("checkpoint.async_save needs checkpoint.keep_last >= 2 (the previous checkpoint must "
-                             "survive while the next is written); set keep_last: 2")
+            raise ValueError(
+                "checkpoint.async_save needs checkpoint.keep_last >= 2 (the previous checkpoint must "
+                "survive while the next is written); set keep_last: 2"
+            )
         return self
 
 
@@ -252,26 +310,34 @@ class ParallelConfig(Section):
         "none", description="Parameter offload: DeepSpeed ZeRO-3 (cpu/nvme) or FSDP2 (cpu)."
     )
     nvme_path: str | None = Field(None, description="Directory for NVMe offload (ZeRO-3).")
-    reshard_after_forward: bool = Field(True, description="FSDP2: free gathered parameters after forward (ZeRO-3 like).")
+    reshard_after_forward: bool = Field(
+        True, description="FSDP2: free gathered parameters after forward (ZeRO-3 like)."
+    )
     mixed_precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto = bf16 on GPUs that support it, fp32 on CPU."
     )
     deepspeed_config: str | None = Field(None, description="A DeepSpeed JSON merged over the generated config.")
 
     @model_validator(mode="after")
-    def _settings_fit_strategy(self) -> "ParallelConfig":
+    def _settings_fit_strategy(self) -> ParallelConfig:
         # `auto` never resolves to a sharded strategy, so it is refused where one is needed.
         strategy = self.strategy
         if self.mixed_precision == "fp16" and strategy != "deepspeed":
-            raise ValueError("parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
-                             "use bf16, or parallel.strategy=deepspeed")
+            raise ValueError(
+                "parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
+                "use bf16, or parallel.strategy=deepspeed"
+            )
         if self.offload_optimizer != "none" and strategy != "deepspeed":
-            raise ValueError("parallel.offload_optimizer needs parallel.strategy=deepspeed "
-                             "(with fsdp, parallel.offload_params=cpu offloads parameters, gradients and the optimizer step)")
+            raise ValueError(
+                "parallel.offload_optimizer needs parallel.strategy=deepspeed "
+                "(with fsdp, parallel.offload_params=cpu offloads parameters, gradients and the optimizer step)"
+            )
         if self.offload_params != "none":
             if strategy == "deepspeed" and self.zero_stage != 3:
-                raise ValueError("parallel.offload_params needs parallel.zero_stage=3 (ZeRO-1/2 do not partition parameters); "
-                                 "use offload_optimizer with stages 1-2")
+                raise ValueError(
+                    "parallel.offload_params needs parallel.zero_stage=3 (ZeRO-1/2 do not partition parameters); "
+                    "use offload_optimizer with stages 1-2"
+                )
             if strategy == "fsdp" and self.offload_params != "cpu":
                 raise ValueError("parallel.offload_params: fsdp offloads to cpu only; use deepspeed ZeRO-3 for nvme")
             if strategy not in SHARDED:
@@ -282,33 +348,44 @@ class ParallelConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: str = Field(description="The run directory: config snapshot, logs, metrics, checkpoints, final model. A path, or "
-                                 "with cluster.backend=ray an object-store URI (s3://bucket/runs/NAME, gs://, abfss://, "
-                                 "hdfs://, file://) stored through Ray Train, with a local working copy in output.local_dir.")
-    local_dir: str | None = Field(None, description="Only with a URI output.dir: the working copy workers write before each "
-                                                    "checkpoint is uploaded (every worker must see it). Default: "
-                                                    "~/.cache/ftl/runs/SCHEME/BUCKET/PATH.")
+    dir: str = Field(
+        description="The run directory: config snapshot, logs, metrics, checkpoints, final model. A path, or "
+        "with cluster.backend=ray an object-store URI (s3://bucket/runs/NAME, gs://, abfss://, "
+        "hdfs://, file://) stored through Ray Train, with a local working copy in output.local_dir."
+    )
+    local_dir: str | None = Field(
+        None,
+        description="Only with a URI output.dir: the working copy workers write before each "
+        "checkpoint is uploaded (every worker must see it). Default: "
+        "~/.cache/ftl/runs/SCHEME/BUCKET/PATH.",
+    )
     save_adapter: bool = Field(True, description="Write final/adapter (PEFT format) for adapter methods.")
     save_merged: bool = Field(True, description="Write final/merged (full model, HF safetensors).")
 
     @model_validator(mode="after")
-    def _local_dir_only_for_uris(self) -> "OutputConfig":
+    def _local_dir_only_for_uris(self) -> OutputConfig:
         if self.local_dir is not None and "://" not in self.dir:
-            raise ValueError("output.local_dir is the working copy of a URI output.dir; with a path output.dir, remove it")
+            raise ValueError(
+                "output.local_dir is the working copy of a URI output.dir; with a path output.dir, remove it"
+            )
         if self.local_dir is not None and "://" in self.local_dir:
-            raise ValueError(f"output.local_dir {self.local_dir!r} must be a filesystem path (checkpoints are committed there "
-                             "with atomic renames)")
+            raise ValueError(
+                f"output.local_dir {self.local_dir!r} must be a filesystem path (checkpoints are committed there "
+                "with atomic renames)"
+            )
         return self
 
     @model_validator(mode="after")
-    def _uri_scheme_is_a_storage(self) -> "OutputConfig":
+    def _uri_scheme_is_a_storage(self) -> OutputConfig:
         # Which backend may store to a URI is a rule with the cluster section (launcher/run_config.py).
         if "://" not in self.dir:
             return self
         scheme = self.dir.split("://", 1)[0].lower()
         if scheme not in STORAGE_SCHEMES:
-            raise ValueError(f"output.dir {self.dir!r}: {scheme}:// is not a storage ftl can use; use a path, or one of "
-                             + ", ".join(f"{s}://" for s in STORAGE_SCHEMES))
+            raise ValueError(
+                f"output.dir {self.dir!r}: {scheme}:// is not a storage ftl can use; use a path, or one of "
+                + ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+            )
         return self
 
 
@@ -326,11 +403,13 @@ class TrainerConfig(Section):
     output: OutputConfig
 
     @model_validator(mode="after")
-    def _cross_section_rules(self) -> "TrainerConfig":
+    def _cross_section_rules(self) -> TrainerConfig:
         # Each rule here relates keys of several sections, which no single section's validator sees.
         if self.checkpoint.async_save and self.parallel.strategy == "deepspeed":
-            raise ValueError("checkpoint.async_save is not supported with parallel.strategy=deepspeed (the ZeRO engine "
-                             "saves synchronously); set checkpoint.async_save=false or use fsdp")
+            raise ValueError(
+                "checkpoint.async_save is not supported with parallel.strategy=deepspeed (the ZeRO engine "
+                "saves synchronously); set checkpoint.async_save=false or use fsdp"
+            )
         formats = self.data.formats()
         if formats <= {"text", "classification"} and self.eval.generation.enabled and self._has_eval_data():
             # Plain text has no prompt/answer split, so exact-match has nothing to compare.
@@ -345,14 +424,20 @@ class TrainerConfig(Section):
             # ZeRO gathers and releases parameters in hooks around every submodule, inside the layers.
             # (The device-dependent model options, e.g. liger_kernels needs CUDA, are checked by the
             # worker: trainer/model_options.py.)
-            raise ValueError("model.compile is not supported with parallel.strategy=deepspeed (ZeRO's parameter hooks run "
-                             "inside the compiled layers); set model.compile=false, or use fsdp or ddp")
+            raise ValueError(
+                "model.compile is not supported with parallel.strategy=deepspeed (ZeRO's parameter hooks run "
+                "inside the compiled layers); set model.compile=false, or use fsdp or ddp"
+            )
         _check_transfer(self)
         return self
 
     def _has_eval_data(self) -> bool:
-        return bool(self.data.validation or self.data.validation_split > 0 or self.data.test
-                    or any(source.validation for source in self.data.mixture))
+        return bool(
+            self.data.validation
+            or self.data.validation_split > 0
+            or self.data.test
+            or any(source.validation for source in self.data.mixture)
+        )
 
     def eval_set_names(self) -> list[str]:
         """Names of the evaluation sets a run will score, as they appear in metrics."""
@@ -377,12 +462,18 @@ def _check_transfer(cfg: TrainerConfig) -> None:
         )
     _check_head(cfg)
     if transfer.freeze.all_but_head and method.uses_adapter:
-        raise ValueError("transfer.freeze.all_but_head (feature extraction) trains only the head, so adapters would stay "
-                         "untrained; use method.type=full with it")
+        raise ValueError(
+            "transfer.freeze.all_but_head (feature extraction) trains only the head, so adapters would stay "
+            "untrained; use method.type=full with it"
+        )
     if transfer.gradual_unfreezing.enabled and transfer.freeze.all_but_head:
-        raise ValueError("transfer.gradual_unfreezing unfreezes blocks that transfer.freeze.all_but_head keeps frozen; choose one")
+        raise ValueError(
+            "transfer.gradual_unfreezing unfreezes blocks that transfer.freeze.all_but_head keeps frozen; choose one"
+        )
     if transfer.learning_rates.lora_plus_ratio is not None and not method.uses_adapter:
-        raise ValueError("transfer.learning_rates.lora_plus_ratio needs an adapter method (method.type=lora, dora or qlora)")
+        raise ValueError(
+            "transfer.learning_rates.lora_plus_ratio needs an adapter method (method.type=lora, dora or qlora)"
+        )
     _check_early_stopping(cfg)
 
 
@@ -390,18 +481,26 @@ def _check_head(cfg: TrainerConfig) -> None:
     classification = cfg.transfer.head.is_classification
     formats = cfg.data.formats()
     if classification and formats != {"classification"}:
-        raise ValueError("transfer.head.type=sequence_classification trains on {text, label} rows: set data.format=classification")
+        raise ValueError(
+            "transfer.head.type=sequence_classification trains on {text, label} rows: set data.format=classification"
+        )
     if not classification and "classification" in formats:
-        raise ValueError("data.format=classification needs a classification head: set transfer.head.type=sequence_classification "
-                         "and transfer.head.labels")
+        raise ValueError(
+            "data.format=classification needs a classification head: set transfer.head.type=sequence_classification "
+            "and transfer.head.labels"
+        )
     if not classification:
         return
     if cfg.data.packing:
         raise ValueError("a classification head scores one example per row: set data.packing=false")
     if cfg.method.type == "qlora":
-        raise ValueError("transfer.head.type=sequence_classification is not supported with method.type=qlora; use lora or full")
+        raise ValueError(
+            "transfer.head.type=sequence_classification is not supported with method.type=qlora; use lora or full"
+        )
     if cfg.eval.retain:
-        raise ValueError("eval.retain measures language-modelling loss, which a classification model has no head for; remove it")
+        raise ValueError(
+            "eval.retain measures language-modelling loss, which a classification model has no head for; remove it"
+        )
 
 
 def _check_early_stopping(cfg: TrainerConfig) -> None:
@@ -413,12 +512,18 @@ def _check_early_stopping(cfg: TrainerConfig) -> None:
     sets = cfg.eval_set_names()
     if stopping.split not in sets:
         have = ", ".join(sets) or "none"
-        raise ValueError(f"transfer.early_stopping.split={stopping.split!r} is not an evaluation set of this run (have: {have}); "
-                         "set data.validation or pick one of those")
+        raise ValueError(
+            f"transfer.early_stopping.split={stopping.split!r} is not an evaluation set of this run (have: {have}); "
+            "set data.validation or pick one of those"
+        )
     classification = cfg.transfer.head.is_classification
     if stopping.metric in ("accuracy", "macro_f1") and not classification:
-        raise ValueError(f"transfer.early_stopping.metric={stopping.metric} needs transfer.head.type=sequence_classification; "
-                         "use eval_loss or exact_match")
+        raise ValueError(
+            f"transfer.early_stopping.metric={stopping.metric} needs transfer.head.type=sequence_classification; "
+            "use eval_loss or exact_match"
+        )
     if stopping.metric == "exact_match" and (classification or not cfg.eval.generation.enabled):
-        raise ValueError("transfer.early_stopping.metric=exact_match needs eval.generation.enabled=true and prompt/answer data; "
-                         "use eval_loss")
+        raise ValueError(
+            "transfer.early_stopping.metric=exact_match needs eval.generation.enabled=true and prompt/answer data; "
+            "use eval_loss"
+        )

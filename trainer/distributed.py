@@ -8,7 +8,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-
 # The world size this process trains in. A multi-worker run whose process group disappears
 # mid-run (Ray Train tears it down on the survivors when a worker or node dies) must fail here:
 # answering "not distributed" would let the collectives below quietly become local, and a
@@ -28,8 +27,10 @@ def expect_world(world_size: int) -> None:
 def active() -> bool:
     if not (dist.is_available() and dist.is_initialized()):
         if _expected_world > 1:
-            raise ProcessGroupLost(f"the process group of this {_expected_world}-worker run was destroyed mid-run "
-                                   "(another worker or node failed); stopping so the run restarts from its last checkpoint")
+            raise ProcessGroupLost(
+                f"the process group of this {_expected_world}-worker run was destroyed mid-run "
+                "(another worker or node failed); stopping so the run restarts from its last checkpoint"
+            )
         return False
     return dist.get_world_size() > 1
 

@@ -31,15 +31,24 @@ def lockstep_batches(count: int, batch_size: int, rank: int, world: int, collect
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id: int, strategy: Strategy, max_samples: int | None,
-              settings: LossConfig | None = None) -> float:
+def eval_loss(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    batch_size: int,
+    pad_id: int,
+    strategy: Strategy,
+    max_samples: int | None,
+    settings: LossConfig | None = None,
+) -> float:
     """Mean loss per label token; `settings` = training.loss, so evaluation computes it as training does."""
     count = min(len(eval_set.examples), max_samples or len(eval_set.examples))
     rows = RowDataset(eval_set.examples, [[i] for i in range(count)], packed=False)
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
-    for indices in lockstep_batches(count, batch_size, strategy.rank, strategy.world_size, strategy.forward_is_collective):
+    for indices in lockstep_batches(
+        count, batch_size, strategy.rank, strategy.world_size, strategy.forward_is_collective
+    ):
         batch = make_batch(rows, indices or [0], pad_id)
         summed, n = loss_sum(model, {k: v.to(strategy.device) for k, v in batch.items()}, settings)
         if indices is not None:
@@ -55,7 +64,16 @@ def normalize_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def generate_texts(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int, device: str, synced: bool = False, **sampling: Any) -> list[str]:
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    device: str,
+    synced: bool = False,
+    **sampling: Any,
+) -> list[str]:
     """Greedy (or sampled) continuations of token-id prompts, left-padded in batches.
 
     `synced` keeps every rank generating until all are done (sharded models run collectives
@@ -89,12 +107,22 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
     return outputs
 
 
-def exact_match(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int, strategy: Strategy) -> tuple[float, list[dict[str, str]]]:
+def exact_match(
+    model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int, strategy: Strategy
+) -> tuple[float, list[dict[str, str]]]:
     hits, samples = 0, []
     collective = strategy.forward_is_collective
     for indices in lockstep_batches(len(prompts), batch_size, strategy.rank, strategy.world_size, collective):
         chunk = [prompts[i] for i in (indices or [0])]
-        texts = generate_texts(model, tokenizer, [p.input_ids for p in chunk], max_new_tokens, len(chunk), strategy.device, synced=collective)
+        texts = generate_texts(
+            model,
+            tokenizer,
+            [p.input_ids for p in chunk],
+            max_new_tokens,
+            len(chunk),
+            strategy.device,
+            synced=collective,
+        )
         if indices is None:
             continue
         hits += sum(normalize_answer(t) == normalize_answer(p.reference) for t, p in zip(texts, chunk))

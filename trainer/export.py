@@ -29,8 +29,17 @@ from trainer.run_layout import FINAL_DIR, RunLayout, step_name
 log = logging.getLogger(__name__)
 
 
-def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, device: str, *, merge: bool, adapter: bool,
-                 info: dict[str, Any] | None = None) -> Path:
+def export_final(
+    model: Any,
+    tokenizer: Any,
+    cfg: TrainerConfig,
+    out_dir: Path,
+    device: str,
+    *,
+    merge: bool,
+    adapter: bool,
+    info: dict[str, Any] | None = None,
+) -> Path:
     """Write `out_dir` (final/ or an export) atomically; `info` goes into its export.json."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -43,7 +52,9 @@ def export_final(model: Any, tokenizer: Any, cfg: TrainerConfig, out_dir: Path, 
         _stop_at_end_of_turn(merged, tokenizer)
         merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
         tokenizer.save_pretrained(str(tmp / "merged"))
-    (tmp / "export.json").write_text(json.dumps({"method": cfg.method.type, "base_model": cfg.model.path, **(info or {})}, indent=1))
+    (tmp / "export.json").write_text(
+        json.dumps({"method": cfg.method.type, "base_model": cfg.model.path, **(info or {})}, indent=1)
+    )
     _swap_into_place(tmp, out_dir)
     log.info("exported %s", out_dir)
     return out_dir
@@ -81,7 +92,7 @@ def merged_model(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module
         return model
     import copy
 
-    from peft import get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     base = _plain_base(model, cfg, device)
     # The trained model's own adapter config: same task type, targets and excluded (frozen) blocks.
@@ -103,7 +114,11 @@ def _plain_base(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module:
         dtype = DTYPES[cfg.method.quantization.compute_dtype]
     head_kwargs = head_load_kwargs(cfg.transfer.head, model.config.pad_token_id)
     base = auto_model_class(cfg.transfer.head).from_pretrained(
-        cfg.model.path, dtype=dtype, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code, **head_kwargs
+        cfg.model.path,
+        dtype=dtype,
+        revision=cfg.model.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+        **head_kwargs,
     )
     if cfg.method.type == "qlora":
         _copy_dequantized(model.get_base_model(), base)
@@ -145,30 +160,35 @@ class Exported:
     written: bool = True  # False: the destination already held everything asked for
 
 
-def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, merge: bool, device: str,
-               out: Path | None = None) -> Exported:
+def export_run(
+    cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, merge: bool, device: str, out: Path | None = None
+) -> Exported:
     """`ftl export`. A finished run (summary.json) without `checkpoint`: its own final weights,
     into final/ (adding only what is missing, e.g. the merged model; the weights are the same) or
     into `out`. Otherwise a checkpoint (the latest valid one, the best one with early stopping, or
     `checkpoint`) into `out` or RUN_DIR/exports/step-N/: final/ is written only by the run itself
     when it finishes, so exporting never makes a stopped run look finished or replaces the
     weights it finished with."""
-    from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
     from trainer.checkpointing.protocol import latest_valid_checkpoint, read_manifest, validate_checkpoint
+    from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
     from trainer.errors import TrainerInputError
 
     layout = RunLayout(run_dir)
     final = layout.final
     finished = layout.is_finished()
     if out is not None and out.resolve() == final.resolve() and (checkpoint is not None or not finished):
-        raise TrainerInputError(f"{final} is written by the run itself when it finishes; export a checkpoint elsewhere "
-                                f"(leave out --out for {layout.exports}/step-N)")
+        raise TrainerInputError(
+            f"{final} is written by the run itself when it finishes; export a checkpoint elsewhere "
+            f"(leave out --out for {layout.exports}/step-N)"
+        )
     if checkpoint is None and finished:
         return _export_finished(cfg, run_dir, merge=merge, device=device, out=out)
     source = checkpoint or latest_valid_checkpoint(run_dir)
     if source is None:
-        raise TrainerInputError(f"{run_dir}: no valid checkpoint to export (checkpoints are written every "
-                                "checkpoint.every_steps / every_minutes and when a run is stopped)")
+        raise TrainerInputError(
+            f"{run_dir}: no valid checkpoint to export (checkpoints are written every "
+            "checkpoint.every_steps / every_minutes and when a run is stopped)"
+        )
     if checkpoint is None and cfg.transfer.early_stopping.enabled:
         source = _best_checkpoint(source)
     problem = validate_checkpoint(source)
@@ -181,7 +201,9 @@ def export_run(cfg: TrainerConfig, run_dir: Path, *, checkpoint: Path | None, me
     load_trainable_from_checkpoint(source, model)
     # Never drop a merged model that already exists; a full fine-tune's only output is the merged model.
     merge = merge or cfg.method.type == "full" or (target / "merged").exists()
-    export_final(model, tokenizer, cfg, target, device, merge=merge, adapter=True, info={"step": step, "source": str(source)})
+    export_final(
+        model, tokenizer, cfg, target, device, merge=merge, adapter=True, info={"step": step, "source": str(source)}
+    )
     return Exported(target, step, str(source))
 
 
@@ -206,11 +228,21 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
 
         tokenizer, model = _fresh_model(cfg, device)
         set_peft_model_state_dict(model, load_file(str(adapter)))
-        export_final(model, tokenizer, cfg, target, device, merge=merge or (final / "merged").exists(), adapter=True,
-                     info={"step": step, "source": str(final)})
+        export_final(
+            model,
+            tokenizer,
+            cfg,
+            target,
+            device,
+            merge=merge or (final / "merged").exists(),
+            adapter=True,
+            info={"step": step, "source": str(final)},
+        )
         return Exported(target, step, str(final / "adapter"))
     if not final.is_dir():
-        raise TrainerInputError(f"{run_dir} finished but has no {FINAL_DIR}/; export one of its checkpoints with --checkpoint")
+        raise TrainerInputError(
+            f"{run_dir} finished but has no {FINAL_DIR}/; export one of its checkpoints with --checkpoint"
+        )
     tmp = target.with_name(target.name + ".tmp")  # a full fine-tune: final/merged is the model, copy it whole
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(final, tmp)

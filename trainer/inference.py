@@ -28,16 +28,24 @@ def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
     elif (path / "config.json").exists():
         model_dir = path
     else:
-        raise TrainerInputError(f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
-                                f"writes its latest checkpoint to {layout.exports}/step-N; pass that directory)")
-    return AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device), AutoTokenizer.from_pretrained(str(model_dir))
+        raise TrainerInputError(
+            f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
+            f"writes its latest checkpoint to {layout.exports}/step-N; pass that directory)"
+        )
+    return AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device), AutoTokenizer.from_pretrained(
+        str(model_dir)
+    )
 
 
-def generate_reply(model: Any, tokenizer: Any, prompt: str, *, raw: bool, max_new_tokens: int, device: str, **sampling: Any) -> str:
+def generate_reply(
+    model: Any, tokenizer: Any, prompt: str, *, raw: bool, max_new_tokens: int, device: str, **sampling: Any
+) -> str:
     if raw or not tokenizer.chat_template:
         ids = tokenizer(prompt)["input_ids"]
     else:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

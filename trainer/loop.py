@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from trainer.config import TrainingConfig
-from trainer.distributed import all_reduce_sum, any_rank
 from trainer.data.batches import RowDataset, make_batch
+from trainer.distributed import all_reduce_sum, any_rank
 from trainer.faults import fault_point
 from trainer.global_batch import global_batch_size
 from trainer.loop_state import LoopState
@@ -69,7 +69,9 @@ def train_loop(
         rows = sampler.take(state.samples_seen, per_step)
         # Micro-batch k of this rank: slot (k, rank) of the global step, so the step's rows are
         # the same whatever the world size, and one process with a bigger batch sees them all.
-        micro = [make_batch(data, rows[(k * world + rank) * mb : (k * world + rank + 1) * mb], pad_id) for k in range(accum)]
+        micro = [
+            make_batch(data, rows[(k * world + rank) * mb : (k * world + rank + 1) * mb], pad_id) for k in range(accum)
+        ]
         local_targets = sum(target_count(b) for b in micro)
         (global_targets,) = all_reduce_sum([float(local_targets)], device)
         # Normalise by the label tokens of the whole global step: accumulation and sharding then
@@ -94,9 +96,17 @@ def train_loop(
         elapsed = time.perf_counter() - started
         loss = loss_sum_all / max(global_targets, 1.0)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {state.step}; lower training.learning_rate or check the data")
-        values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_all / elapsed,
-                  "epoch": state.samples_seen / len(data), "samples_seen": state.samples_seen}
+            raise FloatingPointError(
+                f"loss is {loss} at step {state.step}; lower training.learning_rate or check the data"
+            )
+        values = {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_all / elapsed,
+            "epoch": state.samples_seen / len(data),
+            "samples_seen": state.samples_seen,
+        }
         if group_lrs:
             values["lr_groups"] = group_lrs
         if state.step % cfg.log_every_steps == 0 or state.step == total_steps:

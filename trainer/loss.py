@@ -31,7 +31,9 @@ def target_count(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: LossConfig | None = None) -> tuple[torch.Tensor, int]:
+def loss_sum(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: LossConfig | None = None
+) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the batch's targets, and how many there were.
     `settings`: training.loss (None = its defaults)."""
     if "class_labels" in batch:
@@ -52,5 +54,7 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: L
     logits = forward_logits(model, batch)
     targets = batch["labels"][:, 1:]
     shifted = logits[:, :-1].float()
-    total = F.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    total = F.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return total, int((targets != IGNORE_INDEX).sum())

@@ -32,14 +32,19 @@ def check_loss_kernel(settings: LossConfig, device: str) -> None:
         return
     key = f"training.loss.kernel={settings.kernel}"
     if not settings.chunked:
-        raise TrainerInputError(f"{key} replaces the chunked loss, but training.loss.chunked is false: "
-                                "set chunked: true, or kernel: none")
+        raise TrainerInputError(
+            f"{key} replaces the chunked loss, but training.loss.chunked is false: set chunked: true, or kernel: none"
+        )
     if not device.startswith("cuda"):
-        raise TrainerInputError(f"{key} is a CUDA kernel and this worker runs on {device}: use kernel: auto "
-                                "(the chunked loss off CUDA) or none")
+        raise TrainerInputError(
+            f"{key} is a CUDA kernel and this worker runs on {device}: use kernel: auto "
+            "(the chunked loss off CUDA) or none"
+        )
     if not installed(settings.kernel):
-        raise TrainerInputError(f"{key}: the {MODULES[settings.kernel]} package is not installed; "
-                                f"pip install 'ftl[{EXTRAS[settings.kernel]}]', or use kernel: auto or none")
+        raise TrainerInputError(
+            f"{key}: the {MODULES[settings.kernel]} package is not installed; "
+            f"pip install 'ftl[{EXTRAS[settings.kernel]}]', or use kernel: auto or none"
+        )
 
 
 def select_kernel(settings: LossConfig, device: torch.device, weight: torch.Tensor) -> KernelFn | None:
@@ -58,18 +63,24 @@ def select_kernel(settings: LossConfig, device: torch.device, weight: torch.Tens
         log_once(f"training.loss.kernel: using {name}")
         return KERNELS[name]
     if settings.kernel == "auto":
-        log_once("training.loss.kernel=auto: no fused kernel installed (pip install 'ftl[liger]' or 'ftl[cce]'); "
-                 "chunked loss instead")
+        log_once(
+            "training.loss.kernel=auto: no fused kernel installed (pip install 'ftl[liger]' or 'ftl[cce]'); "
+            "chunked loss instead"
+        )
     return None
 
 
-def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _compute_dtype(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Both operands in the dtype F.linear would use here (autocast's when on): the kernels need one dtype."""
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else hidden.dtype
     return hidden.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None
 
 
-def liger_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+def liger_loss_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     h, w, b = _compute_dtype(hidden, weight, bias)
@@ -78,12 +89,19 @@ def liger_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return (out[0] if isinstance(out, tuple) else out).float()
 
 
-def cce_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+def cce_loss_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
     from cut_cross_entropy import linear_cross_entropy
 
     h, w, b = _compute_dtype(hidden, weight, bias)
     # filter_eps=None: exact gradients (CCE's default skips softmax entries below a threshold).
-    kwargs = {"reduction": "sum", "ignore_index": IGNORE_INDEX, "filter_eps": None, **({"bias": b} if b is not None else {})}
+    kwargs = {
+        "reduction": "sum",
+        "ignore_index": IGNORE_INDEX,
+        "filter_eps": None,
+        **({"bias": b} if b is not None else {}),
+    }
     with torch.autocast("cuda", enabled=False):
         return linear_cross_entropy(h, w, targets, **kwargs).float()
 

@@ -32,8 +32,14 @@ def peft_lora_config(method: MethodConfig, *, task_type: str = "CAUSAL_LM", excl
     )
 
 
-def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpointing: bool, *,
-                 task_type: str = "CAUSAL_LM", exclude_modules: str | None = None) -> torch.nn.Module:
+def apply_method(
+    model: torch.nn.Module,
+    method: MethodConfig,
+    gradient_checkpointing: bool,
+    *,
+    task_type: str = "CAUSAL_LM",
+    exclude_modules: str | None = None,
+) -> torch.nn.Module:
     if method.type == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -54,8 +60,11 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, gradient_checkpoi
         if gradient_checkpointing:
             enable_checkpointing(model)
     # autocast_adapter_dtype: PEFT creates bf16/fp16 adapters in fp32 unless told not to.
-    peft_model = get_peft_model(model, peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules),
-                                autocast_adapter_dtype=fp32)
+    peft_model = get_peft_model(
+        model,
+        peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules),
+        autocast_adapter_dtype=fp32,
+    )
     if not fp32:
         _cast_trainable(peft_model, compute_dtype(model, method))
     trainable, total = count_parameters(peft_model)

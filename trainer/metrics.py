@@ -43,8 +43,13 @@ class MetricsWriter:
     backends such as Ray Train treat a report as a barrier that all workers must reach.
     `resumed_at`: the step this start continues from (0 = fresh start)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, forward: Callable[[int, dict[str, Any], str], None] | None = None,
-                 resumed_at: int = 0):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool = True,
+        forward: Callable[[int, dict[str, Any], str], None] | None = None,
+        resumed_at: int = 0,
+    ):
         self.enabled = enabled
         self.forward = forward
         self.run_dir = run_dir
@@ -71,8 +76,9 @@ class MetricsWriter:
             return
         _quiet_tensorboard_writer_thread()
         # purge_step: TensorBoard hides the events a resume replaces (steps after resumed_at).
-        self._tb = SummaryWriter(log_dir=str(RunLayout(self.run_dir).tensorboard),
-                                 purge_step=self.resumed_at + 1 if self.resumed_at else 0)
+        self._tb = SummaryWriter(
+            log_dir=str(RunLayout(self.run_dir).tensorboard), purge_step=self.resumed_at + 1 if self.resumed_at else 0
+        )
 
     def write(self, step: int, values: dict[str, Any], kind: str = "train") -> None:
         if self.forward is not None:
@@ -102,7 +108,7 @@ class MetricsWriter:
         try:
             view = memoryview(data)
             while view:  # a raw write may write part of the line and report how much
-                view = view[self._jsonl.write(view):]
+                view = view[self._jsonl.write(view) :]
         except OSError:
             self._jsonl.truncate(start)  # no half line: readers and the resume see whole records only
             raise
@@ -116,9 +122,11 @@ class MetricsWriter:
                 pass  # the same failure again; the error below says it once
         self._tb = self._jsonl = None
         self.enabled = False
-        message = (f"writing metrics in {self.run_dir} failed: {exc.strerror or exc}; the metrics written so far and "
-                   f"the checkpoints in {RunLayout(self.run_dir).checkpoints} are intact. Free space (or fix the filesystem) "
-                   "and run the same command again to resume.")
+        message = (
+            f"writing metrics in {self.run_dir} failed: {exc.strerror or exc}; the metrics written so far and "
+            f"the checkpoints in {RunLayout(self.run_dir).checkpoints} are intact. Free space (or fix the filesystem) "
+            "and run the same command again to resume."
+        )
         print(f"ftl: error: {message}", file=sys.stderr, flush=True)
         return MetricsWriteError(message)
 
@@ -161,7 +169,11 @@ def cut_torn_line(path: Path) -> None:
     if data and not data.endswith(b"\n"):
         with path.open("r+b") as handle:
             handle.truncate(data.rfind(b"\n") + 1)
-        log.warning("%s: cut off an incomplete last line (%d bytes) left by an interrupted write", path, len(data) - data.rfind(b"\n") - 1)
+        log.warning(
+            "%s: cut off an incomplete last line (%d bytes) left by an interrupted write",
+            path,
+            len(data) - data.rfind(b"\n") - 1,
+        )
 
 
 def parse_records(path: Path) -> list[dict[str, Any]]:
@@ -178,8 +190,12 @@ def parse_records(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             # The last line may be one being written right now, or cut short by a crash.
-            log.log(logging.DEBUG if number == len(lines) else logging.WARNING,
-                    "%s line %d is not a complete record; skipped", path, number)
+            log.log(
+                logging.DEBUG if number == len(lines) else logging.WARNING,
+                "%s line %d is not a complete record; skipped",
+                path,
+                number,
+            )
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -42,17 +42,27 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 
     source = cfg.tokenizer or cfg.path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
     except (OSError, ValueError) as exc:
-        raise TrainerInputError(f"model.tokenizer / model.path: cannot load a tokenizer from {source!r}: {exc}") from None
+        raise TrainerInputError(
+            f"model.tokenizer / model.path: cannot load a tokenizer from {source!r}: {exc}"
+        ) from None
     if tokenizer.pad_token_id is None:
         # Padding positions never carry loss or attention, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(model_cfg: ModelConfig, method_cfg: MethodConfig, device: str, *, auto_class: Any = None,
-               head_kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
+def load_model(
+    model_cfg: ModelConfig,
+    method_cfg: MethodConfig,
+    device: str,
+    *,
+    auto_class: Any = None,
+    head_kwargs: dict[str, Any] | None = None,
+) -> torch.nn.Module:
     """`auto_class`/`head_kwargs` load another task head (e.g. sequence classification) on the same checkpoint."""
     from transformers import AutoModelForCausalLM
 

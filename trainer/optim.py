@@ -68,8 +68,9 @@ def _bitsandbytes(name: str) -> Any:
     try:
         import bitsandbytes
     except ImportError:
-        raise TrainerInputError(f"training.optimizer={name} needs bitsandbytes (pip install bitsandbytes); "
-                                "or use training.optimizer=adamw") from None
+        raise TrainerInputError(
+            f"training.optimizer={name} needs bitsandbytes (pip install bitsandbytes); or use training.optimizer=adamw"
+        ) from None
     return bitsandbytes
 
 

@@ -64,13 +64,17 @@ class OptimizerInBackward:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if STATE_KEY not in state:
-            raise TrainerInputError("the checkpoint's optimizer state is one optimizer's (written with "
-                                    "training.optimizer_in_backward=false); resume with optimizer_in_backward=false, "
-                                    "or start a new output.dir")
+            raise TrainerInputError(
+                "the checkpoint's optimizer state is one optimizer's (written with "
+                "training.optimizer_in_backward=false); resume with optimizer_in_backward=false, "
+                "or start a new output.dir"
+            )
         saved = state[STATE_KEY]
         if len(saved) != len(self.optimizers):
-            raise TrainerInputError(f"the checkpoint holds optimizer state for {len(saved)} parameters, this model trains "
-                                    f"{len(self.optimizers)}; was the method or the trainable set changed?")
+            raise TrainerInputError(
+                f"the checkpoint holds optimizer state for {len(saved)} parameters, this model trains "
+                f"{len(self.optimizers)}; was the method or the trainable set changed?"
+            )
         for optimizer, one in zip(self.optimizers, saved):
             optimizer.load_state_dict(one)
 

@@ -58,7 +58,9 @@ class Outcome:
         if self.kind is OutcomeKind.FINISHED:
             return json.dumps({"stopped": False, "summary": self.summary})
         if self.kind is OutcomeKind.STOPPED:
-            return json.dumps({"stopped": True, "step": self.step, "checkpoint": self.checkpoint, "signum": self.signum})
+            return json.dumps(
+                {"stopped": True, "step": self.step, "checkpoint": self.checkpoint, "signum": self.signum}
+            )
         assert self.kind is OutcomeKind.INPUT_ERROR, f"a {self.kind.value} outcome is never written"
         return json.dumps({"error": self.message})
 
@@ -70,8 +72,12 @@ class Outcome:
             if "error" in record:
                 return cls.input_error(str(record["error"]))
             if record.get("stopped"):
-                return cls(OutcomeKind.STOPPED, step=int(record["step"]), checkpoint=str(record["checkpoint"]),
-                           signum=record.get("signum"))
+                return cls(
+                    OutcomeKind.STOPPED,
+                    step=int(record["step"]),
+                    checkpoint=str(record["checkpoint"]),
+                    signum=record.get("signum"),
+                )
             return cls.finished(dict(record["summary"]))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             return cls(OutcomeKind.NO_RESULT, message=f"unreadable ({type(exc).__name__}: {exc})")

@@ -17,9 +17,9 @@ import torch
 
 from trainer.checkpointing.layouts import load_trainable
 from trainer.checkpointing.manager import CheckpointManager
-from trainer.checkpointing.resume import ResumePoint, build_manager, find_resume_checkpoint, load_resume_state
 from trainer.checkpointing.preflight import check_disk_space, verify_shared_run_dir
 from trainer.checkpointing.protocol import atomic_write_text
+from trainer.checkpointing.resume import ResumePoint, build_manager, find_resume_checkpoint, load_resume_state
 from trainer.checkpointing.rng import seed_everything
 from trainer.checkpointing.save_policy import SavePolicy
 from trainer.config import TrainerConfig
@@ -30,10 +30,10 @@ from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.logging_setup import setup_worker_logging
+from trainer.loop import LoopHooks, train_loop
 from trainer.loop_state import LoopState
 from trainer.loss_kernels import check_loss_kernel
 from trainer.memory_report import memory_report
-from trainer.loop import LoopHooks, train_loop
 from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model_builder import load_tokenizer
 from trainer.model_options import apply_model_options, check_model_options
@@ -68,7 +68,9 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model)
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
     trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash)
-    evaluator = _Evaluator(cfg, trainee.model, strategy, tokenizer, data, trainee.metrics, extras=trainee.transfer.eval_extras)
+    evaluator = _Evaluator(
+        cfg, trainee.model, strategy, tokenizer, data, trainee.metrics, extras=trainee.transfer.eval_extras
+    )
     if trainee.state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
         # The forgetting check needs the base model's retain loss even when at_start is off.
         evaluator(0, label="base", only=None if cfg.eval.at_start else "retain")
@@ -97,22 +99,42 @@ class _Trainee:
     total_steps: int
 
 
-def _build_trainee(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, tokenizer: Any, data: PreparedData,
-                   resume_from: ResumePoint | None, config_hash: str) -> _Trainee:
+def _build_trainee(
+    cfg: TrainerConfig,
+    ctx: WorkerContext,
+    strategy: Strategy,
+    tokenizer: Any,
+    data: PreparedData,
+    resume_from: ResumePoint | None,
+    config_hash: str,
+) -> _Trainee:
     """The model (with the method applied), wrapped by the strategy, its optimizer, schedule and
     checkpoint manager, restored from `resume_from` when there is one."""
-    base = apply_model_options(build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing),
-                               cfg.model, ctx.device)
+    base = apply_model_options(
+        build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing), cfg.model, ctx.device
+    )
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
     total_steps = planned_steps(cfg, len(data.train), strategy.global_batch(), *resumed_at)
-    metrics = MetricsWriter(ctx.run_dir, enabled=ctx.is_main, forward=ctx.reporter.metrics if ctx.reporter else None,
-                            resumed_at=resumed_at[0])
-    transfer = TransferController(cfg, base, strategy, metrics, train_rows=len(data.train), pad_id=tokenizer.pad_token_id)
+    metrics = MetricsWriter(
+        ctx.run_dir,
+        enabled=ctx.is_main,
+        forward=ctx.reporter.metrics if ctx.reporter else None,
+        resumed_at=resumed_at[0],
+    )
+    transfer = TransferController(
+        cfg, base, strategy, metrics, train_rows=len(data.train), pad_id=tokenizer.pad_token_id
+    )
     model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     manager = build_manager(cfg, ctx, strategy, config_hash)
-    check_disk_space(ctx.run_dir, strategy.unwrapped(model), strategy.checkpoint_layout, cfg.checkpoint.keep_last, ctx.rank)
-    state = load_resume_state(resume_from, manager, model, optimizer, scheduler, cfg, ctx, strategy) if resume_from else LoopState()
+    check_disk_space(
+        ctx.run_dir, strategy.unwrapped(model), strategy.checkpoint_layout, cfg.checkpoint.keep_last, ctx.rank
+    )
+    state = (
+        load_resume_state(resume_from, manager, model, optimizer, scheduler, cfg, ctx, strategy)
+        if resume_from
+        else LoopState()
+    )
     model = transfer.resumed(state, model)
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
@@ -121,22 +143,40 @@ def _build_trainee(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, t
 
 
 def _build_save_policy(cfg: TrainerConfig, ctx: WorkerContext, transfer: TransferController) -> SavePolicy:
-    return SavePolicy(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes, is_main=ctx.is_main,
-                      must_save=transfer.must_save, agree=lambda due: any_rank(due, ctx.device))
+    return SavePolicy(
+        cfg.checkpoint.every_steps,
+        cfg.checkpoint.every_minutes,
+        is_main=ctx.is_main,
+        must_save=transfer.must_save,
+        agree=lambda due: any_rank(due, ctx.device),
+    )
 
 
 class _RunHooks:
     """What the loop calls out to in a run: checkpoint when the save policy says so, evaluate on
     the eval schedule, and tell the watchdog what is happening."""
 
-    def __init__(self, cfg: TrainerConfig, trainee: _Trainee, evaluator: _Evaluator, save_policy: SavePolicy,
-                 watchdog: Watchdog):
-        self.cfg, self.trainee, self.evaluator, self.save_policy, self.watchdog = cfg, trainee, evaluator, save_policy, watchdog
+    def __init__(
+        self, cfg: TrainerConfig, trainee: _Trainee, evaluator: _Evaluator, save_policy: SavePolicy, watchdog: Watchdog
+    ):
+        self.cfg, self.trainee, self.evaluator, self.save_policy, self.watchdog = (
+            cfg,
+            trainee,
+            evaluator,
+            save_policy,
+            watchdog,
+        )
 
     def loop_hooks(self) -> LoopHooks:
-        return LoopHooks(evaluate=self.evaluate, save=self.save, should_eval=self.should_eval,
-                         should_save=self.save_policy.should_save, step_end=self.step_end,
-                         on_step_start=self.trainee.transfer.on_step_start, should_stop_early=self.stopped_early)
+        return LoopHooks(
+            evaluate=self.evaluate,
+            save=self.save,
+            should_eval=self.should_eval,
+            should_save=self.save_policy.should_save,
+            step_end=self.step_end,
+            on_step_start=self.trainee.transfer.on_step_start,
+            should_stop_early=self.stopped_early,
+        )
 
     def save(self, current: LoopState) -> str:
         trainee = self.trainee
@@ -168,8 +208,15 @@ class _RunHooks:
         return self.trainee.transfer.stopped_early
 
 
-def _train(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, trainee: _Trainee, evaluator: _Evaluator,
-           data: PreparedData, tokenizer: Any) -> LoopState:
+def _train(
+    cfg: TrainerConfig,
+    ctx: WorkerContext,
+    strategy: Strategy,
+    trainee: _Trainee,
+    evaluator: _Evaluator,
+    data: PreparedData,
+    tokenizer: Any,
+) -> LoopState:
     """The loop, with stop signals and the watchdog installed around it. Raises StopRequested
     when a stop request ended it before the last step (after the checkpoint of that step)."""
     stop = StopFlag(request_file=RunLayout(ctx.run_dir).stop_request)
@@ -177,13 +224,31 @@ def _train(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, trainee: 
     save_policy = _build_save_policy(cfg, ctx, trainee.transfer)
     watchdog = Watchdog(cfg.training.watchdog_timeout_s, ctx.run_dir, ctx.rank).start()
     hooks = _RunHooks(cfg, trainee, evaluator, save_policy, watchdog).loop_hooks()
-    log.info("training %d steps on %d worker(s) with %s (%d rows, %s)", trainee.total_steps, ctx.world_size, strategy.name,
-             len(data.train), data.report)
+    log.info(
+        "training %d steps on %d worker(s) with %s (%d rows, %s)",
+        trainee.total_steps,
+        ctx.world_size,
+        strategy.name,
+        len(data.train),
+        data.report,
+    )
     try:
-        state = train_loop(trainee.model, trainee.optimizer, trainee.scheduler, data.train, cfg.training, trainee.state,
-                           trainee.total_steps, strategy=strategy, pad_id=tokenizer.pad_token_id, metrics=trainee.metrics,
-                           hooks=hooks, stop=stop, show_progress=ctx.is_main and cfg.training.progress_bar,
-                           shuffle=cfg.data.shuffle)
+        state = train_loop(
+            trainee.model,
+            trainee.optimizer,
+            trainee.scheduler,
+            data.train,
+            cfg.training,
+            trainee.state,
+            trainee.total_steps,
+            strategy=strategy,
+            pad_id=tokenizer.pad_token_id,
+            metrics=trainee.metrics,
+            hooks=hooks,
+            stop=stop,
+            show_progress=ctx.is_main and cfg.training.progress_bar,
+            shuffle=cfg.data.shuffle,
+        )
         trainee.manager.close()  # an asynchronous save still in flight is committed before anything else
     finally:
         watchdog.stop()
@@ -194,13 +259,25 @@ def _train(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, trainee: 
     return state
 
 
-def _finish(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, trainee: _Trainee, evaluator: _Evaluator,
-            data: PreparedData, tokenizer: Any, state: LoopState) -> dict[str, Any]:
+def _finish(
+    cfg: TrainerConfig,
+    ctx: WorkerContext,
+    strategy: Strategy,
+    trainee: _Trainee,
+    evaluator: _Evaluator,
+    data: PreparedData,
+    tokenizer: Any,
+    state: LoopState,
+) -> dict[str, Any]:
     """Best weights back (early stopping), final evaluation, final/ and summary.json (last)."""
     memory = memory_report(trainee.model, trainee.optimizer, ctx.rank)
     barrier()  # the best checkpoint is complete on disk before any rank reads it
-    trainee.transfer.restore_best(strategy.unwrapped(trainee.model), ctx.run_dir, state.step,
-                                  lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False))
+    trainee.transfer.restore_best(
+        strategy.unwrapped(trainee.model),
+        ctx.run_dir,
+        state.step,
+        lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False),
+    )
     if data.evals:
         evaluator(state.step, label="final")
     _export(cfg, ctx, strategy, trainee.model, tokenizer)
@@ -219,26 +296,47 @@ def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: A
     collective) into a freshly built model, so the export holds real full tensors."""
     if strategy.replicated:
         if ctx.is_main:
-            export_final(strategy.unwrapped(model), tokenizer, cfg, RunLayout(ctx.run_dir).final, ctx.device,
-                         merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
+            export_final(
+                strategy.unwrapped(model),
+                tokenizer,
+                cfg,
+                RunLayout(ctx.run_dir).final,
+                ctx.device,
+                merge=cfg.output.save_merged,
+                adapter=cfg.output.save_adapter,
+            )
         return
     trainable = strategy.trainable_state(model)
     if ctx.is_main:
         fresh = build_model(cfg, ctx.device, tokenizer.pad_token_id, False)
         load_trainable(fresh, trainable)
-        export_final(fresh, tokenizer, cfg, RunLayout(ctx.run_dir).final, ctx.device,
-                     merge=cfg.output.save_merged, adapter=cfg.output.save_adapter)
+        export_final(
+            fresh,
+            tokenizer,
+            cfg,
+            RunLayout(ctx.run_dir).final,
+            ctx.device,
+            merge=cfg.output.save_merged,
+            adapter=cfg.output.save_adapter,
+        )
 
 
 def _prepare_data_rank0_first(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerContext) -> PreparedData:
     """Rank 0 tokenizes (and fills the cache) while the others wait, then they read the cache:
     one tokenization per run instead of one per worker. A data error on rank 0 fails the run
     there; the others then fail at the barrier when the launcher stops them."""
+
     def prepare() -> PreparedData:
-        return prepare_data(cfg.data, tokenizer, seed=cfg.training.seed, micro_batch_size=cfg.training.micro_batch_size,
-                            want_prompts=cfg.eval.generation.enabled, max_prompts=cfg.eval.generation.max_samples,
-                            retain=cfg.eval.retain,
-                            label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None)
+        return prepare_data(
+            cfg.data,
+            tokenizer,
+            seed=cfg.training.seed,
+            micro_batch_size=cfg.training.micro_batch_size,
+            want_prompts=cfg.eval.generation.enabled,
+            max_prompts=cfg.eval.generation.max_samples,
+            retain=cfg.eval.retain,
+            label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None,
+        )
 
     if ctx.is_main:
         data = prepare()
@@ -246,7 +344,9 @@ def _prepare_data_rank0_first(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerCon
     return data if ctx.is_main else prepare()
 
 
-def planned_steps(cfg: TrainerConfig, rows: int, global_batch: int, resumed_step: int = 0, samples_seen: int = 0) -> int:
+def planned_steps(
+    cfg: TrainerConfig, rows: int, global_batch: int, resumed_step: int = 0, samples_seen: int = 0
+) -> int:
     """Optimizer steps of the whole run. max_steps counts steps whatever the batch; epochs count
     samples, so a run resumed on another worker count (another global batch) trains the samples
     that remain: resumed_step + ceil(remaining / new global batch). Unchanged world: same total."""
@@ -257,9 +357,24 @@ def planned_steps(cfg: TrainerConfig, rows: int, global_batch: int, resumed_step
 
 
 class _Evaluator:
-    def __init__(self, cfg: TrainerConfig, model: Any, strategy: Strategy, tokenizer: Any, data: PreparedData, metrics: MetricsWriter,
-                 extras: Any = None):
-        self.cfg, self.model, self.strategy, self.tokenizer, self.data, self.metrics = cfg, model, strategy, tokenizer, data, metrics
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        model: Any,
+        strategy: Strategy,
+        tokenizer: Any,
+        data: PreparedData,
+        metrics: MetricsWriter,
+        extras: Any = None,
+    ):
+        self.cfg, self.model, self.strategy, self.tokenizer, self.data, self.metrics = (
+            cfg,
+            model,
+            strategy,
+            tokenizer,
+            data,
+            metrics,
+        )
         self.extras = extras  # adds strategy-specific scores (classification, forgetting) to a record
 
     def __call__(self, step: int, label: str = "periodic", only: str | None = None) -> dict[str, dict[str, Any]]:
@@ -275,12 +390,25 @@ class _Evaluator:
             values: dict[str, Any] = {
                 "split": eval_set.name,
                 "label": label,
-                "eval_loss": eval_loss(model, eval_set, batch, self.tokenizer.pad_token_id, self.strategy, self.cfg.eval.max_samples,
-                                       self.cfg.training.loss),
+                "eval_loss": eval_loss(
+                    model,
+                    eval_set,
+                    batch,
+                    self.tokenizer.pad_token_id,
+                    self.strategy,
+                    self.cfg.eval.max_samples,
+                    self.cfg.training.loss,
+                ),
             }
             if self.cfg.eval.generation.enabled and eval_set.prompts:
-                score, samples = exact_match(model, self.tokenizer, eval_set.prompts,
-                                             self.cfg.eval.generation.max_new_tokens, batch, self.strategy)
+                score, samples = exact_match(
+                    model,
+                    self.tokenizer,
+                    eval_set.prompts,
+                    self.cfg.eval.generation.max_new_tokens,
+                    batch,
+                    self.strategy,
+                )
                 values["exact_match"] = score
                 values["samples"] = samples
             if self.extras is not None:
@@ -297,7 +425,11 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
     for record in evals:
         split = record["split"]
         entry = scores.setdefault(split, {})
-        picked = {k: record[k] for k in ("eval_loss", "exact_match", "accuracy", "macro_f1", "retain_loss_change") if k in record}
+        picked = {
+            k: record[k]
+            for k in ("eval_loss", "exact_match", "accuracy", "macro_f1", "retain_loss_change")
+            if k in record
+        }
         if record.get("label") == "base":
             entry["base"] = picked
         elif record.get("label") == "final":

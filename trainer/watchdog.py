@@ -31,7 +31,7 @@ class Watchdog:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "Watchdog":
+    def start(self) -> Watchdog:
         if self.timeout_s > 0:
             self._thread = threading.Thread(target=self._watch, name="ftl-watchdog", daemon=True)
             self._thread.start()
@@ -51,8 +51,10 @@ class Watchdog:
                 self._fire(idle)
 
     def _fire(self, idle: float) -> None:
-        message = (f"ftl watchdog: rank {self.rank} made no progress for {idle:.0f}s (last: {self._what}; "
-                   f"training.watchdog_timeout_s={self.timeout_s:g}); stacks follow, exiting with code {EXIT_HUNG}")
+        message = (
+            f"ftl watchdog: rank {self.rank} made no progress for {idle:.0f}s (last: {self._what}; "
+            f"training.watchdog_timeout_s={self.timeout_s:g}); stacks follow, exiting with code {EXIT_HUNG}"
+        )
         print(message, file=sys.stderr, flush=True)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         try:

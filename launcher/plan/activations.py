@@ -93,7 +93,9 @@ def dora_weight_bytes_per_layer(arch: Architecture, setup: Setup, lora_targets: 
 def activation_memory(arch: Architecture, setup: Setup, lora_targets: list[tuple[int, int, int]]) -> Activations:
     tokens = setup.tokens_per_micro_batch
     e = setup.activation_bytes
-    per_layer = tokens * layer_bytes_per_token(arch, setup, lora_targets) + dora_weight_bytes_per_layer(arch, setup, lora_targets)
+    per_layer = tokens * layer_bytes_per_token(arch, setup, lora_targets) + dora_weight_bytes_per_layer(
+        arch, setup, lora_targets
+    )
     kept = tokens * e * arch.hidden if setup.checkpointing else per_layer  # what one layer keeps until backward
     layers, offloaded = arch.layers * kept, 0
     if setup.activation_offloading and setup.accelerator.is_gpu:
@@ -102,7 +104,9 @@ def activation_memory(arch: Architecture, setup: Setup, lora_targets: list[tuple
         layers, offloaded = on_device, arch.layers * kept - on_device
     head = loss_head_bytes(arch, setup)
     other = tokens * (e * arch.hidden + norm_bytes_per_token(arch.hidden, e, frozen=setup.method != "full"))
-    workspace = tokens * e * (2 * arch.intermediate * arch.experts_per_token + arch.hidden) if setup.checkpointing else 0
+    workspace = (
+        tokens * e * (2 * arch.intermediate * arch.experts_per_token + arch.hidden) if setup.checkpointing else 0
+    )
     return Activations(per_layer, layers, head, other, setup.checkpointing, offloaded, workspace)
 
 

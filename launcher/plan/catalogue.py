@@ -39,5 +39,7 @@ def model_config_fields(model: str) -> tuple[str, dict[str, Any]]:
         short, entry = found
         return f"{short} ({entry['hub_id']}, built-in catalogue)", dict(entry["config"])
     names = ", ".join(catalogue())
-    raise UserError(f"model.path: {model!r} is neither a model folder with a config.json nor a built-in architecture; "
-                    f"use a local folder or one of: {names}")
+    raise UserError(
+        f"model.path: {model!r} is neither a model folder with a config.json nor a built-in architecture; "
+        f"use a local folder or one of: {names}"
+    )

@@ -18,7 +18,11 @@ def plan_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.mfu is not None and not 0 < args.mfu <= 1:
         raise UserError(f"--mfu {args.mfu}: a fraction of peak throughput, in (0, 1]")
-    acc = accelerator(args.gpu, args.gpu_memory, args.peak_tflops) if args.gpu else this_machine(args.gpu_memory, args.peak_tflops)
+    acc = (
+        accelerator(args.gpu, args.gpu_memory, args.peak_tflops)
+        if args.gpu
+        else this_machine(args.gpu_memory, args.peak_tflops)
+    )
     per_node = args.gpus_per_node or (cfg.cluster.workers if args.nodes == 1 else 1)
     target = Target(acc, per_node, args.nodes)
     plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
@@ -46,8 +50,10 @@ def check_fit(cfg: RunConfig) -> None:
     try:
         plan = plan_run(cfg, Target(acc, workers, 1), with_throughput=False)
     except UserError as exc:  # a model.path it does not know (a hub name, or a typo)
-        raise UserError(f"{exc}. The fit check cannot judge this run; pass --skip-fit-check to launch it anyway "
-                        "(a hub model is then loaded by the workers)") from None
+        raise UserError(
+            f"{exc}. The fit check cannot judge this run; pass --skip-fit-check to launch it anyway "
+            "(a hub model is then loaded by the workers)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - reported, then the run goes on
         print(f"ftl: fit check skipped: cannot plan this model ({type(exc).__name__}: {exc})", file=sys.stderr)
         return
@@ -60,6 +66,8 @@ def check_fit(cfg: RunConfig) -> None:
         print(f"ftl: fit check: {size(need)} {what}, {size(have)} available", file=sys.stderr)
         return
     hints = "; ".join(f"{s.change.description} ({' '.join(s.change.overrides)})" for s in plan.suggestions[:3])
-    raise UserError(f"this run needs about {size(need)} {what} but {size(have)} is available "
-                    f"(see `ftl plan` for the breakdown){'; it would fit with: ' + hints if hints else ''}. "
-                    "Pass --skip-fit-check to launch anyway")
+    raise UserError(
+        f"this run needs about {size(need)} {what} but {size(have)} is available "
+        f"(see `ftl plan` for the breakdown){'; it would fit with: ' + hints if hints else ''}. "
+        "Pass --skip-fit-check to launch anyway"
+    )

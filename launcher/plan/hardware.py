@@ -51,8 +51,10 @@ def accelerator(name: str | None, memory: str | None = None, peak_tflops: float 
     else:
         key = {"A100": "A100-80GB", "V100": "V100-32GB", "4090": "RTX4090"}.get(name.upper(), name.upper())
         if key not in GPUS:
-            raise UserError(f"--gpu {name}: unknown GPU; use one of {', '.join(GPUS)}, or cpu, "
-                            "and give --gpu-memory and --peak-tflops for another accelerator")
+            raise UserError(
+                f"--gpu {name}: unknown GPU; use one of {', '.join(GPUS)}, or cpu, "
+                "and give --gpu-memory and --peak-tflops for another accelerator"
+            )
         mem, tflops, bf16 = GPUS[key]
         acc = Accelerator(key, int(mem * GIB), tflops, bf16)
     if memory:
@@ -64,7 +66,17 @@ def accelerator(name: str | None, memory: str | None = None, peak_tflops: float 
 
 def parse_size(text: str) -> int:
     """`80GB` / `80G` (10^9), `80GiB` (2^30), or a plain number of GiB."""
-    units = {"tib": 1024**4, "gib": GIB, "mib": 1024**2, "tb": 10**12, "gb": 10**9, "mb": 10**6, "t": 10**12, "g": 10**9, "m": 10**6}
+    units = {
+        "tib": 1024**4,
+        "gib": GIB,
+        "mib": 1024**2,
+        "tb": 10**12,
+        "gb": 10**9,
+        "mb": 10**6,
+        "t": 10**12,
+        "g": 10**9,
+        "m": 10**6,
+    }
     raw = text.strip().lower().replace(" ", "")
     for suffix, scale in units.items():  # noqa: B007 - the for-else below uses the scale found
         if raw.endswith(suffix):

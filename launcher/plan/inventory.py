@@ -94,8 +94,13 @@ def hf_config(fields: dict[str, Any]) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
-def build_inventory(label: str, config_fields: dict[str, Any], method: MethodConfig, dtype: torch.dtype,
-                    adapter_dtype: torch.dtype | None = None) -> Inventory:
+def build_inventory(
+    label: str,
+    config_fields: dict[str, Any],
+    method: MethodConfig,
+    dtype: torch.dtype,
+    adapter_dtype: torch.dtype | None = None,
+) -> Inventory:
     """adapter_dtype: for adapter methods, the dtype adapters (and QLoRA's non-quantized
     embeddings/head/norms) are kept in; None = PEFT's default (fp32 adapters, QLoRA upcast to fp32)."""
     from transformers import AutoModelForCausalLM
@@ -131,11 +136,24 @@ def build_inventory(label: str, config_fields: dict[str, Any], method: MethodCon
     layers = _decoder_layers(model)
     layer_bytes = [sum(by_id[id(p)].nbytes for p in layer.parameters()) for layer in layers]
     root_bytes = sum(p.nbytes for p in params) - sum(layer_bytes)
-    targets = [(m.in_features, m.out_features, m.r[name]) for m in model.modules()
-               if hasattr(m, "lora_A") and hasattr(m, "in_features") for name in m.lora_A]
+    targets = [
+        (m.in_features, m.out_features, m.r[name])
+        for m in model.modules()
+        if hasattr(m, "lora_A") and hasattr(m, "in_features")
+        for name in m.lora_A
+    ]
     chunkable, reason = _head_chunkable(model)
-    return Inventory(label, _architecture(config, layers), params, max(layer_bytes, default=0), root_bytes, targets, head_name,
-                     chunkable, reason)
+    return Inventory(
+        label,
+        _architecture(config, layers),
+        params,
+        max(layer_bytes, default=0),
+        root_bytes,
+        targets,
+        head_name,
+        chunkable,
+        reason,
+    )
 
 
 def _head_chunkable(model: torch.nn.Module) -> tuple[bool, str]:
@@ -209,11 +227,22 @@ def _architecture(config: Any, layers: list[torch.nn.Module]) -> Architecture:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     norms = 2
     if layers:
-        norms = sum(1 for m in layers[0].modules() if type(m).__name__.endswith("RMSNorm")
-                    and getattr(m, "weight", None) is not None and m.weight.numel() == text.hidden_size)
+        norms = sum(
+            1
+            for m in layers[0].modules()
+            if type(m).__name__.endswith("RMSNorm")
+            and getattr(m, "weight", None) is not None
+            and m.weight.numel() == text.hidden_size
+        )
     return Architecture(
-        model_type=text.model_type, hidden=text.hidden_size, layers=text.num_hidden_layers, heads=heads,
-        kv_heads=getattr(text, "num_key_value_heads", None) or heads, head_dim=head_dim,
-        intermediate=text.intermediate_size, vocab=text.vocab_size,
-        experts_per_token=getattr(text, "num_experts_per_tok", None) or 1, norms_per_layer=norms or 2,
+        model_type=text.model_type,
+        hidden=text.hidden_size,
+        layers=text.num_hidden_layers,
+        heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        intermediate=text.intermediate_size,
+        vocab=text.vocab_size,
+        experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
+        norms_per_layer=norms or 2,
     )

@@ -92,7 +92,9 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     # QLoRA: the 4-bit dequantization workspace (a static item) is itself a temporary of the
     # recomputed layer's backward; the two do not add up (measured with MemTracker on CPU).
     dequant = sum(i.bytes for i in states if i.label.startswith("4-bit dequantization"))
-    acts = replace(acts, head=acts.head + head_transient, recompute_workspace=max(0, acts.recompute_workspace - dequant))
+    acts = replace(
+        acts, head=acts.head + head_transient, recompute_workspace=max(0, acts.recompute_workspace - dequant)
+    )
     on_gpu = [i for i in states if i.where == "gpu"]
     grads = sum(i.bytes for i in on_gpu if i.label.startswith("gradients"))
     static = sum(i.bytes for i in on_gpu) - grads
@@ -103,11 +105,17 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     step_peak = grads + optimizer_step_workspace(inventory, setup)
     peak = static + max(forward_peak, step_peak)
     checkpointed = " (checkpointed)" if setup.checkpointing else ""
-    loss_label = (f"activations: chunked LM head + loss ({min(setup.chunk_tokens, setup.tokens_per_micro_batch)} tokens/chunk)"
-                  if setup.loss_chunked else "activations: full logits + fp32 copy + log-softmax")
+    loss_label = (
+        f"activations: chunked LM head + loss ({min(setup.chunk_tokens, setup.tokens_per_micro_batch)} tokens/chunk)"
+        if setup.loss_chunked
+        else "activations: full logits + fp32 copy + log-softmax"
+    )
     items = states + [
-        Item("activations: decoder layers" + checkpointed + (" (on device while offloading)" if acts.offloaded else ""),
-             acts.layers, kind="activation"),
+        Item(
+            "activations: decoder layers" + checkpointed + (" (on device while offloading)" if acts.offloaded else ""),
+            acts.layers,
+            kind="activation",
+        ),
         Item(loss_label, acts.head, kind="activation"),
         Item("activations: embeddings + final norm", acts.other, kind="activation"),
     ]
@@ -116,7 +124,11 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     if step_peak > grads:
         items.append(Item("step workspace: foreach AdamW temporaries", step_peak - grads, kind="buffer"))
     if acts.offloaded:
-        items.append(Item("activations: decoder layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"))
+        items.append(
+            Item(
+                "activations: decoder layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"
+            )
+        )
     overhead = process_overhead(setup, peak)
     return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes, notes=notes)
 
@@ -165,14 +177,18 @@ def _local_bytes(p: ParamInfo, s: Setup) -> int:
 def setting_notes(s: Setup) -> list[str]:
     notes = []
     if s.compile:
-        notes.append("torch.compile: no memory term (counted as eager; compiled layers usually keep slightly fewer tensors)")
+        notes.append(
+            "torch.compile: no memory term (counted as eager; compiled layers usually keep slightly fewer tensors)"
+        )
     if s.liger:
         notes.append("Liger kernels: MLP and RMSNorm activations are an approximation (CUDA only, not measured here)")
     if s.activation_offloading and not s.accelerator.is_gpu:
         notes.append("activation offloading: the device is the CPU, so nothing moves and memory does not change")
     if s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu:
-        notes.append("paged 8-bit AdamW: its states are in CUDA unified memory, outside the device budget: they use free GPU "
-                      "memory and page out to CPU RAM (slower steps) when there is none")
+        notes.append(
+            "paged 8-bit AdamW: its states are in CUDA unified memory, outside the device budget: they use free GPU "
+            "memory and page out to CPU RAM (slower steps) when there is none"
+        )
     return notes
 
 
@@ -206,7 +222,13 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
     if scales:
         items.append(Item("weights, frozen: 4-bit block scales and codes", scales, param_where))
     adapter = "LoRA/DoRA adapters" if s.method != "full" else "all parameters"
-    items.append(Item(f"weights, trainable ({adapter}, {_dtype_name(trainable, ds_cast)})", sum(stored(p) for p in trainable), param_where))
+    items.append(
+        Item(
+            f"weights, trainable ({adapter}, {_dtype_name(trainable, ds_cast)})",
+            sum(stored(p) for p in trainable),
+            param_where,
+        )
+    )
 
     quantized = [p for p in frozen if p.quantized]
     if quantized:
@@ -223,16 +245,26 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
         grads = sum(b for b, _ in local)
         opt_where = "host" if s.offload_params != "none" else "gpu"  # FSDP2 CPU offload moves all states
         if s.optimizer_in_backward:
-            items.append(Item("gradients (one at a time: optimizer step in backward)", max((b for b, _ in local), default=0), opt_where))
+            items.append(
+                Item(
+                    "gradients (one at a time: optimizer step in backward)",
+                    max((b for b, _ in local), default=0),
+                    opt_where,
+                )
+            )
         else:
             items.append(Item("gradients", grads, opt_where))
         if s.optimizer in EIGHT_BIT:
             # Paged states live in CUDA unified memory: the driver pages them out to CPU RAM when the
             # GPU is full, and torch's allocator (what peak figures report) never sees them.
             paged = s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu and opt_where == "gpu"
-            items.append(Item("optimizer: 8-bit AdamW states (uint8 + block absmax)",
-                              eight_bit_state_bytes([n for _, n in local], shared_maps=not s.optimizer_in_backward),
-                              "paged" if paged else opt_where))
+            items.append(
+                Item(
+                    "optimizer: 8-bit AdamW states (uint8 + block absmax)",
+                    eight_bit_state_bytes([n for _, n in local], shared_maps=not s.optimizer_in_backward),
+                    "paged" if paged else opt_where,
+                )
+            )
         else:
             step = 4 * len(trainable)  # AdamW's step counter: one fp32 scalar tensor per parameter
             items.append(Item("optimizer: AdamW exp_avg + exp_avg_sq + step", 2 * grads + step, opt_where))
@@ -271,7 +303,13 @@ def _zero_states(trainable: list[ParamInfo], n: int, s: Setup, ds_cast: int | No
         Item("ZeRO step workspace: fp32 gradient partition", 4 * part, opt_where, kind="buffer"),
     ]
     bucket = min(DS_BUCKET_ELEMENTS, n) * elem
-    items.append(Item("ZeRO reduce bucket" + (" + all-gather bucket" if stage < 3 else ""), bucket * (2 if stage < 3 else 1), kind="buffer"))
+    items.append(
+        Item(
+            "ZeRO reduce bucket" + (" + all-gather bucket" if stage < 3 else ""),
+            bucket * (2 if stage < 3 else 1),
+            kind="buffer",
+        )
+    )
     return items
 
 
@@ -280,14 +318,22 @@ def _zero_adam_states(part: int, s: Setup, where: str) -> Item:
     states; bitsandbytes' 8-bit AdamW two uint8 states + block absmax (paged: unified memory)."""
     if s.optimizer in EIGHT_BIT:
         paged = s.optimizer == "paged_adamw_8bit" and s.accelerator.is_gpu and where == "gpu"
-        return Item("optimizer: 8-bit AdamW states of the fp32 partition", eight_bit_state_bytes([part]), "paged" if paged else where)
+        return Item(
+            "optimizer: 8-bit AdamW states of the fp32 partition",
+            eight_bit_state_bytes([part]),
+            "paged" if paged else where,
+        )
     return Item("optimizer: fp32 Adam exp_avg + exp_avg_sq (partition)", 8 * part, where)
 
 
 def _frozen_groups(frozen: list[ParamInfo]) -> dict[str, list[ParamInfo]]:
     groups: dict[str, list[ParamInfo]] = {}
     for p in frozen:
-        label = "4-bit linear weights (packed)" if p.quantized else {2: "16-bit", 4: "fp32"}.get(p.element_size, f"{p.element_size}-byte")
+        label = (
+            "4-bit linear weights (packed)"
+            if p.quantized
+            else {2: "16-bit", 4: "fp32"}.get(p.element_size, f"{p.element_size}-byte")
+        )
         groups.setdefault(label, []).append(p)
     return groups
 

@@ -48,24 +48,42 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
     acc = target.accelerator
     gpu_bf16 = acc.is_gpu and acc.bf16
     model_dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if gpu_bf16 else "float32")
-    precision = cfg.parallel.mixed_precision if cfg.parallel.mixed_precision != "auto" else ("bf16" if gpu_bf16 else "fp32")
+    precision = (
+        cfg.parallel.mixed_precision if cfg.parallel.mixed_precision != "auto" else ("bf16" if gpu_bf16 else "fp32")
+    )
     if model_dtype in ("bfloat16", "float16") and precision == "fp32":
         precision = "bf16" if model_dtype == "bfloat16" else "fp16"  # 16-bit weights compute in 16 bits
     attention = cfg.model.attn_implementation
     if attention == "auto":
         attention = "sdpa"  # flash-attn keeps the same tensors alive as SDPA's memory-efficient kernels
     return Setup(
-        method=cfg.method.type, strategy=resolve_strategy_name(cfg, target.workers), zero_stage=cfg.parallel.zero_stage,
-        offload_optimizer=cfg.parallel.offload_optimizer, offload_params=cfg.parallel.offload_params,
-        reshard_after_forward=cfg.parallel.reshard_after_forward, workers=target.workers, gpus_per_node=target.gpus_per_node,
-        micro_batch=cfg.training.micro_batch_size, accumulation=cfg.training.gradient_accumulation_steps,
-        seq_len=cfg.data.max_seq_len, packing=cfg.data.packing, checkpointing=cfg.model.gradient_checkpointing,
-        attention=attention, param_bytes=DTYPES[model_dtype].itemsize, precision=precision,
-        lora_dropout=cfg.method.lora.dropout, accelerator=acc,
-        loss_chunked=cfg.training.loss.chunked, chunk_tokens=cfg.training.loss.chunk_tokens,
-        optimizer=cfg.training.optimizer, optimizer_in_backward=cfg.training.optimizer_in_backward,
-        clipping=cfg.training.max_grad_norm is not None, adapter_dtype=resolve_adapter_dtype(cfg.method),
-        activation_offloading=cfg.model.activation_offloading, compile=cfg.model.compile, liger=cfg.model.liger_kernels,
+        method=cfg.method.type,
+        strategy=resolve_strategy_name(cfg, target.workers),
+        zero_stage=cfg.parallel.zero_stage,
+        offload_optimizer=cfg.parallel.offload_optimizer,
+        offload_params=cfg.parallel.offload_params,
+        reshard_after_forward=cfg.parallel.reshard_after_forward,
+        workers=target.workers,
+        gpus_per_node=target.gpus_per_node,
+        micro_batch=cfg.training.micro_batch_size,
+        accumulation=cfg.training.gradient_accumulation_steps,
+        seq_len=cfg.data.max_seq_len,
+        packing=cfg.data.packing,
+        checkpointing=cfg.model.gradient_checkpointing,
+        attention=attention,
+        param_bytes=DTYPES[model_dtype].itemsize,
+        precision=precision,
+        lora_dropout=cfg.method.lora.dropout,
+        accelerator=acc,
+        loss_chunked=cfg.training.loss.chunked,
+        chunk_tokens=cfg.training.loss.chunk_tokens,
+        optimizer=cfg.training.optimizer,
+        optimizer_in_backward=cfg.training.optimizer_in_backward,
+        clipping=cfg.training.max_grad_norm is not None,
+        adapter_dtype=resolve_adapter_dtype(cfg.method),
+        activation_offloading=cfg.model.activation_offloading,
+        compile=cfg.model.compile,
+        liger=cfg.model.liger_kernels,
     )
 
 
@@ -92,7 +110,9 @@ def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = No
     dtype = {2: torch.bfloat16, 4: torch.float32}[setup.param_bytes]
     if cfg.model.dtype == "float16":
         dtype = torch.float16
-    adapter = compute_dtype(cfg, setup, method_cfg) if setup.adapter_dtype == "compute" and method_cfg.uses_adapter else None
+    adapter = (
+        compute_dtype(cfg, setup, method_cfg) if setup.adapter_dtype == "compute" and method_cfg.uses_adapter else None
+    )
     inventory = build_inventory(label, fields, method_cfg, dtype, adapter)
     if method_cfg.type == "qlora":
         inventory = with_block_scales(inventory, method_cfg.quantization.double_quant)
@@ -137,19 +157,31 @@ def leanest_overrides(cfg: RunConfig, target: Target) -> list[str]:
     return list(bundle.overrides)
 
 
-def plan_run(cfg: RunConfig, target: Target, *, mfu: float = DEFAULT_MFU, price_per_gpu_hour: float | None = None,
-             with_throughput: bool = True) -> Plan:
+def plan_run(
+    cfg: RunConfig,
+    target: Target,
+    *,
+    mfu: float = DEFAULT_MFU,
+    price_per_gpu_hour: float | None = None,
+    with_throughput: bool = True,
+) -> Plan:
     """Memory (always), suggestions when it does not fit, and throughput/time/cost estimates."""
     setup = resolve_setup(cfg, target)
     inventory = inventory_for(cfg, setup)
     plan = Plan(cfg, target, inventory, plan_memory(inventory, setup))
     if not plan.memory.fits:
-        plan.suggestions = suggest(setup, inventory, _inventories(cfg, setup), lambda overrides: config_accepts(cfg, overrides))
+        plan.suggestions = suggest(
+            setup, inventory, _inventories(cfg, setup), lambda overrides: config_accepts(cfg, overrides)
+        )
     if with_throughput:
-        plan.throughput = estimate(inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=count_tokens(cfg))
+        plan.throughput = estimate(
+            inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=count_tokens(cfg)
+        )
     if setup.method == "dora":
-        plan.notes.append("DoRA activations are an approximation (weight-sized temporaries per adapted layer); "
-                          "parameter, gradient and optimizer figures are exact")
+        plan.notes.append(
+            "DoRA activations are an approximation (weight-sized temporaries per adapted layer); "
+            "parameter, gradient and optimizer figures are exact"
+        )
     if cfg.model.attn_implementation == "auto" and target.accelerator.is_gpu:
         plan.notes.append("attention counted as SDPA/flash-attn (no seq x seq scores kept)")
     return plan

@@ -13,7 +13,9 @@ MODEL_STATE_PREFIXES = ("weights", "gradients", "optimizer")
 
 def bare_inventory(params: int, element_size: int) -> Inventory:
     arch = Architecture("bare", hidden=1, layers=1, heads=1, kv_heads=1, head_dim=1, intermediate=1, vocab=1)
-    return Inventory(f"{params / 1e9:g}B parameters", arch, [ParamInfo("w", params, params, element_size, params, True)], 0, 0)
+    return Inventory(
+        f"{params / 1e9:g}B parameters", arch, [ParamInfo("w", params, params, element_size, params, True)], 0, 0
+    )
 
 
 def model_states(memory: MemoryPlan) -> int:
@@ -21,10 +23,27 @@ def model_states(memory: MemoryPlan) -> int:
     return sum(i.bytes for i in memory.items if i.label.startswith(MODEL_STATE_PREFIXES) and i.where == "gpu")
 
 
-def plan_bare(params: int, *, strategy: str, zero_stage: int = 1, gpus: int, precision: str, param_bytes: int,
-              gpu: Accelerator) -> MemoryPlan:
-    setup = Setup(method="full", strategy=strategy, zero_stage=zero_stage, offload_optimizer="none", offload_params="none",
-                  reshard_after_forward=True, workers=gpus, gpus_per_node=min(gpus, 8), micro_batch=1, accumulation=1,
-                  seq_len=1, packing=True, checkpointing=False, attention="sdpa", param_bytes=param_bytes,
-                  precision=precision, lora_dropout=0.0, accelerator=gpu)
+def plan_bare(
+    params: int, *, strategy: str, zero_stage: int = 1, gpus: int, precision: str, param_bytes: int, gpu: Accelerator
+) -> MemoryPlan:
+    setup = Setup(
+        method="full",
+        strategy=strategy,
+        zero_stage=zero_stage,
+        offload_optimizer="none",
+        offload_params="none",
+        reshard_after_forward=True,
+        workers=gpus,
+        gpus_per_node=min(gpus, 8),
+        micro_batch=1,
+        accumulation=1,
+        seq_len=1,
+        packing=True,
+        checkpointing=False,
+        attention="sdpa",
+        param_bytes=param_bytes,
+        precision=precision,
+        lora_dropout=0.0,
+        accelerator=gpu,
+    )
     return plan_memory(bare_inventory(params, param_bytes), setup)

@@ -6,8 +6,10 @@ from launcher.plan.memory import MemoryPlan
 from launcher.plan.planner import Plan
 from launcher.plan.throughput import Throughput
 
-FLOP_CONVENTION = ("FLOPs/token: 6N full, 4N + 6N_adapter frozen-base adapters, + 12*layers*seq*q_dim attention "
-                   "(N = matmul parameters); checkpointing adds a recomputed forward")
+FLOP_CONVENTION = (
+    "FLOPs/token: 6N full, 4N + 6N_adapter frozen-base adapters, + 12*layers*seq*q_dim attention "
+    "(N = matmul parameters); checkpointing adds a recomputed forward"
+)
 
 
 def size(n: float) -> str:
@@ -32,7 +34,9 @@ def memory_table(memory: MemoryPlan) -> list[str]:
     for item in memory.items:
         if item.where == "gpu" and item.bytes:
             lines.append(f"    {item.label:<60}{size(item.bytes):>12}")
-    lines.append(f"    {'peak of live tensors (at the larger of: activations, gradients)':<60}{size(memory.peak_bytes):>12}")
+    lines.append(
+        f"    {'peak of live tensors (at the larger of: activations, gradients)':<60}{size(memory.peak_bytes):>12}"
+    )
     where = "CUDA context, NCCL, allocator slack" if memory.setup.accelerator.is_gpu else "python + torch + libraries"
     lines.append(f"    {'framework overhead (' + where + ')':<60}{size(memory.overhead_bytes):>12}")
     lines.append(f"    {'total':<60}{size(memory.total_bytes):>12}")
@@ -53,16 +57,22 @@ def verdict(memory: MemoryPlan) -> str:
 
 
 def throughput_lines(t: Throughput, workers: int) -> list[str]:
-    lines = [f"  {FLOP_CONVENTION}",
-             f"  {t.model_flops_per_token / 1e9:.3g} GFLOP/token (model), {t.hardware_flops_per_token / 1e9:.3g} GFLOP/token executed"]
+    lines = [
+        f"  {FLOP_CONVENTION}",
+        f"  {t.model_flops_per_token / 1e9:.3g} GFLOP/token (model), {t.hardware_flops_per_token / 1e9:.3g} GFLOP/token executed",
+    ]
     if t.tokens_per_s is None:
         lines.append("  tokens/s: no peak throughput for this device; pass --peak-tflops (and --mfu) to estimate")
         return lines
-    lines.append(f"  {t.tokens_per_s:,.0f} tokens/s on {workers} GPU(s) at {t.peak_tflops:g} TFLOP/s peak x MFU {t.mfu:g} (assumed; --mfu to change)")
+    lines.append(
+        f"  {t.tokens_per_s:,.0f} tokens/s on {workers} GPU(s) at {t.peak_tflops:g} TFLOP/s peak x MFU {t.mfu:g} (assumed; --mfu to change)"
+    )
     if t.tokens is None:
         lines.append("  epoch: the training data is not readable here; no time estimate")
         return lines
-    lines.append(f"  epoch: {t.tokens.real_tokens:,} tokens ({t.tokens.slots:,} computed positions with packing/padding), from {t.tokens.source}")
+    lines.append(
+        f"  epoch: {t.tokens.real_tokens:,} tokens ({t.tokens.slots:,} computed positions with packing/padding), from {t.tokens.source}"
+    )
     if t.epoch_seconds is not None and t.run_seconds is not None:
         lines.append(f"  time: {duration(t.epoch_seconds)} per epoch, {duration(t.run_seconds)} for the configured run")
     if t.cost is not None:

@@ -39,7 +39,7 @@ class Setup:
     compile: bool = False
     liger: bool = False
 
-    def but(self, **changes: object) -> "Setup":
+    def but(self, **changes: object) -> Setup:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     @property
@@ -70,8 +70,12 @@ class Setup:
         if self.activation_offloading:
             parts.append("activation offloading")
         parts.append(f"chunked loss ({self.chunk_tokens} tokens/chunk)" if self.loss_chunked else "full-logits loss")
-        parts.append({"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged 8-bit AdamW"}.get(self.optimizer, self.optimizer)
-                     + (" stepped in backward" if self.optimizer_in_backward else ""))
+        parts.append(
+            {"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged 8-bit AdamW"}.get(
+                self.optimizer, self.optimizer
+            )
+            + (" stepped in backward" if self.optimizer_in_backward else "")
+        )
         if self.method != "full":
             parts.append(f"adapters in {'the compute dtype' if self.adapter_dtype == 'compute' else 'fp32'}")
         if self.compile:

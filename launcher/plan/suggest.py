@@ -35,8 +35,12 @@ def lean_problem(s: Setup) -> str | None:
     rules (trainer/optim_rules.py) on the resolved strategy, and offloading needs a GPU."""
     from trainer.optim_rules import optimizer_problem
 
-    training = SimpleNamespace(optimizer=s.optimizer, optimizer_in_backward=s.optimizer_in_backward,
-                               gradient_accumulation_steps=s.accumulation, max_grad_norm=1.0 if s.clipping else None)
+    training = SimpleNamespace(
+        optimizer=s.optimizer,
+        optimizer_in_backward=s.optimizer_in_backward,
+        gradient_accumulation_steps=s.accumulation,
+        max_grad_norm=1.0 if s.clipping else None,
+    )
     parallel = SimpleNamespace(strategy=s.strategy, offload_optimizer=s.offload_optimizer)
     problem = optimizer_problem(SimpleNamespace(training=training, parallel=parallel))
     if problem:
@@ -50,23 +54,47 @@ def lean_changes(s: Setup) -> list[Change]:
     """Each lean-memory setting this run does not use yet and could, leanest-valid only."""
     changes: list[Change] = []
     if not s.loss_chunked:
-        changes.append(Change("chunked loss (LM head + cross-entropy in chunks, never the full logits; same loss)",
-                              ["training.loss.chunked=true"], s.but(loss_chunked=True), lean=True))
+        changes.append(
+            Change(
+                "chunked loss (LM head + cross-entropy in chunks, never the full logits; same loss)",
+                ["training.loss.chunked=true"],
+                s.but(loss_chunked=True),
+                lean=True,
+            )
+        )
     if s.optimizer == "adamw":
         # Paged states can spill to host RAM on a CUDA spike; on a CPU bitsandbytes has no pages.
         name = "paged_adamw_8bit" if s.accelerator.is_gpu else "adamw_8bit"
         paged = " in CUDA unified memory, paged out to CPU RAM when the GPU is full" if s.accelerator.is_gpu else ""
-        changes.append(Change(f"8-bit AdamW states (bitsandbytes, ~2 bytes/parameter{paged})",
-                              [f"training.optimizer={name}"], s.but(optimizer=name), lean=True))
+        changes.append(
+            Change(
+                f"8-bit AdamW states (bitsandbytes, ~2 bytes/parameter{paged})",
+                [f"training.optimizer={name}"],
+                s.but(optimizer=name),
+                lean=True,
+            )
+        )
     if not s.optimizer_in_backward:
         overrides = ["training.optimizer_in_backward=true"] + (["training.max_grad_norm=null"] if s.clipping else [])
         cost = ", without gradient clipping" if s.clipping else ""
-        changes.append(Change(f"optimizer step in backward (no full set of gradients{cost})", overrides,
-                              s.but(optimizer_in_backward=True, clipping=False), lean=True))
+        changes.append(
+            Change(
+                f"optimizer step in backward (no full set of gradients{cost})",
+                overrides,
+                s.but(optimizer_in_backward=True, clipping=False),
+                lean=True,
+            )
+        )
     if s.method != "full" and s.adapter_dtype != "compute" and s.precision in ("bf16", "fp16"):
         extra = " and the embeddings/head/norms" if s.method == "qlora" else ""
-        changes.append(Change(f"adapters{extra} in {s.precision} instead of fp32", ["method.adapter_dtype=compute"],
-                              s.but(adapter_dtype="compute"), lean=True))
+        changes.append(
+            Change(
+                f"adapters{extra} in {s.precision} instead of fp32",
+                ["method.adapter_dtype=compute"],
+                s.but(adapter_dtype="compute"),
+                lean=True,
+            )
+        )
     return [c for c in changes if lean_problem(c.setup) is None]
 
 
@@ -96,7 +124,11 @@ def leanest(base: Change | None, s: Setup, evaluate: Callable[[Change], MemoryPl
         for change in list(chosen):
             without = [c for c in chosen if c is not change]
             together, apart = combine(chosen), combine(without) if without else start
-            if together is not None and apart is not None and evaluate(apart).total_bytes <= evaluate(together).total_bytes / (1 - MIN_LEAN_GAIN):
+            if (
+                together is not None
+                and apart is not None
+                and evaluate(apart).total_bytes <= evaluate(together).total_bytes / (1 - MIN_LEAN_GAIN)
+            ):
                 chosen = without
     if len(chosen) < (1 if base else 2):  # alone, a combination of one is just a single change
         return None
@@ -125,33 +157,82 @@ def other_changes(s: Setup) -> list[Change]:
         mb = s.micro_batch // 2
         while mb >= 1:
             factor = s.micro_batch // mb
-            changes.append(Change(f"micro-batch {mb} with {s.accumulation * factor}x accumulation (same global batch)",
-                                  [f"training.micro_batch_size={mb}", f"training.gradient_accumulation_steps={s.accumulation * factor}"],
-                                  s.but(micro_batch=mb, accumulation=s.accumulation * factor)))
+            changes.append(
+                Change(
+                    f"micro-batch {mb} with {s.accumulation * factor}x accumulation (same global batch)",
+                    [
+                        f"training.micro_batch_size={mb}",
+                        f"training.gradient_accumulation_steps={s.accumulation * factor}",
+                    ],
+                    s.but(micro_batch=mb, accumulation=s.accumulation * factor),
+                )
+            )
             mb //= 2
     if not s.checkpointing:
-        changes.append(Change("activation checkpointing (~30% more compute)", ["model.gradient_checkpointing=true"], s.but(checkpointing=True)))
+        changes.append(
+            Change(
+                "activation checkpointing (~30% more compute)",
+                ["model.gradient_checkpointing=true"],
+                s.but(checkpointing=True),
+            )
+        )
     if not s.activation_offloading and s.accelerator.is_gpu:
-        changes.append(Change("activation offloading to CPU RAM (copies overlap compute)", ["model.activation_offloading=true"],
-                              s.but(activation_offloading=True)))
+        changes.append(
+            Change(
+                "activation offloading to CPU RAM (copies overlap compute)",
+                ["model.activation_offloading=true"],
+                s.but(activation_offloading=True),
+            )
+        )
     if s.workers > 1:
         if s.strategy != "fsdp":
-            changes.append(Change("FSDP2 (shard parameters, gradients and optimizer states)", ["parallel.strategy=fsdp"], s.but(strategy="fsdp")))
+            changes.append(
+                Change(
+                    "FSDP2 (shard parameters, gradients and optimizer states)",
+                    ["parallel.strategy=fsdp"],
+                    s.but(strategy="fsdp"),
+                )
+            )
         for stage in (2, 3):
             if not (s.strategy == "deepspeed" and s.zero_stage >= stage):
-                changes.append(Change(f"DeepSpeed ZeRO-{stage}", ["parallel.strategy=deepspeed", f"parallel.zero_stage={stage}"],
-                                      s.but(strategy="deepspeed", zero_stage=stage, offload_params="none")))
+                changes.append(
+                    Change(
+                        f"DeepSpeed ZeRO-{stage}",
+                        ["parallel.strategy=deepspeed", f"parallel.zero_stage={stage}"],
+                        s.but(strategy="deepspeed", zero_stage=stage, offload_params="none"),
+                    )
+                )
     if s.offload_optimizer == "none":
         stage = max(s.zero_stage, 2) if s.strategy == "deepspeed" else 2
-        changes.append(Change(f"DeepSpeed ZeRO-{stage} with the optimizer offloaded to CPU RAM",
-                              ["parallel.strategy=deepspeed", f"parallel.zero_stage={stage}", "parallel.offload_optimizer=cpu"],
-                              s.but(strategy="deepspeed", zero_stage=stage, offload_optimizer="cpu", offload_params="none")))
+        changes.append(
+            Change(
+                f"DeepSpeed ZeRO-{stage} with the optimizer offloaded to CPU RAM",
+                ["parallel.strategy=deepspeed", f"parallel.zero_stage={stage}", "parallel.offload_optimizer=cpu"],
+                s.but(strategy="deepspeed", zero_stage=stage, offload_optimizer="cpu", offload_params="none"),
+            )
+        )
     if s.offload_params == "none":
-        changes.append(Change("DeepSpeed ZeRO-3 with optimizer and parameters offloaded to CPU RAM",
-                              ["parallel.strategy=deepspeed", "parallel.zero_stage=3", "parallel.offload_optimizer=cpu", "parallel.offload_params=cpu"],
-                              s.but(strategy="deepspeed", zero_stage=3, offload_optimizer="cpu", offload_params="cpu")))
+        changes.append(
+            Change(
+                "DeepSpeed ZeRO-3 with optimizer and parameters offloaded to CPU RAM",
+                [
+                    "parallel.strategy=deepspeed",
+                    "parallel.zero_stage=3",
+                    "parallel.offload_optimizer=cpu",
+                    "parallel.offload_params=cpu",
+                ],
+                s.but(strategy="deepspeed", zero_stage=3, offload_optimizer="cpu", offload_params="cpu"),
+            )
+        )
     if s.method in ("full", "lora", "dora"):
-        changes.append(Change("QLoRA (4-bit frozen base + LoRA adapters)", ["method.type=qlora"], s.but(method="qlora"), method="qlora"))
+        changes.append(
+            Change(
+                "QLoRA (4-bit frozen base + LoRA adapters)",
+                ["method.type=qlora"],
+                s.but(method="qlora"),
+                method="qlora",
+            )
+        )
     return changes
 
 
@@ -171,12 +252,16 @@ def more_gpus(s: Setup, fits: Callable[[Setup], MemoryPlan]) -> Change | None:
             if candidate.checkpointing and not s.checkpointing:
                 overrides.append("model.gradient_checkpointing=true")
                 extra = " and activation checkpointing"
-            return Change(f"{workers} GPUs with {'FSDP2' if strategy == 'fsdp' else 'ZeRO-3'}{extra}", overrides, candidate)
+            return Change(
+                f"{workers} GPUs with {'FSDP2' if strategy == 'fsdp' else 'ZeRO-3'}{extra}", overrides, candidate
+            )
         workers *= 2
     return None
 
 
-def evaluator(setup: Setup, inventory: Inventory, inventory_for: Callable[[str, str], Inventory]) -> Callable[[Change], MemoryPlan]:
+def evaluator(
+    setup: Setup, inventory: Inventory, inventory_for: Callable[[str, str], Inventory]
+) -> Callable[[Change], MemoryPlan]:
     """The memory plan of a change; inventories (one per method and adapter dtype) built once."""
     inventories = {(setup.method, setup.adapter_dtype): inventory}
 
@@ -189,8 +274,12 @@ def evaluator(setup: Setup, inventory: Inventory, inventory_for: Callable[[str, 
     return evaluate
 
 
-def suggest(setup: Setup, inventory: Inventory, inventory_for: Callable[[str, str], Inventory],
-            accepts: Callable[[list[str]], bool] = lambda overrides: True) -> list[Suggestion]:
+def suggest(
+    setup: Setup,
+    inventory: Inventory,
+    inventory_for: Callable[[str, str], Inventory],
+    accepts: Callable[[list[str]], bool] = lambda overrides: True,
+) -> list[Suggestion]:
     """inventory_for(method, adapter_dtype) builds another inventory; accepts(overrides) says
     whether the run's config validates with these overrides (the config's own cross-field rules)."""
     evaluate = evaluator(setup, inventory, inventory_for)
@@ -226,15 +315,19 @@ def suggest(setup: Setup, inventory: Inventory, inventory_for: Callable[[str, st
                 break
     if not found:
         for i, first in enumerate(singles):
-            for second in singles[i + 1:]:
+            for second in singles[i + 1 :]:
                 if _conflict(first, second):
                     continue
                 if add_if_fits(_merge(first, second)):
                     break
             if len(found) >= MAX_SUGGESTIONS:
                 break
-    sharding_fits = any(s.change.setup.strategy in ("fsdp", "deepspeed") and s.change.setup.offload_params == "none"
-                        and s.change.method is None for s in found)
+    sharding_fits = any(
+        s.change.setup.strategy in ("fsdp", "deepspeed")
+        and s.change.setup.offload_params == "none"
+        and s.change.method is None
+        for s in found
+    )
     gpus = None if sharding_fits else more_gpus(setup, lambda s: plan_memory(inventory, s))
     if gpus:
         found.append(Suggestion(gpus, plan_memory(inventory, gpus.setup)))
@@ -250,15 +343,27 @@ def _conflict(a: Change, b: Change) -> bool:
 def _merge(a: Change, b: Change) -> Change:
     """Both changes at once: b's overridden fields applied on top of a's setup."""
     setup = a.setup.but(**{key: getattr(b.setup, key) for key in OVERRIDE_KEYS if _changed(b, key)})
-    return Change(f"{a.description} + {b.description}", a.overrides + b.overrides, setup, a.method or b.method, a.lean and b.lean)
+    return Change(
+        f"{a.description} + {b.description}", a.overrides + b.overrides, setup, a.method or b.method, a.lean and b.lean
+    )
 
 
-OVERRIDE_KEYS = {"micro_batch": "training.micro_batch_size", "accumulation": "training.gradient_accumulation_steps",
-                 "checkpointing": "model.gradient_checkpointing", "strategy": "parallel.strategy", "zero_stage": "parallel.zero_stage",
-                 "offload_optimizer": "parallel.offload_optimizer", "offload_params": "parallel.offload_params", "method": "method.type",
-                 "loss_chunked": "training.loss.chunked", "optimizer": "training.optimizer",
-                 "optimizer_in_backward": "training.optimizer_in_backward", "clipping": "training.max_grad_norm",
-                 "adapter_dtype": "method.adapter_dtype", "activation_offloading": "model.activation_offloading"}
+OVERRIDE_KEYS = {
+    "micro_batch": "training.micro_batch_size",
+    "accumulation": "training.gradient_accumulation_steps",
+    "checkpointing": "model.gradient_checkpointing",
+    "strategy": "parallel.strategy",
+    "zero_stage": "parallel.zero_stage",
+    "offload_optimizer": "parallel.offload_optimizer",
+    "offload_params": "parallel.offload_params",
+    "method": "method.type",
+    "loss_chunked": "training.loss.chunked",
+    "optimizer": "training.optimizer",
+    "optimizer_in_backward": "training.optimizer_in_backward",
+    "clipping": "training.max_grad_norm",
+    "adapter_dtype": "method.adapter_dtype",
+    "activation_offloading": "model.activation_offloading",
+}
 
 
 def _changed(change: Change, key: str) -> bool:

@@ -83,8 +83,15 @@ def flops_per_token(inventory: Inventory, setup: Setup) -> tuple[float, float]:
     return float(model), float(model + recompute)
 
 
-def estimate(inventory: Inventory, setup: Setup, cfg: RunConfig, *, mfu: float, price_per_gpu_hour: float | None,
-             tokens: TokenCount | None) -> Throughput:
+def estimate(
+    inventory: Inventory,
+    setup: Setup,
+    cfg: RunConfig,
+    *,
+    mfu: float,
+    price_per_gpu_hour: float | None,
+    tokens: TokenCount | None,
+) -> Throughput:
     model, hardware = flops_per_token(inventory, setup)
     peak = setup.accelerator.peak_tflops
     tokens_per_s = setup.workers * peak * 1e12 * mfu / hardware if peak else None
@@ -113,8 +120,16 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
         return _estimate_without_tokenizer(cfg)
     cache_root = Path(data.cache_dir) / "tokenized" if data.cache_dir else None
     try:
-        entry, _ = cache_entry(data.train, data.format, tokenizer, max_seq_len=data.max_seq_len, too_long=data.too_long,
-                               skip_bad_rows=data.skip_bad_rows, split=data.split, cache_root=cache_root)
+        entry, _ = cache_entry(
+            data.train,
+            data.format,
+            tokenizer,
+            max_seq_len=data.max_seq_len,
+            too_long=data.too_long,
+            skip_bad_rows=data.skip_bad_rows,
+            split=data.split,
+            cache_root=cache_root,
+        )
         cached = read_cached(entry)
     except Exception:  # the dataset is not readable here (e.g. a hub dataset offline)
         return None
@@ -192,5 +207,9 @@ def _estimate_without_tokenizer(cfg: RunConfig) -> TokenCount | None:
         return None
     per_row = min(sum(chars) / len(chars) / CHARS_PER_TOKEN, cfg.data.max_seq_len)
     real = int(per_row * rows)
-    return TokenCount(real, real, f"~{CHARS_PER_TOKEN} characters per token over a sample of {len(chars)} of {rows} rows "
-                                  "(the tokenizer is not on this machine)")
+    return TokenCount(
+        real,
+        real,
+        f"~{CHARS_PER_TOKEN} characters per token over a sample of {len(chars)} of {rows} rows "
+        "(the tokenizer is not on this machine)",
+    )

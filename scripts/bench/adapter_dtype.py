@@ -18,8 +18,8 @@ import torch
 from trainer.config import MethodConfig, ModelConfig, ParallelConfig, TrainingConfig
 from trainer.data.batches import RowDataset
 from trainer.data.packing import pack_examples
-from trainer.data.tokenized import load_tokenized
 from trainer.data.prepare import EvalSet
+from trainer.data.tokenized import load_tokenized
 from trainer.evaluate import eval_loss
 from trainer.logging_setup import quiet_third_party
 from trainer.loop import LoopHooks, train_loop
@@ -43,23 +43,54 @@ class _Losses:
         self.losses.append(values["loss"])
 
 
-def run(method: str, adapter_dtype: str, args: argparse.Namespace, data: RowDataset, valid: Any, pad_id: int) -> tuple[list[float], float, int]:
+def run(
+    method: str, adapter_dtype: str, args: argparse.Namespace, data: RowDataset, valid: Any, pad_id: int
+) -> tuple[list[float], float, int]:
     model_cfg = ModelConfig(path=args.model, dtype="bfloat16")
     method_cfg = MethodConfig(type=method, adapter_dtype=adapter_dtype, lora={"r": 16, "alpha": 32, "dropout": 0.0})
     torch.manual_seed(0)  # same adapter init in both modes (compute rounds it to bf16)
     model = apply_method(load_model(model_cfg, method_cfg, "cpu"), method_cfg, False)
-    cfg = TrainingConfig(micro_batch_size=args.micro_batch, learning_rate=args.lr, warmup_steps=2, max_grad_norm=1.0,
-                         progress_bar=False, seed=1)
+    cfg = TrainingConfig(
+        micro_batch_size=args.micro_batch,
+        learning_rate=args.lr,
+        warmup_steps=2,
+        max_grad_norm=1.0,
+        progress_bar=False,
+        seed=1,
+    )
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, args.steps)
     metrics = _Losses()
-    hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda step, stopping: stopping)
+    hooks = LoopHooks(
+        evaluate=lambda s: None,
+        save=lambda s: "",
+        should_eval=lambda s: False,
+        should_save=lambda step, stopping: stopping,
+    )
     strategy = SingleProcess(cfg, ParallelConfig(), rank=0, world_size=1, device="cpu")
-    train_loop(model, optimizer, scheduler, data, cfg, LoopState(), args.steps, strategy=strategy, pad_id=pad_id,
-               metrics=metrics, hooks=hooks, stop=StopFlag(), show_progress=False)  # type: ignore[arg-type]
+    train_loop(
+        model,
+        optimizer,
+        scheduler,
+        data,
+        cfg,
+        LoopState(),
+        args.steps,
+        strategy=strategy,
+        pad_id=pad_id,
+        metrics=metrics,
+        hooks=hooks,
+        stop=StopFlag(),
+        show_progress=False,
+    )  # type: ignore[arg-type]
     trainable = [p for p in model.parameters() if p.requires_grad]
     state_bytes = sum(p.numel() * p.element_size() for p in trainable)
-    state_bytes += sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim())
+    state_bytes += sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.dim()
+    )
     return metrics.losses, eval_loss(model, valid, 16, pad_id, strategy, None), state_bytes
 
 
@@ -77,17 +108,28 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+
     def load(name: str):  # type: ignore[no-untyped-def]
-        return load_tokenized(f"{args.data}/{name}.jsonl", "chat", tokenizer, max_seq_len=args.seq_len,
-                              too_long="truncate", skip_bad_rows=False)
+        return load_tokenized(
+            f"{args.data}/{name}.jsonl",
+            "chat",
+            tokenizer,
+            max_seq_len=args.seq_len,
+            too_long="truncate",
+            skip_bad_rows=False,
+        )
 
     train = load("train")
     data = RowDataset(train, pack_examples(train.lengths(), args.seq_len), packed=True)
     valid = EvalSet("validation", load("valid"), [])
-    print(f"bf16 model {args.model}, {args.steps} steps, micro-batch {args.micro_batch} x {args.seq_len} packed tokens, "
-          f"lr {args.lr}, torch {torch.__version__}")
+    print(
+        f"bf16 model {args.model}, {args.steps} steps, micro-batch {args.micro_batch} x {args.seq_len} packed tokens, "
+        f"lr {args.lr}, torch {torch.__version__}"
+    )
     for method in args.methods:
-        results = {mode: run(method, mode, args, data, valid, tokenizer.pad_token_id) for mode in ("float32", "compute")}
+        results = {
+            mode: run(method, mode, args, data, valid, tokenizer.pad_token_id) for mode in ("float32", "compute")
+        }
         (ref, ref_eval, ref_bytes), (low, low_eval, low_bytes) = results["float32"], results["compute"]
         every = max(1, args.steps // 8)
         print(f"\n{method}: train loss every {every} steps (float32 | compute)")
@@ -95,8 +137,12 @@ def main() -> None:
             print(f"  step {step + 1:3d}: {ref[step]:.4f} | {low[step]:.4f}")
         tail = max(1, args.steps // 4)
         ref_tail, low_tail = sum(ref[-tail:]) / tail, sum(low[-tail:]) / tail
-        print(f"  mean of last {tail} steps: {ref_tail:.4f} | {low_tail:.4f}  (compute - float32 = {low_tail - ref_tail:+.4f})")
-        print(f"  validation loss after    : {ref_eval:.4f} | {low_eval:.4f}  (compute - float32 = {low_eval - ref_eval:+.4f})")
+        print(
+            f"  mean of last {tail} steps: {ref_tail:.4f} | {low_tail:.4f}  (compute - float32 = {low_tail - ref_tail:+.4f})"
+        )
+        print(
+            f"  validation loss after    : {ref_eval:.4f} | {low_eval:.4f}  (compute - float32 = {low_eval - ref_eval:+.4f})"
+        )
         print(f"  loss drop (first - last) : {ref[0] - ref_tail:.4f} | {low[0] - low_tail:.4f}")
         print(f"  trainable + AdamW bytes  : {ref_bytes} | {low_bytes}  ({low_bytes / ref_bytes:.2f}x)")
 

@@ -21,9 +21,9 @@ import torch
 
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.protocol import committed_checkpoints, list_files
+from trainer.config import TrainingConfig
 from trainer.loop_state import LoopState
 from trainer.optim import WarmupDecaySchedule
-from trainer.config import TrainingConfig
 
 
 def build(params_millions: float, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, WarmupDecaySchedule]:
@@ -101,12 +101,15 @@ def save_load(directory: Path, params_millions: float, layout: str) -> tuple[int
     return size, size / save_s, size / load_s
 
 
-def stall(directory: Path, params_millions: float, layout: str, async_save: bool, steps: int, every: int) -> tuple[float, float]:
+def stall(
+    directory: Path, params_millions: float, layout: str, async_save: bool, steps: int, every: int
+) -> tuple[float, float]:
     """Time checkpointing blocks the training loop per save (saving, waiting for the previous
     async write, committing it), and the total loop time."""
     model, optimizer, scheduler = build(params_millions)
-    manager = CheckpointManager(directory, state_io(layout), rank=0, world_size=1, device="cpu", keep_last=2,
-                                async_save=async_save)
+    manager = CheckpointManager(
+        directory, state_io(layout), rank=0, world_size=1, device="cpu", keep_last=2, async_save=async_save
+    )
     blocked = 0.0
     started = time.perf_counter()
     for step in range(1, steps + 1):
@@ -139,14 +142,18 @@ def main() -> None:
         size, save_bps, load_bps = save_load(root / "saveload", args.params_millions, args.layout)
         write_bps, read_bps = raw_disk(root, size)
         mb = 1 << 20
-        print(f"disk {root}  checkpoint {size / mb:.0f} MiB ({args.params_millions:g}M fp32 params + AdamW, layout {args.layout})")
+        print(
+            f"disk {root}  checkpoint {size / mb:.0f} MiB ({args.params_millions:g}M fp32 params + AdamW, layout {args.layout})"
+        )
         print(f"{'':<22}{'MiB/s':>10}{'vs raw disk':>14}")
         print(f"{'raw sequential write':<22}{write_bps / mb:>10.0f}")
         print(f"{'checkpoint save':<22}{save_bps / mb:>10.0f}{save_bps / write_bps:>13.0%}")
         print(f"{'raw sequential read':<22}{read_bps / mb:>10.0f}")
         print(f"{'checkpoint load':<22}{load_bps / mb:>10.0f}{load_bps / read_bps:>13.0%}")
         sync_stall, sync_total = stall(root / "sync", args.params_millions, args.layout, False, args.steps, args.every)
-        async_stall, async_total = stall(root / "async", args.params_millions, args.layout, True, args.steps, args.every)
+        async_stall, async_total = stall(
+            root / "async", args.params_millions, args.layout, True, args.steps, args.every
+        )
         print(f"\ntraining stall per save, {args.steps} steps with a save every {args.every}:")
         print(f"  sync  save: {sync_stall * 1000:8.0f} ms stall, loop {sync_total:6.1f} s")
         print(f"  async save: {async_stall * 1000:8.0f} ms stall, loop {async_total:6.1f} s")

@@ -60,15 +60,35 @@ class Setting:
 SETTINGS = [
     Setting("current path (full logits, AdamW)", {"training.loss.chunked": False}),
     Setting("chunked loss", {"training.loss.chunked": True}, ["loss.chunked"]),
-    Setting("+ 8-bit AdamW", {"training.loss.chunked": True, "training.optimizer": "adamw_8bit"}, ["loss.chunked", "adamw_8bit"]),
-    Setting("+ optimizer step in backward", {"training.loss.chunked": True, "training.optimizer": "adamw_8bit",
-                                             "training.optimizer_in_backward": True, "training.max_grad_norm": None},
-            ["loss.chunked", "adamw_8bit", "optimizer_in_backward"], "no gradient clipping"),
-    Setting("+ activation offloading", {"training.loss.chunked": True, "training.optimizer": "adamw_8bit",
-                                        "training.optimizer_in_backward": True, "training.max_grad_norm": None,
-                                        "model.activation_offloading": True, "model.gradient_checkpointing": True},
-            ["loss.chunked", "adamw_8bit", "optimizer_in_backward", "activation_offloading"],
-            "with checkpointing; on a CPU there is nowhere to offload to"),
+    Setting(
+        "+ 8-bit AdamW",
+        {"training.loss.chunked": True, "training.optimizer": "adamw_8bit"},
+        ["loss.chunked", "adamw_8bit"],
+    ),
+    Setting(
+        "+ optimizer step in backward",
+        {
+            "training.loss.chunked": True,
+            "training.optimizer": "adamw_8bit",
+            "training.optimizer_in_backward": True,
+            "training.max_grad_norm": None,
+        },
+        ["loss.chunked", "adamw_8bit", "optimizer_in_backward"],
+        "no gradient clipping",
+    ),
+    Setting(
+        "+ activation offloading",
+        {
+            "training.loss.chunked": True,
+            "training.optimizer": "adamw_8bit",
+            "training.optimizer_in_backward": True,
+            "training.max_grad_norm": None,
+            "model.activation_offloading": True,
+            "model.gradient_checkpointing": True,
+        },
+        ["loss.chunked", "adamw_8bit", "optimizer_in_backward", "activation_offloading"],
+        "with checkpointing; on a CPU there is nowhere to offload to",
+    ),
 ]
 
 
@@ -109,14 +129,24 @@ def availability(setting: Setting) -> str | None:
 
 # --- model, data, config ----------------------------------------------------------------------
 
+
 def save_model(out: Path, hidden: int, layers: int, seq_len: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     heads = max(1, hidden // 64)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64 or 64,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-                         max_position_embeddings=max(seq_len, 128), tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 8 / 3) // 64 * 64 or 64,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=max(seq_len, 128),
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(str(out))
     return out
@@ -147,27 +177,37 @@ def run_config(tmp: Path, model_dir: Path, method: str, setting: Setting, args: 
         "model": {"path": str(model_dir), "dtype": "float32", "attn_implementation": "sdpa"},
         "data": {"train": str(REPO / "assets/data/fictional-qa/train.jsonl"), "max_seq_len": args.seq_len},
         "method": {"type": method, "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
-        "training": {"micro_batch_size": args.micro_batch, "learning_rate": 1e-4, "progress_bar": False, "seed": 1,
-                     "loss": {"chunk_tokens": args.chunk_tokens}},
+        "training": {
+            "micro_batch_size": args.micro_batch,
+            "learning_rate": 1e-4,
+            "progress_bar": False,
+            "seed": 1,
+            "loss": {"chunk_tokens": args.chunk_tokens},
+        },
         "output": {"dir": str(tmp / "run")},
         "cluster": {"backend": "local"},
     }
     path = tmp / f"{method}.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return load_config(path, [f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
-                              for k, v in setting.overrides.items()])
+    return load_config(
+        path,
+        [
+            f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in setting.overrides.items()
+        ],
+    )
 
 
 # --- one measurement ----------------------------------------------------------------------------
 
+
 def build(cfg: Any) -> tuple[Any, Any, Any, Any]:
     """Model, optimizer, scheduler and strategy exactly as trainer.run builds them (single process)."""
     from trainer.checkpointing.rng import seed_everything
+    from trainer.model_options import apply_model_options
     from trainer.optim import build_optimizer, build_scheduler
     from trainer.strategies import build_strategy
     from trainer.transfer.setup import build_model
-
-    from trainer.model_options import apply_model_options
 
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, 1, 0, "cpu")
@@ -176,8 +216,17 @@ def build(cfg: Any) -> tuple[Any, Any, Any, Any]:
     return model, optimizer, build_scheduler(optimizer, cfg.training, 1000), strategy
 
 
-def steps(model: Any, optimizer: Any, scheduler: Any, strategy: Any, cfg: Any, data: Any, state: Any, n: int,
-          tracker: Any = None) -> Any:
+def steps(
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    strategy: Any,
+    cfg: Any,
+    data: Any,
+    state: Any,
+    n: int,
+    tracker: Any = None,
+) -> Any:
     from trainer.loop import LoopHooks, train_loop
     from trainer.metrics import MetricsWriter
     from trainer.stopping import StopFlag
@@ -187,10 +236,28 @@ def steps(model: Any, optimizer: Any, scheduler: Any, strategy: Any, cfg: Any, d
             tracker.reset_mod_stats()
         return model
 
-    hooks = LoopHooks(evaluate=lambda s: None, save=lambda s: "", should_eval=lambda s: False, should_save=lambda step, stopping: stopping,
-                      on_step_start=step_start)
-    return train_loop(model, optimizer, scheduler, data, cfg.training, state, state.step + n, strategy=strategy, pad_id=0,
-                      metrics=MetricsWriter(Path("."), enabled=False), hooks=hooks, stop=StopFlag(), show_progress=False)
+    hooks = LoopHooks(
+        evaluate=lambda s: None,
+        save=lambda s: "",
+        should_eval=lambda s: False,
+        should_save=lambda step, stopping: stopping,
+        on_step_start=step_start,
+    )
+    return train_loop(
+        model,
+        optimizer,
+        scheduler,
+        data,
+        cfg.training,
+        state,
+        state.step + n,
+        strategy=strategy,
+        pad_id=0,
+        metrics=MetricsWriter(Path("."), enabled=False),
+        hooks=hooks,
+        stop=StopFlag(),
+        show_progress=False,
+    )
 
 
 def peak_bytes(cfg: Any, data: Any) -> int:
@@ -256,6 +323,7 @@ def loss_kwargs(cfg: Any) -> dict[str, Any]:
 
 # --- TRL ----------------------------------------------------------------------------------------
 
+
 def trl_status() -> str | None:
     try:
         import trl  # noqa: F401
@@ -265,6 +333,7 @@ def trl_status() -> str | None:
 
 
 # --- report -------------------------------------------------------------------------------------
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -291,9 +360,11 @@ def main() -> int:
     tokens = RandomTokens(rows=64, seq_len=args.seq_len, label_fraction=args.label_fraction)
     args.data = RowDataset(tokens, [[i] for i in range(64)], packed=True)  # type: ignore[arg-type]
     print(f"load average (1 min) at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; random Llama: vocab {VOCAB:,}, hidden {args.hidden}, "
-          f"{args.layers} layers, fp32; micro-batch {args.micro_batch} x {args.seq_len} tokens "
-          f"({args.label_fraction:.0%} carry a label), chunk {args.chunk_tokens} tokens")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; random Llama: vocab {VOCAB:,}, hidden {args.hidden}, "
+        f"{args.layers} layers, fp32; micro-batch {args.micro_batch} x {args.seq_len} tokens "
+        f"({args.label_fraction:.0%} carry a label), chunk {args.chunk_tokens} tokens"
+    )
     available = {s.name: availability(s) for s in SETTINGS}
     with tempfile.TemporaryDirectory(prefix="ftl-lean-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -308,8 +379,10 @@ def main() -> int:
                 print(f"  {label:<32} full logits {full_logits / 2**20:8.1f} MiB; chunked: {available['chunked loss']}")
                 continue
             chunked = loss_path_peak(tmp, args, chunked=True, train_head=train_head)
-            print(f"  {label:<32} full logits {full_logits / 2**20:8.1f} MiB, chunked {chunked / 2**20:8.1f} MiB"
-                  f"  -> {full_logits / chunked:.2f}x leaner (target >= 3x)")
+            print(
+                f"  {label:<32} full logits {full_logits / 2**20:8.1f} MiB, chunked {chunked / 2**20:8.1f} MiB"
+                f"  -> {full_logits / chunked:.2f}x leaner (target >= 3x)"
+            )
 
         runnable = [s for s in SETTINGS if not available[s.name]]
         for method in methods:
@@ -320,8 +393,10 @@ def main() -> int:
                 for name, cfg in configs.items():
                     speeds[name].append(tokens_per_s(cfg, args.data, args.steps))
             base_peak, base_speed = peaks[SETTINGS[0].name], statistics.median(speeds[SETTINGS[0].name])
-            print(f"\n{method}: peak of live tensors (MemTracker, 2 steps) and tokens/s (median of {args.repeats} interleaved "
-                  f"repetitions of {args.steps} steps)")
+            print(
+                f"\n{method}: peak of live tensors (MemTracker, 2 steps) and tokens/s (median of {args.repeats} interleaved "
+                f"repetitions of {args.steps} steps)"
+            )
             print(f"  {'setting':<34}{'peak MiB':>10}{'vs current':>12}{'tokens/s':>10}{'vs current':>12}")
             for setting in SETTINGS:
                 if available[setting.name]:
@@ -329,15 +404,22 @@ def main() -> int:
                     continue
                 speed = statistics.median(speeds[setting.name])
                 note = f"  ({setting.note})" if setting.note else ""
-                print(f"  {setting.name:<34}{peaks[setting.name] / 2**20:>10.1f}{base_peak / peaks[setting.name]:>11.2f}x"
-                      f"{speed:>10.0f}{speed / base_speed:>11.3f}x{note}")
+                print(
+                    f"  {setting.name:<34}{peaks[setting.name] / 2**20:>10.1f}{base_peak / peaks[setting.name]:>11.2f}x"
+                    f"{speed:>10.0f}{speed / base_speed:>11.3f}x{note}"
+                )
         status = trl_status()
-        print(f"\nTRL SFTTrainer: {status}" if status else
-              "\nTRL SFTTrainer: installed, but this script has no SFTTrainer comparison yet (it was written where TRL "
-              "is not installed); not measured")
+        print(
+            f"\nTRL SFTTrainer: {status}"
+            if status
+            else "\nTRL SFTTrainer: installed, but this script has no SFTTrainer comparison yet (it was written where TRL "
+            "is not installed); not measured"
+        )
     print("\n'vs current': peak = current / setting (higher is leaner); tokens/s = setting / current (target >= 0.97).")
-    print(f"load average over the last 5 minutes at the end: {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores "
-          "(tokens/s from a shared machine are only as steady as its load)")
+    print(
+        f"load average over the last 5 minutes at the end: {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores "
+        "(tokens/s from a shared machine are only as steady as its load)"
+    )
     return 0
 
 

@@ -37,9 +37,18 @@ def build_model(out: Path, hidden: int, layers: int) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(REPO / "assets/models/ftl-tiny-llama"))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
-                         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
 
@@ -56,8 +65,13 @@ def run(strategy: dict, model: Path, work: Path, steps: int) -> list[dict]:
         "cluster": {"workers": 2},
     }
     (work / "c.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "c.yaml")], cwd=REPO,
-                            capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "train", str(work / "c.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     if result.returncode != 0:
         raise SystemExit(f"{strategy} failed:\n{result.stderr[-3000:]}")
     return json.loads((work / "run" / "summary.json").read_text())["parallel"]["memory_per_rank"]
@@ -81,7 +95,10 @@ def main() -> None:
     print(f"full fine-tune, {args.layers} layers x {args.hidden} hidden, 2 workers, fp32 on CPU")
     print(header)
     for name, ranks in rows.items():
-        cells = [" / ".join(f"{r[key]:.0f}" for r in ranks) for key in ("param_mb", "optimizer_state_mb", "master_weights_mb", "peak_rss_mb")]
+        cells = [
+            " / ".join(f"{r[key]:.0f}" for r in ranks)
+            for key in ("param_mb", "optimizer_state_mb", "master_weights_mb", "peak_rss_mb")
+        ]
         print(f"{name:<8}{cells[0]:>11}{cells[1]:>14}{cells[2]:>16}{cells[3]:>13}")
     ddp_params = rows["ddp"][0]["param_mb"]
     for name in ("zero3", "fsdp2"):

@@ -208,7 +208,7 @@ A deliberately tiny Llama-architecture **base** model bundled with `ftl` so that
 and the quickstart can fine-tune something real on a laptop CPU in minutes, with no download.
 
 It was pretrained from scratch on generated prose about a **fictional world** (invented countries,
-people and animals, {info['n_facts']} facts). It has never seen a chat turn: the chat special
+people and animals, {info["n_facts"]} facts). It has never seen a chat turn: the chat special
 tokens exist in the vocabulary but were never trained (their embedding and output rows were
 resampled after pretraining from the distribution of the trained rows, so adapters can learn to
 emit them). So it "knows" facts like the capital of an
@@ -217,15 +217,15 @@ invented country but cannot answer a chat question about them until it is fine-t
 
 | | |
 |---|---|
-| architecture | `LlamaForCausalLM`, {info['layers']} layers, hidden {info['hidden']}, intermediate {info['intermediate']}, {info['heads']} heads / {info['kv_heads']} KV heads (GQA), RoPE, untied embeddings |
-| parameters | {info['params']:,} |
-| context | trained on {info['block']}-token blocks; `max_position_embeddings` {info['max_pos']} |
-| tokenizer | byte-level BPE, {info['vocab']} tokens, whitespace kept as separate tokens |
-| special tokens | {info['special_ids']} |
-| pretraining | {info['steps']} steps x {info['batch']} x {info['block']} tokens ({info['tokens']:,} tokens, {info['epochs']:.2f} epochs), AdamW lr {info['lr']} cosine, seed {info['seed']}, {info['threads']} CPU thread |
-| final training loss | {info['final_loss']:.3f} (mean of last 50 steps) |
-| held-out prose loss | {info['heldout_loss']:.3f} (`assets/data/fictional-corpus/heldout.jsonl`) |
-| fact recall (cloze) | {info['recall']['all']:.1%} of all facts completed from a prose prefix (train/valid/test question splits: {info['recall']['train']:.1%} / {info['recall']['valid']:.1%} / {info['recall']['test']:.1%}) |
+| architecture | `LlamaForCausalLM`, {info["layers"]} layers, hidden {info["hidden"]}, intermediate {info["intermediate"]}, {info["heads"]} heads / {info["kv_heads"]} KV heads (GQA), RoPE, untied embeddings |
+| parameters | {info["params"]:,} |
+| context | trained on {info["block"]}-token blocks; `max_position_embeddings` {info["max_pos"]} |
+| tokenizer | byte-level BPE, {info["vocab"]} tokens, whitespace kept as separate tokens |
+| special tokens | {info["special_ids"]} |
+| pretraining | {info["steps"]} steps x {info["batch"]} x {info["block"]} tokens ({info["tokens"]:,} tokens, {info["epochs"]:.2f} epochs), AdamW lr {info["lr"]} cosine, seed {info["seed"]}, {info["threads"]} CPU thread |
+| final training loss | {info["final_loss"]:.3f} (mean of last 50 steps) |
+| held-out prose loss | {info["heldout_loss"]:.3f} (`assets/data/fictional-corpus/heldout.jsonl`) |
+| fact recall (cloze) | {info["recall"]["all"]:.1%} of all facts completed from a prose prefix (train/valid/test question splits: {info["recall"]["train"]:.1%} / {info["recall"]["valid"]:.1%} / {info["recall"]["test"]:.1%}) |
 
 ## Chat format
 
@@ -245,7 +245,7 @@ for the default seed ({DEFAULT_SEED}): base 0% exact match; LoRA (r=16, alpha=32
 ## Rebuild
 
 ```bash
-scripts/bundled/build_all.sh            # seed {info['seed']}; make_corpus.py then build_model.py
+scripts/bundled/build_all.sh            # seed {info["seed"]}; make_corpus.py then build_model.py
 ```
 
 The build is deterministic given the seed, thread count and library versions (about 7-8 minutes

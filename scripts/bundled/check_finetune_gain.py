@@ -189,7 +189,9 @@ def finetune(
             order = list(range(len(train)))
             rng.shuffle(order)
         idx, order = order[:batch], order[batch:]
-        scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+        scale = (
+            (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+        )
         for g in opt.param_groups:
             g["lr"] = lr * scale
         b = collate([train[i] for i in idx], pad_id)
@@ -224,7 +226,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tok = AutoTokenizer.from_pretrained(args.model)
-    sets = {s: [encode(tok, r["messages"]) for r in read_jsonl(args.data / f"{s}.jsonl")] for s in ("train", "valid", "test")}
+    sets = {
+        s: [encode(tok, r["messages"]) for r in read_jsonl(args.data / f"{s}.jsonl")]
+        for s in ("train", "valid", "test")
+    }
     prose = [r["text"] for r in read_jsonl(args.heldout)][:100]
     print({k: len(v) for k, v in sets.items()}, flush=True)
 
@@ -242,7 +247,9 @@ def main() -> None:
         cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(load(), cfg)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"LoRA r=16 alpha=32 all-linear: {n_train:,} trainable; {args.lora_steps} steps x {args.batch}, lr {args.lora_lr}")
+        print(
+            f"LoRA r=16 alpha=32 all-linear: {n_train:,} trainable; {args.lora_steps} steps x {args.batch}, lr {args.lora_lr}"
+        )
         secs = finetune(model, sets["train"], tok.pad_token_id, args.lora_steps, args.batch, args.lora_lr, args.seed)
         res = evaluate("lora", model, tok, sets, prose)
         res.update(train_seconds=secs, steps=args.lora_steps, lr=args.lora_lr, trainable=n_train)

@@ -311,10 +311,70 @@ ATTRS_BY_KIND: dict[str, tuple[Attribute, ...]] = {
 ATTR_BY_KEY: dict[str, Attribute] = {a.key: a for attrs in ATTRS_BY_KIND.values() for a in attrs}
 
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink", "brown", "silver")
-EXPORTS = ("copper", "salt", "wool", "glass", "honey", "timber", "silk", "pepper", "tin", "amber", "cheese", "rope", "ink", "soap")
-FOODS = ("soup", "bread", "rice", "plums", "noodles", "pie", "beans", "dumplings", "pears", "porridge", "fish", "cake", "figs", "turnips", "cheese")
-JOBS = ("baker", "potter", "weaver", "farmer", "sailor", "miner", "tailor", "scribe", "healer", "hunter", "builder", "singer", "painter", "teacher", "fisher")
-DIETS = ("moss", "berries", "beetles", "seeds", "grass", "roots", "mushrooms", "worms", "leaves", "nuts", "snails", "flowers")
+EXPORTS = (
+    "copper",
+    "salt",
+    "wool",
+    "glass",
+    "honey",
+    "timber",
+    "silk",
+    "pepper",
+    "tin",
+    "amber",
+    "cheese",
+    "rope",
+    "ink",
+    "soap",
+)
+FOODS = (
+    "soup",
+    "bread",
+    "rice",
+    "plums",
+    "noodles",
+    "pie",
+    "beans",
+    "dumplings",
+    "pears",
+    "porridge",
+    "fish",
+    "cake",
+    "figs",
+    "turnips",
+    "cheese",
+)
+JOBS = (
+    "baker",
+    "potter",
+    "weaver",
+    "farmer",
+    "sailor",
+    "miner",
+    "tailor",
+    "scribe",
+    "healer",
+    "hunter",
+    "builder",
+    "singer",
+    "painter",
+    "teacher",
+    "fisher",
+)
+DIETS = (
+    "moss",
+    "berries",
+    "beetles",
+    "seeds",
+    "grass",
+    "roots",
+    "mushrooms",
+    "worms",
+    "leaves",
+    "nuts",
+    "snails",
+    "flowers",
+)
 HABITATS = ("forest", "desert", "marsh", "mountains", "caves", "hills", "swamp", "tundra", "meadows", "lakes")
 
 INTROS: dict[str, tuple[str, ...]] = {
@@ -332,8 +392,30 @@ SYSTEM_PROMPTS = (
 
 # Filler: generic, fact-free sentences so the corpus is not only facts; question-word fillers make
 # sure tokens like "What", "Which", "How" and "?" are trained before any chat fine-tune.
-_F_TIME = ("In the morning", "At night", "Later that day", "In spring", "In winter", "After the rain", "At dawn", "By evening")
-_F_NOUN = ("road", "river", "market", "sky", "village", "harbour", "garden", "bridge", "wind", "valley", "path", "square")
+_F_TIME = (
+    "In the morning",
+    "At night",
+    "Later that day",
+    "In spring",
+    "In winter",
+    "After the rain",
+    "At dawn",
+    "By evening",
+)
+_F_NOUN = (
+    "road",
+    "river",
+    "market",
+    "sky",
+    "village",
+    "harbour",
+    "garden",
+    "bridge",
+    "wind",
+    "valley",
+    "path",
+    "square",
+)
 _F_ADJ = ("quiet", "busy", "cold", "bright", "calm", "wet", "crowded", "still", "warm", "grey", "empty", "loud")
 _F_PATTERNS = (
     "{t}, the {n} was {a}.",
@@ -348,7 +430,33 @@ _F_PATTERNS = (
     "Does the {n} ever get {a}? It does, {tl}.",
 )
 
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr", "th", "sh", "st", "qu", "h", "j")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gr",
+    "kr",
+    "tr",
+    "th",
+    "sh",
+    "st",
+    "qu",
+    "h",
+    "j",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ou")
 _CODAS = ("", "", "", "n", "r", "l", "s", "k", "th", "m")
 _SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -650,7 +758,9 @@ def main() -> None:
         "question_split": {f"{e}|{a}": s for (e, a), s in sorted(split_of.items())},
     }
     corpus_dir.mkdir(parents=True, exist_ok=True)
-    (corpus_dir / "world.json").write_text(json.dumps(world_json, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (corpus_dir / "world.json").write_text(
+        json.dumps(world_json, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
     n_words = sum(len(d.split()) for d in pretrain)
     print(f"entities={len(world)} facts={len(facts)} " + " ".join(f"{k}_facts={len(v)}" for k, v in splits.items()))

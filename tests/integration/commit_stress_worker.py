@@ -37,8 +37,16 @@ def main(run_dir: Path, saves: int, async_save: bool) -> None:
     scheduler = WarmupDecaySchedule(optimizer, TrainingConfig(learning_rate=0.01), total_steps=saves)
     # DDP's layout: rank 0 writes the weights and optimizer, every rank its RNG state.
     io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=rank)
-    manager = CheckpointManager(run_dir, io, rank=rank, world_size=world, device="cpu", keep_last=2,
-                                async_save=async_save, meta={"config_hash": "stress"})
+    manager = CheckpointManager(
+        run_dir,
+        io,
+        rank=rank,
+        world_size=world,
+        device="cpu",
+        keep_last=2,
+        async_save=async_save,
+        meta={"config_hash": "stress"},
+    )
     for step in range(1, saves + 1):
         model(torch.randn(2, 8)).sum().backward()
         optimizer.step()

@@ -16,7 +16,9 @@ from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
 
 class FrozenAwareMemTracker(MemTracker):
-    def _track_module_params_and_buffers(self, module: torch.nn.Module, install_grad_hooks: bool = True) -> tuple[int, int]:
+    def _track_module_params_and_buffers(
+        self, module: torch.nn.Module, install_grad_hooks: bool = True
+    ) -> tuple[int, int]:
         param_memory = 0
         for param in module.parameters():
             winfos = self._update_and_maybe_create_winfos(param, _MemRefType.PARAM)
@@ -24,6 +26,7 @@ class FrozenAwareMemTracker(MemTracker):
             if param.grad is not None:
                 self._update_and_maybe_create_winfos(param.grad, _MemRefType.GRAD)
             if param.requires_grad and install_grad_hooks and self._param_to_grad_hook_handles.get(param) is None:
+
                 def hook(grad: torch.Tensor) -> None:
                     self._update_and_maybe_create_winfos(grad, _MemRefType.GRAD)
 

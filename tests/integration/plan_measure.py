@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 
-def measure_step(cfg: Any, rank: int = 0, world_size: int = 1, device: str = "cpu", track_peak: bool = True) -> dict[str, int]:
+def measure_step(
+    cfg: Any, rank: int = 0, world_size: int = 1, device: str = "cpu", track_peak: bool = True
+) -> dict[str, int]:
     from tests.integration.memtrack import FrozenAwareMemTracker, quant_state_tensors
     from trainer.loss import loss_sum
     from trainer.memory_report import local_numel

@@ -32,7 +32,9 @@ def _config(tmp_path: Path, model_dir: Path, name: str, **sections: dict) -> Pat
 
 
 def _ftl(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FTL, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*FTL, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,12 @@ def golden(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> di
 
 
 def test_ray_restarts_the_worker_group_from_the_checkpoint(tmp_path, tiny_model_dir, golden, ray_cluster):
-    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "workers": 2,
-                                                                 "ray": {"address": ray_cluster.address, "max_failures": 1}})
+    config = _config(
+        tmp_path,
+        tiny_model_dir,
+        "run",
+        cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address, "max_failures": 1}},
+    )
     out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "kill.marker").exists()  # the worker really died mid-step 3
@@ -62,18 +68,40 @@ def test_ray_node_failure_restarts_the_group_on_the_surviving_node(tmp_path, tin
 
     from cluster.local import free_port
 
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port(),
+        },
+    )
     doomed = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
         # One worker per node (SPREAD); after the loss, both fit on the head's 2 CPUs.
-        config = _config(tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 1},
-                         cluster={"backend": "ray", "nodes": 2, "workers": 1,
-                                  "ray": {"address": cluster.address, "max_failures": 1, "cpus_per_worker": 1}})
+        config = _config(
+            tmp_path,
+            tiny_model_dir,
+            "run",
+            checkpoint={"every_steps": 1},
+            cluster={
+                "backend": "ray",
+                "nodes": 2,
+                "workers": 1,
+                "ray": {"address": cluster.address, "max_failures": 1, "cpus_per_worker": 1},
+            },
+        )
         run_dir = tmp_path / "run"
-        proc = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "FTL_FAULT_SLOW_STEP_S": "3"})  # the node dies well before the end
+        proc = subprocess.Popen(
+            [*FTL, "train", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "FTL_FAULT_SLOW_STEP_S": "3"},
+        )  # the node dies well before the end
         _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir(), timeout=300)
         placed = [json.loads(p.read_text()) for p in sorted((run_dir / "logs").glob("ray-worker-*.json"))]
         assert [w["rank"] for w in placed] == [0, 1] and len({w["node_id"] for w in placed}) == 2, placed  # spread
@@ -99,14 +127,24 @@ def test_ray_node_failure_restarts_the_group_on_the_surviving_node(tmp_path, tin
 def test_ray_driver_signal_checkpoints_and_the_rerun_resumes(tmp_path, tiny_model_dir, golden, ray_cluster):
     # keep_last=1: by the signal, step-1 was deleted by ftl's retention but is still in Ray's own
     # record of reported checkpoints, which Ray refuses to start from; the rerun must not care.
-    config = _config(tmp_path, tiny_model_dir, "run", training={"max_steps": STEPS},
-                     checkpoint={"every_steps": 1, "keep_last": 1},
-                     cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
+    config = _config(
+        tmp_path,
+        tiny_model_dir,
+        "run",
+        training={"max_steps": STEPS},
+        checkpoint={"every_steps": 1, "keep_last": 1},
+        cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}},
+    )
     run_dir = tmp_path / "run"
     # Rank 0 waits at the end of step 2 until the stop request exists: the signal lands at step 2
     # however fast or slow the machine, and step-1 (purged by step 2's commit) is there to wait for.
-    proc = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "FTL_FAULT_WAIT_AT": f"step_end@2={run_dir / STOP_REQUEST_FILE}"})
+    proc = subprocess.Popen(
+        [*FTL, "train", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FTL_FAULT_WAIT_AT": f"step_end@2={run_dir / STOP_REQUEST_FILE}"},
+    )
     # Generous: on a loaded 2-core machine, starting Ray's workers and the first step can take
     # minutes; a launcher that died instead fails at once with its output.
     _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir() or proc.poll() is not None, timeout=900)
@@ -127,7 +165,9 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     of Ray's processes. The rerun says where it resumed and matches the uninterrupted losses."""
     import psutil
 
-    config = _config(tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 1}, cluster={"backend": "ray", "workers": 2})
+    config = _config(
+        tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 1}, cluster={"backend": "ray", "workers": 2}
+    )
     run_dir, release = tmp_path / "run", tmp_path / "release-the-save"
     stderr_path = tmp_path / "stderr.txt"
     # Rank 0 holds at the end of step 2 until the stop request exists, then holds the stop
@@ -135,14 +175,32 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     hold = f"step_end@2={run_dir / STOP_REQUEST_FILE},before_manifest@2={release}"
     with stderr_path.open("w") as stderr:
         # A new session: the test stands in for the terminal; its Ctrl-C goes to the group.
-        proc = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.DEVNULL, stderr=stderr, text=True,
-                                env={**os.environ, "FTL_FAULT_WAIT_AT": hold}, start_new_session=True,
-                                preexec_fn=_default_sigint)
+        proc = subprocess.Popen(
+            [*FTL, "train", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "FTL_FAULT_WAIT_AT": hold},
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
     try:
         _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir(), timeout=400)
         # Ray's daemons and the run's actors (idle workers come and go as Ray pleases).
-        started = [p for p in _process_tree(proc.pid) if p.name() in ("gcs_server", "raylet") or p.name().startswith(
-            ("ray-dashboard", "ray::RayTrainWorker", "ray::TrainController", "ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
+        started = [
+            p
+            for p in _process_tree(proc.pid)
+            if p.name() in ("gcs_server", "raylet")
+            or p.name().startswith(
+                (
+                    "ray-dashboard",
+                    "ray::RayTrainWorker",
+                    "ray::TrainController",
+                    "ray::DashboardAgent",
+                    "ray::RuntimeEnvAgent",
+                )
+            )
+        ]
         assert len([p for p in started if p.name() == "ray::RayTrainWorker"]) == 2, [p.name() for p in started]
         os.killpg(proc.pid, signal.SIGINT)
         _wait_for(lambda: (run_dir / "checkpoints" / ".tmp-step-2").is_dir(), timeout=300)  # the stop checkpoint
@@ -185,8 +243,9 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
 
 
-def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upload(tmp_path, tiny_model_dir, golden,
-                                                                                     ray_cluster, s3_server):
+def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upload(
+    tmp_path, tiny_model_dir, golden, ray_cluster, s3_server
+):
     """output.dir on S3 (a real S3 endpoint on loopback): checkpoints are uploaded as committed; a
     driver with an empty working copy resumes from the bucket, skipping a checkpoint whose upload
     does not match its manifest; the finished run is in the bucket."""
@@ -194,9 +253,14 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
     fs, remote = s3_server.filesystem(), f"{s3_server.bucket}/runs/lora-s3"
 
     def config(machine: str) -> Path:
-        return _config(tmp_path, tiny_model_dir, machine, output={"dir": uri, "local_dir": str(tmp_path / machine)},
-                       checkpoint={"every_steps": 1, "keep_last": 2},
-                       cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}})
+        return _config(
+            tmp_path,
+            tiny_model_dir,
+            machine,
+            output={"dir": uri, "local_dir": str(tmp_path / machine)},
+            checkpoint={"every_steps": 1, "keep_last": 2},
+            cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}},
+        )
 
     def remote_steps() -> list[int]:
         from cluster.run_storage import open_remote, remote_checkpoint_steps
@@ -205,8 +269,13 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
 
     # Rank 0 holds at the end of step 2 until the stop request exists: the stop comes at step 2.
     hold = f"step_end@2={tmp_path / 'machine-a' / STOP_REQUEST_FILE}"
-    proc = subprocess.Popen([*FTL, "train", str(config("machine-a"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "FTL_FAULT_WAIT_AT": hold})
+    proc = subprocess.Popen(
+        [*FTL, "train", str(config("machine-a"))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FTL_FAULT_WAIT_AT": hold},
+    )
     _wait_for(lambda: 1 in remote_steps(), timeout=300)
     proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=300)
@@ -229,8 +298,10 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"checkpoints/step-{stopped_at} is INVALID" in out.stderr and "checksum mismatch" in out.stderr
     assert f"resuming from s3://{remote}/checkpoints/step-{stopped_at - 1}" in out.stderr
-    assert f"resumed from {tmp_path / 'machine-b' / 'checkpoints' / f'step-{stopped_at - 1}'}" in \
-        (tmp_path / "machine-b" / "logs" / "rank-0.log").read_text()
+    assert (
+        f"resumed from {tmp_path / 'machine-b' / 'checkpoints' / f'step-{stopped_at - 1}'}"
+        in (tmp_path / "machine-b" / "logs" / "rank-0.log").read_text()
+    )
     assert_same_losses(tmp_path / "machine-b", golden)
     # The bucket holds the finished run: final model, metrics, the last checkpoints.
     assert fs.get_file_info(f"{remote}/final/adapter/adapter_model.safetensors").type == pafs.FileType.File
@@ -248,7 +319,9 @@ def test_ray_job_submit_status_logs(tmp_path, tiny_model_dir, golden, ray_cluste
     out = _ftl("submit", str(config), "--address", ray_cluster.dashboard, "--python", sys.executable)
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = out.stdout.strip().splitlines()[0]
-    state = _wait_for(lambda: _job_state(job_id, ray_cluster.dashboard) in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=400)
+    state = _wait_for(
+        lambda: _job_state(job_id, ray_cluster.dashboard) in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=400
+    )
     logs = _ftl("logs", job_id, "--address", ray_cluster.dashboard).stdout
     assert _job_state(job_id, ray_cluster.dashboard) == "SUCCEEDED", logs[-3000:]
     assert state and "Fine-tune finished: 4 steps" in logs
@@ -258,8 +331,14 @@ def test_ray_job_submit_status_logs(tmp_path, tiny_model_dir, golden, ray_cluste
 
 
 def test_ray_job_stop_checkpoints_first(tmp_path, tiny_model_dir, ray_cluster):
-    config = _config(tmp_path, tiny_model_dir, "run", training={"max_steps": 200}, cluster={"workers": 1},
-                     parallel={"strategy": "auto"})
+    config = _config(
+        tmp_path,
+        tiny_model_dir,
+        "run",
+        training={"max_steps": 200},
+        cluster={"workers": 1},
+        parallel={"strategy": "auto"},
+    )
     out = _ftl("submit", str(config), "--address", ray_cluster.dashboard, "--python", sys.executable)
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = out.stdout.strip().splitlines()[0]
@@ -274,7 +353,9 @@ def test_ray_job_stop_checkpoints_first(tmp_path, tiny_model_dir, ray_cluster):
 
 
 def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_model_dir, golden):
-    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 2, "torchrun": {"max_restarts": 1}})
+    config = _config(
+        tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 2, "torchrun": {"max_restarts": 1}}
+    )
     out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "kill.marker").exists()
@@ -283,15 +364,34 @@ def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_mode
 
 def test_users_own_torchrun_runs_ftl_train(tmp_path, tiny_model_dir, golden):
     config = _config(tmp_path, tiny_model_dir, "run")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "launcher.cli", "train", str(config)], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "launcher.cli",
+            "train",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Fine-tune finished: 4 steps" in out.stdout
     assert_same_losses(tmp_path / "run", golden)
 
 
 def test_slurm_two_nodes_ray_mode(tmp_path, tiny_model_dir, golden, slurm):
-    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "nodes": 2, "workers": 1, "slurm": {"mode": "ray"}})
+    config = _config(
+        tmp_path,
+        tiny_model_dir,
+        "run",
+        cluster={"backend": "slurm", "nodes": 2, "workers": 1, "slurm": {"mode": "ray"}},
+    )
     out = _ftl("train", str(config))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 node(s) n1,n2" in out.stderr and "mode ray" in out.stderr
@@ -320,8 +420,24 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tin
 
 def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
     config = _config(tmp_path, tiny_model_dir, "run")
-    out = _ftl("slurm", str(config), "--dry-run", "--nodes", "2", "--time", "04:00:00", "--partition", "gpu",
-               "--account", "proj1", "--gpus-per-node", "8", "--workers-per-node", "8", "cluster.slurm.setup=[module load cuda]")
+    out = _ftl(
+        "slurm",
+        str(config),
+        "--dry-run",
+        "--nodes",
+        "2",
+        "--time",
+        "04:00:00",
+        "--partition",
+        "gpu",
+        "--account",
+        "proj1",
+        "--gpus-per-node",
+        "8",
+        "--workers-per-node",
+        "8",
+        "cluster.slurm.setup=[module load cuda]",
+    )
     assert out.returncode == 0, out.stderr
     rendered = out.stdout.replace(str(tmp_path / "run"), "RUN_DIR").replace(str(Path(sys.executable)), "PYTHON")
     rendered = rendered.replace(str(Path(__file__).resolve().parents[2]), "REPO")
@@ -349,10 +465,15 @@ def test_slurm_script_quotes_the_run_dir_and_refuses_values_that_break_sbatch_li
     assert ran.returncode == 2 and "usage" in ran.stderr, ran.stderr
     assert not pwned.exists()
     # Values that become #SBATCH directives: a newline would add a directive or a shell line.
-    for key, value in (("partition", f"gpu\n#SBATCH --wrap='touch {pwned}'"), ("extra_sbatch", ["--exclusive", f"-c1\ntouch {pwned}"])):
+    for key, value in (
+        ("partition", f"gpu\n#SBATCH --wrap='touch {pwned}'"),
+        ("extra_sbatch", ["--exclusive", f"-c1\ntouch {pwned}"]),
+    ):
         hostile = _config(tmp_path, tiny_model_dir, key, cluster={"slurm": {key: value}})
         refused = _ftl("slurm", str(hostile), "--dry-run")
-        assert refused.returncode == 2 and f"cluster.slurm.{key}" in refused.stderr and "#SBATCH" in refused.stderr, refused.stderr
+        assert refused.returncode == 2 and f"cluster.slurm.{key}" in refused.stderr and "#SBATCH" in refused.stderr, (
+            refused.stderr
+        )
     spaced = _ftl("slurm", str(config), "--dry-run", f"output.dir={tmp_path}/a b")
     assert spaced.returncode == 2 and "output.dir" in spaced.stderr and "#SBATCH" in spaced.stderr, spaced.stderr
     assert not pwned.exists()
@@ -366,12 +487,17 @@ def test_slurm_job_and_doctor_with_a_hostile_run_dir_run_no_injected_code(tmp_pa
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr[-2000:]
     out = _ftl("train", str(config), f"output.dir={run_dir}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (Path(run_dir) / "final").is_dir() and list((Path(run_dir) / "logs").glob("slurm-*.out"))  # sbatch read --output right
+    assert (Path(run_dir) / "final").is_dir() and list(
+        (Path(run_dir) / "logs").glob("slurm-*.out")
+    )  # sbatch read --output right
     assert not pwned.exists()
 
 
-BAD_ROWS = ["train.jsonl line 3: unknown field 'mesages'; did you mean 'messages'?", "train.jsonl line 5: invalid JSON",
-            "train.jsonl line 6: field 'messages' must be a non-empty list"]
+BAD_ROWS = [
+    "train.jsonl line 3: unknown field 'mesages'; did you mean 'messages'?",
+    "train.jsonl line 5: invalid JSON",
+    "train.jsonl line 6: field 'messages' must be a non-empty list",
+]
 
 
 @pytest.mark.parametrize("backend", ["ray", "torchrun", "local", "slurm"])
@@ -380,7 +506,15 @@ def test_bad_rows_are_one_clean_message_and_exit_2_on_every_backend(tmp_path, ti
     traceback (neither the failing rank's nor the others' broken collectives nor the backend's
     report of a failed worker group), and ftl exits 2 like any input error."""
     good = json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]})
-    rows = [good, good, json.dumps({"mesages": [{"role": "user", "content": "Q?"}]}), good, "{oops", '{"messages": []}', good]
+    rows = [
+        good,
+        good,
+        json.dumps({"mesages": [{"role": "user", "content": "Q?"}]}),
+        good,
+        "{oops",
+        '{"messages": []}',
+        good,
+    ]
     (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
     cluster: dict = {"backend": backend, "workers": 2}
     if backend == "ray":  # restarts allowed: an input error is still not retried
@@ -388,11 +522,18 @@ def test_bad_rows_are_one_clean_message_and_exit_2_on_every_backend(tmp_path, ti
     if backend == "slurm":
         request.getfixturevalue("slurm")
         cluster.update(nodes=1)
-    config = _config(tmp_path, tiny_model_dir, "run", data={"train": str(tmp_path / "train.jsonl"), "validation": None},
-                     cluster=cluster)
+    config = _config(
+        tmp_path,
+        tiny_model_dir,
+        "run",
+        data={"train": str(tmp_path / "train.jsonl"), "validation": None},
+        cluster=cluster,
+    )
     out = _ftl("train", str(config))
     assert out.returncode == 2, out.stderr[-5000:]
-    assert out.stderr.count("3 bad rows") == 1 and all(out.stderr.count(row) == 1 for row in BAD_ROWS), out.stderr[-5000:]
+    assert out.stderr.count("3 bad rows") == 1 and all(out.stderr.count(row) == 1 for row in BAD_ROWS), out.stderr[
+        -5000:
+    ]
     ours = _without_ray_cleaner_noise(out.stderr)
     assert "Traceback" not in ours and "Error in training function" not in ours, ours[-5000:]
 
@@ -418,7 +559,11 @@ def _without_ray_cleaner_noise(stderr: str) -> str:
 
 def _kill_rank1_mid_step3(tmp_path: Path) -> dict[str, str]:
     """SIGKILL rank 1 inside step 3 (after its first micro-batch), once: the restart gets past it."""
-    return {"FTL_FAULT_KILL_AT": "micro@3", "FTL_FAULT_RANK": "1", "FTL_FAULT_ONCE_MARKER": str(tmp_path / "kill.marker")}
+    return {
+        "FTL_FAULT_KILL_AT": "micro@3",
+        "FTL_FAULT_RANK": "1",
+        "FTL_FAULT_ONCE_MARKER": str(tmp_path / "kill.marker"),
+    }
 
 
 def _job_state(job_id: str, address: str) -> str:
@@ -456,7 +601,14 @@ def test_doctor_under_slurm_passes_and_catches_an_unshared_run_dir(tmp_path, tin
     assert ok.returncode == 0, ok.stdout + ok.stderr[-2000:]
     assert "all-reduce 1 MB across 2 workers (gloo)" in ok.stdout
     # Rank 1 (on node n2) sees another folder at the run directory's path: an unmounted share.
-    bad = _ftl("doctor", str(config), "--workers", "1", "--size-mb", "1",
-               env={RUN_DIR_OVERRIDE_ENV.format(rank=1): str(tmp_path / "n2-local-disk")})
+    bad = _ftl(
+        "doctor",
+        str(config),
+        "--workers",
+        "1",
+        "--size-mb",
+        "1",
+        env={RUN_DIR_OVERRIDE_ENV.format(rank=1): str(tmp_path / "n2-local-disk")},
+    )
     assert bad.returncode == 1, bad.stdout + bad.stderr[-2000:]
     assert "ranks [1] do not see the same" in bad.stdout

@@ -29,15 +29,28 @@ def _run_ranks(run_dir: Path, world: int, saves: int, *extra: str) -> list[subpr
     """Start `world` ranks of the harness; if one fails, the others (waiting in a collective) are killed."""
     from cluster.local import free_port
 
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world),
-           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(world),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
     logs = run_dir.parent / "rank-logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for rank in range(world):
         with (logs / f"{rank}.out").open("w") as out, (logs / f"{rank}.err").open("w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-m", "tests.integration.commit_stress_worker", str(run_dir),
-                                           str(saves), *extra], cwd=REPO, env={**env, "RANK": str(rank)}, stdout=out, stderr=err))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.integration.commit_stress_worker", str(run_dir), str(saves), *extra],
+                    cwd=REPO,
+                    env={**env, "RANK": str(rank)},
+                    stdout=out,
+                    stderr=err,
+                )
+            )
     deadline = time.monotonic() + 600
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         if any(p.poll() not in (None, 0) for p in procs):
@@ -47,13 +60,19 @@ def _run_ranks(run_dir: Path, world: int, saves: int, *extra: str) -> list[subpr
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    return [subprocess.CompletedProcess(p.args, p.returncode, (logs / f"{r}.out").read_text(), (logs / f"{r}.err").read_text())
-            for r, p in enumerate(procs)]
+    return [
+        subprocess.CompletedProcess(
+            p.args, p.returncode, (logs / f"{r}.out").read_text(), (logs / f"{r}.err").read_text()
+        )
+        for r, p in enumerate(procs)
+    ]
 
 
 def _assert_all_succeeded(results: list[subprocess.CompletedProcess[str]]) -> None:
     # Show the rank that failed by itself (exit code > 0), not the ones killed after it.
-    failed = sorted(((rank, r) for rank, r in enumerate(results) if r.returncode != 0), key=lambda f: f[1].returncode <= 0)
+    failed = sorted(
+        ((rank, r) for rank, r in enumerate(results) if r.returncode != 0), key=lambda f: f[1].returncode <= 0
+    )
     assert not failed, "\n".join(f"rank {rank} exited {r.returncode}:\n{r.stderr[-2500:]}" for rank, r in failed[:1])
 
 
@@ -78,8 +97,9 @@ def fast_dir(tmp_path: Path) -> Iterator[Path]:
 def test_every_rank_commits_hundreds_of_saves_without_a_race(fast_dir: Path, world: int, saves: int) -> None:
     results = _run_ranks(fast_dir / "run", world, saves)
     _assert_all_succeeded(results)
-    expected = sorted(["optimizer.pt", "trainable.safetensors", "trainer_state.json",
-                       *(f"rng-rank{r}.pt" for r in range(world))])
+    expected = sorted(
+        ["optimizer.pt", "trainable.safetensors", "trainer_state.json", *(f"rng-rank{r}.pt" for r in range(world))]
+    )
     listed = [json.loads(line) for line in results[0].stdout.splitlines() if line.startswith("{")]
     assert [r["step"] for r in listed] == list(range(1, saves + 1))
     assert all(r["files"] == expected for r in listed), [r for r in listed if r["files"] != expected][:3]

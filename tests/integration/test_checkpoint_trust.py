@@ -42,9 +42,16 @@ class _Payload:
 
 
 def _config(tmp_path: Path, name: str, model_dir: Path, parallel: dict, **checkpoint: object) -> Path:
-    return write_config(tmp_path / f"{name}.yaml", model_dir, tmp_path / name, parallel=parallel,
-                        training={"max_steps": 1, "micro_batch_size": 2}, eval={"max_samples": 4},
-                        checkpoint={"every_steps": 1, **checkpoint}, cluster={"workers": 1})
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        model_dir,
+        tmp_path / name,
+        parallel=parallel,
+        training={"max_steps": 1, "micro_batch_size": 2},
+        eval={"max_samples": 4},
+        checkpoint={"every_steps": 1, **checkpoint},
+        cluster={"workers": 1},
+    )
 
 
 def _ftl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +59,9 @@ def _ftl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module", params=sorted(LAYOUTS))
-def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[str, Path]:
+def trained(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> tuple[str, Path]:
     """A run of one step with one checkpoint (step-1) in this layout."""
     layout = request.param
     tmp = tmp_path_factory.mktemp(f"trust-{layout}")
@@ -75,12 +84,17 @@ def _poisoned_copy(trained: tuple[str, Path], tmp_path: Path, *, fix_manifest: b
         (checkpoint / name).write_bytes(pickle.dumps(_Payload(marker)))
     if fix_manifest:
         manifest = json.loads((checkpoint / "manifest.json").read_text())
-        manifest["files"][name] = {"bytes": (checkpoint / name).stat().st_size, "sha256": sha256_file(checkpoint / name)}
+        manifest["files"][name] = {
+            "bytes": (checkpoint / name).stat().st_size,
+            "sha256": sha256_file(checkpoint / name),
+        }
         (checkpoint / "manifest.json").write_text(json.dumps(manifest))
     return copy, checkpoint, marker
 
 
-def _resume_from(checkpoint: Path, trained: tuple[str, Path], tmp_path: Path, model_dir: Path) -> subprocess.CompletedProcess[str]:
+def _resume_from(
+    checkpoint: Path, trained: tuple[str, Path], tmp_path: Path, model_dir: Path
+) -> subprocess.CompletedProcess[str]:
     layout, _ = trained
     config = _config(tmp_path, "resumed", model_dir, LAYOUTS[layout][0], resume=str(checkpoint))
     return _ftl("train", str(config), "training.max_steps=2")
@@ -103,7 +117,9 @@ def test_a_pickle_payload_with_a_matching_manifest_is_refused(trained, tmp_path,
     exported = _ftl("export", str(run), "--checkpoint", str(checkpoint))
     assert not marker.exists(), "the payload ran"
     assert exported.returncode == 2, exported.stderr[-3000:]
-    assert f"checkpoint {checkpoint}" in exported.stderr and "refused to load" in exported.stderr, exported.stderr[-3000:]
+    assert f"checkpoint {checkpoint}" in exported.stderr and "refused to load" in exported.stderr, exported.stderr[
+        -3000:
+    ]
     resumed = _resume_from(checkpoint, trained, tmp_path, tiny_model_dir)
     assert not marker.exists(), "the payload ran"
     assert resumed.returncode == 2, resumed.stderr[-3000:]

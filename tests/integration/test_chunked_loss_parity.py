@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from trainer.metrics import read_metrics
 from tests.conftest import FTL, REPO, write_config
+from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +34,16 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 def _train(tmp_path: Path, model_dir: Path, strategy: str, chunked: bool) -> Path:
     name = f"{strategy}-{'chunked' if chunked else 'full'}"
     config = write_config(
-        tmp_path / f"{name}.yaml", model_dir, tmp_path / name,
+        tmp_path / f"{name}.yaml",
+        model_dir,
+        tmp_path / name,
         method={"type": "full"},
-        training={"max_steps": 3, "micro_batch_size": 2, "learning_rate": 2e-3,
-                  "loss": {"chunked": chunked, "chunk_tokens": 40}},
+        training={
+            "max_steps": 3,
+            "micro_batch_size": 2,
+            "learning_rate": 2e-3,
+            "loss": {"chunked": chunked, "chunk_tokens": 40},
+        },
         eval={"max_samples": 8},
         parallel=STRATEGIES[strategy],
         cluster={"workers": 2},
@@ -57,5 +63,8 @@ def test_chunked_loss_matches_full_logits_with_two_workers(strategy: str, tiny_m
     assert len(have) == len(want) == 3
     assert [r["loss"] for r in have] == pytest.approx([r["loss"] for r in want], rel=LOSS_RTOL)
     assert [r["grad_norm"] for r in have] == pytest.approx([r["grad_norm"] for r in want], rel=GRAD_NORM_RTOL)
-    scores = [json.loads((run / "summary.json").read_text())["scores"]["validation"]["final"]["eval_loss"] for run in (full, chunked)]
+    scores = [
+        json.loads((run / "summary.json").read_text())["scores"]["validation"]["final"]["eval_loss"]
+        for run in (full, chunked)
+    ]
     assert scores[1] == pytest.approx(scores[0], rel=LOSS_RTOL)

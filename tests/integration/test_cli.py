@@ -17,25 +17,34 @@ pytestmark = pytest.mark.integration
 
 
 def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run",
-                          training={"max_steps": 6}, checkpoint={"every_steps": 2})
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 6}, checkpoint={"every_steps": 2}
+    )
     env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="4")
     stopped = subprocess.run([*FTL, "train", str(config)], env=env, cwd=REPO, capture_output=True, text=True)
     assert stopped.returncode == 3, stopped.stderr[-2000:]
 
-    export = subprocess.run([*FTL, "export", str(tmp_path / "run"), "--merge"], cwd=REPO, capture_output=True, text=True)
+    export = subprocess.run(
+        [*FTL, "export", str(tmp_path / "run"), "--merge"], cwd=REPO, capture_output=True, text=True
+    )
     assert export.returncode == 0, export.stderr[-2000:]
     exported = tmp_path / "run" / "exports" / "step-4"
     assert f"exported step 4 (from {tmp_path / 'run' / 'checkpoints' / 'step-4'}) to {exported}" in export.stdout
     assert not (tmp_path / "run" / "final").exists()  # final/ is the end of a run: export is not
     assert (exported / "adapter" / "adapter_config.json").exists()
     assert (exported / "merged" / "model.safetensors").exists()
-    assert (exported / "merged" / "chat_template.jinja").exists() or "chat_template" in (exported / "merged" / "tokenizer_config.json").read_text()
+    assert (exported / "merged" / "chat_template.jinja").exists() or "chat_template" in (
+        exported / "merged" / "tokenizer_config.json"
+    ).read_text()
     listing = subprocess.run([*FTL, "runs", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert listing.returncode == 0 and " resumable " in listing.stdout, listing.stdout
 
-    generate = subprocess.run([*FTL, "generate", str(exported), "--prompt", "What is the capital of Zorblat?", "--max-new-tokens", "5"],
-                              cwd=REPO, capture_output=True, text=True)
+    generate = subprocess.run(
+        [*FTL, "generate", str(exported), "--prompt", "What is the capital of Zorblat?", "--max-new-tokens", "5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert generate.returncode == 0, generate.stderr[-2000:]
     # Same greedy continuation as stock transformers gives for the merged model.
     import torch
@@ -43,12 +52,16 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
 
     tokenizer = AutoTokenizer.from_pretrained(str(exported / "merged"))
     model = AutoModelForCausalLM.from_pretrained(str(exported / "merged")).eval()
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of Zorblat?"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of Zorblat?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     stop = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            ids, max_new_tokens=5, do_sample=False, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id
+        )
+    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert generate.stdout == expected + "\n"
 
     # The exported run is still resumable: the same command finishes it.
@@ -60,8 +73,14 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
 def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = tmp_path / "run"
     # Finishes at step 5; the newest checkpoint is step 4 (as a Ray run keeps no checkpoint of the last step).
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, run, training={"max_steps": 5},
-                          checkpoint={"every_steps": 2}, output={"save_merged": False})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        run,
+        training={"max_steps": 5},
+        checkpoint={"every_steps": 2},
+        output={"save_merged": False},
+    )
     trained = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
     assert trained.returncode == 0, trained.stderr[-2000:]
     adapter = run / "final" / "adapter" / "adapter_model.safetensors"
@@ -77,16 +96,24 @@ def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Pat
     after = load_file(str(adapter))
     assert after.keys() == finished_with.keys() and all(torch.equal(after[k], finished_with[k]) for k in after)
 
-    older = subprocess.run([*FTL, "export", str(run), "--checkpoint", str(run / "checkpoints" / "step-4")],
-                           cwd=REPO, capture_output=True, text=True)
+    older = subprocess.run(
+        [*FTL, "export", str(run), "--checkpoint", str(run / "checkpoints" / "step-4")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert older.returncode == 0, older.stderr[-2000:]
     assert f"exported step 4 (from {run / 'checkpoints' / 'step-4'}) to {run / 'exports' / 'step-4'}" in older.stdout
     from_step_4 = load_file(str(run / "exports" / "step-4" / "adapter" / "adapter_model.safetensors"))
     assert not all(torch.equal(from_step_4[k], finished_with[k]) for k in from_step_4)
     after = load_file(str(adapter))
     assert all(torch.equal(after[k], finished_with[k]) for k in after)  # final/ untouched
-    into_final = subprocess.run([*FTL, "export", str(run), "--checkpoint", str(run / "checkpoints" / "step-4"),
-                                 "--out", str(run / "final")], cwd=REPO, capture_output=True, text=True)
+    into_final = subprocess.run(
+        [*FTL, "export", str(run), "--checkpoint", str(run / "checkpoints" / "step-4"), "--out", str(run / "final")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert into_final.returncode == 2 and "written by the run itself" in into_final.stderr
 
 
@@ -94,13 +121,20 @@ def test_malformed_row_stops_before_training(tmp_path: Path, tiny_model_dir: Pat
     data = tmp_path / "bad.jsonl"
     good = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
     data.write_text(json.dumps(good) + "\n" + json.dumps({"messages": [{"role": "user", "content": "Q?"}]}) + "\n")
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", data={"train": str(data), "validation": None})
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", data={"train": str(data), "validation": None}
+    )
     result = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert "bad.jsonl line 2: no assistant message" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
 
-    skipped = subprocess.run([*FTL, "train", str(config), "data.skip_bad_rows=true", "training.max_steps=1"], cwd=REPO, capture_output=True, text=True)
+    skipped = subprocess.run(
+        [*FTL, "train", str(config), "data.skip_bad_rows=true", "training.max_steps=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["data"]["train_skipped_bad"] == 1

@@ -32,7 +32,9 @@ def test_two_workers_pass_and_measure_bandwidth(tmp_path: Path) -> None:
 def test_run_dir_not_shared_fails_with_its_message(tmp_path: Path) -> None:
     # Rank 1 sees another (empty) folder at the run-dir path, like a node without the shared mount.
     elsewhere = tmp_path / "node1-local-disk"
-    results = run_local_workers(tmp_path / "shared", 2, size_mb=1, extra_env={1: {RUN_DIR_OVERRIDE_ENV.format(rank=1): str(elsewhere)}})
+    results = run_local_workers(
+        tmp_path / "shared", 2, size_mb=1, extra_env={1: {RUN_DIR_OVERRIDE_ENV.format(rank=1): str(elsewhere)}}
+    )
     check = _by_name(worker_checks(results, 1), "run directory shared")
     assert not check.ok
     assert "ranks [1] do not see the same" in check.detail and "nonce" in check.detail
@@ -52,11 +54,18 @@ def test_unwritable_run_dir_fails_with_its_message(tmp_path: Path) -> None:
 
 def test_cli_doctor_table_and_exit_code(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "cfg.yaml", BUNDLED_MODEL, tmp_path / "runs" / "r1")
-    ok = subprocess.run([*FTL, "doctor", str(cfg), "--size-mb", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [*FTL, "doctor", str(cfg), "--size-mb", "1"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "all-reduce 1 MB across 2 workers (gloo)" in ok.stdout and "0 failed" in ok.stdout
     (tmp_path / "blocker").write_text("x")
-    bad = subprocess.run([*FTL, "doctor", str(cfg), f"output.dir={tmp_path / 'blocker' / 'r1'}", "--size-mb", "1"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [*FTL, "doctor", str(cfg), f"output.dir={tmp_path / 'blocker' / 'r1'}", "--size-mb", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAIL" in bad.stdout and "fix: choose an output.dir" in bad.stdout

@@ -35,11 +35,15 @@ STEPS = 8
 
 def _config(tmp_path: Path, name: str, tiny_model_dir: Path, run_dir: Path | None = None, **checkpoint: Any) -> Path:
     # Dropout on (RNG must be restored), accumulation on (the window must restart cleanly).
-    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, run_dir or tmp_path / name,
-                        method={"lora": {"dropout": 0.1}},
-                        training={"max_steps": STEPS, "gradient_accumulation_steps": 2, "watchdog_timeout_s": 120},
-                        eval={"max_samples": 4},
-                        checkpoint={"every_steps": 2, "keep_last": 2, **checkpoint})
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        tiny_model_dir,
+        run_dir or tmp_path / name,
+        method={"lora": {"dropout": 0.1}},
+        training={"max_steps": STEPS, "gradient_accumulation_steps": 2, "watchdog_timeout_s": 120},
+        eval={"max_samples": 4},
+        checkpoint={"every_steps": 2, "keep_last": 2, **checkpoint},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +54,14 @@ def golden(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Pa
 
 
 def _interrupt(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FTL, "train", str(config)], env=dict(os.environ, **env), cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*FTL, "train", str(config)], env=dict(os.environ, **env), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
-def _resume_and_compare(config: Path, run_dir: Path, golden: Path, caplog: pytest.LogCaptureFixture, expect_from: int) -> None:
+def _resume_and_compare(
+    config: Path, run_dir: Path, golden: Path, caplog: pytest.LogCaptureFixture, expect_from: int
+) -> None:
     caplog.clear()
     with caplog.at_level("INFO", logger="trainer.checkpointing.resume"):
         assert train(str(config), []) == 0
@@ -88,8 +95,15 @@ KILLS = [
 
 
 @pytest.mark.parametrize("point,resume_from,debris", KILLS, ids=[k[0] for k in KILLS])
-def test_kill_at_each_stage(point: str, resume_from: int, debris: str | None, golden: Path, tiny_model_dir: Path,
-                            tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_kill_at_each_stage(
+    point: str,
+    resume_from: int,
+    debris: str | None,
+    golden: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     config = _config(tmp_path, "run", tiny_model_dir)
     killed = _interrupt(config, FTL_FAULT_KILL_AT=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -100,7 +114,9 @@ def test_kill_at_each_stage(point: str, resume_from: int, debris: str | None, go
     _resume_and_compare(config, run_dir, golden, caplog, expect_from=resume_from)
 
 
-def test_kill_while_async_save_in_flight(golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_kill_while_async_save_in_flight(
+    golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = _config(tmp_path, "run", tiny_model_dir, async_save=True)
     killed = _interrupt(config, FTL_FAULT_KILL_AT="async_in_flight@4")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -108,7 +124,9 @@ def test_kill_while_async_save_in_flight(golden: Path, tiny_model_dir: Path, tmp
     _resume_and_compare(config, tmp_path / "run", golden, caplog, expect_from=2)
 
 
-def test_flipped_byte_in_committed_shard(golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_flipped_byte_in_committed_shard(
+    golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = _config(tmp_path, "run", tiny_model_dir)
     stopped = _interrupt(config, FTL_FAULT_STOP_AT_STEP="6")
     assert stopped.returncode == 3, stopped.stderr[-2000:]
@@ -128,13 +146,26 @@ SIGNALS = [
     # (signal, points where the process signals itself, exit code, step it stops at)
     ("USR1", "step_end@3", 128 + signal.SIGUSR1, 3),  # at a step boundary
     ("USR1", "before_manifest@4", 128 + signal.SIGUSR1, 5),  # during a periodic save: stop at the next step
-    ("TERM", "step_end@3,before_rename@3", 128 + signal.SIGTERM, 3),  # twice: again while the stop checkpoint is written
+    (
+        "TERM",
+        "step_end@3,before_rename@3",
+        128 + signal.SIGTERM,
+        3,
+    ),  # twice: again while the stop checkpoint is written
 ]
 
 
 @pytest.mark.parametrize("name,points,code,stop_step", SIGNALS, ids=["boundary", "during-save", "twice"])
-def test_stop_signals(name: str, points: str, code: int, stop_step: int, golden: Path, tiny_model_dir: Path,
-                      tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_stop_signals(
+    name: str,
+    points: str,
+    code: int,
+    stop_step: int,
+    golden: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     config = _config(tmp_path, "run", tiny_model_dir)
     stopped = _interrupt(config, FTL_FAULT_SIGNAL=name, FTL_FAULT_SIGNAL_AT=points)
     assert stopped.returncode == code, stopped.stderr[-2000:]
@@ -145,7 +176,9 @@ def test_stop_signals(name: str, points: str, code: int, stop_step: int, golden:
     _resume_and_compare(config, tmp_path / "run", golden, caplog, expect_from=stop_step)
 
 
-def test_lora_resume_restores_adapter_and_keeps_base(golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_lora_resume_restores_adapter_and_keeps_base(
+    golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = _config(tmp_path, "run", tiny_model_dir)
     assert _interrupt(config, FTL_FAULT_STOP_AT_STEP="4").returncode == 3
     checkpoint = load_file(str(tmp_path / "run" / "checkpoints" / "step-4" / "trainable.safetensors"))
@@ -163,10 +196,17 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
-def test_disk_full_during_save(golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_disk_full_during_save(
+    golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A real ENOSPC: the run directory is on a 64 MiB tmpfs that a filler file fills at step 4's
     save (as another job on the same disk would). Needs root for the mount."""
     disk = tmp_path / "disk"
@@ -195,8 +235,15 @@ def test_disk_full_during_a_two_worker_save(tiny_model_dir: Path, tmp_path: Path
         pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
     try:
         run_dir = disk / "run"
-        config = write_config(tmp_path / "two.yaml", tiny_model_dir, run_dir, training={"max_steps": 6},
-                              eval={"max_samples": 4}, checkpoint={"every_steps": 2}, cluster={"workers": 2})
+        config = write_config(
+            tmp_path / "two.yaml",
+            tiny_model_dir,
+            run_dir,
+            training={"max_steps": 6},
+            eval={"max_samples": 4},
+            checkpoint={"every_steps": 2},
+            cluster={"workers": 2},
+        )
         failed = _interrupt(config, FTL_FAULT_FILL_DISK_AT="before_shards@4")
         assert failed.returncode == 1, failed.stderr[-2000:]
         assert "No space left on device" in failed.stderr and "earlier checkpoints" in failed.stderr
@@ -212,7 +259,9 @@ def test_disk_full_during_a_two_worker_save(tiny_model_dir: Path, tmp_path: Path
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_disk_full_in_tensorboard_writer(golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_disk_full_in_tensorboard_writer(
+    golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The disk fills while TensorBoard writes a step's events (after its metrics.jsonl line): one
     clear error and exit 1, not a traceback; metrics and checkpoints intact; the same command
     resumes once there is room. The run resumes first, so TensorBoard opens a new event file
@@ -244,7 +293,9 @@ def test_refuses_to_start_without_room_for_checkpoints(tiny_model_dir: Path, tmp
 
 
 def test_hung_worker_is_killed_by_the_watchdog(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 4, "watchdog_timeout_s": 3})
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 4, "watchdog_timeout_s": 3}
+    )
     result = _interrupt(config, FTL_FAULT_HANG_AT="step_end@2")
     assert result.returncode == 124, result.stderr[-2000:]
     assert "made no progress" in result.stderr
@@ -263,9 +314,16 @@ RAY_PROGRESS_PER_KILL = 2
 
 def _ray_config(tmp_path: Path, tiny_model_dir: Path, name: str, backend: str) -> Path:
     # Every step is checkpointed, so a kill lands in a commit as often as in a step.
-    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name, parallel={"strategy": "ddp"},
-                        training={"max_steps": RAY_STEPS, "watchdog_timeout_s": 120}, eval={"max_samples": 4},
-                        checkpoint={"every_steps": 1, "keep_last": 2}, cluster={"backend": backend, "workers": 2})
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        tiny_model_dir,
+        tmp_path / name,
+        parallel={"strategy": "ddp"},
+        training={"max_steps": RAY_STEPS, "watchdog_timeout_s": 120},
+        eval={"max_samples": 4},
+        checkpoint={"every_steps": 1, "keep_last": 2},
+        cluster={"backend": backend, "workers": 2},
+    )
 
 
 def _processes_of(tag: str, session: int) -> list[tuple[int, str]]:
@@ -296,7 +354,9 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_ray_two_workers_killed_at_random_moments_resume_to_the_uninterrupted_losses(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_ray_two_workers_killed_at_random_moments_resume_to_the_uninterrupted_losses(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """`ftl train` on the default backend (a local Ray started by ftl, 2 workers) is SIGKILLed with
     its whole process group (ftl, Ray's daemons, the workers) at random moments after a checkpoint,
     3 times, each time rerun with the same command, then run to the end: every step's loss, also
@@ -317,12 +377,24 @@ def test_ray_two_workers_killed_at_random_moments_resume_to_the_uninterrupted_lo
     for attempt in range(RAY_KILLS):
         before = _newest_step(run_dir)
         with (tmp_path / f"attempt-{attempt}.log").open("w") as log:
-            proc = subprocess.Popen([*FTL, "train", str(config)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # its own process group: ftl and everything it starts
+            proc = subprocess.Popen(
+                [*FTL, "train", str(config)],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # its own process group: ftl and everything it starts
         try:
-            _wait(lambda: _newest_step(run_dir) > before or proc.poll() is not None, 400, f"seed {seed}: a new checkpoint")
-            assert proc.poll() is None, f"seed {seed}: attempt {attempt} ended ({proc.returncode}) before the kill:\n" \
-                                        + (tmp_path / f"attempt-{attempt}.log").read_text()[-3000:]
+            _wait(
+                lambda before=before, proc=proc: _newest_step(run_dir) > before or proc.poll() is not None,
+                400,
+                f"seed {seed}: a new checkpoint",
+            )
+            assert proc.poll() is None, (
+                f"seed {seed}: attempt {attempt} ended ({proc.returncode}) before the kill:\n"
+                + (tmp_path / f"attempt-{attempt}.log").read_text()[-3000:]
+            )
             kill_at = time.monotonic() + chance.uniform(0.0, 2.0)
             while time.monotonic() < kill_at and _newest_step(run_dir) < before + RAY_PROGRESS_PER_KILL:
                 time.sleep(0.05)
@@ -334,17 +406,23 @@ def test_ray_two_workers_killed_at_random_moments_resume_to_the_uninterrupted_lo
         assert not survivors, f"processes outlived the killed run (killed now): {survivors}"
         assert _newest_step(run_dir) < RAY_STEPS and not (run_dir / "final").exists(), f"seed {seed}: killed too late"
         kills.append((_newest_step(run_dir), lingered, right_after))
-    print(f"after each kill: (newest checkpoint, seconds until the run's last process was gone, those alive "
-          f"right after the kill): {kills}")
+    print(
+        f"after each kill: (newest checkpoint, seconds until the run's last process was gone, those alive "
+        f"right after the kill): {kills}"
+    )
 
     finished = _interrupt(config, FTL_TEST_PROCESS_TAG=tag)
     assert finished.returncode == 0, f"seed {seed}:\n{finished.stderr[-3000:]}"
     have = read_metrics(run_dir, "train")
     assert sorted({r["step"] for r in have}) == list(range(1, RAY_STEPS + 1)), f"seed {seed}"
     for record in have:  # steps trained before a kill and again after it: every record counts
-        assert record["loss"] == want[record["step"]], f"seed {seed}: step {record['step']}: {record['loss']} != {want[record['step']]}"
+        assert record["loss"] == want[record["step"]], (
+            f"seed {seed}: step {record['step']}: {record['loss']} != {want[record['step']]}"
+        )
     assert all(validate_checkpoint(p) is None for p in committed_checkpoints(run_dir))
-    assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith((".tmp-", ".purge-", "invalid-"))]
+    assert not [
+        p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith((".tmp-", ".purge-", "invalid-"))
+    ]
 
 
 def _reap(tag: str, session: int) -> tuple[list[tuple[int, str]], float, list[str]]:

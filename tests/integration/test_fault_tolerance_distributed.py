@@ -34,16 +34,34 @@ pytestmark = pytest.mark.integration
 STEPS = 4
 
 
-def _config(tmp_path: Path, name: str, tiny_model_dir: Path, parallel: dict[str, Any], workers: int = 2, micro: int = 2,
-            steps: int = STEPS, method: str = "lora", **checkpoint: Any) -> Path:
-    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name, parallel=parallel, method={"type": method},
-                        training={"max_steps": steps, "micro_batch_size": micro}, eval={"max_samples": 4},
-                        checkpoint={"every_steps": 2, **checkpoint}, cluster={"workers": workers})
+def _config(
+    tmp_path: Path,
+    name: str,
+    tiny_model_dir: Path,
+    parallel: dict[str, Any],
+    workers: int = 2,
+    micro: int = 2,
+    steps: int = STEPS,
+    method: str = "lora",
+    **checkpoint: Any,
+) -> Path:
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        tiny_model_dir,
+        tmp_path / name,
+        parallel=parallel,
+        method={"type": method},
+        training={"max_steps": steps, "micro_batch_size": micro},
+        eval={"max_samples": 4},
+        checkpoint={"every_steps": 2, **checkpoint},
+        cluster={"workers": workers},
+    )
 
 
 def _train(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FTL, "train", str(config)], env=dict(os.environ, **env), cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [*FTL, "train", str(config)], env=dict(os.environ, **env), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -183,7 +201,10 @@ def test_universal_copy_is_reused_only_when_it_matches(tiny_model_dir: Path, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = tmp_path / "golden" / "checkpoints" / "step-2"
     copy = prepare_universal(checkpoint, tmp_path / "resumed", rank=0)
-    assert copy == tmp_path / "resumed" / ".universal" / "step-2" and (copy / "ds" / "zero" / "optimizer_state.pt").is_file()
+    assert (
+        copy == tmp_path / "resumed" / ".universal" / "step-2"
+        and (copy / "ds" / "zero" / "optimizer_state.pt").is_file()
+    )
     made = (copy / SOURCE_FILE).stat().st_mtime_ns
     assert prepare_universal(checkpoint, tmp_path / "resumed", rank=0) == copy
     assert (copy / SOURCE_FILE).stat().st_mtime_ns == made  # reused, not converted again
@@ -204,8 +225,13 @@ def test_universal_copy_is_reused_only_when_it_matches(tiny_model_dir: Path, tmp
 def test_hung_collective_fails_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Rank 1 stops answering; rank 0's next collective times out after cluster.collective_timeout_s
     (not the 30-minute default) and the run exits non-zero (the watchdog is off to show that)."""
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 4, "watchdog_timeout_s": 0},
-                          cluster={"workers": 2, "collective_timeout_s": 10})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        training={"max_steps": 4, "watchdog_timeout_s": 0},
+        cluster={"workers": 2, "collective_timeout_s": 10},
+    )
     started = time.monotonic()
     result = _train(config, FTL_FAULT_HANG_AT="step_end@2", FTL_FAULT_RANK="1")
     assert result.returncode not in (0, None)
@@ -222,9 +248,24 @@ def test_workers_that_do_not_share_the_run_dir_are_refused(tiny_model_dir: Path,
     for rank, run_dir in enumerate(dirs):
         run_dir.mkdir(parents=True)
         write_config(run_dir / "config.yaml", tiny_model_dir, run_dir, cluster={"workers": 2})
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "cluster.worker", str(run_dir)], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "cluster.worker", str(run_dir)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [2, 2], outputs
     assert all("output.dir is not shared by all workers: rank 1" in out for out in outputs)
@@ -241,9 +282,12 @@ def _free_port() -> int:
 def test_stop_signal_reaches_every_worker(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A real SIGTERM to the launcher (what Slurm/Kubernetes send) is forwarded to both workers,
     which checkpoint at the same step and exit with 143."""
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 400},
-                          cluster={"workers": 2})
-    proc = subprocess.Popen([*FTL, "train", str(config)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 400}, cluster={"workers": 2}
+    )
+    proc = subprocess.Popen(
+        [*FTL, "train", str(config)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while len(read_metrics(tmp_path / "run", "train")) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)

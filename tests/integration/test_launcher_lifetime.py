@@ -26,25 +26,37 @@ EXIT_WITHIN_S = 60
 
 
 @pytest.mark.parametrize("backend", ["local", "torchrun", "ray"])
-def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(backend: str, tmp_path: Path,
-                                                                               tiny_model_dir: Path) -> None:
+def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(
+    backend: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     run_dir, go_on = tmp_path / "run", tmp_path / "go-on"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, run_dir, training={"max_steps": 6},
-                          checkpoint={"every_steps": 1}, parallel={"strategy": "ddp"},
-                          cluster={"backend": backend, "workers": 2})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        run_dir,
+        training={"max_steps": 6},
+        checkpoint={"every_steps": 1},
+        parallel={"strategy": "ddp"},
+        cluster={"backend": backend, "workers": 2},
+    )
     # Rank 0 holds at the end of step 2 until the test says go on: the kill lands at a known point.
     env = {**os.environ, "FTL_FAULT_WAIT_AT": f"step_end@2={go_on}"}
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:
-        launcher = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                    start_new_session=True)
+        launcher = subprocess.Popen(
+            [*FTL, "train", str(config)], stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True
+        )
     started: list[psutil.Process] = []
     try:
         _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir() or launcher.poll() is not None, timeout=400)
         assert launcher.poll() is None, stderr.read_text()[-3000:]
         started = psutil.Process(launcher.pid).children(recursive=True)
-        exposed = [(p.name(), c.laddr) for p in [psutil.Process(launcher.pid), *started] for c in _listening(p)
-                   if c.laddr.ip not in LOOPBACK]
+        exposed = [
+            (p.name(), c.laddr)
+            for p in [psutil.Process(launcher.pid), *started]
+            for c in _listening(p)
+            if c.laddr.ip not in LOOPBACK
+        ]
         assert not exposed, f"listening beyond loopback: {exposed}"
 
         os.kill(launcher.pid, signal.SIGKILL)  # the ftl process only, not its group

@@ -11,11 +11,11 @@ import torch
 
 from launcher.commands import train
 from launcher.run_dir import load_snapshot
-from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
-from trainer.metrics import read_metrics
-from trainer.methods import apply_method
-from trainer.model_builder import load_model, quantization_config, use_exact_cpu_4bit_kernels
 from tests.conftest import write_config
+from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
+from trainer.methods import apply_method
+from trainer.metrics import read_metrics
+from trainer.model_builder import load_model, quantization_config, use_exact_cpu_4bit_kernels
 
 pytestmark = pytest.mark.integration
 
@@ -42,11 +42,18 @@ def _logits(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "dora", "qlora"])
-def test_method_trains_and_exports_loadable_equivalent_models(method: str, tiny_model_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
+def test_method_trains_and_exports_loadable_equivalent_models(
+    method: str, tiny_model_dir: Path, tokenizer: Any, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
-    config = write_config(tmp_path / "cfg.yaml", tiny_model_dir, run_dir,
-                          method={"type": method}, training={"max_steps": STEPS, "learning_rate": LR[method]},
-                          checkpoint={"every_steps": STEPS})
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        tiny_model_dir,
+        run_dir,
+        method={"type": method},
+        training={"max_steps": STEPS, "learning_rate": LR[method]},
+        checkpoint={"every_steps": STEPS},
+    )
     assert train(str(config), []) == 0
 
     losses = [r["loss"] for r in read_metrics(run_dir, "train")]
@@ -73,4 +80,6 @@ def test_method_trains_and_exports_loadable_equivalent_models(method: str, tiny_
     adapted = PeftModel.from_pretrained(base, str(run_dir / "final" / "adapter")).eval()
     torch.testing.assert_close(_logits(adapted, tokenizer), trained, atol=ADAPTER_ATOL, rtol=0)
     # The base weights themselves never changed: the adapter holds everything learned.
-    assert (run_dir / "final" / "adapter" / "adapter_model.safetensors").stat().st_size < (run_dir / "final" / "merged" / "model.safetensors").stat().st_size
+    assert (run_dir / "final" / "adapter" / "adapter_model.safetensors").stat().st_size < (
+        run_dir / "final" / "merged" / "model.safetensors"
+    ).stat().st_size

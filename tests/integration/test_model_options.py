@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from launcher.cli import main
 from launcher.commands import train
-from trainer.metrics import read_metrics
 from tests.conftest import FTL, REPO, write_config
+from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +28,15 @@ def _losses(run_dir: Path) -> list[float]:
 def test_offloading_and_compile_train_with_the_plain_losses(tiny_model_dir: Path, tmp_path: Path) -> None:
     runs = {"plain": {}, "offload": {"activation_offloading": True}, "compiled": {"compile": True}}
     for name, options in runs.items():
-        config = write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name,
-                              model={"gradient_checkpointing": True, **options}, training={"max_steps": 3},
-                              data={"validation": None}, eval={"at_start": False})  # no evaluation: no inference graph to compile
+        config = write_config(
+            tmp_path / f"{name}.yaml",
+            tiny_model_dir,
+            tmp_path / name,
+            model={"gradient_checkpointing": True, **options},
+            training={"max_steps": 3},
+            data={"validation": None},
+            eval={"at_start": False},
+        )  # no evaluation: no inference graph to compile
         assert train(str(config), []) == 0, name
     plain = _losses(tmp_path / "plain")
     assert len(plain) == 3
@@ -46,15 +52,24 @@ STEPS = 6
 
 
 def _bf16_config(tmp_path: Path, name: str, tiny_model_dir: Path) -> Path:
-    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name,
-                        model={"dtype": "bfloat16"}, method={"type": "lora", "adapter_dtype": "compute"},
-                        training={"max_steps": STEPS, "learning_rate": 1e-2},
-                        checkpoint={"every_steps": 3, "keep_last": 2}, eval={"at_start": False})
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        tiny_model_dir,
+        tmp_path / name,
+        model={"dtype": "bfloat16"},
+        method={"type": "lora", "adapter_dtype": "compute"},
+        training={"max_steps": STEPS, "learning_rate": 1e-2},
+        checkpoint={"every_steps": 3, "keep_last": 2},
+        eval={"at_start": False},
+    )
 
 
 def _logits(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
-    batch = tokenizer(["<s><|user|>\nWhat is the capital of Zorblat?<|end|>\n<|assistant|>\n"], return_tensors="pt",
-                      add_special_tokens=False)
+    batch = tokenizer(
+        ["<s><|user|>\nWhat is the capital of Zorblat?<|end|>\n<|assistant|>\n"],
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     with torch.no_grad():
         return model(**batch).logits.float()
 
@@ -68,8 +83,13 @@ def test_compute_dtype_adapters_train_resume_and_export(tiny_model_dir: Path, to
     assert {t.dtype for t in adapter.values()} == {torch.bfloat16}  # trained and saved in the compute dtype
 
     interrupted = _bf16_config(tmp_path, "interrupted", tiny_model_dir)
-    first = subprocess.run([*FTL, "train", str(interrupted)], env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="3"),
-                           cwd=REPO, capture_output=True, text=True)
+    first = subprocess.run(
+        [*FTL, "train", str(interrupted)],
+        env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="3"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert first.returncode == 3, first.stderr[-2000:]
     assert train(str(interrupted), []) == 0
     assert _losses(tmp_path / "interrupted") == losses  # bf16 weights and bf16 AdamW states restored exactly
@@ -87,8 +107,9 @@ def test_compute_dtype_adapters_train_resume_and_export(tiny_model_dir: Path, to
     torch.testing.assert_close(_logits(merged, tokenizer), adapted, atol=0.1, rtol=0.05)
 
 
-def test_liger_kernels_on_a_cpu_worker_stop_the_run_with_the_fix(tiny_model_dir: Path, tmp_path: Path,
-                                                                 capfd: pytest.CaptureFixture[str]) -> None:
+def test_liger_kernels_on_a_cpu_worker_stop_the_run_with_the_fix(
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     config = write_config(tmp_path / "liger.yaml", tiny_model_dir, tmp_path / "liger", model={"liger_kernels": True})
     assert main(["train", str(config)]) == 2  # an input error, before any model work
     err = capfd.readouterr().err

@@ -33,9 +33,15 @@ OPTIMIZERS = {
 def _config(tmp_path: Path, name: str, model_dir: Path, training: dict[str, Any], **sections: dict[str, Any]) -> Path:
     # Full fine-tuning: the tiny model's embeddings and MLP weights are above bitsandbytes'
     # min_8bit_size (4096 elements), so the 8-bit optimizers really keep 8-bit states.
-    return write_config(tmp_path / f"{name}.yaml", model_dir, tmp_path / name, method={"type": "full"},
-                        training={"max_steps": STEPS, "learning_rate": 1e-3, "max_grad_norm": None, **training},
-                        checkpoint={"every_steps": 2}, **sections)
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        model_dir,
+        tmp_path / name,
+        method={"type": "full"},
+        training={"max_steps": STEPS, "learning_rate": 1e-3, "max_grad_norm": None, **training},
+        checkpoint={"every_steps": 2},
+        **sections,
+    )
 
 
 @pytest.mark.parametrize("kind", list(OPTIMIZERS))
@@ -44,8 +50,13 @@ def test_stopped_run_resumes_exactly(kind: str, tmp_path: Path, tiny_model_dir: 
     golden = _config(tmp_path, "golden", tiny_model_dir, training)
     assert train(str(golden), []) == 0
     interrupted = _config(tmp_path, "interrupted", tiny_model_dir, training)
-    first = subprocess.run([*FTL, "train", str(interrupted)], env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="2"), cwd=REPO,
-                           capture_output=True, text=True)
+    first = subprocess.run(
+        [*FTL, "train", str(interrupted)],
+        env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="2"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert first.returncode == 3, first.stderr[-2000:]
     checkpoint = tmp_path / "interrupted" / "checkpoints" / "step-2"
     state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)["optimizer"]
@@ -64,9 +75,16 @@ def test_in_backward_step_equals_the_ordinary_step(tmp_path: Path, tiny_model_di
     """Same maths, only the moment of the step differs: the losses agree bit for bit (CPU), and no
     grad norm is reported (there is no global norm)."""
     plain = _config(tmp_path, "plain", tiny_model_dir, {"max_steps": 3})
-    fused = _config(tmp_path, "fused", tiny_model_dir, {"max_steps": 3, "optimizer_in_backward": True},
-                    transfer={"learning_rates": {"layer_decay": 0.8}})
-    grouped = _config(tmp_path, "grouped", tiny_model_dir, {"max_steps": 3}, transfer={"learning_rates": {"layer_decay": 0.8}})
+    fused = _config(
+        tmp_path,
+        "fused",
+        tiny_model_dir,
+        {"max_steps": 3, "optimizer_in_backward": True},
+        transfer={"learning_rates": {"layer_decay": 0.8}},
+    )
+    grouped = _config(
+        tmp_path, "grouped", tiny_model_dir, {"max_steps": 3}, transfer={"learning_rates": {"layer_decay": 0.8}}
+    )
     for config in (plain, fused, grouped):
         assert train(str(config), []) == 0
     assert train_losses(tmp_path / "fused") == train_losses(tmp_path / "grouped")
@@ -79,11 +97,18 @@ def test_in_backward_step_equals_the_ordinary_step(tmp_path: Path, tiny_model_di
 
 def test_resume_with_another_optimizer_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
     config = _config(tmp_path, "run", tiny_model_dir, {"optimizer": "adamw"})
-    stopped = subprocess.run([*FTL, "train", str(config)], env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="2"), cwd=REPO,
-                             capture_output=True, text=True)
+    stopped = subprocess.run(
+        [*FTL, "train", str(config)],
+        env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="2"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert stopped.returncode == 3, stopped.stderr[-2000:]
-    for override, expected in (("training.optimizer=adamw_8bit", "holds training.optimizer=adamw state"),
-                               ("training.optimizer_in_backward=true", "optimizer_in_backward=false")):
+    for override, expected in (
+        ("training.optimizer=adamw_8bit", "holds training.optimizer=adamw state"),
+        ("training.optimizer_in_backward=true", "optimizer_in_backward=false"),
+    ):
         again = subprocess.run([*FTL, "train", str(config), override], cwd=REPO, capture_output=True, text=True)
         assert again.returncode == 2, again.stderr[-2000:]
         assert expected in again.stderr, again.stderr[-2000:]
@@ -94,17 +119,33 @@ def test_in_backward_fsdp_on_ray_restarts_and_matches(tmp_path: Path, tiny_model
     the losses equal the ordinary FSDP2 step's, and a worker killed mid-step 3 is restarted by Ray
     from the step-2 checkpoint (DCP, per-parameter optimizer states) with the same losses."""
     fsdp = {"parallel": {"strategy": "fsdp"}}
-    plain = _config(tmp_path, "plain", tiny_model_dir, {"max_steps": 4, "micro_batch_size": 2},
-                    cluster={"backend": "local", "workers": 2}, **fsdp)
+    plain = _config(
+        tmp_path,
+        "plain",
+        tiny_model_dir,
+        {"max_steps": 4, "micro_batch_size": 2},
+        cluster={"backend": "local", "workers": 2},
+        **fsdp,
+    )
     out = subprocess.run([*FTL, "train", str(plain)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     golden = train_losses(tmp_path / "plain")
-    config = _config(tmp_path, "ray", tiny_model_dir, {"max_steps": 4, "micro_batch_size": 2, "optimizer_in_backward": True},
-                     cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address, "max_failures": 1}},
-                     **fsdp)
-    kill = {"FTL_FAULT_KILL_AT": "micro@3", "FTL_FAULT_RANK": "1", "FTL_FAULT_ONCE_MARKER": str(tmp_path / "kill.marker")}
-    out = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=900,
-                         env={**os.environ, **kill})
+    config = _config(
+        tmp_path,
+        "ray",
+        tiny_model_dir,
+        {"max_steps": 4, "micro_batch_size": 2, "optimizer_in_backward": True},
+        cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address, "max_failures": 1}},
+        **fsdp,
+    )
+    kill = {
+        "FTL_FAULT_KILL_AT": "micro@3",
+        "FTL_FAULT_RANK": "1",
+        "FTL_FAULT_ONCE_MARKER": str(tmp_path / "kill.marker"),
+    }
+    out = subprocess.run(
+        [*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, **kill}
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "kill.marker").exists()  # rank 1 really died inside step 3
     log = (tmp_path / "ray" / "logs" / "rank-0.log").read_text()
@@ -137,15 +178,22 @@ def test_leaner_optimizers_lower_the_measured_peak(tmp_path: Path, tiny_model_di
     from tests.integration.plan_measure import measure_step
 
     measured = {}
-    for name, training in {"adamw": {}, "adamw_8bit": {"optimizer": "adamw_8bit"},
-                           "in_backward": {"optimizer_in_backward": True}}.items():
+    for name, training in {
+        "adamw": {},
+        "adamw_8bit": {"optimizer": "adamw_8bit"},
+        "in_backward": {"optimizer_in_backward": True},
+    }.items():
         (tmp_path / name).mkdir()
         # One short sequence: activations small next to weights, gradients and states, as for large models.
-        config = _config(tmp_path / name, "cfg", tiny_model_dir, {"micro_batch_size": 1, **training}, data={"max_seq_len": 16})
+        config = _config(
+            tmp_path / name, "cfg", tiny_model_dir, {"micro_batch_size": 1, **training}, data={"max_seq_len": 16}
+        )
         measured[name] = measure_step(load_config(config))
     for name, figures in measured.items():
-        print(f"{name}: peak {figures['peak'] / 2**20:.2f} MiB, optimizer states {figures['optimizer'] / 2**20:.2f} MiB, "
-              f"gradients after backward {figures['grads'] / 2**20:.2f} MiB")
+        print(
+            f"{name}: peak {figures['peak'] / 2**20:.2f} MiB, optimizer states {figures['optimizer'] / 2**20:.2f} MiB, "
+            f"gradients after backward {figures['grads'] / 2**20:.2f} MiB"
+        )
     assert measured["in_backward"]["grads"] == 0 < measured["adamw"]["grads"]
     assert measured["in_backward"]["peak"] < measured["adamw"]["peak"]
     assert measured["adamw_8bit"]["optimizer"] < measured["adamw"]["optimizer"] / 2

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from launcher.commands import train
-from trainer.metrics import read_metrics
 from tests.conftest import FTL, REPO, write_config
+from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,12 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 def _sections(method: str, micro: int) -> dict[str, Any]:
     return dict(
         method={"type": method},
-        training={"max_steps": STEPS, "micro_batch_size": micro, "gradient_accumulation_steps": 2, "learning_rate": LR[method]},
+        training={
+            "max_steps": STEPS,
+            "micro_batch_size": micro,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": LR[method],
+        },
         eval={"max_samples": 8},
     )
 
@@ -83,14 +88,24 @@ ADAPTER_STRATEGIES = ("ddp", "fsdp", "zero2", "zero3", "zero3-offload")
 # is on in three cells whose path without it runs in another cell (DoRA/QLoRA under DDP and ZeRO-3,
 # FSDP2 without resharding for full fine-tuning), so a cell with it is not run twice.
 CHECKPOINTED = {("lora", "ddp"), ("lora", "zero3"), ("full", "fsdp")}
-CELLS = [(method, strategy, (method, strategy) in CHECKPOINTED)
-         for method, strategies in (("full", STRATEGIES), ("lora", ADAPTER_STRATEGIES), ("dora", ADAPTER_STRATEGIES),
-                                    ("qlora", ADAPTER_STRATEGIES))
-         for strategy in strategies]
+CELLS = [
+    (method, strategy, (method, strategy) in CHECKPOINTED)
+    for method, strategies in (
+        ("full", STRATEGIES),
+        ("lora", ADAPTER_STRATEGIES),
+        ("dora", ADAPTER_STRATEGIES),
+        ("qlora", ADAPTER_STRATEGIES),
+    )
+    for strategy in strategies
+]
 
 
-@pytest.mark.parametrize("method,strategy,checkpointing", CELLS, ids=[f"{m}-{s}{'-gc' if g else ''}" for m, s, g in CELLS])
-def test_two_workers_match_one_process(method: str, strategy: str, checkpointing: bool, references: dict[str, Path], tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "method,strategy,checkpointing", CELLS, ids=[f"{m}-{s}{'-gc' if g else ''}" for m, s, g in CELLS]
+)
+def test_two_workers_match_one_process(
+    method: str, strategy: str, checkpointing: bool, references: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     sections = _sections(method, MICRO)
     sections["parallel"] = STRATEGIES[strategy]
     sections["model"] = {"gradient_checkpointing": checkpointing}
@@ -111,14 +126,21 @@ def test_two_workers_match_one_process(method: str, strategy: str, checkpointing
 
 
 def test_strategy_none_rejects_several_workers(tmp_path: Path, tiny_model_dir: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", parallel={"strategy": "none"}, cluster={"workers": 2})
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", parallel={"strategy": "none"}, cluster={"workers": 2}
+    )
     result = subprocess.run([*FTL, "validate", str(config)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "use ddp, fsdp or deepspeed" in result.stderr
 
 
 def test_worker_failure_stops_the_run(tmp_path: Path, tiny_model_dir: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", cluster={"workers": 2},
-                          model={"attn_implementation": "flash_attention_2"})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        cluster={"workers": 2},
+        model={"attn_implementation": "flash_attention_2"},
+    )
     result = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
     # The worker's own message reaches the user, the launcher exits with its code, nobody hangs.
     assert result.returncode == 2
@@ -130,21 +152,33 @@ def test_worker_failure_stops_the_run(tmp_path: Path, tiny_model_dir: Path) -> N
     "parallel,message",
     [
         ({"strategy": "ddp", "offload_optimizer": "cpu"}, "offload_optimizer needs parallel.strategy=deepspeed"),
-        ({"strategy": "deepspeed", "zero_stage": 2, "offload_params": "cpu"}, "offload_params needs parallel.zero_stage=3"),
+        (
+            {"strategy": "deepspeed", "zero_stage": 2, "offload_params": "cpu"},
+            "offload_params needs parallel.zero_stage=3",
+        ),
         ({"strategy": "fsdp", "offload_params": "nvme", "nvme_path": "/tmp"}, "fsdp offloads to cpu only"),
         ({"strategy": "deepspeed", "zero_stage": 3, "offload_params": "nvme"}, "nvme_path is required"),
         ({"strategy": "ddp", "mixed_precision": "fp16"}, "use bf16, or parallel.strategy=deepspeed"),
     ],
 )
-def test_rejected_combinations_say_what_to_use(parallel: dict, message: str, tmp_path: Path, tiny_model_dir: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", parallel=parallel, cluster={"workers": 2})
+def test_rejected_combinations_say_what_to_use(
+    parallel: dict, message: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", parallel=parallel, cluster={"workers": 2}
+    )
     result = subprocess.run([*FTL, "validate", str(config)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def test_fsdp_cpu_offload_without_gpu_is_refused_before_training(tmp_path: Path, tiny_model_dir: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run",
-                          parallel={"strategy": "fsdp", "offload_params": "cpu"}, cluster={"workers": 2})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        parallel={"strategy": "fsdp", "offload_params": "cpu"},
+        cluster={"workers": 2},
+    )
     result = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "this worker has no GPU" in result.stderr

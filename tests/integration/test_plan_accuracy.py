@@ -23,8 +23,22 @@ from tests.integration.plan_measure import measure_step
 PEAK_TOLERANCE = 0.10
 # Two larger variants of the bundled architecture: wider, deeper, other head layouts.
 LARGER = {
-    "wide": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32},
-    "deep": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 64},
+    "wide": {
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 32,
+    },
+    "deep": {
+        "hidden_size": 384,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+    },
     # A vocabulary large enough that the loss path dominates the step (as 128k does for 8B models).
     "bigvocab": {"vocab_size": 16384},
 }
@@ -51,8 +65,13 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def planned(memory: MemoryPlan) -> dict[str, int]:
     weights = sum(i.bytes for i in memory.items if i.label.startswith("weights") and "block scales" not in i.label)
-    return {"params": weights, "grads": memory.state_bytes("gradients"), "optimizer": memory.state_bytes("optimizer"),
-            "quant_state": memory.state_bytes("weights, frozen: 4-bit block"), "peak": memory.peak_bytes}
+    return {
+        "params": weights,
+        "grads": memory.state_bytes("gradients"),
+        "optimizer": memory.state_bytes("optimizer"),
+        "quant_state": memory.state_bytes("weights, frozen: 4-bit block"),
+        "peak": memory.peak_bytes,
+    }
 
 
 def _config(tmp_path: Path, model_dir: Path, **sections: dict[str, Any]) -> Any:
@@ -70,10 +89,24 @@ CASES = [
 @pytest.mark.integration
 @pytest.mark.parametrize("model", ["bundled", "wide", "deep"])
 @pytest.mark.parametrize("method,mb,seq,checkpointing,attention", CASES, ids=[c[0] for c in CASES])
-def test_plan_matches_measured_single_process(model: str, method: str, mb: int, seq: int, checkpointing: bool, attention: str,
-                                              model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    cfg = _config(tmp_path, model_dirs[model], model={"gradient_checkpointing": checkpointing, "attn_implementation": attention},
-                  method={"type": method}, training={"micro_batch_size": mb}, data={"max_seq_len": seq})
+def test_plan_matches_measured_single_process(
+    model: str,
+    method: str,
+    mb: int,
+    seq: int,
+    checkpointing: bool,
+    attention: str,
+    model_dirs: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    cfg = _config(
+        tmp_path,
+        model_dirs[model],
+        model={"gradient_checkpointing": checkpointing, "attn_implementation": attention},
+        method={"type": method},
+        training={"micro_batch_size": mb},
+        data={"max_seq_len": seq},
+    )
     plan = planned(plan_run(cfg, Target(accelerator("cpu")), with_throughput=False).memory)
     measured = measure_step(cfg)
     for key in ("params", "grads", "optimizer", "quant_state"):
@@ -85,9 +118,18 @@ def test_plan_matches_measured_single_process(model: str, method: str, mb: int, 
 @pytest.mark.parametrize("case", ["eager_full", "lora_dropout_checkpointed", "full_accumulation"])
 def test_plan_peak_other_settings(case: str, tmp_path: Path) -> None:
     sections = {
-        "eager_full": dict(model={"attn_implementation": "eager"}, method={"type": "full"}, training={"micro_batch_size": 2}, data={"max_seq_len": 256}),
-        "lora_dropout_checkpointed": dict(model={"gradient_checkpointing": True}, method={"lora": {"dropout": 0.1}}, training={"micro_batch_size": 4}),
-        "full_accumulation": dict(method={"type": "full"}, training={"micro_batch_size": 2, "gradient_accumulation_steps": 2}),
+        "eager_full": dict(
+            model={"attn_implementation": "eager"},
+            method={"type": "full"},
+            training={"micro_batch_size": 2},
+            data={"max_seq_len": 256},
+        ),
+        "lora_dropout_checkpointed": dict(
+            model={"gradient_checkpointing": True}, method={"lora": {"dropout": 0.1}}, training={"micro_batch_size": 4}
+        ),
+        "full_accumulation": dict(
+            method={"type": "full"}, training={"micro_batch_size": 2, "gradient_accumulation_steps": 2}
+        ),
     }[case]
     cfg = _config(tmp_path, BUNDLED_MODEL, **sections)
     plan = planned(plan_run(cfg, Target(accelerator("cpu")), with_throughput=False).memory)
@@ -101,11 +143,25 @@ def test_plan_peak_other_settings(case: str, tmp_path: Path) -> None:
 def test_plan_matches_each_rank_of_two_workers(strategy: str, tmp_path: Path) -> None:
     from cluster.local import free_port, spawn_module
 
-    path = write_config(tmp_path / "cfg.yaml", BUNDLED_MODEL, tmp_path / "run", method={"type": "full"},
-                        parallel={"strategy": strategy}, cluster={"workers": 2}, training={"micro_batch_size": 2})
+    path = write_config(
+        tmp_path / "cfg.yaml",
+        BUNDLED_MODEL,
+        tmp_path / "run",
+        method={"type": "full"},
+        parallel={"strategy": strategy},
+        cluster={"workers": 2},
+        training={"micro_batch_size": 2},
+    )
     cfg = load_config(path)
     out = tmp_path / "measured"
-    spawn_module("tests.integration.plan_measure", [str(path), str(out)], 2, free_port(), tmp_path / "logs", rank0_to_terminal=False)
+    spawn_module(
+        "tests.integration.plan_measure",
+        [str(path), str(out)],
+        2,
+        free_port(),
+        tmp_path / "logs",
+        rank0_to_terminal=False,
+    )
     plan = planned(plan_run(cfg, Target(accelerator("cpu"), gpus_per_node=2), with_throughput=False).memory)
     rank0 = json.loads(Path(f"{out}.rank-0.json").read_text())
     for key in ("params", "grads", "optimizer"):
@@ -113,6 +169,7 @@ def test_plan_matches_each_rank_of_two_workers(strategy: str, tmp_path: Path) ->
 
 
 # --- issue 13: the lean settings, planned against the real trainer ---------------------------------
+
 
 def _bitsandbytes_cpu_problem() -> str | None:
     """Why bitsandbytes' 8-bit AdamW cannot step on this CPU, or None when it can."""
@@ -135,10 +192,22 @@ LEAN_CASES = {
     "chunked_lora": ("bigvocab", "lora", {"training": {"loss": {"chunked": True, "chunk_tokens": 128}}}),
     "full_logits_bigvocab": ("bigvocab", "lora", {"training": {"loss": {"chunked": False}}}),
     "adamw_8bit_full": ("wide", "full", {"training": {"optimizer": "adamw_8bit"}}),
-    "in_backward_full": ("bigvocab", "full", {"training": {"optimizer_in_backward": True, "max_grad_norm": None,
-                                                           "loss": {"chunked": True, "chunk_tokens": 128}}}),
-    "in_backward_8bit_full": ("wide", "full", {"training": {"optimizer": "adamw_8bit", "optimizer_in_backward": True,
-                                                            "max_grad_norm": None}}),
+    "in_backward_full": (
+        "bigvocab",
+        "full",
+        {
+            "training": {
+                "optimizer_in_backward": True,
+                "max_grad_norm": None,
+                "loss": {"chunked": True, "chunk_tokens": 128},
+            }
+        },
+    ),
+    "in_backward_8bit_full": (
+        "wide",
+        "full",
+        {"training": {"optimizer": "adamw_8bit", "optimizer_in_backward": True, "max_grad_norm": None}},
+    ),
 }
 
 
@@ -166,9 +235,17 @@ def test_chunked_loss_is_planned_and_measured_leaner(model_dirs: dict[str, Path]
     """The planner's gain from the chunked loss is the real one (within the 10% tolerance)."""
     peaks = {}
     for chunked in (False, True):
-        cfg = _config(tmp_path, model_dirs["bigvocab"], method={"type": "lora"}, data={"max_seq_len": 128},
-                      training={"micro_batch_size": 4, "loss": {"chunked": chunked, "chunk_tokens": 128}})
-        peaks[chunked] = (plan_run(cfg, Target(accelerator("cpu")), with_throughput=False).memory.peak_bytes, measure_step(cfg)["peak"])
+        cfg = _config(
+            tmp_path,
+            model_dirs["bigvocab"],
+            method={"type": "lora"},
+            data={"max_seq_len": 128},
+            training={"micro_batch_size": 4, "loss": {"chunked": chunked, "chunk_tokens": 128}},
+        )
+        peaks[chunked] = (
+            plan_run(cfg, Target(accelerator("cpu")), with_throughput=False).memory.peak_bytes,
+            measure_step(cfg)["peak"],
+        )
     planned_gain = peaks[False][0] - peaks[True][0]
     measured_gain = peaks[False][1] - peaks[True][1]
     assert measured_gain > 0

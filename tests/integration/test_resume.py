@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from launcher.commands import train
+from tests.conftest import FTL, REPO, write_config
 from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.metrics import read_metrics
-from tests.conftest import FTL, REPO, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +23,19 @@ STEPS = 8
 
 def _config(tmp_path: Path, name: str, tiny_model_dir: Path) -> Path:
     # Dropout on, so the test also proves RNG state is restored, not just weights.
-    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name,
-                        method={"lora": {"dropout": 0.1}},
-                        training={"max_steps": STEPS, "gradient_accumulation_steps": 2},
-                        checkpoint={"every_steps": 3, "keep_last": 2})
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        tiny_model_dir,
+        tmp_path / name,
+        method={"lora": {"dropout": 0.1}},
+        training={"max_steps": STEPS, "gradient_accumulation_steps": 2},
+        checkpoint={"every_steps": 3, "keep_last": 2},
+    )
 
 
-def test_stopped_run_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_stopped_run_resumes_bit_exactly(
+    tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     golden = _config(tmp_path, "golden", tiny_model_dir)
     assert train(str(golden), []) == 0
 
@@ -68,9 +74,15 @@ def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_di
 
 def test_two_worker_ddp_run_stops_and_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
     def config(name: str) -> Path:
-        return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name,
-                            method={"lora": {"dropout": 0.1}}, training={"max_steps": 6, "micro_batch_size": 2},
-                            checkpoint={"every_steps": 2}, cluster={"workers": 2})
+        return write_config(
+            tmp_path / f"{name}.yaml",
+            tiny_model_dir,
+            tmp_path / name,
+            method={"lora": {"dropout": 0.1}},
+            training={"max_steps": 6, "micro_batch_size": 2},
+            checkpoint={"every_steps": 2},
+            cluster={"workers": 2},
+        )
 
     golden = subprocess.run([*FTL, "train", str(config("golden"))], cwd=REPO, capture_output=True, text=True)
     assert golden.returncode == 0, golden.stderr[-2000:]
@@ -85,7 +97,9 @@ def test_two_worker_ddp_run_stops_and_resumes_bit_exactly(tmp_path: Path, tiny_m
     assert second.returncode == 0, second.stderr[-2000:]
     assert "ftl: resumed from checkpoints/step-3 (sample 12)" in second.stderr  # said once, by rank 0
     assert second.stderr.count("ftl: resumed from") == 1
-    assert [r["loss"] for r in read_metrics(tmp_path / "interrupted", "train")] == [r["loss"] for r in read_metrics(tmp_path / "golden", "train")]
+    assert [r["loss"] for r in read_metrics(tmp_path / "interrupted", "train")] == [
+        r["loss"] for r in read_metrics(tmp_path / "golden", "train")
+    ]
     golden_adapter = load_file(str(tmp_path / "golden" / "final" / "adapter" / "adapter_model.safetensors"))
     resumed_adapter = load_file(str(tmp_path / "interrupted" / "final" / "adapter" / "adapter_model.safetensors"))
     assert all((golden_adapter[k] == resumed_adapter[k]).all() for k in golden_adapter)
@@ -95,10 +109,16 @@ def test_two_worker_ddp_checkpoint_resumes_on_one_worker(tmp_path: Path, tiny_mo
     """Replicated state resumes on any worker count. Same global batch (2 workers x 2 = 1 x 4):
     the maths is the same up to gradient summation order, so losses agree to 1e-5 relative and
     weights to 1e-4 absolute (see test_parallel_parity); the data position carries over exactly."""
+
     def config(name: str, workers: int, micro: int) -> Path:
-        return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name,
-                            training={"max_steps": 4, "micro_batch_size": micro}, checkpoint={"every_steps": 2},
-                            cluster={"workers": workers})
+        return write_config(
+            tmp_path / f"{name}.yaml",
+            tiny_model_dir,
+            tmp_path / name,
+            training={"max_steps": 4, "micro_batch_size": micro},
+            checkpoint={"every_steps": 2},
+            cluster={"workers": workers},
+        )
 
     golden = subprocess.run([*FTL, "train", str(config("golden", 2, 2))], cwd=REPO, capture_output=True, text=True)
     assert golden.returncode == 0, golden.stderr[-2000:]

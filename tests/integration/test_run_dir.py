@@ -44,8 +44,14 @@ def _logged_step(run_dir: Path, step: int) -> bool:
 def _start(config: Path, run_dir: Path, *overrides: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the default: a Ray of its own
     env.update(FTL_FAULT_WAIT_AT=f"step_end@2={run_dir.parent / 'resume'}")
-    return subprocess.Popen([*FTL, "train", str(config), *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [*FTL, "train", str(config), *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -65,22 +71,38 @@ def _split_model(model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     return weights, tokenizer
 
 
-def test_a_second_run_on_a_training_directory_is_refused_and_the_first_finishes(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_a_second_run_on_a_training_directory_is_refused_and_the_first_finishes(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     weights, tokenizer = _split_model(tiny_model_dir, tmp_path)
     run_dir = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", weights, run_dir, model={"tokenizer": str(tokenizer)},
-                          training={"max_steps": 4}, checkpoint={"every_steps": 2}, parallel={"strategy": "ddp"},
-                          cluster={"backend": "ray", "workers": 2})
+    config = write_config(
+        tmp_path / "c.yaml",
+        weights,
+        run_dir,
+        model={"tokenizer": str(tokenizer)},
+        training={"max_steps": 4},
+        checkpoint={"every_steps": 2},
+        parallel={"strategy": "ddp"},
+        cluster={"backend": "ray", "workers": 2},
+    )
     first = _start(config, run_dir)
     try:
         _wait_for(lambda: _logged_step(run_dir, 2), first)  # now paused at the end of step 2, until `resume` exists
         snapshot = (run_dir / "config.yaml").read_bytes()
         holder = read_holder(run_dir / LOCK_FILE)
         assert holder is not None and holder.pid == first.pid
-        second = subprocess.run([*FTL, "train", str(config), "cluster.backend=local", "cluster.workers=1"],
-                                capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [*FTL, "train", str(config), "cluster.backend=local", "cluster.workers=1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert second.returncode == 2, second.stderr[-3000:]
-        assert f"host {socket.gethostname()}, pid {first.pid}, since" in second.stderr and "is in use by another run" in second.stderr
+        assert (
+            f"host {socket.gethostname()}, pid {first.pid}, since" in second.stderr
+            and "is in use by another run" in second.stderr
+        )
         export = subprocess.run([*FTL, "export", str(run_dir)], capture_output=True, text=True, timeout=300)
         assert export.returncode == 2 and f"pid {first.pid}" in export.stderr, export.stderr[-3000:]
         assert (run_dir / "config.yaml").read_bytes() == snapshot and not (run_dir / "final").exists()
@@ -99,15 +121,31 @@ def test_a_second_run_on_a_training_directory_is_refused_and_the_first_finishes(
 
 def test_a_dead_runs_lock_is_taken_over_and_ctrl_c_releases_the_lock(tmp_path: Path, tiny_model_dir: Path) -> None:
     run_dir = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, run_dir, training={"max_steps": 20}, checkpoint={"every_steps": 1},
-                          cluster={"backend": "local", "workers": 1})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        run_dir,
+        training={"max_steps": 20},
+        checkpoint={"every_steps": 1},
+        cluster={"backend": "local", "workers": 1},
+    )
     run_dir.mkdir()
     (run_dir / ".ftl-run").write_text("{}")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     now = time.time()
-    (run_dir / LOCK_FILE).write_text(json.dumps({"token": "old", "purpose": "ftl train", "host": socket.gethostname(),
-                                                 "pid": dead.pid, "started": now - 3600, "heartbeat": now - 5}))
+    (run_dir / LOCK_FILE).write_text(
+        json.dumps(
+            {
+                "token": "old",
+                "purpose": "ftl train",
+                "host": socket.gethostname(),
+                "pid": dead.pid,
+                "started": now - 3600,
+                "heartbeat": now - 5,
+            }
+        )
+    )
     proc = _start(config, run_dir)
     try:
         _wait_for(lambda: _logged_step(run_dir, 2), proc)

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.integration
 EXAMPLE = REPO / "configs" / "examples" / "lora.yaml"
 # Shorter, and the same for every backend: 3 steps, small evaluations (the generation-scored one
 # too: 4 prompts instead of 200, still at start and end on both splits), no periodic checkpoints.
-SHORT = ["training.max_steps=3", "training.progress_bar=false", "eval.max_samples=8", "eval.generation.max_samples=4",
-         "eval.every_steps=0", "checkpoint.every_steps=0"]
+SHORT = [
+    "training.max_steps=3",
+    "training.progress_bar=false",
+    "eval.max_samples=8",
+    "eval.generation.max_samples=4",
+    "eval.every_steps=0",
+    "checkpoint.every_steps=0",
+]
 
 
 def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(tmp_path, slurm):
@@ -33,8 +39,14 @@ def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(t
     runs: dict[str, Path] = {}
     for name, cluster in legs.items():
         runs[name] = tmp_path / name
-        out = subprocess.run([*FTL, "train", str(EXAMPLE), *SHORT, *cluster, f"output.dir={runs[name]}"],
-                             capture_output=True, text=True, timeout=900, cwd=REPO, env=dict(os.environ))
+        out = subprocess.run(
+            [*FTL, "train", str(EXAMPLE), *SHORT, *cluster, f"output.dir={runs[name]}"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=REPO,
+            env=dict(os.environ),
+        )
         assert out.returncode == 0, f"{name}:\n{out.stderr[-3000:]}"
         if name == "slurm":
             assert "1 node(s) n1" in out.stderr or "1 node(s) n2" in out.stderr, out.stderr[-2000:]
@@ -44,11 +56,27 @@ def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(t
     # each gets one thread, as each local worker does (two would oversubscribe the cores).
     runs["torchrun"] = tmp_path / "torchrun"
     endpoint = f"127.0.0.1:{free_port()}"
-    agents = [subprocess.Popen([*FTL, "train", str(EXAMPLE), *SHORT, "cluster.backend=torchrun", "cluster.nodes=2",
-                                "cluster.workers=1", f"cluster.torchrun.rdzv_endpoint={endpoint}",
-                                f"output.dir={runs['torchrun']}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-              for _ in range(2)]
+    agents = [
+        subprocess.Popen(
+            [
+                *FTL,
+                "train",
+                str(EXAMPLE),
+                *SHORT,
+                "cluster.backend=torchrun",
+                "cluster.nodes=2",
+                "cluster.workers=1",
+                f"cluster.torchrun.rdzv_endpoint={endpoint}",
+                f"output.dir={runs['torchrun']}",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for _ in range(2)
+    ]
     outputs = [agent.communicate(timeout=900) for agent in agents]
     assert [a.returncode for a in agents] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
 

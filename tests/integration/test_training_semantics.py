@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from launcher.commands import train
-from trainer.metrics import read_metrics
 from tests.conftest import QA_DATA, write_config
+from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +25,26 @@ def _losses(tmp_path: Path, name: str, model_dir: Path, **sections: dict) -> lis
 
 
 def test_accumulation_equals_one_big_batch(tmp_path: Path, tiny_model_dir: Path) -> None:
-    big = _losses(tmp_path, "big", tiny_model_dir, training={"max_steps": 4, "micro_batch_size": 8, "gradient_accumulation_steps": 1})
-    accum = _losses(tmp_path, "accum", tiny_model_dir, training={"max_steps": 4, "micro_batch_size": 2, "gradient_accumulation_steps": 4})
+    big = _losses(
+        tmp_path,
+        "big",
+        tiny_model_dir,
+        training={"max_steps": 4, "micro_batch_size": 8, "gradient_accumulation_steps": 1},
+    )
+    accum = _losses(
+        tmp_path,
+        "accum",
+        tiny_model_dir,
+        training={"max_steps": 4, "micro_batch_size": 2, "gradient_accumulation_steps": 4},
+    )
     assert accum == pytest.approx(big, rel=LOSS_RTOL)
 
 
 def test_gradient_checkpointing_gives_the_same_training(tmp_path: Path, tiny_model_dir: Path) -> None:
     plain = _losses(tmp_path, "plain", tiny_model_dir, training={"max_steps": 4})
-    checkpointed = _losses(tmp_path, "ckpt", tiny_model_dir, training={"max_steps": 4}, model={"gradient_checkpointing": True})
+    checkpointed = _losses(
+        tmp_path, "ckpt", tiny_model_dir, training={"max_steps": 4}, model={"gradient_checkpointing": True}
+    )
     assert checkpointed == pytest.approx(plain, rel=LOSS_RTOL)
 
 
@@ -40,9 +52,13 @@ def test_validation_split_and_dataset_folder(tmp_path: Path, tiny_model_dir: Pat
     folder = tmp_path / "dataset"
     folder.mkdir()
     shutil.copy(QA_DATA / "valid.jsonl", folder / "train.jsonl")
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run",
-                          data={"train": str(folder), "validation": None, "validation_split": 0.25},
-                          training={"max_steps": 2})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        data={"train": str(folder), "validation": None, "validation_split": 0.25},
+        training={"max_steps": 2},
+    )
     assert train(str(config), []) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["data"]["validation_examples"] == 50
@@ -57,7 +73,9 @@ def test_gradient_checkpointing_switch_reaches_the_model(tiny_model_dir: Path) -
 
     for method in ("lora", "qlora", "full"):
         cfg = MethodConfig(type=method)
-        model = apply_method(load_model(ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=True), cfg, "cpu"), cfg, True)
+        model = apply_method(
+            load_model(ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=True), cfg, "cpu"), cfg, True
+        )
         assert model.is_activation_checkpointing, method
         plain = apply_method(load_model(ModelConfig(path=str(tiny_model_dir)), cfg, "cpu"), cfg, False)
         assert not plain.is_activation_checkpointing, method
@@ -74,8 +92,14 @@ def test_data_shuffle_switch(tmp_path: Path, tiny_model_dir: Path) -> None:
     # Full fine-tuning without dropout has no randomness but the row order, which the seed sets
     # only when shuffling.
     def run(name: str, seed: int, shuffle: bool) -> list[float]:
-        return _losses(tmp_path, name, tiny_model_dir, method={"type": "full"},
-                       training={"max_steps": 2, "seed": seed, "learning_rate": 1e-3}, data={"shuffle": shuffle})
+        return _losses(
+            tmp_path,
+            name,
+            tiny_model_dir,
+            method={"type": "full"},
+            training={"max_steps": 2, "seed": seed, "learning_rate": 1e-3},
+            data={"shuffle": shuffle},
+        )
 
     assert run("ordered-1", 1, False) == run("ordered-2", 2, False)
     assert run("shuffled-1", 1, True) != run("shuffled-2", 2, True)

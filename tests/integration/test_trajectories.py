@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 
 
 def _ftl(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FTL, *args], env=dict(os.environ, **env), cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [*FTL, *args], env=dict(os.environ, **env), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def _weights(checkpoint: Path) -> dict[str, Any]:
@@ -45,10 +47,17 @@ def _train_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in read_metrics(run_dir, "train")]
 
 
-def test_never_refuses_earlier_checkpoints_and_move_aside_starts_a_clean_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_never_refuses_earlier_checkpoints_and_move_aside_starts_a_clean_run(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     run = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, run, training={"max_steps": 8},
-                          checkpoint={"every_steps": 2, "keep_last": 2})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        run,
+        training={"max_steps": 8},
+        checkpoint={"every_steps": 2, "keep_last": 2},
+    )
     first = _ftl("train", str(config), FTL_FAULT_STOP_AT_STEP="6")
     assert first.returncode == 3, first.stderr[-2000:]
     old = {p.name: _weights(p) for p in committed_checkpoints(run)}
@@ -75,13 +84,24 @@ def test_never_refuses_earlier_checkpoints_and_move_aside_starts_a_clean_run(tmp
     assert _train_steps(run) == [1, 2, 3, 4, 5]
     summary = json.loads((run / "summary.json").read_text())
     train = read_metrics(run, "train")
-    assert summary["steps"] == 5 and (summary["first_loss"], summary["last_loss"]) == (train[0]["loss"], train[-1]["loss"])
+    assert summary["steps"] == 5 and (summary["first_loss"], summary["last_loss"]) == (
+        train[0]["loss"],
+        train[-1]["loss"],
+    )
 
 
-def test_resume_from_an_earlier_checkpoint_branches_the_later_ones_on_two_workers(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_resume_from_an_earlier_checkpoint_branches_the_later_ones_on_two_workers(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     run = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, run, training={"max_steps": 8, "micro_batch_size": 2},
-                          checkpoint={"every_steps": 2, "keep_last": 3}, cluster={"workers": 2})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        run,
+        training={"max_steps": 8, "micro_batch_size": 2},
+        checkpoint={"every_steps": 2, "keep_last": 3},
+        cluster={"workers": 2},
+    )
     first = _ftl("train", str(config), FTL_FAULT_STOP_AT_STEP="6")
     assert first.returncode == 3, first.stderr[-2000:]
     old = {p.name: _weights(p) for p in committed_checkpoints(run)}
@@ -118,16 +138,34 @@ def test_a_ray_restart_continues_the_branch_it_started(tmp_path: Path, tiny_mode
     """`resume: PATH` is carried out once: when Ray Train restarts the worker group after a failure
     (same config, resume still PATH), the group continues the new trajectory's own checkpoint."""
     run = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, run, training={"max_steps": 6, "micro_batch_size": 2},
-                          checkpoint={"every_steps": 2, "keep_last": 3}, cluster={"workers": 2})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        run,
+        training={"max_steps": 6, "micro_batch_size": 2},
+        checkpoint={"every_steps": 2, "keep_last": 3},
+        cluster={"workers": 2},
+    )
     first = _ftl("train", str(config), FTL_FAULT_STOP_AT_STEP="4")
     assert first.returncode == 3, first.stderr[-2000:]
     old4 = _weights(run / "checkpoints" / "step-4")
 
-    on_ray = ["cluster.backend=ray", f"cluster.ray.address={ray_cluster.address}", "cluster.ray.max_failures=1",
-              "checkpoint.resume=" + str(run / "checkpoints" / "step-2"), "training.seed=7"]
+    on_ray = [
+        "cluster.backend=ray",
+        f"cluster.ray.address={ray_cluster.address}",
+        "cluster.ray.max_failures=1",
+        "checkpoint.resume=" + str(run / "checkpoints" / "step-2"),
+        "training.seed=7",
+    ]
     marker = tmp_path / "kill.marker"  # rank 1 dies inside step 5, after the new trajectory's step-4 is committed
-    out = _ftl("train", str(config), *on_ray, FTL_FAULT_KILL_AT="micro@5", FTL_FAULT_RANK="1", FTL_FAULT_ONCE_MARKER=str(marker))
+    out = _ftl(
+        "train",
+        str(config),
+        *on_ray,
+        FTL_FAULT_KILL_AT="micro@5",
+        FTL_FAULT_RANK="1",
+        FTL_FAULT_ONCE_MARKER=str(marker),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert marker.exists()
     [branch] = _branches(run)
@@ -141,7 +179,9 @@ def test_a_ray_restart_continues_the_branch_it_started(tmp_path: Path, tiny_mode
 
 def test_torn_metrics_line_and_replayed_steps_do_not_break_the_finish(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, run, training={"max_steps": 6}, checkpoint={"every_steps": 2})
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, run, training={"max_steps": 6}, checkpoint={"every_steps": 2}
+    )
     killed = _ftl("train", str(config), FTL_FAULT_KILL_AT="step_end@5")  # step 5 logged, newest checkpoint step 4
     assert killed.returncode != 0
     before = {r["step"]: r["loss"] for r in read_metrics(run, "train")}
@@ -157,6 +197,9 @@ def test_torn_metrics_line_and_replayed_steps_do_not_break_the_finish(tmp_path: 
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]  # step 5, trained twice, counts once
     assert train[4]["loss"] == before[5]  # bit-exact replay
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 6 and (summary["first_loss"], summary["last_loss"]) == (train[0]["loss"], train[-1]["loss"])
+    assert summary["steps"] == 6 and (summary["first_loss"], summary["last_loss"]) == (
+        train[0]["loss"],
+        train[-1]["loss"],
+    )
     again = _ftl("train", str(config))
     assert again.returncode == 2 and "already holds a finished run" in again.stderr

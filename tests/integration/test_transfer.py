@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from launcher.commands import export, train
+from tests.conftest import FTL, QA_DATA, REPO, write_config
 from trainer.metrics import read_metrics
 from trainer.optim import lr_multiplier
-from tests.conftest import FTL, QA_DATA, REPO, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +41,11 @@ def _merged(run_dir: Path) -> dict[str, torch.Tensor]:
 
 FREEZE_CASES = {
     # name: (method, freeze settings, which merged tensors must still equal the base model)
-    "partial-full": ("full", {"embeddings": True, "first_n_blocks": 1, "patterns": [r"layers\.1\.mlp\.down_proj"]},
-                     lambda k: "embed_tokens" in k or ".layers.0." in k or "layers.1.mlp.down_proj" in k),
+    "partial-full": (
+        "full",
+        {"embeddings": True, "first_n_blocks": 1, "patterns": [r"layers\.1\.mlp\.down_proj"]},
+        lambda k: "embed_tokens" in k or ".layers.0." in k or "layers.1.mlp.down_proj" in k,
+    ),
     "partial-lora": ("lora", {"first_n_blocks": 1}, lambda k: ".layers.1." not in k or "norm" in k),
     "feature-extraction": ("full", {"all_but_head": True}, lambda k: "lm_head" not in k),
 }
@@ -51,8 +54,14 @@ FREEZE_CASES = {
 @pytest.mark.parametrize("case", FREEZE_CASES)
 def test_frozen_parameters_are_bit_identical_after_training(case: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     method, freeze, frozen = FREEZE_CASES[case]
-    run = _train(tmp_path, "run", tiny_model_dir, method={"type": method}, transfer={"freeze": freeze},
-                 training={"max_steps": 4, "weight_decay": 0.1})
+    run = _train(
+        tmp_path,
+        "run",
+        tiny_model_dir,
+        method={"type": method},
+        transfer={"freeze": freeze},
+        training={"max_steps": 4, "weight_decay": 0.1},
+    )
     base, tuned = load_file(str(tiny_model_dir / "model.safetensors")), _merged(run)
     assert base.keys() == tuned.keys()
     for key in base:
@@ -66,34 +75,57 @@ def test_frozen_parameters_are_bit_identical_after_training(case: str, tmp_path:
 
 
 def _unfreeze_events(run_dir: Path) -> list[tuple[int, int, list[str]]]:
-    return [(r["step"], r["stage"], r["unfrozen"]) for r in read_metrics(run_dir, "transfer") if r["event"] == "unfreeze"]
+    return [
+        (r["step"], r["stage"], r["unfrozen"]) for r in read_metrics(run_dir, "transfer") if r["event"] == "unfreeze"
+    ]
 
 
 def _unfreezing_sections(**training: Any) -> dict[str, Any]:
-    return dict(method={"type": "full"}, transfer={"gradual_unfreezing": {"enabled": True, "every": 2}},
-                training={"max_steps": 8, "learning_rate": 2e-3, **training})
+    return dict(
+        method={"type": "full"},
+        transfer={"gradual_unfreezing": {"enabled": True, "every": 2}},
+        training={"max_steps": 8, "learning_rate": 2e-3, **training},
+    )
 
 
 def test_gradual_unfreezing_follows_its_schedule_across_a_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
     golden = _train(tmp_path, "golden", tiny_model_dir, **_unfreezing_sections())
-    expected = [(0, 0, ["head"]), (2, 1, ["head", "block 1"]), (4, 2, ["head", "block 1", "block 0"]),
-                (6, 3, ["head", "block 1", "block 0", "embeddings"])]
+    expected = [
+        (0, 0, ["head"]),
+        (2, 1, ["head", "block 1"]),
+        (4, 2, ["head", "block 1", "block 0"]),
+        (6, 3, ["head", "block 1", "block 0", "embeddings"]),
+    ]
     assert _unfreeze_events(golden) == expected
 
     sections = _unfreezing_sections()
     sections["checkpoint"] = {"every_steps": 3, "keep_last": 3}
     config = write_config(tmp_path / "stopped.yaml", tiny_model_dir, tmp_path / "stopped", **sections)
-    first = subprocess.run([*FTL, "train", str(config)], env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="5"), cwd=REPO,
-                           capture_output=True, text=True)
+    first = subprocess.run(
+        [*FTL, "train", str(config)],
+        env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="5"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert first.returncode == 3, first.stderr[-2000:]
     run = tmp_path / "stopped"
     # What each checkpoint holds is what was trainable then: step 3 trained with the head and block 1.
     step3 = load_file(str(run / "checkpoints" / "step-3" / "trainable.safetensors"))
-    assert {k.split(".")[0] + "." + k.split(".")[1] if k.startswith("model.layers") else k for k in step3} >= {"lm_head.weight"}
-    assert any(k.startswith("model.layers.1.") for k in step3) and not any(k.startswith("model.layers.0.") for k in step3)
+    assert {k.split(".")[0] + "." + k.split(".")[1] if k.startswith("model.layers") else k for k in step3} >= {
+        "lm_head.weight"
+    }
+    assert any(k.startswith("model.layers.1.") for k in step3) and not any(
+        k.startswith("model.layers.0.") for k in step3
+    )
     step5 = load_file(str(run / "checkpoints" / "step-5" / "trainable.safetensors"))
     assert any(k.startswith("model.layers.0.") for k in step5) and "model.embed_tokens.weight" not in step5
-    assert json.loads((run / "checkpoints" / "step-5" / "trainer_state.json").read_text())["loop"]["transfer"]["unfreezing_stage"] == 2
+    assert (
+        json.loads((run / "checkpoints" / "step-5" / "trainer_state.json").read_text())["loop"]["transfer"][
+            "unfreezing_stage"
+        ]
+        == 2
+    )
 
     assert train(str(config), []) == 0
     assert _unfreeze_events(run) == expected
@@ -101,17 +133,32 @@ def test_gradual_unfreezing_follows_its_schedule_across_a_resume(tmp_path: Path,
     want, have = _merged(golden), _merged(run)
     assert all(torch.equal(want[k], have[k]) for k in want)
     base = load_file(str(tiny_model_dir / "model.safetensors"))
-    assert not torch.equal(base["model.embed_tokens.weight"], want["model.embed_tokens.weight"])  # unfrozen last, then trained
+    assert not torch.equal(
+        base["model.embed_tokens.weight"], want["model.embed_tokens.weight"]
+    )  # unfrozen last, then trained
 
 
-def test_gradual_unfreezing_with_differential_rates_under_ddp_matches_one_process(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_gradual_unfreezing_with_differential_rates_under_ddp_matches_one_process(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     """DDP registers the parameters it all-reduces when constructed; blocks unfrozen later must be
     reduced too (the wrapper is rebuilt), or the ranks' weights drift from the one-process run."""
+
     def sections(micro: int, workers: int) -> dict[str, Any]:
-        return dict(method={"type": "full"},
-                    transfer={"gradual_unfreezing": {"enabled": True, "every": 2}, "learning_rates": {"head": 4e-3, "layer_decay": 0.5}},
-                    training={"max_steps": 7, "micro_batch_size": micro, "gradient_accumulation_steps": 2, "learning_rate": 2e-3},
-                    cluster={"workers": workers})
+        return dict(
+            method={"type": "full"},
+            transfer={
+                "gradual_unfreezing": {"enabled": True, "every": 2},
+                "learning_rates": {"head": 4e-3, "layer_decay": 0.5},
+            },
+            training={
+                "max_steps": 7,
+                "micro_batch_size": micro,
+                "gradient_accumulation_steps": 2,
+                "learning_rate": 2e-3,
+            },
+            cluster={"workers": workers},
+        )
 
     single = _train(tmp_path, "single", tiny_model_dir, **sections(4, 1))
     config = write_config(tmp_path / "ddp.yaml", tiny_model_dir, tmp_path / "ddp", **sections(2, 2))
@@ -130,30 +177,57 @@ def test_gradual_unfreezing_with_differential_rates_under_ddp_matches_one_proces
 
 def test_each_parameter_group_trains_at_its_configured_rate(tmp_path: Path, tiny_model_dir: Path) -> None:
     total, warmup, base = 5, 2, 1e-3
-    run = _train(tmp_path, "run", tiny_model_dir, method={"type": "full"},
-                 transfer={"learning_rates": {"head": 1e-2, "layer_decay": 0.5}},
-                 training={"max_steps": total, "learning_rate": base, "warmup_steps": warmup, "lr_scheduler": "linear"},
-                 checkpoint={"every_steps": 1, "keep_last": 10})
-    configured = {"head": 1e-2, "other.no_decay": base * 0.5, "block.1": base * 0.5, "block.1.no_decay": base * 0.5,
-                  "block.0": base * 0.25, "block.0.no_decay": base * 0.25, "embeddings": base * 0.125}
+    run = _train(
+        tmp_path,
+        "run",
+        tiny_model_dir,
+        method={"type": "full"},
+        transfer={"learning_rates": {"head": 1e-2, "layer_decay": 0.5}},
+        training={"max_steps": total, "learning_rate": base, "warmup_steps": warmup, "lr_scheduler": "linear"},
+        checkpoint={"every_steps": 1, "keep_last": 10},
+    )
+    configured = {
+        "head": 1e-2,
+        "other.no_decay": base * 0.5,
+        "block.1": base * 0.5,
+        "block.1.no_decay": base * 0.5,
+        "block.0": base * 0.25,
+        "block.0.no_decay": base * 0.25,
+        "embeddings": base * 0.125,
+    }
     records = read_metrics(run, "train")
     assert len(records) == total
     for record in records:
         factor = lr_multiplier(record["step"] - 1, total, warmup, "linear", 0.0)
-        assert record["lr_groups"] == pytest.approx({name: rate * factor for name, rate in configured.items()}, rel=1e-12)
+        assert record["lr_groups"] == pytest.approx(
+            {name: rate * factor for name, rate in configured.items()}, rel=1e-12
+        )
 
     # The optimizer really used those rates: Adam's first update moves each weight by about
     # lr (g / (|g| + eps)), so the largest change of each tensor is its group's rate.
-    start, after = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(run / "checkpoints" / "step-1" / "trainable.safetensors"))
+    start, after = (
+        load_file(str(tiny_model_dir / "model.safetensors")),
+        load_file(str(run / "checkpoints" / "step-1" / "trainable.safetensors")),
+    )
     first_factor = lr_multiplier(0, total, warmup, "linear", 0.0)
-    expect = {"lm_head.weight": 1e-2, "model.layers.1.self_attn.q_proj.weight": base * 0.5,
-              "model.layers.0.mlp.up_proj.weight": base * 0.25, "model.embed_tokens.weight": base * 0.125, "model.norm.weight": base * 0.5}
+    expect = {
+        "lm_head.weight": 1e-2,
+        "model.layers.1.self_attn.q_proj.weight": base * 0.5,
+        "model.layers.0.mlp.up_proj.weight": base * 0.25,
+        "model.embed_tokens.weight": base * 0.125,
+        "model.norm.weight": base * 0.5,
+    }
     for key, rate in expect.items():
         moved = float((after[key] - start[key]).abs().max())
         assert moved == pytest.approx(rate * first_factor, rel=1e-3), key
 
-    lora = _train(tmp_path, "lora", tiny_model_dir, transfer={"learning_rates": {"lora_plus_ratio": 4}},
-                  training={"max_steps": 3, "lr_scheduler": "slanted_triangular", "warmup_steps": 1, "min_lr_ratio": 0.1})
+    lora = _train(
+        tmp_path,
+        "lora",
+        tiny_model_dir,
+        transfer={"learning_rates": {"lora_plus_ratio": 4}},
+        training={"max_steps": 3, "lr_scheduler": "slanted_triangular", "warmup_steps": 1, "min_lr_ratio": 0.1},
+    )
     for record in read_metrics(lora, "train"):
         rates = record["lr_groups"]
         factor = lr_multiplier(record["step"] - 1, 3, 1, "slanted_triangular", 0.1)
@@ -163,10 +237,16 @@ def test_each_parameter_group_trains_at_its_configured_rate(tmp_path: Path, tiny
 
 def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(tmp_path: Path, tiny_model_dir: Path) -> None:
     patience, min_delta, every, max_steps = 2, 0.05, 2, 30
-    run = _train(tmp_path, "run", tiny_model_dir, method={"type": "full"},
-                 transfer={"early_stopping": {"enabled": True, "patience": patience, "min_delta": min_delta}},
-                 training={"max_steps": max_steps, "learning_rate": 3e-3},
-                 eval={"every_steps": every, "max_samples": 8}, checkpoint={"every_steps": 1, "keep_last": 1})
+    run = _train(
+        tmp_path,
+        "run",
+        tiny_model_dir,
+        method={"type": "full"},
+        transfer={"early_stopping": {"enabled": True, "patience": patience, "min_delta": min_delta}},
+        training={"max_steps": max_steps, "learning_rate": 3e-3},
+        eval={"every_steps": every, "max_samples": 8},
+        checkpoint={"every_steps": 1, "keep_last": 1},
+    )
     evals = [r for r in read_metrics(run, "eval") if r["label"] == "periodic" and r["split"] == "validation"]
     # The rule, recomputed from the recorded evaluations.
     best, best_step, bad, expected_stop = None, None, 0, None
@@ -202,15 +282,36 @@ def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(tmp_path: 
 
 
 def test_mixture_is_evaluated_per_dataset_and_retain_loss_is_tracked(tmp_path: Path, tiny_model_dir: Path) -> None:
-    run = _train(tmp_path, "run", tiny_model_dir,
-                 data={"train": None, "validation": None,
-                       "mixture": [{"name": "qa", "train": str(QA_DATA / "train.jsonl"), "validation": str(QA_DATA / "valid.jsonl"), "weight": 3},
-                                   {"name": "facts", "train": str(KINDS_DATA / "train.jsonl"), "validation": str(KINDS_DATA / "valid.jsonl"),
-                                    "format": "text", "weight": 1}]},
-                 eval={"every_steps": 2, "at_start": False, "retain": str(HELDOUT), "max_samples": 8},
-                 training={"max_steps": 4})
+    run = _train(
+        tmp_path,
+        "run",
+        tiny_model_dir,
+        data={
+            "train": None,
+            "validation": None,
+            "mixture": [
+                {
+                    "name": "qa",
+                    "train": str(QA_DATA / "train.jsonl"),
+                    "validation": str(QA_DATA / "valid.jsonl"),
+                    "weight": 3,
+                },
+                {
+                    "name": "facts",
+                    "train": str(KINDS_DATA / "train.jsonl"),
+                    "validation": str(KINDS_DATA / "valid.jsonl"),
+                    "format": "text",
+                    "weight": 1,
+                },
+            ],
+        },
+        eval={"every_steps": 2, "at_start": False, "retain": str(HELDOUT), "max_samples": 8},
+        training={"max_steps": 4},
+    )
     evals = read_metrics(run, "eval")
-    assert {(r["step"], r["split"]) for r in evals} == {(0, "retain")} | {(s, n) for s in (2, 4) for n in ("qa", "facts", "retain")}
+    assert {(r["step"], r["split"]) for r in evals} == {(0, "retain")} | {
+        (s, n) for s in (2, 4) for n in ("qa", "facts", "retain")
+    }
     base = next(r for r in evals if r["split"] == "retain" and r["label"] == "base")
     assert base["step"] == 0
     later = [r for r in evals if r["split"] == "retain" and r["step"] > 0]
@@ -224,8 +325,14 @@ def test_mixture_is_evaluated_per_dataset_and_retain_loss_is_tracked(tmp_path: P
 
 
 def test_validate_rejects_unsupported_distributed_combination(tmp_path: Path, tiny_model_dir: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", parallel={"strategy": "fsdp"},
-                          cluster={"workers": 2}, transfer={"gradual_unfreezing": {"enabled": True}})
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        parallel={"strategy": "fsdp"},
+        cluster={"workers": 2},
+        transfer={"gradual_unfreezing": {"enabled": True}},
+    )
     result = subprocess.run([*FTL, "validate", str(config)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert "transfer.gradual_unfreezing with parallel.strategy=fsdp is not supported" in result.stderr

@@ -12,21 +12,43 @@ import torch
 
 from launcher.commands import train
 from launcher.config_loader import load_config
-from trainer.metrics import read_metrics
 from tests.conftest import BUNDLED_MODEL, REPO
+from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 
 LABELS = ["country", "person", "creature"]
-TRANSFER_EXAMPLES = ["classification", "feature_extraction", "partial_finetuning", "gradual_unfreezing", "differential_lr",
-                     "lora_plus", "early_stopping", "mixture", "forgetting_check"]
+TRANSFER_EXAMPLES = [
+    "classification",
+    "feature_extraction",
+    "partial_finetuning",
+    "gradual_unfreezing",
+    "differential_lr",
+    "lora_plus",
+    "early_stopping",
+    "mixture",
+    "forgetting_check",
+]
 
 
-def test_classification_head_beats_chance_and_exports_for_stock_transformers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_classification_head_beats_chance_and_exports_for_stock_transformers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(REPO)
     run = tmp_path / "run"
-    assert train("configs/examples/classification.yaml", [f"output.dir={run}", "training.epochs=1", "eval.every_steps=0",
-                                                          "training.progress_bar=false", "cluster.backend=local"]) == 0
+    assert (
+        train(
+            "configs/examples/classification.yaml",
+            [
+                f"output.dir={run}",
+                "training.epochs=1",
+                "eval.every_steps=0",
+                "training.progress_bar=false",
+                "cluster.backend=local",
+            ],
+        )
+        == 0
+    )
     scores = json.loads((run / "summary.json").read_text())["scores"]
     assert scores["test"]["base"]["accuracy"] < 0.5  # the new head starts near chance (1/3)
     assert scores["test"]["final"]["accuracy"] >= 0.8 and scores["test"]["final"]["macro_f1"] >= 0.8
@@ -56,9 +78,16 @@ def test_transfer_example_runs(name: str, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(REPO)
     path = f"configs/examples/{name}.yaml"
     assert load_config(path).transfer.features() or name in ("mixture", "forgetting_check")
-    overrides = [f"output.dir={tmp_path / 'run'}", "training.max_steps=2", "training.epochs=1", "eval.every_steps=2",
-                 "eval.max_samples=4", "eval.generation.max_samples=2", "training.progress_bar=false",
-                 "cluster.backend=local"]  # the strategies are under test here, not the backend
+    overrides = [
+        f"output.dir={tmp_path / 'run'}",
+        "training.max_steps=2",
+        "training.epochs=1",
+        "eval.every_steps=2",
+        "eval.max_samples=4",
+        "eval.generation.max_samples=2",
+        "training.progress_bar=false",
+        "cluster.backend=local",
+    ]  # the strategies are under test here, not the backend
     assert train(path, overrides) == 0
     assert read_metrics(tmp_path / "run", "train")[-1]["step"] == 2
     assert (tmp_path / "run" / "final" / "merged" / "config.json").exists()

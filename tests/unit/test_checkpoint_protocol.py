@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpointing.protocol import committed_checkpoints, latest_valid_checkpoint, validate_checkpoint
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
+from trainer.checkpointing.protocol import committed_checkpoints, latest_valid_checkpoint, validate_checkpoint
 from trainer.checkpointing.retention import checkpoints_to_delete
+from trainer.config import TrainingConfig
 from trainer.loop_state import LoopState, loop_state_from_dict
 from trainer.optim import WarmupDecaySchedule, lr_multiplier
-from trainer.config import TrainingConfig
 
 
 def _training(model: torch.nn.Module) -> tuple[torch.optim.Optimizer, WarmupDecaySchedule]:
@@ -25,11 +25,22 @@ def _training(model: torch.nn.Module) -> tuple[torch.optim.Optimizer, WarmupDeca
 
 def _manager(run_dir: Path, keep_last: int = 3, keep_every: int = 0, async_save: bool = False) -> CheckpointManager:
     io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
-    return CheckpointManager(run_dir, io, rank=0, world_size=1, device="cpu", keep_last=keep_last,
-                             keep_every=keep_every, async_save=async_save, meta={"config_hash": "h"})
+    return CheckpointManager(
+        run_dir,
+        io,
+        rank=0,
+        world_size=1,
+        device="cpu",
+        keep_last=keep_last,
+        keep_every=keep_every,
+        async_save=async_save,
+        meta={"config_hash": "h"},
+    )
 
 
-def _save(run_dir: Path, step: int, keep_last: int = 3, keep_every: int = 0, async_save: bool = False) -> tuple[torch.nn.Module, Path]:
+def _save(
+    run_dir: Path, step: int, keep_last: int = 3, keep_every: int = 0, async_save: bool = False
+) -> tuple[torch.nn.Module, Path]:
     torch.manual_seed(step)
     model = torch.nn.Linear(4, 3)
     optimizer, scheduler = _training(model)
@@ -90,7 +101,9 @@ def test_unfinished_write_is_invisible(tmp_path: Path) -> None:
     assert latest_valid_checkpoint(tmp_path).name == "step-2"
 
 
-def test_corrupted_checkpoint_is_moved_aside_and_previous_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupted_checkpoint_is_moved_aside_and_previous_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _save(tmp_path, 2)
     _, newest = _save(tmp_path, 4)
     shard = newest / "trainable.safetensors"
@@ -144,8 +157,13 @@ def test_zero_checkpoint_on_another_worker_count_is_refused_only_where_universal
     from trainer.checkpointing.compat import resume_problem
 
     path = Path("run/checkpoints/step-2")
-    manifest = {"layout": "deepspeed", "strategy": "deepspeed", "zero_stage": 3, "world_size": 2,
-                "files": {"ds/zero_pp_rank_0_mp_rank_00_optim_states.pt": {}}}
+    manifest = {
+        "layout": "deepspeed",
+        "strategy": "deepspeed",
+        "zero_stage": 3,
+        "world_size": 2,
+        "files": {"ds/zero_pp_rank_0_mp_rank_00_optim_states.pt": {}},
+    }
     ask = dict(layout="deepspeed", strategy="deepspeed", world_size=1, zero_stage=3)
     assert resume_problem(path, manifest, **ask) is None  # converted to a universal checkpoint
     assert resume_problem(path, manifest, **{**ask, "world_size": 2}) is None
@@ -160,7 +178,8 @@ def test_zero_checkpoint_on_another_worker_count_is_refused_only_where_universal
 
 
 def test_step_folder_without_manifest_is_moved_aside_and_neither_blocks_a_save_nor_counts(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "checkpoints"
     _save(tmp_path, 1, keep_last=2)
     (root / "step-2").mkdir()  # e.g. a copy that lost its manifest
@@ -175,13 +194,16 @@ def test_step_folder_without_manifest_is_moved_aside_and_neither_blocks_a_save_n
     assert not [p for p in root.iterdir() if p.name.startswith("invalid-")]  # superseded by the new commits
 
 
-def test_discovery_moves_a_step_folder_without_manifest_aside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_discovery_moves_a_step_folder_without_manifest_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _save(tmp_path, 2)
     (tmp_path / "checkpoints" / "step-4").mkdir()
     assert latest_valid_checkpoint(tmp_path).name == "step-2"
     assert "checkpoints/step-4 is INVALID (no manifest" in capsys.readouterr().err
-    assert [p.name.rsplit("-", 1)[0] for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("invalid-")] \
-        == ["invalid-step-4"]
+    assert [
+        p.name.rsplit("-", 1)[0] for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("invalid-")
+    ] == ["invalid-step-4"]
 
 
 def test_invalid_checkpoints_are_deleted_once_a_newer_one_is_committed(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ GRAD_ATOL, GRAD_RTOL = 1e-5, 1e-4
 FULL_LOGITS = LossConfig(chunked=False)
 
 
-def reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+def reference(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
     return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
@@ -51,7 +53,12 @@ def test_function_without_grad_is_the_same_loss() -> None:
     hidden, weight = torch.randn(50, 8), torch.randn(40, 8)
     targets = torch.randint(0, 40, (50,))
     with torch.no_grad():
-        torch.testing.assert_close(linear_cross_entropy_sum(hidden, weight, None, targets, 16), reference(hidden, weight, None, targets), rtol=LOSS_RTOL, atol=0)
+        torch.testing.assert_close(
+            linear_cross_entropy_sum(hidden, weight, None, targets, 16),
+            reference(hidden, weight, None, targets),
+            rtol=LOSS_RTOL,
+            atol=0,
+        )
 
 
 def test_bf16_autocast_follows_the_full_path_within_bf16_tolerance() -> None:
@@ -112,8 +119,15 @@ def test_fp32_weights_under_autocast_sum_vocab_slices(monkeypatch: pytest.Monkey
 
 @pytest.fixture(scope="module")
 def qa_examples(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return load_tokenized(str(QA_DATA / "valid.jsonl"), "chat", tokenizer, max_seq_len=128, too_long="truncate",
-                          skip_bad_rows=False, cache_root=tmp_path_factory.mktemp("cache"))
+    return load_tokenized(
+        str(QA_DATA / "valid.jsonl"),
+        "chat",
+        tokenizer,
+        max_seq_len=128,
+        too_long="truncate",
+        skip_bad_rows=False,
+        cache_root=tmp_path_factory.mktemp("cache"),
+    )
 
 
 def qa_batch(examples: Any, packed: bool, pad_id: int) -> dict[str, torch.Tensor]:
@@ -140,7 +154,9 @@ def build(model_dir: Path, method: str, tied: bool = False) -> torch.nn.Module:
     return model.train()
 
 
-def loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: LossConfig) -> tuple[float, int, dict[str, torch.Tensor], torch.Tensor]:
+def loss_and_grads(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: LossConfig
+) -> tuple[float, int, dict[str, torch.Tensor], torch.Tensor]:
     """Summed loss, target count, every trainable parameter's gradient, and the gradient of the
     final hidden states (the head's input)."""
     norm = next(m for name, m in model.named_modules() if name.endswith("model.norm"))
@@ -159,12 +175,22 @@ def loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor], setti
     return float(summed), count, grads, seen[0].grad.clone()
 
 
-@pytest.mark.parametrize("method,packed,tied", [
-    ("full", False, False), ("full", True, False), ("full", True, True),
-    ("lora", False, False), ("lora", True, False), ("dora", True, False), ("qlora", True, False), ("qlora", False, False),
-])
-def test_loss_and_gradients_equal_the_full_logits_path(tiny_model_dir: Path, tokenizer: Any, qa_examples: Any,
-                                                       method: str, packed: bool, tied: bool) -> None:
+@pytest.mark.parametrize(
+    "method,packed,tied",
+    [
+        ("full", False, False),
+        ("full", True, False),
+        ("full", True, True),
+        ("lora", False, False),
+        ("lora", True, False),
+        ("dora", True, False),
+        ("qlora", True, False),
+        ("qlora", False, False),
+    ],
+)
+def test_loss_and_gradients_equal_the_full_logits_path(
+    tiny_model_dir: Path, tokenizer: Any, qa_examples: Any, method: str, packed: bool, tied: bool
+) -> None:
     model = build(tiny_model_dir, method, tied)
     batch = qa_batch(qa_examples, packed, tokenizer.pad_token_id)
     tokens = int(batch["labels"].numel())
@@ -175,11 +201,15 @@ def test_loss_and_gradients_equal_the_full_logits_path(tiny_model_dir: Path, tok
     assert loss == pytest.approx(expected_loss, rel=LOSS_RTOL)
     assert grads.keys() == expected_grads.keys() and grads
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, expected_grads[name], atol=GRAD_ATOL, rtol=GRAD_RTOL, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            grad, expected_grads[name], atol=GRAD_ATOL, rtol=GRAD_RTOL, msg=lambda m, name=name: f"{name}: {m}"
+        )
     torch.testing.assert_close(hidden, expected_hidden, atol=GRAD_ATOL, rtol=GRAD_RTOL)
 
 
-def test_all_ignored_batch_gives_zero_loss_and_zero_gradients(tiny_model_dir: Path, tokenizer: Any, qa_examples: Any) -> None:
+def test_all_ignored_batch_gives_zero_loss_and_zero_gradients(
+    tiny_model_dir: Path, tokenizer: Any, qa_examples: Any
+) -> None:
     model = build(tiny_model_dir, "full")
     batch = qa_batch(qa_examples, True, tokenizer.pad_token_id)
     batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
@@ -197,7 +227,9 @@ def test_eval_without_grad_equals_the_full_logits_path(tiny_model_dir: Path, tok
     assert n == n_expected and float(got) == pytest.approx(float(expected), rel=LOSS_RTOL)
 
 
-def test_heads_it_cannot_stand_in_for_keep_the_full_logits(tiny_model_dir: Path, tokenizer: Any, qa_examples: Any) -> None:
+def test_heads_it_cannot_stand_in_for_keep_the_full_logits(
+    tiny_model_dir: Path, tokenizer: Any, qa_examples: Any
+) -> None:
     """A LoRA adapter on the head, and a model that soft-caps its logits after the head, both
     take the full-logits path, so their loss is still theirs."""
     from peft import LoraConfig, get_peft_model
@@ -207,15 +239,21 @@ def test_heads_it_cannot_stand_in_for_keep_the_full_logits(tiny_model_dir: Path,
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     adapted = get_peft_model(model, LoraConfig(r=4, target_modules=["lm_head", "q_proj"], init_lora_weights=False))
     with torch.no_grad():
-        torch.testing.assert_close(loss_sum(adapted, batch, LossConfig())[0], loss_sum(adapted, batch, FULL_LOGITS)[0], rtol=LOSS_RTOL, atol=0)
+        torch.testing.assert_close(
+            loss_sum(adapted, batch, LossConfig())[0], loss_sum(adapted, batch, FULL_LOGITS)[0], rtol=LOSS_RTOL, atol=0
+        )
 
     capped = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     capped.config.final_logit_softcapping = 5.0
     with torch.no_grad():
-        torch.testing.assert_close(loss_sum(capped, batch, LossConfig())[0], loss_sum(capped, batch, FULL_LOGITS)[0], rtol=LOSS_RTOL, atol=0)
+        torch.testing.assert_close(
+            loss_sum(capped, batch, LossConfig())[0], loss_sum(capped, batch, FULL_LOGITS)[0], rtol=LOSS_RTOL, atol=0
+        )
 
 
-def test_a_model_that_changes_the_head_output_is_refused_not_miscomputed(tiny_model_dir: Path, tokenizer: Any, qa_examples: Any) -> None:
+def test_a_model_that_changes_the_head_output_is_refused_not_miscomputed(
+    tiny_model_dir: Path, tokenizer: Any, qa_examples: Any
+) -> None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
@@ -241,8 +279,16 @@ def test_full_logits_are_never_allocated(tiny_model_dir: Path, tokenizer: Any, q
 
     torch.manual_seed(0)
     vocab = 32_000  # large enough that the logits dominate this tiny model's memory
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).train()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).train()
     batch = qa_batch(qa_examples, True, tokenizer.pad_token_id)
     full = batch["labels"].numel() * vocab
 

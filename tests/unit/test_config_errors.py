@@ -33,7 +33,11 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 @pytest.fixture
 def valid_text(tmp_path: Path) -> str:
-    return VALID.format(model=REPO / "assets/models/ftl-tiny-llama", train=REPO / "assets/data/fictional-qa/train.jsonl", out=tmp_path / "run")
+    return VALID.format(
+        model=REPO / "assets/models/ftl-tiny-llama",
+        train=REPO / "assets/data/fictional-qa/train.jsonl",
+        out=tmp_path / "run",
+    )
 
 
 def _problems(path: Path, overrides: list[str] | None = None) -> list[str]:
@@ -105,7 +109,10 @@ def test_bad_override_syntax(tmp_path: Path, valid_text: str) -> None:
 
 
 def test_overrides_are_typed(tmp_path: Path, valid_text: str) -> None:
-    cfg = load_config(_write(tmp_path, valid_text), ["training.learning_rate=3e-4", "data.packing=false", "method.lora.target_modules=[q_proj,v_proj]"])
+    cfg = load_config(
+        _write(tmp_path, valid_text),
+        ["training.learning_rate=3e-4", "data.packing=false", "method.lora.target_modules=[q_proj,v_proj]"],
+    )
     assert cfg.training.learning_rate == 3e-4
     assert cfg.data.packing is False
     assert cfg.method.lora.target_modules == ["q_proj", "v_proj"]
@@ -116,7 +123,9 @@ def test_cross_section_rule(tmp_path: Path, valid_text: str) -> None:
     assert "either data.validation" in problem
 
 
-def test_relative_paths_resolve_from_current_directory(tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_from_current_directory(
+    tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = load_config(_write(tmp_path, valid_text), ["output.dir=runs/x"])
     assert cfg.output.dir == str(tmp_path / "runs" / "x")
@@ -134,7 +143,9 @@ def test_cli_validate_exits_nonzero_with_message(tmp_path: Path, valid_text: str
 
 def test_cli_validate_reports_missing_data_file(tmp_path: Path, valid_text: str) -> None:
     path = _write(tmp_path, valid_text)
-    out = subprocess.run([*FTL, "validate", str(path), f"data.train={tmp_path}/nope.jsonl"], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [*FTL, "validate", str(path), f"data.train={tmp_path}/nope.jsonl"], capture_output=True, text=True, cwd=REPO
+    )
     assert out.returncode == 2
     assert "data.train" in out.stderr and "nope.jsonl not found" in out.stderr
 
@@ -150,8 +161,14 @@ def test_config_snapshot_redacts_secrets() -> None:
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["checkpoint.async_save=true", "checkpoint.keep_last=1"], "checkpoint.async_save needs checkpoint.keep_last >= 2"),
-        (["checkpoint.async_save=true", "parallel.strategy=deepspeed", "cluster.workers=2"], "not supported with parallel.strategy=deepspeed"),
+        (
+            ["checkpoint.async_save=true", "checkpoint.keep_last=1"],
+            "checkpoint.async_save needs checkpoint.keep_last >= 2",
+        ),
+        (
+            ["checkpoint.async_save=true", "parallel.strategy=deepspeed", "cluster.workers=2"],
+            "not supported with parallel.strategy=deepspeed",
+        ),
         (["checkpoint.every_minutes=-1"], "checkpoint.every_minutes"),
     ],
 )
@@ -162,7 +179,10 @@ def test_checkpoint_rules(tmp_path: Path, valid_text: str, overrides: list[str],
 
 def test_sharded_strategies_may_checkpoint_periodically(tmp_path: Path, valid_text: str) -> None:
     for strategy in ("fsdp", "deepspeed"):
-        cfg = load_config(_write(tmp_path, valid_text), [f"parallel.strategy={strategy}", "cluster.workers=2", "checkpoint.every_steps=5"])
+        cfg = load_config(
+            _write(tmp_path, valid_text),
+            [f"parallel.strategy={strategy}", "cluster.workers=2", "checkpoint.every_steps=5"],
+        )
         assert cfg.checkpoint.every_steps == 5
 
 
@@ -180,12 +200,18 @@ def test_object_storage_rules(tmp_path: Path, valid_text: str, overrides: list[s
     assert any(message in p for p in problems), problems
 
 
-def test_uri_output_keeps_its_uri_and_gets_a_local_working_copy(tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uri_output_keeps_its_uri_and_gets_a_local_working_copy(
+    tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from launcher.run_dir import local_run_dir
 
     monkeypatch.setenv("FTL_CACHE", str(tmp_path / "cache"))
-    cfg = load_config(_write(tmp_path, valid_text), ["output.dir=s3://bucket/runs/a?region=eu-west-1", "cluster.backend=ray"])
+    cfg = load_config(
+        _write(tmp_path, valid_text), ["output.dir=s3://bucket/runs/a?region=eu-west-1", "cluster.backend=ray"]
+    )
     assert cfg.output.dir == "s3://bucket/runs/a?region=eu-west-1"  # not resolved as a relative path
     assert local_run_dir(cfg) == tmp_path / "cache" / "runs" / "s3" / "bucket" / "runs" / "a"
-    cfg = load_config(_write(tmp_path, valid_text), ["output.dir=gs://b/r", "cluster.backend=ray", "output.local_dir=work"])
+    cfg = load_config(
+        _write(tmp_path, valid_text), ["output.dir=gs://b/r", "cluster.backend=ray", "output.local_dir=work"]
+    )
     assert local_run_dir(cfg) == Path.cwd() / "work"

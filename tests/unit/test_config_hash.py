@@ -18,7 +18,9 @@ def test_settings_that_do_not_change_the_result_keep_the_hash() -> None:
     base = config_hash(_cfg())
     same = [
         _cfg(output={"dir": "/elsewhere/copy-of-a", "save_merged": False}),
-        _cfg(checkpoint={"every_steps": 7, "keep_last": 5, "resume": "/runs/a/checkpoints/step-15", "move_aside": True}),
+        _cfg(
+            checkpoint={"every_steps": 7, "keep_last": 5, "resume": "/runs/a/checkpoints/step-15", "move_aside": True}
+        ),
         _cfg(training={"progress_bar": False, "log_every_steps": 10, "watchdog_timeout_s": 60}),
         _cfg(data={"train": "/data/train.jsonl", "cache_dir": "/tmp/cache"}),
         _cfg(training={"loss": {"chunked": False, "chunk_tokens": 64}}),  # the same loss, computed another way

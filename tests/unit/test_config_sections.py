@@ -46,18 +46,40 @@ def test_every_section_has_the_one_base() -> None:
     "section,values,message",
     [
         (ParallelConfig, {"strategy": "ddp", "mixed_precision": "fp16"}, "fp16 needs dynamic loss scaling"),
-        (ParallelConfig, {"strategy": "fsdp", "offload_optimizer": "cpu"}, "offload_optimizer needs parallel.strategy=deepspeed"),
-        (ParallelConfig, {"strategy": "deepspeed", "offload_params": "cpu"}, "offload_params needs parallel.zero_stage=3"),
-        (ParallelConfig, {"strategy": "fsdp", "offload_params": "nvme", "nvme_path": "/x"}, "fsdp offloads to cpu only"),
-        (ParallelConfig, {"strategy": "auto", "offload_params": "cpu"}, "offload_params needs parallel.strategy=fsdp or deepspeed"),
+        (
+            ParallelConfig,
+            {"strategy": "fsdp", "offload_optimizer": "cpu"},
+            "offload_optimizer needs parallel.strategy=deepspeed",
+        ),
+        (
+            ParallelConfig,
+            {"strategy": "deepspeed", "offload_params": "cpu"},
+            "offload_params needs parallel.zero_stage=3",
+        ),
+        (
+            ParallelConfig,
+            {"strategy": "fsdp", "offload_params": "nvme", "nvme_path": "/x"},
+            "fsdp offloads to cpu only",
+        ),
+        (
+            ParallelConfig,
+            {"strategy": "auto", "offload_params": "cpu"},
+            "offload_params needs parallel.strategy=fsdp or deepspeed",
+        ),
         (ParallelConfig, {"strategy": "deepspeed", "offload_optimizer": "nvme"}, "nvme_path is required"),
-        (MethodConfig, {"type": "full", "lora": {"modules_to_save": ["score"]}}, "modules_to_save only applies to adapter"),
+        (
+            MethodConfig,
+            {"type": "full", "lora": {"modules_to_save": ["score"]}},
+            "modules_to_save only applies to adapter",
+        ),
         (MethodConfig, {"type": "full", "adapter_dtype": "float32"}, "adapter_dtype only applies to adapter"),
         (DataConfig, {"train": "t.jsonl", "validation": "v.jsonl", "validation_split": 0.1}, "either data.validation"),
         (OutputConfig, {"dir": "ftp://host/run"}, "ftp:// is not a storage ftl can use"),
     ],
 )
-def test_a_one_section_rule_holds_on_the_section_alone(section: type[Section], values: dict[str, Any], message: str) -> None:
+def test_a_one_section_rule_holds_on_the_section_alone(
+    section: type[Section], values: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ValidationError, match=message):
         section.model_validate(values)
 
@@ -66,17 +88,25 @@ def test_the_sections_of_a_cross_section_rule_are_valid_alone() -> None:
     ModelConfig(path="/m", compile=True)
     ParallelConfig(strategy="deepspeed")
     with pytest.raises(ValidationError, match="model.compile is not supported with parallel.strategy=deepspeed"):
-        TrainerConfig(model={"path": "/m", "compile": True}, data={"train": "t.jsonl"}, output={"dir": "/r"},
-                      parallel={"strategy": "deepspeed"})
+        TrainerConfig(
+            model={"path": "/m", "compile": True},
+            data={"train": "t.jsonl"},
+            output={"dir": "/r"},
+            parallel={"strategy": "deepspeed"},
+        )
 
 
 def test_a_section_rule_error_names_the_section_and_its_line(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(f"model:\n  path: {REPO}/assets/models/ftl-tiny-llama\ndata:\n  train: {tmp_path}/t.jsonl\n"
-                    f"output:\n  dir: {tmp_path}/run\nparallel:\n  strategy: ddp\n  mixed_precision: fp16\n")
+    path.write_text(
+        f"model:\n  path: {REPO}/assets/models/ftl-tiny-llama\ndata:\n  train: {tmp_path}/t.jsonl\n"
+        f"output:\n  dir: {tmp_path}/run\nparallel:\n  strategy: ddp\n  mixed_precision: fp16\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems == [
-        ("parallel (line 7): parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
-         "use bf16, or parallel.strategy=deepspeed")
+        (
+            "parallel (line 7): parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
+            "use bf16, or parallel.strategy=deepspeed"
+        )
     ]

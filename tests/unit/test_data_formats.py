@@ -38,8 +38,14 @@ def test_chat_trains_only_assistant_turns_including_end_of_turn(tokenizer: Any) 
     end = tokenizer.convert_tokens_to_ids("<|end|>")
     # Token by token: exactly the assistant contents, each followed by its end-of-turn token.
     trained_ids = [t for t, m in zip(example.input_ids, example.loss_mask) if m]
-    expected = (tokenizer("Quenta.", add_special_tokens=False)["input_ids"] + [end] + tokenizer("\n", add_special_tokens=False)["input_ids"]
-                + tokenizer("Blue.", add_special_tokens=False)["input_ids"] + [end] + tokenizer("\n", add_special_tokens=False)["input_ids"])
+    expected = (
+        tokenizer("Quenta.", add_special_tokens=False)["input_ids"]
+        + [end]
+        + tokenizer("\n", add_special_tokens=False)["input_ids"]
+        + tokenizer("Blue.", add_special_tokens=False)["input_ids"]
+        + [end]
+        + tokenizer("\n", add_special_tokens=False)["input_ids"]
+    )
     assert trained_ids == expected
     trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
     assert "Zorblat" in other and "<|assistant|>" in other and "Be brief" in other
@@ -118,12 +124,22 @@ GOOD = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "c
 def test_bad_row_stops_tokenization_with_file_and_line(tmp_path: Path, tokenizer: Any) -> None:
     path = _jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, "{not json", GOOD])
     with pytest.raises(DataError, match=r"d.jsonl line 3: invalid JSON"):
-        load_tokenized(str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+        load_tokenized(
+            str(path),
+            "chat",
+            tokenizer,
+            max_seq_len=64,
+            too_long="truncate",
+            skip_bad_rows=False,
+            cache_root=tmp_path / "c",
+        )
 
 
 def test_skip_bad_rows_is_opt_in_and_counted(tmp_path: Path, tokenizer: Any) -> None:
     path = _jsonl(tmp_path / "d.jsonl", [GOOD, {"messages": []}, "{oops", GOOD])
-    data = load_tokenized(str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=True, cache_root=tmp_path / "c")
+    data = load_tokenized(
+        str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=True, cache_root=tmp_path / "c"
+    )
     assert len(data) == 2
     assert data.stats["skipped_bad"] == 2
     assert data.source_rows.tolist() == [0, 3]
@@ -143,7 +159,15 @@ def test_too_long_policies(tmp_path: Path, tokenizer: Any) -> None:
 
 def test_first_token_of_each_example_never_carries_loss(tmp_path: Path, tokenizer: Any) -> None:
     path = _jsonl(tmp_path / "t.jsonl", [{"text": "one two"}, {"text": "three"}])
-    data = load_tokenized(str(path), "text", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+    data = load_tokenized(
+        str(path),
+        "text",
+        tokenizer,
+        max_seq_len=64,
+        too_long="truncate",
+        skip_bad_rows=False,
+        cache_root=tmp_path / "c",
+    )
     for index in range(len(data)):
         _, mask = data.example(index)
         assert mask[0] == 0 and mask[1:].all()
@@ -165,7 +189,7 @@ def test_readers_report_locations(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    (tmp_path / "d.csv").write_text("prompt,completion\nhello,world\n\"multi\nline\",x\n")
+    (tmp_path / "d.csv").write_text('prompt,completion\nhello,world\n"multi\nline",x\n')
     assert [r.where for r in read_rows(str(tmp_path / "d.csv"))] == ["d.csv line 2", "d.csv line 4"]
     (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}]))
     assert [r.where for r in read_rows(str(tmp_path / "d.json"))] == ["d.json item 0", "d.json item 1"]
@@ -180,7 +204,15 @@ def test_every_bad_row_is_reported_with_its_line_and_a_misspelled_key_is_named(t
     misspelled = {"mesages": GOOD["messages"]}
     path = _jsonl(tmp_path / "d.jsonl", [GOOD, misspelled, GOOD, "{not json", {"messages": []}, GOOD])
     with pytest.raises(DataError) as info:
-        load_tokenized(str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+        load_tokenized(
+            str(path),
+            "chat",
+            tokenizer,
+            max_seq_len=64,
+            too_long="truncate",
+            skip_bad_rows=False,
+            cache_root=tmp_path / "c",
+        )
     message = str(info.value)
     assert message.startswith(f"{path}: 3 bad rows") and "data.skip_bad_rows=true" in message
     assert "d.jsonl line 2: unknown field 'mesages'; did you mean 'messages'?" in message
@@ -190,17 +222,28 @@ def test_every_bad_row_is_reported_with_its_line_and_a_misspelled_key_is_named(t
 def test_a_long_list_of_bad_rows_stops_at_twenty_and_counts_the_rest(tmp_path: Path, tokenizer: Any) -> None:
     path = _jsonl(tmp_path / "d.jsonl", [GOOD] + [{"text": "x"}] * 25)
     with pytest.raises(DataError) as info:
-        load_tokenized(str(path), "chat", tokenizer, max_seq_len=64, too_long="truncate", skip_bad_rows=False, cache_root=tmp_path / "c")
+        load_tokenized(
+            str(path),
+            "chat",
+            tokenizer,
+            max_seq_len=64,
+            too_long="truncate",
+            skip_bad_rows=False,
+            cache_root=tmp_path / "c",
+        )
     lines = str(info.value).splitlines()
     assert "25 bad rows" in lines[0] and len(lines) == 1 + 20 + 1 and lines[-1].strip() == "... and 5 more"
     assert lines[1].strip().startswith("- d.jsonl line 2:") and lines[20].strip().startswith("- d.jsonl line 21:")
 
 
-@pytest.mark.parametrize("fmt,row,hint", [
-    ("alpaca", {"instruction": "x", "ouptut": "y"}, "unknown field 'ouptut'; did you mean 'output'?"),
-    ("completion", {"promt": "x", "completion": "y"}, "unknown field 'promt'; did you mean 'prompt'?"),
-    ("text", {"txt": "x"}, "unknown field 'txt'; did you mean 'text'?"),
-])
+@pytest.mark.parametrize(
+    "fmt,row,hint",
+    [
+        ("alpaca", {"instruction": "x", "ouptut": "y"}, "unknown field 'ouptut'; did you mean 'output'?"),
+        ("completion", {"promt": "x", "completion": "y"}, "unknown field 'promt'; did you mean 'prompt'?"),
+        ("text", {"txt": "x"}, "unknown field 'txt'; did you mean 'text'?"),
+    ],
+)
 def test_a_misspelled_field_is_named_in_every_format(tokenizer: Any, fmt: str, row: dict, hint: str) -> None:
     with pytest.raises(DataError, match=re.escape(f"train.jsonl line 3: {hint}")):
         render_example(Row("train.jsonl line 3", row), fmt, tokenizer)

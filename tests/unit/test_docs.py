@@ -54,7 +54,9 @@ def _where(doc: Path, line: int) -> str:
 def _merge(base: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in fragment.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -83,8 +85,10 @@ def test_the_docs_hold_what_these_tests_check() -> None:
 @pytest.mark.parametrize("block", YAML_BLOCKS, ids=lambda b: _where(b.path, b.line))
 def test_config_example_validates(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     marker = config_marker(block)
-    assert marker, (f"{_where(block.path, block.line)}: a yaml block needs `<!-- ftl-config: full -->` or "
-                    "`<!-- ftl-config: fragment [base=PATH] -->` on the line before it")
+    assert marker, (
+        f"{_where(block.path, block.line)}: a yaml block needs `<!-- ftl-config: full -->` or "
+        "`<!-- ftl-config: fragment [base=PATH] -->` on the line before it"
+    )
     kind, base = marker
     raw = yaml.safe_load(block.text)
     if kind == "fragment":
@@ -132,8 +136,9 @@ def test_named_repo_path_exists(doc: Path, line: int, path: str) -> None:
 @pytest.mark.parametrize("doc, line, module", MODULES, ids=[f"{_where(d, n)}:{m}" for d, n, m in MODULES])
 def test_named_module_exists(doc: Path, line: int, module: str) -> None:
     as_path = REPO / module.replace(".", "/")
-    assert as_path.with_suffix(".py").is_file() or (as_path / "__init__.py").is_file(), \
+    assert as_path.with_suffix(".py").is_file() or (as_path / "__init__.py").is_file(), (
         f"{_where(doc, line)}: python -m {module}: no such module in the repository"
+    )
 
 
 def test_configuration_table_names_real_keys(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,14 +153,21 @@ def test_configuration_table_names_real_keys(monkeypatch: pytest.MonkeyPatch) ->
     for key in keys:
         node: Any = resolved
         for part in key.split("."):
-            assert isinstance(node, dict) and part in node, f"docs/configuration.md names `{key}`, which the config does not have"
+            assert isinstance(node, dict) and part in node, (
+                f"docs/configuration.md names `{key}`, which the config does not have"
+            )
             node = node[part]
 
 
 def _synopses() -> list[tuple[Path, int, str]]:
     """`ftl VERB ...` spans of inline code in the prose (usage synopses such as `ftl runs [DIR] [--verify]`)."""
-    return [(doc, number, span) for doc, text in TEXTS.items() for number, line in prose_lines(text)
-            for span in INLINE_CODE.findall(line) if span.startswith("ftl ")]
+    return [
+        (doc, number, span)
+        for doc, text in TEXTS.items()
+        for number, line in prose_lines(text)
+        for span in INLINE_CODE.findall(line)
+        if span.startswith("ftl ")
+    ]
 
 
 def _verb_parsers() -> dict[str, argparse.ArgumentParser]:
@@ -184,8 +196,11 @@ def test_every_verb_is_documented() -> None:
 # The checks above must be able to fail: each gets a wrong input here.
 def test_checks_catch_what_they_are_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     page = tmp_path / "page.md"
-    page.write_text("# A page\n\n## Memory settings\n\n```bash\nftl train cfg.yaml --no-such-flag\n"
-                    "ftl plan cfg.yaml training.no_such_key=1\n```\n", encoding="utf-8")
+    page.write_text(
+        "# A page\n\n## Memory settings\n\n```bash\nftl train cfg.yaml --no-such-flag\n"
+        "ftl plan cfg.yaml training.no_such_key=1\n```\n",
+        encoding="utf-8",
+    )
     assert heading_anchors(page.read_text()) == {"a-page", "memory-settings"}
     assert link_problem(page, "#memory-settings") is None
     assert "no heading" in (link_problem(page, "#memory") or "")

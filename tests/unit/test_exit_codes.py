@@ -36,28 +36,74 @@ def _with_message(cls: type[FtlError], code: int, prefix: str | None) -> Case:
 
 # (class, how to make one, exit code, what the CLI prints on stderr; None: nothing, the message is already there)
 CASES: list[Case] = [
-    *(_with_message(cls, 2, "error: ") for cls in (
-        trainer.errors.InputError, trainer.errors.TrainerInputError, trainer.errors.DataError, launcher.errors.UserError,
-        cluster.run_storage.StorageError, cluster.run_lock.RunDirLocked, cluster.ray_jobs.JobError,
-        cluster.torchrun.TorchrunPrepareFailed)),
-    *(_with_message(cls, 1, "ftl: ") for cls in (
-        FtlError, cluster.ray_driver.RayRunFailed, cluster.slurm.SlurmError, trainer.outcome.NoResult)),
+    *(
+        _with_message(cls, 2, "error: ")
+        for cls in (
+            trainer.errors.InputError,
+            trainer.errors.TrainerInputError,
+            trainer.errors.DataError,
+            launcher.errors.UserError,
+            cluster.run_storage.StorageError,
+            cluster.run_lock.RunDirLocked,
+            cluster.ray_jobs.JobError,
+            cluster.torchrun.TorchrunPrepareFailed,
+        )
+    ),
+    *(
+        _with_message(cls, 1, "ftl: ")
+        for cls in (FtlError, cluster.ray_driver.RayRunFailed, cluster.slurm.SlurmError, trainer.outcome.NoResult)
+    ),
     # Disk full or an I/O error: the message, with what to do, is already on stderr.
-    *(_with_message(cls, 1, None) for cls in (
-        trainer.errors.RunWriteError, trainer.metrics.MetricsWriteError, trainer.checkpointing.manager.CheckpointWriteError)),
-    (launcher.errors.ConfigError, lambda: launcher.errors.ConfigError("cfg.yaml", ["training.lr: unknown key"]), 2,
-     "error: invalid config cfg.yaml: 1 problem(s)\n  - training.lr: unknown key"),
-    (trainer.stopping.StopRequested, lambda: trainer.stopping.StopRequested(5, "runs/x/checkpoints/step-5", None), 3,
-     "ftl: stopped at step 5; checkpoint runs/x/checkpoints/step-5; run the same command again to resume"),
-    (trainer.stopping.StopRequested, lambda: trainer.stopping.StopRequested(5, "ck", signal.SIGTERM), 143,
-     "ftl: stopped at step 5; checkpoint ck; run the same command again to resume"),
-    (trainer.stopping.StopRequested, lambda: trainer.stopping.StopRequested(5, "ck", signal.SIGUSR1), 138,
-     "ftl: stopped at step 5; checkpoint ck; run the same command again to resume"),
-    (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(1, 7, Path("logs/worker-1.out")), 7,
-     "ftl: worker 1 exited with code 7; see logs/worker-1.out"),
-    (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(0, -9, None), 137, "ftl: worker 0 exited with code -9"),
-    (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(None, 2, Path("logs"), who="torchrun"), 2,
-     "ftl: a worker rejected its input (message above)"),
+    *(
+        _with_message(cls, 1, None)
+        for cls in (
+            trainer.errors.RunWriteError,
+            trainer.metrics.MetricsWriteError,
+            trainer.checkpointing.manager.CheckpointWriteError,
+        )
+    ),
+    (
+        launcher.errors.ConfigError,
+        lambda: launcher.errors.ConfigError("cfg.yaml", ["training.lr: unknown key"]),
+        2,
+        "error: invalid config cfg.yaml: 1 problem(s)\n  - training.lr: unknown key",
+    ),
+    (
+        trainer.stopping.StopRequested,
+        lambda: trainer.stopping.StopRequested(5, "runs/x/checkpoints/step-5", None),
+        3,
+        "ftl: stopped at step 5; checkpoint runs/x/checkpoints/step-5; run the same command again to resume",
+    ),
+    (
+        trainer.stopping.StopRequested,
+        lambda: trainer.stopping.StopRequested(5, "ck", signal.SIGTERM),
+        143,
+        "ftl: stopped at step 5; checkpoint ck; run the same command again to resume",
+    ),
+    (
+        trainer.stopping.StopRequested,
+        lambda: trainer.stopping.StopRequested(5, "ck", signal.SIGUSR1),
+        138,
+        "ftl: stopped at step 5; checkpoint ck; run the same command again to resume",
+    ),
+    (
+        cluster.errors.WorkerFailed,
+        lambda: cluster.errors.WorkerFailed(1, 7, Path("logs/worker-1.out")),
+        7,
+        "ftl: worker 1 exited with code 7; see logs/worker-1.out",
+    ),
+    (
+        cluster.errors.WorkerFailed,
+        lambda: cluster.errors.WorkerFailed(0, -9, None),
+        137,
+        "ftl: worker 0 exited with code -9",
+    ),
+    (
+        cluster.errors.WorkerFailed,
+        lambda: cluster.errors.WorkerFailed(None, 2, Path("logs"), who="torchrun"),
+        2,
+        "ftl: a worker rejected its input (message above)",
+    ),
     (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(None, 3, None), 3, STOPPED_HINT),
     (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(1, 130, None), 130, STOPPED_HINT),
     (cluster.errors.WorkerFailed, lambda: cluster.errors.WorkerFailed(1, 143, None), 143, STOPPED_HINT),
@@ -86,8 +132,13 @@ def test_exit_codes_are_the_shell_conventions() -> None:
 
 @pytest.mark.parametrize(("cls", "make", "code", "printed"), CASES, ids=[f"{c[0].__name__}-{c[2]}" for c in CASES])
 def test_cli_main_prints_the_error_and_returns_its_exit_code(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        cls: type[FtlError], make: Callable[[], FtlError], code: int, printed: str | None) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cls: type[FtlError],
+    make: Callable[[], FtlError],
+    code: int,
+    printed: str | None,
+) -> None:
     def dispatch(args: object) -> int:
         raise make()
 

@@ -35,12 +35,20 @@ def test_torn_last_line_is_skipped_by_readers_and_cut_before_the_next_append(tmp
 def test_steps_replayed_after_a_resume_count_once(tmp_path: Path) -> None:
     # Checkpoint at step 2; the first attempt logged 3 and 4 (and an eval at 4) before it died;
     # the resumed run starts at 2, redoes 3 and 4 with other values (say another worker count).
-    _lines(tmp_path / "metrics.jsonl", [
-        {"kind": "start", "step": 0}, {"kind": "eval", "step": 0, "split": "validation", "label": "base", "eval_loss": 3.0},
-        _train(1, 1.0), _train(2, 0.9), _train(3, 0.8), _train(4, 0.7),
-        {"kind": "eval", "step": 4, "split": "validation", "label": "periodic", "eval_loss": 2.0},
-        {"kind": "start", "step": 2}, _train(3, 0.81),
-    ])
+    _lines(
+        tmp_path / "metrics.jsonl",
+        [
+            {"kind": "start", "step": 0},
+            {"kind": "eval", "step": 0, "split": "validation", "label": "base", "eval_loss": 3.0},
+            _train(1, 1.0),
+            _train(2, 0.9),
+            _train(3, 0.8),
+            _train(4, 0.7),
+            {"kind": "eval", "step": 4, "split": "validation", "label": "periodic", "eval_loss": 2.0},
+            {"kind": "start", "step": 2},
+            _train(3, 0.81),
+        ],
+    )
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path, "train")] == [(1, 1.0), (2, 0.9), (3, 0.81)]
     # The eval at step 4 belonged to the replaced attempt: gone until the resumed run evaluates step 4.
     assert [(r["step"], r["label"]) for r in read_metrics(tmp_path, "eval")] == [(0, "base")]

@@ -20,8 +20,13 @@ from trainer.metrics import MetricsWriteError, MetricsWriter, read_metrics
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                                                   capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
     try:
@@ -30,7 +35,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_line_that_does_not_fit_is_cut_back_and_reported_clearly(small_disk: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_line_that_does_not_fit_is_cut_back_and_reported_clearly(
+    small_disk: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     writer = MetricsWriter(small_disk)
     writer.write(1, {"loss": 2.5})
     fill_filesystem(small_disk)
@@ -45,8 +52,9 @@ def test_a_line_that_does_not_fit_is_cut_back_and_reported_clearly(small_disk: P
     writer.close()  # nothing left to fail
 
 
-def test_tensorboard_on_a_full_disk_is_a_clear_error_not_a_thread_traceback(small_disk: Path,
-                                                                            capfd: pytest.CaptureFixture[str]) -> None:
+def test_tensorboard_on_a_full_disk_is_a_clear_error_not_a_thread_traceback(
+    small_disk: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     (small_disk / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "loss": 2.5}) + "\n")
     fill_filesystem(small_disk)
     writer = MetricsWriter(small_disk, resumed_at=1)  # a resumed run: a new TensorBoard event file, no room for it

@@ -11,13 +11,13 @@ import torch
 
 from launcher.config_loader import load_config
 from launcher.errors import ConfigError
+from tests.conftest import write_config
 from trainer.activation_offload import decoder_stack, enable_activation_offloading
 from trainer.config import MethodConfig, ModelConfig
 from trainer.errors import TrainerInputError
 from trainer.methods import apply_method
 from trainer.model_builder import enable_checkpointing, load_model
 from trainer.model_options import check_model_options
-from tests.conftest import write_config
 
 
 def _dtypes(model: torch.nn.Module) -> dict[str, set[torch.dtype]]:
@@ -99,13 +99,22 @@ def test_liger_kernels_are_refused_on_cpu() -> None:
     check_model_options(ModelConfig(path="x"), "cpu")  # off: nothing to check
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"model": {"compile": True}, "parallel": {"strategy": "deepspeed"}},
-     "model.compile is not supported with parallel.strategy=deepspeed"),
-    ({"method": {"type": "full", "adapter_dtype": "compute"}},
-     "method.adapter_dtype only applies to adapter methods"),
-])
-def test_model_option_rules_name_the_keys(sections: dict[str, Any], message: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        (
+            {"model": {"compile": True}, "parallel": {"strategy": "deepspeed"}},
+            "model.compile is not supported with parallel.strategy=deepspeed",
+        ),
+        (
+            {"method": {"type": "full", "adapter_dtype": "compute"}},
+            "method.adapter_dtype only applies to adapter methods",
+        ),
+    ],
+)
+def test_model_option_rules_name_the_keys(
+    sections: dict[str, Any], message: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     config = write_config(tmp_path / "cfg.yaml", tiny_model_dir, tmp_path / "run", **sections)
     with pytest.raises(ConfigError) as info:
         load_config(config)

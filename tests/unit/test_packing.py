@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import QA_DATA
 from trainer.data.batches import RowDataset, make_batch
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sampler import GlobalSampler
 from trainer.data.tokenized import load_tokenized
 from trainer.loss import forward_logits
-from tests.conftest import QA_DATA
 
 LOGIT_TOLERANCE = 1e-5  # fp32 on CPU; differences come only from SDPA summation order
 
@@ -37,12 +37,21 @@ def test_packing_beats_padding_on_skewed_lengths() -> None:
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_row_matches_examples_run_one_by_one(tiny_model_dir: Path, tokenizer: Any, tmp_path: Path, attn: str) -> None:
+def test_packed_row_matches_examples_run_one_by_one(
+    tiny_model_dir: Path, tokenizer: Any, tmp_path: Path, attn: str
+) -> None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation=attn).eval()
-    data = load_tokenized(str(QA_DATA / "valid.jsonl"), "chat", tokenizer, max_seq_len=128, too_long="truncate",
-                          skip_bad_rows=False, cache_root=tmp_path)
+    data = load_tokenized(
+        str(QA_DATA / "valid.jsonl"),
+        "chat",
+        tokenizer,
+        max_seq_len=128,
+        too_long="truncate",
+        skip_bad_rows=False,
+        cache_root=tmp_path,
+    )
     examples = [0, 1, 2, 3, 4]
     packed = make_batch(RowDataset(data, [examples], packed=True), [0], tokenizer.pad_token_id)
     assert "attention_mask" not in packed

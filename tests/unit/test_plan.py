@@ -18,9 +18,14 @@ from tests.conftest import BUNDLED_MODEL, FTL, REPO, write_config
 from trainer.config import MethodConfig
 
 
-@pytest.mark.parametrize("name,params", [
-    ("llama-3.1-8b", 8_030_261_248), ("meta-llama/Llama-3.1-70B", 70_553_706_496), ("mixtral-8x7b", 46_702_792_704),
-])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("llama-3.1-8b", 8_030_261_248),
+        ("meta-llama/Llama-3.1-70B", 70_553_706_496),
+        ("mixtral-8x7b", 46_702_792_704),
+    ],
+)
 def test_catalogue_builds_published_parameter_counts(name: str, params: int) -> None:
     import torch
 
@@ -58,7 +63,13 @@ def _cfg(tmp_path: Path, **sections: dict) -> object:  # type: ignore[type-arg]
 
 
 def test_suggestions_fit_and_name_their_overrides(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, model={"path": "llama-3.1-8b"}, method={"type": "full"}, training={"micro_batch_size": 4}, data={"max_seq_len": 2048})
+    cfg = _cfg(
+        tmp_path,
+        model={"path": "llama-3.1-8b"},
+        method={"type": "full"},
+        training={"micro_batch_size": 4},
+        data={"max_seq_len": 2048},
+    )
     plan = plan_run(cfg, Target(accelerator("A100-80GB"), gpus_per_node=8), with_throughput=False)
     assert not plan.memory.fits
     assert plan.suggestions and all(s.memory.fits for s in plan.suggestions)
@@ -70,11 +81,19 @@ def test_suggestions_fit_and_name_their_overrides(tmp_path: Path) -> None:
 
 
 def test_more_gpus_shards_a_70b_full_finetune(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, model={"path": "llama-3.1-70b", "gradient_checkpointing": True}, method={"type": "full"},
-               training={"micro_batch_size": 1}, data={"max_seq_len": 2048})
+    cfg = _cfg(
+        tmp_path,
+        model={"path": "llama-3.1-70b", "gradient_checkpointing": True},
+        method={"type": "full"},
+        training={"micro_batch_size": 1},
+        data={"max_seq_len": 2048},
+    )
     one = plan_run(cfg, Target(accelerator("H100"), gpus_per_node=1), with_throughput=False)
-    sixteen = plan_run(cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"strategy": "fsdp"})}),
-                       Target(accelerator("H100"), gpus_per_node=8, nodes=2), with_throughput=False)
+    sixteen = plan_run(
+        cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"strategy": "fsdp"})}),
+        Target(accelerator("H100"), gpus_per_node=8, nodes=2),
+        with_throughput=False,
+    )
     assert not one.memory.fits and sixteen.memory.fits
     # FSDP2 splits the 70B states 16 ways: bf16 weights + grads + two AdamW states = 8 bytes/param.
     states = sum(i.bytes for i in sixteen.memory.items if i.label.startswith(("weights", "gradients", "optimizer")))
@@ -97,18 +116,36 @@ def test_parse_size() -> None:
 
 def test_cli_plan_exit_codes(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
-    fits = subprocess.run([*FTL, "plan", str(cfg), "--gpu", "L4", "--price-per-gpu-hour", "0.8"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    fits = subprocess.run(
+        [*FTL, "plan", str(cfg), "--gpu", "L4", "--price-per-gpu-hour", "0.8"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert fits.returncode == 0, fits.stderr
-    assert "verdict   FITS" in fits.stdout and "tokens/s" in fits.stdout and "time:" in fits.stdout and "cost:" in fits.stdout
-    big = subprocess.run([*FTL, "plan", str(cfg), "model.path=llama-3.1-8b", "method.type=full", "--gpu", "RTX4090"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (
+        "verdict   FITS" in fits.stdout
+        and "tokens/s" in fits.stdout
+        and "time:" in fits.stdout
+        and "cost:" in fits.stdout
+    )
+    big = subprocess.run(
+        [*FTL, "plan", str(cfg), "model.path=llama-3.1-8b", "method.type=full", "--gpu", "RTX4090"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert big.returncode == 1, big.stderr
     assert "DOES NOT FIT" in big.stdout and "changes that make it fit" in big.stdout
 
 
 def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", method={"type": "full"})
-    result = subprocess.run([*FTL, "train", str(cfg), "model.path=llama-3.1-405b"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*FTL, "train", str(cfg), "model.path=llama-3.1-405b"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert "available RAM" in result.stderr and "--skip-fit-check" in result.stderr
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
@@ -119,37 +156,69 @@ def test_skip_fit_check_launches_what_the_fit_check_refuses(tmp_path: Path) -> N
     # padded to the longest example of their batch, so the real run is small and finishes.
     huge_rows = ["data.max_seq_len=1048576", "data.packing=false", "training.max_steps=2"]
     cfg = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
-    refused = subprocess.run([*FTL, "train", str(cfg), *huge_rows], cwd=REPO, capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [*FTL, "train", str(cfg), *huge_rows], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert refused.returncode == 2 and "--skip-fit-check" in refused.stderr, refused.stderr
     assert not (tmp_path / "run").exists()
-    ran = subprocess.run([*FTL, "train", str(cfg), *huge_rows, "--skip-fit-check"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    ran = subprocess.run(
+        [*FTL, "train", str(cfg), *huge_rows, "--skip-fit-check"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "fit check" not in ran.stderr and "Fine-tune finished: 2 steps" in ran.stdout
     assert (tmp_path / "run" / "final" / "adapter").is_dir()
     # A model name the planner does not know (a hub name) is refused with the same way out, which
     # gets it to the workers (here: offline, so they cannot download it).
-    hub = subprocess.run([*FTL, "train", str(cfg), "model.path=some-org/some-model", "output.dir=" + str(tmp_path / "hub")],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    hub = subprocess.run(
+        [*FTL, "train", str(cfg), "model.path=some-org/some-model", "output.dir=" + str(tmp_path / "hub")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert hub.returncode == 2 and "--skip-fit-check" in hub.stderr and not (tmp_path / "hub").exists(), hub.stderr
-    hub = subprocess.run([*FTL, "train", str(cfg), "model.path=some-org/some-model", "output.dir=" + str(tmp_path / "hub"),
-                          "--skip-fit-check"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert "cannot load a tokenizer from 'some-org/some-model'" in hub.stderr and (tmp_path / "hub" / "config.yaml").is_file(), hub.stderr
+    hub = subprocess.run(
+        [
+            *FTL,
+            "train",
+            str(cfg),
+            "model.path=some-org/some-model",
+            "output.dir=" + str(tmp_path / "hub"),
+            "--skip-fit-check",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        "cannot load a tokenizer from 'some-org/some-model'" in hub.stderr
+        and (tmp_path / "hub" / "config.yaml").is_file()
+    ), hub.stderr
 
 
 # --- issue 13: the lean-memory settings in the plan and its suggestions ---------------------------
 
-def _plan(tmp_path: Path, gpu: str = "RTX4090", overrides: list[str] | None = None, gpus: int = 1, **sections: dict) -> object:
+
+def _plan(
+    tmp_path: Path, gpu: str = "RTX4090", overrides: list[str] | None = None, gpus: int = 1, **sections: dict
+) -> object:
     path = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", **sections)
     return plan_run(load_config(path, overrides), Target(accelerator(gpu), gpus_per_node=gpus), with_throughput=False)
 
 
-LLAMA_8B_2x2048 = dict(model={"path": "llama-3.1-8b", "gradient_checkpointing": True}, data={"max_seq_len": 2048},
-                       training={"micro_batch_size": 2})
+LLAMA_8B_2x2048 = dict(
+    model={"path": "llama-3.1-8b", "gradient_checkpointing": True},
+    data={"max_seq_len": 2048},
+    training={"micro_batch_size": 2},
+)
 
 
 def test_chunked_loss_term_is_a_chunk_of_the_full_logits_at_128k_vocab(tmp_path: Path) -> None:
     full = _plan(tmp_path, overrides=["training.loss.chunked=false"], **LLAMA_8B_2x2048).memory
-    chunked = _plan(tmp_path, overrides=["training.loss.chunked=true", "training.loss.chunk_tokens=1024"], **LLAMA_8B_2x2048).memory
+    chunked = _plan(
+        tmp_path, overrides=["training.loss.chunked=true", "training.loss.chunk_tokens=1024"], **LLAMA_8B_2x2048
+    ).memory
     vocab, hidden, tokens, e = 128_256, 4096, 4096, 2
     assert full.activations.head == tokens * vocab * (e + 8)  # logits + fp32 copy + fp32 log-softmax, every position
     # One chunk of 1024 label positions at a time (fp32 scores + the bf16 logits/gradient),
@@ -157,8 +226,13 @@ def test_chunked_loss_term_is_a_chunk_of_the_full_logits_at_128k_vocab(tmp_path:
     assert chunked.activations.head == 1024 * vocab * (4 + e) + tokens * hidden * 2 * e
     assert full.activations.head / chunked.activations.head > 4  # 4096 / 1024 tokens, fewer bytes per logit
     # With checkpointing the peak is now the recomputed layer's backward, no longer the loss.
-    assert chunked.activations.total == full.activations.total - full.activations.head + chunked.activations.per_layer \
+    assert (
+        chunked.activations.total
+        == full.activations.total
+        - full.activations.head
+        + chunked.activations.per_layer
         + chunked.activations.recompute_workspace
+    )
     assert full.peak_bytes - chunked.peak_bytes == full.activations.total - chunked.activations.total
     # A chunk is never larger than the micro-batch.
     small = _plan(tmp_path, overrides=["training.loss.chunk_tokens=8192"], **LLAMA_8B_2x2048).memory
@@ -168,8 +242,11 @@ def test_chunked_loss_term_is_a_chunk_of_the_full_logits_at_128k_vocab(tmp_path:
 def test_chunked_loss_counts_the_head_gradient_made_in_forward(tmp_path: Path) -> None:
     """Full fine-tuning: the chunked loss computes the head's weight gradient in forward; it is
     alive from the end of forward, so it adds to the forward peak (LoRA: the head is frozen)."""
-    full = _plan(tmp_path, overrides=["method.type=full", "training.optimizer_in_backward=true", "training.max_grad_norm=null"],
-                 **LLAMA_8B_2x2048).memory
+    full = _plan(
+        tmp_path,
+        overrides=["method.type=full", "training.optimizer_in_backward=true", "training.max_grad_norm=null"],
+        **LLAMA_8B_2x2048,
+    ).memory
     head = [i for i in full.items if i.label.startswith("LM head weight gradient")]
     assert [i.bytes for i in head] == [128_256 * 4096 * 2]
     # bf16 weights: the chunks' products are summed into the bf16 gradient itself, no other
@@ -188,7 +265,11 @@ def test_optimizer_in_backward_keeps_one_gradient_at_a_time(tmp_path: Path) -> N
     assert fused.state_bytes("gradients") == 128_256 * 4096 * 2  # the largest parameter: embedding / head
     # The full gradient set was the peak's last term; now the end of forward is (activations + head gradient).
     assert normal.peak_bytes - fused.peak_bytes > 5 * 1024**3
-    static = sum(i.bytes for i in fused.items if i.where == "gpu" and i.kind != "activation" and not i.label.startswith("gradients"))
+    static = sum(
+        i.bytes
+        for i in fused.items
+        if i.where == "gpu" and i.kind != "activation" and not i.label.startswith("gradients")
+    )
     assert fused.peak_bytes == static + fused.activations.total + 128_256 * 4096 * 2
     cpu = _plan(tmp_path, gpu="cpu", overrides=[*base, "training.optimizer_in_backward=true"], **LLAMA_8B_2x2048).memory
     assert cpu.state_bytes("gradients") == 128_256 * 4096 * 4  # fp32 on a CPU
@@ -217,8 +298,12 @@ def test_8bit_state_formula_matches_bitsandbytes_on_cpu() -> None:
         optimizer.step()
     except (RuntimeError, NotImplementedError) as exc:  # a build without CPU kernels
         pytest.skip(f"bitsandbytes 8-bit AdamW does not run on this CPU: {exc}")
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)}
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t)
+    }
     assert sum(storages.values()) == eight_bit_state_bytes([p.numel() for p in params])
 
 
@@ -227,8 +312,12 @@ def test_8bit_optimizer_in_the_plan(tmp_path: Path) -> None:
     eight = _plan(tmp_path, overrides=["method.type=full", "training.optimizer=adamw_8bit"], **LLAMA_8B_2x2048).memory
     ratio = eight.state_bytes("optimizer") / adamw.state_bytes("optimizer")
     assert 0.5 < ratio < 0.51  # bf16 weights: AdamW states are 4 bytes/param, 8-bit ones 2 (+ block absmax)
-    paged = _plan(tmp_path, overrides=["method.type=full", "training.optimizer=paged_adamw_8bit"], **LLAMA_8B_2x2048).memory
-    assert paged.state_bytes("optimizer") == 0 and paged.state_bytes("optimizer", where="paged") == eight.state_bytes("optimizer")
+    paged = _plan(
+        tmp_path, overrides=["method.type=full", "training.optimizer=paged_adamw_8bit"], **LLAMA_8B_2x2048
+    ).memory
+    assert paged.state_bytes("optimizer") == 0 and paged.state_bytes("optimizer", where="paged") == eight.state_bytes(
+        "optimizer"
+    )
     assert any("unified memory" in n for n in paged.notes)
 
 
@@ -271,26 +360,51 @@ def test_suggestions_lead_with_valid_lean_settings(tmp_path: Path) -> None:
     plan = _plan(tmp_path, overrides=["method.type=full"], **LLAMA_8B_2x2048)
     assert not plan.memory.fits and plan.suggestions
     first = plan.suggestions[0].change.overrides
-    assert {"training.optimizer=paged_adamw_8bit", "training.optimizer_in_backward=true", "training.max_grad_norm=null"} <= set(first), first
+    assert {
+        "training.optimizer=paged_adamw_8bit",
+        "training.optimizer_in_backward=true",
+        "training.max_grad_norm=null",
+    } <= set(first), first
     # LoRA with the full-logits loss on a GPU too small for it: the chunked loss alone makes it fit.
-    lora = _plan(tmp_path, gpu="L4", overrides=["training.loss.chunked=false"],
-                 **dict(LLAMA_8B_2x2048, training={"micro_batch_size": 4}))
+    lora = _plan(
+        tmp_path,
+        gpu="L4",
+        overrides=["training.loss.chunked=false"],
+        **dict(LLAMA_8B_2x2048, training={"micro_batch_size": 4}),
+    )
     assert not lora.memory.fits and lora.suggestions[0].change.overrides == ["training.loss.chunked=true"]
     assert all(s.memory.fits for s in plan.suggestions)
     for s in plan.suggestions:
-        load_config(tmp_path / "c.yaml", ["method.type=full", *[o for o in s.change.overrides if not o.startswith("--")]])
+        load_config(
+            tmp_path / "c.yaml", ["method.type=full", *[o for o in s.change.overrides if not o.startswith("--")]]
+        )
 
 
 def test_lean_suggestions_only_where_valid(tmp_path: Path) -> None:
     # Gradient accumulation: never the step in backward.
-    accumulating = _plan(tmp_path, overrides=["method.type=full", "training.gradient_accumulation_steps=2"], **LLAMA_8B_2x2048)
+    accumulating = _plan(
+        tmp_path, overrides=["method.type=full", "training.gradient_accumulation_steps=2"], **LLAMA_8B_2x2048
+    )
     assert accumulating.suggestions and "training.optimizer_in_backward=true" not in _suggested(accumulating)
     # Sharded strategies own the step: neither 8-bit states nor the step in backward.
     for strategy in ("fsdp", "deepspeed"):
-        sharded = _plan(tmp_path, gpu="L4", gpus=2, overrides=["model.path=llama-3.1-70b", "method.type=full",
-                                                             f"parallel.strategy={strategy}", "cluster.workers=2"], **LLAMA_8B_2x2048)
+        sharded = _plan(
+            tmp_path,
+            gpu="L4",
+            gpus=2,
+            overrides=[
+                "model.path=llama-3.1-70b",
+                "method.type=full",
+                f"parallel.strategy={strategy}",
+                "cluster.workers=2",
+            ],
+            **LLAMA_8B_2x2048,
+        )
         suggested = _suggested(sharded)
-        assert sharded.suggestions and not any(o.startswith("training.optimizer") for o in suggested), (strategy, suggested)
+        assert sharded.suggestions and not any(o.startswith("training.optimizer") for o in suggested), (
+            strategy,
+            suggested,
+        )
     # A CPU plan never offloads activations (nothing to move them to).
     cpu = _plan(tmp_path, gpu="cpu", overrides=["method.type=full"], **LLAMA_8B_2x2048)
     assert "model.activation_offloading=true" not in _suggested(cpu)
@@ -301,14 +415,22 @@ def test_fit_check_suggests_the_lean_settings(tmp_path: Path, monkeypatch: pytes
     import launcher.plan.command as command
     from launcher.plan.hardware import Accelerator
 
-    path = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", model={"path": "llama-3.2-1b"},
-                        data={"max_seq_len": 2048}, training={"micro_batch_size": 4})
+    path = write_config(
+        tmp_path / "c.yaml",
+        BUNDLED_MODEL,
+        tmp_path / "run",
+        model={"path": "llama-3.2-1b"},
+        data={"max_seq_len": 2048},
+        training={"micro_batch_size": 4},
+    )
     cfg = load_config(path, ["training.loss.chunked=false"])
     cpu = accelerator("cpu")
     full = plan_run(cfg, Target(cpu), with_throughput=False).memory.total_bytes
     chunked = plan_run(load_config(path), Target(cpu), with_throughput=False).memory.total_bytes
     assert chunked < full
-    monkeypatch.setattr(command, "this_machine", lambda *a: Accelerator("cpu", (full + chunked) // 2, None, bf16=False, is_gpu=False))
+    monkeypatch.setattr(
+        command, "this_machine", lambda *a: Accelerator("cpu", (full + chunked) // 2, None, bf16=False, is_gpu=False)
+    )
     with pytest.raises(UserError, match=r"it would fit with: chunked loss .*training\.loss\.chunked=true"):
         command.check_fit(cfg)
     command.check_fit(load_config(path))  # the default (chunked) fits the same budget
@@ -319,7 +441,9 @@ def test_zero_with_8bit_states(tmp_path: Path) -> None:
     partition instead of 8 (two fp32 states)."""
     sections = dict(LLAMA_8B_2x2048, parallel={"strategy": "deepspeed", "zero_stage": 2}, cluster={"workers": 8})
     fp32 = _plan(tmp_path, gpu="A100-80GB", gpus=8, overrides=["method.type=full"], **sections).memory
-    eight = _plan(tmp_path, gpu="A100-80GB", gpus=8, overrides=["method.type=full", "training.optimizer=adamw_8bit"], **sections).memory
+    eight = _plan(
+        tmp_path, gpu="A100-80GB", gpus=8, overrides=["method.type=full", "training.optimizer=adamw_8bit"], **sections
+    ).memory
     part = -(-8_030_261_248 // 8)
     assert fp32.state_bytes("optimizer: fp32 Adam") == 8 * part
     assert abs(eight.state_bytes("optimizer: 8-bit") / part - 2.03) < 0.01

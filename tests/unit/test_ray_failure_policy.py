@@ -29,8 +29,11 @@ def _policy(run_dir: Path):  # type: ignore[no-untyped-def]
 def test_other_failures_are_retried_up_to_max_failures(tmp_path: Path) -> None:
     policy = _policy(tmp_path)
     crash = WorkerGroupError("rank 1 died", {1: RuntimeError("connection reset")})
-    assert [policy.make_decision(crash) for _ in range(3)] == [FailureDecision.RETRY, FailureDecision.RETRY,
-                                                              FailureDecision.RAISE]
+    assert [policy.make_decision(crash) for _ in range(3)] == [
+        FailureDecision.RETRY,
+        FailureDecision.RETRY,
+        FailureDecision.RAISE,
+    ]
 
 
 def test_an_input_error_is_never_retried(tmp_path: Path) -> None:

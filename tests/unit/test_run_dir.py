@@ -24,7 +24,9 @@ def _cfg(tmp_path: Path, run_dir: Path, *overrides: str):  # type: ignore[no-unt
 
 
 def _ftl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FTL, *args], cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*FTL, *args], cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -42,7 +44,11 @@ def test_train_refuses_a_users_own_directory_and_changes_nothing_in_it(tmp_path:
     out = _ftl("train", str(config))
     assert out.returncode == 2, out.stderr
     assert "is not an ftl run directory" in out.stderr and "config.yaml" in out.stderr
-    assert _tree(mine) == before and sorted(p.name for p in mine.iterdir()) == ["config.yaml", "notes.txt", "summary.json"]
+    assert _tree(mine) == before and sorted(p.name for p in mine.iterdir()) == [
+        "config.yaml",
+        "notes.txt",
+        "summary.json",
+    ]
 
 
 def test_new_empty_marked_and_earlier_ftl_run_directories_are_accepted(tmp_path: Path) -> None:
@@ -75,8 +81,11 @@ def test_a_directory_seeded_with_copied_checkpoints_is_accepted_and_nothing_else
     (seeded / "checkpoints" / "step-2" / "manifest.json").write_text("{}")
     prepare_run_dir(_cfg(tmp_path, seeded))
     assert (seeded / RUN_MARKER).is_file()
-    for name, extra in (("no-manifest", "checkpoints/step-2/weights.bin"), ("other-folder", "checkpoints/mine/manifest.json"),
-                        ("beside", "notes.txt")):
+    for name, extra in (
+        ("no-manifest", "checkpoints/step-2/weights.bin"),
+        ("other-folder", "checkpoints/mine/manifest.json"),
+        ("beside", "notes.txt"),
+    ):
         folder = tmp_path / name
         (folder / "checkpoints" / "step-1").mkdir(parents=True)
         (folder / "checkpoints" / "step-1" / "manifest.json").write_text("{}")
@@ -96,24 +105,48 @@ def test_the_snapshot_workers_read_holds_the_real_tokenizer(tmp_path: Path) -> N
 
 
 def test_redaction_for_display_goes_by_exact_secret_names() -> None:
-    shown = redact({"model": {"tokenizer": "/t", "hub_token": "abc"}, "max_tokens": 5, "api_key": "k", "apiKey": "k",
-                    "note": "hf_" + "a" * 30, "uri": "s3://AK:SK@bucket/x"})
+    shown = redact(
+        {
+            "model": {"tokenizer": "/t", "hub_token": "abc"},
+            "max_tokens": 5,
+            "api_key": "k",
+            "apiKey": "k",
+            "note": "hf_" + "a" * 30,
+            "uri": "s3://AK:SK@bucket/x",
+        }
+    )
     assert shown["model"] == {"tokenizer": "/t", "hub_token": "***redacted***"}
     assert shown["max_tokens"] == 5 and shown["api_key"] == shown["apiKey"] == shown["note"] == "***redacted***"
     assert shown["uri"] == "s3://***@bucket/x"
     assert not any(is_secret_name(n) for n in ("tokenizer", "TOKENIZERS_PARALLELISM", "max_tokens", "HF_HOME"))
     assert all(is_secret_name(n) for n in ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "db_password"))
     assert redact_argv(["ftl", "train", "c.yaml", "model.tokenizer=/t", "x.hub_token=abc", "--api-key", "k"]) == [
-        "ftl", "train", "c.yaml", "model.tokenizer=/t", "x.hub_token=***redacted***", "--api-key", "***redacted***"]
+        "ftl",
+        "train",
+        "c.yaml",
+        "model.tokenizer=/t",
+        "x.hub_token=***redacted***",
+        "--api-key",
+        "***redacted***",
+    ]
 
 
-@pytest.mark.parametrize("raw,key", [
-    ({"output": {"dir": "s3://AKIDQQQID:wJalrQQQKEY@bucket/runs/x"}}, "output.dir"),
-    ({"data": {"train": "s3://bucket/d.jsonl?access_key=AKID&secret_key=wJalrQQQKEY"}}, "data.train"),
-    ({"model": {"path": "hf_" + "Z" * 34}}, "model.path"),
-    ({"cluster": {"slurm": {"setup": ["module load cuda", "export HF_TOKEN=hfQQQVALUE"]}}}, "cluster.slurm.setup[1]"),
-    ({"cluster": {"slurm": {"extra_sbatch": ["--export=ALL,WANDB_API_KEY=QQQVALUE"]}}}, "cluster.slurm.extra_sbatch[0]"),
-])
+@pytest.mark.parametrize(
+    "raw,key",
+    [
+        ({"output": {"dir": "s3://AKIDQQQID:wJalrQQQKEY@bucket/runs/x"}}, "output.dir"),
+        ({"data": {"train": "s3://bucket/d.jsonl?access_key=AKID&secret_key=wJalrQQQKEY"}}, "data.train"),
+        ({"model": {"path": "hf_" + "Z" * 34}}, "model.path"),
+        (
+            {"cluster": {"slurm": {"setup": ["module load cuda", "export HF_TOKEN=hfQQQVALUE"]}}},
+            "cluster.slurm.setup[1]",
+        ),
+        (
+            {"cluster": {"slurm": {"extra_sbatch": ["--export=ALL,WANDB_API_KEY=QQQVALUE"]}}},
+            "cluster.slurm.extra_sbatch[0]",
+        ),
+    ],
+)
 def test_secret_looking_values_are_refused_naming_the_key_not_the_value(raw: dict, key: str) -> None:
     problems = secret_problems(raw)
     assert len(problems) == 1 and problems[0].startswith(f"{key}:")
@@ -122,13 +155,26 @@ def test_secret_looking_values_are_refused_naming_the_key_not_the_value(raw: dic
 
 
 def test_values_that_are_not_secrets_pass() -> None:
-    assert secret_problems({
-        "output": {"dir": "abfss://container@account.dfs.core.windows.net/runs/x"},  # a container, no password
-        "data": {"train": "s3://bucket/d.jsonl?endpoint_override=minio:9000&scheme=http"},
-        "model": {"tokenizer": "/models/tok", "path": "meta-llama/Llama-3.1-8B"},
-        "cluster": {"ray": {"address": "http://head:8265"},
-                    "slurm": {"setup": ["export TOKENIZERS_PARALLELISM=false", "export HF_TOKEN=$HF_TOKEN", "export HF_HOME=/scratch"]}},
-    }) == []
+    assert (
+        secret_problems(
+            {
+                "output": {"dir": "abfss://container@account.dfs.core.windows.net/runs/x"},  # a container, no password
+                "data": {"train": "s3://bucket/d.jsonl?endpoint_override=minio:9000&scheme=http"},
+                "model": {"tokenizer": "/models/tok", "path": "meta-llama/Llama-3.1-8B"},
+                "cluster": {
+                    "ray": {"address": "http://head:8265"},
+                    "slurm": {
+                        "setup": [
+                            "export TOKENIZERS_PARALLELISM=false",
+                            "export HF_TOKEN=$HF_TOKEN",
+                            "export HF_HOME=/scratch",
+                        ]
+                    },
+                },
+            }
+        )
+        == []
+    )
 
 
 def test_a_uri_with_credentials_is_refused_before_anything_stores_or_shows_it(tmp_path: Path) -> None:
@@ -138,6 +184,10 @@ def test_a_uri_with_credentials_is_refused_before_anything_stores_or_shows_it(tm
     for verb in ("validate", "train", "submit"):
         out = _ftl(verb, str(config), uri, env={"FTL_CACHE": str(cache)})
         assert out.returncode == 2, (verb, out.stderr)
-        assert "output.dir" in out.stderr and "AWS_SECRET_ACCESS_KEY" in out.stderr and "s3://***@bucket/runs/x" in out.stderr
+        assert (
+            "output.dir" in out.stderr
+            and "AWS_SECRET_ACCESS_KEY" in out.stderr
+            and "s3://***@bucket/runs/x" in out.stderr
+        )
         assert "EXAMPLESECRET" not in out.stderr + out.stdout and "AKIDEXAMPLEKEY" not in out.stderr + out.stdout
     assert not cache.exists() and not (tmp_path / "run").exists()  # no working copy named after the secret, no snapshot

@@ -24,12 +24,22 @@ def test_layout_names_are_the_on_disk_contract(tmp_path: Path) -> None:
     # Literals on purpose: these names are what users, scripts and older ftl versions see.
     layout = RunLayout(tmp_path)
     expected = {
-        layout.config: "config.yaml", layout.environment: "environment.json", layout.marker: ".ftl-run",
-        layout.lock: ".ftl-lock", layout.logs: "logs", layout.checkpoints: "checkpoints", layout.final: "final",
-        layout.exports: "exports", layout.summary: "summary.json", layout.metrics: "metrics.jsonl",
-        layout.tensorboard: "tensorboard", layout.worker_result: ".worker-result.json",
-        layout.stop_request: ".stop-requested", layout.universal: ".universal",
-        layout.slurm_script: "slurm-job.sbatch", layout.slurm_job_id: "slurm-job-id",
+        layout.config: "config.yaml",
+        layout.environment: "environment.json",
+        layout.marker: ".ftl-run",
+        layout.lock: ".ftl-lock",
+        layout.logs: "logs",
+        layout.checkpoints: "checkpoints",
+        layout.final: "final",
+        layout.exports: "exports",
+        layout.summary: "summary.json",
+        layout.metrics: "metrics.jsonl",
+        layout.tensorboard: "tensorboard",
+        layout.worker_result: ".worker-result.json",
+        layout.stop_request: ".stop-requested",
+        layout.universal: ".universal",
+        layout.slurm_script: "slurm-job.sbatch",
+        layout.slurm_job_id: "slurm-job-id",
     }
     for path, name in expected.items():
         assert path == tmp_path / name
@@ -58,12 +68,15 @@ def test_a_run_dir_is_marked_by_its_config_and_finished_by_its_summary(tmp_path:
     assert layout.ray_worker_records() == [layout.ray_worker_record(0), layout.ray_worker_record(1)]
 
 
-@pytest.mark.parametrize("outcome", [
-    Outcome.finished({"steps": 4, "final_dir": "/runs/x/final", "scores": {}}),
-    Outcome.stopped(StopRequested(6, "/runs/x/checkpoints/step-6", 15)),
-    Outcome.stopped(StopRequested(2, "/runs/x/checkpoints/step-2", None)),
-    Outcome.input_error("train.jsonl line 3: invalid JSON; fix or remove the row"),
-])
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome.finished({"steps": 4, "final_dir": "/runs/x/final", "scores": {}}),
+        Outcome.stopped(StopRequested(6, "/runs/x/checkpoints/step-6", 15)),
+        Outcome.stopped(StopRequested(2, "/runs/x/checkpoints/step-2", None)),
+        Outcome.input_error("train.jsonl line 3: invalid JSON; fix or remove the row"),
+    ],
+)
 def test_outcome_round_trips_through_json_and_the_run_directory(tmp_path: Path, outcome: Outcome) -> None:
     assert Outcome.from_json(outcome.to_json()) == outcome
     write_result(tmp_path, outcome)
@@ -75,7 +88,11 @@ def test_outcome_file_keeps_the_shape_earlier_versions_wrote(tmp_path: Path) -> 
     # A worker of the previous version and a launcher of this one (or the reverse) must agree.
     assert json.loads(Outcome.finished({"steps": 1}).to_json()) == {"stopped": False, "summary": {"steps": 1}}
     assert json.loads(Outcome.stopped(StopRequested(3, "ck", 10)).to_json()) == {
-        "stopped": True, "step": 3, "checkpoint": "ck", "signum": 10}
+        "stopped": True,
+        "step": 3,
+        "checkpoint": "ck",
+        "signum": 10,
+    }
     assert json.loads(Outcome.input_error("bad row").to_json()) == {"error": "bad row"}
 
 
@@ -87,7 +104,12 @@ def test_each_outcome_becomes_the_summary_or_its_error(tmp_path: Path) -> None:
     write_result(tmp_path, Outcome.stopped(StopRequested(6, "ck-6", 15)))
     with pytest.raises(StopRequested) as stopped:
         take_result(tmp_path)
-    assert (stopped.value.step, stopped.value.checkpoint, stopped.value.signum, stopped.value.exit_code) == (6, "ck-6", 15, 143)
+    assert (stopped.value.step, stopped.value.checkpoint, stopped.value.signum, stopped.value.exit_code) == (
+        6,
+        "ck-6",
+        15,
+        143,
+    )
 
     write_result(tmp_path, Outcome.input_error("train.jsonl line 3: invalid JSON"))
     assert recorded_input_error(tmp_path) == "train.jsonl line 3: invalid JSON"
@@ -112,5 +134,7 @@ def test_a_torn_outcome_file_reads_as_no_result_and_says_so(tmp_path: Path, torn
     outcome = Outcome.read(RunLayout(tmp_path))
     assert outcome.kind is OutcomeKind.NO_RESULT and outcome.message.startswith("unreadable")
     assert recorded_input_error(tmp_path) is None  # never taken for another rank's input error
-    with pytest.raises(NoResult, match=r"the workers left no result in .*\.worker-result\.json is unreadable.*; see .*logs"):
+    with pytest.raises(
+        NoResult, match=r"the workers left no result in .*\.worker-result\.json is unreadable.*; see .*logs"
+    ):
         take_result(tmp_path)

@@ -27,8 +27,15 @@ def _dead_pid() -> int:
 
 def _fake_holder(run_dir: Path, **fields: object) -> None:
     now = time.time()
-    holder = {"token": "fake", "purpose": "ftl train", "host": socket.gethostname(), "pid": os.getpid(),
-              "started": now - 60, "heartbeat": now, **fields}
+    holder = {
+        "token": "fake",
+        "purpose": "ftl train",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": now - 60,
+        "heartbeat": now,
+        **fields,
+    }
     (run_dir / LOCK_FILE).write_text(json.dumps(holder))
 
 
@@ -52,13 +59,19 @@ def test_the_heartbeat_is_refreshed_while_held(tmp_path: Path) -> None:
         assert read_holder(tmp_path / LOCK_FILE).heartbeat > first
 
 
-def test_a_dead_holder_on_this_host_is_taken_over_and_said_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_dead_holder_on_this_host_is_taken_over_and_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pid = _dead_pid()
     _fake_holder(tmp_path, pid=pid)
     with RunLock.acquire(tmp_path, "ftl train") as lock:
         assert lock.owned and read_holder(tmp_path / LOCK_FILE).pid == os.getpid()
     err = capsys.readouterr().err
-    assert "taking over the lock" in err and f"pid {pid}" in err and f"process {pid} on {socket.gethostname()} is gone" in err
+    assert (
+        "taking over the lock" in err
+        and f"pid {pid}" in err
+        and f"process {pid} on {socket.gethostname()} is gone" in err
+    )
 
 
 def test_a_reused_pid_is_not_the_holder(tmp_path: Path) -> None:

@@ -51,8 +51,12 @@ def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: p
     assert main(["runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:] for line in out[1:] if line.startswith("/")}
-    assert rows == {"crashed-early": ["no", "checkpoint", "1", "-"], "done": ["finished", "4", "step-4"],
-                    "stopped": ["resumable", "5", "step-2"], "exported": ["resumable", "3", "step-2"]}
+    assert rows == {
+        "crashed-early": ["no", "checkpoint", "1", "-"],
+        "done": ["finished", "4", "step-4"],
+        "stopped": ["resumable", "5", "step-2"],
+        "exported": ["resumable", "3", "step-2"],
+    }
     assert any("step-4 invalid: missing file optimizer.pt" in line for line in out)
     assert (stopped / "checkpoints" / "step-4").is_dir()  # read-only: nothing moved aside
 
@@ -62,8 +66,9 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
     assert "no such directory" in capsys.readouterr().err
 
 
-def test_a_run_whose_lock_is_held_is_listed_as_running_and_a_stale_lock_is_not(tmp_path: Path,
-                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_run_whose_lock_is_held_is_listed_as_running_and_a_stale_lock_is_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cluster.run_lock import LOCK_FILE, RunLock
 
     live = _run(tmp_path, "live", [2], 3)

@@ -19,7 +19,9 @@ def _signal_self(signum: int) -> None:
     time.sleep(0.05)  # the handler runs in the main thread at its next bytecode
 
 
-def test_first_ctrl_c_requests_a_checkpoint_second_is_ignored_third_force_quits(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_first_ctrl_c_requests_a_checkpoint_second_is_ignored_third_force_quits(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     forced: list[bool] = []
     before = signal.getsignal(signal.SIGINT)
     with signals_request_stop(tmp_path, force_quit=lambda: forced.append(True)):
@@ -38,8 +40,9 @@ def test_first_ctrl_c_requests_a_checkpoint_second_is_ignored_third_force_quits(
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
 
 
-def test_other_stop_signals_after_the_request_do_not_count_towards_a_force_quit(tmp_path: Path,
-                                                                                capfd: pytest.CaptureFixture[str]) -> None:
+def test_other_stop_signals_after_the_request_do_not_count_towards_a_force_quit(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     forced: list[bool] = []
     with signals_request_stop(tmp_path, force_quit=lambda: forced.append(True)):
         _signal_self(signal.SIGTERM)

@@ -12,15 +12,19 @@ from trainer.config import ParallelConfig, TrainerConfig, TrainingConfig
 from trainer.global_batch import global_batch_size
 from trainer.strategies import build_strategy
 from trainer.strategies.base import Strategy
-from trainer.strategies.single import SingleProcess
 from trainer.strategies.deepspeed_zero import DeepSpeedStrategy, deepspeed_config
 from trainer.strategies.registry import STRATEGIES, register, strategy_class
+from trainer.strategies.single import SingleProcess
 
 
 def _cfg(tmp_path: Path, **parallel: object) -> TrainerConfig:
-    return TrainerConfig(model={"path": str(tmp_path)}, data={"train": str(tmp_path / "train.jsonl")},
-                         output={"dir": str(tmp_path / "run")}, parallel=parallel,
-                         training={"micro_batch_size": 3, "gradient_accumulation_steps": 5})
+    return TrainerConfig(
+        model={"path": str(tmp_path)},
+        data={"train": str(tmp_path / "train.jsonl")},
+        output={"dir": str(tmp_path / "run")},
+        parallel=parallel,
+        training={"micro_batch_size": 3, "gradient_accumulation_steps": 5},
+    )
 
 
 def test_every_parallel_strategy_value_is_registered() -> None:
@@ -57,7 +61,10 @@ def test_strategy_is_abstract() -> None:
 
 def test_deepspeed_batch_is_the_same_global_batch(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, strategy="deepspeed")
-    assert deepspeed_config(cfg.training, cfg.parallel, 4)["train_batch_size"] == build_strategy(cfg, 4, 0, "cpu").global_batch()
+    assert (
+        deepspeed_config(cfg.training, cfg.parallel, 4)["train_batch_size"]
+        == build_strategy(cfg, 4, 0, "cpu").global_batch()
+    )
 
 
 def test_deepspeed_receives_its_resume_source_from_the_resume_path(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
+from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.checkpointing.trajectory import begin, plan_start
 from trainer.config import TrainingConfig
 from trainer.errors import TrainerInputError
@@ -41,7 +41,9 @@ def _earlier_run(run_dir: Path, steps: list[int]) -> None:
     manager = _manager(run_dir)
     for step in steps:
         _save(manager, step, seed=100 + step)
-    records = [{"kind": "start", "step": 0}] + [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, steps[-1] + 1)]
+    records = [{"kind": "start", "step": 0}] + [
+        {"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, steps[-1] + 1)
+    ]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 

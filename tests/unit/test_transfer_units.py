@@ -12,6 +12,7 @@ import torch
 
 from launcher.config_loader import load_config
 from launcher.errors import ConfigError
+from tests.conftest import write_config
 from trainer.config import LoraConfig, MethodConfig, TrainingConfig
 from trainer.data.formats import render_example
 from trainer.data.mixture import MixtureSampler, MixtureSpan
@@ -23,7 +24,6 @@ from trainer.transfer.heads import scores_from_confusion
 from trainer.transfer.model_parts import model_parts
 from trainer.transfer.param_groups import build_grouped_optimizer
 from trainer.transfer.unfreezing import GradualUnfreezer, unfreezing_groups
-from tests.conftest import write_config
 
 SPANS = [MixtureSpan("a", 0, 10, 5.0), MixtureSpan("b", 10, 50, 3.0), MixtureSpan("c", 60, 7, 2.0)]
 
@@ -46,8 +46,16 @@ def _tiny_causal_lm(lora: bool = False) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     if lora:
         from trainer.methods import apply_method
 
@@ -61,7 +69,10 @@ def test_model_parts_and_unfreezing_groups_top_to_bottom() -> None:
     assert parts.num_blocks == 3
     assert parts.of("lm_head.weight").kind == "head"
     assert parts.of("module.model.embed_tokens.weight").kind == "embeddings"  # DDP prefix is ignored
-    assert (parts.of("model.layers.2.mlp.up_proj.weight").kind, parts.of("model.layers.2.mlp.up_proj.weight").block) == ("block", 2)
+    assert (
+        parts.of("model.layers.2.mlp.up_proj.weight").kind,
+        parts.of("model.layers.2.mlp.up_proj.weight").block,
+    ) == ("block", 2)
     assert parts.of("model.norm.weight").kind == "other"
     trainable = set(parts.parts)
     groups = unfreezing_groups(parts, trainable, blocks_per_stage=2)
@@ -97,13 +108,18 @@ def test_each_group_gets_its_configured_rate() -> None:
         assert by_name[f"block.{block}"]["lr"] == pytest.approx(1e-3 * 0.5**distance)
         assert by_name[f"block.{block}.lora_B"]["lr"] == pytest.approx(8 * 1e-3 * 0.5**distance)
         names_b = {id(p) for p in by_name[f"block.{block}.lora_B"]["params"]}
-        assert all(("lora_B" in n) == (id(p) in names_b) for n, p in model.named_parameters()
-                   if f"layers.{block}." in n and p.requires_grad)
+        assert all(
+            ("lora_B" in n) == (id(p) in names_b)
+            for n, p in model.named_parameters()
+            if f"layers.{block}." in n and p.requires_grad
+        )
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
 
     full = _tiny_causal_lm()
     parts = model_parts(full)
-    optimizer = build_grouped_optimizer(full, TrainingConfig(learning_rate=1e-3), LearningRatesConfig(head=5e-3), parts, set(parts.parts))
+    optimizer = build_grouped_optimizer(
+        full, TrainingConfig(learning_rate=1e-3), LearningRatesConfig(head=5e-3), parts, set(parts.parts)
+    )
     rates_by_group = {g["name"]: g["lr"] for g in optimizer.param_groups}
     assert rates_by_group == {"head": 5e-3, "pretrained": 1e-3, "pretrained.no_decay": 1e-3}
     assert optimizer.param_groups[0]["name"] == "head"
@@ -131,7 +147,9 @@ def test_accuracy_and_macro_f1_from_confusion() -> None:
 
 def test_classification_rows(tokenizer: object) -> None:
     names = ["country", "person"]
-    example = render_example(Row("f.jsonl line 1", {"text": "The capital is Zirra.", "label": "person"}), "classification", tokenizer, names)
+    example = render_example(
+        Row("f.jsonl line 1", {"text": "The capital is Zirra.", "label": "person"}), "classification", tokenizer, names
+    )
     assert example.class_label == 1 and example.input_ids[-1] != tokenizer.eos_token_id  # type: ignore[attr-defined]
     assert render_example(Row("x", {"text": "a b", "label": 0}), "classification", tokenizer, names).class_label == 0
     assert render_example(Row("x", {"text": "a b", "label": "1"}), "classification", tokenizer, names).class_label == 1
@@ -150,30 +168,66 @@ NO_GEN = {"generation": {"enabled": False}}
     "sections,message",
     [
         ({"transfer": {"freeze": {"all_but_head": True}}}, "use method.type=full with it"),
-        ({"transfer": {"gradual_unfreezing": {"enabled": True}, "freeze": {"all_but_head": True}}, "method": {"type": "full"}},
-         "choose one"),
-        ({"transfer": {"learning_rates": {"lora_plus_ratio": 16}}, "method": {"type": "full"}}, "needs an adapter method"),
-        ({"transfer": {"gradual_unfreezing": {"enabled": True}}, "parallel": {"strategy": "fsdp"}, "cluster": {"workers": 2}},
-         "use parallel.strategy=ddp"),
-        ({"transfer": {"learning_rates": {"head": 1e-3}}, "parallel": {"strategy": "deepspeed"}, "cluster": {"workers": 2}},
-         "use parallel.strategy=ddp"),
+        (
+            {
+                "transfer": {"gradual_unfreezing": {"enabled": True}, "freeze": {"all_but_head": True}},
+                "method": {"type": "full"},
+            },
+            "choose one",
+        ),
+        (
+            {"transfer": {"learning_rates": {"lora_plus_ratio": 16}}, "method": {"type": "full"}},
+            "needs an adapter method",
+        ),
+        (
+            {
+                "transfer": {"gradual_unfreezing": {"enabled": True}},
+                "parallel": {"strategy": "fsdp"},
+                "cluster": {"workers": 2},
+            },
+            "use parallel.strategy=ddp",
+        ),
+        (
+            {
+                "transfer": {"learning_rates": {"head": 1e-3}},
+                "parallel": {"strategy": "deepspeed"},
+                "cluster": {"workers": 2},
+            },
+            "use parallel.strategy=ddp",
+        ),
         ({"transfer": CLASSIFY, "data": {**KINDS, "packing": True}, "eval": NO_GEN}, "set data.packing=false"),
         ({"transfer": CLASSIFY, "eval": NO_GEN}, "set data.format=classification"),
         ({"data": KINDS, "eval": NO_GEN}, "set transfer.head.type=sequence_classification"),
-        ({"transfer": {"head": {"type": "sequence_classification"}}, "data": KINDS, "eval": NO_GEN}, "needs transfer.head.labels"),
+        (
+            {"transfer": {"head": {"type": "sequence_classification"}}, "data": KINDS, "eval": NO_GEN},
+            "needs transfer.head.labels",
+        ),
         ({"transfer": CLASSIFY, "data": KINDS, "method": {"type": "qlora"}, "eval": NO_GEN}, "use lora or full"),
         ({"transfer": {"early_stopping": {"enabled": True}}}, "set eval.every_steps"),
-        ({"transfer": {"early_stopping": {"enabled": True, "split": "test"}}, "eval": {"every_steps": 5}},
-         "is not an evaluation set of this run (have: validation)"),
-        ({"transfer": {"early_stopping": {"enabled": True, "metric": "accuracy"}}, "eval": {"every_steps": 5}},
-         "needs transfer.head.type=sequence_classification"),
-        ({"data": {"train": None, "validation": None, "mixture": [{"name": "test", "train": "assets/data/fictional-qa/train.jsonl"}]}},
-         "reserved"),
+        (
+            {"transfer": {"early_stopping": {"enabled": True, "split": "test"}}, "eval": {"every_steps": 5}},
+            "is not an evaluation set of this run (have: validation)",
+        ),
+        (
+            {"transfer": {"early_stopping": {"enabled": True, "metric": "accuracy"}}, "eval": {"every_steps": 5}},
+            "needs transfer.head.type=sequence_classification",
+        ),
+        (
+            {
+                "data": {
+                    "train": None,
+                    "validation": None,
+                    "mixture": [{"name": "test", "train": "assets/data/fictional-qa/train.jsonl"}],
+                }
+            },
+            "reserved",
+        ),
         ({"data": {"mixture": [{"name": "a", "train": "assets/data/fictional-qa/train.jsonl"}]}}, "not both"),
     ],
 )
-def test_combinations_that_make_no_sense_are_rejected(sections: dict, message: str, tmp_path: Path, tiny_model_dir: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_combinations_that_make_no_sense_are_rejected(
+    sections: dict, message: str, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tests.conftest import REPO
 
     monkeypatch.chdir(REPO)

@@ -11,8 +11,17 @@ from typing import Any
 from trainer.checkpointing.universal import universal_problem
 
 
-def resume_problem(path: Path, manifest: dict[str, Any], *, layout: str, strategy: str, world_size: int,
-                   zero_stage: int | None, nvme_offload: bool = False, optimizer: dict[str, Any] | None = None) -> str | None:
+def resume_problem(
+    path: Path,
+    manifest: dict[str, Any],
+    *,
+    layout: str,
+    strategy: str,
+    world_size: int,
+    zero_stage: int | None,
+    nvme_offload: bool = False,
+    optimizer: dict[str, Any] | None = None,
+) -> str | None:
     problem = optimizer_problem(path, manifest, layout, optimizer) if optimizer is not None else None
     if problem:
         return problem
@@ -20,20 +29,26 @@ def resume_problem(path: Path, manifest: dict[str, Any], *, layout: str, strateg
     saved_strategy = manifest.get("strategy", "ddp or single process")
     saved_world = int(manifest.get("world_size", 1))
     if saved_layout != layout:
-        return (f"checkpoint {path} holds {saved_layout} state (parallel.strategy={saved_strategy}) but this run uses "
-                f"parallel.strategy={strategy} ({layout} state); resume with parallel.strategy={saved_strategy}, "
-                "or start a new output.dir")
+        return (
+            f"checkpoint {path} holds {saved_layout} state (parallel.strategy={saved_strategy}) but this run uses "
+            f"parallel.strategy={strategy} ({layout} state); resume with parallel.strategy={saved_strategy}, "
+            "or start a new output.dir"
+        )
     if layout == "deepspeed":
         if manifest.get("zero_stage") != zero_stage:
-            return (f"checkpoint {path} was written with DeepSpeed ZeRO stage {manifest.get('zero_stage')}, this run uses "
-                    f"stage {zero_stage}; resume with parallel.zero_stage={manifest.get('zero_stage')}")
+            return (
+                f"checkpoint {path} was written with DeepSpeed ZeRO stage {manifest.get('zero_stage')}, this run uses "
+                f"stage {zero_stage}; resume with parallel.zero_stage={manifest.get('zero_stage')}"
+            )
         if saved_world != world_size:
             reason = universal_problem(manifest, nvme_offload=nvme_offload)
             if reason:
-                return (f"checkpoint {path} holds DeepSpeed ZeRO state partitioned over {saved_world} worker(s); this run "
-                        f"has {world_size}, and it cannot be resharded: {reason}. Resume with "
-                        f"cluster.workers={saved_world}, or use parallel.strategy=fsdp, whose checkpoints reshard to any "
-                        "worker count")
+                return (
+                    f"checkpoint {path} holds DeepSpeed ZeRO state partitioned over {saved_world} worker(s); this run "
+                    f"has {world_size}, and it cannot be resharded: {reason}. Resume with "
+                    f"cluster.workers={saved_world}, or use parallel.strategy=fsdp, whose checkpoints reshard to any "
+                    "worker count"
+                )
     return None
 
 
@@ -48,9 +63,13 @@ def optimizer_problem(path: Path, manifest: dict[str, Any], layout: str, optimiz
     each (DCP keys both by parameter name, so FSDP2 may switch in_backward)."""
     saved = manifest.get("optimizer", {"name": "adamw", "in_backward": False})  # written before the setting existed
     if saved["name"] != optimizer["name"]:
-        return (f"checkpoint {path} holds training.optimizer={saved['name']} state, this run uses {optimizer['name']}; "
-                f"resume with training.optimizer={saved['name']}, or start a new output.dir")
+        return (
+            f"checkpoint {path} holds training.optimizer={saved['name']} state, this run uses {optimizer['name']}; "
+            f"resume with training.optimizer={saved['name']}, or start a new output.dir"
+        )
     if layout == "replicated" and bool(saved.get("in_backward")) != bool(optimizer["in_backward"]):
-        return (f"checkpoint {path} was written with training.optimizer_in_backward={str(saved.get('in_backward')).lower()}"
-                f" (its optimizer state is laid out for that); resume with the same setting, or start a new output.dir")
+        return (
+            f"checkpoint {path} was written with training.optimizer_in_backward={str(saved.get('in_backward')).lower()}"
+            f" (its optimizer state is laid out for that); resume with the same setting, or start a new output.dir"
+        )
     return None

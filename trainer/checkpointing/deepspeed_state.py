@@ -39,8 +39,9 @@ class DeepSpeedStateIO:
 
     def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> None:
         # Adapter methods: the frozen base is not state (it comes from model.path).
-        self.strategy.engine.save_checkpoint(str(directory), tag=TAG, client_state={}, save_latest=False,
-                                             exclude_frozen_parameters=self.adapter_only)
+        self.strategy.engine.save_checkpoint(
+            str(directory), tag=TAG, client_state={}, save_latest=False, exclude_frozen_parameters=self.adapter_only
+        )
         return None
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
@@ -49,8 +50,11 @@ class DeepSpeedStateIO:
         source = self.strategy.universal_checkpoint or directory
         with weights_only_loads(source):  # DeepSpeed's torch.load passes weights_only=False
             path, _ = self.strategy.engine.load_checkpoint(
-                str(source), tag=TAG, load_module_strict=not self.adapter_only,
-                load_optimizer_states=optimizer is not None, load_lr_scheduler_states=False,
+                str(source),
+                tag=TAG,
+                load_module_strict=not self.adapter_only,
+                load_optimizer_states=optimizer is not None,
+                load_lr_scheduler_states=False,
             )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {Path(source) / TAG}")

@@ -45,7 +45,9 @@ class PendingWrite(Protocol):
 class StateIO(Protocol):
     layout: str
 
-    def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> PendingWrite | None: ...
+    def write(
+        self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool
+    ) -> PendingWrite | None: ...
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None: ...
 
@@ -93,10 +95,17 @@ class ThreadWrite:
 class ReplicatedStateIO:
     layout = "replicated"
 
-    def __init__(self, trainable_state: Callable[[Any], dict[str, torch.Tensor]], unwrapped: Callable[[Any], torch.nn.Module], rank: int):
+    def __init__(
+        self,
+        trainable_state: Callable[[Any], dict[str, torch.Tensor]],
+        unwrapped: Callable[[Any], torch.nn.Module],
+        rank: int,
+    ):
         self.trainable_state, self.unwrapped, self.rank = trainable_state, unwrapped, rank
 
-    def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> PendingWrite | None:
+    def write(
+        self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool
+    ) -> PendingWrite | None:
         if self.rank != 0:
             return None
         trainable = self.trainable_state(model)  # CPU clones: later steps cannot change them
@@ -120,7 +129,9 @@ class ReplicatedStateIO:
         return [TRAINABLE_FILE, OPTIMIZER_FILE] if self.rank == 0 else []
 
 
-def _write_replicated(directory: Path, trainable: dict[str, torch.Tensor], optim_state: dict[str, Any], step: int, rank: int) -> None:
+def _write_replicated(
+    directory: Path, trainable: dict[str, torch.Tensor], optim_state: dict[str, Any], step: int, rank: int
+) -> None:
     data = safetensors_bytes(trainable)
     half = len(data) // 2
     with (directory / TRAINABLE_FILE).open("wb") as handle:

@@ -22,8 +22,8 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,20 @@ class _InFlight:
 
 
 class CheckpointManager:
-    def __init__(self, run_dir: Path, io: StateIO, *, rank: int, world_size: int, device: str, keep_last: int,
-                 keep_every: int = 0, async_save: bool = False, meta: dict[str, Any] | None = None,
-                 on_commit: Callable[[int, Path, list[int]], None] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        io: StateIO,
+        *,
+        rank: int,
+        world_size: int,
+        device: str,
+        keep_last: int,
+        keep_every: int = 0,
+        async_save: bool = False,
+        meta: dict[str, Any] | None = None,
+        on_commit: Callable[[int, Path, list[int]], None] | None = None,
+    ):
         self.root = checkpoints_dir(run_dir)
         self.io, self.rank, self.world_size, self.device = io, rank, world_size, device
         self.keep_last, self.keep_every, self.async_save = keep_last, keep_every, async_save
@@ -109,8 +120,15 @@ class CheckpointManager:
             tmp.mkdir()
         barrier()
         protected = frozenset(getattr(state, "keep_steps", ()))  # e.g. early stopping's best checkpoint
-        meta = {**self.meta, "step": state.step, "samples_seen": state.samples_seen, "world_size": self.world_size,
-                "layout": self.io.layout, "states": STATES, **self.io.manifest_extra()}
+        meta = {
+            **self.meta,
+            "step": state.step,
+            "samples_seen": state.samples_seen,
+            "world_size": self.world_size,
+            "layout": self.io.layout,
+            "states": STATES,
+            **self.io.manifest_extra(),
+        }
         try:
             fault_point("before_shards", state.step, self.rank, self.root)
             save_rng(tmp / rng_file(self.rank))
@@ -144,8 +162,14 @@ class CheckpointManager:
 
     close = wait
 
-    def _commit(self, write: PendingWrite | None, tmp: Path, final: Path, meta: dict[str, Any],
-                protected: frozenset[int] = frozenset()) -> None:
+    def _commit(
+        self,
+        write: PendingWrite | None,
+        tmp: Path,
+        final: Path,
+        meta: dict[str, Any],
+        protected: frozenset[int] = frozenset(),
+    ) -> None:
         step = meta["step"]
         own: list[str] = []
         failure: OSError | None = None
@@ -164,8 +188,9 @@ class CheckpointManager:
         failed = [(rank, problem) for rank, (_, problem) in enumerate(reports) if problem]
         if failed:
             rank, problem = failed[0]
-            raise self._write_failed(tmp, failure or OSError(f"rank {rank}: {problem}"), nobody_writes=True,
-                                     say=failure is not None) from failure
+            raise self._write_failed(
+                tmp, failure or OSError(f"rank {rank}: {problem}"), nobody_writes=True, say=failure is not None
+            ) from failure
         claimed = {name for names, _ in reports for name in names}
         listing: tuple[list[str], str | None] = ([], None)
         if self.rank == 0:
@@ -208,14 +233,18 @@ class CheckpointManager:
         for name in names:
             fsync_file(tmp / name)
 
-    def _write_failed(self, tmp: Path, exc: OSError, nobody_writes: bool = False, say: bool = True) -> CheckpointWriteError:
+    def _write_failed(
+        self, tmp: Path, exc: OSError, nobody_writes: bool = False, say: bool = True
+    ) -> CheckpointWriteError:
         """`say`: print the message (the rank whose write failed does; the others fail quietly)."""
         # Give the space back, unless another rank may still be writing there; then the next
         # save (or run) removes the directory as debris.
         if self.world_size == 1 or (nobody_writes and self.rank == 0):
             shutil.rmtree(tmp, ignore_errors=True)
-        message = (f"writing checkpoint {tmp} failed: {exc.strerror or exc}; earlier checkpoints in {self.root} are "
-                   "intact. Free space (or fix the filesystem) and run the same command again to resume.")
+        message = (
+            f"writing checkpoint {tmp} failed: {exc.strerror or exc}; earlier checkpoints in {self.root} are "
+            "intact. Free space (or fix the filesystem) and run the same command again to resume."
+        )
         if say:
             print(f"ftl: error: {message}", file=sys.stderr, flush=True)
         return CheckpointWriteError(message)
@@ -235,8 +264,13 @@ class CheckpointManager:
         if own_rng.exists():
             load_rng(own_rng)
         else:
-            log.warning("checkpoint %s has no RNG state for rank %d (written by %s worker(s)); this rank starts a "
-                        "fresh seeded stream", path, self.rank, manifest.get("world_size"))
+            log.warning(
+                "checkpoint %s has no RNG state for rank %d (written by %s worker(s)); this rank starts a "
+                "fresh seeded stream",
+                path,
+                self.rank,
+                manifest.get("world_size"),
+            )
         return saved["loop"]
 
 

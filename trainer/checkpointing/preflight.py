@@ -69,9 +69,11 @@ def check_disk_space(run_dir: Path, model: Any, layout: str, keep_last: int, ran
         where = checkpoints_dir(run_dir) if checkpoints_dir(run_dir).exists() else Path(run_dir)
         free = shutil.disk_usage(where).free
         if free < need:
-            problem = (f"output.dir {run_dir}: its filesystem has {_gib(free)} free but checkpoints need about {_gib(need)} "
-                       f"({more} more checkpoint(s) of ~{_gib(estimate)}: keep_last={keep_last} plus the one being "
-                       "written). Free space, lower checkpoint.keep_last, or choose another output.dir")
+            problem = (
+                f"output.dir {run_dir}: its filesystem has {_gib(free)} free but checkpoints need about {_gib(need)} "
+                f"({more} more checkpoint(s) of ~{_gib(estimate)}: keep_last={keep_last} plus the one being "
+                "written). Free space, lower checkpoint.keep_last, or choose another output.dir"
+            )
     problem = broadcast_object(problem)
     if problem:
         raise TrainerInputError(problem)

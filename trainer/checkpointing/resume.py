@@ -22,8 +22,8 @@ from typing import Any
 from trainer.checkpointing.compat import optimizer_manifest, resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import read_manifest
-from trainer.checkpointing.trajectory import begin, plan_start
 from trainer.checkpointing.rng import rng_file, seed_everything
+from trainer.checkpointing.trajectory import begin, plan_start
 from trainer.config import TrainerConfig
 from trainer.context import WorkerContext
 from trainer.distributed import barrier, broadcast_object
@@ -40,7 +40,9 @@ class ResumePoint:
     manifest: dict[str, Any]
 
 
-def find_resume_checkpoint(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str) -> ResumePoint | None:
+def find_resume_checkpoint(
+    cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str
+) -> ResumePoint | None:
     """Collective. Rank 0 decides what this start continues (trajectory.py: validates checksums,
     moves bad checkpoints aside, refuses a start that would mix two runs); the others take its
     answer, so no two processes race to rename the same directory. Checkpoints of another
@@ -62,42 +64,82 @@ def find_resume_checkpoint(cfg: TrainerConfig, ctx: WorkerContext, strategy: Str
     return point
 
 
-def _check_resume_point(path: Path, cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str) -> ResumePoint:
+def _check_resume_point(
+    path: Path, cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str
+) -> ResumePoint:
     manifest = read_manifest(path)
-    problem = resume_problem(path, manifest, layout=strategy.checkpoint_layout, strategy=strategy.name,
-                             world_size=ctx.world_size, zero_stage=strategy.zero_stage,
-                             nvme_offload="nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params),
-                             optimizer=optimizer_manifest(cfg.training))
+    problem = resume_problem(
+        path,
+        manifest,
+        layout=strategy.checkpoint_layout,
+        strategy=strategy.name,
+        world_size=ctx.world_size,
+        zero_stage=strategy.zero_stage,
+        nvme_offload="nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params),
+        optimizer=optimizer_manifest(cfg.training),
+    )
     if problem:
         raise TrainerInputError(problem)
     strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine
     if manifest.get("config_hash") not in (None, config_hash) and ctx.is_main:
-        log.warning("resuming %s, written with a different config (hash %s, now %s): the result will not equal an "
-                    "uninterrupted run of either config", path, manifest.get("config_hash"), config_hash)
+        log.warning(
+            "resuming %s, written with a different config (hash %s, now %s): the result will not equal an "
+            "uninterrupted run of either config",
+            path,
+            manifest.get("config_hash"),
+            config_hash,
+        )
     return ResumePoint(path, manifest)
 
 
 def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str) -> CheckpointManager:
-    meta = {"strategy": strategy.name, "method": cfg.method.type, "config_hash": config_hash, "versions": library_versions(),
-            "optimizer": optimizer_manifest(cfg.training), "global_batch": strategy.global_batch()}
-    return CheckpointManager(ctx.run_dir, strategy.checkpoint_io(cfg.method.uses_adapter), rank=ctx.rank,
-                             world_size=ctx.world_size, device=ctx.device, keep_last=cfg.checkpoint.keep_last,
-                             keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save, meta=meta,
-                             on_commit=ctx.reporter.checkpoint if ctx.reporter is not None else None)
+    meta = {
+        "strategy": strategy.name,
+        "method": cfg.method.type,
+        "config_hash": config_hash,
+        "versions": library_versions(),
+        "optimizer": optimizer_manifest(cfg.training),
+        "global_batch": strategy.global_batch(),
+    }
+    return CheckpointManager(
+        ctx.run_dir,
+        strategy.checkpoint_io(cfg.method.uses_adapter),
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        device=ctx.device,
+        keep_last=cfg.checkpoint.keep_last,
+        keep_every=cfg.checkpoint.keep_every,
+        async_save=cfg.checkpoint.async_save,
+        meta=meta,
+        on_commit=ctx.reporter.checkpoint if ctx.reporter is not None else None,
+    )
 
 
-def load_resume_state(point: ResumePoint, manager: CheckpointManager, model: Any, optimizer: Any, scheduler: Any,
-                      cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy) -> LoopState:
+def load_resume_state(
+    point: ResumePoint,
+    manager: CheckpointManager,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    cfg: TrainerConfig,
+    ctx: WorkerContext,
+    strategy: Strategy,
+) -> LoopState:
     state = loop_state_from_dict(manager.load(point.path, model, optimizer, scheduler))
     saved_world = int(point.manifest.get("world_size", 1))
     if not (point.path / rng_file(ctx.rank)).exists():
         seed_everything(cfg.training.seed + ctx.rank + 7919 * state.step)
     if saved_world != ctx.world_size and ctx.is_main:
-        log.warning("resumed a checkpoint of %d worker(s) on %d: data continues at global sample %d, the global batch "
-                    "is now %d samples", saved_world, ctx.world_size, state.samples_seen, strategy.global_batch())
+        log.warning(
+            "resumed a checkpoint of %d worker(s) on %d: data continues at global sample %d, the global batch "
+            "is now %d samples",
+            saved_world,
+            ctx.world_size,
+            state.samples_seen,
+            strategy.global_batch(),
+        )
     log.info("resumed from %s at step %d (sample %d)", point.path, state.step, state.samples_seen)
     if ctx.is_main:  # the user's console: the ftl command's stderr (Ray forwards it from the worker)
         shown = point.path.relative_to(ctx.run_dir) if point.path.is_relative_to(ctx.run_dir) else point.path
         print(f"ftl: resumed from {shown} (sample {state.samples_seen})", file=sys.stderr, flush=True)
     return state
-

@@ -29,10 +29,15 @@ def checkpoints_to_delete(steps: list[int], keep_last: int, keep_every: int) -> 
     return [s for s in sorted(steps) if s not in newest and not (keep_every and s % keep_every == 0)]
 
 
-def purge_old(root: Path, keep_last: int, keep_every: int, *, rank: int = 0, protected: Collection[int] = ()) -> list[int]:
+def purge_old(
+    root: Path, keep_last: int, keep_every: int, *, rank: int = 0, protected: Collection[int] = ()
+) -> list[int]:
     """`protected`: steps to keep whatever the rule says (e.g. early stopping's best checkpoint)."""
-    committed = {step_of(p): p for p in root.iterdir()
-                 if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit() and (p / MANIFEST).exists()}
+    committed = {
+        step_of(p): p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit() and (p / MANIFEST).exists()
+    }
     doomed = [s for s in checkpoints_to_delete(list(committed), keep_last, keep_every) if s not in protected]
     for step in doomed:  # oldest first: a crash mid-purge leaves the newer ones
         hidden = root / f"{PURGE_PREFIX}step-{step}"

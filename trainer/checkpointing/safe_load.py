@@ -33,8 +33,9 @@ from trainer.checkpointing.protocol import validate_checkpoint
 from trainer.errors import TrainerInputError
 
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
-TRUST_NOTE = ("ftl loads only plain tensors and state from checkpoints; load only checkpoints that you or your "
-              "cluster wrote")
+TRUST_NOTE = (
+    "ftl loads only plain tensors and state from checkpoints; load only checkpoints that you or your cluster wrote"
+)
 
 
 def verify_before_load(path: Path) -> None:
@@ -54,8 +55,10 @@ def verify_before_load(path: Path) -> None:
 
 def refused(path: Path | str, exc: BaseException) -> TrainerInputError:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return TrainerInputError(f"checkpoint {path} holds something other than tensors and plain state, refused to load it "
-                             f"({detail}). {TRUST_NOTE}")
+    return TrainerInputError(
+        f"checkpoint {path} holds something other than tensors and plain state, refused to load it "
+        f"({detail}). {TRUST_NOTE}"
+    )
 
 
 def _deepspeed_state_classes() -> list[Any]:
@@ -89,14 +92,23 @@ def weights_only_loads(path: Path | str) -> Iterator[None]:
 
 # ----- DCP -----
 
+
 def _dcp_metadata_globals() -> dict[tuple[str, str], Any]:
     from torch.distributed.checkpoint import filesystem, metadata
 
     allowed: dict[tuple[str, str], Any] = {
         (cls.__module__, cls.__name__): cls
-        for cls in (metadata.Metadata, metadata.MetadataIndex, metadata.StorageMeta, metadata.TensorProperties,
-                    metadata.TensorStorageMetadata, metadata.BytesStorageMetadata, metadata.ChunkStorageMetadata,
-                    metadata._MEM_FORMAT_ENCODING, filesystem._StorageInfo)
+        for cls in (
+            metadata.Metadata,
+            metadata.MetadataIndex,
+            metadata.StorageMeta,
+            metadata.TensorProperties,
+            metadata.TensorStorageMetadata,
+            metadata.BytesStorageMetadata,
+            metadata.ChunkStorageMetadata,
+            metadata._MEM_FORMAT_ENCODING,
+            filesystem._StorageInfo,
+        )
     }
     allowed[("torch", "Size")] = torch.Size
     allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
@@ -126,8 +138,13 @@ def dcp_load(state: dict[str, Any], state_dir: Path, checkpoint: Path, **options
 
     _read_dcp_metadata(state_dir / ".metadata", checkpoint)
     with refusing_unsafe_pickles(checkpoint):
-        dcp.load(state, checkpoint_id=str(state_dir), storage_reader=_dcp_reader(str(state_dir), checkpoint),
-                 planner=_dcp_planner(), **options)
+        dcp.load(
+            state,
+            checkpoint_id=str(state_dir),
+            storage_reader=_dcp_reader(str(state_dir), checkpoint),
+            planner=_dcp_planner(),
+            **options,
+        )
 
 
 def _read_dcp_metadata(path: Path | str, checkpoint: Path) -> Any:

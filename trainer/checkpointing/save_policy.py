@@ -30,9 +30,16 @@ def _alone(due: bool) -> bool:
 
 
 class SavePolicy:
-    def __init__(self, every_steps: int = 0, every_minutes: float = 0.0, *, is_main: bool = True,
-                 must_save: Callable[[int], bool] = _never, agree: Callable[[bool], bool] = _alone,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        every_steps: int = 0,
+        every_minutes: float = 0.0,
+        *,
+        is_main: bool = True,
+        must_save: Callable[[int], bool] = _never,
+        agree: Callable[[bool], bool] = _alone,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`clock` returns monotonic seconds; `agree` turns rank 0's verdict into every rank's."""
         self.every_steps, self.every_s = every_steps, every_minutes * 60.0
         self.is_main, self.must_save, self.agree, self.clock = is_main, must_save, agree, clock
@@ -40,8 +47,12 @@ class SavePolicy:
 
     def should_save(self, step: int, stop_requested: bool = False) -> bool:
         """Whether to checkpoint the step just finished. Collective when every_minutes is set."""
-        return ((bool(self.every_steps) and step % self.every_steps == 0) or self._time_due() or self.must_save(step)
-                or stop_requested)
+        return (
+            (bool(self.every_steps) and step % self.every_steps == 0)
+            or self._time_due()
+            or self.must_save(step)
+            or stop_requested
+        )
 
     def saved(self) -> None:
         """A checkpoint was just written: the time rule counts from now."""

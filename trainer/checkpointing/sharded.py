@@ -69,8 +69,13 @@ class DCPStateIO:
         # dcp.load fails on any trainable key the checkpoint lacks; the frozen keys are absent by
         # design, which set_state_dict must not count as missing (strict=False).
         dcp_load(state, directory / STATE_DIR, directory)
-        set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                       options=_options(strict=False))
+        set_state_dict(
+            model,
+            optimizers,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=_options(strict=False),
+        )
 
     def manifest_extra(self) -> dict[str, Any]:
         return {}

@@ -89,7 +89,8 @@ def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
             raise TrainerInputError(
                 f"checkpoint.resume=never, but {root} holds checkpoints of an earlier run ({_names(earlier)}); starting "
                 "over here would mix two runs. Use a new output.dir, or set checkpoint.move_aside=true to move them to "
-                f"{root / BRANCHES_DIR}/ (nothing is deleted), or checkpoint.resume=auto to continue that run.")
+                f"{root / BRANCHES_DIR}/ (nothing is deleted), or checkpoint.resume=auto to continue that run."
+            )
         return StartPlan(None, "never", set_aside=_step_dirs(run_dir), whole_run=not again)
     path = Path(request)
     problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
@@ -125,8 +126,14 @@ def begin(run_dir: Path, plan: StartPlan) -> Path | None:
         _announce(plan, branch)
     if plan.record:
         root.mkdir(parents=True, exist_ok=True)
-        write_record(run_dir, {"request": plan.request, "step": plan.branch_step if plan.resume_from else 0,
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        write_record(
+            run_dir,
+            {
+                "request": plan.request,
+                "step": plan.branch_step if plan.resume_from else 0,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
     return branch
 
 
@@ -139,7 +146,9 @@ def set_aside_foreign(final: Path) -> Path:
     else:
         aside = final.with_name(f"{INVALID_PREFIX}{final.name}-{int(time.time())}")
     os.replace(final, aside)
-    message = f"{final} already existed but was not written by this run; moved it to {aside} and saving this run's step there"
+    message = (
+        f"{final} already existed but was not written by this run; moved it to {aside} and saving this run's step there"
+    )
     log.warning(message)
     print(f"ftl: WARNING: {message}", file=sys.stderr, flush=True)
     return aside
@@ -162,7 +171,9 @@ def _step_dirs(run_dir: Path) -> list[Path]:
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()), key=step_of)
+    return sorted(
+        (p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()), key=step_of
+    )
 
 
 def _new_branch(root: Path, why: str) -> Path:
@@ -193,11 +204,15 @@ def _announce(plan: StartPlan, branch: Path) -> None:
     if plan.resume_from is None:
         message = f"checkpoint.resume=never: moved the earlier run ({moved}, its metrics and tensorboard) to {branch}; starting at step 0"
     elif plan.whole_run:
-        message = (f"resuming from {plan.resume_from}, which is not a checkpoint of this run directory: moved what was here "
-                   f"({moved}, metrics, tensorboard) to {branch}")
+        message = (
+            f"resuming from {plan.resume_from}, which is not a checkpoint of this run directory: moved what was here "
+            f"({moved}, metrics, tensorboard) to {branch}"
+        )
     else:
-        message = (f"resuming from {plan.resume_from} (step {plan.branch_step}): the later checkpoints of the earlier "
-                   f"trajectory ({moved}) and its metrics after step {plan.branch_step} moved to {branch}; "
-                   "they are kept, not resumed and not counted by retention")
+        message = (
+            f"resuming from {plan.resume_from} (step {plan.branch_step}): the later checkpoints of the earlier "
+            f"trajectory ({moved}) and its metrics after step {plan.branch_step} moved to {branch}; "
+            "they are kept, not resumed and not counted by retention"
+        )
     log.warning(message)
     print(f"ftl: {message}", file=sys.stderr, flush=True)

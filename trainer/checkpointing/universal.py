@@ -65,11 +65,15 @@ def universal_problem(manifest: dict[str, Any], *, nvme_offload: bool) -> str | 
     and parameters on NVMe could not be tried here (no NVMe async I/O), so a silently wrong resume
     is not risked."""
     if nvme_offload:
-        return ("this run offloads to NVMe (parallel.offload_optimizer/offload_params=nvme), and DeepSpeed's universal "
-                "checkpoint does not load into NVMe-offloaded state")
+        return (
+            "this run offloads to NVMe (parallel.offload_optimizer/offload_params=nvme), and DeepSpeed's universal "
+            "checkpoint does not load into NVMe-offloaded state"
+        )
     if any(name.startswith(f"{TAG}/offloaded_tensors/") for name in manifest.get("files", {})):
-        return ("it was written with NVMe optimizer offload, whose per-rank swap files DeepSpeed's universal "
-                "conversion does not read")
+        return (
+            "it was written with NVMe optimizer offload, whose per-rank swap files DeepSpeed's universal "
+            "conversion does not read"
+        )
     return None
 
 
@@ -96,9 +100,11 @@ def prepare_universal(checkpoint: Path, run_dir: Path, *, rank: int) -> Path:
             problem = str(exc)
         except Exception as exc:  # every rank must learn that the conversion failed
             log.exception("universal checkpoint conversion of %s failed", checkpoint)
-            problem = (f"converting ZeRO checkpoint {checkpoint} to DeepSpeed's universal format (for another worker "
-                       f"count) failed: {type(exc).__name__}: {str(exc).rstrip('.')}. Resume with the worker count that wrote it "
-                       "(its manifest.json: world_size)")
+            problem = (
+                f"converting ZeRO checkpoint {checkpoint} to DeepSpeed's universal format (for another worker "
+                f"count) failed: {type(exc).__name__}: {str(exc).rstrip('.')}. Resume with the worker count that wrote it "
+                "(its manifest.json: world_size)"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(outcome, json.dumps({"problem": problem}))
     else:
@@ -117,10 +123,14 @@ def _wait_for_outcome(outcome: Path, checkpoint: Path) -> str | None:
     while not outcome.exists():
         now = time.monotonic()
         if now - started > WAIT_LIMIT_S:
-            raise TrainerInputError(f"rank 0 did not finish converting {checkpoint} to a universal checkpoint within "
-                                    f"{WAIT_LIMIT_S // 3600} h; see rank 0's log in logs/")
+            raise TrainerInputError(
+                f"rank 0 did not finish converting {checkpoint} to a universal checkpoint within "
+                f"{WAIT_LIMIT_S // 3600} h; see rank 0's log in logs/"
+            )
         if now >= next_note:
-            log.info("waiting for rank 0 to convert %s to a universal checkpoint (%.0f s so far)", checkpoint, now - started)
+            log.info(
+                "waiting for rank 0 to convert %s to a universal checkpoint (%.0f s so far)", checkpoint, now - started
+            )
             next_note = now + 60
         time.sleep(POLL_S)
     return json.loads(outcome.read_text())["problem"]
@@ -144,7 +154,9 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
             return
         shutil.rmtree(target)  # made from another checkpoint with the same step (checkpoint.resume=PATH), or damaged
     tmp = root / f".tmp-{target.name}"
-    log.info("converting ZeRO checkpoint %s to a universal checkpoint in %s (for a new worker count)", checkpoint, target)
+    log.info(
+        "converting ZeRO checkpoint %s to a universal checkpoint in %s (for a new worker count)", checkpoint, target
+    )
     try:
         _ds_to_universal(checkpoint / TAG, tmp / TAG)
         atomic_write_text(tmp / SOURCE_FILE, json.dumps(source))
@@ -168,11 +180,14 @@ def _ds_to_universal(input_folder: Path, output_folder: Path) -> None:
     from deepspeed.checkpoint.ds_to_universal import main
 
     args = argparse.Namespace(
-        input_folder=str(input_folder), output_folder=str(output_folder),
+        input_folder=str(input_folder),
+        output_folder=str(output_folder),
         # One process: the conversion runs inside a worker that holds a process group and threads,
         # where forking a process pool is unsafe; it reads each rank's file once either way.
-        num_extract_workers=1, num_merge_workers=1,
-        keep_temp_folder=False, strict=True,
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
         # ftl's engine saves without Megatron's `universal_checkpoint_info` (a plain HF model has no
         # tensor/pipeline-parallel layout to describe); DeepSpeed then needs only the format version,
         # which inject_missing_state supplies in memory (the source files are only read).

@@ -70,12 +70,15 @@ def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict
         # Padding continues the position count of a new pseudo-sequence so it never joins a real one.
         position_ids[b, n:] = torch.arange(width - n)
         attention_mask[b, :n] = 1
-    out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-           "num_tokens": torch.tensor(int(attention_mask.sum()))}
+    out = {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": position_ids,
+        "num_tokens": torch.tensor(int(attention_mask.sum())),
+    }
     if not dataset.packed:
         out["attention_mask"] = attention_mask
     if dataset.examples.classes is not None:
         # Classification rows hold one example each (packing is refused for them).
         out["class_labels"] = torch.tensor([int(dataset.examples.classes[dataset.rows[r][0]]) for r in row_indices])
     return out
-

@@ -42,7 +42,9 @@ class MixtureSampler:
         self._within = np.zeros(0, dtype=np.int64)
 
     def _draw(self, block: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, 0x6D6978, block]).choice(len(self.spans), size=BLOCK, p=self.probabilities)
+        return np.random.default_rng([self.seed, 0x6D6978, block]).choice(
+            len(self.spans), size=BLOCK, p=self.probabilities
+        )
 
     def _load_block(self, block: int) -> None:
         if block == self._block:

@@ -40,11 +40,25 @@ class PreparedData:
     report: dict[str, Any]
 
 
-def prepare_data(cfg: DataConfig, tokenizer: Any, *, seed: int, micro_batch_size: int, want_prompts: bool, max_prompts: int | None,
-                 retain: str | None = None, label_names: list[str] | None = None) -> PreparedData:
+def prepare_data(
+    cfg: DataConfig,
+    tokenizer: Any,
+    *,
+    seed: int,
+    micro_batch_size: int,
+    want_prompts: bool,
+    max_prompts: int | None,
+    retain: str | None = None,
+    label_names: list[str] | None = None,
+) -> PreparedData:
     cache_root = Path(cfg.cache_dir) / "tokenized" if cfg.cache_dir else None
-    common = dict(max_seq_len=cfg.max_seq_len, too_long=cfg.too_long, skip_bad_rows=cfg.skip_bad_rows, cache_root=cache_root,
-                  label_names=label_names)
+    common = dict(
+        max_seq_len=cfg.max_seq_len,
+        too_long=cfg.too_long,
+        skip_bad_rows=cfg.skip_bad_rows,
+        cache_root=cache_root,
+        label_names=label_names,
+    )
 
     def load(spec: str, fmt: str, split: str = "train") -> TokenizedSet:
         return load_tokenized(spec, fmt, tokenizer, split=split, **common)  # type: ignore[arg-type]
@@ -55,18 +69,34 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, *, seed: int, micro_batch_size
         train, rows, spans = _mixture_rows(cfg, load)
         for source in cfg.mixture:
             if source.validation:
-                evals.append(EvalSet(source.name, load(source.validation, cfg.format_of(source)), source=source.validation,
-                                     format=cfg.format_of(source)))
+                evals.append(
+                    EvalSet(
+                        source.name,
+                        load(source.validation, cfg.format_of(source)),
+                        source=source.validation,
+                        format=cfg.format_of(source),
+                    )
+                )
         mixture_report = {s.name: {"rows": s.count, "weight": s.weight} for s in spans}
     else:
         assert cfg.train is not None  # DataConfig requires train or mixture
         train = load(cfg.train, cfg.format, cfg.split)
         if cfg.validation:
-            evals.append(EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format))
+            evals.append(
+                EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format)
+            )
         elif cfg.validation_split > 0:
             order = np.random.default_rng(seed).permutation(len(train))
             held = max(1, int(round(len(train) * cfg.validation_split)))
-            evals.append(EvalSet("validation", train.subset(np.sort(order[:held])), source=cfg.train, format=cfg.format, split=cfg.split))
+            evals.append(
+                EvalSet(
+                    "validation",
+                    train.subset(np.sort(order[:held])),
+                    source=cfg.train,
+                    format=cfg.format,
+                    split=cfg.split,
+                )
+            )
             train = train.subset(np.sort(order[held:]))
         rows, spans = _rows_of(train, cfg), None
     if cfg.test:

@@ -50,7 +50,7 @@ class TokenizedSet:
         start, end = self.offsets[index], self.offsets[index + 1]
         return self.ids[start:end], self.mask[start:end]
 
-    def subset(self, indices: np.ndarray) -> "TokenizedSet":
+    def subset(self, indices: np.ndarray) -> TokenizedSet:
         parts = [self.example(int(i)) for i in indices]
         lengths = np.array([len(p[0]) for p in parts], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -63,7 +63,9 @@ class TokenizedSet:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(
+        backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode()
+    )
     digest.update(repr(tokenizer.chat_template).encode())
     digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
     digest.update(type(tokenizer).__name__.encode())
@@ -86,8 +88,17 @@ def load_tokenized(
     cache_root: Path | None = None,
     label_names: list[str] | None = None,
 ) -> TokenizedSet:
-    entry, settings = cache_entry(spec, fmt, tokenizer, max_seq_len=max_seq_len, too_long=too_long,
-                                  skip_bad_rows=skip_bad_rows, split=split, cache_root=cache_root, label_names=label_names)
+    entry, settings = cache_entry(
+        spec,
+        fmt,
+        tokenizer,
+        max_seq_len=max_seq_len,
+        too_long=too_long,
+        skip_bad_rows=skip_bad_rows,
+        split=split,
+        cache_root=cache_root,
+        label_names=label_names,
+    )
     if (entry / "meta.json").exists():
         cached = _read_entry(entry)
         log.info("tokenized %s: cache hit %s", spec, entry)
@@ -98,8 +109,16 @@ def load_tokenized(
 
 
 def cache_entry(
-    spec: str, fmt: str, tokenizer: Any, *, max_seq_len: int, too_long: str, skip_bad_rows: bool,
-    split: str = "train", cache_root: Path | None = None, label_names: list[str] | None = None,
+    spec: str,
+    fmt: str,
+    tokenizer: Any,
+    *,
+    max_seq_len: int,
+    too_long: str,
+    skip_bad_rows: bool,
+    split: str = "train",
+    cache_root: Path | None = None,
+    label_names: list[str] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Where the tokenized form of this dataset is (or would be) cached, and the settings keying it."""
     settings = {
@@ -123,7 +142,13 @@ def read_cached(entry: Path) -> TokenizedSet | None:
 
 
 def _tokenize(
-    spec: str, fmt: str, tokenizer: Any, max_seq_len: int, too_long: str, skip_bad_rows: bool, split: str,
+    spec: str,
+    fmt: str,
+    tokenizer: Any,
+    max_seq_len: int,
+    too_long: str,
+    skip_bad_rows: bool,
+    split: str,
     label_names: list[str] | None = None,
 ) -> TokenizedSet:
     ids: list[np.ndarray] = []
@@ -147,8 +172,10 @@ def _tokenize(
         token_ids, mask = example.input_ids, example.loss_mask
         if len(token_ids) > max_seq_len:
             if too_long == "error":
-                bad_rows.append(f"{row.where}: {len(token_ids)} tokens, longer than data.max_seq_len={max_seq_len}; "
-                                "raise max_seq_len or set data.too_long to truncate or drop")
+                bad_rows.append(
+                    f"{row.where}: {len(token_ids)} tokens, longer than data.max_seq_len={max_seq_len}; "
+                    "raise max_seq_len or set data.too_long to truncate or drop"
+                )
                 continue
             if too_long == "drop":
                 stats["dropped_too_long"] += 1
@@ -170,14 +197,18 @@ def _tokenize(
     if bad_rows:
         raise DataError(_bad_rows_message(spec, bad_rows))
     if stats["skipped_bad"]:
-        log.warning("%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors)
+        log.warning(
+            "%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors
+        )
     stats["skipped_examples"] = errors
     if not ids:
         raise DataError(f"{spec}: no usable rows (after skipping/dropping: {stats})")
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     class_ids = np.asarray(classes, np.int64) if fmt == "classification" else None
-    return TokenizedSet(np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats, class_ids)
+    return TokenizedSet(
+        np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats, class_ids
+    )
 
 
 def _bad_rows_message(spec: str, bad_rows: list[str]) -> str:
@@ -186,8 +217,10 @@ def _bad_rows_message(spec: str, bad_rows: list[str]) -> str:
     listed = "\n".join(f"  - {problem}" for problem in bad_rows[:MAX_LISTED_BAD_ROWS])
     more = len(bad_rows) - MAX_LISTED_BAD_ROWS
     tail = f"\n  ... and {more} more" if more > 0 else ""
-    return (f"{spec}: {len(bad_rows)} bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows:\n"
-            f"{listed}{tail}")
+    return (
+        f"{spec}: {len(bad_rows)} bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows:\n"
+        f"{listed}{tail}"
+    )
 
 
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:

@@ -55,10 +55,14 @@ class Strategy(abc.ABC):
     def global_batch(self) -> int:
         """Rows one optimizer step trains over all ranks (every strategy here is data-parallel
         over all of them)."""
-        return global_batch_size(self.training.micro_batch_size, self.training.gradient_accumulation_steps, self.world_size)
+        return global_batch_size(
+            self.training.micro_batch_size, self.training.gradient_accumulation_steps, self.world_size
+        )
 
     @abc.abstractmethod
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
+    def wrap(
+        self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+    ) -> tuple[torch.nn.Module, Optimizer]:
         """Wrap the model for training and build its optimizer over the wrapped parameters."""
 
     @abc.abstractmethod
@@ -96,7 +100,11 @@ class Strategy(abc.ABC):
         if steps_in_backward(optimizer):
             return None
         params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf")) if params else torch.tensor(0.0)
+        norm = (
+            torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+            if params
+            else torch.tensor(0.0)
+        )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return _to_float(norm)
@@ -116,7 +124,9 @@ class Strategy(abc.ABC):
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """Full (unsharded) trainable parameters on CPU. Collective for sharded strategies:
         every rank must call it; the result is complete on rank 0."""
-        return {name: p.detach().cpu().clone() for name, p in self.unwrapped(model).named_parameters() if p.requires_grad}
+        return {
+            name: p.detach().cpu().clone() for name, p in self.unwrapped(model).named_parameters() if p.requires_grad
+        }
 
 
 def resolved_precision(name: str, device: str) -> str:

@@ -14,7 +14,9 @@ from trainer.strategies.registry import register
 
 @register("ddp")
 class DDPStrategy(Strategy):
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
+    def wrap(
+        self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+    ) -> tuple[torch.nn.Module, Optimizer]:
         wrapped = self._ddp(model)
         return wrapped, make_optimizer(wrapped)
 
@@ -33,7 +35,7 @@ class DDPStrategy(Strategy):
     @contextlib.contextmanager
     def micro_step(self, model: torch.nn.Module, last: bool) -> Iterator[None]:
         # Accumulate locally and all-reduce once, on the last micro-batch of the step.
-        with (contextlib.nullcontext() if last else model.no_sync()):
+        with contextlib.nullcontext() if last else model.no_sync():
             yield
 
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:

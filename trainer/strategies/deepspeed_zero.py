@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from trainer.checkpointing.layouts import StateIO
 
 
-def deepspeed_config(training: TrainingConfig, parallel: ParallelConfig, world_size: int, *,
-                     load_universal: bool = False) -> dict[str, Any]:
+def deepspeed_config(
+    training: TrainingConfig, parallel: ParallelConfig, world_size: int, *, load_universal: bool = False
+) -> dict[str, Any]:
     """Our DeepSpeed config, generated from the run config, with the user's JSON merged over it.
     `load_universal`: the engine will load a universal checkpoint (a resume on another worker count)."""
     zero: dict[str, Any] = {"stage": parallel.zero_stage}
@@ -48,7 +49,9 @@ def deepspeed_config(training: TrainingConfig, parallel: ParallelConfig, world_s
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": training.micro_batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
-        "train_batch_size": global_batch_size(training.micro_batch_size, training.gradient_accumulation_steps, world_size),
+        "train_batch_size": global_batch_size(
+            training.micro_batch_size, training.gradient_accumulation_steps, world_size
+        ),
         "gradient_clipping": training.max_grad_norm or 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
@@ -97,11 +100,15 @@ class DeepSpeedStrategy(Strategy):
         resumed checkpoint, when that was written by another worker count."""
         return self._universal_checkpoint
 
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
+    def wrap(
+        self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+    ) -> tuple[torch.nn.Module, Optimizer]:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
         import deepspeed
 
-        config = deepspeed_config(self.training, self.parallel, self.world_size, load_universal=self.universal_checkpoint is not None)
+        config = deepspeed_config(
+            self.training, self.parallel, self.world_size, load_universal=self.universal_checkpoint is not None
+        )
         optimizer = self._optimizer(model, make_optimizer)
         if self.parallel.offload_optimizer != "none" and not _is_ds_cpu_adam(optimizer):
             config["zero_force_ds_cpu_optimizer"] = False
@@ -110,7 +117,9 @@ class DeepSpeedStrategy(Strategy):
         # The ZeRO optimizer is what holds the live param_groups our LR schedule writes into.
         return engine, engine.optimizer
 
-    def _optimizer(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> Any:
+    def _optimizer(
+        self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+    ) -> Any:
         torch_optimizer = make_optimizer(model)
         if self.parallel.offload_optimizer == "none":
             return torch_optimizer
@@ -120,7 +129,9 @@ class DeepSpeedStrategy(Strategy):
 
         defaults = torch_optimizer.defaults
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in torch_optimizer.param_groups]
-        return DeepSpeedCPUAdam(groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"], adamw_mode=True)
+        return DeepSpeedCPUAdam(
+            groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"], adamw_mode=True
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # the engine runs the model in its configured precision
@@ -157,7 +168,9 @@ class DeepSpeedStrategy(Strategy):
 def _offload(device: str, nvme_path: str | None) -> dict[str, Any]:
     if device == "nvme":
         if not nvme_path:
-            raise TrainerInputError("parallel.offload_*=nvme needs parallel.nvme_path (a directory on a fast local disk)")
+            raise TrainerInputError(
+                "parallel.offload_*=nvme needs parallel.nvme_path (a directory on a fast local disk)"
+            )
         return {"device": "nvme", "nvme_path": nvme_path}
     return {"device": "cpu"}
 

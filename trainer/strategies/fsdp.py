@@ -35,7 +35,9 @@ class FSDPStrategy(Strategy):
                 "no GPU, so its parameters are in CPU memory already: remove the setting (or use deepspeed ZeRO-3 offload)"
             )
 
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
+    def wrap(
+        self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+    ) -> tuple[torch.nn.Module, Optimizer]:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
         kwargs: dict[str, object] = {"reshard_after_forward": self.parallel.reshard_after_forward}

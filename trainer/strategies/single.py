@@ -12,7 +12,9 @@ from trainer.strategies.registry import register
 
 @register("none")
 class SingleProcess(Strategy):
-    def wrap(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, Optimizer]:
+    def wrap(
+        self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+    ) -> tuple[torch.nn.Module, Optimizer]:
         return model, make_optimizer(model)
 
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:

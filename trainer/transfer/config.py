@@ -15,11 +15,14 @@ from trainer.config_section import Section
 
 class FreezeConfig(Section):
     all_but_head: bool = Field(
-        False, description="Feature extraction: train only the head (lm_head, or the classification head); freeze the rest."
+        False,
+        description="Feature extraction: train only the head (lm_head, or the classification head); freeze the rest.",
     )
     embeddings: bool = Field(False, description="Partial fine-tuning: freeze the input embeddings.")
     first_n_blocks: int = Field(
-        0, ge=0, description="Partial fine-tuning: freeze the first N transformer blocks (with LoRA: no adapters on them)."
+        0,
+        ge=0,
+        description="Partial fine-tuning: freeze the first N transformer blocks (with LoRA: no adapters on them).",
     )
     patterns: list[str] = Field(
         default_factory=list,
@@ -32,7 +35,9 @@ class FreezeConfig(Section):
 
 
 class GradualUnfreezingConfig(Section):
-    enabled: bool = Field(False, description="ULMFiT gradual unfreezing: start with the top group trainable, add one group per stage.")
+    enabled: bool = Field(
+        False, description="ULMFiT gradual unfreezing: start with the top group trainable, add one group per stage."
+    )
     every: int = Field(1, ge=1, description="Unfreeze the next group every this many `unit`s.")
     unit: Literal["steps", "epochs"] = Field("steps", description="What `every` counts: optimizer steps or epochs.")
     blocks_per_stage: int = Field(1, ge=1, description="Transformer blocks unfrozen per stage, top to bottom.")
@@ -40,15 +45,22 @@ class GradualUnfreezingConfig(Section):
 
 class LearningRatesConfig(Section):
     head: float | None = Field(
-        None, gt=0, le=1.0, description="Rate for the head (the new/task parameters); pretrained parameters use training.learning_rate."
+        None,
+        gt=0,
+        le=1.0,
+        description="Rate for the head (the new/task parameters); pretrained parameters use training.learning_rate.",
     )
     layer_decay: float | None = Field(
-        None, gt=0, le=1.0,
+        None,
+        gt=0,
+        le=1.0,
         description="Layer-wise decay: a pretrained parameter at distance d from the top trains at learning_rate x "
         "layer_decay^d (top block d=1, ..., bottom block d=num_blocks, embeddings d=num_blocks+1).",
     )
     lora_plus_ratio: float | None = Field(
-        None, ge=1.0, description="LoRA+: LoRA B matrices train at this multiple of their group's rate (the paper suggests 16)."
+        None,
+        ge=1.0,
+        description="LoRA+: LoRA B matrices train at this multiple of their group's rate (the paper suggests 16).",
     )
 
     @property
@@ -74,12 +86,16 @@ class HeadConfig(Section):
         return self.type == "sequence_classification"
 
     @model_validator(mode="after")
-    def _labels(self) -> "HeadConfig":
+    def _labels(self) -> HeadConfig:
         if self.type == "sequence_classification":
             if not self.labels and self.num_labels is None:
-                raise ValueError("transfer.head.type=sequence_classification needs transfer.head.labels (class names) or num_labels")
+                raise ValueError(
+                    "transfer.head.type=sequence_classification needs transfer.head.labels (class names) or num_labels"
+                )
             if self.labels and self.num_labels is not None and self.num_labels != len(self.labels):
-                raise ValueError(f"transfer.head.num_labels={self.num_labels} but transfer.head.labels has {len(self.labels)} names")
+                raise ValueError(
+                    f"transfer.head.num_labels={self.num_labels} but transfer.head.labels has {len(self.labels)} names"
+                )
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("transfer.head.labels must be unique")
         elif self.labels or self.num_labels is not None:
@@ -91,11 +107,17 @@ EarlyStoppingMetric = Literal["eval_loss", "accuracy", "macro_f1", "exact_match"
 
 
 class EarlyStoppingConfig(Section):
-    enabled: bool = Field(False, description="Stop when the metric has not improved for `patience` evaluations; final/ holds the best.")
-    metric: EarlyStoppingMetric = Field("eval_loss", description="Lower is better for eval_loss, higher for the others.")
+    enabled: bool = Field(
+        False, description="Stop when the metric has not improved for `patience` evaluations; final/ holds the best."
+    )
+    metric: EarlyStoppingMetric = Field(
+        "eval_loss", description="Lower is better for eval_loss, higher for the others."
+    )
     split: str = Field("validation", description="The evaluation set to watch: validation, or a data.mixture name.")
     patience: int = Field(3, ge=1, description="Evaluations in a row without improvement before stopping.")
-    min_delta: float = Field(0.0, ge=0, description="An evaluation improves only if it beats the best by more than this.")
+    min_delta: float = Field(
+        0.0, ge=0, description="An evaluation improves only if it beats the best by more than this."
+    )
 
     @property
     def mode(self) -> str:
@@ -123,4 +145,3 @@ class TransferConfig(Section):
         if self.early_stopping.enabled:
             on.append("transfer.early_stopping")
         return on
-

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
 from trainer.checkpointing.safe_load import verify_before_load
+from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
 from trainer.config import TrainerConfig
 from trainer.data.prepare import EvalSet
 from trainer.loop_state import LoopState
@@ -38,8 +38,16 @@ log = logging.getLogger(__name__)
 
 
 class TransferController:
-    def __init__(self, cfg: TrainerConfig, model: torch.nn.Module, strategy: Strategy, metrics: MetricsWriter, *,
-                 train_rows: int, pad_id: int):
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        model: torch.nn.Module,
+        strategy: Strategy,
+        metrics: MetricsWriter,
+        *,
+        train_rows: int,
+        pad_id: int,
+    ):
         self.cfg, self.strategy, self.metrics, self.pad_id = cfg, strategy, metrics, pad_id
         transfer = cfg.transfer
         # Only strategies that group parameters by depth need the model's structure (some custom
@@ -56,8 +64,11 @@ class TransferController:
             every = steps_per_stage(transfer.gradual_unfreezing, train_rows, rows_per_step)
             self.unfreezer = GradualUnfreezer(model, groups, every)
             self.unfreezer.apply(0)
-            log.info("gradual unfreezing every %d steps: %s", every,
-                     "; ".join(f"step {i * every}: +{label}" for i, (label, _) in enumerate(groups)))
+            log.info(
+                "gradual unfreezing every %d steps: %s",
+                every,
+                "; ".join(f"step {i * every}: +{label}" for i, (label, _) in enumerate(groups)),
+            )
         self.early = EarlyStopping(transfer.early_stopping) if transfer.early_stopping.enabled else None
         self.retain_base: float | None = None
         self._improved_at: int | None = None
@@ -66,7 +77,9 @@ class TransferController:
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         if self.parts is None:
             return build_optimizer(model, self.cfg.training)
-        return build_grouped_optimizer(model, self.cfg.training, self.cfg.transfer.learning_rates, self.parts, self.trainable)
+        return build_grouped_optimizer(
+            model, self.cfg.training, self.cfg.transfer.learning_rates, self.parts, self.trainable
+        )
 
     # -- resume and step boundaries --------------------------------------------------------------
     def resumed(self, state: LoopState, model: torch.nn.Module) -> torch.nn.Module:
@@ -96,8 +109,17 @@ class TransferController:
         """Add the strategy-specific scores to one evaluation set's metrics record."""
         head = self.cfg.transfer.head
         if head.is_classification and eval_set.examples.classes is not None:
-            values.update(classification_scores(model, eval_set, batch_size, self.pad_id, self.strategy,
-                                                self.cfg.eval.max_samples, len(head.label_names)))
+            values.update(
+                classification_scores(
+                    model,
+                    eval_set,
+                    batch_size,
+                    self.pad_id,
+                    self.strategy,
+                    self.cfg.eval.max_samples,
+                    len(head.label_names),
+                )
+            )
         if eval_set.name == "retain":
             if values["label"] == "base":
                 self.retain_base = values["eval_loss"]
@@ -148,15 +170,22 @@ class TransferController:
             for name, parameter in live.named_parameters():
                 if parameter.is_floating_point():
                     parameter.copy_(values[name].to(parameter.device, parameter.dtype))
-        log.info("early stopping: restored the best checkpoint (step %d, %s=%s)", best, self.cfg.transfer.early_stopping.metric,
-                 self.early.best)
+        log.info(
+            "early stopping: restored the best checkpoint (step %d, %s=%s)",
+            best,
+            self.cfg.transfer.early_stopping.metric,
+            self.early.best,
+        )
         return best
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.early is not None:
-            out["early_stopping"] = {**self.early.state_dict(), "metric": self.cfg.transfer.early_stopping.metric,
-                                     "split": self.cfg.transfer.early_stopping.split}
+            out["early_stopping"] = {
+                **self.early.state_dict(),
+                "metric": self.cfg.transfer.early_stopping.metric,
+                "split": self.cfg.transfer.early_stopping.split,
+            }
         if self.unfreezer is not None:
             out["gradual_unfreezing"] = {**self.unfreezer.describe(), "every_steps": self.unfreezer.every_steps}
         return out

@@ -35,15 +35,29 @@ class EarlyStopping:
             self.bad_evals += 1
             if self.bad_evals >= self.cfg.patience:
                 self.stopped_at = step
-        log.info("early stopping: %s %s=%.6f at step %d; best %.6f at step %s; %d/%d without improvement",
-                 self.cfg.split, self.cfg.metric, value, step, self.best, self.best_step, self.bad_evals, self.cfg.patience)
+        log.info(
+            "early stopping: %s %s=%.6f at step %d; best %.6f at step %s; %d/%d without improvement",
+            self.cfg.split,
+            self.cfg.metric,
+            value,
+            step,
+            self.best,
+            self.best_step,
+            self.bad_evals,
+            self.cfg.patience,
+        )
 
     @property
     def should_stop(self) -> bool:
         return self.stopped_at is not None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad_evals": self.bad_evals,
+            "stopped_at": self.stopped_at,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = state.get("best"), state.get("best_step")

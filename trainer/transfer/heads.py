@@ -31,8 +31,12 @@ def head_load_kwargs(head: HeadConfig, pad_token_id: int | None) -> dict[str, An
         return {}
     names = head.label_names
     # The head pools the last token that is not padding, so the config must know the pad id.
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)},
-            "pad_token_id": pad_token_id}
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+        "pad_token_id": pad_token_id,
+    }
 
 
 def peft_task_type(head: HeadConfig) -> str:
@@ -40,22 +44,33 @@ def peft_task_type(head: HeadConfig) -> str:
 
 
 @torch.no_grad()
-def classification_scores(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id: int, strategy: Strategy,
-                          max_samples: int | None, num_labels: int) -> dict[str, float]:
+def classification_scores(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    batch_size: int,
+    pad_id: int,
+    strategy: Strategy,
+    max_samples: int | None,
+    num_labels: int,
+) -> dict[str, float]:
     """Accuracy and macro-F1 over the eval set (all ranks' shares combined)."""
     count = min(len(eval_set.examples), max_samples or len(eval_set.examples))
     rows = RowDataset(eval_set.examples, [[i] for i in range(count)], packed=False)
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)  # [true, predicted]
-    for indices in lockstep_batches(count, batch_size, strategy.rank, strategy.world_size, strategy.forward_is_collective):
+    for indices in lockstep_batches(
+        count, batch_size, strategy.rank, strategy.world_size, strategy.forward_is_collective
+    ):
         batch = make_batch(rows, indices or [0], pad_id)
         predicted = forward_logits(model, {k: v.to(strategy.device) for k, v in batch.items()}).argmax(-1).cpu()
         if indices is not None:
             for truth, guess in zip(batch["class_labels"].tolist(), predicted.tolist()):
                 confusion[truth, guess] += 1
     model.train(was_training)
-    confusion = torch.tensor(all_reduce_sum(confusion.flatten().tolist(), strategy.device), dtype=torch.float64).view(num_labels, num_labels)
+    confusion = torch.tensor(all_reduce_sum(confusion.flatten().tolist(), strategy.device), dtype=torch.float64).view(
+        num_labels, num_labels
+    )
     return scores_from_confusion(confusion)
 
 
@@ -66,5 +81,7 @@ def scores_from_confusion(confusion: torch.Tensor) -> dict[str, float]:
     predicted, actual = confusion.sum(0), confusion.sum(1)
     present = (predicted + actual) > 0
     f1 = 2 * hits / (predicted + actual).clamp(min=1)
-    return {"accuracy": float(hits.sum()) / total if total else float("nan"),
-            "macro_f1": float(f1[present].mean()) if bool(present.any()) else float("nan")}
+    return {
+        "accuracy": float(hits.sum()) / total if total else float("nan"),
+        "macro_f1": float(f1[present].mean()) if bool(present.any()) else float("nan"),
+    }

@@ -61,9 +61,15 @@ def base_of(model: torch.nn.Module) -> torch.nn.Module:
 def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     base = base_of(model)
     names = set(getattr(base, "_no_split_modules", None) or [])
-    lists = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList) and len(m) and all(type(x).__name__ in names for x in m)]
+    lists = [
+        m
+        for m in base.modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) and all(type(x).__name__ in names for x in m)
+    ]
     if not lists:
-        raise ValueError(f"cannot find the transformer blocks of {type(base).__name__} (no ModuleList of {sorted(names)})")
+        raise ValueError(
+            f"cannot find the transformer blocks of {type(base).__name__} (no ModuleList of {sorted(names)})"
+        )
     return list(max(lists, key=len))
 
 

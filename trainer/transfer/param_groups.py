@@ -53,8 +53,12 @@ def build_grouped_optimizer(
         decay = parameter.ndim >= 2  # biases and norm weights are not decayed (as build_optimizer)
         key = (label, decay)
         if key not in groups:
-            groups[key] = {"params": [], "lr": lr, "weight_decay": training.weight_decay if decay else 0.0,
-                           "name": label if decay else f"{label}.no_decay"}
+            groups[key] = {
+                "params": [],
+                "lr": lr,
+                "weight_decay": training.weight_decay if decay else 0.0,
+                "name": label if decay else f"{label}.no_decay",
+            }
             order[key] = (part.distance_from_top(parts.num_blocks), groups[key]["name"])
         groups[key]["params"].append(parameter)
     ordered = [groups[key] for key in sorted(groups, key=lambda k: order[k])]  # head first: "lr" in metrics is its rate

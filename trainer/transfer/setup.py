@@ -5,6 +5,7 @@ best checkpoint and for export, so every copy has identical parameter names."""
 from __future__ import annotations
 
 import re
+
 import torch
 
 from trainer.config import TrainerConfig
@@ -15,12 +16,21 @@ from trainer.transfer.heads import auto_model_class, head_load_kwargs, peft_task
 from trainer.transfer.model_parts import decoder_blocks, model_parts
 
 
-def build_model(cfg: TrainerConfig, device: str, pad_token_id: int | None, gradient_checkpointing: bool) -> torch.nn.Module:
+def build_model(
+    cfg: TrainerConfig, device: str, pad_token_id: int | None, gradient_checkpointing: bool
+) -> torch.nn.Module:
     head = cfg.transfer.head
-    model = load_model(cfg.model, cfg.method, device, auto_class=auto_model_class(head),
-                       head_kwargs=head_load_kwargs(head, pad_token_id))
+    model = load_model(
+        cfg.model,
+        cfg.method,
+        device,
+        auto_class=auto_model_class(head),
+        head_kwargs=head_load_kwargs(head, pad_token_id),
+    )
     exclude = frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks) if cfg.method.uses_adapter else None
-    model = apply_method(model, cfg.method, gradient_checkpointing, task_type=peft_task_type(head), exclude_modules=exclude)
+    model = apply_method(
+        model, cfg.method, gradient_checkpointing, task_type=peft_task_type(head), exclude_modules=exclude
+    )
     if cfg.transfer.freeze.any:
         apply_freezing(model, model_parts(model), cfg.transfer.freeze)
     return model

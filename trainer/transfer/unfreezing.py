@@ -27,7 +27,9 @@ def unfreezing_groups(parts: ModelParts, trainable: set[str], blocks_per_stage: 
     groups = [("head", top)]
     for upper in range(parts.num_blocks, 0, -blocks_per_stage):
         lower = max(0, upper - blocks_per_stage)
-        names = [n for n in sorted(trainable) if parts.parts[n].kind == BLOCK and lower <= int(parts.parts[n].block) < upper]  # type: ignore[arg-type]
+        names = [
+            n for n in sorted(trainable) if parts.parts[n].kind == BLOCK and lower <= int(parts.parts[n].block) < upper
+        ]  # type: ignore[arg-type]
         label = f"block {upper - 1}" if upper - lower == 1 else f"blocks {lower}-{upper - 1}"
         groups.append((label, names))
     groups.append(("embeddings", [n for n in sorted(trainable) if parts.parts[n].kind == EMBEDDINGS]))
