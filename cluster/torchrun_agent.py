@@ -56,7 +56,9 @@ def _keep_agent_stores_on_loopback() -> None:
 
     from cluster.loopback import listen_on
 
-    def loopback_store(host_name: str, port: int, *args: Any, is_master: bool = False, **kwargs: Any) -> Any:
+    def loopback_store(
+        host_name: str, port: int, world_size: int | None = None, is_master: bool = False, **kwargs: Any
+    ) -> Any:
         if is_master and host_name in LOOPBACK and kwargs.get("master_listen_fd") is None:
             try:
                 listener = listen_on("127.0.0.1" if host_name == "localhost" else host_name, port)
@@ -65,9 +67,10 @@ def _keep_agent_stores_on_loopback() -> None:
             port = listener.getsockname()[1]
             # detach(): the store's server owns the descriptor from here on.
             kwargs["master_listen_fd"] = listener.detach()
-        return dist.TCPStore(host_name, port, *args, is_master=is_master, **kwargs)
+        return dist.TCPStore(host_name, port, world_size, is_master, **kwargs)
 
-    c10d_rendezvous_backend.TCPStore = loopback_store  # type: ignore[attr-defined]
+    # The module looks TCPStore up by name when it creates its store; a function stands in for the class.
+    c10d_rendezvous_backend.TCPStore = loopback_store  # type: ignore[misc,assignment]
 
     def create_server(self: Any, master_addr: str, master_port: int) -> Any:
         return loopback_store(master_addr, master_port, is_master=True, multi_tenant=True)

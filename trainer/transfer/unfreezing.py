@@ -27,9 +27,7 @@ def unfreezing_groups(parts: ModelParts, trainable: set[str], blocks_per_stage: 
     groups = [("head", top)]
     for upper in range(parts.num_blocks, 0, -blocks_per_stage):
         lower = max(0, upper - blocks_per_stage)
-        names = [
-            n for n in sorted(trainable) if parts.parts[n].kind == BLOCK and lower <= int(parts.parts[n].block) < upper
-        ]  # type: ignore[arg-type]
+        names = [n for n in sorted(trainable) if parts.parts[n].kind == BLOCK and lower <= _depth(parts, n) < upper]
         label = f"block {upper - 1}" if upper - lower == 1 else f"blocks {lower}-{upper - 1}"
         groups.append((label, names))
     groups.append(("embeddings", [n for n in sorted(trainable) if parts.parts[n].kind == EMBEDDINGS]))
@@ -72,3 +70,9 @@ class GradualUnfreezer:
             "unfrozen": [label for label, _ in self.groups[: self.stage + 1]],
             "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         }
+
+
+def _depth(parts: ModelParts, name: str) -> int:
+    block = parts.parts[name].block
+    assert block is not None, f"{name} is a block parameter without a depth"
+    return block
