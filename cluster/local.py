@@ -20,6 +20,7 @@ from typing import Any
 
 from cluster.config import ClusterConfig
 from cluster.errors import WorkerFailed
+from cluster.gpu_probe import cuda_available
 from cluster.loopback import LOOPBACK_INTERFACE
 from cluster.parent_death import child_dies_with_this_process
 from cluster.results import clear_result, take_result
@@ -30,9 +31,7 @@ STOP_GRACE_S = 20
 
 
 def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
+    if cuda_available():
         return "cuda"
     # Tell DeepSpeed up front, instead of letting it probe and warn on every import.
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -31,7 +31,7 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     problems = check_inputs(cfg)
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
-    _quiet_libraries()
+    _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
     if fit_check:  # `ftl plan`'s memory verdict for this machine; refuses a run that cannot fit
         from launcher.plan.command import check_fit
 
@@ -176,8 +176,8 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(import_transformers: bool = True) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from trainer.logging_setup import quiet_third_party
 
-    quiet_third_party()
+    quiet_third_party(import_transformers)

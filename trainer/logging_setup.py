@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -37,12 +38,19 @@ def setup_worker_logging(run_dir: Path, rank: int) -> None:
     quiet_third_party()
 
 
-def quiet_third_party() -> None:
-    """Keep the console for our progress bar and real problems, not libraries' chatter."""
+def quiet_third_party(import_transformers: bool = True) -> None:
+    """Keep the console for our progress bar and real problems, not libraries' chatter.
+
+    import_transformers=False: a process that may never load a model (the launcher of workers
+    elsewhere) does not pay transformers' import for this; if it imports it later, the
+    environment default below still keeps it at errors only."""
     for noisy in ("httpx", "urllib3", "filelock", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # peft still calls a transformers helper renamed in v5; harmless, but printed every run.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    if not import_transformers and "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers sets up its logger
+        return
     try:
         from transformers.utils import logging as hf_logging
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cluster.gpu_probe import cuda_available
 from launcher.config_loader import load_config
 from launcher.errors import UserError
 from launcher.plan.hardware import Accelerator, accelerator, parse_size
@@ -32,9 +33,9 @@ def plan_command(args: argparse.Namespace) -> int:
 
 def this_machine(memory: str | None = None, peak_tflops: float | None = None) -> Accelerator:
     """The first CUDA device when there is one, else the CPU with its available RAM."""
-    import torch
+    if cuda_available():
+        import torch
 
-    if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         total = parse_size(memory) if memory else props.total_memory
         return Accelerator(props.name, total, peak_tflops, torch.cuda.is_bf16_supported())

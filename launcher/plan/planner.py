@@ -9,7 +9,8 @@ import torch
 
 from launcher.plan.catalogue import model_config_fields
 from launcher.plan.hardware import Accelerator
-from launcher.plan.inventory import Inventory, build_inventory, with_block_scales
+from launcher.plan.inventory import Inventory, with_block_scales
+from launcher.plan.inventory_cache import cached_inventory
 from launcher.plan.memory import MemoryPlan, plan_memory
 from launcher.plan.setup import Setup
 from launcher.plan.suggest import Suggestion, evaluator, lean_changes, leanest, suggest
@@ -113,7 +114,7 @@ def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = No
     adapter = (
         compute_dtype(cfg, setup, method_cfg) if setup.adapter_dtype == "compute" and method_cfg.uses_adapter else None
     )
-    inventory = build_inventory(label, fields, method_cfg, dtype, adapter)
+    inventory = cached_inventory(label, fields, method_cfg, dtype, adapter)
     if method_cfg.type == "qlora":
         inventory = with_block_scales(inventory, method_cfg.quantization.double_quant)
     return inventory

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.cache_dir import cache_root
 from trainer.data.formats import render_example
 from trainer.data.sources import dataset_fingerprint, read_rows
 from trainer.errors import DataError
@@ -73,7 +74,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("FTL_CACHE_DIR") or Path.home() / ".cache" / "ftl") / "tokenized"
+    return cache_root() / "tokenized"
 
 
 def load_tokenized(

@@ -1,0 +1,118 @@
+"""The model inventory, kept on disk between runs.
+
+Building it imports the model's transformers code and PEFT and builds the model on the meta
+device: seconds of CPU before every `ftl train` (the fit check), `ftl plan` and `ftl doctor`,
+spent again for the same model each time. The inventory depends only on the model's config.json
+fields, the method settings, the dtypes and the code that derives it, so those are the key: a
+changed model, setting, library version or ftl inventory code is a new entry. An entry that
+cannot be read is rebuilt, never trusted, and a cache that cannot be written only costs time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from launcher.plan.inventory import Architecture, Inventory, ParamInfo, build_inventory
+from trainer.cache_dir import cache_root
+from trainer.config import MethodConfig
+
+log = logging.getLogger(__name__)
+
+_REPO = Path(__file__).resolve().parents[2]
+# The code whose answer the cache keeps: a change in any of these is a new entry.
+_DERIVING_SOURCES = ("launcher/plan/inventory.py", "trainer/methods.py", "trainer/chunked_loss.py")
+_LIBRARIES = ("torch", "transformers", "peft")
+FORMAT_VERSION = 1
+
+
+def cached_inventory(
+    label: str,
+    config_fields: dict[str, Any],
+    method: MethodConfig,
+    dtype: torch.dtype,
+    adapter_dtype: torch.dtype | None = None,
+    *,
+    root: Path | None = None,
+) -> Inventory:
+    """build_inventory's answer, from the cache when this exact question was answered before."""
+    entry = (root or cache_root() / "inventory") / f"{_key(config_fields, method, dtype, adapter_dtype)}.json"
+    inventory = _read(entry, label)
+    if inventory is not None:
+        return inventory
+    inventory = build_inventory(label, config_fields, method, dtype, adapter_dtype)
+    _write(entry, inventory)
+    return inventory
+
+
+def _key(config_fields: dict[str, Any], method: MethodConfig, dtype: torch.dtype, adapter: torch.dtype | None) -> str:
+    digest = hashlib.sha256()
+    question = {
+        "format": FORMAT_VERSION,
+        "config": config_fields,
+        "method": method.model_dump(mode="json"),
+        "dtype": str(dtype),
+        "adapter_dtype": str(adapter),
+        "libraries": {name: _version(name) for name in _LIBRARIES},
+    }
+    digest.update(json.dumps(question, sort_keys=True, default=str).encode())
+    for source in _DERIVING_SOURCES:
+        digest.update((_REPO / source).read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _read(entry: Path, label: str) -> Inventory | None:
+    try:
+        data = json.loads(entry.read_text())
+        inventory = Inventory(
+            label=label,
+            arch=Architecture(**data["arch"]),
+            params=[ParamInfo(*fields) for fields in data["params"]],
+            layer_bytes=int(data["layer_bytes"]),
+            root_bytes=int(data["root_bytes"]),
+            lora_targets=[tuple(target) for target in data["lora_targets"]],  # type: ignore[misc]
+            head_param=data["head_param"],
+            head_chunkable=bool(data["head_chunkable"]),
+            head_chunkable_reason=str(data["head_chunkable_reason"]),
+            extras=dict(data["extras"]),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # torn or foreign: rebuilt below
+        log.warning("ignoring unreadable inventory cache entry %s (%s)", entry, exc)
+        return None
+    return inventory
+
+
+def _write(entry: Path, inventory: Inventory) -> None:
+    data = dataclasses.asdict(inventory)
+    # Params as rows (field order of ParamInfo): a 70B model has hundreds, named at length.
+    data["params"] = [dataclasses.astuple(p) for p in inventory.params]
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out)
+            os.replace(tmp, entry)  # whole or absent: a reader never sees half an entry
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:  # a read-only home: the answer is still right, only not kept
+        log.warning("could not cache the model inventory in %s (%s)", entry.parent, exc)
