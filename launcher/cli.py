@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate = verbs.add_parser("validate", help="print the resolved config, or every error in it")
     validate.add_argument("config")
     validate.add_argument("overrides", nargs="*", metavar="key.path=value")
+    validate.add_argument(
+        "--data",
+        action="store_true",
+        help="instead of the config, read every row of every configured dataset as training would: every bad "
+        "row, token counts, lengths, packing efficiency and examples with their trained tokens marked "
+        "(exit code 2 when training would refuse the data)",
+    )
+    validate.add_argument(
+        "--examples", type=int, default=3, metavar="N", help="with --data: examples to show (default 3)"
+    )
 
     export = verbs.add_parser(
         "export",
@@ -147,7 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "validate":
         from launcher.commands import validate
 
-        return validate(args.config, args.overrides)
+        return validate(args.config, args.overrides, data=args.data, examples=args.examples)
     if args.verb == "train":
         from launcher.commands import train
 

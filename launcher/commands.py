@@ -16,11 +16,16 @@ from launcher.run_dir import load_snapshot, lock_run_dir, running_in
 from trainer.run_layout import CONFIG_FILE
 
 
-def validate(config_path: str, overrides: list[str]) -> int:
+def validate(config_path: str, overrides: list[str], data: bool = False, examples: int = 3) -> int:
     cfg = load_config(config_path, overrides)
     problems = check_inputs(cfg)
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
+    if data:
+        _quiet_libraries()
+        from launcher.data_check import data_command
+
+        return data_command(cfg, examples)
     sys.stdout.write(config_to_yaml(cfg))
     print(f"# {config_path}: valid", file=sys.stderr)
     return 0
