@@ -120,7 +120,7 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise DataError(f"{row.where}: messages[{index}] must be an object with 'role' and 'content'")
-        role = message.get("role", message.get("from"))
+        role = str(message.get("role", message.get("from")))
         role, content = ROLE_ALIASES.get(role, role), message.get("content", message.get("value"))
         if role not in CHAT_ROLES or not isinstance(content, str):
             raise DataError(f"{row.where}: messages[{index}] needs a role ({', '.join(CHAT_ROLES)}) and string content")
