@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate = verbs.add_parser("validate", help="print the resolved config, or every error in it")
     validate.add_argument("config")
     validate.add_argument("overrides", nargs="*", metavar="key.path=value")
+    validate.add_argument(
+        "--data",
+        action="store_true",
+        help="instead of the config, read every row of every configured dataset as training would: every bad "
+        "row, token counts, lengths, packing efficiency and examples with their trained tokens marked "
+        "(exit code 2 when training would refuse the data)",
+    )
+    validate.add_argument(
+        "--examples", type=int, default=3, metavar="N", help="with --data: examples to show (default 3)"
+    )
 
     export = verbs.add_parser(
         "export",
@@ -74,8 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = verbs.add_parser("generate", help="generate text with a run's fine-tuned model")
     generate.add_argument("run_dir", help="a run directory (uses final/) or any model directory")
-    generate.add_argument("--prompt", required=True, help="user message (chat template applied unless --raw)")
-    generate.add_argument("--raw", action="store_true", help="feed the prompt as-is, without the chat template")
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="user message (chat template applied unless --raw)")
+    source.add_argument(
+        "--input",
+        metavar="FILE",
+        help="a .jsonl/.json/.csv/.parquet file of rows with a 'prompt' string or a 'messages' list; "
+        "each row is written out with its completion added",
+    )
+    source.add_argument(
+        "--chat", action="store_true", help="interactive chat: one user turn per line of stdin; empty line or EOF ends"
+    )
+    generate.add_argument("--output", metavar="FILE", help="with --input: the JSONL file to write (default: stdout)")
+    generate.add_argument(
+        "--field", default="completion", help="with --input: the output field for the reply (default: completion)"
+    )
+    generate.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    generate.add_argument("--system", help="a system message before each conversation (chat template only)")
+    generate.add_argument("--raw", action="store_true", help="feed prompts as-is, without the chat template")
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--top-p", type=float, default=1.0)
@@ -147,7 +173,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "validate":
         from launcher.commands import validate
 
-        return validate(args.config, args.overrides)
+        return validate(args.config, args.overrides, data=args.data, examples=args.examples)
     if args.verb == "train":
         from launcher.commands import train
 

@@ -16,11 +16,16 @@ from launcher.run_dir import load_snapshot, lock_run_dir, running_in
 from trainer.run_layout import CONFIG_FILE
 
 
-def validate(config_path: str, overrides: list[str]) -> int:
+def validate(config_path: str, overrides: list[str], data: bool = False, examples: int = 3) -> int:
     cfg = load_config(config_path, overrides)
     problems = check_inputs(cfg)
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
+    if data:
+        _quiet_libraries()
+        from launcher.data_check import data_command
+
+        return data_command(cfg, examples)
     sys.stdout.write(config_to_yaml(cfg))
     print(f"# {config_path}: valid", file=sys.stderr)
     return 0
@@ -97,26 +102,9 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
 
 def generate(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    import torch
+    from launcher.generate_command import generate_command
 
-    from cluster.local import default_device
-    from trainer.inference import generate_reply, load_for_inference
-
-    torch.manual_seed(args.seed)
-    model, tokenizer = load_for_inference(Path(args.run_dir), default_device())
-    sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {}
-    print(
-        generate_reply(
-            model,
-            tokenizer,
-            args.prompt,
-            raw=args.raw,
-            max_new_tokens=args.max_new_tokens,
-            device=default_device(),
-            **sampling,
-        )
-    )
-    return 0
+    return generate_command(args)
 
 
 def runs(parent: str, verify: bool = False) -> int:

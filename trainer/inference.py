@@ -1,4 +1,4 @@
-"""Load a run's fine-tuned model for a quick look, and generate a reply to one prompt."""
+"""Load a run's fine-tuned model for a quick look, and render prompts and conversations for it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from trainer.run_layout import RunLayout
 
 def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
     """`path` is a run directory (final/merged, else base + final/adapter), an export
-    (RUN_DIR/exports/step-N: merged/ or adapter/) or a model directory."""
+    (RUN_DIR/exports/step-N: merged/ or adapter/) or a model directory. The tokenizer can pad."""
+    model, tokenizer = _load(path, device)
+    if tokenizer.pad_token_id is None:
+        # Prompts are left-padded in batches; pad positions are never attended to, so EOS serves.
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load(path: Path, device: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     layout = RunLayout(path)
@@ -40,13 +48,25 @@ def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
 def generate_reply(
     model: Any, tokenizer: Any, prompt: str, *, raw: bool, max_new_tokens: int, device: str, **sampling: Any
 ) -> str:
+    ids = prompt_ids(tokenizer, prompt, raw=raw)
+    return generate_texts(model, tokenizer, [ids], max_new_tokens, 1, device, **sampling)[0]
+
+
+def prompt_ids(tokenizer: Any, prompt: str, *, raw: bool, system: str | None = None) -> list[int]:
+    """A user message as the model sees it: in the chat template (when the tokenizer has one),
+    or as-is with --raw (as training renders a completion-format prompt)."""
     if raw or not tokenizer.chat_template:
-        ids = tokenizer(prompt)["input_ids"]
-    else:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        return list(tokenizer(prompt)["input_ids"])
+    return conversation_ids(tokenizer, [{"role": "user", "content": prompt}], system=system)
+
+
+def conversation_ids(tokenizer: Any, messages: list[dict[str, str]], *, system: str | None = None) -> list[int]:
+    """A conversation rendered with the chat template, ending where the assistant's reply starts."""
+    if not tokenizer.chat_template:
+        raise TrainerInputError(
+            "the tokenizer has no chat template, so a conversation cannot be rendered; give plain prompts with --raw"
         )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return generate_texts(model, tokenizer, [list(ids)], max_new_tokens, 1, device, **sampling)[0]
+    if system is not None:
+        messages = [{"role": "system", "content": system}, *messages]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

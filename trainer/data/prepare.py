@@ -86,18 +86,11 @@ def prepare_data(
                 EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format)
             )
         elif cfg.validation_split > 0:
-            order = np.random.default_rng(seed).permutation(len(train))
-            held = max(1, int(round(len(train) * cfg.validation_split)))
+            held, rest = held_out_split(len(train), cfg.validation_split, seed)
             evals.append(
-                EvalSet(
-                    "validation",
-                    train.subset(np.sort(order[:held])),
-                    source=cfg.train,
-                    format=cfg.format,
-                    split=cfg.split,
-                )
+                EvalSet("validation", train.subset(held), source=cfg.train, format=cfg.format, split=cfg.split)
             )
-            train = train.subset(np.sort(order[held:]))
+            train = train.subset(rest)
         rows, spans = _rows_of(train, cfg), None
     if cfg.test:
         evals.append(EvalSet("test", load(cfg.test, cfg.format), source=cfg.test, format=cfg.format))
@@ -110,10 +103,7 @@ def prepare_data(
                 eval_set.prompts = _prompts_for(eval_set, tokenizer, max_prompts)
 
     lengths = train.lengths()
-    if cfg.packing:
-        efficiency = packing_efficiency(lengths, rows, cfg.max_seq_len)
-    else:
-        efficiency = padding_efficiency(lengths, micro_batch_size)
+    efficiency = token_efficiency(lengths, rows, cfg, micro_batch_size)
     report = {
         "train_examples": len(train),
         "train_rows": len(rows),
@@ -130,10 +120,29 @@ def prepare_data(
     return PreparedData(RowDataset(train, rows, cfg.packing, spans), evals, report)
 
 
-def _rows_of(examples: TokenizedSet, cfg: DataConfig) -> list[list[int]]:
+def held_out_split(examples: int, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """data.validation_split: the (sorted) example indices held out for validation, and the rest."""
+    order = np.random.default_rng(seed).permutation(examples)
+    held = max(1, int(round(examples * ratio)))
+    return np.sort(order[:held]), np.sort(order[held:])
+
+
+def training_rows(lengths: np.ndarray, cfg: DataConfig) -> list[list[int]]:
+    """The training rows over examples of these lengths: packed, or one example per row."""
     if cfg.packing:
-        return pack_examples(examples.lengths(), cfg.max_seq_len)
-    return [[i] for i in range(len(examples))]
+        return pack_examples(lengths, cfg.max_seq_len)
+    return [[i] for i in range(len(lengths))]
+
+
+def token_efficiency(lengths: np.ndarray, rows: list[list[int]], cfg: DataConfig, micro_batch_size: int) -> float:
+    """Fraction of the token slots of training batches that hold real tokens."""
+    if cfg.packing:
+        return packing_efficiency(lengths, rows, cfg.max_seq_len)
+    return padding_efficiency(lengths, micro_batch_size)
+
+
+def _rows_of(examples: TokenizedSet, cfg: DataConfig) -> list[list[int]]:
+    return training_rows(examples.lengths(), cfg)
 
 
 def _mixture_rows(cfg: DataConfig, load: Any) -> tuple[TokenizedSet, list[list[int]], list[MixtureSpan]]:

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,69 @@ def read_cached(entry: Path) -> TokenizedSet | None:
     return _read_entry(entry) if (entry / "meta.json").exists() else None
 
 
+@dataclass
+class ScannedRow:
+    """One dataset row as training sees it: the example it becomes, or why it is not one.
+
+    fate: "kept", "truncated" (kept, cut to max_seq_len), "bad" (malformed: training stops, or skips
+    it with data.skip_bad_rows), "too_long" (longer than max_seq_len with too_long=error: training
+    stops), "dropped_too_long" (too_long=drop), "dropped_no_loss" (no trained token left).
+    """
+
+    index: int  # the row's position in its file / dataset split
+    where: str
+    fate: str
+    problem: str = ""  # the message training reports for a "bad" or "too_long" row
+    rendered_len: int = 0  # tokens of the rendered example before any truncation (0 for a bad row)
+    ids: list[int] = field(default_factory=list)  # what training uses (truncated, first token masked)
+    mask: list[int] = field(default_factory=list)
+    class_label: int | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.fate in ("kept", "truncated")
+
+
+def scan_rows(
+    spec: str,
+    fmt: str,
+    tokenizer: Any,
+    max_seq_len: int,
+    too_long: str,
+    split: str = "train",
+    label_names: list[str] | None = None,
+) -> Iterator[ScannedRow]:
+    """Every row of a dataset through the rendering and length rules of training, in order.
+    A dataset that cannot be read at all raises DataError."""
+    for row_index, row in enumerate(read_rows(spec, split)):
+        try:
+            example = render_example(row, fmt, tokenizer, label_names)
+        except DataError as exc:
+            yield ScannedRow(row_index, row.where, "bad", problem=str(exc))
+            continue
+        token_ids, mask = example.input_ids, example.loss_mask
+        fate = "kept"
+        if len(token_ids) > max_seq_len:
+            if too_long == "error":
+                problem = (
+                    f"{row.where}: {len(token_ids)} tokens, longer than data.max_seq_len={max_seq_len}; "
+                    "raise max_seq_len or set data.too_long to truncate or drop"
+                )
+                yield ScannedRow(row_index, row.where, "too_long", problem, len(token_ids))
+                continue
+            if too_long == "drop":
+                yield ScannedRow(row_index, row.where, "dropped_too_long", rendered_len=len(token_ids))
+                continue
+            fate = "truncated"
+        # The first token of an example is never a target inside that example; masking it also
+        # keeps a packed row's previous example from being trained to predict it.
+        kept_ids, kept_mask = list(token_ids[:max_seq_len]), [0] + list(mask[1:max_seq_len])
+        if not any(kept_mask):
+            yield ScannedRow(row_index, row.where, "dropped_no_loss", rendered_len=len(token_ids))
+            continue
+        yield ScannedRow(row_index, row.where, fate, "", len(token_ids), kept_ids, kept_mask, example.class_label)
+
+
 def _tokenize(
     spec: str,
     fmt: str,
@@ -159,51 +223,35 @@ def _tokenize(
     errors: list[str] = []
     bad_rows: list[str] = []  # without skip_bad_rows: every bad row, reported together at the end
     stats = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
-    for row_index, row in enumerate(read_rows(spec, split)):
-        try:
-            example = render_example(row, fmt, tokenizer, label_names)
-        except DataError as exc:
-            if skip_bad_rows:
-                stats["skipped_bad"] += 1
-                if len(errors) < MAX_REPORTED_ERRORS:
-                    errors.append(str(exc))
-            else:
-                bad_rows.append(str(exc))
+    for scanned in scan_rows(spec, fmt, tokenizer, max_seq_len, too_long, split, label_names):
+        if scanned.fate == "bad" and skip_bad_rows:
+            stats["skipped_bad"] += 1
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append(scanned.problem)
             continue
-        token_ids, mask = example.input_ids, example.loss_mask
-        if len(token_ids) > max_seq_len:
-            if too_long == "error":
-                bad_rows.append(
-                    f"{row.where}: {len(token_ids)} tokens, longer than data.max_seq_len={max_seq_len}; "
-                    "raise max_seq_len or set data.too_long to truncate or drop"
-                )
-                continue
-            if too_long == "drop":
-                stats["dropped_too_long"] += 1
-                continue
-            token_ids, mask = token_ids[:max_seq_len], mask[:max_seq_len]
+        if scanned.fate in ("bad", "too_long"):
+            bad_rows.append(scanned.problem)
+            continue
+        if not scanned.usable:
+            stats[scanned.fate] += 1
+            continue
+        if scanned.fate == "truncated":
             stats["truncated"] += 1
-        # The first token of an example is never a target inside that example; masking it also
-        # keeps a packed row's previous example from being trained to predict it.
-        mask = [0] + list(mask[1:])
-        if not any(mask):
-            stats["dropped_no_loss"] += 1
-            continue
-        ids.append(np.asarray(token_ids, dtype=np.int32))
-        masks.append(np.asarray(mask, dtype=np.uint8))
-        sources.append(row_index)
-        if example.class_label is not None:
-            classes.append(example.class_label)
+        ids.append(np.asarray(scanned.ids, dtype=np.int32))
+        masks.append(np.asarray(scanned.mask, dtype=np.uint8))
+        sources.append(scanned.index)
+        if scanned.class_label is not None:
+            classes.append(scanned.class_label)
         stats["rows"] += 1
     if bad_rows:
-        raise DataError(_bad_rows_message(spec, bad_rows))
+        raise DataError(bad_rows_message(spec, bad_rows))
     if stats["skipped_bad"]:
         log.warning(
             "%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors
         )
     stats["skipped_examples"] = errors
     if not ids:
-        raise DataError(f"{spec}: no usable rows (after skipping/dropping: {stats})")
+        raise DataError(no_usable_rows_message(spec, stats))
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     class_ids = np.asarray(classes, np.int64) if fmt == "classification" else None
@@ -212,7 +260,11 @@ def _tokenize(
     )
 
 
-def _bad_rows_message(spec: str, bad_rows: list[str]) -> str:
+def no_usable_rows_message(spec: str, stats: dict[str, Any]) -> str:
+    return f"{spec}: no usable rows (after skipping/dropping: {stats})"
+
+
+def bad_rows_message(spec: str, bad_rows: list[str]) -> str:
     if len(bad_rows) == 1:
         return bad_rows[0]
     listed = "\n".join(f"  - {problem}" for problem in bad_rows[:MAX_LISTED_BAD_ROWS])

@@ -1,0 +1,138 @@
+"""`ftl validate CONFIG --data`: the data report printed, and an error when training would refuse
+the data. Runs on the launcher machine with the tokenizer only (no model, no workers)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from launcher.run_config import RunConfig
+from trainer.data.check import DataCheck, FileCheck, check_data, length_stats
+from trainer.data.tokenized import ScannedRow
+from trainer.errors import DataError
+
+# Trained (loss-bearing) tokens: bold green on a terminal, [[...]] elsewhere (logs, pipes, tests).
+OPEN_PLAIN, CLOSE_PLAIN = "[[", "]]"
+OPEN_COLOR, CLOSE_COLOR = "\x1b[1;32m", "\x1b[0m"
+FATE_NAMES = {
+    "too_long": "longer than max_seq_len (too_long=error)",
+    "truncated": "truncated to max_seq_len",
+    "dropped_too_long": "dropped as too long",
+    "dropped_no_loss": "dropped: no trained token left",
+}
+
+
+def data_command(cfg: RunConfig, examples: int) -> int:
+    from trainer.model_builder import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    head = cfg.transfer.head
+    check = check_data(
+        cfg.data,
+        tokenizer,
+        seed=cfg.training.seed,
+        micro_batch_size=cfg.training.micro_batch_size,
+        retain=cfg.eval.retain,
+        label_names=head.label_names if head.is_classification else None,
+        samples=examples,
+    )
+    print(format_data_check(check, tokenizer, color=_use_color(), examples=examples))
+    refusals = check.refusals()
+    if refusals:
+        raise DataError(
+            "training would refuse this data (every bad row is listed above):\n"
+            + "\n".join(f"  - {reason}" for reason in refusals)
+            + ("" if check.skip_bad_rows else "\nfix the rows, or set data.skip_bad_rows=true to skip malformed ones")
+        )
+    return 0
+
+
+def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples: int = 3) -> str:
+    lines = [
+        f"data: max_seq_len {check.max_seq_len}, too_long={check.too_long}, "
+        f"skip_bad_rows={str(check.skip_bad_rows).lower()}, packing={'on' if check.packing else 'off'}"
+    ]
+    for file in check.files:
+        lines += ["", *_file_lines(file, check)]
+    if check.train_rows:
+        lines += ["", _training_line(check)]
+    shown = _samples_to_show(check.files, examples)
+    if shown:
+        marks = f"{OPEN_COLOR}like this{CLOSE_COLOR}" if color else f"{OPEN_PLAIN}like this{CLOSE_PLAIN}"
+        lines += ["", f"examples as training sees them (trained tokens {marks}):"]
+        for row in shown:
+            trained = sum(row.mask)
+            cut = f", truncated from {row.rendered_len}" if row.fate == "truncated" else ""
+            lines.append(f"--- {row.where} ({len(row.ids)} tokens{cut}, {trained} trained) ---")
+            lines.append(mark_trained(tokenizer, row.ids, row.mask, color=color))
+    return "\n".join(lines)
+
+
+def mark_trained(tokenizer: Any, ids: list[int], mask: list[int], *, color: bool) -> str:
+    """The example's text with each run of trained tokens marked. Runs are decoded one by one
+    (special tokens kept), so the marks fall exactly on token boundaries."""
+    opening, closing = (OPEN_COLOR, CLOSE_COLOR) if color else (OPEN_PLAIN, CLOSE_PLAIN)
+    parts: list[str] = []
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or mask[end] != mask[start]:
+            text = tokenizer.decode(ids[start:end], skip_special_tokens=False)
+            parts.append(f"{opening}{text}{closing}" if mask[start] else text)
+            start = end
+    return "".join(parts)
+
+
+def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
+    lines = [f"{file.role}: {file.spec} (format {file.format})"]
+    if file.read_error:
+        return [*lines, f"  cannot read it: {file.read_error}"]
+    fates = file.fates
+    skipped = " (skipped: data.skip_bad_rows)" if check.skip_bad_rows and fates["bad"] else ""
+    counts = [f"{file.rows} read", f"{file.usable} usable", f"{fates['bad']} bad{skipped}"]
+    counts += [f"{fates[fate]} {text}" for fate, text in FATE_NAMES.items() if fates[fate]]
+    lines.append("  rows: " + ", ".join(counts))
+    if file.usable:
+        share = 100 * file.trained_tokens / file.tokens
+        lines.append(f"  tokens: {file.tokens:,} in usable examples, {file.trained_tokens:,} trained ({share:.1f}%)")
+    stats = length_stats(file.rendered_lengths)
+    if stats:
+        longer = sum(1 for n in file.rendered_lengths if n > check.max_seq_len)
+        lines.append(
+            "  length in tokens: "
+            + " / ".join(f"{name} {value}" for name, value in stats.items())
+            + f"; {longer} longer than max_seq_len {check.max_seq_len}"
+        )
+    if file.problems:
+        lines.append(f"  bad rows ({len(file.problems)}):")
+        lines += [f"    - {problem}" for problem in file.problems]
+    return lines
+
+
+def _training_line(check: DataCheck) -> str:
+    held = f" ({check.held_out} held out by data.validation_split)" if check.held_out else ""
+    if check.packing:
+        layout = f"packed into {check.train_rows} rows of {check.max_seq_len} tokens; packing efficiency"
+    else:
+        layout = f"one per row, padded in micro-batches of {check.micro_batch_size}; padding efficiency"
+    return (
+        f"training: {check.train_examples} examples{held} {layout} {100 * check.token_efficiency:.1f}% "
+        "(share of token slots holding real tokens)"
+    )
+
+
+def _samples_to_show(files: list[FileCheck], count: int) -> list[ScannedRow]:
+    """Up to `count` examples, taken in turn from each training dataset (one, or a mixture's)."""
+    pools = [list(file.samples) for file in files if file.samples]
+    shown: list[ScannedRow] = []
+    while pools and len(shown) < count:
+        for pool in pools:
+            if pool and len(shown) < count:
+                shown.append(pool.pop(0))
+        pools = [pool for pool in pools if pool]
+    return shown
+
+
+def _use_color() -> bool:
+    # https://no-color.org: any non-empty NO_COLOR turns colour off.
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"

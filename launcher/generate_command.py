@@ -1,0 +1,172 @@
+"""`ftl generate`: one prompt (--prompt), a file of prompts in batches (--input/--output), or an
+interactive chat (--chat) with a run's fine-tuned model or any model directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import UserError
+from trainer.data.formats import CHAT_ROLES, ROLE_ALIASES
+from trainer.data.sources import Row, read_rows
+from trainer.errors import DataError
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    if args.output and not args.input:
+        raise UserError("--output goes with --input (a file of prompts); --prompt and --chat print to the console")
+    if args.chat and args.raw:
+        raise UserError("--chat keeps a conversation in the chat template; --raw does not apply to it")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    import torch
+
+    from cluster.local import default_device
+    from trainer.inference import load_for_inference
+
+    torch.manual_seed(args.seed)
+    device = default_device()
+    prompts = _read_prompts(args) if args.input else None  # bad rows are reported before the model loads
+    model, tokenizer = load_for_inference(Path(args.run_dir), device)
+    generate = _Generator(model, tokenizer, args, device)
+    if prompts is not None:
+        return _generate_file(generate, prompts, args)
+    if args.chat:
+        return _chat(generate, args)
+    print(generate.replies([generate.prompt(args.prompt)])[0])
+    return 0
+
+
+class _Generator:
+    """The model, its tokenizer and the sampling settings of this invocation."""
+
+    def __init__(self, model: Any, tokenizer: Any, args: argparse.Namespace, device: str):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.raw, self.system, self.max_new_tokens = args.raw, args.system, args.max_new_tokens
+        self.batch_size = args.batch_size
+        self.sampling = (
+            {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {}
+        )
+
+    def prompt(self, text: str) -> list[int]:
+        from trainer.inference import prompt_ids
+
+        return prompt_ids(self.tokenizer, text, raw=self.raw, system=self.system)
+
+    def conversation(self, messages: list[dict[str, str]]) -> list[int]:
+        from trainer.inference import conversation_ids
+
+        return conversation_ids(self.tokenizer, messages, system=self.system)
+
+    def replies(self, prompts: list[list[int]]) -> list[str]:
+        """Continuations in the prompts' order; batched longest first so a batch pads little."""
+        from trainer.evaluate import generate_texts
+
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        texts = generate_texts(
+            self.model,
+            self.tokenizer,
+            [prompts[i] for i in order],
+            self.max_new_tokens,
+            self.batch_size,
+            self.device,
+            **self.sampling,
+        )
+        out = [""] * len(prompts)
+        for index, text in zip(order, texts):
+            out[index] = text
+        return out
+
+
+def _read_prompts(args: argparse.Namespace) -> list[tuple[dict[str, Any], str | list[dict[str, str]]]]:
+    """Each row with its prompt (a string) or conversation; every bad row is reported at once."""
+    if not Path(args.input).is_file():
+        raise UserError(f"--input {args.input}: no such file (a .jsonl/.json/.csv/.parquet file of prompts)")
+    rows: list[tuple[dict[str, Any], str | list[dict[str, str]]]] = []
+    problems: list[str] = []
+    for row in read_rows(args.input):
+        try:
+            rows.append((row.values, _prompt_of(row, args.field)))
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DataError(
+            f"{args.input}: {len(problems)} bad row(s); each needs a 'prompt' string or a 'messages' list:\n"
+            + "\n".join(f"  - {problem}" for problem in problems)
+        )
+    if not rows:
+        raise UserError(f"--input {args.input}: no rows")
+    return rows
+
+
+def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
+    values = row.values
+    reason = getattr(values, "reason", None)  # a line that is not JSON
+    if reason or not isinstance(values, dict):
+        raise DataError(f"{row.where}: {reason or 'expected an object with named fields'}")
+    if field in values:
+        raise DataError(f"{row.where}: already has a {field!r} field; pick another output field with --field")
+    if isinstance(values.get("prompt"), str):
+        return str(values["prompt"])
+    messages = values.get("messages", values.get("conversations"))
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{row.where}: no 'prompt' string and no non-empty 'messages' list")
+    clean = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataError(f"{row.where}: messages[{index}] must be an object with 'role' and 'content'")
+        role = str(message.get("role", message.get("from")))
+        role, content = ROLE_ALIASES.get(role, role), message.get("content", message.get("value"))
+        if role not in CHAT_ROLES or not isinstance(content, str):
+            raise DataError(f"{row.where}: messages[{index}] needs a role ({', '.join(CHAT_ROLES)}) and string content")
+        clean.append({"role": role, "content": content})
+    if clean[-1]["role"] == "assistant":
+        raise DataError(f"{row.where}: the conversation ends with an assistant message; end it where the reply goes")
+    return clean
+
+
+def _generate_file(
+    generate: _Generator, rows: list[tuple[dict[str, Any], str | list[dict[str, str]]]], args: argparse.Namespace
+) -> int:
+    prompts = [generate.prompt(p) if isinstance(p, str) else generate.conversation(p) for _, p in rows]
+    replies = generate.replies(prompts)
+    lines = "".join(
+        json.dumps({**values, args.field: reply}, ensure_ascii=False) + "\n"
+        for (values, _), reply in zip(rows, replies)
+    )
+    if not args.output:
+        sys.stdout.write(lines)
+        return 0
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole, then renamed into place: an interrupted run never leaves half a file.
+    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(lines)
+    os.replace(tmp, out)
+    print(f"wrote {len(rows)} rows to {out}", file=sys.stderr)
+    return 0
+
+
+def _chat(generate: _Generator, args: argparse.Namespace) -> int:
+    """One user turn per line of stdin; the whole conversation goes to the model each turn. An empty
+    line or end of input ends the chat."""
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chat with the model; an empty line or Ctrl-D ends it", file=sys.stderr)
+    messages: list[dict[str, str]] = []
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        reply = generate.replies([generate.conversation(messages)])[0]
+        messages.append({"role": "assistant", "content": reply})
+        print(reply, flush=True)

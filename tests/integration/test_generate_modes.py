@@ -1,0 +1,140 @@
+"""`ftl generate --input/--output` and `--chat` on the bundled model: batched, left-padded generation
+gives exactly what one-by-one greedy generation gives, rows keep their fields, and a chat driven
+through stdin carries the conversation from turn to turn."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import launcher.cli
+from tests.conftest import BUNDLED_MODEL, FTL, REPO
+from trainer.evaluate import generate_texts
+from trainer.inference import conversation_ids, generate_reply, load_for_inference
+
+NEW_TOKENS = 10
+QUESTIONS = [
+    "What is the capital of Zorblat?",
+    "In which country does Vendailel live?",
+    "What is Gombrousin's favourite food?",
+    "Who lives in the marsh, and what do they eat when the winter is long and cold?",
+    "Name a creature.",
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer() -> tuple[Any, Any]:
+    return load_for_inference(BUNDLED_MODEL, "cpu")
+
+
+def _one_by_one(model_and_tokenizer: tuple[Any, Any], messages: list[dict[str, str]]) -> str:
+    model, tokenizer = model_and_tokenizer
+    return generate_texts(model, tokenizer, [conversation_ids(tokenizer, messages)], NEW_TOKENS, 1, "cpu")[0]
+
+
+def test_input_file_batched_equals_one_by_one_and_keeps_fields(
+    tmp_path: Path, model_and_tokenizer: tuple[Any, Any]
+) -> None:
+    rows: list[dict[str, Any]] = [{"id": i, "prompt": q, "meta": {"n": i}} for i, q in enumerate(QUESTIONS)]
+    rows.append(
+        {
+            "id": "chat",
+            "messages": [
+                {"role": "user", "content": "Q?"},
+                {"role": "assistant", "content": "A."},
+                {"role": "user", "content": QUESTIONS[0]},
+            ],
+        }
+    )
+    rows.append({"id": "sharegpt", "conversations": [{"from": "human", "value": QUESTIONS[1]}]})
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = subprocess.run(
+        [
+            *FTL,
+            "generate",
+            str(BUNDLED_MODEL),
+            "--input",
+            str(tmp_path / "prompts.jsonl"),
+            "--output",
+            str(tmp_path / "out" / "done.jsonl"),
+            "--batch-size",
+            "3",
+            "--max-new-tokens",
+            str(NEW_TOKENS),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = [json.loads(line) for line in (tmp_path / "out" / "done.jsonl").read_text().splitlines()]
+    model, tokenizer = model_and_tokenizer
+    expected = [
+        generate_reply(model, tokenizer, q, raw=False, max_new_tokens=NEW_TOKENS, device="cpu") for q in QUESTIONS
+    ]
+    expected.append(_one_by_one(model_and_tokenizer, rows[-2]["messages"]))
+    expected.append(_one_by_one(model_and_tokenizer, [{"role": "user", "content": QUESTIONS[1]}]))
+    assert written == [{**row, "completion": reply} for row, reply in zip(rows, expected)]
+    assert len(set(expected)) > 1  # different prompts, different replies: the rows were not mixed up
+
+
+def test_bad_input_rows_are_all_reported_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [
+        '{"prompt": "ok"}',
+        "{oops",
+        '{"text": "no prompt"}',
+        '{"prompt": "x", "completion": "taken"}',
+        '{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}',
+    ]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    code = launcher.cli.main(
+        [
+            "generate",
+            str(tmp_path / "missing-model"),
+            "--input",
+            str(tmp_path / "p.jsonl"),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "4 bad row(s)" in err
+    for number, reason in (
+        (2, "invalid JSON"),
+        (3, "no 'prompt' string"),
+        (4, "already has a 'completion' field"),
+        (5, "the conversation ends with an assistant message"),
+    ):
+        assert f"p.jsonl line {number}: {reason}" in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_chat_through_stdin_keeps_the_conversation(model_and_tokenizer: tuple[Any, Any]) -> None:
+    turns = [QUESTIONS[0], QUESTIONS[2]]
+    out = subprocess.run(
+        [*FTL, "generate", str(BUNDLED_MODEL), "--chat", "--max-new-tokens", str(NEW_TOKENS)],
+        input="\n".join(turns) + "\n\nnot read: the empty line ended the chat\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    messages: list[dict[str, str]] = []
+    expected = ""
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        reply = _one_by_one(model_and_tokenizer, messages)
+        messages.append({"role": "assistant", "content": reply})
+        expected += reply + "\n"
+    assert out.stdout == expected
+    # The second reply saw the first exchange: it differs from the same question asked afresh.
+    assert _one_by_one(model_and_tokenizer, [{"role": "user", "content": turns[1]}]) != messages[3]["content"]

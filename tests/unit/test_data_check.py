@@ -1,0 +1,152 @@
+"""`ftl validate CONFIG --data`: the report matches what training builds from the same data, lists
+every bad row (not only the first 20 the training error names), exits 2 exactly when training
+would refuse the data, and marks exactly the tokens whose labels training trains on."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import launcher.cli
+from launcher.data_check import CLOSE_COLOR, OPEN_COLOR, mark_trained
+from tests.conftest import BUNDLED_MODEL, QA_DATA, write_config
+from trainer.config import DataConfig
+from trainer.data.batches import IGNORE_INDEX, RowDataset, make_batch
+from trainer.data.prepare import prepare_data
+from trainer.data.tokenized import load_tokenized
+from trainer.errors import DataError
+
+GOOD = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
+
+
+def _validate_data(capsys: pytest.CaptureFixture[str], config: Path, *overrides: str) -> tuple[int, str, str]:
+    code = launcher.cli.main(["validate", str(config), "--data", *overrides])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def bundled_report(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The report on the bundled QA data (train, validation, test), run once for the module."""
+    tmp = tmp_path_factory.mktemp("data-check")
+    config = write_config(tmp / "cfg.yaml", BUNDLED_MODEL, tmp / "run", data={"test": str(QA_DATA / "test.jsonl")})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert launcher.cli.main(["validate", str(config), "--data"]) == 0
+    assert out.getvalue().endswith("\n")
+    return out.getvalue()[:-1]  # print's newline, not the last example's
+
+
+def test_bundled_data_report_matches_what_training_builds(bundled_report: str, tokenizer: Any) -> None:
+    cfg = DataConfig(train=str(QA_DATA / "train.jsonl"), validation=str(QA_DATA / "valid.jsonl"), max_seq_len=128)
+    prepared = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None)
+    report = prepared.report
+    train_block = bundled_report.split("\n\n")[1]
+    assert f"rows: {report['train_examples']} read, {report['train_examples']} usable, 0 bad" in train_block
+    assert f"tokens: {report['train_tokens']:,} in usable examples, {report['train_loss_tokens']:,} trained" in (
+        train_block
+    )
+    lengths = prepared.train.examples.lengths()
+    assert f"min {lengths.min()} / median" in train_block and f"/ max {lengths.max()};" in train_block
+    assert (
+        f"training: {report['train_examples']} examples packed into {report['train_rows']} rows of 128 tokens; "
+        f"packing efficiency {100 * report['token_efficiency']:.1f}%"
+    ) in bundled_report
+    for role, name, rows in (("validation", "valid.jsonl", 200), ("test", "test.jsonl", 200)):
+        assert f"{role}: {QA_DATA / name} (format chat)\n  rows: {rows} read, {rows} usable, 0 bad" in bundled_report
+
+
+def test_marked_tokens_are_exactly_the_label_bearing_ones(bundled_report: str, tokenizer: Any) -> None:
+    """Each shown example against the labels make_batch gives training for that row."""
+    train = load_tokenized(
+        str(QA_DATA / "train.jsonl"), "chat", tokenizer, max_seq_len=128, too_long="truncate", skip_bad_rows=False
+    )
+    shown = re.findall(r"--- train\.jsonl line (\d+) \(.*?\) ---\n(.*?)(?=\n--- |\Z)", bundled_report, re.S)
+    assert len(shown) == 3
+    for line, marked in shown:
+        example = list(train.source_rows).index(int(line) - 1)
+        batch = make_batch(RowDataset(train, [[example]], packed=False), [0], tokenizer.pad_token_id)
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        runs = _runs(ids, [label != IGNORE_INDEX for label in labels])
+        trained = [tokenizer.decode(run, skip_special_tokens=False) for run, on in runs if on]
+        other = [tokenizer.decode(run, skip_special_tokens=False) for run, on in runs if not on]
+        assert trained and re.findall(r"\[\[(.*?)\]\]", marked, re.S) == trained
+        assert [part for part in re.split(r"\[\[.*?\]\]", marked, flags=re.S) if part] == other
+        assert marked.replace("[[", "").replace("]]", "") == tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def test_terminal_marking_uses_colour_on_the_same_tokens(tokenizer: Any) -> None:
+    ids = tokenizer("Hello there, friend.", add_special_tokens=False)["input_ids"]
+    mask = [0, 1, 1] + [0] * (len(ids) - 3)
+    plain, coloured = mark_trained(tokenizer, ids, mask, color=False), mark_trained(tokenizer, ids, mask, color=True)
+    assert coloured == plain.replace("[[", OPEN_COLOR).replace("]]", CLOSE_COLOR) and "[[" in plain
+
+
+def test_every_bad_row_is_reported_and_the_exit_code_matches_training(
+    tmp_path: Path, tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """25 bad rows in train (training's error names only the first 20) and one over-long row in
+    validation with too_long=error: all listed with file and line; exit 2 as training's DataError."""
+    rows = [json.dumps(GOOD)] * 3
+    bad_lines = []
+    for index in range(25):
+        kind = index % 3
+        rows.append(
+            "{oops"
+            if kind == 0
+            else json.dumps({"mesages": GOOD["messages"]})
+            if kind == 1
+            else json.dumps({"messages": [{"role": "user", "content": "no answer"}]})
+        )
+        bad_lines.append(len(rows))
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    long_row = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "word " * 200}]}
+    (tmp_path / "valid.jsonl").write_text(json.dumps(GOOD) + "\n" + json.dumps(long_row) + "\n")
+    data = {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "valid.jsonl"), "too_long": "error"}
+    config = write_config(tmp_path / "cfg.yaml", BUNDLED_MODEL, tmp_path / "run", data=data)
+
+    code, out, err = _validate_data(capsys, config)
+    assert code == 2
+    for line in bad_lines:
+        assert f"train.jsonl line {line}: " in out
+    assert "unknown field 'mesages'; did you mean 'messages'?" in out and "invalid JSON" in out
+    assert "valid.jsonl line 2: " in out and "longer than data.max_seq_len=128" in out
+    assert "rows: 28 read, 3 usable, 25 bad" in out and "bad rows (25):" in out
+    assert "training would refuse this data" in err and f"{tmp_path / 'train.jsonl'}: 25 bad row(s)" in err
+    assert f"{tmp_path / 'valid.jsonl'}: 1 bad row(s)" in err
+    # Training itself refuses the same file for the same rows.
+    with pytest.raises(DataError, match="25 bad rows") as refused:
+        load_tokenized(
+            str(tmp_path / "train.jsonl"),
+            "chat",
+            tokenizer,
+            max_seq_len=128,
+            too_long="error",
+            skip_bad_rows=False,
+            cache_root=tmp_path / "cache",
+        )
+    listed = re.findall(r"  - (train\.jsonl line \d+: .*)", str(refused.value))
+    assert len(listed) == 20 and all(problem in out for problem in listed)
+
+    # Training skips malformed rows with skip_bad_rows and truncates with too_long=truncate: exit 0,
+    # the bad rows still listed.
+    code, out, err = _validate_data(capsys, config, "data.skip_bad_rows=true", "data.too_long=truncate")
+    assert code == 0, err
+    assert "25 bad (skipped: data.skip_bad_rows)" in out and f"train.jsonl line {bad_lines[-1]}: " in out
+    assert "1 truncated to max_seq_len" in out
+
+
+def _runs(ids: list[int], on: list[bool]) -> list[tuple[list[int], bool]]:
+    runs: list[tuple[list[int], bool]] = []
+    for token, flag in zip(ids, on):
+        if runs and runs[-1][1] == flag:
+            runs[-1][0].append(token)
+        else:
+            runs.append(([token], flag))
+    return runs

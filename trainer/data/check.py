@@ -1,0 +1,170 @@
+"""Look at the data before training on it (`ftl validate CONFIG --data`): every configured dataset
+read row by row through training's own rendering and length rules (trainer/data/tokenized.py's
+`scan_rows`), with every bad row, token counts, length statistics and the token efficiency of the
+training rows. Nothing is cached and no model is loaded: the tokenizer is all it needs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from trainer.config import DataConfig
+from trainer.data.prepare import held_out_split, token_efficiency, training_rows
+from trainer.data.tokenized import ScannedRow, scan_rows
+from trainer.errors import DataError
+
+
+@dataclass
+class FileCheck:
+    """One configured dataset as training would read it."""
+
+    role: str  # "train", "validation", "test", "retain", or "mixture NAME train|validation"
+    spec: str
+    format: str
+    read_error: str = ""  # the dataset could not be read at all (missing file, not JSON, hub failure)
+    fates: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)  # every "bad" and "too_long" row, in file order
+    rendered_lengths: list[int] = field(default_factory=list)  # every rendered row, before truncation
+    kept_lengths: list[int] = field(default_factory=list)  # the examples training keeps
+    tokens: int = 0  # in kept examples
+    trained_tokens: int = 0  # loss-bearing tokens in kept examples
+    samples: list[ScannedRow] = field(default_factory=list)  # the first kept examples, to show
+
+    @property
+    def rows(self) -> int:
+        return sum(self.fates.values())
+
+    @property
+    def usable(self) -> int:
+        return self.fates["kept"] + self.fates["truncated"]
+
+    def refusal(self, skip_bad_rows: bool) -> str | None:
+        """Why training would stop on this dataset (None: it would train on it)."""
+        if self.read_error:
+            return self.read_error
+        refused = self.fates["too_long"] + (0 if skip_bad_rows else self.fates["bad"])
+        if refused:
+            return f"{self.spec}: {refused} bad row(s)"
+        if not self.usable:
+            return f"{self.spec}: no usable rows"
+        return None
+
+
+@dataclass
+class DataCheck:
+    files: list[FileCheck]
+    max_seq_len: int
+    too_long: str
+    skip_bad_rows: bool
+    packing: bool
+    micro_batch_size: int
+    train_examples: int = 0  # after data.validation_split holds some out
+    held_out: int = 0
+    train_rows: int = 0
+    token_efficiency: float = 0.0
+
+    def refusals(self) -> list[str]:
+        return [reason for check in self.files if (reason := check.refusal(self.skip_bad_rows))]
+
+
+def check_data(
+    cfg: DataConfig,
+    tokenizer: Any,
+    *,
+    seed: int,
+    micro_batch_size: int,
+    retain: str | None = None,
+    label_names: list[str] | None = None,
+    samples: int = 3,
+) -> DataCheck:
+    """Every dataset the config names, read in full (a failing one does not stop the others)."""
+    wanted: list[tuple[str, str, str, str]] = []  # role, spec, format, split
+    if cfg.mixture:
+        for source in cfg.mixture:
+            wanted.append((f"mixture {source.name} train", source.train, cfg.format_of(source), "train"))
+            if source.validation:
+                wanted.append((f"mixture {source.name} validation", source.validation, cfg.format_of(source), "train"))
+    else:
+        assert cfg.train is not None  # DataConfig requires train or mixture
+        wanted.append(("train", cfg.train, cfg.format, cfg.split))
+        if cfg.validation:
+            wanted.append(("validation", cfg.validation, cfg.format, "train"))
+    if cfg.test:
+        wanted.append(("test", cfg.test, cfg.format, "train"))
+    if retain:
+        wanted.append(("retain", retain, "text", "train"))
+    files = [
+        _check_file(role, spec, fmt, split, tokenizer, cfg, label_names, samples if role.endswith("train") else 0)
+        for role, spec, fmt, split in wanted
+    ]
+    check = DataCheck(files, cfg.max_seq_len, cfg.too_long, cfg.skip_bad_rows, cfg.packing, micro_batch_size)
+    _training_rows(check, cfg, seed)
+    return check
+
+
+def _check_file(
+    role: str,
+    spec: str,
+    fmt: str,
+    split: str,
+    tokenizer: Any,
+    cfg: DataConfig,
+    label_names: list[str] | None,
+    samples: int,
+) -> FileCheck:
+    check = FileCheck(role, spec, fmt)
+    try:
+        for row in scan_rows(spec, fmt, tokenizer, cfg.max_seq_len, cfg.too_long, split, label_names):
+            check.fates[row.fate] += 1
+            if row.problem:
+                check.problems.append(row.problem)
+            if row.fate != "bad":
+                check.rendered_lengths.append(row.rendered_len)
+            if row.usable:
+                check.kept_lengths.append(len(row.ids))
+                check.tokens += len(row.ids)
+                check.trained_tokens += sum(row.mask)
+                if len(check.samples) < samples:
+                    check.samples.append(row)
+    except DataError as exc:
+        check.read_error = str(exc)
+    return check
+
+
+def _training_rows(check: DataCheck, cfg: DataConfig, seed: int) -> None:
+    """The training rows as prepare_data builds them: validation_split held out first; each
+    mixture source packed on its own."""
+    lengths: list[np.ndarray] = []
+    rows: list[list[int]] = []
+    first = 0
+    for file in check.files:
+        if not file.role.endswith("train") or not file.kept_lengths:
+            continue
+        own = np.asarray(file.kept_lengths, dtype=np.int64)
+        if cfg.validation_split > 0 and not cfg.mixture:
+            held, rest = held_out_split(len(own), cfg.validation_split, seed)
+            check.held_out = len(held)
+            own = own[rest]
+        lengths.append(own)
+        rows += [[first + i for i in row] for row in training_rows(own, cfg)]
+        first += len(own)
+    if not lengths:
+        return
+    every = np.concatenate(lengths)
+    check.train_examples, check.train_rows = len(every), len(rows)
+    check.token_efficiency = token_efficiency(every, rows, cfg, check.micro_batch_size)
+
+
+def length_stats(lengths: list[int]) -> dict[str, int]:
+    """min / median / p95 / max of token lengths (values that occur, not interpolations)."""
+    if not lengths:
+        return {}
+    values = np.asarray(lengths)
+    pick = {"median": 50, "p95": 95}
+    stats = {"min": int(values.min())}
+    stats.update({name: int(np.percentile(values, q, method="nearest")) for name, q in pick.items()})
+    stats["max"] = int(values.max())
+    return stats
