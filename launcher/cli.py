@@ -81,11 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=0)
 
-    runs = verbs.add_parser("runs", help="list runs under a directory with their status and latest valid checkpoint")
+    runs = verbs.add_parser(
+        "runs",
+        help="list runs under a directory: status (failed ones with their reason), latest valid checkpoint, "
+        "last loss, eval score, tokens/s, wall time",
+    )
     runs.add_argument(
         "dir", nargs="?", default="runs", help="a directory of runs, or one run directory (default: ./runs)"
     )
     runs.add_argument("--verify", action="store_true", help="also verify checkpoint checksums (reads every file)")
+    runs.add_argument("--json", action="store_true", help="print the runs as a JSON list (every field, for scripts)")
     _add_plan_and_doctor(verbs)
     return parser
 
@@ -171,7 +176,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "runs":
         from launcher.commands import runs
 
-        return runs(args.dir, verify=args.verify)
+        return runs(args.dir, verify=args.verify, as_json=args.json)
     if args.verb == "plan":
         from launcher.plan.command import plan_command
 

@@ -45,8 +45,10 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     with running_in(cfg) as run_dir:
         print(f"ftl: run directory {run_dir}", file=sys.stderr)
         from cluster.launch import launch
+        from launcher.failure_record import recording_failure
 
-        summary = launch(cfg, run_dir, cfg.cluster)
+        with recording_failure(run_dir):  # `ftl runs` shows a failed start as failed, with the reason
+            summary = launch(cfg, run_dir, cfg.cluster)
     print(format_summary(summary))
     return 0
 
@@ -119,13 +121,16 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def runs(parent: str, verify: bool = False) -> int:
-    from launcher.runs import describe_run, find_runs, format_runs
+def runs(parent: str, verify: bool = False, as_json: bool = False) -> int:
+    from launcher.runs import describe_run, find_runs, format_runs, runs_json
 
     path = Path(parent)
     if not path.is_dir():
         raise UserError(f"{parent}: no such directory; pass the parent directory of your runs (output.dir's parent)")
     found = find_runs(path)
+    if as_json:
+        print(runs_json([describe_run(run, verify=verify) for run in found]))
+        return 0
     if not found:
         print(f"no runs under {parent} (a run directory holds {CONFIG_FILE})")
         return 0
