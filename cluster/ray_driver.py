@@ -40,6 +40,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,8 @@ def launch_ray(
                 # A local Ray started here: its workers listen on loopback only and die with this driver.
                 "loopback_timeout_s": cluster.collective_timeout_s if started_here else None,
                 "driver_pid": os.getpid() if started_here else None,
+                # Tells a worker group Ray Train restarted from the first one of this launch.
+                "launch_id": f"{os.getpid()}-{time.time()}",
             },
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=cluster.collective_timeout_s),
             scaling_config=scaling,
@@ -383,12 +386,13 @@ def train_worker(config: dict[str, Any]) -> None:
         from cluster.loopback import move_process_group_to_loopback
 
         move_process_group_to_loopback(config["loopback_timeout_s"])
-    # The driver's console gets warnings and the progress bar; INFO goes to logs/rank-N.log.
+    # The driver's console gets warnings and rank 0's console lines (trainer/console.py); INFO goes to logs/rank-N.log.
     for handler in logging.getLogger().handlers:
         handler.setLevel(max(handler.level, logging.WARNING))
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     layout = RunLayout(run_dir)
     layout.logs.mkdir(parents=True, exist_ok=True)
+    attempt = _ray_attempt(layout.ray_worker_record(rank), config.get("launch_id"))
     layout.ray_worker_record(rank).write_text(
         json.dumps(
             {
@@ -397,11 +401,22 @@ def train_worker(config: dict[str, Any]) -> None:
                 "hostname": os.uname().nodename,
                 "pid": os.getpid(),
                 "device": device,
+                "launch_id": config.get("launch_id"),
+                "attempt": attempt,
             }
         )
     )
+    restart = f"Ray Train restart #{attempt} of the worker group" if attempt else None
     try:
-        execute(run_dir, rank, world, local_rank, device, reporter=RayReporter(rank, config.get("storage_uri")))
+        execute(
+            run_dir,
+            rank,
+            world,
+            local_rank,
+            device,
+            reporter=RayReporter(rank, config.get("storage_uri")),
+            restart=restart,
+        )
     except Exception as exc:
         # An input error is recorded for the driver, which prints it (exit code 2); then the group
         # fails so no rank waits forever. Ray Train would also log its traceback on this worker
@@ -412,6 +427,16 @@ def train_worker(config: dict[str, Any]) -> None:
         if isinstance(exc, TrainerInputError) or recorded_input_error(run_dir) is not None:
             logging.getLogger(RAY_TRAIN_ERROR_LOGGER).setLevel(logging.CRITICAL)
         raise
+
+
+def _ray_attempt(previous_record: Path, launch_id: str | None) -> int:
+    """0 for the first worker group of a launch; n for Ray Train's n-th restart of it (the previous
+    group of the same launch left its record)."""
+    try:
+        previous = json.loads(previous_record.read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(previous.get("attempt", 0)) + 1 if launch_id and previous.get("launch_id") == launch_id else 0
 
 
 class RayReporter:

@@ -92,8 +92,24 @@ def load_run_configs(run_dir: Path) -> tuple[TrainerConfig, ClusterConfig]:
     return TrainerConfig.model_validate(raw), cluster_cfg
 
 
+def restart_from_environment() -> str | None:
+    """How this start of the workers came about when it is a restart torchrun or Slurm made."""
+    notes = []
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        notes.append(f"Slurm requeue #{os.environ['SLURM_RESTART_COUNT']} of job {os.environ.get('SLURM_JOB_ID', '?')}")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+        notes.append(f"torchrun restart #{os.environ['TORCHELASTIC_RESTART_COUNT']} of the workers")
+    return "; ".join(notes) or None
+
+
 def execute(
-    run_dir: Path, rank: int, world_size: int, local_rank: int, device: str, reporter: Reporter | None = None
+    run_dir: Path,
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    device: str,
+    reporter: Reporter | None = None,
+    restart: str | None = None,
 ) -> Outcome:
     """Run the trainer entry on this rank; rank 0 records the outcome for the launcher.
     Returns the outcome (finished with the summary, or where it stopped)."""
@@ -105,7 +121,13 @@ def execute(
 
     cfg, _ = load_run_configs(run_dir)
     context = WorkerContext(
-        run_dir=run_dir, rank=rank, world_size=world_size, local_rank=local_rank, device=device, reporter=reporter
+        run_dir=run_dir,
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        device=device,
+        reporter=reporter,
+        restart=restart or restart_from_environment(),
     )
     try:
         outcome = Outcome.finished(run(cfg, context))

@@ -107,11 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=0)
 
-    runs = verbs.add_parser("runs", help="list runs under a directory with their status and latest valid checkpoint")
+    runs = verbs.add_parser(
+        "runs",
+        help="list runs under a directory: status (failed ones with their reason), latest valid checkpoint, "
+        "last loss, eval score, tokens/s, wall time",
+    )
     runs.add_argument(
         "dir", nargs="?", default="runs", help="a directory of runs, or one run directory (default: ./runs)"
     )
     runs.add_argument("--verify", action="store_true", help="also verify checkpoint checksums (reads every file)")
+    runs.add_argument("--json", action="store_true", help="print the runs as a JSON list (every field, for scripts)")
+    report = verbs.add_parser(
+        "report", help="plot a run's metrics (PNGs and one HTML page); --compare overlays other runs"
+    )
+    report.add_argument("run_dir")
+    report.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR", help="runs to overlay on the plots")
+    report.add_argument("--out", help="write the report here (default: RUN_DIR/report)")
     _add_plan_and_doctor(verbs)
     return parser
 
@@ -197,7 +208,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "runs":
         from launcher.commands import runs
 
-        return runs(args.dir, verify=args.verify)
+        return runs(args.dir, verify=args.verify, as_json=args.json)
+    if args.verb == "report":
+        from launcher.commands import report
+
+        return report(args.run_dir, args.compare, args.out)
     if args.verb == "plan":
         from launcher.plan.command import plan_command
 

@@ -50,8 +50,11 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     with running_in(cfg) as run_dir:
         print(f"ftl: run directory {run_dir}", file=sys.stderr)
         from cluster.launch import launch
+        from launcher.failure_record import recording_failure
 
-        summary = launch(cfg, run_dir, cfg.cluster)
+        with recording_failure(run_dir):  # `ftl runs` shows a failed start as failed, with the reason
+            summary = launch(cfg, run_dir, cfg.cluster)
+        write_report_after_run(run_dir)
     print(format_summary(summary))
     return 0
 
@@ -107,13 +110,16 @@ def generate(args: argparse.Namespace) -> int:
     return generate_command(args)
 
 
-def runs(parent: str, verify: bool = False) -> int:
-    from launcher.runs import describe_run, find_runs, format_runs
+def runs(parent: str, verify: bool = False, as_json: bool = False) -> int:
+    from launcher.runs import describe_run, find_runs, format_runs, runs_json
 
     path = Path(parent)
     if not path.is_dir():
         raise UserError(f"{parent}: no such directory; pass the parent directory of your runs (output.dir's parent)")
     found = find_runs(path)
+    if as_json:
+        print(runs_json([describe_run(run, verify=verify) for run in found]))
+        return 0
     if not found:
         print(f"no runs under {parent} (a run directory holds {CONFIG_FILE})")
         return 0
@@ -169,3 +175,33 @@ def _quiet_libraries(import_transformers: bool = True) -> None:
     from trainer.logging_setup import quiet_third_party
 
     quiet_third_party(import_transformers)
+
+
+def report(run_dir: str, compare: list[str], out: str | None) -> int:
+    from launcher.report.write import write_report
+    from trainer.run_layout import RunLayout
+
+    runs = [Path(run_dir), *(Path(other) for other in compare)]
+    for run in runs:
+        if not RunLayout(run).is_run_dir():
+            raise UserError(f"{run}: not a run directory (no {CONFIG_FILE}); pass the run's output.dir")
+    page = write_report(runs, Path(out) if out else RunLayout(runs[0]).report)
+    print(f"report written: {page}")
+    return 0
+
+
+def write_report_after_run(run_dir: Path) -> None:
+    """The report of a run that just ended, in RUN_DIR/report/. Never fails the run: a problem
+    (matplotlib missing, a full disk) is a warning."""
+    try:
+        from launcher.report.write import write_report
+        from trainer.run_layout import RunLayout
+
+        page = write_report([run_dir], RunLayout(run_dir).report)
+        print(f"ftl: report {page}", file=sys.stderr)
+    except Exception as exc:  # the run itself is done and intact
+        print(
+            f"ftl: warning: could not write the run's report ({type(exc).__name__}: {exc}); "
+            f"`ftl report {run_dir}` retries",
+            file=sys.stderr,
+        )

@@ -1,4 +1,5 @@
-"""`ftl runs [DIR]`: the runs under a directory, what state each is in, and where it would resume.
+"""`ftl runs [DIR]`: the runs under a directory, what state each is in, where it would resume, and
+how it went (last loss, eval score, tokens/s, wall time); `--json` for scripts.
 
 Reads only run directories (their config.yaml marks them); never imports torch, never modifies anything:
 a checkpoint that fails validation is reported, not moved aside (resume does that).
@@ -6,13 +7,21 @@ a checkpoint that fails validation is reported, not moved aside (resume does tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cluster.run_lock import read_holder, stale_reason
+from launcher.failure_record import read_failure
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
-from trainer.metrics import read_metrics
+from trainer.console import duration
+from trainer.metrics import START, current_trajectory, parse_records
 from trainer.run_layout import RunLayout
+
+# Scores shown for an evaluation, best first; eval_loss when none of the others was measured.
+EVAL_SCORES = ("exact_match", "accuracy", "macro_f1")
 
 
 @dataclass
@@ -22,6 +31,22 @@ class RunInfo:
     step: int | None
     checkpoint: str | None
     note: str = ""
+    last_loss: float | None = None
+    tokens_per_s: float | None = None  # the median over the logged steps (the first step's warm-up aside)
+    wall_s: float | None = None  # summed over its starts: first to last metric record of each
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> latest eval record's scores
+    failure: str | None = None  # why the latest start failed (status "failed")
+
+    def eval_score(self) -> str:
+        """The first split's latest score, e.g. `validation exact_match 0.750`."""
+        for split, scores in self.evals.items():
+            name = next((k for k in EVAL_SCORES if k in scores), "eval_loss")
+            if name in scores:
+                return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}"
+        return "-"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
 
 
 def find_runs(parent: Path) -> list[Path]:
@@ -31,7 +56,10 @@ def find_runs(parent: Path) -> list[Path]:
 
 
 def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
-    step = _last_logged_step(run_dir)
+    records = parse_records(RunLayout(run_dir).metrics)  # a torn last line is skipped
+    trajectory = current_trajectory(records)
+    train = [r for r in trajectory if r.get("kind") == "train"]
+    step = train[-1].get("step") if train else None
     valid, notes = None, []
     for candidate in reversed(committed_checkpoints(run_dir)):
         problem = validate_checkpoint(candidate, checksums=verify)
@@ -41,30 +69,97 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         notes.append(f"{candidate.name} invalid: {problem}")
     layout = RunLayout(run_dir)
     holder = read_holder(layout.lock)
+    failure = read_failure(run_dir)
     if layout.is_finished():  # the trainer's summary, written last (final/ alone may be a crashed finish)
         status = "finished"
     elif holder is not None and stale_reason(holder) is None:
         status = "running"  # or exporting: the lock names who holds the directory now
         notes.insert(0, f"in use by {holder.describe()}")
+    elif failure is not None:
+        status = "failed"  # the latest start failed; the checkpoint column says where a rerun resumes
     elif valid is not None:
         status = "resumable"
     elif step is not None:
         status = "no checkpoint"
     else:
         status = "not started"
-    return RunInfo(run_dir, status, step, valid.name if valid else None, "; ".join(notes))
+    speeds = [r["tokens_per_s"] for r in train[1:] or train if isinstance(r.get("tokens_per_s"), (int, float))]
+    return RunInfo(
+        run_dir,
+        status,
+        step,
+        valid.name if valid else None,
+        "; ".join(notes),
+        last_loss=train[-1].get("loss") if train else None,
+        tokens_per_s=statistics.median(speeds) if speeds else None,
+        wall_s=_wall_time(records),
+        evals=_latest_evals(trajectory),
+        failure=str(failure["reason"]) if failure and status == "failed" else None,
+    )
 
 
 def format_runs(infos: list[RunInfo]) -> str:
-    rows = [("RUN", "STATUS", "STEP", "LATEST VALID CHECKPOINT")]
+    header = ("RUN", "STATUS", "STEP", "LATEST VALID CHECKPOINT", "LOSS", "EVAL", "TOKENS/S", "WALL")
+    rows = [header]
     for info in infos:
-        rows.append((str(info.path), info.status, "-" if info.step is None else str(info.step), info.checkpoint or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]
-    lines += [f"  {info.path.name}: {info.note}" for info in infos if info.note]
+        rows.append(
+            (
+                str(info.path),
+                info.status,
+                "-" if info.step is None else str(info.step),
+                info.checkpoint or "-",
+                "-" if info.last_loss is None else f"{info.last_loss:.4f}",
+                info.eval_score(),
+                "-" if info.tokens_per_s is None else f"{info.tokens_per_s:.0f}",
+                "-" if info.wall_s is None else duration(info.wall_s),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    right = {2, 4, 6, 7}  # numbers
+    lines = [
+        "  ".join(
+            f"{cell:>{widths[i]}}" if i in right else f"{cell:<{widths[i]}}" for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+    for info in infos:
+        if info.failure:
+            lines.append(f"  {info.path.name}: failed: {info.failure.splitlines()[0]}")
+        if info.note:
+            lines.append(f"  {info.path.name}: {info.note}")
     return "\n".join(lines)
 
 
-def _last_logged_step(run_dir: Path) -> int | None:
-    train = read_metrics(run_dir, kind="train")  # the current trajectory; a torn last line is skipped
-    return train[-1].get("step") if train else None
+def runs_json(infos: list[RunInfo]) -> str:
+    return json.dumps([info.to_json() for info in infos], indent=1)
+
+
+def _latest_evals(trajectory: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for record in trajectory:
+        if record.get("kind") == "eval" and "split" in record:
+            latest[record["split"]] = {
+                k: v
+                for k, v in record.items()
+                if k not in ("kind", "split", "time", "samples") and isinstance(v, (int, float, str))
+            }
+    return latest
+
+
+def _wall_time(records: list[dict[str, Any]]) -> float | None:
+    """Time spent by every start of the run (a resumed start's replaced steps included: they took time too)."""
+    total, began, last = 0.0, None, None
+    for record in records:
+        when = record.get("time")
+        if not isinstance(when, (int, float)):
+            continue
+        if record.get("kind") == START:
+            if began is not None and last is not None:
+                total += last - began
+            began = when
+        elif began is None:
+            began = when  # files written before start records existed
+        last = when
+    if began is None or last is None:
+        return None
+    return total + last - began

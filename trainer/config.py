@@ -220,7 +220,15 @@ class TrainingConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
     seed: int = 42
     log_every_steps: int = Field(1, ge=1)
-    progress_bar: bool = True
+    progress_bar: bool = Field(
+        True, description="A live progress bar when stdout is a terminal; false = plain progress lines there too."
+    )
+    progress_every_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="Where stdout is not a terminal (Slurm/Ray Job logs, CI, a file): print a progress line "
+        "(step/total, loss, lr, tokens/s, ETA) at most this often; 0 = every step.",
+    )
     watchdog_timeout_s: float = Field(
         1800.0,
         ge=0.0,

@@ -19,7 +19,7 @@ from trainer.config import TrainerConfig
 # offloaded or Liger-fused layers compute the same model).
 NEUTRAL_SECTIONS = ("output", "checkpoint", "cluster")
 NEUTRAL_FIELDS = {
-    "training": ("progress_bar", "log_every_steps", "watchdog_timeout_s", "loss"),
+    "training": ("progress_bar", "progress_every_s", "log_every_steps", "watchdog_timeout_s", "loss"),
     "data": ("cache_dir",),
     "model": ("compile", "activation_offloading", "liger_kernels"),
 }

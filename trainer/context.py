@@ -25,6 +25,8 @@ class WorkerContext:
     local_rank: int = 0
     device: str = "cpu"
     reporter: Reporter | None = None
+    # Set by the backend when this start is a restart it made (e.g. "torchrun restart #1"); printed on the console.
+    restart: str | None = None
 
     @property
     def is_main(self) -> bool:

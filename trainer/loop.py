@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from trainer.config import TrainingConfig
+from trainer.console import RunConsole
 from trainer.data.batches import RowDataset, make_batch
 from trainer.distributed import all_reduce_sum, any_rank
 from trainer.faults import fault_point
@@ -53,14 +54,14 @@ def train_loop(
     metrics: MetricsWriter,
     hooks: LoopHooks,
     stop: StopFlag,
-    show_progress: bool,
+    console: RunConsole | None = None,
     shuffle: bool = True,
 ) -> LoopState:
     rank, world, device = strategy.rank, strategy.world_size, strategy.device
     sampler = data.sampler(cfg.seed, shuffle=shuffle)
     mb, accum = cfg.micro_batch_size, cfg.gradient_accumulation_steps
     per_step = global_batch_size(mb, accum, world)
-    progress = _progress(total_steps, state.step, show_progress)
+    console = console or RunConsole(enabled=False, every_s=0.0)
     model.train()
     while state.step < total_steps:
         if hooks.on_step_start is not None:
@@ -111,8 +112,7 @@ def train_loop(
             values["lr_groups"] = group_lrs
         if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
             metrics.write(state.step, values)
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
+        console.progress(state.step, total_steps, values)
         if hooks.should_eval(state.step):
             hooks.evaluate(state.step)
         hooks.step_end(state.step)
@@ -126,11 +126,5 @@ def train_loop(
             break
         if hooks.should_stop_early():
             break
-    progress.close()
+    console.close_bar()
     return state
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)

@@ -24,6 +24,7 @@ from trainer.checkpointing.rng import seed_everything
 from trainer.checkpointing.save_policy import SavePolicy
 from trainer.config import TrainerConfig
 from trainer.config_hash import config_hash as result_config_hash
+from trainer.console import RunConsole
 from trainer.context import WorkerContext
 from trainer.data.prepare import PreparedData, prepare_data
 from trainer.distributed import any_rank, barrier, expect_world
@@ -65,11 +66,19 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     config_hash = result_config_hash(cfg)
     # Before any model work: an incompatible or broken checkpoint fails the run in seconds.
     resume_from = find_resume_checkpoint(cfg, ctx, strategy, config_hash)
+    console = RunConsole(ctx.is_main, cfg.training.progress_every_s, bar=cfg.training.progress_bar)
     tokenizer = load_tokenizer(cfg.model)
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
-    trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash)
+    trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console)
+    console.started(
+        trainee.total_steps,
+        trainee.state.step,
+        f"on {ctx.world_size} worker(s) with {strategy.name} ({len(data.train)} rows)",
+        resume_from.path if resume_from else None,
+        ctx.restart,
+    )
     evaluator = _Evaluator(
-        cfg, trainee.model, strategy, tokenizer, data, trainee.metrics, extras=trainee.transfer.eval_extras
+        cfg, trainee.model, strategy, tokenizer, data, trainee.metrics, console, extras=trainee.transfer.eval_extras
     )
     if trainee.state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
         # The forgetting check needs the base model's retain loss even when at_start is off.
@@ -97,6 +106,7 @@ class _Trainee:
     transfer: TransferController
     state: LoopState  # where training starts: step 0, or the resumed checkpoint's state
     total_steps: int
+    console: RunConsole
 
 
 def _build_trainee(
@@ -107,6 +117,7 @@ def _build_trainee(
     data: PreparedData,
     resume_from: ResumePoint | None,
     config_hash: str,
+    console: RunConsole,
 ) -> _Trainee:
     """The model (with the method applied), wrapped by the strategy, its optimizer, schedule and
     checkpoint manager, restored from `resume_from` when there is one."""
@@ -127,6 +138,7 @@ def _build_trainee(
     model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     manager = build_manager(cfg, ctx, strategy, config_hash)
+    manager.on_commit = _also(console.checkpoint_committed, manager.on_commit)
     check_disk_space(
         ctx.run_dir, strategy.unwrapped(model), strategy.checkpoint_layout, cfg.checkpoint.keep_last, ctx.rank
     )
@@ -139,7 +151,18 @@ def _build_trainee(
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
-    return _Trainee(model, optimizer, scheduler, manager, metrics, transfer, state, total_steps)
+    return _Trainee(model, optimizer, scheduler, manager, metrics, transfer, state, total_steps, console)
+
+
+def _also(first: Any, then: Any) -> Any:
+    """A commit callback that calls `first`, then `then` (the backend's reporter) when there is one."""
+
+    def both(*args: Any) -> None:
+        first(*args)
+        if then is not None:
+            then(*args)
+
+    return both
 
 
 def _build_save_policy(cfg: TrainerConfig, ctx: WorkerContext, transfer: TransferController) -> SavePolicy:
@@ -246,7 +269,7 @@ def _train(
             metrics=trainee.metrics,
             hooks=hooks,
             stop=stop,
-            show_progress=ctx.is_main and cfg.training.progress_bar,
+            console=trainee.console,
             shuffle=cfg.data.shuffle,
         )
         trainee.manager.close()  # an asynchronous save still in flight is committed before anything else
@@ -255,7 +278,9 @@ def _train(
         stop.uninstall()
     if state.step < trainee.total_steps and not trainee.transfer.stopped_early:
         trainee.metrics.close()
-        raise StopRequested(state.step, str(RunLayout(ctx.run_dir).checkpoint(state.step)), stop.signum)
+        checkpoint = RunLayout(ctx.run_dir).checkpoint(state.step)
+        trainee.console.stopped(state.step, f"{checkpoint.parent.name}/{checkpoint.name}")
+        raise StopRequested(state.step, str(checkpoint), stop.signum)
     return state
 
 
@@ -287,6 +312,7 @@ def _finish(
     if ctx.is_main:  # written last and atomically: its presence is what marks the run finished
         atomic_write_text(RunLayout(ctx.run_dir).summary, json.dumps(summary, indent=1))
     trainee.metrics.close()
+    trainee.console.finished(summary)
     barrier()
     return summary
 
@@ -365,6 +391,7 @@ class _Evaluator:
         tokenizer: Any,
         data: PreparedData,
         metrics: MetricsWriter,
+        console: RunConsole,
         extras: Any = None,
     ):
         self.cfg, self.model, self.strategy, self.tokenizer, self.data, self.metrics = (
@@ -375,6 +402,7 @@ class _Evaluator:
             data,
             metrics,
         )
+        self.console = console
         self.extras = extras  # adds strategy-specific scores (classification, forgetting) to a record
 
     def __call__(self, step: int, label: str = "periodic", only: str | None = None) -> dict[str, dict[str, Any]]:
@@ -414,6 +442,7 @@ class _Evaluator:
             if self.extras is not None:
                 self.extras(model, eval_set, values, batch)
             self.metrics.write(step, values, kind="eval")
+            self.console.evaluated(step, label, values)
             results[eval_set.name] = values
             log.info("eval %s step %d: %s", eval_set.name, step, {k: v for k, v in values.items() if k != "samples"})
         return results

@@ -30,6 +30,8 @@ EXPORTS_DIR = "exports"  # `ftl export` of a checkpoint: exports/step-N/, never 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+FAILURE_FILE = "failure.json"  # the launcher's record of why the last start failed (launcher/failure_record.py)
+REPORT_DIR = "report"  # `ftl report`'s plots and page (launcher/report/)
 WORKER_RESULT_FILE = ".worker-result.json"  # the worker group's Outcome (trainer/outcome.py)
 STOP_REQUEST_FILE = ".stop-requested"  # content: the signal number that asked (trainer/stopping.py)
 UNIVERSAL_DIR = ".universal"  # DeepSpeed universal copies of ZeRO checkpoints (trainer/checkpointing/universal.py)
@@ -93,6 +95,14 @@ class RunLayout:
     @property
     def tensorboard(self) -> Path:
         return self.root / TENSORBOARD_DIR
+
+    @property
+    def failure(self) -> Path:
+        return self.root / FAILURE_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_DIR
 
     @property
     def worker_result(self) -> Path:

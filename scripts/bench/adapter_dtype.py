@@ -81,7 +81,6 @@ def run(
         metrics=metrics,
         hooks=hooks,
         stop=StopFlag(),
-        show_progress=False,
     )  # type: ignore[arg-type]
     trainable = [p for p in model.parameters() if p.requires_grad]
     state_bytes = sum(p.numel() * p.element_size() for p in trainable)

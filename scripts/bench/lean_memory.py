@@ -256,7 +256,6 @@ def steps(
         metrics=MetricsWriter(Path("."), enabled=False),
         hooks=hooks,
         stop=StopFlag(),
-        show_progress=False,
     )
 
 

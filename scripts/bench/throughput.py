@@ -75,7 +75,6 @@ def bench_trainer(
         metrics=metrics,
         hooks=hooks,
         stop=StopFlag(),
-        show_progress=False,
     )
     tokens_before = state.tokens_seen
     started = time.perf_counter()
@@ -92,7 +91,6 @@ def bench_trainer(
         metrics=metrics,
         hooks=hooks,
         stop=StopFlag(),
-        show_progress=False,
     )
     return (state.tokens_seen - tokens_before) / (time.perf_counter() - started)
 

@@ -84,7 +84,6 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         min_frequency=2,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     bos_id = tok.token_to_id("<s>")

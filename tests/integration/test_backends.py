@@ -59,6 +59,16 @@ def test_ray_restarts_the_worker_group_from_the_checkpoint(tmp_path, tiny_model_
     resumed = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
     assert "resumed from" in resumed and "step-2" in resumed
     assert_same_losses(tmp_path / "run", golden)
+    # Rank 0's console lines reach the driver's stdout as on every backend (trainer/console.py).
+    assert "\r" not in out.stdout
+    for line in (
+        "training 4 steps on 2 worker(s)",
+        "checkpoint committed: checkpoints/step-2",
+        "restart: Ray Train restart #1 of the worker group",
+        "resumed from checkpoints/step-2 at step 2/4",
+        "finished: 4/4 steps in ",
+    ):
+        assert line in out.stdout, out.stdout[-3000:]
 
 
 def test_ray_node_failure_restarts_the_group_on_the_surviving_node(tmp_path, tiny_model_dir, golden):

@@ -50,12 +50,12 @@ def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: p
     (stopped / "checkpoints" / "step-4" / "optimizer.pt").unlink()
     assert main(["runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:] for line in out[1:] if line.startswith("/")}
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:5] for line in out[1:] if line.startswith("/")}
     assert rows == {
         "crashed-early": ["no", "checkpoint", "1", "-"],
-        "done": ["finished", "4", "step-4"],
-        "stopped": ["resumable", "5", "step-2"],
-        "exported": ["resumable", "3", "step-2"],
+        "done": ["finished", "4", "step-4", "1.0000"],
+        "stopped": ["resumable", "5", "step-2", "1.0000"],
+        "exported": ["resumable", "3", "step-2", "1.0000"],
     }
     assert any("step-4 invalid: missing file optimizer.pt" in line for line in out)
     assert (stopped / "checkpoints" / "step-4").is_dir()  # read-only: nothing moved aside
@@ -82,3 +82,60 @@ def test_a_run_whose_lock_is_held_is_listed_as_running_and_a_stale_lock_is_not(
     rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1] for line in out[1:] if line.startswith("/")}
     assert rows == {"live": "running", "stale": "resumable"}
     assert any("live: in use by ftl train on host" in line for line in out)
+
+
+def test_loss_eval_speed_wall_time_a_failed_start_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher.failure_record import recording_failure
+    from trainer.errors import DataError
+
+    run = _run(tmp_path, "resumed", [2], None)
+    records = [
+        {"kind": "start", "step": 0, "time": 100.0},
+        {"kind": "train", "step": 1, "loss": 3.0, "tokens_per_s": 10.0, "time": 101.0},
+        {"kind": "train", "step": 2, "loss": 2.0, "tokens_per_s": 400.0, "time": 102.0},
+        {"kind": "train", "step": 3, "loss": 1.9, "tokens_per_s": 200.0, "time": 110.0},  # replaced by the resume
+        # The second start (a resume at step 2) took 30 s; the first 10 s: 40 s of wall time.
+        {"kind": "start", "step": 2, "time": 500.0},
+        {"kind": "train", "step": 3, "loss": 1.5, "tokens_per_s": 300.0, "time": 501.0},
+        {"kind": "eval", "step": 3, "split": "validation", "label": "periodic", "eval_loss": 1.25, "time": 520.0},
+        {"kind": "eval", "step": 3, "split": "test", "label": "periodic", "eval_loss": 1.5, "exact_match": 0.5},
+        {"kind": "train", "step": 4, "loss": 1.25, "tokens_per_s": 500.0, "time": 530.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # A start that failed on a bad data row, before writing a single metric: failed, with the reason.
+    broken = _run(tmp_path, "broken", [], None)
+    with pytest.raises(DataError), recording_failure(broken):
+        raise DataError("train.jsonl row 7: no 'messages' key; fix the row or drop it")
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [
+        "RUN",
+        "STATUS",
+        "STEP",
+        "LATEST",
+        "VALID",
+        "CHECKPOINT",
+        "LOSS",
+        "EVAL",
+        "TOKENS/S",
+        "WALL",
+    ]
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:] for line in out[1:] if line.startswith("/")}
+    # The median speed over the steps after the first (its warm-up): steps 2, 3 (resumed), 4.
+    assert rows["resumed"] == ["resumable", "4", "step-2", "1.2500", "validation", "loss", "1.250", "400", "40s"]
+    assert rows["broken"] == ["failed", "-", "-", "-", "-", "-", "-"]
+    assert "  broken: failed: train.jsonl row 7: no 'messages' key; fix the row or drop it" in out
+
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    listed = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)}
+    assert listed["broken"]["status"] == "failed" and "row 7" in listed["broken"]["failure"]
+    resumed = listed["resumed"]
+    assert (resumed["last_loss"], resumed["tokens_per_s"], resumed["wall_s"]) == (1.25, 400.0, 40.0)
+    assert resumed["evals"]["test"] == {"step": 3, "label": "periodic", "eval_loss": 1.5, "exact_match": 0.5}
+
+    # The next start clears the record: a resumed (here: stopped) start is not a failure.
+    from trainer.stopping import StopRequested
+
+    with pytest.raises(StopRequested), recording_failure(broken):
+        raise StopRequested(1, "checkpoints/step-1", None)
+    assert not (broken / "failure.json").exists()

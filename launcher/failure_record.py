@@ -1,0 +1,53 @@
+"""Why the last start of a run failed, kept in the run directory (failure.json) for `ftl runs`.
+
+The launcher writes it when a launch ends in an error (a bad data row, a worker that died, a Ray
+or Slurm failure) and removes it when the next start begins, so it always describes the latest
+start. A stop (signal, preemption, Ctrl-C) is not a failure: the run is resumable as it stands.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from trainer.checkpointing.protocol import atomic_write_text
+from trainer.errors import EXIT_FAILED, FtlError
+from trainer.run_layout import RunLayout
+from trainer.stopping import StopRequested
+
+REASON_CHARS = 2000  # enough for a data error naming the file and row; a traceback stays in the logs
+
+
+@contextmanager
+def recording_failure(run_dir: Path) -> Iterator[None]:
+    """Around one launch: clears the previous start's record, writes this one's if it fails."""
+    layout = RunLayout(run_dir)
+    layout.failure.unlink(missing_ok=True)
+    try:
+        yield
+    except StopRequested:
+        raise
+    except Exception as exc:
+        record = {
+            "reason": str(exc).strip()[:REASON_CHARS] or type(exc).__name__,
+            "error": type(exc).__name__,
+            "exit_code": exc.exit_code if isinstance(exc, FtlError) else EXIT_FAILED,
+            "time": round(time.time(), 3),
+        }
+        try:
+            atomic_write_text(layout.failure, json.dumps(record, indent=1))
+        except OSError:
+            pass  # the run directory is what failed (disk full): the error itself is reported as it is
+        raise
+
+
+def read_failure(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(RunLayout(run_dir).failure.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "reason" in record else None

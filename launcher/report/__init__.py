@@ -1,0 +1,1 @@
+"""`ftl report`: plots and an HTML page of one run, or several overlaid (launcher/report/)."""

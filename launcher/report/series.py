@@ -1,0 +1,62 @@
+"""The series a report plots, read from the run directory's metrics.jsonl (its current
+trajectory: steps a resume replaced are left out). Written beside the plots as data.json, so
+what each picture shows can be checked against the metrics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from trainer.metrics import START, current_trajectory, parse_records
+from trainer.run_layout import RunLayout
+
+Series = list[tuple[int, float]]  # (step, value)
+
+TRAIN_CHARTS = {"loss": "training loss", "grad_norm": "gradient norm", "tokens_per_s": "tokens/s"}
+RETAIN_SPLIT = "retain"  # eval.retain's set (trainer/data/prepare.py): the forgetting check
+
+
+def run_series(run_dir: Path) -> dict[str, Any]:
+    """{"charts": {chart: {line: [[step, value], ...]}}, "resumes": [step, ...], "title": {...}}."""
+    records = parse_records(RunLayout(run_dir).metrics)
+    trajectory = current_trajectory(records)
+    charts: dict[str, dict[str, Series]] = {}
+
+    def add(chart: str, line: str, step: int, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            charts.setdefault(chart, {}).setdefault(line, []).append((step, float(value)))
+
+    for record in trajectory:
+        step = record.get("step", 0)
+        if record.get("kind") == "train":
+            for key in TRAIN_CHARTS:
+                add(key, key, step, record.get(key))
+            groups = record.get("lr_groups") or {}
+            if groups:
+                for name, value in groups.items():
+                    add("lr", name, step, value)
+            else:
+                add("lr", "lr", step, record.get("lr"))
+        elif record.get("kind") == "eval":
+            split = record.get("split", "?")
+            for key, value in record.items():
+                if key in ("step", "time", "split", "label", "kind", "samples"):
+                    continue
+                if split == RETAIN_SPLIT:  # its loss and the change since the base model, together
+                    add("retain", key, step, value)
+                else:
+                    add(f"eval_{key}", split, step, value)
+    # Each start after the first that continued from a checkpoint: a resume (or a restart's resume).
+    resumes = [r.get("step", 0) for r in records if r.get("kind") == START and r.get("step", 0) > 0]
+    return {"run": str(run_dir), "charts": charts, "resumes": sorted(set(resumes))}
+
+
+def chart_title(chart: str) -> str:
+    if chart in TRAIN_CHARTS:
+        return TRAIN_CHARTS[chart]
+    if chart == "lr":
+        return "learning rate (per parameter group)"
+    if chart == "retain":
+        return "retain set (forgetting check)"
+    return chart.removeprefix("eval_").replace("_", " ") + " (evaluation, per split)"

@@ -1,0 +1,123 @@
+"""Draw a report: one PNG per chart (several runs overlaid), data.json with exactly the points
+drawn, and index.html with the pictures embedded and a summary table (one file to send around)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from launcher.report.series import chart_title, run_series
+from launcher.runs import RunInfo, describe_run
+from trainer.console import duration
+
+DATA_FILE = "data.json"
+PAGE_FILE = "index.html"
+
+
+def write_report(runs: list[Path], out: Path) -> Path:
+    """Writes out/{CHART}.png, out/data.json, out/index.html; returns the page's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, and no GUI toolkit on a cluster node
+    series = [run_series(run) for run in runs]
+    labels = _labels(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = sorted({chart for s in series for chart in s["charts"]}, key=_chart_order)
+    pictures = [(chart, _plot(chart, series, labels, out / f"{chart}.png")) for chart in charts]
+    (out / DATA_FILE).write_text(json.dumps({"runs": series, "labels": labels}, indent=1))
+    page = out / PAGE_FILE
+    page.write_text(_page(runs, labels, [describe_run(run) for run in runs], pictures), encoding="utf-8")
+    return page
+
+
+def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3.6), dpi=110)
+    try:
+        for run_index, (run, label) in enumerate(zip(series, labels)):
+            color = f"C{run_index}"
+            lines = run["charts"].get(chart, {})
+            styles = ["-", "--", ":", "-."]
+            for line_index, (name, points) in enumerate(sorted(lines.items())):
+                steps, values = zip(*points)
+                name_shown = name if len(series) == 1 else f"{label}: {name}"
+                marker = "o" if len(points) < 30 else None
+                axes.plot(
+                    steps, values, styles[line_index % 4], color=color, marker=marker, markersize=3, label=name_shown
+                )
+            for step in run["resumes"]:  # where a start continued from a checkpoint (resume or restart)
+                axes.axvline(step, color=color, alpha=0.5, linestyle=":", linewidth=1)
+                axes.annotate(
+                    f"resumed @{step}",
+                    (step, 1),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    color=color,
+                    rotation=90,
+                    va="top",
+                    ha="right",
+                )
+        axes.set_title(chart_title(chart))
+        axes.set_xlabel("step")
+        if chart in ("lr", "grad_norm") or chart.startswith("lr"):
+            axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
+    return path
+
+
+def _page(runs: list[Path], labels: list[str], infos: list[RunInfo], pictures: list[tuple[str, Path]]) -> str:
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(cell)}</td>"
+            for cell in (
+                label,
+                str(info.path),
+                info.status + (f": {info.failure.splitlines()[0]}" if info.failure else ""),
+                "-" if info.step is None else str(info.step),
+                "-" if info.last_loss is None else f"{info.last_loss:.4f}",
+                info.eval_score(),
+                "-" if info.tokens_per_s is None else f"{info.tokens_per_s:.0f}",
+                "-" if info.wall_s is None else duration(info.wall_s),
+            )
+        )
+        + "</tr>"
+        for label, info in zip(labels, infos)
+    )
+    images = "".join(
+        f'<figure><img alt="{html.escape(chart)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}"></figure>'
+        for chart, path in pictures
+    )
+    title = "ftl report: " + ", ".join(labels)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:8px}}</style>
+</head><body><h1>{html.escape(title)}</h1>
+<table><tr><th>run</th><th>directory</th><th>status</th><th>step</th><th>last loss</th><th>eval</th>
+<th>tokens/s</th><th>wall time</th></tr>{rows}</table>
+<p>Dotted vertical lines: a start that resumed from a checkpoint (a resume or a restart).
+The points drawn are in {DATA_FILE} beside this page.</p>
+{images}
+</body></html>
+"""
+
+
+def _labels(runs: list[Path]) -> list[str]:
+    names = [run.name for run in runs]
+    return names if len(set(names)) == len(names) else [str(run) for run in runs]
+
+
+def _chart_order(chart: str) -> tuple[int, str]:
+    order = ["loss", "lr", "grad_norm", "tokens_per_s", "eval_eval_loss", "retain"]
+    return (order.index(chart) if chart in order else len(order), chart)
