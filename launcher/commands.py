@@ -54,7 +54,8 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
 
         with recording_failure(run_dir):  # `ftl runs` shows a failed start as failed, with the reason
             summary = launch(cfg, run_dir, cfg.cluster)
-        write_report_after_run(run_dir)
+        if cfg.output.report:
+            write_report_after_run(run_dir)
     print(format_summary(summary))
     return 0
 

@@ -369,6 +369,11 @@ class OutputConfig(Section):
     )
     save_adapter: bool = Field(True, description="Write final/adapter (PEFT format) for adapter methods.")
     save_merged: bool = Field(True, description="Write final/merged (full model, HF safetensors).")
+    report: bool = Field(
+        True,
+        description="Write RUN_DIR/report/ (plots and an HTML page of the run's metrics) when the run finishes; "
+        "`ftl report RUN_DIR` writes it at any time.",
+    )
 
     @model_validator(mode="after")
     def _local_dir_only_for_uris(self) -> OutputConfig:

@@ -32,6 +32,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict
         tmp / "run",
         training={"max_steps": 8, "progress_every_s": EVERY_S, "progress_bar": True},
         checkpoint={"every_steps": 2},
+        output={"report": True},
         eval={
             "every_steps": 4,
             "max_samples": 4,
