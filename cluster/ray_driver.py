@@ -176,6 +176,15 @@ def stop_requesting_torch_trainer() -> type:
         def _register_sigint_handler(self, controller: Any) -> None:
             pass  # the driver's handler (cluster/signals.py) stays in place
 
+        def _create_default_callbacks(self) -> list[Any]:
+            # ftl's workers read their own data (trainer/data); without Ray Datasets the datasets
+            # callback would still start a DatasetManager actor per run: one more process that
+            # imports Ray Data, competing with the workers' start for the CPU, for nothing.
+            callbacks: list[Any] = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if type(c).__name__ != "DatasetsCallback"]
+
         def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
             run_dir = Path(self.train_loop_config["run_dir"])
             policy = controller_init_kwargs["failure_policy"]
