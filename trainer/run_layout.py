@@ -30,6 +30,7 @@ EXPORTS_DIR = "exports"  # `ftl export` of a checkpoint: exports/step-N/, never 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+TRACKERS_FILE = "trackers.json"  # the MLflow / W&B run ids a resumed run continues (trainer/tracking/)
 WORKER_RESULT_FILE = ".worker-result.json"  # the worker group's Outcome (trainer/outcome.py)
 STOP_REQUEST_FILE = ".stop-requested"  # content: the signal number that asked (trainer/stopping.py)
 UNIVERSAL_DIR = ".universal"  # DeepSpeed universal copies of ZeRO checkpoints (trainer/checkpointing/universal.py)
@@ -93,6 +94,10 @@ class RunLayout:
     @property
     def tensorboard(self) -> Path:
         return self.root / TENSORBOARD_DIR
+
+    @property
+    def trackers(self) -> Path:
+        return self.root / TRACKERS_FILE
 
     @property
     def worker_result(self) -> Path:
