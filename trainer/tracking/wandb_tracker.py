@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import socket
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -53,7 +54,7 @@ class WandbTracker:
     name = "wandb"
 
     def __init__(self, cfg: WandbConfig, run_dir: Path, params: dict[str, Any], state: dict[str, Any]):
-        run_id = state.get("run_id") or wandb.util.generate_id()
+        run_id = state.get("run_id") or uuid.uuid4().hex[:12]
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
@@ -76,8 +77,10 @@ class WandbTracker:
 
     def finish(self, finished: bool, artifacts: list[Path]) -> None:
         for path in artifacts:
-            # Copied into the run's files folder, which W&B uploads (now, or at `wandb sync`).
-            target = self.files / path.name
+            # Copied into the run's files folder, which W&B uploads (now, or at `wandb sync`); under
+            # ftl/, because W&B writes a config.yaml of its own there.
+            target = self.files / "ftl" / path.name
+            target.parent.mkdir(exist_ok=True)
             if path.is_dir():
                 shutil.copytree(path, target, dirs_exist_ok=True)
             else:
