@@ -23,7 +23,6 @@ import yaml
 from cluster.run_lock import RunDirLocked, RunLock
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
-from trainer.secret_values import REDACTED, redact, redact_argv  # noqa: F401 - redact: shown configs
 from trainer.checkpointing.protocol import MANIFEST
 from trainer.run_layout import (
     CHECKPOINTS_DIR,
@@ -36,6 +35,7 @@ from trainer.run_layout import (
     WRITE_PROBE,
     RunLayout,
 )
+from trainer.secret_values import REDACTED, redact, redact_argv  # noqa: F401 - redact: shown configs
 
 TRACKED_PACKAGES = (
     "torch",

@@ -13,7 +13,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -103,7 +102,9 @@ def _expected(run_dir: Path) -> dict[str, dict[int, float]]:
     return series
 
 
-def test_mlflow_server_holds_one_run_with_every_record_params_and_artifacts(resumed_run: Path, mlflow_server: str) -> None:
+def test_mlflow_server_holds_one_run_with_every_record_params_and_artifacts(
+    resumed_run: Path, mlflow_server: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server)

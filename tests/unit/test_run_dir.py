@@ -15,8 +15,8 @@ import yaml
 from launcher.config_loader import load_config
 from launcher.errors import UserError
 from launcher.run_dir import RUN_MARKER, prepare_run_dir, redact
-from trainer.secret_values import is_secret_name, redact_argv, secret_problems
 from tests.conftest import BUNDLED_MODEL, FTL, REPO, write_config
+from trainer.secret_values import is_secret_name, redact_argv, secret_problems
 
 
 def _cfg(tmp_path: Path, run_dir: Path, *overrides: str):  # type: ignore[no-untyped-def]

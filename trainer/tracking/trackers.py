@@ -91,7 +91,9 @@ class TrackerSet:
         )
 
 
-def _open_tracker(name: str, cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], state: dict[str, Any]) -> Tracker:
+def _open_tracker(
+    name: str, cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], state: dict[str, Any]
+) -> Tracker:
     # Imported here: a run without MLflow or W&B never pays their import time.
     if name == "mlflow":
         from trainer.tracking.mlflow_tracker import MlflowTracker
