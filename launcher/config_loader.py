@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from launcher.errors import ConfigError
 from launcher.run_config import RunConfig
-from launcher.secret_values import secret_problems
+from trainer.secret_values import secret_problems
 
 # Keys holding filesystem paths. Relative paths resolve from the current directory (as in
 # torchrun/Axolotl); model/tokenizer/data values that do not exist locally may be hub names.

@@ -23,7 +23,6 @@ import yaml
 from cluster.run_lock import RunDirLocked, RunLock
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
-from launcher.secret_values import REDACTED, redact, redact_argv  # noqa: F401 - redact: shown configs
 from trainer.checkpointing.protocol import MANIFEST
 from trainer.run_layout import (
     CHECKPOINTS_DIR,
@@ -36,6 +35,7 @@ from trainer.run_layout import (
     WRITE_PROBE,
     RunLayout,
 )
+from trainer.secret_values import REDACTED, redact, redact_argv  # noqa: F401 - redact: shown configs
 
 TRACKED_PACKAGES = (
     "torch",
@@ -99,7 +99,7 @@ def prepare_run_dir(
                 layout.marker, json.dumps({"ftl_run_directory": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             )
         # The snapshot is what the workers read, so it is the config itself: it holds no secrets
-        # because load_config refuses them (launcher/secret_values.py).
+        # because load_config refuses them (trainer/secret_values.py).
         snapshot = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         _atomic_write(layout.config, snapshot)
         _atomic_write(layout.environment, json.dumps(environment_record(argv), indent=1))

@@ -1,4 +1,5 @@
-"""Schema of the config sections the trainer owns: model, data, method, training, eval, checkpoint.
+"""Schema of the config sections the trainer owns: model, data, method, training, eval, checkpoint,
+tracking (trainer/tracking/config.py).
 
 The launcher composes these with its own sections (output, cluster) into the run config;
 the trainer only ever reads the sections below, so it never needs to import the launcher.
@@ -17,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from trainer.config_section import Section
 from trainer.optim_rules import optimizer_problem
+from trainer.tracking.config import TrackingConfig
 from trainer.transfer.config import TransferConfig
 
 SHARDED = ("fsdp", "deepspeed")
@@ -413,6 +415,7 @@ class TrainerConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: OutputConfig
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from trainer.config import TrainerConfig
 # Whole sections, then single fields, that do not change the trained weights or their metrics
 # (beyond rounding: the chunked loss equals the full-logits loss within 1e-7 relative; compiled,
 # offloaded or Liger-fused layers compute the same model).
-NEUTRAL_SECTIONS = ("output", "checkpoint", "cluster")
+NEUTRAL_SECTIONS = ("output", "checkpoint", "cluster", "tracking")
 NEUTRAL_FIELDS = {
     "training": ("progress_bar", "progress_every_s", "log_every_steps", "watchdog_timeout_s", "loss"),
     "data": ("cache_dir",),

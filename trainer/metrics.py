@@ -1,4 +1,5 @@
-"""Metrics sinks: JSON Lines (the run directory's record) and TensorBoard, written by rank 0.
+"""Metrics sinks: JSON Lines (the run directory's record), TensorBoard and the trackers of the
+`tracking:` section (MLflow, W&B; trainer/tracking/), written by rank 0.
 
 metrics.jsonl is appended to across restarts. Each start of a run writes a `{"kind": "start",
 "step": N}` record before its first metric (N = the step it resumed at, 0 for a fresh start): the
@@ -28,6 +29,9 @@ from typing import Any
 from trainer.errors import RunWriteError
 from trainer.faults import fault_point
 from trainer.run_layout import RunLayout
+from trainer.tracking.config import TrackingConfig
+from trainer.tracking.series import scalar_series
+from trainer.tracking.trackers import TrackerSet
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +53,17 @@ class MetricsWriter:
         enabled: bool = True,
         forward: Callable[[int, dict[str, Any], str], None] | None = None,
         resumed_at: int = 0,
+        tracking: TrackingConfig | None = None,
     ):
         self.enabled = enabled
         self.forward = forward
         self.run_dir = run_dir
         self.resumed_at = resumed_at
+        self.tracking = tracking or TrackingConfig()
+        self.trackers = TrackerSet(self.tracking, run_dir)
         self._jsonl: Any = None
         self._tb: Any = None
-        self._tb_opened = False
+        self._tb_opened = not self.tracking.tensorboard
 
     def _open_jsonl(self) -> None:
         """On the first record, so a run refused during setup leaves no metrics files behind."""
@@ -93,14 +100,14 @@ class MetricsWriter:
             if not self._tb_opened:
                 self._open_tensorboard()
             if self._tb is not None:
-                for key, value in values.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        self._tb.add_scalar(f"{kind}/{key}", value, step)
+                for tag, value in scalar_series(kind, values).items():  # eval/<split>/eval_loss: a tag per split
+                    self._tb.add_scalar(tag, value, step)
                 # TensorBoard writes from a background thread; flushing makes its failure ours,
                 # now, instead of a traceback from that thread later.
                 self._tb.flush()
         except OSError as exc:
             raise self._failed(exc) from exc
+        self.trackers.log(step, kind, values)  # never raises: a failing tracker is dropped with a warning
 
     def _append(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record) + "\n").encode()
@@ -131,6 +138,9 @@ class MetricsWriter:
         return MetricsWriteError(message)
 
     def close(self) -> None:
+        """End of a start (finished or stopped): the files closed, the trackers' runs closed."""
+        if self.enabled:
+            self.trackers.finish()
         try:
             if self._jsonl:
                 self._jsonl.close()

@@ -131,6 +131,7 @@ def _build_trainee(
         enabled=ctx.is_main,
         forward=ctx.reporter.metrics if ctx.reporter else None,
         resumed_at=resumed_at[0],
+        tracking=cfg.tracking,
     )
     transfer = TransferController(
         cfg, base, strategy, metrics, train_rows=len(data.train), pad_id=tokenizer.pad_token_id

@@ -32,6 +32,7 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 FAILURE_FILE = "failure.json"  # the launcher's record of why the last start failed (launcher/failure_record.py)
 REPORT_DIR = "report"  # `ftl report`'s plots and page (launcher/report/)
+TRACKERS_FILE = "trackers.json"  # the MLflow / W&B run ids a resumed run continues (trainer/tracking/)
 WORKER_RESULT_FILE = ".worker-result.json"  # the worker group's Outcome (trainer/outcome.py)
 STOP_REQUEST_FILE = ".stop-requested"  # content: the signal number that asked (trainer/stopping.py)
 UNIVERSAL_DIR = ".universal"  # DeepSpeed universal copies of ZeRO checkpoints (trainer/checkpointing/universal.py)
@@ -103,6 +104,10 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / REPORT_DIR
+
+    @property
+    def trackers(self) -> Path:
+        return self.root / TRACKERS_FILE
 
     @property
     def worker_result(self) -> Path:

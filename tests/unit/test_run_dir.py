@@ -1,5 +1,5 @@
 """Preparing the run directory (launcher/run_dir.py) and keeping secrets out of configs
-(launcher/secret_values.py): a user's own folder is never written to, workers get the real config,
+(trainer/secret_values.py): a user's own folder is never written to, workers get the real config,
 and a secret in a config is refused without being repeated anywhere."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import yaml
 from launcher.config_loader import load_config
 from launcher.errors import UserError
 from launcher.run_dir import RUN_MARKER, prepare_run_dir, redact
-from launcher.secret_values import is_secret_name, redact_argv, secret_problems
 from tests.conftest import BUNDLED_MODEL, FTL, REPO, write_config
+from trainer.secret_values import is_secret_name, redact_argv, secret_problems
 
 
 def _cfg(tmp_path: Path, run_dir: Path, *overrides: str):  # type: ignore[no-untyped-def]

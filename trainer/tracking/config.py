@@ -1,0 +1,46 @@
+"""Schema of the `tracking:` section: where a run's metrics go besides metrics.jsonl.
+
+No key here holds a secret: MLflow and W&B read their credentials from the environment
+(MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, WANDB_API_KEY), which every backend
+passes on to the workers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from trainer.config_section import Section
+
+
+class MlflowConfig(Section):
+    enabled: bool = False
+    tracking_uri: str | None = Field(
+        None,
+        description="A server (http://host:5000), a database (sqlite:///path/mlflow.db) or a folder (MLflow's "
+        "file store). Default: $MLFLOW_TRACKING_URI, else sqlite:///<output.dir's parent>/mlflow.db, shared by "
+        "the runs beside this one.",
+    )
+    experiment: str = Field("ftl", description="Experiment name (created when missing).")
+    run_name: str | None = Field(None, description="Default: the run directory's name.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra run tags.")
+
+
+class WandbConfig(Section):
+    enabled: bool = False
+    project: str = "ftl"
+    entity: str | None = Field(None, description="Team or user; default: the API key's default entity.")
+    run_name: str | None = Field(None, description="Default: the run directory's name.")
+    mode: Literal["auto", "online", "offline"] = Field(
+        "auto",
+        description="auto = $WANDB_MODE when set, else online when an API key is set and the W&B server answers, "
+        "else offline (files in RUN_DIR/wandb/, upload later with `wandb sync`).",
+    )
+    tags: list[str] = Field(default_factory=list)
+
+
+class TrackingConfig(Section):
+    tensorboard: bool = Field(True, description="TensorBoard event files in RUN_DIR/tensorboard/.")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)

@@ -1,0 +1,80 @@
+"""MLflow: one MLflow run per ftl run, continued by every resume (its id is in trackers.json).
+
+Params are the resolved config flattened (`training.learning_rate`), logged when the MLflow run
+is created; metrics are every record, at its step; artifacts are summary.json, config.yaml and
+report/. Imported only when tracking.mlflow.enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from trainer.tracking.config import MlflowConfig
+from trainer.tracking.series import flat_params
+
+PARAMS_PER_CALL = 100  # MLflow's log_batch limits
+METRICS_PER_CALL = 1000
+PARAM_VALUE_CHARS = 6000
+
+
+def resolve_tracking_uri(cfg: MlflowConfig, run_dir: Path) -> str:
+    """The configured URI, else $MLFLOW_TRACKING_URI, else a SQLite store beside the run directories."""
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{run_dir.resolve().parent / 'mlflow.db'}"
+    if "://" not in uri and not uri.startswith("sqlite:"):
+        # A folder: MLflow's file store, which MLflow 3 keeps only behind this switch. The user named it.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return Path(uri).resolve().as_uri()
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return uri
+
+
+class MlflowTracker:
+    name = "mlflow"
+
+    def __init__(self, cfg: MlflowConfig, run_dir: Path, params: dict[str, Any], state: dict[str, Any]):
+        uri = resolve_tracking_uri(cfg, run_dir)
+        self.client = MlflowClient(tracking_uri=uri)
+        if state.get("tracking_uri") == uri and state.get("run_id"):
+            self.run_id = state["run_id"]
+            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return
+        experiment = self.client.get_experiment_by_name(cfg.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            # Artifacts beside a local store (MLflow's default is ./mlruns of whatever directory the worker runs in).
+            local = uri.startswith("sqlite:")
+            location = (run_dir.resolve().parent / "mlartifacts").as_uri() if local else None
+            experiment_id = self.client.create_experiment(cfg.experiment, artifact_location=location)
+        tags = {"ftl.run_dir": str(run_dir.resolve()), **cfg.tags}
+        run = self.client.create_run(experiment_id, run_name=cfg.run_name or run_dir.name, tags=tags)
+        self.run_id = run.info.run_id
+        state.update(tracking_uri=uri, run_id=self.run_id, experiment_id=experiment_id)
+        flat = [Param(k, v[:PARAM_VALUE_CHARS]) for k, v in flat_params(params).items()]
+        for start in range(0, len(flat), PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=flat[start : start + PARAMS_PER_CALL])
+
+    def log(self, step: int, series: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, step) for key, value in series.items()]
+        for start in range(0, len(metrics), METRICS_PER_CALL):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + METRICS_PER_CALL])
+
+    def finish(self, finished: bool, artifacts: list[Path]) -> None:
+        for path in artifacts:
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path=path.name)
+            else:
+                self.client.log_artifact(self.run_id, str(path))
+        # A stopped run is KILLED until its resume sets it RUNNING again.
+        status = RunStatus.FINISHED if finished else RunStatus.KILLED
+        self.client.set_terminated(self.run_id, status=RunStatus.to_string(status))
