@@ -180,7 +180,7 @@ def stop_requesting_torch_trainer() -> type:
             # ftl's workers read their own data (trainer/data); without Ray Datasets the datasets
             # callback would still start a DatasetManager actor per run: one more process that
             # imports Ray Data, competing with the workers' start for the CPU, for nothing.
-            callbacks: list[Any] = super()._create_default_callbacks()
+            callbacks: list[Any] = super()._create_default_callbacks()  # type: ignore[misc]
             if self.datasets:
                 return callbacks
             return [c for c in callbacks if type(c).__name__ != "DatasetsCallback"]
