@@ -55,7 +55,7 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         with recording_failure(run_dir):  # `ftl runs` shows a failed start as failed, with the reason
             summary = launch(cfg, run_dir, cfg.cluster)
         if cfg.output.report:
-            write_report_after_run(run_dir)
+            write_report_after_run(run_dir, cfg.tracking)
     print(format_summary(summary))
     return 0
 
@@ -191,15 +191,17 @@ def report(run_dir: str, compare: list[str], out: str | None) -> int:
     return 0
 
 
-def write_report_after_run(run_dir: Path) -> None:
-    """The report of a run that just ended, in RUN_DIR/report/. Never fails the run: a problem
-    (matplotlib missing, a full disk) is a warning."""
+def write_report_after_run(run_dir: Path, tracking: Any) -> None:
+    """The report of a run that just ended, in RUN_DIR/report/, also given to the run's MLflow / W&B
+    runs. Never fails the run: a problem (matplotlib missing, a full disk) is a warning."""
     try:
         from launcher.report.write import write_report
         from trainer.run_layout import RunLayout
+        from trainer.tracking.trackers import upload_after_run
 
         page = write_report([run_dir], RunLayout(run_dir).report)
         print(f"ftl: report {page}", file=sys.stderr)
+        upload_after_run(tracking, run_dir, [RunLayout(run_dir).report])
     except Exception as exc:  # the run itself is done and intact
         print(
             f"ftl: warning: could not write the run's report ({type(exc).__name__}: {exc}); "

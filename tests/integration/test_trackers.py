@@ -71,6 +71,7 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
         eval={"every_steps": 2, "at_start": True, "max_samples": 8},
         checkpoint={"every_steps": 2},
         cluster={"workers": 2},
+        output={"report": True},  # drawn after the workers end, then added to both tracker runs
         tracking={
             "mlflow": {"enabled": True, "tracking_uri": mlflow_server, "experiment": "ftl-test"},
             "wandb": {"enabled": True, "project": "ftl-test", "mode": "offline"},
@@ -122,7 +123,9 @@ def test_mlflow_server_holds_one_run_with_every_record_params_and_artifacts(
     config = yaml.safe_load((resumed_run / "config.yaml").read_text())
     config["training"]["max_steps"] = STEPS
     assert run.data.params == flat_params(config)
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"summary.json", "config.yaml"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"summary.json", "config.yaml", "report"}
+    report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/index.html", "report/data.json", "report/loss.png"} <= report, report
 
 
 def test_wandb_offline_files_hold_every_record_under_one_run_id(resumed_run: Path) -> None:
@@ -131,7 +134,7 @@ def test_wandb_offline_files_hold_every_record_under_one_run_id(resumed_run: Pat
     from wandb.proto import wandb_internal_pb2
 
     offline = sorted((resumed_run / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2  # one per start
+    assert len(offline) == 3  # one per start, and the run reopened to add the report drawn after it
     run_ids = {p.name.rsplit("-", 1)[1] for p in offline}
     assert len(run_ids) == 1 and json.loads((resumed_run / "trackers.json").read_text())["wandb"]["run_id"] in run_ids
     logged: dict[str, dict[int, float]] = {}
@@ -146,9 +149,11 @@ def test_wandb_offline_files_hold_every_record_under_one_run_id(resumed_run: Pat
                 if not name.startswith("_") and name != "step":
                     logged.setdefault(name, {})[items["step"]] = value
     assert logged == _expected(resumed_run)
-    files = offline[-1] / "files" / "ftl"
+    files = offline[1] / "files" / "ftl"
     assert (files / "summary.json").read_text() == (resumed_run / "summary.json").read_text()
     assert (files / "config.yaml").read_text() == (resumed_run / "config.yaml").read_text()
+    added = offline[2] / "files" / "ftl" / "report"
+    assert (added / "index.html").read_bytes() == (resumed_run / "report" / "index.html").read_bytes()
 
 
 def _wandb_records(path: Path) -> Iterator[bytes]:

@@ -91,6 +91,22 @@ class TrackerSet:
         )
 
 
+def upload_after_run(cfg: TrackingConfig, run_dir: Path, paths: list[Path]) -> None:
+    """Files made after the workers (and their trackers) ended -- the launcher's report -- added to
+    each tracker run this ftl run logged to: reopened from trackers.json, given the files and closed
+    as it was. Never raises: a failure is one warning, as during training."""
+    state = read_tracker_state(run_dir)
+    finished = RunLayout(run_dir).is_finished()
+    for name in ("mlflow", "wandb"):
+        if not getattr(cfg, name).enabled or not state.get(name, {}).get("run_id"):
+            continue  # off, or never opened (its failure was reported then)
+        try:
+            tracker = _open_tracker(name, cfg, run_dir, run_params(run_dir), state[name])
+            tracker.finish(finished, [p for p in paths if p.exists()])
+        except Exception as exc:  # noqa: BLE001 - the run is done; its files are all on disk
+            log.warning("%s tracker: could not add %s (%s: %s)", name, [p.name for p in paths], type(exc).__name__, exc)
+
+
 def _open_tracker(
     name: str, cfg: TrackingConfig, run_dir: Path, params: dict[str, Any], state: dict[str, Any]
 ) -> Tracker:
