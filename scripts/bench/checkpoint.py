@@ -248,9 +248,7 @@ def main() -> None:
             trainee, fresh = Trainee(layout, args.params_millions), Trainee(layout, args.params_millions, seed=1)
             result = throughput(root / layout, trainee, fresh, args.reps)
             sync_s = blocking(root / layout / "sync", trainee, False, args.saves, args.every)
-            async_s = None
-            if layout != "deepspeed":  # refused: see docs/checkpoints.md
-                async_s = blocking(root / layout / "async", trainee, True, args.saves, args.every)
+            async_s = blocking(root / layout / "async", trainee, True, args.saves, args.every)
             rows.append((layout, result, sync_s, async_s))
     print(f"disk {base} ({os.cpu_count()} CPUs), {args.params_millions:g}M fp32 params + AdamW, medians of {args.reps}")
     print(
@@ -260,7 +258,7 @@ def main() -> None:
     for layout, r, sync_s, async_s in rows:
         size = r["bytes"]
         write, save, read, load = (size / MiB / r[k] for k in ("raw_write", "save", "raw_read", "load"))
-        stall = f"{async_s * 1000:>10.0f}{async_s / sync_s:>7.0%}" if async_s is not None else f"{'refused':>10}{'':>7}"
+        stall = f"{async_s * 1000:>10.0f}{async_s / sync_s:>7.0%}"
         print(
             f"{layout:<11}{size / MiB:>9.0f}{r['files']:>6}{write:>10.0f}{save:>7.0f}{save / write:>7.0%}"
             f"{read:>10.0f}{load:>7.0f}{load / read:>7.0%}{sync_s * 1000:>15.0f}{stall}"

@@ -152,11 +152,11 @@ def write_bytes(path: Path, data: Any, hashes: FileHashes, *, fsync: bool = True
             handle.fsync()
 
 
-def torch_save(obj: Any, path: Path, hashes: FileHashes, *, fsync: bool = True) -> None:
-    """torch.save straight into the file (no in-memory copy of the whole file); a disk error
-    surfaces as the OSError it is, not as torch's zip writer's RuntimeError."""
+def torch_save(obj: Any, path: Path, hashes: FileHashes, *, fsync: bool = True, **options: Any) -> None:
+    """torch.save (with `options`) straight into the file (no in-memory copy of the whole file); a
+    disk error surfaces as the OSError it is, not as torch's zip writer's RuntimeError."""
     with hashes.create(path) as handle:
-        _reraise_disk_error(handle, lambda: torch.save(obj, handle))  # type: ignore[arg-type]
+        _reraise_disk_error(handle, lambda: torch.save(obj, handle, **options))  # type: ignore[arg-type]
         if fsync:
             handle.fsync()
 

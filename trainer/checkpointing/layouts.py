@@ -166,7 +166,8 @@ def host_copy(state: Any) -> Any:
     if isinstance(state, dict):
         return {key: host_copy(value) for key, value in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(host_copy(value) for value in state)
+        values = [host_copy(value) for value in state]
+        return type(state)(*values) if hasattr(state, "_fields") else type(state)(values)
     return state
 
 

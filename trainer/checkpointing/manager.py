@@ -169,11 +169,15 @@ class CheckpointManager:
     def _hold_steps_until_snapshot(self, optimizer: Any) -> None:
         """The background writer copies the live state first: the next optimizer step (the first
         thing that changes it in place) waits for that copy, the forward and backward before it
-        do not. A hook on each optimizer (one per parameter with optimizer_in_backward)."""
+        do not. A hook on each torch optimizer: one per parameter with optimizer_in_backward; under
+        DeepSpeed ZeRO the wrapper's base optimizer, whose step is the first to change saved state."""
         for each in getattr(optimizer, "optimizers", [optimizer]):
-            if id(each) not in self._held_optimizers and hasattr(each, "register_step_pre_hook"):
-                each.register_step_pre_hook(lambda *_: self._wait_snapshot())
-                self._held_optimizers.add(id(each))
+            torch_optimizer = each if hasattr(each, "register_step_pre_hook") else getattr(each, "optimizer", None)
+            if torch_optimizer is None or not hasattr(torch_optimizer, "register_step_pre_hook"):
+                raise RuntimeError(f"asynchronous save cannot hold the steps of {type(each).__name__}")
+            if id(torch_optimizer) not in self._held_optimizers:
+                torch_optimizer.register_step_pre_hook(lambda *_: self._wait_snapshot())
+                self._held_optimizers.add(id(torch_optimizer))
 
     def _wait_snapshot(self) -> None:
         pending = self.pending
