@@ -85,7 +85,7 @@ def test_async_save_commits_only_after_the_write(tmp_path: Path, monkeypatch: py
     step_begun = threading.Event()
     optimizer.register_step_pre_hook(lambda *_: step_begun.set())  # runs before the manager's hold
     copy = layouts.host_copy
-    monkeypatch.setattr(layouts, "host_copy", lambda state: step_begun.wait() and copy(state))
+    monkeypatch.setattr(layouts, "host_copy", lambda state, reuse=None: step_begun.wait() and copy(state, reuse))
     manager = _manager(tmp_path, keep_last=2, async_save=True)
     manager.save(model, optimizer, scheduler, LoopState(step=1))
     assert manager.pending is not None

@@ -54,6 +54,7 @@ class DeepSpeedStateIO:
         self.strategy, self.adapter_only = strategy, adapter_only
         self.hashes = FileHashes()
         self._warned_foreign_engine = False
+        self._snapshot: Any = None  # the last asynchronous save's host copy, reused by the next
 
     def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> Any:
         engine = self.strategy.engine
@@ -82,7 +83,11 @@ class DeepSpeedStateIO:
             for state, path in snapshot:
                 torch_save(state, Path(path), self.hashes, **options)
 
-        return ThreadWrite(write_all, lambda: [(host_copy(state), path) for state, path in frozen])
+        def snapshot() -> list[tuple[Any, str]]:
+            self._snapshot = host_copy(frozen, self._snapshot)
+            return self._snapshot
+
+        return ThreadWrite(write_all, snapshot)
 
     def _checkpoint_engine(self, engine: Any, async_write: bool) -> Any:
         """Ours, installed in place of DeepSpeed's default engine; None if the user chose another."""

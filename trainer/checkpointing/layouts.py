@@ -117,6 +117,7 @@ class ReplicatedStateIO:
     ):
         self.trainable_state, self.unwrapped, self.rank = trainable_state, unwrapped, rank
         self.hashes = FileHashes()
+        self._snapshot: Any = None  # the last asynchronous save's host copy, reused by the next
 
     def write(
         self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool
@@ -130,7 +131,8 @@ class ReplicatedStateIO:
             live_optim = optimizer.state_dict()  # its tensors are the live ones, mutated in place by a step
 
             def snapshot() -> tuple[dict[str, torch.Tensor], Any]:
-                return host_copy(live), host_copy(live_optim)
+                self._snapshot = host_copy((live, live_optim), self._snapshot)
+                return self._snapshot
 
             return ThreadWrite(
                 lambda state: _write_replicated(directory, state[0], state[1], step, self.rank, self.hashes), snapshot
@@ -155,18 +157,24 @@ class ReplicatedStateIO:
         return self.hashes.relative_to(directory)
 
 
-def host_copy(state: Any) -> Any:
+def host_copy(state: Any, reuse: Any = None) -> Any:
     """A copy of every tensor in a nested state (dicts, lists, tuples) in host memory: pinned
-    when a GPU is there (a fast device-to-host copy), a plain clone on CPU."""
+    when a GPU is there (a fast device-to-host copy), plain memory on CPU. `reuse`: the previous
+    copy of the same state (its write finished); its buffers of the same shape and dtype are
+    overwritten instead of allocated again (fresh memory costs a page fault per page)."""
     if isinstance(state, torch.Tensor):
+        if isinstance(reuse, torch.Tensor) and reuse.shape == state.shape and reuse.dtype == state.dtype:
+            return reuse.copy_(state.detach())
         if state.device.type == "cpu":
             return state.detach().clone(memory_format=torch.contiguous_format)
         copy = torch.empty(state.shape, dtype=state.dtype, pin_memory=torch.cuda.is_available())
         return copy.copy_(state.detach())
     if isinstance(state, dict):
-        return {key: host_copy(value) for key, value in state.items()}
+        old = reuse if isinstance(reuse, dict) else {}
+        return {key: host_copy(value, old.get(key)) for key, value in state.items()}
     if isinstance(state, (list, tuple)):
-        values = [host_copy(value) for value in state]
+        old = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(state) else [None] * len(state)
+        values = [host_copy(value, previous) for value, previous in zip(state, old, strict=True)]
         return type(state)(*values) if hasattr(state, "_fields") else type(state)(values)
     return state
 

@@ -46,6 +46,7 @@ class DCPStateIO:
         self._async_group: Any = None
         self._last: Any = None  # the last write's DCP Metadata
         self.hashes = FileHashes()
+        self._staging_writer: Any = None
 
     def prepare_async(self) -> None:
         """Collective (every rank, once): the process group the background writes use."""
@@ -62,23 +63,30 @@ class DCPStateIO:
         state = {"model": model_state, "optim": optim_state}
         self.hashes.clear()
         self._last = None
-        writer = self._writer(directory / STATE_DIR)
+        target = str(directory / STATE_DIR)
         if async_write:
-            group = self._async_group
+            writer, group = self._async_writer(target), self._async_group
 
             def save(staged: Any) -> None:
-                self._last = dcp.save(staged, storage_writer=writer, process_group=group)
+                self._last = dcp.save(staged, checkpoint_id=target, storage_writer=writer, process_group=group)
 
             return ThreadWrite(save, lambda: writer.stage(state))
-        self._last = dcp.save(state, storage_writer=writer)
+        self._last = dcp.save(state, storage_writer=self._writer(target))
         return None
 
-    def _writer(self, path: Path) -> Any:
+    def _writer(self, path: str, **options: Any) -> Any:
         from torch.distributed.checkpoint import FileSystemWriter
 
-        writer = FileSystemWriter(str(path), sync_files=True)
+        writer = FileSystemWriter(path, sync_files=True, **options)
         writer.fs = _hashing_file_system(self.hashes)
         return writer
+
+    def _async_writer(self, path: str) -> Any:
+        """One writer for every asynchronous save (dcp.save points it at each new path). Its
+        staging cache stays off: torch pins the cached buffers, which needs an accelerator."""
+        if self._staging_writer is None:
+            self._staging_writer = self._writer(path)
+        return self._staging_writer
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
