@@ -91,7 +91,7 @@ class DeepSpeedStateIO:
 
     def _checkpoint_engine(self, engine: Any, async_write: bool) -> Any:
         """Ours, installed in place of DeepSpeed's default engine; None if the user chose another."""
-        current = getattr(engine, "checkpoint_engine", None)
+        current: Any = getattr(engine, "checkpoint_engine", None)
         if getattr(current, "ftl_hashing", False):
             return current
         from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine

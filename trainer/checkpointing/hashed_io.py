@@ -203,7 +203,7 @@ def safetensors_parts(tensors: dict[str, torch.Tensor]) -> tuple[bytes, list[mem
             "data_offsets": [offset, offset + size],
         }
         if size:
-            views.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            views.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it

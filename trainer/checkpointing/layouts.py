@@ -170,11 +170,13 @@ def host_copy(state: Any, reuse: Any = None) -> Any:
         copy = torch.empty(state.shape, dtype=state.dtype, pin_memory=torch.cuda.is_available())
         return copy.copy_(state.detach())
     if isinstance(state, dict):
-        old = reuse if isinstance(reuse, dict) else {}
-        return {key: host_copy(value, old.get(key)) for key, value in state.items()}
+        previous_items = reuse if isinstance(reuse, dict) else {}
+        return {key: host_copy(value, previous_items.get(key)) for key, value in state.items()}
     if isinstance(state, (list, tuple)):
-        old = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(state) else [None] * len(state)
-        values = [host_copy(value, previous) for value, previous in zip(state, old, strict=True)]
+        previous_values = (
+            reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(state) else [None] * len(state)
+        )
+        values = [host_copy(value, previous) for value, previous in zip(state, previous_values, strict=True)]
         return type(state)(*values) if hasattr(state, "_fields") else type(state)(values)
     return state
 
