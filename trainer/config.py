@@ -421,10 +421,13 @@ class TrainerConfig(Section):
     @model_validator(mode="after")
     def _cross_section_rules(self) -> TrainerConfig:
         # Each rule here relates keys of several sections, which no single section's validator sees.
-        if self.checkpoint.async_save and self.parallel.strategy == "deepspeed":
+        nvme = "nvme" in (self.parallel.offload_optimizer, self.parallel.offload_params)
+        if self.checkpoint.async_save and self.parallel.strategy == "deepspeed" and nvme:
             raise ValueError(
-                "checkpoint.async_save is not supported with parallel.strategy=deepspeed (the ZeRO engine "
-                "saves synchronously); set checkpoint.async_save=false or use fsdp"
+                "checkpoint.async_save is not supported with DeepSpeed NVMe offload (parallel.offload_optimizer "
+                "or offload_params = nvme): DeepSpeed swaps that state between NVMe and memory as training goes "
+                "on, outside the state it hands to the checkpoint writer; set checkpoint.async_save=false or "
+                "offload to cpu"
             )
         formats = self.data.formats()
         if formats <= {"text", "classification"} and self.eval.generation.enabled and self._has_eval_data():

@@ -1,21 +1,36 @@
-"""Benchmark: checkpoint save/load throughput against the raw sequential write/read speed of the
-same disk, measured in the same run; and the training stall of asynchronous vs synchronous save.
+"""Benchmark: checkpoint save/load throughput of each layout against the raw sequential write/read
+speed of the same disk, and how long checkpointing blocks a training loop, synchronous vs asynchronous.
 
-    .venv/bin/python scripts/bench/checkpoint.py [--dir /path/on/the/disk] [--params-millions 32] [--layout replicated|dcp]
+    .venv/bin/python scripts/bench/checkpoint.py [--dir /path/on/the/disk] [--params-millions 16]
+        [--layouts replicated,dcp,deepspeed] [--reps 3]
 
 The model is a stack of fp32 linear layers trained with AdamW (checkpoint = weights + two Adam
-moments, ~12 bytes per parameter). Reads are measured cold: each file is dropped from the page
-cache first (posix_fadvise DONTNEED), so they hit the disk, not memory. Save time includes
-everything the commit protocol does (fsync, sha256 of every file, manifest, rename).
+moments, ~12 bytes per parameter; DeepSpeed ZeRO-2 in one process adds its fp32 master copy).
+
+How it stays fair on a disk other work is using:
+- raw and checkpoint I/O are measured the same way: the raw baseline writes files of exactly the
+  checkpoint's file sizes (fsync each, as the checkpoint does), and both are read cold: every file
+  is fsynced and dropped from the page cache (posix_fadvise DONTNEED) before it is read;
+- repetitions are interleaved (raw write, checkpoint save, raw read, checkpoint load, per layout
+  and repetition, the order of raw and checkpoint alternating) and medians are reported, so a
+  burst of someone else's I/O hits both sides alike and one outlier moves nothing.
+Save time is everything the commit protocol does (write, fsync, sha256, manifest, rename, purge).
+Load time is `CheckpointManager.load` (resume additionally verifies every checksum first).
+Blocking time is what the training thread spends in save/poll/close plus, for asynchronous save,
+the wait of the next optimizer step for the background snapshot.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,36 +40,69 @@ from trainer.config import TrainingConfig
 from trainer.loop_state import LoopState
 from trainer.optim import WarmupDecaySchedule
 
-
-def build(params_millions: float, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, WarmupDecaySchedule]:
-    torch.manual_seed(seed)
-    width = 1024
-    layers = max(1, round(params_millions * 1e6 / (width * width)))
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
-    return model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(learning_rate=1e-4), total_steps=1000)
+MiB = 1 << 20
+WIDTH = 1024
+BATCH = 64
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: WarmupDecaySchedule) -> None:
-    x = torch.randn(64, 1024)
-    model(x).square().mean().backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+class Trainee:
+    """A model, its optimizer, LR schedule and the layout's StateIO; `step` trains one step."""
+
+    def __init__(self, layout: str, params_millions: float, seed: int = 0):
+        torch.manual_seed(seed)
+        layers = max(1, round(params_millions * 1e6 / (WIDTH * WIDTH)))
+        model: Any = torch.nn.Sequential(*[torch.nn.Linear(WIDTH, WIDTH, bias=False) for _ in range(layers)])
+        optimizer: Any = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+        self.layout = layout
+        if layout == "deepspeed":
+            import deepspeed
+
+            from trainer.checkpointing.deepspeed_state import DeepSpeedStateIO
+
+            config = {
+                "train_micro_batch_size_per_gpu": BATCH,
+                "train_batch_size": BATCH,
+                "zero_optimization": {"stage": 2},
+                "zero_allow_untested_optimizer": True,
+                "steps_per_print": 10**9,
+            }
+            model, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+            optimizer = model.optimizer
+            self.engine, self.zero_stage, self.universal_checkpoint = model, 2, None
+            self.io: Any = DeepSpeedStateIO(self, adapter_only=False)
+        elif layout == "dcp":
+            from trainer.checkpointing.sharded import DCPStateIO
+
+            self.io = DCPStateIO()
+        else:
+            from trainer.checkpointing.layouts import ReplicatedStateIO
+
+            self.io = ReplicatedStateIO(
+                lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, 0
+            )
+        self.model, self.optimizer = model, optimizer
+        self.scheduler = WarmupDecaySchedule(optimizer, TrainingConfig(learning_rate=1e-4), total_steps=10**6)
+
+    def step(self) -> None:
+        loss = self.model(torch.randn(BATCH, WIDTH)).square().mean()
+        if self.layout == "deepspeed":
+            self.model.backward(loss)
+            self.model.step()
+        else:
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def manager(self, directory: Path, async_save: bool = False) -> CheckpointManager:
+        return CheckpointManager(
+            directory, self.io, rank=0, world_size=1, device="cpu", keep_last=2, async_save=async_save
+        )
 
 
-def state_io(layout: str):  # noqa: ANN201 - a StateIO
-    if layout == "dcp":
-        from trainer.checkpointing.sharded import DCPStateIO
-
-        return DCPStateIO()
-    from trainer.checkpointing.layouts import ReplicatedStateIO
-
-    return ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
-
-
-def drop_cache(path: Path) -> None:
-    for file in [path] if path.is_file() else [path / f for f in list_files(path)]:
+def drop_cache(files: list[Path]) -> None:
+    """Make the next read of these files come from the disk: flush them, then evict their pages."""
+    for file in files:
         fd = os.open(file, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -63,100 +111,159 @@ def drop_cache(path: Path) -> None:
             os.close(fd)
 
 
-def raw_disk(directory: Path, size: int) -> tuple[float, float]:
-    """Sequential write (with fsync) and cold read of one file of `size` bytes, in bytes/s."""
-    path = directory / "raw.bin"
-    block = os.urandom(1 << 20)
-    started = time.perf_counter()
-    with path.open("wb") as handle:
-        for _ in range(size // len(block)):
-            handle.write(block)
-        handle.flush()
-        os.fsync(handle.fileno())
-    write_s = time.perf_counter() - started
-    drop_cache(path)
-    started = time.perf_counter()
-    with path.open("rb") as handle:
-        while handle.read(1 << 24):
-            pass
-    read_s = time.perf_counter() - started
-    path.unlink()
-    return size / write_s, size / read_s
+def checkpoint_files(path: Path) -> list[Path]:
+    return [path / name for name in list_files(path)]
 
 
-def save_load(directory: Path, params_millions: float, layout: str) -> tuple[int, float, float]:
-    model, optimizer, scheduler = build(params_millions)
-    train_step(model, optimizer, scheduler)  # Adam moments exist
-    manager = CheckpointManager(directory, state_io(layout), rank=0, world_size=1, device="cpu", keep_last=2)
+def raw_write(directory: Path, sizes: list[int], block: memoryview) -> float:
+    """Seconds to write (and fsync) one file per size, as the checkpoint's writers do."""
+    directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    path = manager.save(model, optimizer, scheduler, LoopState(step=1))
-    save_s = time.perf_counter() - started
-    size = sum((path / f).stat().st_size for f in list_files(path))
-    fresh, fresh_optimizer, fresh_scheduler = build(params_millions, seed=1)
-    drop_cache(path)
-    started = time.perf_counter()
-    manager.load(path, fresh, fresh_optimizer, fresh_scheduler)
-    load_s = time.perf_counter() - started
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
-    return size, size / save_s, size / load_s
+    for index, size in enumerate(sizes):
+        fd = os.open(directory / f"raw-{index}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            left = size
+            while left:
+                left -= os.write(fd, block[: min(left, len(block))])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    seconds = time.perf_counter() - started
+    drop_cache(sorted(directory.iterdir()))
+    return seconds
 
 
-def stall(
-    directory: Path, params_millions: float, layout: str, async_save: bool, steps: int, every: int
-) -> tuple[float, float]:
-    """Time checkpointing blocks the training loop per save (saving, waiting for the previous
-    async write, committing it), and the total loop time."""
-    model, optimizer, scheduler = build(params_millions)
-    manager = CheckpointManager(
-        directory, state_io(layout), rank=0, world_size=1, device="cpu", keep_last=2, async_save=async_save
-    )
-    blocked = 0.0
+def raw_read(directory: Path, buffer: memoryview) -> float:
+    files = sorted(directory.iterdir())
     started = time.perf_counter()
-    for step in range(1, steps + 1):
-        train_step(model, optimizer, scheduler)
-        before = time.perf_counter()
-        manager.poll()
-        if step % every == 0:
-            manager.save(model, optimizer, scheduler, LoopState(step=step))
-        blocked += time.perf_counter() - before
-    before = time.perf_counter()
+    for file in files:
+        with open(file, "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+    seconds = time.perf_counter() - started
+    for file in files:
+        file.unlink()
+    return seconds
+
+
+def throughput(root: Path, trainee: Trainee, fresh: Trainee, reps: int) -> dict[str, Any]:
+    manager = trainee.manager(root / "ckpt")
+    trainee.step()  # Adam moments exist
+    path = manager.save(trainee.model, trainee.optimizer, trainee.scheduler, LoopState(step=1))  # warm-up
+    sizes = [file.stat().st_size for file in checkpoint_files(path)]
+    block = memoryview(os.urandom(8 * MiB))
+    buffer = memoryview(bytearray(8 * MiB))
+    times: dict[str, list[float]] = {"raw_write": [], "save": [], "raw_read": [], "load": []}
+    for rep in range(reps):
+
+        def save(rep: int = rep) -> None:
+            started = time.perf_counter()
+            saved = manager.save(trainee.model, trainee.optimizer, trainee.scheduler, LoopState(step=rep + 2))
+            times["save"].append(time.perf_counter() - started)
+            drop_cache(checkpoint_files(saved))
+
+        def raw() -> None:
+            times["raw_write"].append(raw_write(root / "raw", sizes, block))
+
+        for work in (save, raw) if rep % 2 else (raw, save):
+            work()
+        latest = committed_checkpoints(root / "ckpt")[-1]
+
+        def load(latest: Path = latest) -> None:
+            started = time.perf_counter()
+            manager.load(latest, fresh.model, fresh.optimizer, fresh.scheduler)
+            times["load"].append(time.perf_counter() - started)
+
+        def read() -> None:
+            times["raw_read"].append(raw_read(root / "raw", buffer))
+
+        for work in (load, read) if rep % 2 else (read, load):
+            work()
+    return {"bytes": sum(sizes), "files": len(sizes), **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def blocking(directory: Path, trainee: Trainee, async_save: bool, saves: int, every: int) -> float:
+    """Median seconds per save the training thread is blocked by checkpointing: in save, in the
+    polls that commit it, and (asynchronous) in the next optimizer step's wait for the snapshot.
+    Saves are spaced so that an asynchronous write finishes before the next save (at least `every`
+    steps, more while it is still in flight), as in a real run where saves are minutes apart;
+    otherwise the next save would wait for it, which measures the disk, not the stall."""
+    manager = trainee.manager(directory, async_save=async_save)
+    held = [0.0]
+    wait_snapshot: Callable[[], None] = manager._wait_snapshot
+
+    def timed_wait() -> None:
+        started = time.perf_counter()
+        wait_snapshot()
+        held[0] += time.perf_counter() - started
+
+    manager._wait_snapshot = timed_wait  # type: ignore[method-assign]
+    per_save: list[float] = []
+    for save in range(1, saves + 1):
+        held[0] = 0.0
+        started = time.perf_counter()
+        manager.save(trainee.model, trainee.optimizer, trainee.scheduler, LoopState(step=save))
+        blocked = time.perf_counter() - started
+        steps = 0
+        while steps < every or manager.pending is not None:
+            trainee.step()
+            started = time.perf_counter()
+            manager.poll()
+            blocked += time.perf_counter() - started
+            steps += 1
+        per_save.append(blocked + held[0])
     manager.close()
-    blocked += time.perf_counter() - before
-    total = time.perf_counter() - started
-    assert committed_checkpoints(directory)[-1].name == f"step-{steps - steps % every}"
-    return blocked / (steps // every), total
+    return statistics.median(per_save)
+
+
+def init_single_process_group() -> None:
+    import torch.distributed as dist
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    dist.init_process_group("gloo", rank=0, world_size=1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", help="a directory on the disk to measure (default: a temp dir under the cwd)")
-    parser.add_argument("--params-millions", type=float, default=32.0)
-    parser.add_argument("--layout", choices=["replicated", "dcp"], default="replicated")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--every", type=int, default=3)
+    parser.add_argument("--params-millions", type=float, default=16.0)
+    parser.add_argument("--layouts", default="replicated,dcp,deepspeed")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (medians are reported)")
+    parser.add_argument("--saves", type=int, default=3, help="saves per blocking-time loop")
+    parser.add_argument("--every", type=int, default=3, help="least steps between saves in the blocking-time loop")
     args = parser.parse_args()
+    layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    if "deepspeed" in layouts:
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
+        init_single_process_group()
     base = Path(args.dir) if args.dir else Path.cwd()
+    rows = []
     with tempfile.TemporaryDirectory(dir=base, prefix=".ftl-bench-") as tmp:
         root = Path(tmp)
-        size, save_bps, load_bps = save_load(root / "saveload", args.params_millions, args.layout)
-        write_bps, read_bps = raw_disk(root, size)
-        mb = 1 << 20
+        for layout in layouts:
+            trainee, fresh = Trainee(layout, args.params_millions), Trainee(layout, args.params_millions, seed=1)
+            result = throughput(root / layout, trainee, fresh, args.reps)
+            sync_s = blocking(root / layout / "sync", trainee, False, args.saves, args.every)
+            async_s = blocking(root / layout / "async", trainee, True, args.saves, args.every)
+            rows.append((layout, result, sync_s, async_s))
+    print(f"disk {base} ({os.cpu_count()} CPUs), {args.params_millions:g}M fp32 params + AdamW, medians of {args.reps}")
+    print(
+        f"{'layout':<11}{'size MiB':>9}{'files':>6}{'raw write':>10}{'save':>7}{'ratio':>7}"
+        f"{'raw read':>10}{'load':>7}{'ratio':>7}{'block sync ms':>15}{'async ms':>10}{'ratio':>7}"
+    )
+    for layout, r, sync_s, async_s in rows:
+        size = r["bytes"]
+        write, save, read, load = (size / MiB / r[k] for k in ("raw_write", "save", "raw_read", "load"))
+        stall = f"{async_s * 1000:>10.0f}{async_s / sync_s:>7.0%}"
         print(
-            f"disk {root}  checkpoint {size / mb:.0f} MiB ({args.params_millions:g}M fp32 params + AdamW, layout {args.layout})"
+            f"{layout:<11}{size / MiB:>9.0f}{r['files']:>6}{write:>10.0f}{save:>7.0f}{save / write:>7.0%}"
+            f"{read:>10.0f}{load:>7.0f}{load / read:>7.0%}{sync_s * 1000:>15.0f}{stall}"
         )
-        print(f"{'':<22}{'MiB/s':>10}{'vs raw disk':>14}")
-        print(f"{'raw sequential write':<22}{write_bps / mb:>10.0f}")
-        print(f"{'checkpoint save':<22}{save_bps / mb:>10.0f}{save_bps / write_bps:>13.0%}")
-        print(f"{'raw sequential read':<22}{read_bps / mb:>10.0f}")
-        print(f"{'checkpoint load':<22}{load_bps / mb:>10.0f}{load_bps / read_bps:>13.0%}")
-        sync_stall, sync_total = stall(root / "sync", args.params_millions, args.layout, False, args.steps, args.every)
-        async_stall, async_total = stall(
-            root / "async", args.params_millions, args.layout, True, args.steps, args.every
-        )
-        print(f"\ntraining stall per save, {args.steps} steps with a save every {args.every}:")
-        print(f"  sync  save: {sync_stall * 1000:8.0f} ms stall, loop {sync_total:6.1f} s")
-        print(f"  async save: {async_stall * 1000:8.0f} ms stall, loop {async_total:6.1f} s")
+    print("(MiB/s for raw write, save, raw read, load; ratio = checkpoint / raw of the same disk)")
 
 
 if __name__ == "__main__":

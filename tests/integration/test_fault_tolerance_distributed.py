@@ -131,7 +131,9 @@ def _copy_checkpoint(source: Path, run_dir: Path) -> Path:
     return Path(shutil.copytree(source, run_dir / "checkpoints" / source.name))
 
 
-def test_zero2_resumes_exactly_and_reshards_through_universal_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_zero2_resumes_exactly_async_too_and_reshards_through_universal_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     zero = {"strategy": "deepspeed", "zero_stage": 2}
     steps = 6  # 2 -> 1 worker at step 2, back to 2 workers at step 4
     golden = _train(_config(tmp_path, "golden", tiny_model_dir, zero, steps=steps, keep_last=3))
@@ -145,6 +147,20 @@ def test_zero2_resumes_exactly_and_reshards_through_universal_checkpoint(tiny_mo
     resumed = _train(config)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_bit_identical(tmp_path / "run", tmp_path / "golden", steps)
+
+    # Asynchronous save: rank 0 dies right after starting the background write of step 4 (both
+    # ranks' partitions in flight): step 2 stays the latest, and the resume matches the golden run.
+    config = _config(tmp_path, "async", tiny_model_dir, zero, steps=steps, keep_last=3, async_save=True)
+    killed = _train(config, FTL_FAULT_KILL_AT="async_in_flight@4")
+    assert killed.returncode != 0
+    assert [p.name for p in committed_checkpoints(tmp_path / "async")] == ["step-2"]
+    manifest = (tmp_path / "async" / "checkpoints" / "step-2" / "manifest.json").read_text()
+    assert "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt" in manifest  # rank 1's partition, written in the background
+    resumed = _train(config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_every_file_claimed(tmp_path / "async")
+    _assert_bit_identical(tmp_path / "async", tmp_path / "golden", steps)
+    assert all(validate_checkpoint(path) is None for path in committed_checkpoints(tmp_path / "async"))
 
     # 2 -> 1: the golden run's step-2 checkpoint, resumed by one worker with the same global batch,
     # stopped after step 4 (which it checkpoints as a 1-worker ZeRO checkpoint).

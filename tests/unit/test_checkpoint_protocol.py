@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from trainer.checkpointing import layouts
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.protocol import committed_checkpoints, latest_valid_checkpoint, validate_checkpoint
@@ -74,21 +76,30 @@ def test_manifest_describes_the_checkpoint(tmp_path: Path) -> None:
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-2"
 
 
-def test_async_save_commits_only_after_the_write(tmp_path: Path) -> None:
+def test_async_save_commits_only_after_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     optimizer, scheduler = _training(model)
+    # The writer thread copies the live state only once the next optimizer step has begun: that
+    # step must wait for the copy (the manager's hold), or the copy would see the updated weights.
+    step_begun = threading.Event()
+    optimizer.register_step_pre_hook(lambda *_: step_begun.set())  # runs before the manager's hold
+    copy = layouts.host_copy
+    monkeypatch.setattr(layouts, "host_copy", lambda state, reuse=None: step_begun.wait() and copy(state, reuse))
     manager = _manager(tmp_path, keep_last=2, async_save=True)
     manager.save(model, optimizer, scheduler, LoopState(step=1))
     assert manager.pending is not None
     assert committed_checkpoints(tmp_path) == []  # in flight: not discoverable yet
     saved = model.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)  # training goes on; the snapshot must not see it
+    model(torch.randn(2, 4)).sum().backward()  # training goes on; the snapshot must not see it
+    optimizer.step()
+    assert not torch.equal(model.weight, saved)
     manager.close()
     fresh = torch.nn.Linear(4, 3)
-    manager.load(committed_checkpoints(tmp_path)[0], fresh, *_training(fresh))
+    path = committed_checkpoints(tmp_path)[0]
+    manager.load(path, fresh, *_training(fresh))
     assert torch.equal(fresh.weight, saved)
+    assert validate_checkpoint(path) is None  # checksums hashed while writing are those of the files
 
 
 def test_unfinished_write_is_invisible(tmp_path: Path) -> None:

@@ -166,8 +166,14 @@ def test_config_snapshot_redacts_secrets() -> None:
             "checkpoint.async_save needs checkpoint.keep_last >= 2",
         ),
         (
-            ["checkpoint.async_save=true", "parallel.strategy=deepspeed", "cluster.workers=2"],
-            "not supported with parallel.strategy=deepspeed",
+            [
+                "checkpoint.async_save=true",
+                "parallel.strategy=deepspeed",
+                "parallel.offload_optimizer=nvme",
+                "parallel.nvme_path=/tmp",
+                "cluster.workers=2",
+            ],
+            "checkpoint.async_save is not supported with DeepSpeed NVMe offload",
         ),
         (["checkpoint.every_minutes=-1"], "checkpoint.every_minutes"),
     ],

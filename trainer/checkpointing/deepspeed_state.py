@@ -6,16 +6,32 @@ by our manifest + atomic rename. ZeRO partitions optimizer state (and for stage 
 rank, so the engine loads these files only on the same worker count and stage; on another worker
 count it loads a universal copy instead (universal.py). Which one is decided before the model is
 built (compat.py checks it can, DeepSpeedStrategy.prepare_resume makes the copy).
+
+The engine writes each file through its checkpoint engine; ours (`HashingCheckpointEngine`, in
+place of DeepSpeed's default torch.save engine) hashes each file while writing it and fsyncs it.
+For an asynchronous save it only collects what the engine hands it (the state dicts, whose
+tensors are the live ones): the engine's collectives and bookkeeping stay on the training
+thread, the writer thread copies the tensors to host memory (the manager holds the ZeRO
+optimizer's next base-optimizer step until then) and writes the files. A checkpoint engine the
+user configured (DeepSpeed's decoupled/fast writers, Nebula, DataStates) is left in place: then
+the save is synchronous and the commit hashes the files.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from trainer.checkpointing.hashed_io import FileHashes, torch_save
+from trainer.checkpointing.layouts import ThreadWrite, host_copy
 from trainer.checkpointing.safe_load import weights_only_loads
+
+log = logging.getLogger(__name__)
 
 TAG = "ds"
 
@@ -36,13 +52,62 @@ class DeepSpeedStateIO:
 
     def __init__(self, strategy: DeepSpeedEngineOwner, adapter_only: bool):
         self.strategy, self.adapter_only = strategy, adapter_only
+        self.hashes = FileHashes()
+        self._warned_foreign_engine = False
+        self._snapshot: Any = None  # the last asynchronous save's host copy, reused by the next
 
-    def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> None:
-        # Adapter methods: the frozen base is not state (it comes from model.path).
-        self.strategy.engine.save_checkpoint(
-            str(directory), tag=TAG, client_state={}, save_latest=False, exclude_frozen_parameters=self.adapter_only
-        )
-        return None
+    def write(self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool) -> Any:
+        engine = self.strategy.engine
+        ours = self._checkpoint_engine(engine, async_write)
+        self.hashes.clear()
+        collected: list[tuple[Any, str]] | None = [] if async_write and ours is not None else None
+        if ours is not None:
+            ours.collected = collected
+        try:
+            # Adapter methods: the frozen base is not state (it comes from model.path).
+            engine.save_checkpoint(
+                str(directory), tag=TAG, client_state={}, save_latest=False, exclude_frozen_parameters=self.adapter_only
+            )
+        finally:
+            if ours is not None:
+                ours.collected = None
+        if collected is None:
+            return None
+        assert ours is not None
+        # Non-tensor values (the loss scaler, counters) may change before the next base-optimizer
+        # step: copied now; the tensors are copied by the writer thread before that step.
+        frozen = [(_copy_all_but_tensors(state), path) for state, path in collected]
+        options = {"_use_new_zipfile_serialization": ours.zipfile_serialization}
+
+        def write_all(snapshot: list[tuple[Any, str]]) -> None:
+            for state, path in snapshot:
+                torch_save(state, Path(path), self.hashes, **options)
+
+        def snapshot() -> list[tuple[Any, str]]:
+            self._snapshot = host_copy(frozen, self._snapshot)
+            return self._snapshot
+
+        return ThreadWrite(write_all, snapshot)
+
+    def _checkpoint_engine(self, engine: Any, async_write: bool) -> Any:
+        """Ours, installed in place of DeepSpeed's default engine; None if the user chose another."""
+        current: Any = getattr(engine, "checkpoint_engine", None)
+        if getattr(current, "ftl_hashing", False):
+            return current
+        from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+        if type(current) is not TorchCheckpointEngine:
+            if async_write and not self._warned_foreign_engine:
+                log.warning(
+                    "checkpoint.async_save: DeepSpeed is configured with checkpoint engine %s; it saves "
+                    "synchronously (only DeepSpeed's default torch.save engine is written in the background)",
+                    type(current).__name__,
+                )
+                self._warned_foreign_engine = True
+            return None
+        ours = _hashing_engine(self.hashes, current.zipfile_serialization)
+        engine.checkpoint_engine = ours
+        return ours
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
         # Another worker count: the universal copy made before the engine was built (it has the same
@@ -64,6 +129,9 @@ class DeepSpeedStateIO:
     def manifest_extra(self) -> dict[str, Any]:
         return {"zero_stage": self.strategy.zero_stage}
 
+    def written_hashes(self, directory: Path) -> dict[str, str]:
+        return self.hashes.relative_to(directory)
+
     def written_files(self, directory: Path) -> list[str]:
         """What engine.save_checkpoint wrote on this rank, named by the engine's own naming
         functions: the model states (data-parallel rank 0; every rank under ZeRO-3), this rank's
@@ -82,6 +150,46 @@ class DeepSpeedStateIO:
         if getattr(engine, "global_rank", None) == 0:
             names += [script for script in ("zero_to_fp32.py", "zero_to_torch.py") if (directory / script).is_file()]
         return names
+
+
+def _copy_all_but_tensors(state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state
+    if isinstance(state, dict):
+        return {key: _copy_all_but_tensors(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        values = [_copy_all_but_tensors(value) for value in state]
+        return type(state)(*values) if hasattr(state, "_fields") else type(state)(values)
+    return copy.deepcopy(state)
+
+
+def _hashing_engine(hashes: FileHashes, zipfile_serialization: bool) -> Any:
+    return _hashing_engine_class()(hashes, zipfile_serialization)
+
+
+@functools.cache
+def _hashing_engine_class() -> type:
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class HashingCheckpointEngine(TorchCheckpointEngine):
+        """DeepSpeed's torch.save engine, each file hashed while written and fsynced; while
+        `collected` is a list (an asynchronous save), what it is handed is only collected there."""
+
+        ftl_hashing = True
+
+        def __init__(self, hashes: FileHashes, zipfile_serialization: bool):
+            super().__init__(None)
+            self.zipfile_serialization = zipfile_serialization  # as the engine's own config chose
+            self.hashes = hashes
+            self.collected: list[tuple[Any, str]] | None = None
+
+        def save(self, state_dict: Any, path: str) -> None:
+            if self.collected is not None:
+                self.collected.append((state_dict, path))
+                return
+            torch_save(state_dict, Path(path), self.hashes, _use_new_zipfile_serialization=self.zipfile_serialization)
+
+    return HashingCheckpointEngine
 
 
 def _unshare_step_counters(zero_optimizer: Any) -> None:

@@ -10,7 +10,12 @@
   copy converted from it (trainer/checkpointing/universal.py).
 
 A writer may return a PendingWrite: the write continues in the background and the commit waits
-for it (asynchronous save). Once its write finished, each rank names the files it wrote itself
+for it (asynchronous save). The training thread only takes references to the live state; the
+background thread first copies it to host memory (the snapshot), then serialises, hashes and
+writes it. Until the snapshot is taken the state must not change: the manager holds the next
+optimizer step until `wait_snapshot` returns (forward and backward of that step overlap it).
+A writer hashes the files it writes while writing them (hashed_io.py) and reports the digests
+(`written_hashes`), so the commit need not read them back. Once its write finished, each rank names the files it wrote itself
 (`written_files`): those are the ones it fsyncs before the commit, because another rank's files
 may still be in the making and only their writer can make them durable (on a shared filesystem
 an fsync from another node does not flush the writer's cache).
@@ -18,7 +23,6 @@ an fsync from another node does not flush the writer's cache).
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +30,8 @@ from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 
-from trainer.checkpointing.rng import write_torch
+from trainer.checkpointing.hashed_io import FileHashes, safetensors_parts, torch_save
 from trainer.faults import fault_point
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -70,18 +73,29 @@ class FinishedWrite:
 
 
 class ThreadWrite:
-    """A background write in a thread (the state was snapshotted before it started)."""
+    """A background write in a thread: `snapshot` copies the live state (the training thread waits
+    for it before changing that state: `wait_snapshot`), then `work` writes the copy."""
 
-    def __init__(self, work: Callable[[], None]):
+    def __init__(self, work: Callable[[Any], None], snapshot: Callable[[], Any] = lambda: None):
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work,), name="ftl-checkpoint-writer", daemon=True)
+        self._snapshotted = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(snapshot, work), name="ftl-checkpoint-writer", daemon=True
+        )
         self._thread.start()
 
-    def _run(self, work: Callable[[], None]) -> None:
+    def _run(self, snapshot: Callable[[], Any], work: Callable[[Any], None]) -> None:
         try:
-            work()
+            try:
+                state = snapshot()
+            finally:
+                self._snapshotted.set()  # also on failure: the error surfaces at the commit
+            work(state)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread in wait()
             self._error = exc
+
+    def wait_snapshot(self) -> None:
+        self._snapshotted.wait()
 
     def done(self) -> bool:
         return not self._thread.is_alive()
@@ -102,18 +116,29 @@ class ReplicatedStateIO:
         rank: int,
     ):
         self.trainable_state, self.unwrapped, self.rank = trainable_state, unwrapped, rank
+        self.hashes = FileHashes()
+        self._snapshot: Any = None  # the last asynchronous save's host copy, reused by the next
 
     def write(
         self, model: Any, optimizer: Any, directory: Path, *, step: int, async_write: bool
     ) -> PendingWrite | None:
         if self.rank != 0:
             return None
-        trainable = self.trainable_state(model)  # CPU clones: later steps cannot change them
-        optim_state = optimizer.state_dict()
+        self.hashes.clear()
         if async_write:
-            optim_state = copy.deepcopy(optim_state)  # snapshot now; the next step mutates it in place
-            return ThreadWrite(lambda: _write_replicated(directory, trainable, optim_state, step, self.rank))
-        _write_replicated(directory, trainable, optim_state, step, self.rank)
+            # References only (cheap); the writer thread copies them before the next optimizer step.
+            live = {n: p.detach() for n, p in self.unwrapped(model).named_parameters() if p.requires_grad}
+            live_optim = optimizer.state_dict()  # its tensors are the live ones, mutated in place by a step
+
+            def snapshot() -> tuple[dict[str, torch.Tensor], Any]:
+                self._snapshot = host_copy((live, live_optim), self._snapshot)
+                return self._snapshot
+
+            return ThreadWrite(
+                lambda state: _write_replicated(directory, state[0], state[1], step, self.rank, self.hashes), snapshot
+            )
+        trainable = self.trainable_state(model)  # CPU clones
+        _write_replicated(directory, trainable, optimizer.state_dict(), step, self.rank, self.hashes)
         return None
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
@@ -128,18 +153,54 @@ class ReplicatedStateIO:
     def written_files(self, directory: Path) -> list[str]:
         return [TRAINABLE_FILE, OPTIMIZER_FILE] if self.rank == 0 else []
 
+    def written_hashes(self, directory: Path) -> dict[str, str]:
+        return self.hashes.relative_to(directory)
+
+
+def host_copy(state: Any, reuse: Any = None) -> Any:
+    """A copy of every tensor in a nested state (dicts, lists, tuples) in host memory: pinned
+    when a GPU is there (a fast device-to-host copy), plain memory on CPU. `reuse`: the previous
+    copy of the same state (its write finished); its buffers of the same shape and dtype are
+    overwritten instead of allocated again (fresh memory costs a page fault per page)."""
+    if isinstance(state, torch.Tensor):
+        if isinstance(reuse, torch.Tensor) and reuse.shape == state.shape and reuse.dtype == state.dtype:
+            return reuse.copy_(state.detach())
+        if state.device.type == "cpu":
+            return state.detach().clone(memory_format=torch.contiguous_format)
+        copy = torch.empty(state.shape, dtype=state.dtype, pin_memory=torch.cuda.is_available())
+        return copy.copy_(state.detach())
+    if isinstance(state, dict):
+        previous_items = reuse if isinstance(reuse, dict) else {}
+        return {key: host_copy(value, previous_items.get(key)) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        previous_values = (
+            reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(state) else [None] * len(state)
+        )
+        values = [host_copy(value, previous) for value, previous in zip(state, previous_values, strict=True)]
+        return type(state)(*values) if hasattr(state, "_fields") else type(state)(values)
+    return state
+
 
 def _write_replicated(
-    directory: Path, trainable: dict[str, torch.Tensor], optim_state: dict[str, Any], step: int, rank: int
+    directory: Path,
+    trainable: dict[str, torch.Tensor],
+    optim_state: dict[str, Any],
+    step: int,
+    rank: int,
+    hashes: FileHashes,
 ) -> None:
-    data = safetensors_bytes(trainable)
-    half = len(data) // 2
-    with (directory / TRAINABLE_FILE).open("wb") as handle:
-        handle.write(data[:half])
-        handle.flush()
-        fault_point("mid_shard", step, rank)
-        handle.write(data[half:])
-    write_torch({"optimizer": optim_state}, directory / OPTIMIZER_FILE)
+    """Each file straight from the tensors' memory (no serialised copy), hashed while written,
+    fsynced by this writer (so the commit's fsync finds nothing left to flush)."""
+    header, views = safetensors_parts(trainable)
+    with hashes.create(directory / TRAINABLE_FILE) as handle:
+        handle.write(header)
+        for index, view in enumerate(views):
+            if index == len(views) // 2:
+                handle.flush()
+                fault_point("mid_shard", step, rank)
+            handle.write(view)
+        handle.fsync()
+    torch_save({"optimizer": optim_state}, directory / OPTIMIZER_FILE, hashes)
 
 
 def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "state") -> None:

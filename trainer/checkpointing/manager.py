@@ -6,14 +6,17 @@ Save (collective: every rank calls it at the same step):
   2. rank 0 creates `.tmp-step-N/` (removing debris of crashed saves, and moving aside `step-N`
      folders without a manifest: they never block a save nor count as checkpoints), barrier;
   3. every rank writes its RNG state, rank 0 `trainer_state.json`, the StateIO its model and
-     optimizer files (possibly in the background: asynchronous save returns here);
+     optimizer files (possibly in the background: asynchronous save returns here, and the next
+     optimizer step waits only until the writer thread has copied the state it saves);
   4. commit, once the write finished: every rank fsyncs the files it wrote itself (its RNG file,
-     rank 0's loop state, what the StateIO says it wrote) and tells rank 0 their names; only
+     rank 0's loop state, what the StateIO says it wrote) and tells rank 0 their names and
+     sha256 (the StateIO's were computed while writing; the small files are hashed here); only
      when every rank has (the gather is the barrier) does rank 0 list the directory, so no rank
-     ever lists, opens or hashes a file another rank is still writing. Ranks hash a share of
-     the listed files each, rank 0 writes the manifest, fsyncs, renames to `step-N/`, fsyncs the
-     parent, updates the `latest` hint; then purges old checkpoints (retention.py) and removes
-     the checkpoints earlier resumes moved aside as invalid (superseded by this one).
+     ever lists, opens or hashes a file another rank is still writing. Listed files nobody hashed
+     are hashed by the ranks, a share each; rank 0 writes the manifest, fsyncs, renames to
+     `step-N/`, fsyncs the parent, updates the `latest` hint; then purges old checkpoints
+     (retention.py) and removes the checkpoints earlier resumes moved aside as invalid
+     (superseded by this one).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from trainer.checkpointing.protocol import (
     move_aside_unfinished,
     read_manifest,
     sha256_file,
-    write_durably,
     write_latest_hint,
     write_manifest,
 )
@@ -92,6 +94,7 @@ class CheckpointManager:
         self.pending: _InFlight | None = None
         self._warned_unclaimed = False
         self.saved_steps: set[int] = set()  # steps this process saved: only those may already exist at save time
+        self._held_optimizers: set[int] = set()
         # Told about each committed checkpoint on every rank (e.g. to register it with Ray Train).
         self.on_commit = on_commit
         if async_save and hasattr(io, "prepare_async"):
@@ -134,11 +137,12 @@ class CheckpointManager:
             save_rng(tmp / rng_file(self.rank))
             if self.rank == 0:
                 loop = {"loop": asdict(state), "scheduler": scheduler.state_dict()}
-                write_durably(tmp / STATE_FILE, json.dumps(loop).encode())
+                (tmp / STATE_FILE).write_bytes(json.dumps(loop).encode())  # fsynced at the commit
             write = self.io.write(model, optimizer, tmp, step=state.step, async_write=self.async_save)
         except OSError as exc:
             raise self._write_failed(tmp, exc) from exc
         if self.async_save:
+            self._hold_steps_until_snapshot(optimizer)
             # Every rank defers its commit, also one with nothing in the background (DDP's rank 1,
             # a layout without asynchronous writes): the commit is collective, so all ranks must
             # reach it in the same poll, or their collectives pair up wrongly and hang.
@@ -162,6 +166,24 @@ class CheckpointManager:
 
     close = wait
 
+    def _hold_steps_until_snapshot(self, optimizer: Any) -> None:
+        """The background writer copies the live state first: the next optimizer step (the first
+        thing that changes it in place) waits for that copy, the forward and backward before it
+        do not. A hook on each torch optimizer: one per parameter with optimizer_in_backward; under
+        DeepSpeed ZeRO the wrapper's base optimizer, whose step is the first to change saved state."""
+        for each in getattr(optimizer, "optimizers", [optimizer]):
+            torch_optimizer = each if hasattr(each, "register_step_pre_hook") else getattr(each, "optimizer", None)
+            if torch_optimizer is None or not hasattr(torch_optimizer, "register_step_pre_hook"):
+                raise RuntimeError(f"asynchronous save cannot hold the steps of {type(each).__name__}")
+            if id(torch_optimizer) not in self._held_optimizers:
+                torch_optimizer.register_step_pre_hook(lambda *_: self._wait_snapshot())
+                self._held_optimizers.add(id(torch_optimizer))
+
+    def _wait_snapshot(self) -> None:
+        pending = self.pending
+        if pending is not None and hasattr(pending.write, "wait_snapshot"):
+            pending.write.wait_snapshot()
+
     def _commit(
         self,
         write: PendingWrite | None,
@@ -172,26 +194,32 @@ class CheckpointManager:
     ) -> None:
         step = meta["step"]
         own: list[str] = []
+        own_hashes: dict[str, str] = {}
         failure: OSError | None = None
         try:
             if write is not None:
                 write.wait()
             own = [rng_file(self.rank), *([STATE_FILE] if self.rank == 0 else []), *self.io.written_files(tmp)]
+            hashed_while_written = getattr(self.io, "written_hashes", None)
+            known = hashed_while_written(tmp) if hashed_while_written is not None else {}
             for name in own:
                 fsync_file(tmp / name)
+                # The StateIO's files were hashed as they were written; the small ones are hashed here.
+                own_hashes[name] = known[name] if name in known else sha256_file(tmp / name)
         except OSError as exc:
             failure = exc
         # Every rank's files are complete and durable once this returns on rank 0: only now is
         # the directory listed (by rank 0 alone), so no temporary or half-written name is seen.
         # A rank's failure travels with it, so every rank fails this save together (none waits).
-        reports = all_gather_object((own, None if failure is None else (failure.strerror or str(failure))))
-        failed = [(rank, problem) for rank, (_, problem) in enumerate(reports) if problem]
+        reports = all_gather_object((own, own_hashes, None if failure is None else (failure.strerror or str(failure))))
+        failed = [(rank, problem) for rank, (_, _, problem) in enumerate(reports) if problem]
         if failed:
             rank, problem = failed[0]
             raise self._write_failed(
                 tmp, failure or OSError(f"rank {rank}: {problem}"), nobody_writes=True, say=failure is not None
             ) from failure
-        claimed = {name for names, _ in reports for name in names}
+        claimed = {name for names, _, _ in reports for name in names}
+        hashes = {name: digest for _, part, _ in reports for name, digest in part.items()}
         listing: tuple[list[str], str | None] = ([], None)
         if self.rank == 0:
             names = [name for name in list_files(tmp) if name != MANIFEST]
@@ -203,12 +231,13 @@ class CheckpointManager:
         names, problem = broadcast_object(listing)
         if problem:
             raise self._write_failed(tmp, OSError(f"rank 0: {problem}"), nobody_writes=True)
-        # Hashing a large sharded checkpoint on one rank would serialise the save: split it.
-        mine = {name: sha256_file(tmp / name) for name in names[self.rank :: self.world_size]}
-        hashes = {k: v for part in all_gather_object(mine) for k, v in part.items()}
+        unhashed = [name for name in names if name not in hashes]  # the same list on every rank
+        if unhashed:  # files no rank claimed: hashing them on one rank would serialise the save, so split it
+            mine = {name: sha256_file(tmp / name) for name in unhashed[self.rank :: self.world_size]}
+            hashes.update({k: v for part in all_gather_object(mine) for k, v in part.items()})
         if self.rank == 0:
             fault_point("before_manifest", step, self.rank)
-            write_manifest(tmp, meta, hashes)
+            write_manifest(tmp, meta, {name: hashes[name] for name in names})
             fault_point("before_rename", step, self.rank)
             commit(tmp, final)
             write_latest_hint(self.root, final)

@@ -3,18 +3,24 @@ trainable parameters and their optimizer state into `state/`; DCP's metadata let
 ranks (one plain process included) read them back, resharding as needed. DCP's files are pickles:
 they are read through safe_load's restricted reader and weights-only planner.
 
-Asynchronous save uses `dcp.async_save`: the state is staged (copied) to CPU memory before it
-returns, then written by a background thread over a dedicated gloo group, so the background
-collectives never interleave with the training loop's collectives on the default group.
+Asynchronous save runs DCP in a background thread: it stages (copies) the state to host memory
+with the writer's own stager (the manager holds the next optimizer step until that copy is taken),
+then saves the copy over a dedicated gloo group, so the background collectives never interleave
+with the training loop's collectives on the default group. Every file DCP writes is hashed as it
+is written (hashed_io.py), so the commit does not read the shards back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer.checkpointing.hashed_io import FileHashes
+from trainer.checkpointing.layouts import ThreadWrite
 from trainer.checkpointing.safe_load import dcp_load
 
 STATE_DIR = "state"
@@ -38,7 +44,9 @@ class DCPStateIO:
 
     def __init__(self) -> None:
         self._async_group: Any = None
-        self._last: Any = None  # the last write: DCP's Metadata, or the _FutureWrite that yields it
+        self._last: Any = None  # the last write's DCP Metadata
+        self.hashes = FileHashes()
+        self._staging_writer: Any = None
 
     def prepare_async(self) -> None:
         """Collective (every rank, once): the process group the background writes use."""
@@ -53,12 +61,32 @@ class DCPStateIO:
 
         model_state, optim_state = get_state_dict(model, _optimizers(optimizer), options=_options())
         state = {"model": model_state, "optim": optim_state}
+        self.hashes.clear()
+        self._last = None
         target = str(directory / STATE_DIR)
         if async_write:
-            self._last = _FutureWrite(dcp.async_save(state, checkpoint_id=target, process_group=self._async_group))
-            return self._last
-        self._last = dcp.save(state, checkpoint_id=target)
+            writer, group = self._async_writer(target), self._async_group
+
+            def save(staged: Any) -> None:
+                self._last = dcp.save(staged, checkpoint_id=target, storage_writer=writer, process_group=group)
+
+            return ThreadWrite(save, lambda: writer.stage(state))
+        self._last = dcp.save(state, storage_writer=self._writer(target))
         return None
+
+    def _writer(self, path: str, **options: Any) -> Any:
+        from torch.distributed.checkpoint import FileSystemWriter
+
+        writer = FileSystemWriter(path, sync_files=True, **options)
+        writer.fs = _hashing_file_system(self.hashes)
+        return writer
+
+    def _async_writer(self, path: str) -> Any:
+        """One writer for every asynchronous save (dcp.save points it at each new path). Its
+        staging cache stays off: torch pins the cached buffers, which needs an accelerator."""
+        if self._staging_writer is None:
+            self._staging_writer = self._writer(path)
+        return self._staging_writer
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -86,13 +114,16 @@ class DCPStateIO:
         `.metadata`. DCP already fsynced them (sync_files); the commit's fsync is then cheap."""
         import torch.distributed as dist
 
-        metadata = self._last.result() if isinstance(self._last, _FutureWrite) else self._last
+        metadata = self._last
         rank = dist.get_rank() if dist.is_initialized() else 0
         storage = getattr(metadata, "storage_data", None) or {}
         mine = sorted({info.relative_path for info in storage.values() if info.relative_path.startswith(f"__{rank}_")})
         if rank == 0:
             mine.append(".metadata")
         return [f"{STATE_DIR}/{name}" for name in mine]
+
+    def written_hashes(self, directory: Path) -> dict[str, str]:
+        return self.hashes.relative_to(directory)
 
 
 def load_trainable_unsharded(model: torch.nn.Module, directory: Path) -> None:
@@ -106,16 +137,23 @@ def load_trainable_unsharded(model: torch.nn.Module, directory: Path) -> None:
             params[name].copy_(value)
 
 
-class _FutureWrite:
-    def __init__(self, future: Any):
-        # Newer torch may return an AsyncSaveResponse with separate staging/upload futures.
-        self._future = getattr(future, "upload_completion", future)
+def _hashing_file_system(hashes: FileHashes) -> Any:
+    from torch.distributed.checkpoint.filesystem import FileSystem
 
-    def done(self) -> bool:
-        return bool(self._future.done())
+    class HashingFileSystem(FileSystem):
+        """DCP's local filesystem, but every file written is hashed as it is written."""
 
-    def wait(self) -> None:
-        self._future.result()
+        @contextmanager
+        def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
+            if "w" not in mode:
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            with hashes.create(path) as stream:
+                yield stream
 
-    def result(self) -> Any:
-        return self._future.result()
+        def rename(self, path: Any, new_path: Any) -> None:  # DCP writes `.metadata` under a temporary name
+            super().rename(path, new_path)
+            hashes.rename(Path(path), Path(new_path))
+
+    return HashingFileSystem()
