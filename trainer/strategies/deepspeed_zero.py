@@ -128,7 +128,11 @@ class DeepSpeedStrategy(Strategy):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         defaults = torch_optimizer.defaults
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in torch_optimizer.param_groups]
+        # Each group keeps its own rate and name (transfer.learning_rates' head rate, layer decay, LoRA+).
+        groups = [
+            {key: g[key] for key in ("params", "weight_decay", "lr", "name") if key in g}
+            for g in torch_optimizer.param_groups
+        ]
         return DeepSpeedCPUAdam(
             groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"], adamw_mode=True
         )

@@ -1,9 +1,9 @@
 """The transfer strategies at run time: what run.py's hooks call.
 
 - optimizer: parameter groups with their own rates, over every parameter that will ever train;
-- gradual unfreezing: applied at each step boundary (and after a resume); with DDP the wrapper
-  is rebuilt when the trainable set changes, because DDP registers the parameters it reduces
-  when it is constructed;
+- gradual unfreezing: applied at each step boundary (and, on a resume, before the checkpoint is
+  read); with DDP the wrapper is rebuilt when the trainable set changes, because DDP registers the
+  parameters it reduces when it is constructed; FSDP2 reduces whatever requires grad at backward;
 - evaluation extras: accuracy/macro-F1 for a classification head, the retain (forgetting) loss
   change against the base model;
 - early stopping: decides after each evaluation; the best step is checkpointed and protected
@@ -47,6 +47,7 @@ class TransferController:
         *,
         train_rows: int,
         pad_id: int,
+        resume_step: int = 0,
     ):
         self.cfg, self.strategy, self.metrics, self.pad_id = cfg, strategy, metrics, pad_id
         transfer = cfg.transfer
@@ -63,7 +64,11 @@ class TransferController:
             groups = unfreezing_groups(self.parts, self.trainable, transfer.gradual_unfreezing.blocks_per_stage)
             every = steps_per_stage(transfer.gradual_unfreezing, train_rows, rows_per_step)
             self.unfreezer = GradualUnfreezer(model, groups, every)
-            self.unfreezer.apply(0)
+            # The stage of the step a resume continues from is in force before the strategy wraps
+            # the model and the checkpoint is read: a sharded checkpoint (FSDP2's DCP) holds and
+            # loads only the parameters that are trainable, so blocks unfrozen before the stop
+            # must be trainable when it is read, or they would keep their base weights.
+            self.unfreezer.apply(resume_step)
             log.info(
                 "gradual unfreezing every %d steps: %s",
                 every,
@@ -89,10 +94,10 @@ class TransferController:
         self.retain_base = saved.get("retain_base_loss")
         if self.unfreezer is None:
             return model
-        changed = self.unfreezer.apply(state.step)
+        changed = self.unfreezer.apply(state.step)  # no change unless the checkpoint's step differs from resume_step
         if state.step == 0:
             self.metrics.write(0, {"event": "unfreeze", **self.unfreezer.describe()}, kind="transfer")
-        elif changed:
+        else:
             log.info("resumed at step %d in unfreezing stage %s", state.step, self.unfreezer.describe())
         return self.strategy.rewrap(model) if changed else model
 
