@@ -182,18 +182,19 @@ NO_GEN = {"generation": {"enabled": False}}
         (
             {
                 "transfer": {"gradual_unfreezing": {"enabled": True}},
-                "parallel": {"strategy": "fsdp"},
+                "parallel": {"strategy": "deepspeed", "zero_stage": 3},
                 "cluster": {"workers": 2},
             },
-            "use parallel.strategy=ddp",
+            "a block unfrozen later would never train; use parallel.strategy=fsdp",
         ),
         (
             {
-                "transfer": {"learning_rates": {"head": 1e-3}},
-                "parallel": {"strategy": "deepspeed"},
+                "transfer": {"early_stopping": {"enabled": True}},
+                "eval": {"every_steps": 5},
+                "parallel": {"strategy": "fsdp"},
                 "cluster": {"workers": 2},
             },
-            "use parallel.strategy=ddp",
+            "transfer.early_stopping is not supported with parallel.strategy=fsdp",
         ),
         ({"transfer": CLASSIFY, "data": {**KINDS, "packing": True}, "eval": NO_GEN}, "set data.packing=false"),
         ({"transfer": CLASSIFY, "eval": NO_GEN}, "set data.format=classification"),
