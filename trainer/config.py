@@ -474,8 +474,8 @@ def _check_transfer(cfg: TrainerConfig) -> None:
 
 def _check_sharded_transfer(cfg: TrainerConfig) -> None:
     """What the sharded strategies cannot do with transfer settings (docs/transfer-learning.md has the matrix).
-    Static freezing, parameter groups (head rate, layer decay, LoRA+) and task heads work under both;
-    FSDP2 also follows gradual unfreezing, since it reduces whatever requires grad at each backward."""
+    Static freezing, parameter groups (head rate, layer decay, LoRA+), task heads and early stopping work
+    under both; FSDP2 also follows gradual unfreezing, since it reduces whatever requires grad at each backward."""
     transfer, strategy = cfg.transfer, cfg.parallel.strategy
     if strategy == "deepspeed" and transfer.gradual_unfreezing.enabled:
         raise ValueError(
@@ -483,13 +483,6 @@ def _check_sharded_transfer(cfg: TrainerConfig) -> None:
             "partitioned fp32 weights, gradients and optimizer state from the parameters that require grad when the "
             "engine is created, so a block unfrozen later would never train; use parallel.strategy=fsdp (sharded, "
             "follows the schedule) or ddp, or freeze statically with transfer.freeze.first_n_blocks"
-        )
-    if strategy in SHARDED and transfer.early_stopping.enabled:
-        raise ValueError(
-            f"transfer.early_stopping is not supported with parallel.strategy={strategy}: restoring the best "
-            "checkpoint at the end reads its weights unsharded, which a sharded checkpoint does not hold; use "
-            "parallel.strategy=ddp (a LoRA/QLoRA adapter run is small enough to replicate), or drop early stopping "
-            "and export the step you want with `ftl export RUN_DIR --checkpoint RUN_DIR/checkpoints/step-N`"
         )
 
 

@@ -3,15 +3,18 @@ process with the same global batch (the method and tolerances of test_parallel_p
 
 One run per cell exercises several strategies at once where they compose: frozen embeddings and
 first block (full fine-tuning), a head rate and layer-wise decay as parameter groups, and under
-FSDP2 gradual unfreezing with a stage change inside the run and a stop/resume after it (exact
-resume mid-schedule). ZeRO cannot follow gradual unfreezing (validate refuses it; tested in
-test_transfer.py), so its cells freeze statically; LoRA+ runs under ZeRO-3 (partitioned
-parameters). Frozen tensors are compared bit for bit with the base model, and the sharded
-checkpoints are checked to hold no state (weights, optimizer moments) for them.
+FSDP2 gradual unfreezing stopped and resumed at its stage boundary (the checkpoint holds the old
+stage, the resumed run trains in the new one) plus early stopping whose best step is that
+boundary (restoring it puts the block unfrozen later back to its base weights). ZeRO cannot
+follow gradual unfreezing (validate refuses it; tested in test_transfer.py), so its cells freeze
+statically; LoRA+ with early stopping runs under ZeRO-3 (partitioned parameters). Frozen tensors
+are compared bit for bit with the base model, and the sharded checkpoints are checked to hold no
+state (weights, optimizer moments) for them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -28,7 +31,7 @@ from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 
-WORKERS, MICRO, STOP_AT = 2, 2, 3
+WORKERS, MICRO, STOP_AT = 2, 2, 2
 PARALLEL = {
     "fsdp": {"strategy": "fsdp"},
     "zero2": {"strategy": "deepspeed", "zero_stage": 2},
@@ -36,15 +39,22 @@ PARALLEL = {
 }
 FROZEN_FULL = ("model.embed_tokens.", "model.layers.0.")  # frozen in the full fine-tuning configs
 RATES = {"head": 4e-3, "layer_decay": 0.5}
+# Evaluations at steps 2, 4 and 6; no later one beats the first by min_delta, so the best is step 2.
+EARLY = {"enabled": True, "min_delta": 5.0}
 TRANSFER: dict[str, dict[str, Any]] = {
-    # the stage changes at step 2 (head -> head + block 1): inside the run, before the stop at step 3
+    # the stage changes at step 2 (head -> head + block 1), where the run stops and resumes
     "full-unfreezing": {
         "freeze": {"embeddings": True, "first_n_blocks": 1},
         "learning_rates": RATES,
         "gradual_unfreezing": {"enabled": True, "every": 2},
+        "early_stopping": {**EARLY, "patience": 2},  # stops at step 6 = max_steps; final/ is step 2
     },
     "full-static": {"freeze": {"embeddings": True, "first_n_blocks": 1}, "learning_rates": RATES},
-    "lora-plus": {"freeze": {"first_n_blocks": 1}, "learning_rates": {"layer_decay": 0.5, "lora_plus_ratio": 4.0}},
+    "lora-plus": {
+        "freeze": {"first_n_blocks": 1},
+        "learning_rates": {"layer_decay": 0.5, "lora_plus_ratio": 4.0},
+        "early_stopping": {**EARLY, "patience": 1},  # stops at step 4; final/ is step 2
+    },
 }
 CELLS = [  # (strategy, config, stop at STOP_AT and resume)
     ("fsdp", "full-unfreezing", True),
@@ -66,7 +76,7 @@ def _sections(name: str, micro: int) -> dict[str, Any]:
             "learning_rate": 2e-3 if method == "full" else 1e-2,
             "weight_decay": 0.1,  # decay would move a frozen tensor that reached the optimizer
         },
-        eval={"max_samples": 8},
+        eval={"max_samples": 8, "every_steps": 2},
     )
 
 
@@ -130,21 +140,27 @@ def test_sharded_transfer_matches_one_process(
         stopped = _ftl_train(config, dict(os.environ, FTL_FAULT_STOP_AT_STEP=str(STOP_AT)))
         assert stopped.returncode == 3, stopped.stderr[-3000:]
         held = _checkpointed_names(run / "checkpoints" / f"step-{STOP_AT}", strategy)
-        assert any("layers.1." in key for key in held), sorted(held)  # unfrozen at step 2: in the checkpoint
-        assert not [key for key in held if any(prefix in key for prefix in FROZEN_FULL)], "frozen state saved"
+        assert held and not [key for key in held if any(prefix in key for prefix in FROZEN_FULL)], "frozen state"
+        # Block 1 trains from step 3 under gradual unfreezing: not in the step-2 checkpoint yet.
+        assert any("layers.1." in key for key in held) == ("gradual_unfreezing" not in TRANSFER[name]), sorted(held)
     result = _ftl_train(config)
     assert result.returncode == 0, result.stderr[-3000:]
 
     reference = references[name]
     want, have = read_metrics(reference, "train"), read_metrics(run, "train")
-    assert [r["step"] for r in have] == list(range(1, 7))
+    assert [r["step"] for r in have] == [r["step"] for r in want]
     assert [r["loss"] for r in have] == pytest.approx([r["loss"] for r in want], rel=LOSS_RTOL)
     assert [r["grad_norm"] for r in have] == pytest.approx([r["grad_norm"] for r in want], rel=GRAD_NORM_RTOL)
     # Every parameter group at its own rate, the same groups as one process (ZeRO's copies included).
     assert [r["lr_groups"] for r in have] == [r["lr_groups"] for r in want]
     assert _events(run) == _events(reference)
-    if name == "full-unfreezing":
+    if "gradual_unfreezing" in TRANSFER[name]:
         assert _events(run) == [(0, ["head"]), (2, ["head", "block 1"])]
+    if "early_stopping" in TRANSFER[name]:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["transfer"]["early_stopping"]["best_step"] == 2 and summary["steps"] == have[-1]["step"] > 2
+        evals = {r["label"] if r["label"] == "final" else r["step"]: r["eval_loss"] for r in read_metrics(run, "eval")}
+        assert evals["final"] == pytest.approx(evals[2], rel=1e-6)  # final/ holds the best step's weights
 
     weights, reference_weights = _final(run, name), _final(reference, name)
     assert weights.keys() == reference_weights.keys()
@@ -155,8 +171,8 @@ def test_sharded_transfer_matches_one_process(
         assert weights and all(".layers.1." in key for key in weights), "adapters only on the unfrozen block"
         return
     base = load_file(str(tiny_model_dir / "model.safetensors"))
+    # Frozen: embeddings and block 0; with the best step restored (2), block 1 had not trained yet.
+    unchanged = FROZEN_FULL + (("model.layers.1.",) if "gradual_unfreezing" in TRANSFER[name] else ())
     for key in base:
-        frozen = any(prefix in key for prefix in FROZEN_FULL)
-        assert torch.equal(base[key], weights[key]) == frozen, (
-            f"{key}: {'changed although frozen' if frozen else 'did not train'}"
-        )
+        frozen = any(prefix in key for prefix in unchanged)
+        assert torch.equal(base[key], weights[key]) == frozen, f"{key}: {'changed' if frozen else 'did not train'}"

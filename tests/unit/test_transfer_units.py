@@ -187,15 +187,6 @@ NO_GEN = {"generation": {"enabled": False}}
             },
             "a block unfrozen later would never train; use parallel.strategy=fsdp",
         ),
-        (
-            {
-                "transfer": {"early_stopping": {"enabled": True}},
-                "eval": {"every_steps": 5},
-                "parallel": {"strategy": "fsdp"},
-                "cluster": {"workers": 2},
-            },
-            "transfer.early_stopping is not supported with parallel.strategy=fsdp",
-        ),
         ({"transfer": CLASSIFY, "data": {**KINDS, "packing": True}, "eval": NO_GEN}, "set data.packing=false"),
         ({"transfer": CLASSIFY, "eval": NO_GEN}, "set data.format=classification"),
         ({"data": KINDS, "eval": NO_GEN}, "set transfer.head.type=sequence_classification"),

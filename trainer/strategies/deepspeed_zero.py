@@ -157,6 +157,21 @@ class DeepSpeedStrategy(Strategy):
 
         return DeepSpeedStateIO(self, adapter_only)
 
+    def load_full_weights(self, live: torch.nn.Module, values: dict[str, torch.Tensor] | None) -> None:
+        if self.replicated:  # ZeRO-1/2: every rank holds the whole module
+            super().load_full_weights(live, values)
+            return
+        import deepspeed
+
+        # ZeRO-3: gather one parameter at a time; rank 0's copy is re-partitioned to all on exit.
+        with torch.no_grad():
+            for name, parameter in live.named_parameters():
+                if not parameter.is_floating_point():
+                    continue
+                with deepspeed.zero.GatheredParameters([parameter], modifier_rank=0):
+                    if values is not None:
+                        parameter.data.copy_(values[name].to(parameter.device, parameter.dtype))
+
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         module = self.unwrapped(model)
         if self.replicated:  # ZeRO-1/2

@@ -64,11 +64,12 @@ class TransferController:
             groups = unfreezing_groups(self.parts, self.trainable, transfer.gradual_unfreezing.blocks_per_stage)
             every = steps_per_stage(transfer.gradual_unfreezing, train_rows, rows_per_step)
             self.unfreezer = GradualUnfreezer(model, groups, every)
-            # The stage of the step a resume continues from is in force before the strategy wraps
-            # the model and the checkpoint is read: a sharded checkpoint (FSDP2's DCP) holds and
-            # loads only the parameters that are trainable, so blocks unfrozen before the stop
-            # must be trainable when it is read, or they would keep their base weights.
-            self.unfreezer.apply(resume_step)
+            # On a resume, the stage that trained the checkpoint's last step is in force when the
+            # strategy wraps the model and the checkpoint is read: a sharded checkpoint (FSDP2's
+            # DCP) holds and loads exactly the parameters trainable then (blocks unfrozen before
+            # the stop would otherwise keep their base weights). resumed() then moves on to the
+            # stage of the next step.
+            self.unfreezer.apply(max(0, resume_step - 1))
             log.info(
                 "gradual unfreezing every %d steps: %s",
                 every,
@@ -94,10 +95,11 @@ class TransferController:
         self.retain_base = saved.get("retain_base_loss")
         if self.unfreezer is None:
             return model
-        changed = self.unfreezer.apply(state.step)  # no change unless the checkpoint's step differs from resume_step
-        if state.step == 0:
-            self.metrics.write(0, {"event": "unfreeze", **self.unfreezer.describe()}, kind="transfer")
-        else:
+        changed = self.unfreezer.apply(state.step)
+        if state.step == 0 or changed:
+            # A resume at a stage boundary unfreezes here: the stopped run never started that step.
+            self.metrics.write(state.step, {"event": "unfreeze", **self.unfreezer.describe()}, kind="transfer")
+        if state.step:
             log.info("resumed at step %d in unfreezing stage %s", state.step, self.unfreezer.describe())
         return self.strategy.rewrap(model) if changed else model
 
@@ -168,13 +170,15 @@ class TransferController:
         best = self.early.best_step
         checkpoint = RunLayout(run_dir).checkpoint(best)
         verify_before_load(checkpoint)  # collective: every rank calls restore_best
-        fresh = build_fresh()
-        load_trainable_from_checkpoint(checkpoint, fresh)
-        values = dict(fresh.named_parameters())
-        with torch.no_grad():
-            for name, parameter in live.named_parameters():
-                if parameter.is_floating_point():
-                    parameter.copy_(values[name].to(parameter.device, parameter.dtype))
+        values = None
+        if self.strategy.rank == 0:  # one full copy per job; the strategy hands each rank its part
+            fresh = build_fresh()
+            if self.unfreezer is not None:
+                # The checkpoint holds what trained its last step (a sharded one loads exactly that).
+                GradualUnfreezer(fresh, self.unfreezer.groups, self.unfreezer.every_steps).apply(max(0, best - 1))
+            load_trainable_from_checkpoint(checkpoint, fresh)
+            values = {name: p.detach() for name, p in fresh.named_parameters()}
+        self.strategy.load_full_weights(live, values)
         log.info(
             "early stopping: restored the best checkpoint (step %d, %s=%s)",
             best,
