@@ -3,9 +3,10 @@ process with the same global batch (the method and tolerances of test_parallel_p
 
 One run per cell exercises several strategies at once where they compose: frozen embeddings and
 first block (full fine-tuning), a head rate and layer-wise decay as parameter groups, and under
-FSDP2 gradual unfreezing stopped and resumed at its stage boundary (the checkpoint holds the old
-stage, the resumed run trains in the new one) plus early stopping whose best step is that
-boundary (restoring it puts the block unfrozen later back to its base weights). ZeRO cannot
+FSDP2 a new classification head with gradual unfreezing stopped and resumed at its stage boundary
+(the checkpoint holds the old stage, the resumed run trains in the new one) plus early stopping
+whose best step is that boundary (restoring it puts the block unfrozen later back to its base
+weights). ZeRO cannot
 follow gradual unfreezing (validate refuses it; tested in test_transfer.py), so its cells freeze
 statically; LoRA+ with early stopping runs under ZeRO-3 (partitioned parameters). Frozen tensors
 are compared bit for bit with the base model, and the sharded checkpoints are checked to hold no
@@ -32,6 +33,7 @@ from trainer.metrics import read_metrics
 pytestmark = pytest.mark.integration
 
 WORKERS, MICRO, STOP_AT = 2, 2, 2
+KINDS = REPO / "assets" / "data" / "fictional-kinds"
 PARALLEL = {
     "fsdp": {"strategy": "fsdp"},
     "zero2": {"strategy": "deepspeed", "zero_stage": 2},
@@ -43,7 +45,8 @@ RATES = {"head": 4e-3, "layer_decay": 0.5}
 EARLY = {"enabled": True, "min_delta": 5.0}
 TRANSFER: dict[str, dict[str, Any]] = {
     # the stage changes at step 2 (head -> head + block 1), where the run stops and resumes
-    "full-unfreezing": {
+    "classifier-unfreezing": {
+        "head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]},
         "freeze": {"embeddings": True, "first_n_blocks": 1},
         "learning_rates": RATES,
         "gradual_unfreezing": {"enabled": True, "every": 2},
@@ -57,7 +60,7 @@ TRANSFER: dict[str, dict[str, Any]] = {
     },
 }
 CELLS = [  # (strategy, config, stop at STOP_AT and resume)
-    ("fsdp", "full-unfreezing", True),
+    ("fsdp", "classifier-unfreezing", True),
     ("zero2", "full-static", False),
     ("zero3", "full-static", True),
     ("zero3", "lora-plus", False),
@@ -66,7 +69,9 @@ CELLS = [  # (strategy, config, stop at STOP_AT and resume)
 
 def _sections(name: str, micro: int) -> dict[str, Any]:
     method = "lora" if name.startswith("lora") else "full"
+    data = {"train": str(KINDS / "train.jsonl"), "validation": str(KINDS / "valid.jsonl"), "format": "classification"}
     return dict(
+        data={**data, "packing": False} if name.startswith("classifier") else {},
         method={"type": method},
         transfer=TRANSFER[name],
         training={
@@ -171,8 +176,12 @@ def test_sharded_transfer_matches_one_process(
         assert weights and all(".layers.1." in key for key in weights), "adapters only on the unfrozen block"
         return
     base = load_file(str(tiny_model_dir / "model.safetensors"))
+    if name.startswith("classifier"):  # the new head replaces the LM head
+        assert weights.keys() == base.keys() - {"lm_head.weight"} | {"score.weight"}
+    else:
+        assert weights.keys() == base.keys()
     # Frozen: embeddings and block 0; with the best step restored (2), block 1 had not trained yet.
     unchanged = FROZEN_FULL + (("model.layers.1.",) if "gradual_unfreezing" in TRANSFER[name] else ())
-    for key in base:
+    for key in base.keys() & weights.keys():
         frozen = any(prefix in key for prefix in unchanged)
         assert torch.equal(base[key], weights[key]) == frozen, f"{key}: {'changed' if frozen else 'did not train'}"
