@@ -502,10 +502,6 @@ def _check_head(cfg: TrainerConfig) -> None:
         return
     if cfg.data.packing:
         raise ValueError("a classification head scores one example per row: set data.packing=false")
-    if cfg.method.type == "qlora":
-        raise ValueError(
-            "transfer.head.type=sequence_classification is not supported with method.type=qlora; use lora or full"
-        )
     if cfg.eval.retain:
         raise ValueError(
             "eval.retain measures language-modelling loss, which a classification model has no head for; remove it"

@@ -8,7 +8,8 @@ FSDP2 a new classification head with gradual unfreezing stopped and resumed at i
 whose best step is that boundary (restoring it puts the block unfrozen later back to its base
 weights). ZeRO cannot
 follow gradual unfreezing (validate refuses it; tested in test_transfer.py), so its cells freeze
-statically; LoRA+ with early stopping runs under ZeRO-3 (partitioned parameters). Frozen tensors
+statically; QLoRA with a classification head, LoRA+ and early stopping runs under ZeRO-3
+(partitioned 4-bit parameters). Frozen tensors
 are compared bit for bit with the base model, and the sharded checkpoints are checked to hold no
 state (weights, optimizer moments) for them.
 """
@@ -53,7 +54,8 @@ TRANSFER: dict[str, dict[str, Any]] = {
         "early_stopping": {**EARLY, "patience": 2},  # stops at step 6 = max_steps; final/ is step 2
     },
     "full-static": {"freeze": {"embeddings": True, "first_n_blocks": 1}, "learning_rates": RATES},
-    "lora-plus": {
+    "qlora-classifier": {
+        "head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]},
         "freeze": {"first_n_blocks": 1},
         "learning_rates": {"layer_decay": 0.5, "lora_plus_ratio": 4.0},
         "early_stopping": {**EARLY, "patience": 1},  # stops at step 4; final/ is step 2
@@ -63,15 +65,15 @@ CELLS = [  # (strategy, config, stop at STOP_AT and resume)
     ("fsdp", "classifier-unfreezing", True),
     ("zero2", "full-static", False),
     ("zero3", "full-static", True),
-    ("zero3", "lora-plus", False),
+    ("zero3", "qlora-classifier", False),
 ]
 
 
 def _sections(name: str, micro: int) -> dict[str, Any]:
-    method = "lora" if name.startswith("lora") else "full"
+    method = "qlora" if name.startswith("qlora") else "full"
     data = {"train": str(KINDS / "train.jsonl"), "validation": str(KINDS / "valid.jsonl"), "format": "classification"}
     return dict(
-        data={**data, "packing": False} if name.startswith("classifier") else {},
+        data={**data, "packing": False} if "classifier" in name else {},
         method={"type": method},
         transfer=TRANSFER[name],
         training={
@@ -110,7 +112,7 @@ def _ftl_train(config: Path, env: dict[str, str] | None = None) -> subprocess.Co
 
 
 def _final(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
-    if name.startswith("lora"):
+    if name.startswith("qlora"):
         return load_file(str(run_dir / "final" / "adapter" / "adapter_model.safetensors"))
     return load_file(str(run_dir / "final" / "merged" / "model.safetensors"))
 
@@ -172,8 +174,10 @@ def test_sharded_transfer_matches_one_process(
     for key in weights:
         assert weights[key].numel() == reference_weights[key].numel() > 0, key  # full tensors, not shards
         torch.testing.assert_close(weights[key], reference_weights[key], atol=WEIGHT_ATOL, rtol=0, msg=key)
-    if name.startswith("lora"):
-        assert weights and all(".layers.1." in key for key in weights), "adapters only on the unfrozen block"
+    if name.startswith("qlora"):
+        # Adapters only on the unfrozen block; the new head is trained and saved in full.
+        assert weights and all(".layers.1." in key or ".score." in key for key in weights), sorted(weights)
+        assert any(".score." in key for key in weights) and any("lora_B" in key for key in weights)
         return
     base = load_file(str(tiny_model_dir / "model.safetensors"))
     if name.startswith("classifier"):  # the new head replaces the LM head

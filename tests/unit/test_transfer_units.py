@@ -194,7 +194,6 @@ NO_GEN = {"generation": {"enabled": False}}
             {"transfer": {"head": {"type": "sequence_classification"}}, "data": KINDS, "eval": NO_GEN},
             "needs transfer.head.labels",
         ),
-        ({"transfer": CLASSIFY, "data": KINDS, "method": {"type": "qlora"}, "eval": NO_GEN}, "use lora or full"),
         ({"transfer": {"early_stopping": {"enabled": True}}}, "set eval.every_steps"),
         (
             {"transfer": {"early_stopping": {"enabled": True, "split": "test"}}, "eval": {"every_steps": 5}},
