@@ -117,6 +117,14 @@ def _final(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "final" / "merged" / "model.safetensors"))
 
 
+def summary_of(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def frozen_full(key: str) -> bool:
+    return any(prefix in key for prefix in FROZEN_FULL)
+
+
 def _events(run_dir: Path) -> list[tuple[int, list[str]]]:
     return [(r["step"], r["unfrozen"]) for r in read_metrics(run_dir, "transfer") if r["event"] == "unfreeze"]
 
@@ -147,7 +155,7 @@ def test_sharded_transfer_matches_one_process(
         stopped = _ftl_train(config, dict(os.environ, FTL_FAULT_STOP_AT_STEP=str(STOP_AT)))
         assert stopped.returncode == 3, stopped.stderr[-3000:]
         held = _checkpointed_names(run / "checkpoints" / f"step-{STOP_AT}", strategy)
-        assert held and not [key for key in held if any(prefix in key for prefix in FROZEN_FULL)], "frozen state"
+        assert held and not [key for key in held if frozen_full(key)], "frozen state in the checkpoint"
         # Block 1 trains from step 3 under gradual unfreezing: not in the step-2 checkpoint yet.
         assert any("layers.1." in key for key in held) == ("gradual_unfreezing" not in TRANSFER[name]), sorted(held)
     result = _ftl_train(config)
@@ -164,7 +172,7 @@ def test_sharded_transfer_matches_one_process(
     if "gradual_unfreezing" in TRANSFER[name]:
         assert _events(run) == [(0, ["head"]), (2, ["head", "block 1"])]
     if "early_stopping" in TRANSFER[name]:
-        summary = json.loads((run / "summary.json").read_text())
+        summary = summary_of(run)
         assert summary["transfer"]["early_stopping"]["best_step"] == 2 and summary["steps"] == have[-1]["step"] > 2
         evals = {r["label"] if r["label"] == "final" else r["step"]: r["eval_loss"] for r in read_metrics(run, "eval")}
         assert evals["final"] == pytest.approx(evals[2], rel=1e-6)  # final/ holds the best step's weights
@@ -174,6 +182,13 @@ def test_sharded_transfer_matches_one_process(
     for key in weights:
         assert weights[key].numel() == reference_weights[key].numel() > 0, key  # full tensors, not shards
         torch.testing.assert_close(weights[key], reference_weights[key], atol=WEIGHT_ATOL, rtol=0, msg=key)
+    # Frozen parameters hold no optimizer state: across ranks it is Adam's two fp32 moments over the
+    # trainable parameters exactly (the final weights minus the frozen ones; all adapter tensors),
+    # split between the ranks (the summary's figures are rounded to 0.01 MB per rank).
+    trainable = [v for k, v in weights.items() if name.startswith("qlora") or not frozen_full(k)]
+    per_rank = [m["optimizer_state_mb"] for m in summary_of(run)["parallel"]["memory_per_rank"]]
+    assert sum(per_rank) == pytest.approx(8 * sum(v.numel() for v in trainable) / 2**20, abs=0.01 * WORKERS)
+    assert max(per_rank) <= 0.6 * sum(per_rank), per_rank
     if name.startswith("qlora"):
         # Adapters only on the unfrozen block; the new head is trained and saved in full.
         assert weights and all(".layers.1." in key or ".score." in key for key in weights), sorted(weights)
