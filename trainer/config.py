@@ -473,12 +473,7 @@ def _check_transfer(cfg: TrainerConfig) -> None:
     make sense, each with what to do instead (raises ValueError). Rules within transfer.* alone are
     validators of its sections (trainer/transfer/config.py)."""
     transfer, method = cfg.transfer, cfg.method
-    used = transfer.features()
-    if used and cfg.parallel.strategy in SHARDED:
-        raise ValueError(
-            f"{', '.join(used)} with parallel.strategy={cfg.parallel.strategy} is not supported (sharded parameters "
-            "cannot be frozen, regrouped or restored per group here); use parallel.strategy=ddp, or drop those settings"
-        )
+    _check_sharded_transfer(cfg)
     _check_head(cfg)
     if transfer.freeze.all_but_head and method.uses_adapter:
         raise ValueError(
@@ -494,6 +489,20 @@ def _check_transfer(cfg: TrainerConfig) -> None:
             "transfer.learning_rates.lora_plus_ratio needs an adapter method (method.type=lora, dora or qlora)"
         )
     _check_early_stopping(cfg)
+
+
+def _check_sharded_transfer(cfg: TrainerConfig) -> None:
+    """What the sharded strategies cannot do with transfer settings (docs/transfer-learning.md has the matrix).
+    Static freezing, parameter groups (head rate, layer decay, LoRA+), task heads and early stopping work
+    under both; FSDP2 also follows gradual unfreezing, since it reduces whatever requires grad at each backward."""
+    transfer, strategy = cfg.transfer, cfg.parallel.strategy
+    if strategy == "deepspeed" and transfer.gradual_unfreezing.enabled:
+        raise ValueError(
+            "transfer.gradual_unfreezing is not supported with parallel.strategy=deepspeed: ZeRO builds its "
+            "partitioned fp32 weights, gradients and optimizer state from the parameters that require grad when the "
+            "engine is created, so a block unfrozen later would never train; use parallel.strategy=fsdp (sharded, "
+            "follows the schedule) or ddp, or freeze statically with transfer.freeze.first_n_blocks"
+        )
 
 
 def _check_head(cfg: TrainerConfig) -> None:
@@ -512,10 +521,6 @@ def _check_head(cfg: TrainerConfig) -> None:
         return
     if cfg.data.packing:
         raise ValueError("a classification head scores one example per row: set data.packing=false")
-    if cfg.method.type == "qlora":
-        raise ValueError(
-            "transfer.head.type=sequence_classification is not supported with method.type=qlora; use lora or full"
-        )
     if cfg.eval.retain:
         raise ValueError(
             "eval.retain measures language-modelling loss, which a classification model has no head for; remove it"

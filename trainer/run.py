@@ -134,7 +134,13 @@ def _build_trainee(
         tracking=cfg.tracking,
     )
     transfer = TransferController(
-        cfg, base, strategy, metrics, train_rows=len(data.train), pad_id=tokenizer.pad_token_id
+        cfg,
+        base,
+        strategy,
+        metrics,
+        train_rows=len(data.train),
+        pad_id=tokenizer.pad_token_id,
+        resume_step=resumed_at[0],
     )
     model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)

@@ -329,11 +329,12 @@ def test_validate_rejects_unsupported_distributed_combination(tmp_path: Path, ti
         tmp_path / "c.yaml",
         tiny_model_dir,
         tmp_path / "run",
-        parallel={"strategy": "fsdp"},
+        method={"type": "full"},
+        parallel={"strategy": "deepspeed", "zero_stage": 2},
         cluster={"workers": 2},
         transfer={"gradual_unfreezing": {"enabled": True}},
     )
     result = subprocess.run([*FTL, "validate", str(config)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
-    assert "transfer.gradual_unfreezing with parallel.strategy=fsdp is not supported" in result.stderr
-    assert "use parallel.strategy=ddp" in result.stderr
+    assert "transfer.gradual_unfreezing is not supported with parallel.strategy=deepspeed" in result.stderr
+    assert "use parallel.strategy=fsdp (sharded, follows the schedule) or ddp" in result.stderr

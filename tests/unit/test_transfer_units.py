@@ -182,18 +182,10 @@ NO_GEN = {"generation": {"enabled": False}}
         (
             {
                 "transfer": {"gradual_unfreezing": {"enabled": True}},
-                "parallel": {"strategy": "fsdp"},
+                "parallel": {"strategy": "deepspeed", "zero_stage": 3},
                 "cluster": {"workers": 2},
             },
-            "use parallel.strategy=ddp",
-        ),
-        (
-            {
-                "transfer": {"learning_rates": {"head": 1e-3}},
-                "parallel": {"strategy": "deepspeed"},
-                "cluster": {"workers": 2},
-            },
-            "use parallel.strategy=ddp",
+            "a block unfrozen later would never train; use parallel.strategy=fsdp",
         ),
         ({"transfer": CLASSIFY, "data": {**KINDS, "packing": True}, "eval": NO_GEN}, "set data.packing=false"),
         ({"transfer": CLASSIFY, "eval": NO_GEN}, "set data.format=classification"),
@@ -202,7 +194,6 @@ NO_GEN = {"generation": {"enabled": False}}
             {"transfer": {"head": {"type": "sequence_classification"}}, "data": KINDS, "eval": NO_GEN},
             "needs transfer.head.labels",
         ),
-        ({"transfer": CLASSIFY, "data": KINDS, "method": {"type": "qlora"}, "eval": NO_GEN}, "use lora or full"),
         ({"transfer": {"early_stopping": {"enabled": True}}}, "set eval.every_steps"),
         (
             {"transfer": {"early_stopping": {"enabled": True, "split": "test"}}, "eval": {"every_steps": 5}},

@@ -115,6 +115,23 @@ class Strategy(abc.ABC):
         need to do anything."""
         return model
 
+    def load_full_weights(self, live: torch.nn.Module, values: dict[str, torch.Tensor] | None) -> None:
+        """Put full (unsharded) tensors into the live, unwrapped model's parameters of the same names
+        (early stopping's best weights). `values` is given on rank 0 only, so one full copy of the
+        model exists per job, not per rank; collective: every rank calls it. Here every rank holds
+        whole parameters: rank 0 copies, then each parameter is broadcast from it."""
+        import torch.distributed as dist
+
+        several = self.world_size > 1 and dist.is_initialized()
+        with torch.no_grad():
+            for name, parameter in live.named_parameters():
+                if not parameter.is_floating_point():
+                    continue
+                if values is not None:
+                    parameter.copy_(values[name].to(parameter.device, parameter.dtype))
+                if several:
+                    dist.broadcast(parameter.data, src=0)
+
     def checkpoint_io(self, adapter_only: bool) -> StateIO:
         """Writes and reads this strategy's model + optimizer state inside a checkpoint."""
         from trainer.checkpointing.layouts import ReplicatedStateIO

@@ -128,7 +128,11 @@ class DeepSpeedStrategy(Strategy):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         defaults = torch_optimizer.defaults
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in torch_optimizer.param_groups]
+        # Each group keeps its own rate and name (transfer.learning_rates' head rate, layer decay, LoRA+).
+        groups = [
+            {key: g[key] for key in ("params", "weight_decay", "lr", "name") if key in g}
+            for g in torch_optimizer.param_groups
+        ]
         return DeepSpeedCPUAdam(
             groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"], adamw_mode=True
         )
@@ -152,6 +156,21 @@ class DeepSpeedStrategy(Strategy):
         from trainer.checkpointing.deepspeed_state import DeepSpeedStateIO
 
         return DeepSpeedStateIO(self, adapter_only)
+
+    def load_full_weights(self, live: torch.nn.Module, values: dict[str, torch.Tensor] | None) -> None:
+        if self.replicated:  # ZeRO-1/2: every rank holds the whole module
+            super().load_full_weights(live, values)
+            return
+        import deepspeed
+
+        # ZeRO-3: gather one parameter at a time; rank 0's copy is re-partitioned to all on exit.
+        with torch.no_grad():
+            for name, parameter in live.named_parameters():
+                if not parameter.is_floating_point():
+                    continue
+                with deepspeed.zero.GatheredParameters([parameter], modifier_rank=0):
+                    if values is not None:
+                        parameter.data.copy_(values[name].to(parameter.device, parameter.dtype))
 
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         module = self.unwrapped(model)

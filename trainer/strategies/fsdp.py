@@ -73,6 +73,13 @@ class FSDPStrategy(Strategy):
 
         return DCPStateIO()
 
+    def load_full_weights(self, live: torch.nn.Module, values: dict[str, torch.Tensor] | None) -> None:
+        # Rank 0's full tensors are broadcast one by one; each rank keeps its shard of each.
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(live, dict(values or {}), options=options)
+
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.tensor import DTensor
 

@@ -1,9 +1,9 @@
 """The transfer strategies at run time: what run.py's hooks call.
 
 - optimizer: parameter groups with their own rates, over every parameter that will ever train;
-- gradual unfreezing: applied at each step boundary (and after a resume); with DDP the wrapper
-  is rebuilt when the trainable set changes, because DDP registers the parameters it reduces
-  when it is constructed;
+- gradual unfreezing: applied at each step boundary (and, on a resume, before the checkpoint is
+  read); with DDP the wrapper is rebuilt when the trainable set changes, because DDP registers the
+  parameters it reduces when it is constructed; FSDP2 reduces whatever requires grad at backward;
 - evaluation extras: accuracy/macro-F1 for a classification head, the retain (forgetting) loss
   change against the base model;
 - early stopping: decides after each evaluation; the best step is checkpointed and protected
@@ -47,6 +47,7 @@ class TransferController:
         *,
         train_rows: int,
         pad_id: int,
+        resume_step: int = 0,
     ):
         self.cfg, self.strategy, self.metrics, self.pad_id = cfg, strategy, metrics, pad_id
         transfer = cfg.transfer
@@ -63,7 +64,12 @@ class TransferController:
             groups = unfreezing_groups(self.parts, self.trainable, transfer.gradual_unfreezing.blocks_per_stage)
             every = steps_per_stage(transfer.gradual_unfreezing, train_rows, rows_per_step)
             self.unfreezer = GradualUnfreezer(model, groups, every)
-            self.unfreezer.apply(0)
+            # On a resume, the stage that trained the checkpoint's last step is in force when the
+            # strategy wraps the model and the checkpoint is read: a sharded checkpoint (FSDP2's
+            # DCP) holds and loads exactly the parameters trainable then (blocks unfrozen before
+            # the stop would otherwise keep their base weights). resumed() then moves on to the
+            # stage of the next step.
+            self.unfreezer.apply(max(0, resume_step - 1))
             log.info(
                 "gradual unfreezing every %d steps: %s",
                 every,
@@ -90,9 +96,10 @@ class TransferController:
         if self.unfreezer is None:
             return model
         changed = self.unfreezer.apply(state.step)
-        if state.step == 0:
-            self.metrics.write(0, {"event": "unfreeze", **self.unfreezer.describe()}, kind="transfer")
-        elif changed:
+        if state.step == 0 or changed:
+            # A resume at a stage boundary unfreezes here: the stopped run never started that step.
+            self.metrics.write(state.step, {"event": "unfreeze", **self.unfreezer.describe()}, kind="transfer")
+        if state.step:
             log.info("resumed at step %d in unfreezing stage %s", state.step, self.unfreezer.describe())
         return self.strategy.rewrap(model) if changed else model
 
@@ -163,13 +170,15 @@ class TransferController:
         best = self.early.best_step
         checkpoint = RunLayout(run_dir).checkpoint(best)
         verify_before_load(checkpoint)  # collective: every rank calls restore_best
-        fresh = build_fresh()
-        load_trainable_from_checkpoint(checkpoint, fresh)
-        values = dict(fresh.named_parameters())
-        with torch.no_grad():
-            for name, parameter in live.named_parameters():
-                if parameter.is_floating_point():
-                    parameter.copy_(values[name].to(parameter.device, parameter.dtype))
+        values = None
+        if self.strategy.rank == 0:  # one full copy per job; the strategy hands each rank its part
+            fresh = build_fresh()
+            if self.unfreezer is not None:
+                # The checkpoint holds what trained its last step (a sharded one loads exactly that).
+                GradualUnfreezer(fresh, self.unfreezer.groups, self.unfreezer.every_steps).apply(max(0, best - 1))
+            load_trainable_from_checkpoint(checkpoint, fresh)
+            values = {name: p.detach() for name, p in fresh.named_parameters()}
+        self.strategy.load_full_weights(live, values)
         log.info(
             "early stopping: restored the best checkpoint (step %d, %s=%s)",
             best,
