@@ -38,6 +38,10 @@ def ray_cluster() -> Iterator[RayTestCluster]:
             "num_cpus": 2,
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
+            # Not Ray's fixed default (52365): a node agent of an earlier cluster that is still
+            # exiting (they linger ~60 s) would hold it, and this head's agent would serve no HTTP
+            # (no Ray Jobs).
+            "dashboard_agent_listen_port": free_port(),
             "dashboard_port": port,
         },
     )
