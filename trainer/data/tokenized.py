@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.cache_dir import cache_root
+from trainer.cache_dir import cache_root as ftl_cache_root
 from trainer.data.formats import render_example
 from trainer.data.sources import dataset_fingerprint, read_rows
 from trainer.errors import DataError
@@ -75,7 +75,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def default_cache_root() -> Path:
-    return cache_root() / "tokenized"
+    return ftl_cache_root() / "tokenized"
 
 
 def load_tokenized(
