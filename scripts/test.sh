@@ -12,4 +12,8 @@ if [ "$(id -u)" = 0 ]; then
     bash scripts/slurm/start_local_slurm.sh >/dev/null
 fi
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -q "$@"
+# Two test processes (pytest-xdist): the suite is bound by its training processes' CPU, and one
+# test at a time left ~28% of two cores idle (waits on Ray, Slurm, timers). tests/conftest.py
+# keeps the cluster tests in one process and each module's tests together. FTL_TEST_PROCESSES=0
+# runs everything in this process.
+exec .venv/bin/python -m pytest -q -n "${FTL_TEST_PROCESSES:-2}" --dist loadgroup "$@"

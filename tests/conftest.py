@@ -16,6 +16,32 @@ QA_DATA = REPO / "assets" / "data" / "fictional-qa"
 FTL = [sys.executable, "-m", "launcher.cli"]
 
 
+# Tests that start or use a Ray or Slurm cluster (or the S3 endpoint their runs write to). Under
+# pytest-xdist (scripts/test.sh runs two processes) one process runs all of them, one after another:
+# each holds a cluster of its own (the session fixtures are per process) and the Ray tests, run
+# together, would fight over the machine's cores and Ray's per-machine state (/tmp/ray).
+CLUSTER_FIXTURES = {"ray_cluster", "slurm", "s3_server"}
+CLUSTER_BACKENDS = {"ray", "slurm"}
+
+
+def uses_a_cluster(item: pytest.Item) -> bool:
+    if item.get_closest_marker("cluster") or CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(
+        isinstance(value, str) and value in CLUSTER_BACKENDS for value in callspec.params.values()
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """xdist groups (used with --dist loadgroup): the cluster tests form one group; every other
+    test goes with its module, so a module's expensive module-scoped fixture (a reference training
+    run, a built wheel) is built once, by one process."""
+    for item in items:
+        group = "clusters" if uses_a_cluster(item) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Tokenized-data cache per test session, so tests never read a stale cache from elsewhere.

@@ -19,7 +19,7 @@ from tests.cluster_fixtures import RayTestCluster, assert_same_losses, ray_clust
 from tests.conftest import FTL, write_config
 from trainer.stopping import STOP_REQUEST_FILE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 STEPS = 4
 

@@ -354,6 +354,7 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.cluster
 def test_ray_two_workers_killed_at_random_moments_resume_to_the_uninterrupted_losses(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

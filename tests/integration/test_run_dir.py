@@ -71,6 +71,7 @@ def _split_model(model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     return weights, tokenizer
 
 
+@pytest.mark.cluster  # its first run is on a local Ray started by ftl
 def test_a_second_run_on_a_training_directory_is_refused_and_the_first_finishes(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 from tests.cluster_fixtures import slurm, train_losses  # noqa: F401
 from tests.conftest import FTL, REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 EXAMPLE = REPO / "configs" / "examples" / "lora.yaml"
 # Shorter, and the same for every backend: 3 steps, small evaluations (the generation-scored one
