@@ -22,6 +22,7 @@ from trainer.stopping import STOP_REQUEST_FILE
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 STEPS = 4
+FINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def _config(tmp_path: Path, model_dir: Path, name: str, **sections: dict) -> Path:
@@ -328,42 +329,36 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
 
 
-def test_ray_job_submit_status_logs(tmp_path, tiny_model_dir, golden, ray_cluster):
-    config = _config(tmp_path, tiny_model_dir, "run", cluster={"workers": 2})
-    out = _ftl("submit", str(config), "--address", ray_cluster.dashboard, "--python", sys.executable)
+def test_ray_job_submit_stop_checkpoints_first_and_a_resubmit_resumes(tmp_path, tiny_model_dir, golden, ray_cluster):
+    """`ftl submit/status/logs/stop` against a Ray job server: a stopped job checkpoints before it
+    ends (STOPPED, no final/), the same config submitted again resumes and finishes with the
+    uninterrupted run's losses."""
+    # No periodic checkpoint at step 2: the one there is the stop's.
+    config = _config(tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 3}, cluster={"workers": 2})
+    run_dir, server = tmp_path / "run", ray_cluster.dashboard
+    # Rank 0 holds at the end of step 2 until the stop request exists (FTL_* reaches the job), so
+    # the stop lands at step 2 however slow the machine.
+    hold = {"FTL_FAULT_WAIT_AT": f"step_end@2={run_dir / STOP_REQUEST_FILE}"}
+    out = _ftl("submit", str(config), "--address", server, "--python", sys.executable, env=hold)
     assert out.returncode == 0, out.stderr[-3000:]
-    job_id = out.stdout.strip().splitlines()[0]
-    state = _wait_for(
-        lambda: _job_state(job_id, ray_cluster.dashboard) in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=400
-    )
-    logs = _ftl("logs", job_id, "--address", ray_cluster.dashboard).stdout
-    assert _job_state(job_id, ray_cluster.dashboard) == "SUCCEEDED", logs[-3000:]
-    assert state and "Fine-tune finished: 4 steps" in logs
-    assert_same_losses(tmp_path / "run", golden)
-    missing = _ftl("status", "ftl-no-such-job", "--address", ray_cluster.dashboard)
-    assert missing.returncode == 2 and "ftl-no-such-job" in missing.stderr
-
-
-def test_ray_job_stop_checkpoints_first(tmp_path, tiny_model_dir, ray_cluster):
-    config = _config(
-        tmp_path,
-        tiny_model_dir,
-        "run",
-        training={"max_steps": 200},
-        cluster={"workers": 1},
-        parallel={"strategy": "auto"},
-    )
-    out = _ftl("submit", str(config), "--address", ray_cluster.dashboard, "--python", sys.executable)
-    assert out.returncode == 0, out.stderr[-3000:]
-    job_id = out.stdout.strip().splitlines()[0]
-    run_dir = tmp_path / "run"
-    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
-    stop = _ftl("stop", job_id, "--address", ray_cluster.dashboard)
+    first = out.stdout.strip().splitlines()[0]
+    _wait_for(lambda: 2 in train_losses(run_dir) or _job_state(first, server) in FINAL_JOB_STATES, timeout=600)
+    stop = _ftl("stop", first, "--address", server)
     assert stop.returncode == 0, stop.stderr
-    _wait_for(lambda: _job_state(job_id, ray_cluster.dashboard) in ("STOPPED", "FAILED", "SUCCEEDED"), timeout=300)
-    assert _job_state(job_id, ray_cluster.dashboard) == "STOPPED"
-    checkpoints = list((run_dir / "checkpoints").glob("step-*"))
-    assert checkpoints and not (run_dir / "final").exists()
+    _wait_for(lambda: _job_state(first, server) in FINAL_JOB_STATES, timeout=300)
+    assert _job_state(first, server) == "STOPPED", _ftl("logs", first, "--address", server).stdout[-3000:]
+    assert _checkpoint_steps(run_dir) == [2] and not (run_dir / "final").exists()
+
+    out = _ftl("submit", str(config), "--address", server, "--python", sys.executable)
+    assert out.returncode == 0, out.stderr[-3000:]
+    second = out.stdout.strip().splitlines()[0]
+    _wait_for(lambda: _job_state(second, server) in FINAL_JOB_STATES, timeout=600)
+    logs = _ftl("logs", second, "--address", server).stdout
+    assert _job_state(second, server) == "SUCCEEDED", logs[-3000:]
+    assert "resumed from checkpoints/step-2" in logs and "Fine-tune finished: 4 steps" in logs
+    assert_same_losses(run_dir, golden)
+    missing = _ftl("status", "ftl-no-such-job", "--address", server)
+    assert missing.returncode == 2 and "ftl-no-such-job" in missing.stderr
 
 
 def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_model_dir, golden):
