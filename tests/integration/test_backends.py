@@ -47,31 +47,6 @@ def golden(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> di
     return train_losses(tmp / "run")
 
 
-def test_ray_restarts_the_worker_group_from_the_checkpoint(tmp_path, tiny_model_dir, golden, ray_cluster):
-    config = _config(
-        tmp_path,
-        tiny_model_dir,
-        "run",
-        cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address, "max_failures": 1}},
-    )
-    out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "kill.marker").exists()  # the worker really died mid-step 3
-    resumed = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
-    assert "resumed from" in resumed and "step-2" in resumed
-    assert_same_losses(tmp_path / "run", golden)
-    # Rank 0's console lines reach the driver's stdout as on every backend (trainer/console.py).
-    assert "\r" not in out.stdout
-    for line in (
-        "training 4 steps on 2 worker(s)",
-        "checkpoint committed: checkpoints/step-2",
-        "restart: Ray Train restart #1 of the worker group",
-        "resumed from checkpoints/step-2 at step 2/4",
-        "finished: 4/4 steps in ",
-    ):
-        assert line in out.stdout, out.stdout[-3000:]
-
-
 def test_ray_node_failure_restarts_the_group_on_the_surviving_node(tmp_path, tiny_model_dir, golden):
     """A whole node dies mid-run (its raylet and every process on it): Ray Train restarts the
     worker group on what is left, from the latest committed checkpoint, with the golden losses."""

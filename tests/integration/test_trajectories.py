@@ -177,6 +177,16 @@ def test_a_ray_restart_continues_the_branch_it_started(tmp_path: Path, tiny_mode
     resumed = re.findall(r"resumed from (\S+) at step \d+ \(sample", log)
     assert [Path(p).name for p in resumed] == ["step-2", "step-4"]
     assert _train_steps(run) == [1, 2, 3, 4, 5, 6]
+    # Rank 0's console lines reach the driver's stdout as on every backend (trainer/console.py),
+    # the restart among them.
+    assert "\r" not in out.stdout
+    for line in (
+        "training 6 steps (from step 4) on 2 worker(s)",
+        "restart: Ray Train restart #1 of the worker group",
+        "resumed from checkpoints/step-4 at step 4/6",
+        "finished: 6/6 steps in ",
+    ):
+        assert line in out.stdout, out.stdout[-3000:]
 
 
 def test_torn_metrics_line_and_replayed_steps_do_not_break_the_finish(tmp_path: Path, tiny_model_dir: Path) -> None:
