@@ -430,11 +430,12 @@ def _reap(tag: str, session: int) -> tuple[list[tuple[int, str]], float, list[st
     """The killed run's processes outside its process group: Ray gives each worker its own group
     (same session), so the group kill reaches Ray's daemons at once and the workers only when they
     notice their raylet is gone, a second or two later (meanwhile a worker may finish a step and
-    commit it, which is as safe as any commit). Given 15 s; any left then are killed so no test
+    commit it, which is as safe as any commit). Given 60 s (a loaded machine is slow to notice);
+    any left then are killed so no test
     leaks them, and returned with how long the run's processes lingered."""
     started = time.monotonic()
     right_after = sorted({cmd.split()[0] for _, cmd in _processes_of(tag, session)})
-    while _processes_of(tag, session) and time.monotonic() - started < 15:
+    while _processes_of(tag, session) and time.monotonic() - started < 60:
         time.sleep(0.2)
     lingered = round(time.monotonic() - started, 1)
     left = _processes_of(tag, session)

@@ -248,12 +248,12 @@ def test_hung_collective_fails_the_run(tiny_model_dir: Path, tmp_path: Path) -> 
         training={"max_steps": 4, "watchdog_timeout_s": 0},
         cluster={"workers": 2, "collective_timeout_s": 10},
     )
-    started = time.monotonic()
     result = _train(config, FTL_FAULT_HANG_AT="step_end@2", FTL_FAULT_RANK="1")
     assert result.returncode not in (0, None)
-    assert time.monotonic() - started < 120
     assert "worker 0 exited with code" in result.stderr
-    assert "timed out" in result.stderr.lower() or "timeout" in result.stderr.lower()
+    # gloo names the timeout it waited: the configured 10 s, not the default (no wall-clock assertion:
+    # a loaded machine must not fail this).
+    assert "Timed out waiting 10000ms" in result.stderr, result.stderr[-3000:]
 
 
 def test_workers_that_do_not_share_the_run_dir_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
