@@ -431,8 +431,7 @@ def _reap(tag: str, session: int) -> tuple[list[tuple[int, str]], float, list[st
     (same session), so the group kill reaches Ray's daemons at once and the workers only when they
     notice their raylet is gone, a second or two later (meanwhile a worker may finish a step and
     commit it, which is as safe as any commit). Given 60 s (a loaded machine is slow to notice);
-    any left then are killed so no test
-    leaks them, and returned with how long the run's processes lingered."""
+    any left then are killed so no test leaks them, and returned with how long they lingered."""
     started = time.monotonic()
     right_after = sorted({cmd.split()[0] for _, cmd in _processes_of(tag, session)})
     while _processes_of(tag, session) and time.monotonic() - started < 60:
