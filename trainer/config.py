@@ -484,6 +484,14 @@ def _check_transfer(cfg: TrainerConfig) -> None:
         raise ValueError(
             "transfer.gradual_unfreezing unfreezes blocks that transfer.freeze.all_but_head keeps frozen; choose one"
         )
+    if transfer.gradual_unfreezing.enabled and cfg.training.optimizer_in_backward:
+        raise ValueError(
+            "transfer.gradual_unfreezing with training.optimizer_in_backward: the per-parameter step is hooked onto "
+            "each parameter when the optimizer is built, and a parameter that is still frozen then cannot take the "
+            "hook, so the blocks the schedule unfreezes later would never step; set "
+            "training.optimizer_in_backward=false (keeps the schedule), or freeze statically with "
+            "transfer.freeze.first_n_blocks (keeps the step in backward)"
+        )
     if transfer.learning_rates.lora_plus_ratio is not None and not method.uses_adapter:
         raise ValueError(
             "transfer.learning_rates.lora_plus_ratio needs an adapter method (method.type=lora, dora or qlora)"

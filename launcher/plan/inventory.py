@@ -4,7 +4,10 @@ The model is built on the meta device from its config (exact parameter names and
 memory), then transformed as the trainer does: QLoRA quantizes every linear layer except the
 output head and PEFT's prepare step upcasts the remaining 16-bit parameters to fp32; adapter
 methods run the real PEFT `get_peft_model` on the meta model (so targeted layers, DoRA
-magnitudes and adapter dtypes are PEFT's own answer, not a re-implementation)."""
+magnitudes and adapter dtypes are PEFT's own answer, not a re-implementation). Static freezing
+(`transfer.freeze`) is the trainer's own: no adapters on frozen blocks, then the frozen
+parameters stop requiring grad, so they count as frozen weights without gradient or optimizer
+state (what FSDP2, ZeRO and DDP allocate for them)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 import torch
 
 from trainer.config import MethodConfig
+from trainer.transfer.config import FreezeConfig
 
 # bitsandbytes 4-bit: blocks of 64 weights share one absmax; double quantization stores those
 # absmax values as uint8 with one fp32 absmax per 256 blocks plus an fp32 offset. Each layer
@@ -100,10 +104,16 @@ def build_inventory(
     method: MethodConfig,
     dtype: torch.dtype,
     adapter_dtype: torch.dtype | None = None,
+    freeze: FreezeConfig | None = None,
 ) -> Inventory:
     """adapter_dtype: for adapter methods, the dtype adapters (and QLoRA's non-quantized
-    embeddings/head/norms) are kept in; None = PEFT's default (fp32 adapters, QLoRA upcast to fp32)."""
+    embeddings/head/norms) are kept in; None = PEFT's default (fp32 adapters, QLoRA upcast to fp32).
+    freeze: the run's static freezing (gradual unfreezing's later stages train what it leaves)."""
     from transformers import AutoModelForCausalLM
+
+    from trainer.transfer.freezing import apply_freezing
+    from trainer.transfer.model_parts import model_parts
+    from trainer.transfer.setup import frozen_blocks_regex
 
     config = hf_config(config_fields)
     with torch.device("meta"):
@@ -118,14 +128,17 @@ def build_inventory(
 
         if method.type != "qlora":
             model.requires_grad_(False)
+        exclude = frozen_blocks_regex(model, freeze.first_n_blocks) if freeze else None
         with torch.device("meta"):
-            model = get_peft_model(model, peft_lora_config(method))
+            model = get_peft_model(model, peft_lora_config(method, exclude_modules=exclude))
         if adapter_dtype is not None:
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.to(adapter_dtype)
     else:
         model.requires_grad_(True)
+    if freeze is not None and freeze.any:
+        apply_freezing(model, model_parts(model), freeze)
     head = model.get_output_embeddings()
     head_id = id(head.weight) if head is not None and getattr(head, "weight", None) is not None else None
     head_name = next((name for name, p in model.named_parameters() if id(p) == head_id), None)

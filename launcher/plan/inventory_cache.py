@@ -25,12 +25,20 @@ import torch
 from launcher.plan.inventory import Architecture, Inventory, ParamInfo, build_inventory
 from trainer.cache_dir import cache_root
 from trainer.config import MethodConfig
+from trainer.transfer.config import FreezeConfig
 
 log = logging.getLogger(__name__)
 
 _REPO = Path(__file__).resolve().parents[2]
 # The code whose answer the cache keeps: a change in any of these is a new entry.
-_DERIVING_SOURCES = ("launcher/plan/inventory.py", "trainer/methods.py", "trainer/chunked_loss.py")
+_DERIVING_SOURCES = (
+    "launcher/plan/inventory.py",
+    "trainer/methods.py",
+    "trainer/chunked_loss.py",
+    "trainer/transfer/freezing.py",
+    "trainer/transfer/model_parts.py",
+    "trainer/transfer/setup.py",
+)
 _LIBRARIES = ("torch", "transformers", "peft")
 FORMAT_VERSION = 1
 
@@ -41,20 +49,28 @@ def cached_inventory(
     method: MethodConfig,
     dtype: torch.dtype,
     adapter_dtype: torch.dtype | None = None,
+    freeze: FreezeConfig | None = None,
     *,
     root: Path | None = None,
 ) -> Inventory:
     """build_inventory's answer, from the cache when this exact question was answered before."""
-    entry = (root or cache_root() / "inventory") / f"{_key(config_fields, method, dtype, adapter_dtype)}.json"
+    key = _key(config_fields, method, dtype, adapter_dtype, freeze)
+    entry = (root or cache_root() / "inventory") / f"{key}.json"
     inventory = _read(entry, label)
     if inventory is not None:
         return inventory
-    inventory = build_inventory(label, config_fields, method, dtype, adapter_dtype)
+    inventory = build_inventory(label, config_fields, method, dtype, adapter_dtype, freeze)
     _write(entry, inventory)
     return inventory
 
 
-def _key(config_fields: dict[str, Any], method: MethodConfig, dtype: torch.dtype, adapter: torch.dtype | None) -> str:
+def _key(
+    config_fields: dict[str, Any],
+    method: MethodConfig,
+    dtype: torch.dtype,
+    adapter: torch.dtype | None,
+    freeze: FreezeConfig | None,
+) -> str:
     digest = hashlib.sha256()
     question = {
         "format": FORMAT_VERSION,
@@ -62,6 +78,7 @@ def _key(config_fields: dict[str, Any], method: MethodConfig, dtype: torch.dtype
         "method": method.model_dump(mode="json"),
         "dtype": str(dtype),
         "adapter_dtype": str(adapter),
+        "freeze": freeze.model_dump(mode="json") if freeze is not None and freeze.any else None,
         "libraries": {name: _version(name) for name in _LIBRARIES},
     }
     digest.update(json.dumps(question, sort_keys=True, default=str).encode())

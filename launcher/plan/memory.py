@@ -221,7 +221,7 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
     scales = sum(p.scale_bytes for p in frozen if p.quantized)
     if scales:
         items.append(Item("weights, frozen: 4-bit block scales and codes", scales, param_where))
-    adapter = "LoRA/DoRA adapters" if s.method != "full" else "all parameters"
+    adapter = "LoRA/DoRA adapters" if s.method != "full" else "unfrozen parameters" if frozen else "all parameters"
     items.append(
         Item(
             f"weights, trainable ({adapter}, {_dtype_name(trainable, ds_cast)})",

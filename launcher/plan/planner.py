@@ -114,7 +114,7 @@ def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = No
     adapter = (
         compute_dtype(cfg, setup, method_cfg) if setup.adapter_dtype == "compute" and method_cfg.uses_adapter else None
     )
-    inventory = cached_inventory(label, fields, method_cfg, dtype, adapter)
+    inventory = cached_inventory(label, fields, method_cfg, dtype, adapter, cfg.transfer.freeze)
     if method_cfg.type == "qlora":
         inventory = with_block_scales(inventory, method_cfg.quantization.double_quant)
     return inventory
@@ -178,6 +178,7 @@ def plan_run(
         plan.throughput = estimate(
             inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=count_tokens(cfg)
         )
+    plan.notes += transfer_notes(cfg, inventory)
     if setup.method == "dora":
         plan.notes.append(
             "DoRA activations are an approximation (weight-sized temporaries per adapted layer); "
@@ -186,3 +187,21 @@ def plan_run(
     if cfg.model.attn_implementation == "auto" and target.accelerator.is_gpu:
         plan.notes.append("attention counted as SDPA/flash-attn (no seq x seq scores kept)")
     return plan
+
+
+def transfer_notes(cfg: RunConfig, inventory: Inventory) -> list[str]:
+    """How the plan counts the run's transfer-learning settings."""
+    transfer, notes = cfg.transfer, []
+    if transfer.freeze.any:
+        notes.append(
+            f"transfer.freeze: {inventory.total(True) / 1e6:,.2f}M of {inventory.total() / 1e6:,.2f}M parameters "
+            "trainable; the frozen ones hold no gradient and no optimizer state (counted as frozen weights only)"
+        )
+    if transfer.gradual_unfreezing.enabled:
+        notes.append("gradual unfreezing: counted at its last stage, when every scheduled group trains (the peak)")
+    if transfer.head.is_classification:
+        notes.append(
+            "transfer.head: the classification head is counted as the LM head it replaces "
+            "(its weights, gradient and logits are over-estimated)"
+        )
+    return notes

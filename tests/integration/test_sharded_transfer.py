@@ -1,17 +1,18 @@
 """Transfer strategies on sharded models: 2 workers under FSDP2 / ZeRO-2 / ZeRO-3 train like one
 process with the same global batch (the method and tolerances of test_parallel_parity.py).
 
-One run per cell exercises several strategies at once where they compose: frozen embeddings and
-first block (full fine-tuning), a head rate and layer-wise decay as parameter groups, and under
-FSDP2 a new classification head with gradual unfreezing stopped and resumed at its stage boundary
-(the checkpoint holds the old stage, the resumed run trains in the new one) plus early stopping
-whose best step is that boundary (restoring it puts the block unfrozen later back to its base
-weights). ZeRO cannot
-follow gradual unfreezing (validate refuses it; tested in test_transfer.py), so its cells freeze
-statically; QLoRA with a classification head, LoRA+ and early stopping runs under ZeRO-3
-(partitioned 4-bit parameters). Frozen tensors
-are compared bit for bit with the base model, and the sharded checkpoints are checked to hold no
-state (weights, optimizer moments) for them.
+One run per cell exercises several strategies at once where they compose: a new classification
+head on frozen embeddings and first block (full fine-tuning), a head rate and layer-wise decay as
+parameter groups, early stopping whose best checkpoint is restored and exported. Under FSDP2 the
+head trains with gradual unfreezing, stopped at its stage boundary by 2 workers, continued by one
+worker (the checkpoint reshards; it holds the old stage, the resumed run trains in the new one),
+stopped again and finished by 2 workers; the best step is that boundary (restoring it puts the
+block unfrozen later back to its base weights). ZeRO cannot follow gradual unfreezing (validate
+refuses it; tested in test_transfer.py), so its cells freeze statically (ZeRO-2 and ZeRO-3, the
+latter stopped and resumed). LoRA with the first block frozen, LoRA+ and early stopping runs under
+FSDP2 and ZeRO-2; QLoRA with a classification head, LoRA+ and early stopping under ZeRO-3
+(partitioned 4-bit parameters). Frozen tensors are compared bit for bit with the base model, and
+the sharded checkpoints are checked to hold no state (weights, optimizer moments) for them.
 """
 
 from __future__ import annotations
@@ -44,33 +45,53 @@ FROZEN_FULL = ("model.embed_tokens.", "model.layers.0.")  # frozen in the full f
 RATES = {"head": 4e-3, "layer_decay": 0.5}
 # Evaluations at steps 2, 4 and 6; no later one beats the first by min_delta, so the best is step 2.
 EARLY = {"enabled": True, "min_delta": 5.0}
+HEAD = {"type": "sequence_classification", "labels": ["country", "person", "creature"]}
 TRANSFER: dict[str, dict[str, Any]] = {
     # the stage changes at step 2 (head -> head + block 1), where the run stops and resumes
     "classifier-unfreezing": {
-        "head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]},
+        "head": HEAD,
         "freeze": {"embeddings": True, "first_n_blocks": 1},
         "learning_rates": RATES,
         "gradual_unfreezing": {"enabled": True, "every": 2},
         "early_stopping": {**EARLY, "patience": 2},  # stops at step 6 = max_steps; final/ is step 2
     },
-    "full-static": {"freeze": {"embeddings": True, "first_n_blocks": 1}, "learning_rates": RATES},
+    "classifier-static": {
+        "head": HEAD,
+        "freeze": {"embeddings": True, "first_n_blocks": 1},
+        "learning_rates": RATES,
+        "early_stopping": {**EARLY, "patience": 1},  # stops at step 4; final/ is step 2
+    },
+    "lora-plus": {
+        "freeze": {"first_n_blocks": 1},  # no adapters on block 0
+        "learning_rates": {"lora_plus_ratio": 4.0},
+        "early_stopping": {**EARLY, "patience": 1},  # stops at step 4; final/ is step 2
+    },
     "qlora-classifier": {
-        "head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]},
+        "head": HEAD,
         "freeze": {"first_n_blocks": 1},
         "learning_rates": {"layer_decay": 0.5, "lora_plus_ratio": 4.0},
         "early_stopping": {**EARLY, "patience": 1},  # stops at step 4; final/ is step 2
     },
 }
-CELLS = [  # (strategy, config, stop at STOP_AT and resume)
-    ("fsdp", "classifier-unfreezing", True),
-    ("zero2", "full-static", False),
-    ("zero3", "full-static", True),
-    ("zero3", "qlora-classifier", False),
+# (strategy, config, resume): "" runs through; "stop" stops at STOP_AT and resumes; "reshard" stops
+# at STOP_AT, continues on 1 worker (same global batch) to RESHARD_STOP_AT, then finishes on 2.
+CELLS = [
+    ("fsdp", "classifier-unfreezing", "reshard"),
+    ("zero2", "classifier-static", ""),
+    ("zero3", "classifier-static", "stop"),
+    ("zero3", "qlora-classifier", ""),
+    ("fsdp", "lora-plus", ""),
+    ("zero2", "lora-plus", ""),
 ]
+RESHARD_STOP_AT = 4
+
+
+def _method(name: str) -> str:
+    return next((method for method in ("qlora", "lora") if name.startswith(method)), "full")
 
 
 def _sections(name: str, micro: int) -> dict[str, Any]:
-    method = "qlora" if name.startswith("qlora") else "full"
+    method = _method(name)
     data = {"train": str(KINDS / "train.jsonl"), "validation": str(KINDS / "valid.jsonl"), "format": "classification"}
     return dict(
         data={**data, "packing": False} if "classifier" in name else {},
@@ -111,10 +132,17 @@ def _ftl_train(config: Path, env: dict[str, str] | None = None) -> subprocess.Co
     return subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
 
 
-def _final(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
-    if name.startswith("qlora"):
+def _final(run_dir: Path, name: str, merged: bool = False) -> dict[str, torch.Tensor]:
+    if _method(name) != "full" and not merged:
         return load_file(str(run_dir / "final" / "adapter" / "adapter_model.safetensors"))
     return load_file(str(run_dir / "final" / "merged" / "model.safetensors"))
+
+
+def _assert_close(weights: dict[str, torch.Tensor], reference_weights: dict[str, torch.Tensor]) -> None:
+    assert weights.keys() == reference_weights.keys()
+    for key in weights:
+        assert weights[key].numel() == reference_weights[key].numel() > 0, key  # full tensors, not shards
+        torch.testing.assert_close(weights[key], reference_weights[key], atol=WEIGHT_ATOL, rtol=0, msg=key)
 
 
 def summary_of(run_dir: Path) -> dict[str, Any]:
@@ -144,7 +172,7 @@ def _checkpointed_names(checkpoint: Path, strategy: str) -> set[str]:
 
 @pytest.mark.parametrize("strategy,name,resume", CELLS, ids=[f"{n}-{s}" for s, n, _ in CELLS])
 def test_sharded_transfer_matches_one_process(
-    strategy: str, name: str, resume: bool, references: References, tiny_model_dir: Path, tmp_path: Path
+    strategy: str, name: str, resume: str, references: References, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     sections = _sections(name, MICRO)
     sections["parallel"] = PARALLEL[strategy]
@@ -158,12 +186,24 @@ def test_sharded_transfer_matches_one_process(
         assert held and not [key for key in held if frozen_full(key)], "frozen state in the checkpoint"
         # Block 1 trains from step 3 under gradual unfreezing: not in the step-2 checkpoint yet.
         assert any("layers.1." in key for key in held) == ("gradual_unfreezing" not in TRANSFER[name]), sorted(held)
+    if resume == "reshard":
+        # One worker with the same global batch reads the 2-worker checkpoint in its stage, trains the
+        # next stage (fresh optimizer state for block 1) and stops; its checkpoint goes back to 2 workers.
+        one = {**_sections(name, MICRO * WORKERS), "parallel": PARALLEL[strategy], "cluster": {"workers": 1}}
+        write_config(tmp_path / "one.yaml", tiny_model_dir, run, **one)
+        continued = _ftl_train(tmp_path / "one.yaml", dict(os.environ, FTL_FAULT_STOP_AT_STEP=str(RESHARD_STOP_AT)))
+        assert continued.returncode == 3, continued.stderr[-3000:]
+        assert "on 1 worker(s)" in continued.stdout + continued.stderr
+        assert [r["step"] for r in read_metrics(run, "train")][-2:] == [STOP_AT + 1, RESHARD_STOP_AT]
+        held = _checkpointed_names(run / "checkpoints" / f"step-{RESHARD_STOP_AT}", strategy)
+        assert any("layers.1." in key for key in held) and not [key for key in held if frozen_full(key)]
     result = _ftl_train(config)
     assert result.returncode == 0, result.stderr[-3000:]
 
     reference = references[name]
     want, have = read_metrics(reference, "train"), read_metrics(run, "train")
     assert [r["step"] for r in have] == [r["step"] for r in want]
+    assert [r["samples_seen"] for r in have] == [r["samples_seen"] for r in want]  # no sample repeated or skipped
     assert [r["loss"] for r in have] == pytest.approx([r["loss"] for r in want], rel=LOSS_RTOL)
     assert [r["grad_norm"] for r in have] == pytest.approx([r["grad_norm"] for r in want], rel=GRAD_NORM_RTOL)
     # Every parameter group at its own rate, the same groups as one process (ZeRO's copies included).
@@ -177,30 +217,37 @@ def test_sharded_transfer_matches_one_process(
         evals = {r["label"] if r["label"] == "final" else r["step"]: r["eval_loss"] for r in read_metrics(run, "eval")}
         assert evals["final"] == pytest.approx(evals[2], rel=1e-6)  # final/ holds the best step's weights
 
-    weights, reference_weights = _final(run, name), _final(reference, name)
-    assert weights.keys() == reference_weights.keys()
-    for key in weights:
-        assert weights[key].numel() == reference_weights[key].numel() > 0, key  # full tensors, not shards
-        torch.testing.assert_close(weights[key], reference_weights[key], atol=WEIGHT_ATOL, rtol=0, msg=key)
+    weights = _final(run, name)
+    _assert_close(weights, _final(reference, name))
     # Frozen parameters hold no optimizer state: across ranks it is Adam's two fp32 moments over the
     # trainable parameters exactly (the final weights minus the frozen ones; all adapter tensors),
     # split between the ranks (the summary's figures are rounded to 0.01 MB per rank).
-    trainable = [v for k, v in weights.items() if name.startswith("qlora") or not frozen_full(k)]
+    method = _method(name)
+    trainable = [v for k, v in weights.items() if method != "full" or not frozen_full(k)]
     per_rank = [m["optimizer_state_mb"] for m in summary_of(run)["parallel"]["memory_per_rank"]]
+    assert len(per_rank) == WORKERS
     assert sum(per_rank) == pytest.approx(8 * sum(v.numel() for v in trainable) / 2**20, abs=0.01 * WORKERS)
     assert max(per_rank) <= 0.6 * sum(per_rank), per_rank
-    if name.startswith("qlora"):
-        # Adapters only on the unfrozen block; the new head is trained and saved in full.
+    if method != "full":
+        # Adapters only on the unfrozen block; a new head is trained and saved in full.
         assert weights and all(".layers.1." in key or ".score." in key for key in weights), sorted(weights)
-        assert any(".score." in key for key in weights) and any("lora_B" in key for key in weights)
-        return
+        assert any("lora_B" in key for key in weights)
+        assert any(".score." in key for key in weights) == ("head" in TRANSFER[name])
+        if method == "qlora":
+            return  # the merged model is dequantized: not comparable bit for bit with the base
+        weights = _final(run, name, merged=True)
+        _assert_close(weights, _final(reference, name, merged=True))
     base = load_file(str(tiny_model_dir / "model.safetensors"))
     if name.startswith("classifier"):  # the new head replaces the LM head
         assert weights.keys() == base.keys() - {"lm_head.weight"} | {"score.weight"}
     else:
         assert weights.keys() == base.keys()
     # Frozen: embeddings and block 0; with the best step restored (2), block 1 had not trained yet.
+    # Under LoRA the merged adapters change block 1's adapted projections only.
     unchanged = FROZEN_FULL + (("model.layers.1.",) if "gradual_unfreezing" in TRANSFER[name] else ())
     for key in base.keys() & weights.keys():
         frozen = any(prefix in key for prefix in unchanged)
-        assert torch.equal(base[key], weights[key]) == frozen, f"{key}: {'changed' if frozen else 'did not train'}"
+        if frozen or method == "full":
+            assert torch.equal(base[key], weights[key]) == frozen, f"{key}: {'changed' if frozen else 'did not train'}"
+    if method != "full":
+        assert any(not torch.equal(base[key], weights[key]) for key in base if "model.layers.1." in key)

@@ -13,6 +13,7 @@ from launcher.plan.catalogue import model_config_fields
 from launcher.plan.inventory import build_inventory
 from launcher.plan.inventory_cache import cached_inventory
 from trainer.config import MethodConfig
+from trainer.transfer.config import FreezeConfig
 
 LORA = MethodConfig(type="lora")
 
@@ -22,9 +23,9 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The questions that reached build_inventory (the cache misses)."""
     seen: list[str] = []
 
-    def counting(label, fields, method, dtype, adapter_dtype=None):  # type: ignore[no-untyped-def]
+    def counting(label, fields, method, dtype, adapter_dtype=None, freeze=None):  # type: ignore[no-untyped-def]
         seen.append(f"{method.type}/{dtype}")
-        return build_inventory(label, fields, method, dtype, adapter_dtype)
+        return build_inventory(label, fields, method, dtype, adapter_dtype, freeze)
 
     monkeypatch.setattr(inventory_cache, "build_inventory", counting)
     return seen
@@ -47,7 +48,8 @@ def test_every_input_of_the_answer_is_part_of_the_question(tmp_path: Path, build
     cached_inventory(label, fields, LORA, torch.float32, root=tmp_path)
     cached_inventory(label, fields, LORA, torch.bfloat16, torch.bfloat16, root=tmp_path)
     cached_inventory(label, {**fields, "num_hidden_layers": 2}, LORA, torch.bfloat16, root=tmp_path)
-    assert len(builds) == 5 and len(list(tmp_path.glob("*.json"))) == 5
+    cached_inventory(label, fields, LORA, torch.bfloat16, freeze=FreezeConfig(first_n_blocks=2), root=tmp_path)
+    assert len(builds) == 6 and len(list(tmp_path.glob("*.json"))) == 6
 
 
 def test_a_damaged_entry_is_rebuilt_not_trusted(tmp_path: Path, builds: list[str]) -> None:

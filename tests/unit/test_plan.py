@@ -447,3 +447,41 @@ def test_zero_with_8bit_states(tmp_path: Path) -> None:
     part = -(-8_030_261_248 // 8)
     assert fp32.state_bytes("optimizer: fp32 Adam") == 8 * part
     assert abs(eight.state_bytes("optimizer: 8-bit") / part - 2.03) < 0.01
+
+
+GRADS_AND_OPTIMIZER = ("gradients", "optimizer", "ZeRO step workspace")
+LLAMA_8B_BLOCK = 218_112_000  # one Llama 3.1 8B decoder layer (attention + MLP + two norms)
+
+
+@pytest.mark.parametrize(
+    "parallel", [{"strategy": "fsdp"}, {"strategy": "deepspeed", "zero_stage": 2}], ids=["fsdp", "zero2"]
+)
+def test_frozen_blocks_hold_no_gradient_and_no_optimizer_state(tmp_path: Path, parallel: dict) -> None:  # type: ignore[type-arg]
+    """Freezing half the blocks of a sharded full fine-tune lowers the per-rank gradient and
+    optimizer bytes by exactly the frozen share (meta-device Llama 3.1 8B on 8 GPUs)."""
+    sections = dict(LLAMA_8B_2x2048, parallel=parallel, cluster={"workers": 8})
+    plans = [
+        _plan(tmp_path, gpu="A100-80GB", gpus=8, overrides=["method.type=full", *extra], **sections)
+        for extra in ([], ["transfer.freeze.first_n_blocks=16"])
+    ]
+    full, half = ([i.bytes for i in p.memory.items if i.label.startswith(GRADS_AND_OPTIMIZER)] for p in plans)
+    total, frozen = 8_030_261_248, 16 * LLAMA_8B_BLOCK
+    assert plans[0].inventory.total(True) == total and plans[1].inventory.total(True) == total - frozen
+    assert sum(half) / sum(full) == pytest.approx((total - frozen) / total, rel=1e-4)
+    # The frozen blocks are still held (as frozen weights), so the weights themselves do not shrink.
+    weights = [sum(i.bytes for i in p.memory.items if i.label.startswith("weights")) for p in plans]
+    assert weights[0] == weights[1]
+    assert (
+        plans[1].memory.state_bytes("weights, frozen") > 0 and plans[1].memory.total_bytes < plans[0].memory.total_bytes
+    )
+    note = next(n for n in plans[1].notes if n.startswith("transfer.freeze"))
+    assert f"{(total - frozen) / 1e6:,.2f}M of {total / 1e6:,.2f}M parameters trainable" in note
+
+
+def test_frozen_blocks_get_no_adapters(tmp_path: Path) -> None:
+    """LoRA (r=8) with the first half of the blocks frozen: no adapters there, so half the adapters."""
+    trainable = [
+        _plan(tmp_path, overrides=extra, **LLAMA_8B_2x2048).inventory.total(True)
+        for extra in ([], ["transfer.freeze.first_n_blocks=16"])
+    ]
+    assert trainable == [20_971_520, 20_971_520 // 2]

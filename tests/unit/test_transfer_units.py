@@ -187,6 +187,16 @@ NO_GEN = {"generation": {"enabled": False}}
             },
             "a block unfrozen later would never train; use parallel.strategy=fsdp",
         ),
+        (
+            {
+                "transfer": {"gradual_unfreezing": {"enabled": True}},
+                "method": {"type": "full"},
+                "training": {"optimizer_in_backward": True, "max_grad_norm": None, "gradient_accumulation_steps": 1},
+                "parallel": {"strategy": "fsdp"},
+                "cluster": {"workers": 2},
+            },
+            "would never step; set training.optimizer_in_backward=false (keeps the schedule), or freeze statically",
+        ),
         ({"transfer": CLASSIFY, "data": {**KINDS, "packing": True}, "eval": NO_GEN}, "set data.packing=false"),
         ({"transfer": CLASSIFY, "eval": NO_GEN}, "set data.format=classification"),
         ({"data": KINDS, "eval": NO_GEN}, "set transfer.head.type=sequence_classification"),
