@@ -118,7 +118,9 @@ def train_loop(
             "samples_seen": state.samples_seen,
         }
         if objective is not None:
-            values.update(stat_means(dict(zip(STATS, all_reduce_sum(list(local_stats.values()), device))), global_targets))
+            values.update(
+                stat_means(dict(zip(STATS, all_reduce_sum(list(local_stats.values()), device))), global_targets)
+            )
         if group_lrs:
             values["lr_groups"] = group_lrs
         if state.step % cfg.log_every_steps == 0 or state.step == total_steps:

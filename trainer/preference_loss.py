@@ -128,9 +128,7 @@ class PreferenceObjective:
             ref = self.reference(model, batch).detach()
         logps = sequence_logps(model, batch)
         chosen, rejected = logps[:pairs], logps[pairs:]
-        losses, rewards_chosen, rewards_rejected = dpo_losses(
-            chosen, rejected, ref[:pairs], ref[pairs:], self.settings
-        )
+        losses, rewards_chosen, rewards_rejected = dpo_losses(chosen, rejected, ref[:pairs], ref[pairs:], self.settings)
         return PairScores(losses, rewards_chosen, rewards_rejected, chosen, rejected)
 
     def loss_sum(

@@ -165,7 +165,9 @@ def test_sigmoid_loss_is_ln2_at_step_0_with_adapters_disabled_reference(tiny_mod
         np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         np.asarray([0, 0, 1, 1]),
     )
-    batch = make_batch(RowDataset(tokenized, [[0, 1], [2, 3]], packed=False, pairs=True), [0, 1], tokenizer.pad_token_id)
+    batch = make_batch(
+        RowDataset(tokenized, [[0, 1], [2, 3]], packed=False, pairs=True), [0, 1], tokenizer.pad_token_id
+    )
     objective = PreferenceObjective("dpo", PreferenceConfig(), _adapters_disabled)
     summed, pairs, stats = objective.loss_sum(model, batch)
     assert pairs == 2
