@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ def build_objective(cfg: TrainerConfig, copied: torch.nn.Module | None) -> Prefe
 
 
 def _adapters_disabled(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    peft_model = innermost(model)
+    peft_model: Any = innermost(model)  # a peft PeftModel (reference_kind checked the method)
     with peft_model.disable_adapter():
         return sequence_logps(peft_model, batch)
 

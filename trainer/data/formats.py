@@ -206,7 +206,7 @@ def _render_preference(values: dict[str, Any], tokenizer: Any) -> Example:
 
 def _preference_responses(values: dict[str, Any]) -> tuple[Any, Any]:
     """chosen and rejected: two non-empty strings, or two assistant message lists (chat style)."""
-    found = []
+    found: list[Any] = []
     for key in ("chosen", "rejected"):
         if key not in values or values[key] is None:
             raise missing_field(values, key)

@@ -124,8 +124,8 @@ def held_out_split(examples: int, ratio: float, seed: int, paired: bool = False)
     """data.validation_split: the (sorted) example indices held out for validation, and the rest.
     `paired`: examples 2i and 2i + 1 are a preference pair, held out (or not) together."""
     if paired:
-        held, rest = held_out_split(examples // 2, ratio, seed)
-        return _both_of_pairs(held), _both_of_pairs(rest)
+        held_pairs, rest_pairs = held_out_split(examples // 2, ratio, seed)
+        return _both_of_pairs(held_pairs), _both_of_pairs(rest_pairs)
     order = np.random.default_rng(seed).permutation(examples)
     held = max(1, int(round(examples * ratio)))
     return np.sort(order[:held]), np.sort(order[held:])
