@@ -124,3 +124,22 @@ def test_full_fine_tuning_dpo_uses_a_frozen_copy(tiny_model_dir: Path, tmp_path:
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the copy equals the policy at step 0
     # The reference stayed frozen: rewards move away from 0 as the policy leaves it.
     assert records[-1]["rewards_chosen"] != 0.0 and records[-1]["loss"] != pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_orpo_run_is_reference_free_nll_plus_odds_ratio(tiny_model_dir: Path, tmp_path: Path) -> None:
+    lam = 0.1
+    config = _config(
+        tmp_path,
+        "orpo",
+        tiny_model_dir,
+        training={"objective": "orpo", "max_steps": 2, "preference": {"orpo_lambda": lam}},
+        eval={"at_start": False},
+        checkpoint={"every_steps": 0},
+    )
+    assert train(str(config), []) == 0
+    first = read_metrics(tmp_path / "orpo", "train")[0]
+    # ORPO logs per-token mean log-probs; its loss is the chosen NLL (= -logps_chosen) plus
+    # lambda * softplus(-log odds ratio), which is positive and, near a log odds ratio of 0, about lambda * ln 2.
+    odds_term = first["loss"] + first["logps_chosen"]
+    assert 0 < odds_term < lam * 2
+    assert first["rewards_chosen"] == pytest.approx(lam * first["logps_chosen"])
