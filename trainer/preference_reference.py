@@ -60,8 +60,15 @@ def build_objective(cfg: TrainerConfig, copied: torch.nn.Module | None) -> Prefe
 
 def _adapters_disabled(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     peft_model: Any = innermost(model)  # a peft PeftModel (reference_kind checked the method)
-    with peft_model.disable_adapter():
-        return sequence_logps(peft_model, batch)
+    # Eval mode: the reference is deterministic (no dropout) and skips activation checkpointing,
+    # which has nothing to save without gradients; the policy's mode is restored after.
+    was_training = peft_model.training
+    peft_model.eval()
+    try:
+        with peft_model.disable_adapter():
+            return sequence_logps(peft_model, batch)
+    finally:
+        peft_model.train(was_training)
 
 
 def _of_copy(reference: torch.nn.Module) -> Reference:
