@@ -141,9 +141,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     scores = summary.get("scores", {})
     if scores:
-        # Classification runs report accuracy where generation runs report exact match.
-        classification = any("accuracy" in part for entry in scores.values() for part in entry.values())
-        metric, title = ("accuracy", "accuracy") if classification else ("exact_match", "exact match")
+        # Classification runs report accuracy, preference runs preference accuracy, generation runs exact match.
+        reported = {key for entry in scores.values() for part in entry.values() for key in part}
+        metric, title = ("exact_match", "exact match")
+        if "accuracy" in reported:
+            metric, title = ("accuracy", "accuracy")
+        elif "preference_accuracy" in reported:
+            metric, title = ("preference_accuracy", "pref. accuracy")
         lines.append(f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}{title + ' (base -> tuned)':<30}")
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})

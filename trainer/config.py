@@ -56,7 +56,7 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
 
 
-DataFormat = Literal["alpaca", "chat", "completion", "text", "classification"]
+DataFormat = Literal["alpaca", "chat", "completion", "text", "classification", "preference"]
 
 
 class MixtureSource(Section):
@@ -78,7 +78,9 @@ class DataConfig(Section):
         "(required unless data.mixture is set).",
     )
     format: DataFormat = Field(
-        "chat", description="Row format; `classification` = {text, label} rows for a classification head."
+        "chat",
+        description="Row format; `classification` = {text, label} rows for a classification head; `preference` = "
+        "{prompt, chosen, rejected} pairs for training.objective dpo/orpo.",
     )
     mixture: list[MixtureSource] = Field(
         default_factory=list,
@@ -191,7 +193,44 @@ class LossConfig(Section):
     )
 
 
+class PreferenceConfig(Section):
+    """training.preference: the settings of the preference objectives (trainer/preference_loss.py)."""
+
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid",
+        description="DPO loss: sigmoid (DPO, Rafailov et al. 2023), ipo (Azar et al. 2023), hinge (SLiC-style).",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="DPO: strength of the pull towards the reference model (the reward scale)."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="DPO sigmoid: assumed probability that a pair's labels are flipped (cDPO)."
+    )
+    orpo_lambda: float = Field(0.1, gt=0, description="ORPO: weight of the odds-ratio term added to the SFT loss.")
+    reference: Literal["auto", "adapters_disabled", "copy"] = Field(
+        "auto",
+        description="DPO reference model: adapters_disabled = the base model with the adapters switched off (adapter "
+        "methods; no extra memory); copy = a frozen copy of the initial model (full fine-tuning, one process or "
+        "ddp; a second set of weights); auto = adapters_disabled for adapter methods, copy for full.",
+    )
+
+    @model_validator(mode="after")
+    def _smoothing_is_sigmoid_only(self) -> PreferenceConfig:
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(
+                f"training.preference.label_smoothing applies to loss_type=sigmoid only (got {self.loss_type}); "
+                "remove it"
+            )
+        return self
+
+
 class TrainingConfig(Section):
+    objective: Literal["sft", "dpo", "orpo"] = Field(
+        "sft",
+        description="sft = next-token loss on the response tokens; dpo / orpo = preference tuning on "
+        "data.format=preference pairs (docs/preference-tuning.md).",
+    )
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
     micro_batch_size: int = Field(8, ge=1)
@@ -448,6 +487,7 @@ class TrainerConfig(Section):
                 "inside the compiled layers); set model.compile=false, or use fsdp or ddp"
             )
         _check_transfer(self)
+        _check_preference(self)
         return self
 
     def _has_eval_data(self) -> bool:
@@ -466,6 +506,54 @@ class TrainerConfig(Section):
         names += ["test"] if data.test else []
         names += ["retain"] if self.eval.retain else []
         return names
+
+
+def _check_preference(cfg: TrainerConfig) -> None:
+    """training.objective against the data, method and parallel sections (docs/preference-tuning.md)."""
+    objective, formats = cfg.training.objective, cfg.data.formats()
+    preference = objective in ("dpo", "orpo")
+    if preference and cfg.data.mixture:
+        raise ValueError(
+            f"training.objective={objective} trains on one preference dataset: use data.train, not data.mixture"
+        )
+    if preference and formats != {"preference"}:
+        raise ValueError(
+            f"training.objective={objective} trains on preference pairs: set data.format=preference "
+            "({prompt, chosen, rejected} rows)"
+        )
+    if not preference and "preference" in formats:
+        raise ValueError(
+            "data.format=preference holds pairs for a preference objective: set training.objective=dpo or orpo"
+        )
+    if not preference:
+        return
+    if cfg.data.packing:
+        raise ValueError(
+            f"training.objective={objective} scores chosen and rejected as whole sequences side by side, which "
+            "packing would mix with other examples: set data.packing=false"
+        )
+    reference = cfg.training.preference.reference
+    if objective == "orpo" and reference != "auto":
+        raise ValueError("training.objective=orpo is reference-free: remove training.preference.reference")
+    if objective != "dpo":
+        return
+    if reference == "adapters_disabled" and not cfg.method.uses_adapter:
+        raise ValueError(
+            "training.preference.reference=adapters_disabled needs an adapter method (method.type=lora, dora or "
+            "qlora); with method.type=full use reference=copy"
+        )
+    if reference == "copy" and cfg.method.uses_adapter:
+        raise ValueError(
+            "training.preference.reference=copy is for full fine-tuning; with an adapter method the base model "
+            "with adapters disabled is the reference at no memory cost (reference=auto)"
+        )
+    if not cfg.method.uses_adapter and cfg.parallel.strategy in SHARDED:
+        raise ValueError(
+            f"training.objective=dpo with method.type=full under parallel.strategy={cfg.parallel.strategy}: the "
+            "frozen reference copy is not sharded by ftl yet (a full unsharded copy per worker would defeat the "
+            "sharding); use an adapter method (reference = base with adapters disabled), parallel.strategy=ddp, "
+            "or the reference-free training.objective=orpo"
+        )
 
 
 def _check_transfer(cfg: TrainerConfig) -> None:

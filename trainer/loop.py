@@ -20,6 +20,7 @@ from trainer.global_batch import global_batch_size
 from trainer.loop_state import LoopState
 from trainer.loss import loss_sum, target_count
 from trainer.metrics import MetricsWriter
+from trainer.preference_loss import STATS, PreferenceObjective, stat_means
 from trainer.stopping import StopFlag
 from trainer.strategies.base import Strategy
 
@@ -56,7 +57,9 @@ def train_loop(
     stop: StopFlag,
     console: RunConsole | None = None,
     shuffle: bool = True,
+    objective: PreferenceObjective | None = None,
 ) -> LoopState:
+    """`objective`: a preference objective (training.objective dpo/orpo) instead of the next-token loss."""
     rank, world, device = strategy.rank, strategy.world_size, strategy.device
     sampler = data.sampler(cfg.seed, shuffle=shuffle)
     mb, accum = cfg.micro_batch_size, cfg.gradient_accumulation_steps
@@ -79,10 +82,16 @@ def train_loop(
         # give exactly the gradient of one big batch.
         scale = strategy.loss_scale() / max(global_targets, 1.0)
         local_loss = 0.0
+        local_stats = dict.fromkeys(STATS, 0.0) if objective else {}
         for k, batch in enumerate(micro):
             with strategy.micro_step(model, last=k == accum - 1):
+                on_device = {key: v.to(device) for key, v in batch.items()}
                 with strategy.autocast():
-                    summed, _ = loss_sum(model, {key: v.to(device) for key, v in batch.items()}, cfg.loss)
+                    if objective is None:
+                        summed, _ = loss_sum(model, on_device, cfg.loss)
+                    else:
+                        summed, _, stats = objective.loss_sum(model, on_device)
+                        local_stats = {name: local_stats[name] + stats[name] for name in STATS}
                 strategy.backward(model, summed * scale)
             local_loss += summed.detach().item()
             fault_point("micro", state.step + 1, rank)  # inside the accumulation window
@@ -108,6 +117,10 @@ def train_loop(
             "epoch": state.samples_seen / len(data),
             "samples_seen": state.samples_seen,
         }
+        if objective is not None:
+            values.update(
+                stat_means(dict(zip(STATS, all_reduce_sum(list(local_stats.values()), device))), global_targets)
+            )
         if group_lrs:
             values["lr_groups"] = group_lrs
         if state.step % cfg.log_every_steps == 0 or state.step == total_steps:

@@ -25,7 +25,9 @@ def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
 
 
 def target_count(batch: dict[str, torch.Tensor]) -> int:
-    """How many targets loss_sum sums over: classified examples, or label tokens."""
+    """How many targets loss_sum sums over: classified examples, preference pairs, or label tokens."""
+    if "pairs" in batch:
+        return int(batch["pairs"])
     if "class_labels" in batch:
         return int(batch["class_labels"].numel())
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

@@ -39,6 +39,9 @@ from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model_builder import load_tokenizer
 from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
+from trainer.preference_eval import preference_eval
+from trainer.preference_loss import PreferenceObjective
+from trainer.preference_reference import build_objective, frozen_copy, reference_kind
 from trainer.run_layout import RunLayout
 from trainer.stopping import StopFlag, StopRequested
 from trainer.strategies import build_strategy
@@ -78,7 +81,15 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
         ctx.restart,
     )
     evaluator = _Evaluator(
-        cfg, trainee.model, strategy, tokenizer, data, trainee.metrics, console, extras=trainee.transfer.eval_extras
+        cfg,
+        trainee.model,
+        strategy,
+        tokenizer,
+        data,
+        trainee.metrics,
+        console,
+        extras=trainee.transfer.eval_extras,
+        objective=trainee.objective,
     )
     if trainee.state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
         # The forgetting check needs the base model's retain loss even when at_start is off.
@@ -107,6 +118,7 @@ class _Trainee:
     state: LoopState  # where training starts: step 0, or the resumed checkpoint's state
     total_steps: int
     console: RunConsole
+    objective: PreferenceObjective | None = None  # training.objective dpo/orpo
 
 
 def _build_trainee(
@@ -124,6 +136,9 @@ def _build_trainee(
     base = apply_model_options(
         build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing), cfg.model, ctx.device
     )
+    # DPO's frozen reference for full fine-tuning: copied before wrapping and before any resumed
+    # weights are loaded, so it is the initial model on every start.
+    copied = frozen_copy(base) if reference_kind(cfg) == "copy" else None
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
     total_steps = planned_steps(cfg, len(data.train), strategy.global_batch(), *resumed_at)
     metrics = MetricsWriter(
@@ -158,7 +173,8 @@ def _build_trainee(
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
-    return _Trainee(model, optimizer, scheduler, manager, metrics, transfer, state, total_steps, console)
+    objective = build_objective(cfg, copied)
+    return _Trainee(model, optimizer, scheduler, manager, metrics, transfer, state, total_steps, console, objective)
 
 
 def _also(first: Any, then: Any) -> Any:
@@ -278,6 +294,7 @@ def _train(
             stop=stop,
             console=trainee.console,
             shuffle=cfg.data.shuffle,
+            objective=trainee.objective,
         )
         trainee.manager.close()  # an asynchronous save still in flight is committed before anything else
     finally:
@@ -400,6 +417,7 @@ class _Evaluator:
         metrics: MetricsWriter,
         console: RunConsole,
         extras: Any = None,
+        objective: PreferenceObjective | None = None,
     ):
         self.cfg, self.model, self.strategy, self.tokenizer, self.data, self.metrics = (
             cfg,
@@ -411,6 +429,7 @@ class _Evaluator:
         )
         self.console = console
         self.extras = extras  # adds strategy-specific scores (classification, forgetting) to a record
+        self.objective = objective  # preference sets are scored by it (trainer/preference_eval.py)
 
     def __call__(self, step: int, label: str = "periodic", only: str | None = None) -> dict[str, dict[str, Any]]:
         """Score every eval set (or only the one named `only`); returns the records by set name."""
@@ -422,10 +441,21 @@ class _Evaluator:
         for eval_set in self.data.evals:
             if only is not None and eval_set.name != only:
                 continue
-            values: dict[str, Any] = {
-                "split": eval_set.name,
-                "label": label,
-                "eval_loss": eval_loss(
+            values: dict[str, Any] = {"split": eval_set.name, "label": label}
+            if eval_set.format == "preference" and self.objective is not None:
+                values.update(
+                    preference_eval(
+                        model,
+                        eval_set,
+                        batch,
+                        self.tokenizer.pad_token_id,
+                        self.strategy,
+                        self.cfg.eval.max_samples,
+                        self.objective,
+                    )
+                )
+            else:
+                values["eval_loss"] = eval_loss(
                     model,
                     eval_set,
                     batch,
@@ -433,8 +463,7 @@ class _Evaluator:
                     self.strategy,
                     self.cfg.eval.max_samples,
                     self.cfg.training.loss,
-                ),
-            }
+                )
             if self.cfg.eval.generation.enabled and eval_set.prompts:
                 score, samples = exact_match(
                     model,
@@ -463,7 +492,15 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
         entry = scores.setdefault(split, {})
         picked = {
             k: record[k]
-            for k in ("eval_loss", "exact_match", "accuracy", "macro_f1", "retain_loss_change")
+            for k in (
+                "eval_loss",
+                "exact_match",
+                "accuracy",
+                "macro_f1",
+                "retain_loss_change",
+                "preference_accuracy",
+                "reward_margin",
+            )
             if k in record
         }
         if record.get("label") == "base":

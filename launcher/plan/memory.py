@@ -230,6 +230,14 @@ def model_states(inv: Inventory, s: Setup) -> list[Item]:
         )
     )
 
+    if s.reference_copy:  # DPO, full fine-tuning: the initial weights, frozen, unsharded (ddp or one process)
+        items.append(
+            Item(
+                "DPO reference model (frozen copy of the weights)",
+                sum(p.stored_numel * p.element_size for p in inv.params),
+            )
+        )
+
     quantized = [p for p in frozen if p.quantized]
     if quantized:
         # bitsandbytes dequantizes a 4-bit weight to the compute dtype for each matmul; the

@@ -54,6 +54,11 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
     )
     if model_dtype in ("bfloat16", "float16") and precision == "fp32":
         precision = "bf16" if model_dtype == "bfloat16" else "fp16"  # 16-bit weights compute in 16 bits
+    # Preference objectives score chosen and rejected side by side (twice the sequences per
+    # micro-batch) from the full logits (trainer/preference_loss.py), DPO with full fine-tuning
+    # against a frozen copy of the weights (trainer/preference_reference.py).
+    preference = cfg.training.objective if cfg.training.objective != "sft" else ""
+    sequences = cfg.training.micro_batch_size * (2 if preference else 1)
     attention = cfg.model.attn_implementation
     if attention == "auto":
         attention = "sdpa"  # flash-attn keeps the same tensors alive as SDPA's memory-efficient kernels
@@ -66,7 +71,7 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         reshard_after_forward=cfg.parallel.reshard_after_forward,
         workers=target.workers,
         gpus_per_node=target.gpus_per_node,
-        micro_batch=cfg.training.micro_batch_size,
+        micro_batch=sequences,
         accumulation=cfg.training.gradient_accumulation_steps,
         seq_len=cfg.data.max_seq_len,
         packing=cfg.data.packing,
@@ -76,7 +81,7 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         precision=precision,
         lora_dropout=cfg.method.lora.dropout,
         accelerator=acc,
-        loss_chunked=cfg.training.loss.chunked,
+        loss_chunked=cfg.training.loss.chunked and not preference,
         chunk_tokens=cfg.training.loss.chunk_tokens,
         optimizer=cfg.training.optimizer,
         optimizer_in_backward=cfg.training.optimizer_in_backward,
@@ -85,6 +90,8 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         activation_offloading=cfg.model.activation_offloading,
         compile=cfg.model.compile,
         liger=cfg.model.liger_kernels,
+        preference=preference,
+        reference_copy=preference == "dpo" and not cfg.method.uses_adapter,
     )
 
 

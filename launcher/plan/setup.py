@@ -38,6 +38,10 @@ class Setup:
     activation_offloading: bool = False
     compile: bool = False
     liger: bool = False
+    # training.objective dpo/orpo: each micro-batch holds chosen + rejected (micro_batch counts both);
+    # reference_copy: DPO with full fine-tuning keeps a frozen copy of the weights.
+    preference: str = ""  # "" (sft) | dpo | orpo
+    reference_copy: bool = False
 
     def but(self, **changes: object) -> Setup:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -64,7 +68,8 @@ class Setup:
             parts.append(f"optimizer offload {self.offload_optimizer}")
         if self.offload_params != "none":
             parts.append(f"parameter offload {self.offload_params}")
-        parts.append(f"micro-batch {self.micro_batch} x {self.seq_len} tokens")
+        pairs = f" ({self.micro_batch // 2} {self.preference.upper()} pairs)" if self.preference else ""
+        parts.append(f"micro-batch {self.micro_batch}{pairs} x {self.seq_len} tokens")
         if self.checkpointing:
             parts.append("activation checkpointing")
         if self.activation_offloading:

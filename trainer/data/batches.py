@@ -27,6 +27,9 @@ class RowDataset:
     rows: list[list[int]]
     packed: bool
     mixture: list[MixtureSpan] | None = None  # one per source when training on a data.mixture
+    # Preference data: each row is [chosen, rejected] of one pair, and becomes two sequences of the
+    # batch (all chosen first, then all rejected), so a pair never straddles micro-batches or workers.
+    pairs: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -43,11 +46,16 @@ class RowDataset:
 
 def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch. Packed rows carry restarting position ids and no 2-D mask (so the
-    model builds the block-diagonal mask); unpacked rows carry an attention mask."""
+    model builds the block-diagonal mask); unpacked rows carry an attention mask. Preference rows
+    give 2 * len(row_indices) sequences: the chosen responses, then the rejected ones in the same order."""
+    if dataset.pairs:
+        sequences = [dataset.rows[row][:1] for row in row_indices] + [dataset.rows[row][1:] for row in row_indices]
+    else:
+        sequences = [dataset.rows[row] for row in row_indices]
     seqs, masks, positions = [], [], []
-    for row in row_indices:
+    for examples in sequences:
         ids_parts, mask_parts, pos_parts = [], [], []
-        for example in dataset.rows[row]:
+        for example in examples:
             ids, loss_mask = dataset.examples.example(example)
             ids_parts.append(ids)
             mask_parts.append(loss_mask)
@@ -78,6 +86,8 @@ def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict
     }
     if not dataset.packed:
         out["attention_mask"] = attention_mask
+    if dataset.pairs:
+        out["pairs"] = torch.tensor(len(row_indices))
     if dataset.examples.classes is not None:
         # Classification rows hold one example each (packing is refused for them).
         out["class_labels"] = torch.tensor([int(dataset.examples.classes[dataset.rows[r][0]]) for r in row_indices])

@@ -127,6 +127,10 @@ def _check_file(
                 check.kept_lengths.append(len(row.ids))
                 check.tokens += len(row.ids)
                 check.trained_tokens += sum(row.mask)
+                if row.rejected_ids:  # a preference pair: two examples, as training sees it
+                    check.kept_lengths.append(len(row.rejected_ids))
+                    check.tokens += len(row.rejected_ids)
+                    check.trained_tokens += sum(row.rejected_mask)
                 if len(check.samples) < samples:
                     check.samples.append(row)
     except DataError as exc:
@@ -145,7 +149,7 @@ def _training_rows(check: DataCheck, cfg: DataConfig, seed: int) -> None:
             continue
         own = np.asarray(file.kept_lengths, dtype=np.int64)
         if cfg.validation_split > 0 and not cfg.mixture:
-            held, rest = held_out_split(len(own), cfg.validation_split, seed)
+            held, rest = held_out_split(len(own), cfg.validation_split, seed, paired=cfg.format == "preference")
             check.held_out = len(held)
             own = own[rest]
         lengths.append(own)

@@ -9,6 +9,10 @@ Formats:
   text        {"text"}: plain language modelling, loss on every token.
   classification  {"text", "label"}: one example for a classification head; the label is a
               class name (transfer.head.labels) or its 0-based id.
+  preference  {"prompt", "chosen", "rejected"}: a preference pair (DPO/ORPO), rendered as two
+              examples (prompt + chosen, prompt + rejected), loss on the response only. Plain
+              strings, or chat style: `prompt` a message list, `chosen`/`rejected` an assistant
+              message (or a list of them), rendered with the chat template.
 
 Chat masking works on character offsets of the fully rendered conversation, so the token ids
 are exactly those of rendering the whole conversation at once (no re-tokenisation seams).
@@ -39,6 +43,7 @@ class Example:
     input_ids: list[int]
     loss_mask: list[int]
     class_label: int | None = None  # classification rows only
+    rejected: Example | None = None  # preference rows: this example is the chosen one, this the rejected
 
 
 @dataclass
@@ -62,6 +67,8 @@ def render_example(row: Row, fmt: str, tokenizer: Any, label_names: list[str] | 
             return Example(ids, [1] * len(ids), class_label_id(values, label_names or []))
         if fmt == "chat":
             return _render_chat(_messages(values), tokenizer)
+        if fmt == "preference":
+            return _render_preference(values, tokenizer)
         if fmt == "alpaca":
             return _render_alpaca(values, tokenizer)
         if fmt == "completion":
@@ -94,6 +101,13 @@ def render_prompt(row: Row, fmt: str, tokenizer: Any) -> Prompt:
         if fmt == "completion":
             prompt = _str_field(values, "prompt")
             return Prompt(_encode(tokenizer, prompt, specials=True), _str_field(values, "completion"))
+        if fmt == "preference":  # exact match against the chosen response
+            prompt_field, (chosen, _) = values.get("prompt"), _preference_responses(values)
+            if isinstance(prompt_field, list):
+                text = _apply_template(tokenizer, _message_list(prompt_field, "prompt"), add_generation_prompt=True)
+                return Prompt(_encode(tokenizer, text, specials=False), "".join(m["content"] for m in chosen))
+            prompt = _str_field(values, "prompt")
+            return Prompt(_encode(tokenizer, prompt, specials=True), str(chosen))
     except RowProblem as exc:
         raise DataError(f"{row.where}: {exc} (format {fmt!r})") from None
     raise ValueError(f"format {fmt!r} has no prompt/answer split")
@@ -141,7 +155,7 @@ def _str_field(values: dict[str, Any], key: str, allow_empty: bool = True) -> st
     return value
 
 
-def _messages(values: dict[str, Any]) -> list[dict[str, str]]:
+def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[dict[str, str]]:
     messages = values.get("messages")
     if messages is None:
         messages = values.get("conversations")  # a common alias in public chat datasets
@@ -164,9 +178,67 @@ def _messages(values: dict[str, Any]) -> list[dict[str, str]]:
         if not isinstance(content, str):
             raise RowProblem(f"messages[{index}].content must be a string")
         clean.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in clean):
+    if require_assistant and not any(m["role"] == "assistant" for m in clean):
         raise RowProblem("no assistant message, so there is nothing to train on")
     return clean
+
+
+def _render_preference(values: dict[str, Any], tokenizer: Any) -> Example:
+    """Prompt + chosen and prompt + rejected, each masked to its response. A message-list prompt
+    means chat style: both conversations go through the chat template (_render_chat's masking)."""
+    if "prompt" not in values or values["prompt"] is None:
+        raise missing_field(values, "prompt")
+    chosen, rejected = _preference_responses(values)
+    if isinstance(values["prompt"], list):
+        prompt = _message_list(values["prompt"], "prompt")
+        if prompt[-1]["role"] == "assistant":
+            raise RowProblem("the prompt ends with an assistant message; the responses are the assistant's turn")
+        # Only the responses carry loss: earlier assistant turns of the prompt are context.
+        first = _render_chat(prompt + chosen, tokenizer, train_from=len(prompt))
+        second = _render_chat(prompt + rejected, tokenizer, train_from=len(prompt))
+    else:
+        prompt_text = _str_field(values, "prompt")
+        first = _prompt_answer(tokenizer, prompt_text, str(chosen))
+        second = _prompt_answer(tokenizer, prompt_text, str(rejected))
+    first.rejected = second
+    return first
+
+
+def _preference_responses(values: dict[str, Any]) -> tuple[Any, Any]:
+    """chosen and rejected: two non-empty strings, or two assistant message lists (chat style)."""
+    found: list[Any] = []
+    for key in ("chosen", "rejected"):
+        if key not in values or values[key] is None:
+            raise missing_field(values, key)
+        value = values[key]
+        if isinstance(value, dict):
+            value = [value]
+        if isinstance(value, list):
+            messages = _message_list(value, key)
+            if any(m["role"] != "assistant" for m in messages):
+                raise RowProblem(f"field {key!r} must hold assistant messages only")
+            found.append(messages)
+        elif isinstance(value, str):
+            if not value.strip():
+                raise RowProblem(f"field {key!r} is empty")
+            found.append(value)
+        else:
+            raise RowProblem(f"field {key!r} must be a string or assistant message(s), got {type(value).__name__}")
+    if type(found[0]) is not type(found[1]) or isinstance(found[0], list) != isinstance(values["prompt"], list):
+        raise RowProblem(
+            "prompt, chosen and rejected must all be plain strings, or all chat style "
+            "(prompt a message list, chosen/rejected assistant messages)"
+        )
+    return found[0], found[1]
+
+
+def _message_list(value: Any, key: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise RowProblem(f"field {key!r} must be a non-empty list of {{role, content}} objects")
+    try:
+        return _messages({"messages": value}, require_assistant=False)
+    except RowProblem as exc:
+        raise RowProblem(f"field {key!r}: {str(exc).replace('messages', key, 1)}") from None
 
 
 def _apply_template(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
@@ -181,11 +253,12 @@ def _apply_template(tokenizer: Any, messages: list[dict[str, str]], add_generati
         raise RowProblem(f"the chat template rejected this conversation: {exc}") from None
 
 
-def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> Example:
+def _render_chat(messages: list[dict[str, str]], tokenizer: Any, train_from: int = 0) -> Example:
+    """Loss on the assistant messages from index `train_from` on (earlier ones are context)."""
     full = _apply_template(tokenizer, messages, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or index < train_from:
             continue
         before = _apply_template(tokenizer, messages[:index], add_generation_prompt=True) if index else ""
         through = _apply_template(tokenizer, messages[: index + 1], add_generation_prompt=False)

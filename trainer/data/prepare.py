@@ -20,7 +20,7 @@ from trainer.data.tokenized import TokenizedSet, load_tokenized
 log = logging.getLogger(__name__)
 
 # Formats with a prompt/answer split, which exact-match generation can score.
-PROMPT_FORMATS = ("chat", "alpaca", "completion")
+PROMPT_FORMATS = ("chat", "alpaca", "completion", "preference")
 
 
 @dataclass
@@ -86,7 +86,7 @@ def prepare_data(
                 EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format)
             )
         elif cfg.validation_split > 0:
-            held, rest = held_out_split(len(train), cfg.validation_split, seed)
+            held, rest = held_out_split(len(train), cfg.validation_split, seed, paired=cfg.format == "preference")
             evals.append(
                 EvalSet("validation", train.subset(held), source=cfg.train, format=cfg.format, split=cfg.split)
             )
@@ -117,18 +117,29 @@ def prepare_data(
     if mixture_report:
         report["mixture"] = mixture_report
     log.info("data: %s", report)
-    return PreparedData(RowDataset(train, rows, cfg.packing, spans), evals, report)
+    return PreparedData(RowDataset(train, rows, cfg.packing, spans, pairs=cfg.format == "preference"), evals, report)
 
 
-def held_out_split(examples: int, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """data.validation_split: the (sorted) example indices held out for validation, and the rest."""
+def held_out_split(examples: int, ratio: float, seed: int, paired: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """data.validation_split: the (sorted) example indices held out for validation, and the rest.
+    `paired`: examples 2i and 2i + 1 are a preference pair, held out (or not) together."""
+    if paired:
+        held_pairs, rest_pairs = held_out_split(examples // 2, ratio, seed)
+        return _both_of_pairs(held_pairs), _both_of_pairs(rest_pairs)
     order = np.random.default_rng(seed).permutation(examples)
     held = max(1, int(round(examples * ratio)))
     return np.sort(order[:held]), np.sort(order[held:])
 
 
+def _both_of_pairs(pairs: np.ndarray) -> np.ndarray:
+    return np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)
+
+
 def training_rows(lengths: np.ndarray, cfg: DataConfig) -> list[list[int]]:
-    """The training rows over examples of these lengths: packed, or one example per row."""
+    """The training rows over examples of these lengths: packed, one example per row, or (preference
+    data, never packed) one [chosen, rejected] pair per row."""
+    if cfg.format == "preference":
+        return [[i, i + 1] for i in range(0, len(lengths), 2)]
     if cfg.packing:
         return pack_examples(lengths, cfg.max_seq_len)
     return [[i] for i in range(len(lengths))]
@@ -160,7 +171,10 @@ def _mixture_rows(cfg: DataConfig, load: Any) -> tuple[TokenizedSet, list[list[i
 
 def _prompts_for(eval_set: EvalSet, tokenizer: Any, limit: int | None) -> list[Prompt]:
     """Prompts for exact-match scoring, re-rendered from the same source rows as the eval examples."""
-    wanted = eval_set.examples.source_rows[: limit or len(eval_set.examples)].tolist()
+    sources = eval_set.examples.source_rows
+    if eval_set.format == "preference":
+        sources = sources[::2]  # each pair is two examples of one row
+    wanted = sources[: limit or len(sources)].tolist()
     wanted_set = set(wanted)
     by_index = {i: row for i, row in enumerate(read_rows(eval_set.source, eval_set.split)) if i in wanted_set}
     return [render_prompt(by_index[i], eval_set.format, tokenizer) for i in wanted]

@@ -160,6 +160,9 @@ class ScannedRow:
     ids: list[int] = field(default_factory=list)  # what training uses (truncated, first token masked)
     mask: list[int] = field(default_factory=list)
     class_label: int | None = None
+    # preference rows: the rejected response's example (ids/mask above are the chosen one's)
+    rejected_ids: list[int] = field(default_factory=list)
+    rejected_mask: list[int] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -183,27 +186,33 @@ def scan_rows(
         except DataError as exc:
             yield ScannedRow(row_index, row.where, "bad", problem=str(exc))
             continue
-        token_ids, mask = example.input_ids, example.loss_mask
+        # A preference pair is one row of two examples: the length rules judge both together,
+        # so a pair is kept, truncated or dropped as a whole (never half of it).
+        parts = [example] if example.rejected is None else [example, example.rejected]
+        rendered = max(len(part.input_ids) for part in parts)
         fate = "kept"
-        if len(token_ids) > max_seq_len:
+        if rendered > max_seq_len:
             if too_long == "error":
                 problem = (
-                    f"{row.where}: {len(token_ids)} tokens, longer than data.max_seq_len={max_seq_len}; "
+                    f"{row.where}: {rendered} tokens, longer than data.max_seq_len={max_seq_len}; "
                     "raise max_seq_len or set data.too_long to truncate or drop"
                 )
-                yield ScannedRow(row_index, row.where, "too_long", problem, len(token_ids))
+                yield ScannedRow(row_index, row.where, "too_long", problem, rendered)
                 continue
             if too_long == "drop":
-                yield ScannedRow(row_index, row.where, "dropped_too_long", rendered_len=len(token_ids))
+                yield ScannedRow(row_index, row.where, "dropped_too_long", rendered_len=rendered)
                 continue
             fate = "truncated"
         # The first token of an example is never a target inside that example; masking it also
         # keeps a packed row's previous example from being trained to predict it.
-        kept_ids, kept_mask = list(token_ids[:max_seq_len]), [0] + list(mask[1:max_seq_len])
-        if not any(kept_mask):
-            yield ScannedRow(row_index, row.where, "dropped_no_loss", rendered_len=len(token_ids))
+        kept = [(list(p.input_ids[:max_seq_len]), [0] + list(p.loss_mask[1:max_seq_len])) for p in parts]
+        if not all(any(mask) for _, mask in kept):
+            yield ScannedRow(row_index, row.where, "dropped_no_loss", rendered_len=rendered)
             continue
-        yield ScannedRow(row_index, row.where, fate, "", len(token_ids), kept_ids, kept_mask, example.class_label)
+        scanned = ScannedRow(row_index, row.where, fate, "", rendered, *kept[0], example.class_label)
+        if len(kept) == 2:
+            scanned.rejected_ids, scanned.rejected_mask = kept[1]
+        yield scanned
 
 
 def _tokenize(
@@ -240,6 +249,10 @@ def _tokenize(
         ids.append(np.asarray(scanned.ids, dtype=np.int32))
         masks.append(np.asarray(scanned.mask, dtype=np.uint8))
         sources.append(scanned.index)
+        if scanned.rejected_ids:  # a preference pair: examples 2i (chosen) and 2i + 1 (rejected)
+            ids.append(np.asarray(scanned.rejected_ids, dtype=np.int32))
+            masks.append(np.asarray(scanned.rejected_mask, dtype=np.uint8))
+            sources.append(scanned.index)
         if scanned.class_label is not None:
             classes.append(scanned.class_label)
         stats["rows"] += 1

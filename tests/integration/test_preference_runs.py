@@ -1,0 +1,145 @@
+"""DPO runs end to end on the tiny model: step 1's loss is ln 2 (policy == reference), a stopped run
+resumes exactly, final/ loads with stock transformers/peft, 2 DDP workers match one process, and
+full fine-tuning trains against a frozen copy. One single-process run is the reference for all."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from launcher.commands import train
+from tests.conftest import FTL, REPO, write_config
+from trainer.metrics import read_metrics
+
+pytestmark = pytest.mark.integration
+
+PREF_DATA = REPO / "assets" / "data" / "fictional-pref"
+STEPS = 6
+LOSS_RTOL = 1e-5  # as tests/integration/test_parallel_parity.py: only summation orders differ
+
+
+def _config(tmp_path: Path, name: str, tiny_model_dir: Path, micro: int = 4, **extra: Any) -> Path:
+    sections: dict[str, Any] = dict(
+        data={
+            "train": str(PREF_DATA / "train.jsonl"),
+            "validation": str(PREF_DATA / "valid.jsonl"),
+            "format": "preference",
+            "packing": False,
+        },
+        training={"objective": "dpo", "max_steps": STEPS, "micro_batch_size": micro, "learning_rate": 1e-2},
+        eval={"at_start": True, "max_samples": 8},
+        checkpoint={"every_steps": 2},
+    )
+    for section, values in extra.items():
+        sections.setdefault(section, {}).update(values)
+    return write_config(tmp_path / f"{name}.yaml", tiny_model_dir, tmp_path / name, **sections)
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("dpo-golden")
+    assert train(str(_config(root, "run", tiny_model_dir)), []) == 0
+    return root / "run"
+
+
+def test_dpo_lora_run_reports_preference_metrics_and_exports_for_stock_peft(golden: Path, tiny_model_dir: Path) -> None:
+    train_records = read_metrics(golden, "train")
+    assert train_records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # adapters start as the identity
+    for key in ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
+        assert key in train_records[-1]
+    assert train_records[0]["rewards_chosen"] == 0.0 != train_records[-1]["rewards_chosen"]  # the policy moved
+    summary = json.loads((golden / "summary.json").read_text())
+    validation = summary["scores"]["validation"]
+    assert set(validation) == {"base", "final"}
+    assert 0.0 <= validation["base"]["preference_accuracy"] <= 1.0
+    assert validation["base"]["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), golden / "final" / "adapter"
+    )
+    assert any("lora_A" in name for name, _ in tuned.named_parameters())
+    merged = AutoModelForCausalLM.from_pretrained(str(golden / "final" / "merged"))
+    assert merged.config.num_hidden_layers == 2
+
+
+def test_stopped_dpo_run_resumes_exactly(golden: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, "interrupted", tiny_model_dir)
+    env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="3")
+    first = subprocess.run([*FTL, "train", str(config)], env=env, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 3, first.stderr[-2000:]
+    assert train(str(config), []) == 0
+    run = tmp_path / "interrupted"
+    resumed = [(r["step"], r["loss"], r["reward_margin"]) for r in read_metrics(run, "train")]
+    assert resumed == [(r["step"], r["loss"], r["reward_margin"]) for r in read_metrics(golden, "train")]
+    want = load_file(str(golden / "final" / "adapter" / "adapter_model.safetensors"))
+    have = load_file(str(run / "final" / "adapter" / "adapter_model.safetensors"))
+    assert want.keys() == have.keys() and all((want[k] == have[k]).all() for k in want)
+
+
+# The reference forward (adapters disabled) runs through each strategy's own parameter handling:
+# replicated (DDP), FSDP2's all-gather hooks, ZeRO-3's partitioned parameters.
+PARALLEL = {
+    "ddp": {"strategy": "ddp"},
+    "fsdp": {"strategy": "fsdp"},
+    "zero3": {"strategy": "deepspeed", "zero_stage": 3},
+}
+
+
+@pytest.mark.parametrize("strategy", list(PARALLEL))
+def test_two_workers_match_one_process(strategy: str, golden: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Each worker takes 2 pairs per micro-batch: the same global batch of 4 pairs as the golden run.
+    config = _config(tmp_path, strategy, tiny_model_dir, micro=2, cluster={"workers": 2}, parallel=PARALLEL[strategy])
+    result = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run, reference = read_metrics(tmp_path / strategy, "train"), read_metrics(golden, "train")
+    assert [r["loss"] for r in run] == pytest.approx([r["loss"] for r in reference], rel=LOSS_RTOL)
+    # DeepSpeed sums the gradient norm in fp64, torch in fp32 (as in test_parallel_parity.py).
+    assert [r["grad_norm"] for r in run] == pytest.approx([r["grad_norm"] for r in reference], rel=1e-4)
+    # The margin is beta times a difference of fp32 log-probs of about -30 (float32 resolution ~4e-6,
+    # times beta 0.1), so it is compared absolutely.
+    assert [r["reward_margin"] for r in run] == pytest.approx([r["reward_margin"] for r in reference], abs=1e-6)
+
+
+def test_full_fine_tuning_dpo_uses_a_frozen_copy(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "full",
+        tiny_model_dir,
+        method={"type": "full"},
+        training={"max_steps": 3, "learning_rate": 1e-3},
+        eval={"at_start": False},
+    )
+    assert train(str(config), []) == 0
+    records = read_metrics(tmp_path / "full", "train")
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the copy equals the policy at step 0
+    # The reference stayed frozen: rewards move away from 0 as the policy leaves it.
+    assert records[-1]["rewards_chosen"] != 0.0 and records[-1]["loss"] != pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_orpo_run_is_reference_free_nll_plus_odds_ratio(tiny_model_dir: Path, tmp_path: Path) -> None:
+    lam = 0.1
+    config = _config(
+        tmp_path,
+        "orpo",
+        tiny_model_dir,
+        training={"objective": "orpo", "max_steps": 2, "preference": {"orpo_lambda": lam}},
+        eval={"at_start": False},
+        checkpoint={"every_steps": 0},
+    )
+    assert train(str(config), []) == 0
+    first = read_metrics(tmp_path / "orpo", "train")[0]
+    # ORPO logs per-token mean log-probs; its loss is the chosen NLL (= -logps_chosen) plus
+    # lambda * softplus(-log odds ratio), which is positive and, near a log odds ratio of 0, about lambda * ln 2.
+    odds_term = first["loss"] + first["logps_chosen"]
+    assert 0 < odds_term < lam * 2
+    assert first["rewards_chosen"] == pytest.approx(lam * first["logps_chosen"])

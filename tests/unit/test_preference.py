@@ -1,0 +1,219 @@
+"""Preference tuning: the DPO/ORPO losses against their published formulas, ln 2 at step 0, the
+preference data format (masking, bad rows by file:line, pairs kept together) and the config rules."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainer.config import PreferenceConfig, TrainerConfig
+from trainer.data.batches import RowDataset, make_batch
+from trainer.data.formats import render_example, render_prompt
+from trainer.data.prepare import held_out_split
+from trainer.data.sources import Row
+from trainer.data.tokenized import load_tokenized, scan_rows
+from trainer.errors import DataError
+from trainer.preference_loss import PreferenceObjective, dpo_losses, orpo_losses, sequence_logps
+
+# A fixed batch of 4 pairs: policy and reference log-probs of chosen (c) and rejected (r).
+PC = [-12.0, -30.5, -7.25, -50.0]
+PR = [-14.0, -29.0, -9.0, -48.5]
+RC = [-13.0, -30.0, -8.0, -49.0]
+RR = [-13.5, -30.0, -8.5, -49.5]
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def _reference_dpo(loss_type: str, beta: float, eps: float) -> list[float]:
+    """The published formulas, element by element in plain floats."""
+    out = []
+    for pc, pr, rc, rr in zip(PC, PR, RC, RR):
+        h = (pc - rc) - (pr - rr)  # log pi(yw)/pi_ref(yw) - log pi(yl)/pi_ref(yl)
+        if loss_type == "sigmoid":  # DPO eq. 7, with cDPO's label smoothing
+            out.append(-(1 - eps) * math.log(_sigmoid(beta * h)) - eps * math.log(_sigmoid(-beta * h)))
+        elif loss_type == "ipo":  # IPO eq. 17: (h - 1/(2 tau))^2
+            out.append((h - 1 / (2 * beta)) ** 2)
+        else:  # hinge: max(0, 1 - beta h)
+            out.append(max(0.0, 1 - beta * h))
+    return out
+
+
+@pytest.mark.parametrize(
+    "loss_type,beta,eps", [("sigmoid", 0.1, 0.0), ("sigmoid", 0.5, 0.2), ("ipo", 0.1, 0.0), ("hinge", 0.3, 0.0)]
+)
+def test_dpo_losses_match_the_published_formulas(loss_type: str, beta: float, eps: float) -> None:
+    settings = PreferenceConfig(loss_type=loss_type, beta=beta, label_smoothing=eps)
+    t = [torch.tensor(v, dtype=torch.float64) for v in (PC, PR, RC, RR)]
+    losses, rewards_chosen, rewards_rejected = dpo_losses(*t, settings)
+    assert losses.tolist() == pytest.approx(_reference_dpo(loss_type, beta, eps), rel=1e-12, abs=1e-12)
+    assert rewards_chosen.tolist() == pytest.approx([beta * (pc - rc) for pc, rc in zip(PC, RC)])
+    assert rewards_rejected.tolist() == pytest.approx([beta * (pr - rr) for pr, rr in zip(PR, RR)])
+
+
+def test_orpo_loss_matches_its_formula() -> None:
+    chosen, rejected, lam = [-0.5, -1.25, -3.0, -0.01], [-0.75, -1.0, -4.0, -2.0], 0.25
+    losses, nll, log_odds = orpo_losses(
+        torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64), lam
+    )
+    expected = []
+    for mc, mr in zip(chosen, rejected):
+        odds = lambda m: math.exp(m) / (1 - math.exp(m))  # noqa: E731 -- odds of the mean token probability
+        ratio = math.log(odds(mc) / odds(mr))
+        expected.append(-mc - lam * math.log(_sigmoid(ratio)))
+    assert losses.tolist() == pytest.approx(expected, rel=1e-10)
+    assert nll.tolist() == pytest.approx([-c for c in chosen])
+
+
+PAIRS = [
+    {"prompt": "Q: capital of Fallamora?\nA:", "chosen": " Zitethra.", "rejected": " Brisilmir."},
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Flag of Zukesh?"}],
+        "chosen": {"role": "assistant", "content": "Silver."},
+        "rejected": [{"role": "assistant", "content": "Grey."}],
+    },
+]
+
+
+def _trained_text(tokenizer: Any, ids: list[int], mask: list[int]) -> str:
+    return tokenizer.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
+
+
+def test_preference_rows_train_only_the_responses(tokenizer: Any) -> None:
+    for row, (chosen, rejected) in zip(PAIRS, [("Zitethra.", "Brisilmir."), ("Silver.", "Grey.")]):
+        example = render_example(Row("t", row), "preference", tokenizer)
+        assert example.rejected is not None
+        assert _trained_text(tokenizer, example.input_ids, example.loss_mask).strip() == chosen
+        assert _trained_text(tokenizer, example.rejected.input_ids, example.rejected.loss_mask).strip() == rejected
+        # Same prompt tokens before the response in both.
+        first = example.loss_mask.index(1)
+        assert example.input_ids[:first] == example.rejected.input_ids[:first]
+    chat = render_example(Row("t", PAIRS[1]), "preference", tokenizer)
+    messages = PAIRS[1]["prompt"] + [PAIRS[1]["chosen"]]  # type: ignore[operator]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert chat.input_ids == tokenizer(full, add_special_tokens=False)["input_ids"]
+    prompt = render_prompt(Row("t", PAIRS[1]), "preference", tokenizer)
+    assert prompt.reference == "Silver."
+
+
+def test_bad_preference_rows_are_named_by_file_and_line(tmp_path: Path, tokenizer: Any) -> None:
+    rows = [
+        PAIRS[0],
+        {"prompt": "x", "chosen": "y"},
+        {"prompt": "x", "chosen": "y", "rejectd": "z"},
+        {"prompt": [{"role": "user", "content": "q"}], "chosen": "plain", "rejected": "plain"},
+        {"prompt": "x", "chosen": {"role": "user", "content": "y"}, "rejected": "z"},
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scanned = list(scan_rows(str(path), "preference", tokenizer, 128, "truncate"))
+    assert [s.fate for s in scanned] == ["kept", "bad", "bad", "bad", "bad"]
+    assert "pairs.jsonl line 2:" in scanned[1].problem and "missing field 'rejected'" in scanned[1].problem
+    assert "did you mean 'rejected'" in scanned[2].problem
+    assert "all be plain strings, or all chat style" in scanned[3].problem
+    assert "pairs.jsonl line 5:" in scanned[4].problem
+    with pytest.raises(DataError, match="4 bad rows"):
+        load_tokenized(str(path), "preference", tokenizer, max_seq_len=128, too_long="truncate", skip_bad_rows=False)
+
+
+def test_pairs_stay_together_in_splits_batches_and_length_rules(tmp_path: Path, tokenizer: Any) -> None:
+    long = {"prompt": "p", "chosen": "short", "rejected": " word" * 80}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [PAIRS[0], long, PAIRS[1]]))
+    fates = [s.fate for s in scan_rows(str(path), "preference", tokenizer, 32, "drop")]
+    assert fates == ["kept", "dropped_too_long", "kept"]  # dropped as a pair, not half of it
+    examples = load_tokenized(str(path), "preference", tokenizer, max_seq_len=32, too_long="drop", skip_bad_rows=False)
+    assert len(examples) == 4 and examples.source_rows.tolist() == [0, 0, 2, 2]
+    data = RowDataset(examples, [[0, 1], [2, 3]], packed=False, pairs=True)
+    batch = make_batch(data, [1, 0], pad_id=tokenizer.pad_token_id)
+    assert int(batch["pairs"]) == 2 and batch["input_ids"].shape[0] == 4
+    # All chosen first (rows 1, 0), then all rejected in the same order.
+    for position, example in enumerate([2, 0, 3, 1]):
+        ids = examples.example(example)[0]
+        assert batch["input_ids"][position, : len(ids)].tolist() == ids.tolist()
+    held, rest = held_out_split(20, 0.2, seed=3, paired=True)
+    assert len(held) == 4 and all(held[i] + 1 == held[i + 1] and held[i] % 2 == 0 for i in range(0, 4, 2))
+    assert sorted(held.tolist() + rest.tolist()) == list(range(20))
+
+
+def test_sigmoid_loss_is_ln2_at_step_0_with_adapters_disabled_reference(tiny_model_dir: Path, tokenizer: Any) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trainer.preference_reference import _adapters_disabled
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), LoraConfig(r=4, target_modules="all-linear")
+    )
+    examples = [render_example(Row("t", row), "preference", tokenizer) for row in PAIRS]
+    from trainer.data.tokenized import TokenizedSet
+
+    parts = [e for ex in examples for e in (ex, ex.rejected)]
+    import numpy as np
+
+    lengths = [len(p.input_ids) for p in parts]  # type: ignore[union-attr]
+    tokenized = TokenizedSet(
+        np.concatenate([np.asarray(p.input_ids, np.int32) for p in parts]),  # type: ignore[union-attr]
+        np.concatenate([np.asarray([0] + p.loss_mask[1:], np.uint8) for p in parts]),  # type: ignore[union-attr]
+        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        np.asarray([0, 0, 1, 1]),
+    )
+    batch = make_batch(
+        RowDataset(tokenized, [[0, 1], [2, 3]], packed=False, pairs=True), [0, 1], tokenizer.pad_token_id
+    )
+    objective = PreferenceObjective("dpo", PreferenceConfig(), _adapters_disabled)
+    summed, pairs, stats = objective.loss_sum(model, batch)
+    assert pairs == 2
+    assert float(summed.detach()) / pairs == pytest.approx(math.log(2), abs=1e-6)
+    assert stats["rewards_chosen"] == pytest.approx(0.0, abs=1e-6)
+    # The log-probs are those of the response tokens only: recompute one from the logits by hand.
+    logps = sequence_logps(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0].log_softmax(-1)
+    labels = batch["labels"][0]
+    by_hand = sum(float(logits[t - 1, labels[t]]) for t in range(1, len(labels)) if labels[t] != -100)
+    assert float(logps[0]) == pytest.approx(by_hand, rel=1e-5)
+
+
+def _config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "model": {"path": "m"},
+        "data": {"train": "t.jsonl", "format": "preference", "packing": False},
+        "training": {"objective": "dpo"},
+        "output": {"dir": "runs/x"},
+    }
+    for section, values in overrides.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"data": {"format": "chat"}}, "training.objective=dpo trains on preference pairs: set data.format=preference"),
+        ({"training": {"objective": "sft"}}, "data.format=preference holds pairs"),
+        ({"data": {"packing": True}}, "set data.packing=false"),
+        ({"method": {"type": "full"}, "parallel": {"strategy": "fsdp"}}, "frozen reference copy is not sharded"),
+        ({"training": {"objective": "dpo", "preference": {"reference": "copy"}}}, "reference=copy is for full"),
+        ({"training": {"objective": "orpo", "preference": {"reference": "copy"}}}, "orpo is reference-free"),
+        (
+            {"training": {"objective": "dpo", "preference": {"loss_type": "ipo", "label_smoothing": 0.1}}},
+            "label_smoothing applies to loss_type=sigmoid only",
+        ),
+    ],
+)
+def test_config_rules_name_the_keys(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("=", "=")):
+        TrainerConfig.model_validate(_config(**overrides))
+
+
+def test_valid_preference_configs() -> None:
+    TrainerConfig.model_validate(_config())
+    TrainerConfig.model_validate(_config(method={"type": "full"}, parallel={"strategy": "ddp"}))
+    TrainerConfig.model_validate(_config(training={"objective": "orpo"}, parallel={"strategy": "deepspeed"}))

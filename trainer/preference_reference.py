@@ -1,0 +1,78 @@
+"""The reference model of DPO (training.preference.reference), as a function of the policy model.
+
+adapters_disabled: the policy itself with its adapters switched off (peft's disable_adapter), i.e.
+the frozen base model; no second copy of any weight. It goes through the unwrapped module, whose
+sharding hooks (FSDP2, ZeRO-3) still gather parameters, so every strategy computes it in lockstep.
+copy: a frozen copy of the initial model (full fine-tuning, one process or DDP), built before the
+strategy wraps the policy and before a resumed checkpoint is loaded, so it is the initial model on
+every start of the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+
+from trainer.chunked_loss import innermost
+from trainer.config import TrainerConfig
+from trainer.preference_loss import PreferenceObjective, Reference, sequence_logps
+
+log = logging.getLogger(__name__)
+
+
+def reference_kind(cfg: TrainerConfig) -> str | None:
+    """What the reference is for this config: adapters_disabled, copy, or None (no reference needed)."""
+    if cfg.training.objective != "dpo":
+        return None
+    chosen = cfg.training.preference.reference
+    if chosen != "auto":
+        return chosen
+    return "adapters_disabled" if cfg.method.uses_adapter else "copy"
+
+
+def frozen_copy(base: torch.nn.Module) -> torch.nn.Module:
+    """The initial model, detached from training: its own weights, no gradients, eval mode."""
+    reference = copy.deepcopy(base)
+    reference.requires_grad_(False)
+    reference.eval()
+    return reference
+
+
+def build_objective(cfg: TrainerConfig, copied: torch.nn.Module | None) -> PreferenceObjective | None:
+    """The preference objective of the config (None for sft). `copied`: the frozen_copy when
+    reference_kind is copy."""
+    objective = cfg.training.objective
+    if objective == "sft":
+        return None
+    kind = reference_kind(cfg)
+    reference: Reference | None = None
+    if kind == "adapters_disabled":
+        reference = _adapters_disabled
+    elif kind == "copy":
+        assert copied is not None, "reference=copy needs the frozen copy"
+        reference = _of_copy(copied)
+    log.info("training.objective=%s (reference: %s)", objective, kind or "none, reference-free")
+    return PreferenceObjective(objective, cfg.training.preference, reference)
+
+
+def _adapters_disabled(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    peft_model: Any = innermost(model)  # a peft PeftModel (reference_kind checked the method)
+    # Eval mode: the reference is deterministic (no dropout) and skips activation checkpointing,
+    # which has nothing to save without gradients; the policy's mode is restored after.
+    was_training = peft_model.training
+    peft_model.eval()
+    try:
+        with peft_model.disable_adapter():
+            return sequence_logps(peft_model, batch)
+    finally:
+        peft_model.train(was_training)
+
+
+def _of_copy(reference: torch.nn.Module) -> Reference:
+    def logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sequence_logps(reference, batch)
+
+    return logps
