@@ -160,6 +160,7 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
         staging = root / f"{TMP_PREFIX}pull-{step_name(step)}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
+        problem: str | None
         try:
             pafs.copy_files(
                 source, str(staging), source_filesystem=remote.filesystem, destination_filesystem=pafs.LocalFileSystem()

@@ -61,8 +61,8 @@ def signals_request_stop(run_dir: Path, force_quit: Callable[[], None] | None = 
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)
 
 
 def _say(message: str) -> None:

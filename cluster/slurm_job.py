@@ -14,6 +14,7 @@ process runs `scontrol requeue`, and the requeued job resumes from that checkpoi
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shlex
@@ -197,7 +198,7 @@ def _wait_for_ray_nodes(address: str, count: int, starter: subprocess.Popen[byte
     while time.time() < deadline and starter.poll() is None:
         try:
             if not ray.is_initialized():
-                ray.init(address=address, logging_level="WARNING")
+                ray.init(address=address, logging_level=logging.WARNING)
             if sum(1 for n in ray.nodes() if n.get("Alive")) >= count:
                 return True
         except ConnectionError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def _resolve_one(holder: dict[str, Any], key: str, local_only: bool) -> None:
         holder[key] = str(expanded.resolve())
 
 
-def _describe(err: dict[str, Any], key_lines: dict[str, int]) -> str:
+def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     loc = [str(p) for p in err["loc"]]
     dotted = ".".join(loc)
     line = _nearest_line(loc, key_lines)

@@ -170,7 +170,7 @@ def _made_by_earlier_ftl(run_dir: Path) -> bool:
 
 
 def environment_record(argv: list[str] | None = None) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in TRACKED_PACKAGES:
         try:
             versions[name] = metadata.version(name)

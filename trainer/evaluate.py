@@ -55,8 +55,8 @@ def eval_loss(
             total += float(summed)
             tokens += n
     model.train(was_training)
-    total, tokens = all_reduce_sum([total, float(tokens)], strategy.device)
-    return total / max(tokens, 1)
+    summed_loss, token_count = all_reduce_sum([total, float(tokens)], strategy.device)
+    return summed_loss / max(token_count, 1)
 
 
 def normalize_answer(text: str) -> str:
@@ -110,7 +110,7 @@ def generate_texts(
 def exact_match(
     model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int, strategy: Strategy
 ) -> tuple[float, list[dict[str, str]]]:
-    hits, samples = 0, []
+    hits, samples = 0, list[dict[str, str]]()
     collective = strategy.forward_is_collective
     for indices in lockstep_batches(len(prompts), batch_size, strategy.rank, strategy.world_size, collective):
         chunk = [prompts[i] for i in (indices or [0])]

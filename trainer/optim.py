@@ -22,7 +22,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> Any:
 
 
 def weight_decay_groups(model: torch.nn.Module, cfg: TrainingConfig) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -45,7 +46,7 @@ def optimizer_over(groups: list[dict[str, Any]], cfg: TrainingConfig) -> Any:
 def _optimizer(groups: list[dict[str, Any]], cfg: TrainingConfig) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": cfg.adam_betas, "eps": cfg.adam_eps}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, **kwargs, **adamw_implementation(groups))
+        return torch.optim.AdamW(groups, **{**kwargs, **adamw_implementation(groups)})
     bnb = _bitsandbytes(cfg.optimizer)
     # 8-bit states only for tensors of at least min_8bit_size (4096) elements; smaller ones (norms,
     # biases, small adapters) keep fp32 states, as bitsandbytes decides.
@@ -142,9 +143,9 @@ class WarmupDecaySchedule:
     def state_dict(self) -> dict[str, object]:
         return {"step_count": self.step_count, "base_lrs": list(self.base_lrs)}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.step_count = int(state["step_count"])  # type: ignore[arg-type]
-        self.base_lrs = list(state["base_lrs"])  # type: ignore[arg-type]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self.base_lrs = list(state["base_lrs"])
         self._apply()
 
 

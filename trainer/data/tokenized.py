@@ -231,7 +231,7 @@ def _tokenize(
     classes: list[int] = []
     errors: list[str] = []
     bad_rows: list[str] = []  # without skip_bad_rows: every bad row, reported together at the end
-    stats = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
+    stats: dict[str, Any] = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
     for scanned in scan_rows(spec, fmt, tokenizer, max_seq_len, too_long, split, label_names):
         if scanned.fate == "bad" and skip_bad_rows:
             stats["skipped_bad"] += 1
