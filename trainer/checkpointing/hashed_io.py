@@ -120,7 +120,12 @@ class HashingFile:
             self.error = exc
             raise
         if self._written - self._written_back >= _WRITE_BEHIND and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self._fd, self._written_back, self._written - self._written_back, os.POSIX_FADV_DONTNEED)
+            try:
+                os.posix_fadvise(
+                    self._fd, self._written_back, self._written - self._written_back, os.POSIX_FADV_DONTNEED
+                )
+            except OSError:  # a hint: a filesystem that refuses it writes as before
+                pass
             self._written_back = self._written
 
 
