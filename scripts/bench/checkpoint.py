@@ -27,6 +27,7 @@ import os
 import socket
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -160,6 +161,7 @@ def throughput(root: Path, trainee: Trainee, fresh: Trainee, reps: int) -> dict[
             started = time.perf_counter()
             saved = manager.save(trainee.model, trainee.optimizer, trainee.scheduler, LoopState(step=rep + 2))
             times["save"].append(time.perf_counter() - started)
+            manager.close()  # the old checkpoint's deletion (background) must not overlap the raw write
             drop_cache(checkpoint_files(saved))
 
         def raw() -> None:
@@ -185,9 +187,10 @@ def throughput(root: Path, trainee: Trainee, fresh: Trainee, reps: int) -> dict[
 def blocking(directory: Path, trainee: Trainee, async_save: bool, saves: int, every: int) -> float:
     """Median seconds per save the training thread is blocked by checkpointing: in save, in the
     polls that commit it, and (asynchronous) in the next optimizer step's wait for the snapshot.
-    Saves are spaced so that an asynchronous write finishes before the next save (at least `every`
-    steps, more while it is still in flight), as in a real run where saves are minutes apart;
-    otherwise the next save would wait for it, which measures the disk, not the stall."""
+    Saves are spaced so that an asynchronous write (and the deletion of the oldest checkpoint)
+    finishes before the next save (at least `every` steps, more while either still runs), as in a
+    real run where saves are minutes apart; otherwise the next save would wait for it, which
+    measures the disk, not the stall."""
     manager = trainee.manager(directory, async_save=async_save)
     held = [0.0]
     wait_snapshot: Callable[[], None] = manager._wait_snapshot
@@ -205,7 +208,7 @@ def blocking(directory: Path, trainee: Trainee, async_save: bool, saves: int, ev
         manager.save(trainee.model, trainee.optimizer, trainee.scheduler, LoopState(step=save))
         blocked = time.perf_counter() - started
         steps = 0
-        while steps < every or manager.pending is not None:
+        while steps < every or manager.busy():
             trainee.step()
             started = time.perf_counter()
             manager.poll()
@@ -214,6 +217,66 @@ def blocking(directory: Path, trainee: Trainee, async_save: bool, saves: int, ev
         per_save.append(blocked + held[0])
     manager.close()
     return statistics.median(per_save)
+
+
+def write_strategies(directory: Path, size: int, reps: int) -> dict[str, float]:
+    """MiB/s (median) writing and fsyncing one file of `size` bytes: plainly, with write-behind
+    (what the checkpoint writer does: the writeback of every 32 MiB written is started at once),
+    and split between 2 and 4 threads writing their parts at their offsets (pwrite); cold after
+    each. Tells whether several threads per file would help on this disk."""
+    data = memoryview(bytearray(os.urandom(16 * MiB)) * max(1, -(-size // (16 * MiB))))[:size]
+    path = directory / "strategies.bin"
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def plain(behind: int = 0) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        done = started = 0
+        for begin in range(0, size, 4 * MiB):
+            view = data[begin : begin + 4 * MiB]
+            while view:
+                written = os.write(fd, view)
+                view, done = view[written:], done + written
+            if behind and done - started >= behind:
+                os.posix_fadvise(fd, started, done - started, os.POSIX_FADV_DONTNEED)
+                started = done
+        os.fsync(fd)
+        os.close(fd)
+
+    def threads(count: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(fd, size)
+        part = -(-size // count)
+
+        def write_part(index: int) -> None:
+            offset = index * part
+            view = data[offset : offset + part]
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+
+        workers = [threading.Thread(target=write_part, args=(index,)) for index in range(count)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        os.fsync(fd)
+        os.close(fd)
+
+    variants: dict[str, Callable[[], None]] = {
+        "1 thread": plain,
+        "write-behind": lambda: plain(32 * MiB),
+        "2 threads": lambda: threads(2),
+        "4 threads": lambda: threads(4),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for rep in range(reps):
+        for name in list(variants)[rep % len(variants) :] + list(variants)[: rep % len(variants)]:  # rotate
+            started = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - started)
+            drop_cache([path])
+    path.unlink()
+    return {name: size / MiB / statistics.median(spent) for name, spent in times.items()}
 
 
 def init_single_process_group() -> None:
@@ -232,7 +295,7 @@ def main() -> None:
     parser.add_argument("--params-millions", type=float, default=16.0)
     parser.add_argument("--layouts", default="replicated,dcp,deepspeed")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (medians are reported)")
-    parser.add_argument("--saves", type=int, default=3, help="saves per blocking-time loop")
+    parser.add_argument("--saves", type=int, default=5, help="saves per blocking-time loop")
     parser.add_argument("--every", type=int, default=3, help="least steps between saves in the blocking-time loop")
     args = parser.parse_args()
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
@@ -250,6 +313,9 @@ def main() -> None:
             sync_s = blocking(root / layout / "sync", trainee, False, args.saves, args.every)
             async_s = blocking(root / layout / "async", trainee, True, args.saves, args.every)
             rows.append((layout, result, sync_s, async_s))
+        largest = max(r["bytes"] for _, r, _, _ in rows) if rows else 64 * MiB
+        strategies = write_strategies(root / "strategies", largest, max(args.reps, 5))
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) at the end")
     print(f"disk {base} ({os.cpu_count()} CPUs), {args.params_millions:g}M fp32 params + AdamW, medians of {args.reps}")
     print(
         f"{'layout':<11}{'size MiB':>9}{'files':>6}{'raw write':>10}{'save':>7}{'ratio':>7}"
@@ -264,6 +330,10 @@ def main() -> None:
             f"{read:>10.0f}{load:>7.0f}{load / read:>7.0%}{sync_s * 1000:>15.0f}{stall}"
         )
     print("(MiB/s for raw write, save, raw read, load; ratio = checkpoint / raw of the same disk)")
+    print(
+        f"one {largest / MiB:.0f} MiB file written + fsynced, MiB/s: "
+        + ", ".join(f"{name} {speed:.0f}" for name, speed in strategies.items())
+    )
 
 
 if __name__ == "__main__":

@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from trainer.checkpointing import layouts
+from trainer.checkpointing.hashed_io import without_zip_crc
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.protocol import committed_checkpoints, latest_valid_checkpoint, validate_checkpoint
-from trainer.checkpointing.retention import checkpoints_to_delete
+from trainer.checkpointing.retention import checkpoints_to_delete, purge_old
 from trainer.config import TrainingConfig
 from trainer.loop_state import LoopState, loop_state_from_dict
 from trainer.optim import WarmupDecaySchedule, lr_multiplier
@@ -134,6 +136,36 @@ def test_retention_keeps_last_k_and_every_m(tmp_path: Path) -> None:
     for step in (5, 8, 9, 10):
         _save(tmp_path, step, keep_last=2, keep_every=4)
     assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-4", "step-8", "step-9", "step-10"]
+
+
+def test_old_checkpoints_are_hidden_at_once_and_deleted_by_the_given_runner(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        _save(tmp_path, step, keep_last=3)
+    root = tmp_path / "checkpoints"
+    deferred: list = []
+    assert purge_old(root, keep_last=2, keep_every=0, delete_with=deferred.append) == [1]
+    # Renamed before purge_old returns (never discoverable half-deleted); deleted only by the runner.
+    assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-2", "step-3"]
+    assert (root / ".purge-step-1").is_dir() and len(deferred) == 1
+    deferred[0]()
+    assert not (root / ".purge-step-1").exists()
+    _save(tmp_path, 4, keep_last=2)  # the manager's background deletion is over once close() returns
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step-3", "step-4"]
+
+
+def test_checkpoint_zip_records_skip_crc_and_the_switch_is_restored(tmp_path: Path) -> None:
+    from torch.serialization import get_crc32_options
+
+    before = get_crc32_options()
+    with without_zip_crc():
+        with without_zip_crc():  # another writer thread inside at the same time
+            assert not get_crc32_options()
+        assert not get_crc32_options()  # the inner exit did not switch it back under the outer one
+    assert get_crc32_options() == before
+    _, path = _save(tmp_path, 1)
+    with zipfile.ZipFile(path / "optimizer.pt") as archive:
+        assert {info.CRC for info in archive.infolist()} == {0}  # torch.load ignores it; sha256 guards
+    assert validate_checkpoint(path) is None and get_crc32_options() == before
 
 
 def test_purge_debris_is_invisible_and_cleaned(tmp_path: Path) -> None:

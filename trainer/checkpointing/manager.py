@@ -10,12 +10,14 @@ Save (collective: every rank calls it at the same step):
      optimizer step waits only until the writer thread has copied the state it saves);
   4. commit, once the write finished: every rank fsyncs the files it wrote itself (its RNG file,
      rank 0's loop state, what the StateIO says it wrote) and tells rank 0 their names and
-     sha256 (the StateIO's were computed while writing; the small files are hashed here); only
+     sha256 (the StateIO's were computed while writing; the small files are hashed here; for an
+     asynchronous save a background thread does this rank's part); only
      when every rank has (the gather is the barrier) does rank 0 list the directory, so no rank
      ever lists, opens or hashes a file another rank is still writing. Listed files nobody hashed
      are hashed by the ranks, a share each; rank 0 writes the manifest, fsyncs, renames to
-     `step-N/`, fsyncs the parent, updates the `latest` hint; then purges old checkpoints
-     (retention.py) and removes the checkpoints earlier resumes moved aside as invalid
+     `step-N/`, fsyncs the parent, updates the `latest` hint; then hides old checkpoints
+     (retention.py: renamed at once, deleted in a background thread that the next save and
+     `close` wait for) and removes the checkpoints earlier resumes moved aside as invalid
      (superseded by this one).
 """
 
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from trainer.checkpointing.layouts import FinishedWrite, PendingWrite, StateIO
+from trainer.checkpointing.layouts import FinishedWrite, PendingWrite, StateIO, ThreadWrite
 from trainer.checkpointing.protocol import (
     MANIFEST,
     checkpoints_dir,
@@ -45,7 +47,7 @@ from trainer.checkpointing.protocol import (
     write_latest_hint,
     write_manifest,
 )
-from trainer.checkpointing.retention import purge_old, remove_debris, remove_superseded_invalid
+from trainer.checkpointing.retention import BackgroundDeletion, purge_old, remove_debris, remove_superseded_invalid
 from trainer.checkpointing.rng import load_rng, rng_file, save_rng
 from trainer.checkpointing.trajectory import set_aside_foreign
 from trainer.distributed import all_gather_object, any_rank, barrier, broadcast_object
@@ -72,6 +74,35 @@ class _InFlight:
     protected: frozenset[int]
 
 
+class _DurableWrite:
+    """An asynchronous save's write followed, in a background thread, by this rank's part of the
+    commit (fsync and sha256 of the files it wrote): the commit on the training thread then only
+    exchanges the results, and rank 0 writes the manifest and renames."""
+
+    def __init__(
+        self,
+        write: PendingWrite,
+        prepare: Callable[[PendingWrite], tuple[list[str], dict[str, str], OSError | None]],
+    ):
+        self.write = write
+        self.result: tuple[list[str], dict[str, str], OSError | None] = ([], {}, None)
+
+        def run(_: Any) -> None:
+            self.result = prepare(write)
+
+        self._thread = ThreadWrite(run)
+
+    def wait_snapshot(self) -> None:
+        if hasattr(self.write, "wait_snapshot"):
+            self.write.wait_snapshot()
+
+    def done(self) -> bool:
+        return self._thread.done()
+
+    def wait(self) -> None:
+        self._thread.wait()
+
+
 class CheckpointManager:
     def __init__(
         self,
@@ -95,6 +126,7 @@ class CheckpointManager:
         self._warned_unclaimed = False
         self.saved_steps: set[int] = set()  # steps this process saved: only those may already exist at save time
         self._held_optimizers: set[int] = set()
+        self._deletion = BackgroundDeletion()  # old checkpoints are deleted off the training thread
         # Told about each committed checkpoint on every rank (e.g. to register it with Ray Train).
         self.on_commit = on_commit
         if async_save and hasattr(io, "prepare_async"):
@@ -108,6 +140,7 @@ class CheckpointManager:
 
     def save(self, model: Any, optimizer: Any, scheduler: Any, state: Any) -> Path:
         self.wait()
+        self._deletion.wait()  # the last purge is over before this save looks at the folder (and its space)
         final = self.root / step_name(state.step)
         if state.step in self.saved_steps and broadcast_object((final / MANIFEST).is_file()):
             return final  # this process committed it already (a stop request right after a periodic save)
@@ -146,7 +179,8 @@ class CheckpointManager:
             # Every rank defers its commit, also one with nothing in the background (DDP's rank 1,
             # a layout without asynchronous writes): the commit is collective, so all ranks must
             # reach it in the same poll, or their collectives pair up wrongly and hang.
-            self.pending = _InFlight(write or FinishedWrite(), tmp, final, meta, protected)
+            durable = _DurableWrite(write or FinishedWrite(), lambda done: self._own_files_durable(done, tmp))
+            self.pending = _InFlight(durable, tmp, final, meta, protected)
             fault_point("async_in_flight", state.step, self.rank)
             return final
         self._commit(write, tmp, final, meta, protected)
@@ -164,7 +198,14 @@ class CheckpointManager:
             pending, self.pending = self.pending, None
             self._commit(pending.write, pending.tmp, pending.final, pending.meta, pending.protected)
 
-    close = wait
+    def busy(self) -> bool:
+        """An asynchronous save or the deletion of old checkpoints is running in the background."""
+        return self.pending is not None or self._deletion.running()
+
+    def close(self) -> None:
+        """The in-flight save committed and the old checkpoints' deletion finished. Collective."""
+        self.wait()
+        self._deletion.wait()
 
     def _hold_steps_until_snapshot(self, optimizer: Any) -> None:
         """The background writer copies the live state first: the next optimizer step (the first
@@ -193,21 +234,11 @@ class CheckpointManager:
         protected: frozenset[int] = frozenset(),
     ) -> None:
         step = meta["step"]
-        own: list[str] = []
-        own_hashes: dict[str, str] = {}
-        failure: OSError | None = None
-        try:
-            if write is not None:
-                write.wait()
-            own = [rng_file(self.rank), *([STATE_FILE] if self.rank == 0 else []), *self.io.written_files(tmp)]
-            hashed_while_written = getattr(self.io, "written_hashes", None)
-            known = hashed_while_written(tmp) if hashed_while_written is not None else {}
-            for name in own:
-                fsync_file(tmp / name)
-                # The StateIO's files were hashed as they were written; the small ones are hashed here.
-                own_hashes[name] = known[name] if name in known else sha256_file(tmp / name)
-        except OSError as exc:
-            failure = exc
+        if isinstance(write, _DurableWrite):  # the background thread already did this rank's part
+            write.wait()
+            own, own_hashes, failure = write.result
+        else:
+            own, own_hashes, failure = self._own_files_durable(write, tmp)
         # Every rank's files are complete and durable once this returns on rank 0: only now is
         # the directory listed (by rank 0 alone), so no temporary or half-written name is seen.
         # A rank's failure travels with it, so every rank fails this save together (none waits).
@@ -245,11 +276,39 @@ class CheckpointManager:
         barrier()
         purged: list[int] = []
         if self.rank == 0:
-            purged = purge_old(self.root, self.keep_last, self.keep_every, rank=self.rank, protected=protected)
+            purged = purge_old(
+                self.root,
+                self.keep_last,
+                self.keep_every,
+                rank=self.rank,
+                protected=protected,
+                delete_with=self._deletion,
+            )
             remove_superseded_invalid(self.root, final)
         barrier()
         if self.on_commit is not None:  # `purged` is known on rank 0 only (the rank that purges)
             self.on_commit(step, final, purged)
+
+    def _own_files_durable(
+        self, write: PendingWrite | None, tmp: Path
+    ) -> tuple[list[str], dict[str, str], OSError | None]:
+        """Once this rank's write finished: the files it wrote, fsynced, with their sha256, or the
+        disk error that stopped it (to be shared with the other ranks, not raised alone)."""
+        own: list[str] = []
+        own_hashes: dict[str, str] = {}
+        try:
+            if write is not None:
+                write.wait()
+            own = [rng_file(self.rank), *([STATE_FILE] if self.rank == 0 else []), *self.io.written_files(tmp)]
+            hashed_while_written = getattr(self.io, "written_hashes", None)
+            known = hashed_while_written(tmp) if hashed_while_written is not None else {}
+            for name in own:
+                fsync_file(tmp / name)
+                # The StateIO's files were hashed as they were written; the small ones are hashed here.
+                own_hashes[name] = known[name] if name in known else sha256_file(tmp / name)
+        except OSError as exc:
+            return own, own_hashes, exc
+        return own, own_hashes, None
 
     def _fsync_unclaimed(self, tmp: Path, names: list[str]) -> None:
         """Files no rank said it wrote (a library version that names its files differently):

@@ -4,7 +4,9 @@ Runs only after the newest checkpoint is committed. An old checkpoint is first r
 `.purge-step-N` (atomic: it stops being discoverable in one step), then deleted; debris of a
 purge or a save that crashed (whichever rank left it) is removed by rank 0 when the next run
 starts and at the next save. Only committed checkpoints (with a manifest) count toward
-`keep_last`. Checkpoints moved aside as invalid (`invalid-step-N-T`, kept for a post-mortem)
+`keep_last`. The rename happens in the commit; the deletion itself (seconds for a large
+checkpoint on some filesystems) runs in a background thread (`BackgroundDeletion`) that the next
+save and the end of training wait for. Checkpoints moved aside as invalid (`invalid-step-N-T`, kept for a post-mortem)
 are deleted once a newer checkpoint is committed: from then on nothing would resume from them,
 and they hold a whole checkpoint's space each.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Collection
+import threading
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from trainer.checkpointing.protocol import INVALID_PREFIX, MANIFEST, PURGE_PREFIX, TMP_PREFIX, step_of
@@ -29,24 +32,59 @@ def checkpoints_to_delete(steps: list[int], keep_last: int, keep_every: int) -> 
     return [s for s in sorted(steps) if s not in newest and not (keep_every and s % keep_every == 0)]
 
 
+class BackgroundDeletion:
+    """At most one deletion running in a background thread; `wait` joins it. A deletion that fails
+    or is cut short by the end of the process leaves a `.purge-*` folder: debris, removed later."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, work: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=work, name="ftl-checkpoint-purge", daemon=True)
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
 def purge_old(
-    root: Path, keep_last: int, keep_every: int, *, rank: int = 0, protected: Collection[int] = ()
+    root: Path,
+    keep_last: int,
+    keep_every: int,
+    *,
+    rank: int = 0,
+    protected: Collection[int] = (),
+    delete_with: Callable[[Callable[[], None]], None] | None = None,
 ) -> list[int]:
-    """`protected`: steps to keep whatever the rule says (e.g. early stopping's best checkpoint)."""
+    """`protected`: steps to keep whatever the rule says (e.g. early stopping's best checkpoint).
+    The doomed checkpoints are hidden (renamed) before this returns; `delete_with` runs their
+    deletion (e.g. a BackgroundDeletion), by default right here."""
     committed = {
         step_of(p): p
         for p in root.iterdir()
         if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit() and (p / MANIFEST).exists()
     }
     doomed = [s for s in checkpoints_to_delete(list(committed), keep_last, keep_every) if s not in protected]
+    hidden = {step: root / f"{PURGE_PREFIX}step-{step}" for step in doomed}
     for step in doomed:  # oldest first: a crash mid-purge leaves the newer ones
-        hidden = root / f"{PURGE_PREFIX}step-{step}"
-        os.replace(committed[step], hidden)
-        files = sorted(p for p in hidden.rglob("*") if p.is_file())
-        if files:
-            files[0].unlink()
-        fault_point("during_purge", step, rank)
-        shutil.rmtree(hidden, ignore_errors=True)
+        os.replace(committed[step], hidden[step])
+
+    def delete() -> None:
+        for step in doomed:
+            files = sorted(p for p in hidden[step].rglob("*") if p.is_file())
+            if files:
+                files[0].unlink()
+            fault_point("during_purge", step, rank)
+            shutil.rmtree(hidden[step], ignore_errors=True)
+
+    if doomed:
+        (delete_with or (lambda work: work()))(delete)
     return doomed
 
 

@@ -7,7 +7,8 @@ Asynchronous save runs DCP in a background thread: it stages (copies) the state 
 with the writer's own stager (the manager holds the next optimizer step until that copy is taken),
 then saves the copy over a dedicated gloo group, so the background collectives never interleave
 with the training loop's collectives on the default group. Every file DCP writes is hashed as it
-is written (hashed_io.py), so the commit does not read the shards back.
+is written (hashed_io.py), so the commit does not read the shards back, and without the zip CRC-32
+of torch.save (the manifest's sha256 is the check).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from trainer.checkpointing.hashed_io import FileHashes
+from trainer.checkpointing.hashed_io import FileHashes, without_zip_crc
 from trainer.checkpointing.layouts import ThreadWrite
 from trainer.checkpointing.safe_load import dcp_load
 
@@ -149,7 +150,7 @@ def _hashing_file_system(hashes: FileHashes) -> Any:
                 with super().create_stream(path, mode) as stream:
                     yield stream
                 return
-            with hashes.create(path) as stream:
+            with hashes.create(path) as stream, without_zip_crc():  # DCP torch.saves each tensor into it
                 yield stream
 
         def rename(self, path: Any, new_path: Any) -> None:  # DCP writes `.metadata` under a temporary name
