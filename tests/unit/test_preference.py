@@ -199,7 +199,10 @@ def _config(**overrides: Any) -> dict[str, Any]:
         ({"data": {"format": "chat"}}, "training.objective=dpo trains on preference pairs: set data.format=preference"),
         ({"training": {"objective": "sft"}}, "data.format=preference holds pairs"),
         ({"data": {"packing": True}}, "set data.packing=false"),
-        ({"method": {"type": "full"}, "parallel": {"strategy": "fsdp"}}, "frozen reference copy is not sharded"),
+        (
+            {"method": {"type": "full"}, "parallel": {"strategy": "fsdp"}, "training": {"preference": {"reference": "copy"}}},
+            "reference=copy under parallel.strategy=fsdp: the frozen copy is not sharded",
+        ),
         ({"training": {"objective": "dpo", "preference": {"reference": "copy"}}}, "reference=copy is for full"),
         ({"training": {"objective": "orpo", "preference": {"reference": "copy"}}}, "orpo is reference-free"),
         (
@@ -217,3 +220,20 @@ def test_valid_preference_configs() -> None:
     TrainerConfig.model_validate(_config())
     TrainerConfig.model_validate(_config(method={"type": "full"}, parallel={"strategy": "ddp"}))
     TrainerConfig.model_validate(_config(training={"objective": "orpo"}, parallel={"strategy": "deepspeed"}))
+    TrainerConfig.model_validate(_config(training={"preference": {"reference": "precomputed"}}))  # lora too
+
+
+@pytest.mark.parametrize(
+    "method,strategy,kind",
+    [
+        ("lora", "fsdp", "adapters_disabled"),
+        ("full", "ddp", "copy"),
+        ("full", "fsdp", "precomputed"),  # a frozen copy would not be sharded: the pairs are scored once instead
+        ("full", "deepspeed", "precomputed"),
+    ],
+)
+def test_auto_reference_per_method_and_strategy(method: str, strategy: str, kind: str) -> None:
+    from trainer.preference_reference import reference_kind
+
+    cfg = TrainerConfig.model_validate(_config(method={"type": method}, parallel={"strategy": strategy}))
+    assert reference_kind(cfg) == kind
