@@ -200,7 +200,11 @@ def _config(**overrides: Any) -> dict[str, Any]:
         ({"training": {"objective": "sft"}}, "data.format=preference holds pairs"),
         ({"data": {"packing": True}}, "set data.packing=false"),
         (
-            {"method": {"type": "full"}, "parallel": {"strategy": "fsdp"}, "training": {"preference": {"reference": "copy"}}},
+            {
+                "method": {"type": "full"},
+                "parallel": {"strategy": "fsdp"},
+                "training": {"preference": {"reference": "copy"}},
+            },
             "reference=copy under parallel.strategy=fsdp: the frozen copy is not sharded",
         ),
         ({"training": {"objective": "dpo", "preference": {"reference": "copy"}}}, "reference=copy is for full"),
