@@ -61,14 +61,15 @@ def precomputed_reference(
     *,
     step: int,
     batch_size: int,
-    eval_max_samples: int | None,
     pad_id: int,
     is_main: bool,
 ) -> PrecomputedReference:
     """The reference tables: scored now by `model` (the unwrapped initial model) at step 0, else read
     from `path`, which the run's first start wrote."""
     sets = {TRAIN: data.train}
-    sets.update({e.name: eval_pairs(e, eval_max_samples) for e in data.evals if e.format == "preference"})
+    # All of each preference eval set's pairs (not just eval.max_samples): the cache stays valid when a
+    # resumed run evaluates more of them.
+    sets.update({e.name: eval_pairs(e, None) for e in data.evals if e.format == "preference"})
     fingerprints = {name: _fingerprint(rows) for name, rows in sets.items()}
     if step > 0:
         tables = _load(path, fingerprints, {name: len(rows) for name, rows in sets.items()})

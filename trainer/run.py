@@ -182,7 +182,6 @@ def _build_trainee(
             RunLayout(ctx.run_dir).reference_logps,
             step=state.step,
             batch_size=cfg.training.micro_batch_size,
-            eval_max_samples=cfg.eval.max_samples,
             pad_id=tokenizer.pad_token_id,
             is_main=ctx.is_main,
         )
