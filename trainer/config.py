@@ -207,11 +207,14 @@ class PreferenceConfig(Section):
         0.0, ge=0.0, lt=0.5, description="DPO sigmoid: assumed probability that a pair's labels are flipped (cDPO)."
     )
     orpo_lambda: float = Field(0.1, gt=0, description="ORPO: weight of the odds-ratio term added to the SFT loss.")
-    reference: Literal["auto", "adapters_disabled", "copy"] = Field(
+    reference: Literal["auto", "adapters_disabled", "copy", "precomputed"] = Field(
         "auto",
         description="DPO reference model: adapters_disabled = the base model with the adapters switched off (adapter "
         "methods; no extra memory); copy = a frozen copy of the initial model (full fine-tuning, one process or "
-        "ddp; a second set of weights); auto = adapters_disabled for adapter methods, copy for full.",
+        "ddp; a second set of weights); precomputed = the initial model scores every pair once before the first "
+        "step, cached in the run directory (any method and strategy; no extra weights, no reference forward per "
+        "step); auto = adapters_disabled for adapter methods, copy for full, precomputed for full under fsdp or "
+        "deepspeed.",
     )
 
     @model_validator(mode="after")
@@ -540,19 +543,19 @@ def _check_preference(cfg: TrainerConfig) -> None:
     if reference == "adapters_disabled" and not cfg.method.uses_adapter:
         raise ValueError(
             "training.preference.reference=adapters_disabled needs an adapter method (method.type=lora, dora or "
-            "qlora); with method.type=full use reference=copy"
+            "qlora); with method.type=full use reference=copy or precomputed"
         )
     if reference == "copy" and cfg.method.uses_adapter:
         raise ValueError(
             "training.preference.reference=copy is for full fine-tuning; with an adapter method the base model "
             "with adapters disabled is the reference at no memory cost (reference=auto)"
         )
-    if not cfg.method.uses_adapter and cfg.parallel.strategy in SHARDED:
+    if reference == "copy" and cfg.parallel.strategy in SHARDED:
         raise ValueError(
-            f"training.objective=dpo with method.type=full under parallel.strategy={cfg.parallel.strategy}: the "
-            "frozen reference copy is not sharded by ftl yet (a full unsharded copy per worker would defeat the "
-            "sharding); use an adapter method (reference = base with adapters disabled), parallel.strategy=ddp, "
-            "or the reference-free training.objective=orpo"
+            f"training.preference.reference=copy under parallel.strategy={cfg.parallel.strategy}: the frozen copy "
+            "is not sharded (a full unsharded copy per worker would defeat the sharding); use "
+            "reference=precomputed (or auto, which picks it here): the initial model scores every pair once "
+            "under the same sharding before the first step"
         )
 
 

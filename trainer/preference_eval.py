@@ -17,6 +17,13 @@ from trainer.preference_loss import STATS, PreferenceObjective, stat_means
 from trainer.strategies.base import Strategy
 
 
+def eval_pairs(eval_set: EvalSet, max_samples: int | None) -> RowDataset:
+    """The first `max_samples` pairs of a preference eval set (its examples alternate chosen, rejected)."""
+    pairs = len(eval_set.examples) // 2
+    count = min(pairs, max_samples or pairs)
+    return RowDataset(eval_set.examples, [[2 * i, 2 * i + 1] for i in range(count)], packed=False, pairs=True)
+
+
 @torch.no_grad()
 def preference_eval(
     model: torch.nn.Module,
@@ -29,9 +36,9 @@ def preference_eval(
 ) -> dict[str, Any]:
     """eval_loss (mean per pair), preference_accuracy, and the means of STATS over the first
     `max_samples` pairs, on every rank (sharded forwards run in lockstep)."""
-    pairs = len(eval_set.examples) // 2
-    count = min(pairs, max_samples or pairs)
-    rows = RowDataset(eval_set.examples, [[2 * i, 2 * i + 1] for i in range(count)], packed=False, pairs=True)
+    rows = eval_pairs(eval_set, max_samples)
+    count = len(rows)
+    objective = objective.for_set(eval_set.name)
     was_training = model.training
     model.eval()
     sums = dict.fromkeys(("loss", "preferred", *STATS), 0.0)

@@ -131,6 +131,12 @@ class PreferenceObjective:
         losses, rewards_chosen, rewards_rejected = dpo_losses(chosen, rejected, ref[:pairs], ref[pairs:], self.settings)
         return PairScores(losses, rewards_chosen, rewards_rejected, chosen, rejected)
 
+    def for_set(self, name: str) -> PreferenceObjective:
+        """The objective as it scores the pairs of eval set `name`: a precomputed reference keeps one
+        table per set (trainer/preference_precompute.py); other references serve every set."""
+        for_set = getattr(self.reference, "for_set", None)
+        return self if for_set is None else PreferenceObjective(self.objective, self.settings, for_set(name))
+
     def loss_sum(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, int, dict[str, float]]:

@@ -6,6 +6,8 @@ sharding hooks (FSDP2, ZeRO-3) still gather parameters, so every strategy comput
 copy: a frozen copy of the initial model (full fine-tuning, one process or DDP), built before the
 strategy wraps the policy and before a resumed checkpoint is loaded, so it is the initial model on
 every start of the run.
+precomputed: the initial model's log-probs of every pair, scored once before the first step and
+cached in the run directory (trainer/preference_precompute.py); any method and strategy.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from trainer.chunked_loss import innermost
-from trainer.config import TrainerConfig
+from trainer.config import SHARDED, TrainerConfig
 from trainer.preference_loss import PreferenceObjective, Reference, sequence_logps
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,10 @@ def reference_kind(cfg: TrainerConfig) -> str | None:
     chosen = cfg.training.preference.reference
     if chosen != "auto":
         return chosen
-    return "adapters_disabled" if cfg.method.uses_adapter else "copy"
+    if cfg.method.uses_adapter:
+        return "adapters_disabled"
+    # A frozen copy is not sharded: under fsdp/deepspeed the initial model scores the pairs once instead.
+    return "precomputed" if cfg.parallel.strategy in SHARDED else "copy"
 
 
 def frozen_copy(base: torch.nn.Module) -> torch.nn.Module:
@@ -41,9 +46,11 @@ def frozen_copy(base: torch.nn.Module) -> torch.nn.Module:
     return reference
 
 
-def build_objective(cfg: TrainerConfig, copied: torch.nn.Module | None) -> PreferenceObjective | None:
+def build_objective(
+    cfg: TrainerConfig, copied: torch.nn.Module | None, precomputed: Reference | None = None
+) -> PreferenceObjective | None:
     """The preference objective of the config (None for sft). `copied`: the frozen_copy when
-    reference_kind is copy."""
+    reference_kind is copy; `precomputed`: the cached scores when it is precomputed."""
     objective = cfg.training.objective
     if objective == "sft":
         return None
@@ -54,6 +61,9 @@ def build_objective(cfg: TrainerConfig, copied: torch.nn.Module | None) -> Prefe
     elif kind == "copy":
         assert copied is not None, "reference=copy needs the frozen copy"
         reference = _of_copy(copied)
+    elif kind == "precomputed":
+        assert precomputed is not None, "reference=precomputed needs the scored pairs"
+        reference = precomputed
     log.info("training.objective=%s (reference: %s)", objective, kind or "none, reference-free")
     return PreferenceObjective(objective, cfg.training.preference, reference)
 

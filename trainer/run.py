@@ -41,6 +41,7 @@ from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
 from trainer.preference_eval import preference_eval
 from trainer.preference_loss import PreferenceObjective
+from trainer.preference_precompute import precomputed_reference
 from trainer.preference_reference import build_objective, frozen_copy, reference_kind
 from trainer.run_layout import RunLayout
 from trainer.stopping import StopFlag, StopRequested
@@ -173,7 +174,21 @@ def _build_trainee(
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
-    objective = build_objective(cfg, copied)
+    precomputed = (
+        precomputed_reference(
+            strategy.unwrapped(model),
+            data,
+            strategy,
+            RunLayout(ctx.run_dir).reference_logps,
+            step=state.step,
+            batch_size=cfg.training.micro_batch_size,
+            pad_id=tokenizer.pad_token_id,
+            is_main=ctx.is_main,
+        )
+        if reference_kind(cfg) == "precomputed"
+        else None
+    )
+    objective = build_objective(cfg, copied, precomputed)
     return _Trainee(model, optimizer, scheduler, manager, metrics, transfer, state, total_steps, console, objective)
 
 

@@ -35,6 +35,7 @@ REPORT_DIR = "report"  # `ftl report`'s plots and page (launcher/report/)
 TRACKERS_FILE = "trackers.json"  # the MLflow / W&B run ids a resumed run continues (trainer/tracking/)
 WORKER_RESULT_FILE = ".worker-result.json"  # the worker group's Outcome (trainer/outcome.py)
 STOP_REQUEST_FILE = ".stop-requested"  # content: the signal number that asked (trainer/stopping.py)
+REFERENCE_LOGPS_FILE = "reference_logps.safetensors"  # DPO reference=precomputed (trainer/preference_precompute.py)
 UNIVERSAL_DIR = ".universal"  # DeepSpeed universal copies of ZeRO checkpoints (trainer/checkpointing/universal.py)
 SLURM_SCRIPT = "slurm-job.sbatch"
 SLURM_JOB_ID_FILE = "slurm-job-id"
@@ -116,6 +117,10 @@ class RunLayout:
     @property
     def stop_request(self) -> Path:
         return self.root / STOP_REQUEST_FILE
+
+    @property
+    def reference_logps(self) -> Path:
+        return self.root / REFERENCE_LOGPS_FILE
 
     @property
     def universal(self) -> Path:

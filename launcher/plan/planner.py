@@ -17,6 +17,7 @@ from launcher.plan.suggest import Suggestion, evaluator, lean_changes, leanest, 
 from launcher.plan.throughput import DEFAULT_MFU, Throughput, count_tokens, estimate
 from launcher.run_config import RunConfig
 from trainer.config import MethodConfig
+from trainer.preference_reference import reference_kind
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -91,7 +92,7 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         compile=cfg.model.compile,
         liger=cfg.model.liger_kernels,
         preference=preference,
-        reference_copy=preference == "dpo" and not cfg.method.uses_adapter,
+        reference_copy=reference_kind(cfg) == "copy",
     )
 
 

@@ -1,6 +1,7 @@
 """DPO runs end to end on the tiny model: step 1's loss is ln 2 (policy == reference), a stopped run
 resumes exactly, final/ loads with stock transformers/peft, 2 DDP workers match one process, and
-full fine-tuning trains against a frozen copy. One single-process run is the reference for all."""
+full fine-tuning trains against a frozen copy or precomputed reference log-probs (one process and 2 FSDP2
+workers alike). One single-process run is the reference for each family."""
 
 from __future__ import annotations
 
@@ -110,20 +111,68 @@ def test_two_workers_match_one_process(strategy: str, golden: Path, tiny_model_d
     assert [r["reward_margin"] for r in run] == pytest.approx([r["reward_margin"] for r in reference], abs=1e-6)
 
 
-def test_full_fine_tuning_dpo_uses_a_frozen_copy(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = _config(
-        tmp_path,
-        "full",
-        tiny_model_dir,
-        method={"type": "full"},
-        training={"max_steps": 3, "learning_rate": 1e-3},
-        eval={"at_start": False},
+def _full_config(tmp_path: Path, name: str, tiny_model_dir: Path, reference: str, **extra: Any) -> Path:
+    training = {"max_steps": 4, "learning_rate": 1e-3, "preference": {"reference": reference}}
+    return _config(
+        tmp_path, name, tiny_model_dir, method={"type": "full"}, training=training, eval={"at_start": False}, **extra
     )
-    assert train(str(config), []) == 0
-    records = read_metrics(tmp_path / "full", "train")
+
+
+@pytest.fixture(scope="module")
+def full_copy(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("dpo-full")
+    assert train(str(_full_config(root, "copy", tiny_model_dir, "copy")), []) == 0
+    return root / "copy"
+
+
+def test_full_fine_tuning_dpo_uses_a_frozen_copy(full_copy: Path) -> None:
+    records = read_metrics(full_copy, "train")
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the copy equals the policy at step 0
     # The reference stayed frozen: rewards move away from 0 as the policy leaves it.
     assert records[-1]["rewards_chosen"] != 0.0 and records[-1]["loss"] != pytest.approx(math.log(2), abs=1e-4)
+
+
+def _scoring_passes(run: Path) -> tuple[int, int]:
+    """How often the worker logs say the reference pairs were scored, and read from the cache."""
+    text = "".join(path.read_text() for path in (run / "logs").rglob("*.log"))
+    return text.count("DPO reference: scored"), text.count("DPO reference: read the precomputed")
+
+
+def test_precomputed_reference_equals_the_copy_and_a_resumed_run_reuses_it(
+    full_copy: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = _full_config(tmp_path, "precomputed", tiny_model_dir, "precomputed")
+    env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="3")
+    first = subprocess.run([*FTL, "train", str(config)], env=env, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 3, first.stderr[-2000:]
+    run = tmp_path / "precomputed"
+    cache = run / "reference_logps.safetensors"
+    written = cache.stat().st_mtime_ns
+    assert train(str(config), []) == 0
+    assert cache.stat().st_mtime_ns == written and _scoring_passes(run) == (1, 1)  # resumed from the cache
+    # Looked up instead of computed beside the policy, the reference gives the copy's loss every step.
+    have, want = read_metrics(run, "train"), read_metrics(full_copy, "train")
+    assert [r["step"] for r in have] == [r["step"] for r in want]
+    assert [r["loss"] for r in have] == pytest.approx([r["loss"] for r in want], rel=1e-6)
+    assert [r["reward_margin"] for r in have] == pytest.approx([r["reward_margin"] for r in want], abs=1e-6)
+    # The validation pairs' reference comes from the cache too.
+    scores = [json.loads((r / "summary.json").read_text())["scores"]["validation"]["final"] for r in (run, full_copy)]
+    assert scores[0]["eval_loss"] == pytest.approx(scores[1]["eval_loss"], rel=1e-6)
+
+
+def test_full_fine_tuning_dpo_on_two_fsdp_workers_matches_one_process(
+    full_copy: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # reference=auto picks precomputed for full fine-tuning under fsdp: the sharded initial model scores the pairs.
+    config = _full_config(
+        tmp_path, "fsdp", tiny_model_dir, "auto", micro=2, cluster={"workers": 2}, parallel={"strategy": "fsdp"}
+    )
+    result = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "fsdp" / "reference_logps.safetensors").is_file()
+    run, reference = read_metrics(tmp_path / "fsdp", "train"), read_metrics(full_copy, "train")
+    assert [r["loss"] for r in run] == pytest.approx([r["loss"] for r in reference], rel=LOSS_RTOL)
+    assert [r["reward_margin"] for r in run] == pytest.approx([r["reward_margin"] for r in reference], abs=1e-6)
 
 
 def test_orpo_run_is_reference_free_nll_plus_odds_ratio(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -485,3 +485,15 @@ def test_frozen_blocks_get_no_adapters(tmp_path: Path) -> None:
         for extra in ([], ["transfer.freeze.first_n_blocks=16"])
     ]
     assert trainable == [20_971_520, 20_971_520 // 2]
+
+
+def test_dpo_full_counts_the_reference_copy_only_where_it_is_kept(tmp_path: Path) -> None:
+    data = {"train": str(REPO / "assets/data/fictional-pref/train.jsonl"), "format": "preference", "packing": False}
+    sections = dict(data=data, method={"type": "full"}, training={"objective": "dpo"})
+
+    def reference_bytes(strategy: str) -> int:
+        plan = _plan(tmp_path, gpu="A100-80GB", gpus=2, parallel={"strategy": strategy}, **sections)
+        return sum(i.bytes for i in plan.memory.items if i.label.startswith("DPO reference model"))
+
+    assert reference_bytes("ddp") > 0  # reference=auto: a frozen copy
+    assert reference_bytes("fsdp") == 0  # reference=auto: precomputed log-probs, no weights

@@ -199,7 +199,14 @@ def _config(**overrides: Any) -> dict[str, Any]:
         ({"data": {"format": "chat"}}, "training.objective=dpo trains on preference pairs: set data.format=preference"),
         ({"training": {"objective": "sft"}}, "data.format=preference holds pairs"),
         ({"data": {"packing": True}}, "set data.packing=false"),
-        ({"method": {"type": "full"}, "parallel": {"strategy": "fsdp"}}, "frozen reference copy is not sharded"),
+        (
+            {
+                "method": {"type": "full"},
+                "parallel": {"strategy": "fsdp"},
+                "training": {"preference": {"reference": "copy"}},
+            },
+            "reference=copy under parallel.strategy=fsdp: the frozen copy is not sharded",
+        ),
         ({"training": {"objective": "dpo", "preference": {"reference": "copy"}}}, "reference=copy is for full"),
         ({"training": {"objective": "orpo", "preference": {"reference": "copy"}}}, "orpo is reference-free"),
         (
@@ -217,3 +224,41 @@ def test_valid_preference_configs() -> None:
     TrainerConfig.model_validate(_config())
     TrainerConfig.model_validate(_config(method={"type": "full"}, parallel={"strategy": "ddp"}))
     TrainerConfig.model_validate(_config(training={"objective": "orpo"}, parallel={"strategy": "deepspeed"}))
+    TrainerConfig.model_validate(_config(training={"preference": {"reference": "precomputed"}}))  # lora too
+
+
+@pytest.mark.parametrize(
+    "method,strategy,kind",
+    [
+        ("lora", "fsdp", "adapters_disabled"),
+        ("full", "ddp", "copy"),
+        ("full", "fsdp", "precomputed"),  # a frozen copy would not be sharded: the pairs are scored once instead
+        ("full", "deepspeed", "precomputed"),
+    ],
+)
+def test_auto_reference_per_method_and_strategy(method: str, strategy: str, kind: str) -> None:
+    from trainer.preference_reference import reference_kind
+
+    cfg = TrainerConfig.model_validate(_config(method={"type": method}, parallel={"strategy": strategy}))
+    assert reference_kind(cfg) == kind
+
+
+def test_precomputed_reference_cache_round_trips_and_refuses_a_stale_or_damaged_one(tmp_path: Path) -> None:
+    from trainer.errors import TrainerInputError
+    from trainer.preference_precompute import PrecomputedReference, _load, _save
+
+    path = tmp_path / "reference_logps.safetensors"
+    tables = {"train": torch.tensor([[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0]])}
+    _save(path, tables, {"train": "tokens-v1"})
+    loaded = _load(path, {"train": "tokens-v1"}, {"train": 3})
+    # A batch of rows [2, 0]: the chosen log-probs, then the rejected ones, in the batch's row order.
+    batch = {"pair_rows": torch.tensor([2, 0]), "labels": torch.zeros(4, 1)}
+    assert PrecomputedReference(loaded)(torch.nn.Module(), batch).tolist() == [-5.0, -1.0, -6.0, -2.0]
+    with pytest.raises(TrainerInputError, match="does not hold the log-probs of the train pairs"):
+        _load(path, {"train": "tokens-v2"}, {"train": 3})  # the data changed since the cache was written
+    damaged = path.read_bytes().replace(torch.tensor([-3.0]).numpy().tobytes(), torch.tensor([-9.0]).numpy().tobytes())
+    path.write_bytes(damaged)
+    with pytest.raises(TrainerInputError, match="fails its checksum"):
+        _load(path, {"train": "tokens-v1"}, {"train": 3})
+    with pytest.raises(TrainerInputError, match="is missing; the reference is the initial model"):
+        _load(tmp_path / "absent.safetensors", {"train": "tokens-v1"}, {"train": 3})

@@ -88,6 +88,7 @@ def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict
         out["attention_mask"] = attention_mask
     if dataset.pairs:
         out["pairs"] = torch.tensor(len(row_indices))
+        out["pair_rows"] = torch.tensor(row_indices, dtype=torch.long)  # looks up precomputed reference log-probs
     if dataset.examples.classes is not None:
         # Classification rows hold one example each (packing is refused for them).
         out["class_labels"] = torch.tensor([int(dataset.examples.classes[dataset.rows[r][0]]) for r in row_indices])

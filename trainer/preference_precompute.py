@@ -1,0 +1,168 @@
+"""DPO reference=precomputed: the initial model scores every pair once, before the first step.
+
+At step 0 the policy is the initial model, so its log-probs of each pair's chosen and rejected
+response are the reference's. One no-grad pass under the run's own strategy scores them: each rank
+scores its share of the pairs in lockstep batches (the sharded forwards of FSDP2 / ZeRO-3 are
+collectives, so every rank runs the same number), the shares are summed across ranks, and rank 0
+writes the tables to the run directory (reference_logps.safetensors, one [pairs, 2] table per set:
+`train` keyed by training row index, and each preference eval set keyed by pair index). Training
+then looks the reference up per batch (batch["pair_rows"]) instead of running a reference model.
+
+A resumed run reads the cache and never rescores: its weights are no longer the initial model.
+Each table carries the fingerprint of the tokens it scored and a checksum of its values; a missing,
+stale or damaged cache fails the resumed run with what to do (a run at step 0 simply rescores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from trainer.checkpointing.protocol import fsync_dir, write_durably
+from trainer.data.batches import RowDataset, make_batch
+from trainer.data.prepare import PreparedData
+from trainer.distributed import all_reduce_sum, barrier
+from trainer.errors import TrainerInputError
+from trainer.evaluate import lockstep_batches
+from trainer.preference_eval import eval_pairs
+from trainer.preference_loss import sequence_logps
+from trainer.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+TRAIN = "train"
+
+
+class PrecomputedReference:
+    """The reference log-probs of a batch, looked up in the table of one set by the batch's pair rows."""
+
+    def __init__(self, tables: dict[str, torch.Tensor], set_name: str = TRAIN):
+        self.tables, self.set_name = tables, set_name
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        picked = self.tables[self.set_name][batch["pair_rows"].cpu()]  # [pairs, 2]: chosen, rejected
+        return torch.cat([picked[:, 0], picked[:, 1]]).to(batch["labels"].device)
+
+    def for_set(self, name: str) -> PrecomputedReference:
+        return PrecomputedReference(self.tables, name)
+
+
+def precomputed_reference(
+    model: torch.nn.Module,
+    data: PreparedData,
+    strategy: Strategy,
+    path: Path,
+    *,
+    step: int,
+    batch_size: int,
+    pad_id: int,
+    is_main: bool,
+) -> PrecomputedReference:
+    """The reference tables: scored now by `model` (the unwrapped initial model) at step 0, else read
+    from `path`, which the run's first start wrote."""
+    sets = {TRAIN: data.train}
+    # All of each preference eval set's pairs (not just eval.max_samples): the cache stays valid when a
+    # resumed run evaluates more of them.
+    sets.update({e.name: eval_pairs(e, None) for e in data.evals if e.format == "preference"})
+    fingerprints = {name: _fingerprint(rows) for name, rows in sets.items()}
+    if step > 0:
+        tables = _load(path, fingerprints, {name: len(rows) for name, rows in sets.items()})
+        log.info("DPO reference: read the precomputed log-probs of %s from %s", _counts(tables), path)
+        return PrecomputedReference(tables)
+    started = time.perf_counter()
+    tables = {name: score_pairs(model, rows, batch_size, pad_id, strategy) for name, rows in sets.items()}
+    if is_main:
+        _save(path, tables, fingerprints)
+    barrier()  # a run stopped right after this start finds the cache complete
+    log.info(
+        "DPO reference: scored %s with the initial model in %.1fs -> %s",
+        _counts(tables),
+        time.perf_counter() - started,
+        path,
+    )
+    return PrecomputedReference(tables)
+
+
+@torch.no_grad()
+def score_pairs(
+    model: torch.nn.Module, rows: RowDataset, batch_size: int, pad_id: int, strategy: Strategy
+) -> torch.Tensor:
+    """[pairs, 2] float32: the summed log-probs of each pair's chosen and rejected response under
+    `model`, the same on every rank (each rank scores its share; the shares are summed)."""
+    count = len(rows)
+    table = torch.zeros(count, 2, dtype=torch.float32)
+    was_training = model.training
+    model.eval()  # deterministic (no dropout), as the frozen copy is
+    for indices in lockstep_batches(count, batch_size, strategy.rank, strategy.world_size, True):
+        batch = make_batch(rows, indices or [0], pad_id)
+        with strategy.autocast():
+            logps = sequence_logps(model, {k: v.to(strategy.device) for k, v in batch.items()}).float().cpu()
+        if indices is not None:  # None: a filler batch that keeps this rank in step with the others
+            table[indices, 0], table[indices, 1] = logps[: len(indices)], logps[len(indices) :]
+    model.train(was_training)
+    # Every pair is scored by exactly one rank, the others hold 0: the sum is exact (float32 -> float64).
+    summed = all_reduce_sum(table.flatten().tolist(), strategy.device)
+    return torch.tensor(summed, dtype=torch.float32).view(count, 2)
+
+
+def _fingerprint(rows: RowDataset) -> str:
+    """The tokens (and loss masks) the table scores, in row order."""
+    digest = hashlib.sha256()
+    for row in rows.rows:
+        for example in row:
+            ids, loss_mask = rows.examples.example(example)
+            digest.update(ids.tobytes())
+            digest.update(loss_mask.tobytes())
+    return digest.hexdigest()
+
+
+def _checksum(table: torch.Tensor) -> str:
+    return hashlib.sha256(table.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _save(path: Path, tables: dict[str, torch.Tensor], fingerprints: dict[str, str]) -> None:
+    metadata = {f"fingerprint.{name}": fingerprints[name] for name in tables}
+    metadata.update({f"checksum.{name}": _checksum(table) for name, table in tables.items()})
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_durably(tmp, save(tables, metadata=metadata))
+    tmp.replace(path)  # atomic: a reader sees the old file or the whole new one
+    fsync_dir(path.parent)
+
+
+def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) -> dict[str, torch.Tensor]:
+    fix = (
+        "the reference is the initial model, which a resumed run no longer holds, so it cannot be rescored: "
+        f"restore {path.name} or start the run afresh (a new output.dir)"
+    )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tables = {name: handle.get_tensor(name) for name in handle.keys()}
+    except FileNotFoundError:
+        raise TrainerInputError(f"training.preference.reference=precomputed: {path} is missing; {fix}") from None
+    except Exception as error:  # a truncated or corrupt file
+        raise TrainerInputError(
+            f"training.preference.reference=precomputed: {path} is unreadable ({error}); {fix}"
+        ) from error
+    for name, fingerprint in fingerprints.items():
+        table = tables.get(name)
+        if table is None or metadata.get(f"fingerprint.{name}") != fingerprint or len(table) != expected[name]:
+            raise TrainerInputError(
+                f"training.preference.reference=precomputed: {path} does not hold the log-probs of the "
+                f"{name} pairs this run trains/evaluates on (the data changed since it was written); {fix}"
+            )
+        if metadata.get(f"checksum.{name}") != _checksum(table):
+            raise TrainerInputError(
+                f"training.preference.reference=precomputed: the {name} table of {path} fails its checksum; {fix}"
+            )
+    return {name: tables[name] for name in fingerprints}
+
+
+def _counts(tables: dict[str, torch.Tensor]) -> str:
+    return ", ".join(f"{len(table)} {name} pairs" for name, table in tables.items())
