@@ -293,9 +293,12 @@ def test_refuses_to_start_without_room_for_checkpoints(tiny_model_dir: Path, tmp
 
 
 def test_hung_worker_is_killed_by_the_watchdog(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # 15 s, not less: on a loaded machine a healthy first step can take several seconds.
     config = write_config(
-        # 15 s, not less: on a loaded machine a healthy first step can take several seconds.
-        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 4, "watchdog_timeout_s": 15}
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        training={"max_steps": 4, "watchdog_timeout_s": 15},
     )
     result = _interrupt(config, FTL_FAULT_HANG_AT="step_end@2")
     assert result.returncode == 124, result.stderr[-2000:]
