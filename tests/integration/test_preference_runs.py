@@ -1,7 +1,8 @@
 """DPO runs end to end on the tiny model: step 1's loss is ln 2 (policy == reference), a stopped run
-resumes exactly, final/ loads with stock transformers/peft, 2 DDP workers match one process, and
-full fine-tuning trains against a frozen copy or precomputed reference log-probs (one process and 2 FSDP2
-workers alike). One single-process run is the reference for each family."""
+resumes exactly, final/ loads with stock transformers/peft, DoRA and QLoRA start at ln 2 too, 2 workers
+(DDP, FSDP2, ZeRO-3) match one process, and full fine-tuning trains against a frozen copy or
+precomputed reference log-probs (one process and 2 FSDP2 workers alike). One single-process run is
+the reference for each family."""
 
 from __future__ import annotations
 
@@ -85,6 +86,28 @@ def test_stopped_dpo_run_resumes_exactly(golden: Path, tiny_model_dir: Path, tmp
     want = load_file(str(golden / "final" / "adapter" / "adapter_model.safetensors"))
     have = load_file(str(run / "final" / "adapter" / "adapter_model.safetensors"))
     assert want.keys() == have.keys() and all((want[k] == have[k]).all() for k in want)
+
+
+@pytest.mark.parametrize("method", ["dora", "qlora"])
+def test_dpo_with_the_other_adapter_methods_starts_at_ln2_and_trains(
+    method: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """DoRA's magnitude vectors and QLoRA's 4-bit base (bitsandbytes' CPU kernels here): the base with
+    the adapters disabled is the reference, so step 1 scores ln 2 and the policy then moves."""
+    config = _config(
+        tmp_path,
+        method,
+        tiny_model_dir,
+        method={"type": method},
+        training={"max_steps": 2},
+        eval={"at_start": False},
+        checkpoint={"every_steps": 0},
+    )
+    assert train(str(config), []) == 0
+    records = read_metrics(tmp_path / method, "train")
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert records[-1]["rewards_chosen"] != 0.0
+    assert (tmp_path / method / "final" / "adapter" / "adapter_model.safetensors").exists()
 
 
 # The reference forward (adapters disabled) runs through each strategy's own parameter handling:
