@@ -141,10 +141,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     scores = summary.get("scores", {})
     if scores:
-        # Classification runs report accuracy, preference runs preference accuracy, generation runs exact match.
+        # Classification runs report accuracy, token classification entity F1 (token accuracy without BIO
+        # tags), preference runs preference accuracy, generation runs exact match.
         reported = {key for entry in scores.values() for part in entry.values() for key in part}
         metric, title = ("exact_match", "exact match")
-        if "accuracy" in reported:
+        if "entity_f1" in reported:
+            metric, title = ("entity_f1", "entity F1")
+        elif "token_accuracy" in reported:
+            metric, title = ("token_accuracy", "token accuracy")
+        elif "accuracy" in reported:
             metric, title = ("accuracy", "accuracy")
         elif "preference_accuracy" in reported:
             metric, title = ("preference_accuracy", "pref. accuracy")

@@ -21,7 +21,7 @@ from trainer.metrics import START, current_trajectory, parse_records
 from trainer.run_layout import RunLayout
 
 # Scores shown for an evaluation, best first; eval_loss when none of the others was measured.
-EVAL_SCORES = ("exact_match", "accuracy", "macro_f1")
+EVAL_SCORES = ("exact_match", "accuracy", "macro_f1", "entity_f1", "token_accuracy")
 
 
 @dataclass

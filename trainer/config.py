@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from trainer.config_section import Section
 from trainer.optim_rules import optimizer_problem
 from trainer.tracking.config import TrackingConfig
-from trainer.transfer.config import TransferConfig
+from trainer.transfer.config import HEAD_DATA_FORMATS, TransferConfig
 
 SHARDED = ("fsdp", "deepspeed")
 # URI schemes pyarrow.fs opens (what Ray Train storage accepts without a custom filesystem).
@@ -56,7 +56,7 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
 
 
-DataFormat = Literal["alpaca", "chat", "completion", "text", "classification", "preference"]
+DataFormat = Literal["alpaca", "chat", "completion", "text", "classification", "preference", "token_classification"]
 
 
 class MixtureSource(Section):
@@ -80,7 +80,8 @@ class DataConfig(Section):
     format: DataFormat = Field(
         "chat",
         description="Row format; `classification` = {text, label} rows for a classification head; `preference` = "
-        "{prompt, chosen, rejected} pairs for training.objective dpo/orpo.",
+        "{prompt, chosen, rejected} pairs for training.objective dpo/orpo; `token_classification` = "
+        "{tokens, tags} rows (a tag per word) for a token-classification head.",
     )
     mixture: list[MixtureSource] = Field(
         default_factory=list,
@@ -472,7 +473,11 @@ class TrainerConfig(Section):
                 "offload to cpu"
             )
         formats = self.data.formats()
-        if formats <= {"text", "classification"} and self.eval.generation.enabled and self._has_eval_data():
+        if (
+            formats <= {"text", "classification", "token_classification"}
+            and self.eval.generation.enabled
+            and self._has_eval_data()
+        ):
             # Plain text has no prompt/answer split, so exact-match has nothing to compare.
             raise ValueError(
                 f"eval.generation.enabled needs prompt/answer data; with data.format={'/'.join(sorted(formats))} "
@@ -605,21 +610,21 @@ def _check_sharded_transfer(cfg: TrainerConfig) -> None:
 
 
 def _check_head(cfg: TrainerConfig) -> None:
-    classification = cfg.transfer.head.is_classification
+    head = cfg.transfer.head
+    classification = head.is_classification
     formats = cfg.data.formats()
-    if classification and formats != {"classification"}:
-        raise ValueError(
-            "transfer.head.type=sequence_classification trains on {text, label} rows: set data.format=classification"
-        )
-    if not classification and "classification" in formats:
-        raise ValueError(
-            "data.format=classification needs a classification head: set transfer.head.type=sequence_classification "
-            "and transfer.head.labels"
-        )
+    wanted = HEAD_DATA_FORMATS.get(head.type)
+    if wanted is not None and formats != {wanted}:
+        raise ValueError(f"transfer.head.type={head.type} trains on {wanted} rows: set data.format={wanted}")
+    for head_type, fmt in HEAD_DATA_FORMATS.items():
+        if fmt in formats and head.type != head_type:
+            raise ValueError(
+                f"data.format={fmt} needs its head: set transfer.head.type={head_type} and transfer.head.labels"
+            )
     if not classification:
         return
     if cfg.data.packing:
-        raise ValueError("a classification head scores one example per row: set data.packing=false")
+        raise ValueError(f"a {head.type} head scores one example per row: set data.packing=false")
     if cfg.eval.retain:
         raise ValueError(
             "eval.retain measures language-modelling loss, which a classification model has no head for; remove it"
@@ -639,11 +644,24 @@ def _check_early_stopping(cfg: TrainerConfig) -> None:
             f"transfer.early_stopping.split={stopping.split!r} is not an evaluation set of this run (have: {have}); "
             "set data.validation or pick one of those"
         )
-    classification = cfg.transfer.head.is_classification
-    if stopping.metric in ("accuracy", "macro_f1") and not classification:
+    head = cfg.transfer.head
+    classification = head.is_classification
+    if stopping.metric in ("accuracy", "macro_f1") and head.type != "sequence_classification":
         raise ValueError(
             f"transfer.early_stopping.metric={stopping.metric} needs transfer.head.type=sequence_classification; "
             "use eval_loss or exact_match"
+            + (
+                ""
+                if head.type != "token_classification"
+                else ", or token_accuracy / entity_f1 for token classification"
+            )
+        )
+    if stopping.metric == "token_accuracy" and head.type != "token_classification":
+        raise ValueError("transfer.early_stopping.metric=token_accuracy needs transfer.head.type=token_classification")
+    if stopping.metric == "entity_f1" and not head.tags_entities:
+        raise ValueError(
+            "transfer.early_stopping.metric=entity_f1 needs transfer.head.type=token_classification with BIO tags "
+            "(transfer.head.labels: O, B-TYPE, I-TYPE ...); use token_accuracy or eval_loss"
         )
     if stopping.metric == "exact_match" and (classification or not cfg.eval.generation.enabled):
         raise ValueError(

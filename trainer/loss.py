@@ -1,6 +1,7 @@
 """Losses as sums, so gradient accumulation can normalise by the real target count: next-token
 cross-entropy over label tokens, or (batches with `class_labels`) cross-entropy per example of a
-classification head.
+classification head, or (batches with `token_labels`) cross-entropy per scored token of a
+token-classification head.
 
 Next-token loss runs chunked by default (training.loss, trainer/chunked_loss.py): the same sum
 without ever building the [batch, tokens, vocab] logits; the full-logits path below stays for
@@ -30,6 +31,8 @@ def target_count(batch: dict[str, torch.Tensor]) -> int:
         return int(batch["pairs"])
     if "class_labels" in batch:
         return int(batch["class_labels"].numel())
+    if "token_labels" in batch:
+        return int((batch["token_labels"] != IGNORE_INDEX).sum())
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
@@ -42,6 +45,13 @@ def loss_sum(
         logits = forward_logits(model, batch).float()
         labels = batch["class_labels"]
         return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
+    if "token_labels" in batch:  # no shift: each token's logits score that token's own tag
+        logits = forward_logits(model, batch).float()
+        tags = batch["token_labels"]
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), tags.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return total, int((tags != IGNORE_INDEX).sum())
     settings = settings or LossConfig()
     if settings.chunked:
         head, reason = chunkable_head(model)

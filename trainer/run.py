@@ -512,6 +512,8 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
                 "exact_match",
                 "accuracy",
                 "macro_f1",
+                "token_accuracy",
+                "entity_f1",
                 "retain_loss_change",
                 "preference_accuracy",
                 "reward_margin",

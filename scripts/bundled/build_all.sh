@@ -21,6 +21,8 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$PYTHON" scripts/bundled/make_corpus.py --seed "$SEED" --assets-dir assets --build-dir build/bundled
 "$PYTHON" scripts/bundled/make_classification.py --seed "$SEED" --world assets/data/fictional-corpus/world.json \
   --out assets/data/fictional-kinds
+"$PYTHON" scripts/bundled/make_ner.py --seed "$SEED" --world assets/data/fictional-corpus/world.json \
+  --out assets/data/fictional-ner
 "$PYTHON" scripts/bundled/make_preference.py --qa assets/data/fictional-qa \
   --world assets/data/fictional-corpus/world.json --out assets/data/fictional-pref
 
@@ -32,5 +34,5 @@ rm -rf assets/models/ftl-tiny-llama
   --world assets/data/fictional-corpus/world.json \
   --out assets/models/ftl-tiny-llama
 
-echo "done: assets/models/ftl-tiny-llama, assets/data/fictional-qa, assets/data/fictional-corpus, assets/data/fictional-kinds, assets/data/fictional-pref"
+echo "done: assets/models/ftl-tiny-llama, assets/data/fictional-qa, assets/data/fictional-corpus, assets/data/fictional-kinds, assets/data/fictional-ner, assets/data/fictional-pref"
 echo "check the fine-tuning gain with: $PYTHON scripts/bundled/check_finetune_gain.py"

@@ -15,8 +15,7 @@ import torch
 from trainer.data.mixture import MixtureSampler, MixtureSpan
 from trainer.data.sampler import GlobalSampler, RowSampler
 from trainer.data.tokenized import TokenizedSet
-
-IGNORE_INDEX = -100
+from trainer.data.word_tags import IGNORE_INDEX  # noqa: F401  (re-exported: the loss ignores this label)
 
 
 @dataclass
@@ -89,6 +88,13 @@ def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict
     if dataset.pairs:
         out["pairs"] = torch.tensor(len(row_indices))
         out["pair_rows"] = torch.tensor(row_indices, dtype=torch.long)  # looks up precomputed reference log-probs
+    if dataset.examples.token_labels is not None:
+        # Token classification (never packed): a tag per token, IGNORE_INDEX on unscored tokens and padding.
+        tags = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+        for b, row in enumerate(row_indices):
+            own = dataset.examples.token_labels_of(dataset.rows[row][0])
+            tags[b, : len(own)] = torch.from_numpy(own.astype(np.int64))
+        out["token_labels"] = tags
     if dataset.examples.classes is not None:
         # Classification rows hold one example each (packing is refused for them).
         out["class_labels"] = torch.tensor([int(dataset.examples.classes[dataset.rows[r][0]]) for r in row_indices])

@@ -9,6 +9,8 @@ Formats:
   text        {"text"}: plain language modelling, loss on every token.
   classification  {"text", "label"}: one example for a classification head; the label is a
               class name (transfer.head.labels) or its 0-based id.
+  token_classification  {"tokens": [words], "tags": [tags]}: one tag per word (e.g. BIO entity
+              tags) for a token-classification head (trainer/data/word_tags.py).
   preference  {"prompt", "chosen", "rejected"}: a preference pair (DPO/ORPO), rendered as two
               examples (prompt + chosen, prompt + rejected), loss on the response only. Plain
               strings, or chat style: `prompt` a message list, `chosen`/`rejected` an assistant
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.data.sources import Row
+from trainer.data.word_tags import IGNORE_INDEX, TagProblem, align_word_tags, word_tag_ids
 from trainer.errors import DataError
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -43,6 +46,8 @@ class Example:
     input_ids: list[int]
     loss_mask: list[int]
     class_label: int | None = None  # classification rows only
+    # token_classification rows only: a tag id per token, IGNORE_INDEX (-100) where not scored
+    token_labels: list[int] | None = None
     rejected: Example | None = None  # preference rows: this example is the chosen one, this the rejected
 
 
@@ -65,6 +70,8 @@ def render_example(row: Row, fmt: str, tokenizer: Any, label_names: list[str] | 
             ids = _encode(tokenizer, _str_field(values, "text", allow_empty=False), specials=True)
             # No EOS: the head reads the last real token, which should be the text's own.
             return Example(ids, [1] * len(ids), class_label_id(values, label_names or []))
+        if fmt == "token_classification":
+            return render_word_tags(values, tokenizer, label_names or [])
         if fmt == "chat":
             return _render_chat(_messages(values), tokenizer)
         if fmt == "preference":
@@ -133,6 +140,19 @@ def class_label_id(values: dict[str, Any], names: list[str]) -> int:
     if isinstance(label, str) and label.strip().isdigit() and int(label) < len(names):
         return int(label)  # CSV cells are strings
     raise RowProblem(f"label {label!r} is not one of transfer.head.labels {names} (or an id 0-{len(names) - 1})")
+
+
+def render_word_tags(values: dict[str, Any], tokenizer: Any, names: list[str]) -> Example:
+    """A token_classification row: its words' tokens, a tag on the first sub-token of each word."""
+    for key in ("tokens", "tags"):
+        if key not in values or values[key] is None:
+            raise missing_field(values, key)
+    try:
+        words, tags = word_tag_ids(values["tokens"], values["tags"], names)
+        ids, labels = align_word_tags(tokenizer, words, tags)
+    except TagProblem as exc:
+        raise RowProblem(str(exc)) from None
+    return Example(ids, [int(label != IGNORE_INDEX) for label in labels], token_labels=labels)
 
 
 def _check_row(row: Row) -> dict[str, Any]:

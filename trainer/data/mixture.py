@@ -86,6 +86,7 @@ def concat_sets(sets: list[TokenizedSet]) -> tuple[TokenizedSet, list[int]]:
     lengths = np.concatenate([part.lengths() for part in sets])
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     classes = [part.classes for part in sets]
+    tags = [part.token_labels for part in sets]
     merged = TokenizedSet(
         np.concatenate([part.ids for part in sets]),
         np.concatenate([part.mask for part in sets]),
@@ -93,5 +94,6 @@ def concat_sets(sets: list[TokenizedSet]) -> tuple[TokenizedSet, list[int]]:
         np.concatenate([part.source_rows for part in sets]),
         {"rows": total},
         np.concatenate(classes) if all(c is not None for c in classes) else None,
+        np.concatenate(tags) if all(t is not None for t in tags) else None,
     )
     return merged, firsts

@@ -41,6 +41,7 @@ class TokenizedSet:
     source_rows: np.ndarray  # index of the dataset row each example came from
     stats: dict[str, Any] = field(default_factory=dict)
     classes: np.ndarray | None = None  # class id per example (classification format only)
+    token_labels: np.ndarray | None = None  # tag id per token, parallel to ids (token_classification only)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -52,6 +53,10 @@ class TokenizedSet:
         start, end = self.offsets[index], self.offsets[index + 1]
         return self.ids[start:end], self.mask[start:end]
 
+    def token_labels_of(self, index: int) -> np.ndarray:
+        assert self.token_labels is not None
+        return self.token_labels[self.offsets[index] : self.offsets[index + 1]]
+
     def subset(self, indices: np.ndarray) -> TokenizedSet:
         parts = [self.example(int(i)) for i in indices]
         lengths = np.array([len(p[0]) for p in parts], dtype=np.int64)
@@ -59,7 +64,12 @@ class TokenizedSet:
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
         mask = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.uint8)
         classes = self.classes[indices] if self.classes is not None else None
-        return TokenizedSet(ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)), classes)
+        tags = None
+        if self.token_labels is not None:
+            tags = np.concatenate([self.token_labels_of(int(i)) for i in indices]) if parts else np.zeros(0, np.int32)
+        return TokenizedSet(
+            ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)), classes, tags
+        )
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -132,7 +142,7 @@ def cache_entry(
         "too_long": too_long,
         "skip_bad_rows": skip_bad_rows,
     }
-    if fmt == "classification":
+    if fmt in ("classification", "token_classification"):
         settings["labels"] = list(label_names or [])
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
     return (cache_root or default_cache_root()) / key, settings
@@ -160,6 +170,7 @@ class ScannedRow:
     ids: list[int] = field(default_factory=list)  # what training uses (truncated, first token masked)
     mask: list[int] = field(default_factory=list)
     class_label: int | None = None
+    token_labels: list[int] = field(default_factory=list)  # token_classification rows: parallel to ids
     # preference rows: the rejected response's example (ids/mask above are the chosen one's)
     rejected_ids: list[int] = field(default_factory=list)
     rejected_mask: list[int] = field(default_factory=list)
@@ -204,14 +215,18 @@ def scan_rows(
                 continue
             fate = "truncated"
         # The first token of an example is never a target inside that example; masking it also
-        # keeps a packed row's previous example from being trained to predict it.
-        kept = [(list(p.input_ids[:max_seq_len]), [0] + list(p.loss_mask[1:max_seq_len])) for p in parts]
+        # keeps a packed row's previous example from being trained to predict it. (A tagged token
+        # is its own target: token classification keeps its mask as it is.)
+        first = list(example.loss_mask[:1]) if example.token_labels is not None else [0]
+        kept = [(list(p.input_ids[:max_seq_len]), first + list(p.loss_mask[1:max_seq_len])) for p in parts]
         if not all(any(mask) for _, mask in kept):
             yield ScannedRow(row_index, row.where, "dropped_no_loss", rendered_len=rendered)
             continue
         scanned = ScannedRow(row_index, row.where, fate, "", rendered, *kept[0], example.class_label)
         if len(kept) == 2:
             scanned.rejected_ids, scanned.rejected_mask = kept[1]
+        if example.token_labels is not None:
+            scanned.token_labels = example.token_labels[:max_seq_len]
         yield scanned
 
 
@@ -229,6 +244,7 @@ def _tokenize(
     masks: list[np.ndarray] = []
     sources: list[int] = []
     classes: list[int] = []
+    tags: list[np.ndarray] = []
     errors: list[str] = []
     bad_rows: list[str] = []  # without skip_bad_rows: every bad row, reported together at the end
     stats: dict[str, Any] = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
@@ -255,6 +271,8 @@ def _tokenize(
             sources.append(scanned.index)
         if scanned.class_label is not None:
             classes.append(scanned.class_label)
+        if fmt == "token_classification":
+            tags.append(np.asarray(scanned.token_labels, dtype=np.int32))
         stats["rows"] += 1
     if bad_rows:
         raise DataError(bad_rows_message(spec, bad_rows))
@@ -268,8 +286,9 @@ def _tokenize(
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     class_ids = np.asarray(classes, np.int64) if fmt == "classification" else None
+    tag_ids = np.concatenate(tags) if fmt == "token_classification" else None
     return TokenizedSet(
-        np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats, class_ids
+        np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats, class_ids, tag_ids
     )
 
 
@@ -299,6 +318,8 @@ def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> N
         np.save(tmp / "source_rows.npy", data.source_rows)
         if data.classes is not None:
             np.save(tmp / "classes.npy", data.classes)
+        if data.token_labels is not None:
+            np.save(tmp / "token_labels.npy", data.token_labels)
         (tmp / "meta.json").write_text(json.dumps({"settings": settings, "stats": data.stats}, indent=1))
         os.replace(tmp, entry)
     except OSError:
@@ -316,4 +337,5 @@ def _read_entry(entry: Path) -> TokenizedSet:
         np.load(entry / "source_rows.npy", allow_pickle=False),
         meta["stats"],
         np.load(entry / "classes.npy", allow_pickle=False) if (entry / "classes.npy").exists() else None,
+        np.load(entry / "token_labels.npy", allow_pickle=False) if (entry / "token_labels.npy").exists() else None,
     )

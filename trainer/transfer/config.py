@@ -68,13 +68,24 @@ class LearningRatesConfig(Section):
         return self.head is not None or self.layer_decay is not None or self.lora_plus_ratio is not None
 
 
+# The data.format each task head trains on (causal_lm: any of the language-modelling formats).
+HEAD_DATA_FORMATS = {
+    "sequence_classification": "classification",
+    "token_classification": "token_classification",
+}
+
+
 class HeadConfig(Section):
-    type: Literal["causal_lm", "sequence_classification"] = Field(
-        "causal_lm", description="sequence_classification: a new head of num_labels on the base's last token."
+    type: Literal["causal_lm", "sequence_classification", "token_classification"] = Field(
+        "causal_lm",
+        description="sequence_classification: a new head of num_labels on the base's last token; "
+        "token_classification: a new head tagging every word (e.g. BIO entity tags, data.format=token_classification).",
     )
     num_labels: int | None = Field(None, ge=2, description="Number of classes; defaults to the length of `labels`.")
     labels: list[str] = Field(
-        default_factory=list, description="Class names, in id order; a row's label is a name or its 0-based id."
+        default_factory=list,
+        description="Class (or tag) names, in id order; a row's label is a name or its 0-based id. Tags named "
+        "O, B-TYPE, I-TYPE (BIO/IOB2) also give entity-level precision/recall/F1.",
     )
 
     @property
@@ -83,14 +94,20 @@ class HeadConfig(Section):
 
     @property
     def is_classification(self) -> bool:
-        return self.type == "sequence_classification"
+        """A task head with labels (it replaces the LM head), of whichever type."""
+        return self.type in HEAD_DATA_FORMATS
+
+    @property
+    def tags_entities(self) -> bool:
+        """Token classification with BIO/IOB2 tag names, so entity spans can be scored."""
+        return self.type == "token_classification" and is_bio_tag_set(self.label_names)
 
     @model_validator(mode="after")
     def _labels(self) -> HeadConfig:
-        if self.type == "sequence_classification":
+        if self.is_classification:
             if not self.labels and self.num_labels is None:
                 raise ValueError(
-                    "transfer.head.type=sequence_classification needs transfer.head.labels (class names) or num_labels"
+                    f"transfer.head.type={self.type} needs transfer.head.labels (class names) or num_labels"
                 )
             if self.labels and self.num_labels is not None and self.num_labels != len(self.labels):
                 raise ValueError(
@@ -99,11 +116,16 @@ class HeadConfig(Section):
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("transfer.head.labels must be unique")
         elif self.labels or self.num_labels is not None:
-            raise ValueError("transfer.head.labels/num_labels apply to type=sequence_classification only")
+            raise ValueError("transfer.head.labels/num_labels apply to classification head types only")
         return self
 
 
-EarlyStoppingMetric = Literal["eval_loss", "accuracy", "macro_f1", "exact_match"]
+def is_bio_tag_set(names: list[str]) -> bool:
+    """Every name is O or B-TYPE / I-TYPE, and there is at least one entity type."""
+    return any(n != "O" for n in names) and all(n == "O" or (n[:2] in ("B-", "I-") and len(n) > 2) for n in names)
+
+
+EarlyStoppingMetric = Literal["eval_loss", "accuracy", "macro_f1", "exact_match", "token_accuracy", "entity_f1"]
 
 
 class EarlyStoppingConfig(Section):

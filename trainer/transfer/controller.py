@@ -4,7 +4,8 @@
 - gradual unfreezing: applied at each step boundary (and, on a resume, before the checkpoint is
   read); with DDP the wrapper is rebuilt when the trainable set changes, because DDP registers the
   parameters it reduces when it is constructed; FSDP2 reduces whatever requires grad at backward;
-- evaluation extras: accuracy/macro-F1 for a classification head, the retain (forgetting) loss
+- evaluation extras: accuracy/macro-F1 for a classification head, token accuracy and entity
+  precision/recall/F1 for a token-classification head, the retain (forgetting) loss
   change against the base model;
 - early stopping: decides after each evaluation; the best step is checkpointed and protected
   from rotation; at the end its weights are put back before the final evaluation and export.
@@ -29,7 +30,7 @@ from trainer.optim import build_optimizer
 from trainer.run_layout import RunLayout
 from trainer.strategies.base import Strategy
 from trainer.transfer.early_stopping import EarlyStopping
-from trainer.transfer.heads import classification_scores
+from trainer.transfer.heads import classification_scores, token_classification_scores
 from trainer.transfer.model_parts import model_parts, plain_name
 from trainer.transfer.param_groups import build_grouped_optimizer
 from trainer.transfer.unfreezing import GradualUnfreezer, steps_per_stage, unfreezing_groups
@@ -125,6 +126,12 @@ class TransferController:
                     self.strategy,
                     self.cfg.eval.max_samples,
                     len(head.label_names),
+                )
+            )
+        if head.type == "token_classification" and eval_set.examples.token_labels is not None:
+            values.update(
+                token_classification_scores(
+                    model, eval_set, batch_size, self.pad_id, self.strategy, self.cfg.eval.max_samples, head
                 )
             )
         if eval_set.name == "retain":

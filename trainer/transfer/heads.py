@@ -2,7 +2,13 @@
 checkpoint (the backbone loads the pretrained weights, the `score` head of num_labels is new),
 scoring the last non-padding token. Loss is cross-entropy per example; evaluation adds accuracy
 and macro-F1. The export is a plain *ForSequenceClassification folder (or a PEFT SEQ_CLS adapter
-that saves the head with it)."""
+that saves the head with it).
+
+`token_classification`: transformers' AutoModelForTokenClassification (a new head of num_labels on
+every token's hidden state), trained and scored on the first sub-token of each word
+(trainer/data/word_tags.py); evaluation adds token accuracy and, for BIO tags, entity-level
+precision/recall/F1 (trainer/transfer/entity_metrics.py). Export: a *ForTokenClassification folder
+(or a PEFT TOKEN_CLS adapter with the head)."""
 
 from __future__ import annotations
 
@@ -10,19 +16,32 @@ from typing import Any
 
 import torch
 
-from trainer.data.batches import RowDataset, make_batch
+from trainer.data.batches import IGNORE_INDEX, RowDataset, make_batch
 from trainer.data.prepare import EvalSet
 from trainer.distributed import all_reduce_sum
 from trainer.evaluate import lockstep_batches
 from trainer.loss import forward_logits
 from trainer.strategies.base import Strategy
 from trainer.transfer.config import HeadConfig
+from trainer.transfer.entity_metrics import EntityCounts
+
+# transformers' Auto class and PEFT's task type of each head type.
+AUTO_MODEL_CLASSES = {
+    "causal_lm": "AutoModelForCausalLM",
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "token_classification": "AutoModelForTokenClassification",
+}
+PEFT_TASK_TYPES = {
+    "causal_lm": "CAUSAL_LM",
+    "sequence_classification": "SEQ_CLS",
+    "token_classification": "TOKEN_CLS",
+}
 
 
 def auto_model_class(head: HeadConfig) -> Any:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    import transformers
 
-    return AutoModelForSequenceClassification if head.is_classification else AutoModelForCausalLM
+    return getattr(transformers, AUTO_MODEL_CLASSES[head.type])
 
 
 def head_load_kwargs(head: HeadConfig, pad_token_id: int | None) -> dict[str, Any]:
@@ -40,7 +59,26 @@ def head_load_kwargs(head: HeadConfig, pad_token_id: int | None) -> dict[str, An
 
 
 def peft_task_type(head: HeadConfig) -> str:
-    return "SEQ_CLS" if head.is_classification else "CAUSAL_LM"
+    return PEFT_TASK_TYPES[head.type]
+
+
+def _scored_batches(
+    model: torch.nn.Module, eval_set: EvalSet, batch_size: int, pad_id: int, strategy: Strategy, max_samples: int | None
+) -> Any:
+    """(batch, logits on the CPU) of this rank's share of the eval set, in eval mode. Every rank
+    runs the same number of forwards (sharded strategies need it); the padding ones are not yielded."""
+    count = min(len(eval_set.examples), max_samples or len(eval_set.examples))
+    rows = RowDataset(eval_set.examples, [[i] for i in range(count)], packed=False)
+    was_training = model.training
+    model.eval()
+    for indices in lockstep_batches(
+        count, batch_size, strategy.rank, strategy.world_size, strategy.forward_is_collective
+    ):
+        batch = make_batch(rows, indices or [0], pad_id)
+        logits = forward_logits(model, {k: v.to(strategy.device) for k, v in batch.items()})
+        if indices is not None:
+            yield batch, logits.float().cpu()
+    model.train(was_training)
 
 
 @torch.no_grad()
@@ -54,20 +92,10 @@ def classification_scores(
     num_labels: int,
 ) -> dict[str, float]:
     """Accuracy and macro-F1 over the eval set (all ranks' shares combined)."""
-    count = min(len(eval_set.examples), max_samples or len(eval_set.examples))
-    rows = RowDataset(eval_set.examples, [[i] for i in range(count)], packed=False)
-    was_training = model.training
-    model.eval()
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)  # [true, predicted]
-    for indices in lockstep_batches(
-        count, batch_size, strategy.rank, strategy.world_size, strategy.forward_is_collective
-    ):
-        batch = make_batch(rows, indices or [0], pad_id)
-        predicted = forward_logits(model, {k: v.to(strategy.device) for k, v in batch.items()}).argmax(-1).cpu()
-        if indices is not None:
-            for truth, guess in zip(batch["class_labels"].tolist(), predicted.tolist()):
-                confusion[truth, guess] += 1
-    model.train(was_training)
+    for batch, logits in _scored_batches(model, eval_set, batch_size, pad_id, strategy, max_samples):
+        for truth, guess in zip(batch["class_labels"].tolist(), logits.argmax(-1).tolist()):
+            confusion[truth, guess] += 1
     confusion = torch.tensor(all_reduce_sum(confusion.flatten().tolist(), strategy.device), dtype=torch.float64).view(
         num_labels, num_labels
     )
@@ -85,3 +113,31 @@ def scores_from_confusion(confusion: torch.Tensor) -> dict[str, float]:
         "accuracy": float(hits.sum()) / total if total else float("nan"),
         "macro_f1": float(f1[present].mean()) if bool(present.any()) else float("nan"),
     }
+
+
+@torch.no_grad()
+def token_classification_scores(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    batch_size: int,
+    pad_id: int,
+    strategy: Strategy,
+    max_samples: int | None,
+    head: HeadConfig,
+) -> dict[str, float]:
+    """token_accuracy (over scored words) and, for BIO tags, entity_precision / entity_recall /
+    entity_f1 over the eval set (all ranks' counts summed before dividing)."""
+    names = head.label_names
+    counts = EntityCounts()
+    for batch, logits in _scored_batches(model, eval_set, batch_size, pad_id, strategy, max_samples):
+        tags, predicted = batch["token_labels"], logits.argmax(-1)
+        for row_tags, row_predicted in zip(tags, predicted):
+            scored = row_tags != IGNORE_INDEX  # the first sub-token of each word
+            counts.add(
+                [names[i] for i in row_tags[scored].tolist()], [names[i] for i in row_predicted[scored].tolist()]
+            )
+    counts = EntityCounts.from_list(all_reduce_sum(counts.as_list(), strategy.device))
+    scores = {"token_accuracy": counts.token_accuracy()}
+    if head.tags_entities:
+        scores.update(counts.entity_scores())
+    return scores

@@ -11,9 +11,10 @@ import torch
 from trainer.config import TrainerConfig
 from trainer.methods import apply_method
 from trainer.model_builder import load_model
+from trainer.transfer.config import HeadConfig
 from trainer.transfer.freezing import apply_freezing, check_block_count
 from trainer.transfer.heads import auto_model_class, head_load_kwargs, peft_task_type
-from trainer.transfer.model_parts import decoder_blocks, model_parts
+from trainer.transfer.model_parts import decoder_blocks, head_module, model_parts
 
 
 def build_model(
@@ -27,7 +28,9 @@ def build_model(
         auto_class=auto_model_class(head),
         head_kwargs=head_load_kwargs(head, pad_token_id),
     )
-    exclude = frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks) if cfg.method.uses_adapter else None
+    exclude = None
+    if cfg.method.uses_adapter:
+        exclude = _either(frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks), task_head_regex(model, head))
     model = apply_method(
         model, cfg.method, gradient_checkpointing, task_type=peft_task_type(head), exclude_modules=exclude
     )
@@ -45,3 +48,18 @@ def frozen_blocks_regex(model: torch.nn.Module, first_n: int) -> str | None:
     ids = {id(block): index for index, block in enumerate(blocks)}
     prefixes = [name for name, module in model.named_modules() if ids.get(id(module), first_n) < first_n]
     return "(?:" + "|".join(re.escape(p) for p in prefixes) + r")\..*"
+
+
+def task_head_regex(model: torch.nn.Module, head: HeadConfig) -> str | None:
+    """A token-classification head gets no LoRA adapter (it trains in full, saved with the
+    adapter): PEFT's `all-linear` leaves out the head of a SEQ_CLS model but not of a TOKEN_CLS one."""
+    if head.type != "token_classification":
+        return None
+    module = head_module(model)
+    name = next((name for name, m in model.named_modules() if m is module), None)
+    return re.escape(name) if name else None
+
+
+def _either(*patterns: str | None) -> str | None:
+    present = [p for p in patterns if p]
+    return "|".join(f"(?:{p})" for p in present) or None

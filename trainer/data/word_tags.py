@@ -1,0 +1,74 @@
+"""Token classification rows: one tag per word, aligned to the tokenizer's sub-word tokens.
+
+A row is {"tokens": [word, ...], "tags": [tag, ...]} (the CoNLL / HF `datasets` layout). The
+words go through the tokenizer as pre-split words (a fast tokenizer, `is_split_into_words=True`),
+and its `word_ids()` say which word each token came from. Only the FIRST sub-token of a word is
+scored, with the word's tag; the other sub-tokens of the word and the special tokens (BOS, CLS,
+SEP ...) get IGNORE_INDEX (-100), so each word is one prediction, trained and scored once -- the
+convention of the BERT paper's NER and of transformers' token-classification examples. The
+prediction for a word is read back from the same token (word_predictions), so entity metrics
+count words, not sub-tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IGNORE_INDEX = -100  # a label the loss skips (cross-entropy's default ignore_index)
+
+
+class TagProblem(Exception):
+    """A row's words or tags are malformed; the caller names the row."""
+
+
+def word_tag_ids(words: Any, tags: Any, names: list[str]) -> tuple[list[str], list[int]]:
+    """Check a row's `tokens` and `tags` and turn each tag (a name of `names`, or its 0-based id)
+    into its id."""
+    if not isinstance(words, list) or not words:
+        raise TagProblem("field 'tokens' must be a non-empty list of words")
+    if not isinstance(tags, list):
+        raise TagProblem("field 'tags' must be a list with one tag per word")
+    for index, word in enumerate(words):
+        if not isinstance(word, str) or not word.strip():
+            raise TagProblem(f"tokens[{index}] must be a non-empty string, got {word!r}")
+    if len(words) != len(tags):
+        raise TagProblem(f"{len(words)} tokens but {len(tags)} tags; give exactly one tag per word")
+    ids = []
+    for index, tag in enumerate(tags):
+        if isinstance(tag, str) and tag in names:
+            ids.append(names.index(tag))
+        elif isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(names):
+            ids.append(tag)
+        else:
+            raise TagProblem(
+                f"tags[{index}] = {tag!r} (word {words[index]!r}) is not one of transfer.head.labels "
+                f"{names} (or an id 0-{len(names) - 1})"
+            )
+    return words, ids
+
+
+def align_word_tags(tokenizer: Any, words: list[str], tag_ids: list[int]) -> tuple[list[int], list[int]]:
+    """Token ids of the words (with the tokenizer's special tokens) and a label per token: the
+    word's tag id on its first sub-token, IGNORE_INDEX elsewhere."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise TagProblem(
+            "token classification needs a fast tokenizer (its word_ids() map tokens to words); "
+            "use a model whose tokenizer.json is present (model.tokenizer)"
+        )
+    encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=True)
+    labels = []
+    previous = None
+    for word in encoded.word_ids():
+        labels.append(tag_ids[word] if word is not None and word != previous else IGNORE_INDEX)
+        previous = word
+    return list(encoded["input_ids"]), labels
+
+
+def word_predictions(token_labels: list[int], token_predictions: list[int]) -> tuple[list[int], list[int]]:
+    """The gold and predicted tag ids of each scored word: the values at its scored (first) token."""
+    gold, predicted = [], []
+    for label, guess in zip(token_labels, token_predictions):
+        if label != IGNORE_INDEX:
+            gold.append(label)
+            predicted.append(guess)
+    return gold, predicted
