@@ -10,6 +10,7 @@ from typing import Any
 from launcher.run_config import RunConfig
 from trainer.data.check import DataCheck, FileCheck, check_data, length_stats
 from trainer.data.tokenized import ScannedRow
+from trainer.data.word_tags import IGNORE_INDEX
 from trainer.errors import DataError
 
 # Trained (loss-bearing) tokens: bold green on a terminal, [[...]] elsewhere (logs, pipes, tests).
@@ -66,7 +67,26 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
             cut = f", truncated from {row.rendered_len}" if row.fate == "truncated" else ""
             lines.append(f"--- {row.where} ({len(row.ids)} tokens{cut}, {trained} trained) ---")
             lines.append(mark_trained(tokenizer, row.ids, row.mask, color=color))
+            if row.token_labels and check.label_names:
+                lines.append("tags: " + tagged_words(tokenizer, row.ids, row.token_labels, check.label_names))
     return "\n".join(lines)
+
+
+def tagged_words(tokenizer: Any, ids: list[int], token_labels: list[int], names: list[str]) -> str:
+    """Each scored word with its tag, `word/TAG`: a word is its tagged (first) token and the
+    untagged, non-special tokens after it."""
+    special = set(tokenizer.all_special_ids)
+    words: list[tuple[list[int], str]] = []
+    current: list[int] | None = None
+    for token, label in zip(ids, token_labels):
+        if label != IGNORE_INDEX:
+            current = [token]
+            words.append((current, names[label]))
+        elif current is not None and token not in special:
+            current.append(token)
+        else:
+            current = None
+    return " ".join(f"{tokenizer.decode(tokens).strip()}/{tag}" for tokens, tag in words)
 
 
 def mark_trained(tokenizer: Any, ids: list[int], mask: list[int], *, color: bool) -> str:

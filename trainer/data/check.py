@@ -65,6 +65,7 @@ class DataCheck:
     held_out: int = 0
     train_rows: int = 0
     token_efficiency: float = 0.0
+    label_names: list[str] | None = None  # transfer.head.labels (a token-classification sample shows its tags)
 
     def refusals(self) -> list[str]:
         return [reason for check in self.files if (reason := check.refusal(self.skip_bad_rows))]
@@ -101,6 +102,7 @@ def check_data(
         for role, spec, fmt, split in wanted
     ]
     check = DataCheck(files, cfg.max_seq_len, cfg.too_long, cfg.skip_bad_rows, cfg.packing, micro_batch_size)
+    check.label_names = label_names
     _training_rows(check, cfg, seed)
     return check
 
