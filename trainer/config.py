@@ -647,14 +647,10 @@ def _check_early_stopping(cfg: TrainerConfig) -> None:
     head = cfg.transfer.head
     classification = head.is_classification
     if stopping.metric in ("accuracy", "macro_f1") and head.type != "sequence_classification":
+        hint = "token_accuracy or entity_f1" if head.type == "token_classification" else "eval_loss or exact_match"
         raise ValueError(
             f"transfer.early_stopping.metric={stopping.metric} needs transfer.head.type=sequence_classification; "
-            "use eval_loss or exact_match"
-            + (
-                ""
-                if head.type != "token_classification"
-                else ", or token_accuracy / entity_f1 for token classification"
-            )
+            f"use {hint}"
         )
     if stopping.metric == "token_accuracy" and head.type != "token_classification":
         raise ValueError("transfer.early_stopping.metric=token_accuracy needs transfer.head.type=token_classification")

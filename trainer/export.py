@@ -112,7 +112,7 @@ def _plain_base(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module:
         from trainer.model_builder import DTYPES
 
         dtype = DTYPES[cfg.method.quantization.compute_dtype]
-    head_kwargs = head_load_kwargs(cfg.transfer.head, model.config.pad_token_id)
+    head_kwargs = head_load_kwargs(cfg.transfer.head, model.config.pad_token_id, cfg.model)
     base = auto_model_class(cfg.transfer.head).from_pretrained(
         cfg.model.path,
         dtype=dtype,

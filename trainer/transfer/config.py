@@ -87,6 +87,13 @@ class HeadConfig(Section):
         description="Class (or tag) names, in id order; a row's label is a name or its 0-based id. Tags named "
         "O, B-TYPE, I-TYPE (BIO/IOB2) also give entity-level precision/recall/F1.",
     )
+    dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout before the new head (transformers' classifier_dropout); default: the model's own "
+        "(0.1 for transformers' token-classification heads on decoders and for BERT).",
+    )
 
     @property
     def label_names(self) -> list[str]:
@@ -115,8 +122,8 @@ class HeadConfig(Section):
                 )
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("transfer.head.labels must be unique")
-        elif self.labels or self.num_labels is not None:
-            raise ValueError("transfer.head.labels/num_labels apply to classification head types only")
+        elif self.labels or self.num_labels is not None or self.dropout is not None:
+            raise ValueError("transfer.head.labels/num_labels/dropout apply to classification head types only")
         return self
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from trainer.config import ModelConfig
 from trainer.data.batches import IGNORE_INDEX, RowDataset, make_batch
 from trainer.data.prepare import EvalSet
 from trainer.distributed import all_reduce_sum
@@ -44,18 +45,31 @@ def auto_model_class(head: HeadConfig) -> Any:
     return getattr(transformers, AUTO_MODEL_CLASSES[head.type])
 
 
-def head_load_kwargs(head: HeadConfig, pad_token_id: int | None) -> dict[str, Any]:
-    """from_pretrained keyword arguments that give the model its task head."""
+def head_load_kwargs(head: HeadConfig, pad_token_id: int | None, model: ModelConfig | None = None) -> dict[str, Any]:
+    """from_pretrained keyword arguments that give the model its task head. `model`: where the
+    checkpoint is, needed (to load its config) when transfer.head.dropout is set."""
     if not head.is_classification:
         return {}
     names = head.label_names
     # The head pools the last token that is not padding, so the config must know the pad id.
-    return {
+    kwargs = {
         "num_labels": len(names),
         "id2label": dict(enumerate(names)),
         "label2id": {n: i for i, n in enumerate(names)},
         "pad_token_id": pad_token_id,
     }
+    if head.dropout is not None and model is not None:
+        # Not every model config has the attribute (Llama's does not; its token-classification head
+        # still reads it), and from_pretrained passes unknown keywords to the model's constructor,
+        # so the value goes onto a loaded config.
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(
+            model.path, revision=model.revision, trust_remote_code=model.trust_remote_code, **kwargs
+        )
+        config.classifier_dropout = head.dropout
+        return {"config": config}
+    return kwargs
 
 
 def peft_task_type(head: HeadConfig) -> str:

@@ -26,7 +26,7 @@ def build_model(
         cfg.method,
         device,
         auto_class=auto_model_class(head),
-        head_kwargs=head_load_kwargs(head, pad_token_id),
+        head_kwargs=head_load_kwargs(head, pad_token_id, cfg.model),
     )
     exclude = None
     if cfg.method.uses_adapter:
