@@ -118,6 +118,13 @@ def test_bad_rows_are_named(values: dict, message: str, wordpiece: Any) -> None:
     assert str(info.value).startswith("f.jsonl line 4: ") and message in str(info.value)
 
 
+def test_a_slow_tokenizer_is_refused_with_what_to_do() -> None:
+    from types import SimpleNamespace
+
+    with pytest.raises(DataError, match="f.jsonl line 1: token classification needs a fast tokenizer"):
+        render_example(_row(["a"], ["O"]), "token_classification", SimpleNamespace(is_fast=False), TAGS)
+
+
 def test_validate_data_lists_every_bad_row_and_exits_2(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

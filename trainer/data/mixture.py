@@ -85,15 +85,19 @@ def concat_sets(sets: list[TokenizedSet]) -> tuple[TokenizedSet, list[int]]:
         total += len(part)
     lengths = np.concatenate([part.lengths() for part in sets])
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    classes = [part.classes for part in sets]
-    tags = [part.token_labels for part in sets]
     merged = TokenizedSet(
         np.concatenate([part.ids for part in sets]),
         np.concatenate([part.mask for part in sets]),
         offsets,
         np.concatenate([part.source_rows for part in sets]),
         {"rows": total},
-        np.concatenate(classes) if all(c is not None for c in classes) else None,
-        np.concatenate(tags) if all(t is not None for t in tags) else None,
+        _joined([part.classes for part in sets]),
+        _joined([part.token_labels for part in sets]),
     )
     return merged, firsts
+
+
+def _joined(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    """The parts concatenated when every set has them (an optional per-example or per-token array)."""
+    present = [part for part in parts if part is not None]
+    return np.concatenate(present) if len(present) == len(parts) else None

@@ -5,9 +5,8 @@ words go through the tokenizer as pre-split words (a fast tokenizer, `is_split_i
 and its `word_ids()` say which word each token came from. Only the FIRST sub-token of a word is
 scored, with the word's tag; the other sub-tokens of the word and the special tokens (BOS, CLS,
 SEP ...) get IGNORE_INDEX (-100), so each word is one prediction, trained and scored once -- the
-convention of the BERT paper's NER and of transformers' token-classification examples. The
-prediction for a word is read back from the same token (word_predictions), so entity metrics
-count words, not sub-tokens.
+convention of the BERT paper's NER and of transformers' token-classification examples. Evaluation
+reads a word's prediction from the same token, so the metrics count words, not sub-tokens.
 """
 
 from __future__ import annotations
@@ -62,13 +61,3 @@ def align_word_tags(tokenizer: Any, words: list[str], tag_ids: list[int]) -> tup
         labels.append(tag_ids[word] if word is not None and word != previous else IGNORE_INDEX)
         previous = word
     return list(encoded["input_ids"]), labels
-
-
-def word_predictions(token_labels: list[int], token_predictions: list[int]) -> tuple[list[int], list[int]]:
-    """The gold and predicted tag ids of each scored word: the values at its scored (first) token."""
-    gold, predicted = [], []
-    for label, guess in zip(token_labels, token_predictions):
-        if label != IGNORE_INDEX:
-            gold.append(label)
-            predicted.append(guess)
-    return gold, predicted
