@@ -4,7 +4,9 @@ One worker runs in the launcher's own process (fastest start). Several workers r
 `python -m cluster.worker RUN_DIR` processes with torchrun's environment contract (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), rendezvous on loopback, gloo on CPU.
 If one worker fails, the others are stopped and the launcher exits with its code. If the
-launcher dies (even by SIGKILL), its workers die with it (cluster/parent_death.py).
+launcher dies (even by SIGKILL), its workers die with it (cluster/parent_death.py). On CPU-only
+Linux they are forked from a process that has imported torch & co. once
+(cluster/preloaded_spawn.py).
 """
 
 from __future__ import annotations
@@ -15,19 +17,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from cluster.config import ClusterConfig
 from cluster.errors import WorkerFailed
 from cluster.gpu_probe import cuda_available
 from cluster.loopback import LOOPBACK_INTERFACE
 from cluster.parent_death import child_dies_with_this_process
+from cluster.preloaded_spawn import PreloadedWorker, preloading_available
 from cluster.results import clear_result, take_result
 from trainer.config import TrainerConfig
 from trainer.run_layout import RunLayout
 
 STOP_GRACE_S = 20
+
+Worker = Union["subprocess.Popen[bytes]", PreloadedWorker]
 
 
 def default_device() -> str:
@@ -49,8 +55,19 @@ def launch_local(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> d
         from trainer.run import run
 
         return run(cfg, WorkerContext(run_dir=run_dir, device=default_device()))
-    default_device()  # sets DS_ACCELERATOR for the children on CPU-only machines
-    return spawn_workers(run_dir, cluster.workers, cluster.master_port or free_port())
+    device = default_device()  # also sets DS_ACCELERATOR for the children on CPU-only machines
+    preload = worker_preload(cfg) if device == "cpu" and preloading_available() else ()
+    return spawn_workers(run_dir, cluster.workers, cluster.master_port or free_port(), preload)
+
+
+def worker_preload(cfg: TrainerConfig) -> list[str]:
+    """What every worker of this run imports anyway (cluster/preloaded_spawn.py imports it once)."""
+    modules = ["torch", "transformers.modeling_utils", "trainer.run"]
+    if cfg.method.type != "full":
+        modules.append("peft")
+    if cfg.parallel.strategy == "deepspeed":
+        modules.append("deepspeed")
+    return modules
 
 
 def free_port() -> int:
@@ -82,9 +99,9 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     return env
 
 
-def spawn_workers(run_dir: Path, world_size: int, port: int) -> dict[str, Any]:
+def spawn_workers(run_dir: Path, world_size: int, port: int, preload: Sequence[str] = ()) -> dict[str, Any]:
     clear_result(run_dir)
-    spawn_module("cluster.worker", [str(run_dir)], world_size, port, RunLayout(run_dir).logs)
+    spawn_module("cluster.worker", [str(run_dir)], world_size, port, RunLayout(run_dir).logs, preload=preload)
     return take_result(run_dir)
 
 
@@ -96,29 +113,34 @@ def spawn_module(
     log_dir: Path,
     extra_env: dict[int, dict[str, str]] | None = None,
     rank0_to_terminal: bool = True,
+    preload: Sequence[str] = (),
 ) -> None:
     """Run `python -m MODULE ARGS` as `world_size` local processes with torchrun's environment
     contract; forward Ctrl-C/SIGTERM/SIGUSR1 to them; on the first failure stop the others and
     raise WorkerFailed. Rank 0 talks to the terminal unless told not to; the others (and then
-    rank 0 too) write to LOG_DIR/worker-R.out. `extra_env` adds variables per rank."""
+    rank 0 too) write to LOG_DIR/worker-R.out. `extra_env` adds variables per rank. With `preload`
+    (modules), the processes are forked from one that imported them (cluster/preloaded_spawn.py)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     tie_to_launcher = child_dies_with_this_process()  # a SIGKILLed launcher takes its workers along
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Worker] = []
     logs: list[Path | None] = []
     for rank in range(world_size):
         log = None if (rank == 0 and rank0_to_terminal) else log_dir / f"worker-{rank}.out"
-        out = None if log is None else log.open("wb")
         env = worker_env(rank, world_size, port)
         env.update((extra_env or {}).get(rank, {}))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT if out else None,
-                preexec_fn=tie_to_launcher,
+        if preload:
+            procs.append(PreloadedWorker(module, args, env, log, preload))
+        else:
+            out = None if log is None else log.open("wb")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", module, *args],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT if out else None,
+                    preexec_fn=tie_to_launcher,
+                )
             )
-        )
         logs.append(log)
     previous = {s: signal.signal(s, _forward_to(procs)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
@@ -131,7 +153,7 @@ def spawn_module(
         raise WorkerFailed(rank, code, logs[rank])
 
 
-def _forward_to(procs: list[subprocess.Popen[bytes]]) -> Any:
+def _forward_to(procs: list[Worker]) -> Any:
     def forward(signum: int, frame: object) -> None:
         for proc in procs:
             if proc.poll() is None:
@@ -140,7 +162,7 @@ def _forward_to(procs: list[subprocess.Popen[bytes]]) -> Any:
     return forward
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]]) -> tuple[int, int] | None:
+def _wait_all(procs: list[Worker]) -> tuple[int, int] | None:
     """Wait for every worker; on the first failure stop the rest. Returns (rank, code) of it."""
     while True:
         codes = [p.poll() for p in procs]
@@ -153,7 +175,7 @@ def _wait_all(procs: list[subprocess.Popen[bytes]]) -> tuple[int, int] | None:
         time.sleep(0.2)
 
 
-def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+def _stop_all(procs: list[Worker]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
