@@ -140,7 +140,7 @@ of `scripts/bundled/make_corpus.py`); nothing it knows is real-world knowledge.
 | parameters | {info["params"]:,} |
 | tokenizer | uncased WordPiece, {info["vocab"]} tokens; `[CLS] text [SEP]` (pairs `[CLS] a [SEP] b [SEP]`) |
 | special tokens | {info["special_ids"]} |
-| pretraining | {info["steps"]} steps x {info["batch"]} documents (one `[CLS] doc [SEP]` each, at most {info["max_len"]} tokens), 15% of tokens masked (80/10/10), AdamW lr {info["lr"]} cosine, seed {info["seed"]}, {info["threads"]} CPU thread(s), {info["minutes"]:.1f} min |
+| pretraining | {info["steps"]} steps x {info["batch"]} documents (one `[CLS] doc [SEP]` each, at most {info["max_len"]} tokens), 15% of tokens masked (80/10/10), AdamW lr {info["lr"]} cosine, seed {info["seed"]}, {info["threads"]} CPU thread(s), {info["minutes"]:.1f} min wall clock |
 | held-out masked-LM loss | {info["heldout_before"]:.3f} at initialisation -> {info["heldout_after"]:.3f} (`assets/data/fictional-corpus/heldout.jsonl`, fixed masks) |
 | final training loss | {info["final_loss"]:.3f} (mean of the last 50 steps) |
 
