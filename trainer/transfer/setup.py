@@ -5,6 +5,7 @@ best checkpoint and for export, so every copy has identical parameter names."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
@@ -12,24 +13,35 @@ from trainer.config import TrainerConfig
 from trainer.methods import apply_method
 from trainer.model_builder import load_model
 from trainer.transfer.freezing import apply_freezing, check_block_count
-from trainer.transfer.heads import auto_model_class, head_load_kwargs, peft_task_type
-from trainer.transfer.model_parts import decoder_blocks, model_parts
+from trainer.transfer.heads import auto_model_class, check_new_head, head_load_kwargs, peft_task_type
+from trainer.transfer.model_parts import decoder_blocks, model_parts, pooler_modules
 
 
 def build_model(
     cfg: TrainerConfig, device: str, pad_token_id: int | None, gradient_checkpointing: bool
 ) -> torch.nn.Module:
     head = cfg.transfer.head
+    loading_info: dict[str, Any] = {}
     model = load_model(
         cfg.model,
         cfg.method,
         device,
         auto_class=auto_model_class(head),
         head_kwargs=head_load_kwargs(head, pad_token_id),
+        loading_info=loading_info,
     )
+    if head.is_classification:
+        check_new_head(model, loading_info)
     exclude = frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks) if cfg.method.uses_adapter else None
+    # An encoder's pooler is new for the task like the classifier (model_parts counts it as the head).
+    new_modules = ["pooler"] if head.is_classification and pooler_modules(model) else None
     model = apply_method(
-        model, cfg.method, gradient_checkpointing, task_type=peft_task_type(head), exclude_modules=exclude
+        model,
+        cfg.method,
+        gradient_checkpointing,
+        task_type=peft_task_type(head),
+        exclude_modules=exclude,
+        new_modules=new_modules,
     )
     if cfg.transfer.freeze.any:
         apply_freezing(model, model_parts(model), cfg.transfer.freeze)

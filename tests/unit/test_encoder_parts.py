@@ -1,0 +1,95 @@
+"""An encoder (BERT) split into the parts the transfer strategies act on: the whole embeddings
+module, the encoder layers, and the head = classifier + pooler (new for the task); LoRA on it
+targets BERT's own layer names and trains the pooler in full; the log line naming the new head."""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.config import LoraConfig, MethodConfig
+from trainer.data.formats import closing_specials, truncated
+from trainer.transfer.heads import new_head_message
+from trainer.transfer.model_parts import model_parts
+from trainer.transfer.unfreezing import unfreezing_groups
+
+
+def _tiny_bert_classifier() -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
+    config.num_labels = 3
+    return BertForSequenceClassification(config)
+
+
+def test_encoder_parts_embeddings_layers_and_head_with_pooler() -> None:
+    parts = model_parts(_tiny_bert_classifier())
+    assert parts.num_blocks == 3
+    kinds = {name: (part.kind, part.block) for name, part in parts.parts.items()}
+    for name in (
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight",
+        "bert.embeddings.LayerNorm.weight",
+    ):
+        assert kinds[name] == ("embeddings", None), name
+    assert kinds["bert.encoder.layer.0.attention.self.query.weight"] == ("block", 0)
+    assert kinds["bert.encoder.layer.2.output.LayerNorm.bias"] == ("block", 2)
+    for name in ("classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"):
+        assert kinds[name] == ("head", None), name
+    assert {kind for kind, _ in kinds.values()} == {"embeddings", "block", "head"}  # nothing left over
+    groups = unfreezing_groups(parts, set(parts.parts), blocks_per_stage=1)
+    assert [label for label, _ in groups] == ["head", "block 2", "block 1", "block 0", "embeddings"]
+
+
+def test_lora_on_an_encoder_adapts_bert_layers_and_trains_the_pooler_in_full() -> None:
+    from trainer.methods import apply_method
+
+    model = apply_method(
+        _tiny_bert_classifier(),
+        MethodConfig(type="lora", lora=LoraConfig(r=2)),
+        False,
+        task_type="SEQ_CLS",
+        new_modules=["pooler"],
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapted = {n.split(".lora_A")[0].split("layer.0.")[1] for n in trainable if "layer.0." in n and "lora_A" in n}
+    assert adapted == {
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    }
+    full = {n for n in trainable if "lora_" not in n}
+    assert full == {
+        "base_model.model.bert.pooler.modules_to_save.default.dense.weight",
+        "base_model.model.bert.pooler.modules_to_save.default.dense.bias",
+        "base_model.model.classifier.modules_to_save.default.weight",
+        "base_model.model.classifier.modules_to_save.default.bias",
+    }
+    parts = model_parts(model)
+    assert all(parts.of(n).kind == "head" for n in full)
+
+
+def test_new_head_message_names_new_and_replaced_weights() -> None:
+    assert new_head_message(["bert.pooler.dense.weight", "classifier.weight"], []) == (
+        "task head: new (not in the checkpoint): bert.pooler.dense.weight, classifier.weight"
+    )
+    replaced = [("classifier.weight", torch.Size([2, 16]), torch.Size([3, 16]))]
+    assert new_head_message([], replaced) == (
+        "task head: replaced (pretrained head of another size): classifier.weight 2x16 -> 3x16"
+    )
+    assert new_head_message(["score.weight"], replaced).count(";") == 1
+    assert new_head_message([], []) == "task head: every weight loaded from the checkpoint"
+
+
+def test_truncation_keeps_the_tokenizers_closing_special_tokens() -> None:
+    cls, sep = 2, 3
+    assert closing_specials([cls, 10, 11, 12, sep], [10, 11, 12]) == 1  # BERT: [CLS] text [SEP]
+    assert closing_specials([1, 10, 11, 12], [10, 11, 12]) == 0  # Llama: <s> text
+    assert closing_specials([10, 11], [10, 11]) == 0
+    assert truncated([cls, 10, 11, 12, sep], 4, keep_tail=1) == [cls, 10, 11, sep]
+    assert truncated([cls, 10, 11, 12, sep], 5, keep_tail=1) == [cls, 10, 11, 12, sep]  # fits: unchanged
+    assert truncated([1, 10, 11, 12], 3) == [1, 10, 11]
