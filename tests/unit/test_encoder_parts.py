@@ -93,3 +93,26 @@ def test_truncation_keeps_the_tokenizers_closing_special_tokens() -> None:
     assert truncated([cls, 10, 11, 12, sep], 4, keep_tail=1) == [cls, 10, 11, sep]
     assert truncated([cls, 10, 11, 12, sep], 5, keep_tail=1) == [cls, 10, 11, 12, sep]  # fits: unchanged
     assert truncated([1, 10, 11, 12], 3) == [1, 10, 11]
+
+
+def test_other_encoders_deberta_and_modernbert_have_their_task_layers_in_the_head() -> None:
+    from transformers import (
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        ModernBertConfig,
+        ModernBertForSequenceClassification,
+    )
+
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    specials = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    # DeBERTa-v2 names no _no_split_modules: its layers are found as the one-class list of num_hidden_layers.
+    deberta = model_parts(DebertaV2ForSequenceClassification(DebertaV2Config(**small, num_labels=3)))
+    modernbert = model_parts(ModernBertForSequenceClassification(ModernBertConfig(**small, **specials, num_labels=3)))
+    for parts, head, embeddings, block in (
+        (deberta, "pooler.dense.weight", "deberta.embeddings.LayerNorm.weight", "deberta.encoder.layer.1."),
+        (modernbert, "head.dense.weight", "model.embeddings.norm.weight", "model.layers.1."),
+    ):
+        assert parts.num_blocks == 2
+        assert parts.of(head).kind == parts.of("classifier.weight").kind == "head"
+        assert parts.of(embeddings).kind == "embeddings"
+        assert {p.block for n, p in parts.parts.items() if n.startswith(block)} == {1}

@@ -5,7 +5,8 @@ Found from the model's own structure (input/output embeddings, the layer list na
 An encoder's embeddings are the whole module around the token embeddings (BERT's word, position
 and token-type embeddings and their LayerNorm); its head is the classifier plus the pooler in front
 of it (BERT's pooler is trained by next-sentence prediction or not at all, so it is new for the
-task; RoBERTa keeps the same dense + tanh inside `classifier`).
+task; RoBERTa keeps the same dense + tanh inside `classifier`, DeBERTa and ModernBERT in their
+task class).
 Parameter names are kept without wrapper prefixes (DDP's `module.`), so the same map serves the
 unwrapped model, its DDP wrapper and a freshly built copy.
 """
@@ -70,6 +71,13 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
         for m in base.modules()
         if isinstance(m, torch.nn.ModuleList) and len(m) and all(type(x).__name__ in names for x in m)
     ]
+    if not lists:  # no _no_split_modules (e.g. DeBERTa-v2): the list of one layer class per hidden layer
+        depth = getattr(getattr(base, "config", None), "num_hidden_layers", None)
+        lists = [
+            m
+            for m in base.modules()
+            if isinstance(m, torch.nn.ModuleList) and len(m) == depth and len({type(x) for x in m}) == 1
+        ]
     if not lists:
         raise ValueError(
             f"cannot find the transformer blocks of {type(base).__name__} (no ModuleList of {sorted(names)})"
@@ -82,15 +90,25 @@ def head_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     for attribute in ("score", "classifier"):  # transformers' sequence-classification heads
         module = getattr(base, attribute, None)
         if isinstance(module, torch.nn.Module):
-            return [module, *pooler_modules(model)]
+            return [module, *pooler_modules(model).values()]
     output = base.get_output_embeddings()
     return [output] if output is not None else []
 
 
-def pooler_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The encoder's pooler (BERT: dense + tanh on [CLS]) that feeds a classification head, if it has one."""
-    pooler = getattr(getattr(base_of(model), "base_model", None), "pooler", None)
-    return [pooler] if isinstance(pooler, torch.nn.Module) and any(True for _ in pooler.parameters()) else []
+def pooler_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """What a classification model puts between its backbone and the classifier, by name: the
+    backbone's pooler (BERT: dense + tanh on [CLS]) and the task class's own other layers
+    (DeBERTa's `pooler`, ModernBERT's `head`). New for the task like the classifier."""
+    base = base_of(model)
+    backbone = getattr(base, "base_model", None)
+    found: dict[str, torch.nn.Module] = {}
+    pooler = getattr(backbone, "pooler", None)
+    if backbone is not base and isinstance(pooler, torch.nn.Module):
+        found["pooler"] = pooler
+    for name, child in base.named_children():
+        if child is not backbone and name not in ("score", "classifier"):
+            found[name] = child
+    return {name: m for name, m in found.items() if any(True for _ in m.parameters())}
 
 
 def embeddings_module(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> torch.nn.Module:

@@ -34,7 +34,7 @@ def build_model(
         check_new_head(model, loading_info)
     exclude = frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks) if cfg.method.uses_adapter else None
     # An encoder's pooler is new for the task like the classifier (model_parts counts it as the head).
-    new_modules = ["pooler"] if head.is_classification and pooler_modules(model) else None
+    new_modules = list(pooler_modules(model)) if head.is_classification else None
     model = apply_method(
         model,
         cfg.method,
