@@ -4,7 +4,12 @@ targets BERT's own layer names and trains the pooler in full; the log line namin
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import pytest
 import torch
+from safetensors.torch import load_file
 
 from trainer.config import LoraConfig, MethodConfig
 from trainer.data.formats import closing_specials, truncated
@@ -116,3 +121,33 @@ def test_other_encoders_deberta_and_modernbert_have_their_task_layers_in_the_hea
         assert parts.of(head).kind == parts.of("classifier.weight").kind == "head"
         assert parts.of(embeddings).kind == "embeddings"
         assert {p.block for n, p in parts.parts.items() if n.startswith(block)} == {1}
+
+
+def test_a_pretrained_head_of_another_size_is_replaced_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from launcher.config_loader import load_config
+    from tests.conftest import REPO, write_config
+    from trainer.transfer.setup import build_model
+
+    two_labels = _tiny_bert_classifier()
+    two_labels.config.num_labels = 2
+    two_labels.classifier = torch.nn.Linear(16, 2)
+    two_labels.save_pretrained(tmp_path / "bert-2")
+    kinds = REPO / "assets" / "data" / "fictional-kinds"
+    config = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "bert-2",
+        tmp_path / "run",
+        data={"train": str(kinds / "train.jsonl"), "format": "classification", "packing": False},
+        method={"type": "full"},
+        transfer={"head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]}},
+    )
+    with caplog.at_level(logging.INFO, logger="trainer.transfer.heads"):
+        model = build_model(load_config(str(config)), "cpu", 0, False)
+    assert model.classifier.out_features == 3 and model.config.id2label == {0: "country", 1: "person", 2: "creature"}
+    pretrained = load_file(str(tmp_path / "bert-2" / "model.safetensors"))
+    assert torch.equal(model.bert.pooler.dense.weight, pretrained["bert.pooler.dense.weight"])  # kept: same size
+    assert "replaced (pretrained head of another size): classifier.bias 2 -> 3, classifier.weight 2x16 -> 3x16" in (
+        caplog.text
+    )
