@@ -19,13 +19,14 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally; never touch a hub
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
 DEFAULT_SEED = 20250101
@@ -46,13 +47,29 @@ def read_texts(path: Path) -> list[str]:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """An uncased WordPiece tokenizer built like bert-base-uncased's: `[CLS] a [SEP]` / `[CLS] a [SEP] b [SEP]`."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """An uncased WordPiece tokenizer built like bert-base-uncased's: `[CLS] a [SEP]` / `[CLS] a [SEP] b [SEP]`.
+
+    The vocabulary is counted here rather than by tokenizers' WordPieceTrainer, whose choice between
+    merges of equal count changes from run to run (its Rust hash maps are randomly seeded), so the
+    same corpus gave different vocabularies. Counted: every character (alone and as a `##`
+    continuation, so any word of the corpus' alphabet can be spelled), then the whole words seen at
+    least twice, most frequent first (ties alphabetical), up to vocab_size.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in words for c in word})
+    vocab = SPECIAL_TOKENS + chars + ["##" + c for c in chars]
+    frequent = sorted((w for w, n in words.items() if n >= 2 and len(w) > 1), key=lambda w: (-words[w], w))
+    vocab += frequent[: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(
+        models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100)
+    )
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS)
-    tok.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -138,7 +155,7 @@ of `scripts/bundled/make_corpus.py`); nothing it knows is real-world knowledge.
 |---|---|
 | architecture | `BertForMaskedLM`, {info["layers"]} layers, hidden {info["hidden"]}, intermediate {info["intermediate"]}, {info["heads"]} heads, absolute positions (max {info["max_pos"]}), MLM decoder tied to the embeddings; no pooler (no next-sentence task) |
 | parameters | {info["params"]:,} |
-| tokenizer | uncased WordPiece, {info["vocab"]} tokens; `[CLS] text [SEP]` (pairs `[CLS] a [SEP] b [SEP]`) |
+| tokenizer | uncased WordPiece (characters, `##` characters and the corpus' words seen twice or more), {info["vocab"]} tokens; `[CLS] text [SEP]` (pairs `[CLS] a [SEP] b [SEP]`) |
 | special tokens | {info["special_ids"]} |
 | pretraining | {info["steps"]} steps x {info["batch"]} documents (one `[CLS] doc [SEP]` each, at most {info["max_len"]} tokens), 15% of tokens masked (80/10/10), AdamW lr {info["lr"]} cosine, seed {info["seed"]}, {info["threads"]} CPU thread(s), {info["minutes"]:.1f} min wall clock |
 | held-out masked-LM loss | {info["heldout_before"]:.3f} at initialisation -> {info["heldout_after"]:.3f} (`assets/data/fictional-corpus/heldout.jsonl`, fixed masks) |
