@@ -51,9 +51,9 @@ def test_recipe_beats_the_new_heads_start(recipe_run: Path) -> None:
     summary = json.loads((recipe_run / "summary.json").read_text())
     for split in ("validation", "test"):
         base, final = summary["scores"][split]["base"], summary["scores"][split]["final"]
-        assert base["accuracy"] < 0.5  # a new head starts near chance (1/3)
-        assert final["accuracy"] >= base["accuracy"] + 0.3, (split, base, final)
-        assert final["macro_f1"] >= 0.7, (split, final)
+        assert base["accuracy"] < 0.6  # a new, untrained head (chance is 1/3)
+        assert final["accuracy"] >= max(0.9, base["accuracy"] + 0.3), (split, base, final)
+        assert final["macro_f1"] >= 0.9, (split, final)
 
 
 def test_frozen_embeddings_and_first_layer_are_bit_identical(recipe_run: Path) -> None:
