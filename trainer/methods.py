@@ -13,12 +13,21 @@ from trainer.model_builder import enable_checkpointing
 log = logging.getLogger(__name__)
 
 
-def peft_lora_config(method: MethodConfig, *, task_type: str = "CAUSAL_LM", exclude_modules: str | None = None) -> Any:
+def peft_lora_config(
+    method: MethodConfig,
+    *,
+    task_type: str = "CAUSAL_LM",
+    exclude_modules: str | None = None,
+    new_modules: list[str] | None = None,
+) -> Any:
     """`task_type` SEQ_CLS also trains and saves the classification head; `exclude_modules` (a
-    regex on module names) keeps adapters off frozen blocks (transfer.freeze.first_n_blocks)."""
+    regex on module names) keeps adapters off frozen blocks (transfer.freeze.first_n_blocks);
+    `new_modules` (e.g. an encoder's freshly initialised pooler) train in full and are saved with
+    the adapter, like the head."""
     from peft import LoraConfig
 
     lora = method.lora
+    modules_to_save = list(lora.modules_to_save) + [m for m in new_modules or [] if m not in lora.modules_to_save]
     return LoraConfig(
         task_type=task_type,
         exclude_modules=exclude_modules,
@@ -28,7 +37,7 @@ def peft_lora_config(method: MethodConfig, *, task_type: str = "CAUSAL_LM", excl
         target_modules=lora.target_modules,
         use_rslora=lora.rslora,
         use_dora=method.type == "dora",
-        modules_to_save=lora.modules_to_save or None,
+        modules_to_save=modules_to_save or None,
     )
 
 
@@ -39,6 +48,7 @@ def apply_method(
     *,
     task_type: str = "CAUSAL_LM",
     exclude_modules: str | None = None,
+    new_modules: list[str] | None = None,
 ) -> torch.nn.Module:
     if method.type == "full":
         for parameter in model.parameters():
@@ -62,7 +72,7 @@ def apply_method(
     # autocast_adapter_dtype: PEFT creates bf16/fp16 adapters in fp32 unless told not to.
     peft_model = get_peft_model(
         model,
-        peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules),
+        peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules, new_modules=new_modules),
         autocast_adapter_dtype=fp32,
     )
     if not fp32:

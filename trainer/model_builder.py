@@ -62,8 +62,10 @@ def load_model(
     *,
     auto_class: Any = None,
     head_kwargs: dict[str, Any] | None = None,
+    loading_info: dict[str, Any] | None = None,
 ) -> torch.nn.Module:
-    """`auto_class`/`head_kwargs` load another task head (e.g. sequence classification) on the same checkpoint."""
+    """`auto_class`/`head_kwargs` load another task head (e.g. sequence classification) on the same checkpoint;
+    `loading_info`, when given, receives transformers' report of missing, unexpected and mismatched weights."""
     from transformers import AutoModelForCausalLM
 
     auto_class = auto_class or AutoModelForCausalLM
@@ -79,10 +81,12 @@ def load_model(
         kwargs["quantization_config"] = quantization_config(method_cfg, dtype)
         kwargs["device_map"] = {"": device}
     try:
-        model = auto_class.from_pretrained(model_cfg.path, **kwargs)
+        model, info = auto_class.from_pretrained(model_cfg.path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
         kind = "a causal LM" if auto_class is AutoModelForCausalLM else f"a model for {auto_class.__name__}"
         raise TrainerInputError(f"model.path: cannot load {kind} from {model_cfg.path!r}: {exc}") from None
+    if loading_info is not None:
+        loading_info.update(info)
     if method_cfg.type == "qlora":
         use_exact_cpu_4bit_kernels(model)
     else:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Rebuild the bundled fictional-world data and the ftl-tiny-llama base model from scratch.
+# Rebuild the bundled fictional-world data, the ftl-tiny-llama base model and the ftl-tiny-bert
+# encoder from scratch.
 #
-#   scripts/bundled/build_all.sh                # default seed, writes assets/ (about 8-9 min on 1 CPU core)
+#   scripts/bundled/build_all.sh                # default seed, writes assets/ (about 12-14 min on 1 CPU core)
 #   SEED=7 PYTHON=python3 scripts/bundled/build_all.sh
 #
 # Deterministic for a given SEED, thread count and library versions; rerunning overwrites the
@@ -34,5 +35,11 @@ rm -rf assets/models/ftl-tiny-llama
   --world assets/data/fictional-corpus/world.json \
   --out assets/models/ftl-tiny-llama
 
-echo "done: assets/models/ftl-tiny-llama, assets/data/fictional-qa, assets/data/fictional-corpus, assets/data/fictional-kinds, assets/data/fictional-ner, assets/data/fictional-pref"
+rm -rf assets/models/ftl-tiny-bert
+"$PYTHON" scripts/bundled/build_encoder.py --seed "$SEED" \
+  --corpus build/bundled/pretrain.jsonl \
+  --heldout assets/data/fictional-corpus/heldout.jsonl \
+  --out assets/models/ftl-tiny-bert
+
+echo "done: assets/models/ftl-tiny-llama, assets/models/ftl-tiny-bert, assets/data/fictional-qa, assets/data/fictional-corpus, assets/data/fictional-kinds, assets/data/fictional-ner, assets/data/fictional-pref"
 echo "check the fine-tuning gain with: $PYTHON scripts/bundled/check_finetune_gain.py"

@@ -49,6 +49,9 @@ class Example:
     # token_classification rows only: a tag id per token, IGNORE_INDEX (-100) where not scored
     token_labels: list[int] | None = None
     rejected: Example | None = None  # preference rows: this example is the chosen one, this the rejected
+    # Tokens at the end that truncation keeps: the tokenizer's closing special tokens (an encoder's
+    # [SEP]), so a cut example ends the way the tokenizer's own truncation would end it.
+    keep_tail: int = 0
 
 
 @dataclass
@@ -67,9 +70,12 @@ def render_example(row: Row, fmt: str, tokenizer: Any, label_names: list[str] | 
     values = _check_row(row)
     try:
         if fmt == "classification":
-            ids = _encode(tokenizer, _str_field(values, "text", allow_empty=False), specials=True)
-            # No EOS: the head reads the last real token, which should be the text's own.
-            return Example(ids, [1] * len(ids), class_label_id(values, label_names or []))
+            text = _str_field(values, "text", allow_empty=False)
+            # The tokenizer's own special tokens (an encoder's [CLS] ... [SEP]) and no EOS appended:
+            # a decoder's head reads the last real token, which should be the text's own.
+            ids = _encode(tokenizer, text, specials=True)
+            tail = closing_specials(ids, _encode(tokenizer, text, specials=False))
+            return Example(ids, [1] * len(ids), class_label_id(values, label_names or []), keep_tail=tail)
         if fmt == "token_classification":
             return render_word_tags(values, tokenizer, label_names or [])
         if fmt == "chat":
@@ -322,6 +328,23 @@ def _prompt_answer(tokenizer: Any, prompt: str, answer: str) -> Example:
     prompt_ids = _encode(tokenizer, prompt, specials=True)
     answer_ids = _encode(tokenizer, answer, specials=False) + _eos(tokenizer)
     return Example(prompt_ids + answer_ids, [0] * len(prompt_ids) + [1] * len(answer_ids))
+
+
+def closing_specials(with_specials: list[int], plain: list[int]) -> int:
+    """How many tokens the tokenizer appended after the text (BERT: 1 for [SEP]; Llama: 0)."""
+    for start in range(len(with_specials) - len(plain) + 1):
+        if with_specials[start : start + len(plain)] == plain:
+            return len(with_specials) - start - len(plain)
+    return 0
+
+
+def truncated(ids: list[int], limit: int, keep_tail: int = 0) -> list[int]:
+    """The first `limit` tokens, or, keeping the last `keep_tail`, the first limit - keep_tail plus those."""
+    if len(ids) <= limit:
+        return list(ids)
+    if keep_tail <= 0 or keep_tail >= limit:
+        return list(ids[:limit])
+    return list(ids[: limit - keep_tail]) + list(ids[-keep_tail:])
 
 
 def _encode(tokenizer: Any, text: str, specials: bool) -> list[int]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from trainer.cache_dir import cache_root as ftl_cache_root
-from trainer.data.formats import render_example
+from trainer.data.formats import render_example, truncated
 from trainer.data.sources import dataset_fingerprint, read_rows
 from trainer.errors import DataError
 
@@ -218,7 +218,9 @@ def scan_rows(
         # keeps a packed row's previous example from being trained to predict it. (A tagged token
         # is its own target: token classification keeps its mask as it is.)
         first = list(example.loss_mask[:1]) if example.token_labels is not None else [0]
-        kept = [(list(p.input_ids[:max_seq_len]), first + list(p.loss_mask[1:max_seq_len])) for p in parts]
+        kept = [
+            (truncated(p.input_ids, max_seq_len, p.keep_tail), first + list(p.loss_mask[1:max_seq_len])) for p in parts
+        ]
         if not all(any(mask) for _, mask in kept):
             yield ScannedRow(row_index, row.where, "dropped_no_loss", rendered_len=rendered)
             continue

@@ -1,8 +1,9 @@
-"""Task heads. `sequence_classification`: transformers' *ForSequenceClassification on the causal-LM
-checkpoint (the backbone loads the pretrained weights, the `score` head of num_labels is new),
-scoring the last non-padding token. Loss is cross-entropy per example; evaluation adds accuracy
-and macro-F1. The export is a plain *ForSequenceClassification folder (or a PEFT SEQ_CLS adapter
-that saves the head with it).
+"""Task heads. `sequence_classification`: transformers' *ForSequenceClassification on a causal-LM
+or encoder checkpoint (the backbone loads the pretrained weights, the head of num_labels is new;
+a pretrained head of another size is replaced). A decoder's `score` head reads the last
+non-padding token; an encoder pools the way its own class does (BERT: the pooler on [CLS]). Loss
+is cross-entropy per example; evaluation adds accuracy and macro-F1. The export is a plain
+*ForSequenceClassification folder (or a PEFT SEQ_CLS adapter that saves the head with it).
 
 `token_classification`: transformers' AutoModelForTokenClassification (a new head of num_labels on
 every token's hidden state), trained and scored on the first sub-token of each word
@@ -12,6 +13,7 @@ precision/recall/F1 (trainer/transfer/entity_metrics.py). Export: a *ForTokenCla
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -20,11 +22,15 @@ from trainer.config import ModelConfig
 from trainer.data.batches import IGNORE_INDEX, RowDataset, make_batch
 from trainer.data.prepare import EvalSet
 from trainer.distributed import all_reduce_sum
+from trainer.errors import TrainerInputError
 from trainer.evaluate import lockstep_batches
 from trainer.loss import forward_logits
 from trainer.strategies.base import Strategy
 from trainer.transfer.config import HeadConfig
 from trainer.transfer.entity_metrics import EntityCounts
+from trainer.transfer.model_parts import HEAD, model_parts
+
+log = logging.getLogger(__name__)
 
 # transformers' Auto class and PEFT's task type of each head type.
 AUTO_MODEL_CLASSES = {
@@ -57,6 +63,8 @@ def head_load_kwargs(head: HeadConfig, pad_token_id: int | None, model: ModelCon
         "id2label": dict(enumerate(names)),
         "label2id": {n: i for i, n in enumerate(names)},
         "pad_token_id": pad_token_id,
+        # A checkpoint that already has a classification head for another label set: start a new one.
+        "ignore_mismatched_sizes": True,
     }
     if head.dropout is not None and model is not None:
         # Not every model config has the attribute (Llama's does not; its token-classification head
@@ -64,12 +72,43 @@ def head_load_kwargs(head: HeadConfig, pad_token_id: int | None, model: ModelCon
         # so the value goes onto a loaded config.
         from transformers import AutoConfig
 
+        mismatched = kwargs.pop("ignore_mismatched_sizes")  # a from_pretrained argument, not a config field
         config = AutoConfig.from_pretrained(
             model.path, revision=model.revision, trust_remote_code=model.trust_remote_code, **kwargs
         )
         config.classifier_dropout = head.dropout
-        return {"config": config}
+        return {"config": config, "ignore_mismatched_sizes": mismatched}
     return kwargs
+
+
+def check_new_head(model: torch.nn.Module, loading_info: dict[str, Any]) -> None:
+    """Log which head weights are new; refuse a checkpoint whose body does not fit its own config
+    (ignore_mismatched_sizes would silently re-initialise it)."""
+    parts = model_parts(model).parts
+    mismatched = sorted(loading_info.get("mismatched_keys") or [])
+    body = [key[0] for key in mismatched if parts.get(key[0], None) is None or parts[key[0]].kind != HEAD]
+    if body:
+        raise TrainerInputError(
+            f"model.path: the checkpoint's weights do not fit the model outside the task head ({', '.join(body[:5])}); "
+            "check that model.path holds a complete checkpoint of the architecture its config.json names"
+        )
+    log.info("%s", new_head_message(sorted(loading_info.get("missing_keys") or []), mismatched))
+
+
+def new_head_message(missing: list[str], mismatched: list[tuple[str, Any, Any]]) -> str:
+    """One line: the head weights created for this task (absent from the checkpoint, or replaced
+    because the pretrained head was for another number of labels)."""
+    clauses = []
+    if missing:
+        clauses.append(f"new (not in the checkpoint): {', '.join(missing)}")
+    if mismatched:
+        replaced = ", ".join(f"{name} {_shape(old)} -> {_shape(new)}" for name, old, new in mismatched)
+        clauses.append(f"replaced (pretrained head of another size): {replaced}")
+    return "task head: " + ("; ".join(clauses) or "every weight loaded from the checkpoint")
+
+
+def _shape(shape: Any) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 def peft_task_type(head: HeadConfig) -> str:

@@ -1,7 +1,12 @@
 """Which parameters are the head, the transformer blocks (with their depth) and the embeddings.
 
-Found from the model's own structure (input/output embeddings, the decoder-layer list named by
-`_no_split_modules`), so it works for any transformers decoder, bare or wrapped by PEFT.
+Found from the model's own structure (input/output embeddings, the layer list named by
+`_no_split_modules`), so it works for any transformers decoder or encoder, bare or wrapped by PEFT.
+An encoder's embeddings are the whole module around the token embeddings (BERT's word, position
+and token-type embeddings and their LayerNorm); its head is the classifier plus the pooler in front
+of it (BERT's pooler is trained by next-sentence prediction or not at all, so it is new for the
+task; RoBERTa keeps the same dense + tanh inside `classifier`, DeBERTa and ModernBERT in their
+task class).
 Parameter names are kept without wrapper prefixes (DDP's `module.`), so the same map serves the
 unwrapped model, its DDP wrapper and a freshly built copy.
 """
@@ -66,6 +71,13 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
         for m in base.modules()
         if isinstance(m, torch.nn.ModuleList) and len(m) and all(type(x).__name__ in names for x in m)
     ]
+    if not lists:  # no _no_split_modules (e.g. DeBERTa-v2): the list of one layer class per hidden layer
+        depth = getattr(getattr(base, "config", None), "num_hidden_layers", None)
+        lists = [
+            m
+            for m in base.modules()
+            if isinstance(m, torch.nn.ModuleList) and len(m) == depth and len({type(x) for x in m}) == 1
+        ]
     if not lists:
         raise ValueError(
             f"cannot find the transformer blocks of {type(base).__name__} (no ModuleList of {sorted(names)})"
@@ -73,27 +85,57 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(max(lists, key=len))
 
 
-def head_module(model: torch.nn.Module) -> torch.nn.Module | None:
+def head_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     base = base_of(model)
     for attribute in ("score", "classifier"):  # transformers' sequence-classification heads
         module = getattr(base, attribute, None)
         if isinstance(module, torch.nn.Module):
-            return module
-    return base.get_output_embeddings()
+            return [module, *pooler_modules(model).values()]
+    output = base.get_output_embeddings()
+    return [output] if output is not None else []
+
+
+def pooler_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """What a classification model puts between its backbone and the classifier, by name: the
+    backbone's pooler (BERT: dense + tanh on [CLS]) and the task class's own other layers
+    (DeBERTa's `pooler`, ModernBERT's `head`). New for the task like the classifier."""
+    base = base_of(model)
+    backbone = getattr(base, "base_model", None)
+    found: dict[str, torch.nn.Module] = {}
+    pooler = getattr(backbone, "pooler", None)
+    if backbone is not base and isinstance(pooler, torch.nn.Module):
+        found["pooler"] = pooler
+    for name, child in base.named_children():
+        if child is not backbone and name not in ("score", "classifier"):
+            found[name] = child
+    return {name: m for name, m in found.items() if any(True for _ in m.parameters())}
+
+
+def embeddings_module(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> torch.nn.Module:
+    """The input embeddings, widened to their parent module when that holds no block (an encoder's
+    `embeddings`: token, position and token-type tables and their norm); a decoder's parent is the
+    whole backbone, so it stays the token table."""
+    base = base_of(model)
+    table = base.get_input_embeddings()
+    name = next((n for n, m in base.named_modules() if m is table), "")
+    if "." not in name:
+        return table
+    parent = base.get_submodule(name.rsplit(".", 1)[0])
+    block_ids = {id(b) for b in blocks}
+    holds_block = any(id(m) in block_ids for m in parent.modules())
+    return table if holds_block or parent is base or parent is getattr(base, "base_model", None) else parent
 
 
 def model_parts(model: torch.nn.Module) -> ModelParts:
     """Classify every parameter of an unwrapped (possibly PEFT) model."""
     by_id: dict[int, Part] = {}
-    embeddings = base_of(model).get_input_embeddings()
-    for p in embeddings.parameters():
-        by_id[id(p)] = Part(EMBEDDINGS)
     blocks = decoder_blocks(model)
+    for p in embeddings_module(model, blocks).parameters():
+        by_id[id(p)] = Part(EMBEDDINGS)
     for index, block in enumerate(blocks):
         for p in block.parameters():
             by_id[id(p)] = Part(BLOCK, index)
-    head = head_module(model)
-    if head is not None:
+    for head in head_modules(model):
         for p in head.parameters():
             by_id[id(p)] = Part(HEAD)  # a tied head shares the embedding matrix; it counts as the head
     parts = {plain_name(name): by_id.get(id(p), Part(OTHER)) for name, p in model.named_parameters()}

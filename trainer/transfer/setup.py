@@ -5,6 +5,7 @@ best checkpoint and for export, so every copy has identical parameter names."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
@@ -13,26 +14,37 @@ from trainer.methods import apply_method
 from trainer.model_builder import load_model
 from trainer.transfer.config import HeadConfig
 from trainer.transfer.freezing import apply_freezing, check_block_count
-from trainer.transfer.heads import auto_model_class, head_load_kwargs, peft_task_type
-from trainer.transfer.model_parts import decoder_blocks, head_module, model_parts
+from trainer.transfer.heads import auto_model_class, check_new_head, head_load_kwargs, peft_task_type
+from trainer.transfer.model_parts import decoder_blocks, head_modules, model_parts, pooler_modules
 
 
 def build_model(
     cfg: TrainerConfig, device: str, pad_token_id: int | None, gradient_checkpointing: bool
 ) -> torch.nn.Module:
     head = cfg.transfer.head
+    loading_info: dict[str, Any] = {}
     model = load_model(
         cfg.model,
         cfg.method,
         device,
         auto_class=auto_model_class(head),
         head_kwargs=head_load_kwargs(head, pad_token_id, cfg.model),
+        loading_info=loading_info,
     )
+    if head.is_classification:
+        check_new_head(model, loading_info)
     exclude = None
     if cfg.method.uses_adapter:
         exclude = _either(frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks), task_head_regex(model, head))
+    # An encoder's pooler is new for the task like the classifier (model_parts counts it as the head).
+    new_modules = list(pooler_modules(model)) if head.is_classification else None
     model = apply_method(
-        model, cfg.method, gradient_checkpointing, task_type=peft_task_type(head), exclude_modules=exclude
+        model,
+        cfg.method,
+        gradient_checkpointing,
+        task_type=peft_task_type(head),
+        exclude_modules=exclude,
+        new_modules=new_modules,
     )
     if cfg.transfer.freeze.any:
         apply_freezing(model, model_parts(model), cfg.transfer.freeze)
@@ -55,7 +67,10 @@ def task_head_regex(model: torch.nn.Module, head: HeadConfig) -> str | None:
     adapter): PEFT's `all-linear` leaves out the head of a SEQ_CLS model but not of a TOKEN_CLS one."""
     if head.type != "token_classification":
         return None
-    module = head_module(model)
+    heads = head_modules(model)
+    if not heads:
+        return None
+    module = heads[0]  # the classifier itself
     name = next((name for name, m in model.named_modules() if m is module), None)
     return re.escape(name) if name else None
 

@@ -1,0 +1,153 @@
+"""An encoder (BERT) split into the parts the transfer strategies act on: the whole embeddings
+module, the encoder layers, and the head = classifier + pooler (new for the task); LoRA on it
+targets BERT's own layer names and trains the pooler in full; the log line naming the new head."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer.config import LoraConfig, MethodConfig
+from trainer.data.formats import closing_specials, truncated
+from trainer.transfer.heads import new_head_message
+from trainer.transfer.model_parts import model_parts
+from trainer.transfer.unfreezing import unfreezing_groups
+
+
+def _tiny_bert_classifier() -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
+    config.num_labels = 3
+    return BertForSequenceClassification(config)
+
+
+def test_encoder_parts_embeddings_layers_and_head_with_pooler() -> None:
+    parts = model_parts(_tiny_bert_classifier())
+    assert parts.num_blocks == 3
+    kinds = {name: (part.kind, part.block) for name, part in parts.parts.items()}
+    for name in (
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight",
+        "bert.embeddings.LayerNorm.weight",
+    ):
+        assert kinds[name] == ("embeddings", None), name
+    assert kinds["bert.encoder.layer.0.attention.self.query.weight"] == ("block", 0)
+    assert kinds["bert.encoder.layer.2.output.LayerNorm.bias"] == ("block", 2)
+    for name in ("classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"):
+        assert kinds[name] == ("head", None), name
+    assert {kind for kind, _ in kinds.values()} == {"embeddings", "block", "head"}  # nothing left over
+    groups = unfreezing_groups(parts, set(parts.parts), blocks_per_stage=1)
+    assert [label for label, _ in groups] == ["head", "block 2", "block 1", "block 0", "embeddings"]
+
+
+def test_lora_on_an_encoder_adapts_bert_layers_and_trains_the_pooler_in_full() -> None:
+    from trainer.methods import apply_method
+
+    model = apply_method(
+        _tiny_bert_classifier(),
+        MethodConfig(type="lora", lora=LoraConfig(r=2)),
+        False,
+        task_type="SEQ_CLS",
+        new_modules=["pooler"],
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    adapted = {n.split(".lora_A")[0].split("layer.0.")[1] for n in trainable if "layer.0." in n and "lora_A" in n}
+    assert adapted == {
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    }
+    full = {n for n in trainable if "lora_" not in n}
+    assert full == {
+        "base_model.model.bert.pooler.modules_to_save.default.dense.weight",
+        "base_model.model.bert.pooler.modules_to_save.default.dense.bias",
+        "base_model.model.classifier.modules_to_save.default.weight",
+        "base_model.model.classifier.modules_to_save.default.bias",
+    }
+    parts = model_parts(model)
+    assert all(parts.of(n).kind == "head" for n in full)
+
+
+def test_new_head_message_names_new_and_replaced_weights() -> None:
+    assert new_head_message(["bert.pooler.dense.weight", "classifier.weight"], []) == (
+        "task head: new (not in the checkpoint): bert.pooler.dense.weight, classifier.weight"
+    )
+    replaced = [("classifier.weight", torch.Size([2, 16]), torch.Size([3, 16]))]
+    assert new_head_message([], replaced) == (
+        "task head: replaced (pretrained head of another size): classifier.weight 2x16 -> 3x16"
+    )
+    assert new_head_message(["score.weight"], replaced).count(";") == 1
+    assert new_head_message([], []) == "task head: every weight loaded from the checkpoint"
+
+
+def test_truncation_keeps_the_tokenizers_closing_special_tokens() -> None:
+    cls, sep = 2, 3
+    assert closing_specials([cls, 10, 11, 12, sep], [10, 11, 12]) == 1  # BERT: [CLS] text [SEP]
+    assert closing_specials([1, 10, 11, 12], [10, 11, 12]) == 0  # Llama: <s> text
+    assert closing_specials([10, 11], [10, 11]) == 0
+    assert truncated([cls, 10, 11, 12, sep], 4, keep_tail=1) == [cls, 10, 11, sep]
+    assert truncated([cls, 10, 11, 12, sep], 5, keep_tail=1) == [cls, 10, 11, 12, sep]  # fits: unchanged
+    assert truncated([1, 10, 11, 12], 3) == [1, 10, 11]
+
+
+def test_other_encoders_deberta_and_modernbert_have_their_task_layers_in_the_head() -> None:
+    from transformers import (
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        ModernBertConfig,
+        ModernBertForSequenceClassification,
+    )
+
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    specials = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    # DeBERTa-v2 names no _no_split_modules: its layers are found as the one-class list of num_hidden_layers.
+    deberta = model_parts(DebertaV2ForSequenceClassification(DebertaV2Config(**small, num_labels=3)))
+    modernbert = model_parts(ModernBertForSequenceClassification(ModernBertConfig(**small, **specials, num_labels=3)))
+    for parts, head, embeddings, block in (
+        (deberta, "pooler.dense.weight", "deberta.embeddings.LayerNorm.weight", "deberta.encoder.layer.1."),
+        (modernbert, "head.dense.weight", "model.embeddings.norm.weight", "model.layers.1."),
+    ):
+        assert parts.num_blocks == 2
+        assert parts.of(head).kind == parts.of("classifier.weight").kind == "head"
+        assert parts.of(embeddings).kind == "embeddings"
+        assert {p.block for n, p in parts.parts.items() if n.startswith(block)} == {1}
+
+
+def test_a_pretrained_head_of_another_size_is_replaced_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from launcher.config_loader import load_config
+    from tests.conftest import REPO, write_config
+    from trainer.transfer.setup import build_model
+
+    two_labels = _tiny_bert_classifier()
+    two_labels.config.num_labels = 2
+    two_labels.classifier = torch.nn.Linear(16, 2)
+    two_labels.save_pretrained(tmp_path / "bert-2")
+    kinds = REPO / "assets" / "data" / "fictional-kinds"
+    config = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "bert-2",
+        tmp_path / "run",
+        data={"train": str(kinds / "train.jsonl"), "format": "classification", "packing": False},
+        method={"type": "full"},
+        transfer={"head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]}},
+    )
+    with caplog.at_level(logging.INFO, logger="trainer.transfer.heads"):
+        model = build_model(load_config(str(config)), "cpu", 0, False)
+    assert model.classifier.out_features == 3 and model.config.id2label == {0: "country", 1: "person", 2: "creature"}
+    pretrained = load_file(str(tmp_path / "bert-2" / "model.safetensors"))
+    assert torch.equal(model.bert.pooler.dense.weight, pretrained["bert.pooler.dense.weight"])  # kept: same size
+    assert "replaced (pretrained head of another size): classifier.bias 2 -> 3, classifier.weight 2x16 -> 3x16" in (
+        caplog.text
+    )
