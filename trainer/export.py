@@ -251,10 +251,10 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
 
 
 def _fresh_model(cfg: TrainerConfig, device: str) -> tuple[Any, Any]:
-    from trainer.model_builder import load_tokenizer
+    from trainer.model_builder import load_inputs
     from trainer.transfer.setup import build_model
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_inputs(cfg.model, cfg.data.format)
     return tokenizer, build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
 
 

@@ -13,9 +13,16 @@ from trainer.model_builder import enable_checkpointing
 log = logging.getLogger(__name__)
 
 
-def peft_lora_config(method: MethodConfig, *, task_type: str = "CAUSAL_LM", exclude_modules: str | None = None) -> Any:
+def peft_lora_config(
+    method: MethodConfig,
+    *,
+    task_type: str | None = "CAUSAL_LM",
+    exclude_modules: str | None = None,
+    modules_to_save: list[str] | None = None,
+) -> Any:
     """`task_type` SEQ_CLS also trains and saves the classification head; `exclude_modules` (a
-    regex on module names) keeps adapters off frozen blocks (transfer.freeze.first_n_blocks)."""
+    regex on module names) keeps adapters off frozen blocks (transfer.freeze.first_n_blocks);
+    `modules_to_save` adds modules trained in full (a new image classifier) to method.lora's."""
     from peft import LoraConfig
 
     lora = method.lora
@@ -28,7 +35,7 @@ def peft_lora_config(method: MethodConfig, *, task_type: str = "CAUSAL_LM", excl
         target_modules=lora.target_modules,
         use_rslora=lora.rslora,
         use_dora=method.type == "dora",
-        modules_to_save=lora.modules_to_save or None,
+        modules_to_save=list(dict.fromkeys([*lora.modules_to_save, *(modules_to_save or [])])) or None,
     )
 
 
@@ -37,8 +44,9 @@ def apply_method(
     method: MethodConfig,
     gradient_checkpointing: bool,
     *,
-    task_type: str = "CAUSAL_LM",
+    task_type: str | None = "CAUSAL_LM",
     exclude_modules: str | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> torch.nn.Module:
     if method.type == "full":
         for parameter in model.parameters():
@@ -62,7 +70,7 @@ def apply_method(
     # autocast_adapter_dtype: PEFT creates bf16/fp16 adapters in fp32 unless told not to.
     peft_model = get_peft_model(
         model,
-        peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules),
+        peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules, modules_to_save=modules_to_save),
         autocast_adapter_dtype=fp32,
     )
     if not fp32:

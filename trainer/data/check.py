@@ -97,12 +97,17 @@ def check_data(
     if retain:
         wanted.append(("retain", retain, "text", "train"))
     files = [
-        _check_file(role, spec, fmt, split, tokenizer, cfg, label_names, samples if role.endswith("train") else 0)
+        # Images have no text to show: no sample examples for them.
+        _check_file(role, spec, fmt, split, tokenizer, cfg, label_names, samples if _shows_samples(role, fmt) else 0)
         for role, spec, fmt, split in wanted
     ]
     check = DataCheck(files, cfg.max_seq_len, cfg.too_long, cfg.skip_bad_rows, cfg.packing, micro_batch_size)
     _training_rows(check, cfg, seed)
     return check
+
+
+def _shows_samples(role: str, fmt: str) -> bool:
+    return role.endswith("train") and fmt != "image_classification"
 
 
 def _check_file(

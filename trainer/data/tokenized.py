@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from trainer.cache_dir import cache_root as ftl_cache_root
 from trainer.data.formats import render_example
 from trainer.data.sources import dataset_fingerprint, read_rows
 from trainer.errors import DataError
+
+if TYPE_CHECKING:
+    from trainer.data.images import ImageExamples
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class TokenizedSet:
     source_rows: np.ndarray  # index of the dataset row each example came from
     stats: dict[str, Any] = field(default_factory=dict)
     classes: np.ndarray | None = None  # class id per example (classification format only)
+    images: ImageExamples | None = None  # image_classification: the decoded images (one placeholder token each)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -59,7 +63,10 @@ class TokenizedSet:
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
         mask = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.uint8)
         classes = self.classes[indices] if self.classes is not None else None
-        return TokenizedSet(ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)), classes)
+        images = self.images.subset(indices) if self.images is not None else None
+        return TokenizedSet(
+            ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)), classes, images
+        )
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -180,6 +187,11 @@ def scan_rows(
 ) -> Iterator[ScannedRow]:
     """Every row of a dataset through the rendering and length rules of training, in order.
     A dataset that cannot be read at all raises DataError."""
+    if fmt == "image_classification":
+        from trainer.data.images import scan_images  # images import this module
+
+        yield from scan_images(spec, label_names or [])
+        return
     for row_index, row in enumerate(read_rows(spec, split)):
         try:
             example = render_example(row, fmt, tokenizer, label_names)

@@ -68,9 +68,15 @@ class LearningRatesConfig(Section):
         return self.head is not None or self.layer_decay is not None or self.lora_plus_ratio is not None
 
 
+# Head types with one label per example, scored by accuracy and macro-F1.
+CLASSIFICATION_HEADS = ("sequence_classification", "image_classification")
+
+
 class HeadConfig(Section):
-    type: Literal["causal_lm", "sequence_classification"] = Field(
-        "causal_lm", description="sequence_classification: a new head of num_labels on the base's last token."
+    type: Literal["causal_lm", "sequence_classification", "image_classification"] = Field(
+        "causal_lm",
+        description="sequence_classification: a new head of num_labels on the base's last token; "
+        "image_classification: a vision backbone's classifier, replaced by one for `labels`.",
     )
     num_labels: int | None = Field(None, ge=2, description="Number of classes; defaults to the length of `labels`.")
     labels: list[str] = Field(
@@ -83,14 +89,14 @@ class HeadConfig(Section):
 
     @property
     def is_classification(self) -> bool:
-        return self.type == "sequence_classification"
+        return self.type in CLASSIFICATION_HEADS
 
     @model_validator(mode="after")
     def _labels(self) -> HeadConfig:
-        if self.type == "sequence_classification":
+        if self.type in CLASSIFICATION_HEADS:
             if not self.labels and self.num_labels is None:
                 raise ValueError(
-                    "transfer.head.type=sequence_classification needs transfer.head.labels (class names) or num_labels"
+                    f"transfer.head.type={self.type} needs transfer.head.labels (class names) or num_labels"
                 )
             if self.labels and self.num_labels is not None and self.num_labels != len(self.labels):
                 raise ValueError(
@@ -99,7 +105,7 @@ class HeadConfig(Section):
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("transfer.head.labels must be unique")
         elif self.labels or self.num_labels is not None:
-            raise ValueError("transfer.head.labels/num_labels apply to type=sequence_classification only")
+            raise ValueError("transfer.head.labels/num_labels apply to the classification head types only")
         return self
 
 

@@ -20,8 +20,10 @@ from trainer.transfer.config import HeadConfig
 
 
 def auto_model_class(head: HeadConfig) -> Any:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
+    if head.type == "image_classification":
+        return AutoModelForImageClassification
     return AutoModelForSequenceClassification if head.is_classification else AutoModelForCausalLM
 
 
@@ -30,6 +32,15 @@ def head_load_kwargs(head: HeadConfig, pad_token_id: int | None) -> dict[str, An
     if not head.is_classification:
         return {}
     names = head.label_names
+    if head.type == "image_classification":
+        # A pretrained classifier for other classes (another size) is dropped and a new one created;
+        # transformers logs the replaced weights with their shapes.
+        return {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)},
+            "ignore_mismatched_sizes": True,
+        }
     # The head pools the last token that is not padding, so the config must know the pad id.
     return {
         "num_labels": len(names),
@@ -39,8 +50,19 @@ def head_load_kwargs(head: HeadConfig, pad_token_id: int | None) -> dict[str, An
     }
 
 
-def peft_task_type(head: HeadConfig) -> str:
+def peft_task_type(head: HeadConfig) -> str | None:
+    """PEFT has no image-classification task type: no task type, and the head saved whole (head_modules_to_save)."""
+    if head.type == "image_classification":
+        return None
     return "SEQ_CLS" if head.is_classification else "CAUSAL_LM"
+
+
+def head_modules_to_save(head: HeadConfig, model: torch.nn.Module) -> list[str]:
+    """Modules an adapter method trains in full and saves with the adapter: the new image classifier."""
+    if head.type != "image_classification":
+        return []
+    # transformers' image classifiers (ViT, ResNet, ConvNeXt, DINOv2, Swin, ...) name their head `classifier`.
+    return ["classifier"] if isinstance(getattr(model, "classifier", None), torch.nn.Module) else []
 
 
 @torch.no_grad()

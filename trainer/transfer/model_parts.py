@@ -82,10 +82,21 @@ def head_module(model: torch.nn.Module) -> torch.nn.Module | None:
     return base.get_output_embeddings()
 
 
+def embeddings_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The input embeddings, or the `embeddings` module that holds them with the position embeddings
+    and class token (a ViT's patch embeddings, a BERT-style encoder's word embeddings)."""
+    base = base_of(model)
+    inputs = base.get_input_embeddings()
+    for name, module in base.named_modules():
+        if name.rsplit(".", 1)[-1] == "embeddings" and any(m is inputs for m in module.modules()):
+            return module
+    return inputs
+
+
 def model_parts(model: torch.nn.Module) -> ModelParts:
     """Classify every parameter of an unwrapped (possibly PEFT) model."""
     by_id: dict[int, Part] = {}
-    embeddings = base_of(model).get_input_embeddings()
+    embeddings = embeddings_module(model)
     for p in embeddings.parameters():
         by_id[id(p)] = Part(EMBEDDINGS)
     blocks = decoder_blocks(model)

@@ -12,7 +12,7 @@ from trainer.config import TrainerConfig
 from trainer.methods import apply_method
 from trainer.model_builder import load_model
 from trainer.transfer.freezing import apply_freezing, check_block_count
-from trainer.transfer.heads import auto_model_class, head_load_kwargs, peft_task_type
+from trainer.transfer.heads import auto_model_class, head_load_kwargs, head_modules_to_save, peft_task_type
 from trainer.transfer.model_parts import decoder_blocks, model_parts
 
 
@@ -29,7 +29,12 @@ def build_model(
     )
     exclude = frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks) if cfg.method.uses_adapter else None
     model = apply_method(
-        model, cfg.method, gradient_checkpointing, task_type=peft_task_type(head), exclude_modules=exclude
+        model,
+        cfg.method,
+        gradient_checkpointing,
+        task_type=peft_task_type(head),
+        exclude_modules=exclude,
+        modules_to_save=head_modules_to_save(head, model),
     )
     if cfg.transfer.freeze.any:
         apply_freezing(model, model_parts(model), cfg.transfer.freeze)
