@@ -101,7 +101,7 @@ def test_augmentation_is_seeded_by_position_and_training_only() -> None:
         eval_rows = RowDataset(eval_set.examples, [[0], [1]], packed=False)
         assert eval_set.examples.images.augmentation is None
         assert torch.equal(
-            make_batch(eval_rows, [0, 1], 0, positions=[5, 6])["pixel_values"],
+            make_batch(eval_rows, [0, 1], 0, sample_positions=[5, 6])["pixel_values"],
             make_batch(eval_rows, [0, 1], 0)["pixel_values"],
         )
 

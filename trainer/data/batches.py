@@ -46,14 +46,15 @@ class RowDataset:
 
 
 def make_batch(
-    dataset: RowDataset, row_indices: list[int], pad_id: int, positions: Iterable[int] | None = None
+    dataset: RowDataset, row_indices: list[int], pad_id: int, sample_positions: Iterable[int] | None = None
 ) -> dict[str, torch.Tensor]:
     """Right-padded batch. Packed rows carry restarting position ids and no 2-D mask (so the
     model builds the block-diagonal mask); unpacked rows carry an attention mask. Preference rows
     give 2 * len(row_indices) sequences: the chosen responses, then the rejected ones in the same order.
-    `positions`: the rows' global sample positions (training only), which seed image augmentation."""
+    `sample_positions`: the rows' global positions in the training stream (training only), which seed
+    image augmentation."""
     if dataset.examples.images is not None:
-        return _image_batch(dataset, row_indices, positions)
+        return _image_batch(dataset, row_indices, sample_positions)
     if dataset.pairs:
         sequences = [dataset.rows[row][:1] for row in row_indices] + [dataset.rows[row][1:] for row in row_indices]
     else:
