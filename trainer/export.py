@@ -112,7 +112,8 @@ def _plain_base(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module:
         from trainer.model_builder import DTYPES
 
         dtype = DTYPES[cfg.method.quantization.compute_dtype]
-    head_kwargs = head_load_kwargs(cfg.transfer.head, model.config.pad_token_id)
+    # Vision configs have no pad token (transformers 5 raises on the attribute).
+    head_kwargs = head_load_kwargs(cfg.transfer.head, getattr(model.config, "pad_token_id", None))
     base = auto_model_class(cfg.transfer.head).from_pretrained(
         cfg.model.path,
         dtype=dtype,

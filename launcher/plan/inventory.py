@@ -137,8 +137,16 @@ def build_inventory(
         if method.type != "qlora":
             model.requires_grad_(False)
         exclude = frozen_blocks_regex(model, freeze.first_n_blocks) if freeze else None
+        # An image classifier: no PEFT task type, its head trained in full (as trainer/transfer/heads.py does).
+        image = _auto_class(config).__name__ == "AutoModelForImageClassification"
+        lora = peft_lora_config(
+            method,
+            task_type=None if image else "CAUSAL_LM",
+            exclude_modules=exclude,
+            modules_to_save=["classifier"] if image else None,
+        )
         with torch.device("meta"):
-            model = get_peft_model(model, peft_lora_config(method, exclude_modules=exclude))
+            model = get_peft_model(model, lora)
         if adapter_dtype is not None:
             for param in model.parameters():
                 if param.requires_grad:
