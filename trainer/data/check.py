@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from trainer.config import DataConfig
+from trainer.data.images import scan_images
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
 from trainer.data.tokenized import ScannedRow, scan_rows
 from trainer.errors import DataError
@@ -122,7 +123,11 @@ def _check_file(
 ) -> FileCheck:
     check = FileCheck(role, spec, fmt)
     try:
-        for row in scan_rows(spec, fmt, tokenizer, cfg.max_seq_len, cfg.too_long, split, label_names):
+        if fmt == "image_classification":
+            rows = scan_images(spec, label_names or [])
+        else:
+            rows = scan_rows(spec, fmt, tokenizer, cfg.max_seq_len, cfg.too_long, split, label_names)
+        for row in rows:
             check.fates[row.fate] += 1
             if row.problem:
                 check.problems.append(row.problem)

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -24,9 +24,6 @@ from trainer.cache_dir import cache_root as ftl_cache_root
 from trainer.data.formats import render_example
 from trainer.data.sources import dataset_fingerprint, read_rows
 from trainer.errors import DataError
-
-if TYPE_CHECKING:
-    from trainer.data.images import ImageExamples
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +41,8 @@ class TokenizedSet:
     source_rows: np.ndarray  # index of the dataset row each example came from
     stats: dict[str, Any] = field(default_factory=dict)
     classes: np.ndarray | None = None  # class id per example (classification format only)
-    images: ImageExamples | None = None  # image_classification: the decoded images (one placeholder token each)
+    # image_classification: the decoded images (trainer/data/images.py ImageExamples), one placeholder token each
+    images: Any = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -187,11 +185,6 @@ def scan_rows(
 ) -> Iterator[ScannedRow]:
     """Every row of a dataset through the rendering and length rules of training, in order.
     A dataset that cannot be read at all raises DataError."""
-    if fmt == "image_classification":
-        from trainer.data.images import scan_images  # images import this module
-
-        yield from scan_images(spec, label_names or [])
-        return
     for row_index, row in enumerate(read_rows(spec, split)):
         try:
             example = render_example(row, fmt, tokenizer, label_names)
