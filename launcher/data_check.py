@@ -25,9 +25,9 @@ FATE_NAMES = {
 
 
 def data_command(cfg: RunConfig, examples: int) -> int:
-    from trainer.model_builder import load_tokenizer
+    from trainer.model_builder import load_inputs
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_inputs(cfg.model, cfg.data.format)
     head = cfg.transfer.head
     check = check_data(
         cfg.data,
@@ -112,6 +112,8 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
     counts = [f"{file.rows} read", f"{file.usable} usable", f"{fates['bad']} bad{skipped}"]
     counts += [f"{fates[fate]} {text}" for fate, text in FATE_NAMES.items() if fates[fate]]
     lines.append("  rows: " + ", ".join(counts))
+    if file.format == "image_classification":  # one image per row: no tokens or lengths to report
+        return lines + _problem_lines(file)
     if file.usable:
         share = 100 * file.trained_tokens / file.tokens
         lines.append(f"  tokens: {file.tokens:,} in usable examples, {file.trained_tokens:,} trained ({share:.1f}%)")
@@ -123,10 +125,13 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
             + " / ".join(f"{name} {value}" for name, value in stats.items())
             + f"; {longer} longer than max_seq_len {check.max_seq_len}"
         )
-    if file.problems:
-        lines.append(f"  bad rows ({len(file.problems)}):")
-        lines += [f"    - {problem}" for problem in file.problems]
-    return lines
+    return lines + _problem_lines(file)
+
+
+def _problem_lines(file: FileCheck) -> list[str]:
+    if not file.problems:
+        return []
+    return [f"  bad rows ({len(file.problems)}):", *(f"    - {problem}" for problem in file.problems)]
 
 
 def _training_line(check: DataCheck) -> str:

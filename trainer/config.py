@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from trainer.config_section import Section
 from trainer.optim_rules import optimizer_problem
 from trainer.tracking.config import TrackingConfig
-from trainer.transfer.config import HEAD_DATA_FORMATS, TransferConfig
+from trainer.transfer.config import CLASSIFICATION_HEADS, HEAD_DATA_FORMATS, TransferConfig
 
 SHARDED = ("fsdp", "deepspeed")
 # URI schemes pyarrow.fs opens (what Ray Train storage accepts without a custom filesystem).
@@ -56,7 +56,49 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
 
 
-DataFormat = Literal["alpaca", "chat", "completion", "text", "classification", "preference", "token_classification"]
+DataFormat = Literal[
+    "alpaca",
+    "chat",
+    "completion",
+    "text",
+    "classification",
+    "preference",
+    "token_classification",
+    "image_classification",
+]
+
+
+class ImageAugmentationConfig(Section):
+    """Training-only image augmentation (data.format=image_classification), seeded by training.seed and
+    each sample's position, so a resumed run sees the same images."""
+
+    random_resized_crop: bool = Field(
+        False, description="Crop a random area share (crop_scale) and aspect ratio (crop_ratio), resized back."
+    )
+    crop_scale: tuple[float, float] = Field(
+        (0.5, 1.0), description="Share of the image area a random crop keeps: [min, max], within (0, 1]."
+    )
+    crop_ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="Aspect ratio (width/height) range of a random crop, sampled log-uniformly."
+    )
+    horizontal_flip: bool = Field(False, description="Flip each training image left-right with probability 0.5.")
+
+    @property
+    def any(self) -> bool:
+        return self.random_resized_crop or self.horizontal_flip
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ImageAugmentationConfig:
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(
+                f"data.augmentation.crop_scale must be [min, max] with 0 < min <= max <= 1; got {low, high}"
+            )
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(
+                f"data.augmentation.crop_ratio must be [min, max] with 0 < min <= max; got {self.crop_ratio}"
+            )
+        return self
 
 
 class MixtureSource(Section):
@@ -99,6 +141,10 @@ class DataConfig(Section):
     skip_bad_rows: bool = Field(False, description="Skip malformed rows (and report how many) instead of stopping.")
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default $FTL_CACHE_DIR or ~/.cache/ftl.")
     shuffle: bool = Field(True, description="Reshuffle the training rows each epoch (seeded by training.seed).")
+    augmentation: ImageAugmentationConfig = Field(
+        default_factory=ImageAugmentationConfig,
+        description="image_classification only: random augmentation of training images (evaluation never augments).",
+    )
 
     @model_validator(mode="after")
     def _train_or_mixture(self) -> DataConfig:
@@ -609,7 +655,29 @@ def _check_sharded_transfer(cfg: TrainerConfig) -> None:
         )
 
 
+def _check_image_head(cfg: TrainerConfig) -> None:
+    """transfer.head.type=image_classification and data.format=image_classification go together."""
+    formats = cfg.data.formats()
+    if cfg.transfer.head.type != "image_classification" or formats != {"image_classification"}:
+        raise ValueError(
+            "transfer.head.type=image_classification trains on images: set data.format=image_classification "
+            "(an image folder root/<label>/*.png or a jsonl of {image, label}) and transfer.head.labels, both together"
+        )
+    if cfg.data.mixture:
+        raise ValueError("data.mixture does not support image_classification yet; use data.train")
+    if cfg.data.packing:
+        raise ValueError("images are classified one per row and cannot be packed: set data.packing=false")
+    if cfg.eval.retain:
+        raise ValueError("eval.retain measures language-modelling loss, which an image classifier has no head for")
+    if cfg.eval.generation.enabled:
+        raise ValueError("eval.generation scores generated text; an image classifier does not generate: disable it")
+
+
 def _check_head(cfg: TrainerConfig) -> None:
+    if cfg.transfer.head.type == "image_classification" or "image_classification" in cfg.data.formats():
+        return _check_image_head(cfg)
+    if cfg.data.augmentation.any:
+        raise ValueError("data.augmentation applies to data.format=image_classification only; remove it")
     head = cfg.transfer.head
     classification = head.is_classification
     formats = cfg.data.formats()
@@ -646,11 +714,11 @@ def _check_early_stopping(cfg: TrainerConfig) -> None:
         )
     head = cfg.transfer.head
     classification = head.is_classification
-    if stopping.metric in ("accuracy", "macro_f1") and head.type != "sequence_classification":
+    if stopping.metric in ("accuracy", "macro_f1") and head.type not in CLASSIFICATION_HEADS:
         hint = "token_accuracy or entity_f1" if head.type == "token_classification" else "eval_loss or exact_match"
         raise ValueError(
-            f"transfer.early_stopping.metric={stopping.metric} needs transfer.head.type=sequence_classification; "
-            f"use {hint}"
+            f"transfer.early_stopping.metric={stopping.metric} needs transfer.head.type=sequence_classification "
+            f"or image_classification; use {hint}"
         )
     if stopping.metric == "token_accuracy" and head.type != "token_classification":
         raise ValueError("transfer.early_stopping.metric=token_accuracy needs transfer.head.type=token_classification")

@@ -112,7 +112,8 @@ def _plain_base(model: Any, cfg: TrainerConfig, device: str) -> torch.nn.Module:
         from trainer.model_builder import DTYPES
 
         dtype = DTYPES[cfg.method.quantization.compute_dtype]
-    head_kwargs = head_load_kwargs(cfg.transfer.head, model.config.pad_token_id, cfg.model)
+    # Vision configs have no pad token (transformers 5 raises on the attribute).
+    head_kwargs = head_load_kwargs(cfg.transfer.head, getattr(model.config, "pad_token_id", None), cfg.model)
     base = auto_model_class(cfg.transfer.head).from_pretrained(
         cfg.model.path,
         dtype=dtype,
@@ -251,10 +252,10 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
 
 
 def _fresh_model(cfg: TrainerConfig, device: str) -> tuple[Any, Any]:
-    from trainer.model_builder import load_tokenizer
+    from trainer.model_builder import load_inputs
     from trainer.transfer.setup import build_model
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_inputs(cfg.model, cfg.data.format)
     return tokenizer, build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
 
 

@@ -73,8 +73,10 @@ def train_loop(
         rows = sampler.take(state.samples_seen, per_step)
         # Micro-batch k of this rank: slot (k, rank) of the global step, so the step's rows are
         # the same whatever the world size, and one process with a bigger batch sees them all.
+        starts = [(k * world + rank) * mb for k in range(accum)]
         micro = [
-            make_batch(data, rows[(k * world + rank) * mb : (k * world + rank + 1) * mb], pad_id) for k in range(accum)
+            make_batch(data, rows[s : s + mb], pad_id, range(state.samples_seen + s, state.samples_seen + s + mb))
+            for s in starts
         ]
         local_targets = sum(target_count(b) for b in micro)
         (global_targets,) = all_reduce_sum([float(local_targets)], device)

@@ -17,11 +17,13 @@ from trainer.config import LossConfig
 from trainer.data.batches import IGNORE_INDEX
 from trainer.loss_kernels import select_kernel
 
-MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "pixel_values")
 
 
 def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    if "pixel_values" in inputs:  # the processor gives float32; a bf16/fp16 model takes its own dtype
+        inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
     return model(**inputs, use_cache=False).logits
 
 

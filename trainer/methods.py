@@ -16,14 +16,14 @@ log = logging.getLogger(__name__)
 def peft_lora_config(
     method: MethodConfig,
     *,
-    task_type: str = "CAUSAL_LM",
+    task_type: str | None = "CAUSAL_LM",
     exclude_modules: str | None = None,
     new_modules: list[str] | None = None,
 ) -> Any:
-    """`task_type` SEQ_CLS also trains and saves the classification head; `exclude_modules` (a
-    regex on module names) keeps adapters off frozen blocks (transfer.freeze.first_n_blocks);
-    `new_modules` (e.g. an encoder's freshly initialised pooler) train in full and are saved with
-    the adapter, like the head."""
+    """`task_type` SEQ_CLS also trains and saves the classification head (None: no task type, for
+    image classifiers); `exclude_modules` (a regex on module names) keeps adapters off frozen blocks
+    (transfer.freeze.first_n_blocks); `new_modules` (an encoder's freshly initialised pooler, a new
+    image classifier) train in full and are saved with the adapter, like the head."""
     from peft import LoraConfig
 
     lora = method.lora
@@ -46,7 +46,7 @@ def apply_method(
     method: MethodConfig,
     gradient_checkpointing: bool,
     *,
-    task_type: str = "CAUSAL_LM",
+    task_type: str | None = "CAUSAL_LM",
     exclude_modules: str | None = None,
     new_modules: list[str] | None = None,
 ) -> torch.nn.Module:

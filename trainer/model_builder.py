@@ -37,6 +37,15 @@ def resolve_attention(name: str, device: str) -> str:
     return name
 
 
+def load_inputs(cfg: ModelConfig, data_format: str) -> Any:
+    """What turns the data into model inputs: the image processor for image data, else the tokenizer."""
+    if data_format == "image_classification":
+        from trainer.data.images import load_image_inputs
+
+        return load_image_inputs(cfg)
+    return load_tokenizer(cfg)
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 

@@ -98,6 +98,16 @@ def hf_config(fields: dict[str, Any]) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
+def _auto_class(config: Any) -> Any:
+    """The causal LM, or for a vision backbone (ViT, ResNet, ...) its image classifier."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return AutoModelForImageClassification
+    return AutoModelForCausalLM
+
+
 def build_inventory(
     label: str,
     config_fields: dict[str, Any],
@@ -109,15 +119,13 @@ def build_inventory(
     """adapter_dtype: for adapter methods, the dtype adapters (and QLoRA's non-quantized
     embeddings/head/norms) are kept in; None = PEFT's default (fp32 adapters, QLoRA upcast to fp32).
     freeze: the run's static freezing (gradual unfreezing's later stages train what it leaves)."""
-    from transformers import AutoModelForCausalLM
-
     from trainer.transfer.freezing import apply_freezing
     from trainer.transfer.model_parts import model_parts
     from trainer.transfer.setup import frozen_blocks_regex
 
     config = hf_config(config_fields)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = _auto_class(config).from_config(config, dtype=dtype)
     quantized: dict[int, int] = {}
     if method.type == "qlora":
         quantized = _quantize_like_bnb(model, method, upcast=adapter_dtype is None)
@@ -129,8 +137,16 @@ def build_inventory(
         if method.type != "qlora":
             model.requires_grad_(False)
         exclude = frozen_blocks_regex(model, freeze.first_n_blocks) if freeze else None
+        # An image classifier: no PEFT task type, its head trained in full (as trainer/transfer/heads.py does).
+        image = _auto_class(config).__name__ == "AutoModelForImageClassification"
+        lora = peft_lora_config(
+            method,
+            task_type=None if image else "CAUSAL_LM",
+            exclude_modules=exclude,
+            modules_to_save=["classifier"] if image else None,
+        )
         with torch.device("meta"):
-            model = get_peft_model(model, peft_lora_config(method, exclude_modules=exclude))
+            model = get_peft_model(model, lora)
         if adapter_dtype is not None:
             for param in model.parameters():
                 if param.requires_grad:
@@ -255,7 +271,7 @@ def _architecture(config: Any, layers: list[torch.nn.Module]) -> Architecture:
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=head_dim,
         intermediate=text.intermediate_size,
-        vocab=text.vocab_size,
+        vocab=getattr(text, "vocab_size", None) or config.num_labels,  # an image classifier's logits: its classes
         experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
         norms_per_layer=norms or 2,
     )

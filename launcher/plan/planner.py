@@ -207,7 +207,12 @@ def transfer_notes(cfg: RunConfig, inventory: Inventory) -> list[str]:
         )
     if transfer.gradual_unfreezing.enabled:
         notes.append("gradual unfreezing: counted at its last stage, when every scheduled group trains (the peak)")
-    if transfer.head.is_classification:
+    if transfer.head.type == "image_classification":
+        notes.append(
+            "transfer.head image_classification: activations are counted as for a sequence of data.max_seq_len "
+            "tokens (a ViT sees (image_size / patch_size)^2 + 1); set data.max_seq_len near that for a closer estimate"
+        )
+    elif transfer.head.is_classification:
         notes.append(
             "transfer.head: the classification head is counted as the LM head it replaces "
             "(its weights, gradient and logits are over-estimated)"

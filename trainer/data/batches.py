@@ -7,6 +7,7 @@ skipping batches.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,10 +44,16 @@ class RowDataset:
         return int(sum(len(self.examples.example(i)[0]) for i in self.rows[row]))
 
 
-def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+def make_batch(
+    dataset: RowDataset, row_indices: list[int], pad_id: int, sample_positions: Iterable[int] | None = None
+) -> dict[str, torch.Tensor]:
     """Right-padded batch. Packed rows carry restarting position ids and no 2-D mask (so the
     model builds the block-diagonal mask); unpacked rows carry an attention mask. Preference rows
-    give 2 * len(row_indices) sequences: the chosen responses, then the rejected ones in the same order."""
+    give 2 * len(row_indices) sequences: the chosen responses, then the rejected ones in the same order.
+    `sample_positions`: the rows' global positions in the training stream (training only), which seed
+    image augmentation."""
+    if dataset.examples.images is not None:
+        return _image_batch(dataset, row_indices, sample_positions)
     if dataset.pairs:
         sequences = [dataset.rows[row][:1] for row in row_indices] + [dataset.rows[row][1:] for row in row_indices]
     else:
@@ -99,3 +106,17 @@ def make_batch(dataset: RowDataset, row_indices: list[int], pad_id: int) -> dict
         # Classification rows hold one example each (packing is refused for them).
         out["class_labels"] = torch.tensor([int(dataset.examples.classes[dataset.rows[r][0]]) for r in row_indices])
     return out
+
+
+def _image_batch(
+    dataset: RowDataset, row_indices: list[int], positions: Iterable[int] | None
+) -> dict[str, torch.Tensor]:
+    """pixel_values from the model's image processor (augmented when positions are given) and the class ids."""
+    images = dataset.examples.images
+    assert images is not None and dataset.examples.classes is not None
+    examples = [dataset.rows[row][0] for row in row_indices]  # one image per row (never packed)
+    return {
+        "pixel_values": images.pixel_values(examples, positions),
+        "class_labels": torch.tensor([int(dataset.examples.classes[e]) for e in examples]),
+        "num_tokens": torch.tensor(len(examples)),  # throughput counts images
+    }

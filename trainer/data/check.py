@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from trainer.config import DataConfig
+from trainer.data.images import scan_images
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
 from trainer.data.tokenized import ScannedRow, scan_rows
 from trainer.errors import DataError
@@ -98,13 +99,18 @@ def check_data(
     if retain:
         wanted.append(("retain", retain, "text", "train"))
     files = [
-        _check_file(role, spec, fmt, split, tokenizer, cfg, label_names, samples if role.endswith("train") else 0)
+        # Images have no text to show: no sample examples for them.
+        _check_file(role, spec, fmt, split, tokenizer, cfg, label_names, samples if _shows_samples(role, fmt) else 0)
         for role, spec, fmt, split in wanted
     ]
     check = DataCheck(files, cfg.max_seq_len, cfg.too_long, cfg.skip_bad_rows, cfg.packing, micro_batch_size)
     check.label_names = label_names
     _training_rows(check, cfg, seed)
     return check
+
+
+def _shows_samples(role: str, fmt: str) -> bool:
+    return role.endswith("train") and fmt != "image_classification"
 
 
 def _check_file(
@@ -119,7 +125,11 @@ def _check_file(
 ) -> FileCheck:
     check = FileCheck(role, spec, fmt)
     try:
-        for row in scan_rows(spec, fmt, tokenizer, cfg.max_seq_len, cfg.too_long, split, label_names):
+        if fmt == "image_classification":
+            rows = scan_images(spec, label_names or [])
+        else:
+            rows = scan_rows(spec, fmt, tokenizer, cfg.max_seq_len, cfg.too_long, split, label_names)
+        for row in rows:
             check.fates[row.fate] += 1
             if row.problem:
                 check.problems.append(row.problem)

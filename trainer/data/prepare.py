@@ -12,6 +12,7 @@ import numpy as np
 from trainer.config import DataConfig
 from trainer.data.batches import RowDataset
 from trainer.data.formats import Prompt, render_prompt
+from trainer.data.images import load_image_set
 from trainer.data.mixture import MixtureSpan, concat_sets
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sources import read_rows
@@ -60,7 +61,17 @@ def prepare_data(
         label_names=label_names,
     )
 
-    def load(spec: str, fmt: str, split: str = "train") -> TokenizedSet:
+    def load(spec: str, fmt: str, split: str = "train", training: bool = False) -> TokenizedSet:
+        if fmt == "image_classification":  # decoded, not tokenized; only the training set is augmented
+            augmentation = cfg.augmentation if training else None
+            return load_image_set(
+                spec,
+                tokenizer,
+                label_names or [],
+                skip_bad_rows=cfg.skip_bad_rows,
+                augmentation=augmentation,
+                seed=seed,
+            )
         return load_tokenized(spec, fmt, tokenizer, split=split, **common)  # type: ignore[arg-type]
 
     evals: list[EvalSet] = []
@@ -80,7 +91,7 @@ def prepare_data(
         mixture_report = {s.name: {"rows": s.count, "weight": s.weight} for s in spans}
     else:
         assert cfg.train is not None  # DataConfig requires train or mixture
-        train = load(cfg.train, cfg.format, cfg.split)
+        train = load(cfg.train, cfg.format, cfg.split, training=True)
         if cfg.validation:
             evals.append(
                 EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format)

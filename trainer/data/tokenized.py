@@ -42,6 +42,8 @@ class TokenizedSet:
     stats: dict[str, Any] = field(default_factory=dict)
     classes: np.ndarray | None = None  # class id per example (classification format only)
     token_labels: np.ndarray | None = None  # tag id per token, parallel to ids (token_classification only)
+    # image_classification: the decoded images (trainer/data/images.py ImageExamples), one placeholder token each
+    images: Any = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -67,8 +69,9 @@ class TokenizedSet:
         tags = None
         if self.token_labels is not None:
             tags = np.concatenate([self.token_labels_of(int(i)) for i in indices]) if parts else np.zeros(0, np.int32)
+        images = self.images.subset(indices) if self.images is not None else None
         return TokenizedSet(
-            ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)), classes, tags
+            ids, mask, offsets, self.source_rows[indices], dict(self.stats, rows=len(parts)), classes, tags, images
         )
 
 

@@ -72,14 +72,19 @@ class LearningRatesConfig(Section):
 HEAD_DATA_FORMATS = {
     "sequence_classification": "classification",
     "token_classification": "token_classification",
+    "image_classification": "image_classification",
 }
+# Head types with one label per example, scored by accuracy and macro-F1.
+CLASSIFICATION_HEADS = ("sequence_classification", "image_classification")
 
 
 class HeadConfig(Section):
-    type: Literal["causal_lm", "sequence_classification", "token_classification"] = Field(
+    type: Literal["causal_lm", "sequence_classification", "token_classification", "image_classification"] = Field(
         "causal_lm",
-        description="sequence_classification: a new head of num_labels on the base's last token; "
-        "token_classification: a new head tagging every word (e.g. BIO entity tags, data.format=token_classification).",
+        description="sequence_classification: a new head of num_labels on the base's last token (an encoder: its "
+        "pooled output); token_classification: a new head tagging every word (e.g. BIO entity tags, "
+        "data.format=token_classification); image_classification: a vision backbone's classifier, replaced by one "
+        "for `labels`.",
     )
     num_labels: int | None = Field(None, ge=2, description="Number of classes; defaults to the length of `labels`.")
     labels: list[str] = Field(

@@ -37,6 +37,7 @@ AUTO_MODEL_CLASSES = {
     "causal_lm": "AutoModelForCausalLM",
     "sequence_classification": "AutoModelForSequenceClassification",
     "token_classification": "AutoModelForTokenClassification",
+    "image_classification": "AutoModelForImageClassification",
 }
 PEFT_TASK_TYPES = {
     "causal_lm": "CAUSAL_LM",
@@ -57,6 +58,15 @@ def head_load_kwargs(head: HeadConfig, pad_token_id: int | None, model: ModelCon
     if not head.is_classification:
         return {}
     names = head.label_names
+    if head.type == "image_classification":
+        # A pretrained classifier for other classes (another size) is dropped and a new one created;
+        # transformers logs the replaced weights with their shapes.
+        return {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)},
+            "ignore_mismatched_sizes": True,
+        }
     # The head pools the last token that is not padding, so the config must know the pad id.
     kwargs = {
         "num_labels": len(names),
@@ -111,8 +121,9 @@ def _shape(shape: Any) -> str:
     return "x".join(str(n) for n in shape)
 
 
-def peft_task_type(head: HeadConfig) -> str:
-    return PEFT_TASK_TYPES[head.type]
+def peft_task_type(head: HeadConfig) -> str | None:
+    """PEFT has no image-classification task type: none, and the head saved whole (head_modules_to_save)."""
+    return PEFT_TASK_TYPES.get(head.type)
 
 
 def _scored_batches(
@@ -132,6 +143,14 @@ def _scored_batches(
         if indices is not None:
             yield batch, logits.float().cpu()
     model.train(was_training)
+
+
+def head_modules_to_save(head: HeadConfig, model: torch.nn.Module) -> list[str]:
+    """Modules an adapter method trains in full and saves with the adapter: the new image classifier."""
+    if head.type != "image_classification":
+        return []
+    # transformers' image classifiers (ViT, ResNet, ConvNeXt, DINOv2, Swin, ...) name their head `classifier`.
+    return ["classifier"] if isinstance(getattr(model, "classifier", None), torch.nn.Module) else []
 
 
 @torch.no_grad()

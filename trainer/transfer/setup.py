@@ -14,7 +14,13 @@ from trainer.methods import apply_method
 from trainer.model_builder import load_model
 from trainer.transfer.config import HeadConfig
 from trainer.transfer.freezing import apply_freezing, check_block_count
-from trainer.transfer.heads import auto_model_class, check_new_head, head_load_kwargs, peft_task_type
+from trainer.transfer.heads import (
+    auto_model_class,
+    check_new_head,
+    head_load_kwargs,
+    head_modules_to_save,
+    peft_task_type,
+)
 from trainer.transfer.model_parts import decoder_blocks, head_modules, model_parts, pooler_modules
 
 
@@ -37,7 +43,8 @@ def build_model(
     if cfg.method.uses_adapter:
         exclude = _either(frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks), task_head_regex(model, head))
     # An encoder's pooler is new for the task like the classifier (model_parts counts it as the head).
-    new_modules = list(pooler_modules(model)) if head.is_classification else None
+    # An image classifier has no PEFT task type to save it: it is new too.
+    new_modules = [*pooler_modules(model), *head_modules_to_save(head, model)] if head.is_classification else None
     model = apply_method(
         model,
         cfg.method,
