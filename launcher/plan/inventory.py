@@ -143,7 +143,7 @@ def build_inventory(
             method,
             task_type=None if image else "CAUSAL_LM",
             exclude_modules=exclude,
-            modules_to_save=["classifier"] if image else None,
+            new_modules=["classifier"] if image else None,
         )
         with torch.device("meta"):
             model = get_peft_model(model, lora)
