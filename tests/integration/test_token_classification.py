@@ -22,6 +22,7 @@ from trainer.transfer.entity_metrics import EntityCounts
 pytestmark = pytest.mark.integration
 
 NER = REPO / "assets" / "data" / "fictional-ner"
+EXAMPLE_MODEL = REPO / "assets" / "models" / "ftl-tiny-bert"  # the model configs/examples/ner.yaml tunes
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-CREATURE", "I-CREATURE"]
 
 
@@ -64,7 +65,7 @@ def test_export_loads_with_stock_transformers_and_scores_as_measured(ner_run: Pa
     merged = AutoModelForTokenClassification.from_pretrained(str(merged_dir)).eval()
     assert merged.config.id2label == dict(enumerate(LABELS))
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
-    base = AutoModelForTokenClassification.from_pretrained(str(BUNDLED_MODEL), num_labels=len(LABELS))
+    base = AutoModelForTokenClassification.from_pretrained(str(EXAMPLE_MODEL), num_labels=len(LABELS))
     adapted = PeftModel.from_pretrained(base, str(ner_run / "final" / "adapter")).eval()
 
     # The test set scored with the stock model, words tagged at their first sub-token, as ftl does.
