@@ -78,6 +78,13 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
             for m in base.modules()
             if isinstance(m, torch.nn.ModuleList) and len(m) == depth and len({type(x) for x in m}) == 1
         ]
+    if not lists:  # a hierarchical vision backbone (ResNet, ConvNeXt, Swin): its list of stages, one per `depths`
+        stages = len(getattr(getattr(base, "config", None), "depths", None) or [])
+        lists = [
+            m
+            for m in base.modules()
+            if isinstance(m, torch.nn.ModuleList) and stages and len(m) == stages and len({type(x) for x in m}) == 1
+        ]
     if not lists:
         raise ValueError(
             f"cannot find the transformer blocks of {type(base).__name__} (no ModuleList of {sorted(names)})"
@@ -116,7 +123,7 @@ def embeddings_module(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> 
     `embeddings`: token, position and token-type tables and their norm); a decoder's parent is the
     whole backbone, so it stays the token table."""
     base = base_of(model)
-    table = base.get_input_embeddings()
+    table = input_embeddings(base)
     name = next((n for n, m in base.named_modules() if m is table), "")
     if "." not in name:
         return table
@@ -124,6 +131,22 @@ def embeddings_module(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> 
     block_ids = {id(b) for b in blocks}
     holds_block = any(id(m) in block_ids for m in parent.modules())
     return table if holds_block or parent is base or parent is getattr(base, "base_model", None) else parent
+
+
+def input_embeddings(base: torch.nn.Module) -> torch.nn.Module:
+    """The module that turns the inputs into the first hidden states. transformers' convolutional
+    backbones do not say (ConvNeXt raises, ResNet has none): there it is the stem, named
+    `embeddings` (ConvNeXt) or `embedder` (ResNet)."""
+    try:
+        table = base.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        table = None
+    if isinstance(table, torch.nn.Module):
+        return table
+    for name, module in base.named_modules():
+        if name.rsplit(".", 1)[-1] in ("embeddings", "embedder"):
+            return module
+    raise ValueError(f"cannot find the input embeddings (or stem) of {type(base).__name__}")
 
 
 def model_parts(model: torch.nn.Module) -> ModelParts:
