@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from launcher.commands import train
-from tests.conftest import BUNDLED_MODEL, REPO, write_config
+from tests.conftest import REPO, write_config
 from trainer.metrics import read_metrics
 from trainer.transfer.entity_metrics import EntityCounts
 
