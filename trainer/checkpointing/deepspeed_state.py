@@ -132,6 +132,20 @@ class DeepSpeedStateIO:
     def written_hashes(self, directory: Path) -> dict[str, str]:
         return self.hashes.relative_to(directory)
 
+    def files_to_read(self, directory: Path, manifest: dict[str, Any], with_optimizer: bool) -> list[str]:
+        """The model states, then this rank's ZeRO partition, named by the engine (nothing where it
+        loads a universal copy from elsewhere, or another DeepSpeed names them otherwise)."""
+        if self.strategy.universal_checkpoint is not None:
+            return []
+        engine, root = self.strategy.engine, str(directory)
+        try:
+            paths = [engine._get_ckpt_name(root, TAG)]
+            if with_optimizer:
+                paths.append(engine._get_zero_ckpt_name(root, TAG))
+        except AttributeError:
+            return []
+        return [Path(path).relative_to(directory).as_posix() for path in paths]
+
     def written_files(self, directory: Path) -> list[str]:
         """What engine.save_checkpoint wrote on this rank, named by the engine's own naming
         functions: the model states (data-parallel rank 0; every rank under ZeRO-3), this rank's

@@ -222,7 +222,7 @@ def _reraise_disk_error(handle: HashingFile, work: Callable[[], None]) -> None:
         raise
 
 
-_DTYPES = {
+DTYPE_NAMES = {  # torch dtype -> safetensors dtype code
     torch.float64: "F64",
     torch.float32: "F32",
     torch.float16: "F16",
@@ -248,7 +248,7 @@ def safetensors_parts(tensors: dict[str, torch.Tensor]) -> tuple[bytes, list[mem
         tensor = tensors[name].detach().cpu().contiguous()  # no copy for what already is
         size = tensor.numel() * tensor.element_size()
         header[name] = {
-            "dtype": _DTYPES[tensor.dtype],
+            "dtype": DTYPE_NAMES[tensor.dtype],
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + size],
         }

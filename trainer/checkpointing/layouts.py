@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file
 
+from trainer.checkpointing.fast_read import read_safetensors_into
 from trainer.checkpointing.hashed_io import FileHashes, safetensors_parts, torch_save
 from trainer.faults import fault_point
 
@@ -59,6 +59,11 @@ class StateIO(Protocol):
     def written_files(self, directory: Path) -> list[str]:
         """The files (posix paths relative to `directory`) this rank's last `write` into it
         created. Called after that write finished; never lists what other ranks wrote."""
+        ...
+
+    def files_to_read(self, directory: Path, manifest: dict[str, Any], with_optimizer: bool) -> list[str]:
+        """The files (relative to `directory`) this rank's `read` will open, in the order it
+        opens them (the load reads them ahead); empty where that is not known."""
         ...
 
 
@@ -142,7 +147,7 @@ class ReplicatedStateIO:
         return None
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
-        load_trainable(self.unwrapped(model), load_file(str(directory / TRAINABLE_FILE)), source=str(directory))
+        read_trainable(self.unwrapped(model), directory)
         if optimizer is not None:
             states = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
             optimizer.load_state_dict(states["optimizer"] if "optimizer" in states else states)
@@ -152,6 +157,9 @@ class ReplicatedStateIO:
 
     def written_files(self, directory: Path) -> list[str]:
         return [TRAINABLE_FILE, OPTIMIZER_FILE] if self.rank == 0 else []
+
+    def files_to_read(self, directory: Path, manifest: dict[str, Any], with_optimizer: bool) -> list[str]:
+        return [TRAINABLE_FILE, OPTIMIZER_FILE] if with_optimizer else [TRAINABLE_FILE]
 
     def written_hashes(self, directory: Path) -> dict[str, str]:
         return self.hashes.relative_to(directory)
@@ -201,6 +209,11 @@ def _write_replicated(
             handle.write(view)
         handle.fsync()
     torch_save({"optimizer": optim_state}, directory / OPTIMIZER_FILE, hashes)
+
+
+def read_trainable(model: torch.nn.Module, directory: Path) -> None:
+    """The checkpoint's `trainable.safetensors` straight into the model's parameters."""
+    read_safetensors_into(directory / TRAINABLE_FILE, dict(model.named_parameters()), source=str(directory))
 
 
 def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "state") -> None:

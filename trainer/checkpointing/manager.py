@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from trainer.checkpointing.fast_read import ReadAhead
 from trainer.checkpointing.layouts import FinishedWrite, PendingWrite, StateIO, ThreadWrite
 from trainer.checkpointing.protocol import (
     MANIFEST,
@@ -342,7 +343,9 @@ class CheckpointManager:
     def load(self, path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
         """Restore model, optimizer, scheduler and this rank's RNG; returns the saved loop fields."""
         manifest = read_manifest(path)
-        self.io.read(model, optimizer, path, manifest)
+        # The kernel reads the files ahead while the layout's loader deserialises what arrived.
+        with ReadAhead(path / name for name in self.io.files_to_read(path, manifest, optimizer is not None)):
+            self.io.read(model, optimizer, path, manifest)
         saved = json.loads((path / STATE_FILE).read_text())
         scheduler_state = saved.get("scheduler")
         if scheduler_state is None:  # format 1 kept it next to the optimizer

@@ -126,6 +126,16 @@ class DCPStateIO:
     def written_hashes(self, directory: Path) -> dict[str, str]:
         return self.hashes.relative_to(directory)
 
+    def files_to_read(self, directory: Path, manifest: dict[str, Any], with_optimizer: bool) -> list[str]:
+        """The metadata, then this rank's own shards where the worker count is the one that wrote
+        them (DCP then reads nothing else); every shard where it reshards."""
+        import torch.distributed as dist
+
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        mine = f"{STATE_DIR}/__{rank}_" if manifest.get("world_size") == world else f"{STATE_DIR}/__"
+        names = sorted(manifest.get("files", {}))
+        return [f"{STATE_DIR}/.metadata"] + [name for name in names if name.startswith(mine)]
+
 
 def load_trainable_unsharded(model: torch.nn.Module, directory: Path) -> None:
     """Read a DCP checkpoint's trainable weights into a plain (unwrapped, single-process) model:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from trainer.checkpointing.layouts import TRAINABLE_FILE, load_trainable
+from trainer.checkpointing.layouts import read_trainable
 from trainer.checkpointing.protocol import read_manifest
 
 
@@ -25,4 +24,4 @@ def load_trainable_from_checkpoint(path: Path, model: torch.nn.Module) -> None:
 
         load_deepspeed(model, path)
     else:
-        load_trainable(model, load_file(str(path / TRAINABLE_FILE)), source=str(path))
+        read_trainable(model, path)
