@@ -29,6 +29,7 @@ from cluster.parent_death import child_dies_with_this_process
 from cluster.preloaded_spawn import PreloadedWorker, preloading_available
 from cluster.results import clear_result, take_result
 from trainer.config import TrainerConfig
+from trainer.lean_imports import needs_bitsandbytes
 from trainer.run_layout import RunLayout
 
 STOP_GRACE_S = 20
@@ -63,7 +64,10 @@ def launch_local(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> d
 def worker_preload(cfg: TrainerConfig) -> list[str]:
     """What every worker of this run imports anyway (cluster/preloaded_spawn.py imports it once)."""
     modules = ["torch", "transformers.modeling_utils", "trainer.run"]
-    if cfg.method.type != "full":
+    # peft only where the run uses bitsandbytes (QLoRA, 8-bit optimizers): peft imports it, and
+    # every other run's workers import peft without it (trainer/lean_imports.py), which costs
+    # each worker less than the forkserver's import of both.
+    if cfg.method.type != "full" and needs_bitsandbytes(cfg):
         modules.append("peft")
     if cfg.parallel.strategy == "deepspeed":
         modules.append("deepspeed")

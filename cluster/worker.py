@@ -115,11 +115,13 @@ def execute(
     Returns the outcome (finished with the summary, or where it stopped)."""
     from cluster.results import write_result
     from trainer.context import WorkerContext
+    from trainer.lean_imports import skip_unused_imports
     from trainer.outcome import Outcome
     from trainer.run import run
     from trainer.stopping import StopRequested
 
     cfg, _ = load_run_configs(run_dir)
+    skip_unused_imports(cfg)  # a worker process trains this one config
     context = WorkerContext(
         run_dir=run_dir,
         rank=rank,

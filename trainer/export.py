@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from trainer.config import TrainerConfig
+from trainer.lean_imports import deepspeed_probe_skipped
 from trainer.model_builder import resolve_dtype
 from trainer.run_layout import FINAL_DIR, RunLayout, step_name
 
@@ -44,14 +45,15 @@ def export_final(
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if cfg.method.uses_adapter and adapter:
-        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp / "adapter"))
-    if merge:
-        merged = merged_model(model, cfg, device)
-        _stop_at_end_of_turn(merged, tokenizer)
-        merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
-        tokenizer.save_pretrained(str(tmp / "merged"))
+    with deepspeed_probe_skipped():
+        if cfg.method.uses_adapter and adapter:
+            model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp / "adapter"))
+        if merge:
+            merged = merged_model(model, cfg, device)
+            _stop_at_end_of_turn(merged, tokenizer)
+            merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
+            tokenizer.save_pretrained(str(tmp / "merged"))
     (tmp / "export.json").write_text(
         json.dumps({"method": cfg.method.type, "base_model": cfg.model.path, **(info or {})}, indent=1)
     )
