@@ -21,8 +21,17 @@ in the same run:
   (full fine-tuning) (target: >= 3x leaner at a 128k vocabulary).
 
 A setting the trainer in this build does not implement yet (its config key is read nowhere in
-trainer/ but its definition) is printed as "not available in this build". Where TRL is installed
-its SFTTrainer runs the same model and data for comparison; otherwise the script says so.
+trainer/ but its definition) is printed as "not available in this build".
+
+ftl's defaults (what a user gets without setting training.loss or training.optimizer: the chunked
+loss with the config's chunk_tokens, torch AdamW) get a row of their own when --chunk-tokens differs
+from the config's. Where TRL is installed, its SFTTrainer trains the same model folder on the same
+rows (pre-tokenized, with a completion mask equal to ftl's loss mask), micro-batch, sequence length,
+LoRA settings, learning rate and clipping, fp32, without checkpointing, twice: with transformers'
+default AdamW (fused) and with ftl's (foreach); its peak is MemTracker's over trainer.train() with
+max_steps=2 and its tokens/s are timed in the same interleaved repetitions. The script then says per
+method whether ftl's defaults are leaner and at least as fast, and lists what could not be made equal.
+Where TRL is not installed it says so and skips the comparison.
 """
 
 from __future__ import annotations
