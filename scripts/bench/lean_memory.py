@@ -21,8 +21,17 @@ in the same run:
   (full fine-tuning) (target: >= 3x leaner at a 128k vocabulary).
 
 A setting the trainer in this build does not implement yet (its config key is read nowhere in
-trainer/ but its definition) is printed as "not available in this build". Where TRL is installed
-its SFTTrainer runs the same model and data for comparison; otherwise the script says so.
+trainer/ but its definition) is printed as "not available in this build".
+
+ftl's defaults (what a user gets without setting training.loss or training.optimizer: the chunked
+loss with the config's chunk_tokens, torch AdamW) get a row of their own when --chunk-tokens differs
+from the config's. Where TRL is installed, its SFTTrainer trains the same model folder on the same
+rows (pre-tokenized, with a completion mask equal to ftl's loss mask), micro-batch, sequence length,
+LoRA settings, learning rate and clipping, fp32, without checkpointing, twice: with transformers'
+default AdamW (fused) and with ftl's (foreach); its peak is MemTracker's over trainer.train() with
+max_steps=2 and its tokens/s are timed in the same interleaved repetitions. The script then says per
+method whether ftl's defaults are leaner and at least as fast, and lists what could not be made equal.
+Where TRL is not installed it says so and skips the comparison.
 """
 
 from __future__ import annotations
@@ -162,6 +171,8 @@ class RandomTokens:
         self.mask = np.array([0] * prompt + [1] * (seq_len - prompt), dtype=np.int8)
 
     classes = None  # not a classification set
+    images = None  # nor an image set
+    token_labels = None  # nor a token-classification set
 
     def example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.ids[index], self.mask
@@ -259,7 +270,8 @@ def steps(
     )
 
 
-def peak_bytes(cfg: Any, data: Any) -> int:
+def peak_bytes(cfg: Any, data: Any) -> tuple[int, Any]:
+    """The peak of live tensor bytes over two training steps, and the trained model."""
     from tests.integration.memtrack import FrozenAwareMemTracker
     from trainer.loop_state import LoopState
 
@@ -269,7 +281,7 @@ def peak_bytes(cfg: Any, data: Any) -> int:
     tracker.track_external(model, getattr(optimizer, "optimizers", optimizer))
     with tracker:
         steps(model, optimizer, scheduler, strategy, cfg, data, LoopState(), 2, tracker)
-    return tracker.peak_bytes()
+    return tracker.peak_bytes(), strategy.unwrapped(model)
 
 
 def tokens_per_s(cfg: Any, data: Any, n: int) -> float:
@@ -331,6 +343,230 @@ def trl_status() -> str | None:
     return None
 
 
+@dataclass
+class TrlVariant:
+    name: str
+    optim: str  # "foreach": torch AdamW(foreach=True), ftl's CPU implementation; else a TrainingArguments.optim
+
+
+# TRL 1.16 has no loss switch to compare: SFTTrainer always patches the model with its fused LM head
+# (trl.trainer.utils.add_fused_lm_head: tiles of 4096 tokens x 32768 vocabulary columns, the full logits
+# never built; loss_type "chunked_nll" is a deprecated alias of the default "nll"). Only label smoothing or
+# the deprecated compute_loss_func bring the full logits back, and both change what is computed. What does
+# differ from ftl is the AdamW implementation: transformers' default on torch >= 2.8 is the fused kernel,
+# ftl's on CPU is foreach (bit-reproducible); both are measured.
+TRL_VARIANTS = [
+    TrlVariant("TRL SFTTrainer (its defaults)", "adamw_torch_fused"),
+    TrlVariant("TRL SFTTrainer, foreach AdamW", "foreach"),
+]
+
+
+def placeholder_tokenizer() -> Any:
+    """SFTTrainer wants a tokenizer for its pad token; the data is pre-tokenized, so a four-token
+    word-level vocabulary with ftl's pad id (0) is all it reads."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+
+
+def trl_dataset(tokens: RandomTokens) -> Any:
+    """ftl's rows as SFTTrainer takes pre-tokenized data: input_ids and a completion_mask, which with
+    completion_only_loss=True becomes the labels (-100 where ftl's loss mask is 0), so both train on
+    the same labelled positions."""
+    from datasets import Dataset
+
+    ids, mask = zip(*(tokens.example(i) for i in range(len(tokens.ids))))
+    return Dataset.from_dict(
+        {"input_ids": [row.tolist() for row in ids], "completion_mask": [row.tolist() for row in mask]}
+    )
+
+
+def trl_trainer(
+    ftl_cfg: Any, method: str, variant: TrlVariant, dataset: Any, max_steps: int, out: Path, callbacks: list[Any]
+) -> Any:
+    """SFTTrainer on the same model folder, micro-batch, sequence length, LoRA settings (r, alpha,
+    dropout and target_modules as ftl's config resolves them), learning rate, AdamW hyperparameters
+    and gradient clipping as `ftl_cfg`; fp32, no gradient checkpointing, CPU, no eval, no saving."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()  # its dataset preparation's bars would interleave with the table
+
+    train = ftl_cfg.training
+    model = AutoModelForCausalLM.from_pretrained(
+        ftl_cfg.model.path, dtype=torch.float32, attn_implementation=ftl_cfg.model.attn_implementation
+    )
+    peft_config = None
+    if method != "full":
+        from peft import LoraConfig
+
+        lora = ftl_cfg.method.lora
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            use_rslora=lora.rslora,
+        )
+    args = SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=train.micro_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        max_steps=max_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type="cosine",
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_betas[0],
+        adam_beta2=train.adam_betas[1],
+        adam_epsilon=train.adam_eps,
+        max_grad_norm=train.max_grad_norm if train.max_grad_norm is not None else 0.0,
+        optim="adamw_torch" if variant.optim == "foreach" else variant.optim,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        seed=train.seed,
+        max_length=ftl_cfg.data.max_seq_len,
+        packing=False,
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+    )
+    optimizer_cls_and_kwargs = None
+    if variant.optim == "foreach":
+        optimizer_cls_and_kwargs = (
+            torch.optim.AdamW,
+            {"lr": train.learning_rate, "betas": train.adam_betas, "eps": train.adam_eps, "foreach": True},
+        )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=placeholder_tokenizer(),
+        peft_config=peft_config,
+        callbacks=callbacks,
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+    )
+    trainer.remove_callback(PrinterCallback)  # prints its log dicts to stdout (with disable_tqdm); ftl's writer is off
+    return trainer
+
+
+def adapted_modules(model: torch.nn.Module) -> list[str]:
+    """The modules that carry a LoRA adapter, by name (PeftModel prefixes included)."""
+    return sorted(name.removesuffix(".lora_A") for name, _ in model.named_modules() if name.endswith(".lora_A"))
+
+
+def trl_peak_bytes(ftl_cfg: Any, method: str, variant: TrlVariant, dataset: Any, out: Path) -> tuple[int, Any]:
+    """MemTracker's peak over trainer.train() with max_steps=2: the model (tracked before), and what
+    train() creates (optimizer and its states, gradients, activations, batches). Also returns the model."""
+    from transformers import TrainerCallback
+
+    from tests.integration.memtrack import FrozenAwareMemTracker
+
+    tracker = FrozenAwareMemTracker()
+
+    class ResetModStats(TrainerCallback):  # as ftl's step_start hook: per-module stats are per forward
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            tracker.reset_mod_stats()
+
+    trainer = trl_trainer(ftl_cfg, method, variant, dataset, 2, out, [ResetModStats()])
+    tracker.track_external(trainer.model)
+    with tracker:
+        trainer.train()
+    if trainer.state.global_step != 2:
+        raise RuntimeError(f"TRL ran {trainer.state.global_step} steps, not 2")
+    if getattr(trainer.model, "is_gradient_checkpointing", False):  # SFTConfig's default is on; ftl's rows are off
+        raise RuntimeError("SFTTrainer trained with gradient checkpointing; the comparison assumes it off")
+    return tracker.peak_bytes(), trainer.model
+
+
+def trl_tokens_per_s(ftl_cfg: Any, method: str, variant: TrlVariant, dataset: Any, n: int, out: Path) -> float:
+    """One warm-up step, then n timed steps, timed from the end of step 1 to the end of step 1 + n
+    (the callbacks run after the optimizer and scheduler step). Tokens: SFTTrainer's own count, the
+    attention-mask tokens of each batch, which is what ftl's LoopState.tokens_seen counts."""
+    from transformers import TrainerCallback
+
+    marks: dict[int, tuple[float, int]] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step in (1, 1 + n):
+                marks[state.global_step] = (time.perf_counter(), trainer._total_train_tokens)
+
+    trainer = trl_trainer(ftl_cfg, method, variant, dataset, 1 + n, out, [Clock()])
+    trainer.train()
+    (t0, tokens0), (t1, tokens1) = marks[1], marks[1 + n]
+    return (tokens1 - tokens0) / (t1 - t0)
+
+
+def trl_note(variant: TrlVariant) -> str:
+    if variant.optim == "foreach":
+        return "torch AdamW foreach, as ftl on CPU"
+    return f"optim {variant.optim}: transformers' default on torch >= 2.8"
+
+
+def with_ftl_defaults(chunk_tokens: int) -> tuple[list[Setting], str]:
+    """The settings to measure and the name of the one that is ftl's default (what a user gets
+    without setting anything: training.loss and training.optimizer at their config defaults). When
+    --chunk-tokens is not the default chunk size, the defaults are a row of their own."""
+    from trainer.config import LossConfig, TrainingConfig
+
+    loss, training = LossConfig(), TrainingConfig()
+    if loss.chunked and training.optimizer == "adamw" and not training.optimizer_in_backward:
+        if chunk_tokens == loss.chunk_tokens:
+            return SETTINGS, "chunked loss"
+    name = f"ftl defaults (chunk_tokens {loss.chunk_tokens})"
+    needs = ["loss.chunked"] if loss.chunked else []
+    note = f"loss.chunked={str(loss.chunked).lower()}, optimizer={training.optimizer}: config defaults"
+    return SETTINGS + [Setting(name, {"training.loss.chunk_tokens": loss.chunk_tokens}, needs, note)], name
+
+
+def check_same_training(ftl_model: torch.nn.Module, trl_model: torch.nn.Module) -> str:
+    """Whether ftl and SFTTrainer train the same parameters: the same adapted modules (LoRA) and the
+    same number of trainable parameters."""
+    ftl_modules, trl_modules = adapted_modules(ftl_model), adapted_modules(trl_model)
+    ftl_count = sum(p.numel() for p in ftl_model.parameters() if p.requires_grad)
+    trl_count = sum(p.numel() for p in trl_model.parameters() if p.requires_grad)
+    if ftl_modules != trl_modules or ftl_count != trl_count:
+        return (
+            f"NO: ftl {ftl_count:,} trainable parameters, {len(ftl_modules)} adapted modules; "
+            f"TRL {trl_count:,}, {len(trl_modules)} (differ: {sorted(set(ftl_modules) ^ set(trl_modules))[:4]})"
+        )
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in ftl_modules})
+    adapted = f", LoRA on {len(ftl_modules)} modules ({', '.join(kinds)})" if ftl_modules else ""
+    return f"yes ({ftl_count:,} trainable parameters{adapted})"
+
+
+TRL_DIFFERENCES = """\
+  Same for both: the model folder, the rows and their labelled positions, micro-batch, sequence length, fp32, SDPA
+  attention, LoRA r/alpha/dropout/target_modules, learning rate, AdamW betas/eps/weight decay, max_grad_norm, no
+  gradient checkpointing, one process on CPU; TRL's loss is its fused LM head (no full logits), ftl's the row named.
+  What differs and could not be made equal:
+  - TRL 1.16 has no loss option to compare: its only loss path is the fused, chunked LM head (4096 tokens x 32768
+    vocabulary columns per tile; loss_type chunked_nll is an alias of nll). On CPU it scores every position (only
+    CUDA/XPU skip unlabelled ones), and it also computes per-token entropy and top-1 accuracy for its metrics.
+  - TRL batches carry an all-ones attention_mask, ftl's packed rows position_ids (one row each): both causal SDPA.
+  - Each trainer draws its own shuffled order of the same rows (all rows have the same length).
+  - Timing: TRL from the end of step 1 to the end of step 1+n (TrainerCallback.on_step_end, after the optimizer
+    step), ftl around its train_loop call (its loop setup included); tokens are the attention-mask tokens in both.
+  - Peak: TRL's around trainer.train() (its optimizer is built inside), ftl's around two train_loop steps after
+    build_optimizer; AdamW states are created at the first step in both, inside the tracker."""
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -383,37 +619,78 @@ def main() -> int:
                 f"  -> {full_logits / chunked:.2f}x leaner (target >= 3x)"
             )
 
-        runnable = [s for s in SETTINGS if not available[s.name]]
+        settings, default_name = with_ftl_defaults(args.chunk_tokens)
+        available.update({s.name: availability(s) for s in settings if s.name not in available})
+        runnable = [s for s in settings if not available[s.name]]
+        status = trl_status()
+        if status is None and available[default_name]:
+            status = f"not compared: ftl's default setting cannot run here ({available[default_name]})"
+        trl_data = trl_dataset(tokens) if status is None else None
+        verdicts: list[str] = []
         for method in methods:
             configs = {s.name: run_config(tmp, model_dir, method, s, args) for s in runnable}
-            peaks = {name: peak_bytes(cfg, args.data) for name, cfg in configs.items()}
-            speeds: dict[str, list[float]] = {name: [] for name in configs}
+            peaks, ftl_models = {}, {}
+            for name, cfg in configs.items():
+                peaks[name], ftl_models[name] = peak_bytes(cfg, args.data)
+            trl_cfg = configs.get(default_name)
+            variants = TRL_VARIANTS if trl_data is not None else []
+            trl_models = {}
+            for variant in variants:
+                peaks[variant.name], trl_models[variant.name] = trl_peak_bytes(
+                    trl_cfg, method, variant, trl_data, tmp / "trl"
+                )
+            speeds: dict[str, list[float]] = {name: [] for name in peaks}
             for _ in range(args.repeats):  # interleaved: each repetition runs every setting once
                 for name, cfg in configs.items():
                     speeds[name].append(tokens_per_s(cfg, args.data, args.steps))
+                for variant in variants:
+                    speeds[variant.name].append(
+                        trl_tokens_per_s(trl_cfg, method, variant, trl_data, args.steps, tmp / "trl")
+                    )
             base_peak, base_speed = peaks[SETTINGS[0].name], statistics.median(speeds[SETTINGS[0].name])
             print(
                 f"\n{method}: peak of live tensors (MemTracker, 2 steps) and tokens/s (median of {args.repeats} interleaved "
                 f"repetitions of {args.steps} steps)"
             )
-            print(f"  {'setting':<34}{'peak MiB':>10}{'vs current':>12}{'tokens/s':>10}{'vs current':>12}")
-            for setting in SETTINGS:
-                if available[setting.name]:
-                    print(f"  {setting.name:<34}{available[setting.name]}")
+            print(f"  {'setting':<42}{'peak MiB':>10}{'vs current':>12}{'tokens/s':>10}{'vs current':>12}")
+            rows = [(s.name, s.note) for s in settings] + [(v.name, trl_note(v)) for v in variants]
+            for name, note in rows:
+                if available.get(name):
+                    print(f"  {name:<42}{available[name]}")
                     continue
-                speed = statistics.median(speeds[setting.name])
-                note = f"  ({setting.note})" if setting.note else ""
+                speed = statistics.median(speeds[name])
+                note = f"  ({note})" if note else ""
                 print(
-                    f"  {setting.name:<34}{peaks[setting.name] / 2**20:>10.1f}{base_peak / peaks[setting.name]:>11.2f}x"
+                    f"  {name:<42}{peaks[name] / 2**20:>10.1f}{base_peak / peaks[name]:>11.2f}x"
                     f"{speed:>10.0f}{speed / base_speed:>11.3f}x{note}"
                 )
-        status = trl_status()
-        print(
-            f"\nTRL SFTTrainer: {status}"
-            if status
-            else "\nTRL SFTTrainer: installed, but this script has no SFTTrainer comparison yet (it was written where TRL "
-            "is not installed); not measured"
-        )
+            if not variants:
+                continue
+            ftl_model = ftl_models[default_name]
+            same = check_same_training(ftl_model, next(iter(trl_models.values())))
+            print(f"  same trained parameters as ftl: {same}")
+            ftl_peak, ftl_speed = peaks[default_name], statistics.median(speeds[default_name])
+            print(f"  ftl's defaults (row '{default_name}') against TRL SFTTrainer:")
+            lean_all, fast_all = True, True
+            for variant in variants:
+                lean = peaks[variant.name] / ftl_peak
+                fast = ftl_speed / statistics.median(speeds[variant.name])
+                lean_all, fast_all = lean_all and lean > 1.0, fast_all and fast >= 1.0
+                print(
+                    f"    vs {variant.name:<38} TRL peak / ftl peak {lean:5.2f}x, ftl tokens/s / TRL tokens/s {fast:6.3f}x"
+                )
+            verdicts.append(
+                f"{method}: ftl's defaults are {'leaner' if lean_all else 'NOT leaner'} than TRL SFTTrainer "
+                f"({'every' if lean_all else 'not every'} variant above) and {'at least as fast' if fast_all else 'NOT at least as fast'}"
+                f" ({'every' if fast_all else 'not every'} variant); measured here, {args.repeats} repetition(s)"
+            )
+        if status:
+            print(f"\nTRL SFTTrainer: {status}")
+        elif verdicts:
+            print("\nTRL SFTTrainer, in one line per method:")
+            for line in verdicts:
+                print(f"  {line}")
+            print(TRL_DIFFERENCES)
     print("\n'vs current': peak = current / setting (higher is leaner); tokens/s = setting / current (target >= 0.97).")
     print(
         f"load average over the last 5 minutes at the end: {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores "
