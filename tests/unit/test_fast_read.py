@@ -86,11 +86,12 @@ def test_read_ahead_requests_the_files_in_order_within_its_budget(tmp_path: Path
     for index, size in enumerate((3 << 20, 5 << 20)):
         files.append(tmp_path / f"f{index}")
         files[-1].write_bytes(b"x" * size)
-    with ReadAhead(files + [tmp_path / "absent"]) as ahead:
-        pass
+    # wait, not stop: leaving the `with` at once may stop the thread before its first hint.
+    ahead = ReadAhead(files + [tmp_path / "absent"])
+    ahead.wait()
     assert ahead.requested in (0, 8 << 20)  # all of it (0 only where posix_fadvise does not exist)
     if hasattr(os, "posix_fadvise"):
         assert ahead.requested == 8 << 20
-        with ReadAhead(files, budget=4 << 20) as bounded:
-            pass
+        bounded = ReadAhead(files, budget=4 << 20)
+        bounded.wait()
         assert bounded.requested == 4 << 20

@@ -85,7 +85,12 @@ class ReadAhead:
                 return
 
     def stop(self) -> None:
+        """Ends the read-ahead where it is (the loader has finished) and waits for its thread."""
         self._stopped.set()
+        self._thread.join()
+
+    def wait(self) -> None:
+        """Waits until every hint within the budget has been given (tests; a loader calls stop)."""
         self._thread.join()
 
     def __enter__(self) -> ReadAhead:
