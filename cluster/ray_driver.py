@@ -286,7 +286,8 @@ def connect(settings: RayConfig) -> bool:
     # address="local": always a new instance; None would join any Ray already running on this machine.
     for name, value in LOCAL_RAY_TRAIN_ENV.items():
         os.environ.setdefault(name, value)
-    with _children_ignore_sigint():
+    own_address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
+    with _children_ignore_sigint(), _own_address_for_children(own_address):
         ray.init(
             address="local",
             include_dashboard=True,
@@ -294,6 +295,13 @@ def connect(settings: RayConfig) -> bool:
             dashboard_port=_free_port(),
             logging_level=logging.WARNING,
             num_cpus=os.cpu_count() or 1,
+        )
+    if ray.get_runtime_context().gcs_address != own_address:
+        log.warning(
+            "the local Ray's address is %s, not %s: with other Ray instances on this machine its "
+            "services may query theirs",
+            ray.get_runtime_context().gcs_address,
+            own_address,
         )
     node_ip = ray.util.get_node_ip_address()
     if node_ip not in LOOPBACK:
@@ -341,6 +349,32 @@ def _children_ignore_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _own_address_for_children(address: str) -> Iterator[None]:
+    """While the local Ray starts: its GCS listens on `address`'s port, and every process it starts
+    (raylet, dashboard, then each worker: the raylet's environment is theirs) has RAY_ADDRESS set to
+    it. Ray's services ask for "the" cluster without an address (Ray Train's placement-group cleaner
+    checks that the run's controller is alive through the state API); without RAY_ADDRESS Ray picks
+    the newest `ray start` cluster on the machine, which may be somebody else's: there the controller
+    does not exist, and the cleaner removes the running run's placement group. The driver's own
+    environment is restored after: a later run in this process must not join a cluster that is gone."""
+    port = address.rsplit(":", 1)[1]
+    saved = {name: os.environ.get(name) for name in (RAY_ADDRESS_ENV, RAY_GCS_PORT_ENV)}
+    os.environ[RAY_ADDRESS_ENV], os.environ[RAY_GCS_PORT_ENV] = address, port
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+RAY_GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by ray._private.node when it starts a head's GCS
 
 
 def _free_port() -> int:
