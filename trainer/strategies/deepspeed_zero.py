@@ -13,6 +13,7 @@ accumulation boundary.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 from collections.abc import Callable
@@ -106,6 +107,7 @@ class DeepSpeedStrategy(Strategy):
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
         import deepspeed
 
+        _skip_shared_memory_allreduce_build()
         config = deepspeed_config(
             self.training, self.parallel, self.world_size, load_universal=self.universal_checkpoint is not None
         )
@@ -182,6 +184,18 @@ class DeepSpeedStrategy(Strategy):
         # Collective: every rank gathers; the full tensors exist only inside the context.
         with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
             return {name: p.detach().cpu().clone() for name, p in trainable}
+
+
+def _skip_shared_memory_allreduce_build() -> None:
+    """DeepSpeed's communication backend JIT-compiles a shared-memory all-reduce where an
+    accelerator offers one (its CPU accelerator does: about a minute of C++ compiling on the first
+    run on a machine). Only DeepSpeed's inference all-reduce (tensor-parallel inference) uses it; a
+    ZeRO training step reduces through torch.distributed, so training never calls it. Without the
+    build the backend is the same minus that kernel (DeepSpeed's own path when the op cannot be built)."""
+    # By module name: the attribute `deepspeed.comm.torch` is torch itself (re-exported by
+    # deepspeed.comm), so `import deepspeed.comm.torch as m` would bind torch.
+    backend_module = importlib.import_module("deepspeed.comm.torch")
+    backend_module.build_shm_op = lambda: None
 
 
 def _offload(device: str, nvme_path: str | None) -> dict[str, Any]:
