@@ -19,9 +19,11 @@ the save is synchronous and the commit hashes the files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -113,8 +115,10 @@ class DeepSpeedStateIO:
         # Another worker count: the universal copy made before the engine was built (it has the same
         # `ds/` tag); the engine was configured to slice it for its own ranks.
         source = self.strategy.universal_checkpoint or directory
-        with weights_only_loads(source):  # DeepSpeed's torch.load passes weights_only=False
-            path, _ = self.strategy.engine.load_checkpoint(
+        engine = self.strategy.engine
+        # DeepSpeed's torch.load passes weights_only=False
+        with weights_only_loads(source), _consecutive_loads_of_a_file_read_once(engine.checkpoint_engine):
+            path, _ = engine.load_checkpoint(
                 str(source),
                 tag=TAG,
                 load_module_strict=not self.adapter_only,
@@ -175,6 +179,40 @@ def _copy_all_but_tensors(state: Any) -> Any:
         values = [_copy_all_but_tensors(value) for value in state]
         return type(state)(*values) if hasattr(state, "_fields") else type(state)(values)
     return copy.deepcopy(state)
+
+
+@contextlib.contextmanager
+def _consecutive_loads_of_a_file_read_once(checkpoint_engine: Any) -> Iterator[None]:
+    """Inside: a load of the file the checkpoint engine loaded last returns that result again.
+    DeepSpeed 0.19's state-dict loader reads the whole model-states file once only to check its
+    `mp_world_size` (check_ckpt_list, which changes nothing in it), then once more to use it: half
+    the bytes of a ZeRO-1/2 load, read and unpickled twice. Only the last file is kept (the next
+    different file replaces it), and nothing after the `with`."""
+    load = checkpoint_engine.load
+    own_attribute = "load" in vars(checkpoint_engine)
+    last: list[Any] = []  # [path, map_location, result] of the previous call
+
+    def same_mapping(a: Any, b: Any) -> bool:
+        # The loader passes a new `lambda storage, loc: storage` each time: callables are taken
+        # as that identity mapping (within this read nothing else passes a callable).
+        return (callable(a) and callable(b)) or a == b
+
+    def load_once(path: str, map_location: Any = None) -> Any:
+        if last and last[0] == path and same_mapping(last[1], map_location):
+            return last[2]
+        result = load(path, map_location=map_location)
+        last[:] = [path, map_location, result]
+        return result
+
+    checkpoint_engine.load = load_once
+    try:
+        yield
+    finally:
+        if own_attribute:
+            checkpoint_engine.load = load
+        else:
+            del checkpoint_engine.load  # the class's own method again
+        last.clear()
 
 
 def _hashing_engine(hashes: FileHashes, zipfile_serialization: bool) -> Any:
