@@ -194,7 +194,7 @@ def _skip_shared_memory_allreduce_build() -> None:
     build the backend is the same minus that kernel (DeepSpeed's own path when the op cannot be built)."""
     # By module name: the attribute `deepspeed.comm.torch` is torch itself (re-exported by
     # deepspeed.comm), so `import deepspeed.comm.torch as m` would bind torch.
-    backend_module = importlib.import_module("deepspeed.comm.torch")
+    backend_module: Any = importlib.import_module("deepspeed.comm.torch")
     backend_module.build_shm_op = lambda: None
 
 
