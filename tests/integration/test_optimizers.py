@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from launcher.commands import train
-from tests.cluster_fixtures import assert_same_losses, ray_cluster, train_losses  # noqa: F401
+from tests.cluster_fixtures import assert_same_losses, train_losses
 from tests.conftest import FTL, REPO, write_config
 from trainer.metrics import read_metrics
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from tests.cluster_fixtures import ray_cluster  # noqa: F401
 from tests.conftest import FTL, REPO, write_config
 from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.metrics import read_metrics
