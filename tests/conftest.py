@@ -10,6 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
+# The cluster fixtures are registered here, once: a session fixture imported into several test
+# modules is a separate fixture in each (pytest keys fixtures by the module that holds them), and
+# each module then started its own two-node Ray cluster and kept it until the session ended (four
+# at once, found by their CPU use in a suite run). Test modules use them by name and never import
+# them (check_cluster_fixtures_are_not_imported).
+from tests.cluster_fixtures import ray_cluster, s3_server, slurm  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO / "assets" / "models" / "ftl-tiny-llama"
 QA_DATA = REPO / "assets" / "data" / "fictional-qa"
@@ -44,11 +51,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    check_cluster_fixtures_are_not_imported(session.items)
     # xdist carries a test's group in its node id ("...@group"); where a pytest release stops that
     # from taking effect (pytest-xdist#1386), the groups would be ignored without a word.
     grouping = hasattr(session.config, "workerinput") and session.config.getvalue("loadgroup")
     if grouping and session.items and "@" not in session.items[0].nodeid:
         raise pytest.UsageError("pytest-xdist ignored the test groups (pytest-xdist#1386): install pytest<9.2")
+
+
+def check_cluster_fixtures_are_not_imported(items: list[pytest.Item]) -> None:
+    modules = {item.module for item in items if getattr(item, "module", None) is not None}
+    for module in sorted(modules, key=lambda m: m.__name__):
+        imported = sorted(CLUSTER_FIXTURES & set(vars(module)))
+        if imported:
+            raise pytest.UsageError(
+                f"{module.__file__} imports the cluster fixture(s) {imported}: use them by name only "
+                "(tests/conftest.py registers them once; an import makes a second cluster)"
+            )
 
 
 @pytest.fixture(autouse=True, scope="session")

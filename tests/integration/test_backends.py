@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_fixtures import RayTestCluster, assert_same_losses, ray_cluster, s3_server, slurm, train_losses  # noqa: F401
+from tests.cluster_fixtures import assert_same_losses, train_losses
 from tests.conftest import FTL, write_config
 from trainer.stopping import STOP_REQUEST_FILE
 

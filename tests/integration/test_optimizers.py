@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from launcher.commands import train
-from tests.cluster_fixtures import assert_same_losses, ray_cluster, train_losses  # noqa: F401
+from tests.cluster_fixtures import assert_same_losses, train_losses
 from tests.conftest import FTL, REPO, write_config
 from trainer.metrics import read_metrics
 
@@ -114,7 +114,7 @@ def test_resume_with_another_optimizer_is_refused(tmp_path: Path, tiny_model_dir
         assert expected in again.stderr, again.stderr[-2000:]
 
 
-def test_in_backward_fsdp_on_ray_restarts_and_matches(tmp_path: Path, tiny_model_dir: Path, ray_cluster: Any) -> None:  # noqa: F811
+def test_in_backward_fsdp_on_ray_restarts_and_matches(tmp_path: Path, tiny_model_dir: Path, ray_cluster: Any) -> None:
     """2 workers, FSDP2, the step in backward (each rank steps its shard after the reduce-scatter):
     the losses equal the ordinary FSDP2 step's, and a worker killed mid-step 3 is restarted by Ray
     from the step-2 checkpoint (DCP, per-parameter optimizer states) with the same losses."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_fixtures import RayTestCluster, ray_cluster  # noqa: F401
+from tests.cluster_fixtures import RayTestCluster
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ ray.shutdown()
 
 
 def test_a_local_rays_services_ask_their_own_cluster_not_the_newest_on_the_machine(
-    ray_cluster: RayTestCluster,  # noqa: F811
+    ray_cluster: RayTestCluster,
 ) -> None:
     # Ray's temp dir holds the sockets (short paths needed) and the "current cluster" record; a
     # private one keeps the record this test writes off the machine's /tmp/ray.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_fixtures import slurm, train_losses  # noqa: F401
+from tests.cluster_fixtures import train_losses
 from tests.conftest import FTL, REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from tests.cluster_fixtures import ray_cluster  # noqa: F401
 from tests.conftest import FTL, REPO, write_config
 from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.metrics import read_metrics
@@ -134,7 +133,7 @@ def test_resume_from_an_earlier_checkpoint_branches_the_later_ones_on_two_worker
     assert (summary["first_loss"], summary["last_loss"]) == (train[0]["loss"], train[-1]["loss"])
 
 
-def test_a_ray_restart_continues_the_branch_it_started(tmp_path: Path, tiny_model_dir: Path, ray_cluster) -> None:  # noqa: F811
+def test_a_ray_restart_continues_the_branch_it_started(tmp_path: Path, tiny_model_dir: Path, ray_cluster) -> None:
     """`resume: PATH` is carried out once: when Ray Train restarts the worker group after a failure
     (same config, resume still PATH), the group continues the new trajectory's own checkpoint."""
     run = tmp_path / "run"
