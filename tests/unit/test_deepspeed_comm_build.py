@@ -5,11 +5,9 @@ builds its engine without it, and the engine trains."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.one_process_deepspeed import run_one_process
 
 SCRIPT = """
 import sys, torch, torch.distributed as dist
@@ -44,19 +42,7 @@ print("trained")
 
 def test_a_zero_engine_on_cpu_trains_without_compiling_the_shared_memory_allreduce(tmp_path: Path) -> None:
     extensions = tmp_path / "torch_extensions"
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": str(REPO),
-            "TORCH_EXTENSIONS_DIR": str(extensions),
-            **{"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"},  # what a launcher sets; DeepSpeed asks
-        },
-        timeout=600,
-    )
+    out = run_one_process(SCRIPT, extensions)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("trained"), out.stdout[-2000:]
     assert not (extensions / "deepspeed_shm_comm").exists()

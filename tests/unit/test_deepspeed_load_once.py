@@ -5,11 +5,9 @@ process on CPU, in a subprocess)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.one_process_deepspeed import run_one_process
 
 SCRIPT = """
 import collections, json, sys, torch, torch.distributed as dist
@@ -61,19 +59,7 @@ print(json.dumps({"reads": reads, "restored": restored, "class_load_back": "load
 
 
 def test_a_deepspeed_checkpoint_is_unpickled_once_per_file_and_restores_the_same_state(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "ckpt")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": str(REPO),
-            "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions"),
-            **{"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"},  # what a launcher sets; DeepSpeed asks
-        },
-        timeout=600,
-    )
+    out = run_one_process(SCRIPT, tmp_path / "torch_extensions", str(tmp_path / "ckpt"))
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["restored"], seen
