@@ -55,16 +55,28 @@ def _mixed_state() -> dict[str, Any]:
     }
 
 
+def _record_reads_in_place(monkeypatch: pytest.MonkeyPatch, spoil: Any = None) -> list[Any]:
+    """Every result of the in-place read (after `spoil`, if given, changed it) is appended to the list returned."""
+    results: list[Any] = []
+    original = torch_records._materialise
+
+    def materialise(*args: Any) -> Any:
+        loaded = original(*args)
+        if spoil is not None:
+            spoil(loaded)
+        results.append(loaded)
+        return loaded
+
+    monkeypatch.setattr(torch_records, "_materialise", materialise)
+    return results
+
+
 def test_a_load_equals_torch_load_and_keeps_shared_storages_shared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "state.pt"
     torch.save(_mixed_state(), path)
-    read_in_place: list[Any] = []
-    original = torch_records._materialise
-    monkeypatch.setattr(
-        torch_records, "_materialise", lambda *args: read_in_place.append(original(*args)) or read_in_place[-1]
-    )
+    read_in_place = _record_reads_in_place(monkeypatch)
     loaded = torch_records.load(path)
     assert len(read_in_place) == 1 and loaded is read_in_place[0]  # read in place, not by the fallback
     _assert_same(torch.load(path, map_location="cpu", weights_only=True), loaded)
@@ -105,19 +117,11 @@ def test_offsets_torch_would_not_read_send_the_file_to_torch_load(
 ) -> None:
     path = tmp_path / "state.pt"
     torch.save(_mixed_state(), path)
-    read_in_place: list[int] = []
-    original = torch_records._materialise
-
-    def materialise_garbage(skeleton: Any, fd: int, where: Path) -> Any:
-        read_in_place.append(1)
-        loaded = original(skeleton, fd, where)
-        loaded["whole"].fill_(-1.0)  # what a wrong offset would have read
-        return loaded
-
-    monkeypatch.setattr(torch_records, "_materialise", materialise_garbage)
+    # What a wrong offset would have read, and torch's record table disagreeing with the offsets.
+    read_in_place = _record_reads_in_place(monkeypatch, spoil=lambda loaded: loaded["whole"].fill_(-1.0))
     monkeypatch.setattr(torch_records, "_placed_as_torch_places", lambda skeleton, reader: False)
     loaded = torch_records.load(path)
-    assert read_in_place == [1]
+    assert len(read_in_place) == 1 and loaded is not read_in_place[0]
     _assert_same(torch.load(path, map_location="cpu", weights_only=True), loaded)
 
 
