@@ -48,6 +48,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         group = "clusters" if uses_a_cluster(item) else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
+    shared_ray_cluster_last(items)
+
+
+def uses_the_shared_ray_cluster(item: pytest.Item) -> bool:
+    """Whether a test uses the `ray_cluster` fixture, by name or by a "ray" parameter (the
+    parametrised tests that take it with request.getfixturevalue)."""
+    if "ray_cluster" in getattr(item, "fixturenames", ()):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "ray" in callspec.params.values()
+
+
+def shared_ray_cluster_last(items: list[pytest.Item]) -> None:
+    """Reorder the cluster tests (in the places they hold, so the group starts where it did) so the
+    two-node Ray cluster is started as late as it can be: modules that never use it first, then
+    each module that does, its tests without the cluster before those with it. The cluster lives
+    from its first user to the end of the session, and idle it takes ~9% of a core (measured: 5.3 s
+    of CPU per minute), which every other cluster test ran beside. A module's tests stay together
+    (its module-scoped fixtures are built once)."""
+    positions = [index for index, item in enumerate(items) if uses_a_cluster(item)]
+    cluster_items = [items[index] for index in positions]
+    module_order = {item.nodeid.split("::")[0]: order for order, item in reversed(list(enumerate(cluster_items)))}
+    with_ray = {item.nodeid.split("::")[0] for item in cluster_items if uses_the_shared_ray_cluster(item)}
+
+    def key(item: pytest.Item) -> tuple[bool, int, bool]:
+        module = item.nodeid.split("::")[0]
+        return module in with_ray, module_order[module], uses_the_shared_ray_cluster(item)
+
+    for index, item in zip(positions, sorted(cluster_items, key=key), strict=True):
+        items[index] = item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
