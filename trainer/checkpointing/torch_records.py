@@ -29,8 +29,11 @@ def load(path: Path | str) -> Any:
         parsed = _parse(stream)
         if parsed is not None:
             skeleton, reader = parsed
-            loaded = _materialise(skeleton, stream.fileno(), Path(path))
-            if _placed_as_torch_places(skeleton, reader):
+            try:
+                loaded = _materialise(skeleton, stream.fileno(), Path(path))
+            except ValueError:  # an offset past the end: torch.load below says what is wrong with the file
+                loaded = None
+            if loaded is not None and _placed_as_torch_places(skeleton, reader):
                 return loaded
         stream.seek(0)
         return torch.load(stream, map_location="cpu", weights_only=True)
@@ -39,7 +42,8 @@ def load(path: Path | str) -> Any:
 def _parse(stream: Any) -> tuple[Any, Any] | None:
     """The file's structure with meta tensors (each storage's data offset in `_checkpoint_offset`,
     computed by torch from its zip writer's layout without reading the data) and torch's reader
-    of the file, or None where the bytes would need converting (another byte order)."""
+    of the file, or None where torch.load must read it (another byte order, torch's legacy format,
+    a storage without an offset)."""
     if sys.byteorder != "little":
         return None
     try:
