@@ -53,7 +53,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def uses_the_shared_ray_cluster(item: pytest.Item) -> bool:
     """Whether a test uses the `ray_cluster` fixture, by name or by a "ray" parameter (the
-    parametrised tests that take it with request.getfixturevalue)."""
+    parametrised tests that take it with request.getfixturevalue; a "ray" test that starts ftl's
+    own local Ray instead is moved later too, which costs nothing)."""
     if "ray_cluster" in getattr(item, "fixturenames", ()):
         return True
     callspec = getattr(item, "callspec", None)

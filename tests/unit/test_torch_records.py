@@ -132,3 +132,30 @@ def test_a_truncated_file_fails_instead_of_loading_part_of_it(tmp_path: Path) ->
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(RuntimeError):
         torch_records.load(path)
+
+
+def test_replicated_read_restores_both_files_and_reports_the_weights_thread_error(tmp_path: Path) -> None:
+    """The replicated layout reads `trainable.safetensors` in a second thread while `optimizer.pt`
+    is read here: both are restored, and an error of the weights' read is raised, not lost."""
+    from trainer.checkpointing.layouts import ReplicatedStateIO
+
+    def trainee(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model(torch.randn(3, 16)).sum().backward()
+        optimizer.step()
+        return model, optimizer
+
+    io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
+    model, optimizer = trainee(0)
+    io.write(model, optimizer, tmp_path, step=1, async_write=False)
+
+    fresh_model, fresh_optimizer = trainee(1)
+    io.read(fresh_model, fresh_optimizer, tmp_path, {})
+    _assert_same(model.state_dict(), fresh_model.state_dict())
+    _assert_same(optimizer.state_dict(), fresh_optimizer.state_dict())
+
+    other = torch.nn.Sequential(torch.nn.Linear(16, 16))  # lacks the second layer's weights
+    with pytest.raises(ValueError, match="was the method changed"):
+        io.read(other, torch.optim.AdamW(other.parameters()), tmp_path, {})
