@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer.config import VOCAB_SLICE
 from trainer.data.batches import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 # Cohere's logit_scale, Granite's logits_scaling, Falcon-H1's lm_head_multiplier): the loss must
 # see those logits, so these models keep the full-logits path.
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
-
-# Rows of the head's weight gradient made per product when it is summed in another dtype than the
-# matmul's (fp32 weights, 16-bit autocast): bounds that temporary to VOCAB_SLICE x hidden.
-VOCAB_SLICE = 8192
 
 _logged: set[str] = set()
 

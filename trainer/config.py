@@ -214,6 +214,12 @@ class MethodConfig(Section):
     def uses_adapter(self) -> bool:
         return self.type in ("lora", "dora", "qlora")
 
+    @property
+    def adapters_in_fp32(self) -> bool:
+        """adapter_dtype resolved: auto = float32, the measured choice (docs/configuration.md, Memory
+        settings: with compute, bf16 adapters and AdamW states lose small updates to rounding)."""
+        return self.adapter_dtype in ("auto", "float32")
+
     @model_validator(mode="after")
     def _adapter_settings_need_an_adapter(self) -> MethodConfig:
         if self.type == "full" and self.lora.modules_to_save:
@@ -224,6 +230,12 @@ class MethodConfig(Section):
                 "the trained weights keep model.dtype: remove method.adapter_dtype"
             )
         return self
+
+
+# Rows of the head's weight gradient made per product when the chunked loss sums it in another dtype
+# than the matmul's (fp32 weights, 16-bit autocast): bounds that temporary to VOCAB_SLICE x hidden.
+# Here, not in trainer/chunked_loss.py, so the planner counts it without importing torch.
+VOCAB_SLICE = 8192
 
 
 class LossConfig(Section):
@@ -445,6 +457,12 @@ class ParallelConfig(Section):
             raise ValueError("parallel.nvme_path is required for nvme offload (a directory on a fast local disk)")
         return self
 
+    def strategy_for(self, world_size: int) -> str:
+        """The strategy a run of this many workers uses (auto: none for one, ddp for several)."""
+        if self.strategy == "auto":
+            return "ddp" if world_size > 1 else "none"
+        return self.strategy
+
 
 class OutputConfig(Section):
     dir: str = Field(
@@ -560,6 +578,19 @@ class TrainerConfig(Section):
         names += ["test"] if data.test else []
         names += ["retain"] if self.eval.retain else []
         return names
+
+    def reference_kind(self) -> str | None:
+        """DPO's reference model for this config (trainer/preference_reference.py builds it):
+        adapters_disabled, copy, precomputed, or None (no reference needed)."""
+        if self.training.objective != "dpo":
+            return None
+        chosen = self.training.preference.reference
+        if chosen != "auto":
+            return chosen
+        if self.method.uses_adapter:
+            return "adapters_disabled"
+        # A frozen copy is not sharded: under fsdp/deepspeed the initial model scores the pairs once instead.
+        return "precomputed" if self.parallel.strategy in SHARDED else "copy"
 
 
 def _check_preference(cfg: TrainerConfig) -> None:

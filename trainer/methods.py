@@ -57,7 +57,7 @@ def apply_method(
 
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    fp32 = adapters_in_fp32(method)
+    fp32 = method.adapters_in_fp32
     if method.type == "qlora":
         if fp32:
             # Casts norms/embeddings/head to fp32 for stable training of the quantized base; our
@@ -80,12 +80,6 @@ def apply_method(
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
     return peft_model
-
-
-def adapters_in_fp32(method: MethodConfig) -> bool:
-    """method.adapter_dtype resolved: auto = float32, the measured choice (docs/configuration.md, Memory settings:
-    with compute, bf16 adapters and AdamW states lose small updates to rounding)."""
-    return method.adapter_dtype in ("auto", "float32")
 
 
 def compute_dtype(model: torch.nn.Module, method: MethodConfig) -> torch.dtype:

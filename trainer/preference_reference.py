@@ -19,23 +19,10 @@ from typing import Any
 import torch
 
 from trainer.chunked_loss import innermost
-from trainer.config import SHARDED, TrainerConfig
+from trainer.config import TrainerConfig
 from trainer.preference_loss import PreferenceObjective, Reference, sequence_logps
 
 log = logging.getLogger(__name__)
-
-
-def reference_kind(cfg: TrainerConfig) -> str | None:
-    """What the reference is for this config: adapters_disabled, copy, or None (no reference needed)."""
-    if cfg.training.objective != "dpo":
-        return None
-    chosen = cfg.training.preference.reference
-    if chosen != "auto":
-        return chosen
-    if cfg.method.uses_adapter:
-        return "adapters_disabled"
-    # A frozen copy is not sharded: under fsdp/deepspeed the initial model scores the pairs once instead.
-    return "precomputed" if cfg.parallel.strategy in SHARDED else "copy"
 
 
 def frozen_copy(base: torch.nn.Module) -> torch.nn.Module:
@@ -50,11 +37,11 @@ def build_objective(
     cfg: TrainerConfig, copied: torch.nn.Module | None, precomputed: Reference | None = None
 ) -> PreferenceObjective | None:
     """The preference objective of the config (None for sft). `copied`: the frozen_copy when
-    reference_kind is copy; `precomputed`: the cached scores when it is precomputed."""
+    cfg.reference_kind() is copy; `precomputed`: the cached scores when it is precomputed."""
     objective = cfg.training.objective
     if objective == "sft":
         return None
-    kind = reference_kind(cfg)
+    kind = cfg.reference_kind()
     reference: Reference | None = None
     if kind == "adapters_disabled":
         reference = _adapters_disabled
@@ -69,7 +56,7 @@ def build_objective(
 
 
 def _adapters_disabled(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    peft_model: Any = innermost(model)  # a peft PeftModel (reference_kind checked the method)
+    peft_model: Any = innermost(model)  # a peft PeftModel (cfg.reference_kind() checked the method)
     # Eval mode: the reference is deterministic (no dropout) and skips activation checkpointing,
     # which has nothing to save without gradients; the policy's mode is restored after.
     was_training = peft_model.training

@@ -42,7 +42,7 @@ from trainer.optim import build_scheduler
 from trainer.preference_eval import preference_eval
 from trainer.preference_loss import PreferenceObjective
 from trainer.preference_precompute import precomputed_reference
-from trainer.preference_reference import build_objective, frozen_copy, reference_kind
+from trainer.preference_reference import build_objective, frozen_copy
 from trainer.run_layout import RunLayout
 from trainer.stopping import StopFlag, StopRequested
 from trainer.strategies import build_strategy
@@ -139,7 +139,7 @@ def _build_trainee(
     )
     # DPO's frozen reference for full fine-tuning: copied before wrapping and before any resumed
     # weights are loaded, so it is the initial model on every start.
-    copied = frozen_copy(base) if reference_kind(cfg) == "copy" else None
+    copied = frozen_copy(base) if cfg.reference_kind() == "copy" else None
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
     total_steps = planned_steps(cfg, len(data.train), strategy.global_batch(), *resumed_at)
     metrics = MetricsWriter(
@@ -185,7 +185,7 @@ def _build_trainee(
             pad_id=tokenizer.pad_token_id,
             is_main=ctx.is_main,
         )
-        if reference_kind(cfg) == "precomputed"
+        if cfg.reference_kind() == "precomputed"
         else None
     )
     objective = build_objective(cfg, copied, precomputed)

@@ -1,24 +1,13 @@
-"""What ftl will hold in memory for a model, derived without weights.
+"""What ftl will hold in memory for a model: the answer's types (built by inventory_build.py).
 
-The model is built on the meta device from its config (exact parameter names and shapes, no
-memory), then transformed as the trainer does: QLoRA quantizes every linear layer except the
-output head and PEFT's prepare step upcasts the remaining 16-bit parameters to fp32; adapter
-methods run the real PEFT `get_peft_model` on the meta model (so targeted layers, DoRA
-magnitudes and adapter dtypes are PEFT's own answer, not a re-implementation). Static freezing
-(`transfer.freeze`) is the trainer's own: no adapters on frozen blocks, then the frozen
-parameters stop requiring grad, so they count as frozen weights without gradient or optimizer
-state (what FSDP2, ZeRO and DDP allocate for them)."""
+Kept free of torch: the fit check before every `ftl train` reads a cached inventory
+(inventory_cache.py) and only a cache miss imports torch, transformers and PEFT to build one."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
-
-from trainer.config import MethodConfig
-from trainer.transfer.config import FreezeConfig
 
 # bitsandbytes 4-bit: blocks of 64 weights share one absmax; double quantization stores those
 # absmax values as uint8 with one fp32 absmax per 256 blocks plus an fp32 offset. Each layer
@@ -86,148 +75,6 @@ class Inventory:
         return sum(p.numel for p in self.params if trainable is None or p.trainable == trainable)
 
 
-def hf_config(fields: dict[str, Any]) -> Any:
-    from transformers import AutoConfig
-
-    fields = dict(fields)
-    model_type = fields.pop("model_type", None)
-    if not model_type:
-        raise ValueError("config.json has no model_type")
-    for key in ("architectures", "transformers_version", "auto_map", "quantization_config", "torch_dtype", "dtype"):
-        fields.pop(key, None)
-    return AutoConfig.for_model(model_type, **fields)
-
-
-def _auto_class(config: Any) -> Any:
-    """The causal LM, or for a vision backbone (ViT, ResNet, ...) its image classifier."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-
-    if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-        return AutoModelForImageClassification
-    return AutoModelForCausalLM
-
-
-def build_inventory(
-    label: str,
-    config_fields: dict[str, Any],
-    method: MethodConfig,
-    dtype: torch.dtype,
-    adapter_dtype: torch.dtype | None = None,
-    freeze: FreezeConfig | None = None,
-) -> Inventory:
-    """adapter_dtype: for adapter methods, the dtype adapters (and QLoRA's non-quantized
-    embeddings/head/norms) are kept in; None = PEFT's default (fp32 adapters, QLoRA upcast to fp32).
-    freeze: the run's static freezing (gradual unfreezing's later stages train what it leaves)."""
-    from trainer.transfer.freezing import apply_freezing
-    from trainer.transfer.model_parts import model_parts
-    from trainer.transfer.setup import frozen_blocks_regex
-
-    config = hf_config(config_fields)
-    with torch.device("meta"):
-        model = _auto_class(config).from_config(config, dtype=dtype)
-    quantized: dict[int, int] = {}
-    if method.type == "qlora":
-        quantized = _quantize_like_bnb(model, method, upcast=adapter_dtype is None)
-    if method.uses_adapter:
-        from peft import get_peft_model
-
-        from trainer.methods import peft_lora_config
-
-        if method.type != "qlora":
-            model.requires_grad_(False)
-        exclude = frozen_blocks_regex(model, freeze.first_n_blocks) if freeze else None
-        # An image classifier: no PEFT task type, its head trained in full (as trainer/transfer/heads.py does).
-        image = _auto_class(config).__name__ == "AutoModelForImageClassification"
-        lora = peft_lora_config(
-            method,
-            task_type=None if image else "CAUSAL_LM",
-            exclude_modules=exclude,
-            new_modules=["classifier"] if image else None,
-        )
-        with torch.device("meta"):
-            model = get_peft_model(model, lora)
-        if adapter_dtype is not None:
-            for param in model.parameters():
-                if param.requires_grad:
-                    param.data = param.data.to(adapter_dtype)
-    else:
-        model.requires_grad_(True)
-    if freeze is not None and freeze.any:
-        apply_freezing(model, model_parts(model), freeze)
-    head = model.get_output_embeddings()
-    head_id = id(head.weight) if head is not None and getattr(head, "weight", None) is not None else None
-    head_name = next((name for name, p in model.named_parameters() if id(p) == head_id), None)
-    if head_name is None:  # PEFT modules_to_save wraps the head: the trained copy is the one that counts
-        head_name = next((name for name, p in model.named_parameters() if "lm_head" in name and p.requires_grad), None)
-    params = [_param_info(name, p, quantized.get(id(p))) for name, p in model.named_parameters()]
-    by_id = {id(p): info for (_, p), info in zip(model.named_parameters(), params)}
-    layers = _decoder_layers(model)
-    layer_bytes = [sum(by_id[id(p)].nbytes for p in layer.parameters()) for layer in layers]
-    root_bytes = sum(p.nbytes for p in params) - sum(layer_bytes)
-    targets = [
-        (m.in_features, m.out_features, m.r[name])
-        for m in model.modules()
-        if hasattr(m, "lora_A") and hasattr(m, "in_features")
-        for name in m.lora_A
-    ]
-    chunkable, reason = _head_chunkable(model)
-    return Inventory(
-        label,
-        _architecture(config, layers),
-        params,
-        max(layer_bytes, default=0),
-        root_bytes,
-        targets,
-        head_name,
-        chunkable,
-        reason,
-    )
-
-
-def _head_chunkable(model: torch.nn.Module) -> tuple[bool, str]:
-    """The trainer's own test of whether the chunked loss can stand in for this model's head."""
-    from trainer.chunked_loss import chunkable_head
-
-    head, reason = chunkable_head(model)
-    return head is not None, reason
-
-
-def _quantize_like_bnb(model: torch.nn.Module, method: MethodConfig, upcast: bool = True) -> dict[int, int]:
-    """Mark the linear layers transformers' bitsandbytes integration quantizes (all but the
-    output head), freeze everything, and upcast the rest like PEFT's prepare_model_for_kbit_training
-    (unless the adapters keep the compute dtype: then the rest stays in it too).
-    Returns {id(weight): compute element size}."""
-    head = model.get_output_embeddings()
-    marked = {}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module is not head:
-            marked[id(module.weight)] = _compute_dtype(method, module.weight.dtype).itemsize
-    model.requires_grad_(False)
-    for param in model.parameters():
-        if upcast and id(param) not in marked and param.dtype in (torch.float16, torch.bfloat16):
-            param.data = param.data.to(torch.float32)
-    return marked
-
-
-def _compute_dtype(method: MethodConfig, model_dtype: torch.dtype) -> torch.dtype:
-    from trainer.model_builder import DTYPES
-
-    name = method.quantization.compute_dtype
-    return model_dtype if name == "auto" else DTYPES[name]
-
-
-def _param_info(name: str, param: torch.Tensor, quant_storage_size: int | None) -> ParamInfo:
-    numel = param.numel()
-    dim0 = param.shape[0] if param.dim() else 1
-    if quant_storage_size is None:
-        return ParamInfo(name, numel, dim0, param.element_size(), numel, param.requires_grad)
-    # Params4bit packs two 4-bit values per byte into a (n, 1) tensor of the storage dtype.
-    per_element = 2 * quant_storage_size
-    stored = (numel + per_element - 1) // per_element
-    return ParamInfo(name, numel, stored, quant_storage_size, stored, False, quantized=True, scale_bytes=0)
-
-
 def with_block_scales(inventory: Inventory, double_quant: bool) -> Inventory:
     """Attach the 4-bit block-scale bytes to every quantized weight."""
     params = []
@@ -242,36 +89,3 @@ def with_block_scales(inventory: Inventory, double_quant: bool) -> Inventory:
         params.append(p)
     inventory.params = params
     return inventory
-
-
-def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(base, "_no_split_modules", None) or [])
-    return [m for m in model.modules() if type(m).__name__ in names]
-
-
-def _architecture(config: Any, layers: list[torch.nn.Module]) -> Architecture:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    norms = 2
-    if layers:
-        norms = sum(
-            1
-            for m in layers[0].modules()
-            if type(m).__name__.endswith("RMSNorm")
-            and getattr(m, "weight", None) is not None
-            and m.weight.numel() == text.hidden_size
-        )
-    return Architecture(
-        model_type=text.model_type,
-        hidden=text.hidden_size,
-        layers=text.num_hidden_layers,
-        heads=heads,
-        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-        head_dim=head_dim,
-        intermediate=text.intermediate_size,
-        vocab=getattr(text, "vocab_size", None) or config.num_labels,  # an image classifier's logits: its classes
-        experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
-        norms_per_layer=norms or 2,
-    )

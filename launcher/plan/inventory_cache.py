@@ -20,9 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from launcher.plan.inventory import Architecture, Inventory, ParamInfo, build_inventory
+from launcher.plan.inventory import Architecture, Inventory, ParamInfo
 from trainer.cache_dir import cache_root
 from trainer.config import MethodConfig
 from trainer.transfer.config import FreezeConfig
@@ -33,6 +31,7 @@ _REPO = Path(__file__).resolve().parents[2]
 # The code whose answer the cache keeps: a change in any of these is a new entry.
 _DERIVING_SOURCES = (
     "launcher/plan/inventory.py",
+    "launcher/plan/inventory_build.py",
     "trainer/methods.py",
     "trainer/chunked_loss.py",
     "trainer/transfer/freezing.py",
@@ -47,13 +46,14 @@ def cached_inventory(
     label: str,
     config_fields: dict[str, Any],
     method: MethodConfig,
-    dtype: torch.dtype,
-    adapter_dtype: torch.dtype | None = None,
+    dtype: str,
+    adapter_dtype: str | None = None,
     freeze: FreezeConfig | None = None,
     *,
     root: Path | None = None,
 ) -> Inventory:
-    """build_inventory's answer, from the cache when this exact question was answered before."""
+    """build_inventory's answer, from the cache when this exact question was answered before
+    (dtypes by name: float32, bfloat16, float16). A hit imports no torch."""
     key = _key(config_fields, method, dtype, adapter_dtype, freeze)
     entry = (root or cache_root() / "inventory") / f"{key}.json"
     inventory = _read(entry, label)
@@ -64,11 +64,25 @@ def cached_inventory(
     return inventory
 
 
+def build_inventory(
+    label: str,
+    config_fields: dict[str, Any],
+    method: MethodConfig,
+    dtype: str,
+    adapter_dtype: str | None,
+    freeze: FreezeConfig | None,
+) -> Inventory:
+    """A cache miss: torch, transformers and PEFT are imported only now (seconds of CPU)."""
+    from launcher.plan.inventory_build import build_inventory as build
+
+    return build(label, config_fields, method, dtype, adapter_dtype, freeze)
+
+
 def _key(
     config_fields: dict[str, Any],
     method: MethodConfig,
-    dtype: torch.dtype,
-    adapter: torch.dtype | None,
+    dtype: str,
+    adapter: str | None,
     freeze: FreezeConfig | None,
 ) -> str:
     digest = hashlib.sha256()
@@ -76,8 +90,9 @@ def _key(
         "format": FORMAT_VERSION,
         "config": config_fields,
         "method": method.model_dump(mode="json"),
-        "dtype": str(dtype),
-        "adapter_dtype": str(adapter),
+        # Spelled as str(torch.<dtype>) was when these were torch dtypes: earlier entries still match.
+        "dtype": f"torch.{dtype}",
+        "adapter_dtype": f"torch.{adapter}" if adapter is not None else "None",
         "freeze": freeze.model_dump(mode="json") if freeze is not None and freeze.any else None,
         "libraries": {name: _version(name) for name in _LIBRARIES},
     }

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from launcher.plan.activations import Activations, activation_memory  # noqa: F401 (Activations: MemoryPlan field type)
 from launcher.plan.inventory import Inventory, ParamInfo
 from launcher.plan.setup import Setup
+from trainer.config import VOCAB_SLICE
 
 GIB = 1024**3
 # DeepSpeed defaults for its communication buckets (elements).
@@ -139,8 +140,6 @@ def head_gradient_in_forward(inv: Inventory, s: Setup) -> tuple[int, int]:
     dtype (trainer/chunked_loss.py); only fp32 weights under 16-bit compute add a temporary, the
     product of VOCAB_SLICE vocabulary rows. The weight is the gathered (unsharded) one under
     FSDP2/ZeRO-3, so the gradient is full-size."""
-    from trainer.chunked_loss import VOCAB_SLICE
-
     if not s.loss_chunked or not inv.head_param:
         return 0, 0
     head = next((p for p in inv.params if p.name == inv.head_param), None)

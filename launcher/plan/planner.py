@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
 from launcher.plan.catalogue import model_config_fields
 from launcher.plan.hardware import Accelerator
 from launcher.plan.inventory import Inventory, with_block_scales
@@ -17,9 +15,10 @@ from launcher.plan.suggest import Suggestion, evaluator, lean_changes, leanest, 
 from launcher.plan.throughput import DEFAULT_MFU, Throughput, count_tokens, estimate
 from launcher.run_config import RunConfig
 from trainer.config import MethodConfig
-from trainer.preference_reference import reference_kind
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Bytes per element of the model dtypes, by name: the fit check before every `ftl train` plans from
+# a cached inventory without importing torch (a second of CPU per launch).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass
@@ -45,8 +44,6 @@ class Plan:
 
 
 def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
-    from trainer.strategies import resolve_strategy_name
-
     acc = target.accelerator
     gpu_bf16 = acc.is_gpu and acc.bf16
     model_dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if gpu_bf16 else "float32")
@@ -65,7 +62,7 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         attention = "sdpa"  # flash-attn keeps the same tensors alive as SDPA's memory-efficient kernels
     return Setup(
         method=cfg.method.type,
-        strategy=resolve_strategy_name(cfg, target.workers),
+        strategy=cfg.parallel.strategy_for(target.workers),
         zero_stage=cfg.parallel.zero_stage,
         offload_optimizer=cfg.parallel.offload_optimizer,
         offload_params=cfg.parallel.offload_params,
@@ -78,7 +75,7 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         packing=cfg.data.packing,
         checkpointing=cfg.model.gradient_checkpointing,
         attention=attention,
-        param_bytes=DTYPES[model_dtype].itemsize,
+        param_bytes=DTYPE_BYTES[model_dtype],
         precision=precision,
         lora_dropout=cfg.method.lora.dropout,
         accelerator=acc,
@@ -92,33 +89,31 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         compile=cfg.model.compile,
         liger=cfg.model.liger_kernels,
         preference=preference,
-        reference_copy=reference_kind(cfg) == "copy",
+        reference_copy=cfg.reference_kind() == "copy",
     )
 
 
 def resolve_adapter_dtype(method: MethodConfig) -> str:
     """method.adapter_dtype as the trainer resolves it (trainer/methods.py): float32 | compute."""
-    from trainer.methods import adapters_in_fp32
-
-    return "float32" if adapters_in_fp32(method) else "compute"
+    return "float32" if method.adapters_in_fp32 else "compute"
 
 
-def compute_dtype(cfg: RunConfig, setup: Setup, method: MethodConfig) -> torch.dtype:
-    model_dtype = {2: torch.bfloat16, 4: torch.float32}[setup.param_bytes]
-    if cfg.model.dtype == "float16":
-        model_dtype = torch.float16
+def compute_dtype(cfg: RunConfig, setup: Setup, method: MethodConfig) -> str:
     if method.type == "qlora" and method.quantization.compute_dtype != "auto":
-        return DTYPES[method.quantization.compute_dtype]
-    return model_dtype
+        return method.quantization.compute_dtype
+    return weights_dtype(cfg, setup)
+
+
+def weights_dtype(cfg: RunConfig, setup: Setup) -> str:
+    """The name of the dtype the trainer loads the weights in."""
+    return "float16" if cfg.model.dtype == "float16" else {2: "bfloat16", 4: "float32"}[setup.param_bytes]
 
 
 def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = None) -> Inventory:
     """What the trainer holds for this method; the adapter dtype is the setup's (a suggestion may change it)."""
     method_cfg = method or cfg.method
     label, fields = model_config_fields(cfg.model.path)
-    dtype = {2: torch.bfloat16, 4: torch.float32}[setup.param_bytes]
-    if cfg.model.dtype == "float16":
-        dtype = torch.float16
+    dtype = weights_dtype(cfg, setup)
     adapter = (
         compute_dtype(cfg, setup, method_cfg) if setup.adapter_dtype == "compute" and method_cfg.uses_adapter else None
     )

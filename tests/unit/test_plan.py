@@ -11,7 +11,7 @@ from launcher.config_loader import load_config
 from launcher.errors import UserError
 from launcher.plan.catalogue import model_config_fields
 from launcher.plan.hardware import accelerator, parse_size
-from launcher.plan.inventory import build_inventory
+from launcher.plan.inventory_build import build_inventory
 from launcher.plan.planner import Target, plan_run
 from launcher.plan.published import model_states, plan_bare
 from tests.conftest import BUNDLED_MODEL, FTL, REPO, write_config
@@ -27,17 +27,13 @@ from trainer.config import MethodConfig
     ],
 )
 def test_catalogue_builds_published_parameter_counts(name: str, params: int) -> None:
-    import torch
-
     label, fields = model_config_fields(name)
-    assert build_inventory(label, fields, MethodConfig(type="full"), torch.bfloat16).total() == params
+    assert build_inventory(label, fields, MethodConfig(type="full"), "bfloat16").total() == params
 
 
 def test_lora_inventory_is_peft_on_the_meta_model() -> None:
-    import torch
-
     label, fields = model_config_fields("llama-3.1-8b")
-    inventory = build_inventory(label, fields, MethodConfig(type="lora"), torch.bfloat16)
+    inventory = build_inventory(label, fields, MethodConfig(type="lora"), "bfloat16")
     # r=16 on q,k,v,o,gate,up,down of 32 layers: the figure PEFT prints for Llama 3 8B.
     assert inventory.total(trainable=True) == 41_943_040
     assert {p.element_size for p in inventory.params if p.trainable} == {4}  # PEFT keeps adapters in fp32

@@ -237,10 +237,8 @@ def test_valid_preference_configs() -> None:
     ],
 )
 def test_auto_reference_per_method_and_strategy(method: str, strategy: str, kind: str) -> None:
-    from trainer.preference_reference import reference_kind
-
     cfg = TrainerConfig.model_validate(_config(method={"type": method}, parallel={"strategy": strategy}))
-    assert reference_kind(cfg) == kind
+    assert cfg.reference_kind() == kind
 
 
 def test_precomputed_reference_cache_round_trips_and_refuses_a_stale_or_damaged_one(tmp_path: Path) -> None:

@@ -14,15 +14,8 @@ from trainer.strategies.base import Strategy
 from trainer.strategies.registry import strategy_class
 
 
-def resolve_strategy_name(cfg: TrainerConfig, world_size: int) -> str:
-    name = cfg.parallel.strategy
-    if name == "auto":
-        return "ddp" if world_size > 1 else "none"
-    return name
-
-
 def build_strategy(cfg: TrainerConfig, world_size: int, rank: int, device: str) -> Strategy:
-    name = resolve_strategy_name(cfg, world_size)
+    name = cfg.parallel.strategy_for(world_size)
     problem = in_backward_problem(cfg.training, name) if cfg.training.optimizer_in_backward else None
     if problem:  # parallel.strategy=auto resolved on this worker count (the config check saw `auto`)
         raise TrainerInputError(problem)
