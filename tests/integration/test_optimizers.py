@@ -1,7 +1,7 @@
 """training.optimizer and optimizer_in_backward on real runs: each optimizer trains, a run stopped
 at a checkpoint and resumed gives the uninterrupted run's losses exactly, the in-backward step
-equals the ordinary step, and on the default backend (Ray, 2 workers, FSDP2) an in-backward run
-restarted after a worker died finishes with the uninterrupted losses."""
+equals the ordinary step, and an in-backward run on 2 FSDP2 workers restarted after a worker died
+finishes with the uninterrupted losses."""
 
 from __future__ import annotations
 
@@ -114,10 +114,12 @@ def test_resume_with_another_optimizer_is_refused(tmp_path: Path, tiny_model_dir
         assert expected in again.stderr, again.stderr[-2000:]
 
 
-def test_in_backward_fsdp_on_ray_restarts_and_matches(tmp_path: Path, tiny_model_dir: Path, ray_cluster: Any) -> None:
+def test_in_backward_fsdp_restarts_after_a_killed_worker_and_matches(tmp_path: Path, tiny_model_dir: Path) -> None:
     """2 workers, FSDP2, the step in backward (each rank steps its shard after the reduce-scatter):
-    the losses equal the ordinary FSDP2 step's, and a worker killed mid-step 3 is restarted by Ray
-    from the step-2 checkpoint (DCP, per-parameter optimizer states) with the same losses."""
+    the losses equal the ordinary FSDP2 step's, and a worker killed mid-step 3 is restarted (by
+    torchrun's max_restarts: an automatic restart of the whole group without a Ray cluster; Ray's
+    own restarts are tested in test_backends.py and test_trajectories.py) from the step-2
+    checkpoint (DCP, per-parameter optimizer states) with the same losses."""
     fsdp = {"parallel": {"strategy": "fsdp"}}
     plain = _config(
         tmp_path,
@@ -132,10 +134,10 @@ def test_in_backward_fsdp_on_ray_restarts_and_matches(tmp_path: Path, tiny_model
     golden = train_losses(tmp_path / "plain")
     config = _config(
         tmp_path,
-        "ray",
+        "restarted",
         tiny_model_dir,
         {"max_steps": 4, "micro_batch_size": 2, "optimizer_in_backward": True},
-        cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address, "max_failures": 1}},
+        cluster={"backend": "torchrun", "workers": 2, "torchrun": {"max_restarts": 1}},
         **fsdp,
     )
     kill = {
@@ -148,10 +150,10 @@ def test_in_backward_fsdp_on_ray_restarts_and_matches(tmp_path: Path, tiny_model
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "kill.marker").exists()  # rank 1 really died inside step 3
-    log = (tmp_path / "ray" / "logs" / "rank-0.log").read_text()
+    log = (tmp_path / "restarted" / "logs" / "rank-0.log").read_text()
     assert "resumed from" in log and "step-2" in log, log[-2000:]
-    assert_same_losses(tmp_path / "ray", golden, rel=1e-6)
-    assert all(r["grad_norm"] is None for r in read_metrics(tmp_path / "ray", "train"))  # the step ran in backward
+    assert_same_losses(tmp_path / "restarted", golden, rel=1e-6)
+    assert all(r["grad_norm"] is None for r in read_metrics(tmp_path / "restarted", "train"))  # the step ran in backward
 
 
 def _trainable(model_dir: Path) -> list[str]:
