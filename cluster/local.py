@@ -70,6 +70,8 @@ def worker_preload(cfg: TrainerConfig) -> list[str]:
     if cfg.method.type != "full" and needs_bitsandbytes(cfg):
         modules.append("peft")
     if cfg.parallel.strategy == "deepspeed":
+        if not cfg.tracking.mlflow.enabled:
+            modules.append("cluster.forkserver_hides_mlflow")  # deepspeed would import MLflow for nothing
         modules.append("deepspeed")
     return modules
 

@@ -13,6 +13,12 @@ are imported by others without being used:
   path it takes where bitsandbytes is not installed. Only for dedicated worker processes
   (cluster/worker.py, a Ray worker, the forkserver of local workers): a process that may train
   another config later (the launcher running a worker in-process, a test session) keeps it.
+- mlflow: DeepSpeed's autotuner (which ftl never runs) imports it when deepspeed is imported:
+  1.5 of deepspeed's 2.1 s of import CPU (MLflow, pandas, its web and GenAI modules). Hidden like
+  bitsandbytes in a run's dedicated processes unless the run logs to MLflow (tracking.mlflow);
+  the forkserver of a local DeepSpeed run hides it before importing deepspeed
+  (cluster/forkserver_hides_mlflow.py), and a worker forked from it whose run does log to MLflow
+  makes it importable again (the forkserver of an in-process launcher outlives one run).
 - deepspeed: transformers' save_pretrained unwraps the model through accelerate, which imports
   deepspeed (2.5 s of CPU, mlflow and its web framework included) only to ask whether the model
   is a DeepSpeedEngine. It can only be one where deepspeed was imported already, so
@@ -47,13 +53,29 @@ def needs_bitsandbytes(cfg: Any) -> bool:
 def hide_bitsandbytes() -> None:
     """From now on this process behaves as if bitsandbytes were not installed (no-op where it
     was imported already)."""
-    sys.modules.setdefault("bitsandbytes", None)  # type: ignore[arg-type]
+    hide("bitsandbytes")
+
+
+def hide(name: str) -> None:
+    """From now on `import name` raises ImportError in this process and find_spec answers None,
+    as if the package were not installed (no-op where it was imported already)."""
+    sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
+def unhide(name: str) -> None:
+    """Undo hide(name) (nothing where the package was imported or never hidden)."""
+    if name in sys.modules and sys.modules[name] is None:
+        del sys.modules[name]
 
 
 def skip_unused_imports(cfg: Any) -> None:
     """In a dedicated worker process, before the model is built: hide what this run never uses."""
     if not needs_bitsandbytes(cfg):
         hide_bitsandbytes()
+    if cfg.tracking.mlflow.enabled:
+        unhide("mlflow")
+    else:
+        hide("mlflow")
 
 
 @contextlib.contextmanager

@@ -90,3 +90,45 @@ def test_the_probe_is_only_skipped_while_deepspeed_is_not_imported() -> None:
         skipped = accelerate_other.is_deepspeed_available is not original
     assert accelerate_other.is_deepspeed_available is original  # restored
     assert skipped == ("deepspeed" not in sys.modules)
+
+
+def test_deepspeed_in_a_worker_without_mlflow_tracking_imports_no_mlflow(tmp_path: Path) -> None:
+    """DeepSpeed's autotuner imports MLflow (1.5 s of CPU) when deepspeed is imported; a worker of a
+    run that does not log to MLflow hides it first. A worker forked from a forkserver that hid it
+    (cluster/forkserver_hides_mlflow.py) makes it importable again when its run logs to MLflow."""
+    plain = write_config(tmp_path / "plain.yaml", BUNDLED_MODEL, tmp_path / "run", parallel={"strategy": "deepspeed"})
+    tracked = write_config(
+        tmp_path / "tracked.yaml",
+        BUNDLED_MODEL,
+        tmp_path / "run2",
+        parallel={"strategy": "deepspeed"},
+        tracking={"mlflow": {"enabled": True}},
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from launcher.config_loader import load_config
+        from trainer.lean_imports import skip_unused_imports
+        skip_unused_imports(load_config({str(plain)!r}))
+        import deepspeed
+        print("after deepspeed, mlflow imported:", sys.modules.get("mlflow") is not None)
+        import cluster.forkserver_hides_mlflow  # what the forkserver did before forking
+        skip_unused_imports(load_config({str(tracked)!r}))
+        import mlflow
+        print("a tracked run imports mlflow:", mlflow.__name__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "after deepspeed, mlflow imported: False" in result.stdout
+    assert "a tracked run imports mlflow: mlflow" in result.stdout
+
+
+def test_the_forkserver_of_a_deepspeed_run_hides_mlflow_before_deepspeed(tmp_path: Path) -> None:
+    from cluster.local import worker_preload
+
+    zero = worker_preload(_cfg(tmp_path, parallel={"strategy": "deepspeed"}))
+    assert zero.index("cluster.forkserver_hides_mlflow") == zero.index("deepspeed") - 1
+    tracked = worker_preload(_cfg(tmp_path, parallel={"strategy": "deepspeed"}, tracking={"mlflow": {"enabled": True}}))
+    assert "cluster.forkserver_hides_mlflow" not in tracked and "deepspeed" in tracked
+    assert "cluster.forkserver_hides_mlflow" not in worker_preload(_cfg(tmp_path))
