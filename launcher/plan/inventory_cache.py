@@ -59,23 +59,12 @@ def cached_inventory(
     inventory = _read(entry, label)
     if inventory is not None:
         return inventory
-    inventory = build_inventory(label, config_fields, method, dtype, adapter_dtype, freeze)
+    # A miss: torch, transformers and PEFT are imported only now (seconds of CPU).
+    from launcher.plan import inventory_build
+
+    inventory = inventory_build.build_inventory(label, config_fields, method, dtype, adapter_dtype, freeze)
     _write(entry, inventory)
     return inventory
-
-
-def build_inventory(
-    label: str,
-    config_fields: dict[str, Any],
-    method: MethodConfig,
-    dtype: str,
-    adapter_dtype: str | None,
-    freeze: FreezeConfig | None,
-) -> Inventory:
-    """A cache miss: torch, transformers and PEFT are imported only now (seconds of CPU)."""
-    from launcher.plan.inventory_build import build_inventory as build
-
-    return build(label, config_fields, method, dtype, adapter_dtype, freeze)
 
 
 def _key(

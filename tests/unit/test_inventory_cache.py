@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.plan import inventory_cache
+from launcher.plan import inventory_build
 from launcher.plan.catalogue import model_config_fields
 from launcher.plan.inventory_build import build_inventory
 from launcher.plan.inventory_cache import cached_inventory
@@ -26,7 +26,7 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(f"{method.type}/{dtype}")
         return build_inventory(label, fields, method, dtype, adapter_dtype, freeze)
 
-    monkeypatch.setattr(inventory_cache, "build_inventory", counting)
+    monkeypatch.setattr(inventory_build, "build_inventory", counting)
     return seen
 
 
