@@ -81,17 +81,33 @@ def test_truncated_and_foreign_files_are_errors_not_garbage(tmp_path: Path) -> N
         read_safetensors_into(path, {"w": torch.zeros(64)}, "ckpt")
 
 
-def test_read_ahead_requests_the_files_in_order_within_its_budget(tmp_path: Path) -> None:
+def test_read_ahead_reads_the_files_in_order_within_its_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = []
     for index, size in enumerate((3 << 20, 5 << 20)):
         files.append(tmp_path / f"f{index}")
-        files[-1].write_bytes(b"x" * size)
-    # wait, not stop: leaving the `with` at once may stop the thread before its first hint.
+        files[-1].write_bytes(bytes([index + 1]) * size)
+    reads: list[tuple[str, int, int, int]] = []  # file, offset, bytes, first byte read
+    real_preadv = os.preadv
+
+    def recording_preadv(fd: int, buffers: list, offset: int) -> int:
+        got = real_preadv(fd, buffers, offset)
+        reads.append((os.readlink(f"/proc/self/fd/{fd}"), offset, got, buffers[0][0]))
+        return got
+
+    monkeypatch.setattr(os, "preadv", recording_preadv)
+    # wait, not stop: leaving the `with` at once may stop the thread before its first read.
     ahead = ReadAhead(files + [tmp_path / "absent"])
     ahead.wait()
-    assert ahead.requested in (0, 8 << 20)  # all of it (0 only where posix_fadvise does not exist)
-    if hasattr(os, "posix_fadvise"):
-        assert ahead.requested == 8 << 20
-        bounded = ReadAhead(files, budget=4 << 20)
-        bounded.wait()
-        assert bounded.requested == 4 << 20
+    assert ahead.requested == 8 << 20
+    assert [(Path(name).name, offset, got, first) for name, offset, got, first in reads] == [
+        ("f0", 0, 3 << 20, 1),
+        ("f1", 0, 5 << 20, 2),
+    ]
+    reads.clear()
+    bounded = ReadAhead(files, budget=4 << 20)
+    bounded.wait()
+    assert bounded.requested == 4 << 20
+    assert [(Path(name).name, offset, got) for name, offset, got, _ in reads] == [
+        ("f0", 0, 3 << 20),
+        ("f1", 0, 1 << 20),
+    ]
