@@ -10,7 +10,7 @@ locally, under URI/checkpoints/step-N with its manifest, and the rest of the run
 final model) is mirrored when the driver ends.
 
 An upload to an object store is not atomic either: a crash mid-upload can leave a remote
-step-N with some files missing. The manifest (sizes + sha256 of every file) decides: `pull`
+step-N with some files missing. The manifest (sizes + checksums of every file) decides: `pull`
 downloads the newest remote checkpoint, validates it like a local one and falls back to the
 previous one when it does not validate. So a driver started anywhere (a new machine, an empty
 working copy) with the same output.dir resumes from the newest intact checkpoint in the bucket.

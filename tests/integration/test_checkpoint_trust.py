@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tests.conftest import FTL, REPO, write_config
-from trainer.checkpointing.protocol import sha256_file
+from trainer.checkpointing.digests import ALGORITHM, file_digest
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def trained(
 
 def _poisoned_copy(trained: tuple[str, Path], tmp_path: Path, *, fix_manifest: bool) -> tuple[Path, Path, Path]:
     """(run copy, its step-1 checkpoint, marker): one pickle file of the checkpoint replaced by the
-    payload; with `fix_manifest` its manifest entry is rewritten to match (size and sha256)."""
+    payload; with `fix_manifest` its manifest entry is rewritten to match (size and checksum)."""
     layout, run = trained
     copy = Path(shutil.copytree(run, tmp_path / "run"))
     checkpoint = copy / "checkpoints" / "step-1"
@@ -86,7 +86,7 @@ def _poisoned_copy(trained: tuple[str, Path], tmp_path: Path, *, fix_manifest: b
         manifest = json.loads((checkpoint / "manifest.json").read_text())
         manifest["files"][name] = {
             "bytes": (checkpoint / name).stat().st_size,
-            "sha256": sha256_file(checkpoint / name),
+            ALGORITHM: file_digest(checkpoint / name),
         }
         (checkpoint / "manifest.json").write_text(json.dumps(manifest))
     return copy, checkpoint, marker
@@ -165,7 +165,7 @@ def test_early_stopping_restores_the_best_checkpoint_only_if_it_matches_its_mani
     checkpoint = tmp_path / "checkpoints" / "step-1"
     checkpoint.mkdir(parents=True)
     save_file({"weight": torch.ones(2, 2), "bias": torch.ones(2)}, str(checkpoint / TRAINABLE_FILE))
-    write_manifest(checkpoint, {"layout": "replicated"}, {TRAINABLE_FILE: sha256_file(checkpoint / TRAINABLE_FILE)})
+    write_manifest(checkpoint, {"layout": "replicated"}, {TRAINABLE_FILE: file_digest(checkpoint / TRAINABLE_FILE)})
     data = (checkpoint / TRAINABLE_FILE).read_bytes()
     (checkpoint / TRAINABLE_FILE).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a flipped bit in the bias
     controller = TransferController.__new__(TransferController)  # only the early-stopping state matters here

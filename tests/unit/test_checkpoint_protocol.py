@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import threading
 import zipfile
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from trainer.checkpointing import layouts
+from trainer.checkpointing.digests import file_digest
 from trainer.checkpointing.hashed_io import without_zip_crc
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
@@ -71,11 +73,33 @@ def test_roundtrip_restores_weights_optimizer_scheduler_and_counters(tmp_path: P
 def test_manifest_describes_the_checkpoint(tmp_path: Path) -> None:
     _, path = _save(tmp_path, 2)
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == 2 and manifest["step"] == 2 and manifest["layout"] == "replicated"
+    assert manifest["format"] == 3 and manifest["step"] == 2 and manifest["layout"] == "replicated"
     assert manifest["world_size"] == 1 and manifest["config_hash"] == "h"
     assert set(manifest["files"]) == {"trainable.safetensors", "optimizer.pt", "trainer_state.json", "rng-rank0.pt"}
-    assert all(len(meta["sha256"]) == 64 and meta["bytes"] > 0 for meta in manifest["files"].values())
+    for name, meta in manifest["files"].items():  # the checksums hashed while writing are the files' own
+        assert meta == {"bytes": (path / name).stat().st_size, "xxh3_128": file_digest(path / name)}
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-2"
+
+
+def test_a_checkpoint_of_an_earlier_format_verifies_by_its_sha256(tmp_path: Path) -> None:
+    """Formats 1 and 2 recorded sha256 per file: still verified (a corrupted file is refused),
+    and a manifest entry with no known checksum is refused by name."""
+    _, path = _save(tmp_path, 1)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format"] = 2
+    manifest["files"] = {
+        name: {"bytes": meta["bytes"], "sha256": hashlib.sha256((path / name).read_bytes()).hexdigest()}
+        for name, meta in manifest["files"].items()
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert validate_checkpoint(path) is None
+    data = bytearray((path / "optimizer.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (path / "optimizer.pt").write_bytes(bytes(data))
+    assert validate_checkpoint(path) == "optimizer.pt checksum mismatch (corrupted)"
+    del manifest["files"]["optimizer.pt"]["sha256"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert validate_checkpoint(path) == "manifest records no checksum for optimizer.pt"
 
 
 def test_async_save_commits_only_after_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

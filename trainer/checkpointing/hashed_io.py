@@ -1,8 +1,9 @@
-"""Writing checkpoint files whose sha256 is computed from the very bytes written: no second pass
-over the data to hash it, and the manifest's checksum is that of what went to disk.
+"""Writing checkpoint files whose checksum (trainer/checkpointing/digests.py) is computed from the
+very bytes written: no second pass over the data to hash it, and the manifest's checksum is that of
+what went to disk.
 
-Large writes are hashed in a helper thread while the same memory is written to the file (hashlib
-and os.write both release the GIL), so hashing costs no wall time where the disk is the limit.
+Large writes are hashed in a helper thread while the same memory is written to the file (os.write
+releases the GIL), so hashing costs no wall time where the disk is the limit.
 Small writes (zip headers, pickles) are buffered so they cost few system calls.
 
 Write-behind: every `_WRITE_BEHIND` bytes the writer asks the kernel to start writing back what it
@@ -12,13 +13,12 @@ has little left to flush; it also keeps a checkpoint from filling the page cache
 development machine: a 192 MiB file written and fsynced at 1192 MiB/s instead of 783 (medians of 7).
 
 torch.save's zip records carry a CRC-32 that torch computes over every byte (~4 GB/s of CPU) and
-torch.load never checks; the manifest's sha256 of the file is the integrity check ftl uses, so
+torch.load never checks; the manifest's checksum of the file is the integrity check ftl uses, so
 checkpoint files are written without it (`without_zip_crc`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -30,19 +30,21 @@ from typing import Any
 
 import torch
 
+from trainer.checkpointing.digests import new_digest
+
 _BUFFER = 1 << 20  # writes below this are gathered into one system call
 _WRITE_BEHIND = 32 << 20  # start the writeback of what was written every this many bytes
 _HASHERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftl-checkpoint-hash")
 
 
 class HashingFile:
-    """A file open for writing that knows the sha256 of everything written to it. A disk error
+    """A file open for writing that knows the checksum of everything written to it. A disk error
     (ENOSPC) raises a plain OSError here, and is kept in `error` for callers whose library wraps it."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._digest = hashlib.sha256()
+        self._digest = new_digest()
         self._pending = bytearray()
         self._position = 0
         self._written = 0  # bytes handed to the kernel
@@ -84,7 +86,7 @@ class HashingFile:
         self._flush_pending()
         os.fsync(self._fd)
 
-    def sha256(self) -> str:
+    def hexdigest(self) -> str:
         return self._digest.hexdigest()
 
     def close(self) -> None:
@@ -130,7 +132,7 @@ class HashingFile:
 
 
 class FileHashes:
-    """The sha256 of each file a rank wrote into a checkpoint, by path relative to the checkpoint
+    """The checksum of each file a rank wrote into a checkpoint, by path relative to the checkpoint
     directory. Thread-safe: several writer threads report into it."""
 
     def __init__(self) -> None:
@@ -165,7 +167,7 @@ class FileHashes:
             handle.flush()
         finally:
             handle.close()
-        self.record(handle.path, handle.sha256())
+        self.record(handle.path, handle.hexdigest())
 
 
 def write_bytes(path: Path, data: Any, hashes: FileHashes, *, fsync: bool = True) -> None:

@@ -10,7 +10,7 @@ Save (collective: every rank calls it at the same step):
      optimizer step waits only until the writer thread has copied the state it saves);
   4. commit, once the write finished: every rank fsyncs the files it wrote itself (its RNG file,
      rank 0's loop state, what the StateIO says it wrote) and tells rank 0 their names and
-     sha256 (the StateIO's were computed while writing; the small files are hashed here; for an
+     checksums (the StateIO's were computed while writing; the small files are hashed here; for an
      asynchronous save a background thread does this rank's part); only
      when every rank has (the gather is the barrier) does rank 0 list the directory, so no rank
      ever lists, opens or hashes a file another rank is still writing. Listed files nobody hashed
@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from trainer.checkpointing.digests import file_digest
 from trainer.checkpointing.fast_read import ReadAhead
 from trainer.checkpointing.layouts import FinishedWrite, PendingWrite, StateIO, ThreadWrite
 from trainer.checkpointing.protocol import (
@@ -44,7 +45,6 @@ from trainer.checkpointing.protocol import (
     list_files,
     move_aside_unfinished,
     read_manifest,
-    sha256_file,
     write_latest_hint,
     write_manifest,
 )
@@ -77,7 +77,7 @@ class _InFlight:
 
 class _DurableWrite:
     """An asynchronous save's write followed, in a background thread, by this rank's part of the
-    commit (fsync and sha256 of the files it wrote): the commit on the training thread then only
+    commit (fsync and checksum of the files it wrote): the commit on the training thread then only
     exchanges the results, and rank 0 writes the manifest and renames."""
 
     def __init__(
@@ -265,7 +265,7 @@ class CheckpointManager:
             raise self._write_failed(tmp, OSError(f"rank 0: {problem}"), nobody_writes=True)
         unhashed = [name for name in names if name not in hashes]  # the same list on every rank
         if unhashed:  # files no rank claimed: hashing them on one rank would serialise the save, so split it
-            mine = {name: sha256_file(tmp / name) for name in unhashed[self.rank :: self.world_size]}
+            mine = {name: file_digest(tmp / name) for name in unhashed[self.rank :: self.world_size]}
             hashes.update({k: v for part in all_gather_object(mine) for k, v in part.items()})
         if self.rank == 0:
             fault_point("before_manifest", step, self.rank)
@@ -293,7 +293,7 @@ class CheckpointManager:
     def _own_files_durable(
         self, write: PendingWrite | None, tmp: Path
     ) -> tuple[list[str], dict[str, str], OSError | None]:
-        """Once this rank's write finished: the files it wrote, fsynced, with their sha256, or the
+        """Once this rank's write finished: the files it wrote, fsynced, with their checksums, or the
         disk error that stopped it (to be shared with the other ranks, not raised alone)."""
         own: list[str] = []
         own_hashes: dict[str, str] = {}
@@ -306,7 +306,7 @@ class CheckpointManager:
             for name in own:
                 fsync_file(tmp / name)
                 # The StateIO's files were hashed as they were written; the small ones are hashed here.
-                own_hashes[name] = known[name] if name in known else sha256_file(tmp / name)
+                own_hashes[name] = known[name] if name in known else file_digest(tmp / name)
         except OSError as exc:
             return own, own_hashes, exc
         return own, own_hashes, None

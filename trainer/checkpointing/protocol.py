@@ -2,7 +2,7 @@
 
 A checkpoint is written into `checkpoints/.tmp-step-N/`, every rank fsyncs the files it wrote
 itself (never another rank's: they may not be finished), then, once every rank has, one rank
-lists the directory and writes `manifest.json` (every file with its size and sha256, plus what
+lists the directory and writes `manifest.json` (every file with its size and checksum, plus what
 the checkpoint is), fsyncs it, renames the directory to `checkpoints/step-N/` (atomic on POSIX
 filesystems) and fsyncs the parent. Files inside `.tmp-step-N/` are written under their final
 names (the directory rename is what makes them visible), so no temporary name is ever listed.
@@ -12,7 +12,6 @@ Discovery trusts only `step-N` directories whose manifest matches their files;
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,14 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.checkpointing.digests import ALGORITHM, file_digest, recorded_digest
 from trainer.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST_HINT = "latest"
-FORMAT_VERSION = 2
-KNOWN_FORMATS = (1, 2)
+# 3: each file's checksum is xxh3_128 (trainer/checkpointing/digests.py); 1 and 2 recorded sha256.
+FORMAT_VERSION = 3
+KNOWN_FORMATS = (1, 2, 3)
 TMP_PREFIX = ".tmp-"
 PURGE_PREFIX = ".purge-"
 INVALID_PREFIX = "invalid-"
@@ -102,8 +103,13 @@ def validate_checkpoint(path: Path, *, checksums: bool = True) -> str | None:
         size = file.stat().st_size
         if size != meta["bytes"]:
             return f"{name} has {size} bytes, manifest says {meta['bytes']}"
-        if checksums and sha256_file(file) != meta["sha256"]:
-            return f"{name} checksum mismatch (corrupted)"
+        if checksums:
+            recorded = recorded_digest(meta)
+            if recorded is None:
+                return f"manifest records no checksum for {name}"
+            algorithm, digest = recorded
+            if file_digest(file, algorithm) != digest:
+                return f"{name} checksum mismatch (corrupted)"
     return None
 
 
@@ -128,7 +134,7 @@ def list_files(directory: Path) -> list[str]:
 
 
 def write_manifest(tmp: Path, meta: dict[str, Any], hashes: dict[str, str]) -> None:
-    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": digest} for name, digest in sorted(hashes.items())}
+    files = {name: {"bytes": (tmp / name).stat().st_size, ALGORITHM: digest} for name, digest in sorted(hashes.items())}
     manifest = {"format": FORMAT_VERSION, **meta, "created": time.time(), "files": files}
     write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
 
@@ -160,14 +166,6 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_file(path: Path) -> None:

@@ -5,7 +5,7 @@ plain pickle and its non-tensor values are torch.save'd objects; DeepSpeed reads
 torch.load(weights_only=False). An unrestricted unpickler runs whatever a file asks it to, so
 a checkpoint of these layouts would be code. Two guards:
 
-- integrity: `verify_before_load` checks the manifest (every file's size and sha256) before
+- integrity: `verify_before_load` checks the manifest (every file's size and checksum) before
   anything is read, so a half-written or altered checkpoint is refused. The manifest says the
   files are those that were committed, not who committed them (anyone who can write the files
   can write a matching manifest).
@@ -40,7 +40,7 @@ TRUST_NOTE = (
 
 
 def verify_before_load(path: Path) -> None:
-    """Refuse a checkpoint whose files do not match its manifest (size and sha256 of each file).
+    """Refuse a checkpoint whose files do not match its manifest (size and checksum of each file).
     Collective when a process group is up: rank 0 hashes, every rank gets its verdict."""
     import torch.distributed as dist
 

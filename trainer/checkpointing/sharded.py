@@ -8,7 +8,7 @@ with the writer's own stager (the manager holds the next optimizer step until th
 then saves the copy over a dedicated gloo group, so the background collectives never interleave
 with the training loop's collectives on the default group. Every file DCP writes is hashed as it
 is written (hashed_io.py), so the commit does not read the shards back, and without the zip CRC-32
-of torch.save (the manifest's sha256 is the check).
+of torch.save (the manifest's checksum is the check).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ engine configured with `checkpoint.load_universal=true` slices for its own rank 
 The committed checkpoint is never modified (its manifest's checksums stay valid): rank 0 writes a
 derived copy into `RUN_DIR/.universal/.tmp-step-N/`, records which checkpoint it came from, and
 renames it to `RUN_DIR/.universal/step-N/` (atomic), so a crash mid-conversion leaves nothing
-that looks complete. The copy has its own manifest (sizes and sha256 of its files), and a copy
+that looks complete. The copy has its own manifest (sizes and checksums of its files), and a copy
 of the same checkpoint is reused only when that manifest still matches; copies of other
 checkpoints are deleted (only the one being resumed is ever needed). The other ranks wait for
 rank 0's answer. All of this runs before the model is built.
@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from trainer.checkpointing.deepspeed_state import TAG
+from trainer.checkpointing.digests import file_digest
 from trainer.checkpointing.protocol import (
     MANIFEST,
     atomic_write_text,
     fsync_dir,
     fsync_tree_dirs,
     list_files,
-    sha256_file,
     step_of,
     validate_checkpoint,
     write_manifest,
@@ -137,7 +137,7 @@ def _wait_for_outcome(outcome: Path, checkpoint: Path) -> str | None:
 
 
 def _convert_once(checkpoint: Path, target: Path) -> None:
-    source = {"checkpoint": str(checkpoint.resolve()), "manifest_sha256": sha256_file(checkpoint / MANIFEST)}
+    source = {"checkpoint": str(checkpoint.resolve()), "manifest_digest": file_digest(checkpoint / MANIFEST)}
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     for entry in root.iterdir():  # debris of crashed conversions, copies of other checkpoints
@@ -148,7 +148,7 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
         else:
             entry.unlink(missing_ok=True)
     if target.is_dir():
-        # Reused only when made from this checkpoint and intact (its own manifest: sizes, sha256).
+        # Reused only when made from this checkpoint and intact (its own manifest: sizes, checksums).
         if _recorded_source(target) == source and validate_checkpoint(target) is None:
             log.info("reusing the universal copy %s of %s", target, checkpoint)
             return
@@ -160,7 +160,7 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
     try:
         _ds_to_universal(checkpoint / TAG, tmp / TAG)
         atomic_write_text(tmp / SOURCE_FILE, json.dumps(source))
-        write_manifest(tmp, {"derived_from": source}, {name: sha256_file(tmp / name) for name in list_files(tmp)})
+        write_manifest(tmp, {"derived_from": source}, {name: file_digest(tmp / name) for name in list_files(tmp)})
         fsync_tree_dirs(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the next attempt starts clean anyway
