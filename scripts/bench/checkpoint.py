@@ -13,8 +13,10 @@ How it stays fair on a disk other work is using:
   is fsynced and dropped from the page cache (posix_fadvise DONTNEED) before it is read;
 - repetitions are interleaved (raw write, checkpoint save, raw read, checkpoint load, per layout
   and repetition, the order of raw and checkpoint alternating) and medians are reported, so a
-  burst of someone else's I/O hits both sides alike and one outlier moves nothing.
-Save time is everything the commit protocol does (write, fsync, sha256, manifest, rename, purge).
+  burst of someone else's I/O hits both sides alike and one outlier moves nothing; a ratio is
+  the median of each repetition's pair (checkpoint against the raw measurement next to it), with
+  the range of those pairs, so a disk whose speed drifts between repetitions shows as a range.
+Save time is everything the commit protocol does (write, fsync, checksum, manifest, rename, purge).
 Load time is `CheckpointManager.load` (resume additionally verifies every checksum first).
 Blocking time is what the training thread spends in save/poll/close plus, for asynchronous save,
 the wait of the next optimizer step for the background snapshot.
@@ -181,7 +183,18 @@ def throughput(root: Path, trainee: Trainee, fresh: Trainee, reps: int) -> dict[
 
         for work in (load, read) if rep % 2 else (read, load):
             work()
-    return {"bytes": sum(sizes), "files": len(sizes), **{k: statistics.median(v) for k, v in times.items()}}
+    # Each repetition's checkpoint time against the raw time measured next to it: a pair shares
+    # the disk's moment (this host's cache swings 2x within minutes), a ratio of medians does not.
+    paired = {
+        "save_ratios": [raw / ckpt for raw, ckpt in zip(times["raw_write"], times["save"], strict=True)],
+        "load_ratios": [raw / ckpt for raw, ckpt in zip(times["raw_read"], times["load"], strict=True)],
+    }
+    return {
+        "bytes": sum(sizes),
+        "files": len(sizes),
+        **{k: statistics.median(v) for k, v in times.items()},
+        **paired,
+    }
 
 
 def blocking(directory: Path, trainee: Trainee, async_save: bool, saves: int, every: int) -> float:
@@ -279,6 +292,10 @@ def write_strategies(directory: Path, size: int, reps: int) -> dict[str, float]:
     return {name: size / MiB / statistics.median(spent) for name, spent in times.items()}
 
 
+def _ratio(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%})".replace("%-", "-")
+
+
 def init_single_process_group() -> None:
     import torch.distributed as dist
 
@@ -318,18 +335,21 @@ def main() -> None:
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) at the end")
     print(f"disk {base} ({os.cpu_count()} CPUs), {args.params_millions:g}M fp32 params + AdamW, medians of {args.reps}")
     print(
-        f"{'layout':<11}{'size MiB':>9}{'files':>6}{'raw write':>10}{'save':>7}{'ratio':>7}"
-        f"{'raw read':>10}{'load':>7}{'ratio':>7}{'block sync ms':>15}{'async ms':>10}{'ratio':>7}"
+        f"{'layout':<11}{'size MiB':>9}{'files':>6}{'raw write':>10}{'save':>7}{'ratio (range)':>15}"
+        f"{'raw read':>10}{'load':>7}{'ratio (range)':>15}{'block sync ms':>15}{'async ms':>10}{'ratio':>7}"
     )
     for layout, r, sync_s, async_s in rows:
         size = r["bytes"]
         write, save, read, load = (size / MiB / r[k] for k in ("raw_write", "save", "raw_read", "load"))
         stall = f"{async_s * 1000:>10.0f}{async_s / sync_s:>7.0%}"
         print(
-            f"{layout:<11}{size / MiB:>9.0f}{r['files']:>6}{write:>10.0f}{save:>7.0f}{save / write:>7.0%}"
-            f"{read:>10.0f}{load:>7.0f}{load / read:>7.0%}{sync_s * 1000:>15.0f}{stall}"
+            f"{layout:<11}{size / MiB:>9.0f}{r['files']:>6}{write:>10.0f}{save:>7.0f}{_ratio(r['save_ratios']):>15}"
+            f"{read:>10.0f}{load:>7.0f}{_ratio(r['load_ratios']):>15}{sync_s * 1000:>15.0f}{stall}"
         )
-    print("(MiB/s for raw write, save, raw read, load; ratio = checkpoint / raw of the same disk)")
+    print(
+        "(MiB/s for raw write, save, raw read, load: medians; ratio = checkpoint / raw speed of the same disk,\n"
+        " the median over repetitions of each one against the raw measurement next to it, and their range)"
+    )
     print(
         f"one {largest / MiB:.0f} MiB file written + fsynced, MiB/s: "
         + ", ".join(f"{name} {speed:.0f}" for name, speed in strategies.items())
