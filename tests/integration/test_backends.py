@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -317,17 +318,18 @@ def test_ray_job_submit_stop_checkpoints_first_and_a_resubmit_resumes(tmp_path, 
     out = _ftl("submit", str(config), "--address", server, "--python", sys.executable, env=hold)
     assert out.returncode == 0, out.stderr[-3000:]
     first = out.stdout.strip().splitlines()[0]
-    _wait_for(lambda: 2 in train_losses(run_dir) or _job_state(first, server) in FINAL_JOB_STATES, timeout=600)
+    jobs = _job_server(server)
+    _wait_for(lambda: 2 in train_losses(run_dir) or jobs.get_job_status(first) in FINAL_JOB_STATES, timeout=600)
     stop = _ftl("stop", first, "--address", server)
     assert stop.returncode == 0, stop.stderr
-    _wait_for(lambda: _job_state(first, server) in FINAL_JOB_STATES, timeout=300)
+    _wait_for(lambda: jobs.get_job_status(first) in FINAL_JOB_STATES, timeout=300)
     assert _job_state(first, server) == "STOPPED", _ftl("logs", first, "--address", server).stdout[-3000:]
     assert _checkpoint_steps(run_dir) == [2] and not (run_dir / "final").exists()
 
     out = _ftl("submit", str(config), "--address", server, "--python", sys.executable)
     assert out.returncode == 0, out.stderr[-3000:]
     second = out.stdout.strip().splitlines()[0]
-    _wait_for(lambda: _job_state(second, server) in FINAL_JOB_STATES, timeout=600)
+    _wait_for(lambda: jobs.get_job_status(second) in FINAL_JOB_STATES, timeout=600)
     logs = _ftl("logs", second, "--address", server).stdout
     assert _job_state(second, server) == "SUCCEEDED", logs[-3000:]
     assert "resumed from checkpoints/step-2" in logs and "Fine-tune finished: 4 steps" in logs
@@ -548,6 +550,15 @@ def _kill_rank1_mid_step3(tmp_path: Path) -> dict[str, str]:
         "FTL_FAULT_RANK": "1",
         "FTL_FAULT_ONCE_MARKER": str(tmp_path / "kill.marker"),
     }
+
+
+def _job_server(address: str) -> Any:
+    """Ray's own client of the job server, to wait on a job from this process: polling through
+    `ftl status` started a Python process every second (~1 s of CPU each, half a core taken from
+    the job being waited on). `ftl status` itself is checked on the final states."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
 
 
 def _job_state(job_id: str, address: str) -> str:
