@@ -4,6 +4,9 @@ speed of the same disk, and how long checkpointing blocks a training loop, synch
     .venv/bin/python scripts/bench/checkpoint.py [--dir /path/on/the/disk] [--params-millions 16]
         [--layouts replicated,dcp,deepspeed] [--reps 3]
 
+With `--dir` on a tmpfs (e.g. a folder under /dev/shm) writes and reads cost only the CPU's
+copies: the ratios then show each path's CPU cost, its ceiling on a disk as fast as memory.
+
 The model is a stack of fp32 linear layers trained with AdamW (checkpoint = weights + two Adam
 moments, ~12 bytes per parameter; DeepSpeed ZeRO-2 in one process adds its fp32 master copy).
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -330,6 +334,9 @@ def main() -> None:
             sync_s = blocking(root / layout / "sync", trainee, False, args.saves, args.every)
             async_s = blocking(root / layout / "async", trainee, True, args.saves, args.every)
             rows.append((layout, result, sync_s, async_s))
+            # What a layout wrote goes before the next layout runs: on a tmpfs (`--dir /dev/shm/...`)
+            # its checkpoints are memory, and three directories of them per layout add up.
+            shutil.rmtree(root / layout)
         largest = max(r["bytes"] for _, r, _, _ in rows) if rows else 64 * MiB
         strategies = write_strategies(root / "strategies", largest, max(args.reps, 5))
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) at the end")
