@@ -321,7 +321,12 @@ class TrainingConfig(Section):
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final LR as a fraction of the peak (cosine/linear).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
-    seed: int = 42
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2**64 - 1,
+        description="Seeds torch, Python and the data order; numpy's generators take only non-negative seeds.",
+    )
     log_every_steps: int = Field(1, ge=1)
     progress_bar: bool = Field(
         True, description="A live progress bar when stdout is a terminal; false = plain progress lines there too."

@@ -84,6 +84,13 @@ def test_out_of_range_value_says_the_bound(tmp_path: Path, valid_text: str) -> N
     assert "training.micro_batch_size" in problem and "greater than or equal to 1" in problem
 
 
+def test_a_negative_seed_is_refused_before_the_run(tmp_path: Path, valid_text: str) -> None:
+    # numpy's generators (the data order, the epoch shuffle) refuse it: without this bound it would
+    # fail inside every worker once training had started.
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.seed=-5"])
+    assert "training.seed" in problem and "greater than or equal to 0" in problem
+
+
 def test_literal_lists_allowed_values(tmp_path: Path, valid_text: str) -> None:
     (problem,) = _problems(_write(tmp_path, valid_text), ["method.type=lorax"])
     assert "method.type" in problem
