@@ -41,10 +41,13 @@ def data_command(cfg: RunConfig, examples: int) -> int:
     print(format_data_check(check, tokenizer, color=_use_color(), examples=examples))
     refusals = check.refusals()
     if refusals:
+        bad = not check.skip_bad_rows and any(file.fates["bad"] for file in check.files)
         raise DataError(
-            "training would refuse this data (every bad row is listed above):\n"
+            "training would refuse this data"
+            + (" (every bad row is listed above)" if bad else "")
+            + ":\n"
             + "\n".join(f"  - {reason}" for reason in refusals)
-            + ("" if check.skip_bad_rows else "\nfix the rows, or set data.skip_bad_rows=true to skip malformed ones")
+            + ("\nfix the rows, or set data.skip_bad_rows=true to skip malformed ones" if bad else "")
         )
     return 0
 

@@ -200,6 +200,45 @@ def test_readers_report_locations(tmp_path: Path) -> None:
         list(read_rows(str(tmp_path / "missing.jsonl")))
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
+    # Windows tools write one: Excel's "CSV UTF-8", PowerShell 5's UTF-8 output.
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "d.csv").write_bytes(bom + b"prompt,completion\nhello,world\n")
+    assert [r.values for r in read_rows(str(tmp_path / "d.csv"))] == [{"prompt": "hello", "completion": "world"}]
+    (tmp_path / "d.jsonl").write_bytes(bom + b'{"text": "a"}\r\n{"text": "b"}\r\n')
+    assert [r.values for r in read_rows(str(tmp_path / "d.jsonl"))] == [{"text": "a"}, {"text": "b"}]
+    (tmp_path / "d.json").write_bytes(bom + b'[{"text": "a"}]')
+    assert [r.values for r in read_rows(str(tmp_path / "d.json"))] == [{"text": "a"}]
+
+
+def test_text_that_is_not_utf8_is_named_by_file_and_line(tmp_path: Path, tokenizer: Any) -> None:
+    latin1 = '{"text": "caf\u00e9"}\n'.encode("latin-1")
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "a"}\n' + latin1 + b'{"text": "b"}\n')
+    rows = list(read_rows(str(path)))  # the read goes on past the bad line
+    assert [r.values for r in rows if isinstance(r.values, dict)] == [{"text": "a"}, {"text": "b"}]
+    args = dict(max_seq_len=64, too_long="truncate", cache_root=tmp_path / "c")
+    with pytest.raises(DataError, match=r"d.jsonl line 2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+        load_tokenized(str(path), "text", tokenizer, skip_bad_rows=False, **args)
+    assert load_tokenized(str(path), "text", tokenizer, skip_bad_rows=True, **args).stats["skipped_bad"] == 1
+    (tmp_path / "d.csv").write_bytes(b"prompt,completion\nhello,world\n" + "caf\u00e9,x\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"d.csv line 3: not UTF-8 text \(byte 0xe9\)"):
+        list(read_rows(str(tmp_path / "d.csv")))
+    (tmp_path / "d.json").write_bytes(b'[{"text": "a"},\n' + latin1.rstrip() + b"]")
+    with pytest.raises(DataError, match=r"d.json line 2: not UTF-8 text \(byte 0xe9\)"):
+        list(read_rows(str(tmp_path / "d.json")))
+
+
+def test_a_file_with_nothing_to_train_on_says_why(tmp_path: Path, tokenizer: Any) -> None:
+    args = dict(too_long="drop", skip_bad_rows=True, cache_root=tmp_path / "c")
+    (tmp_path / "empty.jsonl").write_text("\n  \n")
+    with pytest.raises(DataError, match=r"empty.jsonl: holds no rows \(the file is empty or has only blank lines\)"):
+        load_tokenized(str(tmp_path / "empty.jsonl"), "chat", tokenizer, max_seq_len=64, **args)
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD, "{oops"])
+    with pytest.raises(DataError, match=r"d.jsonl: no usable rows: 1 skipped as malformed .*, 1 dropped as longer"):
+        load_tokenized(str(path), "chat", tokenizer, max_seq_len=8, **args)
+
+
 def test_every_bad_row_is_reported_with_its_line_and_a_misspelled_key_is_named(tmp_path: Path, tokenizer: Any) -> None:
     misspelled = {"mesages": GOOD["messages"]}
     path = _jsonl(tmp_path / "d.jsonl", [GOOD, misspelled, GOOD, "{not json", {"messages": []}, GOOD])

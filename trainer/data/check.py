@@ -49,6 +49,8 @@ class FileCheck:
         refused = self.fates["too_long"] + (0 if skip_bad_rows else self.fates["bad"])
         if refused:
             return f"{self.spec}: {refused} bad row(s)"
+        if not self.rows:
+            return f"{self.spec}: holds no rows (the file is empty or has only blank lines)"
         if not self.usable:
             return f"{self.spec}: no usable rows"
         return None

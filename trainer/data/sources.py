@@ -64,11 +64,21 @@ def read_rows(spec: str, split: str = "train") -> Iterator[Row]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    # Bytes, decoded line by line: one line that is not UTF-8 is one bad row (named, skippable with
+    # data.skip_bad_rows), not the end of the read. A leading byte-order mark (Windows editors and
+    # exports write one) is not part of the first row.
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(BOM)
+            where = f"{path.name} line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield Row(where, _Malformed(_not_utf8(raw, exc)))
+                continue
             if not line.strip():
                 continue
-            where = f"{path.name} line {number}"
             try:
                 yield Row(where, json.loads(line))
             except json.JSONDecodeError as exc:
@@ -76,8 +86,13 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
 
 
 def _read_json(path: Path) -> Iterator[Row]:
+    raw = path.read_bytes().removeprefix(BOM)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8_file(path, raw, exc) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -97,11 +112,22 @@ def _read_parquet(path: Path) -> Iterator[Row]:
 
 
 def _read_csv(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    # utf-8-sig: a CSV saved by Excel ("CSV UTF-8") starts with a byte-order mark, which would
+    # otherwise become part of the first column's name.
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        for item in reader:
-            # line_num is the physical line just read (header is line 1), which is what editors show.
-            yield Row(f"{path.name} line {reader.line_num}", dict(item))
+        try:
+            for item in reader:
+                # line_num is the physical line just read (header is line 1), which is what editors show.
+                yield Row(f"{path.name} line {reader.line_num}", dict(item))
+        except UnicodeDecodeError:
+            # The decoder reads ahead of the rows, so its error says nothing of the line: find it.
+            raw = path.read_bytes().removeprefix(BOM)
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8_file(path, raw, exc) from None
+            raise
 
 
 def _read_hub(name: str, split: str) -> Iterator[Row]:
@@ -123,3 +149,18 @@ def _read_hub(name: str, split: str) -> Iterator[Row]:
 @dataclass(frozen=True)
 class _Malformed:
     reason: str
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def _not_utf8_file(path: Path, raw: bytes, exc: UnicodeDecodeError) -> DataError:
+    line = raw.count(b"\n", 0, exc.start) + 1
+    return DataError(f"{path} line {line}: {_not_utf8(raw, exc)}")
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    return (
+        f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8 "
+        "(e.g. `iconv -f latin1 -t utf-8`, or your editor's encoding setting)"
+    )

@@ -298,7 +298,14 @@ def _tokenize(
 
 
 def no_usable_rows_message(spec: str, stats: dict[str, Any]) -> str:
-    return f"{spec}: no usable rows (after skipping/dropping: {stats})"
+    lost = {
+        "skipped as malformed (data.skip_bad_rows)": stats.get("skipped_bad", 0),
+        "dropped as longer than data.max_seq_len (data.too_long: drop)": stats.get("dropped_too_long", 0),
+        "dropped with no trained token": stats.get("dropped_no_loss", 0),
+    }
+    if not any(lost.values()):
+        return f"{spec}: holds no rows (the file is empty or has only blank lines); nothing to train on"
+    return f"{spec}: no usable rows: " + ", ".join(f"{count} {why}" for why, count in lost.items() if count)
 
 
 def bad_rows_message(spec: str, bad_rows: list[str]) -> str:
