@@ -95,6 +95,9 @@ def test_prompts_end_where_the_answer_starts(tokenizer: Any) -> None:
     assert text.endswith("<|assistant|>\n") and prompt.reference == "A."
 
 
+ASSISTANT_A = {"role": "assistant", "content": "A."}
+
+
 @pytest.mark.parametrize(
     "fmt,row,reason",
     [
@@ -104,6 +107,12 @@ def test_prompts_end_where_the_answer_starts(tokenizer: Any) -> None:
         ("alpaca", {"instruction": "x"}, "missing field 'output'"),
         ("completion", {"prompt": "x", "completion": 3}, "must be a string"),
         ("text", {"text": "   "}, "is empty"),
+        ("chat", {"messages": [{"role": "user", "content": 42}]}, "must be a string or a list of text parts"),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": [{"type": "image", "url": "a.png"}]}, ASSISTANT_A]},
+            "messages[0].content[0] is a part of type 'image'; only text parts can be trained on",
+        ),
     ],
 )
 def test_malformed_rows_name_location_and_reason(tokenizer: Any, fmt: str, row: dict, reason: str) -> None:
@@ -111,6 +120,20 @@ def test_malformed_rows_name_location_and_reason(tokenizer: Any, fmt: str, row: 
         render_example(Row("train.jsonl line 7", row), fmt, tokenizer)
     assert str(info.value).startswith("train.jsonl line 7: ")
     assert reason in str(info.value)
+
+
+def test_text_parts_render_as_the_same_text_in_one_string(tokenizer: Any) -> None:
+    # OpenAI's and transformers' multimodal layout, text only: as the string of its parts joined.
+    parts = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Q"}, {"type": "text", "text": "?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A."}]},
+        ]
+    }
+    plain = {"messages": [{"role": "user", "content": "Q?"}, ASSISTANT_A]}
+    first = render_example(Row("a", parts), "chat", tokenizer)
+    second = render_example(Row("b", plain), "chat", tokenizer)
+    assert (first.input_ids, first.loss_mask) == (second.input_ids, second.loss_mask) and sum(first.loss_mask) > 0
 
 
 def _jsonl(path: Path, rows: list[Any]) -> Path:

@@ -201,12 +201,27 @@ def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[di
         role = ROLE_ALIASES.get(role, role)
         if role not in CHAT_ROLES:
             raise RowProblem(f"messages[{index}].role is {role!r}; expected one of {', '.join(CHAT_ROLES)}")
-        if not isinstance(content, str):
-            raise RowProblem(f"messages[{index}].content must be a string")
-        clean.append({"role": role, "content": content})
+        clean.append({"role": role, "content": _message_text(content, index)})
     if require_assistant and not any(m["role"] == "assistant" for m in clean):
         raise RowProblem("no assistant message, so there is nothing to train on")
     return clean
+
+
+def _message_text(content: Any, index: int) -> str:
+    """A message's content: a string, or a list of text parts (`[{"type": "text", "text": ...}]`,
+    OpenAI's and transformers' multimodal message layout), joined as chat templates join them."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        raise RowProblem(f"messages[{index}].content must be a string or a list of text parts")
+    texts = []
+    for number, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            what = f"a part of type {kind!r}" if kind else f"not a {{type: text, text: ...}} part: {part!r}"[:120]
+            raise RowProblem(f"messages[{index}].content[{number}] is {what}; only text parts can be trained on")
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def _render_preference(values: dict[str, Any], tokenizer: Any) -> Example:
