@@ -25,11 +25,44 @@ NEUTRAL_FIELDS = {
 }
 
 
-def config_hash(cfg: TrainerConfig) -> str:
+def result_values(cfg: TrainerConfig) -> dict[str, Any]:
+    """The config's values the training result depends on (what the hash covers), as JSON values."""
     values: dict[str, Any] = cfg.model_dump(mode="json")
     for section in NEUTRAL_SECTIONS:
         values.pop(section, None)
     for section, names in NEUTRAL_FIELDS.items():
         for name in names:
             values.get(section, {}).pop(name, None)
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return values
+
+
+def config_hash(cfg: TrainerConfig) -> str:
+    return hashlib.sha256(json.dumps(result_values(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any], limit: int = 8) -> list[str]:
+    """'training.micro_batch_size: 4 -> 2' for each dotted key whose value differs (at most `limit`,
+    then how many more), keys in order."""
+    old, new = _flat(before), _flat(after)
+    changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+    lines = [f"{key}: {_shown(old.get(key, _ABSENT))} -> {_shown(new.get(key, _ABSENT))}" for key in changed[:limit]]
+    if len(changed) > limit:
+        lines.append(f"and {len(changed) - limit} more")
+    return lines
+
+
+_ABSENT = object()
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):  # an empty one adds no key: its keys, when set, read as new
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    return "(not set)" if value is _ABSENT else json.dumps(value)

@@ -64,9 +64,20 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
     expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert generate.stdout == expected + "\n"
 
-    # The exported run is still resumable: the same command finishes it.
-    resumed = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
+    # A config whose model the checkpoint does not fit (another LoRA rank) is an input error that
+    # says what changed, and leaves the checkpoints as they were.
+    refused = subprocess.run([*FTL, "train", str(config), "method.lora.r=4"], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "does not fit this run's model" in refused.stderr and "(method.lora.r: 8 -> 4)" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
+
+    # The exported run is still resumable: the same command finishes it. With a changed setting it
+    # resumes too, and says which setting changed (the manifest records the config it was written with).
+    resumed = subprocess.run(
+        [*FTL, "train", str(config), "training.learning_rate=0.002"], cwd=REPO, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "written with a different config (training.learning_rate: 0.005 -> 0.002)" in resumed.stdout + resumed.stderr
     assert (tmp_path / "run" / "final" / "adapter" / "adapter_config.json").exists()
 
 

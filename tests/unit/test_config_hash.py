@@ -4,7 +4,7 @@ directory is, how often it saves or logs and how it resumes do not change it; tr
 from __future__ import annotations
 
 from trainer.config import TrainerConfig
-from trainer.config_hash import config_hash
+from trainer.config_hash import config_changes, config_hash, result_values
 
 
 def _cfg(**sections: dict) -> TrainerConfig:
@@ -41,3 +41,16 @@ def test_settings_that_change_the_result_change_the_hash() -> None:
     ]
     hashes = [config_hash(cfg) for cfg in different]
     assert base not in hashes and len(set(hashes)) == len(hashes)
+
+
+def test_a_changed_config_is_described_key_by_key() -> None:
+    before = result_values(_cfg(training={"micro_batch_size": 4, "learning_rate": 1e-3}))
+    after = result_values(_cfg(training={"micro_batch_size": 2, "learning_rate": 1e-3}, data={"packing": False}))
+    assert config_changes(before, after) == ["data.packing: true -> false", "training.micro_batch_size: 4 -> 2"]
+    assert config_changes(after, after) == []
+    assert config_changes(before, {**after, "extra": {"k": 1}}, limit=1) == [
+        "data.packing: true -> false",
+        "and 2 more",
+    ]
+    # what an older ftl recorded without a key reads as not set
+    assert config_changes({"training": {}}, {"training": {"seed": 1}}) == ["training.seed: (not set) -> 1"]

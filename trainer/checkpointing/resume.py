@@ -25,6 +25,7 @@ from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.rng import rng_file, seed_everything
 from trainer.checkpointing.trajectory import begin, plan_start
 from trainer.config import TrainerConfig
+from trainer.config_hash import config_changes, result_values
 from trainer.context import WorkerContext
 from trainer.distributed import barrier, broadcast_object
 from trainer.errors import TrainerInputError
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 class ResumePoint:
     path: Path
     manifest: dict[str, Any]
+    # How this run's config differs from the one the checkpoint was written with ('' when it does not)
+    config_change: str = ""
 
 
 def find_resume_checkpoint(
@@ -81,15 +84,20 @@ def _check_resume_point(
     if problem:
         raise TrainerInputError(problem)
     strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine
-    if manifest.get("config_hash") not in (None, config_hash) and ctx.is_main:
-        log.warning(
-            "resuming %s, written with a different config (hash %s, now %s): the result will not equal an "
-            "uninterrupted run of either config",
-            path,
-            manifest.get("config_hash"),
-            config_hash,
-        )
-    return ResumePoint(path, manifest)
+    change = ""
+    if manifest.get("config_hash") not in (None, config_hash):
+        recorded = manifest.get("config")
+        # Checkpoints of earlier ftl versions record only the hash: then only that it changed is known.
+        changes = config_changes(recorded, result_values(cfg)) if isinstance(recorded, dict) else []
+        change = "; ".join(changes) if changes else f"hash {manifest.get('config_hash')}, now {config_hash}"
+        if ctx.is_main:
+            log.warning(
+                "resuming %s, written with a different config (%s): the result will not equal an "
+                "uninterrupted run of either config",
+                path,
+                change,
+            )
+    return ResumePoint(path, manifest, change)
 
 
 def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str) -> CheckpointManager:
@@ -97,6 +105,7 @@ def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, co
         "strategy": strategy.name,
         "method": cfg.method.type,
         "config_hash": config_hash,
+        "config": result_values(cfg),  # what the hash covers, so a resume can say what changed
         "versions": library_versions(),
         "optimizer": optimizer_manifest(cfg.training),
         "global_batch": strategy.global_batch(),
@@ -125,7 +134,20 @@ def load_resume_state(
     ctx: WorkerContext,
     strategy: Strategy,
 ) -> LoopState:
-    state = loop_state_from_dict(manager.load(point.path, model, optimizer, scheduler))
+    try:
+        state = loop_state_from_dict(manager.load(point.path, model, optimizer, scheduler))
+    except TrainerInputError:
+        raise
+    except BaseException as exc:
+        if not point.config_change or not _is_load_failure(exc):
+            raise  # the same config: a checkpoint that fails to load is a failure, not an input error
+        # Another config builds another model (a LoRA rank, other target modules, another base): its
+        # state does not fit. An input error (exit 2, no automatic restart), saying what changed.
+        raise TrainerInputError(
+            f"{point.path} does not fit this run's model ({_first_line(exc)}). It was written with a different "
+            f"config ({point.config_change}): set those back to resume it, or start a new run (another "
+            "output.dir, or checkpoint.resume=never with checkpoint.move_aside=true)"
+        ) from exc
     saved_world = int(point.manifest.get("world_size", 1))
     if not (point.path / rng_file(ctx.rank)).exists():
         seed_everything(cfg.training.seed + ctx.rank + 7919 * state.step)
@@ -143,3 +165,20 @@ def load_resume_state(
         shown = point.path.relative_to(ctx.run_dir) if point.path.is_relative_to(ctx.run_dir) else point.path
         print(f"ftl: resumed from {shown} (sample {state.samples_seen})", file=sys.stderr, flush=True)
     return state
+
+
+def _is_load_failure(exc: BaseException) -> bool:
+    """An error of the loaders (DCP raises its CheckpointException, a BaseException), not an
+    interrupt or an exit."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "CheckpointException"
+
+
+def _first_line(exc: BaseException) -> str:
+    failures = getattr(exc, "failures", None)  # DCP's CheckpointException: rank -> (exception, traceback)
+    if isinstance(failures, dict) and failures:
+        exc = next(iter(failures.values()))[0]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    # torch's load_state_dict: "Error(s) in loading state_dict for X:", the first reason on the next line
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
