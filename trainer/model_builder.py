@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +47,23 @@ def load_inputs(cfg: ModelConfig, data_format: str) -> Any:
     return load_tokenizer(cfg)
 
 
+NO_TOKENIZER_FILES = (
+    "the folder has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt, ...); copy "
+    "them from the base model, or set model.tokenizer to a folder or hub name that has them"
+)
+# The files transformers builds a tokenizer from (any one is enough), by name or suffix.
+_TOKENIZER_FILE_NAMES = ("tokenizer.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer_config.json")
+_TOKENIZER_FILE_SUFFIXES = (".model", ".tiktoken")
+
+
+def _lacks_tokenizer_files(source: str) -> bool:
+    folder = Path(source)
+    if not folder.is_dir():
+        return False  # a hub name: its files are not known here
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    return not any(n in _TOKENIZER_FILE_NAMES or n.endswith(_TOKENIZER_FILE_SUFFIXES) for n in names)
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
@@ -55,9 +73,17 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
+        missing = f" ({NO_TOKENIZER_FILES})" if _lacks_tokenizer_files(source) else ""
         raise TrainerInputError(
-            f"model.tokenizer / model.path: cannot load a tokenizer from {source!r}: {exc}"
+            f"model.tokenizer / model.path: cannot load a tokenizer from {source!r}{missing}: {exc}"
         ) from None
+    if not tokenizer("Hello world", add_special_tokens=False)["input_ids"]:
+        # transformers builds an empty tokenizer (no vocabulary) from a folder that has a model's
+        # config but no tokenizer files, without an error (BPE models): every row would be no tokens.
+        raise TrainerInputError(
+            f"model.tokenizer / model.path: the tokenizer loaded from {source!r} is empty (it turns text into no "
+            f"tokens): {NO_TOKENIZER_FILES}"
+        )
     if tokenizer.pad_token_id is None:
         # Padding positions never carry loss or attention, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token

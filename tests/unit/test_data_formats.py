@@ -262,6 +262,18 @@ def test_a_file_with_nothing_to_train_on_says_why(tmp_path: Path, tokenizer: Any
         load_tokenized(str(path), "chat", tokenizer, max_seq_len=8, **args)
 
 
+def test_chat_data_and_a_tokenizer_without_a_chat_template_is_one_error(tmp_path: Path, tokenizer: Any) -> None:
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD] * 30)
+    with pytest.raises(DataError) as info:
+        load_tokenized(
+            str(path), "chat", plain, max_seq_len=64, too_long="truncate", skip_bad_rows=True, cache_root=tmp_path
+        )
+    assert "data.format 'chat' renders rows with the tokenizer's chat template" in str(info.value)
+    assert "line" not in str(info.value)  # said once for the file, not for each row
+
+
 def test_every_bad_row_is_reported_with_its_line_and_a_misspelled_key_is_named(tmp_path: Path, tokenizer: Any) -> None:
     misspelled = {"mesages": GOOD["messages"]}
     path = _jsonl(tmp_path / "d.jsonl", [GOOD, misspelled, GOOD, "{not json", {"messages": []}, GOOD])

@@ -3,6 +3,7 @@ Liger refusal and the config rules between them and the rest."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from trainer.activation_offload import decoder_stack, enable_activation_offloadi
 from trainer.config import MethodConfig, ModelConfig
 from trainer.errors import TrainerInputError
 from trainer.methods import apply_method
-from trainer.model_builder import enable_checkpointing, load_model
+from trainer.model_builder import enable_checkpointing, load_model, load_tokenizer
 from trainer.model_options import check_model_options
 
 
@@ -126,3 +127,22 @@ def test_offloading_finds_the_stack_of_a_peft_model(tiny_model_dir: Path) -> Non
     assert type(decoder_stack(model)).__name__ == "LlamaModel"
     enable_checkpointing(model.get_base_model())  # unchanged by the checkpointing switch
     assert type(decoder_stack(model)).__name__ == "LlamaModel"
+
+
+@pytest.mark.parametrize(
+    "model_type,error",
+    [
+        # transformers builds an empty tokenizer for a BPE model without its files, without an error:
+        # every row would be no tokens
+        ("qwen2", r"tokenizer loaded from .* is empty .* the folder has no tokenizer files"),
+        # for a sentencepiece model it fails, saying sentencepiece is needed: the missing files are named first
+        ("llama", r"cannot load a tokenizer from .* \(the folder has no tokenizer files"),
+    ],
+)
+def test_a_model_folder_without_tokenizer_files_is_refused_by_name(
+    tmp_path: Path, tiny_model_dir: Path, model_type: str, error: str
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(TrainerInputError, match=error):
+        load_tokenizer(ModelConfig(path=str(tmp_path)))
+    assert load_tokenizer(ModelConfig(path=str(tmp_path), tokenizer=str(tiny_model_dir)))("Hello")["input_ids"]

@@ -194,6 +194,13 @@ def scan_rows(
 ) -> Iterator[ScannedRow]:
     """Every row of a dataset through the rendering and length rules of training, in order.
     A dataset that cannot be read at all raises DataError."""
+    if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
+        # Every row would fail the same way: said once, not once per row.
+        raise DataError(
+            f"{spec}: data.format 'chat' renders rows with the tokenizer's chat template, and the tokenizer "
+            f"({getattr(tokenizer, 'name_or_path', '') or 'model.path'}) has none; use a tokenizer with one "
+            "(model.tokenizer) or a format that needs none (alpaca, completion, text)"
+        )
     for row_index, row in enumerate(read_rows(spec, split)):
         try:
             example = render_example(row, fmt, tokenizer, label_names)
