@@ -12,8 +12,9 @@ class WorkerFailed(FtlError):
     """A worker process (or torchrun's agent, or a Slurm job) exited non-zero. ftl exits with its
     code; a worker killed by signal N (a negative code) becomes 128 + N, as a shell reports it."""
 
-    def __init__(self, rank: int | None, code: int, log: Path | None, who: str = ""):
+    def __init__(self, rank: int | None, code: int, log: Path | None, who: str = "", input_error: str | None = None):
         self.rank, self.code, self.log = rank, code, log
+        self.input_error = input_error  # the message of the worker that rejected its input (exit 2), if recorded
         self.exit_code = code if code > 0 else 128 - code
         where = f"; see {log}" if log else ""
         who = who or (f"worker {rank}" if rank is not None else "the workers")
@@ -25,3 +26,6 @@ class WorkerFailed(FtlError):
         if self.code == EXIT_INPUT_ERROR:
             return "ftl: a worker rejected its input (message above)"
         return f"ftl: {self}"
+
+    def cause(self) -> str:
+        return self.input_error or str(self)

@@ -27,8 +27,9 @@ from cluster.gpu_probe import cuda_available
 from cluster.loopback import LOOPBACK_INTERFACE
 from cluster.parent_death import child_dies_with_this_process
 from cluster.preloaded_spawn import PreloadedWorker, preloading_available
-from cluster.results import clear_result, take_result
+from cluster.results import clear_result, recorded_input_error, take_result
 from trainer.config import TrainerConfig
+from trainer.errors import EXIT_INPUT_ERROR
 from trainer.lean_imports import needs_bitsandbytes
 from trainer.run_layout import RunLayout
 
@@ -107,7 +108,15 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
 
 def spawn_workers(run_dir: Path, world_size: int, port: int, preload: Sequence[str] = ()) -> dict[str, Any]:
     clear_result(run_dir)
-    spawn_module("cluster.worker", [str(run_dir)], world_size, port, RunLayout(run_dir).logs, preload=preload)
+    try:
+        spawn_module("cluster.worker", [str(run_dir)], world_size, port, RunLayout(run_dir).logs, preload=preload)
+    except WorkerFailed as failed:
+        # A rank's input error (exit 2, printed by that rank) is reported as such, whichever rank
+        # exited first, and its message is the run's failure record.
+        error = recorded_input_error(run_dir)
+        if error is None:
+            raise
+        raise WorkerFailed(failed.rank, EXIT_INPUT_ERROR, failed.log, input_error=error) from None
     return take_result(run_dir)
 
 

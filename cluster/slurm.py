@@ -127,8 +127,9 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
                 break
             time.sleep(POLL_S)
     _stream_new(log_path, shown)
-    if recorded_input_error(run_dir) is not None:  # its message is in the log just shown
-        raise WorkerFailed(None, EXIT_INPUT_ERROR, log_path, who=f"Slurm job {job_id}")
+    error = recorded_input_error(run_dir)
+    if error is not None:  # its message is in the log just shown
+        raise WorkerFailed(None, EXIT_INPUT_ERROR, log_path, who=f"Slurm job {job_id}", input_error=error)
     if state != "COMPLETED":
         raise SlurmError(f"Slurm job {job_id} ended {state}; see {log_path}")
     return take_result(run_dir)

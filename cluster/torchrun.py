@@ -91,7 +91,8 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     if code != 0:
         # A rank's input error (exit 2, printed by that rank) is reported as such, whatever the
         # other ranks' exit codes.
-        raise WorkerFailed(None, EXIT_INPUT_ERROR if recorded_input_error(run_dir) else code, logs, who="torchrun")
+        error = recorded_input_error(run_dir)
+        raise WorkerFailed(None, EXIT_INPUT_ERROR if error else code, logs, who="torchrun", input_error=error)
     return take_result(run_dir)
 
 

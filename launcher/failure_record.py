@@ -33,7 +33,8 @@ def recording_failure(run_dir: Path) -> Iterator[None]:
         raise
     except Exception as exc:
         record = {
-            "reason": str(exc).strip()[:REASON_CHARS] or type(exc).__name__,
+            "reason": (exc.cause() if isinstance(exc, FtlError) else str(exc)).strip()[:REASON_CHARS]
+            or type(exc).__name__,
             "error": type(exc).__name__,
             "exit_code": exc.exit_code if isinstance(exc, FtlError) else EXIT_FAILED,
             "time": round(time.time(), 3),

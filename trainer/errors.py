@@ -38,6 +38,10 @@ class FtlError(Exception):
         """The line for stderr; None when the message is already there."""
         return f"ftl: {self}"
 
+    def cause(self) -> str:
+        """Why it failed, in one message, for the run's failure record (`ftl runs`)."""
+        return str(self)
+
 
 class InputError(FtlError):
     """A mistake the user can fix; the message names the file/key/row and what to do."""

@@ -139,6 +139,9 @@ def test_malformed_row_stops_before_training(tmp_path: Path, tiny_model_dir: Pat
     assert result.returncode == 2
     assert "bad.jsonl line 2: no assistant message" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    # `ftl runs` gives the worker's reason, not "worker 0 exited with code 2"
+    failure = json.loads((tmp_path / "run" / "failure.json").read_text())
+    assert "bad.jsonl line 2: no assistant message" in failure["reason"] and failure["exit_code"] == 2
 
     skipped = subprocess.run(
         [*FTL, "train", str(config), "data.skip_bad_rows=true", "training.max_steps=1"],
