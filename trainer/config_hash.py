@@ -40,6 +40,29 @@ def config_hash(cfg: TrainerConfig) -> str:
     return hashlib.sha256(json.dumps(result_values(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def config_written_with(cfg: TrainerConfig, manifest: dict[str, Any]) -> TrainerConfig:
+    """`cfg` with the values a checkpoint's manifest records (those its hash covers) put back: the
+    config that builds the model the checkpoint's state fits, even after a later start rewrote the
+    run's config.yaml with other settings. Manifests of earlier ftl versions record only the hash:
+    then `cfg` as it is."""
+    recorded = manifest.get("config")
+    if not isinstance(recorded, dict) or manifest.get("config_hash") == config_hash(cfg):
+        return cfg
+    try:
+        return type(cfg).model_validate(_merged(cfg.model_dump(mode="json"), recorded))  # the launcher's subclass too
+    except ValueError:  # recorded by another ftl version whose keys this one does not take: cfg as it is
+        return cfg
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = (
+            _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
+    return merged
+
+
 def config_changes(before: dict[str, Any], after: dict[str, Any], limit: int = 8) -> list[str]:
     """'training.micro_batch_size: 4 -> 2' for each dotted key whose value differs (at most `limit`,
     then how many more), keys in order."""

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from trainer.config import TrainerConfig
+from trainer.config_hash import config_changes, config_written_with, result_values
 from trainer.lean_imports import deepspeed_probe_skipped
 from trainer.model_builder import resolve_dtype
 from trainer.run_layout import FINAL_DIR, RunLayout, step_name
@@ -197,11 +199,28 @@ def export_run(
     problem = validate_checkpoint(source)
     if problem:
         raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")
-    step = int(read_manifest(source)["step"])
+    manifest = read_manifest(source)
+    step = int(manifest["step"])
     target = out or layout.export(step)
     _check_target(target)
+    # The model the checkpoint fits: config.yaml is the last start's, which may have changed settings
+    # (a start refused for another LoRA rank still rewrote it).
+    written_with = config_written_with(cfg, manifest)
+    if written_with is not cfg:
+        changes = config_changes(result_values(cfg), result_values(written_with))
+        print(
+            f"ftl: {source} was written with another config; exported with that one ({'; '.join(changes)})",
+            file=sys.stderr,
+        )
+        cfg = written_with
     tokenizer, model = _fresh_model(cfg, device)
-    load_trainable_from_checkpoint(source, model)
+    try:
+        load_trainable_from_checkpoint(source, model)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise TrainerInputError(
+            f"checkpoint {source} does not fit the model of {layout.config} ({str(exc).strip().splitlines()[0]}); "
+            "export it with the config it was written with"
+        ) from None
     # Never drop a merged model that already exists; a full fine-tune's only output is the merged model.
     merge = merge or cfg.method.type == "full" or (target / "merged").exists()
     export_final(

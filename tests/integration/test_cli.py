@@ -70,6 +70,20 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "does not fit this run's model" in refused.stderr and "(method.lora.r: 8 -> 4)" in refused.stderr
     assert "Traceback" not in refused.stderr + refused.stdout
+    # That refused start rewrote the run's config.yaml (method.lora.r: 4); an export builds the model
+    # the checkpoint was written with all the same, from the config its manifest records.
+    again = subprocess.run(
+        [*FTL, "export", str(tmp_path / "run"), "--out", str(tmp_path / "again")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "exported with that one (method.lora.r: 4 -> 8)" in again.stderr
+    first, second = (
+        load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (exported, tmp_path / "again")
+    )
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
     # The exported run is still resumable: the same command finishes it. With a changed setting it
     # resumes too, and says which setting changed (the manifest records the config it was written with).

@@ -4,7 +4,7 @@ directory is, how often it saves or logs and how it resumes do not change it; tr
 from __future__ import annotations
 
 from trainer.config import TrainerConfig
-from trainer.config_hash import config_changes, config_hash, result_values
+from trainer.config_hash import config_changes, config_hash, config_written_with, result_values
 
 
 def _cfg(**sections: dict) -> TrainerConfig:
@@ -54,3 +54,15 @@ def test_a_changed_config_is_described_key_by_key() -> None:
     ]
     # what an older ftl recorded without a key reads as not set
     assert config_changes({"training": {}}, {"training": {"seed": 1}}) == ["training.seed: (not set) -> 1"]
+
+
+def test_the_config_a_checkpoint_was_written_with_is_rebuilt_from_its_manifest() -> None:
+    written = _cfg(method={"type": "lora", "lora": {"r": 8}}, training={"learning_rate": 1e-3})
+    manifest = {"config_hash": config_hash(written), "config": result_values(written)}
+    now = _cfg(method={"type": "lora", "lora": {"r": 4}}, output={"dir": "/runs/moved"})
+    rebuilt = config_written_with(now, manifest)
+    assert (rebuilt.method.lora.r, rebuilt.training.learning_rate) == (8, 1e-3)
+    assert rebuilt.output.dir == now.output.dir  # what the hash leaves out stays as the run has it now
+    assert config_hash(rebuilt) == config_hash(written)
+    assert config_written_with(now, {"config_hash": "older-ftl"}) is now  # no recorded values: as it is
+    assert config_written_with(written, manifest) is written
