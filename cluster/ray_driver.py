@@ -47,6 +47,7 @@ from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
 from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
+from cluster.ray_leftovers import adopt_orphans, end_leftover_ray_processes
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.run_storage import (
     RemoteRun,
@@ -159,6 +160,7 @@ def launch_ray(
     finally:
         if started_here:
             ray.shutdown()
+            end_leftover_ray_processes()
         if remote is not None:
             _mirror(remote, run_dir)
 
@@ -287,6 +289,7 @@ def connect(settings: RayConfig) -> bool:
     for name, value in LOCAL_RAY_TRAIN_ENV.items():
         os.environ.setdefault(name, value)
     own_address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
+    adopt_orphans()  # a Ray process its raylet leaves behind becomes ours to end (ray_leftovers.py)
     with _children_ignore_sigint(), _own_address_for_children(own_address):
         ray.init(
             address="local",
