@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cluster_fixtures import ray_cluster, s3_server, slurm  # noqa: F401
+
 # The cluster fixtures are registered here, once: a session fixture imported into several test
 # modules is a separate fixture in each (pytest keys fixtures by the module that holds them), and
 # each module then started its own two-node Ray cluster and kept it until the session ended (four
 # at once, found by their CPU use in a suite run). Test modules use them by name and never import
 # them (check_cluster_fixtures_are_not_imported).
-from tests.cluster_fixtures import ray_cluster, s3_server, slurm  # noqa: F401
+from trainer.dict_merge import deep_merged
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO / "assets" / "models" / "ftl-tiny-llama"
@@ -174,14 +176,6 @@ def write_config(path: Path, model_dir: Path, run_dir: Path, **sections: dict[st
         "cluster": {"backend": "local"},
     }
     for section, values in sections.items():
-        _merge(config.setdefault(section, {}), values)
+        config[section] = deep_merged(config.get(section, {}), values)
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value

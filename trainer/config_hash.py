@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from trainer.config import TrainerConfig
+from trainer.dict_merge import deep_merged
 
 # Whole sections, then single fields, that do not change the trained weights or their metrics
 # (beyond rounding: the chunked loss equals the full-logits loss within 1e-7 relative; compiled,
@@ -49,18 +50,11 @@ def config_written_with(cfg: TrainerConfig, manifest: dict[str, Any]) -> Trainer
     if not isinstance(recorded, dict) or manifest.get("config_hash") == config_hash(cfg):
         return cfg
     try:
-        return type(cfg).model_validate(_merged(cfg.model_dump(mode="json"), recorded))  # the launcher's subclass too
+        return type(cfg).model_validate(
+            deep_merged(cfg.model_dump(mode="json"), recorded)
+        )  # the launcher's subclass too
     except ValueError:  # recorded by another ftl version whose keys this one does not take: cfg as it is
         return cfg
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        merged[key] = (
-            _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-        )
-    return merged
 
 
 def config_changes(before: dict[str, Any], after: dict[str, Any], limit: int = 8) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from trainer.config import TrainerConfig
 from trainer.config_hash import config_changes, config_hash, config_written_with, result_values
+from trainer.dict_merge import deep_merged
 
 
 def _cfg(**sections: dict) -> TrainerConfig:
@@ -66,3 +67,9 @@ def test_the_config_a_checkpoint_was_written_with_is_rebuilt_from_its_manifest()
     assert config_hash(rebuilt) == config_hash(written)
     assert config_written_with(now, {"config_hash": "older-ftl"}) is now  # no recorded values: as it is
     assert config_written_with(written, manifest) is written
+
+
+def test_deep_merged_lays_a_fragment_over_its_base_at_every_depth() -> None:
+    base = {"a": {"b": 1, "c": {"d": 2}}, "e": 3}
+    assert deep_merged(base, {"a": {"c": {"d": 5}}, "e": {"f": 6}}) == {"a": {"b": 1, "c": {"d": 5}}, "e": {"f": 6}}
+    assert base == {"a": {"b": 1, "c": {"d": 2}}, "e": 3}  # unchanged

@@ -33,6 +33,7 @@ from tests.markdown_docs import (
     python_modules,
     repo_paths,
 )
+from trainer.dict_merge import deep_merged
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 TEXTS = {doc: doc.read_text(encoding="utf-8") for doc in DOCS}
@@ -49,15 +50,6 @@ VERBS_WITH_CONFIG = ("train", "validate", "plan", "slurm", "submit", "doctor")
 
 def _where(doc: Path, line: int) -> str:
     return f"{doc.relative_to(REPO)}:{line}"
-
-
-def _merge(base: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in fragment.items():
-        merged[key] = (
-            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
 
 
 def _parse_ftl(argv: list[str]) -> argparse.Namespace:
@@ -92,7 +84,7 @@ def test_config_example_validates(block: Block, tmp_path: Path, monkeypatch: pyt
     kind, base = marker
     raw = yaml.safe_load(block.text)
     if kind == "fragment":
-        raw = _merge(yaml.safe_load((REPO / (base or DEFAULT_BASE)).read_text(encoding="utf-8")), raw)
+        raw = deep_merged(yaml.safe_load((REPO / (base or DEFAULT_BASE)).read_text(encoding="utf-8")), raw)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
     monkeypatch.chdir(REPO)  # the examples use paths relative to the repository root

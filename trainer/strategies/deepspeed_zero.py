@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainer.config import ParallelConfig, TrainingConfig
+from trainer.dict_merge import deep_merged
 from trainer.errors import TrainerInputError
 from trainer.global_batch import global_batch_size
 from trainer.strategies.base import Optimizer, Strategy, resolved_precision
@@ -65,7 +66,7 @@ def deepspeed_config(
     elif precision == "fp16":
         config["fp16"] = {"enabled": True, "loss_scale": 0}
     if parallel.deepspeed_config:
-        _deep_merge(config, _read_user_config(parallel.deepspeed_config))
+        config = deep_merged(config, _read_user_config(parallel.deepspeed_config))
     # After the user's JSON: which format the engine loads is ftl's decision (from the manifest).
     config.setdefault("checkpoint", {})["load_universal"] = load_universal
     return config
@@ -222,11 +223,3 @@ def _read_user_config(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TrainerInputError(f"parallel.deepspeed_config: {path} must hold a JSON object")
     return data
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
