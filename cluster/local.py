@@ -25,7 +25,7 @@ from cluster.config import ClusterConfig
 from cluster.errors import WorkerFailed
 from cluster.gpu_probe import cuda_available
 from cluster.loopback import LOOPBACK_INTERFACE
-from cluster.parent_death import child_dies_with_this_process
+from cluster.parent_death import LAUNCHER_VARIABLE, child_dies_with_this_process
 from cluster.preloaded_spawn import PreloadedWorker, preloading_available
 from cluster.results import clear_result, recorded_input_error, take_result
 from trainer.config import TrainerConfig
@@ -101,6 +101,7 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
         MASTER_PORT=str(port),
         TOKENIZERS_PARALLELISM="false",
     )
+    env[LAUNCHER_VARIABLE] = str(os.getpid())  # forked by the forkserver, a worker still dies with ftl
     if LOOPBACK_INTERFACE:  # gloo listens on loopback only (cluster/loopback.py)
         env.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK_INTERFACE)
     return env

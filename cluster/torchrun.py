@@ -24,7 +24,7 @@ from typing import Any
 from cluster.config import ClusterConfig
 from cluster.errors import WorkerFailed
 from cluster.local import threads_per_worker
-from cluster.parent_death import child_dies_with_this_process
+from cluster.parent_death import LAUNCHER_VARIABLE, child_dies_with_this_process
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
 from trainer.errors import EXIT_INPUT_ERROR, InputError
@@ -68,6 +68,7 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(cluster.workers)))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env[LAUNCHER_VARIABLE] = str(os.getpid())  # the workers, the agent's children, die with ftl too
     # Own session: a Ctrl-C in the terminal reaches ftl only, which asks for a clean stop; the
     # agent would otherwise kill its workers mid-step.
     # The agent dies with ftl, and its workers with the agent (cluster/parent_death.py).

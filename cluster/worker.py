@@ -113,6 +113,7 @@ def execute(
 ) -> Outcome:
     """Run the trainer entry on this rank; rank 0 records the outcome for the launcher.
     Returns the outcome (finished with the summary, or where it stopped)."""
+    from cluster.parent_death import end_if_orphaned
     from cluster.results import write_result
     from trainer.context import WorkerContext
     from trainer.lean_imports import skip_unused_imports
@@ -130,6 +131,7 @@ def execute(
         device=device,
         reporter=reporter,
         restart=restart or restart_from_environment(),
+        end_if_orphaned=end_if_orphaned,
     )
     try:
         outcome = Outcome.finished(run(cfg, context))
@@ -166,9 +168,10 @@ def _reported_by_rank0(run_dir: Path, message: str, wait_s: float = 5.0) -> bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster.parent_death import die_with_parent
+    from cluster.parent_death import die_with_launcher, die_with_parent
 
     die_with_parent()  # ftl's launcher, torchrun's agent or srun: this worker never outlives it
+    die_with_launcher()  # nor ftl's launcher when a forkserver or torchrun's agent is in between
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
         print("usage: python -m cluster.worker RUN_DIR", file=sys.stderr)

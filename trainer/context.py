@@ -3,6 +3,7 @@ optional reporter through which a cluster backend (e.g. Ray Train) hears about p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,9 @@ class WorkerContext:
     reporter: Reporter | None = None
     # Set by the backend when this start is a restart it made (e.g. "torchrun restart #1"); printed on the console.
     restart: str | None = None
+    # Set by the backend: ends this process if the one that started it is gone (cluster/parent_death.py).
+    # Asked right before a checkpoint's commit, so a run whose launcher died commits nothing more.
+    end_if_orphaned: Callable[[], None] | None = None
 
     @property
     def is_main(self) -> bool:

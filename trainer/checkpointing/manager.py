@@ -118,6 +118,7 @@ class CheckpointManager:
         async_save: bool = False,
         meta: dict[str, Any] | None = None,
         on_commit: Callable[[int, Path, list[int]], None] | None = None,
+        end_if_orphaned: Callable[[], None] | None = None,
     ):
         self.root = checkpoints_dir(run_dir)
         self.io, self.rank, self.world_size, self.device = io, rank, world_size, device
@@ -130,6 +131,9 @@ class CheckpointManager:
         self._deletion = BackgroundDeletion()  # old checkpoints are deleted off the training thread
         # Told about each committed checkpoint on every rank (e.g. to register it with Ray Train).
         self.on_commit = on_commit
+        # Ends this process if its launcher is gone (WorkerContext.end_if_orphaned): asked right
+        # before the rename, so no checkpoint appears after the launcher's death.
+        self.end_if_orphaned = end_if_orphaned
         if async_save and hasattr(io, "prepare_async"):
             io.prepare_async()
         if rank == 0 and self.root.is_dir():
@@ -271,6 +275,8 @@ class CheckpointManager:
             fault_point("before_manifest", step, self.rank)
             write_manifest(tmp, meta, {name: hashes[name] for name in names})
             fault_point("before_rename", step, self.rank)
+            if self.end_if_orphaned is not None:
+                self.end_if_orphaned()  # the launcher is gone: its workers' SIGKILL may still be on the way
             commit(tmp, final)
             write_latest_hint(self.root, final)
             log.info("checkpoint committed: %s", final)

@@ -121,6 +121,7 @@ def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, co
         async_save=cfg.checkpoint.async_save,
         meta=meta,
         on_commit=ctx.reporter.checkpoint if ctx.reporter is not None else None,
+        end_if_orphaned=ctx.end_if_orphaned,
     )
 
 
