@@ -39,8 +39,9 @@ def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(
         parallel={"strategy": "ddp"},
         cluster={"backend": backend, "workers": 2},
     )
-    # Rank 0 holds at the end of step 2 until the test says go on: the kill lands at a known point.
-    env = {**os.environ, "FTL_FAULT_WAIT_AT": f"step_end@2={go_on}"}
+    # Rank 0 holds right before it would commit step 2 (the rename) until the test says go on:
+    # the kill lands at a known point, the one where a surviving worker would do the most harm.
+    env = {**os.environ, "FTL_FAULT_WAIT_AT": f"before_rename@2={go_on}"}
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:
         launcher = subprocess.Popen(
@@ -61,7 +62,7 @@ def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(
 
         os.kill(launcher.pid, signal.SIGKILL)  # the ftl process only, not its group
         launcher.wait()
-        go_on.touch()  # a surviving worker would now train on and commit step 2
+        go_on.touch()  # a surviving rank 0 would now commit step 2
         prompt = [p for p in started if _name(p) not in SLOW_TO_EXIT]
         _wait_for(lambda: not _alive(prompt), timeout=EXIT_WITHIN_S, what=lambda: f"still running: {_alive(prompt)}")
         assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-1"]
