@@ -325,6 +325,7 @@ def main() -> None:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
         init_single_process_group()
     base = Path(args.dir) if args.dir else Path.cwd()
+    base.mkdir(parents=True, exist_ok=True)  # a folder on the disk to measure, created if new
     rows = []
     with tempfile.TemporaryDirectory(dir=base, prefix=".ftl-bench-") as tmp:
         root = Path(tmp)
