@@ -22,6 +22,10 @@ def setup_worker_logging(run_dir: Path, rank: int) -> None:
         if getattr(handler, "_ftl", False):
             root.removeHandler(handler)
             handler.close()
+        elif _writes_to_console(handler):
+            # e.g. Ray Train's plain console handler in its workers: ftl's own (below) prints the
+            # same records with their rank, and both would print every warning twice.
+            root.removeHandler(handler)
     rank_filter = _RankFilter(rank)
     file_handler = logging.FileHandler(layout.rank_log(rank), encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(FORMAT))
@@ -58,6 +62,16 @@ def quiet_third_party(import_transformers: bool = True) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a core dependency
         pass
+
+
+def _writes_to_console(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and stream is not None
+        and stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    )
 
 
 class _RankFilter(logging.Filter):
