@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import yaml
 from cluster.run_lock import RunDirLocked, RunLock
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
-from trainer.checkpointing.protocol import MANIFEST
+from trainer.checkpointing.protocol import MANIFEST, committed_checkpoints
 from trainer.run_layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -70,6 +71,16 @@ def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ft
         yield prepare_run_dir(cfg, argv, hold=hold, purpose=purpose)
 
 
+def _train_on_hint(run_dir: Path) -> str:
+    """How to train a finished run further (more steps, another epoch): a new run that starts
+    from its last checkpoint."""
+    checkpoints = committed_checkpoints(run_dir)
+    if not checkpoints:
+        return ""
+    resume = shlex.quote(f"checkpoint.resume={checkpoints[-1]}")
+    return f"; to train it further, start a new run from its last checkpoint: output.dir=runs/my-run-2 {resume}"
+
+
 def prepare_run_dir(
     cfg: RunConfig, argv: list[str] | None = None, hold: ExitStack | None = None, purpose: str = "ftl train"
 ) -> Path:
@@ -81,7 +92,7 @@ def prepare_run_dir(
     if layout.is_finished():
         raise UserError(
             f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
-            "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one"
+            "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one" + _train_on_hint(run_dir)
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

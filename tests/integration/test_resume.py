@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -64,12 +65,19 @@ def test_stopped_run_resumes_bit_exactly(
 
 
 def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_dir: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 2})
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 2}, checkpoint={"every_steps": 2}
+    )
     assert train(str(config), []) == 0
     before = (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").read_bytes()
     again = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    # The refusal says how to train that run further; doing so continues from its last step.
+    hint = shlex.split(again.stderr.strip().rsplit("from its last checkpoint: ", 1)[1])
+    assert hint[1] == f"checkpoint.resume={tmp_path / 'run' / 'checkpoints' / 'step-2'}", again.stderr
+    assert train(str(config), [f"output.dir={tmp_path / 'more'}", hint[1], "training.max_steps=3"]) == 0
+    assert [r["step"] for r in read_metrics(tmp_path / "more", "train")] == [3]
 
 
 def test_two_worker_ddp_run_stops_and_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
