@@ -77,6 +77,21 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
         ) from None
 
 
+# What sbatch says when this machine's Slurm client finds no cluster to talk to.
+NO_CLUSTER = ("could not establish a configuration source", "unable to contact slurm controller", "connection refused")
+
+
+def _no_cluster_hint(said: str) -> str:
+    if not any(sign in said.lower() for sign in NO_CLUSTER):
+        return ""
+    return (
+        "\nThis machine's Slurm client finds no cluster: on a Slurm login node, point SLURM_CONF at the "
+        "cluster's slurm.conf (or ask its admins why slurmctld is unreachable); on a machine without "
+        "Slurm, start a local one with scripts/slurm/start_local_slurm.sh and export SLURM_CONF as it "
+        "says, or use another backend (cluster.backend=ray|local|torchrun)"
+    )
+
+
 def submit(run_dir: Path, cluster: ClusterConfig) -> str:
     """Write the rendered script into the run directory and sbatch it; returns the job id."""
     if shutil.which("sbatch") is None:
@@ -90,7 +105,8 @@ def submit(run_dir: Path, cluster: ClusterConfig) -> str:
     script.write_text(render_sbatch(run_dir, cluster))
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if out.returncode != 0:
-        raise SlurmError(f"sbatch {script} failed: {out.stderr.strip() or out.stdout.strip()}")
+        said = out.stderr.strip() or out.stdout.strip()
+        raise SlurmError(f"sbatch {script} failed: {said}{_no_cluster_hint(said)}")
     job_id = out.stdout.strip().split(";")[0]
     layout.slurm_job_id.write_text(job_id + "\n")
     from cluster.run_lock import hand_over_to_slurm_job
