@@ -43,7 +43,10 @@ class RayConfig(Section):
         description="Ray cluster to join (e.g. 10.0.0.1:6379 or 'auto'); default: $RAY_ADDRESS, else start a local Ray.",
     )
     cpus_per_worker: float | None = Field(
-        None, gt=0, description="CPUs reserved per worker; default: this machine's cores / workers."
+        None,
+        gt=0,
+        description="CPUs reserved per worker; default: the smallest node's cores / workers "
+        "(whole cores, or a share of one with more workers than cores).",
     )
     gpus_per_worker: float | None = Field(
         None, ge=0, description="GPUs per worker; default: 1 when the cluster has GPUs, else 0."

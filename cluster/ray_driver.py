@@ -36,6 +36,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -62,7 +63,7 @@ from cluster.run_storage import (
 )
 from cluster.signals import signals_request_stop
 from trainer.config import TrainerConfig
-from trainer.errors import FtlError, TrainerInputError
+from trainer.errors import FtlError, InputError, TrainerInputError
 from trainer.run_layout import CHECKPOINTS_DIR, METRICS_FILE, RunLayout, step_name
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
 
 class RayRunFailed(FtlError):
     """The worker group failed (after any restarts Ray was allowed)."""
+
+
+class RayResourcesError(InputError):
+    """The configured workers need more CPUs/GPUs than the local Ray has: they could never start."""
 
 
 def launch_ray(
@@ -120,6 +125,7 @@ def launch_ray(
     started_here = connect(cluster.ray)
     try:
         scaling, cpus, gpus = scaling_for(cluster)
+        check_resources(cluster, cpus, gpus, started_here)
         trainer = stop_requesting_torch_trainer()(
             train_worker,
             train_loop_config={
@@ -395,12 +401,50 @@ def _free_port() -> int:
 
 
 def default_cpus_per_worker(cluster: ClusterConfig) -> float:
-    """Cores of the smallest alive node split between that node's workers (at least 1)."""
+    """Cores of the smallest alive node split between that node's workers: whole cores, or with
+    more workers than cores, each worker's share of them (Ray accepts fractions; a reservation
+    of 1 each could never be met and Ray Train would wait for the workers forever)."""
     import ray
 
     node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     smallest = min((c for c in node_cpus if c > 0), default=1)
-    return float(max(1, int(smallest // cluster.workers)))
+    return cpu_share(smallest, cluster.workers)
+
+
+def cpu_share(node_cpus: float, workers: int) -> float:
+    share = node_cpus / workers
+    if share >= 1:
+        return float(int(share))
+    return math.floor(share * 100) / 100  # rounded down: the shares must fit in the node's CPUs
+
+
+def check_resources(cluster: ClusterConfig, cpus: float, gpus: float, started_here: bool) -> None:
+    """Refuse a worker group a local Ray can never place: Ray Train would wait for it forever
+    (a startup timeout every 60 s, then a retry). A cluster joined may grow (an autoscaler):
+    there it is a warning."""
+    import ray
+
+    have = ray.cluster_resources()
+    where = "the local Ray (this machine)" if started_here else "the Ray cluster"
+    short = [
+        f"{cluster.world_size} workers (cluster.workers={cluster.workers} x cluster.nodes={cluster.nodes}) x "
+        f"{each:g} {name} each ({key}) = {each * cluster.world_size:g} {name}s, but {where} has {have.get(name, 0):g}"
+        for name, key, each in (
+            ("CPU", "cluster.ray.cpus_per_worker", cpus),
+            ("GPU", "cluster.ray.gpus_per_worker", gpus),
+        )
+        if each > 0 and each * cluster.world_size > have.get(name, 0) + 1e-9
+    ]
+    if not short:
+        return
+    advice = "lower cluster.workers or the reservation per worker"
+    if started_here:
+        raise RayResourcesError("; ".join(short) + f": Ray could never start these workers; {advice}")
+    log.warning(
+        "%s: Ray Train waits until the cluster has them (an autoscaler may add nodes); else %s",
+        "; ".join(short),
+        advice,
+    )
 
 
 def loopback_env() -> dict[str, str]:

@@ -45,6 +45,7 @@ CASES: list[Case] = [
             launcher.errors.UserError,
             cluster.run_storage.StorageError,
             cluster.run_lock.RunDirLocked,
+            cluster.ray_driver.RayResourcesError,
             cluster.ray_jobs.JobError,
             cluster.torchrun.TorchrunPrepareFailed,
         )

@@ -1,0 +1,44 @@
+"""A local Ray that ftl starts places every worker group the machine can hold, more workers than
+cores included, and refuses at once one it never could (Ray Train would wait for it forever,
+timing out and retrying every 60 s). Real local Ray runs through the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FTL, REPO, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+
+def test_three_workers_train_on_a_local_ray_on_any_machine(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # On 2 cores each worker reserves 0.66 of a CPU (a whole one each could never be placed).
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        training={"max_steps": 2},
+        cluster={"backend": "ray", "workers": 3},
+    )
+    done = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_workers_a_local_ray_could_never_place_are_refused_by_name(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cores = os.cpu_count() or 1
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        training={"max_steps": 2},
+        cluster={"backend": "ray", "workers": 2, "ray": {"cpus_per_worker": cores}},
+    )
+    done = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"= {2 * cores} CPUs, but the local Ray (this machine) has {cores}" in done.stderr
+    assert "cluster.ray.cpus_per_worker" in done.stderr
