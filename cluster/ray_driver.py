@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -264,6 +265,27 @@ def scaling_for(cluster: ClusterConfig) -> tuple[Any, float, float]:
     return scaling, cpus, gpus
 
 
+PROBE_TIMEOUT_S = 10.0
+
+
+def refuse_silent_address(address: str) -> None:
+    """Nothing listening at HOST:PORT (a typo, a cluster that is down): say so now. Ray itself
+    retries such an address forever, printing GCS timeouts every few seconds."""
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():  # "auto", "local" or a form Ray resolves itself
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            return
+    except OSError as exc:
+        raise RayRunFailed(
+            f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): nothing "
+            f"answers there ({exc.strerror or exc}); check the address and that the cluster is up "
+            "(`ray status` on its head node), or leave both unset to run on a local Ray"
+        ) from None
+
+
 def connect(settings: RayConfig) -> bool:
     """Join the configured cluster or start a local one; True when this process started it."""
     import ray
@@ -272,6 +294,7 @@ def connect(settings: RayConfig) -> bool:
         return False
     address = settings.address or os.environ.get("RAY_ADDRESS")
     if address:
+        refuse_silent_address(address)
         try:
             # The job-level env reaches Ray Train's controller too, which writes to the storage. A
             # Ray Job's driver already runs in the env the job was submitted with (Ray refuses a
