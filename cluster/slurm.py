@@ -135,20 +135,60 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     def cancel() -> None:
         subprocess.run(["scancel", job_id], check=False)
 
+    layout = RunLayout(run_dir)
+    said_reason, cancelled_pending = "", False
     with signals_request_stop(run_dir, force_quit=cancel):
         while True:
             shown = _stream_new(log_path, shown)
-            state = job_info(job_id).get("JobState", "UNKNOWN")
+            info = job_info(job_id)
+            state = info.get("JobState", "UNKNOWN")
             if state in FINAL_STATES or state == "UNKNOWN":
                 break
+            if state == "PENDING":
+                if layout.stop_request.exists() and not cancelled_pending:
+                    cancel()  # nothing runs yet: nothing to checkpoint, and it would start only to stop
+                    cancelled_pending = True
+                reason = info.get("Reason", "None")
+                if reason not in ("None", said_reason):
+                    print(
+                        f"ftl: Slurm job {job_id} is waiting to start ({reason}){_pending_hint(reason)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    said_reason = reason
             time.sleep(POLL_S)
     _stream_new(log_path, shown)
+    if cancelled_pending and state in ("CANCELLED", "UNKNOWN"):
+        raise SlurmError(
+            f"stopped before Slurm job {job_id} started: it is cancelled (nothing ran); run the same "
+            "command again to submit it anew"
+        )
     error = recorded_input_error(run_dir)
     if error is not None:  # its message is in the log just shown
         raise WorkerFailed(None, EXIT_INPUT_ERROR, log_path, who=f"Slurm job {job_id}", input_error=error)
     if state != "COMPLETED":
         raise SlurmError(f"Slurm job {job_id} ended {state}; see {log_path}")
     return take_result(run_dir)
+
+
+# Why a job waits (squeue's REASON) when the wait may never end: what in ftl's config to look at.
+PENDING_HINTS = {
+    "PartitionNodeLimit": "more nodes than the partition has up or allows: check cluster.nodes (`sinfo`)",
+    "PartitionTimeLimit": "cluster.slurm.time is over the partition's limit",
+    "PartitionDown": "the partition is down",
+    "ReqNodeNotAvail": "the nodes it needs are down, drained or reserved",
+    "InvalidAccount": "check cluster.slurm.account",
+    "InvalidQOS": "check cluster.slurm.qos",
+    "BadConstraints": "no node has what it asks for: check cluster.slurm (gpus_per_node, cpus_per_task, mem)",
+}
+
+
+def _pending_hint(reason: str) -> str:
+    hint = PENDING_HINTS.get(reason.split(",")[0].strip("()"), "")
+    if not hint and not reason.startswith("Assoc"):
+        return ""  # Resources, Priority, Dependency...: a queue's ordinary wait
+    hint = hint or "an account or QOS limit of yours (sacctmgr show assoc)"
+    return f": {hint}; it may never start (Ctrl-C cancels it)"
 
 
 def _stream_new(path: Path, shown: int) -> int:

@@ -404,6 +404,29 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tin
     assert_same_losses(run_dir, golden)
 
 
+def test_slurm_job_that_cannot_start_says_why_and_ctrl_c_cancels_it(tmp_path, tiny_model_dir, slurm):
+    # The test Slurm has two nodes: a 3-node job waits (PartitionNodeLimit) for ever.
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "nodes": 3, "workers": 1})
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        launcher = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        _wait_for(lambda: "waiting to start (PartitionNodeLimit)" in stderr.read_text(), timeout=120)
+        assert "check cluster.nodes" in stderr.read_text()
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=60) == 1
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    said = stderr.read_text()
+    assert "stopped before Slurm job" in said and "it is cancelled (nothing ran)" in said, said
+    from cluster.slurm import job_info
+    from trainer.run_layout import RunLayout
+
+    job_id = RunLayout(tmp_path / "run").slurm_job_id.read_text().strip()
+    assert job_info(job_id).get("JobState", "CANCELLED") == "CANCELLED"  # {} once Slurm forgot it
+
+
 def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
     config = _config(tmp_path, tiny_model_dir, "run")
     out = _ftl(
