@@ -22,10 +22,12 @@ FORCE_QUIT_AFTER = 3  # Ctrl-C presses
 
 
 @contextlib.contextmanager
-def signals_request_stop(run_dir: Path, force_quit: Callable[[], None] | None = None) -> Iterator[None]:
-    """Ctrl-C / SIGTERM / SIGUSR1 ask the workers to checkpoint and stop. Further signals are
-    logged and ignored, except a third Ctrl-C: it calls `force_quit` (or raises
-    KeyboardInterrupt), abandoning the checkpoint in progress."""
+def signals_request_stop(
+    run_dir: Path, force_quit: Callable[[], None] | None = None, on_request: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Ctrl-C / SIGTERM / SIGUSR1 ask the workers to checkpoint and stop (and call `on_request`).
+    Further signals are logged and ignored, except a third Ctrl-C: it calls `force_quit` (or
+    raises KeyboardInterrupt), abandoning the checkpoint in progress."""
     previous: dict[int, Any] = {}
     interrupts = 0
     requested = False
@@ -41,6 +43,8 @@ def signals_request_stop(run_dir: Path, force_quit: Callable[[], None] | None = 
                 "(a third Ctrl-C force-quits without that checkpoint)"
             )
             request_stop(run_dir, signum)
+            if on_request is not None:
+                on_request()
             return
         if interrupts >= FORCE_QUIT_AFTER:
             _say(

@@ -135,9 +135,11 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     def cancel() -> None:
         subprocess.run(["scancel", job_id], check=False)
 
-    layout = RunLayout(run_dir)
     said_reason, cancelled_pending = "", False
-    with signals_request_stop(run_dir, force_quit=cancel):
+    # Only a stop asked here: a stop request file the job wrote itself (preemption) is followed by
+    # a requeue, and that job is PENDING again on purpose.
+    stop_asked: list[bool] = []
+    with signals_request_stop(run_dir, force_quit=cancel, on_request=lambda: stop_asked.append(True)):
         while True:
             shown = _stream_new(log_path, shown)
             info = job_info(job_id)
@@ -145,7 +147,7 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
             if state in FINAL_STATES or state == "UNKNOWN":
                 break
             if state == "PENDING":
-                if layout.stop_request.exists() and not cancelled_pending:
+                if stop_asked and not cancelled_pending:
                     cancel()  # nothing runs yet: nothing to checkpoint, and it would start only to stop
                     cancelled_pending = True
                 reason = info.get("Reason", "None")
