@@ -64,7 +64,7 @@ from cluster.run_storage import (
 )
 from cluster.signals import signals_request_stop
 from trainer.config import TrainerConfig
-from trainer.errors import FtlError, InputError, TrainerInputError
+from trainer.errors import FtlError, InputError, RunWriteError, TrainerInputError
 from trainer.run_layout import CHECKPOINTS_DIR, METRICS_FILE, RunLayout, step_name
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,9 @@ def launch_ray(
                 error = recorded_input_error(run_dir)
                 if error is not None:
                     raise TrainerInputError(error) from None
+                write_failure = next(iter(_final_worker_errors(exc, RunWriteError)), None)
+                if write_failure is not None:  # disk full: the worker's clear message is above
+                    raise RunWriteError(str(write_failure)) from None
                 raise RayRunFailed(f"Ray Train run failed: {exc}\nper-rank logs: {RunLayout(run_dir).logs}") from exc
         check_placement(run_dir, cluster)
         return take_result(run_dir)
@@ -203,10 +206,19 @@ def stop_requesting_torch_trainer() -> type:
     return StopRequestingTorchTrainer
 
 
+def _final_worker_errors(error: Any, kind: type[Exception] | tuple[type[Exception], ...]) -> list[Exception]:
+    """The workers' exceptions of that kind in Ray Train's report of a failed worker group (Ray wraps
+    each with its traceback: UserExceptionWithTraceback._base_exc)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    found = [getattr(failure, "_base_exc", failure) for failure in failures.values()]
+    return [failure for failure in found if isinstance(failure, kind)]
+
+
 def input_errors_not_retried(policy: Any, run_dir: Path) -> Any:
     """Ray Train's failure policy, except that a worker group that failed on an input error (a bad
-    data row, a bad checkpoint: recorded in the run directory by the rank that found it) is not
-    restarted: a restart would only meet the same error, cluster.ray.max_failures times over."""
+    data row, a bad checkpoint: recorded in the run directory by the rank that found it) or on a
+    write into the run directory (disk full) is not restarted: a restart would only meet the same
+    error, cluster.ray.max_failures times over."""
     from ray.train.v2._internal.execution.failure_handling import FailureDecision, FailurePolicy
 
     class InputErrorsAreFinal(FailurePolicy):  # type: ignore[misc]
@@ -215,10 +227,8 @@ def input_errors_not_retried(policy: Any, run_dir: Path) -> Any:
             self.inner = policy
 
         def make_decision(self, training_failed_error: Any) -> Any:
-            failures = getattr(training_failed_error, "worker_failures", {}).values()
-            # Ray wraps a worker's exception with its traceback (UserExceptionWithTraceback._base_exc).
-            if recorded_input_error(run_dir) is not None or any(
-                isinstance(getattr(error, "_base_exc", error), TrainerInputError) for error in failures
+            if recorded_input_error(run_dir) is not None or _final_worker_errors(
+                training_failed_error, (TrainerInputError, RunWriteError)
             ):
                 return FailureDecision.RAISE
             return self.inner.make_decision(training_failed_error)
@@ -556,7 +566,8 @@ def train_worker(config: dict[str, Any]) -> None:
         # follows from it: the one message is the driver's.
         if isinstance(exc, TrainerInputError):
             record_input_error(run_dir, rank, exc)
-        if isinstance(exc, TrainerInputError) or recorded_input_error(run_dir) is not None:
+        # A failed write (disk full) printed its one clear line already: no traceback after it either.
+        if isinstance(exc, (TrainerInputError, RunWriteError)) or recorded_input_error(run_dir) is not None:
             logging.getLogger(RAY_TRAIN_ERROR_LOGGER).setLevel(logging.CRITICAL)
         raise
 

@@ -129,13 +129,19 @@ def lm_loss_sum(
         not computed
         or returned.dim() != 0
         or returned.dtype != torch.float32
-        or not torch.equal(returned.detach(), computed[0])
+        or not _same_value(returned.detach(), computed[0])
     ):
         raise RuntimeError(
             "training.loss.chunked: the model changes the LM head's output before returning it, so the "
             "chunked loss would not be its loss; set training.loss.chunked: false for this model"
         )
     return returned, int(rows.numel())
+
+
+def _same_value(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise-equal scalars, NaN equal to NaN: a diverged step's loss is our NaN, returned untouched,
+    and must reach the loop's "loss is nan" report, not be taken for a model that changes the head's output."""
+    return bool(torch.equal(a, b) or (a.isnan() & b.isnan()).item())
 
 
 def linear_cross_entropy_sum(

@@ -60,6 +60,11 @@ class DataError(TrainerInputError):
     """A malformed dataset row or unreadable dataset file."""
 
 
+class TrainingDivergedError(TrainerInputError):
+    """The loss became NaN or infinite: the settings (learning rate, precision) or the data need a
+    change, which retrying the same run would not make."""
+
+
 class RunWriteError(FtlError, RuntimeError):
     """Writing into the run directory failed (disk full, I/O error). What was written before is
     intact, and the message (with what to do) is already on stderr: print no traceback."""

@@ -15,6 +15,7 @@ from trainer.config import TrainingConfig
 from trainer.console import RunConsole
 from trainer.data.batches import RowDataset, make_batch
 from trainer.distributed import all_reduce_sum, any_rank
+from trainer.errors import TrainingDivergedError
 from trainer.faults import fault_point
 from trainer.global_batch import global_batch_size
 from trainer.loop_state import LoopState
@@ -108,8 +109,9 @@ def train_loop(
         elapsed = time.perf_counter() - started
         loss = loss_sum_all / max(global_targets, 1.0)
         if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss} at step {state.step}; lower training.learning_rate or check the data"
+            raise TrainingDivergedError(
+                f"the loss is {loss} at step {state.step}: training diverged; lower training.learning_rate "
+                f"(now {cfg.learning_rate:g}), or check the data and the model's weights"
             )
         values = {
             "loss": loss,

@@ -42,6 +42,7 @@ CASES: list[Case] = [
             trainer.errors.InputError,
             trainer.errors.TrainerInputError,
             trainer.errors.DataError,
+            trainer.errors.TrainingDivergedError,
             launcher.errors.UserError,
             cluster.run_storage.StorageError,
             cluster.run_lock.RunDirLocked,

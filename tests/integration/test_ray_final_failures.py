@@ -1,0 +1,99 @@
+"""Failures a restart cannot fix, on the default backend (Ray Train, two workers, restarts allowed):
+the run ends at once with one clear line and ftl's exit code, no worker traceback, no restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import FTL, write_config
+from trainer.checkpointing.protocol import committed_checkpoints
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+
+def _ray_config(tmp_path: Path, model_dir: Path, run_dir: Path, address: str) -> Path:
+    return write_config(
+        tmp_path / "run.yaml",
+        model_dir,
+        run_dir,
+        training={"max_steps": 6},
+        eval={"max_samples": 4},
+        checkpoint={"every_steps": 2},
+        cluster={"backend": "ray", "workers": 2, "ray": {"address": address, "max_failures": 2}},
+    )
+
+
+def _ftl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FTL, *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def _no_worker_traceback(stderr: str) -> bool:
+    worker_lines = [line for line in stderr.splitlines() if "RayTrainWorker" in line]
+    return "Traceback" not in "\n".join(worker_lines) and "Error in training function" not in stderr
+
+
+def _restarted(run_dir: Path) -> bool:
+    return any("Ray Train restart" in log.read_text() for log in (run_dir / "logs").glob("rank-*.log"))
+
+
+def test_a_diverged_loss_is_one_clear_error_not_a_chunked_loss_complaint(
+    tmp_path: Path, tiny_model_dir: Path, ray_cluster
+) -> None:
+    """A NaN loss (here a model with a NaN weight, as a bad learning rate makes one) on the chunked
+    loss path (the default): the loop's "training diverged" message, exit 2, not retried. Before, a
+    NaN never equals itself, so the chunked loss blamed the model for changing its head's output."""
+    model_dir = tmp_path / "nan-model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    norm = next(name for name in weights if name.endswith("model.norm.weight"))
+    weights[norm][0] = float("nan")
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    run_dir = tmp_path / "run"
+    out = _ftl("train", str(_ray_config(tmp_path, model_dir, run_dir, ray_cluster.address)))
+    assert out.returncode == 2, out.stderr[-4000:]
+    assert out.stderr.count("the loss is nan at step 1: training diverged") == 1, out.stderr[-4000:]
+    assert "lower training.learning_rate (now 0.005)" in out.stderr
+    assert "LM head" not in out.stderr and _no_worker_traceback(out.stderr), out.stderr[-4000:]
+    assert not _restarted(run_dir)
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    return subprocess.run(mount, capture_output=True).returncode == 0
+
+
+def test_a_full_disk_on_ray_is_one_clear_error_and_not_retried(
+    tmp_path: Path, tiny_model_dir: Path, ray_cluster
+) -> None:
+    """The run directory's disk fills during step 4's save: exit 1 with the worker's "No space left"
+    line, no worker traceback, no restart of the group (each would meet the same full disk); the
+    rerun, once there is room, resumes from step 2 and finishes."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "64m"):
+        pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
+    try:
+        run_dir = disk / "run"
+        config = _ray_config(tmp_path, tiny_model_dir, run_dir, ray_cluster.address)
+        failed = _ftl("train", str(config), env={"FTL_FAULT_FILL_DISK_AT": "before_shards@4"})
+        assert failed.returncode == 1, failed.stderr[-4000:]
+        assert "No space left on device" in failed.stderr and "earlier checkpoints" in failed.stderr
+        assert _no_worker_traceback(failed.stderr) and "Ray Train run failed" not in failed.stderr, failed.stderr[
+            -4000:
+        ]
+        assert not _restarted(run_dir)
+        assert [p.name for p in committed_checkpoints(run_dir)] == ["step-2"]
+        (run_dir / "checkpoints" / ".fault-filler").unlink()
+        resumed = _ftl("train", str(config))
+        assert resumed.returncode == 0, resumed.stderr[-4000:]
+        assert [p.name for p in committed_checkpoints(run_dir)][-1] == "step-6"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
