@@ -76,6 +76,11 @@ def strip_userinfo(text: str) -> str:
     return URI_PASSWORD.sub(lambda m: m.group(0).replace(m.group(1), "***"), text)
 
 
+def redact_text(text: str) -> str:
+    """Free text (an error message from a library) fit to show: URI passwords and token-shaped words hidden."""
+    return TOKEN_VALUE.sub(REDACTED, strip_userinfo(text))
+
+
 def redact(value: Any, key: str = "") -> Any:
     """A copy of a config-like value fit to show: values of secret-named keys and secret-looking
     strings replaced by ***redacted***, URI passwords by ***."""

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 from trainer.metrics import MetricsWriter, read_metrics
+from trainer.tracking import trackers
 from trainer.tracking.config import TrackingConfig
 from trainer.tracking.series import flat_params, scalar_series
 
@@ -59,3 +61,73 @@ def test_runs_without_trackers_never_import_them(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+class _HeldTracker:
+    """A tracker whose server answers only when the test says so."""
+
+    name = "mlflow"
+
+    def __init__(self, answer: threading.Event):
+        self.answer = answer
+        self.logged: list[tuple[int, bool]] = []  # (step, whether the server had answered by then)
+        self.finished = False
+
+    def log(self, step: int, series: dict[str, float]) -> None:
+        self.logged.append((step, self.answer.wait(30)))
+
+    def finish(self, finished: bool, artifacts: list[Path]) -> None:
+        self.finished = True
+
+
+def _held(monkeypatch: pytest.MonkeyPatch, answer: threading.Event) -> _HeldTracker:
+    tracker = _HeldTracker(answer)
+    monkeypatch.setattr(trackers, "_open_tracker", lambda *args: tracker)
+    return tracker
+
+
+def test_a_slow_tracker_never_holds_a_training_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writes return while the tracker's server has not answered (MLflow retries a down server
+    for minutes); the records reach it afterwards, in order, before the end of the start."""
+    answer = threading.Event()
+    tracker = _held(monkeypatch, answer)
+    writer = MetricsWriter(tmp_path, tracking=TrackingConfig(tensorboard=False, mlflow={"enabled": True}))
+    for step in (1, 2, 3):
+        writer.write(step, {"loss": 1.0 / step})
+    answered_during_the_steps = answer.is_set()
+    answer.set()
+    writer.close()
+    assert not answered_during_the_steps
+    assert tracker.logged == [(1, True), (2, True), (3, True)] and tracker.finished
+
+
+def test_the_end_of_a_start_waits_for_a_stuck_tracker_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = threading.Event()
+    tracker = _held(monkeypatch, answer)
+    monkeypatch.setattr(trackers, "FINISH_WAIT_S", 0.5)
+    writer = MetricsWriter(tmp_path, tracking=TrackingConfig(tensorboard=False, mlflow={"enabled": True}))
+    writer.write(1, {"loss": 1.0})
+    with caplog.at_level(logging.WARNING):
+        writer.close()
+    answer.set()  # lets the tracker's thread end
+    assert not tracker.finished
+    assert any("mlflow still sending after" in r.getMessage() for r in caplog.records), caplog.text
+    assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1]
+
+
+def test_a_tracker_failure_never_shows_the_uri_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URI comes from the environment (secrets are refused in configs): the warning and
+    trackers.json show it without its user:password@."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cr3t-pass@127.0.0.1:9")
+    writer = MetricsWriter(tmp_path, tracking=TrackingConfig(tensorboard=False, mlflow={"enabled": True}))
+    with caplog.at_level(logging.DEBUG, logger="trainer"):
+        writer.write(1, {"loss": 1.0})
+        writer.close()
+    shown = "\n".join(r.getMessage() for r in caplog.records)
+    assert "mlflow tracker failed" in shown and "s3cr3t-pass" not in shown, shown
+    assert "s3cr3t-pass" not in "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())

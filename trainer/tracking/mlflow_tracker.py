@@ -15,6 +15,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from trainer.secret_values import strip_userinfo
 from trainer.tracking.config import MlflowConfig
 from trainer.tracking.series import flat_params
 
@@ -43,7 +44,8 @@ class MlflowTracker:
     def __init__(self, cfg: MlflowConfig, run_dir: Path, params: dict[str, Any], state: dict[str, Any]):
         uri = resolve_tracking_uri(cfg, run_dir)
         self.client = MlflowClient(tracking_uri=uri)
-        if state.get("tracking_uri") == uri and state.get("run_id"):
+        # trackers.json keeps the URI without its user:password@ (a file in the run directory).
+        if state.get("tracking_uri") == strip_userinfo(uri) and state.get("run_id"):
             self.run_id = state["run_id"]
             self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return
@@ -58,7 +60,7 @@ class MlflowTracker:
         tags = {"ftl.run_dir": str(run_dir.resolve()), **cfg.tags}
         run = self.client.create_run(experiment_id, run_name=cfg.run_name or run_dir.name, tags=tags)
         self.run_id = run.info.run_id
-        state.update(tracking_uri=uri, run_id=self.run_id, experiment_id=experiment_id)
+        state.update(tracking_uri=strip_userinfo(uri), run_id=self.run_id, experiment_id=experiment_id)
         flat = [Param(k, v[:PARAM_VALUE_CHARS]) for k, v in flat_params(params).items()]
         for start in range(0, len(flat), PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=flat[start : start + PARAMS_PER_CALL])

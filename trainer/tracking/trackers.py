@@ -2,7 +2,10 @@
 from the same records as metrics.jsonl, on rank 0 only.
 
 A tracker is a convenience, metrics.jsonl is the record: a tracker that fails (server down, bad
-credentials, library missing) is reported once and dropped, and training goes on. Each tracker's
+credentials, library missing) is reported once and dropped, and training goes on. Trackers are
+fed from a thread of their own, so a slow or unreachable server (MLflow retries a refused request
+for minutes) never holds a training step; the end of a start waits for them at most
+FINISH_WAIT_S. Each tracker's
 run id is kept in RUN_DIR/trackers.json, so a resumed run continues the same MLflow run / W&B run.
 """
 
@@ -10,6 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,11 +23,13 @@ import yaml
 
 from trainer.checkpointing.protocol import atomic_write_text
 from trainer.run_layout import RunLayout
-from trainer.secret_values import redact
+from trainer.secret_values import redact, redact_text
 from trainer.tracking.config import TrackingConfig
 from trainer.tracking.series import scalar_series
 
 log = logging.getLogger(__name__)
+
+FINISH_WAIT_S = 60.0  # how long the end of a start waits for trackers still sending
 
 
 class Tracker(Protocol):
@@ -40,17 +48,50 @@ class TrackerSet:
         self.cfg, self.run_dir = cfg, run_dir
         self.wanted = [name for name in ("mlflow", "wandb") if getattr(cfg, name).enabled]
         self._open: list[Tracker] | None = None
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
 
     def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        """Queued for the trackers' thread; returns at once."""
         if not self.wanted:
             return
         series = scalar_series(kind, values)
         if series:
-            for tracker in self._trackers():
-                self._guard(tracker, lambda t=tracker: t.log(step, series))
+            self._send(lambda: self._log_now(step, series))
 
     def finish(self) -> None:
-        """At the end of a start (finished or stopped): summary, config and report uploaded."""
+        """At the end of a start (finished or stopped): summary, config and report uploaded, after
+        every queued record, waiting at most FINISH_WAIT_S."""
+        sender = self._sender
+        if sender is None:
+            return
+        self._calls.put(self._finish_now)
+        self._calls.put(None)
+        sender.join(FINISH_WAIT_S)
+        self._sender = None
+        if sender.is_alive():
+            log.warning(
+                "trackers %s still sending after %.0f s (server slow or unreachable); left behind: "
+                "metrics.jsonl and TensorBoard have every record",
+                ", ".join(self.wanted),
+                FINISH_WAIT_S,
+            )
+
+    def _send(self, call: Callable[[], None]) -> None:
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._drain, name="ftl-trackers", daemon=True)
+            self._sender.start()
+        self._calls.put(call)
+
+    def _drain(self) -> None:
+        while (call := self._calls.get()) is not None:
+            call()
+
+    def _log_now(self, step: int, series: dict[str, float]) -> None:
+        for tracker in self._trackers():
+            self._guard(tracker, lambda t=tracker: t.log(step, series))
+
+    def _finish_now(self) -> None:
         if self._open is None:
             return
         layout = RunLayout(self.run_dir)
@@ -87,7 +128,7 @@ class TrackerSet:
             "%s tracker failed (%s: %s); training goes on without it (metrics.jsonl and TensorBoard have every record)",
             name,
             type(exc).__name__,
-            str(exc).splitlines()[0][:300] if str(exc) else "",
+            redact_text(str(exc).splitlines()[0][:300]) if str(exc) else "",
         )
 
 
@@ -104,7 +145,13 @@ def upload_after_run(cfg: TrackingConfig, run_dir: Path, paths: list[Path]) -> N
             tracker = _open_tracker(name, cfg, run_dir, run_params(run_dir), state[name])
             tracker.finish(finished, [p for p in paths if p.exists()])
         except Exception as exc:  # noqa: BLE001 - the run is done; its files are all on disk
-            log.warning("%s tracker: could not add %s (%s: %s)", name, [p.name for p in paths], type(exc).__name__, exc)
+            log.warning(
+                "%s tracker: could not add %s (%s: %s)",
+                name,
+                [p.name for p in paths],
+                type(exc).__name__,
+                redact_text(str(exc)),
+            )
 
 
 def _open_tracker(
