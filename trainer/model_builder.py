@@ -25,11 +25,15 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return torch.float32
 
 
-def resolve_attention(name: str, device: str) -> str:
-    """flash-attn only where it can run (installed + CUDA); SDPA everywhere else."""
+def resolve_attention(name: str, device: str, model_class: Any = None) -> str | None:
+    """flash-attn only where it can run (installed + CUDA + a model class that supports it); else
+    None: transformers' own choice, SDPA where the model supports it and eager where not (Gemma 2,
+    whose logit soft-capping SDPA cannot do). `model_class` is only needed for `auto` on CUDA."""
     flash_available = importlib.util.find_spec("flash_attn") is not None
     if name == "auto":
-        return "flash_attention_2" if flash_available and device.startswith("cuda") else "sdpa"
+        if flash_available and device.startswith("cuda") and getattr(model_class, "_supports_flash_attn", False):
+            return "flash_attention_2"
+        return None
     if name == "flash_attention_2" and not (flash_available and device.startswith("cuda")):
         raise TrainerInputError(
             "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA device; "
@@ -105,9 +109,12 @@ def load_model(
 
     auto_class = auto_class or AutoModelForCausalLM
     dtype = resolve_dtype(model_cfg.dtype, device)
+    wants_class = model_cfg.attn_implementation == "auto" and device.startswith("cuda")
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "attn_implementation": resolve_attention(model_cfg.attn_implementation, device),
+        "attn_implementation": resolve_attention(
+            model_cfg.attn_implementation, device, _model_class(model_cfg, auto_class) if wants_class else None
+        ),
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
         **(head_kwargs or {}),
@@ -118,6 +125,12 @@ def load_model(
     try:
         model, info = auto_class.from_pretrained(model_cfg.path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
+        if "attn_implementation" in str(exc):  # transformers: this model has no such attention
+            raise TrainerInputError(
+                f"model.attn_implementation={model_cfg.attn_implementation} cannot be used with {model_cfg.path!r}: "
+                f"{str(exc).splitlines()[0]} Use model.attn_implementation: auto (SDPA where the model supports it, "
+                "else eager) or eager."
+            ) from None
         kind = "a causal LM" if auto_class is AutoModelForCausalLM else f"a model for {auto_class.__name__}"
         raise TrainerInputError(f"model.path: cannot load {kind} from {model_cfg.path!r}: {exc}") from None
     if loading_info is not None:
@@ -129,8 +142,22 @@ def load_model(
     model.config.use_cache = False
     if model_cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    log.info("model %s: %s, attention=%s", model_cfg.path, dtype, kwargs["attn_implementation"])
+    log.info("model %s: %s, attention=%s", model_cfg.path, dtype, model.config._attn_implementation)
     return model
+
+
+def _model_class(model_cfg: ModelConfig, auto_class: Any) -> Any:
+    """The class `auto_class` would build for this checkpoint (None when unknown: remote code)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model_cfg.path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        )
+        return _get_model_class(config, auto_class._model_mapping)
+    except (OSError, ValueError, KeyError):
+        return None  # from_pretrained reports what is wrong with the checkpoint
 
 
 def quantization_config(method_cfg: MethodConfig, model_dtype: torch.dtype) -> Any:
