@@ -26,6 +26,7 @@ from trainer.config import TrainerConfig
 from trainer.config_hash import config_hash as result_config_hash
 from trainer.console import RunConsole
 from trainer.context import WorkerContext
+from trainer.data.packing_check import check_packed_examples_stay_apart
 from trainer.data.prepare import PreparedData, prepare_data
 from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
@@ -134,9 +135,10 @@ def _build_trainee(
 ) -> _Trainee:
     """The model (with the method applied), wrapped by the strategy, its optimizer, schedule and
     checkpoint manager, restored from `resume_from` when there is one."""
-    base = apply_model_options(
-        build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing), cfg.model, ctx.device
-    )
+    base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
+    if data.train.packed and not data.train.pairs:  # rows of several examples (a pair's rows hold one each)
+        check_packed_examples_stay_apart(base, ctx.device)
+    base = apply_model_options(base, cfg.model, ctx.device)
     # DPO's frozen reference for full fine-tuning: copied before wrapping and before any resumed
     # weights are loaded, so it is the initial model on every start.
     copied = frozen_copy(base) if cfg.reference_kind() == "copy" else None

@@ -63,6 +63,35 @@ def test_a_diverged_loss_is_one_clear_error_not_a_chunked_loss_complaint(
     assert not _restarted(run_dir)
 
 
+def test_packing_on_a_model_that_mixes_packed_examples_is_refused_before_training(
+    tmp_path: Path, tokenizer, ray_cluster
+) -> None:
+    """OPT's attention ignores the restarting position ids of packed rows (each example would attend
+    to the ones before it): with the default data.packing the run stops before step 1 naming the
+    setting; with data.packing: false the same model trains."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    model_dir = tmp_path / "opt"
+    config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=256,
+    )
+    OPTForCausalLM(config).save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    run_dir = tmp_path / "run"
+    out = _ftl("train", str(_ray_config(tmp_path, model_dir, run_dir, ray_cluster.address)))
+    assert out.returncode == 2, out.stderr[-4000:]
+    assert out.stderr.count("data.packing: OPTForCausalLM does not keep packed examples apart") == 1, out.stderr[-4000:]
+    assert _no_worker_traceback(out.stderr) and not (run_dir / "metrics.jsonl").exists()
+    unpacked = _ftl("train", str(_ray_config(tmp_path, model_dir, run_dir, ray_cluster.address)), "data.packing=false")
+    assert unpacked.returncode == 0, unpacked.stderr[-4000:]
+
+
 def _mount_tmpfs(where: Path, size: str) -> bool:
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:

@@ -1,0 +1,60 @@
+"""data.packing is refused for models whose attention lets packed examples see each other (OPT,
+Bloom, MPT ignore the restarting position ids), in any dtype, and passes for those that keep them
+apart, under PEFT too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+from trainer.data.packing_check import check_packed_examples_stay_apart
+from trainer.errors import TrainerInputError
+
+VOCAB = 300
+KEEP_APART = {
+    "llama": T.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    ),
+    "gpt2": T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0),
+    "gpt_neox": T.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    ),
+}
+LEAK = {
+    "opt": T.OPTConfig(
+        vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32
+    ),
+    "bloom": T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
+    "mpt": T.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4),
+}
+
+
+def _model(config: T.PretrainedConfig, dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return T.AutoModelForCausalLM.from_config(config).to(dtype).train()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(KEEP_APART))
+def test_models_that_keep_packed_examples_apart_pass(name: str, dtype: torch.dtype) -> None:
+    model = _model(KEEP_APART[name], dtype)
+    check_packed_examples_stay_apart(model, "cpu")
+    assert model.training  # the probe's eval mode is undone
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(LEAK))
+def test_models_that_leak_across_packed_examples_are_refused(name: str, dtype: torch.dtype) -> None:
+    model = _model(LEAK[name], dtype)
+    with pytest.raises(TrainerInputError, match=r"data.packing: \w+ForCausalLM does not keep .*data.packing: false"):
+        check_packed_examples_stay_apart(model, "cpu")
+    assert model.training
+
+
+def test_under_peft_the_base_class_is_named() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model(LEAK["opt"], torch.float32), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(TrainerInputError, match="OPTForCausalLM"):
+        check_packed_examples_stay_apart(model, "cpu")
