@@ -173,11 +173,11 @@ def _architecture(config: Any, layers: list[torch.nn.Module]) -> Architecture:
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     norms = 2
-    if layers:
+    if layers:  # RMSNorm (Llama, Qwen, ...) or LayerNorm (GPT-2, OPT, ...) of the hidden size
         norms = sum(
             1
             for m in layers[0].modules()
-            if type(m).__name__.endswith("RMSNorm")
+            if type(m).__name__.endswith(("RMSNorm", "LayerNorm"))
             and getattr(m, "weight", None) is not None
             and m.weight.numel() == text.hidden_size
         )
@@ -188,8 +188,24 @@ def _architecture(config: Any, layers: list[torch.nn.Module]) -> Architecture:
         heads=heads,
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=head_dim,
-        intermediate=text.intermediate_size,
+        intermediate=_intermediate_size(text, layers),
         vocab=getattr(text, "vocab_size", None) or config.num_labels,  # an image classifier's logits: its classes
         experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
         norms_per_layer=norms or 2,
     )
+
+
+# What configs call the MLP's inner width: Llama-style, OPT, GPT-2 (None: 4 x hidden), Falcon/GPT-J, T5-style.
+_INTERMEDIATE_NAMES = ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", "d_ff")
+
+
+def _intermediate_size(text: Any, layers: list[torch.nn.Module]) -> int:
+    for name in _INTERMEDIATE_NAMES:
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    if layers:  # the widest weight of a decoder layer is its MLP's inner width
+        widths = [max(p.shape) for p in layers[0].parameters() if p.dim() == 2]
+        if widths:
+            return int(max(widths))
+    return 4 * int(text.hidden_size)  # the transformer default (GPT-2's n_inner=None)

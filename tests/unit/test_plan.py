@@ -493,3 +493,40 @@ def test_dpo_full_counts_the_reference_copy_only_where_it_is_kept(tmp_path: Path
 
     assert reference_bytes("ddp") > 0  # reference=auto: a frozen copy
     assert reference_bytes("fsdp") == 0  # reference=auto: precomputed log-probs, no weights
+
+
+@pytest.mark.parametrize(
+    "model_type,fields,intermediate",
+    [
+        ("gpt2", {"n_embd": 64, "n_layer": 2, "n_head": 4}, 256),  # n_inner None: 4 x hidden
+        ("gpt2", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 96}, 96),
+        (
+            "opt",
+            {
+                "hidden_size": 64,
+                "ffn_dim": 160,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "word_embed_proj_dim": 64,
+            },
+            160,
+        ),
+    ],
+)
+def test_plan_reads_the_architecture_of_layernorm_models(
+    tmp_path: Path, model_type: str, fields: dict, intermediate: int
+) -> None:  # type: ignore[type-arg]
+    """GPT-2 and OPT name the MLP width n_inner / ffn_dim and use LayerNorm: `ftl plan` failed
+    with an AttributeError on them."""
+    import json
+
+    from launcher.plan.planner import plan_run as plan
+
+    model_dir = tmp_path / model_type
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model_type": model_type, "vocab_size": 500, **fields}))
+    path = write_config(tmp_path / "c.yaml", model_dir, tmp_path / "run")
+    result = plan(load_config(path), Target(accelerator("RTX4090")), with_throughput=False)
+    assert result.inventory.arch.intermediate == intermediate
+    assert result.inventory.arch.norms_per_layer == 2  # ln_1/ln_2, self_attn_layer_norm/final_layer_norm
+    assert result.memory.peak_bytes > 0
