@@ -144,8 +144,10 @@ class WarmupDecaySchedule:
         return {"step_count": self.step_count, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The step only: the base learning rates stay this start's (from its config), so a resume
+        with a changed training.learning_rate (or per-group rates) trains with the new ones, as the
+        config snapshot and the resume warning say. The saved ones are those of the checkpoint's config."""
         self.step_count = int(state["step_count"])
-        self.base_lrs = list(state["base_lrs"])
         self._apply()
 
 

@@ -143,3 +143,27 @@ def test_two_worker_ddp_checkpoint_resumes_on_one_worker(tmp_path: Path, tiny_mo
     b = load_file(str(tmp_path / "one" / "final" / "adapter" / "adapter_model.safetensors"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=0)
+
+
+def test_a_resume_with_a_new_learning_rate_trains_with_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Two workers stop at step 3; the resume lowers training.learning_rate (as the divergence error
+    advises): steps 4-6 run at the new rate, which the config snapshot and the warning also name.
+    Before, the checkpoint's scheduler state brought the old rate back, silently."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        training={"max_steps": 6, "lr_scheduler": "constant", "warmup_steps": 0, "learning_rate": 5e-3},
+        checkpoint={"every_steps": 3},
+        cluster={"workers": 2},
+    )
+    env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="3")
+    first = subprocess.run([*FTL, "train", str(config)], env=env, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 3, first.stderr[-2000:]
+    second = subprocess.run(
+        [*FTL, "train", str(config), "training.learning_rate=1e-3"], cwd=REPO, capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "training.learning_rate: 0.005 -> 0.001" in (tmp_path / "run" / "logs" / "rank-0.log").read_text()
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run", "train")}
+    assert lrs == {1: 5e-3, 2: 5e-3, 3: 5e-3, 4: 1e-3, 5: 1e-3, 6: 1e-3}
