@@ -65,6 +65,7 @@ from cluster.run_storage import (
 from cluster.signals import signals_request_stop
 from trainer.config import TrainerConfig
 from trainer.errors import FtlError, InputError, RunWriteError, TrainerInputError
+from trainer.faults import fault_point
 from trainer.run_layout import CHECKPOINTS_DIR, METRICS_FILE, RunLayout, step_name
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,10 @@ def launch_ray(
                 write_failure = next(iter(_final_worker_errors(exc, RunWriteError)), None)
                 if write_failure is not None:  # disk full: the worker's clear message is above
                     raise RunWriteError(str(write_failure)) from None
-                raise RayRunFailed(f"Ray Train run failed: {exc}\nper-rank logs: {RunLayout(run_dir).logs}") from exc
+                raise RayRunFailed(
+                    f"Ray Train run failed: {failure_summary(exc)}\nper-rank logs: {RunLayout(run_dir).logs}\n"
+                    f"{what_next(run_dir, cluster.ray.max_failures)}"
+                ) from exc
         check_placement(run_dir, cluster)
         return take_result(run_dir)
     finally:
@@ -204,6 +208,36 @@ def stop_requesting_torch_trainer() -> type:
             return super()._initialize_and_run_controller(**controller_init_kwargs)
 
     return StopRequestingTorchTrainer
+
+
+def failure_summary(error: Exception) -> str:
+    """One line per failed rank (Ray's report repeats each worker's metadata and traceback)."""
+    failures = getattr(error, "worker_failures", None)
+    if not failures:
+        return str(error).strip().splitlines()[0][:500] if str(error).strip() else type(error).__name__
+    lines = []
+    for rank, failure in sorted(failures.items()):
+        failure = getattr(failure, "_base_exc", failure)
+        text = [line.strip() for line in str(failure).splitlines() if line.strip()]
+        # A dead worker process: Ray's "Worker exit type: ... Worker exit detail: ..." says why.
+        reason = next((line for line in text if "exit detail" in line), text[-1] if text else "")
+        lines.append(f"rank {rank}: {type(failure).__name__}: {reason[:300]}")
+    return "\n  " + "\n  ".join(lines)
+
+
+def what_next(run_dir: Path, max_failures: int) -> str:
+    """How to go on after a failure that Ray did not (or no longer) restart."""
+    from trainer.checkpointing.protocol import committed_checkpoints
+
+    committed = committed_checkpoints(run_dir)
+    resume = (
+        f"the checkpoints up to {committed[-1].name} are kept: run the same command again to resume from it"
+        if committed
+        else "no checkpoint was committed yet: the same command starts the run again"
+    )
+    if max_failures == 0:
+        resume += "; set cluster.ray.max_failures (e.g. 3) to have Ray restart the worker group from it by itself"
+    return resume
 
 
 def _final_worker_errors(error: Any, kind: type[Exception] | tuple[type[Exception], ...]) -> list[Exception]:
@@ -329,7 +363,7 @@ def connect(settings: RayConfig) -> bool:
         os.environ.setdefault(name, value)
     own_address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
     adopt_orphans()  # a Ray process its raylet leaves behind becomes ours to end (ray_leftovers.py)
-    with _children_ignore_sigint(), _own_address_for_children(own_address):
+    with _children_ignore_sigint() as interrupted, _own_address_for_children(own_address):
         ray.init(
             address="local",
             include_dashboard=True,
@@ -338,6 +372,11 @@ def connect(settings: RayConfig) -> bool:
             logging_level=logging.WARNING,
             num_cpus=os.cpu_count() or 1,
         )
+        fault_point("ray_start", 0, 0)  # tests: a Ctrl-C that arrives while the local Ray starts
+    if interrupted[0]:  # Ctrl-C while Ray started: nothing ran yet; end the Ray started for it
+        ray.shutdown()
+        end_leftover_ray_processes()
+        raise KeyboardInterrupt
     if ray.get_runtime_context().gcs_address != own_address:
         log.warning(
             "the local Ray's address is %s, not %s: with other Ray instances on this machine its "
@@ -385,20 +424,45 @@ def prefer_loopback(settings: RayConfig) -> None:
         os.environ[RAY_SINGLE_MACHINE_ENV] = "0"
 
 
+_starting_ray = False  # while True, every process forked here ignores SIGINT (see _children_ignore_sigint)
+
+
+def _ignore_sigint_in_child() -> None:
+    if _starting_ray:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
-def _children_ignore_sigint() -> Iterator[None]:
+def _children_ignore_sigint() -> Iterator[list[bool]]:
     """A terminal's Ctrl-C goes to its whole foreground process group, which Ray's daemons join
-    (the dashboard's modules would die of it). Started while SIGINT is ignored, they inherit
-    SIG_IGN, and so do the workers the raylet starts; the driver's own handler comes back after
-    (a Ctrl-C during these seconds of start-up is lost)."""
+    (the dashboard's modules would die of it). The processes started meanwhile ignore SIGINT (an
+    after-fork hook: Ray starts each of its daemons with a preexec_fn, which runs the hooks), and
+    so do the workers the raylet starts (SIG_IGN survives exec). The driver itself takes note of a
+    Ctrl-C during these seconds of start-up (the yielded flag) instead of dropping it: ignoring it
+    here, as the children do, lost it, and blocking it does not hold it either (the kernel hands a
+    process's signal to any thread that does not block it: torch's and ftl's own threads)."""
+    global _starting_ray
+    interrupted = [False]
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupted
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _register_child_hook()
+
+    def note(signum: int, frame: Any) -> None:
+        interrupted[0] = True
+
+    previous = signal.signal(signal.SIGINT, note)
+    _starting_ray = True
     try:
-        yield
+        yield interrupted
     finally:
+        _starting_ray = False
         signal.signal(signal.SIGINT, previous)
+
+
+@functools.cache
+def _register_child_hook() -> None:
+    os.register_at_fork(after_in_child=_ignore_sigint_in_child)  # once per process: hooks cannot be removed
 
 
 @contextlib.contextmanager

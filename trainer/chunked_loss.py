@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from trainer.config import VOCAB_SLICE
 from trainer.data.batches import IGNORE_INDEX
+from trainer.errors import TrainerInputError
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,13 @@ def lm_loss_sum(
 
     def loss_instead_of_logits(hidden: torch.Tensor) -> torch.Tensor:
         if computed:
-            raise RuntimeError(
+            raise TrainerInputError(
                 "training.loss.chunked: the model called its LM head twice in one forward; "
                 "set training.loss.chunked: false for this model"
             )
         flat = hidden.reshape(-1, hidden.size(-1))
         if flat.size(0) != following.numel():
-            raise RuntimeError(
+            raise TrainerInputError(
                 f"training.loss.chunked: the LM head got {flat.size(0)} positions, the batch has "
                 f"{following.numel()}; set training.loss.chunked: false for this model"
             )
@@ -131,7 +132,7 @@ def lm_loss_sum(
         or returned.dtype != torch.float32
         or not _same_value(returned.detach(), computed[0])
     ):
-        raise RuntimeError(
+        raise TrainerInputError(
             "training.loss.chunked: the model changes the LM head's output before returning it, so the "
             "chunked loss would not be its loss; set training.loss.chunked: false for this model"
         )

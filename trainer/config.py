@@ -34,7 +34,9 @@ class ModelConfig(Section):
         "auto", description="auto = bfloat16 on a GPU that supports it, float32 otherwise."
     )
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
-        "auto", description="auto = flash_attention_2 when flash-attn is installed and CUDA is used, else sdpa."
+        "auto",
+        description="auto = flash_attention_2 when flash-attn is installed, CUDA is used and the model supports it; "
+        "else sdpa where the model supports it, else eager.",
     )
     gradient_checkpointing: bool = False
     activation_offloading: bool = Field(

@@ -218,6 +218,21 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     assert_same_losses(run_dir, golden)
 
 
+def test_ctrl_c_while_the_local_ray_starts_ends_ftl_before_the_run(tmp_path, tiny_model_dir):
+    """A Ctrl-C in the seconds ftl's local Ray takes to start (SIGINT held back there, so Ray's
+    daemons do not die of it) is acted on once Ray is up: ftl ends that Ray and exits 130 before
+    any worker starts. Before, it was discarded and the run went on as if never asked to stop."""
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "workers": 2})
+    out = _ftl(
+        "train",
+        str(config),
+        env={"FTL_FAULT_SIGNAL_AT": "ray_start", "FTL_FAULT_SIGNAL": "INT"},
+    )
+    assert out.returncode == 128 + signal.SIGINT, out.stderr[-3000:]
+    assert out.stderr.rstrip().endswith("ftl: interrupted"), out.stderr[-3000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
 def _default_sigint() -> None:
     """A shell gives its foreground job SIGINT's default action; a test runner may have it ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)

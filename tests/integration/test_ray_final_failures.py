@@ -1,5 +1,7 @@
-"""Failures a restart cannot fix, on the default backend (Ray Train, two workers, restarts allowed):
-the run ends at once with one clear line and ftl's exit code, no worker traceback, no restart."""
+"""How a run on the default backend (Ray Train, two workers) ends when it fails. Failures a restart
+cannot fix (restarts allowed): at once, with one clear line and ftl's exit code, no worker
+traceback, no restart. A worker that dies without restarts allowed: a line per failed rank and
+what to do next."""
 
 from __future__ import annotations
 
@@ -126,3 +128,18 @@ def test_a_full_disk_on_ray_is_one_clear_error_and_not_retried(
         assert [p.name for p in committed_checkpoints(run_dir)][-1] == "step-6"
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_dead_worker_without_restarts_says_how_to_resume(tmp_path: Path, tiny_model_dir: Path, ray_cluster) -> None:
+    run_dir = tmp_path / "run"
+    config = _ray_config(tmp_path, tiny_model_dir, run_dir, ray_cluster.address)
+    kill = {"FTL_FAULT_KILL_AT": "micro@3", "FTL_FAULT_RANK": "1"}
+    out = _ftl("train", str(config), "cluster.ray.max_failures=0", env=kill)
+    assert out.returncode == 1, out.stderr[-4000:]
+    message = out.stderr[out.stderr.index("ftl: Ray Train run failed") :]
+    assert "rank 1: " in message and "Worker(" not in message, message  # one line per rank, not Ray's report
+    assert "the checkpoints up to step-2 are kept: run the same command again to resume" in message, message
+    assert "set cluster.ray.max_failures" in message
+    resumed = _ftl("train", str(config), "cluster.ray.max_failures=0")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "ftl: resumed from checkpoints/step-2" in resumed.stderr

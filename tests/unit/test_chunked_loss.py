@@ -15,6 +15,7 @@ from trainer.chunked_loss import linear_cross_entropy_sum
 from trainer.config import LossConfig, MethodConfig, ModelConfig
 from trainer.data.batches import IGNORE_INDEX, RowDataset, make_batch
 from trainer.data.tokenized import load_tokenized
+from trainer.errors import TrainerInputError
 from trainer.loss import loss_sum
 
 # fp32 on CPU: only the summation order differs (chunks, fp32 accumulation of the head gradient).
@@ -265,7 +266,7 @@ def test_a_model_that_changes_the_head_output_is_refused_not_miscomputed(
         return out
 
     model.forward = scaled_forward.__get__(model)
-    with pytest.raises(RuntimeError, match="training.loss.chunked: false"):
+    with pytest.raises(TrainerInputError, match="training.loss.chunked: false"):
         loss_sum(model, qa_batch(qa_examples, True, tokenizer.pad_token_id), LossConfig())
 
 
@@ -320,7 +321,6 @@ def test_full_logits_are_never_allocated(tiny_model_dir: Path, tokenizer: Any, q
 
 @pytest.mark.parametrize("kernel", ["liger", "cut_cross_entropy"])
 def test_a_named_kernel_that_cannot_run_is_refused_at_startup(kernel: str) -> None:
-    from trainer.errors import TrainerInputError
     from trainer.loss_kernels import check_loss_kernel, installed, select_kernel
 
     with pytest.raises(TrainerInputError, match=f"training.loss.kernel={kernel} is a CUDA kernel"):
