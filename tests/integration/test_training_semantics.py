@@ -66,6 +66,31 @@ def test_validation_split_and_dataset_folder(tmp_path: Path, tiny_model_dir: Pat
     assert summary["scores"]["validation"]["final"]["eval_loss"] > 0
 
 
+def test_a_validation_split_that_leaves_nothing_to_train_is_refused_by_validate_and_train(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """One training row and validation_split 0.1: the one row would be held out (at least one
+    always is). `ftl validate --data` and `ftl train` both say so (exit 2); train crashed with a
+    ZeroDivisionError."""
+    import subprocess
+
+    from tests.conftest import FTL
+
+    train_file = tmp_path / "one.jsonl"
+    train_file.write_text((QA_DATA / "train.jsonl").read_text().splitlines()[0] + "\n")
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        data={"train": str(train_file), "validation": None, "validation_split": 0.1},
+    )
+    for command in (["validate", str(config), "--data"], ["train", str(config)]):
+        out = subprocess.run([*FTL, *command], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, out.stderr[-3000:]
+        assert "data.validation_split=0.1 holds out all 1 examples" in out.stdout + out.stderr, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr
+
+
 def test_gradient_checkpointing_switch_reaches_the_model(tiny_model_dir: Path) -> None:
     from trainer.config import MethodConfig, ModelConfig
     from trainer.methods import apply_method

@@ -17,6 +17,7 @@ from trainer.data.mixture import MixtureSpan, concat_sets
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sources import read_rows
 from trainer.data.tokenized import TokenizedSet, load_tokenized
+from trainer.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,22 @@ def prepare_data(
     return PreparedData(RowDataset(train, rows, cfg.packing, spans, pairs=cfg.format == "preference"), evals, report)
 
 
-def held_out_split(examples: int, ratio: float, seed: int, paired: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def held_out_split(
+    examples: int, ratio: float, seed: int, paired: bool = False, unit: str = "examples"
+) -> tuple[np.ndarray, np.ndarray]:
     """data.validation_split: the (sorted) example indices held out for validation, and the rest.
     `paired`: examples 2i and 2i + 1 are a preference pair, held out (or not) together."""
     if paired:
-        held_pairs, rest_pairs = held_out_split(examples // 2, ratio, seed)
+        held_pairs, rest_pairs = held_out_split(examples // 2, ratio, seed, unit="preference pairs")
         return _both_of_pairs(held_pairs), _both_of_pairs(rest_pairs)
     order = np.random.default_rng(seed).permutation(examples)
     held = max(1, int(round(examples * ratio)))
+    if held >= examples:
+        raise DataError(
+            f"data.validation_split={ratio:g} holds out all {examples} {unit} of the training data "
+            f"(at least one is always held out), leaving none to train on; lower data.validation_split, "
+            "give data.validation a file, or add training data"
+        )
     return np.sort(order[:held]), np.sort(order[held:])
 
 
