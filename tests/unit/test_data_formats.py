@@ -252,6 +252,20 @@ def test_text_that_is_not_utf8_is_named_by_file_and_line(tmp_path: Path, tokeniz
         list(read_rows(str(tmp_path / "d.json")))
 
 
+def test_a_lone_surrogate_escape_is_a_named_bad_row(tmp_path: Path, tokenizer: Any) -> None:
+    """JSON's \\ud800 outside a pair parses to a string no tokenizer can take (it raised a
+    TypeError from the tokenizer); a valid pair (an emoji) is text."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a \\ud83d\\ude00"}\n{"text": "b \\ud800 c"}\n{"text": "d"}\n')
+    args = dict(max_seq_len=64, too_long="truncate", cache_root=tmp_path / "c")
+    with pytest.raises(DataError, match=r"d.jsonl line 2: a lone surrogate \\ud800 in 'text'"):
+        load_tokenized(str(path), "text", tokenizer, skip_bad_rows=False, **args)
+    kept = load_tokenized(str(path), "text", tokenizer, skip_bad_rows=True, **args)
+    assert kept.stats["skipped_bad"] == 1 and len(kept) == 2
+    (tmp_path / "d.json").write_text('[{"text": "a"}, {"text": "\\udfff"}]')
+    assert "lone surrogate \\udfff" in [r.values for r in read_rows(str(tmp_path / "d.json"))][1].reason
+
+
 def test_a_file_with_nothing_to_train_on_says_why(tmp_path: Path, tokenizer: Any) -> None:
     args = dict(too_long="drop", skip_bad_rows=True, cache_root=tmp_path / "c")
     (tmp_path / "empty.jsonl").write_text("\n  \n")

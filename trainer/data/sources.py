@@ -80,9 +80,12 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             if not line.strip():
                 continue
             try:
-                yield Row(where, json.loads(line))
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield Row(where, _Malformed(f"invalid JSON: {exc.msg} at column {exc.colno}"))
+                continue
+            surrogate = _lone_surrogate(value) if "\\u" in line else None
+            yield Row(where, _Malformed(surrogate) if surrogate else value)
 
 
 def _read_json(path: Path) -> Iterator[Row]:
@@ -100,7 +103,8 @@ def _read_json(path: Path) -> Iterator[Row]:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects (or JSON Lines in a .jsonl file)")
     for index, item in enumerate(data):
-        yield Row(f"{path.name} item {index}", item)
+        surrogate = _lone_surrogate(item)
+        yield Row(f"{path.name} item {index}", _Malformed(surrogate) if surrogate else item)
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:
@@ -157,6 +161,26 @@ BOM = b"\xef\xbb\xbf"
 def _not_utf8_file(path: Path, raw: bytes, exc: UnicodeDecodeError) -> DataError:
     line = raw.count(b"\n", 0, exc.start) + 1
     return DataError(f"{path} line {line}: {_not_utf8(raw, exc)}")
+
+
+def _lone_surrogate(value: Any, key: str = "") -> str | None:
+    """Why a parsed JSON value is no text, or None: JSON's \\ud800-\\udfff escapes outside a valid
+    pair decode to lone surrogates, which no UTF-8 text (and no tokenizer) can hold."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            where = f" in {key!r}" if key else ""
+            return (
+                f"a lone surrogate \\u{ord(value[exc.start]):04x}{where} (a \\ud800-\\udfff escape outside a valid pair) "
+                "is not text; fix or drop the escape"
+            )
+        return None
+    if isinstance(value, dict):
+        return next((r for k, v in value.items() if (r := _lone_surrogate(v, str(k))) is not None), None)
+    if isinstance(value, list):
+        return next((r for v in value if (r := _lone_surrogate(v, key)) is not None), None)
+    return None
 
 
 def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
