@@ -266,6 +266,13 @@ def test_a_lone_surrogate_escape_is_a_named_bad_row(tmp_path: Path, tokenizer: A
     assert "lone surrogate \\udfff" in [r.values for r in read_rows(str(tmp_path / "d.json"))][1].reason
 
 
+@pytest.mark.parametrize("content", [b"", b"PAR1 cut off"], ids=["empty", "corrupt"])
+def test_an_unreadable_parquet_file_is_a_data_error_naming_it(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "d.parquet").write_bytes(content)
+    with pytest.raises(DataError, match=r"d.parquet: not a readable Parquet file \(.+\); check the file"):
+        list(read_rows(str(tmp_path / "d.parquet")))
+
+
 def test_a_file_with_nothing_to_train_on_says_why(tmp_path: Path, tokenizer: Any) -> None:
     args = dict(too_long="drop", skip_bad_rows=True, cache_root=tmp_path / "c")
     (tmp_path / "empty.jsonl").write_text("\n  \n")

@@ -108,9 +108,16 @@ def _read_json(path: Path) -> Iterator[Row]:
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(
+            f"{path}: not a readable Parquet file ({exc}); check the file (an empty or cut-off copy?) or convert it "
+            "to JSON Lines"
+        ) from None
     for index, item in enumerate(table.to_pylist()):
         yield Row(f"{path.name} row {index}", item)
 
@@ -142,8 +149,14 @@ def _read_hub(name: str, split: str) -> Iterator[Row]:
     try:
         loaded = datasets.load_dataset(name, split=split)
     except Exception as exc:  # the hub client raises many types; the message is what matters
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if Path(name).is_dir():
+            raise DataError(
+                f"{name}: loading this dataset folder with datasets.load_dataset failed ({reason}); it should hold "
+                "data files (.jsonl, .json, .csv, .parquet) or a dataset saved by the datasets library"
+            ) from None
         raise DataError(
-            f"{name}: not a local file, and loading it with datasets.load_dataset failed: {exc}. "
+            f"{name}: not a local file, and loading it with datasets.load_dataset failed ({reason}). "
             "Check the path (relative paths resolve from the current directory) or the dataset name."
         ) from None
     for index, item in enumerate(loaded):
