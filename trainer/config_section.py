@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are re-validated."""
+    """Base for every config section: unknown keys are errors, assignments are re-validated, and
+    numbers are finite (YAML's .inf / .nan passed every `gt=0` bound and crashed the run later)."""
 
     # protected_namespaces=(): a section may name a key model_* (pydantic reserves that prefix by default).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)

@@ -228,3 +228,20 @@ def test_uri_output_keeps_its_uri_and_gets_a_local_working_copy(
         _write(tmp_path, valid_text), ["output.dir=gs://b/r", "cluster.backend=ray", "output.local_dir=work"]
     )
     assert local_run_dir(cfg) == Path.cwd() / "work"
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("training.max_grad_norm=.inf", "training.max_grad_norm"),
+        ("training.weight_decay=.nan", "training.weight_decay"),
+        ("training.epochs=.inf", "training.epochs"),
+        ("method.lora.alpha=.inf", "method.lora.alpha"),
+        ("checkpoint.every_minutes=.inf", "checkpoint.every_minutes"),
+        ("cluster.collective_timeout_s=.inf", "cluster.collective_timeout_s"),
+    ],
+)
+def test_infinite_and_nan_numbers_are_refused_by_key(tmp_path: Path, valid_text: str, override: str, key: str) -> None:
+    """YAML's .inf and .nan pass every `gt=0` bound; they crashed runs later (a division, a timer)."""
+    (problem,) = _problems(_write(tmp_path, valid_text), [override])
+    assert problem.startswith(key) and "finite number" in problem, problem
