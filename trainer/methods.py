@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from trainer.config import MethodConfig
+from trainer.errors import TrainerInputError
 from trainer.model_builder import enable_checkpointing
 
 log = logging.getLogger(__name__)
@@ -70,16 +71,51 @@ def apply_method(
         if gradient_checkpointing:
             enable_checkpointing(model)
     # autocast_adapter_dtype: PEFT creates bf16/fp16 adapters in fp32 unless told not to.
-    peft_model = get_peft_model(
-        model,
-        peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules, new_modules=new_modules),
-        autocast_adapter_dtype=fp32,
-    )
+    check_target_modules(model, method.lora.target_modules)
+    try:
+        peft_model = get_peft_model(
+            model,
+            peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules, new_modules=new_modules),
+            autocast_adapter_dtype=fp32,
+        )
+    except ValueError as exc:
+        if "not found in the base model" not in str(exc) and "Target module" not in str(exc):
+            raise
+        raise TrainerInputError(
+            f"method.lora.target_modules={method.lora.target_modules!r}: {str(exc).splitlines()[0]} This model's "
+            f"linear layers are named: {', '.join(linear_layer_names(model))} (or use all-linear)"
+        ) from None
     if not fp32:
         _cast_trainable(peft_model, compute_dtype(model, method))
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
     return peft_model
+
+
+def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> None:
+    """Every listed name must name a module (PEFT matches a full name or its last parts, and is
+    silent about a name that matches nothing as long as another one matches: a typo trained
+    nothing there)."""
+    if isinstance(targets, str):
+        return  # all-linear, or a regex PEFT checks as a whole
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
+    if missing:
+        raise TrainerInputError(
+            f"method.lora.target_modules: {', '.join(repr(t) for t in missing)} name(s) no module of this model; "
+            f"its linear layers are named: {', '.join(linear_layer_names(model))} (or use all-linear)"
+        )
+
+
+def linear_layer_names(model: torch.nn.Module) -> list[str]:
+    """The distinct last names of the model's linear layers (what LoRA's target_modules match)."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name
+        and (isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Conv1D", "Linear4bit", "Linear8bitLt"))
+    }
+    return sorted(names)
 
 
 def compute_dtype(model: torch.nn.Module, method: MethodConfig) -> torch.dtype:

@@ -1,0 +1,41 @@
+"""method.lora.target_modules names that match no module are a config error naming them and the
+model's linear layers: all of them unknown (PEFT's ValueError), or some (PEFT says nothing and
+the typo trains nothing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer.config import MethodConfig, ModelConfig
+from trainer.errors import TrainerInputError
+from trainer.methods import apply_method
+from trainer.model_builder import load_model
+
+LINEAR = "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"
+
+
+@pytest.mark.parametrize(
+    "targets,named",
+    [
+        (["q_proj", "v_porj"], "'v_porj' name(s) no module"),
+        (["qkv"], "'qkv' name(s) no module"),
+        ("foo.*bar", "target_modules='foo.*bar'"),
+    ],
+)
+def test_unknown_target_modules_are_named_with_the_real_ones(tiny_model_dir: Path, targets, named: str) -> None:  # type: ignore[no-untyped-def]
+    cfg = MethodConfig(type="lora", lora={"target_modules": targets})  # type: ignore[arg-type]
+    model = load_model(ModelConfig(path=str(tiny_model_dir)), cfg, "cpu")
+    with pytest.raises(TrainerInputError) as info:
+        apply_method(model, cfg, gradient_checkpointing=False)
+    assert named in str(info.value) and LINEAR in str(info.value), str(info.value)
+
+
+def test_known_names_full_or_last_part_are_accepted(tiny_model_dir: Path) -> None:
+    cfg = MethodConfig(type="lora", lora={"target_modules": ["q_proj", "model.layers.0.self_attn.v_proj"]})  # type: ignore[arg-type]
+    model = apply_method(
+        load_model(ModelConfig(path=str(tiny_model_dir)), cfg, "cpu"), cfg, gradient_checkpointing=False
+    )
+    adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert adapted == {"q_proj", "v_proj"}
