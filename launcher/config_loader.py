@@ -85,6 +85,9 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(path), [f"YAML syntax error at {where}{problem}"]) from None
+    duplicates = _duplicate_keys(node)
+    if duplicates:
+        raise ConfigError(str(path), duplicates)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -93,6 +96,29 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     # names the missing keys inside it rather than the section's type.
     data = {key: ({} if value is None else value) for key, value in data.items()}
     return data, _key_lines(node)
+
+
+def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[str]:
+    """A key written twice in one mapping: YAML keeps the last value without a word, so the
+    first one (often the one the user edits) would be ignored."""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+            if key in seen:
+                problems.append(
+                    f"{key} (lines {seen[key]} and {line}): set twice; YAML would keep only the second, "
+                    "silently: remove one"
+                )
+            seen.setdefault(key, line)
+            problems += _duplicate_keys(value_node, key + ".")
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{prefix.rstrip('.')}[{index}].")
+    return problems
 
 
 def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:

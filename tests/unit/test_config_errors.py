@@ -245,3 +245,17 @@ def test_infinite_and_nan_numbers_are_refused_by_key(tmp_path: Path, valid_text:
     """YAML's .inf and .nan pass every `gt=0` bound; they crashed runs later (a division, a timer)."""
     (problem,) = _problems(_write(tmp_path, valid_text), [override])
     assert problem.startswith(key) and "finite number" in problem, problem
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path, valid_text: str) -> None:
+    """YAML keeps the second value silently; the first (often the one being edited) was ignored.
+    Here the training section is written twice too (the valid config has one)."""
+    text = valid_text.rstrip("\n") + "\ntraining:\n  learning_rate: 1.0e-4\n  learning_rate: 2.0e-4\n"
+    lines = text.splitlines()
+    sections = [n for n, line in enumerate(lines, 1) if line == "training:"]
+    first = sections[1] + 1
+    assert _problems(_write(tmp_path, text)) == [
+        f"training (lines {sections[0]} and {sections[1]}): set twice; YAML would keep only the second, silently: remove one",
+        f"training.learning_rate (lines {first} and {first + 1}): set twice; YAML would keep only the second, "
+        "silently: remove one",
+    ]
