@@ -52,6 +52,19 @@ def test_chat_trains_only_assistant_turns_including_end_of_turn(tokenizer: Any) 
     assert "Zorblat" not in trained and "<|user|>" not in trained
 
 
+def test_a_conversation_opening_with_the_assistant_trains_its_text_not_the_header(tokenizer: Any) -> None:
+    """A greeting first: BOS and the assistant header were trained as if the assistant wrote them."""
+    messages = [
+        {"role": "assistant", "content": "Hello, how can I help?"},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    example = render_example(Row("t", {"messages": messages}), "chat", tokenizer)
+    trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
+    assert trained == "Hello, how can I help?<|end|>\nBlue.<|end|>\n"
+    assert other.startswith(tokenizer.bos_token + "<|assistant|>")
+
+
 def test_sharegpt_rows_render_like_chat_rows(tokenizer: Any) -> None:
     chat = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
     sharegpt = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}

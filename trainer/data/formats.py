@@ -301,8 +301,11 @@ def _render_chat(messages: list[dict[str, str]], tokenizer: Any, train_from: int
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or index < train_from:
             continue
-        before = _apply_template(tokenizer, messages[:index], add_generation_prompt=True) if index else ""
         through = _apply_template(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        if index:
+            before = _apply_template(tokenizer, messages[:index], add_generation_prompt=True)
+        else:  # the conversation opens with the assistant: its header (and BOS) are context too
+            before = _assistant_opening(tokenizer, message, through)
         if not full.startswith(through) or not through.startswith(before):
             raise RowProblem(
                 "the chat template is not prefix-stable (rendering a conversation prefix does not give a "
@@ -314,6 +317,24 @@ def _render_chat(messages: list[dict[str, str]], tokenizer: Any, train_from: int
     ids = list(encoded["input_ids"])
     mask = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoded["offset_mapping"]]
     return Example(ids, mask)
+
+
+def _assistant_opening(tokenizer: Any, message: dict[str, str], through: str) -> str:
+    """What the template writes before a first, assistant message's text: the generation prompt
+    of an empty conversation, or else everything up to the message's own text."""
+    try:
+        opening = tokenizer.apply_chat_template([], tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - templates may refuse an empty conversation; found below instead
+        opening = None
+    if isinstance(opening, str) and opening and through.startswith(opening):
+        return opening
+    start = through.find(message["content"]) if message["content"] else -1
+    if start < 0:
+        raise RowProblem(
+            "the conversation starts with an assistant message whose text the chat template does not show as "
+            "written, so its tokens cannot be located; start with a user (or system) message"
+        )
+    return through[:start]
 
 
 def _alpaca_messages(values: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
