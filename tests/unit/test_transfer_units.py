@@ -270,3 +270,26 @@ def json_round_trip(value: dict) -> dict:
     import json
 
     return json.loads(json.dumps(value))
+
+
+def test_freezing_the_embeddings_of_a_tied_gpt2_freezes_the_shared_matrix_and_positions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """GPT-2 ties its head to wte: freeze.embeddings froze nothing (the matrix counted as the head),
+    and its position table wpe counted as 'other'."""
+    import logging
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from trainer.transfer.config import FreezeConfig
+    from trainer.transfer.freezing import apply_freezing
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32))
+    parts = model_parts(model)
+    assert parts.of("transformer.wpe.weight").kind == "embeddings"
+    assert parts.of("transformer.wte.weight").tied
+    with caplog.at_level(logging.WARNING):
+        apply_freezing(model, parts, FreezeConfig(embeddings=True))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"transformer.wte.weight", "transformer.wpe.weight"}
+    assert "tied to its input embeddings" in caplog.text

@@ -10,6 +10,8 @@ packed after two different first ones must get the same logits.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from trainer.errors import TrainerInputError
@@ -20,7 +22,8 @@ LEAK_TOLERANCE = 1e-4  # relative change of the second document's logits (measur
 
 def check_packed_examples_stay_apart(model: torch.nn.Module, device: str) -> None:
     """Raise TrainerInputError (naming data.packing) when the model lets packed examples see each other."""
-    vocab = int(model.get_input_embeddings().weight.shape[0])
+    hf: Any = model  # a transformers (or PEFT) model: its methods are not torch.nn.Module's
+    vocab = int(hf.get_input_embeddings().weight.shape[0])
     generator = torch.Generator().manual_seed(0)
     second = torch.randint(min(10, vocab - 1), vocab, (1, SECOND), generator=generator)
     firsts = [torch.randint(min(10, vocab - 1), vocab, (1, FIRST), generator=generator) for _ in range(2)]
@@ -44,7 +47,7 @@ def check_packed_examples_stay_apart(model: torch.nn.Module, device: str) -> Non
     leak = float((seen[0] - seen[1]).abs().max()) / max(float(seen[0].abs().max()), 1e-6)
     if leak <= LEAK_TOLERANCE:
         return
-    name = type(model.get_base_model() if hasattr(model, "get_base_model") else model).__name__  # under PEFT
+    name = type(hf.get_base_model() if hasattr(hf, "get_base_model") else hf).__name__  # under PEFT
     raise TrainerInputError(
         f"data.packing: {name} does not keep packed examples apart (its attention ignores the restarting position "
         "ids, so each example would attend to the examples before it in its row); set data.packing: false"

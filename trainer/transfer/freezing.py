@@ -18,7 +18,7 @@ def should_freeze(name: str, parts: ModelParts, cfg: FreezeConfig) -> bool:
     part = parts.of(name)
     return (
         (cfg.all_but_head and part.kind != HEAD)
-        or (cfg.embeddings and part.kind == EMBEDDINGS)
+        or (cfg.embeddings and (part.kind == EMBEDDINGS or part.tied))
         or (part.kind == BLOCK and int(part.block) < cfg.first_n_blocks)  # type: ignore[arg-type]
         or matches_any(name, cfg.patterns)
     )
@@ -40,6 +40,12 @@ def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig)
         if parameter.requires_grad and should_freeze(name, parts, cfg):
             parameter.requires_grad_(False)
             frozen += 1
+            if cfg.embeddings and parts.of(name).tied:
+                log.warning(
+                    "transfer.freeze.embeddings: this model's LM head is tied to its input embeddings (%s), so the "
+                    "head is frozen too",
+                    name,
+                )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise TrainerInputError("transfer.freeze leaves no trainable parameter; freeze fewer blocks or patterns")

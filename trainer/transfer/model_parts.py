@@ -27,6 +27,7 @@ HEAD, BLOCK, EMBEDDINGS, OTHER = "head", "block", "embeddings", "other"
 class Part:
     kind: str  # head, block, embeddings or other (final norm and anything outside the blocks)
     block: int | None = None  # 0 = the bottom block
+    tied: bool = False  # a head weight that is also the input embeddings (tied word embeddings)
 
     def distance_from_top(self, num_blocks: int) -> int:
         """0 for the head, 1 for the top block (and the final norm), num_blocks + 1 for the embeddings."""
@@ -133,6 +134,23 @@ def embeddings_module(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> 
     return table if holds_block or parent is base or parent is getattr(base, "base_model", None) else parent
 
 
+POSITION_TABLE_NAMES = ("wpe", "embed_positions", "position_embeddings")  # GPT-2, OPT, GPT-J/BERT-style
+
+
+def position_tables(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> list[torch.nn.Module]:
+    """Learned absolute position tables outside the blocks (GPT-2's wpe, OPT's embed_positions):
+    part of the embeddings, as their token table is."""
+    base = base_of(model)
+    inside = {id(m) for block in blocks for m in block.modules()}
+    return [
+        module
+        for name, module in base.named_modules()
+        if name.rsplit(".", 1)[-1] in POSITION_TABLE_NAMES
+        and id(module) not in inside
+        and any(True for _ in module.parameters(recurse=False))
+    ]
+
+
 def input_embeddings(base: torch.nn.Module) -> torch.nn.Module:
     """The module that turns the inputs into the first hidden states. transformers' convolutional
     backbones do not say (ConvNeXt raises, ResNet has none): there it is the stem, named
@@ -153,14 +171,17 @@ def model_parts(model: torch.nn.Module) -> ModelParts:
     """Classify every parameter of an unwrapped (possibly PEFT) model."""
     by_id: dict[int, Part] = {}
     blocks = decoder_blocks(model)
-    for p in embeddings_module(model, blocks).parameters():
-        by_id[id(p)] = Part(EMBEDDINGS)
+    for table in [embeddings_module(model, blocks), *position_tables(model, blocks)]:
+        for p in table.parameters():
+            by_id[id(p)] = Part(EMBEDDINGS)
     for index, block in enumerate(blocks):
         for p in block.parameters():
             by_id[id(p)] = Part(BLOCK, index)
     for head in head_modules(model):
         for p in head.parameters():
-            by_id[id(p)] = Part(HEAD)  # a tied head shares the embedding matrix; it counts as the head
+            # A tied head shares the embedding matrix: it counts as the head, marked tied.
+            shared = id(p) in by_id and by_id[id(p)].kind == EMBEDDINGS
+            by_id[id(p)] = Part(HEAD, tied=shared)
     parts = {plain_name(name): by_id.get(id(p), Part(OTHER)) for name, p in model.named_parameters()}
     return ModelParts(parts, len(blocks))
 
