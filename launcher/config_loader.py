@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from launcher.errors import ConfigError
 from launcher.run_config import RunConfig
-from trainer.secret_values import secret_problems
+from trainer.secret_values import redact_argv, secret_problems
 
 # Keys holding filesystem paths. Relative paths resolve from the current directory (as in
 # torchrun/Axolotl); model/tokenizer/data values that do not exist locally may be hub names.
@@ -57,6 +57,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             _apply_override(raw, override)
         except ValueError as exc:
             problems.append(str(exc))
+        # The value now comes from the command line: an error about it cites no line of the file.
+        key = override.partition("=")[0]
+        for known in [k for k in key_lines if k == key or k.startswith(key + ".")]:
+            key_lines[known] = 0
     if problems:
         raise ConfigError(source, problems)
     # Before validation: its messages quote values, and a secret must not appear in any of them.
@@ -135,7 +139,8 @@ def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
 def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, value_text = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ValueError(f"override {override!r} must look like key.path=value (e.g. training.learning_rate=1e-4)")
+        shown = redact_argv([override])[0]  # a token pasted in the wrong place is not echoed
+        raise ValueError(f"override {shown!r} must look like key.path=value (e.g. training.learning_rate=1e-4)")
     try:
         value = yaml.safe_load(value_text) if value_text != "" else ""
     except yaml.YAMLError:
@@ -145,7 +150,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     for part in parts[:-1]:
         child = target.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ValueError(f"override {override!r}: {part!r} is not a section")
+            raise ValueError(f"override {key!r}: {part!r} is not a section")
         target = child
     target[parts[-1]] = value
 
@@ -178,7 +183,7 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     loc = [str(p) for p in err["loc"]]
     dotted = ".".join(loc)
     line = _nearest_line(loc, key_lines)
-    where = f"{dotted} (line {line})" if line else dotted
+    where = f"{dotted} (line {line})" if line else f"{dotted} (command line)" if line == 0 else dotted
     kind = err["type"]
     if kind == "extra_forbidden":
         hint = _did_you_mean(loc)
@@ -198,9 +203,10 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
 
 
 def _nearest_line(loc: list[str], key_lines: dict[str, int]) -> int | None:
+    """The line of the nearest enclosing key written in the file; 0 when the nearest is an override."""
     for end in range(len(loc), 0, -1):
         line = key_lines.get(".".join(loc[:end]))
-        if line:
+        if line is not None:
             return line
     return None
 

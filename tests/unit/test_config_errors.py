@@ -259,3 +259,14 @@ def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path, valid_te
         f"training.learning_rate (lines {first} and {first + 1}): set twice; YAML would keep only the second, "
         "silently: remove one",
     ]
+
+
+def test_an_override_error_says_command_line_not_the_files_line(tmp_path: Path, valid_text: str) -> None:
+    problems = _problems(_write(tmp_path, valid_text), ["training.learning_rate=-1"])
+    assert problems == ["training.learning_rate (command line): Input should be greater than 0; got -1"]
+
+
+def test_a_malformed_override_does_not_echo_a_token(tmp_path: Path, valid_text: str) -> None:
+    token = "hf_" + "a1B2c3D4e5" * 3
+    (problem,) = _problems(_write(tmp_path, valid_text), [token])
+    assert token not in problem and "must look like key.path=value" in problem
