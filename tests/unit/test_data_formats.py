@@ -350,6 +350,8 @@ def test_a_long_list_of_bad_rows_stops_at_twenty_and_counts_the_rest(tmp_path: P
         ("alpaca", {"instruction": "x", "ouptut": "y"}, "unknown field 'ouptut'; did you mean 'output'?"),
         ("completion", {"promt": "x", "completion": "y"}, "unknown field 'promt'; did you mean 'prompt'?"),
         ("text", {"txt": "x"}, "unknown field 'txt'; did you mean 'text'?"),
+        # A null value: it said "unknown field 'output'; did you mean 'output'?"
+        ("alpaca", {"instruction": "x", "output": None}, "field 'output' is null; give it a value"),
     ],
 )
 def test_a_misspelled_field_is_named_in_every_format(tokenizer: Any, fmt: str, row: dict, hint: str) -> None:

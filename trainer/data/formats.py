@@ -128,7 +128,9 @@ def render_prompt(row: Row, fmt: str, tokenizer: Any) -> Prompt:
 
 def missing_field(values: dict[str, Any], key: str) -> RowProblem:
     """A required field is absent: name a present field that looks like a misspelling of it."""
-    present = [name for name in values if isinstance(name, str)]
+    if key in values and values[key] is None:
+        return RowProblem(f"field {key!r} is null; give it a value (or drop the row)")
+    present = [name for name in values if isinstance(name, str) and name != key]
     close = difflib.get_close_matches(key, present, n=1, cutoff=0.75)
     if close:
         return RowProblem(f"unknown field {close[0]!r}; did you mean {key!r}?")
