@@ -25,6 +25,7 @@ from cluster.run_lock import RunDirLocked, RunLock
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
 from trainer.checkpointing.protocol import MANIFEST, committed_checkpoints
+from trainer.errors import InputError
 from trainer.run_layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -67,8 +68,20 @@ def local_run_dir(cfg: RunConfig) -> Path:
 def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ftl train") -> Iterator[Path]:
     """The prepared run directory, locked for this process until the block ends, whatever the
     outcome (finished, stopped, failed, Ctrl-C)."""
+    snapshot = RunLayout(local_run_dir(cfg)).config
+    previous = snapshot.read_text() if snapshot.is_file() else None
     with ExitStack() as hold:
-        yield prepare_run_dir(cfg, argv, hold=hold, purpose=purpose)
+        run_dir = prepare_run_dir(cfg, argv, hold=hold, purpose=purpose)
+        committed = committed_checkpoints(run_dir)
+        try:
+            yield run_dir
+        except InputError:
+            # A refused start (a resume whose checkpoint does not fit the changed config, bad data)
+            # trained nothing with this config: the run directory keeps the config its checkpoints
+            # were written with, as before the attempt.
+            if previous is not None and committed_checkpoints(run_dir) == committed:
+                _atomic_write(snapshot, previous)
+            raise
 
 
 def _train_on_hint(run_dir: Path) -> str:

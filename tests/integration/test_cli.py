@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import FTL, REPO, write_config
@@ -70,8 +71,14 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "does not fit this run's model" in refused.stderr and "(method.lora.r: 8 -> 4)" in refused.stderr
     assert "Traceback" not in refused.stderr + refused.stdout
-    # That refused start rewrote the run's config.yaml (method.lora.r: 4); an export builds the model
-    # the checkpoint was written with all the same, from the config its manifest records.
+    # The refused start trained nothing with its config: config.yaml is the run's own again.
+    snapshot = tmp_path / "run" / "config.yaml"
+    assert yaml.safe_load(snapshot.read_text())["method"]["lora"]["r"] == 8
+    # A config.yaml that no longer matches the checkpoint (edited by hand): an export builds the
+    # model the checkpoint was written with all the same, from the config its manifest records.
+    edited = yaml.safe_load(snapshot.read_text())
+    edited["method"]["lora"]["r"] = 4
+    snapshot.write_text(yaml.safe_dump(edited, sort_keys=False))
     again = subprocess.run(
         [*FTL, "export", str(tmp_path / "run"), "--out", str(tmp_path / "again")],
         cwd=REPO,

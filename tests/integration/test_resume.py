@@ -167,3 +167,29 @@ def test_a_resume_with_a_new_learning_rate_trains_with_it(tmp_path: Path, tiny_m
     assert "training.learning_rate: 0.005 -> 0.001" in (tmp_path / "run" / "logs" / "rank-0.log").read_text()
     lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run", "train")}
     assert lrs == {1: 5e-3, 2: 5e-3, 3: 5e-3, 4: 1e-3, 5: 1e-3, 6: 1e-3}
+
+
+def test_a_resume_past_a_lowered_max_steps_is_refused_and_the_run_stays_resumable(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Stopped at step 3, rerun with max_steps 2: it said "3/2" and finished. Now exit 2 naming
+    both; config.yaml keeps the run's own max_steps (the refused start trained nothing); the
+    original command still finishes the run."""
+    import yaml
+
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", training={"max_steps": 4}, checkpoint={"every_steps": 3}
+    )
+    env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="3")
+    first = subprocess.run([*FTL, "train", str(config)], env=env, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 3, first.stderr[-2000:]
+    refused = subprocess.run(
+        [*FTL, "train", str(config), "training.max_steps=2"], cwd=REPO, capture_output=True, text=True
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "latest checkpoint (step-3) is past training.max_steps=2" in refused.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]["max_steps"] == 4
+    assert not (tmp_path / "run" / "summary.json").exists()
+    done = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2, 3, 4]

@@ -83,6 +83,13 @@ def _check_resume_point(
     )
     if problem:
         raise TrainerInputError(problem)
+    step, max_steps = int(manifest.get("step", 0)), cfg.training.max_steps
+    if max_steps and step > max_steps:
+        raise TrainerInputError(
+            f"the run's latest checkpoint ({path.name}) is past training.max_steps={max_steps}: nothing is left to "
+            f"train, and finishing would label {step} steps as {max_steps}; set training.max_steps above {step} to "
+            f"train further, or export these weights with `ftl export {ctx.run_dir}`"
+        )
     strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine
     change = ""
     if manifest.get("config_hash") not in (None, config_hash):
