@@ -24,6 +24,14 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError("--chat keeps a conversation in the chat template; --raw does not apply to it")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise UserError(
+            f"--temperature must be >= 0 (0 = greedy) and --top-p in (0, 1]; got {args.temperature} and {args.top_p}"
+        )
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a directory; give the path of the JSONL file to write")
     import torch
 
     from cluster.local import default_device
@@ -143,12 +151,18 @@ def _generate_file(
         sys.stdout.write(lines)
         return 0
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written whole, then renamed into place: an interrupted run never leaves half a file.
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(lines)
-    os.replace(tmp, out)
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed into place: an interrupted run never leaves half a file.
+        handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(lines)
+        os.replace(tmp, out)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"--output {out}: cannot write it ({exc.strerror or exc}); nothing was written") from None
     print(f"wrote {len(rows)} rows to {out}", file=sys.stderr)
     return 0
 

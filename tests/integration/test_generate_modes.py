@@ -117,6 +117,29 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     assert not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    "extra,said",
+    [
+        (["--max-new-tokens", "-1"], "--max-new-tokens must be at least 1, got -1"),
+        (["--top-p", "0"], "--top-p in (0, 1]"),
+        (["--output", "{dir}"], "is a directory; give the path of the JSONL file to write"),
+    ],
+)
+def test_bad_generate_options_are_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], said: str
+) -> None:
+    (tmp_path / "p.jsonl").write_text('{"prompt": "ok"}\n')
+    options = [item.replace("{dir}", str(tmp_path)) for item in extra]
+    if "--output" not in options:
+        options += ["--output", str(tmp_path / "o.jsonl")]
+    code = launcher.cli.main(
+        ["generate", str(tmp_path / "missing-model"), "--input", str(tmp_path / "p.jsonl"), *options]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and said in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]  # nothing written, no temporary file
+
+
 def test_chat_through_stdin_keeps_the_conversation(model_and_tokenizer: tuple[Any, Any]) -> None:
     turns = [QUESTIONS[0], QUESTIONS[2]]
     out = subprocess.run(
