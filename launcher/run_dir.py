@@ -107,6 +107,10 @@ def prepare_run_dir(
             f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
             "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one" + _train_on_hint(run_dir)
         )
+    blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        where = "is" if blocking == run_dir else f"is inside {blocking}, which is"
+        raise UserError(f"output.dir {run_dir} {where} a file, not a directory; pick another output.dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f"{WRITE_PROBE}-{os.getpid()}"  # per process: two launchers may probe at once

@@ -96,6 +96,15 @@ def test_a_directory_seeded_with_copied_checkpoints_is_accepted_and_nothing_else
         assert not (folder / RUN_MARKER).exists()
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_output_dir_that_is_or_is_inside_a_file_is_named(tmp_path: Path, inside: bool) -> None:
+    (tmp_path / "afile").write_text("mine")
+    run_dir = tmp_path / "afile" / "run" if inside else tmp_path / "afile"
+    with pytest.raises(UserError, match="a file, not a directory; pick another output.dir"):
+        prepare_run_dir(_cfg(tmp_path, run_dir))
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_the_snapshot_workers_read_holds_the_real_tokenizer(tmp_path: Path) -> None:
     tokenizer = tmp_path / "my-tokenizer"
     tokenizer.mkdir()
