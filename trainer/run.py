@@ -45,6 +45,7 @@ from trainer.preference_loss import PreferenceObjective
 from trainer.preference_precompute import precomputed_reference
 from trainer.preference_reference import build_objective, frozen_copy
 from trainer.run_layout import RunLayout
+from trainer.sequence_length import check_sequence_length
 from trainer.stopping import StopFlag, StopRequested
 from trainer.strategies import build_strategy
 from trainer.strategies.base import Optimizer, Strategy
@@ -136,6 +137,8 @@ def _build_trainee(
     """The model (with the method applied), wrapped by the strategy, its optimizer, schedule and
     checkpoint manager, restored from `resume_from` when there is one."""
     base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
+    if cfg.data.format != "image_classification":
+        check_sequence_length(base, cfg.data.max_seq_len)
     if data.train.packed and not data.train.pairs:  # rows of several examples (a pair's rows hold one each)
         check_packed_examples_stay_apart(base, ctx.device)
     base = apply_model_options(base, cfg.model, ctx.device)

@@ -1,0 +1,38 @@
+"""data.max_seq_len against the model's own position limit (config.max_position_embeddings,
+GPT-2's n_positions). Past it, a model with a learned position table (GPT-2, OPT) indexes outside
+the table (an index error on CPU, a device assert on CUDA); a rotary model (Llama, Qwen, ...) runs
+but on positions it never saw in pre-training, which the user may intend (RoPE scaling)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from trainer.errors import TrainerInputError
+from trainer.transfer.model_parts import decoder_blocks, position_tables
+
+log = logging.getLogger(__name__)
+
+
+def check_sequence_length(model: torch.nn.Module, max_seq_len: int) -> None:
+    hf: Any = model
+    config = hf.get_base_model().config if hasattr(hf, "get_base_model") else hf.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    if not isinstance(limit, int) or max_seq_len <= limit:
+        return
+    if position_tables(model, decoder_blocks(model)):
+        raise TrainerInputError(
+            f"data.max_seq_len={max_seq_len} is longer than the model's {limit} positions (its learned position "
+            f"table has no row past them); set data.max_seq_len to at most {limit}"
+        )
+    scaling = getattr(text, "rope_scaling", None)
+    log.warning(
+        "data.max_seq_len=%d is longer than the model's max_position_embeddings=%d%s: positions past it were not "
+        "seen in pre-training; quality may drop there",
+        max_seq_len,
+        limit,
+        f" (rope_scaling {scaling})" if scaling else "",
+    )
