@@ -128,3 +128,21 @@ def test_data_shuffle_switch(tmp_path: Path, tiny_model_dir: Path) -> None:
 
     assert run("ordered-1", 1, False) == run("ordered-2", 2, False)
     assert run("shuffled-1", 1, True) != run("shuffled-2", 2, True)
+
+
+def test_a_global_batch_larger_than_the_epochs_says_how_many_epochs_it_trains(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """3 rows, 1 epoch, 4 rows a step: the one step trains 4 rows (1.3 epochs); the run says so."""
+    (tmp_path / "three.jsonl").write_text("".join((QA_DATA / "train.jsonl").read_text().splitlines(True)[:3]))
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        data={"train": str(tmp_path / "three.jsonl"), "validation": None, "packing": False},
+        training={"max_steps": None, "epochs": 1, "micro_batch_size": 4},
+    )
+    assert train(str(config), []) == 0
+    log = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
+    assert "one step takes 4 rows (the global batch) but training.epochs=1 of the data is 3 rows" in log
+    assert "the run trains 1.3 epochs, not 1" in log
