@@ -65,6 +65,41 @@ def test_a_conversation_opening_with_the_assistant_trains_its_text_not_the_heade
     assert other.startswith(tokenizer.bos_token + "<|assistant|>")
 
 
+TOOL_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% if m.get('tool_calls') %}{% for c in m['tool_calls'] %}<call>{{ c['function']['name'] }}"
+    "({{ c['function']['arguments'] | tojson }})</call>{% endfor %}{% endif %}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+TOOL_CHAT = [
+    {"role": "user", "content": "Weather in Zorblat?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Zorblat"}}}],
+    },
+    {"role": "tool", "tool_call_id": "1", "name": "weather", "content": "rain"},
+    {"role": "assistant", "content": "It rains."},
+]
+
+
+def test_assistant_tool_calls_are_trained_where_the_template_writes_them(tokenizer: Any) -> None:
+    """They were dropped (only role and content were kept), training the call as an empty turn."""
+    tools = copy.deepcopy(tokenizer)
+    tools.chat_template = TOOL_TEMPLATE
+    example = render_example(Row("t", {"messages": TOOL_CHAT}), "chat", tools)
+    trained, other = _split(tools, example.input_ids, example.loss_mask)
+    assert trained.replace(" ", "") == '<call>weather({"city":"Zorblat"})</call><|end|>\nItrains.<|end|>\n'.replace(
+        " ", ""
+    )
+    assert "rain" in other and "Weather in Zorblat" in other
+
+
+def test_a_template_that_drops_tool_calls_is_a_named_row_problem(tokenizer: Any) -> None:
+    with pytest.raises(DataError, match="t: the chat template does not write tool_calls"):
+        render_example(Row("t", {"messages": TOOL_CHAT}), "chat", tokenizer)
+
+
 def test_sharegpt_rows_render_like_chat_rows(tokenizer: Any) -> None:
     chat = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
     sharegpt = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}

@@ -183,7 +183,7 @@ def _str_field(values: dict[str, Any], key: str, allow_empty: bool = True) -> st
     return value
 
 
-def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[dict[str, str]]:
+def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[dict[str, Any]]:
     messages = values.get("messages")
     if messages is None:
         messages = values.get("conversations")  # a common alias in public chat datasets
@@ -203,7 +203,19 @@ def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[di
         role = ROLE_ALIASES.get(role, role)
         if role not in CHAT_ROLES:
             raise RowProblem(f"messages[{index}].role is {role!r}; expected one of {', '.join(CHAT_ROLES)}")
-        clean.append({"role": role, "content": _message_text(content, index)})
+        calls = message.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list)):
+            raise RowProblem(f"messages[{index}].tool_calls must be a list, on an assistant message")
+        entry: dict[str, Any] = {
+            "role": role,
+            "content": "" if content is None and calls else _message_text(content, index),
+        }
+        if calls:  # kept for the chat template, which writes them in the model's own tool-call syntax
+            entry["tool_calls"] = calls
+        for key in ("tool_call_id", "name"):  # which call a tool message answers
+            if role == "tool" and isinstance(message.get(key), str):
+                entry[key] = message[key]
+        clean.append(entry)
     if require_assistant and not any(m["role"] == "assistant" for m in clean):
         raise RowProblem("no assistant message, so there is nothing to train on")
     return clean
@@ -275,7 +287,7 @@ def _preference_responses(values: dict[str, Any]) -> tuple[Any, Any]:
     return found[0], found[1]
 
 
-def _message_list(value: Any, key: str) -> list[dict[str, str]]:
+def _message_list(value: Any, key: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise RowProblem(f"field {key!r} must be a non-empty list of {{role, content}} objects")
     try:
@@ -284,7 +296,7 @@ def _message_list(value: Any, key: str) -> list[dict[str, str]]:
         raise RowProblem(f"field {key!r}: {str(exc).replace('messages', key, 1)}") from None
 
 
-def _apply_template(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+def _apply_template(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
     if not tokenizer.chat_template:
         raise RowProblem(
             "the tokenizer has no chat template; use a tokenizer with one (model.tokenizer) "
@@ -296,9 +308,17 @@ def _apply_template(tokenizer: Any, messages: list[dict[str, str]], add_generati
         raise RowProblem(f"the chat template rejected this conversation: {exc}") from None
 
 
-def _render_chat(messages: list[dict[str, str]], tokenizer: Any, train_from: int = 0) -> Example:
-    """Loss on the assistant messages from index `train_from` on (earlier ones are context)."""
+def _render_chat(messages: list[dict[str, Any]], tokenizer: Any, train_from: int = 0) -> Example:
+    """Loss on the assistant messages from index `train_from` on (earlier ones are context; an
+    assistant message's tool calls are part of what it is trained to write)."""
     full = _apply_template(tokenizer, messages, add_generation_prompt=False)
+    if any("tool_calls" in m for m in messages):
+        plain = [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages]
+        if _apply_template(tokenizer, plain, add_generation_prompt=False) == full:
+            raise RowProblem(
+                "the chat template does not write tool_calls, so the assistant's tool calls would be dropped; use "
+                "a model (or model.tokenizer) whose chat template supports tools"
+            )
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or index < train_from:
