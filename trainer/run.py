@@ -19,13 +19,20 @@ from trainer.checkpointing.layouts import load_trainable
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.preflight import check_disk_space, verify_shared_run_dir
 from trainer.checkpointing.protocol import atomic_write_text
-from trainer.checkpointing.resume import ResumePoint, build_manager, find_resume_checkpoint, load_resume_state
+from trainer.checkpointing.resume import (
+    ResumePoint,
+    build_manager,
+    find_resume_checkpoint,
+    load_resume_state,
+    warn_if_data_changed,
+)
 from trainer.checkpointing.rng import seed_everything
 from trainer.checkpointing.save_policy import SavePolicy
 from trainer.config import TrainerConfig
 from trainer.config_hash import config_hash as result_config_hash
 from trainer.console import RunConsole
 from trainer.context import WorkerContext
+from trainer.data.batches import rows_fingerprint
 from trainer.data.packing_check import check_packed_examples_stay_apart
 from trainer.data.prepare import PreparedData, prepare_data
 from trainer.distributed import any_rank, barrier, expect_world
@@ -175,7 +182,10 @@ def _build_trainee(
     )
     model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
-    manager = build_manager(cfg, ctx, strategy, config_hash)
+    fingerprint = rows_fingerprint(data.train) if ctx.is_main else None  # rank 0 writes the manifests
+    if resume_from and ctx.is_main:
+        warn_if_data_changed(resume_from, fingerprint)
+    manager = build_manager(cfg, ctx, strategy, config_hash, fingerprint)
     manager.on_commit = _also(console.checkpoint_committed, manager.on_commit)
     check_disk_space(
         ctx.run_dir, strategy.unwrapped(model), strategy.checkpoint_layout, cfg.checkpoint.keep_last, ctx.rank

@@ -193,3 +193,35 @@ def test_a_resume_past_a_lowered_max_steps_is_refused_and_the_run_stays_resumabl
     done = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2, 3, 4]
+
+
+def test_a_resume_on_changed_training_data_says_so(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The data position is a sample index: on other data it is another position. The resume says
+    so (rank 0's log and the console); on the same data it says nothing."""
+    from tests.conftest import QA_DATA
+
+    data = tmp_path / "train.jsonl"
+    data.write_text((QA_DATA / "train.jsonl").read_text())
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        data={"train": str(data)},
+        training={"max_steps": 5},
+        checkpoint={"every_steps": 2},
+    )
+    env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="2")
+    assert subprocess.run([*FTL, "train", str(config)], env=env, cwd=REPO, capture_output=True).returncode == 3
+    same = subprocess.run(
+        [*FTL, "train", str(config)],
+        env=env | {"FTL_FAULT_STOP_AT_STEP": "4"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert same.returncode == 3, same.stderr[-2000:]
+    assert "written on other training data" not in same.stderr
+    data.write_text("".join(data.read_text().splitlines(True)[1:]))  # one row fewer
+    changed = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert "checkpoints/step-4, written on other training data" in changed.stderr

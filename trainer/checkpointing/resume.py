@@ -107,8 +107,11 @@ def _check_resume_point(
     return ResumePoint(path, manifest, change)
 
 
-def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str) -> CheckpointManager:
+def build_manager(
+    cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str, data_fingerprint: str | None = None
+) -> CheckpointManager:
     meta = {
+        "data_fingerprint": data_fingerprint,  # the training rows' tokens: a resume says when they changed
         "strategy": strategy.name,
         "method": cfg.method.type,
         "config_hash": config_hash,
@@ -130,6 +133,19 @@ def build_manager(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, co
         on_commit=ctx.reporter.checkpoint if ctx.reporter is not None else None,
         end_if_orphaned=ctx.end_if_orphaned,
     )
+
+
+def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None) -> None:
+    """The data position is a sample index: into other data it is another position. Said, not refused
+    (fixing a few rows mid-run is legitimate), like a changed config."""
+    saved = point.manifest.get("data_fingerprint")
+    if saved and data_fingerprint and saved != data_fingerprint:
+        log.warning(
+            "resuming %s, written on other training data (its tokenized rows differ from this run's): the run "
+            "continues at sample %s of this data, and the result will not equal an uninterrupted run on either",
+            point.path,
+            point.manifest.get("samples_seen"),
+        )
 
 
 def load_resume_state(
