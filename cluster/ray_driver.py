@@ -95,6 +95,13 @@ class RayRunFailed(FtlError):
     """The worker group failed (after any restarts Ray was allowed)."""
 
 
+class RayStorageWriteFailed(FtlError):
+    """Ray Train's controller failed to write its own state (disk full): no restart can help."""
+
+    def report(self) -> str | None:
+        return f"ftl: error: {self}"
+
+
 class RayResourcesError(InputError):
     """The configured workers need more CPUs/GPUs than the local Ray has: they could never start."""
 
@@ -165,6 +172,13 @@ def launch_ray(
                 write_failure = next(iter(_final_worker_errors(exc, RunWriteError)), None)
                 if write_failure is not None:  # disk full: the worker's clear message is above
                     raise RunWriteError(str(write_failure)) from None
+                controller_write = getattr(exc, "controller_failure", None)
+                if isinstance(controller_write, OSError):  # Ray's own state, beside the run (disk full)
+                    raise RayStorageWriteFailed(
+                        f"Ray Train could not write its state into {storage_path}: "
+                        f"{str(controller_write).splitlines()[0]}; {what_next(run_dir, 0).split('; set ')[0]} "
+                        "once there is room"
+                    ) from None
                 raise RayRunFailed(
                     f"Ray Train run failed: {failure_summary(exc)}\nper-rank logs: {RunLayout(run_dir).logs}\n"
                     f"{what_next(run_dir, cluster.ray.max_failures)}"
@@ -261,8 +275,10 @@ def input_errors_not_retried(policy: Any, run_dir: Path) -> Any:
             self.inner = policy
 
         def make_decision(self, training_failed_error: Any) -> Any:
-            if recorded_input_error(run_dir) is not None or _final_worker_errors(
-                training_failed_error, (TrainerInputError, RunWriteError)
+            if (
+                recorded_input_error(run_dir) is not None
+                or _final_worker_errors(training_failed_error, (TrainerInputError, RunWriteError))
+                or isinstance(getattr(training_failed_error, "controller_failure", None), OSError)
             ):
                 return FailureDecision.RAISE
             return self.inner.make_decision(training_failed_error)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,21 +31,34 @@ def ray_cluster() -> Iterator[RayTestCluster]:
 
     from cluster.local import free_port
 
-    port = free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={
-            "num_cpus": 2,
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            # Not Ray's fixed default (52365): a node agent of an earlier cluster that is still
-            # exiting (they linger ~60 s) would hold it, and this head's agent would serve no HTTP
-            # (no Ray Jobs).
-            "dashboard_agent_listen_port": free_port(),
-            "dashboard_port": port,
-        },
-    )
+    for attempt in range(3):
+        port = free_port()
+        before = {child.pid for child in psutil.Process().children(recursive=True)}
+        try:
+            cluster = Cluster(
+                initialize_head=True,
+                connect=False,
+                head_node_args={
+                    "num_cpus": 2,
+                    "include_dashboard": True,
+                    "dashboard_host": "127.0.0.1",
+                    # Not Ray's fixed default (52365): a node agent of an earlier cluster that is
+                    # still exiting (they linger ~60 s) would hold it, and this head's agent would
+                    # serve no HTTP (no Ray Jobs).
+                    "dashboard_agent_listen_port": free_port(),
+                    "dashboard_port": port,
+                },
+            )
+            break
+        except Exception:
+            # The chosen port was taken before the dashboard bound it (seen: by one of the ports
+            # Ray picks for its own services meanwhile). End what this attempt started; new ports.
+            if attempt == 2:
+                raise
+            started = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
+            for child in started:
+                child.kill()
+            psutil.wait_procs(started, timeout=30)
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     try:

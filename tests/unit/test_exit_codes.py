@@ -55,6 +55,7 @@ CASES: list[Case] = [
         _with_message(cls, 1, "ftl: ")
         for cls in (FtlError, cluster.ray_driver.RayRunFailed, cluster.slurm.SlurmError, trainer.outcome.NoResult)
     ),
+    _with_message(cluster.ray_driver.RayStorageWriteFailed, 1, "ftl: error: "),
     # Disk full or an I/O error: the message, with what to do, is already on stderr.
     *(
         _with_message(cls, 1, None)

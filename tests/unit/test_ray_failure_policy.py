@@ -45,3 +45,16 @@ def test_an_input_error_is_never_retried(tmp_path: Path) -> None:
     assert _policy(tmp_path).make_decision(broken) == FailureDecision.RAISE
     clear_result(tmp_path)
     assert _policy(tmp_path).make_decision(broken) == FailureDecision.RETRY
+
+
+def test_a_full_disk_is_never_retried(tmp_path: Path) -> None:
+    """A worker's failed checkpoint write, or Ray's controller failing to write its own state
+    beside the run: a restart meets the same full disk."""
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from trainer.checkpointing.manager import CheckpointWriteError
+
+    full = UserExceptionWithTraceback(CheckpointWriteError("No space left on device"), "Traceback ...")
+    assert _policy(tmp_path).make_decision(WorkerGroupError("disk", {0: full})) == FailureDecision.RAISE
+    controller = ControllerError(OSError(28, "No space left on device"))
+    assert _policy(tmp_path).make_decision(controller) == FailureDecision.RAISE

@@ -53,9 +53,9 @@ def rows_fingerprint(dataset: RowDataset) -> str:
     examples = dataset.examples
     for array in (examples.ids, examples.mask, examples.offsets):
         digest.update(np.ascontiguousarray(array).data)
-    for array in (examples.classes, examples.token_labels):
-        if array is not None:
-            digest.update(np.ascontiguousarray(array).data)
+    for extra in (examples.classes, examples.token_labels):
+        if extra is not None:
+            digest.update(np.ascontiguousarray(extra).data)
     digest.update(np.asarray([len(row) for row in dataset.rows], dtype=np.int64).data)
     digest.update(np.asarray([i for row in dataset.rows for i in row], dtype=np.int64).data)
     return digest.hexdigest()
