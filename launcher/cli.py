@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         if not hasattr(args, "overrides") or any(arg.startswith("-") or "=" not in arg for arg in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            from trainer.secret_values import redact_argv
+
+            parser.error(f"unrecognized arguments: {' '.join(redact_argv(extra))}")  # a pasted token is not echoed
         args.overrides += extra
     from trainer.errors import EXIT_INTERRUPTED, FtlError
 

@@ -61,6 +61,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         key = override.partition("=")[0]
         for known in [k for k in key_lines if k == key or k.startswith(key + ".")]:
             key_lines[known] = 0
+        key_lines[key] = 0
     if problems:
         raise ConfigError(source, problems)
     # Before validation: its messages quote values, and a secret must not appear in any of them.

@@ -30,8 +30,13 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError(
             f"--temperature must be >= 0 (0 = greedy) and --top-p in (0, 1]; got {args.temperature} and {args.top_p}"
         )
-    if args.output and Path(args.output).is_dir():
+    if args.output and (Path(args.output).is_dir() or args.output.endswith(os.sep)):
         raise UserError(f"--output {args.output} is a directory; give the path of the JSONL file to write")
+    blocking = (
+        next((p for p in Path(args.output).parents if p.exists() and not p.is_dir()), None) if args.output else None
+    )
+    if blocking is not None:
+        raise UserError(f"--output {args.output}: {blocking} is a file, not a directory; give another path")
     import torch
 
     from cluster.local import default_device
@@ -158,6 +163,9 @@ def _generate_file(
         handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(lines)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); the output is a normal file
         os.replace(tmp, out)
     except OSError as exc:
         if tmp is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any
 
@@ -101,9 +102,12 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
     names = [name for name, _ in model.named_modules() if name]
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
     if missing:
+        linear = linear_layer_names(model)
+        close = {t: difflib.get_close_matches(t, linear, n=1, cutoff=0.7) for t in missing}
+        hints = "; ".join(f"did you mean {c[0]!r} for {t!r}?" for t, c in close.items() if c)
         raise TrainerInputError(
-            f"method.lora.target_modules: {', '.join(repr(t) for t in missing)} name(s) no module of this model; "
-            f"its linear layers are named: {', '.join(linear_layer_names(model))} (or use all-linear)"
+            f"method.lora.target_modules: {', '.join(repr(t) for t in missing)} name(s) no module of this model"
+            f"{'; ' + hints if hints else ''}; its linear layers are named: {', '.join(linear)} (or use all-linear)"
         )
 
 

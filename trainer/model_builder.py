@@ -37,7 +37,7 @@ def resolve_attention(name: str, device: str, model_class: Any = None) -> str | 
     if name == "flash_attention_2" and not (flash_available and device.startswith("cuda")):
         raise TrainerInputError(
             "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA device; "
-            "install the gpu extra (pip install 'ftl[gpu]') or use auto/sdpa"
+            "install the gpu extra (pip install 'ftl[gpu]') or use auto"
         )
     return name
 
@@ -128,8 +128,8 @@ def load_model(
         if "attn_implementation" in str(exc):  # transformers: this model has no such attention
             raise TrainerInputError(
                 f"model.attn_implementation={model_cfg.attn_implementation} cannot be used with {model_cfg.path!r}: "
-                f"{str(exc).splitlines()[0]} Use model.attn_implementation: auto (SDPA where the model supports it, "
-                "else eager) or eager."
+                f"{_first_sentence(str(exc))} Use model.attn_implementation: auto (SDPA where the model supports "
+                "it, else eager) or eager."
             ) from None
         kind = "a causal LM" if auto_class is AutoModelForCausalLM else f"a model for {auto_class.__name__}"
         raise TrainerInputError(f"model.path: cannot load {kind} from {model_cfg.path!r}: {exc}") from None
@@ -144,6 +144,13 @@ def load_model(
         enable_checkpointing(model)
     log.info("model %s: %s, attention=%s", model_cfg.path, dtype, model.config._attn_implementation)
     return model
+
+
+def _first_sentence(text: str) -> str:
+    """transformers' attention errors go on to advise code calls (a Whisper example): the first sentence is the fact."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    end = line.find(". ")
+    return line[: end + 1] if end > 0 else line
 
 
 def _model_class(model_cfg: ModelConfig, auto_class: Any) -> Any:

@@ -28,7 +28,8 @@ SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential",
 SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("auth", "token")}
 ENV_HINT = (
     "put it in the environment instead (HF_TOKEN for the Hugging Face hub; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-    "GOOGLE_APPLICATION_CREDENTIALS or AZURE_STORAGE_* for object storage): ftl passes them to the workers on every "
+    "GOOGLE_APPLICATION_CREDENTIALS or AZURE_STORAGE_* for object storage; MLFLOW_TRACKING_USERNAME/"
+    "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN for MLflow): ftl passes them to the workers on every "
     "backend and never writes them to the run directory"
 )
 

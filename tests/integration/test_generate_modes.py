@@ -123,6 +123,8 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         (["--max-new-tokens", "-1"], "--max-new-tokens must be at least 1, got -1"),
         (["--top-p", "0"], "--top-p in (0, 1]"),
         (["--output", "{dir}"], "is a directory; give the path of the JSONL file to write"),
+        (["--output", "{dir}/new/"], "is a directory; give the path of the JSONL file to write"),
+        (["--output", "{dir}/p.jsonl/out.jsonl"], "p.jsonl is a file, not a directory"),
     ],
 )
 def test_bad_generate_options_are_refused_before_the_model_loads(

@@ -270,3 +270,24 @@ def test_a_malformed_override_does_not_echo_a_token(tmp_path: Path, valid_text: 
     token = "hf_" + "a1B2c3D4e5" * 3
     (problem,) = _problems(_write(tmp_path, valid_text), [token])
     assert token not in problem and "must look like key.path=value" in problem
+
+
+def test_an_override_of_a_key_the_file_lacks_says_command_line(tmp_path: Path, valid_text: str) -> None:
+    """Not the line of the section around it (the value is not in the file)."""
+    problems = _problems(_write(tmp_path, valid_text), ["training.learnig_rate=1e-4", "training.warmup_steps=-1"])
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "training.learnig_rate (command line)",
+        "training.warmup_steps (command line)",
+    ], problems
+
+
+def test_an_unknown_flag_holding_a_token_is_not_echoed(
+    tmp_path: Path, valid_text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import launcher.cli
+
+    token = "hf_" + "AbCdEfGhIj" * 3
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.cli.main(["train", str(_write(tmp_path, valid_text)), f"--hf-token={token}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unrecognized arguments: --hf-token=***redacted***" in err and token not in err

@@ -19,7 +19,7 @@ LINEAR = "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj
 @pytest.mark.parametrize(
     "targets,named",
     [
-        (["q_proj", "v_porj"], "'v_porj' name(s) no module"),
+        (["q_proj", "v_porj"], "'v_porj' name(s) no module of this model; did you mean 'v_proj' for 'v_porj'?"),
         (["qkv"], "'qkv' name(s) no module"),
         ("foo.*bar", "target_modules='foo.*bar'"),
     ],
