@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from launcher.commands import train
 from tests.conftest import FTL, REPO, write_config
+from tests.small_disk import small_disk
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.metrics import read_metrics
 
@@ -192,27 +193,12 @@ def test_lora_resume_restores_adapter_and_keeps_base(
     assert untouched and all((base[k] == merged[k]).all() for k in untouched)
 
 
-def _mount_tmpfs(where: Path, size: str) -> bool:
-    where.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return False
-    return (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
-        ).returncode
-        == 0
-    )
-
-
 def test_disk_full_during_save(
     golden: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A real ENOSPC: the run directory is on a 64 MiB tmpfs that a filler file fills at step 4's
     save (as another job on the same disk would). Needs root for the mount."""
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "64m"):
-        pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
-    try:
+    with small_disk(tmp_path / "disk", "64m") as disk:
         config = _config(tmp_path, "run", tiny_model_dir, run_dir=disk / "run")
         failed = _interrupt(config, FTL_FAULT_FILL_DISK_AT="before_shards@4")
         assert failed.returncode == 1, failed.stderr[-2000:]
@@ -221,19 +207,13 @@ def test_disk_full_during_save(
         assert [p.name for p in committed_checkpoints(disk / "run")] == ["step-2"]
         (checkpoints / ".fault-filler").unlink()  # space freed: the same command resumes
         _resume_and_compare(config, disk / "run", golden, caplog, expect_from=2)
-    finally:
-        # Lazy: this process may still hold the run log open (in-process resume).
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_disk_full_during_a_two_worker_save(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Both workers' disk fills at step 4's save: one clear error per worker that hit it, exit 1,
     no traceback; the partial `.tmp-step-4` (both ranks' files) is removed by the rerun, which
     resumes from step 2 and finishes."""
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "64m"):
-        pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
-    try:
+    with small_disk(tmp_path / "disk", "64m") as disk:
         run_dir = disk / "run"
         config = write_config(
             tmp_path / "two.yaml",
@@ -255,8 +235,6 @@ def test_disk_full_during_a_two_worker_save(tiny_model_dir: Path, tmp_path: Path
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert "resumed from" in (run_dir / "logs" / "rank-0.log").read_text()
         assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-4", "step-6"]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_disk_full_in_tensorboard_writer(
@@ -266,10 +244,7 @@ def test_disk_full_in_tensorboard_writer(
     clear error and exit 1, not a traceback; metrics and checkpoints intact; the same command
     resumes once there is room. The run resumes first, so TensorBoard opens a new event file
     with no room at all (an old one could still take a few records into its last page)."""
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "64m"):
-        pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
-    try:
+    with small_disk(tmp_path / "disk", "64m") as disk:
         config = _config(tmp_path, "run", tiny_model_dir, run_dir=disk / "run")
         assert _interrupt(config, FTL_FAULT_STOP_AT_STEP="4").returncode == 3
         failed = _interrupt(config, FTL_FAULT_FILL_DISK_AT="tensorboard@5")
@@ -280,8 +255,6 @@ def test_disk_full_in_tensorboard_writer(
         assert [p.name for p in committed_checkpoints(disk / "run")] == ["step-2", "step-4"]
         (disk / "run" / ".fault-filler").unlink()
         _resume_and_compare(config, disk / "run", golden, caplog, expect_from=4)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_refuses_to_start_without_room_for_checkpoints(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import FTL, write_config
+from tests.small_disk import small_disk
 from trainer.checkpointing.protocol import committed_checkpoints
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -94,24 +95,13 @@ def test_packing_on_a_model_that_mixes_packed_examples_is_refused_before_trainin
     assert unpacked.returncode == 0, unpacked.stderr[-4000:]
 
 
-def _mount_tmpfs(where: Path, size: str) -> bool:
-    where.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return False
-    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
-    return subprocess.run(mount, capture_output=True).returncode == 0
-
-
 def test_a_full_disk_on_ray_is_one_clear_error_and_not_retried(
     tmp_path: Path, tiny_model_dir: Path, ray_cluster
 ) -> None:
     """The run directory's disk fills during step 4's save: exit 1 with the worker's "No space left"
     line, no worker traceback, no restart of the group (each would meet the same full disk); the
     rerun, once there is room, resumes from step 2 and finishes."""
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "64m"):
-        pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
-    try:
+    with small_disk(tmp_path / "disk", "64m") as disk:
         run_dir = disk / "run"
         config = _ray_config(tmp_path, tiny_model_dir, run_dir, ray_cluster.address)
         failed = _ftl("train", str(config), env={"FTL_FAULT_FILL_DISK_AT": "before_shards@4"})
@@ -126,8 +116,6 @@ def test_a_full_disk_on_ray_is_one_clear_error_and_not_retried(
         resumed = _ftl("train", str(config))
         assert resumed.returncode == 0, resumed.stderr[-4000:]
         assert [p.name for p in committed_checkpoints(run_dir)][-1] == "step-6"
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_dead_worker_without_restarts_says_how_to_resume(tmp_path: Path, tiny_model_dir: Path, ray_cluster) -> None:

@@ -5,34 +5,20 @@ prints no traceback."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.small_disk import small_disk as mounted_small_disk
 from trainer.faults import fill_filesystem
 from trainer.metrics import MetricsWriteError, MetricsWriter, read_metrics
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = (
-        os.geteuid() == 0
-        and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True
-        ).returncode
-        == 0
-    )
-    if not mounted:
-        pytest.skip("needs root and `mount -t tmpfs` to create a small real filesystem")
-    try:
+    with mounted_small_disk(tmp_path / "disk", "2m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_line_that_does_not_fit_is_cut_back_and_reported_clearly(
