@@ -176,7 +176,7 @@ def launch_ray(
                 if isinstance(controller_write, OSError):  # Ray's own state, beside the run (disk full)
                     raise RayStorageWriteFailed(
                         f"Ray Train could not write its state into {storage_path}: "
-                        f"{str(controller_write).splitlines()[0]}; {what_next(run_dir, 0).split('; set ')[0]} "
+                        f"{str(controller_write).splitlines()[0]}; {resume_hint(run_dir)} "
                         "once there is room"
                     ) from None
                 raise RayRunFailed(
@@ -239,16 +239,19 @@ def failure_summary(error: Exception) -> str:
     return "\n  " + "\n  ".join(lines)
 
 
-def what_next(run_dir: Path, max_failures: int) -> str:
-    """How to go on after a failure that Ray did not (or no longer) restart."""
+def resume_hint(run_dir: Path) -> str:
+    """Where the same command goes on from."""
     from trainer.checkpointing.protocol import committed_checkpoints
 
     committed = committed_checkpoints(run_dir)
-    resume = (
-        f"the checkpoints up to {committed[-1].name} are kept: run the same command again to resume from it"
-        if committed
-        else "no checkpoint was committed yet: the same command starts the run again"
-    )
+    if committed:
+        return f"the checkpoints up to {committed[-1].name} are kept: run the same command again to resume from it"
+    return "no checkpoint was committed yet: the same command starts the run again"
+
+
+def what_next(run_dir: Path, max_failures: int) -> str:
+    """How to go on after a failure that Ray did not (or no longer) restart."""
+    resume = resume_hint(run_dir)
     if max_failures == 0:
         resume += "; set cluster.ray.max_failures (e.g. 3) to have Ray restart the worker group from it by itself"
     return resume
