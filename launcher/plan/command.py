@@ -12,11 +12,13 @@ from launcher.plan.hardware import Accelerator, accelerator, parse_size
 from launcher.plan.planner import Target, plan_run
 from launcher.plan.render import render, size
 from launcher.run_config import RunConfig
-from trainer.errors import EXIT_FAILED
+from trainer.errors import EXIT_FAILED, TrainerInputError
+from trainer.logging_setup import quiet_third_party
 
 
 def plan_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    quiet_third_party()  # the planner's meta model imports transformers, PEFT and bitsandbytes: no chatter
     if args.mfu is not None and not 0 < args.mfu <= 1:
         raise UserError(f"--mfu {args.mfu}: a fraction of peak throughput, in (0, 1]")
     acc = (
@@ -55,6 +57,8 @@ def check_fit(cfg: RunConfig) -> None:
             f"{exc}. The fit check cannot judge this run; pass --skip-fit-check to launch it anyway "
             "(a hub model is then loaded by the workers)"
         ) from None
+    except TrainerInputError:  # the config names what this model does not have: the workers would refuse it too
+        raise
     except Exception as exc:  # noqa: BLE001 - reported, then the run goes on
         print(f"ftl: fit check skipped: cannot plan this model ({type(exc).__name__}: {exc})", file=sys.stderr)
         return

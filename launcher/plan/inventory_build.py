@@ -68,7 +68,7 @@ def build_inventory(
     if method.uses_adapter:
         from peft import get_peft_model
 
-        from trainer.methods import peft_lora_config
+        from trainer.methods import check_target_modules, peft_lora_config
 
         if method.type != "qlora":
             model.requires_grad_(False)
@@ -81,6 +81,7 @@ def build_inventory(
             exclude_modules=exclude,
             new_modules=["classifier"] if image else None,
         )
+        check_target_modules(model, method.lora.target_modules)  # PEFT's own error is a bare traceback
         with torch.device("meta"):
             model = get_peft_model(model, lora)
         if adapter_dtype is not None:

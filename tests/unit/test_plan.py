@@ -147,6 +147,20 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
+def test_lora_target_typos_are_refused_by_plan_and_before_the_run_starts(tmp_path: Path) -> None:
+    """Every target a typo: the planner's PEFT model would fail with PEFT's own error; ftl names the
+    keys and the real layer names in plan and in train's fit check, before the run directory exists."""
+    cfg = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    typos = "method.lora.target_modules=[q_prj,v_prj]"
+    for command in (["plan", str(cfg), typos], ["train", str(cfg), typos, "cluster.backend=local"]):
+        result = subprocess.run([*FTL, *command], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "did you mean 'q_proj' for 'q_prj'?" in result.stderr, result.stderr
+        assert "NoMatchingPeftModuleError" not in result.stderr and "Traceback" not in result.stderr
+        assert "kernels-community" not in result.stderr  # bitsandbytes' CPU-kernel chatter stays quiet
+    assert not (tmp_path / "run").exists()
+
+
 def test_skip_fit_check_launches_what_the_fit_check_refuses(tmp_path: Path) -> None:
     # The planner budgets micro-batch x max_seq_len tokens (270 GiB here); unpacked rows are only
     # padded to the longest example of their batch, so the real run is small and finishes.
