@@ -135,16 +135,21 @@ def build_manager(
     )
 
 
-def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None) -> None:
+def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows: int) -> None:
     """The data position is a sample index: into other data it is another position. Said, not refused
-    (fixing a few rows mid-run is legitimate), like a changed config."""
+    (fixing a few rows mid-run is legitimate), like a changed config. `rows`: this data's training
+    rows (the position wraps around them once per epoch)."""
     saved = point.manifest.get("data_fingerprint")
     if saved and data_fingerprint and saved != data_fingerprint:
+        epoch, row = divmod(int(point.manifest.get("samples_seen", 0)), max(rows, 1))
         log.warning(
             "resuming %s, written on other training data (its tokenized rows differ from this run's): the run "
-            "continues at sample %s of this data, and the result will not equal an uninterrupted run on either",
+            "continues at position %d of epoch %d in this data's %d rows, and the result will not equal an "
+            "uninterrupted run on either",
             point.path,
-            point.manifest.get("samples_seen"),
+            row,
+            epoch + 1,
+            rows,
         )
 
 
