@@ -392,3 +392,18 @@ def test_a_long_list_of_bad_rows_stops_at_twenty_and_counts_the_rest(tmp_path: P
 def test_a_misspelled_field_is_named_in_every_format(tokenizer: Any, fmt: str, row: dict, hint: str) -> None:
     with pytest.raises(DataError, match=re.escape(f"train.jsonl line 3: {hint}")):
         render_example(Row("train.jsonl line 3", row), fmt, tokenizer)
+
+
+def test_a_long_conversation_masks_each_assistant_turn_and_nothing_else(tokenizer: Any) -> None:
+    """100 turns (the one-pass span walk over many spans): every assistant answer trained, no
+    user text."""
+    messages = []
+    for turn in range(50):
+        messages += [
+            {"role": "user", "content": f"question {turn} about zorblat"},
+            {"role": "assistant", "content": f"answer{turn} qux"},
+        ]
+    example = render_example(Row("x.jsonl:1", {"messages": messages}), "chat", tokenizer)
+    trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
+    assert all(f"answer{turn} qux" in trained for turn in range(50))
+    assert "question" not in trained and "zorblat" not in trained and "question 49" in other

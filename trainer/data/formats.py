@@ -337,8 +337,20 @@ def _render_chat(messages: list[dict[str, Any]], tokenizer: Any, train_from: int
         spans.append((len(before), len(through)))
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
-    mask = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoded["offset_mapping"]]
-    return Example(ids, mask)
+    return Example(ids, _in_spans([start for start, _ in encoded["offset_mapping"]], spans))
+
+
+def _in_spans(starts: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    """1 for each character offset inside one of the (ascending, disjoint) spans: one pass over both
+    (a long conversation has hundreds of spans and thousands of tokens)."""
+    if any(later < earlier for earlier, later in zip(starts, starts[1:])):  # not seen; kept correct anyway
+        return [int(any(lo <= start < hi for lo, hi in spans)) for start in starts]
+    mask, span = [], 0
+    for start in starts:
+        while span < len(spans) and spans[span][1] <= start:
+            span += 1
+        mask.append(int(span < len(spans) and spans[span][0] <= start))
+    return mask
 
 
 def _assistant_opening(tokenizer: Any, message: dict[str, str], through: str) -> str:
