@@ -51,6 +51,25 @@ def test_a_failing_tracker_warns_once_and_the_metrics_go_on(
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2, 3]
 
 
+def test_an_mlflow_server_nobody_answers_on_is_reported_at_its_first_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MLflow's own retries (its defaults: minutes) are not waited for: the probe names the server
+    and the reason, the tracker is dropped, and the end of the start has nothing left to wait for."""
+    cfg = TrackingConfig.model_validate(
+        {"tensorboard": False, "mlflow": {"enabled": True, "tracking_uri": "http://127.0.0.1:9"}}
+    )
+    writer = MetricsWriter(tmp_path, tracking=cfg)
+    with caplog.at_level(logging.WARNING):
+        writer.write(1, {"loss": 1.0})
+        writer.write(2, {"loss": 0.5})
+        writer.close()
+    shown = [r.getMessage() for r in caplog.records]
+    assert any("cannot reach the MLflow server at http://127.0.0.1:9 (Connection refused)" in m for m in shown), shown
+    assert not any("still sending" in m for m in shown), shown
+    assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2]
+
+
 def test_runs_without_trackers_never_import_them(tmp_path: Path) -> None:
     # A fresh interpreter: this test process may have imported mlflow for the test above.
     code = (

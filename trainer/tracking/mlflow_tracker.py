@@ -8,9 +8,12 @@ report/. Imported only when tracking.mlflow.enabled.
 from __future__ import annotations
 
 import os
+import socket
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
@@ -22,6 +25,7 @@ from trainer.tracking.series import flat_params
 PARAMS_PER_CALL = 100  # MLflow's log_batch limits
 METRICS_PER_CALL = 1000
 PARAM_VALUE_CHARS = 6000
+CONNECT_TIMEOUT_S = 5.0  # the server probe; MLflow's own client would retry a refused connection for minutes
 
 
 def resolve_tracking_uri(cfg: MlflowConfig, run_dir: Path) -> str:
@@ -38,11 +42,29 @@ def resolve_tracking_uri(cfg: MlflowConfig, run_dir: Path) -> str:
     return uri
 
 
+def check_server_reachable(uri: str) -> None:
+    """An http(s) server that nobody answers on is reported at once (the tracker is then dropped),
+    not after MLflow's retries, minutes later, with the end of the run waiting for them. Through a
+    proxy, only the proxy could tell: not probed."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConnectionError(f"cannot reach the MLflow server at {strip_userinfo(uri)} ({reason})") from None
+
+
 class MlflowTracker:
     name = "mlflow"
 
     def __init__(self, cfg: MlflowConfig, run_dir: Path, params: dict[str, Any], state: dict[str, Any]):
         uri = resolve_tracking_uri(cfg, run_dir)
+        check_server_reachable(uri)
         self.client = MlflowClient(tracking_uri=uri)
         # trackers.json keeps the URI without its user:password@ (a file in the run directory).
         if state.get("tracking_uri") == strip_userinfo(uri) and state.get("run_id"):
