@@ -382,7 +382,7 @@ def connect(settings: RayConfig) -> bool:
         os.environ.setdefault(name, value)
     own_address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
     adopt_orphans()  # a Ray process its raylet leaves behind becomes ours to end (ray_leftovers.py)
-    with _children_ignore_sigint() as interrupted, _own_address_for_children(own_address):
+    with _stop_signals_noted_while_ray_starts() as noted, _own_address_for_children(own_address):
         ray.init(
             address="local",
             include_dashboard=True,
@@ -391,11 +391,14 @@ def connect(settings: RayConfig) -> bool:
             logging_level=logging.WARNING,
             num_cpus=os.cpu_count() or 1,
         )
-        fault_point("ray_start", 0, 0)  # tests: a Ctrl-C that arrives while the local Ray starts
-    if interrupted[0]:  # Ctrl-C while Ray started: nothing ran yet; end the Ray started for it
+        fault_point("ray_start", 0, 0)  # tests: a Ctrl-C or SIGTERM that arrives while the local Ray starts
+    if noted:  # asked to stop while Ray started: nothing ran yet; end the Ray started for it
         ray.shutdown()
         end_leftover_ray_processes()
-        raise KeyboardInterrupt
+        if noted[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        print(f"ftl: signal {noted[0]} while the local Ray started: stopped before the run began", file=sys.stderr)
+        raise SystemExit(128 + noted[0])
     if ray.get_runtime_context().gcs_address != own_address:
         log.warning(
             "the local Ray's address is %s, not %s: with other Ray instances on this machine its "
@@ -443,7 +446,7 @@ def prefer_loopback(settings: RayConfig) -> None:
         os.environ[RAY_SINGLE_MACHINE_ENV] = "0"
 
 
-_starting_ray = False  # while True, every process forked here ignores SIGINT (see _children_ignore_sigint)
+_starting_ray = False  # while True, every process forked here ignores SIGINT (see _stop_signals_noted_while_ray_starts)
 
 
 def _ignore_sigint_in_child() -> None:
@@ -452,31 +455,49 @@ def _ignore_sigint_in_child() -> None:
 
 
 @contextlib.contextmanager
-def _children_ignore_sigint() -> Iterator[list[bool]]:
+def _stop_signals_noted_while_ray_starts() -> Iterator[list[int]]:
     """A terminal's Ctrl-C goes to its whole foreground process group, which Ray's daemons join
     (the dashboard's modules would die of it). The processes started meanwhile ignore SIGINT (an
     after-fork hook: Ray starts each of its daemons with a preexec_fn, which runs the hooks), and
     so do the workers the raylet starts (SIG_IGN survives exec). The driver itself takes note of a
-    Ctrl-C during these seconds of start-up (the yielded flag) instead of dropping it: ignoring it
-    here, as the children do, lost it, and blocking it does not hold it either (the kernel hands a
-    process's signal to any thread that does not block it: torch's and ftl's own threads)."""
+    Ctrl-C or SIGTERM during these seconds of start-up (the yielded list of signal numbers) instead
+    of dropping it: ignoring it here, as the children do, lost it, and blocking it does not hold it
+    either (the kernel hands a process's signal to any thread that does not block it: torch's and
+    ftl's own threads). ray.init installs a SIGTERM handler of its own first thing (sys.exit while
+    Ray's core worker was half made: the process aborted, exit 134); it is installed after the start
+    instead, so a SIGTERM later still ends the driver as Ray means it to (restoring the handlers
+    with signal.signal also removes the abseil handler Ray's core worker put in front of them)."""
     global _starting_ray
-    interrupted = [False]
+    noted: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield interrupted
+        yield noted
         return
+    import ray._private.utils as ray_utils
+
     _register_child_hook()
 
     def note(signum: int, frame: Any) -> None:
-        interrupted[0] = True
+        noted.append(signum)
+        if signum == signal.SIGTERM:
+            # Ray's core worker, once made, catches SIGTERM first (abseil's failure-signal handler,
+            # chained to this one) and arms a 3 s alarm that aborts the process (134) unless
+            # cancelled: ending the Ray started here takes longer (ray-project/ray#64830).
+            signal.alarm(0)
 
-    previous = signal.signal(signal.SIGINT, note)
+    rays_sigterm: list[Any] = []
+    previous = {signum: signal.signal(signum, note) for signum in (signal.SIGINT, signal.SIGTERM)}
+    set_sigterm_handler = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = rays_sigterm.append  # looked up at each call in ray.init
     _starting_ray = True
     try:
-        yield interrupted
+        yield noted
     finally:
         _starting_ray = False
-        signal.signal(signal.SIGINT, previous)
+        ray_utils.set_sigterm_handler = set_sigterm_handler
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if rays_sigterm:
+            set_sigterm_handler(rays_sigterm[-1])
 
 
 @functools.cache
