@@ -16,18 +16,27 @@ from trainer.transfer.model_parts import decoder_blocks, position_tables
 log = logging.getLogger(__name__)
 
 
-def check_sequence_length(model: torch.nn.Module, max_seq_len: int) -> None:
-    hf: Any = model
-    config = hf.get_base_model().config if hasattr(hf, "get_base_model") else hf.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-    if not isinstance(limit, int) or max_seq_len <= limit:
-        return
-    if position_tables(model, decoder_blocks(model)):
+def learned_position_limit(model: torch.nn.Module) -> int | None:
+    """How many positions the model's learned position table has; None without one (rotary, ALiBi)
+    or without a stated limit. Reads modules only: works on a meta model (the planner's)."""
+    limit = _position_limit(model)
+    return limit if limit is not None and position_tables(model, decoder_blocks(model)) else None
+
+
+def refuse_past_learned_positions(max_seq_len: int, limit: int | None) -> None:
+    if limit is not None and max_seq_len > limit:
         raise TrainerInputError(
             f"data.max_seq_len={max_seq_len} is longer than the model's {limit} positions (its learned position "
             f"table has no row past them); set data.max_seq_len to at most {limit}"
         )
+
+
+def check_sequence_length(model: torch.nn.Module, max_seq_len: int) -> None:
+    limit = _position_limit(model)
+    if limit is None or max_seq_len <= limit:
+        return
+    refuse_past_learned_positions(max_seq_len, learned_position_limit(model))
+    text = _text_config(model)
     scaling = getattr(text, "rope_scaling", None)
     log.warning(
         "data.max_seq_len=%d is longer than the model's max_position_embeddings=%d%s: positions past it were not "
@@ -36,3 +45,15 @@ def check_sequence_length(model: torch.nn.Module, max_seq_len: int) -> None:
         limit,
         f" (rope_scaling {scaling})" if scaling else "",
     )
+
+
+def _text_config(model: torch.nn.Module) -> Any:
+    hf: Any = model
+    config = hf.get_base_model().config if hasattr(hf, "get_base_model") else hf.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _position_limit(model: torch.nn.Module) -> int | None:
+    text = _text_config(model)
+    limit = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return limit if isinstance(limit, int) else None

@@ -55,6 +55,7 @@ def build_inventory(
     adapter_dtype: for adapter methods, the dtype adapters (and QLoRA's non-quantized
     embeddings/head/norms) are kept in; None = PEFT's default (fp32 adapters, QLoRA upcast to fp32).
     freeze: the run's static freezing (gradual unfreezing's later stages train what it leaves)."""
+    from trainer.sequence_length import learned_position_limit
     from trainer.transfer.freezing import apply_freezing
     from trainer.transfer.model_parts import model_parts
     from trainer.transfer.setup import frozen_blocks_regex
@@ -62,6 +63,7 @@ def build_inventory(
     config = hf_config(config_fields)
     with torch.device("meta"):
         model = _auto_class(config).from_config(config, dtype=DTYPES[dtype])
+    learned_positions = learned_position_limit(model)
     quantized: dict[int, int] = {}
     if method.type == "qlora":
         quantized = _quantize_like_bnb(model, method, upcast=adapter_dtype is None)
@@ -119,6 +121,7 @@ def build_inventory(
         head_name,
         chunkable,
         reason,
+        extras={"learned_positions": learned_positions},
     )
 
 

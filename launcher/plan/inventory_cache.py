@@ -34,6 +34,7 @@ _DERIVING_SOURCES = (
     "launcher/plan/inventory_build.py",
     "trainer/methods.py",
     "trainer/chunked_loss.py",
+    "trainer/sequence_length.py",
     "trainer/transfer/freezing.py",
     "trainer/transfer/model_parts.py",
     "trainer/transfer/setup.py",

@@ -172,6 +172,12 @@ def plan_run(
     """Memory (always), suggestions when it does not fit, and throughput/time/cost estimates."""
     setup = resolve_setup(cfg, target)
     inventory = inventory_for(cfg, setup)
+    limit = inventory.extras.get("learned_positions")
+    if limit is not None and cfg.data.max_seq_len > limit:
+        # A refusal the workers would make once the model is loaded: said before anything starts.
+        from trainer.sequence_length import refuse_past_learned_positions  # imports torch: only here
+
+        refuse_past_learned_positions(cfg.data.max_seq_len, limit)
     plan = Plan(cfg, target, inventory, plan_memory(inventory, setup))
     if not plan.memory.fits:
         plan.suggestions = suggest(

@@ -544,3 +544,26 @@ def test_plan_reads_the_architecture_of_layernorm_models(
     assert result.inventory.arch.intermediate == intermediate
     assert result.inventory.arch.norms_per_layer == 2  # ln_1/ln_2, self_attn_layer_norm/final_layer_norm
     assert result.memory.peak_bytes > 0
+
+
+def test_max_seq_len_past_a_learned_position_table_is_refused_by_plan_and_before_the_run(tmp_path: Path) -> None:
+    """GPT-2's learned position table (n_positions): the workers refuse a longer data.max_seq_len
+    once the model is loaded; `ftl plan` and train's fit check say it before anything starts. A
+    rotary model (the bundled Llama) plans at any length."""
+    import json
+
+    model_dir = tmp_path / "gpt2"
+    model_dir.mkdir()
+    gpt2 = {"model_type": "gpt2", "vocab_size": 500, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64}
+    (model_dir / "config.json").write_text(json.dumps(gpt2))
+    path = write_config(tmp_path / "c.yaml", model_dir, tmp_path / "run")  # max_seq_len 128
+    for command in (["plan", str(path)], ["train", str(path), "cluster.backend=local"]):
+        result = subprocess.run([*FTL, *command], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "data.max_seq_len=128 is longer than the model's 64 positions" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+    fits = plan_run(load_config(path, ["data.max_seq_len=64"]), Target(accelerator("RTX4090")), with_throughput=False)
+    assert fits.inventory.extras["learned_positions"] == 64
+    llama = write_config(tmp_path / "l.yaml", BUNDLED_MODEL, tmp_path / "run", data={"max_seq_len": 100000})
+    rotary = plan_run(load_config(llama), Target(accelerator("RTX4090")), with_throughput=False)
+    assert rotary.inventory.extras["learned_positions"] is None
