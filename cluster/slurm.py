@@ -7,6 +7,7 @@ What runs inside the allocation is cluster/slurm_job.py. Slurm is driven through
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -18,10 +19,11 @@ from typing import Any
 
 from cluster.config import ClusterConfig, sbatch_path_problem
 from cluster.errors import WorkerFailed
-from cluster.results import clear_result, recorded_input_error, take_result
+from cluster.results import clear_result, read_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
 from cluster.slurm_states import FINAL_STATES
 from trainer.errors import EXIT_INPUT_ERROR, FtlError
+from trainer.outcome import OutcomeKind
 from trainer.run_layout import RunLayout
 
 # The job cds here to run `python -m cluster.slurm_job`: the checkout, or site-packages when installed.
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Package data (pyproject.toml), so an installed ftl renders it too, not only a checkout.
 DEFAULT_TEMPLATE = Path(__file__).with_name("ftl.sbatch.template")
 POLL_S = 2.0
+FOLLOWED_ENV = "FTL_SLURM_FOLLOWED"
 
 
 class SlurmError(FtlError):
@@ -49,7 +52,8 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
         ("account", settings.account),
         ("qos", settings.qos),
         ("time", settings.time),
-        ("cpus-per-task", settings.cpus_per_task),
+        # One task per node runs every worker of that node: its CPUs are the workers' (at least one each).
+        ("cpus-per-task", (settings.cpus_per_task or 1) * cluster.workers),
         ("mem", settings.mem),
     ):
         if value is not None:
@@ -92,8 +96,10 @@ def _no_cluster_hint(said: str) -> str:
     )
 
 
-def submit(run_dir: Path, cluster: ClusterConfig) -> str:
-    """Write the rendered script into the run directory and sbatch it; returns the job id."""
+def submit(run_dir: Path, cluster: ClusterConfig, followed: bool = False) -> str:
+    """Write the rendered script into the run directory and sbatch it; returns the job id.
+    followed: `ftl train` waits for the job and shows its end itself (summary, report), so the
+    job does not (sbatch passes the environment on: FOLLOWED_ENV)."""
     if shutil.which("sbatch") is None:
         raise SlurmError(
             "sbatch not found: run this on a Slurm login node (or start a local Slurm with "
@@ -103,7 +109,8 @@ def submit(run_dir: Path, cluster: ClusterConfig) -> str:
     layout.logs.mkdir(parents=True, exist_ok=True)
     script = layout.slurm_script
     script.write_text(render_sbatch(run_dir, cluster))
-    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    env = dict(os.environ, **({FOLLOWED_ENV: "1"} if followed else {}))
+    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         said = out.stderr.strip() or out.stdout.strip()
         raise SlurmError(f"sbatch {script} failed: {said}{_no_cluster_hint(said)}")
@@ -127,7 +134,7 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     """`ftl train` on Slurm: submit, stream the job's log, return the run summary. Survives the
     job's own requeues (preemption, time limit) and waits for the run to really end."""
     clear_result(run_dir)
-    job_id = submit(run_dir, cluster)
+    job_id = submit(run_dir, cluster, followed=True)
     log_path = RunLayout(run_dir).slurm_log(job_id)
     print(f"ftl: submitted Slurm job {job_id}; log {log_path}", file=sys.stderr, flush=True)
     shown = 0
@@ -168,9 +175,9 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     error = recorded_input_error(run_dir)
     if error is not None:  # its message is in the log just shown
         raise WorkerFailed(None, EXIT_INPUT_ERROR, log_path, who=f"Slurm job {job_id}", input_error=error)
-    if state != "COMPLETED":
+    if state != "COMPLETED" and read_result(run_dir).kind is not OutcomeKind.STOPPED:
         raise SlurmError(f"Slurm job {job_id} ended {state}; see {log_path}")
-    return take_result(run_dir)
+    return take_result(run_dir)  # a stop (Ctrl-C here, a cancel there) raises StopRequested: 130 / 143
 
 
 # Why a job waits (squeue's REASON) when the wait may never end: what in ftl's config to look at.

@@ -9,7 +9,8 @@ Two ways to start the workers, picked by `cluster.slurm.mode`:
 Preemption and time limits: the sbatch script asks for SIGUSR1 some time before the limit
 (`--signal=B:USR1@T`, delivered to this process). It, or a SIGTERM, becomes a stop request in the
 run directory: every worker finishes its step, writes a checkpoint and exits cleanly; then this
-process runs `scontrol requeue`, and the requeued job resumes from that checkpoint.
+process runs `scontrol requeue` unless the stop was a cancel (cluster/slurm_stop.py says which),
+and the requeued job resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from cluster.config import ClusterConfig
 from cluster.local import threads_per_worker
 from cluster.results import clear_result, read_result
 from cluster.run_lock import RunDirLocked, RunLock
+from cluster.slurm import job_info
+from cluster.slurm_stop import after_stop
 from cluster.worker import load_run_configs
-from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_STOPPED
+from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR
 from trainer.outcome import OutcomeKind
 from trainer.run_layout import RunLayout
 from trainer.stopping import STOP_SIGNALS, clear_stop_request, request_stop
@@ -87,12 +90,19 @@ def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: 
         if cluster.slurm.mode == "ray":  # in torchrun mode rank 0 printed it into this log already
             print(f"error: {outcome.message}", flush=True)
         return EXIT_INPUT_ERROR
-    if outcome.kind is OutcomeKind.STOPPED:
-        if signals and cluster.slurm.requeue:
-            print(f"ftl slurm job {job_id}: checkpoint at step {outcome.step}; requeueing", flush=True)
+    if outcome.kind is OutcomeKind.STOPPED:  # a clean stop: the job exits 0 (Slurm: not a failure)
+        decision = after_stop(
+            outcome.step,
+            signals,
+            asked_through_run_dir=RunLayout(run_dir).stop_request.exists(),
+            requeue_allowed=cluster.slurm.requeue,
+            job=job_info(job_id),
+            restarts_at_start=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        )
+        print(f"ftl slurm job {job_id}: {decision.message}", flush=True)
+        if decision.requeue:
             subprocess.run(["scontrol", "requeue", job_id], check=False)
-            return 0
-        return EXIT_STOPPED
+        return 0
     if code == 0 and outcome.kind is OutcomeKind.NO_RESULT:
         print(f"ftl slurm job {job_id}: the workers left no result; see {RunLayout(run_dir).logs}", flush=True)
         return EXIT_FAILED

@@ -1,0 +1,39 @@
+"""After a clean stop, a Slurm job requeues itself only where the stop was not the user's end of it
+(the policy of cluster/slurm_stop.py, from what `scontrol show job` says in each case, as measured
+on the local Slurm: scancel -> COMPLETING / Reason=None; time limit -> COMPLETING / TimeLimit;
+scontrol requeue -> COMPLETING with Restarts already one up)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from cluster.slurm_stop import after_stop
+
+RUNNING = {"JobState": "RUNNING", "Reason": "None", "Restarts": "0"}
+TERM, USR1 = [int(signal.SIGTERM)], [int(signal.SIGUSR1)]
+
+
+@pytest.mark.parametrize(
+    "signals,asked,job,requeue,said",
+    [
+        (USR1, True, RUNNING, True, "requeueing"),  # the time-limit warning
+        (TERM, True, RUNNING, True, "requeueing"),  # preemption's SIGTERM while still running
+        ([], False, RUNNING, True, "requeueing"),  # scancel --signal=TERM: the steps only
+        (TERM, True, {**RUNNING, "JobState": "COMPLETING", "Reason": "TimeLimit"}, True, "requeueing"),
+        (TERM, True, {**RUNNING, "JobState": "COMPLETING"}, False, "cancelled (scancel): not requeued"),
+        (TERM, True, {**RUNNING, "JobState": "CANCELLED"}, False, "cancelled (scancel)"),
+        (TERM, True, {**RUNNING, "JobState": "COMPLETING", "Restarts": "1"}, False, "Slurm requeues this job itself"),
+        ([], True, RUNNING, False, "stopped as asked (the same `ftl train` command resumes it)"),
+        (USR1, True, RUNNING, None, "(SIGUSR1); cluster.slurm.requeue is false"),
+    ],
+)
+def test_requeue_only_where_the_stop_was_not_the_users_end_of_the_job(signals, asked, job, requeue, said) -> None:  # type: ignore[no-untyped-def]
+    decision = after_stop(7, signals, asked, requeue is not None, job, restarts_at_start=0)
+    assert decision.requeue is bool(requeue) and said in decision.message, decision
+    assert decision.message.startswith("checkpoint at step 7")
+
+
+def test_a_job_slurm_no_longer_answers_for_is_requeued_as_before() -> None:
+    assert after_stop(3, USR1, True, True, {}, restarts_at_start=2).requeue
