@@ -22,6 +22,7 @@ from trainer.errors import EXIT_INPUT_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         if code != EXIT_INPUT_ERROR:  # an input error was printed by the worker itself
             print(f"torchrun: worker rank {rank} failed with exit code {failure.exitcode}", file=sys.stderr, flush=True)
         return code
+    except SignalException as exc:
+        # A stop signal (srun passing on a scancel or a requeue, a terminal's Ctrl-C): the agent
+        # passed it on to the workers, which stopped at a checkpoint and said so; not a crash.
+        return 128 + int(exc.sigval)
     return 0
 
 
