@@ -83,7 +83,12 @@ class SlurmConfig(Section):
     qos: str | None = None
     time: str | None = Field(None, description="Time limit in any sbatch --time format, e.g. 04:00:00.")
     gpus_per_node: int = Field(0, ge=0)
-    cpus_per_task: int | None = Field(None, ge=1, description="CPUs per worker; default: let Slurm decide.")
+    cpus_per_task: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs per worker; the job asks for this times cluster.workers on each node (its one task "
+        "runs them all). Default: 1 per worker.",
+    )
     mem: str | None = Field(None, description="Memory per node, e.g. 64G; default: the partition's default.")
     signal_before_s: int = Field(
         120,

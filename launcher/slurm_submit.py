@@ -49,7 +49,8 @@ def slurm(args: argparse.Namespace) -> int:
         f"ftl: submitted Slurm job {job_id} for {run_dir}\n"
         f"  log:    {RunLayout(run_dir).slurm_log(job_id)}\n"
         f"  state:  scontrol show job {job_id}\n"
-        f"  cancel: scancel {job_id}   (scancel --signal=USR1 --batch {job_id} checkpoints and requeues)",
+        f"  cancel: scancel {job_id}   (checkpoints first if Slurm's KillWait allows; not requeued)\n"
+        f"  requeue now, from a checkpoint: scancel --signal=USR1 --batch {job_id}",
         file=sys.stderr,
     )
     return 0
