@@ -48,6 +48,13 @@ def check_fit(cfg: RunConfig) -> None:
     """Refuse a run that cannot fit on this machine. On GPU the budget is one device per worker;
     on a CPU-only machine all local workers share the available RAM. A planner failure (say, an
     architecture it cannot build) only warns: the check must never block a run it cannot judge."""
+    if cfg.cluster.backend == "slurm":  # the run's machines are the allocation's, not this login node
+        print(
+            "ftl: fit check skipped: a Slurm job runs on the allocation's nodes; `ftl plan CONFIG --gpu TYPE "
+            "--gpus-per-node N` plans for them",
+            file=sys.stderr,
+        )
+        return
     acc = this_machine()
     workers = cfg.cluster.workers
     try:

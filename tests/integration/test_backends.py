@@ -418,6 +418,66 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tin
     assert_same_losses(run_dir, golden)
 
 
+def test_slurm_scancel_ends_the_job_and_a_resubmit_finishes_with_its_report(tmp_path, tiny_model_dir, golden, slurm):
+    """`scancel JOBID` (what `ftl slurm` prints to cancel) ends the job: never requeued (the job
+    checkpoints on its SIGTERM, and requeued itself whenever that beat Slurm's KillWait). The same
+    config submitted again finishes, with the summary in the job's log and the report written,
+    as `ftl train` would."""
+    from cluster.slurm import job_info
+    from cluster.slurm_states import FINAL_STATES
+
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "workers": 2})
+    run_dir = tmp_path / "run"
+    out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "1.5"})
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+    subprocess.run(["scancel", job_id], check=True)
+    _wait_for(lambda: job_info(job_id).get("JobState") in FINAL_STATES, timeout=120)
+    assert job_info(job_id).get("JobState") == "CANCELLED" and job_info(job_id).get("Restarts") == "0"
+    assert not (run_dir / "final").exists()
+
+    again = _ftl("slurm", str(config), "output.report=true")
+    assert again.returncode == 0, again.stderr
+    second = again.stdout.strip()
+    _wait_for(lambda: job_info(second).get("JobState") in FINAL_STATES, timeout=600)
+    log = (run_dir / "logs" / f"slurm-{second}.out").read_text()
+    assert job_info(second).get("JobState") == "COMPLETED", log[-3000:]
+    assert "Fine-tune finished: 4 steps" in log and (run_dir / "report" / "index.html").exists(), log[-3000:]
+    assert "Traceback" not in (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
+    assert_same_losses(run_dir, golden)
+
+
+def test_ctrl_c_on_ftl_train_with_slurm_stops_at_a_checkpoint_and_the_rerun_resumes(
+    tmp_path, tiny_model_dir, golden, slurm
+):
+    """As on every other backend: exit 130 with where it stopped (was "Slurm job N ended FAILED",
+    exit 1), and the same command resumes."""
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "workers": 2})
+    run_dir = tmp_path / "run"
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        launcher = subprocess.Popen(
+            [*FTL, "train", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "FTL_FAULT_SLOW_STEP_S": "1.5"},
+        )
+    try:
+        _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=300) == 128 + signal.SIGINT, stderr.read_text()[-3000:]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    said = stderr.read_text()
+    assert "stopped at step" in said and "run the same command again to resume" in said, said[-3000:]
+    assert "FAILED" not in said and "Traceback" not in said, said[-3000:]
+    out = _ftl("train", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_losses(run_dir, golden)
+
+
 def test_slurm_job_that_cannot_start_says_why_and_ctrl_c_cancels_it(tmp_path, tiny_model_dir, slurm):
     # The test Slurm has two nodes: a 3-node job waits (PartitionNodeLimit) for ever.
     config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "nodes": 3, "workers": 1})
