@@ -303,9 +303,12 @@ def _zero_states(trainable: list[ParamInfo], n: int, s: Setup, ds_cast: int | No
     elem = ds_cast or (trainable[0].element_size if trainable else 4)
     opt_where = {"none": "gpu", "cpu": "host", "nvme": "nvme"}[s.offload_optimizer]
     grads = n * elem if stage == 1 else part * elem
+    # ZeRO-3 keeps no second copy of weights already fp32 on the optimizer's device (its partition
+    # is the master: deepspeed/runtime/zero/stage3.py, _create_fp32_partitions); ZeRO-1/2 always copy.
+    shared_master = stage == 3 and elem == 4 and s.offload_optimizer == "none"
     items = [
         Item(f"gradients ({'full' if stage == 1 else 'partitioned'})", grads),
-        Item("optimizer: fp32 master weights (partition)", 4 * part, opt_where),
+        *([] if shared_master else [Item("optimizer: fp32 master weights (partition)", 4 * part, opt_where)]),
         _zero_adam_states(part, s, opt_where),
         Item("ZeRO step workspace: fp32 gradient partition", 4 * part, opt_where, kind="buffer"),
     ]

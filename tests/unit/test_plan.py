@@ -567,3 +567,20 @@ def test_max_seq_len_past_a_learned_position_table_is_refused_by_plan_and_before
     llama = write_config(tmp_path / "l.yaml", BUNDLED_MODEL, tmp_path / "run", data={"max_seq_len": 100000})
     rotary = plan_run(load_config(llama), Target(accelerator("RTX4090")), with_throughput=False)
     assert rotary.inventory.extras["learned_positions"] is None
+
+
+@pytest.mark.parametrize(
+    "gpu,stage,master",
+    [("cpu", 3, False), ("cpu", 2, True), ("A100-80GB", 3, True)],  # fp32 on CPU; bf16 on the A100
+)
+def test_zero3_counts_no_second_copy_of_weights_already_fp32(
+    tmp_path: Path, gpu: str, stage: int, master: bool
+) -> None:
+    """ZeRO-3 uses an fp32 partition that is already on the optimizer's device as the master
+    weights (a run's summary.json shows master_weights_mb 0 there); ZeRO-1/2 and bf16 weights copy."""
+    sections = dict(
+        parallel={"strategy": "deepspeed", "zero_stage": stage}, cluster={"workers": 2}, method={"type": "full"}
+    )
+    plan = _plan(tmp_path, gpu=gpu, gpus=2, **sections)
+    labels = [item.label for item in plan.memory.items]
+    assert ("optimizer: fp32 master weights (partition)" in labels) is master, labels
