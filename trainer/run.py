@@ -361,14 +361,14 @@ def _finish(
     """Best weights back (early stopping), final evaluation, final/ and summary.json (last)."""
     memory = memory_report(trainee.model, trainee.optimizer, ctx.rank)
     barrier()  # the best checkpoint is complete on disk before any rank reads it
-    trainee.transfer.restore_best(
+    restored = trainee.transfer.restore_best(
         strategy.unwrapped(trainee.model),
         ctx.run_dir,
         state.step,
         lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False),
     )
-    if data.evals:
-        evaluator(state.step, label="final")
+    if data.evals:  # recorded at the last step; the console says whose weights were scored
+        evaluator(state.step, label="final", shown_as=f"final: best step {restored}'s weights" if restored else None)
     _export(cfg, ctx, strategy, trainee.model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, trainee.total_steps)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
@@ -471,8 +471,11 @@ class _Evaluator:
         self.extras = extras  # adds strategy-specific scores (classification, forgetting) to a record
         self.objective = objective  # preference sets are scored by it (trainer/preference_eval.py)
 
-    def __call__(self, step: int, label: str = "periodic", only: str | None = None) -> dict[str, dict[str, Any]]:
-        """Score every eval set (or only the one named `only`); returns the records by set name."""
+    def __call__(
+        self, step: int, label: str = "periodic", only: str | None = None, shown_as: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Score every eval set (or only the one named `only`); returns the records by set name.
+        shown_as: the console's label when it says more than the record's (whose weights)."""
         batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
         # The module with the original API (generate etc.); for sharded strategies it still
         # carries the hooks that gather parameters, so every rank evaluates in lockstep.
@@ -518,7 +521,7 @@ class _Evaluator:
             if self.extras is not None:
                 self.extras(model, eval_set, values, batch)
             self.metrics.write(step, values, kind="eval")
-            self.console.evaluated(step, label, values)
+            self.console.evaluated(step, shown_as or label, values)
             results[eval_set.name] = values
             log.info("eval %s step %d: %s", eval_set.name, step, {k: v for k, v in values.items() if k != "samples"})
         return results

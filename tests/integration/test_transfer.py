@@ -235,7 +235,9 @@ def test_each_parameter_group_trains_at_its_configured_rate(tmp_path: Path, tiny
         assert rates["pretrained.lora_B"] == pytest.approx(4 * rates["pretrained"], rel=1e-12)
 
 
-def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(
+    tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     patience, min_delta, every, max_steps = 2, 0.05, 2, 30
     run = _train(
         tmp_path,
@@ -271,6 +273,8 @@ def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(tmp_path: 
     assert all(torch.equal(best_weights[k], final[k]) for k in final)
     final_eval = next(r for r in read_metrics(run, "eval") if r["label"] == "final" and r["split"] == "validation")
     assert final_eval["eval_loss"] == pytest.approx(best, rel=1e-6)
+    # Recorded at the last step; the console says the scores are the best step's weights'.
+    assert f"eval validation step {expected_stop} (final: best step {best_step}'s weights)" in "".join(capfd.readouterr())
     # `ftl export` of the finished run keeps final/ (the best weights); of a run that has not
     # finished (here: its summary removed) it exports the best checkpoint too, not the latest one.
     assert export(str(run), merge=True, checkpoint=None) == 0
