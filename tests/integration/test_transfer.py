@@ -274,7 +274,9 @@ def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(
     final_eval = next(r for r in read_metrics(run, "eval") if r["label"] == "final" and r["split"] == "validation")
     assert final_eval["eval_loss"] == pytest.approx(best, rel=1e-6)
     # Recorded at the last step; the console says the scores are the best step's weights'.
-    assert f"eval validation step {expected_stop} (final: best step {best_step}'s weights)" in "".join(capfd.readouterr())
+    assert f"eval validation step {expected_stop} (final: best step {best_step}'s weights)" in "".join(
+        capfd.readouterr()
+    )
     # `ftl export` of the finished run keeps final/ (the best weights); of a run that has not
     # finished (here: its summary removed) it exports the best checkpoint too, not the latest one.
     assert export(str(run), merge=True, checkpoint=None) == 0
