@@ -72,8 +72,14 @@ def submit(config_yaml: str, run_name: str, address: str | None, python: str = "
             )
         except RuntimeError as exc:
             # A head that just started answers before its job agent is up; that passes.
-            if "No available agent" not in str(exc) or time.time() > deadline:
-                raise
+            if "No available agent" not in str(exc):
+                raise JobError(f"the Ray job server at {resolve_address(address)} refused the job: {exc}") from None
+            if time.time() > deadline:
+                raise JobError(
+                    f"the Ray job server at {resolve_address(address)} has no job agent after {AGENT_WAIT_S} s "
+                    "(its dashboard agent did not start: see the head's dashboard_agent.log, e.g. a port another "
+                    "Ray on that machine holds)"
+                ) from None
             time.sleep(2)
 
 

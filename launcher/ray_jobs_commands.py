@@ -38,31 +38,41 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    print(json.dumps(_call(lambda jobs: jobs.status(args.job_id, args.address)), indent=1))
+    print(json.dumps(_call(lambda jobs: jobs.status(args.job_id, args.address), args.job_id), indent=1))
     return 0
 
 
 def logs(args: argparse.Namespace) -> int:
     if args.follow:
-        state = _call(lambda jobs: jobs.follow(args.job_id, args.address, sys.stdout.write))
+        state = _call(lambda jobs: jobs.follow(args.job_id, args.address, sys.stdout.write), args.job_id)
         return 0 if state == "SUCCEEDED" else EXIT_FAILED
-    sys.stdout.write(_call(lambda jobs: jobs.logs(args.job_id, args.address)))
+    sys.stdout.write(_call(lambda jobs: jobs.logs(args.job_id, args.address), args.job_id))
     return 0
 
 
 def stop(args: argparse.Namespace) -> int:
-    stopped = _call(lambda jobs: jobs.stop(args.job_id, args.address))
+    stopped = _call(lambda jobs: jobs.stop(args.job_id, args.address), args.job_id)
     print(
         f"ftl: {'asked Ray Job ' + args.job_id + ' to stop (it checkpoints first)' if stopped else args.job_id + ' had already ended'}"
     )
     return 0
 
 
-def _call(action):  # type: ignore[no-untyped-def]
+def _call(action, job_id: str | None = None):  # type: ignore[no-untyped-def]
     jobs = _jobs()
     try:
         return action(jobs)
     except jobs.JobError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"{exc}{_slurm_job_hint(job_id)}") from None
     except RuntimeError as exc:  # the job server's answer, e.g. "job does not exist"
-        raise UserError(f"Ray job server: {exc}") from None
+        raise UserError(f"Ray job server: {exc}{_slurm_job_hint(job_id)}") from None
+
+
+def _slurm_job_hint(job_id: str | None) -> str:
+    """A number is a Slurm job's id (Ray Jobs are named ftl-RUN-DATE): these verbs are Ray Jobs'."""
+    if job_id is None or not job_id.isdigit():
+        return ""
+    return (
+        f"\n{job_id} looks like a Slurm job id: ftl status/logs/stop are for Ray Jobs; for Slurm: "
+        f"`scontrol show job {job_id}`, the log RUN_DIR/logs/slurm-{job_id}.out, `scancel {job_id}`"
+    )
