@@ -67,7 +67,7 @@ class Holder:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         if self.pid is None:
             return f"Slurm job {self.slurm_job} (submitted from {self.host} at {since}, not started yet)"
-        job = f", Slurm job {self.slurm_job}" if self.slurm_job else ""
+        job = f", Slurm job {self.slurm_job}" if self.slurm_job and self.slurm_job not in self.purpose else ""
         return f"{self.purpose} on host {self.host}, pid {self.pid}{job}, since {since}"
 
 
@@ -281,7 +281,7 @@ def stale_reason(holder: Holder, stale_after_s: float = STALE_AFTER_S, slurm_job
 
 def locked_message(run_dir: Path, holder: Holder, stale_after_s: float = STALE_AFTER_S) -> str:
     age = max(0.0, time.time() - holder.heartbeat)
-    if holder.pid is None:
+    if holder.pid is None or holder.purpose.startswith("Slurm job"):  # a job's own process: Slurm stops it
         stop = f"cancel it (scancel {holder.slurm_job})" if holder.slurm_job else "make sure no ftl uses it"
     else:
         stop = (

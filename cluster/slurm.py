@@ -96,6 +96,14 @@ def _no_cluster_hint(said: str) -> str:
     )
 
 
+def _partitions_hint(said: str) -> str:
+    if "invalid partition" not in said.lower():
+        return ""
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+    names = " ".join(out.stdout.split()) if out.returncode == 0 else ""
+    return f"\nthis cluster's partitions (sinfo; * = default): {names}; set cluster.slurm.partition" if names else ""
+
+
 def submit(run_dir: Path, cluster: ClusterConfig, followed: bool = False) -> str:
     """Write the rendered script into the run directory and sbatch it; returns the job id.
     followed: `ftl train` waits for the job and shows its end itself (summary, report), so the
@@ -113,7 +121,7 @@ def submit(run_dir: Path, cluster: ClusterConfig, followed: bool = False) -> str
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         said = out.stderr.strip() or out.stdout.strip()
-        raise SlurmError(f"sbatch {script} failed: {said}{_no_cluster_hint(said)}")
+        raise SlurmError(f"sbatch {script} failed: {said}{_no_cluster_hint(said)}{_partitions_hint(said)}")
     job_id = out.stdout.strip().split(";")[0]
     layout.slurm_job_id.write_text(job_id + "\n")
     from cluster.run_lock import hand_over_to_slurm_job

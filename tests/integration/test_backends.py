@@ -501,6 +501,16 @@ def test_slurm_job_that_cannot_start_says_why_and_ctrl_c_cancels_it(tmp_path, ti
     assert job_info(job_id).get("JobState", "CANCELLED") == "CANCELLED"  # {} once Slurm forgot it
 
 
+def test_slurm_unknown_partition_names_the_clusters_partitions(tmp_path, tiny_model_dir, slurm):
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm"})
+    out = _ftl("slurm", str(config), "--partition", "gpu")
+    assert out.returncode == 2, out.stderr
+    assert (
+        "invalid partition" in out.stderr.lower()
+        and "this cluster's partitions (sinfo; * = default): debug*" in out.stderr
+    )
+
+
 def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
     config = _config(tmp_path, tiny_model_dir, "run")
     out = _ftl(

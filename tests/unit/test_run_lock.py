@@ -144,6 +144,10 @@ def test_slurm_handover_then_the_job_and_its_requeue_take_it(tmp_path: Path, mon
     # it back from its predecessor (here: a start on another node whose heartbeat is fresh).
     job = RunLock.acquire(tmp_path, "Slurm job 4242", slurm_job="4242")
     assert job.owned and read_holder(tmp_path / LOCK_FILE).pid == os.getpid()
+    with pytest.raises(RunDirLocked) as refused:  # while the job runs: named once, stopped as Slurm stops it
+        RunLock.acquire(tmp_path, "ftl train")
+    assert str(refused.value).count("4242") == 2 and "scancel 4242" in str(refused.value), str(refused.value)
+    assert "Ctrl-C" not in str(refused.value)
     job.release()
     _fake_holder(tmp_path, host="n2", pid=77, slurm_job="4242")
     RunLock.acquire(tmp_path, "Slurm job 4242", slurm_job="4242").release()
