@@ -39,8 +39,8 @@ def signals_request_stop(
         if not requested:
             requested = True
             _say(
-                f"signal {signum}: workers will checkpoint and stop after the current step "
-                "(a third Ctrl-C force-quits without that checkpoint)"
+                f"signal {signum}: workers will checkpoint and stop after the current step"
+                + (" (a third Ctrl-C force-quits without that checkpoint)" if signum == signal.SIGINT else "")
             )
             request_stop(run_dir, signum)
             if on_request is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -40,6 +41,8 @@ def setup_worker_logging(run_dir: Path, rank: int) -> None:
     console._ftl = True  # type: ignore[attr-defined]
     root.addHandler(console)
     quiet_third_party()
+    # Which process this rank is (local workers are forkserver children, Ray's are actors): to find one.
+    logging.getLogger("trainer").info("rank %d: pid %d on %s", rank, os.getpid(), socket.gethostname())
 
 
 def quiet_third_party(import_transformers: bool = True) -> None:
