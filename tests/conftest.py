@@ -42,14 +42,34 @@ def uses_a_cluster(item: pytest.Item) -> bool:
     )
 
 
+def runs_only_on_slurm(item: pytest.Item) -> bool:
+    """A Slurm test that starts no Ray: it takes the `slurm` fixture (by name or by a "slurm"
+    parameter) and is not marked `starts_ray` (Slurm's ray mode, or a leg on ftl's own local Ray).
+    These form a group of their own: Slurm jobs and Ray clusters share no per-machine state, and
+    one process running every Ray and Slurm test in turn was the suite's critical path (1732 s of
+    a 2013 s CI run, the other process idle at the end)."""
+    if item.get_closest_marker("starts_ray") or uses_the_shared_ray_cluster(item):
+        return False
+    if "slurm" in getattr(item, "fixturenames", ()):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "slurm" in callspec.params.values()
+
+
+def xdist_group_of(item: pytest.Item) -> str:
+    if runs_only_on_slurm(item):
+        return "slurm"
+    return "clusters" if uses_a_cluster(item) else item.nodeid.split("::")[0]
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """xdist groups (used with --dist loadgroup): the cluster tests form one group; every other
-    test goes with its module, so a module's expensive module-scoped fixture (a reference training
-    run, a built wheel) is built once, by one process."""
+    """xdist groups (used with --dist loadgroup): the Ray tests form one group and the Slurm-only
+    tests another; every other test goes with its module, so a module's expensive module-scoped
+    fixture (a reference training run, a built wheel) is built once, by one process (test_backends'
+    golden run is the exception: its Slurm and Ray tests each build it, ~20 s)."""
     for item in items:
-        group = "clusters" if uses_a_cluster(item) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
     shared_ray_cluster_last(items)
 
 

@@ -28,6 +28,7 @@ SHORT = [
 ]
 
 
+@pytest.mark.starts_ray  # its Ray leg
 def test_one_example_config_trains_identically_on_local_ray_torchrun_and_slurm(tmp_path, slurm):
     from cluster.local import free_port
 
