@@ -17,7 +17,7 @@ from cluster.run_lock import read_holder, stale_reason
 from launcher.failure_record import read_failure
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.console import duration
-from trainer.metrics import START, current_trajectory, parse_records
+from trainer.metrics import current_trajectory, parse_records, wall_time
 from trainer.run_layout import RunLayout
 
 # Scores shown for an evaluation, best first; eval_loss when none of the others was measured.
@@ -92,7 +92,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         "; ".join(notes),
         last_loss=train[-1].get("loss") if train else None,
         tokens_per_s=statistics.median(speeds) if speeds else None,
-        wall_s=_wall_time(records),
+        wall_s=wall_time(records),
         evals=_latest_evals(trajectory),
         failure=str(failure["reason"]) if failure and status == "failed" else None,
     )
@@ -144,22 +144,3 @@ def _latest_evals(trajectory: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
                 if k not in ("kind", "split", "time", "samples") and isinstance(v, (int, float, str))
             }
     return latest
-
-
-def _wall_time(records: list[dict[str, Any]]) -> float | None:
-    """Time spent by every start of the run (a resumed start's replaced steps included: they took time too)."""
-    total, began, last = 0.0, None, None
-    for record in records:
-        when = record.get("time")
-        if not isinstance(when, (int, float)):
-            continue
-        if record.get("kind") == START:
-            if began is not None and last is not None:
-                total += last - began
-            began = when
-        elif began is None:
-            began = when  # files written before start records existed
-        last = when
-    if began is None or last is None:
-        return None
-    return total + last - began

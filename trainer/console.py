@@ -135,8 +135,12 @@ class RunConsole:
     def finished(self, summary: dict[str, Any]) -> None:
         self.close_bar()
         loss = summary.get("last_loss")
+        this_start = self.clock() - self._started
+        took = duration(this_start)
+        if summary.get("starts", 1) > 1 and summary.get("wall_s") is not None:
+            took = f"{duration(summary['wall_s'])} over {summary['starts']} starts (this one {took})"
         self.event(
-            f"finished: {summary['steps']}/{summary['total_steps']} steps in {duration(self.clock() - self._started)}"
+            f"finished: {summary['steps']}/{summary['total_steps']} steps in {took}"
             f"{'' if loss is None else f', last loss {loss:.4f}'}"
         )
 

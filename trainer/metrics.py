@@ -228,6 +228,31 @@ def current_trajectory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(kept.values())
 
 
+def wall_time(records: list[dict[str, Any]], now: float | None = None) -> float | None:
+    """Time spent by every start of the run (a resumed start's replaced steps included: they took
+    time too). `now`: the last start is still running, and its span ends now, not at its last record."""
+    total, began, last = 0.0, None, None
+    for record in records:
+        when = record.get("time")
+        if not isinstance(when, (int, float)):
+            continue
+        if record.get("kind") == START:
+            if began is not None and last is not None:
+                total += last - began
+            began = when
+        elif began is None:
+            began = when  # files written before start records existed
+        last = when
+    if began is None or last is None:
+        return None
+    return total + (now if now is not None else last) - began
+
+
+def starts(records: list[dict[str, Any]]) -> int:
+    """How many times the run was started (its first start and each resume or restart)."""
+    return sum(1 for record in records if record.get("kind") == START)
+
+
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The current trajectory's records (see module doc), optionally of one kind."""
     records = current_trajectory(parse_records(RunLayout(run_dir).metrics))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from trainer.loop import LoopHooks, train_loop
 from trainer.loop_state import LoopState
 from trainer.loss_kernels import check_loss_kernel
 from trainer.memory_report import memory_report
-from trainer.metrics import MetricsWriter, read_metrics
+from trainer.metrics import MetricsWriter, parse_records, read_metrics, starts, wall_time
 from trainer.model_builder import load_inputs
 from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
@@ -553,6 +554,7 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
         elif record.get("label") == "final":
             entry["final"] = picked
     train = read_metrics(run_dir, kind="train")
+    records = parse_records(RunLayout(run_dir).metrics)
     return {
         "steps": state.step,
         "total_steps": total_steps,
@@ -562,4 +564,7 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
         "data": data.report,
         "scores": scores,
         "final_dir": str(RunLayout(run_dir).final),
+        # Over every start (a resumed or restarted run's earlier starts count: they took time too).
+        "wall_s": wall_time(records, now=time.time()),
+        "starts": starts(records),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -91,7 +92,8 @@ def test_console_lines_without_carriage_returns_and_progress_at_most_every_n_sec
         "checkpoint committed: checkpoints/step-8",
     ]
     assert any(t.startswith("eval validation step 8 (final): loss ") for t in resumed), resumed
-    assert resumed[-1].startswith("finished: 8/8 steps in ")
+    # The time is the run's, over both starts, then this start's own.
+    assert re.match(r"finished: 8/8 steps in \S+ over 2 starts \(this one \S+\), last loss ", resumed[-1]), resumed
     # Progress lines carry step/total, loss, lr, tokens/s and ETA.
     first = next(t for t in resumed if t.startswith("step "))
     assert first.split()[:2] == ["step", "5/8"] and all(k in first for k in (" loss ", " lr ", " tok/s ", " eta "))

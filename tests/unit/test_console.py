@@ -60,6 +60,12 @@ def test_events_and_other_ranks_silent() -> None:
         *[f"  sample {n}: expected 'Paris.' got 'Paris.'" for n in (1, 2, 3)],
         "finished: 8/8 steps in 0s, last loss 0.7500",
     ]
+    # A run resumed or restarted says its time over every start, then this start's own.
+    resumed = io.StringIO()
+    RunConsole(True, every_s=10.0, stream=resumed, clock=Clock()).finished(
+        {"steps": 8, "total_steps": 8, "last_loss": None, "wall_s": 95.0, "starts": 2}
+    )
+    assert resumed.getvalue().split(" ", 3)[3] == "finished: 8/8 steps in 1m35s over 2 starts (this one 0s)\n"
     quiet = io.StringIO()
     other = RunConsole(False, every_s=0.0, stream=quiet)
     other.started(8, 0, "", None, None)
