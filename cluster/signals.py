@@ -23,11 +23,16 @@ FORCE_QUIT_AFTER = 3  # Ctrl-C presses
 
 @contextlib.contextmanager
 def signals_request_stop(
-    run_dir: Path, force_quit: Callable[[], None] | None = None, on_request: Callable[[], None] | None = None
+    run_dir: Path,
+    force_quit: Callable[[], None] | None = None,
+    on_request: Callable[[], None] | None = None,
+    first_notice: Callable[[int], str | None] | None = None,
 ) -> Iterator[None]:
     """Ctrl-C / SIGTERM / SIGUSR1 ask the workers to checkpoint and stop (and call `on_request`).
     Further signals are logged and ignored, except a third Ctrl-C: it calls `force_quit` (or
-    raises KeyboardInterrupt), abandoning the checkpoint in progress."""
+    raises KeyboardInterrupt), abandoning the checkpoint in progress. `first_notice(signum)` may
+    replace the first signal's notice (None keeps it): a Slurm job still waiting in the queue has
+    no workers to checkpoint."""
     previous: dict[int, Any] = {}
     interrupts = 0
     requested = False
@@ -38,8 +43,10 @@ def signals_request_stop(
             interrupts += 1
         if not requested:
             requested = True
+            notice = first_notice(signum) if first_notice is not None else None
             _say(
-                f"signal {signum}: workers will checkpoint and stop after the current step"
+                notice
+                or f"signal {signum}: workers will checkpoint and stop after the current step"
                 + (" (a third Ctrl-C force-quits without that checkpoint)" if signum == signal.SIGINT else "")
             )
             request_stop(run_dir, signum)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from cluster.errors import WorkerFailed
 from cluster.results import clear_result, read_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
 from cluster.slurm_states import FINAL_STATES
-from trainer.errors import EXIT_INPUT_ERROR, FtlError
+from trainer.errors import EXIT_INPUT_ERROR, FtlError, InputError
 from trainer.outcome import OutcomeKind
 from trainer.run_layout import RunLayout
 
@@ -38,6 +39,28 @@ class SlurmError(FtlError):
     """sbatch/scontrol failed, or the job ended without finishing the run."""
 
 
+class SlurmSettingRejected(InputError, SlurmError):
+    """sbatch refused what the config asks for (a partition, account, QOS, time or node shape the
+    cluster does not have), or the script cannot be rendered from it: exit 2 like any input error,
+    from `ftl slurm` and from `ftl train` alike."""
+
+
+class CancelledBeforeStart(SlurmError):
+    """Ctrl-C (or SIGTERM) while the job still waited in the queue: it is cancelled; exit 128 + N,
+    as for a stop before the run started on the other backends."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+# sbatch's words when it refuses a setting (not when it cannot reach the cluster): "invalid
+# partition specified", "Invalid account or account/partition combination", "Invalid qos
+# specification", "Requested time limit is invalid", "Requested node configuration is not
+# available", "unrecognized option" (cluster.slurm.extra_sbatch).
+REJECTED_SETTING_WORDS = ("invalid", "requested node configuration", "unrecognized option", "not available")
+
+
 def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = None, workdir: Path | None = None) -> str:
     """Every placeholder is shell-quoted (shlex.quote leaves plain names as they are): the batch
     script is run by bash, and sbatch's own parser of #SBATCH lines removes the same quotes.
@@ -45,7 +68,7 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
     settings = cluster.slurm
     problem = sbatch_path_problem(str(run_dir))
     if problem:
-        raise SlurmError(f"output.dir {problem}")
+        raise SlurmSettingRejected(f"output.dir {problem}")
     options = [f"--gpus-per-node={settings.gpus_per_node}"] if settings.gpus_per_node else []
     for flag, value in (
         ("partition", settings.partition),
@@ -61,7 +84,7 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
     options += [opt if opt.startswith("-") else f"--{opt}" for opt in settings.extra_sbatch]
     template = Path(settings.template) if settings.template else DEFAULT_TEMPLATE
     if not template.is_file():
-        raise SlurmError(f"cluster.slurm.template: {template} does not exist")
+        raise SlurmSettingRejected(f"cluster.slurm.template: {template} does not exist")
     try:
         return Template(template.read_text()).substitute(
             run_dir=shlex.quote(str(run_dir)),
@@ -75,7 +98,7 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
             python=shlex.quote(python or sys.executable),
         )
     except (KeyError, ValueError) as exc:
-        raise SlurmError(
+        raise SlurmSettingRejected(
             f"{template}: bad placeholder {exc}; the template may use $run_dir, $job_name, $nodes, "
             "$signal_before_s, $requeue, $sbatch_options, $setup, $workdir, $python"
         ) from None
@@ -121,7 +144,10 @@ def submit(run_dir: Path, cluster: ClusterConfig, followed: bool = False) -> str
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         said = out.stderr.strip() or out.stdout.strip()
-        raise SlurmError(f"sbatch {script} failed: {said}{_no_cluster_hint(said)}{_partitions_hint(said)}")
+        message = f"sbatch {script} failed: {said}{_no_cluster_hint(said)}{_partitions_hint(said)}"
+        if any(word in said.lower() for word in REJECTED_SETTING_WORDS) and not _no_cluster_hint(said):
+            raise SlurmSettingRejected(message)
+        raise SlurmError(message)
     job_id = out.stdout.strip().split(";")[0]
     layout.slurm_job_id.write_text(job_id + "\n")
     from cluster.run_lock import hand_over_to_slurm_job
@@ -150,11 +176,23 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     def cancel() -> None:
         subprocess.run(["scancel", job_id], check=False)
 
-    said_reason, cancelled_pending = "", False
+    said_reason, cancelled_pending, state = "", False, "PENDING"
     # Only a stop asked here: a stop request file the job wrote itself (preemption) is followed by
     # a requeue, and that job is PENDING again on purpose.
     stop_asked: list[bool] = []
-    with signals_request_stop(run_dir, force_quit=cancel, on_request=lambda: stop_asked.append(True)):
+    stop_signal: list[int] = []
+
+    def notice(signum: int) -> str | None:
+        stop_signal.append(signum)
+        if state != "PENDING":
+            return None
+        return (
+            f"signal {signum}: Slurm job {job_id} has not started; cancelling it (nothing ran, nothing to checkpoint)"
+        )
+
+    with signals_request_stop(
+        run_dir, force_quit=cancel, on_request=lambda: stop_asked.append(True), first_notice=notice
+    ):
         while True:
             shown = _stream_new(log_path, shown)
             info = job_info(job_id)
@@ -176,9 +214,10 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
             time.sleep(POLL_S)
     _stream_new(log_path, shown)
     if cancelled_pending and state in ("CANCELLED", "UNKNOWN"):
-        raise SlurmError(
+        raise CancelledBeforeStart(
             f"stopped before Slurm job {job_id} started: it is cancelled (nothing ran); run the same "
-            "command again to submit it anew"
+            "command again to submit it anew",
+            stop_signal[0] if stop_signal else signal.SIGINT,
         )
     error = recorded_input_error(run_dir)
     if error is not None:  # its message is in the log just shown

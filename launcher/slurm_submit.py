@@ -28,22 +28,21 @@ FLAG_KEYS = {
 def slurm(args: argparse.Namespace) -> int:
     flags = [f"{key}={getattr(args, attr)}" for attr, key in FLAG_KEYS.items() if getattr(args, attr) is not None]
     cfg = load_config(args.config, [*args.overrides, "cluster.backend=slurm", *flags])
-    from cluster.slurm import SlurmError, render_sbatch, submit
+    from cluster.slurm import render_sbatch, submit
 
-    try:
-        if args.dry_run:
-            from pathlib import Path
+    # A setting sbatch refuses is an input error (exit 2, cluster.slurm.SlurmSettingRejected); an
+    # unreachable cluster or a missing sbatch is a failure (exit 1), as under `ftl train`.
+    if args.dry_run:
+        from pathlib import Path
 
-            sys.stdout.write(render_sbatch(Path(cfg.output.dir).resolve(), cfg.cluster))
-            return 0
-        problems = check_inputs(cfg)
-        if problems:
-            raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
-        # Locked while the script is written and submitted; submit() hands the lock to the job.
-        with running_in(cfg, purpose="ftl slurm") as run_dir:
-            job_id = submit(run_dir, cfg.cluster)
-    except SlurmError as exc:
-        raise UserError(str(exc)) from None
+        sys.stdout.write(render_sbatch(Path(cfg.output.dir).resolve(), cfg.cluster))
+        return 0
+    problems = check_inputs(cfg)
+    if problems:
+        raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    # Locked while the script is written and submitted; submit() hands the lock to the job.
+    with running_in(cfg, purpose="ftl slurm") as run_dir:
+        job_id = submit(run_dir, cfg.cluster)
     print(job_id)
     print(
         f"ftl: submitted Slurm job {job_id} for {run_dir}\n"

@@ -385,6 +385,7 @@ def test_users_own_torchrun_runs_ftl_train(tmp_path, tiny_model_dir, golden):
     assert_same_losses(tmp_path / "run", golden)
 
 
+@pytest.mark.starts_ray
 def test_slurm_two_nodes_ray_mode(tmp_path, tiny_model_dir, golden, slurm):
     config = _config(
         tmp_path,
@@ -488,12 +489,13 @@ def test_slurm_job_that_cannot_start_says_why_and_ctrl_c_cancels_it(tmp_path, ti
         _wait_for(lambda: "waiting to start (PartitionNodeLimit)" in stderr.read_text(), timeout=120)
         assert "check cluster.nodes" in stderr.read_text()
         launcher.send_signal(signal.SIGINT)
-        assert launcher.wait(timeout=60) == 1
+        assert launcher.wait(timeout=60) == 130  # a Ctrl-C before the run started, as on every backend
     finally:
         if launcher.poll() is None:
             launcher.kill()
     said = stderr.read_text()
     assert "stopped before Slurm job" in said and "it is cancelled (nothing ran)" in said, said
+    assert "has not started; cancelling it" in said and "workers will checkpoint" not in said, said
     from cluster.slurm import job_info
     from trainer.run_layout import RunLayout
 
@@ -509,6 +511,8 @@ def test_slurm_unknown_partition_names_the_clusters_partitions(tmp_path, tiny_mo
         "invalid partition" in out.stderr.lower()
         and "this cluster's partitions (sinfo; * = default): debug*" in out.stderr
     )
+    trained = _ftl("train", str(config), "cluster.slurm.partition=gpu")  # the same input error, the same exit
+    assert trained.returncode == 2 and "this cluster's partitions" in trained.stderr, trained.stderr
 
 
 def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):

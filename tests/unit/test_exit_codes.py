@@ -49,6 +49,7 @@ CASES: list[Case] = [
             cluster.ray_driver.RayResourcesError,
             cluster.ray_jobs.JobError,
             cluster.torchrun.TorchrunPrepareFailed,
+            cluster.slurm.SlurmSettingRejected,
         )
     ),
     *(
@@ -56,6 +57,12 @@ CASES: list[Case] = [
         for cls in (FtlError, cluster.ray_driver.RayRunFailed, cluster.slurm.SlurmError, trainer.outcome.NoResult)
     ),
     _with_message(cluster.ray_driver.RayStorageWriteFailed, 1, "ftl: error: "),
+    (
+        cluster.slurm.CancelledBeforeStart,
+        lambda: cluster.slurm.CancelledBeforeStart("the message", signal.SIGTERM),
+        143,
+        "ftl: the message",
+    ),
     # Disk full or an I/O error: the message, with what to do, is already on stderr.
     *(
         _with_message(cls, 1, None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ClusterConfig
-from cluster.slurm import SlurmError, submit
+from cluster.slurm import SlurmError, SlurmSettingRejected, submit
 from trainer.run_layout import RunLayout
 
 NO_CONFIG = """sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host
@@ -44,3 +44,15 @@ def test_another_refusal_is_reported_as_sbatch_said_it(tmp_path: Path, monkeypat
         submit(tmp_path / "run", ClusterConfig(backend="slurm", workers=2))
     assert "Invalid account" in str(refused.value)
     assert "SLURM_CONF" not in str(refused.value)
+    # A setting the cluster does not have is the user's to fix: exit 2 from `ftl slurm` and `ftl train`.
+    assert isinstance(refused.value, SlurmSettingRejected) and refused.value.exit_code == 2
+
+
+def test_an_unreachable_cluster_is_a_failure_not_an_input_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    said = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
+    _fake_sbatch(tmp_path / "bin", said, monkeypatch)
+    with pytest.raises(SlurmError) as refused:
+        submit(tmp_path / "run", ClusterConfig(backend="slurm", workers=2))
+    assert not isinstance(refused.value, SlurmSettingRejected) and refused.value.exit_code == 1
