@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES, FtlError
+from trainer.stopping import resume_command
 
 
 class WorkerFailed(FtlError):
@@ -22,7 +23,7 @@ class WorkerFailed(FtlError):
 
     def report(self) -> str | None:
         if self.code == EXIT_STOPPED or self.code in STOP_SIGNAL_CODES:
-            return "ftl: workers stopped at a step boundary with a checkpoint; run the same command again to resume"
+            return f"ftl: workers stopped at a step boundary with a checkpoint; {resume_command()} to resume"
         if self.code == EXIT_INPUT_ERROR:
             return "ftl: a worker rejected its input (message above)"
         return f"ftl: {self}"

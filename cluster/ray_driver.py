@@ -242,11 +242,12 @@ def failure_summary(error: Exception) -> str:
 def resume_hint(run_dir: Path) -> str:
     """Where the same command goes on from."""
     from trainer.checkpointing.protocol import committed_checkpoints
+    from trainer.stopping import resume_command
 
     committed = committed_checkpoints(run_dir)
     if committed:
-        return f"the checkpoints up to {committed[-1].name} are kept: run the same command again to resume from it"
-    return "no checkpoint was committed yet: the same command starts the run again"
+        return f"the checkpoints up to {committed[-1].name} are kept: {resume_command()} to resume from it"
+    return f"no checkpoint was committed yet: {resume_command()} to start the run anew"
 
 
 def what_next(run_dir: Path, max_failures: int) -> str:

@@ -8,6 +8,7 @@ import sys
 import tempfile
 
 from trainer.errors import EXIT_INPUT_ERROR
+from trainer.stopping import RESUME_COMMAND_ENV
 
 
 def main() -> int:
@@ -24,6 +25,8 @@ def main() -> int:
         # The job runs on a node of the Ray cluster: join that cluster (Ray Jobs gives its address
         # in RAY_ADDRESS; "auto" could pick another Ray instance on the same machine).
         address = os.environ.get("RAY_ADDRESS") or "auto"
+        # A stopped or failed job is resumed by submitting it again (`ftl train` is what the job runs).
+        os.environ[RESUME_COMMAND_ENV] = "submit the same config again (`ftl submit`)"
         return cli_main(["train", path, "cluster.backend=ray", f"cluster.ray.address={address}"])
 
 

@@ -23,6 +23,15 @@ from trainer.run_layout import STOP_REQUEST_FILE, RunLayout
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# How the user resumes a stopped run, in the messages that say so. A run submitted as a Ray Job
+# (`ftl submit`) is resumed by submitting it again, not by the `ftl train` its job runs: the job's
+# entry (launcher/job_entry.py) sets this for its own process.
+RESUME_COMMAND_ENV = "FTL_RESUME_COMMAND"
+
+
+def resume_command() -> str:
+    """'run the same command again', or what the process's launcher set in RESUME_COMMAND_ENV."""
+    return os.environ.get(RESUME_COMMAND_ENV) or "run the same command again"
 
 
 def request_stop(run_dir: Path, signum: int | None) -> None:
@@ -46,7 +55,7 @@ class StopRequested(FtlError):
         self.checkpoint = checkpoint
         self.signum = signum
         self.exit_code = 128 + signum if signum else EXIT_STOPPED
-        super().__init__(f"stopped at step {step}; checkpoint {checkpoint}; run the same command again to resume")
+        super().__init__(f"stopped at step {step}; checkpoint {checkpoint}; {resume_command()} to resume")
 
 
 class StopFlag:

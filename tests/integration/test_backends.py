@@ -337,8 +337,12 @@ def test_ray_job_submit_stop_checkpoints_first_and_a_resubmit_resumes(tmp_path, 
     stop = _ftl("stop", first, "--address", server)
     assert stop.returncode == 0, stop.stderr
     _wait_for(lambda: jobs.get_job_status(first) in FINAL_JOB_STATES, timeout=300)
-    assert _job_state(first, server) == "STOPPED", _ftl("logs", first, "--address", server).stdout[-3000:]
+    stopped_log = _ftl("logs", first, "--address", server).stdout
+    assert _job_state(first, server) == "STOPPED", stopped_log[-3000:]
     assert _checkpoint_steps(run_dir) == [2] and not (run_dir / "final").exists()
+    # The job ran `ftl train`, but its user resumes it by submitting again.
+    assert "submit the same config again (`ftl submit`) to resume" in stopped_log, stopped_log[-3000:]
+    assert "run the same command again" not in stopped_log, stopped_log[-3000:]
 
     out = _ftl("submit", str(config), "--address", server, "--python", sys.executable)
     assert out.returncode == 0, out.stderr[-3000:]
