@@ -25,7 +25,7 @@ FATE_NAMES = {
 
 
 def data_command(cfg: RunConfig, examples: int) -> int:
-    from trainer.model_builder import load_inputs
+    from trainer.model_builder import load_inputs, missing_eos_notice
 
     tokenizer = load_inputs(cfg.model, cfg.data.format)
     head = cfg.transfer.head
@@ -39,6 +39,9 @@ def data_command(cfg: RunConfig, examples: int) -> int:
         samples=examples,
     )
     print(format_data_check(check, tokenizer, color=_use_color(), examples=examples))
+    notice = missing_eos_notice(tokenizer, cfg.data.format)
+    if notice is not None:
+        print(f"\nwarning: {notice}")
     refusals = check.refusals()
     if refusals:
         bad = not check.skip_bad_rows and any(file.fates["bad"] for file in check.files)

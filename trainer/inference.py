@@ -7,6 +7,7 @@ from typing import Any
 
 from trainer.errors import TrainerInputError
 from trainer.evaluate import generate_texts
+from trainer.model_builder import ensure_pad_token
 from trainer.run_layout import RunLayout
 
 
@@ -14,9 +15,7 @@ def load_for_inference(path: Path, device: str) -> tuple[Any, Any]:
     """`path` is a run directory (final/merged, else base + final/adapter), an export
     (RUN_DIR/exports/step-N: merged/ or adapter/) or a model directory. The tokenizer can pad."""
     model, tokenizer = _load(path, device)
-    if tokenizer.pad_token_id is None:
-        # Prompts are left-padded in batches; pad positions are never attended to, so EOS serves.
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)  # prompts are left-padded in batches; pad positions are never attended to
     return model, tokenizer
 
 

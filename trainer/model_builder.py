@@ -88,10 +88,38 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
             f"model.tokenizer / model.path: the tokenizer loaded from {source!r} is empty (it turns text into no "
             f"tokens): {NO_TOKENIZER_FILES}"
         )
-    if tokenizer.pad_token_id is None:
-        # Padding positions never carry loss or attention, so reusing EOS is safe.
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     return tokenizer
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Give a tokenizer without a pad token one it already has. Padding positions never carry loss
+    or attention, so any token serves: EOS where there is one, else UNK or BOS, else the token with
+    id 0 (base-model tokenizers often have no pad, some not even an EOS)."""
+    if tokenizer.pad_token_id is not None:
+        return
+    for candidate in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token):
+        if candidate is not None:
+            tokenizer.pad_token = candidate
+            return
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+
+
+# Formats whose examples end with the tokenizer's EOS (a chat template writes its own end of turn).
+EOS_ENDED_FORMATS = ("alpaca", "completion", "text")
+
+
+def missing_eos_notice(tokenizer: Any, data_format: str) -> str | None:
+    """Why training on this format without an EOS token is probably not what the user wants."""
+    if data_format not in EOS_ENDED_FORMATS or getattr(tokenizer, "eos_token_id", 0) is not None:
+        return None
+    if data_format == "alpaca" and tokenizer.chat_template:
+        return None  # rendered as a chat: the template ends the answer
+    return (
+        f"the tokenizer has no EOS token, so {data_format} examples are trained without an end marker and the "
+        "model will not learn where an answer ends; set eos_token in the tokenizer's tokenizer_config.json "
+        "(or model.tokenizer to one that has it)"
+    )
 
 
 def load_model(

@@ -45,7 +45,7 @@ from trainer.loop_state import LoopState
 from trainer.loss_kernels import check_loss_kernel
 from trainer.memory_report import memory_report
 from trainer.metrics import MetricsWriter, parse_records, read_metrics, starts, wall_time
-from trainer.model_builder import load_inputs
+from trainer.model_builder import load_inputs, missing_eos_notice
 from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
 from trainer.preference_eval import preference_eval
@@ -82,6 +82,9 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     resume_from = find_resume_checkpoint(cfg, ctx, strategy, config_hash)
     console = RunConsole(ctx.is_main, cfg.training.progress_every_s, bar=cfg.training.progress_bar)
     tokenizer = load_inputs(cfg.model, cfg.data.format)  # an image processor for image data
+    eos_notice = missing_eos_notice(tokenizer, cfg.data.format)
+    if eos_notice is not None:
+        console.event(f"warning: {eos_notice}")
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
     trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console)
     console.started(
