@@ -166,7 +166,10 @@ def launch_ray(
             except Exception as exc:  # ray.train.TrainingFailedError and controller errors
                 # A worker that rejected its input left the reason in the result: that one message
                 # (exit 2), not Ray's report of the failed worker group.
-                error = recorded_input_error(run_dir)
+                # Only rank 0 records one; another rank may find it first and fail the group before
+                # rank 0 gets there (a model check after loading): its exception says the same.
+                rejected = _final_worker_errors(exc, TrainerInputError)
+                error = recorded_input_error(run_dir) or (str(rejected[0]) if rejected else None)
                 if error is not None:
                     raise TrainerInputError(error) from None
                 write_failure = next(iter(_final_worker_errors(exc, RunWriteError)), None)
@@ -350,6 +353,20 @@ def refuse_silent_address(address: str) -> None:
         ) from None
 
 
+def joined_cluster_env(address: str) -> dict[str, str]:
+    """The job-level environment of a run on a cluster ftl joins: the forwarded variables, and
+    RAY_ADDRESS when the address names the cluster's GCS (HOST:PORT). Ray Train's placement-group
+    cleaner asks the state API, without an address, whether the run's controller is alive; on a
+    machine running a second Ray instance it asked the newest one ("Found multiple active Ray
+    instances"), where the controller does not exist, and would remove the run's placement group.
+    (A local Ray that ftl starts gets the same from _own_address_for_children.)"""
+    env = forwarded_env()
+    host, _, port = address.rpartition(":")
+    if "://" not in address and host and port.isdigit():
+        env[RAY_ADDRESS_ENV] = address
+    return env
+
+
 def connect(settings: RayConfig) -> bool:
     """Join the configured cluster or start a local one; True when this process started it."""
     import ray
@@ -368,7 +385,7 @@ def connect(settings: RayConfig) -> bool:
                 address=address,
                 log_to_driver=True,
                 logging_level=logging.WARNING,
-                runtime_env=None if in_ray_job else {"env_vars": forwarded_env()},
+                runtime_env=None if in_ray_job else {"env_vars": joined_cluster_env(address)},
             )
         except ConnectionError as exc:
             raise RayRunFailed(

@@ -20,8 +20,9 @@ A point is `name` (every time it is reached) or `name@step`. Points, in order of
 before_shards, mid_shard (half of trainable.safetensors written), before_manifest,
 before_rename, during_purge (an old checkpoint half deleted), async_in_flight (an asynchronous
 write was started); and in the loop: micro (after the first micro-batch of a step), step_end,
-tensorboard (a step's metrics line is written, its TensorBoard events not yet); in the Ray
-launcher: ray_start (the local Ray it starts is up, Ctrl-C still held back).
+tensorboard (a step's metrics line is written, its TensorBoard events not yet); before training:
+model_checks (the base model is loaded, the checks of it not run yet); in the Ray launcher:
+ray_start (the local Ray it starts is up, Ctrl-C still held back).
 Unset variables cost one dict lookup per point.
 """
 

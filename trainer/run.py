@@ -39,6 +39,7 @@ from trainer.data.prepare import PreparedData, prepare_data
 from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
+from trainer.faults import fault_point
 from trainer.logging_setup import setup_worker_logging
 from trainer.loop import LoopHooks, train_loop
 from trainer.loop_state import LoopState
@@ -150,6 +151,7 @@ def _build_trainee(
     base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
     if cfg.data.format != "image_classification":
         check_sequence_length(base, cfg.data.max_seq_len)
+    fault_point("model_checks", 0, ctx.rank)
     if data.train.packed and not data.train.pairs:  # rows of several examples (a pair's rows hold one each)
         check_packed_examples_stay_apart(base, ctx.device)
     base = apply_model_options(base, cfg.model, ctx.device)

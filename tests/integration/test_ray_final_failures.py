@@ -91,6 +91,12 @@ def test_packing_on_a_model_that_mixes_packed_examples_is_refused_before_trainin
     assert out.returncode == 2, out.stderr[-4000:]
     assert out.stderr.count("data.packing: OPTForCausalLM does not keep packed examples apart") == 1, out.stderr[-4000:]
     assert _no_worker_traceback(out.stderr) and not (run_dir / "metrics.jsonl").exists()
+    # Rank 1 finds it alone (rank 0 held before its own check; only rank 0 records an input error
+    # for the driver): still the one message and exit 2, not "Ray Train run failed", exit 1.
+    config = _ray_config(tmp_path, model_dir, run_dir, ray_cluster.address)
+    alone = _ftl("train", str(config), env={"FTL_FAULT_HANG_AT": "model_checks", "FTL_FAULT_RANK": "0"})
+    assert alone.returncode == 2, alone.stderr[-4000:]
+    assert "does not keep packed examples apart" in alone.stderr and "Ray Train run failed" not in alone.stderr
     unpacked = _ftl("train", str(_ray_config(tmp_path, model_dir, run_dir, ray_cluster.address)), "data.packing=false")
     assert unpacked.returncode == 0, unpacked.stderr[-4000:]
 

@@ -83,3 +83,52 @@ def test_a_local_rays_services_ask_their_own_cluster_not_the_newest_on_the_machi
         assert "multiple active Ray instances" not in out.stderr, out.stderr[-3000:]
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+JOINED_PROBE = """
+import json, os, sys
+import ray
+from cluster.config import RayConfig
+from cluster.ray_driver import connect
+
+assert not connect(RayConfig(address=sys.argv[1]))
+
+
+@ray.remote
+class Witness:
+    def ping(self):
+        return 1
+
+
+@ray.remote
+def ask(actor_id):
+    from ray.train.v2._internal.state.util import is_actor_alive
+
+    return os.environ.get("RAY_ADDRESS"), bool(is_actor_alive(actor_id, timeout=60))
+
+
+witness = Witness.remote()
+ray.get(witness.ping.remote())
+seen_address, alive = ray.get(ask.remote(witness._actor_id.hex()))
+print(json.dumps({"seen": seen_address, "alive": alive}))
+ray.shutdown()
+"""
+
+
+def test_a_joined_clusters_services_ask_that_cluster(ray_cluster: RayTestCluster) -> None:
+    """A run that joins a cluster by HOST:PORT: its tasks and actors (Ray Train's controller and
+    placement-group cleaner among them) have RAY_ADDRESS naming that cluster, so a second Ray
+    instance on the driver's machine is never the one asked about the run's controller."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", JOINED_PROBE, ray_cluster.address],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"seen": ray_cluster.address, "alive": True}, seen
