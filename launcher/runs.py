@@ -124,10 +124,21 @@ def format_runs(infos: list[RunInfo]) -> str:
     ]
     for info in infos:
         if info.failure:
-            lines.append(f"  {info.path.name}: failed: {info.failure.splitlines()[0]}")
+            lines.append(f"  {info.path.name}: failed: {failure_line(info.failure)}")
         if info.note:
             lines.append(f"  {info.path.name}: {info.note}")
     return "\n".join(lines)
+
+
+def failure_line(reason: str) -> str:
+    """The reason on one line: its first line, and the next one when the first only announces it
+    (Ray's "Ray Train run failed:" is followed by one line per failed rank)."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    if not lines:
+        return "(no reason recorded)"
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def runs_json(infos: list[RunInfo]) -> str:

@@ -139,3 +139,12 @@ def test_loss_eval_speed_wall_time_a_failed_start_and_json(tmp_path: Path, capsy
     with pytest.raises(StopRequested), recording_failure(broken):
         raise StopRequested(1, "checkpoints/step-1", None)
     assert not (broken / "failure.json").exists()
+
+
+def test_a_failure_reason_that_only_announces_itself_shows_its_next_line() -> None:
+    from launcher.runs import failure_line
+
+    ray = "Ray Train run failed: \n  rank 1: WorkerHealthCheckFailedError: the worker died\nper-rank logs: /r/logs"
+    assert failure_line(ray) == "Ray Train run failed: rank 1: WorkerHealthCheckFailedError: the worker died"
+    assert failure_line("train.jsonl row 7: bad\nmore") == "train.jsonl row 7: bad"
+    assert failure_line("\n") == "(no reason recorded)"
