@@ -14,7 +14,10 @@ from typing import Any
 from launcher.errors import UserError
 from trainer.data.formats import CHAT_ROLES, ROLE_ALIASES
 from trainer.data.sources import Row, read_rows
-from trainer.errors import DataError
+from trainer.errors import DataError, TrainerInputError
+
+# A row of --input: its values (written back with the reply), its prompt or conversation, where it is.
+PromptRow = tuple[dict[str, Any], str | list[dict[str, str]], str]
 
 
 def generate_command(args: argparse.Namespace) -> int:
@@ -96,15 +99,15 @@ class _Generator:
         return out
 
 
-def _read_prompts(args: argparse.Namespace) -> list[tuple[dict[str, Any], str | list[dict[str, str]]]]:
+def _read_prompts(args: argparse.Namespace) -> list[PromptRow]:
     """Each row with its prompt (a string) or conversation; every bad row is reported at once."""
     if not Path(args.input).is_file():
         raise UserError(f"--input {args.input}: no such file (a .jsonl/.json/.csv/.parquet file of prompts)")
-    rows: list[tuple[dict[str, Any], str | list[dict[str, str]]]] = []
+    rows: list[PromptRow] = []
     problems: list[str] = []
     for row in read_rows(args.input):
         try:
-            rows.append((row.values, _prompt_of(row, args.field)))
+            rows.append((row.values, _prompt_of(row, args.field), row.where))
         except DataError as exc:
             problems.append(str(exc))
     if problems:
@@ -143,14 +146,22 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
     return clean
 
 
-def _generate_file(
-    generate: _Generator, rows: list[tuple[dict[str, Any], str | list[dict[str, str]]]], args: argparse.Namespace
-) -> int:
-    prompts = [generate.prompt(p) if isinstance(p, str) else generate.conversation(p) for _, p in rows]
+def _generate_file(generate: _Generator, rows: list[PromptRow], args: argparse.Namespace) -> int:
+    prompts, problems = [], []
+    for _, prompt, where in rows:
+        try:
+            prompts.append(generate.prompt(prompt) if isinstance(prompt, str) else generate.conversation(prompt))
+        except TrainerInputError as exc:  # the chat template refused it: every such row, at once
+            problems.append(f"{where}: {exc}")
+    if problems:
+        raise DataError(
+            f"{args.input}: {len(problems)} row(s) the model's chat template refuses; nothing was generated:\n"
+            + "\n".join(f"  - {problem}" for problem in problems)
+        )
     replies = generate.replies(prompts)
     lines = "".join(
         json.dumps({**values, args.field: reply}, ensure_ascii=False) + "\n"
-        for (values, _), reply in zip(rows, replies)
+        for (values, _, _), reply in zip(rows, replies)
     )
     if not args.output:
         sys.stdout.write(lines)

@@ -67,5 +67,11 @@ def conversation_ids(tokenizer: Any, messages: list[dict[str, str]], *, system: 
         )
     if system is not None:
         messages = [{"role": "system", "content": system}, *messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError as exc:  # a template's raise_exception(), e.g. "Only user and assistant roles"
+        hint = "; leave out --system (this template takes no system message)" if system is not None else ""
+        raise TrainerInputError(f"the model's chat template refuses this conversation: {exc}{hint}") from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

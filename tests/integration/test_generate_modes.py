@@ -163,3 +163,52 @@ def test_chat_through_stdin_keeps_the_conversation(model_and_tokenizer: tuple[An
     assert out.stdout == expected
     # The second reply saw the first exchange: it differs from the same question asked afresh.
     assert _one_by_one(model_and_tokenizer, [{"role": "user", "content": turns[1]}]) != messages[3]["content"]
+
+
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}"
+    "<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def test_a_conversation_the_chat_template_refuses_is_one_clear_error_in_every_mode(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Gemma-style template that raises on a system message: --prompt/--chat with --system, and
+    --input rows with a system message, exit 2 with the template's reason (was a jinja2 traceback)."""
+    import io
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").write_text(NO_SYSTEM_TEMPLATE)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    refused = "the model's chat template refuses this conversation: Only user and assistant roles are supported!"
+
+    code = launcher.cli.main(["generate", str(model), "--prompt", "hi", "--system", "be brief"])
+    err = capsys.readouterr().err
+    assert code == 2 and refused in err and "leave out --system" in err and "Traceback" not in err, err
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    code = launcher.cli.main(["generate", str(model), "--chat", "--system", "be brief"])
+    err = capsys.readouterr().err
+    assert code == 2 and refused in err, err
+
+    rows = [
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]},
+        {"prompt": "hello"},
+        {"messages": [{"role": "system", "content": "t"}, {"role": "user", "content": "yo"}]},
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "o.jsonl"
+    code = launcher.cli.main(["generate", str(model), "--input", str(tmp_path / "p.jsonl"), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 row(s) the model's chat template refuses" in err, err
+    assert "p.jsonl line 1: " in err and "p.jsonl line 3: " in err and "line 2" not in err, err
+    assert not out.exists()
+    # Without the system message the same model generates.
+    assert launcher.cli.main(["generate", str(model), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
