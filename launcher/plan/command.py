@@ -8,7 +8,7 @@ import sys
 from cluster.gpu_probe import cuda_available
 from launcher.config_loader import load_config
 from launcher.errors import UserError
-from launcher.plan.hardware import Accelerator, accelerator, parse_size
+from launcher.plan.hardware import Accelerator, accelerator, parse_size, ram_share
 from launcher.plan.planner import Target, plan_run
 from launcher.plan.render import render, size
 from launcher.run_config import RunConfig
@@ -27,7 +27,7 @@ def plan_command(args: argparse.Namespace) -> int:
         else this_machine(args.gpu_memory, args.peak_tflops)
     )
     per_node = args.gpus_per_node or (cfg.cluster.workers if args.nodes == 1 else 1)
-    target = Target(acc, per_node, args.nodes)
+    target = Target(ram_share(acc, per_node), per_node, args.nodes)
     plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
     print(render(plan))
     return 0 if plan.memory.fits else EXIT_FAILED  # does not fit
@@ -55,8 +55,8 @@ def check_fit(cfg: RunConfig) -> None:
             file=sys.stderr,
         )
         return
-    acc = this_machine()
     workers = cfg.cluster.workers
+    acc = ram_share(this_machine(), workers)  # on CPU each worker gets its share of the RAM, as in `ftl plan`
     try:
         plan = plan_run(cfg, Target(acc, workers, 1), with_throughput=False)
     except UserError as exc:  # a model.path it does not know (a hub name, or a typo)
@@ -73,7 +73,11 @@ def check_fit(cfg: RunConfig) -> None:
     if acc.is_gpu:
         need, have, what = memory.total_bytes, acc.memory_bytes, f"per GPU ({acc.name})"
     else:
-        need, have, what = memory.total_bytes * workers, acc.memory_bytes, f"of available RAM for {workers} worker(s)"
+        need, have, what = (
+            memory.total_bytes * workers,
+            acc.memory_bytes * workers,
+            f"of available RAM for {workers} worker(s)",
+        )
     if need <= have:
         print(f"ftl: fit check: {size(need)} {what}, {size(have)} available", file=sys.stderr)
         return

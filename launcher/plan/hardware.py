@@ -7,7 +7,7 @@ throughput is peak x MFU, an explicit assumption (--mfu)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from launcher.errors import UserError
 
@@ -62,6 +62,14 @@ def accelerator(name: str | None, memory: str | None = None, peak_tflops: float 
     if peak_tflops:
         acc = Accelerator(acc.name, acc.memory_bytes, peak_tflops, acc.bf16, acc.is_gpu)
     return acc
+
+
+def ram_share(acc: Accelerator, workers: int) -> Accelerator:
+    """On a CPU-only machine the local workers share one RAM: each may use its share. The plan's
+    verdict and suggestions are then those of `ftl train`'s fit check (all workers against the RAM)."""
+    if acc.is_gpu or workers <= 1:
+        return acc
+    return replace(acc, name=f"cpu worker (RAM / {workers})", memory_bytes=acc.memory_bytes // workers)
 
 
 def parse_size(text: str) -> int:

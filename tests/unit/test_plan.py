@@ -10,7 +10,7 @@ import pytest
 from launcher.config_loader import load_config
 from launcher.errors import UserError
 from launcher.plan.catalogue import model_config_fields
-from launcher.plan.hardware import accelerator, parse_size
+from launcher.plan.hardware import accelerator, parse_size, ram_share
 from launcher.plan.inventory_build import build_inventory
 from launcher.plan.planner import Target, plan_run
 from launcher.plan.published import model_states, plan_bare
@@ -584,3 +584,25 @@ def test_zero3_counts_no_second_copy_of_weights_already_fp32(
     plan = _plan(tmp_path, gpu=gpu, gpus=2, **sections)
     labels = [item.label for item in plan.memory.items]
     assert ("optimizer: fp32 master weights (partition)" in labels) is master, labels
+
+
+def test_on_cpu_the_plan_gives_each_local_worker_its_share_of_the_ram(tmp_path: Path) -> None:
+    """All local workers share one RAM: `ftl plan` judges each against its share, as `ftl train`'s
+    fit check judges them all against the RAM. Before, a 2-worker run needing 1.4x the RAM was
+    FITS in the plan (with no suggestions) and refused by the fit check, which sent the user to it."""
+    cfg = _cfg(tmp_path, method={"type": "full"}, cluster={"workers": 2})
+    one = plan_run(cfg, Target(accelerator("cpu", "64GiB"), 1, 1), with_throughput=False).memory.total_bytes
+    ram = f"{1.4 * one / 1024**3:.4f}GiB"  # room for one worker, not for two
+    alone = plan_run(cfg, Target(ram_share(accelerator("cpu", ram), 1), 1, 1), with_throughput=False)
+    assert alone.memory.fits
+    both = plan_run(cfg, Target(ram_share(accelerator("cpu", ram), 2), 2, 1), with_throughput=False)
+    assert not both.memory.fits, both.memory
+    assert accelerator("RTX4090") == ram_share(accelerator("RTX4090"), 8)  # a GPU per worker: nothing shared
+    out = subprocess.run(
+        [*FTL, "plan", str(tmp_path / "c.yaml"), "--gpu", "cpu", "--gpu-memory", ram],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "DOES NOT FIT" in out.stdout and "per cpu worker (RAM / 2)" in out.stdout, out.stdout
