@@ -146,6 +146,9 @@ def _read_hub(name: str, split: str) -> Iterator[Row]:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a core dependency
         raise DataError(f"{name}: not a local file and the `datasets` package is not installed") from None
+    if _saved_to_disk(Path(name)):
+        yield from _read_saved(name, split, datasets)
+        return
     try:
         loaded = datasets.load_dataset(name, split=split)
     except Exception as exc:  # the hub client raises many types; the message is what matters
@@ -161,6 +164,27 @@ def _read_hub(name: str, split: str) -> Iterator[Row]:
         ) from None
     for index, item in enumerate(loaded):
         yield Row(f"{name}[{split}] row {index}", item)
+
+
+def _saved_to_disk(folder: Path) -> bool:
+    """A folder written by `Dataset.save_to_disk` (state.json) or `DatasetDict.save_to_disk`
+    (dataset_dict.json): load_dataset refuses the first ("use load_from_disk instead")."""
+    return folder.is_dir() and ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file())
+
+
+def _read_saved(name: str, split: str, datasets: Any) -> Iterator[Row]:
+    try:
+        loaded = datasets.load_from_disk(name)
+    except Exception as exc:  # a folder cut short or written by another datasets release
+        raise DataError(f"{name}: loading this saved dataset with datasets.load_from_disk failed ({exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(
+                f"{name}: this saved dataset has the splits {sorted(loaded)}, not {split!r}; set data.split"
+            )
+        loaded = loaded[split]
+    for index, item in enumerate(loaded):
+        yield Row(f"{name} row {index + 1}", item)
 
 
 @dataclass(frozen=True)
