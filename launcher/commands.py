@@ -139,6 +139,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; "
             f"{100 * data['token_efficiency']:.1f}% of token slots hold real tokens"
         )
+        from trainer.data.prepare import cut_examples_note  # numpy and the data code: not for every command
+
+        cut = cut_examples_note(data)
+        if cut is not None:
+            lines.append(f"data: {cut}")
     scores = summary.get("scores", {})
     if scores:
         # Classification runs report accuracy, token classification entity F1 (token accuracy without BIO

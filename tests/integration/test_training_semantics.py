@@ -146,3 +146,25 @@ def test_a_global_batch_larger_than_the_epochs_says_how_many_epochs_it_trains(
     log = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
     assert "one step takes 4 rows (the global batch) but training.epochs=1 of the data is 3 rows" in log
     assert "the run trains 1.3 epochs, not 1" in log
+
+
+def test_examples_cut_for_length_are_said_before_training_and_in_the_final_table(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Most QA examples are longer than 24 tokens: the run says how many it truncates before it
+    trains and again under the final table (before, only `ftl validate --data` and summary.json did,
+    while the table said 99% of token slots held real tokens)."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        data={"max_seq_len": 24, "validation": None},
+        training={"max_steps": 1},
+    )
+    assert train(str(config), []) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
+    truncated = report["train_truncated"]
+    assert truncated > report["train_examples"] // 2, report
+    said = f"training examples: {truncated} truncated to data.max_seq_len 24"
+    assert f"note: {said}" in out and f"\ndata: {said}" in out, out[-3000:]

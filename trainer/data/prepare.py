@@ -122,6 +122,7 @@ def prepare_data(
         "train_tokens": int(lengths.sum()),
         "train_loss_tokens": int(train.mask.sum()),
         "packing": cfg.packing,
+        "max_seq_len": cfg.max_seq_len,
         "token_efficiency": round(efficiency, 4),
         **{f"train_{k}": v for k, v in train.stats.items() if k != "rows" and not isinstance(v, list)},
         **{f"{e.name}_examples": len(e.examples) for e in evals},
@@ -130,6 +131,23 @@ def prepare_data(
         report["mixture"] = mixture_report
     log.info("data: %s", report)
     return PreparedData(RowDataset(train, rows, cfg.packing, spans, pairs=cfg.format == "preference"), evals, report)
+
+
+def cut_examples_note(report: dict[str, Any]) -> str | None:
+    """What training does not see whole, from the data report: examples truncated or dropped for
+    length, dropped for having no trained token, skipped as malformed. None when nothing was."""
+    max_seq_len = report.get("max_seq_len", "")
+    parts = [
+        f"{report.get(key, 0)} {what}"
+        for key, what in (
+            ("train_truncated", f"truncated to data.max_seq_len {max_seq_len}"),
+            ("train_dropped_too_long", f"dropped as longer than {max_seq_len} tokens"),
+            ("train_dropped_no_loss", "dropped with no trained token left"),
+            ("train_skipped_bad", "skipped as malformed"),
+        )
+        if report.get(key, 0)
+    ]
+    return "training examples: " + ", ".join(parts) if parts else None
 
 
 def held_out_split(
