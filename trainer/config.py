@@ -549,7 +549,11 @@ class TrainerConfig(Section):
             and self.eval.generation.enabled
             and self._has_eval_data()
         ):
-            # Plain text has no prompt/answer split, so exact-match has nothing to compare.
+            # Plain text has no prompt/answer split, so exact-match has nothing to compare. Generation
+            # is on by default: off by itself for such data, refused only where the config asks for it.
+            if "enabled" not in self.eval.generation.model_fields_set:
+                self.eval.generation.enabled = False
+                return self._cross_section_rules()
             raise ValueError(
                 f"eval.generation.enabled needs prompt/answer data; with data.format={'/'.join(sorted(formats))} "
                 "set eval.generation.enabled=false"

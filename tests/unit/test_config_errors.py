@@ -291,3 +291,17 @@ def test_an_unknown_flag_holding_a_token_is_not_echoed(
         launcher.cli.main(["train", str(_write(tmp_path, valid_text)), f"--hf-token={token}"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "unrecognized arguments: --hf-token=***redacted***" in err and token not in err
+
+
+def test_text_data_turns_the_default_generation_eval_off_and_refuses_it_only_when_asked(
+    tmp_path: Path, valid_text: str
+) -> None:
+    """Exact match needs a prompt and an answer, which plain text has not: with the default the
+    scoring is off by itself (before, every text config needed eval.generation.enabled=false);
+    asking for it is still the config error that says why."""
+    text = valid_text.replace("data:\n", "data:\n  format: text\n  validation_split: 0.1\n")
+    assert load_config(str(_write(tmp_path, text)), []).eval.generation.enabled is False
+    with pytest.raises(ConfigError, match="eval.generation.enabled needs prompt/answer data"):
+        load_config(str(_write(tmp_path, text)), ["eval.generation.enabled=true"])
+    chat = load_config(str(_write(tmp_path, valid_text)), ["data.validation_split=0.1"])
+    assert chat.eval.generation.enabled is True
