@@ -64,7 +64,30 @@ def export_final(
     return out_dir
 
 
+def _readable_as_the_umask_allows(folder: Path) -> None:
+    """transformers' save_pretrained writes its weights 0600 (a private temporary file renamed into
+    place), unlike every other file of the run: on shared storage a teammate or a serving process
+    running as another user could not read the model. Files get the mode any new file gets here."""
+    umask = _current_umask()
+    for path in folder.rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o666 & ~umask)
+
+
+def _current_umask() -> int:
+    """Read without changing it (os.umask sets it too, which races with threads that create files
+    meanwhile, e.g. an asynchronous checkpoint writer); Linux has it in /proc/self/status."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022  # the common default, where /proc does not say
+
+
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    _readable_as_the_umask_allows(tmp)
     if out_dir.exists():
         # Keep the previous export until the new one is complete, then swap.
         old = out_dir.with_name(out_dir.name + ".old")

@@ -63,6 +63,18 @@ def test_method_trains_and_exports_loadable_equivalent_models(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    # Readable by others as the umask allows, like every other file of the run (transformers writes
+    # its weights 0600); this process's umask is read from /proc, as the export does.
+    umask = int(
+        next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Umask:")).split()[
+            1
+        ],
+        8,
+    )
+    exported = list((run_dir / "final").rglob("*.safetensors"))
+    assert exported
+    for weights in exported:
+        assert weights.stat().st_mode & 0o777 == 0o666 & ~umask, (weights, oct(weights.stat().st_mode))
     trained = _logits(_trained_model(run_dir), tokenizer)
     merged = AutoModelForCausalLM.from_pretrained(str(run_dir / "final" / "merged")).eval()
     torch.testing.assert_close(_logits(merged, tokenizer), trained, atol=MERGED_ATOL, rtol=0)
