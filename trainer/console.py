@@ -137,8 +137,9 @@ class RunConsole:
         loss = summary.get("last_loss")
         this_start = self.clock() - self._started
         took = duration(this_start)
-        if summary.get("starts", 1) > 1 and summary.get("wall_s") is not None:
-            took = f"{duration(summary['wall_s'])} over {summary['starts']} starts (this one {took})"
+        if summary.get("starts", 1) > 1:  # the earlier starts' time, from their metrics records, and this one's
+            total = summary.get("earlier_starts_s", 0.0) + this_start
+            took = f"{duration(total)} over {summary['starts']} starts (this one {took})"
         self.event(
             f"finished: {summary['steps']}/{summary['total_steps']} steps in {took}"
             f"{'' if loss is None else f', last loss {loss:.4f}'}"

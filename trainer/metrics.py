@@ -248,6 +248,12 @@ def wall_time(records: list[dict[str, Any]], now: float | None = None) -> float 
     return total + (now if now is not None else last) - began
 
 
+def wall_time_before_last_start(records: list[dict[str, Any]]) -> float:
+    """The time of every start but the last (the one still running measures itself, from its process's start)."""
+    last = max((i for i, record in enumerate(records) if record.get("kind") == START), default=0)
+    return wall_time(records[:last]) or 0.0
+
+
 def starts(records: list[dict[str, Any]]) -> int:
     """How many times the run was started (its first start and each resume or restart)."""
     return sum(1 for record in records if record.get("kind") == START)

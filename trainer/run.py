@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from trainer.loop import LoopHooks, train_loop
 from trainer.loop_state import LoopState
 from trainer.loss_kernels import check_loss_kernel
 from trainer.memory_report import memory_report
-from trainer.metrics import MetricsWriter, parse_records, read_metrics, starts, wall_time
+from trainer.metrics import MetricsWriter, parse_records, read_metrics, starts, wall_time_before_last_start
 from trainer.model_builder import load_inputs, missing_eos_notice
 from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
@@ -573,6 +572,6 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
         "scores": scores,
         "final_dir": str(RunLayout(run_dir).final),
         # Over every start (a resumed or restarted run's earlier starts count: they took time too).
-        "wall_s": wall_time(records, now=time.time()),
+        "earlier_starts_s": wall_time_before_last_start(records),
         "starts": starts(records),
     }

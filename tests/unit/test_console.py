@@ -63,7 +63,7 @@ def test_events_and_other_ranks_silent() -> None:
     # A run resumed or restarted says its time over every start, then this start's own.
     resumed = io.StringIO()
     RunConsole(True, every_s=10.0, stream=resumed, clock=Clock()).finished(
-        {"steps": 8, "total_steps": 8, "last_loss": None, "wall_s": 95.0, "starts": 2}
+        {"steps": 8, "total_steps": 8, "last_loss": None, "earlier_starts_s": 95.0, "starts": 2}
     )
     assert resumed.getvalue().split(" ", 3)[3] == "finished: 8/8 steps in 1m35s over 2 starts (this one 0s)\n"
     quiet = io.StringIO()
