@@ -49,6 +49,16 @@ def generate_command(args: argparse.Namespace) -> int:
     device = default_device()
     prompts = _read_prompts(args) if args.input else None  # bad rows are reported before the model loads
     model, tokenizer = load_for_inference(Path(args.run_dir), device)
+    if not args.raw and not args.chat and not tokenizer.chat_template:
+        # Prompts then go in as written: say so, since a model trained on alpaca rows without a
+        # template learned the `### Instruction:` prompt around them, not the bare question.
+        print(
+            "ftl: the tokenizer has no chat template, so prompts go to the model as written"
+            + (" and --system is not used" if args.system is not None else "")
+            + "; write them in the format the model was trained on (alpaca data without a template: "
+            "'### Instruction:\n...\n\n### Response:\n'); --raw says you mean it",
+            file=sys.stderr,
+        )
     generate = _Generator(model, tokenizer, args, device)
     if prompts is not None:
         return _generate_file(generate, prompts, args)

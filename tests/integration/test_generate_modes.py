@@ -212,3 +212,22 @@ def test_a_conversation_the_chat_template_refuses_is_one_clear_error_in_every_mo
     assert not out.exists()
     # Without the system message the same model generates.
     assert launcher.cli.main(["generate", str(model), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+
+
+def test_prompts_to_a_model_without_a_chat_template_go_as_written_and_it_says_so(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    args = ["generate", str(model), "--prompt", "### Instruction:\nhi\n\n### Response:\n", "--max-new-tokens", "2"]
+    assert launcher.cli.main([*args, "--system", "be brief"]) == 0
+    err = capsys.readouterr().err
+    assert "no chat template, so prompts go to the model as written and --system is not used" in err, err
+    assert launcher.cli.main([*args, "--raw"]) == 0
+    assert "no chat template" not in capsys.readouterr().err
