@@ -551,13 +551,12 @@ class TrainerConfig(Section):
         ):
             # Plain text has no prompt/answer split, so exact-match has nothing to compare. Generation
             # is on by default: off by itself for such data, refused only where the config asks for it.
-            if "enabled" not in self.eval.generation.model_fields_set:
-                self.eval.generation.enabled = False
-                return self._cross_section_rules()
-            raise ValueError(
-                f"eval.generation.enabled needs prompt/answer data; with data.format={'/'.join(sorted(formats))} "
-                "set eval.generation.enabled=false"
-            )
+            if "enabled" in self.eval.generation.model_fields_set:
+                raise ValueError(
+                    f"eval.generation.enabled needs prompt/answer data; with data.format={'/'.join(sorted(formats))} "
+                    "set eval.generation.enabled=false"
+                )
+            self.eval.generation.enabled = False
         problem = optimizer_problem(self)  # training.optimizer* with parallel.* (trainer/optim_rules.py)
         if problem:
             raise ValueError(problem)
