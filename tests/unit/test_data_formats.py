@@ -263,10 +263,10 @@ def test_readers_report_locations(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text('prompt,completion\nhello,world\n"multi\nline",x\n')
     assert [r.where for r in read_rows(str(tmp_path / "d.csv"))] == ["d.csv line 2", "d.csv line 4"]
     (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}]))
-    assert [r.where for r in read_rows(str(tmp_path / "d.json"))] == ["d.json item 0", "d.json item 1"]
+    assert [r.where for r in read_rows(str(tmp_path / "d.json"))] == ["d.json item 1", "d.json item 2"]
     pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "d.parquet")
     rows = list(read_rows(str(tmp_path / "d.parquet")))
-    assert rows[1].where == "d.parquet row 1" and rows[1].values == {"text": "b"}
+    assert rows[1].where == "d.parquet row 2" and rows[1].values == {"text": "b"}  # counted from 1
     with pytest.raises(DataError, match="dataset file not found"):
         list(read_rows(str(tmp_path / "missing.jsonl")))
 
@@ -407,3 +407,11 @@ def test_a_long_conversation_masks_each_assistant_turn_and_nothing_else(tokenize
     trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
     assert all(f"answer{turn} qux" in trained for turn in range(50))
     assert "question" not in trained and "zorblat" not in trained and "question 49" in other
+
+
+def test_json_lines_under_a_json_name_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "d.json").write_text('{"text": "a"}\n{"text": "b"}\n')
+    with pytest.raises(
+        DataError, match=r"line 2, column 1: Extra data; it looks like JSON Lines .*name the file .jsonl"
+    ):
+        list(read_rows(str(tmp_path / "d.json")))

@@ -97,14 +97,20 @@ def _read_json(path: Path) -> Iterator[Row]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        # One object, then more after it: JSON Lines under a .json name (a common export).
+        lines_hint = (
+            "; it looks like JSON Lines (one object per line): name the file .jsonl" if exc.msg == "Extra data" else ""
+        )
+        raise DataError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{lines_hint}"
+        ) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]} style wrappers
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects (or JSON Lines in a .jsonl file)")
     for index, item in enumerate(data):
         surrogate = _lone_surrogate(item)
-        yield Row(f"{path.name} item {index}", _Malformed(surrogate) if surrogate else item)
+        yield Row(f"{path.name} item {index + 1}", _Malformed(surrogate) if surrogate else item)
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:
@@ -119,7 +125,7 @@ def _read_parquet(path: Path) -> Iterator[Row]:
             "to JSON Lines"
         ) from None
     for index, item in enumerate(table.to_pylist()):
-        yield Row(f"{path.name} row {index}", item)
+        yield Row(f"{path.name} row {index + 1}", item)  # counted from 1, as lines and items are
 
 
 def _read_csv(path: Path) -> Iterator[Row]:
@@ -163,7 +169,7 @@ def _read_hub(name: str, split: str) -> Iterator[Row]:
             "Check the path (relative paths resolve from the current directory) or the dataset name."
         ) from None
     for index, item in enumerate(loaded):
-        yield Row(f"{name}[{split}] row {index}", item)
+        yield Row(f"{name}[{split}] row {index + 1}", item)
 
 
 def _saved_to_disk(folder: Path) -> bool:
