@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cluster.run_storage import run_name
 from launcher.config_loader import config_to_yaml, load_config
@@ -63,13 +64,20 @@ def _call(action, job_id: str | None = None):  # type: ignore[no-untyped-def]
     try:
         return action(jobs)
     except jobs.JobError as exc:
-        raise UserError(f"{exc}{_slurm_job_hint(job_id)}") from None
+        raise UserError(f"{exc}{_not_a_ray_job_hint(job_id)}") from None
     except RuntimeError as exc:  # the job server's answer, e.g. "job does not exist"
-        raise UserError(f"Ray job server: {exc}{_slurm_job_hint(job_id)}") from None
+        raise UserError(f"Ray job server: {exc}{_not_a_ray_job_hint(job_id)}") from None
 
 
-def _slurm_job_hint(job_id: str | None) -> str:
-    """A number is a Slurm job's id (Ray Jobs are named ftl-RUN-DATE): these verbs are Ray Jobs'."""
+def _not_a_ray_job_hint(job_id: str | None) -> str:
+    """A number is a Slurm job's id (Ray Jobs are named ftl-RUN-DATE): these verbs are Ray Jobs'.
+    A run directory is not a job either: `ftl runs` shows its state."""
+    if job_id is not None and Path(job_id).is_dir():
+        return (
+            f"\n{job_id} is a directory, not a Ray Job id: ftl status/logs/stop are for Ray Jobs (ftl submit); "
+            f"for a run directory, `ftl runs {job_id}` shows its state, its logs are in {Path(job_id) / 'logs'}, "
+            "and Ctrl-C (or SIGTERM) to its ftl train stops it"
+        )
     if job_id is None or not job_id.isdigit():
         return ""
     return (

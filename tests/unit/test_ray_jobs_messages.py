@@ -46,3 +46,7 @@ def test_a_slurm_job_id_given_to_the_ray_jobs_verbs_says_where_slurms_commands_a
     assert out.returncode == 2 and "172 looks like a Slurm job id" in out.stderr and "scancel 172" in out.stderr
     named = subprocess.run([*FTL, "status", "ftl-run-1"], cwd=REPO, capture_output=True, text=True, env=env)
     assert named.returncode == 2 and "Slurm" not in named.stderr
+
+    run_dir = subprocess.run([*FTL, "logs", str(REPO / "assets")], cwd=REPO, capture_output=True, text=True, env=env)
+    assert run_dir.returncode == 2 and "is a directory, not a Ray Job id" in run_dir.stderr, run_dir.stderr
+    assert "ftl runs " in run_dir.stderr
