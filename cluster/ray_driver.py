@@ -464,25 +464,12 @@ def prefer_loopback(settings: RayConfig) -> None:
         os.environ[RAY_SINGLE_MACHINE_ENV] = "0"
 
 
-_starting_ray = False  # while True, every process forked here leaves ftl's process group (see below)
+_starting_ray = False  # while True, every process forked here ignores SIGINT (see _stop_signals_noted_while_ray_starts)
 
 
 def _ignore_sigint_in_child() -> None:
-    """A Ray daemon started by ftl: a process group of its own, so a signal to ftl's group (the
-    terminal's Ctrl-C, `kill -TERM -PGID` from systemd, tmux or a batch system) reaches ftl alone,
-    which stops the run with a checkpoint. Before, a SIGTERM to the group killed the GCS and the
-    raylet at once: ftl waited 60 s for the dead GCS and died with exit 1, no checkpoint, its lock
-    left. The workers the raylet starts are in the raylet's group. Ray's own fate sharing
-    (PR_SET_PDEATHSIG) still ends every daemon when ftl dies, kill -9 included. SIGINT stays ignored
-    too, for a daemon that would join the terminal's group again."""
     if _starting_ray:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if not sys.platform.startswith("linux"):
-            return  # elsewhere Ray's reaper ends its daemons by ftl's process group: they stay in it
-        try:
-            os.setpgid(0, 0)
-        except OSError:  # already a group leader: nothing to leave
-            pass
 
 
 @contextlib.contextmanager
