@@ -70,11 +70,10 @@ def _on_ray(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[
     from cluster.ray_driver import prefer_loopback
 
     prefer_loopback(cluster.ray)  # before Ray is imported
-    import ray
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cluster.ray_driver import connect, forwarded_env, scaling_for
+    from cluster.ray_driver import connect, end_local_ray, forwarded_env, scaling_for
 
     started_here = connect(cluster.ray)
     parent = _existing_parent(run_dir)
@@ -100,7 +99,7 @@ def _on_ray(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[
 
         shutil.rmtree(scratch, ignore_errors=True)
         if started_here:
-            ray.shutdown()
+            end_local_ray()
 
 
 def _ray_doctor_worker(config: dict[str, Any]) -> None:

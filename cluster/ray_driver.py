@@ -24,10 +24,11 @@ the driver drops it before each start.
 Signals and lifetime: Ctrl-C / SIGTERM / SIGUSR1 to the driver become ftl's stop request (the
 workers checkpoint at the next step boundary, as on the local backend). Ray Train's own SIGINT
 handler, which would abort the workers mid-step, is not installed. A local Ray started here runs
-on loopback only, ignores the terminal's Ctrl-C (which reaches the whole foreground process group)
-and dies with the driver: Ray ties its daemons to it with PR_SET_PDEATHSIG, and ftl ties the
-workers to it directly (Ray alone ends them only seconds after their raylet, time to commit a
-checkpoint).
+on loopback only, in a process group of its own (a signal to ftl's group, the terminal's Ctrl-C or
+systemd's SIGTERM, reaches the driver alone) and dies with the driver: that group's keeper ends it
+when the driver is gone (ray_daemon_group.py), Ray ties the GCS and raylet to it with
+PR_SET_PDEATHSIG, and ftl ties the workers to it directly (Ray alone ends them only seconds after
+their raylet, time to commit a checkpoint).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
 from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
+from cluster.ray_daemon_group import DaemonGroup, start_daemon_group
 from cluster.ray_leftovers import adopt_orphans, end_leftover_ray_processes
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.run_storage import (
@@ -111,7 +113,6 @@ def launch_ray(
 ) -> dict[str, Any]:
     """`handle_signals=False` when the caller already turns signals into stop requests (Slurm job)."""
     prefer_loopback(cluster.ray)  # before Ray is imported
-    import ray
     from ray.train import (
         CheckpointConfig,
         FailureConfig,
@@ -190,8 +191,7 @@ def launch_ray(
         return take_result(run_dir)
     finally:
         if started_here:
-            ray.shutdown()
-            end_leftover_ray_processes()
+            end_local_ray()
         if remote is not None:
             _mirror(remote, run_dir)
 
@@ -400,6 +400,8 @@ def connect(settings: RayConfig) -> bool:
         os.environ.setdefault(name, value)
     own_address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
     adopt_orphans()  # a Ray process its raylet leaves behind becomes ours to end (ray_leftovers.py)
+    global _daemon_group
+    _daemon_group = start_daemon_group()
     with _stop_signals_noted_while_ray_starts() as noted, _own_address_for_children(own_address):
         ray.init(
             address="local",
@@ -411,8 +413,7 @@ def connect(settings: RayConfig) -> bool:
         )
         fault_point("ray_start", 0, 0)  # tests: a Ctrl-C or SIGTERM that arrives while the local Ray starts
     if noted:  # asked to stop while Ray started: nothing ran yet; end the Ray started for it
-        ray.shutdown()
-        end_leftover_ray_processes()
+        end_local_ray()
         if noted[0] == signal.SIGINT:
             raise KeyboardInterrupt
         print(f"ftl: signal {noted[0]} while the local Ray started: stopped before the run began", file=sys.stderr)
@@ -431,6 +432,18 @@ def connect(settings: RayConfig) -> bool:
             node_ip,
         )
     return True
+
+
+def end_local_ray() -> None:
+    """Shut down the local Ray that connect() started, leaving none of its processes behind."""
+    import ray
+
+    global _daemon_group
+    ray.shutdown()
+    end_leftover_ray_processes()
+    if _daemon_group is not None:
+        _daemon_group.release()
+        _daemon_group = None
 
 
 # On a local Ray that ftl starts (one machine, nobody else's jobs), two Ray Train services only
@@ -464,20 +477,26 @@ def prefer_loopback(settings: RayConfig) -> None:
         os.environ[RAY_SINGLE_MACHINE_ENV] = "0"
 
 
-_starting_ray = False  # while True, every process forked here ignores SIGINT (see _stop_signals_noted_while_ray_starts)
+_starting_ray = False  # while True, every process forked here is made a Ray daemon (see _prepare_ray_daemon)
+_daemon_group: DaemonGroup | None = None  # the local Ray's daemons' process group, while ftl's Ray runs
 
 
-def _ignore_sigint_in_child() -> None:
+def _prepare_ray_daemon() -> None:
+    """In each process forked while the local Ray starts: it joins the daemons' own process group
+    (ray_daemon_group.py: a signal to ftl's group reaches ftl alone, and the group dies with ftl)
+    and ignores SIGINT (for when there is no such group: not Linux, or its keeper is gone)."""
     if _starting_ray:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if _daemon_group is not None:
+            _daemon_group.join_in_child()
 
 
 @contextlib.contextmanager
 def _stop_signals_noted_while_ray_starts() -> Iterator[list[int]]:
-    """A terminal's Ctrl-C goes to its whole foreground process group, which Ray's daemons join
-    (the dashboard's modules would die of it). The processes started meanwhile ignore SIGINT (an
-    after-fork hook: Ray starts each of its daemons with a preexec_fn, which runs the hooks), and
-    so do the workers the raylet starts (SIG_IGN survives exec). The driver itself takes note of a
+    """A terminal's Ctrl-C goes to its whole foreground process group. The processes started
+    meanwhile leave it for the daemons' own group and ignore SIGINT (an after-fork hook: Ray starts
+    each of its daemons with a preexec_fn, which runs the hooks), and so do the workers the raylet
+    starts (SIG_IGN survives exec). The driver itself takes note of a
     Ctrl-C or SIGTERM during these seconds of start-up (the yielded list of signal numbers) instead
     of dropping it: ignoring it here, as the children do, lost it, and blocking it does not hold it
     either (the kernel hands a process's signal to any thread that does not block it: torch's and
@@ -520,7 +539,7 @@ def _stop_signals_noted_while_ray_starts() -> Iterator[list[int]]:
 
 @functools.cache
 def _register_child_hook() -> None:
-    os.register_at_fork(after_in_child=_ignore_sigint_in_child)  # once per process: hooks cannot be removed
+    os.register_at_fork(after_in_child=_prepare_ray_daemon)  # once per process: hooks cannot be removed
 
 
 @contextlib.contextmanager

@@ -218,6 +218,38 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     assert_same_losses(run_dir, golden)
 
 
+def test_sigterm_to_ftls_process_group_on_a_local_ray_stops_at_a_checkpoint(tmp_path, tiny_model_dir):
+    """`kill -TERM -PGID` (systemd, tmux kill-session, a batch system ending its step): the local
+    Ray's daemons are in a process group of their own, so only ftl gets it and the run stops as for
+    a SIGTERM to ftl: a checkpoint, exit 143, the lock released. Before, the GCS and raylet died of
+    it at once, and ftl hung 60 s on the dead GCS and died with exit 1, no checkpoint."""
+    # No periodic checkpoint at step 2: the one there is the stop's.
+    config = _config(
+        tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 3}, cluster={"backend": "ray", "workers": 2}
+    )
+    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+    hold = {"FTL_FAULT_WAIT_AT": f"step_end@2={run_dir / STOP_REQUEST_FILE}"}  # the stop lands at step 2
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [*FTL, "train", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, **hold},
+            start_new_session=True,
+        )
+    try:
+        _wait_for(lambda: 1 in train_losses(run_dir), timeout=400)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = stderr_path.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped at step 2" in err and "Failed to connect to GCS" not in err, err[-3000:]
+    assert _checkpoint_steps(run_dir) == [2] and not (run_dir / ".ftl-lock").exists()
+
+
 @pytest.mark.parametrize("name,last_line", [("INT", "ftl: interrupted"), ("TERM", "stopped before the run began")])
 def test_a_stop_signal_while_the_local_ray_starts_ends_ftl_before_the_run(tmp_path, tiny_model_dir, name, last_line):
     """A Ctrl-C or SIGTERM in the seconds ftl's local Ray takes to start (SIGINT held back there,
