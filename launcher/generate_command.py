@@ -4,6 +4,7 @@ interactive chat (--chat) with a run's fine-tuned model or any model directory."
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -141,7 +142,7 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
         return str(values["prompt"])
     messages = values.get("messages", values.get("conversations"))
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{row.where}: no 'prompt' string and no non-empty 'messages' list")
+        raise DataError(f"{row.where}: no 'prompt' string and no non-empty 'messages' list{_fields_hint(values)}")
     clean = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -154,6 +155,22 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
     if clean[-1]["role"] == "assistant":
         raise DataError(f"{row.where}: the conversation ends with an assistant message; end it where the reply goes")
     return clean
+
+
+def _fields_hint(values: dict[str, Any]) -> str:
+    """What the row has instead, and the field it most likely meant ('Prompt', 'promt', 'message')."""
+    present = [name for name in values if isinstance(name, str)]
+    if not present:
+        return " (the row has no fields)"
+    wanted = ("prompt", "messages", "conversations")
+    close = [
+        (name, match)
+        for name in present
+        for match in difflib.get_close_matches(name.lower(), wanted, n=1, cutoff=0.75)
+        if name != match
+    ]
+    meant = f"; did you mean {close[0][1]!r} for {close[0][0]!r}?" if close else ""
+    return f" (fields present: {', '.join(sorted(present))}{meant})"
 
 
 def _generate_file(generate: _Generator, rows: list[PromptRow], args: argparse.Namespace) -> int:

@@ -164,12 +164,24 @@ def test_malformed_row_stops_before_training(tmp_path: Path, tiny_model_dir: Pat
     failure = json.loads((tmp_path / "run" / "failure.json").read_text())
     assert "bad.jsonl line 2: no assistant message" in failure["reason"] and failure["exit_code"] == 2
 
+    # skipped and counted, in the training file and in a validation file of its own
+    validation = tmp_path / "bad-validation.jsonl"
+    validation.write_text(data.read_text())
     skipped = subprocess.run(
-        [*FTL, "train", str(config), "data.skip_bad_rows=true", "training.max_steps=1"],
+        [
+            *FTL,
+            "train",
+            str(config),
+            "data.skip_bad_rows=true",
+            "training.max_steps=1",
+            f"data.validation={validation}",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["data"]["train_skipped_bad"] == 1
+    assert summary["data"]["train_skipped_bad"] == 1 and summary["data"]["validation_skipped_bad"] == 1
+    note = "training examples: 1 skipped as malformed; validation examples: 1 skipped as malformed"
+    assert note in skipped.stdout, skipped.stdout[-2000:]

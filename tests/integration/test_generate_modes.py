@@ -92,6 +92,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         '{"text": "no prompt"}',
         '{"prompt": "x", "completion": "taken"}',
         '{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}',
+        '{"Prompt": "capitalised", "id": 7}',
     ]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     code = launcher.cli.main(
@@ -106,10 +107,14 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     )
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "4 bad row(s)" in err
+    assert "5 bad row(s)" in err
     for number, reason in (
         (2, "invalid JSON"),
-        (3, "no 'prompt' string"),
+        (3, "no 'prompt' string and no non-empty 'messages' list (fields present: text)"),
+        (
+            6,
+            "no 'prompt' string and no non-empty 'messages' list (fields present: Prompt, id; did you mean 'prompt' for 'Prompt'?)",
+        ),
         (4, "already has a 'completion' field"),
         (5, "the conversation ends with an assistant message"),
     ):

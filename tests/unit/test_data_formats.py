@@ -155,6 +155,11 @@ ASSISTANT_A = {"role": "assistant", "content": "A."}
         ("alpaca", {"instruction": "x"}, "missing field 'output'"),
         ("completion", {"prompt": "x", "completion": 3}, "must be a string"),
         ("text", {"text": "   "}, "is empty"),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]},
+            "messages[1] is an assistant message with empty content",
+        ),
         ("chat", {"messages": [{"role": "user", "content": 42}]}, "must be a string or a list of text parts"),
         (
             "chat",

@@ -206,10 +206,12 @@ def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[di
         calls = message.get("tool_calls")
         if calls is not None and (role != "assistant" or not isinstance(calls, list)):
             raise RowProblem(f"messages[{index}].tool_calls must be a list, on an assistant message")
-        entry: dict[str, Any] = {
-            "role": role,
-            "content": "" if content is None and calls else _message_text(content, index),
-        }
+        text = "" if content is None and calls else _message_text(content, index)
+        if role == "assistant" and not calls and not text.strip():
+            # As alpaca's output and completion's completion: an empty answer teaches the model to
+            # stop at once. (A user or system message may be empty, as alpaca's input may.)
+            raise RowProblem(f"messages[{index}] is an assistant message with empty content")
+        entry: dict[str, Any] = {"role": role, "content": text}
         if calls:  # kept for the chat template, which writes them in the model's own tool-call syntax
             entry["tool_calls"] = calls
         for key in ("tool_call_id", "name"):  # which call a tool message answers

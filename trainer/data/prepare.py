@@ -97,7 +97,7 @@ def prepare_data(
             evals.append(
                 EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format)
             )
-        elif cfg.validation_split > 0:
+        elif cfg.validation_split > 0:  # its rows' counts are in the training file's, the train_ ones
             held, rest = held_out_split(len(train), cfg.validation_split, seed, paired=cfg.format == "preference")
             evals.append(
                 EvalSet("validation", train.subset(held), source=cfg.train, format=cfg.format, split=cfg.split)
@@ -126,6 +126,13 @@ def prepare_data(
         "token_efficiency": round(efficiency, 4),
         **{f"train_{k}": v for k, v in train.stats.items() if k != "rows" and not isinstance(v, list)},
         **{f"{e.name}_examples": len(e.examples) for e in evals},
+        **{
+            f"{e.name}_{k}": v
+            for e in evals
+            if e.source != cfg.train  # not held out of the training file (counted above)
+            for k, v in e.examples.stats.items()
+            if k in CUT_COUNTS and v
+        },
     }
     if mixture_report:
         report["mixture"] = mixture_report
@@ -133,21 +140,29 @@ def prepare_data(
     return PreparedData(RowDataset(train, rows, cfg.packing, spans, pairs=cfg.format == "preference"), evals, report)
 
 
+CUT_COUNTS = ("truncated", "dropped_too_long", "dropped_no_loss", "skipped_bad")  # TokenizedSet.stats keys
+
+
 def cut_examples_note(report: dict[str, Any]) -> str | None:
-    """What training does not see whole, from the data report: examples truncated or dropped for
-    length, dropped for having no trained token, skipped as malformed. None when nothing was."""
+    """What training and evaluation do not see whole, from the data report: examples truncated or
+    dropped for length, dropped for having no trained token, skipped as malformed, per set (train,
+    then each evaluation set read from a file of its own). None when nothing was."""
     max_seq_len = report.get("max_seq_len", "")
-    parts = [
-        f"{report.get(key, 0)} {what}"
-        for key, what in (
-            ("train_truncated", f"truncated to data.max_seq_len {max_seq_len}"),
-            ("train_dropped_too_long", f"dropped as longer than {max_seq_len} tokens"),
-            ("train_dropped_no_loss", "dropped with no trained token left"),
-            ("train_skipped_bad", "skipped as malformed"),
-        )
-        if report.get(key, 0)
+    what = {
+        "truncated": f"truncated to data.max_seq_len {max_seq_len}",
+        "dropped_too_long": f"dropped as longer than {max_seq_len} tokens",
+        "dropped_no_loss": "dropped with no trained token left",
+        "skipped_bad": "skipped as malformed",
+    }
+    sets = ["train"] + [
+        k.removesuffix("_examples") for k in report if k.endswith("_examples") and k != "train_examples"
     ]
-    return "training examples: " + ", ".join(parts) if parts else None
+    notes = []
+    for name in sets:
+        parts = [f"{report[f'{name}_{key}']} {what[key]}" for key in CUT_COUNTS if report.get(f"{name}_{key}", 0)]
+        if parts:
+            notes.append(f"{'training' if name == 'train' else name} examples: " + ", ".join(parts))
+    return "; ".join(notes) or None
 
 
 def held_out_split(
