@@ -377,6 +377,7 @@ def _finish(
     )
     if data.evals:  # recorded at the last step; the console says whose weights were scored
         evaluator(state.step, label="final", shown_as=f"final: best step {restored}'s weights" if restored else None)
+    fault_point("final_export", state.step, ctx.rank)  # tests: a stop request after the last step
     _export(cfg, ctx, strategy, trainee.model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, trainee.total_steps)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}

@@ -18,6 +18,7 @@ import pytest
 
 from tests.cluster_fixtures import assert_same_losses, train_losses
 from tests.conftest import FTL, write_config
+from trainer.metrics import read_metrics
 from trainer.stopping import STOP_REQUEST_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -249,6 +250,29 @@ def test_sigterm_to_ftls_process_group_on_a_local_ray_stops_at_a_checkpoint(tmp_
     assert "stopped at step 2" in err and "Failed to connect to GCS" not in err, err[-3000:]
     assert _checkpoint_steps(run_dir) == [2] and not (run_dir / ".ftl-lock").exists()
     assert not (run_dir / STOP_REQUEST_FILE).exists()
+
+    # The rerun resumes; a SIGTERM to the group after its last step (final/ being written) finds
+    # nothing left to stop: the run finishes, exit 0, and ftl says what became of the request.
+    hold = {"FTL_FAULT_WAIT_AT": f"final_export={run_dir / STOP_REQUEST_FILE}"}
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [*FTL, "train", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, **hold},
+            start_new_session=True,
+        )
+    try:
+        _wait_for(lambda: any(r.get("label") == "final" for r in read_metrics(run_dir, "eval")), timeout=400)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = stderr_path.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert "resumed from checkpoints/step-2" in err and "came after the last training step" in err, err[-3000:]
+    assert (run_dir / "final").is_dir() and not (run_dir / STOP_REQUEST_FILE).exists()
 
 
 @pytest.mark.parametrize("name,last_line", [("INT", "ftl: interrupted"), ("TERM", "stopped before the run began")])
