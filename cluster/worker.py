@@ -169,6 +169,9 @@ def _reported_by_rank0(run_dir: Path, message: str, wait_s: float = 5.0) -> bool
 
 def main(argv: list[str] | None = None) -> int:
     from cluster.parent_death import die_with_launcher, die_with_parent
+    from trainer.stopping import note_stop_signals
+
+    note_stop_signals()  # a Ctrl-C before the run's own handler: a stop before training, not a traceback
 
     die_with_parent()  # ftl's launcher, torchrun's agent or srun: this worker never outlives it
     die_with_launcher()  # nor ftl's launcher when a forkserver or torchrun's agent is in between

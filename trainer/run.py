@@ -74,6 +74,17 @@ def run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
 
 def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
     setup_worker_logging(ctx.run_dir, ctx.rank)
+    # From the start: a stop signal while the data or the model loads is noted (the run then stops
+    # before training, _stop_before_training), not a KeyboardInterrupt traceback.
+    stop = StopFlag(request_file=RunLayout(ctx.run_dir).stop_request)
+    stop.install()
+    try:
+        return _run_noting_stops(cfg, ctx, stop)
+    finally:
+        stop.uninstall()
+
+
+def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) -> dict[str, Any]:
     seed_everything(cfg.training.seed)
     strategy = build_strategy(cfg, ctx.world_size, ctx.rank, ctx.device)
     _check_worker_can_run(cfg, ctx)
@@ -108,11 +119,29 @@ def _run(cfg: TrainerConfig, ctx: WorkerContext) -> dict[str, Any]:
         extras=trainee.transfer.eval_extras,
         objective=trainee.objective,
     )
+    _stop_before_training(stop, trainee, resume_from, strategy.device)
     if trainee.state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
         # The forgetting check needs the base model's retain loss even when at_start is off.
         evaluator(0, label="base", only=None if cfg.eval.at_start else "retain")
-    state = _train(cfg, ctx, strategy, trainee, evaluator, data, tokenizer)
+        _stop_before_training(stop, trainee, resume_from, strategy.device)
+    state = _train(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, stop)
     return _finish(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, state)
+
+
+def _stop_before_training(stop: StopFlag, trainee: _Trainee, resume_from: Any, device: str) -> None:
+    """A stop asked for before the first step (while the model loaded, or during the base
+    evaluation) ends the run here: nothing new to save, the resumed checkpoint (if any) stays the
+    latest. Every rank decides alike (the request file may appear between two ranks' reads)."""
+    if not any_rank(stop.check(), device):
+        return
+    trainee.metrics.close()
+    step = trainee.state.step
+    checkpoint = str(resume_from.path) if resume_from is not None else ""
+    if checkpoint:
+        trainee.console.stopped(step, f"{resume_from.path.parent.name}/{resume_from.path.name}")
+    else:
+        trainee.console.event("stopped before the first step: nothing trained, nothing to save")
+    raise StopRequested(step, checkpoint, stop.signum)
 
 
 def _check_worker_can_run(cfg: TrainerConfig, ctx: WorkerContext) -> None:
@@ -310,11 +339,10 @@ def _train(
     evaluator: _Evaluator,
     data: PreparedData,
     tokenizer: Any,
+    stop: StopFlag,
 ) -> LoopState:
-    """The loop, with stop signals and the watchdog installed around it. Raises StopRequested
-    when a stop request ended it before the last step (after the checkpoint of that step)."""
-    stop = StopFlag(request_file=RunLayout(ctx.run_dir).stop_request)
-    stop.install()
+    """The loop, with the watchdog around it. Raises StopRequested when a stop request ended it
+    before the last step (after the checkpoint of that step)."""
     save_policy = _build_save_policy(cfg, ctx, trainee.transfer)
     watchdog = Watchdog(cfg.training.watchdog_timeout_s, ctx.run_dir, ctx.rank).start()
     hooks = _RunHooks(cfg, trainee, evaluator, save_policy, watchdog).loop_hooks()
@@ -347,7 +375,6 @@ def _train(
         trainee.manager.close()  # an asynchronous save still in flight is committed before anything else
     finally:
         watchdog.stop()
-        stop.uninstall()
     if state.step < trainee.total_steps and not trainee.transfer.stopped_early:
         trainee.metrics.close()
         checkpoint = RunLayout(ctx.run_dir).checkpoint(state.step)

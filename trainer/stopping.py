@@ -46,16 +46,33 @@ def clear_stop_request(run_dir: Path) -> None:
     RunLayout(run_dir).stop_request.unlink(missing_ok=True)
 
 
+_noted_before_install: list[int] = []  # stop signals seen by note_stop_signals' handler
+
+
+def note_stop_signals() -> None:
+    """In a worker process, first thing: a stop signal that arrives before the run installs its
+    StopFlag (while the process group forms, the model loads) is noted, and the StopFlag starts
+    out requested; without this it was a KeyboardInterrupt traceback and a failed worker."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, frame: _noted_before_install.append(signum))
+
+
 class StopRequested(FtlError):
     """The run stopped at a step boundary after saving a checkpoint; resume continues it.
     Exit code 128 + the signal that asked for the stop, else EXIT_STOPPED."""
 
     def __init__(self, step: int, checkpoint: str, signum: int | None):
         self.step = step
-        self.checkpoint = checkpoint
+        self.checkpoint = checkpoint  # "" when stopped before the first step of a new run: none exists
         self.signum = signum
         self.exit_code = 128 + signum if signum else EXIT_STOPPED
-        super().__init__(f"stopped at step {step}; checkpoint {checkpoint}; {resume_command()} to resume")
+        if checkpoint:
+            said = f"stopped at step {step}; checkpoint {checkpoint}; {resume_command()} to resume"
+        else:
+            said = f"stopped before the first step: nothing trained, nothing to save; {resume_command()} to start"
+        super().__init__(said)
 
 
 class StopFlag:
@@ -73,6 +90,8 @@ class StopFlag:
             return  # signal handlers can only be set from the main thread (e.g. not inside Ray actors' threads)
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
+        if _noted_before_install and not self.requested:
+            self._handle(_noted_before_install[0], None)
 
     def uninstall(self) -> None:
         for signum, handler in self._previous.items():
@@ -82,6 +101,10 @@ class StopFlag:
     def check_step(self, step: int) -> bool:
         if self.stop_at_step is not None and step >= self.stop_at_step:
             self.requested = True
+        return self.check()
+
+    def check(self) -> bool:
+        """A signal seen, or the launcher's request file there (read once)."""
         if not self.requested and self.request_file is not None and self.request_file.exists():
             content = self.request_file.read_text().strip()
             self.signum = int(content) if content.isdigit() else None

@@ -275,6 +275,30 @@ def test_sigterm_to_ftls_process_group_on_a_local_ray_stops_at_a_checkpoint(tmp_
     assert (run_dir / "final").is_dir() and not (run_dir / STOP_REQUEST_FILE).exists()
 
 
+def test_ctrl_c_while_the_workers_load_the_model_stops_before_the_first_step(tmp_path, tiny_model_dir):
+    """Ray, 2 workers: a Ctrl-C after the workers started but before the first step (held where
+    the model is loaded) ends the run there: no base evaluation, no step, nothing to save, exit
+    130, and ftl says so. Before, the run did the base evaluation and one step, then saved it."""
+    config = _config(tmp_path, tiny_model_dir, "run", eval={"at_start": True}, cluster={"backend": "ray", "workers": 2})
+    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+    hold = {"FTL_FAULT_WAIT_AT": f"model_checks={run_dir / STOP_REQUEST_FILE}"}  # the workers wait for the stop
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen([*FTL, "train", str(config)], stdout=stderr, stderr=stderr, env={**os.environ, **hold})
+    try:
+        _wait_for(lambda: (run_dir / "logs" / "rank-1.log").exists(), timeout=400)  # both workers run
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = stderr_path.read_text()
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    said = "stopped before the first step: nothing trained, nothing to save; run the same command again to start"
+    assert f"ftl: {said}" in err, err[-3000:]
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
+    assert not (run_dir / STOP_REQUEST_FILE).exists() and not (run_dir / ".ftl-lock").exists()
+
+
 @pytest.mark.parametrize("name,last_line", [("INT", "ftl: interrupted"), ("TERM", "stopped before the run began")])
 def test_a_stop_signal_while_the_local_ray_starts_ends_ftl_before_the_run(tmp_path, tiny_model_dir, name, last_line):
     """A Ctrl-C or SIGTERM in the seconds ftl's local Ray takes to start (SIGINT held back there,

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from cluster.signals import signals_request_stop
+from tests.conftest import REPO
 from trainer.stopping import STOP_REQUEST_FILE
 
 
@@ -59,3 +62,23 @@ def test_without_a_force_quit_action_the_third_ctrl_c_raises_keyboard_interrupt(
         with signals_request_stop(tmp_path):
             for _ in range(3):
                 _signal_self(signal.SIGINT)
+
+
+EARLY_SIGNAL = """
+import os, signal, time
+from trainer.stopping import StopFlag, note_stop_signals
+note_stop_signals()
+os.kill(os.getpid(), signal.SIGTERM)  # while the worker starts: no handler of the run's yet
+time.sleep(0.05)
+flag = StopFlag()
+flag.install()
+print(flag.requested, flag.signum == signal.SIGTERM, flag.check())
+"""
+
+
+def test_a_stop_signal_before_the_runs_handler_is_noted_not_lost_nor_fatal() -> None:
+    """A worker's first step notes stop signals (cluster/worker.py); the run's StopFlag, installed
+    later, starts out requested, so the run stops before training instead of dying of the signal."""
+    result = subprocess.run([sys.executable, "-c", EARLY_SIGNAL], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True", "True"]
