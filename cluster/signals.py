@@ -9,9 +9,13 @@ third force-quits, after saying so, for a user who would rather lose the step th
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import select
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +37,14 @@ def signals_request_stop(
     raises KeyboardInterrupt), abandoning the checkpoint in progress. `first_notice(signum)` may
     replace the first signal's notice (None keeps it): a Slurm job still waiting in the queue has
     no workers to checkpoint."""
-    previous: dict[int, Any] = {}
     interrupts = 0
     requested = False
+    quitting = False
 
-    def handle(signum: int, frame: object) -> None:
-        nonlocal interrupts, requested
+    def handle(signum: int) -> None:
+        nonlocal interrupts, requested, quitting
+        if quitting:
+            return
         if signum == signal.SIGINT:
             interrupts += 1
         if not requested:
@@ -54,6 +60,7 @@ def signals_request_stop(
                 on_request()
             return
         if interrupts >= FORCE_QUIT_AFTER:
+            quitting = True
             _say(
                 "third Ctrl-C: force-quitting; the checkpoint in progress is abandoned, the run will resume "
                 "from the last committed one"
@@ -67,13 +74,81 @@ def signals_request_stop(
             + (" (a third Ctrl-C force-quits without it)" if signum == signal.SIGINT else "")
         )
 
+    with _each_signal_promptly(handle):
+        yield
+
+
+@contextlib.contextmanager
+def _each_signal_promptly(handle: Callable[[int], None]) -> Iterator[None]:
+    """Call `handle(signum)` for every stop signal, at once. Python runs its signal handlers in the
+    main thread between bytecodes, and one handler run stands for all the signals of a kind that
+    came meanwhile: with the main thread blocked in C++ (Ray Train's fit() waits in Ray's core
+    worker, which looks for signals about once a second), a stop reached the workers 1-2 s late
+    and three quick Ctrl-Cs counted as one or two. So the C-level handler's wakeup fd (one byte per
+    signal, written by whichever thread the kernel picked) is read by a thread of ours that runs
+    `handle`. A KeyboardInterrupt it raises is passed to the main thread. Where the wakeup fd is
+    taken (an asyncio loop in this thread), the handlers run in the main thread as before."""
+    previous: dict[int, Any] = {}
+    interrupt_main = threading.Event()
+
+    def in_main_thread(signum: int, frame: object) -> None:
+        if interrupt_main.is_set():
+            interrupt_main.clear()
+            raise KeyboardInterrupt
+
     for signum in STOP_SIGNALS:
-        previous[signum] = signal.signal(signum, handle)
+        previous[signum] = signal.signal(signum, in_main_thread)
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    if old_fd != -1:  # somebody else's: leave it, and handle in the main thread
+        signal.set_wakeup_fd(old_fd)
+        reader.close()
+        writer.close()
+
+        def handled_in_main_thread(signum: int, frame: object) -> None:
+            handle(signum)
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, handled_in_main_thread)
+        try:
+            yield
+        finally:
+            _restore(previous)
+        return
+
+    done = threading.Event()
+
+    def read_signals() -> None:
+        while not done.is_set():
+            ready, _, _ = select.select([reader], [], [], 0.2)
+            if not ready:
+                continue
+            for signum in reader.recv(64):
+                if signum not in STOP_SIGNALS:
+                    continue
+                try:
+                    handle(signum)
+                except KeyboardInterrupt:
+                    interrupt_main.set()
+                    _thread.interrupt_main()
+
+    thread = threading.Thread(target=read_signals, name="ftl-stop-signals", daemon=True)
+    thread.start()
     try:
         yield
     finally:
-        for restored, handler in previous.items():
-            signal.signal(restored, handler)
+        signal.set_wakeup_fd(-1)
+        done.set()
+        thread.join()
+        reader.close()
+        writer.close()
+        _restore(previous)
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def _say(message: str) -> None:
