@@ -402,7 +402,11 @@ def connect(settings: RayConfig) -> bool:
     adopt_orphans()  # a Ray process its raylet leaves behind becomes ours to end (ray_leftovers.py)
     global _daemon_group
     _daemon_group = start_daemon_group()
-    with _stop_signals_noted_while_ray_starts() as noted, _own_address_for_children(own_address):
+    with (
+        _stop_signals_noted_while_ray_starts() as noted,
+        _own_address_for_children(own_address),
+        _quiet_logger(RAY_TOKEN_AUTH_LOGGER),
+    ):
         ray.init(
             address="local",
             include_dashboard=True,
@@ -562,6 +566,22 @@ def _own_address_for_children(address: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# A new local Ray turns token authentication on by itself and warns at every start that it did,
+# adding "set RAY_AUTH_MODE=disabled to opt out": not advice for a loopback-only Ray of one run.
+RAY_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
