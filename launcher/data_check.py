@@ -109,6 +109,9 @@ def mark_trained(tokenizer: Any, ids: list[int], mask: list[int], *, color: bool
     return "".join(parts)
 
 
+MAX_FIELDS_SHOWN = 8
+
+
 def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
     lines = [f"{file.role}: {file.spec} (format {file.format})"]
     if file.read_error:
@@ -118,6 +121,16 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
     counts = [f"{file.rows} read", f"{file.usable} usable", f"{fates['bad']} bad{skipped}"]
     counts += [f"{fates[fate]} {text}" for fate, text in FATE_NAMES.items() if fates[fate]]
     lines.append("  rows: " + ", ".join(counts))
+    if file.ignored_fields:
+        shown = [
+            f"{name} (in {n} of {file.rows} rows)" for name, n in file.ignored_fields.most_common(MAX_FIELDS_SHOWN)
+        ]
+        more = len(file.ignored_fields) - len(shown)
+        lines.append(
+            f"  fields format {file.format} does not read (ignored): "
+            + ", ".join(shown)
+            + (f" and {more} more" if more > 0 else "")
+        )
     if file.format == "image_classification":  # one image per row: no tokens or lengths to report
         return lines + _problem_lines(file)
     if file.usable:

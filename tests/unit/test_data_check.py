@@ -48,6 +48,7 @@ def test_bundled_data_report_matches_what_training_builds(bundled_report: str, t
     prepared = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None)
     report = prepared.report
     train_block = bundled_report.split("\n\n")[1]
+    assert "does not read" not in bundled_report  # every field of the bundled rows is read
     assert f"rows: {report['train_examples']} read, {report['train_examples']} usable, 0 bad" in train_block
     assert f"tokens: {report['train_tokens']:,} in usable examples, {report['train_loss_tokens']:,} trained" in (
         train_block
@@ -118,6 +119,8 @@ def test_every_bad_row_is_reported_and_the_exit_code_matches_training(
     assert "unknown field 'mesages'; did you mean 'messages'?" in out and "invalid JSON" in out
     assert "valid.jsonl line 2: " in out and "longer than data.max_seq_len=128" in out
     assert "rows: 28 read, 3 usable, 25 bad" in out and "bad rows (25):" in out
+    # a field the format does not read is named, with how many rows have it
+    assert "  fields format chat does not read (ignored): mesages (in 8 of 28 rows)\n" in out
     assert "training would refuse this data" in err and f"{tmp_path / 'train.jsonl'}: 25 bad row(s)" in err
     assert f"{tmp_path / 'valid.jsonl'}: 1 bad row(s)" in err
     # Training itself refuses the same file for the same rows.

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from trainer.config import DataConfig
+from trainer.data.formats import FORMAT_FIELDS
 from trainer.data.images import scan_images
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
 from trainer.data.tokenized import ScannedRow, scan_rows
@@ -33,6 +34,7 @@ class FileCheck:
     tokens: int = 0  # in kept examples
     trained_tokens: int = 0  # loss-bearing tokens in kept examples
     samples: list[ScannedRow] = field(default_factory=list)  # the first kept examples, to show
+    ignored_fields: Counter[str] = field(default_factory=Counter)  # fields the format does not read: rows with each
 
     @property
     def rows(self) -> int:
@@ -131,8 +133,10 @@ def _check_file(
             rows = scan_images(spec, label_names or [])
         else:
             rows = scan_rows(spec, fmt, tokenizer, cfg.max_seq_len, cfg.too_long, split, label_names)
+        read = FORMAT_FIELDS.get(fmt, ())
         for row in rows:
             check.fates[row.fate] += 1
+            check.ignored_fields.update(name for name in row.fields if name not in read)
             if row.problem:
                 check.problems.append(row.problem)
             if row.fate != "bad":

@@ -62,6 +62,20 @@ class Prompt:
     reference: str
 
 
+# The fields each format reads; a row's others are ignored (`ftl validate --data` names them: a
+# dataset's "system" or "history" column may be meant to train and is not).
+FORMAT_FIELDS = {
+    "chat": ("messages", "conversations"),
+    "alpaca": ("instruction", "input", "output"),
+    "completion": ("prompt", "completion"),
+    "text": ("text",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "classification": ("text", "label"),
+    "token_classification": ("tokens", "tags"),
+    "image_classification": ("image", "label"),
+}
+
+
 class RowProblem(Exception):
     """A row does not fit its format; converted to DataError with the row's location."""
 

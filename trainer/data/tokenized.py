@@ -177,6 +177,7 @@ class ScannedRow:
     # preference rows: the rejected response's example (ids/mask above are the chosen one's)
     rejected_ids: list[int] = field(default_factory=list)
     rejected_mask: list[int] = field(default_factory=list)
+    fields: tuple[str, ...] = ()  # the row's field names (`ftl validate --data` lists those its format ignores)
 
     @property
     def usable(self) -> bool:
@@ -202,44 +203,53 @@ def scan_rows(
             "(model.tokenizer) or a format that needs none (alpaca, completion, text)"
         )
     for row_index, row in enumerate(read_rows(spec, split)):
-        try:
-            example = render_example(row, fmt, tokenizer, label_names)
-        except DataError as exc:
-            yield ScannedRow(row_index, row.where, "bad", problem=str(exc))
-            continue
-        # A preference pair is one row of two examples: the length rules judge both together,
-        # so a pair is kept, truncated or dropped as a whole (never half of it).
-        parts = [example] if example.rejected is None else [example, example.rejected]
-        rendered = max(len(part.input_ids) for part in parts)
-        fate = "kept"
-        if rendered > max_seq_len:
-            if too_long == "error":
-                problem = (
-                    f"{row.where}: {rendered} tokens, longer than data.max_seq_len={max_seq_len}; "
-                    "raise max_seq_len or set data.too_long to truncate or drop"
-                )
-                yield ScannedRow(row_index, row.where, "too_long", problem, rendered)
-                continue
-            if too_long == "drop":
-                yield ScannedRow(row_index, row.where, "dropped_too_long", rendered_len=rendered)
-                continue
-            fate = "truncated"
-        # The first token of an example is never a target inside that example; masking it also
-        # keeps a packed row's previous example from being trained to predict it. (A tagged token
-        # is its own target: token classification keeps its mask as it is.)
-        first = list(example.loss_mask[:1]) if example.token_labels is not None else [0]
-        kept = [
-            (truncated(p.input_ids, max_seq_len, p.keep_tail), first + list(p.loss_mask[1:max_seq_len])) for p in parts
-        ]
-        if not all(any(mask) for _, mask in kept):
-            yield ScannedRow(row_index, row.where, "dropped_no_loss", rendered_len=rendered)
-            continue
-        scanned = ScannedRow(row_index, row.where, fate, "", rendered, *kept[0], example.class_label)
-        if len(kept) == 2:
-            scanned.rejected_ids, scanned.rejected_mask = kept[1]
-        if example.token_labels is not None:
-            scanned.token_labels = example.token_labels[:max_seq_len]
+        scanned = _scan_row(row_index, row, fmt, tokenizer, max_seq_len, too_long, label_names)
+        if isinstance(row.values, dict):
+            scanned.fields = tuple(str(name) for name in row.values)
         yield scanned
+
+
+def _scan_row(
+    row_index: int,
+    row: Any,
+    fmt: str,
+    tokenizer: Any,
+    max_seq_len: int,
+    too_long: str,
+    label_names: list[str] | None,
+) -> ScannedRow:
+    try:
+        example = render_example(row, fmt, tokenizer, label_names)
+    except DataError as exc:
+        return ScannedRow(row_index, row.where, "bad", problem=str(exc))
+    # A preference pair is one row of two examples: the length rules judge both together,
+    # so a pair is kept, truncated or dropped as a whole (never half of it).
+    parts = [example] if example.rejected is None else [example, example.rejected]
+    rendered = max(len(part.input_ids) for part in parts)
+    fate = "kept"
+    if rendered > max_seq_len:
+        if too_long == "error":
+            problem = (
+                f"{row.where}: {rendered} tokens, longer than data.max_seq_len={max_seq_len}; "
+                "raise max_seq_len or set data.too_long to truncate or drop"
+            )
+            return ScannedRow(row_index, row.where, "too_long", problem, rendered)
+        if too_long == "drop":
+            return ScannedRow(row_index, row.where, "dropped_too_long", rendered_len=rendered)
+        fate = "truncated"
+    # The first token of an example is never a target inside that example; masking it also
+    # keeps a packed row's previous example from being trained to predict it. (A tagged token
+    # is its own target: token classification keeps its mask as it is.)
+    first = list(example.loss_mask[:1]) if example.token_labels is not None else [0]
+    kept = [(truncated(p.input_ids, max_seq_len, p.keep_tail), first + list(p.loss_mask[1:max_seq_len])) for p in parts]
+    if not all(any(mask) for _, mask in kept):
+        return ScannedRow(row_index, row.where, "dropped_no_loss", rendered_len=rendered)
+    scanned = ScannedRow(row_index, row.where, fate, "", rendered, *kept[0], example.class_label)
+    if len(kept) == 2:
+        scanned.rejected_ids, scanned.rejected_mask = kept[1]
+    if example.token_labels is not None:
+        scanned.token_labels = example.token_labels[:max_seq_len]
+    return scanned
 
 
 def _tokenize(
