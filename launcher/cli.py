@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
             parser.error(f"unrecognized arguments: {' '.join(redact_argv(extra))}")  # a pasted token is not echoed
         args.overrides += extra
-    from trainer.errors import EXIT_INTERRUPTED, FtlError
+    from trainer.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, FtlError
 
     try:
         return _dispatch(args)
@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the run started, or a force-quit (third Ctrl-C) during it
         print("ftl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `ftl runs | head -1`: the reader has all it wanted; no traceback
+        # Python would flush stdout again at exit and fail the same way: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _dispatch(args: argparse.Namespace) -> int:

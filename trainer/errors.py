@@ -14,6 +14,7 @@ Exit codes:
     124  EXIT_HUNG           a rank's watchdog found it stuck (like timeout(1))
     128+N                    stopped by signal N (SIGINT 130, SIGUSR1 138, SIGTERM 143) after a checkpoint
     130  EXIT_INTERRUPTED    Ctrl-C before the run started, or a force-quit (third Ctrl-C) during it
+    141  EXIT_BROKEN_PIPE    the reader of ftl's output went away (`ftl runs | head -1`), as SIGPIPE
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ EXIT_INPUT_ERROR = 2
 EXIT_STOPPED = 3
 EXIT_HUNG = 124
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # as a shell reports a Ctrl-C
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what shells' pipefail expects of a reader gone early
 # 128 + SIGINT / SIGUSR1 / SIGTERM: what a worker that stopped on that signal (after a checkpoint) exits with.
 STOP_SIGNAL_CODES = tuple(128 + s for s in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM))
 

@@ -21,46 +21,58 @@ class Accelerator:
     peak_tflops: float | None  # dense 16-bit tensor TFLOP/s; None = unknown (CPU)
     bf16: bool = True
     is_gpu: bool = True
+    fp32_tflops: float | None = None  # the peak of an fp32 run (None: peak_tflops)
+    note: str = ""  # what the plan should say about how the name was read
+
+    def peak_for(self, precision: str) -> float | None:
+        """The peak a run in this precision ("bf16", "fp16", "fp32") can reach."""
+        return self.fp32_tflops if precision == "fp32" and self.fp32_tflops else self.peak_tflops
 
 
-# name: (memory GiB as usable by CUDA, dense bf16/fp16 TFLOP/s, has bf16)
-GPUS: dict[str, tuple[float, float, bool]] = {
-    "B200": (180, 2250, True),
-    "H200": (141, 989, True),
-    "H100": (80, 989, True),  # SXM
-    "H100-PCIE": (80, 756, True),
-    "A100-80GB": (80, 312, True),
-    "A100-40GB": (40, 312, True),
-    "L40S": (48, 362, True),
-    "A6000": (48, 155, True),
-    "A10": (24, 125, True),
-    "L4": (24, 121, True),
-    "RTX4090": (24, 165, True),
-    "V100-32GB": (32, 125, False),
-    "V100-16GB": (16, 125, False),
-    "T4": (16, 65, False),
-    "MI300X": (192, 1307, True),
+# name: (memory GiB as usable by CUDA, dense bf16/fp16 TFLOP/s, has bf16, fp32 TFLOP/s without
+# tensor cores). A run in fp32 (a card without bf16, unless DeepSpeed's fp16 is on) runs at the last.
+GPUS: dict[str, tuple[float, float, bool, float]] = {
+    "B200": (180, 2250, True, 80),
+    "H200": (141, 989, True, 67),
+    "H100": (80, 989, True, 67),  # SXM
+    "H100-PCIE": (80, 756, True, 51),
+    "A100-80GB": (80, 312, True, 19.5),
+    "A100-40GB": (40, 312, True, 19.5),
+    "L40S": (48, 362, True, 91.6),
+    "A6000": (48, 155, True, 38.7),
+    "A10": (24, 125, True, 31.2),
+    "L4": (24, 121, True, 30.3),
+    "RTX4090": (24, 165, True, 82.6),
+    "V100-32GB": (32, 125, False, 15.7),
+    "V100-16GB": (16, 125, False, 15.7),
+    "T4": (16, 65, False, 8.1),
+    "MI300X": (192, 1307, True, 163.4),
 }
+# Names that stand for more than one card: the plan says which it took (memory decides the verdict).
+AMBIGUOUS = {"A100": ("A100-80GB", "A100-40GB"), "V100": ("V100-32GB", "V100-16GB")}
 
 
 def accelerator(name: str | None, memory: str | None = None, peak_tflops: float | None = None) -> Accelerator:
-    """A GPU from the table (case-insensitive; `A100` = A100-80GB), or `cpu` (this machine's RAM).
+    """A GPU from the table (case-insensitive; `A100` = A100-80GB, `V100` = V100-32GB, said in the
+    plan), or `cpu` (this machine's RAM).
     `memory` (e.g. 24GiB, 40GB) and `peak_tflops` override the table."""
     if name is None or name.lower() == "cpu":
         acc = Accelerator("cpu", available_ram_bytes(), peak_tflops, bf16=False, is_gpu=False)
     else:
-        key = {"A100": "A100-80GB", "V100": "V100-32GB", "4090": "RTX4090"}.get(name.upper(), name.upper())
+        choices = AMBIGUOUS.get(name.upper())
+        key = choices[0] if choices else {"4090": "RTX4090"}.get(name.upper(), name.upper())
         if key not in GPUS:
             raise UserError(
                 f"--gpu {name}: unknown GPU; use one of {', '.join(GPUS)}, or cpu, "
                 "and give --gpu-memory and --peak-tflops for another accelerator"
             )
-        mem, tflops, bf16 = GPUS[key]
-        acc = Accelerator(key, int(mem * GIB), tflops, bf16)
+        mem, tflops, bf16, fp32 = GPUS[key]
+        note = f"--gpu {name} is read as {key}; for the {choices[1]} card give --gpu {choices[1]}" if choices else ""
+        acc = Accelerator(key, int(mem * GIB), tflops, bf16, fp32_tflops=fp32, note=note if not memory else "")
     if memory:
-        acc = Accelerator(acc.name, parse_size(memory), acc.peak_tflops, acc.bf16, acc.is_gpu)
+        acc = replace(acc, memory_bytes=parse_size(memory))
     if peak_tflops:
-        acc = Accelerator(acc.name, acc.memory_bytes, peak_tflops, acc.bf16, acc.is_gpu)
+        acc = replace(acc, peak_tflops=peak_tflops, fp32_tflops=None)  # the user's figure, whatever the precision
     return acc
 
 

@@ -84,11 +84,13 @@ def render(plan: Plan) -> str:
     inv, memory, setup = plan.inventory, plan.memory, plan.memory.setup
     acc = setup.accelerator
     arch = inv.arch
-    peak = f", {acc.peak_tflops:g} TFLOP/s" if acc.peak_tflops else ""
+    top = acc.peak_for(setup.precision)
+    peak = f", {top:g} TFLOP/s{' fp32' if top != acc.peak_tflops else ''}" if top else ""
     lines = [
         f"model     {inv.label}: {inv.total() / 1e6:,.1f}M parameters ({arch.model_type}, {arch.layers} layers, hidden {arch.hidden}), "
         f"{inv.total(True) / 1e6:,.2f}M trainable",
         f"hardware  {plan.target.nodes} node(s) x {plan.target.gpus_per_node} x {acc.name} ({size(acc.memory_bytes)}{peak})",
+        *([f"note      {acc.note}"] if acc.note else []),
         f"setup     {setup.describe()}, {setup.precision} compute",
         "",
         *memory_table(memory),

@@ -93,7 +93,7 @@ def estimate(
     tokens: TokenCount | None,
 ) -> Throughput:
     model, hardware = flops_per_token(inventory, setup)
-    peak = setup.accelerator.peak_tflops
+    peak = setup.accelerator.peak_for(setup.precision)
     tokens_per_s = setup.workers * peak * 1e12 * mfu / hardware if peak else None
     epoch_s = run_s = cost = None
     if tokens_per_s and tokens:

@@ -4,6 +4,8 @@ code and stderr line, and `ftl` (launcher.cli.main) returns exactly that."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import trainer.errors
 import trainer.metrics
 import trainer.outcome
 import trainer.stopping
+from tests.conftest import REPO
 from trainer.errors import FtlError
 
 STOPPED_HINT = "ftl: workers stopped at a step boundary with a checkpoint; run the same command again to resume"
@@ -174,3 +177,19 @@ def test_other_exceptions_are_bugs_and_keep_their_traceback(monkeypatch: pytest.
     monkeypatch.setattr(launcher.cli, "_dispatch", dispatch)
     with pytest.raises(RuntimeError, match="a bug"):
         launcher.cli.main(["validate", "cfg.yaml"])
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback() -> None:
+    """`ftl validate --data | head -1`, `ftl runs | head`: the reader is gone before ftl has
+    printed everything. A real pipe, closed at once: exit 141 as for SIGPIPE, nothing on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", "validate", "configs/examples/lora.yaml", "--data", "--examples", "400"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err[-2000:]
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err[-2000:]

@@ -137,6 +137,23 @@ def test_cli_plan_exit_codes(tmp_path: Path) -> None:
     assert "DOES NOT FIT" in big.stdout and "changes that make it fit" in big.stdout
 
 
+def test_a_card_without_bf16_is_planned_at_its_fp32_peak_and_ambiguous_names_are_said(tmp_path: Path) -> None:
+    """A T4 or V100 run computes in fp32 (no bf16): its throughput is the fp32 peak's (8.1 / 15.7
+    TFLOP/s), not the 16-bit tensor-core figure (65 / 125), which made time and cost ~8x too
+    optimistic. `--gpu A100` is the 80 GB card, and the plan says so."""
+    cfg = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    t4 = subprocess.run([*FTL, "plan", str(cfg), "--gpu", "T4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "T4 (16.00 GiB, 8.1 TFLOP/s fp32)" in t4.stdout and "at 8.1 TFLOP/s peak" in t4.stdout, t4.stdout
+    assert "fp32 compute" in t4.stdout
+    assert accelerator("V100").peak_for("fp32") == 15.7 and accelerator("V100").peak_for("fp16") == 125
+    assert accelerator("V100", peak_tflops=20.0).peak_for("fp32") == 20.0  # the user's figure wins
+    a100 = subprocess.run(
+        [*FTL, "plan", str(cfg), "--gpu", "a100"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert "note      --gpu a100 is read as A100-80GB; for the A100-40GB card give --gpu A100-40GB" in a100.stdout
+    assert "note      --gpu" not in t4.stdout
+
+
 def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", method={"type": "full"})
     result = subprocess.run(
