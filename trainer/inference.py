@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ def _load(path: Path, device: str) -> tuple[Any, Any]:
     if (merged / "config.json").exists():
         model_dir = merged
     elif (adapter / "adapter_config.json").exists():
+        _refuse_a_non_generative_adapter(adapter)
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(str(adapter)).to(device)
@@ -39,8 +41,56 @@ def _load(path: Path, device: str) -> tuple[Any, Any]:
             f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
             f"writes its latest checkpoint to {layout.exports}/step-N; pass that directory)"
         )
+    _refuse_a_non_generative_model(model_dir)
     return AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device), AutoTokenizer.from_pretrained(
         str(model_dir)
+    )
+
+
+# Architectures that write text token by token (transformers' naming); a classifier or tagger
+# loaded as one would get a made-up LM head and print noise.
+GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+# How to use what is not a generator instead: transformers' pipeline task per head.
+PIPELINE_TASKS = {
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForImageClassification": "image-classification",
+}
+PEFT_TASKS = {"SEQ_CLS": "ForSequenceClassification", "TOKEN_CLS": "ForTokenClassification"}
+
+
+def _refuse_a_non_generative_model(model_dir: Path) -> None:
+    try:
+        architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return  # transformers reports an unreadable config itself
+    if architectures and not any(str(name).endswith(GENERATIVE_HEADS) for name in architectures):
+        raise TrainerInputError(_not_a_generator(model_dir, str(architectures[0])))
+
+
+def _refuse_a_non_generative_adapter(adapter: Path) -> None:
+    try:
+        settings = json.loads((adapter / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return
+    task = settings.get("task_type") if isinstance(settings, dict) else None
+    if task in PEFT_TASKS:
+        raise TrainerInputError(_not_a_generator(adapter, f"adapter for a *{PEFT_TASKS[task]} model ({task})"))
+    base = settings.get("base_model_name_or_path") if isinstance(settings, dict) else None
+    if task != "CAUSAL_LM" and isinstance(base, str) and (Path(base) / "config.json").is_file():
+        _refuse_a_non_generative_model(Path(base))
+
+
+def _not_a_generator(where: Path, what: str) -> str:
+    task = next((task for head, task in PIPELINE_TASKS.items() if head in what), None)
+    use = (
+        f'transformers\' pipeline("{task}", model=...) (see docs/transfer-learning.md)'
+        if task
+        else "the model's own transformers class"
+    )
+    return (
+        f"{where}: a {what}, not a text generator: `ftl generate` writes text with a causal language "
+        f"model, and this one would only print noise; to use it, load it with {use}"
     )
 
 

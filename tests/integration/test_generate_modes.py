@@ -236,3 +236,38 @@ def test_prompts_to_a_model_without_a_chat_template_go_as_written_and_it_says_so
     assert "no chat template, so prompts go to the model as written and --system is not used" in err, err
     assert launcher.cli.main([*args, "--raw"]) == 0
     assert "no chat template" not in capsys.readouterr().err
+
+
+def test_a_classifier_or_tagger_is_refused_with_how_to_use_it(
+    tmp_path: Path, tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A classification or NER run's model loaded as a text generator got a made-up LM head and
+    printed noise, exit 0 (an image classifier: a traceback). Refused, exit 2, pointing to the
+    pipeline that uses it; a run's adapter is judged by its PEFT task."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=3,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    merged = tmp_path / "cls-run" / "final" / "merged"
+    LlamaForSequenceClassification(config).save_pretrained(str(merged))
+    tokenizer.save_pretrained(str(merged))
+    code = launcher.cli.main(["generate", str(tmp_path / "cls-run"), "--prompt", "hi"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "a LlamaForSequenceClassification, not a text generator" in err
+    assert 'pipeline("text-classification", model=...)' in err
+
+    adapter = tmp_path / "ner-run" / "final" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"task_type": "TOKEN_CLS", "peft_type": "LORA"}))
+    code = launcher.cli.main(["generate", str(tmp_path / "ner-run"), "--prompt", "hi"])
+    err = capsys.readouterr().err
+    assert code == 2 and 'pipeline("token-classification", model=...)' in err, err
