@@ -403,7 +403,7 @@ def _finish(
         lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False),
     )
     if data.evals:  # recorded at the last step; the console says whose weights were scored
-        evaluator(state.step, label="final", shown_as=f"final: best step {restored}'s weights" if restored else None)
+        evaluator.final(state.step, restored)
     fault_point("final_export", state.step, ctx.rank)  # tests: a stop request after the last step
     _export(cfg, ctx, strategy, trainee.model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, trainee.total_steps)
@@ -506,6 +506,19 @@ class _Evaluator:
         self.console = console
         self.extras = extras  # adds strategy-specific scores (classification, forgetting) to a record
         self.objective = objective  # preference sets are scored by it (trainer/preference_eval.py)
+        self.last: tuple[int, dict[str, dict[str, Any]]] | None = None  # the latest evaluation of every set
+
+    def final(self, step: int, restored: int | None) -> None:
+        """The final evaluation. When every set was just scored at this very step on these very
+        weights (eval.every_steps divides max_steps, no best step restored), its results are
+        recorded again as the final ones instead of scoring the same weights twice."""
+        if restored is None and self.last is not None and self.last[0] == step:
+            for values in self.last[1].values():
+                again = {**values, "label": "final"}
+                self.metrics.write(step, again, kind="eval")
+                self.console.evaluated(step, "final", again)
+            return
+        self(step, label="final", shown_as=f"final: best step {restored}'s weights" if restored else None)
 
     def __call__(
         self, step: int, label: str = "periodic", only: str | None = None, shown_as: str | None = None
@@ -560,6 +573,7 @@ class _Evaluator:
             self.console.evaluated(step, shown_as or label, values)
             results[eval_set.name] = values
             log.info("eval %s step %d: %s", eval_set.name, step, {k: v for k, v in values.items() if k != "samples"})
+        self.last = (step, results) if only is None else None
         return results
 
 

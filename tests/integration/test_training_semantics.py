@@ -66,6 +66,36 @@ def test_validation_split_and_dataset_folder(tmp_path: Path, tiny_model_dir: Pat
     assert summary["scores"]["validation"]["final"]["eval_loss"] > 0
 
 
+def test_the_last_step_is_scored_once_when_a_periodic_evaluation_falls_on_it(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Early stopping evaluates the last step too (its decision needs it); when that step is the
+    best, the final evaluation would score the same weights again on every split: the periodic
+    results are recorded as the final ones instead."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        data={"test": str(QA_DATA / "test.jsonl")},
+        training={"max_steps": 4},
+        eval={"every_steps": 2},
+        transfer={"early_stopping": {"enabled": True, "patience": 10}},
+    )
+    assert train(str(config), []) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["transfer"]["early_stopping"]["best_step"] == 4  # no earlier weights to restore
+    records = [r for r in read_metrics(tmp_path / "run", "eval") if r["step"] == 4]
+    by_label = {(r["split"], r["label"]): r["eval_loss"] for r in records}
+    assert by_label == {
+        ("validation", "periodic"): by_label[("validation", "final")],
+        ("test", "periodic"): by_label[("test", "final")],
+        ("validation", "final"): by_label[("validation", "periodic")],
+        ("test", "final"): by_label[("test", "periodic")],
+    }
+    computed = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
+    assert computed.count("eval validation step 4:") == 1 and computed.count("eval test step 4:") == 1
+
+
 def test_a_validation_split_that_leaves_nothing_to_train_is_refused_by_validate_and_train(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
