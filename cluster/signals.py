@@ -61,10 +61,7 @@ def signals_request_stop(
             return
         if interrupts >= FORCE_QUIT_AFTER:
             quitting = True
-            _say(
-                "third Ctrl-C: force-quitting; the checkpoint in progress is abandoned, the run will resume "
-                "from the last committed one"
-            )
+            _say(f"third Ctrl-C: force-quitting; {_where_it_resumes(run_dir)}")
             if force_quit is None:
                 raise KeyboardInterrupt
             force_quit()
@@ -149,6 +146,20 @@ def _each_signal_promptly(handle: Callable[[int], None]) -> Iterator[None]:
 def _restore(previous: dict[int, Any]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+def _where_it_resumes(run_dir: Path) -> str:
+    """Said at a force-quit: the stop's checkpoint may be committed already, or still in progress."""
+    from trainer.checkpointing.protocol import committed_checkpoints
+
+    found = committed_checkpoints(run_dir)
+    if not found:
+        return "no checkpoint is committed yet (one in progress is abandoned): the rerun starts over"
+    newest = found[-1]
+    return (
+        f"the rerun resumes from {newest.parent.name}/{newest.name}, the newest committed checkpoint "
+        "(one still being written is abandoned)"
+    )
 
 
 def _say(message: str) -> None:

@@ -158,12 +158,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             metric, title = ("accuracy", "accuracy")
         elif "preference_accuracy" in reported:
             metric, title = ("preference_accuracy", "pref. accuracy")
-        lines.append(f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}{title + ' (base -> tuned)':<30}")
+        # No column of "n/a -> n/a" when no evaluation scored the metric (generation off).
+        scored = metric in reported
+        header = f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}"
+        lines.append((header + f"{title + ' (base -> tuned)':<30}" if scored else header).rstrip())
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})
             loss = f"{_fmt(base.get('eval_loss'))} -> {_fmt(final.get('eval_loss'))}"
-            em = f"{_pct(base.get(metric))} -> {_pct(final.get(metric))}"
-            lines.append(f"{split:<14}{loss:<30}{em:<30}")
+            em = f"{_pct(base.get(metric))} -> {_pct(final.get(metric))}" if scored else ""
+            lines.append(f"{split:<14}{loss:<30}{em:<30}".rstrip())
     stopping = summary.get("transfer", {}).get("early_stopping")
     if stopping and stopping.get("stopped_at") is not None:
         lines.append(

@@ -109,10 +109,7 @@ class StopFlag:
             content = self.request_file.read_text().strip()
             self.signum = int(content) if content.isdigit() else None
             self.requested = True
-            log.warning(
-                "stop requested by the launcher (%s): will checkpoint and stop after the current step",
-                self.request_file,
-            )
+            log.warning("stop requested by the launcher (%s)", self.request_file)  # what follows is said as it happens
         return self.requested
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

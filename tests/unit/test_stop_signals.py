@@ -16,6 +16,7 @@ import pytest
 
 from cluster.signals import signals_request_stop
 from tests.conftest import REPO
+from trainer.checkpointing.protocol import MANIFEST
 from trainer.stopping import STOP_REQUEST_FILE
 
 
@@ -39,9 +40,13 @@ def test_first_ctrl_c_requests_a_checkpoint_second_is_ignored_third_force_quits(
         assert "already stopping, finishing the checkpoint first" in capfd.readouterr().err
         assert not forced and not (tmp_path / STOP_REQUEST_FILE).exists()
 
+        committed = tmp_path / "checkpoints" / "step-5"  # the stop's checkpoint, committed meanwhile
+        committed.mkdir(parents=True)
+        (committed / MANIFEST).write_text("{}")
         _signal_self(signal.SIGINT)
         assert forced == [True]
-        assert "force-quitting" in capfd.readouterr().err
+        err = capfd.readouterr().err
+        assert "force-quitting; the rerun resumes from checkpoints/step-5, the newest committed checkpoint" in err
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
 
 
