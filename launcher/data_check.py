@@ -67,10 +67,19 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
     shown = _samples_to_show(check.files, examples)
     if shown:
         marks = f"{OPEN_COLOR}like this{CLOSE_COLOR}" if color else f"{OPEN_PLAIN}like this{CLOSE_PLAIN}"
-        lines += ["", f"examples as training sees them (trained tokens {marks}):"]
+        what = (
+            "each text with its label" if all(r.class_label is not None for r in shown) else f"trained tokens {marks}"
+        )
+        lines += ["", f"examples as training sees them ({what}):"]
         for row in shown:
             trained = sum(row.mask)
             cut = f", truncated from {row.rendered_len}" if row.fate == "truncated" else ""
+            if row.class_label is not None:  # the head scores the text as a whole: no trained tokens, a label
+                names = check.label_names or []
+                label = names[row.class_label] if row.class_label < len(names) else str(row.class_label)
+                lines.append(f"--- {row.where} ({len(row.ids)} tokens{cut}, label {label}) ---")
+                lines.append(tokenizer.decode(row.ids, skip_special_tokens=False))
+                continue
             lines.append(f"--- {row.where} ({len(row.ids)} tokens{cut}, {trained} trained) ---")
             lines.append(mark_trained(tokenizer, row.ids, row.mask, color=color))
             if row.token_labels and check.label_names:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import launcher.cli
-from launcher.data_check import CLOSE_COLOR, OPEN_COLOR, mark_trained
-from tests.conftest import BUNDLED_MODEL, QA_DATA, write_config
+from launcher.data_check import CLOSE_COLOR, OPEN_COLOR, OPEN_PLAIN, mark_trained
+from tests.conftest import BUNDLED_MODEL, QA_DATA, REPO, write_config
 from trainer.config import DataConfig
 from trainer.data.batches import IGNORE_INDEX, RowDataset, make_batch
 from trainer.data.prepare import prepare_data
@@ -153,3 +153,13 @@ def _runs(ids: list[int], on: list[bool]) -> list[tuple[list[int], bool]]:
         else:
             runs.append(([token], flag))
     return runs
+
+
+def test_a_classification_sample_shows_its_text_and_label(capsys: pytest.CaptureFixture[str]) -> None:
+    """The head scores the whole text: the sample gives the label, not token marks (every token
+    was shown as trained, the label nowhere)."""
+    code, out, err = _validate_data(capsys, REPO / "configs" / "examples" / "classification.yaml", "--examples", "1")
+    assert code == 0, err
+    assert "examples as training sees them (each text with its label):" in out
+    assert re.search(r"--- train\.jsonl line 1 \(\d+ tokens, label (country|person|creature)\) ---\n<s>\S", out), out
+    assert OPEN_PLAIN not in out.split("examples as training sees them")[1]
