@@ -51,7 +51,9 @@ def quiet_third_party(import_transformers: bool = True) -> None:
     import_transformers=False: a process that may never load a model (the launcher of workers
     elsewhere) does not pay transformers' import for this; if it imports it later, the
     environment default below still keeps it at errors only."""
-    for noisy in ("httpx", "urllib3", "filelock", "bitsandbytes"):
+    # kernels (a transformers dependency since 5.25) says at every bitsandbytes load, offline, that
+    # it skips the hub's publisher check for the cached CPU kernel: chatter, not a problem.
+    for noisy in ("httpx", "urllib3", "filelock", "bitsandbytes", "kernels"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # peft still calls a transformers helper renamed in v5; harmless, but printed every run.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

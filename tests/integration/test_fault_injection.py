@@ -312,10 +312,12 @@ def _processes_of(tag: str, session: int) -> list[tuple[int, str]]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # dead, not yet reaped: its cmdline is empty, and it runs nothing
             ours = tag.encode() in (entry / "environ").read_bytes() or os.getsid(int(entry.name)) == session
             if ours:
                 found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()))
-        except (OSError, ProcessLookupError):
+        except (OSError, ProcessLookupError, IndexError):
             continue  # gone, or not ours to read
     return found
 
@@ -412,7 +414,9 @@ def _reap(tag: str, session: int) -> tuple[list[tuple[int, str]], float, list[st
     commit it, which is as safe as any commit). Given 60 s (a loaded machine is slow to notice);
     any left then are killed so no test leaks them, and returned with how long they lingered."""
     started = time.monotonic()
-    right_after = sorted({cmd.split()[0] for _, cmd in _processes_of(tag, session)})
+    right_after = sorted(
+        {(cmd.split() or ["?"])[0] for _, cmd in _processes_of(tag, session)}
+    )  # a process may exit mid-read
     while _processes_of(tag, session) and time.monotonic() - started < 60:
         time.sleep(0.2)
     lingered = round(time.monotonic() - started, 1)
