@@ -229,50 +229,45 @@ def test_sigterm_to_ftls_process_group_on_a_local_ray_stops_at_a_checkpoint(tmp_
         tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 3}, cluster={"backend": "ray", "workers": 2}
     )
     run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
-    hold = {"FTL_FAULT_WAIT_AT": f"step_end@2={run_dir / STOP_REQUEST_FILE}"}  # the stop lands at step 2
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(
-            [*FTL, "train", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**os.environ, **hold},
-            start_new_session=True,
-        )
-    try:
-        _wait_for(lambda: 1 in train_losses(run_dir), timeout=400)
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    err = stderr_path.read_text()
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    hold = f"step_end@2={run_dir / STOP_REQUEST_FILE}"  # the stop lands at step 2
+    code, err = _sigterm_to_the_group_once(config, stderr_path, hold, lambda: 1 in train_losses(run_dir))
+    assert code == 128 + signal.SIGTERM, err[-3000:]
     assert "stopped at step 2" in err and "Failed to connect to GCS" not in err, err[-3000:]
     assert _checkpoint_steps(run_dir) == [2] and not (run_dir / ".ftl-lock").exists()
     assert not (run_dir / STOP_REQUEST_FILE).exists()
 
     # The rerun resumes; a SIGTERM to the group after its last step (final/ being written) finds
     # nothing left to stop: the run finishes, exit 0, and ftl says what became of the request.
-    hold = {"FTL_FAULT_WAIT_AT": f"final_export={run_dir / STOP_REQUEST_FILE}"}
+    hold = f"final_export={run_dir / STOP_REQUEST_FILE}"
+
+    def final_scored() -> bool:
+        return any(r.get("label") == "final" for r in read_metrics(run_dir, "eval"))
+
+    code, err = _sigterm_to_the_group_once(config, stderr_path, hold, final_scored)
+    assert code == 0, err[-3000:]
+    assert "resumed from checkpoints/step-2" in err and "came after the last training step" in err, err[-3000:]
+    assert (run_dir / "final").is_dir() and not (run_dir / STOP_REQUEST_FILE).exists()
+
+
+def _sigterm_to_the_group_once(config: Path, stderr_path: Path, hold: str, ready: Any) -> tuple[int, str]:
+    """`ftl train` in a process group of its own (as systemd or tmux start it), held at the fault
+    point `hold`; once `ready()`, SIGTERM to the whole group. Returns the exit code and stderr."""
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
             [*FTL, "train", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            env={**os.environ, **hold},
+            env={**os.environ, "FTL_FAULT_WAIT_AT": hold},
             start_new_session=True,
         )
     try:
-        _wait_for(lambda: any(r.get("label") == "final" for r in read_metrics(run_dir, "eval")), timeout=400)
+        _wait_for(ready, timeout=400)
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    err = stderr_path.read_text()
-    assert proc.returncode == 0, err[-3000:]
-    assert "resumed from checkpoints/step-2" in err and "came after the last training step" in err, err[-3000:]
-    assert (run_dir / "final").is_dir() and not (run_dir / STOP_REQUEST_FILE).exists()
+    return proc.returncode, stderr_path.read_text()
 
 
 def test_ctrl_c_while_the_workers_load_the_model_stops_before_the_first_step(tmp_path, tiny_model_dir):
