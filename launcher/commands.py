@@ -11,14 +11,17 @@ from typing import Any
 
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import UserError
-from launcher.preflight import check_inputs
-from launcher.run_dir import load_snapshot, lock_run_dir, running_in
+from launcher.preflight import check_inputs, start_refusal
+from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, running_in
+from trainer.errors import TrainerInputError
 from trainer.run_layout import CONFIG_FILE
 
 
 def validate(config_path: str, overrides: list[str], data: bool = False, examples: int = 3) -> int:
     cfg = load_config(config_path, overrides)
     problems = check_inputs(cfg)
+    refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now
+    problems += [refusal] if refusal else []
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
     if data:
@@ -53,6 +56,9 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         from launcher.failure_record import recording_failure
 
         with recording_failure(run_dir):  # `ftl runs` shows a failed start as failed, with the reason
+            refusal = start_refusal(cfg, run_dir)  # the workers would refuse it, after a backend start
+            if refusal:
+                raise TrainerInputError(refusal)
             summary = launch(cfg, run_dir, cfg.cluster)
         if cfg.output.report:
             write_report_after_run(run_dir, cfg.tracking)

@@ -38,3 +38,18 @@ def check_inputs(cfg: RunConfig) -> list[str]:
 
 def _looks_local(value: str) -> bool:
     return Path(value).is_absolute() or value.startswith((".", "~")) or Path(value).exists()
+
+
+def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
+    """What the workers' start would refuse in this run directory (resume=never over an earlier
+    run's checkpoints, a broken resume PATH, a checkpoint past max_steps), said before a backend
+    starts (a Ray start and the workers' imports take tens of seconds; a Slurm job may queue for
+    hours). None for a run on object storage: its checkpoints are pulled from the bucket later."""
+    from cluster.run_storage import is_uri
+    from trainer.checkpointing.trajectory import refusal_before_launch
+
+    if is_uri(cfg.output.dir) or not run_dir.is_dir():
+        return None
+    return refusal_before_launch(
+        run_dir, cfg.checkpoint.resume, move_aside=cfg.checkpoint.move_aside, max_steps=cfg.training.max_steps
+    )

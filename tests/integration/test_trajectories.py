@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import FTL, REPO, write_config
@@ -63,11 +64,22 @@ def test_never_refuses_earlier_checkpoints_and_move_aside_starts_a_clean_run(
     assert sorted(old) == ["step-4", "step-6"]
 
     new_run = ["checkpoint.resume=never", "training.max_steps=5", "training.learning_rate=1e-3"]
-    refused = _ftl("train", str(config), *new_run)
+    # Refused by the launcher before any backend starts: on the default backend with 2 workers no
+    # Ray starts and no worker runs (they would refuse the same, after ~30 s of start).
+    on_ray = ["cluster.backend=ray", "cluster.workers=2"]
+    refused = _ftl("train", str(config), *new_run, *on_ray)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "step-4, step-6" in refused.stderr and "checkpoint.move_aside=true" in refused.stderr
     assert "new output.dir" in refused.stderr
     assert sorted(p.name for p in committed_checkpoints(run)) == ["step-4", "step-6"] and not _branches(run)
+    assert not list((run / "logs").glob("ray-worker-*.json")), "a Ray worker ran for a start the launcher can refuse"
+    assert "step-4, step-6" in json.loads((run / "failure.json").read_text())["reason"]  # `ftl runs` shows why
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["max_steps"] == 8  # the run's own config
+    checked = _ftl("validate", str(config), *new_run)
+    assert checked.returncode == 2 and "step-4, step-6" in checked.stderr, checked.stderr[-2000:]
+    past = _ftl("train", str(config), "training.max_steps=5", *on_ray)  # resume: auto, from step-6
+    assert past.returncode == 2 and "(step-6) is past training.max_steps=5" in past.stderr, past.stderr[-2000:]
+    assert not list((run / "logs").glob("ray-worker-*.json"))
 
     moved = _ftl("train", str(config), *new_run, "checkpoint.move_aside=true")
     assert moved.returncode == 0, moved.stderr[-2000:]

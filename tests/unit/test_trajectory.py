@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.protocol import committed_checkpoints
-from trainer.checkpointing.trajectory import begin, plan_start
+from trainer.checkpointing.trajectory import begin, plan_start, refusal_before_launch, write_record
 from trainer.config import TrainingConfig
 from trainer.errors import TrainerInputError
 from trainer.loop_state import LoopState
@@ -127,3 +127,42 @@ def test_a_save_never_returns_a_step_n_it_did_not_write(tmp_path: Path) -> None:
     before = (mine / "manifest.json").read_text()
     assert _save(manager, 4, seed=3) == mine and (mine / "manifest.json").read_text() == before
     assert len(_branches(run)) == 1
+
+
+def test_the_launcher_finds_the_start_refusals_without_reading_weights(tmp_path: Path) -> None:
+    """refusal_before_launch says what plan_start and the resume point's max_steps check would
+    refuse, in the same words, and nothing where the workers' start would go ahead."""
+    run = tmp_path / "run"
+    _earlier_run(run, [4, 6])
+    with pytest.raises(TrainerInputError) as never:
+        plan_start(run, "never", move_aside=False)
+    assert refusal_before_launch(run, "never", move_aside=False, max_steps=0) == str(never.value)
+    assert refusal_before_launch(run, "never", move_aside=True, max_steps=0) is None
+    write_record(run, {"request": "never", "step": 0})  # the same request again: a restart continues its own
+    assert refusal_before_launch(run, "never", move_aside=False, max_steps=0) is None
+
+    past = refusal_before_launch(run, "auto", move_aside=False, max_steps=5)
+    assert past is not None and "(step-6) is past training.max_steps=5" in past and f"ftl export {run}" in past
+    assert refusal_before_launch(run, "auto", move_aside=False, max_steps=6) is None
+    step4 = str(run / "checkpoints" / "step-4")
+    assert "is past training.max_steps=3" in (refusal_before_launch(run, step4, move_aside=False, max_steps=3) or "")
+    assert refusal_before_launch(run, step4, move_aside=False, max_steps=5) is None
+
+    missing = str(tmp_path / "nowhere" / "step-9")
+    with pytest.raises(TrainerInputError) as bad_path:
+        plan_start(run, missing, move_aside=False)
+    assert refusal_before_launch(run, missing, move_aside=False, max_steps=0) == str(bad_path.value)
+    (run / "checkpoints" / "step-4" / "trainable.safetensors").write_bytes(b"cut")
+    assert "trainable.safetensors has 3 bytes" in (
+        refusal_before_launch(run, step4, move_aside=False, max_steps=0) or ""
+    )
+
+    # A corrupt newest checkpoint is not what auto resumes (the workers fall back to an older
+    # one, which may be within max_steps): no refusal on its account.
+    newest = run / "checkpoints" / "step-6" / "trainable.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    assert refusal_before_launch(run, "auto", move_aside=False, max_steps=5) is None
+    assert [p.name for p in committed_checkpoints(run)] == ["step-4", "step-6"]  # it moved and deleted nothing
+    assert refusal_before_launch(tmp_path / "fresh", "auto", move_aside=False, max_steps=1) is None

@@ -23,7 +23,7 @@ from trainer.checkpointing.compat import optimizer_manifest, resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.rng import rng_file, seed_everything
-from trainer.checkpointing.trajectory import begin, plan_start
+from trainer.checkpointing.trajectory import begin, past_max_steps, plan_start
 from trainer.config import TrainerConfig
 from trainer.config_hash import config_changes, result_values
 from trainer.context import WorkerContext
@@ -83,13 +83,9 @@ def _check_resume_point(
     )
     if problem:
         raise TrainerInputError(problem)
-    step, max_steps = int(manifest.get("step", 0)), cfg.training.max_steps
-    if max_steps and step > max_steps:
-        raise TrainerInputError(
-            f"the run's latest checkpoint ({path.name}) is past training.max_steps={max_steps}: nothing is left to "
-            f"train, and finishing would label {step} steps as {max_steps}; set training.max_steps above {step} to "
-            f"train further, or export these weights with `ftl export {ctx.run_dir}`"
-        )
+    problem = past_max_steps(path, int(manifest.get("step", 0)), cfg.training.max_steps, ctx.run_dir)
+    if problem:
+        raise TrainerInputError(problem)
     strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine
     change = ""
     if manifest.get("config_hash") not in (None, config_hash):

@@ -85,21 +85,67 @@ def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
     if mode == "never":
         earlier = committed_checkpoints(run_dir)
         if earlier and not move_aside:
-            root = checkpoints_dir(run_dir)
-            raise TrainerInputError(
-                f"checkpoint.resume=never, but {root} holds checkpoints of an earlier run ({_names(earlier)}); starting "
-                "over here would mix two runs. Use a new output.dir, or set checkpoint.move_aside=true to move them to "
-                f"{root / BRANCHES_DIR}/ (nothing is deleted), or checkpoint.resume=auto to continue that run."
-            )
+            raise TrainerInputError(_never_over_earlier(run_dir, earlier))
         return StartPlan(None, "never", set_aside=_step_dirs(run_dir), whole_run=not again)
     path = Path(request)
     problem = validate_checkpoint(path) if path.is_dir() else "not a directory"
     if problem:
-        raise TrainerInputError(f"checkpoint.resume={mode!r}: cannot resume from it: {problem}")
+        raise TrainerInputError(_bad_resume_path(mode, problem))
     step = int(read_manifest(path)["step"])
     own = path.parent == checkpoints_dir(run_dir).resolve()
     later = [p for p in _step_dirs(run_dir) if not own or step_of(p) > step]
     return StartPlan(path, request, set_aside=later, branch_step=step, whole_run=not own and not again)
+
+
+def refusal_before_launch(run_dir: Path, mode: str, *, move_aside: bool, max_steps: int) -> str | None:
+    """The refusal the workers' start would end in (plan_start, then the resume point's step
+    against max_steps), found by the launcher before any backend starts, without reading weights:
+    only sizes are checked, and one checkpoint's checksums before refusing because of it. None
+    when the start looks fine; the workers still make every check (checksums, what fits)."""
+    recorded = read_record(run_dir)
+    request = mode if mode in ("auto", "never") else str(Path(mode).resolve())
+    if mode == "auto" or (recorded or {}).get("request") == request:
+        fast_valid = (
+            p for p in reversed(committed_checkpoints(run_dir)) if validate_checkpoint(p, checksums=False) is None
+        )
+        resume_from = next(fast_valid, None)
+    elif mode == "never":
+        earlier = committed_checkpoints(run_dir)
+        return _never_over_earlier(run_dir, earlier) if earlier and not move_aside else None
+    else:
+        resume_from = Path(request)
+        problem = validate_checkpoint(resume_from, checksums=False) if resume_from.is_dir() else "not a directory"
+        if problem:
+            return _bad_resume_path(mode, problem)
+    if resume_from is None:
+        return None
+    problem = past_max_steps(resume_from, int(read_manifest(resume_from).get("step", 0)), max_steps, run_dir)
+    # A corrupt one is not what the workers resume (auto falls back to an older checkpoint).
+    return problem if problem and validate_checkpoint(resume_from) is None else None
+
+
+def past_max_steps(checkpoint: Path, step: int, max_steps: int, run_dir: Path) -> str | None:
+    """Why resuming `checkpoint` (at `step`) is refused under training.max_steps, or None."""
+    if not max_steps or step <= max_steps:
+        return None
+    return (
+        f"the run's latest checkpoint ({checkpoint.name}) is past training.max_steps={max_steps}: nothing is left to "
+        f"train, and finishing would label {step} steps as {max_steps}; set training.max_steps above {step} to "
+        f"train further, or export these weights with `ftl export {run_dir}`"
+    )
+
+
+def _never_over_earlier(run_dir: Path, earlier: list[Path]) -> str:
+    root = checkpoints_dir(run_dir)
+    return (
+        f"checkpoint.resume=never, but {root} holds checkpoints of an earlier run ({_names(earlier)}); starting "
+        "over here would mix two runs. Use a new output.dir, or set checkpoint.move_aside=true to move them to "
+        f"{root / BRANCHES_DIR}/ (nothing is deleted), or checkpoint.resume=auto to continue that run."
+    )
+
+
+def _bad_resume_path(mode: str, problem: str) -> str:
+    return f"checkpoint.resume={mode!r}: cannot resume from it: {problem}"
 
 
 def begin(run_dir: Path, plan: StartPlan) -> Path | None:
