@@ -97,7 +97,7 @@ def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
     return StartPlan(path, request, set_aside=later, branch_step=step, whole_run=not own and not again)
 
 
-def refusal_before_launch(run_dir: Path, mode: str, *, move_aside: bool, max_steps: int) -> str | None:
+def refusal_before_launch(run_dir: Path, mode: str, *, move_aside: bool, max_steps: int | None) -> str | None:
     """The refusal the workers' start would end in (plan_start, then the resume point's step
     against max_steps), found by the launcher before any backend starts, without reading weights:
     only sizes are checked, and one checkpoint's checksums before refusing because of it. None
@@ -124,7 +124,7 @@ def refusal_before_launch(run_dir: Path, mode: str, *, move_aside: bool, max_ste
     return problem if problem and validate_checkpoint(resume_from) is None else None
 
 
-def past_max_steps(checkpoint: Path, step: int, max_steps: int, run_dir: Path) -> str | None:
+def past_max_steps(checkpoint: Path, step: int, max_steps: int | None, run_dir: Path) -> str | None:
     """Why resuming `checkpoint` (at `step`) is refused under training.max_steps, or None."""
     if not max_steps or step <= max_steps:
         return None
