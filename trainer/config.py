@@ -663,6 +663,11 @@ def _check_transfer(cfg: TrainerConfig) -> None:
             "transfer.freeze.all_but_head (feature extraction) trains only the head, so adapters would stay "
             "untrained; use method.type=full with it"
         )
+    if transfer.learning_rates.layer_decay is not None and transfer.freeze.all_but_head:
+        raise ValueError(
+            "transfer.learning_rates.layer_decay decays the rates of pretrained layers, which "
+            "transfer.freeze.all_but_head keeps frozen (only the head trains); remove one of them"
+        )
     if transfer.gradual_unfreezing.enabled and transfer.freeze.all_but_head:
         raise ValueError(
             "transfer.gradual_unfreezing unfreezes blocks that transfer.freeze.all_but_head keeps frozen; choose one"

@@ -217,6 +217,9 @@ def _build_trainee(
         pad_id=tokenizer.pad_token_id,
         resume_step=resumed_at[0],
     )
+    idle = transfer.unfreezing_that_never_starts(total_steps)
+    if idle and ctx.is_main:
+        console.event(f"warning: {idle}")
     model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     fingerprint = rows_fingerprint(data.train) if ctx.is_main else None  # rank 0 writes the manifests
@@ -404,6 +407,9 @@ def _finish(
     )
     if data.evals:  # recorded at the last step; the console says whose weights were scored
         evaluator.final(state.step, restored)
+    worse = trainee.transfer.best_worse_than_base()
+    if worse and ctx.is_main:
+        trainee.console.event(f"warning: {worse}")
     fault_point("final_export", state.step, ctx.rank)  # tests: a stop request after the last step
     _export(cfg, ctx, strategy, trainee.model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, trainee.total_steps)

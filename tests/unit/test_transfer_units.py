@@ -206,6 +206,25 @@ NO_GEN = {"generation": {"enabled": False}}
         ),
         ({"transfer": {"early_stopping": {"enabled": True}}}, "set eval.every_steps"),
         (
+            {"transfer": {"freeze": {"patterns": [r"layers\.0\.", "(unclosed"]}}},
+            "transfer.freeze.patterns[1]='(unclosed' is not a valid regular expression (missing ), unterminated",
+        ),
+        (
+            {
+                "transfer": {**CLASSIFY, "head": {**CLASSIFY["head"], "labels": ["country"]}},
+                "data": KINDS,
+                "eval": NO_GEN,
+            },
+            "has one class; a classifier needs at least 2",
+        ),
+        (
+            {
+                "transfer": {"freeze": {"all_but_head": True}, "learning_rates": {"layer_decay": 0.5}},
+                "method": {"type": "full"},
+            },
+            "which transfer.freeze.all_but_head keeps frozen (only the head trains)",
+        ),
+        (
             {"transfer": {"early_stopping": {"enabled": True, "split": "test"}}, "eval": {"every_steps": 5}},
             "is not an evaluation set of this run (have: validation)",
         ),
@@ -293,3 +312,56 @@ def test_freezing_the_embeddings_of_a_tied_gpt2_freezes_the_shared_matrix_and_po
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {"transformer.wte.weight", "transformer.wpe.weight"}
     assert "tied to its input embeddings" in caplog.text
+
+
+def test_a_freeze_pattern_that_matches_nothing_is_refused_with_the_names_it_could_match() -> None:
+    """A typo in transfer.freeze.patterns froze nothing, silently: the run was a full fine-tune."""
+    from trainer.errors import TrainerInputError
+    from trainer.transfer.config import FreezeConfig
+    from trainer.transfer.freezing import apply_freezing
+
+    model = _tiny_causal_lm()
+    with pytest.raises(TrainerInputError) as typo:
+        apply_freezing(model, model_parts(model), FreezeConfig(patterns=[r"layers\.1\.mlp", r"layers\.2\.mpl"]))
+    message = str(typo.value)
+    assert message.startswith("transfer.freeze.patterns: 'layers\\.2\\.mpl' match(es) no parameter"), message
+    assert "did you mean 'mlp' for 'mpl'?" in message and "model.layers.0.mlp.gate_proj.weight" in message
+    assert all(p.requires_grad for p in model.parameters())  # refused before freezing anything
+    frozen = apply_freezing(model, model_parts(model), FreezeConfig(patterns=[r"layers\.1\.mlp"]))
+    assert frozen == 3 and not model.model.layers[1].mlp.up_proj.weight.requires_grad
+
+
+def test_a_learning_rate_that_applies_to_no_trainable_parameter_is_refused() -> None:
+    from trainer.transfer.param_groups import rates_without_effect
+
+    lora = _tiny_causal_lm(lora=True)
+    parts = model_parts(lora)
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    head_rate = rates_without_effect(parts, trainable, LearningRatesConfig(head=1e-2))
+    assert head_rate is not None and head_rate.startswith("transfer.learning_rates.head: no trainable parameter")
+    assert rates_without_effect(parts, trainable, LearningRatesConfig(layer_decay=0.5)) is None
+    full = _tiny_causal_lm()
+    parts = model_parts(full)
+    assert rates_without_effect(parts, set(parts.parts), LearningRatesConfig(head=1e-2, layer_decay=0.5)) is None
+    only_head = {n for n in parts.parts if parts.parts[n].kind == "head"}
+    decay = rates_without_effect(parts, only_head, LearningRatesConfig(layer_decay=0.5))
+    assert decay is not None and "only the head trains" in decay
+
+
+def test_early_stopping_says_when_its_best_is_worse_than_the_base_model() -> None:
+    from trainer.transfer.config import EarlyStoppingConfig
+    from trainer.transfer.early_stopping import EarlyStopping
+
+    stopper = EarlyStopping(EarlyStoppingConfig(enabled=True, patience=2))
+    stopper.base = 13.0  # the step-0 evaluation: never the best itself
+    stopper.update(3, {"validation": {"eval_loss": 17.0}})
+    assert stopper.best_step == 3 and stopper.worse_than_base()
+    resumed = EarlyStopping(stopper.cfg)
+    resumed.load_state_dict(json_round_trip(stopper.state_dict()))
+    assert resumed.base == 13.0 and resumed.worse_than_base()
+    resumed.update(6, {"validation": {"eval_loss": 12.0}})
+    assert not resumed.worse_than_base()
+    accuracy = EarlyStopping(EarlyStoppingConfig(enabled=True, metric="accuracy"))
+    accuracy.base = 0.6
+    accuracy.update(2, {"validation": {"accuracy": 0.5}})
+    assert accuracy.worse_than_base()

@@ -6,9 +6,10 @@ the method, data, eval or parallel sections are on TrainerConfig (trainer/config
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainer.config_section import Section
 
@@ -32,6 +33,21 @@ class FreezeConfig(Section):
     @property
     def any(self) -> bool:
         return self.all_but_head or self.embeddings or self.first_n_blocks > 0 or bool(self.patterns)
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"transfer.freeze.patterns[{index}]={pattern!r} is not a valid regular expression ({exc}); "
+                    r"escape literal dots and brackets (e.g. 'layers\.0\.', 'mlp\[0\]')"
+                ) from None
+            if not pattern:
+                raise ValueError(f"transfer.freeze.patterns[{index}] is empty: it would match (freeze) every parameter")
+        return patterns
 
 
 class GradualUnfreezingConfig(Section):
@@ -127,6 +143,13 @@ class HeadConfig(Section):
                 )
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("transfer.head.labels must be unique")
+            if len(self.labels) == 1:
+                # One class: every prediction is that class, the loss is 0 and nothing trains (and a
+                # one-label config.json loads in transformers as a regression head).
+                raise ValueError(
+                    f"transfer.head.labels={self.labels!r} has one class; a classifier needs at least 2 (add the "
+                    "other class names, e.g. the negative class)"
+                )
         elif self.labels or self.num_labels is not None or self.dropout is not None:
             raise ValueError("transfer.head.labels/num_labels/dropout apply to classification head types only")
         return self

@@ -24,7 +24,9 @@ from trainer.checkpointing.safe_load import verify_before_load
 from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
 from trainer.config import TrainerConfig
 from trainer.data.prepare import EvalSet
+from trainer.errors import TrainerInputError
 from trainer.loop_state import LoopState
+from trainer.methods import count_parameters
 from trainer.metrics import MetricsWriter
 from trainer.optim import build_optimizer
 from trainer.run_layout import RunLayout
@@ -32,7 +34,7 @@ from trainer.strategies.base import Strategy
 from trainer.transfer.early_stopping import EarlyStopping
 from trainer.transfer.heads import classification_scores, token_classification_scores
 from trainer.transfer.model_parts import model_parts, plain_name
-from trainer.transfer.param_groups import build_grouped_optimizer
+from trainer.transfer.param_groups import build_grouped_optimizer, rates_without_effect
 from trainer.transfer.unfreezing import GradualUnfreezer, steps_per_stage, unfreezing_groups
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,14 @@ class TransferController:
         self.parts = model_parts(model) if self.grouped else None
         # Every parameter that will ever train; gradual unfreezing then freezes most of them for now.
         self.trainable = {plain_name(n) for n, p in model.named_parameters() if p.requires_grad}
+        # What static freezing left (the summary shows it: a freeze that froze nothing is visible there).
+        trainable, total = count_parameters(model)
+        self.counts = {"trainable_parameters": trainable, "parameters": total}
+        if transfer.learning_rates.any:
+            assert self.parts is not None
+            problem = rates_without_effect(self.parts, self.trainable, transfer.learning_rates)
+            if problem:
+                raise TrainerInputError(problem)
         self.unfreezer: GradualUnfreezer | None = None
         if transfer.gradual_unfreezing.enabled:
             rows_per_step = strategy.global_batch()
@@ -79,6 +89,18 @@ class TransferController:
         self.early = EarlyStopping(transfer.early_stopping) if transfer.early_stopping.enabled else None
         self.retain_base: float | None = None
         self._improved_at: int | None = None
+
+    def unfreezing_that_never_starts(self, total_steps: int) -> str | None:
+        """Why gradual unfreezing would change nothing in this run (its first unfreeze comes after
+        the last step), or None."""
+        if self.unfreezer is None or len(self.unfreezer.groups) < 2 or self.unfreezer.every_steps < total_steps:
+            return None
+        first, label = self.unfreezer.every_steps, self.unfreezer.groups[0][0]
+        return (
+            f"transfer.gradual_unfreezing: the first unfreeze would come at step {first}, after the run's last "
+            f"step ({total_steps}), so only the first group ({label}) trains; lower transfer.gradual_unfreezing.every "
+            "(with unit: epochs, a stage is that many epochs of the data)"
+        )
 
     # -- optimizer -------------------------------------------------------------------------------
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -134,6 +156,10 @@ class TransferController:
                     model, eval_set, batch_size, self.pad_id, self.strategy, self.cfg.eval.max_samples, head
                 )
             )
+        watched = self.cfg.transfer.early_stopping
+        if self.early is not None and values["label"] == "base" and eval_set.name == watched.split:
+            score = values.get(watched.metric)
+            self.early.base = float(score) if isinstance(score, (int, float)) else None
         if eval_set.name == "retain":
             if values["label"] == "base":
                 self.retain_base = values["eval_loss"]
@@ -194,6 +220,18 @@ class TransferController:
         )
         return best
 
+    def best_worse_than_base(self) -> str | None:
+        """A note when early stopping's best evaluation is worse than the base model's."""
+        if self.early is None or not self.early.worse_than_base():
+            return None
+        watched = self.cfg.transfer.early_stopping
+        return (
+            f"early stopping: the best evaluation ({watched.split} {watched.metric} {self.early.best:.4g} at step "
+            f"{self.early.best_step}) is worse than the base model's ({self.early.base:.4g}): this training made it "
+            f"worse, and final/ holds step {self.early.best_step}'s weights, not the base's (try a lower "
+            "training.learning_rate)"
+        )
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.early is not None:
@@ -202,6 +240,8 @@ class TransferController:
                 "metric": self.cfg.transfer.early_stopping.metric,
                 "split": self.cfg.transfer.early_stopping.split,
             }
+        if self.cfg.transfer.freeze.any:
+            out["freeze"] = dict(self.counts)
         if self.unfreezer is not None:
             out["gradual_unfreezing"] = {**self.unfreezer.describe(), "every_steps": self.unfreezer.every_steps}
         return out

@@ -19,6 +19,14 @@ class EarlyStopping:
         self.best_step: int | None = None
         self.bad_evals = 0
         self.stopped_at: int | None = None
+        # The base model's score (the step-0 evaluation, when the run makes one). Never a
+        # candidate for the best (final/ holds trained weights), but said when it beats the best.
+        self.base: float | None = None
+
+    def worse_than_base(self) -> bool:
+        if self.base is None or self.best is None:
+            return False
+        return self.best > self.base if self.cfg.mode == "min" else self.best < self.base
 
     def improves(self, value: float) -> bool:
         if self.best is None:
@@ -57,8 +65,10 @@ class EarlyStopping:
             "best_step": self.best_step,
             "bad_evals": self.bad_evals,
             "stopped_at": self.stopped_at,
+            "base": self.base,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = state.get("best"), state.get("best_step")
         self.bad_evals, self.stopped_at = int(state.get("bad_evals", 0)), state.get("stopped_at")
+        self.base = state.get("base")

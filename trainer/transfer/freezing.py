@@ -3,13 +3,15 @@ embeddings, first N blocks, or parameters matching name patterns)."""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 
 import torch
 
 from trainer.errors import TrainerInputError
 from trainer.transfer.config import FreezeConfig
-from trainer.transfer.model_parts import BLOCK, EMBEDDINGS, HEAD, ModelParts, matches_any
+from trainer.transfer.model_parts import BLOCK, EMBEDDINGS, HEAD, ModelParts, matches_any, plain_name
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,32 @@ def check_block_count(first_n_blocks: int, num_blocks: int) -> None:
         )
 
 
+def check_patterns_match(names: list[str], patterns: list[str]) -> None:
+    """Every freeze pattern must match some parameter: a typo would silently freeze nothing (and
+    the run would be the full fine-tune it was meant not to be)."""
+    plain = [plain_name(name) for name in names]
+    unmatched = [pattern for pattern in patterns if not any(re.search(pattern, name) for name in plain)]
+    if not unmatched:
+        return
+    segments = sorted({segment for name in plain for segment in name.split(".") if not segment.isdigit()})
+    words = {word for pattern in unmatched for word in re.findall(r"[A-Za-z_]{2,}", pattern) if word not in segments}
+    close = {word: difflib.get_close_matches(word, segments, n=1, cutoff=0.6) for word in sorted(words)}
+    hints = "; ".join(f"did you mean {found[0]!r} for {word!r}?" for word, found in close.items() if found)
+    outside_blocks = [name for name in plain if not re.search(r"\.\d+\.", name)]
+    first_block = [name for name in plain if re.search(r"\.0\.", name)]
+    examples = outside_blocks[:1] + first_block[:5] + outside_blocks[1:4]
+    shown = ", ".join(f"'{pattern}'" for pattern in unmatched)  # as typed (repr would double the backslashes)
+    raise TrainerInputError(
+        f"transfer.freeze.patterns: {shown} match(es) no parameter of this model, "
+        f"so it would freeze nothing{f' ({hints})' if hints else ''}; patterns are regular expressions searched in "
+        f"parameter names such as: {', '.join(examples)}"
+    )
+
+
 def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig) -> int:
     """Set requires_grad=False on the frozen parameters; returns how many tensors were frozen."""
     check_block_count(cfg.first_n_blocks, parts.num_blocks)
+    check_patterns_match([name for name, _ in model.named_parameters()], cfg.patterns)
     frozen = 0
     for name, parameter in model.named_parameters():
         if parameter.requires_grad and should_freeze(name, parts, cfg):

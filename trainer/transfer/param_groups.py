@@ -37,6 +37,23 @@ def group_rate(name: str, part: Part, base_lr: float, rates: LearningRatesConfig
     return label, lr
 
 
+def rates_without_effect(parts: ModelParts, trainable: set[str], rates: LearningRatesConfig) -> str | None:
+    """A rate that would apply to no trainable parameter (the setting would silently do nothing)."""
+    kinds = {parts.parts[name].kind for name in trainable}
+    if rates.head is not None and HEAD not in kinds:
+        return (
+            "transfer.learning_rates.head: no trainable parameter belongs to the head (with an adapter method on a "
+            "causal LM only the adapters train, not the LM head), so this rate would apply to nothing; remove it, "
+            "or train the head (method.type=full, or a task head with transfer.head.type)"
+        )
+    if rates.layer_decay is not None and kinds <= {HEAD}:
+        return (
+            "transfer.learning_rates.layer_decay: only the head trains, so there is no pretrained layer to decay; "
+            "remove it (use transfer.learning_rates.head for the head's rate)"
+        )
+    return None
+
+
 def build_grouped_optimizer(
     model: torch.nn.Module, training: TrainingConfig, rates: LearningRatesConfig, parts: ModelParts, trainable: set[str]
 ) -> Any:
