@@ -42,7 +42,8 @@ class RunInfo:
         for split, scores in self.evals.items():
             name = next((k for k in EVAL_SCORES if k in scores), "eval_loss")
             if name in scores:
-                return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}"
+                whose = " (base model)" if scores.get("label") == "base" else ""  # nothing trained yet
+                return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}{whose}"
         return "-"
 
     def to_json(self) -> dict[str, Any]:

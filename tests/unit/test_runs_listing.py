@@ -148,3 +148,19 @@ def test_a_failure_reason_that_only_announces_itself_shows_its_next_line() -> No
     assert failure_line(ray) == "Ray Train run failed: rank 1: WorkerHealthCheckFailedError: the worker died"
     assert failure_line("train.jsonl row 7: bad\nmore") == "train.jsonl row 7: bad"
     assert failure_line("\n") == "(no reason recorded)"
+
+
+def test_a_run_stopped_before_its_first_step_shows_its_score_as_the_base_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopped during the base evaluation's aftermath (before step 1): nothing trained, so the score
+    listed is the base model's, and says so."""
+    run = _run(tmp_path, "early", [], None)
+    records = [
+        {"kind": "start", "step": 0, "time": 100.0},
+        {"kind": "eval", "step": 0, "split": "validation", "label": "base", "eval_loss": 7.5, "time": 104.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["runs", str(tmp_path)]) == 0
+    [row] = [line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.startswith("/")]
+    assert row == ["not", "started", "-", "-", "-", "validation", "loss", "7.500", "(base", "model)", "-", "4s"]
