@@ -123,6 +123,34 @@ def test_alpaca_without_chat_template_uses_alpaca_prompt(tokenizer: Any) -> None
     assert trained == "Hi!" + plain.eos_token
 
 
+def test_alpaca_system_field_is_the_system_message_and_never_trained(tokenizer: Any) -> None:
+    """LLaMA-Factory's alpaca `system` column: the system message with a chat template, the text
+    before `### Instruction:` without one; an empty one is no system message at all."""
+    row = {"instruction": "Name the capital.", "output": "Quenta.", "system": "Answer in one word."}
+    as_chat = {
+        "messages": [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Name the capital."},
+            {"role": "assistant", "content": "Quenta."},
+        ]
+    }
+    assert render_example(Row("t", row), "alpaca", tokenizer) == render_example(Row("t", as_chat), "chat", tokenizer)
+    empty = render_example(Row("t", {**row, "system": " "}), "alpaca", tokenizer)
+    assert empty == render_example(Row("t", {k: v for k, v in row.items() if k != "system"}), "alpaca", tokenizer)
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    example = render_example(Row("t", row), "alpaca", plain)
+    trained, other = _split(plain, example.input_ids, example.loss_mask)
+    assert "Answer in one word.\n\n### Instruction:\nName the capital.\n\n### Response:\n" in other
+    assert trained == "Quenta." + plain.eos_token
+    prompt = render_prompt(Row("t", row), "alpaca", plain)
+    assert plain.decode(prompt.input_ids).endswith(
+        "Answer in one word.\n\n### Instruction:\nName the capital.\n\n### Response:\n"
+    )
+    with pytest.raises(DataError, match="field 'system' must be a string, got list"):
+        render_example(Row("t", {**row, "system": ["a"]}), "alpaca", tokenizer)
+
+
 def test_completion_trains_completion_and_eos(tokenizer: Any) -> None:
     example = render_example(Row("t", {"prompt": "The sky is", "completion": " blue"}), "completion", tokenizer)
     trained, other = _split(tokenizer, example.input_ids, example.loss_mask)

@@ -1,7 +1,7 @@
 """Dataset formats: validate a row, render it to token ids, and mark which tokens carry loss.
 
 Formats:
-  alpaca      {"instruction", "input"?, "output"}: loss on the output only.
+  alpaca      {"instruction", "input"?, "output", "system"?}: loss on the output only.
   chat        {"messages": [{"role", "content"}, ...]} (or ShareGPT's {"conversations":
               [{"from", "value"}, ...]}): rendered with the tokenizer's chat
               template; loss on assistant turns only, end-of-turn token included.
@@ -66,7 +66,7 @@ class Prompt:
 # dataset's "system" or "history" column may be meant to train and is not).
 FORMAT_FIELDS = {
     "chat": ("messages", "conversations"),
-    "alpaca": ("instruction", "input", "output"),
+    "alpaca": ("instruction", "input", "output", "system"),
     "completion": ("prompt", "completion"),
     "text": ("text",),
     "preference": ("prompt", "chosen", "rejected"),
@@ -389,18 +389,27 @@ def _assistant_opening(tokenizer: Any, message: dict[str, str], through: str) ->
 
 def _alpaca_messages(values: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
     instruction = _str_field(values, "instruction", allow_empty=False)
-    extra = values.get("input") or ""
-    if not isinstance(extra, str):
-        raise RowProblem("field 'input' must be a string")
+    extra = _optional_str(values, "input")
+    system = _optional_str(values, "system")
     output = _str_field(values, "output", allow_empty=False)
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return [{"role": "user", "content": user}], output
+    opening = [{"role": "system", "content": system}] if system.strip() else []
+    return [*opening, {"role": "user", "content": user}], output
+
+
+def _optional_str(values: dict[str, Any], key: str) -> str:
+    value = values.get(key) or ""
+    if not isinstance(value, str):
+        raise RowProblem(f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _alpaca_plain_prompt(values: dict[str, Any]) -> str:
     extra = values.get("input") or ""
     template = ALPACA_PROMPT_WITH_INPUT if extra.strip() else ALPACA_PROMPT
-    return template.format(instruction=values["instruction"], input=extra)
+    system = values.get("system") or ""  # LLaMA-Factory's alpaca column: before the instruction
+    opening = f"{system}\n\n" if system.strip() else ""
+    return opening + template.format(instruction=values["instruction"], input=extra)
 
 
 def _render_alpaca(values: dict[str, Any], tokenizer: Any) -> Example:
