@@ -63,7 +63,7 @@ class Prompt:
 
 
 # The fields each format reads; a row's others are ignored (`ftl validate --data` names them: a
-# dataset's "system" or "history" column may be meant to train and is not).
+# dataset's "history" column, say, may be meant to train and is not).
 FORMAT_FIELDS = {
     "chat": ("messages", "conversations"),
     "alpaca": ("instruction", "input", "output", "system"),
