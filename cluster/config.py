@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from cluster.slurm_values import check_slurm_mem, slurm_time_seconds
 from trainer.config_section import Section
 
 Backend = Literal["ray", "local", "slurm", "torchrun"]
@@ -108,6 +109,12 @@ class SlurmConfig(Section):
         "they go into the batch script as written: they are your shell code.",
     )
 
+    @field_validator("time", "mem", mode="before")
+    @classmethod
+    def _a_number_is_text(cls, value: object) -> object:
+        # `time: 30` (Slurm minutes) or `mem: 4096` (megabytes) parse as ints; sbatch wants the text.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("partition", "account", "qos", "time", "mem")
     @classmethod
     def _fits_an_sbatch_line(cls, value: str | None) -> str | None:
@@ -117,6 +124,30 @@ class SlurmConfig(Section):
                 "(a newline would add lines to the batch script)"
             )
         return value
+
+    @field_validator("time")
+    @classmethod
+    def _a_slurm_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            slurm_time_seconds(value)
+        return value
+
+    @field_validator("mem")
+    @classmethod
+    def _a_slurm_mem(cls, value: str | None) -> str | None:
+        return None if value is None else check_slurm_mem(value)
+
+    @model_validator(mode="after")
+    def _warning_before_the_limit(self) -> SlurmConfig:
+        limit = slurm_time_seconds(self.time) if self.time is not None else None
+        if limit is not None and self.signal_before_s >= limit:
+            raise ValueError(
+                f"cluster.slurm.signal_before_s ({self.signal_before_s} s) is not shorter than cluster.slurm.time "
+                f"({self.time} = {limit} s): Slurm would signal the job to checkpoint and requeue as soon as it "
+                "starts, and every requeued start would stop again before training; give the job more time or "
+                "lower signal_before_s (it must leave room to load the model and train)"
+            )
+        return self
 
     @field_validator("extra_sbatch")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from launcher.config_yaml import compose_config_yaml, load_config_yaml
 from launcher.errors import ConfigError
 from launcher.run_config import RunConfig
 from trainer.secret_values import redact_argv, secret_problems
@@ -83,8 +84,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = compose_config_yaml(text)
+        data = load_config_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -143,7 +144,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         shown = redact_argv([override])[0]  # a token pasted in the wrong place is not echoed
         raise ValueError(f"override {shown!r} must look like key.path=value (e.g. training.learning_rate=1e-4)")
     try:
-        value = yaml.safe_load(value_text) if value_text != "" else ""
+        value = load_config_yaml(value_text) if value_text != "" else ""
     except yaml.YAMLError:
         value = value_text
     target = raw

@@ -125,8 +125,9 @@ def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = No
 
 def config_accepts(cfg: RunConfig, overrides: list[str]) -> bool:
     """Whether the config still validates with these key.path=value overrides (its cross-field rules)."""
-    import yaml
     from pydantic import ValidationError
+
+    from launcher.config_yaml import load_config_yaml
 
     raw = cfg.model_dump(mode="json")
     for override in overrides:
@@ -135,7 +136,7 @@ def config_accepts(cfg: RunConfig, overrides: list[str]) -> bool:
         target = raw
         for part in sections:
             target = target.setdefault(part, {})
-        target[last] = yaml.safe_load(value)
+        target[last] = load_config_yaml(value)
     try:
         RunConfig.model_validate(raw)
     except ValidationError:

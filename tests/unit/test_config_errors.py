@@ -305,3 +305,67 @@ def test_text_data_turns_the_default_generation_eval_off_and_refuses_it_only_whe
         load_config(str(_write(tmp_path, text)), ["eval.generation.enabled=true"])
     chat = load_config(str(_write(tmp_path, valid_text)), ["data.validation_split=0.1"])
     assert chat.eval.generation.enabled is True
+
+
+@pytest.mark.parametrize(
+    "written,expected",
+    [
+        ("24:00:00", "24:00:00"),
+        ("1:00:00", "1:00:00"),
+        ('"12:00:00"', "12:00:00"),
+        ("30", "30"),
+        ("1-00:00:00", "1-00:00:00"),
+    ],
+)
+def test_slurm_times_are_read_as_written_not_as_base_60_numbers(
+    tmp_path: Path, valid_text: str, written: str, expected: str
+) -> None:
+    """YAML 1.1 reads 24:00:00 as 86400: the user got 'should be a valid string; got 86400'."""
+    in_file = load_config(_write(tmp_path, valid_text + f"cluster:\n  slurm:\n    time: {written}\n"))
+    assert in_file.cluster.slurm.time == expected
+    overridden = load_config(_write(tmp_path, valid_text), [f"cluster.slurm.time={written.strip(chr(34))}"])
+    assert overridden.cluster.slurm.time == expected.strip('"')
+
+
+def test_other_numbers_still_read_as_numbers(tmp_path: Path, valid_text: str) -> None:
+    cfg = load_config(_write(tmp_path, valid_text), ["training.learning_rate=2.5e-4", "training.max_steps=1_000"])
+    assert cfg.training.learning_rate == 2.5e-4 and cfg.training.max_steps == 1000
+
+
+@pytest.mark.parametrize(
+    "override,key,message",
+    [
+        ("cluster.slurm.time=abc", "cluster.slurm.time", "is not a Slurm time limit"),
+        ("cluster.slurm.time=1:2:3:4", "cluster.slurm.time", "hours:minutes:seconds"),
+        ("cluster.slurm.mem=lots", "cluster.slurm.mem", "is not a Slurm memory size"),
+        (
+            "cluster.slurm.time=00:01:00",
+            "signal_before_s (120 s) is not shorter than cluster.slurm.time",
+            "(00:01:00 = 60 s)",
+        ),
+        ("cluster.slurm.time=2", "cluster.slurm.signal_before_s", "give the job more time"),
+    ],
+)
+def test_slurm_values_sbatch_would_refuse_are_refused_by_validation(
+    tmp_path: Path, valid_text: str, override: str, key: str, message: str
+) -> None:
+    """So `ftl validate` and `--dry-run` catch them, naming the key, before any run directory exists."""
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, valid_text), [override])
+    assert key in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_slurm_time_limits_in_every_sbatch_form(tmp_path: Path, valid_text: str) -> None:
+    from cluster.slurm_values import slurm_time_seconds
+
+    assert [slurm_time_seconds(t) for t in ("30", "30:15", "4:00:00", "2-0", "2-1:30", "2-1:30:5")] == [
+        1800,
+        1815,
+        14400,
+        172800,
+        178200,
+        178205,
+    ]
+    assert slurm_time_seconds("UNLIMITED") is None
+    cfg = load_config(_write(tmp_path, valid_text), ["cluster.slurm.mem=4096", "cluster.slurm.time=200"])
+    assert cfg.cluster.slurm.mem == "4096" and cfg.cluster.slurm.time == "200"

@@ -17,6 +17,7 @@ import yaml
 
 from launcher.cli import build_parser
 from launcher.config_loader import load_config
+from launcher.config_yaml import load_config_yaml
 from launcher.preflight import check_inputs
 from tests.conftest import REPO
 from tests.markdown_docs import (
@@ -82,9 +83,9 @@ def test_config_example_validates(block: Block, tmp_path: Path, monkeypatch: pyt
         "`<!-- ftl-config: fragment [base=PATH] -->` on the line before it"
     )
     kind, base = marker
-    raw = yaml.safe_load(block.text)
+    raw = load_config_yaml(block.text)  # as ftl reads a config file
     if kind == "fragment":
-        raw = deep_merged(yaml.safe_load((REPO / (base or DEFAULT_BASE)).read_text(encoding="utf-8")), raw)
+        raw = deep_merged(load_config_yaml((REPO / (base or DEFAULT_BASE)).read_text(encoding="utf-8")), raw)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
     monkeypatch.chdir(REPO)  # the examples use paths relative to the repository root

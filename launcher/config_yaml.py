@@ -1,0 +1,61 @@
+"""The YAML reader for configs and `key=value` overrides: PyYAML's safe loader minus YAML 1.1's
+base-60 numbers.
+
+YAML 1.1 reads `24:00:00` or `1:30` as an integer in base 60 (86400, 90); `04:00:00` stays text
+only because of its leading zero. Nobody writes seconds that way in a fine-tuning config, while
+Slurm time limits (`cluster.slurm.time: 24:00:00`) are written exactly so: the user would get an
+error about a number they never typed. YAML 1.2 dropped base-60; so do we. Everything else
+(ints, floats, bools, nulls, dates) resolves as with yaml.safe_load.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+
+
+class ConfigYamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without base-60 ints and floats."""
+
+
+ConfigYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# PyYAML's own patterns (yaml/resolver.py) with the `(?::[0-5]?[0-9])+` alternatives removed.
+ConfigYamlLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+        |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+ConfigYamlLoader.add_implicit_resolver(
+    _INT,
+    re.compile(
+        r"""^(?:[-+]?0b[0-1_]+
+        |[-+]?0[0-7_]+
+        |[-+]?(?:0|[1-9][0-9_]*)
+        |[-+]?0x[0-9a-fA-F_]+)$""",
+        re.X,
+    ),
+    list("-+0123456789"),
+)
+
+
+def load_config_yaml(text: str) -> Any:
+    """Parse config text (a file, or one override's value)."""
+    return yaml.load(text, Loader=ConfigYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def compose_config_yaml(text: str) -> yaml.Node | None:
+    return yaml.compose(text, Loader=ConfigYamlLoader)
