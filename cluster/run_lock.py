@@ -62,9 +62,12 @@ class Holder:
     boot_id: str | None = None
     slurm_job: str | None = None
     group: str | None = None
+    requeued: bool = False  # reserved by the job itself for its requeued start
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        if self.pid is None and self.requeued:
+            return f"Slurm job {self.slurm_job} (requeued on {self.host} at {since}, waiting to resume)"
         if self.pid is None:
             return f"Slurm job {self.slurm_job} (submitted from {self.host} at {since}, not started yet)"
         job = f", Slurm job {self.slurm_job}" if self.slurm_job and self.slurm_job not in self.purpose else ""
@@ -141,7 +144,8 @@ class RunLock:
                 if group is not None and holder.group == group:
                     return cls(path, holder, owned=False)
                 raise RunDirLocked(locked_message(Path(run_dir), holder, stale_after_s))
-            if _remove_stale(path, holder):
+            own_reservation = slurm_job is not None and holder.slurm_job == slurm_job  # no news to print
+            if _remove_stale(path, holder) and not own_reservation:
                 print(
                     f"ftl: taking over the lock of {run_dir} from {holder.describe()}: {reason}",
                     file=sys.stderr,
@@ -165,9 +169,10 @@ class RunLock:
             except FileNotFoundError:
                 pass
 
-    def hand_over_to_slurm_job(self, job_id: str) -> None:
-        """After sbatch: the lock now stands for the queued job, which takes it when it starts;
-        this process no longer releases it."""
+    def hand_over_to_slurm_job(self, job_id: str, requeued: bool = False) -> None:
+        """After sbatch (or, `requeued`, when the job itself is about to be requeued): the lock now
+        stands for the queued job, which takes it when it starts; this process no longer releases
+        it. Until then no other run can start on the directory."""
         if not self.owned:
             return
         self._stop_heartbeat()
@@ -181,6 +186,7 @@ class RunLock:
             started=now,
             heartbeat=now,
             slurm_job=job_id,
+            requeued=requeued,
         )
         if self._rewrite(reserved):
             self.holder = reserved

@@ -29,13 +29,14 @@ from cluster.config import ClusterConfig
 from cluster.local import threads_per_worker
 from cluster.results import clear_result, read_result
 from cluster.run_lock import RunDirLocked, RunLock
-from cluster.slurm import job_info
+from cluster.slurm import FOLLOWED_ENV, job_info
 from cluster.slurm_stop import after_stop
 from cluster.worker import load_run_configs
+from trainer.checkpointing.protocol import committed_checkpoints, step_of
 from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR
 from trainer.outcome import OutcomeKind
 from trainer.run_layout import RunLayout
-from trainer.stopping import STOP_SIGNALS, clear_stop_request, request_stop
+from trainer.stopping import RESUME_COMMAND_ENV, STOP_SIGNALS, clear_stop_request, request_stop
 
 RAY_NODES_WAIT_S = 120
 # The submitter hands the run directory's lock to this job right after sbatch returns; a job that
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage (inside a Slurm job): python -m cluster.slurm_job RUN_DIR", file=sys.stderr)
         return EXIT_INPUT_ERROR
     run_dir = Path(args[0]).resolve()
+    if FOLLOWED_ENV not in os.environ:  # no `ftl train` waits on this job: "the same command" means nothing
+        os.environ.setdefault(
+            RESUME_COMMAND_ENV, "submit the same config again (a job that requeues resumes by itself)"
+        )
     cfg, cluster = load_run_configs(run_dir)
     job_id = os.environ["SLURM_JOB_ID"]
     nodes = hostnames(os.environ["SLURM_JOB_NODELIST"])
@@ -64,13 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     except RunDirLocked as exc:
         print(f"ftl slurm job {job_id}: error: {exc}", flush=True)
         return EXIT_INPUT_ERROR
-    with lock:  # held until this start of the job ends; a requeued start takes it back
-        return _run(run_dir, cfg, cluster, job_id, head)
+    with lock:  # held until this start of the job ends, or handed to its requeued start
+        if RunLayout(run_dir).is_finished():
+            # Another job finished the run while this one waited in the queue (a requeue racing a
+            # resubmission): a finished run directory is never written again.
+            print(f"ftl slurm job {job_id}: {run_dir} is already finished (summary.json): nothing to do", flush=True)
+            return 0
+        return _run(run_dir, cfg, cluster, job_id, head, lock)
 
 
-def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: str) -> int:
+def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: str, lock: RunLock) -> int:
     clear_stop_request(run_dir)
     clear_result(run_dir)
+    checkpoints = committed_checkpoints(run_dir)
+    step_at_start = step_of(checkpoints[-1]) if checkpoints else None
     signals: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -98,8 +110,11 @@ def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: 
             requeue_allowed=cluster.slurm.requeue,
             job=job_info(job_id),
             restarts_at_start=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+            step_at_start=step_at_start,
         )
         print(f"ftl slurm job {job_id}: {decision.message}", flush=True)
+        if decision.comes_back:  # before the requeue: no other run may slip in while it is queued
+            lock.hand_over_to_slurm_job(job_id, requeued=True)
         if decision.requeue:
             subprocess.run(["scontrol", "requeue", job_id], check=False)
         return 0

@@ -8,7 +8,10 @@ Slurm signals a job for different reasons that ask for different ends:
   Restarts count already went up), nothing to add;
 - a stop asked by `ftl train`'s Ctrl-C through the run directory (no signal reached the job):
   the user stops it: not requeued, the same `ftl train` resumes it;
-- a signal to the job's steps only (`scancel --signal=TERM JOBID`): as preemption.
+- a signal to the job's steps only (`scancel --signal=TERM JOBID`): as preemption;
+- any of the requeue cases above when this start trained no step (the warning came before the
+  first step: a time limit barely longer than signal_before_s, or a slow start): not requeued,
+  or every start would stop again at once and the job would loop in the queue forever.
 A pure function of what the job saw, so the policy is tested without a cluster.
 """
 
@@ -20,8 +23,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AfterStop:
-    requeue: bool
+    requeue: bool  # this job runs `scontrol requeue`
     message: str
+    requeued_by_slurm: bool = False  # Slurm requeued it already
+
+    @property
+    def comes_back(self) -> bool:
+        """The job will start again: the run directory stays reserved for it."""
+        return self.requeue or self.requeued_by_slurm
 
 
 def after_stop(
@@ -31,13 +40,17 @@ def after_stop(
     requeue_allowed: bool,
     job: dict[str, str],
     restarts_at_start: int,
+    step_at_start: int | None = None,
 ) -> AfterStop:
-    """`job`: `scontrol show job` of this job now ({} when Slurm did not answer)."""
+    """`job`: `scontrol show job` of this job now ({} when Slurm did not answer);
+    `step_at_start`: the latest checkpoint's step when this start of the job began (None: none)."""
     at = f"checkpoint at step {step}" if step is not None else "stopped with a checkpoint"
     if asked_through_run_dir and not batch_signals:
         return AfterStop(False, f"{at}; stopped as asked (the same `ftl train` command resumes it)")
     if int(job.get("Restarts", restarts_at_start)) > restarts_at_start:
-        return AfterStop(False, f"{at}; Slurm requeues this job itself (scontrol requeue or preemption)")
+        return AfterStop(
+            False, f"{at}; Slurm requeues this job itself (scontrol requeue or preemption)", requeued_by_slurm=True
+        )
     state, reason = job.get("JobState", ""), job.get("Reason", "None")
     if state in ("COMPLETING", "CANCELLED") and reason != "TimeLimit" and "Preempt" not in reason:
         return AfterStop(
@@ -47,5 +60,12 @@ def after_stop(
         names = ", ".join(signal.Signals(s).name for s in batch_signals) or "a signal to the job's steps"
         return AfterStop(
             False, f"{at} ({names}); cluster.slurm.requeue is false: submit the same config again to resume"
+        )
+    if (step or 0) <= (step_at_start or 0):
+        return AfterStop(
+            False,
+            f"{at}; no step was trained since this start of the job (the stop signal came before training got "
+            "going): not requeued, or it would stop the same way on every start. Give the job more time "
+            "(cluster.slurm.time) or a shorter cluster.slurm.signal_before_s, then submit the same config again",
         )
     return AfterStop(True, f"{at}; requeueing")

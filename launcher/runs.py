@@ -74,7 +74,8 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     if layout.is_finished():  # the trainer's summary, written last (final/ alone may be a crashed finish)
         status = "finished"
     elif holder is not None and stale_reason(holder) is None:
-        status = "running"  # or exporting: the lock names who holds the directory now
+        # A lock without a process is a Slurm job's reservation: submitted or requeued, not running yet.
+        status = "queued" if holder.pid is None else "running"  # running: or exporting; the note says who
         notes.insert(0, f"in use by {holder.describe()}")
     elif failure is not None:
         status = "failed"  # the latest start failed; the checkpoint column says where a rerun resumes

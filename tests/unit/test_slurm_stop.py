@@ -37,3 +37,23 @@ def test_requeue_only_where_the_stop_was_not_the_users_end_of_the_job(signals, a
 
 def test_a_job_slurm_no_longer_answers_for_is_requeued_as_before() -> None:
     assert after_stop(3, USR1, True, True, {}, restarts_at_start=2).requeue
+
+
+@pytest.mark.parametrize("step_at_start,step", [(38, 38), (None, None), (None, 0), (10, 10)])
+def test_a_start_that_trained_no_step_is_not_requeued_so_it_cannot_loop(step_at_start, step) -> None:  # type: ignore[no-untyped-def]
+    decision = after_stop(step, USR1, True, True, RUNNING, restarts_at_start=1, step_at_start=step_at_start)
+    assert not decision.requeue and not decision.comes_back
+    assert "no step was trained since this start" in decision.message
+    assert "cluster.slurm.time" in decision.message and "signal_before_s" in decision.message
+
+
+def test_a_start_that_trained_is_requeued_and_keeps_the_run_directory() -> None:
+    decision = after_stop(39, USR1, True, True, RUNNING, restarts_at_start=1, step_at_start=38)
+    assert decision.requeue and decision.comes_back
+    first_start = after_stop(5, USR1, True, True, RUNNING, restarts_at_start=0, step_at_start=None)
+    assert first_start.requeue
+
+
+def test_a_job_slurm_requeues_itself_keeps_the_run_directory() -> None:
+    decision = after_stop(7, TERM, True, True, {**RUNNING, "JobState": "COMPLETING", "Restarts": "1"}, 0)
+    assert not decision.requeue and decision.comes_back
