@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,7 +129,9 @@ def _ray_doctor_worker(config: dict[str, Any]) -> None:
 def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[str, Any]]:
     """A short Slurm job with the run's shape (nodes x workers tasks, partition, account...):
     srun starts the doctor workers with torchrun's environment built from Slurm's."""
-    from cluster.slurm import SlurmError, job_info
+    from cluster.slurm import SlurmError, check_slurm_client, job_info, sbatch_refusal
+
+    check_slurm_client()
 
     scratch = _existing_parent(run_dir) / f"{DOCTOR_PROBE}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
@@ -166,7 +169,8 @@ def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dic
         text=True,
     )
     if out.returncode != 0:
-        raise SlurmError(f"sbatch of the doctor job failed: {out.stderr.strip()}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise sbatch_refusal("sbatch of the doctor job", out.stderr.strip() or out.stdout.strip())
     job_id = out.stdout.strip().split(";")[0]
     deadline = time.time() + SLURM_WAIT_S
     while job_info(job_id).get("JobState", "UNKNOWN") in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
@@ -185,8 +189,6 @@ def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dic
                 "failed": f"Slurm job {job_id} ended {job_info(job_id).get('JobState')} without results: {tail}",
             }
         ]
-    import shutil
-
     shutil.rmtree(scratch, ignore_errors=True)
     return results
 

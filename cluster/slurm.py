@@ -105,7 +105,13 @@ def render_sbatch(run_dir: Path, cluster: ClusterConfig, python: str | None = No
 
 
 # What sbatch says when this machine's Slurm client finds no cluster to talk to.
-NO_CLUSTER = ("could not establish a configuration source", "unable to contact slurm controller", "connection refused")
+NO_CLUSTER = (
+    "could not establish a configuration source",
+    "unable to contact slurm controller",
+    "connection refused",
+    "unable to process configuration file",
+    "cannot stat file",
+)
 
 
 def _no_cluster_hint(said: str) -> str:
@@ -127,15 +133,54 @@ def _partitions_hint(said: str) -> str:
     return f"\nthis cluster's partitions (sinfo; * = default): {names}; set cluster.slurm.partition" if names else ""
 
 
-def submit(run_dir: Path, cluster: ClusterConfig, followed: bool = False) -> str:
-    """Write the rendered script into the run directory and sbatch it; returns the job id.
-    followed: `ftl train` waits for the job and shows its end itself (summary, report), so the
-    job does not (sbatch passes the environment on: FOLLOWED_ENV)."""
+def sbatch_refusal(what: str, said: str) -> SlurmError:
+    """The error for an sbatch that failed: an input error naming the ftl key when sbatch refused a
+    setting, a failure (with what to set up) when it found no cluster."""
+    no_cluster = _no_cluster_hint(said)
+    message = f"{what} failed: {said}{no_cluster}{_partitions_hint(said)}{_key_hint(said)}"
+    if any(word in said.lower() for word in REJECTED_SETTING_WORDS) and not no_cluster:
+        return SlurmSettingRejected(message)
+    return SlurmError(message)
+
+
+def _key_hint(said: str) -> str:
+    lowered = said.lower()
+    for words, key in (
+        (("--time", "time limit"), "cluster.slurm.time"),
+        (("--mem",), "cluster.slurm.mem"),
+        (("account",), "cluster.slurm.account"),
+        (("qos",), "cluster.slurm.qos"),
+        (("node configuration", "node count"), "cluster.nodes, cluster.workers, cluster.slurm.gpus_per_node"),
+        (("unrecognized option",), "cluster.slurm.extra_sbatch"),
+    ):
+        if any(word in lowered for word in words):
+            return f"\n(set {key})"
+    return ""
+
+
+def check_slurm_client() -> None:
+    """Before anything is written: a Slurm client that cannot work fails at once, naming what
+    to fix (sbatch with a SLURM_CONF that does not exist retries for 60 s, then says only
+    "Unable to process configuration file")."""
     if shutil.which("sbatch") is None:
         raise SlurmError(
             "sbatch not found: run this on a Slurm login node (or start a local Slurm with "
             "scripts/slurm/start_local_slurm.sh and export SLURM_CONF)"
         )
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():
+        raise SlurmError(
+            f"SLURM_CONF={conf}: no such file. Point SLURM_CONF at the cluster's slurm.conf (on a login node "
+            "usually unset, or /etc/slurm/slurm.conf), or unset it; for a local Slurm on this machine run "
+            "scripts/slurm/start_local_slurm.sh and export the SLURM_CONF it prints"
+        )
+
+
+def submit(run_dir: Path, cluster: ClusterConfig, followed: bool = False) -> str:
+    """Write the rendered script into the run directory and sbatch it; returns the job id.
+    followed: `ftl train` waits for the job and shows its end itself (summary, report), so the
+    job does not (sbatch passes the environment on: FOLLOWED_ENV)."""
+    check_slurm_client()
     layout = RunLayout(run_dir)
     layout.logs.mkdir(parents=True, exist_ok=True)
     script = layout.slurm_script
@@ -143,11 +188,7 @@ def submit(run_dir: Path, cluster: ClusterConfig, followed: bool = False) -> str
     env = dict(os.environ, **({FOLLOWED_ENV: "1"} if followed else {}))
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        said = out.stderr.strip() or out.stdout.strip()
-        message = f"sbatch {script} failed: {said}{_no_cluster_hint(said)}{_partitions_hint(said)}"
-        if any(word in said.lower() for word in REJECTED_SETTING_WORDS) and not _no_cluster_hint(said):
-            raise SlurmSettingRejected(message)
-        raise SlurmError(message)
+        raise sbatch_refusal(f"sbatch {script}", out.stderr.strip() or out.stdout.strip())
     job_id = out.stdout.strip().split(";")[0]
     layout.slurm_job_id.write_text(job_id + "\n")
     from cluster.run_lock import hand_over_to_slurm_job

@@ -40,14 +40,21 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
-    if fit_check:  # `ftl plan`'s memory verdict for this machine; refuses a run that cannot fit
+    from cluster.torchrun import started_by_torchrun
+
+    # Under a user's own torchrun every worker runs this: local rank 0 checks the fit for its node
+    # (a refusal there ends the group through torchrun), the others would only print it again.
+    if fit_check and not (started_by_torchrun() and os.environ.get("LOCAL_RANK", "0") != "0"):
         from launcher.plan.command import check_fit
 
         check_fit(cfg)
-    from cluster.torchrun import started_by_torchrun
 
     if started_by_torchrun():
         return _train_as_torchrun_worker(cfg)
+    if cfg.cluster.backend == "slurm":
+        from cluster.slurm import check_slurm_client
+
+        check_slurm_client()  # before the run directory exists
     # This process holds the run directory's lock until the run ends, however it ends (on Slurm
     # the job takes it over once submitted: cluster/slurm.py).
     with running_in(cfg) as run_dir:

@@ -47,7 +47,11 @@ def doctor_command(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     elif args.overrides:
         raise UserError("overrides need a config file: ftl doctor CONFIG key.path=value ...")
-    workers = args.workers or max(DEFAULT_WORKERS, cfg.cluster.workers if cfg else 1)
+    # One node: at least 2 workers, so the collectives are tested; several nodes: the run's own
+    # shape (the collectives cross the nodes, and the allocation is the one the run asks for).
+    run_workers = cfg.cluster.workers if cfg else 1
+    multi_node = cfg is not None and cfg.cluster.nodes > 1
+    workers = args.workers or (run_workers if multi_node else max(DEFAULT_WORKERS, run_workers))
     if workers < 1:
         raise UserError("--workers must be at least 1")
     checks = launcher_checks(cfg)
@@ -56,8 +60,10 @@ def doctor_command(args: argparse.Namespace) -> int:
     from cluster.doctor_backends import run_doctor_workers
 
     cluster = cfg.cluster if cfg else ClusterConfig(backend="local")
+    shape = "" if args.workers or workers == run_workers else f" (the run uses {run_workers}; 2 test the collectives)"
     print(
-        f"ftl doctor: {workers} worker(s) per node x {cluster.nodes} node(s) on the {cluster.backend} backend ...",
+        f"ftl doctor: {workers} worker(s) per node{shape} x {cluster.nodes} node(s) on the {cluster.backend} "
+        "backend ...",
         file=sys.stderr,
     )
     results = run_doctor_workers(cluster, run_dir, args.size_mb, workers)

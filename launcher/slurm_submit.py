@@ -28,7 +28,7 @@ FLAG_KEYS = {
 def slurm(args: argparse.Namespace) -> int:
     flags = [f"{key}={getattr(args, attr)}" for attr, key in FLAG_KEYS.items() if getattr(args, attr) is not None]
     cfg = load_config(args.config, [*args.overrides, "cluster.backend=slurm", *flags])
-    from cluster.slurm import render_sbatch, submit
+    from cluster.slurm import check_slurm_client, render_sbatch, submit
 
     # A setting sbatch refuses is an input error (exit 2, cluster.slurm.SlurmSettingRejected); an
     # unreachable cluster or a missing sbatch is a failure (exit 1), as under `ftl train`.
@@ -40,6 +40,7 @@ def slurm(args: argparse.Namespace) -> int:
     problems = check_inputs(cfg)
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    check_slurm_client()  # before the run directory exists: no directory left for a job that never was
     # Locked while the script is written and submitted; submit() hands the lock to the job.
     with running_in(cfg, purpose="ftl slurm") as run_dir:
         job_id = submit(run_dir, cfg.cluster)
