@@ -9,12 +9,31 @@ from trainer.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES, Ft
 from trainer.stopping import resume_command
 
 
+def resume_hint(run_dir: Path) -> str:
+    """Where the same command goes on from."""
+    from trainer.checkpointing.protocol import committed_checkpoints
+
+    committed = committed_checkpoints(run_dir)
+    if committed:
+        return f"the checkpoints up to {committed[-1].name} are kept: {resume_command()} to resume from it"
+    return f"no checkpoint was committed yet: {resume_command()} to start the run anew"
+
+
 class WorkerFailed(FtlError):
     """A worker process (or torchrun's agent, or a Slurm job) exited non-zero. ftl exits with its
     code; a worker killed by signal N (a negative code) becomes 128 + N, as a shell reports it."""
 
-    def __init__(self, rank: int | None, code: int, log: Path | None, who: str = "", input_error: str | None = None):
+    def __init__(
+        self,
+        rank: int | None,
+        code: int,
+        log: Path | None,
+        who: str = "",
+        input_error: str | None = None,
+        next_step: str = "",
+    ):
         self.rank, self.code, self.log = rank, code, log
+        self.next_step = next_step  # how to go on (the checkpoint to resume from), for a crash
         self.input_error = input_error  # the message of the worker that rejected its input (exit 2), if recorded
         self.exit_code = code if code > 0 else 128 - code
         where = f"; see {log}" if log else ""
@@ -26,7 +45,7 @@ class WorkerFailed(FtlError):
             return f"ftl: workers stopped at a step boundary with a checkpoint; {resume_command()} to resume"
         if self.code == EXIT_INPUT_ERROR:
             return "ftl: a worker rejected its input (message above)"
-        return f"ftl: {self}"
+        return f"ftl: {self}" + (f"\nftl: {self.next_step}" if self.next_step else "")
 
     def cause(self) -> str:
         return self.input_error or str(self)

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
+from cluster.errors import resume_hint
 from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
 from cluster.ray_daemon_group import DaemonGroup, start_daemon_group
 from cluster.ray_leftovers import adopt_orphans, end_leftover_ray_processes
@@ -240,17 +241,6 @@ def failure_summary(error: Exception) -> str:
         reason = next((line for line in text if "exit detail" in line), text[-1] if text else "")
         lines.append(f"rank {rank}: {type(failure).__name__}: {reason[:300]}")
     return "\n  " + "\n  ".join(lines)
-
-
-def resume_hint(run_dir: Path) -> str:
-    """Where the same command goes on from."""
-    from trainer.checkpointing.protocol import committed_checkpoints
-    from trainer.stopping import resume_command
-
-    committed = committed_checkpoints(run_dir)
-    if committed:
-        return f"the checkpoints up to {committed[-1].name} are kept: {resume_command()} to resume from it"
-    return f"no checkpoint was committed yet: {resume_command()} to start the run anew"
 
 
 def what_next(run_dir: Path, max_failures: int) -> str:

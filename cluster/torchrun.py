@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
-from cluster.errors import WorkerFailed
+from cluster.errors import WorkerFailed, resume_hint
 from cluster.local import threads_per_worker
 from cluster.parent_death import LAUNCHER_VARIABLE, child_dies_with_this_process
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
-from trainer.errors import EXIT_INPUT_ERROR, InputError
+from trainer.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES, InputError
 from trainer.run_layout import RunLayout
 
 AGENT_STOP_GRACE_S = 60
@@ -93,8 +93,26 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
         # A rank's input error (exit 2, printed by that rank) is reported as such, whatever the
         # other ranks' exit codes.
         error = recorded_input_error(run_dir)
-        raise WorkerFailed(None, EXIT_INPUT_ERROR if error else code, logs, who="torchrun", input_error=error)
+        crashed = not error and code != EXIT_STOPPED and code not in STOP_SIGNAL_CODES
+        raise WorkerFailed(
+            None,
+            EXIT_INPUT_ERROR if error else code,
+            logs,
+            who="torchrun",
+            input_error=error,
+            next_step=what_next(run_dir, cluster.torchrun.max_restarts) if crashed else "",
+        )
     return take_result(run_dir)
+
+
+def what_next(run_dir: Path, max_restarts: int) -> str:
+    """After a worker crash that torchrun did not (or no longer) restart."""
+    restarts = (
+        "set cluster.torchrun.max_restarts (e.g. 3) to have torchrun restart the workers from it by itself"
+        if max_restarts == 0
+        else f"torchrun's {max_restarts} restart(s) (cluster.torchrun.max_restarts) were used up"
+    )
+    return f"{resume_hint(run_dir)}; {restarts}"
 
 
 def started_by_torchrun() -> bool:

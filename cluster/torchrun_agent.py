@@ -14,6 +14,7 @@ address (the workers' MASTER_ADDR) is that loopback address.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -36,13 +37,26 @@ def main(argv: list[str] | None = None) -> int:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
         if code != EXIT_INPUT_ERROR:  # an input error was printed by the worker itself
-            print(f"torchrun: worker rank {rank} failed with exit code {failure.exitcode}", file=sys.stderr, flush=True)
+            print(f"torchrun: {_failed_worker(rank, failure)}", file=sys.stderr, flush=True)
         return code
     except SignalException as exc:
         # A stop signal (srun passing on a scancel or a requeue, a terminal's Ctrl-C): the agent
         # passed it on to the workers, which stopped at a checkpoint and said so; not a crash.
         return 128 + int(exc.sigval)
     return 0
+
+
+def _failed_worker(rank: int, failure: Any) -> str:
+    """'worker rank 1 (pid 11795) was killed by SIGKILL' / '... failed with exit code 1'."""
+    if failure.exitcode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-failure.exitcode).name}"
+        except ValueError:
+            how = f"was killed by signal {-failure.exitcode}"
+    else:
+        how = f"failed with exit code {failure.exitcode}"
+    pid = f" (pid {failure.pid})" if getattr(failure, "pid", None) else ""
+    return f"worker rank {rank}{pid} {how}"
 
 
 def _rendezvous_on_loopback(args: Any) -> bool:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.errors import EXIT_INPUT_ERROR
+from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR
+from trainer.run_layout import RunLayout
 
 if TYPE_CHECKING:
     from cluster.config import ClusterConfig
@@ -85,7 +87,6 @@ def load_run_configs(run_dir: Path) -> tuple[TrainerConfig, ClusterConfig]:
 
     from cluster.config import ClusterConfig
     from trainer.config import TrainerConfig
-    from trainer.run_layout import RunLayout
 
     raw = yaml.safe_load(RunLayout(run_dir).config.read_text())
     cluster_cfg = ClusterConfig.model_validate(raw.pop("cluster", {}))
@@ -136,7 +137,8 @@ def execute(
     try:
         outcome = Outcome.finished(run(cfg, context))
     except StopRequested as exc:
-        print(f"ftl worker {rank}: {exc}", file=sys.stderr)
+        if rank == 0:  # every rank stops at the same step: one says it
+            print(f"ftl worker {rank}: {exc}", file=sys.stderr)
         outcome = Outcome.stopped(exc)
     if rank == 0:
         write_result(run_dir, outcome)
@@ -195,13 +197,47 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except RunWriteError as exc:
         return exc.exit_code  # disk full or I/O error: the clear message is already on stderr
-    except Exception:
-        if recorded_input_error(run_dir) is None:
+    except Exception as exc:
+        if recorded_input_error(run_dir) is not None:
+            return EXIT_INPUT_ERROR  # a consequence of another rank's input error (printed there): no traceback
+        if not lost_a_peer(exc):
             raise
-        return EXIT_INPUT_ERROR  # a consequence of another rank's input error (printed there): no traceback
+        # Another worker died (killed, out of memory): its own line says why. This rank's
+        # collective traceback says nothing more; it goes to this rank's log only.
+        import traceback
+
+        with RunLayout(run_dir).rank_log(rank).open("a", encoding="utf-8") as log:  # not the console's handler
+            log.write(f"rank {rank} lost a peer:\n{traceback.format_exc()}")
+        print(
+            f"ftl worker {rank}: another worker is gone ({_gist(exc)}); stopping "
+            f"(this rank's traceback: {RunLayout(run_dir).rank_log(rank)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_FAILED
     finally:
         _destroy_process_group()
     return 0
+
+
+# What a collective raises on the surviving ranks when a peer process dies mid-step.
+PEER_GONE_WORDS = ("connection closed by peer", "connection reset by peer", "broken pipe", "gloo/transport")
+
+
+def lost_a_peer(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistNetworkError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(word in str(exc).lower() for word in PEER_GONE_WORDS)
+
+
+def _gist(exc: BaseException) -> str:
+    """'Read error [127.0.0.1]:17834: Connection reset by peer' from gloo's
+    '[.../pair.cc:534] Read error [...]: Connection reset by peer. This is typically caused by...'."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # the C++ source location
+    return text.split(". ")[0][:200]
 
 
 def _destroy_process_group() -> None:

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except FtlError as exc:  # what the user should see and the exit code are the error's own (trainer/errors.py)
         message = exc.report()
-        if message is not None:
+        if message is not None and not _said_by_rank0(exc.exit_code):
             print(message, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the run started, or a force-quit (third Ctrl-C) during it
@@ -184,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         # Python would flush stdout again at exit and fail the same way: point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def _said_by_rank0(exit_code: int) -> bool:
+    """Under a user's own torchrun every worker runs this CLI: a stop is the same news on every
+    rank, and rank 0 says it."""
+    from trainer.errors import EXIT_STOPPED, STOP_SIGNAL_CODES
+
+    own_torchrun_rank = "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("RANK", "0") != "0"
+    return own_torchrun_rank and (exit_code == EXIT_STOPPED or exit_code in STOP_SIGNAL_CODES)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
