@@ -442,6 +442,20 @@ def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_mode
     assert_same_losses(tmp_path / "run", golden)
 
 
+def test_torchrun_killed_worker_without_restarts_says_which_rank_and_where_to_resume(tmp_path, tiny_model_dir):
+    """No raw collective traceback from the surviving rank (it goes to that rank's log), a line naming
+    the killed rank, and the checkpoint the same command resumes from, with the restart setting."""
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 2})
+    out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
+    assert out.returncode == 128 + signal.SIGKILL, out.stderr[-3000:]
+    said = out.stderr
+    assert "worker rank 1 (pid " in said and "was killed by SIGKILL" in said, said[-3000:]
+    assert "the checkpoints up to step-2 are kept: run the same command again to resume from it" in said, said[-3000:]
+    assert "set cluster.torchrun.max_restarts" in said and "Traceback (most recent" not in said, said[-3000:]
+    assert "ftl worker 0: another worker is gone (" in said, said[-3000:]
+    assert "Traceback (most recent" in (tmp_path / "run/logs/rank-0.log").read_text()
+
+
 def test_users_own_torchrun_runs_ftl_train(tmp_path, tiny_model_dir, golden):
     config = _config(tmp_path, tiny_model_dir, "run")
     out = subprocess.run(
@@ -462,6 +476,7 @@ def test_users_own_torchrun_runs_ftl_train(tmp_path, tiny_model_dir, golden):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Fine-tune finished: 4 steps" in out.stdout
+    assert out.stderr.count("ftl: fit check") == 1, out.stderr[-3000:]  # not once per worker
     assert_same_losses(tmp_path / "run", golden)
 
 
@@ -490,13 +505,59 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tin
     _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
     # What Slurm sends before a time limit (--signal=B:USR1@T), delivered now instead of later.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+    from cluster.run_lock import read_holder
     from cluster.slurm import job_info
+    from trainer.run_layout import RunLayout
+
+    # While the requeued job waits in the queue the run directory stays its own: a second
+    # submission is refused, naming the job (it used to start beside it, and the requeued job
+    # then rewrote the finished run).
+    def reservation():  # type: ignore[no-untyped-def]
+        holder = read_holder(RunLayout(run_dir).lock)
+        return holder if holder is not None and holder.requeued else None
+
+    reserved = _wait_for(reservation, timeout=120, interval=0.2)
+    assert reserved.slurm_job == job_id and reserved.pid is None
+    second = _ftl("slurm", str(config))
+    assert second.returncode == 2 and f"Slurm job {job_id}" in second.stderr, second.stderr[-2000:]
 
     _wait_for(lambda: (run_dir / "final").exists() and job_info(job_id).get("JobState") == "COMPLETED", timeout=600)
     log = (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
     assert "requeueing" in log and "start #2" in log, log[-3000:]
     assert job_info(job_id).get("Restarts") == "1"
     assert_same_losses(run_dir, golden)
+
+    # A job that starts on a finished run (a requeue that lost the race) leaves it as it is.
+    summary = RunLayout(run_dir).summary
+    finished_at = summary.stat().st_mtime_ns
+    late = subprocess.run(["sbatch", "--parsable", str(run_dir / "slurm-job.sbatch")], capture_output=True, text=True)
+    assert late.returncode == 0, late.stderr
+    late_id = late.stdout.strip().split(";")[0]
+    _wait_for(lambda: job_info(late_id).get("JobState") in ("COMPLETED", "FAILED"), timeout=300)
+    late_log = (run_dir / "logs" / f"slurm-{late_id}.out").read_text()
+    assert job_info(late_id).get("JobState") == "COMPLETED" and "already finished" in late_log, late_log[-2000:]
+    assert summary.stat().st_mtime_ns == finished_at
+
+
+def test_slurm_stop_before_the_first_step_is_not_requeued(tmp_path, tiny_model_dir, slurm):
+    """A warning signal that comes before any step (a time limit barely longer than
+    signal_before_s) must not requeue: every start would stop the same way, for ever."""
+    from cluster.slurm import job_info
+
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "workers": 2})
+    run_dir = tmp_path / "run"
+    out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "1.5"})
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    job_log = run_dir / "logs" / f"slurm-{job_id}.out"
+    _wait_for(lambda: job_log.exists() and "start #1" in job_log.read_text(), timeout=120, interval=0.2)
+    time.sleep(2)  # the job's signal handler is in place; the workers are still loading
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+    _wait_for(lambda: job_info(job_id).get("JobState") in ("COMPLETED", "FAILED"), timeout=300)
+    log = job_log.read_text()
+    assert job_info(job_id).get("JobState") == "COMPLETED" and job_info(job_id).get("Restarts") == "0", log[-3000:]
+    assert "no step was trained since this start" in log and "requeueing" not in log, log[-3000:]
+    assert not train_losses(run_dir)
 
 
 def test_slurm_scancel_ends_the_job_and_a_resubmit_finishes_with_its_report(tmp_path, tiny_model_dir, golden, slurm):
@@ -593,6 +654,12 @@ def test_slurm_unknown_partition_names_the_clusters_partitions(tmp_path, tiny_mo
     )
     trained = _ftl("train", str(config), "cluster.slurm.partition=gpu")  # the same input error, the same exit
     assert trained.returncode == 2 and "this cluster's partitions" in trained.stderr, trained.stderr
+    doctor = _ftl("doctor", str(config), "cluster.slurm.partition=gpu")
+    assert doctor.returncode == 2 and "set cluster.slurm.partition" in doctor.stderr, doctor.stderr
+    assert not list(tmp_path.glob("*doctor*")), "the doctor's scratch directory is left behind"
+    no_conf = _ftl("slurm", str(config), "output.dir=" + str(tmp_path / "never"), env={"SLURM_CONF": "/nonexistent"})
+    assert no_conf.returncode == 1 and "SLURM_CONF=/nonexistent: no such file" in no_conf.stderr, no_conf.stderr
+    assert not (tmp_path / "never").exists()
 
 
 def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
