@@ -3,10 +3,20 @@ SlurmError, StorageError, RunDirLocked...). All derive from trainer/errors.py's 
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from trainer.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES, FtlError
 from trainer.stopping import resume_command
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name} (exit code {code})"
+        except ValueError:
+            pass
+    return f"exited with code {code}"
 
 
 def resume_hint(run_dir: Path) -> str:
@@ -38,7 +48,7 @@ class WorkerFailed(FtlError):
         self.exit_code = code if code > 0 else 128 - code
         where = f"; see {log}" if log else ""
         who = who or (f"worker {rank}" if rank is not None else "the workers")
-        super().__init__(f"{who} exited with code {code}{where}")
+        super().__init__(f"{who} {_how_it_ended(code)}{where}")
 
     def report(self) -> str | None:
         if self.code == EXIT_STOPPED or self.code in STOP_SIGNAL_CODES:

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any, Union
 
 from cluster.config import ClusterConfig
-from cluster.errors import WorkerFailed
+from cluster.errors import WorkerFailed, resume_hint
 from cluster.gpu_probe import cuda_available
 from cluster.loopback import LOOPBACK_INTERFACE
 from cluster.parent_death import LAUNCHER_VARIABLE, child_dies_with_this_process
 from cluster.preloaded_spawn import PreloadedWorker, preloading_available
 from cluster.results import clear_result, recorded_input_error, take_result
 from trainer.config import TrainerConfig
-from trainer.errors import EXIT_INPUT_ERROR
+from trainer.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES
 from trainer.lean_imports import needs_bitsandbytes
 from trainer.run_layout import RunLayout
 
@@ -116,7 +116,9 @@ def spawn_workers(run_dir: Path, world_size: int, port: int, preload: Sequence[s
         # exited first, and its message is the run's failure record.
         error = recorded_input_error(run_dir)
         if error is None:
-            raise
+            if failed.exit_code == EXIT_STOPPED or failed.exit_code in STOP_SIGNAL_CODES:
+                raise
+            raise WorkerFailed(failed.rank, failed.code, failed.log, next_step=resume_hint(run_dir)) from None
         raise WorkerFailed(failed.rank, EXIT_INPUT_ERROR, failed.log, input_error=error) from None
     return take_result(run_dir)
 

@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         with RunLayout(run_dir).rank_log(rank).open("a", encoding="utf-8") as log:  # not the console's handler
             log.write(f"rank {rank} lost a peer:\n{traceback.format_exc()}")
         print(
-            f"ftl worker {rank}: another worker is gone ({_gist(exc)}); stopping "
+            f"ftl worker {rank}: another worker {'stopped answering' if 'timed out' in str(exc).lower() else 'is gone'} "
+            f"({_gist(exc)}); stopping "
             f"(this rank's traceback: {RunLayout(run_dir).rank_log(rank)})",
             file=sys.stderr,
             flush=True,

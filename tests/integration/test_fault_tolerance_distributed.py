@@ -94,6 +94,9 @@ def test_fsdp2_async_save_killed_in_flight_resumes_exactly_and_reshards(tiny_mod
     killed = _train(config, FTL_FAULT_KILL_AT="async_in_flight@4")
     assert killed.returncode != 0
     assert [p.name for p in committed_checkpoints(tmp_path / "run")] == ["step-2"]
+    # The local backend names the killed rank and where the same command resumes.
+    said = killed.stderr
+    assert "worker 0 was killed by SIGKILL" in said and "checkpoints up to step-2 are kept" in said, said[-3000:]
     manifest = (tmp_path / "run" / "checkpoints" / "step-2" / "manifest.json").read_text()
     assert '"layout": "dcp"' in manifest and "state/__1_0.distcp" in manifest  # both ranks' shards
     resumed = _train(config)

@@ -109,7 +109,7 @@ CASES: list[Case] = [
         cluster.errors.WorkerFailed,
         lambda: cluster.errors.WorkerFailed(0, -9, None),
         137,
-        "ftl: worker 0 exited with code -9",
+        "ftl: worker 0 was killed by SIGKILL (exit code -9)",
     ),
     (
         cluster.errors.WorkerFailed,
