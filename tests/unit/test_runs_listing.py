@@ -84,6 +84,23 @@ def test_a_run_whose_lock_is_held_is_listed_as_running_and_a_stale_lock_is_not(
     assert any("live: in use by ftl train on host" in line for line in out)
 
 
+def test_a_run_reserved_by_a_requeued_slurm_job_is_listed_as_queued(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cluster.run_lock as run_lock
+
+    run = _run(tmp_path, "requeued", [2], 3)
+    monkeypatch.setattr(run_lock, "_slurm_job_state", lambda job_id: "ACTIVE")  # what scontrol says of it
+    lock = run_lock.RunLock.acquire(run, "Slurm job 95", slurm_job="95")
+    lock.hand_over_to_slurm_job("95", requeued=True)
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert " queued " in out and "in use by Slurm job 95 (requeued on " in out and "waiting to resume" in out, out
+    with pytest.raises(run_lock.RunDirLocked, match="cancel it \\(scancel 95\\)"):
+        run_lock.RunLock.acquire(run, "ftl train")
+    run_lock.RunLock.acquire(run, "Slurm job 95", slurm_job="95").release()  # its own start takes it back
+
+
 def test_loss_eval_speed_wall_time_a_failed_start_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from launcher.failure_record import recording_failure
     from trainer.errors import DataError
