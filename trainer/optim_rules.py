@@ -52,6 +52,13 @@ def in_backward_problem(training: Any, strategy: str) -> str | None:
         return (
             "training.optimizer_in_backward with parallel.strategy=ddp: DDP averages gradients across workers after "
             "the per-parameter step would already have run on the local gradient (and holds every gradient in its "
-            "buckets anyway); use parallel.strategy=fsdp, or optimizer_in_backward=false"
+            "buckets anyway); "
+            + (
+                # bitsandbytes' 8-bit kernels take no FSDP2 (DTensor) parameters: FSDP alone would be refused next.
+                f"keep training.optimizer={training.optimizer} with optimizer_in_backward=false, or use "
+                "parallel.strategy=fsdp with training.optimizer=adamw"
+                if "8bit" in str(training.optimizer)
+                else "use parallel.strategy=fsdp, or optimizer_in_backward=false"
+            )
         )
     return None

@@ -157,6 +157,28 @@ def test_cli_validate_reports_missing_data_file(tmp_path: Path, valid_text: str)
     assert "data.train" in out.stderr and "nope.jsonl not found" in out.stderr
 
 
+def test_a_resume_path_that_is_no_checkpoint_is_refused_for_a_new_run_directory_too(
+    tmp_path: Path, valid_text: str
+) -> None:
+    """The docs' way to continue a finished run (output.dir=NEW checkpoint.resume=OLD/step-N): a
+    wrong PATH was 'valid' for validate and left a failed run directory behind from train."""
+    import launcher.cli
+
+    path = _write(tmp_path, valid_text)
+    overrides = [f"output.dir={tmp_path}/new", f"checkpoint.resume={tmp_path}/old/checkpoints/step-5"]
+    assert launcher.cli.main(["validate", str(path), *overrides]) == 2
+    assert launcher.cli.main(["train", str(path), *overrides, "cluster.backend=local"]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_ddp_refusal_of_stepping_in_backward_does_not_send_an_8_bit_optimizer_to_fsdp(
+    tmp_path: Path, valid_text: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs/examples/lean_memory.yaml", ["cluster.workers=2", f"output.dir={tmp_path}/run"])
+    assert "optimizer_in_backward=false" in str(err.value) and "fsdp with training.optimizer=adamw" in str(err.value)
+
+
 def test_config_snapshot_redacts_secrets() -> None:
     from launcher.run_dir import REDACTED, redact
 
