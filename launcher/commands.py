@@ -13,7 +13,7 @@ from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import UserError
 from launcher.preflight import check_inputs, start_refusal
 from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, running_in
-from trainer.errors import TrainerInputError
+from trainer.errors import EXIT_FAILED, TrainerInputError
 from trainer.run_layout import CONFIG_FILE
 
 
@@ -55,6 +55,10 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         from cluster.slurm import check_slurm_client
 
         check_slurm_client()  # before the run directory exists
+    if not local_run_dir(cfg).exists():  # a refusal now leaves no run directory behind
+        refusal = start_refusal(cfg, local_run_dir(cfg))
+        if refusal:
+            raise TrainerInputError(refusal)
     # This process holds the run directory's lock until the run ends, however it ends (on Slurm
     # the job takes it over once submitted: cluster/slurm.py).
     with running_in(cfg) as run_dir:
@@ -131,14 +135,15 @@ def runs(parent: str, verify: bool = False, as_json: bool = False) -> int:
     if not path.is_dir():
         raise UserError(f"{parent}: no such directory; pass the parent directory of your runs (output.dir's parent)")
     found = find_runs(path)
+    infos = [describe_run(run, verify=verify) for run in found]
     if as_json:
-        print(runs_json([describe_run(run, verify=verify) for run in found]))
-        return 0
-    if not found:
+        print(runs_json(infos))
+    elif not found:
         print(f"no runs under {parent} (a run directory holds {CONFIG_FILE})")
-        return 0
-    print(format_runs([describe_run(run, verify=verify) for run in found]))
-    return 0
+    else:
+        print(format_runs(infos))
+    # --verify is a check a script can use: exit 1 when a checkpoint newer than the latest valid one is corrupt.
+    return EXIT_FAILED if verify and any(info.invalid_checkpoints for info in infos) else 0
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -48,8 +48,10 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
     from cluster.run_storage import is_uri
     from trainer.checkpointing.trajectory import refusal_before_launch
 
-    if is_uri(cfg.output.dir) or not run_dir.is_dir():
+    if is_uri(cfg.output.dir):
         return None
+    if not run_dir.is_dir() and cfg.checkpoint.resume in ("auto", "never"):
+        return None  # a new run directory: only a resume PATH can be refused (e.g. output.dir=NEW resume=OLD/step-N)
     return refusal_before_launch(
         run_dir, cfg.checkpoint.resume, move_aside=cfg.checkpoint.move_aside, max_steps=cfg.training.max_steps
     )
