@@ -36,6 +36,7 @@ class RunInfo:
     wall_s: float | None = None  # summed over its starts: first to last metric record of each
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> latest eval record's scores
     failure: str | None = None  # why the latest start failed (status "failed")
+    invalid_checkpoints: list[str] = field(default_factory=list)  # committed ones that failed validation
 
     def eval_score(self) -> str:
         """The first split's latest score, e.g. `validation exact_match 0.750`."""
@@ -61,13 +62,14 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     trajectory = current_trajectory(records)
     train = [r for r in trajectory if r.get("kind") == "train"]
     step = train[-1].get("step") if train else None
-    valid, notes = None, []
+    valid, notes, invalid = None, [], []
     for candidate in reversed(committed_checkpoints(run_dir)):
         problem = validate_checkpoint(candidate, checksums=verify)
         if problem is None:
             valid = candidate
             break
         notes.append(f"{candidate.name} invalid: {problem}")
+        invalid.append(candidate.name)
     layout = RunLayout(run_dir)
     holder = read_holder(layout.lock)
     failure = read_failure(run_dir)
@@ -97,6 +99,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         wall_s=wall_time(records),
         evals=_latest_evals(trajectory),
         failure=str(failure["reason"]) if failure and status == "failed" else None,
+        invalid_checkpoints=invalid,
     )
 
 

@@ -59,6 +59,10 @@ def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: p
     }
     assert any("step-4 invalid: missing file optimizer.pt" in line for line in out)
     assert (stopped / "checkpoints" / "step-4").is_dir()  # read-only: nothing moved aside
+    # --verify is a check a script can rely on: exit 1 when it finds a corrupt checkpoint.
+    assert main(["runs", str(tmp_path / "done"), "--verify"]) == 0
+    assert main(["runs", str(tmp_path), "--verify"]) == 1
+    assert main(["runs", str(tmp_path), "--verify", "--json"]) == 1
 
 
 def test_missing_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
