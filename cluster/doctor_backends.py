@@ -44,7 +44,8 @@ def _on_local(
 ) -> list[dict[str, Any]]:
     """Local processes (also what torchrun would start on this node)."""
     from cluster.errors import WorkerFailed
-    from cluster.local import free_port, spawn_module
+    from cluster.local import spawn_module
+    from cluster.loopback import rendezvous_listener
 
     with tempfile.TemporaryDirectory(prefix="ftl-doctor-") as tmp:
         out = Path(tmp) / "results"
@@ -54,7 +55,7 @@ def _on_local(
                 "cluster.doctor_worker",
                 args,
                 workers,
-                free_port(),
+                rendezvous_listener(None),
                 Path(tmp) / "logs",
                 extra_env=extra_env,
                 rank0_to_terminal=False,

@@ -73,13 +73,18 @@ def _init(rank: int, world: int, local_rank: int, timeout_s: int) -> tuple[str, 
     import torch
     import torch.distributed as dist
 
+    from cluster.loopback import store_from_env
+
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         backend, device = "nccl", f"cuda:{local_rank}"
     else:
         backend, device = "gloo", "cpu"
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(
+            backend, rank=rank, world_size=world, timeout=timeout, store=store_from_env(rank, world, timeout)
+        )
     return backend, device
 
 

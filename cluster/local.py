@@ -24,7 +24,7 @@ from typing import Any, Union
 from cluster.config import ClusterConfig
 from cluster.errors import WorkerFailed, resume_hint
 from cluster.gpu_probe import cuda_available
-from cluster.loopback import LOOPBACK_INTERFACE
+from cluster.loopback import LISTENER_FD_VARIABLE, LOOPBACK_INTERFACE, rendezvous_listener
 from cluster.parent_death import LAUNCHER_VARIABLE, child_dies_with_this_process
 from cluster.preloaded_spawn import PreloadedWorker, preloading_available
 from cluster.results import clear_result, recorded_input_error, take_result
@@ -59,7 +59,7 @@ def launch_local(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> d
         return run(cfg, WorkerContext(run_dir=run_dir, device=default_device()))
     device = default_device()  # also sets DS_ACCELERATOR for the children on CPU-only machines
     preload = worker_preload(cfg) if device == "cpu" and preloading_available() else ()
-    return spawn_workers(run_dir, cluster.workers, cluster.master_port or free_port(), preload)
+    return spawn_workers(run_dir, cluster.workers, rendezvous_listener(cluster.master_port), preload)
 
 
 def worker_preload(cfg: TrainerConfig) -> list[str]:
@@ -78,6 +78,8 @@ def worker_preload(cfg: TrainerConfig) -> list[str]:
 
 
 def free_port() -> int:
+    """A port free now: for a service that binds it at once (a rendezvous store is bound here
+    and handed over instead: `rendezvous_listener`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -107,10 +109,12 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     return env
 
 
-def spawn_workers(run_dir: Path, world_size: int, port: int, preload: Sequence[str] = ()) -> dict[str, Any]:
+def spawn_workers(
+    run_dir: Path, world_size: int, listener: socket.socket, preload: Sequence[str] = ()
+) -> dict[str, Any]:
     clear_result(run_dir)
     try:
-        spawn_module("cluster.worker", [str(run_dir)], world_size, port, RunLayout(run_dir).logs, preload=preload)
+        spawn_module("cluster.worker", [str(run_dir)], world_size, listener, RunLayout(run_dir).logs, preload=preload)
     except WorkerFailed as failed:
         # A rank's input error (exit 2, printed by that rank) is reported as such, whichever rank
         # exited first, and its message is the run's failure record.
@@ -127,7 +131,7 @@ def spawn_module(
     module: str,
     args: list[str],
     world_size: int,
-    port: int,
+    listener: socket.socket,
     log_dir: Path,
     extra_env: dict[int, dict[str, str]] | None = None,
     rank0_to_terminal: bool = True,
@@ -137,29 +141,37 @@ def spawn_module(
     contract; forward Ctrl-C/SIGTERM/SIGUSR1 to them; on the first failure stop the others and
     raise WorkerFailed. Rank 0 talks to the terminal unless told not to; the others (and then
     rank 0 too) write to LOG_DIR/worker-R.out. `extra_env` adds variables per rank. With `preload`
-    (modules), the processes are forked from one that imported them (cluster/preloaded_spawn.py)."""
+    (modules), the processes are forked from one that imported them (cluster/preloaded_spawn.py).
+    `listener` (`rendezvous_listener`) is the rendezvous store's socket: rank 0 inherits it, and
+    this process closes its own copy once the workers have started."""
     log_dir.mkdir(parents=True, exist_ok=True)
     tie_to_launcher = child_dies_with_this_process()  # a SIGKILLed launcher takes its workers along
+    port = listener.getsockname()[1]
     procs: list[Worker] = []
     logs: list[Path | None] = []
-    for rank in range(world_size):
-        log = None if (rank == 0 and rank0_to_terminal) else log_dir / f"worker-{rank}.out"
-        env = worker_env(rank, world_size, port)
-        env.update((extra_env or {}).get(rank, {}))
-        if preload:
-            procs.append(PreloadedWorker(module, args, env, log, preload))
-        else:
-            out = None if log is None else log.open("wb")
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", module, *args],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT if out else None,
-                    preexec_fn=tie_to_launcher,
+    with listener:
+        for rank in range(world_size):
+            log = None if (rank == 0 and rank0_to_terminal) else log_dir / f"worker-{rank}.out"
+            env = worker_env(rank, world_size, port)
+            env.update((extra_env or {}).get(rank, {}))
+            inherits = listener if rank == 0 else None
+            if preload:
+                procs.append(PreloadedWorker(module, args, env, log, preload, inherits))
+            else:
+                if inherits is not None:
+                    env[LISTENER_FD_VARIABLE] = str(inherits.fileno())
+                out = None if log is None else log.open("wb")
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", module, *args],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT if out else None,
+                        preexec_fn=tie_to_launcher,
+                        pass_fds=() if inherits is None else (inherits.fileno(),),
+                    )
                 )
-            )
-        logs.append(log)
+            logs.append(log)
     previous = {s: signal.signal(s, _forward_to(procs)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
         failed = _wait_all(procs)

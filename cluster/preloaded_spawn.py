@@ -22,11 +22,14 @@ import atexit
 import multiprocessing
 import os
 import runpy
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from multiprocessing.context import BaseContext
 from pathlib import Path
+
+from cluster.loopback import LISTENER_FD_VARIABLE
 
 _context: BaseContext | None = None
 
@@ -53,11 +56,18 @@ class PreloadedWorker:
     backend uses (poll, wait, send_signal, terminate, kill, pid, returncode)."""
 
     def __init__(
-        self, module: str, args: list[str], env: dict[str, str], log: Path | None, preload: Sequence[str]
+        self,
+        module: str,
+        args: list[str],
+        env: dict[str, str],
+        log: Path | None,
+        preload: Sequence[str],
+        listener: socket.socket | None = None,
     ) -> None:
+        # multiprocessing hands a socket argument's descriptor to the forked process (SCM_RIGHTS).
         self._process = _forkserver(preload).Process(  # type: ignore[attr-defined]
             target=run_module_as_main,
-            args=(module, list(args), dict(env), None if log is None else str(log)),
+            args=(module, list(args), dict(env), None if log is None else str(log), listener),
             name=f"{module}-rank{env.get('RANK', '?')}",
             daemon=False,
         )
@@ -88,11 +98,16 @@ class PreloadedWorker:
         self._process.kill()
 
 
-def run_module_as_main(module: str, args: list[str], env: dict[str, str], log: str | None) -> None:
+def run_module_as_main(
+    module: str, args: list[str], env: dict[str, str], log: str | None, listener: socket.socket | None = None
+) -> None:
     """In the forked worker: become `python -m MODULE ARGS` with ENV, output to LOG (or the
-    launcher's terminal, which the forkserver inherited)."""
+    launcher's terminal, which the forkserver inherited), with the rendezvous `listener` the
+    launcher bound, if any, named in LISTENER_FD_VARIABLE as a subprocess's would be."""
     os.environ.clear()
     os.environ.update(env)
+    if listener is not None:
+        os.environ[LISTENER_FD_VARIABLE] = str(listener.detach())
     if log is not None:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)

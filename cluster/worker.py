@@ -45,19 +45,12 @@ def init_process_group(rank: int, world_size: int, local_rank: int, timeout_s: i
         # Tell DeepSpeed up front, instead of letting it probe and warn on every import.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
+        from cluster.loopback import store_from_env
+
         timeout = datetime.timedelta(seconds=timeout_s)
-        store = _attempt_store(rank, world_size, timeout) or _loopback_store(rank, world_size, timeout)
+        store = _attempt_store(rank, world_size, timeout) or store_from_env(rank, world_size, timeout)
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, store=store)
     return device
-
-
-def _loopback_store(rank: int, world_size: int, timeout: datetime.timedelta) -> Any:
-    """A rendezvous on loopback (the local backend) stays on loopback (cluster/loopback.py).
-    None for any other address: init_process_group then reads MASTER_ADDR / MASTER_PORT itself."""
-    from cluster.loopback import LOOPBACK, store_on
-
-    host = os.environ.get("MASTER_ADDR", "")
-    return store_on(host, int(os.environ["MASTER_PORT"]), rank, world_size, timeout) if host in LOOPBACK else None
 
 
 def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> Any:

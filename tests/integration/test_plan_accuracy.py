@@ -141,7 +141,8 @@ def test_plan_peak_other_settings(case: str, tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_plan_matches_each_rank_of_two_workers(strategy: str, tmp_path: Path) -> None:
-    from cluster.local import free_port, spawn_module
+    from cluster.local import spawn_module
+    from cluster.loopback import rendezvous_listener
 
     path = write_config(
         tmp_path / "cfg.yaml",
@@ -158,7 +159,7 @@ def test_plan_matches_each_rank_of_two_workers(strategy: str, tmp_path: Path) ->
         "tests.integration.plan_measure",
         [str(path), str(out)],
         2,
-        free_port(),
+        rendezvous_listener(None),
         tmp_path / "logs",
         rank0_to_terminal=False,
     )
