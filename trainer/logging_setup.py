@@ -69,6 +69,16 @@ def quiet_third_party(import_transformers: bool = True) -> None:
         pass
 
 
+def warn_loudly(logger: logging.Logger, message: str) -> None:
+    """A warning the user must see, once: through logging where a handler shows it on the console
+    (a worker's, with its rank; its log file gets it too), else as ftl's own line (the launcher,
+    e.g. `ftl export`, configures no logging)."""
+    if any(_writes_to_console(handler) for handler in logging.getLogger().handlers):
+        logger.warning(message)
+    else:
+        print(f"ftl: WARNING: {message}", file=sys.stderr, flush=True)
+
+
 def _writes_to_console(handler: logging.Handler) -> bool:
     stream = getattr(handler, "stream", None)
     return (

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from trainer.checkpointing.digests import ALGORITHM, file_digest, recorded_digest
+from trainer.logging_setup import warn_loudly
 from trainer.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,10 @@ def move_aside_invalid(candidate: Path, problem: str, outcome: str) -> Path:
     aside = candidate.with_name(f"{INVALID_PREFIX}{candidate.name}-{int(time.time())}")
     while aside.exists():  # the same step moved aside twice within a second
         aside = aside.with_name(aside.name + "x")
-    message = f"checkpoint {candidate} is INVALID ({problem}); moved it to {aside}{outcome}"
-    log.warning(message)
-    print(f"ftl: WARNING: {message}", file=sys.stderr, flush=True)
+    warn_loudly(log, f"checkpoint {candidate} is INVALID ({problem}); moved it to {aside}{outcome}")
     os.replace(candidate, aside)
+    if read_latest_hint(candidate.parent) == candidate.name:
+        update_latest_hint(candidate.parent)  # the hint must not name a checkpoint that is gone
     return aside
 
 
@@ -148,6 +148,22 @@ def commit(tmp: Path, final: Path) -> None:
 
 def write_latest_hint(root: Path, final: Path) -> None:
     atomic_write_text(root / LATEST_HINT, final.name + "\n")
+
+
+def read_latest_hint(root: Path) -> str | None:
+    try:
+        return (root / LATEST_HINT).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def update_latest_hint(root: Path) -> None:
+    """Point the hint at the newest committed checkpoint left in `root`, or remove it if none is."""
+    remaining = committed_checkpoints(root.parent)
+    if remaining:
+        write_latest_hint(root, remaining[-1])
+    else:
+        (root / LATEST_HINT).unlink(missing_ok=True)
 
 
 def write_durably(path: Path, data: bytes) -> None:

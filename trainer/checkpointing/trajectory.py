@@ -38,7 +38,6 @@ from typing import Any
 
 from trainer.checkpointing.protocol import (
     INVALID_PREFIX,
-    LATEST_HINT,
     atomic_write_text,
     checkpoints_dir,
     committed_checkpoints,
@@ -46,10 +45,11 @@ from trainer.checkpointing.protocol import (
     latest_valid_checkpoint,
     read_manifest,
     step_of,
+    update_latest_hint,
     validate_checkpoint,
-    write_latest_hint,
 )
 from trainer.errors import TrainerInputError
+from trainer.logging_setup import warn_loudly
 from trainer.metrics import move_records_after
 from trainer.run_layout import METRICS_FILE, RunLayout
 
@@ -168,7 +168,7 @@ def begin(run_dir: Path, plan: StartPlan) -> Path | None:
         else:
             move_records_after(run_dir, plan.branch_step, branch / METRICS_FILE)
         fsync_dir(root)
-        _update_latest_hint(root)
+        update_latest_hint(root)
         _announce(plan, branch)
     if plan.record:
         root.mkdir(parents=True, exist_ok=True)
@@ -195,8 +195,7 @@ def set_aside_foreign(final: Path) -> Path:
     message = (
         f"{final} already existed but was not written by this run; moved it to {aside} and saving this run's step there"
     )
-    log.warning(message)
-    print(f"ftl: WARNING: {message}", file=sys.stderr, flush=True)
+    warn_loudly(log, message)
     return aside
 
 
@@ -230,14 +229,6 @@ def _new_branch(root: Path, why: str) -> Path:
         branch = base.with_name(f"{base.name}-{n}")
     branch.mkdir(parents=True)
     return branch
-
-
-def _update_latest_hint(root: Path) -> None:
-    remaining = committed_checkpoints(root.parent)
-    if remaining:
-        write_latest_hint(root, remaining[-1])
-    else:
-        (root / LATEST_HINT).unlink(missing_ok=True)
 
 
 def _names(paths: list[Path]) -> str:
