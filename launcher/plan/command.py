@@ -76,10 +76,10 @@ def check_fit(cfg: RunConfig) -> None:
         need, have, what = (
             memory.total_bytes * workers,
             acc.memory_bytes * workers,
-            f"of available RAM for {workers} worker(s)",
+            f"of RAM for {workers} worker(s)",
         )
     if need <= have:
-        print(f"ftl: fit check: {size(need)} {what}, {size(have)} available", file=sys.stderr)
+        print(f"ftl: fit check: the run needs about {size(need)} {what}; {size(have)} available", file=sys.stderr)
         return
     hints = "; ".join(f"{s.change.description} ({' '.join(s.change.overrides)})" for s in plan.suggestions[:3])
     raise UserError(

@@ -30,7 +30,8 @@ def duration(seconds: float) -> str:
 
 
 def memory_table(memory: MemoryPlan) -> list[str]:
-    lines = [f"  {'per-GPU memory (rank 0)':<62}{'':>12}"]
+    heading = "per-GPU memory (rank 0)" if memory.setup.accelerator.is_gpu else "per-worker memory (rank 0, in CPU RAM)"
+    lines = [f"  {heading:<62}{'':>12}"]
     for item in memory.items:
         if item.where == "gpu" and item.bytes:
             lines.append(f"    {item.label:<60}{size(item.bytes):>12}")

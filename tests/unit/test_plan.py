@@ -437,7 +437,9 @@ def test_lean_suggestions_only_where_valid(tmp_path: Path) -> None:
     assert "model.activation_offloading=true" not in _suggested(cpu)
 
 
-def test_fit_check_suggests_the_lean_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fit_check_suggests_the_lean_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`ftl train`'s fit check: a run that fits only with the chunked loss is refused with it as the hint."""
     import launcher.plan.command as command
     from launcher.plan.hardware import Accelerator
@@ -461,6 +463,8 @@ def test_fit_check_suggests_the_lean_settings(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(UserError, match=r"it would fit with: chunked loss .*training\.loss\.chunked=true"):
         command.check_fit(cfg)
     command.check_fit(load_config(path))  # the default (chunked) fits the same budget
+    said = capsys.readouterr().err
+    assert said.startswith("ftl: fit check: the run needs about ") and "of RAM for 1 worker(s); " in said, said
 
 
 def test_zero_with_8bit_states(tmp_path: Path) -> None:
@@ -623,3 +627,4 @@ def test_on_cpu_the_plan_gives_each_local_worker_its_share_of_the_ram(tmp_path: 
         timeout=120,
     )
     assert out.returncode == 1 and "DOES NOT FIT" in out.stdout and "per cpu worker (RAM / 2)" in out.stdout, out.stdout
+    assert "per-worker memory (rank 0, in CPU RAM)" in out.stdout and "per-GPU" not in out.stdout
