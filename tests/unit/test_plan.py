@@ -160,7 +160,7 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path) -> None:
         [*FTL, "train", str(cfg), "model.path=llama-3.1-405b"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
-    assert "available RAM" in result.stderr and "--skip-fit-check" in result.stderr
+    assert "of RAM for 1 worker(s) but" in result.stderr and "--skip-fit-check" in result.stderr
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
