@@ -310,29 +310,3 @@ def test_moving_the_latest_aside_points_the_hint_at_the_one_used_and_warns_once(
     (root / "step-2" / "manifest.json").unlink()
     assert latest_valid_checkpoint(tmp_path) is None
     assert not (root / "latest").exists()  # no checkpoint left to name
-
-
-def test_a_worker_warns_through_its_logging_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """In a worker (console logging set up), the warning is one record, in the console and the log."""
-    import logging
-
-    from trainer.logging_setup import setup_worker_logging
-
-    root_logger = logging.getLogger()
-    before = list(root_logger.handlers)
-    try:
-        setup_worker_logging(tmp_path, rank=1)
-        _save(tmp_path, 3)
-        (tmp_path / "checkpoints" / "step-3" / "manifest.json").write_text("{trunc")
-        assert latest_valid_checkpoint(tmp_path) is None
-    finally:
-        for handler in list(root_logger.handlers):
-            if handler not in before:
-                root_logger.removeHandler(handler)
-                handler.close()
-        for handler in before:
-            if handler not in root_logger.handlers:
-                root_logger.addHandler(handler)
-    err = capsys.readouterr().err
-    assert err.count("step-3 is INVALID") == 1 and "[rank 1]" in err and "ftl: WARNING" not in err, err
-    assert "step-3 is INVALID" in (tmp_path / "logs" / "rank-1.log").read_text()

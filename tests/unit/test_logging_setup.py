@@ -47,3 +47,20 @@ def test_a_warning_reaches_the_console_once_with_its_rank(
     assert keep in logging.getLogger().handlers
     assert "resuming a checkpoint" in (tmp_path / "other.log").read_text()
     assert "resuming a checkpoint" in (tmp_path / "run" / "logs" / "rank-1.log").read_text()
+
+
+def test_a_checkpoint_warning_in_a_worker_is_one_record_in_console_and_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], root_handlers: None
+) -> None:
+    """trainer/checkpointing's INVALID warning goes through the worker's logging once (it used to be
+    printed a second time as an `ftl: WARNING:` line)."""
+    from tests.unit.test_checkpoint_protocol import _save
+    from trainer.checkpointing.protocol import latest_valid_checkpoint
+
+    setup_worker_logging(tmp_path, rank=1)
+    _save(tmp_path, 3)
+    (tmp_path / "checkpoints" / "step-3" / "manifest.json").write_text("{trunc")
+    assert latest_valid_checkpoint(tmp_path) is None
+    err = capsys.readouterr().err
+    assert err.count("step-3 is INVALID") == 1 and "[rank 1]" in err and "ftl: WARNING" not in err, err
+    assert "step-3 is INVALID" in (tmp_path / "logs" / "rank-1.log").read_text()
