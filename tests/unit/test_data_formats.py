@@ -249,6 +249,28 @@ def test_skip_bad_rows_is_opt_in_and_counted(tmp_path: Path, tokenizer: Any) -> 
     assert data.source_rows.tolist() == [0, 3]
 
 
+def test_a_mixture_reports_what_each_source_skipped(tmp_path: Path, tokenizer: Any) -> None:
+    """A mixture's skipped rows are counted like a single file's (summary's data, the note before
+    training and under the final table), and the note names the source they came from."""
+    from trainer.config import DataConfig
+    from trainer.data.prepare import cut_examples_note, prepare_data
+
+    chat = _jsonl(tmp_path / "chat.jsonl", [GOOD, GOOD, GOOD])
+    instr = _jsonl(tmp_path / "instr.jsonl", [GOOD, {"messages": []}, "{oops", GOOD, {"messages": 3}, GOOD])
+    cfg = DataConfig.model_validate(
+        {
+            "mixture": [{"name": "chat", "train": str(chat)}, {"name": "instr", "train": str(instr)}],
+            "skip_bad_rows": True,
+            "max_seq_len": 64,
+            "cache_dir": str(tmp_path / "c"),
+        }
+    )
+    report = prepare_data(cfg, tokenizer, seed=0, micro_batch_size=2, want_prompts=False, max_prompts=None).report
+    assert report["train_examples"] == 6 and report["train_skipped_bad"] == 3
+    assert report["mixture"]["instr"]["skipped_bad"] == 3 and "skipped_bad" not in report["mixture"]["chat"]
+    assert cut_examples_note(report) == "training examples: 3 skipped as malformed (instr: 3 skipped as malformed)"
+
+
 def test_too_long_policies(tmp_path: Path, tokenizer: Any) -> None:
     long_row = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "word " * 80}]}
     path = _jsonl(tmp_path / "d.jsonl", [GOOD, long_row])

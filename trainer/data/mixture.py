@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.data.sampler import GlobalSampler
-from trainer.data.tokenized import TokenizedSet
+from trainer.data.tokenized import CUT_COUNTS, TokenizedSet
 
 BLOCK = 4096
 
@@ -90,7 +90,8 @@ def concat_sets(sets: list[TokenizedSet]) -> tuple[TokenizedSet, list[int]]:
         np.concatenate([part.mask for part in sets]),
         offsets,
         np.concatenate([part.source_rows for part in sets]),
-        {"rows": total},
+        # what each source cut (skipped as malformed, truncated, ...) adds up for the whole training set
+        {"rows": total, **{key: sum(int(part.stats.get(key, 0)) for part in sets) for key in CUT_COUNTS}},
         _joined([part.classes for part in sets]),
         _joined([part.token_labels for part in sets]),
     )

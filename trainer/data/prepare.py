@@ -16,7 +16,7 @@ from trainer.data.images import load_image_set
 from trainer.data.mixture import MixtureSpan, concat_sets
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sources import read_rows
-from trainer.data.tokenized import TokenizedSet, load_tokenized
+from trainer.data.tokenized import CUT_COUNTS, TokenizedSet, cut_counts, load_tokenized
 from trainer.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def prepare_data(
     evals: list[EvalSet] = []
     mixture_report: dict[str, Any] = {}
     if cfg.mixture:
-        train, rows, spans = _mixture_rows(cfg, load)
+        train, rows, spans, cuts = _mixture_rows(cfg, load)
         for source in cfg.mixture:
             if source.validation:
                 evals.append(
@@ -89,7 +89,7 @@ def prepare_data(
                         format=cfg.format_of(source),
                     )
                 )
-        mixture_report = {s.name: {"rows": s.count, "weight": s.weight} for s in spans}
+        mixture_report = {s.name: {"rows": s.count, "weight": s.weight, **cut} for s, cut in zip(spans, cuts)}
     else:
         assert cfg.train is not None  # DataConfig requires train or mixture
         train = load(cfg.train, cfg.format, cfg.split, training=True)
@@ -140,9 +140,6 @@ def prepare_data(
     return PreparedData(RowDataset(train, rows, cfg.packing, spans, pairs=cfg.format == "preference"), evals, report)
 
 
-CUT_COUNTS = ("truncated", "dropped_too_long", "dropped_no_loss", "skipped_bad")  # TokenizedSet.stats keys
-
-
 def cut_examples_note(report: dict[str, Any]) -> str | None:
     """What training and evaluation do not see whole, from the data report: examples truncated or
     dropped for length, dropped for having no trained token, skipped as malformed, per set (train,
@@ -161,8 +158,20 @@ def cut_examples_note(report: dict[str, Any]) -> str | None:
     for name in sets:
         parts = [f"{report[f'{name}_{key}']} {what[key]}" for key in CUT_COUNTS if report.get(f"{name}_{key}", 0)]
         if parts:
-            notes.append(f"{'training' if name == 'train' else name} examples: " + ", ".join(parts))
+            by_source = _cuts_by_source(report.get("mixture") or {}, what) if name == "train" else ""
+            notes.append(f"{'training' if name == 'train' else name} examples: " + ", ".join(parts) + by_source)
     return "; ".join(notes) or None
+
+
+def _cuts_by_source(mixture: dict[str, Any], what: dict[str, str]) -> str:
+    """A mixture's training cuts per source, e.g. " (instr: 4 skipped as malformed)", so the user
+    knows which file to look at."""
+    sources = []
+    for source, entry in mixture.items():
+        parts = [f"{entry[key]} {what[key]}" for key in CUT_COUNTS if entry.get(key)]
+        if parts:
+            sources.append(f"{source}: " + ", ".join(parts))
+    return f" ({'; '.join(sources)})" if sources else ""
 
 
 def held_out_split(
@@ -209,8 +218,11 @@ def _rows_of(examples: TokenizedSet, cfg: DataConfig) -> list[list[int]]:
     return training_rows(examples.lengths(), cfg)
 
 
-def _mixture_rows(cfg: DataConfig, load: Any) -> tuple[TokenizedSet, list[list[int]], list[MixtureSpan]]:
-    """Each source is packed on its own (a row never mixes sources), then all rows are concatenated."""
+def _mixture_rows(
+    cfg: DataConfig, load: Any
+) -> tuple[TokenizedSet, list[list[int]], list[MixtureSpan], list[dict[str, int]]]:
+    """Each source is packed on its own (a row never mixes sources), then all rows are concatenated.
+    Also each source's cut counts (examples skipped as malformed, truncated, ...)."""
     sets = [load(source.train, cfg.format_of(source)) for source in cfg.mixture]
     merged, firsts = concat_sets(sets)
     rows: list[list[int]] = []
@@ -219,7 +231,7 @@ def _mixture_rows(cfg: DataConfig, load: Any) -> tuple[TokenizedSet, list[list[i
         own = [[first + i for i in row] for row in _rows_of(part, cfg)]
         spans.append(MixtureSpan(source.name, len(rows), len(own), source.weight))
         rows += own
-    return merged, rows, spans
+    return merged, rows, spans, [cut_counts(part.stats) for part in sets]
 
 
 def _prompts_for(eval_set: EvalSet, tokenizer: Any, limit: int | None) -> list[Prompt]:

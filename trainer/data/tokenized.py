@@ -314,6 +314,15 @@ def _tokenize(
     )
 
 
+# TokenizedSet.stats keys that count examples training or evaluation does not see whole
+CUT_COUNTS = ("truncated", "dropped_too_long", "dropped_no_loss", "skipped_bad")
+
+
+def cut_counts(stats: dict[str, Any]) -> dict[str, int]:
+    """The nonzero cut counts of one set's stats."""
+    return {key: int(stats[key]) for key in CUT_COUNTS if stats.get(key)}
+
+
 def no_usable_rows_message(spec: str, stats: dict[str, Any]) -> str:
     lost = {
         "skipped as malformed (data.skip_bad_rows)": stats.get("skipped_bad", 0),
