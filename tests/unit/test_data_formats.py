@@ -100,6 +100,68 @@ def test_a_template_that_drops_tool_calls_is_a_named_row_problem(tokenizer: Any)
         render_example(Row("t", {"messages": TOOL_CHAT}), "chat", tokenizer)
 
 
+# Like Qwen3's and DeepSeek-R1's templates: an assistant turn before the last user message is written
+# without its <think> block, so rendering a prefix of a conversation is not a prefix of the whole.
+THINK_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(last_user=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}{{ '<|assistant|>\n' }}{% set c = m['content'] %}"
+    "{% if loop.index0 < ns.last_user and '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+    "{% generation %}{{ c + '<|end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+THINK_CHAT = [
+    {"role": "user", "content": "Colour of Kesh?"},
+    {"role": "assistant", "content": "<think>look it up</think>Teal."},
+    {"role": "user", "content": "Moons?"},
+    {"role": "assistant", "content": "<think>count</think>Two."},
+]
+
+
+def test_a_template_that_rewrites_history_is_located_by_its_generation_markers(tokenizer: Any) -> None:
+    """Such templates were refused on every multi-turn row; their {% generation %} markers say where the
+    assistant's text is in the full rendering (the earlier turn as rewritten, without its <think>)."""
+    think = copy.deepcopy(tokenizer)
+    think.chat_template = THINK_TEMPLATE
+    example = render_example(Row("t", {"messages": THINK_CHAT}), "chat", think)
+    full = think.apply_chat_template(THINK_CHAT, tokenize=False)
+    assert "look it up" not in full
+    assert example.input_ids == think(full, add_special_tokens=False)["input_ids"]
+    trained, other = _split(think, example.input_ids, example.loss_mask)
+    assert trained.replace(" ", "") == "Teal.<|end|><think>count</think>Two.<|end|>"
+    assert "Kesh" in other and "Moons" in other
+    # A preference pair's prompt may hold earlier assistant turns: context, not trained (the markers'
+    # runs of those turns are untrained; here the prompt's own rendering already drops the <think>).
+    pair = {"prompt": THINK_CHAT[:3], "chosen": [THINK_CHAT[3]], "rejected": [{"role": "assistant", "content": "Six."}]}
+    chosen = render_example(Row("p", pair), "preference", think)
+    assert _split(think, chosen.input_ids, chosen.loss_mask)[0].replace(" ", "") == "<think>count</think>Two.<|end|>\n"
+    assert chosen.rejected is not None
+    assert _split(think, chosen.rejected.input_ids, chosen.rejected.loss_mask)[0].replace(" ", "") == "Six.<|end|>\n"
+    # A template whose opening depends on the conversation's length cannot place even the response by
+    # prefixes: the markers' run of the prompt's assistant turn is untrained, the response's kept.
+    counting = copy.deepcopy(think)
+    counting.chat_template = THINK_TEMPLATE.replace(
+        "{{ bos_token }}",
+        "{{ bos_token }}{% if messages | length > 3 %}{{ '<|system|>\\nLong talk.<|end|>\\n' }}{% endif %}",
+    )
+    chosen = render_example(Row("p", pair), "preference", counting)
+    trained, other = _split(counting, chosen.input_ids, chosen.loss_mask)
+    assert trained.replace(" ", "") == "<think>count</think>Two.<|end|>"
+    assert "Teal" in other and "Long talk" in other
+
+
+def test_a_template_that_rewrites_history_without_markers_is_refused_with_the_fix(tokenizer: Any) -> None:
+    think = copy.deepcopy(tokenizer)
+    think.chat_template = THINK_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    with pytest.raises(DataError, match=r"t: the chat template rewrites earlier turns.*\{% generation %\}"):
+        render_example(Row("t", {"messages": THINK_CHAT}), "chat", think)
+    one_turn = render_example(Row("t", {"messages": THINK_CHAT[:2]}), "chat", think)  # one turn: nothing rewritten
+    assert _split(think, one_turn.input_ids, one_turn.loss_mask)[0].replace(" ", "") == (
+        "<think>lookitup</think>Teal.<|end|>\n"
+    )
+
+
 def test_sharegpt_rows_render_like_chat_rows(tokenizer: Any) -> None:
     chat = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
     sharegpt = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}

@@ -23,6 +23,7 @@ are exactly those of rendering the whole conversation at once (no re-tokenisatio
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -345,15 +346,64 @@ def _render_chat(messages: list[dict[str, Any]], tokenizer: Any, train_from: int
         else:  # the conversation opens with the assistant: its header (and BOS) are context too
             before = _assistant_opening(tokenizer, message, through)
         if not full.startswith(through) or not through.startswith(before):
-            raise RowProblem(
-                "the chat template is not prefix-stable (rendering a conversation prefix does not give a "
-                "prefix of the full rendering), so assistant tokens cannot be located; use a template without "
-                "history-dependent rewrites"
-            )
+            # The template rewrites earlier turns (Qwen3 and DeepSeek-R1 drop the <think> block of
+            # every assistant turn before the last user message): only its own markers can say
+            # where the assistant's text is in the full rendering.
+            return _render_chat_by_generation_markers(messages, tokenizer, train_from)
         spans.append((len(before), len(through)))
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
     return Example(ids, _in_spans([start for start, _ in encoded["offset_mapping"]], spans))
+
+
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+NOT_PREFIX_STABLE = (
+    "the chat template rewrites earlier turns (rendering the conversation up to a message does not give the "
+    "start of the full rendering; Qwen3 and DeepSeek-R1 drop earlier <think> blocks, say), so the assistant's "
+    "tokens cannot be located by rendering prefixes"
+)
+
+
+def _render_chat_by_generation_markers(messages: list[dict[str, Any]], tokenizer: Any, train_from: int) -> Example:
+    """The assistant's tokens as the template marks them with {% generation %} ... {% endgeneration %}
+    (what transformers' return_assistant_tokens_mask reads), for templates that rewrite history."""
+    if not GENERATION_MARKER.search(tokenizer.chat_template or ""):
+        raise RowProblem(
+            f"{NOT_PREFIX_STABLE}; wrap the assistant's text in the template in {{% generation %}} ... "
+            "{% endgeneration %} (see docs/data.md, 'Chat templates'), or give each assistant turn a row of its own"
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise RowProblem(f"{NOT_PREFIX_STABLE}, and its generation markers need a fast tokenizer (tokenizer.json)")
+    try:
+        out = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, add_generation_prompt=False
+        )
+    except Exception as exc:  # noqa: BLE001 - Jinja and transformers raise their own types
+        raise RowProblem(f"the chat template rejected this conversation: {exc}") from None
+    ids, mask = list(out["input_ids"]), [int(m) for m in out["assistant_masks"]]
+    skipped = sum(1 for message in messages[:train_from] if message["role"] == "assistant")
+    if skipped:  # a preference pair's earlier assistant turns are context: untrain their marked runs
+        runs = _runs(mask)
+        if len(runs) != sum(1 for message in messages if message["role"] == "assistant"):
+            raise RowProblem(
+                f"{NOT_PREFIX_STABLE}, and its generation markers do not mark each assistant message once, so "
+                "the context's assistant turns cannot be told from the response"
+            )
+        for start, end in runs[:skipped]:
+            mask[start:end] = [0] * (end - start)
+    return Example(ids, mask)
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of 1s."""
+    runs, start = [], None
+    for index, value in enumerate([*mask, 0]):
+        if value and start is None:
+            start = index
+        elif not value and start is not None:
+            runs.append((start, index))
+            start = None
+    return runs
 
 
 def _in_spans(starts: list[int], spans: list[tuple[int, int]]) -> list[int]:
