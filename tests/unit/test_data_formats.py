@@ -388,6 +388,21 @@ def test_readers_report_locations(tmp_path: Path) -> None:
         list(read_rows(str(tmp_path / "missing.jsonl")))
 
 
+def test_invalid_json_lines_name_the_column_where_the_row_goes_wrong(tokenizer: Any, tmp_path: Path) -> None:
+    """A row cut short was reported at "column 1" (the line was parsed with its newline)."""
+    cut = '{"messages": [{"role": "user", "content": "hi"}'
+    (tmp_path / "d.jsonl").write_text(json.dumps(GOOD) + "\n" + cut + "\r\n" + '{"text": x}\n')
+    problems = []
+    for row in read_rows(str(tmp_path / "d.jsonl")):
+        try:
+            render_example(row, "chat", tokenizer)
+        except DataError as exc:
+            problems.append(str(exc))
+    assert problems[0].startswith(f"d.jsonl line 2: invalid JSON: Expecting ',' delimiter at column {len(cut) + 1}")
+    assert "the end of the line: is the row cut short?" in problems[0]
+    assert problems[1] == "d.jsonl line 3: invalid JSON: Expecting value at column 10"
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
     # Windows tools write one: Excel's "CSV UTF-8", PowerShell 5's UTF-8 output.
     bom = b"\xef\xbb\xbf"

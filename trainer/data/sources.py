@@ -79,10 +79,12 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
                 continue
             if not line.strip():
                 continue
+            line = line.rstrip("\r\n")  # with its newline, a row cut short fails at "line 2, column 1"
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield Row(where, _Malformed(f"invalid JSON: {exc.msg} at column {exc.colno}"))
+                cut = " (the end of the line: is the row cut short?)" if exc.pos >= len(line.rstrip()) else ""
+                yield Row(where, _Malformed(f"invalid JSON: {exc.msg} at column {exc.colno}{cut}"))
                 continue
             surrogate = _lone_surrogate(value) if "\\u" in line else None
             yield Row(where, _Malformed(surrogate) if surrogate else value)
