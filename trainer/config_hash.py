@@ -8,6 +8,7 @@ changed save frequency or a resume option give the same hash.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
@@ -26,14 +27,29 @@ NEUTRAL_FIELDS = {
 }
 
 
+# When to evaluate: evaluation runs the model in eval mode without gradients and draws no random
+# numbers, so it changes neither the weights nor the final scores, unless early stopping judges
+# the run by those evaluations.
+EVAL_CADENCE = ("every_steps", "at_start")
+
+
 def result_values(cfg: TrainerConfig) -> dict[str, Any]:
     """The config's values the training result depends on (what the hash covers), as JSON values."""
-    values: dict[str, Any] = cfg.model_dump(mode="json")
+    return result_part(cfg.model_dump(mode="json"))
+
+
+def result_part(values: dict[str, Any]) -> dict[str, Any]:
+    """Those of a config's JSON values (a whole config, or one a manifest recorded, perhaps by an
+    ftl that counted more of them) that the training result depends on."""
+    values = copy.deepcopy(values)
     for section in NEUTRAL_SECTIONS:
         values.pop(section, None)
     for section, names in NEUTRAL_FIELDS.items():
         for name in names:
             values.get(section, {}).pop(name, None)
+    if not ((values.get("transfer") or {}).get("early_stopping") or {}).get("enabled"):
+        for name in EVAL_CADENCE:
+            (values.get("eval") or {}).pop(name, None)
     return values
 
 

@@ -4,7 +4,7 @@ directory is, how often it saves or logs and how it resumes do not change it; tr
 from __future__ import annotations
 
 from trainer.config import TrainerConfig
-from trainer.config_hash import config_changes, config_hash, config_written_with, result_values
+from trainer.config_hash import config_changes, config_hash, config_written_with, result_part, result_values
 from trainer.dict_merge import deep_merged
 
 
@@ -25,8 +25,23 @@ def test_settings_that_do_not_change_the_result_keep_the_hash() -> None:
         _cfg(training={"progress_bar": False, "log_every_steps": 10, "watchdog_timeout_s": 60}),
         _cfg(data={"train": "/data/train.jsonl", "cache_dir": "/tmp/cache"}),
         _cfg(training={"loss": {"chunked": False, "chunk_tokens": 64}}),  # the same loss, computed another way
+        _cfg(eval={"every_steps": 10, "at_start": False}),  # evaluating more often trains the same weights
     ]
     assert [config_hash(cfg) for cfg in same] == [base] * len(same)
+
+
+def test_evaluation_cadence_counts_when_early_stopping_judges_by_it() -> None:
+    stopping = {"early_stopping": {"enabled": True, "patience": 2}}
+    held_out = {"validation_split": 0.1}
+    judged = config_hash(_cfg(transfer=stopping, data=held_out, eval={"every_steps": 10}))
+    assert judged != config_hash(_cfg(transfer=stopping, data=held_out, eval={"every_steps": 20}))
+    assert config_hash(_cfg(eval={"max_samples": 5})) != config_hash(_cfg())  # other scores are reported
+
+
+def test_a_manifest_of_an_ftl_that_hashed_the_eval_cadence_reads_as_unchanged() -> None:
+    recorded = result_values(_cfg())
+    recorded["eval"]["every_steps"] = 0  # what an earlier ftl recorded: the cadence was hashed then
+    assert config_changes(result_part(recorded), result_values(_cfg(eval={"every_steps": 10}))) == []
 
 
 def test_settings_that_change_the_result_change_the_hash() -> None:

@@ -25,7 +25,7 @@ from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.rng import rng_file, seed_everything
 from trainer.checkpointing.trajectory import begin, past_max_steps, plan_start
 from trainer.config import TrainerConfig
-from trainer.config_hash import config_changes, result_values
+from trainer.config_hash import config_changes, result_part, result_values
 from trainer.context import WorkerContext
 from trainer.distributed import barrier, broadcast_object
 from trainer.errors import TrainerInputError
@@ -88,11 +88,15 @@ def _check_resume_point(
         raise TrainerInputError(problem)
     strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine
     change = ""
-    if manifest.get("config_hash") not in (None, config_hash):
-        recorded = manifest.get("config")
+    recorded = manifest.get("config")
+    if manifest.get("config_hash") not in (None, config_hash) and isinstance(recorded, dict):
+        # An earlier ftl may have hashed a setting now known not to change the result (eval cadence):
+        # what differs among those that do is the change, if anything.
+        change = "; ".join(config_changes(result_part(recorded), result_values(cfg)))
+    elif manifest.get("config_hash") not in (None, config_hash):
         # Checkpoints of earlier ftl versions record only the hash: then only that it changed is known.
-        changes = config_changes(recorded, result_values(cfg)) if isinstance(recorded, dict) else []
-        change = "; ".join(changes) if changes else f"hash {manifest.get('config_hash')}, now {config_hash}"
+        change = f"hash {manifest.get('config_hash')}, now {config_hash}"
+    if change:
         if ctx.is_main:
             log.warning(
                 "resuming %s, written with a different config (%s): the result will not equal an "
