@@ -198,3 +198,22 @@ def test_examples_cut_for_length_are_said_before_training_and_in_the_final_table
     assert truncated > report["train_examples"] // 2, report
     said = f"training examples: {truncated} truncated to data.max_seq_len 24"
     assert f"note: {said}" in out and f"\ndata: {said}" in out, out[-3000:]
+
+
+def test_evaluating_more_often_trains_the_same_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Why eval.every_steps is outside the config hash (a resume that changes it is not warned about):
+    evaluation, generation included, draws none of the random numbers training uses (here LoRA
+    dropout), so the losses are the same whether or not it runs between steps."""
+    dropout = {"lora": {"dropout": 0.2}}
+    quiet = _losses(tmp_path, "quiet", tiny_model_dir, method=dropout, training={"max_steps": 5})
+    busy = _losses(
+        tmp_path,
+        "busy",
+        tiny_model_dir,
+        method=dropout,
+        training={"max_steps": 5},
+        eval={"every_steps": 1, "at_start": True, "generation": {"enabled": True, "max_samples": 2}},
+    )
+    assert len(quiet) == 5 and busy == quiet
+    eval_records = read_metrics(tmp_path / "busy", "eval")
+    assert len(eval_records) >= 6 and any("exact_match" in r for r in eval_records)
