@@ -24,6 +24,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     problems += [refusal] if refusal else []
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
+    from launcher.hub_cache import unavailable_offline
+
+    for problem in unavailable_offline(cfg):  # the config is valid; training it on this machine would fail
+        print(f"ftl: WARNING: {problem}", file=sys.stderr)
     if data:
         _quiet_libraries()
         from launcher.data_check import data_command
@@ -36,7 +40,9 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
 
 def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int:
     cfg = load_config(config_path, overrides)
-    problems = check_inputs(cfg)
+    from launcher.hub_cache import unavailable_offline
+
+    problems = check_inputs(cfg) + unavailable_offline(cfg)
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process

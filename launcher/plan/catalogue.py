@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import UserError
+from launcher.hub_cache import cached_config
 
 DATA = Path(__file__).with_name("catalogue.json")
 
@@ -29,11 +30,15 @@ def find(name: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def model_config_fields(model: str) -> tuple[str, dict[str, Any]]:
-    """(label, config.json fields) for a local model folder or a catalogue name."""
+def model_config_fields(model: str, revision: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(label, config.json fields) for a local model folder, a hub model in the local Hugging Face
+    cache, or a catalogue name."""
     folder = Path(model).expanduser()
     if (folder / "config.json").is_file():
         return str(model), json.loads((folder / "config.json").read_text())
+    cached = cached_config(model, revision)
+    if cached is not None:
+        return f"{model} (Hugging Face cache)", json.loads(cached.read_text())
     found = find(model)
     if found:
         short, entry = found

@@ -112,7 +112,7 @@ def weights_dtype(cfg: RunConfig, setup: Setup) -> str:
 def inventory_for(cfg: RunConfig, setup: Setup, method: MethodConfig | None = None) -> Inventory:
     """What the trainer holds for this method; the adapter dtype is the setup's (a suggestion may change it)."""
     method_cfg = method or cfg.method
-    label, fields = model_config_fields(cfg.model.path)
+    label, fields = model_config_fields(cfg.model.path, cfg.model.revision)
     dtype = weights_dtype(cfg, setup)
     adapter = (
         compute_dtype(cfg, setup, method_cfg) if setup.adapter_dtype == "compute" and method_cfg.uses_adapter else None
