@@ -159,7 +159,11 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
 def _problem_lines(file: FileCheck) -> list[str]:
     if not file.problems:
         return []
-    return [f"  bad rows ({len(file.problems)}):", *(f"    - {problem}" for problem in file.problems)]
+    kinds = [
+        kind for kind, fate in (("bad rows", "bad"), ("rows longer than max_seq_len", "too_long")) if file.fates[fate]
+    ]
+    heading = " and ".join(kinds) or "bad rows"  # the counts line above says which is which
+    return [f"  {heading} ({len(file.problems)}):", *(f"    - {problem}" for problem in file.problems)]
 
 
 def _training_line(check: DataCheck) -> str:

@@ -119,10 +119,12 @@ def test_every_bad_row_is_reported_and_the_exit_code_matches_training(
     assert "unknown field 'mesages'; did you mean 'messages'?" in out and "invalid JSON" in out
     assert "valid.jsonl line 2: " in out and "longer than data.max_seq_len=128" in out
     assert "rows: 28 read, 3 usable, 25 bad" in out and "bad rows (25):" in out
-    # a field the format does not read is named, with how many rows have it
-    assert "  fields format chat does not read (ignored): mesages (in 8 of 28 rows)\n" in out
+    # the misspelled field is the problem of its (refused) rows, not a field those rows' training ignores
+    assert "does not read (ignored)" not in out
     assert "training would refuse this data" in err and f"{tmp_path / 'train.jsonl'}: 25 bad row(s)" in err
-    assert f"{tmp_path / 'valid.jsonl'}: 1 bad row(s)" in err
+    assert f"{tmp_path / 'valid.jsonl'}: 1 row(s) longer than max_seq_len (data.too_long=error)" in err
+    assert "rows: 2 read, 1 usable, 0 bad, 1 longer than max_seq_len (too_long=error)" in out
+    assert "  rows longer than max_seq_len (1):\n    - valid.jsonl line 2" in out
     # Training itself refuses the same file for the same rows.
     with pytest.raises(DataError, match="25 bad rows") as refused:
         load_tokenized(
@@ -163,3 +165,20 @@ def test_a_classification_sample_shows_its_text_and_label(capsys: pytest.Capture
     assert "examples as training sees them (each text with its label):" in out
     assert re.search(r"--- train\.jsonl line 1 \(\d+ tokens, label (country|person|creature)\) ---\n<s>\S", out), out
     assert OPEN_PLAIN not in out.split("examples as training sees them")[1]
+
+
+def test_fields_the_format_does_not_read_are_named_for_usable_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A usable row's extra field (a "history" column meant to train, say) is named with its count."""
+    rows = [GOOD, {**GOOD, "history": []}, {**GOOD, "history": [], "source": "web"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        BUNDLED_MODEL,
+        tmp_path / "run",
+        data={"train": str(tmp_path / "train.jsonl"), "validation": None},
+    )
+    code, out, err = _validate_data(capsys, config)
+    assert code == 0, err
+    assert "  fields format chat does not read (ignored): history (in 2 of 3 rows), source (in 1 of 3 rows)\n" in out

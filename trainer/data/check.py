@@ -48,9 +48,11 @@ class FileCheck:
         """Why training would stop on this dataset (None: it would train on it)."""
         if self.read_error:
             return self.read_error
-        refused = self.fates["too_long"] + (0 if skip_bad_rows else self.fates["bad"])
-        if refused:
-            return f"{self.spec}: {refused} bad row(s)"
+        bad, too_long = (0 if skip_bad_rows else self.fates["bad"]), self.fates["too_long"]
+        if bad or too_long:
+            parts = [f"{bad} bad row(s)"] if bad else []
+            parts += [f"{too_long} row(s) longer than max_seq_len (data.too_long=error)"] if too_long else []
+            return f"{self.spec}: " + ", ".join(parts)
         if not self.rows:
             return f"{self.spec}: holds no rows (the file is empty or has only blank lines)"
         if not self.usable:
@@ -136,7 +138,8 @@ def _check_file(
         read = FORMAT_FIELDS.get(fmt, ())
         for row in rows:
             check.fates[row.fate] += 1
-            check.ignored_fields.update(name for name in row.fields if name not in read)
+            if row.fate != "bad":  # a bad row is refused whole (a misspelled field is its problem), not ignored in part
+                check.ignored_fields.update(name for name in row.fields if name not in read)
             if row.problem:
                 check.problems.append(row.problem)
             if row.fate != "bad":

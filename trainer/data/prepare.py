@@ -123,7 +123,7 @@ def prepare_data(
         "train_loss_tokens": int(train.mask.sum()),
         "packing": cfg.packing,
         "max_seq_len": cfg.max_seq_len,
-        "token_efficiency": round(efficiency, 4),
+        "token_efficiency": round(efficiency, 6),  # 4 places made the 0.1% shown round twice (88.8 vs 88.7)
         **{f"train_{k}": v for k, v in train.stats.items() if k != "rows" and not isinstance(v, list)},
         **{f"{e.name}_examples": len(e.examples) for e in evals},
         **{
