@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -156,8 +157,16 @@ def test_a_card_without_bf16_is_planned_at_its_fp32_peak_and_ambiguous_names_are
 
 def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", method={"type": "full"})
+    # Downloads on (offline, an uncached hub model is refused first: tests/unit/test_hub_cache.py);
+    # the fit check refuses before anything would be downloaded.
+    online = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     result = subprocess.run(
-        [*FTL, "train", str(cfg), "model.path=llama-3.1-405b"], cwd=REPO, capture_output=True, text=True, timeout=120
+        [*FTL, "train", str(cfg), "model.path=llama-3.1-405b"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=online,
     )
     assert result.returncode == 2
     assert "of RAM for 1 worker(s) but" in result.stderr and "--skip-fit-check" in result.stderr
