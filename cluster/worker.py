@@ -130,8 +130,9 @@ def execute(
     try:
         outcome = Outcome.finished(run(cfg, context))
     except StopRequested as exc:
-        if rank == 0:  # every rank stops at the same step: one says it
-            print(f"ftl worker {rank}: {exc}", file=sys.stderr)
+        # Said by rank 0's console in order with its other lines ("checkpoint committed: ...", then
+        # "stopped at step N"), and by the launcher at the end. A line on stderr here said it a third
+        # time, and on Ray (which forwards stdout and stderr apart) before the commit's line.
         outcome = Outcome.stopped(exc)
     if rank == 0:
         write_result(run_dir, outcome)
