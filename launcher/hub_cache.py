@@ -18,14 +18,14 @@ def downloads_off() -> bool:
     )
 
 
-def cached_config(name: str, revision: str | None = None) -> Path | None:
-    """The config.json of hub model `name` in the local cache (at `revision`, default main), or None."""
+def cached_config(name: str, revision: str | None = None, filename: str = "config.json") -> Path | None:
+    """`filename` of hub repo `name` in the local cache (at `revision`, default main), or None."""
     if Path(name).expanduser().exists():
         return None  # a local path, not a hub name
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(name, "config.json", revision=revision)
+        found = try_to_load_from_cache(name, filename, revision=revision)
     except Exception:  # noqa: BLE001 - not a valid repo id (a typo'd path, say): not cached
         return None
     return Path(found) if isinstance(found, str) else None
@@ -37,8 +37,13 @@ def unavailable_offline(cfg: RunConfig) -> list[str]:
     if not downloads_off():
         return []
     problems = []
-    for key, value in (("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer)):
-        if not value or Path(value).expanduser().exists() or cached_config(value, cfg.model.revision):
+    # A tokenizer-only repo has no config.json: its own file says it is there.
+    wanted = (
+        ("model.path", cfg.model.path, "config.json"),
+        ("model.tokenizer", cfg.model.tokenizer, "tokenizer_config.json"),
+    )
+    for key, value, filename in wanted:
+        if not value or Path(value).expanduser().exists() or cached_config(value, cfg.model.revision, filename):
             continue
         problems.append(
             f"{key}: {value!r} is not a local folder, and it is not in the Hugging Face cache "

@@ -47,6 +47,11 @@ def test_a_cached_hub_model_is_planned_and_an_uncached_one_is_named(tmp_path: Pa
     assert "WARNING: model.path: 'some-org/cahced-model' is not a local folder, and it is not in the Hugging" in (
         typo.stderr
     )
+    # A tokenizer-only repo in the cache (no config.json) is there too.
+    _hub_cache(home, "some-org/tokenizer-only")
+    (next((home / "hub" / "models--some-org--tokenizer-only" / "snapshots").iterdir()) / "config.json").unlink()
+    tokenizer_only = _ftl(["validate", str(cfg), "model.tokenizer=some-org/tokenizer-only"], home)
+    assert tokenizer_only.returncode == 0 and "WARNING" not in tokenizer_only.stderr, tokenizer_only.stderr
     refused = _ftl(["train", str(cfg), "model.tokenizer=cahced-tok", "--skip-fit-check"], home)
     assert refused.returncode == 2 and "model.tokenizer: 'cahced-tok' is not a local folder" in refused.stderr
     assert not (tmp_path / "run").exists()
