@@ -162,6 +162,58 @@ def test_a_template_that_rewrites_history_without_markers_is_refused_with_the_fi
     )
 
 
+# Like DeepSeek-R1's template: every assistant turn is written without its <think> block, and the
+# generation prompt opens one ("<think>\n"), so it is not how a written turn starts.
+R1_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}{% set c = m['content'] %}"
+    "{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+    "{{ '<|assistant|>\n' + c + '<|end|>\n' }}"
+    "{% else %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n<think>\n' }}{% endif %}"
+)
+
+
+def test_a_generation_prompt_that_opens_more_than_a_written_turn_trains_the_turn(tokenizer: Any) -> None:
+    """Every row was refused with R1's template (its prompt ends in "<think>\n", its written turns
+    do not): the assistant header is context, the turn as written is trained."""
+    r1 = copy.deepcopy(tokenizer)
+    r1.chat_template = R1_TEMPLATE
+    for messages, expected in (
+        (THINK_CHAT[:2], "Teal.<|end|>\n"),
+        (THINK_CHAT, "Teal.<|end|>\nTwo.<|end|>\n"),
+    ):
+        example = render_example(Row("t", {"messages": messages}), "chat", r1)
+        trained, other = _split(r1, example.input_ids, example.loss_mask)
+        assert trained.replace(" ", "") == expected
+        assert "<|assistant|>" in other and "Kesh" in other
+
+
+def test_reasoning_kept_apart_from_the_content_reaches_the_template(tokenizer: Any) -> None:
+    """Qwen3's template writes an assistant message's `reasoning_content` as its thinking; it was
+    dropped, training an empty thinking block."""
+    reasoning = copy.deepcopy(tokenizer)
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\n' }}"
+        "{% if m.reasoning_content %}{{ '<think>' + m.reasoning_content + '</think>' }}{% endif %}"
+        "{{ m['content'] + '<|end|>\n' }}{% else %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    )
+    reasoning.chat_template = template
+    row = {
+        "messages": [
+            {"role": "user", "content": "Moons?"},
+            {"role": "assistant", "content": "Two.", "reasoning_content": "count them"},
+        ]
+    }
+    example = render_example(Row("t", row), "chat", reasoning)
+    assert _split(reasoning, example.input_ids, example.loss_mask)[0].replace(" ", "") == (
+        "<think>countthem</think>Two.<|end|>\n"
+    )
+    with pytest.raises(DataError, match=r"messages\[1\].reasoning_content must be a string"):
+        bad = {"messages": [row["messages"][0], {**row["messages"][1], "reasoning_content": 3}]}
+        render_example(Row("t", bad), "chat", reasoning)
+
+
 def test_sharegpt_rows_render_like_chat_rows(tokenizer: Any) -> None:
     chat = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
     sharegpt = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
@@ -391,7 +443,7 @@ def test_readers_report_locations(tmp_path: Path) -> None:
 def test_invalid_json_lines_name_the_column_where_the_row_goes_wrong(tokenizer: Any, tmp_path: Path) -> None:
     """A row cut short was reported at "column 1" (the line was parsed with its newline)."""
     cut = '{"messages": [{"role": "user", "content": "hi"}'
-    (tmp_path / "d.jsonl").write_text(json.dumps(GOOD) + "\n" + cut + "\r\n" + '{"text": x}\n')
+    (tmp_path / "d.jsonl").write_text(json.dumps(GOOD) + "\n" + cut + "\r\n" + '{"text": x}\n' + '{"text": "abc}\n')
     problems = []
     for row in read_rows(str(tmp_path / "d.jsonl")):
         try:
@@ -401,6 +453,7 @@ def test_invalid_json_lines_name_the_column_where_the_row_goes_wrong(tokenizer: 
     assert problems[0].startswith(f"d.jsonl line 2: invalid JSON: Expecting ',' delimiter at column {len(cut) + 1}")
     assert "the end of the line: is the row cut short?" in problems[0]
     assert problems[1] == "d.jsonl line 3: invalid JSON: Expecting value at column 10"
+    assert problems[2].startswith("d.jsonl line 4: invalid JSON: Unterminated string starting at column 10")
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:

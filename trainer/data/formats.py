@@ -32,6 +32,9 @@ from trainer.data.word_tags import IGNORE_INDEX, TagProblem, align_word_tags, wo
 from trainer.errors import DataError
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+# An assistant message's reasoning, kept apart from its content: Qwen3's and other reasoning models'
+# templates read `reasoning_content` (gpt-oss's `thinking`) and write it as the model's thinking.
+REASONING_FIELDS = ("reasoning_content", "thinking")
 # ShareGPT-style rows ({"from": "human", "value": ...}) name roles differently.
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
 
@@ -232,6 +235,11 @@ def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[di
         for key in ("tool_call_id", "name"):  # which call a tool message answers
             if role == "tool" and isinstance(message.get(key), str):
                 entry[key] = message[key]
+        for key in REASONING_FIELDS:  # the reasoning some templates write apart from the content (Qwen3)
+            if role == "assistant" and message.get(key) is not None:
+                if not isinstance(message[key], str):
+                    raise RowProblem(f"messages[{index}].{key} must be a string")
+                entry[key] = message[key]
         clean.append(entry)
     if require_assistant and not any(m["role"] == "assistant" for m in clean):
         raise RowProblem("no assistant message, so there is nothing to train on")
@@ -343,6 +351,8 @@ def _render_chat(messages: list[dict[str, Any]], tokenizer: Any, train_from: int
         through = _apply_template(tokenizer, messages[: index + 1], add_generation_prompt=False)
         if index:
             before = _apply_template(tokenizer, messages[:index], add_generation_prompt=True)
+            if not through.startswith(before):
+                before = _opening_as_written(tokenizer, messages[:index], before, through)
         else:  # the conversation opens with the assistant: its header (and BOS) are context too
             before = _assistant_opening(tokenizer, message, through)
         if not full.startswith(through) or not through.startswith(before):
@@ -404,6 +414,20 @@ def _runs(mask: list[int]) -> list[tuple[int, int]]:
             runs.append((start, index))
             start = None
     return runs
+
+
+def _opening_as_written(tokenizer: Any, context: list[dict[str, Any]], prompted: str, through: str) -> str:
+    """Where the assistant's own text starts when the generation prompt is not how the template
+    writes a finished turn: DeepSeek-R1's prompts end in "<think>\n", which its written turns do
+    not have. The context, then as much of the generation prompt (the assistant header) as the
+    written turn shares, are not trained; the rest of the turn is."""
+    plain = _apply_template(tokenizer, context, add_generation_prompt=False)
+    if not (prompted.startswith(plain) and through.startswith(plain)):
+        return prompted  # the context itself renders differently: not prefix-stable, said by the caller
+    shared = len(plain)
+    while shared < min(len(prompted), len(through)) and prompted[shared] == through[shared]:
+        shared += 1
+    return through[:shared]
 
 
 def _in_spans(starts: list[int], spans: list[tuple[int, int]]) -> list[int]:

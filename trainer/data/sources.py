@@ -84,7 +84,8 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 cut = " (the end of the line: is the row cut short?)" if exc.pos >= len(line.rstrip()) else ""
-                yield Row(where, _Malformed(f"invalid JSON: {exc.msg} at column {exc.colno}{cut}"))
+                at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"
+                yield Row(where, _Malformed(f"invalid JSON: {exc.msg}{at} column {exc.colno}{cut}"))
                 continue
             surrogate = _lone_surrogate(value) if "\\u" in line else None
             yield Row(where, _Malformed(surrogate) if surrogate else value)
