@@ -36,17 +36,24 @@ def test_chat_trains_only_assistant_turns_including_end_of_turn(tokenizer: Any) 
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     assert example.input_ids == tokenizer(full, add_special_tokens=False)["input_ids"]
     end = tokenizer.convert_tokens_to_ids("<|end|>")
-    # Token by token: exactly the assistant contents, each followed by its end-of-turn token.
+    # Token by token: exactly the assistant contents, each followed by its end-of-turn token (what the
+    # bundled template's {% generation %} markers enclose).
     trained_ids = [t for t, m in zip(example.input_ids, example.loss_mask) if m]
     expected = (
         tokenizer("Quenta.", add_special_tokens=False)["input_ids"]
         + [end]
-        + tokenizer("\n", add_special_tokens=False)["input_ids"]
         + tokenizer("Blue.", add_special_tokens=False)["input_ids"]
         + [end]
-        + tokenizer("\n", add_special_tokens=False)["input_ids"]
     )
     assert trained_ids == expected
+    marked = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert example.loss_mask == list(marked["assistant_masks"])  # transformers' own reading of the markers
+    # Without markers, a turn is what rendering it adds, through the end of the turn (its newline too).
+    unmarked = copy.deepcopy(tokenizer)
+    unmarked.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    plain = render_example(Row("t", {"messages": messages}), "chat", unmarked)
+    assert plain.input_ids == example.input_ids
+    assert _split(unmarked, plain.input_ids, plain.loss_mask)[0] == "Quenta.<|end|>\nBlue.<|end|>\n"
     trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
     assert "Zorblat" in other and "<|assistant|>" in other and "Be brief" in other
     assert "Zorblat" not in trained and "<|user|>" not in trained
@@ -61,7 +68,7 @@ def test_a_conversation_opening_with_the_assistant_trains_its_text_not_the_heade
     ]
     example = render_example(Row("t", {"messages": messages}), "chat", tokenizer)
     trained, other = _split(tokenizer, example.input_ids, example.loss_mask)
-    assert trained == "Hello, how can I help?<|end|>\nBlue.<|end|>\n"
+    assert trained == "Hello, how can I help?<|end|>Blue.<|end|>"
     assert other.startswith(tokenizer.bos_token + "<|assistant|>")
 
 
@@ -131,13 +138,13 @@ def test_a_template_that_rewrites_history_is_located_by_its_generation_markers(t
     trained, other = _split(think, example.input_ids, example.loss_mask)
     assert trained.replace(" ", "") == "Teal.<|end|><think>count</think>Two.<|end|>"
     assert "Kesh" in other and "Moons" in other
-    # A preference pair's prompt may hold earlier assistant turns: context, not trained (the markers'
-    # runs of those turns are untrained; here the prompt's own rendering already drops the <think>).
+    # A preference pair's prompt may hold earlier assistant turns: context, not trained (their marked
+    # runs are untrained).
     pair = {"prompt": THINK_CHAT[:3], "chosen": [THINK_CHAT[3]], "rejected": [{"role": "assistant", "content": "Six."}]}
     chosen = render_example(Row("p", pair), "preference", think)
-    assert _split(think, chosen.input_ids, chosen.loss_mask)[0].replace(" ", "") == "<think>count</think>Two.<|end|>\n"
+    assert _split(think, chosen.input_ids, chosen.loss_mask)[0].replace(" ", "") == "<think>count</think>Two.<|end|>"
     assert chosen.rejected is not None
-    assert _split(think, chosen.rejected.input_ids, chosen.rejected.loss_mask)[0].replace(" ", "") == "Six.<|end|>\n"
+    assert _split(think, chosen.rejected.input_ids, chosen.rejected.loss_mask)[0].replace(" ", "") == "Six.<|end|>"
     # A template whose opening depends on the conversation's length cannot place even the response by
     # prefixes: the markers' run of the prompt's assistant turn is untrained, the response's kept.
     counting = copy.deepcopy(think)

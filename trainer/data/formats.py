@@ -344,6 +344,10 @@ def _render_chat(messages: list[dict[str, Any]], tokenizer: Any, train_from: int
                 "the chat template does not write tool_calls, so the assistant's tool calls would be dropped; use "
                 "a model (or model.tokenizer) whose chat template supports tools"
             )
+    if GENERATION_MARKER.search(tokenizer.chat_template or "") and getattr(tokenizer, "is_fast", False):
+        # The template says itself which text the assistant writes: one rule for every row, the
+        # one transformers' return_assistant_tokens_mask and TRL's assistant-only loss follow.
+        return _render_chat_by_generation_markers(messages, tokenizer, train_from)
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or index < train_from:
