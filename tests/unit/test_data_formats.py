@@ -390,6 +390,13 @@ def test_a_mixture_reports_what_each_source_skipped(tmp_path: Path, tokenizer: A
     assert report["train_examples"] == 6 and report["train_skipped_bad"] == 3
     assert report["mixture"]["instr"]["skipped_bad"] == 3 and "skipped_bad" not in report["mixture"]["chat"]
     assert cut_examples_note(report) == "training examples: 3 skipped as malformed (instr: 3 skipped as malformed)"
+    # Without skip_bad_rows, one error names every source with bad rows, not only the first.
+    other = _jsonl(tmp_path / "other.jsonl", [GOOD, "{oops"])
+    both = cfg.model_copy(update={"skip_bad_rows": False})
+    both.mixture.append(type(both.mixture[0])(name="other", train=str(other)))
+    with pytest.raises(DataError) as refused:
+        prepare_data(both, tokenizer, seed=0, micro_batch_size=2, want_prompts=False, max_prompts=None)
+    assert "instr.jsonl: 3 bad rows" in str(refused.value) and "other.jsonl line 2: invalid JSON" in str(refused.value)
 
 
 def test_too_long_policies(tmp_path: Path, tokenizer: Any) -> None:
@@ -607,3 +614,16 @@ def test_json_lines_under_a_json_name_is_named_as_such(tmp_path: Path) -> None:
         DataError, match=r"line 2, column 1: Extra data; it looks like JSON Lines .*name the file .jsonl"
     ):
         list(read_rows(str(tmp_path / "d.json")))
+
+
+def test_rows_refused_only_for_their_length_say_how_to_fit_them(tmp_path: Path, tokenizer: Any) -> None:
+    """data.skip_bad_rows does not skip them: the message pointed at it anyway."""
+    long_row = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "word " * 100}]}
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD, long_row, long_row, "{oops"])
+    args = dict(max_seq_len=32, too_long="error", cache_root=tmp_path / "c")
+    with pytest.raises(
+        DataError, match=r"d.jsonl: 2 rows longer than data.max_seq_len; raise it, or set data.too_long"
+    ):
+        load_tokenized(str(path), "chat", tokenizer, skip_bad_rows=True, **args)
+    with pytest.raises(DataError, match=r"d.jsonl: 3 bad rows; fix them, or set data.skip_bad_rows=true"):
+        load_tokenized(str(path), "chat", tokenizer, skip_bad_rows=False, **args)

@@ -223,7 +223,14 @@ def _mixture_rows(
 ) -> tuple[TokenizedSet, list[list[int]], list[MixtureSpan], list[dict[str, int]]]:
     """Each source is packed on its own (a row never mixes sources), then all rows are concatenated.
     Also each source's cut counts (examples skipped as malformed, truncated, ...)."""
-    sets = [load(source.train, cfg.format_of(source)) for source in cfg.mixture]
+    sets, problems = [], []
+    for source in cfg.mixture:  # every source read, so one message names every file with bad rows
+        try:
+            sets.append(load(source.train, cfg.format_of(source)))
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DataError("\n".join(problems))
     merged, firsts = concat_sets(sets)
     rows: list[list[int]] = []
     spans = []

@@ -272,6 +272,7 @@ def _tokenize(
     errors: list[str] = []
     bad_rows: list[str] = []  # without skip_bad_rows: every bad row, reported together at the end
     stats: dict[str, Any] = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
+    too_long_rows = 0  # of bad_rows, those refused for their length (data.too_long: error)
     for scanned in scan_rows(spec, fmt, tokenizer, max_seq_len, too_long, split, label_names):
         if scanned.fate == "bad" and skip_bad_rows:
             stats["skipped_bad"] += 1
@@ -280,6 +281,7 @@ def _tokenize(
             continue
         if scanned.fate in ("bad", "too_long"):
             bad_rows.append(scanned.problem)
+            too_long_rows += scanned.fate == "too_long"
             continue
         if not scanned.usable:
             stats[scanned.fate] += 1
@@ -299,7 +301,7 @@ def _tokenize(
             tags.append(np.asarray(scanned.token_labels, dtype=np.int32))
         stats["rows"] += 1
     if bad_rows:
-        raise DataError(bad_rows_message(spec, bad_rows))
+        raise DataError(bad_rows_message(spec, bad_rows, only_too_long=too_long_rows == len(bad_rows)))
     if stats["skipped_bad"]:
         log.warning(
             "%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors
@@ -336,16 +338,19 @@ def no_usable_rows_message(spec: str, stats: dict[str, Any]) -> str:
     return f"{spec}: no usable rows: " + ", ".join(f"{count} {why}" for why, count in lost.items() if count)
 
 
-def bad_rows_message(spec: str, bad_rows: list[str]) -> str:
+def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False) -> str:
+    """`only_too_long`: every row listed is refused for its length (data.too_long: error), which
+    data.skip_bad_rows does not skip."""
     if len(bad_rows) == 1:
         return bad_rows[0]
     listed = "\n".join(f"  - {problem}" for problem in bad_rows[:MAX_LISTED_BAD_ROWS])
     more = len(bad_rows) - MAX_LISTED_BAD_ROWS
     tail = f"\n  ... and {more} more" if more > 0 else ""
-    return (
-        f"{spec}: {len(bad_rows)} bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows:\n"
-        f"{listed}{tail}"
-    )
+    if only_too_long:
+        what = "rows longer than data.max_seq_len; raise it, or set data.too_long to truncate or drop"
+    else:
+        what = "bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows"
+    return f"{spec}: {len(bad_rows)} {what}:\n{listed}{tail}"
 
 
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:
