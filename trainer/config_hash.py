@@ -92,6 +92,10 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in values.items():
         if isinstance(value, dict):  # an empty one adds no key: its keys, when set, read as new
             flat.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            # data.mixture: one changed weight reads as data.mixture[1].weight, not the whole list twice
+            for index, item in enumerate(value):
+                flat.update(_flat(item, f"{prefix}{key}[{index}]."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

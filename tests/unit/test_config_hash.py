@@ -68,6 +68,10 @@ def test_a_changed_config_is_described_key_by_key() -> None:
         "data.packing: true -> false",
         "and 2 more",
     ]
+    # a list of sections (data.mixture) is compared entry by entry
+    mixed = {"data": {"mixture": [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 1.0}]}}
+    reweighted = {"data": {"mixture": [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 3.0}]}}
+    assert config_changes(mixed, reweighted) == ["data.mixture[1].weight: 1.0 -> 3.0"]
     # what an older ftl recorded without a key reads as not set
     assert config_changes({"training": {}}, {"training": {"seed": 1}}) == ["training.seed: (not set) -> 1"]
 
