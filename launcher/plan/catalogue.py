@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import UserError
-from launcher.hub_cache import cached_config
+from launcher.hub_cache import cached_config, downloads_off
 
 DATA = Path(__file__).with_name("catalogue.json")
 
@@ -44,7 +44,12 @@ def model_config_fields(model: str, revision: str | None = None) -> tuple[str, d
         short, entry = found
         return f"{short} ({entry['hub_id']}, built-in catalogue)", dict(entry["config"])
     names = ", ".join(catalogue())
+    offline = (
+        " (downloads are off, HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, and it is not in the Hugging Face cache)"
+        if downloads_off()
+        else ""
+    )
     raise UserError(
-        f"model.path: {model!r} is neither a model folder with a config.json nor a built-in architecture; "
-        f"use a local folder or one of: {names}"
+        f"model.path: {model!r} is neither a model folder with a config.json nor a built-in architecture"
+        f"{offline}; use a local folder or one of: {names}"
     )

@@ -30,6 +30,10 @@ def plan_command(args: argparse.Namespace) -> int:
     target = Target(ram_share(acc, per_node), per_node, args.nodes)
     plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
     print(render(plan))
+    from launcher.hub_cache import unavailable_offline
+
+    for problem in unavailable_offline(cfg):  # planned from the catalogue, but not trainable on this machine
+        print(f"ftl: WARNING: {problem}", file=sys.stderr)
     return 0 if plan.memory.fits else EXIT_FAILED  # does not fit
 
 

@@ -47,6 +47,9 @@ def test_a_cached_hub_model_is_planned_and_an_uncached_one_is_named(tmp_path: Pa
     assert "WARNING: model.path: 'some-org/cahced-model' is not a local folder, and it is not in the Hugging" in (
         typo.stderr
     )
+    # `ftl plan` plans it (a planning question), and says this machine could not train it.
+    planned = _ftl(["plan", str(cfg), "model.tokenizer=cahced-tok"], home)
+    assert planned.returncode == 0 and "WARNING: model.tokenizer: 'cahced-tok' is not a local folder" in planned.stderr
     # A tokenizer-only repo in the cache (no config.json) is there too.
     _hub_cache(home, "some-org/tokenizer-only")
     (next((home / "hub" / "models--some-org--tokenizer-only" / "snapshots").iterdir()) / "config.json").unlink()
