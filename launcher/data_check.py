@@ -163,7 +163,33 @@ def _problem_lines(file: FileCheck) -> list[str]:
         kind for kind, fate in (("bad rows", "bad"), ("rows longer than max_seq_len", "too_long")) if file.fates[fate]
     ]
     heading = " and ".join(kinds) or "bad rows"  # the counts line above says which is which
-    return [f"  {heading} ({len(file.problems)}):", *(f"    - {problem}" for problem in file.problems)]
+    return [f"  {heading} ({len(file.problems)}):", *(f"    - {line}" for line in _grouped(file.problems))]
+
+
+SAME_PROBLEM_SHOWN = 3  # rows shown in full per problem; the rest of its rows are named in one line
+WHERE_LISTED = 20
+
+
+def _grouped(problems: list[str]) -> list[str]:
+    """Each problem as it is, except that a reason many rows share (a template-wide one says the
+    same for every row) is shown for its first rows, then one line names the others."""
+    by_reason: dict[str, list[int]] = {}
+    position = []  # of each problem among those with its reason
+    for index, problem in enumerate(problems):
+        rows = by_reason.setdefault(problem.partition(": ")[2], [])
+        position.append(len(rows))
+        rows.append(index)
+    lines = []
+    for index, problem in enumerate(problems):
+        rows = by_reason[problem.partition(": ")[2]]
+        if len(rows) <= SAME_PROBLEM_SHOWN + 1 or position[index] < SAME_PROBLEM_SHOWN:
+            lines.append(problem)
+        elif position[index] == SAME_PROBLEM_SHOWN:
+            rest = [problems[i].partition(": ")[0] for i in rows[SAME_PROBLEM_SHOWN:]]
+            named = ", ".join(rest[:WHERE_LISTED])
+            more = f" and {len(rest) - WHERE_LISTED} more" if len(rest) > WHERE_LISTED else ""
+            lines.append(f"the same for {len(rest)} more rows: {named}{more}")
+    return lines
 
 
 def _training_line(check: DataCheck) -> str:

@@ -114,8 +114,10 @@ def test_every_bad_row_is_reported_and_the_exit_code_matches_training(
 
     code, out, err = _validate_data(capsys, config)
     assert code == 2
-    for line in bad_lines:
-        assert f"train.jsonl line {line}: " in out
+    for line in bad_lines:  # each named; a reason many rows share is written out for its first three
+        assert re.search(rf"train\.jsonl line {line}\b", out), line
+    assert out.count("unknown field 'mesages'; did you mean 'messages'?") == 3
+    assert "    - the same for 5 more rows: train.jsonl line 14, train.jsonl line 17, " in out
     assert "unknown field 'mesages'; did you mean 'messages'?" in out and "invalid JSON" in out
     assert "valid.jsonl line 2: " in out and "longer than data.max_seq_len=128" in out
     assert "rows: 28 read, 3 usable, 25 bad" in out and "bad rows (25):" in out
@@ -136,14 +138,14 @@ def test_every_bad_row_is_reported_and_the_exit_code_matches_training(
             skip_bad_rows=False,
             cache_root=tmp_path / "cache",
         )
-    listed = re.findall(r"  - (train\.jsonl line \d+: .*)", str(refused.value))
-    assert len(listed) == 20 and all(problem in out for problem in listed)
+    listed = re.findall(r"  - (train\.jsonl line \d+): (.*)", str(refused.value))
+    assert len(listed) == 20 and all(where in out and reason in out for where, reason in listed)
 
     # Training skips malformed rows with skip_bad_rows and truncates with too_long=truncate: exit 0,
     # the bad rows still listed.
     code, out, err = _validate_data(capsys, config, "data.skip_bad_rows=true", "data.too_long=truncate")
     assert code == 0, err
-    assert "25 bad (skipped: data.skip_bad_rows)" in out and f"train.jsonl line {bad_lines[-1]}: " in out
+    assert "25 bad (skipped: data.skip_bad_rows)" in out and f"train.jsonl line {bad_lines[-1]}" in out
     assert "1 truncated to max_seq_len" in out
 
 
