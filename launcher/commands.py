@@ -24,10 +24,9 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     problems += [refusal] if refusal else []
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
-    from launcher.hub_cache import unavailable_offline
+    from launcher.hub_cache import warn_unavailable_offline
 
-    for problem in unavailable_offline(cfg):  # the config is valid; training it on this machine would fail
-        print(f"ftl: WARNING: {problem}", file=sys.stderr)
+    warn_unavailable_offline(cfg)  # the config is valid; training it on this machine would fail
     if data:
         _quiet_libraries()
         from launcher.data_check import data_command

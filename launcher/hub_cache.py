@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
+from launcher.preflight import looks_local
 from launcher.run_config import RunConfig
 
 TRUE_VALUES = ("1", "on", "yes", "true")
@@ -43,7 +45,8 @@ def unavailable_offline(cfg: RunConfig) -> list[str]:
         ("model.tokenizer", cfg.model.tokenizer, "tokenizer_config.json"),
     )
     for key, value, filename in wanted:
-        if not value or Path(value).expanduser().exists() or cached_config(value, cfg.model.revision, filename):
+        # A path (absolute, ./, ~) is no hub name: check_inputs says it does not exist, once.
+        if not value or looks_local(value) or cached_config(value, cfg.model.revision, filename):
             continue
         problems.append(
             f"{key}: {value!r} is not a local folder, and it is not in the Hugging Face cache "
@@ -52,3 +55,10 @@ def unavailable_offline(cfg: RunConfig) -> list[str]:
             "or download it once with downloads on"
         )
     return problems
+
+
+def warn_unavailable_offline(cfg: RunConfig) -> None:
+    """For commands that answer anyway (validate, plan): a valid config that this machine could
+    not train, said on stderr."""
+    for problem in unavailable_offline(cfg):
+        print(f"ftl: WARNING: {problem}", file=sys.stderr)

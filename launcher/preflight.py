@@ -12,12 +12,12 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 def check_inputs(cfg: RunConfig) -> list[str]:
     problems: list[str] = []
     for key, value in (("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer)):
-        if value and _looks_local(value) and not (Path(value) / "config.json").exists() and key == "model.path":
+        if value and looks_local(value) and not (Path(value) / "config.json").exists() and key == "model.path":
             problems.append(
                 f"{key}: {value} is not a model directory (no config.json); "
                 "point it at a Hugging Face model folder, or use a hub name when online"
             )
-        elif value and _looks_local(value) and not Path(value).exists():
+        elif value and looks_local(value) and not Path(value).exists():
             problems.append(f"{key}: {value} does not exist")
     data_keys = [
         ("data.train", cfg.data.train),
@@ -31,12 +31,12 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             (f"data.mixture[{index}].validation", source.validation),
         ]
     for key, value in data_keys:
-        if value and (_looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).exists():
+        if value and (looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).exists():
             problems.append(f"{key}: {value} not found (relative paths resolve from the current directory)")
     return problems
 
 
-def _looks_local(value: str) -> bool:
+def looks_local(value: str) -> bool:
     return Path(value).is_absolute() or value.startswith((".", "~")) or Path(value).exists()
 
 

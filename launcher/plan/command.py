@@ -30,10 +30,9 @@ def plan_command(args: argparse.Namespace) -> int:
     target = Target(ram_share(acc, per_node), per_node, args.nodes)
     plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
     print(render(plan))
-    from launcher.hub_cache import unavailable_offline
+    from launcher.hub_cache import warn_unavailable_offline
 
-    for problem in unavailable_offline(cfg):  # planned from the catalogue, but not trainable on this machine
-        print(f"ftl: WARNING: {problem}", file=sys.stderr)
+    warn_unavailable_offline(cfg)  # planned, but not trainable on this machine
     return 0 if plan.memory.fits else EXIT_FAILED  # does not fit
 
 
