@@ -109,7 +109,10 @@ class StopFlag:
             content = self.request_file.read_text().strip()
             self.signum = int(content) if content.isdigit() else None
             self.requested = True
-            log.warning("stop requested by the launcher (%s)", self.request_file)  # what follows is said as it happens
+            # INFO, for the rank's log: the launcher has already told the console it asked for the
+            # stop, and a warning from every rank (on Ray, stderr reaches the console apart from
+            # rank 0's stdout) could print after "stopped at step N".
+            log.info("stop requested by the launcher (%s)", self.request_file)
         return self.requested
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
