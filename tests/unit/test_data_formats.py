@@ -158,6 +158,18 @@ def test_a_template_that_rewrites_history_is_located_by_its_generation_markers(t
     assert "Teal" in other and "Long talk" in other
 
 
+def test_an_earlier_turn_the_template_empties_is_refused_as_an_empty_answer(tokenizer: Any) -> None:
+    """A reasoning-only earlier turn, its <think> dropped by the template, would train just <|end|>."""
+    think = copy.deepcopy(tokenizer)
+    think.chat_template = THINK_TEMPLATE
+    chat = [THINK_CHAT[0], {"role": "assistant", "content": "<think>only thinking</think>"}, *THINK_CHAT[2:]]
+    with pytest.raises(DataError, match=r"t: messages\[1\] is an assistant message the chat template writes with no"):
+        render_example(Row("t", {"messages": chat}), "chat", think)
+    # The same turn as the last one keeps its reasoning, so it is an answer to train.
+    last = render_example(Row("t", {"messages": chat[:2]}), "chat", think)
+    assert _split(think, last.input_ids, last.loss_mask)[0].replace(" ", "") == "<think>onlythinking</think><|end|>"
+
+
 def test_a_template_that_rewrites_history_without_markers_is_refused_with_the_fix(tokenizer: Any) -> None:
     think = copy.deepcopy(tokenizer)
     think.chat_template = THINK_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")

@@ -405,7 +405,27 @@ def _render_chat_by_generation_markers(messages: list[dict[str, Any]], tokenizer
             )
         for start, end in runs[:skipped]:
             mask[start:end] = [0] * (end - start)
+    _refuse_emptied_answers(tokenizer, ids, mask, messages, train_from)
     return Example(ids, mask)
+
+
+def _refuse_emptied_answers(
+    tokenizer: Any, ids: list[int], mask: list[int], messages: list[dict[str, Any]], train_from: int
+) -> None:
+    """An assistant turn the template writes with no text of its own (an earlier turn that was only
+    a <think> block, which Qwen3-style templates drop) would train just its end-of-turn token: an
+    empty answer, refused as one written empty is (it teaches the model to stop at once)."""
+    trained = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= train_from]
+    runs = _runs(mask)
+    for number, (start, end) in enumerate(runs):
+        if tokenizer.decode(ids[start:end], skip_special_tokens=True).strip():
+            continue
+        which = f"messages[{trained[number]}]" if len(runs) == len(trained) else "an assistant message"
+        raise RowProblem(
+            f"{which} is an assistant message the chat template writes with no text (only its end-of-turn "
+            "token; a template that drops earlier turns' <think> blocks leaves a reasoning-only turn empty), "
+            "so it would train an empty answer; give that turn an answer after its reasoning, or end the row before it"
+        )
 
 
 def _runs(mask: list[int]) -> list[tuple[int, int]]:
