@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from launcher.run_config import RunConfig
@@ -13,12 +14,13 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     problems: list[str] = []
     for key, value in (("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer)):
         if value and looks_local(value) and not (Path(value) / "config.json").exists() and key == "model.path":
+            what = "is not a model directory (no config.json)" if Path(value).exists() else "does not exist"
             problems.append(
-                f"{key}: {value} is not a model directory (no config.json); "
+                f"{key}: {value} {what}{did_you_mean(value)}; "
                 "point it at a Hugging Face model folder, or use a hub name when online"
             )
         elif value and looks_local(value) and not Path(value).exists():
-            problems.append(f"{key}: {value} does not exist")
+            problems.append(f"{key}: {value} does not exist{did_you_mean(value)}")
     data_keys = [
         ("data.train", cfg.data.train),
         ("data.validation", cfg.data.validation),
@@ -32,8 +34,24 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         ]
     for key, value in data_keys:
         if value and (looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).exists():
-            problems.append(f"{key}: {value} not found (relative paths resolve from the current directory)")
+            problems.append(
+                f"{key}: {value} not found{did_you_mean(value)} (relative paths resolve from the current directory)"
+            )
     return problems
+
+
+def did_you_mean(value: str) -> str:
+    """'; did you mean X?' for a missing path whose folder holds a close spelling (a typo in the last
+    part: ftl-tiny-lama for ftl-tiny-llama), else ''."""
+    path = Path(value).expanduser()
+    if path.exists() or not path.parent.is_dir():
+        return ""
+    try:
+        siblings = [entry.name for entry in path.parent.iterdir()]
+    except OSError:  # unreadable folder: nothing to suggest
+        return ""
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.75)
+    return f"; did you mean {Path(value).parent / close[0]}?" if close else ""
 
 
 def looks_local(value: str) -> bool:

@@ -155,6 +155,13 @@ def test_cli_validate_reports_missing_data_file(tmp_path: Path, valid_text: str)
     )
     assert out.returncode == 2
     assert "data.train" in out.stderr and "nope.jsonl not found" in out.stderr
+    assert "did you mean" not in out.stderr  # nothing close to it there
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    typo = subprocess.run(
+        [*FTL, "validate", str(path), f"data.train={tmp_path}/trian.jsonl"], capture_output=True, text=True, cwd=REPO
+    )
+    assert typo.returncode == 2
+    assert f"trian.jsonl not found; did you mean {tmp_path}/train.jsonl?" in typo.stderr, typo.stderr
 
 
 def test_a_resume_path_that_is_no_checkpoint_is_refused_for_a_new_run_directory_too(

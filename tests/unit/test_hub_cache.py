@@ -58,9 +58,12 @@ def test_a_cached_hub_model_is_planned_and_an_uncached_one_is_named(tmp_path: Pa
     refused = _ftl(["train", str(cfg), "model.tokenizer=cahced-tok", "--skip-fit-check"], home)
     assert refused.returncode == 2 and "model.tokenizer: 'cahced-tok' is not a local folder" in refused.stderr
     assert not (tmp_path / "run").exists()
-    # A misspelled path is one error (it does not exist), not also a hub name missing from the cache.
-    path_typo = _ftl(["train", str(cfg), f"model.path={tmp_path / 'no-such-model'}"], home)
-    assert path_typo.returncode == 2 and "not a model directory" in path_typo.stderr, path_typo.stderr
+    # A misspelled path is one error (it does not exist, with the close spelling next to it), not
+    # also a hub name missing from the cache.
+    typo_path = str(BUNDLED_MODEL).replace("llama", "lama")
+    path_typo = _ftl(["train", str(cfg), f"model.path={typo_path}"], home)
+    assert path_typo.returncode == 2, path_typo.stderr
+    assert f"model.path: {typo_path} does not exist; did you mean {BUNDLED_MODEL}?" in path_typo.stderr
     assert "Hugging Face cache" not in path_typo.stderr
     # With downloads on, validate cannot know and says nothing.
     online = _ftl(["validate", str(cfg), "model.path=some-org/cahced-model"], home, offline=False)
