@@ -17,6 +17,9 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +47,8 @@ def export_final(
     info: dict[str, Any] | None = None,
 ) -> Path:
     """Write `out_dir` (final/ or an export) atomically; `info` goes into its export.json."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with deepspeed_probe_skipped():
+    tmp = _fresh_sibling(out_dir, "new")
+    with _removed_on_failure(tmp), deepspeed_probe_skipped():
         if cfg.method.uses_adapter and adapter:
             model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp / "adapter"))
@@ -56,10 +57,10 @@ def export_final(
             _stop_at_end_of_turn(merged, tokenizer)
             merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
             tokenizer.save_pretrained(str(tmp / "merged"))
-    (tmp / "export.json").write_text(
-        json.dumps({"method": cfg.method.type, "base_model": cfg.model.path, **(info or {})}, indent=1)
-    )
-    _swap_into_place(tmp, out_dir)
+        (tmp / "export.json").write_text(
+            json.dumps({"method": cfg.method.type, "base_model": cfg.model.path, **(info or {})}, indent=1)
+        )
+        _swap_into_place(tmp, out_dir)
     log.info("exported %s", out_dir)
     return out_dir
 
@@ -86,12 +87,32 @@ def _current_umask() -> int:
     return 0o022  # the common default, where /proc does not say
 
 
+def _fresh_sibling(out_dir: Path, purpose: str) -> Path:
+    """A new, empty folder next to `out_dir` under a name only ftl makes (.NAME.ftl-export-new-XXXX):
+    never OUT.tmp or OUT.old, which may be the user's own (a backup called model.old is common)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.ftl-export-{purpose}-", dir=out_dir.parent))
+    os.chmod(folder, 0o777 & ~_current_umask())  # mkdtemp's is 0700: the export is shared as any new folder
+    return folder
+
+
+@contextmanager
+def _removed_on_failure(tmp: Path) -> Iterator[None]:
+    """A half-written export folder does not outlive an error (a kill -9 leaves it, hidden and
+    named as ftl's)."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     _readable_as_the_umask_allows(tmp)
     if out_dir.exists():
-        # Keep the previous export until the new one is complete, then swap.
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
+        # Keep the previous export until the new one is complete, then swap (the previous one is
+        # moved onto a fresh empty folder of ftl's own, which rename replaces).
+        old = _fresh_sibling(out_dir, "old")
         os.replace(out_dir, old)
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
@@ -225,7 +246,7 @@ def export_run(
     manifest = read_manifest(source)
     step = int(manifest["step"])
     target = out or layout.export(step)
-    _check_target(target)
+    _check_target(target, run_dir)
     # The model the checkpoint fits: config.yaml is the last start's, which may have changed settings
     # (a start refused for another LoRA rank still rewrote it).
     written_with = config_written_with(cfg, manifest)
@@ -267,7 +288,7 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
     adapter = final / "adapter" / "adapter_model.safetensors"
     if target.resolve() == final.resolve() and (not merge or (final / "merged").exists() or not adapter.exists()):
         return Exported(final, step, str(final), written=False)
-    _check_target(target)
+    _check_target(target, run_dir)
     if cfg.method.uses_adapter and adapter.exists():
         from peft import set_peft_model_state_dict
 
@@ -288,10 +309,10 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
         raise TrainerInputError(
             f"{run_dir} finished but has no {FINAL_DIR}/; export one of its checkpoints with --checkpoint"
         )
-    tmp = target.with_name(target.name + ".tmp")  # a full fine-tune: final/merged is the model, copy it whole
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(final, tmp)
-    _swap_into_place(tmp, target)
+    tmp = _fresh_sibling(target, "new")  # a full fine-tune: final/merged is the model, copy it whole
+    with _removed_on_failure(tmp):
+        shutil.copytree(final, tmp, dirs_exist_ok=True)
+        _swap_into_place(tmp, target)
     return Exported(target, step, str(final))
 
 
@@ -303,9 +324,22 @@ def _fresh_model(cfg: TrainerConfig, device: str) -> tuple[Any, Any]:
     return tokenizer, build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
 
 
-def _check_target(target: Path) -> None:
-    """An export replaces an earlier export, never a directory with other contents."""
+def _check_target(target: Path, run_dir: Path) -> None:
+    """An export replaces an earlier export, never a file, a directory with other contents, or
+    anything inside another run directory (its final/ is what that run finished with, and its
+    summary and report describe it)."""
     from trainer.errors import TrainerInputError
 
+    if target.exists() and not target.is_dir():
+        raise TrainerInputError(f"{target} exists and is a file; choose a new or empty directory (--out)")
     if target.is_dir() and any(target.iterdir()) and not (target / "export.json").is_file():
         raise TrainerInputError(f"{target} exists and is not an ftl export; choose a new or empty directory (--out)")
+    own = run_dir.resolve()
+    for folder in target.resolve().parents:
+        if folder == own:
+            return  # this run's exports/ (its final/ is refused before)
+        if RunLayout(folder).marker.is_file():
+            raise TrainerInputError(
+                f"{target} is inside another run directory ({folder}), whose files are that run's own; "
+                "export to a folder outside it"
+            )

@@ -149,6 +149,58 @@ def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Pat
     assert into_final.returncode == 2 and "written by the run itself" in into_final.stderr
 
 
+def test_export_writes_only_its_own_folder(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """--out's neighbours are the user's (model.old is a common backup name), a file is no export
+    folder, and another run's final/ is that run's: an export touches none of them."""
+    run = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, run, training={"max_steps": 2}, checkpoint={"every_steps": 2}
+    )
+    trained = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    step_2 = str(run / "checkpoints" / "step-2")
+
+    def export(out: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*FTL, "export", str(run), "--checkpoint", step_2, "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+
+    models = tmp_path / "models"
+    for backup in ("mine.old", "mine.tmp"):
+        (models / backup).mkdir(parents=True)
+        (models / backup / "notes.txt").write_text("keep me")
+    for _ in range(2):  # a new folder, then over the earlier export
+        exported = export(models / "mine")
+        assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (models / "mine" / "adapter" / "adapter_model.safetensors").is_file()
+    assert oct((models / "mine").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    assert sorted(p.name for p in models.iterdir()) == ["mine", "mine.old", "mine.tmp"]  # no debris either
+    assert all((models / b / "notes.txt").read_text() == "keep me" for b in ("mine.old", "mine.tmp"))
+
+    a_file = tmp_path / "weights.bin"
+    a_file.write_text("mine")
+    refused = export(a_file)
+    assert refused.returncode == 2 and f"{a_file} exists and is a file" in refused.stderr, refused.stderr[-2000:]
+    assert a_file.read_text() == "mine" and not (tmp_path / "weights.bin.old").exists()
+
+    other = tmp_path / "other-run"  # another run's directory, as ftl marks one, with its finished model
+    (other / "final").mkdir(parents=True)
+    (other / ".ftl-run").write_text("")
+    (other / "final" / "export.json").write_text('{"method": "full"}')
+    into_other = export(other / "final")
+    assert into_other.returncode == 2 and f"inside another run directory ({other})" in into_other.stderr
+    assert sorted(p.name for p in (other / "final").iterdir()) == ["export.json"]
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def test_malformed_row_stops_before_training(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = tmp_path / "bad.jsonl"
     good = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
