@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from cluster.gpu_probe import cuda_available
@@ -19,8 +20,7 @@ from trainer.logging_setup import quiet_third_party
 def plan_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     quiet_third_party()  # the planner's meta model imports transformers, PEFT and bitsandbytes: no chatter
-    if args.mfu is not None and not 0 < args.mfu <= 1:
-        raise UserError(f"--mfu {args.mfu}: a fraction of peak throughput, in (0, 1]")
+    _check_flags(args)
     acc = (
         accelerator(args.gpu, args.gpu_memory, args.peak_tflops)
         if args.gpu
@@ -34,6 +34,26 @@ def plan_command(args: argparse.Namespace) -> int:
 
     warn_unavailable_offline(cfg)  # planned, but not trainable on this machine
     return 0 if plan.memory.fits else EXIT_FAILED  # does not fit
+
+
+MAX_GPUS = 4096  # as cluster.workers
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """The plan's own flags, as strictly as config keys: a negative node count or a NaN price
+    would print a plan of nonsense with a verdict."""
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu {args.mfu}: a fraction of peak throughput, in (0, 1]")
+    for flag, value in (("--nodes", args.nodes), ("--gpus-per-node", args.gpus_per_node)):
+        if value is not None and not 1 <= value <= MAX_GPUS:
+            raise UserError(f"{flag} {value}: a count from 1 to {MAX_GPUS}")
+    if args.nodes * (args.gpus_per_node or 1) > MAX_GPUS:
+        raise UserError(f"--nodes {args.nodes} x --gpus-per-node {args.gpus_per_node}: more than {MAX_GPUS} GPUs")
+    if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
+        raise UserError(f"--peak-tflops {args.peak_tflops}: a positive number of TFLOP/s per GPU")
+    price = args.price_per_gpu_hour
+    if price is not None and not (math.isfinite(price) and price >= 0):
+        raise UserError(f"--price-per-gpu-hour {price}: a price of 0 or more")
 
 
 def this_machine(memory: str | None = None, peak_tflops: float | None = None) -> Accelerator:

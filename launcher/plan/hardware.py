@@ -6,6 +6,7 @@ throughput is peak x MFU, an explicit assumption (--mfu)."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 
@@ -105,9 +106,12 @@ def parse_size(text: str) -> int:
     else:
         number, scale = raw, GIB
     try:
-        return int(float(number) * scale)
+        value = float(number)
     except ValueError:
-        raise UserError(f"--gpu-memory {text!r}: expected a size such as 24GiB, 80GB or 40") from None
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):  # "-5GiB", "0", "nan": no device has that
+        raise UserError(f"--gpu-memory {text!r}: expected a size such as 24GiB, 80GB or 40")
+    return int(value * scale)
 
 
 def available_ram_bytes() -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -109,6 +111,34 @@ def test_qlora_counts_4bit_weights_and_block_scales(tmp_path: Path) -> None:
 
 def test_parse_size() -> None:
     assert parse_size("24GiB") == 24 * 1024**3 and parse_size("80GB") == 80 * 10**9 and parse_size("40") == 40 * 1024**3
+    for bad in ("-5GiB", "0", "nan", "lots"):
+        with pytest.raises(UserError, match=f"--gpu-memory '{bad}': expected a size"):
+            parse_size(bad)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"nodes": -3}, "--nodes -3: a count from 1 to 4096"),
+        ({"nodes": 0}, "--nodes 0: a count from 1 to 4096"),
+        ({"gpus_per_node": 0}, "--gpus-per-node 0: a count from 1 to 4096"),
+        ({"nodes": 64, "gpus_per_node": 128}, "--nodes 64 x --gpus-per-node 128: more than 4096 GPUs"),
+        ({"peak_tflops": -1.0}, "--peak-tflops -1.0: a positive number"),
+        ({"price_per_gpu_hour": float("nan")}, "--price-per-gpu-hour nan: a price of 0 or more"),
+        ({"price_per_gpu_hour": -1.0}, "--price-per-gpu-hour -1.0: a price of 0 or more"),
+        ({"mfu": 2.0}, "--mfu 2.0: a fraction of peak throughput, in (0, 1]"),
+    ],
+)
+def test_plan_flags_are_checked_like_config_keys(flags: dict, message: str) -> None:
+    """A negative node count or a NaN price printed a plan of nonsense with a FITS verdict."""
+    from launcher.plan.command import _check_flags
+
+    args = argparse.Namespace(
+        **{"nodes": 1, "gpus_per_node": None, "peak_tflops": None, "price_per_gpu_hour": None, "mfu": 0.35, **flags}
+    )
+    with pytest.raises(UserError, match=re.escape(message)):
+        _check_flags(args)
+    _check_flags(argparse.Namespace(nodes=2, gpus_per_node=8, peak_tflops=989.0, price_per_gpu_hour=0.0, mfu=0.35))
 
 
 def test_cli_plan_exit_codes(tmp_path: Path) -> None:
