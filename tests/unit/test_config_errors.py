@@ -276,6 +276,14 @@ def test_infinite_and_nan_numbers_are_refused_by_key(tmp_path: Path, valid_text:
     assert problem.startswith(key) and "finite number" in problem, problem
 
 
+@pytest.mark.parametrize("override", ["cluster.workers=true", "training.learning_rate=false", "eval.every_steps=yes"])
+def test_true_or_false_is_no_number(tmp_path: Path, valid_text: str, override: str) -> None:
+    """pydantic reads true as 1: `cluster.workers: true` ran one worker without a word."""
+    (problem,) = _problems(_write(tmp_path, valid_text), [override])
+    assert problem.startswith(override.split("=")[0]) and "expected a number, not" in problem, problem
+    assert load_config(_write(tmp_path, valid_text), ["eval.at_start=true"]).eval.at_start is True  # a flag still is
+
+
 def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path, valid_text: str) -> None:
     """YAML keeps the second value silently; the first (often the one being edited) was ignored.
     Here the training section is written twice too (the valid config has one)."""
