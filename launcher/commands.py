@@ -191,9 +191,16 @@ def format_summary(summary: dict[str, Any]) -> str:
             em = f"{_pct(base.get(metric))} -> {_pct(final.get(metric))}" if scored else ""
             lines.append(f"{split:<14}{loss:<30}{em:<30}".rstrip())
     stopping = summary.get("transfer", {}).get("early_stopping")
+    best = stopping.get("best_step") if stopping else None
     if stopping and stopping.get("stopped_at") is not None:
         lines.append(
-            f"early stopping: stopped at step {stopping['stopped_at']}; final/ holds the best step {stopping['best_step']} "
+            f"early stopping: stopped at step {stopping['stopped_at']}; final/ holds the best step {best} "
+            f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])})"
+        )
+    elif stopping and best is not None and best != summary.get("steps"):
+        # It ran to the end, but an earlier evaluation was the best: final/ is that step's model.
+        lines.append(
+            f"early stopping: ran all {summary.get('steps')} steps; final/ holds the best step {best} "
             f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])})"
         )
     final_dir = Path(summary["final_dir"])

@@ -1,0 +1,28 @@
+"""The table `ftl train` prints at the end says which step's model final/ holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from launcher.commands import format_summary
+
+
+def _summary(tmp_path: Path, **stopping: Any) -> dict[str, Any]:
+    best = {"best_step": 40, "split": "validation", "metric": "accuracy", "best": 0.9889, **stopping}
+    return {
+        "steps": 45,
+        "first_loss": 1.0814,
+        "last_loss": 0.0908,
+        "final_dir": str(tmp_path / "final"),
+        "transfer": {"early_stopping": best},
+    }
+
+
+def test_final_holds_the_best_step_whether_or_not_training_stopped_early(tmp_path: Path) -> None:
+    stopped = format_summary(_summary(tmp_path, stopped_at=45, best_step=35))
+    assert "early stopping: stopped at step 45; final/ holds the best step 35 (validation accuracy 0.9889)" in stopped
+    ran_out = format_summary(_summary(tmp_path, stopped_at=None))
+    assert "early stopping: ran all 45 steps; final/ holds the best step 40 (validation accuracy 0.9889)" in ran_out
+    # The last step was the best: final/ is the last step's model, nothing to say.
+    assert "early stopping" not in format_summary(_summary(tmp_path, stopped_at=None, best_step=45))
