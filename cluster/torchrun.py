@@ -76,8 +76,14 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
         torchrun_command(run_dir, cluster), env=env, start_new_session=True, preexec_fn=child_dies_with_this_process()
     )
 
-    def abort() -> None:
-        agent.send_signal(signal.SIGTERM)
+    forced: list[bool] = []
+
+    def abort() -> None:  # a third Ctrl-C: now, not after the checkpoint in progress
+        # SIGKILL: a SIGTERM would be passed on to the workers, which are already stopping and
+        # ignore it, and the agent would wait its 30 s before killing them. Its workers die with
+        # it (cluster/parent_death.py); the unfinished checkpoint is never committed.
+        forced.append(True)
+        agent.kill()
 
     with signals_request_stop(run_dir, force_quit=abort):
         try:
@@ -89,6 +95,8 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 agent.kill()
             raise
+    if forced:  # the user's Ctrl-C ended it, not the agent's SIGTERM: exit 130, as on every backend
+        raise KeyboardInterrupt
     if code != 0:
         # A rank's input error (exit 2, printed by that rank) is reported as such, whatever the
         # other ranks' exit codes.

@@ -442,6 +442,55 @@ def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_mode
     assert_same_losses(tmp_path / "run", golden)
 
 
+def test_a_third_ctrl_c_on_torchrun_force_quits_at_once_with_130(tmp_path, tiny_model_dir):
+    """Ctrl-C three times on the torchrun backend while the stop checkpoint is being written: ftl
+    says it force-quits, exits 130 as on every backend (not the agent's SIGTERM code, 143), the
+    workers are gone at once (not after torchrun's 30 s shutdown grace), without torchrun's own
+    warnings on the console, and the unfinished checkpoint is not committed."""
+    import psutil
+
+    config = _config(
+        tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 1}, cluster={"backend": "torchrun", "workers": 2}
+    )
+    run_dir, never = tmp_path / "run", tmp_path / "never-released"
+    stderr_path = tmp_path / "stderr.txt"
+    hold = f"step_end@2={run_dir / STOP_REQUEST_FILE},before_manifest@2={never}"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [*FTL, "train", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "FTL_FAULT_WAIT_AT": hold},
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
+    try:
+        _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir(), timeout=400)
+        workers = [
+            p
+            for p in _process_tree(proc.pid)
+            if "cluster.worker" in p.cmdline() and "cluster.torchrun_agent" not in p.cmdline()
+        ]
+        assert len(workers) == 2, [p.cmdline() for p in _process_tree(proc.pid)]
+        os.killpg(proc.pid, signal.SIGINT)
+        _wait_for(lambda: (run_dir / "checkpoints" / ".tmp-step-2").is_dir(), timeout=300)
+        os.killpg(proc.pid, signal.SIGINT)
+        _wait_for(lambda: "already stopping, finishing the checkpoint first" in stderr_path.read_text(), timeout=60)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=20)  # well inside torchrun's 30 s grace
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers outlived the force-quit: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = stderr_path.read_text()
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "third Ctrl-C: force-quitting; the rerun resumes from checkpoints/step-1" in err, err[-3000:]
+    assert "death signal" not in err and "Closing process" not in err, err[-3000:]
+    assert _checkpoint_steps(run_dir) == [1]
+
+
 def test_torchrun_killed_worker_without_restarts_says_which_rank_and_where_to_resume(tmp_path, tiny_model_dir):
     """No raw collective traceback from the surviving rank (it goes to that rank's log), a line naming
     the killed rank, and the checkpoint the same command resumes from, with the restart setting."""
