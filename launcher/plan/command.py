@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from cluster.gpu_probe import cuda_available
 from launcher.config_loader import load_config
 from launcher.errors import UserError
 from launcher.plan.hardware import Accelerator, accelerator, parse_size, ram_share
+from launcher.plan.memory import RAY_LOCAL_SERVICES, RAY_WORKER_EXTRA
 from launcher.plan.planner import Target, plan_run
 from launcher.plan.render import render, size
 from launcher.run_config import RunConfig
@@ -67,6 +69,16 @@ def this_machine(memory: str | None = None, peak_tflops: float | None = None) ->
     return accelerator("cpu", memory, peak_tflops)
 
 
+def ray_on_cpu_bytes(cfg: RunConfig) -> tuple[int, str]:
+    """What Ray itself takes of a CPU machine's RAM beside the planned workers, and how to say it."""
+    if cfg.cluster.backend != "ray":
+        return 0, ""
+    extra = RAY_WORKER_EXTRA * cfg.cluster.workers
+    if cfg.cluster.ray.address or os.environ.get("RAY_ADDRESS"):
+        return extra, " on Ray"  # a running cluster's own processes are in use already
+    return extra + RAY_LOCAL_SERVICES, " and the local Ray's own processes"
+
+
 def check_fit(cfg: RunConfig) -> None:
     """Refuse a run that cannot fit on this machine. On GPU the budget is one device per worker;
     on a CPU-only machine all local workers share the available RAM. A planner failure (say, an
@@ -96,10 +108,11 @@ def check_fit(cfg: RunConfig) -> None:
     if acc.is_gpu:
         need, have, what = memory.total_bytes, acc.memory_bytes, f"per GPU ({acc.name})"
     else:
+        beside, whose = ray_on_cpu_bytes(cfg)
         need, have, what = (
-            memory.total_bytes * workers,
+            memory.total_bytes * workers + beside,
             acc.memory_bytes * workers,
-            f"of RAM for {workers} worker(s)",
+            f"of RAM for {workers} worker(s){whose}",
         )
     if need <= have:
         print(f"ftl: fit check: the run needs about {size(need)} {what}; {size(have)} available", file=sys.stderr)

@@ -36,6 +36,12 @@ NCCL_BUFFERS = int(0.25 * GIB)
 ALLOCATOR_SLACK = 0.05
 # CPU: a worker process with torch, transformers and peft imported (measured RSS, scripts/bench/memory.py).
 CPU_PROCESS = int(0.45 * GIB)
+# Ray on CPU, beside its workers' share of the RAM (measured: configs/examples/lora.yaml with 2 workers
+# took 2.5 GiB of the machine's memory on Ray, 1.0 GiB on torchrun): a Ray Train worker carries
+# Ray's core library (~0.25 GiB more than a plain worker), and the local Ray that `ftl train`
+# starts runs its own processes (GCS, raylet, dashboard, the Train controller and its actors).
+RAY_WORKER_EXTRA = int(0.25 * GIB)
+RAY_LOCAL_SERVICES = int(1.0 * GIB)
 # bitsandbytes 8-bit optimizers: tensors below this many elements keep 32-bit states; blockwise
 # quantization with one fp32 absmax per block; one dynamic map (256 fp32) per state, shared.
 BNB_MIN_8BIT_SIZE = 4096

@@ -652,3 +652,30 @@ def test_on_cpu_the_plan_gives_each_local_worker_its_share_of_the_ram(tmp_path: 
     )
     assert out.returncode == 1 and "DOES NOT FIT" in out.stdout and "per cpu worker (RAM / 2)" in out.stdout, out.stdout
     assert "per-worker memory (rank 0, in CPU RAM)" in out.stdout and "per-GPU" not in out.stdout
+
+
+def test_on_cpu_the_fit_check_counts_what_ray_itself_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Measured: a 2-worker LoRA run took 2.5 GiB of RAM on Ray and 1.0 on torchrun, and the check
+    said 1.03 GiB for both. Ray's workers and the local Ray's own processes are counted now."""
+    import launcher.plan.command as command
+    from launcher.plan.hardware import Accelerator
+    from launcher.plan.memory import RAY_LOCAL_SERVICES, RAY_WORKER_EXTRA
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    torchrun = load_config(path, ["cluster.backend=torchrun", "cluster.workers=2"])
+    per_worker = plan_run(torchrun, Target(accelerator("cpu")), with_throughput=False).memory.total_bytes
+    budget = 2 * per_worker + RAY_LOCAL_SERVICES  # fits the workers, not also Ray's share
+    monkeypatch.setattr(command, "this_machine", lambda *a: Accelerator("cpu", budget, None, bf16=False, is_gpu=False))
+    command.check_fit(torchrun)
+    assert "of RAM for 2 worker(s); " in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"needs about .* of RAM for 2 worker\(s\) and the local Ray's own processes"):
+        command.check_fit(load_config(path, ["cluster.backend=ray", "cluster.workers=2"]))
+    assert command.ray_on_cpu_bytes(load_config(path, ["cluster.backend=ray", "cluster.workers=2"])) == (
+        2 * RAY_WORKER_EXTRA + RAY_LOCAL_SERVICES,
+        " and the local Ray's own processes",
+    )
+    joined = load_config(path, ["cluster.backend=ray", "cluster.workers=2", "cluster.ray.address=10.0.0.1:6379"])
+    assert command.ray_on_cpu_bytes(joined) == (2 * RAY_WORKER_EXTRA, " on Ray")  # its services run already
