@@ -72,6 +72,20 @@ class TorchrunConfig(Section):
         0, ge=0, description="torchrun restarts the workers (from the latest checkpoint) this many times."
     )
 
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        # Found here, not by every node's agent at start (a multi-node job may have queued for hours).
+        if value is None:
+            return value
+        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d+))?", value.strip())
+        if not match or (match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535):
+            raise ValueError(
+                f"{value!r} is not HOST:PORT (a host name or address, [IPv6] in brackets, and a port from 1 to "
+                "65535; torchrun's default port 29400 without one)"
+            )
+        return value.strip()
+
 
 class SlurmConfig(Section):
     mode: Literal["torchrun", "ray"] = Field(

@@ -284,6 +284,21 @@ def test_true_or_false_is_no_number(tmp_path: Path, valid_text: str, override: s
     assert load_config(_write(tmp_path, valid_text), ["eval.at_start=true"]).eval.at_start is True  # a flag still is
 
 
+@pytest.mark.parametrize("endpoint", ["host:99999", "not a host", "node1:0", "a b:29400"])
+def test_a_rendezvous_endpoint_that_is_no_host_and_port_is_refused(
+    tmp_path: Path, valid_text: str, endpoint: str
+) -> None:
+    """Found by validate, not by every node's torchrun agent once a multi-node job has started."""
+    (problem,) = _problems(_write(tmp_path, valid_text), [f"cluster.torchrun.rdzv_endpoint={endpoint}"])
+    assert problem.startswith("cluster.torchrun.rdzv_endpoint") and "is not HOST:PORT" in problem, problem
+
+
+def test_rendezvous_endpoints_as_torchrun_takes_them(tmp_path: Path, valid_text: str) -> None:
+    for endpoint in ("node1:29400", "node1", "[fe80::1]:29400", "10.0.0.1:29500"):
+        cfg = load_config(_write(tmp_path, valid_text), [f"cluster.torchrun.rdzv_endpoint={endpoint}"])
+        assert cfg.cluster.torchrun.rdzv_endpoint == endpoint
+
+
 def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path, valid_text: str) -> None:
     """YAML keeps the second value silently; the first (often the one being edited) was ignored.
     Here the training section is written twice too (the valid config has one)."""
