@@ -162,20 +162,7 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     )
     run_dir, release = tmp_path / "run", tmp_path / "release-the-save"
     stderr_path = tmp_path / "stderr.txt"
-    # Rank 0 holds at the end of step 2 until the stop request exists, then holds the stop
-    # checkpoint open (before its manifest) until the test has pressed Ctrl-C a second time.
-    hold = f"step_end@2={run_dir / STOP_REQUEST_FILE},before_manifest@2={release}"
-    with stderr_path.open("w") as stderr:
-        # A new session: the test stands in for the terminal; its Ctrl-C goes to the group.
-        proc = subprocess.Popen(
-            [*FTL, "train", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            text=True,
-            env={**os.environ, "FTL_FAULT_WAIT_AT": hold},
-            start_new_session=True,
-            preexec_fn=_default_sigint,
-        )
+    proc = _start_held_at_the_stop_checkpoint(config, run_dir, release, stderr_path)
     try:
         _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir(), timeout=400)
         # Ray's daemons and the run's actors (idle workers come and go as Ray pleases).
@@ -306,6 +293,26 @@ def test_a_stop_signal_while_the_local_ray_starts_ends_ftl_before_the_run(tmp_pa
     assert out.returncode == 128 + getattr(signal, "SIG" + name), out.stderr[-3000:]
     assert out.stderr.rstrip().endswith(last_line), out.stderr[-3000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _start_held_at_the_stop_checkpoint(
+    config: Path, run_dir: Path, release: Path, stderr_path: Path
+) -> subprocess.Popen[str]:
+    """`ftl train` as a terminal's foreground job (a new session: the test stands in for the
+    terminal, its Ctrl-C goes to the group). Rank 0 holds at the end of step 2 until the stop
+    request exists, then holds the stop checkpoint open (before its manifest) until `release`
+    exists: the test presses Ctrl-C again while that checkpoint is being written."""
+    hold = f"step_end@2={run_dir / STOP_REQUEST_FILE},before_manifest@2={release}"
+    with stderr_path.open("w") as stderr:
+        return subprocess.Popen(
+            [*FTL, "train", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "FTL_FAULT_WAIT_AT": hold},
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
 
 
 def _default_sigint() -> None:
@@ -452,19 +459,8 @@ def test_a_third_ctrl_c_on_torchrun_force_quits_at_once_with_130(tmp_path, tiny_
     config = _config(
         tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 1}, cluster={"backend": "torchrun", "workers": 2}
     )
-    run_dir, never = tmp_path / "run", tmp_path / "never-released"
-    stderr_path = tmp_path / "stderr.txt"
-    hold = f"step_end@2={run_dir / STOP_REQUEST_FILE},before_manifest@2={never}"
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(
-            [*FTL, "train", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            text=True,
-            env={**os.environ, "FTL_FAULT_WAIT_AT": hold},
-            start_new_session=True,
-            preexec_fn=_default_sigint,
-        )
+    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+    proc = _start_held_at_the_stop_checkpoint(config, run_dir, tmp_path / "never-released", stderr_path)
     try:
         _wait_for(lambda: (run_dir / "checkpoints" / "step-1").is_dir(), timeout=400)
         workers = [
