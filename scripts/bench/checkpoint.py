@@ -85,7 +85,10 @@ class Trainee:
             from trainer.checkpointing.layouts import ReplicatedStateIO
 
             self.io = ReplicatedStateIO(
-                lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, 0
+                # As Strategy.trainable_state hands them over (CPU tensors are not cloned).
+                lambda m: {n: p.detach().cpu() for n, p in m.named_parameters()},
+                lambda m: m,
+                0,
             )
         self.model, self.optimizer = model, optimizer
         self.scheduler = WarmupDecaySchedule(optimizer, TrainingConfig(learning_rate=1e-4), total_steps=10**6)

@@ -26,7 +26,7 @@ from trainer.config import ParallelConfig, TrainingConfig
 from trainer.dict_merge import deep_merged
 from trainer.errors import TrainerInputError
 from trainer.global_batch import global_batch_size
-from trainer.strategies.base import Optimizer, Strategy, resolved_precision
+from trainer.strategies.base import Optimizer, Strategy, host_copy_once, resolved_precision
 from trainer.strategies.registry import register
 
 if TYPE_CHECKING:
@@ -182,9 +182,9 @@ class DeepSpeedStrategy(Strategy):
         import deepspeed
 
         trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
-        # Collective: every rank gathers; the full tensors exist only inside the context.
+        # Collective: every rank gathers; the full tensors exist only inside the context (so copied).
         with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
-            return {name: p.detach().cpu().clone() for name, p in trainable}
+            return {name: host_copy_once(p.detach()) for name, p in trainable}
 
 
 def _skip_shared_memory_allreduce_build() -> None:

@@ -90,7 +90,7 @@ class FSDPStrategy(Strategy):
             value = param.detach()
             # full_tensor() is a collective: every rank runs it, in the same order.
             value = value.full_tensor() if isinstance(value, DTensor) else value
-            state[name] = value.cpu().clone()
+            state[name] = value.cpu()  # full_tensor() made it; export copies it into a fresh model
         return state
 
 
