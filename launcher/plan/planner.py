@@ -89,7 +89,7 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         compile=cfg.model.compile,
         liger=cfg.model.liger_kernels,
         preference=preference,
-        reference_copy=cfg.reference_kind() == "copy",
+        reference=cfg.reference_kind() or "",
     )
 
 

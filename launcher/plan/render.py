@@ -8,7 +8,7 @@ from launcher.plan.throughput import Throughput
 
 FLOP_CONVENTION = (
     "FLOPs/token: 6N full, 4N + 6N_adapter frozen-base adapters, + 12*layers*seq*q_dim attention "
-    "(N = matmul parameters); checkpointing adds a recomputed forward"
+    "(N = matmul parameters); checkpointing adds a recomputed forward; DPO adds its reference model's forward"
 )
 
 
@@ -75,7 +75,14 @@ def throughput_lines(t: Throughput, workers: int) -> list[str]:
         f"  epoch: {t.tokens.real_tokens:,} tokens ({t.tokens.slots:,} computed positions with packing/padding), from {t.tokens.source}"
     )
     if t.epoch_seconds is not None and t.run_seconds is not None:
-        lines.append(f"  time: {duration(t.epoch_seconds)} per epoch, {duration(t.run_seconds)} for the configured run")
+        scoring = (
+            f" (incl. {duration(t.reference_seconds)} scoring the training pairs with the reference model before step 1)"
+            if t.reference_seconds is not None
+            else ""
+        )
+        lines.append(
+            f"  time: {duration(t.epoch_seconds)} per epoch, {duration(t.run_seconds)} for the configured run{scoring}"
+        )
     if t.cost is not None:
         lines.append(f"  cost: {t.cost:,.2f} at the given price per GPU-hour")
     return lines

@@ -39,9 +39,15 @@ class Setup:
     compile: bool = False
     liger: bool = False
     # training.objective dpo/orpo: each micro-batch holds chosen + rejected (micro_batch counts both);
-    # reference_copy: DPO with full fine-tuning keeps a frozen copy of the weights.
+    # reference: DPO's reference model (trainer/config.py reference_kind): adapters_disabled and
+    # copy run one more forward per micro-batch, copy also keeps a frozen copy of the weights;
+    # precomputed scores the training pairs once before step 1.
     preference: str = ""  # "" (sft) | dpo | orpo
-    reference_copy: bool = False
+    reference: str = ""  # "" (none) | adapters_disabled | copy | precomputed
+
+    @property
+    def reference_copy(self) -> bool:
+        return self.reference == "copy"
 
     def but(self, **changes: object) -> Setup:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -153,18 +153,21 @@ def single_changes(s: Setup) -> list[Change]:
 
 def other_changes(s: Setup) -> list[Change]:
     changes: list[Change] = []
-    if s.micro_batch > 1:
-        mb = s.micro_batch // 2
+    # training.micro_batch_size counts rows: a preference row is a pair, two sequences of the setup.
+    per_row = 2 if s.preference else 1
+    rows, unit = s.micro_batch // per_row, " pairs" if s.preference else ""
+    if rows > 1:
+        mb = rows // 2
         while mb >= 1:
-            factor = s.micro_batch // mb
+            factor = rows // mb
             changes.append(
                 Change(
-                    f"micro-batch {mb} with {s.accumulation * factor}x accumulation (same global batch)",
+                    f"micro-batch {mb}{unit} with {s.accumulation * factor}x accumulation (same global batch)",
                     [
                         f"training.micro_batch_size={mb}",
                         f"training.gradient_accumulation_steps={s.accumulation * factor}",
                     ],
-                    s.but(micro_batch=mb, accumulation=s.accumulation * factor),
+                    s.but(micro_batch=mb * per_row, accumulation=s.accumulation * factor),
                 )
             )
             mb //= 2

@@ -6,7 +6,10 @@ Full fine-tuning: 6N per token (forward 2N, backward 4N). Frozen-base adapters (
 QLoRA): 4N + 6 N_adapter (the backward computes input gradients through the frozen weights but
 no weight gradients). Attention adds 12 * layers * seq_len * q_dim (PaLM's convention, without
 the causal halving). Activation checkpointing recomputes the forward: +2N + 4 * layers * seq_len
-* q_dim of hardware FLOPs that MFU does not credit. tokens/s = GPUs x peak x MFU / FLOPs per token.
+* q_dim of hardware FLOPs that MFU does not credit. DPO's reference model adds a forward without
+gradients, 2N + 4 * layers * seq_len * q_dim per token, at every micro-batch (reference
+adapters_disabled or copy) or once over one epoch of the training pairs before step 1
+(precomputed). tokens/s = GPUs x peak x MFU / FLOPs per token.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Throughput:
     epoch_seconds: float | None
     run_seconds: float | None
     cost: float | None
+    reference_seconds: float | None = None  # DPO precomputed: scoring the pairs before step 1 (in run_seconds)
 
 
 def matmul_params(inventory: Inventory) -> tuple[int, int]:
@@ -80,7 +84,15 @@ def flops_per_token(inventory: Inventory, setup: Setup) -> tuple[float, float]:
     else:
         model = 4 * n + 6 * n_adapter + 3 * attention_fwd
     recompute = (2 * (n + n_adapter) + attention_fwd) if setup.checkpointing else 0
+    if setup.reference in ("adapters_disabled", "copy"):
+        model += reference_forward_flops(inventory, setup)
     return float(model), float(model + recompute)
+
+
+def reference_forward_flops(inventory: Inventory, setup: Setup) -> float:
+    """One forward of DPO's reference model (the base, adapters off, or a frozen copy) per token."""
+    n, _ = matmul_params(inventory)
+    return float(2 * n + 4 * inventory.arch.layers * setup.seq_len * inventory.arch.q_dim)
 
 
 def estimate(
@@ -95,16 +107,19 @@ def estimate(
     model, hardware = flops_per_token(inventory, setup)
     peak = setup.accelerator.peak_for(setup.precision)
     tokens_per_s = setup.workers * peak * 1e12 * mfu / hardware if peak else None
-    epoch_s = run_s = cost = None
+    epoch_s = run_s = cost = reference_s = None
     if tokens_per_s and tokens:
         epoch_s = tokens.slots / tokens_per_s
         run_s = epoch_s * cfg.training.epochs
         if cfg.training.max_steps:
             rows_per_step = global_batch_size(setup.micro_batch, setup.accumulation, setup.workers)
             run_s = cfg.training.max_steps * rows_per_step * setup.seq_len / tokens_per_s
+        if setup.reference == "precomputed":  # the initial model scores every training pair once
+            reference_s = tokens.slots * reference_forward_flops(inventory, setup) / (tokens_per_s * hardware)
+            run_s += reference_s
         if price_per_gpu_hour is not None:
             cost = run_s / 3600 * setup.workers * price_per_gpu_hour
-    return Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost)
+    return Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost, reference_s)
 
 
 def count_tokens(cfg: RunConfig) -> TokenCount | None:

@@ -17,6 +17,7 @@ from launcher.plan.hardware import accelerator, parse_size, ram_share
 from launcher.plan.inventory_build import build_inventory
 from launcher.plan.planner import Target, plan_run
 from launcher.plan.published import model_states, plan_bare
+from launcher.plan.throughput import TokenCount
 from tests.conftest import BUNDLED_MODEL, FTL, REPO, write_config
 from trainer.config import MethodConfig
 
@@ -552,6 +553,56 @@ def test_dpo_full_counts_the_reference_copy_only_where_it_is_kept(tmp_path: Path
 
     assert reference_bytes("ddp") > 0  # reference=auto: a frozen copy
     assert reference_bytes("fsdp") == 0  # reference=auto: precomputed log-probs, no weights
+
+
+PREFERENCE_DATA = {
+    "train": str(REPO / "assets/data/fictional-pref/train.jsonl"),
+    "format": "preference",
+    "packing": False,
+}
+
+
+def test_dpo_micro_batch_suggestion_counts_pairs_and_its_overrides_plan_what_it_says(tmp_path: Path) -> None:
+    """training.micro_batch_size counts pairs for DPO: the suggestion used to write the sequence
+    count (8 for 8 pairs = 16 sequences), a change that changed nothing."""
+    sections = dict(
+        model={"path": "llama-3.1-8b"},
+        data=dict(PREFERENCE_DATA, max_seq_len=1024),
+        training={"objective": "dpo", "micro_batch_size": 8},
+    )
+    plan = _plan(tmp_path, gpu="H100", **sections)
+    assert not plan.memory.fits
+    first = next(s for s in plan.suggestions if s.change.overrides[0].startswith("training.micro_batch_size"))
+    assert first.change.overrides == ["training.micro_batch_size=4", "training.gradient_accumulation_steps=2"]
+    assert first.change.description.startswith("micro-batch 4 pairs with 2x accumulation")
+    applied = _plan(tmp_path, gpu="H100", overrides=first.change.overrides, **sections)
+    assert applied.memory.total_bytes == first.memory.total_bytes and applied.memory.fits
+
+
+def test_dpo_time_counts_the_reference_forward(tmp_path: Path) -> None:
+    """DPO's reference model runs a forward per micro-batch (adapters_disabled, copy) or once over
+    the training pairs before step 1 (precomputed); ORPO has none."""
+    from launcher.plan.throughput import estimate, reference_forward_flops
+
+    def throughput(**training: object) -> object:
+        cfg = _cfg(
+            tmp_path, model={"path": "llama-3.1-8b"}, data=dict(PREFERENCE_DATA, max_seq_len=1024), training=training
+        )
+        plan = plan_run(cfg, Target(accelerator("H100")), with_throughput=False)
+        tokens = TokenCount(real_tokens=1_000_000, slots=1_000_000, source="test")
+        return plan, estimate(plan.inventory, plan.memory.setup, cfg, mfu=0.35, price_per_gpu_hour=None, tokens=tokens)
+
+    _, orpo = throughput(objective="orpo")
+    plan, each_step = throughput(objective="dpo", preference={"reference": "adapters_disabled"})
+    _, once = throughput(objective="dpo", preference={"reference": "precomputed"})
+    forward = reference_forward_flops(plan.inventory, plan.memory.setup)
+    assert each_step.hardware_flops_per_token == pytest.approx(orpo.hardware_flops_per_token + forward)
+    assert once.hardware_flops_per_token == orpo.hardware_flops_per_token
+    assert once.reference_seconds == pytest.approx(
+        1_000_000 * forward / (once.tokens_per_s * once.hardware_flops_per_token)
+    )
+    assert once.run_seconds == pytest.approx(orpo.run_seconds + once.reference_seconds)
+    assert each_step.epoch_seconds == pytest.approx(orpo.epoch_seconds + once.reference_seconds)
 
 
 @pytest.mark.parametrize(
