@@ -159,6 +159,32 @@ def test_classification_rows(tokenizer: object) -> None:
         render_example(Row("f.jsonl line 8", {"text": "a"}), "classification", tokenizer, names)
 
 
+def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(tokenizer: object) -> None:
+    """Ratings 1-3: JSON 1 was read as the id 1 (the name "2") while the CSV cell "1" was the name
+    "1", so a JSONL data set trained on labels shifted by one and 3 was refused."""
+    ratings = ["1", "2", "3"]
+
+    def label(value: object, names: list[str] = ratings) -> int:
+        return render_example(Row("x", {"text": "a b", "label": value}), "classification", tokenizer, names).class_label
+
+    assert [label(1), label(2), label(3), label("1"), label("3")] == [0, 1, 2, 0, 2]
+    with pytest.raises(DataError, match=r"label 0 is not one of .* a number is read as a name, never as an id"):
+        label(0)
+    assert [label(0, ["country", "person"]), label("1", ["country", "person"])] == [0, 1]  # ids still work
+    tags = ["0", "1"]  # NER with numeric tags: the same rule
+    example = render_example(
+        Row("x", {"tokens": ["a", "b"], "tags": [1, "0"]}), "token_classification", tokenizer, tags
+    )
+    assert [t for t in example.token_labels if t != -100] == [1, 0]
+
+
+def test_label_numbers_in_the_config_are_names() -> None:
+    from trainer.transfer.config import HeadConfig
+
+    head = HeadConfig(type="sequence_classification", labels=[1, 2, 3])
+    assert head.labels == ["1", "2", "3"]
+
+
 KINDS = {"train": "assets/data/fictional-kinds/train.jsonl", "format": "classification", "packing": False}
 CLASSIFY = {"head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]}}
 NO_GEN = {"generation": {"enabled": False}}

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.data.label_ids import label_choices, label_id
 from trainer.data.sources import Row
 from trainer.data.word_tags import IGNORE_INDEX, TagProblem, align_word_tags, word_tag_ids
 from trainer.errors import DataError
@@ -159,13 +160,10 @@ def class_label_id(values: dict[str, Any], names: list[str]) -> int:
     if "label" not in values or values["label"] is None:
         raise missing_field(values, "label")
     label = values["label"]
-    if isinstance(label, str) and label in names:
-        return names.index(label)
-    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names):
-        return label
-    if isinstance(label, str) and label.strip().isdigit() and int(label) < len(names):
-        return int(label)  # CSV cells are strings
-    raise RowProblem(f"label {label!r} is not one of transfer.head.labels {names} (or an id 0-{len(names) - 1})")
+    found = label_id(label, names)
+    if found is None:
+        raise RowProblem(f"label {label!r} is not one of {label_choices(names)}")
+    return found
 
 
 def render_word_tags(values: dict[str, Any], tokenizer: Any, names: list[str]) -> Example:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.data.label_ids import label_choices, label_id
+
 IGNORE_INDEX = -100  # a label the loss skips (cross-entropy's default ignore_index)
 
 
@@ -34,15 +36,10 @@ def word_tag_ids(words: Any, tags: Any, names: list[str]) -> tuple[list[str], li
         raise TagProblem(f"{len(words)} tokens but {len(tags)} tags; give exactly one tag per word")
     ids = []
     for index, tag in enumerate(tags):
-        if isinstance(tag, str) and tag in names:
-            ids.append(names.index(tag))
-        elif isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(names):
-            ids.append(tag)
-        else:
-            raise TagProblem(
-                f"tags[{index}] = {tag!r} (word {words[index]!r}) is not one of transfer.head.labels "
-                f"{names} (or an id 0-{len(names) - 1})"
-            )
+        found = label_id(tag, names)
+        if found is None:
+            raise TagProblem(f"tags[{index}] = {tag!r} (word {words[index]!r}) is not one of {label_choices(names)}")
+        ids.append(found)
     return words, ids
 
 

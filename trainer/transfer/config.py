@@ -105,7 +105,8 @@ class HeadConfig(Section):
     num_labels: int | None = Field(None, ge=2, description="Number of classes; defaults to the length of `labels`.")
     labels: list[str] = Field(
         default_factory=list,
-        description="Class (or tag) names, in id order; a row's label is a name or its 0-based id. Tags named "
+        description="Class (or tag) names, in id order; a row's label is a name or its 0-based id (when any name "
+        "is a number, e.g. ratings 1-5, a row's number is read as a name only). Tags named "
         "O, B-TYPE, I-TYPE (BIO/IOB2) also give entity-level precision/recall/F1.",
     )
     dropout: float | None = Field(
@@ -115,6 +116,14 @@ class HeadConfig(Section):
         description="Dropout before the new head (transformers' classifier_dropout); default: the model's own "
         "(0.1 for transformers' token-classification heads on decoders and for BERT).",
     )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _numbers_are_names(cls, value: object) -> object:
+        """`labels: [1, 2, 3]` (ratings) means the names "1", "2", "3", as YAML users write them."""
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
 
     @property
     def label_names(self) -> list[str]:

@@ -1,0 +1,44 @@
+"""A row's class label or tag (a name of transfer.head.labels, or its 0-based id) as its id.
+
+Label names that look like numbers ("1", "2", "3" for star ratings) make a number ambiguous: the
+JSON value 1 could be the name "1" (id 0) or the id 1 (name "2"). Reading it as an id shifted every
+label of such a data set by one, silently (a CSV cell "1" was read as the name, the same row in
+JSONL as the id). So when any name is a number, values are matched as names only, whatever their
+type, and a number that is no name is refused instead of being read as an id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _is_number(name: str) -> bool:
+    try:
+        int(name.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def label_id(value: Any, names: list[str]) -> int | None:
+    """`value`'s id in `names`, or None when it is neither a name nor (for non-numeric names) an id."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    if any(_is_number(name) for name in names):
+        wanted = str(value).strip()
+        matches = [i for i, name in enumerate(names) if name.strip() == wanted]
+        return matches[0] if matches else None
+    if isinstance(value, str):
+        if value in names:
+            return names.index(value)
+        if not value.strip().isdigit():
+            return None
+        value = int(value)  # CSV cells are strings
+    return value if 0 <= value < len(names) else None
+
+
+def label_choices(names: list[str]) -> str:
+    """What a label may be, for an error message."""
+    if any(_is_number(name) for name in names):
+        return f"transfer.head.labels {names} (numeric label names: a number is read as a name, never as an id)"
+    return f"transfer.head.labels {names} (or an id 0-{len(names) - 1})"
