@@ -218,7 +218,12 @@ def export_run(
     `checkpoint`) into `out` or RUN_DIR/exports/step-N/: final/ is written only by the run itself
     when it finishes, so exporting never makes a stopped run look finished or replaces the
     weights it finished with."""
-    from trainer.checkpointing.protocol import latest_valid_checkpoint, read_manifest, validate_checkpoint
+    from trainer.checkpointing.protocol import (
+        committed_checkpoints,
+        latest_valid_checkpoint,
+        read_manifest,
+        validate_checkpoint,
+    )
     from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
     from trainer.errors import TrainerInputError
 
@@ -240,6 +245,9 @@ def export_run(
         )
     if checkpoint is None and cfg.transfer.early_stopping.enabled:
         source = _best_checkpoint(source)
+    if not Path(source).is_dir():  # a typo, or a checkpoint keep_last has deleted since
+        kept = ", ".join(p.name for p in committed_checkpoints(run_dir)) or "none"
+        raise TrainerInputError(f"checkpoint {source} does not exist; this run's checkpoints: {kept}")
     problem = validate_checkpoint(source)
     if problem:
         raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")

@@ -147,6 +147,14 @@ def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Pat
         text=True,
     )
     assert into_final.returncode == 2 and "written by the run itself" in into_final.stderr
+    missing = subprocess.run(  # a typo, or a step keep_last deleted: not "the write did not finish"
+        [*FTL, "export", str(run), "--checkpoint", str(run / "checkpoints" / "step-99")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "step-99 does not exist; this run's checkpoints: " in missing.stderr
+    assert "step-4" in missing.stderr and "did not finish" not in missing.stderr
 
 
 def test_export_writes_only_its_own_folder(tmp_path: Path, tiny_model_dir: Path) -> None:
