@@ -603,6 +603,28 @@ class TrainerConfig(Section):
         return "precomputed" if self.parallel.strategy in SHARDED else "copy"
 
 
+# Keys of training.preference that only one objective reads; set for the other, they did nothing.
+DPO_ONLY_KEYS = ("loss_type", "beta", "label_smoothing")
+
+
+def _check_objective_keys(objective: str, preference: PreferenceConfig) -> None:
+    """A value the objective ignores is refused (TRL's ORPOConfig.beta is ORPO's lambda: `beta: 0.5`
+    with ORPO was silently ignored, lambda stayed 0.1)."""
+    defaults = PreferenceConfig()
+    if objective == "orpo":
+        changed = [k for k in DPO_ONLY_KEYS if getattr(preference, k) != getattr(defaults, k)]
+        if changed:
+            raise ValueError(
+                f"training.preference.{changed[0]} is a DPO setting; training.objective=orpo does not read it. "
+                "ORPO's one weight is training.preference.orpo_lambda (TRL's ORPOConfig.beta), default 0.1"
+            )
+    elif objective == "dpo" and preference.orpo_lambda != defaults.orpo_lambda:
+        raise ValueError(
+            "training.preference.orpo_lambda is an ORPO setting; training.objective=dpo does not read it "
+            "(DPO's strength is training.preference.beta)"
+        )
+
+
 def _check_preference(cfg: TrainerConfig) -> None:
     """training.objective against the data, method and parallel sections (docs/preference-tuning.md)."""
     objective, formats = cfg.training.objective, cfg.data.formats()
@@ -630,6 +652,7 @@ def _check_preference(cfg: TrainerConfig) -> None:
     reference = cfg.training.preference.reference
     if objective == "orpo" and reference != "auto":
         raise ValueError("training.objective=orpo is reference-free: remove training.preference.reference")
+    _check_objective_keys(objective, cfg.training.preference)
     if objective != "dpo":
         return
     if reference == "adapters_disabled" and not cfg.method.uses_adapter:

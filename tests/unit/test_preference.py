@@ -210,6 +210,12 @@ def _config(**overrides: Any) -> dict[str, Any]:
         ({"training": {"objective": "dpo", "preference": {"reference": "copy"}}}, "reference=copy is for full"),
         ({"training": {"objective": "orpo", "preference": {"reference": "copy"}}}, "orpo is reference-free"),
         (
+            {"training": {"objective": "orpo", "preference": {"beta": 0.5}}},
+            "training.preference.beta is a DPO setting; training.objective=orpo does not read it",
+        ),
+        ({"training": {"objective": "orpo", "preference": {"loss_type": "hinge"}}}, "loss_type is a DPO setting"),
+        ({"training": {"objective": "dpo", "preference": {"orpo_lambda": 0.5}}}, "orpo_lambda is an ORPO setting"),
+        (
             {"training": {"objective": "dpo", "preference": {"loss_type": "ipo", "label_smoothing": 0.1}}},
             "label_smoothing applies to loss_type=sigmoid only",
         ),
@@ -224,6 +230,7 @@ def test_valid_preference_configs() -> None:
     TrainerConfig.model_validate(_config())
     TrainerConfig.model_validate(_config(method={"type": "full"}, parallel={"strategy": "ddp"}))
     TrainerConfig.model_validate(_config(training={"objective": "orpo"}, parallel={"strategy": "deepspeed"}))
+    TrainerConfig.model_validate(_config(training={"objective": "orpo", "preference": {"orpo_lambda": 0.5}}))
     TrainerConfig.model_validate(_config(training={"preference": {"reference": "precomputed"}}))  # lora too
 
 
