@@ -26,6 +26,8 @@ def _load(path: Path, device: str) -> tuple[Any, Any]:
     layout = RunLayout(path)
     outputs = layout.final if layout.final.is_dir() else path
     merged, adapter = outputs / "merged", outputs / "adapter"
+    if (path / "adapter_config.json").exists():  # an adapter folder itself (final/adapter, exports/step-N/adapter)
+        merged, adapter = path / "merged", path
     if (merged / "config.json").exists():
         model_dir = merged
     elif (adapter / "adapter_config.json").exists():
@@ -37,13 +39,26 @@ def _load(path: Path, device: str) -> tuple[Any, Any]:
     elif (path / "config.json").exists():
         model_dir = path
     else:
-        raise TrainerInputError(
-            f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
-            f"writes its latest checkpoint to {layout.exports}/step-N; pass that directory)"
-        )
+        raise TrainerInputError(_no_model_here(path, layout))
     _refuse_a_non_generative_model(model_dir)
     return AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device), AutoTokenizer.from_pretrained(
         str(model_dir)
+    )
+
+
+def _no_model_here(path: Path, layout: RunLayout) -> str:
+    """What to pass instead: a checkpoint is exported from its run directory, a run is exported."""
+    if (path / "manifest.json").is_file() and path.parent.name == "checkpoints":
+        run_dir = path.parent.parent
+        return (
+            f"{path} is a checkpoint, not a model: `ftl export {run_dir} --checkpoint {path}` writes it to "
+            f"{RunLayout(run_dir).exports}/{path.name}; pass that directory"
+        )
+    if not (path / "config.yaml").is_file():
+        return f"{path}: not a model directory, an adapter folder, an export or a run directory (no config.json)"
+    return (
+        f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
+        f"writes its latest checkpoint to {layout.exports}/step-N; pass that directory)"
     )
 
 

@@ -64,6 +64,19 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
         )
     expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert generate.stdout == expected + "\n"
+    # The adapter folder itself is a model to generate with (base + adapter: the same text), and a
+    # checkpoint folder is pointed to the export command that takes it.
+    prompt = ["--prompt", "What is the capital of Zorblat?", "--max-new-tokens", "5"]
+    from_adapter = subprocess.run(
+        [*FTL, "generate", str(exported / "adapter"), *prompt], cwd=REPO, capture_output=True, text=True
+    )
+    assert from_adapter.returncode == 0 and from_adapter.stdout == expected + "\n", from_adapter.stderr[-2000:]
+    step_4 = tmp_path / "run" / "checkpoints" / "step-4"
+    from_checkpoint = subprocess.run([*FTL, "generate", str(step_4), *prompt], cwd=REPO, capture_output=True, text=True)
+    assert from_checkpoint.returncode == 2
+    assert (
+        f"is a checkpoint, not a model: `ftl export {tmp_path / 'run'} --checkpoint {step_4}`" in from_checkpoint.stderr
+    )
 
     # A config whose model the checkpoint does not fit (another LoRA rank) is an input error that
     # says what changed, and leaves the checkpoints as they were.
