@@ -72,19 +72,41 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
         )
         lines += ["", f"examples as training sees them ({what}):"]
         for row in shown:
-            trained = sum(row.mask)
-            cut = f", truncated from {row.rendered_len}" if row.fate == "truncated" else ""
+            if row.rejected_ids:  # a pair: both sequences, each with its own length, cut and trained tokens
+                lines += _sequence_lines(tokenizer, f"{row.where}, chosen", row.ids, row.mask, row.rendered_len, color)
+                lines += _sequence_lines(
+                    tokenizer,
+                    f"{row.where}, rejected",
+                    row.rejected_ids,
+                    row.rejected_mask,
+                    row.rejected_rendered_len,
+                    color,
+                )
+                continue
+            cut = _cut(len(row.ids), row.rendered_len)
             if row.class_label is not None:  # the head scores the text as a whole: no trained tokens, a label
                 names = check.label_names or []
                 label = names[row.class_label] if row.class_label < len(names) else str(row.class_label)
                 lines.append(f"--- {row.where} ({len(row.ids)} tokens{cut}, label {label}) ---")
                 lines.append(tokenizer.decode(row.ids, skip_special_tokens=False))
                 continue
-            lines.append(f"--- {row.where} ({len(row.ids)} tokens{cut}, {trained} trained) ---")
-            lines.append(mark_trained(tokenizer, row.ids, row.mask, color=color))
+            lines += _sequence_lines(tokenizer, row.where, row.ids, row.mask, row.rendered_len, color)
             if row.token_labels and check.label_names:
                 lines.append("tags: " + tagged_words(tokenizer, row.ids, row.token_labels, check.label_names))
     return "\n".join(lines)
+
+
+def _sequence_lines(
+    tokenizer: Any, where: str, ids: list[int], mask: list[int], rendered_len: int, color: bool
+) -> list[str]:
+    return [
+        f"--- {where} ({len(ids)} tokens{_cut(len(ids), rendered_len)}, {sum(mask)} trained) ---",
+        mark_trained(tokenizer, ids, mask, color=color),
+    ]
+
+
+def _cut(kept: int, rendered_len: int) -> str:
+    return f", truncated from {rendered_len}" if rendered_len > kept else ""
 
 
 def tagged_words(tokenizer: Any, ids: list[int], token_labels: list[int], names: list[str]) -> str:
@@ -144,16 +166,49 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
         return lines + _problem_lines(file)
     if file.usable:
         share = 100 * file.trained_tokens / file.tokens
-        lines.append(f"  tokens: {file.tokens:,} in usable examples, {file.trained_tokens:,} trained ({share:.1f}%)")
+        # A pair trains on two sequences: both lines below count sequences, so their numbers agree.
+        where = (
+            f"the {_count(2 * file.usable, 'sequence')} of {_count(file.usable, 'usable pair')} (after truncation)"
+            if file.pairs
+            else "usable examples"
+        )
+        lines.append(f"  tokens: {file.tokens:,} in {where}, {file.trained_tokens:,} trained ({share:.1f}%)")
     stats = length_stats(file.rendered_lengths)
     if stats:
         longer = sum(1 for n in file.rendered_lengths if n > check.max_seq_len)
         lines.append(
-            "  length in tokens: "
+            (
+                "  length in tokens of each sequence (chosen and rejected) before truncation: "
+                if file.pairs
+                else "  length in tokens: "
+            )
             + " / ".join(f"{name} {value}" for name, value in stats.items())
             + f"; {longer} longer than max_seq_len {check.max_seq_len}"
         )
-    return lines + _problem_lines(file)
+    return lines + _problem_lines(file) + _dropped_lines(file) + _same_pair_lines(file)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _dropped_lines(file: FileCheck) -> list[str]:
+    """Each dropped row named: training counts them ("N dropped with no trained token left") and
+    sends the user here to find them."""
+    if not file.dropped:
+        return []
+    return [f"  dropped rows ({len(file.dropped)}):", *(f"    - {line}" for line in _grouped(file.dropped))]
+
+
+def _same_pair_lines(file: FileCheck) -> list[str]:
+    """Trained on, so a warning, not a refusal; but a pair with no difference teaches no preference."""
+    if not file.same_pairs:
+        return []
+    return [
+        f"  warning: {_count(len(file.same_pairs), 'pair')} with chosen and rejected the same as training sees "
+        "them, nothing to learn from (DPO loss ln 2, no gradient):",
+        *(f"    - {line}" for line in _grouped(file.same_pairs)),
+    ]
 
 
 def _problem_lines(file: FileCheck) -> list[str]:
@@ -193,15 +248,18 @@ def _grouped(problems: list[str]) -> list[str]:
 
 
 def _training_line(check: DataCheck) -> str:
-    held = f" ({check.held_out} held out by data.validation_split)" if check.held_out else ""
-    if check.packing:
-        layout = f"packed into {check.train_rows} rows of {check.max_seq_len} tokens; packing efficiency"
+    if check.pairs:  # two examples a pair: counted as pairs, their sequences in brackets
+        held = f" ({_count(check.held_out // 2, 'pair')} held out by data.validation_split)" if check.held_out else ""
+        what = f"{_count(check.train_examples // 2, 'pair')} ({_count(check.train_examples, 'sequence')}){held},"
+        layout = f"one pair per row, padded in micro-batches of {check.micro_batch_size}; padding efficiency"
     else:
-        layout = f"one per row, padded in micro-batches of {check.micro_batch_size}; padding efficiency"
-    return (
-        f"training: {check.train_examples} examples{held} {layout} {100 * check.token_efficiency:.1f}% "
-        "(share of token slots holding real tokens)"
-    )
+        held = f" ({check.held_out} held out by data.validation_split)" if check.held_out else ""
+        what = f"{check.train_examples} examples{held}"
+        if check.packing:
+            layout = f"packed into {check.train_rows} rows of {check.max_seq_len} tokens; packing efficiency"
+        else:
+            layout = f"one per row, padded in micro-batches of {check.micro_batch_size}; padding efficiency"
+    return f"training: {what} {layout} {100 * check.token_efficiency:.1f}% (share of token slots holding real tokens)"
 
 
 def _samples_to_show(files: list[FileCheck], count: int) -> list[ScannedRow]:

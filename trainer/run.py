@@ -34,7 +34,7 @@ from trainer.console import RunConsole
 from trainer.context import WorkerContext
 from trainer.data.batches import rows_fingerprint
 from trainer.data.packing_check import check_packed_examples_stay_apart
-from trainer.data.prepare import PreparedData, cut_examples_note, prepare_data
+from trainer.data.prepare import PreparedData, cut_examples_note, prepare_data, same_pairs_note
 from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
@@ -100,6 +100,9 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     cut = cut_examples_note(data.report)
     if cut is not None:  # said before training, not only in the end's table
         console.event(f"note: {cut} (`ftl validate --data` shows them)")
+    same = same_pairs_note(data.report)
+    if same is not None:
+        console.event(f"warning: {same} (`ftl validate --data` names them)")
     trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console)
     console.started(
         trainee.total_steps,

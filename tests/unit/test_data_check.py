@@ -18,7 +18,7 @@ from launcher.data_check import CLOSE_COLOR, OPEN_COLOR, OPEN_PLAIN, mark_traine
 from tests.conftest import BUNDLED_MODEL, QA_DATA, REPO, write_config
 from trainer.config import DataConfig
 from trainer.data.batches import IGNORE_INDEX, RowDataset, make_batch
-from trainer.data.prepare import prepare_data
+from trainer.data.prepare import prepare_data, same_pairs_note
 from trainer.data.tokenized import load_tokenized
 from trainer.errors import DataError
 
@@ -184,3 +184,104 @@ def test_fields_the_format_does_not_read_are_named_for_usable_rows(
     code, out, err = _validate_data(capsys, config)
     assert code == 0, err
     assert "  fields format chat does not read (ignored): history (in 2 of 3 rows), source (in 1 of 3 rows)\n" in out
+
+
+def _pair(prompt: str, chosen: str, rejected: str) -> dict[str, str]:
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def test_a_preference_pair_shows_both_sequences_each_with_its_own_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the rejected sequence is cut: the chosen was shown alone under the rejected's
+    "truncated from"; both are shown now, and both count lengths and tokens per sequence."""
+    row = _pair("Q: " + "word " * 25 + "\nA:", " yes", " no" * 32)  # 82-token prompt; 86 and 179 tokens
+    (tmp_path / "trunc.jsonl").write_text(json.dumps(row) + "\n")
+    code, out, err = _validate_data(
+        capsys,
+        REPO / "configs" / "examples" / "dpo.yaml",
+        f"data.train={tmp_path / 'trunc.jsonl'}",
+        "data.validation=null",
+        "data.max_seq_len=110",
+        f"output.dir={tmp_path / 'run'}",
+        "--examples",
+        "1",
+    )
+    assert code == 0, err
+    assert (
+        "  rows: 1 read, 1 usable, 0 bad, 1 truncated to max_seq_len\n"
+        "  tokens: 196 in the 2 sequences of 1 usable pair (after truncation), 32 trained (16.3%)\n"
+        "  length in tokens of each sequence (chosen and rejected) before truncation: "
+        "min 86 / median 86 / p95 179 / max 179; 1 longer than max_seq_len 110\n\n"
+        "training: 1 pair (2 sequences), one pair per row, padded in micro-batches of 8; padding efficiency"
+    ) in out
+    chosen, rejected = re.findall(r"--- (trunc\.jsonl line 1, \w+ \(.*?\)) ---\n(.*?)(?=\n--- |\Z)", out, re.S)
+    assert chosen[0] == "trunc.jsonl line 1, chosen (86 tokens, 4 trained)" and chosen[1].endswith("A:[[ yes</s>]]")
+    assert rejected[0] == "trunc.jsonl line 1, rejected (110 tokens, truncated from 179, 28 trained)"
+    assert rejected[1].endswith(" no no ]]\n") and "</s>" not in rejected[1]  # its end and EOS are cut
+
+
+def test_dropped_rows_are_named_and_identical_pairs_warned(
+    tmp_path: Path, tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training counts rows dropped with no trained token and sends the user to validate, which
+    named none; a pair whose two sequences training sees as the same (DPO loss ln 2, no gradient)
+    is trained on, so it is warned of (with its line), not refused."""
+    long_prompt = "Q: " + "word " * 60 + "\nA:"
+    rows = [
+        _pair("Q: b\nA:", " good", " bad"),
+        _pair(long_prompt, " yes", " no"),
+        _pair("Q: a\nA:", " same", " same"),
+        _pair("Q: c\nA:", " x" * 60 + " a", " x" * 60 + " b"),  # differ past max_seq_len only
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = {"train": str(tmp_path / "pairs.jsonl"), "validation": None, "format": "preference", "packing": False}
+    config = write_config(
+        tmp_path / "cfg.yaml", BUNDLED_MODEL, tmp_path / "run", data=data, training={"objective": "dpo"}
+    )
+    code, out, err = _validate_data(capsys, config)
+    assert code == 0, err
+    assert (
+        "  dropped rows (1):\n"
+        "    - pairs.jsonl line 2: chosen and rejected have no trained token in the first 128 tokens "
+        "(data.max_seq_len), all prompt\n"
+        "  warning: 2 pairs with chosen and rejected the same as training sees them, nothing to learn from "
+        "(DPO loss ln 2, no gradient):\n"
+        "    - pairs.jsonl line 3: chosen and rejected are the same\n"
+        "    - pairs.jsonl line 4: chosen and rejected are the same in the first 128 tokens (data.max_seq_len), "
+        "all training keeps\n"
+    ) in out
+    # Training counts them alike, and says so before it starts.
+    cfg = DataConfig(**data, max_seq_len=128, cache_dir=str(tmp_path / "cache"))
+    report = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    assert report["train_dropped_no_loss"] == 1 and report["train_identical_pairs"] == 2
+    assert same_pairs_note(report) == (
+        "training data: 2 preference pair(s) with chosen and rejected the same as training sees them, "
+        "nothing to learn from (their DPO loss is ln 2 with no gradient)"
+    )
+
+    # Any format: a completion row whose prompt fills max_seq_len is named the same way.
+    (tmp_path / "sft.jsonl").write_text(
+        json.dumps({"prompt": long_prompt, "completion": " yes"})
+        + "\n"
+        + json.dumps({"prompt": "Q?", "completion": " A."})
+    )
+    sft = {"train": str(tmp_path / "sft.jsonl"), "validation": None, "format": "completion"}
+    config = write_config(tmp_path / "sft.yaml", BUNDLED_MODEL, tmp_path / "run", data=sft)
+    code, out, err = _validate_data(capsys, config)
+    assert code == 0, err
+    assert (
+        "  rows: 2 read, 1 usable, 0 bad, 1 dropped: no trained token left\n"
+        "  tokens: 7 in usable examples, 4 trained (57.1%)\n"
+    ) in out
+    assert (
+        "  dropped rows (1):\n"
+        "    - sft.jsonl line 1: no trained token in the first 128 tokens (data.max_seq_len), all prompt\n"
+    ) in out
+    assert "warning: " not in out
+    # ... and so is a row dropped as too long (data.too_long=drop), which training counts alike.
+    code, out, err = _validate_data(capsys, config, "data.too_long=drop")
+    assert code == 0, err
+    assert (
+        "  dropped rows (1):\n    - sft.jsonl line 1: longer than data.max_seq_len=128 (data.too_long=drop)\n"
+    ) in out

@@ -29,7 +29,11 @@ class FileCheck:
     read_error: str = ""  # the dataset could not be read at all (missing file, not JSON, hub failure)
     fates: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)  # every "bad" and "too_long" row, in file order
-    rendered_lengths: list[int] = field(default_factory=list)  # every rendered row, before truncation
+    dropped: list[str] = field(default_factory=list)  # every dropped row and why (training only counts them)
+    same_pairs: list[str] = field(default_factory=list)  # usable preference pairs with chosen == rejected
+    # every rendered example, before truncation (a preference pair's two: both are trained on, and
+    # the token counts count both)
+    rendered_lengths: list[int] = field(default_factory=list)
     kept_lengths: list[int] = field(default_factory=list)  # the examples training keeps
     tokens: int = 0  # in kept examples
     trained_tokens: int = 0  # loss-bearing tokens in kept examples
@@ -39,6 +43,11 @@ class FileCheck:
     @property
     def rows(self) -> int:
         return sum(self.fates.values())
+
+    @property
+    def pairs(self) -> bool:
+        """Preference data: each row is a pair of examples (chosen, rejected)."""
+        return self.format == "preference"
 
     @property
     def usable(self) -> int:
@@ -73,6 +82,7 @@ class DataCheck:
     train_rows: int = 0
     token_efficiency: float = 0.0
     label_names: list[str] | None = None  # transfer.head.labels (a token-classification sample shows its tags)
+    pairs: bool = False  # preference data: train_examples and held_out count the two examples of each pair
 
     def refusals(self) -> list[str]:
         return [reason for check in self.files if (reason := check.refusal(self.skip_bad_rows))]
@@ -111,6 +121,7 @@ def check_data(
     ]
     check = DataCheck(files, cfg.max_seq_len, cfg.too_long, cfg.skip_bad_rows, cfg.packing, micro_batch_size)
     check.label_names = label_names
+    check.pairs = cfg.format == "preference"  # as training_rows pairs them
     _training_rows(check, cfg, seed)
     return check
 
@@ -140,10 +151,16 @@ def _check_file(
             check.fates[row.fate] += 1
             if row.fate != "bad":  # a bad row is refused whole (a misspelled field is its problem), not ignored in part
                 check.ignored_fields.update(name for name in row.fields if name not in read)
-            if row.problem:
+            if row.fate.startswith("dropped"):
+                check.dropped.append(row.problem)
+            elif row.problem:
                 check.problems.append(row.problem)
+            if row.same_pair:
+                check.same_pairs.append(row.same_pair)
             if row.fate != "bad":
                 check.rendered_lengths.append(row.rendered_len)
+                if check.pairs:
+                    check.rendered_lengths.append(row.rejected_rendered_len)
             if row.usable:
                 check.kept_lengths.append(len(row.ids))
                 check.tokens += len(row.ids)

@@ -16,7 +16,7 @@ from trainer.data.images import load_image_set
 from trainer.data.mixture import MixtureSpan, concat_sets
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sources import read_rows
-from trainer.data.tokenized import CUT_COUNTS, TokenizedSet, cut_counts, load_tokenized
+from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, TokenizedSet, cut_counts, load_tokenized
 from trainer.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,18 @@ def cut_examples_note(report: dict[str, Any]) -> str | None:
             by_source = _cuts_by_source(report.get("mixture") or {}, what) if name == "train" else ""
             notes.append(f"{'training' if name == 'train' else name} examples: " + ", ".join(parts) + by_source)
     return "; ".join(notes) or None
+
+
+def same_pairs_note(report: dict[str, Any]) -> str | None:
+    """The training preference pairs whose chosen and rejected are the same as training sees them
+    (trained on: a warning, not a refusal; nearly always a data bug), from the data report."""
+    same = int(report.get(f"train_{SAME_PAIRS}", 0))
+    if not same:
+        return None
+    return (
+        f"training data: {same} preference pair(s) with chosen and rejected the same as training sees them, "
+        "nothing to learn from (their DPO loss is ln 2 with no gradient)"
+    )
 
 
 def _cuts_by_source(mixture: dict[str, Any], what: dict[str, str]) -> str:

@@ -28,10 +28,11 @@ from trainer.errors import DataError
 log = logging.getLogger(__name__)
 
 # Bump when rendering/masking logic changes so stale caches are not reused.
-CACHE_VERSION = 7  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
+CACHE_VERSION = 8  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
 # 5: generation markers decide the trained tokens; history-rewriting and R1-style templates located (rows
 # skipped before); reasoning_content kept; 6: a turn the template writes empty (reasoning only) is refused;
-# 7: with numeric label names a number is a name, not an id
+# 7: with numeric label names a number is a name, not an id; 8: preference stats count the pairs whose
+# chosen and rejected training sees as the same
 MAX_REPORTED_ERRORS = 5  # skipped rows named in the data report
 MAX_LISTED_BAD_ROWS = 20  # bad rows listed in the error that stops a run (then a count)
 
@@ -171,8 +172,10 @@ class ScannedRow:
     index: int  # the row's position in its file / dataset split
     where: str
     fate: str
-    problem: str = ""  # the message training reports for a "bad" or "too_long" row
-    rendered_len: int = 0  # tokens of the rendered example before any truncation (0 for a bad row)
+    # "WHERE: why": the message training reports for a "bad" or "too_long" row; for a dropped row, why
+    # (training only counts those, so `ftl validate --data` names them with this)
+    problem: str = ""
+    rendered_len: int = 0  # tokens of the rendered example (a pair's chosen) before any truncation (0 for a bad row)
     ids: list[int] = field(default_factory=list)  # what training uses (truncated, first token masked)
     mask: list[int] = field(default_factory=list)
     class_label: int | None = None
@@ -180,6 +183,10 @@ class ScannedRow:
     # preference rows: the rejected response's example (ids/mask above are the chosen one's)
     rejected_ids: list[int] = field(default_factory=list)
     rejected_mask: list[int] = field(default_factory=list)
+    rejected_rendered_len: int = 0  # the rejected example's tokens before any truncation
+    # "WHERE: why" for a usable row training takes that is nearly always a data bug: a preference pair whose
+    # chosen and rejected are the same as training sees them (its DPO loss is ln 2 with no gradient)
+    same_pair: str = ""
     fields: tuple[str, ...] = ()  # the row's field names (`ftl validate --data` lists those its format ignores)
 
     @property
@@ -229,6 +236,10 @@ def _scan_row(
     # so a pair is kept, truncated or dropped as a whole (never half of it).
     parts = [example] if example.rejected is None else [example, example.rejected]
     rendered = max(len(part.input_ids) for part in parts)
+    # Each sequence's own length: the report counts a pair's two sequences, as training trains on both.
+    lengths = {"rendered_len": len(example.input_ids)}
+    if example.rejected is not None:
+        lengths["rejected_rendered_len"] = len(example.rejected.input_ids)
     fate = "kept"
     if rendered > max_seq_len:
         if too_long == "error":
@@ -236,9 +247,10 @@ def _scan_row(
                 f"{row.where}: {rendered} tokens, longer than data.max_seq_len={max_seq_len}; "
                 "raise max_seq_len or set data.too_long to truncate or drop"
             )
-            return ScannedRow(row_index, row.where, "too_long", problem, rendered)
+            return ScannedRow(row_index, row.where, "too_long", problem, **lengths)
         if too_long == "drop":
-            return ScannedRow(row_index, row.where, "dropped_too_long", rendered_len=rendered)
+            problem = f"{row.where}: longer than data.max_seq_len={max_seq_len} (data.too_long=drop)"
+            return ScannedRow(row_index, row.where, "dropped_too_long", problem, **lengths)
         fate = "truncated"
     # The first token of an example is never a target inside that example; masking it also
     # keeps a packed row's previous example from being trained to predict it. (A tagged token
@@ -246,13 +258,29 @@ def _scan_row(
     first = list(example.loss_mask[:1]) if example.token_labels is not None else [0]
     kept = [(truncated(p.input_ids, max_seq_len, p.keep_tail), first + list(p.loss_mask[1:max_seq_len])) for p in parts]
     if not all(any(mask) for _, mask in kept):
-        return ScannedRow(row_index, row.where, "dropped_no_loss", rendered_len=rendered)
-    scanned = ScannedRow(row_index, row.where, fate, "", rendered, *kept[0], example.class_label)
+        problem = _no_loss_problem(row.where, parts, kept, max_seq_len)
+        return ScannedRow(row_index, row.where, "dropped_no_loss", problem, **lengths)
+    scanned = ScannedRow(row_index, row.where, fate, "", lengths["rendered_len"], *kept[0], example.class_label)
     if len(kept) == 2:
         scanned.rejected_ids, scanned.rejected_mask = kept[1]
+        scanned.rejected_rendered_len = lengths["rejected_rendered_len"]
+        if kept[0] == kept[1]:
+            whole = parts[0].input_ids == parts[1].input_ids and parts[0].loss_mask == parts[1].loss_mask
+            kept_part = "" if whole else f" in the first {max_seq_len} tokens (data.max_seq_len), all training keeps"
+            scanned.same_pair = f"{row.where}: chosen and rejected are the same{kept_part}"
     if example.token_labels is not None:
         scanned.token_labels = example.token_labels[:max_seq_len]
     return scanned
+
+
+def _no_loss_problem(where: str, parts: list[Any], kept: list[tuple[list[int], list[int]]], max_seq_len: int) -> str:
+    """Why a row is dropped with no trained token: its prompt fills the tokens truncation keeps
+    (nearly always), naming a pair's sequence(s) that have none."""
+    empty = [name for name, (_, mask) in zip(("chosen", "rejected"), kept) if not any(mask)]
+    what = f"{' and '.join(empty)} {'have' if len(empty) > 1 else 'has'} no" if len(kept) == 2 else "no"
+    if any(len(part.input_ids) > max_seq_len for part in parts):
+        return f"{where}: {what} trained token in the first {max_seq_len} tokens (data.max_seq_len), all prompt"
+    return f"{where}: {what} trained token"
 
 
 def _tokenize(
@@ -273,6 +301,8 @@ def _tokenize(
     errors: list[str] = []
     bad_rows: list[str] = []  # without skip_bad_rows: every bad row, reported together at the end
     stats: dict[str, Any] = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
+    if fmt == "preference":
+        stats[SAME_PAIRS] = 0
     too_long_rows = 0  # of bad_rows, those refused for their length (data.too_long: error)
     for scanned in scan_rows(spec, fmt, tokenizer, max_seq_len, too_long, split, label_names):
         if scanned.fate == "bad" and skip_bad_rows:
@@ -289,6 +319,8 @@ def _tokenize(
             continue
         if scanned.fate == "truncated":
             stats["truncated"] += 1
+        if scanned.same_pair:
+            stats[SAME_PAIRS] += 1
         ids.append(np.asarray(scanned.ids, dtype=np.int32))
         masks.append(np.asarray(scanned.mask, dtype=np.uint8))
         sources.append(scanned.index)
@@ -321,6 +353,8 @@ def _tokenize(
 
 # TokenizedSet.stats keys that count examples training or evaluation does not see whole
 CUT_COUNTS = ("truncated", "dropped_too_long", "dropped_no_loss", "skipped_bad")
+# A preference set's stats key: pairs whose chosen and rejected training sees as the same (trained on, warned of)
+SAME_PAIRS = "identical_pairs"
 
 
 def cut_counts(stats: dict[str, Any]) -> dict[str, int]:
