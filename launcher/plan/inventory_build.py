@@ -93,7 +93,7 @@ def build_inventory(
     else:
         model.requires_grad_(True)
     if freeze is not None and freeze.any:
-        apply_freezing(model, model_parts(model), freeze)
+        apply_freezing(model, model_parts(model), freeze, announce=False)
     head = model.get_output_embeddings()
     head_id = id(head.weight) if head is not None and getattr(head, "weight", None) is not None else None
     head_name = next((name for name, p in model.named_parameters() if id(p) == head_id), None)

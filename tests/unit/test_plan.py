@@ -730,3 +730,19 @@ def test_on_cpu_the_fit_check_counts_what_ray_itself_takes(
     )
     joined = load_config(path, ["cluster.backend=ray", "cluster.workers=2", "cluster.ray.address=10.0.0.1:6379"])
     assert command.ray_on_cpu_bytes(joined) == (2 * RAY_WORKER_EXTRA, " on Ray")  # its services run already
+
+
+def test_planning_a_frozen_encoder_classifier_warns_of_no_tied_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The planner's stand-in model for an encoder is its masked-LM class (decoder tied to the
+    embeddings); freezing the embeddings there warned "the head is frozen too" on every run of the
+    shipped example, whose classification head is not tied and trains."""
+    import logging
+
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "cache"))  # build the inventory, not a cached one
+    cfg = load_config(REPO / "configs/examples/encoder_classification.yaml", [f"output.dir={tmp_path / 'run'}"])
+    with caplog.at_level(logging.INFO, logger="trainer.transfer.freezing"):
+        plan = plan_run(cfg, Target(accelerator("RTX4090")), with_throughput=False)
+    assert plan.inventory.total(False) > 0  # frozen parameters: the freezing was applied
+    assert not [r for r in caplog.records if r.name == "trainer.transfer.freezing"]

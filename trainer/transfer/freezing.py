@@ -56,8 +56,11 @@ def check_patterns_match(names: list[str], patterns: list[str]) -> None:
     )
 
 
-def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig) -> int:
-    """Set requires_grad=False on the frozen parameters; returns how many tensors were frozen."""
+def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig, *, announce: bool = True) -> int:
+    """Set requires_grad=False on the frozen parameters; returns how many tensors were frozen.
+    `announce=False` for a model that only stands in for the run's (`ftl plan`'s meta-device
+    model, which may be another class: an encoder's masked-LM model with its tied decoder stood in
+    for a classifier, and its "head is frozen too" warning was printed for a head that trains)."""
     check_block_count(cfg.first_n_blocks, parts.num_blocks)
     check_patterns_match([name for name, _ in model.named_parameters()], cfg.patterns)
     frozen = 0
@@ -65,7 +68,7 @@ def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig)
         if parameter.requires_grad and should_freeze(name, parts, cfg):
             parameter.requires_grad_(False)
             frozen += 1
-            if cfg.embeddings and parts.of(name).tied:
+            if announce and cfg.embeddings and parts.of(name).tied:
                 log.warning(
                     "transfer.freeze.embeddings: this model's LM head is tied to its input embeddings (%s), so the "
                     "head is frozen too",
@@ -74,5 +77,6 @@ def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise TrainerInputError("transfer.freeze leaves no trainable parameter; freeze fewer blocks or patterns")
-    log.info("freezing: %d parameter tensors frozen, %d trainable parameters left", frozen, trainable)
+    if announce:
+        log.info("freezing: %d parameter tensors frozen, %d trainable parameters left", frozen, trainable)
     return frozen
