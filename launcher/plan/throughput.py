@@ -84,9 +84,8 @@ def flops_per_token(inventory: Inventory, setup: Setup) -> tuple[float, float]:
     else:
         model = 4 * n + 6 * n_adapter + 3 * attention_fwd
     recompute = (2 * (n + n_adapter) + attention_fwd) if setup.checkpointing else 0
-    if setup.reference in ("adapters_disabled", "copy"):
-        model += reference_forward_flops(inventory, setup)
-    return float(model), float(model + recompute)
+    reference = reference_forward_flops(inventory, setup) if setup.reference in ("adapters_disabled", "copy") else 0.0
+    return model + reference, model + recompute + reference
 
 
 def reference_forward_flops(inventory: Inventory, setup: Setup) -> float:

@@ -237,9 +237,8 @@ def _scan_row(
     parts = [example] if example.rejected is None else [example, example.rejected]
     rendered = max(len(part.input_ids) for part in parts)
     # Each sequence's own length: the report counts a pair's two sequences, as training trains on both.
-    lengths = {"rendered_len": len(example.input_ids)}
-    if example.rejected is not None:
-        lengths["rejected_rendered_len"] = len(example.rejected.input_ids)
+    chosen_len = len(example.input_ids)
+    rejected_len = len(example.rejected.input_ids) if example.rejected is not None else 0
     fate = "kept"
     if rendered > max_seq_len:
         if too_long == "error":
@@ -247,10 +246,12 @@ def _scan_row(
                 f"{row.where}: {rendered} tokens, longer than data.max_seq_len={max_seq_len}; "
                 "raise max_seq_len or set data.too_long to truncate or drop"
             )
-            return ScannedRow(row_index, row.where, "too_long", problem, **lengths)
+            return ScannedRow(row_index, row.where, "too_long", problem, chosen_len, rejected_rendered_len=rejected_len)
         if too_long == "drop":
             problem = f"{row.where}: longer than data.max_seq_len={max_seq_len} (data.too_long=drop)"
-            return ScannedRow(row_index, row.where, "dropped_too_long", problem, **lengths)
+            return ScannedRow(
+                row_index, row.where, "dropped_too_long", problem, chosen_len, rejected_rendered_len=rejected_len
+            )
         fate = "truncated"
     # The first token of an example is never a target inside that example; masking it also
     # keeps a packed row's previous example from being trained to predict it. (A tagged token
@@ -259,11 +260,13 @@ def _scan_row(
     kept = [(truncated(p.input_ids, max_seq_len, p.keep_tail), first + list(p.loss_mask[1:max_seq_len])) for p in parts]
     if not all(any(mask) for _, mask in kept):
         problem = _no_loss_problem(row.where, parts, kept, max_seq_len)
-        return ScannedRow(row_index, row.where, "dropped_no_loss", problem, **lengths)
-    scanned = ScannedRow(row_index, row.where, fate, "", lengths["rendered_len"], *kept[0], example.class_label)
+        return ScannedRow(
+            row_index, row.where, "dropped_no_loss", problem, chosen_len, rejected_rendered_len=rejected_len
+        )
+    scanned = ScannedRow(row_index, row.where, fate, "", chosen_len, *kept[0], example.class_label)
     if len(kept) == 2:
         scanned.rejected_ids, scanned.rejected_mask = kept[1]
-        scanned.rejected_rendered_len = lengths["rejected_rendered_len"]
+        scanned.rejected_rendered_len = rejected_len
         if kept[0] == kept[1]:
             whole = parts[0].input_ids == parts[1].input_ids and parts[0].loss_mask == parts[1].loss_mask
             kept_part = "" if whole else f" in the first {max_seq_len} tokens (data.max_seq_len), all training keeps"
