@@ -57,9 +57,10 @@ def export_final(
             _stop_at_end_of_turn(merged, tokenizer)
             merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
             tokenizer.save_pretrained(str(tmp / "merged"))
-        (tmp / "export.json").write_text(
-            json.dumps({"method": cfg.method.type, "base_model": cfg.model.path, **(info or {})}, indent=1)
-        )
+        described: dict[str, Any] = {"method": cfg.method.type, "base_model": cfg.model.path}
+        if cfg.method.type == "qlora":  # the adapter runs over the base quantized this way (trainer/inference.py)
+            described["quantization"] = cfg.method.quantization.model_dump()
+        (tmp / "export.json").write_text(json.dumps({**described, **(info or {})}, indent=1))
         _swap_into_place(tmp, out_dir)
     log.info("exported %s", out_dir)
     return out_dir

@@ -32,10 +32,7 @@ def _load(path: Path, device: str) -> tuple[Any, Any]:
         model_dir = merged
     elif (adapter / "adapter_config.json").exists():
         _refuse_a_non_generative_adapter(adapter)
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(str(adapter)).to(device)
-        return model, AutoTokenizer.from_pretrained(str(adapter))
+        return _adapter_model(adapter, device), AutoTokenizer.from_pretrained(str(adapter))
     elif (path / "config.json").exists():
         model_dir = path
     else:
@@ -44,6 +41,42 @@ def _load(path: Path, device: str) -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device), AutoTokenizer.from_pretrained(
         str(model_dir)
     )
+
+
+def _adapter_model(adapter: Path, device: str) -> Any:
+    """The base named by the adapter with the adapter on top. A QLoRA adapter was trained over the
+    4-bit base, so that base is loaded 4-bit again, quantized as the run did (its export.json says
+    how): over the full-precision base it computed a model nobody trained (logits off by ~1.4 on
+    the bundled model)."""
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    quantization = _qlora_quantization(adapter.parent / "export.json")
+    if quantization is None:
+        return AutoPeftModelForCausalLM.from_pretrained(str(adapter)).to(device)
+    from trainer.config import MethodConfig
+    from trainer.model_builder import quantization_config, resolve_dtype, use_exact_cpu_4bit_kernels
+
+    method = MethodConfig.model_validate({"type": "qlora", "quantization": quantization})
+    dtype = resolve_dtype("auto", device)
+    base_name = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = AutoModelForCausalLM.from_pretrained(
+        base_name, quantization_config=quantization_config(method, dtype), dtype=dtype, device_map={"": device}
+    )
+    use_exact_cpu_4bit_kernels(base)  # the kernels training used (see the helper)
+    return PeftModel.from_pretrained(base, str(adapter))
+
+
+def _qlora_quantization(export_info: Path) -> dict[str, Any] | None:
+    """The quantization settings of a QLoRA export (its defaults for an export made before they
+    were recorded), or None for any other adapter."""
+    try:
+        info = json.loads(export_info.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("method") != "qlora":
+        return None
+    return info.get("quantization") or {}
 
 
 def _no_model_here(path: Path, layout: RunLayout) -> str:

@@ -91,6 +91,12 @@ def test_method_trains_and_exports_loadable_equivalent_models(
         use_exact_cpu_4bit_kernels(base)
     adapted = PeftModel.from_pretrained(base, str(run_dir / "final" / "adapter")).eval()
     torch.testing.assert_close(_logits(adapted, tokenizer), trained, atol=ADAPTER_ATOL, rtol=0)
+    # `ftl generate` on the adapter folder loads the same model (QLoRA: over the 4-bit base it was
+    # trained on; it used to put the adapter on the full-precision base).
+    from trainer.inference import load_for_inference
+
+    generator, _ = load_for_inference(run_dir / "final" / "adapter", "cpu")
+    torch.testing.assert_close(_logits(generator.eval(), tokenizer), trained, atol=ADAPTER_ATOL, rtol=0)
     # The base weights themselves never changed: the adapter holds everything learned.
     assert (run_dir / "final" / "adapter" / "adapter_model.safetensors").stat().st_size < (
         run_dir / "final" / "merged" / "model.safetensors"
