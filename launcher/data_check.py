@@ -9,6 +9,7 @@ from typing import Any
 
 from launcher.run_config import RunConfig
 from trainer.data.check import DataCheck, FileCheck, check_data, length_stats
+from trainer.data.label_coverage import label_count_line
 from trainer.data.tokenized import ScannedRow
 from trainer.data.word_tags import IGNORE_INDEX
 from trainer.errors import DataError
@@ -64,6 +65,7 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
         lines += ["", *_file_lines(file, check)]
     if check.train_rows:
         lines += ["", _training_line(check)]
+    lines += [f"warning: {warning}" for warning in check.label_warnings()]
     shown = _samples_to_show(check.files, examples)
     if shown:
         marks = f"{OPEN_COLOR}like this{CLOSE_COLOR}" if color else f"{OPEN_PLAIN}like this{CLOSE_PLAIN}"
@@ -162,6 +164,8 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
             + ", ".join(shown)
             + (f" and {more} more" if more > 0 else "")
         )
+    if file.label_counts and check.label_names:
+        lines.append("  labels (usable rows): " + label_count_line(file.label_counts, check.label_names))
     if file.format == "image_classification":  # one image per row: no tokens or lengths to report
         return lines + _problem_lines(file)
     if file.usable:

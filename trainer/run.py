@@ -103,6 +103,8 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     same = same_pairs_note(data.report)
     if same is not None:
         console.event(f"warning: {same} (`ftl validate --data` names them)")
+    for warning in data.report.get("label_warnings", []):
+        console.event(f"warning: {warning} (`ftl validate --data` counts each label)")
     trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console)
     console.started(
         trainee.total_steps,

@@ -14,6 +14,7 @@ import numpy as np
 from trainer.config import DataConfig
 from trainer.data.formats import FORMAT_FIELDS
 from trainer.data.images import scan_images
+from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
 from trainer.data.tokenized import ScannedRow, scan_rows
 from trainer.errors import DataError
@@ -39,6 +40,7 @@ class FileCheck:
     trained_tokens: int = 0  # loss-bearing tokens in kept examples
     samples: list[ScannedRow] = field(default_factory=list)  # the first kept examples, to show
     ignored_fields: Counter[str] = field(default_factory=Counter)  # fields the format does not read: rows with each
+    label_counts: Counter[int] = field(default_factory=Counter)  # usable rows per class id (classifiers)
 
     @property
     def rows(self) -> int:
@@ -86,6 +88,17 @@ class DataCheck:
 
     def refusals(self) -> list[str]:
         return [reason for check in self.files if (reason := check.refusal(self.skip_bad_rows))]
+
+    def label_warnings(self) -> list[str]:
+        """Labels the training files lack, and held-out labels training never sees (classifiers)."""
+        if not self.label_names:
+            return []
+        train: Counter[int] = Counter()
+        for file in self.files:
+            if file.role.endswith("train"):
+                train.update(file.label_counts)
+        held_out = {file.role: file.label_counts for file in self.files if file.role in ("validation", "test")}
+        return label_coverage_warnings(train, held_out, self.label_names)
 
 
 def check_data(
@@ -161,6 +174,8 @@ def _check_file(
                 check.rendered_lengths.append(row.rendered_len)
                 if check.pairs:
                     check.rendered_lengths.append(row.rejected_rendered_len)
+            if row.usable and row.class_label is not None:
+                check.label_counts[row.class_label] += 1
             if row.usable:
                 check.kept_lengths.append(len(row.ids))
                 check.tokens += len(row.ids)

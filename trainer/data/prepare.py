@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from trainer.config import DataConfig
 from trainer.data.batches import RowDataset
 from trainer.data.formats import Prompt, render_prompt
 from trainer.data.images import load_image_set
+from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.mixture import MixtureSpan, concat_sets
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sources import read_rows
@@ -136,6 +138,9 @@ def prepare_data(
     }
     if mixture_report:
         report["mixture"] = mixture_report
+    if label_names and train.classes is not None:
+        held_out = {e.name: Counter(e.examples.classes.tolist()) for e in evals if e.examples.classes is not None}
+        report["label_warnings"] = label_coverage_warnings(Counter(train.classes.tolist()), held_out, label_names)
     log.info("data: %s", report)
     return PreparedData(RowDataset(train, rows, cfg.packing, spans, pairs=cfg.format == "preference"), evals, report)
 
