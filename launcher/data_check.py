@@ -189,7 +189,7 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
             + " / ".join(f"{name} {value}" for name, value in stats.items())
             + f"; {longer} longer than max_seq_len {check.max_seq_len}"
         )
-    return lines + _problem_lines(file) + _dropped_lines(file) + _same_pair_lines(file)
+    return lines + _problem_lines(file) + _dropped_lines(file) + _truncated_lines(file) + _same_pair_lines(file)
 
 
 def _count(n: int, noun: str) -> str:
@@ -202,6 +202,23 @@ def _dropped_lines(file: FileCheck) -> list[str]:
     if not file.dropped:
         return []
     return [f"  dropped rows ({len(file.dropped)}):", *(f"    - {line}" for line in _grouped(file.dropped))]
+
+
+def _truncated_lines(file: FileCheck) -> list[str]:
+    """Each truncated row named, as training's note ("N truncated to data.max_seq_len") promises;
+    the reason is the same for all, so after the first three one line names the rest."""
+    if not file.truncated:
+        return []
+    where = [line.partition(": ")[0] for line in file.truncated]
+    shown = [*file.truncated[:SAME_PROBLEM_SHOWN]]
+    rest = where[SAME_PROBLEM_SHOWN:]
+    if rest:
+        more = f" and {len(rest) - WHERE_LISTED} more" if len(rest) > WHERE_LISTED else ""
+        shown.append(f"and {len(rest)} more: {', '.join(rest[:WHERE_LISTED])}{more}")
+    return [
+        f"  truncated rows ({len(file.truncated)}):",
+        *(f"    - {line}" for line in shown),
+    ]
 
 
 def _same_pair_lines(file: FileCheck) -> list[str]:

@@ -210,6 +210,22 @@ def test_label_counts_and_a_one_class_training_set_are_said_by_validate_and_trai
     )
 
 
+def test_truncated_rows_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Training's note says `N truncated to data.max_seq_len (ftl validate --data shows them)`:
+    validate counted them only."""
+    data = tmp_path / "long.jsonl"
+    long_row = json.dumps({"text": " ".join(["word"] * 300)}) + "\n"
+    data.write_text("".join(long_row if i % 2 == 0 else '{"text": "short"}\n' for i in range(12)))
+    config = write_config(
+        tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", data={"train": str(data), "format": "text"}
+    )
+    code, out, err = _validate_data(capsys, config, "data.validation=null", "--examples", "0")
+    assert code == 0, err
+    lines = out.split("  truncated rows (6):\n", 1)[1].splitlines()[:4]
+    assert lines[:3] == [f"    - long.jsonl line {n}: 901 tokens, cut to 128" for n in (1, 3, 5)], lines
+    assert lines[3] == "    - and 3 more: long.jsonl line 7, long.jsonl line 9, long.jsonl line 11"
+
+
 def test_fields_the_format_does_not_read_are_named_for_usable_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -253,7 +269,9 @@ def test_a_preference_pair_shows_both_sequences_each_with_its_own_cut(
         "  rows: 1 read, 1 usable, 0 bad, 1 truncated to max_seq_len\n"
         "  tokens: 196 in the 2 sequences of 1 usable pair (after truncation), 32 trained (16.3%)\n"
         "  length in tokens of each sequence (chosen and rejected) before truncation: "
-        "min 86 / median 86 / p95 179 / max 179; 1 longer than max_seq_len 110\n\n"
+        "min 86 / median 86 / p95 179 / max 179; 1 longer than max_seq_len 110\n"
+        "  truncated rows (1):\n"
+        "    - trunc.jsonl line 1: 179 tokens, cut to 110\n\n"
         "training: 1 pair (2 sequences), one pair per row, padded in micro-batches of 8; padding efficiency"
     ) in out
     chosen, rejected = re.findall(r"--- (trunc\.jsonl line 1, \w+ \(.*?\)) ---\n(.*?)(?=\n--- |\Z)", out, re.S)
@@ -286,6 +304,8 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
         "  dropped rows (1):\n"
         "    - pairs.jsonl line 2: chosen and rejected have no trained token in the first 128 tokens "
         "(data.max_seq_len), all prompt\n"
+        "  truncated rows (1):\n"
+        "    - pairs.jsonl line 4: 131 tokens, cut to 128\n"
         "  warning: 2 pairs with chosen and rejected the same as training sees them, nothing to learn from "
         "(DPO loss ln 2, no gradient):\n"
         "    - pairs.jsonl line 3: chosen and rejected are the same\n"

@@ -31,6 +31,7 @@ class FileCheck:
     fates: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)  # every "bad" and "too_long" row, in file order
     dropped: list[str] = field(default_factory=list)  # every dropped row and why (training only counts them)
+    truncated: list[str] = field(default_factory=list)  # every truncated row and its length (training counts them)
     same_pairs: list[str] = field(default_factory=list)  # usable preference pairs with chosen == rejected
     # every rendered example, before truncation (a preference pair's two: both are trained on, and
     # the token counts count both)
@@ -166,6 +167,9 @@ def _check_file(
                 check.ignored_fields.update(name for name in row.fields if name not in read)
             if row.fate.startswith("dropped"):
                 check.dropped.append(row.problem)
+            elif row.fate == "truncated":
+                longest = max(row.rendered_len, row.rejected_rendered_len)
+                check.truncated.append(f"{row.where}: {longest} tokens, cut to {cfg.max_seq_len}")
             elif row.problem:
                 check.problems.append(row.problem)
             if row.same_pair:
