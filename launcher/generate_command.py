@@ -139,6 +139,8 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
     if field in values:
         raise DataError(f"{row.where}: already has a {field!r} field; pick another output field with --field")
     if isinstance(values.get("prompt"), str):
+        if not values["prompt"].strip():  # the model would continue from nothing: never what was meant
+            raise DataError(f"{row.where}: the 'prompt' is empty")
         return str(values["prompt"])
     messages = values.get("messages", values.get("conversations"))
     if not isinstance(messages, list) or not messages:

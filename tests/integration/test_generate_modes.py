@@ -93,6 +93,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         '{"prompt": "x", "completion": "taken"}',
         '{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}',
         '{"Prompt": "capitalised", "id": 7}',
+        '{"prompt": "  "}',
     ]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     code = launcher.cli.main(
@@ -107,7 +108,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     )
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "5 bad row(s)" in err
+    assert "6 bad row(s)" in err
     for number, reason in (
         (2, "invalid JSON"),
         (3, "no 'prompt' string and no non-empty 'messages' list (fields present: text)"),
@@ -117,6 +118,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         ),
         (4, "already has a 'completion' field"),
         (5, "the conversation ends with an assistant message"),
+        (7, "the 'prompt' is empty"),
     ):
         assert f"p.jsonl line {number}: {reason}" in err
     assert not (tmp_path / "o.jsonl").exists()
