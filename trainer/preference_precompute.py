@@ -155,7 +155,9 @@ def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) ->
         if table is None or metadata.get(f"fingerprint.{name}") != fingerprint or len(table) != expected[name]:
             raise TrainerInputError(
                 f"training.preference.reference=precomputed: {path} does not hold the log-probs of the "
-                f"{name} pairs this run trains/evaluates on (the data changed since it was written); {fix}"
+                f"{name} pairs this run trains/evaluates on (the data changed since it was written): restore the "
+                "data it was written for, or start the run afresh (a new output.dir); the reference is the "
+                "initial model, which a resumed run no longer holds, so the new pairs cannot be scored"
             )
         if metadata.get(f"checksum.{name}") != _checksum(table):
             raise TrainerInputError(
