@@ -159,7 +159,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if data:
         mode = "packed into" if data.get("packing") else "padded in batches,"
         lines.append(
-            f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; "
+            f"data: {data['train_examples']} images"  # no tokens: slots and padding mean nothing here
+            if data.get("format") == "image_classification"
+            else f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; "
             f"{100 * data['token_efficiency']:.1f}% of token slots hold real tokens"
         )
         from trainer.data.prepare import cut_examples_note  # numpy and the data code: not for every command

@@ -176,7 +176,12 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
             if file.pairs
             else "usable examples"
         )
-        lines.append(f"  tokens: {file.tokens:,} in {where}, {file.trained_tokens:,} trained ({share:.1f}%)")
+        trained = (
+            "the head scores each text as a whole (no per-token loss)"
+            if file.label_counts
+            else f"{file.trained_tokens:,} trained ({share:.1f}%)"
+        )
+        lines.append(f"  tokens: {file.tokens:,} in {where}, {trained}")
     stats = length_stats(file.rendered_lengths)
     if stats:
         longer = sum(1 for n in file.rendered_lengths if n > check.max_seq_len)

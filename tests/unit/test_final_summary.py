@@ -26,3 +26,11 @@ def test_final_holds_the_best_step_whether_or_not_training_stopped_early(tmp_pat
     assert "early stopping: ran all 45 steps; final/ holds the best step 40 (validation accuracy 0.9889)" in ran_out
     # The last step was the best: final/ is the last step's model, nothing to say.
     assert "early stopping" not in format_summary(_summary(tmp_path, stopped_at=None, best_step=45))
+
+
+def test_the_data_line_counts_images_not_token_slots(tmp_path: Path) -> None:
+    data = {"train_examples": 120, "train_rows": 120, "token_efficiency": 1.0, "packing": False}
+    images = format_summary({**_summary(tmp_path), "data": {**data, "format": "image_classification"}})
+    assert "data: 120 images\n" in images and "token slots" not in images
+    texts = format_summary({**_summary(tmp_path), "data": {**data, "format": "classification"}})
+    assert "data: 120 examples padded in batches, 120 rows; 100.0% of token slots hold real tokens" in texts

@@ -123,6 +123,7 @@ def prepare_data(
         "train_rows": len(rows),
         "train_tokens": int(lengths.sum()),
         "train_loss_tokens": int(train.mask.sum()),
+        "format": "mixture" if cfg.mixture else cfg.format,
         "packing": cfg.packing,
         "max_seq_len": cfg.max_seq_len,
         "token_efficiency": round(efficiency, 6),  # 4 places made the 0.1% shown round twice (88.8 vs 88.7)
