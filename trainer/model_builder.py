@@ -148,8 +148,15 @@ def load_model(
         **(head_kwargs or {}),
     }
     if method_cfg.type == "qlora":
-        kwargs["quantization_config"] = quantization_config(method_cfg, dtype)
+        kwargs["quantization_config"] = quantization = quantization_config(method_cfg, dtype)
         kwargs["device_map"] = {"": device}
+        log.info(
+            "QLoRA: base weights quantized to 4-bit %s%s by bitsandbytes on %s, computing in %s",
+            quantization.bnb_4bit_quant_type,
+            " (double quantization)" if quantization.bnb_4bit_use_double_quant else "",
+            device,
+            str(quantization.bnb_4bit_compute_dtype).removeprefix("torch."),
+        )
     try:
         model, info = auto_class.from_pretrained(model_cfg.path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
