@@ -346,3 +346,20 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
     assert (
         "  dropped rows (1):\n    - sft.jsonl line 1: longer than data.max_seq_len=128 (data.too_long=drop)\n"
     ) in out
+
+
+def test_a_huge_row_is_cut_before_tokenizing_and_trains_the_same_tokens(tokenizer: Any) -> None:
+    """A 50 MB row was tokenized whole (14 GiB of RAM, 3 minutes) to keep 128 tokens: strings past
+    max_seq_len x MAX_CHARS_PER_TOKEN characters are cut first, and what training keeps is the same."""
+    from trainer.data.sources import Row
+    from trainer.data.tokenized import MAX_CHARS_PER_TOKEN, _scan_rendered, _scan_row
+
+    answer = "omega " * (128 * MAX_CHARS_PER_TOKEN // 3)  # twice the limit
+    row = Row(
+        "f.jsonl line 1", {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": answer}]}
+    )
+    cut = _scan_row(0, row, "chat", tokenizer, 128, "truncate", None)
+    whole = _scan_rendered(0, row, "chat", tokenizer, 128, "truncate", None)
+    assert cut.cut_before_tokenizing and not whole.cut_before_tokenizing
+    assert (cut.ids, cut.mask, cut.fate) == (whole.ids, whole.mask, "truncated")
+    assert 128 < cut.rendered_len < whole.rendered_len  # counted up to the cut: a lower bound

@@ -169,7 +169,8 @@ def _check_file(
                 check.dropped.append(row.problem)
             elif row.fate == "truncated":
                 longest = max(row.rendered_len, row.rejected_rendered_len)
-                check.truncated.append(f"{row.where}: {longest} tokens, cut to {cfg.max_seq_len}")
+                more = "more than " if row.cut_before_tokenizing else ""
+                check.truncated.append(f"{row.where}: {more}{longest} tokens, cut to {cfg.max_seq_len}")
             elif row.problem:
                 check.problems.append(row.problem)
             if row.same_pair:
