@@ -249,6 +249,7 @@ def _problem_lines(file: FileCheck) -> list[str]:
 
 SAME_PROBLEM_SHOWN = 3  # rows shown in full per problem; the rest of its rows are named in one line
 WHERE_LISTED = 20
+REASON_SHOWN = 80  # characters of a reason repeated on its 'the same' line
 
 
 def _grouped(problems: list[str]) -> list[str]:
@@ -269,7 +270,10 @@ def _grouped(problems: list[str]) -> list[str]:
             rest = [problems[i].partition(": ")[0] for i in rows[SAME_PROBLEM_SHOWN:]]
             named = ", ".join(rest[:WHERE_LISTED])
             more = f" and {len(rest) - WHERE_LISTED} more" if len(rest) > WHERE_LISTED else ""
-            lines.append(f"the same for {len(rest)} more rows: {named}{more}")
+            # Said again: other reasons may stand between this line and the rows it continues.
+            reason = problem.partition(": ")[2]
+            reason = reason if len(reason) <= REASON_SHOWN else reason[: REASON_SHOWN - 3] + "..."
+            lines.append(f"the same ({reason}) for {len(rest)} more rows: {named}{more}")
     return lines
 
 

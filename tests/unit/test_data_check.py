@@ -116,8 +116,11 @@ def test_every_bad_row_is_reported_and_the_exit_code_matches_training(
     assert code == 2
     for line in bad_lines:  # each named; a reason many rows share is written out for its first three
         assert re.search(rf"train\.jsonl line {line}\b", out), line
-    assert out.count("unknown field 'mesages'; did you mean 'messages'?") == 3
-    assert "    - the same for 5 more rows: train.jsonl line 14, train.jsonl line 17, " in out
+    assert out.count("unknown field 'mesages'; did you mean 'messages'?") == 4  # 3 rows, then the same (...)
+    assert (
+        "    - the same (unknown field 'mesages'; did you mean 'messages'? (format 'chat')) for 5 more rows: "
+        "train.jsonl line 14, train.jsonl line 17, "
+    ) in out
     assert "unknown field 'mesages'; did you mean 'messages'?" in out and "invalid JSON" in out
     assert "valid.jsonl line 2: " in out and "longer than data.max_seq_len=128" in out
     assert "rows: 28 read, 3 usable, 25 bad" in out and "bad rows (25):" in out

@@ -482,6 +482,15 @@ def test_invalid_json_lines_name_the_column_where_the_row_goes_wrong(tokenizer: 
     assert problems[2].startswith("d.jsonl line 4: invalid JSON: Unterminated string starting at column 10")
 
 
+def test_a_pretty_printed_json_file_named_jsonl_is_said_to_be_one(tmp_path: Path) -> None:
+    """60,002 'bad rows', the first with "is the row cut short?": the file was a JSON array."""
+    (tmp_path / "d.jsonl").write_text(json.dumps([GOOD, GOOD], indent=1))
+    first = next(iter(read_rows(str(tmp_path / "d.jsonl"))))
+    assert first.values.reason.endswith(
+        "(the line is '[': this looks like a JSON file; name it .json, or write one row per line)"
+    )
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
     # Windows tools write one: Excel's "CSV UTF-8", PowerShell 5's UTF-8 output.
     bom = b"\xef\xbb\xbf"

@@ -84,6 +84,8 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 cut = " (the end of the line: is the row cut short?)" if exc.pos >= len(line.rstrip()) else ""
+                if line.strip() in ("[", "{"):  # a pretty-printed JSON file: JSON Lines is one row per line
+                    cut = f" (the line is {line.strip()!r}: this looks like a JSON file; name it .json, or write one row per line)"
                 at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"
                 yield Row(where, _Malformed(f"invalid JSON: {exc.msg}{at} column {exc.colno}{cut}"))
                 continue
