@@ -96,6 +96,10 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     eos_notice = missing_eos_notice(tokenizer, cfg.data.format)
     if eos_notice is not None:
         console.event(f"warning: {eos_notice}")
+    # Tokenizing a large set takes minutes the first time (then the cache serves it): said, so a
+    # silent console is not taken for a hang.
+    sources = [s.train for s in cfg.data.mixture] if cfg.data.mixture else [cfg.data.train]
+    console.event(f"data: reading {', '.join(map(str, sources))} (tokenized once, then from the cache)")
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
     cut = cut_examples_note(data.report)
     if cut is not None:  # said before training, not only in the end's table
