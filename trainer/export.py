@@ -28,6 +28,7 @@ import torch
 
 from trainer.config import TrainerConfig
 from trainer.config_hash import config_changes, config_written_with, result_values
+from trainer.file_modes import current_umask
 from trainer.lean_imports import deepspeed_probe_skipped
 from trainer.model_builder import resolve_dtype
 from trainer.run_layout import FINAL_DIR, RunLayout, step_name
@@ -70,22 +71,10 @@ def _readable_as_the_umask_allows(folder: Path) -> None:
     """transformers' save_pretrained writes its weights 0600 (a private temporary file renamed into
     place), unlike every other file of the run: on shared storage a teammate or a serving process
     running as another user could not read the model. Files get the mode any new file gets here."""
-    umask = _current_umask()
+    umask = current_umask()
     for path in folder.rglob("*"):
         if path.is_file():
             os.chmod(path, 0o666 & ~umask)
-
-
-def _current_umask() -> int:
-    """Read without changing it (os.umask sets it too, which races with threads that create files
-    meanwhile, e.g. an asynchronous checkpoint writer); Linux has it in /proc/self/status."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022  # the common default, where /proc does not say
 
 
 def _fresh_sibling(out_dir: Path, purpose: str) -> Path:
@@ -93,7 +82,7 @@ def _fresh_sibling(out_dir: Path, purpose: str) -> Path:
     never OUT.tmp or OUT.old, which may be the user's own (a backup called model.old is common)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.ftl-export-{purpose}-", dir=out_dir.parent))
-    os.chmod(folder, 0o777 & ~_current_umask())  # mkdtemp's is 0700: the export is shared as any new folder
+    os.chmod(folder, 0o777 & ~current_umask())  # mkdtemp's is 0700: the export is shared as any new folder
     return folder
 
 

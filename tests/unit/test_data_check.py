@@ -366,3 +366,21 @@ def test_a_huge_row_is_cut_before_tokenizing_and_trains_the_same_tokens(tokenize
     assert cut.cut_before_tokenizing and not whole.cut_before_tokenizing
     assert (cut.ids, cut.mask, cut.fate) == (whole.ids, whole.mask, "truncated")
     assert 128 < cut.rendered_len < whole.rendered_len  # counted up to the cut: a lower bound
+
+
+def test_a_tokenized_cache_entry_is_shared_as_any_new_folder(tmp_path: Path, tokenizer: Any) -> None:
+    """mkdtemp made entries 0700: other users of a shared FTL_CACHE_DIR could not read them."""
+    from trainer.file_modes import current_umask
+
+    root = tmp_path / "cache"
+    load_tokenized(
+        str(QA_DATA / "valid.jsonl"),
+        "chat",
+        tokenizer,
+        max_seq_len=128,
+        too_long="truncate",
+        skip_bad_rows=False,
+        cache_root=root,
+    )
+    (entry,) = [p for p in root.rglob("meta.json")]
+    assert entry.parent.stat().st_mode & 0o777 == 0o777 & ~current_umask()

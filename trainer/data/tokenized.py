@@ -24,6 +24,7 @@ from trainer.cache_dir import cache_root as ftl_cache_root
 from trainer.data.formats import render_example, truncated
 from trainer.data.sources import Row, dataset_fingerprint, read_rows
 from trainer.errors import DataError
+from trainer.file_modes import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -444,6 +445,8 @@ def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    # mkdtemp's 0700 would keep the entry from the other users of a shared $FTL_CACHE_DIR.
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         np.save(tmp / "ids.npy", data.ids)
         np.save(tmp / "mask.npy", data.mask)
