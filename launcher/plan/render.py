@@ -69,7 +69,7 @@ def throughput_lines(t: Throughput, workers: int) -> list[str]:
         f"  {t.tokens_per_s:,.0f} tokens/s on {workers} GPU(s) at {t.peak_tflops:g} TFLOP/s peak x MFU {t.mfu:g} (assumed; --mfu to change)"
     )
     if t.tokens is None:
-        lines.append("  epoch: the training data is not readable here; no time estimate")
+        lines.append(f"  epoch: {t.no_tokens_reason}; no time estimate")
         return lines
     lines.append(
         f"  epoch: {t.tokens.real_tokens:,} tokens ({t.tokens.slots:,} computed positions with packing/padding), from {t.tokens.source}"

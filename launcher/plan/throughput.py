@@ -47,6 +47,7 @@ class Throughput:
     run_seconds: float | None
     cost: float | None
     reference_seconds: float | None = None  # DPO precomputed: scoring the pairs before step 1 (in run_seconds)
+    no_tokens_reason: str = "the training data is not readable here"  # said when tokens is None
 
 
 def matmul_params(inventory: Inventory) -> tuple[int, int]:
@@ -118,7 +119,10 @@ def estimate(
             run_s += reference_s
         if price_per_gpu_hour is not None:
             cost = run_s / 3600 * setup.workers * price_per_gpu_hour
-    return Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost, reference_s)
+    result = Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost, reference_s)
+    if cfg.data.mixture:  # its sources are drawn by weight: one file's tokens are not an epoch's
+        result.no_tokens_reason = "data.mixture draws its sources by weight, and its epoch is not estimated"
+    return result
 
 
 def count_tokens(cfg: RunConfig) -> TokenCount | None:
@@ -128,6 +132,8 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
     from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
     from trainer.data.tokenized import cache_entry, read_cached
 
+    if cfg.data.mixture:
+        return None
     tokenizer = _tokenizer(cfg)
     data = cfg.data
     if tokenizer is None:

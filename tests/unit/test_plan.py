@@ -746,3 +746,16 @@ def test_planning_a_frozen_encoder_classifier_warns_of_no_tied_head(
         plan = plan_run(cfg, Target(accelerator("RTX4090")), with_throughput=False)
     assert plan.inventory.total(False) > 0  # frozen parameters: the freezing was applied
     assert not [r for r in caplog.records if r.name == "trainer.transfer.freezing"]
+
+
+def test_a_mixture_plan_says_its_epoch_is_not_estimated_not_that_its_data_is_unreadable(tmp_path: Path) -> None:
+    from launcher.plan.render import throughput_lines
+
+    cfg = load_config(REPO / "configs/examples/mixture.yaml", [f"output.dir={tmp_path / 'run'}"])
+    plan = plan_run(cfg, Target(accelerator("A100-80GB")), with_throughput=True)
+    assert plan.throughput is not None and plan.throughput.tokens is None
+    lines = throughput_lines(plan.throughput, 1)
+    assert (
+        "  epoch: data.mixture draws its sources by weight, and its epoch is not estimated; no time estimate" in lines
+    )
+    assert not any("not readable" in line for line in lines)
