@@ -15,10 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "assets/models/ftl-tiny-llama"
 DATA = REPO / "assets/data/fictional-qa"
 RESULTS: list[tuple[str, str, str]] = []
+# The backend every training of the smoke runs on (`--backend`); None = the config's default (Ray).
+BACKEND: list[str | None] = [None]
+# `--only`: words of the checks to run (the cuda check always runs); empty = every check.
+ONLY: list[str] = []
 
 
 def check(name: str) -> Callable[[Callable[[], str]], Callable[[], str]]:
     def register(fn: Callable[[], str]) -> Callable[[], str]:
+        if ONLY and name != "cuda" and not any(word.lower() in name.lower() for word in ONLY):
+            return fn
         try:
             detail = fn()
             status = "SKIP" if detail.startswith("skip:") else "PASS"
@@ -41,6 +47,8 @@ def train(tmp: Path, name: str, **sections: dict) -> list[float]:
         "eval": {"max_samples": 32, "generation": {"max_samples": 32}},
         "output": {"dir": str(tmp / name)},
     }
+    if BACKEND[0]:
+        config["cluster"] = {"backend": BACKEND[0]}
     for key, value in sections.items():
         config.setdefault(key, {}).update(value)
     (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
@@ -58,7 +66,20 @@ def train(tmp: Path, name: str, **sections: dict) -> list[float]:
 
 
 def main() -> int:
+    import argparse
+
     import torch
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--backend",
+        choices=["ray", "local", "torchrun"],
+        help="backend of every training (default: the config's, Ray); local or torchrun where Ray is not installed",
+    )
+    parser.add_argument("--only", default="", help="comma-separated words: run only the checks whose name has one")
+    args = parser.parse_args()
+    BACKEND[0] = args.backend
+    ONLY[:] = [word.strip() for word in args.only.split(",") if word.strip()]
 
     tmp = Path(tempfile.mkdtemp(prefix="ftl-gpu-smoke-"))
 

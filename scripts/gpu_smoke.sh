@@ -2,6 +2,8 @@
 # GPU smoke check: run on a CUDA machine from the repository root, after scripts/setup_env.sh.
 #   bash scripts/gpu_smoke.sh            (installs flash-attn if missing; FTL_SKIP_FLASH_INSTALL=1 to skip;
 #                                          liger-kernel / cut-cross-entropy likewise, FTL_SKIP_KERNEL_INSTALL=1)
+#   bash scripts/gpu_smoke.sh --backend local   (every training on the local backend: where Ray is not installed)
+#   bash scripts/gpu_smoke.sh --only parity,offload   (only the checks whose name has one of the words)
 # Prints PASS/FAIL/SKIP per item and exits non-zero if any item failed:
 #   cuda, flash-attn (packed varlen rows = one-by-one), bf16 training, QLoRA 4-bit CUDA kernels,
 #   the loss without full logits (chunked, and Liger / Cut Cross-Entropy when installed),

@@ -2,7 +2,10 @@
 speed of the same disk, and how long checkpointing blocks a training loop, synchronous vs asynchronous.
 
     .venv/bin/python scripts/bench/checkpoint.py [--dir /path/on/the/disk] [--params-millions 16]
-        [--layouts replicated,dcp,deepspeed] [--reps 3]
+        [--layouts replicated,dcp,deepspeed] [--reps 3] [--device cpu|cuda]
+
+With `--device cuda` the model and its optimizer states live on the GPU: a save copies them to
+the host first (an asynchronous save into pinned memory, in the background), as on a GPU run.
 
 With `--dir` on a tmpfs (e.g. a folder under /dev/shm) writes and reads cost only the CPU's
 copies: the ratios then show each path's CPU cost, its ceiling on a disk as fast as memory.
@@ -55,10 +58,12 @@ BATCH = 64
 class Trainee:
     """A model, its optimizer, LR schedule and the layout's StateIO; `step` trains one step."""
 
-    def __init__(self, layout: str, params_millions: float, seed: int = 0):
+    def __init__(self, layout: str, params_millions: float, seed: int = 0, device: str = "cpu"):
         torch.manual_seed(seed)
         layers = max(1, round(params_millions * 1e6 / (WIDTH * WIDTH)))
         model: Any = torch.nn.Sequential(*[torch.nn.Linear(WIDTH, WIDTH, bias=False) for _ in range(layers)])
+        model = model.to(device)
+        self.device = device
         optimizer: Any = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
         self.layout = layout
         if layout == "deepspeed":
@@ -94,7 +99,7 @@ class Trainee:
         self.scheduler = WarmupDecaySchedule(optimizer, TrainingConfig(learning_rate=1e-4), total_steps=10**6)
 
     def step(self) -> None:
-        loss = self.model(torch.randn(BATCH, WIDTH)).square().mean()
+        loss = self.model(torch.randn(BATCH, WIDTH, device=self.device)).square().mean()
         if self.layout == "deepspeed":
             self.model.backward(loss)
             self.model.step()
@@ -106,7 +111,7 @@ class Trainee:
 
     def manager(self, directory: Path, async_save: bool = False) -> CheckpointManager:
         return CheckpointManager(
-            directory, self.io, rank=0, world_size=1, device="cpu", keep_last=2, async_save=async_save
+            directory, self.io, rank=0, world_size=1, device=self.device, keep_last=2, async_save=async_save
         )
 
 
@@ -303,14 +308,14 @@ def _ratio(ratios: list[float]) -> str:
     return f"{statistics.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%})".replace("%-", "-")
 
 
-def init_single_process_group() -> None:
+def init_single_process_group(backend: str) -> None:
     import torch.distributed as dist
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group(backend, rank=0, world_size=1)
 
 
 def main() -> None:
@@ -321,19 +326,22 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (medians are reported)")
     parser.add_argument("--saves", type=int, default=5, help="saves per blocking-time loop")
     parser.add_argument("--every", type=int, default=3, help="least steps between saves in the blocking-time loop")
+    parser.add_argument("--no-write-strategies", action="store_true", help="skip the one-file write strategies")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model and its states live")
     args = parser.parse_args()
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     if "deepspeed" in layouts:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
-        init_single_process_group()
+        init_single_process_group("nccl" if args.device == "cuda" else "gloo")
     base = Path(args.dir) if args.dir else Path.cwd()
     base.mkdir(parents=True, exist_ok=True)  # a folder on the disk to measure, created if new
     rows = []
     with tempfile.TemporaryDirectory(dir=base, prefix=".ftl-bench-") as tmp:
         root = Path(tmp)
         for layout in layouts:
-            trainee, fresh = Trainee(layout, args.params_millions), Trainee(layout, args.params_millions, seed=1)
+            trainee = Trainee(layout, args.params_millions, device=args.device)
+            fresh = Trainee(layout, args.params_millions, seed=1, device=args.device)
             result = throughput(root / layout, trainee, fresh, args.reps)
             sync_s = blocking(root / layout / "sync", trainee, False, args.saves, args.every)
             async_s = blocking(root / layout / "async", trainee, True, args.saves, args.every)
@@ -342,9 +350,15 @@ def main() -> None:
             # its checkpoints are memory, and three directories of them per layout add up.
             shutil.rmtree(root / layout)
         largest = max(r["bytes"] for _, r, _, _ in rows) if rows else 64 * MiB
-        strategies = write_strategies(root / "strategies", largest, max(args.reps, 5))
+        strategies = (
+            {} if args.no_write_strategies else write_strategies(root / "strategies", largest, max(args.reps, 5))
+        )
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) at the end")
-    print(f"disk {base} ({os.cpu_count()} CPUs), {args.params_millions:g}M fp32 params + AdamW, medians of {args.reps}")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(
+        f"disk {base} ({os.cpu_count()} CPUs), {args.params_millions:g}M fp32 params + AdamW on {where}, "
+        f"medians of {args.reps}"
+    )
     print(
         f"{'layout':<11}{'size MiB':>9}{'files':>6}{'raw write':>10}{'save':>7}{'ratio (range)':>15}"
         f"{'raw read':>10}{'load':>7}{'ratio (range)':>15}{'block sync ms':>15}{'async ms':>10}{'ratio':>7}"
@@ -361,10 +375,11 @@ def main() -> None:
         "(MiB/s for raw write, save, raw read, load: medians; ratio = checkpoint / raw speed of the same disk,\n"
         " the median over repetitions of each one against the raw measurement next to it, and their range)"
     )
-    print(
-        f"one {largest / MiB:.0f} MiB file written + fsynced, MiB/s: "
-        + ", ".join(f"{name} {speed:.0f}" for name, speed in strategies.items())
-    )
+    if strategies:
+        print(
+            f"one {largest / MiB:.0f} MiB file written + fsynced, MiB/s: "
+            + ", ".join(f"{name} {speed:.0f}" for name, speed in strategies.items())
+        )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ class DCPStateIO:
         self._last: Any = None  # the last write's DCP Metadata
         self.hashes = FileHashes()
         self._staging_writer: Any = None
+        self._staged_layout: tuple[Any, ...] | None = None
 
     def prepare_async(self) -> None:
         """Collective (every rank, once): the process group the background writes use."""
@@ -66,7 +67,7 @@ class DCPStateIO:
         self._last = None
         target = str(directory / STATE_DIR)
         if async_write:
-            writer, group = self._async_writer(target), self._async_group
+            writer, group = self._async_writer(target, state), self._async_group
 
             def save(staged: Any) -> None:
                 self._last = dcp.save(staged, checkpoint_id=target, storage_writer=writer, process_group=group)
@@ -82,11 +83,20 @@ class DCPStateIO:
         writer.fs = _hashing_file_system(self.hashes)
         return writer
 
-    def _async_writer(self, path: str) -> Any:
-        """One writer for every asynchronous save (dcp.save points it at each new path). Its
-        staging cache stays off: torch pins the cached buffers, which needs an accelerator."""
+    def _async_writer(self, path: str, state: Any) -> Any:
+        """One writer for every asynchronous save (dcp.save points it at each new path). With a
+        GPU its staging cache is on: the state is copied into pinned host buffers kept from one
+        save to the next (staging into fresh pageable memory at every save held the training
+        thread for 58% of a synchronous save on an H200, 371 of 641 ms for 732 MiB). Torch pins
+        the cached buffers, which needs an accelerator, so on CPU each save stages into fresh
+        memory. The cache is dropped when the state's tensors change (gradual unfreezing adds
+        optimizer states), as torch's copy into it expects the same keys and shapes."""
         if self._staging_writer is None:
-            self._staging_writer = self._writer(path)
+            self._staging_writer = self._writer(path, cache_staged_state_dict=torch.cuda.is_available())
+        layout = _tensor_layout(state)
+        if layout != self._staged_layout:
+            self._staging_writer.state_dict_cache = None
+            self._staged_layout = layout
         return self._staging_writer
 
     def read(self, model: Any, optimizer: Any | None, directory: Path, manifest: dict[str, Any]) -> None:
@@ -135,6 +145,19 @@ class DCPStateIO:
         mine = f"{STATE_DIR}/__{rank}_" if manifest.get("world_size") == world else f"{STATE_DIR}/__"
         names = sorted(manifest.get("files", {}))
         return [f"{STATE_DIR}/.metadata"] + [name for name in names if name.startswith(mine)]
+
+
+def _tensor_layout(state: Any, prefix: str = "") -> tuple[Any, ...]:
+    """The keys, shapes and dtypes of every tensor in a nested state (not the values)."""
+    if isinstance(state, torch.Tensor):
+        return ((prefix, tuple(state.shape), state.dtype),)
+    if isinstance(state, dict):
+        items: Any = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return ((prefix, type(state).__name__),)
+    return tuple(entry for key, value in items for entry in _tensor_layout(value, f"{prefix}/{key}"))
 
 
 def load_trainable_unsharded(model: torch.nn.Module, directory: Path) -> None:
