@@ -21,3 +21,21 @@ def cuda_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def local_gpu_shortfall(backend: str, workers_per_node: int) -> str | None:
+    """What is wrong when the local or torchrun backend would start more workers on this machine
+    than it has GPUs visible (each takes one: cuda:LOCAL_RANK, and every extra one would crash in
+    its CUDA setup with 'invalid device ordinal'); None when nothing is. On a machine without a
+    GPU the workers share the CPU, any number of them."""
+    if backend not in ("local", "torchrun") or workers_per_node <= 1 or not cuda_available():
+        return None
+    import torch
+
+    count = torch.cuda.device_count()
+    if workers_per_node <= count:
+        return None
+    return (
+        f"cluster.workers={workers_per_node} but this machine has {count} GPU(s) visible, and each "
+        f"{backend} worker takes one: set cluster.workers={count}, or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
+    )

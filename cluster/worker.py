@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR
+from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR, InputError
 from trainer.run_layout import RunLayout
 
 if TYPE_CHECKING:
@@ -38,6 +38,11 @@ def init_process_group(rank: int, world_size: int, local_rank: int, timeout_s: i
     import torch.distributed as dist
 
     if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():  # e.g. a torchrun of more processes per node than GPUs
+            raise InputError(
+                f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()} visible, "
+                "one per worker; start as many workers per node as GPUs (cluster.workers, --nproc-per-node)"
+            )
         torch.cuda.set_device(local_rank)
         device, backend = f"cuda:{local_rank}", "nccl"
     else:

@@ -45,7 +45,13 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
+    from cluster.gpu_probe import local_gpu_shortfall
     from cluster.torchrun import started_by_torchrun
+
+    # Under a user's own torchrun the workers are already started (each checks its GPU: cluster/worker.py).
+    shortfall = None if started_by_torchrun() else local_gpu_shortfall(cfg.cluster.backend, cfg.cluster.workers)
+    if shortfall:
+        raise UserError(f"cannot start: {shortfall}")
 
     # Under a user's own torchrun every worker runs this: local rank 0 checks the fit for its node
     # (a refusal there ends the group through torchrun), the others would only print it again.

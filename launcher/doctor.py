@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.gpu_probe import local_gpu_shortfall
 from launcher.errors import UserError
 from launcher.run_dir import local_run_dir
 from trainer.errors import EXIT_FAILED
@@ -54,13 +55,24 @@ def doctor_command(args: argparse.Namespace) -> int:
     workers = args.workers or (run_workers if multi_node else max(DEFAULT_WORKERS, run_workers))
     if workers < 1:
         raise UserError("--workers must be at least 1")
+    backend = cfg.cluster.backend if cfg else "local"
+    if not args.workers and not multi_node and local_gpu_shortfall(backend, workers):
+        # Each local worker takes a GPU: test the collectives on as many as there are (the run's own
+        # excess is reported by the CUDA check below, as the problem it is).
+        import torch
+
+        workers = max(1, torch.cuda.device_count())
     checks = launcher_checks(cfg)
     run_dir = local_run_dir(cfg).resolve().parent if cfg else Path.cwd() / "runs"
     from cluster.config import ClusterConfig
     from cluster.doctor_backends import run_doctor_workers
 
     cluster = cfg.cluster if cfg else ClusterConfig(backend="local")
-    shape = "" if args.workers or workers == run_workers else f" (the run uses {run_workers}; 2 test the collectives)"
+    shape = (
+        ""
+        if args.workers or workers == run_workers
+        else f" (the run uses {run_workers}; {workers} test the collectives)"
+    )
     print(
         f"ftl doctor: {workers} worker(s) per node{shape} x {cluster.nodes} node(s) on the {cluster.backend} "
         "backend ...",
