@@ -12,7 +12,9 @@ place of DeepSpeed's default torch.save engine) hashes each file while writing i
 For an asynchronous save it only collects what the engine hands it (the state dicts, whose
 tensors are the live ones): the engine's collectives and bookkeeping stay on the training
 thread, the writer thread copies the tensors to host memory (the manager holds the ZeRO
-optimizer's next base-optimizer step until then) and writes the files. A checkpoint engine the
+optimizer's next base-optimizer step until then) and writes the files. A synchronous save on a
+GPU collects too and copies through the same kept host buffers before writing (torch.save would
+copy each flat partition into fresh pageable memory). A checkpoint engine the
 user configured (DeepSpeed's decoupled/fast writers, Nebula, DataStates) is left in place: then
 the save is synchronous and the commit hashes the files.
 """
@@ -62,7 +64,12 @@ class DeepSpeedStateIO:
         engine = self.strategy.engine
         ours = self._checkpoint_engine(engine, async_write)
         self.hashes.clear()
-        collected: list[tuple[Any, str]] | None = [] if async_write and ours is not None else None
+        # On a GPU a synchronous save copies through the same kept pinned buffers: torch.save would
+        # copy each of ZeRO's flat partitions into fresh pageable memory first (on an H200, 3 copies
+        # of ~170 ms in a 1213 ms save of 976 MiB; the pinned copy took ~20 ms).
+        on_gpu = torch.device(getattr(engine, "device", "cpu")).type != "cpu"
+        collect = ours is not None and (async_write or on_gpu)
+        collected: list[tuple[Any, str]] | None = [] if collect else None
         if ours is not None:
             ours.collected = collected
         try:
@@ -89,6 +96,13 @@ class DeepSpeedStateIO:
             self._snapshot = host_copy(frozen, self._snapshot)
             return self._snapshot
 
+        if not async_write:
+            # Tensors already in host memory (ZeRO-Offload's states) are written as they are; they
+            # are not kept for reuse, or a later background snapshot would copy into the live state.
+            staged = host_copy(frozen, self._snapshot, copy_host_tensors=False)
+            write_all(staged)
+            self._snapshot = _without_live_tensors(staged, frozen)
+            return None
         return ThreadWrite(write_all, snapshot)
 
     def _checkpoint_engine(self, engine: Any, async_write: bool) -> Any:
@@ -168,6 +182,19 @@ class DeepSpeedStateIO:
         if getattr(engine, "global_rank", None) == 0:
             names += [script for script in ("zero_to_fp32.py", "zero_to_torch.py") if (directory / script).is_file()]
         return names
+
+
+def _without_live_tensors(staged: Any, live: Any) -> Any:
+    """`staged` (host_copy's result for `live`) with each tensor that is the live one itself
+    replaced by None: what may be reused as copy buffers."""
+    if isinstance(staged, torch.Tensor):
+        return None if staged is live else staged
+    if isinstance(staged, dict):
+        return {key: _without_live_tensors(value, live[key]) for key, value in staged.items()}
+    if isinstance(staged, (list, tuple)):
+        values = [_without_live_tensors(value, original) for value, original in zip(staged, live, strict=True)]
+        return type(staged)(*values) if hasattr(staged, "_fields") else type(staged)(values)
+    return staged
 
 
 def _copy_all_but_tensors(state: Any) -> Any:

@@ -172,12 +172,20 @@ class ReplicatedStateIO:
         return self.hashes.relative_to(directory)
 
 
-def host_copy(state: Any, reuse: Any = None) -> Any:
+def host_copy(state: Any, reuse: Any = None, copy_host_tensors: bool = True) -> Any:
     """A copy of every tensor in a nested state (dicts, lists, tuples) in host memory: pinned
     when a GPU is there (a fast device-to-host copy), plain memory on CPU. `reuse`: the previous
     copy of the same state (its write finished); its buffers of the same shape and dtype are
-    overwritten instead of allocated again (fresh memory costs a page fault per page)."""
+    overwritten instead of allocated again (fresh memory costs a page fault per page).
+    `copy_host_tensors=False`: tensors already in host memory are kept as they are (for a write
+    that finishes before anything changes them)."""
+    return _host_copy(state, reuse, copy_host_tensors)
+
+
+def _host_copy(state: Any, reuse: Any, copy_host_tensors: bool) -> Any:
     if isinstance(state, torch.Tensor):
+        if state.device.type == "cpu" and not copy_host_tensors:
+            return state
         if isinstance(reuse, torch.Tensor) and reuse.shape == state.shape and reuse.dtype == state.dtype:
             return reuse.copy_(state.detach())
         if state.device.type == "cpu":
@@ -186,12 +194,15 @@ def host_copy(state: Any, reuse: Any = None) -> Any:
         return copy.copy_(state.detach())
     if isinstance(state, dict):
         previous_items = reuse if isinstance(reuse, dict) else {}
-        return {key: host_copy(value, previous_items.get(key)) for key, value in state.items()}
+        return {key: _host_copy(value, previous_items.get(key), copy_host_tensors) for key, value in state.items()}
     if isinstance(state, (list, tuple)):
         previous_values = (
             reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(state) else [None] * len(state)
         )
-        values = [host_copy(value, previous) for value, previous in zip(state, previous_values, strict=True)]
+        values = [
+            _host_copy(value, previous, copy_host_tensors)
+            for value, previous in zip(state, previous_values, strict=True)
+        ]
         return type(state)(*values) if hasattr(state, "_fields") else type(state)(values)
     return state
 
