@@ -256,11 +256,16 @@ def export_run(
         )
         cfg = written_with
     tokenizer, model = _fresh_model(cfg, device)
+    _apply_unfreezing_stage(cfg, model, Path(source))
+    from torch.distributed.checkpoint.api import CheckpointException  # DCP's load error: a BaseException
+
     try:
         load_trainable_from_checkpoint(source, model)
-    except (ValueError, RuntimeError, KeyError) as exc:
+    except (ValueError, RuntimeError, KeyError, CheckpointException) as exc:
+        failures = getattr(exc, "failures", None)  # DCP's: each rank's own error
+        reason = next(iter(failures.values())) if failures else exc
         raise TrainerInputError(
-            f"checkpoint {source} does not fit the model of {layout.config} ({str(exc).strip().splitlines()[0]}); "
+            f"checkpoint {source} does not fit the model of {layout.config} ({str(reason).strip().splitlines()[0]}); "
             "export it with the config it was written with"
         ) from None
     # Never drop a merged model that already exists; a full fine-tune's only output is the merged model.
@@ -312,6 +317,24 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
         shutil.copytree(final, tmp, dirs_exist_ok=True)
         _swap_into_place(tmp, target)
     return Exported(target, step, str(final))
+
+
+def _apply_unfreezing_stage(cfg: TrainerConfig, model: torch.nn.Module, checkpoint: Path) -> None:
+    """Gradual unfreezing: a checkpoint holds what trained in its stage (a sharded one exactly
+    that), so the fresh model trains in that stage too before the checkpoint is loaded over it;
+    the blocks not unfrozen yet keep their base weights, as they had in the run."""
+    if not cfg.transfer.gradual_unfreezing.enabled:
+        return
+    from trainer.transfer.model_parts import model_parts, plain_name
+    from trainer.transfer.unfreezing import GradualUnfreezer, unfreezing_groups
+
+    loop = json.loads((checkpoint / "trainer_state.json").read_text())["loop"]
+    stage = (loop.get("transfer") or {}).get("unfreezing_stage")
+    if stage is None:
+        return
+    trainable = {plain_name(name) for name, p in model.named_parameters() if p.requires_grad}
+    groups = unfreezing_groups(model_parts(model), trainable, cfg.transfer.gradual_unfreezing.blocks_per_stage)
+    GradualUnfreezer(model, groups, every_steps=1).apply(int(stage))  # one step per stage: step N is stage N
 
 
 def _fresh_model(cfg: TrainerConfig, device: str) -> tuple[Any, Any]:
