@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from trainer.config_section import Section
 from trainer.optim_rules import optimizer_problem
 from trainer.tracking.config import TrackingConfig
-from trainer.transfer.config import CLASSIFICATION_HEADS, HEAD_DATA_FORMATS, TransferConfig
+from trainer.transfer.config import CLASSIFICATION_HEADS, HEAD_DATA_FORMATS, HEAD_RATE_WITHOUT_HEAD, TransferConfig
 
 SHARDED = ("fsdp", "deepspeed")
 # URI schemes pyarrow.fs opens (what Ray Train storage accepts without a custom filesystem).
@@ -703,11 +703,23 @@ def _check_transfer(cfg: TrainerConfig) -> None:
             "training.optimizer_in_backward=false (keeps the schedule), or freeze statically with "
             "transfer.freeze.first_n_blocks (keeps the step in backward)"
         )
+    if transfer.learning_rates.head is not None and _adapters_leave_the_lm_head_frozen(cfg):
+        raise ValueError(HEAD_RATE_WITHOUT_HEAD)
     if transfer.learning_rates.lora_plus_ratio is not None and not method.uses_adapter:
         raise ValueError(
             "transfer.learning_rates.lora_plus_ratio needs an adapter method (method.type=lora, dora or qlora)"
         )
     _check_early_stopping(cfg)
+
+
+def _adapters_leave_the_lm_head_frozen(cfg: TrainerConfig) -> bool:
+    """An adapter method on a causal LM trains no part of its output head, unless modules_to_save or
+    a list of target_modules may name it (the head's name depends on the model: the worker, which
+    has the model, checks those cases)."""
+    method = cfg.method
+    if not method.uses_adapter or cfg.transfer.head.type != "causal_lm" or method.lora.modules_to_save:
+        return False
+    return method.lora.target_modules == "all-linear"  # PEFT's all-linear leaves the output layer out
 
 
 def _check_sharded_transfer(cfg: TrainerConfig) -> None:

@@ -59,6 +59,10 @@ def test_on_two_ray_workers_a_rate_for_an_untrained_head_is_refused_and_idle_set
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert refused.stderr.count("transfer.learning_rates.head: no trainable parameter belongs to the head") == 1
     assert "Traceback" not in refused.stderr
+    # The config alone shows it: refused before Ray or a worker starts, and by validate too.
+    assert not (tmp_path / "lora").exists(), "a run directory for a refused config"
+    invalid = _ftl("validate", str(lora_head))
+    assert invalid.returncode == 2 and "no trainable parameter belongs to the head" in invalid.stderr
 
     # Only the head trains (the first unfreeze would be at step 1000 of 2) at a rate that makes the
     # validation loss worse than the base model's at its one evaluation (step 2).

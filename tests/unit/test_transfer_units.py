@@ -269,6 +269,8 @@ NO_GEN = {"generation": {"enabled": False}}
             "reserved",
         ),
         ({"data": {"mixture": [{"name": "a", "train": "assets/data/fictional-qa/train.jsonl"}]}}, "not both"),
+        # LoRA on a causal LM (the default method of write_config's configs) leaves the LM head frozen.
+        ({"transfer": {"learning_rates": {"head": 1e-2}}}, "no trainable parameter belongs to the head"),
     ],
 )
 def test_combinations_that_make_no_sense_are_rejected(
@@ -391,3 +393,19 @@ def test_early_stopping_says_when_its_best_is_worse_than_the_base_model() -> Non
     accuracy.base = 0.6
     accuracy.update(2, {"validation": {"accuracy": 0.5}})
     assert accuracy.worse_than_base()
+
+
+def test_a_head_rate_with_adapters_that_may_train_the_head_is_left_to_the_worker(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """modules_to_save, or a list of target_modules, may name the head (its name depends on the
+    model): the config cannot tell, so the worker, which has the model, decides."""
+    for lora in ({"modules_to_save": ["lm_head"]}, {"target_modules": ["q_proj", "lm_head"]}):
+        path = write_config(
+            tmp_path / "c.yaml",
+            tiny_model_dir,
+            tmp_path / "run",
+            method={"type": "lora", "lora": lora},
+            transfer={"learning_rates": {"head": 1e-2}},
+        )
+        assert load_config(path).transfer.learning_rates.head == 1e-2

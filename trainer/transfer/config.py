@@ -13,6 +13,14 @@ from pydantic import Field, field_validator, model_validator
 
 from trainer.config_section import Section
 
+# Said before anything starts (trainer/config.py) when the config alone shows it, else when the
+# optimizer is built (trainer/transfer/param_groups.py).
+HEAD_RATE_WITHOUT_HEAD = (
+    "transfer.learning_rates.head: no trainable parameter belongs to the head (with an adapter method on a "
+    "causal LM only the adapters train, not the LM head), so this rate would apply to nothing; remove it, "
+    "or train the head (method.type=full, or a task head with transfer.head.type)"
+)
+
 
 class FreezeConfig(Section):
     all_but_head: bool = Field(

@@ -17,7 +17,7 @@ import torch
 
 from trainer.config import TrainingConfig
 from trainer.optim import optimizer_over
-from trainer.transfer.config import LearningRatesConfig
+from trainer.transfer.config import HEAD_RATE_WITHOUT_HEAD, LearningRatesConfig
 from trainer.transfer.model_parts import BLOCK, HEAD, ModelParts, Part, plain_name
 
 LORA_B_MARKERS = ("lora_B", "lora_embedding_B")
@@ -41,11 +41,7 @@ def rates_without_effect(parts: ModelParts, trainable: set[str], rates: Learning
     """A rate that would apply to no trainable parameter (the setting would silently do nothing)."""
     kinds = {parts.parts[name].kind for name in trainable}
     if rates.head is not None and HEAD not in kinds:
-        return (
-            "transfer.learning_rates.head: no trainable parameter belongs to the head (with an adapter method on a "
-            "causal LM only the adapters train, not the LM head), so this rate would apply to nothing; remove it, "
-            "or train the head (method.type=full, or a task head with transfer.head.type)"
-        )
+        return HEAD_RATE_WITHOUT_HEAD
     if rates.layer_decay is not None and kinds <= {HEAD}:
         return (
             "transfer.learning_rates.layer_decay: only the head trains, so there is no pretrained layer to decay; "
