@@ -67,6 +67,10 @@ def find_resume_checkpoint(
     return point
 
 
+# How the global batch is split, which a resume with the same global batch may change freely.
+BATCH_SPLIT = ("training.micro_batch_size:", "training.gradient_accumulation_steps:")
+
+
 def _check_resume_point(
     path: Path, cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str
 ) -> ResumePoint:
@@ -92,7 +96,12 @@ def _check_resume_point(
     if manifest.get("config_hash") not in (None, config_hash) and isinstance(recorded, dict):
         # An earlier ftl may have hashed a setting now known not to change the result (eval cadence):
         # what differs among those that do is the change, if anything.
-        change = "; ".join(config_changes(result_part(recorded), result_values(cfg)))
+        changes = config_changes(result_part(recorded), result_values(cfg))
+        if manifest.get("global_batch") == strategy.global_batch():
+            # The same global batch split otherwise (another worker count, micro-batch or accumulation):
+            # the same samples per step, the same result (said when the worker count changed).
+            changes = [line for line in changes if not line.startswith(BATCH_SPLIT)]
+        change = "; ".join(changes)
     elif manifest.get("config_hash") not in (None, config_hash):
         # Checkpoints of earlier ftl versions record only the hash: then only that it changed is known.
         change = f"hash {manifest.get('config_hash')}, now {config_hash}"
