@@ -10,11 +10,12 @@ Ray Train (cluster.backend=ray, joining the cluster the job runs on).
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import InputError
+from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_STOPPED, InputError
 
 REPO = Path(__file__).resolve().parent.parent
 # Never uploaded: environments, caches, outputs and VCS data (Ray caps working_dir size anyway).
@@ -24,6 +25,7 @@ FORWARDED_ENV_PREFIXES = ("FTL_", "HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR")
 # long enough to finish its step and write a checkpoint.
 STOP_GRACE_S = "120"
 CONFIG_ENV = "FTL_JOB_CONFIG"
+JOB_ID_ENV = "FTL_RAY_JOB_ID"  # the job's own id, for its run lock (a second start names the job to stop)
 AGENT_WAIT_S = 120
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -49,11 +51,13 @@ def client(address: str | None) -> Any:
         raise JobError(f"cannot reach the Ray job server at {resolved}: {exc}") from None
 
 
-def runtime_env(config_yaml: str) -> dict[str, Any]:
+def runtime_env(config_yaml: str, job_id: str = "") -> dict[str, Any]:
     env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
     env_vars.update(
         {CONFIG_ENV: config_yaml, "RAY_JOB_STOP_WAIT_TIME_S": STOP_GRACE_S, "TOKENIZERS_PARALLELISM": "false"}
     )
+    if job_id:
+        env_vars[JOB_ID_ENV] = job_id
     env: dict[str, Any] = {"env_vars": env_vars}
     if (REPO / "pyproject.toml").is_file() and (REPO / "launcher").is_dir():
         env["working_dir"] = str(REPO)
@@ -62,13 +66,16 @@ def runtime_env(config_yaml: str) -> dict[str, Any]:
 
 
 def submit(config_yaml: str, run_name: str, address: str | None, python: str = "python") -> str:
-    job_id = f"ftl-{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Unique even for two submits of one run within a second (Ray refuses a reused id).
+    job_id = f"ftl-{run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     jobs = client(address)
     deadline = time.time() + AGENT_WAIT_S
     while True:
         try:
             return jobs.submit_job(
-                entrypoint=f"{python} -m launcher.job_entry", runtime_env=runtime_env(config_yaml), submission_id=job_id
+                entrypoint=f"{python} -m launcher.job_entry",
+                runtime_env=runtime_env(config_yaml, job_id),
+                submission_id=job_id,
             )
         except RuntimeError as exc:
             # A head that just started answers before its job agent is up; that passes.
@@ -102,16 +109,33 @@ def follow(job_id: str, address: str | None, write: Any) -> str:
     jobs = client(address)
     shown = 0
     while True:
-        text = jobs.get_job_logs(job_id)
-        if len(text) > shown:
-            write(text[shown:])
-            shown = len(text)
-        state = str(jobs.get_job_status(job_id).value)
-        if state in FINAL:
+        try:
             text = jobs.get_job_logs(job_id)
-            write(text[shown:])
-            return state
+            if len(text) > shown:
+                write(text[shown:])
+                shown = len(text)
+            state = str(jobs.get_job_status(job_id).value)
+            if state in FINAL:
+                text = jobs.get_job_logs(job_id)
+                write(text[shown:])
+                return state
+        except OSError as exc:  # requests' ConnectionError: the head went away while followed
+            raise JobError(
+                f"lost the Ray job server at {resolve_address(address)} while following {job_id} "
+                f"({type(exc).__name__}); the run's directory says where it got to (`ftl runs OUTPUT_DIR`), "
+                "and submitting the same config again resumes it"
+            ) from None
         time.sleep(2)
+
+
+def exit_code(state: str, message: str) -> int:
+    """What `ftl train` would have exited with: 0 finished, 3 stopped (with a checkpoint), 2 for
+    an input error (the job's own exit code 2), else 1."""
+    if state == "SUCCEEDED":
+        return 0
+    if state == "STOPPED":
+        return EXIT_STOPPED
+    return EXIT_INPUT_ERROR if "exit code 2" in message else EXIT_FAILED
 
 
 def stop(job_id: str, address: str | None) -> bool:

@@ -289,6 +289,8 @@ def locked_message(run_dir: Path, holder: Holder, stale_after_s: float = STALE_A
     age = max(0.0, time.time() - holder.heartbeat)
     if holder.pid is None or holder.purpose.startswith("Slurm job"):  # a job's own process: Slurm stops it
         stop = f"cancel it (scancel {holder.slurm_job})" if holder.slurm_job else "make sure no ftl uses it"
+    elif holder.purpose.startswith("Ray Job "):  # a job's driver: no terminal of its own
+        stop = f"stop it (`ftl stop {holder.purpose.removeprefix('Ray Job ')} --address HEAD`; it checkpoints first)"
     else:
         stop = (
             f"stop it (Ctrl-C in its terminal, or `kill -INT {holder.pid}` on {holder.host}; it checkpoints first"

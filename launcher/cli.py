@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("config", help="YAML config file")
     submit.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     submit.add_argument("--address", help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
-    submit.add_argument("--python", default="python", help="Python executable on the cluster (default: python)")
+    submit.add_argument(
+        "--python",
+        help="Python executable on the cluster, with ftl's dependencies (default: this one for a head on this "
+        "machine, else python)",
+    )
     submit.add_argument("--follow", action="store_true", help="stream the job's log until it ends")
     for verb, text in (
         ("status", "show a Ray Job's state"),

@@ -72,7 +72,9 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
             raise TrainerInputError(refusal)
     # This process holds the run directory's lock until the run ends, however it ends (on Slurm
     # the job takes it over once submitted: cluster/slurm.py).
-    with running_in(cfg) as run_dir:
+    # A Ray Job's driver holds the lock as that job: a second start names the job to stop.
+    job = os.environ.get("FTL_RAY_JOB_ID")
+    with running_in(cfg, purpose=f"Ray Job {job}" if job else "ftl train") as run_dir:
         print(f"ftl: run directory {run_dir}", file=sys.stderr)
         from cluster.launch import launch
         from launcher.failure_record import recording_failure

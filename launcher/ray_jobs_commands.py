@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from cluster.run_storage import run_name
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import UserError
-from trainer.errors import EXIT_FAILED
+from trainer.errors import EXIT_INTERRUPTED, InputError
 
 
 def _jobs():  # type: ignore[no-untyped-def]
@@ -21,21 +22,54 @@ def _jobs():  # type: ignore[no-untyped-def]
 
 def submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    _check_before_submitting(cfg)
     jobs = _jobs()
+    python = args.python or _default_python(args.address)
     try:
-        job_id = jobs.submit(config_to_yaml(cfg), run_name(cfg.output.dir), args.address, python=args.python)
+        job_id = jobs.submit(config_to_yaml(cfg), run_name(cfg.output.dir), args.address, python=python)
     except jobs.JobError as exc:
         raise UserError(str(exc)) from None
     print(job_id)
     print(
-        f"ftl: submitted Ray Job {job_id}; follow it with `ftl logs {job_id} --follow`, "
+        f"ftl: submitted Ray Job {job_id} (its Python: {python}); follow it with `ftl logs {job_id} --follow`, "
         f"stop it with `ftl stop {job_id}`",
         file=sys.stderr,
     )
-    if args.follow:
-        state = jobs.follow(job_id, args.address, sys.stdout.write)
-        return 0 if state == "SUCCEEDED" else EXIT_FAILED
-    return 0
+    return _follow(job_id, args.address) if args.follow else 0
+
+
+def _check_before_submitting(cfg: Any) -> None:
+    """What `ftl train` refuses before starting, checked here where this machine can tell: a
+    finished run, resume=never over checkpoints, a run directory another run holds. Inputs missing
+    here are only said: the job reads them on the cluster, which may see other files."""
+    from cluster.run_lock import locked_message, read_holder, stale_reason
+    from launcher.preflight import check_inputs, start_refusal
+    from launcher.run_dir import local_run_dir
+    from trainer.run_layout import RunLayout
+
+    run_dir = local_run_dir(cfg)
+    refusal = start_refusal(cfg, run_dir)
+    if refusal:
+        raise UserError(refusal)
+    holder = read_holder(RunLayout(run_dir).lock) if run_dir.is_dir() else None
+    if holder is not None and stale_reason(holder) is None:
+        raise UserError(locked_message(run_dir, holder))
+    for problem in check_inputs(cfg):
+        print(f"ftl: warning: {problem} on this machine; the job needs it on the cluster", file=sys.stderr)
+
+
+def _default_python(address: str | None) -> str:
+    """A head on this machine runs the Python ftl runs with here (the usual one-machine setup);
+    elsewhere `python` on the cluster's PATH, unless --python names one."""
+    from urllib.parse import urlparse
+
+    from cluster.ray_jobs import resolve_address
+
+    try:
+        host = urlparse(resolve_address(address)).hostname
+    except InputError:  # no address: submitting says so
+        return "python"
+    return sys.executable if host in ("127.0.0.1", "localhost", "::1") else "python"
 
 
 def status(args: argparse.Namespace) -> int:
@@ -45,17 +79,41 @@ def status(args: argparse.Namespace) -> int:
 
 def logs(args: argparse.Namespace) -> int:
     if args.follow:
-        state = _call(lambda jobs: jobs.follow(args.job_id, args.address, sys.stdout.write), args.job_id)
-        return 0 if state == "SUCCEEDED" else EXIT_FAILED
+        return _follow(args.job_id, args.address)
     sys.stdout.write(_call(lambda jobs: jobs.logs(args.job_id, args.address), args.job_id))
     return 0
 
 
+def _follow(job_id: str, address: str | None) -> int:
+    """Print the job's log until it ends; exit as `ftl train` would have (0, 3 stopped, 2, 1).
+    Ctrl-C stops the following, not the job (a detached job runs on: `ftl stop` stops it)."""
+    try:
+        state = _call(lambda jobs: jobs.follow(job_id, address, sys.stdout.write), job_id)
+    except KeyboardInterrupt:
+        print(
+            f"\nftl: stopped following; Ray Job {job_id} still runs (`ftl stop {job_id}` stops it, after a checkpoint)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    message = "" if state == "SUCCEEDED" else _call(lambda jobs: jobs.status(job_id, address), job_id)["message"]
+    if "No module named" in message:
+        print(
+            "ftl: the job's Python lacks ftl's dependencies: submit with --python /path/to/the/cluster's/python "
+            "(the one its Ray runs with)",
+            file=sys.stderr,
+        )
+    return _jobs().exit_code(state, message)
+
+
 def stop(args: argparse.Namespace) -> int:
+    before = _call(lambda jobs: jobs.status(args.job_id, args.address), args.job_id)["status"]
     stopped = _call(lambda jobs: jobs.stop(args.job_id, args.address), args.job_id)
-    print(
-        f"ftl: {'asked Ray Job ' + args.job_id + ' to stop (it checkpoints first)' if stopped else args.job_id + ' had already ended'}"
-    )
+    if not stopped:
+        print(f"ftl: {args.job_id} had already ended")
+    elif before == "PENDING":
+        print(f"ftl: stopped Ray Job {args.job_id} before it started (nothing trained, nothing to save)")
+    else:
+        print(f"ftl: asked Ray Job {args.job_id} to stop (it checkpoints first)")
     return 0
 
 

@@ -417,6 +417,10 @@ def test_ray_job_submit_stop_checkpoints_first_and_a_resubmit_resumes(tmp_path, 
     first = out.stdout.strip().splitlines()[0]
     jobs = _job_server(server)
     _wait_for(lambda: 2 in train_losses(run_dir) or jobs.get_job_status(first) in FINAL_JOB_STATES, timeout=600)
+    # A second submit while the job holds output.dir is refused here, naming the job and how to stop it.
+    busy = _ftl("submit", str(config), "--address", server, "--python", sys.executable)
+    assert busy.returncode == 2, busy.stderr[-3000:]
+    assert f"Ray Job {first}" in busy.stderr and f"ftl stop {first}" in busy.stderr, busy.stderr[-3000:]
     stop = _ftl("stop", first, "--address", server)
     assert stop.returncode == 0, stop.stderr
     _wait_for(lambda: jobs.get_job_status(first) in FINAL_JOB_STATES, timeout=300)

@@ -50,3 +50,64 @@ def test_a_slurm_job_id_given_to_the_ray_jobs_verbs_says_where_slurms_commands_a
     run_dir = subprocess.run([*FTL, "logs", str(REPO / "assets")], cwd=REPO, capture_output=True, text=True, env=env)
     assert run_dir.returncode == 2 and "is a directory, not a Ray Job id" in run_dir.stderr, run_dir.stderr
     assert "ftl runs " in run_dir.stderr
+
+
+class _VanishingServer:
+    """A job server that answers twice, then is gone (its head killed while a job is followed)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get_job_logs(self, job_id: str) -> str:
+        import requests
+
+        self.calls += 1
+        if self.calls > 2:
+            raise requests.exceptions.ConnectionError("Connection refused")
+        return "step 1\n"
+
+    def get_job_status(self, job_id: str) -> object:
+        return type("Status", (), {"value": "RUNNING"})()
+
+
+def test_losing_the_head_while_following_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ray_jobs, "client", lambda address: _VanishingServer())
+    monkeypatch.setattr(ray_jobs.time, "sleep", lambda seconds: None)
+    written: list[str] = []
+    with pytest.raises(ray_jobs.JobError, match="lost the Ray job server at http://127.0.0.1:8265 while following j"):
+        ray_jobs.follow("j", "127.0.0.1:8265", written.append)
+    assert written == ["step 1\n"]
+
+
+def test_a_followed_job_ends_with_the_exit_code_ftl_train_would_have() -> None:
+    assert ray_jobs.exit_code("SUCCEEDED", "") == 0
+    assert ray_jobs.exit_code("STOPPED", "Job was intentionally stopped.") == 3
+    assert ray_jobs.exit_code("FAILED", "Job entrypoint command failed with exit code 2, last available logs") == 2
+    assert ray_jobs.exit_code("FAILED", "Job entrypoint command failed with exit code 1") == 1
+
+
+def test_job_ids_of_one_run_submitted_within_a_second_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    submitted: list[str] = []
+
+    class Server:
+        def submit_job(self, **kwargs: object) -> str:
+            submitted.append(str(kwargs["submission_id"]))
+            env = kwargs["runtime_env"]["env_vars"]  # type: ignore[index]
+            assert env[ray_jobs.JOB_ID_ENV] == kwargs["submission_id"]  # the job's lock names the job
+            return submitted[-1]
+
+    monkeypatch.setattr(ray_jobs, "client", lambda address: Server())
+    monkeypatch.setattr(ray_jobs.time, "strftime", lambda fmt: "20261204-120000")
+    ray_jobs.submit("model: {}", "run", "http://127.0.0.1:8265")
+    ray_jobs.submit("model: {}", "run", "http://127.0.0.1:8265")
+    assert len(set(submitted)) == 2 and all(job.startswith("ftl-run-20261204-120000-") for job in submitted)
+
+
+def test_a_head_on_this_machine_runs_this_python() -> None:
+    import sys
+
+    from launcher.ray_jobs_commands import _default_python
+
+    assert _default_python("http://127.0.0.1:8265") == sys.executable
+    assert _default_python("localhost:8265") == sys.executable
+    assert _default_python("http://head.cluster:8265") == "python"
