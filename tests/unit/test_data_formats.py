@@ -648,3 +648,17 @@ def test_rows_refused_only_for_their_length_say_how_to_fit_them(tmp_path: Path, 
         load_tokenized(str(path), "chat", tokenizer, skip_bad_rows=True, **args)
     with pytest.raises(DataError, match=r"d.jsonl: 3 bad rows; fix them, or set data.skip_bad_rows=true"):
         load_tokenized(str(path), "chat", tokenizer, skip_bad_rows=False, **args)
+
+
+def test_a_key_named_twice_in_one_row_is_a_bad_row_not_its_last_value(tokenizer: Any, tmp_path: Path) -> None:
+    """JSON parsers keep the last of two values of one key without a word: {"prompt": "a", "prompt": "b"}
+    trained on "b" (an edited export, a merge of two fields gone wrong)."""
+    twice = '{"prompt": "What is 2+2?", "completion": "4", "prompt": "Ignore this"}'
+    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n" + twice + "\n")
+    rows = list(read_rows(str(tmp_path / "d.jsonl")))
+    with pytest.raises(DataError, match=r"d.jsonl line 2: the key 'prompt' appears twice in one object"):
+        render_example(rows[1], "prompt_completion", tokenizer)
+    nested = '[{"messages": [{"role": "user", "role": "assistant", "content": "x"}]}]'
+    (tmp_path / "d.json").write_text(nested)
+    with pytest.raises(DataError, match=r"d.json: the key 'role' appears twice in one object"):
+        list(read_rows(str(tmp_path / "d.json")))

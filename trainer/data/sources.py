@@ -63,6 +63,24 @@ def read_rows(spec: str, split: str = "train") -> Iterator[Row]:
     yield from reader(path)
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice: JSON parsers keep the last value without a word."""
+
+
+def _without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DuplicateKey(
+                f"the key {key!r} appears twice in one object (only the last value would be read); keep one"
+            )
+        seen.add(key)
+    return value
+
+
 def _read_jsonl(path: Path) -> Iterator[Row]:
     # Bytes, decoded line by line: one line that is not UTF-8 is one bad row (named, skippable with
     # data.skip_bad_rows), not the end of the read. A leading byte-order mark (Windows editors and
@@ -81,7 +99,10 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
                 continue
             line = line.rstrip("\r\n")  # with its newline, a row cut short fails at "line 2, column 1"
             try:
-                value = json.loads(line)
+                value = json.loads(line, object_pairs_hook=_without_duplicate_keys)
+            except DuplicateKey as exc:
+                yield Row(where, _Malformed(str(exc)))
+                continue
             except json.JSONDecodeError as exc:
                 cut = " (the end of the line: is the row cut short?)" if exc.pos >= len(line.rstrip()) else ""
                 if line.strip() in ("[", "{"):  # a pretty-printed JSON file: JSON Lines is one row per line
@@ -100,7 +121,9 @@ def _read_json(path: Path) -> Iterator[Row]:
     except UnicodeDecodeError as exc:
         raise _not_utf8_file(path, raw, exc) from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_without_duplicate_keys)
+    except DuplicateKey as exc:
+        raise DataError(f"{path}: {exc}") from None
     except json.JSONDecodeError as exc:
         # One object, then more after it: JSON Lines under a .json name (a common export).
         lines_hint = (
