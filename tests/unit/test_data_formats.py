@@ -456,7 +456,7 @@ def test_readers_report_locations(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     (tmp_path / "d.csv").write_text('prompt,completion\nhello,world\n"multi\nline",x\n')
-    assert [r.where for r in read_rows(str(tmp_path / "d.csv"))] == ["d.csv line 2", "d.csv line 4"]
+    assert [r.where for r in read_rows(str(tmp_path / "d.csv"))] == ["d.csv line 2", "d.csv lines 3-4"]
     (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}]))
     assert [r.where for r in read_rows(str(tmp_path / "d.json"))] == ["d.json item 1", "d.json item 2"]
     pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "d.parquet")
@@ -662,3 +662,22 @@ def test_a_key_named_twice_in_one_row_is_a_bad_row_not_its_last_value(tokenizer:
     (tmp_path / "d.json").write_text(nested)
     with pytest.raises(DataError, match=r"d.json: the key 'role' appears twice in one object"):
         list(read_rows(str(tmp_path / "d.json")))
+
+
+def test_a_csv_record_over_several_lines_is_named_by_its_lines(tmp_path: Path) -> None:
+    """A quoted cell with line breaks: the record was named by its last line only (an editor then
+    shows the middle of the record); blank lines are skipped and counted."""
+    (tmp_path / "d.csv").write_text(
+        'prompt,completion\n"one",a\n"two\nlines\nhere",b\n\n"three",c,extra\n"four"\n', encoding="utf-8"
+    )
+    rows = list(read_rows(str(tmp_path / "d.csv")))
+    assert [row.where for row in rows] == ["d.csv line 2", "d.csv lines 3-5", "d.csv line 7", "d.csv line 8"]
+    assert rows[1].values == {"prompt": "two\nlines\nhere", "completion": "b"}
+    assert rows[2].values == {"prompt": "three", "completion": "c", None: ["extra"]}  # as csv.DictReader
+    assert rows[3].values == {"prompt": "four", "completion": None}
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("prompt,completion,prompt\na,b,c\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.csv: the header names the column 'prompt' twice"):
+        list(read_rows(str(tmp_path / "d.csv")))

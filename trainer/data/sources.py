@@ -160,11 +160,24 @@ def _read_csv(path: Path) -> Iterator[Row]:
     # utf-8-sig: a CSV saved by Excel ("CSV UTF-8") starts with a byte-order mark, which would
     # otherwise become part of the first column's name.
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.reader(handle)
         try:
-            for item in reader:
-                # line_num is the physical line just read (header is line 1), which is what editors show.
-                yield Row(f"{path.name} line {reader.line_num}", dict(item))
+            columns = next(reader, [])
+            twice = sorted({name for name in columns if columns.count(name) > 1})
+            if twice:  # a dict of the row would keep its last cell of that name without a word
+                raise DataError(
+                    f"{path}: the header names the column {twice[0]!r} twice (only its last cell would be read); "
+                    "rename or remove one"
+                )
+            end = reader.line_num
+            for cells in reader:
+                # line_num is the physical line just read (header is line 1), which is what editors show;
+                # a quoted cell with line breaks spans several lines.
+                start, end = end + 1, reader.line_num
+                if not cells:  # a blank line (csv.DictReader skips them too)
+                    continue
+                where = f"line {end}" if start >= end else f"lines {start}-{end}"
+                yield Row(f"{path.name} {where}", _csv_record(columns, cells))
         except UnicodeDecodeError:
             # The decoder reads ahead of the rows, so its error says nothing of the line: find it.
             raw = path.read_bytes().removeprefix(BOM)
@@ -173,6 +186,16 @@ def _read_csv(path: Path) -> Iterator[Row]:
             except UnicodeDecodeError as exc:
                 raise _not_utf8_file(path, raw, exc) from None
             raise
+
+
+def _csv_record(columns: list[str], cells: list[str]) -> dict[Any, Any]:
+    """One row as csv.DictReader makes it: a missing cell is None, extra cells are a list under None."""
+    record: dict[Any, Any] = dict(zip(columns, cells))
+    for name in columns[len(cells) :]:
+        record[name] = None
+    if len(cells) > len(columns):
+        record[None] = cells[len(columns) :]
+    return record
 
 
 def _read_hub(name: str, split: str) -> Iterator[Row]:

@@ -33,7 +33,8 @@ CACHE_VERSION = 9  # 2: an opening assistant message trains no header; 3: tool_c
 # 5: generation markers decide the trained tokens; history-rewriting and R1-style templates located (rows
 # skipped before); reasoning_content kept; 6: a turn the template writes empty (reasoning only) is refused;
 # 7: with numeric label names a number is a name, not an id; 8: preference stats count the pairs whose
-# chosen and rejected training sees as the same; 9: a JSON object naming a key twice is a bad row
+# chosen and rejected training sees as the same; 9: a JSON object naming a key twice is a bad row, CSV
+# records are named by all their lines
 MAX_REPORTED_ERRORS = 5  # skipped rows named in the data report
 MAX_LISTED_BAD_ROWS = 20  # bad rows listed in the error that stops a run (then a count)
 
