@@ -681,3 +681,27 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("prompt,completion,prompt\na,b,c\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"d.csv: the header names the column 'prompt' twice"):
         list(read_rows(str(tmp_path / "d.csv")))
+
+
+def test_cut_counts_with_a_held_out_validation_say_they_are_the_training_files(tokenizer: Any, tmp_path: Path) -> None:
+    """With data.validation_split the truncated count is the training file's (held-out examples
+    included): it read as the training examples' count ("900 examples ... 490 truncated")."""
+    from trainer.config import DataConfig
+    from trainer.data.prepare import cut_examples_note, prepare_data
+
+    long_row = {"prompt": "Say it.", "completion": "word " * 80}
+    train = _jsonl(tmp_path / "t.jsonl", [long_row] * 10)
+    cfg = DataConfig.model_validate(
+        {
+            "train": str(train),
+            "format": "completion",
+            "validation_split": 0.2,
+            "max_seq_len": 32,
+            "cache_dir": str(tmp_path / "c"),
+        }
+    )
+    report = prepare_data(cfg, tokenizer, seed=0, micro_batch_size=2, want_prompts=False, max_prompts=None).report
+    assert report["train_examples"] == 8 and report["validation_examples"] == 2 and report["train_truncated"] == 10
+    assert cut_examples_note(report) == (
+        "training file (2 of its examples held out for validation): 10 truncated to data.max_seq_len 32"
+    )

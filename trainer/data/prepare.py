@@ -79,6 +79,7 @@ def prepare_data(
 
     evals: list[EvalSet] = []
     mixture_report: dict[str, Any] = {}
+    held_out_of_train = 0  # data.validation_split: examples of the training file held out
     if cfg.mixture:
         train, rows, spans, cuts = _mixture_rows(cfg, load)
         for source in cfg.mixture:
@@ -105,6 +106,7 @@ def prepare_data(
                 EvalSet("validation", train.subset(held), source=cfg.train, format=cfg.format, split=cfg.split)
             )
             train = train.subset(rest)
+            held_out_of_train = len(held)
         rows, spans = _rows_of(train, cfg), None
     if cfg.test:
         evals.append(EvalSet("test", load(cfg.test, cfg.format), source=cfg.test, format=cfg.format))
@@ -137,6 +139,8 @@ def prepare_data(
             if k in CUT_COUNTS and v
         },
     }
+    if held_out_of_train:  # the train_ cut counts are the file's: its held-out examples included
+        report["validation_held_out_of_train"] = held_out_of_train
     if mixture_report:
         report["mixture"] = mixture_report
     if label_names and train.classes is not None:
@@ -165,7 +169,13 @@ def cut_examples_note(report: dict[str, Any]) -> str | None:
         parts = [f"{report[f'{name}_{key}']} {what[key]}" for key in CUT_COUNTS if report.get(f"{name}_{key}", 0)]
         if parts:
             by_source = _cuts_by_source(report.get("mixture") or {}, what) if name == "train" else ""
-            notes.append(f"{'training' if name == 'train' else name} examples: " + ", ".join(parts) + by_source)
+            label = f"{name} examples"
+            if name == "train":
+                held = report.get("validation_held_out_of_train")
+                label = (
+                    f"training file ({held} of its examples held out for validation)" if held else "training examples"
+                )
+            notes.append(f"{label}: " + ", ".join(parts) + by_source)
     return "; ".join(notes) or None
 
 
