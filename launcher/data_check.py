@@ -65,6 +65,10 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
         lines += ["", *_file_lines(file, check)]
     if check.train_rows:
         lines += ["", _training_line(check)]
+        if check.mixture_rows:
+            from trainer.data.mixture import epoch_draws_line
+
+            lines.append(epoch_draws_line(check.mixture_rows))
     lines += [f"warning: {warning}" for warning in check.label_warnings()]
     shown = _samples_to_show(check.files, examples)
     if shown:

@@ -34,7 +34,7 @@ from trainer.console import RunConsole
 from trainer.context import WorkerContext
 from trainer.data.batches import rows_fingerprint
 from trainer.data.packing_check import check_packed_examples_stay_apart
-from trainer.data.prepare import PreparedData, cut_examples_note, prepare_data, same_pairs_note
+from trainer.data.prepare import PreparedData, cut_examples_note, mixture_note, prepare_data, same_pairs_note
 from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
@@ -101,6 +101,9 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     sources = [s.train for s in cfg.data.mixture] if cfg.data.mixture else [cfg.data.train]
     console.event(f"data: reading {', '.join(map(str, sources))} (tokenized once, then from the cache)")
     data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
+    mixture = mixture_note(data.report)
+    if mixture is not None:
+        console.event(mixture)
     cut = cut_examples_note(data.report)
     if cut is not None:  # said before training, not only in the end's table
         console.event(f"note: {cut} (`ftl validate --data` shows them)")

@@ -401,6 +401,12 @@ def test_a_mixture_reports_what_each_source_skipped(tmp_path: Path, tokenizer: A
     report = prepare_data(cfg, tokenizer, seed=0, micro_batch_size=2, want_prompts=False, max_prompts=None).report
     assert report["train_examples"] == 6 and report["train_skipped_bad"] == 3
     assert report["mixture"]["instr"]["skipped_bad"] == 3 and "skipped_bad" not in report["mixture"]["chat"]
+    # What an epoch draws from each source, by weight (summary.json and the note before training).
+    from trainer.data.prepare import mixture_note
+
+    drawn = {name: entry["rows_per_epoch"] for name, entry in report["mixture"].items()}
+    assert sum(drawn.values()) == report["train_rows"]
+    assert (mixture_note(report) or "").startswith(f"mixture: an epoch ({report['train_rows']} rows) draws, by weight")
     assert cut_examples_note(report) == "training examples: 3 skipped as malformed (instr: 3 skipped as malformed)"
     # Without skip_bad_rows, one error names every source with bad rows, not only the first.
     other = _jsonl(tmp_path / "other.jsonl", [GOOD, "{oops"])

@@ -409,3 +409,18 @@ def test_a_head_rate_with_adapters_that_may_train_the_head_is_left_to_the_worker
             transfer={"learning_rates": {"head": 1e-2}},
         )
         assert load_config(path).transfer.learning_rates.head == 1e-2
+
+
+def test_what_an_epoch_of_a_weighted_mixture_draws_from_each_source() -> None:
+    """The trial's mixture: 47k chat rows at weight 3 and 167k completion rows at weight 0.5 among
+    570k rows; an epoch repeats chat 6.6 times and leaves 69% of the completion rows unseen (nothing
+    said so: the numbers shown were those of the concatenation)."""
+    from trainer.data.mixture import epoch_draws, epoch_draws_line
+
+    rows, weights = [47405, 190079, 165423, 167118], [3.0, 1.0, 1.0, 0.5]
+    draws = epoch_draws(rows, weights)
+    assert sum(drawn for drawn, _ in draws) == pytest.approx(sum(rows))
+    assert draws[0][1] == pytest.approx(6.558, abs=1e-3) and draws[3][1] == pytest.approx(0.310, abs=1e-3)
+    line = epoch_draws_line(list(zip(["chat", "alp", "txt", "comp"], rows, weights)))
+    assert line.startswith("mixture: an epoch (570025 rows) draws, by weight: chat 310923 of 47405 rows (6.56 passes)")
+    assert "comp 51820 of 167118 rows (0.31 passes, 69% of its rows unseen)" in line

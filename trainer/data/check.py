@@ -86,6 +86,7 @@ class DataCheck:
     token_efficiency: float = 0.0
     label_names: list[str] | None = None  # transfer.head.labels (a token-classification sample shows its tags)
     pairs: bool = False  # preference data: train_examples and held_out count the two examples of each pair
+    mixture_rows: list[tuple[str, int, float]] = field(default_factory=list)  # (name, training rows, weight)
 
     def refusals(self) -> list[str]:
         return [reason for check in self.files if (reason := check.refusal(self.skip_bad_rows))]
@@ -211,8 +212,12 @@ def _training_rows(check: DataCheck, cfg: DataConfig, seed: int) -> None:
             check.held_out = len(held)
             own = own[rest]
         lengths.append(own)
-        rows += [[first + i for i in row] for row in training_rows(own, cfg)]
+        own_rows = training_rows(own, cfg)
+        rows += [[first + i for i in row] for row in own_rows]
         first += len(own)
+        if cfg.mixture:  # role "mixture NAME train"
+            source = next(s for s in cfg.mixture if file.role == f"mixture {s.name} train")
+            check.mixture_rows.append((source.name, len(own_rows), source.weight))
     if not lengths:
         return
     every = np.concatenate(lengths)

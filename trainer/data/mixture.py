@@ -28,6 +28,27 @@ class MixtureSpan:
     weight: float
 
 
+def epoch_draws(rows: list[int], weights: list[float]) -> list[tuple[float, float]]:
+    """Each source's expected rows in one epoch (an epoch is as many rows as the sources hold
+    together) and the passes over the source that makes: the weights, not the sizes, set the mix,
+    so a small up-weighted source is repeated and a large down-weighted one partly unseen."""
+    total, weight_sum = sum(rows), sum(weights)
+    draws = [total * weight / weight_sum for weight in weights]
+    return [(drawn, drawn / count if count else 0.0) for drawn, count in zip(draws, rows, strict=True)]
+
+
+def epoch_draws_line(sources: list[tuple[str, int, float]]) -> str:
+    """One line for (name, rows, weight) per source: what an epoch draws from each."""
+    parts = []
+    for (name, count, _), (drawn, passes) in zip(
+        sources, epoch_draws([c for _, c, _ in sources], [w for _, _, w in sources]), strict=True
+    ):
+        unseen = f", {1 - passes:.0%} of its rows unseen" if passes < 1 else ""
+        parts.append(f"{name} {drawn:.0f} of {count} rows ({passes:.2f} passes{unseen})")
+    total = sum(count for _, count, _ in sources)
+    return f"mixture: an epoch ({total} rows) draws, by weight: " + "; ".join(parts)
+
+
 class MixtureSampler:
     def __init__(self, spans: list[MixtureSpan], seed: int, shuffle: bool):
         self.spans = spans

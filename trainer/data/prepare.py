@@ -15,7 +15,7 @@ from trainer.data.batches import RowDataset
 from trainer.data.formats import Prompt, render_prompt
 from trainer.data.images import load_image_set
 from trainer.data.label_coverage import label_coverage_warnings
-from trainer.data.mixture import MixtureSpan, concat_sets
+from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sources import read_rows
 from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, TokenizedSet, cut_counts, load_tokenized
@@ -92,7 +92,17 @@ def prepare_data(
                         format=cfg.format_of(source),
                     )
                 )
-        mixture_report = {s.name: {"rows": s.count, "weight": s.weight, **cut} for s, cut in zip(spans, cuts)}
+        draws = epoch_draws([s.count for s in spans], [s.weight for s in spans])
+        mixture_report = {
+            s.name: {
+                "rows": s.count,
+                "weight": s.weight,
+                "rows_per_epoch": round(drawn),
+                "passes_per_epoch": round(passes, 4),
+                **cut,
+            }
+            for s, cut, (drawn, passes) in zip(spans, cuts, draws, strict=True)
+        }
     else:
         assert cfg.train is not None  # DataConfig requires train or mixture
         train = load(cfg.train, cfg.format, cfg.split, training=True)
@@ -177,6 +187,14 @@ def cut_examples_note(report: dict[str, Any]) -> str | None:
                 )
             notes.append(f"{label}: " + ", ".join(parts) + by_source)
     return "; ".join(notes) or None
+
+
+def mixture_note(report: dict[str, Any]) -> str | None:
+    """What one epoch draws from each mixture source (rows, passes), from the data report."""
+    mixture = report.get("mixture") or {}
+    if not mixture:
+        return None
+    return epoch_draws_line([(name, entry["rows"], entry["weight"]) for name, entry in mixture.items()])
 
 
 def same_pairs_note(report: dict[str, Any]) -> str | None:
