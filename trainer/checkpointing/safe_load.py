@@ -24,6 +24,7 @@ import io
 import os
 import pathlib
 import pickle
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,9 @@ def dcp_load(state: dict[str, Any], state_dir: Path, checkpoint: Path, **options
     import torch.distributed.checkpoint as dcp
 
     _read_dcp_metadata(state_dir / ".metadata", checkpoint)
-    with refusing_unsafe_pickles(checkpoint):
+    with refusing_unsafe_pickles(checkpoint), warnings.catch_warnings():
+        # An export or the best checkpoint's restore reads it in one process on purpose (no_dist).
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         dcp.load(
             state,
             checkpoint_id=str(state_dir),
