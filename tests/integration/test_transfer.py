@@ -328,6 +328,9 @@ def test_mixture_is_evaluated_per_dataset_and_retain_loss_is_tracked(tmp_path: P
     assert summary["scores"]["retain"]["base"]["eval_loss"] == base["eval_loss"]
     mixture = summary["data"]["mixture"]
     assert mixture["qa"]["weight"] == 3 and mixture["facts"]["weight"] == 1 and mixture["facts"]["rows"] > 0
+    # An epoch draws 3:1 by weight, whatever the sources' sizes.
+    drawn = [mixture[name]["rows_per_epoch"] for name in ("qa", "facts")]
+    assert sum(drawn) == summary["data"]["train_rows"] and drawn[0] == pytest.approx(3 * drawn[1], abs=2)
 
 
 def test_validate_rejects_unsupported_distributed_combination(tmp_path: Path, tiny_model_dir: Path) -> None:
