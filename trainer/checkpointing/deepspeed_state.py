@@ -67,8 +67,7 @@ class DeepSpeedStateIO:
         # On a GPU a synchronous save copies through the same kept pinned buffers: torch.save would
         # copy each of ZeRO's flat partitions into fresh pageable memory first (on an H200, 3 copies
         # of ~170 ms in a 1213 ms save of 976 MiB; the pinned copy took ~20 ms).
-        on_gpu = torch.device(getattr(engine, "device", "cpu")).type != "cpu"
-        collect = ours is not None and (async_write or on_gpu)
+        collect = ours is not None and (async_write or _on_accelerator(engine))
         collected: list[tuple[Any, str]] | None = [] if collect else None
         if ours is not None:
             ours.collected = collected
@@ -182,6 +181,13 @@ class DeepSpeedStateIO:
         if getattr(engine, "global_rank", None) == 0:
             names += [script for script in ("zero_to_fp32.py", "zero_to_torch.py") if (directory / script).is_file()]
         return names
+
+
+def _on_accelerator(engine: Any) -> bool:
+    try:
+        return torch.device(engine.device).type != "cpu"
+    except (AttributeError, TypeError, RuntimeError):  # an engine without a plain device: the plain save
+        return False
 
 
 def _without_live_tensors(staged: Any, live: Any) -> Any:
