@@ -13,6 +13,7 @@ from trainer.data.formats import Prompt
 from trainer.data.prepare import EvalSet
 from trainer.distributed import all_reduce_sum
 from trainer.loss import loss_sum
+from trainer.sequence_length import learned_position_limit
 from trainer.strategies.base import Strategy
 
 
@@ -83,9 +84,13 @@ def generate_texts(
     pad_id = tokenizer.pad_token_id
     outputs: list[str] = []
     eos_ids = _stop_ids(model, tokenizer)
+    # A learned position table has no row past its end (an IndexError deep in the model): the
+    # continuation stops there. Prompts fit it (exact match leaves out rows longer than max_seq_len).
+    positions = learned_position_limit(model)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
+        new_tokens = max_new_tokens if positions is None else max(1, min(max_new_tokens, positions - width))
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, ids in enumerate(chunk):
@@ -94,7 +99,7 @@ def generate_texts(
         generated = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=new_tokens,
             eos_token_id=eos_ids,
             pad_token_id=pad_id,
             use_cache=True,

@@ -711,3 +711,57 @@ def test_cut_counts_with_a_held_out_validation_say_they_are_the_training_files(t
     assert cut_examples_note(report) == (
         "training file (2 of its examples held out for validation): 10 truncated to data.max_seq_len 32"
     )
+
+
+def test_exact_match_leaves_out_rows_longer_than_max_seq_len(tokenizer: Any, tmp_path: Path) -> None:
+    """A multi-turn row whose long middle turn training cuts: exact match sent its whole prompt
+    (3x past the model's positions) and scored it against a last answer training never sees."""
+    from trainer.config import DataConfig
+    from trainer.data.prepare import cut_examples_note, prepare_data
+
+    long_turns = {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "word " * 200},
+            {"role": "assistant", "content": "Ok."},
+        ]
+    }
+    valid = _jsonl(tmp_path / "v.jsonl", [GOOD, long_turns, GOOD])
+    cfg = DataConfig.model_validate(
+        {
+            "train": str(_jsonl(tmp_path / "t.jsonl", [GOOD] * 4)),
+            "validation": str(valid),
+            "max_seq_len": 64,
+            "cache_dir": str(tmp_path / "c"),
+        }
+    )
+    prepared = prepare_data(cfg, tokenizer, seed=0, micro_batch_size=2, want_prompts=True, max_prompts=None)
+    validation = next(e for e in prepared.evals if e.name == "validation")
+    assert len(validation.prompts) == 2 and all(len(p.input_ids) < 64 for p in validation.prompts)
+    assert prepared.report["validation_exact_match_left_out"] == 1
+    assert "validation: 1 row(s) left out of exact match" in (cut_examples_note(prepared.report) or "")
+
+
+def test_generation_stops_at_a_learned_position_table(tokenizer: Any) -> None:
+    """A 12-token prompt and 32 new tokens on a model of 16 positions: an IndexError inside the
+    model's position embedding ended the run; the continuation now stops at the table's end."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from trainer.evaluate import generate_texts
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    prompt = tokenizer.encode("one two three four five six seven eight nine ten", add_special_tokens=False)[:12]
+    assert len(prompt) == 12
+    asked: dict[str, Any] = {}
+    generate = model.generate
+
+    def recording(**kwargs: Any) -> Any:
+        asked.update(kwargs)
+        return generate(**kwargs)
+
+    model.generate = recording  # type: ignore[method-assign]
+    texts = generate_texts(model, tokenizer, [prompt], max_new_tokens=32, batch_size=1, device="cpu")
+    assert len(texts) == 1 and asked["max_new_tokens"] == 4  # 12 + 4 = the table's 16 rows

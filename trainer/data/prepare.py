@@ -123,10 +123,13 @@ def prepare_data(
     if retain:
         evals.append(EvalSet("retain", load(retain, "text"), source=retain, format="text"))
 
+    left_out: dict[str, int] = {}
     if want_prompts:
         for eval_set in evals:
             if eval_set.format in PROMPT_FORMATS:
-                eval_set.prompts = _prompts_for(eval_set, tokenizer, max_prompts)
+                eval_set.prompts, longer = _prompts_for(eval_set, tokenizer, max_prompts, cfg.max_seq_len)
+                if longer:
+                    left_out[eval_set.name] = longer
 
     lengths = train.lengths()
     efficiency = token_efficiency(lengths, rows, cfg, micro_batch_size)
@@ -149,6 +152,8 @@ def prepare_data(
             if k in CUT_COUNTS and v
         },
     }
+    for name, longer in left_out.items():
+        report[f"{name}_exact_match_left_out"] = longer
     if held_out_of_train:  # the train_ cut counts are the file's: its held-out examples included
         report["validation_held_out_of_train"] = held_out_of_train
     if mixture_report:
@@ -186,6 +191,13 @@ def cut_examples_note(report: dict[str, Any]) -> str | None:
                     f"training file ({held} of its examples held out for validation)" if held else "training examples"
                 )
             notes.append(f"{label}: " + ", ".join(parts) + by_source)
+    for name in sets:
+        longer = report.get(f"{name}_exact_match_left_out", 0)
+        if longer:
+            notes.append(
+                f"{name}: {longer} row(s) left out of exact match (prompt and answer longer than "
+                f"data.max_seq_len {max_seq_len}, which training and the eval loss see cut)"
+            )
     return "; ".join(notes) or None
 
 
@@ -287,12 +299,23 @@ def _mixture_rows(
     return merged, rows, spans, [cut_counts(part.stats) for part in sets]
 
 
-def _prompts_for(eval_set: EvalSet, tokenizer: Any, limit: int | None) -> list[Prompt]:
-    """Prompts for exact-match scoring, re-rendered from the same source rows as the eval examples."""
+def _prompts_for(eval_set: EvalSet, tokenizer: Any, limit: int | None, max_seq_len: int) -> tuple[list[Prompt], int]:
+    """Prompts for exact-match scoring, re-rendered from the same source rows as the eval examples,
+    and how many were left out: a prompt and its answer longer than max_seq_len together, which
+    training and the eval loss see cut (a multi-turn row's last answer may be one they never see;
+    the prompt alone may be past the model's positions)."""
     sources = eval_set.examples.source_rows
     if eval_set.format == "preference":
         sources = sources[::2]  # each pair is two examples of one row
     wanted = sources[: limit or len(sources)].tolist()
     wanted_set = set(wanted)
     by_index = {i: row for i, row in enumerate(read_rows(eval_set.source, eval_set.split)) if i in wanted_set}
-    return [render_prompt(by_index[i], eval_set.format, tokenizer) for i in wanted]
+    prompts, longer = [], 0
+    for index in wanted:
+        prompt = render_prompt(by_index[index], eval_set.format, tokenizer)
+        answer = len(tokenizer.encode(prompt.reference, add_special_tokens=False)) + 1  # + its end token
+        if len(prompt.input_ids) + answer > max_seq_len:
+            longer += 1
+        else:
+            prompts.append(prompt)
+    return prompts, longer
