@@ -236,14 +236,20 @@ def _quiet_libraries(import_transformers: bool = True) -> None:
 
 
 def report(run_dir: str, compare: list[str], out: str | None) -> int:
-    from launcher.report.write import write_report
+    from launcher.report.write import refuse_foreign_target, write_report
+    from launcher.run_dir import is_ftl_run
     from trainer.run_layout import RunLayout
 
     runs = [Path(run_dir), *(Path(other) for other in compare)]
     for run in runs:
-        if not RunLayout(run).is_run_dir():
-            raise UserError(f"{run}: not a run directory (no {CONFIG_FILE}); pass the run's output.dir")
-    page = write_report(runs, Path(out) if out else RunLayout(runs[0]).report)
+        if not RunLayout(run).is_run_dir() or not is_ftl_run(run):
+            raise UserError(
+                f"{run}: not a run directory (no {CONFIG_FILE}, or not one ftl made); pass the run's output.dir"
+            )
+    target = Path(out) if out else RunLayout(runs[0]).report
+    if out:  # the default, RUN/report, is the run's own
+        refuse_foreign_target(target)
+    page = write_report(runs, target)
     print(f"report written: {page}")
     return 0
 

@@ -171,6 +171,11 @@ def refuse_foreign_dir(run_dir: Path) -> None:
     )
 
 
+def is_ftl_run(run_dir: Path) -> bool:
+    """A directory ftl made for a run: its marker, or a run made before the marker existed."""
+    return RunLayout(run_dir).marker.is_file() or _made_by_earlier_ftl(run_dir)
+
+
 def _holds_only_copied_checkpoints(run_dir: Path, entries: list[str]) -> bool:
     """A new run seeded by copying committed checkpoints into it (RUN/checkpoints/step-N, each with
     ftl's manifest.json): continuing someone's checkpoint elsewhere, or on another worker count."""
@@ -240,4 +245,13 @@ def load_snapshot(run_dir: Path) -> RunConfig:
     path = RunLayout(run_dir).config
     if not path.exists():
         raise UserError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); pass the output.dir of a run")
-    return RunConfig.model_validate(yaml.safe_load(path.read_text()))
+    if not is_ftl_run(run_dir):
+        raise UserError(
+            f"{run_dir}: not an ftl run directory (no {RUN_MARKER}; its {CONFIG_FILE} is not one ftl wrote); "
+            "pass the output.dir of a run"
+        )
+    try:
+        return RunConfig.model_validate(yaml.safe_load(path.read_text()))
+    except (ValueError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{path}: not a config this ftl can read ({first}); was it edited by hand?") from None

@@ -15,6 +15,30 @@ from trainer.console import duration
 
 DATA_FILE = "data.json"
 PAGE_FILE = "index.html"
+MARKER_FILE = ".ftl-report"  # a folder ftl wrote a report into: a later report may replace it
+
+
+def refuse_foreign_target(out: Path) -> None:
+    """`--out` may be new, empty, or an earlier ftl report; never a file or a folder of the user's."""
+    from launcher.errors import UserError
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a new or empty folder")
+    if not out.is_dir() or not any(out.iterdir()) or (out / MARKER_FILE).is_file() or _earlier_report(out):
+        return
+    raise UserError(
+        f"--out {out} is not empty and is not an ftl report; ftl does not write into a folder it did not make. "
+        "Name a new or empty folder"
+    )
+
+
+def _earlier_report(out: Path) -> bool:
+    """A report written before the marker existed: its data.json is ftl's."""
+    try:
+        data = json.loads((out / DATA_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and set(data) == {"runs", "labels"} and (out / PAGE_FILE).is_file()
 
 
 def write_report(runs: list[Path], out: Path) -> Path:
@@ -25,6 +49,7 @@ def write_report(runs: list[Path], out: Path) -> Path:
     series = [run_series(run) for run in runs]
     labels = _labels(runs)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_FILE).touch()
     charts = sorted({chart for s in series for chart in s["charts"]}, key=_chart_order)
     pictures = [(chart, _plot(chart, series, labels, out / f"{chart}.png")) for chart in charts]
     (out / DATA_FILE).write_text(json.dumps({"runs": series, "labels": labels}, indent=1))

@@ -148,3 +148,19 @@ def test_ftl_report_on_the_stopped_run_and_a_comparison(runs, tmp_path):
     assert [len(r["charts"]["loss"]["loss"]) for r in data["runs"]] == [8, 4]
     bad = subprocess.run([*FTL, "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a run directory" in bad.stderr
+    # --out never writes into a folder of the user's (it replaced their index.html), nor onto a file;
+    # an earlier report of ftl's is replaced.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my website</h1>")
+    (tmp_path / "afile").write_text("mine")
+    for target, said in ((site, "is not empty and is not an ftl report"), (tmp_path / "afile", "is a file")):
+        refused = subprocess.run(
+            [*FTL, "report", str(runs["run"]), "--out", str(target)], capture_output=True, text=True, timeout=300
+        )
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    assert (site / "index.html").read_text() == "<h1>my website</h1>" and (tmp_path / "afile").read_text() == "mine"
+    again = subprocess.run(
+        [*FTL, "report", str(runs["run"]), "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr

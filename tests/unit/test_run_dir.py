@@ -200,3 +200,19 @@ def test_a_uri_with_credentials_is_refused_before_anything_stores_or_shows_it(tm
         )
         assert "EXAMPLESECRET" not in out.stderr + out.stdout and "AKIDEXAMPLEKEY" not in out.stderr + out.stdout
     assert not cache.exists() and not (tmp_path / "run").exists()  # no working copy named after the secret, no snapshot
+
+
+def test_a_folder_with_a_config_ftl_did_not_write_is_not_a_run(tmp_path: Path) -> None:
+    """`ftl export` on a folder holding someone else's config.yaml ended in pydantic's traceback."""
+    from launcher.errors import UserError
+    from launcher.run_dir import load_snapshot
+    from trainer.run_layout import RunLayout
+
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("base_model: llama\nlearning_rate: 1e-4\n")
+    with pytest.raises(UserError, match="not an ftl run directory"):
+        load_snapshot(foreign)
+    RunLayout(foreign).marker.write_text("")  # ftl's folder, its config edited by hand
+    with pytest.raises(UserError, match="config.yaml: not a config this ftl can read"):
+        load_snapshot(foreign)
