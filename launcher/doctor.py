@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes.util
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from launcher.run_dir import local_run_dir
 from trainer.errors import EXIT_FAILED
 
 DEFAULT_WORKERS = 2
+MAX_WORKERS_PER_CORE = 4  # local doctor workers; more only exhaust the machine's memory
 
 
 @dataclass
@@ -52,10 +54,17 @@ def doctor_command(args: argparse.Namespace) -> int:
     # shape (the collectives cross the nodes, and the allocation is the one the run asks for).
     run_workers = cfg.cluster.workers if cfg else 1
     multi_node = cfg is not None and cfg.cluster.nodes > 1
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1")
     workers = args.workers or (run_workers if multi_node else max(DEFAULT_WORKERS, run_workers))
-    if workers < 1:
-        raise UserError("--workers must be at least 1")
     backend = cfg.cluster.backend if cfg else "local"
+    cores = os.cpu_count() or 1
+    if backend in ("local", "torchrun") and workers > MAX_WORKERS_PER_CORE * cores:
+        # Each is a process with torch loaded (hundreds of MB): 1000 of them filled a 24 GiB machine.
+        raise UserError(
+            f"{workers} doctor workers on this machine's {cores} core(s): at most {MAX_WORKERS_PER_CORE * cores} "
+            f"(each is a process with torch loaded); pass --workers {min(workers, cores)}"
+        )
     if not args.workers and not multi_node and local_gpu_shortfall(backend, workers):
         # Each local worker takes a GPU: test the collectives on as many as there are (the run's own
         # excess is reported by the CUDA check below, as the problem it is).
