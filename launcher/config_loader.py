@@ -48,6 +48,39 @@ KEY_ALIASES = {
     "warmup": "warmup_steps",
 }
 
+# Names of other tools (TRL / transformers TrainingArguments, Axolotl, PEFT) whose ftl key lives in
+# another section, or is another kind of setting: a spelling hint within the section misleads there
+# (save_steps read as "did you mean training.max_steps?" turned a checkpoint cadence into a run length).
+FOREIGN_KEYS = {
+    "save_steps": "checkpoint.every_steps",
+    "save_total_limit": "checkpoint.keep_last",
+    "eval_steps": "eval.every_steps",
+    "evaluation_strategy": "eval.every_steps",
+    "eval_strategy": "eval.every_steps",
+    "logging_steps": "training.log_every_steps",
+    "max_seq_length": "data.max_seq_len",
+    "sequence_len": "data.max_seq_len",
+    "max_length": "data.max_seq_len",
+    "output_dir": "output.dir",
+    "lr_scheduler_type": "training.lr_scheduler",
+    "learning_rate_scheduler": "training.lr_scheduler",
+    "bf16": "model.dtype (bfloat16) or parallel.mixed_precision",
+    "fp16": "model.dtype (float16) or parallel.mixed_precision",
+    "load_in_4bit": "method.type=qlora",
+    "load_in_8bit": "method.type=qlora (4-bit) or training.optimizer=adamw_8bit",
+    "adapter": "method.type",
+    "model_name_or_path": "model.path",
+    "base_model": "model.path",
+    "num_epochs": "training.epochs",
+    "num_train_epochs": "training.epochs",
+    "lora_r": "method.lora.r",
+    "lora_alpha": "method.lora.alpha",
+    "lora_dropout": "method.lora.dropout",
+    "lora_target_modules": "method.lora.target_modules",
+    "deepspeed": "parallel.strategy=deepspeed (with parallel.zero_stage)",
+    "fsdp": "parallel.strategy=fsdp",
+}
+
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     source = str(path)
@@ -223,7 +256,13 @@ def _did_you_mean(loc: list[str]) -> str:
             return ""
         model = annotation
     valid = list(model.model_fields)
+    foreign = FOREIGN_KEYS.get(loc[-1])
+    prefix = ".".join(loc[:-1]) + "." if loc[:-1] else ""
     alias = KEY_ALIASES.get(loc[-1])
+    if foreign is not None:
+        if not (prefix and foreign.startswith(prefix) and foreign[len(prefix) :] in valid):
+            return f"; ftl's setting for {loc[-1]!r} (another tool's name) is {foreign}"
+        alias = foreign[len(prefix) :]
     close = [alias] if alias in valid else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
     section = ".".join(loc[:-1]) or "top level"
     if close:

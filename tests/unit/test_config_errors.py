@@ -61,6 +61,26 @@ def test_unknown_key_suggests_nearest_and_names_line(tmp_path: Path, valid_text:
     assert "did you mean 'training.learning_rate'" in problem
 
 
+@pytest.mark.parametrize(
+    "key,said",
+    [
+        # The spelling hint said "did you mean 'training.max_steps'?": following it made a run 10 steps long.
+        ("training.save_steps", "ftl's setting for 'save_steps' (another tool's name) is checkpoint.every_steps"),
+        ("training.eval_steps", "is eval.every_steps"),
+        ("training.max_seq_length", "is data.max_seq_len"),
+        ("training.output_dir", "is output.dir"),
+        ("adapter", "ftl's setting for 'adapter' (another tool's name) is method.type"),
+        ("training.learning_rate_scheduler", "did you mean 'training.lr_scheduler'"),  # same section: the key
+    ],
+)
+def test_another_tools_key_names_ftls_setting_wherever_it_lives(
+    tmp_path: Path, valid_text: str, key: str, said: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, valid_text), [f"{key}=10"])
+    assert any(said in problem for problem in info.value.problems), info.value.problems
+
+
 def test_unknown_section_lists_valid_keys_when_nothing_is_close(tmp_path: Path, valid_text: str) -> None:
     (problem,) = _problems(_write(tmp_path, valid_text + "zzzzz: {}\n"))
     assert "zzzzz" in problem and "unknown key" in problem and "model" in problem
