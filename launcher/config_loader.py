@@ -102,7 +102,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     secrets = secret_problems(raw)
     if secrets:
         raise ConfigError(source, secrets)
-    _resolve_paths(raw)
+    problems = _resolve_paths(raw)
+    if problems:
+        raise ConfigError(source, problems)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -190,28 +192,35 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     target[parts[-1]] = value
 
 
-def _resolve_paths(raw: dict[str, Any]) -> None:
+def _resolve_paths(raw: dict[str, Any]) -> list[str]:
+    """Path keys made absolute (workers run elsewhere); the problems of paths that cannot be."""
+    problems: list[str] = []
     for dotted in LOCAL_OR_HUB_KEYS + LOCAL_ONLY_KEYS:
         section, _, key = dotted.partition(".")
         if isinstance(raw.get(section), dict):
-            _resolve_one(raw[section], key, local_only=dotted in LOCAL_ONLY_KEYS)
+            problems += _resolve_one(raw[section], key, local_only=dotted in LOCAL_ONLY_KEYS, name=dotted)
     checkpoint = raw.get("checkpoint")
     if isinstance(checkpoint, dict) and checkpoint.get("resume") not in (None, "auto", "never"):
         # A checkpoint path: resolved here, so workers (other cwd) and restarts see one same path.
-        _resolve_one(checkpoint, "resume", local_only=True)
+        problems += _resolve_one(checkpoint, "resume", local_only=True, name="checkpoint.resume")
     mixture = raw.get("data", {}).get("mixture") if isinstance(raw.get("data"), dict) else None
-    for entry in mixture if isinstance(mixture, list) else []:
+    for index, entry in enumerate(mixture if isinstance(mixture, list) else []):
         for key in MIXTURE_PATH_KEYS if isinstance(entry, dict) else ():
-            _resolve_one(entry, key, local_only=False)
+            problems += _resolve_one(entry, key, local_only=False, name=f"data.mixture[{index}].{key}")
+    return problems
 
 
-def _resolve_one(holder: dict[str, Any], key: str, local_only: bool) -> None:
+def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) -> list[str]:
     value = holder.get(key)
     if not isinstance(value, str) or not value or "://" in value:
-        return  # URIs are not paths (the schema says where they are accepted)
+        return []  # URIs are not paths (the schema says where they are accepted)
     expanded = Path(os.path.expanduser(os.path.expandvars(value)))
-    if local_only or expanded.exists() or value.startswith((".", "/", "~")):
-        holder[key] = str(expanded.resolve())
+    try:
+        if local_only or expanded.exists() or value.startswith((".", "/", "~")):
+            holder[key] = str(expanded.resolve())
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop (RuntimeError before Python 3.13)
+        return [f"{name}: {value} cannot be resolved ({exc}); is it a symbolic link loop?"]
+    return []
 
 
 def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:

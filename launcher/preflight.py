@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 from launcher.run_config import RunConfig
@@ -37,6 +38,17 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             problems.append(
                 f"{key}: {value} not found{did_you_mean(value)} (relative paths resolve from the current directory)"
             )
+        elif value and Path(value).is_file() and not os.access(value, os.R_OK):
+            problems.append(f"{key}: {value} cannot be read (permission denied); check the file's permissions")
+    cache, where = (cfg.data.cache_dir, "data.cache_dir") if cfg.data.cache_dir else (None, "FTL_CACHE_DIR")
+    from trainer.cache_dir import cache_root
+
+    cache_path = Path(cache) if cache else cache_root()
+    if cache_path.exists() and not cache_path.is_dir():
+        problems.append(
+            f"{where}: {cache_path} is a file, not a folder (the tokenized-data cache goes there); "
+            "point it at a folder, or unset it for ~/.cache/ftl"
+        )
     return problems
 
 

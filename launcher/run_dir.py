@@ -171,6 +171,17 @@ def refuse_foreign_dir(run_dir: Path) -> None:
     )
 
 
+def output_dir_problems(run_dir: Path) -> list[str]:
+    """What `ftl train` refuses in output.dir as it is (for `ftl validate`): a file, a folder of the user's."""
+    if run_dir.exists() and not run_dir.is_dir():
+        return [f"output.dir {run_dir} is a file; choose a folder that does not exist yet or is empty"]
+    try:
+        refuse_foreign_dir(run_dir)
+    except UserError as exc:
+        return [str(exc)]
+    return []
+
+
 def is_ftl_run(run_dir: Path) -> bool:
     """A directory ftl made for a run: its marker, or a run made before the marker existed."""
     return RunLayout(run_dir).marker.is_file() or _made_by_earlier_ftl(run_dir)

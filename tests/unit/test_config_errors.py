@@ -441,3 +441,47 @@ def test_slurm_time_limits_in_every_sbatch_form(tmp_path: Path, valid_text: str)
     assert slurm_time_seconds("UNLIMITED") is None
     cfg = load_config(_write(tmp_path, valid_text), ["cluster.slurm.mem=4096", "cluster.slurm.time=200"])
     assert cfg.cluster.slurm.mem == "4096" and cfg.cluster.slurm.time == "200"
+
+
+def test_a_symbolic_link_loop_in_a_path_key_is_one_problem(tmp_path: Path, valid_text: str) -> None:
+    (tmp_path / "loop1.jsonl").symlink_to(tmp_path / "loop2.jsonl")
+    (tmp_path / "loop2.jsonl").symlink_to(tmp_path / "loop1.jsonl")
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, valid_text), [f"data.train={tmp_path / 'loop1.jsonl'}"])
+    assert any("data.train:" in p and "symbolic link loop" in p for p in info.value.problems), info.value.problems
+
+
+def test_inputs_train_would_fail_on_are_said_by_the_input_check(
+    tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable data file and a cache 'folder' that is a file were tracebacks from train after
+    its run directory was made (validate called them valid)."""
+    import os
+
+    from launcher.preflight import check_inputs
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "x"}\n')
+    cfg = load_config(_write(tmp_path, valid_text), [f"data.train={data}", "data.validation=null"])
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(data) else real_access(path, mode))
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "afile"))
+    problems = check_inputs(cfg)
+    assert any(p.startswith("data.train:") and "cannot be read (permission denied)" in p for p in problems), problems
+    assert any(p.startswith("FTL_CACHE_DIR:") and "is a file, not a folder" in p for p in problems), problems
+
+
+def test_validate_says_what_train_refuses_in_output_dir(tmp_path: Path, valid_text: str) -> None:
+    import subprocess
+
+    from tests.conftest import FTL, REPO
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    config = _write(tmp_path, valid_text)
+    out = subprocess.run(
+        [*FTL, "validate", str(config), f"output.dir={theirs}"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and "is not empty and is not an ftl run directory" in out.stderr, out.stderr

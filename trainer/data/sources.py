@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ def dataset_fingerprint(spec: str, split: str) -> str:
         return digest.hexdigest()
     if path.is_file():
         digest = hashlib.sha256()
+        if not os.access(path, os.R_OK):
+            raise DataError(f"{spec}: cannot be read (permission denied); check the file's permissions")
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -60,7 +63,10 @@ def read_rows(spec: str, split: str = "train") -> Iterator[Row]:
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{spec}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
-    yield from reader(path)
+    try:
+        yield from reader(path)
+    except PermissionError as exc:
+        raise DataError(f"{spec}: cannot be read ({exc.strerror}); check the file's permissions") from None
 
 
 class DuplicateKey(ValueError):
