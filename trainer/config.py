@@ -12,6 +12,7 @@ section are on the launcher's RunConfig (launcher/run_config.py).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -190,6 +191,33 @@ class LoraConfig(Section):
     target_modules: str | list[str] = Field("all-linear", description="`all-linear` or a list of module names.")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
     modules_to_save: list[str] = Field(default_factory=list)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets_are_names_or_a_pattern(cls, value: str | list[str]) -> str | list[str]:
+        """A string other than all-linear is PEFT's regular expression over module names: it must
+        compile, and one that looks like a list was meant as one (a `[` or `,` slip on a command line)."""
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("is an empty list: name the modules to adapt (e.g. [q_proj, v_proj]) or all-linear")
+            return value
+        if value == "all-linear":
+            return value
+        names = [name.strip(" '\"") for name in value.strip("[]").split(",") if name.strip(" '\"")]
+        as_list = (
+            f"{value!r} is one string, read as a regular expression; for a list of module names write "
+            f"[{', '.join(names)}] (in YAML, or quoted on the command line: 'method.lora.target_modules=[{','.join(names)}]')"
+        )
+        # No module name holds a comma: one outside a {m,n} quantifier is a list written as a string.
+        if "," in re.sub(r"\{\d*,\d*\}", "", value):
+            raise ValueError(as_list)
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(
+                as_list if value.startswith("[") else f"{value!r} is not a valid regular expression ({exc})"
+            ) from None
+        return value
 
 
 class QuantizationConfig(Section):

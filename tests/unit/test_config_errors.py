@@ -485,3 +485,37 @@ def test_validate_says_what_train_refuses_in_output_dir(tmp_path: Path, valid_te
         [*FTL, "validate", str(config), f"output.dir={theirs}"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 2 and "is not empty and is not an ftl run directory" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    "value,said",
+    [
+        (
+            "[q_proj,v_proj",
+            "is one string, read as a regular expression; for a list of module names write [q_proj, v_proj]",
+        ),
+        ("q_proj,v_proj", "for a list of module names write [q_proj, v_proj]"),
+        ("q_proj(", "is not a valid regular expression"),
+        ("[]", "is an empty list"),
+    ],
+)
+def test_lora_target_modules_a_train_would_crash_on_are_refused(
+    tmp_path: Path, valid_text: str, value: str, said: str
+) -> None:
+    """A missing ']' on the command line passed validate and crashed train with re.error."""
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, valid_text), [f"method.lora.target_modules={value}"])
+    assert any(said in problem for problem in info.value.problems), info.value.problems
+
+
+def test_lora_target_modules_patterns_and_lists_pass(tmp_path: Path, valid_text: str) -> None:
+    for value, expected in (
+        (".*(q|v)_proj{1,2}", ".*(q|v)_proj{1,2}"),  # a comma inside a quantifier is the pattern's own
+        ("[q_proj,v_proj]", ["q_proj", "v_proj"]),
+    ):
+        assert (
+            load_config(
+                _write(tmp_path, valid_text), [f"method.lora.target_modules={value}"]
+            ).method.lora.target_modules
+            == expected
+        )
