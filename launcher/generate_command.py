@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -21,6 +22,15 @@ from trainer.errors import DataError, TrainerInputError
 PromptRow = tuple[dict[str, Any], str | list[dict[str, str]], str]
 
 
+def _is_utf8(text: str) -> bool:
+    """Text from argv or stdin whose undecodable bytes Python kept as lone surrogates is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def generate_command(args: argparse.Namespace) -> int:
     if args.output and not args.input:
         raise UserError("--output goes with --input (a file of prompts); --prompt and --chat print to the console")
@@ -30,6 +40,11 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    for flag, text in (("--prompt", args.prompt), ("--system", args.system)):
+        if text is not None and not _is_utf8(text):
+            raise UserError(f"{flag} is not UTF-8 text (its bytes were read as is); pass it in UTF-8")
+    if not math.isfinite(args.temperature) or not math.isfinite(args.top_p):
+        raise UserError(f"--temperature and --top-p must be numbers; got {args.temperature} and {args.top_p}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise UserError(
             f"--temperature must be >= 0 (0 = greedy) and --top-p in (0, 1]; got {args.temperature} and {args.top_p}"
@@ -222,12 +237,17 @@ def _chat(generate: _Generator, args: argparse.Namespace) -> int:
     if interactive:
         print("chat with the model; an empty line or Ctrl-D ends it", file=sys.stderr)
     messages: list[dict[str, str]] = []
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is said, not a decode error
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()
         if not line.strip():
             return 0
+        if not _is_utf8(line):  # the conversation goes on; the line is not sent
+            print("ftl: that line is not UTF-8 text; type it again", file=sys.stderr, flush=True)
+            continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
         reply = generate.replies([generate.conversation(messages)])[0]
         messages.append({"role": "assistant", "content": reply})
