@@ -110,6 +110,9 @@ def _train_as_torchrun_worker(cfg: Any) -> int:
 
 
 def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = None) -> int:
+    for flag, value in (("--out", out), ("--checkpoint", checkpoint)):
+        if value is not None and not value.strip():  # an empty value meant "not given" (or the cwd)
+            raise UserError(f"{flag} is empty; name a folder, or leave the flag out")
     cfg = load_snapshot(Path(run_dir))
     _quiet_libraries()
     from cluster.local import default_device

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -54,6 +55,8 @@ def doctor_command(args: argparse.Namespace) -> int:
     # shape (the collectives cross the nodes, and the allocation is the one the run asks for).
     run_workers = cfg.cluster.workers if cfg else 1
     multi_node = cfg is not None and cfg.cluster.nodes > 1
+    if not (args.size_mb > 0 and math.isfinite(args.size_mb)):
+        raise UserError(f"--size-mb {args.size_mb}: give a message size in MB above 0 (default 64)")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be at least 1")
     workers = args.workers or (run_workers if multi_node else max(DEFAULT_WORKERS, run_workers))

@@ -49,6 +49,8 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError(
             f"--temperature must be >= 0 (0 = greedy) and --top-p in (0, 1]; got {args.temperature} and {args.top_p}"
         )
+    if args.output and args.input and Path(args.output).resolve() == Path(args.input).resolve():
+        raise UserError(f"--output {args.output} is the --input file; write the answers to another file")
     if args.output and (Path(args.output).is_dir() or args.output.endswith(os.sep)):
         raise UserError(f"--output {args.output} is a directory; give the path of the JSONL file to write")
     blocking = (

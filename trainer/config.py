@@ -425,6 +425,7 @@ class CheckpointConfig(Section):
     )
     resume: str = Field(
         "auto",
+        min_length=1,
         description="`auto` (latest valid checkpoint in output.dir), `never` (start at step 0; "
         "refused when output.dir holds checkpoints of an earlier run, see move_aside), or a checkpoint "
         "path (later checkpoints in output.dir are moved to checkpoints/branches/).",
@@ -501,9 +502,10 @@ class ParallelConfig(Section):
 
 class OutputConfig(Section):
     dir: str = Field(
+        min_length=1,  # an empty path meant the current directory
         description="The run directory: config snapshot, logs, metrics, checkpoints, final model. A path, or "
         "with cluster.backend=ray an object-store URI (s3://bucket/runs/NAME, gs://, abfss://, "
-        "hdfs://, file://) stored through Ray Train, with a local working copy in output.local_dir."
+        "hdfs://, file://) stored through Ray Train, with a local working copy in output.local_dir.",
     )
     local_dir: str | None = Field(
         None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,22 @@ def test_generate_flags_refused_before_the_model_loads(flags: list[bytes], said:
     out = subprocess.run(args, cwd=REPO, capture_output=True, timeout=120)
     stderr = out.stderr.decode(errors="replace")
     assert out.returncode == 2 and said in stderr and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_other_empty_or_impossible_values_are_refused(tmp_path: Path) -> None:
+    """An empty output.dir trained into the current directory; --size-mb 0 'passed'; an empty
+    export --out meant no --out; --output equal to --input rewrote the prompts file."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    cases = [
+        (["validate", "configs/examples/lora.yaml", "output.dir="], "output.dir"),
+        (["validate", "configs/examples/lora.yaml", "checkpoint.resume="], "checkpoint.resume"),
+        (["doctor", "--size-mb", "0"], "--size-mb 0.0: give a message size in MB above 0"),
+        (["doctor", "--size-mb", "nan"], "--size-mb nan: give a message size in MB above 0"),
+        (["export", "no-such-run", "--out", ""], "--out is empty"),
+        (["generate", "no-such-run", "--input", str(prompts), "--output", str(prompts)], "is the --input file"),
+    ]
+    for args, said in cases:
+        out = subprocess.run([*FTL, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+    assert prompts.read_text() == '{"prompt": "hi"}\n'
