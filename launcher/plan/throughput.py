@@ -169,7 +169,7 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
     if data.packing:
         efficiency = packing_efficiency(lengths, pack_examples(lengths, data.max_seq_len), data.max_seq_len)
     else:
-        efficiency = padding_efficiency(lengths, cfg.training.micro_batch_size)
+        efficiency = padding_efficiency(lengths, cfg.training.micro_batch_size, shuffled=data.shuffle)
     real = int(round(float(lengths.mean()) * rows))
     return TokenCount(real, int(math.ceil(real / max(efficiency, 1e-6))), source)
 

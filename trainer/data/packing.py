@@ -44,10 +44,27 @@ def packing_efficiency(lengths: np.ndarray, rows: list[list[int]], row_len: int)
     return float(np.sum(lengths)) / float(len(rows) * row_len) if rows else 0.0
 
 
-def padding_efficiency(lengths: np.ndarray, batch_size: int) -> float:
-    """Real-token fraction when unpacked examples are padded to the longest in each batch (dataset order)."""
-    total_slots = 0
-    for start in range(0, len(lengths), batch_size):
-        chunk = lengths[start : start + batch_size]
-        total_slots += int(chunk.max()) * len(chunk)
-    return float(np.sum(lengths)) / float(total_slots) if total_slots else 0.0
+SHUFFLES_AVERAGED = 8
+
+
+def padding_efficiency(lengths: np.ndarray, batch_size: int, shuffled: bool = False) -> float:
+    """Real-token fraction when unpacked examples are padded to the longest in each batch: in
+    dataset order, or (`shuffled`, as training draws them with data.shuffle) the mean over a few
+    seeded shuffles, which on a file sorted by length is far lower than its own order's (70.6%
+    against 89.3% in one)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if not len(lengths):
+        return 0.0
+    if not shuffled:
+        return float(lengths.sum()) / _padded_slots(lengths, batch_size)
+    rng = np.random.default_rng(0)
+    slots = [_padded_slots(lengths[rng.permutation(len(lengths))], batch_size) for _ in range(SHUFFLES_AVERAGED)]
+    return float(lengths.sum()) / float(np.mean(slots))
+
+
+def _padded_slots(lengths: np.ndarray, batch_size: int) -> int:
+    full = len(lengths) // batch_size * batch_size
+    slots = int(lengths[:full].reshape(-1, batch_size).max(axis=1).sum()) * batch_size if full else 0
+    if full < len(lengths):
+        slots += int(lengths[full:].max()) * (len(lengths) - full)
+    return slots

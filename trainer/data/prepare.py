@@ -147,7 +147,7 @@ def prepare_data(
         **{
             f"{e.name}_{k}": v
             for e in evals
-            if e.source != cfg.train  # not held out of the training file (counted above)
+            if not (held_out_of_train and e.name == "validation")  # held out of the training file: counted above
             for k, v in e.examples.stats.items()
             if k in CUT_COUNTS and v
         },
@@ -269,7 +269,8 @@ def token_efficiency(lengths: np.ndarray, rows: list[list[int]], cfg: DataConfig
     """Fraction of the token slots of training batches that hold real tokens."""
     if cfg.packing:
         return packing_efficiency(lengths, rows, cfg.max_seq_len)
-    return padding_efficiency(lengths, micro_batch_size)
+    # Preference pairs pad pairwise (both sequences of a pair in one batch): their own order's figure.
+    return padding_efficiency(lengths, micro_batch_size, shuffled=cfg.shuffle and cfg.format != "preference")
 
 
 def _rows_of(examples: TokenizedSet, cfg: DataConfig) -> list[list[int]]:
