@@ -96,23 +96,33 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
                 lines.append(f"--- {row.where} ({len(row.ids)} tokens{cut}, label {label}) ---")
                 lines.append(tokenizer.decode(row.ids, skip_special_tokens=False))
                 continue
-            lines += _sequence_lines(tokenizer, row.where, row.ids, row.mask, row.rendered_len, color)
+            lines += _sequence_lines(
+                tokenizer, row.where, row.ids, row.mask, row.rendered_len, color, row.cut_before_tokenizing
+            )
             if row.token_labels and check.label_names:
                 lines.append("tags: " + tagged_words(tokenizer, row.ids, row.token_labels, check.label_names))
     return "\n".join(lines)
 
 
 def _sequence_lines(
-    tokenizer: Any, where: str, ids: list[int], mask: list[int], rendered_len: int, color: bool
+    tokenizer: Any,
+    where: str,
+    ids: list[int],
+    mask: list[int],
+    rendered_len: int,
+    color: bool,
+    lower_bound: bool = False,
 ) -> list[str]:
     return [
-        f"--- {where} ({len(ids)} tokens{_cut(len(ids), rendered_len)}, {sum(mask)} trained) ---",
+        f"--- {where} ({len(ids)} tokens{_cut(len(ids), rendered_len, lower_bound)}, {sum(mask)} trained) ---",
         mark_trained(tokenizer, ids, mask, color=color),
     ]
 
 
-def _cut(kept: int, rendered_len: int) -> str:
-    return f", truncated from {rendered_len}" if rendered_len > kept else ""
+def _cut(kept: int, rendered_len: int, lower_bound: bool = False) -> str:
+    """lower_bound: the row's text was cut before tokenizing (data.md), its length is at least this."""
+    more = "more than " if lower_bound else ""
+    return f", truncated from {more}{rendered_len}" if rendered_len > kept else ""
 
 
 def tagged_words(tokenizer: Any, ids: list[int], token_labels: list[int], names: list[str]) -> str:

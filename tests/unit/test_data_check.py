@@ -366,6 +366,14 @@ def test_a_huge_row_is_cut_before_tokenizing_and_trains_the_same_tokens(tokenize
     assert cut.cut_before_tokenizing and not whole.cut_before_tokenizing
     assert (cut.ids, cut.mask, cut.fate) == (whole.ids, whole.mask, "truncated")
     assert 128 < cut.rendered_len < whole.rendered_len  # counted up to the cut: a lower bound
+    # ... and said as one where a count is shown (it read "2498 tokens" for a 3,125-token row).
+    refused = _scan_row(0, row, "chat", tokenizer, 128, "error", None)
+    assert (
+        f"f.jsonl line 1: more than {refused.rendered_len} tokens, longer than data.max_seq_len=128" in refused.problem
+    )
+    from launcher.data_check import _cut
+
+    assert _cut(128, cut.rendered_len, lower_bound=True) == f", truncated from more than {cut.rendered_len}"
 
 
 def test_a_tokenized_cache_entry_is_shared_as_any_new_folder(tmp_path: Path, tokenizer: Any) -> None:

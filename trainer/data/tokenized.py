@@ -268,6 +268,10 @@ def _scan_row(
     cut = Row(row.where, cut_long_strings(row.values, limit))
     scanned = _scan_rendered(row_index, cut, fmt, tokenizer, max_seq_len, too_long, label_names)
     scanned.cut_before_tokenizing = True
+    if scanned.problem:  # its length is that of the cut text: a lower bound
+        scanned.problem = scanned.problem.replace(
+            f"{row.where}: {scanned.rendered_len} tokens,", f"{row.where}: more than {scanned.rendered_len} tokens,"
+        )
     return scanned
 
 
