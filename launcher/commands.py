@@ -150,7 +150,8 @@ def runs(parent: str, verify: bool = False, as_json: bool = False) -> int:
 
     path = Path(parent)
     if not path.is_dir():
-        raise UserError(f"{parent}: no such directory; pass the parent directory of your runs (output.dir's parent)")
+        what = "is a file, not a directory" if path.exists() else "no such directory"
+        raise UserError(f"{parent}: {what}; pass the parent directory of your runs (output.dir's parent)")
     found = find_runs(path)
     infos = [describe_run(run, verify=verify) for run in found]
     if as_json:

@@ -324,7 +324,7 @@ class TrainingConfig(Section):
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    max_steps: int | None = Field(None, ge=1, le=10**12, description="Optimizer steps; overrides epochs when set.")
     micro_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0, le=1.0)

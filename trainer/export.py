@@ -238,6 +238,11 @@ def export_run(
     if not Path(source).is_dir():  # a typo, or a checkpoint keep_last has deleted since
         kept = ", ".join(p.name for p in committed_checkpoints(run_dir)) or "none"
         raise TrainerInputError(f"checkpoint {source} does not exist; this run's checkpoints: {kept}")
+    if Path(source).resolve() == final.resolve():  # a finished model, not a checkpoint
+        raise TrainerInputError(
+            f"{source} is the run's final model, not a checkpoint: `ftl export {run_dir}` (without --checkpoint) "
+            "exports it, or load it as it is"
+        )
     problem = validate_checkpoint(source)
     if problem:
         raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")

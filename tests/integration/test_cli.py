@@ -168,6 +168,10 @@ def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Pat
     )
     assert missing.returncode == 2 and "step-99 does not exist; this run's checkpoints: " in missing.stderr
     assert "step-4" in missing.stderr and "did not finish" not in missing.stderr
+    final = subprocess.run(
+        [*FTL, "export", str(run), "--checkpoint", str(run / "final")], cwd=REPO, capture_output=True, text=True
+    )
+    assert final.returncode == 2 and "is the run's final model, not a checkpoint" in final.stderr, final.stderr
 
 
 def test_export_writes_only_its_own_folder(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -45,3 +45,17 @@ def test_other_empty_or_impossible_values_are_refused(tmp_path: Path) -> None:
         out = subprocess.run([*FTL, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
     assert prompts.read_text() == '{"prompt": "hi"}\n'
+
+
+def test_a_step_count_no_run_reaches_and_a_file_given_to_runs_are_said(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (
+            ["validate", "configs/examples/lora.yaml", "training.max_steps=99999999999999999999999"],
+            "training.max_steps",
+        ),
+        (["runs", str(tmp_path / "afile")], "is a file, not a directory"),
+    ]
+    for args, said in cases:
+        out = subprocess.run([*FTL, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
