@@ -132,21 +132,28 @@ def run_as_torchrun_worker(prepare_run_dir: Callable[[], Path], collective_timeo
     """For users with their own torchrun setup (`torchrun ... -m launcher.cli train CONFIG`):
     this process is one worker. Rank 0 prepares the run directory and shares its path (or the
     reason it could not); then every rank runs the trainer entry. Returns the summary on rank 0."""
-    from cluster.worker import distributed_env, execute, init_process_group
+    from cluster.worker import destroy_process_group, distributed_env, execute, init_process_group
     from trainer.distributed import broadcast_object
 
     rank, world_size, local_rank = distributed_env()
     device = init_process_group(rank, world_size, local_rank, collective_timeout_s)
-    prepared: tuple[str | None, str | None] = (None, None)
-    if rank == 0:
-        try:
-            prepared = (str(prepare_run_dir()), None)
-        except Exception as exc:  # every rank must hear about it, or they would wait forever
-            prepared = (None, str(exc))
-    run_dir, problem = broadcast_object(prepared)
-    if problem is not None:
-        raise TorchrunPrepareFailed(problem)
-    summary = execute(Path(run_dir), rank, world_size, local_rank, device).summary_or_raise(RunLayout(run_dir))
+    # Destroyed before the interpreter ends: gloo's threads still alive at finalization abort the
+    # process now and then ("terminate called without an active exception", SIGABRT), which
+    # torchrun reports as a failed worker after a run that finished.
+    try:
+        prepared: tuple[str | None, str | None] = (None, None)
+        if rank == 0:
+            try:
+                prepared = (str(prepare_run_dir()), None)
+            except Exception as exc:  # every rank must hear about it, or they would wait forever
+                prepared = (None, str(exc))
+        run_dir, problem = broadcast_object(prepared)
+        if problem is not None:
+            raise TorchrunPrepareFailed(problem)
+        outcome = execute(Path(run_dir), rank, world_size, local_rank, device)
+    finally:
+        destroy_process_group()
+    summary = outcome.summary_or_raise(RunLayout(run_dir))
     return summary if rank == 0 else None
 
 

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_FAILED
     finally:
-        _destroy_process_group()
+        destroy_process_group()
     return 0
 
 
@@ -240,7 +240,7 @@ def _gist(exc: BaseException) -> str:
     return text.split(". ")[0][:200]
 
 
-def _destroy_process_group() -> None:
+def destroy_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():

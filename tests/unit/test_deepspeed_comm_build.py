@@ -37,6 +37,7 @@ engine.backward(loss)
 engine.step()
 assert not torch.equal(before, model.weight.detach()), "the step changed nothing"
 print("trained")
+dist.destroy_process_group()  # gloo threads alive at exit can abort the process
 """
 
 

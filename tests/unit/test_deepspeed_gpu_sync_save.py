@@ -109,6 +109,7 @@ shared = [t for t in leaves(owner.io._snapshot) if t.numel() > 1 and t.data_ptr(
 assert not shared, f"{len(shared)} snapshot tensors are the live state"
 async_manager.close()
 print("OK")
+dist.destroy_process_group()  # gloo threads alive at exit can abort the process
 """
 
 

@@ -55,6 +55,7 @@ assert path is not None
 restored = all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 step()  # and it trains on from there
 print(json.dumps({"reads": reads, "restored": restored, "class_load_back": "load" not in vars(engine.checkpoint_engine)}))
+dist.destroy_process_group()  # gloo threads alive at exit can abort the process
 """
 
 
