@@ -92,10 +92,11 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         except ValueError as exc:
             problems.append(str(exc))
         # The value now comes from the command line: an error about it cites no line of the file.
-        key = override.partition("=")[0]
-        for known in [k for k in key_lines if k == key or k.startswith(key + ".")]:
-            key_lines[known] = 0
-        key_lines[key] = 0
+        path, _, value_text = override.partition("=")
+        for key in _keys_set_by(path, _override_value(value_text)):
+            for known in [k for k in key_lines if k == key or k.startswith(key + ".")]:
+                key_lines[known] = 0
+            key_lines[key] = 0
     if problems:
         raise ConfigError(source, problems)
     # Before validation: its messages quote values, and a secret must not appear in any of them.
@@ -178,10 +179,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         shown = redact_argv([override])[0]  # a token pasted in the wrong place is not echoed
         raise ValueError(f"override {shown!r} must look like key.path=value (e.g. training.learning_rate=1e-4)")
-    try:
-        value = load_config_yaml(value_text) if value_text != "" else ""
-    except yaml.YAMLError:
-        value = value_text
+    value = _override_value(value_text)
     target = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -189,7 +187,37 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ValueError(f"override {key!r}: {part!r} is not a section")
         target = child
-    target[parts[-1]] = value
+    existing = target.get(parts[-1])
+    if isinstance(value, dict) and isinstance(existing, dict):
+        # `training={max_steps: 5}` sets those keys: the file's other training settings stay (as
+        # in Hydra/OmegaConf), rather than the whole section silently going back to defaults.
+        _merge_into(existing, value)
+    else:
+        target[parts[-1]] = value
+
+
+def _override_value(value_text: str) -> Any:
+    """The value typed as YAML would type it (3e-4, false, [a, b], {k: v}); text when it is no YAML."""
+    try:
+        return load_config_yaml(value_text) if value_text != "" else ""
+    except yaml.YAMLError:
+        return value_text
+
+
+def _keys_set_by(key: str, value: Any) -> list[str]:
+    """`training.max_steps=5` sets training.max_steps; `training={max_steps: 5}` sets the same
+    key only (the file's other training keys stay the file's)."""
+    if not isinstance(value, dict) or not value:
+        return [key]
+    return [name for sub, item in value.items() for name in _keys_set_by(f"{key}.{sub}", item)]
+
+
+def _merge_into(section: dict[str, Any], update: dict[str, Any]) -> None:
+    for name, value in update.items():
+        if isinstance(value, dict) and isinstance(section.get(name), dict):
+            _merge_into(section[name], value)
+        else:
+            section[name] = value
 
 
 def _resolve_paths(raw: dict[str, Any]) -> list[str]:

@@ -145,6 +145,16 @@ def test_overrides_are_typed(tmp_path: Path, valid_text: str) -> None:
     assert cfg.method.lora.target_modules == ["q_proj", "v_proj"]
 
 
+def test_a_section_in_braces_sets_its_keys_and_keeps_the_files_others(tmp_path: Path, valid_text: str) -> None:
+    with_more = "  learning_rate: 1.0e-4\n  max_steps: 5\n  preference:\n    beta: 0.3\n"
+    path = _write(tmp_path, valid_text.replace("  learning_rate: 1.0e-4\n", with_more))
+    cfg = load_config(path, ["training={micro_batch_size: 2, preference: {loss_type: ipo}}"])
+    assert (cfg.training.learning_rate, cfg.training.max_steps, cfg.training.micro_batch_size) == (1e-4, 5, 2)
+    assert (cfg.training.preference.beta, cfg.training.preference.loss_type) == (0.3, "ipo")
+    assert load_config(path, ["training={}"]).training.max_steps == 5  # not back to the defaults
+    assert load_config(path, ["method.lora={r: 4}"]).method.lora.r == 4  # a section the file lacks
+
+
 def test_cross_section_rule(tmp_path: Path, valid_text: str) -> None:
     (problem,) = _problems(_write(tmp_path, valid_text), ["data.validation=x.jsonl", "data.validation_split=0.1"])
     assert "either data.validation" in problem
