@@ -14,7 +14,7 @@ from launcher.errors import UserError
 from launcher.preflight import check_inputs, start_refusal
 from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, output_dir_problems, running_in
 from trainer.errors import EXIT_FAILED, TrainerInputError
-from trainer.run_layout import CONFIG_FILE
+from trainer.run_layout import CONFIG_FILE, RUN_MARKER
 
 
 def validate(config_path: str, overrides: list[str], data: bool = False, examples: int = 3) -> int:
@@ -157,7 +157,7 @@ def runs(parent: str, verify: bool = False, as_json: bool = False) -> int:
     if as_json:
         print(runs_json(infos))
     elif not found:
-        print(f"no runs under {parent} (a run directory holds {CONFIG_FILE})")
+        print(f"no runs under {parent} (ftl marks each run directory it makes with a {RUN_MARKER} file)")
     else:
         print(format_runs(infos))
     # --verify is a check a script can use: exit 1 when a checkpoint newer than the latest valid one is corrupt.

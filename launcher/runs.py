@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster.run_lock import read_holder, stale_reason
 from launcher.failure_record import read_failure
+from launcher.run_dir import is_ftl_run
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.console import duration
 from trainer.metrics import current_trajectory, parse_records, wall_time
@@ -52,9 +53,21 @@ class RunInfo:
 
 
 def find_runs(parent: Path) -> list[Path]:
-    if RunLayout(parent).is_run_dir():
+    """The run directories ftl made (its marker): another tool's folder with a config.yaml is none."""
+    if is_ftl_run(parent):
         return [parent]
-    return sorted(p for p in parent.iterdir() if p.is_dir() and RunLayout(p).is_run_dir())
+    return sorted(p for p in parent.iterdir() if p.is_dir() and is_ftl_run(p))
+
+
+def _summary_problem(layout: RunLayout) -> str | None:
+    """Why the summary the trainer writes last does not say the run finished (None: it does)."""
+    try:
+        summary = json.loads(layout.summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{layout.summary.name} is unreadable ({type(exc).__name__}), so it does not say the run finished"
+    if not isinstance(summary, dict):
+        return f"{layout.summary.name} holds no summary (a JSON {type(summary).__name__}), so it does not say the run finished"
+    return None
 
 
 def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
@@ -73,7 +86,12 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     layout = RunLayout(run_dir)
     holder = read_holder(layout.lock)
     failure = read_failure(run_dir)
-    if layout.is_finished():  # the trainer's summary, written last (final/ alone may be a crashed finish)
+    summary_problem = _summary_problem(layout) if layout.is_finished() else None
+    if summary_problem:
+        notes.insert(0, summary_problem)
+    if (
+        layout.is_finished() and not summary_problem
+    ):  # the trainer's summary, written last (final/ alone may be a crashed finish)
         status = "finished"
     elif holder is not None and stale_reason(holder) is None:
         # A lock without a process is a Slurm job's reservation: submitted or requeued, not running yet.

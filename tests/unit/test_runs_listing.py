@@ -20,6 +20,7 @@ def _run(parent: Path, name: str, steps: list[int], logged: int | None, finished
     run = parent / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("model: {}\n")
+    (run / ".ftl-run").write_text('{"ftl_run_directory": 1}')  # what ftl writes first into a run directory
     if logged is not None:
         lines = [json.dumps({"kind": "train", "step": s, "loss": 1.0}) for s in range(1, logged + 1)]
         (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -63,6 +64,31 @@ def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: p
     assert main(["runs", str(tmp_path / "done"), "--verify"]) == 0
     assert main(["runs", str(tmp_path), "--verify"]) == 1
     assert main(["runs", str(tmp_path), "--verify", "--json"]) == 1
+
+
+def test_a_garbled_summary_is_no_finished_run_and_another_tools_folder_is_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbled = _run(tmp_path, "garbled", [2], 2, finished=True)
+    (garbled / "summary.json").write_text("\x00\x01 not json")
+    listed = _run(tmp_path, "listed", [2], 2, finished=True)
+    (listed / "summary.json").write_text("[1, 2]")
+    foreign = tmp_path / "someone-elses"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("model: {}\n")  # another tool's config, no ftl marker
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = {
+        line.split()[0].rsplit("/", 1)[-1]: line.split()[1] for line in out.splitlines()[1:] if line.startswith("/")
+    }
+    assert rows == {"garbled": "resumable", "listed": "resumable"}, out
+    assert (
+        "garbled: summary.json is unreadable (UnicodeDecodeError" in out
+        or "garbled: summary.json is unreadable (JSONDecodeError" in out
+    ), out
+    assert "listed: summary.json holds no summary (a JSON list)" in out, out
+    assert main(["runs", str(foreign)]) == 0
+    assert "no runs under" in capsys.readouterr().out
 
 
 def test_missing_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
