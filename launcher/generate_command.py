@@ -49,6 +49,13 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError(
             f"--temperature must be >= 0 (0 = greedy) and --top-p in (0, 1]; got {args.temperature} and {args.top_p}"
         )
+    if args.top_p < 1 and args.temperature == 0:
+        raise UserError(
+            f"--top-p {args.top_p} samples, and --temperature 0 (the default) is greedy decoding: "
+            "add --temperature (e.g. 0.7) to sample, or leave --top-p out"
+        )
+    if args.input and not args.field.strip():
+        raise UserError("--field is empty; name the output field for the replies (default: completion)")
     if args.output and args.input and Path(args.output).resolve() == Path(args.input).resolve():
         raise UserError(f"--output {args.output} is the --input file; write the answers to another file")
     if args.output and (Path(args.output).is_dir() or args.output.endswith(os.sep)):

@@ -19,6 +19,8 @@ from tests.conftest import FTL, REPO
         ([b"--prompt", b"hi", b"--system", b"\xfe"], "--system is not UTF-8 text"),
         ([b"--prompt", b"hi", b"--temperature", b"nan"], "--temperature and --top-p must be numbers"),
         ([b"--prompt", b"hi", b"--top-p", b"inf"], "--temperature and --top-p must be numbers"),
+        ([b"--prompt", b"hi", b"--top-p", b"0.9"], "add --temperature (e.g. 0.7) to sample"),  # was greedy, silently
+        ([b"--input", b"p.jsonl", b"--field", b" "], "--field is empty"),
     ],
 )
 def test_generate_flags_refused_before_the_model_loads(flags: list[bytes], said: str) -> None:
