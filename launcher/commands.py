@@ -28,6 +28,11 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     from launcher.hub_cache import warn_unavailable_offline
 
     warn_unavailable_offline(cfg)  # the config is valid; training it on this machine would fail
+    from launcher.position_limit import rotary_context_note
+
+    note = rotary_context_note(cfg)
+    if note:
+        print(f"ftl: WARNING: {note}", file=sys.stderr)
     if data:
         _quiet_libraries()
         from launcher.data_check import data_command

@@ -179,6 +179,9 @@ def plan_run(
         from trainer.sequence_length import refuse_past_learned_positions  # imports torch: only here
 
         refuse_past_learned_positions(cfg.data.max_seq_len, limit)
+    from launcher.position_limit import rotary_context_note
+
+    rotary_note = rotary_context_note(cfg)
     plan = Plan(cfg, target, inventory, plan_memory(inventory, setup))
     if not plan.memory.fits:
         plan.suggestions = suggest(
@@ -189,6 +192,8 @@ def plan_run(
             inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=count_tokens(cfg)
         )
     plan.notes += transfer_notes(cfg, inventory)
+    if rotary_note:
+        plan.notes.append(rotary_note)
     if setup.method == "dora":
         plan.notes.append(
             "DoRA activations are an approximation (weight-sized temporaries per adapted layer); "

@@ -35,3 +35,51 @@ def test_past_rotary_positions_is_a_warning(caplog: pytest.LogCaptureFixture) ->
         assert not caplog.records
         check_sequence_length(model, 64)
     assert "data.max_seq_len=64 is longer than the model's max_position_embeddings=32" in caplog.text
+
+
+ROTARY = [T.LlamaConfig, T.Qwen2Config, T.MistralConfig, T.GPTNeoXConfig, T.Phi3Config, T.Gemma2Config, T.GPTJConfig]
+NOT_ROTARY = [T.GPT2Config, T.OPTConfig, T.BertConfig, T.BloomConfig]
+
+
+@pytest.mark.parametrize("config_class", ROTARY + NOT_ROTARY, ids=lambda c: c.model_type)
+def test_validate_and_plan_read_a_rotary_context_from_the_saved_config_json(config_class: type, tmp_path) -> None:
+    """What save_pretrained writes (only the values that differ from the defaults, in transformers 5)
+    is enough to tell a rotary model and its pre-training context."""
+    import json
+
+    from launcher.position_limit import rotary_note_for
+
+    config_class().save_pretrained(tmp_path)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    limit = fields.get("max_position_embeddings") or fields.get("n_positions")
+    note = rotary_note_for(fields, (limit or 512) + 1)
+    if config_class in ROTARY:
+        assert note and f"is longer than the model's max_position_embeddings={limit}" in note, fields
+        assert rotary_note_for(fields, limit) is None
+    else:
+        assert note is None  # a learned table is refused by plan/train; ALiBi/none: nothing to say
+
+
+def test_validate_and_plan_warn_when_max_seq_len_passes_a_rotary_models_context() -> None:
+    import subprocess
+
+    from tests.conftest import FTL, REPO
+
+    out = subprocess.run(
+        [*FTL, "validate", "configs/examples/lora.yaml", "data.max_seq_len=4096"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "WARNING: data.max_seq_len=4096 is longer than the model's max_position_embeddings=1024" in out.stderr
+    plan = subprocess.run(
+        [*FTL, "plan", "configs/examples/lora.yaml", "data.max_seq_len=4096"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert "note: data.max_seq_len=4096 is longer than the model's max_position_embeddings=1024" in plan.stdout
