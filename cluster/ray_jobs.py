@@ -20,7 +20,8 @@ from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_STOPPED, InputErr
 REPO = Path(__file__).resolve().parent.parent
 # Never uploaded: environments, caches, outputs and VCS data (Ray caps working_dir size anyway).
 UPLOAD_EXCLUDES = [".venv", ".git", "runs", ".cache", "**/__pycache__", "*.egg-info", ".pytest_cache"]
-FORWARDED_ENV_PREFIXES = ("FTL_", "HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR")
+# RAY_TRAIN_: the user's Ray Train settings go with the job (e.g. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER).
+FORWARDED_ENV_PREFIXES = ("FTL_", "HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR", "RAY_TRAIN_")
 # Ray's default grace between SIGTERM and SIGKILL when a job is stopped is 3 s; a run needs
 # long enough to finish its step and write a checkpoint.
 STOP_GRACE_S = "120"

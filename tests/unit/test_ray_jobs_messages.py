@@ -111,3 +111,13 @@ def test_a_head_on_this_machine_runs_this_python() -> None:
     assert _default_python("http://127.0.0.1:8265") == sys.executable
     assert _default_python("localhost:8265") == sys.executable
     assert _default_python("http://head.cluster:8265") == "python"
+
+
+def test_a_submitted_job_gets_the_users_ray_train_settings_and_no_other_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # e.g. to go without the watcher
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-job")
+    env = ray_jobs.runtime_env("model: {}\n", job_id="ftl-1")["env_vars"]
+    assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and env[ray_jobs.JOB_ID_ENV] == "ftl-1"
