@@ -117,7 +117,7 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         trainee.total_steps,
         trainee.state.step,
         f"on {ctx.world_size} worker(s) with {strategy.name} ({len(data.train)} rows)",
-        resume_from.path if resume_from else None,
+        _shown_path(resume_from.path, ctx.run_dir) if resume_from else None,
         ctx.restart,
     )
     evaluator = _Evaluator(
@@ -635,3 +635,8 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
         "earlier_starts_s": wall_time_before_last_start(records),
         "starts": starts(records),
     }
+
+
+def _shown_path(path: Path, run_dir: Path) -> str:
+    """checkpoints/step-N for this run's own checkpoint; the full path of another run's."""
+    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)

@@ -41,7 +41,7 @@ def test_progress_lines_at_most_every_n_seconds_with_eta_and_no_carriage_returns
 def test_events_and_other_ranks_silent() -> None:
     stream = io.StringIO()
     console = RunConsole(True, every_s=10.0, stream=stream, clock=Clock())
-    console.started(8, 4, "on 2 worker(s) with ddp (10 rows)", Path("/r/checkpoints/step-4"), "torchrun restart #1")
+    console.started(8, 4, "on 2 worker(s) with ddp (10 rows)", "checkpoints/step-4", "torchrun restart #1")
     console.checkpoint_committed(6, Path("/r/checkpoints/step-6"), [])
     samples = [{"reference": "Paris.", "generated": "Paris."}] * 5
     console.evaluated(
@@ -90,3 +90,12 @@ def test_restarts_named_from_the_environment_and_ray_attempts(tmp_path: Path, mo
     record.write_text(json.dumps({"launch_id": "launch-a", "attempt": 0}))
     assert _ray_attempt(record, "launch-a") == 1  # the same launch's group before it: a restart
     assert _ray_attempt(record, "launch-b") == 0  # an earlier launch's (ftl train again): not a restart
+
+
+def test_a_resume_from_another_runs_checkpoint_names_its_full_path() -> None:
+    from trainer.run import _shown_path
+
+    run = Path("/runs/new")
+    assert _shown_path(run / "checkpoints" / "step-4", run) == "checkpoints/step-4"
+    # Not "checkpoints/step-8": no such folder in the new run.
+    assert _shown_path(Path("/runs/old/checkpoints/step-8"), run) == "/runs/old/checkpoints/step-8"
