@@ -25,7 +25,8 @@ def rotary_context_note(cfg: RunConfig) -> str | None:
 
 
 def rotary_note_for(fields: dict[str, Any], max_seq_len: int) -> str | None:
-    text = fields.get("text_config") if isinstance(fields.get("text_config"), dict) else fields
+    nested = fields.get("text_config")
+    text: dict[str, Any] = nested if isinstance(nested, dict) else fields
     limit = text.get("max_position_embeddings") or text.get("n_positions")  # n_positions: GPT-J
     if not isinstance(limit, int) or max_seq_len <= limit or not _is_rotary(text):
         return None
