@@ -100,7 +100,7 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     # silent console is not taken for a hang.
     sources = [s.train for s in cfg.data.mixture] if cfg.data.mixture else [cfg.data.train]
     console.event(f"data: reading {', '.join(map(str, sources))} (tokenized once, then from the cache)")
-    data = _prepare_data_rank0_first(cfg, tokenizer, ctx)
+    data = _prepare_data_on_every_rank(cfg, tokenizer, ctx)
     mixture = mixture_note(data.report)
     if mixture is not None:
         console.event(mixture)
@@ -465,27 +465,33 @@ def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: A
         )
 
 
-def _prepare_data_rank0_first(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerContext) -> PreparedData:
-    """Rank 0 tokenizes (and fills the cache) while the others wait, then they read the cache:
-    one tokenization per run instead of one per worker. A data error on rank 0 fails the run
-    there; the others then fail at the barrier when the launcher stops them."""
+def _prepare_data_on_every_rank(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerContext) -> PreparedData:
+    """Every rank prepares the data at the same time; a tokenization the cache does not hold yet is
+    shared: each rank tokenizes every world_size-th row and the ranks exchange their shares
+    (trainer/data/tokenized.py), so a large set takes 1/world_size of the time it took one rank,
+    and a machine whose cache lacks it (a node-local cache) tokenizes nothing alone. A data error
+    is raised on every rank alike (rank 0 reports it)."""
+    from trainer.data.tokenized import Sharing
+    from trainer.distributed import all_gather_object, broadcast_object
 
-    def prepare() -> PreparedData:
-        return prepare_data(
-            cfg.data,
-            tokenizer,
-            seed=cfg.training.seed,
-            micro_batch_size=cfg.training.micro_batch_size,
-            want_prompts=cfg.eval.generation.enabled,
-            max_prompts=cfg.eval.generation.max_samples,
-            retain=cfg.eval.retain,
-            label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None,
-        )
-
-    if ctx.is_main:
-        data = prepare()
-    barrier()
-    return data if ctx.is_main else prepare()
+    sharing = Sharing(
+        part=ctx.rank,
+        parts=ctx.world_size,
+        writes_cache=ctx.local_rank == 0,  # one writer per machine (the cache may be each machine's own)
+        broadcast=broadcast_object,
+        all_true=lambda flag: all(all_gather_object(flag)),
+    )
+    return prepare_data(
+        cfg.data,
+        tokenizer,
+        seed=cfg.training.seed,
+        micro_batch_size=cfg.training.micro_batch_size,
+        want_prompts=cfg.eval.generation.enabled,
+        max_prompts=cfg.eval.generation.max_samples,
+        retain=cfg.eval.retain,
+        label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None,
+        sharing=sharing,
+    )
 
 
 def planned_steps(

@@ -18,7 +18,7 @@ from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.sources import read_rows
-from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, TokenizedSet, cut_counts, load_tokenized
+from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, Sharing, TokenizedSet, cut_counts, load_tokenized
 from trainer.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ def prepare_data(
     max_prompts: int | None,
     retain: str | None = None,
     label_names: list[str] | None = None,
+    sharing: Sharing | None = None,
 ) -> PreparedData:
+    """sharing: the run's workers, every one calling this alike, share each tokenization."""
     cache_root = Path(cfg.cache_dir) / "tokenized" if cfg.cache_dir else None
     common = dict(
         max_seq_len=cfg.max_seq_len,
@@ -62,6 +64,7 @@ def prepare_data(
         skip_bad_rows=cfg.skip_bad_rows,
         cache_root=cache_root,
         label_names=label_names,
+        sharing=sharing,
     )
 
     def load(spec: str, fmt: str, split: str = "train", training: bool = False) -> TokenizedSet:

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,12 @@ def load_tokenized(
     split: str = "train",
     cache_root: Path | None = None,
     label_names: list[str] | None = None,
+    sharing: Sharing | None = None,
 ) -> TokenizedSet:
+    """The dataset tokenized as training uses it, from the cache when it holds it. With `sharing`
+    (the workers of a run, every one calling this with the same arguments), each worker tokenizes
+    its share of the rows and they exchange them: every worker gets the whole set, as one process
+    would have tokenized it."""
     entry, settings = cache_entry(
         spec,
         fmt,
@@ -120,13 +125,82 @@ def load_tokenized(
         cache_root=cache_root,
         label_names=label_names,
     )
-    if (entry / "meta.json").exists():
+    hit = (entry / "meta.json").exists()
+    sharing = sharing if sharing is not None and sharing.parts > 1 else None
+    # Every worker reads the cache only when every worker has it (a node-local cache may be
+    # filled on one node only); otherwise they all tokenize, so they all take part in the exchange.
+    if hit if sharing is None else sharing.all_true(hit):
         cached = _read_entry(entry)
         log.info("tokenized %s: cache hit %s", spec, entry)
         return cached
-    result = _tokenize(spec, fmt, tokenizer, max_seq_len, too_long, skip_bad_rows, split, label_names)
-    _write_entry(entry, result, settings)
+    scan = (spec, fmt, tokenizer, max_seq_len, too_long, split, label_names)
+    if sharing is None:
+        result = _merged(spec, [_tokenize_part(*scan, skip_bad_rows=skip_bad_rows, part=0, parts=1)])
+    else:
+        result = _merged(spec, _exchanged_parts(sharing, scan, skip_bad_rows))
+    if not hit and (sharing is None or sharing.writes_cache):
+        _write_entry(entry, result, settings)
     return result
+
+
+@dataclass
+class Sharing:
+    """How the workers of a run share a tokenization: worker `part` of `parts` tokenizes the rows
+    whose index modulo `parts` is `part`. `broadcast(value, src)` returns worker src's value on
+    every worker; `all_true(flag)` is True on every worker when every worker's flag is. One
+    worker per machine (`writes_cache`) writes the result to the cache."""
+
+    part: int
+    parts: int
+    writes_cache: bool
+    broadcast: Callable[[Any, int], Any]
+    all_true: Callable[[bool], bool]
+
+
+@dataclass
+class _TokenizedPart:
+    """One worker's share of a tokenization: its usable examples (flat, in row order) and what it
+    found in its rows, each problem with its row index so the shares merge in file order."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+    sources: np.ndarray
+    classes: np.ndarray | None
+    token_labels: np.ndarray | None
+    stats: dict[str, int]
+    errors: list[tuple[int, str]]  # the first MAX_REPORTED_ERRORS skipped bad rows
+    bad_rows: list[tuple[int, str]]  # without skip_bad_rows: every bad row
+    too_long_rows: int  # of bad_rows, those refused for their length
+
+
+@dataclass
+class _FailedPart:
+    """A worker that could not tokenize its share: said on every worker, not a hang in the exchange."""
+
+    part: int
+    message: str
+    data_error: bool
+
+
+def _exchanged_parts(sharing: Sharing, scan: tuple[Any, ...], skip_bad_rows: bool) -> list[_TokenizedPart]:
+    failure: BaseException | None = None
+    mine: _TokenizedPart | _FailedPart
+    try:
+        mine = _tokenize_part(*scan, skip_bad_rows=skip_bad_rows, part=sharing.part, parts=sharing.parts)
+    except Exception as exc:  # the others wait in the exchange: they must hear of it
+        failure = exc
+        mine = _FailedPart(sharing.part, str(exc), isinstance(exc, DataError))
+    # One share at a time: a worker holds the whole set plus one share in transit, not every share twice.
+    parts = [sharing.broadcast(mine if src == sharing.part else None, src) for src in range(sharing.parts)]
+    failed = next((p for p in parts if isinstance(p, _FailedPart)), None)
+    if failure is not None:
+        raise failure
+    if failed is not None:
+        if failed.data_error:  # the same data error on every worker (rank 0 reports it)
+            raise DataError(failed.message)
+        raise RuntimeError(f"worker {failed.part} failed while tokenizing {scan[0]}: {failed.message}")
+    return parts  # type: ignore[return-value]
 
 
 def cache_entry(
@@ -207,9 +281,13 @@ def scan_rows(
     too_long: str,
     split: str = "train",
     label_names: list[str] | None = None,
+    *,
+    part: int = 0,
+    parts: int = 1,
 ) -> Iterator[ScannedRow]:
-    """Every row of a dataset through the rendering and length rules of training, in order.
-    A dataset that cannot be read at all raises DataError."""
+    """Every row of a dataset through the rendering and length rules of training, in order (with
+    `parts`, only the rows whose index modulo `parts` is `part`). A dataset that cannot be read at
+    all raises DataError."""
     if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
         # Every row would fail the same way: said once, not once per row.
         raise DataError(
@@ -218,6 +296,8 @@ def scan_rows(
             "(model.tokenizer) or a format that needs none (alpaca, completion, text)"
         )
     for row_index, row in enumerate(read_rows(spec, split)):
+        if row_index % parts != part:
+            continue
         scanned = _scan_row(row_index, row, fmt, tokenizer, max_seq_len, too_long, label_names)
         if isinstance(row.values, dict):
             scanned.fields = tuple(str(name) for name in row.values)
@@ -342,35 +422,38 @@ def _no_loss_problem(where: str, parts: list[Any], kept: list[tuple[list[int], l
     return f"{where}: {what} trained token"
 
 
-def _tokenize(
+def _tokenize_part(
     spec: str,
     fmt: str,
     tokenizer: Any,
     max_seq_len: int,
     too_long: str,
-    skip_bad_rows: bool,
     split: str,
     label_names: list[str] | None = None,
-) -> TokenizedSet:
+    *,
+    skip_bad_rows: bool,
+    part: int,
+    parts: int,
+) -> _TokenizedPart:
     ids: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     sources: list[int] = []
     classes: list[int] = []
     tags: list[np.ndarray] = []
-    errors: list[str] = []
-    bad_rows: list[str] = []  # without skip_bad_rows: every bad row, reported together at the end
-    stats: dict[str, Any] = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
+    errors: list[tuple[int, str]] = []
+    bad_rows: list[tuple[int, str]] = []
+    stats: dict[str, int] = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
     if fmt == "preference":
         stats[SAME_PAIRS] = 0
-    too_long_rows = 0  # of bad_rows, those refused for their length (data.too_long: error)
-    for scanned in scan_rows(spec, fmt, tokenizer, max_seq_len, too_long, split, label_names):
+    too_long_rows = 0
+    for scanned in scan_rows(spec, fmt, tokenizer, max_seq_len, too_long, split, label_names, part=part, parts=parts):
         if scanned.fate == "bad" and skip_bad_rows:
             stats["skipped_bad"] += 1
             if len(errors) < MAX_REPORTED_ERRORS:
-                errors.append(scanned.problem)
+                errors.append((scanned.index, scanned.problem))
             continue
-        if scanned.fate in ("bad", "too_long"):
-            bad_rows.append(scanned.problem)
+        if scanned.fate in ("bad", "too_long"):  # without skip_bad_rows: every bad row, reported together
+            bad_rows.append((scanned.index, scanned.problem))
             too_long_rows += scanned.fate == "too_long"
             continue
         if not scanned.usable:
@@ -392,22 +475,54 @@ def _tokenize(
         if fmt == "token_classification":
             tags.append(np.asarray(scanned.token_labels, dtype=np.int32))
         stats["rows"] += 1
+    return _TokenizedPart(
+        np.concatenate(ids) if ids else np.zeros(0, np.int32),
+        np.concatenate(masks) if masks else np.zeros(0, np.uint8),
+        np.array([len(x) for x in ids], dtype=np.int64),
+        np.asarray(sources, np.int64),
+        np.asarray(classes, np.int64) if fmt == "classification" else None,
+        (np.concatenate(tags) if tags else np.zeros(0, np.int32)) if fmt == "token_classification" else None,
+        stats,
+        errors,
+        bad_rows,
+        too_long_rows,
+    )
+
+
+def _merged(spec: str, parts: list[_TokenizedPart]) -> TokenizedSet:
+    """The workers' shares as one set, in file order, exactly as one process tokenizes it; the
+    run stops here on bad rows (all of them listed, in file order) or when no row is usable."""
+    bad_rows = sorted(row for p in parts for row in p.bad_rows)
     if bad_rows:
-        raise DataError(bad_rows_message(spec, bad_rows, only_too_long=too_long_rows == len(bad_rows)))
+        too_long_rows = sum(p.too_long_rows for p in parts)
+        raise DataError(
+            bad_rows_message(spec, [why for _, why in bad_rows], only_too_long=too_long_rows == len(bad_rows))
+        )
+    stats: dict[str, Any] = {key: sum(p.stats[key] for p in parts) for key in parts[0].stats}
+    errors = [why for _, why in sorted(e for p in parts for e in p.errors)][:MAX_REPORTED_ERRORS]
     if stats["skipped_bad"]:
         log.warning(
             "%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors
         )
     stats["skipped_examples"] = errors
-    if not ids:
+    lengths = np.concatenate([p.lengths for p in parts])
+    if not len(lengths):
         raise DataError(no_usable_rows_message(spec, stats))
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    class_ids = np.asarray(classes, np.int64) if fmt == "classification" else None
-    tag_ids = np.concatenate(tags) if fmt == "token_classification" else None
-    return TokenizedSet(
-        np.concatenate(ids), np.concatenate(masks), offsets, np.asarray(sources, np.int64), stats, class_ids, tag_ids
+    classes = [p.classes for p in parts if p.classes is not None]
+    tags = [p.token_labels for p in parts if p.token_labels is not None]
+    whole = TokenizedSet(
+        np.concatenate([p.ids for p in parts]),
+        np.concatenate([p.mask for p in parts]),
+        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        np.concatenate([p.sources for p in parts]),
+        stats,
+        np.concatenate(classes) if classes else None,
+        np.concatenate(tags) if tags else None,
     )
+    if len(parts) > 1:  # interleaved shares back in file order (stable: a pair's chosen stays first)
+        whole = whole.subset(np.argsort(whole.source_rows, kind="stable"))
+        whole.stats = stats
+    return whole
 
 
 # TokenizedSet.stats keys that count examples training or evaluation does not see whole
