@@ -126,6 +126,8 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
         Item(loss_label, acts.head, kind="activation"),
         Item("activations: embeddings + final norm", acts.other, kind="activation"),
     ]
+    if acts.mask:
+        items.append(Item("activations: attention masks (SDPA, packed/padded rows)", acts.mask, kind="activation"))
     if head_grad:
         items.append(Item("LM head weight gradient (chunked loss: made in forward)", head_grad, kind="activation"))
     if step_peak > grads:

@@ -58,8 +58,12 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
     preference = cfg.training.objective if cfg.training.objective != "sft" else ""
     sequences = cfg.training.micro_batch_size * (2 if preference else 1)
     attention = cfg.model.attn_implementation
+    flash_here = attention == "auto" and acc.is_gpu and _flash_attn_installed()
     if attention == "auto":
         attention = "sdpa"  # flash-attn keeps the same tensors alive as SDPA's memory-efficient kernels
+    # Packed rows, or a micro-batch of several rows padded to the longest: transformers gives SDPA a
+    # (rows, 1, seq, seq) mask, and flash-attn (auto, where it is installed) runs without one.
+    masked = (cfg.data.packing or sequences > 1) and cfg.data.format != "image_classification"
     return Setup(
         method=cfg.method.type,
         strategy=cfg.parallel.strategy_for(target.workers),
@@ -90,7 +94,14 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         liger=cfg.model.liger_kernels,
         preference=preference,
         reference=cfg.reference_kind() or "",
+        attention_mask=masked and attention == "sdpa" and not flash_here,
     )
+
+
+def _flash_attn_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def resolve_adapter_dtype(method: MethodConfig) -> str:
@@ -201,6 +212,12 @@ def plan_run(
         )
     if cfg.model.attn_implementation == "auto" and target.accelerator.is_gpu:
         plan.notes.append("attention counted as SDPA/flash-attn (no seq x seq scores kept)")
+    if plan.memory.activations.mask and target.accelerator.is_gpu:
+        plan.notes.append(
+            f"packed/padded rows: SDPA keeps {plan.memory.activations.mask / 2**30:.2f} GiB of attention masks "
+            "(counted as measured on CPU, in the compute dtype); flash-attn needs none "
+            "(pip install 'ftl[gpu]' where the run trains, model.attn_implementation auto)"
+        )
     return plan
 
 

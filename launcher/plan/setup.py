@@ -44,6 +44,9 @@ class Setup:
     # precomputed scores the training pairs once before step 1.
     preference: str = ""  # "" (sft) | dpo | orpo
     reference: str = ""  # "" (none) | adapters_disabled | copy | precomputed
+    # Rows whose attention needs a (sequence x sequence) mask under SDPA: packed rows (several
+    # examples each) and micro-batches of several padded rows. flash-attn (varlen) needs none.
+    attention_mask: bool = False
 
     @property
     def reference_copy(self) -> bool:

@@ -21,8 +21,15 @@ import torch
 
 
 def measure_step(
-    cfg: Any, rank: int = 0, world_size: int = 1, device: str = "cpu", track_peak: bool = True
+    cfg: Any, rank: int = 0, world_size: int = 1, device: str = "cpu", track_peak: bool = True, rows: str = ""
 ) -> dict[str, int]:
+    """rows: "one" example per row, no padding (attention needs no mask); "packed", four examples
+    per row (positions restart: the model builds a block-diagonal mask); "padded", the first row
+    half padding (an attention mask with zeros), as a micro-batch of unpacked rows of unequal
+    length. Default: what the config's training makes (packed rows with data.packing, padded rows
+    in a micro-batch of several, else one)."""
+    if not rows:
+        rows = "packed" if cfg.data.packing else ("padded" if cfg.training.micro_batch_size > 1 else "one")
     from tests.integration.memtrack import FrozenAwareMemTracker, quant_state_tensors
     from trainer.loss import loss_sum
     from trainer.memory_report import local_numel
@@ -39,6 +46,12 @@ def measure_step(
     vocab = strategy.unwrapped(model).config.vocab_size
     ids = torch.randint(4, vocab, (mb, seq), generator=torch.Generator().manual_seed(rank))
     batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(seq).expand(mb, seq)}
+    if rows == "packed":
+        batch["position_ids"] = torch.cat([torch.arange(seq // 4)] * 4 + [torch.arange(seq % 4)]).expand(mb, seq)
+    elif rows == "padded":
+        batch["attention_mask"] = torch.ones(mb, seq, dtype=torch.long)
+        batch["attention_mask"][0, seq // 2 :] = 0
+        batch["labels"][0, seq // 2 :] = -100
 
     def nbytes(t: torch.Tensor) -> int:
         return local_numel(t) * t.element_size()
