@@ -20,7 +20,13 @@ def learned_position_limit(model: torch.nn.Module) -> int | None:
     """How many positions the model's learned position table has; None without one (rotary, ALiBi)
     or without a stated limit. Reads modules only: works on a meta model (the planner's)."""
     limit = _position_limit(model)
-    return limit if limit is not None and position_tables(model, decoder_blocks(model)) else None
+    tables = position_tables(model, decoder_blocks(model)) if limit is not None else []
+    if not tables:
+        return None
+    # RoBERTa-family encoders number positions from their padding index + 1 (the rows below are
+    # unused): a table of 514 rows with padding index 1 holds 512 positions.
+    offsets = [t.padding_idx + 1 for t in tables if getattr(t, "padding_idx", None) is not None]
+    return limit - max(offsets, default=0)
 
 
 def refuse_past_learned_positions(max_seq_len: int, limit: int | None) -> None:
@@ -32,10 +38,10 @@ def refuse_past_learned_positions(max_seq_len: int, limit: int | None) -> None:
 
 
 def check_sequence_length(model: torch.nn.Module, max_seq_len: int) -> None:
+    refuse_past_learned_positions(max_seq_len, learned_position_limit(model))
     limit = _position_limit(model)
     if limit is None or max_seq_len <= limit:
         return
-    refuse_past_learned_positions(max_seq_len, learned_position_limit(model))
     text = _text_config(model)
     scaling = getattr(text, "rope_scaling", None)
     log.warning(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 import transformers as T
 
 from trainer.errors import TrainerInputError
@@ -83,3 +84,38 @@ def test_validate_and_plan_warn_when_max_seq_len_passes_a_rotary_models_context(
     )
     assert plan.returncode == 0, plan.stderr
     assert "note: data.max_seq_len=4096 is longer than the model's max_position_embeddings=1024" in plan.stdout
+
+
+def test_a_roberta_table_holds_its_rows_less_the_padding_offset() -> None:
+    """RoBERTa numbers positions from its padding index + 1: 66 rows with padding index 1 hold 64
+    positions (a 65-token row indexes past the table in the exported model)."""
+    config = T.RobertaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=66,
+        pad_token_id=1,
+    )
+    model = T.RobertaForSequenceClassification(config)
+    check_sequence_length(model, 64)
+    with pytest.raises(TrainerInputError, match=r"data.max_seq_len=65 is longer than the model's 64 positions"):
+        check_sequence_length(model, 65)
+    model(torch.randint(2, 64, (1, 64)))  # the stock model takes 64 tokens
+    with pytest.raises((IndexError, RuntimeError)):
+        model(torch.randint(2, 64, (1, 65)))  # and not 65: what the refusal spares the user
+
+
+def test_unpacked_rows_carry_no_positions_so_the_model_numbers_them_as_it_will_outside_ftl() -> None:
+    import numpy as np
+
+    from trainer.data.batches import RowDataset, make_batch
+    from trainer.data.tokenized import TokenizedSet
+
+    ids = np.array([5, 6, 7, 8, 9], np.int32)
+    examples = TokenizedSet(ids, np.ones(5, np.uint8), np.array([0, 3, 5]), np.array([0, 1]))
+    unpacked = make_batch(RowDataset(examples, [[0], [1]], packed=False), [0, 1], pad_id=1)
+    assert "position_ids" not in unpacked and unpacked["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    packed = make_batch(RowDataset(examples, [[0, 1]], packed=True), [0], pad_id=1)
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1]] and "attention_mask" not in packed

@@ -65,7 +65,7 @@ def make_batch(
     dataset: RowDataset, row_indices: list[int], pad_id: int, sample_positions: Iterable[int] | None = None
 ) -> dict[str, torch.Tensor]:
     """Right-padded batch. Packed rows carry restarting position ids and no 2-D mask (so the
-    model builds the block-diagonal mask); unpacked rows carry an attention mask. Preference rows
+    model builds the block-diagonal mask); unpacked rows carry an attention mask and no positions. Preference rows
     give 2 * len(row_indices) sequences: the chosen responses, then the rejected ones in the same order.
     `sample_positions`: the rows' global positions in the training stream (training only), which seed
     image augmentation."""
@@ -101,13 +101,13 @@ def make_batch(
         # Padding continues the position count of a new pseudo-sequence so it never joins a real one.
         position_ids[b, n:] = torch.arange(width - n)
         attention_mask[b, :n] = 1
-    out = {
-        "input_ids": input_ids,
-        "labels": labels,
-        "position_ids": position_ids,
-        "num_tokens": torch.tensor(int(attention_mask.sum())),
-    }
-    if not dataset.packed:
+    out = {"input_ids": input_ids, "labels": labels, "num_tokens": torch.tensor(int(attention_mask.sum()))}
+    if dataset.packed:
+        out["position_ids"] = position_ids
+    else:
+        # No position ids: the model numbers an unpadded row's tokens itself, as it will outside ftl
+        # (a decoder from 0, the same as ours; RoBERTa-family encoders from their padding index + 1,
+        # where 0..n-1 trained rows of the position table the exported model never uses).
         out["attention_mask"] = attention_mask
     if dataset.pairs:
         out["pairs"] = torch.tensor(len(row_indices))
