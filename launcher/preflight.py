@@ -49,7 +49,24 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             f"{where}: {cache_path} is a file, not a folder (the tokenized-data cache goes there); "
             "point it at a folder, or unset it for ~/.cache/ftl"
         )
+    architecture = architecture_problem(cfg)
+    if architecture:
+        problems.append(architecture)
     return problems
+
+
+def architecture_problem(cfg: RunConfig) -> str | None:
+    """An encoder asked to train as a causal LM, or an encoder-decoder model (read from its
+    config.json, when this machine has it: trainer/architecture_check.py)."""
+    from launcher.errors import UserError
+    from launcher.plan.catalogue import model_config_fields
+    from trainer.architecture_check import unsupported_architecture
+
+    try:
+        _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
+    except (UserError, OSError, ValueError):
+        return None  # no config.json here: the checks above or the workers say why
+    return unsupported_architecture(fields, cfg.transfer.head.type)
 
 
 def did_you_mean(value: str) -> str:

@@ -157,6 +157,8 @@ def load_model(
             device,
             str(quantization.bnb_4bit_compute_dtype).removeprefix("torch."),
         )
+    if auto_class is AutoModelForCausalLM:
+        _refuse_unsupported_architecture(model_cfg)
     try:
         model, info = auto_class.from_pretrained(model_cfg.path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
@@ -179,6 +181,23 @@ def load_model(
         enable_checkpointing(model)
     log.info("model %s: %s, attention=%s", model_cfg.path, dtype, model.config._attn_implementation)
     return model
+
+
+def _refuse_unsupported_architecture(model_cfg: ModelConfig) -> None:
+    """An encoder or an encoder-decoder asked to train as a causal LM (trainer/architecture_check.py)."""
+    from transformers import AutoConfig
+
+    from trainer.architecture_check import unsupported_architecture
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model_cfg.path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError):
+        return  # from_pretrained says what is wrong with it
+    problem = unsupported_architecture(config.to_dict(), "causal_lm")
+    if problem:
+        raise TrainerInputError(problem)
 
 
 def _first_sentence(text: str) -> str:

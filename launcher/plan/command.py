@@ -23,6 +23,11 @@ def plan_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     quiet_third_party()  # the planner's meta model imports transformers, PEFT and bitsandbytes: no chatter
     _check_flags(args)
+    from launcher.preflight import architecture_problem
+
+    architecture = architecture_problem(cfg)
+    if architecture:  # an encoder as a causal LM, an encoder-decoder: a traceback from the meta model
+        raise UserError(architecture)
     acc = (
         accelerator(args.gpu, args.gpu_memory, args.peak_tflops)
         if args.gpu
