@@ -80,6 +80,9 @@ def apply_method(
             autocast_adapter_dtype=fp32,
         )
     except ValueError as exc:
+        expert_problem = fused_expert_problem(str(exc), method)
+        if expert_problem:
+            raise TrainerInputError(expert_problem) from None
         if "not found in the base model" not in str(exc) and "Target module" not in str(exc):
             raise
         raise TrainerInputError(
@@ -91,6 +94,26 @@ def apply_method(
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
     return peft_model
+
+
+def fused_expert_problem(error: str, method: MethodConfig) -> str | None:
+    """PEFT adapts a mixture-of-experts model's fused 3-D expert weights (transformers 5's Mixtral:
+    one gate_up_proj / down_proj parameter for all experts) with a wrapper that takes neither
+    dropout nor DoRA; its ValueError, said as the config keys to change (None: another error)."""
+    if "ParamWrapper" not in error:
+        return None
+    attention = "method.lora.target_modules: [q_proj, k_proj, v_proj, o_proj] to adapt the attention only"
+    if "dropout" in error:
+        return (
+            f"method.lora.dropout={method.lora.dropout}: this model's experts are fused 3-D weights, which PEFT "
+            f"adapts only without dropout; set method.lora.dropout: 0, or {attention}"
+        )
+    if "dora" in error.lower():
+        return (
+            "method.type=dora: PEFT cannot apply DoRA to this model's fused 3-D expert weights; use method.type: "
+            f"lora (with method.lora.dropout: 0), or {attention}"
+        )
+    return None
 
 
 def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> None:

@@ -70,7 +70,8 @@ def build_inventory(
     if method.uses_adapter:
         from peft import get_peft_model
 
-        from trainer.methods import check_target_modules, peft_lora_config
+        from trainer.errors import TrainerInputError
+        from trainer.methods import check_target_modules, fused_expert_problem, peft_lora_config
 
         if method.type != "qlora":
             model.requires_grad_(False)
@@ -85,7 +86,13 @@ def build_inventory(
         )
         check_target_modules(model, method.lora.target_modules)  # PEFT's own error is a bare traceback
         with torch.device("meta"):
-            model = get_peft_model(model, lora)
+            try:
+                model = get_peft_model(model, lora)
+            except ValueError as exc:  # the workers would refuse it the same way
+                problem = fused_expert_problem(str(exc), method)
+                if problem is None:
+                    raise
+                raise TrainerInputError(problem) from None
         if adapter_dtype is not None:
             for param in model.parameters():
                 if param.requires_grad:

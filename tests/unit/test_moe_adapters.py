@@ -1,0 +1,58 @@
+"""A mixture-of-experts model whose experts are fused 3-D weights (transformers 5's Mixtral): PEFT
+adapts them only without dropout and never with DoRA. ftl's default LoRA dropout (0.05) crashed
+plan, doctor and train with PEFT's traceback; now the config keys to change are named, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import transformers as T
+
+from tests.conftest import BUNDLED_MODEL, FTL, REPO
+
+
+@pytest.fixture(scope="module")
+def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("mixtral")
+    config = T.MixtralConfig(
+        vocab_size=1729,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+    )
+    T.MixtralForCausalLM(config).save_pretrained(folder)
+    T.AutoTokenizer.from_pretrained(str(BUNDLED_MODEL)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "overrides,said",
+    [
+        (["method.lora.dropout=0.05"], "set method.lora.dropout: 0, or method.lora.target_modules"),
+        (["method.type=dora", "method.lora.dropout=0"], "PEFT cannot apply DoRA to this model's fused 3-D expert"),
+    ],
+)
+def test_plan_and_train_name_the_setting_to_change(tiny_mixtral: Path, tmp_path: Path, overrides, said) -> None:
+    common = ["configs/examples/lora.yaml", f"model.path={tiny_mixtral}", *overrides]
+    for command in (["plan", *common], ["train", *common, f"output.dir={tmp_path / 'run'}"]):
+        out = subprocess.run([*FTL, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_dropout_the_experts_get_adapters(tiny_mixtral: Path) -> None:
+    from trainer.config import MethodConfig, ModelConfig
+    from trainer.methods import apply_method
+    from trainer.model_builder import load_model
+
+    method = MethodConfig(type="lora", lora={"dropout": 0.0})
+    model = apply_method(load_model(ModelConfig(path=str(tiny_mixtral)), method, "cpu"), method, False)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any("experts" in name for name in trainable), trainable
