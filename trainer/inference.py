@@ -161,7 +161,9 @@ def conversation_ids(tokenizer: Any, messages: list[dict[str, str]], *, system: 
     """A conversation rendered with the chat template, ending where the assistant's reply starts."""
     if not tokenizer.chat_template:
         raise TrainerInputError(
-            "the tokenizer has no chat template, so a conversation cannot be rendered; give plain prompts with --raw"
+            "the tokenizer has no chat template, so a conversation (--chat, or an input row of messages) cannot be "
+            "rendered; give plain text prompts instead (--prompt TEXT, or --input rows with a 'prompt' string), "
+            "which this model continues as they are"
         )
     if system is not None:
         messages = [{"role": "system", "content": system}, *messages]

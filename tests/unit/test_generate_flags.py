@@ -61,3 +61,18 @@ def test_a_step_count_no_run_reaches_and_a_file_given_to_runs_are_said(tmp_path:
     for args, said in cases:
         out = subprocess.run([*FTL, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+
+
+def test_a_conversation_without_a_chat_template_points_at_plain_prompts() -> None:
+    """It said to use --raw, which --chat then refused."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import BUNDLED_MODEL
+    from trainer.errors import TrainerInputError
+    from trainer.inference import conversation_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_MODEL))
+    tokenizer.chat_template = None
+    with pytest.raises(TrainerInputError) as refused:
+        conversation_ids(tokenizer, [{"role": "user", "content": "hi"}])
+    assert "--prompt TEXT" in str(refused.value) and "--raw" not in str(refused.value)
