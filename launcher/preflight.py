@@ -100,5 +100,9 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
     if not run_dir.is_dir() and cfg.checkpoint.resume in ("auto", "never"):
         return None  # a new run directory: only a resume PATH can be refused (e.g. output.dir=NEW resume=OLD/step-N)
     return refusal_before_launch(
-        run_dir, cfg.checkpoint.resume, move_aside=cfg.checkpoint.move_aside, max_steps=cfg.training.max_steps
+        run_dir,
+        cfg.checkpoint.resume,
+        move_aside=cfg.checkpoint.move_aside,
+        max_steps=cfg.training.max_steps,
+        objective=cfg.training.objective,
     )

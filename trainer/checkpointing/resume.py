@@ -23,7 +23,7 @@ from trainer.checkpointing.compat import optimizer_manifest, resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.rng import rng_file, seed_everything
-from trainer.checkpointing.trajectory import begin, past_max_steps, plan_start
+from trainer.checkpointing.trajectory import begin, objective_changed, past_max_steps, plan_start
 from trainer.config import TrainerConfig
 from trainer.config_hash import config_changes, result_part, result_values
 from trainer.context import WorkerContext
@@ -88,6 +88,7 @@ def _check_resume_point(
     if problem:
         raise TrainerInputError(problem)
     problem = past_max_steps(path, int(manifest.get("step", 0)), cfg.training.max_steps, ctx.run_dir)
+    problem = problem or objective_changed(path, manifest, cfg.training.objective)
     if problem:
         raise TrainerInputError(problem)
     strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine

@@ -97,7 +97,9 @@ def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
     return StartPlan(path, request, set_aside=later, branch_step=step, whole_run=not own and not again)
 
 
-def refusal_before_launch(run_dir: Path, mode: str, *, move_aside: bool, max_steps: int | None) -> str | None:
+def refusal_before_launch(
+    run_dir: Path, mode: str, *, move_aside: bool, max_steps: int | None, objective: str | None = None
+) -> str | None:
     """The refusal the workers' start would end in (plan_start, then the resume point's step
     against max_steps), found by the launcher before any backend starts, without reading weights:
     only sizes are checked, and one checkpoint's checksums before refusing because of it. None
@@ -119,9 +121,30 @@ def refusal_before_launch(run_dir: Path, mode: str, *, move_aside: bool, max_ste
             return _bad_resume_path(mode, problem)
     if resume_from is None:
         return None
-    problem = past_max_steps(resume_from, int(read_manifest(resume_from).get("step", 0)), max_steps, run_dir)
+    manifest = read_manifest(resume_from)
+    problem = past_max_steps(resume_from, int(manifest.get("step", 0)), max_steps, run_dir)
+    if problem is None and objective is not None:
+        problem = objective_changed(resume_from, manifest, objective)
     # A corrupt one is not what the workers resume (auto falls back to an older checkpoint).
     return problem if problem and validate_checkpoint(resume_from) is None else None
+
+
+def objective_changed(checkpoint: Path, manifest: dict, objective: str) -> str | None:
+    """Why resuming `checkpoint` under another training.objective is refused, or None. A resume
+    continues one run: its optimizer state, its loss curve and its metrics (a DPO loss of 0.69 and
+    an ORPO loss of 1.15 are not better and worse); another objective is another run."""
+    recorded = manifest.get("config")
+    training = recorded.get("training") if isinstance(recorded, dict) else None
+    before = training.get("objective", "sft") if isinstance(training, dict) else None
+    if before is None or before == objective:
+        return None
+    return (
+        f"{checkpoint} was trained with training.objective={before}, and this config says {objective}: a resume "
+        f"continues one objective (its optimizer state, loss and metrics). To train {objective} on these weights, "
+        f"export them (`ftl export {checkpoint.parent.parent} --checkpoint {checkpoint.name} --merge`) and start "
+        "a new output.dir with model.path set to the merged model; or set training.objective back to "
+        f"{before} to continue"
+    )
 
 
 def past_max_steps(checkpoint: Path, step: int, max_steps: int | None, run_dir: Path) -> str | None:
