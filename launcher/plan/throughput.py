@@ -160,7 +160,8 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
         if sampled is None:
             return None
         lengths, rows = sampled
-        source = f"tokenized sample of {len(lengths)} of {rows} rows, scaled"
+        unit = "sequences (both of each pair)" if data.format == "preference" else "rows"
+        source = f"tokenized sample of {len(lengths)} of {rows} {unit}, scaled"
     if len(lengths) == 0:
         return None
     import numpy as np
@@ -169,7 +170,8 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
     if data.packing:
         efficiency = packing_efficiency(lengths, pack_examples(lengths, data.max_seq_len), data.max_seq_len)
     else:
-        efficiency = padding_efficiency(lengths, cfg.training.micro_batch_size, shuffled=data.shuffle)
+        per_row = 2 if data.format == "preference" else 1  # a pair's two sequences, consecutive
+        efficiency = padding_efficiency(lengths, cfg.training.micro_batch_size, shuffled=data.shuffle, per_row=per_row)
     real = int(round(float(lengths.mean()) * rows))
     return TokenCount(real, int(math.ceil(real / max(efficiency, 1e-6))), source)
 
@@ -198,12 +200,16 @@ def _sample_lengths(cfg: RunConfig, tokenizer: Any) -> tuple[list[int], int] | N
             rows += 1
             if len(lengths) < SAMPLE_ROWS:
                 try:
-                    lengths.append(len(render_example(row, cfg.data.format, tokenizer).input_ids))
+                    example = render_example(row, cfg.data.format, tokenizer)
                 except Exception:
                     continue
+                lengths.append(len(example.input_ids))
+                if example.rejected is not None:  # a preference pair trains both sequences
+                    lengths.append(len(example.rejected.input_ids))
     except Exception:
         return None
-    return (lengths, rows) if lengths else None
+    per_row = 2 if cfg.data.format == "preference" else 1
+    return (lengths, rows * per_row) if lengths else None
 
 
 CHARS_PER_TOKEN = 4  # rough English average for BPE tokenizers, used only without a tokenizer

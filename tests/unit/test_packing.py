@@ -86,3 +86,12 @@ def test_padding_efficiency_of_shuffled_batches_is_what_training_pads() -> None:
     order = np.random.default_rng(7).permutation(len(lengths))
     assert abs(shuffled - padding_efficiency(lengths[order], batch_size=4)) < 0.03
     assert padding_efficiency(np.array([3, 5, 7]), batch_size=2) == 15 / (5 * 2 + 7)  # a short last batch
+
+
+def test_preference_batches_pad_every_sequence_of_their_pairs_to_one_width() -> None:
+    """A micro-batch of 2 pairs pads 4 sequences to the longest; in file order the figure grouped
+    2 sequences (one pair) and said 100% for pairs of equal length."""
+    lengths = np.array([10, 10, 30, 30, 20, 20, 40, 40])  # 4 pairs, chosen and rejected alike
+    assert padding_efficiency(lengths, batch_size=2, per_row=2) == lengths.sum() / (30 * 4 + 40 * 4)
+    shuffled = padding_efficiency(lengths, batch_size=2, shuffled=True, per_row=2)
+    assert shuffled < 1.0 and padding_efficiency(lengths, batch_size=1, per_row=2) == 1.0

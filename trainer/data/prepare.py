@@ -272,8 +272,9 @@ def token_efficiency(lengths: np.ndarray, rows: list[list[int]], cfg: DataConfig
     """Fraction of the token slots of training batches that hold real tokens."""
     if cfg.packing:
         return packing_efficiency(lengths, rows, cfg.max_seq_len)
-    # Preference pairs pad pairwise (both sequences of a pair in one batch): their own order's figure.
-    return padding_efficiency(lengths, micro_batch_size, shuffled=cfg.shuffle and cfg.format != "preference")
+    # A preference batch pads the chosen and rejected sequences of its micro_batch_size pairs to one width.
+    per_row = 2 if cfg.format == "preference" else 1
+    return padding_efficiency(lengths, micro_batch_size, shuffled=cfg.shuffle, per_row=per_row)
 
 
 def _rows_of(examples: TokenizedSet, cfg: DataConfig) -> list[list[int]]:
