@@ -167,6 +167,8 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
             raise DataError(f"{row.where}: the 'prompt' is empty")
         return str(values["prompt"])
     messages = values.get("messages", values.get("conversations"))
+    if messages is None and isinstance(values.get("prompt"), list):
+        messages = values["prompt"]  # a preference row's prompt as chat messages (data.format: preference)
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{row.where}: no 'prompt' string and no non-empty 'messages' list{_fields_hint(values)}")
     clean = []

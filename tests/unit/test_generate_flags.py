@@ -76,3 +76,12 @@ def test_a_conversation_without_a_chat_template_points_at_plain_prompts() -> Non
     with pytest.raises(TrainerInputError) as refused:
         conversation_ids(tokenizer, [{"role": "user", "content": "hi"}])
     assert "--prompt TEXT" in str(refused.value) and "--raw" not in str(refused.value)
+
+
+def test_a_preference_rows_prompt_of_chat_messages_is_a_prompt() -> None:
+    """generate --input on a preference file's held-out rows: their prompt may be a list of messages."""
+    from launcher.generate_command import _prompt_of
+    from trainer.data.sources import Row
+
+    row = Row("val.jsonl line 1", {"prompt": [{"role": "user", "content": "Hi?"}], "chosen": "a", "rejected": "b"})
+    assert _prompt_of(row, "completion") == [{"role": "user", "content": "Hi?"}]
