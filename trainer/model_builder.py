@@ -174,6 +174,7 @@ def load_model(
         loading_info.update(info)
     if method_cfg.type == "qlora":
         use_exact_cpu_4bit_kernels(model)
+        _warn_unquantized_experts(model)
     else:
         model.to(device)
     model.config.use_cache = False
@@ -181,6 +182,21 @@ def load_model(
         enable_checkpointing(model)
     log.info("model %s: %s, attention=%s", model_cfg.path, dtype, model.config._attn_implementation)
     return model
+
+
+def _warn_unquantized_experts(model: torch.nn.Module) -> None:
+    """bitsandbytes quantizes linear layers; a mixture's fused 3-D expert weights (transformers 5's
+    Mixtral) stay as they are: said, as the log's "quantized to 4-bit" would otherwise claim them."""
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name and p.dim() >= 3)
+    if experts:
+        # A 4-bit weight stores two values per element.
+        total = sum(p.numel() * (2 if type(p).__name__ == "Params4bit" else 1) for p in model.parameters())
+        log.warning(
+            "QLoRA: %d mixture-of-experts weights (%.0f%% of the model's parameters) are not quantized: "
+            "bitsandbytes quantizes linear layers, and this model's experts are fused 3-D parameters",
+            experts,
+            100 * experts / max(total, 1),
+        )
 
 
 def _refuse_unsupported_architecture(model_cfg: ModelConfig) -> None:

@@ -212,6 +212,17 @@ def plan_run(
         )
     if cfg.model.attn_implementation == "auto" and target.accelerator.is_gpu:
         plan.notes.append("attention counted as SDPA/flash-attn (no seq x seq scores kept)")
+    experts = unquantized_experts(inventory) if setup.method == "qlora" else 0
+    if experts:
+        plan.notes.append(
+            f"QLoRA: {experts / 2**30:.2f} GiB of the base are mixture-of-experts weights that bitsandbytes does "
+            "not quantize (fused 3-D parameters, not linear layers): they stay unquantized"
+            + (
+                ", upcast to fp32 (method.adapter_dtype: compute keeps them in the model's dtype)"
+                if setup.adapter_dtype == "float32"
+                else ""
+            )
+        )
     if plan.memory.activations.mask and target.accelerator.is_gpu:
         plan.notes.append(
             f"packed/padded rows: SDPA keeps {plan.memory.activations.mask / 2**30:.2f} GiB of attention masks "
@@ -242,3 +253,9 @@ def transfer_notes(cfg: RunConfig, inventory: Inventory) -> list[str]:
             "(its weights, gradient and logits are over-estimated)"
         )
     return notes
+
+
+def unquantized_experts(inventory: Inventory) -> int:
+    """Bytes of frozen expert weights a QLoRA load leaves unquantized (bitsandbytes quantizes
+    nn.Linear layers; transformers 5 keeps a mixture's experts as fused 3-D parameters)."""
+    return sum(p.nbytes for p in inventory.params if ".experts." in p.name and not p.quantized and not p.trainable)

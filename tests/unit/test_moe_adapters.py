@@ -56,3 +56,26 @@ def test_without_dropout_the_experts_get_adapters(tiny_mixtral: Path) -> None:
     model = apply_method(load_model(ModelConfig(path=str(tiny_mixtral)), method, "cpu"), method, False)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert any("experts" in name for name in trainable), trainable
+
+
+def test_qlora_says_the_experts_stay_unquantized(tiny_mixtral: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """bitsandbytes quantizes linear layers only: the log claimed a 4-bit base, and a plan for Mixtral
+    showed 169 GiB of fp32 weights without a word why."""
+    import logging
+
+    from launcher.config_loader import load_config
+    from launcher.plan.hardware import accelerator
+    from launcher.plan.planner import Target, plan_run
+    from trainer.config import MethodConfig, ModelConfig
+    from trainer.model_builder import load_model
+
+    with caplog.at_level(logging.WARNING, logger="trainer.model_builder"):
+        load_model(ModelConfig(path=str(tiny_mixtral)), MethodConfig(type="qlora", lora={"dropout": 0.0}), "cpu")
+    assert any(
+        "mixture-of-experts weights" in r.getMessage() and "not quantized" in r.getMessage() for r in caplog.records
+    )
+    cfg = load_config(
+        REPO / "configs/examples/lora.yaml", ["model.path=mixtral-8x7b", "method.type=qlora", "method.lora.dropout=0"]
+    )
+    notes = plan_run(cfg, Target(accelerator("h100")), with_throughput=False).notes
+    assert any(n.startswith("QLoRA: ") and "not quantize" in n and "upcast to fp32" in n for n in notes), notes
