@@ -48,6 +48,7 @@ class Architecture:
     vocab: int
     experts_per_token: int = 1
     norms_per_layer: int = 2
+    experts: int = 0  # routed experts per MoE layer (0: not a mixture, or not stated)
 
     @property
     def q_dim(self) -> int:

@@ -203,7 +203,12 @@ def _architecture(config: Any, layers: list[torch.nn.Module]) -> Architecture:
         vocab=getattr(text, "vocab_size", None) or config.num_labels,  # an image classifier's logits: its classes
         experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
         norms_per_layer=norms or 2,
+        experts=next((n for n in (getattr(text, k, None) for k in _EXPERT_COUNT_NAMES) if isinstance(n, int)), 0),
     )
+
+
+# What configs call the routed experts per layer: Mixtral, Qwen-MoE / OLMoE, DeepSeek.
+_EXPERT_COUNT_NAMES = ("num_local_experts", "num_experts", "n_routed_experts")
 
 
 # What configs call the MLP's inner width: Llama-style, OPT, GPT-2 (None: 4 x hidden), Falcon/GPT-J, T5-style.

@@ -40,7 +40,7 @@ _DERIVING_SOURCES = (
     "trainer/transfer/setup.py",
 )
 _LIBRARIES = ("torch", "transformers", "peft")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Architecture.experts
 
 
 def cached_inventory(

@@ -8,7 +8,7 @@ from launcher.plan.throughput import Throughput
 
 FLOP_CONVENTION = (
     "FLOPs/token: 6N full, 4N + 6N_adapter frozen-base adapters, + 12*layers*seq*q_dim attention "
-    "(N = matmul parameters); checkpointing adds a recomputed forward; DPO adds its reference model's forward"
+    "(N = matmul parameters, a mixture's active experts only); checkpointing adds a recomputed forward; DPO adds its reference model's forward"
 )
 
 

@@ -70,6 +70,10 @@ def matmul_params(inventory: Inventory) -> tuple[int, int]:
 
 
 def _expert_count(inventory: Inventory) -> int:
+    """Routed experts per layer: the config's count, else the highest expert index named (experts
+    fused into one 3-D parameter per layer, as transformers 5 keeps Mixtral's, have no index)."""
+    if inventory.arch.experts:
+        return inventory.arch.experts
     names = {p.name.split(".experts.")[1].split(".")[0] for p in inventory.params if ".experts." in p.name}
     digits = [int(x) for x in names if x.isdigit()]
     return max(digits) + 1 if digits else max(inventory.arch.experts_per_token, 1)

@@ -35,6 +35,17 @@ def test_catalogue_builds_published_parameter_counts(name: str, params: int) -> 
     assert build_inventory(label, fields, MethodConfig(type="full"), "bfloat16").total() == params
 
 
+def test_a_mixture_counts_the_flops_of_its_active_experts() -> None:
+    """Mixtral 8x7B routes each token to 2 of 8 experts: ~12.9B of its 46.7B parameters work per
+    token (Mistral's published figure), so full fine-tuning is ~6 x 12.9B FLOPs a token, not 6 x 46.7B
+    (transformers 5 fuses the experts into one parameter per layer, which has no expert index)."""
+    from launcher.plan.throughput import matmul_params
+
+    label, fields = model_config_fields("mixtral-8x7b")
+    active, _ = matmul_params(build_inventory(label, fields, MethodConfig(type="full"), "bfloat16"))
+    assert 12.5e9 < active < 13.2e9, active
+
+
 def test_lora_inventory_is_peft_on_the_meta_model() -> None:
     label, fields = model_config_fields("llama-3.1-8b")
     inventory = build_inventory(label, fields, MethodConfig(type="lora"), "bfloat16")
