@@ -190,6 +190,11 @@ def plan_run(
         from trainer.sequence_length import refuse_past_learned_positions  # imports torch: only here
 
         refuse_past_learned_positions(cfg.data.max_seq_len, limit)
+    attention = _attention_refusal(cfg)
+    if attention:  # the workers' model load would refuse it, after the data was read
+        from trainer.errors import TrainerInputError
+
+        raise TrainerInputError(attention)
     from launcher.position_limit import rotary_context_note
 
     rotary_note = rotary_context_note(cfg)
@@ -259,3 +264,26 @@ def unquantized_experts(inventory: Inventory) -> int:
     """Bytes of frozen expert weights a QLoRA load leaves unquantized (bitsandbytes quantizes
     nn.Linear layers; transformers 5 keeps a mixture's experts as fused 3-D parameters)."""
     return sum(p.nbytes for p in inventory.params if ".experts." in p.name and not p.quantized and not p.trainable)
+
+
+def _attention_refusal(cfg: RunConfig) -> str | None:
+    """model.attn_implementation=sdpa on a causal LM whose class has no SDPA (Gemma 2: its logit
+    soft-capping), in the words of the workers' refusal."""
+    if cfg.model.attn_implementation != "sdpa" or cfg.transfer.head.type != "causal_lm":
+        return None
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    from launcher.plan.inventory_build import hf_config
+
+    try:
+        _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
+        model_class = _get_model_class(hf_config(fields), AutoModelForCausalLM._model_mapping)
+    except Exception:  # noqa: BLE001 - an unknown class: the workers' load says what is wrong
+        return None
+    if getattr(model_class, "_supports_sdpa", True) is not False:
+        return None
+    return (
+        f"model.attn_implementation=sdpa cannot be used with {cfg.model.path!r}: {model_class.__name__} does not "
+        "support SDPA. Use model.attn_implementation: auto (SDPA where the model supports it, else eager) or eager."
+    )

@@ -46,6 +46,18 @@ def test_a_mixture_counts_the_flops_of_its_active_experts() -> None:
     assert 12.5e9 < active < 13.2e9, active
 
 
+def test_sdpa_on_a_model_without_it_is_refused_by_plan_as_by_the_workers() -> None:
+    """Gemma 2 has no SDPA (its logit soft-capping): train refused it only after reading the data."""
+    from launcher.config_loader import load_config
+    from trainer.errors import TrainerInputError
+
+    cfg = load_config(REPO / "configs/examples/lora.yaml", ["model.path=gemma-2-2b", "model.attn_implementation=sdpa"])
+    with pytest.raises(TrainerInputError, match="Gemma2ForCausalLM does not support SDPA"):
+        plan_run(cfg, Target(accelerator("h100")), with_throughput=False)
+    auto = load_config(REPO / "configs/examples/lora.yaml", ["model.path=gemma-2-2b"])
+    assert plan_run(auto, Target(accelerator("h100")), with_throughput=False).memory.peak_bytes > 0
+
+
 def test_lora_inventory_is_peft_on_the_meta_model() -> None:
     label, fields = model_config_fields("llama-3.1-8b")
     inventory = build_inventory(label, fields, MethodConfig(type="lora"), "bfloat16")
