@@ -57,6 +57,9 @@ def quiet_third_party(import_transformers: bool = True) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # peft still calls a transformers helper renamed in v5; harmless, but printed every run.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # PEFT says it adapts GPT-2's Conv1D layers with their transposed weight layout, which it
+    # sets itself: a note about its own correct choice, printed in the middle of plan and train.
+    warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
     if not import_transformers and "transformers" not in sys.modules:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers sets up its logger
         return
