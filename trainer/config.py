@@ -587,6 +587,15 @@ class TrainerConfig(Section):
                     "set eval.generation.enabled=false"
                 )
             self.eval.generation.enabled = False
+        one_per_row = (
+            self.training.objective in ("dpo", "orpo")
+            or self.transfer.head.is_classification
+            or "image_classification" in formats
+        )
+        if one_per_row and self.data.packing and "packing" not in self.data.model_fields_set:
+            # Preference pairs, classification heads and images take one example per row: packing
+            # (on by default) is off by itself for them, refused only where the config asks for it.
+            self.data.packing = False
         problem = optimizer_problem(self)  # training.optimizer* with parallel.* (trainer/optim_rules.py)
         if problem:
             raise ValueError(problem)

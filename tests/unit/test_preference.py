@@ -267,3 +267,18 @@ def test_precomputed_reference_cache_round_trips_and_refuses_a_stale_or_damaged_
         _load(path, {"train": "tokens-v1"}, {"train": 3})
     with pytest.raises(TrainerInputError, match="is missing; the reference is the initial model"):
         _load(tmp_path / "absent.safetensors", {"train": "tokens-v1"}, {"train": 3})
+
+
+def test_packing_is_off_by_itself_for_preference_pairs_unless_asked_for(tmp_path) -> None:
+    """data.packing is on by default; a preference run refused it until set to false by hand."""
+    from launcher.config_loader import load_config
+    from launcher.errors import ConfigError
+    from tests.conftest import REPO
+
+    base = REPO / "configs/examples/dpo.yaml"
+    text = base.read_text().replace("  packing: false          # preference pairs are scored as whole sequences\n", "")
+    assert "packing" not in text.split("data:")[1].split("method:")[0]
+    (tmp_path / "dpo.yaml").write_text(text.replace("assets/", f"{REPO}/assets/"))
+    assert load_config(tmp_path / "dpo.yaml").data.packing is False
+    with pytest.raises(ConfigError, match="set data.packing=false"):
+        load_config(tmp_path / "dpo.yaml", ["data.packing=true"])

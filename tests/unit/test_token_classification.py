@@ -218,7 +218,12 @@ def test_batch_pads_tags_and_loss_is_per_scored_token(wordpiece: Any, tmp_path: 
         (
             {
                 "transfer": NER_HEAD,
-                "data": {"train": str(NER / "train.jsonl"), "validation": None, "format": "token_classification"},
+                "data": {
+                    "train": str(NER / "train.jsonl"),
+                    "validation": None,
+                    "format": "token_classification",
+                    "packing": True,  # asked for: refused (left out, it is off by itself)
+                },
             },
             "a token_classification head scores one example per row: set data.packing=false",
         ),
