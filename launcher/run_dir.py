@@ -102,11 +102,9 @@ def prepare_run_dir(
     run_dir = local_run_dir(cfg)
     layout = RunLayout(run_dir)
     refuse_foreign_dir(run_dir)  # first: a user's own summary.json does not make an ftl run
-    if layout.is_finished():
-        raise UserError(
-            f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
-            "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one" + _train_on_hint(run_dir)
-        )
+    finished = finished_run_problem(run_dir)
+    if finished:
+        raise UserError(finished)
     blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         where = "is" if blocking == run_dir else f"is inside {blocking}, which is"
@@ -171,15 +169,26 @@ def refuse_foreign_dir(run_dir: Path) -> None:
     )
 
 
+def finished_run_problem(run_dir: Path) -> str | None:
+    if not RunLayout(run_dir).is_finished():
+        return None
+    return (
+        f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
+        "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one" + _train_on_hint(run_dir)
+    )
+
+
 def output_dir_problems(run_dir: Path) -> list[str]:
-    """What `ftl train` refuses in output.dir as it is (for `ftl validate`): a file, a folder of the user's."""
+    """What `ftl train` refuses in output.dir as it is (for `ftl validate`): a file, a folder of the
+    user's, a finished run."""
     if run_dir.exists() and not run_dir.is_dir():
         return [f"output.dir {run_dir} is a file; choose a folder that does not exist yet or is empty"]
     try:
         refuse_foreign_dir(run_dir)
     except UserError as exc:
         return [str(exc)]
-    return []
+    finished = finished_run_problem(run_dir)
+    return [finished] if finished else []
 
 
 def is_ftl_run(run_dir: Path) -> bool:

@@ -495,6 +495,14 @@ def test_validate_says_what_train_refuses_in_output_dir(tmp_path: Path, valid_te
         [*FTL, "validate", str(config), f"output.dir={theirs}"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 2 and "is not empty and is not an ftl run directory" in out.stderr, out.stderr
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / ".ftl-run").write_text('{"ftl_run_directory": 1}')
+    (finished / "summary.json").write_text("{}")
+    out = subprocess.run(
+        [*FTL, "validate", str(config), f"output.dir={finished}"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and "already holds a finished run" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize(
