@@ -13,7 +13,14 @@ from trainer.run_layout import RunLayout
 
 Series = list[tuple[int, float]]  # (step, value)
 
-TRAIN_CHARTS = {"loss": "training loss", "grad_norm": "gradient norm", "tokens_per_s": "tokens/s"}
+TRAIN_CHARTS = {
+    "loss": "training loss",
+    "grad_norm": "gradient norm",
+    "tokens_per_s": "tokens/s",
+    # DPO/ORPO steps (a chart only where a run logged them): the curves a preference run is read by
+    "reward_margin": "training reward margin (chosen - rejected)",
+    "reward_accuracy": "training reward accuracy",
+}
 RETAIN_SPLIT = "retain"  # eval.retain's set (trainer/data/prepare.py): the forgetting check
 
 

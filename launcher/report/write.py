@@ -144,5 +144,5 @@ def _labels(runs: list[Path]) -> list[str]:
 
 
 def _chart_order(chart: str) -> tuple[int, str]:
-    order = ["loss", "lr", "grad_norm", "tokens_per_s", "eval_eval_loss", "retain"]
+    order = ["loss", "reward_margin", "reward_accuracy", "lr", "grad_norm", "tokens_per_s", "eval_eval_loss", "retain"]
     return (order.index(chart) if chart in order else len(order), chart)

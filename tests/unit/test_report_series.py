@@ -1,0 +1,29 @@
+"""The report's series: a preference run's training reward curves get charts of their own (only
+its evaluations were plotted); an SFT run gets none of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from launcher.report.series import chart_title, run_series
+
+
+def _run(tmp_path: Path, records: list[dict]) -> Path:
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return tmp_path
+
+
+def test_preference_training_steps_plot_reward_margin_and_accuracy(tmp_path: Path) -> None:
+    steps = [
+        {"kind": "train", "step": s, "loss": 0.69 - s / 100, "reward_margin": s / 10, "reward_accuracy": s / 4}
+        for s in (1, 2)
+    ]
+    (tmp_path / "dpo").mkdir()
+    charts = run_series(_run(tmp_path / "dpo", steps))["charts"]
+    assert charts["reward_margin"] == {"reward_margin": [(1, 0.1), (2, 0.2)]}
+    assert charts["reward_accuracy"] == {"reward_accuracy": [(1, 0.25), (2, 0.5)]}
+    assert chart_title("reward_margin") == "training reward margin (chosen - rejected)"
+    (tmp_path / "sft").mkdir()
+    sft = run_series(_run(tmp_path / "sft", [{"kind": "train", "step": 1, "loss": 2.0}]))["charts"]
+    assert "reward_margin" not in sft and "loss" in sft
