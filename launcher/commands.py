@@ -134,9 +134,13 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
             out=Path(out).resolve() if out else None,
         )
     if not done.written:
+        has_merged = (done.path / "merged").is_dir()
         print(
-            f"{done.path} already holds the finished run's model (step {done.step}); nothing to export "
-            "(--merge adds a merged model, --out DIR writes a copy elsewhere)"
+            f"{done.path} already holds the finished run's model (step {done.step})"
+            + (", merged too" if has_merged else "")
+            + "; nothing to export ("
+            + ("" if has_merged else "--merge adds a merged model, ")
+            + "--out DIR writes a copy elsewhere)"
         )
     else:
         print(f"exported step {done.step} (from {done.source}) to {done.path}")

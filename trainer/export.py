@@ -58,7 +58,11 @@ def export_final(
             _stop_at_end_of_turn(merged, tokenizer)
             merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
             tokenizer.save_pretrained(str(tmp / "merged"))
-        described: dict[str, Any] = {"method": cfg.method.type, "base_model": cfg.model.path}
+        described: dict[str, Any] = {
+            "method": cfg.method.type,
+            "base_model": cfg.model.path,
+            "objective": cfg.training.objective,  # sft, dpo or orpo
+        }
         if cfg.method.type == "qlora":  # the adapter runs over the base quantized this way (trainer/inference.py)
             described["quantization"] = cfg.method.quantization.model_dump()
         (tmp / "export.json").write_text(json.dumps({**described, **(info or {})}, indent=1))
