@@ -91,9 +91,24 @@ def apply_method(
         ) from None
     if not fp32:
         _cast_trainable(peft_model, compute_dtype(model, method))
+    _note_unadapted_experts(peft_model)
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
     return peft_model
+
+
+def _note_unadapted_experts(model: torch.nn.Module) -> None:
+    """PEFT adapts some mixtures' fused 3-D expert weights (Mixtral) and not others' (Qwen2-MoE:
+    all-linear takes the attention and the shared expert): said when the experts got nothing."""
+    named = list(model.named_parameters())
+    experts = [n for n, p in named if ".experts." in n and p.dim() >= 3 and "lora_" not in n]
+    if experts and not any(".experts." in n and "lora_" in n for n, _ in named):
+        log.warning(
+            "LoRA: the %d fused expert weights of this mixture of experts (e.g. %s) get no adapter; "
+            "only the other targeted layers train",
+            len(experts),
+            experts[0],
+        )
 
 
 def fused_expert_problem(error: str, method: MethodConfig) -> str | None:

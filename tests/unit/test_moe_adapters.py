@@ -79,3 +79,30 @@ def test_qlora_says_the_experts_stay_unquantized(tiny_mixtral: Path, caplog: pyt
     )
     notes = plan_run(cfg, Target(accelerator("h100")), with_throughput=False).notes
     assert any(n.startswith("QLoRA: ") and "not quantize" in n and "upcast to fp32" in n for n in notes), notes
+
+
+def test_a_mixture_whose_experts_get_no_adapter_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Qwen2-MoE: all-linear adapts the attention and the shared expert, not the routed experts."""
+    import logging
+
+    from trainer.config import MethodConfig, ModelConfig
+    from trainer.methods import apply_method
+    from trainer.model_builder import load_model
+
+    config = T.Qwen2MoeConfig(
+        vocab_size=1729,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
+    T.Qwen2MoeForCausalLM(config).save_pretrained(tmp_path)
+    method = MethodConfig(type="lora")
+    with caplog.at_level(logging.WARNING, logger="trainer.methods"):
+        apply_method(load_model(ModelConfig(path=str(tmp_path)), method, "cpu"), method, False)
+    assert any("fused expert weights" in r.getMessage() and "get no adapter" in r.getMessage() for r in caplog.records)
