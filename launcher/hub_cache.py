@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from launcher.preflight import looks_local
+from launcher.local_paths import looks_local
 from launcher.run_config import RunConfig
 
 TRUE_VALUES = ("1", "on", "yes", "true")

@@ -6,6 +6,7 @@ import difflib
 import os
 from pathlib import Path
 
+from launcher.local_paths import looks_local
 from launcher.run_config import RunConfig
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -81,10 +82,6 @@ def did_you_mean(value: str) -> str:
         return ""
     close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.75)
     return f"; did you mean {Path(value).parent / close[0]}?" if close else ""
-
-
-def looks_local(value: str) -> bool:
-    return Path(value).is_absolute() or value.startswith((".", "~")) or Path(value).exists()
 
 
 def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:

@@ -25,8 +25,9 @@ def learned_position_limit(model: torch.nn.Module) -> int | None:
         return None
     # RoBERTa-family encoders number positions from their padding index + 1 (the rows below are
     # unused): a table of 514 rows with padding index 1 holds 512 positions.
-    offsets = [t.padding_idx + 1 for t in tables if getattr(t, "padding_idx", None) is not None]
-    return limit - max(offsets, default=0)
+    paddings = [getattr(t, "padding_idx", None) for t in tables]
+    offsets = [int(index) + 1 for index in paddings if isinstance(index, int)]
+    return int(limit) - max(offsets, default=0) if limit is not None else None
 
 
 def refuse_past_learned_positions(max_seq_len: int, limit: int | None) -> None:
