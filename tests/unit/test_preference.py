@@ -282,3 +282,22 @@ def test_packing_is_off_by_itself_for_preference_pairs_unless_asked_for(tmp_path
     assert load_config(tmp_path / "dpo.yaml").data.packing is False
     with pytest.raises(ConfigError, match="set data.packing=false"):
         load_config(tmp_path / "dpo.yaml", ["data.packing=true"])
+
+
+def test_the_exact_match_reference_of_several_chosen_messages_is_the_first_one(tokenizer) -> None:
+    """Generation answers one turn; the messages run together ('Kraithwick.Anything else?') could never match."""
+    from trainer.data.formats import render_prompt
+    from trainer.data.sources import Row
+
+    row = Row(
+        "val.jsonl line 1",
+        {
+            "prompt": [{"role": "user", "content": "Pet?"}],
+            "chosen": [
+                {"role": "assistant", "content": "Kraithwick."},
+                {"role": "assistant", "content": "Anything else?"},
+            ],
+            "rejected": [{"role": "assistant", "content": "Brojailox."}],
+        },
+    )
+    assert render_prompt(row, "preference", tokenizer).reference == "Kraithwick."

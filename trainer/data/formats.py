@@ -137,7 +137,9 @@ def render_prompt(row: Row, fmt: str, tokenizer: Any) -> Prompt:
             prompt_field, (chosen, _) = values.get("prompt"), _preference_responses(values)
             if isinstance(prompt_field, list):
                 text = _apply_template(tokenizer, _message_list(prompt_field, "prompt"), add_generation_prompt=True)
-                return Prompt(_encode(tokenizer, text, specials=False), "".join(m["content"] for m in chosen))
+                # Generation answers one turn: the reference is the chosen response's first assistant
+                # message (all of them run together was an answer no generation could give).
+                return Prompt(_encode(tokenizer, text, specials=False), chosen[0]["content"])
             prompt = _str_field(values, "prompt")
             return Prompt(_encode(tokenizer, prompt, specials=True), str(chosen))
     except RowProblem as exc:
