@@ -22,7 +22,7 @@ from trainer.metrics import current_trajectory, parse_records, wall_time
 from trainer.run_layout import RunLayout
 
 # Scores shown for an evaluation, best first; eval_loss when none of the others was measured.
-EVAL_SCORES = ("exact_match", "accuracy", "macro_f1", "entity_f1", "token_accuracy")
+EVAL_SCORES = ("preference_accuracy", "exact_match", "accuracy", "macro_f1", "entity_f1", "token_accuracy")
 
 
 @dataclass

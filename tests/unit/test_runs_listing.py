@@ -211,3 +211,12 @@ def test_a_run_stopped_before_its_first_step_shows_its_score_as_the_base_models(
     assert main(["runs", str(tmp_path)]) == 0
     [row] = [line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.startswith("/")]
     assert row == ["not", "started", "-", "-", "-", "validation", "loss", "7.500", "(base", "model)", "-", "4s"]
+
+
+def test_a_preference_runs_eval_column_shows_its_preference_accuracy() -> None:
+    from launcher.runs import RunInfo
+
+    info = RunInfo(
+        Path("r"), "finished", 4, None, evals={"validation": {"eval_loss": 0.45, "preference_accuracy": 0.915}}
+    )
+    assert info.eval_score() == "validation preference_accuracy 0.915"
