@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from launcher.config_yaml import compose_config_yaml, load_config_yaml
 from launcher.errors import ConfigError
 from launcher.run_config import RunConfig
+from trainer.config import TrainerConfig, unread_preference_keys
 from trainer.secret_values import redact_argv, secret_problems
 
 # Keys holding filesystem paths. Relative paths resolve from the current directory (as in
@@ -107,9 +108,32 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if problems:
         raise ConfigError(source, problems)
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(err, key_lines) for err in exc.errors()]) from None
+    problems = _unread_preference_keys_written(raw, cfg, key_lines)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def _unread_preference_keys_written(raw: dict[str, Any], cfg: RunConfig, key_lines: dict[str, int]) -> list[str]:
+    """A preference key the objective does not read, written in the file or on the command line, is
+    refused whatever its value: dpo.yaml's `beta: 0.1` kept after switching to ORPO looked like a
+    setting that worked (the typed check alone sees only values that differ from the default)."""
+    written = (raw.get("training") or {}).get("preference")
+    if not isinstance(written, dict):
+        return []
+    objective = cfg.training.objective
+    other, read_instead = (
+        ("a DPO", "orpo_lambda (TRL's ORPOConfig.beta)") if objective == "orpo" else ("an ORPO", "beta")
+    )
+    return [
+        f"{_where(['training', 'preference', key], key_lines)}: {other} setting; training.objective={objective} "
+        f"does not read it: remove it ({objective.upper()}'s strength is training.preference.{read_instead})"
+        for key in unread_preference_keys(objective)
+        if key in written
+    ]
 
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
@@ -254,8 +278,7 @@ def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) 
 def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     loc = [str(p) for p in err["loc"]]
     dotted = ".".join(loc)
-    line = _nearest_line(loc, key_lines)
-    where = f"{dotted} (line {line})" if line else f"{dotted} (command line)" if line == 0 else dotted
+    where = _where(loc, key_lines)
     kind = err["type"]
     if kind == "extra_forbidden":
         hint = _did_you_mean(loc)
@@ -272,6 +295,13 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     if kind != "value_error" and not isinstance(got, dict):
         message = f"{message}; got {got!r}"
     return f"{where}: {message}" if dotted else message
+
+
+def _where(loc: list[str], key_lines: dict[str, int]) -> str:
+    """A key's dotted name with where it was written: its file line, or the command line."""
+    dotted = ".".join(loc)
+    line = _nearest_line(loc, key_lines)
+    return f"{dotted} (line {line})" if line else f"{dotted} (command line)" if line == 0 else dotted
 
 
 def _nearest_line(loc: list[str], key_lines: dict[str, int]) -> int | None:
@@ -307,5 +337,5 @@ def _did_you_mean(loc: list[str]) -> str:
     return f"; valid keys in {section}: {', '.join(valid)}"
 
 
-def config_to_yaml(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def config_to_yaml(config: TrainerConfig) -> str:
+    return yaml.safe_dump(config.snapshot_values(), sort_keys=False)

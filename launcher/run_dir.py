@@ -126,7 +126,7 @@ def prepare_run_dir(
             )
         # The snapshot is what the workers read, so it is the config itself: it holds no secrets
         # because load_config refuses them (trainer/secret_values.py).
-        snapshot = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        snapshot = yaml.safe_dump(cfg.snapshot_values(), sort_keys=False)
         _atomic_write(layout.config, snapshot)
         _atomic_write(layout.environment, json.dumps(environment_record(argv), indent=1))
         if hold is not None:

@@ -13,7 +13,7 @@ section are on the launcher's RunConfig (launcher/run_config.py).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -619,6 +619,14 @@ class TrainerConfig(Section):
             or any(source.validation for source in self.data.mixture)
         )
 
+    def snapshot_values(self) -> dict[str, Any]:
+        """The config as the JSON values of the run's config.yaml: every key but the preference keys
+        its objective does not read (written back, the launcher would refuse them)."""
+        values = self.model_dump(mode="json")
+        for key in unread_preference_keys(self.training.objective):
+            values["training"]["preference"].pop(key, None)
+        return values
+
     def eval_set_names(self) -> list[str]:
         """Names of the evaluation sets a run will score, as they appear in metrics."""
         data = self.data
@@ -643,7 +651,15 @@ class TrainerConfig(Section):
 
 
 # Keys of training.preference that only one objective reads; set for the other, they did nothing.
-DPO_ONLY_KEYS = ("loss_type", "beta", "label_smoothing")
+DPO_ONLY_KEYS = ("loss_type", "beta", "label_smoothing", "reference")
+ORPO_ONLY_KEYS = ("orpo_lambda",)
+
+
+def unread_preference_keys(objective: str) -> tuple[str, ...]:
+    """The training.preference keys a preference objective does not read. The launcher refuses them
+    when the file or command line writes them, whatever the value, and leaves them out of the run's
+    config snapshot; SFT reads none of the section and keeps it as written."""
+    return {"orpo": DPO_ONLY_KEYS, "dpo": ORPO_ONLY_KEYS}.get(objective, ())
 
 
 def _check_objective_keys(objective: str, preference: PreferenceConfig) -> None:

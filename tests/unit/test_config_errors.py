@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from launcher.config_loader import load_config
 from launcher.errors import ConfigError
@@ -537,3 +538,30 @@ def test_lora_target_modules_patterns_and_lists_pass(tmp_path: Path, valid_text:
             ).method.lora.target_modules
             == expected
         )
+
+
+def test_preference_keys_the_objective_ignores_are_refused_whatever_their_value(tmp_path: Path) -> None:
+    """dpo.yaml switched to ORPO keeps `loss_type: sigmoid` and `beta: 0.1`, both the defaults: the
+    typed check alone let them pass, as if they did something."""
+    dpo_example = REPO / "configs/examples/dpo.yaml"
+    problems = _problems(dpo_example, ["training.objective=orpo"])
+    assert len(problems) == 2
+    assert problems[0].startswith("training.preference.loss_type (line 23): a DPO setting")
+    assert "training.objective=orpo does not read it: remove it" in problems[0]
+    assert problems[1].startswith("training.preference.beta (line 24)")
+    assert "orpo_lambda" in problems[1]
+    (problem,) = _problems(dpo_example, ["training.preference.orpo_lambda=0.1"])
+    assert problem.startswith("training.preference.orpo_lambda (command line): an ORPO setting")
+
+
+def test_the_snapshot_leaves_out_what_the_objective_ignores_and_loads_again(tmp_path: Path) -> None:
+    from launcher.config_loader import config_to_yaml
+
+    text = (REPO / "configs/examples/dpo.yaml").read_text().replace("objective: dpo", "objective: orpo")
+    text = text.replace("    loss_type: sigmoid    # sigmoid | ipo | hinge\n    beta: 0.1\n", "    orpo_lambda: 0.2\n")
+    cfg = load_config(_write(tmp_path, text.replace("assets/", f"{REPO}/assets/")))
+    snapshot = config_to_yaml(cfg)
+
+    assert yaml.safe_load(snapshot)["training"]["preference"] == {"orpo_lambda": 0.2}
+    again = load_config(_write(tmp_path, snapshot))  # the workers and `ftl submit` read it back
+    assert again.training.preference.orpo_lambda == 0.2
