@@ -100,7 +100,12 @@ class PairScores:
         return {
             "rewards_chosen": float(self.rewards_chosen.sum()),
             "rewards_rejected": float(self.rewards_rejected.sum()),
-            "reward_accuracy": float((self.rewards_chosen > self.rewards_rejected).float().sum()),
+            # A tie counts one half: at step 0 the policy is the reference, every DPO reward is 0, and
+            # counting ties as misses said 0% (as if the model always preferred the rejected answer).
+            "reward_accuracy": float(
+                (self.rewards_chosen > self.rewards_rejected).float().sum()
+                + 0.5 * (self.rewards_chosen == self.rewards_rejected).float().sum()
+            ),
             "logps_chosen": float(self.logps_chosen.detach().sum()),
             "logps_rejected": float(self.logps_rejected.detach().sum()),
         }

@@ -301,3 +301,14 @@ def test_the_exact_match_reference_of_several_chosen_messages_is_the_first_one(t
         },
     )
     assert render_prompt(row, "preference", tokenizer).reference == "Kraithwick."
+
+
+def test_reward_accuracy_counts_a_tie_as_one_half() -> None:
+    """At step 0 DPO's policy is its reference: every reward is 0, and ties counted as misses said 0%."""
+    from trainer.preference_loss import PairScores
+
+    zeros = torch.zeros(4)
+    at_start = PairScores(zeros, zeros, zeros, zeros, zeros)
+    assert at_start.stat_sums()["reward_accuracy"] == 2.0  # 4 ties: 0.5 each
+    later = PairScores(zeros, torch.tensor([1.0, 0.0, -1.0, 0.5]), torch.tensor([0.0, 0.0, 0.0, 1.0]), zeros, zeros)
+    assert later.stat_sums()["reward_accuracy"] == 1.5  # one win, one tie, two losses
