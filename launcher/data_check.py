@@ -121,7 +121,7 @@ def _sequence_lines(
 
 def _cut(kept: int, rendered_len: int, lower_bound: bool = False) -> str:
     """lower_bound: the row's text was cut before tokenizing (data.md), its length is at least this."""
-    more = "more than " if lower_bound else ""
+    more = "at least " if lower_bound else ""
     return f", truncated from {more}{rendered_len}" if rendered_len > kept else ""
 
 

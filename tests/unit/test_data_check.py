@@ -274,7 +274,7 @@ def test_a_preference_pair_shows_both_sequences_each_with_its_own_cut(
         "  length in tokens of each sequence (chosen and rejected) before truncation: "
         "min 86 / median 86 / p95 179 / max 179; 1 longer than max_seq_len 110\n"
         "  truncated rows (1):\n"
-        "    - trunc.jsonl line 1: 179 tokens, cut to 110\n\n"
+        "    - trunc.jsonl line 1: prompt + rejected 179 tokens (prompt + chosen 86), cut to 110\n\n"
         "training: 1 pair (2 sequences), one pair per row, padded in micro-batches of 8; padding efficiency"
     ) in out
     chosen, rejected = re.findall(r"--- (trunc\.jsonl line 1, \w+ \(.*?\)) ---\n(.*?)(?=\n--- |\Z)", out, re.S)
@@ -308,7 +308,7 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
         "    - pairs.jsonl line 2: chosen and rejected have no trained token in the first 128 tokens "
         "(data.max_seq_len), all prompt\n"
         "  truncated rows (1):\n"
-        "    - pairs.jsonl line 4: 131 tokens, cut to 128\n"
+        "    - pairs.jsonl line 4: prompt + chosen 131 tokens and prompt + rejected 131 tokens, cut to 128\n"
         "  warning: 2 pairs with chosen and rejected the same as training sees them, nothing to learn from "
         "(DPO loss ln 2, no gradient):\n"
         "    - pairs.jsonl line 3: chosen and rejected are the same\n"
@@ -347,7 +347,7 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
     code, out, err = _validate_data(capsys, config, "data.too_long=drop")
     assert code == 0, err
     assert (
-        "  dropped rows (1):\n    - sft.jsonl line 1: longer than data.max_seq_len=128 (data.too_long=drop)\n"
+        "  dropped rows (1):\n    - sft.jsonl line 1: 191 tokens, longer than data.max_seq_len=128 (data.too_long=drop)\n"
     ) in out
 
 
@@ -369,11 +369,11 @@ def test_a_huge_row_is_cut_before_tokenizing_and_trains_the_same_tokens(tokenize
     # ... and said as one where a count is shown (it read "2498 tokens" for a 3,125-token row).
     refused = _scan_row(0, row, "chat", tokenizer, 128, "error", None)
     assert (
-        f"f.jsonl line 1: more than {refused.rendered_len} tokens, longer than data.max_seq_len=128" in refused.problem
+        f"f.jsonl line 1: at least {refused.rendered_len} tokens, longer than data.max_seq_len=128" in refused.problem
     )
     from launcher.data_check import _cut
 
-    assert _cut(128, cut.rendered_len, lower_bound=True) == f", truncated from more than {cut.rendered_len}"
+    assert _cut(128, cut.rendered_len, lower_bound=True) == f", truncated from at least {cut.rendered_len}"
 
 
 def test_a_tokenized_cache_entry_is_shared_as_any_new_folder(tmp_path: Path, tokenizer: Any) -> None:
@@ -392,3 +392,24 @@ def test_a_tokenized_cache_entry_is_shared_as_any_new_folder(tmp_path: Path, tok
     )
     (entry,) = [p for p in root.rglob("meta.json")]
     assert entry.parent.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+def test_a_too_long_pair_says_which_sequence_is_too_long(tokenizer: Any) -> None:
+    """ "line 15: 12803 tokens, longer than data.max_seq_len" left the user to find out whether the
+    chosen or the rejected answer was the long one."""
+    from trainer.data.sources import Row
+    from trainer.data.tokenized import _scan_row
+
+    row = Row("p.jsonl line 3", _pair("Q: a\nA:", " yes", " no" * 40))
+    refused = _scan_row(0, row, "preference", tokenizer, 32, "error", None)
+    rejected = refused.rejected_rendered_len
+    assert refused.fate == "too_long" and rejected > 32 >= refused.rendered_len
+    assert refused.problem.startswith(
+        f"p.jsonl line 3: prompt + rejected {rejected} tokens (prompt + chosen {refused.rendered_len}), "
+        "longer than data.max_seq_len=32;"
+    )
+    both = _scan_row(
+        0, Row("p.jsonl line 4", _pair("Q: a\nA:", " yes" * 40, " no" * 40)), "preference", tokenizer, 32, "drop", None
+    )
+    assert both.problem.startswith("p.jsonl line 4: prompt + chosen ") and " and prompt + rejected " in both.problem
+    assert both.problem.endswith("longer than data.max_seq_len=32 (data.too_long=drop)")

@@ -16,7 +16,7 @@ from trainer.data.formats import FORMAT_FIELDS
 from trainer.data.images import scan_images
 from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
-from trainer.data.tokenized import ScannedRow, scan_rows
+from trainer.data.tokenized import ScannedRow, scan_rows, too_long_lengths
 from trainer.errors import DataError
 
 
@@ -169,9 +169,9 @@ def _check_file(
             if row.fate.startswith("dropped"):
                 check.dropped.append(row.problem)
             elif row.fate == "truncated":
-                longest = max(row.rendered_len, row.rejected_rendered_len)
-                more = "more than " if row.cut_before_tokenizing else ""
-                check.truncated.append(f"{row.where}: {more}{longest} tokens, cut to {cfg.max_seq_len}")
+                counts = [row.rendered_len] + ([row.rejected_rendered_len] if row.rejected_ids else [])
+                lengths = too_long_lengths(counts, cfg.max_seq_len, row.cut_before_tokenizing)
+                check.truncated.append(f"{row.where}: {lengths}, cut to {cfg.max_seq_len}")
             elif row.problem:
                 check.problems.append(row.problem)
             if row.same_pair:

@@ -346,12 +346,8 @@ def _scan_row(
     if fmt == "classification" or _longest_string(row.values) <= limit:  # a classifier reads its text's tail too
         return _scan_rendered(row_index, row, fmt, tokenizer, max_seq_len, too_long, label_names)
     cut = Row(row.where, cut_long_strings(row.values, limit))
-    scanned = _scan_rendered(row_index, cut, fmt, tokenizer, max_seq_len, too_long, label_names)
+    scanned = _scan_rendered(row_index, cut, fmt, tokenizer, max_seq_len, too_long, label_names, cut=True)
     scanned.cut_before_tokenizing = True
-    if scanned.problem:  # its length is that of the cut text: a lower bound
-        scanned.problem = scanned.problem.replace(
-            f"{row.where}: {scanned.rendered_len} tokens,", f"{row.where}: more than {scanned.rendered_len} tokens,"
-        )
     return scanned
 
 
@@ -363,6 +359,7 @@ def _scan_rendered(
     max_seq_len: int,
     too_long: str,
     label_names: list[str] | None,
+    cut: bool = False,
 ) -> ScannedRow:
     try:
         example = render_example(row, fmt, tokenizer, label_names)
@@ -377,14 +374,15 @@ def _scan_rendered(
     rejected_len = len(example.rejected.input_ids) if example.rejected is not None else 0
     fate = "kept"
     if rendered > max_seq_len:
+        lengths = too_long_lengths([len(part.input_ids) for part in parts], max_seq_len, cut)
         if too_long == "error":
             problem = (
-                f"{row.where}: {rendered} tokens, longer than data.max_seq_len={max_seq_len}; "
+                f"{row.where}: {lengths}, longer than data.max_seq_len={max_seq_len}; "
                 "raise max_seq_len or set data.too_long to truncate or drop"
             )
             return ScannedRow(row_index, row.where, "too_long", problem, chosen_len, rejected_rendered_len=rejected_len)
         if too_long == "drop":
-            problem = f"{row.where}: longer than data.max_seq_len={max_seq_len} (data.too_long=drop)"
+            problem = f"{row.where}: {lengths}, longer than data.max_seq_len={max_seq_len} (data.too_long=drop)"
             return ScannedRow(
                 row_index, row.where, "dropped_too_long", problem, chosen_len, rejected_rendered_len=rejected_len
             )
@@ -410,6 +408,19 @@ def _scan_rendered(
     if example.token_labels is not None:
         scanned.token_labels = example.token_labels[:max_seq_len]
     return scanned
+
+
+def too_long_lengths(counts: list[int], max_seq_len: int, lower_bound: bool) -> str:
+    """A too-long row's length in tokens (`counts`: its one sequence, or a pair's chosen and rejected):
+    a pair names the sequence(s) over max_seq_len, the other in brackets. Counted up to a cut of
+    the text (cut_long_strings), a length is a lower bound."""
+    bound = "at least " if lower_bound else ""
+    if len(counts) == 1:
+        return f"{bound}{counts[0]} tokens"
+    named = list(zip(("prompt + chosen", "prompt + rejected"), counts))
+    over = [f"{name} {bound}{count} tokens" for name, count in named if count > max_seq_len]
+    under = [f" ({name} {count})" for name, count in named if count <= max_seq_len]
+    return " and ".join(over) + "".join(under)
 
 
 def _no_loss_problem(where: str, parts: list[Any], kept: list[tuple[list[int], list[int]]], max_seq_len: int) -> str:
