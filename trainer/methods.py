@@ -21,16 +21,24 @@ def peft_lora_config(
     task_type: str | None = "CAUSAL_LM",
     exclude_modules: str | None = None,
     new_modules: list[str] | None = None,
+    model: torch.nn.Module | None = None,
 ) -> Any:
     """`task_type` SEQ_CLS also trains and saves the classification head (None: no task type, for
     image classifiers); `exclude_modules` (a regex on module names) keeps adapters off frozen blocks
     (transfer.freeze.first_n_blocks); `new_modules` (an encoder's freshly initialised pooler, a new
-    image classifier) train in full and are saved with the adapter, like the head."""
+    image classifier) train in full and are saved with the adapter, like the head. `model`: the
+    model it will adapt, whose tied head and embeddings stay tied when modules_to_save takes one."""
     from peft import LoraConfig
 
     lora = method.lora
     modules_to_save = list(lora.modules_to_save) + [m for m in new_modules or [] if m not in lora.modules_to_save]
+    keep_tied = False
+    if model is not None:
+        modules_to_save, keep_tied = modules_to_save_keeping_tie(model, modules_to_save)
     return LoraConfig(
+        # PEFT then trains one shared copy of a tied head/embedding matrix and its merge keeps the tie;
+        # without it, it trained and exported them as two (PEFT warned, the export untied them).
+        ensure_weight_tying=keep_tied,
         task_type=task_type,
         exclude_modules=exclude_modules,
         r=lora.r,
@@ -76,7 +84,9 @@ def apply_method(
     try:
         peft_model = get_peft_model(
             model,
-            peft_lora_config(method, task_type=task_type, exclude_modules=exclude_modules, new_modules=new_modules),
+            peft_lora_config(
+                method, task_type=task_type, exclude_modules=exclude_modules, new_modules=new_modules, model=model
+            ),
             autocast_adapter_dtype=fp32,
         )
     except ValueError as exc:
@@ -95,6 +105,37 @@ def apply_method(
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
     return peft_model
+
+
+# The module names PEFT ties for ensure_weight_tying (peft.utils.constants.EMBEDDING_LAYER_NAMES).
+PEFT_TIED_NAMES = ("embed_tokens", "lm_head")
+
+
+def modules_to_save_keeping_tie(model: torch.nn.Module, modules_to_save: list[str]) -> tuple[list[str], bool]:
+    """modules_to_save as PEFT gets it, and whether PEFT keeps the model's tied head and input
+    embeddings tied (ensure_weight_tying): when it takes either of the two. PEFT recognises them
+    by name only (embed_tokens, lm_head): GPT-2's `wte` gets its `lm_head` added, the same matrix."""
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embeddings is None or head.weight is not embeddings.weight:
+        return modules_to_save, False
+    short = {id(module): name.split(".")[-1] for name, module in model.named_modules()}
+    head_name, embeddings_name = short.get(id(head), ""), short.get(id(embeddings), "")
+    saved = {name.split(".")[-1] for name in modules_to_save}
+    if not saved & {head_name, embeddings_name}:
+        return modules_to_save, False
+    if saved & set(PEFT_TIED_NAMES):
+        return modules_to_save, True
+    if head_name in PEFT_TIED_NAMES:
+        return [*modules_to_save, head_name], True
+    log.warning(
+        "method.lora.modules_to_save: this model's LM head (%s) and input embeddings (%s) share one matrix, "
+        "which PEFT can keep tied only under the names %s: they train as two copies and the merged export "
+        "unties them (one vocabulary x hidden matrix more)",
+        head_name,
+        embeddings_name,
+        " / ".join(PEFT_TIED_NAMES),
+    )
+    return modules_to_save, False
 
 
 def _note_unadapted_experts(model: torch.nn.Module) -> None:

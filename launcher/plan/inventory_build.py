@@ -83,6 +83,7 @@ def build_inventory(
             task_type=None if image else "CAUSAL_LM",
             exclude_modules=exclude,
             new_modules=["classifier"] if image else None,
+            model=model,
         )
         check_target_modules(model, method.lora.target_modules)  # PEFT's own error is a bare traceback
         with torch.device("meta"):
