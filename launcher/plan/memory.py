@@ -127,7 +127,12 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
         Item("activations: embeddings + final norm", acts.other, kind="activation"),
     ]
     if acts.mask:
-        items.append(Item("activations: attention masks (SDPA, packed/padded rows)", acts.mask, kind="activation"))
+        masks = (
+            "attention mask + score matrix being made (eager)"
+            if setup.attention == "eager"
+            else "attention masks (SDPA, packed/padded rows)"
+        )
+        items.append(Item(f"activations: {masks}", acts.mask, kind="activation"))
     if head_grad:
         items.append(Item("LM head weight gradient (chunked loss: made in forward)", head_grad, kind="activation"))
     if step_peak > grads:

@@ -228,7 +228,7 @@ def plan_run(
                 else ""
             )
         )
-    if plan.memory.activations.mask and target.accelerator.is_gpu:
+    if plan.memory.activations.mask and target.accelerator.is_gpu and setup.attention != "eager":
         plan.notes.append(
             f"packed/padded rows: SDPA keeps {plan.memory.activations.mask / 2**30:.2f} GiB of attention masks "
             "(counted as measured on CPU, in the compute dtype); flash-attn needs none "
