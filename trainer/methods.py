@@ -115,7 +115,9 @@ def modules_to_save_keeping_tie(model: torch.nn.Module, modules_to_save: list[st
     """modules_to_save as PEFT gets it, and whether PEFT keeps the model's tied head and input
     embeddings tied (ensure_weight_tying): when it takes either of the two. PEFT recognises them
     by name only (embed_tokens, lm_head): GPT-2's `wte` gets its `lm_head` added, the same matrix."""
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    # A transformers PreTrainedModel (torch's Module type does not declare these accessors).
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
     if head is None or embeddings is None or head.weight is not embeddings.weight:
         return modules_to_save, False
     short = {id(module): name.split(".")[-1] for name, module in model.named_modules()}
