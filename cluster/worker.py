@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR, InputError
 from trainer.run_layout import RunLayout
@@ -50,32 +50,13 @@ def init_process_group(rank: int, world_size: int, local_rank: int, timeout_s: i
         # Tell DeepSpeed up front, instead of letting it probe and warn on every import.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
+        from cluster.attempt_store import attempt_store
         from cluster.loopback import store_from_env
 
         timeout = datetime.timedelta(seconds=timeout_s)
-        store = _attempt_store(rank, world_size, timeout) or store_from_env(rank, world_size, timeout)
+        store = attempt_store(rank, world_size, timeout) or store_from_env(rank, world_size, timeout)
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout, store=store)
     return device
-
-
-def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> Any:
-    """Under torchrun, the agent's store outlives a restart of the workers, and so do the keys
-    the previous attempt's ranks published (e.g. gloo's listening addresses): a restarted rank
-    would connect to a dead peer. Keys of each attempt get their own prefix. None elsewhere."""
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
-        return None
-    from torch.distributed import PrefixStore, TCPStore
-
-    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        world_size,
-        is_master=not agent_hosts_store and rank == 0,
-        timeout=timeout,
-    )
-    return PrefixStore(f"ftl/attempt-{attempt}", store)
 
 
 def load_run_configs(run_dir: Path) -> tuple[TrainerConfig, ClusterConfig]:

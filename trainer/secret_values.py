@@ -49,6 +49,12 @@ def secret_problems(raw: Any, path: str = "") -> list[str]:
         return [p for index, value in enumerate(raw) for p in secret_problems(value, f"{path}[{index}]")]
     if not isinstance(raw, str):
         return []
+    # A free-form mapping's secret-named key (tracking.mlflow.tags: {api_key: ...}): no schema key
+    # has such a name, so its value is a secret whatever it looks like; it was sent as an MLflow
+    # tag and kept in config.yaml (only token-shaped values were refused).
+    key = re.sub(r"\[\d+\]$", "", path).rsplit(".", 1)[-1]
+    if raw.strip() and not raw.startswith("$") and is_secret_name(key):
+        return [f"{path}: a secret-named key with a literal value; secrets do not belong in a config: {ENV_HINT}"]
     uri = URI_PASSWORD.search(raw)
     if uri:
         return [
@@ -106,7 +112,14 @@ def redact_argv(argv: list[str]) -> list[str]:
             shown.append(REDACTED if not sep else f"{name}={REDACTED}")
         elif sep and is_secret_name(name.rsplit(".", 1)[-1].lstrip("-")):
             shown.append(f"{name}={REDACTED}")
+        elif sep and value.startswith("{") and _names_a_secret_inside(value):
+            shown.append(f"{name}={REDACTED}")  # training={..., api_key: x}: the section's keys hold the secret
         else:
             shown.append(strip_userinfo(arg))
         hide_next = arg.startswith("--") and not sep and is_secret_name(arg.lstrip("-"))
     return shown
+
+
+def _names_a_secret_inside(value: str) -> bool:
+    """Whether a `{key: value, ...}` override names a secret key at any depth."""
+    return any(is_secret_name(name) for name in re.findall(r"([A-Za-z_][A-Za-z0-9_.-]*)\s*:", value))

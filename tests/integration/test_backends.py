@@ -453,6 +453,39 @@ def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_mode
     assert_same_losses(tmp_path / "run", golden)
 
 
+def test_two_node_torchrun_restarts_after_a_killed_worker_and_the_ranks_meet_again(tmp_path, tiny_model_dir, golden):
+    """Two agents (node ranks 0 and 1, on this machine) and max_restarts=1: rank 1 is killed. Its
+    agent spends a restart (TORCHELASTIC_RESTART_COUNT 1), the other restarts for the membership
+    change without one (0); the ranks' process-group keys were prefixed by that count, so the
+    restarted ranks never met and hung in init_process_group (a two-node Slurm job, trial 30a)."""
+    from cluster.local import free_port
+
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 1})
+    endpoint = f"127.0.0.1:{free_port()}"
+    overrides = ["cluster.nodes=2", f"cluster.torchrun.rdzv_endpoint={endpoint}", "cluster.torchrun.max_restarts=1"]
+    env = {**os.environ, **_kill_rank1_mid_step3(tmp_path), "OMP_NUM_THREADS": "1"}
+    agents = [
+        subprocess.Popen(
+            [*FTL, "train", str(config), *overrides],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        outputs = [agent.communicate(timeout=600) for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                os.killpg(agent.pid, signal.SIGKILL)
+    assert [a.returncode for a in agents] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert (tmp_path / "kill.marker").exists()
+    assert_same_losses(tmp_path / "run", golden)
+
+
 def test_a_third_ctrl_c_on_torchrun_force_quits_at_once_with_130(tmp_path, tiny_model_dir):
     """Ctrl-C three times on the torchrun backend while the stop checkpoint is being written: ftl
     says it force-quits, exits 130 as on every backend (not the agent's SIGTERM code, 143), the

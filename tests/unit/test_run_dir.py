@@ -138,6 +138,11 @@ def test_redaction_for_display_goes_by_exact_secret_names() -> None:
         "--api-key",
         "***redacted***",
     ]
+    # A secret-named key inside a section given in braces (environment.json kept it, trial 30b).
+    assert redact_argv(["tracking.mlflow.tags={team: a, api_key: k}", "training={max_steps: 5}"]) == [
+        "tracking.mlflow.tags=***redacted***",
+        "training={max_steps: 5}",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -154,6 +159,10 @@ def test_redaction_for_display_goes_by_exact_secret_names() -> None:
             {"cluster": {"slurm": {"extra_sbatch": ["--export=ALL,WANDB_API_KEY=QQQVALUE"]}}},
             "cluster.slurm.extra_sbatch[0]",
         ),
+        # A free-form mapping's secret-named key, whatever its value looks like: it went out as an
+        # MLflow tag (trial 30b).
+        ({"tracking": {"mlflow": {"tags": {"team": "nlp", "api_key": "QQQhunter2"}}}}, "tracking.mlflow.tags.api_key"),
+        ({"tracking": {"mlflow": {"tags": {"dbPassword": "QQQ"}}}}, "tracking.mlflow.tags.dbPassword"),
     ],
 )
 def test_secret_looking_values_are_refused_naming_the_key_not_the_value(raw: dict, key: str) -> None:
