@@ -70,12 +70,15 @@ from trainer.config import TrainerConfig
 from trainer.errors import FtlError, InputError, RunWriteError, TrainerInputError
 from trainer.faults import fault_point
 from trainer.run_layout import CHECKPOINTS_DIR, METRICS_FILE, RunLayout, step_name
+from trainer.secret_values import is_secret_name
 
 log = logging.getLogger(__name__)
 
 # Environment a worker needs from the driver's: on an existing cluster, workers do not inherit the
-# driver's environment. Secrets among them (HF_TOKEN) travel in the runtime env, never to files.
-# Object-store credentials (AWS_*, GOOGLE_*, AZURE_*) likewise, for Ray's checkpoint uploads from rank 0.
+# driver's environment. Secrets among them (HF_TOKEN, AWS_SECRET_ACCESS_KEY) do not travel in the
+# runtime env, which Ray logs verbatim in its session logs (runtime_env_agent.log, readable by every
+# user of the machine): they go through the object store (secret_env_ref). Object-store credentials
+# also reach the job-level env of a cluster ftl joins, where Ray Train's controller uploads.
 FORWARDED_ENV_PREFIXES = (
     "FTL_",
     "HF_",
@@ -148,6 +151,7 @@ def launch_ray(
                 "driver_pid": os.getpid() if started_here else None,
                 # Tells a worker group Ray Train restarted from the first one of this launch.
                 "launch_id": f"{os.getpid()}-{time.time()}",
+                "secret_env": secret_env_ref(),
             },
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=cluster.collective_timeout_s),
             scaling_config=scaling,
@@ -157,7 +161,9 @@ def launch_ray(
                 storage_filesystem=storage_fs if remote is not None else None,
                 failure_config=FailureConfig(max_failures=cluster.ray.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=None),
-                worker_runtime_env={"env_vars": {**forwarded_env(), **(loopback_env() if started_here else {})}},
+                worker_runtime_env={
+                    "env_vars": {**plain_env(forwarded_env()), **(loopback_env() if started_here else {})}
+                },
                 logging_config=LoggingConfig(log_level="WARNING"),  # ftl's own per-rank logs keep the details
             ),
         )
@@ -350,7 +356,7 @@ def joined_cluster_env(address: str) -> dict[str, str]:
     machine running a second Ray instance it asked the newest one ("Found multiple active Ray
     instances"), where the controller does not exist, and would remove the run's placement group.
     (A local Ray that ftl starts gets the same from _own_address_for_children.)"""
-    env = forwarded_env()
+    env = {k: v for k, v in forwarded_env().items() if k in plain_env(forwarded_env()) or k.startswith(STORAGE_ENV)}
     host, _, port = address.rpartition(":")
     if "://" not in address and host and port.isdigit():
         env[RAY_ADDRESS_ENV] = address
@@ -642,6 +648,36 @@ def forwarded_env() -> dict[str, str]:
     return env
 
 
+STORAGE_ENV = ("AWS_", "GOOGLE_", "AZURE_")  # what Ray Train's controller needs for object-store output
+
+
+def plain_env(env: dict[str, str]) -> dict[str, str]:
+    """The variables of `env` that are not secrets (by name: HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...)."""
+    return {k: v for k, v in env.items() if not is_secret_name(k)}
+
+
+def secret_env_ref() -> Any:
+    """The forwarded secrets as an object in Ray's object store (held while this driver runs), or
+    None: the workers read them from there (apply_secret_env) instead of the logged runtime env."""
+    import ray
+
+    secrets = {k: v for k, v in forwarded_env().items() if is_secret_name(k)}
+    return ray.put(secrets) if secrets else None
+
+
+def apply_secret_env(config: dict[str, Any]) -> list[str]:
+    """In a worker: set the driver's secrets (secret_env_ref) in this process's environment;
+    their names."""
+    import ray
+
+    ref = config.get("secret_env")
+    if ref is None:
+        return []
+    secrets: dict[str, str] = ray.get(ref)
+    os.environ.update(secrets)
+    return sorted(secrets)
+
+
 def check_placement(run_dir: Path, cluster: ClusterConfig) -> None:
     nodes = {json.loads(p.read_text())["node_id"] for p in RunLayout(run_dir).ray_worker_records()}
     if len(nodes) != cluster.nodes:
@@ -665,6 +701,7 @@ def train_worker(config: dict[str, Any]) -> None:
         from cluster.parent_death import die_with
 
         die_with(config["driver_pid"])
+    secret_names = apply_secret_env(config)
     context = ray.train.get_context()
     rank, world, local_rank = context.get_world_rank(), context.get_world_size(), context.get_local_rank()
     run_dir = Path(config["run_dir"])
@@ -696,6 +733,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 "device": device,
                 "launch_id": config.get("launch_id"),
                 "attempt": attempt,
+                "secret_env": secret_names,  # names only: which secrets reached this worker
             }
         )
     )

@@ -25,7 +25,15 @@ URI_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]*:[^/?#@\s]*)@")
 # NAME=value inside a string (a shell line in cluster.slurm.setup, an --export in extra_sbatch).
 ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_])([A-Za-z_][A-Za-z0-9_]*)=([^\s,;]+)")
 SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials"}
-SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("auth", "token")}
+SECRET_PAIRS = {
+    ("api", "key"),
+    ("access", "key"),
+    ("private", "key"),
+    ("secret", "key"),
+    ("auth", "token"),
+    ("account", "key"),  # AZURE_STORAGE_ACCOUNT_KEY
+    ("connection", "string"),  # AZURE_STORAGE_CONNECTION_STRING (holds the account key)
+}
 ENV_HINT = (
     "put it in the environment instead (HF_TOKEN for the Hugging Face hub; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
     "GOOGLE_APPLICATION_CREDENTIALS or AZURE_STORAGE_* for object storage; MLFLOW_TRACKING_USERNAME/"

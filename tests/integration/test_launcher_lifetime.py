@@ -5,9 +5,12 @@ that starts its own processes."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import FTL, write_config
+from trainer.run_layout import RunLayout
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +46,11 @@ def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(
     # Rank 0 holds right before it would commit step 2 (the rename) until the test says go on:
     # the kill lands at a known point, the one where a surviving worker would do the most harm.
     env = {**os.environ, "FTL_FAULT_WAIT_AT": f"before_rename@2={go_on}"}
+    # A secret in the environment reaches Ray's workers without being written to Ray's session logs
+    # (the runtime env, logged verbatim by its runtime_env_agent, carried HF_TOKEN; trial 30b).
+    token = f"hf_{secrets.token_hex(16)}"
+    env["HF_TOKEN"] = token
+    started_at = time.time()
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:
         launcher = subprocess.Popen(
@@ -59,6 +68,15 @@ def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(
             if c.laddr.ip not in LOOPBACK
         ]
         assert not exposed, f"listening beyond loopback: {exposed}"
+        if backend == "ray":
+            records = [json.loads(p.read_text()) for p in RunLayout(run_dir).ray_worker_records()]
+            assert [r["secret_env"] for r in records] == [["HF_TOKEN"], ["HF_TOKEN"]]
+            logged = [
+                str(path)
+                for path in Path(tempfile.gettempdir(), "ray").glob("session_*/logs/*")
+                if path.is_file() and path.stat().st_mtime >= started_at and token.encode() in path.read_bytes()
+            ]
+            assert not logged, f"the secret is in Ray's logs: {logged}"
 
         os.kill(launcher.pid, signal.SIGKILL)  # the ftl process only, not its group
         launcher.wait()
