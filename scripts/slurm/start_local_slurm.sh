@@ -19,9 +19,19 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
 fi
 export SLURM_CONF="$CONF"
-if [ -f "$CONF" ] && scontrol ping >/dev/null 2>&1 && [ "$(sinfo -h -N -o %T | sort -u)" = "idle" ]; then
-    echo "$CONF"  # already running and idle
-    exit 0
+if [ -f "$CONF" ] && scontrol ping >/dev/null 2>&1; then
+    # Running: reuse it while every node is up, busy or not. A restart cancels every job (a second
+    # `scripts/test.sh` cancelled another user's running training), so one with jobs is never restarted.
+    unhealthy="$(sinfo -h -N -o '%N %T' | grep -Ev ' (idle|mixed|allocated|completing|planned)$' || true)"
+    if [ -z "$unhealthy" ]; then
+        echo "$CONF"  # already running
+        exit 0
+    fi
+    if [ -n "$(squeue -h -o %i 2>/dev/null)" ] && [ "${FTL_SLURM_RESTART:-0}" != 1 ]; then
+        echo "start_local_slurm.sh: nodes not up ($(echo "$unhealthy" | tr '\n' ' ')), and jobs are queued or" \
+            "running (squeue): a restart would cancel them; FTL_SLURM_RESTART=1 restarts anyway" >&2
+        exit 1
+    fi
 fi
 bash "$(dirname "$0")/stop_local_slurm.sh" >/dev/null 2>&1 || true
 mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
