@@ -264,7 +264,14 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     if error is not None:  # its message is in the log just shown
         raise WorkerFailed(None, EXIT_INPUT_ERROR, log_path, who=f"Slurm job {job_id}", input_error=error)
     if state != "COMPLETED" and read_result(run_dir).kind is not OutcomeKind.STOPPED:
-        raise SlurmError(f"Slurm job {job_id} ended {state}; see {log_path}")
+        reason = info.get("Reason", "None")
+        why = f" ({reason})" if reason not in ("None", "") else ""
+        if not log_path.exists():  # e.g. the job's user cannot write the run directory (JobLaunchFailure)
+            raise SlurmError(
+                f"Slurm job {job_id} ended {state}{why} without writing its log {log_path}: check that the job's "
+                f"user can write {run_dir} on the nodes (scontrol show job {job_id}; the node's slurmd log says more)"
+            )
+        raise SlurmError(f"Slurm job {job_id} ended {state}{why}; see {log_path}")
     return take_result(run_dir)  # a stop (Ctrl-C here, a cancel there) raises StopRequested: 130 / 143
 
 

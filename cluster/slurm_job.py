@@ -84,9 +84,16 @@ def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: 
     checkpoints = committed_checkpoints(run_dir)
     step_at_start = step_of(checkpoints[-1]) if checkpoints else None
     signals: list[int] = []
+    decided: list[str] = []  # set once the job's ending is decided: a later signal changes nothing
 
     def on_signal(signum: int, frame: object) -> None:
-        print(f"ftl slurm job {job_id}: signal {signum}: checkpointing and stopping", flush=True)
+        name = signal.Signals(signum).name
+        if decided:  # the SIGTERM of the requeue or scancel that follows the decision
+            print(
+                f"ftl slurm job {job_id}: {name} after the stop ({decided[0]}); nothing more to checkpoint", flush=True
+            )
+            return
+        print(f"ftl slurm job {job_id}: {name}: checkpointing and stopping", flush=True)
         signals.append(signum)
         request_stop(run_dir, signum)
 
@@ -113,6 +120,7 @@ def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: 
             step_at_start=step_at_start,
         )
         print(f"ftl slurm job {job_id}: {decision.message}", flush=True)
+        decided.append("requeued" if decision.comes_back else "stopped")
         if decision.comes_back:  # before the requeue: no other run may slip in while it is queued
             lock.hand_over_to_slurm_job(job_id, requeued=True)
         if decision.requeue:
@@ -121,7 +129,25 @@ def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: 
     if code == 0 and outcome.kind is OutcomeKind.NO_RESULT:
         print(f"ftl slurm job {job_id}: the workers left no result; see {RunLayout(run_dir).logs}", flush=True)
         return EXIT_FAILED
+    if code != 0:  # a worker or a node's agent died (kill -9, out of memory): say so and where it goes on
+        print(f"ftl slurm job {job_id}: failed (exit code {code}); {_after_failure(run_dir, cluster)}", flush=True)
     return code
+
+
+def _after_failure(run_dir: Path, cluster: ClusterConfig) -> str:
+    """Where a failed job's run goes on from, and the setting that restarts by itself."""
+    from cluster.errors import resume_hint
+    from cluster.torchrun import what_next
+
+    if cluster.slurm.mode == "torchrun":
+        return what_next(run_dir, cluster.torchrun.max_restarts)
+    failures = cluster.ray.max_failures
+    restarts = (
+        "set cluster.ray.max_failures (e.g. 3) to have Ray Train restart the workers from it by itself"
+        if failures == 0
+        else f"Ray Train's {failures} restart(s) (cluster.ray.max_failures) were used up"
+    )
+    return f"{resume_hint(run_dir)}; {restarts}"
 
 
 def hostnames(nodelist: str) -> list[str]:

@@ -42,8 +42,10 @@ def slurm(args: argparse.Namespace) -> int:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     check_slurm_client()  # before the run directory exists: no directory left for a job that never was
     # Locked while the script is written and submitted; submit() hands the lock to the job.
-    with running_in(cfg, purpose="ftl slurm") as run_dir:
-        job_id = submit(run_dir, cfg.cluster)
+    from launcher.failure_record import recording_failure
+
+    with running_in(cfg, purpose="ftl slurm") as run_dir, recording_failure(run_dir):
+        job_id = submit(run_dir, cfg.cluster)  # `ftl runs` shows a refused submission as failed, with why
     print(job_id)
     print(
         f"ftl: submitted Slurm job {job_id} for {run_dir}\n"

@@ -606,6 +606,7 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tin
     _wait_for(lambda: (run_dir / "final").exists() and job_info(job_id).get("JobState") == "COMPLETED", timeout=600)
     log = (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
     assert "requeueing" in log and "start #2" in log, log[-3000:]
+    assert "SIGUSR1: checkpointing and stopping" in log, log[-3000:]  # by name, not "signal 10"
     assert job_info(job_id).get("Restarts") == "1"
     assert_same_losses(run_dir, golden)
 
@@ -619,6 +620,39 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tin
     late_log = (run_dir / "logs" / f"slurm-{late_id}.out").read_text()
     assert job_info(late_id).get("JobState") == "COMPLETED" and "already finished" in late_log, late_log[-2000:]
     assert summary.stat().st_mtime_ns == finished_at
+
+
+def test_a_slurm_job_whose_worker_is_killed_says_where_to_resume_and_the_resubmit_does(
+    tmp_path, tiny_model_dir, golden, slurm
+):
+    """A worker killed with SIGKILL (out of memory, a node's kill -9): the job ended FAILED with
+    srun's exit code and no ftl line; it now says so, with the checkpoint a resubmission resumes
+    from and the setting that restarts by itself (trial 30a)."""
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "workers": 2})
+    out = _ftl("train", str(config), env=_kill_rank1_mid_step3(tmp_path))
+    assert out.returncode != 0 and (tmp_path / "kill.marker").exists(), out.stderr[-3000:]
+    said = out.stderr
+    assert "failed (exit code" in said, said[-3000:]
+    assert "the checkpoints up to step-2 are kept: run the same command again to resume from it" in said, said[-3000:]
+    assert "set cluster.torchrun.max_restarts" in said, said[-3000:]
+    again = _ftl("train", str(config))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_losses(tmp_path / "run", golden)
+
+
+def test_a_slurm_job_that_cannot_write_its_run_directory_says_so(tmp_path, tiny_model_dir, slurm):
+    """The job runs as a user who cannot write RUN_DIR: it never writes its log, and ftl pointed at
+    that missing log with no reason (trial 30a)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the job is submitted as the user nobody")
+    config = _config(
+        tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "slurm": {"extra_sbatch": ["--uid=nobody"]}}
+    )
+    out = _ftl("train", str(config))
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "without writing its log" in out.stderr and "check that the job's user can write" in out.stderr, out.stderr
+    shown = subprocess.run([*FTL, "runs", str(tmp_path)], capture_output=True, text=True)
+    assert "failed" in shown.stdout, shown.stdout
 
 
 def test_slurm_stop_before_the_first_step_is_not_requeued(tmp_path, tiny_model_dir, slurm):
