@@ -85,6 +85,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         invalid.append(candidate.name)
     layout = RunLayout(run_dir)
     holder = read_holder(layout.lock)
+    gone = stale_reason(holder) if holder is not None else None
     failure = read_failure(run_dir)
     summary_problem = _summary_problem(layout) if layout.is_finished() else None
     if summary_problem:
@@ -93,10 +94,13 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         layout.is_finished() and not summary_problem
     ):  # the trainer's summary, written last (final/ alone may be a crashed finish)
         status = "finished"
-    elif holder is not None and stale_reason(holder) is None:
+    elif holder is not None and gone is None:
         # A lock without a process is a Slurm job's reservation: submitted or requeued, not running yet.
         status = "queued" if holder.pid is None else "running"  # running: or exporting; the note says who
         notes.insert(0, f"in use by {holder.describe()}")
+    elif failure is None and step is None and holder is not None and holder.pid is None and _job_failed(gone):
+        # `ftl slurm` returned at submission: a job that never started its workers left only its lock.
+        status, failure = "failed", {"reason": f"{gone}; see scontrol show job {holder.slurm_job}"}
     elif failure is not None:
         status = "failed"  # the latest start failed; the checkpoint column says where a rerun resumes
     elif valid is not None:
@@ -119,6 +123,11 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         failure=str(failure["reason"]) if failure and status == "failed" else None,
         invalid_checkpoints=invalid,
     )
+
+
+def _job_failed(stale: str | None) -> bool:
+    """A Slurm job that ended without completing (stale_reason's "Slurm job N has ended (STATE)")."""
+    return bool(stale) and "has ended (" in str(stale) and "(COMPLETED)" not in str(stale)
 
 
 def format_runs(infos: list[RunInfo]) -> str:

@@ -651,8 +651,18 @@ def test_a_slurm_job_that_cannot_write_its_run_directory_says_so(tmp_path, tiny_
     out = _ftl("train", str(config))
     assert out.returncode == 1, out.stderr[-3000:]
     assert "without writing its log" in out.stderr and "check that the job's user can write" in out.stderr, out.stderr
-    shown = subprocess.run([*FTL, "runs", str(tmp_path)], capture_output=True, text=True)
+    shown = subprocess.run([*FTL, "runs", str(tmp_path / "run")], capture_output=True, text=True)
     assert "failed" in shown.stdout, shown.stdout
+    # `ftl slurm` returns at submission: the job that never started is still listed as failed.
+    from cluster.slurm import job_info
+    from cluster.slurm_states import FINAL_STATES
+
+    submitted = _ftl("slurm", str(config), "output.dir=" + str(tmp_path / "submitted"))
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job_id = submitted.stdout.strip()
+    _wait_for(lambda: job_info(job_id).get("JobState") in FINAL_STATES, timeout=120)
+    shown = subprocess.run([*FTL, "runs", str(tmp_path / "submitted")], capture_output=True, text=True)
+    assert "failed" in shown.stdout and f"Slurm job {job_id} has ended (FAILED)" in shown.stdout, shown.stdout
 
 
 def test_slurm_stop_before_the_first_step_is_not_requeued(tmp_path, tiny_model_dir, slurm):
