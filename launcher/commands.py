@@ -11,7 +11,7 @@ from typing import Any
 
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import UserError
-from launcher.preflight import check_inputs, start_refusal
+from launcher.preflight import check_inputs, start_refusal, target_modules_problem
 from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, output_dir_problems, running_in
 from trainer.errors import EXIT_FAILED, TrainerInputError
 from trainer.run_layout import CONFIG_FILE, RUN_MARKER
@@ -23,6 +23,8 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now
     problems += [refusal] if refusal else []
     problems += output_dir_problems(local_run_dir(cfg))
+    targets = target_modules_problem(cfg)  # the workers refuse it too, after a backend start
+    problems += [targets] if targets else []
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
     from launcher.hub_cache import warn_unavailable_offline

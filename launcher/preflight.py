@@ -70,6 +70,38 @@ def architecture_problem(cfg: RunConfig) -> str | None:
     return unsupported_architecture(fields, cfg.transfer.head.type)
 
 
+def target_modules_problem(cfg: RunConfig) -> str | None:
+    """A listed method.lora.target_modules name that no module of the model has (train refuses it
+    too: trainer/methods.py). Builds the model on the meta device from its config.json, so only
+    when names are listed (all-linear and a regex are PEFT's to match)."""
+    if not cfg.method.uses_adapter or not isinstance(cfg.method.lora.target_modules, list):
+        return None
+    from launcher.errors import UserError
+    from launcher.plan.catalogue import model_config_fields
+
+    try:
+        _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
+    except (UserError, OSError, ValueError):
+        return None  # no config.json here: the workers check it against the loaded model
+    import torch
+
+    from launcher.plan.inventory_build import auto_class, hf_config
+    from trainer.errors import TrainerInputError
+    from trainer.methods import check_target_modules
+
+    try:
+        config = hf_config(fields)
+        with torch.device("meta"):
+            model = auto_class(config).from_config(config)
+    except Exception:  # noqa: BLE001 - a model transformers cannot build here: the workers say why
+        return None
+    try:
+        check_target_modules(model, cfg.method.lora.target_modules)
+    except TrainerInputError as exc:
+        return str(exc)
+    return None
+
+
 def did_you_mean(value: str) -> str:
     """'; did you mean X?' for a missing path whose folder holds a close spelling (a typo in the last
     part: ftl-tiny-lama for ftl-tiny-llama), else ''."""

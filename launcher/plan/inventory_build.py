@@ -33,7 +33,7 @@ def hf_config(fields: dict[str, Any]) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
-def _auto_class(config: Any) -> Any:
+def auto_class(config: Any) -> Any:
     """The causal LM, or for a vision backbone (ViT, ResNet, ...) its image classifier."""
     from transformers import AutoModelForCausalLM, AutoModelForImageClassification
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
@@ -62,7 +62,7 @@ def build_inventory(
 
     config = hf_config(config_fields)
     with torch.device("meta"):
-        model = _auto_class(config).from_config(config, dtype=DTYPES[dtype])
+        model = auto_class(config).from_config(config, dtype=DTYPES[dtype])
     learned_positions = learned_position_limit(model)
     quantized: dict[int, int] = {}
     if method.type == "qlora":
@@ -77,7 +77,7 @@ def build_inventory(
             model.requires_grad_(False)
         exclude = frozen_blocks_regex(model, freeze.first_n_blocks) if freeze else None
         # An image classifier: no PEFT task type, its head trained in full (as trainer/transfer/heads.py does).
-        image = _auto_class(config).__name__ == "AutoModelForImageClassification"
+        image = auto_class(config).__name__ == "AutoModelForImageClassification"
         lora = peft_lora_config(
             method,
             task_type=None if image else "CAUSAL_LM",

@@ -565,3 +565,15 @@ def test_the_snapshot_leaves_out_what_the_objective_ignores_and_loads_again(tmp_
     assert yaml.safe_load(snapshot)["training"]["preference"] == {"orpo_lambda": 0.2}
     again = load_config(_write(tmp_path, snapshot))  # the workers and `ftl submit` read it back
     assert again.training.preference.orpo_lambda == 0.2
+
+
+def test_validate_names_target_modules_no_module_has(tmp_path: Path) -> None:
+    """`ftl validate` said valid; train refused the names (trial 30b). Checked on the meta-device model."""
+    from launcher.preflight import target_modules_problem
+
+    lora = REPO / "configs/examples/lora.yaml"
+    problem = target_modules_problem(load_config(lora, ["method.lora.target_modules=[nonexistent_proj, q_prj]"]))
+    assert problem is not None and problem.startswith("method.lora.target_modules: 'nonexistent_proj', 'q_prj'")
+    assert "did you mean 'q_proj' for 'q_prj'?" in problem
+    assert target_modules_problem(load_config(lora, ["method.lora.target_modules=[q_proj, v_proj]"])) is None
+    assert target_modules_problem(load_config(lora)) is None  # all-linear: PEFT's to match
