@@ -782,3 +782,18 @@ def test_a_mixture_plan_says_its_epoch_is_not_estimated_not_that_its_data_is_unr
         "  epoch: data.mixture draws its sources by weight, and its epoch is not estimated; no time estimate" in lines
     )
     assert not any("not readable" in line for line in lines)
+
+
+def test_more_cpu_workers_than_cores_is_noted(capsys: pytest.CaptureFixture[str]) -> None:
+    """3 FSDP workers on 2 cores trained 17 times slower than 2, with no word about it (trial 30b)."""
+    import os
+
+    from launcher.config_loader import load_config
+    from launcher.plan.command import _note_oversubscribed_cores
+
+    cores = len(os.sched_getaffinity(0))
+    lora = REPO / "configs/examples/lora.yaml"
+    _note_oversubscribed_cores(load_config(lora, ["cluster.backend=local", f"cluster.workers={cores + 1}"]))
+    assert f"ftl: note: {cores + 1} workers on {cores} CPU core(s)" in capsys.readouterr().err
+    _note_oversubscribed_cores(load_config(lora, ["cluster.backend=local", f"cluster.workers={cores}"]))
+    assert capsys.readouterr().err == ""
