@@ -301,6 +301,11 @@ def _where(loc: list[str], key_lines: dict[str, int]) -> str:
     """A key's dotted name with where it was written: its file line, or the command line."""
     dotted = ".".join(loc)
     line = _nearest_line(loc, key_lines)
+    # A rule across a section's keys (cluster.slurm: signal_before_s against time) whose values came
+    # from the file and the command line: it named only the file's line, for a value of --time.
+    overridden = line and any(k.startswith(dotted + ".") and v == 0 for k, v in key_lines.items())
+    if overridden:
+        return f"{dotted} (line {line} and the command line)"
     return f"{dotted} (line {line})" if line else f"{dotted} (command line)" if line == 0 else dotted
 
 

@@ -577,3 +577,11 @@ def test_validate_names_target_modules_no_module_has(tmp_path: Path) -> None:
     assert "did you mean 'q_proj' for 'q_prj'?" in problem
     assert target_modules_problem(load_config(lora, ["method.lora.target_modules=[q_proj, v_proj]"])) is None
     assert target_modules_problem(load_config(lora)) is None  # all-linear: PEFT's to match
+
+
+def test_a_rule_across_a_sections_keys_names_the_command_line_when_a_value_came_from_there(tmp_path: Path) -> None:
+    """`ftl slurm --time 1` was reported at the file's line of cluster.slurm only (trial 30a)."""
+    text = (REPO / "configs/examples/lora.yaml").read_text()
+    path = _write(tmp_path, text.replace("  workers: 1 ", "  slurm:\n    signal_before_s: 120\n  workers: 1 "))
+    (problem,) = _problems(path, ["cluster.backend=slurm", "cluster.slurm.time=1"])
+    assert problem.startswith("cluster.slurm (line ") and " and the command line): " in problem, problem
