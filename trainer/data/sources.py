@@ -52,21 +52,63 @@ def dataset_fingerprint(spec: str, split: str) -> str:
 
 def read_rows(spec: str, split: str = "train") -> Iterator[Row]:
     path = Path(spec)
+    if path.is_dir() and not _saved_to_disk(path):
+        yield from _read_folder(path, split)
+        return
     if not is_local_dataset(spec) or path.is_dir():
-        # Hub names and local dataset folders (a downloaded hub repo, data files inside) both
-        # go through `datasets.load_dataset`.
+        # Hub names and folders written by save_to_disk go through the `datasets` library.
         yield from _read_hub(spec, split)
         return
     if not path.is_file():
         raise DataError(f"{spec}: dataset file not found (relative paths resolve from the current directory)")
+    yield from _read_file(path, path.name)
+
+
+def _read_file(path: Path, label: str) -> Iterator[Row]:
+    """One local data file's rows, each located as "LABEL line N" (item N, row N)."""
     readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
     reader = readers.get(path.suffix.lower())
     if reader is None:
-        raise DataError(f"{spec}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
     try:
-        yield from reader(path)
+        yield from reader(path, label)
     except PermissionError as exc:
-        raise DataError(f"{spec}: cannot be read ({exc.strerror}); check the file's permissions") from None
+        raise DataError(f"{path}: cannot be read ({exc.strerror}); check the file's permissions") from None
+
+
+def _read_folder(folder: Path, split: str) -> Iterator[Row]:
+    """A local folder of data files (a downloaded hub repo, files of one's own): the files of
+    `split` as the `datasets` library finds them (train*.jsonl, data/train-0000*.parquet, every
+    file when none is named by split), read here one by one in path order, each row located by
+    its file and line. datasets.load_dataset read only the folder's most common file type (a
+    .jsonl beside a .parquet was dropped without a word) and located rows as "row N" of the whole."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        found = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    except Exception as exc:  # datasets raises EmptyDatasetError (a FileNotFoundError) and others
+        raise DataError(
+            f"{folder}: no data files found in this folder ({type(exc).__name__}); it should hold data files "
+            f"({', '.join(LOCAL_SUFFIXES)}) or a dataset saved by the datasets library"
+        ) from None
+    if split not in found:
+        raise DataError(
+            f"{folder}: no files of the split {split!r} in this folder (its files name the splits "
+            f"{', '.join(sorted(str(s) for s in found))}); name them after the split (train.jsonl, test.jsonl) or "
+            "point at one file"
+        )
+    files = sorted(Path(f) for f in found[split])
+    others = sorted({f.suffix or f.name for f in files if f.suffix.lower() not in LOCAL_SUFFIXES})
+    if others and len(others) < len({f.suffix.lower() for f in files}):
+        raise DataError(
+            f"{folder}: the {split} files mix types ftl reads ({', '.join(LOCAL_SUFFIXES)}) with others "
+            f"({', '.join(others)}); move the others out of the folder or convert them"
+        )
+    if others:  # files only the datasets library reads (.txt, .arrow, .tsv, ...): all of one type
+        yield from _read_hub(str(folder), split)
+        return
+    for file in files:
+        yield from _read_file(file, str(file.relative_to(folder)))
 
 
 class DuplicateKey(ValueError):
@@ -87,7 +129,7 @@ def _without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def _read_jsonl(path: Path) -> Iterator[Row]:
+def _read_jsonl(path: Path, label: str) -> Iterator[Row]:
     # Bytes, decoded line by line: one line that is not UTF-8 is one bad row (named, skippable with
     # data.skip_bad_rows), not the end of the read. A leading byte-order mark (Windows editors and
     # exports write one) is not part of the first row.
@@ -95,7 +137,7 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
         for number, raw in enumerate(handle, start=1):
             if number == 1:
                 raw = raw.removeprefix(BOM)
-            where = f"{path.name} line {number}"
+            where = f"{label} line {number}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -120,7 +162,7 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             yield Row(where, _Malformed(surrogate) if surrogate else value)
 
 
-def _read_json(path: Path) -> Iterator[Row]:
+def _read_json(path: Path, label: str) -> Iterator[Row]:
     raw = path.read_bytes().removeprefix(BOM)
     try:
         text = raw.decode("utf-8")
@@ -144,10 +186,10 @@ def _read_json(path: Path) -> Iterator[Row]:
         raise DataError(f"{path}: expected a JSON list of objects (or JSON Lines in a .jsonl file)")
     for index, item in enumerate(data):
         surrogate = _lone_surrogate(item)
-        yield Row(f"{path.name} item {index + 1}", _Malformed(surrogate) if surrogate else item)
+        yield Row(f"{label} item {index + 1}", _Malformed(surrogate) if surrogate else item)
 
 
-def _read_parquet(path: Path) -> Iterator[Row]:
+def _read_parquet(path: Path, label: str) -> Iterator[Row]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -159,10 +201,10 @@ def _read_parquet(path: Path) -> Iterator[Row]:
             "to JSON Lines"
         ) from None
     for index, item in enumerate(table.to_pylist()):
-        yield Row(f"{path.name} row {index + 1}", item)  # counted from 1, as lines and items are
+        yield Row(f"{label} row {index + 1}", item)  # counted from 1, as lines and items are
 
 
-def _read_csv(path: Path) -> Iterator[Row]:
+def _read_csv(path: Path, label: str) -> Iterator[Row]:
     # utf-8-sig: a CSV saved by Excel ("CSV UTF-8") starts with a byte-order mark, which would
     # otherwise become part of the first column's name.
     with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -183,7 +225,7 @@ def _read_csv(path: Path) -> Iterator[Row]:
                 if not cells:  # a blank line (csv.DictReader skips them too)
                     continue
                 where = f"line {end}" if start >= end else f"lines {start}-{end}"
-                yield Row(f"{path.name} {where}", _csv_record(columns, cells))
+                yield Row(f"{label} {where}", _csv_record(columns, cells))
         except UnicodeDecodeError:
             # The decoder reads ahead of the rows, so its error says nothing of the line: find it.
             raw = path.read_bytes().removeprefix(BOM)
