@@ -225,6 +225,15 @@ def _read_csv(path: Path, label: str) -> Iterator[Row]:
                 if not cells:  # a blank line (csv.DictReader skips them too)
                     continue
                 where = f"line {end}" if start >= end else f"lines {start}-{end}"
+                if len(cells) != len(columns):  # a cell more was kept under a field named None, one less read as null
+                    yield Row(
+                        f"{label} {where}",
+                        _Malformed(
+                            f"{len(cells)} cells, but the header names {len(columns)} columns; quote a cell that "
+                            'holds a comma ("a, b") and give every column a cell'
+                        ),
+                    )
+                    continue
                 yield Row(f"{label} {where}", _csv_record(columns, cells))
         except UnicodeDecodeError:
             # The decoder reads ahead of the rows, so its error says nothing of the line: find it.
@@ -236,14 +245,9 @@ def _read_csv(path: Path, label: str) -> Iterator[Row]:
             raise
 
 
-def _csv_record(columns: list[str], cells: list[str]) -> dict[Any, Any]:
-    """One row as csv.DictReader makes it: a missing cell is None, extra cells are a list under None."""
-    record: dict[Any, Any] = dict(zip(columns, cells))
-    for name in columns[len(cells) :]:
-        record[name] = None
-    if len(cells) > len(columns):
-        record[None] = cells[len(columns) :]
-    return record
+def _csv_record(columns: list[str], cells: list[str]) -> dict[str, str]:
+    """One row: its cells by column name (the header names as many columns as the row has cells)."""
+    return dict(zip(columns, cells))
 
 
 def _read_hub(name: str, split: str) -> Iterator[Row]:
