@@ -561,8 +561,10 @@ def no_usable_rows_message(spec: str, stats: dict[str, Any]) -> str:
 def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False) -> str:
     """`only_too_long`: every row listed is refused for its length (data.too_long: error), which
     data.skip_bad_rows does not skip."""
-    if len(bad_rows) == 1:
-        return bad_rows[0]
+    if len(bad_rows) == 1:  # the whole path and what to do, as for several (a mixture may hold two d.jsonl)
+        if only_too_long:
+            return f"{spec}: 1 row longer than data.max_seq_len; raise it, or set data.too_long to truncate or drop:\n  - {bad_rows[0]}"
+        return f"{spec}: 1 bad row; fix it, or set data.skip_bad_rows=true to skip malformed rows:\n  - {bad_rows[0]}"
     listed = "\n".join(f"  - {problem}" for problem in bad_rows[:MAX_LISTED_BAD_ROWS])
     more = len(bad_rows) - MAX_LISTED_BAD_ROWS
     tail = f"\n  ... and {more} more" if more > 0 else ""
