@@ -112,7 +112,28 @@ def launcher_checks(cfg: Any) -> list[Check]:
     if cfg is not None:
         checks += config_checks(cfg)
         checks.append(checkpoint_disk_check(cfg))
+        fit = memory_fit_check(cfg)
+        if fit is not None:
+            checks.append(fit)
     return checks
+
+
+def memory_fit_check(cfg: Any) -> Check | None:
+    """`ftl train`'s fit check as a row (doctor passed a run that train refused at once for 273 GiB
+    of RAM); None where it cannot judge (a Slurm allocation's nodes, a model it cannot plan)."""
+    from launcher.plan.command import fit_verdict
+    from trainer.errors import TrainerInputError
+
+    try:
+        verdict = fit_verdict(cfg)
+    except (UserError, TrainerInputError) as exc:  # what `ftl train` would refuse with, before any worker
+        return Check("memory fit (ftl plan)", False, str(exc).split(". The fit check")[0], "see `ftl plan CONFIG`")
+    if verdict.fits is None:
+        return None
+    if verdict.fits:
+        return Check("memory fit (ftl plan)", True, verdict.said)
+    fix = f"it would fit with: {verdict.hints}" if verdict.hints else "see `ftl plan` for the breakdown"
+    return Check("memory fit (ftl plan)", False, verdict.said, fix)
 
 
 def version_checks() -> list[Check]:

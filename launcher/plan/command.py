@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 from cluster.gpu_probe import cuda_available
 from launcher.config_loader import load_config
@@ -84,17 +85,29 @@ def ray_on_cpu_bytes(cfg: RunConfig) -> tuple[int, str]:
     return extra + RAY_LOCAL_SERVICES, " and the local Ray's own processes"
 
 
-def check_fit(cfg: RunConfig) -> None:
-    """Refuse a run that cannot fit on this machine. On GPU the budget is one device per worker;
-    on a CPU-only machine all local workers share the available RAM. A planner failure (say, an
-    architecture it cannot build) only warns: the check must never block a run it cannot judge."""
+@dataclass(frozen=True)
+class FitVerdict:
+    """Whether the run fits this machine: `fits` None when it cannot be judged (`said` says why);
+    else `said` is the need against what is available."""
+
+    fits: bool | None
+    said: str
+    hints: str = ""
+
+    def refusal(self) -> str:
+        return f"{self.said} (see `ftl plan` for the breakdown){'; it would fit with: ' + self.hints if self.hints else ''}"
+
+
+def fit_verdict(cfg: RunConfig) -> FitVerdict:
+    """The fit check's judgement (check_fit before `ftl train`, a row of `ftl doctor`). On GPU the
+    budget is one device per worker; on a CPU-only machine all local workers share the available
+    RAM. A config that names what the model does not have raises TrainerInputError."""
     if cfg.cluster.backend == "slurm":  # the run's machines are the allocation's, not this login node
-        print(
-            "ftl: fit check skipped: a Slurm job runs on the allocation's nodes; `ftl plan CONFIG --gpu TYPE "
-            "--gpus-per-node N` plans for them",
-            file=sys.stderr,
+        return FitVerdict(
+            None,
+            "skipped: a Slurm job runs on the allocation's nodes; `ftl plan CONFIG --gpu TYPE --gpus-per-node N` "
+            "plans for them",
         )
-        return
     workers = cfg.cluster.workers
     acc = ram_share(this_machine(), workers)  # on CPU each worker gets its share of the RAM, as in `ftl plan`
     try:
@@ -107,8 +120,7 @@ def check_fit(cfg: RunConfig) -> None:
     except TrainerInputError:  # the config names what this model does not have: the workers would refuse it too
         raise
     except Exception as exc:  # noqa: BLE001 - reported, then the run goes on
-        print(f"ftl: fit check skipped: cannot plan this model ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return
+        return FitVerdict(None, f"skipped: cannot plan this model ({type(exc).__name__}: {exc})")
     memory = plan.memory
     if acc.is_gpu:
         need, have, what = memory.total_bytes, acc.memory_bytes, f"per GPU ({acc.name})"
@@ -119,17 +131,28 @@ def check_fit(cfg: RunConfig) -> None:
             acc.memory_bytes * workers,
             f"of RAM for {workers} worker(s){whose}",
         )
-    if need <= have:
-        print(f"ftl: fit check: the run needs about {size(need)} {what}; {size(have)} available", file=sys.stderr)
-        if not acc.is_gpu:
+    said = (
+        f"the run needs about {size(need)} {what}; {size(have)} available"
+        if need <= have
+        else f"this run needs about {size(need)} {what} but {size(have)} is available"
+    )
+    hints = "; ".join(f"{s.change.description} ({' '.join(s.change.overrides)})" for s in plan.suggestions[:3])
+    return FitVerdict(need <= have, said, hints)
+
+
+def check_fit(cfg: RunConfig) -> None:
+    """Refuse a run that cannot fit on this machine (fit_verdict); one it cannot judge only warns:
+    the check must never block a run it cannot judge."""
+    verdict = fit_verdict(cfg)
+    if verdict.fits is None:
+        print(f"ftl: fit check {verdict.said}", file=sys.stderr)
+        return
+    if verdict.fits:
+        print(f"ftl: fit check: {verdict.said}", file=sys.stderr)
+        if not cuda_available():
             _note_oversubscribed_cores(cfg)
         return
-    hints = "; ".join(f"{s.change.description} ({' '.join(s.change.overrides)})" for s in plan.suggestions[:3])
-    raise UserError(
-        f"this run needs about {size(need)} {what} but {size(have)} is available "
-        f"(see `ftl plan` for the breakdown){'; it would fit with: ' + hints if hints else ''}. "
-        "Pass --skip-fit-check to launch anyway"
-    )
+    raise UserError(f"{verdict.refusal()}. Pass --skip-fit-check to launch anyway")
 
 
 def _note_oversubscribed_cores(cfg: RunConfig) -> None:

@@ -59,6 +59,7 @@ def test_cli_doctor_table_and_exit_code(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "all-reduce 1 MB across 2 workers (gloo)" in ok.stdout and "0 failed" in ok.stdout
+    assert "memory fit (ftl plan)" in ok.stdout
     (tmp_path / "blocker").write_text("x")
     bad = subprocess.run(
         [*FTL, "doctor", str(cfg), f"output.dir={tmp_path / 'blocker' / 'r1'}", "--size-mb", "1"],
@@ -69,3 +70,16 @@ def test_cli_doctor_table_and_exit_code(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAIL" in bad.stdout and "fix: choose an output.dir" in bad.stdout
+
+
+def test_doctor_fails_a_run_that_does_not_fit_as_train_would_refuse_it(tmp_path: Path) -> None:
+    """Doctor said 7 passed for a config train refused at once for 273 GiB of RAM (trial 31b)."""
+    from launcher.config_loader import load_config
+    from launcher.doctor import memory_fit_check
+
+    cfg = write_config(tmp_path / "cfg.yaml", BUNDLED_MODEL, tmp_path / "runs" / "r1")
+    check = memory_fit_check(load_config(cfg, ["training.micro_batch_size=100000", "data.max_seq_len=4096"]))
+    assert check is not None and not check.ok, check
+    assert "this run needs about" in check.detail and "is available" in check.detail
+    fits = memory_fit_check(load_config(cfg))
+    assert fits is not None and fits.ok and "the run needs about" in fits.detail
