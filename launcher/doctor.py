@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.config import ClusterConfig
 from cluster.gpu_probe import local_gpu_shortfall
 from launcher.errors import UserError
 from launcher.run_dir import local_run_dir
@@ -60,7 +61,7 @@ def doctor_command(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be at least 1")
     workers = args.workers or (run_workers if multi_node else max(DEFAULT_WORKERS, run_workers))
-    backend = cfg.cluster.backend if cfg else "local"
+    backend = cfg.cluster.backend if cfg else ClusterConfig().backend  # no config: the default driver (ray)
     cores = os.cpu_count() or 1
     if backend in ("local", "torchrun") and workers > MAX_WORKERS_PER_CORE * cores:
         # Each is a process with torch loaded (hundreds of MB): 1000 of them filled a 24 GiB machine.
@@ -76,10 +77,9 @@ def doctor_command(args: argparse.Namespace) -> int:
         workers = max(1, torch.cuda.device_count())
     checks = launcher_checks(cfg)
     run_dir = local_run_dir(cfg).resolve().parent if cfg else Path.cwd() / "runs"
-    from cluster.config import ClusterConfig
     from cluster.doctor_backends import run_doctor_workers
 
-    cluster = cfg.cluster if cfg else ClusterConfig(backend="local")
+    cluster = cfg.cluster if cfg else ClusterConfig()
     shape = (
         ""
         if args.workers or workers == run_workers
@@ -90,7 +90,12 @@ def doctor_command(args: argparse.Namespace) -> int:
         "backend ...",
         file=sys.stderr,
     )
-    results = run_doctor_workers(cluster, run_dir, args.size_mb, workers)
+    made_here = not run_dir.exists()
+    try:
+        results = run_doctor_workers(cluster, run_dir, args.size_mb, workers)
+    finally:
+        if made_here and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # the probes are gone: no empty ./runs left where doctor was run
     checks += worker_checks(results, args.size_mb)
     print(render_table(checks))
     return 0 if all(c.ok for c in checks) else EXIT_FAILED
