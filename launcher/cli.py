@@ -109,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, with --temperature > 0")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the sampling seed (with --temperature > 0); default: a new one each call, printed so it can be repeated",
+    )
 
     runs = verbs.add_parser(
         "runs",

@@ -8,6 +8,7 @@ import difflib
 import json
 import math
 import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -70,7 +71,13 @@ def generate_command(args: argparse.Namespace) -> int:
     from cluster.local import default_device
     from trainer.inference import load_for_inference
 
-    torch.manual_seed(args.seed)
+    seed = args.seed
+    if seed is None:
+        # Sampling with a fixed default seed gave the same reply on every call (sampling looked off).
+        seed = secrets.randbelow(2**31)
+        if args.temperature > 0:
+            print(f"ftl: sampling with seed {seed} (--seed {seed} gives the same replies again)", file=sys.stderr)
+    torch.manual_seed(seed)
     device = default_device()
     prompts = _read_prompts(args) if args.input else None  # bad rows are reported before the model loads
     model, tokenizer = load_for_inference(Path(args.run_dir), device)

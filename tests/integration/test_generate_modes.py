@@ -273,3 +273,22 @@ def test_a_classifier_or_tagger_is_refused_with_how_to_use_it(
     code = launcher.cli.main(["generate", str(tmp_path / "ner-run"), "--prompt", "hi"])
     err = capsys.readouterr().err
     assert code == 2 and 'pipeline("token-classification", model=...)' in err, err
+
+
+def test_sampling_without_a_seed_draws_one_and_says_it_so_it_can_be_repeated() -> None:
+    """A fixed default seed (0) gave the same sampled reply on every call (trial 31b)."""
+    import re
+
+    def sample(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = ["generate", str(BUNDLED_MODEL), "--prompt", QUESTIONS[4], "--temperature", "1.5", *extra]
+        return subprocess.run(
+            [*FTL, *args, "--max-new-tokens", "12"], capture_output=True, text=True, cwd=REPO, timeout=300
+        )
+
+    first = sample()
+    assert first.returncode == 0, first.stderr[-2000:]
+    said = re.search(r"ftl: sampling with seed (\d+) \(--seed \1 gives the same replies again\)", first.stderr)
+    assert said, first.stderr[-2000:]
+    again = sample("--seed", said.group(1))
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "sampling with seed" not in again.stderr
