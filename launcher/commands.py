@@ -262,6 +262,11 @@ def report(run_dir: str, compare: list[str], out: str | None) -> int:
             raise UserError(
                 f"{run}: not a run directory (no {CONFIG_FILE}, or not one ftl made); pass the run's output.dir"
             )
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        earlier = seen.setdefault(run.resolve(), run)
+        if earlier is not run:  # two identical curves under one label: nothing to compare
+            raise UserError(f"{run} is given twice ({earlier}); compare different runs")
     target = Path(out) if out else RunLayout(runs[0]).report
     if out:  # the default, RUN/report, is the run's own
         refuse_foreign_target(target)

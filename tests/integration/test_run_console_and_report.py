@@ -148,6 +148,14 @@ def test_ftl_report_on_the_stopped_run_and_a_comparison(runs, tmp_path):
     assert [len(r["charts"]["loss"]["loss"]) for r in data["runs"]] == [8, 4]
     bad = subprocess.run([*FTL, "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a run directory" in bad.stderr
+    # The same run twice drew one curve twice under one label (trial 31b).
+    twice = subprocess.run(
+        [*FTL, "report", str(stopped), "--compare", str(stopped.parent / ".." / stopped.parent.name / stopped.name)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert twice.returncode == 2 and "is given twice" in twice.stderr, twice.stderr
     # --out never writes into a folder of the user's (it replaced their index.html), nor onto a file;
     # an earlier report of ftl's is replaced.
     site = tmp_path / "site"
