@@ -108,7 +108,8 @@ def render(plan: Plan) -> str:
     if plan.suggestions:
         lines += ["", "changes that make it fit (cheapest first):"]
         for s in plan.suggestions:
-            lines.append(f"  - {s.change.description}: {size(s.memory.total_bytes)} per GPU")
+            per = "GPU" if s.memory.setup.accelerator.is_gpu else "worker"  # a CPU plan is per worker's RAM share
+            lines.append(f"  - {s.change.description}: {size(s.memory.total_bytes)} per {per}")
             lines.append(f"      {' '.join(s.change.overrides)}")
     elif not memory.fits:
         lines += ["", "no single change or pair of changes fits; plan more GPUs with --gpus-per-node/--nodes"]

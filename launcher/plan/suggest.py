@@ -277,6 +277,9 @@ def evaluator(
     return evaluate
 
 
+SUGGESTION_MARGIN = 0.05  # of the capacity a suggested change leaves free
+
+
 def suggest(
     setup: Setup,
     inventory: Inventory,
@@ -296,9 +299,12 @@ def suggest(
         if change is None or not valid(change) or any(f.change.overrides == change.overrides for f in found):
             return False
         memory = evaluate(change)
-        if memory.fits:
+        # A change that lands right at the limit (17.43 of 17.44 GiB) is no advice: free memory moves by
+        # more than that between runs, and the plan's own figures are a few percent off.
+        fits = memory.total_bytes <= (1 - SUGGESTION_MARGIN) * memory.capacity_bytes
+        if fits:
             found.append(Suggestion(change, memory))
-        return memory.fits
+        return fits
 
     singles = [c for c in single_changes(setup) if valid(c)]
     for change in [c for c in singles if c.lean]:

@@ -97,7 +97,11 @@ def test_suggestions_fit_and_name_their_overrides(tmp_path: Path) -> None:
     assert not plan.memory.fits
     assert plan.suggestions and all(s.memory.fits for s in plan.suggestions)
     described = [s.change.description for s in plan.suggestions]
-    assert "activation checkpointing (~30% more compute)" in described and any("FSDP2" in d for d in described)
+    assert any("FSDP2" in d for d in described)
+    # Each leaves a margin: activation checkpointing alone lands at 99.4% of the 80 GB, no advice
+    # (free memory and the plan's figures both move by more than that).
+    assert "activation checkpointing (~30% more compute)" not in described
+    assert all(s.memory.total_bytes <= 0.95 * s.memory.capacity_bytes for s in plan.suggestions)
     for s in plan.suggestions:  # each suggestion's config overrides load
         overrides = [o for o in s.change.overrides if "=" in o and not o.startswith("--")]
         load_config(tmp_path / "c.yaml", overrides)
@@ -596,8 +600,8 @@ def test_dpo_micro_batch_suggestion_counts_pairs_and_its_overrides_plan_what_it_
     plan = _plan(tmp_path, gpu="H100", **sections)
     assert not plan.memory.fits
     first = next(s for s in plan.suggestions if s.change.overrides[0].startswith("training.micro_batch_size"))
-    assert first.change.overrides == ["training.micro_batch_size=4", "training.gradient_accumulation_steps=2"]
-    assert first.change.description.startswith("micro-batch 4 pairs with 2x accumulation")
+    assert first.change.overrides == ["training.micro_batch_size=2", "training.gradient_accumulation_steps=4"]
+    assert first.change.description.startswith("micro-batch 2 pairs with 4x accumulation")
     applied = _plan(tmp_path, gpu="H100", overrides=first.change.overrides, **sections)
     assert applied.memory.total_bytes == first.memory.total_bytes and applied.memory.fits
 
