@@ -115,7 +115,7 @@ class RunConsole:
         scores = " ".join(
             f"{key} {_number(value)}"
             for key, value in values.items()
-            if key not in ("split", "label", "samples", "eval_loss") and isinstance(value, (int, float))
+            if key not in ("split", "label", "samples", "eval_loss", "weights_step") and isinstance(value, (int, float))
         )
         self.event(
             f"eval {values['split']} step {step} ({label}): loss {values['eval_loss']:.4f}{' ' + scores if scores else ''}"

@@ -542,13 +542,25 @@ class _Evaluator:
                 self.metrics.write(step, again, kind="eval")
                 self.console.evaluated(step, "final", again)
             return
-        self(step, label="final", shown_as=f"final: best step {restored}'s weights" if restored else None)
+        self(
+            step,
+            label="final",
+            shown_as=f"final: best step {restored}'s weights" if restored else None,
+            weights_step=restored,
+        )
 
     def __call__(
-        self, step: int, label: str = "periodic", only: str | None = None, shown_as: str | None = None
+        self,
+        step: int,
+        label: str = "periodic",
+        only: str | None = None,
+        shown_as: str | None = None,
+        weights_step: int | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Score every eval set (or only the one named `only`); returns the records by set name.
-        shown_as: the console's label when it says more than the record's (whose weights)."""
+        shown_as: the console's label when it says more than the record's (whose weights);
+        weights_step: the step whose weights these are, recorded when not `step` (early stopping's
+        final evaluation of the best step, at the stop step: it was plotted as step 30 improving)."""
         batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
         # The module with the original API (generate etc.); for sharded strategies it still
         # carries the hooks that gather parameters, so every rank evaluates in lockstep.
@@ -558,6 +570,8 @@ class _Evaluator:
             if only is not None and eval_set.name != only:
                 continue
             values: dict[str, Any] = {"split": eval_set.name, "label": label}
+            if weights_step is not None and weights_step != step:
+                values["weights_step"] = weights_step
             if eval_set.format == "preference" and self.objective is not None:
                 values.update(
                     preference_eval(

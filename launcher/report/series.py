@@ -46,6 +46,8 @@ def run_series(run_dir: Path) -> dict[str, Any]:
             else:
                 add("lr", "lr", step, record.get("lr"))
         elif record.get("kind") == "eval":
+            if "weights_step" in record:  # another step's weights (early stopping's best), plotted at that step already
+                continue
             split = record.get("split", "?")
             for key, value in record.items():
                 if key in ("step", "time", "split", "label", "kind", "samples"):

@@ -273,6 +273,14 @@ def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(
     assert all(torch.equal(best_weights[k], final[k]) for k in final)
     final_eval = next(r for r in read_metrics(run, "eval") if r["label"] == "final" and r["split"] == "validation")
     assert final_eval["eval_loss"] == pytest.approx(best, rel=1e-6)
+    # The record names whose weights they are, and the report does not draw them at the stop step
+    # (the curve dropped there, as if the last steps had improved: trial 31b).
+    assert final_eval["weights_step"] == best_step
+    from launcher.report.series import run_series
+
+    curve = run_series(run)["charts"]["eval_eval_loss"]["validation"]
+    drawn = [r["step"] for r in read_metrics(run, "eval") if r["split"] == "validation" and r["label"] != "final"]
+    assert [step for step, _ in curve] == drawn and drawn[-1] == expected_stop  # the periodic one of that step
     # Recorded at the last step; the console says the scores are the best step's weights'.
     assert f"eval validation step {expected_stop} (final: best step {best_step}'s weights)" in "".join(
         capfd.readouterr()
