@@ -211,11 +211,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         scored = metric in reported
         header = f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}"
         lines.append((header + f"{title + ' (base -> tuned)':<30}" if scored else header).rstrip())
+        partial: list[str] = []
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})
             loss = f"{_fmt(base.get('eval_loss'))} -> {_fmt(final.get('eval_loss'))}"
             em = f"{_pct(base.get(metric))} -> {_pct(final.get(metric))}" if scored else ""
-            lines.append(f"{split:<14}{loss:<30}{em:<30}".rstrip())
+            of = _scored_part(summary, split, pairs=metric == "preference_accuracy")
+            partial += [f"* {split}: {of}"] if of else []
+            lines.append(f"{split + ('*' if of else ''):<14}{loss:<30}{em:<30}".rstrip())
+        if partial:
+            lines += partial + ["  (eval.max_samples: not comparable with scores of whole sets)"]
     stopping = summary.get("transfer", {}).get("early_stopping")
     best = stopping.get("best_step") if stopping else None
     if stopping and stopping.get("stopped_at") is not None:
@@ -234,6 +239,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         if (final_dir / name).exists():
             lines.append(f"{name:<8} {final_dir / name}")
     return "\n".join(lines)
+
+
+def _scored_part(summary: dict[str, Any], split: str, pairs: bool) -> str:
+    """'scored on the first 64 of 200 examples' when eval.max_samples left part of the set out."""
+    limit = summary.get("eval_max_samples")
+    examples = (summary.get("data") or {}).get(f"{split}_examples")
+    if not limit or not isinstance(examples, int):
+        return ""
+    count, what = (examples // 2, "pairs") if pairs else (examples, "examples")
+    return f"scored on the first {limit} of {count} {what}" if limit < count else ""
 
 
 def _fmt(value: float | None) -> str:

@@ -424,7 +424,7 @@ def _finish(
         trainee.console.event(f"warning: {worse}")
     fault_point("final_export", state.step, ctx.rank)  # tests: a stop request after the last step
     _export(cfg, ctx, strategy, trainee.model, tokenizer)
-    summary = _summary(ctx.run_dir, data, state, trainee.total_steps)
+    summary = _summary(ctx.run_dir, data, state, trainee.total_steps, cfg.eval.max_samples)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
     summary["transfer"] = trainee.transfer.summary()
     if ctx.is_main:  # written last and atomically: its presence is what marks the run finished
@@ -615,7 +615,9 @@ class _Evaluator:
         return results
 
 
-def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: int) -> dict[str, Any]:
+def _summary(
+    run_dir: Path, data: PreparedData, state: LoopState, total_steps: int, eval_max_samples: int | None
+) -> dict[str, Any]:
     evals = read_metrics(run_dir, kind="eval")
     scores: dict[str, dict[str, Any]] = {}
     for record in evals:
@@ -650,6 +652,7 @@ def _summary(run_dir: Path, data: PreparedData, state: LoopState, total_steps: i
         "last_loss": train[-1]["loss"] if train else None,
         "data": data.report,
         "scores": scores,
+        "eval_max_samples": eval_max_samples,  # the scores are of the first N examples of each set
         "final_dir": str(RunLayout(run_dir).final),
         # Over every start (a resumed or restarted run's earlier starts count: they took time too).
         "earlier_starts_s": wall_time_before_last_start(records),

@@ -34,3 +34,14 @@ def test_the_data_line_counts_images_not_token_slots(tmp_path: Path) -> None:
     assert "data: 120 images\n" in images and "token slots" not in images
     texts = format_summary({**_summary(tmp_path), "data": {**data, "format": "classification"}})
     assert "data: 120 examples padded in batches, 120 rows; 100.0% of token slots hold real tokens" in texts
+
+
+def test_a_set_scored_in_part_is_marked(tmp_path: Path) -> None:
+    """eval.max_samples: 64 of 200 rows scored, and the table looked like a whole-set score (trial 31b)."""
+    data = {"train_examples": 120, "train_rows": 120, "token_efficiency": 1.0, "packing": False}
+    scores = {"validation": {"base": {"eval_loss": 15.7}, "final": {"eval_loss": 3.89}}, "test": {"final": {}}}
+    summary = {**_summary(tmp_path), "data": {**data, "validation_examples": 200, "test_examples": 50}}
+    table = format_summary({**summary, "scores": scores, "eval_max_samples": 64})
+    assert "\nvalidation*   15.7000 -> 3.8900" in table
+    assert "* validation: scored on the first 64 of 200 examples" in table and "* test" not in table
+    assert "*" not in format_summary({**summary, "scores": scores, "eval_max_samples": None})
