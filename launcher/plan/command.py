@@ -38,6 +38,13 @@ def plan_command(args: argparse.Namespace) -> int:
     target = Target(ram_share(acc, per_node), per_node, args.nodes)
     plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
     print(render(plan))
+    beside, whose = ray_on_cpu_bytes(cfg) if not acc.is_gpu else (0, "")
+    if beside:  # the per-worker table is the trainer's; Ray's library and daemons come on top (the fit check adds them)
+        what = "its library in each worker" + (", and the local Ray's own processes" if "local" in whose else "")
+        print(
+            f"on Ray    + {size(beside)} of RAM for Ray ({what}): {size(plan.memory.total_bytes * per_node + beside)} "
+            f"in all for {per_node} worker(s), as `ftl train`'s fit check counts"
+        )
     from launcher.hub_cache import warn_unavailable_offline
 
     warn_unavailable_offline(cfg)  # planned, but not trainable on this machine

@@ -801,3 +801,14 @@ def test_more_cpu_workers_than_cores_is_noted(capsys: pytest.CaptureFixture[str]
     assert f"ftl: note: {cores + 1} workers on {cores} CPU core(s)" in capsys.readouterr().err
     _note_oversubscribed_cores(load_config(lora, ["cluster.backend=local", f"cluster.workers={cores}"]))
     assert capsys.readouterr().err == ""
+
+
+def test_plan_on_ray_adds_what_ray_takes_as_the_fit_check_does() -> None:
+    """`ftl plan` said ~527 MiB per worker where a Ray worker peaked at 730-760 MiB, while train's
+    fit check counted Ray (trial 31b): the plan now says it too."""
+    lora = str(REPO / "configs/examples/lora.yaml")
+    on_ray = subprocess.run([*FTL, "plan", lora], capture_output=True, text=True, timeout=300)
+    assert on_ray.returncode == 0, on_ray.stderr[-2000:]
+    assert "on Ray    + " in on_ray.stdout and "as `ftl train`'s fit check counts" in on_ray.stdout
+    local = subprocess.run([*FTL, "plan", lora, "cluster.backend=local"], capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0 and "on Ray" not in local.stdout
