@@ -63,7 +63,11 @@ def doctor_command(args: argparse.Namespace) -> int:
     workers = args.workers or (run_workers if multi_node else max(DEFAULT_WORKERS, run_workers))
     backend = cfg.cluster.backend if cfg else ClusterConfig().backend  # no config: the default driver (ray)
     cores = os.cpu_count() or 1
-    if backend in ("local", "torchrun") and workers > MAX_WORKERS_PER_CORE * cores:
+    joins_a_cluster = backend == "ray" and bool(
+        (cfg.cluster.ray.address if cfg else None) or os.environ.get("RAY_ADDRESS")
+    )
+    on_this_machine = backend in ("local", "torchrun") or (backend == "ray" and not joins_a_cluster)
+    if on_this_machine and workers > MAX_WORKERS_PER_CORE * cores:
         # Each is a process with torch loaded (hundreds of MB): 1000 of them filled a 24 GiB machine.
         raise UserError(
             f"{workers} doctor workers on this machine's {cores} core(s): at most {MAX_WORKERS_PER_CORE * cores} "
