@@ -45,6 +45,8 @@ class RunInfo:
             name = next((k for k in EVAL_SCORES if k in scores), "eval_loss")
             if name in scores:
                 whose = " (base model)" if scores.get("label") == "base" else ""  # nothing trained yet
+                if "weights_step" in scores:  # early stopping's final eval: the best step's weights
+                    whose = f" (step {scores['weights_step']}'s weights)"
                 return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}{whose}"
         return "-"
 
@@ -90,6 +92,9 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     summary_problem = _summary_problem(layout) if layout.is_finished() else None
     if summary_problem:
         notes.insert(0, summary_problem)
+    elif layout.is_finished() and (best := _early_stopping_best(layout)) is not None and best != step:
+        # STEP and LOSS are where the loop stopped; what final/ holds is another step's weights.
+        notes.insert(0, f"early stopping: final/ holds step {best}'s weights (the best evaluation), not step {step}'s")
     if (
         layout.is_finished() and not summary_problem
     ):  # the trainer's summary, written last (final/ alone may be a crashed finish)
@@ -123,6 +128,16 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         failure=str(failure["reason"]) if failure and status == "failed" else None,
         invalid_checkpoints=invalid,
     )
+
+
+def _early_stopping_best(layout: RunLayout) -> int | None:
+    """The step whose weights final/ holds when early stopping chose it (None: the last step's)."""
+    try:
+        summary = json.loads(layout.summary.read_text(encoding="utf-8"))
+        best = summary["transfer"]["early_stopping"]["best_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return best if isinstance(best, int) else None
 
 
 def _job_failed(stale: str | None) -> bool:

@@ -220,3 +220,19 @@ def test_a_preference_runs_eval_column_shows_its_preference_accuracy() -> None:
         Path("r"), "finished", 4, None, evals={"validation": {"eval_loss": 0.45, "preference_accuracy": 0.915}}
     )
     assert info.eval_score() == "validation preference_accuracy 0.915"
+
+
+def test_an_early_stopped_run_says_final_holds_the_best_steps_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """STEP and LOSS are where the loop stopped (step 4); final/ holds step 2's weights, and the listing
+    says so instead of letting the stop step's figures read as the exported model's."""
+    run = _run(tmp_path, "es", [2, 4], 4, finished=True)
+    (run / "summary.json").write_text(json.dumps({"transfer": {"early_stopping": {"best_step": 2}}}))
+    final_eval = {"kind": "eval", "step": 4, "split": "validation", "label": "final", "eval_loss": 0.5, "weights_step": 2}
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps(final_eval) + "\n")
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "validation loss 0.500 (step 2's weights)" in out
+    assert "es: early stopping: final/ holds step 2's weights (the best evaluation), not step 4's" in out
