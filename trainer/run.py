@@ -39,6 +39,7 @@ from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.faults import fault_point
+from trainer.global_batch import batch_larger_than_data
 from trainer.logging_setup import setup_worker_logging
 from trainer.loop import LoopHooks, train_loop
 from trainer.loop_state import LoopState
@@ -203,16 +204,10 @@ def _build_trainee(
     copied = frozen_copy(base) if cfg.reference_kind() == "copy" else None
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
     total_steps = planned_steps(cfg, len(data.train), strategy.global_batch(), *resumed_at)
-    if ctx.is_main and not cfg.training.max_steps and strategy.global_batch() > cfg.training.epochs * len(data.train):
-        log.warning(
-            "one step takes %d rows (the global batch) but training.epochs=%g of the data is %g rows: the run trains "
-            "%.1f epochs, not %g; lower training.micro_batch_size or gradient_accumulation_steps (or use fewer workers)",
-            strategy.global_batch(),
-            cfg.training.epochs,
-            cfg.training.epochs * len(data.train),
-            total_steps * strategy.global_batch() / len(data.train),
-            cfg.training.epochs,
-        )
+    epochs = None if cfg.training.max_steps else cfg.training.epochs
+    too_big = batch_larger_than_data(strategy.global_batch(), len(data.train), epochs, total_steps, data.train.packed)
+    if ctx.is_main and too_big:
+        log.warning("%s", too_big)
     metrics = MetricsWriter(
         ctx.run_dir,
         enabled=ctx.is_main,

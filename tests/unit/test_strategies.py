@@ -77,3 +77,18 @@ def test_deepspeed_receives_its_resume_source_from_the_resume_path(tmp_path: Pat
     stale.mkdir(parents=True)
     strategy.prepare_resume(tmp_path / "run" / "checkpoints" / "step-4", saved_world_size=1, run_dir=tmp_path / "run")
     assert strategy.universal_checkpoint is None and not stale.parent.exists()
+
+
+def test_a_global_batch_larger_than_the_data_is_said_with_how_often_each_row_repeats() -> None:
+    from trainer.global_batch import batch_larger_than_data
+
+    # max_steps decides the length: 4096 rows a step over 48 packed rows repeat each about 85 times.
+    said = batch_larger_than_data(4096, 48, None, 10, packed=True)
+    assert said is not None and "the training data is 48 packed rows" in said
+    assert "repeats each row about 85.3 times" in said and "training.micro_batch_size" in said
+    # epochs decide it: the run trains more epochs than asked, and says how many.
+    said = batch_larger_than_data(4, 3, 1.0, 1, packed=False)
+    assert said is not None and "the run trains 1.3 epochs, not 1" in said
+    # A batch the data holds is nothing to say.
+    assert batch_larger_than_data(8, 48, None, 10) is None
+    assert batch_larger_than_data(8, 48, 1.0, 6) is None
