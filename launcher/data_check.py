@@ -207,8 +207,17 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
             )
             + " / ".join(f"{name} {value}" for name, value in stats.items())
             + f"; {longer} longer than max_seq_len {check.max_seq_len}"
+            + _cut_lengths_note(file.lengths_cut)
         )
     return lines + _problem_lines(file) + _dropped_lines(file) + _truncated_lines(file) + _same_pair_lines(file)
+
+
+def _cut_lengths_note(cut: int) -> str:
+    """Rows far over max_seq_len are counted only up to a cut of their text: their lengths, and a
+    max among them, are lower bounds, not the row's length."""
+    if not cut:
+        return ""
+    return f" ({_count(cut, 'row')} counted only up to a cut of the text: the max is at least that, not exact)"
 
 
 def _count(n: int, noun: str) -> str:

@@ -376,6 +376,29 @@ def test_a_huge_row_is_cut_before_tokenizing_and_trains_the_same_tokens(tokenize
     assert _cut(128, cut.rendered_len, lower_bound=True) == f", truncated from at least {cut.rendered_len}"
 
 
+def test_validate_says_a_max_length_counted_up_to_a_cut_is_a_lower_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An 800,000-character row read `max 12816` in the length statistics, as if exact."""
+    from trainer.data.tokenized import MAX_CHARS_PER_TOKEN
+
+    huge = "omega " * (128 * MAX_CHARS_PER_TOKEN // 3)
+    rows = [{"prompt": "Q?", "completion": huge}, {"prompt": "Q?", "completion": " A."}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = {"train": str(tmp_path / "d.jsonl"), "validation": None, "format": "completion"}
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", data=data)
+    code, out, err = _validate_data(capsys, config)
+    assert code == 0, err
+    [stats] = [line for line in out.splitlines() if line.startswith("  length in tokens: ")]
+    assert stats.endswith(
+        "1 longer than max_seq_len 128 (1 row counted only up to a cut of the text: the max is at least that, not exact)"
+    )
+    # Rows read whole say nothing of the kind.
+    (tmp_path / "d.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    code, out, err = _validate_data(capsys, config)
+    assert code == 0 and "counted only up to a cut" not in out
+
+
 def test_a_tokenized_cache_entry_is_shared_as_any_new_folder(tmp_path: Path, tokenizer: Any) -> None:
     """mkdtemp made entries 0700: other users of a shared FTL_CACHE_DIR could not read them."""
     from trainer.file_modes import current_umask

@@ -36,6 +36,7 @@ class FileCheck:
     # every rendered example, before truncation (a preference pair's two: both are trained on, and
     # the token counts count both)
     rendered_lengths: list[int] = field(default_factory=list)
+    lengths_cut: int = 0  # rows counted only up to a cut of their text (cut_long_strings): lower bounds
     kept_lengths: list[int] = field(default_factory=list)  # the examples training keeps
     tokens: int = 0  # in kept examples
     trained_tokens: int = 0  # loss-bearing tokens in kept examples
@@ -178,6 +179,7 @@ def _check_file(
                 check.same_pairs.append(row.same_pair)
             if row.fate != "bad":
                 check.rendered_lengths.append(row.rendered_len)
+                check.lengths_cut += row.cut_before_tokenizing
                 if check.pairs:
                     check.rendered_lengths.append(row.rejected_rendered_len)
             if row.usable and row.class_label is not None:
