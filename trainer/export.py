@@ -12,6 +12,7 @@ starts from those (not from the original high-precision base) and reproduces wha
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -53,6 +55,7 @@ def export_final(
         if cfg.method.uses_adapter and adapter:
             model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp / "adapter"))
+            _save_generation_config(model, tokenizer, tmp / "adapter")
         if merge:
             merged = merged_model(model, cfg, device)
             _stop_at_end_of_turn(merged, tokenizer)
@@ -112,6 +115,19 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
+
+
+def _save_generation_config(model: Any, tokenizer: Any, folder: Path) -> None:
+    """The adapter folder's generation_config.json: the base's, stopping at the chat's end of turn as
+    the merged model's does. PEFT does not read it; `GenerationConfig.from_pretrained(adapter)`
+    does (docs/checkpoints.md), so base + adapter can generate as the merged model does."""
+    config = getattr(model, "generation_config", None)
+    if config is None:  # classification models do not generate
+        return
+    config = copy.deepcopy(config)
+    holder = SimpleNamespace(generation_config=config)
+    _stop_at_end_of_turn(holder, tokenizer)
+    config.save_pretrained(str(folder))
 
 
 def _stop_at_end_of_turn(model: Any, tokenizer: Any) -> None:

@@ -64,6 +64,13 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
         )
     expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert generate.stdout == expected + "\n"
+    # The adapter folder carries the merged model's generation config (stop at the end of turn too),
+    # for stock generate on base + adapter (PEFT does not read it; GenerationConfig does).
+    from transformers import GenerationConfig
+
+    adapter_generation = GenerationConfig.from_pretrained(str(exported / "adapter"))
+    assert adapter_generation.eos_token_id == model.generation_config.eos_token_id
+    assert tokenizer.convert_tokens_to_ids("<|end|>") in adapter_generation.eos_token_id
     # The adapter folder itself is a model to generate with (base + adapter: the same text), and a
     # checkpoint folder is pointed to the export command that takes it.
     prompt = ["--prompt", "What is the capital of Zorblat?", "--max-new-tokens", "5"]
