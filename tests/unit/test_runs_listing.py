@@ -229,7 +229,14 @@ def test_an_early_stopped_run_says_final_holds_the_best_steps_weights(
     says so instead of letting the stop step's figures read as the exported model's."""
     run = _run(tmp_path, "es", [2, 4], 4, finished=True)
     (run / "summary.json").write_text(json.dumps({"transfer": {"early_stopping": {"best_step": 2}}}))
-    final_eval = {"kind": "eval", "step": 4, "split": "validation", "label": "final", "eval_loss": 0.5, "weights_step": 2}
+    final_eval = {
+        "kind": "eval",
+        "step": 4,
+        "split": "validation",
+        "label": "final",
+        "eval_loss": 0.5,
+        "weights_step": 2,
+    }
     with (run / "metrics.jsonl").open("a") as handle:
         handle.write(json.dumps(final_eval) + "\n")
     assert main(["runs", str(tmp_path)]) == 0
