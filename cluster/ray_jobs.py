@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,15 @@ def runtime_env(config_yaml: str, job_id: str = "") -> dict[str, Any]:
     return env
 
 
-def submit(config_yaml: str, run_name: str, address: str | None, python: str = "python") -> str:
+def submit(
+    config_yaml: str,
+    run_name: str,
+    address: str | None,
+    python: str = "python",
+    say: Callable[[str], None] | None = None,
+) -> str:
+    """`say`: called once with a line when the head has no job agent yet (a wait of up to
+    AGENT_WAIT_S that would otherwise look hung)."""
     # Unique even for two submits of one run within a second (Ray refuses a reused id).
     job_id = f"ftl-{run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     jobs = client(address)
@@ -82,6 +91,12 @@ def submit(config_yaml: str, run_name: str, address: str | None, python: str = "
             # A head that just started answers before its job agent is up; that passes.
             if "No available agent" not in str(exc):
                 raise JobError(f"the Ray job server at {resolve_address(address)} refused the job: {exc}") from None
+            if say is not None:
+                say(
+                    f"waiting up to {AGENT_WAIT_S} s for the job agent of the Ray head at {resolve_address(address)} "
+                    "(a head that just started brings it up within seconds)"
+                )
+                say = None
             if time.time() > deadline:
                 raise JobError(
                     f"the Ray job server at {resolve_address(address)} has no job agent after {AGENT_WAIT_S} s "

@@ -26,7 +26,7 @@ def submit(args: argparse.Namespace) -> int:
     jobs = _jobs()
     python = args.python or _default_python(args.address)
     try:
-        job_id = jobs.submit(config_to_yaml(cfg), run_name(cfg.output.dir), args.address, python=python)
+        job_id = jobs.submit(config_to_yaml(cfg), run_name(cfg.output.dir), args.address, python=python, say=_say)
     except jobs.JobError as exc:
         raise UserError(str(exc)) from None
     print(job_id)
@@ -142,3 +142,7 @@ def _not_a_ray_job_hint(job_id: str | None) -> str:
         f"\n{job_id} looks like a Slurm job id: ftl status/logs/stop are for Ray Jobs; for Slurm: "
         f"`scontrol show job {job_id}`, the log RUN_DIR/logs/slurm-{job_id}.out, `scancel {job_id}`"
     )
+
+
+def _say(line: str) -> None:
+    print(f"ftl: {line}", file=sys.stderr)

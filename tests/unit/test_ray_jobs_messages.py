@@ -40,6 +40,25 @@ def test_a_job_server_that_cannot_take_the_job_is_one_error(
     assert server.tries >= 1
 
 
+def test_a_head_whose_job_agent_is_late_is_waited_for_aloud_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait for a just-started head's job agent (up to AGENT_WAIT_S) was silent: it looked hung."""
+
+    class _LateAgent(_AgentlessServer):
+        def submit_job(self, **kwargs: object) -> str:
+            if self.tries < 3:
+                super().submit_job(**kwargs)
+            return "job-1"
+
+    server, said = _LateAgent("Request failed with status code 500: No available agent to submit job"), []
+    monkeypatch.setattr(ray_jobs, "client", lambda address: server)
+    monkeypatch.setattr(ray_jobs.time, "sleep", lambda s: None)
+    assert ray_jobs.submit("model: {}", "run", "http://127.0.0.1:8265", say=said.append) == "job-1"
+    assert said == [
+        f"waiting up to {ray_jobs.AGENT_WAIT_S} s for the job agent of the Ray head at http://127.0.0.1:8265 "
+        "(a head that just started brings it up within seconds)"
+    ]
+
+
 def test_a_slurm_job_id_given_to_the_ray_jobs_verbs_says_where_slurms_commands_are() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     out = subprocess.run([*FTL, "status", "172"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
