@@ -537,6 +537,36 @@ def _stop_signals_noted_while_ray_starts() -> Iterator[list[int]]:
             set_sigterm_handler(rays_sigterm[-1])
 
 
+@contextlib.contextmanager
+def caller_signal_handlers_kept(signums: tuple[int, ...]) -> Iterator[None]:
+    """ray.init replaces the caller's SIGTERM handler with Ray's (sys.exit) and puts abseil's
+    failure-signal handler in front (a SIGTERM then arms a 3 s alarm that aborts the process).
+    A caller whose handlers turn these signals into a checkpoint (the Slurm job in ray mode: a
+    SIGTERM there was lost with the steps since the last checkpoint) keeps them: Ray's is never
+    installed, abseil's alarm is cancelled while Ray starts, and the caller's handlers are put back
+    (which removes abseil's). Main thread only, as every signal handler."""
+    import ray._private.utils as ray_utils
+
+    ours = {signum: signal.getsignal(signum) for signum in signums}
+
+    def cancel_abort_then_ours(signum: int, frame: Any) -> None:
+        signal.alarm(0)
+        handler = ours[signum]
+        if callable(handler):
+            handler(signum, frame)
+
+    for signum in signums:
+        signal.signal(signum, cancel_abort_then_ours)
+    set_sigterm_handler = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None  # looked up at each call in ray.init
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = set_sigterm_handler
+        for signum, handler in ours.items():
+            signal.signal(signum, handler)
+
+
 @functools.cache
 def _register_child_hook() -> None:
     os.register_at_fork(after_in_child=_prepare_ray_daemon)  # once per process: hooks cannot be removed

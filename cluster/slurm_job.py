@@ -15,7 +15,6 @@ and the requeued job resumes from that checkpoint.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shlex
@@ -25,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, RayConfig
 from cluster.local import threads_per_worker
 from cluster.results import clear_result, read_result
 from cluster.run_lock import RunDirLocked, RunLock
@@ -39,6 +38,14 @@ from trainer.run_layout import RunLayout
 from trainer.stopping import RESUME_COMMAND_ENV, STOP_SIGNALS, clear_stop_request, request_stop
 
 RAY_NODES_WAIT_S = 120
+# Slurm signals every process of a step (scontrol requeue, PreemptMode=REQUEUE, scancel): Ray's
+# raylets and workers end on a SIGTERM at once, before the stop the batch script asks for.
+STEP_SIGNAL_ENDED_RAY = (
+    "ftl: the stop signal reached the job's Ray nodes too (a SIGTERM to every step: scontrol requeue, "
+    "preemption, scancel) and Ray ended them before the workers could checkpoint; the run goes on from its "
+    "latest checkpoint. In ray mode only the warning signal to the batch script (cluster.slurm.signal_before_s, "
+    "scancel --signal=USR1 --batch) checkpoints first; cluster.slurm.mode=torchrun checkpoints on both"
+)
 # The submitter hands the run directory's lock to this job right after sbatch returns; a job that
 # starts at once may find it still in the submitter's name for a moment.
 LOCK_HANDOVER_WAIT_S = 60
@@ -196,7 +203,7 @@ def run_torchrun_agents(run_dir: Path, cluster: ClusterConfig, head: str, port: 
 
 
 def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, head: str, port: int) -> int:
-    from cluster.ray_driver import launch_ray
+    from cluster.ray_driver import LOCAL_RAY_TRAIN_ENV, caller_signal_handlers_kept, launch_ray
     from trainer.errors import TrainerInputError
     from trainer.outcome import NoResult
     from trainer.stopping import StopRequested
@@ -216,21 +223,40 @@ def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, he
     # through the environment (srun passes it on), never written to the run directory.
     if "RAY_AUTH_TOKEN" not in os.environ:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # The job's Ray is its own, as a local one: Ray Train's preemption watcher and metrics only cost
+    # CPU there (Slurm's signal, not a cloud drain, tells the job to stop). `ray start` reads them.
+    for name, value in LOCAL_RAY_TRAIN_ENV.items():
+        os.environ.setdefault(name, value)
     nodes = hostnames(os.environ["SLURM_JOB_NODELIST"])
-    ray_nodes = subprocess.Popen(
-        ["srun", f"--nodes={len(nodes)}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "bash", "-c", start]
-    )
+    # `ray start`'s banner, its node logs and srun's lines when the step is ended at the finish
+    # ("forcing job termination ... Killed") go to a log of their own: in the job's log they read
+    # like a failure of a run that finished.
+    nodes_log_path = RunLayout(run_dir).logs / f"ray-nodes-{os.environ.get('SLURM_JOB_ID', 'job')}.log"
+    nodes_log_path.parent.mkdir(parents=True, exist_ok=True)
+    with nodes_log_path.open("ab") as nodes_log:
+        ray_nodes = subprocess.Popen(
+            ["srun", f"--nodes={len(nodes)}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "bash", "-c", start],
+            stdout=nodes_log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        address = f"{head}:{port}"
-        if not _wait_for_ray_nodes(address, len(nodes), ray_nodes):
-            print(f"ftl: the Ray cluster on the allocation did not come up with {len(nodes)} nodes", flush=True)
+        settings = cluster.model_copy(update={"ray": cluster.ray.model_copy(update={"address": f"{head}:{port}"})})
+        # This process's handlers turn a SIGTERM into a checkpoint; joining Ray would replace them.
+        with caller_signal_handlers_kept(STOP_SIGNALS):
+            up = _wait_for_ray_nodes(settings.ray, len(nodes), ray_nodes)
+        if not up:
+            print(
+                f"ftl: the Ray cluster on the allocation did not come up with {len(nodes)} nodes; see {nodes_log_path}",
+                flush=True,
+            )
             return EXIT_FAILED
-        settings = cluster.model_copy(update={"ray": cluster.ray.model_copy(update={"address": address})})
         try:
             launch_ray(cfg, run_dir, settings, handle_signals=False)  # type: ignore[arg-type]
         except (StopRequested, TrainerInputError, NoResult):
             pass  # the outcome file says what happened
         except Exception as exc:  # the worker group failed after its restarts
+            if RunLayout(run_dir).stop_request.exists():  # this job was asked to stop: said first, it is why
+                print(STEP_SIGNAL_ENDED_RAY, flush=True)
             print(f"ftl: {exc}", flush=True)
             return EXIT_FAILED
         return 0
@@ -242,17 +268,21 @@ def run_ray_on_allocation(cfg: object, run_dir: Path, cluster: ClusterConfig, he
             ray_nodes.kill()
 
 
-def _wait_for_ray_nodes(address: str, count: int, starter: subprocess.Popen[bytes]) -> bool:
+def _wait_for_ray_nodes(settings: RayConfig, count: int, starter: subprocess.Popen[bytes]) -> bool:
+    """Join the job's Ray as any run joins a cluster (connect: RAY_ADDRESS for Ray Train's
+    placement-group cleaner, which otherwise asked whichever Ray on the node started last) once
+    its head answers, then wait for every node."""
     import ray
+
+    from cluster.ray_driver import RayRunFailed, connect
 
     deadline = time.time() + RAY_NODES_WAIT_S
     while time.time() < deadline and starter.poll() is None:
         try:
-            if not ray.is_initialized():
-                ray.init(address=address, logging_level=logging.WARNING)
+            connect(settings)  # returns at once when joined
             if sum(1 for n in ray.nodes() if n.get("Alive")) >= count:
                 return True
-        except ConnectionError:
+        except RayRunFailed:  # the head is not up yet
             pass
         time.sleep(1)
     return False

@@ -564,18 +564,42 @@ def test_users_own_torchrun_runs_ftl_train(tmp_path, tiny_model_dir, golden):
 
 @pytest.mark.starts_ray
 def test_slurm_two_nodes_ray_mode(tmp_path, tiny_model_dir, golden, slurm):
+    """A Ray cluster across the allocation's two nodes. A SIGTERM to the batch script checkpoints
+    first and requeues, as in torchrun mode (joining the job's Ray had replaced the job's handler
+    with Ray's sys.exit: the steps since the last checkpoint were lost, and nothing was requeued)."""
+    import re
+
+    from cluster.slurm import job_info
+
+    # No periodic checkpoint before step 3: the one the requeued job resumes from is the stop's.
     config = _config(
         tmp_path,
         tiny_model_dir,
         "run",
+        checkpoint={"every_steps": 3},
         cluster={"backend": "slurm", "nodes": 2, "workers": 1, "slurm": {"mode": "ray"}},
     )
-    out = _ftl("train", str(config))
+    run_dir = tmp_path / "run"
+    out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "1.5"})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "2 node(s) n1,n2" in out.stderr and "mode ray" in out.stderr
-    placed = [json.loads(p.read_text()) for p in (tmp_path / "run" / "logs").glob("ray-worker-*.json")]
+    job_id = out.stdout.strip()
+    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+    subprocess.run(["scancel", "--signal=TERM", "--batch", job_id], check=True)
+    _wait_for(lambda: (run_dir / "final").exists() and job_info(job_id).get("JobState") == "COMPLETED", timeout=600)
+    log = (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
+    assert "2 node(s) n1,n2" in log and "mode ray" in log, log[-3000:]
+    assert "SIGTERM: checkpointing and stopping" in log and "start #2" in log, log[-3000:]
+    stopped_at = re.search(r"checkpoint at step (\d+); requeueing", log)
+    assert stopped_at is not None and int(stopped_at.group(1)) < 3, log[-3000:]
+    # The job's Ray is its own: Ray Train's preemption watcher is off, and its placement-group
+    # cleaner is told the address (it asked whichever Ray on the node started last, once a second).
+    assert "PreemptionWatcher" not in log and "Found multiple active Ray instances" not in log, log[-3000:]
+    # `ray start`'s banner and srun's lines at the step's end are in a log of their own.
+    assert "forcing job termination" not in log and "ray stop" not in log
+    assert "ray start" in (run_dir / "logs" / f"ray-nodes-{job_id}.log").read_text()
+    placed = [json.loads(p.read_text()) for p in (run_dir / "logs").glob("ray-worker-*.json")]
     assert len({w["node_id"] for w in placed}) == 2
-    assert_same_losses(tmp_path / "run", golden)
+    assert_same_losses(run_dir, golden)
 
 
 def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tiny_model_dir, golden, slurm):
