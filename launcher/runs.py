@@ -18,7 +18,7 @@ from launcher.failure_record import read_failure
 from launcher.run_dir import is_ftl_run
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.console import duration
-from trainer.metrics import current_trajectory, parse_records, wall_time
+from trainer.metrics import changed_config_starts, current_trajectory, parse_records, wall_time
 from trainer.run_layout import RunLayout
 
 # Scores shown for an evaluation, best first; eval_loss when none of the others was measured.
@@ -85,6 +85,11 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
             break
         notes.append(f"{candidate.name} invalid: {problem}")
         invalid.append(candidate.name)
+    # A resume under another config: config.yaml holds only the latest start's, so the change is said here.
+    notes.extend(
+        f"resumed at step {c['step']} under another config ({c['config_change']})"
+        for c in changed_config_starts(records)
+    )
     layout = RunLayout(run_dir)
     holder = read_holder(layout.lock)
     gone = stale_reason(holder) if holder is not None else None

@@ -54,8 +54,10 @@ class MetricsWriter:
         forward: Callable[[int, dict[str, Any], str], None] | None = None,
         resumed_at: int = 0,
         tracking: TrackingConfig | None = None,
+        config_change: str = "",
     ):
         self.enabled = enabled
+        self.config_change = config_change  # how this start's config differs from the checkpoint's
         self.forward = forward
         self.run_dir = run_dir
         self.resumed_at = resumed_at
@@ -71,7 +73,10 @@ class MetricsWriter:
         cut_torn_line(path)  # or the first record would be glued onto it
         # Unbuffered: each record is one write, so a failed one can be cut back exactly.
         self._jsonl = path.open("ab", buffering=0)
-        self._append({"kind": START, "step": self.resumed_at, "time": round(time.time(), 3)})
+        start: dict[str, Any] = {"kind": START, "step": self.resumed_at, "time": round(time.time(), 3)}
+        if self.config_change:  # kept with the run: config.yaml holds only the latest start's config
+            start["config_change"] = self.config_change
+        self._append(start)
 
     def _open_tensorboard(self) -> None:
         """After the first JSONL line. Each run (and each resume) writes a new event file."""
@@ -226,6 +231,16 @@ def current_trajectory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kept.pop(key, None)  # re-inserted at the end: the order stays the order of writing
         kept[key] = record
     return list(kept.values())
+
+
+def changed_config_starts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The starts of the run as it stands that resumed under another config than their checkpoint's:
+    [{"step": N, "config_change": "training.learning_rate: 0.002 -> 0.001"}, ...]."""
+    return [
+        {"step": r.get("step", 0), "config_change": r["config_change"]}
+        for r in current_trajectory(records)
+        if r.get("kind") == START and r.get("config_change")
+    ]
 
 
 def wall_time(records: list[dict[str, Any]], now: float | None = None) -> float | None:

@@ -45,7 +45,14 @@ from trainer.loop import LoopHooks, train_loop
 from trainer.loop_state import LoopState
 from trainer.loss_kernels import check_loss_kernel
 from trainer.memory_report import memory_report
-from trainer.metrics import MetricsWriter, parse_records, read_metrics, starts, wall_time_before_last_start
+from trainer.metrics import (
+    MetricsWriter,
+    changed_config_starts,
+    parse_records,
+    read_metrics,
+    starts,
+    wall_time_before_last_start,
+)
 from trainer.model_builder import load_inputs, missing_eos_notice
 from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
@@ -214,6 +221,7 @@ def _build_trainee(
         forward=ctx.reporter.metrics if ctx.reporter else None,
         resumed_at=resumed_at[0],
         tracking=cfg.tracking,
+        config_change=resume_from.config_change if resume_from else "",
     )
     transfer = TransferController(
         cfg,
@@ -652,6 +660,7 @@ def _summary(
         # Over every start (a resumed or restarted run's earlier starts count: they took time too).
         "earlier_starts_s": wall_time_before_last_start(records),
         "starts": starts(records),
+        "resumed_with_config_changes": changed_config_starts(records),
     }
 
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainer.metrics import START, current_trajectory, parse_records
+from trainer.metrics import START, changed_config_starts, current_trajectory, parse_records
 from trainer.run_layout import RunLayout
 
 Series = list[tuple[int, float]]  # (step, value)
@@ -58,7 +58,13 @@ def run_series(run_dir: Path) -> dict[str, Any]:
                     add(f"eval_{key}", split, step, value)
     # Each start after the first that continued from a checkpoint: a resume (or a restart's resume).
     resumes = [r.get("step", 0) for r in records if r.get("kind") == START and r.get("step", 0) > 0]
-    return {"run": str(run_dir), "charts": charts, "resumes": sorted(set(resumes))}
+    changed = {c["step"] for c in changed_config_starts(records)}  # resumed under another config
+    return {
+        "run": str(run_dir),
+        "charts": charts,
+        "resumes": sorted(set(resumes)),
+        "config_changed_at": sorted(changed),
+    }
 
 
 def chart_title(chart: str) -> str:

@@ -77,7 +77,7 @@ def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Pat
             for step in run["resumes"]:  # where a start continued from a checkpoint (resume or restart)
                 axes.axvline(step, color=color, alpha=0.5, linestyle=":", linewidth=1)
                 axes.annotate(
-                    f"resumed @{step}",
+                    f"resumed @{step}" + (", config changed" if step in run.get("config_changed_at", ()) else ""),
                     (step, 1),
                     xycoords=("data", "axes fraction"),
                     fontsize=7,
@@ -123,6 +123,10 @@ def _page(runs: list[Path], labels: list[str], infos: list[RunInfo], pictures: l
         f'{base64.b64encode(path.read_bytes()).decode()}"></figure>'
         for chart, path in pictures
     )
+    # What the table's figures do not say (a resume under another config, early stopping's weights).
+    notes = "".join(
+        f"<p>{html.escape(label)}: {html.escape(info.note)}</p>" for label, info in zip(labels, infos) if info.note
+    )
     title = "ftl report: " + ", ".join(labels)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -131,7 +135,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:in
 </head><body><h1>{html.escape(title)}</h1>
 <table><tr><th>run</th><th>directory</th><th>status</th><th>step</th><th>last loss</th><th>eval</th>
 <th>tokens/s</th><th>wall time</th></tr>{rows}</table>
-<p>Dotted vertical lines: a start that resumed from a checkpoint (a resume or a restart).
+{notes}<p>Dotted vertical lines: a start that resumed from a checkpoint (a resume or a restart).
 The points drawn are in {DATA_FILE} beside this page.</p>
 {images}
 </body></html>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import subprocess
@@ -120,6 +121,23 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "written with a different config (training.learning_rate: 0.005 -> 0.002)" in resumed.stdout + resumed.stderr
     assert (tmp_path / "run" / "final" / "adapter" / "adapter_config.json").exists()
+    # config.yaml now holds the new rate only: the change is kept where the run is read later (the
+    # start record, summary.json, `ftl runs`, the report), not only in a worker's log.
+    change = "training.learning_rate: 0.005 -> 0.002"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["resumed_with_config_changes"] == [{"step": 4, "config_change": change}]
+    listing = subprocess.run([*FTL, "runs", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
+    assert f"run: resumed at step 4 under another config ({change})" in listing.stdout, listing.stdout
+    report = subprocess.run(
+        [*FTL, "report", str(tmp_path / "run"), "--out", str(tmp_path / "report")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert html.escape(f"resumed at step 4 under another config ({change})") in page
+    assert json.loads((tmp_path / "report" / "data.json").read_text())["runs"][0]["config_changed_at"] == [4]
 
 
 def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
