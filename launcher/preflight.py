@@ -118,7 +118,8 @@ def did_you_mean(value: str) -> str:
 
 def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
     """What the workers' start would refuse in this run directory (resume=never over an earlier
-    run's checkpoints, a broken resume PATH, a checkpoint past max_steps), said before a backend
+    run's checkpoints, a broken resume PATH, a checkpoint past max_steps or one another method cannot
+    load), said before a backend
     starts (a Ray start and the workers' imports take tens of seconds; a Slurm job may queue for
     hours). None for a run on object storage: its checkpoints are pulled from the bucket later."""
     from cluster.run_storage import is_uri
@@ -134,4 +135,5 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         move_aside=cfg.checkpoint.move_aside,
         max_steps=cfg.training.max_steps,
         objective=cfg.training.objective,
+        method=cfg.method.model_dump(mode="json"),
     )

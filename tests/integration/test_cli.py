@@ -87,10 +87,20 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
     )
 
     # A config whose model the checkpoint does not fit (another LoRA rank) is an input error that
-    # says what changed, and leaves the checkpoints as they were.
+    # says what changed, before any worker starts (the manifest records the method), and leaves the
+    # checkpoints as they were.
     refused = subprocess.run([*FTL, "train", str(config), "method.lora.r=4"], cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2, refused.stderr[-2000:]
-    assert "does not fit this run's model" in refused.stderr and "(method.lora.r: 8 -> 4)" in refused.stderr
+    assert "cannot load (method.lora.r: 8 -> 4)" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr + refused.stdout
+    # One the launcher cannot tell from the manifest (all-linear against a list of names) is the
+    # workers' to find, tensor by tensor, and said the same way.
+    refused = subprocess.run(
+        [*FTL, "train", str(config), "method.lora.target_modules=[q_proj]"], cwd=REPO, capture_output=True, text=True
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "does not fit this run's model" in refused.stderr, refused.stderr[-2000:]
+    assert '(method.lora.target_modules: "all-linear" -> ["q_proj"])' in refused.stderr
     assert "Traceback" not in refused.stderr + refused.stdout
     # The refused start trained nothing with its config: config.yaml is the run's own again.
     snapshot = tmp_path / "run" / "config.yaml"

@@ -1,6 +1,8 @@
 """A resume continues one objective: a checkpoint trained with DPO is not resumed as ORPO (or SFT)
 silently (the summary then compared a DPO loss with an ORPO loss); validate and train say so
-before anything starts, with the way to train the new objective on those weights."""
+before anything starts, with the way to train the new objective on those weights. The same for a
+method whose model the checkpoint's trainable state cannot load (another LoRA rank, LoRA -> full),
+which the workers found only after a backend start and the model's load."""
 
 from __future__ import annotations
 
@@ -18,12 +20,12 @@ from trainer.loop_state import LoopState
 from trainer.optim import WarmupDecaySchedule
 
 
-def _run_with_a_checkpoint(run: Path, objective: str) -> Path:
+def _run_with_a_checkpoint(run: Path, objective: str, method: dict | None = None) -> Path:
     run.mkdir(parents=True)
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
-    meta = {"config": {"training": {"objective": objective}}}
+    meta = {"config": {"training": {"objective": objective}, **({"method": method} if method else {})}}
     manager = CheckpointManager(run, io, rank=0, world_size=1, device="cpu", keep_last=2, meta=meta)
     manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=2))
     return run
@@ -48,3 +50,38 @@ def test_validate_says_it_before_a_run(tmp_path: Path) -> None:
     )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "trained with training.objective=sft, and this config says dpo" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_method_the_checkpoint_cannot_load_is_refused_before_launch(tmp_path: Path) -> None:
+    lora = {"type": "lora", "lora": {"r": 8, "target_modules": "all-linear", "modules_to_save": []}}
+    run = _run_with_a_checkpoint(tmp_path / "run", "sft", lora)
+
+    def refusal(**changes: object) -> str | None:
+        method = {**lora, **changes}
+        return refusal_before_launch(run, "auto", move_aside=False, max_steps=None, objective="sft", method=method)
+
+    said = refusal(lora={**lora["lora"], "r": 16})
+    assert said and "cannot load (method.lora.r: 8 -> 16): set those back" in said
+    assert f"ftl export {run} --checkpoint step-2 --merge" in said
+    assert "method.type: lora -> full" in (refusal(type="full") or "")
+    assert "method.type: lora -> dora" in (refusal(type="dora") or "")
+    # What loads the same state resumes: QLoRA's adapters are LoRA's; other scaling; the same method.
+    assert refusal(type="qlora") is None
+    assert refusal(lora={**lora["lora"], "alpha": 64}) is None
+    assert refusal() is None
+    # all-linear against a list may name the same modules: left to the workers' check of every tensor.
+    assert refusal(lora={**lora["lora"], "target_modules": ["q_proj", "v_proj"]}) is None
+
+
+def test_validate_says_a_lora_rank_change_before_a_run(tmp_path: Path) -> None:
+    lora = {"type": "lora", "lora": {"r": 8, "target_modules": "all-linear", "modules_to_save": []}}
+    run = _run_with_a_checkpoint(tmp_path / "run", "sft", lora)
+    out = subprocess.run(
+        [*FTL, "validate", "configs/examples/lora.yaml", f"output.dir={run}", "method.lora.r=16"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "cannot load (method.lora.r: 8 -> 16)" in out.stderr, out.stderr[-2000:]

@@ -5,6 +5,7 @@ A ZeRO checkpoint resumed on another worker count goes through DeepSpeed's unive
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,38 @@ def optimizer_problem(path: Path, manifest: dict[str, Any], layout: str, optimiz
             f" (its optimizer state is laid out for that); resume with the same setting, or start a new output.dir"
         )
     return None
+
+
+# The trainable state each method writes: LoRA and QLoRA the same adapters (QLoRA's base is
+# quantized, not saved), DoRA adds magnitude vectors, full fine-tuning the whole model.
+STATE_KIND = {"full": "full", "lora": "lora", "qlora": "lora", "dora": "dora"}
+
+
+def trainable_state_problem(path: Path, manifest: dict[str, Any], method: dict[str, Any]) -> str | None:
+    """Why the checkpoint's trainable state cannot load into the model this `method` (its JSON
+    values) builds, from the config its manifest records (None: it may; the workers still check
+    every tensor). Said before a backend starts: the workers found it only after loading the model."""
+    recorded = manifest.get("config")
+    before = recorded.get("method") if isinstance(recorded, dict) else None
+    if not isinstance(before, dict) or before.get("type") not in STATE_KIND or method.get("type") not in STATE_KIND:
+        return None
+    changes = []
+    if STATE_KIND[before["type"]] != STATE_KIND[method["type"]]:
+        changes.append(f"method.type: {before['type']} -> {method['type']}")
+    elif STATE_KIND[method["type"]] != "full":
+        old, new = before.get("lora") or {}, method.get("lora") or {}
+        for key in ("r", "target_modules", "modules_to_save"):
+            if key not in old or old[key] == new.get(key):
+                continue
+            if key == "target_modules" and type(old[key]) is not type(new.get(key)):
+                continue  # all-linear against a list may name the same modules: the workers tell
+            changes.append(f"method.lora.{key}: {json.dumps(old[key])} -> {json.dumps(new.get(key))}")
+    if not changes:
+        return None
+    run_dir = path.parent.parent
+    return (
+        f"{path} holds trainable state this config's method cannot load ({'; '.join(changes)}): set those back "
+        "to resume it, or start a new run (another output.dir, or checkpoint.resume=never with "
+        "checkpoint.move_aside=true). To train on from these weights with the new method, export them "
+        f"(`ftl export {run_dir} --checkpoint {path.name} --merge`) and set model.path to the merged model"
+    )

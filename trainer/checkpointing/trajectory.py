@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.checkpointing.compat import trainable_state_problem
 from trainer.checkpointing.protocol import (
     INVALID_PREFIX,
     atomic_write_text,
@@ -98,7 +99,13 @@ def plan_start(run_dir: Path, mode: str, *, move_aside: bool) -> StartPlan:
 
 
 def refusal_before_launch(
-    run_dir: Path, mode: str, *, move_aside: bool, max_steps: int | None, objective: str | None = None
+    run_dir: Path,
+    mode: str,
+    *,
+    move_aside: bool,
+    max_steps: int | None,
+    objective: str | None = None,
+    method: dict[str, Any] | None = None,
 ) -> str | None:
     """The refusal the workers' start would end in (plan_start, then the resume point's step
     against max_steps), found by the launcher before any backend starts, without reading weights:
@@ -125,6 +132,8 @@ def refusal_before_launch(
     problem = past_max_steps(resume_from, int(manifest.get("step", 0)), max_steps, run_dir)
     if problem is None and objective is not None:
         problem = objective_changed(resume_from, manifest, objective)
+    if problem is None and method is not None:  # `method`: the config's method section as JSON values
+        problem = trainable_state_problem(resume_from, manifest, method)
     # A corrupt one is not what the workers resume (auto falls back to an older checkpoint).
     return problem if problem and validate_checkpoint(resume_from) is None else None
 
