@@ -155,7 +155,14 @@ def _launch_group(cfg: RunConfig, run_dir: Path) -> str | None:
 def refuse_foreign_dir(run_dir: Path) -> None:
     """A non-empty directory that ftl did not make is the user's: never written to. Accepted: a
     missing or empty directory, one with ftl's marker, and runs made before the marker existed
-    (their config.yaml + environment.json in ftl's format)."""
+    (their config.yaml + environment.json in ftl's format). Never one inside another run directory:
+    its files are that run's (moved, copied and deleted with it), and `ftl runs` lists only that run."""
+    for folder in run_dir.resolve().parents:
+        if RunLayout(folder).marker.is_file():
+            raise UserError(
+                f"output.dir {run_dir} is inside another run directory ({folder}), whose files are that run's own; "
+                f"choose an output.dir outside it (e.g. {folder.parent / (folder.name + '-' + run_dir.name)})"
+            )
     if not run_dir.is_dir() or RunLayout(run_dir).marker.exists():
         return
     entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(OWN_NAMES))

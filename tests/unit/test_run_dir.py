@@ -73,6 +73,21 @@ def test_new_empty_marked_and_earlier_ftl_run_directories_are_accepted(tmp_path:
         prepare_run_dir(_cfg(tmp_path, other))
 
 
+def test_a_run_directory_inside_another_run_is_refused(tmp_path: Path) -> None:
+    """runs/a/sub trained beside run a's files: copied and deleted with a, and `ftl runs` saw only a."""
+    outer = prepare_run_dir(_cfg(tmp_path, tmp_path / "runs" / "a"))
+    for inner in (outer / "sub", outer / "checkpoints" / "deeper" / "run"):
+        with pytest.raises(UserError, match=r"is inside another run directory \(.*/runs/a\)") as refused:
+            prepare_run_dir(_cfg(tmp_path, inner))
+        assert f"e.g. {tmp_path / 'runs' / ('a-' + inner.name)}" in str(refused.value)
+        assert not inner.exists()
+    # validate says it too (output_dir_problems), and a sibling is fine.
+    from launcher.run_dir import output_dir_problems
+
+    assert "is inside another run directory" in output_dir_problems(outer / "sub")[0]
+    assert output_dir_problems(tmp_path / "runs" / "b") == []
+
+
 def test_a_directory_seeded_with_copied_checkpoints_is_accepted_and_nothing_else_is(tmp_path: Path) -> None:
     """Continuing a checkpoint in a new run directory (e.g. on another worker count): copy
     RUN/checkpoints/step-N into NEW/checkpoints/. Only committed step folders qualify."""
