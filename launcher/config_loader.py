@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from launcher.config_yaml import compose_config_yaml, load_config_yaml
 from launcher.errors import ConfigError
+from launcher.local_paths import did_you_mean
 from launcher.run_config import RunConfig
 from trainer.config import TrainerConfig, unread_preference_keys
 from trainer.secret_values import redact_argv, secret_problems
@@ -140,7 +141,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
+        where = path if path.is_absolute() else f"{path.absolute()} (relative to the current directory {Path.cwd()})"
+        raise ConfigError(str(path), [f"file not found: {where}{did_you_mean(str(path))}"]) from None
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
     try:

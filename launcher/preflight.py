@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 
-from launcher.local_paths import looks_local
+from launcher.local_paths import did_you_mean, looks_local
 from launcher.run_config import RunConfig
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -100,20 +99,6 @@ def target_modules_problem(cfg: RunConfig) -> str | None:
     except TrainerInputError as exc:
         return str(exc)
     return None
-
-
-def did_you_mean(value: str) -> str:
-    """'; did you mean X?' for a missing path whose folder holds a close spelling (a typo in the last
-    part: ftl-tiny-lama for ftl-tiny-llama), else ''."""
-    path = Path(value).expanduser()
-    if path.exists() or not path.parent.is_dir():
-        return ""
-    try:
-        siblings = [entry.name for entry in path.parent.iterdir()]
-    except OSError:  # unreadable folder: nothing to suggest
-        return ""
-    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.75)
-    return f"; did you mean {Path(value).parent / close[0]}?" if close else ""
 
 
 def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:

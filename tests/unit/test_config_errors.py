@@ -585,3 +585,21 @@ def test_a_rule_across_a_sections_keys_names_the_command_line_when_a_value_came_
     path = _write(tmp_path, text.replace("  workers: 1 ", "  slurm:\n    signal_before_s: 120\n  workers: 1 "))
     (problem,) = _problems(path, ["cluster.backend=slurm", "cluster.slurm.time=1"])
     assert problem.startswith("cluster.slurm (line ") and " and the command line): " in problem, problem
+
+
+def test_a_missing_config_file_names_the_path_it_looked_for_and_a_close_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path wrong for the current directory said only "file not found"."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "base.yaml").write_text("model: {path: x}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as missing:
+        load_config("cfg/bse.yaml", [])
+    assert missing.value.problems == [
+        f"file not found: {tmp_path / 'cfg' / 'bse.yaml'} (relative to the current directory {tmp_path}); "
+        "did you mean cfg/base.yaml?"
+    ]
+    with pytest.raises(ConfigError) as absolute:
+        load_config(str(tmp_path / "elsewhere.yaml"), [])
+    assert absolute.value.problems == [f"file not found: {tmp_path / 'elsewhere.yaml'}"]
