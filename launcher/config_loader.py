@@ -306,8 +306,10 @@ def _where(loc: list[str], key_lines: dict[str, int]) -> str:
     # A rule across a section's keys (cluster.slurm: signal_before_s against time) whose values came
     # from the file and the command line: it named only the file's line, for a value of --time.
     overridden = line and any(k.startswith(dotted + ".") and v == 0 for k, v in key_lines.items())
-    if overridden:
+    if overridden and key_lines.get(dotted):
         return f"{dotted} (line {line} and the command line)"
+    if overridden:  # only keys under it, all from the command line (the file's line was its section's)
+        return f"{dotted} (command line)"
     return f"{dotted} (line {line})" if line else f"{dotted} (command line)" if line == 0 else dotted
 
 
@@ -337,11 +339,29 @@ def _did_you_mean(loc: list[str]) -> str:
         if not (prefix and foreign.startswith(prefix) and foreign[len(prefix) :] in valid):
             return f"; ftl's setting for {loc[-1]!r} (another tool's name) is {foreign}"
         alias = foreign[len(prefix) :]
+    if alias not in valid and (elsewhere := _key_elsewhere(loc[-1])):
+        # The right name in another section (training.early_stopping for transfer.early_stopping).
+        return f"; did you mean {elsewhere!r}? ({loc[-1]} is a key of {elsewhere.rsplit('.', 1)[0]})"
     close = [alias] if alias in valid else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
     section = ".".join(loc[:-1]) or "top level"
     if close:
         return f"; did you mean {'.'.join(loc[:-1] + [close[0]])!r}?"
     return f"; valid keys in {section}: {', '.join(valid)}"
+
+
+def _key_elsewhere(name: str, model: type[BaseModel] = RunConfig, prefix: str = "") -> str | None:
+    """The dotted path of the one section key called `name` anywhere in the config (None: none, or
+    several, where naming one would be a guess)."""
+    found = []
+    for key, field in model.model_fields.items():
+        annotation = field.annotation
+        if key == name and prefix:
+            found.append(f"{prefix}{key}")
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            inner = _key_elsewhere(name, annotation, f"{prefix}{key}.")
+            if inner:
+                found.append(inner)
+    return found[0] if len(found) == 1 else None
 
 
 def config_to_yaml(config: TrainerConfig) -> str:

@@ -603,3 +603,16 @@ def test_a_missing_config_file_names_the_path_it_looked_for_and_a_close_name(
     with pytest.raises(ConfigError) as absolute:
         load_config(str(tmp_path / "elsewhere.yaml"), [])
     assert absolute.value.problems == [f"file not found: {tmp_path / 'elsewhere.yaml'}"]
+
+
+def test_a_key_of_another_section_is_named_there_and_an_override_is_said_as_one(tmp_path: Path) -> None:
+    """training.early_stopping (a natural guess) listed training's keys, and said "(line 3 and the
+    command line)" for a key only the command line had: line 3 was `training:`."""
+    config = _write(tmp_path, "model: {path: x}\ntraining:\n  max_steps: 2\n")
+    with pytest.raises(ConfigError) as wrong:
+        load_config(config, ["training.early_stopping.enabled=true", "method.r=4"])
+    assert sorted(p for p in wrong.value.problems if "unknown key" in p) == [
+        "method.r (command line): unknown key; did you mean 'method.lora.r'? (r is a key of method.lora)",
+        "training.early_stopping (command line): unknown key; did you mean 'transfer.early_stopping'? "
+        "(early_stopping is a key of transfer)",
+    ]
