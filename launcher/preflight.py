@@ -16,6 +16,11 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     for key, value in (("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer)):
         if value and looks_local(value) and not (Path(value) / "config.json").exists() and key == "model.path":
             what = "is not a model directory (no config.json)" if Path(value).exists() else "does not exist"
+            if (Path(value) / "adapter_config.json").is_file():  # an ftl run's final/adapter or exports/.../adapter
+                what = (
+                    "is a PEFT adapter, not a model: to train on from it, use the merged model beside it "
+                    f"({Path(value).parent / 'merged'}; `ftl export RUN --merge` writes one)"
+                )
             problems.append(
                 f"{key}: {value} {what}{did_you_mean(value)}; "
                 "point it at a Hugging Face model folder, or use a hub name when online"

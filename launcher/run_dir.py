@@ -24,7 +24,7 @@ import yaml
 from cluster.run_lock import RunDirLocked, RunLock
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
-from trainer.checkpointing.protocol import MANIFEST, committed_checkpoints
+from trainer.checkpointing.protocol import MANIFEST, committed_checkpoints, step_of
 from trainer.errors import InputError
 from trainer.run_layout import (
     CHECKPOINTS_DIR,
@@ -91,7 +91,11 @@ def _train_on_hint(run_dir: Path) -> str:
     if not checkpoints:
         return ""
     resume = shlex.quote(f"checkpoint.resume={checkpoints[-1]}")
-    return f"; to train it further, start a new run from its last checkpoint: output.dir=runs/my-run-2 {resume}"
+    step = step_of(checkpoints[-1])
+    return (
+        f"; to train it further, start a new run from its last checkpoint with more steps: output.dir=runs/my-run-2 "
+        f"{resume} training.max_steps=N (N above {step}: it counts on from step {step}; or more training.epochs)"
+    )
 
 
 def prepare_run_dir(

@@ -226,3 +226,5 @@ def test_torn_metrics_line_and_replayed_steps_do_not_break_the_finish(tmp_path: 
     )
     again = _ftl("train", str(config))
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
+    # ... and says how to train it further: a new run from its last checkpoint, with more steps.
+    assert "training.max_steps=N (N above 6: it counts on from step 6; or more training.epochs)" in again.stderr

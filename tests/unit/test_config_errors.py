@@ -616,3 +616,17 @@ def test_a_key_of_another_section_is_named_there_and_an_override_is_said_as_one(
         "training.early_stopping (command line): unknown key; did you mean 'transfer.early_stopping'? "
         "(early_stopping is a key of transfer)",
     ]
+
+
+def test_an_adapter_folder_as_model_path_points_to_the_merged_model(tmp_path: Path, valid_text: str) -> None:
+    from launcher.preflight import check_inputs
+
+    adapter = tmp_path / "run" / "final" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    cfg = load_config(_write(tmp_path, valid_text), [f"model.path={adapter}"])
+    [said] = [p for p in check_inputs(cfg) if p.startswith("model.path:")]
+    assert (
+        f"is a PEFT adapter, not a model: to train on from it, use the merged model beside it ({adapter.parent / 'merged'}"
+        in said
+    )
