@@ -239,7 +239,7 @@ def _build_trainee(
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     fingerprint = rows_fingerprint(data.train) if ctx.is_main else None  # rank 0 writes the manifests
     if resume_from and ctx.is_main:
-        warn_if_data_changed(resume_from, fingerprint, len(data.train))
+        warn_if_data_changed(resume_from, fingerprint, len(data.train), shuffled=cfg.data.shuffle)
     manager = build_manager(cfg, ctx, strategy, config_hash, fingerprint)
     manager.on_commit = _also(console.checkpoint_committed, manager.on_commit)
     check_disk_space(

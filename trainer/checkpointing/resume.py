@@ -145,13 +145,24 @@ def build_manager(
     )
 
 
-def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows: int) -> None:
+def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows: int, shuffled: bool = True) -> None:
     """The data position is a sample index: into other data it is another position. Said, not refused
     (fixing a few rows mid-run is legitimate), like a changed config. `rows`: this data's training
-    rows (the position wraps around them once per epoch)."""
+    rows (the position wraps around them once per epoch). Another training.seed mid-epoch is another
+    order of the same rows (`shuffled`: data.shuffle): said the same way."""
+    epoch, row = divmod(int(point.manifest.get("samples_seen", 0)), max(rows, 1))
+    if shuffled and row and "training.seed:" in point.config_change:
+        log.warning(
+            "resuming %s with another training.seed in the middle of epoch %d (position %d of %d rows): the rest "
+            "of the epoch follows the new seed's order, so some rows already trained this epoch come again and "
+            "others are skipped until it ends; set training.seed back to continue the epoch's order",
+            point.path,
+            epoch + 1,
+            row,
+            rows,
+        )
     saved = point.manifest.get("data_fingerprint")
     if saved and data_fingerprint and saved != data_fingerprint:
-        epoch, row = divmod(int(point.manifest.get("samples_seen", 0)), max(rows, 1))
         log.warning(
             "resuming %s, written on other training data (its tokenized rows differ from this run's): the run "
             "continues at position %d of epoch %d in this data's %d rows, and the result will not equal an "
