@@ -34,13 +34,29 @@ def hf_config(fields: dict[str, Any]) -> Any:
 
 
 def auto_class(config: Any) -> Any:
-    """The causal LM, or for a vision backbone (ViT, ResNet, ...) its image classifier."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    """The causal LM; for a vision backbone (ViT, ResNet, ...) its image classifier; for an encoder
+    with no causal-LM class (DeBERTa-v2, ModernBERT, DistilBERT) its sequence classifier (the
+    head ftl puts on it: a task head of num_labels x hidden, small beside the encoder); else the
+    bare model."""
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
 
     if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         return AutoModelForImageClassification
-    return AutoModelForCausalLM
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    if config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        return AutoModelForSequenceClassification
+    return AutoModel
 
 
 def build_inventory(
@@ -77,10 +93,13 @@ def build_inventory(
             model.requires_grad_(False)
         exclude = frozen_blocks_regex(model, freeze.first_n_blocks) if freeze else None
         # An image classifier: no PEFT task type, its head trained in full (as trainer/transfer/heads.py does).
-        image = auto_class(config).__name__ == "AutoModelForImageClassification"
+        built_as = auto_class(config).__name__
+        image = built_as == "AutoModelForImageClassification"
+        # An encoder's classifier trains in full beside its adapters (PEFT's SEQ_CLS), as the workers do.
+        task_type = {"AutoModelForCausalLM": "CAUSAL_LM", "AutoModelForSequenceClassification": "SEQ_CLS"}
         lora = peft_lora_config(
             method,
-            task_type=None if image else "CAUSAL_LM",
+            task_type=task_type.get(built_as),
             exclude_modules=exclude,
             new_modules=["classifier"] if image else None,
             model=model,

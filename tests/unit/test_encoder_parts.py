@@ -151,3 +151,23 @@ def test_a_pretrained_head_of_another_size_is_replaced_and_logged(
     assert "replaced (pretrained head of another size): classifier.bias 2 -> 3, classifier.weight 2x16 -> 3x16" in (
         caplog.text
     )
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_plan_builds_an_encoder_without_a_causal_lm_class(method: str) -> None:
+    """DeBERTa-v2 (like ModernBERT, DistilBERT) has no AutoModelForCausalLM mapping: `ftl plan`
+    crashed with transformers' list of hundreds of config classes, and train's fit check printed it."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from launcher.plan.inventory_build import build_inventory
+    from trainer.config import MethodConfig
+
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    fields = DebertaV2Config(**small).to_dict()
+    inventory = build_inventory("deberta", fields, MethodConfig(type=method), "float32")
+    built = DebertaV2ForSequenceClassification(DebertaV2Config(**small))
+    if method == "full":  # the encoder and its (2-label default) classifier, as the workers build it
+        assert inventory.total() == sum(p.numel() for p in built.parameters())
+    else:  # the adapters and the classifier train (PEFT's SEQ_CLS); the encoder stays frozen
+        trained = {p.name for p in inventory.params if p.trainable}
+        assert any("lora_" in name for name in trained) and any("classifier" in name for name in trained)
