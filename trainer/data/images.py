@@ -257,6 +257,30 @@ def _decode(path: Path | None) -> Any:
     try:
         with Image.open(path) as opened:
             opened.load()
-            return opened.convert("RGB")
+            return _eight_bit(opened).convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise RowProblem(f"cannot read image {path}: {exc}") from None
+
+
+# PIL modes of more than 8 bits a channel: convert("RGB") clips them at 255, so a 16-bit grayscale
+# scan (values up to 65535, common in medical and scientific images) became a near-white image.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _eight_bit(image: Any) -> Any:
+    """`image` with a wide grayscale mode scaled to 8 bits (16-bit range: value / 257; wider or
+    floating-point values: their own min..max), as an "L" image; other modes as they are."""
+    if image.mode not in WIDE_MODES:
+        return image
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if image.mode != "F" and low >= 0 and high <= 65535:
+        scaled = values / 257.0
+    elif image.mode == "F" and low >= 0 and high <= 1.0:
+        scaled = values * 255.0
+    else:
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # 2-D uint8: mode L

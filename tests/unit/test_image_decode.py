@@ -1,0 +1,44 @@
+"""Images are read as 8-bit RGB: a 16-bit grayscale PNG (values up to 65535, common in medical and
+scientific images) was clipped at 255 by PIL's convert("RGB"), a near-white image trained with
+its label without a word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.data.images import _decode
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(_decode(path))
+
+
+def test_a_16_bit_grayscale_image_is_scaled_not_clipped(tmp_path: Path) -> None:
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    pixels = _pixels(tmp_path / "g16.png")
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    assert np.array_equal(pixels[..., 0], expected) and np.array_equal(pixels[..., 2], expected)
+    assert (pixels == 255).mean() < 0.01  # was 99.4% with convert("RGB")
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 1.0), (-5.0, 300.0)])
+def test_a_floating_point_image_is_scaled_to_its_range(tmp_path: Path, low: float, high: float) -> None:
+    values = np.linspace(low, high, 256, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(values).save(tmp_path / "f.tiff")
+    pixels = _pixels(tmp_path / "f.tiff")
+    assert pixels.min() == 0 and pixels.max() == 255 and len(np.unique(pixels)) > 200
+
+
+def test_8_bit_images_are_read_as_they_were(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "l.png")
+    assert np.array_equal(_pixels(tmp_path / "c.png"), rgb)
+    assert np.array_equal(_pixels(tmp_path / "l.png"), np.repeat(rgb[..., :1], 3, axis=2))
