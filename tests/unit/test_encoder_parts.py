@@ -121,6 +121,11 @@ def test_other_encoders_deberta_and_modernbert_have_their_task_layers_in_the_hea
         assert parts.of(head).kind == parts.of("classifier.weight").kind == "head"
         assert parts.of(embeddings).kind == "embeddings"
         assert {p.block for n, p in parts.parts.items() if n.startswith(block)} == {1}
+    # DeBERTa-v3's relative-position table, shared by every layer, is part of the embeddings: frozen
+    # with them, at the deepest layer_decay rate, unfrozen last (it trained at the top block's rate).
+    relative = DebertaV2Config(**small, relative_attention=True, position_buckets=8, num_labels=3)
+    parts = model_parts(DebertaV2ForSequenceClassification(relative))
+    assert parts.of("deberta.encoder.rel_embeddings.weight").kind == "embeddings"
 
 
 def test_a_pretrained_head_of_another_size_is_replaced_and_logged(

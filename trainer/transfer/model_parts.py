@@ -134,12 +134,13 @@ def embeddings_module(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> 
     return table if holds_block or parent is base or parent is getattr(base, "base_model", None) else parent
 
 
-POSITION_TABLE_NAMES = ("wpe", "embed_positions", "position_embeddings")  # GPT-2, OPT, GPT-J/BERT-style
+# GPT-2, OPT, GPT-J/BERT-style; DeBERTa-v2/v3's relative-position table, which every layer shares.
+POSITION_TABLE_NAMES = ("wpe", "embed_positions", "position_embeddings", "rel_embeddings")
 
 
 def position_tables(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> list[torch.nn.Module]:
-    """Learned absolute position tables outside the blocks (GPT-2's wpe, OPT's embed_positions):
-    part of the embeddings, as their token table is."""
+    """Learned position tables outside the blocks (GPT-2's wpe, OPT's embed_positions, DeBERTa's
+    shared rel_embeddings): part of the embeddings, as their token table is."""
     base = base_of(model)
     inside = {id(m) for block in blocks for m in block.modules()}
     return [
