@@ -38,11 +38,13 @@ class RunInfo:
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> latest eval record's scores
     failure: str | None = None  # why the latest start failed (status "failed")
     invalid_checkpoints: list[str] = field(default_factory=list)  # committed ones that failed validation
+    watched: str | None = None  # the score early stopping judged the run by: shown first
 
     def eval_score(self) -> str:
         """The first split's latest score, e.g. `validation exact_match 0.750`."""
         for split, scores in self.evals.items():
-            name = next((k for k in EVAL_SCORES if k in scores), "eval_loss")
+            first = (self.watched,) if self.watched else ()
+            name = next((k for k in (*first, *EVAL_SCORES) if k in scores), "eval_loss")
             if name in scores:
                 whose = " (base model)" if scores.get("label") == "base" else ""  # nothing trained yet
                 if "weights_step" in scores:  # early stopping's final eval: the best step's weights
@@ -97,8 +99,10 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     summary_problem = _summary_problem(layout) if layout.is_finished() else None
     if summary_problem:
         notes.insert(0, summary_problem)
-    elif layout.is_finished() and (best := _early_stopping_best(layout)) is not None and best != step:
+    early = _early_stopping(layout) if layout.is_finished() and not summary_problem else {}
+    if isinstance(early.get("best_step"), int) and early["best_step"] != step:
         # STEP and LOSS are where the loop stopped; what final/ holds is another step's weights.
+        best = early["best_step"]
         notes.insert(0, f"early stopping: final/ holds step {best}'s weights (the best evaluation), not step {step}'s")
     if (
         layout.is_finished() and not summary_problem
@@ -132,17 +136,18 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         evals=_latest_evals(trajectory),
         failure=str(failure["reason"]) if failure and status == "failed" else None,
         invalid_checkpoints=invalid,
+        watched=early.get("metric") if isinstance(early.get("metric"), str) else None,
     )
 
 
-def _early_stopping_best(layout: RunLayout) -> int | None:
-    """The step whose weights final/ holds when early stopping chose it (None: the last step's)."""
+def _early_stopping(layout: RunLayout) -> dict[str, Any]:
+    """A finished run's early stopping: the step whose weights final/ holds (best_step) and the
+    score it judged by (metric); {} without early stopping."""
     try:
-        summary = json.loads(layout.summary.read_text(encoding="utf-8"))
-        best = summary["transfer"]["early_stopping"]["best_step"]
+        early = json.loads(layout.summary.read_text(encoding="utf-8"))["transfer"]["early_stopping"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return best if isinstance(best, int) else None
+        return {}
+    return early if isinstance(early, dict) else {}
 
 
 def _job_failed(stale: str | None) -> bool:

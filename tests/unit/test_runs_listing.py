@@ -228,18 +228,14 @@ def test_an_early_stopped_run_says_final_holds_the_best_steps_weights(
     """STEP and LOSS are where the loop stopped (step 4); final/ holds step 2's weights, and the listing
     says so instead of letting the stop step's figures read as the exported model's."""
     run = _run(tmp_path, "es", [2, 4], 4, finished=True)
-    (run / "summary.json").write_text(json.dumps({"transfer": {"early_stopping": {"best_step": 2}}}))
-    final_eval = {
-        "kind": "eval",
-        "step": 4,
-        "split": "validation",
-        "label": "final",
-        "eval_loss": 0.5,
-        "weights_step": 2,
-    }
+    early = {"best_step": 2, "metric": "macro_f1"}
+    (run / "summary.json").write_text(json.dumps({"transfer": {"early_stopping": early}}))
+    final_eval = {"kind": "eval", "step": 4, "split": "validation", "label": "final", "eval_loss": 0.5}
+    # Imbalanced classes: accuracy alone hides a collapsed classifier; the run judged by macro-F1.
+    final_eval.update(weights_step=2, accuracy=0.9, macro_f1=0.25)
     with (run / "metrics.jsonl").open("a") as handle:
         handle.write(json.dumps(final_eval) + "\n")
     assert main(["runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "validation loss 0.500 (step 2's weights)" in out
+    assert "validation macro_f1 0.250 (step 2's weights)" in out  # the score early stopping judged by
     assert "es: early stopping: final/ holds step 2's weights (the best evaluation), not step 4's" in out
