@@ -143,8 +143,22 @@ def fit_verdict(cfg: RunConfig) -> FitVerdict:
         if need <= have
         else f"this run needs about {size(need)} {what} but {size(have)} is available"
     )
-    hints = "; ".join(f"{s.change.description} ({' '.join(s.change.overrides)})" for s in plan.suggestions[:3])
+    hints = "; ".join(
+        f"{s.change.description} ({' '.join(_as_config_keys(s.change.overrides))})" for s in plan.suggestions[:3]
+    )
     return FitVerdict(need <= have, said, hints)
+
+
+# `ftl plan`'s hardware flags in a suggestion, as the config keys `ftl train` takes instead.
+PLAN_FLAG_KEYS = {"--nodes": "cluster.nodes", "--gpus-per-node": "cluster.workers"}
+
+
+def _as_config_keys(overrides: list[str]) -> list[str]:
+    shown = []
+    for override in overrides:
+        flag, _, value = override.partition(" ")
+        shown.append(f"{PLAN_FLAG_KEYS[flag]}={value}" if flag in PLAN_FLAG_KEYS else override)
+    return shown
 
 
 def check_fit(cfg: RunConfig) -> None:

@@ -255,8 +255,9 @@ def more_gpus(s: Setup, fits: Callable[[Setup], MemoryPlan]) -> Change | None:
             if candidate.checkpointing and not s.checkpointing:
                 overrides.append("model.gradient_checkpointing=true")
                 extra = " and activation checkpointing"
+            ranks = "GPUs" if s.accelerator.is_gpu else "workers"
             return Change(
-                f"{workers} GPUs with {'FSDP2' if strategy == 'fsdp' else 'ZeRO-3'}{extra}", overrides, candidate
+                f"{workers} {ranks} with {'FSDP2' if strategy == 'fsdp' else 'ZeRO-3'}{extra}", overrides, candidate
             )
         workers *= 2
     return None

@@ -229,6 +229,20 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "of RAM for 1 worker(s) but" in result.stderr and "--skip-fit-check" in result.stderr
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
+    # Its suggestions are in the config keys train takes (`--nodes` is a flag of `ftl plan`), in
+    # workers on a CPU machine, not GPUs (~47 GiB needed: refused on these 24 GiB machines).
+    big = ["method.type=full", "training.micro_batch_size=320", "data.max_seq_len=1024", "cluster.workers=2"]
+    result = subprocess.run([*FTL, "train", str(cfg), *big], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "it would fit with:" in result.stderr, result.stderr
+    assert "workers with FSDP2" in result.stderr and "(cluster.nodes=" in result.stderr, result.stderr
+    assert "--nodes" not in result.stderr and "GPUs with" not in result.stderr
+
+
+def test_plans_hardware_flags_in_a_suggestion_become_trains_config_keys() -> None:
+    from launcher.plan.command import _as_config_keys
+
+    assert _as_config_keys(["--nodes 2", "parallel.strategy=fsdp"]) == ["cluster.nodes=2", "parallel.strategy=fsdp"]
+    assert _as_config_keys(["--gpus-per-node 4"]) == ["cluster.workers=4"]
 
 
 def test_lora_target_typos_are_refused_by_plan_and_before_the_run_starts(tmp_path: Path) -> None:
