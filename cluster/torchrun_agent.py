@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        rank, failure = _root_failure(exc)
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
         if code != EXIT_INPUT_ERROR:  # an input error was printed by the worker itself
             print(f"torchrun: {_failed_worker(rank, failure)}", file=sys.stderr, flush=True)
@@ -44,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         # passed it on to the workers, which stopped at a checkpoint and said so; not a crash.
         return 128 + int(exc.sigval)
     return 0
+
+
+def _root_failure(exc: Any) -> tuple[int, Any]:
+    """The failure that ended the group: a worker killed by a signal (kill -9, out of memory) before
+    the ranks that failed because of it (a peer's "connection reset" exits 1). torch's first failure
+    is the earliest timestamp, and a surviving rank's error file can be stamped before the agent's
+    monitor notices the killed one, which has none: then the killed rank went unnamed."""
+    killed = {rank: failure for rank, failure in exc.failures.items() if failure.exitcode < 0}
+    if killed:
+        rank = min(killed, key=lambda r: killed[r].timestamp)
+        return rank, killed[rank]
+    return exc.get_first_failure()
 
 
 def _failed_worker(rank: int, failure: Any) -> str:

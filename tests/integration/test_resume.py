@@ -75,7 +75,7 @@ def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_di
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").read_bytes() == before
     # The refusal says how to train that run further; doing so continues from its last step.
-    hint = shlex.split(again.stderr.strip().rsplit("from its last checkpoint: ", 1)[1])
+    hint = shlex.split(again.stderr.strip().rsplit("from its last checkpoint with more steps: ", 1)[1])
     assert hint[1] == f"checkpoint.resume={tmp_path / 'run' / 'checkpoints' / 'step-2'}", again.stderr
     assert train(str(config), [f"output.dir={tmp_path / 'more'}", hint[1], "training.max_steps=3"]) == 0
     assert [r["step"] for r in read_metrics(tmp_path / "more", "train")] == [3]

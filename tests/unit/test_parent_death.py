@@ -47,7 +47,9 @@ def test_a_tie_to_the_parent_is_orphaned_once_the_parent_exits(tmp_path: Path) -
         os.write(1, b"ready\\n")
         while os.getppid() == ties.parent:
             time.sleep(0.01)
-        open({str(verdict)!r}, "w").write(f"{{before}} {{ties.orphaned()}}")
+        # Written whole, then renamed: the test waits for the name and read an empty file before.
+        open({str(verdict)!r} + ".tmp", "w").write(f"{{before}} {{ties.orphaned()}}")
+        os.replace({str(verdict)!r} + ".tmp", {str(verdict)!r})
     """
     parent = subprocess.Popen(
         [sys.executable, "-c", _spawn_and_wait_for(child)], cwd=REPO, stdout=subprocess.PIPE, text=True
