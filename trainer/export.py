@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -58,7 +57,7 @@ def export_final(
             _save_generation_config(model, tokenizer, tmp / "adapter")
         if merge:
             merged = merged_model(model, cfg, device)
-            _stop_at_end_of_turn(merged, tokenizer)
+            _stop_at_end_of_turn(getattr(merged, "generation_config", None), tokenizer)
             merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
             tokenizer.save_pretrained(str(tmp / "merged"))
         described: dict[str, Any] = {
@@ -125,17 +124,15 @@ def _save_generation_config(model: Any, tokenizer: Any, folder: Path) -> None:
     if config is None:  # classification models do not generate
         return
     config = copy.deepcopy(config)
-    holder = SimpleNamespace(generation_config=config)
-    _stop_at_end_of_turn(holder, tokenizer)
+    _stop_at_end_of_turn(config, tokenizer)
     config.save_pretrained(str(folder))
 
 
-def _stop_at_end_of_turn(model: Any, tokenizer: Any) -> None:
-    """Make stock `generate` on the exported model stop where a chat turn ends, not only at EOS."""
+def _stop_at_end_of_turn(config: Any, tokenizer: Any) -> None:
+    """Make stock `generate` with this generation config stop where a chat turn ends, not only at EOS."""
     from trainer.evaluate import chat_end_of_turn_id
 
     end_of_turn = chat_end_of_turn_id(tokenizer)
-    config = getattr(model, "generation_config", None)
     if end_of_turn is None or config is None:
         return
     current = config.eos_token_id
