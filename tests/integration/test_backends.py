@@ -583,9 +583,11 @@ def test_slurm_two_nodes_ray_mode(tmp_path, tiny_model_dir, golden, slurm):
     out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "1.5"})
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = out.stdout.strip()
-    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+    _wait_for_job(job_id, run_dir, lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), 300)
     subprocess.run(["scancel", "--signal=TERM", "--batch", job_id], check=True)
-    _wait_for(lambda: (run_dir / "final").exists() and job_info(job_id).get("JobState") == "COMPLETED", timeout=600)
+    _wait_for_job(
+        job_id, run_dir, lambda: (run_dir / "final").exists() and job_info(job_id).get("JobState") == "COMPLETED", 600
+    )
     log = (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
     assert "2 node(s) n1,n2" in log and "mode ray" in log, log[-3000:]
     assert "SIGTERM: checkpointing and stopping" in log and "start #2" in log, log[-3000:]
@@ -608,7 +610,7 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tin
     out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "1.5"})
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
-    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+    _wait_for_job(job_id, run_dir, lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), 300)
     # What Slurm sends before a time limit (--signal=B:USR1@T), delivered now instead of later.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     from cluster.run_lock import read_holder
@@ -627,7 +629,9 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_finishes(tmp_path, tin
     second = _ftl("slurm", str(config))
     assert second.returncode == 2 and f"Slurm job {job_id}" in second.stderr, second.stderr[-2000:]
 
-    _wait_for(lambda: (run_dir / "final").exists() and job_info(job_id).get("JobState") == "COMPLETED", timeout=600)
+    _wait_for_job(
+        job_id, run_dir, lambda: (run_dir / "final").exists() and job_info(job_id).get("JobState") == "COMPLETED", 600
+    )
     log = (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
     assert "requeueing" in log and "start #2" in log, log[-3000:]
     assert "SIGUSR1: checkpointing and stopping" in log, log[-3000:]  # by name, not "signal 10"
@@ -700,7 +704,7 @@ def test_slurm_stop_before_the_first_step_is_not_requeued(tmp_path, tiny_model_d
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     job_log = run_dir / "logs" / f"slurm-{job_id}.out"
-    _wait_for(lambda: job_log.exists() and "start #1" in job_log.read_text(), timeout=120, interval=0.2)
+    _wait_for_job(job_id, run_dir, lambda: job_log.exists() and "start #1" in job_log.read_text(), 120, 0.2)
     time.sleep(2)  # the job's signal handler is in place; the workers are still loading
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     _wait_for(lambda: job_info(job_id).get("JobState") in ("COMPLETED", "FAILED"), timeout=300)
@@ -723,7 +727,7 @@ def test_slurm_scancel_ends_the_job_and_a_resubmit_finishes_with_its_report(tmp_
     out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "1.5"})
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
-    _wait_for(lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), timeout=300)
+    _wait_for_job(job_id, run_dir, lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), 300)
     subprocess.run(["scancel", job_id], check=True)
     _wait_for(lambda: job_info(job_id).get("JobState") in FINAL_STATES, timeout=120)
     assert job_info(job_id).get("JobState") == "CANCELLED" and job_info(job_id).get("Restarts") == "0"
@@ -982,6 +986,37 @@ def _wait_for(condition, timeout: float, interval: float = 1.0):  # type: ignore
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def _wait_for_job(  # type: ignore[no-untyped-def]
+    job_id: str, run_dir: Path, condition, timeout: float, interval: float = 1.0, queued_for: float = 900
+):
+    """_wait_for for a Slurm job's progress. The time the job waits in the queue does not count
+    (the other test process's Slurm jobs may hold both nodes for minutes), a job that ended first
+    fails within seconds (a requeue passes through states for a moment), and the failure shows the queue, the job's state and its log's end (a CI run
+    timed out here with nothing to read)."""
+    from cluster.slurm import job_info
+    from cluster.slurm_states import FINAL_STATES
+
+    running_for, queued, ended_polls, state = 0.0, 0.0, 0, ""
+    while running_for < timeout and queued < queued_for and ended_polls < 5:
+        value = condition()
+        if value:
+            return value
+        state = job_info(job_id).get("JobState", "")
+        ended_polls = ended_polls + 1 if state in FINAL_STATES else 0
+        time.sleep(interval)
+        if state in ("PENDING", "REQUEUED"):
+            queued += interval
+        else:
+            running_for += interval
+    queue = subprocess.run(["squeue", "-a", "-o", "%i %j %T %R %M %D %N"], capture_output=True, text=True).stdout
+    log = run_dir / "logs" / f"slurm-{job_id}.out"
+    tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+    raise AssertionError(
+        f"job {job_id}: not met after {running_for:.0f} s running and {queued:.0f} s queued; "
+        f"state {state or 'unknown'} ({job_info(job_id).get('Reason', '')})\nqueue:\n{queue}\nlog:\n{tail}"
+    )
 
 
 def test_doctor_on_two_ray_nodes_passes_and_names_an_unwritable_run_dir(tmp_path, tiny_model_dir, ray_cluster):
