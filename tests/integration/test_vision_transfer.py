@@ -225,6 +225,11 @@ def test_bad_images_and_unknown_labels_are_named_by_file(tmp_path: Path) -> None
     with pytest.raises(DataError, match=r"hexagon/a\.png: label 'hexagon' \(its folder\) is not one of"):
         _, inputs = _images("valid")
         load_image_set(str(folder), inputs, LABELS, skip_bad_rows=False)
+    slipped = tmp_path / "slipped" / "Diamond"  # a case slip of a label's folder gets a did-you-mean
+    slipped.mkdir(parents=True)
+    (slipped / "a.png").write_bytes(good.read_bytes())
+    with pytest.raises(DataError, match=r"label 'Diamond' \(its folder\) is not one of .*; did you mean 'diamond'\?"):
+        load_image_set(str(slipped.parent), inputs, LABELS, skip_bad_rows=False)
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,10 @@ def test_first_token_stays_scored_without_special_tokens(wordpiece: Any, tmp_pat
             {"tokens": ["a", "b"], "tags": ["O", "B-ORG"]},
             "tags[1] = 'B-ORG' (word 'b') is not one of transfer.head.labels ['O', 'B-PER', 'I-PER', 'B-LOC', 'I-LOC']",
         ),
+        (
+            {"tokens": ["a"], "tags": ["B-PRE"]},
+            "(or an id 0-4); did you mean 'B-PER'?",
+        ),
         ({"token": ["a"], "tags": ["O"]}, "unknown field 'token'; did you mean 'tokens'?"),
         ({"tokens": ["a"]}, "missing field 'tags'"),
         ({"tokens": "a b", "tags": ["O", "O"]}, "field 'tokens' must be a non-empty list of words"),

@@ -159,6 +159,20 @@ def test_classification_rows(tokenizer: object) -> None:
         render_example(Row("f.jsonl line 8", {"text": "a"}), "classification", tokenizer, names)
 
 
+def test_a_label_that_is_a_slip_of_a_name_gets_a_did_you_mean(tokenizer: object) -> None:
+    """A case or spelling slip ('Positive', 'positve') named the choices only (trial 33a)."""
+    names = ["positive", "negative", "neutral"]
+
+    def refusal(value: str) -> str:
+        with pytest.raises(DataError) as refused:
+            render_example(Row("f.jsonl line 3", {"text": "a", "label": value}), "classification", tokenizer, names)
+        return str(refused.value)
+
+    assert "label 'positve' is not one of" in refusal("positve") and "; did you mean 'positive'?" in refusal("positve")
+    assert "; did you mean 'positive'?" in refusal("Positive")
+    assert "did you mean" not in refusal("city")
+
+
 def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(tokenizer: object) -> None:
     """Ratings 1-3: JSON 1 was read as the id 1 (the name "2") while the CSV cell "1" was the name
     "1", so a JSONL data set trained on labels shifted by one and 3 was refused."""

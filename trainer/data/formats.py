@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.data.label_ids import label_choices, label_id
+from trainer.data.label_ids import close_label, label_choices, label_id
 from trainer.data.sources import Row
 from trainer.data.word_tags import IGNORE_INDEX, TagProblem, align_word_tags, word_tag_ids
 from trainer.errors import DataError
@@ -164,7 +164,7 @@ def class_label_id(values: dict[str, Any], names: list[str]) -> int:
     label = values["label"]
     found = label_id(label, names)
     if found is None:
-        raise RowProblem(f"label {label!r} is not one of {label_choices(names)}")
+        raise RowProblem(f"label {label!r} is not one of {label_choices(names)}{close_label(label, names)}")
     return found
 
 

@@ -29,6 +29,7 @@ import torch
 
 from trainer.config import ImageAugmentationConfig, ModelConfig
 from trainer.data.formats import RowProblem, class_label_id, missing_field
+from trainer.data.label_ids import close_label
 from trainer.data.sources import read_rows
 from trainer.data.tokenized import (
     MAX_REPORTED_ERRORS,
@@ -216,6 +217,7 @@ def _folder_entries(root: Path, label_names: list[str]) -> list[Entry]:
                 ""
                 if label is not None
                 else f"label {item.name!r} (its folder) is not one of transfer.head.labels {label_names}"
+                + close_label(item.name, label_names)
             )
             entries.append((str(file), file, label, problem))
     if not entries:

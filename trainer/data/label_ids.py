@@ -9,6 +9,7 @@ type, and a number that is no name is refused instead of being read as an id.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 
@@ -42,3 +43,13 @@ def label_choices(names: list[str]) -> str:
     if any(_is_number(name) for name in names):
         return f"transfer.head.labels {names} (numeric label names: a number is read as a name, never as an id)"
     return f"transfer.head.labels {names} (or an id 0-{len(names) - 1})"
+
+
+def close_label(value: Any, names: list[str]) -> str:
+    """'; did you mean 'positive'?' for a label that is a case or spelling slip of one name
+    ('Positive', 'positve'), else ''. One wrong label usually means a whole column of them."""
+    if not isinstance(value, str) or not value.strip():
+        return ""
+    same_case = [name for name in names if name.strip().lower() == value.strip().lower()]
+    close = same_case or difflib.get_close_matches(value, names, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""

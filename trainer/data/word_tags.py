@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer.data.label_ids import label_choices, label_id
+from trainer.data.label_ids import close_label, label_choices, label_id
 
 IGNORE_INDEX = -100  # a label the loss skips (cross-entropy's default ignore_index)
 
@@ -38,7 +38,10 @@ def word_tag_ids(words: Any, tags: Any, names: list[str]) -> tuple[list[str], li
     for index, tag in enumerate(tags):
         found = label_id(tag, names)
         if found is None:
-            raise TagProblem(f"tags[{index}] = {tag!r} (word {words[index]!r}) is not one of {label_choices(names)}")
+            raise TagProblem(
+                f"tags[{index}] = {tag!r} (word {words[index]!r}) is not one of {label_choices(names)}"
+                + close_label(tag, names)
+            )
         ids.append(found)
     return words, ids
 
