@@ -208,17 +208,22 @@ def format_summary(summary: dict[str, Any]) -> str:
         elif "preference_accuracy" in reported:
             metric, title = ("preference_accuracy", "pref. accuracy")
         # No column of "n/a -> n/a" when no evaluation scored the metric (generation off).
-        scored = metric in reported
+        columns = [(metric, title)] if metric in reported else []
+        watched = (summary.get("transfer", {}).get("early_stopping") or {}).get("metric")
+        if watched in reported and watched != metric:
+            # The score early stopping chose final/ by (macro F1 on imbalanced classes: accuracy
+            # alone hides a collapsed classifier), next to the usual one.
+            columns.append((watched, watched.replace("_f1", " F1").replace("_", " ")))
         header = f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}"
-        lines.append((header + f"{title + ' (base -> tuned)':<30}" if scored else header).rstrip())
+        lines.append((header + "".join(f"{name + ' (base -> tuned)':<30}" for _, name in columns)).rstrip())
         partial: list[str] = []
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})
             loss = f"{_fmt(base.get('eval_loss'))} -> {_fmt(final.get('eval_loss'))}"
-            em = f"{_pct(base.get(metric))} -> {_pct(final.get(metric))}" if scored else ""
+            cells = "".join(f"{_pct(base.get(key)) + ' -> ' + _pct(final.get(key)):<30}" for key, _ in columns)
             of = _scored_part(summary, split, pairs=metric == "preference_accuracy")
             partial += [f"* {split}: {of}"] if of else []
-            lines.append(f"{split + ('*' if of else ''):<14}{loss:<30}{em:<30}".rstrip())
+            lines.append(f"{split + ('*' if of else ''):<14}{loss:<30}{cells}".rstrip())
         if partial:
             lines += partial + ["  (eval.max_samples: not comparable with scores of whole sets)"]
     stopping = summary.get("transfer", {}).get("early_stopping")

@@ -45,3 +45,24 @@ def test_a_set_scored_in_part_is_marked(tmp_path: Path) -> None:
     assert "\nvalidation*   15.7000 -> 3.8900" in table
     assert "* validation: scored on the first 64 of 200 examples" in table and "* test" not in table
     assert "*" not in format_summary({**summary, "scores": scores, "eval_max_samples": None})
+
+
+def test_the_score_early_stopping_watched_has_a_column_of_its_own(tmp_path: Path) -> None:
+    """Early stopping on macro_f1 (imbalanced classes) and the table showed accuracy alone, which
+    hides a classifier that always says the majority class (trial 33a)."""
+    scores = {
+        "validation": {
+            "base": {"eval_loss": 1.1, "accuracy": 0.3, "macro_f1": 0.1},
+            "final": {"eval_loss": 0.9, "accuracy": 0.5, "macro_f1": 0.2222},
+        }
+    }
+    watched = _summary(tmp_path, metric="macro_f1", best=0.2222, best_step=5)
+    table = format_summary({**watched, "scores": scores}).splitlines()
+    header = next(line for line in table if line.startswith("held-out set"))
+    assert "accuracy (base -> tuned)" in header and header.endswith("macro F1 (base -> tuned)")
+    row = next(line for line in table if line.startswith("validation"))
+    assert row.endswith("30.0% -> 50.0%                10.0% -> 22.2%")
+    # Watching accuracy or the loss adds nothing: those are columns already.
+    for metric in ("accuracy", "eval_loss"):
+        plain = format_summary({**_summary(tmp_path, metric=metric), "scores": scores})
+        assert "macro F1" not in plain and "accuracy (base -> tuned)" in plain
