@@ -349,7 +349,13 @@ class TrainingConfig(Section):
     )
     warmup_steps: int | None = Field(None, ge=0)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final LR as a fraction of the peak (cosine/linear).")
+    min_lr_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Final LR as a fraction of the peak (cosine/linear); slanted_triangular's start and end, "
+        "ULMFiT's 1/32 (0.03125) when not set (0 would spend its first step at lr 0).",
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
     seed: int = Field(
         42,
@@ -373,6 +379,14 @@ class TrainingConfig(Section):
         description="A worker that makes no step progress (step, eval, checkpoint) for this long dumps "
         "its stacks and exits non-zero, so a hang becomes a failure restarts handle; 0 = off.",
     )
+
+    @model_validator(mode="after")
+    def _slanted_triangle_starts_above_zero(self) -> TrainingConfig:
+        # ULMFiT's ratio of 32; the shared default of 0 suits the decays (they end there), not a
+        # rise that starts there. Only when unset: a config that says 0 (or a snapshot) keeps it.
+        if self.lr_scheduler == "slanted_triangular" and "min_lr_ratio" not in self.model_fields_set:
+            self.min_lr_ratio = 1 / 32
+        return self
 
     @field_validator("adam_betas")
     @classmethod

@@ -136,6 +136,16 @@ def test_slanted_triangular_schedule() -> None:
     assert values[-1] == pytest.approx(low + (1 - low) / 90)
 
 
+def test_slanted_triangular_starts_at_ulmfits_ratio_unless_told() -> None:
+    """The shared default min_lr_ratio 0 spent the first step at lr 0 (trial 33a)."""
+    assert TrainingConfig(lr_scheduler="slanted_triangular").min_lr_ratio == 1 / 32
+    assert TrainingConfig(lr_scheduler="slanted_triangular", min_lr_ratio=0.0).min_lr_ratio == 0.0
+    assert TrainingConfig(lr_scheduler="cosine").min_lr_ratio == 0.0
+    # A config written out and read back (a run's snapshot, a worker's copy) keeps the value.
+    written = TrainingConfig(lr_scheduler="slanted_triangular").model_dump(mode="json")
+    assert TrainingConfig.model_validate(written).min_lr_ratio == 1 / 32
+
+
 def test_accuracy_and_macro_f1_from_confusion() -> None:
     # truth rows, predicted columns: class 0: 3 right 1 wrong; class 1: 2 right; class 2: 0 of 1
     confusion = torch.tensor([[3, 1, 0], [0, 2, 0], [1, 0, 0]], dtype=torch.float64)
