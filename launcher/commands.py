@@ -210,7 +210,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         # No column of "n/a -> n/a" when no evaluation scored the metric (generation off).
         columns = [(metric, title)] if metric in reported else []
         watched = (summary.get("transfer", {}).get("early_stopping") or {}).get("metric")
-        if watched in reported and watched != metric:
+        if isinstance(watched, str) and watched in reported and watched != metric:
             # The score early stopping chose final/ by (macro F1 on imbalanced classes: accuracy
             # alone hides a collapsed classifier), next to the usual one.
             columns.append((watched, watched.replace("_f1", " F1").replace("_", " ")))

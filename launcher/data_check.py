@@ -57,14 +57,19 @@ def data_command(cfg: RunConfig, examples: int) -> int:
 
 
 def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples: int = 3) -> str:
+    images = bool(check.files) and all(file.format == "image_classification" for file in check.files)
     lines = [
-        f"data: max_seq_len {check.max_seq_len}, too_long={check.too_long}, "
+        f"data: skip_bad_rows={str(check.skip_bad_rows).lower()}"  # no tokens: lengths and packing mean nothing
+        if images
+        else f"data: max_seq_len {check.max_seq_len}, too_long={check.too_long}, "
         f"skip_bad_rows={str(check.skip_bad_rows).lower()}, packing={'on' if check.packing else 'off'}"
     ]
     for file in check.files:
         lines += ["", *_file_lines(file, check)]
     if check.train_rows:
-        lines += ["", _training_line(check)]
+        held = f" ({check.held_out} held out by data.validation_split)" if check.held_out else ""
+        training = f"training: {_count(check.train_examples, 'image')}{held}, {check.micro_batch_size} a micro-batch"
+        lines += ["", training if images else _training_line(check)]
         if check.mixture_rows:
             from trainer.data.mixture import epoch_draws_line
 

@@ -34,6 +34,7 @@ class RunInfo:
     note: str = ""
     last_loss: float | None = None
     tokens_per_s: float | None = None  # the median over the logged steps (the first step's warm-up aside)
+    speed_unit: str = "tok/s"  # what tokens_per_s counts: images for an image run
     wall_s: float | None = None  # summed over its starts: first to last metric record of each
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> latest eval record's scores
     failure: str | None = None  # why the latest start failed (status "failed")
@@ -52,8 +53,23 @@ class RunInfo:
                 return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}{whose}"
         return "-"
 
+    def speed(self) -> str:
+        return "-" if self.tokens_per_s is None else f"{self.tokens_per_s:.0f} {self.speed_unit}"
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
+
+
+def speed_unit(run_dir: Path) -> str:
+    """What a run's tokens_per_s counts: an image run's batches count images (trainer/data/batches.py)."""
+    try:
+        import yaml
+
+        values = yaml.safe_load(RunLayout(run_dir).config.read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return "tok/s"
+    data = values.get("data") if isinstance(values, dict) else None
+    return "img/s" if isinstance(data, dict) and data.get("format") == "image_classification" else "tok/s"
 
 
 def find_runs(parent: Path) -> list[Path]:
@@ -132,6 +148,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         "; ".join(notes),
         last_loss=train[-1].get("loss") if train else None,
         tokens_per_s=statistics.median(speeds) if speeds else None,
+        speed_unit=speed_unit(run_dir),
         wall_s=wall_time(records),
         evals=_latest_evals(trajectory),
         failure=str(failure["reason"]) if failure and status == "failed" else None,
@@ -156,7 +173,7 @@ def _job_failed(stale: str | None) -> bool:
 
 
 def format_runs(infos: list[RunInfo]) -> str:
-    header = ("RUN", "STATUS", "STEP", "LATEST VALID CHECKPOINT", "LOSS", "EVAL", "TOKENS/S", "WALL")
+    header = ("RUN", "STATUS", "STEP", "LATEST VALID CHECKPOINT", "LOSS", "EVAL", "SPEED", "WALL")
     rows = [header]
     for info in infos:
         rows.append(
@@ -167,7 +184,7 @@ def format_runs(infos: list[RunInfo]) -> str:
                 info.checkpoint or "-",
                 "-" if info.last_loss is None else f"{info.last_loss:.4f}",
                 info.eval_score(),
-                "-" if info.tokens_per_s is None else f"{info.tokens_per_s:.0f}",
+                info.speed(),
                 "-" if info.wall_s is None else duration(info.wall_s),
             )
         )

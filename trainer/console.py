@@ -47,8 +47,10 @@ class RunConsole:
         bar: bool = True,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.time,
+        speed_unit: str = "tok/s",
     ):
         self.enabled = enabled
+        self.speed_unit = speed_unit  # "img/s" for image runs: their batches count images
         self.every_s = every_s
         self.stream = stream if stream is not None else sys.stdout
         self.live = enabled and bar and _is_terminal(self.stream)
@@ -93,7 +95,7 @@ class RunConsole:
         eta = duration((now - first_time) / (step - first_step) * (total - step)) if step > first_step else "-"
         self.event(
             f"{PROGRESS} {step}/{total} {100 * step / max(total, 1):.0f}% loss {values['loss']:.4f} "
-            f"lr {values['lr']:.2e} tok/s {values['tokens_per_s']:.0f} eta {eta}"
+            f"lr {values['lr']:.2e} {self.speed_unit} {values['tokens_per_s']:.0f} eta {eta}"
         )
 
     def _live_progress(self, step: int, total: int, values: dict[str, Any]) -> None:
@@ -105,7 +107,9 @@ class RunConsole:
             )
         self._bar.update(step - self._bar.n)
         self._bar.set_postfix(
-            loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", tok_s=f"{values['tokens_per_s']:.0f}"
+            loss=f"{values['loss']:.4f}",
+            lr=f"{values['lr']:.2e}",
+            **{self.speed_unit.replace("/", "_"): f"{values['tokens_per_s']:.0f}"},
         )
 
     def checkpoint_committed(self, step: int, path: Path, purged: list[int]) -> None:

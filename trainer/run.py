@@ -99,7 +99,13 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     config_hash = result_config_hash(cfg)
     # Before any model work: an incompatible or broken checkpoint fails the run in seconds.
     resume_from = find_resume_checkpoint(cfg, ctx, strategy, config_hash)
-    console = RunConsole(ctx.is_main, cfg.training.progress_every_s, bar=cfg.training.progress_bar)
+    images = cfg.data.format == "image_classification"
+    console = RunConsole(
+        ctx.is_main,
+        cfg.training.progress_every_s,
+        bar=cfg.training.progress_bar,
+        speed_unit="img/s" if images else "tok/s",
+    )
     tokenizer = load_inputs(cfg.model, cfg.data.format)  # an image processor for image data
     eos_notice = missing_eos_notice(tokenizer, cfg.data.format)
     if eos_notice is not None:
@@ -107,7 +113,8 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     # Tokenizing a large set takes minutes the first time (then the cache serves it): said, so a
     # silent console is not taken for a hang.
     sources = [s.train for s in cfg.data.mixture] if cfg.data.mixture else [cfg.data.train]
-    console.event(f"data: reading {', '.join(map(str, sources))} (tokenized once, then from the cache)")
+    prepared = "every image decoded once, before training" if images else "tokenized once, then from the cache"
+    console.event(f"data: reading {', '.join(map(str, sources))} ({prepared})")
     data = _prepare_data_on_every_rank(cfg, tokenizer, ctx)
     mixture = mixture_note(data.report)
     if mixture is not None:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from launcher.runs import speed_unit
 from trainer.metrics import START, changed_config_starts, current_trajectory, parse_records
 from trainer.run_layout import RunLayout
 
@@ -17,6 +18,7 @@ TRAIN_CHARTS = {
     "loss": "training loss",
     "grad_norm": "gradient norm",
     "tokens_per_s": "tokens/s",
+    "images_per_s": "images/s",  # an image run's tokens_per_s: its batches count images
     # DPO/ORPO steps (a chart only where a run logged them): the curves a preference run is read by
     "reward_margin": "training reward margin (chosen - rejected)",
     "reward_accuracy": "training reward accuracy",
@@ -29,6 +31,7 @@ def run_series(run_dir: Path) -> dict[str, Any]:
     records = parse_records(RunLayout(run_dir).metrics)
     trajectory = current_trajectory(records)
     charts: dict[str, dict[str, Series]] = {}
+    images = speed_unit(run_dir) == "img/s"
 
     def add(chart: str, line: str, step: int, value: Any) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -38,7 +41,8 @@ def run_series(run_dir: Path) -> dict[str, Any]:
         step = record.get("step", 0)
         if record.get("kind") == "train":
             for key in TRAIN_CHARTS:
-                add(key, key, step, record.get(key))
+                chart = "images_per_s" if images and key == "tokens_per_s" else key
+                add(chart, chart, step, record.get(key))
             groups = record.get("lr_groups") or {}
             if groups:
                 for name, value in groups.items():

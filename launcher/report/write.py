@@ -111,7 +111,7 @@ def _page(runs: list[Path], labels: list[str], infos: list[RunInfo], pictures: l
                 "-" if info.step is None else str(info.step),
                 "-" if info.last_loss is None else f"{info.last_loss:.4f}",
                 info.eval_score(),
-                "-" if info.tokens_per_s is None else f"{info.tokens_per_s:.0f}",
+                info.speed(),
                 "-" if info.wall_s is None else duration(info.wall_s),
             )
         )
@@ -134,7 +134,7 @@ def _page(runs: list[Path], labels: list[str], infos: list[RunInfo], pictures: l
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:8px}}</style>
 </head><body><h1>{html.escape(title)}</h1>
 <table><tr><th>run</th><th>directory</th><th>status</th><th>step</th><th>last loss</th><th>eval</th>
-<th>tokens/s</th><th>wall time</th></tr>{rows}</table>
+<th>speed</th><th>wall time</th></tr>{rows}</table>
 {notes}<p>Dotted vertical lines: a start that resumed from a checkpoint (a resume or a restart).
 The points drawn are in {DATA_FILE} beside this page.</p>
 {images}
@@ -148,5 +148,15 @@ def _labels(runs: list[Path]) -> list[str]:
 
 
 def _chart_order(chart: str) -> tuple[int, str]:
-    order = ["loss", "reward_margin", "reward_accuracy", "lr", "grad_norm", "tokens_per_s", "eval_eval_loss", "retain"]
+    order = [
+        "loss",
+        "reward_margin",
+        "reward_accuracy",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "images_per_s",
+        "eval_eval_loss",
+        "retain",
+    ]
     return (order.index(chart) if chart in order else len(order), chart)

@@ -217,6 +217,8 @@ def test_bad_images_and_unknown_labels_are_named_by_file(tmp_path: Path) -> None
     assert "images.jsonl line 2" in output and "missing.png not found" in output
     assert "images.jsonl line 3" in output and "cannot read image" in output and "broken.png" in output
     assert "images.jsonl line 4" in output and "'hexagon'" in output
+    # Images have no tokens: no max_seq_len, packing or token-slot wording (trial 33a).
+    assert "max_seq_len" not in output and "token slots" not in output and "packing" not in output, output
 
     folder = tmp_path / "folder"
     for label in ("diamond", "hexagon"):

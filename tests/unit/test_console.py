@@ -38,6 +38,13 @@ def test_progress_lines_at_most_every_n_seconds_with_eta_and_no_carriage_returns
     assert lines[1].endswith("eta 1m29s")  # 10 s for 10 steps after the first: 89 steps to go
 
 
+def test_an_image_run_counts_images_per_second() -> None:
+    """An image run's batches count images: its progress said tok/s (trial 33a)."""
+    stream = io.StringIO()
+    RunConsole(True, every_s=10.0, stream=stream, clock=Clock(), speed_unit="img/s").progress(1, 100, _values())
+    assert stream.getvalue().rstrip().endswith("step 1/100 1% loss 1.5000 lr 2.00e-04 img/s 1234 eta -")
+
+
 def test_events_and_other_ranks_silent() -> None:
     stream = io.StringIO()
     console = RunConsole(True, every_s=10.0, stream=stream, clock=Clock())

@@ -27,3 +27,15 @@ def test_preference_training_steps_plot_reward_margin_and_accuracy(tmp_path: Pat
     (tmp_path / "sft").mkdir()
     sft = run_series(_run(tmp_path / "sft", [{"kind": "train", "step": 1, "loss": 2.0}]))["charts"]
     assert "reward_margin" not in sft and "loss" in sft
+
+
+def test_an_image_runs_speed_chart_is_images_per_second(tmp_path: Path) -> None:
+    """Its batches count images: the chart said tokens/s (trial 33a)."""
+    step = {"kind": "train", "step": 1, "loss": 1.0, "tokens_per_s": 30.0}
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "config.yaml").write_text("data: {format: image_classification}\n")
+    charts = run_series(_run(tmp_path / "shapes", [step]))["charts"]
+    assert charts["images_per_s"] == {"images_per_s": [(1, 30.0)]} and "tokens_per_s" not in charts
+    assert chart_title("images_per_s") == "images/s"
+    (tmp_path / "text").mkdir()
+    assert "tokens_per_s" in run_series(_run(tmp_path / "text", [step]))["charts"]

@@ -164,12 +164,23 @@ def test_loss_eval_speed_wall_time_a_failed_start_and_json(tmp_path: Path, capsy
         "CHECKPOINT",
         "LOSS",
         "EVAL",
-        "TOKENS/S",
+        "SPEED",
         "WALL",
     ]
     rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:] for line in out[1:] if line.startswith("/")}
     # The median speed over the steps after the first (its warm-up): steps 2, 3 (resumed), 4.
-    assert rows["resumed"] == ["resumable", "4", "step-2", "1.2500", "validation", "loss", "1.250", "400", "40s"]
+    assert rows["resumed"] == [
+        "resumable",
+        "4",
+        "step-2",
+        "1.2500",
+        "validation",
+        "loss",
+        "1.250",
+        "400",
+        "tok/s",
+        "40s",
+    ]
     assert rows["broken"] == ["failed", "-", "-", "-", "-", "-", "-"]
     assert "  broken: failed: train.jsonl row 7: no 'messages' key; fix the row or drop it" in out
 
@@ -186,6 +197,17 @@ def test_loss_eval_speed_wall_time_a_failed_start_and_json(tmp_path: Path, capsy
     with pytest.raises(StopRequested), recording_failure(broken):
         raise StopRequested(1, "checkpoints/step-1", None)
     assert not (broken / "failure.json").exists()
+
+
+def test_an_image_runs_speed_is_in_images_per_second(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its batches count images: `ftl runs` said TOKENS/S (trial 33a)."""
+    run = _run(tmp_path, "shapes", [], None)
+    (run / "config.yaml").write_text("data: {format: image_classification}\n")
+    records = [{"kind": "train", "step": s, "loss": 1.0, "tokens_per_s": 30.0, "time": s} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["runs", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(str(run)))
+    assert " 30 img/s " in row and "tok/s" not in row
 
 
 def test_a_failure_reason_that_only_announces_itself_shows_its_next_line() -> None:
