@@ -65,6 +65,10 @@ def export_final(
             "base_model": cfg.model.path,
             "objective": cfg.training.objective,  # sft, dpo or orpo
         }
+        if cfg.transfer.head.is_classification:
+            # The merged config.json has id2label; an adapter folder has no config, so a base loaded
+            # for it says LABEL_0.. unless given these (docs/transfer-learning.md shows how).
+            described["labels"] = cfg.transfer.head.label_names
         if cfg.method.type == "qlora":  # the adapter runs over the base quantized this way (trainer/inference.py)
             described["quantization"] = cfg.method.quantization.model_dump()
         (tmp / "export.json").write_text(json.dumps({**described, **(info or {})}, indent=1))

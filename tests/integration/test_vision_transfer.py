@@ -187,8 +187,19 @@ def test_lora_adapts_the_unfrozen_blocks_and_saves_the_new_head(tmp_path: Path) 
     assert any("classifier" in key for key in keys)  # the new head, trained in full, saved with the adapter
 
     merged = AutoModelForImageClassification.from_pretrained(str(run / "final" / "merged")).eval()
-    base = AutoModelForImageClassification.from_pretrained(str(VIT), num_labels=5, ignore_mismatched_sizes=True)
+    # The recipe of docs/transfer-learning.md: the label names from export.json (the adapter folder
+    # has no config.json; the base alone says LABEL_0.., trial 33a).
+    labels = json.loads((run / "final" / "export.json").read_text())["labels"]
+    assert labels == LABELS
+    base = AutoModelForImageClassification.from_pretrained(
+        str(VIT),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+    )
     adapter = PeftModel.from_pretrained(base, str(run / "final" / "adapter")).eval()
+    assert adapter.config.id2label == merged.config.id2label
     pixels = _images("test")[0].images.pixel_values([0, 30, 60])
     with torch.no_grad():
         torch.testing.assert_close(adapter(pixel_values=pixels).logits, merged(pixel_values=pixels).logits)
