@@ -51,6 +51,7 @@ from typing import Any
 from cluster.config import ClusterConfig, RayConfig
 from cluster.errors import resume_hint
 from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
+from cluster.ray_console_filter import quiet_transient_ray_warnings
 from cluster.ray_daemon_group import DaemonGroup, start_daemon_group
 from cluster.ray_leftovers import adopt_orphans, end_leftover_ray_processes
 from cluster.results import clear_result, recorded_input_error, take_result
@@ -388,6 +389,7 @@ def connect(settings: RayConfig) -> bool:
                 f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): {exc}; "
                 "check the address, or leave both unset to run on a local Ray"
             ) from None
+        quiet_transient_ray_warnings()
         return False
     # The dashboard process also serves the state API that Ray Train's placement-group cleaner
     # polls; bound to loopback so nothing is exposed.
@@ -412,6 +414,7 @@ def connect(settings: RayConfig) -> bool:
             num_cpus=os.cpu_count() or 1,
         )
         fault_point("ray_start", 0, 0)  # tests: a Ctrl-C or SIGTERM that arrives while the local Ray starts
+        quiet_transient_ray_warnings()
     if noted:  # asked to stop while Ray started: nothing ran yet; end the Ray started for it
         end_local_ray()
         if noted[0] == signal.SIGINT:

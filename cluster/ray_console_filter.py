@@ -1,0 +1,97 @@
+"""Ray Train's harmless "Failed to send resource request" warning, off the console.
+
+Ray Train's controller registers the run with Ray's autoscaling coordinator, an actor it creates on
+first use, and gives the call 5 s. On a loaded machine starting that actor takes longer: the
+controller logs a warning that says "it's safe to ignore this error" followed by a 20-line
+GetTimeoutError traceback, and the run goes on unharmed (trial 33a: a new user read it as the run
+failing). The warning arrives through Ray's worker-log forwarding (log_to_driver), which has no
+filter of its own, so the handler that prints forwarded lines is wrapped: the warning and its
+traceback become one line, said once per launch. Everything else is printed as Ray prints it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+PRINT_HANDLER = "ray_print_logs"  # the name ray._private.worker registers its printer under
+TRANSIENT_WARNINGS = ("Failed to send resource request for train-", "Failed to cancel resource request for train-")
+TRACEBACK_LIMIT = 80  # lines skipped at most after the warning, should its traceback never end
+SAID = (
+    "ftl: Ray's autoscaling coordinator answered slowly (a busy machine); Ray says this is harmless, "
+    "and the run goes on"
+)
+
+
+class TransientWarningFilter:
+    """Drops the warning and the traceback that follows it, per worker process. The traceback
+    must start on the next line ("Traceback ..."), or nothing more is dropped; it ends with its
+    exception line, the first line that is not indented and not part of a chained traceback."""
+
+    def __init__(self) -> None:
+        self._skipping: dict[Any, int] = {}  # pid -> lines skipped so far since the warning
+        self.said = False
+
+    def lines(self, pid: Any, lines: list[str]) -> list[str]:
+        kept = []
+        for line in lines:
+            if any(warning in line for warning in TRANSIENT_WARNINGS):
+                self._skipping[pid] = 0
+                if not self.said:
+                    self.said = True
+                    kept.append(SAID)
+                continue
+            skipped = self._skipping.get(pid)
+            if skipped is None:
+                kept.append(line)
+                continue
+            if skipped == 0 and not line.startswith("Traceback"):  # a warning without its traceback
+                del self._skipping[pid]
+                kept.append(line)
+                continue
+            self._skipping[pid] = skipped + 1
+            if not _in_traceback(line) or skipped + 1 >= TRACEBACK_LIMIT:
+                del self._skipping[pid]  # its exception line (ray.exceptions.GetTimeoutError: ...)
+        return kept
+
+
+def _in_traceback(line: str) -> bool:
+    return (
+        not line.strip()
+        or line[0].isspace()
+        or line.startswith(("Traceback", "During handling", "The above exception"))
+    )
+
+
+def quiet_transient_ray_warnings() -> bool:
+    """Wrap the printer of forwarded worker logs (after ray.init); False where this Ray has none
+    by that name (log_to_driver off, or another Ray release): then nothing changes."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+    lock = getattr(dispatcher, "_lock", None)
+    if lock is None or not isinstance(getattr(dispatcher, "handlers", None), list):
+        return False
+    with lock:
+        handlers = dispatcher.handlers
+        for index, (name, handler) in enumerate(handlers):
+            if name == PRINT_HANDLER and not isinstance(handler, _Filtered):
+                dispatcher.handlers = [*handlers[:index], (name, _Filtered(handler)), *handlers[index + 1 :]]
+                return True
+    return False
+
+
+class _Filtered:
+    def __init__(self, printer: Callable[[dict[str, Any]], None]) -> None:
+        self.printer = printer
+        self.filter = TransientWarningFilter()
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        lines = data.get("lines")
+        if isinstance(lines, list):
+            kept = self.filter.lines(data.get("pid"), lines)
+            if not kept:
+                return
+            data = {**data, "lines": kept}
+        self.printer(data)
