@@ -19,7 +19,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             if (Path(value) / "adapter_config.json").is_file():  # an ftl run's final/adapter or exports/.../adapter
                 what = (
                     "is a PEFT adapter, not a model: to train on from it, use the merged model beside it "
-                    f"({Path(value).parent / 'merged'}; `ftl export RUN --merge` writes one)"
+                    f"({Path(value).parent / 'merged'}; `ftl export RUN --merge` writes one), or set model.path "
+                    f"to its base model and method.lora.init_from={value} (new adapters start from its weights)"
                 )
             problems.append(
                 f"{key}: {value} {what}{did_you_mean(value)}; "
@@ -54,6 +55,11 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             f"{where}: {cache_path} is a file, not a folder (the tokenized-data cache goes there); "
             "point it at a folder, or unset it for ~/.cache/ftl"
         )
+    from trainer.adapter_init import adapter_init_problem
+
+    adapter = adapter_init_problem(cfg.method)
+    if adapter:
+        problems.append(adapter)
     architecture = architecture_problem(cfg)
     if architecture:
         problems.append(architecture)

@@ -191,6 +191,11 @@ class LoraConfig(Section):
     target_modules: str | list[str] = Field("all-linear", description="`all-linear` or a list of module names.")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
     modules_to_save: list[str] = Field(default_factory=list)
+    init_from: str | None = Field(
+        None,
+        description="A PEFT LoRA/DoRA adapter folder (e.g. RUN/final/adapter) whose weights the new adapters start "
+        "from, on the same base model and settings (rank, alpha, targets); a resume starts from its checkpoint.",
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -254,6 +259,11 @@ class MethodConfig(Section):
     def _adapter_settings_need_an_adapter(self) -> MethodConfig:
         if self.type == "full" and self.lora.modules_to_save:
             raise ValueError("method.lora.modules_to_save only applies to adapter methods (lora, dora, qlora)")
+        if self.type == "full" and self.lora.init_from:
+            raise ValueError(
+                "method.lora.init_from starts adapters (method.type=lora, dora or qlora); for full fine-tuning of "
+                "an adapter's result, set model.path to its merged model (RUN/final/merged)"
+            )
         if self.type == "full" and self.adapter_dtype != "auto":
             raise ValueError(
                 "method.adapter_dtype only applies to adapter methods (lora, dora, qlora); with method.type=full "
@@ -658,8 +668,10 @@ class TrainerConfig(Section):
         chosen = self.training.preference.reference
         if chosen != "auto":
             return chosen
-        if self.method.uses_adapter:
+        if self.method.uses_adapter and not self.method.lora.init_from:
             return "adapters_disabled"
+        if self.method.uses_adapter:  # the base without the adapter it starts from is not the initial model
+            return "precomputed"
         # A frozen copy is not sharded: under fsdp/deepspeed the initial model scores the pairs once instead.
         return "precomputed" if self.parallel.strategy in SHARDED else "copy"
 
@@ -728,6 +740,12 @@ def _check_preference(cfg: TrainerConfig) -> None:
         raise ValueError(
             "training.preference.reference=adapters_disabled needs an adapter method (method.type=lora, dora or "
             "qlora); with method.type=full use reference=copy or precomputed"
+        )
+    if reference == "adapters_disabled" and cfg.method.lora.init_from:
+        raise ValueError(
+            "training.preference.reference=adapters_disabled would score against the base model without the "
+            "adapter method.lora.init_from starts from; use reference=precomputed (auto picks it): the initial "
+            "model, adapter included, scores every pair once before the first step"
         )
     if reference == "copy" and cfg.method.uses_adapter:
         raise ValueError(

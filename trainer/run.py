@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from trainer.adapter_init import load_initial_adapter
 from trainer.checkpointing.layouts import load_trainable
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.preflight import check_disk_space, verify_shared_run_dir
@@ -207,6 +208,8 @@ def _build_trainee(
     """The model (with the method applied), wrapped by the strategy, its optimizer, schedule and
     checkpoint manager, restored from `resume_from` when there is one."""
     base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
+    if cfg.method.lora.init_from and resume_from is None:  # a resume restores its checkpoint's adapters instead
+        load_initial_adapter(base, cfg.method)
     if cfg.data.format != "image_classification":
         check_sequence_length(base, cfg.data.max_seq_len)
     fault_point("model_checks", 0, ctx.rank)

@@ -1,0 +1,69 @@
+"""method.lora.init_from's checks that need no model: the folder, its files and settings, and the
+config rules around it (the run itself: tests/integration/test_adapter_init.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer.adapter_init import adapter_init_problem
+from trainer.config import MethodConfig, TrainerConfig
+
+
+def _adapter(folder: Path, weights: str = "adapter_model.safetensors", **settings: Any) -> Path:
+    folder.mkdir(parents=True)
+    saved = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "use_rslora": False, "use_dora": False, **settings}
+    (folder / "adapter_config.json").write_text(json.dumps(saved))
+    (folder / weights).write_bytes(b"")
+    return folder
+
+
+def _problem(folder: Path, **method: Any) -> str | None:
+    return adapter_init_problem(MethodConfig.model_validate({**method, "lora": {"init_from": str(folder)}}))
+
+
+def test_the_adapter_folder_and_its_settings_are_checked(tmp_path: Path) -> None:
+    same = _adapter(tmp_path / "same")
+    assert _problem(same) is None
+    assert "set method.lora.r=8, method.lora.alpha=16.0 to start from it" in str(
+        _problem(_adapter(tmp_path / "small", r=8, lora_alpha=16.0))
+    )
+    assert "set method.type=dora (the adapter is DoRA)" in str(_problem(_adapter(tmp_path / "dora", use_dora=True)))
+    assert "method.lora.rslora=True" in str(_problem(_adapter(tmp_path / "rs", use_rslora=True)))
+    pickled = _problem(_adapter(tmp_path / "bin", weights="adapter_model.bin"))
+    assert "only adapter_model.bin, a pickle, which ftl does not load" in str(pickled)
+    assert "is a PREFIX_TUNING adapter" in str(_problem(_adapter(tmp_path / "prefix", peft_type="PREFIX_TUNING")))
+    assert "does not exist" in str(_problem(tmp_path / "missing"))
+    run_final = tmp_path / "run" / "final"
+    _adapter(run_final / "adapter")
+    assert f"did you mean {run_final / 'adapter'}?" in str(_problem(run_final))
+
+
+def _config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "model": {"path": "m"},
+        "data": {"train": "t.jsonl", "format": "preference", "packing": False},
+        "method": {"type": "lora", "lora": {"init_from": "runs/sft/final/adapter"}},
+        "training": {"objective": "dpo"},
+        "output": {"dir": "runs/x"},
+    }
+    for section, values in overrides.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+def test_dpo_from_an_adapter_scores_against_the_model_it_starts_from() -> None:
+    """The base with adapters off is not the initial model when the adapters start from one."""
+    assert TrainerConfig.model_validate(_config()).reference_kind() == "precomputed"
+    with pytest.raises(ValueError, match="without the adapter method.lora.init_from starts from"):
+        TrainerConfig.model_validate(
+            _config(training={"objective": "dpo", "preference": {"reference": "adapters_disabled"}})
+        )
+
+
+def test_full_fine_tuning_takes_no_adapter_to_start_from() -> None:
+    with pytest.raises(ValueError, match=r"set model.path to its merged model \(RUN/final/merged\)"):
+        TrainerConfig.model_validate(_config(method={"type": "full", "lora": {"init_from": "a"}}))
