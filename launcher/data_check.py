@@ -20,6 +20,7 @@ OPEN_COLOR, CLOSE_COLOR = "\x1b[1;32m", "\x1b[0m"
 FATE_NAMES = {
     "too_long": "longer than max_seq_len (too_long=error)",
     "truncated": "truncated to max_seq_len",
+    "split": "split into pieces of up to max_seq_len tokens",
     "dropped_too_long": "dropped as too long",
     "dropped_no_loss": "dropped: no trained token left",
 }
@@ -100,6 +101,11 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
                 label = names[row.class_label] if row.class_label < len(names) else str(row.class_label)
                 lines.append(f"--- {row.where} ({len(row.ids)} tokens{cut}, label {label}) ---")
                 lines.append(tokenizer.decode(row.ids, skip_special_tokens=False))
+                continue
+            if row.more:  # too_long=split: the first piece is shown, the others counted
+                where = f"{row.where}, piece 1 of {1 + len(row.more)} of its {row.rendered_len} tokens"
+                lines += [f"--- {where} ({len(row.ids)} tokens, {sum(row.mask)} trained) ---"]
+                lines.append(mark_trained(tokenizer, row.ids, row.mask, color=color))
                 continue
             lines += _sequence_lines(
                 tokenizer, row.where, row.ids, row.mask, row.rendered_len, color, row.cut_before_tokenizing
@@ -193,6 +199,8 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
         where = (
             f"the {_count(2 * file.usable, 'sequence')} of {_count(file.usable, 'usable pair')} (after truncation)"
             if file.pairs
+            else f"{_count(len(file.kept_lengths), 'example')} (the pieces of split rows included)"
+            if file.fates["split"]
             else "usable examples"
         )
         trained = (

@@ -140,7 +140,11 @@ class DataConfig(Section):
     split: str = Field("train", description="Split name when `train` is a `datasets` hub name.")
     max_seq_len: int = Field(512, ge=8, le=1_048_576)
     packing: bool = True
-    too_long: Literal["truncate", "drop", "error"] = "truncate"
+    too_long: Literal["truncate", "drop", "error", "split"] = Field(
+        "truncate",
+        description="A row longer than max_seq_len: cut to its first max_seq_len tokens, dropped, an error, or "
+        "(format text) split into consecutive pieces of up to max_seq_len tokens, each an example.",
+    )
     skip_bad_rows: bool = Field(False, description="Skip malformed rows (and report how many) instead of stopping.")
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default $FTL_CACHE_DIR or ~/.cache/ftl.")
     shuffle: bool = Field(True, description="Reshuffle the training rows each epoch (seeded by training.seed).")
@@ -174,6 +178,24 @@ class DataConfig(Section):
     def _validation_file_or_split(self) -> DataConfig:
         if self.validation and self.validation_split > 0:
             raise ValueError("set either data.validation (a file) or data.validation_split (a ratio), not both")
+        return self
+
+    @model_validator(mode="after")
+    def _split_is_for_plain_text(self) -> DataConfig:
+        if self.too_long != "split":
+            return self
+        others = sorted(self.formats() - {"text"})
+        if others:
+            raise ValueError(
+                f"data.too_long=split cuts long documents into pieces, which only format text can be (every token "
+                f"is trained); {', '.join(others)} rows would lose their prompt or label in the later pieces: "
+                "use truncate, drop or error there"
+            )
+        if self.validation_split > 0:
+            raise ValueError(
+                "data.too_long=split with data.validation_split: the pieces of one document would land in both "
+                "training and validation; give data.validation a file of its own"
+            )
         return self
 
     def format_of(self, source: MixtureSource | None = None) -> str:

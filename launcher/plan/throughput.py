@@ -170,6 +170,12 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
         return None
     import numpy as np
 
+    if data.too_long == "split" and cached is None:
+        # A sampled row longer than max_seq_len trains as pieces of it (the cache holds the pieces).
+        whole = np.asarray(lengths)
+        pieces = [min(data.max_seq_len, n - start) for n in whole.tolist() for start in range(0, n, data.max_seq_len)]
+        rows = int(round(rows * len(pieces) / len(whole)))
+        lengths = np.asarray(pieces)
     lengths = np.minimum(np.asarray(lengths), data.max_seq_len)
     if data.packing:
         efficiency = packing_efficiency(lengths, pack_examples(lengths, data.max_seq_len), data.max_seq_len)

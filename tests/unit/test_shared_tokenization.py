@@ -97,11 +97,15 @@ def _write(path: Path, rows: list[Any]) -> Path:
 
 
 @pytest.mark.parametrize("parts", [2, 3])
-@pytest.mark.parametrize("fmt", ["chat", "preference", "classification"])
+@pytest.mark.parametrize("fmt", ["chat", "preference", "classification", "text-split"])
 def test_shared_tokenization_is_what_one_process_tokenizes(
     tokenizer: Any, tmp_path: Path, fmt: str, parts: int
 ) -> None:
-    if fmt == "chat":
+    too_long = "split" if fmt == "text-split" else "truncate"
+    fmt = fmt.removesuffix("-split")
+    if fmt == "text":  # long documents split into pieces: the pieces of a row stay together, in order
+        rows = [{"text": " ".join(f"w{i}x{j}" for j in range(5 + 13 * (i % 4)))} for i in range(17)]
+    elif fmt == "chat":
         rows: list[Any] = _chat_rows(23)
         rows[17] = {"messages": [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "y"}]}
     elif fmt == "preference":
@@ -113,7 +117,7 @@ def test_shared_tokenization_is_what_one_process_tokenizes(
         rows = [{"text": f"text number {i}", "label": ["a", "b", "c"][i % 3]} for i in range(20)]
     path = _write(tmp_path / "data.jsonl", rows)
     labels = ["a", "b", "c"] if fmt == "classification" else None
-    common: dict[str, Any] = dict(max_seq_len=48, too_long="truncate", skip_bad_rows=False, label_names=labels)
+    common: dict[str, Any] = dict(max_seq_len=48, too_long=too_long, skip_bad_rows=False, label_names=labels)
     alone = load_tokenized(str(path), fmt, tokenizer, cache_root=tmp_path / "alone", **common)
     shared_cache = tmp_path / "shared"
     results = _run_parts(
@@ -123,6 +127,8 @@ def test_shared_tokenization_is_what_one_process_tokenizes(
     for result in results:
         assert not isinstance(result, BaseException), result
         _same(result, alone)
+    if too_long == "split":
+        assert alone.stats["split"] > 0 and len(alone) > len(rows)
     # The cache holds the same set (written once): a later run reads it on every worker.
     entry, _ = cache_entry(str(path), fmt, tokenizer, cache_root=shared_cache, **{k: v for k, v in common.items()})
     assert (entry / "meta.json").is_file() and len(list(shared_cache.iterdir())) == 1

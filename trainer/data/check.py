@@ -55,7 +55,7 @@ class FileCheck:
 
     @property
     def usable(self) -> int:
-        return self.fates["kept"] + self.fates["truncated"]
+        return self.fates["kept"] + self.fates["truncated"] + self.fates["split"]
 
     def refusal(self, skip_bad_rows: bool) -> str | None:
         """Why training would stop on this dataset (None: it would train on it)."""
@@ -185,13 +185,11 @@ def _check_file(
             if row.usable and row.class_label is not None:
                 check.label_counts[row.class_label] += 1
             if row.usable:
-                check.kept_lengths.append(len(row.ids))
-                check.tokens += len(row.ids)
-                check.trained_tokens += sum(row.mask)
-                if row.rejected_ids:  # a preference pair: two examples, as training sees it
-                    check.kept_lengths.append(len(row.rejected_ids))
-                    check.tokens += len(row.rejected_ids)
-                    check.trained_tokens += sum(row.rejected_mask)
+                # A preference pair is two examples, a split row one per piece, as training sees them.
+                for ids, mask in row.examples():
+                    check.kept_lengths.append(len(ids))
+                    check.tokens += len(ids)
+                    check.trained_tokens += sum(mask)
                 if len(check.samples) < samples:
                     check.samples.append(row)
     except DataError as exc:

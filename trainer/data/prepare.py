@@ -175,6 +175,7 @@ def cut_examples_note(report: dict[str, Any]) -> str | None:
     max_seq_len = report.get("max_seq_len", "")
     what = {
         "truncated": f"truncated to data.max_seq_len {max_seq_len}",
+        "split": f"long rows split into pieces of up to {max_seq_len} tokens (data.too_long=split)",
         "dropped_too_long": f"dropped as longer than {max_seq_len} tokens",
         "dropped_no_loss": "dropped with no trained token left",
         "skipped_bad": "skipped as malformed",

@@ -240,9 +240,10 @@ def read_cached(entry: Path) -> TokenizedSet | None:
 class ScannedRow:
     """One dataset row as training sees it: the example it becomes, or why it is not one.
 
-    fate: "kept", "truncated" (kept, cut to max_seq_len), "bad" (malformed: training stops, or skips
-    it with data.skip_bad_rows), "too_long" (longer than max_seq_len with too_long=error: training
-    stops), "dropped_too_long" (too_long=drop), "dropped_no_loss" (no trained token left).
+    fate: "kept", "truncated" (kept, cut to max_seq_len), "split" (too_long=split: kept as ids/mask,
+    its first max_seq_len tokens, and the pieces in `more`), "bad" (malformed: training stops, or
+    skips it with data.skip_bad_rows), "too_long" (longer than max_seq_len with too_long=error:
+    training stops), "dropped_too_long" (too_long=drop), "dropped_no_loss" (no trained token left).
     """
 
     index: int  # the row's position in its file / dataset split
@@ -267,10 +268,20 @@ class ScannedRow:
     # a string of the row was longer than max_seq_len x MAX_CHARS_PER_TOKEN characters and cut there
     # before tokenizing: rendered_len counts up to the cut (a lower bound)
     cut_before_tokenizing: bool = False
+    # too_long=split: the (ids, mask) of each later piece of the row, each an example of its own
+    more: list[tuple[list[int], list[int]]] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
-        return self.fate in ("kept", "truncated")
+        return self.fate in USABLE_FATES
+
+    def examples(self) -> list[tuple[list[int], list[int]]]:
+        """(ids, mask) of every example the row becomes: one, a pair's two, or a split row's pieces."""
+        own = [(self.ids, self.mask)] + ([(self.rejected_ids, self.rejected_mask)] if self.rejected_ids else [])
+        return own + self.more
+
+
+USABLE_FATES = ("kept", "truncated", "split")
 
 
 def scan_rows(
@@ -343,7 +354,8 @@ def _scan_row(
     label_names: list[str] | None,
 ) -> ScannedRow:
     limit = max_seq_len * MAX_CHARS_PER_TOKEN
-    if fmt == "classification" or _longest_string(row.values) <= limit:  # a classifier reads its text's tail too
+    # A classifier reads its text's tail too; a split row is trained on whole.
+    if fmt == "classification" or too_long == "split" or _longest_string(row.values) <= limit:
         return _scan_rendered(row_index, row, fmt, tokenizer, max_seq_len, too_long, label_names)
     cut = Row(row.where, cut_long_strings(row.values, limit))
     scanned = _scan_rendered(row_index, cut, fmt, tokenizer, max_seq_len, too_long, label_names, cut=True)
@@ -386,18 +398,19 @@ def _scan_rendered(
             return ScannedRow(
                 row_index, row.where, "dropped_too_long", problem, chosen_len, rejected_rendered_len=rejected_len
             )
-        fate = "truncated"
+        fate = "split" if too_long == "split" else "truncated"
     # The first token of an example is never a target inside that example; masking it also
     # keeps a packed row's previous example from being trained to predict it. (A tagged token
     # is its own target: token classification keeps its mask as it is.)
     first = list(example.loss_mask[:1]) if example.token_labels is not None else [0]
+    more = _later_pieces(example.input_ids, example.loss_mask, max_seq_len) if fate == "split" else []
     kept = [(truncated(p.input_ids, max_seq_len, p.keep_tail), first + list(p.loss_mask[1:max_seq_len])) for p in parts]
     if not all(any(mask) for _, mask in kept):
         problem = _no_loss_problem(row.where, parts, kept, max_seq_len)
         return ScannedRow(
             row_index, row.where, "dropped_no_loss", problem, chosen_len, rejected_rendered_len=rejected_len
         )
-    scanned = ScannedRow(row_index, row.where, fate, "", chosen_len, *kept[0], example.class_label)
+    scanned = ScannedRow(row_index, row.where, fate, "", chosen_len, *kept[0], example.class_label, more=more)
     if len(kept) == 2:
         scanned.rejected_ids, scanned.rejected_mask = kept[1]
         scanned.rejected_rendered_len = rejected_len
@@ -408,6 +421,18 @@ def _scan_rendered(
     if example.token_labels is not None:
         scanned.token_labels = example.token_labels[:max_seq_len]
     return scanned
+
+
+def _later_pieces(ids: list[int], mask: list[int], max_seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """The pieces of a split row after its first max_seq_len tokens, each up to max_seq_len long,
+    first token masked as every example's is (it has no context in its own piece); a piece left with
+    no trained token (a 1-token tail) is left out."""
+    pieces = []
+    for start in range(max_seq_len, len(ids), max_seq_len):
+        piece_mask = [0] + list(mask[start + 1 : start + max_seq_len])
+        if any(piece_mask):
+            pieces.append((list(ids[start : start + max_seq_len]), piece_mask))
+    return pieces
 
 
 def too_long_lengths(counts: list[int], max_seq_len: int, lower_bound: bool) -> str:
@@ -454,6 +479,8 @@ def _tokenize_part(
     errors: list[tuple[int, str]] = []
     bad_rows: list[tuple[int, str]] = []
     stats: dict[str, int] = {"rows": 0, "skipped_bad": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_loss": 0}
+    if too_long == "split":
+        stats["split"] = 0  # rows split into pieces (counted apart: their later pieces add examples)
     if fmt == "preference":
         stats[SAME_PAIRS] = 0
     too_long_rows = 0
@@ -470,16 +497,14 @@ def _tokenize_part(
         if not scanned.usable:
             stats[scanned.fate] += 1
             continue
-        if scanned.fate == "truncated":
-            stats["truncated"] += 1
+        if scanned.fate in ("truncated", "split"):
+            stats[scanned.fate] += 1
         if scanned.same_pair:
             stats[SAME_PAIRS] += 1
-        ids.append(np.asarray(scanned.ids, dtype=np.int32))
-        masks.append(np.asarray(scanned.mask, dtype=np.uint8))
-        sources.append(scanned.index)
-        if scanned.rejected_ids:  # a preference pair: examples 2i (chosen) and 2i + 1 (rejected)
-            ids.append(np.asarray(scanned.rejected_ids, dtype=np.int32))
-            masks.append(np.asarray(scanned.rejected_mask, dtype=np.uint8))
+        # A preference pair: examples 2i (chosen) and 2i + 1 (rejected); a split row: its pieces in order.
+        for example_ids, example_mask in scanned.examples():
+            ids.append(np.asarray(example_ids, dtype=np.int32))
+            masks.append(np.asarray(example_mask, dtype=np.uint8))
             sources.append(scanned.index)
         if scanned.class_label is not None:
             classes.append(scanned.class_label)
@@ -537,7 +562,7 @@ def _merged(spec: str, parts: list[_TokenizedPart]) -> TokenizedSet:
 
 
 # TokenizedSet.stats keys that count examples training or evaluation does not see whole
-CUT_COUNTS = ("truncated", "dropped_too_long", "dropped_no_loss", "skipped_bad")
+CUT_COUNTS = ("truncated", "split", "dropped_too_long", "dropped_no_loss", "skipped_bad")
 # A preference set's stats key: pairs whose chosen and rejected training sees as the same (trained on, warned of)
 SAME_PAIRS = "identical_pairs"
 
