@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import io
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,8 @@ def test_ftl_command_parses(command: Command, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: _where(b.path, b.line))
 def test_python_example_compiles(block: Block) -> None:
-    compile(block.text, _where(block.path, block.line), "exec")
+    # A block inside a list item is indented with it (valid Markdown): compiled as written there.
+    compile(textwrap.dedent(block.text), _where(block.path, block.line), "exec")
 
 
 @pytest.mark.parametrize("doc, line, target", LINKS, ids=[f"{_where(d, n)}->{t}" for d, n, t in LINKS])
