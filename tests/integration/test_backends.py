@@ -580,7 +580,9 @@ def test_slurm_two_nodes_ray_mode(tmp_path, tiny_model_dir, golden, slurm):
         cluster={"backend": "slurm", "nodes": 2, "workers": 1, "slurm": {"mode": "ray"}},
     )
     run_dir = tmp_path / "run"
-    out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "1.5"})
+    # Steps of 3 s: the TERM lands before step 3 even on a busy hour (at 1.5 s a CI run saw the
+    # first loss late and stopped at step 3, where the periodic checkpoint is).
+    out = _ftl("slurm", str(config), env={"FTL_FAULT_SLOW_STEP_S": "3"})
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = out.stdout.strip()
     _wait_for_job(job_id, run_dir, lambda: run_dir.joinpath("metrics.jsonl").exists() and train_losses(run_dir), 300)
@@ -704,7 +706,7 @@ def test_slurm_stop_before_the_first_step_is_not_requeued(tmp_path, tiny_model_d
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     job_log = run_dir / "logs" / f"slurm-{job_id}.out"
-    _wait_for_job(job_id, run_dir, lambda: job_log.exists() and "start #1" in job_log.read_text(), 120, 0.2)
+    _wait_for_job(job_id, run_dir, lambda: job_log.exists() and "start #1" in job_log.read_text(), 120)
     time.sleep(2)  # the job's signal handler is in place; the workers are still loading
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     _wait_for(lambda: job_info(job_id).get("JobState") in ("COMPLETED", "FAILED"), timeout=300)
@@ -989,27 +991,33 @@ def _wait_for(condition, timeout: float, interval: float = 1.0):  # type: ignore
 
 
 def _wait_for_job(  # type: ignore[no-untyped-def]
-    job_id: str, run_dir: Path, condition, timeout: float, interval: float = 1.0, queued_for: float = 900
+    job_id: str, run_dir: Path, condition, timeout: float, interval: float = 0.2, queued_for: float = 900
 ):
     """_wait_for for a Slurm job's progress. The time the job waits in the queue does not count
     (the other test process's Slurm jobs may hold both nodes for minutes), a job that ended first
-    fails within seconds (a requeue passes through states for a moment), and the failure shows the queue, the job's state and its log's end (a CI run
-    timed out here with nothing to read)."""
+    fails within seconds (a requeue passes through states for a moment), and the failure shows the
+    queue, the job's state and its log's end (a CI run timed out here with nothing to read). The
+    condition is checked every `interval`, the job's state (an scontrol call, slow on a busy
+    machine) every 2 s: a test that signals the job at its first step must see that step at once."""
     from cluster.slurm import job_info
     from cluster.slurm_states import FINAL_STATES
 
     running_for, queued, ended_polls, state = 0.0, 0.0, 0, ""
+    asked_at = last = time.monotonic()
     while running_for < timeout and queued < queued_for and ended_polls < 5:
         value = condition()
         if value:
             return value
-        state = job_info(job_id).get("JobState", "")
-        ended_polls = ended_polls + 1 if state in FINAL_STATES else 0
-        time.sleep(interval)
+        now = time.monotonic()
         if state in ("PENDING", "REQUEUED"):
-            queued += interval
+            queued += now - last
         else:
-            running_for += interval
+            running_for += now - last
+        last = now
+        if now - asked_at >= 2.0 or not state:
+            state, asked_at = job_info(job_id).get("JobState", ""), now
+            ended_polls = ended_polls + 1 if state in FINAL_STATES else 0
+        time.sleep(interval)
     queue = subprocess.run(["squeue", "-a", "-o", "%i %j %T %R %M %D %N"], capture_output=True, text=True).stdout
     log = run_dir / "logs" / f"slurm-{job_id}.out"
     tail = log.read_text()[-3000:] if log.exists() else "(no log)"
