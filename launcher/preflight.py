@@ -57,13 +57,33 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         )
     from trainer.adapter_init import adapter_init_problem
 
-    adapter = adapter_init_problem(cfg.method)
+    adapter = None if resumes_a_checkpoint(cfg) else adapter_init_problem(cfg.method)
     if adapter:
         problems.append(adapter)
     architecture = architecture_problem(cfg)
     if architecture:
         problems.append(architecture)
     return problems
+
+
+def resumes_a_checkpoint(cfg: RunConfig) -> bool:
+    """Whether this start restores a checkpoint (resume=auto over a committed one, or a resume
+    PATH), so that what only a fresh start reads (method.lora.init_from) is not needed: the
+    checkpoint holds the adapters, a DPO reference is in the run directory. A run on object
+    storage counts as fresh here: its checkpoints are pulled from the bucket later."""
+    from cluster.run_storage import is_uri
+    from launcher.run_dir import local_run_dir
+    from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
+
+    mode = cfg.checkpoint.resume
+    if is_uri(cfg.output.dir) or mode == "never":
+        return False
+    if mode != "auto":
+        return True  # a bad PATH is start_refusal's to say
+    run_dir = local_run_dir(cfg)
+    return run_dir.is_dir() and any(
+        validate_checkpoint(path, checksums=False) is None for path in committed_checkpoints(run_dir)
+    )
 
 
 def architecture_problem(cfg: RunConfig) -> str | None:

@@ -67,3 +67,37 @@ def test_dpo_from_an_adapter_scores_against_the_model_it_starts_from() -> None:
 def test_full_fine_tuning_takes_no_adapter_to_start_from() -> None:
     with pytest.raises(ValueError, match=r"set model.path to its merged model \(RUN/final/merged\)"):
         TrainerConfig.model_validate(_config(method={"type": "full", "lora": {"init_from": "a"}}))
+
+
+def test_a_resume_does_not_need_the_adapter_it_started_from(tmp_path: Path) -> None:
+    """A resumed run restores its adapters from its checkpoint: the folder its first start read
+    may be gone (moved, cleaned up); a fresh start in the same place still needs it."""
+    import json as _json
+
+    from launcher.config_loader import load_config
+    from launcher.preflight import check_inputs
+
+    gone = tmp_path / "sft" / "final" / "adapter"
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: {path: m}\n"
+        f"data: {{train: {tmp_path / 't.jsonl'}, format: text}}\n"
+        f"method: {{type: lora, lora: {{init_from: {gone}}}}}\n"
+        f"output: {{dir: {tmp_path / 'run'}}}\n"
+    )
+    (tmp_path / "t.jsonl").write_text('{"text": "x"}\n')
+
+    def adapter_problems(*overrides: str) -> list[str]:
+        return [p for p in check_inputs(load_config(str(config), list(overrides))) if "init_from" in p]
+
+    assert adapter_problems() and "does not exist" in adapter_problems()[0]
+    step = tmp_path / "run" / "checkpoints" / "step-2"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(b"12345")
+    manifest = {"format": 3, "step": 2, "files": {"model.safetensors": {"bytes": 5}}}
+    (step / "manifest.json").write_text(_json.dumps(manifest))
+    assert adapter_problems() == []  # resume=auto restores step-2
+    assert adapter_problems(f"checkpoint.resume={step}") == []
+    assert adapter_problems("checkpoint.resume=never", "checkpoint.move_aside=true")  # starts afresh
+    (step / "model.safetensors").write_bytes(b"1234")  # torn: auto would not resume it
+    assert adapter_problems()
