@@ -214,8 +214,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             # The score early stopping chose final/ by (macro F1 on imbalanced classes: accuracy
             # alone hides a collapsed classifier), next to the usual one.
             columns.append((watched, watched.replace("_f1", " F1").replace("_", " ")))
-        header = f"{'held-out set':<14}{'eval loss (base -> tuned)':<30}"
-        lines.append((header + "".join(f"{name + ' (base -> tuned)':<30}" for _, name in columns)).rstrip())
+        # A run whose adapters started from method.lora.init_from: its step-0 scores are that adapter's.
+        before = "start" if summary.get("started_from") else "base"
+        header = f"{'held-out set':<14}{f'eval loss ({before} -> tuned)':<30}"
+        lines.append((header + "".join(f"{name + f' ({before} -> tuned)':<30}" for _, name in columns)).rstrip())
         partial: list[str] = []
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})
@@ -226,6 +228,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"{split + ('*' if of else ''):<14}{loss:<30}{cells}".rstrip())
         if partial:
             lines += partial + ["  (eval.max_samples: not comparable with scores of whole sets)"]
+        if summary.get("started_from"):
+            lines.append(f"start = the adapter the run started from ({summary['started_from']})")
     stopping = summary.get("transfer", {}).get("early_stopping")
     best = stopping.get("best_step") if stopping else None
     if stopping and stopping.get("stopped_at") is not None:

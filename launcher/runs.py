@@ -40,6 +40,7 @@ class RunInfo:
     failure: str | None = None  # why the latest start failed (status "failed")
     invalid_checkpoints: list[str] = field(default_factory=list)  # committed ones that failed validation
     watched: str | None = None  # the score early stopping judged the run by: shown first
+    from_adapter: bool = False  # started from method.lora.init_from: step 0 scored that adapter
 
     def eval_score(self) -> str:
         """The first split's latest score, e.g. `validation exact_match 0.750`."""
@@ -47,7 +48,10 @@ class RunInfo:
             first = (self.watched,) if self.watched else ()
             name = next((k for k in (*first, *EVAL_SCORES) if k in scores), "eval_loss")
             if name in scores:
-                whose = " (base model)" if scores.get("label") == "base" else ""  # nothing trained yet
+                if scores.get("label") == "base":  # nothing trained yet
+                    whose = " (starting adapter)" if self.from_adapter else " (base model)"
+                else:
+                    whose = ""
                 if "weights_step" in scores:  # early stopping's final eval: the best step's weights
                     whose = f" (step {scores['weights_step']}'s weights)"
                 return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}{whose}"
@@ -60,16 +64,27 @@ class RunInfo:
         return {**asdict(self), "path": str(self.path)}
 
 
-def speed_unit(run_dir: Path) -> str:
-    """What a run's tokens_per_s counts: an image run's batches count images (trainer/data/batches.py)."""
+def _config_section(run_dir: Path, name: str) -> dict[str, Any]:
+    """One section of the run's config.yaml; {} when it cannot be read."""
     try:
         import yaml
 
         values = yaml.safe_load(RunLayout(run_dir).config.read_text()) or {}
     except (OSError, ValueError, yaml.YAMLError):
-        return "tok/s"
-    data = values.get("data") if isinstance(values, dict) else None
-    return "img/s" if isinstance(data, dict) and data.get("format") == "image_classification" else "tok/s"
+        return {}
+    section = values.get(name) if isinstance(values, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def speed_unit(run_dir: Path) -> str:
+    """What a run's tokens_per_s counts: an image run's batches count images (trainer/data/batches.py)."""
+    return "img/s" if _config_section(run_dir, "data").get("format") == "image_classification" else "tok/s"
+
+
+def started_from_adapter(run_dir: Path) -> bool:
+    """Whether the run's adapters started from method.lora.init_from: its step-0 scores are that adapter's."""
+    lora = _config_section(run_dir, "method").get("lora")
+    return isinstance(lora, dict) and bool(lora.get("init_from"))
 
 
 def find_runs(parent: Path) -> list[Path]:
@@ -154,6 +169,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         failure=str(failure["reason"]) if failure and status == "failed" else None,
         invalid_checkpoints=invalid,
         watched=early.get("metric") if isinstance(early.get("metric"), str) else None,
+        from_adapter=started_from_adapter(run_dir),
     )
 
 

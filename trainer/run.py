@@ -150,7 +150,9 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     _stop_before_training(stop, trainee, resume_from, strategy.device)
     if trainee.state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
         # The forgetting check needs the base model's retain loss even when at_start is off.
-        evaluator(0, label="base", only=None if cfg.eval.at_start else "retain")
+        # Recorded as "base" (the scores the run started from); an adapter's start is said as such.
+        start = "start: the init_from adapter" if cfg.method.lora.init_from else None
+        evaluator(0, label="base", only=None if cfg.eval.at_start else "retain", shown_as=start)
         _stop_before_training(stop, trainee, resume_from, strategy.device)
     state = _train(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, stop)
     return _finish(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, state)
@@ -440,6 +442,8 @@ def _finish(
     summary = _summary(ctx.run_dir, data, state, trainee.total_steps, cfg.eval.max_samples)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
     summary["transfer"] = trainee.transfer.summary()
+    if cfg.method.lora.init_from:  # its "base" scores are that adapter's, not the base model's
+        summary["started_from"] = str(cfg.method.lora.init_from)
     if ctx.is_main:  # written last and atomically: its presence is what marks the run finished
         atomic_write_text(RunLayout(ctx.run_dir).summary, json.dumps(summary, indent=1))
     trainee.metrics.close()

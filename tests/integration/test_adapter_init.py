@@ -46,8 +46,26 @@ def test_a_new_run_on_two_ray_workers_starts_from_a_finished_runs_adapter(
         eval={"at_start": True},
         cluster=on_ray,
     )
+    # Stopped after step 1 (as Ctrl-C would): the rerun resumes from its checkpoint, which holds
+    # the adapters, so the folder it started from is no longer needed (trial 34b: it was).
+    stopped = subprocess.run(
+        [*FTL, "train", str(followed)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="1"),
+    )
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    said = stopped.stdout + stopped.stderr
+    assert "(start: the init_from adapter)" in said and "(base)" not in said, said[-3000:]
+    away = tmp_path / "moved-away"
+    adapter.rename(away)
     done = _ftl("train", str(followed))
+    away.rename(adapter)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "resum" in (done.stdout + done.stderr).lower()
+    assert "start -> tuned" in done.stdout and f"the adapter the run started from ({adapter})" in done.stdout
     # Its starting point is the first run's final model: the same validation loss, to rounding
     # (two workers sum their shares of the set in another order).
     assert _eval_loss(second, 0) == pytest.approx(_eval_loss(first, 4), rel=1e-5)
@@ -60,7 +78,7 @@ def test_a_new_run_on_two_ray_workers_starts_from_a_finished_runs_adapter(
         ("method.type=dora", "set method.type=lora or qlora (the adapter is not DoRA) to start from it"),
         (f"method.lora.init_from={first / 'final'}", f"did you mean {adapter}?"),
     ):
-        refused = _ftl("validate", str(followed), override)
+        refused = _ftl("validate", str(followed), override, f"output.dir={tmp_path / 'new'}")  # a fresh start
         assert refused.returncode == 2 and said in refused.stderr, refused.stderr[-2000:]
     targets = _ftl("train", str(followed), "method.lora.target_modules=[q_proj,v_proj]", f"output.dir={tmp_path / 't'}")
     assert targets.returncode == 2, targets.stderr[-3000:]

@@ -66,3 +66,14 @@ def test_the_score_early_stopping_watched_has_a_column_of_its_own(tmp_path: Path
     for metric in ("accuracy", "eval_loss"):
         plain = format_summary({**_summary(tmp_path, metric=metric), "scores": scores})
         assert "macro F1" not in plain and "accuracy (base -> tuned)" in plain
+
+
+def test_a_run_started_from_an_adapter_says_start_not_base(tmp_path: Path) -> None:
+    """method.lora.init_from: step 0 scored the adapter the run started from, not the base model."""
+    scores = {"validation": {"base": {"eval_loss": 0.52}, "final": {"eval_loss": 0.41}}}
+    plain = format_summary({**_summary(tmp_path), "scores": scores})
+    assert "eval loss (base -> tuned)" in plain and "started from" not in plain
+    adapter = str(tmp_path / "sft" / "final" / "adapter")
+    table = format_summary({**_summary(tmp_path), "scores": scores, "started_from": adapter})
+    assert "eval loss (start -> tuned)" in table and "base" not in table
+    assert f"start = the adapter the run started from ({adapter})" in table

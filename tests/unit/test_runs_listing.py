@@ -233,6 +233,11 @@ def test_a_run_stopped_before_its_first_step_shows_its_score_as_the_base_models(
     assert main(["runs", str(tmp_path)]) == 0
     [row] = [line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.startswith("/")]
     assert row == ["not", "started", "-", "-", "-", "validation", "loss", "7.500", "(base", "model)", "-", "4s"]
+    # A run whose adapters started from method.lora.init_from scored that adapter at step 0.
+    config = run / "config.yaml"
+    config.write_text(config.read_text() + "method: {type: lora, lora: {init_from: /sft/final/adapter}}\n")
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "validation loss 7.500 (starting adapter)" in capsys.readouterr().out
 
 
 def test_a_preference_runs_eval_column_shows_its_preference_accuracy() -> None:
