@@ -247,6 +247,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name in ("adapter", "merged"):
         if (final_dir / name).exists():
             lines.append(f"{name:<8} {final_dir / name}")
+    from launcher.tracker_outcome import tracker_lines
+
+    lines += tracker_lines(final_dir.parent)  # where MLflow / W&B logged, or why not
     return "\n".join(lines)
 
 

@@ -100,7 +100,8 @@ class MetricsWriter:
         try:
             if self._jsonl is None:
                 self._open_jsonl()
-            self._append({"kind": kind, "step": step, "time": round(time.time(), 3), **values})
+            now = round(time.time(), 3)
+            self._append({"kind": kind, "step": step, "time": now, **values})
             fault_point("tensorboard", step, 0, self.run_dir)
             if not self._tb_opened:
                 self._open_tensorboard()
@@ -112,7 +113,7 @@ class MetricsWriter:
                 self._tb.flush()
         except OSError as exc:
             raise self._failed(exc) from exc
-        self.trackers.log(step, kind, values)  # never raises: a failing tracker is dropped with a warning
+        self.trackers.log(step, kind, values, now)  # never raises: a failing tracker is dropped with a warning
 
     def _append(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record) + "\n").encode()

@@ -89,6 +89,10 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     second = subprocess.run([*FTL, "train", str(config)], env=env, cwd=REPO, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "tracker failed" not in first.stderr + second.stderr
+    # The final table says where each tracker logged (trial 34a: nothing said it).
+    assert f"experiment ftl-test, {mlflow_server})" in second.stdout, second.stdout
+    wandb_dir = tmp / "run" / "wandb"
+    assert "wandb    offline run " in second.stdout and f"wandb sync {wandb_dir}/offline-run-*" in second.stdout
     return tmp / "run"
 
 
@@ -123,6 +127,9 @@ def test_mlflow_server_holds_one_run_with_every_record_params_and_artifacts(
         history = client.get_metric_history(run.info.run_id, name)
         assert sorted((m.step, m.value) for m in history) == sorted(points.items()), name
     assert sorted(expected["train/loss"]) == list(range(1, STEPS + 1))
+    # Stamped with each record's own time (metrics.jsonl's), not when it reached the server.
+    stamps = {(m.step, m.timestamp) for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    assert {(r["step"], round(r["time"] * 1000)) for r in read_metrics(resumed_run, "train")} <= stamps
     config = yaml.safe_load((resumed_run / "config.yaml").read_text())
     config["training"]["max_steps"] = STEPS
     assert run.data.params == flat_params(config)
@@ -209,6 +216,8 @@ def test_mlflow_file_store_without_a_server(
     )
     done = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and "tracker failed" not in done.stderr, done.stderr[-3000:]
+    assert f"(experiment ftl, {store.as_uri()})" in done.stdout, done.stdout
+    assert "read it with MLFLOW_ALLOW_FILE_STORE=true set" in done.stdout
     assert not (tmp_path / "run" / "tensorboard").exists()
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store behind this switch
     client = MlflowClient(store.as_uri())

@@ -47,8 +47,18 @@ def test_a_failing_tracker_warns_once_and_the_metrics_go_on(
             writer.write(step, {"loss": 1.0 / step})
         writer.close()
     warnings = [r.getMessage() for r in caplog.records if "tracker failed" in r.getMessage()]
-    assert len(warnings) == 1 and warnings[0].startswith("mlflow tracker failed"), warnings
+    assert len(warnings) == 1 and warnings[0].startswith("tracking.mlflow: the tracker failed"), warnings
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2, 3]
+    # Said again where the user looks after the run (trial 34a: one warning among the workers'
+    # lines, then a normal final table): the table's tracker lines and `ftl runs`.
+    from launcher.runs import describe_run
+    from launcher.tracker_outcome import tracker_lines
+
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    [line] = tracker_lines(tmp_path)
+    assert line.startswith("mlflow   NOT logged (ConnectionError: cannot reach the MLflow server at http://127.0.0.1:9")
+    assert "fix tracking.mlflow for the next run" in line
+    assert "tracking.mlflow failed (ConnectionError: cannot reach" in describe_run(tmp_path).note
 
 
 def test_an_mlflow_server_nobody_answers_on_is_reported_at_its_first_record(
@@ -90,10 +100,12 @@ class _HeldTracker:
     def __init__(self, answer: threading.Event):
         self.answer = answer
         self.logged: list[tuple[int, bool]] = []  # (step, whether the server had answered by then)
+        self.times: list[float | None] = []
         self.finished = False
 
-    def log(self, step: int, series: dict[str, float]) -> None:
+    def log(self, step: int, series: dict[str, float], when: float | None) -> None:
         self.logged.append((step, self.answer.wait(30)))
+        self.times.append(when)
 
     def finish(self, finished: bool, artifacts: list[Path]) -> None:
         self.finished = True
@@ -118,6 +130,8 @@ def test_a_slow_tracker_never_holds_a_training_step(tmp_path: Path, monkeypatch:
     writer.close()
     assert not answered_during_the_steps
     assert tracker.logged == [(1, True), (2, True), (3, True)] and tracker.finished
+    # Each record carries its own time, not the time it reached the server (MLflow's time axis).
+    assert tracker.times == [r["time"] for r in read_metrics(tmp_path, "train")]
 
 
 def test_the_end_of_a_start_waits_for_a_stuck_tracker_only_so_long(
@@ -148,5 +162,5 @@ def test_a_tracker_failure_never_shows_the_uri_password(
         writer.write(1, {"loss": 1.0})
         writer.close()
     shown = "\n".join(r.getMessage() for r in caplog.records)
-    assert "mlflow tracker failed" in shown and "s3cr3t-pass" not in shown, shown
+    assert "tracking.mlflow: the tracker failed" in shown and "s3cr3t-pass" not in shown, shown
     assert "s3cr3t-pass" not in "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())

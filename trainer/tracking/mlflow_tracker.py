@@ -82,14 +82,18 @@ class MlflowTracker:
         tags = {"ftl.run_dir": str(run_dir.resolve()), **cfg.tags}
         run = self.client.create_run(experiment_id, run_name=cfg.run_name or run_dir.name, tags=tags)
         self.run_id = run.info.run_id
-        state.update(tracking_uri=strip_userinfo(uri), run_id=self.run_id, experiment_id=experiment_id)
+        state.update(
+            tracking_uri=strip_userinfo(uri), run_id=self.run_id, experiment_id=experiment_id, experiment=cfg.experiment
+        )
         flat = [Param(k, v[:PARAM_VALUE_CHARS]) for k, v in flat_params(params).items()]
         for start in range(0, len(flat), PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=flat[start : start + PARAMS_PER_CALL])
 
-    def log(self, step: int, series: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, step) for key, value in series.items()]
+    def log(self, step: int, series: dict[str, float], when: float | None) -> None:
+        # The record's own time: sent later (the first records wait for the run to be created),
+        # MLflow's wall-time axis would bunch them together.
+        stamp = round((time.time() if when is None else when) * 1000)
+        metrics = [Metric(key, value, stamp, step) for key, value in series.items()]
         for start in range(0, len(metrics), METRICS_PER_CALL):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + METRICS_PER_CALL])
 

@@ -6,7 +6,8 @@ credentials, library missing) is reported once and dropped, and training goes on
 fed from a thread of their own, so a slow or unreachable server (MLflow retries a refused request
 for minutes) never holds a training step; the end of a start waits for them at most
 FINISH_WAIT_S. Each tracker's
-run id is kept in RUN_DIR/trackers.json, so a resumed run continues the same MLflow run / W&B run.
+run id is kept in RUN_DIR/trackers.json, so a resumed run continues the same MLflow run / W&B run;
+it also says where each logged (or why it could not), which the launcher prints at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,12 +32,14 @@ from trainer.tracking.series import scalar_series
 log = logging.getLogger(__name__)
 
 FINISH_WAIT_S = 60.0  # how long the end of a start waits for trackers still sending
+FAILED = "failed"  # trackers.json: why a tracker was dropped in the latest start
 
 
 class Tracker(Protocol):
     name: str
 
-    def log(self, step: int, series: dict[str, float]) -> None: ...
+    def log(self, step: int, series: dict[str, float], when: float | None) -> None:
+        """`when`: the record's own time (seconds since the epoch), not the time it is sent."""
 
     def finish(self, finished: bool, artifacts: list[Path]) -> None:
         """Upload the artifacts (files or folders) and close the run: finished, or stopped to be resumed."""
@@ -50,14 +54,16 @@ class TrackerSet:
         self._open: list[Tracker] | None = None
         self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
+        self._state: dict[str, Any] = {}  # trackers.json: run ids, where each logs, a failure
 
-    def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
-        """Queued for the trackers' thread; returns at once."""
+    def log(self, step: int, kind: str, values: dict[str, Any], when: float | None = None) -> None:
+        """Queued for the trackers' thread; returns at once. `when`: the record's time (metrics.jsonl's)."""
         if not self.wanted:
             return
         series = scalar_series(kind, values)
+        when = time.time() if when is None else when
         if series:
-            self._send(lambda: self._log_now(step, series))
+            self._send(lambda: self._log_now(step, series, when))
 
     def finish(self) -> None:
         """At the end of a start (finished or stopped): summary, config and report uploaded, after
@@ -87,9 +93,9 @@ class TrackerSet:
         while (call := self._calls.get()) is not None:
             call()
 
-    def _log_now(self, step: int, series: dict[str, float]) -> None:
+    def _log_now(self, step: int, series: dict[str, float], when: float) -> None:
         for tracker in self._trackers():
-            self._guard(tracker, lambda t=tracker: t.log(step, series))
+            self._guard(tracker, lambda t=tracker: t.log(step, series, when))
 
     def _finish_now(self) -> None:
         if self._open is None:
@@ -103,17 +109,25 @@ class TrackerSet:
     def _trackers(self) -> list[Tracker]:
         if self._open is None:
             self._open = []
-            state = read_tracker_state(self.run_dir)
+            self._state = read_tracker_state(self.run_dir)
             params = run_params(self.run_dir)
             for name in self.wanted:
+                entry = self._state.setdefault(name, {})
+                entry.pop(FAILED, None)  # an earlier start's failure: this start tries again
                 try:
-                    tracker = _open_tracker(name, self.cfg, self.run_dir, params, state.setdefault(name, {}))
+                    tracker = _open_tracker(name, self.cfg, self.run_dir, params, entry)
                 except Exception as exc:  # noqa: BLE001 - any failure of a tracker must not end training
                     self._warn(name, exc)
                     continue
                 self._open.append(tracker)
-            atomic_write_text(RunLayout(self.run_dir).trackers, json.dumps(state, indent=1))
+            self._save_state()
         return self._open
+
+    def _save_state(self) -> None:
+        try:
+            atomic_write_text(RunLayout(self.run_dir).trackers, json.dumps(self._state, indent=1))
+        except OSError as exc:  # a full disk: metrics.jsonl's writer says so; resumes start new tracker runs
+            log.warning("could not write %s (%s)", RunLayout(self.run_dir).trackers, exc)
 
     def _guard(self, tracker: Tracker, call: Any) -> None:
         try:
@@ -124,12 +138,16 @@ class TrackerSet:
                 self._open.remove(tracker)
 
     def _warn(self, name: str, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {redact_text(str(exc).splitlines()[0][:300]) if str(exc) else ''}"
         log.warning(
-            "%s tracker failed (%s: %s); training goes on without it (metrics.jsonl and TensorBoard have every record)",
+            "tracking.%s: the tracker failed (%s); training goes on without it "
+            "(metrics.jsonl and TensorBoard have every record)",
             name,
-            type(exc).__name__,
-            redact_text(str(exc).splitlines()[0][:300]) if str(exc) else "",
+            reason,
         )
+        # Kept for the end of the run: the launcher's final table says it again (launcher/tracker_outcome.py).
+        self._state.setdefault(name, {})[FAILED] = reason
+        self._save_state()
 
 
 def upload_after_run(cfg: TrackingConfig, run_dir: Path, paths: list[Path]) -> None:

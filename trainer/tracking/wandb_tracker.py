@@ -70,9 +70,10 @@ class WandbTracker:
         self.run.define_metric(STEP)
         self.run.define_metric("*", step_metric=STEP)
         self.files = Path(self.run.dir)
-        state.update(run_id=run_id, project=cfg.project)
+        # Where it went, for the run's final table: online, or this start's offline folder.
+        state.update(run_id=run_id, project=cfg.project, offline=bool(self.run.offline))
 
-    def log(self, step: int, series: dict[str, float]) -> None:
+    def log(self, step: int, series: dict[str, float], when: float | None) -> None:  # W&B stamps its own time
         self.run.log({**series, STEP: step})
 
     def finish(self, finished: bool, artifacts: list[Path]) -> None:

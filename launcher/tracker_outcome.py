@@ -1,0 +1,53 @@
+"""Where a run's MLflow / W&B records went, or why they did not: read from RUN_DIR/trackers.json
+(written by the trainer's trackers, trainer/tracking/trackers.py) for the final table and
+`ftl runs`. A tracker that fails never stops training; this is where the user hears of it again,
+after the one warning scrolled past among the workers' lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trainer.run_layout import RunLayout
+
+
+def tracker_state(run_dir: Path) -> dict[str, dict[str, Any]]:
+    try:
+        state = json.loads(RunLayout(run_dir).trackers.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(state, dict):
+        return {}
+    return {name: entry for name, entry in state.items() if isinstance(entry, dict)}
+
+
+def tracker_failures(run_dir: Path) -> dict[str, str]:
+    """Tracker name -> why it was dropped in the run's latest start."""
+    return {name: str(entry["failed"]) for name, entry in tracker_state(run_dir).items() if entry.get("failed")}
+
+
+def tracker_lines(run_dir: Path) -> list[str]:
+    """One line per tracker the run used: where it logged, or that it did not and why."""
+    lines = []
+    for name, entry in tracker_state(run_dir).items():
+        if entry.get("failed"):
+            lines.append(
+                f"{name:<8} NOT logged ({entry['failed']}); fix tracking.{name} for the next run "
+                "(metrics.jsonl and TensorBoard have every record)"
+            )
+        elif name == "mlflow" and entry.get("run_id"):
+            uri = str(entry.get("tracking_uri", ""))
+            experiment = f"experiment {entry['experiment']}, " if entry.get("experiment") else ""
+            lines.append(f"mlflow   run {entry['run_id']} ({experiment}{uri})")
+            if uri.startswith("file:"):  # MLflow 3 opens a folder store only behind this switch
+                lines.append("         a folder store: read it with MLFLOW_ALLOW_FILE_STORE=true set (MLflow 3)")
+        elif name == "wandb" and entry.get("run_id"):
+            if entry.get("offline"):
+                where = RunLayout(run_dir).root / "wandb"
+                lines.append(
+                    f"wandb    offline run {entry['run_id']} in {where} (upload: wandb sync {where}/offline-run-*)"
+                )
+            else:
+                lines.append(f"wandb    run {entry['run_id']} in project {entry.get('project')}")
+    return lines

@@ -1,0 +1,50 @@
+"""tracking.mlflow.tracking_uri is checked before a run starts (trial 34a: a misspelt scheme or a
+store under a file was one worker warning mid-run, and the run logged nothing to MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launcher.config_loader import load_config
+from launcher.preflight import check_inputs
+
+
+def _problems(tmp_path: Path, uri: str | None) -> list[str]:
+    (tmp_path / "t.jsonl").write_text('{"text": "x"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"model: {{path: m}}\ndata: {{train: {tmp_path / 't.jsonl'}, format: text}}\noutput: {{dir: {tmp_path / 'run'}}}\n"
+    )
+    overrides = ["tracking.mlflow.enabled=true"] + ([f"tracking.mlflow.tracking_uri={uri}"] if uri else [])
+    return [p for p in check_inputs(load_config(str(config), overrides)) if "MLFLOW" in p or "tracking" in p]
+
+
+def test_a_scheme_mlflow_has_no_store_for_is_refused(tmp_path: Path) -> None:
+    [problem] = _problems(tmp_path, "mlfow://x")
+    assert problem.startswith("tracking.mlflow.tracking_uri: mlfow://x: MLflow has no store for scheme 'mlfow:'")
+    assert "sqlite:///path/mlflow.db" in problem
+    for fine in ("http://127.0.0.1:9", "https://mlflow.example.com", "postgresql+psycopg2://h/db", "databricks"):
+        assert _problems(tmp_path, fine) == [], fine
+
+
+def test_a_local_store_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    for uri in (f"{afile}/mlruns", f"file://{afile}/mlruns", f"sqlite:///{afile}/sub/mlflow.db"):
+        [problem] = _problems(tmp_path, uri)
+        assert f"{afile} is a file, so" in problem and "cannot be made" in problem, problem
+    assert "is a file, not a folder" in _problems(tmp_path, str(afile))[0]
+    for fine in (str(tmp_path / "new" / "mlruns"), f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        assert _problems(tmp_path, fine) == [], fine
+
+
+def test_the_environments_uri_is_checked_and_never_shown_with_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlfow://alice:s3cr3t@host")
+    [problem] = _problems(tmp_path, None)
+    assert problem.startswith("MLFLOW_TRACKING_URI (environment): ") and "s3cr3t" not in problem, problem
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert _problems(tmp_path, None) == []  # the default store beside the run directories
