@@ -16,6 +16,7 @@ from typing import Any
 from cluster.run_lock import read_holder, stale_reason
 from launcher.failure_record import read_failure
 from launcher.run_dir import is_ftl_run
+from launcher.tracker_outcome import tracker_failures
 from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 from trainer.console import duration
 from trainer.metrics import changed_config_starts, current_trajectory, parse_records, wall_time
@@ -54,7 +55,9 @@ class RunInfo:
                     whose = ""
                 if "weights_step" in scores:  # early stopping's final eval: the best step's weights
                     whose = f" (step {scores['weights_step']}'s weights)"
-                return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}{whose}"
+                # The loss too: a score every run has at 0 (exact match early on) tells nothing apart.
+                loss = f" loss {scores['eval_loss']:.3f}" if name != "eval_loss" and "eval_loss" in scores else ""
+                return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}{loss}{whose}"
         return "-"
 
     def speed(self) -> str:
@@ -123,6 +126,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         f"resumed at step {c['step']} under another config ({c['config_change']})"
         for c in changed_config_starts(records)
     )
+    notes.extend(f"tracking.{name} failed ({why})" for name, why in tracker_failures(run_dir).items())
     layout = RunLayout(run_dir)
     holder = read_holder(layout.lock)
     gone = stale_reason(holder) if holder is not None else None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.report.series import chart_title, run_series
+from launcher.report.settings import differing_settings
 from launcher.runs import RunInfo, describe_run
 from trainer.console import duration
 
@@ -54,7 +55,8 @@ def write_report(runs: list[Path], out: Path) -> Path:
     pictures = [(chart, _plot(chart, series, labels, out / f"{chart}.png")) for chart in charts]
     (out / DATA_FILE).write_text(json.dumps({"runs": series, "labels": labels}, indent=1))
     page = out / PAGE_FILE
-    page.write_text(_page(runs, labels, [describe_run(run) for run in runs], pictures), encoding="utf-8")
+    settings = differing_settings(runs) if len(runs) > 1 else None
+    page.write_text(_page(runs, labels, [describe_run(run) for run in runs], pictures, settings), encoding="utf-8")
     return page
 
 
@@ -99,7 +101,15 @@ def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Pat
     return path
 
 
-def _page(runs: list[Path], labels: list[str], infos: list[RunInfo], pictures: list[tuple[str, Path]]) -> str:
+def _page(
+    runs: list[Path],
+    labels: list[str],
+    infos: list[RunInfo],
+    pictures: list[tuple[str, Path]],
+    settings: list[dict[str, str]] | None,
+) -> str:
+    # Compared runs: a column of the settings that tell them apart (a sweep's learning rates...).
+    differ = [", ".join(f"{k}={v}" for k, v in s.items()) or "-" for s in settings] if settings else None
     rows = "".join(
         "<tr>"
         + "".join(
@@ -113,10 +123,11 @@ def _page(runs: list[Path], labels: list[str], infos: list[RunInfo], pictures: l
                 info.eval_score(),
                 info.speed(),
                 "-" if info.wall_s is None else duration(info.wall_s),
+                *([differ[index]] if differ else []),
             )
         )
         + "</tr>"
-        for label, info in zip(labels, infos)
+        for index, (label, info) in enumerate(zip(labels, infos))
     )
     images = "".join(
         f'<figure><img alt="{html.escape(chart)}" src="data:image/png;base64,'
@@ -134,7 +145,7 @@ def _page(runs: list[Path], labels: list[str], infos: list[RunInfo], pictures: l
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:8px}}</style>
 </head><body><h1>{html.escape(title)}</h1>
 <table><tr><th>run</th><th>directory</th><th>status</th><th>step</th><th>last loss</th><th>eval</th>
-<th>speed</th><th>wall time</th></tr>{rows}</table>
+<th>speed</th><th>wall time</th>{"<th>settings that differ</th>" if differ else ""}</tr>{rows}</table>
 {notes}<p>Dotted vertical lines: a start that resumed from a checkpoint (a resume or a restart).
 The points drawn are in {DATA_FILE} beside this page.</p>
 {images}

@@ -39,3 +39,34 @@ def test_an_image_runs_speed_chart_is_images_per_second(tmp_path: Path) -> None:
     assert chart_title("images_per_s") == "images/s"
     (tmp_path / "text").mkdir()
     assert "tokens_per_s" in run_series(_run(tmp_path / "text", [step]))["charts"]
+
+
+def test_compared_runs_show_the_settings_that_tell_them_apart(tmp_path: Path) -> None:
+    """A sweep compared in one report: which run had which learning rate and rank (trial 34a: only
+    the directory names told them apart). Where a run writes is not a setting."""
+    from launcher.report.settings import differing_settings
+    from launcher.report.write import write_report
+
+    configs = {
+        "lr2e-3": "training: {learning_rate: 0.002, seed: 1}\nmethod: {lora: {r: 8}}\n",
+        "lr5e-3": "training: {learning_rate: 0.005, seed: 1}\nmethod: {lora: {r: 8}}\n",
+        "r32": "training: {learning_rate: 0.002, seed: 1}\nmethod: {lora: {r: 32}, type: dora}\n",
+    }
+    runs = []
+    for name, text in configs.items():
+        (tmp_path / name).mkdir()
+        run = _run(tmp_path / name, [])
+        (run / "config.yaml").write_text(text + f"output: {{dir: {run}}}\n")
+        (run / ".ftl-run").write_text('{"ftl_run_directory": 1}')
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "loss": 2.0}) + "\n")
+        runs.append(run)
+    assert differing_settings(runs) == [
+        {"method.lora.r": "8", "method.type": "(unset)", "training.learning_rate": "0.002"},
+        {"method.lora.r": "8", "method.type": "(unset)", "training.learning_rate": "0.005"},
+        {"method.lora.r": "32", "method.type": "dora", "training.learning_rate": "0.002"},
+    ]
+    page = write_report(runs, tmp_path / "cmp").read_text()
+    assert "<th>settings that differ</th>" in page
+    assert "<td>method.lora.r=32, method.type=dora, training.learning_rate=0.002</td>" in page
+    alone = write_report(runs[:1], tmp_path / "one").read_text()
+    assert "settings that differ" not in alone

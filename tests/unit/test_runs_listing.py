@@ -246,7 +246,7 @@ def test_a_preference_runs_eval_column_shows_its_preference_accuracy() -> None:
     info = RunInfo(
         Path("r"), "finished", 4, None, evals={"validation": {"eval_loss": 0.45, "preference_accuracy": 0.915}}
     )
-    assert info.eval_score() == "validation preference_accuracy 0.915"
+    assert info.eval_score() == "validation preference_accuracy 0.915 loss 0.450"
 
 
 def test_an_early_stopped_run_says_final_holds_the_best_steps_weights(
@@ -264,5 +264,5 @@ def test_an_early_stopped_run_says_final_holds_the_best_steps_weights(
         handle.write(json.dumps(final_eval) + "\n")
     assert main(["runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "validation macro_f1 0.250 (step 2's weights)" in out  # the score early stopping judged by
+    assert "validation macro_f1 0.250 loss 0.500 (step 2's weights)" in out  # the score early stopping judged by
     assert "es: early stopping: final/ holds step 2's weights (the best evaluation), not step 4's" in out

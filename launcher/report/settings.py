@@ -1,0 +1,32 @@
+"""The settings that tell compared runs apart: the keys of their config.yaml snapshots whose values
+differ (a sweep's learning rate, rank or method), for the report's table. Where a run writes is
+not a setting (output.dir, the trackers' run names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.run_layout import RunLayout
+from trainer.tracking.series import flat_params
+
+NOT_SETTINGS = ("output.dir", "output.local_dir", "tracking.mlflow.run_name", "tracking.wandb.run_name")
+UNSET = "(unset)"
+
+
+def differing_settings(runs: list[Path]) -> list[dict[str, str]]:
+    """Per run, {key: value} of every setting whose value is not the same in all `runs`."""
+    flats = [_flat_config(run) for run in runs]
+    keys = sorted({key for flat in flats for key in flat} - set(NOT_SETTINGS))
+    differ = [key for key in keys if len({flat.get(key, UNSET) for flat in flats}) > 1]
+    return [{key: flat.get(key, UNSET) for key in differ} for flat in flats]
+
+
+def _flat_config(run: Path) -> dict[str, str]:
+    try:
+        values: Any = yaml.safe_load(RunLayout(run).config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return flat_params(values) if isinstance(values, dict) else {}
