@@ -57,12 +57,15 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         )
     from trainer.adapter_init import adapter_init_problem
 
-    adapter = None if resumes_a_checkpoint(cfg) else adapter_init_problem(cfg.method)
+    adapter = None if resumes_a_checkpoint(cfg) else adapter_init_problem(cfg.method, cfg.model.path)
     if adapter:
         problems.append(adapter)
     architecture = architecture_problem(cfg)
     if architecture:
         problems.append(architecture)
+    from launcher.tracking_check import tracking_problems
+
+    problems += tracking_problems(cfg)
     return problems
 
 

@@ -28,8 +28,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 KEY = "method.lora.init_from"
 
 
-def adapter_init_problem(method: MethodConfig) -> str | None:
-    """Why `method.lora.init_from` cannot start this config's adapters (files and settings), or None."""
+def adapter_init_problem(method: MethodConfig, model_path: str | None = None) -> str | None:
+    """Why `method.lora.init_from` cannot start this config's adapters (files and settings, and
+    `model_path` against the base the adapter records), or None."""
     path = method.lora.init_from
     if path is None:
         return None
@@ -77,18 +78,49 @@ def adapter_init_problem(method: MethodConfig) -> str | None:
             differ.append(f"{key}={theirs}")
     if saved.get("rank_pattern") or saved.get("alpha_pattern"):
         return f"{KEY}: {path} has per-module ranks or alphas (rank_pattern/alpha_pattern), which ftl does not build"
+    ours_targets, theirs_targets = method.lora.target_modules, saved.get("target_modules")
+    if isinstance(ours_targets, list) and isinstance(theirs_targets, list) and set(ours_targets) != set(theirs_targets):
+        # Names listed on both sides: told now, not after every worker has loaded the model. (For
+        # all-linear the workers compare the modules themselves.)
+        differ.append(f"method.lora.target_modules=[{','.join(sorted(theirs_targets))}]")
     if differ:
         return f"{KEY}: the adapter at {path} was trained with other settings; set {', '.join(differ)} to start from it"
-    return None
+    return _merged_base_problem(path, saved.get("base_model_name_or_path"), model_path)
 
 
-def load_initial_adapter(model: torch.nn.Module, method: MethodConfig) -> None:
+def _merged_base_problem(path: str, adapter_base: Any, model_path: str | None) -> str | None:
+    """model.path is an ftl merged model (a base with an adapter merged in: RUN/final/merged or an
+    export's merged/) while the adapter was trained on that base itself: the adapter would act on
+    weights that already hold an adapter (its own, applied twice, in trial 34b). A plain base
+    folder elsewhere is not judged: the same model may live at another path."""
+    if not model_path or not isinstance(adapter_base, str) or Path(model_path).name != "merged":
+        return None
+    try:
+        merged_from = json.loads((Path(model_path).parent / "export.json").read_text()).get("base_model")
+    except (OSError, ValueError, AttributeError):
+        return None  # not an ftl merge
+    if not isinstance(merged_from, str) or not _same_model(merged_from, adapter_base):
+        return None
+    return (
+        f"{KEY}: model.path {model_path} is a merged model (an adapter merged into {merged_from}), but the adapter "
+        f"at {path} was trained on {adapter_base} itself: starting from the merge would add an adapter's change "
+        f"twice; set model.path={adapter_base}"
+    )
+
+
+def _same_model(one: str, other: str) -> bool:
+    if one == other:
+        return True
+    return Path(one).expanduser().exists() and Path(one).expanduser().resolve() == Path(other).expanduser().resolve()
+
+
+def load_initial_adapter(model: torch.nn.Module, method: MethodConfig, model_path: str | None = None) -> None:
     """Copy the adapter's weights into `model`'s freshly made adapters (and task head, when the
     adapter saved one): every tensor must have its counterpart, of the same shape."""
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    problem = adapter_init_problem(method)
+    problem = adapter_init_problem(method, model_path)
     if problem:
         raise TrainerInputError(problem)
     folder = Path(str(method.lora.init_from)).expanduser()

@@ -211,7 +211,7 @@ def _build_trainee(
     checkpoint manager, restored from `resume_from` when there is one."""
     base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
     if cfg.method.lora.init_from and resume_from is None:  # a resume restores its checkpoint's adapters instead
-        load_initial_adapter(base, cfg.method)
+        load_initial_adapter(base, cfg.method, cfg.model.path)
     if cfg.data.format != "image_classification":
         check_sequence_length(base, cfg.data.max_seq_len)
     fault_point("model_checks", 0, ctx.rank)

@@ -22,7 +22,8 @@ def _adapter(folder: Path, weights: str = "adapter_model.safetensors", **setting
 
 
 def _problem(folder: Path, **method: Any) -> str | None:
-    return adapter_init_problem(MethodConfig.model_validate({**method, "lora": {"init_from": str(folder)}}))
+    lora = {**method.pop("lora", {}), "init_from": str(folder)}
+    return adapter_init_problem(MethodConfig.model_validate({**method, "lora": lora}))
 
 
 def test_the_adapter_folder_and_its_settings_are_checked(tmp_path: Path) -> None:
@@ -37,6 +38,13 @@ def test_the_adapter_folder_and_its_settings_are_checked(tmp_path: Path) -> None
     assert "only adapter_model.bin, a pickle, which ftl does not load" in str(pickled)
     assert "is a PREFIX_TUNING adapter" in str(_problem(_adapter(tmp_path / "prefix", peft_type="PREFIX_TUNING")))
     assert "does not exist" in str(_problem(tmp_path / "missing"))
+    # Listed target modules on both sides are compared before any worker loads the model (trial 34b).
+    listed = _adapter(tmp_path / "listed", target_modules=["v_proj", "down_proj", "q_proj"])
+    assert "set method.lora.target_modules=[down_proj,q_proj,v_proj] to start from it" in str(
+        _problem(listed, lora={"target_modules": ["q_proj", "v_proj"]})
+    )
+    assert _problem(listed, lora={"target_modules": ["q_proj", "down_proj", "v_proj"]}) is None
+    assert _problem(listed) is None  # all-linear: the workers compare module by module
     run_final = tmp_path / "run" / "final"
     _adapter(run_final / "adapter")
     assert f"did you mean {run_final / 'adapter'}?" in str(_problem(run_final))
@@ -101,3 +109,54 @@ def test_a_resume_does_not_need_the_adapter_it_started_from(tmp_path: Path) -> N
     assert adapter_problems("checkpoint.resume=never", "checkpoint.move_aside=true")  # starts afresh
     (step / "model.safetensors").write_bytes(b"1234")  # torn: auto would not resume it
     assert adapter_problems()
+
+
+def test_a_merged_model_of_the_adapters_own_base_is_refused_as_model_path(tmp_path: Path) -> None:
+    """Trial 34b: model.path=RUN/final/merged with init_from=RUN/final/adapter trained from a model
+    holding the adapter twice (first eval 7.43 instead of 5.23), without a word."""
+    base = tmp_path / "base"
+    base.mkdir()
+    final = tmp_path / "sft" / "final"
+    adapter = _adapter(final / "adapter", base_model_name_or_path=str(base))
+    (final / "merged").mkdir()
+    (final / "export.json").write_text(json.dumps({"method": "lora", "base_model": str(base)}))
+    method = MethodConfig.model_validate({"lora": {"init_from": str(adapter)}})
+    problem = adapter_init_problem(method, str(final / "merged"))
+    assert problem and "is a merged model" in str(problem) and f"set model.path={base}" in str(problem)
+    assert adapter_init_problem(method, str(base)) is None
+    assert adapter_init_problem(method, str(tmp_path / "a-copy-of-the-base")) is None  # not judged
+    # A second adapter trained on that merge is started from over the merge: fine.
+    second = _adapter(tmp_path / "stage2" / "adapter", base_model_name_or_path=str(final / "merged"))
+    method = MethodConfig.model_validate({"lora": {"init_from": str(second)}})
+    assert adapter_init_problem(method, str(final / "merged")) is None
+
+
+def test_the_workers_refuse_an_adapter_whose_modules_differ_from_the_models(tmp_path: Path) -> None:
+    """all-linear here, an adapter of q_proj/v_proj only: the settings match, the tensors do not
+    (what only the model can tell): refused naming the adapter's target_modules."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainer.adapter_init import load_initial_adapter
+    from trainer.errors import TrainerInputError
+
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+
+    def model(targets: str | list[str]) -> torch.nn.Module:
+        torch.manual_seed(0)
+        settings = LoraConfig(r=16, lora_alpha=32, target_modules=targets, lora_dropout=0.0)
+        return get_peft_model(LlamaForCausalLM(config), settings)
+
+    folder = tmp_path / "adapter"
+    model(["q_proj", "v_proj"]).save_pretrained(str(folder))
+    method = MethodConfig.model_validate({"lora": {"init_from": str(folder)}})
+    with pytest.raises(
+        TrainerInputError, match=r"tensors this config adapts are not in it.*set method.lora.target_modules"
+    ):
+        load_initial_adapter(model("all-linear"), method)
+    same = model(["q_proj", "v_proj"])
+    listed = MethodConfig.model_validate({"lora": {"init_from": str(folder), "target_modules": ["q_proj", "v_proj"]}})
+    load_initial_adapter(same, listed)  # the saved tensors, one to one
