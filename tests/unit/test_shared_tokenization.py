@@ -141,7 +141,7 @@ def test_shared_tokenization_is_what_one_process_tokenizes(
 
 
 def test_bad_rows_found_by_different_workers_are_listed_in_file_order_on_every_worker(
-    tokenizer: Any, tmp_path: Path
+    tokenizer: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows: list[Any] = _chat_rows(12)
     rows[2] = "{not json"
@@ -169,6 +169,7 @@ def test_bad_rows_found_by_different_workers_are_listed_in_file_order_on_every_w
         max_seq_len=48,
         too_long="truncate",
     )
+    caplog.clear()
     shared = _run_parts(
         2,
         lambda s: load_tokenized(
@@ -185,6 +186,9 @@ def test_bad_rows_found_by_different_workers_are_listed_in_file_order_on_every_w
     for result in shared:
         _same(result, skipping)
     assert skipping.stats["skipped_bad"] == 3
+    # Said once for the run, not by every worker (trial 34a: the same warning from rank 0 and rank 1).
+    said = [r for r in caplog.records if "skipped 3 malformed row(s)" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
 
 
 def test_a_worker_that_cannot_read_its_data_does_not_leave_the_others_waiting(

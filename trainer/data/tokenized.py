@@ -27,6 +27,7 @@ from trainer.errors import DataError
 from trainer.file_modes import current_umask
 
 log = logging.getLogger(__name__)
+TOO_LONG_CHOICES = "truncate or drop (format text: or split, which trains the whole row in pieces)"
 
 # Bump when rendering/masking logic changes so stale caches are not reused.
 CACHE_VERSION = 9  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
@@ -137,7 +138,8 @@ def load_tokenized(
     if sharing is None:
         result = _merged(spec, [_tokenize_part(*scan, skip_bad_rows=skip_bad_rows, part=0, parts=1)])
     else:
-        result = _merged(spec, _exchanged_parts(sharing, scan, skip_bad_rows))
+        # Every worker merges the same shares: worker 0 alone says what was skipped.
+        result = _merged(spec, _exchanged_parts(sharing, scan, skip_bad_rows), speaks=sharing.part == 0)
     if not hit and (sharing is None or sharing.writes_cache):
         _write_entry(entry, result, settings)
     return result
@@ -390,7 +392,7 @@ def _scan_rendered(
         if too_long == "error":
             problem = (
                 f"{row.where}: {lengths}, longer than data.max_seq_len={max_seq_len}; "
-                "raise max_seq_len or set data.too_long to truncate or drop"
+                f"raise max_seq_len or set data.too_long to {TOO_LONG_CHOICES}"
             )
             return ScannedRow(row_index, row.where, "too_long", problem, chosen_len, rejected_rendered_len=rejected_len)
         if too_long == "drop":
@@ -525,7 +527,7 @@ def _tokenize_part(
     )
 
 
-def _merged(spec: str, parts: list[_TokenizedPart]) -> TokenizedSet:
+def _merged(spec: str, parts: list[_TokenizedPart], speaks: bool = True) -> TokenizedSet:
     """The workers' shares as one set, in file order, exactly as one process tokenizes it; the
     run stops here on bad rows (all of them listed, in file order) or when no row is usable."""
     bad_rows = sorted(row for p in parts for row in p.bad_rows)
@@ -536,7 +538,7 @@ def _merged(spec: str, parts: list[_TokenizedPart]) -> TokenizedSet:
         )
     stats: dict[str, Any] = {key: sum(p.stats[key] for p in parts) for key in parts[0].stats}
     errors = [why for _, why in sorted(e for p in parts for e in p.errors)][:MAX_REPORTED_ERRORS]
-    if stats["skipped_bad"]:
+    if stats["skipped_bad"] and speaks:
         log.warning(
             "%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors
         )
@@ -588,13 +590,13 @@ def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False
     data.skip_bad_rows does not skip."""
     if len(bad_rows) == 1:  # the whole path and what to do, as for several (a mixture may hold two d.jsonl)
         if only_too_long:
-            return f"{spec}: 1 row longer than data.max_seq_len; raise it, or set data.too_long to truncate or drop:\n  - {bad_rows[0]}"
+            return f"{spec}: 1 row longer than data.max_seq_len; raise it, or set data.too_long to {TOO_LONG_CHOICES}:\n  - {bad_rows[0]}"
         return f"{spec}: 1 bad row; fix it, or set data.skip_bad_rows=true to skip malformed rows:\n  - {bad_rows[0]}"
     listed = "\n".join(f"  - {problem}" for problem in bad_rows[:MAX_LISTED_BAD_ROWS])
     more = len(bad_rows) - MAX_LISTED_BAD_ROWS
     tail = f"\n  ... and {more} more" if more > 0 else ""
     if only_too_long:
-        what = "rows longer than data.max_seq_len; raise it, or set data.too_long to truncate or drop"
+        what = f"rows longer than data.max_seq_len; raise it, or set data.too_long to {TOO_LONG_CHOICES}"
     else:
         what = "bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows"
     return f"{spec}: {len(bad_rows)} {what}:\n{listed}{tail}"
