@@ -79,10 +79,14 @@ def adapter_init_problem(method: MethodConfig, model_path: str | None = None) ->
     if saved.get("rank_pattern") or saved.get("alpha_pattern"):
         return f"{KEY}: {path} has per-module ranks or alphas (rank_pattern/alpha_pattern), which ftl does not build"
     ours_targets, theirs_targets = method.lora.target_modules, saved.get("target_modules")
-    if isinstance(ours_targets, list) and isinstance(theirs_targets, list) and set(ours_targets) != set(theirs_targets):
-        # Names listed on both sides: told now, not after every worker has loaded the model. (For
-        # all-linear the workers compare the modules themselves.)
-        differ.append(f"method.lora.target_modules=[{','.join(sorted(theirs_targets))}]")
+    if isinstance(ours_targets, list) and isinstance(theirs_targets, list):
+        # Names listed on both sides: told now, not after every worker has loaded the model (for
+        # all-linear the workers compare the modules themselves). PEFT adapts a module when a name
+        # is its full name or a dotted suffix of it, so a module's last part is its name's last part:
+        # other last parts on either side are other modules (the adapter may list full names).
+        theirs_leaves = {str(name).rsplit(".", 1)[-1] for name in theirs_targets}
+        if {str(name).rsplit(".", 1)[-1] for name in ours_targets} != theirs_leaves:
+            differ.append(f"method.lora.target_modules=[{','.join(sorted(theirs_leaves))}]")
     if differ:
         return f"{KEY}: the adapter at {path} was trained with other settings; set {', '.join(differ)} to start from it"
     return _merged_base_problem(path, saved.get("base_model_name_or_path"), model_path)

@@ -45,6 +45,13 @@ def test_the_adapter_folder_and_its_settings_are_checked(tmp_path: Path) -> None
     )
     assert _problem(listed, lora={"target_modules": ["q_proj", "down_proj", "v_proj"]}) is None
     assert _problem(listed) is None  # all-linear: the workers compare module by module
+    # ftl's adapters list full module names: the same modules named by their last part are no mismatch.
+    full = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.q_proj"]
+    named = _adapter(tmp_path / "full-names", target_modules=full)
+    assert _problem(named, lora={"target_modules": ["v_proj", "q_proj"]}) is None
+    assert "set method.lora.target_modules=[q_proj,v_proj] to start" in str(
+        _problem(named, lora={"target_modules": ["q_proj", "v_proj", "o_proj"]})
+    )
     run_final = tmp_path / "run" / "final"
     _adapter(run_final / "adapter")
     assert f"did you mean {run_final / 'adapter'}?" in str(_problem(run_final))
