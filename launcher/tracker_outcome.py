@@ -32,8 +32,10 @@ def tracker_lines(run_dir: Path) -> list[str]:
     lines = []
     for name, entry in tracker_state(run_dir).items():
         if entry.get("failed"):
+            # With a run id, the tracker run exists (this start or an earlier one logged to it) and lacks the rest.
+            what = f"run {entry['run_id']} stopped logging" if entry.get("run_id") else "NOT logged"
             lines.append(
-                f"{name:<8} NOT logged ({entry['failed']}); fix tracking.{name} for the next run "
+                f"{name:<8} {what} ({entry['failed']}); fix tracking.{name} for the next run "
                 "(metrics.jsonl and TensorBoard have every record)"
             )
         elif name == "mlflow" and entry.get("run_id"):

@@ -164,3 +164,21 @@ def test_a_tracker_failure_never_shows_the_uri_password(
     shown = "\n".join(r.getMessage() for r in caplog.records)
     assert "tracking.mlflow: the tracker failed" in shown and "s3cr3t-pass" not in shown, shown
     assert "s3cr3t-pass" not in "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_a_tracker_that_failed_after_logging_says_so_not_that_it_logged_nothing(tmp_path: Path) -> None:
+    import json
+
+    from launcher.tracker_outcome import tracker_lines
+
+    state = {
+        "mlflow": {"run_id": "abc", "tracking_uri": "http://h:5000", "failed": "MlflowException: upload refused"},
+        "wandb": {"run_id": "w1", "project": "p", "offline": True},
+    }
+    (tmp_path / "trackers.json").write_text(json.dumps(state))
+    mlflow, wandb = tracker_lines(tmp_path)
+    assert mlflow.startswith("mlflow   run abc stopped logging (MlflowException: upload refused)"), mlflow
+    assert (
+        wandb
+        == f"wandb    offline run w1 in {tmp_path / 'wandb'} (upload: wandb sync {tmp_path / 'wandb'}/offline-run-*)"
+    )
