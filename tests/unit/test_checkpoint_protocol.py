@@ -310,3 +310,27 @@ def test_moving_the_latest_aside_points_the_hint_at_the_one_used_and_warns_once(
     (root / "step-2" / "manifest.json").unlink()
     assert latest_valid_checkpoint(tmp_path) is None
     assert not (root / "latest").exists()  # no checkpoint left to name
+
+
+def test_a_checkpoint_a_newer_ftl_wrote_is_refused_never_set_aside(tmp_path: Path) -> None:
+    """Trial 35a: an older ftl called a newer one's valid checkpoint INVALID (unknown manifest
+    format), set it aside, trained from an older step and its retention deleted it. A format above
+    this ftl's is now a refusal that names it, before anything is moved."""
+    from trainer.checkpointing.protocol import FORMAT_VERSION
+    from trainer.checkpointing.trajectory import refusal_before_launch
+    from trainer.errors import TrainerInputError
+
+    model = torch.nn.Linear(2, 2)
+    manager = _manager(tmp_path)
+    optimizer, schedule = _training(model)
+    for step in (2, 4):
+        manager.save(model, optimizer, schedule, LoopState(step=step))
+    newer = tmp_path / "checkpoints" / "step-4"
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "format": FORMAT_VERSION + 1}))
+    with pytest.raises(TrainerInputError, match=r"step-4 was written by a newer ftl \(checkpoint format 4"):
+        latest_valid_checkpoint(tmp_path)
+    assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-2", "step-4"]  # nothing moved
+    assert "upgrade ftl" in str(validate_checkpoint(newer))
+    said = refusal_before_launch(tmp_path, "auto", move_aside=False, max_steps=10)
+    assert said is not None and "written by a newer ftl" in said and "nothing was moved or deleted" in said

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.checkpointing.digests import ALGORITHM, file_digest, recorded_digest
+from trainer.errors import TrainerInputError
 from trainer.logging_setup import warn_loudly
 from trainer.run_layout import RunLayout
 
@@ -92,6 +93,8 @@ def validate_checkpoint(path: Path, *, checksums: bool = True) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return "manifest is not valid JSON"
     if manifest.get("format") not in KNOWN_FORMATS:
+        if _is_newer(manifest):
+            return newer_format_message(path, manifest)
         return f"manifest format {manifest.get('format')!r} is not one this ftl reads ({KNOWN_FORMATS})"
     files = manifest.get("files")
     if not files:
@@ -113,10 +116,41 @@ def validate_checkpoint(path: Path, *, checksums: bool = True) -> str | None:
     return None
 
 
+def _is_newer(manifest: dict[str, Any]) -> bool:
+    version = manifest.get("format")
+    return isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+
+
+def newer_format_message(path: Path, manifest: dict[str, Any]) -> str:
+    return (
+        f"{path} was written by a newer ftl (checkpoint format {manifest.get('format')}; this ftl reads "
+        f"formats up to {FORMAT_VERSION}): upgrade ftl to resume or export it, or use another output.dir; "
+        "nothing was moved or deleted"
+    )
+
+
+def newer_format_checkpoint(run_dir: Path) -> str | None:
+    """Why a committed checkpoint here is not this ftl's to judge (a newer ftl wrote it), or None."""
+    for candidate in reversed(committed_checkpoints(run_dir)):
+        try:
+            manifest = read_manifest(candidate)
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and _is_newer(manifest):
+            return newer_format_message(candidate, manifest)
+    return None
+
+
 def latest_valid_checkpoint(run_dir: Path, *, move_aside: bool = True) -> Path | None:
     """Newest checkpoint that validates. Invalid ones, and `step-N` folders without a manifest,
     are moved aside (renamed `invalid-step-N-T`) with a loud warning, so the next discovery does
-    not pay for them again and they never hold a step's name."""
+    not pay for them again and they never hold a step's name. A checkpoint a newer ftl wrote is
+    not invalid, only unreadable here: TrainerInputError, before anything is moved (an older ftl
+    of a teammate would otherwise set it aside, train from an older step, and its retention would
+    delete it)."""
+    newer = newer_format_checkpoint(run_dir)
+    if newer:
+        raise TrainerInputError(newer)
     if move_aside:
         move_aside_unfinished(checkpoints_dir(run_dir))
     for candidate in reversed(committed_checkpoints(run_dir)):

@@ -44,6 +44,7 @@ from trainer.checkpointing.protocol import (
     committed_checkpoints,
     fsync_dir,
     latest_valid_checkpoint,
+    newer_format_checkpoint,
     read_manifest,
     step_of,
     update_latest_hint,
@@ -113,6 +114,9 @@ def refusal_before_launch(
     when the start looks fine; the workers still make every check (checksums, what fits)."""
     recorded = read_record(run_dir)
     request = mode if mode in ("auto", "never") else str(Path(mode).resolve())
+    newer = newer_format_checkpoint(run_dir) if mode != "never" else None
+    if newer:
+        return newer
     if mode == "auto" or (recorded or {}).get("request") == request:
         fast_valid = (
             p for p in reversed(committed_checkpoints(run_dir)) if validate_checkpoint(p, checksums=False) is None
