@@ -92,3 +92,18 @@ def test_deep_merged_lays_a_fragment_over_its_base_at_every_depth() -> None:
     base = {"a": {"b": 1, "c": {"d": 2}}, "e": 3}
     assert deep_merged(base, {"a": {"c": {"d": 5}}, "e": {"f": 6}}) == {"a": {"b": 1, "c": {"d": 5}}, "e": {"f": 6}}
     assert base == {"a": {"b": 1, "c": {"d": 2}}, "e": 3}  # unchanged
+
+
+def test_a_resume_names_what_changed_or_that_an_earlier_ftl_recorded_only_a_hash() -> None:
+    from trainer.checkpointing.resume import config_change_note
+
+    then, now = _cfg(training={"learning_rate": 0.005}), _cfg(training={"learning_rate": 0.002})
+    manifest = {"config_hash": config_hash(then), "config": result_values(then), "global_batch": 8}
+    assert config_change_note(manifest, config_hash(now), now, 8) == "training.learning_rate: 0.005 -> 0.002"
+    assert config_change_note(manifest, config_hash(then), then, 8) == ""
+    # An earlier ftl's manifest (format 2): a hash only. Trial 35a: every resume across the upgrade
+    # said "a different config" although nothing of the user's had changed.
+    old = {"config_hash": "b9064f68c5680c95"}
+    said = config_change_note(old, config_hash(now), now, 8)
+    assert said.startswith(f"hash b9064f68c5680c95, now {config_hash(now)}; the checkpoint is an earlier ftl's")
+    assert "so the change may not be yours" in said

@@ -92,20 +92,7 @@ def _check_resume_point(
     if problem:
         raise TrainerInputError(problem)
     strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine
-    change = ""
-    recorded = manifest.get("config")
-    if manifest.get("config_hash") not in (None, config_hash) and isinstance(recorded, dict):
-        # An earlier ftl may have hashed a setting now known not to change the result (eval cadence):
-        # what differs among those that do is the change, if anything.
-        changes = config_changes(result_part(recorded), result_values(cfg))
-        if manifest.get("global_batch") == strategy.global_batch():
-            # The same global batch split otherwise (another worker count, micro-batch or accumulation):
-            # the same samples per step, the same result (said when the worker count changed).
-            changes = [line for line in changes if not line.startswith(BATCH_SPLIT)]
-        change = "; ".join(changes)
-    elif manifest.get("config_hash") not in (None, config_hash):
-        # Checkpoints of earlier ftl versions record only the hash: then only that it changed is known.
-        change = f"hash {manifest.get('config_hash')}, now {config_hash}"
+    change = config_change_note(manifest, config_hash, cfg, strategy.global_batch())
     if change:
         if ctx.is_main:
             log.warning(
@@ -115,6 +102,30 @@ def _check_resume_point(
                 change,
             )
     return ResumePoint(path, manifest, change)
+
+
+def config_change_note(manifest: dict[str, Any], config_hash: str, cfg: TrainerConfig, global_batch: int) -> str:
+    """How this config differs from the one the checkpoint was written with, in the settings that
+    change the result ("" when none do)."""
+    change = ""
+    recorded = manifest.get("config")
+    if manifest.get("config_hash") not in (None, config_hash) and isinstance(recorded, dict):
+        # An earlier ftl may have hashed a setting now known not to change the result (eval cadence):
+        # what differs among those that do is the change, if anything.
+        changes = config_changes(result_part(recorded), result_values(cfg))
+        if manifest.get("global_batch") == global_batch:
+            # The same global batch split otherwise (another worker count, micro-batch or accumulation):
+            # the same samples per step, the same result (said when the worker count changed).
+            changes = [line for line in changes if not line.startswith(BATCH_SPLIT)]
+        change = "; ".join(changes)
+    elif manifest.get("config_hash") not in (None, config_hash):
+        # Checkpoints of earlier ftl versions record only the hash: then only that it changed is known,
+        # and this ftl's own new keys and defaults change it too (trial 35a: every such resume said it).
+        change = (
+            f"hash {manifest.get('config_hash')}, now {config_hash}; the checkpoint is an earlier ftl's, which "
+            "recorded no values: new keys or defaults of this ftl change the hash too, so the change may not be yours"
+        )
+    return change
 
 
 def build_manager(
@@ -145,11 +156,15 @@ def build_manager(
     )
 
 
-def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows: int, shuffled: bool = True) -> None:
+DATA_CHANGED = "other training data (its tokenized rows differ)"
+
+
+def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows: int, shuffled: bool = True) -> str:
     """The data position is a sample index: into other data it is another position. Said, not refused
     (fixing a few rows mid-run is legitimate), like a changed config. `rows`: this data's training
     rows (the position wraps around them once per epoch). Another training.seed mid-epoch is another
-    order of the same rows (`shuffled`: data.shuffle): said the same way."""
+    order of the same rows (`shuffled`: data.shuffle): said the same way. Returns DATA_CHANGED when the
+    data changed (recorded with the start, as a config change is), else ""."""
     epoch, row = divmod(int(point.manifest.get("samples_seen", 0)), max(rows, 1))
     if shuffled and row and "training.seed:" in point.config_change:
         log.warning(
@@ -172,6 +187,8 @@ def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows:
             epoch + 1,
             rows,
         )
+        return DATA_CHANGED
+    return ""
 
 
 def load_resume_state(
