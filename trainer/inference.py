@@ -89,6 +89,14 @@ def _no_model_here(path: Path, layout: RunLayout) -> str:
         )
     if not (path / "config.yaml").is_file():
         return f"{path}: not a model directory, an adapter folder, an export or a run directory (no config.json)"
+    exported = sorted(
+        (p for p in layout.exports.glob("step-*") if p.is_dir() and p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
+    )
+    if exported:  # a stopped run exported before: name what is there
+        return (
+            f"{path}: no final/merged or final/adapter (the run has not finished); its latest export is "
+            f"{exported[-1]}: pass that directory (or `ftl export {path}` for its latest checkpoint)"
+        )
     return (
         f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
         f"writes its latest checkpoint to {layout.exports}/step-N; pass that directory)"

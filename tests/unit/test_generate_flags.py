@@ -85,3 +85,18 @@ def test_a_preference_rows_prompt_of_chat_messages_is_a_prompt() -> None:
 
     row = Row("val.jsonl line 1", {"prompt": [{"role": "user", "content": "Hi?"}], "chosen": "a", "rejected": "b"})
     assert _prompt_of(row, "completion") == [{"role": "user", "content": "Hi?"}]
+
+
+def test_a_stopped_run_that_was_exported_points_at_its_latest_export(tmp_path: Path) -> None:
+    """Trial 35a: generate on a stopped run said to export it, though an export was already there."""
+    from trainer.inference import _no_model_here
+    from trainer.run_layout import RunLayout
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {}\n")
+    assert "has the run finished?" in _no_model_here(run, RunLayout(run))
+    for step in (4, 12, 8):
+        (run / "exports" / f"step-{step}").mkdir(parents=True)
+    said = _no_model_here(run, RunLayout(run))
+    assert f"its latest export is {run / 'exports' / 'step-12'}: pass that directory" in said, said
