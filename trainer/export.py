@@ -70,11 +70,25 @@ def export_final(
             # for it says LABEL_0.. unless given these (docs/transfer-learning.md shows how).
             described["labels"] = cfg.transfer.head.label_names
         if cfg.method.type == "qlora":  # the adapter runs over the base quantized this way (trainer/inference.py)
-            described["quantization"] = cfg.method.quantization.model_dump()
+            described["quantization"] = _quantization_used(model, cfg)
         (tmp / "export.json").write_text(json.dumps({**described, **(info or {})}, indent=1))
         _swap_into_place(tmp, out_dir)
     log.info("exported %s", out_dir)
     return out_dir
+
+
+def _quantization_used(model: Any, cfg: TrainerConfig) -> dict[str, Any]:
+    """The QLoRA settings with compute_dtype as the run computed ("auto" resolved: float32 on CPU,
+    bfloat16 on a GPU), so they can be given to BitsAndBytesConfig as they are (trial 35b)."""
+    from trainer.methods import compute_dtype
+
+    settings = cfg.method.quantization.model_dump()
+    if settings.get("compute_dtype") == "auto":
+        try:
+            settings["compute_dtype"] = str(compute_dtype(model, cfg.method)).removeprefix("torch.")
+        except (AttributeError, StopIteration):  # no quantization config to read: leave the setting
+            pass
+    return settings
 
 
 def _readable_as_the_umask_allows(folder: Path) -> None:

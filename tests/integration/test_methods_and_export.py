@@ -3,6 +3,7 @@ peft/transformers and reproduce the trained model's logits."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from tests.conftest import write_config
 from trainer.checkpointing.unsharded import load_trainable_from_checkpoint
 from trainer.methods import apply_method
 from trainer.metrics import read_metrics
-from trainer.model_builder import load_model, quantization_config, use_exact_cpu_4bit_kernels
+from trainer.model_builder import load_model, use_exact_cpu_4bit_kernels
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +84,19 @@ def test_method_trains_and_exports_loadable_equivalent_models(
         return
     base_kwargs: dict[str, Any] = {}
     if method == "qlora":
-        cfg = load_snapshot(run_dir)
-        base_kwargs = {"quantization_config": quantization_config(cfg.method, torch.float32), "device_map": {"": "cpu"}}
+        # Built from export.json as docs/checkpoints.md shows, with stock transformers (trial 35b:
+        # compute_dtype "auto" was written as configured, which BitsAndBytesConfig cannot take).
+        from transformers import BitsAndBytesConfig
+
+        q = json.loads((run_dir / "final" / "export.json").read_text())["quantization"]
+        assert q["compute_dtype"] == "float32", q
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q["quant_type"],
+            bnb_4bit_use_double_quant=q["double_quant"],
+            bnb_4bit_compute_dtype=getattr(torch, q["compute_dtype"]),
+        )
+        base_kwargs = {"quantization_config": bnb, "device_map": {"": "cpu"}}  # the logits below: what trained
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), **base_kwargs)
     if method == "qlora":
         # bitsandbytes' bf16 CPU inference kernel would round differently from training; see the helper.
