@@ -44,6 +44,9 @@ def data_command(cfg: RunConfig, examples: int) -> int:
     notice = missing_eos_notice(tokenizer, cfg.data.format)
     if notice is not None:
         print(f"\nwarning: {notice}")
+    larger = _tokenizer_past_the_model(cfg, tokenizer)
+    if larger is not None:
+        print(f"\nwarning: {larger}")
     refusals = check.refusals()
     if refusals:
         bad = not check.skip_bad_rows and any(file.fates["bad"] for file in check.files)
@@ -55,6 +58,27 @@ def data_command(cfg: RunConfig, examples: int) -> int:
             + ("\nfix the rows, or set data.skip_bad_rows=true to skip malformed ones" if bad else "")
         )
     return 0
+
+
+def _tokenizer_past_the_model(cfg: RunConfig, tokenizer: Any) -> str | None:
+    """A tokenizer with more tokens than the model has embeddings (another model's, or tokens added
+    without resize_token_embeddings): training refuses any row holding one (trainer/vocab_check.py)."""
+    from launcher.errors import UserError
+    from launcher.plan.catalogue import model_config_fields
+
+    try:
+        _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
+    except (UserError, OSError, ValueError):
+        return None
+    text = fields.get("text_config") if isinstance(fields.get("text_config"), dict) else fields
+    rows = text.get("vocab_size")
+    if not isinstance(rows, int) or len(tokenizer) <= rows:
+        return None
+    return (
+        f"the tokenizer has {len(tokenizer)} tokens, but model.path's vocab_size is {rows}: training refuses the "
+        f"data if a row holds a token id of {rows} or more; use the model's own tokenizer, or resize the model's "
+        "embeddings (model.resize_token_embeddings(len(tokenizer)), then save_pretrained)"
+    )
 
 
 def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples: int = 3) -> str:

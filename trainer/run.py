@@ -68,6 +68,7 @@ from trainer.strategies import build_strategy
 from trainer.strategies.base import Optimizer, Strategy
 from trainer.transfer.controller import TransferController
 from trainer.transfer.setup import build_model
+from trainer.vocab_check import check_token_ids_fit
 from trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,10 @@ def _build_trainee(
     if cfg.method.lora.init_from and resume_from is None:  # a resume restores its checkpoint's adapters instead
         load_initial_adapter(base, cfg.method, cfg.model.path)
     if cfg.data.format != "image_classification":
-        check_sequence_length(base, cfg.data.max_seq_len)
+        check_sequence_length(base, cfg.data.max_seq_len, warn=ctx.is_main)
+        id_sets = {"train": data.train.examples.ids, **{e.name: e.examples.ids for e in data.evals}}
+        tokenizer_path = cfg.model.tokenizer or cfg.model.path
+        check_token_ids_fit(base, id_sets, tokenizer.pad_token_id, cfg.model.path, tokenizer_path)
     fault_point("model_checks", 0, ctx.rank)
     if data.train.packed and not data.train.pairs:  # rows of several examples (a pair's rows hold one each)
         check_packed_examples_stay_apart(base, ctx.device)

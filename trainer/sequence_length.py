@@ -38,19 +38,22 @@ def refuse_past_learned_positions(max_seq_len: int, limit: int | None) -> None:
         )
 
 
-def check_sequence_length(model: torch.nn.Module, max_seq_len: int) -> None:
+def check_sequence_length(model: torch.nn.Module, max_seq_len: int, warn: bool = True) -> None:
+    """`warn`: this worker says the warning (rank 0: every rank would say the same)."""
     refuse_past_learned_positions(max_seq_len, learned_position_limit(model))
     limit = _position_limit(model)
-    if limit is None or max_seq_len <= limit:
+    if limit is None or max_seq_len <= limit or not warn:
         return
     text = _text_config(model)
-    scaling = getattr(text, "rope_scaling", None)
+    # transformers 5 names the rotary settings rope_parameters (rope_scaling before).
+    key = "rope_parameters" if getattr(text, "rope_parameters", None) else "rope_scaling"
+    scaling = getattr(text, key, None)
     log.warning(
         "data.max_seq_len=%d is longer than the model's max_position_embeddings=%d%s: positions past it were not "
         "seen in pre-training; quality may drop there",
         max_seq_len,
         limit,
-        f" (rope_scaling {scaling})" if scaling else "",
+        f" ({key} {scaling})" if scaling else "",
     )
 
 
