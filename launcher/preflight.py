@@ -63,6 +63,9 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     architecture = architecture_problem(cfg)
     if architecture:
         problems.append(architecture)
+    tokenizer = tokenizer_problem(cfg)
+    if tokenizer:
+        problems.append(tokenizer)
     from launcher.tracking_check import tracking_problems
 
     problems += tracking_problems(cfg)
@@ -87,6 +90,28 @@ def resumes_a_checkpoint(cfg: RunConfig) -> bool:
     return run_dir.is_dir() and any(
         validate_checkpoint(path, checksums=False) is None for path in committed_checkpoints(run_dir)
     )
+
+
+def tokenizer_problem(cfg: RunConfig) -> str | None:
+    """A local tokenizer folder without tokenizer files, or without a chat template for chat data:
+    found by the workers only after a backend start (trial 35b: 75 s on a local Ray)."""
+    if cfg.data.format == "image_classification":
+        return None
+    from trainer.model_builder import NO_TOKENIZER_FILES, lacks_chat_template, lacks_tokenizer_files
+
+    source = cfg.model.tokenizer or cfg.model.path
+    if not source or not Path(source).is_dir():
+        return None  # a hub name (its files are not known here), or a missing folder said above
+    if not cfg.model.tokenizer and not (Path(source) / "config.json").exists():
+        return None  # model.path is not a model folder: said above
+    if lacks_tokenizer_files(source):
+        return f"model.tokenizer / model.path: {source}: {NO_TOKENIZER_FILES}"
+    if cfg.data.format == "chat" and lacks_chat_template(source):
+        return (
+            f"data.format 'chat' renders rows with the tokenizer's chat template, and the tokenizer ({source}) has "
+            "none; use a tokenizer with one (model.tokenizer) or a format that needs none (alpaca, completion, text)"
+        )
+    return None
 
 
 def architecture_problem(cfg: RunConfig) -> str | None:

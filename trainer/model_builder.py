@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,31 @@ _TOKENIZER_FILE_NAMES = ("tokenizer.json", "vocab.json", "vocab.txt", "merges.tx
 _TOKENIZER_FILE_SUFFIXES = (".model", ".tiktoken")
 
 
-def _lacks_tokenizer_files(source: str) -> bool:
+def lacks_tokenizer_files(source: str) -> bool:
     folder = Path(source)
     if not folder.is_dir():
         return False  # a hub name: its files are not known here
     names = [p.name for p in folder.iterdir() if p.is_file()]
     return not any(n in _TOKENIZER_FILE_NAMES or n.endswith(_TOKENIZER_FILE_SUFFIXES) for n in names)
+
+
+def lacks_chat_template(source: str) -> bool:
+    """A local tokenizer folder with no chat template in any file transformers reads one from (said
+    before anything starts for data.format chat; the workers' tokenizer says the same, later)."""
+    folder = Path(source)
+    if not (folder / "tokenizer_config.json").is_file():
+        return False  # a hub name, or a folder this check does not know how to read
+    if any(
+        (folder / name).exists() for name in ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+    ):
+        return False
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        try:
+            if "chat_template" in json.loads((folder / name).read_text()):
+                return False
+        except (OSError, ValueError, TypeError):
+            continue
+    return True
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
@@ -77,7 +97,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        missing = f" ({NO_TOKENIZER_FILES})" if _lacks_tokenizer_files(source) else ""
+        missing = f" ({NO_TOKENIZER_FILES})" if lacks_tokenizer_files(source) else ""
         raise TrainerInputError(
             f"model.tokenizer / model.path: cannot load a tokenizer from {source!r}{missing}: {exc}"
         ) from None
