@@ -70,7 +70,7 @@ def _tokenizer_past_the_model(cfg: RunConfig, tokenizer: Any) -> str | None:
         _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
     except (UserError, OSError, ValueError):
         return None
-    text = fields.get("text_config") if isinstance(fields.get("text_config"), dict) else fields
+    text: dict[str, Any] = fields["text_config"] if isinstance(fields.get("text_config"), dict) else fields
     rows = text.get("vocab_size")
     if not isinstance(rows, int) or len(tokenizer) <= rows:
         return None

@@ -18,7 +18,8 @@ def check_token_ids_fit(
     model: torch.nn.Module, id_sets: dict[str, np.ndarray], pad_id: int | None, model_path: str, tokenizer_path: str
 ) -> None:
     """`id_sets`: name (train, validation, ...) -> its token ids."""
-    embeddings: Any = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_embeddings: Any = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
     rows = getattr(embeddings, "num_embeddings", None)
     if not isinstance(rows, int):
         return  # no embedding table to index (an image model) or one ftl cannot read: nothing to check

@@ -693,8 +693,9 @@ def test_max_seq_len_past_a_learned_position_table_is_refused_by_plan_and_before
     model_dir.mkdir()
     gpt2 = {"model_type": "gpt2", "vocab_size": 500, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64}
     (model_dir / "config.json").write_text(json.dumps(gpt2))
-    path = write_config(tmp_path / "c.yaml", model_dir, tmp_path / "run")  # max_seq_len 128
-    for command in (["plan", str(path)], ["train", str(path), "cluster.backend=local"]):
+    # The bundled tokenizer: a folder without one is refused before the length (tests/unit/test_tokenizer_preflight.py).
+    path = write_config(tmp_path / "c.yaml", model_dir, tmp_path / "run", model={"tokenizer": str(BUNDLED_MODEL)})
+    for command in (["plan", str(path)], ["train", str(path), "cluster.backend=local"]):  # max_seq_len 128
         result = subprocess.run([*FTL, *command], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr[-2000:]
         assert "data.max_seq_len=128 is longer than the model's 64 positions" in result.stderr, result.stderr[-2000:]
