@@ -8,13 +8,13 @@ import shlex
 import subprocess
 import sys
 
-from cluster.slurm_job import hostnames, node_address
+from cluster.slurm_job import hostnames, job_port, node_address
 
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     head = node_address(hostnames(os.environ["SLURM_JOB_NODELIST"])[0])
-    port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 20000
+    port = job_port(os.environ["SLURM_JOB_ID"])
     worker = shlex.join([sys.executable, "-m", "cluster.doctor_worker", *args])  # bash -c: quoted
     script = (
         f"export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "

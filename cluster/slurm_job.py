@@ -106,7 +106,7 @@ def _run(run_dir: Path, cfg: object, cluster: ClusterConfig, job_id: str, head: 
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
-    port = cluster.master_port or 20000 + int(job_id) % 20000
+    port = cluster.master_port or job_port(job_id)
     if cluster.slurm.mode == "torchrun":
         code = run_torchrun_agents(run_dir, cluster, head, port, job_id)
     else:
@@ -174,6 +174,15 @@ def node_address(node: str) -> str:
 def threads_for(cluster: ClusterConfig) -> int:
     cpus = os.environ.get("SLURM_CPUS_ON_NODE")
     return max(1, int(cpus) // cluster.workers) if cpus else threads_per_worker(cluster.workers)
+
+
+def job_port(job_id: str) -> int:
+    """The job's rendezvous port (torchrun's store, or the GCS of Ray on the allocation, whose
+    dashboard takes the next one), from its id: two ports a job, so consecutive jobs whose head is
+    the same node never share one (job N's dashboard was job N+1's rendezvous, which then talked
+    to an HTTP server: "Ping failed"), and below Linux's ephemeral range (32768-).
+    cluster.master_port picks one instead."""
+    return 20000 + 2 * (int(job_id) % 6000)
 
 
 def run_torchrun_agents(run_dir: Path, cluster: ClusterConfig, head: str, port: int, job_id: str) -> int:

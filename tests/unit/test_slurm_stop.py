@@ -57,3 +57,14 @@ def test_a_start_that_trained_is_requeued_and_keeps_the_run_directory() -> None:
 def test_a_job_slurm_requeues_itself_keeps_the_run_directory() -> None:
     decision = after_stop(7, TERM, True, True, {**RUNNING, "JobState": "COMPLETING", "Restarts": "1"}, 0)
     assert not decision.requeue and decision.comes_back
+
+
+def test_consecutive_jobs_never_share_a_port() -> None:
+    """A ray-mode job's dashboard sits at its port + 1: that was the next job's rendezvous port,
+    whose torchrun agent then met an HTTP server ("Ping failed", a CI run on the one-host Slurm)."""
+    from cluster.slurm_job import job_port
+
+    taken = {job: {job_port(str(job)), job_port(str(job)) + 1} for job in range(1, 20000)}
+    for job in range(1, 19999):
+        assert not taken[job] & taken[job + 1], job
+    assert all(20000 <= min(ports) and max(ports) < 32768 for ports in taken.values())
