@@ -29,7 +29,12 @@ def stamp(wall: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    seconds = int(max(0.0, seconds))
+    """Rounded, not truncated (1.9 s was said as 1s); one decimal below 10 s, where a whole second
+    is a large part of what is shown (a short run's wall time, a step)."""
+    seconds = max(0.0, seconds)
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -65,14 +65,14 @@ def test_events_and_other_ranks_silent() -> None:
         "checkpoint committed: checkpoints/step-6",
         "eval validation step 6 (periodic): loss 1.2500 exact_match 0.5000",
         *[f"  sample {n}: expected 'Paris.' got 'Paris.'" for n in (1, 2, 3)],
-        "finished: 8/8 steps in 0s, last loss 0.7500",
+        "finished: 8/8 steps in 0.0s, last loss 0.7500",
     ]
     # A run resumed or restarted says its time over every start, then this start's own.
     resumed = io.StringIO()
     RunConsole(True, every_s=10.0, stream=resumed, clock=Clock()).finished(
         {"steps": 8, "total_steps": 8, "last_loss": None, "earlier_starts_s": 95.0, "starts": 2}
     )
-    assert resumed.getvalue().split(" ", 3)[3] == "finished: 8/8 steps in 1m35s over 2 starts (this one 0s)\n"
+    assert resumed.getvalue().split(" ", 3)[3] == "finished: 8/8 steps in 1m35s over 2 starts (this one 0.0s)\n"
     quiet = io.StringIO()
     other = RunConsole(False, every_s=0.0, stream=quiet)
     other.started(8, 0, "", None, None)
