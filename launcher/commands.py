@@ -179,6 +179,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> {_fmt(summary['last_loss'])}"
     ]
+    continued = summary.get("continued_from")
+    if continued:  # a finished run trained further in a new output.dir
+        lines.append(
+            f"continued from {continued['path']} (step {continued['step']}): steps 1-{continued['step']} "
+            "and the base model's scores are in that run"
+        )
     data = summary.get("data", {})
     if data:
         mode = "packed into" if data.get("packing") else "padded in batches,"

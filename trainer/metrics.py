@@ -55,9 +55,13 @@ class MetricsWriter:
         resumed_at: int = 0,
         tracking: TrackingConfig | None = None,
         config_change: str = "",
+        continued_from: str = "",
     ):
         self.enabled = enabled
         self.config_change = config_change  # how this start's config differs from the checkpoint's
+        # Another run's checkpoint this run started from (checkpoint.resume=PATH in a new output.dir):
+        # its first steps and base scores are in that run, which the summary then says.
+        self.continued_from = continued_from
         self.forward = forward
         self.run_dir = run_dir
         self.resumed_at = resumed_at
@@ -76,6 +80,8 @@ class MetricsWriter:
         start: dict[str, Any] = {"kind": START, "step": self.resumed_at, "time": round(time.time(), 3)}
         if self.config_change:  # kept with the run: config.yaml holds only the latest start's config
             start["config_change"] = self.config_change
+        if self.continued_from:
+            start["continued_from"] = self.continued_from
         self._append(start)
 
     def _open_tensorboard(self) -> None:
@@ -232,6 +238,14 @@ def current_trajectory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kept.pop(key, None)  # re-inserted at the end: the order stays the order of writing
         kept[key] = record
     return list(kept.values())
+
+
+def continued_from(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The other run's checkpoint this run's first start continued ({"path", "step"}), or None."""
+    first = next((r for r in records if r.get("kind") == START), None)
+    if first is None or not first.get("continued_from"):
+        return None
+    return {"path": first["continued_from"], "step": first.get("step", 0)}
 
 
 def changed_config_starts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

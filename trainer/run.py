@@ -49,6 +49,7 @@ from trainer.memory_report import memory_report
 from trainer.metrics import (
     MetricsWriter,
     changed_config_starts,
+    continued_from,
     parse_records,
     read_metrics,
     starts,
@@ -238,6 +239,7 @@ def _build_trainee(
         resumed_at=resumed_at[0],
         tracking=cfg.tracking,
         config_change=resume_from.config_change if resume_from else "",
+        continued_from=_another_runs_checkpoint(resume_from, ctx.run_dir),
     )
     transfer = TransferController(
         cfg,
@@ -682,7 +684,16 @@ def _summary(
         "earlier_starts_s": wall_time_before_last_start(records),
         "starts": starts(records),
         "resumed_with_config_changes": changed_config_starts(records),
+        "continued_from": continued_from(records),
     }
+
+
+def _another_runs_checkpoint(resume_from: ResumePoint | None, run_dir: Path) -> str:
+    """The path of the checkpoint this start resumes when it belongs to another run directory
+    (checkpoint.resume=PATH in a new output.dir: training a finished run further), else ''."""
+    if resume_from is None or resume_from.path.resolve().is_relative_to(run_dir.resolve()):
+        return ""
+    return str(resume_from.path)
 
 
 def _shown_path(path: Path, run_dir: Path) -> str:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launcher.commands import train
+from launcher.commands import format_summary, train
 from tests.conftest import FTL, REPO, write_config
 from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.metrics import read_metrics
@@ -80,6 +80,11 @@ def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_di
     assert hint[1] == f"checkpoint.resume={tmp_path / 'run' / 'checkpoints' / 'step-2'}", again.stderr
     assert train(str(config), [f"output.dir={tmp_path / 'more'}", hint[1], "training.max_steps=3"]) == 0
     assert [r["step"] for r in read_metrics(tmp_path / "more", "train")] == [3]
+    # Its final table says where its first steps (and the base scores it has none of) are.
+    table = format_summary(json.loads((tmp_path / "more" / "summary.json").read_text()))
+    step_2 = tmp_path / "run" / "checkpoints" / "step-2"
+    assert f"continued from {step_2} (step 2): steps 1-2 and the base model's scores are in that run" in table
+    assert "continued from" not in format_summary(json.loads((tmp_path / "run" / "summary.json").read_text()))
 
 
 def test_two_worker_ddp_run_stops_and_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
