@@ -290,6 +290,17 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     if kind == "literal_error":
         allowed = err.get("ctx", {}).get("expected", "")
         return f"{where}: must be one of {allowed}; got {err.get('input')!r}"
+    if kind == "model_type" and not isinstance(err.get("input"), dict):
+        # `tracking=[mlflow]`, `training=5`: pydantic's "valid dictionary or instance of
+        # TrackingConfig" names a class the user never sees.
+        keys = _section_keys(loc)
+        listed = f"; its keys: {', '.join(keys)}" if keys else ""
+        if isinstance(err.get("input"), bool) and "enabled" in keys:  # tracking.mlflow=true
+            listed = f"; to turn it {'on' if err['input'] else 'off'}: {dotted}.enabled={str(err['input']).lower()}"
+        return (
+            f"{where}: is a section, not a value (got {err.get('input')!r}): set its keys, as "
+            f"{dotted}.KEY=VALUE on the command line or indented under `{loc[-1]}:` in the file{listed}"
+        )
     message = err["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
@@ -320,6 +331,18 @@ def _nearest_line(loc: list[str], key_lines: dict[str, int]) -> int | None:
         if line is not None:
             return line
     return None
+
+
+def _section_keys(loc: list[str]) -> list[str]:
+    """The keys of the config section at `loc` ([] when it is no section of RunConfig)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None) if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
 
 def _did_you_mean(loc: list[str]) -> str:

@@ -87,6 +87,25 @@ def test_unknown_section_lists_valid_keys_when_nothing_is_close(tmp_path: Path, 
     assert "zzzzz" in problem and "unknown key" in problem and "model" in problem
 
 
+def test_a_value_where_a_section_goes_says_to_set_its_keys(tmp_path: Path, valid_text: str) -> None:
+    """`tracking=[mlflow]` was answered with pydantic's 'valid dictionary or instance of
+    TrackingConfig', a class name the user never sees."""
+    (problem,) = _problems(_write(tmp_path, valid_text), ["tracking=[mlflow]"])
+    assert problem == (
+        "tracking (command line): is a section, not a value (got ['mlflow']): set its keys, as "
+        "tracking.KEY=VALUE on the command line or indented under `tracking:` in the file; its keys: "
+        "tensorboard, mlflow, wandb"
+    )
+    (problem,) = _problems(_write(tmp_path, valid_text), ["tracking.mlflow=true"])
+    assert problem.endswith("to turn it on: tracking.mlflow.enabled=true")
+    (problem,) = _problems(
+        _write(tmp_path, valid_text.replace("  learning_rate: 1.0e-4", "  learning_rate: 1.0e-4\nmethod: lora"))
+    )
+    assert "set twice" in problem  # the file's own duplicate is said first
+    (problem,) = _problems(_write(tmp_path, valid_text.replace("method:\n  type: lora\n", "method: lora\n")))
+    assert problem.startswith("method (line 5): is a section, not a value (got 'lora')") and "type, " in problem
+
+
 def test_yaml_syntax_error_names_line_and_column(tmp_path: Path, valid_text: str) -> None:
     text = valid_text.replace("  type: lora", "  type: [lora")
     (problem,) = _problems(_write(tmp_path, text))
