@@ -5,6 +5,7 @@ classification row format, and the config rules for combinations that do not mak
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from trainer.data.sources import Row
 from trainer.errors import DataError
 from trainer.optim import lr_multiplier
 from trainer.transfer.config import LearningRatesConfig
+from trainer.transfer.controller import TransferController
 from trainer.transfer.heads import scores_from_confusion
 from trainer.transfer.model_parts import model_parts
 from trainer.transfer.param_groups import build_grouped_optimizer
@@ -448,3 +450,19 @@ def test_what_an_epoch_of_a_weighted_mixture_draws_from_each_source() -> None:
     line = epoch_draws_line(list(zip(["chat", "alp", "txt", "comp"], rows, weights)))
     assert line.startswith("mixture: an epoch (570025 rows) draws, by weight: chat 310923 of 47405 rows (6.56 passes)")
     assert "comp 51820 of 167118 rows (0.31 passes, 69% of its rows unseen)" in line
+
+
+def test_unfreezing_groups_a_short_run_never_reaches_are_named() -> None:
+    """Trial 36b: a 38-step run whose schedule unfreezes block 0 at step 40 and the embeddings at
+    50 said so only in its rank-0 log; the first-unfreeze-too-late case keeps its own wording."""
+    groups = [("head", []), ("blocks 1-1", []), ("blocks 0-0", []), ("embeddings", [])]
+    schedule = SimpleNamespace(unfreezer=SimpleNamespace(groups=groups, every_steps=20))
+    never = TransferController.unfreezing_that_never_starts
+    assert never(schedule, 61) is None  # the last group unfreezes at step 60, before the last step
+    said = never(schedule, 38)
+    assert said == (
+        "transfer.gradual_unfreezing: 2 of 4 groups would unfreeze after the run's last step (38) and stay "
+        "frozen (blocks 0-0 at step 40, embeddings at step 60); lower transfer.gradual_unfreezing.every or "
+        "train longer (with unit: epochs, a stage is that many epochs of the data)"
+    )
+    assert never(schedule, 20).startswith("transfer.gradual_unfreezing: the first unfreeze would come at step 20")

@@ -93,13 +93,29 @@ class TransferController:
     def unfreezing_that_never_starts(self, total_steps: int) -> str | None:
         """Why gradual unfreezing would change nothing in this run (its first unfreeze comes after
         the last step), or None."""
-        if self.unfreezer is None or len(self.unfreezer.groups) < 2 or self.unfreezer.every_steps < total_steps:
+        if self.unfreezer is None or len(self.unfreezer.groups) < 2:
             return None
-        first, label = self.unfreezer.every_steps, self.unfreezer.groups[0][0]
+        every = self.unfreezer.every_steps
+        # Group i unfreezes at step i * every; one that comes at or after the last step never trains.
+        late = [(label, i * every) for i, (label, *_) in enumerate(self.unfreezer.groups) if i * every >= total_steps]
+        if not late:
+            return None
+        fix = (
+            "lower transfer.gradual_unfreezing.every or train longer (with unit: epochs, a stage is that "
+            "many epochs of the data)"
+        )
+        if len(late) == len(self.unfreezer.groups) - 1:
+            first, label = every, self.unfreezer.groups[0][0]
+            return (
+                f"transfer.gradual_unfreezing: the first unfreeze would come at step {first}, after the run's last "
+                f"step ({total_steps}), so only the first group ({label}) trains; {fix}"
+            )
+        # Trial 36b: a 38-step run whose schedule unfreezes block 0 at step 40 and the embeddings at
+        # 50 said so only in its rank-0 log.
+        never = ", ".join(f"{label} at step {step}" for label, step in late)
         return (
-            f"transfer.gradual_unfreezing: the first unfreeze would come at step {first}, after the run's last "
-            f"step ({total_steps}), so only the first group ({label}) trains; lower transfer.gradual_unfreezing.every "
-            "(with unit: epochs, a stage is that many epochs of the data)"
+            f"transfer.gradual_unfreezing: {len(late)} of {len(self.unfreezer.groups)} groups would unfreeze after "
+            f"the run's last step ({total_steps}) and stay frozen ({never}); {fix}"
         )
 
     # -- optimizer -------------------------------------------------------------------------------
