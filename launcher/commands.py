@@ -215,8 +215,16 @@ def format_summary(summary: dict[str, Any]) -> str:
             metric, title = ("preference_accuracy", "pref. accuracy")
         # No column of "n/a -> n/a" when no evaluation scored the metric (generation off).
         columns = [(metric, title)] if metric in reported else []
+        if metric == "accuracy" and "macro_f1" in reported:
+            # Beside accuracy always: on imbalanced classes a head that answers the majority class
+            # for every row shows "0.0% -> 40.0%" alone (trial 36b), its macro F1 14.3%.
+            columns.append(("macro_f1", "macro F1"))
         watched = (summary.get("transfer", {}).get("early_stopping") or {}).get("metric")
-        if isinstance(watched, str) and watched in reported and watched != metric:
+        if (
+            isinstance(watched, str)
+            and watched in reported
+            and watched not in {"eval_loss", *(key for key, _ in columns)}
+        ):
             # The score early stopping chose final/ by (macro F1 on imbalanced classes: accuracy
             # alone hides a collapsed classifier), next to the usual one.
             columns.append((watched, watched.replace("_f1", " F1").replace("_", " ")))
