@@ -21,8 +21,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     cfg = load_config(config_path, overrides)
     problems = check_inputs(cfg)
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now
-    problems += [refusal] if refusal else []
-    problems += output_dir_problems(local_run_dir(cfg))
+    run_dir_problems = ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg))
+    # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
+    # whose new data a user wants to look at; the refusal is said after the report instead.
+    problems += [] if data else run_dir_problems
     targets = target_modules_problem(cfg)  # the workers refuse it too, after a backend start
     problems += [targets] if targets else []
     if problems:
@@ -39,7 +41,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         _quiet_libraries()
         from launcher.data_check import data_command
 
-        return data_command(cfg, examples)
+        code = data_command(cfg, examples)
+        for problem in run_dir_problems:
+            print(f"ftl: note: `ftl train` with this config would be refused: {problem}", file=sys.stderr)
+        return code
     sys.stdout.write(config_to_yaml(cfg))
     print(f"# {config_path}: valid", file=sys.stderr)
     return 0

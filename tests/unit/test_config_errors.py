@@ -523,6 +523,19 @@ def test_validate_says_what_train_refuses_in_output_dir(tmp_path: Path, valid_te
         [*FTL, "validate", str(config), f"output.dir={finished}"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 2 and "already holds a finished run" in out.stderr, out.stderr
+    # --data still looks at the data (new data for a config that trained once: trial 36b), and says
+    # the refusal after its report, without changing its exit code.
+    out = subprocess.run(
+        [*FTL, "validate", str(config), f"output.dir={finished}", "--data"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "examples" in out.stdout
+    said = out.stderr.strip().splitlines()[-1]
+    assert said.startswith("ftl: note: `ftl train` with this config would be refused: ") and "finished run" in said
 
 
 @pytest.mark.parametrize(
