@@ -17,7 +17,13 @@ from cluster.run_lock import read_holder, stale_reason
 from launcher.failure_record import read_failure
 from launcher.run_dir import is_ftl_run
 from launcher.tracker_outcome import tracker_failures
-from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
+from trainer.checkpointing.protocol import (
+    checkpoints_dir,
+    committed_checkpoints,
+    step_of,
+    unfinished_checkpoints,
+    validate_checkpoint,
+)
 from trainer.console import duration
 from trainer.metrics import changed_config_starts, current_trajectory, parse_records, wall_time
 from trainer.run_layout import RunLayout
@@ -115,12 +121,28 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     step = train[-1].get("step") if train else None
     valid, notes, invalid = None, [], []
     for candidate in reversed(committed_checkpoints(run_dir)):
+        if valid is not None and not verify:
+            break  # without --verify only what a resume would look at: the newest down to the first valid one
         problem = validate_checkpoint(candidate, checksums=verify)
         if problem is None:
-            valid = candidate
-            break
-        notes.append(f"{candidate.name} invalid: {problem}")
+            valid = valid or candidate
+            continue
+        # With --verify an older one too (trial 36a: a flipped byte in a kept step-100 went unsaid,
+        # exit 0): a milestone one would export or resume from later.
+        older = " (older than the latest valid one)" if valid is not None else ""
+        notes.append(f"{candidate.name} invalid{older}: {problem}")
         invalid.append(candidate.name)
+    latest = step_of(valid) if valid is not None else -1
+    for unfinished in unfinished_checkpoints(checkpoints_dir(run_dir)):
+        # Never left so by a save (the manifest is written before the folder gets its name): a copy
+        # or a filesystem that lost it. A resume sets a newer one aside and goes back further.
+        back = (
+            f"; the next resume sets it aside and starts from {valid.name}"
+            if valid and step_of(unfinished) > latest
+            else ""
+        )
+        notes.append(f"{unfinished.name} has no manifest.json, so it is not a checkpoint{back}")
+        invalid.append(unfinished.name)
     # A resume under another config: config.yaml holds only the latest start's, so the change is said here.
     notes.extend(
         f"resumed at step {c['step']} under another config ({c['config_change']})"

@@ -66,6 +66,33 @@ def test_lists_status_step_and_latest_valid_checkpoint(tmp_path: Path, capsys: p
     assert main(["runs", str(tmp_path), "--verify", "--json"]) == 1
 
 
+def test_verify_checks_every_checkpoint_and_a_folder_without_manifest_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 36a: a flipped byte in an older kept checkpoint (step-100 of 120) passed `--verify`
+    (exit 0), and a newer step folder without its manifest was not mentioned."""
+    run = _run(tmp_path, "kept", [2, 4, 6], 6, finished=True)
+    state = run / "checkpoints" / "step-2" / "trainable.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 0xFF  # same size: only a checksum finds it
+    state.write_bytes(bytes(data))
+    assert main(["runs", str(run)]) == 0  # the listing looks at what a resume reads: step-6 is fine
+    assert "step-2" not in capsys.readouterr().out
+    assert main(["runs", str(run), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "step-2 invalid (older than the latest valid one): trainable.safetensors checksum mismatch" in out, out
+    # A newer step folder whose manifest is gone: the next resume goes back past it.
+    stopped = _run(tmp_path, "stopped", [2, 4], 4)
+    (stopped / "checkpoints" / "step-4" / "manifest.json").unlink()
+    assert main(["runs", str(stopped)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "step-4 has no manifest.json, so it is not a checkpoint; the next resume sets it aside and starts from step-2"
+        in out
+    )
+    assert main(["runs", str(stopped), "--verify"]) == 1
+
+
 def test_a_garbled_summary_is_no_finished_run_and_another_tools_folder_is_no_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -232,7 +259,7 @@ def test_a_run_stopped_before_its_first_step_shows_its_score_as_the_base_models(
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(["runs", str(tmp_path)]) == 0
     [row] = [line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.startswith("/")]
-    assert row == ["not", "started", "-", "-", "-", "validation", "loss", "7.500", "(base", "model)", "-", "4s"]
+    assert row == ["not", "started", "-", "-", "-", "validation", "loss", "7.500", "(base", "model)", "-", "4.0s"]
     # A run whose adapters started from method.lora.init_from scored that adapter at step 0.
     config = run / "config.yaml"
     config.write_text(config.read_text() + "method: {type: lora, lora: {init_from: /sft/final/adapter}}\n")
