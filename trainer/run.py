@@ -169,8 +169,11 @@ def _stop_before_training(stop: StopFlag, trainee: _Trainee, resume_from: Any, d
     trainee.metrics.close()
     step = trainee.state.step
     checkpoint = str(resume_from.path) if resume_from is not None else ""
-    if checkpoint:
-        trainee.console.stopped(step, f"{resume_from.path.parent.name}/{resume_from.path.name}")
+    if checkpoint:  # a resumed start stopped while loading: its checkpoint stays the latest
+        trainee.console.event(
+            f"stopped before this start's first step (at step {step}): nothing trained, nothing new to save; "
+            f"resume from {resume_from.path.parent.name}/{resume_from.path.name}"
+        )
     else:
         trainee.console.event("stopped before the first step: nothing trained, nothing to save")
     raise StopRequested(step, checkpoint, stop.signum)

@@ -106,3 +106,39 @@ def test_a_resume_from_another_runs_checkpoint_names_its_full_path() -> None:
     assert _shown_path(run / "checkpoints" / "step-4", run) == "checkpoints/step-4"
     # Not "checkpoints/step-8": no such folder in the new run.
     assert _shown_path(Path("/runs/old/checkpoints/step-8"), run) == "/runs/old/checkpoints/step-8"
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_stop_before_the_first_step_says_nothing_was_trained(resumed: bool) -> None:
+    """Trial 36a: a resumed start stopped while loading said `stopped at step 15; resume from ...`,
+    where the docs promise that nothing was trained or saved."""
+    from types import SimpleNamespace
+
+    from trainer.loop_state import LoopState
+    from trainer.run import _stop_before_training
+    from trainer.stopping import StopFlag, StopRequested
+
+    stream, closed = io.StringIO(), []
+    trainee = SimpleNamespace(
+        metrics=SimpleNamespace(close=lambda: closed.append(True)),
+        state=LoopState(step=15 if resumed else 0),
+        console=RunConsole(True, every_s=10.0, stream=stream),
+    )
+    checkpoint = SimpleNamespace(path=Path("/runs/r/checkpoints/step-15")) if resumed else None
+    _stop_before_training(StopFlag(), trainee, checkpoint, "cpu")  # nothing asked: nothing said
+    assert stream.getvalue() == "" and not closed
+    stop = StopFlag()
+    stop.requested = True
+    with pytest.raises(StopRequested) as raised:
+        _stop_before_training(stop, trainee, checkpoint, "cpu")
+    said = stream.getvalue().split(" ", 3)[3].strip()
+    if resumed:
+        assert said == (
+            "stopped before this start's first step (at step 15): nothing trained, nothing new to save; "
+            "resume from checkpoints/step-15"
+        )
+        assert raised.value.checkpoint == "/runs/r/checkpoints/step-15"
+    else:
+        assert said == "stopped before the first step: nothing trained, nothing to save"
+        assert raised.value.checkpoint == ""
+    assert closed == [True]
