@@ -158,7 +158,11 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     import psutil
 
     config = _config(
-        tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 1}, cluster={"backend": "ray", "workers": 2}
+        tmp_path,
+        tiny_model_dir,
+        "run",
+        checkpoint={"every_steps": 1, "keep_every": 1},  # every checkpoint a milestone: see the rerun
+        cluster={"backend": "ray", "workers": 2},
     )
     run_dir, release = tmp_path / "run", tmp_path / "release-the-save"
     stderr_path = tmp_path / "stderr.txt"
@@ -199,11 +203,15 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     assert max(train_losses(run_dir)) == 2 and _checkpoint_steps(run_dir) == [1, 2]
     assert not (run_dir / STOP_REQUEST_FILE).exists()  # served (the exit code says which signal asked)
 
-    out = _ftl("train", str(config))
+    # The rerun with another retention (trial 36a): the first start's milestones stay, and it says why.
+    out = _ftl("train", str(config), "checkpoint.keep_every=0")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ftl: resumed from checkpoints/step-2 (sample 16)" in out.stderr, out.stderr[-3000:]
     assert not (run_dir / STOP_REQUEST_FILE).exists()  # the old request is not for the rerun
     assert_same_losses(run_dir, golden)
+    assert _checkpoint_steps(run_dir) == [1, 2, 3, 4]
+    assert out.stderr.count("kept step-1, step-2 in ") == 1, out.stderr[-3000:]
+    assert "as milestones under checkpoint.keep_every=1 by an earlier start" in out.stderr
 
 
 def test_sigterm_to_ftls_process_group_on_a_local_ray_stops_at_a_checkpoint(tmp_path, tiny_model_dir):

@@ -126,6 +126,7 @@ def test_resume_from_an_earlier_checkpoint_branches_the_later_ones_on_two_worker
     assert second.returncode == 3, second.stderr[-2000:]
     [branch] = _branches(run)
     assert branch.name.endswith("-from-step-2") and str(branch) in second.stderr
+    assert second.stderr.count(f"moved to {branch}") == 1, second.stderr[-3000:]  # said once, not also as a warning
     assert sorted(p.name for p in branch.iterdir() if p.is_dir()) == ["step-4", "step-6"]
     assert all(_same(_weights(branch / name), old[name]) for name in ("step-4", "step-6"))
     assert [r["step"] for r in read_metrics(branch, "train")] == [3, 4, 5, 6]

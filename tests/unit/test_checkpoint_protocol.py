@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import threading
 import zipfile
 from pathlib import Path
@@ -17,7 +18,12 @@ from trainer.checkpointing.digests import file_digest
 from trainer.checkpointing.hashed_io import without_zip_crc
 from trainer.checkpointing.layouts import ReplicatedStateIO
 from trainer.checkpointing.manager import CheckpointManager
-from trainer.checkpointing.protocol import committed_checkpoints, latest_valid_checkpoint, validate_checkpoint
+from trainer.checkpointing.protocol import (
+    committed_checkpoints,
+    latest_valid_checkpoint,
+    read_manifest,
+    validate_checkpoint,
+)
 from trainer.checkpointing.retention import checkpoints_to_delete, purge_old
 from trainer.config import TrainingConfig
 from trainer.loop_state import LoopState, loop_state_from_dict
@@ -160,6 +166,30 @@ def test_retention_keeps_last_k_and_every_m(tmp_path: Path) -> None:
     for step in (5, 8, 9, 10):
         _save(tmp_path, step, keep_last=2, keep_every=4)
     assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-4", "step-8", "step-9", "step-10"]
+
+
+def test_milestones_of_an_earlier_start_survive_a_later_starts_retention(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trial 36a: a resume with keep_every 20 -> 0 deleted step-20 and step-40, kept "forever",
+    without a word. A milestone's manifest says so; later starts keep it and say why, once."""
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step, keep_last=1, keep_every=2)
+    assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-2", "step-4"]
+    assert read_manifest(tmp_path / "checkpoints" / "step-4")["kept_as_milestone"] == 2
+    manager = _manager(tmp_path, keep_last=1, keep_every=0)  # the later start, another retention
+    model = torch.nn.Linear(4, 3)
+    optimizer, scheduler = _training(model)
+    with caplog.at_level(logging.WARNING, logger="trainer.checkpointing.manager"):
+        for step in (5, 6):
+            manager.save(model, optimizer, scheduler, LoopState(step=step, samples_seen=step * 8))
+    manager.close()
+    assert [p.name for p in committed_checkpoints(tmp_path)] == ["step-2", "step-4", "step-6"]
+    assert "kept_as_milestone" not in read_manifest(tmp_path / "checkpoints" / "step-6")
+    said = [r.getMessage() for r in caplog.records if "milestones" in r.getMessage()]
+    assert len(said) == 1, said  # once, not at every save
+    assert said[0].startswith("kept step-2, step-4 in ") and "checkpoint.keep_every=2 by an earlier start" in said[0]
+    assert "(checkpoint.keep_every=0 now); delete them by hand" in said[0]
 
 
 def test_old_checkpoints_are_hidden_at_once_and_deleted_by_the_given_runner(tmp_path: Path) -> None:

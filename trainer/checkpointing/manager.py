@@ -41,14 +41,23 @@ from trainer.checkpointing.protocol import (
     MANIFEST,
     checkpoints_dir,
     commit,
+    committed_checkpoints,
     fsync_file,
     list_files,
     move_aside_unfinished,
     read_manifest,
+    step_of,
     write_latest_hint,
     write_manifest,
 )
-from trainer.checkpointing.retention import BackgroundDeletion, purge_old, remove_debris, remove_superseded_invalid
+from trainer.checkpointing.retention import (
+    MILESTONE,
+    BackgroundDeletion,
+    kept_as_milestone,
+    purge_old,
+    remove_debris,
+    remove_superseded_invalid,
+)
 from trainer.checkpointing.rng import load_rng, rng_file, save_rng
 from trainer.checkpointing.trajectory import set_aside_foreign
 from trainer.distributed import all_gather_object, any_rank, barrier, broadcast_object
@@ -129,6 +138,7 @@ class CheckpointManager:
         self.saved_steps: set[int] = set()  # steps this process saved: only those may already exist at save time
         self._held_optimizers: set[int] = set()
         self._deletion = BackgroundDeletion()  # old checkpoints are deleted off the training thread
+        self._said_spared = False  # milestones of earlier starts that retention keeps: said once
         # Told about each committed checkpoint on every rank (e.g. to register it with Ray Train).
         self.on_commit = on_commit
         # Ends this process if its launcher is gone (WorkerContext.end_if_orphaned): asked right
@@ -169,6 +179,8 @@ class CheckpointManager:
             "layout": self.io.layout,
             "states": STATES,
             **self.io.manifest_extra(),
+            # Kept by every later start's retention too, whatever its keep_every (retention.py).
+            **({MILESTONE: self.keep_every} if self.keep_every and state.step % self.keep_every == 0 else {}),
         }
         try:
             fault_point("before_shards", state.step, self.rank, self.root)
@@ -290,11 +302,35 @@ class CheckpointManager:
                 rank=self.rank,
                 protected=protected,
                 delete_with=self._deletion,
+                on_spared=self._say_spared_milestones,
             )
             remove_superseded_invalid(self.root, final)
         barrier()
         if self.on_commit is not None:  # `purged` is known on rank 0 only (the rank that purges)
             self.on_commit(step, final, purged)
+
+    def _say_spared_milestones(self, spared: dict[int, int]) -> None:
+        """Once per process: the milestones of earlier starts that checkpoint.keep_last/keep_every
+        would delete now (those spared now and those it will spare later), and that removing them is
+        the user's call."""
+        if self._said_spared:
+            return
+        self._said_spared = True
+        for path in committed_checkpoints(self.root.parent):  # self.root = checkpoints_dir(run_dir)
+            every = kept_as_milestone(path)
+            if every and not (self.keep_every and step_of(path) % self.keep_every == 0):
+                spared.setdefault(step_of(path), every)
+        names = ", ".join(f"step-{step}" for step in sorted(spared))
+        earlier = ", ".join(sorted({f"keep_every={every}" for every in spared.values()}))
+        log.warning(
+            "kept %s in %s: saved as milestones under checkpoint.%s by an earlier start, and milestones "
+            "are never deleted by a later start's retention (checkpoint.keep_every=%d now); delete them "
+            "by hand if you no longer want them",
+            names,
+            self.root,
+            earlier,
+            self.keep_every,
+        )
 
     def _own_files_durable(
         self, write: PendingWrite | None, tmp: Path

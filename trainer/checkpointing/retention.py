@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from trainer.checkpointing.protocol import INVALID_PREFIX, MANIFEST, PURGE_PREFIX, TMP_PREFIX, step_of
+from trainer.checkpointing.protocol import INVALID_PREFIX, MANIFEST, PURGE_PREFIX, TMP_PREFIX, read_manifest, step_of
 from trainer.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,25 @@ def purge_old(
     rank: int = 0,
     protected: Collection[int] = (),
     delete_with: Callable[[Callable[[], None]], None] | None = None,
+    on_spared: Callable[[dict[int, int]], None] | None = None,
 ) -> list[int]:
     """`protected`: steps to keep whatever the rule says (e.g. early stopping's best checkpoint).
     The doomed checkpoints are hidden (renamed) before this returns; `delete_with` runs their
-    deletion (e.g. a BackgroundDeletion), by default right here."""
+    deletion (e.g. a BackgroundDeletion), by default right here. `on_spared` is told the
+    milestones that the current rule would delete but an earlier start kept ({step: its keep_every})."""
     committed = {
         step_of(p): p
         for p in root.iterdir()
         if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit() and (p / MANIFEST).exists()
     }
-    doomed = [s for s in checkpoints_to_delete(list(committed), keep_last, keep_every) if s not in protected]
+    candidates = [s for s in checkpoints_to_delete(list(committed), keep_last, keep_every) if s not in protected]
+    # A milestone an earlier start kept "forever" (its keep_every) stays when a later start's
+    # retention differs (trial 36a: keep_every 20 -> 0 on a resume deleted step-20 and step-40
+    # without a word); it is said once by the manager, and deleting it is the user's call.
+    spared = {s: every for s in candidates if (every := kept_as_milestone(committed[s]))}
+    doomed = [s for s in candidates if s not in spared]
+    if spared and on_spared is not None:
+        on_spared(spared)
     hidden = {step: root / f"{PURGE_PREFIX}step-{step}" for step in doomed}
     for step in doomed:  # oldest first: a crash mid-purge leaves the newer ones
         os.replace(committed[step], hidden[step])
@@ -86,6 +95,19 @@ def purge_old(
     if doomed:
         (delete_with or (lambda work: work()))(delete)
     return doomed
+
+
+MILESTONE = "kept_as_milestone"  # manifest key: the keep_every that made this checkpoint one to keep
+
+
+def kept_as_milestone(checkpoint: Path) -> int:
+    """The keep_every under which `checkpoint` was saved as a milestone, 0 when it was not one (or
+    was written before manifests said so, 2026-12-05)."""
+    try:
+        value = read_manifest(checkpoint).get(MILESTONE, 0)
+    except (OSError, ValueError):
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def remove_debris(root: Path) -> None:

@@ -287,5 +287,7 @@ def _announce(plan: StartPlan, branch: Path) -> None:
             f"trajectory ({moved}) and its metrics after step {plan.branch_step} moved to {branch}; "
             "they are kept, not resumed and not counted by retention"
         )
-    log.warning(message)
+    # INFO for the rank's log file (its console handler shows WARNING and up): the console gets it
+    # once, as ftl's own line (as a warning too it was said twice: trial 36a).
+    log.info(message)
     print(f"ftl: {message}", file=sys.stderr, flush=True)
