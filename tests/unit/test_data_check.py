@@ -436,3 +436,23 @@ def test_a_too_long_pair_says_which_sequence_is_too_long(tokenizer: Any) -> None
     )
     assert both.problem.startswith("p.jsonl line 4: prompt + chosen ") and " and prompt + rejected " in both.problem
     assert both.problem.endswith("longer than data.max_seq_len=32 (data.too_long=drop)")
+
+
+def test_held_out_rows_that_training_also_has_are_counted(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Trial 36b: 22 of 30 test rows were copies of training rows and nothing said so (the test
+    score then measures recall). Counted by tokens, per held-out set; the bundled sets share none."""
+    rows = [json.loads(line) for line in (REPO / "assets/data/fictional-kinds/train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (REPO / "assets/data/fictional-kinds/test.jsonl").read_text().splitlines()]
+    leaky = tmp_path / "test.jsonl"
+    leaky.write_text("".join(json.dumps(r) + "\n" for r in rows[:3] + test[:5]))
+    example = REPO / "configs" / "examples" / "classification.yaml"
+    code, out, err = _validate_data(capsys, example)
+    assert code == 0, err
+    assert "also in the training data" not in out
+    code, out, err = _validate_data(capsys, example, f"data.test={leaky}")
+    assert code == 0, err  # a warning: the data is used as it is
+    assert (
+        f"warning: 3 of 8 test rows ({leaky}) are also in the training data (the same tokens): their test "
+        "scores measure recall of trained rows, not generalization; remove them from one of the two"
+    ) in out
+    assert "validation rows (" not in out  # the bundled validation set shares no row with training

@@ -43,6 +43,9 @@ class FileCheck:
     samples: list[ScannedRow] = field(default_factory=list)  # the first kept examples, to show
     ignored_fields: Counter[str] = field(default_factory=Counter)  # fields the format does not read: rows with each
     label_counts: Counter[int] = field(default_factory=Counter)  # usable rows per class id (classifiers)
+    # A digest of each usable row's tokens (as training reads them): held-out rows that training
+    # also sees are found by these
+    row_digests: list[int] = field(default_factory=list, repr=False)
 
     @property
     def rows(self) -> int:
@@ -102,6 +105,23 @@ class DataCheck:
                 train.update(file.label_counts)
         held_out = {file.role: file.label_counts for file in self.files if file.role in ("validation", "test")}
         return label_coverage_warnings(train, held_out, self.label_names)
+
+    def overlap_warnings(self) -> list[str]:
+        """Held-out rows whose tokens a training row has too (trial 36b: 22 of 30 test rows were
+        copies of training rows, and the test score measured memory)."""
+        train = {d for file in self.files if file.role.endswith("train") for d in file.row_digests}
+        warnings = []
+        for file in self.files:
+            if file.role not in ("validation", "test") or not file.row_digests:
+                continue
+            shared = sum(digest in train for digest in file.row_digests)
+            if shared:
+                warnings.append(
+                    f"{shared} of {len(file.row_digests)} {file.role} rows ({file.spec}) are also in the training "
+                    f"data (the same tokens): their {file.role} scores measure recall of trained rows, not "
+                    "generalization; remove them from one of the two"
+                )
+        return warnings
 
 
 def check_data(
@@ -185,6 +205,8 @@ def _check_file(
             if row.usable and row.class_label is not None:
                 check.label_counts[row.class_label] += 1
             if row.usable:
+                if fmt != "image_classification":  # an image row has no tokens (its pixels are not read here)
+                    check.row_digests.append(hash((tuple(row.ids), tuple(row.rejected_ids))))
                 # A preference pair is two examples, a split row one per piece, as training sees them.
                 for ids, mask in row.examples():
                     check.kept_lengths.append(len(ids))
