@@ -119,7 +119,7 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     )
     items = states + [
         Item(
-            "activations: decoder layers" + checkpointed + (" (on device while offloading)" if acts.offloaded else ""),
+            "activations: transformer layers" + checkpointed + (" (on device while offloading)" if acts.offloaded else ""),
             acts.layers,
             kind="activation",
         ),
@@ -140,7 +140,7 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     if acts.offloaded:
         items.append(
             Item(
-                "activations: decoder layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"
+                "activations: transformer layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"
             )
         )
     overhead = process_overhead(setup, peak)
