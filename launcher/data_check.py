@@ -293,7 +293,8 @@ def _same_pair_lines(file: FileCheck) -> list[str]:
         return []
     return [
         f"  warning: {_count(len(file.same_pairs), 'pair')} with chosen and rejected the same as training sees "
-        "them, nothing to learn from (DPO loss ln 2, no gradient):",
+        "them, no preference to learn from them (DPO: loss ln 2, no gradient; ORPO: only its SFT term on "
+        "the chosen response trains):",
         *(f"    - {line}" for line in _grouped(file.same_pairs)),
     ]
 

@@ -119,7 +119,9 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     )
     items = states + [
         Item(
-            "activations: transformer layers" + checkpointed + (" (on device while offloading)" if acts.offloaded else ""),
+            "activations: transformer layers"
+            + checkpointed
+            + (" (on device while offloading)" if acts.offloaded else ""),
             acts.layers,
             kind="activation",
         ),
@@ -140,7 +142,10 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     if acts.offloaded:
         items.append(
             Item(
-                "activations: transformer layers" + checkpointed + ", offloaded", acts.offloaded, "host", kind="activation"
+                "activations: transformer layers" + checkpointed + ", offloaded",
+                acts.offloaded,
+                "host",
+                kind="activation",
             )
         )
     overhead = process_overhead(setup, peak)

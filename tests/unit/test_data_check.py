@@ -309,8 +309,8 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
         "(data.max_seq_len), all prompt\n"
         "  truncated rows (1):\n"
         "    - pairs.jsonl line 4: prompt + chosen 131 tokens and prompt + rejected 131 tokens, cut to 128\n"
-        "  warning: 2 pairs with chosen and rejected the same as training sees them, nothing to learn from "
-        "(DPO loss ln 2, no gradient):\n"
+        "  warning: 2 pairs with chosen and rejected the same as training sees them, no preference to learn from "
+        "them (DPO: loss ln 2, no gradient; ORPO: only its SFT term on the chosen response trains):\n"
         "    - pairs.jsonl line 3: chosen and rejected are the same\n"
         "    - pairs.jsonl line 4: chosen and rejected are the same in the first 128 tokens (data.max_seq_len), "
         "all training keeps\n"
@@ -321,7 +321,8 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
     assert report["train_dropped_no_loss"] == 1 and report["train_identical_pairs"] == 2
     assert same_pairs_note(report) == (
         "training data: 2 preference pair(s) with chosen and rejected the same as training sees them, "
-        "nothing to learn from (their DPO loss is ln 2 with no gradient)"
+        "no preference to learn from them (DPO: their loss is ln 2 with no gradient; ORPO: only its SFT term on "
+        "the chosen response trains)"
     )
 
     # Any format: a completion row whose prompt fills max_seq_len is named the same way.

@@ -221,7 +221,8 @@ def same_pairs_note(report: dict[str, Any]) -> str | None:
         return None
     return (
         f"training data: {same} preference pair(s) with chosen and rejected the same as training sees them, "
-        "nothing to learn from (their DPO loss is ln 2 with no gradient)"
+        "no preference to learn from them (DPO: their loss is ln 2 with no gradient; ORPO: only its SFT term on "
+        "the chosen response trains)"
     )
 
 

@@ -417,7 +417,9 @@ def _scan_rendered(
         scanned.rejected_ids, scanned.rejected_mask = kept[1]
         scanned.rejected_rendered_len = rejected_len
         if kept[0] == kept[1]:
-            whole = parts[0].input_ids == parts[1].input_ids and parts[0].loss_mask == parts[1].loss_mask
+            # A row cut before tokenizing (strings past max_seq_len x 100 characters) may differ only
+            # past the cut: "the same" alone contradicted the file (trial 37a).
+            whole = not cut and parts[0].input_ids == parts[1].input_ids and parts[0].loss_mask == parts[1].loss_mask
             kept_part = "" if whole else f" in the first {max_seq_len} tokens (data.max_seq_len), all training keeps"
             scanned.same_pair = f"{row.where}: chosen and rejected are the same{kept_part}"
     if example.token_labels is not None:
