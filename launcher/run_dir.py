@@ -25,7 +25,6 @@ from cluster.run_lock import RunDirLocked, RunLock
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
 from trainer.checkpointing.protocol import MANIFEST, committed_checkpoints, step_of
-from trainer.errors import InputError
 from trainer.run_layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -75,10 +74,11 @@ def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ft
         committed = committed_checkpoints(run_dir)
         try:
             yield run_dir
-        except InputError:
-            # A refused start (a resume whose checkpoint does not fit the changed config, bad data)
-            # trained nothing with this config: the run directory keeps the config its checkpoints
-            # were written with, as before the attempt.
+        except BaseException:
+            # A start that committed no checkpoint (refused: a resume whose checkpoint does not fit
+            # the changed config, bad data; failed: a corrupt weights file of a changed model.path,
+            # trial 37b; stopped before its first step) left nothing written with this config: the
+            # run directory keeps the config its checkpoints were written with, as before the attempt.
             if previous is not None and committed_checkpoints(run_dir) == committed:
                 _atomic_write(snapshot, previous)
             raise

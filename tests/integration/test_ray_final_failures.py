@@ -134,6 +134,12 @@ def test_a_dead_worker_without_restarts_says_how_to_resume(tmp_path: Path, tiny_
     assert "rank 1: " in message and "Worker(" not in message, message  # one line per rank, not Ray's report
     assert "the checkpoints up to step-2 are kept: run the same command again to resume" in message, message
     assert "set cluster.ray.max_failures" in message
+    # A start with another config that fails before committing a checkpoint (trial 37b: a corrupt
+    # weights file of a changed model.path) leaves config.yaml as the checkpoints were written with.
+    before = (run_dir / "config.yaml").read_text()
+    failed = _ftl("train", str(config), "cluster.ray.max_failures=0", "checkpoint.keep_last=3", env=kill)
+    assert failed.returncode == 1, failed.stderr[-4000:]
+    assert (run_dir / "config.yaml").read_text() == before
     resumed = _ftl("train", str(config), "cluster.ray.max_failures=0")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "ftl: resumed from checkpoints/step-2" in resumed.stderr
