@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,15 @@ def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) 
     if not isinstance(value, str) or not value or "://" in value:
         return []  # URIs are not paths (the schema says where they are accepted)
     expanded = Path(os.path.expanduser(os.path.expandvars(value)))
+    unset = re.search(r"\$(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)", str(expanded))
+    if unset:
+        # expandvars leaves an unset variable as it is: `$UNSET/run1` became a folder named
+        # `$UNSET` under the current directory (trial 37b).
+        variable = unset.group(1).strip("{}")
+        return [
+            f"{name}: {value} uses the environment variable ${variable}, which is not set here; set it "
+            f"(export {variable}=...) or write the path out"
+        ]
     try:
         if local_only or expanded.exists() or value.startswith((".", "/", "~")):
             holder[key] = str(expanded.resolve())

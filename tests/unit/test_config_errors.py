@@ -662,3 +662,20 @@ def test_an_adapter_folder_as_model_path_points_to_the_merged_model(tmp_path: Pa
         f"is a PEFT adapter, not a model: to train on from it, use the merged model beside it ({adapter.parent / 'merged'}"
         in said
     )
+
+
+def test_an_unset_environment_variable_in_a_path_is_refused(
+    tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 37b: `output.dir=$UNSETVAR/run1` was valid and made a folder named `$UNSETVAR`."""
+    monkeypatch.delenv("FTL_TEST_UNSET", raising=False)
+    monkeypatch.setenv("FTL_TEST_SET", str(tmp_path / "set"))
+    (problem,) = _problems(_write(tmp_path, valid_text), ["output.dir=$FTL_TEST_UNSET/run1"])
+    assert problem == (
+        "output.dir: $FTL_TEST_UNSET/run1 uses the environment variable $FTL_TEST_UNSET, which is not set "
+        "here; set it (export FTL_TEST_UNSET=...) or write the path out"
+    )
+    (problem,) = _problems(_write(tmp_path, valid_text), ["data.train=${FTL_TEST_UNSET}/train.jsonl"])
+    assert problem.startswith("data.train: ${FTL_TEST_UNSET}/train.jsonl uses the environment variable $FTL_TEST_UNSET")
+    cfg = load_config(_write(tmp_path, valid_text), ["output.dir=$FTL_TEST_SET/run1"])
+    assert cfg.output.dir == str(tmp_path / "set" / "run1")
