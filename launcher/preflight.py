@@ -28,6 +28,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             )
         elif value and looks_local(value) and not Path(value).exists():
             problems.append(f"{key}: {value} does not exist{did_you_mean(value)}")
+        elif value and key == "model.path":
+            problems += model_config_problems(cfg)
     data_keys = [
         ("data.train", cfg.data.train),
         ("data.validation", cfg.data.validation),
@@ -57,15 +59,16 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         )
     from trainer.adapter_init import adapter_init_problem
 
-    adapter = None if resumes_a_checkpoint(cfg) else adapter_init_problem(cfg.method, cfg.model.path)
-    if adapter:
-        problems.append(adapter)
-    architecture = architecture_problem(cfg)
-    if architecture:
-        problems.append(architecture)
-    tokenizer = tokenizer_problem(cfg)
-    if tokenizer:
-        problems.append(tokenizer)
+    if not model_config_problems(cfg):  # the checks that read the model's config.json
+        adapter = None if resumes_a_checkpoint(cfg) else adapter_init_problem(cfg.method, cfg.model.path)
+        if adapter:
+            problems.append(adapter)
+        architecture = architecture_problem(cfg)
+        if architecture:
+            problems.append(architecture)
+        tokenizer = tokenizer_problem(cfg)
+        if tokenizer:
+            problems.append(tokenizer)
     from launcher.tracking_check import tracking_problems
 
     problems += tracking_problems(cfg)
@@ -181,3 +184,26 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         objective=cfg.training.objective,
         method=cfg.method.model_dump(mode="json"),
     )
+
+
+def model_config_problems(cfg: RunConfig) -> list[str]:
+    """A local model folder whose config.json is no JSON object (a cut-off copy, a hand edit): `ftl
+    plan` ended in a JSONDecodeError traceback and validate said valid (trial 37b)."""
+    import json
+
+    path = Path(cfg.model.path) / "config.json"
+    if not looks_local(cfg.model.path) or not path.is_file():
+        return []
+
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"model.path: {path} cannot be read ({exc}); check the model folder"]
+    except json.JSONDecodeError as exc:
+        return [
+            f"model.path: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "the model folder is damaged or was edited by hand: copy it again, or fix the file"
+        ]
+    if not isinstance(loaded, dict):
+        return [f"model.path: {path} holds a JSON {type(loaded).__name__}, not a model config (an object)"]
+    return []

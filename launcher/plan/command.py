@@ -24,8 +24,11 @@ def plan_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     quiet_third_party()  # the planner's meta model imports transformers, PEFT and bitsandbytes: no chatter
     _check_flags(args)
-    from launcher.preflight import architecture_problem
+    from launcher.preflight import architecture_problem, model_config_problems
 
+    unreadable = model_config_problems(cfg)
+    if unreadable:  # a damaged config.json: a JSONDecodeError traceback from the planner otherwise
+        raise UserError("; ".join(unreadable))
     architecture = architecture_problem(cfg)
     if architecture:  # an encoder as a causal LM, an encoder-decoder: a traceback from the meta model
         raise UserError(architecture)

@@ -679,3 +679,25 @@ def test_an_unset_environment_variable_in_a_path_is_refused(
     assert problem.startswith("data.train: ${FTL_TEST_UNSET}/train.jsonl uses the environment variable $FTL_TEST_UNSET")
     cfg = load_config(_write(tmp_path, valid_text), ["output.dir=$FTL_TEST_SET/run1"])
     assert cfg.output.dir == str(tmp_path / "set" / "run1")
+
+
+def test_a_model_folder_whose_config_json_is_broken_is_refused_by_validate_and_plan(
+    tmp_path: Path, valid_text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 37b: validate said valid and `ftl plan` ended in a JSONDecodeError traceback."""
+    import shutil
+
+    from launcher.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "assets/models/ftl-tiny-llama", model)
+    (model / "config.json").write_text("{not json")
+    config = _write(tmp_path, valid_text)
+    said = f"model.path: {model / 'config.json'} is not valid JSON (line 1, column 2: "
+    for command in ("validate", "plan"):
+        assert main([command, str(config), f"model.path={model}"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "copy it again, or fix the file" in err and "Traceback" not in err, err
+    (model / "config.json").write_text("[1, 2]")
+    assert main(["validate", str(config), f"model.path={model}"]) == 2
+    assert "holds a JSON list, not a model config" in capsys.readouterr().err
