@@ -57,7 +57,7 @@ from trainer.metrics import (
 )
 from trainer.model_builder import load_inputs, missing_eos_notice
 from trainer.model_options import apply_model_options, check_model_options
-from trainer.optim import build_scheduler
+from trainer.optim import build_scheduler, warmup_longer_than_the_run
 from trainer.preference_eval import preference_eval
 from trainer.preference_loss import PreferenceObjective
 from trainer.preference_precompute import precomputed_reference
@@ -256,6 +256,9 @@ def _build_trainee(
     idle = transfer.unfreezing_that_never_starts(total_steps)
     if idle and ctx.is_main:
         console.event(f"warning: {idle}")
+    long_warmup = warmup_longer_than_the_run(cfg.training, total_steps)
+    if long_warmup and ctx.is_main:
+        console.event(f"warning: {long_warmup}")
     model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     fingerprint = rows_fingerprint(data.train) if ctx.is_main else None  # rank 0 writes the manifests

@@ -27,7 +27,7 @@ from trainer.checkpointing.protocol import (
 from trainer.checkpointing.retention import checkpoints_to_delete, purge_old
 from trainer.config import TrainingConfig
 from trainer.loop_state import LoopState, loop_state_from_dict
-from trainer.optim import WarmupDecaySchedule, lr_multiplier
+from trainer.optim import WarmupDecaySchedule, lr_multiplier, warmup_longer_than_the_run
 
 
 def _training(model: torch.nn.Module) -> tuple[torch.optim.Optimizer, WarmupDecaySchedule]:
@@ -248,6 +248,16 @@ def test_lr_schedules() -> None:
     assert abs(lr_multiplier(55, total, warmup, "linear", 0.1) - (0.1 + 0.9 * 0.5)) < 1e-9
     assert lr_multiplier(99, total, warmup, "constant", 0.0) == 1.0
     assert lr_multiplier(100, total, warmup, "cosine", 0.2) == 0.2
+
+
+def test_a_warmup_as_long_as_the_run_is_said() -> None:
+    """Trial 37b: warmup_steps past the run was cut to it without a word (the rate rose all run)."""
+    assert warmup_longer_than_the_run(TrainingConfig(warmup_steps=59), 60) is None
+    assert warmup_longer_than_the_run(TrainingConfig(warmup_ratio=0.9), 60) is None  # asked for in terms of the run
+    assert warmup_longer_than_the_run(TrainingConfig(warmup_steps=100), 60) == (
+        "training.warmup_steps=100 is not shorter than the run (60 steps): the learning rate rises over the "
+        "whole run, the cosine schedule after the warmup never comes; lower warmup_steps or use training.warmup_ratio"
+    )
 
 
 def test_zero_checkpoint_on_another_worker_count_is_refused_only_where_universal_cannot_load() -> None:
