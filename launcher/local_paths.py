@@ -8,7 +8,14 @@ from pathlib import Path
 
 
 def looks_local(value: str) -> bool:
-    return Path(value).is_absolute() or value.startswith((".", "~")) or Path(value).exists()
+    """A hub id is `name` or `owner/name`: a value with two slashes or more is a path (a bundled
+    recipe's `assets/models/...` run from another directory was taken for a hub name: trial 37b)."""
+    return (
+        Path(value).is_absolute()
+        or value.startswith((".", "~"))
+        or value.strip("/").count("/") >= 2
+        or Path(value).exists()
+    )
 
 
 def did_you_mean(value: str) -> str:

@@ -22,8 +22,11 @@ def check_inputs(cfg: RunConfig) -> list[str]:
                     f"({Path(value).parent / 'merged'}; `ftl export RUN --merge` writes one), or set model.path "
                     f"to its base model and method.lora.init_from={value} (new adapters start from its weights)"
                 )
+            relative = (
+                "" if Path(value).expanduser().is_absolute() else f" (relative to the current directory {Path.cwd()})"
+            )
             problems.append(
-                f"{key}: {value} {what}{did_you_mean(value)}; "
+                f"{key}: {value}{relative} {what}{did_you_mean(value)}; "
                 "point it at a Hugging Face model folder, or use a hub name when online"
             )
         elif value and looks_local(value) and not Path(value).exists():

@@ -701,3 +701,21 @@ def test_a_model_folder_whose_config_json_is_broken_is_refused_by_validate_and_p
     (model / "config.json").write_text("[1, 2]")
     assert main(["validate", str(config), f"model.path={model}"]) == 2
     assert "holds a JSON list, not a model config" in capsys.readouterr().err
+
+
+def test_a_relative_model_path_missing_from_this_directory_is_no_hub_name(
+    tmp_path: Path, valid_text: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 37b: a bundled recipe run from another directory: its data paths were refused as not
+    found, its `assets/models/...` said valid (taken for a hub name, which has one slash at most)."""
+    from launcher.cli import main
+
+    config = _write(tmp_path, valid_text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(config), "model.path=assets/models/ftl-tiny-llama"]) == 2
+    assert (
+        f"model.path: assets/models/ftl-tiny-llama (relative to the current directory {tmp_path}) does not exist"
+    ) in capsys.readouterr().err
+    from launcher.local_paths import looks_local
+
+    assert not looks_local("meta-llama/Llama-3.1-8B") and not looks_local("gpt2")
