@@ -166,3 +166,19 @@ def test_the_launcher_finds_the_start_refusals_without_reading_weights(tmp_path:
     assert refusal_before_launch(run, "auto", move_aside=False, max_steps=5) is None
     assert [p.name for p in committed_checkpoints(run)] == ["step-4", "step-6"]  # it moved and deleted nothing
     assert refusal_before_launch(tmp_path / "fresh", "auto", move_aside=False, max_steps=1) is None
+
+
+def test_a_run_directory_given_as_the_checkpoint_to_resume_names_its_latest(tmp_path: Path) -> None:
+    """Trial 37b: checkpoint.resume=RUN_DIR said 'no manifest (the write did not finish)'."""
+    old = tmp_path / "old"
+    _earlier_run(old, [2, 4])
+    new = tmp_path / "new"
+    said = (
+        f"checkpoint.resume={str(old)!r} is a run directory, not a checkpoint: name one of its checkpoints, "
+        f"e.g. checkpoint.resume={old / 'checkpoints' / 'step-4'}"
+    )
+    assert refusal_before_launch(new, str(old), move_aside=False, max_steps=None) == said
+    with pytest.raises(TrainerInputError) as refused:
+        plan_start(new, str(old), move_aside=False)
+    assert str(refused.value) == said
+    assert [p.name for p in committed_checkpoints(old)] == ["step-2", "step-4"]  # nothing moved there

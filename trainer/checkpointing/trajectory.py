@@ -39,6 +39,7 @@ from typing import Any
 from trainer.checkpointing.compat import trainable_state_problem
 from trainer.checkpointing.protocol import (
     INVALID_PREFIX,
+    MANIFEST,
     atomic_write_text,
     checkpoints_dir,
     committed_checkpoints,
@@ -181,6 +182,18 @@ def _never_over_earlier(run_dir: Path, earlier: list[Path]) -> str:
 
 
 def _bad_resume_path(mode: str, problem: str) -> str:
+    path = Path(mode)
+    if (path / "checkpoints").is_dir() and not (path / MANIFEST).exists():
+        # A run directory, not one of its checkpoints: "no manifest (the write did not finish)"
+        # sent the user looking for an interrupted save (trial 37b).
+        # Read-only (latest_valid_checkpoint would move an invalid one aside, in another run's folder).
+        fine = [c for c in committed_checkpoints(path) if validate_checkpoint(c, checksums=False) is None]
+        latest = fine[-1] if fine else None
+        pick = f"checkpoint.resume={latest}" if latest is not None else "one of its checkpoints/step-N folders"
+        return (
+            f"checkpoint.resume={mode!r} is a run directory, not a checkpoint: name one of its checkpoints, "
+            f"e.g. {pick}"
+        )
     return f"checkpoint.resume={mode!r}: cannot resume from it: {problem}"
 
 
