@@ -56,9 +56,13 @@ NO_TOKENIZER_FILES = (
     "the folder has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt, ...); copy "
     "them from the base model, or set model.tokenizer to a folder or hub name that has them"
 )
-# The files transformers builds a tokenizer from (any one is enough), by name or suffix.
-_TOKENIZER_FILE_NAMES = ("tokenizer.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer_config.json")
+# The files transformers builds a tokenizer's vocabulary from (any one is enough), by name or suffix.
+# tokenizer_config.json alone is not one: a folder with it but without tokenizer.json passed the
+# check and the workers then asked for sentencepiece or tiktoken (trial 37b).
+_TOKENIZER_FILE_NAMES = ("tokenizer.json", "vocab.json", "vocab.txt", "merges.txt")
 _TOKENIZER_FILE_SUFFIXES = (".model", ".tiktoken")
+# Tokenizers that need no vocabulary file (bytes or characters are their vocabulary).
+_VOCABULARY_FREE = ("ByT5Tokenizer", "CanineTokenizer")
 
 
 def lacks_tokenizer_files(source: str) -> bool:
@@ -66,7 +70,13 @@ def lacks_tokenizer_files(source: str) -> bool:
     if not folder.is_dir():
         return False  # a hub name: its files are not known here
     names = [p.name for p in folder.iterdir() if p.is_file()]
-    return not any(n in _TOKENIZER_FILE_NAMES or n.endswith(_TOKENIZER_FILE_SUFFIXES) for n in names)
+    if any(n in _TOKENIZER_FILE_NAMES or n.endswith(_TOKENIZER_FILE_SUFFIXES) for n in names):
+        return False
+    try:
+        declared = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        declared = None
+    return declared not in _VOCABULARY_FREE
 
 
 def lacks_chat_template(source: str) -> bool:

@@ -53,3 +53,11 @@ def test_a_model_folder_without_tokenizer_files_is_refused(tmp_path: Path) -> No
     bare = _copy(tmp_path, "bare", without=("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"))
     [said] = _problems(tmp_path, bare, fmt="text")
     assert f"model.tokenizer / model.path: {bare}: the folder has no tokenizer files" in said
+    # tokenizer_config.json without a vocabulary file is no tokenizer either (trial 37b: validate said
+    # valid, the workers asked for sentencepiece or tiktoken); a byte-level one needs none.
+    config_only = _copy(tmp_path, "config-only", without=("tokenizer.json",))
+    [said] = _problems(tmp_path, config_only, fmt="text")
+    assert f"{config_only}: the folder has no tokenizer files" in said
+    settings = json.loads((config_only / "tokenizer_config.json").read_text())
+    (config_only / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "ByT5Tokenizer"}))
+    assert _problems(tmp_path, config_only, fmt="text") == []

@@ -191,8 +191,7 @@ def _bad_resume_path(mode: str, problem: str) -> str:
         latest = fine[-1] if fine else None
         pick = f"checkpoint.resume={latest}" if latest is not None else "one of its checkpoints/step-N folders"
         return (
-            f"checkpoint.resume={mode!r} is a run directory, not a checkpoint: name one of its checkpoints, "
-            f"e.g. {pick}"
+            f"checkpoint.resume={mode!r} is a run directory, not a checkpoint: name one of its checkpoints, e.g. {pick}"
         )
     return f"checkpoint.resume={mode!r}: cannot resume from it: {problem}"
 
