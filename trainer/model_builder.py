@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from trainer.config import MethodConfig, ModelConfig
 from trainer.errors import TrainerInputError
@@ -200,6 +201,13 @@ def load_model(
             ) from None
         kind = "a causal LM" if auto_class is AutoModelForCausalLM else f"a model for {auto_class.__name__}"
         raise TrainerInputError(f"model.path: cannot load {kind} from {model_cfg.path!r}: {exc}") from None
+    except SafetensorError as exc:
+        # A cut-off or damaged weights file: an input error (exit 2, never retried), not a failure
+        # whose advice was to rerun or raise cluster.ray.max_failures (trial 37b).
+        raise TrainerInputError(
+            f"model.path: a weights file in {model_cfg.path!r} is damaged ({exc}); copy the model folder again "
+            "(a cut-off download or copy)"
+        ) from None
     if loading_info is not None:
         loading_info.update(info)
     if method_cfg.type == "qlora":

@@ -61,3 +61,22 @@ def test_a_model_folder_without_tokenizer_files_is_refused(tmp_path: Path) -> No
     settings = json.loads((config_only / "tokenizer_config.json").read_text())
     (config_only / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "ByT5Tokenizer"}))
     assert _problems(tmp_path, config_only, fmt="text") == []
+
+
+def test_a_cut_off_weights_file_is_an_input_error_not_a_failure_to_retry(tmp_path: Path) -> None:
+    """Trial 37b: a truncated model.safetensors ended a Ray run as 'SafetensorError', exit 1, with
+    the advice to rerun or raise cluster.ray.max_failures, which can never help."""
+    import pytest
+
+    from trainer.config import MethodConfig, ModelConfig
+    from trainer.errors import TrainerInputError
+    from trainer.model_builder import load_model
+
+    cut = tmp_path / "cut"
+    shutil.copytree(BUNDLED, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    with pytest.raises(TrainerInputError) as refused:
+        load_model(ModelConfig(path=str(cut)), MethodConfig(type="lora"), "cpu")
+    said = str(refused.value)
+    assert said.startswith(f"model.path: a weights file in {str(cut)!r} is damaged (") and "copy the model" in said
