@@ -67,7 +67,7 @@ def load_run_configs(run_dir: Path) -> tuple[TrainerConfig, ClusterConfig]:
     from cluster.config import ClusterConfig
     from trainer.config import TrainerConfig
 
-    raw = yaml.safe_load(RunLayout(run_dir).config.read_text())
+    raw = yaml.safe_load(RunLayout(run_dir).config.read_text(encoding="utf-8"))
     cluster_cfg = ClusterConfig.model_validate(raw.pop("cluster", {}))
     return TrainerConfig.model_validate(raw), cluster_cfg
 

@@ -68,7 +68,7 @@ def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ft
     """The prepared run directory, locked for this process until the block ends, whatever the
     outcome (finished, stopped, failed, Ctrl-C)."""
     snapshot = RunLayout(local_run_dir(cfg)).config
-    previous = snapshot.read_text() if snapshot.is_file() else None
+    previous = snapshot.read_text(encoding="utf-8") if snapshot.is_file() else None
     with ExitStack() as hold:
         run_dir = prepare_run_dir(cfg, argv, hold=hold, purpose=purpose)
         committed = committed_checkpoints(run_dir)
@@ -130,7 +130,7 @@ def prepare_run_dir(
             )
         # The snapshot is what the workers read, so it is the config itself: it holds no secrets
         # because load_config refuses them (trainer/secret_values.py).
-        snapshot = yaml.safe_dump(cfg.snapshot_values(), sort_keys=False)
+        snapshot = yaml.safe_dump(cfg.snapshot_values(), sort_keys=False, allow_unicode=True)  # paths as written
         _atomic_write(layout.config, snapshot)
         _atomic_write(layout.environment, json.dumps(environment_record(argv), indent=1))
         if hold is not None:
@@ -220,7 +220,7 @@ def _holds_only_copied_checkpoints(run_dir: Path, entries: list[str]) -> bool:
 def _made_by_earlier_ftl(run_dir: Path) -> bool:
     try:
         layout = RunLayout(run_dir)
-        config = yaml.safe_load(layout.config.read_text())
+        config = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
         env = json.loads(layout.environment.read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False
@@ -267,7 +267,7 @@ def _git_commit() -> str | None:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -282,7 +282,7 @@ def load_snapshot(run_dir: Path) -> RunConfig:
             "pass the output.dir of a run"
         )
     try:
-        return RunConfig.model_validate(yaml.safe_load(path.read_text()))
+        return RunConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except (ValueError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{path}: not a config this ftl can read ({first}); was it edited by hand?") from None

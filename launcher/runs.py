@@ -78,7 +78,7 @@ def _config_section(run_dir: Path, name: str) -> dict[str, Any]:
     try:
         import yaml
 
-        values = yaml.safe_load(RunLayout(run_dir).config.read_text()) or {}
+        values = yaml.safe_load(RunLayout(run_dir).config.read_text(encoding="utf-8")) or {}
     except (OSError, ValueError, yaml.YAMLError):
         return {}
     section = values.get(name) if isinstance(values, dict) else None

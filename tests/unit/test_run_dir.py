@@ -240,3 +240,15 @@ def test_a_folder_with_a_config_ftl_did_not_write_is_not_a_run(tmp_path: Path) -
     RunLayout(foreign).marker.write_text("")  # ftl's folder, its config edited by hand
     with pytest.raises(UserError, match="config.yaml: not a config this ftl can read"):
         load_snapshot(foreign)
+
+
+def test_a_non_ascii_path_is_written_as_it_is_in_config_yaml(tmp_path: Path) -> None:
+    """Trial 37b: config.yaml held `"/tmp/\\xE9t\\xE9/run"` for a run in `/tmp/été/run`: valid YAML, but
+    not the path a person reads or greps for."""
+    from launcher.run_dir import load_snapshot
+
+    run_dir = tmp_path / "été 実験" / "run"
+    prepare_run_dir(_cfg(tmp_path, run_dir))
+    text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    assert f"dir: {run_dir}" in text and "\\x" not in text and "\\u" not in text
+    assert load_snapshot(run_dir).output.dir == str(run_dir)

@@ -197,5 +197,9 @@ def read_tracker_state(run_dir: Path) -> dict[str, Any]:
 
 def run_params(run_dir: Path) -> dict[str, Any]:
     """The resolved config of the run (its snapshot, cluster section included), secrets redacted."""
-    snapshot = yaml.safe_load(RunLayout(run_dir).config.read_text()) if RunLayout(run_dir).config.is_file() else {}
+    snapshot = (
+        yaml.safe_load(RunLayout(run_dir).config.read_text(encoding="utf-8"))
+        if RunLayout(run_dir).config.is_file()
+        else {}
+    )
     return redact(snapshot or {})
