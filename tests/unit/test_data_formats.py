@@ -526,6 +526,21 @@ def test_text_that_is_not_utf8_is_named_by_file_and_line(tmp_path: Path, tokeniz
         list(read_rows(str(tmp_path / "d.json")))
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_compressed_data_file_is_said_to_be_one(tmp_path: Path, suffix: str) -> None:
+    """Trial 37b: a gzip file named .jsonl was 72 bad rows of 'not UTF-8 text ... iconv -f latin1'."""
+    import gzip
+
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(gzip.compress(b'{"text": "a"}\n' * 50))
+    with pytest.raises(DataError) as raised:
+        list(read_rows(str(path)))
+    assert str(raised.value) == (
+        f"{path}: a gzip-compressed file, not text; decompress it first (`gzip -dc d{suffix} > d.plain{suffix}`) "
+        "and point the config at the result"
+    )
+
+
 def test_a_lone_surrogate_escape_is_a_named_bad_row(tmp_path: Path, tokenizer: Any) -> None:
     """JSON's \\ud800 outside a pair parses to a string no tokenizer can take (it raised a
     TypeError from the tokenizer); a valid pair (an emoji) is text."""

@@ -134,6 +134,11 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Row]:
     # data.skip_bad_rows), not the end of the read. A leading byte-order mark (Windows editors and
     # exports write one) is not part of the first row.
     with path.open("rb") as handle:
+        start = handle.read(4)
+        handle.seek(0)
+        compressed = next((how for magic, how in _COMPRESSED.items() if start.startswith(magic)), None)
+        if compressed is not None:  # not rows of bad text: the whole file is one thing to fix
+            raise _compressed(path, *compressed)
         for number, raw in enumerate(handle, start=1):
             if number == 1:
                 raw = raw.removeprefix(BOM)
@@ -304,7 +309,25 @@ class _Malformed:
 BOM = b"\xef\xbb\xbf"
 
 
+# Compressed files start with these bytes; read as text they were said to be latin-1 (trial 37b).
+_COMPRESSED = {
+    b"\x1f\x8b": ("gzip", "gzip -dc"),
+    b"PK\x03\x04": ("zip", "unzip -p"),
+    b"(\xb5/\xfd": ("zstd", "zstd -dc"),
+}
+
+
+def _compressed(path: Path, kind: str, tool: str) -> DataError:
+    return DataError(
+        f"{path}: a {kind}-compressed file, not text; decompress it first (`{tool} {path.name} > "
+        f"{path.stem}.plain{path.suffix}`) and point the config at the result"
+    )
+
+
 def _not_utf8_file(path: Path, raw: bytes, exc: UnicodeDecodeError) -> DataError:
+    for magic, (kind, tool) in _COMPRESSED.items():
+        if raw.startswith(magic):
+            return _compressed(path, kind, tool)
     line = raw.count(b"\n", 0, exc.start) + 1
     return DataError(f"{path} line {line}: {_not_utf8(raw, exc)}")
 
