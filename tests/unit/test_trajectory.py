@@ -182,3 +182,8 @@ def test_a_run_directory_given_as_the_checkpoint_to_resume_names_its_latest(tmp_
         plan_start(new, str(old), move_aside=False)
     assert str(refused.value) == said
     assert [p.name for p in committed_checkpoints(old)] == ["step-2", "step-4"]  # nothing moved there
+    folder = old / "checkpoints"
+    assert refusal_before_launch(new, str(folder), move_aside=False, max_steps=None) == (
+        f"checkpoint.resume={str(folder)!r} is the checkpoints folder of a run directory, not a checkpoint: name "
+        f"one of its checkpoints, e.g. checkpoint.resume={folder / 'step-4'}"
+    )

@@ -183,7 +183,9 @@ def _never_over_earlier(run_dir: Path, earlier: list[Path]) -> str:
 
 def _bad_resume_path(mode: str, problem: str) -> str:
     path = Path(mode)
-    if (path / "checkpoints").is_dir() and not (path / MANIFEST).exists():
+    if path.name == "checkpoints" and path.is_dir():  # the run's checkpoints folder itself
+        path = path.parent
+    if (path / "checkpoints").is_dir() and not (Path(mode) / MANIFEST).exists():
         # A run directory, not one of its checkpoints: "no manifest (the write did not finish)"
         # sent the user looking for an interrupted save (trial 37b).
         # Read-only (latest_valid_checkpoint would move an invalid one aside, in another run's folder).
@@ -191,7 +193,8 @@ def _bad_resume_path(mode: str, problem: str) -> str:
         latest = fine[-1] if fine else None
         pick = f"checkpoint.resume={latest}" if latest is not None else "one of its checkpoints/step-N folders"
         return (
-            f"checkpoint.resume={mode!r} is a run directory, not a checkpoint: name one of its checkpoints, e.g. {pick}"
+            f"checkpoint.resume={mode!r} is {'a run' if path == Path(mode) else 'the checkpoints folder of a run'} "
+            f"directory, not a checkpoint: name one of its checkpoints, e.g. {pick}"
         )
     return f"checkpoint.resume={mode!r}: cannot resume from it: {problem}"
 
