@@ -109,10 +109,9 @@ def prepare_run_dir(
     finished = finished_run_problem(run_dir)
     if finished:
         raise UserError(finished)
-    blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        where = "is" if blocking == run_dir else f"is inside {blocking}, which is"
-        raise UserError(f"output.dir {run_dir} {where} a file, not a directory; pick another output.dir")
+    blocked = file_in_the_way(run_dir)
+    if blocked:
+        raise UserError(blocked)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f"{WRITE_PROBE}-{os.getpid()}"  # per process: two launchers may probe at once
@@ -189,11 +188,21 @@ def finished_run_problem(run_dir: Path) -> str | None:
     )
 
 
+def file_in_the_way(run_dir: Path) -> str | None:
+    """output.dir is a file, or inside one (no folder can be made there)."""
+    blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is None:
+        return None
+    where = "is" if blocking == run_dir else f"is inside {blocking}, which is"
+    return f"output.dir {run_dir} {where} a file, not a directory; pick another output.dir"
+
+
 def output_dir_problems(run_dir: Path) -> list[str]:
-    """What `ftl train` refuses in output.dir as it is (for `ftl validate`): a file, a folder of the
-    user's, a finished run."""
-    if run_dir.exists() and not run_dir.is_dir():
-        return [f"output.dir {run_dir} is a file; choose a folder that does not exist yet or is empty"]
+    """What `ftl train` refuses in output.dir as it is (for `ftl validate`): a file or a path inside
+    one (validate said valid for the latter: trial 37b), a folder of the user's, a finished run."""
+    blocked = file_in_the_way(run_dir)
+    if blocked:
+        return [blocked]
     try:
         refuse_foreign_dir(run_dir)
     except UserError as exc:

@@ -515,6 +515,13 @@ def test_validate_says_what_train_refuses_in_output_dir(tmp_path: Path, valid_te
         [*FTL, "validate", str(config), f"output.dir={theirs}"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 2 and "is not empty and is not an ftl run directory" in out.stderr, out.stderr
+    # A path inside a file: train refused it, validate said valid (trial 37b).
+    for inside in (config, config / "sub"):
+        out = subprocess.run(
+            [*FTL, "validate", str(config), f"output.dir={inside}"], cwd=REPO, capture_output=True, text=True
+        )
+        assert out.returncode == 2 and f"output.dir {inside} is" in out.stderr, out.stderr
+        assert f"{config}, which is a file" in out.stderr or inside == config
     finished = tmp_path / "finished"
     finished.mkdir()
     (finished / ".ftl-run").write_text('{"ftl_run_directory": 1}')
