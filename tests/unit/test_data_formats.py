@@ -526,6 +526,20 @@ def test_text_that_is_not_utf8_is_named_by_file_and_line(tmp_path: Path, tokeniz
         list(read_rows(str(tmp_path / "d.json")))
 
 
+def test_a_json_file_that_is_one_example_is_said_to_be_one(tmp_path: Path) -> None:
+    """Trial 37b: {"messages": [...]} as a whole .json file was read as a {"data": [...]} wrapper and
+    each message reported as a malformed row; a real wrapper still reads."""
+    one = tmp_path / "one.json"
+    one.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]})
+    )
+    with pytest.raises(DataError, match=r"one.json: holds one object \(a single example: its 'messages' list\)"):
+        list(read_rows(str(one)))
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": [{"text": "a"}, {"text": "b"}]}))
+    assert [r.values for r in read_rows(str(wrapped))] == [{"text": "a"}, {"text": "b"}]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
 def test_a_compressed_data_file_is_said_to_be_one(tmp_path: Path, suffix: str) -> None:
     """Trial 37b: a gzip file named .jsonl was 72 bad rows of 'not UTF-8 text ... iconv -f latin1'."""

@@ -167,6 +167,11 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Row]:
             yield Row(where, _Malformed(surrogate) if surrogate else value)
 
 
+# Row fields whose value is a list (trainer/data/formats.py FORMAT_FIELDS): a .json file that is one
+# object with one of them is one example, not a {"data": [...]} wrapper of rows.
+_LIST_FIELDS = ("messages", "conversations", "tokens", "tags", "chosen", "rejected", "prompt")
+
+
 def _read_json(path: Path, label: str) -> Iterator[Row]:
     raw = path.read_bytes().removeprefix(BOM)
     try:
@@ -186,7 +191,15 @@ def _read_json(path: Path, label: str) -> Iterator[Row]:
             f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{lines_hint}"
         ) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))  # {"data": [...]} style wrappers
+        (key,) = data
+        if key in _LIST_FIELDS:
+            # One example, e.g. {"messages": [...]} pasted as the whole file: read as a wrapper, its
+            # messages became rows, each "malformed" (trial 37b).
+            raise DataError(
+                f"{path}: holds one object (a single example: its {key!r} list), not a list of rows; wrap it in "
+                "[ ] for a list of rows, or write one object per line in a .jsonl file"
+            )
+        data = data[key]  # {"data": [...]} style wrappers
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects (or JSON Lines in a .jsonl file)")
     for index, item in enumerate(data):
