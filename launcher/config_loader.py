@@ -112,7 +112,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(err, key_lines) for err in exc.errors()]) from None
+        raise ConfigError(source, _describe_all(exc.errors(), key_lines)) from None
     problems = _unread_preference_keys_written(raw, cfg, key_lines)
     if problems:
         raise ConfigError(source, problems)
@@ -285,6 +285,41 @@ def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) 
     except (OSError, RuntimeError) as exc:  # a symbolic link loop (RuntimeError before Python 3.13)
         return [f"{name}: {value} cannot be resolved ({exc}); is it a symbolic link loop?"]
     return []
+
+
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def _type_name(branch: str) -> str:
+    literal = re.fullmatch(r"literal\[(.*)\]", branch)
+    if literal:
+        return f"one of {literal.group(1)}"
+    inner = re.fullmatch(r"list\[(\w+)\]", branch)
+    if inner:
+        return f"a list of {_TYPE_NAMES.get(inner.group(1), inner.group(1)).split(' ', 1)[-1]}s"
+    return _TYPE_NAMES.get(branch, branch)
+
+
+def _describe_all(errors: list[Any], key_lines: dict[str, int]) -> list[str]:
+    """One problem per key: pydantic reports a value that fits no member of a union (target_modules:
+    a string or a list) once per member, under locations such as `...target_modules.list[str]`, its
+    own names (trial 37b)."""
+    problems: list[str] = []
+    unions: dict[tuple[str, ...], list[Any]] = {}
+    for err in errors:
+        loc = tuple(str(p) for p in err["loc"])
+        branch = next((i for i, part in enumerate(loc) if part in _TYPE_NAMES or "[" in part), None)
+        if branch is None:
+            problems.append(_describe(err, key_lines))
+            continue
+        unions.setdefault(loc[:branch], []).append((loc[branch], err))
+    for loc, branches in unions.items():
+        kinds = " or ".join(dict.fromkeys(_type_name(name) for name, _ in branches))
+        got = next((err.get("input") for name, err in branches if len(err["loc"]) == len(loc) + 1), None)
+        whole = f"{'.'.join(loc)}=[a,b]"
+        hint = f"; to change one item of a list, give the whole list: {whole}" if isinstance(got, dict) else ""
+        problems.append(f"{_where(list(loc), key_lines)}: must be {kinds}; got {got!r}{hint}")
+    return problems
 
 
 def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:

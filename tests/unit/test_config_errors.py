@@ -726,3 +726,19 @@ def test_a_relative_model_path_missing_from_this_directory_is_no_hub_name(
     from launcher.local_paths import looks_local
 
     assert not looks_local("meta-llama/Llama-3.1-8B") and not looks_local("gpt2")
+
+
+def test_a_value_that_fits_no_member_of_a_union_is_one_problem_in_the_users_words(
+    tmp_path: Path, valid_text: str
+) -> None:
+    """Trial 37b: `method.lora.target_modules.0=q_proj` gave two problems under pydantic's own names
+    (`target_modules.str`, `target_modules.list[str]`) and the line of `method:`."""
+    (problem,) = _problems(_write(tmp_path, valid_text), ["method.lora.target_modules.0=q_proj"])
+    assert problem == (
+        "method.lora.target_modules (command line): must be a string or a list of strings; got {'0': 'q_proj'}; "
+        "to change one item of a list, give the whole list: method.lora.target_modules=[a,b]"
+    )
+    (problem,) = _problems(_write(tmp_path, valid_text), ["method.lora.target_modules=[[q_proj]]"])
+    assert (
+        problem == "method.lora.target_modules (command line): must be a string or a list of strings; got [['q_proj']]"
+    )
