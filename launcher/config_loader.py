@@ -340,6 +340,13 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
         # TrackingConfig" names a class the user never sees.
         keys = _section_keys(loc)
         listed = f"; its keys: {', '.join(keys)}" if keys else ""
+        given = err.get("input")
+        if isinstance(given, str) and given.lstrip().startswith("{"):  # `training={max_steps: 3`: not YAML
+            closed = given.strip() if given.strip().endswith("}") else given.strip() + "}"
+            return (
+                f"{where}: {given!r} starts like a section in braces but is not a complete YAML mapping; close its "
+                f"braces and check its quotes (e.g. '{dotted}={closed}')"
+            )
         if isinstance(err.get("input"), bool) and "enabled" in keys:  # tracking.mlflow=true
             listed = f"; to turn it {'on' if err['input'] else 'off'}: {dotted}.enabled={str(err['input']).lower()}"
         return (

@@ -96,6 +96,11 @@ def test_a_value_where_a_section_goes_says_to_set_its_keys(tmp_path: Path, valid
         "tracking.KEY=VALUE on the command line or indented under `tracking:` in the file; its keys: "
         "tensorboard, mlflow, wandb"
     )
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training={max_steps: 3"])  # the brace form, unclosed
+    assert problem == (
+        "training (command line): '{max_steps: 3' starts like a section in braces but is not a complete YAML "
+        "mapping; close its braces and check its quotes (e.g. 'training={max_steps: 3}')"
+    )
     (problem,) = _problems(_write(tmp_path, valid_text), ["tracking.mlflow=true"])
     assert problem.endswith("to turn it on: tracking.mlflow.enabled=true")
     (problem,) = _problems(
