@@ -153,6 +153,10 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if "found another document" in problem:  # PyYAML's words for a second `---` document
+            problem = "a config is one YAML document, and a second one starts here (---); remove it or split the file"
+        elif "'\\t'" in problem or "\t" in problem:
+            problem += " (YAML indents with spaces, never tabs: replace the tabs with spaces)"
         raise ConfigError(str(path), [f"YAML syntax error at {where}{problem}"]) from None
     duplicates = _duplicate_keys(node)
     if duplicates:

@@ -117,6 +117,14 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path: Path, valid_text: str
     assert "YAML syntax error at line" in problem and "column" in problem
 
 
+def test_yaml_jargon_is_said_in_plain_words(tmp_path: Path, valid_text: str) -> None:
+    """Trial 37b: PyYAML's 'but found another document' and a tab that 'cannot start any token'."""
+    (problem,) = _problems(_write(tmp_path, valid_text + "---\ntraining: {max_steps: 3}\n"))
+    assert "a config is one YAML document, and a second one starts here (---)" in problem
+    (problem,) = _problems(_write(tmp_path, valid_text.replace("  type: lora", "\ttype: lora")))
+    assert "YAML indents with spaces, never tabs" in problem and problem.startswith("YAML syntax error at line 6")
+
+
 def test_wrong_type_names_key_and_value(tmp_path: Path, valid_text: str) -> None:
     text = valid_text.replace("1.0e-4", "fast")
     (problem,) = _problems(_write(tmp_path, text))
