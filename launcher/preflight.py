@@ -44,7 +44,15 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             (f"data.mixture[{index}].train", source.train),
             (f"data.mixture[{index}].validation", source.validation),
         ]
+    run_dir = Path(cfg.output.dir).expanduser().resolve() if cfg.output.dir and "://" not in cfg.output.dir else None
     for key, value in data_keys:
+        if value and run_dir is not None and Path(value).is_dir() and run_dir.is_relative_to(Path(value).resolve()):
+            # Its checkpoints, logs and report would be read as data by the next run that reads the
+            # folder (trial 37b: "the train files mix types ... (.pt, .safetensors, .yaml, ...)").
+            problems.append(
+                f"output.dir {cfg.output.dir} is inside {key}'s folder {value}: the run's files would become part of "
+                "the data a later run reads there; put output.dir outside it"
+            )
         if value and (looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).exists():
             problems.append(
                 f"{key}: {value} not found{did_you_mean(value)} (relative paths resolve from the current directory)"

@@ -755,3 +755,20 @@ def test_a_value_that_fits_no_member_of_a_union_is_one_problem_in_the_users_word
     assert (
         problem == "method.lora.target_modules (command line): must be a string or a list of strings; got [['q_proj']]"
     )
+
+
+def test_an_output_dir_inside_a_data_folder_is_refused(tmp_path: Path, valid_text: str) -> None:
+    """Trial 37b: a run in the folder data.train reads made the next run's read fail on its files
+    ('the train files mix types ... .pt, .safetensors, .yaml'), naming no run directory."""
+    from launcher.preflight import check_inputs
+
+    data = tmp_path / "plain"
+    data.mkdir()
+    (data / "qa.jsonl").write_text((REPO / "assets/data/fictional-qa/train.jsonl").read_text())
+    inside = load_config(_write(tmp_path, valid_text), [f"data.train={data}", f"output.dir={data / 'run1'}"])
+    assert [p for p in check_inputs(inside) if "inside" in p] == [
+        f"output.dir {data / 'run1'} is inside data.train's folder {data}: the run's files would become part of the "
+        "data a later run reads there; put output.dir outside it"
+    ]
+    beside = load_config(_write(tmp_path, valid_text), [f"data.train={data}", f"output.dir={tmp_path / 'run1'}"])
+    assert not [p for p in check_inputs(beside) if "inside" in p]
