@@ -444,4 +444,4 @@ def _key_elsewhere(name: str, model: type[BaseModel] = RunConfig, prefix: str = 
 
 
 def config_to_yaml(config: TrainerConfig) -> str:
-    return yaml.safe_dump(config.snapshot_values(), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(config.snapshot_values(), sort_keys=False, allow_unicode=True, width=2**31)

@@ -129,7 +129,9 @@ def prepare_run_dir(
             )
         # The snapshot is what the workers read, so it is the config itself: it holds no secrets
         # because load_config refuses them (trainer/secret_values.py).
-        snapshot = yaml.safe_dump(cfg.snapshot_values(), sort_keys=False, allow_unicode=True)  # paths as written
+        snapshot = yaml.safe_dump(
+            cfg.snapshot_values(), sort_keys=False, allow_unicode=True, width=2**31
+        )  # paths as written, one line
         _atomic_write(layout.config, snapshot)
         _atomic_write(layout.environment, json.dumps(environment_record(argv), indent=1))
         if hold is not None:
