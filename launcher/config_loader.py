@@ -274,7 +274,9 @@ def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) 
     if not isinstance(value, str) or not value or "://" in value:
         return []  # URIs are not paths (the schema says where they are accepted)
     expanded = Path(os.path.expanduser(os.path.expandvars(value)))
-    unset = re.search(r"\$(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)", str(expanded))
+    # Only a variable that starts the path or one of its parts (`$SCRATCH/runs`, `/data/${USER}/x`):
+    # a `$` inside a folder name is a character of it (the Slurm tests' hostile `;$IFS;` names).
+    unset = re.search(r"(?:^|/)\$(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)", str(expanded))
     if unset:
         # expandvars leaves an unset variable as it is: `$UNSET/run1` became a folder named
         # `$UNSET` under the current directory (trial 37b).

@@ -80,7 +80,10 @@ def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ft
             # trial 37b; stopped before its first step) left nothing written with this config: the
             # run directory keeps the config its checkpoints were written with, as before the attempt.
             if previous is not None and committed_checkpoints(run_dir) == committed:
-                _atomic_write(snapshot, previous)
+                try:
+                    _atomic_write(snapshot, previous)
+                except OSError:
+                    pass  # the disk is full (what failed the start, reported as it is): config.yaml stays the new one
             raise
 
 

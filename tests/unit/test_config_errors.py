@@ -699,6 +699,9 @@ def test_an_unset_environment_variable_in_a_path_is_refused(
     assert problem.startswith("data.train: ${FTL_TEST_UNSET}/train.jsonl uses the environment variable $FTL_TEST_UNSET")
     cfg = load_config(_write(tmp_path, valid_text), ["output.dir=$FTL_TEST_SET/run1"])
     assert cfg.output.dir == str(tmp_path / "set" / "run1")
+    # A `$` inside a folder's name is a character of it, not a variable (Slurm's hostile-name tests).
+    odd = tmp_path / "a;$FTL_TEST_UNSET;b"
+    assert load_config(_write(tmp_path, valid_text), [f"output.dir={odd}"]).output.dir == str(odd)
 
 
 def test_a_model_folder_whose_config_json_is_broken_is_refused_by_validate_and_plan(
