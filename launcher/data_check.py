@@ -27,7 +27,7 @@ FATE_NAMES = {
 
 
 def data_command(cfg: RunConfig, examples: int) -> int:
-    from trainer.model_builder import load_inputs, missing_eos_notice
+    from trainer.model_builder import load_inputs, missing_eos_notice, missing_tokenizer_config_notice
 
     tokenizer = load_inputs(cfg.model, cfg.data.format)
     head = cfg.transfer.head
@@ -41,9 +41,12 @@ def data_command(cfg: RunConfig, examples: int) -> int:
         samples=examples,
     )
     print(format_data_check(check, tokenizer, color=_use_color(), examples=examples))
-    notice = missing_eos_notice(tokenizer, cfg.data.format)
-    if notice is not None:
-        print(f"\nwarning: {notice}")
+    for notice in (
+        missing_tokenizer_config_notice(tokenizer, cfg.model),
+        missing_eos_notice(tokenizer, cfg.data.format),
+    ):
+        if notice is not None:
+            print(f"\nwarning: {notice}")
     larger = _tokenizer_past_the_model(cfg, tokenizer)
     if larger is not None:
         print(f"\nwarning: {larger}")
@@ -306,7 +309,19 @@ def _problem_lines(file: FileCheck) -> list[str]:
         kind for kind, fate in (("bad rows", "bad"), ("rows longer than max_seq_len", "too_long")) if file.fates[fate]
     ]
     heading = " and ".join(kinds) or "bad rows"  # the counts line above says which is which
-    return [f"  {heading} ({len(file.problems)}):", *(f"    - {line}" for line in _grouped(file.problems))]
+    lines = [f"  {heading} ({len(file.problems)}):", *(f"    - {line}" for line in _grouped(file.problems))]
+    return lines + _csv_header_hint(file)
+
+
+def _csv_header_hint(file: FileCheck) -> list[str]:
+    """Every row of a CSV missing the same field is one misspelled header cell, not many bad rows."""
+    reasons = {problem.partition(": ")[2] for problem in file.problems}
+    if not file.spec.lower().endswith(".csv") or len(file.problems) < 2 or len(reasons) != 1:
+        return []
+    (reason,) = reasons
+    if not reason.startswith(("unknown field", "missing field")) or file.fates["bad"] != file.rows:
+        return []
+    return ["  every row says the same: the field names come from the CSV's header (line 1); fix the name there"]
 
 
 SAME_PROBLEM_SHOWN = 3  # rows shown in full per problem; the rest of its rows are named in one line

@@ -153,6 +153,22 @@ def missing_eos_notice(tokenizer: Any, data_format: str) -> str | None:
     )
 
 
+def missing_tokenizer_config_notice(tokenizer: Any, model_cfg: ModelConfig) -> str | None:
+    """A local tokenizer folder without tokenizer_config.json: transformers builds the tokenizer from
+    tokenizer.json alone, without the BOS/EOS/pad tokens that file names, and nothing says so; the
+    rows then lose the BOS the model was pretrained with (trial 37b)."""
+    source = Path(model_cfg.tokenizer or model_cfg.path)
+    if not source.is_dir() or (source / "tokenizer_config.json").is_file() or not hasattr(tokenizer, "bos_token"):
+        return None  # a hub name, a complete folder, or an image processor
+    if any(getattr(tokenizer, name, None) is not None for name in ("bos_token", "eos_token")):
+        return None
+    return (
+        f"the tokenizer folder {source} has no tokenizer_config.json, so the tokenizer has no BOS, EOS or pad token "
+        "defined: examples may lack the model's start and end markers; copy tokenizer_config.json (and "
+        "special_tokens_map.json, if there is one) from the base model into that folder"
+    )
+
+
 def load_model(
     model_cfg: ModelConfig,
     method_cfg: MethodConfig,

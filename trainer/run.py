@@ -55,7 +55,7 @@ from trainer.metrics import (
     starts,
     wall_time_before_last_start,
 )
-from trainer.model_builder import load_inputs, missing_eos_notice
+from trainer.model_builder import load_inputs, missing_eos_notice, missing_tokenizer_config_notice
 from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler, warmup_longer_than_the_run
 from trainer.preference_eval import preference_eval
@@ -110,9 +110,12 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         speed_unit="img/s" if images else "tok/s",
     )
     tokenizer = load_inputs(cfg.model, cfg.data.format)  # an image processor for image data
-    eos_notice = missing_eos_notice(tokenizer, cfg.data.format)
-    if eos_notice is not None:
-        console.event(f"warning: {eos_notice}")
+    for notice in (
+        missing_tokenizer_config_notice(tokenizer, cfg.model),
+        missing_eos_notice(tokenizer, cfg.data.format),
+    ):
+        if notice is not None:
+            console.event(f"warning: {notice}")
     # Tokenizing a large set takes minutes the first time (then the cache serves it): said, so a
     # silent console is not taken for a hang.
     sources = [s.train for s in cfg.data.mixture] if cfg.data.mixture else [cfg.data.train]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import FTL, write_config
 from trainer.config import ModelConfig
-from trainer.model_builder import load_tokenizer, missing_eos_notice
+from trainer.model_builder import load_tokenizer, missing_eos_notice, missing_tokenizer_config_notice
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +83,30 @@ def test_training_and_validate_with_neither_pad_nor_eos(tmp_path, tiny_model_dir
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "Fine-tune finished: 2 steps" in trained.stdout
     assert "warning: the tokenizer has no EOS token" in trained.stdout, trained.stdout[-3000:]
+
+
+def test_a_tokenizer_folder_without_tokenizer_config_is_warned_of(tmp_path, tiny_model_dir):
+    """transformers builds the tokenizer from tokenizer.json alone, without the special tokens
+    tokenizer_config.json names, and says nothing (trial 37b)."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    complete = load_tokenizer(ModelConfig(path=str(folder)))
+    assert missing_tokenizer_config_notice(complete, ModelConfig(path=str(folder))) is None
+    (folder / "tokenizer_config.json").unlink()
+    bare = load_tokenizer(ModelConfig(path=str(folder)))
+    notice = missing_tokenizer_config_notice(bare, ModelConfig(path=str(folder)))
+    assert notice is not None and str(folder) in notice and "tokenizer_config.json" in notice
+    # model.tokenizer names the folder the tokenizer comes from: a complete one there is no concern
+    assert (
+        missing_tokenizer_config_notice(complete, ModelConfig(path=str(folder), tokenizer=str(tiny_model_dir))) is None
+    )
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"row {n} of words"}) + "\n" for n in range(8)))
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        folder,
+        tmp_path / "run",
+        data={"train": str(tmp_path / "d.jsonl"), "validation": None, "format": "text"},
+    )
+    checked = subprocess.run([*FTL, "validate", str(config), "--data"], capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert f"the tokenizer folder {folder} has no tokenizer_config.json" in checked.stdout, checked.stdout[-3000:]

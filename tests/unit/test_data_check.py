@@ -457,3 +457,20 @@ def test_held_out_rows_that_training_also_has_are_counted(capsys: pytest.Capture
         "scores measure recall of trained rows, not generalization; remove them from one of the two"
     ) in out
     assert "validation rows (" not in out  # the bundled validation set shares no row with training
+
+
+def test_a_misspelled_csv_header_is_said_once_as_the_header(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Every row of a CSV whose header says 'txt' missed 'text': one cell to fix, not 30 rows (trial 36b)."""
+    data = tmp_path / "d.csv"
+    data.write_text("txt\n" + "".join(f"row {n}\n" for n in range(30)))
+    config = write_config(
+        tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", data={"train": str(data), "format": "text"}
+    )
+    code, out, _ = _validate_data(capsys, config, "data.validation=null", "--examples", "0")
+    assert code != 0
+    assert "d.csv line 2: unknown field 'txt'; did you mean 'text'?" in out
+    assert "the field names come from the CSV's header (line 1); fix the name there" in out
+    data.write_text("text\n" + "".join(f"row {n}\n" for n in range(30)) + "\n".join(["", "a,b"]) + "\n")
+    code, out, _ = _validate_data(capsys, config, "data.validation=null", "--examples", "0")
+    assert code != 0 and "d.csv line 33: 2 cells" in out  # one bad row among good ones: no header hint
+    assert "CSV's header" not in out

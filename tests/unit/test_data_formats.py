@@ -576,6 +576,44 @@ def test_an_unreadable_parquet_file_is_a_data_error_naming_it(tmp_path: Path, co
         list(read_rows(str(tmp_path / "d.parquet")))
 
 
+def test_a_one_line_json_list_named_jsonl_is_said_to_be_one(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text(json.dumps([GOOD, GOOD]) + "\n")
+    (row,) = read_rows(str(tmp_path / "d.jsonl"))
+    assert row.values.reason == (
+        "the line is a JSON list of 2 objects, not one row; name the file .json, or write one object per line"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("d.json", "[]", "its JSON list is empty"),
+        ("d.csv", "text\n", "the file is empty or has only a header"),
+        ("d.jsonl", "\n  \n", "the file is empty or has only blank lines"),
+    ],
+)
+def test_a_file_without_rows_says_why_in_its_type_s_words(
+    tmp_path: Path, tokenizer: Any, name: str, content: str, why: str
+) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=re.escape(f"{name}: holds no rows ({why}); nothing to train on")):
+        load_tokenized(
+            str(tmp_path / name),
+            "text",
+            tokenizer,
+            max_seq_len=64,
+            too_long="drop",
+            skip_bad_rows=False,
+            cache_root=tmp_path / "c",
+        )
+
+
+def test_an_empty_json_file_is_said_to_be_empty(tmp_path: Path) -> None:
+    (tmp_path / "d.json").write_text("\n")
+    with pytest.raises(DataError, match=r"d.json: the file is empty; write a JSON list of rows"):
+        list(read_rows(str(tmp_path / "d.json")))
+
+
 def test_a_file_with_nothing_to_train_on_says_why(tmp_path: Path, tokenizer: Any) -> None:
     args = dict(too_long="drop", skip_bad_rows=True, cache_root=tmp_path / "c")
     (tmp_path / "empty.jsonl").write_text("\n  \n")

@@ -16,6 +16,7 @@ from trainer.data.formats import FORMAT_FIELDS
 from trainer.data.images import scan_images
 from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
+from trainer.data.sources import empty_reason
 from trainer.data.tokenized import ScannedRow, scan_rows, too_long_lengths
 from trainer.errors import DataError
 
@@ -70,7 +71,7 @@ class FileCheck:
             parts += [f"{too_long} row(s) longer than max_seq_len (data.too_long=error)"] if too_long else []
             return f"{self.spec}: " + ", ".join(parts)
         if not self.rows:
-            return f"{self.spec}: holds no rows (the file is empty or has only blank lines)"
+            return f"{self.spec}: holds no rows ({empty_reason(self.spec)})"
         if not self.usable:
             return f"{self.spec}: no usable rows"
         return None

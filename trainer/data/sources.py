@@ -64,6 +64,17 @@ def read_rows(spec: str, split: str = "train") -> Iterator[Row]:
     yield from _read_file(path, path.name)
 
 
+def empty_reason(spec: str) -> str:
+    """Why a dataset yields no rows, in the words of its file type (a `[]` .json is not "blank lines")."""
+    suffix = Path(spec).suffix.lower() if not Path(spec).is_dir() else ""
+    return {
+        ".json": "its JSON list is empty",
+        ".csv": "the file is empty or has only a header",
+        ".parquet": "the table has no rows",
+        ".jsonl": "the file is empty or has only blank lines",
+    }.get(suffix, "no data files with rows")
+
+
 def _read_file(path: Path, label: str) -> Iterator[Row]:
     """One local data file's rows, each located as "LABEL line N" (item N, row N)."""
     readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
@@ -163,6 +174,16 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Row]:
                 at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"
                 yield Row(where, _Malformed(f"invalid JSON: {exc.msg}{at} column {exc.colno}{cut}"))
                 continue
+            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+                # A whole JSON list on one line: a .json file's content under a .jsonl name.
+                yield Row(
+                    where,
+                    _Malformed(
+                        f"the line is a JSON list of {len(value)} objects, not one row; name the file .json, "
+                        "or write one object per line"
+                    ),
+                )
+                continue
             surrogate = _lone_surrogate(value) if "\\u" in line else None
             yield Row(where, _Malformed(surrogate) if surrogate else value)
 
@@ -178,6 +199,8 @@ def _read_json(path: Path, label: str) -> Iterator[Row]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _not_utf8_file(path, raw, exc) from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; write a JSON list of rows ([{{...}}, {{...}}]) in it")
     try:
         data = json.loads(text, object_pairs_hook=_without_duplicate_keys)
     except DuplicateKey as exc:

@@ -22,7 +22,7 @@ import numpy as np
 
 from trainer.cache_dir import cache_root as ftl_cache_root
 from trainer.data.formats import render_example, truncated
-from trainer.data.sources import Row, dataset_fingerprint, read_rows
+from trainer.data.sources import Row, dataset_fingerprint, empty_reason, read_rows
 from trainer.errors import DataError
 from trainer.file_modes import current_umask
 
@@ -583,7 +583,7 @@ def no_usable_rows_message(spec: str, stats: dict[str, Any]) -> str:
         "dropped with no trained token": stats.get("dropped_no_loss", 0),
     }
     if not any(lost.values()):
-        return f"{spec}: holds no rows (the file is empty or has only blank lines); nothing to train on"
+        return f"{spec}: holds no rows ({empty_reason(spec)}); nothing to train on"
     return f"{spec}: no usable rows: " + ", ".join(f"{count} {why}" for why, count in lost.items() if count)
 
 
