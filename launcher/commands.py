@@ -33,10 +33,11 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
 
     warn_unavailable_offline(cfg)  # the config is valid; training it on this machine would fail
     from launcher.position_limit import rotary_context_note
+    from trainer.config import periodic_eval_without_data
 
-    note = rotary_context_note(cfg)
-    if note:
-        print(f"ftl: WARNING: {note}", file=sys.stderr)
+    for note in (rotary_context_note(cfg), periodic_eval_without_data(cfg)):
+        if note:
+            print(f"ftl: WARNING: {note}", file=sys.stderr)
     if data:
         _quiet_libraries()
         from launcher.data_check import data_command
@@ -47,6 +48,11 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         return code
     sys.stdout.write(config_to_yaml(cfg))
     print(f"# {config_path}: valid", file=sys.stderr)
+    from launcher.preflight import start_move_preview
+
+    moves = start_move_preview(cfg, local_run_dir(cfg))
+    if moves:
+        print(f"ftl: note: {moves}", file=sys.stderr)
     return 0
 
 
@@ -224,6 +230,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             # Beside accuracy always: on imbalanced classes a head that answers the majority class
             # for every row shows "0.0% -> 40.0%" alone (trial 36b), its macro F1 14.3%.
             columns.append(("macro_f1", "macro F1"))
+        if metric == "preference_accuracy" and "exact_match" in reported:
+            # Generation scored the chosen answers too (eval.generation on): shown, not only logged (trial 37a).
+            columns.append(("exact_match", "exact match"))
         watched = (summary.get("transfer", {}).get("early_stopping") or {}).get("metric")
         if (
             isinstance(watched, str)

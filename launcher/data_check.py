@@ -47,6 +47,9 @@ def data_command(cfg: RunConfig, examples: int) -> int:
     ):
         if notice is not None:
             print(f"\nwarning: {notice}")
+    too_big = _batch_larger_than_data(cfg, check)
+    if too_big is not None:
+        print(f"\nwarning: {too_big}")
     larger = _tokenizer_past_the_model(cfg, tokenizer)
     if larger is not None:
         print(f"\nwarning: {larger}")
@@ -61,6 +64,21 @@ def data_command(cfg: RunConfig, examples: int) -> int:
             + ("\nfix the rows, or set data.skip_bad_rows=true to skip malformed ones" if bad else "")
         )
     return 0
+
+
+def _batch_larger_than_data(cfg: RunConfig, check: DataCheck) -> str | None:
+    """The training workers' warning, said before anything starts (trial 37b: validate printed the
+    row count, and the run then trained 12.8 epochs for epochs=1). Not for a mixture (its epoch is
+    drawn by weight) or preference pairs (their rows count otherwise)."""
+    from trainer.global_batch import batch_larger_than_data, global_batch_size, planned_steps
+
+    if cfg.data.mixture or check.pairs or not check.train_rows or check.refusals():
+        return None
+    training = cfg.training
+    batch = global_batch_size(training.micro_batch_size, training.gradient_accumulation_steps, cfg.cluster.world_size)
+    steps = planned_steps(training.max_steps, training.epochs, check.train_rows, batch)
+    epochs = None if training.max_steps else training.epochs
+    return batch_larger_than_data(batch, check.train_rows, epochs, steps, check.packing)
 
 
 def _tokenizer_past_the_model(cfg: RunConfig, tokenizer: Any) -> str | None:

@@ -197,6 +197,16 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
     )
 
 
+def start_move_preview(cfg: RunConfig, run_dir: Path) -> str | None:
+    """What `ftl train` would move aside into a branch (checkpoint.resume=PATH or never), for validate."""
+    from cluster.run_storage import is_uri
+    from trainer.checkpointing.trajectory import move_preview
+
+    if is_uri(cfg.output.dir) or not run_dir.is_dir():
+        return None
+    return move_preview(run_dir, cfg.checkpoint.resume, move_aside=cfg.checkpoint.move_aside)
+
+
 def model_config_problems(cfg: RunConfig) -> list[str]:
     """A local model folder whose config.json is no JSON object (a cut-off copy, a hand edit): `ftl
     plan` ended in a JSONDecodeError traceback and validate said valid (trial 37b)."""

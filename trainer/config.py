@@ -889,6 +889,17 @@ def _check_head(cfg: TrainerConfig) -> None:
         )
 
 
+def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:
+    """eval.every_steps with nothing to evaluate: the run trains without a number (trial 37b). A
+    warning, not a refusal: a recipe's every_steps is fine to keep while trying data without a split."""
+    if not cfg.eval.every_steps or cfg.eval_set_names():
+        return None
+    return (
+        f"eval.every_steps={cfg.eval.every_steps} but the run has no evaluation data, so nothing is evaluated; set "
+        "data.validation (a file), data.validation_split (e.g. 0.05), data.test or eval.retain"
+    )
+
+
 def _check_early_stopping(cfg: TrainerConfig) -> None:
     stopping = cfg.transfer.early_stopping
     if not stopping.enabled:

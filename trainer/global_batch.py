@@ -7,6 +7,8 @@ and the launcher's plan from its Setup. No torch here: the launcher imports it.
 
 from __future__ import annotations
 
+import math
+
 
 def global_batch_size(micro_batch: int, accumulation: int, data_parallel: int) -> int:
     """micro-batch rows x accumulation steps x data-parallel ranks."""
@@ -36,3 +38,15 @@ def batch_larger_than_data(
             "gradient_accumulation_steps (or use fewer workers) unless that is what you want"
         )
     return None
+
+
+def planned_steps(
+    max_steps: int | None, epochs: float, rows: int, global_batch: int, resumed_step: int = 0, samples_seen: int = 0
+) -> int:
+    """Optimizer steps of the whole run. max_steps counts steps whatever the batch; epochs count
+    samples, so a run resumed on another worker count (another global batch) trains the samples
+    that remain: resumed_step + ceil(remaining / new global batch). Unchanged world: same total."""
+    if max_steps:
+        return max_steps
+    remaining = max(0.0, epochs * rows - samples_seen)
+    return max(1, resumed_step + math.ceil(remaining / global_batch))

@@ -33,6 +33,31 @@ def frozen_copy(base: torch.nn.Module) -> torch.nn.Module:
     return reference
 
 
+# Why training.preference.reference=auto picked each kind, said on the console (trial 37a: only the
+# rank log said which reference an init_from run got, and that it costs a scoring pass).
+_AUTO_REASONS = {
+    "adapters_disabled": "the base model with the adapters switched off, no second copy",
+    "copy": "a frozen copy of the initial weights (full fine-tuning)",
+}
+
+
+def auto_reference_note(cfg: TrainerConfig) -> str | None:
+    """What reference=auto resolved to, and why (None: DPO not run, or the reference was named)."""
+    kind = cfg.reference_kind()
+    if kind is None or cfg.training.preference.reference != "auto":
+        return None
+    if kind == "precomputed":
+        why = (
+            "the adapters start from method.lora.init_from, so the base without them is not the initial model"
+            if cfg.method.uses_adapter
+            else f"a frozen copy would not be sharded under parallel.strategy={cfg.parallel.strategy}"
+        )
+        why += "; the initial model scores every pair once before the first step"
+    else:
+        why = _AUTO_REASONS[kind]
+    return f"DPO reference: {kind} (training.preference.reference=auto: {why})"
+
+
 def build_objective(
     cfg: TrainerConfig, copied: torch.nn.Module | None, precomputed: Reference | None = None
 ) -> PreferenceObjective | None:

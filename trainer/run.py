@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from trainer.checkpointing.resume import (
 )
 from trainer.checkpointing.rng import seed_everything
 from trainer.checkpointing.save_policy import SavePolicy
-from trainer.config import TrainerConfig
+from trainer.config import TrainerConfig, periodic_eval_without_data
 from trainer.config_hash import config_hash as result_config_hash
 from trainer.console import RunConsole
 from trainer.context import WorkerContext
@@ -40,7 +39,7 @@ from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.faults import fault_point
-from trainer.global_batch import batch_larger_than_data
+from trainer.global_batch import batch_larger_than_data, planned_steps
 from trainer.logging_setup import setup_worker_logging
 from trainer.loop import LoopHooks, train_loop
 from trainer.loop_state import LoopState
@@ -61,7 +60,7 @@ from trainer.optim import build_scheduler, warmup_longer_than_the_run
 from trainer.preference_eval import preference_eval
 from trainer.preference_loss import PreferenceObjective
 from trainer.preference_precompute import precomputed_reference
-from trainer.preference_reference import build_objective, frozen_copy
+from trainer.preference_reference import auto_reference_note, build_objective, frozen_copy
 from trainer.run_layout import RunLayout
 from trainer.sequence_length import check_sequence_length
 from trainer.stopping import StopFlag, StopRequested
@@ -232,8 +231,13 @@ def _build_trainee(
     # DPO's frozen reference for full fine-tuning: copied before wrapping and before any resumed
     # weights are loaded, so it is the initial model on every start.
     copied = frozen_copy(base) if cfg.reference_kind() == "copy" else None
+    reference_note = auto_reference_note(cfg)
+    if reference_note and ctx.is_main:
+        console.event(reference_note)
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
-    total_steps = planned_steps(cfg, len(data.train), strategy.global_batch(), *resumed_at)
+    total_steps = planned_steps(
+        cfg.training.max_steps, cfg.training.epochs, len(data.train), strategy.global_batch(), *resumed_at
+    )
     epochs = None if cfg.training.max_steps else cfg.training.epochs
     too_big = batch_larger_than_data(strategy.global_batch(), len(data.train), epochs, total_steps, data.train.packed)
     if ctx.is_main and too_big:
@@ -259,9 +263,9 @@ def _build_trainee(
     idle = transfer.unfreezing_that_never_starts(total_steps)
     if idle and ctx.is_main:
         console.event(f"warning: {idle}")
-    long_warmup = warmup_longer_than_the_run(cfg.training, total_steps)
-    if long_warmup and ctx.is_main:
-        console.event(f"warning: {long_warmup}")
+    for idle_setting in (warmup_longer_than_the_run(cfg.training, total_steps), periodic_eval_without_data(cfg)):
+        if idle_setting and ctx.is_main:
+            console.event(f"warning: {idle_setting}")
     model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     fingerprint = rows_fingerprint(data.train) if ctx.is_main else None  # rank 0 writes the manifests
@@ -527,18 +531,6 @@ def _prepare_data_on_every_rank(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerC
         label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None,
         sharing=sharing,
     )
-
-
-def planned_steps(
-    cfg: TrainerConfig, rows: int, global_batch: int, resumed_step: int = 0, samples_seen: int = 0
-) -> int:
-    """Optimizer steps of the whole run. max_steps counts steps whatever the batch; epochs count
-    samples, so a run resumed on another worker count (another global batch) trains the samples
-    that remain: resumed_step + ceil(remaining / new global batch). Unchanged world: same total."""
-    if cfg.training.max_steps:
-        return cfg.training.max_steps
-    remaining = max(0.0, cfg.training.epochs * rows - samples_seen)
-    return max(1, resumed_step + math.ceil(remaining / global_batch))
 
 
 class _Evaluator:

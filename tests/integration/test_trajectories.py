@@ -122,6 +122,10 @@ def test_resume_from_an_earlier_checkpoint_branches_the_later_ones_on_two_worker
     # Back to step 2 with another data order (a resume keeps the checkpoint's LR schedule, so a new
     # seed is what makes this trajectory differ); stopped again at step 5.
     branch_from = ["checkpoint.resume=" + str(run / "checkpoints" / "step-2"), "training.seed=7"]
+    previewed = _ftl("validate", str(config), *branch_from)  # said before, and nothing moves
+    assert previewed.returncode == 0, previewed.stderr[-2000:]
+    assert "would move step-4, step-6, the metrics after step 2 to " in previewed.stderr, previewed.stderr[-2000:]
+    assert not _branches(run) and len(committed_checkpoints(run)) == 3
     second = _ftl("train", str(config), *branch_from, FTL_FAULT_STOP_AT_STEP="5")
     assert second.returncode == 3, second.stderr[-2000:]
     [branch] = _branches(run)

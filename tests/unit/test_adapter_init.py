@@ -79,6 +79,34 @@ def test_dpo_from_an_adapter_scores_against_the_model_it_starts_from() -> None:
         )
 
 
+def test_what_reference_auto_picked_is_said_with_why() -> None:
+    """Only the rank log said an init_from run's auto reference was precomputed (trial 37a)."""
+    from trainer.preference_reference import auto_reference_note
+
+    note = auto_reference_note(TrainerConfig.model_validate(_config()))
+    assert note is not None and note.startswith("DPO reference: precomputed (training.preference.reference=auto: ")
+    assert "method.lora.init_from" in note and "scores every pair once" in note
+    plain = _config(method={"type": "lora", "lora": {}})
+    assert auto_reference_note(TrainerConfig.model_validate(plain)) == (
+        "DPO reference: adapters_disabled (training.preference.reference=auto: the base model with the adapters "
+        "switched off, no second copy)"
+    )
+    full = TrainerConfig.model_validate(_config(method={"type": "full", "lora": {}}))
+    assert "DPO reference: copy" in str(auto_reference_note(full))
+    named = _config(
+        method={"type": "lora", "lora": {}}, training={"objective": "dpo", "preference": {"reference": "precomputed"}}
+    )
+    assert auto_reference_note(TrainerConfig.model_validate(named)) is None  # the user named it
+    assert (
+        auto_reference_note(
+            TrainerConfig.model_validate(
+                _config(training={"objective": "sft"}, data={"format": "chat", "packing": False})
+            )
+        )
+        is None
+    )
+
+
 def test_full_fine_tuning_takes_no_adapter_to_start_from() -> None:
     with pytest.raises(ValueError, match=r"set model.path to its merged model \(RUN/final/merged\)"):
         TrainerConfig.model_validate(_config(method={"type": "full", "lora": {"init_from": "a"}}))

@@ -110,3 +110,18 @@ def test_a_section_rule_error_names_the_section_and_its_line(tmp_path: Path) -> 
             "use bf16, or parallel.strategy=deepspeed"
         )
     ]
+
+
+def test_periodic_evaluation_without_evaluation_data_is_warned_of(tmp_path: Path) -> None:
+    """eval.every_steps with nothing to score trained silently without a number (trial 37b)."""
+    from trainer.config import periodic_eval_without_data
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"model:\n  path: {REPO}/assets/models/ftl-tiny-llama\ndata:\n  train: {tmp_path}/t.jsonl\n"
+        f"output:\n  dir: {tmp_path}/run\neval:\n  every_steps: 5\n"
+    )
+    note = periodic_eval_without_data(load_config(path))
+    assert note is not None and note.startswith("eval.every_steps=5 but the run has no evaluation data")
+    for has_data in ("data.validation_split=0.1", f"data.test={tmp_path}/t.jsonl", "eval.every_steps=0"):
+        assert periodic_eval_without_data(load_config(path, [has_data])) is None, has_data

@@ -343,7 +343,7 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
         "  dropped rows (1):\n"
         "    - sft.jsonl line 1: no trained token in the first 128 tokens (data.max_seq_len), all prompt\n"
     ) in out
-    assert "warning: " not in out
+    assert "chosen and rejected" not in out  # no pair warning for SFT data (one row: the global batch is warned of)
     # ... and so is a row dropped as too long (data.too_long=drop), which training counts alike.
     code, out, err = _validate_data(capsys, config, "data.too_long=drop")
     assert code == 0, err
@@ -474,3 +474,30 @@ def test_a_misspelled_csv_header_is_said_once_as_the_header(capsys: pytest.Captu
     code, out, _ = _validate_data(capsys, config, "data.validation=null", "--examples", "0")
     assert code != 0 and "d.csv line 33: 2 cells" in out  # one bad row among good ones: no header hint
     assert "CSV's header" not in out
+
+
+def test_a_global_batch_larger_than_the_data_is_said_before_training(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The workers warned; validate --data printed the row count and said nothing (trial 37b F17)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"row {n} of words"}) + "\n" for n in range(20)))
+    config = write_config(
+        tmp_path / "c.yaml",
+        BUNDLED_MODEL,
+        tmp_path / "run",
+        data={"train": str(data), "format": "text", "packing": False},
+        training={"max_steps": None, "epochs": 1, "micro_batch_size": 8, "gradient_accumulation_steps": 2},
+        cluster={"workers": 2},
+    )
+    code, out, err = _validate_data(capsys, config, "data.validation=null", "--examples", "0")
+    assert code == 0, err
+    assert (
+        "warning: one step takes 32 rows (the global batch) but training.epochs=1 of the data is 20 rows: "
+        "the run trains 1.6 epochs, not 1"
+    ) in out
+    code, out, err = _validate_data(
+        capsys, config, "data.validation=null", "--examples", "0", "training.gradient_accumulation_steps=1"
+    )
+    assert code == 0, err
+    assert "the global batch" not in out  # 16 rows a step: within the data

@@ -781,7 +781,12 @@ def test_cut_counts_with_a_held_out_validation_say_they_are_the_training_files(t
     report = prepare_data(cfg, tokenizer, seed=0, micro_batch_size=2, want_prompts=False, max_prompts=None).report
     assert report["train_examples"] == 8 and report["validation_examples"] == 2 and report["train_truncated"] == 10
     assert cut_examples_note(report) == (
-        "training file (2 of its examples held out for validation): 10 truncated to data.max_seq_len 32"
+        "training file, 2 examples of it held out for validation: 10 truncated to data.max_seq_len 32"
+    )
+    # Preference data holds out pairs, two sequences each (trial 37a: "4 of its examples" for 2 pairs).
+    paired = {**report, "format": "preference", "validation_held_out_of_train": 4}
+    assert cut_examples_note(paired) == (
+        "training file, 2 pairs (4 sequences) of it held out for validation: 10 truncated to data.max_seq_len 32"
     )
 
 

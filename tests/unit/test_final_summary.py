@@ -82,3 +82,21 @@ def test_a_run_started_from_an_adapter_says_start_not_base(tmp_path: Path) -> No
     table = format_summary({**_summary(tmp_path), "scores": scores, "started_from": adapter})
     assert "eval loss (start -> tuned)" in table and "base" not in table
     assert f"start = the adapter the run started from ({adapter})" in table
+
+
+def test_preference_runs_with_generation_show_its_exact_match_too(tmp_path: Path) -> None:
+    """eval.generation scored the chosen answers; only pref. accuracy reached the table (trial 37a)."""
+    scores = {
+        "validation": {
+            "base": {"eval_loss": 0.69, "preference_accuracy": 0.5, "exact_match": 0.0},
+            "final": {"eval_loss": 0.41, "preference_accuracy": 1.0, "exact_match": 0.25},
+        }
+    }
+    table = format_summary({**_summary(tmp_path), "transfer": {}, "scores": scores}).splitlines()
+    header = next(line for line in table if line.startswith("held-out set"))
+    assert "pref. accuracy (base -> tuned)" in header and header.endswith("exact match (base -> tuned)")
+    assert next(line for line in table if line.startswith("validation")).endswith(
+        "50.0% -> 100.0%               0.0% -> 25.0%"
+    )
+    del scores["validation"]["base"]["exact_match"], scores["validation"]["final"]["exact_match"]
+    assert "exact match" not in format_summary({**_summary(tmp_path), "transfer": {}, "scores": scores})

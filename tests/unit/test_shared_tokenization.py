@@ -189,6 +189,8 @@ def test_bad_rows_found_by_different_workers_are_listed_in_file_order_on_every_w
     # Said once for the run, not by every worker (trial 34a: the same warning from rank 0 and rank 1).
     said = [r for r in caplog.records if "skipped 3 malformed row(s)" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in said]
+    listed = said[0].getMessage().split("\n")[1:]  # one row a line, not a Python list (trial 37a)
+    assert len(listed) == 3 and all(line.startswith("  - ") and "line" in line for line in listed), listed
 
 
 def test_a_worker_that_cannot_read_its_data_does_not_leave_the_others_waiting(

@@ -187,3 +187,32 @@ def test_a_run_directory_given_as_the_checkpoint_to_resume_names_its_latest(tmp_
         f"checkpoint.resume={str(folder)!r} is the checkpoints folder of a run directory, not a checkpoint: name "
         f"one of its checkpoints, e.g. checkpoint.resume={folder / 'step-4'}"
     )
+
+
+def test_validate_s_preview_names_what_a_start_would_move_and_moves_nothing(tmp_path: Path) -> None:
+    """`ftl validate` says what `ftl train` would move into a branch (trial 36a: only the start said so)."""
+    from trainer.checkpointing.trajectory import move_preview
+
+    run = tmp_path / "run"
+    _earlier_run(run, [2, 4, 6])
+    step_2 = run / "checkpoints" / "step-2"
+    said = move_preview(run, str(step_2), move_aside=False)
+    assert said is not None and said.startswith(
+        f"`ftl train` with checkpoint.resume={step_2} would move step-4, step-6"
+    )
+    assert "the metrics after step 2" in said and "-from-step-2/" in said
+    assert move_preview(run, "auto", move_aside=False) is None
+    assert move_preview(run, str(run / "checkpoints" / "step-6"), move_aside=False) is None  # nothing after it
+    assert move_preview(run, "never", move_aside=False) is None  # refused, not moved
+    never = move_preview(run, "never", move_aside=True)
+    assert never is not None and "step-2, step-4, step-6, metrics.jsonl" in never
+    other = tmp_path / "other"
+    _earlier_run(other, [3])
+    elsewhere = move_preview(run, str(other / "checkpoints" / "step-3"), move_aside=False)
+    assert elsewhere is not None and "step-2, step-4, step-6, metrics.jsonl" in elsewhere  # another run: all of it
+    assert [p.name for p in committed_checkpoints(run)] == ["step-2", "step-4", "step-6"]  # nothing touched
+    assert not (run / "checkpoints" / "branches").exists()
+    # What the start then does is what was said.
+    begin(run, plan_start(run, str(step_2), move_aside=False))
+    [branch] = _branches(run)
+    assert sorted(p.name for p in branch.iterdir()) == ["metrics.jsonl", "step-4", "step-6"]

@@ -7,7 +7,7 @@ through DeepSpeed's universal copy of the checkpoint, made before the model is b
 is the global sample index `samples_seen`: the next step trains samples [samples_seen,
 samples_seen + new global batch), so no sample is repeated or skipped even though the global
 batch (micro x accumulation x workers) changes. `max_steps` keeps counting optimizer steps; an
-epoch-based run trains the samples that remain (run.planned_steps). Ranks the old run did not
+epoch-based run trains the samples that remain (global_batch.planned_steps). Ranks the old run did not
 have start a fresh seeded RNG stream.
 """
 

@@ -143,6 +143,41 @@ def refusal_before_launch(
     return problem if problem and validate_checkpoint(resume_from) is None else None
 
 
+def move_preview(run_dir: Path, mode: str, *, move_aside: bool) -> str | None:
+    """What a start with this checkpoint.resume would move into a branch, said by `ftl validate`
+    before `ftl train` moves it (None: nothing would move, or the start is refused). Reads only."""
+    recorded = read_record(run_dir)
+    request = mode if mode in ("auto", "never") else str(Path(mode).resolve())
+    if mode == "auto" or (recorded or {}).get("request") == request:
+        return None
+    layout = RunLayout(run_dir)
+    history = [item.name for item in (layout.metrics, layout.tensorboard) if item.exists()]
+    if mode == "never":
+        if not move_aside:
+            return None  # refused (refusal_before_launch says why)
+        later, step, whole = _step_dirs(run_dir), 0, True
+    else:
+        path = Path(request)
+        try:
+            step = int(read_manifest(path)["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # not a checkpoint: refused
+        whole = path.parent != checkpoints_dir(run_dir).resolve()
+        later = [p for p in _step_dirs(run_dir) if whole or step_of(p) > step]
+    if not later and not (whole and history):
+        return None
+    moved = [_names(later)] if later else []
+    if whole:
+        moved += history
+    elif later:
+        moved.append(f"the metrics after step {step}")
+    where = checkpoints_dir(run_dir) / BRANCHES_DIR / f"<time>-from-step-{step}"
+    return (
+        f"`ftl train` with checkpoint.resume={mode} would move {', '.join(moved)} to {where}/ (kept, not resumed by "
+        "auto and not counted by retention; resume them by naming one of their step-N folders)"
+    )
+
+
 def objective_changed(checkpoint: Path, manifest: dict, objective: str) -> str | None:
     """Why resuming `checkpoint` under another training.objective is refused, or None. A resume
     continues one run: its optimizer state, its loss curve and its metrics (a DPO loss of 0.69 and

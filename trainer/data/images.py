@@ -183,7 +183,12 @@ def load_image_set(
         raise DataError(bad_rows_message(spec, bad))
     if bad:
         stats["skipped_bad"] = len(bad)
-        log.warning("%s: skipped %d bad image(s) (data.skip_bad_rows); first: %s", spec, len(bad), bad[:5])
+        log.warning(
+            "%s: skipped %d bad image(s) (data.skip_bad_rows); the first:\n%s",
+            spec,
+            len(bad),
+            "\n".join(f"  - {why}" for why in bad[:5]),
+        )
     stats["skipped_examples"] = bad[:MAX_REPORTED_ERRORS]
     if not images:
         raise DataError(no_usable_rows_message(spec, stats))

@@ -191,9 +191,11 @@ def cut_examples_note(report: dict[str, Any]) -> str | None:
             label = f"{name} examples"
             if name == "train":
                 held = report.get("validation_held_out_of_train")
-                label = (
-                    f"training file ({held} of its examples held out for validation)" if held else "training examples"
-                )
+                if held and report.get("format") == "preference":  # two sequences a pair (trial 37a)
+                    held = f"{held // 2} pairs ({held} sequences)"
+                else:
+                    held = f"{held} examples" if held else held
+                label = f"training file, {held} of it held out for validation" if held else "training examples"
             notes.append(f"{label}: " + ", ".join(parts) + by_source)
     for name in sets:
         longer = report.get(f"{name}_exact_match_left_out", 0)

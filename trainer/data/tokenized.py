@@ -541,8 +541,12 @@ def _merged(spec: str, parts: list[_TokenizedPart], speaks: bool = True) -> Toke
     stats: dict[str, Any] = {key: sum(p.stats[key] for p in parts) for key in parts[0].stats}
     errors = [why for _, why in sorted(e for p in parts for e in p.errors)][:MAX_REPORTED_ERRORS]
     if stats["skipped_bad"] and speaks:
+        # One row per line, as validate lists them (a Python list's repr was hard to read: trial 37a).
         log.warning(
-            "%s: skipped %d malformed row(s) (data.skip_bad_rows); first: %s", spec, stats["skipped_bad"], errors
+            "%s: skipped %d malformed row(s) (data.skip_bad_rows); the first:\n%s",
+            spec,
+            stats["skipped_bad"],
+            "\n".join(f"  - {why}" for why in errors[:5]),
         )
     stats["skipped_examples"] = errors
     lengths = np.concatenate([p.lengths for p in parts])
