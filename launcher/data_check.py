@@ -268,7 +268,34 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
             + f"; {longer} longer than max_seq_len {check.max_seq_len}"
             + _cut_lengths_note(file.lengths_cut)
         )
-    return lines + _problem_lines(file) + _dropped_lines(file) + _truncated_lines(file) + _same_pair_lines(file)
+    return (
+        lines
+        + _unknown_token_lines(file)
+        + _problem_lines(file)
+        + _dropped_lines(file)
+        + _truncated_lines(file)
+        + _same_pair_lines(file)
+    )
+
+
+UNKNOWN_SHARE_WARNED = 0.01  # of a dataset's tokens; a stray emoji's [UNK] is no concern
+
+
+def _unknown_token_lines(file: FileCheck) -> list[str]:
+    """Text the tokenizer cannot represent becomes its unknown token: a vocabulary without the data's
+    language or script trains on [UNK]s (trial 36b: a Chinese row was five [UNK] tokens, no word said)."""
+    if not file.tokens or file.unknown_tokens < UNKNOWN_SHARE_WARNED * file.tokens and not file.mostly_unknown:
+        return []
+    share = 100 * file.unknown_tokens / file.tokens
+    rows = ""
+    if file.mostly_unknown:
+        named = ", ".join(file.mostly_unknown[:WHERE_LISTED])
+        more = f" and {len(file.mostly_unknown) - WHERE_LISTED} more" if len(file.mostly_unknown) > WHERE_LISTED else ""
+        rows = f"; {_count(len(file.mostly_unknown), 'row')} at least half unknown: {named}{more}"
+    return [
+        f"  warning: {file.unknown_tokens:,} tokens ({share:.1f}%) are the tokenizer's unknown token, text its "
+        f"vocabulary cannot represent (another language or script?){rows}; check model.tokenizer"
+    ]
 
 
 def _cut_lengths_note(cut: int) -> str:

@@ -501,3 +501,29 @@ def test_a_global_batch_larger_than_the_data_is_said_before_training(
     )
     assert code == 0, err
     assert "the global batch" not in out  # 16 rows a step: within the data
+
+
+def test_text_the_tokenizer_cannot_represent_is_warned_of(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A WordPiece vocabulary without the data's script turns it into [UNK]s: trained on silently (trial 36b)."""
+    bert = REPO / "assets" / "models" / "ftl-tiny-bert"
+    data = tmp_path / "d.jsonl"
+    rows = [{"text": "hello world, a plain row", "label": "a"}] * 6
+    rows += [{"text": "请退款 💳", "label": "b"}, {"text": "退款", "label": "a"}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = write_config(
+        tmp_path / "c.yaml",
+        bert,
+        tmp_path / "run",
+        data={"train": str(data), "format": "classification", "packing": False},
+        transfer={"head": {"type": "sequence_classification", "labels": ["a", "b"]}},
+        method={"type": "full"},
+    )
+    code, out, err = _validate_data(capsys, config, "data.validation=null", "--examples", "0")
+    assert code == 0, err
+    warning = next(line for line in out.splitlines() if "unknown token" in line)
+    assert re.search(r"warning: 6 tokens \(\d+\.\d%\) are the tokenizer's unknown token", warning), warning
+    assert "2 rows at least half unknown: d.jsonl line 7, d.jsonl line 8; check model.tokenizer" in warning
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows[:6]))
+    code, out, err = _validate_data(capsys, config, "data.validation=null", "--examples", "0")
+    assert code == 0, err
+    assert "unknown token" not in out

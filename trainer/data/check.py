@@ -47,6 +47,8 @@ class FileCheck:
     # A digest of each usable row's tokens (as training reads them): held-out rows that training
     # also sees are found by these
     row_digests: list[int] = field(default_factory=list, repr=False)
+    unknown_tokens: int = 0  # the tokenizer's unknown token in kept examples: text it cannot represent
+    mostly_unknown: list[str] = field(default_factory=list)  # rows at least half unknown tokens
 
     @property
     def rows(self) -> int:
@@ -178,6 +180,7 @@ def _check_file(
     samples: int,
 ) -> FileCheck:
     check = FileCheck(role, spec, fmt)
+    unk_id = getattr(tokenizer, "unk_token_id", None)
     try:
         if fmt == "image_classification":
             rows = scan_images(spec, label_names or [])
@@ -209,10 +212,16 @@ def _check_file(
                 if fmt != "image_classification":  # an image row has no tokens (its pixels are not read here)
                     check.row_digests.append(hash((tuple(row.ids), tuple(row.rejected_ids))))
                 # A preference pair is two examples, a split row one per piece, as training sees them.
+                unknown = length = 0
                 for ids, mask in row.examples():
+                    length += len(ids)
                     check.kept_lengths.append(len(ids))
                     check.tokens += len(ids)
                     check.trained_tokens += sum(mask)
+                    unknown += ids.count(unk_id) if unk_id is not None else 0
+                check.unknown_tokens += unknown
+                if unknown and 2 * unknown >= length:
+                    check.mostly_unknown.append(row.where)
                 if len(check.samples) < samples:
                     check.samples.append(row)
     except DataError as exc:
