@@ -95,8 +95,14 @@ def resumes_a_checkpoint(cfg: RunConfig) -> bool:
     from launcher.run_dir import local_run_dir
     from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
 
+    from launcher.run_dir import finished_run_problem
+
     mode = cfg.checkpoint.resume
     if is_uri(cfg.output.dir) or mode == "never":
+        return False
+    if finished_run_problem(local_run_dir(cfg)):
+        # A finished run is not resumed (its start is refused): the start this config is for is a
+        # fresh one in another output.dir, so its init_from is checked too (trial 37a).
         return False
     if mode != "auto":
         return True  # a bad PATH is start_refusal's to say
@@ -187,7 +193,7 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         return None
     if not run_dir.is_dir() and cfg.checkpoint.resume in ("auto", "never"):
         return None  # a new run directory: only a resume PATH can be refused (e.g. output.dir=NEW resume=OLD/step-N)
-    return refusal_before_launch(
+    refusal = refusal_before_launch(
         run_dir,
         cfg.checkpoint.resume,
         move_aside=cfg.checkpoint.move_aside,
@@ -195,6 +201,15 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         objective=cfg.training.objective,
         method=cfg.method.model_dump(mode="json"),
     )
+    if refusal is None and cfg.reference_kind() == "precomputed" and resumes_a_checkpoint(cfg):
+        from trainer.run_layout import RunLayout
+
+        cache = RunLayout(run_dir).reference_logps
+        if not cache.is_file():  # the workers would refuse it after loading and tokenizing (trial 37a)
+            from trainer.preference_precompute import missing_cache_message
+
+            return missing_cache_message(cache)
+    return refusal
 
 
 def start_move_preview(cfg: RunConfig, run_dir: Path) -> str | None:

@@ -135,17 +135,26 @@ def _save(path: Path, tables: dict[str, torch.Tensor], fingerprints: dict[str, s
     fsync_dir(path.parent)
 
 
-def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) -> dict[str, torch.Tensor]:
-    fix = (
+def missing_cache_message(path: Path) -> str:
+    """A resumed run whose precomputed reference is gone (also said by the launcher before a start)."""
+    return f"training.preference.reference=precomputed: {path} is missing; {_no_rescore(path)}"
+
+
+def _no_rescore(path: Path) -> str:
+    return (
         "the reference is the initial model, which a resumed run no longer holds, so it cannot be rescored: "
         f"restore {path.name} or start the run afresh (a new output.dir)"
     )
+
+
+def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) -> dict[str, torch.Tensor]:
+    fix = _no_rescore(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tables = {name: handle.get_tensor(name) for name in handle.keys()}
     except FileNotFoundError:
-        raise TrainerInputError(f"training.preference.reference=precomputed: {path} is missing; {fix}") from None
+        raise TrainerInputError(missing_cache_message(path)) from None
     except Exception as error:  # a truncated or corrupt file
         raise TrainerInputError(
             f"training.preference.reference=precomputed: {path} is unreadable ({error}); {fix}"

@@ -171,6 +171,16 @@ def test_precomputed_reference_equals_the_copy_and_a_resumed_run_reuses_it(
     run = tmp_path / "precomputed"
     cache = run / "reference_logps.safetensors"
     written = cache.stat().st_mtime_ns
+    # Gone before the resume: validate and train say so before any worker starts (trial 37a: the
+    # workers said it, after loading and tokenizing), and nothing is written.
+    aside = tmp_path / "kept.safetensors"
+    cache.rename(aside)
+    for command in ("validate", "train"):
+        refused = subprocess.run([*FTL, command, str(config)], cwd=REPO, capture_output=True, text=True)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert f"training.preference.reference=precomputed: {cache} is missing" in refused.stderr
+    assert not list((run / "logs").glob("rank-*.log")) or _scoring_passes(run) == (1, 0)
+    aside.rename(cache)
     assert train(str(config), []) == 0
     assert cache.stat().st_mtime_ns == written and _scoring_passes(run) == (1, 1)  # resumed from the cache
     # Looked up instead of computed beside the policy, the reference gives the copy's loss every step.

@@ -142,6 +142,11 @@ def test_a_resume_does_not_need_the_adapter_it_started_from(tmp_path: Path) -> N
     assert adapter_problems() == []  # resume=auto restores step-2
     assert adapter_problems(f"checkpoint.resume={step}") == []
     assert adapter_problems("checkpoint.resume=never", "checkpoint.move_aside=true")  # starts afresh
+    # A finished run is not resumed (refused): validate names the adapter problem too, which the
+    # start in a new output.dir meets next (trial 37a: only the finished run was said).
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    assert adapter_problems()
+    (tmp_path / "run" / "summary.json").unlink()
     (step / "model.safetensors").write_bytes(b"1234")  # torn: auto would not resume it
     assert adapter_problems()
 
