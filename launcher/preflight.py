@@ -92,10 +92,8 @@ def resumes_a_checkpoint(cfg: RunConfig) -> bool:
     checkpoint holds the adapters, a DPO reference is in the run directory. A run on object
     storage counts as fresh here: its checkpoints are pulled from the bucket later."""
     from cluster.run_storage import is_uri
-    from launcher.run_dir import local_run_dir
+    from launcher.run_dir import finished_run_problem, local_run_dir
     from trainer.checkpointing.protocol import committed_checkpoints, validate_checkpoint
-
-    from launcher.run_dir import finished_run_problem
 
     mode = cfg.checkpoint.resume
     if is_uri(cfg.output.dir) or mode == "never":
