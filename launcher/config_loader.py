@@ -213,6 +213,14 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     value = _override_value(value_text)
     target = raw
     parts = key.split(".")
+    if value is None and _takes_no_null(parts):
+        # `key=null` on a key that has no null value unsets it: the file's value goes, the default
+        # applies (trial 37a: a DPO config could not become ORPO from the command line, its
+        # loss_type and beta being refused under ORPO and null refused as their value).
+        parent = _section_at(raw, parts[:-1])
+        if parent is not None:
+            parent.pop(parts[-1], None)
+        return
     for part in parts[:-1]:
         child = target.setdefault(part, {})
         if not isinstance(child, dict):
@@ -225,6 +233,36 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         _merge_into(existing, value)
     else:
         target[parts[-1]] = value
+
+
+def _takes_no_null(parts: list[str]) -> bool:
+    """Whether the config key at `parts` is a field of a section that does not accept null."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    model: Any = RunConfig
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        model = field.annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or parts[-1] not in model.model_fields:
+        return False
+    annotation = model.model_fields[parts[-1]].annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return type(None) not in typing.get_args(annotation)
+    return annotation is not type(None) and annotation is not Any
+
+
+def _section_at(raw: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
+    for part in parts:
+        child = raw.get(part)
+        if not isinstance(child, dict):
+            return None
+        raw = child
+    return raw
 
 
 def _override_value(value_text: str) -> Any:

@@ -125,3 +125,17 @@ def test_periodic_evaluation_without_evaluation_data_is_warned_of(tmp_path: Path
     assert note is not None and note.startswith("eval.every_steps=5 but the run has no evaluation data")
     for has_data in ("data.validation_split=0.1", f"data.test={tmp_path}/t.jsonl", "eval.every_steps=0"):
         assert periodic_eval_without_data(load_config(path, [has_data])) is None, has_data
+
+
+def test_null_on_the_command_line_unsets_a_key_that_takes_no_null() -> None:
+    """dpo.yaml -> ORPO from the command line: its DPO keys are refused under ORPO, and null was
+    refused as their value (trial 37a). A key that takes null (max_steps) still gets null."""
+    dpo = REPO / "configs" / "examples" / "dpo.yaml"
+    unset = [f"training.preference.{key}=null" for key in ("loss_type", "beta", "reference")]
+    cfg = load_config(dpo, ["training.objective=orpo", *unset])
+    assert cfg.training.objective == "orpo" and cfg.training.preference.orpo_lambda == 0.1
+    with pytest.raises(ConfigError, match=r"training.preference.beta .*: a DPO setting"):
+        load_config(dpo, ["training.objective=orpo", *unset[:1], "training.preference.reference=null"])
+    assert load_config(dpo, ["training.preference.beta=null"]).training.preference.beta == 0.1  # the default
+    assert load_config(dpo, ["training.max_steps=7", "training.max_steps=null"]).training.max_steps is None
+    assert load_config(dpo, ["data.validation=null"]).data.validation is None

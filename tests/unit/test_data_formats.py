@@ -842,3 +842,36 @@ def test_generation_stops_at_a_learned_position_table(tokenizer: Any) -> None:
     model.generate = recording  # type: ignore[method-assign]
     texts = generate_texts(model, tokenizer, [prompt], max_new_tokens=32, batch_size=1, device="cpu")
     assert len(texts) == 1 and asked["max_new_tokens"] == 4  # 12 + 4 = the table's 16 rows
+
+
+@pytest.mark.parametrize(
+    ("fmt", "values", "named"),
+    [
+        ("preference", {"messages": [{"role": "user", "content": "Q?"}]}, "chat"),
+        ("chat", {"prompt": "Q?", "chosen": " a", "rejected": " b"}, "preference"),
+        ("preference", {"prompt": "Q?", "completion": " a"}, "completion"),
+        ("classification", {"text": "words"}, "text"),
+    ],
+)
+def test_a_row_of_another_format_is_said_to_be_one(tokenizer: Any, fmt: str, values: dict, named: str) -> None:
+    """A chat row in a preference file said only "missing field 'prompt'" (trial 37a)."""
+    with pytest.raises(DataError) as error:
+        render_example(Row("d.jsonl line 1", values), fmt, tokenizer, label_names=["a"])
+    assert str(error.value).endswith(
+        f"(format {fmt!r}); the row has the fields of data.format {named!r} (is data.format or the file the wrong one?)"
+    )
+
+
+def test_a_row_with_its_own_fields_gets_no_other_format_hint(tokenizer: Any) -> None:
+    with pytest.raises(DataError) as error:
+        render_example(Row("d.jsonl line 1", {"prompt": "Q?", "completion": ""}), "completion", tokenizer)
+    assert "data.format" not in str(error.value)
+
+
+def test_a_pair_with_both_responses_empty_says_both(tokenizer: Any) -> None:
+    """Only 'chosen' was named; the fix then met 'rejected' on the next run (trial 37a)."""
+    pair = {"prompt": "Q?", "chosen": "", "rejected": " "}
+    with pytest.raises(DataError, match=r"fields 'chosen' and 'rejected' are empty"):
+        render_example(Row("d.jsonl line 1", pair), "preference", tokenizer)
+    with pytest.raises(DataError, match=r"field 'chosen' is empty \(format"):
+        render_example(Row("d.jsonl line 1", {**pair, "rejected": " b"}), "preference", tokenizer)

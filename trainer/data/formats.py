@@ -81,6 +81,35 @@ FORMAT_FIELDS = {
 }
 
 
+# The fields a row of each format cannot do without (any one of a tuple's alternatives).
+_REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "chat": (("messages", "conversations"),),
+    "alpaca": (("instruction",), ("output",)),
+    "completion": (("prompt",), ("completion",)),
+    "text": (("text",),),
+    "preference": (("prompt",), ("chosen",), ("rejected",)),
+    "classification": (("text",), ("label",)),
+    "token_classification": (("tokens",), ("tags",)),
+    "image_classification": (("image",), ("label",)),
+}
+
+
+def other_format_hint(values: dict[str, Any], fmt: str) -> str:
+    """A row missing its format's fields that has another format's: the config's data.format (or
+    data.train) is probably the wrong one (trial 37a: a chat row in a preference file)."""
+    own = _REQUIRED_FIELDS.get(fmt, ())
+    if all(any(key in values for key in keys) for keys in own):
+        return ""  # it has its own format's fields: the problem is in a value
+    fits = [
+        (len(required), name)
+        for name, required in _REQUIRED_FIELDS.items()
+        if name != fmt and all(any(key in values for key in keys) for keys in required)
+    ]
+    if not fits:
+        return ""
+    return f"; the row has the fields of data.format {max(fits)[1]!r} (is data.format or the file the wrong one?)"
+
+
 class RowProblem(Exception):
     """A row does not fit its format; converted to DataError with the row's location."""
 
@@ -111,7 +140,8 @@ def render_example(row: Row, fmt: str, tokenizer: Any, label_names: list[str] | 
             ids = ids + _eos(tokenizer)
             return Example(ids, [1] * len(ids))
     except RowProblem as exc:
-        raise DataError(f"{row.where}: {exc} (format {fmt!r})") from None
+        hint = other_format_hint(values, fmt)
+        raise DataError(f"{row.where}: {exc} (format {fmt!r}){hint}") from None
     raise ValueError(f"unknown data format {fmt!r}")
 
 
@@ -300,7 +330,9 @@ def _preference_responses(values: dict[str, Any]) -> tuple[Any, Any]:
             found.append(messages)
         elif isinstance(value, str):
             if not value.strip():
-                raise RowProblem(f"field {key!r} is empty")
+                other = values.get("rejected") if key == "chosen" else None
+                both = isinstance(other, str) and not other.strip()  # said together: one fix, not two runs
+                raise RowProblem("fields 'chosen' and 'rejected' are empty" if both else f"field {key!r} is empty")
             found.append(value)
         else:
             raise RowProblem(f"field {key!r} must be a string or assistant message(s), got {type(value).__name__}")
