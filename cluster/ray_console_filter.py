@@ -7,6 +7,11 @@ GetTimeoutError traceback, and the run goes on unharmed (trial 33a: a new user r
 failing). The warning arrives through Ray's worker-log forwarding (log_to_driver), which has no
 filter of its own, so the handler that prints forwarded lines is wrapped: the warning and its
 traceback become one line, said once per launch. Everything else is printed as Ray prints it.
+
+The same wrapper turns the dump of a Ray process that aborted on abseil's "Mutex corrupt" check
+(Ray's own C++ code, seen under load on a 2-core machine: trial 36a, the run went on unharmed) into
+one line: ~15 lines of "*** SIGABRT received", "Fatal Python error: Aborted" and "Extension
+modules" read as the run crashing. A worker that dies of it fails the run, which says so itself.
 """
 
 from __future__ import annotations
@@ -23,6 +28,20 @@ SAID = (
 )
 
 
+MUTEX_ABORT = "Mutex corrupt"  # abseil's check in Ray's C++ core (the dump's first line)
+# The lines of a fatal-signal dump (abseil's, then Python's faulthandler) after its first line.
+_DUMP_STARTS = ("*** SIG", "PC: @", "@ ", "Fatal Python error", "Thread 0x", "Current thread", "Stack (most recent")
+_DUMP_STARTS += ("Extension modules", 'File "', "[mutex.cc", "[failure_signal_handler")
+DUMP_LIMIT = 400
+
+
+def mutex_abort_said(pid: Any) -> str:
+    return (
+        f"ftl: a Ray process (pid {pid}) aborted in Ray's own code ('Mutex corrupt', a Ray fault under load); "
+        "its dump is in Ray's session logs. The run goes on; if a worker was lost, the error below says so"
+    )
+
+
 class TransientWarningFilter:
     """Drops the warning and the traceback that follows it, per worker process. The traceback
     must start on the next line ("Traceback ..."), or nothing more is dropped; it ends with its
@@ -30,11 +49,25 @@ class TransientWarningFilter:
 
     def __init__(self) -> None:
         self._skipping: dict[Any, int] = {}  # pid -> lines skipped so far since the warning
+        self._dumping: dict[Any, int] = {}  # pid -> lines of an abort dump skipped so far
         self.said = False
 
     def lines(self, pid: Any, lines: list[str]) -> list[str]:
         kept = []
         for line in lines:
+            if MUTEX_ABORT in line:
+                if pid not in self._dumping:
+                    kept.append(mutex_abort_said(pid))
+                self._dumping[pid] = 0
+                continue
+            dumped = self._dumping.get(pid)
+            if dumped is not None:
+                if dumped < DUMP_LIMIT and (
+                    not line.strip() or line.lstrip().startswith(_DUMP_STARTS) or "*** SIGABRT" in line
+                ):
+                    self._dumping[pid] = dumped + 1
+                    continue
+                del self._dumping[pid]  # the dump ended: the process's other lines are its own
             if any(warning in line for warning in TRANSIENT_WARNINGS):
                 self._skipping[pid] = 0
                 if not self.said:

@@ -53,6 +53,36 @@ def test_a_traceback_that_never_ends_stops_being_skipped() -> None:
     assert quiet.lines(1, ["  later"]) == ["  later"]
 
 
+# The dump a Ray process printed under load in trial 36a (abridged; pids and addresses are examples).
+MUTEX_DUMP = [
+    "[mutex.cc : 1957] RAW: Check w == nullptr || (w->waitp->how == kShared) failed: Lock: Mutex corrupt: both reader and writer lock held: 0x7f3c",
+    "*** SIGABRT received at time=1764947001 on cpu 1 ***",
+    "PC: @     0x7f3c9a5e  (unknown)  pthread_kill",
+    "    @     0x7f3c9a1b        32  (unknown)",
+    "    @     0x7f3c9b2c  (unknown)  absl::Mutex::Lock()",
+    "[2026-12-05 15:11:02,143 E 4711 4799] logging.cc:474: *** SIGABRT received at time=1764947001 on cpu 1 ***",
+    "Fatal Python error: Aborted",
+    "",
+    "Thread 0x00007f3c (most recent call first):",
+    '  File "/venv/lib/python3.11/site-packages/ray/_private/worker.py", line 946 in main_loop',
+    "",
+    "Extension modules: msgpack._cmsgpack, google._upb._message, psutil._psutil_linux (total: 12)",
+]
+
+
+def test_a_ray_process_abort_dump_becomes_one_line() -> None:
+    """Ray's own 'Mutex corrupt' abort spewed ~15 lines that read as the run crashing (trial 36a)."""
+    quiet = TransientWarningFilter()
+    after = ["ftl 2026-12-05 15:11:05 step 40/120 loss 1.2"]
+    kept = quiet.lines(4711, ["before"] + MUTEX_DUMP[:4])
+    kept += quiet.lines(4711, MUTEX_DUMP[4:] + after) + quiet.lines(9, ["another process"])
+    assert kept[0] == "before" and kept[2:] == after + ["another process"], kept
+    assert kept[1].startswith("ftl: a Ray process (pid 4711) aborted in Ray's own code ('Mutex corrupt'")
+    # Any other crash dump is printed as it is (a worker's own fault is the user's to see).
+    segfault = ["*** SIGSEGV received at time=1 on cpu 0 ***", "Fatal Python error: Segmentation fault"]
+    assert quiet.lines(12, segfault) == segfault
+
+
 def test_rays_own_printer_is_wrapped() -> None:
     """On the dispatcher of the installed Ray (a Ray release that renames it fails here, not
     silently on users' consoles)."""
