@@ -185,6 +185,7 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
     starts (a Ray start and the workers' imports take tens of seconds; a Slurm job may queue for
     hours). None for a run on object storage: its checkpoints are pulled from the bucket later."""
     from cluster.run_storage import is_uri
+    from trainer.checkpointing.compat import config_resume_problem
     from trainer.checkpointing.trajectory import refusal_before_launch
 
     if is_uri(cfg.output.dir):
@@ -198,6 +199,7 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         max_steps=cfg.training.max_steps,
         objective=cfg.training.objective,
         method=cfg.method.model_dump(mode="json"),
+        layout_check=lambda path, manifest: config_resume_problem(path, manifest, cfg, cfg.cluster.world_size),
     )
     if refusal is None and cfg.reference_kind() == "precomputed" and resumes_a_checkpoint(cfg):
         from trainer.run_layout import RunLayout

@@ -85,3 +85,22 @@ def test_validate_says_a_lora_rank_change_before_a_run(tmp_path: Path) -> None:
     )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "cannot load (method.lora.r: 8 -> 16)" in out.stderr, out.stderr[-2000:]
+
+
+def test_another_parallel_strategy_is_refused_before_launch_with_the_way_on(tmp_path: Path) -> None:
+    """ZeRO-2 -> FSDP between a stop and a resume: validate said valid and train refused only after
+    a backend start, without the route that works (trial 38a)."""
+    lora = {"type": "lora", "lora": {"r": 16, "target_modules": "all-linear", "modules_to_save": []}}
+    run = _run_with_a_checkpoint(tmp_path / "run", "sft", lora)
+    (run / ".ftl-run").write_text("")
+
+    def validate(*overrides: str) -> subprocess.CompletedProcess[str]:
+        command = [*FTL, "validate", "configs/examples/lora.yaml", f"output.dir={run}", *overrides]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    out = validate("parallel.strategy=fsdp", "cluster.workers=2")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "holds replicated state (parallel.strategy=" in out.stderr, out.stderr[-2000:]
+    assert "but this run uses parallel.strategy=fsdp (dcp state)" in out.stderr
+    assert f"ftl export {run} --checkpoint step-2 --merge" in out.stderr and "start anew" in out.stderr
+    assert validate("parallel.strategy=ddp", "cluster.workers=2").returncode == 0  # the same replicated state

@@ -33,13 +33,14 @@ def resume_problem(
         return (
             f"checkpoint {path} holds {saved_layout} state (parallel.strategy={saved_strategy}) but this run uses "
             f"parallel.strategy={strategy} ({layout} state); resume with parallel.strategy={saved_strategy}, "
-            "or start a new output.dir"
+            f"or start a new output.dir{_carry_on_elsewhere(path, f'parallel.strategy={strategy}')}"
         )
     if layout == "deepspeed":
         if manifest.get("zero_stage") != zero_stage:
             return (
                 f"checkpoint {path} was written with DeepSpeed ZeRO stage {manifest.get('zero_stage')}, this run uses "
                 f"stage {zero_stage}; resume with parallel.zero_stage={manifest.get('zero_stage')}"
+                f"{_carry_on_elsewhere(path, f'parallel.zero_stage={zero_stage}')}"
             )
         if saved_world != world_size:
             reason = universal_problem(manifest, nvme_offload=nvme_offload)
@@ -51,6 +52,36 @@ def resume_problem(
                     "worker count"
                 )
     return None
+
+
+def _carry_on_elsewhere(path: Path, setting: str) -> str:
+    """The way to train on from a checkpoint under a setting it cannot be resumed with (trial 38a)."""
+    run_dir = path.parent.parent
+    return (
+        f". To train on from its weights with {setting}, export them (`ftl export {run_dir} --checkpoint "
+        f"{path.name} --merge`) and start a new output.dir with model.path set to the merged model (the optimizer "
+        "state, the learning-rate schedule and the data order start anew)"
+    )
+
+
+# The checkpoint layout each parallel.strategy writes (trainer/strategies: checkpoint_layout).
+LAYOUT_OF_STRATEGY = {"deepspeed": "deepspeed", "fsdp": "dcp"}
+
+
+def config_resume_problem(path: Path, manifest: dict[str, Any], cfg: Any, world_size: int) -> str | None:
+    """resume_problem for a TrainerConfig on `world_size` workers, before any strategy is built
+    (the launcher's check: the workers found another strategy only after a backend start)."""
+    name = cfg.parallel.strategy_for(world_size)
+    return resume_problem(
+        path,
+        manifest,
+        layout=LAYOUT_OF_STRATEGY.get(name, "replicated"),
+        strategy=name,
+        world_size=world_size,
+        zero_stage=cfg.parallel.zero_stage if name == "deepspeed" else None,
+        nvme_offload="nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params),
+        optimizer=optimizer_manifest(cfg.training),
+    )
 
 
 def optimizer_manifest(training: Any) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def refusal_before_launch(
     max_steps: int | None,
     objective: str | None = None,
     method: dict[str, Any] | None = None,
+    layout_check: Callable[[Path, dict[str, Any]], str | None] | None = None,
 ) -> str | None:
     """The refusal the workers' start would end in (plan_start, then the resume point's step
     against max_steps), found by the launcher before any backend starts, without reading weights:
@@ -139,6 +141,8 @@ def refusal_before_launch(
         problem = objective_changed(resume_from, manifest, objective)
     if problem is None and method is not None:  # `method`: the config's method section as JSON values
         problem = trainable_state_problem(resume_from, manifest, method)
+    if problem is None and layout_check is not None:  # another strategy, ZeRO stage or optimizer
+        problem = layout_check(resume_from, manifest)
     # A corrupt one is not what the workers resume (auto falls back to an older checkpoint).
     return problem if problem and validate_checkpoint(resume_from) is None else None
 
