@@ -137,7 +137,12 @@ def launch_ray(
         else (_local_fs(), str(run_dir.parent), run_dir.name)
     )
     drop_ray_snapshot(storage_fs, f"{storage_path}/{name}")
+    if not sys.stderr.isatty():
+        # Ray colours its "(RayTrainWorker pid=N)" prefixes even into a file or pipe: raw escape
+        # codes in a redirected log (trial 38a). A terminal keeps them.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     started_here = connect(cluster.ray)
+    launch_id = f"{os.getpid()}-{time.time()}"
     try:
         scaling, cpus, gpus = scaling_for(cluster)
         check_resources(cluster, cpus, gpus, started_here)
@@ -151,7 +156,7 @@ def launch_ray(
                 "loopback_timeout_s": cluster.collective_timeout_s if started_here else None,
                 "driver_pid": os.getpid() if started_here else None,
                 # Tells a worker group Ray Train restarted from the first one of this launch.
-                "launch_id": f"{os.getpid()}-{time.time()}",
+                "launch_id": launch_id,
                 "secret_env": secret_env_ref(),
             },
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=cluster.collective_timeout_s),
@@ -195,7 +200,7 @@ def launch_ray(
                     f"Ray Train run failed: {failure_summary(exc)}\nper-rank logs: {RunLayout(run_dir).logs}\n"
                     f"{what_next(run_dir, cluster.ray.max_failures)}"
                 ) from exc
-        check_placement(run_dir, cluster)
+        check_placement(run_dir, cluster, launch_id)
         return take_result(run_dir)
     finally:
         if started_here:
@@ -711,8 +716,12 @@ def apply_secret_env(config: dict[str, Any]) -> list[str]:
     return sorted(secrets)
 
 
-def check_placement(run_dir: Path, cluster: ClusterConfig) -> None:
-    nodes = {json.loads(p.read_text())["node_id"] for p in RunLayout(run_dir).ray_worker_records()}
+def check_placement(run_dir: Path, cluster: ClusterConfig, launch_id: str | None = None) -> None:
+    """Warn when Ray spread this launch's workers over another number of nodes than asked. Only
+    this launch's records count: an earlier start with more workers left its own (trial 38a: "the
+    1 workers on 2 node(s)" after a resume on fewer workers)."""
+    records = [json.loads(p.read_text()) for p in RunLayout(run_dir).ray_worker_records()]
+    nodes = {r["node_id"] for r in records if launch_id is None or r.get("launch_id") == launch_id}
     if len(nodes) != cluster.nodes:
         log.warning(
             "Ray placed the %d workers on %d node(s), not cluster.nodes=%d",

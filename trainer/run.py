@@ -23,6 +23,7 @@ from trainer.checkpointing.resume import (
     ResumePoint,
     build_manager,
     find_resume_checkpoint,
+    global_batch_change,
     load_resume_state,
     warn_if_data_changed,
 )
@@ -271,9 +272,10 @@ def _build_trainee(
     fingerprint = rows_fingerprint(data.train) if ctx.is_main else None  # rank 0 writes the manifests
     if resume_from and ctx.is_main:
         data_change = warn_if_data_changed(resume_from, fingerprint, len(data.train), shuffled=cfg.data.shuffle)
+        batch_change = global_batch_change(resume_from, strategy.global_batch(), ctx.world_size)
         # Kept with the start record (before its first line is written), so the run's summary,
         # `ftl runs` and the report say it too, not only this console (trial 35a).
-        metrics.config_change = "; ".join(part for part in (metrics.config_change, data_change) if part)
+        metrics.config_change = "; ".join(part for part in (metrics.config_change, data_change, batch_change) if part)
     manager = build_manager(cfg, ctx, strategy, config_hash, fingerprint)
     manager.on_commit = _also(console.checkpoint_committed, manager.on_commit)
     check_disk_space(

@@ -113,6 +113,8 @@ def test_fsdp2_async_save_killed_in_flight_resumes_exactly_and_reshards(tiny_mod
     have = read_metrics(tmp_path / "one", "train")
     assert [r["step"] for r in have] == [3, 4]
     assert [r["samples_seen"] for r in have] == [want[3]["samples_seen"], want[4]["samples_seen"]]  # no gap, no repeat
+    # The same global batch on one worker: the same run, no change recorded with the start.
+    assert "config_change" not in read_metrics(tmp_path / "one", "start")[-1]
     assert [r["loss"] for r in have] == pytest.approx([want[3]["loss"], want[4]["loss"]], rel=1e-5)
     a, b = _adapter(tmp_path / "golden"), _adapter(tmp_path / "one")
     for key in a:

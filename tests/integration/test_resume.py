@@ -150,6 +150,18 @@ def test_two_worker_ddp_checkpoint_resumes_on_one_worker(tmp_path: Path, tiny_mo
     b = load_file(str(tmp_path / "one" / "final" / "adapter" / "adapter_model.safetensors"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=0)
+    assert "config_change" not in read_metrics(tmp_path / "one", "start")[-1]  # the same samples a step
+
+    # One worker with the same micro-batch: half the global batch, recorded with the start and
+    # listed by `ftl runs` (trial 38a: said on the console only).
+    half = config("half", 1, 2)
+    (tmp_path / "half" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "golden" / "checkpoints" / "step-2", tmp_path / "half" / "checkpoints" / "step-2")
+    assert train(str(half), []) == 0
+    change = "global batch 4 -> 2 samples (2 -> 1 workers)"
+    assert read_metrics(tmp_path / "half", "start")[-1]["config_change"] == change
+    listing = subprocess.run([*FTL, "runs", str(tmp_path / "half")], cwd=REPO, capture_output=True, text=True)
+    assert f"resumed at step 2 under another config ({change})" in listing.stdout, listing.stdout
 
 
 def test_a_resume_with_a_new_learning_rate_trains_with_it(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -159,6 +159,19 @@ def build_manager(
 DATA_CHANGED = "other training data (its tokenized rows differ)"
 
 
+def global_batch_change(point: ResumePoint, global_batch: int, world_size: int) -> str:
+    """'global batch 4 -> 2 samples (2 -> 1 workers)' when this start takes another number of samples
+    a step than the checkpoint's run (another worker count, micro-batch or accumulation), else "".
+    Recorded with the start like a config change: the loss curve after it is another run's
+    (trial 38a: a ZeRO resume on 1 of 2 workers halved it, and only the console said so)."""
+    saved = point.manifest.get("global_batch")
+    if saved is None or int(saved) == global_batch:
+        return ""
+    workers = int(point.manifest.get("world_size", 1)), world_size
+    on = f" ({workers[0]} -> {workers[1]} workers)" if workers[0] != workers[1] else ""
+    return f"global batch {saved} -> {global_batch} samples{on}"
+
+
 def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows: int, shuffled: bool = True) -> str:
     """The data position is a sample index: into other data it is another position. Said, not refused
     (fixing a few rows mid-run is legitimate), like a changed config. `rows`: this data's training
