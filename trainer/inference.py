@@ -81,6 +81,11 @@ def _qlora_quantization(export_info: Path) -> dict[str, Any] | None:
 
 def _no_model_here(path: Path, layout: RunLayout) -> str:
     """What to pass instead: a checkpoint is exported from its run directory, a run is exported."""
+    if not path.exists():  # e.g. a checkpoint retention has deleted since (trial 38a)
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        return f"{path} does not exist (the nearest folder that does: {parent})"
     if (path / "manifest.json").is_file() and path.parent.name == "checkpoints":
         run_dir = path.parent.parent
         return (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -470,6 +471,9 @@ def _finish(
         summary["started_from"] = str(cfg.method.lora.init_from)
     if ctx.is_main:  # written last and atomically: its presence is what marks the run finished
         atomic_write_text(RunLayout(ctx.run_dir).summary, json.dumps(summary, indent=1))
+        # A finished run is not resumed: the universal copy a ZeRO resume on another worker count
+        # made (about a checkpoint's size) has no use left (trial 38a: 23 MB stayed).
+        shutil.rmtree(RunLayout(ctx.run_dir).universal, ignore_errors=True)
     trainee.metrics.close()
     trainee.console.finished(summary)
     barrier()

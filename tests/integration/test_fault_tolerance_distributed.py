@@ -181,6 +181,7 @@ def test_zero2_resumes_exactly_async_too_and_reshards_through_universal_checkpoi
     _copy_checkpoint(tmp_path / "one" / "checkpoints" / "step-4", tmp_path / "two")
     two = _train(_config(tmp_path, "two", tiny_model_dir, zero, steps=steps, keep_last=3))
     assert two.returncode == 0, two.stderr[-3000:]
+    assert not (tmp_path / "two" / ".universal").exists()  # made for the resume, gone with the finish
     _assert_continues_golden(tmp_path / "two", tmp_path / "golden", [5, 6])
     a, b = _adapter(tmp_path / "golden"), _adapter(tmp_path / "two")
     for key in a:

@@ -100,3 +100,14 @@ def test_a_stopped_run_that_was_exported_points_at_its_latest_export(tmp_path: P
         (run / "exports" / f"step-{step}").mkdir(parents=True)
     said = _no_model_here(run, RunLayout(run))
     assert f"its latest export is {run / 'exports' / 'step-12'}: pass that directory" in said, said
+
+
+def test_a_path_that_does_not_exist_is_said_not_to(tmp_path: Path) -> None:
+    """A checkpoint keep_last had deleted was 'not a model directory ... (no config.json)' (trial 38a)."""
+    from trainer.inference import _no_model_here
+    from trainer.run_layout import RunLayout
+
+    gone = tmp_path / "run" / "checkpoints" / "step-50"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    said = _no_model_here(gone, RunLayout(gone))
+    assert said == f"{gone} does not exist (the nearest folder that does: {tmp_path / 'run' / 'checkpoints'})"

@@ -98,3 +98,21 @@ def test_rays_own_printer_is_wrapped() -> None:
     finally:
         dispatcher.remove_handler("ray_print_logs")
     assert [data["lines"] for data in printed] == [[SAID], ["a real error"]]
+
+
+def test_deepspeed_s_deprecated_gather_warning_is_kept_off_the_console() -> None:
+    """Printed once per rank on every ZeRO run, about DeepSpeed's code (trial 38a)."""
+    import warnings
+
+    from trainer.logging_setup import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as seen:
+        quiet_third_party(import_transformers=False)
+        warnings.warn(
+            "`torch.distributed.all_gather_into_tensor` is deprecated. Please use "
+            "`torch.distributed.all_gather_single` instead.",
+            FutureWarning,
+            stacklevel=1,
+        )
+        warnings.warn("another deprecation", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another deprecation"]

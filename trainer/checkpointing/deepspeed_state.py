@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,7 +298,12 @@ def load_trainable_unsharded(model: Any, directory: Path) -> None:
 
     from trainer.checkpointing.layouts import load_trainable
 
-    with weights_only_loads(directory):
+    # DeepSpeed prints its progress ("Processing zero checkpoint", "Reconstructed fp32 state dict",
+    # tqdm bars) into `ftl export`'s output (trial 38a): kept for the debug log instead. Its
+    # exceptions still propagate.
+    chatter = io.StringIO()
+    with weights_only_loads(directory), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         full = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG, exclude_frozen_parameters=True)
+    log.debug("zero_to_fp32: %s", chatter.getvalue())
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     load_trainable(model, {k: v for k, v in full.items() if k in trainable}, source=str(directory))
