@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from launcher.config_loader import config_to_yaml, load_config
-from launcher.errors import UserError
+from launcher.errors import StartRefused, UserError
 from launcher.preflight import check_inputs, start_refusal, target_modules_problem
 from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, output_dir_problems, running_in
-from trainer.errors import EXIT_FAILED, TrainerInputError
+from trainer.errors import EXIT_FAILED
 from trainer.run_layout import CONFIG_FILE, RUN_MARKER
 
 
@@ -88,7 +88,7 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     if not local_run_dir(cfg).exists():  # a refusal now leaves no run directory behind
         refusal = start_refusal(cfg, local_run_dir(cfg))
         if refusal:
-            raise TrainerInputError(refusal)
+            raise StartRefused(refusal)
     # This process holds the run directory's lock until the run ends, however it ends (on Slurm
     # the job takes it over once submitted: cluster/slurm.py).
     # A Ray Job's driver holds the lock as that job: a second start names the job to stop.
@@ -101,7 +101,7 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         with recording_failure(run_dir):  # `ftl runs` shows a failed start as failed, with the reason
             refusal = start_refusal(cfg, run_dir)  # the workers would refuse it, after a backend start
             if refusal:
-                raise TrainerInputError(refusal)
+                raise StartRefused(refusal)
             summary = launch(cfg, run_dir, cfg.cluster)
         if cfg.output.report:
             write_report_after_run(run_dir, cfg.tracking)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import StartRefused
 from trainer.checkpointing.protocol import atomic_write_text
 from trainer.errors import EXIT_FAILED, FtlError
 from trainer.run_layout import RunLayout
@@ -38,6 +39,8 @@ def recording_failure(run_dir: Path) -> Iterator[None]:
             "error": type(exc).__name__,
             "exit_code": exc.exit_code if isinstance(exc, FtlError) else EXIT_FAILED,
             "time": round(time.time(), 3),
+            # Refused before any worker ran: what was committed is as it was (`ftl runs`: resumable).
+            "refused": isinstance(exc, StartRefused),
         }
         try:
             atomic_write_text(layout.failure, json.dumps(record, indent=1))

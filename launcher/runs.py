@@ -172,10 +172,12 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     elif failure is None and step is None and holder is not None and holder.pid is None and _job_failed(gone):
         # `ftl slurm` returned at submission: a job that never started its workers left only its lock.
         status, failure = "failed", {"reason": f"{gone}; see scontrol show job {holder.slurm_job}"}
-    elif failure is not None:
+    elif failure is not None and not (failure.get("refused") and valid is not None):
         status = "failed"  # the latest start failed; the checkpoint column says where a rerun resumes
     elif valid is not None:
         status = "resumable"
+        if failure is not None:  # refused before any worker ran: the checkpoints are as they were
+            notes.insert(0, f"the last start was refused: {failure_line(str(failure['reason']))}")
     elif step is not None:
         status = "no checkpoint"
     else:

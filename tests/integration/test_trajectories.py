@@ -74,6 +74,10 @@ def test_never_refuses_earlier_checkpoints_and_move_aside_starts_a_clean_run(
     assert sorted(p.name for p in committed_checkpoints(run)) == ["step-4", "step-6"] and not _branches(run)
     assert not list((run / "logs").glob("ray-worker-*.json")), "a Ray worker ran for a start the launcher can refuse"
     assert "step-4, step-6" in json.loads((run / "failure.json").read_text())["reason"]  # `ftl runs` shows why
+    # Refused before any worker ran: the run is still resumable as it stands, not "failed" (trials 36a, 38a).
+    listing = _ftl("runs", str(run))
+    assert listing.stdout.splitlines()[1].split()[1] == "resumable", listing.stdout
+    assert "the last start was refused: checkpoint.resume=never" in listing.stdout, listing.stdout
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["max_steps"] == 8  # the run's own config
     checked = _ftl("validate", str(config), *new_run)
     assert checked.returncode == 2 and "step-4, step-6" in checked.stderr, checked.stderr[-2000:]
