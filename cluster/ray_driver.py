@@ -198,7 +198,7 @@ def launch_ray(
                     ) from None
                 raise RayRunFailed(
                     f"Ray Train run failed: {failure_summary(exc)}\nper-rank logs: {RunLayout(run_dir).logs}\n"
-                    f"{what_next(run_dir, cluster.ray.max_failures)}"
+                    f"{what_next(run_dir, cluster.ray.max_failures, _final_worker_errors(exc, Exception))}"
                 ) from exc
         check_placement(run_dir, cluster, launch_id)
         return take_result(run_dir)
@@ -255,9 +255,33 @@ def failure_summary(error: Exception) -> str:
     return "\n  " + "\n  ".join(lines)
 
 
-def what_next(run_dir: Path, max_failures: int) -> str:
-    """How to go on after a failure that Ray did not (or no longer) restart."""
+# Errors of the code or of an input the checks missed, not of a machine: a rerun or a restart of the
+# worker group meets them again. (RuntimeError and OSError are not here: a collective's timeout, a
+# lost peer or a full disk raise those, and may pass.)
+REPEATING_ERRORS = (
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    NameError,
+    NotImplementedError,
+    AssertionError,
+    ImportError,
+    ZeroDivisionError,
+)
+
+
+def what_next(run_dir: Path, max_failures: int, failures: list[BaseException] | None = None) -> str:
+    """How to go on after a failure that Ray did not (or no longer) restart. `failures`: the failed
+    ranks' exceptions; when every one is an error that repeats, the same command is not the advice."""
     resume = resume_hint(run_dir)
+    if failures and all(isinstance(failure, REPEATING_ERRORS) for failure in failures):
+        kinds = ", ".join(sorted({type(failure).__name__ for failure in failures}))
+        return (
+            f"{resume} once its cause is fixed: {kinds} is an error of the code or of its input, not of a "
+            "machine, so the same command (or a Ray restart) meets it again; the rank's log has the traceback"
+        )
     if max_failures == 0:
         resume += "; set cluster.ray.max_failures (e.g. 3) to have Ray restart the worker group from it by itself"
     return resume

@@ -83,7 +83,11 @@ class Setup:
             parts.append("activation checkpointing")
         if self.activation_offloading:
             parts.append("activation offloading")
-        parts.append(f"chunked loss ({self.chunk_tokens} tokens/chunk)" if self.loss_chunked else "full-logits loss")
+        parts.append(
+            f"chunked loss ({min(self.chunk_tokens, self.tokens_per_micro_batch)} tokens/chunk)"
+            if self.loss_chunked
+            else "full-logits loss"
+        )
         parts.append(
             {"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged 8-bit AdamW"}.get(
                 self.optimizer, self.optimizer

@@ -58,3 +58,17 @@ def test_a_full_disk_is_never_retried(tmp_path: Path) -> None:
     assert _policy(tmp_path).make_decision(WorkerGroupError("disk", {0: full})) == FailureDecision.RAISE
     controller = ControllerError(OSError(28, "No space left on device"))
     assert _policy(tmp_path).make_decision(controller) == FailureDecision.RAISE
+
+
+def test_the_advice_after_an_error_that_repeats_is_not_to_rerun_as_is(tmp_path: Path) -> None:
+    """'run the same command again' (and raise max_failures) after a TypeError meets it again."""
+    from cluster.ray_driver import what_next
+
+    repeating = what_next(tmp_path, 0, [ValueError("bad"), TypeError("worse")])
+    assert repeating.startswith("no checkpoint was committed yet: run the same command again to start the run anew")
+    assert "once its cause is fixed: TypeError, ValueError is an error of the code or of its input" in repeating
+    assert "max_failures" not in repeating
+    # A lost process or a collective's error may not repeat: the usual advice, with restarts.
+    for failures in ([RuntimeError("gloo connection reset")], [ValueError("x"), OSError("y")], None):
+        said = what_next(tmp_path, 0, failures)
+        assert "set cluster.ray.max_failures" in said and "cause is fixed" not in said
