@@ -30,8 +30,8 @@ SAID = (
 
 MUTEX_ABORT = "Mutex corrupt"  # abseil's check in Ray's C++ core (the dump's first line)
 # The lines of a fatal-signal dump (abseil's, then Python's faulthandler) after its first line.
-_DUMP_STARTS = ("*** SIG", "PC: @", "@ ", "Fatal Python error", "Thread 0x", "Current thread", "Stack (most recent")
-_DUMP_STARTS += ("Extension modules", 'File "', "[mutex.cc", "[failure_signal_handler")
+_DUMP_STARTS: tuple[str, ...] = ("*** SIG", "PC: @", "@ ", "Fatal Python error", "Thread 0x", "Current thread")
+_DUMP_STARTS += ("Stack (most recent", "Extension modules", 'File "', "[mutex.cc", "[failure_signal_handler")
 DUMP_LIMIT = 400
 
 

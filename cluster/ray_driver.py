@@ -44,7 +44,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +272,7 @@ REPEATING_ERRORS = (
 )
 
 
-def what_next(run_dir: Path, max_failures: int, failures: list[BaseException] | None = None) -> str:
+def what_next(run_dir: Path, max_failures: int, failures: Sequence[BaseException] | None = None) -> str:
     """How to go on after a failure that Ray did not (or no longer) restart. `failures`: the failed
     ranks' exceptions; when every one is an error that repeats, the same command is not the advice."""
     resume = resume_hint(run_dir)

@@ -47,6 +47,7 @@ CASES: list[Case] = [
             trainer.errors.DataError,
             trainer.errors.TrainingDivergedError,
             launcher.errors.UserError,
+            launcher.errors.StartRefused,
             cluster.run_storage.StorageError,
             cluster.run_lock.RunDirLocked,
             cluster.ray_driver.RayResourcesError,
