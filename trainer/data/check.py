@@ -218,7 +218,7 @@ def _check_file(
                     check.kept_lengths.append(len(ids))
                     check.tokens += len(ids)
                     check.trained_tokens += sum(mask)
-                    unknown += ids.count(unk_id) if unk_id is not None else 0
+                    unknown += list(ids).count(unk_id) if unk_id is not None else 0
                 check.unknown_tokens += unknown
                 if unknown and 2 * unknown >= length:
                     check.mostly_unknown.append(row.where)
