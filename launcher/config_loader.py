@@ -95,7 +95,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         except ValueError as exc:
             problems.append(str(exc))
         # The value now comes from the command line: an error about it cites no line of the file.
-        path, _, value_text = override.partition("=")
+        path, _, value_text = override.removeprefix("~").partition("=")
         for key in _keys_set_by(path, _override_value(value_text)):
             for known in [k for k in key_lines if k == key or k.startswith(key + ".")]:
                 key_lines[known] = 0
@@ -132,7 +132,8 @@ def _unread_preference_keys_written(raw: dict[str, Any], cfg: RunConfig, key_lin
     )
     return [
         f"{_where(['training', 'preference', key], key_lines)}: {other} setting; training.objective={objective} "
-        f"does not read it: remove it ({objective.upper()}'s strength is training.preference.{read_instead})"
+        f"does not read it: remove it, or unset it on the command line with ~training.preference.{key} "
+        f"({objective.upper()}'s strength is training.preference.{read_instead})"
         for key in unread_preference_keys(objective)
         if key in written
     ]
@@ -206,6 +207,9 @@ def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
+    if override.startswith("~"):
+        _unset(raw, override[1:])
+        return
     key, sep, value_text = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         shown = redact_argv([override])[0]  # a token pasted in the wrong place is not echoed
@@ -213,14 +217,6 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     value = _override_value(value_text)
     target = raw
     parts = key.split(".")
-    if value is None and _takes_no_null(parts):
-        # `key=null` on a key that has no null value unsets it: the file's value goes, the default
-        # applies (trial 37a: a DPO config could not become ORPO from the command line, its
-        # loss_type and beta being refused under ORPO and null refused as their value).
-        parent = _section_at(raw, parts[:-1])
-        if parent is not None:
-            parent.pop(parts[-1], None)
-        return
     for part in parts[:-1]:
         child = target.setdefault(part, {})
         if not isinstance(child, dict):
@@ -235,25 +231,17 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         target[parts[-1]] = value
 
 
-def _takes_no_null(parts: list[str]) -> bool:
-    """Whether the config key at `parts` is a field of a section that does not accept null."""
-    import types
-    import typing
-
-    from pydantic import BaseModel
-
-    model: Any = RunConfig
-    for part in parts[:-1]:
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return False
-        model = field.annotation
-    if not (isinstance(model, type) and issubclass(model, BaseModel)) or parts[-1] not in model.model_fields:
-        return False
-    annotation = model.model_fields[parts[-1]].annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return type(None) not in typing.get_args(annotation)
-    return annotation is not type(None) and annotation is not Any
+def _unset(raw: dict[str, Any], key: str) -> None:
+    """`~key.path`: the file's value of that key goes, and its default applies (as in Hydra). How a
+    config leaves out a key another setting refuses (dpo.yaml's loss_type and beta under ORPO, trial
+    37a); a key the file does not set is already unset."""
+    if not key or "=" in key or any(not part for part in key.split(".")):
+        shown = redact_argv(["~" + key])[0]
+        raise ValueError(f"override {shown!r}: ~ unsets one key and takes no value (e.g. ~training.preference.beta)")
+    parts = key.split(".")
+    parent = _section_at(raw, parts[:-1])
+    if parent is not None:
+        parent.pop(parts[-1], None)
 
 
 def _section_at(raw: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
@@ -378,7 +366,7 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
         return f"{where}: required key is missing"
     if kind == "literal_error":
         allowed = err.get("ctx", {}).get("expected", "")
-        return f"{where}: must be one of {allowed}; got {err.get('input')!r}"
+        return f"{where}: must be one of {allowed}; got {err.get('input')!r}{_null_hint(err, dotted, key_lines)}"
     if kind == "model_type" and not isinstance(err.get("input"), dict):
         # `tracking=[mlflow]`, `training=5`: pydantic's "valid dictionary or instance of
         # TrackingConfig" names a class the user never sees.
@@ -402,8 +390,15 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
         message = message[len("Value error, ") :]
     got = err.get("input")
     if kind != "value_error" and not isinstance(got, dict):
-        message = f"{message}; got {got!r}"
+        message = f"{message}; got {got!r}{_null_hint(err, dotted, key_lines)}"
     return f"{where}: {message}" if dotted else message
+
+
+def _null_hint(err: Mapping[str, Any], dotted: str, key_lines: dict[str, int]) -> str:
+    """`key=null` on the command line for a key that takes no null: how to unset it instead."""
+    if err.get("input") is not None or key_lines.get(dotted) != 0:
+        return ""
+    return f" (to unset the key, so that its default applies, write ~{dotted})"
 
 
 def _where(loc: list[str], key_lines: dict[str, int]) -> str:

@@ -127,15 +127,24 @@ def test_periodic_evaluation_without_evaluation_data_is_warned_of(tmp_path: Path
         assert periodic_eval_without_data(load_config(path, [has_data])) is None, has_data
 
 
-def test_null_on_the_command_line_unsets_a_key_that_takes_no_null() -> None:
-    """dpo.yaml -> ORPO from the command line: its DPO keys are refused under ORPO, and null was
-    refused as their value (trial 37a). A key that takes null (max_steps) still gets null."""
+def test_a_tilde_override_unsets_a_key_and_null_on_one_that_takes_none_says_so() -> None:
+    """dpo.yaml -> ORPO from the command line: its DPO keys are refused under ORPO, and null is no
+    value of theirs (trial 37a). `~key` unsets one (its default applies); `key=null` on a key that
+    takes no null is refused naming `~key` (trial 38c: a silent reset to the default surprised)."""
     dpo = REPO / "configs" / "examples" / "dpo.yaml"
-    unset = [f"training.preference.{key}=null" for key in ("loss_type", "beta", "reference")]
+    unset = [f"~training.preference.{key}" for key in ("loss_type", "beta", "reference")]
     cfg = load_config(dpo, ["training.objective=orpo", *unset])
     assert cfg.training.objective == "orpo" and cfg.training.preference.orpo_lambda == 0.1
     with pytest.raises(ConfigError, match=r"training.preference.beta .*: a DPO setting"):
-        load_config(dpo, ["training.objective=orpo", *unset[:1], "training.preference.reference=null"])
-    assert load_config(dpo, ["training.preference.beta=null"]).training.preference.beta == 0.1  # the default
+        load_config(dpo, ["training.objective=orpo", *unset[:1]])
+    with pytest.raises(ConfigError) as refused:
+        load_config(dpo, ["training.preference.beta=null"])
+    assert refused.value.problems == [
+        "training.preference.beta (command line): Input should be a valid number; got None (to unset the key, "
+        "so that its default applies, write ~training.preference.beta)"
+    ]
+    assert load_config(dpo, ["~training.preference.beta"]).training.preference.beta == 0.1  # the default
     assert load_config(dpo, ["training.max_steps=7", "training.max_steps=null"]).training.max_steps is None
     assert load_config(dpo, ["data.validation=null"]).data.validation is None
+    with pytest.raises(ConfigError, match=r"~ unsets one key and takes no value"):
+        load_config(dpo, ["~training.preference.beta=0.2"])
