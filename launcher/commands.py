@@ -21,7 +21,7 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     cfg = load_config(config_path, overrides)
     problems = check_inputs(cfg)
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now
-    run_dir_problems = ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg))
+    run_dir_problems = ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume)
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems

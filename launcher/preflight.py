@@ -205,7 +205,10 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         from trainer.run_layout import RunLayout
 
         cache = RunLayout(run_dir).reference_logps
-        if not cache.is_file():  # the workers would refuse it after loading and tokenizing (trial 37a)
+        resume = cfg.checkpoint.resume
+        # A checkpoint of another run: the workers copy in that run's cache (adopt_reference_cache).
+        origin = Path(resume).parent.parent / cache.name if resume not in ("auto", "never") else cache
+        if not cache.is_file() and not origin.is_file():  # the workers would refuse it after loading (trial 37a)
             from trainer.preference_precompute import missing_cache_message
 
             return missing_cache_message(cache)

@@ -87,16 +87,20 @@ def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ft
             raise
 
 
-def _train_on_hint(run_dir: Path) -> str:
+def _train_on_hint(run_dir: Path, asked: str | None = None) -> str:
     """How to train a finished run further (more steps, another epoch): a new run that starts
-    from its last checkpoint."""
+    from its last checkpoint, or from the one checkpoint.resume names (`asked`) when it is one of
+    this run's (trial 38c: the hint named the latest instead)."""
     checkpoints = committed_checkpoints(run_dir)
     if not checkpoints:
         return ""
-    resume = shlex.quote(f"checkpoint.resume={checkpoints[-1]}")
-    step = step_of(checkpoints[-1])
+    chosen = next((c for c in checkpoints if asked and Path(asked).resolve() == c.resolve()), None)
+    start = chosen or checkpoints[-1]
+    resume = shlex.quote(f"checkpoint.resume={start}")
+    step = step_of(start)
     return (
-        f"; to train it further, start a new run from its last checkpoint with more steps: output.dir=runs/my-run-2 "
+        f"; to train it further, start a new run from {'that' if chosen else 'its last'} checkpoint with more steps: "
+        "output.dir=runs/my-run-2 "
         f"{resume} training.max_steps=N (N above {step}: it counts on from step {step}; or more training.epochs)"
     )
 
@@ -109,7 +113,7 @@ def prepare_run_dir(
     run_dir = local_run_dir(cfg)
     layout = RunLayout(run_dir)
     refuse_foreign_dir(run_dir)  # first: a user's own summary.json does not make an ftl run
-    finished = finished_run_problem(run_dir)
+    finished = finished_run_problem(run_dir, cfg.checkpoint.resume)
     if finished:
         raise UserError(finished)
     blocked = file_in_the_way(run_dir)
@@ -184,12 +188,13 @@ def refuse_foreign_dir(run_dir: Path) -> None:
     )
 
 
-def finished_run_problem(run_dir: Path) -> str | None:
+def finished_run_problem(run_dir: Path, asked_resume: str | None = None) -> str | None:
     if not RunLayout(run_dir).is_finished():
         return None
     return (
         f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
-        "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one" + _train_on_hint(run_dir)
+        "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one"
+        + _train_on_hint(run_dir, asked_resume)
     )
 
 
@@ -202,7 +207,7 @@ def file_in_the_way(run_dir: Path) -> str | None:
     return f"output.dir {run_dir} {where} a file, not a directory; pick another output.dir"
 
 
-def output_dir_problems(run_dir: Path) -> list[str]:
+def output_dir_problems(run_dir: Path, asked_resume: str | None = None) -> list[str]:
     """What `ftl train` refuses in output.dir as it is (for `ftl validate`): a file or a path inside
     one (validate said valid for the latter: trial 37b), a folder of the user's, a finished run."""
     blocked = file_in_the_way(run_dir)
@@ -212,7 +217,7 @@ def output_dir_problems(run_dir: Path) -> list[str]:
         refuse_foreign_dir(run_dir)
     except UserError as exc:
         return [str(exc)]
-    finished = finished_run_problem(run_dir)
+    finished = finished_run_problem(run_dir, asked_resume)
     return [finished] if finished else []
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -135,16 +137,38 @@ def _save(path: Path, tables: dict[str, torch.Tensor], fingerprints: dict[str, s
     fsync_dir(path.parent)
 
 
+WHAT = "the DPO reference (precomputed)"
+
+
 def missing_cache_message(path: Path) -> str:
     """A resumed run whose precomputed reference is gone (also said by the launcher before a start)."""
-    return f"training.preference.reference=precomputed: {path} is missing; {_no_rescore(path)}"
+    return f"{WHAT}: {path} is missing; {_no_rescore(path)}"
 
 
 def _no_rescore(path: Path) -> str:
+    # The resumed policy is no longer the initial model; other references rebuild it where it is at
+    # hand (trial 38c: "start afresh" alone threw the trained steps away).
     return (
-        "the reference is the initial model, which a resumed run no longer holds, so it cannot be rescored: "
-        f"restore {path.name} or start the run afresh (a new output.dir)"
+        "the reference is the initial model, which the resumed policy no longer is, so the pairs cannot be "
+        f"rescored from it. Restore {path.name}; or, where the initial model is at hand, resume with "
+        "training.preference.reference=adapters_disabled (an adapter method without method.lora.init_from: the "
+        "base with the adapters off) or reference=copy (full fine-tuning on one process or DDP: a copy of "
+        "model.path); or start the run afresh (a new output.dir)"
     )
+
+
+def adopt_reference_cache(cache: Path, checkpoint: Path | None, is_main: bool) -> None:
+    """A run resumed from another run's checkpoint (`ftl train output.dir=NEW
+    checkpoint.resume=OLD/checkpoints/step-N`, the way on from a finished run) scores against the
+    reference that run precomputed: rank 0 copies its cache in, once (trial 38c: refused as missing,
+    a dead end). Every rank waits for the copy."""
+    origin = checkpoint.parent.parent / cache.name if checkpoint is not None else None
+    if is_main and not cache.exists() and origin is not None and origin.is_file() and origin != cache:
+        partial = cache.with_name(f".{cache.name}.partial")
+        shutil.copyfile(origin, partial)
+        os.replace(partial, cache)
+        log.info("DPO reference: copied the precomputed log-probs of %s into %s", origin, cache)
+    barrier()
 
 
 def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -156,22 +180,18 @@ def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) ->
     except FileNotFoundError:
         raise TrainerInputError(missing_cache_message(path)) from None
     except Exception as error:  # a truncated or corrupt file
-        raise TrainerInputError(
-            f"training.preference.reference=precomputed: {path} is unreadable ({error}); {fix}"
-        ) from error
+        raise TrainerInputError(f"{WHAT}: {path} is unreadable ({error}); {fix}") from error
     for name, fingerprint in fingerprints.items():
         table = tables.get(name)
         if table is None or metadata.get(f"fingerprint.{name}") != fingerprint or len(table) != expected[name]:
             raise TrainerInputError(
-                f"training.preference.reference=precomputed: {path} does not hold the log-probs of the "
+                f"{WHAT}: {path} does not hold the log-probs of the "
                 f"{name} pairs this run trains/evaluates on (the data changed since it was written): restore the "
                 "data it was written for, or start the run afresh (a new output.dir); the reference is the "
                 "initial model, which a resumed run no longer holds, so the new pairs cannot be scored"
             )
         if metadata.get(f"checksum.{name}") != _checksum(table):
-            raise TrainerInputError(
-                f"training.preference.reference=precomputed: the {name} table of {path} fails its checksum; {fix}"
-            )
+            raise TrainerInputError(f"{WHAT}: the {name} table of {path} fails its checksum; {fix}")
     return {name: tables[name] for name in fingerprints}
 
 

@@ -41,8 +41,9 @@ _AUTO_REASONS = {
 }
 
 
-def auto_reference_note(cfg: TrainerConfig) -> str | None:
-    """What reference=auto resolved to, and why (None: DPO not run, or the reference was named)."""
+def auto_reference_note(cfg: TrainerConfig, resuming: bool = False) -> str | None:
+    """What reference=auto resolved to, and why (None: DPO not run, or the reference was named).
+    `resuming`: a precomputed reference is read from the run's cache, not scored again."""
     kind = cfg.reference_kind()
     if kind is None or cfg.training.preference.reference != "auto":
         return None
@@ -52,7 +53,11 @@ def auto_reference_note(cfg: TrainerConfig) -> str | None:
             if cfg.method.uses_adapter
             else f"a frozen copy would not be sharded under parallel.strategy={cfg.parallel.strategy}"
         )
-        why += "; the initial model scores every pair once before the first step"
+        why += (
+            "; read from the log-probs the initial model scored at the run's first start"
+            if resuming
+            else "; the initial model scores every pair once before the first step"
+        )
     else:
         why = _AUTO_REASONS[kind]
     return f"DPO reference: {kind} (training.preference.reference=auto: {why})"

@@ -61,7 +61,7 @@ from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler, warmup_longer_than_the_run
 from trainer.preference_eval import preference_eval
 from trainer.preference_loss import PreferenceObjective
-from trainer.preference_precompute import precomputed_reference
+from trainer.preference_precompute import adopt_reference_cache, precomputed_reference
 from trainer.preference_reference import auto_reference_note, build_objective, frozen_copy
 from trainer.run_layout import RunLayout
 from trainer.sequence_length import check_sequence_length
@@ -233,7 +233,7 @@ def _build_trainee(
     # DPO's frozen reference for full fine-tuning: copied before wrapping and before any resumed
     # weights are loaded, so it is the initial model on every start.
     copied = frozen_copy(base) if cfg.reference_kind() == "copy" else None
-    reference_note = auto_reference_note(cfg)
+    reference_note = auto_reference_note(cfg, resuming=resume_from is not None)
     if reference_note and ctx.is_main:
         console.event(reference_note)
     resumed_at = (resume_from.manifest["step"], resume_from.manifest["samples_seen"]) if resume_from else (0, 0)
@@ -291,6 +291,10 @@ def _build_trainee(
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)
+    if cfg.reference_kind() == "precomputed" and state.step > 0:
+        adopt_reference_cache(
+            RunLayout(ctx.run_dir).reference_logps, resume_from.path if resume_from else None, ctx.is_main
+        )
     precomputed = (
         precomputed_reference(
             strategy.unwrapped(model),

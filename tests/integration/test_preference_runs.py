@@ -178,7 +178,8 @@ def test_precomputed_reference_equals_the_copy_and_a_resumed_run_reuses_it(
     for command in ("validate", "train"):
         refused = subprocess.run([*FTL, command, str(config)], cwd=REPO, capture_output=True, text=True)
         assert refused.returncode == 2, refused.stderr[-2000:]
-        assert f"training.preference.reference=precomputed: {cache} is missing" in refused.stderr
+        assert f"the DPO reference (precomputed): {cache} is missing" in refused.stderr
+        assert "reference=copy (full fine-tuning" in refused.stderr  # a way on that keeps the trained steps
     assert not list((run / "logs").glob("rank-*.log")) or _scoring_passes(run) == (1, 0)
     aside.rename(cache)
     assert train(str(config), []) == 0
@@ -191,6 +192,23 @@ def test_precomputed_reference_equals_the_copy_and_a_resumed_run_reuses_it(
     # The validation pairs' reference comes from the cache too.
     scores = [json.loads((r / "summary.json").read_text())["scores"]["validation"]["final"] for r in (run, full_copy)]
     assert scores[0]["eval_loss"] == pytest.approx(scores[1]["eval_loss"], rel=1e-6)
+
+    # Trained further in a new output.dir from the finished run's last checkpoint (the way its
+    # "already finished" refusal gives): the new run takes over that run's cache (trial 38c: refused
+    # as missing, a dead end), and a later resume of the new run finds it in its own directory.
+    further = tmp_path / "further"
+    onward = [f"output.dir={further}", f"checkpoint.resume={run / 'checkpoints' / 'step-4'}", "training.max_steps=6"]
+    first_leg = subprocess.run(
+        [*FTL, "train", str(config), *onward],
+        env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="5"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert first_leg.returncode == 3, first_leg.stderr[-2000:]
+    assert (further / "reference_logps.safetensors").read_bytes() == cache.read_bytes()
+    assert train(str(config), onward) == 0
+    assert [r["step"] for r in read_metrics(further, "train")] == [5, 6]
 
 
 def test_full_fine_tuning_dpo_on_two_fsdp_workers_matches_one_process(

@@ -237,3 +237,11 @@ def test_torn_metrics_line_and_replayed_steps_do_not_break_the_finish(tmp_path: 
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     # ... and says how to train it further: a new run from its last checkpoint, with more steps.
     assert "training.max_steps=N (N above 6: it counts on from step 6; or more training.epochs)" in again.stderr
+    # A checkpoint the command names is the one the hint starts from (trial 38c: it named the latest).
+    earlier = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))[0]
+    named = _ftl("validate", str(config), f"checkpoint.resume={earlier}")
+    assert named.returncode == 2, named.stderr[-2000:]
+    assert (
+        f"start a new run from that checkpoint with more steps: output.dir=runs/my-run-2 checkpoint.resume={earlier}"
+        in named.stderr
+    )

@@ -86,6 +86,8 @@ def test_what_reference_auto_picked_is_said_with_why() -> None:
     note = auto_reference_note(TrainerConfig.model_validate(_config()))
     assert note is not None and note.startswith("DPO reference: precomputed (training.preference.reference=auto: ")
     assert "method.lora.init_from" in note and "scores every pair once" in note
+    resumed = auto_reference_note(TrainerConfig.model_validate(_config()), resuming=True)
+    assert resumed is not None and "read from the log-probs the initial model scored" in resumed
     plain = _config(method={"type": "lora", "lora": {}})
     assert auto_reference_note(TrainerConfig.model_validate(plain)) == (
         "DPO reference: adapters_disabled (training.preference.reference=auto: the base model with the adapters "
