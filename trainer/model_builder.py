@@ -84,8 +84,10 @@ def lacks_chat_template(source: str) -> bool:
     """A local tokenizer folder with no chat template in any file transformers reads one from (said
     before anything starts for data.format chat; the workers' tokenizer says the same, later)."""
     folder = Path(source)
-    if not (folder / "tokenizer_config.json").is_file():
-        return False  # a hub name, or a folder this check does not know how to read
+    if not folder.is_dir():
+        return False  # a hub name: its files are not known here
+    # A folder without tokenizer_config.json has no template in it either, unless in a file of its
+    # own below (trial 38c: validate said valid, and the workers refused the chat rows).
     if any(
         (folder / name).exists() for name in ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
     ):

@@ -47,6 +47,12 @@ def test_a_tokenizer_without_a_chat_template_is_refused_for_chat_data_only(tmp_p
     )
     assert _problems(tmp_path, plain, fmt="alpaca") == []
     assert _problems(tmp_path, plain, **{"model.tokenizer": str(BUNDLED)}) == []  # the tokenizer comes from elsewhere
+    # A tokenizer folder of tokenizer.json alone has no template either (trial 38c: said valid).
+    only_json = tmp_path / "only-json"
+    only_json.mkdir()
+    shutil.copy(BUNDLED / "tokenizer.json", only_json / "tokenizer.json")
+    [said] = _problems(tmp_path, BUNDLED, **{"model.tokenizer": str(only_json)})
+    assert f"the tokenizer ({only_json}) has none" in said
 
 
 def test_a_model_folder_without_tokenizer_files_is_refused(tmp_path: Path) -> None:
