@@ -245,12 +245,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         # A run whose adapters started from method.lora.init_from: its step-0 scores are that adapter's.
         before = "start" if summary.get("started_from") else "base"
         header = f"{'held-out set':<14}{f'eval loss ({before} -> tuned)':<30}"
-        lines.append((header + "".join(f"{name + f' ({before} -> tuned)':<30}" for _, name in columns)).rstrip())
+        # Each column as wide as its title and a space (trial 38c: "pref. accuracy (base -> tuned)" is 30
+        # characters, and the next title ran on from it).
+        widths = [max(30, len(f"{name} ({before} -> tuned)") + 2) for _, name in columns]
+        titles = (f"{name + f' ({before} -> tuned)':<{width}}" for (_, name), width in zip(columns, widths))
+        lines.append((header + "".join(titles)).rstrip())
         partial: list[str] = []
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})
             loss = f"{_fmt(base.get('eval_loss'))} -> {_fmt(final.get('eval_loss'))}"
-            cells = "".join(f"{_pct(base.get(key)) + ' -> ' + _pct(final.get(key)):<30}" for key, _ in columns)
+            cells = "".join(
+                f"{_pct(base.get(key)) + ' -> ' + _pct(final.get(key)):<{width}}"
+                for (key, _), width in zip(columns, widths)
+            )
             of = _scored_part(summary, split, pairs=metric == "preference_accuracy")
             partial += [f"* {split}: {of}"] if of else []
             lines.append(f"{split + ('*' if of else ''):<14}{loss:<30}{cells}".rstrip())
