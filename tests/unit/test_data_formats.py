@@ -417,6 +417,29 @@ def test_a_mixture_reports_what_each_source_skipped(tmp_path: Path, tokenizer: A
     assert "instr.jsonl: 3 bad rows" in str(refused.value) and "other.jsonl line 2: invalid JSON" in str(refused.value)
 
 
+def test_data_validation_beside_a_mixture_is_scored_across_it(tmp_path: Path, tokenizer: Any) -> None:
+    """It passed validate and was never read; early stopping on it crashed with KeyError (trial 38b)."""
+    from trainer.config import DataConfig
+    from trainer.data.prepare import prepare_data
+
+    chat = _jsonl(tmp_path / "chat.jsonl", [GOOD] * 4)
+    held = _jsonl(tmp_path / "held.jsonl", [GOOD] * 3)
+    cfg = DataConfig.model_validate(
+        {
+            "mixture": [
+                {"name": "chat", "train": str(chat), "validation": str(held)},
+                {"name": "more", "train": str(chat)},
+            ],
+            "validation": str(held),
+            "max_seq_len": 64,
+            "cache_dir": str(tmp_path / "c"),
+        }
+    )
+    data = prepare_data(cfg, tokenizer, seed=0, micro_batch_size=2, want_prompts=False, max_prompts=None)
+    assert [(e.name, len(e.examples)) for e in data.evals] == [("chat", 3), ("validation", 3)]
+    assert data.report["validation_examples"] == 3
+
+
 def test_too_long_policies(tmp_path: Path, tokenizer: Any) -> None:
     long_row = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "word " * 80}]}
     path = _jsonl(tmp_path / "d.jsonl", [GOOD, long_row])

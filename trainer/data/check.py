@@ -144,6 +144,8 @@ def check_data(
             wanted.append((f"mixture {source.name} train", source.train, cfg.format_of(source), "train"))
             if source.validation:
                 wanted.append((f"mixture {source.name} validation", source.validation, cfg.format_of(source), "train"))
+        if cfg.validation:  # scored across the mixture, as training reads it (trial 38b: never read before)
+            wanted.append(("validation", cfg.validation, cfg.format, "train"))
     else:
         assert cfg.train is not None  # DataConfig requires train or mixture
         wanted.append(("train", cfg.train, cfg.format, cfg.split))

@@ -95,6 +95,10 @@ def prepare_data(
                         format=cfg.format_of(source),
                     )
                 )
+        if cfg.validation:  # a held-out set across the mixture, in data.format (as data.test is)
+            evals.append(
+                EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format)
+            )
         draws = epoch_draws([s.count for s in spans], [s.weight for s in spans])
         mixture_report = {
             s.name: {
