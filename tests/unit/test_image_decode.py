@@ -42,3 +42,24 @@ def test_8_bit_images_are_read_as_they_were(tmp_path: Path) -> None:
     Image.fromarray(rgb[..., 0]).save(tmp_path / "l.png")
     assert np.array_equal(_pixels(tmp_path / "c.png"), rgb)
     assert np.array_equal(_pixels(tmp_path / "l.png"), np.repeat(rgb[..., :1], 3, axis=2))
+
+
+def test_an_image_over_pil_s_size_limit_is_a_bad_row_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 15000x15000 image raised DecompressionBombError (not an OSError) through every worker (trial 38b)."""
+    from trainer.data.formats import RowProblem
+
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit, as 225M is over 179M
+    with pytest.raises(RowProblem, match=r"image .*huge.png is too large to decode safely \(.*\); downscale it"):
+        _decode(tmp_path / "huge.png")
+
+
+def test_an_unreadable_image_names_its_path_once(tmp_path: Path) -> None:
+    from trainer.data.formats import RowProblem
+
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(RowProblem) as refused:
+        _decode(tmp_path / "broken.png")
+    assert str(refused.value).count("broken.png") == 1, str(refused.value)

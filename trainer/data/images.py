@@ -265,8 +265,11 @@ def _decode(path: Path | None) -> Any:
         with Image.open(path) as opened:
             opened.load()
             return _eight_bit(opened).convert("RGB")
+    except Image.DecompressionBombError as exc:  # not an OSError: a raw traceback killed the workers (trial 38b)
+        raise RowProblem(f"image {path.name} is too large to decode safely ({exc}); downscale it") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise RowProblem(f"cannot read image {path}: {exc}") from None
+        said = str(exc).replace(f" '{path}'", "").replace(str(path), "the file")  # the path is said once
+        raise RowProblem(f"cannot read image {path}: {said}") from None
 
 
 # PIL modes of more than 8 bits a channel: convert("RGB") clips them at 255, so a 16-bit grayscale
