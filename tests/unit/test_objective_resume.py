@@ -20,12 +20,12 @@ from trainer.loop_state import LoopState
 from trainer.optim import WarmupDecaySchedule
 
 
-def _run_with_a_checkpoint(run: Path, objective: str, method: dict | None = None) -> Path:
+def _run_with_a_checkpoint(run: Path, objective: str, method: dict | None = None, **more: dict) -> Path:
     run.mkdir(parents=True)
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
-    meta = {"config": {"training": {"objective": objective}, **({"method": method} if method else {})}}
+    meta = {"config": {"training": {"objective": objective}, **({"method": method} if method else {}), **more}}
     manager = CheckpointManager(run, io, rank=0, world_size=1, device="cpu", keep_last=2, meta=meta)
     manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=2))
     return run
@@ -104,3 +104,38 @@ def test_another_parallel_strategy_is_refused_before_launch_with_the_way_on(tmp_
     assert "but this run uses parallel.strategy=fsdp (dcp state)" in out.stderr
     assert f"ftl export {run} --checkpoint step-2 --merge" in out.stderr and "start anew" in out.stderr
     assert validate("parallel.strategy=ddp", "cluster.workers=2").returncode == 0  # the same replicated state
+
+
+def test_reordered_head_labels_are_refused_before_launch(tmp_path: Path) -> None:
+    """The head's output i answers for label i: a reorder between stop and resume swapped the
+    classes silently (trial 38b: 91.7% -> 50% accuracy)."""
+    from trainer.checkpointing.compat import head_labels_problem
+    from trainer.checkpointing.protocol import read_manifest
+
+    labels = ["country", "person", "creature"]
+    lora = {"type": "lora", "lora": {"r": 8, "target_modules": "all-linear", "modules_to_save": []}}
+    head = {"head": {"type": "sequence_classification", "labels": labels}}
+    run = _run_with_a_checkpoint(tmp_path / "run", "sft", lora, transfer=head)
+    (run / ".ftl-run").write_text("")
+    step = run / "checkpoints" / "step-2"
+    manifest = read_manifest(step)
+    said = head_labels_problem(step, manifest, ["person", "country", "creature"])
+    assert said and "(the same labels in another order)" in said and "Set transfer.head.labels back" in said
+    assert "(other labels)" in (head_labels_problem(step, manifest, ["a", "b", "c"]) or "")
+    assert head_labels_problem(step, manifest, labels) is None
+    out = subprocess.run(
+        [
+            *FTL,
+            "validate",
+            "configs/examples/classification.yaml",
+            f"output.dir={run}",
+            "method.lora.r=8",
+            "transfer.head.labels=[person,country,creature]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "was trained with transfer.head.labels=['country', 'person', 'creature']" in out.stderr, out.stderr[-2000:]

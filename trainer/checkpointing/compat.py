@@ -64,6 +64,24 @@ def _carry_on_elsewhere(path: Path, setting: str) -> str:
     )
 
 
+def head_labels_problem(path: Path, manifest: dict[str, Any], labels: list[str]) -> str | None:
+    """A task head's output i answers for label i: a resume under other transfer.head.labels (the
+    same ones reordered, too) would train and score each output as another class, with only the
+    generic "different config" warning (trial 38b: accuracy 91.7% -> 50% after a reorder)."""
+    recorded = manifest.get("config")
+    transfer = recorded.get("transfer") if isinstance(recorded, dict) else None
+    head = transfer.get("head") if isinstance(transfer, dict) else None
+    before = head.get("labels") if isinstance(head, dict) else None
+    if not isinstance(before, list) or not before or not labels or [str(x) for x in before] == list(labels):
+        return None
+    how = "the same labels in another order" if sorted(map(str, before)) == sorted(labels) else "other labels"
+    return (
+        f"{path} was trained with transfer.head.labels={before}, and this config says {labels} ({how}): the head's "
+        "output i answers for label i, so each output would be trained and scored as another class. Set "
+        "transfer.head.labels back to resume; to train other labels, start a new run (another output.dir)"
+    )
+
+
 # The checkpoint layout each parallel.strategy writes (trainer/strategies: checkpoint_layout).
 LAYOUT_OF_STRATEGY = {"deepspeed": "deepspeed", "fsdp": "dcp"}
 
@@ -72,6 +90,10 @@ def config_resume_problem(path: Path, manifest: dict[str, Any], cfg: Any, world_
     """resume_problem for a TrainerConfig on `world_size` workers, before any strategy is built
     (the launcher's check: the workers found another strategy only after a backend start)."""
     name = cfg.parallel.strategy_for(world_size)
+    head = cfg.transfer.head
+    labels = head_labels_problem(path, manifest, list(head.labels)) if head.labels else None
+    if labels:
+        return labels
     return resume_problem(
         path,
         manifest,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpointing.compat import optimizer_manifest, resume_problem
+from trainer.checkpointing.compat import head_labels_problem, optimizer_manifest, resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.rng import rng_file, seed_everything
@@ -85,6 +85,10 @@ def _check_resume_point(
         nvme_offload="nvme" in (cfg.parallel.offload_optimizer, cfg.parallel.offload_params),
         optimizer=optimizer_manifest(cfg.training),
     )
+    if problem:
+        raise TrainerInputError(problem)
+    head = cfg.transfer.head
+    problem = head_labels_problem(path, manifest, list(head.labels)) if head.labels else None
     if problem:
         raise TrainerInputError(problem)
     problem = past_max_steps(path, int(manifest.get("step", 0)), cfg.training.max_steps, ctx.run_dir)
