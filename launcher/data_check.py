@@ -119,7 +119,7 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
         if check.mixture_rows:
             from trainer.data.mixture import epoch_draws_line
 
-            lines.append(epoch_draws_line(check.mixture_rows))
+            lines.append(epoch_draws_line(check.mixture_rows, packed=check.packing))
     lines += [f"warning: {warning}" for warning in check.label_warnings()]
     lines += [f"warning: {warning}" for warning in check.overlap_warnings()]
     shown = _samples_to_show(check.files, examples)

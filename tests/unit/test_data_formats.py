@@ -406,7 +406,9 @@ def test_a_mixture_reports_what_each_source_skipped(tmp_path: Path, tokenizer: A
 
     drawn = {name: entry["rows_per_epoch"] for name, entry in report["mixture"].items()}
     assert sum(drawn.values()) == report["train_rows"]
-    assert (mixture_note(report) or "").startswith(f"mixture: an epoch ({report['train_rows']} rows) draws, by weight")
+    assert (mixture_note(report) or "").startswith(
+        f"mixture: an epoch ({report['train_rows']} packed rows) draws, by weight"
+    )
     assert cut_examples_note(report) == "training examples: 3 skipped as malformed (instr: 3 skipped as malformed)"
     # Without skip_bad_rows, one error names every source with bad rows, not only the first.
     other = _jsonl(tmp_path / "other.jsonl", [GOOD, "{oops"])

@@ -448,8 +448,11 @@ def test_what_an_epoch_of_a_weighted_mixture_draws_from_each_source() -> None:
     assert sum(drawn for drawn, _ in draws) == pytest.approx(sum(rows))
     assert draws[0][1] == pytest.approx(6.558, abs=1e-3) and draws[3][1] == pytest.approx(0.310, abs=1e-3)
     line = epoch_draws_line(list(zip(["chat", "alp", "txt", "comp"], rows, weights)))
-    assert line.startswith("mixture: an epoch (570025 rows) draws, by weight: chat 310923 of 47405 rows (6.56 passes)")
-    assert "comp 51820 of 167118 rows (0.31 passes, 69% of its rows unseen)" in line
+    assert line.startswith(
+        "mixture: an epoch (570025 rows) draws, by weight, on average: chat ~310923 of 47405 rows (6.56 passes)"
+    )
+    assert "comp ~51820 of 167118 rows (0.31 passes, 69% of its rows unseen)" in line
+    assert "(570025 packed rows)" in epoch_draws_line(list(zip(["chat", "alp", "txt", "comp"], rows, weights)), True)
 
 
 def test_unfreezing_groups_a_short_run_never_reaches_are_named() -> None:

@@ -37,16 +37,19 @@ def epoch_draws(rows: list[int], weights: list[float]) -> list[tuple[float, floa
     return [(drawn, drawn / count if count else 0.0) for drawn, count in zip(draws, rows, strict=True)]
 
 
-def epoch_draws_line(sources: list[tuple[str, int, float]]) -> str:
-    """One line for (name, rows, weight) per source: what an epoch draws from each."""
+def epoch_draws_line(sources: list[tuple[str, int, float]], packed: bool = False) -> str:
+    """One line for (name, rows, weight) per source: what an epoch draws from each, on average (each
+    row is drawn at random by weight, so one epoch's counts vary around these: trial 38b read them as
+    exact). `packed`: the rows are packed training rows, not the file's rows."""
+    unit = "packed rows" if packed else "rows"
     parts = []
     for (name, count, _), (drawn, passes) in zip(
         sources, epoch_draws([c for _, c, _ in sources], [w for _, _, w in sources]), strict=True
     ):
         unseen = f", {1 - passes:.0%} of its rows unseen" if passes < 1 else ""
-        parts.append(f"{name} {drawn:.0f} of {count} rows ({passes:.2f} passes{unseen})")
+        parts.append(f"{name} ~{drawn:.0f} of {count} {unit} ({passes:.2f} passes{unseen})")
     total = sum(count for _, count, _ in sources)
-    return f"mixture: an epoch ({total} rows) draws, by weight: " + "; ".join(parts)
+    return f"mixture: an epoch ({total} {unit}) draws, by weight, on average: " + "; ".join(parts)
 
 
 class MixtureSampler:

@@ -216,7 +216,9 @@ def mixture_note(report: dict[str, Any]) -> str | None:
     mixture = report.get("mixture") or {}
     if not mixture:
         return None
-    return epoch_draws_line([(name, entry["rows"], entry["weight"]) for name, entry in mixture.items()])
+    return epoch_draws_line(
+        [(name, entry["rows"], entry["weight"]) for name, entry in mixture.items()], packed=bool(report.get("packing"))
+    )
 
 
 def same_pairs_note(report: dict[str, Any]) -> str | None:
