@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         except ValueError as exc:
             problems.append(str(exc))
         # The value now comes from the command line: an error about it cites no line of the file.
-        path, _, value_text = override.removeprefix("~").partition("=")
+        path, _, value_text = _dotted_indices(override).removeprefix("~").partition("=")
         for key in _keys_set_by(path, _override_value(value_text)):
             for known in [k for k in key_lines if k == key or k.startswith(key + ".")]:
                 key_lines[known] = 0
@@ -203,10 +204,15 @@ def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
             key = f"{prefix}{key_node.value}"
             lines[key] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, key + "."))
+    elif isinstance(node, yaml.SequenceNode):  # data.mixture entries: data.mixture.1.weight (trial 38b)
+        for index, item in enumerate(node.value):
+            lines[f"{prefix}{index}"] = item.start_mark.line + 1
+            lines.update(_key_lines(item, f"{prefix}{index}."))
     return lines
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
+    override = _dotted_indices(override)
     if override.startswith("~"):
         _unset(raw, override[1:])
         return
@@ -218,10 +224,19 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     target = raw
     parts = key.split(".")
     for part in parts[:-1]:
-        child = target.setdefault(part, {})
-        if not isinstance(child, dict):
+        if isinstance(target, list):  # data.mixture.1.weight=0: an entry of a list section
+            if not part.isdigit() or int(part) >= len(target):
+                raise ValueError(f"override {key!r}: the list has entries 0-{len(target) - 1}; got {part!r}")
+            child = target[int(part)]
+        else:
+            child = target.setdefault(part, {})
+        if not isinstance(child, (dict, list)) or (isinstance(child, list) and not isinstance(target, dict)):
             raise ValueError(f"override {key!r}: {part!r} is not a section")
+        if isinstance(child, list) and not child:
+            raise ValueError(f"override {key!r}: {part!r} is an empty list")
         target = child
+    if isinstance(target, list):
+        raise ValueError(f"override {key!r}: set a key of one entry (e.g. {key}.0.KEY=VALUE) or the whole list")
     existing = target.get(parts[-1])
     if isinstance(value, dict) and isinstance(existing, dict):
         # `training={max_steps: 5}` sets those keys: the file's other training settings stay (as
@@ -229,6 +244,12 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         _merge_into(existing, value)
     else:
         target[parts[-1]] = value
+
+
+def _dotted_indices(override: str) -> str:
+    """`data.mixture[1].weight=0` as `data.mixture.1.weight=0` (the key part only)."""
+    key, sep, value = override.partition("=")
+    return re.sub(r"\[(\d+)\]", r".\1", key) + sep + value
 
 
 def _unset(raw: dict[str, Any], key: str) -> None:
@@ -245,12 +266,15 @@ def _unset(raw: dict[str, Any], key: str) -> None:
 
 
 def _section_at(raw: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
+    node: Any = raw
     for part in parts:
-        child = raw.get(part)
-        if not isinstance(child, dict):
+        if isinstance(node, list):  # an entry of a list section, by its index
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
             return None
-        raw = child
-    return raw
+    return node if isinstance(node, dict) else None
 
 
 def _override_value(value_text: str) -> Any:
@@ -440,8 +464,13 @@ def _did_you_mean(loc: list[str]) -> str:
     """Suggest the closest valid key in the section that holds the unknown one."""
     model: type[BaseModel] = RunConfig
     for part in loc[:-1]:
+        if part.isdigit():  # an entry of a list section (data.mixture.1.wieght): its model is the item's
+            continue
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None) if field else None
+        args = typing.get_args(annotation) if typing.get_origin(annotation) is list else ()
+        if args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            annotation = args[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return ""
         model = annotation

@@ -775,3 +775,28 @@ def test_an_output_dir_inside_a_data_folder_is_refused(tmp_path: Path, valid_tex
     ]
     beside = load_config(_write(tmp_path, valid_text), [f"data.train={data}", f"output.dir={tmp_path / 'run1'}"])
     assert not [p for p in check_inputs(beside) if "inside" in p]
+
+
+def test_a_mixture_entry_is_reached_by_its_index_and_its_typos_by_their_line(tmp_path: Path) -> None:
+    """`data.mixture[1].weight=0` said "data: must be mixture[1]"; a typo in an entry pointed at the
+    `mixture:` line with no did-you-mean (trial 38b)."""
+    from launcher.config_loader import load_config
+
+    (tmp_path / "t.jsonl").write_text('{"text": "x"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: {path: m}\ndata:\n  format: text\n  mixture:\n"
+        f"    - {{name: a, train: {tmp_path / 't.jsonl'}}}\n"
+        f"    - name: b\n      train: {tmp_path / 't.jsonl'}\n      wieght: 2\noutput: {{dir: {tmp_path / 'run'}}}\n"
+    )
+    with pytest.raises(ConfigError) as typo:
+        load_config(config)
+    assert typo.value.problems == ["data.mixture.1.wieght (line 8): unknown key; did you mean 'data.mixture.1.weight'?"]
+    config.write_text(config.read_text().replace("wieght", "weight"))
+    for override in ("data.mixture[1].weight=3", "data.mixture.1.weight=3"):
+        assert [s.weight for s in load_config(config, [override]).data.mixture] == [1.0, 3.0]
+    assert load_config(config, ["~data.mixture.1.weight"]).data.mixture[1].weight == 1.0  # its default
+    with pytest.raises(ConfigError, match=r"data.mixture.1.weight \(command line\): Input should be greater than 0"):
+        load_config(config, ["data.mixture[1].weight=0"])
+    with pytest.raises(ConfigError, match=r"the list has entries 0-1; got '5'"):
+        load_config(config, ["data.mixture.5.weight=3"])
