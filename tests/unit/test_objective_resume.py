@@ -102,7 +102,12 @@ def test_another_parallel_strategy_is_refused_before_launch_with_the_way_on(tmp_
     assert out.returncode == 2, out.stderr[-2000:]
     assert "holds replicated state (parallel.strategy=" in out.stderr, out.stderr[-2000:]
     assert "but this run uses parallel.strategy=fsdp (dcp state)" in out.stderr
-    assert f"ftl export {run} --checkpoint step-2 --merge" in out.stderr and "start anew" in out.stderr
+    # LoRA goes on as LoRA: the exported adapter as method.lora.init_from (trial 38c), not a merged model.
+    assert f"ftl export {run} --checkpoint step-2`" in out.stderr and "start anew" in out.stderr
+    assert f"method.lora.init_from set to the exported adapter ({run}/exports/step-2/adapter)" in out.stderr
+    optimizer = validate("training.optimizer=adamw_8bit")
+    assert optimizer.returncode == 2 and "holds training.optimizer=adamw state" in optimizer.stderr
+    assert "method.lora.init_from set to the exported adapter" in optimizer.stderr
     assert validate("parallel.strategy=ddp", "cluster.workers=2").returncode == 0  # the same replicated state
 
 

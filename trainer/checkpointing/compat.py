@@ -33,14 +33,14 @@ def resume_problem(
         return (
             f"checkpoint {path} holds {saved_layout} state (parallel.strategy={saved_strategy}) but this run uses "
             f"parallel.strategy={strategy} ({layout} state); resume with parallel.strategy={saved_strategy}, "
-            f"or start a new output.dir{_carry_on_elsewhere(path, f'parallel.strategy={strategy}')}"
+            f"or start a new output.dir{_carry_on_elsewhere(path, f'parallel.strategy={strategy}', manifest)}"
         )
     if layout == "deepspeed":
         if manifest.get("zero_stage") != zero_stage:
             return (
                 f"checkpoint {path} was written with DeepSpeed ZeRO stage {manifest.get('zero_stage')}, this run uses "
                 f"stage {zero_stage}; resume with parallel.zero_stage={manifest.get('zero_stage')}"
-                f"{_carry_on_elsewhere(path, f'parallel.zero_stage={zero_stage}')}"
+                f"{_carry_on_elsewhere(path, f'parallel.zero_stage={zero_stage}', manifest)}"
             )
         if saved_world != world_size:
             reason = universal_problem(manifest, nvme_offload=nvme_offload)
@@ -54,13 +54,23 @@ def resume_problem(
     return None
 
 
-def _carry_on_elsewhere(path: Path, setting: str) -> str:
-    """The way to train on from a checkpoint under a setting it cannot be resumed with (trial 38a)."""
+def _carry_on_elsewhere(path: Path, setting: str, manifest: dict[str, Any] | None = None) -> str:
+    """The way to train on from a checkpoint under a setting it cannot be resumed with (trial 38a):
+    adapters go on as adapters (method.lora.init_from keeps the base model; trial 38c), full weights
+    as a new model.path."""
     run_dir = path.parent.parent
+    recorded = (manifest or {}).get("config")
+    method = recorded.get("method") if isinstance(recorded, dict) else None
+    anew = "(the optimizer state, the learning-rate schedule and the data order start anew)"
+    if isinstance(method, dict) and method.get("type") in ("lora", "qlora", "dora"):
+        return (
+            f". To train on from its adapters with {setting}, export them (`ftl export {run_dir} --checkpoint "
+            f"{path.name}`) and start a new output.dir with method.lora.init_from set to the exported adapter "
+            f"({run_dir}/exports/{path.name}/adapter) {anew}"
+        )
     return (
         f". To train on from its weights with {setting}, export them (`ftl export {run_dir} --checkpoint "
-        f"{path.name} --merge`) and start a new output.dir with model.path set to the merged model (the optimizer "
-        "state, the learning-rate schedule and the data order start anew)"
+        f"{path.name} --merge`) and start a new output.dir with model.path set to the merged model {anew}"
     )
 
 
@@ -117,9 +127,11 @@ def optimizer_problem(path: Path, manifest: dict[str, Any], layout: str, optimiz
     each (DCP keys both by parameter name, so FSDP2 may switch in_backward)."""
     saved = manifest.get("optimizer", {"name": "adamw", "in_backward": False})  # written before the setting existed
     if saved["name"] != optimizer["name"]:
+        carry_on = _carry_on_elsewhere(path, "training.optimizer=" + str(optimizer["name"]), manifest)
         return (
             f"checkpoint {path} holds training.optimizer={saved['name']} state, this run uses {optimizer['name']}; "
             f"resume with training.optimizer={saved['name']}, or start a new output.dir"
+            f"{carry_on}"
         )
     if layout == "replicated" and bool(saved.get("in_backward")) != bool(optimizer["in_backward"]):
         return (
