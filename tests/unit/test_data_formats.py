@@ -900,3 +900,12 @@ def test_a_pair_with_both_responses_empty_says_both(tokenizer: Any) -> None:
         render_example(Row("d.jsonl line 1", pair), "preference", tokenizer)
     with pytest.raises(DataError, match=r"field 'chosen' is empty \(format"):
         render_example(Row("d.jsonl line 1", {**pair, "rejected": " b"}), "preference", tokenizer)
+
+
+def test_a_semicolon_separated_csv_is_said_to_be_one(tmp_path: Path) -> None:
+    """Every row was "unknown field 'text;label'" (trial 38c)."""
+    (tmp_path / "d.csv").write_text("text;label\nhello;a\n")
+    with pytest.raises(
+        DataError, match=r"d.csv: the header is one column, 'text;label': the file looks separated by ';'"
+    ):
+        list(read_rows(str(tmp_path / "d.csv")))

@@ -258,6 +258,14 @@ def _read_csv(path: Path, label: str) -> Iterator[Row]:
                     f"{path}: the header names the column {twice[0]!r} twice (only its last cell would be read); "
                     "rename or remove one"
                 )
+            if len(columns) == 1 and any(mark in columns[0] for mark in (";", "\t", "|")):
+                mark = next(m for m in (";", "\t", "|") if m in columns[0])
+                # A semicolon-separated export (Excel in many locales) read as one column: every
+                # row would be "unknown field" (trial 38c).
+                raise DataError(
+                    f"{path}: the header is one column, {columns[0]!r}: the file looks separated by {mark!r}, and "
+                    "ftl reads comma-separated CSV; save it with commas (or as JSON Lines)"
+                )
             end = reader.line_num
             for cells in reader:
                 # line_num is the physical line just read (header is line 1), which is what editors show;
