@@ -909,3 +909,8 @@ def test_a_semicolon_separated_csv_is_said_to_be_one(tmp_path: Path) -> None:
         DataError, match=r"d.csv: the header is one column, 'text;label': the file looks separated by ';'"
     ):
         list(read_rows(str(tmp_path / "d.csv")))
+
+
+def test_a_chat_row_without_messages_says_the_field_is_missing(tokenizer: Any) -> None:
+    with pytest.raises(DataError, match=r"missing field 'messages' \(fields present: chosen, prompt, rejected\)"):
+        render_example(Row("d.jsonl line 1", {"prompt": "Q?", "chosen": " a", "rejected": " b"}), "chat", tokenizer)

@@ -240,6 +240,7 @@ def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[di
             problem = missing_field(values, key)
             if "did you mean" in str(problem):
                 raise problem
+        raise missing_field(values, "messages")  # absent, not a bad list (trial 38c)
     if not isinstance(messages, list) or not messages:
         raise RowProblem("field 'messages' must be a non-empty list of {role, content} objects")
     clean = []
