@@ -221,7 +221,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         shown = redact_argv([override])[0]  # a token pasted in the wrong place is not echoed
         raise ValueError(f"override {shown!r} must look like key.path=value (e.g. training.learning_rate=1e-4)")
     value = _override_value(value_text)
-    target = raw
+    target: Any = raw
     parts = key.split(".")
     for part in parts[:-1]:
         if isinstance(target, list):  # data.mixture.1.weight=0: an entry of a list section
