@@ -66,10 +66,13 @@ def throughput_lines(t: Throughput, workers: int) -> list[str]:
         lines.append("  tokens/s: no peak throughput for this device; pass --peak-tflops (and --mfu) to estimate")
         return lines
     lines.append(
-        f"  {t.tokens_per_s:,.0f} tokens/s on {workers} GPU(s) at {t.peak_tflops:g} TFLOP/s peak x MFU {t.mfu:g} (assumed; --mfu to change)"
+        f"  {t.tokens_per_s:,.0f} tokens/s on {workers} worker(s) at {t.peak_tflops:g} TFLOP/s peak x MFU {t.mfu:g} (assumed; --mfu to change)"
     )
     if t.tokens is None:
-        lines.append(f"  epoch: {t.no_tokens_reason}; no time estimate")
+        if t.run_seconds is not None:  # training.max_steps sets the run's tokens without the data (a mixture)
+            lines.append(f"  epoch: {t.no_tokens_reason}; time: {duration(t.run_seconds)} for the configured steps")
+        else:
+            lines.append(f"  epoch: {t.no_tokens_reason}; no time estimate")
         return lines
     lines.append(
         f"  epoch: {t.tokens.real_tokens:,} tokens ({t.tokens.slots:,} computed positions with packing/padding), from {t.tokens.source}"

@@ -123,6 +123,11 @@ def estimate(
             run_s += reference_s
         if price_per_gpu_hour is not None:
             cost = run_s / 3600 * setup.workers * price_per_gpu_hour
+    if tokens_per_s and tokens is None and cfg.training.max_steps:
+        # No token count (a mixture, data not read): max_steps still fixes the run's positions.
+        rows_per_step = global_batch_size(setup.micro_batch, setup.accumulation, setup.workers)
+        run_s = cfg.training.max_steps * rows_per_step * setup.seq_len / tokens_per_s
+        cost = run_s / 3600 * setup.workers * price_per_gpu_hour if price_per_gpu_hour is not None else None
     result = Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost, reference_s)
     if cfg.data.mixture:  # its sources are drawn by weight: one file's tokens are not an epoch's
         result.no_tokens_reason = "data.mixture draws its sources by weight, and its epoch is not estimated"

@@ -805,6 +805,14 @@ def test_a_mixture_plan_says_its_epoch_is_not_estimated_not_that_its_data_is_unr
         "  epoch: data.mixture draws its sources by weight, and its epoch is not estimated; no time estimate" in lines
     )
     assert not any("not readable" in line for line in lines)
+    # With training.max_steps the run's positions are known without the data (trial 38b: no estimate).
+    steps = load_config(
+        REPO / "configs/examples/mixture.yaml", [f"output.dir={tmp_path / 'run'}", "training.max_steps=50"]
+    )
+    timed = plan_run(steps, Target(accelerator("A100-80GB")), with_throughput=True)
+    assert timed.throughput is not None and timed.throughput.run_seconds is not None
+    [said] = [line for line in throughput_lines(timed.throughput, 1) if line.startswith("  epoch:")]
+    assert said.endswith("for the configured steps") and "; time: " in said
 
 
 def test_more_cpu_workers_than_cores_is_noted(capsys: pytest.CaptureFixture[str]) -> None:
