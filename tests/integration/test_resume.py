@@ -252,7 +252,7 @@ def test_a_resume_on_changed_training_data_says_so(tmp_path: Path, tiny_model_di
     # Kept with the run, as a config change is (trial 35a: said on the console only).
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["resumed_with_config_changes"] == [
-        {"step": 4, "config_change": "other training data (its tokenized rows differ)"}
+        {"step": 4, "config_change": "other training data (its rows differ, as training reads them)"}
     ]
     listing = subprocess.run([*FTL, "runs", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
-    assert "resumed at step 4 under another config (other training data (its tokenized rows differ))" in listing.stdout
+    assert "resumed at step 4 under another config (other training data (its rows differ, as training reads them))" in listing.stdout

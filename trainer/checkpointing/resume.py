@@ -160,7 +160,7 @@ def build_manager(
     )
 
 
-DATA_CHANGED = "other training data (its tokenized rows differ)"
+DATA_CHANGED = "other training data (its rows differ, as training reads them)"
 
 
 def global_batch_change(point: ResumePoint, global_batch: int, world_size: int) -> str:
@@ -196,7 +196,7 @@ def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows:
     saved = point.manifest.get("data_fingerprint")
     if saved and data_fingerprint and saved != data_fingerprint:
         log.warning(
-            "resuming %s, written on other training data (its tokenized rows differ from this run's): the run "
+            "resuming %s, written on other training data (its rows, as training reads them, differ from this run's): the run "
             "continues at position %d of epoch %d in this data's %d rows, and the result will not equal an "
             "uninterrupted run on either",
             point.path,
