@@ -255,4 +255,7 @@ def test_a_resume_on_changed_training_data_says_so(tmp_path: Path, tiny_model_di
         {"step": 4, "config_change": "other training data (its rows differ, as training reads them)"}
     ]
     listing = subprocess.run([*FTL, "runs", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
-    assert "resumed at step 4 under another config (other training data (its rows differ, as training reads them))" in listing.stdout
+    assert (
+        "resumed at step 4 under another config (other training data (its rows differ, as training reads them))"
+        in listing.stdout
+    )
