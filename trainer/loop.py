@@ -62,7 +62,7 @@ def train_loop(
 ) -> LoopState:
     """`objective`: a preference objective (training.objective dpo/orpo) instead of the next-token loss."""
     rank, world, device = strategy.rank, strategy.world_size, strategy.device
-    sampler = data.sampler(cfg.seed, shuffle=shuffle)
+    sampler = data.sampler(cfg.seed, shuffle=shuffle, mixture_segment=state.mixture)
     mb, accum = cfg.micro_batch_size, cfg.gradient_accumulation_steps
     per_step = global_batch_size(mb, accum, world)
     console = console or RunConsole(enabled=False, every_s=0.0)

@@ -21,6 +21,7 @@ class LoopState:
     best: dict[str, float] = field(default_factory=dict)
     transfer: dict[str, Any] = field(default_factory=dict)  # early stopping, unfreezing stage, retain baseline
     keep_steps: list[int] = field(default_factory=list)  # checkpoints rotation must keep (the best one)
+    mixture: dict[str, Any] = field(default_factory=dict)  # a data.mixture's segment (trainer/data/mixture_resume.py)
 
 
 def loop_state_from_dict(saved: dict[str, Any]) -> LoopState:

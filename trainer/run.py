@@ -35,6 +35,7 @@ from trainer.config_hash import config_hash as result_config_hash
 from trainer.console import RunConsole
 from trainer.context import WorkerContext
 from trainer.data.batches import rows_fingerprint
+from trainer.data.mixture_resume import continued_segment, segment_sampler
 from trainer.data.packing_check import check_packed_examples_stay_apart
 from trainer.data.prepare import PreparedData, cut_examples_note, mixture_note, prepare_data, same_pairs_note
 from trainer.distributed import any_rank, barrier, expect_world
@@ -287,6 +288,12 @@ def _build_trainee(
         if resume_from
         else LoopState()
     )
+    if data.train.mixture:
+        state.mixture, mixture_change = continued_segment(
+            state.mixture, data.train.mixture, cfg.training.seed, cfg.data.shuffle, state.samples_seen
+        )
+        if mixture_change and ctx.is_main:
+            console.event(f"note: {mixture_change}")
     model = transfer.resumed(state, model)
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
@@ -471,6 +478,13 @@ def _finish(
     summary = _summary(ctx.run_dir, data, state, trainee.total_steps, cfg.eval.max_samples)
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
     summary["transfer"] = trainee.transfer.summary()
+    if data.train.mixture and "mixture" in summary["data"]:
+        # What training drew of each source, over every start (the epoch figures are averages).
+        drawn = segment_sampler(data.train.mixture, cfg.training.seed, cfg.data.shuffle, state.mixture).drawn_before(
+            state.samples_seen
+        )
+        for span, count in zip(data.train.mixture, drawn, strict=True):
+            summary["data"]["mixture"].get(span.name, {})["rows_drawn"] = count
     if cfg.method.lora.init_from:  # its "base" scores are that adapter's, not the base model's
         summary["started_from"] = str(cfg.method.lora.init_from)
     if ctx.is_main:  # written last and atomically: its presence is what marks the run finished

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from trainer.data.mixture import MixtureSampler, MixtureSpan
+from trainer.data.mixture import MixtureSpan
+from trainer.data.mixture_resume import first_segment, segment_sampler
 from trainer.data.sampler import GlobalSampler, RowSampler
 from trainer.data.tokenized import TokenizedSet
 from trainer.data.word_tags import IGNORE_INDEX  # noqa: F401  (re-exported: the loss ignores this label)
@@ -34,10 +36,11 @@ class RowDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sampler(self, seed: int, shuffle: bool) -> RowSampler:
-        """The row order of training: one seeded stream over all rows, or a weighted mixture."""
+    def sampler(self, seed: int, shuffle: bool, mixture_segment: dict[str, Any] | None = None) -> RowSampler:
+        """The row order of training: one seeded stream over all rows, or a weighted mixture (drawn
+        by `mixture_segment`, the loop state's, when a resume changed the weights)."""
         if self.mixture:
-            return MixtureSampler(self.mixture, seed, shuffle)
+            return segment_sampler(self.mixture, seed, shuffle, mixture_segment or first_segment(self.mixture))
         return GlobalSampler(len(self.rows), seed, shuffle)
 
     def row_tokens(self, row: int) -> int:

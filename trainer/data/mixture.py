@@ -4,6 +4,9 @@ Position p of the global sample stream picks a source with probability weight / 
 (a seeded draw per block of positions, so the stream is a pure function of the seed: resume by
 position stays exact), then that source's next row in its own epoch order. Small sources are
 revisited more often than large ones; the weights, not the sizes, set the mix.
+
+A resume under other weights starts a new segment of the stream at its position: each source keeps
+the rows it has drawn so far and goes on with its next one (trainer/data/mixture_resume.py).
 """
 
 from __future__ import annotations
@@ -53,22 +56,37 @@ def epoch_draws_line(sources: list[tuple[str, int, float]], packed: bool = False
 
 
 class MixtureSampler:
-    def __init__(self, spans: list[MixtureSpan], seed: int, shuffle: bool):
+    """Positions from `start` on drawn by the spans' weights; `drawn`: each source's rows drawn before
+    `start` (under earlier weights), so it continues its own order there; `orders`: each source's
+    order seed offset (its index when the run began, kept when sources are reordered or added)."""
+
+    def __init__(
+        self,
+        spans: list[MixtureSpan],
+        seed: int,
+        shuffle: bool,
+        start: int = 0,
+        drawn: list[int] | None = None,
+        orders: list[int] | None = None,
+    ):
         self.spans = spans
         weights = np.array([s.weight for s in spans], dtype=np.float64)
         self.probabilities = weights / weights.sum()
         self.seed = seed
-        self.sources = [GlobalSampler(s.count, seed + index, shuffle) for index, s in enumerate(spans)]
-        # draws of each source before block b (cumulative), grown lazily
+        self.start = start
+        self.base = np.asarray(drawn if drawn is not None else [0] * len(spans), dtype=np.int64)
+        orders = orders if orders is not None else list(range(len(spans)))
+        self.sources = [GlobalSampler(s.count, seed + order, shuffle) for s, order in zip(spans, orders, strict=True)]
+        # draws of each source before block b of this segment (cumulative), grown lazily
         self._before: list[np.ndarray] = [np.zeros(len(spans), dtype=np.int64)]
         self._block = -1
         self._choices = np.zeros(0, dtype=np.int64)
         self._within = np.zeros(0, dtype=np.int64)
 
     def _draw(self, block: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, 0x6D6978, block]).choice(
-            len(self.spans), size=BLOCK, p=self.probabilities
-        )
+        # The first segment keeps the key runs before segments had, so their checkpoints resume exactly.
+        key = [self.seed, 0x6D6978, block] if self.start == 0 else [self.seed, 0x6D6978, self.start, block]
+        return np.random.default_rng(key).choice(len(self.spans), size=BLOCK, p=self.probabilities)
 
     def _load_block(self, block: int) -> None:
         if block == self._block:
@@ -84,19 +102,30 @@ class MixtureSampler:
             within[hits] = np.arange(int(hits.sum()))
         self._block, self._choices, self._within = block, choices, within
 
-    def source_of(self, position: int) -> int:
-        block, offset = divmod(position, BLOCK)
+    def _locate(self, position: int) -> tuple[int, int]:
+        if position < self.start:
+            raise ValueError(f"position {position} is before this mixture segment, which starts at {self.start}")
+        block, offset = divmod(position - self.start, BLOCK)
         self._load_block(block)
+        return block, offset
+
+    def source_of(self, position: int) -> int:
+        block, offset = self._locate(position)
         return int(self._choices[offset])
+
+    def drawn_before(self, position: int) -> list[int]:
+        """How many rows each source has drawn at positions before `position` (earlier segments too)."""
+        block, offset = self._locate(position)
+        here = np.bincount(self._choices[:offset], minlength=len(self.spans))
+        return [int(n) for n in self.base + self._before[block] + here]
 
     def take(self, start: int, count: int) -> list[int]:
         """Row indices (into the combined row list) for global positions [start, start + count)."""
         out = []
         for position in range(start, start + count):
-            block, offset = divmod(position, BLOCK)
-            self._load_block(block)
+            block, offset = self._locate(position)
             source = int(self._choices[offset])
-            nth = int(self._before[block][source] + self._within[offset])
+            nth = int(self.base[source] + self._before[block][source] + self._within[offset])
             out.append(self.spans[source].start + self.sources[source].take(nth, 1)[0])
         return out
 
