@@ -13,6 +13,7 @@ section are on the launcher's RunConfig (launcher/run_config.py).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -898,6 +899,41 @@ def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:
         f"eval.every_steps={cfg.eval.every_steps} but the run has no evaluation data, so nothing is evaluated; set "
         "data.validation (a file), data.validation_split (e.g. 0.05), data.test or eval.retain"
     )
+
+
+# A source below this share of the mixture's weight draws next to nothing (trial 38b: 1e-6 was taken
+# without a word, and its validation still cost an evaluation each time).
+SMALL_MIXTURE_SHARE = 0.001
+
+
+def mixture_notes(cfg: TrainerConfig) -> list[str]:
+    """Warnings for a data.mixture that is valid but likely not what was meant: a source whose weight
+    draws next to nothing, and one file listed as two sources (its rows drawn under both weights)."""
+    sources = cfg.data.mixture
+    if not sources:
+        return []
+    notes = []
+    total = sum(source.weight for source in sources)
+    for index, source in enumerate(sources):
+        if source.weight / total < SMALL_MIXTURE_SHARE:
+            notes.append(
+                f"data.mixture[{index}] ({source.name}): weight {source.weight:g} is {source.weight / total:.2g} of the "
+                "mixture's total, so training draws next to none of its rows; raise it, or remove the entry (to only "
+                "score a set, give it as data.validation or data.test)"
+            )
+    seen: dict[str, str] = {}
+    for source in sources:
+        key = (
+            str(Path(source.train).expanduser().resolve()) if Path(source.train).expanduser().exists() else source.train
+        )
+        if key in seen:
+            notes.append(
+                f"data.mixture sources {seen[key]} and {source.name} read the same training data ({source.train}): its "
+                "rows are drawn under both weights; list it once with their sum if that was not meant"
+            )
+        else:
+            seen[key] = source.name
+    return notes
 
 
 def _check_early_stopping(cfg: TrainerConfig) -> None:

@@ -245,6 +245,20 @@ def test_bad_images_and_unknown_labels_are_named_by_file(tmp_path: Path) -> None
         load_image_set(str(slipped.parent), inputs, LABELS, skip_bad_rows=False)
 
 
+def test_skipped_bad_images_are_said_by_one_rank(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every rank decodes the images; the skip warning was printed once per rank (trial 38b)."""
+    good = SHAPES / "train" / "diamond" / "0000.png"
+    (tmp_path / "diamond").mkdir()
+    (tmp_path / "diamond" / "a.png").write_bytes(good.read_bytes())
+    (tmp_path / "diamond" / "b.png").write_bytes(b"this is not a png")
+    _, inputs = _images("valid")
+    for speaks, said in ((False, 0), (True, 1)):
+        caplog.clear()
+        loaded = load_image_set(str(tmp_path), inputs, LABELS, skip_bad_rows=True, speaks=speaks)
+        assert len(loaded) == 1 and loaded.stats["skipped_bad"] == 1
+        assert sum("skipped 1 bad image(s)" in r.getMessage() for r in caplog.records) == said
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

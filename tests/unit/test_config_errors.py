@@ -800,3 +800,31 @@ def test_a_mixture_entry_is_reached_by_its_index_and_its_typos_by_their_line(tmp
         load_config(config, ["data.mixture[1].weight=0"])
     with pytest.raises(ConfigError, match=r"the list has entries 0-1; got '5'"):
         load_config(config, ["data.mixture.5.weight=3"])
+
+
+def test_a_mixture_source_that_draws_nothing_or_a_file_listed_twice_is_warned(tmp_path: Path) -> None:
+    """A 1e-6 weight and one file as two sources were taken without a word (trial 38b)."""
+    from launcher.config_loader import load_config
+    from trainer.config import mixture_notes
+
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"text": "x"}\n')
+    other = tmp_path / "u.jsonl"
+    other.write_text('{"text": "y"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: {path: m}\ndata:\n  format: text\n  mixture:\n"
+        f"    - {{name: a, train: {data}, weight: 3}}\n"
+        f"    - {{name: b, train: {other}, weight: 0.000001}}\n"
+        f"    - {{name: c, train: {tmp_path / '.' / 't.jsonl'}}}\n"
+        f"output: {{dir: {tmp_path / 'run'}}}\n"
+    )
+    notes = mixture_notes(load_config(config))
+    assert notes == [
+        "data.mixture[1] (b): weight 1e-06 is 2.5e-07 of the mixture's total, so training draws next to none of its "
+        "rows; raise it, or remove the entry (to only score a set, give it as data.validation or data.test)",
+        f"data.mixture sources a and c read the same training data ({tmp_path / '.' / 't.jsonl'}): its rows are drawn "
+        "under both weights; list it once with their sum if that was not meant",
+    ]
+    distinct = load_config(config, ["data.mixture.1.weight=1", f"data.mixture.2.train={other.with_name('v.jsonl')}"])
+    assert mixture_notes(distinct) == []

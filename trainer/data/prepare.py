@@ -77,6 +77,7 @@ def prepare_data(
                 skip_bad_rows=cfg.skip_bad_rows,
                 augmentation=augmentation,
                 seed=seed,
+                speaks=sharing is None or sharing.part == 0,
             )
         return load_tokenized(spec, fmt, tokenizer, split=split, **common)  # type: ignore[arg-type]
 
