@@ -25,7 +25,7 @@ from trainer.checkpointing.protocol import (
     validate_checkpoint,
 )
 from trainer.console import duration
-from trainer.metrics import changed_config_starts, current_trajectory, parse_records, wall_time
+from trainer.metrics import changed_config_starts, continued_from, current_trajectory, parse_records, wall_time
 from trainer.run_layout import RunLayout
 
 # Scores shown for an evaluation, best first; eval_loss when none of the others was measured.
@@ -149,6 +149,11 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         for c in changed_config_starts(records)
     )
     notes.extend(f"tracking.{name} failed ({why})" for name, why in tracker_failures(run_dir).items())
+    origin = continued_from(records)
+    if origin is not None:  # its first steps and the base model's scores are that run's (trial 38c)
+        notes.append(
+            f"continued from {origin['path']} (step {origin['step']}): steps 1-{origin['step']} are in that run"
+        )
     layout = RunLayout(run_dir)
     holder = read_holder(layout.lock)
     gone = stale_reason(holder) if holder is not None else None

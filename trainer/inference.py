@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.errors import TrainerInputError
 from trainer.evaluate import generate_texts
 from trainer.model_builder import ensure_pad_token
@@ -101,6 +102,11 @@ def _no_model_here(path: Path, layout: RunLayout) -> str:
         return (
             f"{path}: no final/merged or final/adapter (the run has not finished); its latest export is "
             f"{exported[-1]}: pass that directory (or `ftl export {path}` for its latest checkpoint)"
+        )
+    if not committed_checkpoints(path):  # export would only say "no valid checkpoint" (trial 38c)
+        return (
+            f"{path}: no model yet: the run has not finished and saved no checkpoint (`ftl runs {path.parent}` says "
+            "whether it failed and why); train it (`ftl train` with its config resumes or starts it) first"
         )
     return (
         f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from launcher.commands import format_summary, train
+from launcher.runs import describe_run
 from tests.conftest import FTL, REPO, write_config
 from trainer.checkpointing.protocol import committed_checkpoints
 from trainer.metrics import read_metrics
@@ -85,6 +86,9 @@ def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_di
     step_2 = tmp_path / "run" / "checkpoints" / "step-2"
     assert f"continued from {step_2} (step 2): steps 1-2 and the base model's scores are in that run" in table
     assert "continued from" not in format_summary(json.loads((tmp_path / "run" / "summary.json").read_text()))
+    # `ftl runs` says it too (trial 38c: only summary.json and the final table did).
+    assert f"continued from {step_2} (step 2): steps 1-2 are in that run" in describe_run(tmp_path / "more").note
+    assert "continued from" not in describe_run(tmp_path / "run").note
 
 
 def test_two_worker_ddp_run_stops_and_resumes_bit_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:

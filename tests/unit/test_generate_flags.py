@@ -95,6 +95,10 @@ def test_a_stopped_run_that_was_exported_points_at_its_latest_export(tmp_path: P
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("model: {}\n")
+    # No checkpoint at all (a failed run): export could not help either (trial 38c).
+    assert "no model yet: the run has not finished and saved no checkpoint" in _no_model_here(run, RunLayout(run))
+    (run / "checkpoints" / "step-4").mkdir(parents=True)
+    (run / "checkpoints" / "step-4" / "manifest.json").write_text("{}")
     assert "has the run finished?" in _no_model_here(run, RunLayout(run))
     for step in (4, 12, 8):
         (run / "exports" / f"step-{step}").mkdir(parents=True)
