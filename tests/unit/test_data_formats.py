@@ -900,6 +900,17 @@ def test_a_pair_with_both_responses_empty_says_both(tokenizer: Any) -> None:
         render_example(Row("d.jsonl line 1", pair), "preference", tokenizer)
     with pytest.raises(DataError, match=r"field 'chosen' is empty \(format"):
         render_example(Row("d.jsonl line 1", {**pair, "rejected": " b"}), "preference", tokenizer)
+    # Chat style too: assistant messages with empty content (trial 38c named only 'chosen').
+    chat = {
+        "prompt": [{"role": "user", "content": "Q?"}],
+        "chosen": {"role": "assistant", "content": ""},
+        "rejected": [{"role": "assistant", "content": " "}],
+    }
+    with pytest.raises(DataError, match=r"fields 'chosen' and 'rejected' are empty"):
+        render_example(Row("d.jsonl line 1", chat), "preference", tokenizer)
+    one_empty = {**chat, "rejected": {"role": "assistant", "content": "b"}}
+    with pytest.raises(DataError, match=r"field 'chosen': chosen\[0\] is an assistant message with empty content"):
+        render_example(Row("d.jsonl line 1", one_empty), "preference", tokenizer)
 
 
 def test_a_semicolon_separated_csv_is_said_to_be_one(tmp_path: Path) -> None:

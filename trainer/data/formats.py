@@ -317,6 +317,9 @@ def _render_preference(values: dict[str, Any], tokenizer: Any) -> Example:
 
 def _preference_responses(values: dict[str, Any]) -> tuple[Any, Any]:
     """chosen and rejected: two non-empty strings, or two assistant message lists (chat style)."""
+    if all(_empty_response(values.get(key)) for key in ("chosen", "rejected")):
+        # Said together, in either style: one fix, not two runs (trial 38c: a chat-style pair named one).
+        raise RowProblem("fields 'chosen' and 'rejected' are empty")
     found: list[Any] = []
     for key in ("chosen", "rejected"):
         if key not in values or values[key] is None:
@@ -331,9 +334,7 @@ def _preference_responses(values: dict[str, Any]) -> tuple[Any, Any]:
             found.append(messages)
         elif isinstance(value, str):
             if not value.strip():
-                other = values.get("rejected") if key == "chosen" else None
-                both = isinstance(other, str) and not other.strip()  # said together: one fix, not two runs
-                raise RowProblem("fields 'chosen' and 'rejected' are empty" if both else f"field {key!r} is empty")
+                raise RowProblem(f"field {key!r} is empty")
             found.append(value)
         else:
             raise RowProblem(f"field {key!r} must be a string or assistant message(s), got {type(value).__name__}")
@@ -343,6 +344,16 @@ def _preference_responses(values: dict[str, Any]) -> tuple[Any, Any]:
             "(prompt a message list, chosen/rejected assistant messages)"
         )
     return found[0], found[1]
+
+
+def _empty_response(value: Any) -> bool:
+    """A response with no text: a blank string, or assistant message(s) whose contents are all blank."""
+    if isinstance(value, str):
+        return not value.strip()
+    messages = [value] if isinstance(value, dict) else value
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return False
+    return all(isinstance(m.get("content"), str) and not m["content"].strip() for m in messages)
 
 
 def _message_list(value: Any, key: str) -> list[dict[str, Any]]:
