@@ -260,9 +260,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             )
             of = _scored_part(summary, split, pairs=metric == "preference_accuracy")
             partial += [f"* {split}: {of}"] if of else []
-            lines.append(f"{split + ('*' if of else ''):<14}{loss:<30}{cells}".rstrip())
+            generated = _exact_match_part(summary, split) if "exact_match" in (key for key, _ in columns) else ""
+            partial += [f"+ {split}: {generated}"] if generated else []
+            marks = ("*" if of else "") + ("+" if generated else "")
+            lines.append(f"{split + marks:<14}{loss:<30}{cells}".rstrip())
         if partial:
-            lines += partial + ["  (eval.max_samples: not comparable with scores of whole sets)"]
+            lines += partial + ["  (not comparable with scores of whole sets)"]
         if summary.get("started_from"):
             lines.append(f"start = the adapter the run started from ({summary['started_from']})")
     stopping = summary.get("transfer", {}).get("early_stopping")
@@ -296,6 +299,22 @@ def _scored_part(summary: dict[str, Any], split: str, pairs: bool) -> str:
         return ""
     count, what = (examples // 2, "pairs") if pairs else (examples, "examples")
     return f"scored on the first {limit} of {count} {what}" if limit < count else ""
+
+
+def _exact_match_part(summary: dict[str, Any], split: str) -> str:
+    """'exact match on 4 of 10 pairs (...)' when generation scored part of the set: the first
+    eval.generation.max_samples rows, less those too long to generate an answer for (trial 38c:
+    4 of 10 pairs were scored, and nothing said it)."""
+    data = summary.get("data") or {}
+    scored, rows = data.get(f"{split}_exact_match_scored"), data.get(f"{split}_exact_match_of")
+    if not isinstance(scored, int) or not isinstance(rows, int) or scored >= rows:
+        return ""
+    what = "pairs" if data.get("format") == "preference" else "examples"
+    longer = data.get(f"{split}_exact_match_left_out", 0)
+    why = [f"{longer} longer than data.max_seq_len left out"] if longer else []
+    if scored + longer < rows:
+        why.insert(0, f"the first {scored + longer} (eval.generation.max_samples)")
+    return f"exact match on {scored} of {rows} {what} ({'; '.join(why)})"
 
 
 def _fmt(value: float | None) -> str:

@@ -843,6 +843,9 @@ def test_exact_match_leaves_out_rows_longer_than_max_seq_len(tokenizer: Any, tmp
     assert len(validation.prompts) == 2 and all(len(p.input_ids) < 64 for p in validation.prompts)
     assert prepared.report["validation_exact_match_left_out"] == 1
     assert "validation: 1 row(s) left out of exact match" in (cut_examples_note(prepared.report) or "")
+    assert (prepared.report["validation_exact_match_scored"], prepared.report["validation_exact_match_of"]) == (2, 3)
+    first = prepare_data(cfg, tokenizer, seed=0, micro_batch_size=2, want_prompts=True, max_prompts=1)
+    assert (first.report["validation_exact_match_scored"], first.report["validation_exact_match_of"]) == (1, 3)
 
 
 def test_generation_stops_at_a_learned_position_table(tokenizer: Any) -> None:

@@ -44,6 +44,7 @@ def test_a_set_scored_in_part_is_marked(tmp_path: Path) -> None:
     table = format_summary({**summary, "scores": scores, "eval_max_samples": 64})
     assert "\nvalidation*   15.7000 -> 3.8900" in table
     assert "* validation: scored on the first 64 of 200 examples" in table and "* test" not in table
+    assert "(not comparable with scores of whole sets)" in table
     assert "*" not in format_summary({**summary, "scores": scores, "eval_max_samples": None})
 
 
@@ -101,3 +102,28 @@ def test_preference_runs_with_generation_show_its_exact_match_too(tmp_path: Path
     assert row.index("0.0% -> 25.0%") == header.index("exact match")  # under its title
     del scores["validation"]["base"]["exact_match"], scores["validation"]["final"]["exact_match"]
     assert "exact match" not in format_summary({**_summary(tmp_path), "transfer": {}, "scores": scores})
+
+
+def test_exact_match_on_part_of_a_set_is_marked(tmp_path: Path) -> None:
+    """eval.generation.max_samples=4 scored exact match on 4 of 10 pairs, unmarked (trial 38c)."""
+    scores = {
+        "validation": {
+            "base": {"eval_loss": 0.69, "preference_accuracy": 0.5, "exact_match": 0.0},
+            "final": {"eval_loss": 0.41, "preference_accuracy": 1.0, "exact_match": 0.25},
+        }
+    }
+    data = {"format": "preference", "train_examples": 40, "train_rows": 20, "token_efficiency": 1.0}
+    part = {**data, "validation_exact_match_scored": 3, "validation_exact_match_of": 10}
+    table = format_summary(
+        {**_summary(tmp_path), "transfer": {}, "scores": scores, "data": {**part, "validation_exact_match_left_out": 1}}
+    )
+    assert "\nvalidation+   0.6900 -> 0.4100" in table
+    assert (
+        "+ validation: exact match on 3 of 10 pairs (the first 4 (eval.generation.max_samples); 1 longer than "
+        "data.max_seq_len left out)" in table
+    )
+    whole = {**data, "validation_exact_match_scored": 10, "validation_exact_match_of": 10}
+    assert "+" not in format_summary({**_summary(tmp_path), "transfer": {}, "scores": scores, "data": whole})
+    # No exact match column (generation off): no mark, whatever the data says.
+    del scores["validation"]["base"]["exact_match"], scores["validation"]["final"]["exact_match"]
+    assert "+ validation" not in format_summary({**_summary(tmp_path), "transfer": {}, "scores": scores, "data": part})

@@ -132,12 +132,16 @@ def prepare_data(
         evals.append(EvalSet("retain", load(retain, "text"), source=retain, format="text"))
 
     left_out: dict[str, int] = {}
+    exact_match_part: dict[str, tuple[int, int]] = {}
     if want_prompts:
         for eval_set in evals:
             if eval_set.format in PROMPT_FORMATS:
                 eval_set.prompts, longer = _prompts_for(eval_set, tokenizer, max_prompts, cfg.max_seq_len)
                 if longer:
                     left_out[eval_set.name] = longer
+                # Exact match scores these prompts of the set's rows (pairs): the table marks a part (trial 38c).
+                set_rows = len(eval_set.examples) // (2 if eval_set.format == "preference" else 1)
+                exact_match_part[eval_set.name] = (len(eval_set.prompts), set_rows)
 
     lengths = train.lengths()
     efficiency = token_efficiency(lengths, rows, cfg, micro_batch_size)
@@ -162,6 +166,9 @@ def prepare_data(
     }
     for name, longer in left_out.items():
         report[f"{name}_exact_match_left_out"] = longer
+    for name, (scored, of) in exact_match_part.items():
+        report[f"{name}_exact_match_scored"] = scored
+        report[f"{name}_exact_match_of"] = of
     if held_out_of_train:  # the train_ cut counts are the file's: its held-out examples included
         report["validation_held_out_of_train"] = held_out_of_train
     if mixture_report:
