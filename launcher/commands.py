@@ -48,11 +48,11 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         return code
     sys.stdout.write(config_to_yaml(cfg))
     print(f"# {config_path}: valid", file=sys.stderr)
-    from launcher.preflight import start_move_preview
+    from launcher.preflight import resume_change_preview, start_move_preview
 
-    moves = start_move_preview(cfg, local_run_dir(cfg))
-    if moves:
-        print(f"ftl: note: {moves}", file=sys.stderr)
+    for preview in (start_move_preview(cfg, local_run_dir(cfg)), resume_change_preview(cfg, local_run_dir(cfg))):
+        if preview:
+            print(f"ftl: note: {preview}", file=sys.stderr)
     return 0
 
 

@@ -225,6 +225,50 @@ def start_move_preview(cfg: RunConfig, run_dir: Path) -> str | None:
     return move_preview(run_dir, cfg.checkpoint.resume, move_aside=cfg.checkpoint.move_aside)
 
 
+def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
+    """What the checkpoint a start would resume differs in from this config (settings that change
+    the result, another global batch), said by validate before the start (trial 38c: a resume on
+    another worker count was recorded well, but only once it had started)."""
+    from cluster.run_storage import is_uri
+    from launcher.run_dir import finished_run_problem
+    from trainer.checkpointing.protocol import committed_checkpoints, read_manifest, validate_checkpoint
+    from trainer.checkpointing.resume import config_change_note
+    from trainer.config_hash import config_hash
+    from trainer.global_batch import global_batch_size
+
+    mode = cfg.checkpoint.resume
+    if is_uri(cfg.output.dir) or mode == "never" or (mode == "auto" and finished_run_problem(run_dir)):
+        return None
+    if mode == "auto":
+        valid = [p for p in committed_checkpoints(run_dir) if validate_checkpoint(p, checksums=False) is None]
+        if not valid:
+            return None
+        path = valid[-1]
+    else:
+        path = Path(mode)
+    try:
+        manifest = read_manifest(path)
+    except (OSError, ValueError):
+        return None  # a broken resume PATH is start_refusal's to say
+    workers = cfg.cluster.world_size
+    batch = global_batch_size(cfg.training.micro_batch_size, cfg.training.gradient_accumulation_steps, workers)
+    changes = [change for change in [config_change_note(manifest, config_hash(cfg), cfg, batch)] if change]
+    saved = manifest.get("global_batch")
+    if saved is not None and int(saved) != batch:
+        was = int(manifest.get("world_size", 1))
+        on = f" ({was} -> {workers} workers)" if was != workers else ""
+        changes.append(
+            f"global batch {saved} -> {batch} samples{on}: training goes on from sample "
+            f"{manifest.get('samples_seen', '?')} with {batch} samples a step"
+        )
+    if not changes:
+        return None
+    return (
+        f"`ftl train` resumes {path} (step {manifest.get('step', '?')}) under another config: {'; '.join(changes)}; "
+        "the result will not equal an uninterrupted run of either"
+    )
+
+
 def model_config_problems(cfg: RunConfig) -> list[str]:
     """A local model folder whose config.json is no JSON object (a cut-off copy, a hand edit): `ftl
     plan` ended in a JSONDecodeError traceback and validate said valid (trial 37b)."""

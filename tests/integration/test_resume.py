@@ -79,7 +79,29 @@ def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_di
     # The refusal says how to train that run further; doing so continues from its last step.
     hint = shlex.split(again.stderr.strip().rsplit("from its last checkpoint with more steps: ", 1)[1])
     assert hint[1] == f"checkpoint.resume={tmp_path / 'run' / 'checkpoints' / 'step-2'}", again.stderr
-    assert train(str(config), [f"output.dir={tmp_path / 'more'}", hint[1], "training.max_steps=3"]) == 0
+    # validate says what such a start would continue under: another config, another global batch (trial 38c).
+    more = [f"output.dir={tmp_path / 'more'}", hint[1], "training.max_steps=3"]
+    preview = subprocess.run(
+        [*FTL, "validate", str(config), *more, "cluster.workers=2", "training.learning_rate=0.001"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert preview.returncode == 0, preview.stderr
+    assert (
+        f"ftl: note: `ftl train` resumes {tmp_path / 'run' / 'checkpoints' / 'step-2'} (step 2) under another config: "
+        "training.learning_rate: 0.005 -> 0.001; training.max_steps: 2 -> 3; global batch 4 -> 8 samples (1 -> 2 "
+        "workers): training goes on from sample 8 with 8 samples a step" in preview.stderr
+    ), preview.stderr
+    # The same global batch split otherwise (2 workers x 2): not a change of the result, not said.
+    split = subprocess.run(
+        [*FTL, "validate", str(config), *more, "cluster.workers=2", "training.micro_batch_size=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert "under another config: training.max_steps: 2 -> 3; the result" in split.stderr, split.stderr
+    assert train(str(config), more) == 0
     assert [r["step"] for r in read_metrics(tmp_path / "more", "train")] == [3]
     # Its final table says where its first steps (and the base scores it has none of) are.
     table = format_summary(json.loads((tmp_path / "more" / "summary.json").read_text()))
