@@ -31,6 +31,12 @@ def _run_with_a_checkpoint(run: Path, objective: str, method: dict | None = None
     return run
 
 
+def _validate(config: str, run: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """`ftl validate CONFIG output.dir=RUN OVERRIDES...` in a process of its own, as a user runs it."""
+    command = [*FTL, "validate", config, f"output.dir={run}", *overrides]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 def test_another_objective_is_refused_and_the_same_one_resumes(tmp_path: Path) -> None:
     run = _run_with_a_checkpoint(tmp_path / "run", "dpo")
     said = refusal_before_launch(run, "auto", move_aside=False, max_steps=None, objective="orpo")
@@ -41,13 +47,7 @@ def test_another_objective_is_refused_and_the_same_one_resumes(tmp_path: Path) -
 
 def test_validate_says_it_before_a_run(tmp_path: Path) -> None:
     run = _run_with_a_checkpoint(tmp_path / "run", "sft")
-    out = subprocess.run(
-        [*FTL, "validate", "configs/examples/dpo.yaml", f"output.dir={run}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _validate("configs/examples/dpo.yaml", run)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "trained with training.objective=sft, and this config says dpo" in out.stderr, out.stderr[-2000:]
 
@@ -76,13 +76,7 @@ def test_a_method_the_checkpoint_cannot_load_is_refused_before_launch(tmp_path: 
 def test_validate_says_a_lora_rank_change_before_a_run(tmp_path: Path) -> None:
     lora = {"type": "lora", "lora": {"r": 8, "target_modules": "all-linear", "modules_to_save": []}}
     run = _run_with_a_checkpoint(tmp_path / "run", "sft", lora)
-    out = subprocess.run(
-        [*FTL, "validate", "configs/examples/lora.yaml", f"output.dir={run}", "method.lora.r=16"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _validate("configs/examples/lora.yaml", run, "method.lora.r=16")
     assert out.returncode == 2, out.stderr[-2000:]
     assert "cannot load (method.lora.r: 8 -> 16)" in out.stderr, out.stderr[-2000:]
 
@@ -95,8 +89,7 @@ def test_another_parallel_strategy_is_refused_before_launch_with_the_way_on(tmp_
     (run / ".ftl-run").write_text("")
 
     def validate(*overrides: str) -> subprocess.CompletedProcess[str]:
-        command = [*FTL, "validate", "configs/examples/lora.yaml", f"output.dir={run}", *overrides]
-        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        return _validate("configs/examples/lora.yaml", run, *overrides)
 
     out = validate("parallel.strategy=fsdp", "cluster.workers=2")
     assert out.returncode == 2, out.stderr[-2000:]
@@ -128,19 +121,8 @@ def test_reordered_head_labels_are_refused_before_launch(tmp_path: Path) -> None
     assert said and "(the same labels in another order)" in said and "Set transfer.head.labels back" in said
     assert "(other labels)" in (head_labels_problem(step, manifest, ["a", "b", "c"]) or "")
     assert head_labels_problem(step, manifest, labels) is None
-    out = subprocess.run(
-        [
-            *FTL,
-            "validate",
-            "configs/examples/classification.yaml",
-            f"output.dir={run}",
-            "method.lora.r=8",
-            "transfer.head.labels=[person,country,creature]",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = _validate(
+        "configs/examples/classification.yaml", run, "method.lora.r=8", "transfer.head.labels=[person,country,creature]"
     )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "was trained with transfer.head.labels=['country', 'person', 'creature']" in out.stderr, out.stderr[-2000:]
