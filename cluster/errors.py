@@ -29,6 +29,33 @@ def resume_hint(run_dir: Path) -> str:
     return f"no checkpoint was committed yet: {resume_command()} to start the run anew"
 
 
+# Errors of the code or of an input the checks missed, not of a machine: a rerun or a restart of the
+# worker group meets them again. (RuntimeError and OSError are not here: a collective's timeout, a
+# lost peer or a full disk raise those, and may pass.)
+REPEATING_ERRORS = (
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    NameError,
+    NotImplementedError,
+    AssertionError,
+    ImportError,
+    ZeroDivisionError,
+)
+
+
+def repeating_error_advice(run_dir: Path, kinds: list[str], restart: str = "") -> str:
+    """After errors that repeat (`kinds`: their class names), every backend: fix the cause, then
+    the same command resumes; neither a rerun as is nor a `restart` by the backend would pass them."""
+    also = f" (or {restart})" if restart else ""
+    return (
+        f"{resume_hint(run_dir)} once its cause is fixed: {', '.join(sorted(set(kinds)))} is an error of the code or "
+        f"of its input, not of a machine, so the same command{also} meets it again; the rank's log has the traceback"
+    )
+
+
 class WorkerFailed(FtlError):
     """A worker process (or torchrun's agent, or a Slurm job) exited non-zero. ftl exits with its
     code; a worker killed by signal N (a negative code) becomes 128 + N, as a shell reports it."""

@@ -27,7 +27,7 @@ from cluster.gpu_probe import cuda_available
 from cluster.loopback import LISTENER_FD_VARIABLE, LOOPBACK_INTERFACE, rendezvous_listener
 from cluster.parent_death import LAUNCHER_VARIABLE, child_dies_with_this_process
 from cluster.preloaded_spawn import PreloadedWorker, preloading_available
-from cluster.results import clear_result, recorded_input_error, take_result
+from cluster.results import clear_result, crash_advice, recorded_input_error, take_result
 from trainer.config import TrainerConfig
 from trainer.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES
 from trainer.lean_imports import needs_bitsandbytes
@@ -122,7 +122,8 @@ def spawn_workers(
         if error is None:
             if failed.exit_code == EXIT_STOPPED or failed.exit_code in STOP_SIGNAL_CODES:
                 raise
-            raise WorkerFailed(failed.rank, failed.code, failed.log, next_step=resume_hint(run_dir)) from None
+            advice = crash_advice(run_dir, resume_hint(run_dir))
+            raise WorkerFailed(failed.rank, failed.code, failed.log, next_step=advice) from None
         raise WorkerFailed(failed.rank, EXIT_INPUT_ERROR, failed.log, input_error=error) from None
     return take_result(run_dir)
 

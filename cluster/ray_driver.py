@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
-from cluster.errors import resume_hint
+from cluster.errors import REPEATING_ERRORS, repeating_error_advice, resume_hint
 from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
 from cluster.ray_console_filter import quiet_transient_ray_warnings
 from cluster.ray_daemon_group import DaemonGroup, start_daemon_group
@@ -255,33 +255,12 @@ def failure_summary(error: Exception) -> str:
     return "\n  " + "\n  ".join(lines)
 
 
-# Errors of the code or of an input the checks missed, not of a machine: a rerun or a restart of the
-# worker group meets them again. (RuntimeError and OSError are not here: a collective's timeout, a
-# lost peer or a full disk raise those, and may pass.)
-REPEATING_ERRORS = (
-    TypeError,
-    AttributeError,
-    KeyError,
-    IndexError,
-    ValueError,
-    NameError,
-    NotImplementedError,
-    AssertionError,
-    ImportError,
-    ZeroDivisionError,
-)
-
-
 def what_next(run_dir: Path, max_failures: int, failures: Sequence[BaseException] | None = None) -> str:
     """How to go on after a failure that Ray did not (or no longer) restart. `failures`: the failed
     ranks' exceptions; when every one is an error that repeats, the same command is not the advice."""
     resume = resume_hint(run_dir)
     if failures and all(isinstance(failure, REPEATING_ERRORS) for failure in failures):
-        kinds = ", ".join(sorted({type(failure).__name__ for failure in failures}))
-        return (
-            f"{resume} once its cause is fixed: {kinds} is an error of the code or of its input, not of a "
-            "machine, so the same command (or a Ray restart) meets it again; the rank's log has the traceback"
-        )
+        return repeating_error_advice(run_dir, [type(failure).__name__ for failure in failures], "a Ray restart")
     if max_failures == 0:
         resume += "; set cluster.ray.max_failures (e.g. 3) to have Ray restart the worker group from it by itself"
     return resume

@@ -22,6 +22,49 @@ def write_result(run_dir: Path, outcome: Outcome) -> None:
 
 def clear_result(run_dir: Path) -> None:
     RunLayout(run_dir).worker_result.unlink(missing_ok=True)
+    for record in RunLayout(run_dir).logs.glob(f"rank-*{CRASH_SUFFIX}"):  # an earlier launch's
+        record.unlink(missing_ok=True)
+
+
+# A rank that raised an error of its own (not a lost peer) records its kind beside its log, so the
+# launchers that see only exit codes (local, torchrun, Slurm) can tell an error that repeats.
+CRASH_SUFFIX = ".crash.json"
+
+
+def record_crash(run_dir: Path, rank: int, exc: BaseException, repeats: bool) -> None:
+    import json
+
+    path = RunLayout(run_dir).logs / f"rank-{rank}{CRASH_SUFFIX}"
+    try:
+        path.write_text(json.dumps({"type": type(exc).__name__, "repeats": repeats}))
+    except OSError:
+        pass  # a run directory that cannot be written: the advice is then the general one
+
+
+def recorded_crashes(run_dir: Path) -> list[dict[str, Any]]:
+    """The kinds of error the ranks of the last launch raised ([] when none recorded one)."""
+    import json
+
+    found = []
+    for path in sorted(RunLayout(run_dir).logs.glob(f"rank-*{CRASH_SUFFIX}")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("type"), str):
+            found.append(record)
+    return found
+
+
+def crash_advice(run_dir: Path, otherwise: str, restart: str = "") -> str:
+    """How to go on after the workers crashed: fix the cause first when every rank that recorded an
+    error recorded one that repeats (a TypeError, a KeyError...), else `otherwise`."""
+    from cluster.errors import repeating_error_advice
+
+    crashes = recorded_crashes(run_dir)
+    if crashes and all(record.get("repeats") for record in crashes):
+        return repeating_error_advice(run_dir, [record["type"] for record in crashes], restart)
+    return otherwise
 
 
 def read_result(run_dir: Path) -> Outcome:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cluster.config import ClusterConfig, RayConfig
 from cluster.local import threads_per_worker
-from cluster.results import clear_result, read_result
+from cluster.results import clear_result, crash_advice, read_result
 from cluster.run_lock import RunDirLocked, RunLock
 from cluster.slurm import FOLLOWED_ENV, job_info
 from cluster.slurm_stop import after_stop
@@ -154,7 +154,7 @@ def _after_failure(run_dir: Path, cluster: ClusterConfig) -> str:
         if failures == 0
         else f"Ray Train's {failures} restart(s) (cluster.ray.max_failures) were used up"
     )
-    return f"{resume_hint(run_dir)}; {restarts}"
+    return crash_advice(run_dir, f"{resume_hint(run_dir)}; {restarts}", "a Ray restart")
 
 
 def hostnames(nodelist: str) -> list[str]:

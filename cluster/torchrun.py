@@ -25,9 +25,9 @@ from cluster.config import ClusterConfig
 from cluster.errors import WorkerFailed, resume_hint
 from cluster.local import threads_per_worker
 from cluster.parent_death import LAUNCHER_VARIABLE, child_dies_with_this_process
-from cluster.results import clear_result, recorded_input_error, take_result
+from cluster.results import clear_result, crash_advice, recorded_crashes, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
-from trainer.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES, InputError
+from trainer.errors import EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_STOPPED, STOP_SIGNAL_CODES, InputError
 from trainer.run_layout import RunLayout
 
 AGENT_STOP_GRACE_S = 60
@@ -101,6 +101,10 @@ def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
         # A rank's input error (exit 2, printed by that rank) is reported as such, whatever the
         # other ranks' exit codes.
         error = recorded_input_error(run_dir)
+        if not error and recorded_crashes(run_dir) and (code == EXIT_STOPPED or code in STOP_SIGNAL_CODES):
+            # A rank raised; the agent's SIGTERM then stopped the others at a step boundary, and its
+            # exit code read as a requested stop (no error said, no advice).
+            code = EXIT_FAILED
         crashed = not error and code != EXIT_STOPPED and code not in STOP_SIGNAL_CODES
         raise WorkerFailed(
             None,
@@ -120,7 +124,7 @@ def what_next(run_dir: Path, max_restarts: int) -> str:
         if max_restarts == 0
         else f"torchrun's {max_restarts} restart(s) (cluster.torchrun.max_restarts) were used up"
     )
-    return f"{resume_hint(run_dir)}; {restarts}"
+    return crash_advice(run_dir, f"{resume_hint(run_dir)}; {restarts}", "a torchrun restart")
 
 
 def started_by_torchrun() -> bool:

@@ -9,6 +9,8 @@ process die, signal itself, hang or fill its disk, through environment variables
                                             holds the run at a known point (e.g. a save open, a run
                                             surely still running) while it acts, without timing
     FTL_FAULT_FILL_DISK_AT=before_shards@4  fill the checkpoint's filesystem (only one < 1 GiB free)
+    FTL_FAULT_RAISE_AT=step_end@2           raise FTL_FAULT_RAISE (TypeError|RuntimeError|..., default
+                                            RuntimeError) there: a bug's crash, not a machine's
     FTL_FAULT_RANK=1                        which rank the faults apply to (default 0)
     FTL_FAULT_ONCE_MARKER=/path/file        kill only if this file does not exist yet (it is
                                             created first), so a restarted worker group gets past
@@ -36,14 +38,16 @@ import time
 from pathlib import Path
 
 KILL, SIGNAL, HANG, FILL = "FTL_FAULT_KILL_AT", "FTL_FAULT_SIGNAL_AT", "FTL_FAULT_HANG_AT", "FTL_FAULT_FILL_DISK_AT"
-WAIT = "FTL_FAULT_WAIT_AT"
+WAIT, RAISE = "FTL_FAULT_WAIT_AT", "FTL_FAULT_RAISE_AT"
+# What FTL_FAULT_RAISE may name: a bug's kinds and a machine's.
+RAISABLE = {kind.__name__: kind for kind in (TypeError, KeyError, ValueError, RuntimeError, OSError)}
 ONCE, SLOW = "FTL_FAULT_ONCE_MARKER", "FTL_FAULT_SLOW_STEP_S"
 FILL_GUARD_BYTES = 1 << 30  # never fill a real disk: only small test filesystems
 
 
 def fault_point(name: str, step: int, rank: int, path: Path | None = None) -> None:
     """Trigger whatever fault the environment asks for at this point (usually nothing)."""
-    if not any(var in os.environ for var in (KILL, SIGNAL, HANG, FILL, SLOW, WAIT)):
+    if not any(var in os.environ for var in (KILL, SIGNAL, HANG, FILL, SLOW, WAIT, RAISE)):
         return
     if name == "micro" and os.environ.get(SLOW):
         time.sleep(float(os.environ[SLOW]))
@@ -59,6 +63,9 @@ def fault_point(name: str, step: int, rank: int, path: Path | None = None) -> No
     if _matches(os.environ.get(SIGNAL), name, step):
         signum = getattr(signal, "SIG" + os.environ.get("FTL_FAULT_SIGNAL", "USR1"))
         os.kill(os.getpid(), signum)
+    if _matches(os.environ.get(RAISE), name, step):
+        kind = RAISABLE[os.environ.get("FTL_FAULT_RAISE", "RuntimeError")]
+        raise kind(f"injected fault at {name}@{step}")
     if _matches(os.environ.get(HANG), name, step):
         while True:
             time.sleep(3600)

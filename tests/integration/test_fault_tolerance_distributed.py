@@ -318,3 +318,32 @@ def test_stop_signal_reaches_every_worker(tiny_model_dir: Path, tmp_path: Path) 
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     latest = committed_checkpoints(tmp_path / "run")[-1]
     assert (latest / "rng-rank1.pt").exists() and not (tmp_path / "run" / "final").exists()
+
+
+def test_after_a_bug_s_crash_on_two_local_workers_the_advice_is_to_fix_it_first(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A TypeError repeats on every rerun: the advice is to fix its cause (Ray said it; the local
+    backend said "run the same command again" only). A machine's error (here a RuntimeError) keeps
+    the usual advice, and a later launch does not read the earlier one's record."""
+    config = _config(tmp_path, "run", tiny_model_dir, {"strategy": "ddp"})
+    bug = _train(config, FTL_FAULT_RAISE_AT="step_end@3", FTL_FAULT_RAISE="TypeError", FTL_FAULT_RANK="1")
+    assert bug.returncode not in (0, None, 2), bug.stderr[-3000:]
+    assert (
+        "ftl: the checkpoints up to step-2 are kept: run the same command again to resume from it once its cause is "
+        "fixed: TypeError is an error of the code or of its input, not of a machine, so the same command meets it "
+        "again" in bug.stderr
+    ), bug.stderr[-3000:]
+    machine = _train(config, FTL_FAULT_RAISE_AT="step_end@3", FTL_FAULT_RAISE="RuntimeError", FTL_FAULT_RANK="1")
+    assert machine.returncode not in (0, None, 2), machine.stderr[-3000:]
+    assert "the checkpoints up to step-2 are kept: run the same command again to resume from it" in machine.stderr
+    assert "cause is fixed" not in machine.stderr, machine.stderr[-3000:]
+    # torchrun's workers record it alike (its advice names its own restarts).
+    torchrun = _config(tmp_path, "torchrun", tiny_model_dir, {"strategy": "ddp"})
+    text = torchrun.read_text().replace("backend: local", "backend: torchrun")
+    torchrun.write_text(text)
+    bug = _train(torchrun, FTL_FAULT_RAISE_AT="step_end@3", FTL_FAULT_RAISE="KeyError", FTL_FAULT_RANK="1")
+    assert (
+        "fixed: KeyError is an error of the code or of its input, not of a machine, so the same command (or a "
+        "torchrun restart) meets it again" in bug.stderr
+    ), bug.stderr[-3000:]
