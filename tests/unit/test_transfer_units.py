@@ -277,8 +277,33 @@ NO_GEN = {"generation": {"enabled": False}}
             "which transfer.freeze.all_but_head keeps frozen (only the head trains)",
         ),
         (
-            {"transfer": {"early_stopping": {"enabled": True, "split": "test"}}, "eval": {"every_steps": 5}},
+            {"transfer": {"early_stopping": {"enabled": True, "split": "tset"}}, "eval": {"every_steps": 5}},
             "is not an evaluation set of this run (have: validation)",
+        ),
+        # Choosing the checkpoint on the test set leaves no held-out score (trial 39b).
+        (
+            {
+                "transfer": {"early_stopping": {"enabled": True, "split": "test"}},
+                "eval": {"every_steps": 5},
+                "data": {"test": "assets/data/fictional-qa/valid.jsonl"},
+            },
+            "choosing the checkpoint on it makes that score optimistic",
+        ),
+        (
+            {
+                "transfer": {"early_stopping": {"enabled": True, "split": "tset"}},
+                "eval": {"every_steps": 5},
+                "data": {"test": "assets/data/fictional-qa/valid.jsonl"},
+            },
+            "is not an evaluation set of this run (have: validation); set",
+        ),
+        (
+            {
+                "transfer": {**CLASSIFY, "early_stopping": {"enabled": True, "metric": "entity_f1"}},
+                "data": KINDS,
+                "eval": {**NO_GEN, "every_steps": 5},
+            },
+            "(transfer.head.labels: O, B-TYPE, I-TYPE ...); use accuracy, macro_f1 or eval_loss",
         ),
         (
             {"transfer": {"early_stopping": {"enabled": True, "metric": "accuracy"}}, "eval": {"every_steps": 5}},
