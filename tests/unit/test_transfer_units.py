@@ -185,6 +185,29 @@ def test_a_label_that_is_a_slip_of_a_name_gets_a_did_you_mean(tokenizer: object)
     assert "did you mean" not in refusal("city")
 
 
+def test_a_label_in_another_unicode_form_or_with_spaces_around_is_the_same_label(tokenizer: object) -> None:
+    """An NFD 'météo' (macOS tools write it) was refused with "did you mean 'météo'?" (trial 39b)."""
+    import unicodedata
+
+    from trainer.data.word_tags import word_tag_ids
+
+    names = ["good food", unicodedata.normalize("NFC", "météo / weather"), "job, work"]
+    decomposed = unicodedata.normalize("NFD", names[1])
+    assert decomposed != names[1]
+
+    def label(value: object) -> int:
+        return render_example(Row("x", {"text": "a b", "label": value}), "classification", tokenizer, names).class_label
+
+    assert [label(decomposed), label("good food "), label(" job, work")] == [1, 0, 2]
+    # The other way round too: the config's names decomposed, the data's composed.
+    nfd_names = [unicodedata.normalize("NFD", name) for name in names]
+    assert (
+        render_example(Row("x", {"text": "a", "label": names[1]}), "classification", tokenizer, nfd_names).class_label
+        == 1
+    )
+    assert word_tag_ids(["Paris"], [unicodedata.normalize("NFD", "B-Lieu-é")], ["O", "B-Lieu-é"])[1] == [1]
+
+
 def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(tokenizer: object) -> None:
     """Ratings 1-3: JSON 1 was read as the id 1 (the name "2") while the CSV cell "1" was the name
     "1", so a JSONL data set trained on labels shifted by one and 3 was refused."""

@@ -29,7 +29,7 @@ import torch
 
 from trainer.config import ImageAugmentationConfig, ModelConfig
 from trainer.data.formats import RowProblem, class_label_id, missing_field
-from trainer.data.label_ids import close_label
+from trainer.data.label_ids import close_label, name_index
 from trainer.data.sources import read_rows
 from trainer.data.tokenized import (
     MAX_REPORTED_ERRORS,
@@ -218,7 +218,7 @@ def _folder_entries(root: Path, label_names: list[str]) -> list[Entry]:
             entries.append((str(item), None, None, "an image outside a label folder; put it in root/<label>/"))
         if not item.is_dir():
             continue
-        label = label_names.index(item.name) if item.name in label_names else None
+        label = name_index(item.name, label_names)  # a folder name in another Unicode form is the same label
         for file in sorted(f for f in item.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES):
             problem = (
                 ""

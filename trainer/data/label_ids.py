@@ -10,6 +10,7 @@ type, and a number that is no name is refused instead of being read as an id.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from typing import Any
 
 
@@ -21,17 +22,32 @@ def _is_number(name: str) -> bool:
     return True
 
 
+def _canonical(text: str) -> str:
+    """A name as it reads: one Unicode form (NFC) and no surrounding spaces. macOS tools and some
+    exports write decomposed accents (NFD), which look the same and compared unequal (trial 39b:
+    "label 'météo' is not one of [... 'météo' ...]; did you mean 'météo'?")."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def name_index(value: str, names: list[str]) -> int | None:
+    """The index of the name `value` reads as (exactly, else the one name equal to it in canonical
+    form), or None."""
+    if value in names:
+        return names.index(value)
+    same = [i for i, name in enumerate(names) if _canonical(name) == _canonical(value)]
+    return same[0] if len(same) == 1 else None
+
+
 def label_id(value: Any, names: list[str]) -> int | None:
     """`value`'s id in `names`, or None when it is neither a name nor (for non-numeric names) an id."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         return None
     if any(_is_number(name) for name in names):
-        wanted = str(value).strip()
-        matches = [i for i, name in enumerate(names) if name.strip() == wanted]
-        return matches[0] if matches else None
+        return name_index(str(value), names)
     if isinstance(value, str):
-        if value in names:
-            return names.index(value)
+        found = name_index(value, names)
+        if found is not None:
+            return found
         if not value.strip().isdigit():
             return None
         value = int(value)  # CSV cells are strings
