@@ -199,6 +199,7 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         max_steps=cfg.training.max_steps,
         objective=cfg.training.objective,
         method=cfg.method.model_dump(mode="json"),
+        transfer=cfg.transfer.model_dump(mode="json"),
         layout_check=lambda path, manifest: config_resume_problem(path, manifest, cfg, cfg.cluster.world_size),
     )
     if refusal is None and cfg.reference_kind() == "precomputed" and resumes_a_checkpoint(cfg):

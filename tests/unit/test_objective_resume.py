@@ -126,3 +126,36 @@ def test_reordered_head_labels_are_refused_before_launch(tmp_path: Path) -> None
     )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "was trained with transfer.head.labels=['country', 'person', 'creature']" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_freeze_or_grouping_change_is_refused_before_launch(tmp_path: Path) -> None:
+    """transfer.freeze.first_n_blocks 1 -> 3 over a checkpoint: validate said valid, and the workers
+    refused it after a backend start ("a different number of parameter groups", trial 39b)."""
+    full = {"type": "full"}
+    transfer = {"freeze": {"embeddings": True, "first_n_blocks": 1}, "learning_rates": {"layer_decay": 0.8}}
+    run = _run_with_a_checkpoint(tmp_path / "run", "sft", full, transfer=transfer)
+
+    def refusal(method: dict = full, **changes: dict) -> str | None:
+        after = {**transfer, **changes}
+        return refusal_before_launch(
+            run, "auto", move_aside=False, max_steps=None, objective="sft", method=method, transfer=after
+        )
+
+    said = refusal(freeze={"embeddings": True, "first_n_blocks": 3})
+    assert said and "cannot load (transfer.freeze.first_n_blocks: 1 -> 3): set those back" in said
+    assert "(other optimizer parameter groups)" in (refusal(learning_rates={"layer_decay": None}) or "")
+    # Another rate in the same groups loads: a decay value, a head rate.
+    assert refusal(learning_rates={"layer_decay": 0.5, "head": 1e-3}) is None
+    assert refusal() is None
+    # Under adapters the embeddings are not adapted either way: freeze.embeddings changes nothing saved.
+    lora = {"type": "lora", "lora": {"r": 8, "target_modules": "all-linear", "modules_to_save": []}}
+    adapters = _run_with_a_checkpoint(tmp_path / "lora", "sft", lora, transfer=transfer)
+    unchanged = {**transfer, "freeze": {"embeddings": False, "first_n_blocks": 1}}
+    assert (
+        refusal_before_launch(
+            adapters, "auto", move_aside=False, max_steps=None, objective="sft", method=lora, transfer=unchanged
+        )
+        is None
+    )
+    out = _validate("configs/examples/classification.yaml", run, "method.type=full", "transfer.freeze.first_n_blocks=3")
+    assert out.returncode == 2 and "transfer.freeze.first_n_blocks: 1 -> 3" in out.stderr, out.stderr[-2000:]

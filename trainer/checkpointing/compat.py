@@ -146,10 +146,41 @@ def optimizer_problem(path: Path, manifest: dict[str, Any], layout: str, optimiz
 STATE_KIND = {"full": "full", "lora": "lora", "qlora": "lora", "dora": "dora"}
 
 
-def trainable_state_problem(path: Path, manifest: dict[str, Any], method: dict[str, Any]) -> str | None:
+# transfer.freeze keys that change which parameters train (with adapters: which modules get them);
+# freeze.embeddings does not under adapters, which never adapt the embeddings unless told to.
+FREEZE_KEYS_FULL = ("all_but_head", "embeddings", "first_n_blocks", "patterns")
+FREEZE_KEYS_ADAPTERS = ("all_but_head", "first_n_blocks", "patterns")
+# transfer.learning_rates keys whose presence (set or not) makes other optimizer parameter groups.
+GROUPING_RATES = ("layer_decay", "lora_plus_ratio")
+
+
+def transfer_state_changes(before: dict[str, Any], after: dict[str, Any], adapters: bool) -> list[str]:
+    """The transfer settings (recorded `before`, this config's `after`, JSON values) whose change
+    leaves a checkpoint's trainable state or optimizer state unfit to load: other trained
+    parameters, other optimizer parameter groups (trial 39b: refused by the workers after a backend
+    start, as "a different number of parameter groups")."""
+    changes = []
+    old_freeze, new_freeze = before.get("freeze") or {}, after.get("freeze") or {}
+    for key in FREEZE_KEYS_ADAPTERS if adapters else FREEZE_KEYS_FULL:
+        if key in old_freeze and old_freeze[key] != new_freeze.get(key):
+            changes.append(f"transfer.freeze.{key}: {json.dumps(old_freeze[key])} -> {json.dumps(new_freeze.get(key))}")
+    old_rates, new_rates = before.get("learning_rates") or {}, after.get("learning_rates") or {}
+    for key in GROUPING_RATES:
+        if key in old_rates and (old_rates[key] is None) != (new_rates.get(key) is None):
+            changes.append(
+                f"transfer.learning_rates.{key}: {json.dumps(old_rates[key])} -> {json.dumps(new_rates.get(key))} "
+                "(other optimizer parameter groups)"
+            )
+    return changes
+
+
+def trainable_state_problem(
+    path: Path, manifest: dict[str, Any], method: dict[str, Any], transfer: dict[str, Any] | None = None
+) -> str | None:
     """Why the checkpoint's trainable state cannot load into the model this `method` (its JSON
-    values) builds, from the config its manifest records (None: it may; the workers still check
-    every tensor). Said before a backend starts: the workers found it only after loading the model."""
+    values) builds, or its optimizer state into the groups `transfer` makes, from the config its
+    manifest records (None: it may; the workers still check every tensor). Said before a backend
+    starts: the workers found it only after loading the model."""
     recorded = manifest.get("config")
     before = recorded.get("method") if isinstance(recorded, dict) else None
     if not isinstance(before, dict) or before.get("type") not in STATE_KIND or method.get("type") not in STATE_KIND:
@@ -165,12 +196,15 @@ def trainable_state_problem(path: Path, manifest: dict[str, Any], method: dict[s
             if key == "target_modules" and type(old[key]) is not type(new.get(key)):
                 continue  # all-linear against a list may name the same modules: the workers tell
             changes.append(f"method.lora.{key}: {json.dumps(old[key])} -> {json.dumps(new.get(key))}")
+    earlier_transfer = recorded.get("transfer") if isinstance(recorded, dict) else None
+    if not changes and isinstance(earlier_transfer, dict) and transfer is not None:
+        changes = transfer_state_changes(earlier_transfer, transfer, adapters=STATE_KIND[method["type"]] != "full")
     if not changes:
         return None
     run_dir = path.parent.parent
     return (
         f"{path} holds trainable state this config's method cannot load ({'; '.join(changes)}): set those back "
         "to resume it, or start a new run (another output.dir, or checkpoint.resume=never with "
-        "checkpoint.move_aside=true). To train on from these weights with the new method, export them "
+        "checkpoint.move_aside=true). To train on from these weights with the new settings, export them "
         f"(`ftl export {run_dir} --checkpoint {path.name} --merge`) and set model.path to the merged model"
     )
