@@ -61,6 +61,8 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     from launcher.hub_cache import unavailable_offline
 
     problems = check_inputs(cfg) + unavailable_offline(cfg)
+    targets = target_modules_problem(cfg)  # before a backend starts: the workers found it 37 s later (trial 39a)
+    problems += [targets] if targets else []
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process

@@ -147,11 +147,14 @@ def architecture_problem(cfg: RunConfig) -> str | None:
 
 
 def target_modules_problem(cfg: RunConfig) -> str | None:
-    """A listed method.lora.target_modules name that no module of the model has (train refuses it
-    too: trainer/methods.py). Builds the model on the meta device from its config.json, so only
-    when names are listed (all-linear and a regex are PEFT's to match)."""
-    if not cfg.method.uses_adapter or not isinstance(cfg.method.lora.target_modules, list):
+    """A listed method.lora.target_modules name that no module of the model has, or a pattern that
+    matches none (train refuses it too: trainer/methods.py). Builds the model on the meta device
+    from its config.json, so only when names or a pattern are given (not all-linear)."""
+    targets = cfg.method.lora.target_modules
+    if not cfg.method.uses_adapter or targets == "all-linear":
         return None
+    if isinstance(targets, str) and cfg.transfer.head.type != "causal_lm":
+        return None  # a pattern over full names: the model built here (a causal LM) names the head otherwise
     from launcher.errors import UserError
     from launcher.plan.catalogue import model_config_fields
 

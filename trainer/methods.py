@@ -178,9 +178,11 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
     """Every listed name must name a module (PEFT matches a full name or its last parts, and is
     silent about a name that matches nothing as long as another one matches: a typo trained
     nothing there)."""
-    if isinstance(targets, str):
-        return  # all-linear, or a regex PEFT checks as a whole
     names = [name for name, _ in model.named_modules() if name]
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            _check_target_pattern(targets, names, linear_layer_names(model))
+        return
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
     if missing:
         linear = linear_layer_names(model)
@@ -190,6 +192,28 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
             f"method.lora.target_modules: {', '.join(repr(t) for t in missing)} name(s) no module of this model"
             f"{'; ' + hints if hints else ''}; its linear layers are named: {', '.join(linear)} (or use all-linear)"
         )
+
+
+def _check_target_pattern(pattern: str, names: list[str], linear: list[str]) -> None:
+    """A string other than all-linear is PEFT's regular expression, matched against each module's
+    full name: one that matches none adapts nothing, and PEFT said so only after the workers loaded
+    the model (trial 39a: `all_linear`, `q_proj`)."""
+    import re
+
+    if any(re.fullmatch(pattern, name) for name in names):
+        return
+    if pattern.replace("_", "-").lower() == "all-linear":
+        hint = "did you mean all-linear?"
+    elif pattern in linear:
+        hint = f"to name modules, give a list: [{pattern}]"
+    else:
+        close = difflib.get_close_matches(pattern, linear, n=1, cutoff=0.7)
+        hint = f"to name modules, give a list, e.g. [{close[0] if close else linear[0] if linear else 'q_proj'}]"
+    raise TrainerInputError(
+        f"method.lora.target_modules={pattern!r} is read as a regular expression over full module names (e.g. "
+        f"{names[-1]!r}) and matches none of this model's; {hint} (its linear layers are named: {', '.join(linear)}), "
+        "or use all-linear"
+    )
 
 
 def linear_layer_names(model: torch.nn.Module) -> list[str]:

@@ -22,6 +22,10 @@ LINEAR = "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj
         (["q_proj", "v_porj"], "'v_porj' name(s) no module of this model; did you mean 'v_proj' for 'v_porj'?"),
         (["qkv"], "'qkv' name(s) no module"),
         ("foo.*bar", "target_modules='foo.*bar'"),
+        # One string is a pattern over full names: a slip of all-linear or one name matched nothing (trial 39a).
+        ("all_linear", "target_modules='all_linear' is read as a regular expression over full module names"),
+        ("all_linear", "matches none of this model's; did you mean all-linear?"),
+        ("q_proj", "matches none of this model's; to name modules, give a list: [q_proj]"),
     ],
 )
 def test_unknown_target_modules_are_named_with_the_real_ones(tiny_model_dir: Path, targets, named: str) -> None:  # type: ignore[no-untyped-def]
@@ -39,3 +43,28 @@ def test_known_names_full_or_last_part_are_accepted(tiny_model_dir: Path) -> Non
     )
     adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_A" in name}
     assert adapted == {"q_proj", "v_proj"}
+
+
+def test_validate_and_train_refuse_a_pattern_that_matches_nothing_before_any_backend(tmp_path: Path) -> None:
+    """`target_modules=all_linear` was "valid", and train started Ray and 2 workers to be refused 37 s
+    later (trial 39a); a pattern that matches stays valid."""
+    import subprocess
+
+    from tests.conftest import FTL, REPO
+
+    run = f"output.dir={tmp_path / 'run'}"
+    for command in ("validate", "train"):
+        out = subprocess.run(
+            [*FTL, command, "configs/examples/lora.yaml", run, "method.lora.target_modules=all_linear"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 2 and "did you mean all-linear?" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+    matching = r"method.lora.target_modules=.*\.(q_proj|v_proj)"
+    out = subprocess.run(
+        [*FTL, "validate", "configs/examples/lora.yaml", run, matching], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
