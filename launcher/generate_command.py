@@ -52,8 +52,17 @@ def generate_command(args: argparse.Namespace) -> int:
         )
     if args.top_p < 1 and args.temperature == 0:
         raise UserError(
-            f"--top-p {args.top_p} samples, and --temperature 0 (the default) is greedy decoding: "
+            f"--top-p {args.top_p} samples, and --temperature 0 (also the default) is greedy decoding: "
             "add --temperature (e.g. 0.7) to sample, or leave --top-p out"
+        )
+    if args.prompt is not None and not args.prompt.strip() and not args.chat:
+        # As a file's empty prompt is a bad row (trial 39a: "" printed an empty line, exit 0).
+        raise UserError("--prompt is empty; give the text for the model to continue or answer")
+    if args.seed is not None and args.temperature == 0:
+        print(
+            f"ftl: note: --seed {args.seed} does nothing with greedy decoding (--temperature 0, the default); "
+            "add --temperature (e.g. 0.7) to sample",
+            file=sys.stderr,
         )
     if args.input and not args.field.strip():
         raise UserError("--field is empty; name the output field for the replies (default: completion)")
@@ -91,6 +100,16 @@ def generate_command(args: argparse.Namespace) -> int:
             "'### Instruction:\n...\n\n### Response:\n'); --raw says you mean it",
             file=sys.stderr,
         )
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and args.max_new_tokens > positions:
+        # Past the positions the model was trained for a reply is noise (trial 39a: 5000 tokens on a
+        # 1024-position model ran for 5 minutes); a learned position table has no row there at all.
+        print(
+            f"ftl: note: --max-new-tokens {args.max_new_tokens} is more than the model's {positions} positions "
+            f"(max_position_embeddings): a reply stops at {positions} new tokens",
+            file=sys.stderr,
+        )
+        args.max_new_tokens = positions
     generate = _Generator(model, tokenizer, args, device)
     if prompts is not None:
         return _generate_file(generate, prompts, args)

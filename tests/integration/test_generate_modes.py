@@ -292,3 +292,23 @@ def test_sampling_without_a_seed_draws_one_and_says_it_so_it_can_be_repeated() -
     again = sample("--seed", said.group(1))
     assert again.returncode == 0 and again.stdout == first.stdout
     assert "sampling with seed" not in again.stderr
+
+
+def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_said(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--max-new-tokens 5000 on a 1024-position model ran 5 minutes of noise; --seed without a
+    temperature did nothing without a word; --prompt "" printed an empty line (trial 39a)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 12}))
+    code = launcher.cli.main(["generate", str(model), "--prompt", "hi", "--max-new-tokens", "100000", "--seed", "3"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "--max-new-tokens 100000 is more than the model's 12 positions (max_position_embeddings)" in err
+    assert "--seed 3 does nothing with greedy decoding" in err
+    assert launcher.cli.main(["generate", str(model), "--prompt", " "]) == 2
+    assert "--prompt is empty" in capsys.readouterr().err
