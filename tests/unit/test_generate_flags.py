@@ -115,3 +115,17 @@ def test_a_path_that_does_not_exist_is_said_not_to(tmp_path: Path) -> None:
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     said = _no_model_here(gone, RunLayout(gone))
     assert said == f"{gone} does not exist (the nearest folder that does: {tmp_path / 'run' / 'checkpoints'})"
+
+
+def test_a_checkpoint_folder_points_at_its_export_or_the_command_that_makes_one(tmp_path: Path) -> None:
+    from trainer.inference import _no_model_here
+    from trainer.run_layout import RunLayout
+
+    step = tmp_path / "run" / "checkpoints" / "step-4"
+    step.mkdir(parents=True)
+    (step / "manifest.json").write_text("{}")
+    said = _no_model_here(step, RunLayout(tmp_path / "run"))
+    assert f"is a checkpoint, not a model: `ftl export {tmp_path / 'run'} --checkpoint {step}`" in said, said
+    (tmp_path / "run" / "exports" / "step-4" / "adapter").mkdir(parents=True)
+    said = _no_model_here(step, RunLayout(tmp_path / "run"))
+    assert f"it was exported to {tmp_path / 'run' / 'exports' / 'step-4'}: pass that directory" in said, said
