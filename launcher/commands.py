@@ -158,7 +158,12 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
             + "--out DIR writes a copy elsewhere)"
         )
     else:
-        print(f"exported step {done.step} (from {done.source}) to {done.path}")
+        again = (
+            " (merged/ too: the export there before had one, and an old one would not match)"
+            if done.merged_as_before
+            else ""
+        )
+        print(f"exported step {done.step} (from {done.source}) to {done.path}{again}")
     return 0
 
 

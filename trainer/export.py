@@ -232,6 +232,7 @@ class Exported:
     step: int | None  # the training step the exported weights are from
     source: str  # where they came from: a checkpoint, or the finished run's final/
     written: bool = True  # False: the destination already held everything asked for
+    merged_as_before: bool = False  # merged/ written without --merge: the export there before had one
 
 
 def export_run(
@@ -308,12 +309,14 @@ def export_run(
             f"checkpoint {source} does not fit the model of {layout.config} ({str(reason).strip().splitlines()[0]}); "
             "export it with the config it was written with"
         ) from None
-    # Never drop a merged model that already exists; a full fine-tune's only output is the merged model.
-    merge = merge or cfg.method.type == "full" or (target / "merged").exists()
+    # Never drop a merged model that already exists (it would be a stale one of another step beside the
+    # new adapter); a full fine-tune's only output is the merged model.
+    kept_merged = not merge and cfg.method.type != "full" and (target / "merged").exists()
+    merge = merge or cfg.method.type == "full" or kept_merged
     export_final(
         model, tokenizer, cfg, target, device, merge=merge, adapter=True, info={"step": step, "source": str(source)}
     )
-    return Exported(target, step, str(source))
+    return Exported(target, step, str(source), merged_as_before=kept_merged)
 
 
 def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: str, out: Path | None) -> Exported:

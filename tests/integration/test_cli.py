@@ -189,6 +189,12 @@ def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Pat
     assert not all(torch.equal(from_step_4[k], finished_with[k]) for k in from_step_4)
     after = load_file(str(adapter))
     assert all(torch.equal(after[k], finished_with[k]) for k in after)  # final/ untouched
+    step_4 = ["--checkpoint", str(run / "checkpoints" / "step-4")]
+    export = [*FTL, "export", str(run), *step_4]
+    assert subprocess.run([*export, "--merge"], cwd=REPO, capture_output=True, text=True).returncode == 0
+    # Again without --merge over that export: its merged/ is rewritten too, and the line says why (trial 39a).
+    again = subprocess.run(export, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0 and "(merged/ too: the export there before had one" in again.stdout, again.stdout
     into_final = subprocess.run(
         [*FTL, "export", str(run), "--checkpoint", str(run / "checkpoints" / "step-4"), "--out", str(run / "final")],
         cwd=REPO,
