@@ -89,9 +89,9 @@ def _no_model_here(path: Path, layout: RunLayout) -> str:
         return f"{path} does not exist (the nearest folder that does: {parent})"
     if (path / "manifest.json").is_file() and path.parent.name == "checkpoints":
         run_dir = path.parent.parent
-        exported = RunLayout(run_dir).exports / path.name
-        if (exported / "export.json").is_file() or (exported / "adapter").is_dir() or (exported / "merged").is_dir():
-            return f"{path} is a checkpoint, not a model; it was exported to {exported}: pass that directory"
+        export = RunLayout(run_dir).exports / path.name
+        if (export / "export.json").is_file() or (export / "adapter").is_dir() or (export / "merged").is_dir():
+            return f"{path} is a checkpoint, not a model; it was exported to {export}: pass that directory"
         return (
             f"{path} is a checkpoint, not a model: `ftl export {run_dir} --checkpoint {path}` writes it to "
             f"{RunLayout(run_dir).exports}/{path.name}; pass that directory"
