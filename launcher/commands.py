@@ -11,7 +11,7 @@ from typing import Any
 
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.errors import StartRefused, UserError
-from launcher.preflight import check_inputs, start_refusal, target_modules_problem
+from launcher.preflight import check_inputs, freeze_problem, start_refusal, target_modules_problem
 from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, output_dir_problems, running_in
 from trainer.errors import EXIT_FAILED
 from trainer.run_layout import CONFIG_FILE, RUN_MARKER
@@ -25,8 +25,8 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems
-    targets = target_modules_problem(cfg)  # the workers refuse it too, after a backend start
-    problems += [targets] if targets else []
+    model_problems = (target_modules_problem(cfg), freeze_problem(cfg))  # the workers refuse them too, later
+    problems += [problem for problem in model_problems if problem]
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
     from launcher.hub_cache import warn_unavailable_offline

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from launcher.local_paths import did_you_mean, looks_local
 from launcher.run_config import RunConfig
@@ -155,6 +156,46 @@ def target_modules_problem(cfg: RunConfig) -> str | None:
         return None
     if isinstance(targets, str) and cfg.transfer.head.type != "causal_lm":
         return None  # a pattern over full names: the model built here (a causal LM) names the head otherwise
+    from trainer.errors import TrainerInputError
+    from trainer.methods import check_target_modules
+
+    model = _meta_model(cfg)
+    if model is None:
+        return None
+    try:
+        check_target_modules(model, targets)
+    except TrainerInputError as exc:
+        return str(exc)
+    return None
+
+
+def freeze_problem(cfg: RunConfig) -> str | None:
+    """transfer.freeze naming more blocks than the model has, or a pattern that matches no parameter:
+    `ftl plan` and `ftl train` refused it, validate said valid (trial 39b). Patterns are matched only
+    on a language model's names (the model built here is one: a task head is named otherwise)."""
+    freeze = cfg.transfer.freeze
+    if not freeze.first_n_blocks and not freeze.patterns:
+        return None
+    from trainer.errors import TrainerInputError
+    from trainer.transfer.freezing import check_block_count, check_patterns_match
+    from trainer.transfer.model_parts import model_parts
+
+    model = _meta_model(cfg)
+    if model is None:
+        return None
+    try:
+        if freeze.first_n_blocks:
+            check_block_count(freeze.first_n_blocks, model_parts(model).num_blocks)
+        if freeze.patterns and cfg.transfer.head.type == "causal_lm":
+            check_patterns_match([name for name, _ in model.named_parameters()], freeze.patterns)
+    except TrainerInputError as exc:
+        return str(exc)
+    return None
+
+
+def _meta_model(cfg: RunConfig) -> Any:
+    """The model of cfg.model.path's config.json built on the meta device (no weights read), or None
+    when there is no local config or transformers cannot build it here (the workers then check)."""
     from launcher.errors import UserError
     from launcher.plan.catalogue import model_config_fields
 
@@ -165,20 +206,13 @@ def target_modules_problem(cfg: RunConfig) -> str | None:
     import torch
 
     from launcher.plan.inventory_build import auto_class, hf_config
-    from trainer.errors import TrainerInputError
-    from trainer.methods import check_target_modules
 
     try:
         config = hf_config(fields)
         with torch.device("meta"):
-            model = auto_class(config).from_config(config)
+            return auto_class(config).from_config(config)
     except Exception:  # noqa: BLE001 - a model transformers cannot build here: the workers say why
         return None
-    try:
-        check_target_modules(model, cfg.method.lora.target_modules)
-    except TrainerInputError as exc:
-        return str(exc)
-    return None
 
 
 def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:

@@ -828,3 +828,24 @@ def test_a_mixture_source_that_draws_nothing_or_a_file_listed_twice_is_warned(tm
     ]
     distinct = load_config(config, ["data.mixture.1.weight=1", f"data.mixture.2.train={other.with_name('v.jsonl')}"])
     assert mixture_notes(distinct) == []
+
+
+def test_validate_refuses_freezing_what_the_model_does_not_have() -> None:
+    """first_n_blocks past the model's blocks and a pattern matching no parameter: plan and train
+    refused them, validate said valid (trial 39b)."""
+    from tests.conftest import FTL, REPO
+
+    cases = [
+        ("configs/examples/classification.yaml", "transfer.freeze.first_n_blocks=9", "the model has 4 blocks"),
+        ("configs/examples/lora.yaml", r"transfer.freeze.patterns=[layers\.2\.mpl]", "match(es) no parameter"),
+    ]
+    for config, override, said in cases:
+        out = subprocess.run([*FTL, "validate", config, override], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 2 and said in out.stderr, out.stderr[-2000:]
+    fine = subprocess.run(
+        [*FTL, "validate", "configs/examples/classification.yaml", "transfer.freeze.first_n_blocks=3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert fine.returncode == 0, fine.stderr[-2000:]
