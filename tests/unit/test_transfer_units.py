@@ -303,6 +303,20 @@ NO_GEN = {"generation": {"enabled": False}}
             {"transfer": {"early_stopping": {"enabled": True, "split": "tset"}}, "eval": {"every_steps": 5}},
             "is not an evaluation set of this run (have: validation)",
         ),
+        (
+            {
+                "transfer": {**CLASSIFY, "head": {**CLASSIFY["head"], "labels": ["country", " ", "creature"]}},
+                "data": KINDS,
+            },
+            "transfer.head.labels[1] is an empty name",
+        ),
+        (
+            {
+                "transfer": {**CLASSIFY, "head": {**CLASSIFY["head"], "labels": ["country", "country ", "x"]}},
+                "data": KINDS,
+            },
+            "transfer.head.labels has two names that read as 'country'",
+        ),
         # Choosing the checkpoint on the test set leaves no held-out score (trial 39b).
         (
             {
@@ -517,3 +531,12 @@ def test_unfreezing_groups_a_short_run_never_reaches_are_named() -> None:
         "train longer (with unit: epochs, a stage is that many epochs of the data)"
     )
     assert never(schedule, 20).startswith("transfer.gradual_unfreezing: the first unfreeze would come at step 20")
+
+
+def test_label_counts_quote_names_with_spaces_or_punctuation() -> None:
+    from collections import Counter
+
+    from trainer.data.label_coverage import label_count_line
+
+    line = label_count_line(Counter({0: 3, 1: 2, 2: 1}), ["country", "job, work", "météo"])
+    assert line == "country 3, 'job, work' 2, météo 1"

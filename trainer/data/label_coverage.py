@@ -38,5 +38,10 @@ def label_coverage_warnings(train: Counter[int], held_out: Mapping[str, Counter[
 
 
 def label_count_line(counts: Counter[int], names: list[str]) -> str:
-    """`country 120, person 118, creature 0`: every label, in id order."""
-    return ", ".join(f"{name} {counts[i]}" for i, name in enumerate(names))
+    """`country 120, person 118, creature 0`: every label, in id order; a name with spaces or
+    punctuation quoted (trial 39b: `job, work 30` read as two labels)."""
+    return ", ".join(f"{_shown_name(name)} {counts[i]}" for i, name in enumerate(names))
+
+
+def _shown_name(name: str) -> str:
+    return name if name and all(c.isalnum() or c in "_.-" for c in name) else repr(name)

@@ -7,6 +7,7 @@ the method, data, eval or parallel sections are on TrainerConfig (trainer/config
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -158,8 +159,19 @@ class HeadConfig(Section):
                 raise ValueError(
                     f"transfer.head.num_labels={self.num_labels} but transfer.head.labels has {len(self.labels)} names"
                 )
+            empty = [index for index, name in enumerate(self.labels) if not str(name).strip()]
+            if empty:
+                raise ValueError(f"transfer.head.labels[{empty[0]}] is an empty name; give every class a name")
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("transfer.head.labels must be unique")
+            readings = [unicodedata.normalize("NFC", str(name)).strip() for name in self.labels]
+            if len(set(readings)) != len(readings):
+                # Data labels are matched in that form (trainer/data/label_ids.py): two such names are one.
+                same = next(name for name in readings if readings.count(name) > 1)
+                raise ValueError(
+                    f"transfer.head.labels has two names that read as {same!r} (they differ only in surrounding "
+                    "spaces or Unicode form); keep one"
+                )
             if len(self.labels) == 1:
                 # One class: every prediction is that class, the loss is 0 and nothing trains (and a
                 # one-label config.json loads in transformers as a regression head).
