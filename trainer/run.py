@@ -263,6 +263,11 @@ def _build_trainee(
         pad_id=tokenizer.pad_token_id,
         resume_step=resumed_at[0],
     )
+    if ctx.is_main:
+        transfer.say = console.event
+        schedule = transfer.unfreezing_schedule()
+        if schedule and not resumed_at[0]:
+            console.event(schedule)
     idle = transfer.unfreezing_that_never_starts(total_steps)
     if idle and ctx.is_main:
         console.event(f"warning: {idle}")

@@ -109,6 +109,14 @@ def test_gradual_unfreezing_follows_its_schedule_across_a_resume(tmp_path: Path,
         text=True,
     )
     assert first.returncode == 3, first.stderr[-2000:]
+    # The console says the schedule and each stage as it comes (trial 39b: only the rank log did).
+    said = first.stdout + first.stderr
+    assert (
+        "gradual unfreezing every 2 steps: head trains first, then block 1 after step 2, block 0 after step 4, "
+        "embeddings after step 6" in said
+    ), said[-3000:]
+    assert "gradual unfreezing: after step 2, stage 2 of 4: block 1 trains too (" in said
+    assert "gradual unfreezing: after step 4, stage 3 of 4: block 0 trains too (" in said
     run = tmp_path / "stopped"
     # What each checkpoint holds is what was trainable then: step 3 trained with the head and block 1.
     step3 = load_file(str(run / "checkpoints" / "step-3" / "trainable.safetensors"))

@@ -86,9 +86,22 @@ class TransferController:
                 every,
                 "; ".join(f"step {i * every}: +{label}" for i, (label, _) in enumerate(groups)),
             )
+        # Set by the run on rank 0: the console, where stage changes are said as they happen (trial 39b:
+        # they were in the rank log and metrics only).
+        self.say: Any = None
         self.early = EarlyStopping(transfer.early_stopping) if transfer.early_stopping.enabled else None
         self.retain_base: float | None = None
         self._improved_at: int | None = None
+
+    def unfreezing_schedule(self) -> str | None:
+        """'gradual unfreezing every 6 steps: head trains first, then block.3 after step 6, ...'."""
+        if self.unfreezer is None:
+            return None
+        every, groups = self.unfreezer.every_steps, self.unfreezer.groups
+        later = ", ".join(f"{label} after step {i * every}" for i, (label, *_) in enumerate(groups) if i)
+        return f"gradual unfreezing every {every} steps: {groups[0][0]} trains first" + (
+            f", then {later}" if later else ""
+        )
 
     def unfreezing_that_never_starts(self, total_steps: int) -> str | None:
         """Why gradual unfreezing would change nothing in this run (its first unfreeze comes after
@@ -147,6 +160,13 @@ class TransferController:
             return model
         described = self.unfreezer.describe()
         log.info("step %d: gradual unfreezing stage %d: %s", state.step, described["stage"], described["unfrozen"])
+        if self.say is not None:
+            unfrozen = list(described["unfrozen"])  # type: ignore[call-overload]
+            self.say(
+                f"gradual unfreezing: after step {state.step}, stage {described['stage'] + 1} of "
+                f"{described['stages']}: {unfrozen[-1]} trains too ({described['trainable_params']:,} trainable "
+                "parameters)"
+            )
         self.metrics.write(state.step, {"event": "unfreeze", **described}, kind="transfer")
         return self.strategy.rewrap(model)
 
