@@ -201,9 +201,19 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         evals=_latest_evals(trajectory),
         failure=str(failure["reason"]) if failure and status == "failed" else None,
         invalid_checkpoints=invalid,
-        watched=early.get("metric") if isinstance(early.get("metric"), str) else None,
+        watched=early.get("metric") if isinstance(early.get("metric"), str) else watched_metric(run_dir),
         from_adapter=started_from_adapter(run_dir),
     )
+
+
+def watched_metric(run_dir: Path) -> str | None:
+    """The score early stopping judges a run by, from its config: shown first while it runs or is
+    stopped too, not only once finished (trial 39b: accuracy, then macro_f1 for the same run)."""
+    early = _config_section(run_dir, "transfer").get("early_stopping")
+    if not isinstance(early, dict) or not early.get("enabled"):
+        return None
+    metric = early.get("metric", "eval_loss")
+    return metric if isinstance(metric, str) else None
 
 
 def _early_stopping(layout: RunLayout) -> dict[str, Any]:

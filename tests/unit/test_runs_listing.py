@@ -293,3 +293,21 @@ def test_an_early_stopped_run_says_final_holds_the_best_steps_weights(
     out = capsys.readouterr().out
     assert "validation macro_f1 0.250 loss 0.500 (step 2's weights)" in out  # the score early stopping judged by
     assert "es: early stopping: final/ holds step 2's weights (the best evaluation), not step 4's" in out
+
+
+def test_a_stopped_run_shows_the_score_early_stopping_watches_as_a_finished_one_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 39b: `validation accuracy` while stopped, `macro_f1` once finished, for one run."""
+    run = _run(tmp_path, "es", [2], 2)
+    (run / "config.yaml").write_text(
+        "model: {}\ntransfer:\n  early_stopping: {enabled: true, metric: macro_f1, split: validation}\n"
+    )
+    record = {"kind": "eval", "step": 2, "split": "validation", "eval_loss": 0.5, "accuracy": 0.9, "macro_f1": 0.25}
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "validation macro_f1 0.250 loss 0.500" in capsys.readouterr().out
+    (run / "config.yaml").write_text("model: {}\n")  # no early stopping: accuracy first, as before
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "validation accuracy 0.900 loss 0.500" in capsys.readouterr().out
