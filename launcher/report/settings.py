@@ -24,9 +24,22 @@ def differing_settings(runs: list[Path]) -> list[dict[str, str]]:
     return [{key: flat.get(key, UNSET) for key in differ} for flat in flats]
 
 
+NOT_USED = "(not used)"
+# Sections a method does not read: a full fine-tune's method.lora.r is no difference of its own (trial 39b).
+UNREAD_BY_METHOD = {
+    "full": ("method.lora.", "method.quantization."),
+    "lora": ("method.quantization.",),
+    "dora": ("method.quantization.",),
+}
+
+
 def _flat_config(run: Path) -> dict[str, str]:
     try:
         values: Any = yaml.safe_load(RunLayout(run).config.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
         return {}
-    return flat_params(values) if isinstance(values, dict) else {}
+    if not isinstance(values, dict):
+        return {}
+    flat = flat_params(values)
+    unread = UNREAD_BY_METHOD.get(str(flat.get("method.type", "")), ())
+    return {key: NOT_USED if key.startswith(unread) else value for key, value in flat.items()}

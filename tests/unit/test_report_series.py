@@ -70,3 +70,11 @@ def test_compared_runs_show_the_settings_that_tell_them_apart(tmp_path: Path) ->
     assert "<td>method.lora.r=32, method.type=dora, training.learning_rate=0.002</td>" in page
     alone = write_report(runs[:1], tmp_path / "one").read_text()
     assert "settings that differ" not in alone
+    # A full fine-tune reads no method.lora.*: its rank is said as not used, not as a value (trial 39b).
+    (runs[1] / "config.yaml").write_text(
+        f"training: {{learning_rate: 0.002, seed: 1}}\nmethod: {{lora: {{r: 16}}, type: full}}\noutput: {{dir: {runs[1]}}}\n"
+    )
+    assert differing_settings(runs[:2]) == [
+        {"method.lora.r": "8", "method.type": "(unset)"},
+        {"method.lora.r": "(not used)", "method.type": "full"},
+    ]
