@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from typing import Any
 
 from launcher.run_config import RunConfig
@@ -47,6 +48,9 @@ def data_command(cfg: RunConfig, examples: int) -> int:
     ):
         if notice is not None:
             print(f"\nwarning: {notice}")
+    weights = _class_weights_line(cfg, check)
+    if weights is not None:
+        print(f"\n{weights}")
     too_big = _batch_larger_than_data(cfg, check)
     if too_big is not None:
         print(f"\nwarning: {too_big}")
@@ -100,6 +104,24 @@ def _tokenizer_past_the_model(cfg: RunConfig, tokenizer: Any) -> str | None:
         f"data if a row holds a token id of {rows} or more; use the model's own tokenizer, or resize the model's "
         "embeddings (model.resize_token_embeddings(len(tokenizer)), then save_pretrained)"
     )
+
+
+def _class_weights_line(cfg: RunConfig, check: DataCheck) -> str | None:
+    """transfer.head.class_weights as training would resolve them from these training rows."""
+    head = cfg.transfer.head
+    if head.class_weights is None:
+        return None
+    import numpy as np
+
+    from trainer.transfer.class_weights import class_weights_note, resolved_class_weights
+
+    counts: Counter[int] = Counter()
+    for file in check.files:
+        if file.role.endswith("train"):
+            counts.update(file.label_counts)
+    classes = np.repeat(np.arange(len(head.label_names)), [counts[i] for i in range(len(head.label_names))])
+    weights = resolved_class_weights(head, classes)
+    return class_weights_note(head, weights) if weights is not None else None
 
 
 def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples: int = 3) -> str:

@@ -27,10 +27,14 @@ def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     return model(**inputs, use_cache=False).logits
 
 
-def target_count(batch: dict[str, torch.Tensor]) -> int:
-    """How many targets loss_sum sums over: classified examples, preference pairs, or label tokens."""
+def target_count(batch: dict[str, torch.Tensor]) -> float:
+    """How many targets loss_sum sums over: classified examples (their class weights' sum when
+    weighted: the step's loss is then the weighted mean over the global batch), preference pairs,
+    or label tokens."""
     if "pairs" in batch:
         return int(batch["pairs"])
+    if "example_weights" in batch:
+        return float(batch["example_weights"].sum())
     if "class_labels" in batch:
         return int(batch["class_labels"].numel())
     if "token_labels" in batch:
@@ -46,6 +50,9 @@ def loss_sum(
     if "class_labels" in batch:
         logits = forward_logits(model, batch).float()
         labels = batch["class_labels"]
+        if "example_weights" in batch:  # transfer.head.class_weights: each example's loss times its class's weight
+            losses = F.cross_entropy(logits, labels, reduction="none")
+            return (losses * batch["example_weights"].to(losses.device)).sum(), int(labels.numel())
         return F.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
     if "token_labels" in batch:  # no shift: each token's logits score that token's own tag
         logits = forward_logits(model, batch).float()

@@ -69,6 +69,7 @@ from trainer.sequence_length import check_sequence_length
 from trainer.stopping import StopFlag, StopRequested
 from trainer.strategies import build_strategy
 from trainer.strategies.base import Optimizer, Strategy
+from trainer.transfer.class_weights import class_weights_note, resolved_class_weights
 from trainer.transfer.controller import TransferController
 from trainer.transfer.setup import build_model
 from trainer.vocab_check import check_token_ids_fit
@@ -135,6 +136,11 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         console.event(f"warning: {same} (`ftl validate --data` names them)")
     for warning in data.report.get("label_warnings", []):
         console.event(f"warning: {warning} (`ftl validate --data` counts each label)")
+    weights = resolved_class_weights(cfg.transfer.head, data.train.examples.classes)
+    if weights is not None:
+        data.train.class_weights = weights
+        data.report["class_weights"] = dict(zip(cfg.transfer.head.label_names, weights.tolist(), strict=True))
+        console.event(class_weights_note(cfg.transfer.head, weights))
     trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console)
     console.started(
         trainee.total_steps,

@@ -32,6 +32,9 @@ class RowDataset:
     # Preference data: each row is [chosen, rejected] of one pair, and becomes two sequences of the
     # batch (all chosen first, then all rejected), so a pair never straddles micro-batches or workers.
     pairs: bool = False
+    # transfer.head.class_weights resolved (one per class), training rows only: each classified
+    # example's loss is weighted by its class's (evaluation sets keep None: their loss unweighted).
+    class_weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -125,7 +128,13 @@ def make_batch(
     if dataset.examples.classes is not None:
         # Classification rows hold one example each (packing is refused for them).
         out["class_labels"] = torch.tensor([int(dataset.examples.classes[dataset.rows[r][0]]) for r in row_indices])
+        _add_example_weights(out, dataset)
     return out
+
+
+def _add_example_weights(batch: dict[str, torch.Tensor], dataset: RowDataset) -> None:
+    if dataset.class_weights is not None:
+        batch["example_weights"] = torch.from_numpy(dataset.class_weights[batch["class_labels"].numpy()]).float()
 
 
 def _image_batch(
@@ -135,8 +144,10 @@ def _image_batch(
     images = dataset.examples.images
     assert images is not None and dataset.examples.classes is not None
     examples = [dataset.rows[row][0] for row in row_indices]  # one image per row (never packed)
-    return {
+    batch = {
         "pixel_values": images.pixel_values(examples, positions),
         "class_labels": torch.tensor([int(dataset.examples.classes[e]) for e in examples]),
         "num_tokens": torch.tensor(len(examples)),  # throughput counts images
     }
+    _add_example_weights(batch, dataset)
+    return batch

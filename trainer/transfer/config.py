@@ -126,6 +126,13 @@ class HeadConfig(Section):
         "(0.1 for transformers' token-classification heads on decoders and for BERT).",
     )
 
+    class_weights: Literal["balanced"] | list[float] | None = Field(
+        None,
+        description="sequence/image classification: weight each class's loss, for imbalanced data. `balanced`: "
+        "rows / (classes x rows of the class), from the training data (sklearn's rule); or one weight per label, "
+        "in id order. Evaluation losses stay unweighted.",
+    )
+
     @field_validator("labels", mode="before")
     @classmethod
     def _numbers_are_names(cls, value: object) -> object:
@@ -181,7 +188,26 @@ class HeadConfig(Section):
                 )
         elif self.labels or self.num_labels is not None or self.dropout is not None:
             raise ValueError("transfer.head.labels/num_labels/dropout apply to classification head types only")
+        if self.class_weights is not None:
+            self._check_class_weights()
         return self
+
+    def _check_class_weights(self) -> None:
+        if self.type not in CLASSIFICATION_HEADS:
+            raise ValueError(
+                "transfer.head.class_weights applies to sequence_classification and image_classification heads; "
+                f"this head is {self.type}"
+            )
+        if isinstance(self.class_weights, list):
+            count = len(self.label_names)
+            if len(self.class_weights) != count:
+                raise ValueError(
+                    f"transfer.head.class_weights has {len(self.class_weights)} weights for {count} labels; give one "
+                    "per label, in id order (or `balanced`)"
+                )
+            bad = [w for w in self.class_weights if not (w > 0 and w < float("inf"))]
+            if bad:
+                raise ValueError(f"transfer.head.class_weights must all be positive numbers; got {bad[0]}")
 
 
 def is_bio_tag_set(names: list[str]) -> bool:

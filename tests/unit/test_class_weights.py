@@ -1,0 +1,94 @@
+"""transfer.head.class_weights: resolved from the training rows (balanced) or given per label, the
+loss as the weighted mean of the examples' losses over the global batch, and the settings refused
+where they cannot apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.loss import loss_sum, target_count
+from trainer.transfer.class_weights import class_weights_note, resolved_class_weights
+from trainer.transfer.config import HeadConfig
+
+LABELS = ["a", "b", "c"]
+
+
+def _head(weights: object) -> HeadConfig:
+    return HeadConfig.model_validate({"type": "sequence_classification", "labels": LABELS, "class_weights": weights})
+
+
+def test_balanced_weights_follow_sklearns_rule_and_a_list_is_taken_as_given() -> None:
+    classes = np.array([0] * 50 + [1] * 50 + [2] * 12)
+    weights = resolved_class_weights(_head("balanced"), classes)
+    assert weights is not None
+    np.testing.assert_allclose(weights, [112 / (3 * 50), 112 / (3 * 50), 112 / (3 * 12)], rtol=1e-6)
+    # Every class then weighs the same in total: rows x weight is equal across classes.
+    np.testing.assert_allclose(np.bincount(classes) * weights, [112 / 3] * 3, rtol=1e-6)
+    missing = resolved_class_weights(_head("balanced"), np.array([0, 0, 1]))
+    assert missing is not None and missing[2] == 1.0  # a class with no row: weight 1, nothing to weigh
+    given = resolved_class_weights(_head([1.0, 2.0, 0.5]), classes)
+    assert given is not None and given.tolist() == [1.0, 2.0, 0.5]
+    assert resolved_class_weights(_head(None), classes) is None
+    assert class_weights_note(_head("balanced"), weights).startswith(
+        "class weights (balanced, from the training rows): a 0.747, b 0.747, c 3.11"
+    )
+
+
+@pytest.mark.parametrize(
+    "head,said",
+    [
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": [1, 2]}, "has 2 weights for 3 labels"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": [1, 0, 2]}, "must all be positive"),
+        ({"type": "token_classification", "labels": ["O", "B-X"], "class_weights": "balanced"}, "applies to sequence"),
+        ({"type": "causal_lm", "class_weights": "balanced"}, "applies to sequence_classification"),
+    ],
+)
+def test_class_weights_where_they_cannot_apply_are_refused(head: dict, said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        HeadConfig.model_validate(head)
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **_: object) -> object:
+        return type("Out", (), {"logits": self.logits})()
+
+
+def test_the_weighted_loss_over_split_batches_is_the_weighted_mean_of_the_whole() -> None:
+    """Summed per micro-batch and divided by the global batch's weight sum (as the loop does): the
+    same as torch's weighted mean cross-entropy over the whole batch, however it is split."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 3), torch.tensor([0, 1, 2, 2, 1, 0, 2, 2])
+    weights = torch.tensor([0.5, 1.0, 3.0])
+    expected = F.cross_entropy(logits, labels, weight=weights)
+    total, count = torch.tensor(0.0), 0.0
+    for part in (slice(0, 3), slice(3, 8)):
+        batch = {"input_ids": torch.zeros(1), "class_labels": labels[part], "example_weights": weights[labels[part]]}
+        summed, _ = loss_sum(_Logits(logits[part]), batch)
+        total, count = total + summed, count + target_count(batch)
+    assert torch.allclose(total / count, expected)
+    plain = {"input_ids": torch.zeros(1), "class_labels": labels}
+    unweighted, _ = loss_sum(_Logits(logits), plain)
+    assert torch.allclose(unweighted / target_count(plain), F.cross_entropy(logits, labels))
+
+
+def test_validate_data_says_the_weights_training_would_use() -> None:
+    import subprocess
+
+    from tests.conftest import FTL, REPO
+
+    out = subprocess.run(
+        [*FTL, "validate", "configs/examples/classification.yaml", "--data", "transfer.head.class_weights=[1,2,4]"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "class weights (transfer.head.class_weights): country 1, person 2, creature 4" in out.stdout
