@@ -259,6 +259,8 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
         )
     if file.label_counts and check.label_names:
         lines.append("  labels (usable rows): " + label_count_line(file.label_counts, check.label_names))
+    if file.tag_counts and check.label_names:
+        lines.append("  tags (words of usable rows): " + label_count_line(file.tag_counts, check.label_names))
     if file.format == "image_classification":  # one image per row: no tokens or lengths to report
         return lines + _problem_lines(file)
     if file.usable:

@@ -154,6 +154,9 @@ def test_validate_data_lists_every_bad_row_and_exits_2(
     assert "ner.jsonl line 3: tags[0] = 'B-CITY' (word 'a') is not one of transfer.head.labels" in out.out
     assert "ner.jsonl line 4: " in out.out
     assert "tags: Kallaso/B-PER lives/O" in out.out  # the sample shows each word with its tag
+    # Each tag's words are counted, and a tag training never has is said (trial 39b: none of it for NER).
+    assert "tags (words of usable rows): O 1, B-PER 1, I-PER 0" in out.out, out.out
+    assert "never occur in the training data ('I-PER'" in out.out
 
 
 def test_batch_pads_tags_and_loss_is_per_scored_token(wordpiece: Any, tmp_path: Path) -> None:

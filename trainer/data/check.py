@@ -18,6 +18,7 @@ from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
 from trainer.data.sources import empty_reason
 from trainer.data.tokenized import ScannedRow, scan_rows, too_long_lengths
+from trainer.data.word_tags import IGNORE_INDEX
 from trainer.errors import DataError
 
 
@@ -44,6 +45,7 @@ class FileCheck:
     samples: list[ScannedRow] = field(default_factory=list)  # the first kept examples, to show
     ignored_fields: Counter[str] = field(default_factory=Counter)  # fields the format does not read: rows with each
     label_counts: Counter[int] = field(default_factory=Counter)  # usable rows per class id (classifiers)
+    tag_counts: Counter[int] = field(default_factory=Counter)  # tagged words per tag id (token classification)
     # A digest of each usable row's tokens (as training reads them): held-out rows that training
     # also sees are found by these
     row_digests: list[int] = field(default_factory=list, repr=False)
@@ -105,8 +107,12 @@ class DataCheck:
         train: Counter[int] = Counter()
         for file in self.files:
             if file.role.endswith("train"):
-                train.update(file.label_counts)
-        held_out = {file.role: file.label_counts for file in self.files if file.role in ("validation", "test")}
+                train.update(file.label_counts or file.tag_counts)
+        held_out = {
+            file.role: file.label_counts or file.tag_counts
+            for file in self.files
+            if file.role in ("validation", "test")
+        }
         return label_coverage_warnings(train, held_out, self.label_names)
 
     def overlap_warnings(self) -> list[str]:
@@ -210,6 +216,8 @@ def _check_file(
                     check.rendered_lengths.append(row.rejected_rendered_len)
             if row.usable and row.class_label is not None:
                 check.label_counts[row.class_label] += 1
+            if row.usable and row.token_labels:  # one scored token a word: its tag (trial 39b: no counts for NER)
+                check.tag_counts.update(tag for tag in row.token_labels if tag != IGNORE_INDEX)
             if row.usable:
                 if fmt != "image_classification":  # an image row has no tokens (its pixels are not read here)
                     check.row_digests.append(hash((tuple(row.ids), tuple(row.rejected_ids))))
