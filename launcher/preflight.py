@@ -193,6 +193,30 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     return None
 
 
+def lora_rank_note(cfg: RunConfig) -> str | None:
+    """A LoRA rank at least the model's width: an adapter's rank cannot exceed its layer's smaller
+    side, so the extra rank is parameters without capacity, almost surely a slip (trial 39a: r=512
+    on 128-wide layers was taken without a word)."""
+    if not cfg.method.uses_adapter:
+        return None
+    from launcher.errors import UserError
+    from launcher.plan.catalogue import model_config_fields
+
+    try:
+        _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
+    except (UserError, OSError, ValueError):
+        return None
+    text = fields.get("text_config") if isinstance(fields.get("text_config"), dict) else fields
+    width = next((text[key] for key in ("hidden_size", "d_model", "n_embd") if isinstance(text.get(key), int)), None)
+    rank = cfg.method.lora.r
+    if width is None or rank < width:
+        return None
+    return (
+        f"method.lora.r={rank} is not below the model's hidden size {width}: an adapter's rank cannot exceed its "
+        "layer's smaller side, so the rank past it adds parameters, not capacity; LoRA ranks are usually 8-64"
+    )
+
+
 def _meta_model(cfg: RunConfig) -> Any:
     """The model of cfg.model.path's config.json built on the meta device (no weights read), or None
     when there is no local config or transformers cannot build it here (the workers then check)."""

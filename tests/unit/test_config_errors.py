@@ -849,3 +849,16 @@ def test_validate_refuses_freezing_what_the_model_does_not_have() -> None:
         text=True,
     )
     assert fine.returncode == 0, fine.stderr[-2000:]
+
+
+def test_a_lora_rank_past_the_models_width_is_warned() -> None:
+    """r=512 on 128-wide layers was valid without a word (trial 39a)."""
+    from launcher.config_loader import load_config
+    from launcher.preflight import lora_rank_note
+    from tests.conftest import REPO
+
+    config = REPO / "configs" / "examples" / "lora.yaml"
+    said = lora_rank_note(load_config(config, ["method.lora.r=512"]))
+    assert said and said.startswith("method.lora.r=512 is not below the model's hidden size 128")
+    assert lora_rank_note(load_config(config, ["method.lora.r=64"])) is None
+    assert lora_rank_note(load_config(config, ["method.type=full"])) is None
