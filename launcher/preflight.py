@@ -206,7 +206,8 @@ def lora_rank_note(cfg: RunConfig) -> str | None:
         _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
     except (UserError, OSError, ValueError):
         return None
-    text = fields.get("text_config") if isinstance(fields.get("text_config"), dict) else fields
+    nested = fields.get("text_config")
+    text: dict[str, Any] = nested if isinstance(nested, dict) else fields
     width = next((text[key] for key in ("hidden_size", "d_model", "n_embd") if isinstance(text.get(key), int)), None)
     rank = cfg.method.lora.r
     if width is None or rank < width:

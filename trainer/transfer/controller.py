@@ -162,8 +162,9 @@ class TransferController:
         log.info("step %d: gradual unfreezing stage %d: %s", state.step, described["stage"], described["unfrozen"])
         if self.say is not None:
             unfrozen = list(described["unfrozen"])  # type: ignore[call-overload]
+            stage = int(described["stage"]) + 1  # type: ignore[call-overload]
             self.say(
-                f"gradual unfreezing: after step {state.step}, stage {described['stage'] + 1} of "
+                f"gradual unfreezing: after step {state.step}, stage {stage} of "
                 f"{described['stages']}: {unfrozen[-1]} trains too ({described['trainable_params']:,} trainable "
                 "parameters)"
             )
