@@ -146,8 +146,39 @@ def test_the_end_of_a_start_waits_for_a_stuck_tracker_only_so_long(
         writer.close()
     answer.set()  # lets the tracker's thread end
     assert not tracker.finished
-    assert any("mlflow still sending after" in r.getMessage() for r in caplog.records), caplog.text
+    said = "still sending after 0 s (server slow or unreachable); its run lacks every record"
+    assert any(said in r.getMessage() for r in caplog.records), caplog.text
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1]
+    # Recorded for the final table and `ftl runs` (trial 40b: it was listed as logged).
+    from launcher.tracker_outcome import tracker_failures
+
+    assert said in tracker_failures(tmp_path)["mlflow"]
+
+
+def test_a_stuck_tracker_never_holds_another_trackers_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow retrying a dead server held W&B's records too (one queue for both): W&B offline lacked
+    54 of 67 records, and both were reported as logged (trial 40b)."""
+    answer = threading.Event()
+    stuck, fast = _HeldTracker(answer), _HeldTracker(threading.Event())
+    fast.name = "wandb"
+    fast.answer.set()
+    monkeypatch.setattr(trackers, "_open_tracker", lambda name, *args: stuck if name == "mlflow" else fast)
+    monkeypatch.setattr(trackers, "FINISH_WAIT_S", 1.0)
+    writer = MetricsWriter(
+        tmp_path,
+        tracking=TrackingConfig(
+            tensorboard=False, mlflow={"enabled": True}, wandb={"enabled": True, "mode": "offline"}
+        ),
+    )
+    for step in (1, 2, 3):
+        writer.write(step, {"loss": 1.0 / step})
+    writer.close()
+    answer.set()
+    assert [step for step, _ in fast.logged] == [1, 2, 3] and fast.finished
+    assert not stuck.finished
+    from launcher.tracker_outcome import tracker_failures
+
+    assert set(tracker_failures(tmp_path)) == {"mlflow"}
 
 
 def test_a_tracker_failure_never_shows_the_uri_password(

@@ -45,109 +45,156 @@ class Tracker(Protocol):
         """Upload the artifacts (files or folders) and close the run: finished, or stopped to be resumed."""
 
 
+class _Lane:
+    """One tracker's queue and sending thread: a tracker that hangs (MLflow retrying a dead server for
+    minutes) holds back only its own records, never another tracker's (trial 40b: one queue for both
+    left W&B offline without 54 of 67 records while MLflow retried)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.tracker: Tracker | None = None
+        self.opened = False  # an open was tried (it may have failed: then `dropped`)
+        self.dropped = False
+        self.last_step: int | None = None  # the last step whose records reached the tracker
+
+    def put(self, call: Callable[[], None]) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._drain, name=f"ftl-tracker-{self.name}", daemon=True)
+            self.thread.start()
+        self.calls.put(call)
+
+    def _drain(self) -> None:
+        while (call := self.calls.get()) is not None:
+            call()
+
+
 class TrackerSet:
-    """The configured trackers, opened on the first record (after metrics.jsonl's first line)."""
+    """The configured trackers, each opened on its first record (after metrics.jsonl's first line)."""
 
     def __init__(self, cfg: TrackingConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         self.wanted = [name for name in ("mlflow", "wandb") if getattr(cfg, name).enabled]
-        self._open: list[Tracker] | None = None
-        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._sender: threading.Thread | None = None
-        self._state: dict[str, Any] = {}  # trackers.json: run ids, where each logs, a failure
+        self._lanes = {name: _Lane(name) for name in self.wanted}
+        self._lock = threading.Lock()  # trackers.json is written from every lane's thread
+        self._state: dict[str, Any] | None = None  # trackers.json: run ids, where each logs, a failure
 
     def log(self, step: int, kind: str, values: dict[str, Any], when: float | None = None) -> None:
-        """Queued for the trackers' thread; returns at once. `when`: the record's time (metrics.jsonl's)."""
+        """Queued for each tracker's thread; returns at once. `when`: the record's time (metrics.jsonl's)."""
         if not self.wanted:
             return
         series = scalar_series(kind, values)
         when = time.time() if when is None else when
         if series:
-            self._send(lambda: self._log_now(step, series, when))
+            for lane in self._lanes.values():
+                lane.put(lambda lane=lane: self._log_now(lane, step, series, when))  # type: ignore[misc]
 
     def finish(self) -> None:
         """At the end of a start (finished or stopped): summary, config and report uploaded, after
-        every queued record, waiting at most FINISH_WAIT_S."""
-        sender = self._sender
-        if sender is None:
-            return
-        self._calls.put(self._finish_now)
-        self._calls.put(None)
-        sender.join(FINISH_WAIT_S)
-        self._sender = None
-        if sender.is_alive():
-            log.warning(
-                "trackers %s still sending after %.0f s (server slow or unreachable); left behind: "
-                "metrics.jsonl and TensorBoard have every record",
-                ", ".join(self.wanted),
-                FINISH_WAIT_S,
-            )
+        every queued record, waiting at most FINISH_WAIT_S for all trackers together. A tracker still
+        sending then is recorded as failed (its run lacks the later records), for the final table
+        and `ftl runs` (trial 40b: it was reported as logged)."""
+        lanes = [lane for lane in self._lanes.values() if lane.thread is not None]
+        for lane in lanes:
+            lane.put(lambda lane=lane: self._finish_now(lane))  # type: ignore[misc]
+            lane.calls.put(None)
+        deadline = time.monotonic() + FINISH_WAIT_S
+        for lane in lanes:
+            assert lane.thread is not None
+            lane.thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [lane for lane in lanes if lane.thread is not None and lane.thread.is_alive()]
+        for lane in lanes:
+            lane.thread = None
+        for lane in stuck:
+            waited = f"after {FINISH_WAIT_S:.0f} s (server slow or unreachable)"
+            if lane.tracker is None:
+                reason = f"still opening its run {waited}"
+            else:
+                lacks = f"the records after step {lane.last_step}" if lane.last_step is not None else "every record"
+                reason = f"still sending {waited}; its run lacks {lacks}"
+            self._record_failure(lane.name, reason, warn=True)
 
-    def _send(self, call: Callable[[], None]) -> None:
-        if self._sender is None:
-            self._sender = threading.Thread(target=self._drain, name="ftl-trackers", daemon=True)
-            self._sender.start()
-        self._calls.put(call)
+    def _log_now(self, lane: _Lane, step: int, series: dict[str, float], when: float) -> None:
+        tracker = self._tracker(lane)
+        if tracker is not None and self._guard(lane, lambda: tracker.log(step, series, when)):
+            lane.last_step = step
 
-    def _drain(self) -> None:
-        while (call := self._calls.get()) is not None:
-            call()
-
-    def _log_now(self, step: int, series: dict[str, float], when: float) -> None:
-        for tracker in self._trackers():
-            self._guard(tracker, lambda t=tracker: t.log(step, series, when))
-
-    def _finish_now(self) -> None:
-        if self._open is None:
+    def _finish_now(self, lane: _Lane) -> None:
+        if lane.tracker is None:
             return
         layout = RunLayout(self.run_dir)
         artifacts = [p for p in (layout.summary, layout.config, layout.root / "report") if p.exists()]
-        for tracker in list(self._open):
-            self._guard(tracker, lambda t=tracker: t.finish(layout.is_finished(), artifacts))
-        self._open = None
+        tracker = lane.tracker
+        self._guard(lane, lambda: tracker.finish(layout.is_finished(), artifacts))
+        lane.tracker = None
 
-    def _trackers(self) -> list[Tracker]:
-        if self._open is None:
-            self._open = []
-            self._state = read_tracker_state(self.run_dir)
-            params = run_params(self.run_dir)
-            for name in self.wanted:
-                entry = self._state.setdefault(name, {})
-                entry.pop(FAILED, None)  # an earlier start's failure: this start tries again
-                try:
-                    tracker = _open_tracker(name, self.cfg, self.run_dir, params, entry)
-                except Exception as exc:  # noqa: BLE001 - any failure of a tracker must not end training
-                    self._warn(name, exc)
-                    continue
-                self._open.append(tracker)
+    def _tracker(self, lane: _Lane) -> Tracker | None:
+        if lane.opened:
+            return None if lane.dropped else lane.tracker
+        lane.opened = True
+        with self._lock:
+            state = self._loaded_state()
+            entry = dict(state.get(lane.name) or {})
+            entry.pop(FAILED, None)  # an earlier start's failure: this start tries again
+            state[lane.name] = entry
             self._save_state()
-        return self._open
+        params = run_params(self.run_dir)
+        try:
+            # The entry is this lane's own: the tracker writes its run id into it as it opens.
+            lane.tracker = _open_tracker(lane.name, self.cfg, self.run_dir, params, entry)
+        except Exception as exc:  # noqa: BLE001 - any failure of a tracker must not end training
+            lane.dropped = True
+            self._record_failure(lane.name, _reason(exc), warn=True)
+            return None
+        with self._lock:
+            self._save_state()
+        return lane.tracker
+
+    def _loaded_state(self) -> dict[str, Any]:
+        if self._state is None:
+            self._state = read_tracker_state(self.run_dir)
+        return self._state
 
     def _save_state(self) -> None:
+        """Under self._lock."""
+        state = {
+            name: dict(entry) if isinstance(entry, dict) else entry for name, entry in self._loaded_state().items()
+        }
         try:
-            atomic_write_text(RunLayout(self.run_dir).trackers, json.dumps(self._state, indent=1))
+            atomic_write_text(RunLayout(self.run_dir).trackers, json.dumps(state, indent=1))
         except OSError as exc:  # a full disk: metrics.jsonl's writer says so; resumes start new tracker runs
             log.warning("could not write %s (%s)", RunLayout(self.run_dir).trackers, exc)
 
-    def _guard(self, tracker: Tracker, call: Any) -> None:
+    def _guard(self, lane: _Lane, call: Callable[[], None]) -> bool:
         try:
             call()
-        except Exception as exc:  # noqa: BLE001 - see _trackers
-            self._warn(tracker.name, exc)
-            if self._open is not None and tracker in self._open:
-                self._open.remove(tracker)
+        except Exception as exc:  # noqa: BLE001 - see _tracker
+            lane.dropped, lane.tracker = True, None
+            self._record_failure(lane.name, _reason(exc), warn=True)
+            return False
+        return True
 
-    def _warn(self, name: str, exc: BaseException) -> None:
-        reason = f"{type(exc).__name__}: {redact_text(str(exc).splitlines()[0][:300]) if str(exc) else ''}"
-        log.warning(
-            "tracking.%s: the tracker failed (%s); training goes on without it "
-            "(metrics.jsonl and TensorBoard have every record)",
-            name,
-            reason,
-        )
+    def _record_failure(self, name: str, reason: str, warn: bool) -> None:
+        if warn:
+            log.warning(
+                "tracking.%s: the tracker failed (%s); training goes on without it "
+                "(metrics.jsonl and TensorBoard have every record)",
+                name,
+                reason,
+            )
         # Kept for the end of the run: the launcher's final table says it again (launcher/tracker_outcome.py).
-        self._state.setdefault(name, {})[FAILED] = reason
-        self._save_state()
+        with self._lock:
+            state = self._loaded_state()
+            entry = state.get(name)
+            if not isinstance(entry, dict):
+                entry = state[name] = {}
+            entry[FAILED] = reason
+            self._save_state()
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {redact_text(str(exc).splitlines()[0][:300]) if str(exc) else ''}"
 
 
 def upload_after_run(cfg: TrackingConfig, run_dir: Path, paths: list[Path]) -> None:
