@@ -477,11 +477,13 @@ def _finish(
     """Best weights back (early stopping), final evaluation, final/ and summary.json (last)."""
     memory = memory_report(trainee.model, trainee.optimizer, ctx.rank)
     barrier()  # the best checkpoint is complete on disk before any rank reads it
+    origin = continued_from(parse_records(RunLayout(ctx.run_dir).metrics))
     restored = trainee.transfer.restore_best(
         strategy.unwrapped(trainee.model),
         ctx.run_dir,
         state.step,
         lambda: build_model(cfg, ctx.device, tokenizer.pad_token_id, False),
+        origin=(Path(origin["path"]), int(origin["step"])) if origin else None,
     )
     if data.evals:  # recorded at the last step; the console says whose weights were scored
         evaluator.final(state.step, restored)
@@ -500,6 +502,9 @@ def _finish(
         )
         for span, count in zip(data.train.mixture, drawn, strict=True):
             summary["data"]["mixture"].get(span.name, {})["rows_drawn"] = count
+        for gone in state.mixture.get("retired", []):  # sources an earlier start drew and this one no longer has
+            entry = summary["data"]["mixture"].setdefault(gone["name"], {"removed": True})
+            entry["rows_drawn"] = entry.get("rows_drawn", 0) + int(gone["drawn"])
     if cfg.method.lora.init_from:  # its "base" scores are that adapter's, not the base model's
         summary["started_from"] = str(cfg.method.lora.init_from)
     if ctx.is_main:  # written last and atomically: its presence is what marks the run finished

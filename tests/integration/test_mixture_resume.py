@@ -65,8 +65,8 @@ def test_on_two_ray_workers_a_mixture_resumes_under_other_weights_and_a_renamed_
     assert _segment(first, 4) == {
         "start": 0,
         "sources": [
-            {"name": "qa", "weight": 3.0, "drawn": 0, "order": 0},
-            {"name": "facts", "weight": 1.0, "drawn": 0, "order": 1},
+            {"name": "qa", "train": str(QA_DATA / "train.jsonl"), "weight": 3.0, "drawn": 0, "order": 0},
+            {"name": "facts", "train": str(KINDS_DATA / "train.jsonl"), "weight": 1.0, "drawn": 0, "order": 1},
         ],
     }
 

@@ -243,6 +243,37 @@ def test_each_parameter_group_trains_at_its_configured_rate(tmp_path: Path, tiny
         assert rates["pretrained.lora_B"] == pytest.approx(4 * rates["pretrained"], rel=1e-12)
 
 
+def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores_its_best(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The best step is the other run's checkpoint (no later evaluation beats it): restoring looked
+    for it in this run directory and failed at the end, losing the steps trained (trial 40a). Two
+    local workers."""
+    stopping = {"early_stopping": {"enabled": True, "patience": 2, "min_delta": 100.0}}
+    common = dict(
+        method={"type": "full"},
+        transfer=stopping,
+        eval={"every_steps": 2, "max_samples": 8},
+        checkpoint={"every_steps": 2},
+        cluster={"workers": 2},
+    )
+    first = _train(tmp_path, "first", tiny_model_dir, training={"max_steps": 2, "micro_batch_size": 2}, **common)
+    step_2 = first / "checkpoints" / "step-2"
+    later = write_config(
+        tmp_path / "later.yaml",
+        tiny_model_dir,
+        tmp_path / "later",
+        training={"max_steps": 8, "micro_batch_size": 2},
+        **{**common, "checkpoint": {"every_steps": 2, "resume": str(step_2)}},
+    )
+    assert train(str(later), []) == 0
+    summary = json.loads((tmp_path / "later" / "summary.json").read_text())
+    assert summary["transfer"]["early_stopping"]["best_step"] == 2 and summary["steps"] == 6
+    best = load_file(str(step_2 / "trainable.safetensors"))
+    final = _merged(tmp_path / "later")
+    assert all(torch.equal(best[k], final[k]) for k in final)
+
+
 def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(
     tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,11 @@ from trainer.data.mixture import MixtureSampler, MixtureSpan
 from trainer.data.mixture_resume import continued_segment, first_segment, segment_sampler
 from trainer.data.sampler import GlobalSampler
 
-SPANS = [MixtureSpan("a", 0, 10, 5.0), MixtureSpan("b", 10, 50, 3.0), MixtureSpan("c", 60, 7, 2.0)]
+SPANS = [
+    MixtureSpan("a", 0, 10, 5.0, "a.jsonl"),
+    MixtureSpan("b", 10, 50, 3.0, "b.jsonl"),
+    MixtureSpan("c", 60, 7, 2.0, "c.jsonl"),
+]
 SEED = 3
 
 
@@ -37,10 +41,10 @@ def test_a_new_run_and_an_old_checkpoint_draw_the_stream_of_earlier_ftl_versions
 
 def test_the_same_weights_in_proportion_or_renamed_continue_the_uninterrupted_stream() -> None:
     uninterrupted = MixtureSampler(SPANS, SEED, True).take(0, 400)
-    doubled = [MixtureSpan(s.name, s.start, s.count, s.weight * 2) for s in SPANS]
+    doubled = [MixtureSpan(s.name, s.start, s.count, s.weight * 2, s.train) for s in SPANS]
     segment, note = continued_segment(first_segment(SPANS), doubled, SEED, True, 200)
     assert note == "" and segment_sampler(doubled, SEED, True, segment).take(200, 200) == uninterrupted[200:]
-    renamed = [SPANS[0], MixtureSpan("bee", 10, 50, 3.0), SPANS[2]]
+    renamed = [SPANS[0], MixtureSpan("bee", 10, 50, 3.0, "b.jsonl"), SPANS[2]]
     segment, note = continued_segment(first_segment(SPANS), renamed, SEED, True, 200)
     assert "renamed (b -> bee)" in note and "evaluation history" in note
     assert segment_sampler(renamed, SEED, True, segment).take(200, 200) == uninterrupted[200:]
@@ -49,7 +53,11 @@ def test_the_same_weights_in_proportion_or_renamed_continue_the_uninterrupted_st
 def test_other_weights_continue_each_sources_own_order_without_replay_or_skip() -> None:
     resume_at, later = 250, 500
     first = MixtureSampler(SPANS, SEED, True).take(0, resume_at)
-    reweighted = [MixtureSpan("a", 0, 10, 1.0), MixtureSpan("b", 10, 50, 1.0), MixtureSpan("c", 60, 7, 8.0)]
+    reweighted = [
+        MixtureSpan("a", 0, 10, 1.0, "a.jsonl"),
+        MixtureSpan("b", 10, 50, 1.0, "b.jsonl"),
+        MixtureSpan("c", 60, 7, 8.0, "c.jsonl"),
+    ]
     segment, note = continued_segment(first_segment(SPANS), reweighted, SEED, True, resume_at)
     assert segment["start"] == resume_at and "data.mixture changed at sample 250" in note
     assert "none replayed or skipped" in note and "c 8" in note
@@ -65,7 +73,11 @@ def test_other_weights_continue_each_sources_own_order_without_replay_or_skip() 
 
 def test_a_second_change_continues_from_the_first_changes_counts() -> None:
     first = MixtureSampler(SPANS, SEED, True).take(0, 100)
-    middle_spans = [MixtureSpan("a", 0, 10, 1.0), MixtureSpan("b", 10, 50, 5.0), MixtureSpan("c", 60, 7, 1.0)]
+    middle_spans = [
+        MixtureSpan("a", 0, 10, 1.0, "a.jsonl"),
+        MixtureSpan("b", 10, 50, 5.0, "b.jsonl"),
+        MixtureSpan("c", 60, 7, 1.0, "c.jsonl"),
+    ]
     middle_segment, _ = continued_segment(first_segment(SPANS), middle_spans, SEED, True, 100)
     middle = segment_sampler(middle_spans, SEED, True, middle_segment).take(100, 150)
     # A checkpoint inside the second segment resumes it exactly under the same weights...
@@ -83,7 +95,11 @@ def test_a_second_change_continues_from_the_first_changes_counts() -> None:
 def test_sources_reordered_added_and_removed() -> None:
     first = MixtureSampler(SPANS, SEED, True).take(0, 120)
     # c moves first, a is gone, d is new; b keeps its rows and its order seed.
-    changed = [MixtureSpan("c", 0, 7, 1.0), MixtureSpan("b", 7, 50, 1.0), MixtureSpan("d", 57, 20, 1.0)]
+    changed = [
+        MixtureSpan("c", 0, 7, 1.0, "c.jsonl"),
+        MixtureSpan("b", 7, 50, 1.0, "b.jsonl"),
+        MixtureSpan("d", 57, 20, 1.0, "d.jsonl"),
+    ]
     segment, note = continued_segment(first_segment(SPANS), changed, SEED, True, 120)
     assert "d is new and starts at its first row" in note and "a no longer drawn" in note
     orders = {s["name"]: s["order"] for s in segment["sources"]}
@@ -99,9 +115,31 @@ def test_sources_reordered_added_and_removed() -> None:
 
 def test_a_renamed_source_with_other_weights_keeps_its_place() -> None:
     first = MixtureSampler(SPANS, SEED, True).take(0, 90)
-    changed = [SPANS[0], MixtureSpan("bee", 10, 50, 9.0), SPANS[2]]
+    changed = [SPANS[0], MixtureSpan("bee", 10, 50, 9.0, "b.jsonl"), SPANS[2]]
     segment, note = continued_segment(first_segment(SPANS), changed, SEED, True, 90)
     assert "bee (was b) after its" in note and "no longer drawn" not in note
     second = segment_sampler(changed, SEED, True, segment).take(90, 200)
     both = _per_source(SPANS, first)["b"] + _per_source(changed, second)["bee"]
     assert both == _own_order(50, 1, len(both))
+
+
+def test_a_reorder_of_equal_weights_or_another_file_under_a_new_name_is_no_rename() -> None:
+    """Trial 40a: sources swapped in place (same weights) were called renamed and drew the other's
+    rows; another file in a renamed slot continued the old one's count."""
+    spans = [
+        MixtureSpan("a", 0, 10, 2.0, "a.jsonl"),
+        MixtureSpan("b", 10, 20, 1.0, "b.jsonl"),
+        MixtureSpan("c", 30, 8, 1.0, "c.jsonl"),
+    ]
+    first = MixtureSampler(spans, SEED, True).take(0, 100)
+    swapped = [spans[0], MixtureSpan("c", 10, 8, 1.0, "c.jsonl"), MixtureSpan("b", 18, 20, 1.0, "b.jsonl")]
+    segment, note = continued_segment(first_segment(spans), swapped, SEED, True, 100)
+    assert "renamed" not in note and segment["start"] == 100
+    second = segment_sampler(swapped, SEED, True, segment).take(100, 200)
+    for name, order, count in (("b", 1, 20), ("c", 2, 8)):
+        both = _per_source(spans, first)[name] + _per_source(swapped, second)[name]
+        assert both == _own_order(count, order, len(both))
+    other_file = [spans[0], MixtureSpan("b2", 10, 20, 1.0, "b2.jsonl"), spans[2]]
+    segment, note = continued_segment(first_segment(spans), other_file, SEED, True, 100)
+    assert "b2 is new and starts at its first row" in note and "b no longer drawn" in note
+    assert segment["retired"] == [{"name": "b", "train": "b.jsonl", "drawn": len(_per_source(spans, first)["b"])}]

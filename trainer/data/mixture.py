@@ -29,6 +29,7 @@ class MixtureSpan:
     start: int
     count: int
     weight: float
+    train: str = ""  # its data.mixture entry's `train`: what a source is across resumes (its name may change)
 
 
 def epoch_draws(rows: list[int], weights: list[float]) -> list[tuple[float, float]]:

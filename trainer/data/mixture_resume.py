@@ -22,10 +22,12 @@ def first_segment(spans: list[MixtureSpan]) -> dict[str, Any]:
     """The segment of a run that starts from scratch (or from a checkpoint that kept none)."""
     return {
         "start": 0,
-        "sources": [
-            {"name": span.name, "weight": span.weight, "drawn": 0, "order": index} for index, span in enumerate(spans)
-        ],
+        "sources": [_entry(span, drawn=0, order=index) for index, span in enumerate(spans)],
     }
+
+
+def _entry(span: MixtureSpan, drawn: int, order: int) -> dict[str, Any]:
+    return {"name": span.name, "train": span.train, "weight": span.weight, "drawn": drawn, "order": order}
 
 
 def segment_sampler(spans: list[MixtureSpan], seed: int, shuffle: bool, segment: dict[str, Any]) -> MixtureSampler:
@@ -40,6 +42,20 @@ def segment_sampler(spans: list[MixtureSpan], seed: int, shuffle: bool, segment:
     )
 
 
+def _matches(old: list[dict[str, Any]], spans: list[MixtureSpan]) -> list[int | None]:
+    """For each source of this config, the saved source it is: the one reading the same training
+    data (whatever its name: a rename), else (a checkpoint that kept no paths) the one of its name.
+    A source whose data no saved source read is new (trial 40a: a reorder of equal weights and another
+    file in a renamed slot were both taken for renames)."""
+    matches: list[int | None] = []
+    for span in spans:
+        by_data = [i for i, o in enumerate(old) if o.get("train") and o.get("train") == span.train]
+        by_name = [i for i, o in enumerate(old) if not o.get("train") and o.get("name") == span.name]
+        found = by_data or by_name
+        matches.append(found[0] if found and found[0] not in matches else None)
+    return matches
+
+
 def continued_segment(
     saved: dict[str, Any], spans: list[MixtureSpan], seed: int, shuffle: bool, position: int
 ) -> tuple[dict[str, Any], str]:
@@ -49,58 +65,57 @@ def continued_segment(
     if not saved or not saved.get("sources"):
         return first_segment(spans), ""
     old = saved["sources"]
-    names = [span.name for span in spans]
-    if len(old) == len(spans) and _same_proportions([s["weight"] for s in old], [span.weight for span in spans]):
-        renamed = [(o["name"], span.name) for o, span in zip(old, spans, strict=True) if o["name"] != span.name]
+    matches = _matches(old, spans)
+    retired = list(saved.get("retired", []))
+    renamed = [
+        (str(old[m]["name"]), span.name)
+        for m, span in zip(matches, spans, strict=True)
+        if m is not None and old[m]["name"] != span.name
+    ]
+    same_stream = matches == list(range(len(old))) and _same_proportions(
+        [s["weight"] for s in old], [span.weight for span in spans]
+    )
+    if same_stream:
         segment = {
             "start": saved["start"],
-            "sources": [{**o, "name": span.name, "weight": span.weight} for o, span in zip(old, spans, strict=True)],
+            "sources": [
+                {**o, "name": span.name, "train": span.train, "weight": span.weight}
+                for o, span in zip(old, spans, strict=True)
+            ],
+            "retired": retired,
         }
         note = ""
         if renamed:
             pairs = ", ".join(f"{before} -> {after}" for before, after in renamed)
             note = (
-                f"data.mixture source renamed ({pairs}): the same rows are drawn as before; its evaluation "
-                "history before this start is under the old name"
+                f"data.mixture source renamed ({pairs}): it reads the same data, and the same rows are drawn as "
+                "before; its evaluation history before this start is under the old name"
             )
         return segment, note
     old_spans = [MixtureSpan(str(o["name"]), 0, 1, float(o["weight"])) for o in old]
     drawn = segment_sampler(old_spans, seed, shuffle, saved).drawn_before(position)
-    old_names = [str(o["name"]) for o in old]
     sources, said = [], []
     next_order = max(int(o["order"]) for o in old) + 1
-    for index, span in enumerate(spans):
-        match = old_names.index(span.name) if span.name in old_names else None
-        if match is None and index < len(old) and old_names[index] not in names:
-            match = index  # the same place under a new name: a renamed source
+    for match, span in zip(matches, spans, strict=True):
         if match is None:
-            sources.append({"name": span.name, "weight": span.weight, "drawn": 0, "order": next_order})
+            sources.append(_entry(span, drawn=0, order=next_order))
             next_order += 1
             said.append(f"{span.name} is new and starts at its first row")
             continue
-        sources.append(
-            {"name": span.name, "weight": span.weight, "drawn": drawn[match], "order": int(old[match]["order"])}
-        )
-        was = "" if old_names[match] == span.name else f" (was {old_names[match]})"
+        sources.append(_entry(span, drawn=drawn[match], order=int(old[match]["order"])))
+        was = "" if old[match]["name"] == span.name else f" (was {old[match]['name']})"
         said.append(f"{span.name}{was} after its {drawn[match]} rows drawn")
-    dropped = [name for index, name in enumerate(old_names) if name not in names and not _renamed_at(index, old, spans)]
+    gone = [i for i in range(len(old)) if i not in matches]
+    for index in gone:  # kept, so the summary's rows_drawn still counts what it drew (trial 40a)
+        retired.append({"name": old[index]["name"], "train": old[index].get("train", ""), "drawn": drawn[index]})
     weights = ", ".join(f"{s['name']} {s['weight']:g}" for s in sources)
     note = (
         f"data.mixture changed at sample {position}: from here the sources are drawn by weight {weights}; "
         f"each goes on with its next row in its own order, none replayed or skipped ({'; '.join(said)})"
     )
-    if dropped:
-        note += f"; {', '.join(dropped)} no longer drawn"
-    return {"start": position, "sources": sources}, note
-
-
-def _renamed_at(index: int, old: list[dict[str, Any]], spans: list[MixtureSpan]) -> bool:
-    names = [span.name for span in spans]
-    return (
-        index < len(spans)
-        and spans[index].name not in [str(o["name"]) for o in old]
-        and old[index]["name"] not in names
-    )
+    if gone:
+        note += f"; {', '.join(str(old[i]['name']) for i in gone)} no longer drawn"
+    return {"start": position, "sources": sources, "retired": retired}, note
 
 
 def _same_proportions(before: list[float], after: list[float]) -> bool:

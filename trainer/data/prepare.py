@@ -317,7 +317,7 @@ def _mixture_rows(
     spans = []
     for source, part, first in zip(cfg.mixture, sets, firsts):
         own = [[first + i for i in row] for row in _rows_of(part, cfg)]
-        spans.append(MixtureSpan(source.name, len(rows), len(own), source.weight))
+        spans.append(MixtureSpan(source.name, len(rows), len(own), source.weight, source.train))
         rows += own
     return merged, rows, spans, [cut_counts(part.stats) for part in sets]
 

@@ -229,16 +229,27 @@ class TransferController:
             state.transfer["unfreezing_stage"] = self.unfreezer.stage
 
     # -- end of training -------------------------------------------------------------------------
-    def restore_best(self, live: torch.nn.Module, run_dir: Path, step: int, build_fresh: Any) -> int | None:
+    def restore_best(
+        self,
+        live: torch.nn.Module,
+        run_dir: Path,
+        step: int,
+        build_fresh: Any,
+        origin: tuple[Path, int] | None = None,
+    ) -> int | None:
         """Put the best checkpoint's weights into the live (unwrapped) model; returns its step.
 
         The checkpoint holds only what was trainable when it was written, so the weights come
         from a fresh model (the base weights) with the checkpoint loaded over it: parameters
-        that were still frozen then get their base values back."""
+        that were still frozen then get their base values back. `origin`: the other run's
+        checkpoint (path, step) this run continued from, where a best step before this run's own
+        steps lives (trial 40a: looked for in this run directory, the finished steps were lost)."""
         if self.early is None or self.early.best_step is None or self.early.best_step == step:
             return None
         best = self.early.best_step
         checkpoint = RunLayout(run_dir).checkpoint(best)
+        if not checkpoint.exists() and origin is not None and origin[1] == best:
+            checkpoint = origin[0]
         verify_before_load(checkpoint)  # collective: every rank calls restore_best
         values = None
         if self.strategy.rank == 0:  # one full copy per job; the strategy hands each rank its part
