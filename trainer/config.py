@@ -981,7 +981,12 @@ def _check_early_stopping(cfg: TrainerConfig) -> None:
             "transfer.early_stopping.metric=entity_f1 needs transfer.head.type=token_classification with BIO tags "
             f"(transfer.head.labels: O, B-TYPE, I-TYPE ...); use {scored}"
         )
-    if stopping.metric == "exact_match" and (classification or not cfg.eval.generation.enabled):
+    if stopping.metric == "exact_match" and classification:
+        raise ValueError(
+            f"transfer.early_stopping.metric=exact_match scores generated answers, and a {head.type} head generates "
+            f"none; use {scored}"
+        )
+    if stopping.metric == "exact_match" and not cfg.eval.generation.enabled:
         raise ValueError(
             "transfer.early_stopping.metric=exact_match needs eval.generation.enabled=true and prompt/answer data; "
             "use eval_loss"

@@ -181,7 +181,7 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
     names = [name for name, _ in model.named_modules() if name]
     if isinstance(targets, str):
         if targets != "all-linear":
-            _check_target_pattern(targets, names, linear_layer_names(model))
+            _check_target_pattern(targets, dict(model.named_modules()), linear_layer_names(model))
         return
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
     if missing:
@@ -194,25 +194,48 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
         )
 
 
-def _check_target_pattern(pattern: str, names: list[str], linear: list[str]) -> None:
+# Module types PEFT's LoRA adapts (torch's, transformers' GPT-2 Conv1D, bitsandbytes' quantized linears).
+ADAPTABLE = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+ADAPTABLE_NAMES = ("Conv1D", "Linear4bit", "Linear8bitLt", "MultiheadAttention")
+
+
+def _check_target_pattern(pattern: str, modules: dict[str, torch.nn.Module], linear: list[str]) -> None:
     """A string other than all-linear is PEFT's regular expression, matched against each module's
-    full name: one that matches none adapts nothing, and PEFT said so only after the workers loaded
-    the model (trial 39a: `all_linear`, `q_proj`)."""
+    full name: one that matches none adapts nothing, one that matches a container (`.*` matches the
+    whole model) is refused by PEFT; both were said only after the workers loaded the model (trials
+    39a, 40a: `all_linear`, `q_proj`, `.*`)."""
     import re
 
-    if any(re.fullmatch(pattern, name) for name in names):
+    names = [name for name in modules if name]
+    matched = [name for name in names if re.fullmatch(pattern, name)]
+    if matched:
+        containers = [
+            name
+            for name in matched
+            if not isinstance(modules[name], ADAPTABLE) and type(modules[name]).__name__ not in ADAPTABLE_NAMES
+        ]
+        if containers:
+            shown = ", ".join(f"{name or 'the model'} ({type(modules[name]).__name__})" for name in containers[:3])
+            raise TrainerInputError(
+                f"method.lora.target_modules={pattern!r} matches modules LoRA cannot adapt: {shown}"
+                f"{f' and {len(containers) - 3} more' if len(containers) > 3 else ''}; a pattern must match layers "
+                rf"only, e.g. '.*\.(q_proj|v_proj)' (its linear layers are named: {', '.join(linear)}), or use all-linear"
+            )
         return
     if pattern.replace("_", "-").lower() == "all-linear":
         hint = "did you mean all-linear?"
-    elif pattern in linear:
-        hint = f"to name modules, give a list: [{pattern}]"
+        tail = ""
     else:
-        close = difflib.get_close_matches(pattern, linear, n=1, cutoff=0.7)
-        hint = f"to name modules, give a list, e.g. [{close[0] if close else linear[0] if linear else 'q_proj'}]"
+        if pattern in linear:
+            hint = f"to name modules, give a list: [{pattern}]"
+        else:
+            close = difflib.get_close_matches(pattern, linear, n=1, cutoff=0.7)
+            hint = f"to name modules, give a list, e.g. [{close[0] if close else linear[0] if linear else 'q_proj'}]"
+        tail = ", or use all-linear"
     raise TrainerInputError(
         f"method.lora.target_modules={pattern!r} is read as a regular expression over full module names (e.g. "
-        f"{names[-1]!r}) and matches none of this model's; {hint} (its linear layers are named: {', '.join(linear)}), "
-        "or use all-linear"
+        f"{names[-1]!r}) and matches none of this model's; {hint} (its linear layers are named: {', '.join(linear)})"
+        f"{tail}"
     )
 
 

@@ -26,6 +26,8 @@ LINEAR = "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj
         ("all_linear", "target_modules='all_linear' is read as a regular expression over full module names"),
         ("all_linear", "matches none of this model's; did you mean all-linear?"),
         ("q_proj", "matches none of this model's; to name modules, give a list: [q_proj]"),
+        # A pattern matching containers (".*" matches the whole model): PEFT refused it after the load (trial 40a).
+        (".*", "matches modules LoRA cannot adapt: model (LlamaModel), model.layers (ModuleList)"),
     ],
 )
 def test_unknown_target_modules_are_named_with_the_real_ones(tiny_model_dir: Path, targets, named: str) -> None:  # type: ignore[no-untyped-def]

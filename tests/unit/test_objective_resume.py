@@ -147,6 +147,19 @@ def test_a_freeze_or_grouping_change_is_refused_before_launch(tmp_path: Path) ->
     # Another rate in the same groups loads: a decay value, a head rate.
     assert refusal(learning_rates={"layer_decay": 0.5, "head": 1e-3}) is None
     assert refusal() is None
+    # Grouped or not (trial 40a): a head rate newly set on a run without rates, gradual unfreezing turned on.
+    plain = _run_with_a_checkpoint(tmp_path / "plain", "sft", full, transfer={"learning_rates": {"head": None}})
+
+    def plain_refusal(**after: dict) -> str | None:
+        return refusal_before_launch(
+            plain, "auto", move_aside=False, max_steps=None, objective="sft", method=full, transfer=after
+        )
+
+    said = plain_refusal(learning_rates={"head": 1e-3})
+    assert said and "transfer.learning_rates.head: null -> 0.001 (other optimizer parameter groups)" in said
+    said = plain_refusal(learning_rates={"head": None}, gradual_unfreezing={"enabled": True})
+    assert said and "transfer.gradual_unfreezing.enabled: null -> true" in said
+    assert plain_refusal(learning_rates={"head": None}) is None
     # Under adapters the embeddings are not adapted either way: freeze.embeddings changes nothing saved.
     lora = {"type": "lora", "lora": {"r": 8, "target_modules": "all-linear", "modules_to_save": []}}
     adapters = _run_with_a_checkpoint(tmp_path / "lora", "sft", lora, transfer=transfer)

@@ -343,6 +343,14 @@ NO_GEN = {"generation": {"enabled": False}}
             "(transfer.head.labels: O, B-TYPE, I-TYPE ...); use accuracy, macro_f1 or eval_loss",
         ),
         (
+            {
+                "transfer": {**CLASSIFY, "early_stopping": {"enabled": True, "metric": "exact_match"}},
+                "data": KINDS,
+                "eval": {**NO_GEN, "every_steps": 5},
+            },
+            "a sequence_classification head generates none; use accuracy, macro_f1 or eval_loss",
+        ),
+        (
             {"transfer": {"early_stopping": {"enabled": True, "metric": "accuracy"}}, "eval": {"every_steps": 5}},
             "needs transfer.head.type=sequence_classification",
         ),

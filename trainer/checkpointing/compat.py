@@ -171,7 +171,33 @@ def transfer_state_changes(before: dict[str, Any], after: dict[str, Any], adapte
                 f"transfer.learning_rates.{key}: {json.dumps(old_rates[key])} -> {json.dumps(new_rates.get(key))} "
                 "(other optimizer parameter groups)"
             )
+    if not changes and "learning_rates" in before and _grouped(before) != _grouped(after):
+        # Grouped by part (any rate set, or gradual unfreezing) or not: another optimizer layout (trial 40a:
+        # a head rate newly set, gradual unfreezing turned on).
+        moved = [
+            f"transfer.{key}: {json.dumps(_get(before, key))} -> {json.dumps(_get(after, key))}"
+            for key in (
+                "learning_rates.head",
+                "learning_rates.layer_decay",
+                "learning_rates.lora_plus_ratio",
+                "gradual_unfreezing.enabled",
+            )
+            if _get(before, key) != _get(after, key)
+        ]
+        changes.append(f"{'; '.join(moved)} (other optimizer parameter groups)")
     return changes
+
+
+def _get(section: dict[str, Any], dotted: str) -> Any:
+    outer, key = dotted.split(".")
+    return (section.get(outer) or {}).get(key)
+
+
+def _grouped(transfer: dict[str, Any]) -> bool:
+    """Whether the optimizer groups parameters by part (trainer/transfer/controller.py's `grouped`)."""
+    rates = transfer.get("learning_rates") or {}
+    unfreezing = transfer.get("gradual_unfreezing") or {}
+    return bool(unfreezing.get("enabled")) or any(rates.get(key) is not None for key in ("head", *GROUPING_RATES))
 
 
 def trainable_state_problem(
