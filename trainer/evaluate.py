@@ -11,7 +11,7 @@ from trainer.config import LossConfig
 from trainer.data.batches import RowDataset, make_batch
 from trainer.data.formats import Prompt
 from trainer.data.prepare import EvalSet
-from trainer.distributed import all_reduce_sum
+from trainer.distributed import all_gather_object, all_reduce_sum
 from trainer.loss import loss_sum
 from trainer.sequence_length import learned_position_limit
 from trainer.strategies.base import Strategy
@@ -112,10 +112,13 @@ def generate_texts(
     return outputs
 
 
+SAMPLES = 3  # generated answers kept with each evaluation record (and shown on the console)
+
+
 def exact_match(
     model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int, strategy: Strategy
 ) -> tuple[float, list[dict[str, str]]]:
-    hits, samples = 0, list[dict[str, str]]()
+    hits, own = 0, list[tuple[int, dict[str, str]]]()
     collective = strategy.forward_is_collective
     for indices in lockstep_batches(len(prompts), batch_size, strategy.rank, strategy.world_size, collective):
         chunk = [prompts[i] for i in (indices or [0])]
@@ -131,8 +134,12 @@ def exact_match(
         if indices is None:
             continue
         hits += sum(normalize_answer(t) == normalize_answer(p.reference) for t, p in zip(texts, chunk))
-        samples.extend({"reference": p.reference, "generated": t} for p, t in zip(chunk, texts) if len(samples) < 3)
+        own.extend((i, {"reference": p.reference, "generated": t}) for i, p, t in zip(indices, chunk, texts))
     (total_hits,) = all_reduce_sum([float(hits)], strategy.device)
+    # The set's first SAMPLES prompts, whichever rank generated them (trial 40b: on 2 workers rank 0's
+    # share alone was shown, 2 samples of 3).
+    gathered = [pair for share in all_gather_object(sorted(own)[:SAMPLES]) for pair in share]
+    samples = [sample for _, sample in sorted(gathered, key=lambda pair: pair[0])[:SAMPLES]]
     return (total_hits / len(prompts) if prompts else math.nan), samples
 
 
