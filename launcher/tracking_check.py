@@ -72,6 +72,19 @@ def _unmakeable(path: Path, folder: bool) -> str | None:
         return f"{ancestor} is a file, so {path} cannot be made"
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"{path} cannot be made: {ancestor} is not writable"
+    return _refuses_entries(path, ancestor)
+
+
+def _refuses_entries(path: Path, ancestor: Path) -> str | None:
+    """The permission bits say yes, yet a folder there cannot be made: root (whom the bits do not
+    stop) on a read-only or special filesystem such as /sys (trial 40b). A probe folder made and
+    removed at once says it."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ftl-probe-", dir=ancestor))
+    except OSError as exc:
+        return f"{path} cannot be made: {ancestor} refuses new entries ({exc.strerror or exc})"
     return None
 
 

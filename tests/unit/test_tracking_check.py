@@ -48,3 +48,14 @@ def test_the_environments_uri_is_checked_and_never_shown_with_its_password(
     assert problem.startswith("MLFLOW_TRACKING_URI (environment): ") and "s3cr3t" not in problem, problem
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert _problems(tmp_path, None) == []  # the default store beside the run directories
+
+
+def test_a_store_where_no_folder_can_be_made_is_refused_even_for_root() -> None:
+    """As root the permission bits say yes on /sys, where no folder can be made (trial 40b)."""
+
+    from launcher.tracking_check import _unmakeable
+
+    if not Path("/sys/fs").is_dir():
+        pytest.skip("needs Linux's /sys (a filesystem that refuses new entries)")
+    said = _unmakeable(Path("/sys/fs/mlruns"), folder=True)
+    assert said and "cannot be made: /sys/fs refuses new entries" in said
