@@ -11,7 +11,7 @@ from typing import Any
 
 from launcher.report.series import chart_title, run_series
 from launcher.report.settings import differing_settings
-from launcher.runs import RunInfo, describe_run
+from launcher.runs import RunInfo, describe_run, failure_line
 from trainer.console import duration
 
 DATA_FILE = "data.json"
@@ -117,7 +117,7 @@ def _page(
             for cell in (
                 label,
                 str(info.path),
-                info.status + (f": {info.failure.splitlines()[0]}" if info.failure else ""),
+                info.status + (f": {failure_line(info.failure)}" if info.failure else ""),  # as `ftl runs` says it
                 "-" if info.step is None else str(info.step),
                 "-" if info.last_loss is None else f"{info.last_loss:.4f}",
                 info.eval_score(),

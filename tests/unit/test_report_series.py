@@ -78,3 +78,21 @@ def test_compared_runs_show_the_settings_that_tell_them_apart(tmp_path: Path) ->
         {"method.lora.r": "8", "method.type": "(unset)"},
         {"method.lora.r": "(not used)", "method.type": "full"},
     ]
+
+
+def test_a_failed_runs_status_cell_keeps_the_reason_after_its_announcing_line(tmp_path: Path) -> None:
+    """'... to skip malformed rows:' and nothing after it (trial 40b); `ftl runs` showed the row."""
+    from launcher.report.write import write_report
+    from trainer.run_layout import RunLayout
+
+    runs = []
+    for name in ("ok", "bad"):
+        (tmp_path / name).mkdir()
+        run = _run(tmp_path / name, [{"kind": "train", "step": 1, "loss": 2.0}])
+        (run / "config.yaml").write_text(f"output: {{dir: {run}}}\n")
+        (run / ".ftl-run").write_text('{"ftl_run_directory": 1}')
+        runs.append(run)
+    reason = "training data has bad rows; set data.skip_bad_rows=true to skip malformed rows:\n  t.jsonl line 11: no assistant message"
+    RunLayout(runs[1]).failure.write_text(json.dumps({"reason": reason}))
+    page = write_report(runs, tmp_path / "cmp").read_text()
+    assert "to skip malformed rows: t.jsonl line 11: no assistant message" in page, page[-3000:]
