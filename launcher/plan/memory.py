@@ -113,7 +113,7 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
     peak = static + max(forward_peak, step_peak)
     checkpointed = " (checkpointed)" if setup.checkpointing else ""
     loss_label = (
-        f"activations: chunked LM head + loss ({min(setup.chunk_tokens, setup.tokens_per_micro_batch)} tokens/chunk)"
+        f"activations: chunked LM head + loss ({setup.chunk_words()})"
         if setup.loss_chunked
         else "activations: full logits + fp32 copy + log-softmax"
     )

@@ -63,6 +63,15 @@ class Setup:
     def tokens_per_micro_batch(self) -> int:
         return self.micro_batch * self.seq_len
 
+    def chunk_words(self) -> str:
+        """'1024 tokens/chunk', or, when a micro-batch holds fewer tokens, that it is one chunk (the
+        worker's log names the configured size: trial 40b read 256 here and 1024 there)."""
+        if self.tokens_per_micro_batch < self.chunk_tokens:
+            return (
+                f"one chunk of the micro-batch's {self.tokens_per_micro_batch} tokens; chunk_tokens {self.chunk_tokens}"
+            )
+        return f"{self.chunk_tokens} tokens/chunk"
+
     def describe(self) -> str:
         parts = [self.method]
         if self.strategy == "deepspeed":
@@ -83,11 +92,7 @@ class Setup:
             parts.append("activation checkpointing")
         if self.activation_offloading:
             parts.append("activation offloading")
-        parts.append(
-            f"chunked loss ({min(self.chunk_tokens, self.tokens_per_micro_batch)} tokens/chunk)"
-            if self.loss_chunked
-            else "full-logits loss"
-        )
+        parts.append(f"chunked loss ({self.chunk_words()})" if self.loss_chunked else "full-logits loss")
         parts.append(
             {"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged 8-bit AdamW"}.get(
                 self.optimizer, self.optimizer
