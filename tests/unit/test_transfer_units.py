@@ -206,6 +206,9 @@ def test_a_label_in_another_unicode_form_or_with_spaces_around_is_the_same_label
         == 1
     )
     assert word_tag_ids(["Paris"], [unicodedata.normalize("NFD", "B-Lieu-é")], ["O", "B-Lieu-é"])[1] == [1]
+    # A slip of such a label gets its did-you-mean in any form (trial 40a).
+    with pytest.raises(DataError, match="did you mean 'météo / weather'"):
+        label(unicodedata.normalize("NFD", "météo / wether "))
 
 
 def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(tokenizer: object) -> None:
@@ -546,5 +549,9 @@ def test_label_counts_quote_names_with_spaces_or_punctuation() -> None:
 
     from trainer.data.label_coverage import label_count_line
 
-    line = label_count_line(Counter({0: 3, 1: 2, 2: 1}), ["country", "job, work", "météo"])
+    import unicodedata
+
+    line = label_count_line(
+        Counter({0: 3, 1: 2, 2: 1}), ["country", "job, work", unicodedata.normalize("NFD", "météo")]
+    )
     assert line == "country 3, 'job, work' 2, météo 1"

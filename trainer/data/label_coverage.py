@@ -44,4 +44,7 @@ def label_count_line(counts: Counter[int], names: list[str]) -> str:
 
 
 def _shown_name(name: str) -> str:
+    import unicodedata
+
+    name = unicodedata.normalize("NFC", name)  # a decomposed accent is a letter too, as shown
     return name if name and all(c.isalnum() or c in "_.-" for c in name) else repr(name)

@@ -66,6 +66,8 @@ def close_label(value: Any, names: list[str]) -> str:
     ('Positive', 'positve'), else ''. One wrong label usually means a whole column of them."""
     if not isinstance(value, str) or not value.strip():
         return ""
-    same_case = [name for name in names if name.strip().lower() == value.strip().lower()]
-    close = same_case or difflib.get_close_matches(value, names, n=1, cutoff=0.75)
+    wanted = _canonical(value)  # an NFD or space-padded slip reads like the plain one (trial 40a)
+    same_case = [name for name in names if _canonical(name).lower() == wanted.lower()]
+    canonical = {_canonical(name): name for name in names}
+    close = same_case or [canonical[c] for c in difflib.get_close_matches(wanted, list(canonical), n=1, cutoff=0.75)]
     return f"; did you mean {close[0]!r}?" if close else ""
