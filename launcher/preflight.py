@@ -324,12 +324,36 @@ def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
             f"global batch {saved} -> {batch} samples{on}: training goes on from sample "
             f"{manifest.get('samples_seen', '?')} with {batch} samples a step"
         )
+    mixture = _mixture_preview(cfg, path, int(manifest.get("samples_seen", 0)))
     if not changes:
-        return None
-    return (
+        return mixture
+    said = (
         f"`ftl train` resumes {path} (step {manifest.get('step', '?')}) under another config: {'; '.join(changes)}; "
         "the result will not equal an uninterrupted run of either"
     )
+    return f"{said}\nftl: note: {mixture}" if mixture else said
+
+
+def _mixture_preview(cfg: RunConfig, checkpoint: Path, position: int) -> str | None:
+    """What the resume does to a data.mixture (a change of weights or sources), as `ftl train` says it
+    (trial 40a: only train did); from the checkpoint's loop state, without reading the data."""
+    if not cfg.data.mixture:
+        return None
+    import json
+
+    from trainer.data.mixture import MixtureSpan
+    from trainer.data.mixture_resume import continued_segment
+
+    try:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text())["loop"].get("mixture") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    spans = [MixtureSpan(s.name, 0, 1, s.weight, s.train) for s in cfg.data.mixture]
+    try:
+        _, note = continued_segment(saved, spans, cfg.training.seed, cfg.data.shuffle, position)
+    except (KeyError, TypeError, ValueError):
+        return None  # a loop state this ftl does not read: the workers say what they do
+    return note or None
 
 
 def model_config_problems(cfg: RunConfig) -> list[str]:

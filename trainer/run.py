@@ -288,7 +288,9 @@ def _build_trainee(
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     fingerprint = rows_fingerprint(data.train) if ctx.is_main else None  # rank 0 writes the manifests
     if resume_from and ctx.is_main:
-        data_change = warn_if_data_changed(resume_from, fingerprint, len(data.train), shuffled=cfg.data.shuffle)
+        data_change = warn_if_data_changed(
+            resume_from, fingerprint, len(data.train), shuffled=cfg.data.shuffle, mixture=bool(data.train.mixture)
+        )
         batch_change = global_batch_change(resume_from, strategy.global_batch(), ctx.world_size)
         # Kept with the start record (before its first line is written), so the run's summary,
         # `ftl runs` and the report say it too, not only this console (trial 35a).

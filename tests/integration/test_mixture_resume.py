@@ -72,6 +72,18 @@ def test_on_two_ray_workers_a_mixture_resumes_under_other_weights_and_a_renamed_
 
     resume = {"resume": str(first / "checkpoints" / "step-4"), "every_steps": 2}
     later = {**small, "max_steps": 8}
+    # validate says it first, as train will (trial 40a: only train did).
+    preview = write_config(
+        tmp_path / "preview.yaml",
+        tiny_model_dir,
+        tmp_path / "reweighted",
+        cluster=on_ray,
+        data=_mixture(1, 3),
+        training=later,
+        checkpoint=resume,
+    )
+    checked = subprocess.run([*FTL, "validate", str(preview)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0 and "ftl: note: data.mixture changed at sample 16" in checked.stderr, checked.stderr
     said = _train(
         tmp_path, "reweighted", tiny_model_dir, on_ray, data=_mixture(1, 3), training=later, checkpoint=resume
     )

@@ -545,11 +545,10 @@ def test_unfreezing_groups_a_short_run_never_reaches_are_named() -> None:
 
 
 def test_label_counts_quote_names_with_spaces_or_punctuation() -> None:
+    import unicodedata
     from collections import Counter
 
     from trainer.data.label_coverage import label_count_line
-
-    import unicodedata
 
     line = label_count_line(
         Counter({0: 3, 1: 2, 2: 1}), ["country", "job, work", unicodedata.normalize("NFD", "météo")]

@@ -181,7 +181,9 @@ def global_batch_change(point: ResumePoint, global_batch: int, world_size: int) 
     return f"global batch {saved} -> {global_batch} samples{on}"
 
 
-def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows: int, shuffled: bool = True) -> str:
+def warn_if_data_changed(
+    point: ResumePoint, data_fingerprint: str | None, rows: int, shuffled: bool = True, mixture: bool = False
+) -> str:
     """The data position is a sample index: into other data it is another position. Said, not refused
     (fixing a few rows mid-run is legitimate), like a changed config. `rows`: this data's training
     rows (the position wraps around them once per epoch). Another training.seed mid-epoch is another
@@ -199,6 +201,15 @@ def warn_if_data_changed(point: ResumePoint, data_fingerprint: str | None, rows:
             rows,
         )
     saved = point.manifest.get("data_fingerprint")
+    if saved and data_fingerprint and saved != data_fingerprint and mixture:
+        # A mixture's position is no place in one epoch: each source's own is (the mixture note says it).
+        log.warning(
+            "resuming %s, written on other training data (its rows, as training reads them, differ from this run's): "
+            "each mixture source goes on from the rows it has drawn, and the result will not equal an uninterrupted "
+            "run on either",
+            point.path,
+        )
+        return DATA_CHANGED
     if saved and data_fingerprint and saved != data_fingerprint:
         log.warning(
             "resuming %s, written on other training data (its rows, as training reads them, differ from this run's): the run "
