@@ -14,25 +14,23 @@ from trainer.metrics import read_metrics
 pytestmark = pytest.mark.integration
 
 
-def test_two_workers_keep_the_first_three_answers_of_the_set(tmp_path: Path, tiny_model_dir: Path) -> None:
+def _first_validation_samples(tmp_path: Path, model_dir: Path, name: str, workers: int) -> list[dict]:
+    """One step with exact match on 3 prompts; the validation record's kept answers. The same 4
+    rows a step on either worker count (micro-batch 4 / workers)."""
     config = write_config(
-        tmp_path / "c.yaml",
-        tiny_model_dir,
-        tmp_path / "run",
-        training={"max_steps": 1, "micro_batch_size": 2},
+        tmp_path / f"{name}.yaml",
+        model_dir,
+        tmp_path / name,
+        training={"max_steps": 1, "micro_batch_size": 4 // workers},
         eval={"generation": {"enabled": True, "max_samples": 3, "max_new_tokens": 4}, "max_samples": 4},
-        cluster={"workers": 2},
+        cluster={"workers": workers},
     )
     assert train(str(config), []) == 0
-    record = next(r for r in read_metrics(tmp_path / "run", "eval") if r["split"] == "validation")
-    one = write_config(
-        tmp_path / "one.yaml",
-        tiny_model_dir,
-        tmp_path / "one",
-        training={"max_steps": 1, "micro_batch_size": 4},
-        eval={"generation": {"enabled": True, "max_samples": 3, "max_new_tokens": 4}, "max_samples": 4},
-    )
-    assert train(str(one), []) == 0
-    alone = next(r for r in read_metrics(tmp_path / "one", "eval") if r["split"] == "validation")
-    assert len(record["samples"]) == 3
-    assert [s["reference"] for s in record["samples"]] == [s["reference"] for s in alone["samples"]]
+    return next(r for r in read_metrics(tmp_path / name, "eval") if r["split"] == "validation")["samples"]
+
+
+def test_two_workers_keep_the_first_three_answers_of_the_set(tmp_path: Path, tiny_model_dir: Path) -> None:
+    two = _first_validation_samples(tmp_path, tiny_model_dir, "run", workers=2)
+    alone = _first_validation_samples(tmp_path, tiny_model_dir, "one", workers=1)
+    assert len(two) == 3
+    assert [s["reference"] for s in two] == [s["reference"] for s in alone]

@@ -31,6 +31,14 @@ def _own_order(count: int, order: int, n: int) -> list[int]:
     return GlobalSampler(count, SEED + order, True).take(0, n)
 
 
+def _assert_each_source_in_its_own_order(spans: list[MixtureSpan], rows: list[int]) -> dict[str, list[int]]:
+    """Every source's rows over all segments are exactly its own epoch order, from its first row."""
+    drawn = _per_source(spans, rows)
+    for order, span in enumerate(spans):
+        assert drawn[span.name] == _own_order(span.count, order, len(drawn[span.name]))
+    return drawn
+
+
 def test_a_new_run_and_an_old_checkpoint_draw_the_stream_of_earlier_ftl_versions() -> None:
     before = MixtureSampler(SPANS, SEED, True).take(0, 300)
     for saved in ({}, first_segment(SPANS)):
@@ -62,10 +70,7 @@ def test_other_weights_continue_each_sources_own_order_without_replay_or_skip() 
     assert segment["start"] == resume_at and "data.mixture changed at sample 250" in note
     assert "none replayed or skipped" in note and "c 8" in note
     second = segment_sampler(reweighted, SEED, True, segment).take(resume_at, later)
-    drawn = _per_source(SPANS, first + second)
-    for order, span in enumerate(SPANS):
-        # One source's rows over both segments are exactly its own epoch order, from its first row.
-        assert drawn[span.name] == _own_order(span.count, order, len(drawn[span.name]))
+    _assert_each_source_in_its_own_order(SPANS, first + second)
     # The new weights do apply after the resume point.
     shares = np.bincount([next(i for i, s in enumerate(SPANS) if s.start <= r < s.start + s.count) for r in second])
     assert shares[2] / len(second) > 0.7
@@ -86,9 +91,7 @@ def test_a_second_change_continues_from_the_first_changes_counts() -> None:
     # ...and a third set of weights goes on from what both earlier segments drew.
     last_segment, _ = continued_segment(middle_segment, SPANS, SEED, True, 250)
     last = segment_sampler(SPANS, SEED, True, last_segment).take(250, 200)
-    drawn = _per_source(SPANS, first + middle + last)
-    for order, span in enumerate(SPANS):
-        assert drawn[span.name] == _own_order(span.count, order, len(drawn[span.name]))
+    drawn = _assert_each_source_in_its_own_order(SPANS, first + middle + last)
     assert segment_sampler(SPANS, SEED, True, last_segment).drawn_before(450) == [len(drawn[s.name]) for s in SPANS]
 
 
