@@ -101,29 +101,34 @@ def generate_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(positions, int) and args.max_new_tokens > positions:
+    positions = positions if isinstance(positions, int) and positions > 0 else None
+    if positions is not None and args.max_new_tokens >= positions:
         # Past the positions the model was trained for a reply is noise (trial 39a: 5000 tokens on a
         # 1024-position model ran for 5 minutes); a learned position table has no row there at all.
+        # The prompt takes positions too, so the reply's room is what the prompt leaves.
         print(
-            f"ftl: note: --max-new-tokens {args.max_new_tokens} is more than the model's {positions} positions "
-            f"(max_position_embeddings): a reply stops at {positions} new tokens",
+            f"ftl: note: the model has {positions} positions (max_position_embeddings) for prompt and reply "
+            f"together: a reply stops there, before --max-new-tokens {args.max_new_tokens}",
             file=sys.stderr,
         )
-        args.max_new_tokens = positions
-    generate = _Generator(model, tokenizer, args, device)
+    generate = _Generator(model, tokenizer, args, device, positions)
     if prompts is not None:
         return _generate_file(generate, prompts, args)
     if args.chat:
         return _chat(generate, args)
-    print(generate.replies([generate.prompt(args.prompt)])[0])
+    ids = generate.prompt(args.prompt)
+    if (too_long := generate.past_positions(ids)) is not None:
+        raise UserError(f"--prompt has {too_long}")
+    print(generate.replies([ids])[0])
     return 0
 
 
 class _Generator:
     """The model, its tokenizer and the sampling settings of this invocation."""
 
-    def __init__(self, model: Any, tokenizer: Any, args: argparse.Namespace, device: str):
+    def __init__(self, model: Any, tokenizer: Any, args: argparse.Namespace, device: str, positions: int | None):
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.positions = positions  # the model's max_position_embeddings: prompt and reply fit in them
         self.raw, self.system, self.max_new_tokens = args.raw, args.system, args.max_new_tokens
         self.batch_size = args.batch_size
         self.sampling = (
@@ -152,12 +157,23 @@ class _Generator:
             self.max_new_tokens,
             self.batch_size,
             self.device,
+            position_limit=self.positions,
             **self.sampling,
         )
         out = [""] * len(prompts)
         for index, text in zip(order, texts):
             out[index] = text
         return out
+
+    def past_positions(self, ids: list[int]) -> str | None:
+        """Why these prompt tokens leave no room for a reply (a learned position table has no row
+        past the model's positions; a rotary model answers from positions it never saw); else None."""
+        if self.positions is None or len(ids) < self.positions:
+            return None
+        return (
+            f"{len(ids)} tokens, and the model has {self.positions} positions (max_position_embeddings) for "
+            "prompt and reply together; shorten it"
+        )
 
 
 def _read_prompts(args: argparse.Namespace) -> list[PromptRow]:
@@ -239,6 +255,16 @@ def _generate_file(generate: _Generator, rows: list[PromptRow], args: argparse.N
             f"{args.input}: {len(problems)} row(s) the model's chat template refuses; nothing was generated:\n"
             + "\n".join(f"  - {problem}" for problem in problems)
         )
+    long = [
+        f"{where}: the prompt has {why}"
+        for ids, (_, _, where) in zip(prompts, rows)
+        if (why := generate.past_positions(ids))
+    ]
+    if long:
+        raise DataError(
+            f"{args.input}: {len(long)} row(s) too long for the model; nothing was generated:\n"
+            + "\n".join(f"  - {problem}" for problem in long)
+        )
     replies = generate.replies(prompts)
     lines = "".join(
         json.dumps({**values, args.field: reply}, ensure_ascii=False) + "\n"
@@ -267,6 +293,34 @@ def _generate_file(generate: _Generator, rows: list[PromptRow], args: argparse.N
     return 0
 
 
+def _fitting_conversation(generate: _Generator, messages: list[dict[str, str]]) -> list[int] | None:
+    """The conversation's tokens with room for a reply: its oldest exchanges are left out (and
+    said) once it fills the model's positions; None when the last message alone fills them."""
+    ids = generate.conversation(messages)
+    if generate.past_positions(ids) is None:
+        return ids
+    dropped = 0
+    while len(messages) > 1 and len(ids) >= generate.positions:
+        del messages[:2]  # the oldest user turn and its reply
+        dropped += 1
+        ids = generate.conversation(messages)
+    if len(ids) >= generate.positions:
+        print(
+            f"ftl: that message has {len(ids)} tokens and the model has {generate.positions} positions for "
+            "message and reply together; type a shorter one",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    print(
+        f"ftl: note: the conversation filled the model's {generate.positions} positions; "
+        f"its oldest {dropped} exchange(s) are left out from here on",
+        file=sys.stderr,
+        flush=True,
+    )
+    return ids
+
+
 def _chat(generate: _Generator, args: argparse.Namespace) -> int:
     """One user turn per line of stdin; the whole conversation goes to the model each turn. An empty
     line or end of input ends the chat."""
@@ -286,6 +340,10 @@ def _chat(generate: _Generator, args: argparse.Namespace) -> int:
             print("ftl: that line is not UTF-8 text; type it again", file=sys.stderr, flush=True)
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        reply = generate.replies([generate.conversation(messages)])[0]
+        ids = _fitting_conversation(generate, messages)
+        if ids is None:  # this message alone fills the model's positions: the chat goes on without it
+            messages.pop()
+            continue
+        reply = generate.replies([ids])[0]
         messages.append({"role": "assistant", "content": reply})
         print(reply, flush=True)

@@ -73,12 +73,14 @@ def generate_texts(
     batch_size: int,
     device: str,
     synced: bool = False,
+    position_limit: int | None = None,
     **sampling: Any,
 ) -> list[str]:
     """Greedy (or sampled) continuations of token-id prompts, left-padded in batches.
 
     `synced` keeps every rank generating until all are done (sharded models run collectives
-    in each forward)."""
+    in each forward). `position_limit`: prompt and continuation stop there (`ftl generate` gives
+    the model's max_position_embeddings, past which a rotary model answers noise)."""
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id
@@ -86,7 +88,8 @@ def generate_texts(
     eos_ids = _stop_ids(model, tokenizer)
     # A learned position table has no row past its end (an IndexError deep in the model): the
     # continuation stops there. Prompts fit it (exact match leaves out rows longer than max_seq_len).
-    positions = learned_position_limit(model)
+    limits = [limit for limit in (learned_position_limit(model), position_limit) if limit is not None]
+    positions = min(limits) if limits else None
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)

@@ -308,7 +308,41 @@ def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_sa
     code = launcher.cli.main(["generate", str(model), "--prompt", "hi", "--max-new-tokens", "100000", "--seed", "3"])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "--max-new-tokens 100000 is more than the model's 12 positions (max_position_embeddings)" in err
+    assert "the model has 12 positions (max_position_embeddings) for prompt and reply together" in err
     assert "--seed 3 does nothing with greedy decoding" in err
+    long_prompt = " ".join(["word"] * 40)
+    assert launcher.cli.main(["generate", str(model), "--prompt", long_prompt]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt has " in err and "the model has 12 positions (max_position_embeddings) for prompt and reply" in err
+    rows = tmp_path / "p.jsonl"
+    rows.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": long_prompt}) + "\n")
+    out = tmp_path / "o.jsonl"
+    assert launcher.cli.main(["generate", str(model), "--input", str(rows), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 row(s) too long for the model; nothing was generated" in err and "p.jsonl line 2: the prompt has" in err
+    assert not out.exists()
     assert launcher.cli.main(["generate", str(model), "--prompt", " "]) == 2
     assert "--prompt is empty" in capsys.readouterr().err
+
+
+def test_a_chat_past_the_models_positions_leaves_out_its_oldest_turns(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chat sends the whole conversation each turn: once it fills the model's positions the oldest
+    exchanges are left out (said), and a message too long on its own is said and skipped."""
+    import io
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 48}))
+    too_long = " ".join(["word"] * 80)
+    turns = ["hello there", "what is two and two", too_long, "and three and three", "bye now", "again"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(turns) + "\n"))
+    code = launcher.cli.main(["generate", str(model), "--chat", "--max-new-tokens", "8"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "the model has 48 positions for message and reply together; type a shorter one" in captured.err
+    assert "its oldest" in captured.err and "exchange(s) are left out from here on" in captured.err
+    assert "Traceback" not in captured.err
