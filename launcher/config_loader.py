@@ -378,6 +378,17 @@ def _describe_all(errors: list[Any], key_lines: dict[str, int]) -> list[str]:
     return problems
 
 
+def _close_value(got: Any, allowed: str) -> str:
+    """'; did you mean 'accuracy'?' for a misspelt choice (`acuracy`, `Accuracy`, `zero-3`)."""
+    if not isinstance(got, str) or not got.strip():
+        return ""
+    choices = re.findall(r"'([^']*)'", allowed)
+    lowered = {choice.lower(): choice for choice in choices}
+    close = [lowered[got.strip().lower()]] if got.strip().lower() in lowered else []
+    close = close or difflib.get_close_matches(got.strip(), choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close and close[0] != got else ""
+
+
 def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     loc = [str(p) for p in err["loc"]]
     dotted = ".".join(loc)
@@ -390,7 +401,8 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
         return f"{where}: required key is missing"
     if kind == "literal_error":
         allowed = err.get("ctx", {}).get("expected", "")
-        return f"{where}: must be one of {allowed}; got {err.get('input')!r}{_null_hint(err, dotted, key_lines)}"
+        got = err.get("input")
+        return f"{where}: must be one of {allowed}; got {got!r}{_close_value(got, allowed)}{_null_hint(err, dotted, key_lines)}"
     if kind == "model_type" and not isinstance(err.get("input"), dict):
         # `tracking=[mlflow]`, `training=5`: pydantic's "valid dictionary or instance of
         # TrackingConfig" names a class the user never sees.

@@ -862,3 +862,23 @@ def test_a_lora_rank_past_the_models_width_is_warned() -> None:
     assert said and said.startswith("method.lora.r=512 is not below the model's hidden size 128")
     assert lora_rank_note(load_config(config, ["method.lora.r=64"])) is None
     assert lora_rank_note(load_config(config, ["method.type=full"])) is None
+
+
+@pytest.mark.parametrize(
+    "override,hint",
+    [
+        ("cluster.backend=rayy", "got 'rayy'; did you mean 'ray'?"),
+        ("cluster.backend=Slurm", "got 'Slurm'; did you mean 'slurm'?"),  # another case
+        ("method.type=lroa", "did you mean 'lora'?"),
+        ("cluster.backend=kubernetes", None),  # nothing close: the choices alone
+    ],
+)
+def test_a_misspelt_choice_suggests_the_nearest(
+    tmp_path: Path, valid_text: str, override: str, hint: str | None
+) -> None:
+    (problem,) = _problems(_write(tmp_path, valid_text), [override])
+    assert "must be one of" in problem
+    if hint is None:
+        assert "did you mean" not in problem, problem
+    else:
+        assert hint in problem, problem
