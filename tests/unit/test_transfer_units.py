@@ -554,3 +554,15 @@ def test_label_counts_quote_names_with_spaces_or_punctuation() -> None:
         Counter({0: 3, 1: 2, 2: 1}), ["country", "job, work", unicodedata.normalize("NFD", "météo")]
     )
     assert line == "country 3, 'job, work' 2, météo 1"
+
+
+def test_config_label_names_are_kept_as_data_labels_match_them() -> None:
+    """`labels: ["pos ", "neg"]` put "pos " into the model's id2label and the metrics while the data's
+    "pos" matched it (trial 40a): names are kept in the form data labels are matched in."""
+    import unicodedata
+
+    from trainer.transfer.config import HeadConfig
+
+    head = HeadConfig(type="sequence_classification", labels=["pos ", unicodedata.normalize("NFD", " négatif")])
+    assert head.label_names == ["pos", "négatif"]
+    assert HeadConfig(type="sequence_classification", labels=[1, 2]).label_names == ["1", "2"]

@@ -137,9 +137,23 @@ class HeadConfig(Section):
     @classmethod
     def _numbers_are_names(cls, value: object) -> object:
         """`labels: [1, 2, 3]` (ratings) means the names "1", "2", "3", as YAML users write them."""
-        if isinstance(value, list):
-            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
-        return value
+        if not isinstance(value, list):
+            return value
+        names = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        if not all(isinstance(name, str) for name in names):
+            return names  # the field's own check says what is wrong
+        # Names as data labels are matched (trainer/data/label_ids.py), so the model's id2label,
+        # metrics and predictions say "pos", not the config's "pos " (trial 40a).
+        readings = [unicodedata.normalize("NFC", name).strip() for name in names]
+        same = next(
+            (name for name in readings if readings.count(name) > 1 and names.count(name) < readings.count(name)), None
+        )
+        if same is not None and same:
+            raise ValueError(
+                f"transfer.head.labels has two names that read as {same!r} (they differ only in surrounding "
+                "spaces or Unicode form); keep one"
+            )
+        return readings
 
     @property
     def label_names(self) -> list[str]:
@@ -171,14 +185,6 @@ class HeadConfig(Section):
                 raise ValueError(f"transfer.head.labels[{empty[0]}] is an empty name; give every class a name")
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("transfer.head.labels must be unique")
-            readings = [unicodedata.normalize("NFC", str(name)).strip() for name in self.labels]
-            if len(set(readings)) != len(readings):
-                # Data labels are matched in that form (trainer/data/label_ids.py): two such names are one.
-                same = next(name for name in readings if readings.count(name) > 1)
-                raise ValueError(
-                    f"transfer.head.labels has two names that read as {same!r} (they differ only in surrounding "
-                    "spaces or Unicode form); keep one"
-                )
             if len(self.labels) == 1:
                 # One class: every prediction is that class, the loss is 0 and nothing trains (and a
                 # one-label config.json loads in transformers as a regression head).
