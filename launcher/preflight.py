@@ -174,7 +174,7 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     `ftl plan` and `ftl train` refused it, validate said valid (trial 39b). Patterns are matched only
     on a language model's names (the model built here is one: a task head is named otherwise)."""
     freeze = cfg.transfer.freeze
-    if not freeze.first_n_blocks and not freeze.patterns:
+    if not freeze.freezes_blocks and not freeze.patterns:
         return None
     from trainer.errors import TrainerInputError
     from trainer.transfer.freezing import check_block_count, check_patterns_match
@@ -184,8 +184,8 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     if model is None:
         return None
     try:
-        if freeze.first_n_blocks:
-            check_block_count(freeze.first_n_blocks, model_parts(model).num_blocks)
+        if freeze.freezes_blocks:
+            check_block_count(freeze, model_parts(model).num_blocks)
         if freeze.patterns and cfg.transfer.head.type == "causal_lm":
             check_patterns_match([name for name, _ in model.named_parameters()], freeze.patterns)
     except TrainerInputError as exc:

@@ -91,7 +91,7 @@ def build_inventory(
 
         if method.type != "qlora":
             model.requires_grad_(False)
-        exclude = frozen_blocks_regex(model, freeze.first_n_blocks) if freeze else None
+        exclude = frozen_blocks_regex(model, freeze) if freeze else None
         # An image classifier: no PEFT task type, its head trained in full (as trainer/transfer/heads.py does).
         built_as = auto_class(config).__name__
         image = built_as == "AutoModelForImageClassification"

@@ -46,7 +46,8 @@ FREEZE_CASES = {
         {"embeddings": True, "first_n_blocks": 1, "patterns": [r"layers\.1\.mlp\.down_proj"]},
         lambda k: "embed_tokens" in k or ".layers.0." in k or "layers.1.mlp.down_proj" in k,
     ),
-    "partial-lora": ("lora", {"first_n_blocks": 1}, lambda k: ".layers.1." not in k or "norm" in k),
+    # train_last_n_blocks=1 on the 2-block model: block 0 frozen, no adapters on it.
+    "partial-lora": ("lora", {"train_last_n_blocks": 1}, lambda k: ".layers.1." not in k or "norm" in k),
     "feature-extraction": ("full", {"all_but_head": True}, lambda k: "lm_head" not in k),
 }
 

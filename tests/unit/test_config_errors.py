@@ -838,6 +838,7 @@ def test_validate_refuses_freezing_what_the_model_does_not_have() -> None:
     cases = [
         ("configs/examples/classification.yaml", "transfer.freeze.first_n_blocks=9", "the model has 4 blocks"),
         ("configs/examples/lora.yaml", r"transfer.freeze.patterns=[layers\.2\.mpl]", "match(es) no parameter"),
+        ("configs/examples/lora.yaml", "transfer.freeze.train_last_n_blocks=4", "so no block would be frozen"),
     ]
     for config, override, said in cases:
         out = subprocess.run([*FTL, "validate", config, override], cwd=REPO, capture_output=True, text=True)

@@ -566,3 +566,28 @@ def test_config_label_names_are_kept_as_data_labels_match_them() -> None:
     head = HeadConfig(type="sequence_classification", labels=["pos ", unicodedata.normalize("NFD", " négatif")])
     assert head.label_names == ["pos", "négatif"]
     assert HeadConfig(type="sequence_classification", labels=[1, 2]).label_names == ["1", "2"]
+
+
+def test_train_last_n_blocks_freezes_the_blocks_below_whatever_their_count() -> None:
+    """"Train only the top N blocks" had no key: users computed first_n_blocks from the model's depth."""
+    import re
+
+    from trainer.errors import TrainerInputError
+    from trainer.transfer.config import FreezeConfig
+    from trainer.transfer.freezing import apply_freezing
+    from trainer.transfer.setup import frozen_blocks_regex
+
+    model = _tiny_causal_lm()  # 3 blocks
+    apply_freezing(model, model_parts(model), FreezeConfig(train_last_n_blocks=1))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any(".layers.2." in name for name in trainable)
+    assert not any(".layers.0." in name or ".layers.1." in name for name in trainable)
+    assert "lm_head.weight" in trainable and "model.norm.weight" in trainable
+    # With LoRA: no adapters on the frozen blocks.
+    regex = frozen_blocks_regex(_tiny_causal_lm(), FreezeConfig(train_last_n_blocks=2))
+    assert regex and re.fullmatch(regex, "model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(regex, "model.layers.1.self_attn.q_proj")
+    with pytest.raises(TrainerInputError, match="train_last_n_blocks=3 but the model has 3 blocks, so no block"):
+        apply_freezing(_tiny_causal_lm(), model_parts(model), FreezeConfig(train_last_n_blocks=3))
+    with pytest.raises(ValueError, match="both say which blocks train; keep one"):
+        FreezeConfig(first_n_blocks=1, train_last_n_blocks=1)

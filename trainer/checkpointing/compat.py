@@ -148,8 +148,8 @@ STATE_KIND = {"full": "full", "lora": "lora", "qlora": "lora", "dora": "dora"}
 
 # transfer.freeze keys that change which parameters train (with adapters: which modules get them);
 # freeze.embeddings does not under adapters, which never adapt the embeddings unless told to.
-FREEZE_KEYS_FULL = ("all_but_head", "embeddings", "first_n_blocks", "patterns")
-FREEZE_KEYS_ADAPTERS = ("all_but_head", "first_n_blocks", "patterns")
+FREEZE_KEYS_FULL = ("all_but_head", "embeddings", "first_n_blocks", "train_last_n_blocks", "patterns")
+FREEZE_KEYS_ADAPTERS = ("all_but_head", "first_n_blocks", "train_last_n_blocks", "patterns")
 # transfer.learning_rates keys whose presence (set or not) makes other optimizer parameter groups.
 GROUPING_RATES = ("layer_decay", "lora_plus_ratio")
 

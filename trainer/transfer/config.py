@@ -34,6 +34,13 @@ class FreezeConfig(Section):
         ge=0,
         description="Partial fine-tuning: freeze the first N transformer blocks (with LoRA: no adapters on them).",
     )
+    train_last_n_blocks: int | None = Field(
+        None,
+        ge=1,
+        description="Partial fine-tuning: train only the last N transformer blocks (and what follows them: final "
+        "norm, head), freeze the blocks below, however many the model has (with LoRA: adapters on the last N only). "
+        "Instead of first_n_blocks; add embeddings: true to freeze the embeddings too.",
+    )
     patterns: list[str] = Field(
         default_factory=list,
         description="Freeze parameters whose name (without wrapper prefixes) matches one of these regular expressions.",
@@ -41,7 +48,33 @@ class FreezeConfig(Section):
 
     @property
     def any(self) -> bool:
-        return self.all_but_head or self.embeddings or self.first_n_blocks > 0 or bool(self.patterns)
+        return (
+            self.all_but_head
+            or self.embeddings
+            or self.first_n_blocks > 0
+            or self.train_last_n_blocks is not None
+            or bool(self.patterns)
+        )
+
+    @property
+    def freezes_blocks(self) -> bool:
+        return self.first_n_blocks > 0 or self.train_last_n_blocks is not None
+
+    def frozen_block_count(self, num_blocks: int) -> int:
+        """How many of the model's first blocks are frozen (checked against the model by
+        trainer/transfer/freezing.py's check_block_count)."""
+        if self.train_last_n_blocks is None:
+            return self.first_n_blocks
+        return max(num_blocks - self.train_last_n_blocks, 0)
+
+    @model_validator(mode="after")
+    def _one_block_count(self) -> FreezeConfig:
+        if self.first_n_blocks and self.train_last_n_blocks is not None:
+            raise ValueError(
+                f"transfer.freeze.first_n_blocks={self.first_n_blocks} and train_last_n_blocks="
+                f"{self.train_last_n_blocks} both say which blocks train; keep one"
+            )
+        return self
 
     @field_validator("patterns")
     @classmethod

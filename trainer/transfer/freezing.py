@@ -21,17 +21,27 @@ def should_freeze(name: str, parts: ModelParts, cfg: FreezeConfig) -> bool:
     return (
         (cfg.all_but_head and part.kind != HEAD)
         or (cfg.embeddings and (part.kind == EMBEDDINGS or part.tied))
-        or (part.kind == BLOCK and int(part.block) < cfg.first_n_blocks)  # type: ignore[arg-type]
+        or (part.kind == BLOCK and int(part.block) < cfg.frozen_block_count(parts.num_blocks))  # type: ignore[arg-type]
         or matches_any(name, cfg.patterns)
     )
 
 
-def check_block_count(first_n_blocks: int, num_blocks: int) -> None:
-    if first_n_blocks >= num_blocks:
+def check_block_count(cfg: FreezeConfig, num_blocks: int) -> int:
+    """How many first blocks transfer.freeze freezes on a model of `num_blocks` blocks; a count that
+    freezes all of them, or (train_last_n_blocks) none, is refused as the slip it is."""
+    if cfg.train_last_n_blocks is not None:
+        if cfg.train_last_n_blocks >= num_blocks:
+            raise TrainerInputError(
+                f"transfer.freeze.train_last_n_blocks={cfg.train_last_n_blocks} but the model has {num_blocks} "
+                f"blocks, so no block would be frozen; use at most {num_blocks - 1}, or leave it out to train them all"
+            )
+        return num_blocks - cfg.train_last_n_blocks
+    if cfg.first_n_blocks >= num_blocks:
         raise TrainerInputError(
-            f"transfer.freeze.first_n_blocks={first_n_blocks} but the model has {num_blocks} blocks; "
+            f"transfer.freeze.first_n_blocks={cfg.first_n_blocks} but the model has {num_blocks} blocks; "
             f"use at most {num_blocks - 1} (or freeze.all_but_head to train only the head)"
         )
+    return cfg.first_n_blocks
 
 
 def check_patterns_match(names: list[str], patterns: list[str]) -> None:
@@ -61,7 +71,7 @@ def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig,
     `announce=False` for a model that only stands in for the run's (`ftl plan`'s meta-device
     model, which may be another class: an encoder's masked-LM model with its tied decoder stood in
     for a classifier, and its "head is frozen too" warning was printed for a head that trains)."""
-    check_block_count(cfg.first_n_blocks, parts.num_blocks)
+    check_block_count(cfg, parts.num_blocks)
     check_patterns_match([name for name, _ in model.named_parameters()], cfg.patterns)
     frozen = 0
     for name, parameter in model.named_parameters():

@@ -12,7 +12,7 @@ import torch
 from trainer.config import TrainerConfig
 from trainer.methods import apply_method
 from trainer.model_builder import load_model
-from trainer.transfer.config import HeadConfig
+from trainer.transfer.config import FreezeConfig, HeadConfig
 from trainer.transfer.freezing import apply_freezing, check_block_count
 from trainer.transfer.heads import (
     auto_model_class,
@@ -41,7 +41,7 @@ def build_model(
         check_new_head(model, loading_info)
     exclude = None
     if cfg.method.uses_adapter:
-        exclude = _either(frozen_blocks_regex(model, cfg.transfer.freeze.first_n_blocks), task_head_regex(model, head))
+        exclude = _either(frozen_blocks_regex(model, cfg.transfer.freeze), task_head_regex(model, head))
     # An encoder's pooler is new for the task like the classifier (model_parts counts it as the head).
     # An image classifier has no PEFT task type to save it: it is new too.
     new_modules = [*pooler_modules(model), *head_modules_to_save(head, model)] if head.is_classification else None
@@ -58,12 +58,12 @@ def build_model(
     return model
 
 
-def frozen_blocks_regex(model: torch.nn.Module, first_n: int) -> str | None:
-    """A PEFT exclude_modules regex matching every module inside the first `first_n` blocks."""
-    if not first_n:
+def frozen_blocks_regex(model: torch.nn.Module, freeze: FreezeConfig) -> str | None:
+    """A PEFT exclude_modules regex matching every module inside the blocks transfer.freeze freezes."""
+    if not freeze.freezes_blocks:
         return None
     blocks = decoder_blocks(model)
-    check_block_count(first_n, len(blocks))
+    first_n = check_block_count(freeze, len(blocks))
     ids = {id(block): index for index, block in enumerate(blocks)}
     prefixes = [name for name, module in model.named_modules() if ids.get(id(module), first_n) < first_n]
     return "(?:" + "|".join(re.escape(p) for p in prefixes) + r")\..*"
