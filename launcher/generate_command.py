@@ -297,23 +297,24 @@ def _fitting_conversation(generate: _Generator, messages: list[dict[str, str]]) 
     """The conversation's tokens with room for a reply: its oldest exchanges are left out (and
     said) once it fills the model's positions; None when the last message alone fills them."""
     ids = generate.conversation(messages)
-    if generate.past_positions(ids) is None:
+    positions = generate.positions
+    if positions is None or generate.past_positions(ids) is None:
         return ids
     dropped = 0
-    while len(messages) > 1 and len(ids) >= generate.positions:
+    while len(messages) > 1 and len(ids) >= positions:
         del messages[:2]  # the oldest user turn and its reply
         dropped += 1
         ids = generate.conversation(messages)
-    if len(ids) >= generate.positions:
+    if len(ids) >= positions:
         print(
-            f"ftl: that message has {len(ids)} tokens and the model has {generate.positions} positions for "
+            f"ftl: that message has {len(ids)} tokens and the model has {positions} positions for "
             "message and reply together; type a shorter one",
             file=sys.stderr,
             flush=True,
         )
         return None
     print(
-        f"ftl: note: the conversation filled the model's {generate.positions} positions; "
+        f"ftl: note: the conversation filled the model's {positions} positions; "
         f"its oldest {dropped} exchange(s) are left out from here on",
         file=sys.stderr,
         flush=True,
