@@ -198,6 +198,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> {_fmt(summary['last_loss'])}"
     ]
+    if summary.get("skipped_steps"):
+        lines.append(
+            f"fp16: {summary['skipped_steps']} of {summary['steps']} steps overflowed and changed no weight "
+            "(dynamic loss scaling); a run where most do needs bf16 or fp32 (parallel.mixed_precision)"
+        )
     continued = summary.get("continued_from")
     if continued:  # a finished run trained further in a new output.dir
         lines.append(

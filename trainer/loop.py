@@ -101,7 +101,14 @@ def train_loop(
         lr = scheduler.get_last_lr()[0]
         group_lrs = {g["name"]: g["lr"] for g in optimizer.param_groups if "name" in g}
         grad_norm = strategy.clip_and_step(model, optimizer, cfg.max_grad_norm)
-        scheduler.step()
+        overflow_scale = strategy.skipped_step()
+        if overflow_scale is None:
+            scheduler.step()
+        else:
+            # fp16 gradients overflowed: the optimizer left the weights as they were, so the schedule
+            # waits too (as transformers' Trainer does) rather than decay the rate of no update.
+            state.skipped_steps += 1
+            _say_skipped(console, state.step + 1, overflow_scale, state.skipped_steps)
         loss_sum_all, tokens_all = all_reduce_sum([local_loss, float(sum(int(b["num_tokens"]) for b in micro))], device)
         state.step += 1
         state.samples_seen += per_step
@@ -127,6 +134,8 @@ def train_loop(
             )
         if group_lrs:
             values["lr_groups"] = group_lrs
+        if overflow_scale is not None:
+            values["skipped"] = True  # and grad_norm is inf: the overflow
         if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
             metrics.write(state.step, values)
         console.progress(state.step, total_steps, values)
@@ -145,3 +154,17 @@ def train_loop(
             break
     console.close_bar()
     return state
+
+
+SKIPPED_STEPS_SAID = 3  # then summary.json and the final table count them
+
+
+def _say_skipped(console: RunConsole, step: int, scale: float, count: int) -> None:
+    if count > SKIPPED_STEPS_SAID:
+        return
+    more = "; further skipped steps are counted in summary.json (skipped_steps)" if count == SKIPPED_STEPS_SAID else ""
+    console.event(
+        f"step {step}: fp16 gradients overflowed at loss scale {scale:g}, so this step changed no weight and the "
+        f"learning-rate schedule waits (DeepSpeed lowers the scale and goes on; the first steps of an fp16 run "
+        f"often do this){more}"
+    )

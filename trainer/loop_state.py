@@ -22,6 +22,7 @@ class LoopState:
     transfer: dict[str, Any] = field(default_factory=dict)  # early stopping, unfreezing stage, retain baseline
     keep_steps: list[int] = field(default_factory=list)  # checkpoints rotation must keep (the best one)
     mixture: dict[str, Any] = field(default_factory=dict)  # a data.mixture's segment (trainer/data/mixture_resume.py)
+    skipped_steps: int = 0  # fp16 steps whose gradients overflowed: counted, but no weight changed
 
 
 def loop_state_from_dict(saved: dict[str, Any]) -> LoopState:

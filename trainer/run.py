@@ -720,6 +720,7 @@ def _summary(
     return {
         "steps": state.step,
         "total_steps": total_steps,
+        "skipped_steps": state.skipped_steps,  # fp16 overflow: steps that changed no weight
         "tokens_seen": state.tokens_seen,
         "first_loss": train[0]["loss"] if train else None,
         "last_loss": train[-1]["loss"] if train else None,

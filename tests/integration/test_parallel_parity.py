@@ -183,3 +183,29 @@ def test_fsdp_cpu_offload_without_gpu_is_refused_before_training(tmp_path: Path,
     assert result.returncode == 2
     assert "this worker has no GPU" in result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_fp16_overflow_steps_are_said_counted_and_hold_the_schedule(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """fp16 under DeepSpeed skips a step whose gradients overflow at the loss scale: 3 of 4 steps
+    were skipped without a word while the learning rate decayed through them (trial 41b)."""
+    import json
+
+    sections = _sections("full", MICRO)
+    sections["training"].update(max_steps=4, gradient_accumulation_steps=1, lr_scheduler="cosine")
+    sections["parallel"] = {"strategy": "deepspeed", "zero_stage": 2, "mixed_precision": "fp16"}
+    sections["cluster"] = {"workers": WORKERS}
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", **sections)
+    result = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_metrics(tmp_path / "run", "train")
+    skipped = [r["step"] for r in records if r.get("skipped")]
+    assert skipped, records  # the tiny model's loss x 65536 (DeepSpeed's first scale) overflows fp16
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_steps"] == len(skipped)
+    lrs = {r["step"]: r["lr"] for r in records}
+    for step in skipped:  # the schedule waits: the next step runs at the skipped step's rate
+        if step + 1 in lrs:
+            assert lrs[step + 1] == lrs[step], (step, lrs)
+    out = result.stdout + result.stderr
+    assert f"step {skipped[0]}: fp16 gradients overflowed at loss scale" in out, out[-3000:]
+    assert f"fp16: {len(skipped)} of 4 steps overflowed and changed no weight" in out, out[-3000:]

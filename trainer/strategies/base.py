@@ -94,6 +94,11 @@ class Strategy(abc.ABC):
         over ranks, so multiplying by world size makes the result a plain sum."""
         return float(self.world_size)
 
+    def skipped_step(self) -> float | None:
+        """After clip_and_step: the loss scale at which the step's fp16 gradients overflowed, when the
+        optimizer skipped the step for it (dynamic loss scaling); None when the step was applied."""
+        return None
+
     def clip_and_step(self, model: torch.nn.Module, optimizer: Optimizer, max_norm: float | None) -> float | None:
         """Clip by the global norm, step, zero the gradients; returns the norm before clipping. None with
         training.optimizer_in_backward: backward already stepped each parameter, no global norm exists."""

@@ -152,6 +152,13 @@ class DeepSpeedStrategy(Strategy):
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else 0.0
 
+    def skipped_step(self) -> float | None:
+        if self.engine is None or self.engine.was_step_applied():
+            return None
+        # The scaler has already halved its scale for the next step: the overflow was at twice it.
+        scale = getattr(self.engine.optimizer, "cur_scale", None)
+        return 2.0 * float(scale) if scale is not None else float("nan")
+
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.engine.module if self.engine is not None else model
 
