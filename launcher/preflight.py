@@ -69,6 +69,7 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             f"{where}: {cache_path} is a file, not a folder (the tokenized-data cache goes there); "
             "point it at a folder, or unset it for ~/.cache/ftl"
         )
+    problems += gpu_only_problems(cfg)
     from trainer.adapter_init import adapter_init_problem
 
     if not model_config_problems(cfg):  # the checks that read the model's config.json
@@ -377,3 +378,36 @@ def model_config_problems(cfg: RunConfig) -> list[str]:
     if not isinstance(loaded, dict):
         return [f"model.path: {path} holds a JSON {type(loaded).__name__}, not a model config (an object)"]
     return []
+
+
+def workers_run_here(cfg: RunConfig) -> bool:
+    """The backend starts its workers on this machine: local, torchrun, or a Ray that ftl starts
+    itself (no cluster.ray.address or RAY_ADDRESS to join)."""
+    backend = cfg.cluster.backend
+    if backend == "ray":
+        return not (cfg.cluster.ray.address or os.environ.get("RAY_ADDRESS"))
+    return backend in ("local", "torchrun")
+
+
+def gpu_only_problems(cfg: RunConfig) -> list[str]:
+    """Settings a worker without a GPU refuses at its start (trainer/strategies/fsdp.py,
+    trainer/liger.py), said before a backend starts when the workers run on this machine and it
+    has no GPU (trial 41b: validate said valid and plan FITS, then a refusal after 27 s of Ray)."""
+    if not workers_run_here(cfg):
+        return []
+    from cluster.gpu_probe import cuda_available
+
+    if cuda_available():
+        return []
+    problems = []
+    if cfg.parallel.strategy == "fsdp" and cfg.parallel.offload_params == "cpu":
+        problems.append(
+            "parallel.offload_params=cpu with fsdp moves parameters from GPU to CPU memory; this machine has no GPU, "
+            "so its workers' parameters are in CPU memory already: remove the setting (or use deepspeed ZeRO-3 offload)"
+        )
+    if cfg.model.liger_kernels:
+        problems.append(
+            "model.liger_kernels needs a CUDA device (Liger's kernels are Triton GPU kernels) and this machine's "
+            "workers run on CPU: set model.liger_kernels=false"
+        )
+    return problems

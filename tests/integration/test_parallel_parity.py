@@ -179,10 +179,22 @@ def test_fsdp_cpu_offload_without_gpu_is_refused_before_training(tmp_path: Path,
         parallel={"strategy": "fsdp", "offload_params": "cpu"},
         cluster={"workers": 2},
     )
-    result = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert "this worker has no GPU" in result.stderr
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    # Said before any backend starts (trial 41b: after 27 s of Ray, leaving a failed run directory),
+    # by validate too, and by plan beside its table.
+    for command in ("validate", "train"):
+        result = subprocess.run([*FTL, command, str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "this machine has no GPU, so its workers' parameters are in CPU memory already" in result.stderr
+    assert not (tmp_path / "run").exists()
+    plan = subprocess.run([*FTL, "plan", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0 and "`ftl train` on this machine refuses this config" in plan.stderr, plan.stderr
+    liger = subprocess.run(
+        [*FTL, "validate", str(config), "parallel.offload_params=none", "model.liger_kernels=true"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert liger.returncode == 2 and "set model.liger_kernels=false" in liger.stderr, liger.stderr[-2000:]
 
 
 def test_fp16_overflow_steps_are_said_counted_and_hold_the_schedule(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -569,7 +569,7 @@ def test_config_label_names_are_kept_as_data_labels_match_them() -> None:
 
 
 def test_train_last_n_blocks_freezes_the_blocks_below_whatever_their_count() -> None:
-    """"Train only the top N blocks" had no key: users computed first_n_blocks from the model's depth."""
+    """ "Train only the top N blocks" had no key: users computed first_n_blocks from the model's depth."""
     import re
 
     from trainer.errors import TrainerInputError
