@@ -24,6 +24,8 @@ NEUTRAL_FIELDS = {
     "training": ("progress_bar", "progress_every_s", "log_every_steps", "watchdog_timeout_s", "loss"),
     "data": ("cache_dir",),
     "model": ("compile", "activation_offloading", "liger_kernels"),
+    # FSDP2 frees or keeps the gathered weights after forward: memory against speed, the same maths.
+    "parallel": ("reshard_after_forward",),
 }
 
 

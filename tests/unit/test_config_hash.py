@@ -17,6 +17,7 @@ def _cfg(**sections: dict) -> TrainerConfig:
 
 def test_settings_that_do_not_change_the_result_keep_the_hash() -> None:
     base = config_hash(_cfg())
+    fsdp = config_hash(_cfg(parallel={"strategy": "fsdp"}))
     same = [
         _cfg(output={"dir": "/elsewhere/copy-of-a", "save_merged": False}),
         _cfg(
@@ -28,6 +29,8 @@ def test_settings_that_do_not_change_the_result_keep_the_hash() -> None:
         _cfg(eval={"every_steps": 10, "at_start": False}),  # evaluating more often trains the same weights
     ]
     assert [config_hash(cfg) for cfg in same] == [base] * len(same)
+    # FSDP2 keeping its gathered weights after forward: memory against speed, the same maths (trial 41b).
+    assert config_hash(_cfg(parallel={"strategy": "fsdp", "reshard_after_forward": False})) == fsdp
 
 
 def test_evaluation_cadence_counts_when_early_stopping_judges_by_it() -> None:
