@@ -35,7 +35,7 @@ from trainer.config_hash import config_hash as result_config_hash
 from trainer.console import RunConsole
 from trainer.context import WorkerContext
 from trainer.data.batches import rows_fingerprint
-from trainer.data.mixture_resume import continued_segment, segment_sampler
+from trainer.data.mixture_resume import continued_segment, retired_summary_name, segment_sampler
 from trainer.data.packing_check import check_packed_examples_stay_apart
 from trainer.data.prepare import PreparedData, cut_examples_note, mixture_note, prepare_data, same_pairs_note
 from trainer.distributed import any_rank, barrier, expect_world
@@ -504,8 +504,10 @@ def _finish(
         )
         for span, count in zip(data.train.mixture, drawn, strict=True):
             summary["data"]["mixture"].get(span.name, {})["rows_drawn"] = count
+        names = {span.name for span in data.train.mixture}
         for gone in state.mixture.get("retired", []):  # sources an earlier start drew and this one no longer has
-            entry = summary["data"]["mixture"].setdefault(gone["name"], {"removed": True})
+            key = retired_summary_name(gone, names)
+            entry = summary["data"]["mixture"].setdefault(key, {"removed": True})
             entry["rows_drawn"] = entry.get("rows_drawn", 0) + int(gone["drawn"])
     if cfg.method.lora.init_from:  # its "base" scores are that adapter's, not the base model's
         summary["started_from"] = str(cfg.method.lora.init_from)

@@ -104,7 +104,7 @@ def test_sources_reordered_added_and_removed() -> None:
         MixtureSpan("d", 57, 20, 1.0, "d.jsonl"),
     ]
     segment, note = continued_segment(first_segment(SPANS), changed, SEED, True, 120)
-    assert "d is new and starts at its first row" in note and "a no longer drawn" in note
+    assert "d is new and starts at its first row" in note and "no longer drawn: a" in note
     orders = {s["name"]: s["order"] for s in segment["sources"]}
     assert orders["c"] == 2 and orders["b"] == 1 and orders["d"] == 3  # never another source's seed
     second = segment_sampler(changed, SEED, True, segment).take(120, 300)
@@ -144,5 +144,44 @@ def test_a_reorder_of_equal_weights_or_another_file_under_a_new_name_is_no_renam
         assert both == _own_order(count, order, len(both))
     other_file = [spans[0], MixtureSpan("b2", 10, 20, 1.0, "b2.jsonl"), spans[2]]
     segment, note = continued_segment(first_segment(spans), other_file, SEED, True, 100)
-    assert "b2 is new and starts at its first row" in note and "b no longer drawn" in note
-    assert segment["retired"] == [{"name": "b", "train": "b.jsonl", "drawn": len(_per_source(spans, first)["b"])}]
+    assert "b2 is new and starts at its first row" in note and "no longer drawn: b" in note
+    drawn_b = len(_per_source(spans, first)["b"])
+    assert segment["retired"] == [{"name": "b", "train": "b.jsonl", "drawn": drawn_b, "order": 1}]
+
+
+def test_a_removed_source_listed_again_goes_on_where_it_stopped() -> None:
+    """Trial 41a: a source removed on one resume and listed again on a later one started a new row
+    order (its first rows again) while the note said none were replayed."""
+    spans = [
+        MixtureSpan("a", 0, 10, 2.0, "a.jsonl"),
+        MixtureSpan("b", 10, 20, 1.0, "b.jsonl"),
+        MixtureSpan("c", 30, 8, 1.0, "c.jsonl"),
+    ]
+    first = MixtureSampler(spans, SEED, True).take(0, 60)
+    without_b = [MixtureSpan("a", 0, 10, 2.0, "a.jsonl"), MixtureSpan("c", 10, 8, 1.0, "c.jsonl")]
+    segment, _ = continued_segment(first_segment(spans), without_b, SEED, True, 60)
+    second = segment_sampler(without_b, SEED, True, segment).take(60, 40)
+    segment, note = continued_segment(segment, spans, SEED, True, 100)
+    drawn_b = len(_per_source(spans, first)["b"])
+    assert f"b comes back after its {drawn_b} rows drawn before it was removed" in note and "is new" not in note
+    assert segment["retired"] == []
+    third = segment_sampler(spans, SEED, True, segment).take(100, 100)
+    both = _per_source(spans, first)["b"] + _per_source(spans, third)["b"]
+    assert both == _own_order(20, 1, len(both))  # its own order, no row of it again
+    for name, order, count in (("a", 0, 10), ("c", 2, 8)):
+        rows = _per_source(spans, first)[name] + _per_source(without_b, second)[name] + _per_source(spans, third)[name]
+        assert rows == _own_order(count, order, len(rows))
+
+
+def test_a_kept_name_reading_other_data_is_a_new_source_and_the_old_one_is_said_removed() -> None:
+    """Trial 41a: `notes` given another file added the old file's rows to the new one's count."""
+    from trainer.data.mixture_resume import retired_summary_name
+
+    spans = [MixtureSpan("a", 0, 10, 1.0, "a.jsonl"), MixtureSpan("notes", 10, 20, 1.0, "old.jsonl")]
+    other = [spans[0], MixtureSpan("notes", 10, 30, 1.0, "new.jsonl")]
+    segment, note = continued_segment(first_segment(spans), other, SEED, True, 40)
+    assert "notes is new and starts at its first row" in note
+    assert "no longer drawn: notes's earlier data old.jsonl" in note
+    (gone,) = segment["retired"]
+    assert retired_summary_name(gone, {"a", "notes"}) == "notes (old.jsonl)"
+    assert retired_summary_name(gone, {"a"}) == "notes"

@@ -97,6 +97,14 @@ def continued_segment(
     sources, said = [], []
     next_order = max(int(o["order"]) for o in old) + 1
     for match, span in zip(matches, spans, strict=True):
+        back = _retired_of(retired, span) if match is None else None
+        if back is not None:
+            # Removed by an earlier start and listed again: it goes on where it stopped, in the same
+            # order (trial 41a: it started a new order and drew rows of its first segment again).
+            retired.remove(back)
+            sources.append(_entry(span, drawn=int(back["drawn"]), order=int(back["order"])))
+            said.append(f"{span.name} comes back after its {back['drawn']} rows drawn before it was removed")
+            continue
         if match is None:
             sources.append(_entry(span, drawn=0, order=next_order))
             next_order += 1
@@ -107,15 +115,34 @@ def continued_segment(
         said.append(f"{span.name}{was} after its {drawn[match]} rows drawn")
     gone = [i for i in range(len(old)) if i not in matches]
     for index in gone:  # kept, so the summary's rows_drawn still counts what it drew (trial 40a)
-        retired.append({"name": old[index]["name"], "train": old[index].get("train", ""), "drawn": drawn[index]})
+        entry = {"name": old[index]["name"], "train": old[index].get("train", ""), "drawn": drawn[index]}
+        retired.append({**entry, "order": int(old[index]["order"])})  # the order: in case it comes back
     weights = ", ".join(f"{s['name']} {s['weight']:g}" for s in sources)
     note = (
         f"data.mixture changed at sample {position}: from here the sources are drawn by weight {weights}; "
         f"each goes on with its next row in its own order, none replayed or skipped ({'; '.join(said)})"
     )
     if gone:
-        note += f"; {', '.join(str(old[i]['name']) for i in gone)} no longer drawn"
+        names = {span.name for span in spans}
+        note += "; no longer drawn: " + ", ".join(
+            f"{old[i]['name']}'s earlier data {old[i].get('train', '')}"
+            if old[i]["name"] in names
+            else str(old[i]["name"])
+            for i in gone
+        )
     return {"start": position, "sources": sources, "retired": retired}, note
+
+
+def _retired_of(retired: list[dict[str, Any]], span: MixtureSpan) -> dict[str, Any] | None:
+    """The removed source that read this source's training data, when its order was kept."""
+    return next((r for r in retired if r.get("train") and r["train"] == span.train and "order" in r), None)
+
+
+def retired_summary_name(gone: dict[str, Any], current_names: set[str]) -> str:
+    """The summary's key for a removed source: its name, or, when a source of this config now
+    has that name and reads other data, the name with the data it read (trial 41a: the two counts
+    were added up under one name)."""
+    return f"{gone['name']} ({gone.get('train', '')})" if gone["name"] in current_names else str(gone["name"])
 
 
 def _same_proportions(before: list[float], after: list[float]) -> bool:
