@@ -195,8 +195,12 @@ def runs(parent: str, verify: bool = False, as_json: bool = False) -> int:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    weighted = (
+        " (class-weighted: transfer.head.class_weights)" if (summary.get("data") or {}).get("class_weights") else ""
+    )
     lines = [
-        f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> {_fmt(summary['last_loss'])}"
+        f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> "
+        f"{_fmt(summary['last_loss'])}{weighted}"
     ]
     if summary.get("skipped_steps"):
         lines.append(

@@ -139,7 +139,9 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     weights = resolved_class_weights(cfg.transfer.head, data.train.examples.classes)
     if weights is not None:
         data.train.class_weights = weights
-        data.report["class_weights"] = dict(zip(cfg.transfer.head.label_names, weights.tolist(), strict=True))
+        rounded = [float(f"{weight:.6g}") for weight in weights.tolist()]  # not float32's digits
+        data.report["class_weights"] = dict(zip(cfg.transfer.head.label_names, rounded, strict=True))
+        data.report["class_weights_from"] = "balanced" if cfg.transfer.head.class_weights == "balanced" else "config"
         console.event(class_weights_note(cfg.transfer.head, weights))
     trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console)
     console.started(

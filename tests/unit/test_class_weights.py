@@ -31,6 +31,8 @@ def test_balanced_weights_follow_sklearns_rule_and_a_list_is_taken_as_given() ->
     assert missing is not None and missing[2] == 1.0  # a class with no row: weight 1, nothing to weigh
     given = resolved_class_weights(_head([1.0, 2.0, 0.5]), classes)
     assert given is not None and given.tolist() == [1.0, 2.0, 0.5]
+    by_name = resolved_class_weights(_head({"c ": 0.5, "b": 2.0}), classes)  # a label left out weighs 1
+    assert by_name is not None and by_name.tolist() == [1.0, 2.0, 0.5]
     assert resolved_class_weights(_head(None), classes) is None
     assert class_weights_note(_head("balanced"), weights).startswith(
         "class weights (balanced, from the training rows): a 0.747, b 0.747, c 3.11"
@@ -41,7 +43,14 @@ def test_balanced_weights_follow_sklearns_rule_and_a_list_is_taken_as_given() ->
     "head,said",
     [
         ({"type": "sequence_classification", "labels": LABELS, "class_weights": [1, 2]}, "has 2 weights for 3 labels"),
-        ({"type": "sequence_classification", "labels": LABELS, "class_weights": [1, 0, 2]}, "must all be positive"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": [1, 0, 2]}, "0 is not a weight from"),
+        # Trial 41a: float32 made 1e39 inf (a NaN loss blamed on the learning rate) and 1e-46 zero.
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": [1e39, 1, 1]}, "scale them into"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": [1e-46, 1, 1]}, "is not a weight from"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": [True, 1, 1]}, "True is not a number"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": ["x", 1, 1]}, "'x' is not a number"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": "Balanced"}, "did you mean 'balanced'"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": {"bb": 2}}, "did you mean 'b'"),
         ({"type": "token_classification", "labels": ["O", "B-X"], "class_weights": "balanced"}, "applies to sequence"),
         ({"type": "causal_lm", "class_weights": "balanced"}, "applies to sequence_classification"),
     ],

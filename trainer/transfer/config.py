@@ -6,6 +6,7 @@ the method, data, eval or parallel sections are on TrainerConfig (trainer/config
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from typing import Literal
@@ -21,6 +22,10 @@ HEAD_RATE_WITHOUT_HEAD = (
     "causal LM only the adapters train, not the LM head), so this rate would apply to nothing; remove it, "
     "or train the head (method.type=full, or a task head with transfer.head.type)"
 )
+
+
+# Loss weights of a class: inside float32's range with room to spare, and ratios of at most 1e12.
+CLASS_WEIGHT_RANGE = (1e-6, 1e6)
 
 
 class FreezeConfig(Section):
@@ -159,12 +164,31 @@ class HeadConfig(Section):
         "(0.1 for transformers' token-classification heads on decoders and for BERT).",
     )
 
-    class_weights: Literal["balanced"] | list[float] | None = Field(
+    class_weights: Literal["balanced"] | list[float] | dict[str, float] | None = Field(
         None,
         description="sequence/image classification: weight each class's loss, for imbalanced data. `balanced`: "
-        "rows / (classes x rows of the class), from the training data (sklearn's rule); or one weight per label, "
-        "in id order. Evaluation losses stay unweighted.",
+        "rows / (classes x rows of the class), from the training data (sklearn's rule); one weight per label, "
+        "in id order; or a mapping of label names to weights (a label left out weighs 1). Weights are positive, "
+        f"from {CLASS_WEIGHT_RANGE[0]:g} to {CLASS_WEIGHT_RANGE[1]:g}. Evaluation losses stay unweighted.",
     )
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _weights_are_numbers(cls, value: object) -> object:
+        """A bool is a slip, not a weight (trial 41a: [true, 1] was taken as 1, 1); a number YAML read
+        as text (`1e39`: YAML 1.1 wants `1.0e+39`) is the number, as for every other key; inf/nan
+        and weights float32 cannot hold are said as what they are."""
+        if isinstance(value, str) and value != "balanced":
+            close = " (did you mean 'balanced'?)" if value.strip().lower() == "balanced" else ""
+            raise ValueError(
+                f"transfer.head.class_weights={value!r}: give `balanced`{close}, one weight per label in id order "
+                "([1.0, 4.0]), or a mapping of label names to weights ({rare: 4.0})"
+            )
+        if isinstance(value, dict):
+            return {key: cls._weight(weight) for key, weight in value.items()}
+        if isinstance(value, list):
+            return [cls._weight(weight) for weight in value]
+        return value
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -202,6 +226,23 @@ class HeadConfig(Section):
         """Token classification with BIO/IOB2 tag names, so entity spans can be scored."""
         return self.type == "token_classification" and is_bio_tag_set(self.label_names)
 
+    @staticmethod
+    def _weight(weight: object) -> float:
+        if isinstance(weight, str):
+            try:
+                weight = float(weight)
+            except ValueError:
+                raise ValueError(f"transfer.head.class_weights: {weight!r} is not a number") from None
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"transfer.head.class_weights: {weight!r} is not a number; weights are numbers (4.0)")
+        low, high = CLASS_WEIGHT_RANGE
+        if not low <= weight <= high:  # also inf and nan; float32 turns 1e39 into inf and 1e-46 into 0
+            raise ValueError(
+                f"transfer.head.class_weights: {weight:g} is not a weight from {low:g} to {high:g}; only their "
+                "ratios matter (the loss is their weighted mean), so scale them into that range"
+            )
+        return float(weight)
+
     @model_validator(mode="after")
     def _labels(self) -> HeadConfig:
         if self.is_classification:
@@ -237,6 +278,17 @@ class HeadConfig(Section):
                 "transfer.head.class_weights applies to sequence_classification and image_classification heads; "
                 f"this head is {self.type}"
             )
+        if isinstance(self.class_weights, dict):
+            names = self.label_names
+            readings = {unicodedata.normalize("NFC", str(key)).strip(): key for key in self.class_weights}
+            unknown = [key for reading, key in readings.items() if reading not in names]
+            if unknown:
+                close = difflib.get_close_matches(str(unknown[0]), names, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"transfer.head.class_weights names {unknown[0]!r}, which is not a label{hint}; labels: "
+                    + ", ".join(names)
+                )
         if isinstance(self.class_weights, list):
             count = len(self.label_names)
             if len(self.class_weights) != count:
