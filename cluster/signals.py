@@ -67,8 +67,13 @@ def signals_request_stop(
             force_quit()
             return
         _say(
-            f"signal {signum} again: already stopping, finishing the checkpoint first"
-            + (" (a third Ctrl-C force-quits without it)" if signum == signal.SIGINT else "")
+            f"signal {signum} again: already stopping, finishing the checkpoint first (then MLflow/W&B's last "
+            "records, at most 15 s)"
+            + (
+                " (a third Ctrl-C force-quits, keeping the checkpoints already committed)"
+                if signum == signal.SIGINT
+                else ""
+            )
         )
 
     with _each_signal_promptly(handle):

@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -139,13 +140,19 @@ def test_the_end_of_a_start_waits_for_a_stuck_tracker_only_so_long(
 ) -> None:
     answer = threading.Event()
     tracker = _held(monkeypatch, answer)
-    monkeypatch.setattr(trackers, "FINISH_WAIT_S", 0.5)
+    monkeypatch.setattr(trackers, "FINISH_WAIT_S", 30.0)  # a finished run's wait
+    monkeypatch.setattr(trackers, "STOP_WAIT_S", 0.5)  # this one stopped (no summary.json): the user waits
+    monkeypatch.setattr(trackers, "SAY_WAITING_AFTER_S", 0.1)
     writer = MetricsWriter(tmp_path, tracking=TrackingConfig(tensorboard=False, mlflow={"enabled": True}))
     writer.write(1, {"loss": 1.0})
+    started = time.monotonic()
     with caplog.at_level(logging.WARNING):
         writer.close()
+    waited = time.monotonic() - started
     answer.set()  # lets the tracker's thread end
-    assert not tracker.finished
+    assert not tracker.finished and waited < 10
+    # The wait is said as it starts (trial 41a: 60 s of silence read as a hang).
+    assert "waiting up to 0 s for tracking.mlflow to send its last records" in caplog.text
     said = "still sending after 0 s (server slow or unreachable); its run lacks every record"
     assert any(said in r.getMessage() for r in caplog.records), caplog.text
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1]
@@ -163,7 +170,7 @@ def test_a_stuck_tracker_never_holds_another_trackers_records(tmp_path: Path, mo
     fast.name = "wandb"
     fast.answer.set()
     monkeypatch.setattr(trackers, "_open_tracker", lambda name, *args: stuck if name == "mlflow" else fast)
-    monkeypatch.setattr(trackers, "FINISH_WAIT_S", 1.0)
+    monkeypatch.setattr(trackers, "STOP_WAIT_S", 1.0)
     writer = MetricsWriter(
         tmp_path,
         tracking=TrackingConfig(
@@ -213,3 +220,29 @@ def test_a_tracker_that_failed_after_logging_says_so_not_that_it_logged_nothing(
         wandb
         == f"wandb    offline run w1 in {tmp_path / 'wandb'} (upload: wandb sync {tmp_path / 'wandb'}/offline-run-*)"
     )
+
+
+def test_a_tracker_still_opening_its_run_is_said_during_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trial 41a: a server that accepted connections and never answered was heard of only at the end."""
+    answer = threading.Event()
+    opened = _HeldTracker(threading.Event())
+    opened.answer.set()
+
+    def slow_open(name: str, *args: object) -> _HeldTracker:
+        answer.wait(5)
+        return opened
+
+    monkeypatch.setattr(trackers, "_open_tracker", slow_open)
+    monkeypatch.setattr(trackers, "OPEN_SLOW_S", 0.2)
+    writer = MetricsWriter(tmp_path, tracking=TrackingConfig(tensorboard=False, mlflow={"enabled": True}))
+    with caplog.at_level(logging.WARNING):
+        writer.write(1, {"loss": 1.0})
+        deadline = time.monotonic() + 5
+        while "still opening its run after 0 s" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer.set()
+        writer.close()
+    assert "tracking.mlflow: still opening its run after 0 s (server slow or unreachable)" in caplog.text
+    assert opened.logged == [(1, True)]

@@ -31,7 +31,10 @@ from trainer.tracking.series import scalar_series
 
 log = logging.getLogger(__name__)
 
-FINISH_WAIT_S = 60.0  # how long the end of a start waits for trackers still sending
+FINISH_WAIT_S = 60.0  # how long the end of a finished run waits for trackers still sending
+STOP_WAIT_S = 15.0  # on a stop (Ctrl-C, preemption): the user is waiting to get out; the rest is in metrics.jsonl
+SAY_WAITING_AFTER_S = 2.0  # a wait longer than this is said, so a quiet end is not taken for a hang
+OPEN_SLOW_S = 30.0  # a tracker still opening its run this long is said during training, not only at the end
 FAILED = "failed"  # trackers.json: why a tracker was dropped in the latest start
 
 
@@ -99,7 +102,21 @@ class TrackerSet:
         for lane in lanes:
             lane.put(lambda lane=lane: self._finish_now(lane))  # type: ignore[misc]
             lane.calls.put(None)
-        deadline = time.monotonic() + FINISH_WAIT_S
+        # A stopped run's user waits to get out (trial 41a: Ctrl-C took 61 s, in silence, for a
+        # server that never answered); a finished run's summary and report are worth a minute.
+        wait_s = FINISH_WAIT_S if RunLayout(self.run_dir).is_finished() else STOP_WAIT_S
+        deadline = time.monotonic() + wait_s
+        for lane in lanes:
+            assert lane.thread is not None
+            lane.thread.join(max(0.0, min(deadline, time.monotonic() + SAY_WAITING_AFTER_S) - time.monotonic()))
+        slow = [lane.name for lane in lanes if lane.thread is not None and lane.thread.is_alive()]
+        if slow:
+            log.warning(
+                "waiting up to %.0f s for tracking.%s to send its last records (server slow or unreachable; "
+                "metrics.jsonl has every record)",
+                wait_s,
+                ", tracking.".join(slow),
+            )
         for lane in lanes:
             assert lane.thread is not None
             lane.thread.join(max(0.0, deadline - time.monotonic()))
@@ -107,7 +124,7 @@ class TrackerSet:
         for lane in lanes:
             lane.thread = None
         for lane in stuck:
-            waited = f"after {FINISH_WAIT_S:.0f} s (server slow or unreachable)"
+            waited = f"after {wait_s:.0f} s (server slow or unreachable)"
             if lane.tracker is None:
                 reason = f"still opening its run {waited}"
             else:
@@ -140,6 +157,9 @@ class TrackerSet:
             state[lane.name] = entry
             self._save_state()
         params = run_params(self.run_dir)
+        slow = threading.Timer(OPEN_SLOW_S, self._say_slow_open, args=(lane,))
+        slow.daemon = True
+        slow.start()
         try:
             # The entry is this lane's own: the tracker writes its run id into it as it opens.
             lane.tracker = _open_tracker(lane.name, self.cfg, self.run_dir, params, entry)
@@ -147,9 +167,20 @@ class TrackerSet:
             lane.dropped = True
             self._record_failure(lane.name, _reason(exc), warn=True)
             return None
+        finally:
+            slow.cancel()
         with self._lock:
             self._save_state()
         return lane.tracker
+
+    def _say_slow_open(self, lane: _Lane) -> None:
+        """During training (trial 41a: a server that never answered was heard of only at the end)."""
+        log.warning(
+            "tracking.%s: still opening its run after %.0f s (server slow or unreachable); training goes on, "
+            "its records wait (metrics.jsonl has every record)",
+            lane.name,
+            OPEN_SLOW_S,
+        )
 
     def _loaded_state(self) -> dict[str, Any]:
         if self._state is None:
