@@ -16,7 +16,7 @@ from typing import Any
 from cluster.run_lock import read_holder, stale_reason
 from launcher.failure_record import read_failure
 from launcher.run_dir import is_ftl_run
-from launcher.tracker_outcome import tracker_failures
+from launcher.tracker_outcome import tracker_failures, tracker_gaps
 from trainer.checkpointing.protocol import (
     checkpoints_dir,
     committed_checkpoints,
@@ -149,6 +149,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         for c in changed_config_starts(records)
     )
     notes.extend(f"tracking.{name} failed ({why})" for name, why in tracker_failures(run_dir).items())
+    notes.extend(f"tracking.{name}'s run lacks {what}" for name, what in tracker_gaps(run_dir).items())
     origin = continued_from(records)
     if origin is not None:  # its first steps and the base model's scores are that run's (trial 38c)
         notes.append(

@@ -27,6 +27,11 @@ def tracker_failures(run_dir: Path) -> dict[str, str]:
     return {name: str(entry["failed"]) for name, entry in tracker_state(run_dir).items() if entry.get("failed")}
 
 
+def tracker_gaps(run_dir: Path) -> dict[str, str]:
+    """Tracker name -> what its run lacks from an earlier start (a tracker run opened on a resume)."""
+    return {name: str(entry["missing"]) for name, entry in tracker_state(run_dir).items() if entry.get("missing")}
+
+
 def tracker_lines(run_dir: Path) -> list[str]:
     """One line per tracker the run used: where it logged, or that it did not and why."""
     lines = []
@@ -42,6 +47,8 @@ def tracker_lines(run_dir: Path) -> list[str]:
             uri = str(entry.get("tracking_uri", ""))
             experiment = f"experiment {entry['experiment']}, " if entry.get("experiment") else ""
             lines.append(f"mlflow   run {entry['run_id']} ({experiment}{uri})")
+            if entry.get("missing"):
+                lines.append(f"         it lacks {entry['missing']} (metrics.jsonl has every record)")
             if uri.startswith("file:"):  # MLflow 3 opens a folder store only behind this switch
                 lines.append("         a folder store: read it with MLFLOW_ALLOW_FILE_STORE=true set (MLflow 3)")
         elif name == "wandb" and entry.get("run_id"):
@@ -52,4 +59,6 @@ def tracker_lines(run_dir: Path) -> list[str]:
                 )
             else:
                 lines.append(f"wandb    run {entry['run_id']} in project {entry.get('project')}")
+            if entry.get("missing"):
+                lines.append(f"         it lacks {entry['missing']} (metrics.jsonl has every record)")
     return lines

@@ -66,7 +66,8 @@ class MetricsWriter:
         self.run_dir = run_dir
         self.resumed_at = resumed_at
         self.tracking = tracking or TrackingConfig()
-        self.trackers = TrackerSet(self.tracking, run_dir)
+        # Another run's steps are that run's: only this run's own earlier steps can be missing from a tracker.
+        self.trackers = TrackerSet(self.tracking, run_dir, resumed_at=0 if continued_from else resumed_at)
         self._jsonl: Any = None
         self._tb: Any = None
         self._tb_opened = not self.tracking.tensorboard

@@ -246,3 +246,30 @@ def test_a_tracker_still_opening_its_run_is_said_during_training(
         writer.close()
     assert "tracking.mlflow: still opening its run after 0 s (server slow or unreachable)" in caplog.text
     assert opened.logged == [(1, True)]
+
+
+def test_a_tracker_run_opened_on_a_resume_says_what_it_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 41a: MLflow failed in the first start and logged from the resume on; the final table
+    showed its run with no word of the steps it lacks."""
+    from launcher.tracker_outcome import tracker_gaps, tracker_lines
+
+    opened = _HeldTracker(threading.Event())
+    opened.answer.set()
+
+    def open_run(name: str, cfg: object, run_dir: Path, params: object, entry: dict) -> _HeldTracker:
+        entry.update(run_id="r1", tracking_uri="sqlite:///m.db")
+        return opened
+
+    monkeypatch.setattr(trackers, "_open_tracker", open_run)
+    tracking = TrackingConfig(tensorboard=False, mlflow={"enabled": True})
+    writer = MetricsWriter(tmp_path, tracking=tracking, resumed_at=11)
+    writer.write(12, {"loss": 1.0})  # the first record of a start resumed at step 11
+    writer.close()
+    assert tracker_gaps(tmp_path) == {"mlflow": "steps 1-11: an earlier start did not log them"}
+    assert "         it lacks steps 1-11: an earlier start did not log them" in "\n".join(tracker_lines(tmp_path))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    writer = MetricsWriter(fresh, tracking=tracking)
+    writer.write(10, {"loss": 1.0})  # log_every_steps 10: a new run's first record
+    writer.close()
+    assert tracker_gaps(fresh) == {}

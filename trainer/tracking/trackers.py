@@ -36,6 +36,7 @@ STOP_WAIT_S = 15.0  # on a stop (Ctrl-C, preemption): the user is waiting to get
 SAY_WAITING_AFTER_S = 2.0  # a wait longer than this is said, so a quiet end is not taken for a hang
 OPEN_SLOW_S = 30.0  # a tracker still opening its run this long is said during training, not only at the end
 FAILED = "failed"  # trackers.json: why a tracker was dropped in the latest start
+MISSING = "missing"  # trackers.json: what the tracker's run lacks from an earlier start (kept across starts)
 
 
 class Tracker(Protocol):
@@ -76,8 +77,9 @@ class _Lane:
 class TrackerSet:
     """The configured trackers, each opened on its first record (after metrics.jsonl's first line)."""
 
-    def __init__(self, cfg: TrackingConfig, run_dir: Path):
+    def __init__(self, cfg: TrackingConfig, run_dir: Path, resumed_at: int = 0):
         self.cfg, self.run_dir = cfg, run_dir
+        self.resumed_at = resumed_at  # the step this start resumed at (0: from the beginning)
         self.wanted = [name for name in ("mlflow", "wandb") if getattr(cfg, name).enabled]
         self._lanes = {name: _Lane(name) for name in self.wanted}
         self._lock = threading.Lock()  # trackers.json is written from every lane's thread
@@ -153,7 +155,13 @@ class TrackerSet:
         with self._lock:
             state = self._loaded_state()
             entry = dict(state.get(lane.name) or {})
-            entry.pop(FAILED, None)  # an earlier start's failure: this start tries again
+            earlier_failure = entry.pop(FAILED, None)  # an earlier start's failure: this start tries again
+            if self.resumed_at and not entry.get("run_id") and not entry.get(MISSING):
+                # A new tracker run for a resumed run: the earlier starts' records are not in it
+                # (trial 41a: the final table showed the run with no word of steps 1-11).
+                entry[MISSING] = f"steps 1-{self.resumed_at}: an earlier start did not log them"
+            elif earlier_failure and entry.get("run_id") and not entry.get(MISSING):
+                entry[MISSING] = f"records of an earlier start that stopped logging ({earlier_failure})"
             state[lane.name] = entry
             self._save_state()
         params = run_params(self.run_dir)
