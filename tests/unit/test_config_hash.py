@@ -71,10 +71,20 @@ def test_a_changed_config_is_described_key_by_key() -> None:
         "data.packing: true -> false",
         "and 2 more",
     ]
-    # a list of sections (data.mixture) is compared entry by entry
-    mixed = {"data": {"mixture": [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 1.0}]}}
-    reweighted = {"data": {"mixture": [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 3.0}]}}
-    assert config_changes(mixed, reweighted) == ["data.mixture[1].weight: 1.0 -> 3.0"]
+    # data.mixture is compared source by source, a source known by its train file (trial 41a: a
+    # removed source read as "data.mixture[1].train: b -> c" and six more position diffs)
+    a, b, c = ({"name": n, "train": f"{n}.jsonl", "weight": 1.0, "format": "chat"} for n in "abc")
+    mixed = {"data": {"mixture": [a, b, c]}}
+    assert config_changes(mixed, {"data": {"mixture": [a, {**b, "weight": 3.0}, c]}}) == [
+        "data.mixture weights: b 1 -> 3"
+    ]
+    assert config_changes(mixed, {"data": {"mixture": [a, c]}}) == ["data.mixture: removed b (b.jsonl)"]
+    doubled = [{**s, "weight": 2.0} for s in (a, b, c)]  # the same proportions: the same stream
+    assert config_changes(mixed, {"data": {"mixture": doubled}}) == []
+    assert config_changes(mixed, {"data": {"mixture": [a, {**b, "name": "bee"}, c]}}) == []  # a rename
+    assert config_changes(mixed, {"data": {"mixture": [a, {**b, "format": "alpaca"}, c]}}) == [
+        'data.mixture source b: format "chat" -> "alpaca"'
+    ]
     # what an older ftl recorded without a key reads as not set
     assert config_changes({"training": {}}, {"training": {"seed": 1}}) == ["training.seed: (not set) -> 1"]
 

@@ -14,7 +14,6 @@ have start a fresh seeded RNG stream.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +69,6 @@ def find_resume_checkpoint(
 
 # How the global batch is split, which a resume with the same global batch may change freely.
 BATCH_SPLIT = ("training.micro_batch_size:", "training.gradient_accumulation_steps:")
-MIXTURE_NAME = re.compile(r"data\.mixture\[\d+\]\.name: ")
 
 
 def _check_resume_point(
@@ -123,9 +121,6 @@ def config_change_note(manifest: dict[str, Any], config_hash: str, cfg: TrainerC
             # The same global batch split otherwise (another worker count, micro-batch or accumulation):
             # the same samples per step, the same result (said when the worker count changed).
             changes = [line for line in changes if not line.startswith(BATCH_SPLIT)]
-        # A mixture source's name only labels its metrics: the rows drawn are the same (said by
-        # trainer/data/mixture_resume.py), so a rename alone is no change of the result (trial 38b).
-        changes = [line for line in changes if not MIXTURE_NAME.match(line)]
         change = "; ".join(changes)
     elif manifest.get("config_hash") not in (None, config_hash):
         # Checkpoints of earlier ftl versions record only the hash: then only that it changed is known,
