@@ -223,13 +223,16 @@ def trainable_state_problem(
                 continue  # all-linear against a list may name the same modules: the workers tell
             changes.append(f"method.lora.{key}: {json.dumps(old[key])} -> {json.dumps(new.get(key))}")
     earlier_transfer = recorded.get("transfer") if isinstance(recorded, dict) else None
+    what = "trainable state this config's method cannot load"
     if not changes and isinstance(earlier_transfer, dict) and transfer is not None:
         changes = transfer_state_changes(earlier_transfer, transfer, adapters=STATE_KIND[method["type"]] != "full")
+        # Trial 41a: a freeze change was said as the method's, which had not changed.
+        what = "trainable and optimizer state for other trained parameters or optimizer groups than this config's"
     if not changes:
         return None
     run_dir = path.parent.parent
     return (
-        f"{path} holds trainable state this config's method cannot load ({'; '.join(changes)}): set those back "
+        f"{path} holds {what} ({'; '.join(changes)}): set those back "
         "to resume it, or start a new run (another output.dir, or checkpoint.resume=never with "
         "checkpoint.move_aside=true). To train on from these weights with the new settings, export them "
         f"(`ftl export {run_dir} --checkpoint {path.name} --merge`) and set model.path to the merged model"
