@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -326,12 +327,24 @@ def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
             f"{manifest.get('samples_seen', '?')} with {batch} samples a step"
         )
     mixture = _mixture_preview(cfg, path, int(manifest.get("samples_seen", 0)))
+    step = manifest.get("step", "?")
     if not changes:
-        return mixture
-    said = (
-        f"`ftl train` resumes {path} (step {manifest.get('step', '?')}) under another config: {'; '.join(changes)}; "
-        "the result will not equal an uninterrupted run of either"
-    )
+        # Said too (trial 41a: validate printed only "valid", a resume read as a fresh start).
+        same = f"`ftl train` resumes {path} (step {step} of {cfg.training.max_steps or 'the epochs'}), same config"
+        return f"{same}\nftl: note: {mixture}" if mixture else same
+    longer = re.fullmatch(r"training\.max_steps: (\d+) -> (\d+)", "; ".join(changes))
+    if longer and int(longer.group(2)) > int(longer.group(1)):
+        # What ftl's own advice for a finished run leads to (trial 41a: it read as a warning).
+        said = (
+            f"`ftl train` resumes {path} (step {step}) and trains on to step {longer.group(2)} (was "
+            f"{longer.group(1)}): the learning-rate schedule now spans {longer.group(2)} steps, so from step {step} on "
+            f"the rate differs from the {longer.group(1)}-step run's"
+        )
+    else:
+        said = (
+            f"`ftl train` resumes {path} (step {step}) under another config: {'; '.join(changes)}; "
+            "the result will not equal an uninterrupted run of either"
+        )
     return f"{said}\nftl: note: {mixture}" if mixture else said
 
 

@@ -81,6 +81,7 @@ def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_di
     assert hint[1] == f"checkpoint.resume={tmp_path / 'run' / 'checkpoints' / 'step-2'}", again.stderr
     # validate says what such a start would continue under: another config, another global batch (trial 38c).
     more = [f"output.dir={tmp_path / 'more'}", hint[1], "training.max_steps=3"]
+    step_2_path = tmp_path / "run" / "checkpoints" / "step-2"
     preview = subprocess.run(
         [*FTL, "validate", str(config), *more, "cluster.workers=2", "training.learning_rate=0.001"],
         cwd=REPO,
@@ -100,7 +101,14 @@ def test_finished_run_directory_is_not_overwritten(tmp_path: Path, tiny_model_di
         capture_output=True,
         text=True,
     )
-    assert "under another config: training.max_steps: 2 -> 3; the result" in split.stderr, split.stderr
+    # Only more steps, as the refusal advises: said as such, not as a warning (trial 41a).
+    assert "(step 2) and trains on to step 3 (was 2): the learning-rate schedule now spans 3 steps" in split.stderr, (
+        split.stderr
+    )
+    same = subprocess.run(
+        [*FTL, "validate", str(config), *more[:2], "training.max_steps=2"], cwd=REPO, capture_output=True, text=True
+    )
+    assert f"resumes {step_2_path} (step 2 of 2), same config" in same.stderr, same.stderr
     assert train(str(config), more) == 0
     assert [r["step"] for r in read_metrics(tmp_path / "more", "train")] == [3]
     # Its final table says where its first steps (and the base scores it has none of) are.
