@@ -34,9 +34,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     warn_unavailable_offline(cfg)  # the config is valid; training it on this machine would fail
     from launcher.position_limit import rotary_context_note
     from launcher.preflight import lora_rank_note
-    from trainer.config import mixture_notes, periodic_eval_without_data
+    from trainer.config import mixture_notes, periodic_eval_without_data, unused_zero_stage
 
-    for note in (rotary_context_note(cfg), periodic_eval_without_data(cfg), *mixture_notes(cfg), lora_rank_note(cfg)):
+    notes = (rotary_context_note(cfg), periodic_eval_without_data(cfg), unused_zero_stage(cfg), *mixture_notes(cfg))
+    for note in (*notes, lora_rank_note(cfg)):
         if note:
             print(f"ftl: WARNING: {note}", file=sys.stderr)
     if data:

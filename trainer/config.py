@@ -499,6 +499,14 @@ class ParallelConfig(Section):
         "auto", description="auto = none for one worker, ddp for several."
     )
     zero_stage: Literal[1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (strategy=deepspeed).")
+
+    @field_validator("zero_stage", mode="before")
+    @classmethod
+    def _stage_is_a_number(cls, value: object) -> object:
+        if isinstance(value, bool):  # YAML `yes`/`true` is 1 to pydantic (trial 41b: taken as stage 1)
+            raise ValueError(f"parallel.zero_stage must be 1, 2 or 3; got {str(value).lower()}")
+        return value
+
     offload_optimizer: Literal["none", "cpu", "nvme"] = Field("none", description="DeepSpeed optimizer-state offload.")
     offload_params: Literal["none", "cpu", "nvme"] = Field(
         "none", description="Parameter offload: DeepSpeed ZeRO-3 (cpu/nvme) or FSDP2 (cpu)."
@@ -888,6 +896,20 @@ def _check_head(cfg: TrainerConfig) -> None:
         raise ValueError(
             "eval.retain measures language-modelling loss, which a classification model has no head for; remove it"
         )
+
+
+def unused_zero_stage(cfg: TrainerConfig) -> str | None:
+    """parallel.zero_stage set (off its default) with a strategy other than deepspeed, where nothing
+    reads it (trial 41b: `strategy: fsdp, zero_stage: 3`, meant as "FSDP like ZeRO-3", said nothing)."""
+    parallel = cfg.parallel
+    if parallel.strategy == "deepspeed" or parallel.zero_stage == ParallelConfig.model_fields["zero_stage"].default:
+        return None
+    using = parallel.strategy if parallel.strategy != "auto" else "auto (ddp or none)"
+    like = "; fsdp shards parameters, gradients and optimizer state already, as ZeRO-3 does" if using == "fsdp" else ""
+    return (
+        f"parallel.zero_stage={parallel.zero_stage} is a DeepSpeed setting and this run uses strategy {using}, "
+        f"which does not read it{like}; set parallel.strategy=deepspeed for ZeRO, or remove zero_stage"
+    )
 
 
 def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:

@@ -883,3 +883,16 @@ def test_a_misspelt_choice_suggests_the_nearest(
         assert "did you mean" not in problem, problem
     else:
         assert hint in problem, problem
+
+
+def test_zero_stage_as_a_bool_is_refused_and_off_deepspeed_is_warned(tmp_path: Path, valid_text: str) -> None:
+    """Trial 41b: `zero_stage: true` was stage 1; `strategy: fsdp, zero_stage: 3` said nothing."""
+    from trainer.config import unused_zero_stage
+
+    (problem,) = _problems(_write(tmp_path, valid_text), ["parallel.zero_stage=true"])
+    assert "parallel.zero_stage must be 1, 2 or 3; got true" in problem
+    fsdp = load_config(_write(tmp_path, valid_text), ["parallel.strategy=fsdp", "parallel.zero_stage=3"])
+    said = unused_zero_stage(fsdp)
+    assert said and "this run uses strategy fsdp, which does not read it" in said
+    zero = load_config(_write(tmp_path, valid_text), ["parallel.strategy=deepspeed", "parallel.zero_stage=3"])
+    assert unused_zero_stage(zero) is None
