@@ -13,10 +13,12 @@ in a log that also holds other programs' output.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -136,6 +138,29 @@ class RunConsole:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    @contextlib.contextmanager
+    def while_busy(self, what: str, every_s: float = 30.0) -> Iterator[None]:
+        """A line every `every_s` while `what` runs, so a long evaluation is not taken for a hang
+        (trial 41b: exact match under ZeRO-3 gathers every layer for each generated token, and the
+        console was silent for almost 4 minutes)."""
+        if not self.enabled or every_s <= 0:
+            yield
+            return
+        done = threading.Event()
+        started = time.monotonic()
+
+        def beat() -> None:
+            while not done.wait(every_s):
+                self.event(f"{what}: still running ({duration(time.monotonic() - started)})")
+
+        thread = threading.Thread(target=beat, name="ftl-console-busy", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def stopped(self, step: int, checkpoint: str) -> None:
         self.close_bar()

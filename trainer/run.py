@@ -650,47 +650,52 @@ class _Evaluator:
             values: dict[str, Any] = {"split": eval_set.name, "label": label}
             if weights_step is not None and weights_step != step:
                 values["weights_step"] = weights_step
-            if eval_set.format == "preference" and self.objective is not None:
-                values.update(
-                    preference_eval(
-                        model,
-                        eval_set,
-                        batch,
-                        self.tokenizer.pad_token_id,
-                        self.strategy,
-                        self.cfg.eval.max_samples,
-                        self.objective,
-                    )
-                )
-            else:
-                values["eval_loss"] = eval_loss(
-                    model,
-                    eval_set,
-                    batch,
-                    self.tokenizer.pad_token_id,
-                    self.strategy,
-                    self.cfg.eval.max_samples,
-                    self.cfg.training.loss,
-                )
-            if self.cfg.eval.generation.enabled and eval_set.prompts:
-                score, samples = exact_match(
-                    model,
-                    self.tokenizer,
-                    eval_set.prompts,
-                    self.cfg.eval.generation.max_new_tokens,
-                    batch,
-                    self.strategy,
-                )
-                values["exact_match"] = score
-                values["samples"] = samples
-            if self.extras is not None:
-                self.extras(model, eval_set, values, batch)
+            with self.console.while_busy(f"evaluating {eval_set.name} at step {step}"):
+                self._score(model, eval_set, values, batch)
             self.metrics.write(step, values, kind="eval")
             self.console.evaluated(step, shown_as or label, values)
             results[eval_set.name] = values
             log.info("eval %s step %d: %s", eval_set.name, step, {k: v for k, v in values.items() if k != "samples"})
         self.last = (step, results) if only is None else None
         return results
+
+    def _score(self, model: Any, eval_set: Any, values: dict[str, Any], batch: int) -> None:
+        """One set's scores into `values`: its loss (or preference scores), exact match, head metrics."""
+        if eval_set.format == "preference" and self.objective is not None:
+            values.update(
+                preference_eval(
+                    model,
+                    eval_set,
+                    batch,
+                    self.tokenizer.pad_token_id,
+                    self.strategy,
+                    self.cfg.eval.max_samples,
+                    self.objective,
+                )
+            )
+        else:
+            values["eval_loss"] = eval_loss(
+                model,
+                eval_set,
+                batch,
+                self.tokenizer.pad_token_id,
+                self.strategy,
+                self.cfg.eval.max_samples,
+                self.cfg.training.loss,
+            )
+        if self.cfg.eval.generation.enabled and eval_set.prompts:
+            score, samples = exact_match(
+                model,
+                self.tokenizer,
+                eval_set.prompts,
+                self.cfg.eval.generation.max_new_tokens,
+                batch,
+                self.strategy,
+            )
+            values["exact_match"] = score
+            values["samples"] = samples
+        if self.extras is not None:
+            self.extras(model, eval_set, values, batch)
 
 
 def _summary(

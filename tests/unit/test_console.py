@@ -142,3 +142,19 @@ def test_a_stop_before_the_first_step_says_nothing_was_trained(resumed: bool) ->
         assert said == "stopped before the first step: nothing trained, nothing to save"
         assert raised.value.checkpoint == ""
     assert closed == [True]
+
+
+def test_a_long_evaluation_says_it_is_still_running() -> None:
+    """Trial 41b: exact match under ZeRO-3 ran almost 4 minutes without a line."""
+    import time
+
+    stream = io.StringIO()
+    console = RunConsole(enabled=True, every_s=10.0, bar=False, stream=stream)
+    with console.while_busy("evaluating validation at step 30", every_s=0.05):
+        time.sleep(0.3)
+    said = stream.getvalue()
+    assert "evaluating validation at step 30: still running (" in said
+    quiet = io.StringIO()
+    with RunConsole(enabled=False, every_s=10.0, bar=False, stream=quiet).while_busy("x", every_s=0.05):
+        time.sleep(0.15)
+    assert quiet.getvalue() == ""  # other ranks print nothing
