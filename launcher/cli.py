@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--merge", action="store_true", help="also write a merged full model (merged/)")
     export.add_argument(
         "--checkpoint",
-        help="a specific checkpoint directory instead of the latest valid one "
+        help="a specific checkpoint instead of the latest valid one: its directory, or its name in the run "
+        "(step-25 or 25) "
         "(written to exports/step-N, never to final/)",
     )
     export.add_argument("--out", help="write the export into this directory instead")

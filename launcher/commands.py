@@ -14,7 +14,7 @@ from launcher.errors import StartRefused, UserError
 from launcher.preflight import check_inputs, freeze_problem, start_refusal, target_modules_problem
 from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, output_dir_problems, running_in
 from trainer.errors import EXIT_FAILED
-from trainer.run_layout import CONFIG_FILE, RUN_MARKER
+from trainer.run_layout import CONFIG_FILE, RUN_MARKER, RunLayout
 
 
 def validate(config_path: str, overrides: list[str], data: bool = False, examples: int = 3) -> int:
@@ -131,6 +131,17 @@ def _train_as_torchrun_worker(cfg: Any) -> int:
     return 0
 
 
+def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    """--checkpoint as a path, or the name of one of the run's checkpoints (`step-25`, or `25`):
+    trial 41b's `--checkpoint step-25` was looked for in the current directory."""
+    given = Path(checkpoint).expanduser()
+    if given.exists() or given.is_absolute():
+        return given.resolve()
+    name = f"step-{checkpoint}" if checkpoint.isdigit() else checkpoint
+    inside = RunLayout(run_dir).checkpoints / name
+    return inside.resolve() if inside.exists() else given.resolve()
+
+
 def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = None) -> int:
     for flag, value in (("--out", out), ("--checkpoint", checkpoint)):
         if value is not None and not value.strip():  # an empty value meant "not given" (or the cwd)
@@ -145,7 +156,7 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
         done = export_run(
             cfg,
             Path(run_dir),
-            checkpoint=Path(checkpoint).resolve() if checkpoint else None,
+            checkpoint=_checkpoint_path(Path(run_dir), checkpoint) if checkpoint else None,
             merge=merge,
             device=default_device(),
             out=Path(out).resolve() if out else None,

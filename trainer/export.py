@@ -290,11 +290,13 @@ def export_run(
     # (a start refused for another LoRA rank still rewrote it).
     written_with = config_written_with(cfg, manifest)
     if written_with is not cfg:
+        # Empty when only the hash differs (an ftl that hashed other settings): nothing to say then.
         changes = config_changes(result_values(cfg), result_values(written_with))
-        print(
-            f"ftl: {source} was written with another config; exported with that one ({'; '.join(changes)})",
-            file=sys.stderr,
-        )
+        if changes:
+            print(
+                f"ftl: {source} was written with another config; exported with that one ({'; '.join(changes)})",
+                file=sys.stderr,
+            )
         cfg = written_with
     tokenizer, model = _fresh_model(cfg, device)
     _apply_unfreezing_stage(cfg, model, Path(source))

@@ -189,6 +189,12 @@ def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Pat
     assert not all(torch.equal(from_step_4[k], finished_with[k]) for k in from_step_4)
     after = load_file(str(adapter))
     assert all(torch.equal(after[k], finished_with[k]) for k in after)  # final/ untouched
+    # By name, as the run lists its checkpoints (trial 41b: looked for in the current directory).
+    for name in ("step-4", "4"):
+        by_name = subprocess.run(
+            [*FTL, "export", str(run), "--checkpoint", name], cwd=REPO, capture_output=True, text=True
+        )
+        assert by_name.returncode == 0 and "exported step 4" in by_name.stdout, by_name.stderr[-2000:]
     step_4 = ["--checkpoint", str(run / "checkpoints" / "step-4")]
     export = [*FTL, "export", str(run), *step_4]
     assert subprocess.run([*export, "--merge"], cwd=REPO, capture_output=True, text=True).returncode == 0
