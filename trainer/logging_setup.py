@@ -61,8 +61,10 @@ def quiet_third_party(import_transformers: bool = True) -> None:
     # sets itself: a note about its own correct choice, printed in the middle of plan and train.
     warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
     # DeepSpeed's ZeRO gathers call a torch.distributed name torch now deprecates: once per rank
-    # on every ZeRO run, about DeepSpeed's code, not the user's (trial 38a).
-    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+    # on every ZeRO run, about DeepSpeed's code, not the user's (trials 38a, 41b: repeated 23x).
+    warnings.filterwarnings(
+        "ignore", message=".*(all_gather_into_tensor|reduce_scatter_tensor).* is deprecated", category=FutureWarning
+    )
     if not import_transformers and "transformers" not in sys.modules:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers sets up its logger
         return
