@@ -35,6 +35,9 @@ def tracker_gaps(run_dir: Path) -> dict[str, str]:
 def tracker_lines(run_dir: Path) -> list[str]:
     """One line per tracker the run used: where it logged, or that it did not and why."""
     lines = []
+    board = RunLayout(run_dir).tensorboard
+    if board.is_dir() and any(board.iterdir()):  # written by the trainer itself: it has every record
+        lines.append(f"tensorboard {board}")
     for name, entry in tracker_state(run_dir).items():
         if entry.get("failed"):
             # With a run id, the tracker run exists (this start or an earlier one logged to it) and lacks the rest.

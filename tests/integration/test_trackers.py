@@ -193,6 +193,11 @@ def test_tensorboard_events_equal_metrics_with_a_tag_per_split_and_no_repeated_s
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
     events = EventAccumulator(str(resumed_run / "tensorboard"), size_guidance={SCALARS: 0}).Reload()
+    from launcher.tracker_outcome import tracker_lines
+
+    # The final table names it too (trial 41a: only MLflow and W&B had a line).
+    board = resumed_run / "tensorboard"
+    assert f"tensorboard {board}" in tracker_lines(resumed_run)
     expected = _expected(resumed_run)
     assert set(events.Tags()["scalars"]) == set(expected)
     for tag in events.Tags()["scalars"]:
