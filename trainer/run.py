@@ -147,7 +147,9 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     console.started(
         trainee.total_steps,
         trainee.state.step,
-        f"on {ctx.world_size} worker(s) with {strategy.name} ({len(data.train)} rows)",
+        f"on {ctx.world_size} worker(s) "
+        + (f"with {strategy.name} " if strategy.name != "none" else "")
+        + f"({len(data.train)} rows)",
         _shown_path(resume_from.path, ctx.run_dir) if resume_from else None,
         ctx.restart,
     )

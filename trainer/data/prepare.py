@@ -200,7 +200,9 @@ def cut_examples_note(report: dict[str, Any]) -> str | None:
         parts = [f"{report[f'{name}_{key}']} {what[key]}" for key in CUT_COUNTS if report.get(f"{name}_{key}", 0)]
         if parts:
             by_source = _cuts_by_source(report.get("mixture") or {}, what) if name == "train" else ""
-            label = f"{name} examples"
+            # A mixture source's evaluation set is named after the source (trial 41a: "qa examples" read
+            # as the qa training data).
+            label = f"{name} examples" if name in ("validation", "test") else f"evaluation set {name}"
             if name == "train":
                 held = report.get("validation_held_out_of_train")
                 if held and report.get("format") == "preference":  # two sequences a pair (trial 37a)
