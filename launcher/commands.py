@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.config_loader import config_to_yaml, load_config
+from launcher.data_format_probe import data_format_problems
 from launcher.errors import StartRefused, UserError
 from launcher.preflight import check_inputs, freeze_problem, start_refusal, target_modules_problem
 from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, output_dir_problems, running_in
@@ -20,6 +21,8 @@ from trainer.run_layout import CONFIG_FILE, RUN_MARKER, RunLayout
 def validate(config_path: str, overrides: list[str], data: bool = False, examples: int = 3) -> int:
     cfg = load_config(config_path, overrides)
     problems = check_inputs(cfg)
+    if not data:  # --data reads every row and reports each bad one
+        problems += data_format_problems(cfg)
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now
     run_dir_problems = ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume)
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
@@ -62,7 +65,7 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     cfg = load_config(config_path, overrides)
     from launcher.hub_cache import unavailable_offline
 
-    problems = check_inputs(cfg) + unavailable_offline(cfg)
+    problems = check_inputs(cfg) + unavailable_offline(cfg) + data_format_problems(cfg)
     targets = target_modules_problem(cfg)  # before a backend starts: the workers found it 37 s later (trial 39a)
     problems += [targets] if targets else []
     if problems:

@@ -94,6 +94,11 @@ _REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
+def missing_format_fields(values: dict[str, Any], fmt: str) -> list[str]:
+    """The fields (or alternatives, 'messages/conversations') a row of `fmt` lacks."""
+    return ["/".join(keys) for keys in _REQUIRED_FIELDS.get(fmt, ()) if not any(key in values for key in keys)]
+
+
 def other_format_hint(values: dict[str, Any], fmt: str) -> str:
     """A row missing its format's fields that has another format's: the config's data.format (or
     data.train) is probably the wrong one (trial 37a: a chat row in a preference file)."""

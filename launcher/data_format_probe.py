@@ -1,0 +1,54 @@
+"""Each data file's first row against the format it is read in, before anything starts: a file
+given in another format (a mixture source's `format` applies to its validation file too) was
+found by the workers after a backend start (trial 41a: 40 s of Ray). `validate --data` reads
+every row; this reads one per file, so plain `validate` and `train` can afford it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.run_config import RunConfig
+
+# Formats whose rows need fixed fields (a preference row's prompt may live in its conversations,
+# an image set is a folder): those are left to the full check.
+PROBED = ("chat", "alpaca", "completion", "text", "classification", "token_classification")
+
+
+def data_format_problems(cfg: RunConfig) -> list[str]:
+    data = cfg.data
+    files = [("data.train", data.train, data.format), ("data.validation", data.validation, data.format)]
+    files.append(("data.test", data.test, data.format))
+    for index, source in enumerate(data.mixture):
+        fmt = source.format or data.format
+        files += [(f"data.mixture[{index}].train", source.train, fmt)]
+        files += [(f"data.mixture[{index}].validation", source.validation, fmt)]
+    problems = []
+    for key, spec, fmt in files:
+        problem = _first_row_problem(key, spec, fmt)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _first_row_problem(key: str, spec: str | None, fmt: str) -> str | None:
+    if not spec or fmt not in PROBED or not Path(spec).is_file():
+        return None  # a folder, a hub name or a missing file: said elsewhere
+    from trainer.data.formats import missing_format_fields, other_format_hint
+    from trainer.data.sources import read_rows
+    from trainer.errors import DataError
+
+    try:
+        row = next(iter(read_rows(spec)), None)
+    except (DataError, OSError, ValueError):
+        return None  # an unreadable file is the full reader's to say, with its reason
+    values = getattr(row, "values", None)
+    if not isinstance(values, dict):
+        return None
+    missing = missing_format_fields(values, fmt)
+    if not missing:
+        return None
+    fields = ", ".join(sorted(map(str, values))) or "none"
+    return (
+        f"{key}: {row.where}: data.format {fmt!r} needs the field(s) {', '.join(missing)}; the row has {fields}"
+        f"{other_format_hint(values, fmt)}"
+    )
