@@ -41,9 +41,9 @@ def _first_row_problem(key: str, spec: str | None, fmt: str) -> str | None:
         row = next(iter(read_rows(spec)), None)
     except (DataError, OSError, ValueError):
         return None  # an unreadable file is the full reader's to say, with its reason
-    values = getattr(row, "values", None)
-    if not isinstance(values, dict):
+    if row is None or not isinstance(row.values, dict):
         return None
+    values = row.values
     missing = missing_format_fields(values, fmt)
     if not missing:
         return None
