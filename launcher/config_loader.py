@@ -316,7 +316,28 @@ def _resolve_paths(raw: dict[str, Any]) -> list[str]:
     for index, entry in enumerate(mixture if isinstance(mixture, list) else []):
         for key in MIXTURE_PATH_KEYS if isinstance(entry, dict) else ():
             problems += _resolve_one(entry, key, local_only=False, name=f"data.mixture[{index}].{key}")
+    tracking = raw.get("tracking")
+    mlflow = tracking.get("mlflow") if isinstance(tracking, dict) else None
+    if isinstance(mlflow, dict) and isinstance(mlflow.get("tracking_uri"), str):
+        mlflow["tracking_uri"] = absolute_store_uri(mlflow["tracking_uri"])
     return problems
+
+
+def absolute_store_uri(uri: str) -> str:
+    """An MLflow store URI whose path is relative, made absolute from the current directory: a Ray
+    worker runs in Ray's own session folder, so `sqlite:///runs/mlflow.db` wrote the runs there
+    and the store the final table named stayed empty (trial 42a). Servers and absolute paths as given."""
+    text = uri.strip()
+    if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
+        path = text[len("sqlite:///") :]
+        return f"sqlite:///{Path(os.path.expanduser(path)).resolve()}" if path and path != ":memory:" else text
+    if text.startswith("file:") and not text.startswith("file:/"):
+        return f"file://{Path(os.path.expanduser(text[len('file:') :])).resolve()}"
+    if text.startswith("databricks"):  # `databricks`, `databricks-uc`: MLflow's names for a workspace
+        return text
+    if text and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text):  # no scheme: a folder store
+        return str(Path(os.path.expanduser(text)).resolve())
+    return text
 
 
 def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) -> list[str]:

@@ -896,3 +896,20 @@ def test_zero_stage_as_a_bool_is_refused_and_off_deepspeed_is_warned(tmp_path: P
     assert said and "this run uses strategy fsdp, which does not read it" in said
     zero = load_config(_write(tmp_path, valid_text), ["parallel.strategy=deepspeed", "parallel.zero_stage=3"])
     assert unused_zero_stage(zero) is None
+
+
+def test_a_relative_mlflow_store_is_made_absolute_for_the_workers(
+    tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 42a: Ray workers run in Ray's session folder, so `sqlite:///runs/mlflow.db` wrote the
+    runs there and the store the final table named stayed empty."""
+    from launcher.config_loader import absolute_store_uri
+
+    monkeypatch.chdir(tmp_path)
+    config = _write(tmp_path, valid_text)
+    cfg = load_config(config, ["tracking.mlflow.enabled=true", "tracking.mlflow.tracking_uri=sqlite:///runs/m.db"])
+    assert cfg.tracking.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'runs' / 'm.db'}"
+    assert absolute_store_uri("mlruns") == str(tmp_path / "mlruns")
+    assert absolute_store_uri("file:mlruns") == f"file://{tmp_path / 'mlruns'}"
+    for kept in ("http://127.0.0.1:5000", "sqlite:////abs/m.db", "file:///abs/mlruns", "databricks"):
+        assert absolute_store_uri(kept) == kept
