@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
     generate.add_argument("--system", help="a system message before each conversation (chat template only)")
     generate.add_argument("--raw", action="store_true", help="feed prompts as-is, without the chat template")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--max-new-tokens", type=int, default=None, help="at most this many new tokens (default 64)")
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, with --temperature > 0")
     generate.add_argument(

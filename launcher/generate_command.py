@@ -19,6 +19,8 @@ from trainer.data.formats import CHAT_ROLES, ROLE_ALIASES
 from trainer.data.sources import Row, read_rows
 from trainer.errors import DataError, TrainerInputError
 
+DEFAULT_NEW_TOKENS = 64
+
 # A row of --input: its values (written back with the reply), its prompt or conversation, where it is.
 PromptRow = tuple[dict[str, Any], str | list[dict[str, str]], str]
 
@@ -39,6 +41,8 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError("--chat keeps a conversation in the chat template; --raw does not apply to it")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    asked_tokens = args.max_new_tokens is not None  # the default is not worth a note at the limit
+    args.max_new_tokens = DEFAULT_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     for flag, text in (("--prompt", args.prompt), ("--system", args.system)):
@@ -102,7 +106,7 @@ def generate_command(args: argparse.Namespace) -> int:
         )
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     positions = positions if isinstance(positions, int) and positions > 0 else None
-    if positions is not None and args.max_new_tokens >= positions:
+    if positions is not None and asked_tokens and args.max_new_tokens >= positions:
         # Past the positions the model was trained for a reply is noise (trial 39a: 5000 tokens on a
         # 1024-position model ran for 5 minutes); a learned position table has no row there at all.
         # The prompt takes positions too, so the reply's room is what the prompt leaves.

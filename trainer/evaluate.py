@@ -94,6 +94,14 @@ def generate_texts(
         chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
         new_tokens = max_new_tokens if positions is None else max(1, min(max_new_tokens, positions - width))
+        if new_tokens < max_new_tokens and len(chunk) > 1 and not synced:
+            # The batch's longest prompt leaves the others less room than their own length does
+            # (trial 42a: a reply cut to 2 tokens beside a long prompt): each alone, as unbatched.
+            for prompt in chunk:
+                outputs += generate_texts(
+                    model, tokenizer, [prompt], max_new_tokens, 1, device, position_limit=position_limit, **sampling
+                )
+            continue
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, ids in enumerate(chunk):

@@ -321,6 +321,18 @@ def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_sa
     err = capsys.readouterr().err
     assert "1 row(s) too long for the model; nothing was generated" in err and "p.jsonl line 2: the prompt has" in err
     assert not out.exists()
+    # A long prompt in a batch leaves the others their own room (trial 42a: a reply cut to 2 tokens).
+    rows.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": "hi there you"}) + "\n")
+    replies = []
+    for batch in ("1", "2"):
+        assert (
+            launcher.cli.main(
+                ["generate", str(model), "--input", str(rows), "--output", str(out), "--batch-size", batch, "--raw"]
+            )
+            == 0
+        )
+        replies.append(out.read_text())
+    assert replies[0] == replies[1]
     assert launcher.cli.main(["generate", str(model), "--prompt", " "]) == 2
     assert "--prompt is empty" in capsys.readouterr().err
 
