@@ -145,6 +145,9 @@ class DeepSpeedStrategy(Strategy):
 
     def backward(self, model: torch.nn.Module, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
+        # The scale this step's gradients were scaled by: an overflow may halve it, or (hysteresis,
+        # trial 42a: 131072 was said for 65536) not yet.
+        self._scale_at_step = getattr(self.engine.optimizer, "cur_scale", None)
         self.engine.step()  # a no-op for the optimizer until the accumulation boundary
 
     def clip_and_step(self, model: torch.nn.Module, optimizer: Optimizer, max_norm: float | None) -> float:
@@ -155,9 +158,8 @@ class DeepSpeedStrategy(Strategy):
     def skipped_step(self) -> float | None:
         if self.engine is None or self.engine.was_step_applied():
             return None
-        # The scaler has already halved its scale for the next step: the overflow was at twice it.
-        scale = getattr(self.engine.optimizer, "cur_scale", None)
-        return 2.0 * float(scale) if scale is not None else float("nan")
+        scale = getattr(self, "_scale_at_step", None)
+        return float(scale) if scale is not None else float("nan")
 
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.engine.module if self.engine is not None else model
