@@ -275,6 +275,8 @@ def _build_trainee(
     )
     if ctx.is_main:
         transfer.say = console.event
+        if transfer.freeze_note:
+            console.event(transfer.freeze_note)
         schedule = transfer.unfreezing_schedule()
         if schedule and not resumed_at[0]:
             console.event(schedule)

@@ -591,3 +591,15 @@ def test_train_last_n_blocks_freezes_the_blocks_below_whatever_their_count() -> 
         apply_freezing(_tiny_causal_lm(), model_parts(model), FreezeConfig(train_last_n_blocks=3))
     with pytest.raises(ValueError, match="both say which blocks train; keep one"):
         FreezeConfig(first_n_blocks=1, train_last_n_blocks=1)
+
+
+def test_static_freezing_is_described_for_the_console() -> None:
+    """Trial 42a: the console never said which blocks were frozen nor how much still trains."""
+    from trainer.transfer.config import FreezeConfig
+    from trainer.transfer.freezing import freeze_description
+
+    said = freeze_description(FreezeConfig(train_last_n_blocks=2, embeddings=True), 4, 934784, 1_600_000)
+    assert said == "transfer.freeze: blocks 0-1 of 4, the embeddings frozen; 935K of 1.6M parameters train (58.4%)"
+    assert freeze_description(FreezeConfig(first_n_blocks=1), 4, 10, 100).startswith("transfer.freeze: block 0 of 4 ")
+    with pytest.raises(ValueError, match="all_but_head freezes every block already"):
+        FreezeConfig(all_but_head=True, train_last_n_blocks=1)

@@ -79,6 +79,13 @@ class FreezeConfig(Section):
                 f"transfer.freeze.first_n_blocks={self.first_n_blocks} and train_last_n_blocks="
                 f"{self.train_last_n_blocks} both say which blocks train; keep one"
             )
+        if self.all_but_head and self.freezes_blocks:
+            # Trial 42a: accepted, and only the head trained, whatever the block count said.
+            raise ValueError(
+                "transfer.freeze.all_but_head freezes every block already, so first_n_blocks/train_last_n_blocks "
+                "would change nothing; to train the head and the top blocks, use train_last_n_blocks without "
+                "all_but_head (add embeddings: true to freeze the embeddings too)"
+            )
         return self
 
     @field_validator("patterns")

@@ -32,6 +32,7 @@ from trainer.optim import build_optimizer
 from trainer.run_layout import RunLayout
 from trainer.strategies.base import Strategy
 from trainer.transfer.early_stopping import EarlyStopping
+from trainer.transfer.freezing import freeze_description
 from trainer.transfer.heads import classification_scores, token_classification_scores
 from trainer.transfer.model_parts import model_parts, plain_name
 from trainer.transfer.param_groups import build_grouped_optimizer, rates_without_effect
@@ -63,6 +64,10 @@ class TransferController:
         # What static freezing left (the summary shows it: a freeze that froze nothing is visible there).
         trainable, total = count_parameters(model)
         self.counts = {"trainable_parameters": trainable, "parameters": total}
+        self.freeze_note = ""
+        if transfer.freeze.any:  # said on the console (trial 42a: only plan and summary.json said it)
+            blocks = (self.parts or model_parts(model)).num_blocks if transfer.freeze.freezes_blocks else 0
+            self.freeze_note = freeze_description(transfer.freeze, blocks, trainable, total)
         if transfer.learning_rates.any:
             assert self.parts is not None
             problem = rates_without_effect(self.parts, self.trainable, transfer.learning_rates)

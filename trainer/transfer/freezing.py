@@ -90,3 +90,29 @@ def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig,
     if announce:
         log.info("freezing: %d parameter tensors frozen, %d trainable parameters left", frozen, trainable)
     return frozen
+
+
+def freeze_description(cfg: FreezeConfig, num_blocks: int, trainable: int, total: int) -> str:
+    """'transfer.freeze: blocks 0-27 of 32 and the embeddings frozen; 12.5M of 1.2B parameters train (1.0%)'."""
+    parts = []
+    if cfg.all_but_head:
+        parts.append("everything but the head")
+    frozen = cfg.frozen_block_count(num_blocks) if cfg.freezes_blocks else 0
+    if frozen:
+        parts.append(f"block{'s 0-' + str(frozen - 1) if frozen > 1 else ' 0'} of {num_blocks}")
+    if cfg.embeddings and not cfg.all_but_head:
+        parts.append("the embeddings")
+    if cfg.patterns:
+        parts.append(f"what {len(cfg.patterns)} pattern(s) match")
+    share = 100.0 * trainable / total if total else 0.0
+    return (
+        f"transfer.freeze: {', '.join(parts) or 'nothing'} frozen; {_count(trainable)} of {_count(total)} "
+        f"parameters train ({share:.1f}%)"
+    )
+
+
+def _count(n: int) -> str:
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
