@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--checkpoint",
         help="a specific checkpoint instead of the latest valid one: its directory, or its name in the run "
-        "(step-25 or 25) "
+        "(step-25, 25, checkpoints/step-25 or latest) "
         "(written to exports/step-N, never to final/)",
     )
     export.add_argument("--out", help="write the export into this directory instead")

@@ -135,14 +135,19 @@ def _train_as_torchrun_worker(cfg: Any) -> int:
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    """--checkpoint as a path, or the name of one of the run's checkpoints (`step-25`, or `25`):
-    trial 41b's `--checkpoint step-25` was looked for in the current directory."""
+    """--checkpoint as a path (from the current directory or the run's), or the name of one of the
+    run's checkpoints (`step-25`, `25`, `latest`): trial 41b's `--checkpoint step-25` and trial
+    42a's `checkpoints/step-35` (as the console prints it) were looked for in the current directory."""
     given = Path(checkpoint).expanduser()
-    if given.exists() or given.is_absolute():
-        return given.resolve()
+    checkpoints = RunLayout(run_dir).checkpoints
     name = f"step-{checkpoint}" if checkpoint.isdigit() else checkpoint
-    inside = RunLayout(run_dir).checkpoints / name
-    return inside.resolve() if inside.exists() else given.resolve()
+    if name == "latest" and (checkpoints / "latest").is_file():
+        name = (checkpoints / "latest").read_text().strip()  # the name of the newest committed one
+    for candidate in (given, run_dir / given, checkpoints / name):
+        if candidate.is_dir():
+            return candidate.resolve()
+    # Missing: said with the run's own checkpoint path (a typo, or one keep_last deleted).
+    return given.resolve() if given.is_absolute() else (checkpoints / name).resolve()
 
 
 def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = None) -> int:

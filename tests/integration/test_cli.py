@@ -189,8 +189,9 @@ def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Pat
     assert not all(torch.equal(from_step_4[k], finished_with[k]) for k in from_step_4)
     after = load_file(str(adapter))
     assert all(torch.equal(after[k], finished_with[k]) for k in after)  # final/ untouched
-    # By name, as the run lists its checkpoints (trial 41b: looked for in the current directory).
-    for name in ("step-4", "4"):
+    # By name, as the run lists its checkpoints or the console prints them (trials 41b, 42a: looked for in
+    # the current directory).
+    for name in ("step-4", "4", "checkpoints/step-4"):
         by_name = subprocess.run(
             [*FTL, "export", str(run), "--checkpoint", name], cwd=REPO, capture_output=True, text=True
         )
