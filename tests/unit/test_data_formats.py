@@ -681,20 +681,27 @@ def test_every_bad_row_is_reported_with_its_line_and_a_misspelled_key_is_named(t
 
 
 def test_a_long_list_of_bad_rows_stops_at_twenty_and_counts_the_rest(tmp_path: Path, tokenizer: Any) -> None:
-    path = _jsonl(tmp_path / "d.jsonl", [GOOD] + [{"text": "x"}] * 25)
-    with pytest.raises(DataError) as info:
-        load_tokenized(
-            str(path),
-            "chat",
-            tokenizer,
-            max_seq_len=64,
-            too_long="truncate",
-            skip_bad_rows=False,
-            cache_root=tmp_path / "c",
-        )
-    lines = str(info.value).splitlines()
+    def refusal(rows: list[dict]) -> list[str]:
+        path = _jsonl(tmp_path / "d.jsonl", [GOOD] + rows)
+        with pytest.raises(DataError) as info:
+            load_tokenized(
+                str(path),
+                "chat",
+                tokenizer,
+                max_seq_len=64,
+                too_long="truncate",
+                skip_bad_rows=False,
+                cache_root=tmp_path / "c",
+            )
+        return str(info.value).splitlines()
+
+    lines = refusal([{f"field_{i}": "x"} for i in range(25)])  # 25 reasons (each names its row's field)
     assert "25 bad rows" in lines[0] and len(lines) == 1 + 20 + 1 and lines[-1].strip() == "... and 5 more"
     assert lines[1].strip().startswith("- d.jsonl line 2:") and lines[20].strip().startswith("- d.jsonl line 21:")
+    # One reason for many rows: its first three, then a count (trial 42a: 11 identical lines).
+    lines = refusal([{"text": "x"}] * 25)
+    assert "25 bad rows" in lines[0] and len(lines) == 1 + 3 + 1, lines
+    assert lines[-1].strip().startswith("- ... and 22 more row(s) with the same reason (")
 
 
 @pytest.mark.parametrize(

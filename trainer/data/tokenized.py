@@ -598,14 +598,34 @@ def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False
         if only_too_long:
             return f"{spec}: 1 row longer than data.max_seq_len; raise it, or set data.too_long to {TOO_LONG_CHOICES}:\n  - {bad_rows[0]}"
         return f"{spec}: 1 bad row; fix it, or set data.skip_bad_rows=true to skip malformed rows:\n  - {bad_rows[0]}"
-    listed = "\n".join(f"  - {problem}" for problem in bad_rows[:MAX_LISTED_BAD_ROWS])
-    more = len(bad_rows) - MAX_LISTED_BAD_ROWS
+    shown = _same_reasons_collapsed(bad_rows)
+    listed = "\n".join(f"  - {problem}" for problem in shown[:MAX_LISTED_BAD_ROWS])
+    more = len(shown) - MAX_LISTED_BAD_ROWS
     tail = f"\n  ... and {more} more" if more > 0 else ""
     if only_too_long:
         what = f"rows longer than data.max_seq_len; raise it, or set data.too_long to {TOO_LONG_CHOICES}"
     else:
         what = "bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows"
     return f"{spec}: {len(bad_rows)} {what}:\n{listed}{tail}"
+
+
+SAME_REASON_SHOWN = 3  # rows listed with one reason, then a count of the others (as `validate --data` does)
+
+
+def _same_reasons_collapsed(bad_rows: list[str]) -> list[str]:
+    """'FILE line N: REASON' lines, each reason's first SAME_REASON_SHOWN rows, then one line for the
+    rest (trial 42a: 11 rows with one missing field gave 11 identical lines)."""
+    by_reason: dict[str, list[str]] = {}
+    for problem in bad_rows:
+        where, _, reason = problem.partition(": ")
+        by_reason.setdefault(reason or where, []).append(problem if reason else where)
+    shown = []
+    for reason, problems in by_reason.items():
+        shown += problems[:SAME_REASON_SHOWN]
+        if len(problems) > SAME_REASON_SHOWN:
+            others = len(problems) - SAME_REASON_SHOWN
+            shown.append(f"... and {others} more row(s) with the same reason ({reason[:80]})")
+    return shown
 
 
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:
