@@ -142,7 +142,11 @@ def test_a_freeze_or_grouping_change_is_refused_before_launch(tmp_path: Path) ->
         )
 
     said = refusal(freeze={"embeddings": True, "first_n_blocks": 3})
-    assert said and "other trained parameters or optimizer groups than this config's (transfer.freeze.first_n_blocks: 1 -> 3): set those back" in said
+    assert (
+        said
+        and "other trained parameters or optimizer groups than this config's (transfer.freeze.first_n_blocks: 1 -> 3): set those back"
+        in said
+    )
     assert "(other optimizer parameter groups)" in (refusal(learning_rates={"layer_decay": None}) or "")
     # Another rate in the same groups loads: a decay value, a head rate.
     assert refusal(learning_rates={"layer_decay": 0.5, "head": 1e-3}) is None
