@@ -104,27 +104,51 @@ def generate_command(args: argparse.Namespace) -> int:
             "'### Instruction:\n...\n\n### Response:\n'); --raw says you mean it",
             file=sys.stderr,
         )
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    positions = positions if isinstance(positions, int) and positions > 0 else None
-    if positions is not None and asked_tokens and args.max_new_tokens >= positions:
-        # Past the positions the model was trained for a reply is noise (trial 39a: 5000 tokens on a
-        # 1024-position model ran for 5 minutes); a learned position table has no row there at all.
-        # The prompt takes positions too, so the reply's room is what the prompt leaves.
-        print(
-            f"ftl: note: the model has {positions} positions (max_position_embeddings) for prompt and reply "
-            f"together: a reply stops there, before --max-new-tokens {args.max_new_tokens}",
-            file=sys.stderr,
-        )
+    positions = _usable_positions(model)
     generate = _Generator(model, tokenizer, args, device, positions)
     if prompts is not None:
+        _note_reply_cap(positions, asked_tokens, args.max_new_tokens)
         return _generate_file(generate, prompts, args)
     if args.chat:
+        _note_reply_cap(positions, asked_tokens, args.max_new_tokens)
         return _chat(generate, args)
     ids = generate.prompt(args.prompt)
     if (too_long := generate.past_positions(ids)) is not None:
         raise UserError(f"--prompt has {too_long}")
+    _note_reply_cap(positions, asked_tokens, args.max_new_tokens)
     print(generate.replies([ids])[0])
     return 0
+
+
+def _usable_positions(model: Any) -> int | None:
+    """The model's max_position_embeddings when it is a usable limit; a value that is not (0, negative,
+    not a number) is said, since the model's config then gives no limit to keep replies inside."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions is None:
+        return None
+    if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0:
+        return positions
+    print(
+        f"ftl: warning: the model's config.json has max_position_embeddings={positions!r}, which is no usable "
+        "position limit, so replies are not kept inside one; fix config.json to the number of positions the "
+        "model was trained with",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _note_reply_cap(positions: int | None, asked_tokens: bool, max_new_tokens: int) -> None:
+    """Say that --max-new-tokens cannot be reached when the model's positions end first."""
+    if positions is None or not asked_tokens or max_new_tokens < positions:
+        return
+    # Past the positions the model was trained for a reply is noise (trial 39a: 5000 tokens on a
+    # 1024-position model ran for 5 minutes); a learned position table has no row there at all.
+    # The prompt takes positions too, so the reply's room is what the prompt leaves.
+    print(
+        f"ftl: note: the model has {positions} positions (max_position_embeddings) for prompt and reply "
+        f"together: a reply stops there, before --max-new-tokens {max_new_tokens}",
+        file=sys.stderr,
+    )
 
 
 class _Generator:

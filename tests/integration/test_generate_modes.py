@@ -314,6 +314,7 @@ def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_sa
     assert launcher.cli.main(["generate", str(model), "--prompt", long_prompt]) == 2
     err = capsys.readouterr().err
     assert "--prompt has " in err and "the model has 12 positions (max_position_embeddings) for prompt and reply" in err
+    assert "a reply stops there" not in err  # the cap note is for prompts that run, not a refused one (trial 42a)
     rows = tmp_path / "p.jsonl"
     rows.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": long_prompt}) + "\n")
     out = tmp_path / "o.jsonl"
@@ -335,6 +336,10 @@ def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_sa
     assert replies[0] == replies[1]
     assert launcher.cli.main(["generate", str(model), "--prompt", " "]) == 2
     assert "--prompt is empty" in capsys.readouterr().err
+    # A config.json with no usable limit is said instead of generating as if unlimited (trial 42a).
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 0}))
+    assert launcher.cli.main(["generate", str(model), "--prompt", "hi", "--max-new-tokens", "3"]) == 0
+    assert "config.json has max_position_embeddings=0, which is no usable position limit" in capsys.readouterr().err
 
 
 def test_a_chat_past_the_models_positions_leaves_out_its_oldest_turns(
