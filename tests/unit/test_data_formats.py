@@ -417,6 +417,14 @@ def test_a_mixture_reports_what_each_source_skipped(tmp_path: Path, tokenizer: A
     with pytest.raises(DataError) as refused:
         prepare_data(both, tokenizer, seed=0, micro_batch_size=2, want_prompts=False, max_prompts=None)
     assert "instr.jsonl: 3 bad rows" in str(refused.value) and "other.jsonl line 2: invalid JSON" in str(refused.value)
+    # Each names its config key, as the first-row check does (trial 42a: a file name alone for data.validation).
+    assert f"data.mixture[1].train: {instr}: 3 bad rows" in str(refused.value)
+    assert f"data.mixture[2].train: {other}: 1 bad row" in str(refused.value)
+    single = DataConfig.model_validate(
+        {"train": str(chat), "validation": str(other), "max_seq_len": 64, "cache_dir": str(tmp_path / "c")}
+    )
+    with pytest.raises(DataError, match=r"^data\.validation: .*other\.jsonl: 1 bad row"):
+        prepare_data(single, tokenizer, seed=0, micro_batch_size=2, want_prompts=False, max_prompts=None)
 
 
 def test_data_validation_beside_a_mixture_is_scored_across_it(tmp_path: Path, tokenizer: Any) -> None:

@@ -67,7 +67,15 @@ def prepare_data(
         sharing=sharing,
     )
 
-    def load(spec: str, fmt: str, split: str = "train", training: bool = False) -> TokenizedSet:
+    def load(key: str, spec: str, fmt: str, split: str = "train", training: bool = False) -> TokenizedSet:
+        """The set of config key `key` (data.validation, ...): its errors name the key, since a file
+        name alone does not say which setting to fix (trial 42a)."""
+        try:
+            return load_set(spec, fmt, split, training)
+        except DataError as exc:
+            raise DataError(f"{key}: {exc}") from exc
+
+    def load_set(spec: str, fmt: str, split: str, training: bool) -> TokenizedSet:
         if fmt == "image_classification":  # decoded, not tokenized; only the training set is augmented
             augmentation = cfg.augmentation if training else None
             return load_image_set(
@@ -86,19 +94,24 @@ def prepare_data(
     held_out_of_train = 0  # data.validation_split: examples of the training file held out
     if cfg.mixture:
         train, rows, spans, cuts = _mixture_rows(cfg, load)
-        for source in cfg.mixture:
+        for index, source in enumerate(cfg.mixture):
             if source.validation:
                 evals.append(
                     EvalSet(
                         source.name,
-                        load(source.validation, cfg.format_of(source)),
+                        load(f"data.mixture[{index}].validation", source.validation, cfg.format_of(source)),
                         source=source.validation,
                         format=cfg.format_of(source),
                     )
                 )
         if cfg.validation:  # a held-out set across the mixture, in data.format (as data.test is)
             evals.append(
-                EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format)
+                EvalSet(
+                    "validation",
+                    load("data.validation", cfg.validation, cfg.format),
+                    source=cfg.validation,
+                    format=cfg.format,
+                )
             )
         draws = epoch_draws([s.count for s in spans], [s.weight for s in spans])
         mixture_report = {
@@ -113,10 +126,15 @@ def prepare_data(
         }
     else:
         assert cfg.train is not None  # DataConfig requires train or mixture
-        train = load(cfg.train, cfg.format, cfg.split, training=True)
+        train = load("data.train", cfg.train, cfg.format, cfg.split, training=True)
         if cfg.validation:
             evals.append(
-                EvalSet("validation", load(cfg.validation, cfg.format), source=cfg.validation, format=cfg.format)
+                EvalSet(
+                    "validation",
+                    load("data.validation", cfg.validation, cfg.format),
+                    source=cfg.validation,
+                    format=cfg.format,
+                )
             )
         elif cfg.validation_split > 0:  # its rows' counts are in the training file's, the train_ ones
             held, rest = held_out_split(len(train), cfg.validation_split, seed, paired=cfg.format == "preference")
@@ -127,9 +145,10 @@ def prepare_data(
             held_out_of_train = len(held)
         rows, spans = _rows_of(train, cfg), None
     if cfg.test:
-        evals.append(EvalSet("test", load(cfg.test, cfg.format), source=cfg.test, format=cfg.format))
+        evals.append(EvalSet("test", load("data.test", cfg.test, cfg.format), source=cfg.test, format=cfg.format))
     if retain:
-        evals.append(EvalSet("retain", load(retain, "text"), source=retain, format="text"))
+        key = "eval.retain"
+        evals.append(EvalSet("retain", load(key, retain, "text"), source=retain, format="text"))
 
     left_out: dict[str, int] = {}
     exact_match_part: dict[str, tuple[int, int]] = {}
@@ -307,9 +326,9 @@ def _mixture_rows(
     """Each source is packed on its own (a row never mixes sources), then all rows are concatenated.
     Also each source's cut counts (examples skipped as malformed, truncated, ...)."""
     sets, problems = [], []
-    for source in cfg.mixture:  # every source read, so one message names every file with bad rows
+    for index, source in enumerate(cfg.mixture):  # every source read: one message names every bad file
         try:
-            sets.append(load(source.train, cfg.format_of(source)))
+            sets.append(load(f"data.mixture[{index}].train", source.train, cfg.format_of(source)))
         except DataError as exc:
             problems.append(str(exc))
     if problems:
