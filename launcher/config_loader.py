@@ -95,6 +95,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             _apply_override(raw, override)
         except ValueError as exc:
             problems.append(str(exc))
+            continue
         # The value now comes from the command line: an error about it cites no line of the file.
         path, _, value_text = _dotted_indices(override).removeprefix("~").partition("=")
         for key in _keys_set_by(path, _override_value(value_text)):
@@ -184,10 +185,8 @@ def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[str]:
                 continue
             key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
             if key in seen:
-                problems.append(
-                    f"{key} (lines {seen[key]} and {line}): set twice; YAML would keep only the second, "
-                    "silently: remove one"
-                )
+                where = f" (lines {seen[key]} and {line})" if line != seen[key] else ""  # one line: an override
+                problems.append(f"{key}{where}: set twice; YAML would keep only the second, silently: remove one")
             seen.setdefault(key, line)
             problems += _duplicate_keys(value_node, key + ".")
     elif isinstance(node, yaml.SequenceNode):
@@ -220,7 +219,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         shown = redact_argv([override])[0]  # a token pasted in the wrong place is not echoed
         raise ValueError(f"override {shown!r} must look like key.path=value (e.g. training.learning_rate=1e-4)")
-    value = _override_value(value_text)
+    value = _override_value(value_text, key)
     target: Any = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -238,12 +237,42 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if isinstance(target, list):
         raise ValueError(f"override {key!r}: set a key of one entry (e.g. {key}.0.KEY=VALUE) or the whole list")
     existing = target.get(parts[-1])
-    if isinstance(value, dict) and isinstance(existing, dict):
+    if isinstance(value, dict) and isinstance(existing, dict) and not _is_mapping_value(parts):
         # `training={max_steps: 5}` sets those keys: the file's other training settings stay (as
         # in Hydra/OmegaConf), rather than the whole section silently going back to defaults.
-        _merge_into(existing, value)
+        _merge_into(existing, value, parts)
     else:
         target[parts[-1]] = value
+
+
+def _is_mapping_value(parts: list[str]) -> bool:
+    """Whether the key holds one value that is a mapping (transfer.head.class_weights, tracking tags),
+    not a section of settings: a command-line mapping then replaces the file's, as a list does
+    (trial 42a: `class_weights={country: 2}` kept the file's `person: 9` without a word)."""
+    model: type[BaseModel] | None = RunConfig
+    annotation: Any = None
+    for part in parts:
+        if model is None:
+            return False
+        if part.isdigit():  # an entry of a list section (data.mixture.1.weight): the item's model
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return False  # no such key: validation names it
+        annotation = field.annotation
+        model = _section_model(annotation)
+    return annotation is not None and model is None
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (also as the items of a list, or in an Optional); None for a value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _dotted_indices(override: str) -> str:
@@ -277,26 +306,32 @@ def _section_at(raw: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
     return node if isinstance(node, dict) else None
 
 
-def _override_value(value_text: str) -> Any:
+def _override_value(value_text: str, key: str = "") -> Any:
     """The value typed as YAML would type it (3e-4, false, [a, b], {k: v}); text when it is no YAML."""
     try:
-        return load_config_yaml(value_text) if value_text != "" else ""
+        value = load_config_yaml(value_text) if value_text != "" else ""
+        twice = _duplicate_keys(compose_config_yaml(value_text)) if isinstance(value, (dict, list)) else []
     except yaml.YAMLError:
         return value_text
+    if twice:  # as in the file (trial 42a: `class_weights={person: 9, person: 3}` trained with 3)
+        raise ValueError(f"override {key}={value_text}: " + "; ".join(f"{key}.{problem}" for problem in twice))
+    return value
 
 
 def _keys_set_by(key: str, value: Any) -> list[str]:
     """`training.max_steps=5` sets training.max_steps; `training={max_steps: 5}` sets the same
-    key only (the file's other training keys stay the file's)."""
-    if not isinstance(value, dict) or not value:
+    key only (the file's other training keys stay the file's); a mapping value (class_weights)
+    is one key."""
+    if not isinstance(value, dict) or not value or _is_mapping_value(key.split(".")):
         return [key]
     return [name for sub, item in value.items() for name in _keys_set_by(f"{key}.{sub}", item)]
 
 
-def _merge_into(section: dict[str, Any], update: dict[str, Any]) -> None:
+def _merge_into(section: dict[str, Any], update: dict[str, Any], parts: list[str]) -> None:
+    """`update` into the section at key path `parts`: sections within it merged, values replaced."""
     for name, value in update.items():
-        if isinstance(value, dict) and isinstance(section.get(name), dict):
-            _merge_into(section[name], value)
+        if isinstance(value, dict) and isinstance(section.get(name), dict) and not _is_mapping_value([*parts, name]):
+            _merge_into(section[name], value, [*parts, name])
         else:
             section[name] = value
 

@@ -188,6 +188,16 @@ def test_a_section_in_braces_sets_its_keys_and_keeps_the_files_others(tmp_path: 
     assert load_config(path, ["method.lora={r: 4}"]).method.lora.r == 4  # a section the file lacks
 
 
+def test_a_mapping_value_in_braces_replaces_the_files_mapping(tmp_path: Path, valid_text: str) -> None:
+    """tracking tags (and class_weights) are one value, not a section: `{b: 2}` means those tags
+    only (trial 42a: class_weights={country: 2} kept the file's person: 9 without a word)."""
+    path = _write(tmp_path, valid_text + "tracking:\n  mlflow:\n    tags: {team: a, stage: x}\n")
+    assert load_config(path).tracking.mlflow.tags == {"team": "a", "stage": "x"}
+    assert load_config(path, ["tracking.mlflow.tags={stage: y}"]).tracking.mlflow.tags == {"stage": "y"}
+    assert load_config(path, ["tracking.mlflow={tags: {stage: y}}"]).tracking.mlflow.tags == {"stage": "y"}
+    assert load_config(path, ["tracking.mlflow.tags={}"]).tracking.mlflow.tags == {}
+
+
 def test_cross_section_rule(tmp_path: Path, valid_text: str) -> None:
     (problem,) = _problems(_write(tmp_path, valid_text), ["data.validation=x.jsonl", "data.validation_split=0.1"])
     assert "either data.validation" in problem
@@ -373,6 +383,11 @@ def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path, valid_te
         f"training (lines {sections[0]} and {sections[1]}): set twice; YAML would keep only the second, silently: remove one",
         f"training.learning_rate (lines {first} and {first + 1}): set twice; YAML would keep only the second, "
         "silently: remove one",
+    ]
+    # A mapping typed on the command line too (trial 42a: class_weights={person: 9, person: 3} trained with 3).
+    assert _problems(_write(tmp_path, valid_text), ["tracking.mlflow.tags={a: x, a: y}"]) == [
+        "override tracking.mlflow.tags={a: x, a: y}: tracking.mlflow.tags.a: set twice; YAML would keep only the "
+        "second, silently: remove one"
     ]
 
 

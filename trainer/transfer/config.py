@@ -192,7 +192,12 @@ class HeadConfig(Section):
                 "([1.0, 4.0]), or a mapping of label names to weights ({rare: 4.0})"
             )
         if isinstance(value, dict):
-            return {key: cls._weight(weight) for key, weight in value.items()}
+            if not value:
+                raise ValueError(
+                    "transfer.head.class_weights={} weighs no class; leave it out (every class weighs 1) or name "
+                    "the labels to weigh ({rare: 4.0})"
+                )
+            return {cls._label_key(key): cls._weight(weight) for key, weight in value.items()}
         if isinstance(value, list):
             return [cls._weight(weight) for weight in value]
         return value
@@ -232,6 +237,19 @@ class HeadConfig(Section):
     def tags_entities(self) -> bool:
         """Token classification with BIO/IOB2 tag names, so entity spans can be scored."""
         return self.type == "token_classification" and is_bio_tag_set(self.label_names)
+
+    @staticmethod
+    def _label_key(key: object) -> str:
+        """A mapping's key as a label name: `{2: 5.0}` names label "2", as `labels: [1, 2]` names
+        "1" and "2"; read as labels are (NFC, no surrounding spaces) so it matches them."""
+        if isinstance(key, int) and not isinstance(key, bool):
+            return str(key)
+        if not isinstance(key, str):
+            raise ValueError(
+                f"transfer.head.class_weights: the key {key!r} is no label name; the keys are label names "
+                "({rare: 4.0}), or give one weight per label in id order ([1.0, 4.0])"
+            )
+        return unicodedata.normalize("NFC", key).strip()
 
     @staticmethod
     def _weight(weight: object) -> float:
