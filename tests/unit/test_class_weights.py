@@ -34,6 +34,13 @@ def test_balanced_weights_follow_sklearns_rule_and_a_list_is_taken_as_given() ->
     by_name = resolved_class_weights(_head({"c ": 0.5, "b": 2.0}), classes)  # a label left out weighs 1
     assert by_name is not None and by_name.tolist() == [1.0, 2.0, 0.5]
     assert resolved_class_weights(_head(None), classes) is None
+    # A number as a key names the label written as that number (`labels: [1, 2, 3]` are "1", "2", "3").
+    ratings = HeadConfig.model_validate(
+        {"type": "sequence_classification", "labels": [1, 2, 3], "class_weights": {2: 5, "3": 2}}
+    )
+    assert ratings.class_weights == {"2": 5.0, "3": 2.0}
+    rated = resolved_class_weights(ratings, classes)
+    assert rated is not None and rated.tolist() == [1.0, 5.0, 2.0]
     assert class_weights_note(_head("balanced"), weights).startswith(
         "class weights (balanced, from the training rows): a 0.747, b 0.747, c 3.11"
     )
@@ -51,6 +58,8 @@ def test_balanced_weights_follow_sklearns_rule_and_a_list_is_taken_as_given() ->
         ({"type": "sequence_classification", "labels": LABELS, "class_weights": ["x", 1, 1]}, "'x' is not a number"),
         ({"type": "sequence_classification", "labels": LABELS, "class_weights": "Balanced"}, "did you mean 'balanced'"),
         ({"type": "sequence_classification", "labels": LABELS, "class_weights": {"bb": 2}}, "did you mean 'b'"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": {}}, "weighs no class; leave it out"),
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": {True: 2}}, "the key True is no label"),
         ({"type": "token_classification", "labels": ["O", "B-X"], "class_weights": "balanced"}, "applies to sequence"),
         ({"type": "causal_lm", "class_weights": "balanced"}, "applies to sequence_classification"),
     ],
