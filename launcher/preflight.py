@@ -242,6 +242,17 @@ def _meta_model(cfg: RunConfig) -> Any:
         return None
 
 
+def _block_count(cfg: RunConfig) -> int | None:
+    """The model's number of blocks, read from its config.json (None: not known here)."""
+    from trainer.transfer.model_parts import model_parts
+
+    model = _meta_model(cfg)
+    try:
+        return model_parts(model).num_blocks if model is not None else None
+    except Exception:  # noqa: BLE001 - a model whose blocks are not found: the workers check
+        return None
+
+
 def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
     """What the workers' start would refuse in this run directory (resume=never over an earlier
     run's checkpoints, a broken resume PATH, a checkpoint past max_steps or one another method cannot
@@ -265,6 +276,7 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         method=cfg.method.model_dump(mode="json"),
         transfer=cfg.transfer.model_dump(mode="json"),
         layout_check=lambda path, manifest: config_resume_problem(path, manifest, cfg, cfg.cluster.world_size),
+        num_blocks=_block_count(cfg) if cfg.transfer.freeze.freezes_blocks else None,
     )
     if refusal is None and cfg.reference_kind() == "precomputed" and resumes_a_checkpoint(cfg):
         from trainer.run_layout import RunLayout

@@ -135,10 +135,17 @@ def test_a_freeze_or_grouping_change_is_refused_before_launch(tmp_path: Path) ->
     transfer = {"freeze": {"embeddings": True, "first_n_blocks": 1}, "learning_rates": {"layer_decay": 0.8}}
     run = _run_with_a_checkpoint(tmp_path / "run", "sft", full, transfer=transfer)
 
-    def refusal(method: dict = full, **changes: dict) -> str | None:
+    def refusal(method: dict = full, num_blocks: int | None = None, **changes: dict) -> str | None:
         after = {**transfer, **changes}
         return refusal_before_launch(
-            run, "auto", move_aside=False, max_steps=None, objective="sft", method=method, transfer=after
+            run,
+            "auto",
+            move_aside=False,
+            max_steps=None,
+            objective="sft",
+            method=method,
+            transfer=after,
+            num_blocks=num_blocks,
         )
 
     said = refusal(freeze={"embeddings": True, "first_n_blocks": 3})
@@ -176,3 +183,14 @@ def test_a_freeze_or_grouping_change_is_refused_before_launch(tmp_path: Path) ->
     )
     out = _validate("configs/examples/classification.yaml", run, "method.type=full", "transfer.freeze.first_n_blocks=3")
     assert out.returncode == 2 and "transfer.freeze.first_n_blocks: 1 -> 3" in out.stderr, out.stderr[-2000:]
+    # Trial 42a: first_n_blocks 1 and train_last_n_blocks 3 of the bundled model's 4 blocks freeze the same block.
+    same = {"embeddings": True, "first_n_blocks": 0, "train_last_n_blocks": 3}
+    assert refusal(freeze=same) and refusal(freeze=same, num_blocks=4) is None
+    assert "first_n_blocks: 1 -> 0" in (refusal(freeze={**same, "train_last_n_blocks": 2}, num_blocks=4) or "")
+    renamed = ["transfer.freeze.train_last_n_blocks=3", "transfer.freeze.embeddings=true"]
+    renamed += ["method.type=full", "transfer.learning_rates.layer_decay=0.8"]
+    out = _validate("configs/examples/classification.yaml", run, *renamed)
+    assert "holds trainable and optimizer state" not in out.stderr, out.stderr[-2000:]
+    assert "not an ftl run directory" in out.stderr  # the inputs were checked (this test's run has no marker)
+    out = _validate("configs/examples/classification.yaml", run, *renamed, "transfer.freeze.train_last_n_blocks=2")
+    assert "(transfer.freeze.first_n_blocks: 1 -> 0)" in out.stderr, out.stderr[-2000:]

@@ -154,14 +154,22 @@ FREEZE_KEYS_ADAPTERS = ("all_but_head", "first_n_blocks", "train_last_n_blocks",
 GROUPING_RATES = ("layer_decay", "lora_plus_ratio")
 
 
-def transfer_state_changes(before: dict[str, Any], after: dict[str, Any], adapters: bool) -> list[str]:
+def transfer_state_changes(
+    before: dict[str, Any], after: dict[str, Any], adapters: bool, num_blocks: int | None = None
+) -> list[str]:
     """The transfer settings (recorded `before`, this config's `after`, JSON values) whose change
     leaves a checkpoint's trainable state or optimizer state unfit to load: other trained
     parameters, other optimizer parameter groups (trial 39b: refused by the workers after a backend
-    start, as "a different number of parameter groups")."""
+    start, as "a different number of parameter groups"). `num_blocks`: the model's, when known, so
+    that first_n_blocks: 2 and train_last_n_blocks: 2 of 4 blocks are seen as the same freezing."""
     changes = []
     old_freeze, new_freeze = before.get("freeze") or {}, after.get("freeze") or {}
+    same_blocks = num_blocks is not None and _frozen_blocks(old_freeze, num_blocks) == _frozen_blocks(
+        new_freeze, num_blocks
+    )
     for key in FREEZE_KEYS_ADAPTERS if adapters else FREEZE_KEYS_FULL:
+        if same_blocks and key in ("first_n_blocks", "train_last_n_blocks"):
+            continue  # another way of naming the same frozen blocks (trial 42a)
         if key in old_freeze and old_freeze[key] != new_freeze.get(key):
             changes.append(f"transfer.freeze.{key}: {json.dumps(old_freeze[key])} -> {json.dumps(new_freeze.get(key))}")
     old_rates, new_rates = before.get("learning_rates") or {}, after.get("learning_rates") or {}
@@ -188,6 +196,14 @@ def transfer_state_changes(before: dict[str, Any], after: dict[str, Any], adapte
     return changes
 
 
+def _frozen_blocks(freeze: dict[str, Any], num_blocks: int) -> int | None:
+    """How many first blocks a recorded transfer.freeze freezes (None: not a block count it reads)."""
+    last, first = freeze.get("train_last_n_blocks"), freeze.get("first_n_blocks") or 0
+    if last is not None:
+        return max(num_blocks - last, 0) if isinstance(last, int) else None
+    return first if isinstance(first, int) else None
+
+
 def _get(section: dict[str, Any], dotted: str) -> Any:
     outer, key = dotted.split(".")
     return (section.get(outer) or {}).get(key)
@@ -201,7 +217,11 @@ def _grouped(transfer: dict[str, Any]) -> bool:
 
 
 def trainable_state_problem(
-    path: Path, manifest: dict[str, Any], method: dict[str, Any], transfer: dict[str, Any] | None = None
+    path: Path,
+    manifest: dict[str, Any],
+    method: dict[str, Any],
+    transfer: dict[str, Any] | None = None,
+    num_blocks: int | None = None,
 ) -> str | None:
     """Why the checkpoint's trainable state cannot load into the model this `method` (its JSON
     values) builds, or its optimizer state into the groups `transfer` makes, from the config its
@@ -225,7 +245,8 @@ def trainable_state_problem(
     earlier_transfer = recorded.get("transfer") if isinstance(recorded, dict) else None
     what = "trainable state this config's method cannot load"
     if not changes and isinstance(earlier_transfer, dict) and transfer is not None:
-        changes = transfer_state_changes(earlier_transfer, transfer, adapters=STATE_KIND[method["type"]] != "full")
+        adapters = STATE_KIND[method["type"]] != "full"
+        changes = transfer_state_changes(earlier_transfer, transfer, adapters=adapters, num_blocks=num_blocks)
         # Trial 41a: a freeze change was said as the method's, which had not changed.
         what = "trainable and optimizer state for other trained parameters or optimizer groups than this config's"
     if not changes:

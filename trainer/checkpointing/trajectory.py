@@ -111,6 +111,7 @@ def refusal_before_launch(
     method: dict[str, Any] | None = None,
     layout_check: Callable[[Path, dict[str, Any]], str | None] | None = None,
     transfer: dict[str, Any] | None = None,
+    num_blocks: int | None = None,
 ) -> str | None:
     """The refusal the workers' start would end in (plan_start, then the resume point's step
     against max_steps), found by the launcher before any backend starts, without reading weights:
@@ -141,7 +142,7 @@ def refusal_before_launch(
     if problem is None and objective is not None:
         problem = objective_changed(resume_from, manifest, objective)
     if problem is None and method is not None:  # `method`: the config's method section as JSON values
-        problem = trainable_state_problem(resume_from, manifest, method, transfer)
+        problem = trainable_state_problem(resume_from, manifest, method, transfer, num_blocks)
     if problem is None and layout_check is not None:  # another strategy, ZeRO stage or optimizer
         problem = layout_check(resume_from, manifest)
     # A corrupt one is not what the workers resume (auto falls back to an older checkpoint).
