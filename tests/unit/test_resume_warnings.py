@@ -32,3 +32,21 @@ def test_another_seed_mid_epoch_says_the_rest_of_the_epoch_is_reordered(caplog: 
     assert _warnings(caplog, at_boundary) == []
     other = ResumePoint(Path("ckpt/step-6"), manifest, "training.learning_rate: 0.002 -> 0.001")
     assert _warnings(caplog, other) == []
+
+
+def test_a_changed_mixture_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A mixture's data change is its config change when data.mixture changed (trial 42a: two
+    warnings saying one thing); other data under the same mixture config is still said."""
+    from trainer.checkpointing.resume import DATA_CHANGED
+
+    manifest = {"samples_seen": 40, "data_fingerprint": "before"}
+
+    def said(change: str) -> tuple[str, list[str]]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trainer.checkpointing.resume"):
+            result = warn_if_data_changed(ResumePoint(Path("c/step-5"), manifest, change), "after", 115, mixture=True)
+        return result, [r.getMessage() for r in caplog.records]
+
+    assert said("data.mixture: removed alp (/d/alp.jsonl)") == (DATA_CHANGED, [])
+    result, [warning] = said("")
+    assert result == DATA_CHANGED and "each mixture source goes on from the rows it has drawn" in warning

@@ -198,6 +198,8 @@ def warn_if_data_changed(
     saved = point.manifest.get("data_fingerprint")
     if saved and data_fingerprint and saved != data_fingerprint and mixture:
         # A mixture's position is no place in one epoch: each source's own is (the mixture note says it).
+        if "data.mixture" in point.config_change:
+            return DATA_CHANGED  # the config change already says which sources changed (trial 42a: said twice)
         log.warning(
             "resuming %s, written on other training data (its rows, as training reads them, differ from this run's): "
             "each mixture source goes on from the rows it has drawn, and the result will not equal an uninterrupted "
