@@ -160,6 +160,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
             problem = "a config is one YAML document, and a second one starts here (---); remove it or split the file"
         elif "'\\t'" in problem or "\t" in problem:
             problem += " (YAML indents with spaces, never tabs: replace the tabs with spaces)"
+        problem += _escape_hint(problem)
         raise ConfigError(str(path), [f"YAML syntax error at {where}{problem}"]) from None
     duplicates = _duplicate_keys(node)
     if duplicates:
@@ -172,6 +173,14 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     # names the missing keys inside it rather than the section's type.
     data = {key: ({} if value is None else value) for key, value in data.items()}
     return data, _key_lines(node)
+
+
+def _escape_hint(problem: str) -> str:
+    """In double quotes YAML reads a backslash as an escape, so a regex's `\\.` is an error there
+    (trial 42a: `patterns='["layers\\.9\\."]'` read as text, "should be a valid list")."""
+    if "unknown escape character" not in problem:
+        return ""
+    return " (in double quotes YAML reads \\ as an escape: write a regex in single quotes, 'layers\\.9\\.')"
 
 
 def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[str]:
@@ -311,8 +320,11 @@ def _override_value(value_text: str, key: str = "") -> Any:
     try:
         value = load_config_yaml(value_text) if value_text != "" else ""
         twice = _duplicate_keys(compose_config_yaml(value_text)) if isinstance(value, (dict, list)) else []
-    except yaml.YAMLError:
-        return value_text
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        if _escape_hint(problem):  # a regex in double quotes: as text it would only confuse (trial 42a)
+            raise ValueError(f"override {key}={value_text}: {problem}{_escape_hint(problem)}") from None
+        return value_text  # the key's own check says what is wrong with it as text
     if twice:  # as in the file (trial 42a: `class_weights={person: 9, person: 3}` trained with 3)
         raise ValueError(f"override {key}={value_text}: " + "; ".join(f"{key}.{problem}" for problem in twice))
     return value

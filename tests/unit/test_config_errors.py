@@ -125,6 +125,18 @@ def test_yaml_jargon_is_said_in_plain_words(tmp_path: Path, valid_text: str) -> 
     assert "YAML indents with spaces, never tabs" in problem and problem.startswith("YAML syntax error at line 6")
 
 
+def test_a_regex_in_double_quotes_gets_the_single_quote_hint(tmp_path: Path, valid_text: str) -> None:
+    """`\\.` is no escape in a YAML double-quoted string (trial 42a: the list fell back to text,
+    "should be a valid list")."""
+    (problem,) = _problems(_write(tmp_path, valid_text), ['transfer.freeze.patterns=["layers\\.9\\."]'])
+    assert problem.startswith("override transfer.freeze.patterns=") and "write a regex in single quotes" in problem
+    cfg = load_config(_write(tmp_path, valid_text), ["transfer.freeze.patterns=['layers\\.9\\.']"])
+    assert cfg.transfer.freeze.patterns == ["layers\\.9\\."]
+    text = valid_text + 'transfer:\n  freeze:\n    patterns: ["layers\\.9"]\n'
+    (problem,) = _problems(_write(tmp_path, text))
+    assert problem.startswith("YAML syntax error at line") and "write a regex in single quotes" in problem
+
+
 def test_wrong_type_names_key_and_value(tmp_path: Path, valid_text: str) -> None:
     text = valid_text.replace("1.0e-4", "fast")
     (problem,) = _problems(_write(tmp_path, text))
