@@ -318,7 +318,8 @@ def _build_trainee(
         )
         if mixture_change and ctx.is_main:
             console.event(f"note: {mixture_change}")
-    model = transfer.resumed(state, model)
+    other_run = _another_runs_checkpoint(resume_from, ctx.run_dir)
+    model = transfer.resumed(state, model, continued_from=Path(other_run) if other_run else None)
     # Re-seed after model construction: adapter init consumed RNG identically on every rank.
     if state.step == 0:
         seed_everything(cfg.training.seed + ctx.rank)

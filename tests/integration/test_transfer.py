@@ -245,11 +245,13 @@ def test_each_parameter_group_trains_at_its_configured_rate(tmp_path: Path, tiny
 
 
 def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores_its_best(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """The best step is the other run's checkpoint (no later evaluation beats it): restoring looked
-    for it in this run directory and failed at the end, losing the steps trained (trial 40a). Two
-    local workers."""
+    """A run that stopped early is trained further as its refusal says (a new run from its last
+    checkpoint, more steps): the used-up patience stopped the new run after one step, which then
+    looked for the best checkpoint in its own directory and failed (trials 40a, 43b). Patience is
+    counted afresh, and the first run's best (no later evaluation beats it) is what final/ holds.
+    Two local workers."""
     stopping = {"early_stopping": {"enabled": True, "patience": 2, "min_delta": 100.0}}
     common = dict(
         method={"type": "full"},
@@ -258,19 +260,25 @@ def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores
         checkpoint={"every_steps": 2},
         cluster={"workers": 2},
     )
-    first = _train(tmp_path, "first", tiny_model_dir, training={"max_steps": 2, "micro_batch_size": 2}, **common)
-    step_2 = first / "checkpoints" / "step-2"
+    first = _train(tmp_path, "first", tiny_model_dir, training={"max_steps": 20, "micro_batch_size": 2}, **common)
+    stopped = json.loads((first / "summary.json").read_text())
+    assert stopped["steps"] == 6 and stopped["transfer"]["early_stopping"]["best_step"] == 2  # evals 4, 6 no better
+    capfd.readouterr()
     later = write_config(
         tmp_path / "later.yaml",
         tiny_model_dir,
         tmp_path / "later",
-        training={"max_steps": 8, "micro_batch_size": 2},
-        **{**common, "checkpoint": {"every_steps": 2, "resume": str(step_2)}},
+        training={"max_steps": 20, "micro_batch_size": 2},
+        **{**common, "checkpoint": {"every_steps": 2, "resume": str(first / "checkpoints" / "step-6")}},
     )
     assert train(str(later), []) == 0
+    said = capfd.readouterr()
+    err = said.out + said.err
+    assert "the run it continues stopped early at step 6; patience (2 evaluations) is counted afresh" in err, err
+    assert f"its best so far is step 2 (validation eval_loss" in err
     summary = json.loads((tmp_path / "later" / "summary.json").read_text())
-    assert summary["transfer"]["early_stopping"]["best_step"] == 2 and summary["steps"] == 6
-    best = load_file(str(step_2 / "trainable.safetensors"))
+    assert summary["transfer"]["early_stopping"]["best_step"] == 2 and summary["steps"] == 10  # evals 8, 10
+    best = load_file(str(first / "checkpoints" / "step-2" / "trainable.safetensors"))
     final = _merged(tmp_path / "later")
     assert all(torch.equal(best[k], final[k]) for k in final)
 

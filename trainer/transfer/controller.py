@@ -29,7 +29,7 @@ from trainer.loop_state import LoopState
 from trainer.methods import count_parameters
 from trainer.metrics import MetricsWriter
 from trainer.optim import build_optimizer
-from trainer.run_layout import RunLayout
+from trainer.run_layout import RunLayout, step_name
 from trainer.strategies.base import Strategy
 from trainer.transfer.early_stopping import EarlyStopping
 from trainer.transfer.freezing import freeze_description
@@ -145,10 +145,13 @@ class TransferController:
         )
 
     # -- resume and step boundaries --------------------------------------------------------------
-    def resumed(self, state: LoopState, model: torch.nn.Module) -> torch.nn.Module:
+    def resumed(self, state: LoopState, model: torch.nn.Module, continued_from: Path | None = None) -> torch.nn.Module:
+        """`continued_from`: another run's checkpoint this new run starts from (training it further)."""
         saved = state.transfer or {}
         if self.early is not None and "early_stopping" in saved:
             self.early.load_state_dict(saved["early_stopping"])
+            if continued_from is not None:
+                self._continue_early_stopping(continued_from)
         self.retain_base = saved.get("retain_base_loss")
         if self.unfreezer is None:
             return model
@@ -159,6 +162,37 @@ class TransferController:
         if state.step:
             log.info("resumed at step %d in unfreezing stage %s", state.step, self.unfreezer.describe())
         return self.strategy.rewrap(model) if changed else model
+
+    def _continue_early_stopping(self, checkpoint: Path) -> None:
+        """A new run training further from another run's checkpoint: a patience that run used up
+        would stop this one at its first step, and then look for the best checkpoint in this run
+        (trial 43b: "checkpoint .../step-65 cannot be loaded" after one step). Patience is counted
+        afresh; the best so far stays a candidate while its checkpoint is there to restore."""
+        early = self.early
+        assert early is not None
+        said = []
+        if early.stopped_at is not None:
+            said.append(
+                f"the run it continues stopped early at step {early.stopped_at}; patience "
+                f"({self.cfg.transfer.early_stopping.patience} evaluations) is counted afresh from here"
+            )
+            early.stopped_at, early.bad_evals = None, 0
+        if early.best_step is not None:
+            best = checkpoint.parent / step_name(early.best_step)
+            watched = self.cfg.transfer.early_stopping
+            if best.is_dir():
+                said.append(
+                    f"its best so far is step {early.best_step} ({watched.split} {watched.metric} {early.best:.4g}, "
+                    f"{best}), which final/ holds unless this run evaluates better"
+                )
+            else:
+                said.append(
+                    f"its best step {early.best_step}'s checkpoint is not kept ({best}), so this run's best is "
+                    "chosen among its own evaluations"
+                )
+                early.best, early.best_step = None, None
+        if said and self.say is not None:
+            self.say("note: early stopping: " + "; ".join(said))
 
     def on_step_start(self, state: LoopState, model: torch.nn.Module) -> torch.nn.Module:
         if self.unfreezer is None or not self.unfreezer.apply(state.step):
@@ -253,8 +287,9 @@ class TransferController:
             return None
         best = self.early.best_step
         checkpoint = RunLayout(run_dir).checkpoint(best)
-        if not checkpoint.exists() and origin is not None and origin[1] == best:
-            checkpoint = origin[0]
+        if not checkpoint.exists() and origin is not None:
+            # The checkpoint continued from, or one its run kept as that run's best (trial 43b).
+            checkpoint = origin[0] if origin[1] == best else origin[0].parent / step_name(best)
         verify_before_load(checkpoint)  # collective: every rank calls restore_best
         values = None
         if self.strategy.rank == 0:  # one full copy per job; the strategy hands each rank its part
