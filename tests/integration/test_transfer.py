@@ -275,7 +275,7 @@ def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores
     said = capfd.readouterr()
     err = said.out + said.err
     assert "the run it continues stopped early at step 6; patience (2 evaluations) is counted afresh" in err, err
-    assert f"its best so far is step 2 (validation eval_loss" in err
+    assert "its best so far is step 2 (validation eval_loss" in err
     summary = json.loads((tmp_path / "later" / "summary.json").read_text())
     assert summary["transfer"]["early_stopping"]["best_step"] == 2 and summary["steps"] == 10  # evals 8, 10
     best = load_file(str(first / "checkpoints" / "step-2" / "trainable.safetensors"))
