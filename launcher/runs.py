@@ -149,7 +149,10 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         for c in changed_config_starts(records)
     )
     notes.extend(f"tracking.{name} failed ({why})" for name, why in tracker_failures(run_dir).items())
-    notes.extend(f"tracking.{name}'s run lacks {what}" for name, what in tracker_gaps(run_dir).items())
+    notes.extend(
+        f"tracking.{name}{'' if name == 'tensorboard' else chr(39) + 's run'} lacks {what}"
+        for name, what in tracker_gaps(run_dir).items()
+    )
     origin = continued_from(records)
     if origin is not None:  # its first steps and the base model's scores are that run's (trial 38c)
         notes.append(

@@ -36,15 +36,20 @@ def tracker_lines(run_dir: Path) -> list[str]:
     """One line per tracker the run used: where it logged, or that it did not and why."""
     lines = []
     board = RunLayout(run_dir).tensorboard
-    if board.is_dir() and any(board.iterdir()):  # written by the trainer itself: it has every record
+    state = tracker_state(run_dir)
+    if board.is_dir() and any(board.iterdir()):  # written by the trainer: only a start without it leaves a gap
         lines.append(f"tensorboard {board}")
-    for name, entry in tracker_state(run_dir).items():
+        if (state.get("tensorboard") or {}).get("missing"):
+            lines.append(f"         it lacks {state['tensorboard']['missing']} (metrics.jsonl has every record)")
+    for name, entry in state.items():
+        if name == "tensorboard":
+            continue
         if entry.get("failed"):
             # With a run id, the tracker run exists (this start or an earlier one logged to it) and lacks the rest.
             what = f"run {entry['run_id']} stopped logging" if entry.get("run_id") else "NOT logged"
             lines.append(
                 f"{name:<8} {what} ({entry['failed']}); fix tracking.{name} for the next run "
-                "(metrics.jsonl and TensorBoard have every record)"
+                "(metrics.jsonl has every record)"
             )
         elif name == "mlflow" and entry.get("run_id"):
             uri = str(entry.get("tracking_uri", ""))

@@ -71,6 +71,7 @@ class MetricsWriter:
         self._jsonl: Any = None
         self._tb: Any = None
         self._tb_opened = not self.tracking.tensorboard
+        self._board_noted = False  # what RUN_DIR/tensorboard lacks, said in trackers.json at the first record
 
     def _open_jsonl(self) -> None:
         """On the first record, so a run refused during setup leaves no metrics files behind."""
@@ -110,6 +111,9 @@ class MetricsWriter:
             now = round(time.time(), 3)
             self._append({"kind": kind, "step": step, "time": now, **values})
             fault_point("tensorboard", step, 0, self.run_dir)
+            if not self._board_noted:  # before this start's event file is there
+                self._board_noted = True
+                self.trackers.note_tensorboard(self.tracking.tensorboard)
             if not self._tb_opened:
                 self._open_tensorboard()
             if self._tb is not None:

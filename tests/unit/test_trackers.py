@@ -273,3 +273,31 @@ def test_a_tracker_run_opened_on_a_resume_says_what_it_lacks(tmp_path: Path, mon
     writer.write(10, {"loss": 1.0})  # log_every_steps 10: a new run's first record
     writer.close()
     assert tracker_gaps(fresh) == {}
+
+
+def test_tensorboard_turned_on_or_off_at_a_resume_says_what_it_lacks(tmp_path: Path) -> None:
+    """Trial 43a: TensorBoard turned on at a resume held steps 42-60 only, and the final table and
+    `ftl runs` showed its folder as complete; a start with it off leaves a gap too."""
+    from launcher.runs import describe_run
+    from launcher.tracker_outcome import tracker_gaps, tracker_lines
+
+    def start(resumed_at: int, steps: range, tensorboard: bool) -> None:
+        writer = MetricsWriter(tmp_path, tracking=TrackingConfig(tensorboard=tensorboard), resumed_at=resumed_at)
+        for step in steps:
+            writer.write(step, {"loss": 1.0})
+        writer.close()
+
+    start(0, range(1, 4), tensorboard=False)
+    assert tracker_lines(tmp_path) == [] and tracker_gaps(tmp_path) == {}
+    start(3, range(4, 7), tensorboard=True)
+    lines = tracker_lines(tmp_path)
+    assert lines[0].startswith("tensorboard ") and lines[1] == (
+        "         it lacks steps 1-3: an earlier start did not log them (metrics.jsonl has every record)"
+    )
+    start(6, range(7, 9), tensorboard=False)
+    start(8, range(9, 11), tensorboard=True)  # on again: the gaps so far stay said, no new one
+    assert tracker_gaps(tmp_path) == {
+        "tensorboard": "steps 1-3: an earlier start did not log them; the steps from 7 of a start with "
+        "tracking.tensorboard off"
+    }
+    assert "tracking.tensorboard lacks steps 1-3: an earlier start did not log them" in describe_run(tmp_path).note

@@ -36,6 +36,7 @@ STOP_WAIT_S = 15.0  # on a stop (Ctrl-C, preemption): the user is waiting to get
 SAY_WAITING_AFTER_S = 2.0  # a wait longer than this is said, so a quiet end is not taken for a hang
 OPEN_SLOW_S = 30.0  # a tracker still opening its run this long is said during training, not only at the end
 FAILED = "failed"  # trackers.json: why a tracker was dropped in the latest start
+TENSORBOARD = "tensorboard"  # trackers.json's entry for RUN_DIR/tensorboard: only a gap is ever kept there
 MISSING = "missing"  # trackers.json: what the tracker's run lacks from an earlier start (kept across starts)
 
 
@@ -134,6 +135,29 @@ class TrackerSet:
                 reason = f"still sending {waited}; its run lacks {lacks}"
             self._record_failure(lane.name, reason, warn=True)
 
+    def note_tensorboard(self, logging_now: bool) -> None:
+        """What RUN_DIR/tensorboard lacks because of a start that did not log to it, kept in
+        trackers.json as the other trackers' gaps are (trial 43a: TensorBoard turned on at a resume
+        held steps 42-60 only, and the final table showed it as complete). Called on the first record."""
+        if not self.resumed_at:
+            return
+        board = RunLayout(self.run_dir).tensorboard
+        has_events = board.is_dir() and any(board.iterdir())
+        with self._lock:
+            state = self._loaded_state()
+            entry = dict(state.get(TENSORBOARD) or {})
+            gaps = [entry[MISSING]] if entry.get(MISSING) else []
+            if logging_now and not has_events:
+                gaps = [f"steps 1-{self.resumed_at}: an earlier start did not log them"]
+            elif not logging_now and has_events:
+                gap = f"the steps from {self.resumed_at + 1} of a start with tracking.tensorboard off"
+                gaps = [*gaps, gap] if gap not in gaps else gaps
+            else:
+                return
+            entry[MISSING] = "; ".join(gaps)
+            state[TENSORBOARD] = entry
+            self._save_state()
+
     def _log_now(self, lane: _Lane, step: int, series: dict[str, float], when: float) -> None:
         tracker = self._tracker(lane)
         if tracker is not None and self._guard(lane, lambda: tracker.log(step, series, when)):
@@ -217,8 +241,7 @@ class TrackerSet:
     def _record_failure(self, name: str, reason: str, warn: bool) -> None:
         if warn:
             log.warning(
-                "tracking.%s: the tracker failed (%s); training goes on without it "
-                "(metrics.jsonl and TensorBoard have every record)",
+                "tracking.%s: the tracker failed (%s); training goes on without it (metrics.jsonl has every record)",
                 name,
                 reason,
             )
