@@ -106,6 +106,14 @@ def generate_command(args: argparse.Namespace) -> int:
         )
     positions = _usable_positions(model)
     generate = _Generator(model, tokenizer, args, device, positions)
+    if args.system is not None and positions is not None and not args.raw and tokenizer.chat_template:
+        # Trial 43a: a --system that fills the positions alone got every prompt and chat line blamed.
+        around = len(generate.prompt("?"))
+        if around >= positions:
+            raise UserError(
+                f"--system with the chat template takes {around} tokens, and the model has {positions} positions "
+                "(max_position_embeddings) for prompt and reply together; shorten --system"
+            )
     if prompts is not None:
         _note_reply_cap(positions, asked_tokens, args.max_new_tokens)
         return _generate_file(generate, prompts, args)
@@ -335,8 +343,9 @@ def _fitting_conversation(generate: _Generator, messages: list[dict[str, str]]) 
         ids = generate.conversation(messages)
     if len(ids) >= positions:
         print(
-            f"ftl: that message has {len(ids)} tokens and the model has {positions} positions for "
-            "message and reply together; type a shorter one",
+            f"ftl: that message has {len(ids)} tokens"
+            + (" with the system message and chat template" if generate.system is not None else "")
+            + f", and the model has {positions} positions for message and reply together; type a shorter one",
             file=sys.stderr,
             flush=True,
         )

@@ -361,5 +361,12 @@ def test_a_chat_past_the_models_positions_leaves_out_its_oldest_turns(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "the model has 48 positions for message and reply together; type a shorter one" in captured.err
+    # A system message that fills the positions alone is said once, not blamed on each line (trial 43a).
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    assert launcher.cli.main(["generate", str(model), "--chat", "--system", too_long]) == 2
+    said = capsys.readouterr().err
+    assert "--system with the chat template takes" in said and "shorten --system" in said, said
+    assert launcher.cli.main(["generate", str(model), "--prompt", "hi", "--system", too_long]) == 2
+    assert "shorten --system" in capsys.readouterr().err
     assert "its oldest" in captured.err and "exchange(s) are left out from here on" in captured.err
     assert "Traceback" not in captured.err
