@@ -94,13 +94,27 @@ def generate_texts(
         chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
         new_tokens = max_new_tokens if positions is None else max(1, min(max_new_tokens, positions - width))
-        if new_tokens < max_new_tokens and len(chunk) > 1 and not synced:
+        budgets = [new_tokens if positions is None else max(1, min(max_new_tokens, positions - len(p))) for p in chunk]
+        if len(set(budgets)) > 1 and not synced:
             # The batch's longest prompt leaves the others less room than their own length does
-            # (trial 42a: a reply cut to 2 tokens beside a long prompt): each alone, as unbatched.
-            for prompt in chunk:
-                outputs += generate_texts(
-                    model, tokenizer, [prompt], max_new_tokens, 1, device, position_limit=position_limit, **sampling
+            # (trial 42a: a reply cut to 2 tokens beside a long prompt): prompts with the same room
+            # are batched together, as unbatched generation would answer each (trial 43a: not all
+            # one by one when only a few are long).
+            texts: dict[int, str] = {}
+            for budget in sorted(set(budgets), reverse=True):
+                rows = [i for i, own in enumerate(budgets) if own == budget]
+                answers = generate_texts(
+                    model,
+                    tokenizer,
+                    [chunk[i] for i in rows],
+                    max_new_tokens,
+                    len(rows),
+                    device,
+                    position_limit=position_limit,
+                    **sampling,
                 )
+                texts.update(zip(rows, answers))
+            outputs += [texts[i] for i in range(len(chunk))]
             continue
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(chunk), width), dtype=torch.long)

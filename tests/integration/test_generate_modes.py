@@ -323,9 +323,10 @@ def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_sa
     assert "1 row(s) too long for the model; nothing was generated" in err and "p.jsonl line 2: the prompt has" in err
     assert not out.exists()
     # A long prompt in a batch leaves the others their own room (trial 42a: a reply cut to 2 tokens).
-    rows.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": "hi there you"}) + "\n")
+    short_and_long = ["hi", "hi there you", "ok", "no"]  # the short ones batched together, the long one apart
+    rows.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in short_and_long))
     replies = []
-    for batch in ("1", "2"):
+    for batch in ("1", "4"):
         assert (
             launcher.cli.main(
                 ["generate", str(model), "--input", str(rows), "--output", str(out), "--batch-size", batch, "--raw"]
