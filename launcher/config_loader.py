@@ -22,6 +22,7 @@ from launcher.errors import ConfigError
 from launcher.local_paths import did_you_mean
 from launcher.run_config import RunConfig
 from trainer.config import TrainerConfig, unread_preference_keys
+from trainer.config_fields import is_mapping_value
 from trainer.secret_values import redact_argv, secret_problems
 
 # Keys holding filesystem paths. Relative paths resolve from the current directory (as in
@@ -255,33 +256,8 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def _is_mapping_value(parts: list[str]) -> bool:
-    """Whether the key holds one value that is a mapping (transfer.head.class_weights, tracking tags),
-    not a section of settings: a command-line mapping then replaces the file's, as a list does
-    (trial 42a: `class_weights={country: 2}` kept the file's `person: 9` without a word)."""
-    model: type[BaseModel] | None = RunConfig
-    annotation: Any = None
-    for part in parts:
-        if model is None:
-            return False
-        if part.isdigit():  # an entry of a list section (data.mixture.1.weight): the item's model
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return False  # no such key: validation names it
-        annotation = field.annotation
-        model = _section_model(annotation)
-    return annotation is not None and model is None
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    """The settings model a field holds (also as the items of a list, or in an Optional); None for a value."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _section_model(arg)
-        if found is not None:
-            return found
-    return None
+    """A key holding one mapping value (class_weights, tags): a command-line mapping replaces the file's."""
+    return is_mapping_value(RunConfig, parts)
 
 
 def _dotted_indices(override: str) -> str:

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from trainer.config import TrainerConfig
+from trainer.config_fields import is_mapping_value
 from trainer.dict_merge import deep_merged
 
 # Whole sections, then single fields, that do not change the trained weights or their metrics
@@ -68,9 +69,9 @@ def config_written_with(cfg: TrainerConfig, manifest: dict[str, Any]) -> Trainer
     if not isinstance(recorded, dict) or manifest.get("config_hash") == config_hash(cfg):
         return cfg
     try:
-        return type(cfg).model_validate(
-            deep_merged(cfg.model_dump(mode="json"), recorded)
-        )  # the launcher's subclass too
+        model = type(cfg)  # the launcher's subclass too
+        values = deep_merged(cfg.model_dump(mode="json"), recorded, lambda path: is_mapping_value(model, path))
+        return model.model_validate(values)
     except ValueError:  # recorded by another ftl version whose keys this one does not take: cfg as it is
         return cfg
 
@@ -134,7 +135,9 @@ _ABSENT = object()
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, dict):  # an empty one adds no key: its keys, when set, read as new
+        if isinstance(value, dict) and is_mapping_value(TrainerConfig, f"{prefix}{key}".split(".")):
+            flat[f"{prefix}{key}"] = value  # one value (class_weights): said whole (trial 43a)
+        elif isinstance(value, dict):  # an empty one adds no key: its keys, when set, read as new
             flat.update(_flat(value, f"{prefix}{key}."))
         elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
             # data.mixture: one changed weight reads as data.mixture[1].weight, not the whole list twice

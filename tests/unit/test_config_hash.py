@@ -101,6 +101,21 @@ def test_the_config_a_checkpoint_was_written_with_is_rebuilt_from_its_manifest()
     assert config_written_with(written, manifest) is written
 
 
+def test_a_mapping_value_is_compared_and_rebuilt_whole() -> None:
+    """class_weights is one value: the resume note said `"balanced" -> (not set); class_weights.1:
+    (not set) -> 9.0` (trial 43a), and a recorded mapping was merged into the current one."""
+    head = {"type": "sequence_classification", "labels": ["a", "b", "1"]}
+    data = {"format": "classification"}
+    written = _cfg(data=data, transfer={"head": {**head, "class_weights": {"1": 9.0}}})
+    now = _cfg(data=data, transfer={"head": {**head, "class_weights": {"a": 2.0}}})
+    balanced = _cfg(data=data, transfer={"head": {**head, "class_weights": "balanced"}})
+    assert config_changes(result_values(balanced), result_values(written)) == [
+        'transfer.head.class_weights: "balanced" -> {"1": 9.0}'
+    ]
+    rebuilt = config_written_with(now, {"config_hash": config_hash(written), "config": result_values(written)})
+    assert rebuilt.transfer.head.class_weights == {"1": 9.0}
+
+
 def test_deep_merged_lays_a_fragment_over_its_base_at_every_depth() -> None:
     base = {"a": {"b": 1, "c": {"d": 2}}, "e": 3}
     assert deep_merged(base, {"a": {"c": {"d": 5}}, "e": {"f": 6}}) == {"a": {"b": 1, "c": {"d": 5}}, "e": {"f": 6}}
