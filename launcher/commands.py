@@ -138,16 +138,22 @@ def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     """--checkpoint as a path (from the current directory or the run's), or the name of one of the
     run's checkpoints (`step-25`, `25`, `latest`): trial 41b's `--checkpoint step-25` and trial
     42a's `checkpoints/step-35` (as the console prints it) were looked for in the current directory."""
+    checkpoint = checkpoint.strip()
     given = Path(checkpoint).expanduser()
     checkpoints = RunLayout(run_dir).checkpoints
     name = f"step-{checkpoint}" if checkpoint.isdigit() else checkpoint
+    if given.parts[-2:] == ("checkpoints", "latest"):  # the pointer file as a path: what it names
+        name = "latest"
     if name == "latest" and (checkpoints / "latest").is_file():
         name = (checkpoints / "latest").read_text().strip()  # the name of the newest committed one
     for candidate in (given, run_dir / given, checkpoints / name):
         if candidate.is_dir():
             return candidate.resolve()
-    # Missing: said with the run's own checkpoint path (a typo, or one keep_last deleted).
-    return given.resolve() if given.is_absolute() else (checkpoints / name).resolve()
+    # Missing: said with the run's own checkpoint path when it names one (a typo, or one keep_last
+    # deleted), else as given (trial 43a: runs/x/checkpoints/runs/x/checkpoints/step-10).
+    if given.is_absolute() or len(given.parts) > 1:
+        return given.resolve()
+    return (checkpoints / name).resolve()
 
 
 def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = None) -> int:
