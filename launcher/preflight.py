@@ -179,13 +179,19 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     if not freeze.freezes_blocks and not freeze.patterns:
         return None
     from trainer.errors import TrainerInputError
-    from trainer.transfer.freezing import check_block_count, check_patterns_match
+    from trainer.transfer.freezing import apply_freezing, check_block_count, check_patterns_match
     from trainer.transfer.model_parts import model_parts
 
     model = _meta_model(cfg)
     if model is None:
         return None
     try:
+        if cfg.method.type == "full" and cfg.transfer.head.type == "causal_lm":
+            # The model built here is the one that trains: freezing it as training will also finds
+            # a freeze that leaves nothing to train (trial 43a: validate said valid, plan refused it).
+            model.requires_grad_(True)
+            apply_freezing(model, model_parts(model), freeze, announce=False)
+            return None
         if freeze.freezes_blocks:
             check_block_count(freeze, model_parts(model).num_blocks)
         if freeze.patterns and cfg.transfer.head.type == "causal_lm":

@@ -41,6 +41,9 @@ def test_a_freeze_pattern_that_matches_nothing_is_refused_before_ray_starts(
     assert not (run / "logs").exists() or not list((run / "logs").iterdir()), "workers ran for a refused config"
     invalid = _ftl("validate", str(config), "transfer.freeze.patterns=[(unclosed]")
     assert invalid.returncode == 2 and "is not a valid regular expression" in invalid.stderr, invalid.stderr[-2000:]
+    # A pattern that freezes everything: validate says what plan and train say (trial 43a: "valid").
+    everything = _ftl("validate", str(config), "transfer.freeze.patterns=['.']")
+    assert everything.returncode == 2 and "transfer.freeze leaves no trainable parameter" in everything.stderr
 
 
 @pytest.mark.cluster
