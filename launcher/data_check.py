@@ -238,6 +238,20 @@ def mark_trained(tokenizer: Any, ids: list[int], mask: list[int], *, color: bool
 MAX_FIELDS_SHOWN = 8
 
 
+def _misspelt_fields(file: FileCheck) -> str:
+    """A did-you-mean for ignored fields a letter or two off a field the format reads (trial 43b:
+    alpaca's `inptu` was ignored, and its rows trained without their input)."""
+    import difflib
+
+    from trainer.data.formats import FORMAT_FIELDS
+
+    read = FORMAT_FIELDS.get(file.format, ())
+    close = [
+        (name, match[0]) for name in file.ignored_fields if (match := difflib.get_close_matches(name, read, 1, 0.75))
+    ]
+    return "".join(f"; did you mean '{field}' for '{name}'?" for name, field in close)
+
+
 def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
     lines = [f"{file.role}: {file.spec} (format {file.format})"]
     if file.read_error:
@@ -256,7 +270,12 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
             f"  fields format {file.format} does not read (ignored): "
             + ", ".join(shown)
             + (f" and {more} more" if more > 0 else "")
+            + _misspelt_fields(file)
         )
+    repeated = len(file.row_digests) - len(set(file.row_digests))
+    if repeated and file.role.endswith("train"):  # upsampling on purpose, or a copy made by mistake (trial 43b)
+        verb = "repeats" if repeated == 1 else "repeat"
+        lines.append(f"  {_count(repeated, 'usable row')} {verb} an earlier row of this file (the same tokens)")
     if file.label_counts and check.label_names:
         lines.append("  labels (usable rows): " + label_count_line(file.label_counts, check.label_names))
     if file.tag_counts and check.label_names:

@@ -246,6 +246,12 @@ def test_fields_the_format_does_not_read_are_named_for_usable_rows(
     code, out, err = _validate_data(capsys, config)
     assert code == 0, err
     assert "  fields format chat does not read (ignored): history (in 2 of 3 rows), source (in 1 of 3 rows)\n" in out
+    # A field a letter off one the format reads gets a did-you-mean (trial 43b: alpaca's `inptu`).
+    alpaca = {"instruction": "Say hi.", "output": "hi"}
+    (tmp_path / "a.jsonl").write_text(json.dumps(alpaca) + "\n" + json.dumps({**alpaca, "inptu": "x"}) + "\n")
+    code, out, err = _validate_data(capsys, config, f"data.train={tmp_path / 'a.jsonl'}", "data.format=alpaca")
+    assert code == 0, err
+    assert "does not read (ignored): inptu (in 1 of 2 rows); did you mean 'input' for 'inptu'?\n" in out, out
 
 
 def _pair(prompt: str, chosen: str, rejected: str) -> dict[str, str]:
@@ -459,6 +465,19 @@ def test_held_out_rows_that_training_also_has_are_counted(capsys: pytest.Capture
         "scores measure recall of trained rows, not generalization; remove them from one of the two"
     ) in out
     assert "validation rows (" not in out  # the bundled validation set shares no row with training
+    # data.validation_split on a file of duplicates: the held-out part and the rest share rows (trial 43b).
+    doubled = tmp_path / "doubled.jsonl"
+    doubled.write_text("".join(json.dumps(r) + "\n" for r in rows[:40] * 2))
+    split = (f"data.train={doubled}", "data.validation=null", "data.validation_split=0.25", "data.test=null")
+    code, out, err = _validate_data(capsys, example, *split)
+    assert code == 0, err
+    said = re.search(r"warning: (\d+) of 20 rows held out by data.validation_split are also in the training part", out)
+    assert said and int(said.group(1)) > 0, out[-3000:]
+    assert "  40 usable rows repeat an earlier row of this file (the same tokens)" in out
+    distinct = f"data.train={REPO / 'assets/data/fictional-kinds/train.jsonl'}"
+    code, out, err = _validate_data(capsys, example, *split[1:], distinct)
+    assert code == 0 and "held out by data.validation_split are also" not in out, out[-3000:]
+    assert "repeat an earlier row" not in out
 
 
 def test_a_misspelled_csv_header_is_said_once_as_the_header(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

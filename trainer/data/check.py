@@ -96,6 +96,7 @@ class DataCheck:
     label_names: list[str] | None = None  # transfer.head.labels (a token-classification sample shows its tags)
     pairs: bool = False  # preference data: train_examples and held_out count the two examples of each pair
     mixture_rows: list[tuple[str, int, float]] = field(default_factory=list)  # (name, training rows, weight)
+    split_overlap: tuple[int, int] = (0, 0)  # rows held out by validation_split that the rest repeats, of all held
 
     def refusals(self) -> list[str]:
         return [reason for check in self.files if (reason := check.refusal(self.skip_bad_rows))]
@@ -120,6 +121,13 @@ class DataCheck:
         copies of training rows, and the test score measured memory)."""
         train = {d for file in self.files if file.role.endswith("train") for d in file.row_digests}
         warnings = []
+        shared, held = self.split_overlap
+        if shared:  # trial 43b: a file of duplicates split into both, and nothing said
+            warnings.append(
+                f"{shared} of {held} rows held out by data.validation_split are also in the training part (duplicate "
+                "rows: the same tokens): their validation scores measure recall of trained rows, not generalization; "
+                "remove the duplicates from data.train"
+            )
         for file in self.files:
             if file.role not in ("validation", "test") or not file.row_digests:
                 continue
@@ -252,6 +260,7 @@ def _training_rows(check: DataCheck, cfg: DataConfig, seed: int) -> None:
         if cfg.validation_split > 0 and not cfg.mixture:
             held, rest = held_out_split(len(own), cfg.validation_split, seed, paired=cfg.format == "preference")
             check.held_out = len(held)
+            check.split_overlap = _split_overlap(file, held, rest)
             own = own[rest]
         lengths.append(own)
         own_rows = training_rows(own, cfg)
@@ -265,6 +274,17 @@ def _training_rows(check: DataCheck, cfg: DataConfig, seed: int) -> None:
     every = np.concatenate(lengths)
     check.train_examples, check.train_rows = len(every), len(rows)
     check.token_efficiency = token_efficiency(every, rows, cfg, check.micro_batch_size)
+
+
+def _split_overlap(file: FileCheck, held: np.ndarray, rest: np.ndarray) -> tuple[int, int]:
+    """(held-out rows whose tokens a training row of the rest has, held-out rows), by row digest;
+    (0, 0) when examples are not rows one to one (a row split into pieces)."""
+    per_row = 2 if file.pairs else 1  # a preference row is two examples, held out together
+    if len(file.kept_lengths) != per_row * len(file.row_digests):
+        return 0, 0
+    held_rows = sorted({int(i) // per_row for i in held})
+    trained = {file.row_digests[int(i) // per_row] for i in rest}
+    return sum(file.row_digests[i] in trained for i in held_rows), len(held_rows)
 
 
 def length_stats(lengths: list[int]) -> dict[str, int]:
