@@ -314,8 +314,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     stopping = summary.get("transfer", {}).get("early_stopping")
     best = stopping.get("best_step") if stopping else None
     if stopping and stopping.get("stopped_at") is not None:
+        # Why, in the rule's own terms (trial 43b: step 70's lower loss was within min_delta, unsaid).
+        why = (
+            f" after {stopping['patience']} evaluations in a row without beating the best by more than "
+            f"min_delta {stopping['min_delta']:g}"
+            if isinstance(stopping.get("patience"), int) and isinstance(stopping.get("min_delta"), (int, float))
+            else ""
+        )
         lines.append(
-            f"early stopping: stopped at step {stopping['stopped_at']}; final/ holds the best step {best} "
+            f"early stopping: stopped at step {stopping['stopped_at']}{why}; final/ holds the best step {best} "
             f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])})"
         )
     elif stopping and best is not None and best != summary.get("steps"):

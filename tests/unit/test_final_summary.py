@@ -22,6 +22,12 @@ def _summary(tmp_path: Path, **stopping: Any) -> dict[str, Any]:
 def test_final_holds_the_best_step_whether_or_not_training_stopped_early(tmp_path: Path) -> None:
     stopped = format_summary(_summary(tmp_path, stopped_at=45, best_step=35))
     assert "early stopping: stopped at step 45; final/ holds the best step 35 (validation accuracy 0.9889)" in stopped
+    # Why, in the rule's terms (trial 43b), where the summary records them.
+    said = format_summary(_summary(tmp_path, stopped_at=45, best_step=35, patience=2, min_delta=0.01))
+    assert (
+        "early stopping: stopped at step 45 after 2 evaluations in a row without beating the best by more than "
+        "min_delta 0.01; final/ holds the best step 35"
+    ) in said
     ran_out = format_summary(_summary(tmp_path, stopped_at=None))
     assert "early stopping: ran all 45 steps; final/ holds the best step 40 (validation accuracy 0.9889)" in ran_out
     # The last step was the best: final/ is the last step's model, nothing to say.

@@ -327,6 +327,8 @@ class TransferController:
                 **self.early.state_dict(),
                 "metric": self.cfg.transfer.early_stopping.metric,
                 "split": self.cfg.transfer.early_stopping.split,
+                "patience": self.cfg.transfer.early_stopping.patience,
+                "min_delta": self.cfg.transfer.early_stopping.min_delta,
             }
         if self.cfg.transfer.freeze.any:
             out["freeze"] = dict(self.counts)
