@@ -190,7 +190,13 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
             if done.merged_as_before
             else ""
         )
-        print(f"exported step {done.step} (from {done.source}) to {done.path}{again}")
+        best = (
+            f", the best evaluation under early stopping (the latest checkpoint, {done.passed_over}, is exported by "
+            f"--checkpoint {done.passed_over})"
+            if done.passed_over
+            else ""
+        )
+        print(f"exported step {done.step}{best} (from {done.source}) to {done.path}{again}")
     return 0
 
 

@@ -233,6 +233,7 @@ class Exported:
     source: str  # where they came from: a checkpoint, or the finished run's final/
     written: bool = True  # False: the destination already held everything asked for
     merged_as_before: bool = False  # merged/ written without --merge: the export there before had one
+    passed_over: str = ""  # the latest checkpoint, when early stopping's best one was exported instead
 
 
 def export_run(
@@ -269,6 +270,7 @@ def export_run(
             f"{run_dir}: no valid checkpoint to export (checkpoints are written every "
             "checkpoint.every_steps / every_minutes and when a run is stopped)"
         )
+    latest = source
     if checkpoint is None and cfg.transfer.early_stopping.enabled:
         source = _best_checkpoint(source)
     if not Path(source).is_dir():  # a typo, or a checkpoint keep_last has deleted since
@@ -318,7 +320,8 @@ def export_run(
     export_final(
         model, tokenizer, cfg, target, device, merge=merge, adapter=True, info={"step": step, "source": str(source)}
     )
-    return Exported(target, step, str(source), merged_as_before=kept_merged)
+    passed_over = Path(latest).name if Path(latest) != Path(source) else ""
+    return Exported(target, step, str(source), merged_as_before=kept_merged, passed_over=passed_over)
 
 
 def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: str, out: Path | None) -> Exported:

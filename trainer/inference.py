@@ -104,7 +104,8 @@ def _no_model_here(path: Path, layout: RunLayout) -> str:
     if exported:  # a stopped run exported before: name what is there
         return (
             f"{path}: no final/merged or final/adapter (the run has not finished); its latest export is "
-            f"{exported[-1]}: pass that directory (or `ftl export {path}` for its latest checkpoint)"
+            f"{exported[-1]}: pass that directory (or `ftl export {path}` for its latest checkpoint, its best "
+            "one with early stopping)"
         )
     if not committed_checkpoints(path):  # export would only say "no valid checkpoint" (trial 38c)
         return (

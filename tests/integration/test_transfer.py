@@ -338,7 +338,13 @@ def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(
     assert export(str(run), merge=True, checkpoint=None) == 0
     assert all(torch.equal(best_weights[k], v) for k, v in _merged(run).items())
     (run / "summary.json").unlink()
+    capfd.readouterr()
     assert export(str(run), merge=True, checkpoint=None) == 0
+    said = capfd.readouterr().out  # which step, and why not the latest (trial 43b)
+    assert (
+        f"exported step {best_step}, the best evaluation under early stopping (the latest checkpoint, "
+        f"step-{expected_stop}, is exported by --checkpoint step-{expected_stop})"
+    ) in said, said
     exported = load_file(str(run / "exports" / f"step-{best_step}" / "merged" / "model.safetensors"))
     assert all(torch.equal(best_weights[k], v) for k, v in exported.items())
 
