@@ -4,6 +4,7 @@ the data. Runs on the launcher machine with the tokenizer only (no model, no wor
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections import Counter
 from typing import Any
@@ -358,7 +359,10 @@ def _dropped_lines(file: FileCheck) -> list[str]:
     sends the user here to find them."""
     if not file.dropped:
         return []
-    return [f"  dropped rows ({len(file.dropped)}):", *(f"    - {line}" for line in _grouped(file.dropped))]
+    return [
+        f"  dropped rows ({len(file.dropped)}):",
+        *(f"    - {line}" for line in _grouped(file.dropped, counted=True)),
+    ]
 
 
 def _truncated_lines(file: FileCheck) -> list[str]:
@@ -417,18 +421,25 @@ WHERE_LISTED = 20
 REASON_SHOWN = 80  # characters of a reason repeated on its 'the same' line
 
 
-def _grouped(problems: list[str]) -> list[str]:
+def _grouped(problems: list[str], counted: bool = False) -> list[str]:
     """Each problem as it is, except that a reason many rows share (a template-wide one says the
-    same for every row) is shown for its first rows, then one line names the others."""
+    same for every row) is shown for its first rows, then one line names the others. `counted`:
+    reasons that differ only in a row's token count ("73 tokens, longer than ...") are one reason
+    (trial 43b: 130 dropped rows listed one by one, grouped by equal lengths)."""
+
+    def reason_of(problem: str) -> str:
+        reason = problem.partition(": ")[2]
+        return re.sub(r"\b(at least )?\d+ tokens\b", "N tokens", reason) if counted else reason
+
     by_reason: dict[str, list[int]] = {}
     position = []  # of each problem among those with its reason
     for index, problem in enumerate(problems):
-        rows = by_reason.setdefault(problem.partition(": ")[2], [])
+        rows = by_reason.setdefault(reason_of(problem), [])
         position.append(len(rows))
         rows.append(index)
     lines = []
     for index, problem in enumerate(problems):
-        rows = by_reason[problem.partition(": ")[2]]
+        rows = by_reason[reason_of(problem)]
         if len(rows) <= SAME_PROBLEM_SHOWN + 1 or position[index] < SAME_PROBLEM_SHOWN:
             lines.append(problem)
         elif position[index] == SAME_PROBLEM_SHOWN:
@@ -436,7 +447,7 @@ def _grouped(problems: list[str]) -> list[str]:
             named = ", ".join(rest[:WHERE_LISTED])
             more = f" and {len(rest) - WHERE_LISTED} more" if len(rest) > WHERE_LISTED else ""
             # Said again: other reasons may stand between this line and the rows it continues.
-            reason = problem.partition(": ")[2]
+            reason = reason_of(problem)
             reason = reason if len(reason) <= REASON_SHOWN else reason[: REASON_SHOWN - 3] + "..."
             lines.append(f"the same ({reason}) for {len(rest)} more rows: {named}{more}")
     return lines
@@ -449,9 +460,9 @@ def _training_line(check: DataCheck) -> str:
         layout = f"one pair per row, padded in micro-batches of {check.micro_batch_size}; padding efficiency"
     else:
         held = f" ({check.held_out} held out by data.validation_split)" if check.held_out else ""
-        what = f"{check.train_examples} examples{held}"
+        what = f"{_count(check.train_examples, 'example')}{held}"
         if check.packing:
-            layout = f"packed into {check.train_rows} rows of {check.max_seq_len} tokens; packing efficiency"
+            layout = f"packed into {_count(check.train_rows, 'row')} of {check.max_seq_len} tokens; packing efficiency"
         else:
             layout = f"one per row, padded in micro-batches of {check.micro_batch_size}; padding efficiency"
     return f"training: {what} {layout} {100 * check.token_efficiency:.1f}% (share of token slots holding real tokens)"

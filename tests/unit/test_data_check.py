@@ -56,7 +56,7 @@ def test_bundled_data_report_matches_what_training_builds(bundled_report: str, t
     lengths = prepared.train.examples.lengths()
     assert f"min {lengths.min()} / median" in train_block and f"/ max {lengths.max()};" in train_block
     assert (
-        f"training: {report['train_examples']} examples packed into {report['train_rows']} rows of 128 tokens; "
+        f"training: {report['train_examples']:,} examples packed into {report['train_rows']:,} rows of 128 tokens; "
         f"packing efficiency {100 * report['token_efficiency']:.1f}%"
     ) in bundled_report
     for role, name, rows in (("validation", "valid.jsonl", 200), ("test", "test.jsonl", 200)):
@@ -213,6 +213,21 @@ def test_label_counts_and_a_one_class_training_set_are_said_by_validate_and_trai
         ).report["label_warnings"]
         == []
     )
+
+
+def test_many_dropped_rows_of_one_reason_are_said_in_a_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """130 rows dropped for length were listed one by one, grouped only by equal token counts (trial 43b)."""
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(["word"] * (60 + i))}) + "\n" for i in range(12)))
+    config = write_config(
+        tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", data={"train": str(data), "format": "text"}
+    )
+    code, out, err = _validate_data(capsys, config, "data.max_seq_len=32", "data.too_long=drop", "data.validation=null")
+    lines = out.split("  dropped rows (12):\n")[1].splitlines()
+    assert [line.endswith("longer than data.max_seq_len=32 (data.too_long=drop)") for line in lines[:3]] == [True] * 3
+    assert lines[3].startswith(
+        "    - the same (N tokens, longer than data.max_seq_len=32 (data.too_long=drop)) for 9 more rows: long.jsonl line 4"
+    ), lines
 
 
 def test_truncated_rows_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -76,3 +76,17 @@ def test_a_folder_keeps_the_datasets_split_names_and_refuses_what_it_would_drop(
     (mixed / "notes.txt").write_text("free text\n")
     with pytest.raises(DataError, match=r"mix types ftl reads .* with others \(\.txt\)"):
         list(read_rows(str(mixed)))
+
+
+def test_a_plain_text_file_is_a_row_a_line(tmp_path: Path) -> None:
+    """A single .txt was refused while a folder holding it was read (trial 43b): each non-blank
+    line is one row's text, located by its line; a byte-order mark and CRLF are not text."""
+    plain = tmp_path / "notes.txt"
+    plain.write_bytes("\ufefffirst line\r\n\r\nsecond, with a comma\r\n\n".encode())
+    rows = list(read_rows(str(plain)))
+    assert [(r.where, r.values) for r in rows] == [
+        ("notes.txt line 1", {"text": "first line"}),
+        ("notes.txt line 3", {"text": "second, with a comma"}),
+    ]
+    with pytest.raises(DataError, match=r"unsupported file type '\.md'; use one of .*\.csv, \.txt"):
+        list(read_rows(str(tmp_path / "x.md")) if (tmp_path / "x.md").write_text("x") else [])

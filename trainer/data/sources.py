@@ -17,7 +17,10 @@ from typing import Any
 
 from trainer.errors import DataError
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # the files of a folder read here
+# One file given as the dataset may also be plain text, a row a line; in a folder a .txt beside
+# data files is more often notes than rows, and is refused there as before.
+FILE_SUFFIXES = (*LOCAL_SUFFIXES, ".txt")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Row:
 
 
 def is_local_dataset(spec: str) -> bool:
-    return Path(spec).exists() or spec.endswith(LOCAL_SUFFIXES)
+    return Path(spec).exists() or spec.endswith(FILE_SUFFIXES)
 
 
 def dataset_fingerprint(spec: str, split: str) -> str:
@@ -72,15 +75,22 @@ def empty_reason(spec: str) -> str:
         ".csv": "the file is empty or has only a header",
         ".parquet": "the table has no rows",
         ".jsonl": "the file is empty or has only blank lines",
+        ".txt": "the file is empty or has only blank lines",
     }.get(suffix, "no data files with rows")
 
 
 def _read_file(path: Path, label: str) -> Iterator[Row]:
     """One local data file's rows, each located as "LABEL line N" (item N, row N)."""
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".json": _read_json,
+        ".parquet": _read_parquet,
+        ".csv": _read_csv,
+        ".txt": _read_txt,
+    }
     reader = readers.get(path.suffix.lower())
     if reader is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
     try:
         yield from reader(path, label)
     except PermissionError as exc:
@@ -140,10 +150,11 @@ def _without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def _read_jsonl(path: Path, label: str) -> Iterator[Row]:
-    # Bytes, decoded line by line: one line that is not UTF-8 is one bad row (named, skippable with
-    # data.skip_bad_rows), not the end of the read. A leading byte-order mark (Windows editors and
-    # exports write one) is not part of the first row.
+def _text_lines(path: Path, label: str) -> Iterator[tuple[str, str | _Malformed]]:
+    """Each non-blank line without its line break, located ("LABEL line N"). Bytes, decoded line
+    by line: one line that is not UTF-8 is one bad row (named, skippable with data.skip_bad_rows),
+    not the end of the read. A leading byte-order mark (Windows editors and exports write one) is
+    not part of the first row."""
     with path.open("rb") as handle:
         start = handle.read(4)
         handle.seek(0)
@@ -157,35 +168,48 @@ def _read_jsonl(path: Path, label: str) -> Iterator[Row]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield Row(where, _Malformed(_not_utf8(raw, exc)))
+                yield where, _Malformed(_not_utf8(raw, exc))
                 continue
-            if not line.strip():
-                continue
-            line = line.rstrip("\r\n")  # with its newline, a row cut short fails at "line 2, column 1"
-            try:
-                value = json.loads(line, object_pairs_hook=_without_duplicate_keys)
-            except DuplicateKey as exc:
-                yield Row(where, _Malformed(str(exc)))
-                continue
-            except json.JSONDecodeError as exc:
-                cut = " (the end of the line: is the row cut short?)" if exc.pos >= len(line.rstrip()) else ""
-                if line.strip() in ("[", "{"):  # a pretty-printed JSON file: JSON Lines is one row per line
-                    cut = f" (the line is {line.strip()!r}: this looks like a JSON file; name it .json, or write one row per line)"
-                at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"
-                yield Row(where, _Malformed(f"invalid JSON: {exc.msg}{at} column {exc.colno}{cut}"))
-                continue
-            if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-                # A whole JSON list on one line: a .json file's content under a .jsonl name.
-                yield Row(
-                    where,
-                    _Malformed(
-                        f"the line is a JSON list of {len(value)} objects, not one row; name the file .json, "
-                        "or write one object per line"
-                    ),
-                )
-                continue
-            surrogate = _lone_surrogate(value) if "\\u" in line else None
-            yield Row(where, _Malformed(surrogate) if surrogate else value)
+            if line.strip():
+                yield where, line.rstrip("\r\n")  # with its newline, a row cut short fails at "line 2, column 1"
+
+
+def _read_txt(path: Path, label: str) -> Iterator[Row]:
+    """A plain text file: each non-blank line is one row's `text` (as the datasets library's text
+    loader reads a folder of them; trial 43b: a single .txt was refused)."""
+    for where, line in _text_lines(path, label):
+        yield Row(where, line if isinstance(line, _Malformed) else {"text": line})
+
+
+def _read_jsonl(path: Path, label: str) -> Iterator[Row]:
+    for where, line in _text_lines(path, label):
+        if isinstance(line, _Malformed):
+            yield Row(where, line)
+            continue
+        try:
+            value = json.loads(line, object_pairs_hook=_without_duplicate_keys)
+        except DuplicateKey as exc:
+            yield Row(where, _Malformed(str(exc)))
+            continue
+        except json.JSONDecodeError as exc:
+            cut = " (the end of the line: is the row cut short?)" if exc.pos >= len(line.rstrip()) else ""
+            if line.strip() in ("[", "{"):  # a pretty-printed JSON file: JSON Lines is one row per line
+                cut = f" (the line is {line.strip()!r}: this looks like a JSON file; name it .json, or write one row per line)"
+            at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at"
+            yield Row(where, _Malformed(f"invalid JSON: {exc.msg}{at} column {exc.colno}{cut}"))
+            continue
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            # A whole JSON list on one line: a .json file's content under a .jsonl name.
+            yield Row(
+                where,
+                _Malformed(
+                    f"the line is a JSON list of {len(value)} objects, not one row; name the file .json, "
+                    "or write one object per line"
+                ),
+            )
+            continue
+        surrogate = _lone_surrogate(value) if "\\u" in line else None
+        yield Row(where, _Malformed(surrogate) if surrogate else value)
 
 
 # Row fields whose value is a list (trainer/data/formats.py FORMAT_FIELDS): a .json file that is one
