@@ -376,9 +376,20 @@ def _truncated_lines(file: FileCheck) -> list[str]:
     if rest:
         more = f" and {len(rest) - WHERE_LISTED} more" if len(rest) > WHERE_LISTED else ""
         shown.append(f"and {len(rest)} more: {', '.join(rest[:WHERE_LISTED])}{more}")
+    lost = (
+        [
+            f"    {file.trained_cut_rows:,} of them {'loses' if file.trained_cut_rows == 1 else 'lose'} trained "
+            f"tokens ({file.trained_cut:,} in all): an "
+            "answer cut short, or its end-of-turn token, which teaches the model where to stop; raise "
+            "data.max_seq_len, or set data.too_long=drop to leave them out"
+        ]
+        if file.trained_cut_rows
+        else []
+    )
     return [
         f"  truncated rows ({len(file.truncated)}):",
         *(f"    - {line}" for line in shown),
+        *lost,
     ]
 
 

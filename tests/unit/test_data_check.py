@@ -230,6 +230,22 @@ def test_many_dropped_rows_of_one_reason_are_said_in_a_line(capsys: pytest.Captu
     ), lines
 
 
+def test_truncated_rows_that_lose_trained_tokens_are_counted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A cut into the answer (or its end-of-turn token) was reported only as "truncated" (trial 43b)."""
+    example = REPO / "configs" / "examples" / "lora.yaml"
+    code, out, err = _validate_data(capsys, example, "data.max_seq_len=40")
+    assert code == 0, err
+    said = re.search(r"\n    (\d+) of them lose trained tokens \((\d+) in all\): an answer cut short", out)
+    assert said and 0 < int(said.group(1)) and int(said.group(1)) <= int(said.group(2)), out[-3000:]
+    # A classifier's long text is cut, its label never: nothing trained is lost.
+    classifier = REPO / "configs" / "examples" / "classification.yaml"
+    code, out, err = _validate_data(capsys, classifier, "data.max_seq_len=12")
+    assert code == 0 and "truncated rows (" in out, err
+    assert "lose trained tokens" not in out and "loses trained tokens" not in out
+
+
 def test_truncated_rows_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """Training's note says `N truncated to data.max_seq_len (ftl validate --data shows them)`:
     validate counted them only."""

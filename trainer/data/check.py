@@ -34,6 +34,8 @@ class FileCheck:
     problems: list[str] = field(default_factory=list)  # every "bad" and "too_long" row, in file order
     dropped: list[str] = field(default_factory=list)  # every dropped row and why (training only counts them)
     truncated: list[str] = field(default_factory=list)  # every truncated row and its length (training counts them)
+    trained_cut_rows: int = 0  # truncated rows that lose trained tokens (not only prompt)
+    trained_cut: int = 0  # the trained tokens truncation cuts off
     same_pairs: list[str] = field(default_factory=list)  # usable preference pairs with chosen == rejected
     # every rendered example, before truncation (a preference pair's two: both are trained on, and
     # the token counts count both)
@@ -213,6 +215,8 @@ def _check_file(
                 counts = [row.rendered_len] + ([row.rejected_rendered_len] if row.rejected_ids else [])
                 lengths = too_long_lengths(counts, cfg.max_seq_len, row.cut_before_tokenizing)
                 check.truncated.append(f"{row.where}: {lengths}, cut to {cfg.max_seq_len}")
+                check.trained_cut_rows += row.trained_cut > 0
+                check.trained_cut += row.trained_cut
             elif row.problem:
                 check.problems.append(row.problem)
             if row.same_pair:

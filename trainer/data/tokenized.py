@@ -270,6 +270,7 @@ class ScannedRow:
     # a string of the row was longer than max_seq_len x MAX_CHARS_PER_TOKEN characters and cut there
     # before tokenizing: rendered_len counts up to the cut (a lower bound)
     cut_before_tokenizing: bool = False
+    trained_cut: int = 0  # trained tokens a truncation cut off (an answer's end: where it learns to stop)
     # too_long=split: the (ids, mask) of each later piece of the row, each an example of its own
     more: list[tuple[list[int], list[int]]] = field(default_factory=list)
 
@@ -413,6 +414,8 @@ def _scan_rendered(
             row_index, row.where, "dropped_no_loss", problem, chosen_len, rejected_rendered_len=rejected_len
         )
     scanned = ScannedRow(row_index, row.where, fate, "", chosen_len, *kept[0], example.class_label, more=more)
+    if fate == "truncated" and example.class_label is None:  # a classifier's loss is on its label, never cut
+        scanned.trained_cut = sum(sum(p.loss_mask[max_seq_len:]) for p in parts)
     if len(kept) == 2:
         scanned.rejected_ids, scanned.rejected_mask = kept[1]
         scanned.rejected_rendered_len = rejected_len
