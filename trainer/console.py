@@ -77,12 +77,19 @@ class RunConsole:
             print(line, file=self.stream, flush=True)
 
     def started(
-        self, total_steps: int, step: int, description: str, resumed_from: str | None, restart: str | None
+        self,
+        total_steps: int,
+        step: int,
+        description: str,
+        resumed_from: str | None,
+        restart: str | None,
+        samples_seen: int | None = None,
     ) -> None:
         if restart:
             self.event(f"restart: {restart}")
         if resumed_from is not None:
-            self.event(f"resumed from {resumed_from} at step {step}/{total_steps}")
+            sample = f" (sample {samples_seen})" if samples_seen is not None else ""
+            self.event(f"resumed from {resumed_from} at step {step}/{total_steps}{sample}")
         self.event(f"training {total_steps} steps{f' (from step {step})' if step else ''} {description}")
 
     def progress(self, step: int, total: int, values: dict[str, Any]) -> None:

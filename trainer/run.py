@@ -152,6 +152,7 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         + f"({len(data.train)} rows)",
         _shown_path(resume_from.path, ctx.run_dir) if resume_from else None,
         ctx.restart,
+        trainee.state.samples_seen if resume_from else None,
     )
     evaluator = _Evaluator(
         cfg,

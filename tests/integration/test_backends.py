@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,7 +207,7 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     # The rerun with another retention (trial 36a): the first start's milestones stay, and it says why.
     out = _ftl("train", str(config), "checkpoint.keep_every=0")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "ftl: resumed from checkpoints/step-2 (sample 16)" in out.stderr, out.stderr[-3000:]
+    assert re.search(r"resumed from checkpoints/step-2 at step 2/\d+ \(sample 16\)", out.stderr), out.stderr[-3000:]
     assert not (run_dir / STOP_REQUEST_FILE).exists()  # the old request is not for the rerun
     assert_same_losses(run_dir, golden)
     assert _checkpoint_steps(run_dir) == [1, 2, 3, 4]

@@ -89,7 +89,7 @@ def test_console_lines_without_carriage_returns_and_progress_at_most_every_n_sec
     assert stopped[-1] == "stopped at step 4; resume from checkpoints/step-4"
     resumed = [text for _, text in _lines(runs["resumed"])]
     assert reading.fullmatch(resumed[0]), resumed[0]
-    assert resumed[1] == "resumed from checkpoints/step-4 at step 4/8"
+    assert re.fullmatch(r"resumed from checkpoints/step-4 at step 4/8 \(sample \d+\)", resumed[1]), resumed[1]
     assert resumed[2].startswith("training 8 steps (from step 4) on 2 worker(s)")
     assert [t for t in resumed if t.startswith("checkpoint committed")] == [
         "checkpoint committed: checkpoints/step-6",

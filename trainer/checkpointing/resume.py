@@ -14,7 +14,6 @@ have start a fresh seeded RNG stream.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,10 +256,8 @@ def load_resume_state(
             state.samples_seen,
             strategy.global_batch(),
         )
+    # The console says it with the start's line (trainer/console.py: trial 43a, a second line said it again).
     log.info("resumed from %s at step %d (sample %d)", point.path, state.step, state.samples_seen)
-    if ctx.is_main:  # the user's console: the ftl command's stderr (Ray forwards it from the worker)
-        shown = point.path.relative_to(ctx.run_dir) if point.path.is_relative_to(ctx.run_dir) else point.path
-        print(f"ftl: resumed from {shown} (sample {state.samples_seen})", file=sys.stderr, flush=True)
     return state
 
 
