@@ -313,7 +313,10 @@ def test_a_preference_pair_shows_both_sequences_each_with_its_own_cut(
         "  length in tokens of each sequence (chosen and rejected) before truncation: "
         "min 86 / median 86 / p95 179 / max 179; 1 longer than max_seq_len 110\n"
         "  truncated rows (1):\n"
-        "    - trunc.jsonl line 1: prompt + rejected 179 tokens (prompt + chosen 86), cut to 110\n\n"
+        "    - trunc.jsonl line 1: prompt + rejected 179 tokens (prompt + chosen 86), cut to 110\n"
+        "    1 of them loses trained tokens (69 in all): an answer cut short, or its end-of-turn token, which "
+        "teaches the model where to stop; raise data.max_seq_len, or set data.too_long=drop to leave them out\n"
+        "\n"
         "training: 1 pair (2 sequences), one pair per row, padded in micro-batches of 8; padding efficiency"
     ) in out
     chosen, rejected = re.findall(r"--- (trunc\.jsonl line 1, \w+ \(.*?\)) ---\n(.*?)(?=\n--- |\Z)", out, re.S)
@@ -348,6 +351,8 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
         "(data.max_seq_len), all prompt\n"
         "  truncated rows (1):\n"
         "    - pairs.jsonl line 4: prompt + chosen 131 tokens and prompt + rejected 131 tokens, cut to 128\n"
+        "    1 of them loses trained tokens (6 in all): an answer cut short, or its end-of-turn token, which "
+        "teaches the model where to stop; raise data.max_seq_len, or set data.too_long=drop to leave them out\n"
         "  warning: 2 pairs with chosen and rejected the same as training sees them, no preference to learn from "
         "them (DPO: loss ln 2, no gradient; ORPO: only its SFT term on the chosen response trains):\n"
         "    - pairs.jsonl line 3: chosen and rejected are the same\n"
