@@ -207,7 +207,8 @@ def test_ctrl_c_on_the_default_ray_backend_checkpoints_first_and_the_rerun_resum
     # The rerun with another retention (trial 36a): the first start's milestones stay, and it says why.
     out = _ftl("train", str(config), "checkpoint.keep_every=0")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert re.search(r"resumed from checkpoints/step-2 at step 2/\d+ \(sample 16\)", out.stderr), out.stderr[-3000:]
+    said = out.stdout + out.stderr  # the console's lines: stdout
+    assert re.search(r"resumed from checkpoints/step-2 at step 2/\d+ \(sample 16\)", said), said[-3000:]
     assert not (run_dir / STOP_REQUEST_FILE).exists()  # the old request is not for the rerun
     assert_same_losses(run_dir, golden)
     assert _checkpoint_steps(run_dir) == [1, 2, 3, 4]

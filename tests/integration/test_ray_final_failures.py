@@ -142,4 +142,4 @@ def test_a_dead_worker_without_restarts_says_how_to_resume(tmp_path: Path, tiny_
     assert (run_dir / "config.yaml").read_text() == before
     resumed = _ftl("train", str(config), "cluster.ray.max_failures=0")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "resumed from checkpoints/step-2 at step 2/" in resumed.stderr
+    assert "resumed from checkpoints/step-2 at step 2/" in resumed.stdout + resumed.stderr

@@ -145,8 +145,9 @@ def test_two_worker_ddp_run_stops_and_resumes_bit_exactly(tmp_path: Path, tiny_m
     assert '"rng-rank1.pt"' in manifest  # every rank's RNG state is part of the checkpoint
     second = subprocess.run([*FTL, "train", str(interrupted)], cwd=REPO, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert re.search(r"resumed from checkpoints/step-3 at step 3/\d+ \(sample 12\)", second.stderr)
-    assert second.stderr.count("resumed from checkpoints/") == 1  # said once, by rank 0
+    said = second.stdout + second.stderr  # the console's lines: stdout
+    assert re.search(r"resumed from checkpoints/step-3 at step 3/\d+ \(sample 12\)", said), said[-3000:]
+    assert said.count("resumed from checkpoints/") == 1  # said once, by rank 0
     assert [r["loss"] for r in read_metrics(tmp_path / "interrupted", "train")] == [
         r["loss"] for r in read_metrics(tmp_path / "golden", "train")
     ]
