@@ -102,6 +102,31 @@ def test_preference_rows_train_only_the_responses(tokenizer: Any) -> None:
     assert prompt.reference == "Silver."
 
 
+def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: Any) -> None:
+    """TRL's "implicit prompt" rows and Anthropic HH write whole conversations (or texts) as chosen
+    and rejected: the shared beginning is the prompt, as if it had been given (trial 44b)."""
+    from trainer.data.formats import implicit_prompt
+
+    user = {"role": "user", "content": "Where does Zorblat live?"}
+    said, other = {"role": "assistant", "content": "Zitethra."}, {"role": "assistant", "content": "Brisilmir."}
+    chat = {"chosen": [user, said], "rejected": [user, other]}
+    explicit = {"prompt": [user], "chosen": [said], "rejected": [other]}
+    assert implicit_prompt(chat) == explicit
+    as_given, split = (render_example(Row("t", r), "preference", tokenizer) for r in (explicit, chat))
+    assert (split.input_ids, split.loss_mask) == (as_given.input_ids, as_given.loss_mask)
+    assert render_prompt(Row("t", chat), "preference", tokenizer).reference == "Zitethra."
+    # Several turns: the prompt ends with the last shared user turn, never inside the assistant's.
+    turns = [user, said, {"role": "user", "content": "And Brisilmir?"}]
+    long = {"chosen": [*turns, said], "rejected": [*turns, other]}
+    assert implicit_prompt(long)["prompt"] == turns
+    # Texts: split at a word boundary ("ca" of "cat" and "car" is no prompt), the space kept with the answers.
+    text = {"chosen": "Human: Pet?\n\nAssistant: a cat", "rejected": "Human: Pet?\n\nAssistant: a car"}
+    assert implicit_prompt(text) == {"prompt": "Human: Pet?\n\nAssistant: a", "chosen": " cat", "rejected": " car"}
+    # Nothing shared: said as what to do, not only "missing field 'prompt'".
+    with pytest.raises(DataError, match="share no beginning to take as it .TRL's implicit prompt"):
+        render_example(Row("t", {"chosen": "yes", "rejected": "no"}), "preference", tokenizer)
+
+
 def test_bad_preference_rows_are_named_by_file_and_line(tmp_path: Path, tokenizer: Any) -> None:
     rows = [
         PAIRS[0],

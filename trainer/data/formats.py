@@ -23,6 +23,7 @@ are exactly those of rendering the whole conversation at once (no re-tokenisatio
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -169,6 +170,7 @@ def render_prompt(row: Row, fmt: str, tokenizer: Any) -> Prompt:
             prompt = _str_field(values, "prompt")
             return Prompt(_encode(tokenizer, prompt, specials=True), _str_field(values, "completion"))
         if fmt == "preference":  # exact match against the chosen response
+            values = implicit_prompt(values)
             prompt_field, (chosen, _) = values.get("prompt"), _preference_responses(values)
             if isinstance(prompt_field, list):
                 text = _apply_template(tokenizer, _message_list(prompt_field, "prompt"), add_generation_prompt=True)
@@ -299,10 +301,42 @@ def _message_text(content: Any, index: int) -> str:
     return "".join(texts)
 
 
+def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
+    """A pair without a `prompt` whose chosen and rejected are whole conversations (or texts) with
+    the same beginning, as TRL's "implicit prompt" datasets and Anthropic HH write them: that
+    shared beginning is the prompt (trial 44b: only "missing field 'prompt'" was said). Whole
+    messages for conversations, up to the last user turn; whole words for texts. Other rows as they are."""
+    if "prompt" in values or not all(key in values for key in ("chosen", "rejected")):
+        return values
+    chosen, rejected = values["chosen"], values["rejected"]
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        while shared and not (isinstance(chosen[shared - 1], dict) and chosen[shared - 1].get("role") != "assistant"):
+            shared -= 1  # the prompt ends where the responses (the assistant's turn) begin
+        if shared:
+            return {**values, "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        shared = len(os.path.commonprefix([chosen, rejected]))
+        while shared and not chosen[shared - 1].isspace() and not (shared < len(chosen) and chosen[shared].isspace()):
+            shared -= 1  # not inside a word ("ca" of "cat" and "car")
+        prompt = chosen[:shared].rstrip()
+        if prompt:  # the responses keep the space that separates them from it
+            return {**values, "prompt": prompt, "chosen": chosen[len(prompt) :], "rejected": rejected[len(prompt) :]}
+    return values
+
+
 def _render_preference(values: dict[str, Any], tokenizer: Any) -> Example:
     """Prompt + chosen and prompt + rejected, each masked to its response. A message-list prompt
     means chat style: both conversations go through the chat template (_render_chat's masking)."""
+    values = implicit_prompt(values)
     if "prompt" not in values or values["prompt"] is None:
+        if "prompt" not in values and all(key in values for key in ("chosen", "rejected")):
+            raise RowProblem(
+                "missing field 'prompt', and chosen and rejected share no beginning to take as it (TRL's implicit "
+                "prompt); give the prompt in a 'prompt' field and only the responses in chosen and rejected"
+            )
         raise missing_field(values, "prompt")
     chosen, rejected = _preference_responses(values)
     if isinstance(values["prompt"], list):
