@@ -230,9 +230,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     weighted = (
         " (class-weighted: transfer.head.class_weights)" if (summary.get("data") or {}).get("class_weights") else ""
     )
+    means = (
+        f" (single steps; the means of the first and last {summary['loss_mean_steps']} logged: "
+        f"{_fmt(summary['first_loss_mean'])} -> {_fmt(summary['last_loss_mean'])})"
+        if summary.get("loss_mean_steps")
+        else ""
+    )
     lines = [
         f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> "
-        f"{_fmt(summary['last_loss'])}{weighted}"
+        f"{_fmt(summary['last_loss'])}{means}{weighted}"
     ]
     if summary.get("skipped_steps"):
         lines.append(
