@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,6 +66,7 @@ def precomputed_reference(
     batch_size: int,
     pad_id: int,
     is_main: bool,
+    say: Callable[[str], None] | None = None,
 ) -> PrecomputedReference:
     """The reference tables: scored now by `model` (the unwrapped initial model) at step 0, else read
     from `path`, which the run's first start wrote."""
@@ -78,7 +80,12 @@ def precomputed_reference(
         log.info("DPO reference: read the precomputed log-probs of %s from %s", _counts(tables), path)
         return PrecomputedReference(tables)
     started = time.perf_counter()
+    if say is not None:  # a pass over every pair: minutes on a real data set (trial 44b: said in the rank log only)
+        pairs = ", ".join(f"{len(rows)} {name} pairs" for name, rows in sets.items())
+        say(f"DPO reference: the initial model scores {pairs} once (training.preference.reference=precomputed)")
     tables = {name: score_pairs(model, rows, batch_size, pad_id, strategy) for name, rows in sets.items()}
+    if say is not None:
+        say(f"DPO reference: its scoring pass took {time.perf_counter() - started:.1f}s")
     if is_main:
         _save(path, tables, fingerprints)
     barrier()  # a run stopped right after this start finds the cache complete

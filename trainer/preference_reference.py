@@ -45,8 +45,10 @@ def auto_reference_note(cfg: TrainerConfig, resuming: bool = False) -> str | Non
     """What reference=auto resolved to, and why (None: DPO not run, or the reference was named).
     `resuming`: a precomputed reference is read from the run's cache, not scored again."""
     kind = cfg.reference_kind()
-    if kind is None or cfg.training.preference.reference != "auto":
+    if kind is None:
         return None
+    if cfg.training.preference.reference != "auto":  # named in the config: said too (trial 44b: silent)
+        return f"DPO reference: {kind} (training.preference.reference)"
     if kind == "precomputed":
         why = (
             "the adapters start from method.lora.init_from, so the base without them is not the initial model"

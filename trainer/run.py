@@ -338,6 +338,7 @@ def _build_trainee(
             batch_size=cfg.training.micro_batch_size,
             pad_id=tokenizer.pad_token_id,
             is_main=ctx.is_main,
+            say=console.event if ctx.is_main else None,
         )
         if cfg.reference_kind() == "precomputed"
         else None

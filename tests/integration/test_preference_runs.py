@@ -168,6 +168,9 @@ def test_precomputed_reference_equals_the_copy_and_a_resumed_run_reuses_it(
     env = dict(os.environ, FTL_FAULT_STOP_AT_STEP="3")
     first = subprocess.run([*FTL, "train", str(config)], env=env, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 3, first.stderr[-2000:]
+    # The console says the reference and its scoring pass (trial 44b: only the rank log did).
+    assert "DPO reference: precomputed (training.preference.reference)" in first.stdout + first.stderr
+    assert "DPO reference: the initial model scores " in first.stdout + first.stderr
     run = tmp_path / "precomputed"
     cache = run / "reference_logps.safetensors"
     written = cache.stat().st_mtime_ns

@@ -98,7 +98,10 @@ def test_what_reference_auto_picked_is_said_with_why() -> None:
     named = _config(
         method={"type": "lora", "lora": {}}, training={"objective": "dpo", "preference": {"reference": "precomputed"}}
     )
-    assert auto_reference_note(TrainerConfig.model_validate(named)) is None  # the user named it
+    # Named by the user: said as named (trial 44b: silent, and its scoring pass only in the rank log).
+    assert auto_reference_note(TrainerConfig.model_validate(named)) == (
+        "DPO reference: precomputed (training.preference.reference)"
+    )
     assert (
         auto_reference_note(
             TrainerConfig.model_validate(
