@@ -53,7 +53,19 @@ def result_part(values: dict[str, Any]) -> dict[str, Any]:
     if not ((values.get("transfer") or {}).get("early_stopping") or {}).get("enabled"):
         for name in EVAL_CADENCE:
             (values.get("eval") or {}).pop(name, None)
+    _class_weights_as_a_list((values.get("transfer") or {}).get("head"))
     return values
+
+
+def _class_weights_as_a_list(head: Any) -> None:
+    """class_weights by label name as the list of every label's weight in id order, the form the loss
+    uses: {creature: 4, person: 2} and [1, 2, 4] are the same weights (trial 44a: said as a change)."""
+    if not isinstance(head, dict) or not isinstance(head.get("class_weights"), dict):
+        return
+    labels = head.get("labels") or [str(i) for i in range(int(head.get("num_labels") or 0))]
+    weights = head["class_weights"]
+    if labels and all(isinstance(label, str) for label in labels) and set(weights) <= set(labels):
+        head["class_weights"] = [float(weights.get(label, 1.0)) for label in labels]
 
 
 def config_hash(cfg: TrainerConfig) -> str:

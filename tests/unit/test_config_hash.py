@@ -110,10 +110,14 @@ def test_a_mapping_value_is_compared_and_rebuilt_whole() -> None:
     now = _cfg(data=data, transfer={"head": {**head, "class_weights": {"a": 2.0}}})
     balanced = _cfg(data=data, transfer={"head": {**head, "class_weights": "balanced"}})
     assert config_changes(result_values(balanced), result_values(written)) == [
-        'transfer.head.class_weights: "balanced" -> {"1": 9.0}'
+        'transfer.head.class_weights: "balanced" -> [1.0, 1.0, 9.0]'
     ]
     rebuilt = config_written_with(now, {"config_hash": config_hash(written), "config": result_values(written)})
-    assert rebuilt.transfer.head.class_weights == {"1": 9.0}
+    assert rebuilt.transfer.head.class_weights == [1.0, 1.0, 9.0]  # the recorded weights, as the loss takes them
+    # The same weights by name or as a list are no change (trial 44a).
+    as_list = _cfg(data=data, transfer={"head": {**head, "class_weights": [1.0, 1.0, 9.0]}})
+    assert config_hash(as_list) == config_hash(written)
+    assert config_changes(result_values(as_list), result_values(written)) == []
 
 
 def test_deep_merged_lays_a_fragment_over_its_base_at_every_depth() -> None:
