@@ -328,7 +328,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if stopping and stopping.get("stopped_at") is not None:
         # Why, in the rule's own terms (trial 43b: step 70's lower loss was within min_delta, unsaid).
         why = (
-            f" after {stopping['patience']} evaluations in a row without beating the best by more than "
+            f" after {stopping['patience']} evaluation{'s in a row' if stopping.get('patience') != 1 else ''} "
+            "without beating the best by more than "
             f"min_delta {stopping['min_delta']:g}"
             if isinstance(stopping.get("patience"), int) and isinstance(stopping.get("min_delta"), (int, float))
             else ""

@@ -221,8 +221,11 @@ def _copy_dequantized(trained_base: torch.nn.Module, plain: torch.nn.Module) -> 
 def _best_checkpoint(latest: Path) -> Path:
     """With early stopping, the best checkpoint the latest one points to (kept from rotation)."""
     state = json.loads((latest / "trainer_state.json").read_text())["loop"]
-    best = (state.get("transfer") or {}).get("early_stopping", {}).get("best_step")
-    candidate = latest.parent / step_name(best)
+    stopping = (state.get("transfer") or {}).get("early_stopping", {})
+    best = stopping.get("best_step")
+    candidate = latest.parent / step_name(best) if best is not None else latest
+    if not candidate.is_dir() and stopping.get("best_dir"):  # the run this one continued kept it
+        candidate = Path(stopping["best_dir"])
     return candidate if best is not None and candidate.is_dir() else latest
 
 

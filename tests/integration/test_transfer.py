@@ -281,6 +281,21 @@ def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores
     best = load_file(str(first / "checkpoints" / "step-2" / "trainable.safetensors"))
     final = _merged(tmp_path / "later")
     assert all(torch.equal(best[k], final[k]) for k in final)
+    # A continuation of the continuation still finds the first run's best (trial 44a: looked for in `later`).
+    third = write_config(
+        tmp_path / "third.yaml",
+        tiny_model_dir,
+        tmp_path / "third",
+        training={"max_steps": 20, "micro_batch_size": 2},
+        **{**common, "checkpoint": {"every_steps": 2, "resume": str(tmp_path / "later" / "checkpoints" / "step-10")}},
+    )
+    assert train(str(third), []) == 0
+    said = capfd.readouterr()
+    assert "its best so far is step 2 (validation eval_loss" in said.out + said.err
+    summary = json.loads((tmp_path / "third" / "summary.json").read_text())
+    assert summary["transfer"]["early_stopping"]["best_step"] == 2 and summary["steps"] == 14
+    final = _merged(tmp_path / "third")
+    assert all(torch.equal(best[k], final[k]) for k in final)
 
 
 def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(

@@ -297,7 +297,7 @@ def test_tensorboard_turned_on_or_off_at_a_resume_says_what_it_lacks(tmp_path: P
     start(6, range(7, 9), tensorboard=False)
     start(8, range(9, 11), tensorboard=True)  # on again: the gaps so far stay said, no new one
     assert tracker_gaps(tmp_path) == {
-        "tensorboard": "steps 1-3: an earlier start did not log them; the steps from 7 of a start with "
+        "tensorboard": "steps 1-3: an earlier start did not log them; the steps of a start from step 7 on with "
         "tracking.tensorboard off"
     }
     assert "tracking.tensorboard lacks steps 1-3: an earlier start did not log them" in describe_run(tmp_path).note

@@ -150,7 +150,7 @@ class TrackerSet:
             if logging_now and not has_events:
                 gaps = [f"steps 1-{self.resumed_at}: an earlier start did not log them"]
             elif not logging_now and has_events:
-                gap = f"the steps from {self.resumed_at + 1} of a start with tracking.tensorboard off"
+                gap = f"the steps of a start from step {self.resumed_at + 1} on with tracking.tensorboard off"
                 gaps = [*gaps, gap] if gap not in gaps else gaps
             else:
                 return

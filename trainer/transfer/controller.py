@@ -178,9 +178,11 @@ class TransferController:
             )
             early.stopped_at, early.bad_evals = None, 0
         if early.best_step is not None:
-            best = checkpoint.parent / step_name(early.best_step)
+            # Where the run continued from found it: its own checkpoints, or the run it continued in turn.
+            best = Path(early.best_dir) if early.best_dir else checkpoint.parent / step_name(early.best_step)
             watched = self.cfg.transfer.early_stopping
             if best.is_dir():
+                early.best_dir = str(best.resolve())
                 said.append(
                     f"its best so far is step {early.best_step} ({watched.split} {watched.metric} {early.best:.4g}, "
                     f"{best}), which final/ holds unless this run evaluates better"
@@ -287,7 +289,9 @@ class TransferController:
             return None
         best = self.early.best_step
         checkpoint = RunLayout(run_dir).checkpoint(best)
-        if not checkpoint.exists() and origin is not None:
+        if self.early.best_dir and not checkpoint.exists():  # another run's, found when this one began
+            checkpoint = Path(self.early.best_dir)
+        elif not checkpoint.exists() and origin is not None:
             # The checkpoint continued from, or one its run kept as that run's best (trial 43b).
             checkpoint = origin[0] if origin[1] == best else origin[0].parent / step_name(best)
         verify_before_load(checkpoint)  # collective: every rank calls restore_best

@@ -19,6 +19,9 @@ class EarlyStopping:
         self.best_step: int | None = None
         self.bad_evals = 0
         self.stopped_at: int | None = None
+        # The best step's checkpoint when it belongs to another run this one continues (a chain of
+        # continuations: trial 44a looked for it in the run continued from, not the one that wrote it).
+        self.best_dir: str | None = None
         # The base model's score (the step-0 evaluation, when the run makes one). Never a
         # candidate for the best (final/ holds trained weights), but said when it beats the best.
         self.base: float | None = None
@@ -38,7 +41,7 @@ class EarlyStopping:
     def update(self, step: int, results: dict[str, dict[str, Any]]) -> None:
         value = float(results[self.cfg.split][self.cfg.metric])
         if self.improves(value):
-            self.best, self.best_step, self.bad_evals = value, step, 0
+            self.best, self.best_step, self.bad_evals, self.best_dir = value, step, 0, None
         else:
             self.bad_evals += 1
             if self.bad_evals >= self.cfg.patience:
@@ -66,9 +69,11 @@ class EarlyStopping:
             "bad_evals": self.bad_evals,
             "stopped_at": self.stopped_at,
             "base": self.base,
+            **({"best_dir": self.best_dir} if self.best_dir else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = state.get("best"), state.get("best_step")
         self.bad_evals, self.stopped_at = int(state.get("bad_evals", 0)), state.get("stopped_at")
         self.base = state.get("base")
+        self.best_dir = state.get("best_dir")
