@@ -132,6 +132,9 @@ def test_a_regex_in_double_quotes_gets_the_single_quote_hint(tmp_path: Path, val
     assert problem.startswith("override transfer.freeze.patterns=") and "write a regex in single quotes" in problem
     cfg = load_config(_write(tmp_path, valid_text), ["transfer.freeze.patterns=['layers\\.9\\.']"])
     assert cfg.transfer.freeze.patterns == ["layers\\.9\\."]
+    # An escape YAML takes (\\b: a backspace) turns the regex into another one (trial 44a).
+    (problem,) = _problems(_write(tmp_path, valid_text), ['transfer.freeze.patterns=["\\bq_proj"]'])
+    assert "holds a control character" in problem and "write regexes in single quotes" in problem
     text = valid_text + 'transfer:\n  freeze:\n    patterns: ["layers\\.9"]\n'
     (problem,) = _problems(_write(tmp_path, text))
     assert problem.startswith("YAML syntax error at line") and "write a regex in single quotes" in problem

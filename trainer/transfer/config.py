@@ -92,6 +92,13 @@ class FreezeConfig(Section):
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         for index, pattern in enumerate(patterns):
+            if any(ord(char) < 32 for char in pattern):
+                # YAML double quotes read `\b` as a backspace and `\t` as a tab (trial 44a: a `\bq_proj`
+                # that matched nothing, its message showing an invisible character).
+                raise ValueError(
+                    f"transfer.freeze.patterns[{index}]={pattern!r} holds a control character: in YAML double "
+                    r"quotes `\b`, `\t` and `\x2e` are escapes, not regex; write regexes in single quotes ('\bq_proj')"
+                )
             try:
                 re.compile(pattern)
             except re.error as exc:
