@@ -105,7 +105,7 @@ def generate_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     positions = _usable_positions(model)
-    generate = _Generator(model, tokenizer, args, device, positions)
+    generate = _Generator(model, tokenizer, args, device, positions, asked_tokens)
     if args.system is not None and positions is not None and not args.raw and tokenizer.chat_template:
         # Trial 43a: a --system that fills the positions alone got every prompt and chat line blamed.
         around = len(generate.prompt("?"))
@@ -162,10 +162,19 @@ def _note_reply_cap(positions: int | None, asked_tokens: bool, max_new_tokens: i
 class _Generator:
     """The model, its tokenizer and the sampling settings of this invocation."""
 
-    def __init__(self, model: Any, tokenizer: Any, args: argparse.Namespace, device: str, positions: int | None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        args: argparse.Namespace,
+        device: str,
+        positions: int | None,
+        asked_tokens: bool = False,
+    ):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.positions = positions  # the model's max_position_embeddings: prompt and reply fit in them
         self.raw, self.system, self.max_new_tokens = args.raw, args.system, args.max_new_tokens
+        self.asked_tokens = asked_tokens  # --max-new-tokens given, not its default
         self.batch_size = args.batch_size
         self.sampling = (
             {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {}
@@ -184,6 +193,17 @@ class _Generator:
     def replies(self, prompts: list[list[int]]) -> list[str]:
         """Continuations in the prompts' order; batched longest first so a batch pads little."""
         from trainer.evaluate import generate_texts
+
+        if self.asked_tokens and self.positions is not None and self.max_new_tokens < self.positions:
+            # The note for --max-new-tokens past the positions is said once; this is a prompt's own
+            # length leaving less room than asked (trial 44a: such replies were cut without a word).
+            short = sum(len(p) + self.max_new_tokens > self.positions for p in prompts)
+            if short:
+                print(
+                    f"ftl: note: {short} prompt(s) leave fewer than --max-new-tokens {self.max_new_tokens} of the "
+                    f"model's {self.positions} positions: their replies stop where the positions end",
+                    file=sys.stderr,
+                )
 
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         texts = generate_texts(

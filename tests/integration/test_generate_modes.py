@@ -337,6 +337,10 @@ def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_sa
     assert replies[0] == replies[1]
     assert launcher.cli.main(["generate", str(model), "--prompt", " "]) == 2
     assert "--prompt is empty" in capsys.readouterr().err
+    # --max-new-tokens within the positions, but not with the prompt: said, not cut silently (trial 44a).
+    asked = ["generate", str(model), "--prompt", "hi there you", "--max-new-tokens", "10", "--raw"]
+    assert launcher.cli.main(asked) == 0, capsys.readouterr().err
+    assert "1 prompt(s) leave fewer than --max-new-tokens 10 of the model's 12 positions" in capsys.readouterr().err
     # A config.json with no usable limit is said instead of generating as if unlimited (trial 42a).
     (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 0}))
     assert launcher.cli.main(["generate", str(model), "--prompt", "hi", "--max-new-tokens", "3"]) == 0

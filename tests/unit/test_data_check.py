@@ -228,6 +228,7 @@ def test_many_dropped_rows_of_one_reason_are_said_in_a_line(capsys: pytest.Captu
     assert lines[3].startswith(
         "    - the same (N tokens, longer than data.max_seq_len=32 (data.too_long=drop)) for 9 more rows: long.jsonl line 4"
     ), lines
+    assert f"warning: data.too_long=drop leaves out 12 of 12 rows of {data} (100%)" in out  # trial 44a
 
 
 def test_truncated_rows_that_lose_trained_tokens_are_counted(

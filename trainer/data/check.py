@@ -83,6 +83,9 @@ class FileCheck:
         return None
 
 
+DROPPED_SHARE_WARNED = 0.2  # rows dropped for length, as a share of a training file's, that a warning says
+
+
 @dataclass
 class DataCheck:
     files: list[FileCheck]
@@ -118,6 +121,20 @@ class DataCheck:
         }
         return label_coverage_warnings(train, held_out, self.label_names)
 
+    def dropped_warnings(self) -> list[str]:
+        """A length rule that leaves out much of a training file (trial 44a: 65% of the rows dropped
+        by data.too_long=drop, said only as a count)."""
+        warnings = []
+        for file in self.files:
+            dropped = file.fates["dropped_too_long"]
+            if file.role.endswith("train") and file.rows and dropped >= DROPPED_SHARE_WARNED * file.rows:
+                warnings.append(
+                    f"data.too_long=drop leaves out {dropped} of {file.rows} rows of {file.spec} "
+                    f"({100 * dropped / file.rows:.0f}%) as longer than data.max_seq_len={self.max_seq_len}; "
+                    "raise data.max_seq_len, or truncate them (data.too_long=truncate)"
+                )
+        return warnings
+
     def overlap_warnings(self) -> list[str]:
         """Held-out rows whose tokens a training row has too (trial 36b: 22 of 30 test rows were
         copies of training rows, and the test score measured memory)."""
@@ -126,7 +143,8 @@ class DataCheck:
         shared, held = self.split_overlap
         if shared:  # trial 43b: a file of duplicates split into both, and nothing said
             warnings.append(
-                f"{shared} of {held} rows held out by data.validation_split are also in the training part (duplicate "
+                f"{shared} of {held} rows held out by data.validation_split {'is' if shared == 1 else 'are'} also in "
+                "the training part (duplicate "
                 "rows: the same tokens): their validation scores measure recall of trained rows, not generalization; "
                 "remove the duplicates from data.train"
             )
