@@ -325,6 +325,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"start = the adapter the run started from ({summary['started_from']})")
     stopping = summary.get("transfer", {}).get("early_stopping")
     best = stopping.get("best_step") if stopping else None
+    # The best step of the run this one continued: its checkpoint is there (trial 44a: looked for here).
+    elsewhere = (
+        f", a checkpoint of the run continued from: {stopping['best_dir']}"
+        if stopping and stopping.get("best_dir")
+        else ""
+    )
     if stopping and stopping.get("stopped_at") is not None:
         # Why, in the rule's own terms (trial 43b: step 70's lower loss was within min_delta, unsaid).
         why = (
@@ -336,13 +342,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         lines.append(
             f"early stopping: stopped at step {stopping['stopped_at']}{why}; final/ holds the best step {best} "
-            f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])})"
+            f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])}{elsewhere})"
         )
     elif stopping and best is not None and best != summary.get("steps"):
         # It ran to the end, but an earlier evaluation was the best: final/ is that step's model.
         lines.append(
             f"early stopping: ran all {summary.get('steps')} steps; final/ holds the best step {best} "
-            f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])})"
+            f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])}{elsewhere})"
         )
     final_dir = Path(summary["final_dir"])
     for name in ("adapter", "merged"):

@@ -28,6 +28,13 @@ def test_final_holds_the_best_step_whether_or_not_training_stopped_early(tmp_pat
         "early stopping: stopped at step 45 after 2 evaluations in a row without beating the best by more than "
         "min_delta 0.01; final/ holds the best step 35"
     ) in said
+    kept_elsewhere = format_summary(
+        _summary(tmp_path, stopped_at=45, best_step=35, best_dir="/runs/a/checkpoints/step-35")
+    )
+    assert (
+        "(validation accuracy 0.9889, a checkpoint of the run continued from: /runs/a/checkpoints/step-35)"
+        in kept_elsewhere
+    )
     ran_out = format_summary(_summary(tmp_path, stopped_at=None))
     assert "early stopping: ran all 45 steps; final/ holds the best step 40 (validation accuracy 0.9889)" in ran_out
     # The last step was the best: final/ is the last step's model, nothing to say.
