@@ -231,7 +231,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         " (class-weighted: transfer.head.class_weights)" if (summary.get("data") or {}).get("class_weights") else ""
     )
     means = (
-        f" (single steps; the means of the first and last {summary['loss_mean_steps']} logged: "
+        f" (single steps; the means of the first and last {summary['loss_mean_steps']} logged steps: "
         f"{_fmt(summary['first_loss_mean'])} -> {_fmt(summary['last_loss_mean'])})"
         if summary.get("loss_mean_steps")
         else ""

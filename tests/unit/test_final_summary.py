@@ -151,7 +151,7 @@ def test_the_train_loss_is_also_said_as_means_of_the_first_and_last_steps(tmp_pa
     assert means == {"loss_mean_steps": 3, "first_loss_mean": 25.0, "last_loss_mean": (10.0 + 38.0 + 28.6) / 3}
     said = format_summary({**_summary(tmp_path), "first_loss": 25.0, "last_loss": 28.6, **means})
     assert (
-        "train loss 25.0000 -> 28.6000 (single steps; the means of the first and last 3 logged: 25.0000 -> 25.5333)"
+        "train loss 25.0000 -> 28.6000 (single steps; the means of the first and last 3 logged steps: 25.0000 -> 25.5333)"
         in said
     )
     assert _loss_means(losses[:19]) == {}  # a tenth of 19 is one step: nothing to add
