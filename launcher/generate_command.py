@@ -104,6 +104,14 @@ def generate_command(args: argparse.Namespace) -> int:
             "'### Instruction:\n...\n\n### Response:\n'); --raw says you mean it",
             file=sys.stderr,
         )
+    plain = _trained_as_written(Path(args.run_dir))
+    if plain and tokenizer.chat_template and not args.raw and not args.chat:
+        # Trial 44b: a run trained on plain `Q: ...\nA:` rows got its prompts in the chat template.
+        print(
+            f"ftl: note: this run trained on {plain} rows, prompts as written, but the tokenizer has a chat "
+            "template, which --prompt/--input rows go through; --raw sends them as written, as in training",
+            file=sys.stderr,
+        )
     positions = _usable_positions(model)
     generate = _Generator(model, tokenizer, args, device, positions, asked_tokens)
     if args.system is not None and positions is not None and not args.raw and tokenizer.chat_template:
@@ -126,6 +134,26 @@ def generate_command(args: argparse.Namespace) -> int:
     _note_reply_cap(positions, asked_tokens, args.max_new_tokens)
     print(generate.replies([ids])[0])
     return 0
+
+
+def _trained_as_written(path: Path) -> str | None:
+    """'data.format completion' when the run that made `path` (a run directory, its final/, an export
+    or an adapter folder in it) trained on prompts as written, not in a chat template; else None."""
+    import yaml
+
+    from launcher.run_dir import is_ftl_run
+    from trainer.run_layout import RunLayout
+
+    for candidate in [path, *list(path.resolve().parents)[:3]]:
+        if not is_ftl_run(candidate):
+            continue
+        try:
+            data = (yaml.safe_load(RunLayout(candidate).config.read_text()) or {}).get("data") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None
+        fmt = data.get("format") if isinstance(data, dict) else None
+        return f"data.format {fmt}" if fmt in ("completion", "text") and not data.get("mixture") else None
+    return None
 
 
 def _usable_positions(model: Any) -> int | None:

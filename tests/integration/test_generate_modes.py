@@ -375,3 +375,21 @@ def test_a_chat_past_the_models_positions_leaves_out_its_oldest_turns(
     assert "shorten --system" in capsys.readouterr().err
     assert "its oldest" in captured.err and "exchange(s) are left out from here on" in captured.err
     assert "Traceback" not in captured.err
+
+
+def test_a_run_trained_on_prompts_as_written_says_to_use_raw(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run trained on plain `Q: ...\\nA:` rows got its prompts in the chat template, without a word (trial 44b)."""
+    import shutil
+
+    from trainer.run_layout import RunLayout
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, RunLayout(run).final / "merged")
+    RunLayout(run).marker.write_text("")
+    RunLayout(run).config.write_text("data:\n  format: completion\n  train: t.jsonl\n")
+    assert launcher.cli.main(["generate", str(run), "--prompt", "Q: hi\nA:", "--max-new-tokens", "2"]) == 0
+    assert "this run trained on data.format completion rows, prompts as written" in capsys.readouterr().err
+    assert launcher.cli.main(["generate", str(run), "--prompt", "Q: hi\nA:", "--max-new-tokens", "2", "--raw"]) == 0
+    assert "prompts as written" not in capsys.readouterr().err
