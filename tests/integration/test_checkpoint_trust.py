@@ -169,7 +169,7 @@ def test_early_stopping_restores_the_best_checkpoint_only_if_it_matches_its_mani
     data = (checkpoint / TRAINABLE_FILE).read_bytes()
     (checkpoint / TRAINABLE_FILE).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a flipped bit in the bias
     controller = TransferController.__new__(TransferController)  # only the early-stopping state matters here
-    controller.early = SimpleNamespace(best_step=1, best=0.5)
+    controller.early = SimpleNamespace(best_step=1, best=0.5, best_dir=None)
     controller.cfg = SimpleNamespace(transfer=SimpleNamespace(early_stopping=SimpleNamespace(metric="eval_loss")))
     with pytest.raises(TrainerInputError, match=r"step-1 cannot be loaded: trainable.safetensors checksum mismatch"):
         controller.restore_best(torch.nn.Linear(2, 2), tmp_path, 2, lambda: torch.nn.Linear(2, 2))
