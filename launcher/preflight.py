@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -228,12 +229,20 @@ def lora_rank_note(cfg: RunConfig) -> str | None:
 
 def _meta_model(cfg: RunConfig) -> Any:
     """The model of cfg.model.path's config.json built on the meta device (no weights read), or None
-    when there is no local config or transformers cannot build it here (the workers then check)."""
+    when there is no local config or transformers cannot build it here (the workers then check).
+    Built once per model for all the checks of one command (a large config takes seconds)."""
+    config_file = Path(str(cfg.model.path)).expanduser() / "config.json"
+    changed = config_file.stat().st_mtime_ns if config_file.is_file() else None  # an edited config.json: built again
+    return _meta_model_of(str(cfg.model.path), cfg.model.revision, changed)
+
+
+@functools.lru_cache(maxsize=2)
+def _meta_model_of(path: str, revision: str | None, changed: int | None) -> Any:
     from launcher.errors import UserError
     from launcher.plan.catalogue import model_config_fields
 
     try:
-        _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
+        _, fields = model_config_fields(path, revision)
     except (UserError, OSError, ValueError):
         return None  # no config.json here: the workers check it against the loaded model
     import torch

@@ -303,7 +303,7 @@ def _build_trainee(
         # Kept with the start record (before its first line is written), so the run's summary,
         # `ftl runs` and the report say it too, not only this console (trial 35a).
         metrics.config_change = "; ".join(part for part in (metrics.config_change, data_change, batch_change) if part)
-    manager = build_manager(cfg, ctx, strategy, config_hash, fingerprint)
+    manager = build_manager(cfg, ctx, strategy, config_hash, fingerprint, num_blocks=transfer.num_blocks)
     manager.on_commit = _also(console.checkpoint_committed, manager.on_commit)
     check_disk_space(
         ctx.run_dir, strategy.unwrapped(model), strategy.checkpoint_layout, cfg.checkpoint.keep_last, ctx.rank

@@ -424,3 +424,36 @@ def test_validate_rejects_unsupported_distributed_combination(tmp_path: Path, ti
     assert result.returncode == 2
     assert "transfer.gradual_unfreezing is not supported with parallel.strategy=deepspeed" in result.stderr
     assert "use parallel.strategy=fsdp (sharded, follows the schedule) or ddp" in result.stderr
+
+
+def test_a_resume_naming_the_same_frozen_blocks_the_other_way_trains_on_without_a_change(
+    tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 42a: first_n_blocks 1 and train_last_n_blocks 1 of the 2-block model freeze the same block;
+    the resume was taken but warned and recorded as a result change. Two local workers."""
+    sections: dict[str, Any] = dict(
+        method={"type": "full"},
+        checkpoint={"every_steps": 2},
+        cluster={"workers": 2},
+        training={"max_steps": 4},
+    )
+    first = _train(tmp_path, "first", tiny_model_dir, transfer={"freeze": {"first_n_blocks": 1}}, **sections)
+    step2 = first / "checkpoints" / "step-2"
+    assert json.loads((step2 / "manifest.json").read_text())["num_blocks"] == 2
+    capfd.readouterr()
+    renamed = write_config(
+        tmp_path / "renamed.yaml",
+        tiny_model_dir,
+        tmp_path / "renamed",
+        transfer={"freeze": {"train_last_n_blocks": 1}},
+        **{**sections, "checkpoint": {"every_steps": 2, "resume": str(step2)}},
+    )
+    assert train(str(renamed), []) == 0
+    said = "".join(capfd.readouterr())
+    assert "resumed from" in said and "different config" not in said, said[-3000:]
+    starts = read_metrics(tmp_path / "renamed", "start")
+    assert starts and not any(r.get("config_change") for r in starts), starts
+    # The same block stayed frozen across both legs: block 0 equals the base model.
+    base, tuned = load_file(str(tiny_model_dir / "model.safetensors")), _merged(tmp_path / "renamed")
+    assert all(torch.equal(base[k], tuned[k]) for k in base if ".layers.0." in k)
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if ".layers.1." in k)

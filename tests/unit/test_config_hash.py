@@ -139,3 +139,24 @@ def test_a_resume_names_what_changed_or_that_an_earlier_ftl_recorded_only_a_hash
     said = config_change_note(old, config_hash(now), now, 8)
     assert said.startswith(f"hash b9064f68c5680c95, now {config_hash(now)}; the checkpoint is an earlier ftl's")
     assert "so the change may not be yours" in said
+
+
+def test_a_resume_naming_the_same_frozen_blocks_the_other_way_is_no_change() -> None:
+    # Trial 42a: first_n_blocks 2 and train_last_n_blocks 2 of 4 blocks freeze the same blocks; the
+    # workers record the model's block count in the manifest, so the resume is not warned as a change.
+    from trainer.checkpointing.resume import config_change_note
+
+    then = _cfg(transfer={"freeze": {"first_n_blocks": 2}})
+    now = _cfg(transfer={"freeze": {"train_last_n_blocks": 2}})
+    manifest = {"config_hash": config_hash(then), "config": result_values(then), "global_batch": 8, "num_blocks": 4}
+    assert config_change_note(manifest, config_hash(now), now, 8) == ""
+    # Another block count freezes other blocks: said.
+    said = config_change_note({**manifest, "num_blocks": 6}, config_hash(now), now, 8)
+    assert "transfer.freeze.first_n_blocks: 2 -> 0" in said and "train_last_n_blocks: null -> 2" in said
+    # A manifest without the count (an earlier ftl's): said as before.
+    del manifest["num_blocks"]
+    assert "transfer.freeze.train_last_n_blocks: null -> 2" in config_change_note(manifest, config_hash(now), now, 8)
+    # Same blocks, another rate: only the rate is said.
+    other = _cfg(transfer={"freeze": {"train_last_n_blocks": 2}}, training={"learning_rate": 0.001})
+    said = config_change_note({**manifest, "num_blocks": 4}, config_hash(other), other, 8)
+    assert said.startswith("training.learning_rate:") and "freeze" not in said

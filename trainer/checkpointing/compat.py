@@ -164,7 +164,7 @@ def transfer_state_changes(
     that first_n_blocks: 2 and train_last_n_blocks: 2 of 4 blocks are seen as the same freezing."""
     changes = []
     old_freeze, new_freeze = before.get("freeze") or {}, after.get("freeze") or {}
-    same_blocks = num_blocks is not None and _frozen_blocks(old_freeze, num_blocks) == _frozen_blocks(
+    same_blocks = num_blocks is not None and frozen_blocks(old_freeze, num_blocks) == frozen_blocks(
         new_freeze, num_blocks
     )
     for key in FREEZE_KEYS_ADAPTERS if adapters else FREEZE_KEYS_FULL:
@@ -196,7 +196,7 @@ def transfer_state_changes(
     return changes
 
 
-def _frozen_blocks(freeze: dict[str, Any], num_blocks: int) -> int | None:
+def frozen_blocks(freeze: dict[str, Any], num_blocks: int) -> int | None:
     """How many first blocks a recorded transfer.freeze freezes (None: not a block count it reads)."""
     last, first = freeze.get("train_last_n_blocks"), freeze.get("first_n_blocks") or 0
     if last is not None:
@@ -227,6 +227,8 @@ def trainable_state_problem(
     values) builds, or its optimizer state into the groups `transfer` makes, from the config its
     manifest records (None: it may; the workers still check every tensor). Said before a backend
     starts: the workers found it only after loading the model."""
+    if num_blocks is None and isinstance(manifest.get("num_blocks"), int):
+        num_blocks = manifest["num_blocks"]  # recorded by the workers, which had the model
     recorded = manifest.get("config")
     before = recorded.get("method") if isinstance(recorded, dict) else None
     if not isinstance(before, dict) or before.get("type") not in STATE_KIND or method.get("type") not in STATE_KIND:

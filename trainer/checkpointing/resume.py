@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpointing.compat import head_labels_problem, optimizer_manifest, resume_problem
+from trainer.checkpointing.compat import frozen_blocks, head_labels_problem, optimizer_manifest, resume_problem
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.rng import rng_file, seed_everything
@@ -115,7 +115,9 @@ def config_change_note(manifest: dict[str, Any], config_hash: str, cfg: TrainerC
     if manifest.get("config_hash") not in (None, config_hash) and isinstance(recorded, dict):
         # An earlier ftl may have hashed a setting now known not to change the result (eval cadence):
         # what differs among those that do is the change, if anything.
-        changes = config_changes(result_part(recorded), result_values(cfg))
+        changes = same_blocks_dropped(
+            config_changes(result_part(recorded), result_values(cfg)), recorded, cfg, manifest.get("num_blocks")
+        )
         if manifest.get("global_batch") == global_batch:
             # The same global batch split otherwise (another worker count, micro-batch or accumulation):
             # the same samples per step, the same result (said when the worker count changed).
@@ -131,10 +133,34 @@ def config_change_note(manifest: dict[str, Any], config_hash: str, cfg: TrainerC
     return change
 
 
+FREEZE_BLOCK_LINES = ("transfer.freeze.first_n_blocks:", "transfer.freeze.train_last_n_blocks:")
+
+
+def same_blocks_dropped(changes: list[str], recorded: dict[str, Any], cfg: TrainerConfig, num_blocks: Any) -> list[str]:
+    """`changes` without first_n_blocks/train_last_n_blocks lines when both configs freeze the same
+    first blocks of the checkpoint's model (`num_blocks`, recorded with it): another way of naming
+    the same freezing trains the same (trial 42a: such a resume was warned as a result change)."""
+    if not isinstance(num_blocks, int) or not any(line.startswith(FREEZE_BLOCK_LINES) for line in changes):
+        return changes
+    before = (recorded.get("transfer") or {}).get("freeze") or {}
+    after = cfg.transfer.freeze.model_dump(mode="json")
+    if frozen_blocks(before, num_blocks) != frozen_blocks(after, num_blocks):
+        return changes
+    return [line for line in changes if not line.startswith(FREEZE_BLOCK_LINES)]
+
+
 def build_manager(
-    cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, config_hash: str, data_fingerprint: str | None = None
+    cfg: TrainerConfig,
+    ctx: WorkerContext,
+    strategy: Strategy,
+    config_hash: str,
+    data_fingerprint: str | None = None,
+    num_blocks: int | None = None,
 ) -> CheckpointManager:
     meta = {
+        # The model's blocks, when a freeze counts them: a resume naming the same frozen blocks the
+        # other way (first_n_blocks: 2 / train_last_n_blocks: 2 of 4) is then no change.
+        "num_blocks": num_blocks,
         "data_fingerprint": data_fingerprint,  # the training rows' tokens: a resume says when they changed
         "strategy": strategy.name,
         "method": cfg.method.type,

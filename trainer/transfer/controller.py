@@ -65,9 +65,13 @@ class TransferController:
         trainable, total = count_parameters(model)
         self.counts = {"trainable_parameters": trainable, "parameters": total}
         self.freeze_note = ""
+        # The model's block count when a freeze counts blocks: checkpoints record it, so a resume that
+        # names the same frozen blocks the other way (first_n_blocks/train_last_n_blocks) is no change.
+        self.num_blocks: int | None = None
         if transfer.freeze.any:  # said on the console (trial 42a: only plan and summary.json said it)
-            blocks = (self.parts or model_parts(model)).num_blocks if transfer.freeze.freezes_blocks else 0
-            self.freeze_note = freeze_description(transfer.freeze, blocks, trainable, total)
+            if transfer.freeze.freezes_blocks:
+                self.num_blocks = (self.parts or model_parts(model)).num_blocks
+            self.freeze_note = freeze_description(transfer.freeze, self.num_blocks or 0, trainable, total)
         if transfer.learning_rates.any:
             assert self.parts is not None
             problem = rates_without_effect(self.parts, self.trainable, transfer.learning_rates)
