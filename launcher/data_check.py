@@ -145,6 +145,7 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
             lines.append(epoch_draws_line(check.mixture_rows, packed=check.packing))
     lines += [f"warning: {warning}" for warning in check.label_warnings()]
     lines += [f"warning: {warning}" for warning in check.overlap_warnings()]
+    lines += [f"warning: {warning}" for warning in check.pair_style_warnings()]
     lines += [f"warning: {warning}" for warning in check.dropped_warnings()]
     shown = _samples_to_show(check.files, examples)
     if shown:

@@ -585,3 +585,45 @@ def test_text_the_tokenizer_cannot_represent_is_warned_of(capsys: pytest.Capture
     code, out, err = _validate_data(capsys, config, "data.validation=null", "--examples", "0")
     assert code == 0, err
     assert "unknown token" not in out
+
+
+def test_held_out_pairs_in_a_style_training_lacks_are_warned_of(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tokenizer: Any
+) -> None:
+    """Chat-style training pairs with plain-string validation pairs: the evaluation scored a prompt
+    format training never used, and nothing said so (trial 44b F4). Said by validate --data and by
+    training (the data report the console prints from)."""
+    pref = REPO / "assets" / "data" / "fictional-pref"
+    plain = tmp_path / "plain.jsonl"
+    rows = [json.loads(line) for line in (pref / "valid.jsonl").read_text().splitlines()[:6]]
+    as_text = [
+        {"prompt": f"Q: {r['prompt'][-1]['content']}\nA:", "chosen": r["chosen"]["content"], "rejected": "No."}
+        for r in rows
+    ]
+    plain.write_text("".join(json.dumps(r) + "\n" for r in as_text[:4] + rows[4:]))  # 4 plain, 2 chat
+    sections = dict(
+        data={"train": str(pref / "train.jsonl"), "validation": str(plain), "format": "preference"},
+        training={"objective": "dpo"},
+    )
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", **sections)
+    code, out, err = _validate_data(capsys, config, "--examples", "0")
+    said = (
+        "warning: 4 of 6 validation pairs are plain strings (no chat template), every training pair is chat style "
+        "(messages rendered with the chat template): validation scores a prompt format training does not use"
+    )
+    assert code == 0 and said in out, out + err
+    cfg = DataConfig(train=str(pref / "train.jsonl"), validation=str(plain), format="preference", max_seq_len=128)
+    prepared = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None)
+    assert [w.split(":")[0] for w in prepared.report["pair_style_warnings"]] == [said.split(":")[1].strip()]
+    # One style in both: nothing said.
+    code, out, err = _validate_data(capsys, config, f"data.validation={pref / 'valid.jsonl'}", "--examples", "0")
+    assert code == 0 and "pairs are" not in out, out + err
+    cfg = DataConfig(
+        train=str(pref / "train.jsonl"), validation=str(pref / "valid.jsonl"), format="preference", max_seq_len=128
+    )
+    prepared = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None)
+    assert prepared.report["pair_style_warnings"] == []
+    from trainer.data.pair_styles import pair_style_warnings
+
+    assert pair_style_warnings((5, 3), {"test": (0, 4)}) == []  # training has both styles
+    assert pair_style_warnings((0, 8), {"test": (3, 0)})[0].startswith("all 3 test pairs are chat style")

@@ -15,6 +15,7 @@ from trainer.config import DataConfig
 from trainer.data.formats import FORMAT_FIELDS
 from trainer.data.images import scan_images
 from trainer.data.label_coverage import label_coverage_warnings
+from trainer.data.pair_styles import pair_style_warnings
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
 from trainer.data.sources import empty_reason
 from trainer.data.tokenized import ScannedRow, scan_rows, too_long_lengths
@@ -37,6 +38,7 @@ class FileCheck:
     trained_cut_rows: int = 0  # truncated rows that lose trained tokens (not only prompt)
     trained_cut: int = 0  # the trained tokens truncation cuts off
     same_pairs: list[str] = field(default_factory=list)  # usable preference pairs with chosen == rejected
+    pair_styles: Counter[bool] = field(default_factory=Counter)  # usable preference pairs by chat style or not
     # every rendered example, before truncation (a preference pair's two: both are trained on, and
     # the token counts count both)
     rendered_lengths: list[int] = field(default_factory=list)
@@ -134,6 +136,15 @@ class DataCheck:
                     "raise data.max_seq_len, or truncate them (data.too_long=truncate)"
                 )
         return warnings
+
+    def pair_style_warnings(self) -> list[str]:
+        """Held-out preference pairs in a style (chat or plain strings) no training pair has (trial 44b)."""
+        train = [file.pair_styles for file in self.files if file.pairs and file.role.endswith("train")]
+        held_out = {file.role: file.pair_styles for file in self.files if file.pairs and not file.role.endswith("train")}
+        return pair_style_warnings(
+            (sum(c[True] for c in train), sum(c[False] for c in train)),
+            {role: (styles[True], styles[False]) for role, styles in held_out.items()},
+        )
 
     def overlap_warnings(self) -> list[str]:
         """Held-out rows whose tokens a training row has too (trial 36b: 22 of 30 test rows were
@@ -239,6 +250,8 @@ def _check_file(
                 check.problems.append(row.problem)
             if row.same_pair:
                 check.same_pairs.append(row.same_pair)
+            if check.pairs and row.usable:
+                check.pair_styles[row.chat_pair] += 1
             if row.fate != "bad":
                 check.rendered_lengths.append(row.rendered_len)
                 check.lengths_cut += row.cut_before_tokenizing

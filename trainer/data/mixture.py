@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.data.sampler import GlobalSampler
-from trainer.data.tokenized import CUT_COUNTS, TokenizedSet
+from trainer.data.pair_styles import CHAT_PAIRS, PLAIN_PAIRS
+from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, TokenizedSet
 
 BLOCK = 4096
 
@@ -131,6 +132,10 @@ class MixtureSampler:
         return out
 
 
+# What a mixture's sources count that adds up for the whole training set.
+SUMMED_STATS = (*CUT_COUNTS, SAME_PAIRS, CHAT_PAIRS, PLAIN_PAIRS)
+
+
 def concat_sets(sets: list[TokenizedSet]) -> tuple[TokenizedSet, list[int]]:
     """One TokenizedSet holding all examples, and the example offset of each input set."""
     firsts, total = [], 0
@@ -145,7 +150,14 @@ def concat_sets(sets: list[TokenizedSet]) -> tuple[TokenizedSet, list[int]]:
         offsets,
         np.concatenate([part.source_rows for part in sets]),
         # what each source cut (skipped as malformed, truncated, ...) adds up for the whole training set
-        {"rows": total, **{key: sum(int(part.stats.get(key, 0)) for part in sets) for key in CUT_COUNTS}},
+        {
+            "rows": total,
+            **{
+                key: sum(int(part.stats.get(key, 0)) for part in sets)
+                for key in SUMMED_STATS
+                if key in CUT_COUNTS or any(key in part.stats for part in sets)
+            },
+        },
         _joined([part.classes for part in sets]),
         _joined([part.token_labels for part in sets]),
     )

@@ -22,6 +22,7 @@ import numpy as np
 
 from trainer.cache_dir import cache_root as ftl_cache_root
 from trainer.data.formats import render_example, truncated
+from trainer.data.pair_styles import CHAT_PAIRS, PLAIN_PAIRS, is_chat_pair
 from trainer.data.sources import Row, dataset_fingerprint, empty_reason, read_rows
 from trainer.errors import DataError
 from trainer.file_modes import current_umask
@@ -30,12 +31,12 @@ log = logging.getLogger(__name__)
 TOO_LONG_CHOICES = "truncate or drop (format text: or split, which trains the whole row in pieces)"
 
 # Bump when rendering/masking logic changes so stale caches are not reused.
-CACHE_VERSION = 9  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
+CACHE_VERSION = 10  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
 # 5: generation markers decide the trained tokens; history-rewriting and R1-style templates located (rows
 # skipped before); reasoning_content kept; 6: a turn the template writes empty (reasoning only) is refused;
 # 7: with numeric label names a number is a name, not an id; 8: preference stats count the pairs whose
 # chosen and rejected training sees as the same; 9: a JSON object naming a key twice is a bad row, CSV
-# records are named by all their lines
+# records are named by all their lines; 10: preference stats count chat-style pairs
 MAX_REPORTED_ERRORS = 5  # skipped rows named in the data report
 MAX_LISTED_BAD_ROWS = 20  # bad rows listed in the error that stops a run (then a count)
 
@@ -266,6 +267,7 @@ class ScannedRow:
     # "WHERE: why" for a usable row training takes that is nearly always a data bug: a preference pair whose
     # chosen and rejected are the same as training sees them (its DPO loss is ln 2 with no gradient)
     same_pair: str = ""
+    chat_pair: bool = False  # a usable preference pair in chat style (pair_styles.py)
     fields: tuple[str, ...] = ()  # the row's field names (`ftl validate --data` lists those its format ignores)
     # a string of the row was longer than max_seq_len x MAX_CHARS_PER_TOKEN characters and cut there
     # before tokenizing: rendered_len counts up to the cut (a lower bound)
@@ -417,6 +419,7 @@ def _scan_rendered(
     if fate == "truncated" and example.class_label is None:  # a classifier's loss is on its label, never cut
         scanned.trained_cut = sum(sum(p.loss_mask[max_seq_len:]) for p in parts)
     if len(kept) == 2:
+        scanned.chat_pair = is_chat_pair(row.values)
         scanned.rejected_ids, scanned.rejected_mask = kept[1]
         scanned.rejected_rendered_len = rejected_len
         if kept[0] == kept[1]:
@@ -490,6 +493,7 @@ def _tokenize_part(
         stats["split"] = 0  # rows split into pieces (counted apart: their later pieces add examples)
     if fmt == "preference":
         stats[SAME_PAIRS] = 0
+        stats[CHAT_PAIRS] = stats[PLAIN_PAIRS] = 0
     too_long_rows = 0
     for scanned in scan_rows(spec, fmt, tokenizer, max_seq_len, too_long, split, label_names, part=part, parts=parts):
         if scanned.fate == "bad" and skip_bad_rows:
@@ -508,6 +512,8 @@ def _tokenize_part(
             stats[scanned.fate] += 1
         if scanned.same_pair:
             stats[SAME_PAIRS] += 1
+        if fmt == "preference":
+            stats[CHAT_PAIRS if scanned.chat_pair else PLAIN_PAIRS] += 1
         # A preference pair: examples 2i (chosen) and 2i + 1 (rejected); a split row: its pieces in order.
         for example_ids, example_mask in scanned.examples():
             ids.append(np.asarray(example_ids, dtype=np.int32))
