@@ -140,7 +140,9 @@ class DataCheck:
     def pair_style_warnings(self) -> list[str]:
         """Held-out preference pairs in a style (chat or plain strings) no training pair has (trial 44b)."""
         train = [file.pair_styles for file in self.files if file.pairs and file.role.endswith("train")]
-        held_out = {file.role: file.pair_styles for file in self.files if file.pairs and not file.role.endswith("train")}
+        held_out = {
+            file.role: file.pair_styles for file in self.files if file.pairs and not file.role.endswith("train")
+        }
         return pair_style_warnings(
             (sum(c[True] for c in train), sum(c[False] for c in train)),
             {role: (styles[True], styles[False]) for role, styles in held_out.items()},

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.data.sampler import GlobalSampler
 from trainer.data.pair_styles import CHAT_PAIRS, PLAIN_PAIRS
+from trainer.data.sampler import GlobalSampler
 from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, TokenizedSet
 
 BLOCK = 4096

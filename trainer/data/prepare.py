@@ -16,8 +16,8 @@ from trainer.data.formats import Prompt, render_prompt
 from trainer.data.images import load_image_set
 from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line
-from trainer.data.pair_styles import pair_style_warnings, pair_styles
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
+from trainer.data.pair_styles import pair_style_warnings, pair_styles
 from trainer.data.sources import read_rows
 from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, Sharing, TokenizedSet, cut_counts, load_tokenized
 from trainer.errors import DataError
@@ -197,7 +197,11 @@ def prepare_data(
         # (validation_split's held-out pairs are the training file's: the file's counts include them.)
         report["pair_style_warnings"] = pair_style_warnings(
             pair_styles(train.stats),
-            {e.name: pair_styles(e.examples.stats) for e in evals if not (held_out_of_train and e.name == "validation")},
+            {
+                e.name: pair_styles(e.examples.stats)
+                for e in evals
+                if not (held_out_of_train and e.name == "validation")
+            },
         )
     if label_names and train.classes is not None:
         held_out = {e.name: Counter(e.examples.classes.tolist()) for e in evals if e.examples.classes is not None}
