@@ -48,6 +48,7 @@ class RunInfo:
     invalid_checkpoints: list[str] = field(default_factory=list)  # committed ones that failed validation
     watched: str | None = None  # the score early stopping judged the run by: shown first
     from_adapter: bool = False  # started from method.lora.init_from: step 0 scored that adapter
+    method: str = "-"  # what it trains and by which loss, e.g. "lora dpo (ipo)" (training_method)
 
     def eval_score(self) -> str:
         """The first split's latest score, e.g. `validation exact_match 0.750`."""
@@ -94,6 +95,26 @@ def started_from_adapter(run_dir: Path) -> bool:
     """Whether the run's adapters started from method.lora.init_from: its step-0 scores are that adapter's."""
     lora = _config_section(run_dir, "method").get("lora")
     return isinstance(lora, dict) and bool(lora.get("init_from"))
+
+
+HEAD_NAMES = {
+    "sequence_classification": "seq-cls",
+    "token_classification": "token-cls",
+    "image_classification": "image-cls",
+}
+
+
+def training_method(run_dir: Path) -> str:
+    """The method and objective of the run's latest start, e.g. "lora sft", "full dpo (ipo)",
+    "lora seq-cls": runs of one sweep that differ in those tell apart in the listing (trial 44b)."""
+    method = _config_section(run_dir, "method").get("type", "lora")
+    head = (_config_section(run_dir, "transfer").get("head") or {}).get("type", "causal_lm")
+    if head in HEAD_NAMES:
+        return f"{method} {HEAD_NAMES[head]}"
+    training = _config_section(run_dir, "training")
+    objective = training.get("objective", "sft")
+    loss = (training.get("preference") or {}).get("loss_type", "sigmoid") if objective == "dpo" else "sigmoid"
+    return f"{method} {objective}" + (f" ({loss})" if loss != "sigmoid" else "")
 
 
 def find_runs(parent: Path) -> list[Path]:
@@ -207,6 +228,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         invalid_checkpoints=invalid,
         watched=early.get("metric") if isinstance(early.get("metric"), str) else watched_metric(run_dir),
         from_adapter=started_from_adapter(run_dir),
+        method=training_method(run_dir),
     )
 
 
@@ -236,7 +258,7 @@ def _job_failed(stale: str | None) -> bool:
 
 
 def format_runs(infos: list[RunInfo]) -> str:
-    header = ("RUN", "STATUS", "STEP", "LATEST VALID CHECKPOINT", "LOSS", "EVAL", "SPEED", "WALL")
+    header = ("RUN", "STATUS", "STEP", "LATEST VALID CHECKPOINT", "LOSS", "EVAL", "SPEED", "WALL", "METHOD")
     rows = [header]
     for info in infos:
         rows.append(
@@ -249,6 +271,7 @@ def format_runs(infos: list[RunInfo]) -> str:
                 info.eval_score(),
                 info.speed(),
                 "-" if info.wall_s is None else duration(info.wall_s),
+                info.method,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

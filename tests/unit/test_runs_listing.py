@@ -193,6 +193,7 @@ def test_loss_eval_speed_wall_time_a_failed_start_and_json(tmp_path: Path, capsy
         "EVAL",
         "SPEED",
         "WALL",
+        "METHOD",
     ]
     rows = {line.split()[0].rsplit("/", 1)[-1]: line.split()[1:] for line in out[1:] if line.startswith("/")}
     # The median speed over the steps after the first (its warm-up): steps 2, 3 (resumed), 4.
@@ -207,8 +208,10 @@ def test_loss_eval_speed_wall_time_a_failed_start_and_json(tmp_path: Path, capsy
         "400",
         "tok/s",
         "40s",
+        "lora",
+        "sft",
     ]
-    assert rows["broken"] == ["failed", "-", "-", "-", "-", "-", "-"]
+    assert rows["broken"] == ["failed", "-", "-", "-", "-", "-", "-", "lora", "sft"]
     assert "  broken: failed: train.jsonl row 7: no 'messages' key; fix the row or drop it" in out
 
     assert main(["runs", str(tmp_path), "--json"]) == 0
@@ -259,7 +262,22 @@ def test_a_run_stopped_before_its_first_step_shows_its_score_as_the_base_models(
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(["runs", str(tmp_path)]) == 0
     [row] = [line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.startswith("/")]
-    assert row == ["not", "started", "-", "-", "-", "validation", "loss", "7.500", "(base", "model)", "-", "4.0s"]
+    assert row == [
+        "not",
+        "started",
+        "-",
+        "-",
+        "-",
+        "validation",
+        "loss",
+        "7.500",
+        "(base",
+        "model)",
+        "-",
+        "4.0s",
+        "lora",
+        "sft",
+    ]
     # A run whose adapters started from method.lora.init_from scored that adapter at step 0.
     config = run / "config.yaml"
     config.write_text(config.read_text() + "method: {type: lora, lora: {init_from: /sft/final/adapter}}\n")
@@ -311,3 +329,21 @@ def test_a_stopped_run_shows_the_score_early_stopping_watches_as_a_finished_one_
     (run / "config.yaml").write_text("model: {}\n")  # no early stopping: accuracy first, as before
     assert main(["runs", str(tmp_path)]) == 0
     assert "validation accuracy 0.900 loss 0.500" in capsys.readouterr().out
+
+
+def test_the_listing_says_what_each_run_trains_and_by_which_loss(tmp_path: Path) -> None:
+    """Runs of a sweep over objectives or loss types looked alike in `ftl runs` (trial 44b)."""
+    from launcher.runs import training_method
+
+    run = _run(tmp_path, "r", [], None)
+    config = run / "config.yaml"
+    base = config.read_text()
+    assert training_method(run) == "lora sft"
+    config.write_text(base + "method: {type: full}\ntraining: {objective: dpo, preference: {loss_type: ipo}}\n")
+    assert training_method(run) == "full dpo (ipo)"
+    config.write_text(base + "training: {objective: dpo, preference: {loss_type: sigmoid}}\n")
+    assert training_method(run) == "lora dpo"
+    config.write_text(base + "method: {type: qlora}\ntraining: {objective: orpo}\n")
+    assert training_method(run) == "qlora orpo"
+    config.write_text(base + "transfer: {head: {type: sequence_classification}}\n")
+    assert training_method(run) == "lora seq-cls"
