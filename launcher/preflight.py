@@ -288,6 +288,7 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
         move_aside=cfg.checkpoint.move_aside,
         max_steps=cfg.training.max_steps,
         objective=cfg.training.objective,
+        loss_type=cfg.training.preference.loss_type,
         method=cfg.method.model_dump(mode="json"),
         transfer=cfg.transfer.model_dump(mode="json"),
         layout_check=lambda path, manifest: config_resume_problem(path, manifest, cfg, cfg.cluster.world_size),

@@ -45,6 +45,29 @@ def test_another_objective_is_refused_and_the_same_one_resumes(tmp_path: Path) -
     assert refusal_before_launch(run, "auto", move_aside=False, max_steps=None, objective="dpo") is None
 
 
+def test_another_dpo_loss_type_is_refused_like_another_objective(tmp_path: Path) -> None:
+    """Trial 44b: a sigmoid run resumed with loss_type=ipo went on, its loss jumping from 0.66 to 12
+    within one curve and eval_loss changing meaning; only a warning said it."""
+    run = _run_with_a_checkpoint(
+        tmp_path / "run", "dpo", training={"objective": "dpo", "preference": {"loss_type": "sigmoid"}}
+    )
+
+    def refusal(loss_type: str | None) -> str | None:
+        return refusal_before_launch(
+            run, "auto", move_aside=False, max_steps=None, objective="dpo", loss_type=loss_type
+        )
+
+    said = refusal("ipo")
+    assert said and "trained with training.preference.loss_type=sigmoid, and this config says ipo" in said
+    assert "set training.preference.loss_type back to sigmoid to continue" in said and "--merge" in said
+    assert refusal("sigmoid") is None and refusal(None) is None
+    # A checkpoint that recorded no loss type (an earlier ftl's): not refused.
+    older = _run_with_a_checkpoint(tmp_path / "older", "dpo")
+    assert (
+        refusal_before_launch(older, "auto", move_aside=False, max_steps=None, objective="dpo", loss_type="ipo") is None
+    )
+
+
 def test_validate_says_it_before_a_run(tmp_path: Path) -> None:
     run = _run_with_a_checkpoint(tmp_path / "run", "sft")
     out = _validate("configs/examples/dpo.yaml", run)

@@ -91,7 +91,7 @@ def _check_resume_point(
     if problem:
         raise TrainerInputError(problem)
     problem = past_max_steps(path, int(manifest.get("step", 0)), cfg.training.max_steps, ctx.run_dir)
-    problem = problem or objective_changed(path, manifest, cfg.training.objective)
+    problem = problem or objective_changed(path, manifest, cfg.training.objective, cfg.training.preference.loss_type)
     if problem:
         raise TrainerInputError(problem)
     strategy.prepare_resume(path, int(manifest.get("world_size", 1)), ctx.run_dir)  # before wrap() builds the engine

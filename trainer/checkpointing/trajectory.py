@@ -108,6 +108,7 @@ def refusal_before_launch(
     move_aside: bool,
     max_steps: int | None,
     objective: str | None = None,
+    loss_type: str | None = None,
     method: dict[str, Any] | None = None,
     layout_check: Callable[[Path, dict[str, Any]], str | None] | None = None,
     transfer: dict[str, Any] | None = None,
@@ -140,7 +141,7 @@ def refusal_before_launch(
     manifest = read_manifest(resume_from)
     problem = past_max_steps(resume_from, int(manifest.get("step", 0)), max_steps, run_dir)
     if problem is None and objective is not None:
-        problem = objective_changed(resume_from, manifest, objective)
+        problem = objective_changed(resume_from, manifest, objective, loss_type)
     if problem is None and method is not None:  # `method`: the config's method section as JSON values
         problem = trainable_state_problem(resume_from, manifest, method, transfer, num_blocks)
     if problem is None and layout_check is not None:  # another strategy, ZeRO stage or optimizer
@@ -184,21 +185,29 @@ def move_preview(run_dir: Path, mode: str, *, move_aside: bool) -> str | None:
     )
 
 
-def objective_changed(checkpoint: Path, manifest: dict, objective: str) -> str | None:
-    """Why resuming `checkpoint` under another training.objective is refused, or None. A resume
-    continues one run: its optimizer state, its loss curve and its metrics (a DPO loss of 0.69 and
-    an ORPO loss of 1.15 are not better and worse); another objective is another run."""
+def objective_changed(checkpoint: Path, manifest: dict, objective: str, loss_type: str | None = None) -> str | None:
+    """Why resuming `checkpoint` under another training.objective (or DPO loss_type) is refused, or
+    None. A resume continues one run: its optimizer state, its loss curve and its metrics (a DPO
+    loss of 0.69 and an ORPO loss of 1.15 are not better and worse; trial 44b: an IPO resume of a
+    sigmoid run jumped from 0.66 to 12 within one curve); another objective is another run."""
     recorded = manifest.get("config")
     training = recorded.get("training") if isinstance(recorded, dict) else None
     before = training.get("objective", "sft") if isinstance(training, dict) else None
-    if before is None or before == objective:
+    if before is None:
         return None
+    setting, was, now = "training.objective", before, objective
+    if before == objective:
+        preference = training.get("preference") if isinstance(training, dict) else None
+        was_loss = preference.get("loss_type") if isinstance(preference, dict) else None
+        if objective != "dpo" or loss_type is None or was_loss in (None, loss_type):
+            return None
+        setting, was, now = "training.preference.loss_type", was_loss, loss_type
     return (
-        f"{checkpoint} was trained with training.objective={before}, and this config says {objective}: a resume "
-        f"continues one objective (its optimizer state, loss and metrics). To train {objective} on these weights, "
+        f"{checkpoint} was trained with {setting}={was}, and this config says {now}: a resume "
+        f"continues one objective (its optimizer state, loss and metrics). To train {now} on these weights, "
         f"export them (`ftl export {checkpoint.parent.parent} --checkpoint {checkpoint.name} --merge`) and start "
-        "a new output.dir with model.path set to the merged model; or set training.objective back to "
-        f"{before} to continue"
+        f"a new output.dir with model.path set to the merged model; or set {setting} back to "
+        f"{was} to continue"
     )
 
 
