@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -355,6 +356,8 @@ def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
             f"{manifest.get('samples_seen', '?')} with {batch} samples a step"
         )
     mixture = _mixture_preview(cfg, path, int(manifest.get("samples_seen", 0)))
+    early = _early_stopping_preview(cfg, path, run_dir)
+    mixture = "\nftl: note: ".join(note for note in (mixture, early) if note) or None
     step = manifest.get("step", "?")
     if not changes:
         # Said too (trial 41a: validate printed only "valid", a resume read as a fresh start).
@@ -374,6 +377,25 @@ def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
             "the result will not equal an uninterrupted run of either"
         )
     return f"{said}\nftl: note: {mixture}" if mixture else said
+
+
+def _early_stopping_preview(cfg: RunConfig, checkpoint: Path, run_dir: Path) -> str | None:
+    """What a new run continuing another run's `checkpoint` makes of that run's early stopping
+    (patience afresh, the best kept or not), as the workers will say it (trial 44a: validate said
+    only "same config")."""
+    from trainer.checkpointing.manager import STATE_FILE
+    from trainer.transfer.early_stopping import EarlyStopping
+
+    if not cfg.transfer.early_stopping.enabled or checkpoint.resolve().parent.parent == run_dir.resolve():
+        return None
+    try:
+        saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        state = saved["loop"]["transfer"]["early_stopping"]
+        early = EarlyStopping(cfg.transfer.early_stopping)
+        early.load_state_dict(state)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no early-stopping state to take over: the workers start it afresh
+    return early.continue_from(checkpoint) or None
 
 
 def _mixture_preview(cfg: RunConfig, checkpoint: Path, position: int) -> str | None:

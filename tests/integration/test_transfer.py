@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launcher.commands import export, train
+from launcher.commands import export, train, validate
 from tests.conftest import FTL, QA_DATA, REPO, write_config
 from trainer.metrics import read_metrics
 from trainer.optim import lr_multiplier
@@ -271,6 +271,12 @@ def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores
         training={"max_steps": 20, "micro_batch_size": 2},
         **{**common, "checkpoint": {"every_steps": 2, "resume": str(first / "checkpoints" / "step-6")}},
     )
+    # Said by validate before the start too (trial 44a: "same config" only).
+    assert validate(str(later), []) == 0
+    previewed = capfd.readouterr().err
+    assert "ftl: note: early stopping: the run it continues stopped early at step 6; patience (2 evaluations)" in (
+        previewed
+    ), previewed
     assert train(str(later), []) == 0
     said = capfd.readouterr()
     err = said.out + said.err
@@ -289,6 +295,9 @@ def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores
         training={"max_steps": 20, "micro_batch_size": 2},
         **{**common, "checkpoint": {"every_steps": 2, "resume": str(tmp_path / "later" / "checkpoints" / "step-10")}},
     )
+    assert validate(str(third), []) == 0
+    previewed = capfd.readouterr().err
+    assert "its best so far is step 2 (validation eval_loss" in previewed and str(first / "checkpoints") in previewed
     assert train(str(third), []) == 0
     said = capfd.readouterr()
     assert "its best so far is step 2 (validation eval_loss" in said.out + said.err

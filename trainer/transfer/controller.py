@@ -154,8 +154,9 @@ class TransferController:
         saved = state.transfer or {}
         if self.early is not None and "early_stopping" in saved:
             self.early.load_state_dict(saved["early_stopping"])
-            if continued_from is not None:
-                self._continue_early_stopping(continued_from)
+            note = self.early.continue_from(continued_from) if continued_from is not None else ""
+            if note and self.say is not None:
+                self.say(f"note: {note}")
         self.retain_base = saved.get("retain_base_loss")
         if self.unfreezer is None:
             return model
@@ -166,39 +167,6 @@ class TransferController:
         if state.step:
             log.info("resumed at step %d in unfreezing stage %s", state.step, self.unfreezer.describe())
         return self.strategy.rewrap(model) if changed else model
-
-    def _continue_early_stopping(self, checkpoint: Path) -> None:
-        """A new run training further from another run's checkpoint: a patience that run used up
-        would stop this one at its first step, and then look for the best checkpoint in this run
-        (trial 43b: "checkpoint .../step-65 cannot be loaded" after one step). Patience is counted
-        afresh; the best so far stays a candidate while its checkpoint is there to restore."""
-        early = self.early
-        assert early is not None
-        said = []
-        if early.stopped_at is not None:
-            said.append(
-                f"the run it continues stopped early at step {early.stopped_at}; patience "
-                f"({self.cfg.transfer.early_stopping.patience} evaluations) is counted afresh from here"
-            )
-            early.stopped_at, early.bad_evals = None, 0
-        if early.best_step is not None:
-            # Where the run continued from found it: its own checkpoints, or the run it continued in turn.
-            best = Path(early.best_dir) if early.best_dir else checkpoint.parent / step_name(early.best_step)
-            watched = self.cfg.transfer.early_stopping
-            if best.is_dir():
-                early.best_dir = str(best.resolve())
-                said.append(
-                    f"its best so far is step {early.best_step} ({watched.split} {watched.metric} {early.best:.4g}, "
-                    f"{best}), which final/ holds unless this run evaluates better"
-                )
-            else:
-                said.append(
-                    f"its best step {early.best_step}'s checkpoint is not kept ({best}), so this run's best is "
-                    "chosen among its own evaluations"
-                )
-                early.best, early.best_step = None, None
-        if said and self.say is not None:
-            self.say("note: early stopping: " + "; ".join(said))
 
     def on_step_start(self, state: LoopState, model: torch.nn.Module) -> torch.nn.Module:
         if self.unfreezer is None or not self.unfreezer.apply(state.step):

@@ -5,8 +5,10 @@ written and kept, and at the end its weights are what final/ holds."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+from trainer.run_layout import step_name
 from trainer.transfer.config import EarlyStoppingConfig
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,35 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.stopped_at is not None
+
+    def continue_from(self, checkpoint: Path) -> str:
+        """Taken over by a new run that trains further from another run's `checkpoint`: a patience
+        that run used up would stop this one at its first step, and then look for the best
+        checkpoint in this run (trial 43b). Patience is counted afresh; the best so far stays a
+        candidate while its checkpoint is there to restore. Returns what to say ("" for nothing)."""
+        said = []
+        if self.stopped_at is not None:
+            said.append(
+                f"the run it continues stopped early at step {self.stopped_at}; patience "
+                f"({self.cfg.patience} evaluations) is counted afresh from here"
+            )
+            self.stopped_at, self.bad_evals = None, 0
+        if self.best_step is not None:
+            # Where the run continued from found it: its own checkpoints, or the run it continued in turn.
+            best = Path(self.best_dir) if self.best_dir else checkpoint.parent / step_name(self.best_step)
+            if best.is_dir():
+                self.best_dir = str(best.resolve())
+                said.append(
+                    f"its best so far is step {self.best_step} ({self.cfg.split} {self.cfg.metric} "
+                    f"{self.best:.4g}, {best}), which final/ holds unless this run evaluates better"
+                )
+            else:
+                said.append(
+                    f"its best step {self.best_step}'s checkpoint is not kept ({best}), so this run's best is "
+                    "chosen among its own evaluations"
+                )
+                self.best, self.best_step = None, None
+        return "early stopping: " + "; ".join(said) if said else ""
 
     def state_dict(self) -> dict[str, Any]:
         return {
