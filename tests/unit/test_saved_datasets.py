@@ -90,3 +90,14 @@ def test_a_plain_text_file_is_a_row_a_line(tmp_path: Path) -> None:
     ]
     with pytest.raises(DataError, match=r"unsupported file type '\.md'; use one of .*\.csv, \.txt"):
         list(read_rows(str(tmp_path / "x.md")) if (tmp_path / "x.md").write_text("x") else [])
+    # A folder of text files reads the same way, file by file (trial 45a: through the datasets loader
+    # every blank line was a bad row, named "folder[train] row N").
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "part0.txt").write_text("alpha\n\nbeta\n")
+    (folder / "part1.txt").write_text("\ngamma\n")
+    assert [(r.where, r.values) for r in read_rows(str(folder))] == [
+        ("part0.txt line 1", {"text": "alpha"}),
+        ("part0.txt line 3", {"text": "beta"}),
+        ("part1.txt line 2", {"text": "gamma"}),
+    ]

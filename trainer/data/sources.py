@@ -18,8 +18,8 @@ from typing import Any
 from trainer.errors import DataError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # the files of a folder read here
-# One file given as the dataset may also be plain text, a row a line; in a folder a .txt beside
-# data files is more often notes than rows, and is refused there as before.
+# One file given as the dataset may also be plain text, a row a line, and so may a folder of text
+# files only; in a folder a .txt beside data files is more often notes than rows, and is refused there.
 FILE_SUFFIXES = (*LOCAL_SUFFIXES, ".txt")
 
 
@@ -125,7 +125,13 @@ def _read_folder(folder: Path, split: str) -> Iterator[Row]:
             f"{folder}: the {split} files mix types ftl reads ({', '.join(LOCAL_SUFFIXES)}) with others "
             f"({', '.join(others)}); move the others out of the folder or convert them"
         )
-    if others:  # files only the datasets library reads (.txt, .arrow, .tsv, ...): all of one type
+    if others == [".txt"] and all(f.suffix.lower() == ".txt" for f in files):
+        # A folder of text files: read as one .txt is (blank lines skipped, rows named by file and
+        # line; trial 45a: the datasets loader made every blank line a bad row of "txtdir[train] row N").
+        for file in files:
+            yield from _read_txt(file, str(file.relative_to(folder)))
+        return
+    if others:  # files only the datasets library reads (.arrow, .tsv, ...): all of one type
         yield from _read_hub(str(folder), split)
         return
     for file in files:
