@@ -90,19 +90,44 @@ def running_in(cfg: RunConfig, argv: list[str] | None = None, purpose: str = "ft
 def _train_on_hint(run_dir: Path, asked: str | None = None) -> str:
     """How to train a finished run further (more steps, another epoch): a new run that starts
     from its last checkpoint, or from the one checkpoint.resume names (`asked`) when it is one of
-    this run's (trial 38c: the hint named the latest instead)."""
+    this run's (trial 38c: the hint named the latest instead). A continuation that wrote no
+    checkpoint of its own (early stopping found nothing better) goes on from the checkpoint it
+    continued from (trial 45a: no hint at all)."""
+    summary = _finished_summary(run_dir)
     checkpoints = committed_checkpoints(run_dir)
-    if not checkpoints:
-        return ""
     chosen = next((c for c in checkpoints if asked and Path(asked).resolve() == c.resolve()), None)
-    start = chosen or checkpoints[-1]
+    if checkpoints:
+        start, which = chosen or checkpoints[-1], "that checkpoint" if chosen else "its last checkpoint"
+    else:
+        origin = (summary.get("continued_from") or {}).get("path")
+        if not isinstance(origin, str) or not Path(origin).is_dir():
+            return ""
+        start, which = Path(origin), "the checkpoint it continued from (it wrote none of its own)"
     resume = shlex.quote(f"checkpoint.resume={start}")
     step = step_of(start)
-    return (
-        f"; to train it further, start a new run from {'that' if chosen else 'its last'} checkpoint with more steps: "
-        "output.dir=runs/my-run-2 "
+    hint = (
+        f"; to train it further, start a new run from {which} with more steps: output.dir=runs/my-run-2 "
         f"{resume} training.max_steps=N (N above {step}: it counts on from step {step}; or more training.epochs)"
     )
+    early = (summary.get("transfer") or {}).get("early_stopping") or {}
+    stopped = early.get("stopped_at") if isinstance(early, dict) else None
+    if isinstance(stopped, int) and step < stopped:
+        # Trial 45a: the continuation replayed steps 25-32 exactly and stopped at 32 again.
+        hint += (
+            f". Early stopping stopped this run at step {stopped}, after that checkpoint: from it the same "
+            f"transfer.early_stopping settings (patience {early.get('patience')}, min_delta {early.get('min_delta')}) "
+            f"train steps {step + 1}-{stopped} again and stop there; loosen them (or set "
+            "transfer.early_stopping.enabled=false) to train further"
+        )
+    return hint
+
+
+def _finished_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(RunLayout(run_dir).summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def prepare_run_dir(

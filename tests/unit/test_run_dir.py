@@ -252,3 +252,59 @@ def test_a_non_ascii_path_is_written_as_it_is_in_config_yaml(tmp_path: Path) -> 
     text = (run_dir / "config.yaml").read_text(encoding="utf-8")
     assert f"dir: {run_dir}" in text and "\\x" not in text and "\\u" not in text
     assert load_snapshot(run_dir).output.dir == str(run_dir)
+
+
+def _checkpointed_run(run: Path, steps: list[int], summary: dict) -> Path:
+    import torch
+
+    from trainer.checkpointing.layouts import ReplicatedStateIO
+    from trainer.checkpointing.manager import CheckpointManager
+    from trainer.config import TrainingConfig
+    from trainer.loop_state import LoopState
+    from trainer.optim import WarmupDecaySchedule
+
+    run.mkdir(parents=True)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
+    manager = CheckpointManager(run, io, rank=0, world_size=1, device="cpu", keep_last=5)
+    for step in steps:
+        manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=step))
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_a_finished_early_stopped_run_says_how_a_continuation_would_not_replay_it(tmp_path: Path) -> None:
+    """Trial 45a: the hint's continuation from the last checkpoint (the best, step 24) replayed steps
+    25-32 exactly and stopped at 32 again; a continuation that never improved wrote no checkpoint,
+    and its refusal gave no hint at all."""
+    from launcher.run_dir import finished_run_problem
+
+    early = {"best_step": 24, "stopped_at": 32, "patience": 2, "min_delta": 0.3}
+    first = _checkpointed_run(tmp_path / "es1", [20, 24], {"transfer": {"early_stopping": early}})
+    said = finished_run_problem(first) or ""
+    assert (
+        f"start a new run from its last checkpoint with more steps: output.dir=runs/my-run-2 checkpoint.resume={first}/checkpoints/step-24"
+        in said
+    )
+    assert (
+        "Early stopping stopped this run at step 32, after that checkpoint: from it the same transfer.early_stopping "
+        "settings (patience 2, min_delta 0.3) train steps 25-32 again and stop there" in said
+    )
+    # A continuation of it that wrote no checkpoint: the hint names the checkpoint it continued from.
+    later = _checkpointed_run(
+        tmp_path / "es2",
+        [],
+        {
+            "continued_from": {"path": str(first / "checkpoints" / "step-24"), "step": 24},
+            "transfer": {"early_stopping": early},
+        },
+    )
+    said = finished_run_problem(later) or ""
+    assert (
+        f"the checkpoint it continued from (it wrote none of its own) with more steps: output.dir=runs/my-run-2 checkpoint.resume={first}/checkpoints/step-24"
+        in said
+    )
+    # Stopped at its last checkpoint: no replay to warn of.
+    (first / "summary.json").write_text(json.dumps({"transfer": {"early_stopping": {**early, "stopped_at": 24}}}))
+    assert "Early stopping stopped" not in (finished_run_problem(first) or "")
