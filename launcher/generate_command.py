@@ -39,6 +39,18 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError("--output goes with --input (a file of prompts); --prompt and --chat print to the console")
     if args.chat and args.raw:
         raise UserError("--chat keeps a conversation in the chat template; --raw does not apply to it")
+    if args.raw and args.system is not None:
+        # --system goes into the chat template, which --raw leaves out (trial 45a: silently dropped).
+        if not args.input:
+            raise UserError(
+                "--system goes into the chat template, which --raw leaves out (the prompt goes to the model as "
+                "written): put the system text at the start of --prompt, or drop --raw"
+            )
+        print(
+            "ftl: note: with --raw, --system applies only to --input rows of messages (they go through the chat "
+            "template); prompt strings go to the model as written",
+            file=sys.stderr,
+        )
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     asked_tokens = args.max_new_tokens is not None  # the default is not worth a note at the limit
@@ -130,7 +142,9 @@ def generate_command(args: argparse.Namespace) -> int:
         return _chat(generate, args)
     ids = generate.prompt(args.prompt)
     if (too_long := generate.past_positions(ids)) is not None:
-        raise UserError(f"--prompt has {too_long}")
+        # Trial 45a: the system message's tokens were counted as the prompt's.
+        whose = " with --system and the chat template" if generate.system is not None and not args.raw else ""
+        raise UserError(f"--prompt{whose} has {too_long}")
     _note_reply_cap(positions, asked_tokens, args.max_new_tokens)
     print(generate.replies([ids])[0])
     return 0

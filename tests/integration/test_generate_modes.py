@@ -315,6 +315,12 @@ def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_sa
     err = capsys.readouterr().err
     assert "--prompt has " in err and "the model has 12 positions (max_position_embeddings) for prompt and reply" in err
     assert "a reply stops there" not in err  # the cap note is for prompts that run, not a refused one (trial 42a)
+    # With --system the count is the prompt's with the system message and template (trial 45a: "--prompt has").
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    assert launcher.cli.main(["generate", str(model), "--prompt", "hi there you", "--system", "be"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt with --system and the chat template has " in err, err
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 12}))
     rows = tmp_path / "p.jsonl"
     rows.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": long_prompt}) + "\n")
     out = tmp_path / "o.jsonl"

@@ -21,6 +21,8 @@ from tests.conftest import FTL, REPO
         ([b"--prompt", b"hi", b"--top-p", b"inf"], "--temperature and --top-p must be numbers"),
         ([b"--prompt", b"hi", b"--top-p", b"0.9"], "add --temperature (e.g. 0.7) to sample"),  # was greedy, silently
         ([b"--input", b"p.jsonl", b"--field", b" "], "--field is empty"),
+        # The chat template carries --system; --raw sends the prompt as written (trial 45a: dropped silently).
+        ([b"--prompt", b"hi", b"--raw", b"--system", b"be brief"], "--system goes into the chat template, which --raw"),
     ],
 )
 def test_generate_flags_refused_before_the_model_loads(flags: list[bytes], said: str) -> None:
