@@ -59,13 +59,20 @@ def result_part(values: dict[str, Any]) -> dict[str, Any]:
 
 def _class_weights_as_a_list(head: Any) -> None:
     """class_weights by label name as the list of every label's weight in id order, the form the loss
-    uses: {creature: 4, person: 2} and [1, 2, 4] are the same weights (trial 44a: said as a change)."""
-    if not isinstance(head, dict) or not isinstance(head.get("class_weights"), dict):
+    uses: {creature: 4, person: 2} and [1, 2, 4] are the same weights (trial 44a: said as a change),
+    scaled so the smallest is 1: the loss is their weighted mean, so [2, 2, 6] trains as [1, 1, 3]
+    does (trial 45a: said as a change)."""
+    if not isinstance(head, dict):
         return
-    labels = head.get("labels") or [str(i) for i in range(int(head.get("num_labels") or 0))]
-    weights = head["class_weights"]
-    if labels and all(isinstance(label, str) for label in labels) and set(weights) <= set(labels):
-        head["class_weights"] = [float(weights.get(label, 1.0)) for label in labels]
+    weights = head.get("class_weights")
+    if isinstance(weights, dict):
+        labels = head.get("labels") or [str(i) for i in range(int(head.get("num_labels") or 0))]
+        if not (labels and all(isinstance(label, str) for label in labels) and set(weights) <= set(labels)):
+            return
+        weights = [float(weights.get(label, 1.0)) for label in labels]
+    if isinstance(weights, list) and weights and all(isinstance(w, (int, float)) and w > 0 for w in weights):
+        smallest = min(weights)
+        head["class_weights"] = [round(float(w) / smallest, 12) for w in weights]
 
 
 def config_hash(cfg: TrainerConfig) -> str:

@@ -59,7 +59,7 @@ def test_class_weighted_losses_on_two_ray_workers_equal_one_process(
     # The bundled data is balanced (balanced weights would all be 1): weights of its own, then.
     weights = [1.0, 2.0, 4.0]
     one, said = _train(tmp_path, "one", tiny_model_dir, {"backend": "local", "workers": 1}, weights)
-    assert "class weights (transfer.head.class_weights): country 1, person 2, creature 4" in said, said[-3000:]
+    assert "class weights (transfer.head.class_weights): country: 1, person: 2, creature: 4" in said, said[-3000:]
     summary = json.loads((one / "summary.json").read_text())["data"]["class_weights"]
     assert summary == {"country": 1.0, "person": 2.0, "creature": 4.0}
     # 2 workers x micro-batch 2 = the same 4 rows a step as 1 x 4 (the loop's slots keep the rows).

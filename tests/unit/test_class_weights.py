@@ -42,7 +42,7 @@ def test_balanced_weights_follow_sklearns_rule_and_a_list_is_taken_as_given() ->
     rated = resolved_class_weights(ratings, classes)
     assert rated is not None and rated.tolist() == [1.0, 5.0, 2.0]
     assert class_weights_note(_head("balanced"), weights).startswith(
-        "class weights (balanced, from the training rows): a 0.747, b 0.747, c 3.11"
+        "class weights (balanced, from the training rows): a: 0.747, b: 0.747, c: 3.11"
     )
 
 
@@ -109,4 +109,4 @@ def test_validate_data_says_the_weights_training_would_use() -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "class weights (transfer.head.class_weights): country 1, person 2, creature 4" in out.stdout
+    assert "class weights (transfer.head.class_weights): country: 1, person: 2, creature: 4" in out.stdout

@@ -118,6 +118,13 @@ def test_a_mapping_value_is_compared_and_rebuilt_whole() -> None:
     as_list = _cfg(data=data, transfer={"head": {**head, "class_weights": [1.0, 1.0, 9.0]}})
     assert config_hash(as_list) == config_hash(written)
     assert config_changes(result_values(as_list), result_values(written)) == []
+    # Scaled weights are the same weights: the loss is their weighted mean (trial 45a: said as a change).
+    scaled = _cfg(data=data, transfer={"head": {**head, "class_weights": [2.0, 2.0, 18.0]}})
+    assert config_hash(scaled) == config_hash(written)
+    other = _cfg(data=data, transfer={"head": {**head, "class_weights": [2.0, 2.0, 9.0]}})
+    assert config_changes(result_values(written), result_values(other)) == [
+        "transfer.head.class_weights: [1.0, 1.0, 9.0] -> [1.0, 1.0, 4.5]"
+    ]
 
 
 def test_deep_merged_lays_a_fragment_over_its_base_at_every_depth() -> None:

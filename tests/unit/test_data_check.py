@@ -229,6 +229,14 @@ def test_many_dropped_rows_of_one_reason_are_said_in_a_line(capsys: pytest.Captu
         "    - the same (N tokens, longer than data.max_seq_len=32 (data.too_long=drop)) for 9 more rows: long.jsonl line 4"
     ), lines
     assert f"warning: data.too_long=drop leaves out 12 of 12 rows of {data} (100%)" in out  # trial 44a
+    # An evaluation set's too (trial 45a: 13 of 15 validation rows dropped, its scores on the 2 left).
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "a few words"}) + "\n")
+    code, out, err = _validate_data(
+        capsys, config, "data.max_seq_len=32", "data.too_long=drop", f"data.train={short}", f"data.validation={data}"
+    )
+    said = f"warning: data.too_long=drop leaves out 12 of 12 rows of {data} (100%) as longer than data.max_seq_len=32"
+    assert f"{said}, and its scores are those of the 0 left" in out, out
 
 
 def test_truncated_rows_that_lose_trained_tokens_are_counted(

@@ -34,5 +34,5 @@ def class_weights_note(head: HeadConfig, weights: np.ndarray) -> str:
     how = "balanced, from the training rows" if head.class_weights == "balanced" else "transfer.head.class_weights"
     if head.class_weights == "balanced" and bool((weights == 1.0).any()):
         how += "; a label with no training row weighs 1"
-    listed = ", ".join(f"{name} {weight:.3g}" for name, weight in zip(head.label_names, weights.tolist(), strict=True))
+    listed = ", ".join(f"{name}: {weight:.3g}" for name, weight in zip(head.label_names, weights.tolist(), strict=True))
     return f"class weights ({how}): {listed}; the training loss is their weighted mean, evaluation losses unweighted"
