@@ -125,6 +125,25 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
     # Nothing shared: said as what to do, not only "missing field 'prompt'".
     with pytest.raises(DataError, match="share no beginning to take as it .TRL's implicit prompt"):
         render_example(Row("t", {"chosen": "yes", "rejected": "no"}), "preference", tokenizer)
+    # Trial 45a: a rejected text that begins the chosen one keeps a word of its own (was "'rejected' is empty").
+    hello = {"chosen": "Human: Hi\n\nAssistant: Hello there", "rejected": "Human: Hi\n\nAssistant: Hello"}
+    assert implicit_prompt(hello) == {
+        "prompt": "Human: Hi\n\nAssistant:",
+        "chosen": " Hello there",
+        "rejected": " Hello",
+    }
+    # Conversations that part before the assistant's last answer, or at a user turn: said so.
+    more = {"role": "user", "content": "More?"}
+    earlier = {"chosen": [user, said, more, said], "rejected": [user, other, more, said]}
+    with pytest.raises(DataError, match=r"part at message 2 \(an assistant turn\), so chosen would answer with a user"):
+        render_example(Row("t", earlier), "preference", tokenizer)
+    system = {"role": "system", "content": "Be brief."}
+    asked = {"chosen": [system, user, said], "rejected": [system, more, other]}
+    with pytest.raises(DataError, match=r"part at message 2 \(a user turn\)"):
+        render_example(Row("t", asked), "preference", tokenizer)
+    # A conversation beside a text: the styles are what differs.
+    with pytest.raises(DataError, match="chosen is a message list while rejected is a string"):
+        render_example(Row("t", {"chosen": [user, said], "rejected": "Zitethra."}), "preference", tokenizer)
 
 
 def test_bad_preference_rows_are_named_by_file_and_line(tmp_path: Path, tokenizer: Any) -> None:

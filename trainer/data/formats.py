@@ -305,7 +305,8 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
     """A pair without a `prompt` whose chosen and rejected are whole conversations (or texts) with
     the same beginning, as TRL's "implicit prompt" datasets and Anthropic HH write them: that
     shared beginning is the prompt (trial 44b: only "missing field 'prompt'" was said). Whole
-    messages for conversations, up to the last user turn; whole words for texts. Other rows as they are."""
+    messages for conversations, up to the last user turn; whole words for texts, each response
+    keeping at least one word. Other rows as they are."""
     if "prompt" in values or not all(key in values for key in ("chosen", "rejected")):
         return values
     chosen, rejected = values["chosen"], values["rejected"]
@@ -313,18 +314,60 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
         shared = 0
         while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
             shared += 1
+        parted = shared
         while shared and not (isinstance(chosen[shared - 1], dict) and chosen[shared - 1].get("role") != "assistant"):
             shared -= 1  # the prompt ends where the responses (the assistant's turn) begin
         if shared:
+            _responses_are_answers(chosen, rejected, shared, parted)
             return {**values, "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
     elif isinstance(chosen, str) and isinstance(rejected, str):
-        shared = len(os.path.commonprefix([chosen, rejected]))
-        while shared and not chosen[shared - 1].isspace() and not (shared < len(chosen) and chosen[shared].isspace()):
-            shared -= 1  # not inside a word ("ca" of "cat" and "car")
-        prompt = chosen[:shared].rstrip()
+        prompt = _shared_words(chosen, rejected)
         if prompt:  # the responses keep the space that separates them from it
             return {**values, "prompt": prompt, "chosen": chosen[len(prompt) :], "rejected": rejected[len(prompt) :]}
+    elif isinstance(chosen, (str, list)) and isinstance(rejected, (str, list)):
+        # Trial 45a: said as "share no beginning", while the styles differ.
+        kinds = {
+            key: "a message list" if isinstance(values[key], list) else "a string" for key in ("chosen", "rejected")
+        }
+        raise RowProblem(
+            f"missing field 'prompt', and chosen is {kinds['chosen']} while rejected is {kinds['rejected']}: "
+            "write both as conversations (message lists) or both as texts"
+        )
     return values
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word in ('assistant',) else 'a'} {word}"  # the roles: system, user, assistant, tool
+
+
+def _shared_words(chosen: str, rejected: str) -> str:
+    """The whole words both texts begin with, leaving each at least one word of its own (trial 45a:
+    a rejected "Hello" that begins chosen "Hello there" was left empty and refused as such)."""
+    shared = len(os.path.commonprefix([chosen, rejected]))
+    while shared and not chosen[shared - 1].isspace() and not (shared < len(chosen) and chosen[shared].isspace()):
+        shared -= 1  # not inside a word ("ca" of "cat" and "car")
+    prompt = chosen[:shared].rstrip()
+    while prompt and not (chosen[len(prompt) :].strip() and rejected[len(prompt) :].strip()):
+        cut = max(prompt.rfind(" "), prompt.rfind("\n"), prompt.rfind("\t"))
+        prompt = prompt[:cut].rstrip() if cut > 0 else ""
+    return prompt
+
+
+def _responses_are_answers(chosen: list[Any], rejected: list[Any], shared: int, parted: int) -> None:
+    """The turns after an implicit prompt must be the assistant's: conversations that part at a user
+    turn, or before their last user turn, have no shared prompt to take (trial 45a: refused as
+    "'chosen' must hold assistant messages only" of a row the docs told to write whole)."""
+    for key, turns in (("chosen", chosen), ("rejected", rejected)):
+        later = [m for m in turns[shared:] if isinstance(m, dict) and m.get("role") != "assistant"]
+        if later:
+            where = turns[parted] if parted < len(turns) else None
+            role = where.get("role", "?") if isinstance(where, dict) else "?"
+            raise RowProblem(
+                f"missing field 'prompt', and chosen and rejected part at message {parted + 1} ({_a(role)} turn), "
+                f"so {key} would answer with {_a(str(later[0].get('role')))} turn: an implicit prompt needs the two "
+                "conversations to be the same up to the assistant's last answer; give the shared part as "
+                "'prompt' and the differing turns as chosen and rejected, or make the conversations agree"
+            )
 
 
 def _render_preference(values: dict[str, Any], tokenizer: Any) -> Example:

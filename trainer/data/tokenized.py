@@ -36,7 +36,8 @@ CACHE_VERSION = 10  # 2: an opening assistant message trains no header; 3: tool_
 # skipped before); reasoning_content kept; 6: a turn the template writes empty (reasoning only) is refused;
 # 7: with numeric label names a number is a name, not an id; 8: preference stats count the pairs whose
 # chosen and rejected training sees as the same; 9: a JSON object naming a key twice is a bad row, CSV
-# records are named by all their lines; 10: preference stats count chat-style pairs
+# records are named by all their lines; 10: preference stats count chat-style pairs, an implicit prompt leaves
+# each text response a word
 MAX_REPORTED_ERRORS = 5  # skipped rows named in the data report
 MAX_LISTED_BAD_ROWS = 20  # bad rows listed in the error that stops a run (then a count)
 
