@@ -247,19 +247,21 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     continued = summary.get("continued_from")
     if continued:  # a finished run trained further in a new output.dir
-        lines.append(
-            f"continued from {continued['path']} (step {continued['step']}): steps 1-{continued['step']} "
-            "and the base model's scores are in that run"
-        )
+        from launcher.continuation import continued_line
+
+        lines.append(continued_line(continued, base_scores=True))
     data = summary.get("data", {})
     if data:
         mode = "packed into" if data.get("packing") else "padded in batches,"
-        lines.append(
-            f"data: {data['train_examples']} images"  # no tokens: slots and padding mean nothing here
-            if data.get("format") == "image_classification"
-            else f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; "
-            f"{100 * data['token_efficiency']:.1f}% of token slots hold real tokens"
-        )
+        slots = f"{100 * data.get('token_efficiency', 0):.1f}% of token slots hold real tokens"
+        if data.get("format") == "image_classification":
+            lines.append(f"data: {data['train_examples']} images")  # no tokens: slots and padding mean nothing here
+        elif data.get("format") == "preference":  # a row is a pair of sequences (trial 45a: "16 examples, 8 rows")
+            lines.append(
+                f"data: {data['train_rows']} pairs ({data['train_examples']} sequences) padded in batches; {slots}"
+            )
+        else:
+            lines.append(f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; {slots}")
         from trainer.data.prepare import cut_examples_note  # numpy and the data code: not for every command
 
         cut = cut_examples_note(data)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.run_lock import read_holder, stale_reason
+from launcher.continuation import continued_line
 from launcher.failure_record import read_failure
 from launcher.run_dir import is_ftl_run
 from launcher.tracker_outcome import tracker_failures, tracker_gaps
@@ -176,9 +177,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     )
     origin = continued_from(records)
     if origin is not None:  # its first steps and the base model's scores are that run's (trial 38c)
-        notes.append(
-            f"continued from {origin['path']} (step {origin['step']}): steps 1-{origin['step']} are in that run"
-        )
+        notes.append(continued_line(origin, base_scores=False))
     layout = RunLayout(run_dir)
     holder = read_holder(layout.lock)
     gone = stale_reason(holder) if holder is not None else None

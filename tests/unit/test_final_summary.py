@@ -47,6 +47,9 @@ def test_the_data_line_counts_images_not_token_slots(tmp_path: Path) -> None:
     assert "data: 120 images\n" in images and "token slots" not in images
     texts = format_summary({**_summary(tmp_path), "data": {**data, "format": "classification"}})
     assert "data: 120 examples padded in batches, 120 rows; 100.0% of token slots hold real tokens" in texts
+    # A preference row is a pair of sequences (trial 45a: "16 examples padded in batches, 8 rows").
+    pairs = format_summary({**_summary(tmp_path), "data": {**data, "train_rows": 60, "format": "preference"}})
+    assert "data: 60 pairs (120 sequences) padded in batches; 100.0% of token slots hold real tokens" in pairs
 
 
 def test_a_set_scored_in_part_is_marked(tmp_path: Path) -> None:

@@ -347,3 +347,29 @@ def test_the_listing_says_what_each_run_trains_and_by_which_loss(tmp_path: Path)
     assert training_method(run) == "qlora orpo"
     config.write_text(base + "transfer: {head: {type: sequence_classification}}\n")
     assert training_method(run) == "lora seq-cls"
+
+
+def test_a_continuation_of_a_continuation_says_which_run_holds_which_steps(tmp_path: Path) -> None:
+    """Trial 45a: the third run of a chain said steps 1-36 and the base scores were in the second,
+    which held steps 25-36; the first held steps 1-24 and the base scores."""
+    from launcher.continuation import continued_line
+
+    def run(name: str, origin: Path | None, step: int) -> Path:
+        folder = tmp_path / name
+        (folder / "checkpoints" / f"step-{step}").mkdir(parents=True)
+        start = {"kind": "start", "step": 0 if origin is None else int(origin.name[5:])}
+        if origin is not None:
+            start["continued_from"] = str(origin)
+        (folder / "metrics.jsonl").write_text(json.dumps(start) + "\n")
+        return folder / "checkpoints" / f"step-{step}"
+
+    first = run("es1", None, 24)
+    second = run("esB", first, 36)
+    line = continued_line({"path": str(second), "step": 36}, base_scores=True)
+    assert line == (
+        f"continued from {second} (step 36): steps 25-36 are in {tmp_path / 'esB'}, "
+        f"steps 1-24 and the base model's scores in {tmp_path / 'es1'}"
+    )
+    assert continued_line({"path": str(first), "step": 24}, base_scores=False) == (
+        f"continued from {first} (step 24): steps 1-24 are in that run"
+    )
