@@ -352,6 +352,13 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"early stopping: ran all {summary.get('steps')} steps; final/ holds the best step {best} "
             f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])}{elsewhere})"
         )
+    lost = stopping.get("lost_best") if stopping else None
+    if isinstance(lost, dict) and isinstance(lost.get("value"), (int, float)):
+        lines.append(
+            f"early stopping: the best of the run continued from, step {lost.get('step')} ({stopping['split']} "
+            f"{stopping['metric']} {_fmt(lost['value'])}), was not kept ({lost.get('path')}), so final/ holds "
+            "this run's own best"
+        )
     final_dir = Path(summary["final_dir"])
     for name in ("adapter", "merged"):
         if (final_dir / name).exists():

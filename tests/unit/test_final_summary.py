@@ -35,6 +35,13 @@ def test_final_holds_the_best_step_whether_or_not_training_stopped_early(tmp_pat
         "(validation accuracy 0.9889, a checkpoint of the run continued from: /runs/a/checkpoints/step-35)"
         in kept_elsewhere
     )
+    # The chain's earlier best was gone when this run continued it (trial 45a: only a console note said so).
+    lost = {"step": 24, "value": 1.3528, "path": "/runs/a/checkpoints/step-24"}
+    said = format_summary(_summary(tmp_path, stopped_at=45, best_step=35, lost_best=lost))
+    assert (
+        "early stopping: the best of the run continued from, step 24 (validation accuracy 1.3528), was not kept "
+        "(/runs/a/checkpoints/step-24), so final/ holds this run's own best"
+    ) in said
     ran_out = format_summary(_summary(tmp_path, stopped_at=None))
     assert "early stopping: ran all 45 steps; final/ holds the best step 40 (validation accuracy 0.9889)" in ran_out
     # The last step was the best: final/ is the last step's model, nothing to say.

@@ -27,6 +27,9 @@ class EarlyStopping:
         # The base model's score (the step-0 evaluation, when the run makes one). Never a
         # candidate for the best (final/ holds trained weights), but said when it beats the best.
         self.base: float | None = None
+        # An earlier best of the chain whose checkpoint was gone when this run continued it: said in the
+        # summary, as final/ may then hold a worse model than the chain's best (trial 45a).
+        self.lost_best: dict[str, Any] | None = None
 
     def worse_than_base(self) -> bool:
         if self.base is None or self.best is None:
@@ -90,6 +93,7 @@ class EarlyStopping:
                     f"its best step {self.best_step}'s checkpoint is not kept ({best}), so this run's best is "
                     "chosen among its own evaluations"
                 )
+                self.lost_best = {"step": self.best_step, "value": self.best, "path": str(best)}
                 self.best, self.best_step = None, None
         return "early stopping: " + "; ".join(said) if said else ""
 
@@ -101,6 +105,7 @@ class EarlyStopping:
             "stopped_at": self.stopped_at,
             "base": self.base,
             **({"best_dir": self.best_dir} if self.best_dir else {}),
+            **({"lost_best": self.lost_best} if self.lost_best else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -108,3 +113,4 @@ class EarlyStopping:
         self.bad_evals, self.stopped_at = int(state.get("bad_evals", 0)), state.get("stopped_at")
         self.base = state.get("base")
         self.best_dir = state.get("best_dir")
+        self.lost_best = state.get("lost_best")
