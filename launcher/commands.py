@@ -63,11 +63,9 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
 
 def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int:
     cfg = load_config(config_path, overrides)
-    from launcher.hub_cache import unavailable_offline
+    from launcher.start_checks import problems_before_start
 
-    problems = check_inputs(cfg) + unavailable_offline(cfg) + data_format_problems(cfg)
-    targets = target_modules_problem(cfg)  # before a backend starts: the workers found it 37 s later (trial 39a)
-    problems += [targets] if targets else []
+    problems = problems_before_start(cfg)
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process

@@ -45,6 +45,7 @@ def _check_before_submitting(cfg: Any) -> None:
     from cluster.run_lock import locked_message, read_holder, stale_reason
     from launcher.preflight import check_inputs, start_refusal
     from launcher.run_dir import local_run_dir
+    from launcher.start_checks import problems_before_start
     from trainer.run_layout import RunLayout
 
     run_dir = local_run_dir(cfg)
@@ -56,6 +57,11 @@ def _check_before_submitting(cfg: Any) -> None:
         raise UserError(locked_message(run_dir, holder))
     for problem in check_inputs(cfg):
         print(f"ftl: warning: {problem} on this machine; the job needs it on the cluster", file=sys.stderr)
+    # Read where the files are here (a shared filesystem): a data file that does not fit data.format,
+    # target modules the model lacks fail the job once it runs (trial 45b, on Slurm).
+    problems = problems_before_start(cfg, inputs=False)
+    if problems:
+        raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _default_python(address: str | None) -> str:

@@ -8,9 +8,10 @@ import argparse
 import sys
 
 from launcher.config_loader import load_config
-from launcher.errors import UserError
-from launcher.preflight import check_inputs
-from launcher.run_dir import running_in
+from launcher.errors import StartRefused, UserError
+from launcher.preflight import start_refusal
+from launcher.run_dir import local_run_dir, running_in
+from launcher.start_checks import problems_before_start
 from trainer.run_layout import RunLayout
 
 FLAG_KEYS = {
@@ -37,14 +38,21 @@ def slurm(args: argparse.Namespace) -> int:
 
         sys.stdout.write(render_sbatch(Path(cfg.output.dir).resolve(), cfg.cluster))
         return 0
-    problems = check_inputs(cfg)
+    problems = problems_before_start(cfg)  # what `ftl train` refuses before a job waits in the queue
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     check_slurm_client()  # before the run directory exists: no directory left for a job that never was
+    if not local_run_dir(cfg).exists():  # a refusal now leaves no run directory behind
+        refusal = start_refusal(cfg, local_run_dir(cfg))
+        if refusal:
+            raise StartRefused(refusal)
     # Locked while the script is written and submitted; submit() hands the lock to the job.
     from launcher.failure_record import recording_failure
 
     with running_in(cfg, purpose="ftl slurm") as run_dir, recording_failure(run_dir):
+        refusal = start_refusal(cfg, run_dir)  # the job's workers would refuse it, after waiting in the queue
+        if refusal:
+            raise StartRefused(refusal)
         job_id = submit(run_dir, cfg.cluster)  # `ftl runs` shows a refused submission as failed, with why
     print(job_id)
     print(

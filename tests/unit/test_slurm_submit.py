@@ -56,3 +56,44 @@ def test_an_unreachable_cluster_is_a_failure_not_an_input_error(
     with pytest.raises(SlurmError) as refused:
         submit(tmp_path / "run", ClusterConfig(backend="slurm", workers=2))
     assert not isinstance(refused.value, SlurmSettingRejected) and refused.value.exit_code == 1
+
+
+def test_ftl_slurm_refuses_what_ftl_train_refuses_before_a_job_is_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 45b: a target_modules typo and a data file of another format were queued by `ftl slurm`
+    and failed in the job once it had its nodes; `ftl train` refused both before sbatch. sbatch here
+    records that it was called: it must not be."""
+    import launcher.cli
+    from tests.conftest import BUNDLED_MODEL, write_config
+
+    called = tmp_path / "sbatch-called"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {called}\necho 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    for override, said in (
+        ("method.lora.target_modules=[foo_proj]", "'foo_proj' name(s) no module of this model"),
+        ("data.format=alpaca", "data.format 'alpaca' needs the field(s) instruction"),
+    ):
+        assert launcher.cli.main(["slurm", str(config), override]) == 2
+        err = capsys.readouterr().err
+        assert "cannot start:" in err and said in err, err
+    assert not called.exists() and not (tmp_path / "run").exists()
+
+
+def test_ftl_submit_refuses_a_target_module_the_model_lacks_before_contacting_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As `ftl slurm` (trial 45b): a Ray Job would fail once it ran; no job server is reached here."""
+    import launcher.cli
+    from tests.conftest import BUNDLED_MODEL, write_config
+
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", cluster={"backend": "ray"})
+    code = launcher.cli.main(
+        ["submit", str(config), "--address", "http://127.0.0.1:9", "method.lora.target_modules=[foo_proj]"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot start:" in err and "'foo_proj' name(s) no module of this model" in err, err

@@ -1,0 +1,20 @@
+"""What every way of starting a run (`ftl train`, `ftl slurm`, `ftl submit`) checks before a
+backend starts or a job is queued: inputs that exist, a data file that fits data.format, target
+modules the model has, a model the offline hub cache holds. Trial 45b: `ftl slurm` checked only the
+first, and a typo in target_modules failed the job once it had its nodes."""
+
+from __future__ import annotations
+
+from launcher.run_config import RunConfig
+
+
+def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
+    """Each problem as one line. `inputs=False`: leave out the existence of the model and data
+    paths (`ftl submit`: the cluster may see other files; the rest is checked where the files are here)."""
+    from launcher.data_format_probe import data_format_problems
+    from launcher.hub_cache import unavailable_offline
+    from launcher.preflight import check_inputs, target_modules_problem
+
+    problems = (check_inputs(cfg) if inputs else []) + unavailable_offline(cfg) + data_format_problems(cfg)
+    targets = target_modules_problem(cfg)  # the workers found it 37 s later (trial 39a)
+    return problems + ([targets] if targets else [])
