@@ -62,10 +62,19 @@ def after_stop(
             False, f"{at} ({names}); cluster.slurm.requeue is false: submit the same config again to resume"
         )
     if (step or 0) <= (step_at_start or 0):
+        # Trial 45b: "checkpoint at step 0" after "nothing to save", and time-limit advice for a job without one.
+        kept = f"the checkpoint at step {step_at_start} is the latest" if step_at_start else "no checkpoint yet"
+        limit = job.get("TimeLimit", "")
+        timed = limit != "UNLIMITED"  # unknown (Slurm did not answer): as if timed
+        advice = (
+            "Give the job more time (cluster.slurm.time) or a shorter cluster.slurm.signal_before_s, then submit "
+            "the same config again"
+            if timed
+            else "The job has no time limit, so the signal was a preemption or a scancel: submit the same config again"
+        )
         return AfterStop(
             False,
-            f"{at}; no step was trained since this start of the job (the stop signal came before training got "
-            "going): not requeued, or it would stop the same way on every start. Give the job more time "
-            "(cluster.slurm.time) or a shorter cluster.slurm.signal_before_s, then submit the same config again",
+            f"stopped before training a step in this start of the job ({kept}; the stop signal came before "
+            f"training got going): not requeued, or it would stop the same way on every start. {advice}",
         )
     return AfterStop(True, f"{at}; requeueing")

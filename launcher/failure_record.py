@@ -33,20 +33,31 @@ def recording_failure(run_dir: Path) -> Iterator[None]:
     except StopRequested:
         raise
     except Exception as exc:
-        record = {
-            "reason": (exc.cause() if isinstance(exc, FtlError) else str(exc)).strip()[:REASON_CHARS]
-            or type(exc).__name__,
-            "error": type(exc).__name__,
-            "exit_code": exc.exit_code if isinstance(exc, FtlError) else EXIT_FAILED,
-            "time": round(time.time(), 3),
+        record_failure(
+            run_dir,
+            (exc.cause() if isinstance(exc, FtlError) else str(exc)).strip() or type(exc).__name__,
+            type(exc).__name__,
+            exc.exit_code if isinstance(exc, FtlError) else EXIT_FAILED,
             # Refused before any worker ran: what was committed is as it was (`ftl runs`: resumable).
-            "refused": isinstance(exc, StartRefused),
-        }
-        try:
-            atomic_write_text(layout.failure, json.dumps(record, indent=1))
-        except OSError:
-            pass  # the run directory is what failed (disk full): the error itself is reported as it is
+            refused=isinstance(exc, StartRefused),
+        )
         raise
+
+
+def record_failure(run_dir: Path, reason: str, error: str, exit_code: int, refused: bool = False) -> None:
+    """Write the latest start's failure record (also by a Slurm job nobody follows: trial 45b, its
+    failed run listed as "not started")."""
+    record = {
+        "reason": reason[:REASON_CHARS],
+        "error": error,
+        "exit_code": exit_code,
+        "time": round(time.time(), 3),
+        "refused": refused,
+    }
+    try:
+        atomic_write_text(RunLayout(run_dir).failure, json.dumps(record, indent=1))
+    except OSError:
+        pass  # the run directory is what failed (disk full): the error itself is reported as it is
 
 
 def read_failure(run_dir: Path) -> dict[str, Any] | None:

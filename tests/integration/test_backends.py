@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.cluster_fixtures import assert_same_losses, train_losses
-from tests.conftest import FTL, write_config
+from tests.conftest import FTL, QA_DATA, write_config
 from trainer.metrics import read_metrics
 from trainer.stopping import STOP_REQUEST_FILE
 
@@ -707,6 +707,26 @@ def test_a_slurm_job_that_cannot_write_its_run_directory_says_so(tmp_path, tiny_
     assert "failed" in shown.stdout and f"Slurm job {job_id} has ended (FAILED)" in shown.stdout, shown.stdout
 
 
+def test_a_job_of_ftl_slurm_that_fails_is_listed_as_failed_with_why(tmp_path, tiny_model_dir, slurm):
+    """Nobody follows a job of `ftl slurm`: a bad data row failed it in its workers, and `ftl runs`
+    listed the run as "not started", its log ending with srun's lines (trial 45b)."""
+    from cluster.slurm import job_info
+    from cluster.slurm_states import FINAL_STATES
+
+    rows = (QA_DATA / "train.jsonl").read_text().splitlines()
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join([*rows[:10], '{"messages": "oops"}', *rows[10:40]]) + "\n")
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm"}, data={"train": str(data)})
+    submitted = _ftl("slurm", str(config))
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job_id = submitted.stdout.strip()
+    _wait_for(lambda: job_info(job_id).get("JobState") in FINAL_STATES, timeout=300)
+    log = (tmp_path / "run" / "logs" / f"slurm-{job_id}.out").read_text()
+    assert f"ftl slurm job {job_id}: a worker rejected its input (the error above)" in log, log[-3000:]
+    shown = subprocess.run([*FTL, "runs", str(tmp_path / "run")], capture_output=True, text=True)
+    assert " failed " in shown.stdout and "bad.jsonl line 11" in shown.stdout, shown.stdout
+
+
 def test_slurm_stop_before_the_first_step_is_not_requeued(tmp_path, tiny_model_dir, slurm):
     """A warning signal that comes before any step (a time limit barely longer than
     signal_before_s) must not requeue: every start would stop the same way, for ever."""
@@ -724,7 +744,7 @@ def test_slurm_stop_before_the_first_step_is_not_requeued(tmp_path, tiny_model_d
     _wait_for(lambda: job_info(job_id).get("JobState") in ("COMPLETED", "FAILED"), timeout=300)
     log = job_log.read_text()
     assert job_info(job_id).get("JobState") == "COMPLETED" and job_info(job_id).get("Restarts") == "0", log[-3000:]
-    assert "no step was trained since this start" in log and "requeueing" not in log, log[-3000:]
+    assert "stopped before training a step in this start of the job" in log and "requeueing" not in log, log[-3000:]
     assert not train_losses(run_dir)
 
 

@@ -43,8 +43,16 @@ def test_a_job_slurm_no_longer_answers_for_is_requeued_as_before() -> None:
 def test_a_start_that_trained_no_step_is_not_requeued_so_it_cannot_loop(step_at_start, step) -> None:  # type: ignore[no-untyped-def]
     decision = after_stop(step, USR1, True, True, RUNNING, restarts_at_start=1, step_at_start=step_at_start)
     assert not decision.requeue and not decision.comes_back
-    assert "no step was trained since this start" in decision.message
+    assert "stopped before training a step in this start of the job" in decision.message
+    kept = f"the checkpoint at step {step_at_start} is the latest" if step_at_start else "no checkpoint yet"
+    assert kept in decision.message and "checkpoint at step 0" not in decision.message  # trial 45b
     assert "cluster.slurm.time" in decision.message and "signal_before_s" in decision.message
+    # Without a time limit the signal was no time-limit warning (trial 45b): no time advice.
+    unlimited = after_stop(
+        step, USR1, True, True, {**RUNNING, "TimeLimit": "UNLIMITED"}, restarts_at_start=1, step_at_start=step_at_start
+    )
+    assert "no time limit, so the signal was a preemption or a scancel" in unlimited.message
+    assert "cluster.slurm.time" not in unlimited.message
 
 
 def test_a_start_that_trained_is_requeued_and_keeps_the_run_directory() -> None:
