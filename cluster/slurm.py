@@ -49,6 +49,9 @@ class CancelledBeforeStart(SlurmError):
     """Ctrl-C (or SIGTERM) while the job still waited in the queue: it is cancelled; exit 128 + N,
     as for a stop before the run started on the other backends."""
 
+    # Not a failure of the run (`ftl runs`: trial 45b listed a cancelled queued job's run as failed).
+    nothing_ran = True
+
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum

@@ -33,6 +33,8 @@ def recording_failure(run_dir: Path) -> Iterator[None]:
     except StopRequested:
         raise
     except Exception as exc:
+        if getattr(exc, "nothing_ran", False):  # stopped before anything started (a queued job cancelled)
+            raise
         record_failure(
             run_dir,
             (exc.cause() if isinstance(exc, FtlError) else str(exc)).strip() or type(exc).__name__,

@@ -201,6 +201,11 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
     elif failure is None and step is None and holder is not None and holder.pid is None and _job_failed(gone):
         # `ftl slurm` returned at submission: a job that never started its workers left only its lock.
         status, failure = "failed", {"reason": f"{gone}; see scontrol show job {holder.slurm_job}"}
+    elif failure is None and step is None and holder is not None and holder.pid is None and "(CANCELLED" in str(gone):
+        # Cancelled while it waited in the queue (scancel, Ctrl-C of `ftl train`): nothing ran, nothing
+        # failed (trial 45b: listed as failed).
+        status = "not started"
+        notes.insert(0, str(gone))
     elif failure is not None and not (failure.get("refused") and valid is not None):
         status = "failed"  # the latest start failed; the checkpoint column says where a rerun resumes
     elif valid is not None:
@@ -253,7 +258,11 @@ def _early_stopping(layout: RunLayout) -> dict[str, Any]:
 
 def _job_failed(stale: str | None) -> bool:
     """A Slurm job that ended without completing (stale_reason's "Slurm job N has ended (STATE)")."""
-    return bool(stale) and "has ended (" in str(stale) and "(COMPLETED)" not in str(stale)
+    return (
+        bool(stale)
+        and "has ended (" in str(stale)
+        and not any(ended in str(stale) for ended in ("(COMPLETED)", "(CANCELLED"))
+    )
 
 
 def format_runs(infos: list[RunInfo]) -> str:

@@ -830,6 +830,9 @@ def test_slurm_job_that_cannot_start_says_why_and_ctrl_c_cancels_it(tmp_path, ti
 
     job_id = RunLayout(tmp_path / "run").slurm_job_id.read_text().strip()
     assert job_info(job_id).get("JobState", "CANCELLED") == "CANCELLED"  # {} once Slurm forgot it
+    # Nothing ran and nothing failed: not listed as failed (trial 45b).
+    shown = subprocess.run([*FTL, "runs", str(tmp_path / "run")], capture_output=True, text=True)
+    assert " not started " in shown.stdout and "failed" not in shown.stdout, shown.stdout
 
 
 def test_slurm_unknown_partition_names_the_clusters_partitions(tmp_path, tiny_model_dir, slurm):
