@@ -13,7 +13,14 @@ from launcher.config_loader import config_to_yaml, load_config
 from launcher.data_format_probe import data_format_problems
 from launcher.errors import StartRefused, UserError
 from launcher.preflight import check_inputs, freeze_problem, start_refusal, target_modules_problem
-from launcher.run_dir import load_snapshot, local_run_dir, lock_run_dir, output_dir_problems, running_in
+from launcher.run_dir import (
+    launch_held_by_a_run,
+    load_snapshot,
+    local_run_dir,
+    lock_run_dir,
+    output_dir_problems,
+    running_in,
+)
 from trainer.errors import EXIT_FAILED
 from trainer.run_layout import CONFIG_FILE, RUN_MARKER, RunLayout
 
@@ -77,6 +84,9 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     if shortfall:
         raise UserError(f"cannot start: {shortfall}")
 
+    held = None if started_by_torchrun() else launch_held_by_a_run(cfg)
+    if held:  # before the fit check's lines (trial 45b); the lock itself is taken below
+        raise UserError(held)
     # Under a user's own torchrun every worker runs this: local rank 0 checks the fit for its node
     # (a refusal there ends the group through torchrun), the others would only print it again.
     if fit_check and not (started_by_torchrun() and os.environ.get("LOCAL_RANK", "0") != "0"):

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from cluster.run_lock import RunDirLocked, RunLock
+from cluster.run_lock import RunDirLocked, RunLock, locked_message, read_holder, stale_reason
 from launcher.errors import UserError
 from launcher.run_config import RunConfig
 from trainer.checkpointing.protocol import MANIFEST, committed_checkpoints, step_of
@@ -234,7 +234,8 @@ def file_in_the_way(run_dir: Path) -> str | None:
 
 def output_dir_problems(run_dir: Path, asked_resume: str | None = None) -> list[str]:
     """What `ftl train` refuses in output.dir as it is (for `ftl validate`): a file or a path inside
-    one (validate said valid for the latter: trial 37b), a folder of the user's, a finished run."""
+    one (validate said valid for the latter: trial 37b), a folder of the user's, a finished run, a run
+    in progress."""
     blocked = file_in_the_way(run_dir)
     if blocked:
         return [blocked]
@@ -243,7 +244,25 @@ def output_dir_problems(run_dir: Path, asked_resume: str | None = None) -> list[
     except UserError as exc:
         return [str(exc)]
     finished = finished_run_problem(run_dir, asked_resume)
-    return [finished] if finished else []
+    if finished:
+        return [finished]
+    held = held_by_a_run(run_dir)  # trial 45b: validate said valid, and `ftl train` was refused
+    return [held] if held else []
+
+
+def held_by_a_run(run_dir: Path, group: str | None = None) -> str | None:
+    """Why a run in progress (its lock held by a live process or a Slurm job) keeps others out, or
+    None. `group`: a multi-node launch's, whose members share the lock (_launch_group)."""
+    holder = read_holder(RunLayout(run_dir).lock) if run_dir.is_dir() else None
+    if holder is None or stale_reason(holder) is not None or (group is not None and holder.group == group):
+        return None
+    return locked_message(run_dir, holder)
+
+
+def launch_held_by_a_run(cfg: RunConfig) -> str | None:
+    """held_by_a_run for this config's launch (before the checks that precede taking the lock)."""
+    run_dir = local_run_dir(cfg)
+    return held_by_a_run(run_dir, _launch_group(cfg, run_dir))
 
 
 def is_ftl_run(run_dir: Path) -> bool:

@@ -308,3 +308,20 @@ def test_a_finished_early_stopped_run_says_how_a_continuation_would_not_replay_i
     # Stopped at its last checkpoint: no replay to warn of.
     (first / "summary.json").write_text(json.dumps({"transfer": {"early_stopping": {**early, "stopped_at": 24}}}))
     assert "Early stopping stopped" not in (finished_run_problem(first) or "")
+
+
+def test_validate_says_a_run_in_progress_holds_the_output_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 45b: validate said valid while a run held output.dir, and `ftl train` was refused."""
+    import launcher.cli
+    from cluster.run_lock import RunLock
+
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / RUN_MARKER).write_text('{"ftl_run_directory": 1}')
+    with RunLock.acquire(tmp_path / "run", "ftl train"):
+        assert launcher.cli.main(["validate", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert "ftl train" in err and "in use" in err, err
+    assert launcher.cli.main(["validate", str(config)]) == 0
