@@ -57,8 +57,10 @@ class RunInfo:
             first = (self.watched,) if self.watched else ()
             name = next((k for k in (*first, *EVAL_SCORES) if k in scores), "eval_loss")
             if name in scores:
-                if scores.get("label") == "base":  # nothing trained yet
+                if scores.get("label") == "base":  # the step-0 evaluation, perhaps the only one yet
                     whose = " (starting adapter)" if self.from_adapter else " (base model)"
+                    if self.step:  # steps trained since, not evaluated yet (trial 45b: read as this model's)
+                        whose = f" (step 0: {whose[2:]}"
                 else:
                     whose = ""
                 if "weights_step" in scores:  # early stopping's final eval: the best step's weights

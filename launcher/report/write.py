@@ -79,9 +79,15 @@ def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Pat
             for step in run["resumes"]:  # where a start continued from a checkpoint (resume or restart)
                 axes.axvline(step, color=color, alpha=0.5, linestyle=":", linewidth=1)
                 axes.annotate(
-                    f"resumed @{step}" + (", config changed" if step in run.get("config_changed_at", ()) else ""),
+                    (f"{label}: " if len(series) > 1 else "")
+                    + f"resumed @{step}"
+                    + (", config changed" if step in run.get("config_changed_at", ()) else ""),
                     (step, 1),
                     xycoords=("data", "axes fraction"),
+                    # Each compared run's labels a column of their own: runs resumed at (nearly) the same
+                    # step were drawn on top of each other (trial 45b).
+                    xytext=(-9 * run_index, 0),
+                    textcoords="offset points",
                     fontsize=7,
                     color=color,
                     rotation=90,

@@ -373,3 +373,12 @@ def test_a_continuation_of_a_continuation_says_which_run_holds_which_steps(tmp_p
     assert continued_line({"path": str(first), "step": 24}, base_scores=False) == (
         f"continued from {first} (step 24): steps 1-24 are in that run"
     )
+
+
+def test_a_step_0_score_of_a_run_that_trained_on_says_its_step() -> None:
+    """Trial 45b: "(base model)" beside a run at step 29 read as that run's score."""
+    from launcher.runs import RunInfo
+
+    scores = {"validation": {"label": "base", "eval_loss": 15.9, "exact_match": 0.0}}
+    assert RunInfo(Path("r"), "resumable", 29, None, evals=scores).eval_score().endswith("(step 0: base model)")
+    assert RunInfo(Path("r"), "not started", None, None, evals=scores).eval_score().endswith(" (base model)")
