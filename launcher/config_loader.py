@@ -184,20 +184,33 @@ def _escape_hint(problem: str) -> str:
     return " (in double quotes YAML reads \\ as an escape: write a regex in single quotes, 'layers\\.9\\.')"
 
 
+def _as_written(key: yaml.ScalarNode) -> str:
+    quote = {"'": "'", '"': '"'}.get(key.style or "", "")
+    return f"{quote}{key.value}{quote}"
+
+
 def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[str]:
     """A key written twice in one mapping: YAML keeps the last value without a word, so the
     first one (often the one the user edits) would be ignored."""
     problems: list[str] = []
     if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
+        seen: dict[str, tuple[int, yaml.ScalarNode]] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
             if key in seen:
-                where = f" (lines {seen[key]} and {line})" if line != seen[key] else ""  # one line: an override
-                problems.append(f"{key}{where}: set twice; YAML would keep only the second, silently: remove one")
-            seen.setdefault(key, line)
+                first_line, first = seen[key]
+                where = f" (lines {first_line} and {line})" if line != first_line else ""  # one line: an override
+                if (first.tag, first.style) != (key_node.tag, key_node.style):
+                    # 1 and "1": two keys to YAML, one label to ftl (trial 45a: "YAML would keep only the second").
+                    problems.append(
+                        f"{key}{where}: set twice, as {_as_written(first)} and {_as_written(key_node)}, which name the "
+                        "same key: remove one"
+                    )
+                else:
+                    problems.append(f"{key}{where}: set twice; YAML would keep only the second, silently: remove one")
+            seen.setdefault(key, (line, key_node))
             problems += _duplicate_keys(value_node, key + ".")
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):

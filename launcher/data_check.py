@@ -378,12 +378,18 @@ def _truncated_lines(file: FileCheck) -> list[str]:
     if rest:
         more = f" and {len(rest) - WHERE_LISTED} more" if len(rest) > WHERE_LISTED else ""
         shown.append(f"and {len(rest)} more: {', '.join(rest[:WHERE_LISTED])}{more}")
+    # A text row trains on all of it: its end is cut, not an answer (trial 45a: "an answer cut short").
+    what = (
+        "the end of the text, which training never sees; raise data.max_seq_len, or set data.too_long=split to train "
+        "on all of it in pieces"
+        if file.format == "text"
+        else "an answer cut short, or its end-of-turn token, which teaches the model where to stop; raise "
+        "data.max_seq_len, or set data.too_long=drop to leave them out"
+    )
     lost = (
         [
             f"    {file.trained_cut_rows:,} of them {'loses' if file.trained_cut_rows == 1 else 'lose'} trained "
-            f"tokens ({file.trained_cut:,} in all): an "
-            "answer cut short, or its end-of-turn token, which teaches the model where to stop; raise "
-            "data.max_seq_len, or set data.too_long=drop to leave them out"
+            f"tokens ({file.trained_cut:,} in all): {what}"
         ]
         if file.trained_cut_rows
         else []

@@ -404,6 +404,11 @@ def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path, valid_te
         "override tracking.mlflow.tags={a: x, a: y}: tracking.mlflow.tags.a: set twice; YAML would keep only the "
         "second, silently: remove one"
     ]
+    # 1 and "1" are two keys to YAML and one label to ftl (trial 45a: "YAML would keep only the second").
+    assert _problems(_write(tmp_path, valid_text), ["tracking.mlflow.tags={1: x, '1': y}"]) == [
+        "override tracking.mlflow.tags={1: x, '1': y}: tracking.mlflow.tags.1: set twice, as 1 and '1', which name "
+        "the same key: remove one"
+    ]
 
 
 def test_an_override_error_says_command_line_not_the_files_line(tmp_path: Path, valid_text: str) -> None:
