@@ -395,7 +395,31 @@ def _early_stopping_preview(cfg: RunConfig, checkpoint: Path, run_dir: Path) -> 
         early.load_state_dict(state)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # no early-stopping state to take over: the workers start it afresh
-    return early.continue_from(checkpoint) or None
+    notes = [early.continue_from(checkpoint), _replay_note(cfg, checkpoint)]
+    return "; ".join(note for note in notes if note) or None
+
+
+def _replay_note(cfg: RunConfig, checkpoint: Path) -> str | None:
+    """A continuation from a checkpoint before the step early stopping stopped its run at, under
+    the same early-stopping settings, trains the same steps and stops there again (trial 45a)."""
+    from trainer.checkpointing.protocol import step_of
+    from trainer.run_layout import RunLayout
+
+    try:
+        summary = json.loads(RunLayout(checkpoint.parent.parent).summary.read_text(encoding="utf-8"))
+        stopped = summary["transfer"]["early_stopping"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    watched = cfg.transfer.early_stopping
+    at, step = stopped.get("stopped_at"), step_of(checkpoint)
+    same = (stopped.get("patience"), stopped.get("min_delta")) == (watched.patience, watched.min_delta)
+    if not isinstance(at, int) or at <= step or not same:
+        return None
+    return (
+        f"that run stopped at step {at} under these early-stopping settings (patience {watched.patience}, "
+        f"min_delta {watched.min_delta:g}): with the same data and settings this run trains steps {step + 1}-{at} "
+        f"again and stops there; loosen transfer.early_stopping to train further"
+    )
 
 
 def _mixture_preview(cfg: RunConfig, checkpoint: Path, position: int) -> str | None:

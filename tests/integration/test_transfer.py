@@ -277,6 +277,19 @@ def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores
     assert "ftl: note: early stopping: the run it continues stopped early at step 6; patience (2 evaluations)" in (
         previewed
     ), previewed
+    assert "trains steps" not in previewed  # from the step it stopped at: no replay
+    # From its best (step 2), with the same settings, it would train steps 3-6 again and stop there (trial 45a).
+    replay = write_config(
+        tmp_path / "replay.yaml",
+        tiny_model_dir,
+        tmp_path / "replay",
+        training={"max_steps": 20, "micro_batch_size": 2},
+        **{**common, "checkpoint": {"every_steps": 2, "resume": str(first / "checkpoints" / "step-2")}},
+    )
+    assert validate(str(replay), []) == 0
+    previewed = capfd.readouterr().err
+    assert "that run stopped at step 6 under these early-stopping settings (patience 2, min_delta 100)" in previewed
+    assert "this run trains steps 3-6 again and stops there" in previewed, previewed
     assert train(str(later), []) == 0
     said = capfd.readouterr()
     err = said.out + said.err
