@@ -134,6 +134,8 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     same = same_pairs_note(data.report)
     if same is not None:
         console.event(f"warning: {same} (`ftl validate --data` names them)")
+    for warning in data.report.get("overlap_warnings", []):
+        console.event(f"warning: {warning} (`ftl validate --data` counts them)")
     for warning in data.report.get("pair_style_warnings", []):
         console.event(f"warning: {warning} (`ftl validate --data` counts them)")
     for warning in data.report.get("label_warnings", []):

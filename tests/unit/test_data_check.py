@@ -635,3 +635,27 @@ def test_held_out_pairs_in_a_style_training_lacks_are_warned_of(
 
     assert pair_style_warnings((5, 3), {"test": (0, 4)}) == []  # training has both styles
     assert pair_style_warnings((0, 8), {"test": (3, 0)})[0].startswith("all 3 test pairs are chat style")
+
+
+def test_training_warns_of_held_out_rows_it_trains_on(tmp_path: Path, tokenizer: Any) -> None:
+    """validate --data said it; training said nothing, and most users never run validate (trial 45a).
+    The data report (which the console prints from) holds the same warning."""
+    rows = (QA_DATA / "train.jsonl").read_text().splitlines()
+    leaky = tmp_path / "leaky.jsonl"
+    leaky.write_text("\n".join(rows[:3] + (QA_DATA / "valid.jsonl").read_text().splitlines()[:5]) + "\n")
+    cfg = DataConfig(train=str(QA_DATA / "train.jsonl"), validation=str(leaky), max_seq_len=128)
+    report = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    assert report["overlap_warnings"] == [
+        f"3 of 8 validation rows ({leaky}) are also in the training data (the same tokens): their validation scores "
+        "measure recall of trained rows, not generalization; remove them from one of the two"
+    ]
+    clean = DataConfig(train=str(QA_DATA / "train.jsonl"), validation=str(QA_DATA / "valid.jsonl"), max_seq_len=128)
+    report = prepare_data(clean, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    assert report["overlap_warnings"] == []
+    # Held out of the training file by data.validation_split: duplicated rows land on both sides.
+    doubled = tmp_path / "doubled.jsonl"
+    doubled.write_text("\n".join(rows[:40] * 2) + "\n")
+    split = DataConfig(train=str(doubled), validation_split=0.25, max_seq_len=128)
+    report = prepare_data(split, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    [said] = report["overlap_warnings"]
+    assert "of 20 rows held out by data.validation_split" in said and "also in the training part" in said

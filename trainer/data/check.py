@@ -15,6 +15,7 @@ from trainer.config import DataConfig
 from trainer.data.formats import FORMAT_FIELDS
 from trainer.data.images import scan_images
 from trainer.data.label_coverage import label_coverage_warnings
+from trainer.data.overlap import overlap_warning, split_overlap_warning
 from trainer.data.pair_styles import pair_style_warnings
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
 from trainer.data.sources import empty_reason
@@ -157,22 +158,13 @@ class DataCheck:
         warnings = []
         shared, held = self.split_overlap
         if shared:  # trial 43b: a file of duplicates split into both, and nothing said
-            warnings.append(
-                f"{shared} of {held} rows held out by data.validation_split {'is' if shared == 1 else 'are'} also in "
-                "the training part (duplicate "
-                "rows: the same tokens): their validation scores measure recall of trained rows, not generalization; "
-                "remove the duplicates from data.train"
-            )
+            warnings.append(split_overlap_warning(shared, held))
         for file in self.files:
             if file.role not in ("validation", "test") or not file.row_digests:
                 continue
             shared = sum(digest in train for digest in file.row_digests)
             if shared:
-                warnings.append(
-                    f"{shared} of {len(file.row_digests)} {file.role} rows ({file.spec}) are also in the training "
-                    f"data (the same tokens): their {file.role} scores measure recall of trained rows, not "
-                    "generalization; remove them from one of the two"
-                )
+                warnings.append(overlap_warning(shared, len(file.row_digests), file.role, file.spec))
         return warnings
 
 

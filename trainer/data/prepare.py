@@ -16,6 +16,7 @@ from trainer.data.formats import Prompt, render_prompt
 from trainer.data.images import load_image_set
 from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line
+from trainer.data.overlap import overlap_warning, shared_rows, split_overlap_warning
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.pair_styles import pair_style_warnings, pair_styles
 from trainer.data.sources import read_rows
@@ -193,6 +194,8 @@ def prepare_data(
         report["validation_held_out_of_train"] = held_out_of_train
     if mixture_report:
         report["mixture"] = mixture_report
+    if cfg.format != "image_classification":
+        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train)
     if cfg.format == "preference":
         # (validation_split's held-out pairs are the training file's: the file's counts include them.)
         report["pair_style_warnings"] = pair_style_warnings(
@@ -283,6 +286,25 @@ def _cuts_by_source(mixture: dict[str, Any], what: dict[str, str]) -> str:
         if parts:
             sources.append(f"{source}: " + ", ".join(parts))
     return f" ({'; '.join(sources)})" if sources else ""
+
+
+def _overlap_warnings(train: TokenizedSet, evals: list[EvalSet], cfg: DataConfig, split_held: int) -> list[str]:
+    """Held-out rows a training row has token for token, said before training as validate --data says
+    them (trial 45a: only validate did). A retain set (general text kept from being forgotten) is not checked."""
+    per_row = 2 if cfg.format == "preference" else 1
+    warnings = []
+    for held in evals:
+        if held.name == "retain" or held.format == "image_classification":
+            continue
+        shared = shared_rows(train, held.examples, per_row)
+        if not shared:
+            continue
+        rows = len(held.examples) // per_row
+        if split_held and held.name == "validation":
+            warnings.append(split_overlap_warning(shared, rows))
+        else:
+            warnings.append(overlap_warning(shared, rows, held.name, held.source))
+    return warnings
 
 
 def held_out_split(

@@ -1,0 +1,67 @@
+"""Held-out rows whose tokens a training row has too: their scores measure recall of trained rows,
+not generalization (trial 36b: 22 of 30 test rows were copies of training rows). `ftl validate
+--data` said it; training said nothing, and most users never run validate (trial 45a)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer.data.tokenized import TokenizedSet
+
+
+def overlap_warning(shared: int, rows: int, name: str, source: str) -> str:
+    return (
+        f"{shared} of {rows} {name} rows ({source}) {'is' if shared == 1 else 'are'} also in the training data (the "
+        f"same tokens): their {name} scores measure recall of trained rows, not generalization; remove them from "
+        "one of the two"
+    )
+
+
+def split_overlap_warning(shared: int, rows: int) -> str:
+    return (
+        f"{shared} of {rows} rows held out by data.validation_split {'is' if shared == 1 else 'are'} also in the "
+        "training part (duplicate rows: the same tokens): their validation scores measure recall of trained rows, "
+        "not generalization; remove the duplicates from data.train"
+    )
+
+
+def shared_rows(train: TokenizedSet, held: TokenizedSet, per_row: int = 1) -> int:
+    """How many of `held`'s rows (`per_row` examples each: 2 for preference pairs) a row of `train`
+    has token for token. Only training rows of a length some held-out row has are hashed."""
+    held_keys = _row_keys(held, per_row)
+    if not len(held_keys):
+        return 0
+    train_keys = _row_keys(train, per_row)
+    candidates = np.nonzero(np.isin(train_keys, held_keys))[0]
+    trained = {_row_digest(train, int(row), per_row) for row in candidates}
+    return sum(_row_digest(held, row, per_row) in trained for row in range(len(held_keys)))
+
+
+def _row_keys(examples: TokenizedSet, per_row: int) -> np.ndarray:
+    """A row's example lengths and first, middle and last tokens as one number: a cheap first filter
+    (vectorized), so that only the few training rows that may be copies are hashed whole (rows cut
+    to max_seq_len all have one length)."""
+    lengths = examples.lengths().astype(np.int64)
+    starts = examples.offsets[:-1].astype(np.int64)
+    ids = examples.ids.astype(np.int64)
+    if len(ids) == 0:
+        return np.zeros(len(lengths) // per_row, dtype=np.int64)
+    last = np.clip(starts + lengths - 1, 0, len(ids) - 1)
+    sample = [
+        lengths,
+        ids[np.clip(starts, 0, len(ids) - 1)],
+        ids[np.clip(starts + lengths // 2, 0, len(ids) - 1)],
+        ids[last],
+    ]
+    per_example = np.zeros(len(lengths), dtype=np.int64)
+    for part in sample:
+        per_example = per_example * 1_000_003 + part  # wraps around: a filter, not an identity
+    rows = len(lengths) // per_row
+    keys = np.zeros(rows, dtype=np.int64)
+    for part in range(per_row):
+        keys = keys * 1_000_003 + per_example[part : rows * per_row : per_row]
+    return keys
+
+
+def _row_digest(examples: TokenizedSet, row: int, per_row: int) -> int:
+    return hash(tuple(examples.example(row * per_row + part)[0].tobytes() for part in range(per_row)))
