@@ -182,7 +182,11 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
     if isinstance(targets, str):
         if targets != "all-linear":
             _check_target_pattern(targets, dict(model.named_modules()), linear_layer_names(model))
+            import re
+
+            _refuse_tied_targets(model, [name for name in names if re.fullmatch(targets, name)])
         return
+    _refuse_tied_targets(model, [name for name in names if any(name == t or name.endswith("." + t) for t in targets)])
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
     if missing:
         linear = linear_layer_names(model)
@@ -191,6 +195,26 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
         raise TrainerInputError(
             f"method.lora.target_modules: {', '.join(repr(t) for t in missing)} name(s) no module of this model"
             f"{'; ' + hints if hints else ''}; its linear layers are named: {', '.join(linear)} (or use all-linear)"
+        )
+
+
+def _refuse_tied_targets(model: torch.nn.Module, adapted: list[str]) -> None:
+    """A LoRA on the LM head or the input embeddings of a model that ties them (one matrix for both):
+    training adapts one use of the matrix, and merging writes the delta into the shared matrix, so the
+    merged model (what `ftl generate` runs) changes the other use too and is not the model trained
+    and scored (trial 46b: eval loss 7.2565 trained, 7.3156 merged)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if head is None or embeddings is None or getattr(head, "weight", None) is not getattr(embeddings, "weight", 1):
+        return  # not tied
+    modules = dict(model.named_modules())
+    tied = [name for name in adapted if modules.get(name) is head or modules.get(name) is embeddings]
+    if tied:
+        raise TrainerInputError(
+            f"method.lora.target_modules adapts {', '.join(tied)}, whose weight the model shares between its input "
+            "embeddings and its LM head (tie_word_embeddings): merging the adapter would change both uses, so the "
+            "merged model would not be the one trained; train the head whole instead "
+            f"(method.lora.modules_to_save=[{tied[0].rsplit('.', 1)[-1]}], which keeps them tied) or leave it out"
         )
 
 

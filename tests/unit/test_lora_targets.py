@@ -70,3 +70,39 @@ def test_validate_and_train_refuse_a_pattern_that_matches_nothing_before_any_bac
         [*FTL, "validate", "configs/examples/lora.yaml", run, matching], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_lora_on_a_tied_head_is_refused_and_modules_to_save_is_named(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Trial 46b: on a model whose LM head shares its matrix with the input embeddings, a LoRA on
+    lm_head trained one use of it, and the merge wrote the delta into both: the merged model (what
+    `ftl generate` runs) scored 7.3156 where the trained one scored 7.2565."""
+    import json
+    import shutil
+
+    import launcher.cli
+    from tests.conftest import write_config
+
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_model_dir, tied)
+    config = json.loads((tied / "config.json").read_text())
+    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tied / "model.safetensors"))
+    del weights["lm_head.weight"]  # as a tied model is saved (transformers ties only without it)
+    save_file(weights, str(tied / "model.safetensors"), metadata={"format": "pt"})
+    for targets in (["q_proj", "lm_head"], r".*(q_proj|lm_head)", ["embed_tokens"]):
+        cfg = MethodConfig(type="lora", lora={"target_modules": targets})  # type: ignore[arg-type]
+        model = load_model(ModelConfig(path=str(tied)), cfg, "cpu")
+        with pytest.raises(TrainerInputError, match="shares between its input embeddings and its LM head"):
+            apply_method(model, cfg, gradient_checkpointing=False)
+    # Said before anything starts too (the launcher's model on the meta device).
+    path = write_config(
+        tmp_path / "c.yaml", tied, tmp_path / "run", method={"lora": {"target_modules": ["q_proj", "lm_head"]}}
+    )
+    assert launcher.cli.main(["validate", str(path)]) == 2
+    # The head trained whole keeps the tie: accepted. Untied, a LoRA on the head is fine.
+    cfg = MethodConfig(type="lora", lora={"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]})  # type: ignore[arg-type]
+    apply_method(load_model(ModelConfig(path=str(tied)), cfg, "cpu"), cfg, gradient_checkpointing=False)
+    cfg = MethodConfig(type="lora", lora={"target_modules": ["q_proj", "lm_head"]})  # type: ignore[arg-type]
+    apply_method(load_model(ModelConfig(path=str(tiny_model_dir)), cfg, "cpu"), cfg, gradient_checkpointing=False)
