@@ -12,7 +12,7 @@ from typing import Any
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.data_format_probe import data_format_problems
 from launcher.errors import StartRefused, UserError
-from launcher.preflight import check_inputs, freeze_problem, start_refusal, target_modules_problem
+from launcher.preflight import check_inputs, freeze_problem, position_problem, start_refusal, target_modules_problem
 from launcher.run_dir import (
     launch_held_by_a_run,
     load_snapshot,
@@ -35,7 +35,8 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems
-    model_problems = (target_modules_problem(cfg), freeze_problem(cfg))  # the workers refuse them too, later
+    # The workers refuse them too, later.
+    model_problems = (target_modules_problem(cfg), freeze_problem(cfg), position_problem(cfg))
     problems += [problem for problem in model_problems if problem]
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -173,6 +173,22 @@ def target_modules_problem(cfg: RunConfig) -> str | None:
     return None
 
 
+def position_problem(cfg: RunConfig) -> str | None:
+    """data.max_seq_len past a learned position table (GPT-2, OPT): plan and train refused it,
+    validate said valid (trial 46b; a rotary model's is a warning: position_limit.py)."""
+    from trainer.errors import TrainerInputError
+    from trainer.sequence_length import learned_position_limit, refuse_past_learned_positions
+
+    model = _meta_model(cfg)
+    if model is None:
+        return None
+    try:
+        refuse_past_learned_positions(cfg.data.max_seq_len, learned_position_limit(model))
+    except TrainerInputError as exc:
+        return str(exc)
+    return None
+
+
 def freeze_problem(cfg: RunConfig) -> str | None:
     """transfer.freeze naming more blocks than the model has, or a pattern that matches no parameter:
     `ftl plan` and `ftl train` refused it, validate said valid (trial 39b). Patterns are matched only

@@ -13,8 +13,9 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
     paths (`ftl submit`: the cluster may see other files; the rest is checked where the files are here)."""
     from launcher.data_format_probe import data_format_problems
     from launcher.hub_cache import unavailable_offline
-    from launcher.preflight import check_inputs, target_modules_problem
+    from launcher.preflight import check_inputs, position_problem, target_modules_problem
 
     problems = (check_inputs(cfg) if inputs else []) + unavailable_offline(cfg) + data_format_problems(cfg)
-    targets = target_modules_problem(cfg)  # the workers found it 37 s later (trial 39a)
-    return problems + ([targets] if targets else [])
+    # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).
+    model = (target_modules_problem(cfg), position_problem(cfg))
+    return problems + [problem for problem in model if problem]

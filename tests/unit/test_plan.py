@@ -695,7 +695,8 @@ def test_max_seq_len_past_a_learned_position_table_is_refused_by_plan_and_before
     (model_dir / "config.json").write_text(json.dumps(gpt2))
     # The bundled tokenizer: a folder without one is refused before the length (tests/unit/test_tokenizer_preflight.py).
     path = write_config(tmp_path / "c.yaml", model_dir, tmp_path / "run", model={"tokenizer": str(BUNDLED_MODEL)})
-    for command in (["plan", str(path)], ["train", str(path), "cluster.backend=local"]):  # max_seq_len 128
+    commands = (["plan", str(path)], ["train", str(path), "cluster.backend=local"], ["validate", str(path)])
+    for command in (*commands, ["slurm", str(path)]):  # max_seq_len 128; validate and slurm: trial 46b
         result = subprocess.run([*FTL, *command], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr[-2000:]
         assert "data.max_seq_len=128 is longer than the model's 64 positions" in result.stderr, result.stderr[-2000:]
