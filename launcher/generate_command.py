@@ -106,7 +106,10 @@ def generate_command(args: argparse.Namespace) -> int:
     device = default_device()
     prompts = _read_prompts(args) if args.input else None  # bad rows are reported before the model loads
     model, tokenizer = load_for_inference(Path(args.run_dir), device)
-    if not args.raw and not args.chat and not tokenizer.chat_template:
+    plain = _trained_as_written(Path(args.run_dir))
+    # A run trained on completion/text rows took its prompts as written: nothing to say (trial 46b:
+    # the alpaca hint for it).
+    if not args.raw and not args.chat and not tokenizer.chat_template and not plain:
         # Prompts then go in as written: say so, since a model trained on alpaca rows without a
         # template learned the `### Instruction:` prompt around them, not the bare question.
         print(
@@ -116,7 +119,6 @@ def generate_command(args: argparse.Namespace) -> int:
             "'### Instruction:\n...\n\n### Response:\n'); --raw says you mean it",
             file=sys.stderr,
         )
-    plain = _trained_as_written(Path(args.run_dir))
     if plain and tokenizer.chat_template and not args.raw and not args.chat:
         # Trial 44b: a run trained on plain `Q: ...\nA:` rows got its prompts in the chat template.
         print(

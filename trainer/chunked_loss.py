@@ -61,7 +61,9 @@ def chunkable_head(model: torch.nn.Module) -> tuple[torch.nn.Linear | None, str]
     if type(head) is not torch.nn.Linear:
         return (
             None,
-            f"the LM head is a {type(head).__name__}, not a plain Linear (adapter, modules_to_save or quantized)",
+            # Its module named: PEFT's LoRA layer is also called Linear (trial 46b: "a Linear, not a plain Linear").
+            f"the LM head is {type(head).__module__}.{type(head).__name__}, not torch's plain Linear (an adapter, "
+            "modules_to_save or quantization wraps it)",
         )
     if "forward" in vars(head):
         return None, "the LM head's forward is already patched (e.g. accelerate hooks)"

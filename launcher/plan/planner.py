@@ -83,7 +83,8 @@ def resolve_setup(cfg: RunConfig, target: Target) -> Setup:
         precision=precision,
         lora_dropout=cfg.method.lora.dropout,
         accelerator=acc,
-        loss_chunked=cfg.training.loss.chunked and not preference,
+        # A classification head's loss is over its labels, never chunked (trial 46b: "chunked loss" planned).
+        loss_chunked=cfg.training.loss.chunked and not preference and cfg.transfer.head.type == "causal_lm",
         chunk_tokens=cfg.training.loss.chunk_tokens,
         optimizer=cfg.training.optimizer,
         optimizer_in_backward=cfg.training.optimizer_in_backward,

@@ -238,6 +238,13 @@ def test_prompts_to_a_model_without_a_chat_template_go_as_written_and_it_says_so
     assert "no chat template, so prompts go to the model as written and --system is not used" in err, err
     assert launcher.cli.main([*args, "--raw"]) == 0
     assert "no chat template" not in capsys.readouterr().err
+    # A run trained on completion rows took its prompts as written: no alpaca hint (trial 46b).
+    run = tmp_path / "run"
+    shutil.copytree(model, run / "final" / "merged")
+    (run / ".ftl-run").write_text('{"ftl_run_directory": 1}')
+    (run / "config.yaml").write_text("model: {path: m}\ndata: {format: completion, train: t.jsonl}\n")
+    assert launcher.cli.main(["generate", str(run / "final" / "merged"), "--prompt", "Q: hi\nA:"]) == 0
+    assert "no chat template" not in capsys.readouterr().err
 
 
 def test_a_classifier_or_tagger_is_refused_with_how_to_use_it(
