@@ -16,30 +16,39 @@ PROBED = ("chat", "alpaca", "completion", "text", "classification", "token_class
 
 def data_format_problems(cfg: RunConfig) -> list[str]:
     data = cfg.data
-    files = [("data.train", data.train, data.format), ("data.validation", data.validation, data.format)]
-    files.append(("data.test", data.test, data.format))
+    # The split of a folder each is read with (prepare.py): data.split for the training data.
+    files = [("data.train", data.train, data.format, data.split)]
+    files += [
+        ("data.validation", data.validation, data.format, "train"),
+        ("data.test", data.test, data.format, "train"),
+    ]
     for index, source in enumerate(data.mixture):
         fmt = source.format or data.format
-        files += [(f"data.mixture[{index}].train", source.train, fmt)]
-        files += [(f"data.mixture[{index}].validation", source.validation, fmt)]
+        files += [(f"data.mixture[{index}].train", source.train, fmt, "train")]
+        files += [(f"data.mixture[{index}].validation", source.validation, fmt, "train")]
     problems = []
-    for key, spec, fmt in files:
-        problem = _first_row_problem(key, spec, fmt)
+    for key, spec, fmt, split in files:
+        problem = _first_row_problem(key, spec, fmt, split)
         if problem:
             problems.append(problem)
     return problems
 
 
-def _first_row_problem(key: str, spec: str | None, fmt: str) -> str | None:
-    if not spec or fmt not in PROBED or not Path(spec).is_file():
-        return None  # a folder, a hub name or a missing file: said elsewhere
+def _first_row_problem(key: str, spec: str | None, fmt: str, split: str = "train") -> str | None:
+    if not spec or fmt not in PROBED or not (Path(spec).is_file() or Path(spec).is_dir()):
+        return None  # a hub name or a missing file: said elsewhere
     from trainer.data.formats import missing_format_fields, other_format_hint
     from trainer.data.sources import read_rows
     from trainer.errors import DataError
 
+    folder = Path(spec).is_dir()
     try:
-        row = next(iter(read_rows(spec)), None)
-    except (DataError, OSError, ValueError):
+        row = next(iter(read_rows(spec, split)), None)
+    except DataError as exc:
+        # A folder's files that do not make one dataset (types mixed, no data files): the workers
+        # refuse it after a backend start (trial 46a); a file's own problem is the full reader's to say.
+        return f"{key}: {exc}" if folder else None
+    except (OSError, ValueError):
         return None  # an unreadable file is the full reader's to say, with its reason
     if row is None or not isinstance(row.values, dict):
         return None
@@ -48,7 +57,8 @@ def _first_row_problem(key: str, spec: str | None, fmt: str) -> str | None:
     if not missing:
         return None
     fields = ", ".join(sorted(map(str, values))) or "none"
+    where = f"{spec}: {row.where}" if folder else row.where  # a folder's rows are named within it
     return (
-        f"{key}: {row.where}: data.format {fmt!r} needs the field(s) {', '.join(missing)}; the row has {fields}"
+        f"{key}: {where}: data.format {fmt!r} needs the field(s) {', '.join(missing)}; the row has {fields}"
         f"{other_format_hint(values, fmt)}"
     )

@@ -37,3 +37,22 @@ def test_a_file_in_another_format_is_refused_by_validate_and_train_before_any_ba
         text=True,
     )
     assert "needs the field(s)" not in full.stderr
+
+
+def test_a_folder_is_probed_as_its_files_are_read(tmp_path: Path) -> None:
+    """Trial 46a: a folder of .txt files with data.format=chat, and a folder mixing .txt and .jsonl,
+    passed validate and `ftl submit`; the workers refused them after a Ray start."""
+    from launcher.config_loader import load_config
+    from launcher.data_format_probe import data_format_problems
+    from tests.conftest import BUNDLED_MODEL, write_config
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("first line\n\nsecond\n")
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", data={"train": str(texts)})
+    [said] = data_format_problems(load_config(config, ["data.validation=null"]))
+    assert said.startswith(f"data.train: {texts}: a.txt line 1: data.format 'chat' needs the field(s)"), said
+    assert data_format_problems(load_config(config, ["data.validation=null", "data.format=text"])) == []
+    _jsonl(texts / "b.jsonl", [{"text": "t"}])
+    [said] = data_format_problems(load_config(config, ["data.validation=null", "data.format=text"]))
+    assert said.startswith(f"data.train: {texts}: the train files mix data files"), said

@@ -74,7 +74,9 @@ def test_a_folder_keeps_the_datasets_split_names_and_refuses_what_it_would_drop(
     mixed.mkdir()
     (mixed / "a.jsonl").write_text('{"text": "t"}\n')
     (mixed / "notes.txt").write_text("free text\n")
-    with pytest.raises(DataError, match=r"mix types ftl reads .* with others \(\.txt\)"):
+    with pytest.raises(
+        DataError, match=r"mix data files .* with files of other types \(\.txt\), which a folder holds alone"
+    ):
         list(read_rows(str(mixed)))
 
 

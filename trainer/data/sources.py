@@ -122,8 +122,9 @@ def _read_folder(folder: Path, split: str) -> Iterator[Row]:
     others = sorted({f.suffix or f.name for f in files if f.suffix.lower() not in LOCAL_SUFFIXES})
     if others and len(others) < len({f.suffix.lower() for f in files}):
         raise DataError(
-            f"{folder}: the {split} files mix types ftl reads ({', '.join(LOCAL_SUFFIXES)}) with others "
-            f"({', '.join(others)}); move the others out of the folder or convert them"
+            f"{folder}: the {split} files mix data files ({', '.join(LOCAL_SUFFIXES)}) with files of other types "
+            f"({', '.join(others)}), which a folder holds alone (a folder of .txt files is read a row a line); "
+            "move one kind out of the folder or convert it"
         )
     if others == [".txt"] and all(f.suffix.lower() == ".txt" for f in files):
         # A folder of text files: read as one .txt is (blank lines skipped, rows named by file and
@@ -264,15 +265,18 @@ def _read_parquet(path: Path, label: str) -> Iterator[Row]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    index = 0
     try:
-        table = pq.read_table(path)
+        # Batch by batch: the first row (the launcher's format probe) does not read a whole large file.
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for item in batch.to_pylist():
+                index += 1
+                yield Row(f"{label} row {index}", item)  # counted from 1, as lines and items are
     except (pa.ArrowException, OSError) as exc:
         raise DataError(
             f"{path}: not a readable Parquet file ({exc}); check the file (an empty or cut-off copy?) or convert it "
             "to JSON Lines"
         ) from None
-    for index, item in enumerate(table.to_pylist()):
-        yield Row(f"{label} row {index + 1}", item)  # counted from 1, as lines and items are
 
 
 def _read_csv(path: Path, label: str) -> Iterator[Row]:
