@@ -429,13 +429,29 @@ def _replay_note(cfg: RunConfig, checkpoint: Path) -> str | None:
     watched = cfg.transfer.early_stopping
     at, step = stopped.get("stopped_at"), step_of(checkpoint)
     same = (stopped.get("patience"), stopped.get("min_delta")) == (watched.patience, watched.min_delta)
-    if not isinstance(at, int) or at <= step or not same:
+    if not isinstance(at, int) or at <= step or not same or _changed_beyond_max_steps(cfg, checkpoint):
         return None
     return (
         f"that run stopped at step {at} under these early-stopping settings (patience {watched.patience}, "
         f"min_delta {watched.min_delta:g}): with the same data and settings this run trains steps {step + 1}-{at} "
         f"again and stops there; loosen transfer.early_stopping to train further"
     )
+
+
+def _changed_beyond_max_steps(cfg: RunConfig, checkpoint: Path) -> bool:
+    """Whether this config trains otherwise than the checkpoint's in more than max_steps (another
+    evaluation cadence moves the stop: trial 46a)."""
+    from trainer.checkpointing.protocol import read_manifest
+    from trainer.config_hash import config_changes, result_part, result_values
+
+    try:
+        recorded = read_manifest(checkpoint).get("config")
+    except (OSError, ValueError):
+        return True
+    if not isinstance(recorded, dict):
+        return True  # an earlier ftl's checkpoint: its settings are not known
+    changes = config_changes(result_part(recorded), result_values(cfg), limit=100)
+    return any(not line.startswith("training.max_steps:") for line in changes)
 
 
 def _mixture_preview(cfg: RunConfig, checkpoint: Path, position: int) -> str | None:

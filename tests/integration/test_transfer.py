@@ -290,6 +290,9 @@ def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores
     previewed = capfd.readouterr().err
     assert "that run stopped at step 6 under these early-stopping settings (patience 2, min_delta 100)" in previewed
     assert "this run trains steps 3-6 again and stops there" in previewed, previewed
+    # Another evaluation cadence moves the stop: no replay foretold (trial 46a).
+    assert validate(str(replay), ["eval.every_steps=3"]) == 0
+    assert "again and stops there" not in capfd.readouterr().err
     assert train(str(later), []) == 0
     said = capfd.readouterr()
     err = said.out + said.err
