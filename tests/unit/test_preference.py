@@ -135,15 +135,26 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
     # Conversations that part before the assistant's last answer, or at a user turn: said so.
     more = {"role": "user", "content": "More?"}
     earlier = {"chosen": [user, said, more, said], "rejected": [user, other, more, said]}
-    with pytest.raises(DataError, match=r"part at message 2 \(an assistant turn\), so chosen would answer with a user"):
+    with pytest.raises(DataError, match=r"part at message 2 \(an assistant turn\), before the assistant's last answer"):
         render_example(Row("t", earlier), "preference", tokenizer)
     system = {"role": "system", "content": "Be brief."}
     asked = {"chosen": [system, user, said], "rejected": [system, more, other]}
     with pytest.raises(DataError, match=r"part at message 2 \(a user turn\)"):
         render_example(Row("t", asked), "preference", tokenizer)
-    # A conversation beside a text: the styles are what differs.
+    # A conversation beside a text, or beside one message: the styles are what differs.
     with pytest.raises(DataError, match="chosen is a message list while rejected is a string"):
         render_example(Row("t", {"chosen": [user, said], "rejected": "Zitethra."}), "preference", tokenizer)
+    with pytest.raises(DataError, match="chosen is one message while rejected is a message list"):
+        render_example(Row("t", {"chosen": said, "rejected": [user, other]}), "preference", tokenizer)
+    # Trial 46a: a conversation that ends where the shared part does has no answer of its own.
+    with pytest.raises(DataError, match="rejected ends at message 1, where the shared beginning does"):
+        render_example(Row("t", {"chosen": [user, said], "rejected": [user]}), "preference", tokenizer)
+    # A text ending with its role marker has an empty answer (it would train the marker).
+    empty = {"chosen": "Human: Pet?\n\nAssistant: A cat.", "rejected": "Human: Pet?\n\nAssistant:"}
+    with pytest.raises(DataError, match="rejected ends with 'Assistant:' and nothing after it: its answer is empty"):
+        render_example(Row("t", empty), "preference", tokenizer)
+    with pytest.raises(DataError, match="share only 'Hello', which leaves no prompt"):
+        render_example(Row("t", {"chosen": "Hello", "rejected": "Hello world"}), "preference", tokenizer)
 
 
 def test_bad_preference_rows_are_named_by_file_and_line(tmp_path: Path, tokenizer: Any) -> None:

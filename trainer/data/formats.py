@@ -321,19 +321,36 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
             _responses_are_answers(chosen, rejected, shared, parted)
             return {**values, "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
     elif isinstance(chosen, str) and isinstance(rejected, str):
+        _refuse_an_empty_answer(chosen, rejected)
         prompt = _shared_words(chosen, rejected)
         if prompt:  # the responses keep the space that separates them from it
             return {**values, "prompt": prompt, "chosen": chosen[len(prompt) :], "rejected": rejected[len(prompt) :]}
-    elif isinstance(chosen, (str, list)) and isinstance(rejected, (str, list)):
-        # Trial 45a: said as "share no beginning", while the styles differ.
-        kinds = {
-            key: "a message list" if isinstance(values[key], list) else "a string" for key in ("chosen", "rejected")
-        }
+        shared = os.path.commonprefix([chosen, rejected]).strip()
+        if shared:  # trial 46a: "Hello" and "Hello world" were said to share no beginning
+            raise RowProblem(
+                f"missing field 'prompt', and chosen and rejected share only {shared[:60]!r}, which leaves no prompt "
+                "once each response keeps a word of its own; give the prompt in a 'prompt' field"
+            )
+    elif type(chosen) is not type(rejected) and all(isinstance(v, (str, list, dict)) for v in (chosen, rejected)):
+        # Trials 45a, 46a: said as "share no beginning", while the styles differ.
+        kind = {list: "a message list", str: "a string", dict: "one message"}
         raise RowProblem(
-            f"missing field 'prompt', and chosen is {kinds['chosen']} while rejected is {kinds['rejected']}: "
-            "write both as conversations (message lists) or both as texts"
+            f"missing field 'prompt', and chosen is {kind[type(chosen)]} while rejected is {kind[type(rejected)]}: "
+            "write both as whole conversations (message lists) or both as texts"
         )
     return values
+
+
+def _refuse_an_empty_answer(chosen: str, rejected: str) -> None:
+    """A text that is the other's beginning and ends with a role marker (`Assistant:`, `A:`) has an
+    empty answer: taking a word of the shared text as its response would train the marker (trial 46a)."""
+    for key, short, long in (("chosen", chosen, rejected), ("rejected", rejected, chosen)):
+        text = short.rstrip()
+        if text and text.endswith(":") and long.startswith(text) and len(long.rstrip()) > len(text):
+            raise RowProblem(
+                f"missing field 'prompt', and {key} ends with {text.split()[-1]!r} and nothing after it: its answer "
+                "is empty; give it one, or drop the row"
+            )
 
 
 def _a(word: str) -> str:
@@ -358,15 +375,26 @@ def _responses_are_answers(chosen: list[Any], rejected: list[Any], shared: int, 
     turn, or before their last user turn, have no shared prompt to take (trial 45a: refused as
     "'chosen' must hold assistant messages only" of a row the docs told to write whole)."""
     for key, turns in (("chosen", chosen), ("rejected", rejected)):
-        later = [m for m in turns[shared:] if isinstance(m, dict) and m.get("role") != "assistant"]
+        if len(turns) <= shared:  # trial 46a: "must be a non-empty list" of a list that had turns
+            raise RowProblem(
+                f"missing field 'prompt', and {key} ends at message {len(turns)}, where the shared beginning does: "
+                f"it has no answer of its own; both conversations must end with the assistant's answer"
+            )
+        later = [
+            (shared + i, m)
+            for i, m in enumerate(turns[shared:])
+            if isinstance(m, dict) and m.get("role") != "assistant"
+        ]
         if later:
             where = turns[parted] if parted < len(turns) else None
             role = where.get("role", "?") if isinstance(where, dict) else "?"
+            index, turn = later[0]
             raise RowProblem(
                 f"missing field 'prompt', and chosen and rejected part at message {parted + 1} ({_a(role)} turn), "
-                f"so {key} would answer with {_a(str(later[0].get('role')))} turn: an implicit prompt needs the two "
-                "conversations to be the same up to the assistant's last answer; give the shared part as "
-                "'prompt' and the differing turns as chosen and rejected, or make the conversations agree"
+                f"before the assistant's last answer ({key}'s message {index + 1} is {_a(str(turn.get('role')))} "
+                "turn). An implicit prompt needs the two conversations to be the same up to the assistant's last "
+                "answer; give the shared part as 'prompt' and the differing turns as chosen and rejected, or make "
+                "the conversations agree"
             )
 
 
