@@ -355,8 +355,10 @@ def _generate_file(generate: _Generator, rows: list[PromptRow], args: argparse.N
             f"{args.input}: {len(problems)} row(s) the model's chat template refuses; nothing was generated:\n"
             + "\n".join(f"  - {problem}" for problem in problems)
         )
+    # With --system the count is the row's with the system message and template (trial 46a).
+    whose = " with --system and the chat template" if generate.system is not None and not generate.raw else ""
     long = [
-        f"{where}: the prompt has {why}"
+        f"{where}: the prompt{whose} has {why}"
         for ids, (_, _, where) in zip(prompts, rows)
         if (why := generate.past_positions(ids))
     ]

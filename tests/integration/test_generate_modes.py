@@ -327,6 +327,11 @@ def test_new_tokens_past_the_models_positions_are_capped_and_a_greedy_seed_is_sa
     assert launcher.cli.main(["generate", str(model), "--prompt", "hi there you", "--system", "be"]) == 2
     err = capsys.readouterr().err
     assert "--prompt with --system and the chat template has " in err, err
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"prompt": "hi there you"}) + "\n")
+    args = ["generate", str(model), "--input", str(one), "--output", str(tmp_path / "o1.jsonl"), "--system", "be"]
+    assert launcher.cli.main(args) == 2
+    assert "one.jsonl line 1: the prompt with --system and the chat template has " in capsys.readouterr().err
     (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 12}))
     rows = tmp_path / "p.jsonl"
     rows.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": long_prompt}) + "\n")
