@@ -167,3 +167,19 @@ def test_a_resume_naming_the_same_frozen_blocks_the_other_way_is_no_change() -> 
     other = _cfg(transfer={"freeze": {"train_last_n_blocks": 2}}, training={"learning_rate": 0.001})
     said = config_change_note({**manifest, "num_blocks": 4}, config_hash(other), other, 8)
     assert said.startswith("training.learning_rate:") and "freeze" not in said
+
+
+def test_settings_the_run_never_reads_are_no_change() -> None:
+    """Trial 46a: an SFT resume said training.preference.loss_type changed; a LoRA resume said
+    transfer.freeze.embeddings did (PEFT trains no embedding on all-linear)."""
+    sft = _cfg(training={"preference": {"loss_type": "ipo"}})
+    assert config_hash(sft) == config_hash(_cfg())
+    dpo, pairs = {"objective": "dpo"}, {"format": "preference", "packing": False}
+    ipo = _cfg(data=pairs, training={**dpo, "preference": {"loss_type": "ipo"}})
+    assert config_hash(ipo) != config_hash(_cfg(data=pairs, training=dpo))
+    frozen = _cfg(transfer={"freeze": {"embeddings": True}})
+    assert config_hash(frozen) == config_hash(_cfg())
+    full = {"type": "full"}
+    assert config_hash(_cfg(method=full, transfer={"freeze": {"embeddings": True}})) != config_hash(_cfg(method=full))
+    saved = {"type": "lora", "lora": {"modules_to_save": ["embed_tokens"]}}
+    assert config_hash(_cfg(method=saved, transfer={"freeze": {"embeddings": True}})) != config_hash(_cfg(method=saved))

@@ -634,7 +634,10 @@ def _same_reasons_collapsed(bad_rows: list[str]) -> list[str]:
         shown += problems[:SAME_REASON_SHOWN]
         if len(problems) > SAME_REASON_SHOWN:
             others = len(problems) - SAME_REASON_SHOWN
-            shown.append(f"... and {others} more row(s) with the same reason ({reason[:80]})")
+            # The reason up to its first clause (trial 46a: cut at 80 characters mid-phrase).
+            short = reason.split("; ")[0]
+            short = short if len(short) <= 120 else short[:117] + "..."
+            shown.append(f"... and {others} more row(s) with the same reason ({short})")
     return shown
 
 
