@@ -203,8 +203,9 @@ def _refuse_tied_targets(model: torch.nn.Module, adapted: list[str]) -> None:
     training adapts one use of the matrix, and merging writes the delta into the shared matrix, so the
     merged model (what `ftl generate` runs) changes the other use too and is not the model trained
     and scored (trial 46b: eval loss 7.2565 trained, 7.3156 merged)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    # A transformers PreTrainedModel (torch's Module type does not declare these accessors).
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
     if head is None or embeddings is None or getattr(head, "weight", None) is not getattr(embeddings, "weight", 1):
         return  # not tied
     modules = dict(model.named_modules())

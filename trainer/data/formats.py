@@ -325,17 +325,21 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
         prompt = _shared_words(chosen, rejected)
         if prompt:  # the responses keep the space that separates them from it
             return {**values, "prompt": prompt, "chosen": chosen[len(prompt) :], "rejected": rejected[len(prompt) :]}
-        shared = os.path.commonprefix([chosen, rejected]).strip()
-        if shared:  # trial 46a: "Hello" and "Hello world" were said to share no beginning
+        common = os.path.commonprefix([chosen, rejected]).strip()
+        if common:  # trial 46a: "Hello" and "Hello world" were said to share no beginning
             raise RowProblem(
-                f"missing field 'prompt', and chosen and rejected share only {shared[:60]!r}, which leaves no prompt "
+                f"missing field 'prompt', and chosen and rejected share only {common[:60]!r}, which leaves no prompt "
                 "once each response keeps a word of its own; give the prompt in a 'prompt' field"
             )
     elif type(chosen) is not type(rejected) and all(isinstance(v, (str, list, dict)) for v in (chosen, rejected)):
         # Trials 45a, 46a: said as "share no beginning", while the styles differ.
-        kind = {list: "a message list", str: "a string", dict: "one message"}
+        def kind(value: Any) -> str:
+            return (
+                "a message list" if isinstance(value, list) else "a string" if isinstance(value, str) else "one message"
+            )
+
         raise RowProblem(
-            f"missing field 'prompt', and chosen is {kind[type(chosen)]} while rejected is {kind[type(rejected)]}: "
+            f"missing field 'prompt', and chosen is {kind(chosen)} while rejected is {kind(rejected)}: "
             "write both as whole conversations (message lists) or both as texts"
         )
     return values
