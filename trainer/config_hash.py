@@ -60,17 +60,10 @@ def result_part(values: dict[str, Any]) -> dict[str, Any]:
 
 def _unread_settings_dropped(values: dict[str, Any]) -> None:
     """Settings the run never reads (trial 46a: said as result changes on resume): an SFT run's
-    preference settings; freeze.embeddings under adapters on all-linear without modules_to_save
-    (PEFT never trains the embeddings there, frozen or not)."""
+    preference settings."""
     training = values.get("training")
     if isinstance(training, dict) and training.get("objective", "sft") == "sft":
         training.pop("preference", None)
-    method = values.get("method")
-    freeze = (values.get("transfer") or {}).get("freeze")
-    if isinstance(method, dict) and isinstance(freeze, dict) and method.get("type") in ("lora", "dora", "qlora"):
-        lora = method.get("lora") or {}
-        if lora.get("target_modules", "all-linear") == "all-linear" and not lora.get("modules_to_save"):
-            freeze.pop("embeddings", None)
 
 
 def _class_weights_as_a_list(head: Any) -> None:
