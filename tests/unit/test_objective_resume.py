@@ -209,11 +209,15 @@ def test_a_freeze_or_grouping_change_is_refused_before_launch(tmp_path: Path) ->
     # Trial 42a: first_n_blocks 1 and train_last_n_blocks 3 of the bundled model's 4 blocks freeze the same block.
     same = {"embeddings": True, "first_n_blocks": 0, "train_last_n_blocks": 3}
     assert refusal(freeze=same) and refusal(freeze=same, num_blocks=4) is None
-    assert "first_n_blocks: 1 -> 0" in (refusal(freeze={**same, "train_last_n_blocks": 2}, num_blocks=4) or "")
+    said = refusal(freeze={**same, "train_last_n_blocks": 2}, num_blocks=4) or ""
+    # In the keys each config set (trial 46a: "first_n_blocks: 1 -> 0" beside the train_last_n_blocks line).
+    assert "(transfer.freeze first_n_blocks: 1 -> train_last_n_blocks: 2 (the first 1 -> 2 of 4 blocks frozen))" in said
     renamed = ["transfer.freeze.train_last_n_blocks=3", "transfer.freeze.embeddings=true"]
     renamed += ["method.type=full", "transfer.learning_rates.layer_decay=0.8"]
     out = _validate("configs/examples/classification.yaml", run, *renamed)
     assert "holds trainable and optimizer state" not in out.stderr, out.stderr[-2000:]
     assert "not an ftl run directory" in out.stderr  # the inputs were checked (this test's run has no marker)
     out = _validate("configs/examples/classification.yaml", run, *renamed, "transfer.freeze.train_last_n_blocks=2")
-    assert "(transfer.freeze.first_n_blocks: 1 -> 0)" in out.stderr, out.stderr[-2000:]
+    assert "(transfer.freeze first_n_blocks: 1 -> train_last_n_blocks: 2 (the first 1 -> 2 of 4 blocks frozen))" in (
+        out.stderr
+    ), out.stderr[-2000:]

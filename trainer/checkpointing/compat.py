@@ -167,9 +167,12 @@ def transfer_state_changes(
     same_blocks = num_blocks is not None and frozen_blocks(old_freeze, num_blocks) == frozen_blocks(
         new_freeze, num_blocks
     )
+    block_line = None if same_blocks else block_count_change(old_freeze, new_freeze, num_blocks)
     for key in FREEZE_KEYS_ADAPTERS if adapters else FREEZE_KEYS_FULL:
-        if same_blocks and key in ("first_n_blocks", "train_last_n_blocks"):
-            continue  # another way of naming the same frozen blocks (trial 42a)
+        if key in BLOCK_KEYS:
+            if block_line and key == "first_n_blocks":
+                changes.append(block_line)
+            continue  # said together, or another way of naming the same frozen blocks (trial 42a)
         if key in old_freeze and old_freeze[key] != new_freeze.get(key):
             changes.append(f"transfer.freeze.{key}: {json.dumps(old_freeze[key])} -> {json.dumps(new_freeze.get(key))}")
     old_rates, new_rates = before.get("learning_rates") or {}, after.get("learning_rates") or {}
@@ -194,6 +197,41 @@ def transfer_state_changes(
         ]
         changes.append(f"{'; '.join(moved)} (other optimizer parameter groups)")
     return changes
+
+
+BLOCK_KEYS = ("first_n_blocks", "train_last_n_blocks")
+
+
+def _block_setting(freeze: dict[str, Any]) -> tuple[str | None, Any]:
+    """The block-count key a recorded transfer.freeze sets and its value, as its user wrote it."""
+    if freeze.get("train_last_n_blocks") is not None:
+        return "train_last_n_blocks", freeze["train_last_n_blocks"]
+    if freeze.get("first_n_blocks"):
+        return "first_n_blocks", freeze["first_n_blocks"]
+    return None, None
+
+
+def block_count_change(before: dict[str, Any], after: dict[str, Any], num_blocks: int | None) -> str | None:
+    """One line for a change of the frozen first blocks, in the keys each config set (trial 46a: an
+    unset first_n_blocks was said as 0 beside a train_last_n_blocks line), with the blocks each
+    freezes when the model's block count is known; None when the block count did not change."""
+    if not any(key in before for key in BLOCK_KEYS):
+        return None  # recorded by an ftl that kept no freeze values
+    (old_key, old_value), (new_key, new_value) = _block_setting(before), _block_setting(after)
+    if (old_key, old_value) == (new_key, new_value):
+        return None
+    if old_key == new_key:
+        line = f"transfer.freeze.{old_key}: {json.dumps(old_value)} -> {json.dumps(new_value)}"
+    else:
+
+        def shown(key: str | None, value: Any) -> str:
+            return f"{key}: {json.dumps(value)}" if key else "no block frozen"
+
+        line = f"transfer.freeze {shown(old_key, old_value)} -> {shown(new_key, new_value)}"
+    counts = (frozen_blocks(before, num_blocks), frozen_blocks(after, num_blocks)) if num_blocks else (None, None)
+    if None not in counts:
+        line += f" (the first {counts[0]} -> {counts[1]} of {num_blocks} blocks frozen)"
+    return line
 
 
 def frozen_blocks(freeze: dict[str, Any], num_blocks: int) -> int | None:

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpointing.compat import frozen_blocks, head_labels_problem, optimizer_manifest, resume_problem
+from trainer.checkpointing.compat import (
+    block_count_change,
+    frozen_blocks,
+    head_labels_problem,
+    optimizer_manifest,
+    resume_problem,
+)
 from trainer.checkpointing.manager import CheckpointManager, library_versions
 from trainer.checkpointing.protocol import read_manifest
 from trainer.checkpointing.rng import rng_file, seed_everything
@@ -137,16 +143,20 @@ FREEZE_BLOCK_LINES = ("transfer.freeze.first_n_blocks:", "transfer.freeze.train_
 
 
 def same_blocks_dropped(changes: list[str], recorded: dict[str, Any], cfg: TrainerConfig, num_blocks: Any) -> list[str]:
-    """`changes` without first_n_blocks/train_last_n_blocks lines when both configs freeze the same
-    first blocks of the checkpoint's model (`num_blocks`, recorded with it): another way of naming
-    the same freezing trains the same (trial 42a: such a resume was warned as a result change)."""
-    if not isinstance(num_blocks, int) or not any(line.startswith(FREEZE_BLOCK_LINES) for line in changes):
+    """`changes` with the first_n_blocks/train_last_n_blocks lines made one, in the keys each config
+    set (trial 46a: an unset first_n_blocks was said as 0), and none when both configs freeze the
+    same first blocks of the checkpoint's model (`num_blocks`, recorded with it): another way of
+    naming the same freezing trains the same (trial 42a: such a resume was warned as a result change)."""
+    if not any(line.startswith(FREEZE_BLOCK_LINES) for line in changes):
         return changes
     before = (recorded.get("transfer") or {}).get("freeze") or {}
     after = cfg.transfer.freeze.model_dump(mode="json")
-    if frozen_blocks(before, num_blocks) != frozen_blocks(after, num_blocks):
-        return changes
-    return [line for line in changes if not line.startswith(FREEZE_BLOCK_LINES)]
+    known = num_blocks if isinstance(num_blocks, int) else None
+    kept = [line for line in changes if not line.startswith(FREEZE_BLOCK_LINES)]
+    if known is not None and frozen_blocks(before, known) == frozen_blocks(after, known):
+        return kept
+    line = block_count_change(before, after, known)
+    return sorted([*kept, line]) if line else changes
 
 
 def build_manager(
