@@ -88,6 +88,12 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     held = None if started_by_torchrun() else launch_held_by_a_run(cfg)
     if held:  # before the fit check's lines (trial 45b); the lock itself is taken below
         raise UserError(held)
+    # A resume the workers would refuse (another objective or loss type, state that cannot load) is
+    # refused before the fit check's lines too (trial 46a: the fit line came first); again under the
+    # lock below, where nothing can have changed the run directory since.
+    refusal = None if started_by_torchrun() else start_refusal(cfg, local_run_dir(cfg))
+    if refusal:
+        raise StartRefused(refusal)
     # Under a user's own torchrun every worker runs this: local rank 0 checks the fit for its node
     # (a refusal there ends the group through torchrun), the others would only print it again.
     if fit_check and not (started_by_torchrun() and os.environ.get("LOCAL_RANK", "0") != "0"):
@@ -101,10 +107,6 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         from cluster.slurm import check_slurm_client
 
         check_slurm_client()  # before the run directory exists
-    if not local_run_dir(cfg).exists():  # a refusal now leaves no run directory behind
-        refusal = start_refusal(cfg, local_run_dir(cfg))
-        if refusal:
-            raise StartRefused(refusal)
     # This process holds the run directory's lock until the run ends, however it ends (on Slurm
     # the job takes it over once submitted: cluster/slurm.py).
     # A Ray Job's driver holds the lock as that job: a second start names the job to stop.

@@ -18,6 +18,7 @@ from trainer.checkpointing.trajectory import refusal_before_launch
 from trainer.config import TrainingConfig
 from trainer.loop_state import LoopState
 from trainer.optim import WarmupDecaySchedule
+from trainer.run_layout import RunLayout
 
 
 def _run_with_a_checkpoint(run: Path, objective: str, method: dict | None = None, **more: dict) -> Path:
@@ -221,3 +222,18 @@ def test_a_freeze_or_grouping_change_is_refused_before_launch(tmp_path: Path) ->
     assert "(transfer.freeze first_n_blocks: 1 -> train_last_n_blocks: 2 (the first 1 -> 2 of 4 blocks frozen))" in (
         out.stderr
     ), out.stderr[-2000:]
+
+
+def test_train_refuses_another_loss_type_before_the_fit_check(tmp_path: Path) -> None:
+    """Trial 46a: `ftl train` over a sigmoid checkpoint with loss_type=ipo printed the fit check's
+    line, then the refusal: a refused start says only why."""
+    run = _run_with_a_checkpoint(
+        tmp_path / "run", "dpo", training={"objective": "dpo", "preference": {"loss_type": "sigmoid"}}
+    )
+    RunLayout(run).marker.write_text("")  # an ftl run directory, as the checkpoint's run was
+    command = [*FTL, "train", "configs/examples/dpo.yaml", f"output.dir={run}", "training.preference.loss_type=ipo"]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0, out.stderr[-2000:]
+    assert "trained with training.preference.loss_type=sigmoid, and this config says ipo" in out.stderr, out.stderr
+    assert "fit check" not in out.stderr, out.stderr[-2000:]
+    assert not (run / "logs").exists()  # nothing started
