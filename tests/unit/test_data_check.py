@@ -659,3 +659,31 @@ def test_training_warns_of_held_out_rows_it_trains_on(tmp_path: Path, tokenizer:
     report = prepare_data(split, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
     [said] = report["overlap_warnings"]
     assert "of 20 rows held out by data.validation_split" in said and "also in the training part" in said
+
+
+def test_held_out_overlap_counts_whole_rows_under_too_long_split(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tokenizer: Any
+) -> None:
+    """Trial 45a: under data.too_long=split a row's first piece stood for it (validate) and each
+    piece was counted as a row (training). A held-out row counts when all of it is trained; a row
+    that only begins as a training row does is not."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+    def document(seed: int) -> str:
+        return " ".join(words[(seed * 7 + i * (seed % 5 + 1)) % len(words)] for i in range(60))
+
+    train_rows = [document(seed) for seed in range(12)]
+    same_start = train_rows[0][:120] + " " + " ".join(reversed(words * 4))  # its first piece is trained, not all
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": t}) + "\n" for t in train_rows))
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text("".join(json.dumps({"text": t}) + "\n" for t in [train_rows[3], train_rows[5], same_start, "x"]))
+    data = {"train": str(train), "validation": str(valid), "format": "text", "max_seq_len": 32, "too_long": "split"}
+    config = write_config(tmp_path / "cfg.yaml", BUNDLED_MODEL, tmp_path / "run", data=data)
+    code, out, err = _validate_data(capsys, config)
+    assert code == 0, err
+    expected = f"2 of 4 validation rows ({valid}) are also in the training data (the same tokens)"
+    assert f"warning: {expected}" in out, out[-3000:]
+    cfg = DataConfig(**data)
+    report = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    assert [w.split(":")[0] for w in report["overlap_warnings"]] == [expected]

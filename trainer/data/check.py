@@ -259,7 +259,8 @@ def _check_file(
                 check.tag_counts.update(tag for tag in row.token_labels if tag != IGNORE_INDEX)
             if row.usable:
                 if fmt != "image_classification":  # an image row has no tokens (its pixels are not read here)
-                    check.row_digests.append(hash((tuple(row.ids), tuple(row.rejected_ids))))
+                    # every piece of a split row (trial 45a: its first piece stood for it)
+                    check.row_digests.append(hash(tuple(tuple(ids) for ids, _ in row.examples())))
                 # A preference pair is two examples, a split row one per piece, as training sees them.
                 unknown = length = 0
                 for ids, mask in row.examples():
@@ -309,7 +310,7 @@ def _training_rows(check: DataCheck, cfg: DataConfig, seed: int) -> None:
 
 def _split_overlap(file: FileCheck, held: np.ndarray, rest: np.ndarray) -> tuple[int, int]:
     """(held-out rows whose tokens a training row of the rest has, held-out rows), by row digest;
-    (0, 0) when examples are not rows one to one (a row split into pieces)."""
+    (0, 0) when examples are not rows one to one (data.too_long=split is refused with validation_split)."""
     per_row = 2 if file.pairs else 1  # a preference row is two examples, held out together
     if len(file.kept_lengths) != per_row * len(file.row_digests):
         return 0, 0

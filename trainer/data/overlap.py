@@ -25,16 +25,24 @@ def split_overlap_warning(shared: int, rows: int) -> str:
     )
 
 
-def shared_rows(train: TokenizedSet, held: TokenizedSet, per_row: int = 1) -> int:
-    """How many of `held`'s rows (`per_row` examples each: 2 for preference pairs) a row of `train`
-    has token for token. Only training rows of a length some held-out row has are hashed."""
+def shared_rows(train: TokenizedSet, held: TokenizedSet, per_row: int = 1) -> tuple[int, int]:
+    """(how many of `held`'s rows the training examples have token for token, how many rows `held`
+    has). An example is `per_row` tokenized examples (2 for preference pairs); a row cut into pieces
+    by data.too_long=split counts when every piece of it is trained (trial 45a: each piece was
+    counted as a row, in a count of pieces). Only training examples of a length some held-out
+    example has are hashed."""
     held_keys = _row_keys(held, per_row)
     if not len(held_keys):
-        return 0
+        return 0, 0
     train_keys = _row_keys(train, per_row)
     candidates = np.nonzero(np.isin(train_keys, held_keys))[0]
     trained = {_row_digest(train, int(row), per_row) for row in candidates}
-    return sum(_row_digest(held, row, per_row) in trained for row in range(len(held_keys)))
+    in_training = np.array([_row_digest(held, unit, per_row) in trained for unit in range(len(held_keys))])
+    source_rows = np.asarray(held.source_rows)[: len(held_keys) * per_row : per_row]
+    rows, row_of_unit = np.unique(source_rows, return_inverse=True)
+    pieces_trained = np.bincount(row_of_unit, weights=in_training, minlength=len(rows))
+    pieces = np.bincount(row_of_unit, minlength=len(rows))
+    return int((pieces_trained == pieces).sum()), len(rows)
 
 
 def _row_keys(examples: TokenizedSet, per_row: int) -> np.ndarray:

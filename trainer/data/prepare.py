@@ -296,10 +296,9 @@ def _overlap_warnings(train: TokenizedSet, evals: list[EvalSet], cfg: DataConfig
     for held in evals:
         if held.name == "retain" or held.format == "image_classification":
             continue
-        shared = shared_rows(train, held.examples, per_row)
+        shared, rows = shared_rows(train, held.examples, per_row)
         if not shared:
             continue
-        rows = len(held.examples) // per_row
         if split_held and held.name == "validation":
             warnings.append(split_overlap_warning(shared, rows))
         else:
