@@ -8,6 +8,7 @@ a checkpoint that fails validation is reported, not moved aside (resume does tha
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -218,6 +219,9 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         status = "no checkpoint"
     else:
         status = "not started"
+        stop = _stop_before_first_step(run_dir)
+        if stop:
+            notes.insert(0, stop)
     speeds = [r["tokens_per_s"] for r in train[1:] or train if isinstance(r.get("tokens_per_s"), (int, float))]
     return RunInfo(
         run_dir,
@@ -236,6 +240,23 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         from_adapter=started_from_adapter(run_dir),
         method=training_method(run_dir),
     )
+
+
+def _stop_before_first_step(run_dir: Path) -> str | None:
+    """The workers' last outcome when they were stopped before training a step (a preemption or
+    scancel of a Slurm job while it loaded the model, Ctrl-C): said, since the run is otherwise
+    "not started" with no trace of the start (trial 45b)."""
+    from cluster.results import read_result
+    from trainer.outcome import OutcomeKind
+
+    outcome = read_result(run_dir)
+    if outcome.kind is not OutcomeKind.STOPPED or outcome.checkpoint:
+        return None
+    try:
+        how = f" by {signal.Signals(int(outcome.signum)).name}" if outcome.signum is not None else ""
+    except ValueError:
+        how = f" by signal {outcome.signum}"
+    return f"its last start was stopped{how} before training a step: nothing to resume from; start it again"
 
 
 def watched_metric(run_dir: Path) -> str | None:

@@ -382,3 +382,28 @@ def test_a_step_0_score_of_a_run_that_trained_on_says_its_step() -> None:
     scores = {"validation": {"label": "base", "eval_loss": 15.9, "exact_match": 0.0}}
     assert RunInfo(Path("r"), "resumable", 29, None, evals=scores).eval_score().endswith("(step 0: base model)")
     assert RunInfo(Path("r"), "not started", None, None, evals=scores).eval_score().endswith(" (base model)")
+
+
+def test_a_start_stopped_before_its_first_step_is_said(tmp_path: Path) -> None:
+    """Trial 45b: a Slurm job preempted while it loaded the model left the run "not started" with no
+    note of the start; the workers' outcome (stopped, no checkpoint) says it."""
+    import signal
+
+    from launcher.runs import describe_run
+    from trainer.outcome import Outcome
+    from trainer.run_layout import RunLayout
+    from trainer.stopping import StopRequested
+
+    run = _run(tmp_path, "preempted", [], None)
+    assert describe_run(run).status == "not started" and describe_run(run).note == ""
+    Outcome.stopped(StopRequested(0, "", int(signal.SIGTERM))).write(RunLayout(run))
+    info = describe_run(run)
+    assert info.status == "not started", info
+    assert (
+        info.note
+        == "its last start was stopped by SIGTERM before training a step: nothing to resume from; start it again"
+    )
+    # A stop with a checkpoint is the usual resumable run, without the note.
+    stopped = _run(tmp_path, "stopped", [2], 2)
+    Outcome.stopped(StopRequested(2, "step-2", int(signal.SIGTERM))).write(RunLayout(stopped))
+    assert describe_run(stopped).status == "resumable" and "before training a step" not in describe_run(stopped).note
