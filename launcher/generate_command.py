@@ -168,8 +168,33 @@ def _trained_as_written(path: Path) -> str | None:
         except (OSError, yaml.YAMLError, AttributeError):
             return None
         fmt = data.get("format") if isinstance(data, dict) else None
+        if fmt == "preference" and not data.get("mixture") and _plain_pairs(RunLayout(candidate), data.get("train")):
+            return "data.format preference (plain-string pairs)"  # trial 44b F5
         return f"data.format {fmt}" if fmt in ("completion", "text") and not data.get("mixture") else None
     return None
+
+
+def _plain_pairs(layout: Any, train: Any) -> bool:
+    """Whether a preference run trained on plain-string pairs (prompts as written, no chat template):
+    from its summary's data report, else (a run still going or stopped) the first training row."""
+    import json
+
+    from trainer.data.pair_styles import is_chat_pair
+
+    try:
+        styles = json.loads(layout.summary.read_text())["data"]["train_pair_styles"]
+        return not styles["chat"] and bool(styles["plain"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no summary yet, or an earlier ftl's without the styles: the data says
+    if not isinstance(train, str):
+        return False
+    from trainer.data.sources import read_rows
+
+    try:
+        first = next(iter(read_rows(train)), None)
+    except Exception:  # moved, unreadable, a hub name offline: then nothing is said
+        return False
+    return first is not None and isinstance(first.values, dict) and not is_chat_pair(first.values)
 
 
 def _usable_positions(model: Any) -> int | None:

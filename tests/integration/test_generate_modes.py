@@ -411,3 +411,26 @@ def test_a_run_trained_on_prompts_as_written_says_to_use_raw(
     assert "this run trained on data.format completion rows, prompts as written" in capsys.readouterr().err
     assert launcher.cli.main(["generate", str(run), "--prompt", "Q: hi\nA:", "--max-new-tokens", "2", "--raw"]) == 0
     assert "prompts as written" not in capsys.readouterr().err
+    # Preference pairs of plain strings too (44b F5): from the summary's data report, else the first row.
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Q: hi\\nA:", "chosen": " yes", "rejected": " no"}\n')
+    RunLayout(run).config.write_text(f"data:\n  format: preference\n  train: {pairs}\n")
+    assert launcher.cli.main(["generate", str(run), "--prompt", "Q: hi\nA:", "--max-new-tokens", "2"]) == 0
+    plain = "this run trained on data.format preference (plain-string pairs) rows, prompts as written"
+    assert plain in capsys.readouterr().err
+    chat = [{"role": "user", "content": "hi"}]
+    pairs.write_text(
+        json.dumps(
+            {
+                "prompt": chat,
+                "chosen": [{"role": "assistant", "content": "yes"}],
+                "rejected": [{"role": "assistant", "content": "no"}],
+            }
+        )
+        + "\n"
+    )
+    assert launcher.cli.main(["generate", str(run), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+    assert "prompts as written" not in capsys.readouterr().err
+    RunLayout(run).summary.write_text(json.dumps({"data": {"train_pair_styles": {"chat": 0, "plain": 5}}}))
+    assert launcher.cli.main(["generate", str(run), "--prompt", "Q: hi\nA:", "--max-new-tokens", "2"]) == 0
+    assert plain in capsys.readouterr().err  # the summary says what training read

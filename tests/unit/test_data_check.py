@@ -631,6 +631,8 @@ def test_held_out_pairs_in_a_style_training_lacks_are_warned_of(
     )
     prepared = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None)
     assert prepared.report["pair_style_warnings"] == []
+    styles = prepared.report["train_pair_styles"]  # read by `ftl generate` (a plain-pair run's prompts as written)
+    assert styles["chat"] + styles["plain"] > 0 and min(styles.values()) == 0, styles
     from trainer.data.pair_styles import pair_style_warnings
 
     assert pair_style_warnings((5, 3), {"test": (0, 4)}) == []  # training has both styles

@@ -197,6 +197,9 @@ def prepare_data(
     if cfg.format != "image_classification":
         report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train)
     if cfg.format == "preference":
+        chat, plain = pair_styles(train.stats)
+        if chat or plain:  # `ftl generate` sends a plain-pair run's prompts as written, as trained
+            report["train_pair_styles"] = {"chat": chat, "plain": plain}
         # (validation_split's held-out pairs are the training file's: the file's counts include them.)
         report["pair_style_warnings"] = pair_style_warnings(
             pair_styles(train.stats),
