@@ -9,27 +9,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import torch
-
+from tests.checkpointed import save_checkpoints
 from tests.conftest import FTL, REPO
-from trainer.checkpointing.layouts import ReplicatedStateIO
-from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.trajectory import refusal_before_launch
-from trainer.config import TrainingConfig
-from trainer.loop_state import LoopState
-from trainer.optim import WarmupDecaySchedule
 from trainer.run_layout import RunLayout
 
 
 def _run_with_a_checkpoint(run: Path, objective: str, method: dict | None = None, **more: dict) -> Path:
     run.mkdir(parents=True)
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
-    io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
     meta = {"config": {"training": {"objective": objective}, **({"method": method} if method else {}), **more}}
-    manager = CheckpointManager(run, io, rank=0, world_size=1, device="cpu", keep_last=2, meta=meta)
-    manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=2))
-    return run
+    return save_checkpoints(run, [2], meta)
 
 
 def _validate(config: str, run: Path, *overrides: str) -> subprocess.CompletedProcess[str]:

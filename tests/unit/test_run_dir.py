@@ -255,21 +255,10 @@ def test_a_non_ascii_path_is_written_as_it_is_in_config_yaml(tmp_path: Path) -> 
 
 
 def _checkpointed_run(run: Path, steps: list[int], summary: dict) -> Path:
-    import torch
-
-    from trainer.checkpointing.layouts import ReplicatedStateIO
-    from trainer.checkpointing.manager import CheckpointManager
-    from trainer.config import TrainingConfig
-    from trainer.loop_state import LoopState
-    from trainer.optim import WarmupDecaySchedule
+    from tests.checkpointed import save_checkpoints
 
     run.mkdir(parents=True)
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
-    io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
-    manager = CheckpointManager(run, io, rank=0, world_size=1, device="cpu", keep_last=5)
-    for step in steps:
-        manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=step))
+    save_checkpoints(run, steps)
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 

@@ -6,14 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from launcher.cli import main
-from trainer.checkpointing.layouts import ReplicatedStateIO
-from trainer.checkpointing.manager import CheckpointManager
-from trainer.config import TrainingConfig
-from trainer.loop_state import LoopState
-from trainer.optim import WarmupDecaySchedule
+from tests.checkpointed import save_checkpoints
 
 
 def _run(parent: Path, name: str, steps: list[int], logged: int | None, finished: bool = False) -> Path:
@@ -24,12 +19,7 @@ def _run(parent: Path, name: str, steps: list[int], logged: int | None, finished
     if logged is not None:
         lines = [json.dumps({"kind": "train", "step": s, "loss": 1.0}) for s in range(1, logged + 1)]
         (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
-    io = ReplicatedStateIO(lambda m: {n: p.detach().clone() for n, p in m.named_parameters()}, lambda m: m, rank=0)
-    manager = CheckpointManager(run, io, rank=0, world_size=1, device="cpu", keep_last=5)
-    for step in steps:
-        manager.save(model, optimizer, WarmupDecaySchedule(optimizer, TrainingConfig(), 10), LoopState(step=step))
+    save_checkpoints(run, steps)
     if finished:
         (run / "final").mkdir()
         (run / "summary.json").write_text("{}")  # the trainer writes it last, at the real end
