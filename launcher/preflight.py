@@ -431,11 +431,45 @@ def _replay_note(cfg: RunConfig, checkpoint: Path) -> str | None:
     same = (stopped.get("patience"), stopped.get("min_delta")) == (watched.patience, watched.min_delta)
     if not isinstance(at, int) or at <= step or not same or _changed_beyond_max_steps(cfg, checkpoint):
         return None
-    return (
+    stop = (
         f"that run stopped at step {at} under these early-stopping settings (patience {watched.patience}, "
-        f"min_delta {watched.min_delta:g}): with the same data and settings this run trains steps {step + 1}-{at} "
-        f"again and stops there; loosen transfer.early_stopping to train further"
+        f"min_delta {watched.min_delta:g})"
     )
+    if not _same_rates(cfg, checkpoint, step, at):
+        # Trial 47a: said as a replay after a max_steps change, and the run trained on to a better best.
+        return (
+            f"{stop}; with the longer schedule steps {step + 1}-{at} train at other learning rates, so this run "
+            "may stop there again or train further"
+        )
+    return (
+        f"{stop}: with the same data and settings this run trains steps {step + 1}-{at} again and stops there; "
+        "loosen transfer.early_stopping to train further"
+    )
+
+
+def _same_rates(cfg: RunConfig, checkpoint: Path, step: int, at: int) -> bool:
+    """Whether steps step+1..at train at the same learning rates under this config's schedule as
+    under the checkpoint's (the same max_steps, or a constant rate past the warm-up)."""
+    from trainer.checkpointing.protocol import read_manifest
+    from trainer.optim import lr_multiplier, warmup_steps
+
+    try:
+        before = read_manifest(checkpoint)["config"]["training"]["max_steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    after = cfg.training.max_steps
+    if before == after:
+        return True
+    if not isinstance(before, int) or not isinstance(after, int):
+        return False  # counted in epochs: the totals depend on the data
+
+    def rate(total: int, at_step: int) -> float:
+        training = cfg.training  # the same schedule settings: only max_steps changed
+        return lr_multiplier(
+            at_step, total, warmup_steps(training, total), training.lr_scheduler, training.min_lr_ratio
+        )
+
+    return all(abs(rate(before, s) - rate(after, s)) <= 1e-12 for s in range(step, at))
 
 
 def _changed_beyond_max_steps(cfg: RunConfig, checkpoint: Path) -> bool:

@@ -113,11 +113,13 @@ def _train_on_hint(run_dir: Path, asked: str | None = None) -> str:
     stopped = early.get("stopped_at") if isinstance(early, dict) else None
     if isinstance(stopped, int) and step < stopped:
         # Trial 45a: the continuation replayed steps 25-32 exactly and stopped at 32 again.
+        # Trial 47a: said as a sure replay, and a longer decaying schedule trained on to a better best.
         hint += (
             f". Early stopping stopped this run at step {stopped}, after that checkpoint: from it the same "
             f"transfer.early_stopping settings (patience {early.get('patience')}, min_delta {early.get('min_delta')}) "
-            f"train steps {step + 1}-{stopped} again and stop there; loosen them (or set "
-            "transfer.early_stopping.enabled=false) to train further"
+            f"train steps {step + 1}-{stopped} again and stop there if their learning rates are the same "
+            "(training.lr_scheduler=constant; a decaying schedule over more steps changes them, and the run may "
+            "then train further); loosen them (or set transfer.early_stopping.enabled=false) to train further"
         )
     return hint
 

@@ -278,7 +278,8 @@ def test_a_finished_early_stopped_run_says_how_a_continuation_would_not_replay_i
     )
     assert (
         "Early stopping stopped this run at step 32, after that checkpoint: from it the same transfer.early_stopping "
-        "settings (patience 2, min_delta 0.3) train steps 25-32 again and stop there" in said
+        "settings (patience 2, min_delta 0.3) train steps 25-32 again and stop there if their learning rates are "
+        "the same (training.lr_scheduler=constant; a decaying schedule over more steps changes them" in said
     )
     # A continuation of it that wrote no checkpoint: the hint names the checkpoint it continued from.
     later = _checkpointed_run(
@@ -314,3 +315,25 @@ def test_validate_says_a_run_in_progress_holds_the_output_dir(
         err = capsys.readouterr().err
         assert "ftl train" in err and "in use" in err, err
     assert launcher.cli.main(["validate", str(config)]) == 0
+
+
+def test_a_replay_is_foretold_only_when_the_steps_train_at_the_same_rates(tmp_path: Path) -> None:
+    """Trial 47a: a continuation under a longer max_steps was said to replay the stopped run's steps
+    and stop there again; its cosine schedule gave those steps other rates, and it trained on to a
+    better best. A constant rate past the warm-up does replay them."""
+    from launcher.preflight import _same_rates
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-10"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "manifest.json").write_text(json.dumps({"config": {"training": {"max_steps": 60}}}))
+
+    def same(*overrides: str) -> bool:
+        config = write_config(tmp_path / "cfg.yaml", BUNDLED_MODEL, tmp_path / "other")
+        return _same_rates(load_config(str(config), list(overrides)), checkpoint, 10, 30)
+
+    assert same("training.max_steps=60", "training.lr_scheduler=cosine")
+    assert not same("training.max_steps=80", "training.lr_scheduler=cosine")
+    assert not same("training.max_steps=80", "training.lr_scheduler=linear")
+    assert same("training.max_steps=80", "training.lr_scheduler=constant", "training.warmup_steps=5")
+    # A warm-up that ends inside the replayed steps scales with max_steps: other rates.
+    assert not same("training.max_steps=80", "training.lr_scheduler=constant", "training.warmup_ratio=0.3")
