@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--account", help="cluster.slurm.account")
     slurm.add_argument("--qos", help="cluster.slurm.qos")
     slurm.add_argument("--mode", choices=("torchrun", "ray"), help="cluster.slurm.mode")
-    slurm.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing, write nothing")
+    slurm.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the sbatch script and check what a submission checks (exit 2 if it would be refused); "
+        "submit nothing, write nothing",
+    )
 
     submit = verbs.add_parser("submit", help="submit the run to a Ray cluster as a Ray Job; prints the job id")
     submit.add_argument("config", help="YAML config file")

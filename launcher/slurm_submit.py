@@ -33,12 +33,18 @@ def slurm(args: argparse.Namespace) -> int:
 
     # A setting sbatch refuses is an input error (exit 2, cluster.slurm.SlurmSettingRejected); an
     # unreachable cluster or a missing sbatch is a failure (exit 1), as under `ftl train`.
+    problems = problems_before_start(cfg)  # what `ftl train` refuses before a job waits in the queue
     if args.dry_run:
         from pathlib import Path
 
         sys.stdout.write(render_sbatch(Path(cfg.output.dir).resolve(), cfg.cluster))
+        # The same checks as a submission (trial 47a: a data file that did not exist printed a script
+        # and exit 0): the script is printed, and what `ftl slurm` would refuse is said, exit 2.
+        refusal = start_refusal(cfg, local_run_dir(cfg))
+        refused = problems + ([refusal] if refusal else [])
+        if refused:
+            raise UserError("`ftl slurm` would refuse this job:\n" + "\n".join(f"  - {p}" for p in refused))
         return 0
-    problems = problems_before_start(cfg)  # what `ftl train` refuses before a job waits in the queue
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     check_slurm_client()  # before the run directory exists: no directory left for a job that never was

@@ -879,6 +879,13 @@ def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
     golden_script = (Path(__file__).parents[1] / "golden" / "slurm_dry_run.sbatch").read_text()
     assert rendered == golden_script
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    # It checks what a submission checks (trial 47a: a missing data file and a target_modules typo
+    # printed a script and exit 0): the script, then what `ftl slurm` would refuse, exit 2.
+    missing = tmp_path / "nowhere.jsonl"
+    out = _ftl("slurm", str(config), "--dry-run", f"data.train={missing}", "method.lora.target_modules=[q_proj,v_prj]")
+    assert out.returncode == 2 and out.stdout.startswith("#!"), out.stderr
+    assert "`ftl slurm` would refuse this job" in out.stderr and str(missing) in out.stderr, out.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def _hostile_run_dir(tmp_path: Path, pwned: Path) -> str:
