@@ -155,6 +155,22 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
         render_example(Row("t", empty), "preference", tokenizer)
     with pytest.raises(DataError, match="share only 'Hello', which leaves no prompt"):
         render_example(Row("t", {"chosen": "Hello", "rejected": "Hello world"}), "preference", tokenizer)
+    # Trial 47a: problems named by their index in the row as written, and as what they are.
+    blank = {"role": "assistant", "content": ""}
+    with pytest.raises(DataError, match=r"chosen\[1\] is an assistant message with empty content"):
+        render_example(Row("t", {"chosen": [user, blank], "rejected": [user, other]}), "preference", tokenizer)
+    with pytest.raises(DataError, match="field 'chosen' must be a non-empty list"):
+        render_example(Row("t", {"chosen": [], "rejected": [user, other]}), "preference", tokenizer)
+    with pytest.raises(DataError, match="field 'rejected' is empty"):
+        render_example(Row("t", {"chosen": "Human: Pet?", "rejected": ""}), "preference", tokenizer)
+    typo = {"role": "asistant", "content": "Brisilmir."}
+    with pytest.raises(DataError, match=r"rejected\[1\].role is 'asistant' \(did you mean 'assistant'\?\)"):
+        render_example(Row("t", {"chosen": [user, said], "rejected": [user, typo]}), "preference", tokenizer)
+    brief = {"role": "system", "content": "Be very brief."}
+    with pytest.raises(DataError, match=r"differ from message 1 on \(a system turn\), so no shared prompt ends"):
+        render_example(
+            Row("t", {"chosen": [system, user, said], "rejected": [brief, user, other]}), "preference", tokenizer
+        )
 
 
 def test_bad_preference_rows_are_named_by_file_and_line(tmp_path: Path, tokenizer: Any) -> None:

@@ -258,7 +258,9 @@ def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[di
         content = message.get("content", message.get("value"))
         role = ROLE_ALIASES.get(role, role)
         if role not in CHAT_ROLES:
-            raise RowProblem(f"messages[{index}].role is {role!r}; expected one of {', '.join(CHAT_ROLES)}")
+            close = difflib.get_close_matches(role, CHAT_ROLES, n=1) if isinstance(role, str) else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RowProblem(f"messages[{index}].role is {role!r}{hint}; expected one of {', '.join(CHAT_ROLES)}")
         calls = message.get("tool_calls")
         if calls is not None and (role != "assistant" or not isinstance(calls, list)):
             raise RowProblem(f"messages[{index}].tool_calls must be a list, on an assistant message")
@@ -311,6 +313,10 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
         return values
     chosen, rejected = values["chosen"], values["rejected"]
     if isinstance(chosen, list) and isinstance(rejected, list):
+        for key, turns in (("chosen", chosen), ("rejected", rejected)):
+            # Checked whole, so a problem is named by its index in the row as written (trial 47a:
+            # `chosen[0]` named the second message, counted from the cut-off response).
+            _message_list(turns, key)
         shared = 0
         while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
             shared += 1
@@ -320,7 +326,18 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
         if shared:
             _responses_are_answers(chosen, rejected, shared, parted)
             return {**values, "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
+        if parted < min(len(chosen), len(rejected)):
+            # Trial 47a: two system messages that differ were said as "share no beginning".
+            role = chosen[parted].get("role", chosen[parted].get("from", "?"))
+            raise RowProblem(
+                f"missing field 'prompt', and chosen and rejected differ from message {parted + 1} on "
+                f"({_a(str(ROLE_ALIASES.get(role, role)))} turn), so no shared prompt ends before the assistant's "
+                "answer; make the turns before the answer the same in both, or give the prompt in a 'prompt' field"
+            )
     elif isinstance(chosen, str) and isinstance(rejected, str):
+        for key, text in (("chosen", chosen), ("rejected", rejected)):
+            if not text.strip() and (chosen.strip() or rejected.strip()):  # both empty: said together later
+                raise RowProblem(f"field {key!r} is empty")  # trial 47a: said as "share no beginning"
         _refuse_an_empty_answer(chosen, rejected)
         prompt = _shared_words(chosen, rejected)
         if prompt:  # the responses keep the space that separates them from it
