@@ -710,6 +710,7 @@ def test_a_long_list_of_bad_rows_stops_at_twenty_and_counts_the_rest(tmp_path: P
     lines = refusal([{"text": "x"}] * 25)
     assert "25 bad rows" in lines[0] and len(lines) == 1 + 3 + 1, lines
     assert lines[-1].strip().startswith("- ... and 22 more row(s) with the same reason (")
+    assert lines[-1].endswith("): lines 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, ..."), lines[-1]  # which (47a)
 
 
 @pytest.mark.parametrize(

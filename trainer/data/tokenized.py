@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -637,7 +638,10 @@ def _same_reasons_collapsed(bad_rows: list[str]) -> list[str]:
             # The reason up to its first clause (trial 46a: cut at 80 characters mid-phrase).
             short = reason.split("; ")[0]
             short = short if len(short) <= 120 else short[:117] + "..."
-            shown.append(f"... and {others} more row(s) with the same reason ({short})")
+            # Which rows, as `validate --data` says them (trial 47a: only a count).
+            lines = [found.group(1) for p in problems[SAME_REASON_SHOWN:] if (found := re.search(r" line (\d+)", p))]
+            at = f": lines {', '.join(lines[:12])}{', ...' if len(lines) > 12 else ''}" if lines else ""
+            shown.append(f"... and {others} more row(s) with the same reason ({short}){at}")
     return shown
 
 
