@@ -214,7 +214,7 @@ def _refuse_tied_targets(model: torch.nn.Module, adapted: list[str]) -> None:
         raise TrainerInputError(
             f"method.lora.target_modules adapts {', '.join(tied)}, whose weight the model shares between its input "
             "embeddings and its LM head (tie_word_embeddings): merging the adapter would change both uses, so the "
-            "merged model would not be the one trained; train the head whole instead "
+            "merged model would not be the one trained; train the shared matrix whole instead "
             f"(method.lora.modules_to_save=[{tied[0].rsplit('.', 1)[-1]}], which keeps them tied) or leave it out"
         )
 
