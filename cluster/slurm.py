@@ -141,6 +141,9 @@ def sbatch_refusal(what: str, said: str) -> SlurmError:
     setting, a failure (with what to set up) when it found no cluster."""
     no_cluster = _no_cluster_hint(said)
     message = f"{what} failed: {said}{no_cluster}{_partitions_hint(said)}{_key_hint(said)}"
+    if no_cluster:
+        # Its first line is what `ftl runs` shows (trial 47a: sbatch's DNS lookup noise).
+        message = f"{what} failed: no Slurm cluster found; sbatch said:\n{said}{no_cluster}"
     if any(word in said.lower() for word in REJECTED_SETTING_WORDS) and not no_cluster:
         return SlurmSettingRejected(message)
     return SlurmError(message)

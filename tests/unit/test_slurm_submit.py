@@ -33,7 +33,12 @@ def test_no_cluster_to_talk_to_says_what_to_set_up(tmp_path: Path, monkeypatch: 
     with pytest.raises(SlurmError) as refused:
         submit(tmp_path / "run", ClusterConfig(backend="slurm", workers=2))
     message = str(refused.value)
-    assert "Could not establish a configuration source" in message  # sbatch's own words first
+    assert "Could not establish a configuration source" in message  # sbatch's own words
+    from launcher.runs import failure_line
+
+    # The line `ftl runs` shows says what happened (trial 47a: sbatch's DNS lookup noise).
+    said = failure_line(message)
+    assert "failed: no Slurm cluster found; sbatch said: sbatch: error: resolve_ctls_from_dns_srv" in said, said
     assert "SLURM_CONF" in message and "scripts/slurm/start_local_slurm.sh" in message
     assert not RunLayout(tmp_path / "run").slurm_job_id.exists()
 
