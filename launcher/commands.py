@@ -319,6 +319,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         titles = (f"{name + f' ({before} -> tuned)':<{width}}" for (_, name), width in zip(columns, widths))
         lines.append((header + "".join(titles)).rstrip())
         partial: list[str] = []
+        recall: list[str] = []
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})
             loss = f"{_fmt(base.get('eval_loss'))} -> {_fmt(final.get('eval_loss'))}"
@@ -330,10 +331,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             partial += [f"* {split}: {of}"] if of else []
             generated = _exact_match_part(summary, split) if "exact_match" in (key for key, _ in columns) else ""
             partial += [f"+ {split}: {generated}"] if generated else []
-            marks = ("*" if of else "") + ("+" if generated else "")
+            shared = (data.get("overlap") or {}).get(split)
+            trained_on = f"! {split}: {shared[0]} of {shared[1]} rows are also in the training data" if shared else ""
+            marks = ("*" if of else "") + ("+" if generated else "") + ("!" if trained_on else "")
             lines.append(f"{split + marks:<14}{loss:<30}{cells}".rstrip())
+            recall += [trained_on] if trained_on else []
         if partial:
             lines += partial + ["  (not comparable with scores of whole sets)"]
+        if recall:  # trial 47a: said only before training, not beside the scores people copy
+            lines += recall + ["  (their scores measure recall of trained rows, not generalization)"]
         if summary.get("started_from"):
             lines.append(f"start = the adapter the run started from ({summary['started_from']})")
     stopping = summary.get("transfer", {}).get("early_stopping")

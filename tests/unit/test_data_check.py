@@ -651,6 +651,7 @@ def test_training_warns_of_held_out_rows_it_trains_on(tmp_path: Path, tokenizer:
         f"3 of 8 validation rows ({leaky}) are also in the training data (the same tokens): their validation scores "
         "measure recall of trained rows, not generalization; remove them from one of the two"
     ]
+    assert report["overlap"] == {"validation": [3, 8]}  # the final table marks the set with it
     clean = DataConfig(train=str(QA_DATA / "train.jsonl"), validation=str(QA_DATA / "valid.jsonl"), max_seq_len=128)
     report = prepare_data(clean, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
     assert report["overlap_warnings"] == []

@@ -71,6 +71,19 @@ def test_a_set_scored_in_part_is_marked(tmp_path: Path) -> None:
     assert "*" not in format_summary({**summary, "scores": scores, "eval_max_samples": None})
 
 
+def test_a_set_training_also_trains_on_is_marked_beside_its_scores(tmp_path: Path) -> None:
+    """Trial 47a: 20 of 50 validation rows were training rows; the warning came before training, and
+    the table showed the set's scores as a held-out set's."""
+    data = {"train_examples": 120, "train_rows": 120, "token_efficiency": 1.0, "packing": False}
+    scores = {"validation": {"base": {"eval_loss": 15.7}, "final": {"eval_loss": 3.89}}, "test": {"final": {}}}
+    summary = {**_summary(tmp_path), "scores": scores, "data": {**data, "overlap": {"validation": [20, 50]}}}
+    table = format_summary(summary)
+    assert "\nvalidation!   15.7000 -> 3.8900" in table and "\ntest " in table
+    assert "! validation: 20 of 50 rows are also in the training data" in table and "! test" not in table
+    assert "(their scores measure recall of trained rows, not generalization)" in table
+    assert "!" not in format_summary({**summary, "data": data})
+
+
 def test_classification_shows_macro_f1_beside_accuracy_whatever_early_stopping_watched(tmp_path: Path) -> None:
     """Accuracy alone hides a classifier that always says the majority class (trials 33a, 36b:
     "0.0% -> 40.0%" on imbalanced data, macro F1 14.3%): macro F1 has a column of its own."""

@@ -195,7 +195,10 @@ def prepare_data(
     if mixture_report:
         report["mixture"] = mixture_report
     if cfg.format != "image_classification":
-        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train)
+        overlap: dict[str, list[int]] = {}
+        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train, overlap)
+        if overlap:  # the final table marks the sets (trial 47a: said only before training)
+            report["overlap"] = overlap
     if cfg.format == "preference":
         chat, plain = pair_styles(train.stats)
         if chat or plain:  # `ftl generate` sends a plain-pair run's prompts as written, as trained
@@ -291,9 +294,12 @@ def _cuts_by_source(mixture: dict[str, Any], what: dict[str, str]) -> str:
     return f" ({'; '.join(sources)})" if sources else ""
 
 
-def _overlap_warnings(train: TokenizedSet, evals: list[EvalSet], cfg: DataConfig, split_held: int) -> list[str]:
+def _overlap_warnings(
+    train: TokenizedSet, evals: list[EvalSet], cfg: DataConfig, split_held: int, counts: dict[str, list[int]]
+) -> list[str]:
     """Held-out rows a training row has token for token, said before training as validate --data says
-    them (trial 45a: only validate did). A retain set (general text kept from being forgotten) is not checked."""
+    them (trial 45a: only validate did); `counts` gets [shared, rows] per set. A retain set (general
+    text kept from being forgotten) is not checked."""
     per_row = 2 if cfg.format == "preference" else 1
     warnings = []
     for held in evals:
@@ -302,6 +308,7 @@ def _overlap_warnings(train: TokenizedSet, evals: list[EvalSet], cfg: DataConfig
         shared, rows = shared_rows(train, held.examples, per_row)
         if not shared:
             continue
+        counts[held.name] = [shared, rows]
         if split_held and held.name == "validation":
             warnings.append(split_overlap_warning(shared, rows))
         else:
