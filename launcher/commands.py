@@ -247,8 +247,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         if summary.get("loss_mean_steps")
         else ""
     )
+    continued = summary.get("continued_from")
+    origin_step = continued.get("step") if isinstance(continued, dict) else None
+    # A continuation counts on from the step it continued (trial 47a: "55 steps" for a run that trained 25).
+    here = f" ({summary['steps'] - origin_step} in this run)" if isinstance(origin_step, int) and origin_step else ""
     lines = [
-        f"\nFine-tune finished: {summary['steps']} steps, train loss {_fmt(summary['first_loss'])} -> "
+        f"\nFine-tune finished: {summary['steps']} steps{here}, train loss {_fmt(summary['first_loss'])} -> "
         f"{_fmt(summary['last_loss'])}{means}{weighted}"
     ]
     if summary.get("skipped_steps"):
@@ -256,7 +260,6 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"fp16: {summary['skipped_steps']} of {summary['steps']} steps overflowed and changed no weight "
             "(dynamic loss scaling); a run where most do needs bf16 or fp32 (parallel.mixed_precision)"
         )
-    continued = summary.get("continued_from")
     if continued:  # a finished run trained further in a new output.dir
         from launcher.continuation import continued_line
 

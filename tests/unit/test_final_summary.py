@@ -178,3 +178,11 @@ def test_the_train_loss_is_also_said_as_means_of_the_first_and_last_steps(tmp_pa
         in said
     )
     assert _loss_means(losses[:19]) == {}  # a tenth of 19 is one step: nothing to add
+
+
+def test_a_continuation_says_how_many_steps_it_trained_itself(tmp_path: Path) -> None:
+    """Trial 47a: "Fine-tune finished: 55 steps" for a run that continued another's step 30."""
+    continued = {"path": "/runs/es1/checkpoints/step-30", "step": 30}
+    said = format_summary({**_summary(tmp_path), "steps": 55, "continued_from": continued})
+    assert "Fine-tune finished: 55 steps (25 in this run), train loss" in said
+    assert "in this run" not in format_summary({**_summary(tmp_path), "steps": 55})
