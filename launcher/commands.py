@@ -43,6 +43,11 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     from launcher.hub_cache import warn_unavailable_offline
 
     warn_unavailable_offline(cfg)  # the config is valid; training it on this machine would fail
+    from launcher.plan.command import unsizable_model_problem
+
+    unsizable = unsizable_model_problem(cfg)
+    if unsizable:  # trial 47b: validate said valid, and train refused it at once
+        print(f"ftl: WARNING: `ftl train` would refuse this at its fit check: {unsizable}", file=sys.stderr)
     from launcher.position_limit import rotary_context_note
     from launcher.preflight import lora_rank_note
     from trainer.config import mixture_notes, periodic_eval_without_data, unused_zero_stage

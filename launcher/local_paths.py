@@ -15,6 +15,8 @@ def looks_local(value: str) -> bool:
         or value.startswith((".", "~"))
         or value.strip("/").count("/") >= 2
         or Path(value).exists()
+        # `models/mine` where ./models is a folder here: a path (trial 47b: validated as a hub id).
+        or (value.strip("/").count("/") == 1 and Path(value).parent.is_dir())
     )
 
 

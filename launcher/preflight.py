@@ -37,6 +37,9 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             problems.append(f"{key}: {value} does not exist{did_you_mean(value)}")
         elif value and key == "model.path":
             problems += model_config_problems(cfg)
+            short = _catalogue_short_name(value, cfg.model.revision)
+            if short:
+                problems.append(short)
     data_keys = [
         ("data.train", cfg.data.train),
         ("data.validation", cfg.data.validation),
@@ -508,6 +511,24 @@ def _mixture_preview(cfg: RunConfig, checkpoint: Path, position: int) -> str | N
     except (KeyError, TypeError, ValueError):
         return None  # a loop state this ftl does not read: the workers say what they do
     return note or None
+
+
+def _catalogue_short_name(value: str, revision: str | None) -> str | None:
+    """A built-in architecture's short name (`qwen2.5-0.5b`) as model.path: `ftl plan` sizes it, but
+    no worker can load it (trial 47b: suggested by the fit check, then a tokenizer load from the hub
+    failed on it)."""
+    from launcher.hub_cache import cached_config
+    from launcher.plan.catalogue import find
+
+    if looks_local(value) or cached_config(value, revision):
+        return None
+    found = find(value)
+    if found is None or value.strip().lower() == found[1]["hub_id"].lower():
+        return None
+    return (
+        f"model.path: {value!r} is the name of a built-in architecture, which `ftl plan` sizes but no worker can "
+        f"load; to train it, use its hub id {found[1]['hub_id']} (downloaded when online) or a local model folder"
+    )
 
 
 def model_config_problems(cfg: RunConfig) -> list[str]:

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.gpu_probe import cuda_available
 from launcher.config_loader import load_config
@@ -113,6 +114,39 @@ class FitVerdict:
         return f"{self.said} (see `ftl plan` for the breakdown){'; it would fit with: ' + self.hints if self.hints else ''}"
 
 
+def unsizable_model(cfg: RunConfig) -> str:
+    """Why the fit check cannot judge a run whose model.path it finds nowhere (no folder, not in the
+    Hugging Face cache, no built-in architecture), and the ways on."""
+    from launcher.hub_cache import downloads_off
+
+    model = cfg.model.path
+    where = f"(relative to the current directory {Path.cwd()}) " if not Path(model).expanduser().is_absolute() else ""
+    offline = ", and downloads are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)" if downloads_off() else ""
+    return (
+        f"model.path: {model!r} {where}is no model folder with a config.json, nor a model in the Hugging Face "
+        f"cache{offline}, so the fit check cannot size this run: point model.path at a model folder, or pass "
+        f"--skip-fit-check to launch it anyway (the workers then download {model!r} from the hub, which needs "
+        "network access)"
+    )
+
+
+def unsizable_model_problem(cfg: RunConfig) -> str | None:
+    """unsizable_model's sentence when the fit check would find model.path nowhere (a local path
+    that does not exist is check_inputs' to say), else None."""
+    from launcher.hub_cache import downloads_off
+    from launcher.local_paths import looks_local
+    from launcher.plan.catalogue import model_config_fields
+
+    # Offline, an uncached hub name is hub_cache's to say (it is refused before the fit check).
+    if cfg.cluster.backend == "slurm" or looks_local(cfg.model.path) or downloads_off():
+        return None
+    try:
+        model_config_fields(cfg.model.path, cfg.model.revision)
+    except UserError:
+        return unsizable_model(cfg)
+    return None
+
+
 def fit_verdict(cfg: RunConfig) -> FitVerdict:
     """The fit check's judgement (check_fit before `ftl train`, a row of `ftl doctor`). On GPU the
     budget is one device per worker; on a CPU-only machine all local workers share the available
@@ -128,9 +162,11 @@ def fit_verdict(cfg: RunConfig) -> FitVerdict:
     try:
         plan = plan_run(cfg, Target(acc, workers, 1), with_throughput=False)
     except UserError as exc:  # a model.path it does not know (a hub name, or a typo)
+        if "is neither a model folder" in str(exc):
+            # Not the catalogue's short names as a way out: no worker loads those (trial 47b).
+            raise UserError(unsizable_model(cfg)) from None
         raise UserError(
-            f"{exc}. The fit check cannot judge this run; pass --skip-fit-check to launch it anyway "
-            "(a hub model is then loaded by the workers)"
+            f"{exc}. The fit check cannot judge this run; pass --skip-fit-check to launch it anyway"
         ) from None
     except TrainerInputError:  # the config names what this model does not have: the workers would refuse it too
         raise

@@ -219,7 +219,7 @@ def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path) -> None:
     # the fit check refuses before anything would be downloaded.
     online = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     result = subprocess.run(
-        [*FTL, "train", str(cfg), "model.path=llama-3.1-405b"],
+        [*FTL, "train", str(cfg), "model.path=meta-llama/Llama-3.1-405B"],
         cwd=REPO,
         capture_output=True,
         text=True,
