@@ -566,6 +566,13 @@ def test_config_label_names_are_kept_as_data_labels_match_them() -> None:
     head = HeadConfig(type="sequence_classification", labels=["pos ", unicodedata.normalize("NFD", " négatif")])
     assert head.label_names == ["pos", "négatif"]
     assert HeadConfig(type="sequence_classification", labels=[1, 2]).label_names == ["1", "2"]
+    # Trial 47b: `labels: [yes, no]` is read by YAML as booleans ("got True"), and [1.0, 2] half-taken.
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match=r"labels\[0\] was read as the boolean true: YAML reads yes/no"):
+        HeadConfig(type="sequence_classification", labels=[True, False])
+    with pytest.raises(pydantic.ValidationError, match=r"labels\[0\] is the number 1.0: label names are text"):
+        HeadConfig(type="sequence_classification", labels=[1.0, 2, 3])
 
 
 def test_train_last_n_blocks_freezes_the_blocks_below_whatever_their_count() -> None:

@@ -215,6 +215,18 @@ class HeadConfig(Section):
         """`labels: [1, 2, 3]` (ratings) means the names "1", "2", "3", as YAML users write them."""
         if not isinstance(value, list):
             return value
+        for index, name in enumerate(value):
+            if isinstance(name, bool):
+                # YAML 1.1 reads yes/no, on/off and true/false as booleans (trial 47b: "got True" for `yes`).
+                raise ValueError(
+                    f"transfer.head.labels[{index}] was read as the boolean {str(name).lower()}: YAML reads yes/no, on/off "
+                    "and true/false unquoted as booleans; quote the names (labels: ['yes', 'no'])"
+                )
+            if isinstance(name, float):
+                raise ValueError(
+                    f"transfer.head.labels[{index}] is the number {name!r}: label names are text; quote it as the "
+                    f"data writes it (labels: ['{name!r}', ...]), as rows match labels by name"
+                )
         names = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         if not all(isinstance(name, str) for name in names):
             return names  # the field's own check says what is wrong
