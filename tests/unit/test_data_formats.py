@@ -906,6 +906,15 @@ def test_a_row_of_another_format_is_said_to_be_one(tokenizer: Any, fmt: str, val
     )
 
 
+def test_a_field_under_another_name_is_said_as_that(tokenizer: Any) -> None:
+    """Trial 47b: {"text", "category"} for classification was pointed at data.format 'text', which
+    trains on the text and drops the labels."""
+    with pytest.raises(DataError) as error:
+        render_example(Row("d.jsonl line 1", {"text": "w", "category": "a"}), "classification", tokenizer, ["a"])
+    assert str(error.value).endswith("; if 'category' is the 'label', rename it to 'label' in the data")
+    assert "data.format 'text'" not in str(error.value)
+
+
 def test_a_row_with_its_own_fields_gets_no_other_format_hint(tokenizer: Any) -> None:
     with pytest.raises(DataError) as error:
         render_example(Row("d.jsonl line 1", {"prompt": "Q?", "completion": ""}), "completion", tokenizer)

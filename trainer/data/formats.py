@@ -111,6 +111,12 @@ def other_format_hint(values: dict[str, Any], fmt: str) -> str:
         for name, required in _REQUIRED_FIELDS.items()
         if name != fmt and all(any(key in values for key in keys) for keys in required)
     ]
+    missing = [keys for keys in own if not any(key in values for key in keys)]
+    unread = [key for key in values if key not in FORMAT_FIELDS.get(fmt, ())]
+    if len(missing) == 1 and len(missing[0]) == 1 and len(unread) == 1:
+        # {"text", "category"} for classification: the other field is the missing one under another name
+        # (trial 47b: data.format 'text' was suggested, which would train on the text and drop the labels).
+        return f"; if {unread[0]!r} is the {missing[0][0]!r}, rename it to {missing[0][0]!r} in the data"
     if not fits:
         return ""
     return f"; the row has the fields of data.format {max(fits)[1]!r} (is data.format or the file the wrong one?)"
@@ -146,7 +152,7 @@ def render_example(row: Row, fmt: str, tokenizer: Any, label_names: list[str] | 
             ids = ids + _eos(tokenizer)
             return Example(ids, [1] * len(ids))
     except RowProblem as exc:
-        hint = other_format_hint(values, fmt)
+        hint = "" if "did you mean" in str(exc) else other_format_hint(values, fmt)  # one hint, not two
         raise DataError(f"{row.where}: {exc} (format {fmt!r}){hint}") from None
     raise ValueError(f"unknown data format {fmt!r}")
 
