@@ -83,9 +83,13 @@ def test_truncation_keeps_the_tags_of_the_tokens_kept(wordpiece: Any, tmp_path: 
     data.write_text(json.dumps({"tokens": ["Kallaso", "lives", "in", "Zirra"], "tags": ["B-PER", "O", "O", "B-LOC"]}))
     (scanned,) = scan_rows(str(data), "token_classification", wordpiece, 6, "truncate", label_names=TAGS)
     assert scanned.fate == "truncated" and scanned.rendered_len == 9
-    # [CLS] kal ##las ##o lives in | zi ##rra [SEP]: Zirra's tag is cut with its tokens.
-    assert scanned.token_labels == [X, 1, X, X, 0, 0] and scanned.mask == [0, 1, 0, 0, 1, 1]
-    assert len(scanned.ids) == 6
+    # [CLS] kal ##las ##o lives | in zi ##rra | [SEP]: the tags of the words cut go with their tokens,
+    # and the closing [SEP] is kept, as the tokenizer's own truncation (the export's pipeline) keeps it
+    # (trial 47b: it was cut, and the stock model scored other inputs than ftl's evaluation).
+    assert scanned.token_labels == [X, 1, X, X, 0, X] and scanned.mask == [0, 1, 0, 0, 1, 0]
+    assert wordpiece.convert_ids_to_tokens(scanned.ids) == ["[CLS]", "kal", "##las", "##o", "lives", "[SEP]"]
+    stock = wordpiece(["Kallaso", "lives", "in", "Zirra"], is_split_into_words=True, truncation=True, max_length=6)
+    assert scanned.ids == stock["input_ids"]
 
 
 def test_first_token_stays_scored_without_special_tokens(wordpiece: Any, tmp_path: Path, monkeypatch: Any) -> None:

@@ -218,10 +218,11 @@ def render_word_tags(values: dict[str, Any], tokenizer: Any, names: list[str]) -
             raise missing_field(values, key)
     try:
         words, tags = word_tag_ids(values["tokens"], values["tags"], names)
-        ids, labels = align_word_tags(tokenizer, words, tags)
+        ids, labels, tail = align_word_tags(tokenizer, words, tags)
     except TagProblem as exc:
         raise RowProblem(str(exc)) from None
-    return Example(ids, [int(label != IGNORE_INDEX) for label in labels], token_labels=labels)
+    mask = [int(label != IGNORE_INDEX) for label in labels]
+    return Example(ids, mask, token_labels=labels, keep_tail=tail)
 
 
 def _check_row(row: Row) -> dict[str, Any]:

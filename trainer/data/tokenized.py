@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 TOO_LONG_CHOICES = "truncate or drop (format text: or split, which trains the whole row in pieces)"
 
 # Bump when rendering/masking logic changes so stale caches are not reused.
-CACHE_VERSION = 10  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
+CACHE_VERSION = 11  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
 # 5: generation markers decide the trained tokens; history-rewriting and R1-style templates located (rows
 # skipped before); reasoning_content kept; 6: a turn the template writes empty (reasoning only) is refused;
 # 7: with numeric label names a number is a name, not an id; 8: preference stats count the pairs whose
 # chosen and rejected training sees as the same; 9: a JSON object naming a key twice is a bad row, CSV
 # records are named by all their lines; 10: preference stats count chat-style pairs, an implicit prompt leaves
-# each text response a word
+# each text response a word; 11: a cut token-classification row keeps its closing special tokens ([SEP])
 MAX_REPORTED_ERRORS = 5  # skipped rows named in the data report
 MAX_LISTED_BAD_ROWS = 20  # bad rows listed in the error that stops a run (then a count)
 
@@ -411,7 +411,10 @@ def _scan_rendered(
     # is its own target: token classification keeps its mask as it is.)
     first = list(example.loss_mask[:1]) if example.token_labels is not None else [0]
     more = _later_pieces(example.input_ids, example.loss_mask, max_seq_len) if fate == "split" else []
-    kept = [(truncated(p.input_ids, max_seq_len, p.keep_tail), first + list(p.loss_mask[1:max_seq_len])) for p in parts]
+    kept = [
+        (truncated(p.input_ids, max_seq_len, p.keep_tail), first + truncated(p.loss_mask, max_seq_len, p.keep_tail)[1:])
+        for p in parts
+    ]
     if not all(any(mask) for _, mask in kept):
         problem = _no_loss_problem(row.where, parts, kept, max_seq_len)
         return ScannedRow(
@@ -419,7 +422,9 @@ def _scan_rendered(
         )
     scanned = ScannedRow(row_index, row.where, fate, "", chosen_len, *kept[0], example.class_label, more=more)
     if fate == "truncated" and example.class_label is None:  # a classifier's loss is on its label, never cut
-        scanned.trained_cut = sum(sum(p.loss_mask[max_seq_len:]) for p in parts)
+        scanned.trained_cut = sum(
+            sum(p.loss_mask) - sum(truncated(p.loss_mask, max_seq_len, p.keep_tail)) for p in parts
+        )
     if len(kept) == 2:
         scanned.chat_pair = is_chat_pair(row.values)
         scanned.rejected_ids, scanned.rejected_mask = kept[1]
@@ -430,8 +435,8 @@ def _scan_rendered(
             whole = not cut and parts[0].input_ids == parts[1].input_ids and parts[0].loss_mask == parts[1].loss_mask
             kept_part = "" if whole else f" in the first {max_seq_len} tokens (data.max_seq_len), all training keeps"
             scanned.same_pair = f"{row.where}: chosen and rejected are the same{kept_part}"
-    if example.token_labels is not None:
-        scanned.token_labels = example.token_labels[:max_seq_len]
+    if example.token_labels is not None:  # cut as its ids are (an encoder's closing [SEP] kept: trial 47b)
+        scanned.token_labels = truncated(example.token_labels, max_seq_len, example.keep_tail)
     return scanned
 
 

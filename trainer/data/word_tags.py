@@ -46,9 +46,10 @@ def word_tag_ids(words: Any, tags: Any, names: list[str]) -> tuple[list[str], li
     return words, ids
 
 
-def align_word_tags(tokenizer: Any, words: list[str], tag_ids: list[int]) -> tuple[list[int], list[int]]:
-    """Token ids of the words (with the tokenizer's special tokens) and a label per token: the
-    word's tag id on its first sub-token, IGNORE_INDEX elsewhere."""
+def align_word_tags(tokenizer: Any, words: list[str], tag_ids: list[int]) -> tuple[list[int], list[int], int]:
+    """Token ids of the words (with the tokenizer's special tokens), a label per token (the word's
+    tag id on its first sub-token, IGNORE_INDEX elsewhere), and how many special tokens close them
+    (BERT's [SEP]: kept by truncation, as the tokenizer's own truncation keeps it)."""
     if not getattr(tokenizer, "is_fast", False):
         raise TagProblem(
             "token classification needs a fast tokenizer (its word_ids() map tokens to words); "
@@ -60,4 +61,8 @@ def align_word_tags(tokenizer: Any, words: list[str], tag_ids: list[int]) -> tup
     for word in encoded.word_ids():
         labels.append(tag_ids[word] if word is not None and word != previous else IGNORE_INDEX)
         previous = word
-    return list(encoded["input_ids"]), labels
+    word_ids = encoded.word_ids()
+    tail = 0
+    while tail < len(word_ids) and word_ids[len(word_ids) - 1 - tail] is None:
+        tail += 1
+    return list(encoded["input_ids"]), labels, tail if tail < len(word_ids) else 0
