@@ -29,7 +29,14 @@ from trainer.errors import DataError
 from trainer.file_modes import current_umask
 
 log = logging.getLogger(__name__)
-TOO_LONG_CHOICES = "truncate or drop (format text: or split, which trains the whole row in pieces)"
+TOO_LONG_CHOICES = "truncate or drop"
+SPLIT_CHOICE = " (or split, which trains the whole row in pieces)"  # format text only
+
+
+def too_long_choices(fmt: str | None) -> str:
+    """The data.too_long values a row of `fmt` may take (trial 47b: split offered to NER rows)."""
+    return TOO_LONG_CHOICES + (SPLIT_CHOICE if fmt in ("text", None) else "")
+
 
 # Bump when rendering/masking logic changes so stale caches are not reused.
 CACHE_VERSION = 11  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
@@ -139,10 +146,10 @@ def load_tokenized(
         return cached
     scan = (spec, fmt, tokenizer, max_seq_len, too_long, split, label_names)
     if sharing is None:
-        result = _merged(spec, [_tokenize_part(*scan, skip_bad_rows=skip_bad_rows, part=0, parts=1)])
+        result = _merged(spec, [_tokenize_part(*scan, skip_bad_rows=skip_bad_rows, part=0, parts=1)], fmt=fmt)
     else:
         # Every worker merges the same shares: worker 0 alone says what was skipped.
-        result = _merged(spec, _exchanged_parts(sharing, scan, skip_bad_rows), speaks=sharing.part == 0)
+        result = _merged(spec, _exchanged_parts(sharing, scan, skip_bad_rows), speaks=sharing.part == 0, fmt=fmt)
     if not hit and (sharing is None or sharing.writes_cache):
         _write_entry(entry, result, settings)
     return result
@@ -397,7 +404,7 @@ def _scan_rendered(
         if too_long == "error":
             problem = (
                 f"{row.where}: {lengths}, longer than data.max_seq_len={max_seq_len}; "
-                f"raise max_seq_len or set data.too_long to {TOO_LONG_CHOICES}"
+                f"raise max_seq_len or set data.too_long to {too_long_choices(fmt)}"
             )
             return ScannedRow(row_index, row.where, "too_long", problem, chosen_len, rejected_rendered_len=rejected_len)
         if too_long == "drop":
@@ -545,14 +552,14 @@ def _tokenize_part(
     )
 
 
-def _merged(spec: str, parts: list[_TokenizedPart], speaks: bool = True) -> TokenizedSet:
+def _merged(spec: str, parts: list[_TokenizedPart], speaks: bool = True, fmt: str | None = None) -> TokenizedSet:
     """The workers' shares as one set, in file order, exactly as one process tokenizes it; the
     run stops here on bad rows (all of them listed, in file order) or when no row is usable."""
     bad_rows = sorted(row for p in parts for row in p.bad_rows)
     if bad_rows:
         too_long_rows = sum(p.too_long_rows for p in parts)
         raise DataError(
-            bad_rows_message(spec, [why for _, why in bad_rows], only_too_long=too_long_rows == len(bad_rows))
+            bad_rows_message(spec, [why for _, why in bad_rows], only_too_long=too_long_rows == len(bad_rows), fmt=fmt)
         )
     stats: dict[str, Any] = {key: sum(p.stats[key] for p in parts) for key in parts[0].stats}
     errors = [why for _, why in sorted(e for p in parts for e in p.errors)][:MAX_REPORTED_ERRORS]
@@ -607,19 +614,19 @@ def no_usable_rows_message(spec: str, stats: dict[str, Any]) -> str:
     return f"{spec}: no usable rows: " + ", ".join(f"{count} {why}" for why, count in lost.items() if count)
 
 
-def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False) -> str:
+def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False, fmt: str | None = None) -> str:
     """`only_too_long`: every row listed is refused for its length (data.too_long: error), which
     data.skip_bad_rows does not skip."""
     if len(bad_rows) == 1:  # the whole path and what to do, as for several (a mixture may hold two d.jsonl)
         if only_too_long:
-            return f"{spec}: 1 row longer than data.max_seq_len; raise it, or set data.too_long to {TOO_LONG_CHOICES}:\n  - {bad_rows[0]}"
+            return f"{spec}: 1 row longer than data.max_seq_len; raise it, or set data.too_long to {too_long_choices(fmt)}:\n  - {bad_rows[0]}"
         return f"{spec}: 1 bad row; fix it, or set data.skip_bad_rows=true to skip malformed rows:\n  - {bad_rows[0]}"
     shown = _same_reasons_collapsed(bad_rows)
     listed = "\n".join(f"  - {problem}" for problem in shown[:MAX_LISTED_BAD_ROWS])
     more = len(shown) - MAX_LISTED_BAD_ROWS
     tail = f"\n  ... and {more} more" if more > 0 else ""
     if only_too_long:
-        what = f"rows longer than data.max_seq_len; raise it, or set data.too_long to {TOO_LONG_CHOICES}"
+        what = f"rows longer than data.max_seq_len; raise it, or set data.too_long to {too_long_choices(fmt)}"
     else:
         what = "bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows"
     return f"{spec}: {len(bad_rows)} {what}:\n{listed}{tail}"
