@@ -36,7 +36,9 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems
     # The workers refuse them too, later.
-    model_problems = (target_modules_problem(cfg), freeze_problem(cfg), position_problem(cfg))
+    from launcher.plan.planner import attention_refusal
+
+    model_problems = (target_modules_problem(cfg), freeze_problem(cfg), position_problem(cfg), attention_refusal(cfg))
     problems += [problem for problem in model_problems if problem]
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))

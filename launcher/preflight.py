@@ -579,6 +579,12 @@ def gpu_only_problems(cfg: RunConfig) -> list[str]:
             "parallel.offload_params=cpu with fsdp moves parameters from GPU to CPU memory; this machine has no GPU, "
             "so its workers' parameters are in CPU memory already: remove the setting (or use deepspeed ZeRO-3 offload)"
         )
+    if cfg.model.attn_implementation == "flash_attention_2":
+        # Trial 48a: refused by the workers, after the run directory was made and the data read.
+        problems.append(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA device, and this "
+            "machine's workers run on CPU: use auto (SDPA where the model supports it, else eager)"
+        )
     if cfg.model.liger_kernels:
         problems.append(
             "model.liger_kernels needs a CUDA device (Liger's kernels are Triton GPU kernels) and this machine's "

@@ -17,5 +17,7 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
 
     problems = (check_inputs(cfg) if inputs else []) + unavailable_offline(cfg) + data_format_problems(cfg)
     # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).
-    model = (target_modules_problem(cfg), position_problem(cfg))
+    from launcher.plan.planner import attention_refusal
+
+    model = (target_modules_problem(cfg), position_problem(cfg), attention_refusal(cfg))
     return problems + [problem for problem in model if problem]

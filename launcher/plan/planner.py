@@ -191,7 +191,7 @@ def plan_run(
         from trainer.sequence_length import refuse_past_learned_positions  # imports torch: only here
 
         refuse_past_learned_positions(cfg.data.max_seq_len, limit)
-    attention = _attention_refusal(cfg)
+    attention = attention_refusal(cfg)
     if attention:  # the workers' model load would refuse it, after the data was read
         from trainer.errors import TrainerInputError
 
@@ -274,7 +274,7 @@ def unquantized_experts(inventory: Inventory) -> int:
     return sum(p.nbytes for p in inventory.params if ".experts." in p.name and not p.quantized and not p.trainable)
 
 
-def _attention_refusal(cfg: RunConfig) -> str | None:
+def attention_refusal(cfg: RunConfig) -> str | None:
     """model.attn_implementation=sdpa on a causal LM whose class has no SDPA (Gemma 2: its logit
     soft-capping), in the words of the workers' refusal."""
     if cfg.model.attn_implementation != "sdpa" or cfg.transfer.head.type != "causal_lm":

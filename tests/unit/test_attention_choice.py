@@ -65,3 +65,25 @@ def test_flash_attention_is_chosen_only_for_a_class_that_supports_it(monkeypatch
     assert resolve_attention("auto", "cpu", LlamaForCausalLM) is None
     assert Gemma2ForCausalLM._supports_flash_attn  # so: a class without it
     assert resolve_attention("auto", "cuda:0", type("NoFlash", (), {"_supports_flash_attn": False})) is None
+
+
+def test_validate_and_train_refuse_an_attention_the_workers_would_refuse(
+    gemma2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 48a: validate said valid to sdpa on Gemma 2 and to flash_attention_2 on a CPU-only
+    machine; train refused the first at its fit check and the second in the workers, after making
+    the run directory and reading the data."""
+    import launcher.cli
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path / "c.yaml", gemma2_dir, tmp_path / "run", method={"type": "full"})
+    assert launcher.cli.main(["validate", str(config), "model.attn_implementation=sdpa"]) == 2
+    assert "Gemma2ForCausalLM does not support SDPA" in capsys.readouterr().err
+    from cluster.gpu_probe import cuda_available
+
+    for command in ("validate", "train") if not cuda_available() else ():  # a CPU-only machine's refusal
+        code = launcher.cli.main([command, str(config), "model.attn_implementation=flash_attention_2"])
+        err = capsys.readouterr().err
+        assert code == 2 and "flash_attention_2 needs the flash-attn package and a CUDA device" in err, err
+    assert not (tmp_path / "run").exists()
+    assert launcher.cli.main(["validate", str(config)]) == 0  # auto: eager for Gemma 2
