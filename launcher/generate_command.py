@@ -148,8 +148,14 @@ def generate_command(args: argparse.Namespace) -> int:
         whose = " with --system and the chat template" if generate.system is not None and not args.raw else ""
         raise UserError(f"--prompt{whose} has {too_long}")
     _note_reply_cap(positions, asked_tokens, args.max_new_tokens)
-    print(generate.replies([ids])[0])
+    reply = generate.replies([ids])[0]
+    print(reply)
+    if not reply.strip():  # trial 48a: a blank line read as "nothing happened"
+        print(EMPTY_REPLY_NOTE, file=sys.stderr)
     return 0
+
+
+EMPTY_REPLY_NOTE = "ftl: (an empty reply: the model ended its turn at once, or wrote only whitespace)"
 
 
 def _trained_as_written(path: Path) -> str | None:
@@ -476,3 +482,5 @@ def _chat(generate: _Generator, args: argparse.Namespace) -> int:
         reply = generate.replies([ids])[0]
         messages.append({"role": "assistant", "content": reply})
         print(reply, flush=True)
+        if not reply.strip():
+            print(EMPTY_REPLY_NOTE, file=sys.stderr, flush=True)

@@ -434,3 +434,18 @@ def test_a_run_trained_on_prompts_as_written_says_to_use_raw(
     RunLayout(run).summary.write_text(json.dumps({"data": {"train_pair_styles": {"chat": 0, "plain": 5}}}))
     assert launcher.cli.main(["generate", str(run), "--prompt", "Q: hi\nA:", "--max-new-tokens", "2"]) == 0
     assert plain in capsys.readouterr().err  # the summary says what training read
+
+
+def test_an_empty_reply_is_said_as_one(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 48a: a model that ended its turn at once printed a blank line, read as nothing happening."""
+    from launcher import generate_command
+
+    monkeypatch.setattr(generate_command._Generator, "replies", lambda self, batch: [""] * len(batch))
+    assert launcher.cli.main(["generate", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+    said = capsys.readouterr()
+    assert said.out == "\n" and "an empty reply: the model ended its turn at once" in said.err
+    monkeypatch.setattr(generate_command._Generator, "replies", lambda self, batch: ["yes"] * len(batch))
+    assert launcher.cli.main(["generate", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+    assert "empty reply" not in capsys.readouterr().err
