@@ -131,7 +131,10 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
         f"data: skip_bad_rows={str(check.skip_bad_rows).lower()}"  # no tokens: lengths and packing mean nothing
         if images
         else f"data: max_seq_len {check.max_seq_len}, too_long={check.too_long}, "
-        f"skip_bad_rows={str(check.skip_bad_rows).lower()}, packing={'on' if check.packing else 'off'}"
+        f"skip_bad_rows={str(check.skip_bad_rows).lower()}, packing={'on' if check.packing else 'off'}, "
+        # Which class transformers chose (trial 48a: a Qwen2 config.json made the same tokenizer files a
+        # Qwen2Tokenizer, which splits digits, and the counts moved without a word of why).
+        f"tokenizer {type(tokenizer).__name__} ({len(tokenizer)} tokens)"
     ]
     for file in check.files:
         lines += ["", *_file_lines(file, check)]

@@ -47,6 +47,8 @@ def test_bundled_data_report_matches_what_training_builds(bundled_report: str, t
     cfg = DataConfig(train=str(QA_DATA / "train.jsonl"), validation=str(QA_DATA / "valid.jsonl"), max_seq_len=128)
     prepared = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None)
     report = prepared.report
+    # The tokenizer class transformers chose, which decides the counts below (trial 48a).
+    assert bundled_report.splitlines()[0].endswith(f", tokenizer {type(tokenizer).__name__} ({len(tokenizer)} tokens)")
     train_block = bundled_report.split("\n\n")[1]
     assert "does not read" not in bundled_report  # every field of the bundled rows is read
     assert f"rows: {report['train_examples']} read, {report['train_examples']} usable, 0 bad" in train_block
