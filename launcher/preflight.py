@@ -376,7 +376,7 @@ def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
         )
     mixture = _mixture_preview(cfg, path, int(manifest.get("samples_seen", 0)))
     early = _early_stopping_preview(cfg, path, run_dir)
-    mixture = "\nftl: note: ".join(note for note in (mixture, early) if note) or None
+    mixture = "\nftl: note: ".join(note for note in (mixture, early, _data_modified_note(cfg, path)) if note) or None
     step = manifest.get("step", "?")
     if not changes:
         # Said too (trial 41a: validate printed only "valid", a resume read as a fresh start).
@@ -396,6 +396,38 @@ def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
             "the result will not equal an uninterrupted run of either"
         )
     return f"{said}\nftl: note: {mixture}" if mixture else said
+
+
+def _data_modified_note(cfg: RunConfig, checkpoint: Path) -> str | None:
+    """Training data files written after the checkpoint was: their rows may differ from those it
+    trained on, which only the workers can tell (they compare the rows' fingerprint), so the preview's
+    "same config" is about the settings alone (trial 47b: a file's labels changed under its path)."""
+    try:
+        written = (checkpoint / "manifest.json").stat().st_mtime
+    except OSError:
+        return None
+    sources = [("data.train", cfg.data.train)] + [
+        (f"data.mixture[{i}].train", source.train) for i, source in enumerate(cfg.data.mixture)
+    ]
+    changed = [f"{key} ({value})" for key, value in sources if value and _newest_write(Path(value)) > written]
+    if not changed:
+        return None
+    return (
+        f"{', '.join(changed)} changed on disk after {checkpoint.name} was written: training compares the rows it "
+        "reads with the checkpoint's and says whether they differ"
+    )
+
+
+def _newest_write(path: Path) -> float:
+    """The latest modification time of a data file, or of the files of a data folder (0: none here)."""
+    try:
+        if path.is_file():
+            return path.stat().st_mtime
+        if path.is_dir():
+            return max((p.stat().st_mtime for p in path.rglob("*") if p.is_file()), default=0.0)
+    except OSError:
+        return 0.0  # unreadable here: the workers' check says it
+    return 0.0
 
 
 def _early_stopping_preview(cfg: RunConfig, checkpoint: Path, run_dir: Path) -> str | None:

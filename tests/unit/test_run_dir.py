@@ -337,3 +337,26 @@ def test_a_replay_is_foretold_only_when_the_steps_train_at_the_same_rates(tmp_pa
     assert same("training.max_steps=80", "training.lr_scheduler=constant", "training.warmup_steps=5")
     # A warm-up that ends inside the replayed steps scales with max_steps: other rates.
     assert not same("training.max_steps=80", "training.lr_scheduler=constant", "training.warmup_ratio=0.3")
+
+
+def test_a_resume_preview_says_when_the_training_data_changed_on_disk(tmp_path: Path) -> None:
+    """Trial 47b: a data file's labels changed under its path; validate said "same config", and the
+    workers then warned that the rows differ. The preview says the file changed after the checkpoint."""
+    import time
+
+    from launcher.preflight import resume_change_preview
+    from tests.checkpointed import save_checkpoints
+
+    data = tmp_path / "train.jsonl"
+    data.write_text((REPO / "assets/data/fictional-qa/train.jsonl").read_text())
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoints(run, [4])
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, run, data={"train": str(data)})
+    old = time.time() - 100
+    os.utime(data, (old, old))
+    said = resume_change_preview(load_config(str(config)), run) or ""
+    assert "changed on disk" not in said
+    data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")  # edited after the checkpoint
+    said = resume_change_preview(load_config(str(config)), run) or ""
+    assert f"data.train ({data}) changed on disk after step-4 was written: training compares the rows" in said, said
