@@ -59,6 +59,8 @@ def test_balanced_weights_follow_sklearns_rule_and_a_list_is_taken_as_given() ->
         ({"type": "sequence_classification", "labels": LABELS, "class_weights": "Balanced"}, "did you mean 'balanced'"),
         ({"type": "sequence_classification", "labels": LABELS, "class_weights": {"bb": 2}}, "did you mean 'b'"),
         ({"type": "sequence_classification", "labels": LABELS, "class_weights": {}}, "weighs no class; leave it out"),
+        # Trial 47b: rows may give a label by id; these keys are names, and the id's name is said.
+        ({"type": "sequence_classification", "labels": LABELS, "class_weights": {1: 3}}, "label id 1 is 'b': the keys"),
         ({"type": "sequence_classification", "labels": LABELS, "class_weights": {True: 2}}, "the key True is no label"),
         ({"type": "token_classification", "labels": ["O", "B-X"], "class_weights": "balanced"}, "applies to sequence"),
         ({"type": "causal_lm", "class_weights": "balanced"}, "applies to sequence_classification"),

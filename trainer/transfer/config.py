@@ -329,6 +329,9 @@ class HeadConfig(Section):
             if unknown:
                 close = difflib.get_close_matches(str(unknown[0]), names, n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
+                if str(unknown[0]).isdigit() and int(unknown[0]) < len(names):
+                    # Data rows may give a label by id; these keys are names (trial 47b).
+                    hint = f" (label id {unknown[0]} is {names[int(unknown[0])]!r}: the keys are label names)"
                 raise ValueError(
                     f"transfer.head.class_weights names {unknown[0]!r}, which is not a label{hint}; labels: "
                     + ", ".join(names)
