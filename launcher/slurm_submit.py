@@ -40,8 +40,13 @@ def slurm(args: argparse.Namespace) -> int:
         sys.stdout.write(render_sbatch(Path(cfg.output.dir).resolve(), cfg.cluster))
         # The same checks as a submission (trial 47a: a data file that did not exist printed a script
         # and exit 0): the script is printed, and what `ftl slurm` would refuse is said, exit 2.
+        from launcher.run_dir import output_dir_problems
+
         refusal = start_refusal(cfg, local_run_dir(cfg))
-        refused = problems + ([refusal] if refusal else [])
+        # A finished run, a folder of the user's, a run in progress (trial 48b: a finished run passed).
+        refused = (
+            problems + ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume)
+        )
         if refused:
             raise UserError("`ftl slurm` would refuse this job:\n" + "\n".join(f"  - {p}" for p in refused))
         return 0

@@ -886,6 +886,13 @@ def test_slurm_dry_run_renders_the_golden_script(tmp_path, tiny_model_dir):
     assert out.returncode == 2 and out.stdout.startswith("#!"), out.stderr
     assert "`ftl slurm` would refuse this job" in out.stderr and str(missing) in out.stderr, out.stderr
     assert not (tmp_path / "run").exists()
+    # An output.dir that holds a finished run (trial 48b: the dry run said nothing, exit 0).
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / ".ftl-run").write_text('{"ftl_run_directory": 1}')
+    (finished / "summary.json").write_text("{}")
+    out = _ftl("slurm", str(config), "--dry-run", f"output.dir={finished}")
+    assert out.returncode == 2 and "already holds a finished run" in out.stderr, out.stderr
 
 
 def _hostile_run_dir(tmp_path: Path, pwned: Path) -> str:
