@@ -223,6 +223,14 @@ def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(to
     with pytest.raises(DataError, match=r"label 0 is not one of .* a number is read as a name, never as an id"):
         label(0)
     assert [label(0, ["country", "person"]), label("1", ["country", "person"])] == [0, 1]  # ids still work
+    # Decimal ratings (trial 48b: a JSON 1.0 was "not one of ['0.5', '1.0']"), and a 1.0 for the name "1".
+    halves = ["0.5", "1.0"]
+    assert [label(0.5, halves), label(1.0, halves), label(1, halves), label("1.0", halves)] == [0, 1, 1, 1]
+    assert label(1.0) == 0
+    with pytest.raises(DataError, match="label 1.5 is not one of"):
+        label(1.5, halves)
+    with pytest.raises(DataError, match="label 1.0 is not one of"):
+        label(1.0, ["country", "person"])  # a float is no id
     tags = ["0", "1"]  # NER with numeric tags: the same rule
     example = render_example(
         Row("x", {"tokens": ["a", "b"], "tags": [1, "0"]}), "token_classification", tokenizer, tags

@@ -10,16 +10,26 @@ type, and a number that is no name is refused instead of being read as an id.
 from __future__ import annotations
 
 import difflib
+import math
 import unicodedata
 from typing import Any
 
 
 def _is_number(name: str) -> bool:
+    """A name that reads as a number: `3`, or a finite decimal like `0.5` (ratings)."""
     try:
-        int(name.strip())
+        return math.isfinite(float(name.strip()))
     except ValueError:
         return False
-    return True
+
+
+def _same_number(value: int | float, names: list[str]) -> int | None:
+    """The id of the name that reads as the number `value` (1.0 is the name `1.0` or `1`; trial 48b:
+    a JSON 1.0 matched no name of ['0.5', '1.0'])."""
+    for index, name in enumerate(names):
+        if _is_number(name) and float(name) == value:
+            return index
+    return None
 
 
 def _canonical(text: str) -> str:
@@ -40,10 +50,13 @@ def name_index(value: str, names: list[str]) -> int | None:
 
 def label_id(value: Any, names: list[str]) -> int | None:
     """`value`'s id in `names`, or None when it is neither a name nor (for non-numeric names) an id."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
     if any(_is_number(name) for name in names):
-        return name_index(str(value), names)
+        found = name_index(str(value), names)
+        return found if found is not None or isinstance(value, str) else _same_number(value, names)
+    if isinstance(value, float):
+        return None  # not an id, and no name reads as a number
     if isinstance(value, str):
         found = name_index(value, names)
         if found is not None:

@@ -220,7 +220,7 @@ class HeadConfig(Section):
                 # YAML 1.1 reads yes/no, on/off and true/false as booleans (trial 47b: "got True" for `yes`).
                 raise ValueError(
                     f"transfer.head.labels[{index}] was read as the boolean {str(name).lower()}: YAML reads yes/no, on/off "
-                    "and true/false unquoted as booleans; quote the names (labels: ['yes', 'no'])"
+                    "and true/false unquoted as booleans; quote the names as written (labels: ['yes', 'no'] or ['on', 'off'])"
                 )
             if isinstance(name, float):
                 raise ValueError(
