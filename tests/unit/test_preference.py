@@ -135,11 +135,14 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
     # Conversations that part before the assistant's last answer, or at a user turn: said so.
     more = {"role": "user", "content": "More?"}
     earlier = {"chosen": [user, said, more, said], "rejected": [user, other, more, said]}
-    with pytest.raises(DataError, match=r"part at message 2 \(an assistant turn\), before the assistant's last answer"):
+    with pytest.raises(
+        DataError,
+        match=r"part at chosen\[1\]/rejected\[1\] \(an assistant turn\), before the assistant's last answer \(chosen\[2\] is a user",
+    ):
         render_example(Row("t", earlier), "preference", tokenizer)
     system = {"role": "system", "content": "Be brief."}
     asked = {"chosen": [system, user, said], "rejected": [system, more, other]}
-    with pytest.raises(DataError, match=r"part at message 2 \(a user turn\)"):
+    with pytest.raises(DataError, match=r"part at chosen\[1\]/rejected\[1\] \(a user turn\)"):
         render_example(Row("t", asked), "preference", tokenizer)
     # A conversation beside a text, or beside one message: the styles are what differs.
     with pytest.raises(DataError, match="chosen is a message list while rejected is a string"):
@@ -147,7 +150,7 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
     with pytest.raises(DataError, match="chosen is one message while rejected is a message list"):
         render_example(Row("t", {"chosen": said, "rejected": [user, other]}), "preference", tokenizer)
     # Trial 46a: a conversation that ends where the shared part does has no answer of its own.
-    with pytest.raises(DataError, match="rejected ends at message 1, where the shared beginning does"):
+    with pytest.raises(DataError, match=r"rejected ends at rejected\[0\], where the shared beginning does"):
         render_example(Row("t", {"chosen": [user, said], "rejected": [user]}), "preference", tokenizer)
     # A text ending with its role marker has an empty answer (it would train the marker).
     empty = {"chosen": "Human: Pet?\n\nAssistant: A cat.", "rejected": "Human: Pet?\n\nAssistant:"}
@@ -167,7 +170,9 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
     with pytest.raises(DataError, match=r"rejected\[1\].role is 'asistant' \(did you mean 'assistant'\?\)"):
         render_example(Row("t", {"chosen": [user, said], "rejected": [user, typo]}), "preference", tokenizer)
     brief = {"role": "system", "content": "Be very brief."}
-    with pytest.raises(DataError, match=r"differ from message 1 on \(a system turn\), so no shared prompt ends"):
+    with pytest.raises(
+        DataError, match=r"differ from chosen\[0\]/rejected\[0\] on \(a system turn\), so no shared prompt ends"
+    ):
         render_example(
             Row("t", {"chosen": [system, user, said], "rejected": [brief, user, other]}), "preference", tokenizer
         )

@@ -337,7 +337,7 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
             # Trial 47a: two system messages that differ were said as "share no beginning".
             role = chosen[parted].get("role", chosen[parted].get("from", "?"))
             raise RowProblem(
-                f"missing field 'prompt', and chosen and rejected differ from message {parted + 1} on "
+                f"missing field 'prompt', and chosen and rejected differ from chosen[{parted}]/rejected[{parted}] on "
                 f"({_a(str(ROLE_ALIASES.get(role, role)))} turn), so no shared prompt ends before the assistant's "
                 "answer; make the turns before the answer the same in both, or give the prompt in a 'prompt' field"
             )
@@ -405,7 +405,7 @@ def _responses_are_answers(chosen: list[Any], rejected: list[Any], shared: int, 
     for key, turns in (("chosen", chosen), ("rejected", rejected)):
         if len(turns) <= shared:  # trial 46a: "must be a non-empty list" of a list that had turns
             raise RowProblem(
-                f"missing field 'prompt', and {key} ends at message {len(turns)}, where the shared beginning does: "
+                f"missing field 'prompt', and {key} ends at {key}[{len(turns) - 1}], where the shared beginning does: "
                 f"it has no answer of its own; both conversations must end with the assistant's answer"
             )
         later = [
@@ -418,8 +418,8 @@ def _responses_are_answers(chosen: list[Any], rejected: list[Any], shared: int, 
             role = where.get("role", "?") if isinstance(where, dict) else "?"
             index, turn = later[0]
             raise RowProblem(
-                f"missing field 'prompt', and chosen and rejected part at message {parted + 1} ({_a(role)} turn), "
-                f"before the assistant's last answer ({key}'s message {index + 1} is {_a(str(turn.get('role')))} "
+                f"missing field 'prompt', and chosen and rejected part at chosen[{parted}]/rejected[{parted}] ({_a(role)} turn), "
+                f"before the assistant's last answer ({key}[{index}] is {_a(str(turn.get('role')))} "
                 "turn). An implicit prompt needs the two conversations to be the same up to the assistant's last "
                 "answer; give the shared part as 'prompt' and the differing turns as chosen and rejected, or make "
                 "the conversations agree"
