@@ -399,6 +399,9 @@ def _generate_file(generate: _Generator, rows: list[PromptRow], args: argparse.N
             + "\n".join(f"  - {problem}" for problem in long)
         )
     replies = generate.replies(prompts)
+    empty = sum(not reply.strip() for reply in replies)
+    if empty:  # as --prompt says it (trial 48b: an --input file's blank replies went unsaid)
+        print(f"ftl: {empty} of {len(replies)} replies are empty (the model ended its turn at once)", file=sys.stderr)
     lines = "".join(
         json.dumps({**values, args.field: reply}, ensure_ascii=False) + "\n"
         for (values, _, _), reply in zip(rows, replies)

@@ -437,7 +437,7 @@ def test_a_run_trained_on_prompts_as_written_says_to_use_raw(
 
 
 def test_an_empty_reply_is_said_as_one(
-    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Trial 48a: a model that ended its turn at once printed a blank line, read as nothing happening."""
     from launcher import generate_command
@@ -446,6 +446,10 @@ def test_an_empty_reply_is_said_as_one(
     assert launcher.cli.main(["generate", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
     said = capsys.readouterr()
     assert said.out == "\n" and "an empty reply: the model ended its turn at once" in said.err
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    assert launcher.cli.main(["generate", str(tiny_model_dir), "--input", str(rows), "--max-new-tokens", "2"]) == 0
+    assert "ftl: 2 of 2 replies are empty" in capsys.readouterr().err  # an --input file's too (trial 48b)
     monkeypatch.setattr(generate_command._Generator, "replies", lambda self, batch: ["yes"] * len(batch))
     assert launcher.cli.main(["generate", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
     assert "empty reply" not in capsys.readouterr().err
