@@ -464,7 +464,7 @@ def _replay_note(cfg: RunConfig, checkpoint: Path) -> str | None:
     watched = cfg.transfer.early_stopping
     at, step = stopped.get("stopped_at"), step_of(checkpoint)
     same = (stopped.get("patience"), stopped.get("min_delta")) == (watched.patience, watched.min_delta)
-    if not isinstance(at, int) or at <= step or not same or _changed_beyond_max_steps(cfg, checkpoint):
+    if not isinstance(at, int) or at <= step or not same or _changed_beyond_the_schedule(cfg, checkpoint):
         return None
     stop = (
         f"that run stopped at step {at} under these early-stopping settings (patience {watched.patience}, "
@@ -473,7 +473,7 @@ def _replay_note(cfg: RunConfig, checkpoint: Path) -> str | None:
     if not _same_rates(cfg, checkpoint, step, at):
         # Trial 47a: said as a replay after a max_steps change, and the run trained on to a better best.
         return (
-            f"{stop}; with the longer schedule steps {step + 1}-{at} train at other learning rates, so this run "
+            f"{stop}; under this schedule steps {step + 1}-{at} train at other learning rates, so this run "
             "may stop there again or train further"
         )
     return (
@@ -484,32 +484,32 @@ def _replay_note(cfg: RunConfig, checkpoint: Path) -> str | None:
 
 def _same_rates(cfg: RunConfig, checkpoint: Path, step: int, at: int) -> bool:
     """Whether steps step+1..at train at the same learning rates under this config's schedule as
-    under the checkpoint's (the same max_steps, or a constant rate past the warm-up)."""
+    under the checkpoint's (the same schedule, a constant rate past the warm-up, or settings that
+    give the same rates: warmup_steps for the same warmup_ratio)."""
     from trainer.checkpointing.protocol import read_manifest
+    from trainer.config_hash import config_written_with
     from trainer.optim import lr_multiplier, warmup_steps
 
     try:
-        before = read_manifest(checkpoint)["config"]["training"]["max_steps"]
+        then = config_written_with(cfg, read_manifest(checkpoint)).training  # the checkpoint's schedule
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    after = cfg.training.max_steps
-    if before == after:
-        return True
-    if not isinstance(before, int) or not isinstance(after, int):
+    now = cfg.training
+    if not isinstance(then.max_steps, int) or not isinstance(now.max_steps, int):
         return False  # counted in epochs: the totals depend on the data
 
-    def rate(total: int, at_step: int) -> float:
-        training = cfg.training  # the same schedule settings: only max_steps changed
+    def rate(training: Any, at_step: int) -> float:
+        total = training.max_steps
         return lr_multiplier(
             at_step, total, warmup_steps(training, total), training.lr_scheduler, training.min_lr_ratio
         )
 
-    return all(abs(rate(before, s) - rate(after, s)) <= 1e-12 for s in range(step, at))
+    return all(abs(rate(then, s) - rate(now, s)) <= 1e-12 for s in range(step, at))
 
 
-def _changed_beyond_max_steps(cfg: RunConfig, checkpoint: Path) -> bool:
-    """Whether this config trains otherwise than the checkpoint's in more than max_steps (another
-    evaluation cadence moves the stop: trial 46a)."""
+def _changed_beyond_the_schedule(cfg: RunConfig, checkpoint: Path) -> bool:
+    """Whether this config trains otherwise than the checkpoint's in more than the learning-rate
+    schedule (another evaluation cadence moves the stop: trial 46a)."""
     from trainer.checkpointing.protocol import read_manifest
     from trainer.config_hash import config_changes, result_part, result_values
 
@@ -520,7 +520,14 @@ def _changed_beyond_max_steps(cfg: RunConfig, checkpoint: Path) -> bool:
     if not isinstance(recorded, dict):
         return True  # an earlier ftl's checkpoint: its settings are not known
     changes = config_changes(result_part(recorded), result_values(cfg), limit=100)
-    return any(not line.startswith("training.max_steps:") for line in changes)
+    # The schedule's settings may change too: _same_rates compares the rates they give (trial 48b:
+    # warmup_steps for the same warmup_ratio replayed the steps, and no replay was foretold).
+    return any(not line.startswith(SCHEDULE_LINES) for line in changes)
+
+
+SCHEDULE_LINES = tuple(
+    f"training.{key}:" for key in ("max_steps", "warmup_steps", "warmup_ratio", "lr_scheduler", "min_lr_ratio")
+)
 
 
 def _mixture_preview(cfg: RunConfig, checkpoint: Path, position: int) -> str | None:

@@ -294,7 +294,10 @@ def test_early_stopping_in_a_run_continued_from_another_runs_checkpoint_restores
     assert validate(str(replay), ["training.max_steps=40"]) == 0
     previewed = capfd.readouterr().err
     assert "again and stops there" not in previewed, previewed
-    assert "steps 3-6 train at other learning rates, so this run may stop there again or train further" in previewed
+    assert (
+        "under this schedule steps 3-6 train at other learning rates, so this run may stop there again or train further"
+        in previewed
+    )
     # Another evaluation cadence moves the stop: no replay foretold (trial 46a).
     assert validate(str(replay), ["eval.every_steps=3"]) == 0
     assert "again and stops there" not in capfd.readouterr().err

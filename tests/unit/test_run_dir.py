@@ -337,6 +337,11 @@ def test_a_replay_is_foretold_only_when_the_steps_train_at_the_same_rates(tmp_pa
     assert same("training.max_steps=80", "training.lr_scheduler=constant", "training.warmup_steps=5")
     # A warm-up that ends inside the replayed steps scales with max_steps: other rates.
     assert not same("training.max_steps=80", "training.lr_scheduler=constant", "training.warmup_ratio=0.3")
+    # Other schedule settings that give the same rates (trial 48b: warmup_steps 6 for warmup_ratio 0.1 of 60).
+    recorded = {"max_steps": 60, "lr_scheduler": "constant", "warmup_ratio": 0.1, "warmup_steps": None}
+    (checkpoint / "manifest.json").write_text(json.dumps({"config": {"training": recorded}}))
+    assert same("training.max_steps=60", "training.lr_scheduler=constant", "training.warmup_steps=6")
+    assert not same("training.max_steps=60", "training.lr_scheduler=constant", "training.warmup_steps=12")
 
 
 def test_a_resume_preview_says_when_the_training_data_changed_on_disk(tmp_path: Path) -> None:
