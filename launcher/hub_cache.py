@@ -48,8 +48,6 @@ def unavailable_offline(cfg: RunConfig) -> list[str]:
         # A path (absolute, ./, ~) is no hub name: check_inputs says it does not exist, once.
         if not value or looks_local(value) or cached_config(value, cfg.model.revision, filename):
             continue
-        if key == "model.path" and _catalogue_short_name(value):
-            continue  # `ftl plan` sizes it from the catalogue; validate/train refuse it with its hub id (48b)
         problems.append(
             f"{key}: {value!r} is not a local folder, and it is not in the Hugging Face cache "
             f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}) while downloads are off "
@@ -64,11 +62,3 @@ def warn_unavailable_offline(cfg: RunConfig) -> None:
     not train, said on stderr."""
     for problem in unavailable_offline(cfg):
         print(f"ftl: WARNING: {problem}", file=sys.stderr)
-
-
-def _catalogue_short_name(value: str) -> bool:
-    """A built-in architecture's short name (`qwen2.5-0.5b`), not its hub id."""
-    from launcher.plan.catalogue import find
-
-    found = find(value)
-    return found is not None and value.strip().lower() != found[1]["hub_id"].lower()

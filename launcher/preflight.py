@@ -557,16 +557,15 @@ def _catalogue_short_name(value: str, revision: str | None) -> str | None:
     no worker can load it (trial 47b: suggested by the fit check, then a tokenizer load from the hub
     failed on it)."""
     from launcher.hub_cache import cached_config
-    from launcher.plan.catalogue import find
+    from launcher.plan.catalogue import find, is_short_name
 
-    if looks_local(value) or cached_config(value, revision):
-        return None
     found = find(value)
-    if found is None or value.strip().lower() == found[1]["hub_id"].lower():
+    if looks_local(value) or cached_config(value, revision) or found is None or not is_short_name(value):
         return None
+    hub_id = found[1]["hub_id"]
     return (
         f"model.path: {value!r} is the name of a built-in architecture, which `ftl plan` sizes but no worker can "
-        f"load; to train it, use its hub id {found[1]['hub_id']} (downloaded when online) or a local model folder"
+        f"load; to train it, use its hub id {hub_id} (downloaded when online) or a local model folder"
     )
 
 

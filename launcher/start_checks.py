@@ -15,7 +15,9 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
     from launcher.hub_cache import unavailable_offline
     from launcher.preflight import check_inputs, position_problem, target_modules_problem
 
-    problems = (check_inputs(cfg) if inputs else []) + unavailable_offline(cfg) + data_format_problems(cfg)
+    problems = check_inputs(cfg) if inputs else []
+    said = {problem.split(":")[0] for problem in problems}  # one problem a key (a short name: not also "not cached")
+    problems += [p for p in unavailable_offline(cfg) if p.split(":")[0] not in said] + data_format_problems(cfg)
     # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).
     from launcher.plan.planner import attention_refusal
 

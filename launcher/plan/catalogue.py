@@ -30,6 +30,13 @@ def find(name: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+def is_short_name(value: str) -> bool:
+    """A built-in architecture's short name (`qwen2.5-0.5b`), not its hub id: `ftl plan` sizes it,
+    no worker can load it."""
+    found = find(value)
+    return found is not None and value.strip().lower() != found[1]["hub_id"].lower()
+
+
 def model_config_fields(model: str, revision: str | None = None) -> tuple[str, dict[str, Any]]:
     """(label, config.json fields) for a local model folder, a hub model in the local Hugging Face
     cache, or a catalogue name."""

@@ -50,8 +50,10 @@ def plan_command(args: argparse.Namespace) -> int:
             f"in all for {per_node} worker(s), as `ftl train`'s fit check counts"
         )
     from launcher.hub_cache import warn_unavailable_offline
+    from launcher.plan.catalogue import is_short_name
 
-    warn_unavailable_offline(cfg)  # planned, but not trainable on this machine
+    if not is_short_name(cfg.model.path):  # planned from the catalogue: no hub model to miss (48b)
+        warn_unavailable_offline(cfg)  # planned, but not trainable on this machine
     if not args.gpu:
         from launcher.preflight import gpu_only_problems
 
