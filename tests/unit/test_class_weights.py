@@ -46,6 +46,14 @@ def test_balanced_weights_follow_sklearns_rule_and_a_list_is_taken_as_given() ->
     )
 
 
+def test_a_decimal_key_names_the_decimal_label() -> None:
+    """Trial 49a: `{1.5: 4.0}` with labels ["0.5", "1.0", "1.5"] was "no label name"."""
+    head = HeadConfig.model_validate(
+        {"type": "sequence_classification", "labels": ["0.5", "1.0", "1.5"], "class_weights": {1.5: 4.0}}
+    )
+    assert head.class_weights == {"1.5": 4.0}
+
+
 @pytest.mark.parametrize(
     "head,said",
     [

@@ -226,7 +226,7 @@ def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(to
     # Decimal ratings (trial 48b: a JSON 1.0 was "not one of ['0.5', '1.0']"), and a 1.0 for the name "1".
     halves = ["0.5", "1.0"]
     assert [label(0.5, halves), label(1.0, halves), label(1, halves), label("1.0", halves)] == [0, 1, 1, 1]
-    assert label(1.0) == 0
+    assert label(1.0) == 0 and label("1.0") == 0  # a CSV cell "1.0" as the JSON 1.0 (trial 49a)
     with pytest.raises(DataError, match="label 1.5 is not one of"):
         label(1.5, halves)
     with pytest.raises(DataError, match="label 1.0 is not one of"):

@@ -54,7 +54,12 @@ def label_id(value: Any, names: list[str]) -> int | None:
         return None
     if any(_is_number(name) for name in names):
         found = name_index(str(value), names)
-        return found if found is not None or isinstance(value, str) else _same_number(value, names)
+        if found is not None:
+            return found
+        # The same number written otherwise: JSON 1.0 or a CSV cell "1.0" for the name "1" (trial 49a:
+        # JSONL matched it, CSV did not).
+        number = float(value) if not isinstance(value, str) else (float(value) if _is_number(value) else None)
+        return _same_number(number, names) if number is not None else None
     if isinstance(value, float):
         return None  # not an id, and no name reads as a number
     if isinstance(value, str):

@@ -7,6 +7,7 @@ the method, data, eval or parallel sections are on TrainerConfig (trainer/config
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import unicodedata
 from typing import Literal
@@ -263,6 +264,8 @@ class HeadConfig(Section):
         "1" and "2"; read as labels are (NFC, no surrounding spaces) so it matches them."""
         if isinstance(key, int) and not isinstance(key, bool):
             return str(key)
+        if isinstance(key, float) and math.isfinite(key):
+            return repr(key)  # `{1.5: 4.0}` names the label "1.5" (trial 49a: "no label name")
         if not isinstance(key, str):
             raise ValueError(
                 f"transfer.head.class_weights: the key {key!r} is no label name; the keys are label names "
