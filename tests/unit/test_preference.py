@@ -158,6 +158,14 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
         render_example(Row("t", empty), "preference", tokenizer)
     with pytest.raises(DataError, match="share only 'Hello', which leaves no prompt"):
         render_example(Row("t", {"chosen": "Hello", "rejected": "Hello world"}), "preference", tokenizer)
+    # Trial 49a: a response missing is said as that, not as a missing prompt; a misspelled prompt
+    # beside whole conversations is refused (taken as an implicit prompt, its text was dropped).
+    with pytest.raises(DataError, match=r"missing field 'rejected' \(fields present: chosen\)"):
+        render_example(Row("t", {"chosen": [user, said]}), "preference", tokenizer)
+    with pytest.raises(DataError, match="unknown field 'promt'; did you mean 'prompt'"):
+        render_example(
+            Row("t", {"promt": "Q", "chosen": [user, said], "rejected": [user, other]}), "preference", tokenizer
+        )
     # Trial 47a: problems named by their index in the row as written, and as what they are.
     blank = {"role": "assistant", "content": ""}
     with pytest.raises(DataError, match=r"chosen\[1\] is an assistant message with empty content"):

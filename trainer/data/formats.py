@@ -316,7 +316,13 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
     shared beginning is the prompt (trial 44b: only "missing field 'prompt'" was said). Whole
     messages for conversations, up to the last user turn; whole words for texts, each response
     keeping at least one word. Other rows as they are."""
-    if "prompt" in values or not all(key in values for key in ("chosen", "rejected")):
+    if "prompt" in values:
+        return values
+    typo = missing_field(values, "prompt")
+    if "did you mean" in str(typo):
+        # `promt` beside whole conversations: taken as an implicit prompt, its text was dropped (trial 49a).
+        raise typo
+    if not all(key in values for key in ("chosen", "rejected")):
         return values
     chosen, rejected = values["chosen"], values["rejected"]
     if isinstance(chosen, list) and isinstance(rejected, list):
@@ -431,6 +437,9 @@ def _render_preference(values: dict[str, Any], tokenizer: Any) -> Example:
     means chat style: both conversations go through the chat template (_render_chat's masking)."""
     values = implicit_prompt(values)
     if "prompt" not in values or values["prompt"] is None:
+        for key in ("chosen", "rejected"):
+            if "prompt" not in values and key not in values:  # not a prompt: the response is what is missing (49a)
+                raise missing_field(values, key)
         if "prompt" not in values and all(key in values for key in ("chosen", "rejected")):
             raise RowProblem(
                 "missing field 'prompt', and chosen and rejected share no beginning to take as it (TRL's implicit "
