@@ -399,9 +399,14 @@ def _generate_file(generate: _Generator, rows: list[PromptRow], args: argparse.N
             + "\n".join(f"  - {problem}" for problem in long)
         )
     replies = generate.replies(prompts)
-    empty = sum(not reply.strip() for reply in replies)
+    empty = [where for (_, _, where), reply in zip(rows, replies) if not reply.strip()]
     if empty:  # as --prompt says it (trial 48b: an --input file's blank replies went unsaid)
-        print(f"ftl: {empty} of {len(replies)} replies are empty (the model ended its turn at once)", file=sys.stderr)
+        shown = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        print(
+            f"ftl: {len(empty)} of {len(replies)} replies are empty (the model ended its turn at once, or wrote only "
+            f"whitespace): {shown}",
+            file=sys.stderr,
+        )
     lines = "".join(
         json.dumps({**values, args.field: reply}, ensure_ascii=False) + "\n"
         for (values, _, _), reply in zip(rows, replies)

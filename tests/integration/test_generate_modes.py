@@ -449,7 +449,9 @@ def test_an_empty_reply_is_said_as_one(
     rows = tmp_path / "prompts.jsonl"
     rows.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
     assert launcher.cli.main(["generate", str(tiny_model_dir), "--input", str(rows), "--max-new-tokens", "2"]) == 0
-    assert "ftl: 2 of 2 replies are empty" in capsys.readouterr().err  # an --input file's too (trial 48b)
+    err = capsys.readouterr().err  # an --input file's too (trial 48b), naming the rows (49a)
+    assert "ftl: 2 of 2 replies are empty (the model ended its turn at once, or wrote only whitespace): " in err
+    assert "line 1, " in err and "line 2" in err, err
     monkeypatch.setattr(generate_command._Generator, "replies", lambda self, batch: ["yes"] * len(batch))
     assert launcher.cli.main(["generate", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
     assert "empty reply" not in capsys.readouterr().err
