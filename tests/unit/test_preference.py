@@ -158,6 +158,10 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
         render_example(Row("t", empty), "preference", tokenizer)
     with pytest.raises(DataError, match="share only 'Hello', which leaves no prompt"):
         render_example(Row("t", {"chosen": "Hello", "rejected": "Hello world"}), "preference", tokenizer)
+    # Trial 49a: a conversation that ends with a user turn is said as that, not as where the two part.
+    ends_asking = {"chosen": [user, said, more], "rejected": [user, other]}
+    with pytest.raises(DataError, match=r"chosen ends with chosen\[2\], a user turn: both conversations must end"):
+        render_example(Row("t", ends_asking), "preference", tokenizer)
     # Trial 49a: a response missing is said as that, not as a missing prompt; a misspelled prompt
     # beside whole conversations is refused (taken as an implicit prompt, its text was dropped).
     with pytest.raises(DataError, match=r"missing field 'rejected' \(fields present: chosen\)"):
@@ -179,7 +183,7 @@ def test_pairs_with_an_implicit_prompt_are_split_where_they_differ(tokenizer: An
         render_example(Row("t", {"chosen": [user, said], "rejected": [user, typo]}), "preference", tokenizer)
     brief = {"role": "system", "content": "Be very brief."}
     with pytest.raises(
-        DataError, match=r"differ from chosen\[0\]/rejected\[0\] on \(a system turn\), so no shared prompt ends"
+        DataError, match=r"differ at chosen\[0\]/rejected\[0\] \(a system turn\), before any user turn they share"
     ):
         render_example(
             Row("t", {"chosen": [system, user, said], "rejected": [brief, user, other]}), "preference", tokenizer

@@ -343,9 +343,10 @@ def implicit_prompt(values: dict[str, Any]) -> dict[str, Any]:
             # Trial 47a: two system messages that differ were said as "share no beginning".
             role = chosen[parted].get("role", chosen[parted].get("from", "?"))
             raise RowProblem(
-                f"missing field 'prompt', and chosen and rejected differ from chosen[{parted}]/rejected[{parted}] on "
-                f"({_a(str(ROLE_ALIASES.get(role, role)))} turn), so no shared prompt ends before the assistant's "
-                "answer; make the turns before the answer the same in both, or give the prompt in a 'prompt' field"
+                f"missing field 'prompt', and chosen and rejected differ at chosen[{parted}]/rejected[{parted}] "
+                f"({_a(str(ROLE_ALIASES.get(role, role)))} turn), before any user turn they share, so there is no "
+                "shared prompt to take; make the turns before the answer the same in both, or give the prompt in a "
+                "'prompt' field"
             )
     elif isinstance(chosen, str) and isinstance(rejected, str):
         for key, text in (("chosen", chosen), ("rejected", rejected)):
@@ -409,6 +410,13 @@ def _responses_are_answers(chosen: list[Any], rejected: list[Any], shared: int, 
     turn, or before their last user turn, have no shared prompt to take (trial 45a: refused as
     "'chosen' must hold assistant messages only" of a row the docs told to write whole)."""
     for key, turns in (("chosen", chosen), ("rejected", rejected)):
+        last = turns[-1] if turns else None
+        if len(turns) > shared and isinstance(last, dict) and last.get("role") != "assistant":
+            # Trial 49a: said as where the two part, while the conversation ends with another's turn.
+            raise RowProblem(
+                f"missing field 'prompt', and {key} ends with {key}[{len(turns) - 1}], "
+                f"{_a(str(last.get('role')))} turn: both conversations must end with the assistant's answer"
+            )
         if len(turns) <= shared:  # trial 46a: "must be a non-empty list" of a list that had turns
             raise RowProblem(
                 f"missing field 'prompt', and {key} ends at {key}[{len(turns) - 1}], where the shared beginning does: "
