@@ -231,6 +231,8 @@ def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(to
         label(1.5, halves)
     with pytest.raises(DataError, match="label 1.0 is not one of"):
         label(1.0, ["country", "person"])  # a float is no id
+    with pytest.raises(DataError, match="label true is not one of"):  # as JSON writes it (49a: True)
+        label(True, ["true", "false"])
     tags = ["0", "1"]  # NER with numeric tags: the same rule
     example = render_example(
         Row("x", {"tokens": ["a", "b"], "tags": [1, "0"]}), "token_classification", tokenizer, tags

@@ -23,6 +23,7 @@ are exactly those of rendering the whole conversation at once (no re-tokenisatio
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -207,7 +208,8 @@ def class_label_id(values: dict[str, Any], names: list[str]) -> int:
     label = values["label"]
     found = label_id(label, names)
     if found is None:
-        raise RowProblem(f"label {label!r} is not one of {label_choices(names)}{close_label(label, names)}")
+        shown = json.dumps(label) if isinstance(label, bool) else repr(label)  # as the data writes it: true
+        raise RowProblem(f"label {shown} is not one of {label_choices(names)}{close_label(label, names)}")
     return found
 
 
