@@ -100,6 +100,7 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     # lock below, where nothing can have changed the run directory since.
     refusal = None if started_by_torchrun() else start_refusal(cfg, local_run_dir(cfg))
     if refusal:
+        _record_refusal(local_run_dir(cfg), refusal)
         raise StartRefused(refusal)
     # Under a user's own torchrun every worker runs this: local rank 0 checks the fit for its node
     # (a refusal there ends the group through torchrun), the others would only print it again.
@@ -132,6 +133,18 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
             write_report_after_run(run_dir, cfg.tracking)
     print(format_summary(summary))
     return 0
+
+
+def _record_refusal(run_dir: Path, refusal: str) -> None:
+    """A refused start of an existing run, recorded as under the run's lock (`ftl runs`: "the last
+    start was refused: ..." beside a still resumable run); a directory that is not an ftl run's, or
+    none yet, gets nothing."""
+    from launcher.failure_record import record_failure
+    from launcher.run_dir import is_ftl_run
+
+    if run_dir.is_dir() and is_ftl_run(run_dir):
+        error = StartRefused(refusal)
+        record_failure(run_dir, error.cause().strip(), type(error).__name__, error.exit_code, refused=True)
 
 
 def _train_as_torchrun_worker(cfg: Any) -> int:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from launcher.commands import train
-from tests.conftest import FTL, REPO, write_config
+from tests.conftest import FTL, QA_DATA, REPO, write_config
 from trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
@@ -134,17 +134,18 @@ def test_strategy_none_rejects_several_workers(tmp_path: Path, tiny_model_dir: P
 
 
 def test_worker_failure_stops_the_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # A bad row past the first, which only the workers read (the launcher probes the first row; a
+    # setting it can judge, such as flash-attn on a CPU-only machine, is refused before any worker).
+    rows = (QA_DATA / "train.jsonl").read_text().splitlines()[:20]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join([*rows, '{"mesages": []}']) + "\n")
     config = write_config(
-        tmp_path / "c.yaml",
-        tiny_model_dir,
-        tmp_path / "run",
-        cluster={"workers": 2},
-        model={"attn_implementation": "flash_attention_2"},
+        tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run", cluster={"workers": 2}, data={"train": str(data)}
     )
     result = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
     # The worker's own message reaches the user, the launcher exits with its code, nobody hangs.
-    assert result.returncode == 2
-    assert "flash_attention_2 needs the flash-attn package" in result.stderr
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "train.jsonl line 21: unknown field 'mesages'; did you mean 'messages'?" in result.stderr, result.stderr
     assert "a worker rejected its input" in result.stderr
 
 
