@@ -98,7 +98,11 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     # A resume the workers would refuse (another objective or loss type, state that cannot load) is
     # refused before the fit check's lines too (trial 46a: the fit line came first); again under the
     # lock below, where nothing can have changed the run directory since.
-    refusal = None if started_by_torchrun() else start_refusal(cfg, local_run_dir(cfg))
+    refusal = (
+        None
+        if started_by_torchrun() or not _refused_early(local_run_dir(cfg))
+        else start_refusal(cfg, local_run_dir(cfg))
+    )
     if refusal:
         _record_refusal(local_run_dir(cfg), refusal)
         raise StartRefused(refusal)
@@ -133,6 +137,15 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
             write_report_after_run(run_dir, cfg.tracking)
     print(format_summary(summary))
     return 0
+
+
+def _refused_early(run_dir: Path) -> bool:
+    """Whether a start's refusal is said before the fit check: a new run directory, or an ftl run
+    that is not finished (a finished run's own refusal, with how to train it further, and a folder
+    of the user's come first, from preparing the run directory, as before)."""
+    from launcher.run_dir import finished_run_problem, is_ftl_run
+
+    return not run_dir.exists() or (is_ftl_run(run_dir) and finished_run_problem(run_dir) is None)
 
 
 def _record_refusal(run_dir: Path, refusal: str) -> None:
