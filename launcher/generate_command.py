@@ -189,9 +189,10 @@ def _plain_pairs(layout: Any, train: Any) -> bool:
 
     try:
         styles = json.loads(layout.summary.read_text())["data"]["train_pair_styles"]
-        return not styles["chat"] and bool(styles["plain"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass  # no summary yet, or an earlier ftl's without the styles: the data says
+        styles = None  # no summary yet, or an earlier ftl's without the styles: the data says
+    if isinstance(styles, dict):
+        return not styles.get("chat") and bool(styles.get("plain"))
     if not isinstance(train, str):
         return False
     from trainer.data.sources import read_rows
