@@ -4,7 +4,12 @@ base-60 numbers.
 YAML 1.1 reads `24:00:00` or `1:30` as an integer in base 60 (86400, 90); `04:00:00` stays text
 only because of its leading zero. Nobody writes seconds that way in a fine-tuning config, while
 Slurm time limits (`cluster.slurm.time: 24:00:00`) are written exactly so: the user would get an
-error about a number they never typed. YAML 1.2 dropped base-60; so do we. Everything else
+error about a number they never typed. YAML 1.2 dropped base-60; so do we.
+
+YAML 1.1 also reads a leading zero as octal and `0b` as binary: `labels: [007, 010]` became the
+numbers 7 and 8 (trial 49a), `seed: 010` became 8. Such a scalar stays the text as written: a
+label keeps its name, and a number setting reads the text as the decimal it shows (pydantic reads
+"010" as 10, YAML 1.2's meaning). Hex (`0x1F`) stays a number, as in YAML 1.2. Everything else
 (ints, floats, bools, nulls, dates) resolves as with yaml.safe_load.
 """
 
@@ -27,7 +32,8 @@ ConfigYamlLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-# PyYAML's own patterns (yaml/resolver.py) with the `(?::[0-5]?[0-9])+` alternatives removed.
+# PyYAML's own patterns (yaml/resolver.py) with the `(?::[0-5]?[0-9])+` alternatives removed, and the
+# octal (`0[0-7_]+`) and binary (`0b[0-1_]+`) ints (see the module's docstring).
 ConfigYamlLoader.add_implicit_resolver(
     _FLOAT,
     re.compile(
@@ -42,9 +48,7 @@ ConfigYamlLoader.add_implicit_resolver(
 ConfigYamlLoader.add_implicit_resolver(
     _INT,
     re.compile(
-        r"""^(?:[-+]?0b[0-1_]+
-        |[-+]?0[0-7_]+
-        |[-+]?(?:0|[1-9][0-9_]*)
+        r"""^(?:[-+]?(?:0|[1-9][0-9_]*)
         |[-+]?0x[0-9a-fA-F_]+)$""",
         re.X,
     ),

@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from launcher.config_loader import load_config
+from launcher.config_yaml import load_config_yaml
 from launcher.errors import ConfigError
 from tests.conftest import FTL, REPO
+from trainer.transfer.config import HeadConfig
 
 VALID = """\
 model:
@@ -480,6 +482,17 @@ def test_slurm_times_are_read_as_written_not_as_base_60_numbers(
 def test_other_numbers_still_read_as_numbers(tmp_path: Path, valid_text: str) -> None:
     cfg = load_config(_write(tmp_path, valid_text), ["training.learning_rate=2.5e-4", "training.max_steps=1_000"])
     assert cfg.training.learning_rate == 2.5e-4 and cfg.training.max_steps == 1000
+
+
+def test_leading_zeros_are_read_as_written_not_as_octal(tmp_path: Path, valid_text: str) -> None:
+    """Trial 49a: YAML 1.1 read `labels: [007, 010]` as the numbers 7 and 8 and validate said valid; a
+    leading zero stays text, so a label keeps its name and a number setting reads the decimal shown."""
+    assert load_config_yaml("labels: [007, 010, 0b11]") == {"labels": ["007", "010", "0b11"]}
+    assert load_config_yaml("[0, -0, 12, 1_000, 0x10]") == [0, 0, 12, 1000, 16]
+    cfg = load_config(_write(tmp_path, valid_text), ["training.max_steps=010"])
+    assert cfg.training.max_steps == 10
+    head = HeadConfig.model_validate(load_config_yaml("type: sequence_classification\nlabels: [007, 010]"))
+    assert head.label_names == ["007", "010"]
 
 
 @pytest.mark.parametrize(
