@@ -79,7 +79,9 @@ def test_console_lines_without_carriage_returns_and_progress_at_most_every_n_sec
         assert all(gap >= EVERY_S for gap in gaps), (gaps, out)
     stopped = [text for _, text in _lines(runs["stopped"])]
     # Said before minutes of tokenizing a large set could pass in silence.
-    reading = re.compile(r"data: reading \S+train\.jsonl \(tokenized once, then from the cache\)")
+    reading = re.compile(
+        r"data: reading \S+train\.jsonl \(tokenizer \w+, \d+ tokens; tokenized once, then from the cache\)"
+    )
     assert reading.fullmatch(stopped[0]), stopped[0]
     assert stopped[1].startswith("training 8 steps on 2 worker(s) with ddp")
     assert "checkpoint committed: checkpoints/step-2" in stopped
