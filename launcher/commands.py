@@ -368,7 +368,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             generated = _exact_match_part(summary, split) if "exact_match" in (key for key, _ in columns) else ""
             partial += [f"+ {split}: {generated}"] if generated else []
             shared = (data.get("overlap") or {}).get(split)
-            trained_on = f"! {split}: {shared[0]} of {shared[1]} rows are also in the training data" if shared else ""
+            trained_on = _trained_on(split, shared, pairs=metric == "preference_accuracy") if shared else ""
             marks = ("*" if of else "") + ("+" if generated else "") + ("!" if trained_on else "")
             lines.append(f"{split + marks:<14}{loss:<30}{cells}".rstrip())
             recall += [trained_on] if trained_on else []
@@ -430,6 +430,15 @@ def _scored_part(summary: dict[str, Any], split: str, pairs: bool) -> str:
         return ""
     count, what = (examples // 2, "pairs") if pairs else (examples, "examples")
     return f"scored on the first {limit} of {count} {what}" if limit < count else ""
+
+
+def _trained_on(split: str, shared: list[int], pairs: bool) -> str:
+    """'! validation: 30 of 1000 rows are also in the training data', and how many of the examples
+    eval.max_samples scored are (trial 48b: the whole set's count beside scores of its first 64)."""
+    line = f"! {split}: {shared[0]} of {shared[1]} rows are also in the training data"
+    if len(shared) == 4:
+        line += f" ({shared[2]} of the first {shared[3]} {'pairs' if pairs else 'examples'}, which were scored)"
+    return line
 
 
 def _exact_match_part(summary: dict[str, Any], split: str) -> str:

@@ -598,6 +598,7 @@ def _prepare_data_on_every_rank(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerC
         retain=cfg.eval.retain,
         label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None,
         sharing=sharing,
+        eval_max_samples=cfg.eval.max_samples,
     )
 
 

@@ -654,6 +654,23 @@ def test_training_warns_of_held_out_rows_it_trains_on(tmp_path: Path, tokenizer:
         "measure recall of trained rows, not generalization; remove them from one of the two"
     ]
     assert report["overlap"] == {"validation": [3, 8]}  # the final table marks the set with it
+    # eval.max_samples scores the first examples alone: how many of those are trained is said (trial 48b).
+    report = prepare_data(
+        cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None, eval_max_samples=4
+    ).report
+    assert report["overlap"] == {"validation": [3, 8, 3, 4]}
+    assert "(the same tokens; 3 of the first 4 examples eval.max_samples scores)" in report["overlap_warnings"][0]
+    later = tmp_path / "later.jsonl"  # the trained rows past the scored part
+    later.write_text("\n".join((QA_DATA / "valid.jsonl").read_text().splitlines()[:5] + rows[:3]) + "\n")
+    cfg_later = DataConfig(train=str(QA_DATA / "train.jsonl"), validation=str(later), max_seq_len=128)
+    report = prepare_data(
+        cfg_later, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None, eval_max_samples=4
+    ).report
+    assert report["overlap"] == {"validation": [3, 8, 0, 4]}
+    report = prepare_data(
+        cfg_later, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None, eval_max_samples=8
+    ).report
+    assert report["overlap"] == {"validation": [3, 8]}  # all of it scored: nothing more to say
     clean = DataConfig(train=str(QA_DATA / "train.jsonl"), validation=str(QA_DATA / "valid.jsonl"), max_seq_len=128)
     report = prepare_data(clean, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
     assert report["overlap_warnings"] == []

@@ -82,6 +82,9 @@ def test_a_set_training_also_trains_on_is_marked_beside_its_scores(tmp_path: Pat
     assert "! validation: 20 of 50 rows are also in the training data" in table and "! test" not in table
     assert "(their scores measure recall of trained rows, not generalization)" in table
     assert "!" not in format_summary({**summary, "data": data})
+    # eval.max_samples scored the first 64: how many of those are trained ones (trial 48b).
+    scored = format_summary({**summary, "data": {**data, "overlap": {"validation": [20, 50, 3, 16]}}})
+    assert "! validation: 20 of 50 rows are also in the training data (3 of the first 16 examples, which" in scored
 
 
 def test_classification_shows_macro_f1_beside_accuracy_whatever_early_stopping_watched(tmp_path: Path) -> None:

@@ -9,31 +9,39 @@ import numpy as np
 from trainer.data.tokenized import TokenizedSet
 
 
-def overlap_warning(shared: int, rows: int, name: str, source: str) -> str:
+def overlap_warning(shared: int, rows: int, name: str, source: str, scored: str = "") -> str:
     return (
         f"{shared} of {rows} {name} rows ({source}) {'is' if shared == 1 else 'are'} also in the training data (the "
-        f"same tokens): their {name} scores measure recall of trained rows, not generalization; remove them from "
-        "one of the two"
+        f"same tokens{scored}): their {name} scores measure recall of trained rows, not generalization; remove "
+        "them from one of the two"
     )
 
 
-def split_overlap_warning(shared: int, rows: int) -> str:
+def split_overlap_warning(shared: int, rows: int, scored: str = "") -> str:
     return (
         f"{shared} of {rows} rows held out by data.validation_split {'is' if shared == 1 else 'are'} also in the "
-        "training part (duplicate rows: the same tokens): their validation scores measure recall of trained rows, "
-        "not generalization; remove the duplicates from data.train"
+        f"training part (duplicate rows: the same tokens{scored}): their validation scores measure recall of trained "
+        "rows, not generalization; remove the duplicates from data.train"
     )
 
 
-def shared_rows(train: TokenizedSet, held: TokenizedSet, per_row: int = 1) -> tuple[int, int]:
+def scored_part(trained: int, limit: int, what: str) -> str:
+    """'; 3 of the first 64 examples eval.max_samples scores': the part of the overlap the scores see."""
+    return f"; {trained} of the first {limit} {what} eval.max_samples scores"
+
+
+def shared_rows(
+    train: TokenizedSet, held: TokenizedSet, per_row: int = 1, scored: int | None = None
+) -> tuple[int, int, int]:
     """(how many of `held`'s rows the training examples have token for token, how many rows `held`
-    has). An example is `per_row` tokenized examples (2 for preference pairs); a row cut into pieces
-    by data.too_long=split counts when every piece of it is trained (trial 45a: each piece was
-    counted as a row, in a count of pieces). Only training examples of a length some held-out
-    example has are hashed."""
+    has, how many of its first `scored` examples are trained ones: eval.max_samples scores those
+    alone, trial 48b). An example is `per_row` tokenized examples (2 for preference pairs); a row
+    cut into pieces by data.too_long=split counts when every piece of it is trained (trial 45a: each
+    piece was counted as a row, in a count of pieces). Only training examples of a length some
+    held-out example has are hashed."""
     held_keys = _row_keys(held, per_row)
     if not len(held_keys):
-        return 0, 0
+        return 0, 0, 0
     train_keys = _row_keys(train, per_row)
     candidates = np.nonzero(np.isin(train_keys, held_keys))[0]
     trained = {_row_digest(train, int(row), per_row) for row in candidates}
@@ -42,7 +50,7 @@ def shared_rows(train: TokenizedSet, held: TokenizedSet, per_row: int = 1) -> tu
     rows, row_of_unit = np.unique(source_rows, return_inverse=True)
     pieces_trained = np.bincount(row_of_unit, weights=in_training, minlength=len(rows))
     pieces = np.bincount(row_of_unit, minlength=len(rows))
-    return int((pieces_trained == pieces).sum()), len(rows)
+    return int((pieces_trained == pieces).sum()), len(rows), int(in_training[:scored].sum())
 
 
 def _row_keys(examples: TokenizedSet, per_row: int) -> np.ndarray:

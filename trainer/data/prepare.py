@@ -16,7 +16,7 @@ from trainer.data.formats import Prompt, render_prompt
 from trainer.data.images import load_image_set
 from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line
-from trainer.data.overlap import overlap_warning, shared_rows, split_overlap_warning
+from trainer.data.overlap import overlap_warning, scored_part, shared_rows, split_overlap_warning
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.pair_styles import pair_style_warnings, pair_styles
 from trainer.data.sources import read_rows
@@ -57,8 +57,11 @@ def prepare_data(
     retain: str | None = None,
     label_names: list[str] | None = None,
     sharing: Sharing | None = None,
+    eval_max_samples: int | None = None,
 ) -> PreparedData:
-    """sharing: the run's workers, every one calling this alike, share each tokenization."""
+    """sharing: the run's workers, every one calling this alike, share each tokenization.
+    eval_max_samples: eval.max_samples, for the part of a held-out set's overlap with training that
+    the scores see."""
     cache_root = Path(cfg.cache_dir) / "tokenized" if cfg.cache_dir else None
     common = dict(
         max_seq_len=cfg.max_seq_len,
@@ -196,7 +199,7 @@ def prepare_data(
         report["mixture"] = mixture_report
     if cfg.format != "image_classification":
         overlap: dict[str, list[int]] = {}
-        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train, overlap)
+        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train, overlap, eval_max_samples)
         if overlap:  # the final table marks the sets (trial 47a: said only before training)
             report["overlap"] = overlap
     if cfg.format == "preference":
@@ -295,24 +298,34 @@ def _cuts_by_source(mixture: dict[str, Any], what: dict[str, str]) -> str:
 
 
 def _overlap_warnings(
-    train: TokenizedSet, evals: list[EvalSet], cfg: DataConfig, split_held: int, counts: dict[str, list[int]]
+    train: TokenizedSet,
+    evals: list[EvalSet],
+    cfg: DataConfig,
+    split_held: int,
+    counts: dict[str, list[int]],
+    eval_max_samples: int | None,
 ) -> list[str]:
     """Held-out rows a training row has token for token, said before training as validate --data says
-    them (trial 45a: only validate did); `counts` gets [shared, rows] per set. A retain set (general
-    text kept from being forgotten) is not checked."""
+    them (trial 45a: only validate did); `counts` gets [shared, rows] per set, and [.., trained, N]
+    when eval.max_samples scores the first N examples (pairs) alone. A retain set (general text kept
+    from being forgotten) is not checked."""
     per_row = 2 if cfg.format == "preference" else 1
+    what = "pairs" if per_row == 2 else "examples"
     warnings = []
     for held in evals:
         if held.name == "retain" or held.format == "image_classification":
             continue
-        shared, rows = shared_rows(train, held.examples, per_row)
+        units = len(held.examples) // per_row
+        limit = eval_max_samples if eval_max_samples and eval_max_samples < units else None
+        shared, rows, trained = shared_rows(train, held.examples, per_row, scored=limit)
         if not shared:
             continue
-        counts[held.name] = [shared, rows]
+        counts[held.name] = [shared, rows] + ([trained, limit] if limit else [])
+        scored = scored_part(trained, limit, what) if limit else ""
         if split_held and held.name == "validation":
-            warnings.append(split_overlap_warning(shared, rows))
+            warnings.append(split_overlap_warning(shared, rows, scored))
         else:
-            warnings.append(overlap_warning(shared, rows, held.name, held.source))
+            warnings.append(overlap_warning(shared, rows, held.name, held.source, scored))
     return warnings
 
 
