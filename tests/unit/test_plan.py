@@ -795,6 +795,19 @@ def test_planning_a_frozen_encoder_classifier_warns_of_no_tied_head(
     assert not [r for r in caplog.records if r.name == "trainer.transfer.freezing"]
 
 
+def test_validate_on_an_encoder_prints_no_library_chatter(tmp_path: Path) -> None:
+    """Trial 49a: every command on the bundled BERT printed transformers' "add is_decoder=True" (its
+    note on building the causal-LM class the plan sizes) above ftl's own lines."""
+    env = {**os.environ, "FTL_CACHE_DIR": str(tmp_path / "cache")}  # the inventory built, not a cached one
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    config = REPO / "configs/examples/encoder_classification.yaml"
+    out = subprocess.run(
+        [*FTL, "validate", str(config), f"output.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "[transformers]" not in out.stderr and "is_decoder" not in out.stderr, out.stderr
+
+
 def test_a_mixture_plan_says_its_epoch_is_not_estimated_not_that_its_data_is_unreadable(tmp_path: Path) -> None:
     from launcher.plan.render import throughput_lines
 
