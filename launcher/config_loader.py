@@ -491,6 +491,8 @@ def _null_hint(err: Mapping[str, Any], dotted: str, key_lines: dict[str, int]) -
     """`key=null` on the command line for a key that takes no null: how to unset it instead."""
     if err.get("input") is not None or key_lines.get(dotted) != 0:
         return ""
+    if dotted.rpartition(".")[2].isdigit():  # a list's entry (`labels=[null, x]`): no key to unset (trial 49a)
+        return " (a list's entries cannot be null; remove it or write a value)"
     return f" (to unset the key, so that its default applies, write ~{dotted})"
 
 

@@ -9,8 +9,12 @@ error about a number they never typed. YAML 1.2 dropped base-60; so do we.
 YAML 1.1 also reads a leading zero as octal and `0b` as binary: `labels: [007, 010]` became the
 numbers 7 and 8 (trial 49a), `seed: 010` became 8. Such a scalar stays the text as written: a
 label keeps its name, and a number setting reads the text as the decimal it shows (pydantic reads
-"010" as 10, YAML 1.2's meaning). Hex (`0x1F`) stays a number, as in YAML 1.2. Everything else
-(ints, floats, bools, nulls, dates) resolves as with yaml.safe_load.
+"010" as 10, YAML 1.2's meaning). Hex (`0x1F`) stays a number, as in YAML 1.2.
+
+YAML 1.1 reads yes/no/on/off as booleans: `labels: [yes, no]` became [true, false] (trial 47b) and
+`[Yes, No]` could not be quoted back as written (49a). They stay text, as in YAML 1.2; a switch
+still reads them as on and off (pydantic takes "yes", "off", ... for a bool), and true/false stay
+booleans. Everything else (ints, floats, nulls, dates) resolves as with yaml.safe_load.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import yaml
 
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
 
 
 class ConfigYamlLoader(yaml.SafeLoader):
@@ -29,7 +34,7 @@ class ConfigYamlLoader(yaml.SafeLoader):
 
 
 ConfigYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT, _BOOL)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 # PyYAML's own patterns (yaml/resolver.py) with the `(?::[0-5]?[0-9])+` alternatives removed, and the
@@ -54,6 +59,8 @@ ConfigYamlLoader.add_implicit_resolver(
     ),
     list("-+0123456789"),
 )
+
+ConfigYamlLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def load_config_yaml(text: str) -> Any:

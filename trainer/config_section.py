@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+_SWITCH_WORDS = frozenset({"yes", "no", "on", "off", "true", "false"})
+
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are re-validated, and
@@ -23,8 +25,10 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_truth_value_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic's lax mode reads true as 1: `cluster.workers: true` ran one worker.
-        if isinstance(value, bool) and info.field_name and _numbers_only(cls.model_fields[info.field_name].annotation):
+        # pydantic's lax mode reads true as 1: `cluster.workers: true` ran one worker. yes/no/on/off
+        # are text to ftl's YAML reader (launcher/config_yaml.py), and just as much a switch's words.
+        truth = isinstance(value, bool) or (isinstance(value, str) and value.lower() in _SWITCH_WORDS)
+        if truth and info.field_name and _numbers_only(cls.model_fields[info.field_name].annotation):
             raise ValueError(f"expected a number, not {str(value).lower()}")
         return value
 

@@ -218,10 +218,10 @@ class HeadConfig(Section):
             return value
         for index, name in enumerate(value):
             if isinstance(name, bool):
-                # YAML 1.1 reads yes/no, on/off and true/false as booleans (trial 47b: "got True" for `yes`).
+                # YAML reads true/false unquoted as booleans (ftl's reader keeps yes/no/on/off as text).
                 raise ValueError(
-                    f"transfer.head.labels[{index}] was read as the boolean {str(name).lower()}: YAML reads yes/no, on/off "
-                    "and true/false unquoted as booleans; quote the names as written (labels: ['yes', 'no'] or ['on', 'off'])"
+                    f"transfer.head.labels[{index}] was read as the boolean {str(name).lower()}: YAML reads true and "
+                    "false unquoted as booleans; quote the names as written (labels: ['true', 'false'])"
                 )
             if isinstance(name, float):
                 raise ValueError(
