@@ -231,8 +231,10 @@ def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(to
         label(1.5, halves)
     with pytest.raises(DataError, match="label 1.0 is not one of"):
         label(1.0, ["country", "person"])  # a float is no id
+    # JSON true/false is the label named so (trial 49a: "not one of ['true', 'false']"), never an id.
+    assert [label(True, ["true", "false"]), label(False, ["True", "False"])] == [0, 1]
     with pytest.raises(DataError, match="label true is not one of"):  # as JSON writes it (49a: True)
-        label(True, ["true", "false"])
+        label(True, ["yes", "no"])
     tags = ["0", "1"]  # NER with numeric tags: the same rule
     example = render_example(
         Row("x", {"tokens": ["a", "b"], "tags": [1, "0"]}), "token_classification", tokenizer, tags
@@ -564,6 +566,8 @@ def test_label_counts_quote_names_with_spaces_or_punctuation() -> None:
         Counter({0: 3, 1: 2, 2: 1}), ["country", "job, work", unicodedata.normalize("NFD", "météo")]
     )
     assert line == "country 3, 'job, work' 2, météo 1"
+    # Numbers as names are quoted: `1 0, 2 1` read as pairs of numbers (trial 49a).
+    assert label_count_line(Counter({0: 2, 1: 0}), ["1", "n/a"]) == "'1' 2, 'n/a' 0"
 
 
 def test_config_label_names_are_kept_as_data_labels_match_them() -> None:
@@ -576,11 +580,16 @@ def test_config_label_names_are_kept_as_data_labels_match_them() -> None:
     head = HeadConfig(type="sequence_classification", labels=["pos ", unicodedata.normalize("NFD", " négatif")])
     assert head.label_names == ["pos", "négatif"]
     assert HeadConfig(type="sequence_classification", labels=[1, 2]).label_names == ["1", "2"]
-    # Trial 47b: `labels: [yes, no]` is read by YAML as booleans ("got True"), and [1.0, 2] half-taken.
+    # Trial 47b: `labels: [yes, no]` was read by YAML as booleans ("got True"), and [1.0, 2] half-taken;
+    # ftl's YAML reader keeps yes/no as written (49a: [Yes, No] too), true/false are refused.
     import pydantic
 
-    with pytest.raises(pydantic.ValidationError, match=r"labels\[0\] was read as the boolean true: YAML reads yes/no"):
-        HeadConfig(type="sequence_classification", labels=[True, False])
+    from launcher.config_yaml import load_config_yaml
+
+    head = HeadConfig.model_validate(load_config_yaml("type: sequence_classification\nlabels: [Yes, No, on]"))
+    assert head.label_names == ["Yes", "No", "on"]
+    with pytest.raises(pydantic.ValidationError, match=r"labels\[0\] was read as the boolean true: YAML reads true"):
+        HeadConfig.model_validate(load_config_yaml("type: sequence_classification\nlabels: [true, false]"))
     with pytest.raises(pydantic.ValidationError, match=r"labels\[0\] is the number 1.0: label names are text"):
         HeadConfig(type="sequence_classification", labels=[1.0, 2, 3])
 

@@ -47,4 +47,14 @@ def _shown_name(name: str) -> str:
     import unicodedata
 
     name = unicodedata.normalize("NFC", name)  # a decomposed accent is a letter too, as shown
-    return name if name and all(c.isalnum() or c in "_.-" for c in name) else repr(name)
+    # A number as a name is quoted too: `1 0, 2 1` read as pairs of numbers (trial 49a).
+    plain = name and all(c.isalnum() or c in "_.-" for c in name) and not _reads_as_number(name)
+    return name if plain else repr(name)
+
+
+def _reads_as_number(name: str) -> bool:
+    try:
+        float(name)
+    except ValueError:
+        return False
+    return True

@@ -50,7 +50,13 @@ def name_index(value: str, names: list[str]) -> int | None:
 
 def label_id(value: Any, names: list[str]) -> int | None:
     """`value`'s id in `names`, or None when it is neither a name nor (for non-numeric names) an id."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool):
+        # JSON true/false for labels named so (trial 49a: `true` was not one of ['true', 'false']);
+        # never an id, though Python counts True as 1.
+        written = "true" if value else "false"
+        same = [i for i, name in enumerate(names) if _canonical(name).lower() == written]
+        return same[0] if len(same) == 1 else None
+    if not isinstance(value, (int, float, str)):
         return None
     if any(_is_number(name) for name in names):
         found = name_index(str(value), names)
