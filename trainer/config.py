@@ -923,6 +923,32 @@ def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:
     )
 
 
+def same_validation_and_test(cfg: TrainerConfig) -> str | None:
+    """data.validation and data.test naming one file: the overlap check compares held-out sets with
+    training, not with each other, and nothing said the test score repeated the validation score
+    (trial 49a)."""
+    validation, test = cfg.data.validation, cfg.data.test
+    if not validation or not test:
+        return None
+    same = validation == test
+    if not same:
+        try:
+            same = Path(validation).exists() and Path(validation).resolve() == Path(test).resolve()
+        except OSError:
+            same = False
+    if not same:
+        return None
+    chosen = (
+        "; early stopping chooses final/ by it, so the test score is not an independent measure"
+        if cfg.transfer.early_stopping.enabled
+        else ""
+    )
+    return (
+        f"data.validation and data.test are the same data ({test}): the test score repeats the validation "
+        f"score{chosen}; give data.test a set of its own, or leave it out"
+    )
+
+
 # A source below this share of the mixture's weight draws next to nothing (trial 38b: 1e-6 was taken
 # without a word, and its validation still cost an evaluation each time).
 SMALL_MIXTURE_SHARE = 0.001

@@ -30,7 +30,13 @@ from trainer.checkpointing.resume import (
 )
 from trainer.checkpointing.rng import seed_everything
 from trainer.checkpointing.save_policy import SavePolicy
-from trainer.config import TrainerConfig, mixture_notes, periodic_eval_without_data, unused_zero_stage
+from trainer.config import (
+    TrainerConfig,
+    mixture_notes,
+    periodic_eval_without_data,
+    same_validation_and_test,
+    unused_zero_stage,
+)
 from trainer.config_hash import config_hash as result_config_hash
 from trainer.console import RunConsole
 from trainer.context import WorkerContext
@@ -297,6 +303,7 @@ def _build_trainee(
     for idle_setting in (
         warmup_longer_than_the_run(cfg.training, total_steps),
         periodic_eval_without_data(cfg),
+        same_validation_and_test(cfg),
         unused_zero_stage(cfg),
         *mixture_notes(cfg),
     ):

@@ -3,6 +3,7 @@ names the section and YAML line); a rule between sections holds on the config th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,22 @@ def test_periodic_evaluation_without_evaluation_data_is_warned_of(tmp_path: Path
     assert note is not None and note.startswith("eval.every_steps=5 but the run has no evaluation data")
     for has_data in ("data.validation_split=0.1", f"data.test={tmp_path}/t.jsonl", "eval.every_steps=0"):
         assert periodic_eval_without_data(load_config(path, [has_data])) is None, has_data
+
+
+def test_a_test_set_that_is_the_validation_set_is_warned_of(tmp_path: Path) -> None:
+    """Trial 49a: data.validation and data.test named one file; the test score repeated the
+    validation score (and early stopping's choice), and nothing said so."""
+    from trainer.config import same_validation_and_test
+
+    kinds = REPO / "assets/data/fictional-kinds"
+    example = REPO / "configs/examples/encoder_classification.yaml"
+    relative = os.path.relpath(kinds / "valid.jsonl")  # the same file written another way
+    note = same_validation_and_test(load_config(example, [f"data.test={relative}"]))
+    assert note is not None and note.startswith("data.validation and data.test are the same data (")
+    assert "early stopping chooses final/ by it" in note
+    assert same_validation_and_test(load_config(example)) is None  # its own test set
+    no_stopping = load_config(example, [f"data.test={kinds / 'valid.jsonl'}", "transfer.early_stopping.enabled=false"])
+    assert "early stopping" not in (same_validation_and_test(no_stopping) or "early stopping")
 
 
 def test_a_tilde_override_unsets_a_key_and_null_on_one_that_takes_none_says_so() -> None:
