@@ -74,9 +74,15 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         return code
     sys.stdout.write(config_to_yaml(cfg))
     print(f"# {config_path}: valid", file=sys.stderr)
+    from launcher.failure_record import retry_note
     from launcher.preflight import resume_change_preview, start_move_preview
 
-    for preview in (start_move_preview(cfg, local_run_dir(cfg)), resume_change_preview(cfg, local_run_dir(cfg))):
+    previews = (
+        retry_note(local_run_dir(cfg), cfg.checkpoint.resume),
+        start_move_preview(cfg, local_run_dir(cfg)),
+        resume_change_preview(cfg, local_run_dir(cfg)),
+    )
+    for preview in previews:
         if preview:
             print(f"ftl: note: {preview}", file=sys.stderr)
     return 0

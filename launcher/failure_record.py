@@ -68,3 +68,18 @@ def read_failure(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and "reason" in record else None
+
+
+def retry_note(run_dir: Path, resume: str) -> str | None:
+    """'output.dir holds a run whose last start failed (...)': said by validate and `slurm --dry-run`
+    before a start that tries it again (trial 49a: a failed run's folder passed without a word)."""
+    from trainer.checkpointing.protocol import committed_checkpoints
+
+    record = read_failure(run_dir)
+    if record is None or record.get("refused"):  # a refused start left the run as it was: nothing to retry
+        return None
+    reason = str(record["reason"]).strip().splitlines()
+    first = reason[0] if reason else str(record.get("error") or "unknown")
+    checkpoints = committed_checkpoints(run_dir) if resume == "auto" else []
+    how = f"resuming its latest checkpoint, {checkpoints[-1].name}" if checkpoints else "from the start"
+    return f"output.dir holds a run whose last start failed ({first}); a start tries it again, {how}"

@@ -49,6 +49,11 @@ def slurm(args: argparse.Namespace) -> int:
         )
         if refused:
             raise UserError("`ftl slurm` would refuse this job:\n" + "\n".join(f"  - {p}" for p in refused))
+        from launcher.failure_record import retry_note
+
+        retry = retry_note(local_run_dir(cfg), cfg.checkpoint.resume)
+        if retry:
+            print(f"ftl: note: {retry}", file=sys.stderr)
         return 0
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))

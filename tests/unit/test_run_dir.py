@@ -14,7 +14,7 @@ import yaml
 
 from launcher.config_loader import load_config
 from launcher.errors import UserError
-from launcher.run_dir import RUN_MARKER, prepare_run_dir, redact
+from launcher.run_dir import RUN_MARKER, prepare_run_dir, redact, running_in
 from tests.conftest import BUNDLED_MODEL, FTL, REPO, write_config
 from trainer.secret_values import is_secret_name, redact_argv, secret_problems
 
@@ -365,3 +365,30 @@ def test_a_resume_preview_says_when_the_training_data_changed_on_disk(tmp_path: 
     data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")  # edited after the checkpoint
     said = resume_change_preview(load_config(str(config)), run) or ""
     assert f"data.train ({data}) changed on disk after step-4 was written: training compares the rows" in said, said
+
+
+def test_validate_and_a_slurm_dry_run_say_a_failed_run_is_tried_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 49a: `slurm --dry-run` into the folder of a failed run passed without a word; a start
+    there tries it again (a retry is allowed), which validate and the dry run now say."""
+    import launcher.cli
+    from launcher.failure_record import record_failure
+    from tests.checkpointed import save_checkpoints
+
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, run)
+    with pytest.raises(RuntimeError):
+        with running_in(_cfg(tmp_path, run)):  # a start as train makes it, then failing
+            raise RuntimeError("a worker died")
+    record_failure(run, "data.train: row 7: missing field 'text'\nmore", "DataError", 2)
+    assert launcher.cli.main(["validate", str(config)]) == 0
+    err = capsys.readouterr().err
+    expected = "output.dir holds a run whose last start failed (data.train: row 7: missing field 'text'); a start"
+    assert f"ftl: note: {expected} tries it again, from the start" in err, err
+    save_checkpoints(run, [3])
+    assert launcher.cli.main(["slurm", str(config), "--dry-run"]) == 0
+    assert "tries it again, resuming its latest checkpoint, step-3" in capsys.readouterr().err
+    record_failure(run, "refused: a resume that does not fit", "StartRefused", 2, refused=True)
+    assert launcher.cli.main(["validate", str(config)]) == 0
+    assert "last start failed" not in capsys.readouterr().err  # a refused start changed nothing to retry
