@@ -91,6 +91,10 @@ FORWARDED_ENV_PREFIXES = (
     "AWS_",
     "GOOGLE_",
     "AZURE_",
+    # The trackers' settings and credentials (MLFLOW_TRACKING_URI, WANDB_API_KEY...): rank 0 logs
+    # from a worker (trial 50a: on a cluster ftl joins, they stayed behind with the driver).
+    "MLFLOW_",
+    "WANDB_",
 )
 
 

@@ -22,7 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 # Never uploaded: environments, caches, outputs and VCS data (Ray caps working_dir size anyway).
 UPLOAD_EXCLUDES = [".venv", ".git", "runs", ".cache", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 # RAY_TRAIN_: the user's Ray Train settings go with the job (e.g. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER).
-FORWARDED_ENV_PREFIXES = ("FTL_", "HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR", "RAY_TRAIN_")
+# MLFLOW_/WANDB_: the trackers' settings (MLFLOW_TRACKING_URI, WANDB_PROJECT...) go with the job
+# (trial 50a); their secrets do not, since Ray logs a job's runtime env verbatim: the cluster's own
+# environment holds those (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN, HF_TOKEN).
+FORWARDED_ENV_PREFIXES = ("FTL_", "HF_HUB_OFFLINE", "TORCH_EXTENSIONS_DIR", "RAY_TRAIN_", "MLFLOW_", "WANDB_")
 # Ray's default grace between SIGTERM and SIGKILL when a job is stopped is 3 s; a run needs
 # long enough to finish its step and write a checkpoint.
 STOP_GRACE_S = "120"
@@ -54,7 +57,9 @@ def client(address: str | None) -> Any:
 
 
 def runtime_env(config_yaml: str, job_id: str = "") -> dict[str, Any]:
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    from trainer.secret_values import is_secret_name
+
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and not is_secret_name(k)}
     env_vars.update(
         {CONFIG_ENV: config_yaml, "RAY_JOB_STOP_WAIT_TIME_S": STOP_GRACE_S, "TOKENIZERS_PARALLELISM": "false"}
     )

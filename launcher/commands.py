@@ -45,6 +45,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     from launcher.hub_cache import warn_unavailable_offline
 
     warn_unavailable_offline(cfg)  # the config is valid; training it on this machine would fail
+    from launcher.tracking_check import missing_tracker_packages
+
+    for missing in missing_tracker_packages(cfg):
+        print(f"ftl: WARNING: {missing}", file=sys.stderr)
     from launcher.plan.command import unsizable_model_problem
 
     unsizable = unsizable_model_problem(cfg)
@@ -96,6 +100,10 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
+    from launcher.tracking_check import missing_tracker_packages
+
+    for missing in missing_tracker_packages(cfg):  # said before the start, not only by a worker mid-run
+        print(f"ftl: WARNING: {missing}", file=sys.stderr)
     from cluster.gpu_probe import local_gpu_shortfall
     from cluster.torchrun import started_by_torchrun
 

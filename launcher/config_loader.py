@@ -356,6 +356,11 @@ def _resolve_paths(raw: dict[str, Any]) -> list[str]:
     mlflow = tracking.get("mlflow") if isinstance(tracking, dict) else None
     if isinstance(mlflow, dict) and isinstance(mlflow.get("tracking_uri"), str):
         mlflow["tracking_uri"] = absolute_store_uri(mlflow["tracking_uri"])
+    # The same for the store the environment names, which the workers inherit or are sent (trial
+    # 50a: MLFLOW_TRACKING_URI=relmlruns made the run in Ray's session folder, and lost it).
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if env_uri and absolute_store_uri(env_uri) != env_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = absolute_store_uri(env_uri)
     return problems
 
 

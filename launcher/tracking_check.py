@@ -6,6 +6,7 @@ here: it may be up by the time the run logs, and the workers say at once when it
 from __future__ import annotations
 
 import os
+import sys
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -93,3 +94,24 @@ def _plugin_schemes() -> set[str]:
         return {entry.name for entry in metadata.entry_points(group="mlflow.tracking_store")}
     except Exception:  # noqa: BLE001 - broken package metadata: no plugins known
         return set()
+
+
+def missing_tracker_packages(cfg: RunConfig) -> list[str]:
+    """An enabled tracker whose client is not installed in this Python: the worker would drop it
+    once training had started (trial 50a: validate said valid, the run logged nothing there). A
+    warning, not a refusal: workers on a cluster may have what this machine lacks."""
+    from importlib.util import find_spec
+
+    missing = []
+    for name, enabled, package in (
+        ("mlflow", cfg.tracking.mlflow.enabled, "mlflow-skinny"),
+        ("wandb", cfg.tracking.wandb.enabled, "wandb"),
+    ):
+        if enabled and find_spec(name) is None:
+            missing.append(
+                f"tracking.{name}.enabled, but the {name} package is not installed in this Python "
+                f"({sys.executable}): a worker without it trains on without {name} (the final "
+                f"table says NOT logged); install it (pip install '{package}', or ftl's extra: pip install "
+                "'ftl[tracking]')"
+            )
+    return missing

@@ -50,6 +50,7 @@ def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(
     # (the runtime env, logged verbatim by its runtime_env_agent, carried HF_TOKEN; trial 30b).
     token = f"hf_{secrets.token_hex(16)}"
     env["HF_TOKEN"] = token
+    env["WANDB_API_KEY"] = token  # a tracker's key travels the same way (trial 50a: it stayed behind)
     started_at = time.time()
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:
@@ -71,7 +72,8 @@ def test_a_run_listens_on_loopback_only_and_its_workers_die_with_the_launcher(
         if backend == "ray":
             records = [json.loads(p.read_text()) for p in RunLayout(run_dir).ray_worker_records()]
             # By name only; the machine's own secrets (AWS_*) come along.
-            assert len(records) == 2 and all("HF_TOKEN" in r["secret_env"] for r in records), records
+            assert len(records) == 2, records
+            assert all({"HF_TOKEN", "WANDB_API_KEY"} <= set(r["secret_env"]) for r in records), records
             logged = [
                 str(path)
                 for path in Path(tempfile.gettempdir(), "ray").glob("session_*/logs/*")

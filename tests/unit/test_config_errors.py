@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -961,3 +962,10 @@ def test_a_relative_mlflow_store_is_made_absolute_for_the_workers(
     assert absolute_store_uri("file:mlruns") == f"file://{tmp_path / 'mlruns'}"
     for kept in ("http://127.0.0.1:5000", "sqlite:////abs/m.db", "file:///abs/mlruns", "databricks"):
         assert absolute_store_uri(kept) == kept
+    # The store $MLFLOW_TRACKING_URI names, too (trial 50a: `relmlruns` went to Ray's session folder).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "relmlruns")
+    load_config(config, ["tracking.mlflow.enabled=true"])
+    assert os.environ["MLFLOW_TRACKING_URI"] == str(tmp_path / "relmlruns")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    load_config(config)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"

@@ -140,3 +140,11 @@ def test_a_submitted_job_gets_the_users_ray_train_settings_and_no_other_variable
     env = ray_jobs.runtime_env("model: {}\n", job_id="ftl-1")["env_vars"]
     assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     assert "AWS_SECRET_ACCESS_KEY" not in env and env[ray_jobs.JOB_ID_ENV] == "ftl-1"
+    # The trackers' settings go with the job, their secrets do not (Ray logs the runtime env; trial 50a).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    monkeypatch.setenv("WANDB_PROJECT", "qa")
+    monkeypatch.setenv("WANDB_API_KEY", "not-for-the-log")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "not-for-the-log")
+    env = ray_jobs.runtime_env("model: {}\n")["env_vars"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000" and env["WANDB_PROJECT"] == "qa"
+    assert "WANDB_API_KEY" not in env and "MLFLOW_TRACKING_TOKEN" not in env

@@ -59,3 +59,25 @@ def test_a_store_where_no_folder_can_be_made_is_refused_even_for_root() -> None:
         pytest.skip("needs Linux's /sys (a filesystem that refuses new entries)")
     said = _unmakeable(Path("/sys/fs/mlruns"), folder=True)
     assert said and "cannot be made: /sys/fs refuses new entries" in said
+
+
+def test_an_enabled_tracker_whose_package_is_missing_is_warned_of_before_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 50a: without mlflow installed, validate said valid and a worker dropped MLflow mid-run."""
+    import sys
+
+    from launcher.tracking_check import missing_tracker_packages
+
+    (tmp_path / "t.jsonl").write_text('{"text": "x"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"model: {{path: m}}\ndata: {{train: {tmp_path / 't.jsonl'}, format: text}}\noutput: {{dir: {tmp_path / 'run'}}}\n"
+    )
+    both = load_config(str(config), ["tracking.mlflow.enabled=true", "tracking.wandb.enabled=true"])
+    assert missing_tracker_packages(both) == []  # installed here (the dev extra)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # how Python marks a module that cannot be imported
+    [missing] = missing_tracker_packages(both)
+    assert missing.startswith("tracking.mlflow.enabled, but the mlflow package is not installed in this Python")
+    assert "pip install 'mlflow-skinny'" in missing
+    assert missing_tracker_packages(load_config(str(config))) == []  # not enabled: not needed
