@@ -15,16 +15,18 @@ import re
 from typing import Any
 
 REDACTED = "***redacted***"
-# Tokens with a recognisable shape: Hugging Face, OpenAI-style, GitHub, AWS access key ids, Slack.
+# Tokens with a recognisable shape: Hugging Face, OpenAI-style, GitHub, AWS access key ids, Slack,
+# a JSON Web Token and an HTTP `Bearer ...` credential (trial 50a: a tag `auth: Bearer eyJ...` passed).
 TOKEN_VALUE = re.compile(
     r"(?<![A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|"
-    r"github_pat_[A-Za-z0-9_]{20,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,})"
+    r"github_pat_[A-Za-z0-9_]{20,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}|"
+    r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|[Bb]earer\s+[A-Za-z0-9._~+/=-]{8,})"
 )
 # scheme://user:password@host — a password in a URI's userinfo (abfss://container@account has none).
 URI_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]*:[^/?#@\s]*)@")
 # NAME=value inside a string (a shell line in cluster.slurm.setup, an --export in extra_sbatch).
 ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_])([A-Za-z_][A-Za-z0-9_]*)=([^\s,;]+)")
-SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials"}
+SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials", "auth", "authorization"}
 SECRET_PAIRS = {
     ("api", "key"),
     ("access", "key"),
@@ -77,12 +79,14 @@ def secret_problems(raw: Any, path: str = "") -> list[str]:
             f"{path}: the URI's options carry credentials ({', '.join(named)}); credentials do not belong in a config: "
             f"write the URI without them and {ENV_HINT}"
         ]
-    if named:
+    if named and path.startswith("cluster.slurm."):  # a shell line: the job's shell expands $NAME
         return [
             f"{path}: sets {', '.join(named)} to a literal value; secrets do not belong in a config: export "
             f"{named[0]} in the shell that runs ftl instead (a Slurm job inherits the environment it is submitted from), "
             f"and write ${named[0]} where the config needs it"
         ]
+    if named:  # elsewhere nothing expands $NAME (trial 50a: a tag would have held the text `$token`)
+        return [f"{path}: sets {', '.join(named)} to a literal value; secrets do not belong in a config: {ENV_HINT}"]
     return []
 
 

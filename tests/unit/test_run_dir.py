@@ -178,6 +178,15 @@ def test_redaction_for_display_goes_by_exact_secret_names() -> None:
         # MLflow tag (trial 30b).
         ({"tracking": {"mlflow": {"tags": {"team": "nlp", "api_key": "QQQhunter2"}}}}, "tracking.mlflow.tags.api_key"),
         ({"tracking": {"mlflow": {"tags": {"dbPassword": "QQQ"}}}}, "tracking.mlflow.tags.dbPassword"),
+        # A bearer credential and a JSON Web Token, under any key (trial 50a: `auth: Bearer eyJ...` passed).
+        ({"tracking": {"mlflow": {"tags": {"auth": "Bearer QQQabcdefgh"}}}}, "tracking.mlflow.tags.auth"),
+        ({"tracking": {"mlflow": {"tags": {"note": "Bearer QQQabcdefgh"}}}}, "tracking.mlflow.tags.note"),
+        (
+            {"tracking": {"wandb": {"tags": ["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.QQQ"]}}},
+            "tracking.wandb.tags[0]",
+        ),
+        # Outside a shell line nothing expands $token: the hint is the environment, not `$token`.
+        ({"tracking": {"mlflow": {"tags": {"desc": "token=QQQabc123"}}}}, "tracking.mlflow.tags.desc"),
     ],
 )
 def test_secret_looking_values_are_refused_naming_the_key_not_the_value(raw: dict, key: str) -> None:
@@ -185,6 +194,7 @@ def test_secret_looking_values_are_refused_naming_the_key_not_the_value(raw: dic
     assert len(problems) == 1 and problems[0].startswith(f"{key}:")
     assert "QQQ" not in problems[0] and "Z" * 34 not in problems[0]
     assert "environment" in problems[0] or "in the shell that runs ftl" in problems[0]
+    assert key.startswith("cluster.slurm.") or "write $" not in problems[0]
 
 
 def test_values_that_are_not_secrets_pass() -> None:
@@ -194,6 +204,7 @@ def test_values_that_are_not_secrets_pass() -> None:
                 "output": {"dir": "abfss://container@account.dfs.core.windows.net/runs/x"},  # a container, no password
                 "data": {"train": "s3://bucket/d.jsonl?endpoint_override=minio:9000&scheme=http"},
                 "model": {"tokenizer": "/models/tok", "path": "meta-llama/Llama-3.1-8B"},
+                "tracking": {"mlflow": {"tags": {"author": "ana", "note": "bearer of good news"}}},
                 "cluster": {
                     "ray": {"address": "http://head:8265"},
                     "slurm": {

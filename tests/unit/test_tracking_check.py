@@ -81,3 +81,19 @@ def test_an_enabled_tracker_whose_package_is_missing_is_warned_of_before_the_sta
     assert missing.startswith("tracking.mlflow.enabled, but the mlflow package is not installed in this Python")
     assert "pip install 'mlflow-skinny'" in missing
     assert missing_tracker_packages(load_config(str(config))) == []  # not enabled: not needed
+
+
+def test_an_empty_experiment_or_project_name_is_refused(tmp_path: Path) -> None:
+    """Trial 50a: `tracking.mlflow.experiment=` passed validate; MLflow refused it once training ran."""
+    from launcher.errors import ConfigError
+
+    (tmp_path / "t.jsonl").write_text('{"text": "x"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"model: {{path: m}}\ndata: {{train: {tmp_path / 't.jsonl'}, format: text}}\noutput: {{dir: {tmp_path / 'r'}}}\n"
+    )
+    for override in ("tracking.mlflow.experiment=", "tracking.wandb.project='  '"):
+        with pytest.raises(ConfigError) as refused:
+            load_config(str(config), [override])
+        [problem] = refused.value.problems
+        assert problem.endswith("an empty name; write one, or leave the key out for the default (ftl)"), problem

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from trainer.config_section import Section
 
@@ -26,6 +26,11 @@ class MlflowConfig(Section):
     run_name: str | None = Field(None, description="Default: the run directory's name.")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra run tags.")
 
+    @field_validator("experiment")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        return _not_blank(value, "ftl")
+
 
 class WandbConfig(Section):
     enabled: bool = False
@@ -38,6 +43,19 @@ class WandbConfig(Section):
         "else offline (files in RUN_DIR/wandb/, upload later with `wandb sync`).",
     )
     tags: list[str] = Field(default_factory=list)
+
+    @field_validator("project")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        return _not_blank(value, "ftl")
+
+
+def _not_blank(value: str, default: str) -> str:
+    """An empty name passed validate and failed the tracker once training ran (trial 50a: MLflow's
+    "Invalid experiment name: ''")."""
+    if not value.strip():
+        raise ValueError(f"an empty name; write one, or leave the key out for the default ({default})")
+    return value
 
 
 class TrackingConfig(Section):
