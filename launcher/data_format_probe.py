@@ -50,7 +50,20 @@ def _first_row_problem(key: str, spec: str | None, fmt: str, split: str = "train
         return f"{key}: {exc}" if folder else None
     except (OSError, ValueError):
         return None  # an unreadable file is the full reader's to say, with its reason
-    if row is None or not isinstance(row.values, dict):
+    if row is None:
+        # Refused by every worker alike once a backend had started (trial 50b: an empty mixture
+        # source passed validate, and train refused it after starting Ray and its workers).
+        from trainer.data.sources import empty_reason
+
+        fix = (
+            "give it rows"
+            if key == "data.train"
+            else "give it rows, or drop the source"
+            if key.endswith("].train")
+            else "give it rows, or leave the key out"
+        )
+        return f"{key}: {spec}: holds no rows ({empty_reason(spec)}); {fix}"
+    if not isinstance(row.values, dict):
         return None
     values = row.values
     missing = missing_format_fields(values, fmt)

@@ -56,3 +56,34 @@ def test_a_folder_is_probed_as_its_files_are_read(tmp_path: Path) -> None:
     _jsonl(texts / "b.jsonl", [{"text": "t"}])
     [said] = data_format_problems(load_config(config, ["data.validation=null", "data.format=text"]))
     assert said.startswith(f"data.train: {texts}: the train files mix data files"), said
+
+
+def test_an_empty_file_is_refused_before_any_backend(tmp_path: Path) -> None:
+    """Trial 50b: a 0-byte mixture source passed validate, and train refused it after starting Ray
+    and both workers (rc 2 after 24 s)."""
+    from launcher.config_loader import load_config
+    from launcher.data_format_probe import data_format_problems
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    header = tmp_path / "header.csv"
+    header.write_text("text,label\n")
+    mixture = REPO / "configs/examples/mixture.yaml"
+    [said] = data_format_problems(load_config(mixture, [f"data.mixture.1.train={header}"]))
+    assert said == (
+        f"data.mixture[1].train: {header}: holds no rows (the file is empty or has only a header); give it rows, "
+        "or drop the source"
+    )
+    lora = REPO / "configs/examples/lora.yaml"
+    [said] = data_format_problems(load_config(lora, [f"data.train={empty}"]))
+    assert said.endswith("holds no rows (the file is empty or has only blank lines); give it rows"), said
+    [said] = data_format_problems(load_config(lora, [f"data.validation={empty}"]))
+    assert said.startswith("data.validation:") and said.endswith("or leave the key out"), said
+    out = subprocess.run(  # train: before any backend, no run directory made
+        [*FTL, "train", str(mixture), f"data.mixture.1.train={empty}", f"output.dir={tmp_path / 'run'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "holds no rows" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
