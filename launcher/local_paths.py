@@ -32,3 +32,24 @@ def did_you_mean(value: str) -> str:
         return ""
     close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.75)
     return f"; did you mean {Path(value).parent / close[0]}?" if close else ""
+
+
+def new_entry_refusal(folder: Path) -> str | None:
+    """Why `folder` takes no new entry (the OS's words), or None: a probe folder made and removed
+    at once. The permission bits do not say it for root, whom they do not stop, on an immutable
+    folder or a read-only or special filesystem (trials 40b, 50b)."""
+    import os
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ftl-probe-", dir=folder))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the closest folder above it that exists (where making it starts)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

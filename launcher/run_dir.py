@@ -249,7 +249,22 @@ def output_dir_problems(run_dir: Path, asked_resume: str | None = None) -> list[
     if finished:
         return [finished]
     held = held_by_a_run(run_dir)  # trial 45b: validate said valid, and `ftl train` was refused
-    return [held] if held else []
+    if held:
+        return [held]
+    unwritable = _write_refusal(run_dir)
+    return [unwritable] if unwritable else []
+
+
+def _write_refusal(run_dir: Path) -> str | None:
+    """prepare_run_dir's refusal of a place it cannot write, said before it (trial 50b: validate
+    said valid for an immutable folder; train refused it)."""
+    from launcher.local_paths import nearest_existing, new_entry_refusal
+
+    where = nearest_existing(run_dir)
+    if not where.is_dir():
+        return None  # a file in the way: file_in_the_way says it
+    refusal = new_entry_refusal(where)
+    return f"output.dir {run_dir}: cannot write there ({refusal}); pick a writable directory" if refusal else None
 
 
 def held_by_a_run(run_dir: Path, group: str | None = None) -> str | None:

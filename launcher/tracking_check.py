@@ -77,16 +77,12 @@ def _unmakeable(path: Path, folder: bool) -> str | None:
 
 
 def _refuses_entries(path: Path, ancestor: Path) -> str | None:
-    """The permission bits say yes, yet a folder there cannot be made: root (whom the bits do not
-    stop) on a read-only or special filesystem such as /sys (trial 40b). A probe folder made and
-    removed at once says it."""
-    import tempfile
+    """The permission bits say yes, yet a folder there cannot be made (root on a read-only or
+    special filesystem such as /sys: trial 40b)."""
+    from launcher.local_paths import new_entry_refusal
 
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".ftl-probe-", dir=ancestor))
-    except OSError as exc:
-        return f"{path} cannot be made: {ancestor} refuses new entries ({exc.strerror or exc})"
-    return None
+    refusal = new_entry_refusal(ancestor)
+    return f"{path} cannot be made: {ancestor} refuses new entries ({refusal})" if refusal else None
 
 
 def _plugin_schemes() -> set[str]:

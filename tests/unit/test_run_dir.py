@@ -120,6 +120,20 @@ def test_an_output_dir_that_is_or_is_inside_a_file_is_named(tmp_path: Path, insi
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+def test_validate_refuses_an_output_dir_train_cannot_write(tmp_path: Path) -> None:
+    """Trial 50b: an immutable folder passed validate, and train refused it. /sys takes no new entry
+    for root either, whom permission bits do not stop."""
+    from launcher.run_dir import output_dir_problems
+
+    blocked = Path("/sys/fs/ftl-run")
+    [problem] = output_dir_problems(blocked)
+    assert problem.startswith(f"output.dir {blocked}: cannot write there (") and "pick a writable directory" in problem
+    with pytest.raises(UserError, match="cannot write there"):  # train's own words
+        prepare_run_dir(_cfg(tmp_path, blocked))
+    assert output_dir_problems(tmp_path / "new" / "run") == []
+    assert not list(tmp_path.glob(".ftl-probe-*"))  # the probe leaves nothing behind
+
+
 def test_the_snapshot_workers_read_holds_the_real_tokenizer(tmp_path: Path) -> None:
     tokenizer = tmp_path / "my-tokenizer"
     tokenizer.mkdir()
