@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after flags too (`ftl slurm cfg.yaml --nodes 2 output.dir=x`).
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any(arg.startswith("-") or "=" not in arg for arg in extra):
+        # `key=value`, or `~key` (unset), after a flag (`ftl validate cfg.yaml --data '~data.test'`).
+        overrides = [arg for arg in extra if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))]
+        if not hasattr(args, "overrides") or len(overrides) != len(extra):
             from trainer.secret_values import redact_argv
 
             parser.error(f"unrecognized arguments: {' '.join(redact_argv(extra))}")  # a pasted token is not echoed

@@ -446,6 +446,22 @@ def test_an_unknown_flag_holding_a_token_is_not_echoed(
     assert exit_info.value.code == 2 and "unrecognized arguments: --hf-token=***redacted***" in err and token not in err
 
 
+def test_overrides_after_a_flag_include_unsetting_ones(
+    tmp_path: Path, valid_text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ftl validate cfg.yaml --data '~data.validation'` was "unrecognized arguments" (trial 50b's
+    mixture check, seen writing its test): `~key` counts as an override wherever it comes."""
+    import launcher.cli
+
+    config = str(_write(tmp_path, valid_text + "eval:\n  every_steps: 7\n"))
+    assert launcher.cli.main(["validate", config, "--examples", "1", "~eval.every_steps", "training.max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "every_steps: 7" not in out and "max_steps: 3" in out
+    with pytest.raises(SystemExit):
+        launcher.cli.main(["validate", config, "--examples", "1", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
 def test_text_data_turns_the_default_generation_eval_off_and_refuses_it_only_when_asked(
     tmp_path: Path, valid_text: str
 ) -> None:
