@@ -569,6 +569,15 @@ def test_a_global_batch_larger_than_the_data_is_said_before_training(
     )
     assert code == 0, err
     assert "the global batch" not in out  # 16 rows a step: within the data
+    # A mixture's epoch is its sources' rows, as the workers count it (trial 50b: said by no one before).
+    other = tmp_path / "e.jsonl"
+    other.write_text("".join(json.dumps({"text": f"other {n} words"}) + "\n" for n in range(4)))
+    mixture = f"data.mixture=[{{name: a, train: {data}, weight: 5}}, {{name: b, train: {other}, weight: 2}}]"
+    code, out, err = _validate_data(
+        capsys, config, "data.validation=null", "~data.train", mixture, "--examples", "0", "training.max_steps=3"
+    )
+    assert code == 0, err
+    assert "one step takes 32 rows (the global batch) but the training data is 24 rows: every step repeats" in out
 
 
 def test_text_the_tokenizer_cannot_represent_is_warned_of(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
