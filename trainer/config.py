@@ -358,8 +358,9 @@ class TrainingConfig(Section):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, le=10**12, description="Optimizer steps; overrides epochs when set.")
-    micro_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    # Bounded far beyond any memory: an absurd value got absurd fit-check advice (trial 50b).
+    micro_batch_size: int = Field(8, ge=1, le=1_048_576)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1_048_576)
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -441,7 +442,7 @@ class GenerationEvalConfig(Section):
 class EvalConfig(Section):
     every_steps: int = Field(0, ge=0, description="Evaluate every N optimizer steps; 0 = only at start and end.")
     at_start: bool = Field(True, description="Score the base model before training, for the before/after report.")
-    micro_batch_size: int | None = Field(None, ge=1, description="Defaults to training.micro_batch_size.")
+    micro_batch_size: int | None = Field(None, ge=1, le=1_048_576, description="Defaults to training.micro_batch_size.")
     max_samples: int | None = Field(None, ge=1, description="Limit loss evaluation to the first N rows.")
     generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig)
     retain: str | None = Field(

@@ -153,6 +153,9 @@ def test_wrong_type_names_key_and_value(tmp_path: Path, valid_text: str) -> None
 def test_out_of_range_value_says_the_bound(tmp_path: Path, valid_text: str) -> None:
     (problem,) = _problems(_write(tmp_path, valid_text), ["training.micro_batch_size=0"])
     assert "training.micro_batch_size" in problem and "greater than or equal to 1" in problem
+    # Trial 50b: 99999999999999999999 got "would fit with micro-batch 2775 with 36036036036036036x accumulation".
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.micro_batch_size=99999999999999999999"])
+    assert "training.micro_batch_size" in problem and "less than or equal to 1048576" in problem
 
 
 def test_a_negative_seed_is_refused_before_the_run(tmp_path: Path, valid_text: str) -> None:
