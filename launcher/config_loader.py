@@ -90,6 +90,14 @@ FOREIGN_KEYS = {
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     source = str(path)
     raw, key_lines = _read_yaml(Path(path))
+    if not raw and not overrides:  # trial 50b: three "required key is missing" lines said less than this
+        raise ConfigError(
+            source,
+            [
+                "the file holds no settings (empty, or only comments); a config needs model:, data: and output: at "
+                "least: start from a recipe in configs/examples/ (`ftl validate configs/examples/lora.yaml` prints one)"
+            ],
+        )
     problems: list[str] = []
     for override in overrides or []:
         try:

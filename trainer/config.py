@@ -157,6 +157,10 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _train_or_mixture(self) -> DataConfig:
         if not self.train and not self.mixture:
+            if self.mixture == [] and "mixture" in self.model_fields_set:  # trial 50b: `mixture: []` said as no train
+                raise ValueError(
+                    "data.mixture is empty; list datasets under it ({name, train, weight}), or give data.train"
+                )
             raise ValueError(
                 "data.train: required key is missing; give a training file, or list datasets under data.mixture"
             )
@@ -873,6 +877,14 @@ def _check_image_head(cfg: TrainerConfig) -> None:
         raise ValueError("eval.generation scores generated text; an image classifier does not generate: disable it")
 
 
+def _format_keys(cfg: TrainerConfig, fmt: str) -> str:
+    """The keys that set `fmt` (trial 50b: a mixture source's format was said as data.format)."""
+    keys = [f"data.mixture[{i}].format" for i, source in enumerate(cfg.data.mixture) if source.format == fmt]
+    if cfg.data.format == fmt and (not cfg.data.mixture or any(not source.format for source in cfg.data.mixture)):
+        keys.insert(0, "data.format")
+    return ", ".join(keys) or "data.format"
+
+
 def _check_head(cfg: TrainerConfig) -> None:
     if cfg.transfer.head.type == "image_classification" or "image_classification" in cfg.data.formats():
         return _check_image_head(cfg)
@@ -887,7 +899,8 @@ def _check_head(cfg: TrainerConfig) -> None:
     for head_type, fmt in HEAD_DATA_FORMATS.items():
         if fmt in formats and head.type != head_type:
             raise ValueError(
-                f"data.format={fmt} needs its head: set transfer.head.type={head_type} and transfer.head.labels"
+                f"{_format_keys(cfg, fmt)}={fmt} needs its head: set transfer.head.type={head_type} and "
+                "transfer.head.labels"
             )
     if not classification:
         return

@@ -988,3 +988,18 @@ def test_a_relative_mlflow_store_is_made_absolute_for_the_workers(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     load_config(config)
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+
+
+def test_an_empty_file_an_empty_mixture_and_misplaced_head_keys_say_what_they_are(
+    tmp_path: Path, valid_text: str
+) -> None:
+    """Trial 50b: an empty file got three "required key is missing" lines, `mixture: []` was said as
+    a missing data.train, and labels on a causal-LM config did not say what to set."""
+    for text in ("", "# only a comment\n"):
+        [problem] = _problems(_write(tmp_path, text))
+        assert problem.startswith("the file holds no settings (empty, or only comments)"), problem
+    [problem] = _problems(_write(tmp_path, valid_text), ["~data.train", "data.mixture=[]"])
+    assert "data.mixture is empty; list datasets under it" in problem, problem
+    [problem] = _problems(_write(tmp_path, valid_text), ["transfer.head.labels=[a, b]"])
+    assert "transfer.head.labels apply to a classification head only (transfer.head.type is causal_lm)" in problem
+    assert "set transfer.head.type (sequence_classification with data.format: classification" in problem

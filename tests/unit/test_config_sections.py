@@ -171,3 +171,15 @@ def test_a_tilde_override_unsets_a_key_and_null_on_one_that_takes_none_says_so()
     assert load_config(dpo, ["data.validation=null"]).data.validation is None
     with pytest.raises(ConfigError, match=r"~ unsets one key and takes no value"):
         load_config(dpo, ["~training.preference.beta=0.2"])
+
+
+def test_a_head_format_without_its_head_names_the_key_that_set_it() -> None:
+    """Trial 50b: a mixture source's `format: classification` was said as data.format, which the
+    user had left at chat."""
+    for overrides, key in (
+        (["data.mixture.1.format=classification"], "data.mixture[1].format"),
+        (["data.format=classification", "~data.mixture.1.format"], "data.format"),  # the entry takes data.format
+    ):
+        with pytest.raises(ConfigError) as refused:
+            load_config(REPO / "configs/examples/mixture.yaml", overrides)
+        assert any(f"{key}=classification needs its head" in p for p in refused.value.problems), refused.value.problems

@@ -314,7 +314,12 @@ class HeadConfig(Section):
                     "other class names, e.g. the negative class)"
                 )
         elif self.labels or self.num_labels is not None or self.dropout is not None:
-            raise ValueError("transfer.head.labels/num_labels/dropout apply to classification head types only")
+            set_keys = [k for k in ("labels", "num_labels", "dropout") if getattr(self, k) not in (None, [])]
+            raise ValueError(
+                f"transfer.head.{'/'.join(set_keys)} apply to a classification head only (transfer.head.type is "
+                f"{self.type}): set transfer.head.type (sequence_classification with data.format: classification, "
+                "token_classification with data.format: token_classification, image_classification), or remove them"
+            )
         if self.class_weights is not None:
             self._check_class_weights()
         return self
