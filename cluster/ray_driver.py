@@ -59,6 +59,7 @@ from cluster.run_storage import (
     RemoteRun,
     delete_remote_checkpoints,
     drop_ray_snapshot,
+    drop_ray_storage_marker,
     is_uri,
     open_remote,
     pull,
@@ -207,6 +208,7 @@ def launch_ray(
         check_placement(run_dir, cluster, launch_id)
         return take_result(run_dir)
     finally:
+        drop_ray_storage_marker(storage_fs, f"{storage_path}/{name}")
         if started_here:
             end_local_ray()
         if remote is not None:

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # the record; Ray's goes stale as soon as ftl's retention deletes a checkpoint it lists, and Ray
 # refuses to start on a stale one (CheckpointManagerInitializationError), so the driver drops it.
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+RAY_STORAGE_MARKER = ".validate_storage_marker"  # ray.train.v2._internal.constants
 # What is not mirrored: checkpoints travel through Ray's upload, one by one, as they are committed;
 # dot-files are per-attempt control files (stop requests, worker results).
 NOT_MIRRORED = (CHECKPOINTS_DIR,)
@@ -228,12 +229,21 @@ def delete_remote_checkpoints(remote: RemoteRun, steps: list[int]) -> None:
         remote.filesystem.delete_dir(directory)
 
 
-def drop_ray_snapshot(filesystem: Any, experiment_path: str) -> None:
+def drop_ray_snapshot(filesystem: Any, experiment_path: str, name: str = RAY_SNAPSHOT) -> None:
     import pyarrow.fs as pafs
 
-    path = f"{experiment_path}/{RAY_SNAPSHOT}"
+    path = f"{experiment_path}/{name}"
     if filesystem.get_file_info(path).type == pafs.FileType.File:
         filesystem.delete_file(path)
+
+
+def drop_ray_storage_marker(filesystem: Any, experiment_path: str) -> None:
+    """Ray Train's storage probe (an empty `.validate_storage_marker` its workers look for at their
+    start), removed once the run has ended: a failed start left it in the run directory (trial 50b)."""
+    try:
+        drop_ray_snapshot(filesystem, experiment_path, RAY_STORAGE_MARKER)
+    except OSError:  # the storage that failed the run may refuse this too: a 0-byte file left behind
+        log.debug("could not remove %s/%s", experiment_path, RAY_STORAGE_MARKER, exc_info=True)
 
 
 def _download_file(remote: RemoteRun, source: str, target: Path) -> None:

@@ -147,6 +147,8 @@ def test_worker_failure_stops_the_run(tmp_path: Path, tiny_model_dir: Path) -> N
     assert result.returncode == 2, result.stderr[-3000:]
     assert "train.jsonl line 21: unknown field 'mesages'; did you mean 'messages'?" in result.stderr, result.stderr
     assert "a worker rejected its input" in result.stderr
+    # Ray Train's storage probe is not left in the failed run's directory (trial 50b).
+    assert not (tmp_path / "run" / ".validate_storage_marker").exists()
 
 
 @pytest.mark.parametrize(
