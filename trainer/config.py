@@ -169,7 +169,13 @@ class DataConfig(Section):
         if self.mixture:
             names = [source.name for source in self.mixture]
             if len(set(names)) != len(names):
-                raise ValueError(f"data.mixture names must be unique; got {names}")
+                # Which entries (trial 50b: the message pointed at `data:`, with the names alone).
+                twice = next(name for name in names if names.count(name) > 1)
+                entries = " and ".join(f"data.mixture[{i}]" for i, name in enumerate(names) if name == twice)
+                raise ValueError(
+                    f"{entries} are both named {twice!r}; names must be unique (each source's scores and data "
+                    "position are kept under its name): rename one"
+                )
             reserved = sorted(set(names) & {"validation", "test", "retain"})
             if reserved:
                 raise ValueError(f"data.mixture name {reserved[0]!r} is reserved for another evaluation set; rename it")

@@ -1003,3 +1003,10 @@ def test_an_empty_file_an_empty_mixture_and_misplaced_head_keys_say_what_they_ar
     [problem] = _problems(_write(tmp_path, valid_text), ["transfer.head.labels=[a, b]"])
     assert "transfer.head.labels apply to a classification head only (transfer.head.type is causal_lm)" in problem
     assert "set transfer.head.type (sequence_classification with data.format: classification" in problem
+
+
+def test_a_mixture_name_given_twice_names_both_entries(tmp_path: Path, valid_text: str) -> None:
+    """Trial 50b: "data (line 3): data.mixture names must be unique; got ['qa', 'qa']"."""
+    mixture = "data.mixture=[{name: qa, train: a.jsonl}, {name: b, train: b.jsonl}, {name: qa, train: c.jsonl}]"
+    [problem] = _problems(_write(tmp_path, valid_text), ["~data.train", mixture])
+    assert "data.mixture[0] and data.mixture[2] are both named 'qa'; names must be unique" in problem, problem
