@@ -42,7 +42,11 @@ def data_command(cfg: RunConfig, examples: int) -> int:
         label_names=head.label_names if head.is_classification else None,
         samples=examples,
     )
-    print(format_data_check(check, tokenizer, color=_use_color(), examples=examples))
+    print(
+        format_data_check(
+            check, tokenizer, color=_use_color(), examples=examples, eval_max_samples=cfg.eval.max_samples
+        )
+    )
     for notice in (
         missing_tokenizer_config_notice(tokenizer, cfg.model),
         missing_eos_notice(tokenizer, cfg.data.format),
@@ -126,7 +130,9 @@ def _class_weights_line(cfg: RunConfig, check: DataCheck) -> str | None:
     return class_weights_note(head, weights) if weights is not None else None
 
 
-def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples: int = 3) -> str:
+def format_data_check(
+    check: DataCheck, tokenizer: Any, *, color: bool, examples: int = 3, eval_max_samples: int | None = None
+) -> str:
     images = bool(check.files) and all(file.format == "image_classification" for file in check.files)
     lines = [
         f"data: skip_bad_rows={str(check.skip_bad_rows).lower()}"  # no tokens: lengths and packing mean nothing
@@ -148,7 +154,7 @@ def format_data_check(check: DataCheck, tokenizer: Any, *, color: bool, examples
 
             lines.append(epoch_draws_line(check.mixture_rows, packed=check.packing))
     lines += [f"warning: {warning}" for warning in check.label_warnings()]
-    lines += [f"warning: {warning}" for warning in check.overlap_warnings()]
+    lines += [f"warning: {warning}" for warning in check.overlap_warnings(eval_max_samples)]
     lines += [f"warning: {warning}" for warning in check.pair_style_warnings()]
     lines += [f"warning: {warning}" for warning in check.dropped_warnings()]
     shown = _samples_to_show(check.files, examples)

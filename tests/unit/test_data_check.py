@@ -675,7 +675,7 @@ def test_training_warns_of_held_out_rows_it_trains_on(tmp_path: Path, tokenizer:
     report = prepare_data(
         cfg_later, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None, eval_max_samples=4
     ).report
-    assert report["overlap"] == {"validation": [3, 8, 0, 4]}
+    assert "overlap" not in report and report["overlap_warnings"] == []  # none scored: the scores are clean (51a)
     report = prepare_data(
         cfg_later, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None, eval_max_samples=8
     ).report
@@ -690,6 +690,29 @@ def test_training_warns_of_held_out_rows_it_trains_on(tmp_path: Path, tokenizer:
     report = prepare_data(split, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
     [said] = report["overlap_warnings"]
     assert "of 20 rows held out by data.validation_split" in said and "also in the training part" in said
+
+
+def test_validate_data_says_the_overlap_eval_max_samples_scores_as_training_does(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Trial 51a: the workers counted the scored part, validate --data the whole set, and a set whose
+    trained rows were all past the scored part was flagged by both."""
+    rows = (QA_DATA / "train.jsonl").read_text().splitlines()
+    held = (QA_DATA / "valid.jsonl").read_text().splitlines()[:5]
+    first, last = tmp_path / "first.jsonl", tmp_path / "last.jsonl"
+    first.write_text("\n".join(rows[:3] + held) + "\n")
+    last.write_text("\n".join(held + rows[:3]) + "\n")
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    code, out, err = _validate_data(capsys, config, f"data.validation={first}", "eval.max_samples=4", "--examples", "0")
+    assert code == 0, err
+    assert (
+        "3 of 8 validation rows" in out
+        and "(the same tokens; 3 of the first 4 examples eval.max_samples scores)" in out
+    )
+    code, out, err = _validate_data(capsys, config, f"data.validation={last}", "eval.max_samples=4", "--examples", "0")
+    assert code == 0 and "also in the training data" not in out, out  # none of them scored
+    code, out, err = _validate_data(capsys, config, f"data.validation={last}", "--examples", "0")
+    assert "3 of 8 validation rows" in out, out  # all of it scored
 
 
 def test_held_out_overlap_counts_whole_rows_under_too_long_split(

@@ -15,7 +15,7 @@ from trainer.config import DataConfig
 from trainer.data.formats import FORMAT_FIELDS
 from trainer.data.images import scan_images
 from trainer.data.label_coverage import label_coverage_warnings
-from trainer.data.overlap import overlap_warning, split_overlap_warning
+from trainer.data.overlap import overlap_warning, scored_part, split_overlap_warning
 from trainer.data.pair_styles import pair_style_warnings
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
 from trainer.data.sources import empty_reason
@@ -151,20 +151,26 @@ class DataCheck:
             {role: (styles[True], styles[False]) for role, styles in held_out.items()},
         )
 
-    def overlap_warnings(self) -> list[str]:
+    def overlap_warnings(self, eval_max_samples: int | None = None) -> list[str]:
         """Held-out rows whose tokens a training row has too (trial 36b: 22 of 30 test rows were
-        copies of training rows, and the test score measured memory)."""
+        copies of training rows, and the test score measured memory). With eval.max_samples, as
+        training says it: how many of the scored rows are, and nothing when none is (trial 51a)."""
         train = {d for file in self.files if file.role.endswith("train") for d in file.row_digests}
         warnings = []
         shared, held = self.split_overlap
         if shared:  # trial 43b: a file of duplicates split into both, and nothing said
             warnings.append(split_overlap_warning(shared, held))
+        what = "pairs" if self.pairs else "examples"
         for file in self.files:
             if file.role not in ("validation", "test") or not file.row_digests:
                 continue
-            shared = sum(digest in train for digest in file.row_digests)
-            if shared:
-                warnings.append(overlap_warning(shared, len(file.row_digests), file.role, file.spec))
+            trained = [digest in train for digest in file.row_digests]
+            shared = sum(trained)
+            limit = eval_max_samples if eval_max_samples and eval_max_samples < len(trained) else None
+            if not shared or (limit and not any(trained[:limit])):
+                continue
+            scored = scored_part(sum(trained[:limit]), limit, what) if limit else ""
+            warnings.append(overlap_warning(shared, len(file.row_digests), file.role, file.spec, scored))
         return warnings
 
 

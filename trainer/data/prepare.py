@@ -318,7 +318,7 @@ def _overlap_warnings(
         units = len(held.examples) // per_row
         limit = eval_max_samples if eval_max_samples and eval_max_samples < units else None
         shared, rows, trained = shared_rows(train, held.examples, per_row, scored=limit)
-        if not shared:
+        if not shared or (limit and not trained):  # none scored (trial 51a: a clean score was flagged)
             continue
         counts[held.name] = [shared, rows] + ([trained, limit] if limit else [])
         scored = scored_part(trained, limit, what) if limit else ""
