@@ -497,6 +497,8 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     got = err.get("input")
     if kind != "value_error" and not isinstance(got, dict):
         message = f"{message}; got {got!r}{_null_hint(err, dotted, key_lines)}"
+    if kind in ("int_parsing", "float_parsing") and isinstance(got, str) and re.match(r"^[-+]?0[xXoObB]", got):
+        message += " (ftl reads numbers in decimal: write it so)"  # hex/octal/binary stay text (config_yaml.py)
     return f"{where}: {message}" if dotted else message
 
 

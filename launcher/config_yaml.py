@@ -1,5 +1,5 @@
 """The YAML reader for configs and `key=value` overrides: PyYAML's safe loader minus YAML 1.1's
-base-60 numbers.
+surprises (base-60 and octal numbers, yes/no booleans).
 
 YAML 1.1 reads `24:00:00` or `1:30` as an integer in base 60 (86400, 90); `04:00:00` stays text
 only because of its leading zero. Nobody writes seconds that way in a fine-tuning config, while
@@ -9,7 +9,9 @@ error about a number they never typed. YAML 1.2 dropped base-60; so do we.
 YAML 1.1 also reads a leading zero as octal and `0b` as binary: `labels: [007, 010]` became the
 numbers 7 and 8 (trial 49a), `seed: 010` became 8. Such a scalar stays the text as written: a
 label keeps its name, and a number setting reads the text as the decimal it shows (pydantic reads
-"010" as 10, YAML 1.2's meaning). Hex (`0x1F`) stays a number, as in YAML 1.2.
+"010" as 10, YAML 1.2's meaning). So do hex (`0x1F`) and digits with underscores (`1_000`): a label
+`0x1` or `1_0` keeps its name (trial 51a: they became '1' and '10'); a number setting reads `1_000`
+as 1000 and refuses `0x1F`, asking for the decimal.
 
 YAML 1.1 reads yes/no/on/off as booleans: `labels: [yes, no]` became [true, false] (trial 47b) and
 `[Yes, No]` could not be quoted back as written (49a). They stay text, as in YAML 1.2; a switch
@@ -38,7 +40,7 @@ ConfigYamlLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 # PyYAML's own patterns (yaml/resolver.py) with the `(?::[0-5]?[0-9])+` alternatives removed, and the
-# octal (`0[0-7_]+`) and binary (`0b[0-1_]+`) ints (see the module's docstring).
+# octal (`0[0-7_]+`), binary (`0b[0-1_]+`), hex (`0x...`) and underscored ints (see the module's docstring).
 ConfigYamlLoader.add_implicit_resolver(
     _FLOAT,
     re.compile(
@@ -52,11 +54,7 @@ ConfigYamlLoader.add_implicit_resolver(
 )
 ConfigYamlLoader.add_implicit_resolver(
     _INT,
-    re.compile(
-        r"""^(?:[-+]?(?:0|[1-9][0-9_]*)
-        |[-+]?0x[0-9a-fA-F_]+)$""",
-        re.X,
-    ),
+    re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
     list("-+0123456789"),
 )
 

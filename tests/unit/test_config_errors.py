@@ -508,7 +508,13 @@ def test_leading_zeros_are_read_as_written_not_as_octal(tmp_path: Path, valid_te
     """Trial 49a: YAML 1.1 read `labels: [007, 010]` as the numbers 7 and 8 and validate said valid; a
     leading zero stays text, so a label keeps its name and a number setting reads the decimal shown."""
     assert load_config_yaml("labels: [007, 010, 0b11]") == {"labels": ["007", "010", "0b11"]}
-    assert load_config_yaml("[0, -0, 12, 1_000, 0x10]") == [0, 0, 12, 1000, 16]
+    assert load_config_yaml("[0, -0, 12, +3]") == [0, 0, 12, 3]
+    # Hex and underscores stay as written too (trial 51a: labels [0x1, 1_0] became '1' and '10'); a
+    # number setting reads 1_000 as 1000 and asks for the decimal of 0x10.
+    assert load_config_yaml("[0x1, 1_0]") == ["0x1", "1_0"]
+    assert load_config(_write(tmp_path, valid_text), ["training.max_steps=1_000"]).training.max_steps == 1000
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.seed=0x10"])
+    assert problem.endswith("got '0x10' (ftl reads numbers in decimal: write it so)"), problem
     cfg = load_config(_write(tmp_path, valid_text), ["training.max_steps=010"])
     assert cfg.training.max_steps == 10
     head = HeadConfig.model_validate(load_config_yaml("type: sequence_classification\nlabels: [007, 010]"))
