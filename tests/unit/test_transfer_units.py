@@ -222,6 +222,10 @@ def test_numeric_label_names_read_a_number_as_the_name_in_jsonl_and_csv_alike(to
     assert [label(1), label(2), label(3), label("1"), label("3")] == [0, 1, 2, 0, 2]
     with pytest.raises(DataError, match=r"label 0 is not one of .* a number is read as a name, never as an id"):
         label(0)
+    with pytest.raises(DataError) as bogus:  # the numeric-names rule is said for a number only (trial 51a)
+        label("bogus")
+    assert "is not one of transfer.head.labels ['1', '2', '3']" in str(bogus.value)
+    assert "never as an id" not in str(bogus.value)
     assert [label(0, ["country", "person"]), label("1", ["country", "person"])] == [0, 1]  # ids still work
     # Decimal ratings (trial 48b: a JSON 1.0 was "not one of ['0.5', '1.0']"), and a 1.0 for the name "1".
     halves = ["0.5", "1.0"]

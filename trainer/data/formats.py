@@ -209,7 +209,7 @@ def class_label_id(values: dict[str, Any], names: list[str]) -> int:
     found = label_id(label, names)
     if found is None:
         shown = json.dumps(label) if isinstance(label, bool) else repr(label)  # as the data writes it: true
-        raise RowProblem(f"label {shown} is not one of {label_choices(names)}{close_label(label, names)}")
+        raise RowProblem(f"label {shown} is not one of {label_choices(names, label)}{close_label(label, names)}")
     return found
 
 

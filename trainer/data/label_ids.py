@@ -78,10 +78,15 @@ def label_id(value: Any, names: list[str]) -> int | None:
     return value if 0 <= value < len(names) else None
 
 
-def label_choices(names: list[str]) -> str:
-    """What a label may be, for an error message."""
+def label_choices(names: list[str], value: Any = None) -> str:
+    """What a label may be, for an error message about `value`: why a number is no id is said only
+    for a number (trial 51a: said for the label 'bogus')."""
     if any(_is_number(name) for name in names):
-        return f"transfer.head.labels {names} (numeric label names: a number is read as a name, never as an id)"
+        number = not isinstance(value, bool) and (
+            isinstance(value, (int, float)) or (isinstance(value, str) and _is_number(value))
+        )
+        why = " (numeric label names: a number is read as a name, never as an id)" if number else ""
+        return f"transfer.head.labels {names}{why}"
     return f"transfer.head.labels {names} (or an id 0-{len(names) - 1})"
 
 

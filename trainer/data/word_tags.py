@@ -39,7 +39,7 @@ def word_tag_ids(words: Any, tags: Any, names: list[str]) -> tuple[list[str], li
         found = label_id(tag, names)
         if found is None:
             raise TagProblem(
-                f"tags[{index}] = {tag!r} (word {words[index]!r}) is not one of {label_choices(names)}"
+                f"tags[{index}] = {tag!r} (word {words[index]!r}) is not one of {label_choices(names, tag)}"
                 + close_label(tag, names)
             )
         ids.append(found)
