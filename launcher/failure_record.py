@@ -78,8 +78,18 @@ def retry_note(run_dir: Path, resume: str) -> str | None:
     record = read_failure(run_dir)
     if record is None or record.get("refused"):  # a refused start left the run as it was: nothing to retry
         return None
-    reason = str(record["reason"]).strip().splitlines()
-    first = reason[0] if reason else str(record.get("error") or "unknown")
+    first = failure_line(str(record["reason"]))  # with the bad row when its first line announces it (51a)
     checkpoints = committed_checkpoints(run_dir) if resume == "auto" else []
     how = f"resuming its latest checkpoint, {checkpoints[-1].name}" if checkpoints else "from the start"
     return f"output.dir holds a run whose last start failed ({first}); a start tries it again, {how}"
+
+
+def failure_line(reason: str) -> str:
+    """The reason on one line: its first line, and the next one when the first only announces it
+    (Ray's "Ray Train run failed:" is followed by one line per failed rank)."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    if not lines:
+        return "(no reason recorded)"
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]

@@ -16,7 +16,7 @@ from typing import Any
 
 from cluster.run_lock import read_holder, stale_reason
 from launcher.continuation import continued_line
-from launcher.failure_record import read_failure
+from launcher.failure_record import failure_line, read_failure
 from launcher.run_dir import is_ftl_run
 from launcher.tracker_outcome import tracker_failures, tracker_gaps
 from trainer.checkpointing.protocol import (
@@ -319,17 +319,6 @@ def format_runs(infos: list[RunInfo]) -> str:
         if info.note:
             lines.append(f"  {info.path.name}: {info.note}")
     return "\n".join(lines)
-
-
-def failure_line(reason: str) -> str:
-    """The reason on one line: its first line, and the next one when the first only announces it
-    (Ray's "Ray Train run failed:" is followed by one line per failed rank)."""
-    lines = [line.strip() for line in reason.splitlines() if line.strip()]
-    if not lines:
-        return "(no reason recorded)"
-    if lines[0].endswith(":") and len(lines) > 1:
-        return f"{lines[0]} {lines[1]}"
-    return lines[0]
 
 
 def runs_json(infos: list[RunInfo]) -> str:

@@ -412,8 +412,12 @@ def test_validate_and_a_slurm_dry_run_say_a_failed_run_is_tried_again(
     expected = "output.dir holds a run whose last start failed (data.train: row 7: missing field 'text'); a start"
     assert f"ftl: note: {expected} tries it again, from the start" in err, err
     save_checkpoints(run, [3])
+    # A reason whose first line announces the bad row says it (trial 51a: cut at the colon).
+    record_failure(run, "d.jsonl: 1 bad row; fix it, or set data.skip_bad_rows=true:\n  - d.jsonl line 9: bad", "E", 2)
     assert launcher.cli.main(["slurm", str(config), "--dry-run"]) == 0
-    assert "tries it again, resuming its latest checkpoint, step-3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "failed (d.jsonl: 1 bad row; fix it, or set data.skip_bad_rows=true: - d.jsonl line 9: bad)" in err, err
+    assert "tries it again, resuming its latest checkpoint, step-3" in err
     record_failure(run, "refused: a resume that does not fit", "StartRefused", 2, refused=True)
     assert launcher.cli.main(["validate", str(config)]) == 0
     assert "last start failed" not in capsys.readouterr().err  # a refused start changed nothing to retry
