@@ -55,6 +55,9 @@ def quiet_third_party(import_transformers: bool = True) -> None:
     # it skips the hub's publisher check for the cached CPU kernel: chatter, not a problem.
     for noisy in ("httpx", "urllib3", "filelock", "bitsandbytes", "kernels"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # MLflow sets its own loggers to INFO when imported, from this variable: "Creating initial MLflow
+    # database tables..." reached the console of a run with a new SQLite store (trial 51a).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # peft still calls a transformers helper renamed in v5; harmless, but printed every run.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     # PEFT says it adapts GPT-2's Conv1D layers with their transposed weight layout, which it

@@ -4,6 +4,7 @@ and TensorBoard keep every record. Eval splits are series of their own."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -301,3 +302,15 @@ def test_tensorboard_turned_on_or_off_at_a_resume_says_what_it_lacks(tmp_path: P
         "tracking.tensorboard off"
     }
     assert "tracking.tensorboard lacks steps 1-3: an earlier start did not log them" in describe_run(tmp_path).note
+
+
+def test_mlflow_says_only_warnings_on_the_console() -> None:
+    """Trial 51a: "INFO mlflow.store.db.utils: Creating initial MLflow database tables..." on a run's
+    console (MLflow sets its loggers from MLFLOW_LOGGING_LEVEL when imported)."""
+    code = (
+        "from trainer.logging_setup import quiet_third_party; quiet_third_party(import_transformers=False); "
+        "import logging, mlflow; print(logging.getLogger('mlflow').level)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    assert out.stdout.strip() == str(logging.WARNING), out.stderr

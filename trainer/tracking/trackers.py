@@ -115,8 +115,9 @@ class TrackerSet:
         slow = [lane.name for lane in lanes if lane.thread is not None and lane.thread.is_alive()]
         if slow:
             log.warning(
-                "waiting up to %.0f s for tracking.%s to send its last records (server slow or unreachable; "
-                "metrics.jsonl has every record)",
+                # A new SQLite store's tables take seconds to make (trial 51a: "server" for a local file).
+                "waiting up to %.0f s for tracking.%s to send its last records (a slow or unreachable server, or "
+                "a new store still being set up; metrics.jsonl has every record)",
                 wait_s,
                 ", tracking.".join(slow),
             )
