@@ -56,12 +56,12 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         print(f"ftl: WARNING: `ftl train` would refuse this at its fit check: {unsizable}", file=sys.stderr)
     from launcher.position_limit import rotary_context_note
     from launcher.preflight import lora_rank_note
-    from trainer.config import mixture_notes, periodic_eval_without_data, same_validation_and_test, unused_zero_stage
+    from trainer.config import mixture_notes, periodic_eval_without_data, same_data_warnings, unused_zero_stage
 
     notes = (
         rotary_context_note(cfg),
         periodic_eval_without_data(cfg),
-        same_validation_and_test(cfg),
+        *same_data_warnings(cfg),
         unused_zero_stage(cfg),
         *mixture_notes(cfg),
     )

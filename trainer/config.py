@@ -943,30 +943,47 @@ def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:
     )
 
 
-def same_validation_and_test(cfg: TrainerConfig) -> str | None:
-    """data.validation and data.test naming one file: the overlap check compares held-out sets with
-    training, not with each other, and nothing said the test score repeated the validation score
-    (trial 49a)."""
-    validation, test = cfg.data.validation, cfg.data.test
-    if not validation or not test:
-        return None
-    same = validation == test
-    if not same:
-        try:
-            same = Path(validation).exists() and Path(validation).resolve() == Path(test).resolve()
-        except OSError:
-            same = False
-    if not same:
-        return None
-    chosen = (
-        "; early stopping chooses final/ by it, so the test score is not an independent measure"
-        if cfg.transfer.early_stopping.enabled
-        else ""
-    )
-    return (
-        f"data.validation and data.test are the same data ({test}): the test score repeats the validation "
-        f"score{chosen}; give data.test a set of its own, or leave it out"
-    )
+def same_data_warnings(cfg: TrainerConfig) -> list[str]:
+    """Held-out sets that are another set's data (one path, or the same bytes: trial 51a, a copy):
+    data.test the data.validation data (its score repeats the validation score, and early stopping's
+    choice; trial 49a), or either the training data (its score measures recall)."""
+    data = cfg.data
+    warnings = []
+    if data.validation and data.test and _same_data(data.validation, data.test):
+        chosen = (
+            "; early stopping chooses final/ by it, so the test score is not an independent measure"
+            if cfg.transfer.early_stopping.enabled
+            else ""
+        )
+        warnings.append(
+            f"data.validation and data.test are the same data ({data.test}): the test score repeats the "
+            f"validation score{chosen}; give data.test a set of its own, or leave it out"
+        )
+    for key, held in (("data.validation", data.validation), ("data.test", data.test)):
+        if data.train and held and _same_data(data.train, held):
+            warnings.append(
+                f"{key} is the data.train data ({held}): its scores measure recall of trained rows, not "
+                f"generalization; give {key} rows training does not see (or data.validation_split)"
+            )
+    return warnings
+
+
+def _same_data(first: str, second: str) -> bool:
+    """One path (written alike or not), or two files with the same bytes. Sizes are compared first,
+    so two different large files are not read."""
+    import filecmp
+
+    if first == second:
+        return True
+    try:
+        a, b = Path(first), Path(second)
+        if not (a.exists() and b.exists()):
+            return False
+        if a.resolve() == b.resolve():
+            return True
+        return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 # A source below this share of the mixture's weight draws next to nothing (trial 38b: 1e-6 was taken

@@ -34,7 +34,7 @@ from trainer.config import (
     TrainerConfig,
     mixture_notes,
     periodic_eval_without_data,
-    same_validation_and_test,
+    same_data_warnings,
     unused_zero_stage,
 )
 from trainer.config_hash import config_hash as result_config_hash
@@ -303,7 +303,7 @@ def _build_trainee(
     for idle_setting in (
         warmup_longer_than_the_run(cfg.training, total_steps),
         periodic_eval_without_data(cfg),
-        same_validation_and_test(cfg),
+        *same_data_warnings(cfg),
         unused_zero_stage(cfg),
         *mixture_notes(cfg),
     ):

@@ -130,18 +130,26 @@ def test_periodic_evaluation_without_evaluation_data_is_warned_of(tmp_path: Path
 
 def test_a_test_set_that_is_the_validation_set_is_warned_of(tmp_path: Path) -> None:
     """Trial 49a: data.validation and data.test named one file; the test score repeated the
-    validation score (and early stopping's choice), and nothing said so."""
-    from trainer.config import same_validation_and_test
+    validation score (and early stopping's choice), and nothing said so. Trial 51a: a byte-identical
+    copy was not caught, nor a test set that is the training data."""
+    import shutil
+
+    from trainer.config import same_data_warnings
 
     kinds = REPO / "assets/data/fictional-kinds"
     example = REPO / "configs/examples/encoder_classification.yaml"
     relative = os.path.relpath(kinds / "valid.jsonl")  # the same file written another way
-    note = same_validation_and_test(load_config(example, [f"data.test={relative}"]))
-    assert note is not None and note.startswith("data.validation and data.test are the same data (")
-    assert "early stopping chooses final/ by it" in note
-    assert same_validation_and_test(load_config(example)) is None  # its own test set
-    no_stopping = load_config(example, [f"data.test={kinds / 'valid.jsonl'}", "transfer.early_stopping.enabled=false"])
-    assert "early stopping" not in (same_validation_and_test(no_stopping) or "early stopping")
+    copy = tmp_path / "test.jsonl"
+    shutil.copy(kinds / "valid.jsonl", copy)
+    for test in (relative, str(copy)):
+        [note] = same_data_warnings(load_config(example, [f"data.test={test}"]))
+        assert note.startswith("data.validation and data.test are the same data ("), note
+        assert "early stopping chooses final/ by it" in note
+    assert same_data_warnings(load_config(example)) == []  # its own test set
+    no_stopping = load_config(example, [f"data.test={copy}", "transfer.early_stopping.enabled=false"])
+    assert "early stopping" not in same_data_warnings(no_stopping)[0]
+    [note] = same_data_warnings(load_config(example, [f"data.test={kinds / 'train.jsonl'}"]))
+    assert note.startswith("data.test is the data.train data (") and "measure recall of trained rows" in note
 
 
 def test_a_tilde_override_unsets_a_key_and_null_on_one_that_takes_none_says_so() -> None:
