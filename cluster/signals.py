@@ -52,7 +52,7 @@ def signals_request_stop(
             notice = first_notice(signum) if first_notice is not None else None
             _say(
                 notice
-                or f"signal {signum}: workers will checkpoint and stop after the current step"
+                or f"{_signal_name(signum)}: workers will checkpoint and stop after the current step"
                 + (" (a third Ctrl-C force-quits without that checkpoint)" if signum == signal.SIGINT else "")
             )
             request_stop(run_dir, signum)
@@ -67,7 +67,7 @@ def signals_request_stop(
             force_quit()
             return
         _say(
-            f"signal {signum} again: already stopping, finishing the checkpoint first (then MLflow/W&B's last "
+            f"{_signal_name(signum)} again: already stopping, finishing the checkpoint first (then MLflow/W&B's last "
             "records, at most 15 s)"
             + (
                 " (a third Ctrl-C force-quits, keeping the checkpoints already committed)"
@@ -169,3 +169,12 @@ def _where_it_resumes(run_dir: Path) -> str:
 
 def _say(message: str) -> None:
     print(f"ftl: {message}", file=sys.stderr, flush=True)
+
+
+def _signal_name(signum: int) -> str:
+    """'Ctrl-C (SIGINT)', 'SIGTERM': said as people know them (trial 51a: "signal 2")."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name

@@ -33,11 +33,12 @@ def test_first_ctrl_c_requests_a_checkpoint_second_is_ignored_third_force_quits(
     with signals_request_stop(tmp_path, force_quit=lambda: forced.append(True)):
         _signal_self(signal.SIGINT)
         assert (tmp_path / STOP_REQUEST_FILE).read_text() == str(int(signal.SIGINT))
-        assert "workers will checkpoint and stop after the current step" in capfd.readouterr().err
+        # Named as people know it (trial 51a: "signal 2").
+        assert "Ctrl-C (SIGINT): workers will checkpoint and stop after the current step" in capfd.readouterr().err
 
         (tmp_path / STOP_REQUEST_FILE).unlink()  # a second request would rewrite it
         _signal_self(signal.SIGINT)
-        assert "already stopping, finishing the checkpoint first" in capfd.readouterr().err
+        assert "Ctrl-C (SIGINT) again: already stopping, finishing the checkpoint first" in capfd.readouterr().err
         assert not forced and not (tmp_path / STOP_REQUEST_FILE).exists()
 
         committed = tmp_path / "checkpoints" / "step-5"  # the stop's checkpoint, committed meanwhile
