@@ -193,7 +193,9 @@ def _train_as_torchrun_worker(cfg: Any) -> int:
             )
         except TorchrunPrepareFailed as exc:
             raise UserError(str(exc)) from None
-    if summary is not None:
+    if summary is not None:  # rank 0, the run finished: its report, as under ftl's own backends (trial 51b)
+        if cfg.output.report:
+            write_report_after_run(local_run_dir(cfg), cfg.tracking)
         print(format_summary(summary))
     return 0
 

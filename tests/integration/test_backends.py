@@ -551,7 +551,7 @@ def test_torchrun_killed_worker_without_restarts_says_which_rank_and_where_to_re
 
 
 def test_users_own_torchrun_runs_ftl_train(tmp_path, tiny_model_dir, golden):
-    config = _config(tmp_path, tiny_model_dir, "run")
+    config = _config(tmp_path, tiny_model_dir, "run", output={"report": True})
     out = subprocess.run(
         [
             sys.executable,
@@ -572,6 +572,8 @@ def test_users_own_torchrun_runs_ftl_train(tmp_path, tiny_model_dir, golden):
     assert "Fine-tune finished: 4 steps" in out.stdout
     assert out.stderr.count("ftl: fit check") == 1, out.stderr[-3000:]  # not once per worker
     assert_same_losses(tmp_path / "run", golden)
+    # Its report, by rank 0 alone, as under ftl's own backends (trial 51b: none was written).
+    assert out.stderr.count("ftl: report ") == 1 and (tmp_path / "run/report/index.html").is_file(), out.stderr[-3000:]
 
 
 @pytest.mark.starts_ray
