@@ -328,6 +328,7 @@ def environment_record(argv: list[str] | None = None) -> dict[str, Any]:
         "packages": versions,
         "git_commit": _git_commit(),
         "argv": redact_argv(list(argv or sys.argv)),
+        "cwd": os.getcwd(),  # where argv's relative paths are (trial 51b: the command could not be replayed)
     }
 
 

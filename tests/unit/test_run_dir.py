@@ -421,3 +421,12 @@ def test_validate_and_a_slurm_dry_run_say_a_failed_run_is_tried_again(
     record_failure(run, "refused: a resume that does not fit", "StartRefused", 2, refused=True)
     assert launcher.cli.main(["validate", str(config)]) == 0
     assert "last start failed" not in capsys.readouterr().err  # a refused start changed nothing to retry
+
+
+def test_the_environment_record_says_where_the_command_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 51b: environment.json held `ftl train ../cfg/base.yaml` and no working directory, so the
+    command could not be replayed."""
+    monkeypatch.chdir(tmp_path)
+    run = prepare_run_dir(_cfg(tmp_path, tmp_path / "run"), ["ftl", "train", "c.yaml"])
+    record = json.loads((run / "environment.json").read_text())
+    assert record["argv"] == ["ftl", "train", "c.yaml"] and record["cwd"] == str(tmp_path)
