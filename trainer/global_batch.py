@@ -28,7 +28,7 @@ def batch_larger_than_data(
     if epochs is not None and global_batch > epochs * rows:
         return (
             f"one step takes {global_batch} rows (the global batch) but training.epochs={epochs:g} of the data is "
-            f"{epochs * rows:g} rows: the run trains {total_steps * global_batch / rows:.1f} epochs, not {epochs:g}; "
+            f"{epochs * rows:g} {what}: the run trains {total_steps * global_batch / rows:.1f} epochs, not {epochs:g}; "
             "lower training.micro_batch_size or gradient_accumulation_steps (or use fewer workers)"
         )
     if epochs is None and global_batch > rows:
