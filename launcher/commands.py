@@ -386,8 +386,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                 for (key, _), width in zip(columns, widths)
             )
             of = _scored_part(summary, split, pairs=metric == "preference_accuracy")
+            matched = "exact_match" in (key for key, _ in columns)
+            generated = _exact_match_part(summary, split) if matched else ""
+            generated_rows = (data.get(f"{split}_exact_match_of") if matched else None) or 0
+            if of and matched and not generated and generated_rows:
+                # eval.generation.max_samples, not eval.max_samples, bounds exact match (trial 52b: 3.5% "of 40").
+                of += f" (exact match on all {generated_rows}, eval.generation.max_samples)"
             partial += [f"* {split}: {of}"] if of else []
-            generated = _exact_match_part(summary, split) if "exact_match" in (key for key, _ in columns) else ""
             partial += [f"+ {split}: {generated}"] if generated else []
             shared = (data.get("overlap") or {}).get(split)
             trained_on = _trained_on(split, shared, pairs=metric == "preference_accuracy") if shared else ""

@@ -790,9 +790,16 @@ def _check_preference(cfg: TrainerConfig) -> None:
             "model, adapter included, scores every pair once before the first step"
         )
     if reference == "copy" and cfg.method.uses_adapter:
+        # With init_from the reference is the initial model, adapter included (trial 52b: the message
+        # named adapters_disabled, which is refused there).
+        instead = (
+            "the initial model, method.lora.init_from's adapter included, scores every pair once before the first "
+            "step (reference=precomputed, which auto picks)"
+            if cfg.method.lora.init_from
+            else "the base model with adapters disabled is the reference at no memory cost (reference=auto)"
+        )
         raise ValueError(
-            "training.preference.reference=copy is for full fine-tuning; with an adapter method the base model "
-            "with adapters disabled is the reference at no memory cost (reference=auto)"
+            f"training.preference.reference=copy is for full fine-tuning; with an adapter method {instead}"
         )
     if reference == "copy" and cfg.parallel.strategy in SHARDED:
         raise ValueError(

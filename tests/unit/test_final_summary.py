@@ -163,6 +163,12 @@ def test_exact_match_on_part_of_a_set_is_marked(tmp_path: Path) -> None:
     )
     whole = {**data, "validation_exact_match_scored": 10, "validation_exact_match_of": 10}
     assert "+" not in format_summary({**_summary(tmp_path), "transfer": {}, "scores": scores, "data": whole})
+    # eval.max_samples scored the loss on 4 pairs, generation all 10 (trial 52b: "3.5%" under "first 40").
+    limited = {**_summary(tmp_path), "transfer": {}, "scores": scores, "eval_max_samples": 4}
+    table = format_summary({**limited, "data": {**whole, "validation_examples": 20}})
+    assert (
+        "* validation: scored on the first 4 of 10 pairs (exact match on all 10, eval.generation.max_samples)" in table
+    )
     # No exact match column (generation off): no mark, whatever the data says.
     del scores["validation"]["base"]["exact_match"], scores["validation"]["final"]["exact_match"]
     assert "+ validation" not in format_summary({**_summary(tmp_path), "transfer": {}, "scores": scores, "data": part})

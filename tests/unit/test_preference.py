@@ -206,6 +206,7 @@ def test_bad_preference_rows_are_named_by_file_and_line(tmp_path: Path, tokenize
     assert "did you mean 'rejected'" in scanned[2].problem
     assert "all be plain strings, or all chat style" in scanned[3].problem
     assert "pairs.jsonl line 5:" in scanned[4].problem
+    assert "chosen[0] has role 'user'" in scanned[4].problem  # what it found (trial 52b)
     with pytest.raises(DataError, match="4 bad rows"):
         load_tokenized(str(path), "preference", tokenizer, max_seq_len=128, too_long="truncate", skip_bad_rows=False)
 
@@ -296,6 +297,10 @@ def _config(**overrides: Any) -> dict[str, Any]:
             "reference=copy under parallel.strategy=fsdp: the frozen copy is not sharded",
         ),
         ({"training": {"objective": "dpo", "preference": {"reference": "copy"}}}, "reference=copy is for full"),
+        (  # with init_from the reference is the initial model, adapter included (trial 52b)
+            {"training": {"preference": {"reference": "copy"}}, "method": {"lora": {"init_from": "a"}}},
+            "reference=copy is for full fine-tuning; with an adapter method the initial model, method.lora.init_from",
+        ),
         ({"training": {"objective": "orpo", "preference": {"reference": "copy"}}}, "orpo is reference-free"),
         (
             {"training": {"objective": "orpo", "preference": {"beta": 0.5}}},

@@ -486,8 +486,12 @@ def _preference_responses(values: dict[str, Any]) -> tuple[Any, Any]:
             value = [value]
         if isinstance(value, list):
             messages = _message_list(value, key)
-            if any(m["role"] != "assistant" for m in messages):
-                raise RowProblem(f"field {key!r} must hold assistant messages only")
+            other = next((i for i, m in enumerate(messages) if m["role"] != "assistant"), None)
+            if other is not None:  # which one, and what it is (trial 52b: the role found was not said)
+                raise RowProblem(
+                    f"field {key!r} must hold assistant messages only; {key}[{other}] has role "
+                    f"{messages[other]['role']!r} (the turns before the answer go in 'prompt')"
+                )
             found.append(messages)
         elif isinstance(value, str):
             if not value.strip():
