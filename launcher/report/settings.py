@@ -18,7 +18,7 @@ UNSET = "(unset)"
 
 def differing_settings(runs: list[Path]) -> list[dict[str, str]]:
     """Per run, {key: value} of every setting whose value is not the same in all `runs`."""
-    flats = [_flat_config(run) for run in runs]
+    flats = [flat_config(run) for run in runs]
     keys = sorted({key for flat in flats for key in flat} - set(NOT_SETTINGS))
     differ = [key for key in keys if len({flat.get(key, UNSET) for flat in flats}) > 1]
     return [{key: flat.get(key, UNSET) for key in differ} for flat in flats]
@@ -33,7 +33,7 @@ UNREAD_BY_METHOD = {
 }
 
 
-def _flat_config(run: Path) -> dict[str, str]:
+def flat_config(run: Path) -> dict[str, str]:
     try:
         values: Any = yaml.safe_load(RunLayout(run).config.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):

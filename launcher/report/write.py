@@ -52,7 +52,8 @@ def write_report(runs: list[Path], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER_FILE).touch()
     charts = sorted({chart for s in series for chart in s["charts"]}, key=_chart_order)
-    pictures = [(chart, _plot(chart, series, labels, out / f"{chart}.png")) for chart in charts]
+    caveat = _rewards_caveat(runs)
+    pictures = [(chart, _plot(chart, series, labels, out / f"{chart}.png", caveat)) for chart in charts]
     (out / DATA_FILE).write_text(json.dumps({"runs": series, "labels": labels}, indent=1))
     page = out / PAGE_FILE
     settings = differing_settings(runs) if len(runs) > 1 else None
@@ -60,7 +61,18 @@ def write_report(runs: list[Path], out: Path) -> Path:
     return page
 
 
-def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Path) -> Path:
+def _rewards_caveat(runs: list[Path]) -> str:
+    """A subtitle for the reward charts of compared DPO and ORPO runs: β·log-ratios beside λ·mean
+    log-probabilities, different quantities on one axis (trial 52b: drawn without a word)."""
+    from launcher.report.settings import flat_config
+
+    objectives = {str(flat_config(run).get("training.objective", "sft")) for run in runs}
+    if {"dpo", "orpo"} <= objectives:
+        return "DPO (β·log-ratio) and ORPO (λ·mean log-prob) rewards differ: compare runs of one objective"
+    return ""
+
+
+def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Path, caveat: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 3.6), dpi=110)
@@ -94,7 +106,10 @@ def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Pat
                     va="top",
                     ha="right",
                 )
-        axes.set_title(chart_title(chart))
+        if caveat and "reward" in chart:
+            axes.set_title(f"{chart_title(chart)}\n{caveat}", fontsize=9)
+        else:
+            axes.set_title(chart_title(chart))
         axes.set_xlabel("step")
         if chart in ("lr", "grad_norm") or chart.startswith("lr"):
             axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

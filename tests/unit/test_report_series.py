@@ -96,3 +96,16 @@ def test_a_failed_runs_status_cell_keeps_the_reason_after_its_announcing_line(tm
     RunLayout(runs[1]).failure.write_text(json.dumps({"reason": reason}))
     page = write_report(runs, tmp_path / "cmp").read_text()
     assert "to skip malformed rows: t.jsonl line 11: no assistant message" in page, page[-3000:]
+
+
+def test_compared_dpo_and_orpo_reward_charts_say_they_differ(tmp_path: Path) -> None:
+    """Trial 52b: ORPO's λ·mean log-prob rewards were drawn beside DPO's β·log-ratios without a word."""
+    from launcher.report.write import _rewards_caveat
+
+    runs = []
+    for name in ("dpo", "orpo", "dpo2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(f"training: {{objective: {name.rstrip('2')}}}\n")
+        runs.append(tmp_path / name)
+    assert _rewards_caveat(runs[:2]).startswith("DPO (β·log-ratio) and ORPO (λ·mean log-prob) rewards differ")
+    assert _rewards_caveat([runs[0], runs[2]]) == ""  # one objective: comparable
