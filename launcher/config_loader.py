@@ -295,9 +295,43 @@ def _unset(raw: dict[str, Any], key: str) -> None:
         shown = redact_argv(["~" + key])[0]
         raise ValueError(f"override {shown!r}: ~ unsets one key and takes no value (e.g. ~training.preference.beta)")
     parts = key.split(".")
+    unknown = _unknown_key(parts)
+    if unknown:  # trial 52a: `~training.max_step` passed, and max_steps stayed set
+        raise ValueError(f"override {redact_argv(['~' + key])[0]!r}: {unknown}")
     parent = _section_at(raw, parts[:-1])
     if parent is not None:
         parent.pop(parts[-1], None)
+
+
+def _unknown_key(parts: list[str]) -> str | None:
+    """Why `parts` names no key of the schema (with a did-you-mean), or None. Inside a free-form
+    mapping (tracking.mlflow.tags, transfer.head.class_weights) any key is one."""
+    model: type[BaseModel] = RunConfig
+    for index, part in enumerate(parts):
+        if part.isdigit() and index:  # an entry of a list section: its model is the item's
+            continue
+        if part not in model.model_fields:
+            return f"{'.'.join(parts[: index + 1])} is no key{_did_you_mean(parts[: index + 1])}"
+        if index == len(parts) - 1:
+            return None
+        annotation = model.model_fields[part].annotation
+        inner = _section_model(annotation)
+        if inner is None:
+            free_form = typing.get_origin(annotation) is dict or any(
+                typing.get_origin(arg) is dict for arg in typing.get_args(annotation)
+            )
+            return None if free_form else f"{'.'.join(parts[: index + 1])} is a value, not a section"
+        model = inner
+    return None
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model a field holds: itself, a list's item, or one member of an optional union."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _section_at(raw: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:

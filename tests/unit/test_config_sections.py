@@ -169,6 +169,15 @@ def test_a_tilde_override_unsets_a_key_and_null_on_one_that_takes_none_says_so()
         "so that its default applies, write ~training.preference.beta)"
     ]
     assert load_config(dpo, ["~training.preference.beta"]).training.preference.beta == 0.1  # the default
+    # A key the schema lacks is refused as `key=value` is (trial 52a: `~training.max_step` was ignored).
+    for typo, said in (
+        ("~training.max_step", "training.max_step is no key; did you mean 'training.max_steps'?"),
+        ("~training.max_steps.x", "training.max_steps is a value, not a section"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            load_config(dpo, [typo])
+        assert refused.value.problems == [f"override {typo!r}: {said}"]
+    assert load_config(dpo, ["tracking.mlflow.tags={a: b}", "~tracking.mlflow.tags.a"]).tracking.mlflow.tags == {}
     with pytest.raises(ConfigError) as refused:  # a list's entry has no key to unset (trial 49a)
         load_config(REPO / "configs/examples/encoder_classification.yaml", ["transfer.head.labels=[null, x, y]"])
     assert refused.value.problems == [
