@@ -56,10 +56,17 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         print(f"ftl: WARNING: `ftl train` would refuse this at its fit check: {unsizable}", file=sys.stderr)
     from launcher.position_limit import rotary_context_note
     from launcher.preflight import lora_rank_note
-    from trainer.config import mixture_notes, periodic_eval_without_data, same_data_warnings, unused_zero_stage
+    from trainer.config import (
+        local_revision_note,
+        mixture_notes,
+        periodic_eval_without_data,
+        same_data_warnings,
+        unused_zero_stage,
+    )
 
     notes = (
         rotary_context_note(cfg),
+        local_revision_note(cfg),
         periodic_eval_without_data(cfg),
         *same_data_warnings(cfg),
         unused_zero_stage(cfg),
@@ -101,9 +108,11 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
     from launcher.tracking_check import missing_tracker_packages
+    from trainer.config import local_revision_note
 
-    for missing in missing_tracker_packages(cfg):  # said before the start, not only by a worker mid-run
-        print(f"ftl: WARNING: {missing}", file=sys.stderr)
+    for missing in (*missing_tracker_packages(cfg), local_revision_note(cfg)):  # said before the start
+        if missing:
+            print(f"ftl: WARNING: {missing}", file=sys.stderr)
     from cluster.gpu_probe import local_gpu_shortfall
     from cluster.torchrun import started_by_torchrun
 

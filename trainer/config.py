@@ -962,8 +962,9 @@ def same_data_warnings(cfg: TrainerConfig) -> list[str]:
             if cfg.transfer.early_stopping.enabled
             else ""
         )
+        shown = data.test if data.test == data.validation else f"{data.validation} and {data.test}"
         warnings.append(
-            f"data.validation and data.test are the same data ({data.test}): the test score repeats the "
+            f"data.validation and data.test are the same data ({shown}): the test score repeats the "
             f"validation score{chosen}; give data.test a set of its own, or leave it out"
         )
     for key, held in (("data.validation", data.validation), ("data.test", data.test)):
@@ -973,6 +974,18 @@ def same_data_warnings(cfg: TrainerConfig) -> list[str]:
                 f"generalization; give {key} rows training does not see (or data.validation_split)"
             )
     return warnings
+
+
+def local_revision_note(cfg: TrainerConfig) -> str | None:
+    """model.revision names a hub revision; a local folder is loaded as it is (trial 52a: `revision:
+    0123` on a bundled folder was recorded and silently unused)."""
+    revision, path = cfg.model.revision, cfg.model.path
+    if not revision or not Path(path).is_dir():
+        return None
+    return (
+        f"model.revision={revision} is not used: model.path {path} is a local folder, loaded as it is (a revision "
+        "picks a hub model's branch, tag or commit); remove model.revision, or check out that revision there"
+    )
 
 
 def _same_data(first: str, second: str) -> bool:

@@ -145,6 +145,8 @@ def test_a_test_set_that_is_the_validation_set_is_warned_of(tmp_path: Path) -> N
         [note] = same_data_warnings(load_config(example, [f"data.test={test}"]))
         assert note.startswith("data.validation and data.test are the same data ("), note
         assert "early stopping chooses final/ by it" in note
+    [note] = same_data_warnings(load_config(example, [f"data.test={copy}"]))
+    assert f"({kinds / 'valid.jsonl'} and {copy})" in note  # a copy: both named (trial 52a)
     assert same_data_warnings(load_config(example)) == []  # its own test set
     no_stopping = load_config(example, [f"data.test={copy}", "transfer.early_stopping.enabled=false"])
     assert "early stopping" not in same_data_warnings(no_stopping)[0]
@@ -200,3 +202,13 @@ def test_a_head_format_without_its_head_names_the_key_that_set_it() -> None:
         with pytest.raises(ConfigError) as refused:
             load_config(REPO / "configs/examples/mixture.yaml", overrides)
         assert any(f"{key}=classification needs its head" in p for p in refused.value.problems), refused.value.problems
+
+
+def test_a_revision_of_a_local_model_folder_is_said_to_be_unused() -> None:
+    """Trial 52a: `model.revision: 0123` on the bundled folder was accepted, recorded and unused."""
+    from trainer.config import local_revision_note
+
+    lora = REPO / "configs/examples/lora.yaml"
+    note = local_revision_note(load_config(lora, ["model.revision=0123"]))
+    assert note is not None and note.startswith("model.revision=0123 is not used: model.path ")
+    assert local_revision_note(load_config(lora)) is None
