@@ -51,6 +51,7 @@ class RunInfo:
     watched: str | None = None  # the score early stopping judged the run by: shown first
     from_adapter: bool = False  # started from method.lora.init_from: step 0 scored that adapter
     method: str = "-"  # what it trains and by which loss, e.g. "lora dpo (ipo)" (training_method)
+    marks: dict[str, str] = field(default_factory=dict)  # split -> the final table's * and ! (score_marks)
 
     def eval_score(self) -> str:
         """The first split's latest score, e.g. `validation exact_match 0.750`."""
@@ -68,7 +69,8 @@ class RunInfo:
                     whose = f" (step {scores['weights_step']}'s weights)"
                 # The loss too: a score every run has at 0 (exact match early on) tells nothing apart.
                 loss = f" loss {scores['eval_loss']:.3f}" if name != "eval_loss" and "eval_loss" in scores else ""
-                return f"{split} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}{loss}{whose}"
+                shown = split + self.marks.get(split, "")
+                return f"{shown} {'loss' if name == 'eval_loss' else name} {scores[name]:.3f}{loss}{whose}"
         return "-"
 
     def speed(self) -> str:
@@ -222,6 +224,10 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         stop = _stop_before_first_step(run_dir)
         if stop:
             notes.insert(0, stop)
+    marks = score_marks(layout) if status == "finished" else {}
+    shown = next(iter(_latest_evals(trajectory)), None)
+    if shown in marks:  # trial 52a: a partial or trained-on set's score sat beside whole ones, unmarked
+        notes.append(_marks_note(shown, marks[shown]))
     speeds = [r["tokens_per_s"] for r in train[1:] or train if isinstance(r.get("tokens_per_s"), (int, float))]
     return RunInfo(
         run_dir,
@@ -239,7 +245,35 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         watched=early.get("metric") if isinstance(early.get("metric"), str) else watched_metric(run_dir),
         from_adapter=started_from_adapter(run_dir),
         method=training_method(run_dir),
+        marks=marks,
     )
+
+
+def score_marks(layout: RunLayout) -> dict[str, str]:
+    """The final table's marks of a finished run's sets: `*` scored on the first eval.max_samples
+    examples only, `!` some of its rows are training rows."""
+    try:
+        summary = json.loads(layout.summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(summary, dict):
+        return {}
+    data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
+    limit = summary.get("eval_max_samples")
+    marks = {}
+    for split in summary.get("scores") or {}:
+        examples = data.get(f"{split}_examples")
+        count = examples // 2 if isinstance(examples, int) and data.get("format") == "preference" else examples
+        mark = "*" if isinstance(limit, int) and isinstance(count, int) and limit < count else ""
+        mark += "!" if (data.get("overlap") or {}).get(split) else ""
+        if mark:
+            marks[split] = mark
+    return marks
+
+
+def _marks_note(split: str, mark: str) -> str:
+    said = {"*": "scored on its first eval.max_samples examples only", "!": "some of its rows are training rows"}
+    return f"{split}{mark}: " + "; ".join(said[m] for m in mark) + " (the run's final table says how many)"
 
 
 def _stop_before_first_step(run_dir: Path) -> str | None:

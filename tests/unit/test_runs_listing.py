@@ -397,3 +397,21 @@ def test_a_start_stopped_before_its_first_step_is_said(tmp_path: Path) -> None:
     stopped = _run(tmp_path, "stopped", [2], 2)
     Outcome.stopped(StopRequested(2, "step-2", int(signal.SIGTERM))).write(RunLayout(stopped))
     assert describe_run(stopped).status == "resumable" and "before training a step" not in describe_run(stopped).note
+
+
+def test_a_partly_scored_or_trained_on_set_keeps_its_marks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 52a: the final table marked the validation score `*!` (its first 30 of 50 examples; rows
+    training also trained on); `ftl runs` showed it beside whole scores, unmarked."""
+    run = _run(tmp_path, "marked", [4], 4, finished=True)
+    scores = {"validation": {"final": {"eval_loss": 0.5}}}
+    data = {"validation_examples": 50, "overlap": {"validation": [20, 50, 3, 30]}}
+    (run / "summary.json").write_text(json.dumps({"scores": scores, "data": data, "eval_max_samples": 30}))
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps({"kind": "eval", "step": 4, "split": "validation", "eval_loss": 0.5}) + "\n")
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "validation*! loss 0.500" in out, out
+    assert "marked: validation*!: scored on its first eval.max_samples examples only; some of its rows are" in out
+    (run / "summary.json").write_text(json.dumps({"scores": scores, "data": {"validation_examples": 50}}))
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "validation loss 0.500" in capsys.readouterr().out  # a whole, clean set: no mark
