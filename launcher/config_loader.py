@@ -533,7 +533,18 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
         message = f"{message}; got {got!r}{_null_hint(err, dotted, key_lines)}"
     if kind in ("int_parsing", "float_parsing") and isinstance(got, str) and re.match(r"^[-+]?0[xXoObB]", got):
         message += " (ftl reads numbers in decimal: write it so)"  # hex/octal/binary stay text (config_yaml.py)
+    elif kind == "int_parsing" and isinstance(got, str) and _whole_number(got) is not None:
+        message += f" (a whole number: write {_whole_number(got)})"  # `1e2` (trial 52a)
     return f"{where}: {message}" if dotted else message
+
+
+def _whole_number(text: str) -> int | None:
+    """`1e2` -> 100: a float's text that is a whole number, for a key that takes an integer."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and abs(value) < 1e18 else None
 
 
 def _null_hint(err: Mapping[str, Any], dotted: str, key_lines: dict[str, int]) -> str:

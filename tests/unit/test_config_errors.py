@@ -515,6 +515,8 @@ def test_leading_zeros_are_read_as_written_not_as_octal(tmp_path: Path, valid_te
     assert load_config(_write(tmp_path, valid_text), ["training.max_steps=1_000"]).training.max_steps == 1000
     (problem,) = _problems(_write(tmp_path, valid_text), ["training.seed=0x10"])
     assert problem.endswith("got '0x10' (ftl reads numbers in decimal: write it so)"), problem
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.max_steps=1e2"])  # trial 52a
+    assert problem.endswith("got '1e2' (a whole number: write 100)"), problem
     cfg = load_config(_write(tmp_path, valid_text), ["training.max_steps=010"])
     assert cfg.training.max_steps == 10
     head = HeadConfig.model_validate(load_config_yaml("type: sequence_classification\nlabels: [007, 010]"))
