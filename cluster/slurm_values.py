@@ -42,4 +42,10 @@ def check_slurm_mem(text: str) -> str:
             f"{text!r} is not a Slurm memory size: an integer with an optional unit K, M, G or T "
             "(megabytes without one), e.g. 64G; 0 asks for all of a node's memory"
         )
-    return text.strip()
+    value = text.strip()
+    if value.isdigit() and 0 < int(value) < 1024:  # trial 52a: `mem: 64` meant 64G, and Slurm reads 64 MB
+        raise ValueError(
+            f"{value!r} without a unit is {value} megabytes to Slurm, too little to load a model: write {value}G "
+            f"(or {value}M if megabytes is meant)"
+        )
+    return value

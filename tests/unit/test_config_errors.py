@@ -529,6 +529,7 @@ def test_leading_zeros_are_read_as_written_not_as_octal(tmp_path: Path, valid_te
         ("cluster.slurm.time=abc", "cluster.slurm.time", "is not a Slurm time limit"),
         ("cluster.slurm.time=1:2:3:4", "cluster.slurm.time", "hours:minutes:seconds"),
         ("cluster.slurm.mem=lots", "cluster.slurm.mem", "is not a Slurm memory size"),
+        ("cluster.slurm.mem=64", "cluster.slurm.mem", "without a unit is 64 megabytes to Slurm"),  # trial 52a
         (
             "cluster.slurm.time=00:01:00",
             "signal_before_s (120 s) is not shorter than cluster.slurm.time",
