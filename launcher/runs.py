@@ -258,7 +258,7 @@ def score_marks(layout: RunLayout) -> dict[str, str]:
         return {}
     if not isinstance(summary, dict):
         return {}
-    data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
+    data: dict[str, Any] = summary["data"] if isinstance(summary.get("data"), dict) else {}
     limit = summary.get("eval_max_samples")
     marks = {}
     for split in summary.get("scores") or {}:
