@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from trainer.config_section import Section
+from trainer.data.same_files import same_data as _same_data
 from trainer.optim_rules import optimizer_problem
 from trainer.tracking.config import TrackingConfig
 from trainer.transfer.config import CLASSIFICATION_HEADS, HEAD_DATA_FORMATS, HEAD_RATE_WITHOUT_HEAD, TransferConfig
@@ -986,24 +987,6 @@ def local_revision_note(cfg: TrainerConfig) -> str | None:
         f"model.revision={revision} is not used: model.path {path} is a local folder, loaded as it is (a revision "
         "picks a hub model's branch, tag or commit); remove model.revision, or check out that revision there"
     )
-
-
-def _same_data(first: str, second: str) -> bool:
-    """One path (written alike or not), or two files with the same bytes. Sizes are compared first,
-    so two different large files are not read."""
-    import filecmp
-
-    if first == second:
-        return True
-    try:
-        a, b = Path(first), Path(second)
-        if not (a.exists() and b.exists()):
-            return False
-        if a.resolve() == b.resolve():
-            return True
-        return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
-    except OSError:
-        return False
 
 
 # A source below this share of the mixture's weight draws next to nothing (trial 38b: 1e-6 was taken

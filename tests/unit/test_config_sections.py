@@ -152,6 +152,16 @@ def test_a_test_set_that_is_the_validation_set_is_warned_of(tmp_path: Path) -> N
     assert "early stopping" not in same_data_warnings(no_stopping)[0]
     [note] = same_data_warnings(load_config(example, [f"data.test={kinds / 'train.jsonl'}"]))
     assert note.startswith("data.test is the data.train data (") and "measure recall of trained rows" in note
+    # A copy saved with CRLF line endings and no final newline is the same rows (session 41); a copy
+    # with one row changed is not.
+    rows = (kinds / "valid.jsonl").read_text().splitlines()
+    crlf = tmp_path / "test-crlf.jsonl"
+    crlf.write_bytes("\r\n".join(rows).encode())
+    [note] = same_data_warnings(load_config(example, [f"data.test={crlf}"]))
+    assert note.startswith("data.validation and data.test are the same data ("), note
+    edited = tmp_path / "test-edited.jsonl"
+    edited.write_text("\n".join(rows[:-1] + [rows[-1].replace('"person"', '"country"')]) + "\n")
+    assert same_data_warnings(load_config(example, [f"data.test={edited}"])) == []
 
 
 def test_a_tilde_override_unsets_a_key_and_null_on_one_that_takes_none_says_so() -> None:

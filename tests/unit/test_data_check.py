@@ -715,6 +715,45 @@ def test_validate_data_says_the_overlap_eval_max_samples_scores_as_training_does
     assert "3 of 8 validation rows" in out, out  # all of it scored
 
 
+def test_test_rows_in_the_validation_set_are_warned_of_by_validate_and_training(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tokenizer: Any
+) -> None:
+    """Session 41: validate --data and training compared held-out sets with the training data only; a
+    test set sharing rows with the validation set (which chose the checkpoint) passed unsaid. A test
+    file that is the validation file (or a copy) is said once, by the config check."""
+    valid = (QA_DATA / "valid.jsonl").read_text().splitlines()
+    test = tmp_path / "test.jsonl"
+    test.write_text("\n".join(valid[:2] + (QA_DATA / "test.jsonl").read_text().splitlines()[:6]) + "\n")
+    expected = f"2 of 8 test rows ({test}) are also in the validation data (the same tokens): on them the test score"
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    code, out, err = _validate_data(capsys, config, f"data.test={test}", "--examples", "0")
+    assert code == 0 and expected in out, out + err
+    code, out, err = _validate_data(capsys, config, f"data.test={test}", "eval.max_samples=2", "--examples", "0")
+    assert "(the same tokens; 2 of the first 2 examples eval.max_samples scores)" in out, out
+    code, out, err = _validate_data(capsys, config, f"data.test={QA_DATA / 'test.jsonl'}", "--examples", "0")
+    assert "also in the validation data" not in out, out  # the bundled sets share no row
+    code, out, err = _validate_data(capsys, config, f"data.test={QA_DATA / 'valid.jsonl'}", "--examples", "0")
+    assert "also in the validation data" not in out and "are the same data" in err, out + err  # said once
+    cfg = DataConfig(
+        train=str(QA_DATA / "train.jsonl"), validation=str(QA_DATA / "valid.jsonl"), test=str(test), max_seq_len=128
+    )
+    report = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    [said] = report["overlap_warnings"]
+    assert said.startswith(expected), said
+    report = prepare_data(
+        cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None, eval_max_samples=2
+    ).report
+    assert "(the same tokens; 2 of the first 2 examples eval.max_samples scores)" in report["overlap_warnings"][0]
+    clean = DataConfig(
+        train=str(QA_DATA / "train.jsonl"),
+        validation=str(QA_DATA / "valid.jsonl"),
+        test=str(QA_DATA / "test.jsonl"),
+        max_seq_len=128,
+    )
+    report = prepare_data(clean, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    assert report["overlap_warnings"] == []
+
+
 def test_held_out_overlap_counts_whole_rows_under_too_long_split(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, tokenizer: Any
 ) -> None:

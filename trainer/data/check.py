@@ -15,9 +15,10 @@ from trainer.config import DataConfig
 from trainer.data.formats import FORMAT_FIELDS
 from trainer.data.images import scan_images
 from trainer.data.label_coverage import label_coverage_warnings
-from trainer.data.overlap import overlap_warning, scored_part, split_overlap_warning
+from trainer.data.overlap import overlap_warning, scored_part, split_overlap_warning, test_in_validation_warning
 from trainer.data.pair_styles import pair_style_warnings
 from trainer.data.prepare import held_out_split, token_efficiency, training_rows
+from trainer.data.same_files import same_data
 from trainer.data.sources import empty_reason
 from trainer.data.tokenized import ScannedRow, scan_rows, too_long_lengths
 from trainer.data.word_tags import IGNORE_INDEX
@@ -171,7 +172,22 @@ class DataCheck:
                 continue
             scored = scored_part(sum(trained[:limit]), limit, what) if limit else ""
             warnings.append(overlap_warning(shared, len(file.row_digests), file.role, file.spec, scored))
-        return warnings
+        return warnings + self._test_in_validation(what, eval_max_samples)
+
+    def _test_in_validation(self, what: str, eval_max_samples: int | None) -> list[str]:
+        """Test rows the validation file has too, as training says it (a test file that is the
+        validation file, or a copy, is said by the config check)."""
+        by_role = {file.role: file for file in self.files if file.row_digests}
+        validation, test = by_role.get("validation"), by_role.get("test")
+        if validation is None or test is None or same_data(validation.spec, test.spec):
+            return []
+        seen = set(validation.row_digests)
+        repeated = [digest in seen for digest in test.row_digests]
+        limit = eval_max_samples if eval_max_samples and eval_max_samples < len(repeated) else None
+        if not any(repeated) or (limit and not any(repeated[:limit])):
+            return []
+        scored = scored_part(sum(repeated[:limit]), limit, what) if limit else ""
+        return [test_in_validation_warning(sum(repeated), len(repeated), test.spec, scored)]
 
 
 def check_data(

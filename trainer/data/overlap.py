@@ -25,6 +25,17 @@ def split_overlap_warning(shared: int, rows: int, scored: str = "") -> str:
     )
 
 
+def test_in_validation_warning(shared: int, rows: int, source: str, scored: str = "") -> str:
+    """Test rows the validation set has too (session 41: validate --data compared held-out sets with
+    training only): what validation chose (early stopping's checkpoint, a sweep's settings) is scored
+    on them again."""
+    return (
+        f"{shared} of {rows} test rows ({source}) {'is' if shared == 1 else 'are'} also in the validation data (the "
+        f"same tokens{scored}): on {'it' if shared == 1 else 'them'} the test score repeats the validation score, "
+        "so it does not measure independently what validation chose; remove them from data.test"
+    )
+
+
 def scored_part(trained: int, limit: int, what: str) -> str:
     """'; 3 of the first 64 examples eval.max_samples scores': the part of the overlap the scores see."""
     return f"; {trained} of the first {limit} {what} eval.max_samples scores"

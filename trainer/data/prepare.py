@@ -16,9 +16,16 @@ from trainer.data.formats import Prompt, render_prompt
 from trainer.data.images import load_image_set
 from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line
-from trainer.data.overlap import overlap_warning, scored_part, shared_rows, split_overlap_warning
+from trainer.data.overlap import (
+    overlap_warning,
+    scored_part,
+    shared_rows,
+    split_overlap_warning,
+    test_in_validation_warning,
+)
 from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
 from trainer.data.pair_styles import pair_style_warnings, pair_styles
+from trainer.data.same_files import same_data
 from trainer.data.sources import read_rows
 from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, Sharing, TokenizedSet, cut_counts, load_tokenized
 from trainer.errors import DataError
@@ -326,7 +333,23 @@ def _overlap_warnings(
             warnings.append(split_overlap_warning(shared, rows, scored))
         else:
             warnings.append(overlap_warning(shared, rows, held.name, held.source, scored))
-    return warnings
+    return warnings + _test_in_validation(evals, per_row, what, eval_max_samples)
+
+
+def _test_in_validation(evals: list[EvalSet], per_row: int, what: str, eval_max_samples: int | None) -> list[str]:
+    """Test rows the validation set has too; a test file that is the validation file (or a copy) is
+    said by the config check already (trainer.config.same_data_warnings)."""
+    by_name = {held.name: held for held in evals if held.format != "image_classification"}
+    validation, test = by_name.get("validation"), by_name.get("test")
+    if validation is None or test is None or same_data(validation.source, test.source):
+        return []
+    units = len(test.examples) // per_row
+    limit = eval_max_samples if eval_max_samples and eval_max_samples < units else None
+    shared, rows, scored_shared = shared_rows(validation.examples, test.examples, per_row, scored=limit)
+    if not shared or (limit and not scored_shared):
+        return []
+    scored = scored_part(scored_shared, limit, what) if limit else ""
+    return [test_in_validation_warning(shared, rows, test.source, scored)]
 
 
 def held_out_split(
