@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     if _rendezvous_on_loopback(args):
         args.local_addr = "127.0.0.1"
         _keep_agent_stores_on_loopback()
+    _say_which_worker_a_restart_follows()
     try:
         run(args)
     except ChildFailedError as exc:
-        rank, failure = _root_failure(exc)
+        rank, failure = _root_failure(exc.failures)
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
         if code != EXIT_INPUT_ERROR:  # an input error was printed by the worker itself
             print(f"torchrun: {_failed_worker(rank, failure)}", file=sys.stderr, flush=True)
@@ -46,16 +47,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _root_failure(exc: Any) -> tuple[int, Any]:
+def _root_failure(failures: dict[int, Any]) -> tuple[int, Any]:
     """The failure that ended the group: a worker killed by a signal (kill -9, out of memory) before
     the ranks that failed because of it (a peer's "connection reset" exits 1). torch's first failure
     is the earliest timestamp, and a surviving rank's error file can be stamped before the agent's
     monitor notices the killed one, which has none: then the killed rank went unnamed."""
-    killed = {rank: failure for rank, failure in exc.failures.items() if failure.exitcode < 0}
-    if killed:
-        rank = min(killed, key=lambda r: killed[r].timestamp)
-        return rank, killed[rank]
-    return exc.get_first_failure()
+    killed = {rank: failure for rank, failure in failures.items() if failure.exitcode < 0}
+    candidates = killed or failures
+    rank = min(candidates, key=lambda r: candidates[r].timestamp)
+    return rank, candidates[rank]
+
+
+def _say_which_worker_a_restart_follows() -> None:
+    """torch's agent restarts a failed group with an INFO log line that names no worker (session 41:
+    a user could not tell which rank died, nor why the loss curve had a resume in it). The agent's
+    monitor is wrapped to print the failed worker first, as the final failure is printed."""
+    from torch.distributed.elastic.agent.server.api import WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    monitor = LocalElasticAgent._monitor_workers
+
+    def monitor_and_say(self: Any, group: Any) -> Any:
+        result = monitor(self, group)
+        if result.state in (WorkerState.FAILED, WorkerState.UNHEALTHY) and result.failures:
+            left = self._remaining_restarts
+            if left > 0:  # the agent restarts the group now; with none left, main() says the failure
+                rank, failure = _root_failure(result.failures)
+                most = group.spec.max_restarts
+                print(
+                    f"torchrun: {_failed_worker(rank, failure)}; restarting the workers from the latest "
+                    f"checkpoint (restart {most - left + 1} of {most}, cluster.torchrun.max_restarts)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return result
+
+    LocalElasticAgent._monitor_workers = monitor_and_say  # type: ignore[method-assign]
 
 
 def _failed_worker(rank: int, failure: Any) -> str:

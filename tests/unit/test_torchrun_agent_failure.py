@@ -20,10 +20,10 @@ def test_a_killed_worker_is_named_before_the_rank_that_failed_because_of_it() ->
     failures = {0: _failure(0, 1, timestamp=100), 1: _failure(1, -9, timestamp=101)}
     error = ChildFailedError("worker", failures)
     assert error.get_first_failure()[0] == 0  # torch's choice: the earliest stamp
-    rank, failure = _root_failure(error)
+    rank, failure = _root_failure(error.failures)
     assert (rank, failure.exitcode) == (1, -9)
 
 
 def test_without_a_killed_worker_the_first_failure_is_named() -> None:
     failures = {0: _failure(0, 2, timestamp=105), 1: _failure(1, 1, timestamp=101)}
-    assert _root_failure(ChildFailedError("worker", failures))[0] == 1
+    assert _root_failure(ChildFailedError("worker", failures).failures)[0] == 1
