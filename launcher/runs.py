@@ -26,6 +26,7 @@ from trainer.checkpointing.protocol import (
     unfinished_checkpoints,
     validate_checkpoint,
 )
+from trainer.config import dpo_reference
 from trainer.console import duration
 from trainer.metrics import changed_config_starts, continued_from, current_trajectory, parse_records, wall_time
 from trainer.run_layout import RunLayout
@@ -110,6 +111,11 @@ HEAD_NAMES = {
 }
 
 
+# Short names in the listing's method column for DPO's reference (trainer.config.dpo_reference).
+REFERENCE_NAMES = {"adapters_disabled": "base", "copy": "copy", "precomputed": "precomputed"}
+ADAPTER_METHODS = ("lora", "dora", "qlora")
+
+
 def training_method(run_dir: Path) -> str:
     """The method and objective of the run's latest start, e.g. "lora sft", "full dpo (ipo)",
     "lora seq-cls": runs of one sweep that differ in those tell apart in the listing (trial 44b)."""
@@ -119,8 +125,18 @@ def training_method(run_dir: Path) -> str:
         return f"{method} {HEAD_NAMES[head]}"
     training = _config_section(run_dir, "training")
     objective = training.get("objective", "sft")
-    loss = (training.get("preference") or {}).get("loss_type", "sigmoid") if objective == "dpo" else "sigmoid"
-    return f"{method} {objective}" + (f" ({loss})" if loss != "sigmoid" else "")
+    if objective != "dpo":
+        return f"{method} {objective}"
+    preference = training.get("preference") or {}
+    loss = preference.get("loss_type", "sigmoid")
+    # Which reference the rewards are measured against (session 41: runs over `reference` looked alike).
+    lora = _config_section(run_dir, "method").get("lora") or {}
+    strategy = _config_section(run_dir, "parallel").get("strategy", "ddp")
+    reference = dpo_reference(
+        preference.get("reference", "auto"), method in ADAPTER_METHODS, bool(lora.get("init_from")), strategy
+    )
+    details = ([loss] if loss != "sigmoid" else []) + [f"ref {REFERENCE_NAMES.get(reference, reference)}"]
+    return f"{method} {objective} ({', '.join(details)})"
 
 
 def find_runs(parent: Path) -> list[Path]:

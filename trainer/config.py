@@ -708,15 +708,25 @@ class TrainerConfig(Section):
         adapters_disabled, copy, precomputed, or None (no reference needed)."""
         if self.training.objective != "dpo":
             return None
-        chosen = self.training.preference.reference
-        if chosen != "auto":
-            return chosen
-        if self.method.uses_adapter and not self.method.lora.init_from:
-            return "adapters_disabled"
-        if self.method.uses_adapter:  # the base without the adapter it starts from is not the initial model
-            return "precomputed"
-        # A frozen copy is not sharded: under fsdp/deepspeed the initial model scores the pairs once instead.
-        return "precomputed" if self.parallel.strategy in SHARDED else "copy"
+        return dpo_reference(
+            self.training.preference.reference,
+            self.method.uses_adapter,
+            bool(self.method.lora.init_from),
+            self.parallel.strategy,
+        )
+
+
+def dpo_reference(chosen: str, uses_adapter: bool, adapter_given: bool, strategy: str) -> str:
+    """training.preference.reference resolved (`auto` by the method): also read from a run's config
+    snapshot by `ftl runs`, which does not validate a whole config."""
+    if chosen != "auto":
+        return chosen
+    if uses_adapter and not adapter_given:
+        return "adapters_disabled"
+    if uses_adapter:  # the base without the adapter it starts from is not the initial model
+        return "precomputed"
+    # A frozen copy is not sharded: under fsdp/deepspeed the initial model scores the pairs once instead.
+    return "precomputed" if strategy in SHARDED else "copy"
 
 
 # Keys of training.preference that only one objective reads; set for the other, they did nothing.

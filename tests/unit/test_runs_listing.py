@@ -330,9 +330,16 @@ def test_the_listing_says_what_each_run_trains_and_by_which_loss(tmp_path: Path)
     base = config.read_text()
     assert training_method(run) == "lora sft"
     config.write_text(base + "method: {type: full}\ntraining: {objective: dpo, preference: {loss_type: ipo}}\n")
-    assert training_method(run) == "full dpo (ipo)"
+    assert training_method(run) == "full dpo (ipo, ref copy)"
     config.write_text(base + "training: {objective: dpo, preference: {loss_type: sigmoid}}\n")
-    assert training_method(run) == "lora dpo"
+    assert training_method(run) == "lora dpo (ref base)"
+    # Which reference the rewards are against (session 41): chosen, or `auto` resolved as training does.
+    config.write_text(base + "training: {objective: dpo, preference: {reference: precomputed}}\n")
+    assert training_method(run) == "lora dpo (ref precomputed)"
+    config.write_text(base + "method: {type: full}\nparallel: {strategy: fsdp}\ntraining: {objective: dpo}\n")
+    assert training_method(run) == "full dpo (ref precomputed)"
+    config.write_text(base + "method: {lora: {init_from: /a/adapter}}\ntraining: {objective: dpo}\n")
+    assert training_method(run) == "lora dpo (ref precomputed)"
     config.write_text(base + "method: {type: qlora}\ntraining: {objective: orpo}\n")
     assert training_method(run) == "qlora orpo"
     config.write_text(base + "transfer: {head: {type: sequence_classification}}\n")
