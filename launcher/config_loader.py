@@ -281,6 +281,12 @@ def _is_mapping_value(parts: list[str]) -> bool:
     return is_mapping_value(RunConfig, parts)
 
 
+def shown_key(parts: list[str]) -> str:
+    """A key as messages write it: a list's entry by its index in brackets (`data.mixture[1].weight`,
+    as preflight's messages and the command line write it; pydantic's location says `mixture.1`)."""
+    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", ".".join(parts))
+
+
 def _dotted_indices(override: str) -> str:
     """`data.mixture[1].weight=0` as `data.mixture.1.weight=0` (the key part only)."""
     key, sep, value = override.partition("=")
@@ -311,7 +317,7 @@ def _unknown_key(parts: list[str]) -> str | None:
         if part.isdigit() and index:  # an entry of a list section: its model is the item's
             continue
         if part not in model.model_fields:
-            return f"{'.'.join(parts[: index + 1])} is no key{_did_you_mean(parts[: index + 1])}"
+            return f"{shown_key(parts[: index + 1])} is no key{_did_you_mean(parts[: index + 1])}"
         if index == len(parts) - 1:
             return None
         annotation = model.model_fields[part].annotation
@@ -320,7 +326,7 @@ def _unknown_key(parts: list[str]) -> str | None:
             free_form = typing.get_origin(annotation) is dict or any(
                 typing.get_origin(arg) is dict for arg in typing.get_args(annotation)
             )
-            return None if free_form else f"{'.'.join(parts[: index + 1])} is a value, not a section"
+            return None if free_form else f"{shown_key(parts[: index + 1])} is a value, not a section"
         model = inner
     return None
 
@@ -476,7 +482,7 @@ def _describe_all(errors: list[Any], key_lines: dict[str, int]) -> list[str]:
     for loc, branches in unions.items():
         kinds = " or ".join(dict.fromkeys(_type_name(name) for name, _ in branches))
         got = next((err.get("input") for name, err in branches if len(err["loc"]) == len(loc) + 1), None)
-        whole = f"{'.'.join(loc)}=[a,b]"
+        whole = f"{shown_key(list(loc))}=[a,b]"
         hint = f"; to change one item of a list, give the whole list: {whole}" if isinstance(got, dict) else ""
         problems.append(f"{_where(list(loc), key_lines)}: must be {kinds}; got {got!r}{hint}")
     return problems
@@ -517,13 +523,15 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
             closed = given.strip() if given.strip().endswith("}") else given.strip() + "}"
             return (
                 f"{where}: {given!r} starts like a section in braces but is not a complete YAML mapping; close its "
-                f"braces and check its quotes (e.g. '{dotted}={closed}')"
+                f"braces and check its quotes (e.g. '{shown_key(loc)}={closed}')"
             )
         if isinstance(err.get("input"), bool) and "enabled" in keys:  # tracking.mlflow=true
-            listed = f"; to turn it {'on' if err['input'] else 'off'}: {dotted}.enabled={str(err['input']).lower()}"
+            listed = (
+                f"; to turn it {'on' if err['input'] else 'off'}: {shown_key(loc)}.enabled={str(err['input']).lower()}"
+            )
         return (
             f"{where}: is a section, not a value (got {err.get('input')!r}): set its keys, as "
-            f"{dotted}.KEY=VALUE on the command line or indented under `{loc[-1]}:` in the file{listed}"
+            f"{shown_key(loc)}.KEY=VALUE on the command line or indented under `{loc[-1]}:` in the file{listed}"
         )
     message = err["msg"]
     if message.startswith("Value error, "):
@@ -553,21 +561,22 @@ def _null_hint(err: Mapping[str, Any], dotted: str, key_lines: dict[str, int]) -
         return ""
     if dotted.rpartition(".")[2].isdigit():  # a list's entry (`labels=[null, x]`): no key to unset (trial 49a)
         return " (a list's entries cannot be null; remove it or write a value)"
-    return f" (to unset the key, so that its default applies, write ~{dotted})"
+    return f" (to unset the key, so that its default applies, write ~{shown_key(dotted.split('.'))})"
 
 
 def _where(loc: list[str], key_lines: dict[str, int]) -> str:
     """A key's dotted name with where it was written: its file line, or the command line."""
     dotted = ".".join(loc)
     line = _nearest_line(loc, key_lines)
+    shown = shown_key(loc)
     # A rule across a section's keys (cluster.slurm: signal_before_s against time) whose values came
     # from the file and the command line: it named only the file's line, for a value of --time.
     overridden = line and any(k.startswith(dotted + ".") and v == 0 for k, v in key_lines.items())
     if overridden and key_lines.get(dotted):
-        return f"{dotted} (line {line} and the command line)"
+        return f"{shown} (line {line} and the command line)"
     if overridden:  # only keys under it, all from the command line (the file's line was its section's)
-        return f"{dotted} (command line)"
-    return f"{dotted} (line {line})" if line else f"{dotted} (command line)" if line == 0 else dotted
+        return f"{shown} (command line)"
+    return f"{shown} (line {line})" if line else f"{shown} (command line)" if line == 0 else shown
 
 
 def _nearest_line(loc: list[str], key_lines: dict[str, int]) -> int | None:
@@ -617,9 +626,9 @@ def _did_you_mean(loc: list[str]) -> str:
         # The right name in another section (training.early_stopping for transfer.early_stopping).
         return f"; did you mean {elsewhere!r}? ({loc[-1]} is a key of {elsewhere.rsplit('.', 1)[0]})"
     close = [alias] if alias in valid else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-    section = ".".join(loc[:-1]) or "top level"
+    section = shown_key(loc[:-1]) or "top level"
     if close:
-        return f"; did you mean {'.'.join(loc[:-1] + [close[0]])!r}?"
+        return f"; did you mean {shown_key(loc[:-1] + [close[0]])!r}?"
     return f"; valid keys in {section}: {', '.join(valid)}"
 
 

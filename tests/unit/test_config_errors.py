@@ -868,12 +868,15 @@ def test_a_mixture_entry_is_reached_by_its_index_and_its_typos_by_their_line(tmp
     )
     with pytest.raises(ConfigError) as typo:
         load_config(config)
-    assert typo.value.problems == ["data.mixture.1.wieght (line 8): unknown key; did you mean 'data.mixture.1.weight'?"]
+    # An entry is named by its index in brackets, as the command line and preflight write it.
+    assert typo.value.problems == [
+        "data.mixture[1].wieght (line 8): unknown key; did you mean 'data.mixture[1].weight'?"
+    ]
     config.write_text(config.read_text().replace("wieght", "weight"))
     for override in ("data.mixture[1].weight=3", "data.mixture.1.weight=3"):
         assert [s.weight for s in load_config(config, [override]).data.mixture] == [1.0, 3.0]
     assert load_config(config, ["~data.mixture.1.weight"]).data.mixture[1].weight == 1.0  # its default
-    with pytest.raises(ConfigError, match=r"data.mixture.1.weight \(command line\): Input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"data.mixture\[1\].weight \(command line\): Input should be greater than 0"):
         load_config(config, ["data.mixture[1].weight=0"])
     with pytest.raises(ConfigError, match=r"the list has entries 0-1; got '5'"):
         load_config(config, ["data.mixture.5.weight=3"])

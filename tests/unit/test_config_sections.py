@@ -193,7 +193,7 @@ def test_a_tilde_override_unsets_a_key_and_null_on_one_that_takes_none_says_so()
     with pytest.raises(ConfigError) as refused:  # a list's entry has no key to unset (trial 49a)
         load_config(REPO / "configs/examples/encoder_classification.yaml", ["transfer.head.labels=[null, x, y]"])
     assert refused.value.problems == [
-        "transfer.head.labels.0 (command line): Input should be a valid string; got None (a list's entries cannot "
+        "transfer.head.labels[0] (command line): Input should be a valid string; got None (a list's entries cannot "
         "be null; remove it or write a value)"
     ]
     assert load_config(dpo, ["training.max_steps=7", "training.max_steps=null"]).training.max_steps is None
