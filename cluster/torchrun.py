@@ -24,6 +24,7 @@ from typing import Any
 from cluster.config import ClusterConfig
 from cluster.errors import WorkerFailed, resume_hint
 from cluster.local import threads_per_worker
+from cluster.loopback import LOOPBACK
 from cluster.parent_death import LAUNCHER_VARIABLE, child_dies_with_this_process
 from cluster.results import clear_result, crash_advice, recorded_crashes, recorded_input_error, take_result
 from cluster.signals import signals_request_stop
@@ -61,12 +62,20 @@ def rdzv_endpoint(cluster: ClusterConfig) -> str:
     return f"127.0.0.1:{cluster.master_port or 29400}"
 
 
+def workers_on_this_machine(cluster: ClusterConfig) -> int:
+    """A rendezvous on a loopback address has every node on this machine (a test of a multi-node
+    setup): their workers share its cores (trial 51b: two nodes each gave their worker all cores,
+    and the run was 11 times slower than with them split)."""
+    host = rdzv_endpoint(cluster).rsplit(":", 1)[0].strip("[]")
+    return cluster.workers * (cluster.nodes if host in LOOPBACK else 1)
+
+
 def launch_torchrun(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     logs = RunLayout(run_dir).logs
     logs.mkdir(parents=True, exist_ok=True)
     clear_result(run_dir)
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(cluster.workers)))
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(workers_on_this_machine(cluster))))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env[LAUNCHER_VARIABLE] = str(os.getpid())  # the workers, the agent's children, die with ftl too
     # Own session: a Ctrl-C in the terminal reaches ftl only, which asks for a clean stop; the
