@@ -9,15 +9,33 @@ that restart failed workers (torchrun, Ray) do not mistake a requested stop for 
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
+from cluster.parent_death import LAUNCHER_VARIABLE
 from trainer.outcome import Outcome, OutcomeKind
 from trainer.run_layout import RunLayout
 
 
 def write_result(run_dir: Path, outcome: Outcome) -> None:
-    outcome.write(RunLayout(run_dir))
+    dataclasses.replace(outcome, launcher=this_rank_launcher()).write(RunLayout(run_dir))
+
+
+def this_rank_launcher() -> str | None:
+    """The ftl launcher that started this worker, as "host:pid" (None under Ray or a user's own torchrun)."""
+    pid = os.environ.get(LAUNCHER_VARIABLE)
+    return f"{socket.gethostname()}:{pid}" if pid else None
+
+
+def reported_here(run_dir: Path) -> bool:
+    """Whether this launcher writes the end-of-run report: the one whose node ran rank 0, when every
+    node of a multi-node torchrun run has a launcher (trial 51b: each node wrote it, into one folder,
+    and uploaded it to the trackers again); any launcher when the result names none."""
+    launcher = read_result(run_dir).launcher
+    return launcher is None or launcher == f"{socket.gethostname()}:{os.getpid()}"
 
 
 def clear_result(run_dir: Path) -> None:

@@ -162,7 +162,9 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
             if refusal:
                 raise StartRefused(refusal)
             summary = launch(cfg, run_dir, cfg.cluster)
-        if cfg.output.report:
+        from cluster.results import reported_here
+
+        if cfg.output.report and reported_here(run_dir):  # one launcher of a multi-node torchrun run writes it
             write_report_after_run(run_dir, cfg.tracking)
     print(format_summary(summary))
     return 0

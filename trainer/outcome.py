@@ -40,6 +40,9 @@ class Outcome:
     checkpoint: str | None = None
     signum: int | None = None
     message: str | None = None  # INPUT_ERROR: the error for the user; NO_RESULT: why there is none
+    # Which launcher started the rank that wrote it ("host:pid"; None when it was none of ftl's own): of
+    # several launchers (one per torchrun node) only that one writes the end-of-run report.
+    launcher: str | None = None
 
     @classmethod
     def finished(cls, summary: dict[str, Any]) -> Outcome:
@@ -55,30 +58,34 @@ class Outcome:
 
     def to_json(self) -> str:
         # The same shape ftl has always written, so launchers and workers of neighbouring versions agree.
+        started_by = {"launcher": self.launcher} if self.launcher else {}
         if self.kind is OutcomeKind.FINISHED:
-            return json.dumps({"stopped": False, "summary": self.summary})
+            return json.dumps({"stopped": False, "summary": self.summary, **started_by})
         if self.kind is OutcomeKind.STOPPED:
             return json.dumps(
-                {"stopped": True, "step": self.step, "checkpoint": self.checkpoint, "signum": self.signum}
+                {"stopped": True, "step": self.step, "checkpoint": self.checkpoint, "signum": self.signum, **started_by}
             )
         assert self.kind is OutcomeKind.INPUT_ERROR, f"a {self.kind.value} outcome is never written"
-        return json.dumps({"error": self.message})
+        return json.dumps({"error": self.message, **started_by})
 
     @classmethod
     def from_json(cls, text: str) -> Outcome:
         """Never raises: text that is not a whole outcome is a NO_RESULT saying so."""
         try:
             record = json.loads(text)
+            launcher = record.get("launcher")
+            launcher = str(launcher) if launcher else None
             if "error" in record:
-                return cls.input_error(str(record["error"]))
+                return cls(OutcomeKind.INPUT_ERROR, message=str(record["error"]), launcher=launcher)
             if record.get("stopped"):
                 return cls(
                     OutcomeKind.STOPPED,
                     step=int(record["step"]),
                     checkpoint=str(record["checkpoint"]),
                     signum=record.get("signum"),
+                    launcher=launcher,
                 )
-            return cls.finished(dict(record["summary"]))
+            return cls(OutcomeKind.FINISHED, summary=dict(record["summary"]), launcher=launcher)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             return cls(OutcomeKind.NO_RESULT, message=f"unreadable ({type(exc).__name__}: {exc})")
 

@@ -475,7 +475,9 @@ def test_two_node_torchrun_restarts_after_a_killed_worker_and_the_ranks_meet_aga
     restarted ranks never met and hung in init_process_group (a two-node Slurm job, trial 30a)."""
     from cluster.local import free_port
 
-    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 1})
+    config = _config(
+        tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 1}, output={"report": True}
+    )
     endpoint = f"127.0.0.1:{free_port()}"
     overrides = ["cluster.nodes=2", f"cluster.torchrun.rdzv_endpoint={endpoint}", "cluster.torchrun.max_restarts=1"]
     env = {**os.environ, **_kill_rank1_mid_step3(tmp_path), "OMP_NUM_THREADS": "1"}
@@ -499,6 +501,14 @@ def test_two_node_torchrun_restarts_after_a_killed_worker_and_the_ranks_meet_aga
     assert [a.returncode for a in agents] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert (tmp_path / "kill.marker").exists()
     assert_same_losses(tmp_path / "run", golden)
+    # The node that ran rank 0 writes the report; the other one does not (trial 51b: both did).
+    said = [stderr for _, stderr in outputs]
+    assert sorted(stderr.count("ftl: report ") for stderr in said) == [0, 1], said[0][-2000:] + said[1][-2000:]
+    assert (tmp_path / "run/report/index.html").is_file()
+    # Nor does the agent whose rendezvous shutdown found the store's host gone print torch's C++ stack
+    # and shutdown warning after the run finished (trial 51b).
+    for stderr in said:
+        assert "frame #" not in stderr and "failed to shutdown the rendezvous" not in stderr, stderr[-3000:]
 
 
 def test_a_third_ctrl_c_on_torchrun_force_quits_at_once_with_130(tmp_path, tiny_model_dir):

@@ -96,6 +96,27 @@ def test_outcome_file_keeps_the_shape_earlier_versions_wrote(tmp_path: Path) -> 
     assert json.loads(Outcome.input_error("bad row").to_json()) == {"error": "bad row"}
 
 
+def test_the_launcher_that_started_rank_0_is_the_one_that_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several launchers read one result (one per torchrun node): the one whose node ran rank 0
+    writes the end-of-run report (trial 51b: every node did). A result that names no launcher (Ray,
+    a user's own torchrun, an earlier version's worker) is reported by whichever reads it."""
+    import os
+
+    from cluster.results import reported_here
+
+    write_result(tmp_path, Outcome.finished({"steps": 1}))
+    assert Outcome.read(RunLayout(tmp_path)).launcher is None and reported_here(tmp_path)
+    monkeypatch.setenv("FTL_LAUNCHER_PID", str(os.getpid()))
+    write_result(tmp_path, Outcome.finished({"steps": 1}))
+    assert reported_here(tmp_path)
+    assert Outcome.from_json(RunLayout(tmp_path).worker_result.read_text()).summary == {"steps": 1}
+    monkeypatch.setenv("FTL_LAUNCHER_PID", str(os.getpid() + 1))  # another node's launcher
+    write_result(tmp_path, Outcome.finished({"steps": 1}))
+    assert not reported_here(tmp_path)
+
+
 def test_each_outcome_becomes_the_summary_or_its_error(tmp_path: Path) -> None:
     write_result(tmp_path, Outcome.finished({"steps": 4}))
     assert take_result(tmp_path) == {"steps": 4}
