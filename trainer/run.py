@@ -49,6 +49,7 @@ from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
 from trainer.faults import fault_point
 from trainer.global_batch import batch_larger_than_data, planned_steps
+from trainer.indistinct_tokens import indistinct_tokens_warning
 from trainer.logging_setup import setup_worker_logging
 from trainer.loop import LoopHooks, train_loop
 from trainer.loop_state import LoopState
@@ -254,6 +255,10 @@ def _build_trainee(
         id_sets = {"train": data.train.examples.ids, **{e.name: e.examples.ids for e in data.evals}}
         tokenizer_path = cfg.model.tokenizer or cfg.model.path
         check_token_ids_fit(base, id_sets, tokenizer.pad_token_id, cfg.model.path, tokenizer_path)
+        if ctx.is_main and cfg.transfer.head.type == "causal_lm":
+            indistinct = indistinct_tokens_warning(base, data.train.examples.ids, data.train.examples.mask, tokenizer)
+            if indistinct:
+                console.event(f"warning: {indistinct}")
     fault_point("model_checks", 0, ctx.rank)
     if data.train.packed and not data.train.pairs:  # rows of several examples (a pair's rows hold one each)
         check_packed_examples_stay_apart(base, ctx.device)
