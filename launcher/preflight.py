@@ -194,8 +194,9 @@ def position_problem(cfg: RunConfig) -> str | None:
 
 def freeze_problem(cfg: RunConfig) -> str | None:
     """transfer.freeze naming more blocks than the model has, or a pattern that matches no parameter:
-    `ftl plan` and `ftl train` refused it, validate said valid (trial 39b). Patterns are matched only
-    on a language model's names (the model built here is one: a task head is named otherwise)."""
+    `ftl plan` and `ftl train` refused it, validate said valid (trial 39b). Checked on the model of
+    the run's task (trial 53b: a classifier's patterns were not checked, and the names shown were a
+    language model's, lm_head and all)."""
     freeze = cfg.transfer.freeze
     if not freeze.freezes_blocks and not freeze.patterns:
         return None
@@ -203,11 +204,12 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     from trainer.transfer.freezing import apply_freezing, check_block_count, check_patterns_match
     from trainer.transfer.model_parts import model_parts
 
-    model = _meta_model(cfg)
+    head = cfg.transfer.head
+    model = _meta_model(cfg) if head.type == "causal_lm" else _meta_task_model(cfg)
     if model is None:
         return None
     try:
-        if cfg.method.type == "full" and cfg.transfer.head.type == "causal_lm":
+        if cfg.method.type == "full":
             # The model built here is the one that trains: freezing it as training will also finds
             # a freeze that leaves nothing to train (trial 43a: validate said valid, plan refused it).
             model.requires_grad_(True)
@@ -215,11 +217,43 @@ def freeze_problem(cfg: RunConfig) -> str | None:
             return None
         if freeze.freezes_blocks:
             check_block_count(freeze, model_parts(model).num_blocks)
-        if freeze.patterns and cfg.transfer.head.type == "causal_lm":
+        if freeze.patterns:
             check_patterns_match([name for name, _ in model.named_parameters()], freeze.patterns)
     except TrainerInputError as exc:
         return str(exc)
     return None
+
+
+def _meta_task_model(cfg: RunConfig) -> Any:
+    """The run's task model (a classifier over cfg.model.path) on the meta device, or None as _meta_model."""
+    config_file = Path(str(cfg.model.path)).expanduser() / "config.json"
+    changed = config_file.stat().st_mtime_ns if config_file.is_file() else None
+    head = cfg.transfer.head
+    return _meta_task_model_of(str(cfg.model.path), cfg.model.revision, changed, head.type, len(head.label_names))
+
+
+@functools.lru_cache(maxsize=2)
+def _meta_task_model_of(path: str, revision: str | None, changed: int | None, head_type: str, labels: int) -> Any:
+    from launcher.errors import UserError
+    from launcher.plan.catalogue import model_config_fields
+
+    try:
+        _, fields = model_config_fields(path, revision)
+    except (UserError, OSError, ValueError):
+        return None
+    import torch
+    import transformers
+
+    from launcher.plan.inventory_build import hf_config
+    from trainer.transfer.heads import AUTO_MODEL_CLASSES
+
+    try:
+        config = hf_config(fields)
+        config.num_labels = max(labels, 1)
+        with torch.device("meta"):
+            return getattr(transformers, AUTO_MODEL_CLASSES[head_type]).from_config(config)
+    except Exception:  # noqa: BLE001 - a model transformers cannot build here: the workers say why
+        return None
 
 
 def lora_rank_note(cfg: RunConfig) -> str | None:

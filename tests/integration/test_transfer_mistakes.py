@@ -35,7 +35,7 @@ def test_a_freeze_pattern_that_matches_nothing_is_refused_before_ray_starts(
     )
     refused = _ftl("train", str(config))
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert r"transfer.freeze.patterns: 'layers\.2\.mpl' match(es) no parameter" in refused.stderr
+    assert r"transfer.freeze.patterns: 'layers\.2\.mpl' matches no parameter" in refused.stderr
     assert "did you mean 'mlp' for 'mpl'?" in refused.stderr
     # The launcher's fit check builds the model on the meta device and finds it: no Ray, no worker.
     assert not (run / "logs").exists() or not list((run / "logs").iterdir()), "workers ran for a refused config"

@@ -917,12 +917,20 @@ def test_validate_refuses_freezing_what_the_model_does_not_have() -> None:
 
     cases = [
         ("configs/examples/classification.yaml", "transfer.freeze.first_n_blocks=9", "the model has 4 blocks"),
-        ("configs/examples/lora.yaml", r"transfer.freeze.patterns=[layers\.2\.mpl]", "match(es) no parameter"),
+        ("configs/examples/lora.yaml", r"transfer.freeze.patterns=[layers\.2\.mpl]", "matches no parameter"),
         ("configs/examples/lora.yaml", "transfer.freeze.train_last_n_blocks=4", "so no block would be frozen"),
+        # A classifier's patterns, over the classifier's names (trial 53b: passed validate, refused by train).
+        (
+            "configs/examples/classification.yaml",
+            "transfer.freeze.patterns=[self_atn]",
+            "model.norm.weight, score.weight",
+        ),
+        ("configs/examples/classification.yaml", r"transfer.freeze.patterns=[layers\.9\.mlp]", "matches no parameter"),
     ]
     for config, override, said in cases:
         out = subprocess.run([*FTL, "validate", config, override], cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 2 and said in out.stderr, out.stderr[-2000:]
+        assert "lm_head" not in out.stderr or "lora.yaml" in config, out.stderr[-2000:]  # a classifier has none
     fine = subprocess.run(
         [*FTL, "validate", "configs/examples/classification.yaml", "transfer.freeze.first_n_blocks=3"],
         cwd=REPO,

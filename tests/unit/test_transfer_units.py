@@ -467,7 +467,7 @@ def test_a_freeze_pattern_that_matches_nothing_is_refused_with_the_names_it_coul
     with pytest.raises(TrainerInputError) as typo:
         apply_freezing(model, model_parts(model), FreezeConfig(patterns=[r"layers\.1\.mlp", r"layers\.2\.mpl"]))
     message = str(typo.value)
-    assert message.startswith("transfer.freeze.patterns: 'layers\\.2\\.mpl' match(es) no parameter"), message
+    assert message.startswith("transfer.freeze.patterns: 'layers\\.2\\.mpl' matches no parameter"), message
     assert "did you mean 'mlp' for 'mpl'?" in message and "model.layers.0.mlp.gate_proj.weight" in message
     assert all(p.requires_grad for p in model.parameters())  # refused before freezing anything
     frozen = apply_freezing(model, model_parts(model), FreezeConfig(patterns=[r"layers\.1\.mlp"]))

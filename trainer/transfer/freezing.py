@@ -60,8 +60,8 @@ def check_patterns_match(names: list[str], patterns: list[str]) -> None:
     examples = outside_blocks[:1] + first_block[:5] + outside_blocks[1:4]
     shown = ", ".join(f"'{pattern}'" for pattern in unmatched)  # as typed (repr would double the backslashes)
     raise TrainerInputError(
-        f"transfer.freeze.patterns: {shown} match(es) no parameter of this model, "
-        f"so it would freeze nothing{f' ({hints})' if hints else ''}; patterns are regular expressions searched in "
+        f"transfer.freeze.patterns: {shown} {'matches' if len(unmatched) == 1 else 'match'} no parameter of this "
+        f"model, so {'it' if len(unmatched) == 1 else 'they'} would freeze nothing{f' ({hints})' if hints else ''}; patterns are regular expressions searched in "
         f"parameter names such as: {', '.join(examples)}"
     )
 
