@@ -171,6 +171,9 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         ctx.restart,
         trainee.state.samples_seen if resume_from else None,
     )
+    resumed_note = trainee.transfer.resumed_note(trainee.state.step) if trainee.state.step else None
+    if resumed_note and ctx.is_main:
+        console.event(resumed_note)
     evaluator = _Evaluator(
         cfg,
         trainee.model,

@@ -89,13 +89,15 @@ def _unfreezing_sections(**training: Any) -> dict[str, Any]:
     )
 
 
-def test_gradual_unfreezing_follows_its_schedule_across_a_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_gradual_unfreezing_follows_its_schedule_across_a_resume(
+    tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     golden = _train(tmp_path, "golden", tiny_model_dir, **_unfreezing_sections())
-    expected = [
-        (0, 0, ["head"]),
-        (2, 1, ["head", "block 1"]),
-        (4, 2, ["head", "block 1", "block 0"]),
-        (6, 3, ["head", "block 1", "block 0", "embeddings"]),
+    expected = [  # stages counted from 1, as the console says them (trial 53b)
+        (0, 1, ["head"]),
+        (2, 2, ["head", "block 1"]),
+        (4, 3, ["head", "block 1", "block 0"]),
+        (6, 4, ["head", "block 1", "block 0", "embeddings"]),
     ]
     assert _unfreeze_events(golden) == expected
 
@@ -136,8 +138,13 @@ def test_gradual_unfreezing_follows_its_schedule_across_a_resume(tmp_path: Path,
         == 2
     )
 
+    capfd.readouterr()
     assert train(str(config), []) == 0
     assert _unfreeze_events(run) == expected
+    # The resume says where it is in the schedule (trial 53b: only the rank log did).
+    said = capfd.readouterr()
+    resumed = "resumed with gradual unfreezing in stage 3 of 4 (head, block 1, block 0 train)"
+    assert resumed in said.out + said.err, (said.out + said.err)[-3000:]
     assert [r["loss"] for r in read_metrics(run, "train")] == [r["loss"] for r in read_metrics(golden, "train")]
     want, have = _merged(golden), _merged(run)
     assert all(torch.equal(want[k], have[k]) for k in want)

@@ -428,6 +428,32 @@ def test_early_stopping_rule_and_its_state_survive_a_resume() -> None:
     assert accuracy.best_step == 2 and not accuracy.should_stop  # higher is better for accuracy
 
 
+def test_a_resume_and_the_summary_say_the_stage_and_patience_of_the_weights_they_name() -> None:
+    """Trial 53b: a resume said nothing of its unfreezing stage or early-stopping count (right, but in
+    the rank log only), and summary.json listed the stage at the stop, while final/ held the best
+    step's weights, trained in an earlier stage (block 0 never trained there)."""
+    from trainer.transfer.config import EarlyStoppingConfig, TransferConfig
+    from trainer.transfer.early_stopping import EarlyStopping
+
+    model = torch.nn.Linear(2, 2)
+    groups = [("head", ["weight"]), ("block 1", ["bias"]), ("block 0", []), ("embeddings", [])]
+    unfreezer = GradualUnfreezer(model, groups, every_steps=4)
+    unfreezer.apply(13)  # stage 4 of 4 at the stop
+    early = EarlyStopping(EarlyStoppingConfig(enabled=True, metric="accuracy", patience=2))
+    early.update(6, {"validation": {"accuracy": 0.9}})
+    early.update(10, {"validation": {"accuracy": 0.8}})
+    transfer = TransferConfig(early_stopping={"enabled": True, "metric": "accuracy", "patience": 2})
+    controller = SimpleNamespace(unfreezer=unfreezer, early=early, cfg=SimpleNamespace(transfer=transfer), counts={})
+    assert TransferController.resumed_note(controller, 13) == (  # type: ignore[arg-type]
+        "resumed with gradual unfreezing in stage 4 of 4 (head, block 1, block 0, embeddings train); early stopping "
+        "at 1 of 2 evaluations without improvement, best validation accuracy 0.9 at step 6"
+    )
+    summary = TransferController.summary(controller)["gradual_unfreezing"]  # type: ignore[arg-type]
+    assert (summary["stage"], summary["stages"]) == (4, 4)  # counted from 1, as the console says it
+    # Step 6 trained in stage 2 (steps 5-8): what final/ holds.
+    assert summary["final_dir"] == {"step": 6, "stage": 2, "stages": 4, "unfrozen": ["head", "block 1"]}
+
+
 def json_round_trip(value: dict) -> dict:
     import json
 

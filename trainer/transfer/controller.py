@@ -168,6 +168,23 @@ class TransferController:
             log.info("resumed at step %d in unfreezing stage %s", state.step, self.unfreezer.describe())
         return self.strategy.rewrap(model) if changed else model
 
+    def resumed_note(self, step: int) -> str | None:
+        """Where a resumed run is in its schedules (trial 53b: right, but said only in the rank-0 log)."""
+        parts = []
+        if self.unfreezer is not None:
+            described = self.unfreezer.stage_at(self.unfreezer.stage_for(step))
+            unfrozen = list(described["unfrozen"])  # type: ignore[call-overload]
+            parts.append(
+                f"gradual unfreezing in stage {described['stage']} of {described['stages']} ({', '.join(unfrozen)} train)"
+            )
+        if self.early is not None and self.early.best_step is not None:
+            watched = self.cfg.transfer.early_stopping
+            parts.append(
+                f"early stopping at {self.early.bad_evals} of {watched.patience} evaluations without improvement, "
+                f"best {watched.split} {watched.metric} {self.early.best:.4g} at step {self.early.best_step}"
+            )
+        return f"resumed with {'; '.join(parts)}" if parts else None
+
     def on_step_start(self, state: LoopState, model: torch.nn.Module) -> torch.nn.Module:
         if self.unfreezer is None or not self.unfreezer.apply(state.step):
             return model
@@ -175,7 +192,7 @@ class TransferController:
         log.info("step %d: gradual unfreezing stage %d: %s", state.step, described["stage"], described["unfrozen"])
         if self.say is not None:
             unfrozen = list(described["unfrozen"])  # type: ignore[call-overload]
-            stage = int(described["stage"]) + 1  # type: ignore[call-overload]
+            stage = described["stage"]
             self.say(
                 f"gradual unfreezing: after step {state.step}, stage {stage} of "
                 f"{described['stages']}: {unfrozen[-1]} trains too ({described['trainable_params']:,} trainable "
@@ -310,4 +327,10 @@ class TransferController:
             out["freeze"] = dict(self.counts)
         if self.unfreezer is not None:
             out["gradual_unfreezing"] = {**self.unfreezer.describe(), "every_steps": self.unfreezer.every_steps}
+            best = self.early.best_step if self.early is not None else None
+            if best is not None and self.unfreezer.stage_for(max(0, best - 1)) != self.unfreezer.stage:
+                # final/ holds the best step's weights, trained in an earlier stage (trial 53b: the summary
+                # listed block 0 as unfrozen, and in final/ it had never trained).
+                at_best = self.unfreezer.stage_at(self.unfreezer.stage_for(max(0, best - 1)))
+                out["gradual_unfreezing"]["final_dir"] = {"step": best, **at_best}
         return out

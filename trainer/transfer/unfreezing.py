@@ -64,11 +64,17 @@ class GradualUnfreezer:
         return True
 
     def describe(self) -> dict[str, object]:
+        """The stage in force, counted from 1 as the console says it (trial 53b: the files counted from 0)."""
         return {
-            "stage": self.stage,
-            "stages": len(self.groups),
-            "unfrozen": [label for label, _ in self.groups[: self.stage + 1]],
+            **self.stage_at(self.stage),
             "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+        }
+
+    def stage_at(self, stage: int) -> dict[str, object]:
+        return {
+            "stage": stage + 1,
+            "stages": len(self.groups),
+            "unfrozen": [label for label, _ in self.groups[: stage + 1]],
         }
 
 
