@@ -63,8 +63,11 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         same_data_warnings,
         unused_zero_stage,
     )
+    from trainer.transfer.early_stopping import patience_past_the_run
 
+    steps = cfg.training.max_steps  # with epochs, the run's length needs the data: training says it
     notes = (
+        patience_past_the_run(cfg.transfer.early_stopping, cfg.eval.every_steps, steps) if steps else None,
         rotary_context_note(cfg),
         local_revision_note(cfg),
         periodic_eval_without_data(cfg),

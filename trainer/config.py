@@ -1050,10 +1050,14 @@ def _check_early_stopping(cfg: TrainerConfig) -> None:
         )
     sets = [name for name in cfg.eval_set_names() if name != "test"]
     if stopping.split not in sets:
+        import difflib
+
         have = ", ".join(sets) or "none"
+        close = difflib.get_close_matches(stopping.split, sets, n=1, cutoff=0.6)  # `valdation` (trial 53b)
+        hint = f"; did you mean {close[0]!r}?" if close else "; set data.validation or pick one of those"
         raise ValueError(
-            f"transfer.early_stopping.split={stopping.split!r} is not an evaluation set of this run (have: {have}); "
-            "set data.validation or pick one of those"
+            f"transfer.early_stopping.split={stopping.split!r} is not an evaluation set of this run (have: {have})"
+            + hint
         )
     head = cfg.transfer.head
     classification = head.is_classification

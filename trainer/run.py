@@ -78,6 +78,7 @@ from trainer.strategies import build_strategy
 from trainer.strategies.base import Optimizer, Strategy
 from trainer.transfer.class_weights import class_weights_note, resolved_class_weights
 from trainer.transfer.controller import TransferController
+from trainer.transfer.early_stopping import patience_past_the_run
 from trainer.transfer.setup import build_model
 from trainer.vocab_check import check_token_ids_fit
 from trainer.watchdog import Watchdog
@@ -310,6 +311,7 @@ def _build_trainee(
         console.event(f"warning: {idle}")
     for idle_setting in (
         warmup_longer_than_the_run(cfg.training, total_steps),
+        patience_past_the_run(cfg.transfer.early_stopping, cfg.eval.every_steps, total_steps),
         periodic_eval_without_data(cfg),
         *same_data_warnings(cfg),
         unused_zero_stage(cfg),

@@ -322,6 +322,10 @@ NO_GEN = {"generation": {"enabled": False}}
             {"transfer": {"early_stopping": {"enabled": True, "split": "tset"}}, "eval": {"every_steps": 5}},
             "is not an evaluation set of this run (have: validation)",
         ),
+        (  # a typo of a set the run has (trial 53b)
+            {"transfer": {"early_stopping": {"enabled": True, "split": "valdation"}}, "eval": {"every_steps": 5}},
+            "is not an evaluation set of this run (have: validation); did you mean 'validation'?",
+        ),
         (
             {
                 "transfer": {**CLASSIFY, "head": {**CLASSIFY["head"], "labels": ["country", " ", "creature"]}},
@@ -452,6 +456,30 @@ def test_a_resume_and_the_summary_say_the_stage_and_patience_of_the_weights_they
     assert (summary["stage"], summary["stages"]) == (4, 4)  # counted from 1, as the console says it
     # Step 6 trained in stage 2 (steps 5-8): what final/ holds.
     assert summary["final_dir"] == {"step": 6, "stage": 2, "stages": 4, "unfrozen": ["head", "block 1"]}
+
+
+def test_patience_the_run_cannot_use_up_is_warned_of_by_validate_and_training(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Trial 53b: patience 50 with 10 evaluations was valid without a word; the run never stops early."""
+    from launcher.cli import main
+    from tests.conftest import REPO
+    from trainer.transfer.config import EarlyStoppingConfig
+    from trainer.transfer.early_stopping import patience_past_the_run
+
+    stopping = EarlyStoppingConfig(enabled=True, patience=3)
+    assert patience_past_the_run(stopping, 4, 17) is None  # evaluations at 4, 8, 12, 16: stops at 16 at the latest
+    said = patience_past_the_run(stopping, 4, 16)  # 4, 8, 12 before the last step: one too few
+    assert said is not None and said.startswith(
+        "transfer.early_stopping.patience=3: stopping takes 4 evaluations (the best, then 3 without improvement), "
+        "and this run has 3 before its last step (every 4 of 16 steps), so it never stops early"
+    ), said
+    assert patience_past_the_run(EarlyStoppingConfig(enabled=False, patience=3), 4, 16) is None
+    example = str(REPO / "configs/examples/vision_transfer.yaml")
+    assert main(["validate", example, "transfer.early_stopping.patience=50"]) == 0
+    assert "ftl: WARNING: transfer.early_stopping.patience=50: stopping takes 51" in capsys.readouterr().err
+    assert main(["validate", example]) == 0
+    assert "early_stopping.patience" not in capsys.readouterr().err
 
 
 def json_round_trip(value: dict) -> dict:

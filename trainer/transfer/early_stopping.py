@@ -114,3 +114,19 @@ class EarlyStopping:
         self.base = state.get("base")
         self.best_dir = state.get("best_dir")
         self.lost_best = state.get("lost_best")
+
+
+def patience_past_the_run(stopping: EarlyStoppingConfig, every_steps: int | None, total_steps: int) -> str | None:
+    """Patience the run's evaluations cannot use up before its last step: it never stops early (trial
+    53b: patience 50 with 10 evaluations was valid without a word). It still keeps the best step."""
+    if not stopping.enabled or not every_steps or total_steps <= 0:
+        return None
+    before_the_end = (total_steps - 1) // every_steps  # periodic evaluations before the last step
+    if before_the_end > stopping.patience:
+        return None
+    return (
+        f"transfer.early_stopping.patience={stopping.patience}: stopping takes {stopping.patience + 1} evaluations "
+        f"(the best, then {stopping.patience} without improvement), and this run has {before_the_end} before its last "
+        f"step (every {every_steps} of {total_steps} steps), so it never stops early; final/ still gets the best "
+        "step's weights. Lower the patience or eval.every_steps if stopping was meant"
+    )
