@@ -427,6 +427,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         if stopping and stopping.get("best_dir")
         else ""
     )
+    from trainer.transfer.early_stopping import worse_base
+
+    worse = worse_base(stopping) if stopping else None
+    if worse is not None:  # the weights final/ holds are worse than the model training started from
+        elsewhere += f"; worse than the base model's {_fmt(worse)}"
+    said_before = len(lines)
     if stopping and stopping.get("stopped_at") is not None:
         # Why, in the rule's own terms (trial 43b: step 70's lower loss was within min_delta, unsaid).
         why = (
@@ -445,6 +451,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"early stopping: ran all {summary.get('steps')} steps; final/ holds the best step {best} "
             f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])}{elsewhere})"
+        )
+    if worse is not None and len(lines) == said_before:  # the last step was the best, and worse than the base
+        lines.append(
+            f"early stopping: the best evaluation, step {best} ({stopping['split']} {stopping['metric']} "
+            f"{_fmt(stopping['best'])}), is worse than the base model's {_fmt(worse)}"
         )
     lost = stopping.get("lost_best") if stopping else None
     if isinstance(lost, dict) and isinstance(lost.get("value"), (int, float)):

@@ -30,6 +30,7 @@ from trainer.config import dpo_reference
 from trainer.console import duration
 from trainer.metrics import changed_config_starts, continued_from, current_trajectory, parse_records, wall_time
 from trainer.run_layout import RunLayout
+from trainer.transfer.early_stopping import worse_base
 
 # Scores shown for an evaluation, best first; eval_loss when none of the others was measured.
 EVAL_SCORES = ("preference_accuracy", "exact_match", "accuracy", "macro_f1", "entity_f1", "token_accuracy")
@@ -211,6 +212,8 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         # STEP and LOSS are where the loop stopped; what final/ holds is another step's weights.
         best = early["best_step"]
         notes.insert(0, f"early stopping: final/ holds step {best}'s weights (the best evaluation), not step {step}'s")
+    if worse_base(early) is not None:
+        notes.insert(0, f"early stopping: the best evaluation is worse than the base model's ({worse_base(early):.4g})")
     if (
         layout.is_finished() and not summary_problem
     ):  # the trainer's summary, written last (final/ alone may be a crashed finish)

@@ -46,6 +46,17 @@ def test_final_holds_the_best_step_whether_or_not_training_stopped_early(tmp_pat
     assert "early stopping: ran all 45 steps; final/ holds the best step 40 (validation accuracy 0.9889)" in ran_out
     # The last step was the best: final/ is the last step's model, nothing to say.
     assert "early stopping" not in format_summary(_summary(tmp_path, stopped_at=None, best_step=45))
+    # A best worse than the base model's is said beside it (trial 53b: once, among the worker lines).
+    worse = format_summary(_summary(tmp_path, stopped_at=45, best_step=35, base=0.995))
+    assert "final/ holds the best step 35 (validation accuracy 0.9889; worse than the base model's 0.9950)" in worse
+    assert "worse than the base" not in format_summary(_summary(tmp_path, stopped_at=45, best_step=35, base=0.5))
+    last = format_summary(_summary(tmp_path, stopped_at=None, best_step=45, base=0.995))
+    assert (
+        "early stopping: the best evaluation, step 45 (validation accuracy 0.9889), is worse than the base model's "
+        "0.9950"
+    ) in last
+    loss = format_summary(_summary(tmp_path, stopped_at=45, best_step=35, metric="eval_loss", best=1.51, base=1.13))
+    assert "(validation eval_loss 1.5100; worse than the base model's 1.1300)" in loss
 
 
 def test_the_data_line_counts_images_not_token_slots(tmp_path: Path) -> None:

@@ -301,6 +301,12 @@ def test_an_early_stopped_run_says_final_holds_the_best_steps_weights(
     out = capsys.readouterr().out
     assert "validation macro_f1 0.250 loss 0.500 (step 2's weights)" in out  # the score early stopping judged by
     assert "es: early stopping: final/ holds step 2's weights (the best evaluation), not step 4's" in out
+    assert "worse than the base" not in out
+    # A best worse than the base model's score (trial 53b: said once, among the worker lines).
+    early.update(best=0.25, base=0.4)
+    (run / "summary.json").write_text(json.dumps({"transfer": {"early_stopping": early}}))
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "early stopping: the best evaluation is worse than the base model's (0.4)" in capsys.readouterr().out
 
 
 def test_a_stopped_run_shows_the_score_early_stopping_watches_as_a_finished_one_does(

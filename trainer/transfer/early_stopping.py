@@ -130,3 +130,14 @@ def patience_past_the_run(stopping: EarlyStoppingConfig, every_steps: int | None
         f"step (every {every_steps} of {total_steps} steps), so it never stops early; final/ still gets the best "
         "step's weights. Lower the patience or eval.every_steps if stopping was meant"
     )
+
+
+def worse_base(recorded: dict[str, Any]) -> float | None:
+    """The base model's score when the best evaluation in a summary's early_stopping record is worse
+    (None otherwise): the end-of-run line and `ftl runs` say it beside the best (trial 53b: said once,
+    among the worker lines)."""
+    base, best = recorded.get("base"), recorded.get("best")
+    if not isinstance(base, (int, float)) or not isinstance(best, (int, float)):
+        return None
+    lower_is_better = recorded.get("metric", "eval_loss") == "eval_loss"
+    return float(base) if (best > base if lower_is_better else best < base) else None
