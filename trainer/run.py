@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ from trainer.strategies import build_strategy
 from trainer.strategies.base import Optimizer, Strategy
 from trainer.transfer.class_weights import class_weights_note, resolved_class_weights
 from trainer.transfer.controller import TransferController
-from trainer.transfer.early_stopping import patience_past_the_run
+from trainer.transfer.early_stopping import few_examples_note, patience_past_the_run
 from trainer.transfer.setup import build_model
 from trainer.vocab_check import check_token_ids_fit
 from trainer.watchdog import Watchdog
@@ -312,6 +313,7 @@ def _build_trainee(
     for idle_setting in (
         warmup_longer_than_the_run(cfg.training, total_steps),
         patience_past_the_run(cfg.transfer.early_stopping, cfg.eval.every_steps, total_steps),
+        few_examples_note(cfg.transfer.early_stopping, _scored_examples(cfg, data)),
         periodic_eval_without_data(cfg),
         *same_data_warnings(cfg),
         unused_zero_stage(cfg),
@@ -617,6 +619,13 @@ def _prepare_data_on_every_rank(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerC
         sharing=sharing,
         eval_max_samples=cfg.eval.max_samples,
     )
+
+
+def _scored_examples(cfg: TrainerConfig, data: PreparedData) -> dict[str, int]:
+    """How many examples (pairs) each evaluation scores: eval.max_samples caps them."""
+    per_row = 2 if cfg.data.format == "preference" else 1
+    cap = cfg.eval.max_samples or sys.maxsize
+    return {held.name: min(len(held.examples) // per_row, cap) for held in data.evals}
 
 
 class _Evaluator:

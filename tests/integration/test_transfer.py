@@ -385,9 +385,10 @@ def test_early_stopping_stops_at_the_right_step_and_final_is_the_best(
     drawn = [r["step"] for r in read_metrics(run, "eval") if r["split"] == "validation" and r["label"] != "final"]
     assert [step for step, _ in curve] == drawn and drawn[-1] == expected_stop  # the periodic one of that step
     # Recorded at the last step; the console says the scores are the best step's weights'.
-    assert f"eval validation step {expected_stop} (final: best step {best_step}'s weights)" in "".join(
-        capfd.readouterr()
-    )
+    console = "".join(capfd.readouterr())
+    assert f"eval validation step {expected_stop} (final: best step {best_step}'s weights)" in console
+    # eval.max_samples=8: the checkpoint is chosen on 8 examples, and the run says so (trial 53b).
+    assert "early stopping watches validation eval_loss, scored on 8 examples: with so few" in console
     # `ftl export` of the finished run keeps final/ (the best weights); of a run that has not
     # finished (here: its summary removed) it exports the best checkpoint too, not the latest one.
     assert export(str(run), merge=True, checkpoint=None) == 0

@@ -482,6 +482,21 @@ def test_patience_the_run_cannot_use_up_is_warned_of_by_validate_and_training(
     assert "early_stopping.patience" not in capsys.readouterr().err
 
 
+def test_early_stopping_on_a_handful_of_examples_is_warned_of() -> None:
+    """Trial 53b: a 1-row validation set chose the checkpoint (loss 0.0000) without a word."""
+    from trainer.transfer.config import EarlyStoppingConfig
+    from trainer.transfer.early_stopping import few_examples_note
+
+    stopping = EarlyStoppingConfig(enabled=True, metric="accuracy")
+    said = few_examples_note(stopping, {"validation": 1, "test": 500})
+    assert said is not None and said.startswith(
+        "early stopping watches validation accuracy, scored on 1 example: with so few, which step scores best is "
+        "largely chance"
+    ), said
+    assert few_examples_note(stopping, {"validation": 20}) is None
+    assert few_examples_note(EarlyStoppingConfig(enabled=False), {"validation": 1}) is None
+
+
 def json_round_trip(value: dict) -> dict:
     import json
 

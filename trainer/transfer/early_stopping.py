@@ -141,3 +141,20 @@ def worse_base(recorded: dict[str, Any]) -> float | None:
         return None
     lower_is_better = recorded.get("metric", "eval_loss") == "eval_loss"
     return float(base) if (best > base if lower_is_better else best < base) else None
+
+
+# Fewer examples than this in the watched set make its score a coin of few sides: the "best" step is
+# then mostly chance (trial 53b: a 1-row validation set chose the checkpoint, loss 0.0000).
+FEW_EXAMPLES = 20
+
+
+def few_examples_note(stopping: EarlyStoppingConfig, examples: dict[str, int]) -> str | None:
+    """A warning when early stopping watches a set of fewer than FEW_EXAMPLES examples."""
+    count = examples.get(stopping.split)
+    if not stopping.enabled or count is None or count >= FEW_EXAMPLES:
+        return None
+    return (
+        f"early stopping watches {stopping.split} {stopping.metric}, scored on {count} example{'s' if count != 1 else ''}: "
+        f"with so few, which step scores best is largely chance, and final/ gets that step's weights; give it a "
+        f"larger set (at least {FEW_EXAMPLES}: data.validation, or data.validation_split)"
+    )
