@@ -204,8 +204,7 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     from trainer.transfer.freezing import apply_freezing, check_block_count, check_patterns_match
     from trainer.transfer.model_parts import model_parts
 
-    head = cfg.transfer.head
-    model = _meta_model(cfg) if head.type == "causal_lm" else _meta_task_model(cfg)
+    model = _meta_model(cfg, task=True)
     if model is None:
         return None
     try:
@@ -222,38 +221,6 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     except TrainerInputError as exc:
         return str(exc)
     return None
-
-
-def _meta_task_model(cfg: RunConfig) -> Any:
-    """The run's task model (a classifier over cfg.model.path) on the meta device, or None as _meta_model."""
-    config_file = Path(str(cfg.model.path)).expanduser() / "config.json"
-    changed = config_file.stat().st_mtime_ns if config_file.is_file() else None
-    head = cfg.transfer.head
-    return _meta_task_model_of(str(cfg.model.path), cfg.model.revision, changed, head.type, len(head.label_names))
-
-
-@functools.lru_cache(maxsize=2)
-def _meta_task_model_of(path: str, revision: str | None, changed: int | None, head_type: str, labels: int) -> Any:
-    from launcher.errors import UserError
-    from launcher.plan.catalogue import model_config_fields
-
-    try:
-        _, fields = model_config_fields(path, revision)
-    except (UserError, OSError, ValueError):
-        return None
-    import torch
-    import transformers
-
-    from launcher.plan.inventory_build import hf_config
-    from trainer.transfer.heads import AUTO_MODEL_CLASSES
-
-    try:
-        config = hf_config(fields)
-        config.num_labels = max(labels, 1)
-        with torch.device("meta"):
-            return getattr(transformers, AUTO_MODEL_CLASSES[head_type]).from_config(config)
-    except Exception:  # noqa: BLE001 - a model transformers cannot build here: the workers say why
-        return None
 
 
 def lora_rank_note(cfg: RunConfig) -> str | None:
@@ -281,17 +248,23 @@ def lora_rank_note(cfg: RunConfig) -> str | None:
     )
 
 
-def _meta_model(cfg: RunConfig) -> Any:
+def _meta_model(cfg: RunConfig, task: bool = False) -> Any:
     """The model of cfg.model.path's config.json built on the meta device (no weights read), or None
     when there is no local config or transformers cannot build it here (the workers then check).
-    Built once per model for all the checks of one command (a large config takes seconds)."""
+    Built once per model for all the checks of one command (a large config takes seconds). `task`:
+    with the run's task head (a classifier's names differ from a language model's)."""
     config_file = Path(str(cfg.model.path)).expanduser() / "config.json"
     changed = config_file.stat().st_mtime_ns if config_file.is_file() else None  # an edited config.json: built again
+    head = cfg.transfer.head
+    if task and head.type != "causal_lm":
+        return _meta_model_of(str(cfg.model.path), cfg.model.revision, changed, head.type, len(head.label_names))
     return _meta_model_of(str(cfg.model.path), cfg.model.revision, changed)
 
 
-@functools.lru_cache(maxsize=2)
-def _meta_model_of(path: str, revision: str | None, changed: int | None) -> Any:
+@functools.lru_cache(maxsize=4)
+def _meta_model_of(
+    path: str, revision: str | None, changed: int | None, head_type: str = "causal_lm", labels: int = 0
+) -> Any:
     from launcher.errors import UserError
     from launcher.plan.catalogue import model_config_fields
 
@@ -300,13 +273,20 @@ def _meta_model_of(path: str, revision: str | None, changed: int | None) -> Any:
     except (UserError, OSError, ValueError):
         return None  # no config.json here: the workers check it against the loaded model
     import torch
+    import transformers
 
     from launcher.plan.inventory_build import auto_class, hf_config
+    from trainer.transfer.heads import AUTO_MODEL_CLASSES
 
     try:
         config = hf_config(fields)
+        if head_type == "causal_lm":
+            model_class = auto_class(config)
+        else:  # a task head over the model (a classifier): its names are the run's
+            config.num_labels = max(labels, 1)
+            model_class = getattr(transformers, AUTO_MODEL_CLASSES[head_type])
         with torch.device("meta"):
-            return auto_class(config).from_config(config)
+            return model_class.from_config(config)
     except Exception:  # noqa: BLE001 - a model transformers cannot build here: the workers say why
         return None
 
