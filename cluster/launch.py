@@ -23,7 +23,9 @@ def launch(cfg: TrainerConfig, run_dir: Path, cluster: ClusterConfig) -> dict[st
         raise
     if RunLayout(run_dir).stop_request.exists():
         # It came after the last step (final evaluation or save), when workers no longer look.
-        print("ftl: the stop request came after the last training step: the run finished", file=sys.stderr)
+        stopped_at = ((summary.get("transfer") or {}).get("early_stopping") or {}).get("stopped_at")
+        why = f" (early stopping ended training at step {stopped_at})" if stopped_at else ""
+        print(f"ftl: the stop request came after the last training step{why}: the run finished", file=sys.stderr)
         clear_stop_request(run_dir)
     return summary
 
