@@ -57,6 +57,7 @@ from cluster.ray_leftovers import adopt_orphans, end_leftover_ray_processes
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.run_storage import (
     RemoteRun,
+    StorageError,
     delete_remote_checkpoints,
     drop_ray_snapshot,
     drop_ray_storage_marker,
@@ -65,6 +66,7 @@ from cluster.run_storage import (
     pull,
     push,
     refuse_finished,
+    stale_remote_checkpoints,
     upload_file,
 )
 from cluster.signals import signals_request_stop
@@ -135,7 +137,13 @@ def launch_ray(
     if remote is not None:
         refuse_finished(remote)
         if cfg.checkpoint.resume == "auto":
-            pull(remote, run_dir)
+            try:
+                pull(remote, run_dir)
+            except (OSError, ValueError) as exc:  # pyarrow's errors of an unreachable or refusing store
+                raise StorageError(
+                    f"output.dir {remote.display}: could not read the run there ({str(exc).strip().splitlines()[0]}); "
+                    "check the network and the credentials, then start again"
+                ) from None
     storage_fs, storage_path, name = (
         (remote.filesystem, remote.parent, remote.name)
         if remote is not None
@@ -868,7 +876,10 @@ class RayReporter:
             delete_local_checkpoint_after_upload=False,
         )
         if self.remote is not None:
-            delete_remote_checkpoints(self.remote, purged)  # ftl's retention, mirrored
+            # ftl's retention, mirrored: what it purged now, and older remote checkpoints the working
+            # copy never had (a resume from the bucket alone pulls only the newest: trial 53a).
+            stale = stale_remote_checkpoints(self.remote, path.parent.parent, step)
+            delete_remote_checkpoints(self.remote, sorted(set(purged + stale)))
             metrics_file = RunLayout(path.parent.parent).metrics  # path: RUN_DIR/checkpoints/step-N
             if metrics_file.exists():  # the loss history travels with the checkpoints it belongs to
                 upload_file(self.remote, metrics_file, METRICS_FILE)

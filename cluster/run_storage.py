@@ -31,17 +31,17 @@ from trainer.checkpointing.protocol import (
     MANIFEST,
     TMP_PREFIX,
     checkpoints_dir,
+    committed_checkpoints,
     fsync_dir,
     latest_valid_checkpoint,
+    step_of,
     validate_checkpoint,
 )
 from trainer.errors import InputError
 from trainer.run_layout import (
     CHECKPOINTS_DIR,
-    METRICS_FILE,
     STEP_PREFIX,
     SUMMARY_FILE,
-    RunLayout,
     step_name,
 )
 
@@ -106,10 +106,12 @@ def open_remote(uri: str) -> RemoteRun:
 
 
 def default_local_dir(uri: str) -> Path:
-    """Where the working copy of a URI run lives unless output.local_dir says otherwise."""
+    """Where the working copy of a URI run lives unless output.local_dir says otherwise: under
+    $FTL_CACHE_DIR like ftl's other caches (trial 53a: it read another variable)."""
+    from trainer.cache_dir import cache_root
+
     parts = urlsplit(uri)
-    cache = Path(os.environ.get("FTL_CACHE", Path.home() / ".cache" / "ftl"))
-    return cache / "runs" / parts.scheme / parts.netloc / parts.path.strip("/")
+    return cache_root() / "runs" / parts.scheme / parts.netloc / parts.path.strip("/")
 
 
 def run_name(output_dir: str) -> str:
@@ -134,13 +136,72 @@ def remote_checkpoint_steps(remote: RemoteRun) -> list[int]:
 
 
 def refuse_finished(remote: RemoteRun) -> None:
+    problem = storage_problem(remote)
+    if problem:
+        raise StorageError(problem)
+
+
+# How long a first look at the storage may take before ftl says it gets no answer (trial 53a: an
+# unreachable gs:// bucket hung the start for minutes, silent, and Ctrl-C could not end it).
+STORAGE_ANSWER_S = 30.0
+
+
+def storage_problem(remote: RemoteRun, timeout_s: float = STORAGE_ANSWER_S) -> str | None:
+    """What a start would meet at output.dir, asked once with a time limit: no answer, an error
+    (unreachable endpoint, refused credentials), a file where the run directory goes, or a finished
+    run (its summary is written last). None when a run can start or resume there."""
     import pyarrow.fs as pafs
 
-    if _kind(remote, remote.join(SUMMARY_FILE)) != pafs.FileType.NotFound:  # written last by a run that finished
-        raise StorageError(
+    def look() -> tuple[Any, Any]:
+        here = _kind(remote, remote.path)
+        return here, (None if here == pafs.FileType.File else _kind(remote, remote.join(SUMMARY_FILE)))
+
+    try:
+        here, summary = answered(look, remote, timeout_s)
+    except StorageError as exc:
+        return str(exc)
+    if here == pafs.FileType.File:
+        return f"output.dir {remote.display} is a file, not a directory; choose another output.dir"
+    if summary != pafs.FileType.NotFound:
+        return (
             f"output.dir {remote.display} already holds a finished run ({SUMMARY_FILE} exists there); "
             "choose a new output.dir or delete the old one"
         )
+    return None
+
+
+def answered(call: Any, remote: RemoteRun, timeout_s: float = STORAGE_ANSWER_S) -> Any:
+    """`call()`'s result, run in a thread the caller waits for in short slices, so Ctrl-C ends the
+    wait; a StorageError naming output.dir when it raises or does not return within `timeout_s`."""
+    import threading
+    import time
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which says it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="ftl-storage-probe", daemon=True)
+    worker.start()
+    deadline = time.monotonic() + timeout_s
+    while worker.is_alive() and time.monotonic() < deadline:
+        worker.join(0.2)
+    if worker.is_alive():
+        raise StorageError(
+            f"output.dir {remote.display}: the storage gave no answer in {timeout_s:.0f} s; check the bucket's "
+            "name and endpoint, the network, and the credentials in the environment"
+        )
+    if "error" in outcome:
+        error = outcome["error"]
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StorageError(
+            f"output.dir {remote.display}: the storage could not be read ({first}); check the bucket's name and "
+            "endpoint, the network, and the credentials in the environment"
+        ) from None
+    return outcome["value"]
 
 
 def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
@@ -151,9 +212,7 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
     local = latest_valid_checkpoint(run_dir)
     if local is not None:
         return local
-    metrics = RunLayout(run_dir).metrics
-    if not metrics.exists() and _kind(remote, remote.join(METRICS_FILE)) == pafs.FileType.File:
-        _download_file(remote, remote.join(METRICS_FILE), metrics)
+    _download_history(remote, run_dir)
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     for step in reversed(remote_checkpoint_steps(remote)):
@@ -189,6 +248,23 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
     return None
 
 
+def _download_history(remote: RemoteRun, run_dir: Path) -> None:
+    """The run's files the working copy lacks (metrics, rank logs, TensorBoard events): a start on
+    another machine appends to them, and the mirror at its end would otherwise replace the bucket's
+    with this start's alone (trial 53a: the first start's log lines were lost)."""
+    import pyarrow.fs as pafs
+
+    if _kind(remote, remote.path) != pafs.FileType.Directory:
+        return
+    for info in remote.filesystem.get_file_info(pafs.FileSelector(remote.path, recursive=True)):
+        relative = Path(info.path[len(remote.path) :].lstrip("/"))
+        if info.type != pafs.FileType.File or not relative.parts or relative.parts[0] in NOT_MIRRORED:
+            continue
+        if any(part.startswith(".") for part in relative.parts) or (run_dir / relative).exists():
+            continue
+        _download_file(remote, info.path, run_dir / relative)
+
+
 def push(remote: RemoteRun, run_dir: Path) -> None:
     """Mirror the working copy (all but checkpoints and control dot-files) to the remote run."""
     import pyarrow.fs as pafs
@@ -213,6 +289,13 @@ def upload_file(remote: RemoteRun, local: Path, *parts: str) -> None:
         source_filesystem=pafs.LocalFileSystem(),
         destination_filesystem=remote.filesystem,
     )
+
+
+def stale_remote_checkpoints(remote: RemoteRun, run_dir: Path, step: int) -> list[int]:
+    """Remote checkpoints before `step` that the working copy in `run_dir` does not keep: retention
+    (keep_last, the best step) decided on the working copy, which is the record."""
+    kept = {step_of(path) for path in committed_checkpoints(run_dir)}
+    return [old for old in remote_checkpoint_steps(remote) if old < step and old not in kept]
 
 
 def delete_remote_checkpoints(remote: RemoteRun, steps: list[int]) -> None:

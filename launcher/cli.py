@@ -233,6 +233,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from launcher.slurm_submit import slurm
 
         return slurm(args)
+    if args.verb in ("export", "generate", "runs", "report"):  # a run on object storage: its working copy
+        from launcher.run_dir import working_copy_of
+
+        if args.verb == "runs":
+            args.dir = working_copy_of(args.dir)
+        else:
+            args.run_dir = working_copy_of(args.run_dir)
+        if args.verb == "report" and args.compare:
+            args.compare = [working_copy_of(other) for other in args.compare]
     if args.verb == "export":
         from launcher.commands import export
 

@@ -20,6 +20,7 @@ from launcher.run_dir import (
     lock_run_dir,
     output_dir_problems,
     running_in,
+    storage_problems,
 )
 from trainer.errors import EXIT_FAILED
 from trainer.run_layout import CONFIG_FILE, RUN_MARKER, RunLayout
@@ -32,6 +33,7 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         problems += data_format_problems(cfg)
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now
     run_dir_problems = ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume)
+    run_dir_problems += storage_problems(cfg.output.dir)  # output.dir on object storage
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems
@@ -170,6 +172,15 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         if cfg.output.report and reported_here(run_dir):  # one launcher of a multi-node torchrun run writes it
             write_report_after_run(run_dir, cfg.tracking)
     print(format_summary(summary))
+    from cluster.run_storage import is_uri
+
+    if is_uri(cfg.output.dir):  # the paths above are the working copy's (trial 53a: the URI went unsaid)
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(cfg.output.dir)
+        print(
+            f"stored      {parts.scheme}://{parts.netloc}{parts.path.rstrip('/')} (the paths above: its working copy)"
+        )
     return 0
 
 

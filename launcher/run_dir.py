@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -253,6 +254,49 @@ def output_dir_problems(run_dir: Path, asked_resume: str | None = None) -> list[
         return [held]
     unwritable = _write_refusal(run_dir)
     return [unwritable] if unwritable else []
+
+
+def working_copy_of(given: str) -> str:
+    """A run (or folder of runs) given as its object-storage URI, read through its local working
+    copy, as the run itself is written (trial 53a: `ftl runs/report/export/generate URI` said "no
+    such directory" of the output.dir the user had passed). Anything else is returned as given."""
+    from cluster.run_storage import default_local_dir, is_uri
+
+    if not is_uri(given):
+        return given
+    parts = urlsplit(given)
+    shown = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")  # the query may hold options
+    local = default_local_dir(given)
+    if local.is_dir():
+        print(f"ftl: {shown}: reading its local working copy {local}", file=sys.stderr)
+        return str(local)
+    raise UserError(
+        f"{shown}: ftl reads a run on object storage through its local working copy, and {local} (the default "
+        "place of one) is not there; pass the working copy's folder (output.local_dir, if the run set one), or "
+        "copy the run from the bucket to a local folder and pass that"
+    )
+
+
+def storage_problems(output_dir: str) -> list[str]:
+    """What a start would meet at an output.dir on object storage, before anything starts (trial
+    53a: validate checked nothing there; train hung on an unreachable bucket, printed a traceback
+    for an unreachable endpoint, and found a file:// target that is a file only after Ray started).
+    A file:// target gets the checks a local output.dir gets."""
+    from cluster.run_storage import StorageError, is_uri, open_remote, storage_problem
+
+    if not is_uri(output_dir):
+        return []
+    try:
+        remote = open_remote(output_dir)
+    except StorageError as exc:
+        return [str(exc)]
+    if urlsplit(output_dir).scheme == "file":
+        local = Path(remote.path)
+        blocked = file_in_the_way(local) or _write_refusal(local)
+        if blocked:
+            return [blocked.replace(f"output.dir {local}", f"output.dir {remote.display}")]
+    problem = storage_problem(remote)
+    return [problem] if problem else []
 
 
 def _write_refusal(run_dir: Path) -> str | None:

@@ -403,13 +403,17 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
         in (tmp_path / "machine-b" / "logs" / "rank-0.log").read_text()
     )
     assert_same_losses(tmp_path / "machine-b", golden)
+    # The working copy got the bucket's history first: its log holds both starts (trial 53a: the
+    # mirror at the end replaced the first start's lines with the second's).
+    log = (tmp_path / "machine-b" / "logs" / "rank-0.log").read_text()
+    assert log.count("rank 0: pid") == 2, log[-3000:]
     # The bucket holds the finished run: final model, metrics, the last checkpoints.
     assert fs.get_file_info(f"{remote}/final/adapter/adapter_model.safetensors").type == pafs.FileType.File
     with fs.open_input_stream(f"{remote}/metrics.jsonl") as f:
         (tmp_path / "remote-metrics").mkdir()
         (tmp_path / "remote-metrics" / "metrics.jsonl").write_bytes(f.read())
     assert_same_losses(tmp_path / "remote-metrics", golden)
-    assert STEPS in remote_steps()
+    assert remote_steps() == [STEPS - 1, STEPS]  # keep_last=2, mirrored
     again = _ftl("train", str(config("machine-c")))
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
 
