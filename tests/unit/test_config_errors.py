@@ -341,7 +341,7 @@ def test_uri_output_keeps_its_uri_and_gets_a_local_working_copy(
 ) -> None:
     from launcher.run_dir import local_run_dir
 
-    monkeypatch.setenv("FTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "cache"))  # like the other caches (trial 53a)
     cfg = load_config(
         _write(tmp_path, valid_text), ["output.dir=s3://bucket/runs/a?region=eu-west-1", "cluster.backend=ray"]
     )
