@@ -240,7 +240,7 @@ def test_a_uri_with_credentials_is_refused_before_anything_stores_or_shows_it(tm
     uri = "output.dir=s3://AKIDEXAMPLEKEY:wJalrXUtnFEMIEXAMPLESECRET@bucket/runs/x"
     cache = tmp_path / "cache"
     for verb in ("validate", "train", "submit"):
-        out = _ftl(verb, str(config), uri, env={"FTL_CACHE": str(cache)})
+        out = _ftl(verb, str(config), uri, env={"FTL_CACHE_DIR": str(cache)})
         assert out.returncode == 2, (verb, out.stderr)
         assert (
             "output.dir" in out.stderr
