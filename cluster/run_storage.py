@@ -95,10 +95,16 @@ def open_remote(uri: str) -> RemoteRun:
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # pyarrow raises ValueError/ArrowInvalid/OSError depending on the scheme
-        raise StorageError(
-            f"output.dir {uri}: pyarrow cannot open this URI ({exc}); use s3://, gs://, abfss://, hdfs:// "
-            "or file://, with credentials in the usual environment variables"
-        ) from None
+        from trainer.config import STORAGE_SCHEMES
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        known = urlsplit(uri).scheme in STORAGE_SCHEMES  # trial 53a: told to use s3:// of an s3:// URI
+        advice = (
+            "check the bucket's name, the endpoint and the credentials in the environment"
+            if known
+            else "use s3://, gs://, abfss://, hdfs:// or file://, with credentials in the usual environment variables"
+        )
+        raise StorageError(f"output.dir {uri}: pyarrow cannot open this URI ({first}); {advice}") from None
     path = path.rstrip("/")
     if "/" not in path:
         raise StorageError(f"output.dir {uri}: name the run below the bucket, e.g. s3://bucket/runs/my-run")
