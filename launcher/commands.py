@@ -516,7 +516,7 @@ def _exact_match_part(summary: dict[str, Any], split: str) -> str:
     longer = data.get(f"{split}_exact_match_left_out", 0)
     why = [f"{longer} longer than data.max_seq_len left out"] if longer else []
     if scored + longer < rows:
-        why.insert(0, f"the first {scored + longer} (eval.generation.max_samples)")
+        why.insert(0, f"the first {scored + longer}, eval.generation.max_samples")
     return f"exact match on {scored} of {rows} {what} ({'; '.join(why)})"
 
 

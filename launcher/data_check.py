@@ -42,11 +42,13 @@ def data_command(cfg: RunConfig, examples: int) -> int:
         label_names=head.label_names if head.is_classification else None,
         samples=examples,
     )
-    print(
-        format_data_check(
-            check, tokenizer, color=_use_color(), examples=examples, eval_max_samples=cfg.eval.max_samples
-        )
-    )
+    from trainer.data.overlap import scored_limit
+    from trainer.data.prepare import PROMPT_FORMATS
+
+    generation = cfg.eval.generation
+    generated = generation.enabled and cfg.data.format in PROMPT_FORMATS  # exact match reads its own share
+    scored = scored_limit(cfg.eval.max_samples, generation.max_samples, generated)
+    print(format_data_check(check, tokenizer, color=_use_color(), examples=examples, scored=scored))
     for notice in (
         missing_tokenizer_config_notice(tokenizer, cfg.model),
         missing_eos_notice(tokenizer, cfg.data.format),
@@ -62,6 +64,9 @@ def data_command(cfg: RunConfig, examples: int) -> int:
     larger = _tokenizer_past_the_model(cfg, tokenizer)
     if larger is not None:
         print(f"\nwarning: {larger}")
+    few = _early_stopping_on_few(cfg, check)
+    if few is not None:
+        print(f"\nwarning: {few}")
     refusals = check.refusals()
     if refusals:
         bad = not check.skip_bad_rows and any(file.fates["bad"] for file in check.files)
@@ -130,8 +135,32 @@ def _class_weights_line(cfg: RunConfig, check: DataCheck) -> str | None:
     return class_weights_note(head, weights) if weights is not None else None
 
 
+def _early_stopping_on_few(cfg: RunConfig, check: DataCheck) -> str | None:
+    """Early stopping watching a set of a handful of examples, as training says it (trial 54a: the
+    docs said validate warned, and only train did)."""
+    from trainer.transfer.early_stopping import few_examples_note
+
+    per_row = 2 if check.pairs else 1
+    sizes: dict[str, int] = {}
+    for file in check.files:
+        if file.role in ("validation", "test") or (
+            file.role.startswith("mixture ") and file.role.endswith(" validation")
+        ):
+            name = file.role.removeprefix("mixture ").removesuffix(" validation")
+            sizes[name] = len(file.kept_lengths) // per_row
+    if check.held_out and "validation" not in sizes:
+        sizes["validation"] = check.held_out // per_row
+    cap = cfg.eval.max_samples or sys.maxsize
+    return few_examples_note(cfg.transfer.early_stopping, {name: min(count, cap) for name, count in sizes.items()})
+
+
 def format_data_check(
-    check: DataCheck, tokenizer: Any, *, color: bool, examples: int = 3, eval_max_samples: int | None = None
+    check: DataCheck,
+    tokenizer: Any,
+    *,
+    color: bool,
+    examples: int = 3,
+    scored: tuple[int | None, str] = (None, ""),
 ) -> str:
     images = bool(check.files) and all(file.format == "image_classification" for file in check.files)
     lines = [
@@ -154,7 +183,7 @@ def format_data_check(
 
             lines.append(epoch_draws_line(check.mixture_rows, packed=check.packing))
     lines += [f"warning: {warning}" for warning in check.label_warnings()]
-    lines += [f"warning: {warning}" for warning in check.overlap_warnings(eval_max_samples)]
+    lines += [f"warning: {warning}" for warning in check.overlap_warnings(scored)]
     lines += [f"warning: {warning}" for warning in check.pair_style_warnings()]
     lines += [f"warning: {warning}" for warning in check.dropped_warnings()]
     shown = _samples_to_show(check.files, examples)

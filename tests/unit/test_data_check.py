@@ -730,6 +730,17 @@ def test_test_rows_in_the_validation_set_are_warned_of_by_validate_and_training(
     assert code == 0 and expected in out, out + err
     code, out, err = _validate_data(capsys, config, f"data.test={test}", "eval.max_samples=2", "--examples", "0")
     assert "(the same tokens; 2 of the first 2 examples eval.max_samples scores)" in out, out
+    # Exact match reads its own share, eval.generation.max_samples rows: past eval.max_samples, the
+    # shared rows are scored again (trial 54a: said nothing of test rows 51-53, which exact match scored).
+    last = tmp_path / "last.jsonl"
+    last.write_text("\n".join((QA_DATA / "test.jsonl").read_text().splitlines()[:6] + valid[:2]) + "\n")
+    generated = ("eval.max_samples=2", "eval.generation.enabled=true", "eval.generation.max_samples=4")
+    code, out, err = _validate_data(capsys, config, f"data.test={last}", *generated, "--examples", "0")
+    assert "2 of 8 test rows" not in out, out  # the loss reads 2, exact match 4: rows 7-8 unscored
+    code, out, err = _validate_data(
+        capsys, config, f"data.test={last}", *generated[:2], "eval.generation.max_samples=8", "--examples", "0"
+    )
+    assert f"2 of 8 test rows ({last}) are also in the validation data (the same tokens): on them" in out, out
     code, out, err = _validate_data(capsys, config, f"data.test={QA_DATA / 'test.jsonl'}", "--examples", "0")
     assert "also in the validation data" not in out, out  # the bundled sets share no row
     code, out, err = _validate_data(capsys, config, f"data.test={QA_DATA / 'valid.jsonl'}", "--examples", "0")
@@ -744,6 +755,20 @@ def test_test_rows_in_the_validation_set_are_warned_of_by_validate_and_training(
         cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None, eval_max_samples=2
     ).report
     assert "(the same tokens; 2 of the first 2 examples eval.max_samples scores)" in report["overlap_warnings"][0]
+    later = tmp_path / "later.jsonl"  # the shared rows past eval.max_samples, within exact match's share
+    later.write_text("\n".join((QA_DATA / "test.jsonl").read_text().splitlines()[:6] + valid[:2]) + "\n")
+    cfg_later = DataConfig(
+        train=str(QA_DATA / "train.jsonl"), validation=str(QA_DATA / "valid.jsonl"), test=str(later), max_seq_len=128
+    )
+    report = prepare_data(
+        cfg_later, tokenizer, seed=1, micro_batch_size=4, want_prompts=True, max_prompts=8, eval_max_samples=2
+    ).report
+    [said] = report["overlap_warnings"]
+    assert said.startswith(f"2 of 8 test rows ({later}) are also in the validation data (the same tokens): "), said
+    report = prepare_data(
+        cfg_later, tokenizer, seed=1, micro_batch_size=4, want_prompts=True, max_prompts=6, eval_max_samples=2
+    ).report
+    assert report["overlap_warnings"] == []  # exact match reads rows 1-6, the loss 1-2: none of them shared
     clean = DataConfig(
         train=str(QA_DATA / "train.jsonl"),
         validation=str(QA_DATA / "valid.jsonl"),

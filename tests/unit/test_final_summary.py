@@ -169,7 +169,7 @@ def test_exact_match_on_part_of_a_set_is_marked(tmp_path: Path) -> None:
     )
     assert "\nvalidation+   0.6900 -> 0.4100" in table
     assert (
-        "+ validation: exact match on 3 of 10 pairs (the first 4 (eval.generation.max_samples); 1 longer than "
+        "+ validation: exact match on 3 of 10 pairs (the first 4, eval.generation.max_samples; 1 longer than "
         "data.max_seq_len left out)" in table
     )
     whole = {**data, "validation_exact_match_scored": 10, "validation_exact_match_of": 10}

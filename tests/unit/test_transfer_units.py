@@ -497,6 +497,22 @@ def test_early_stopping_on_a_handful_of_examples_is_warned_of() -> None:
     assert few_examples_note(EarlyStoppingConfig(enabled=False), {"validation": 1}) is None
 
 
+def test_validate_data_warns_of_early_stopping_on_a_handful_of_examples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 54a: the docs said validate warned too; only train did."""
+    from launcher.cli import main
+    from tests.conftest import REPO
+
+    example = str(REPO / "configs/examples/encoder_classification.yaml")  # early stopping on validation accuracy
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join((REPO / "assets/data/fictional-kinds/valid.jsonl").read_text().splitlines(True)[:12]))
+    assert main(["validate", example, "--data", f"data.validation={small}", "--examples", "0"]) == 0
+    assert "warning: early stopping watches validation accuracy, scored on 12 examples" in capsys.readouterr().out
+    assert main(["validate", example, "--data", "--examples", "0"]) == 0
+    assert "early stopping watches" not in capsys.readouterr().out  # 90 rows
+
+
 def json_round_trip(value: dict) -> dict:
     import json
 

@@ -152,10 +152,11 @@ class DataCheck:
             {role: (styles[True], styles[False]) for role, styles in held_out.items()},
         )
 
-    def overlap_warnings(self, eval_max_samples: int | None = None) -> list[str]:
+    def overlap_warnings(self, scored: tuple[int | None, str] = (None, "")) -> list[str]:
         """Held-out rows whose tokens a training row has too (trial 36b: 22 of 30 test rows were
-        copies of training rows, and the test score measured memory). With eval.max_samples, as
-        training says it: how many of the scored rows are, and nothing when none is (trial 51a)."""
+        copies of training rows, and the test score measured memory). When the scores read only a set's
+        first N examples (`scored`: N and the key that sets it, scored_limit), as training says it: how
+        many of those are, and nothing when none is (trial 51a)."""
         train = {d for file in self.files if file.role.endswith("train") for d in file.row_digests}
         warnings = []
         shared, held = self.split_overlap
@@ -166,15 +167,12 @@ class DataCheck:
             if file.role not in ("validation", "test") or not file.row_digests:
                 continue
             trained = [digest in train for digest in file.row_digests]
-            shared = sum(trained)
-            limit = eval_max_samples if eval_max_samples and eval_max_samples < len(trained) else None
-            if not shared or (limit and not any(trained[:limit])):
-                continue
-            scored = scored_part(sum(trained[:limit]), limit, what) if limit else ""
-            warnings.append(overlap_warning(shared, len(file.row_digests), file.role, file.spec, scored))
-        return warnings + self._test_in_validation(what, eval_max_samples)
+            found = _scored_overlap(trained, scored, what)
+            if found is not None:
+                warnings.append(overlap_warning(sum(trained), len(trained), file.role, file.spec, found))
+        return warnings + self._test_in_validation(what, scored)
 
-    def _test_in_validation(self, what: str, eval_max_samples: int | None) -> list[str]:
+    def _test_in_validation(self, what: str, scored: tuple[int | None, str]) -> list[str]:
         """Test rows the validation file has too, as training says it (a test file that is the
         validation file, or a copy, is said by the config check)."""
         by_role = {file.role: file for file in self.files if file.row_digests}
@@ -183,11 +181,17 @@ class DataCheck:
             return []
         seen = set(validation.row_digests)
         repeated = [digest in seen for digest in test.row_digests]
-        limit = eval_max_samples if eval_max_samples and eval_max_samples < len(repeated) else None
-        if not any(repeated) or (limit and not any(repeated[:limit])):
-            return []
-        scored = scored_part(sum(repeated[:limit]), limit, what) if limit else ""
-        return [test_in_validation_warning(sum(repeated), len(repeated), test.spec, scored)]
+        found = _scored_overlap(repeated, scored, what)
+        return [] if found is None else [test_in_validation_warning(sum(repeated), len(repeated), test.spec, found)]
+
+
+def _scored_overlap(shared: list[bool], scored: tuple[int | None, str], what: str) -> str | None:
+    """None when no shared row is scored; else the scored-part wording ("" when every row is scored)."""
+    most, by = scored
+    limit = most if most and most < len(shared) else None
+    if not any(shared) or (limit and not any(shared[:limit])):
+        return None
+    return scored_part(sum(shared[:limit]), limit, what, by) if limit else ""
 
 
 def check_data(

@@ -36,9 +36,23 @@ def test_in_validation_warning(shared: int, rows: int, source: str, scored: str 
     )
 
 
-def scored_part(trained: int, limit: int, what: str) -> str:
+def scored_part(trained: int, limit: int, what: str, by: str = "eval.max_samples") -> str:
     """'; 3 of the first 64 examples eval.max_samples scores': the part of the overlap the scores see."""
-    return f"; {trained} of the first {limit} {what} eval.max_samples scores"
+    return f"; {trained} of the first {limit} {what} {by} scores"
+
+
+def scored_limit(loss_rows: int | None, generated_rows: int | None, generated: bool) -> tuple[int | None, str]:
+    """How many of a held-out set's first examples some score reads (None: all of them), and the key
+    that sets it: the loss reads eval.max_samples of them, exact match eval.generation.max_samples
+    when the set is generated from (trial 54a: rows past eval.max_samples were called unscored, and
+    exact match scored them)."""
+    if not generated:
+        return loss_rows, "eval.max_samples"
+    if loss_rows is None or generated_rows is None:
+        return None, ""
+    if loss_rows >= generated_rows:
+        return loss_rows, "eval.max_samples"
+    return generated_rows, "eval.generation.max_samples"
 
 
 def shared_rows(

@@ -18,6 +18,7 @@ from trainer.data.label_coverage import label_coverage_warnings
 from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line
 from trainer.data.overlap import (
     overlap_warning,
+    scored_limit,
     scored_part,
     shared_rows,
     split_overlap_warning,
@@ -206,7 +207,11 @@ def prepare_data(
         report["mixture"] = mixture_report
     if cfg.format != "image_classification":
         overlap: dict[str, list[int]] = {}
-        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train, overlap, eval_max_samples)
+        scored = {
+            held.name: scored_limit(eval_max_samples, max_prompts, want_prompts and held.format in PROMPT_FORMATS)
+            for held in evals
+        }
+        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train, overlap, scored)
         if overlap:  # the final table marks the sets (trial 47a: said only before training)
             report["overlap"] = overlap
     if cfg.format == "preference":
@@ -310,12 +315,12 @@ def _overlap_warnings(
     cfg: DataConfig,
     split_held: int,
     counts: dict[str, list[int]],
-    eval_max_samples: int | None,
+    scored: dict[str, tuple[int | None, str]],
 ) -> list[str]:
     """Held-out rows a training row has token for token, said before training as validate --data says
     them (trial 45a: only validate did); `counts` gets [shared, rows] per set, and [.., trained, N]
-    when eval.max_samples scores the first N examples (pairs) alone. A retain set (general text kept
-    from being forgotten) is not checked."""
+    when the scores read only its first N examples (pairs): `scored` has N per set, with the key that
+    sets it (scored_limit). A retain set (general text kept from being forgotten) is not checked."""
     per_row = 2 if cfg.format == "preference" else 1
     what = "pairs" if per_row == 2 else "examples"
     warnings = []
@@ -323,20 +328,21 @@ def _overlap_warnings(
         if held.name == "retain" or held.format == "image_classification":
             continue
         units = len(held.examples) // per_row
-        limit = eval_max_samples if eval_max_samples and eval_max_samples < units else None
+        most, by = scored.get(held.name, (None, ""))
+        limit = most if most and most < units else None
         shared, rows, trained = shared_rows(train, held.examples, per_row, scored=limit)
         if not shared or (limit and not trained):  # none scored (trial 51a: a clean score was flagged)
             continue
         counts[held.name] = [shared, rows] + ([trained, limit] if limit else [])
-        scored = scored_part(trained, limit, what) if limit else ""
+        part = scored_part(trained, limit, what, by) if limit else ""
         if split_held and held.name == "validation":
-            warnings.append(split_overlap_warning(shared, rows, scored))
+            warnings.append(split_overlap_warning(shared, rows, part))
         else:
-            warnings.append(overlap_warning(shared, rows, held.name, held.source, scored))
-    return warnings + _test_in_validation(evals, per_row, what, eval_max_samples)
+            warnings.append(overlap_warning(shared, rows, held.name, held.source, part))
+    return warnings + _test_in_validation(evals, per_row, what, scored.get("test", (None, "")))
 
 
-def _test_in_validation(evals: list[EvalSet], per_row: int, what: str, eval_max_samples: int | None) -> list[str]:
+def _test_in_validation(evals: list[EvalSet], per_row: int, what: str, scored: tuple[int | None, str]) -> list[str]:
     """Test rows the validation set has too; a test file that is the validation file (or a copy) is
     said by the config check already (trainer.config.same_data_warnings)."""
     by_name = {held.name: held for held in evals if held.format != "image_classification"}
@@ -344,12 +350,13 @@ def _test_in_validation(evals: list[EvalSet], per_row: int, what: str, eval_max_
     if validation is None or test is None or same_data(validation.source, test.source):
         return []
     units = len(test.examples) // per_row
-    limit = eval_max_samples if eval_max_samples and eval_max_samples < units else None
+    most, by = scored
+    limit = most if most and most < units else None
     shared, rows, scored_shared = shared_rows(validation.examples, test.examples, per_row, scored=limit)
     if not shared or (limit and not scored_shared):
         return []
-    scored = scored_part(scored_shared, limit, what) if limit else ""
-    return [test_in_validation_warning(shared, rows, test.source, scored)]
+    part = scored_part(scored_shared, limit, what, by) if limit else ""
+    return [test_in_validation_warning(shared, rows, test.source, part)]
 
 
 def held_out_split(
