@@ -256,7 +256,8 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     for part in parts[:-1]:
         if isinstance(target, list):  # data.mixture.1.weight=0: an entry of a list section
             if not part.isdigit() or int(part) >= len(target):
-                raise ValueError(f"override {key!r}: the list has entries 0-{len(target) - 1}; got {part!r}")
+                written = shown_key(key.split("."))  # as the user wrote it, [5] (trial 54a: `.5.`)
+                raise ValueError(f"override {written!r}: the list has entries 0-{len(target) - 1}; got {part!r}")
             child = target[int(part)]
         else:
             child = target.setdefault(part, {})

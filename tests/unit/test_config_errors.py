@@ -878,7 +878,7 @@ def test_a_mixture_entry_is_reached_by_its_index_and_its_typos_by_their_line(tmp
     assert load_config(config, ["~data.mixture.1.weight"]).data.mixture[1].weight == 1.0  # its default
     with pytest.raises(ConfigError, match=r"data.mixture\[1\].weight \(command line\): Input should be greater than 0"):
         load_config(config, ["data.mixture[1].weight=0"])
-    with pytest.raises(ConfigError, match=r"the list has entries 0-1; got '5'"):
+    with pytest.raises(ConfigError, match=r"override 'data.mixture\[5\].weight': the list has entries 0-1; got '5'"):
         load_config(config, ["data.mixture.5.weight=3"])
 
 

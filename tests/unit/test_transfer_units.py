@@ -340,6 +340,13 @@ NO_GEN = {"generation": {"enabled": False}}
             },
             "transfer.head.labels has two names that read as 'country'",
         ),
+        (  # which entries repeat (trial 54a: "must be unique" alone)
+            {
+                "transfer": {**CLASSIFY, "head": {**CLASSIFY["head"], "labels": ["country", "x", "country"]}},
+                "data": KINDS,
+            },
+            "transfer.head.labels must be unique: 'country' is entries [0] and [2]; keep one",
+        ),
         # Choosing the checkpoint on the test set leaves no held-out score (trial 39b).
         (
             {

@@ -305,7 +305,11 @@ class HeadConfig(Section):
             if empty:
                 raise ValueError(f"transfer.head.labels[{empty[0]}] is an empty name; give every class a name")
             if len(set(self.labels)) != len(self.labels):
-                raise ValueError("transfer.head.labels must be unique")
+                twice = next(name for name in self.labels if self.labels.count(name) > 1)
+                entries = " and ".join(f"[{i}]" for i, name in enumerate(self.labels) if name == twice)
+                raise ValueError(
+                    f"transfer.head.labels must be unique: {twice!r} is entries {entries}; keep one"  # trial 54a
+                )
             if len(self.labels) == 1:
                 # One class: every prediction is that class, the loss is 0 and nothing trains (and a
                 # one-label config.json loads in transformers as a regression head).
