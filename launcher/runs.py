@@ -54,6 +54,7 @@ class RunInfo:
     from_adapter: bool = False  # started from method.lora.init_from: step 0 scored that adapter
     method: str = "-"  # what it trains and by which loss, e.g. "lora dpo (ipo)" (training_method)
     marks: dict[str, str] = field(default_factory=dict)  # split -> the final table's * and ! (score_marks)
+    marks_note: str = ""  # what the shown score's marks mean: said once for all the runs it applies to
 
     def eval_score(self) -> str:
         """The first split's latest score, e.g. `validation exact_match 0.750`."""
@@ -245,8 +246,8 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
             notes.insert(0, stop)
     marks = score_marks(layout) if status == "finished" else {}
     shown = next(iter(_latest_evals(trajectory)), None)
-    if shown in marks:  # trial 52a: a partial or trained-on set's score sat beside whole ones, unmarked
-        notes.append(_marks_note(shown, marks[shown]))
+    # trial 52a: a partial or trained-on set's score sat beside whole ones, unmarked
+    marks_note = _marks_note(shown, marks[shown]) if shown in marks else ""
     speeds = [r["tokens_per_s"] for r in train[1:] or train if isinstance(r.get("tokens_per_s"), (int, float))]
     return RunInfo(
         run_dir,
@@ -265,6 +266,7 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
         from_adapter=started_from_adapter(run_dir),
         method=training_method(run_dir),
         marks=marks,
+        marks_note=marks_note,
     )
 
 
@@ -371,6 +373,11 @@ def format_runs(infos: list[RunInfo]) -> str:
             lines.append(f"  {info.path.name}: failed: {failure_line(info.failure)}")
         if info.note:
             lines.append(f"  {info.path.name}: {info.note}")
+    marked: dict[str, list[str]] = {}  # trial 54a: one line per run, seven times the same
+    for info in infos:
+        if info.marks_note:
+            marked.setdefault(info.marks_note, []).append(info.path.name)
+    lines += [f"  {', '.join(names)}: {note}" for note, names in marked.items()]
     return "\n".join(lines)
 
 

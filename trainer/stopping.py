@@ -119,6 +119,9 @@ class StopFlag:
         if self.requested:
             log.warning("signal %d again: already stopping, finishing the checkpoint first", signum)
             return
-        log.warning("signal %d: will checkpoint and stop after the current step", signum)
+        # Not a promise of a checkpoint: a peer that died took the step's collectives with it (trial 54a).
+        log.warning(
+            "signal %d: stopping after the current step, with a checkpoint if the other workers are there", signum
+        )
         self.signum = signum
         self.requested = True

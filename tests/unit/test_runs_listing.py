@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -425,6 +426,14 @@ def test_a_partly_scored_or_trained_on_set_keeps_its_marks(tmp_path: Path, capsy
     out = capsys.readouterr().out
     assert "validation*! loss 0.500" in out, out
     assert "marked: validation*!: scored on its first eval.max_samples examples only; some of its rows are" in out
+    # Runs with the same marks share one line (trial 54a: seven identical lines).
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("scored on its first eval.max_samples examples only") == 1, out
+    assert "  marked, twin: validation*!: scored on its first" in out, out
+    shutil.rmtree(twin)
     (run / "summary.json").write_text(json.dumps({"scores": scores, "data": {"validation_examples": 50}}))
     assert main(["runs", str(tmp_path)]) == 0
     assert "validation loss 0.500" in capsys.readouterr().out  # a whole, clean set: no mark

@@ -195,7 +195,8 @@ class TransferController:
             stage = described["stage"]
             self.say(
                 f"gradual unfreezing: after step {state.step}, stage {stage} of "
-                f"{described['stages']}: {unfrozen[-1]} trains too ({described['trainable_params']:,} trainable "
+                f"{described['stages']}: {unfrozen[-1]} {_trains(unfrozen[-1])} too "
+                f"({described['trainable_params']:,} trainable "
                 "parameters)"
             )
         self.metrics.write(state.step, {"event": "unfreeze", **described}, kind="transfer")
@@ -334,3 +335,8 @@ class TransferController:
                 at_best = self.unfreezer.stage_at(self.unfreezer.stage_for(max(0, best - 1)))
                 out["gradual_unfreezing"]["final_dir"] = {"step": best, **at_best}
         return out
+
+
+def _trains(group: str) -> str:
+    """'block 1 trains', 'blocks 0-1 train', 'embeddings train' (trial 54a: "embeddings trains")."""
+    return "train" if group.startswith("blocks") or group == "embeddings" else "trains"
