@@ -520,6 +520,14 @@ def test_validate_data_warns_of_early_stopping_on_a_handful_of_examples(
     assert "early stopping watches" not in capsys.readouterr().out  # 90 rows
 
 
+def test_a_stage_says_its_groups_with_the_verb_they_take() -> None:
+    """Trial 54a: "stage 6 of 6: embeddings trains too"."""
+    from trainer.transfer.controller import _trains
+
+    said = [_trains(group) for group in ("head", "block 1", "blocks 0-1", "embeddings")]
+    assert said == ["trains", "trains", "train", "train"]
+
+
 def json_round_trip(value: dict) -> dict:
     import json
 
