@@ -207,11 +207,11 @@ def prepare_data(
         report["mixture"] = mixture_report
     if cfg.format != "image_classification":
         overlap: dict[str, list[int]] = {}
-        scored = {
+        scored_by = {
             held.name: scored_limit(eval_max_samples, max_prompts, want_prompts and held.format in PROMPT_FORMATS)
             for held in evals
         }
-        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train, overlap, scored)
+        report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train, overlap, scored_by)
         if overlap:  # the final table marks the sets (trial 47a: said only before training)
             report["overlap"] = overlap
     if cfg.format == "preference":
