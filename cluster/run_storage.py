@@ -211,17 +211,27 @@ def answered(call: Any, remote: RemoteRun, timeout_s: float = STORAGE_ANSWER_S) 
 
 
 def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
-    """Before a run: when the working copy has no valid checkpoint, download the newest remote
-    checkpoint that validates (and the metrics history). Returns the checkpoint now resumable."""
+    """Before a run: when the bucket has a checkpoint newer than the working copy's newest valid one
+    (none: an empty working copy on a new machine; an older one: a copy another machine has since
+    overtaken), download the newest remote checkpoint that validates, and the run's history. Returns
+    the checkpoint now resumable."""
     import pyarrow.fs as pafs
 
     local = latest_valid_checkpoint(run_dir)
-    if local is not None:
+    newer = [step for step in remote_checkpoint_steps(remote) if local is None or step > step_of(local)]
+    if not newer:
+        if local is None:
+            _download_history(remote, run_dir)
         return local
-    _download_history(remote, run_dir)
+    if local is not None:  # trial 55a: another machine took the run further; this copy resumed it from behind
+        print(
+            f"ftl: {remote.display} holds checkpoints past this working copy's {local.name} (up to step-{newer[-1]}, "
+            "written from another working copy): resuming from the bucket's",
+            file=sys.stderr,
+        )
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    for step in reversed(remote_checkpoint_steps(remote)):
+    for step in reversed(newer):
         source = remote.join(CHECKPOINTS_DIR, step_name(step))
         staging = root / f"{TMP_PREFIX}pull-{step_name(step)}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -240,6 +250,9 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
             os.replace(staging, final)  # only a validated download becomes discoverable
             fsync_dir(root)
             log.info("pulled checkpoint %s from %s", final, source)
+            # The run's history as the bucket has it (metrics, logs): this start appends to it, and the
+            # mirror at its end replaces the bucket's with the working copy's.
+            _download_history(remote, run_dir, replace=local is not None)
             print(
                 f"ftl: resuming from {remote.display}/checkpoints/step-{step} (downloaded to {final})", file=sys.stderr
             )
@@ -251,13 +264,14 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
             file=sys.stderr,
             flush=True,
         )
-    return None
+    return local
 
 
-def _download_history(remote: RemoteRun, run_dir: Path) -> None:
-    """The run's files the working copy lacks (metrics, rank logs, TensorBoard events): a start on
-    another machine appends to them, and the mirror at its end would otherwise replace the bucket's
-    with this start's alone (trial 53a: the first start's log lines were lost)."""
+def _download_history(remote: RemoteRun, run_dir: Path, replace: bool = False) -> None:
+    """The run's files the working copy lacks (metrics, rank logs, TensorBoard events), or, with
+    `replace`, every one the bucket has (a working copy behind the bucket): a start on another
+    machine appends to them, and the mirror at its end would otherwise replace the bucket's with
+    this start's alone (trial 53a: the first start's log lines were lost)."""
     import pyarrow.fs as pafs
 
     if _kind(remote, remote.path) != pafs.FileType.Directory:
@@ -266,7 +280,9 @@ def _download_history(remote: RemoteRun, run_dir: Path) -> None:
         relative = Path(info.path[len(remote.path) :].lstrip("/"))
         if info.type != pafs.FileType.File or not relative.parts or relative.parts[0] in NOT_MIRRORED:
             continue
-        if any(part.startswith(".") for part in relative.parts) or (run_dir / relative).exists():
+        if any(part.startswith(".") for part in relative.parts) or relative.name == "config.yaml":
+            continue  # control files; the snapshot is this start's own
+        if (run_dir / relative).exists() and not replace:
             continue
         _download_file(remote, info.path, run_dir / relative)
 

@@ -33,7 +33,7 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         problems += data_format_problems(cfg)
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now
     run_dir_problems = ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume)
-    run_dir_problems += storage_problems(cfg.output.dir)  # output.dir on object storage
+    run_dir_problems += storage_problems(cfg)  # output.dir on object storage
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems

@@ -277,19 +277,24 @@ def working_copy_of(given: str) -> str:
     )
 
 
-def storage_problems(output_dir: str) -> list[str]:
+def storage_problems(cfg: RunConfig) -> list[str]:
     """What a start would meet at an output.dir on object storage, before anything starts (trial
     53a: validate checked nothing there; train hung on an unreachable bucket, printed a traceback
     for an unreachable endpoint, and found a file:// target that is a file only after Ray started).
-    A file:// target gets the checks a local output.dir gets."""
+    A file:// target gets the checks a local output.dir gets; a working copy of another URI's run
+    is refused (trial 55a: it was resumed into the new URI, which then held the other run)."""
     from cluster.run_storage import StorageError, is_uri, open_remote, storage_problem
 
+    output_dir = cfg.output.dir
     if not is_uri(output_dir):
         return []
     try:
         remote = open_remote(output_dir)
     except StorageError as exc:
         return [str(exc)]
+    other = _working_copy_of_another(local_run_dir(cfg), remote.display)
+    if other:
+        return [other]
     if urlsplit(output_dir).scheme == "file":
         local = Path(remote.path)
         blocked = file_in_the_way(local) or _write_refusal(local)
@@ -297,6 +302,23 @@ def storage_problems(output_dir: str) -> list[str]:
             return [blocked.replace(f"output.dir {local}", f"output.dir {remote.display}")]
     problem = storage_problem(remote)
     return [problem] if problem else []
+
+
+def _working_copy_of_another(run_dir: Path, display: str) -> str | None:
+    """The URI whose run a working copy holds (its config snapshot's output.dir), when it is another."""
+    try:
+        snapshot = yaml.safe_load(RunLayout(run_dir).config.read_text(encoding="utf-8")) or {}
+        stored = str(snapshot["output"]["dir"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None  # no run there yet (or not one ftl wrote: its own check says so)
+    parts = urlsplit(stored)
+    held = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/") if "://" in stored else stored
+    if held == display:
+        return None
+    return (
+        f"output.local_dir {run_dir} is the working copy of {held}, not of {display}: give this run its own "
+        "output.local_dir (or leave it out: each URI then gets its own working copy)"
+    )
 
 
 def _write_refusal(run_dir: Path) -> str | None:

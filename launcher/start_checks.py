@@ -19,7 +19,7 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
     if inputs:  # an output.dir on object storage, looked at once (a cluster may reach other storage)
         from launcher.run_dir import storage_problems
 
-        problems += storage_problems(cfg.output.dir)
+        problems += storage_problems(cfg)
     said = {problem.split(":")[0] for problem in problems}  # one problem a key (a short name: not also "not cached")
     problems += [p for p in unavailable_offline(cfg) if p.split(":")[0] not in said] + data_format_problems(cfg)
     # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).

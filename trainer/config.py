@@ -604,14 +604,30 @@ class OutputConfig(Section):
     @model_validator(mode="after")
     def _uri_scheme_is_a_storage(self) -> OutputConfig:
         # Which backend may store to a URI is a rule with the cluster section (launcher/run_config.py).
+        one_slash = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", self.dir)
+        if one_slash and one_slash.group(1).lower() in STORAGE_SCHEMES:  # trial 55a: `file:/abs` made a folder `file:`
+            raise ValueError(
+                f"output.dir {self.dir!r} reads as a relative path (a URI has '://'): write "
+                f"{one_slash.group(1).lower()}:///{self.dir[one_slash.end() :]} or a plain path"
+            )
         if "://" not in self.dir:
             return self
-        scheme = self.dir.split("://", 1)[0].lower()
-        if scheme not in STORAGE_SCHEMES:
+        scheme, rest = self.dir.split("://", 1)
+        if scheme.lower() not in STORAGE_SCHEMES:
             raise ValueError(
                 f"output.dir {self.dir!r}: {scheme}:// is not a storage ftl can use; use a path, or one of "
                 + ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
             )
+        if scheme != scheme.lower():  # pyarrow takes lowercase schemes only (trial 55a: FILE:// passed, then failed)
+            raise ValueError(f"output.dir {self.dir!r}: write the scheme in lowercase ({scheme.lower()}://)")
+        if scheme == "file" and not rest.startswith("/"):  # file://relative/dir: `relative` read as a host
+            raise ValueError(
+                f"output.dir {self.dir!r}: a file URI names an absolute path after three slashes "
+                f"(file:///abs/path); or write a plain path"
+            )
+        path = rest.split("?", 1)[0]
+        if any(part in (".", "..") for part in path.split("/")):  # trial 55a: `..` slipped past the finished-run check
+            raise ValueError(f"output.dir {self.dir!r}: write the URI's path without '.' or '..' segments")
         return self
 
 

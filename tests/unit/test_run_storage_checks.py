@@ -6,6 +6,7 @@ deleted the older remote checkpoints)."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from cluster.run_storage import (
     RemoteRun,
+    StorageError,
     open_remote,
     pull,
     stale_remote_checkpoints,
@@ -54,23 +56,62 @@ def test_a_store_that_does_not_answer_or_refuses_is_one_clear_line() -> None:
     ), said
 
 
+def _problems(output_dir: str, *overrides: str) -> list[str]:
+    from launcher.config_loader import load_config
+
+    config = REPO / "configs/examples/lora.yaml"
+    return storage_problems(load_config(config, [f"output.dir={output_dir}", "cluster.backend=ray", *overrides]))
+
+
 def test_a_file_uri_gets_the_checks_a_local_output_dir_gets(tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
-    assert storage_problems(f"file://{afile}") == [
+    assert _problems(f"file://{afile}") == [
         f"output.dir file://{afile} is a file, not a directory; pick another output.dir"
     ]
-    inside = storage_problems(f"file://{afile}/run")
+    inside = _problems(f"file://{afile}/run")
     assert inside[0].startswith(f"output.dir file://{afile}/run is inside {afile}, which is a file"), inside
     finished = tmp_path / "finished"
     finished.mkdir()
     (finished / "summary.json").write_text("{}")
-    [said] = storage_problems(f"file://{finished}")
+    [said] = _problems(f"file://{finished}")
     assert "already holds a finished run" in said
-    assert storage_problems(f"file://{tmp_path / 'new' / 'run'}") == []
-    assert storage_problems(str(tmp_path / "plain")) == []  # a local output.dir: its own checks
-    [unknown] = storage_problems("foo://bucket/runs/x")
-    assert unknown.startswith("output.dir foo://bucket/runs/x: pyarrow cannot open this URI")
+    assert _problems(f"file://{tmp_path / 'new' / 'run'}") == []
+    assert _problems(str(tmp_path / "plain")) == []  # a local output.dir: its own checks
+    with pytest.raises(StorageError, match="pyarrow cannot open this URI"):
+        open_remote("foo://bucket/runs/x")
+
+
+def test_a_working_copy_of_another_uris_run_is_refused(tmp_path: Path) -> None:
+    """Trial 55a: output.local_dir pointed at run3's working copy; run7 "resumed" run3 and finished."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "config.yaml").write_text(f"output:\n  dir: file://{tmp_path}/store/run3?x=1\n")
+    [said] = _problems(f"file://{tmp_path}/store/run7", f"output.local_dir={copy}")
+    assert said == (
+        f"output.local_dir {copy} is the working copy of file://{tmp_path}/store/run3, not of "
+        f"file://{tmp_path}/store/run7: give this run its own output.local_dir (or leave it out: each URI then gets "
+        "its own working copy)"
+    )
+    assert _problems(f"file://{tmp_path}/store/run3", f"output.local_dir={copy}") == []  # its own
+
+
+def test_uris_that_read_otherwise_than_meant_are_refused(tmp_path: Path) -> None:
+    """Trial 55a: `file:/abs` made a folder named `file:`; FILE:// passed ftl and failed in pyarrow;
+    `file://relative` read `relative` as a host; `..` slipped past the finished-run check."""
+    from launcher.config_loader import load_config
+    from launcher.errors import ConfigError
+
+    config = REPO / "configs/examples/lora.yaml"
+    cases = {
+        "file:/tmp/x/run": "reads as a relative path (a URI has '://'): write file:///tmp/x/run or a plain path",
+        "FILE:///tmp/x/run": "write the scheme in lowercase (file://)",
+        "file://relative/dir": "a file URI names an absolute path after three slashes",
+        "file:///tmp/a/../run": "write the URI's path without '.' or '..' segments",
+    }
+    for uri, said in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            load_config(config, [f"output.dir={uri}", "cluster.backend=ray"])
 
 
 def test_validate_refuses_a_uri_output_dir_that_train_would_refuse(
@@ -116,6 +157,40 @@ def test_a_resume_from_the_bucket_alone_brings_the_runs_history(tmp_path: Path) 
     assert (local / "logs" / "rank-0.log").read_text() == "first start\n"
     assert (local / "metrics.jsonl").exists() and not (local / ".worker-result.json").exists()
     assert (local / "config.yaml").read_text() == "mine"  # what the working copy has is kept
+
+
+def _valid_checkpoint(root: Path, step: int) -> None:
+    from trainer.checkpointing.digests import file_digest
+    from trainer.checkpointing.protocol import write_manifest
+
+    folder = root / "checkpoints" / f"step-{step}"
+    folder.mkdir(parents=True)
+    (folder / "trainable.safetensors").write_bytes(bytes([step]) * 64)
+    write_manifest(folder, {"step": step}, {"trainable.safetensors": file_digest(folder / "trainable.safetensors")})
+
+
+def test_a_working_copy_behind_the_bucket_resumes_from_the_bucket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 55a: machine A stopped at step 22, machine B took the run to 61; back on A, the start
+    resumed from 22, trained 22-61 again and replaced the bucket's metrics and logs with A's."""
+    store, local = tmp_path / "store" / "run", tmp_path / "local"
+    _valid_checkpoint(store, 22)
+    _valid_checkpoint(store, 61)
+    (store / "metrics.jsonl").write_text("up to 61\n")
+    _valid_checkpoint(local, 22)
+    (local / "metrics.jsonl").write_text("up to 22\n")
+    (local / "config.yaml").write_text("this start's")
+    (store / "config.yaml").write_text("an earlier start's")
+    resumed = pull(open_remote(f"file://{store}"), local)
+    assert resumed == local / "checkpoints" / "step-61"
+    assert (local / "metrics.jsonl").read_text() == "up to 61\n"  # the bucket's history, which this start extends
+    assert (local / "config.yaml").read_text() == "this start's"
+    assert "holds checkpoints past this working copy's step-22 (up to step-61" in capsys.readouterr().err
+    # Level with the bucket: nothing downloaded, the working copy's own checkpoint resumed.
+    (local / "metrics.jsonl").write_text("mine\n")
+    assert pull(open_remote(f"file://{store}"), local) == local / "checkpoints" / "step-61"
+    assert (local / "metrics.jsonl").read_text() == "mine\n"
 
 
 def test_the_commands_that_read_a_run_take_its_uri(
