@@ -27,7 +27,12 @@ def write_result(run_dir: Path, outcome: Outcome) -> None:
 def this_rank_launcher() -> str | None:
     """The ftl launcher that started this worker, as "host:pid" (None under Ray or a user's own torchrun)."""
     pid = os.environ.get(LAUNCHER_VARIABLE)
-    return f"{socket.gethostname()}:{pid}" if pid else None
+    return launcher_identity(pid) if pid else None
+
+
+def launcher_identity(pid: int | str) -> str:
+    """A launcher as "host:pid": pids repeat across the nodes of one run."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def reported_here(run_dir: Path) -> bool:
@@ -35,7 +40,7 @@ def reported_here(run_dir: Path) -> bool:
     node of a multi-node torchrun run has a launcher (trial 51b: each node wrote it, into one folder,
     and uploaded it to the trackers again); any launcher when the result names none."""
     launcher = read_result(run_dir).launcher
-    return launcher is None or launcher == f"{socket.gethostname()}:{os.getpid()}"
+    return launcher is None or launcher == launcher_identity(os.getpid())
 
 
 def clear_result(run_dir: Path) -> None:

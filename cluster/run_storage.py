@@ -81,12 +81,16 @@ class RemoteRun:
 
     @property
     def display(self) -> str:
-        """The URI without its query string (which may hold endpoints or options), for messages."""
-        parts = urlsplit(self.uri)
-        return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+        return display_uri(self.uri)
 
     def join(self, *parts: str) -> str:
         return "/".join([self.path, *parts])
+
+
+def display_uri(uri: str) -> str:
+    """A URI without its query string (which may hold endpoints, options or keys), for messages."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
 
 def open_remote(uri: str) -> RemoteRun:

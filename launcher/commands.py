@@ -172,15 +172,10 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         if cfg.output.report and reported_here(run_dir):  # one launcher of a multi-node torchrun run writes it
             write_report_after_run(run_dir, cfg.tracking)
     print(format_summary(summary))
-    from cluster.run_storage import is_uri
+    from cluster.run_storage import display_uri, is_uri
 
     if is_uri(cfg.output.dir):  # the paths above are the working copy's (trial 53a: the URI went unsaid)
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(cfg.output.dir)
-        print(
-            f"stored      {parts.scheme}://{parts.netloc}{parts.path.rstrip('/')} (the paths above: its working copy)"
-        )
+        print(f"stored      {display_uri(cfg.output.dir)} (the paths above: its working copy)")
     return 0
 
 

@@ -260,12 +260,11 @@ def working_copy_of(given: str) -> str:
     """A run (or folder of runs) given as its object-storage URI, read through its local working
     copy, as the run itself is written (trial 53a: `ftl runs/report/export/generate URI` said "no
     such directory" of the output.dir the user had passed). Anything else is returned as given."""
-    from cluster.run_storage import default_local_dir, is_uri
+    from cluster.run_storage import default_local_dir, display_uri, is_uri
 
     if not is_uri(given):
         return given
-    parts = urlsplit(given)
-    shown = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")  # the query may hold options
+    shown = display_uri(given)
     local = default_local_dir(given)
     if local.is_dir():
         print(f"ftl: {shown}: reading its local working copy {local}", file=sys.stderr)
@@ -311,8 +310,9 @@ def _working_copy_of_another(run_dir: Path, display: str) -> str | None:
         stored = str(snapshot["output"]["dir"])
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return None  # no run there yet (or not one ftl wrote: its own check says so)
-    parts = urlsplit(stored)
-    held = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/") if "://" in stored else stored
+    from cluster.run_storage import display_uri
+
+    held = display_uri(stored) if "://" in stored else stored
     if held == display:
         return None
     return (

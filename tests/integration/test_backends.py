@@ -226,8 +226,10 @@ def test_sigterm_to_ftls_process_group_on_a_local_ray_stops_at_a_checkpoint(tmp_
         tmp_path, tiny_model_dir, "run", checkpoint={"every_steps": 3}, cluster={"backend": "ray", "workers": 2}
     )
     run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
-    hold = f"step_end@2={run_dir / STOP_REQUEST_FILE}"  # the stop lands at step 2
-    code, err = _sigterm_to_the_group_once(config, stderr_path, hold, lambda: 1 in train_losses(run_dir))
+    # The workers wait at step 2's end for the stop request, so the signal is sent once step 2 is
+    # logged: sent after step 1 (as before), it could reach step 1's stop check and stop there.
+    hold = f"step_end@2={run_dir / STOP_REQUEST_FILE}"
+    code, err = _sigterm_to_the_group_once(config, stderr_path, hold, lambda: 2 in train_losses(run_dir))
     assert code == 128 + signal.SIGTERM, err[-3000:]
     assert "stopped at step 2" in err and "Failed to connect to GCS" not in err, err[-3000:]
     assert _checkpoint_steps(run_dir) == [2] and not (run_dir / ".ftl-lock").exists()
