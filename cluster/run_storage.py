@@ -271,6 +271,27 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
     return local
 
 
+def bucket_ahead_note(uri: str, run_dir: Path, timeout_s: float = 10.0) -> str | None:
+    """When the bucket holds checkpoints past the working copy's newest, for `ftl validate` and the
+    commands that read a run through its working copy (trial 55a: both read a copy another machine
+    had overtaken, and said nothing). None when it does not, or the storage does not answer (the
+    start checks say why)."""
+    try:
+        remote = open_remote(uri)
+        steps = answered(lambda: remote_checkpoint_steps(remote), remote, timeout_s)
+    except StorageError:
+        return None
+    local = committed_checkpoints(run_dir)
+    ahead = [step for step in steps if local and step > step_of(local[-1])]
+    if not ahead:
+        return None
+    return (
+        f"{remote.display} holds checkpoints past this working copy's {local[-1].name} (up to step-{ahead[-1]}, "
+        "written from another working copy): `ftl train` resumes from the bucket's; until then this copy's "
+        "metrics, logs and checkpoints are behind the bucket's"
+    )
+
+
 def _download_history(remote: RemoteRun, run_dir: Path, replace: bool = False) -> None:
     """The run's files the working copy lacks (metrics, rank logs, TensorBoard events), or, with
     `replace`, every one the bucket has (a working copy behind the bucket): a start on another

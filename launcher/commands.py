@@ -90,10 +90,12 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         return code
     sys.stdout.write(config_to_yaml(cfg))
     print(f"# {config_path}: valid", file=sys.stderr)
+    from cluster.run_storage import bucket_ahead_note, is_uri
     from launcher.failure_record import retry_note
     from launcher.preflight import resume_change_preview, start_move_preview
 
     previews = (
+        bucket_ahead_note(cfg.output.dir, local_run_dir(cfg)) if is_uri(cfg.output.dir) else None,
         retry_note(local_run_dir(cfg), cfg.checkpoint.resume),
         start_move_preview(cfg, local_run_dir(cfg)),
         resume_change_preview(cfg, local_run_dir(cfg)),

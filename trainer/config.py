@@ -969,11 +969,19 @@ def unused_zero_stage(cfg: TrainerConfig) -> str | None:
 def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:
     """eval.every_steps with nothing to evaluate: the run trains without a number (trial 37b). A
     warning, not a refusal: a recipe's every_steps is fine to keep while trying data without a split."""
-    if not cfg.eval.every_steps or cfg.eval_set_names():
+    names = cfg.eval_set_names()
+    if not cfg.eval.every_steps or set(names) - {"test"}:
         return None
+    if names:  # data.test alone: it is scored at the start (eval.at_start) and the end, never in between
+        return (
+            f"eval.every_steps={cfg.eval.every_steps} but the run's only evaluation data is data.test, which "
+            "periodic evaluations leave out (it reports the final model; choosing steps by it would make that "
+            "score optimistic), so nothing is evaluated during training; set data.validation (a file) or "
+            "data.validation_split (e.g. 0.05) to follow training"
+        )
     return (
         f"eval.every_steps={cfg.eval.every_steps} but the run has no evaluation data, so nothing is evaluated; set "
-        "data.validation (a file), data.validation_split (e.g. 0.05), data.test or eval.retain"
+        "data.validation (a file), data.validation_split (e.g. 0.05) or eval.retain"
     )
 
 

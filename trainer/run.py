@@ -192,7 +192,7 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         # The forgetting check needs the base model's retain loss even when at_start is off.
         # Recorded as "base" (the scores the run started from); an adapter's start is said as such.
         start = "start: the init_from adapter" if cfg.method.lora.init_from else None
-        evaluator(0, label="base", only=None if cfg.eval.at_start else "retain", shown_as=start)
+        evaluator(0, label="base", only=None if cfg.eval.at_start else {"retain"}, shown_as=start)
         _stop_before_training(stop, trainee, resume_from, strategy.device)
     state = _train(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, stop)
     return _finish(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, state)
@@ -655,31 +655,37 @@ class _Evaluator:
         self.last: tuple[int, dict[str, dict[str, Any]]] | None = None  # the latest evaluation of every set
 
     def final(self, step: int, restored: int | None) -> None:
-        """The final evaluation. When every set was just scored at this very step on these very
-        weights (eval.every_steps divides max_steps, no best step restored), its results are
-        recorded again as the final ones instead of scoring the same weights twice."""
-        if restored is None and self.last is not None and self.last[0] == step:
-            for values in self.last[1].values():
-                again = {**values, "label": "final"}
-                self.metrics.write(step, again, kind="eval")
-                self.console.evaluated(step, "final", again)
-            return
-        self(
-            step,
-            label="final",
-            shown_as=f"final: best step {restored}'s weights" if restored else None,
-            weights_step=restored,
-        )
+        """The final evaluation. Sets just scored at this very step on these very weights (a periodic
+        evaluation on the last step, no best step restored) have their results recorded again as
+        the final ones, said in one line, instead of scoring and printing the same weights twice;
+        the rest (the test set: periodic evaluations skip it) are scored."""
+        reused = self.last[1] if restored is None and self.last is not None and self.last[0] == step else {}
+        for values in reused.values():
+            self.metrics.write(step, {**values, "label": "final"}, kind="eval")
+        if reused:
+            self.console.event(f"eval step {step} (final): {', '.join(reused)} as scored above (the same weights)")
+        rest = {eval_set.name for eval_set in self.data.evals} - set(reused)
+        if rest:
+            self(
+                step,
+                label="final",
+                only=rest,
+                shown_as=f"final: best step {restored}'s weights" if restored else None,
+                weights_step=restored,
+            )
 
     def __call__(
         self,
         step: int,
         label: str = "periodic",
-        only: str | None = None,
+        only: set[str] | None = None,
         shown_as: str | None = None,
         weights_step: int | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Score every eval set (or only the one named `only`); returns the records by set name.
+        """Score every eval set (or only those named in `only`); returns the records by set name. A
+        periodic evaluation skips the test set: it reports the model at the start and the end, and
+        scored during training it would cost each evaluation its time and invite choosing steps by
+        it (trial 53b).
         shown_as: the console's label when it says more than the record's (whose weights);
         weights_step: the step whose weights these are, recorded when not `step` (early stopping's
         final evaluation of the best step, at the stop step: it was plotted as step 30 improving)."""
@@ -689,7 +695,9 @@ class _Evaluator:
         model = self.strategy.unwrapped(self.model)
         results: dict[str, dict[str, Any]] = {}
         for eval_set in self.data.evals:
-            if only is not None and eval_set.name != only:
+            if only is not None and eval_set.name not in only:
+                continue
+            if label == "periodic" and eval_set.name == "test":
                 continue
             values: dict[str, Any] = {"split": eval_set.name, "label": label}
             if weights_step is not None and weights_step != step:

@@ -124,8 +124,15 @@ def test_periodic_evaluation_without_evaluation_data_is_warned_of(tmp_path: Path
     )
     note = periodic_eval_without_data(load_config(path))
     assert note is not None and note.startswith("eval.every_steps=5 but the run has no evaluation data")
-    for has_data in ("data.validation_split=0.1", f"data.test={tmp_path}/t.jsonl", "eval.every_steps=0"):
+    for has_data in ("data.validation_split=0.1", "eval.every_steps=0"):
         assert periodic_eval_without_data(load_config(path, [has_data])) is None, has_data
+    # The test set alone: periodic evaluations leave it out (it reports the final model).
+    only_test = periodic_eval_without_data(load_config(path, [f"data.test={tmp_path}/t.jsonl"]))
+    assert only_test is not None and "only evaluation data is data.test, which periodic evaluations leave out" in (
+        only_test
+    )
+    retain = [f"data.test={tmp_path}/t.jsonl", f"eval.retain={tmp_path}/t.jsonl"]
+    assert periodic_eval_without_data(load_config(path, retain)) is None
 
 
 def test_a_test_set_that_is_the_validation_set_is_warned_of(tmp_path: Path) -> None:

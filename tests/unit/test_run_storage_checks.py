@@ -206,3 +206,26 @@ def test_the_commands_that_read_a_run_take_its_uri(
     copy.mkdir(parents=True)
     assert main(["runs", uri]) == 0
     assert f"ftl: {uri}: reading its local working copy {copy}" in capsys.readouterr().err
+
+
+def test_validate_and_runs_say_the_bucket_is_ahead_of_the_working_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 55a: on machine A, `ftl runs URI` said "resumable 22" and `ftl validate` said nothing,
+    while the bucket held machine B's step-61; train then resumed from 22 (now: from the bucket's)."""
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "cache"))
+    store = tmp_path / "store" / "run"
+    uri = f"file://{store}"
+    copy = tmp_path / "cache" / "runs" / "file" / str(store).strip("/")
+    _valid_checkpoint(store, 22)
+    _valid_checkpoint(store, 61)
+    _valid_checkpoint(copy, 22)
+    said = "holds checkpoints past this working copy's step-22 (up to step-61, written from another working copy)"
+    assert main(["runs", uri]) == 0
+    assert f"ftl: note: {uri} {said}" in capsys.readouterr().err
+    assert main(["validate", str(REPO / "configs/examples/lora.yaml"), f"output.dir={uri}"]) == 0
+    assert f"ftl: note: {uri} {said}" in capsys.readouterr().err
+    # Level with the bucket: nothing to say.
+    _valid_checkpoint(copy, 61)
+    assert main(["runs", uri]) == 0
+    assert "holds checkpoints past" not in capsys.readouterr().err
