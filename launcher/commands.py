@@ -400,6 +400,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append((header + "".join(titles)).rstrip())
         partial: list[str] = []
         recall: list[str] = []
+        repeats: list[str] = []
         for split, entry in scores.items():
             base, final = entry.get("base", {}), entry.get("final", {})
             loss = f"{_fmt(base.get('eval_loss'))} -> {_fmt(final.get('eval_loss'))}"
@@ -417,14 +418,21 @@ def format_summary(summary: dict[str, Any]) -> str:
             partial += [f"* {split}: {of}"] if of else []
             partial += [f"+ {split}: {generated}"] if generated else []
             shared = (data.get("overlap") or {}).get(split)
-            trained_on = _trained_on(split, shared, pairs=metric == "preference_accuracy") if shared else ""
+            pairs = metric == "preference_accuracy"
+            trained_on = _shared_line("!", split, shared, "training", pairs) if shared else ""
+            also = data.get("test_in_validation") if split == "test" else None
+            in_validation = _shared_line("=", split, also, "validation", pairs) if also else ""
             marks = ("*" if of else "") + ("+" if generated else "") + ("!" if trained_on else "")
+            marks += "=" if in_validation else ""
             lines.append(f"{split + marks:<14}{loss:<30}{cells}".rstrip())
             recall += [trained_on] if trained_on else []
+            repeats += [in_validation] if in_validation else []
         if partial:
             lines += partial + ["  (not comparable with scores of whole sets)"]
         if recall:  # trial 47a: said only before training, not beside the scores people copy
             lines += recall + ["  (their scores measure recall of trained rows, not generalization)"]
+        if repeats:  # session 42: said only before training
+            lines += repeats + ["  (on them the test score repeats the validation score: not an independent measure)"]
         if summary.get("started_from"):
             lines.append(f"start = the adapter the run started from ({summary['started_from']})")
     stopping = summary.get("transfer", {}).get("early_stopping")
@@ -492,10 +500,11 @@ def _scored_part(summary: dict[str, Any], split: str, pairs: bool) -> str:
     return f"scored on the first {limit} of {count} {what}" if limit < count else ""
 
 
-def _trained_on(split: str, shared: list[int], pairs: bool) -> str:
-    """'! validation: 30 of 1000 rows are also in the training data', and how many of the examples
-    eval.max_samples scored are (trial 48b: the whole set's count beside scores of its first 64)."""
-    line = f"! {split}: {shared[0]} of {shared[1]} rows are also in the training data"
+def _shared_line(mark: str, split: str, shared: list[int], other: str, pairs: bool) -> str:
+    """'! validation: 30 of 1000 rows are also in the training data' ('= test: ... validation data'),
+    and how many of the examples eval.max_samples scored are (trial 48b: the whole set's count
+    beside scores of its first 64)."""
+    line = f"{mark} {split}: {shared[0]} of {shared[1]} rows are also in the {other} data"
     if len(shared) == 4:
         line += f" ({shared[2]} of the first {shared[3]} {'pairs' if pairs else 'examples'}, which were scored)"
     return line

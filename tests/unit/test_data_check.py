@@ -751,10 +751,19 @@ def test_test_rows_in_the_validation_set_are_warned_of_by_validate_and_training(
     report = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
     [said] = report["overlap_warnings"]
     assert said.startswith(expected), said
+    assert report["test_in_validation"] == [2, 8]  # the final table marks the test score with it
     report = prepare_data(
         cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None, eval_max_samples=2
     ).report
     assert "(the same tokens; 2 of the first 2 examples eval.max_samples scores)" in report["overlap_warnings"][0]
+    assert report["test_in_validation"] == [2, 8, 2, 2]
+    # The validation file itself as data.test: said once before (by the config check), marked in the table.
+    same = DataConfig(
+        train=str(QA_DATA / "train.jsonl"), validation=str(QA_DATA / "valid.jsonl"), test=str(QA_DATA / "valid.jsonl")
+    )
+    report = prepare_data(same, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    rows = len(valid)
+    assert report["overlap_warnings"] == [] and report["test_in_validation"] == [rows, rows]
     later = tmp_path / "later.jsonl"  # the shared rows past eval.max_samples, within exact match's share
     later.write_text("\n".join((QA_DATA / "test.jsonl").read_text().splitlines()[:6] + valid[:2]) + "\n")
     cfg_later = DataConfig(
@@ -776,7 +785,7 @@ def test_test_rows_in_the_validation_set_are_warned_of_by_validate_and_training(
         max_seq_len=128,
     )
     report = prepare_data(clean, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
-    assert report["overlap_warnings"] == []
+    assert report["overlap_warnings"] == [] and "test_in_validation" not in report
 
 
 def test_held_out_overlap_counts_whole_rows_under_too_long_split(

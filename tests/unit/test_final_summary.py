@@ -98,6 +98,22 @@ def test_a_set_training_also_trains_on_is_marked_beside_its_scores(tmp_path: Pat
     assert "! validation: 20 of 50 rows are also in the training data (3 of the first 16 examples, which" in scored
 
 
+def test_a_test_set_sharing_rows_with_validation_is_marked_beside_its_scores(tmp_path: Path) -> None:
+    """Session 42: a test set with the validation set's rows was warned of before training only; the
+    table showed its score as an independent one."""
+    data = {"train_examples": 120, "train_rows": 120, "token_efficiency": 1.0, "packing": False}
+    scores = {"validation": {"final": {"eval_loss": 3.89}}, "test": {"final": {"eval_loss": 3.91}}}
+    summary = {**_summary(tmp_path), "scores": scores, "data": {**data, "test_in_validation": [30, 30]}}
+    table = format_summary(summary)
+    assert "\ntest=" in table and "\nvalidation " in table, table
+    assert "= test: 30 of 30 rows are also in the validation data" in table
+    assert "(on them the test score repeats the validation score: not an independent measure)" in table
+    clean = format_summary({**summary, "data": data})
+    assert "\ntest " in clean and "= test" not in clean and "repeats the validation score" not in clean
+    part = format_summary({**summary, "data": {**data, "test_in_validation": [5, 30, 2, 10]}})
+    assert "= test: 5 of 30 rows are also in the validation data (2 of the first 10 examples, which" in part
+
+
 def test_classification_shows_macro_f1_beside_accuracy_whatever_early_stopping_watched(tmp_path: Path) -> None:
     """Accuracy alone hides a classifier that always says the majority class (trials 33a, 36b:
     "0.0% -> 40.0%" on imbalanced data, macro F1 14.3%): macro F1 has a column of its own."""

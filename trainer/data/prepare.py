@@ -211,9 +211,14 @@ def prepare_data(
             held.name: scored_limit(eval_max_samples, max_prompts, want_prompts and held.format in PROMPT_FORMATS)
             for held in evals
         }
+        per_row = 2 if cfg.format == "preference" else 1
+        repeated = _test_in_validation_counts(evals, per_row, scored_by.get("test"))
         report["overlap_warnings"] = _overlap_warnings(train, evals, cfg, held_out_of_train, overlap, scored_by)
+        report["overlap_warnings"] += _test_in_validation(evals, repeated, per_row, scored_by.get("test"))
         if overlap:  # the final table marks the sets (trial 47a: said only before training)
             report["overlap"] = overlap
+        if repeated:  # and the test set the validation set overlaps (session 42: said only at the start)
+            report["test_in_validation"] = repeated
     if cfg.format == "preference":
         chat, plain = pair_styles(train.stats)
         if chat or plain:  # `ftl generate` sends a plain-pair run's prompts as written, as trained
@@ -339,24 +344,39 @@ def _overlap_warnings(
             warnings.append(split_overlap_warning(shared, rows, part))
         else:
             warnings.append(overlap_warning(shared, rows, held.name, held.source, part))
-    return warnings + _test_in_validation(evals, per_row, what, scored.get("test", (None, "")))
+    return warnings
 
 
-def _test_in_validation(evals: list[EvalSet], per_row: int, what: str, scored: tuple[int | None, str]) -> list[str]:
-    """Test rows the validation set has too; a test file that is the validation file (or a copy) is
-    said by the config check already (trainer.config.same_data_warnings)."""
+def _test_in_validation(
+    evals: list[EvalSet], counts: list[int] | None, per_row: int, scored: tuple[int | None, str] | None
+) -> list[str]:
+    """The warning of test rows the validation set has too (`counts`); a test file that is the
+    validation file (or a copy) is said by the config check already (trainer.config.same_data_warnings)."""
+    by_name = {held.name: held for held in evals}
+    validation, test = by_name.get("validation"), by_name.get("test")
+    if not counts or validation is None or test is None or same_data(validation.source, test.source):
+        return []
+    what = "pairs" if per_row == 2 else "examples"
+    part = scored_part(counts[2], counts[3], what, (scored or (None, ""))[1]) if len(counts) == 4 else ""
+    return [test_in_validation_warning(counts[0], counts[1], test.source, part)]
+
+
+def _test_in_validation_counts(
+    evals: list[EvalSet], per_row: int, scored: tuple[int | None, str] | None
+) -> list[int] | None:
+    """[shared, rows] of the test set's rows the validation set has too, and [.., scored shared, N]
+    when the scores read only its first N examples; None when none the scores read are shared."""
     by_name = {held.name: held for held in evals if held.format != "image_classification"}
     validation, test = by_name.get("validation"), by_name.get("test")
-    if validation is None or test is None or same_data(validation.source, test.source):
-        return []
+    if validation is None or test is None:
+        return None
     units = len(test.examples) // per_row
-    most, by = scored
+    most = (scored or (None, ""))[0]
     limit = most if most and most < units else None
     shared, rows, scored_shared = shared_rows(validation.examples, test.examples, per_row, scored=limit)
     if not shared or (limit and not scored_shared):
-        return []
-    part = scored_part(scored_shared, limit, what, by) if limit else ""
-    return [test_in_validation_warning(shared, rows, test.source, part)]
+        return None
+    return [shared, rows] + ([scored_shared, limit] if limit else [])
 
 
 def held_out_split(
