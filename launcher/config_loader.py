@@ -539,6 +539,9 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     message = err["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    deeper = _deeper_key(loc, message, key_lines)
+    if deeper:  # a section's rule about one of its entries: located at that entry's line
+        return f"{_where(deeper, key_lines)}:{message[len(shown_key(deeper)) :]}"
     got = err.get("input")
     if kind != "value_error" and not isinstance(got, dict):
         message = f"{message}; got {got!r}{_null_hint(err, dotted, key_lines)}"
@@ -547,6 +550,22 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     elif kind == "int_parsing" and isinstance(got, str) and _whole_number(got) is not None:
         message += f" (a whole number: write {_whole_number(got)})"  # `1e2` (trial 52a)
     return f"{where}: {message}" if dotted else message
+
+
+def _deeper_key(loc: list[str], message: str, key_lines: dict[str, int]) -> list[str] | None:
+    """The list entry under `loc` a section's message begins with (`transfer.head.labels[1] is an
+    empty name`, raised by transfer.head's rule: it was located at transfer.head's line), when the
+    file or the command line wrote it. Only entries: a rule about several of a section's keys stays
+    located at the section, which says where each of them came from."""
+    match = re.match(r"([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*|\[\d+\])*) ", message)
+    if not match or not loc:
+        return None
+    parts = re.sub(r"\[(\d+)\]", r".\1", match.group(1)).split(".")
+    if len(parts) <= len(loc) or parts[: len(loc)] != loc or ".".join(parts) not in key_lines:
+        return None
+    if not any(part.isdigit() for part in parts[len(loc) :]):
+        return None
+    return parts
 
 
 def _whole_number(text: str) -> int | None:

@@ -331,7 +331,8 @@ NO_GEN = {"generation": {"enabled": False}}
                 "transfer": {**CLASSIFY, "head": {**CLASSIFY["head"], "labels": ["country", " ", "creature"]}},
                 "data": KINDS,
             },
-            "transfer.head.labels[1] is an empty name",
+            # Located at the entry's own line (it was transfer.head's).
+            "transfer.head.labels[1] (line 35): is an empty name",
         ),
         (
             {
