@@ -498,8 +498,13 @@ def _close_value(got: Any, allowed: str) -> str:
     choices = re.findall(r"'([^']*)'", allowed)
     lowered = {choice.lower(): choice for choice in choices}
     close = [lowered[got.strip().lower()]] if got.strip().lower() in lowered else []
-    close = close or difflib.get_close_matches(got.strip(), choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close and close[0] != got else ""
+    # A part of several choices (`classification`: sequence_ or token_classification) names them all.
+    parts = [c for c in choices if len(got.strip()) >= 4 and got.strip().lower() in c.lower().split("_")]
+    close = close or (parts if len(parts) > 1 else []) or difflib.get_close_matches(got.strip(), choices, 1, 0.6)
+    if not close or close == [got]:
+        return ""
+    named = [repr(choice) for choice in close]
+    return f"; did you mean {', '.join(named[:-1]) + ' or ' if len(named) > 1 else ''}{named[-1]}?"
 
 
 def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:

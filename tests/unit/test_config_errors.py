@@ -170,6 +170,12 @@ def test_literal_lists_allowed_values(tmp_path: Path, valid_text: str) -> None:
     assert "method.type" in problem
     for allowed in ("full", "lora", "dora", "qlora"):
         assert allowed in problem
+    assert "did you mean 'lora'?" in problem
+    # A part of several choices names each (it named token_classification alone, a guess).
+    (problem,) = _problems(_write(tmp_path, valid_text), ["transfer.head.type=classification"])
+    assert problem.endswith(
+        "did you mean 'sequence_classification', 'token_classification' or 'image_classification'?"
+    ), problem
 
 
 def test_missing_required_key(tmp_path: Path, valid_text: str) -> None:
