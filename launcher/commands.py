@@ -31,9 +31,16 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     problems = check_inputs(cfg)
     if not data:  # --data reads every row and reports each bad one
         problems += data_format_problems(cfg)
+    from cluster.run_storage import display_uri, is_uri
+
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now
-    run_dir_problems = ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume)
-    run_dir_problems += storage_problems(cfg)  # output.dir on object storage
+    # output.dir on object storage first, as `ftl train` checks it: a finished run there is finished in
+    # its working copy too, and said once (trial 55a: twice, the copy called output.dir).
+    run_dir_problems = storage_problems(cfg)
+    uri = display_uri(cfg.output.dir) if is_uri(cfg.output.dir) else None
+    if not run_dir_problems:
+        run_dir_problems = output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume, uri)
+    run_dir_problems = ([refusal] if refusal else []) + run_dir_problems
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems
@@ -90,7 +97,7 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         return code
     sys.stdout.write(config_to_yaml(cfg))
     print(f"# {config_path}: valid", file=sys.stderr)
-    from cluster.run_storage import bucket_ahead_note, is_uri
+    from cluster.run_storage import bucket_ahead_note
     from launcher.failure_record import retry_note
     from launcher.preflight import resume_change_preview, start_move_preview
 

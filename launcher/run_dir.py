@@ -141,7 +141,7 @@ def prepare_run_dir(
     run_dir = local_run_dir(cfg)
     layout = RunLayout(run_dir)
     refuse_foreign_dir(run_dir)  # first: a user's own summary.json does not make an ftl run
-    finished = finished_run_problem(run_dir, cfg.checkpoint.resume)
+    finished = finished_run_problem(run_dir, cfg.checkpoint.resume, uri=_uri_of(cfg))
     if finished:
         raise UserError(finished)
     blocked = file_in_the_way(run_dir)
@@ -216,9 +216,22 @@ def refuse_foreign_dir(run_dir: Path) -> None:
     )
 
 
-def finished_run_problem(run_dir: Path, asked_resume: str | None = None) -> str | None:
+def _uri_of(cfg: RunConfig) -> str | None:
+    from cluster.run_storage import display_uri, is_uri
+
+    return display_uri(cfg.output.dir) if is_uri(cfg.output.dir) else None
+
+
+def finished_run_problem(run_dir: Path, asked_resume: str | None = None, uri: str | None = None) -> str | None:
+    """`uri`: run_dir is the working copy of that output.dir, whose own finished run is refused by
+    the storage check first (trial 55a: the copy was called output.dir, and said again by validate)."""
     if not RunLayout(run_dir).is_finished():
         return None
+    if uri:
+        return (
+            f"the working copy {run_dir} of output.dir {uri} holds a finished run ({SUMMARY_FILE} exists) that "
+            f"{uri} does not hold; delete the working copy to start the run anew at {uri}, or choose a new output.dir"
+        )
     return (
         f"output.dir {run_dir} already holds a finished run ({SUMMARY_FILE} exists); "
         "choose a new output.dir (e.g. output.dir=runs/my-run-2) or delete the old one"
@@ -235,10 +248,10 @@ def file_in_the_way(run_dir: Path) -> str | None:
     return f"output.dir {run_dir} {where} a file, not a directory; pick another output.dir"
 
 
-def output_dir_problems(run_dir: Path, asked_resume: str | None = None) -> list[str]:
+def output_dir_problems(run_dir: Path, asked_resume: str | None = None, uri: str | None = None) -> list[str]:
     """What `ftl train` refuses in output.dir as it is (for `ftl validate`): a file or a path inside
     one (validate said valid for the latter: trial 37b), a folder of the user's, a finished run, a run
-    in progress."""
+    in progress. `uri`: run_dir is the working copy of that output.dir."""
     blocked = file_in_the_way(run_dir)
     if blocked:
         return [blocked]
@@ -246,7 +259,7 @@ def output_dir_problems(run_dir: Path, asked_resume: str | None = None) -> list[
         refuse_foreign_dir(run_dir)
     except UserError as exc:
         return [str(exc)]
-    finished = finished_run_problem(run_dir, asked_resume)
+    finished = finished_run_problem(run_dir, asked_resume, uri)
     if finished:
         return [finished]
     held = held_by_a_run(run_dir)  # trial 45b: validate said valid, and `ftl train` was refused

@@ -7,6 +7,7 @@ deleted the older remote checkpoints)."""
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -229,3 +230,28 @@ def test_validate_and_runs_say_the_bucket_is_ahead_of_the_working_copy(
     _valid_checkpoint(copy, 61)
     assert main(["runs", uri]) == 0
     assert "holds checkpoints past" not in capsys.readouterr().err
+
+
+def test_a_finished_run_is_refused_once_and_its_working_copy_is_not_called_output_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 55a: validate refused a finished URI run twice, the second time calling its working copy
+    output.dir and suggesting output.dir=runs/my-run-2; a working copy that alone is finished (the
+    bucket's run deleted) was refused as if it were output.dir."""
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "cache"))
+    store = tmp_path / "store" / "run"
+    uri = f"file://{store}"
+    copy = tmp_path / "cache" / "runs" / "file" / str(store).strip("/")
+    for run in (store, copy):
+        run.mkdir(parents=True)
+        (run / ".ftl-run").write_text("{}")
+        (run / "summary.json").write_text("{}")
+    config = str(REPO / "configs/examples/lora.yaml")
+    assert main(["validate", config, f"output.dir={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("holds a finished run") == 1 and f"output.dir {uri} already holds a finished run" in err, err
+    shutil.rmtree(store)
+    assert main(["validate", config, f"output.dir={uri}"]) == 2
+    err = capsys.readouterr().err
+    said = f"the working copy {copy} of output.dir {uri} holds a finished run (summary.json exists) that {uri} does"
+    assert said in err and "output.dir=runs/" not in err, err
