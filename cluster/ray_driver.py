@@ -58,6 +58,7 @@ from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.run_storage import (
     RemoteRun,
     StorageError,
+    answered,
     delete_remote_checkpoints,
     drop_ray_snapshot,
     drop_ray_storage_marker,
@@ -66,6 +67,7 @@ from cluster.run_storage import (
     pull,
     push,
     refuse_finished,
+    remote_checkpoint_steps,
     stale_remote_checkpoints,
     upload_file,
 )
@@ -75,6 +77,7 @@ from trainer.errors import FtlError, InputError, RunWriteError, TrainerInputErro
 from trainer.faults import fault_point
 from trainer.run_layout import CHECKPOINTS_DIR, METRICS_FILE, RunLayout, step_name
 from trainer.secret_values import is_secret_name
+from trainer.stopping import StopRequested
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +217,12 @@ def launch_ray(
                     f"{what_next(run_dir, cluster.ray.max_failures, _final_worker_errors(exc, Exception))}"
                 ) from exc
         check_placement(run_dir, cluster, launch_id)
-        return take_result(run_dir)
+        try:
+            return take_result(run_dir)
+        except StopRequested as stop:
+            if remote is None or not stop.checkpoint:
+                raise
+            raise _stopped_in_the_bucket_too(stop, remote) from None
     finally:
         drop_ray_storage_marker(storage_fs, f"{storage_path}/{name}")
         if started_here:
@@ -316,6 +324,19 @@ def _local_fs() -> Any:
     import pyarrow.fs as pafs
 
     return pafs.LocalFileSystem()
+
+
+def _stopped_in_the_bucket_too(stop: StopRequested, remote: RemoteRun) -> StopRequested:
+    """A stop's message naming the bucket's copy of its checkpoint beside the working copy's, when
+    the bucket has it (trial 55a: only the working copy's was named, on a machine that may go away)."""
+    try:
+        uploaded = stop.step in answered(lambda: remote_checkpoint_steps(remote), remote, 10.0)
+    except StorageError:
+        uploaded = False
+    if not uploaded:
+        return stop
+    where = f"{stop.checkpoint} (and {remote.display}/{CHECKPOINTS_DIR}/{step_name(stop.step)})"
+    return StopRequested(stop.step, where, stop.signum)
 
 
 def _mirror(remote: RemoteRun, run_dir: Path) -> None:

@@ -312,19 +312,40 @@ def _download_history(remote: RemoteRun, run_dir: Path, replace: bool = False) -
         _download_file(remote, info.path, run_dir / relative)
 
 
-def push(remote: RemoteRun, run_dir: Path) -> None:
-    """Mirror the working copy (all but checkpoints and control dot-files) to the remote run."""
+def push(remote: RemoteRun, run_dir: Path, since: float | None = None) -> list[str]:
+    """Mirror the working copy (all but checkpoints and control dot-files) to the remote run; with
+    `since` (a time.time()), only files written since then. Returns the top-level names copied."""
     import pyarrow.fs as pafs
 
+    copied: dict[str, None] = {}
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir)
         if not path.is_file() or relative.parts[0] in NOT_MIRRORED or any(p.startswith(".") for p in relative.parts):
             continue
+        if since is not None and path.stat().st_mtime < since:
+            continue
+        copied[relative.parts[0]] = None
         target = remote.join(*relative.parts)
         remote.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(
             str(path), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=remote.filesystem
         )
+    return list(copied)
+
+
+def push_written(uri: str, run_dir: Path, since: float) -> None:
+    """What a command wrote into a URI run's working copy since `since` (its report, an export),
+    copied to the bucket, where the rest of the run is (trial 55a: they stayed on this machine).
+    A failure is a warning: what was written is intact in the working copy."""
+    remote = open_remote(uri)
+    try:
+        copied = answered(lambda: push(remote, run_dir, since), remote, timeout_s=3600.0)
+    except StorageError as exc:
+        print(f"ftl: WARNING: {exc}; what was written is in the working copy {run_dir}", file=sys.stderr)
+        return
+    if copied:
+        shown = ", ".join(f"{name}/" if (run_dir / name).is_dir() else name for name in copied)
+        print(f"ftl: copied to {remote.display}: {shown}", file=sys.stderr)
 
 
 def upload_file(remote: RemoteRun, local: Path, *parts: str) -> None:

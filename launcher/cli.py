@@ -207,6 +207,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def _copied_to_the_bucket(args: argparse.Namespace, uri: str) -> int:
+    """`ftl export URI` / `ftl report URI`: the command on the run's working copy, and what it wrote
+    there (exports/, final/, report/) copied to the bucket with the rest of the run (trial 55a: they
+    stayed on this machine)."""
+    import time
+    from pathlib import Path
+
+    from cluster.run_storage import push_written
+    from launcher.commands import export, report
+    from launcher.run_dir import working_copy_of
+
+    started = time.time()
+    if args.verb == "export":
+        code = export(args.run_dir, merge=args.merge, checkpoint=args.checkpoint, out=None)
+    else:
+        code = report(args.run_dir, [working_copy_of(other) for other in args.compare], None)
+    if code == 0:
+        push_written(uri, Path(args.run_dir), since=started)
+    return code
+
+
 def _said_by_rank0(exit_code: int) -> bool:
     """Under a user's own torchrun every worker runs this CLI: a stop is the same news on every
     rank, and rank 0 says it."""
@@ -239,7 +260,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.verb == "runs":
             args.dir = working_copy_of(args.dir)
         else:
-            args.run_dir = working_copy_of(args.run_dir)
+            given, args.run_dir = args.run_dir, working_copy_of(args.run_dir)
+            if args.verb in ("export", "report") and given != args.run_dir and not args.out:
+                return _copied_to_the_bucket(args, given)  # what it writes into the working copy
         if args.verb == "report" and args.compare:
             args.compare = [working_copy_of(other) for other in args.compare]
     if args.verb == "export":

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     with running_in(cfg, purpose=f"Ray Job {job}" if job else "ftl train") as run_dir:
         print(f"ftl: run directory {run_dir}", file=sys.stderr)
         from cluster.launch import launch
+        from cluster.run_storage import display_uri, is_uri
         from launcher.failure_record import recording_failure
 
         with recording_failure(run_dir):  # `ftl runs` shows a failed start as failed, with the reason
@@ -179,10 +181,13 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         from cluster.results import reported_here
 
         if cfg.output.report and reported_here(run_dir):  # one launcher of a multi-node torchrun run writes it
+            written = time.time()
             write_report_after_run(run_dir, cfg.tracking)
-    print(format_summary(summary))
-    from cluster.run_storage import display_uri, is_uri
+            if is_uri(cfg.output.dir):  # the run was mirrored as the driver ended: the report follows it
+                from cluster.run_storage import push_written
 
+                push_written(cfg.output.dir, run_dir, since=written)
+    print(format_summary(summary))
     if is_uri(cfg.output.dir):  # the paths above are the working copy's (trial 53a: the URI went unsaid)
         print(f"stored      {display_uri(cfg.output.dir)} (the paths above: its working copy)")
     return 0

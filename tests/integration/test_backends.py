@@ -354,12 +354,12 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
     uri = s3_server.uri("runs/lora-s3")
     fs, remote = s3_server.filesystem(), f"{s3_server.bucket}/runs/lora-s3"
 
-    def config(machine: str) -> Path:
+    def config(machine: str, report: bool = False) -> Path:
         return _config(
             tmp_path,
             tiny_model_dir,
             machine,
-            output={"dir": uri, "local_dir": str(tmp_path / machine)},
+            output={"dir": uri, "local_dir": str(tmp_path / machine), "report": report},
             checkpoint={"every_steps": 1, "keep_last": 2},
             cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}},
         )
@@ -384,6 +384,10 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
     assert proc.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
     stopped_at = max(remote_steps())
     assert stopped_at == 2 and remote_steps() == [1, 2]  # ftl's keep_last=2, mirrored
+    # The stop names the bucket's copy of its checkpoint too (the working copy's machine may go away).
+    from cluster.run_storage import display_uri
+
+    assert f"checkpoints/step-2 (and {display_uri(uri)}/checkpoints/step-2); " in stderr, stderr[-3000:]
     # The newest upload is damaged (as by a crash mid-upload): one byte of its largest file flips.
     newest = f"{remote}/checkpoints/step-{stopped_at}"
     import pyarrow.fs as pafs
@@ -396,7 +400,7 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
     with fs.open_output_stream(victim) as f:
         f.write(bytes(data))
 
-    out = _ftl("train", str(config("machine-b")))  # another machine: an empty working copy
+    out = _ftl("train", str(config("machine-b", report=True)))  # another machine: an empty working copy
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"checkpoints/step-{stopped_at} is INVALID" in out.stderr and "checksum mismatch" in out.stderr
     assert f"resuming from s3://{remote}/checkpoints/step-{stopped_at - 1}" in out.stderr
@@ -409,8 +413,13 @@ def test_ray_run_on_object_storage_resumes_on_a_fresh_machine_past_a_corrupt_upl
     # mirror at the end replaced the first start's lines with the second's).
     log = (tmp_path / "machine-b" / "logs" / "rank-0.log").read_text()
     assert log.count("rank 0: pid") == 2, log[-3000:]
-    # The bucket holds the finished run: final model, metrics, the last checkpoints.
+    # The bucket holds the finished run: final model, metrics, the last checkpoints, and the report
+    # written after the driver's mirror (trial 55a: it stayed in the working copy).
     assert fs.get_file_info(f"{remote}/final/adapter/adapter_model.safetensors").type == pafs.FileType.File
+    assert fs.get_file_info(f"{remote}/report/index.html").type == pafs.FileType.File
+    from cluster.run_storage import display_uri
+
+    assert f"ftl: copied to {display_uri(uri)}: report/" in out.stderr, out.stderr[-3000:]
     with fs.open_input_stream(f"{remote}/metrics.jsonl") as f:
         (tmp_path / "remote-metrics").mkdir()
         (tmp_path / "remote-metrics" / "metrics.jsonl").write_bytes(f.read())

@@ -6,6 +6,8 @@ deleted the older remote checkpoints)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import time
@@ -255,3 +257,40 @@ def test_a_finished_run_is_refused_once_and_its_working_copy_is_not_called_outpu
     err = capsys.readouterr().err
     said = f"the working copy {copy} of output.dir {uri} holds a finished run (summary.json exists) that {uri} does"
     assert said in err and "output.dir=runs/" not in err, err
+
+
+def test_a_stop_names_the_buckets_copy_of_its_checkpoint_when_the_bucket_has_it(tmp_path: Path) -> None:
+    """Trial 55a: a stop named only the working copy's checkpoint, on a machine that may go away."""
+    from cluster.ray_driver import _stopped_in_the_bucket_too
+    from trainer.stopping import StopRequested
+
+    store = tmp_path / "store" / "run"
+    remote = open_remote(f"file://{store}")
+    stop = StopRequested(4, "/cache/run/checkpoints/step-4", 2)
+    assert _stopped_in_the_bucket_too(stop, remote) is stop  # not uploaded: only the working copy's
+    _valid_checkpoint(store, 4)
+    said = str(_stopped_in_the_bucket_too(stop, remote))
+    assert said.startswith(f"stopped at step 4; checkpoint /cache/run/checkpoints/step-4 (and file://{store}/"), said
+    assert _stopped_in_the_bucket_too(stop, remote).exit_code == 130
+
+
+def test_a_report_or_export_of_a_uri_run_is_copied_to_the_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 55a: `ftl report URI` and `ftl export URI` wrote into the working copy only; the bucket,
+    where the rest of the run is, never got them. What was there before is not copied again."""
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "cache"))
+    store = tmp_path / "store" / "run"
+    uri = f"file://{store}"
+    copy = tmp_path / "cache" / "runs" / "file" / str(store).strip("/")
+    copy.mkdir(parents=True)
+    (copy / ".ftl-run").write_text("{}")
+    (copy / "config.yaml").write_text((REPO / "configs/examples/lora.yaml").read_text())
+    (copy / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "loss": 2.0, "time": 1.0}) + "\n")
+    old = copy / "logs" / "rank-0.log"
+    old.parent.mkdir()
+    old.write_text("written by the run")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    assert main(["report", uri]) == 0
+    assert f"ftl: copied to {uri}: report/" in capsys.readouterr().err
+    assert (store / "report" / "index.html").is_file() and not (store / "logs").exists()
