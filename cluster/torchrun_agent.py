@@ -24,6 +24,7 @@ from trainer.errors import EXIT_INPUT_ERROR
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_store_shutdown()
+    _quiet_what_ftl_says()
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -70,6 +71,22 @@ def _quiet_store_shutdown() -> None:
             return "failed to shutdown the rendezvous" not in record.getMessage()
 
     logging.getLogger("torch.distributed.elastic.rendezvous.dynamic_rendezvous").addFilter(DropShutdownFailure())
+
+
+# torch's agent logs these in its own format (`W1206 15:51:04.923000 15964 .../api.py:1028] ...`)
+# around a worker's failure; ftl's `torchrun: worker rank 1 (pid N) was killed by SIGKILL; ...`
+# line says the same of the worker that failed, and the workers say how they stopped (trial 54a).
+SAID_BY_FTL = ("Sending process ", "failed (exitcode: ")
+
+
+def _quiet_what_ftl_says() -> None:
+    import logging
+
+    class DropSaidByFtl(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).startswith(SAID_BY_FTL)
+
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(DropSaidByFtl())
 
 
 def _root_failure(failures: dict[int, Any]) -> tuple[int, Any]:

@@ -63,3 +63,31 @@ def test_the_agents_store_shutdown_after_a_run_prints_no_cpp_stack(tmp_path: Pat
     agent = subprocess.run([sys.executable, str(script), "agent"], capture_output=True, text=True, cwd=REPO, env=env)
     assert agent.returncode == 0 and "DistNetworkError" in agent.stdout, agent.stderr[-2000:]
     assert "frame #" not in agent.stderr, agent.stderr[-2000:]
+
+
+def test_torchs_lines_around_a_worker_failure_that_ftl_says_itself_are_dropped() -> None:
+    """Trial 54a: a kill -9 of a worker printed torch's `W... Sending process N closing signal
+    SIGTERM` and `E... failed (exitcode: -9) local_rank: 1 ...` beside ftl's own line naming the
+    worker, its signal and the restart. Other lines of that logger stay."""
+    import logging
+
+    from cluster.torchrun_agent import _quiet_what_ftl_says
+
+    logger = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    _quiet_what_ftl_says()
+    kept: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        logger.warning("Sending process %s closing signal %s", 15974, "SIGTERM")
+        logger.error("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", -9, 1, 15975, "python")
+        logger.warning("Unable to shutdown process %s via %s, forcefully exiting via %s", 1, "SIGTERM", "SIGKILL")
+    finally:
+        logger.removeHandler(handler)
+        logger.filters.clear()
+    assert kept == ["Unable to shutdown process 1 via SIGTERM, forcefully exiting via SIGKILL"]
