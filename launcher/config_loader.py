@@ -98,7 +98,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
                 "least: start from a recipe in configs/examples/ (`ftl validate configs/examples/lora.yaml` prints one)"
             ],
         )
-    problems: list[str] = []
+    problems: list[str] = _overrides_given_twice(overrides or [])
     for override in overrides or []:
         try:
             _apply_override(raw, override)
@@ -152,7 +152,17 @@ def _unread_preference_keys_written(raw: dict[str, Any], cfg: RunConfig, key_lin
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
-        text = path.read_text()
+        content = path.read_bytes()
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:  # trial 56a: a traceback, exit 1
+        line = content[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            str(path),
+            [
+                f"line {line}: not UTF-8 text (byte 0x{content[exc.start]:02x}); save the file as UTF-8 "
+                "(e.g. `iconv -f latin1 -t utf-8`, or your editor's encoding setting)"
+            ],
+        ) from None
     except FileNotFoundError:
         where = path if path.is_absolute() else f"{path.absolute()} (relative to the current directory {Path.cwd()})"
         raise ConfigError(str(path), [f"file not found: {where}{did_you_mean(str(path))}"]) from None
@@ -571,6 +581,24 @@ def _deeper_key(loc: list[str], message: str, key_lines: dict[str, int]) -> list
     if not any(part.isdigit() for part in parts[len(loc) :]):
         return None
     return parts
+
+
+def _overrides_given_twice(overrides: list[str]) -> list[str]:
+    """One key set twice on the command line, to different values (trial 56a: a sweep script's
+    appended `training.max_steps=20` silently won over the `=10` before it; the docs said refused).
+    The same override twice says nothing new and is taken."""
+    first: dict[str, str] = {}
+    problems = []
+    for override in overrides:
+        key = _dotted_indices(override).removeprefix("~").partition("=")[0].strip()
+        earlier = first.setdefault(key, override)
+        if earlier != override:
+            shown = redact_argv([earlier, override])  # a pasted token is not echoed
+            problems.append(
+                f"{shown_key(key.split('.'))} (command line): given twice, {shown[0]!r} and {shown[1]!r}; only "
+                "the last would apply: give it once"
+            )
+    return problems
 
 
 def _whole_number(text: str) -> int | None:

@@ -1036,3 +1036,31 @@ def test_a_mixture_name_given_twice_names_both_entries(tmp_path: Path, valid_tex
     mixture = "data.mixture=[{name: qa, train: a.jsonl}, {name: b, train: b.jsonl}, {name: qa, train: c.jsonl}]"
     [problem] = _problems(_write(tmp_path, valid_text), ["~data.train", mixture])
     assert "data.mixture[0] and data.mixture[2] are both named 'qa'; names must be unique" in problem, problem
+
+
+def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path, valid_text: str) -> None:
+    """Trial 56a: a Latin-1 byte in the file was a UnicodeDecodeError traceback, exit 1."""
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(valid_text.encode() + b"# caf\xe9\n")
+    [problem] = _problems(path)
+    line = valid_text.count("\n") + 1
+    assert problem.startswith(f"line {line}: not UTF-8 text (byte 0xe9); save the file as UTF-8"), problem
+    path.write_bytes(b"\xef\xbb\xbf" + valid_text.encode())  # a byte-order mark is UTF-8
+    assert load_config(path).method.type == "lora"
+
+
+def test_one_key_given_twice_on_the_command_line_is_refused(tmp_path: Path, valid_text: str) -> None:
+    """Trial 56a: `training.max_steps=10 training.max_steps=20` kept 20 in silence (a sweep script's
+    appended override); the docs said a key written twice is refused. A secret is not echoed."""
+    path = _write(tmp_path, valid_text)
+    [problem] = _problems(path, ["training.max_steps=10", "training.max_steps=20"])
+    assert problem == (
+        "training.max_steps (command line): given twice, 'training.max_steps=10' and 'training.max_steps=20'; "
+        "only the last would apply: give it once"
+    )
+    [problem] = _problems(path, ["data.mixture[0].weight=1", "~data.mixture.0.weight"])
+    assert problem.startswith("data.mixture[0].weight (command line): given twice"), problem
+    assert load_config(path, ["training.max_steps=10", "training.max_steps=10"]).training.max_steps == 10
+    token = "hf_" + "a" * 34
+    problems = _problems(path, [f"tracking.wandb.api_key={token}", "tracking.wandb.api_key=x"])
+    assert not any(token in problem for problem in problems), problems
