@@ -31,7 +31,9 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     cfg = load_config(config_path, overrides)
     problems = check_inputs(cfg)
     if not data:  # --data reads every row and reports each bad one
-        problems += data_format_problems(cfg)
+        from launcher.hub_datasets import hub_dataset_problems
+
+        problems += data_format_problems(cfg) + hub_dataset_problems(cfg)
     from cluster.run_storage import display_uri, is_uri
 
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now

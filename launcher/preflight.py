@@ -9,10 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from launcher.hub_datasets import DATA_SUFFIXES, data_values
 from launcher.local_paths import did_you_mean, looks_local
 from launcher.run_config import RunConfig
-
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
 def check_inputs(cfg: RunConfig) -> list[str]:
@@ -40,17 +39,7 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             short = _catalogue_short_name(value, cfg.model.revision)
             if short:
                 problems.append(short)
-    data_keys = [
-        ("data.train", cfg.data.train),
-        ("data.validation", cfg.data.validation),
-        ("data.test", cfg.data.test),
-        ("eval.retain", cfg.eval.retain),
-    ]
-    for index, source in enumerate(cfg.data.mixture):
-        data_keys += [
-            (f"data.mixture[{index}].train", source.train),
-            (f"data.mixture[{index}].validation", source.validation),
-        ]
+    data_keys = data_values(cfg)
     run_dir = Path(cfg.output.dir).expanduser().resolve() if cfg.output.dir and "://" not in cfg.output.dir else None
     for key, value in data_keys:
         if value and run_dir is not None and Path(value).is_dir() and run_dir.is_relative_to(Path(value).resolve()):

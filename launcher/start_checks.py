@@ -17,9 +17,10 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
 
     problems = check_inputs(cfg) if inputs else []
     if inputs:  # an output.dir on object storage, looked at once (a cluster may reach other storage)
+        from launcher.hub_datasets import hub_dataset_problems
         from launcher.run_dir import storage_problems
 
-        problems += storage_problems(cfg)
+        problems += storage_problems(cfg) + hub_dataset_problems(cfg)
     said = {problem.split(":")[0] for problem in problems}  # one problem a key (a short name: not also "not cached")
     problems += [p for p in unavailable_offline(cfg) if p.split(":")[0] not in said] + data_format_problems(cfg)
     # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).
