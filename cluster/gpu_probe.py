@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 # NVIDIA's driver (/dev/nvidiactl, /dev/nvidia0, /proc/driver/nvidia), WSL2's GPU paravirtualisation
 # (/dev/dxg) and AMD's ROCm (/dev/kfd).
@@ -39,3 +40,39 @@ def local_gpu_shortfall(backend: str, workers_per_node: int) -> str | None:
         f"cluster.workers={workers_per_node} but this machine has {count} GPU(s) visible, and each "
         f"{backend} worker takes one: set cluster.workers={count}, or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
     )
+
+
+def local_ray_shortfall(cluster: Any) -> str | None:
+    """What the local Ray `ftl train` would start (no cluster.ray.address, no $RAY_ADDRESS) could never
+    give the workers: the reservations per worker against this machine's cores and GPUs, said before
+    Ray starts (trial 56a: found ~10 s after, leaving a failed run). None when they fit, or when a
+    cluster is joined (it may grow)."""
+    if cluster.backend != "ray" or cluster.ray.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    cpus, gpus = cluster.ray.cpus_per_worker, cluster.ray.gpus_per_worker
+    short = []
+    if cpus and cpus * cluster.world_size > (os.cpu_count() or 1):
+        short.append(
+            f"{cluster.world_size} workers x {cpus:g} CPU each (cluster.ray.cpus_per_worker) = "
+            f"{cpus * cluster.world_size:g} CPUs, but this machine has {os.cpu_count() or 1}; lower "
+            "cluster.ray.cpus_per_worker (or leave it out: the cores are shared out) or cluster.workers"
+        )
+    if gpus:
+        have = 0
+        if cuda_available():
+            import torch
+
+            have = torch.cuda.device_count()
+        if gpus * cluster.world_size > have:
+            fix = (
+                "set cluster.ray.gpus_per_worker=0 (or leave it out: workers use GPUs when there are some)"
+                if have == 0
+                else "lower cluster.ray.gpus_per_worker or cluster.workers"
+            )
+            short.append(
+                f"{cluster.world_size} workers x {gpus:g} GPU each (cluster.ray.gpus_per_worker) = "
+                f"{gpus * cluster.world_size:g} GPUs, but this machine has {have}; {fix}"
+            )
+    if not short:
+        return None
+    return "the local Ray could never start these workers: " + "; ".join(short)

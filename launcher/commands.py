@@ -34,6 +34,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         from launcher.hub_datasets import hub_dataset_problems
 
         problems += data_format_problems(cfg) + hub_dataset_problems(cfg)
+    from cluster.gpu_probe import local_ray_shortfall
+
+    shortfall = local_ray_shortfall(cfg.cluster)
+    problems += [shortfall] if shortfall else []
     from cluster.run_storage import display_uri, is_uri
 
     refusal = start_refusal(cfg, local_run_dir(cfg))  # what `ftl train` would refuse in output.dir as it is now

@@ -21,6 +21,10 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
         from launcher.run_dir import storage_problems
 
         problems += storage_problems(cfg) + hub_dataset_problems(cfg)
+        from cluster.gpu_probe import local_ray_shortfall
+
+        shortfall = local_ray_shortfall(cfg.cluster)  # `ftl slurm` runs Ray inside the job: not this machine
+        problems += [shortfall] if shortfall else []
     said = {problem.split(":")[0] for problem in problems}  # one problem a key (a short name: not also "not cached")
     problems += [p for p in unavailable_offline(cfg) if p.split(":")[0] not in said] + data_format_problems(cfg)
     # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).

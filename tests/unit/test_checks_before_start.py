@@ -1,5 +1,6 @@
-"""Data values that name a Hub dataset, judged before anything starts (trial 56a: `data.train=trainset`,
-a typo'd path, passed validate; training started Ray and failed 1.5 minutes later)."""
+"""What validate and train judge before anything starts (trial 56a): data values that name a Hub
+dataset (`data.train=trainset`, a typo'd path, passed validate; training started Ray and failed 1.5
+minutes later), and reservations a local Ray could never meet."""
 
 from __future__ import annotations
 
@@ -56,3 +57,33 @@ def test_a_cached_hub_dataset_passes_and_an_uncached_one_is_asked_of_the_hub(
     # Local values are check_inputs' to judge, never asked of the Hub.
     local = load_config(CONFIG, [f"data.train={tmp_path}/missing.jsonl", "data.validation=missing.csv"])
     assert hub_dataset_problems(local) == []
+
+
+def test_reservations_the_local_ray_could_never_meet_are_refused_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 56a: cpus_per_worker=64 on a 2-core machine, gpus_per_worker=1 without a GPU: validate
+    said valid, and train found it ~10 s after Ray started, leaving a failed run behind."""
+    import os
+
+    from cluster.gpu_probe import cuda_available, local_ray_shortfall
+    from launcher.config_loader import load_config
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cores = os.cpu_count() or 1
+    too_many = [f"cluster.ray.cpus_per_worker={cores}", "cluster.workers=2", f"output.dir={tmp_path / 'run'}"]
+    assert main(["validate", CONFIG, *too_many]) == 2
+    said = (
+        f"2 workers x {cores} CPU each (cluster.ray.cpus_per_worker) = {2 * cores} CPUs, but this machine has {cores}"
+    )
+    assert f"the local Ray could never start these workers: {said}" in capsys.readouterr().err
+    assert main(["train", CONFIG, *too_many]) == 2
+    assert said in capsys.readouterr().err and not (tmp_path / "run").exists()
+    fits = load_config(CONFIG, [f"cluster.ray.cpus_per_worker={cores / 2}", "cluster.workers=2"]).cluster
+    assert local_ray_shortfall(fits) is None
+    joined = load_config(CONFIG, [*too_many[:2], "cluster.ray.address=10.0.0.1:6379"]).cluster
+    assert local_ray_shortfall(joined) is None  # a cluster joined may have them (or grow)
+    if not cuda_available():
+        gpus = load_config(CONFIG, ["cluster.ray.gpus_per_worker=1"]).cluster
+        shortfall = local_ray_shortfall(gpus)
+        assert shortfall is not None and "but this machine has 0; set cluster.ray.gpus_per_worker=0" in shortfall
