@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,7 +99,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
                 "least: start from a recipe in configs/examples/ (`ftl validate configs/examples/lora.yaml` prints one)"
             ],
         )
-    problems: list[str] = _overrides_given_twice(overrides or [])
+    for note in _overrides_given_twice(overrides or []):
+        print(f"ftl: note: {note}", file=sys.stderr)
+    problems: list[str] = []
     for override in overrides or []:
         try:
             _apply_override(raw, override)
@@ -584,9 +587,10 @@ def _deeper_key(loc: list[str], message: str, key_lines: dict[str, int]) -> list
 
 
 def _overrides_given_twice(overrides: list[str]) -> list[str]:
-    """One key set twice on the command line, to different values (trial 56a: a sweep script's
-    appended `training.max_steps=20` silently won over the `=10` before it; the docs said refused).
-    The same override twice says nothing new and is taken."""
+    """One key set twice on the command line, to different values: the last applies, as in a layered
+    command line (base overrides, then a change), and it is said (trial 56a: a sweep script's
+    appended `training.max_steps=20` won over the `=10` before it in silence). The same override
+    twice says nothing new."""
     first: dict[str, str] = {}
     problems = []
     for override in overrides:
@@ -595,8 +599,8 @@ def _overrides_given_twice(overrides: list[str]) -> list[str]:
         if earlier != override:
             shown = redact_argv([earlier, override])  # a pasted token is not echoed
             problems.append(
-                f"{shown_key(key.split('.'))} (command line): given twice, {shown[0]!r} and {shown[1]!r}; only "
-                "the last would apply: give it once"
+                f"{shown_key(key.split('.'))} is given twice on the command line, {shown[0]!r} and then "
+                f"{shown[1]!r}: the last applies"
             )
     return problems
 
