@@ -985,6 +985,25 @@ def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:
     )
 
 
+def intervals_past_the_run(cfg: TrainerConfig, total_steps: int) -> list[str]:
+    """eval.every_steps / checkpoint.every_steps not shorter than the run: no evaluation or no
+    checkpoint before its end (trial 56a: said nowhere; a stop request still checkpoints)."""
+    notes = []
+    every = cfg.eval.every_steps
+    if every and every >= total_steps and cfg.eval_set_names():
+        notes.append(
+            f"eval.every_steps={every} is not shorter than the run ({total_steps} steps): nothing is evaluated before "
+            "the final evaluation; lower it to follow training"
+        )
+    every = cfg.checkpoint.every_steps
+    if every and every >= total_steps:
+        notes.append(
+            f"checkpoint.every_steps={every} is not shorter than the run ({total_steps} steps): no checkpoint is "
+            "written before the end (a stop request still writes one), so a crash loses the whole run; lower it"
+        )
+    return notes
+
+
 def same_data_warnings(cfg: TrainerConfig) -> list[str]:
     """Held-out sets that are another set's data (one path, or the same bytes: trial 51a, a copy):
     data.test the data.validation data (its score repeats the validation score, and early stopping's

@@ -33,6 +33,7 @@ from trainer.checkpointing.rng import seed_everything
 from trainer.checkpointing.save_policy import SavePolicy
 from trainer.config import (
     TrainerConfig,
+    intervals_past_the_run,
     mixture_notes,
     periodic_eval_without_data,
     same_data_warnings,
@@ -312,6 +313,7 @@ def _build_trainee(
         console.event(f"warning: {idle}")
     for idle_setting in (
         warmup_longer_than_the_run(cfg.training, total_steps),
+        *intervals_past_the_run(cfg, total_steps),
         patience_past_the_run(cfg.transfer.early_stopping, cfg.eval.every_steps, total_steps),
         few_examples_note(cfg.transfer.early_stopping, _scored_examples(cfg, data)),
         periodic_eval_without_data(cfg),

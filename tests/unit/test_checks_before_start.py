@@ -87,3 +87,19 @@ def test_reservations_the_local_ray_could_never_meet_are_refused_before_it_start
         gpus = load_config(CONFIG, ["cluster.ray.gpus_per_worker=1"]).cluster
         shortfall = local_ray_shortfall(gpus)
         assert shortfall is not None and "but this machine has 0; set cluster.ray.gpus_per_worker=0" in shortfall
+
+
+def test_validate_warns_of_a_warmup_and_intervals_the_run_never_gets_past(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 56a: warmup_steps=1000 on a 10-step run was warned of by a worker ~35 s in; eval and
+    checkpoint intervals past max_steps (no evaluation, no checkpoint before the end) never."""
+    long = ["training.max_steps=10", "training.warmup_steps=1000", "eval.every_steps=1000", "checkpoint.every_steps=10"]
+    assert main(["validate", CONFIG, *long, f"output.dir={tmp_path / 'run'}"]) == 0
+    err = capsys.readouterr().err
+    assert "ftl: WARNING: training.warmup_steps=1000 is not shorter than the run (10 steps)" in err, err
+    assert "ftl: WARNING: eval.every_steps=1000 is not shorter than the run (10 steps): nothing is evaluated" in err
+    assert "ftl: WARNING: checkpoint.every_steps=10 is not shorter than the run (10 steps): no checkpoint" in err
+    short = ["training.max_steps=10", "training.warmup_steps=2", "eval.every_steps=5", "checkpoint.every_steps=5"]
+    assert main(["validate", CONFIG, *short, f"output.dir={tmp_path / 'run'}"]) == 0
+    assert "is not shorter than the run" not in capsys.readouterr().err
