@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -273,14 +274,38 @@ def failure_summary(error: Exception) -> str:
         text = [line.strip() for line in str(failure).splitlines() if line.strip()]
         # A dead worker process: Ray's "Worker exit type: ... Worker exit detail: ..." says why.
         reason = next((line for line in text if "exit detail" in line), text[-1] if text else "")
-        lines.append(f"rank {rank}: {type(failure).__name__}: {reason[:300]}")
+        memory = _out_of_memory(str(failure))
+        if memory is not None:  # trial 56a: Ray's advice about max_task_retries, cut mid-word
+            reason = f"killed by Ray's memory monitor: the machine ran out of memory{memory}"
+        lines.append(f"rank {rank}: {type(failure).__name__}: {_clipped(reason, 300)}")
     return "\n  " + "\n  ".join(lines)
+
+
+def _out_of_memory(text: str) -> str | None:
+    """' (31.2GB of 32.0GB in use)' (or '') when Ray's memory monitor killed the worker, else None."""
+    if "running low on memory" not in text and "out of memory issue" not in text:
+        return None
+    used = re.search(r"was ([\d.]+)\s*GB / ([\d.]+)\s*GB", text)
+    return f" ({used[1]}GB of {used[2]}GB in use)" if used else ""
+
+
+def _clipped(text: str, most: int) -> str:
+    """At most `most` characters, cut at a word's end (trial 56a: `max_task_`)."""
+    if len(text) <= most:
+        return text
+    return text[:most].rsplit(" ", 1)[0] + " ..."
 
 
 def what_next(run_dir: Path, max_failures: int, failures: Sequence[BaseException] | None = None) -> str:
     """How to go on after a failure that Ray did not (or no longer) restart. `failures`: the failed
     ranks' exceptions; when every one is an error that repeats, the same command is not the advice."""
     resume = resume_hint(run_dir)
+    if failures and any(_out_of_memory(str(failure)) is not None for failure in failures):
+        # The same command runs out of memory again, and a Ray restart would too (trial 56a).
+        return (
+            "the workers need more memory than this machine had free: lower training.micro_batch_size (raise "
+            f"training.gradient_accumulation_steps to keep the global batch), or see `ftl plan CONFIG`; {resume}"
+        )
     if failures and all(isinstance(failure, REPEATING_ERRORS) for failure in failures):
         return repeating_error_advice(run_dir, [type(failure).__name__ for failure in failures], "a Ray restart")
     if max_failures == 0:

@@ -620,6 +620,25 @@ def test_dpo_micro_batch_suggestion_counts_pairs_and_its_overrides_plan_what_it_
     assert applied.memory.total_bytes == first.memory.total_bytes and applied.memory.fits
 
 
+def test_micro_batch_suggestions_keep_the_global_batch_exactly(tmp_path: Path) -> None:
+    """Trial 56a: for micro-batch 100,000 the fit check offered `micro-batch 781 with 128x
+    accumulation (same global batch)`: 99,968. Each suggested micro-batch divides the rows."""
+    from launcher.plan.suggest import other_changes
+
+    for rows in (100_000, 12, 7, 16):
+        plan = _plan(tmp_path, training={"micro_batch_size": rows})
+        changes = [c for c in other_changes(plan.memory.setup) if c.description.startswith("micro-batch ")]
+        assert changes, rows
+        for change in changes:
+            mb, accumulation = (int(o.split("=")[1]) for o in change.overrides)
+            assert mb * accumulation == rows, (rows, change.description)
+    plan = _plan(tmp_path, training={"micro_batch_size": 16})
+    shown = [
+        c.description.split(" with")[0] for c in other_changes(plan.memory.setup) if "micro-batch" in c.description
+    ]
+    assert shown == ["micro-batch 8", "micro-batch 4", "micro-batch 2", "micro-batch 1"]
+
+
 def test_dpo_time_counts_the_reference_forward(tmp_path: Path) -> None:
     """DPO's reference model runs a forward per micro-batch (adapters_disabled, copy) or once over
     the training pairs before step 1 (precomputed); ORPO has none."""

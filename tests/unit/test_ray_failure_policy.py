@@ -72,3 +72,34 @@ def test_the_advice_after_an_error_that_repeats_is_not_to_rerun_as_is(tmp_path: 
     for failures in ([RuntimeError("gloo connection reset")], [ValueError("x"), OSError("y")], None):
         said = what_next(tmp_path, 0, failures)
         assert "set cluster.ray.max_failures" in said and "cause is fixed" not in said
+
+
+# Ray's memory monitor's words when it kills a worker (ray/_private/memory_monitor), as a worker's failure says them.
+RAY_OOM = (
+    "Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.2, ID: abc) where the "
+    "task (actor ID: 1, name=RayTrainWorker.__init__, pid=29422, memory used=9.84GB) was running was 21.05GB / "
+    "22.17GB (0.949), which exceeds the memory usage threshold of 0.95. Ray killed this worker (ID: x) because it "
+    "was the most recently scheduled task.\nRefer to the documentation on how to address the out of memory issue: "
+    "https://docs.ray.io/en/latest/ray-core/scheduling/ray-oom-prevention.html. Consider provisioning more memory on "
+    "this node or reducing task parallelism by requesting more CPUs per task. Set max_restarts and max_task_retries "
+    "to enable retry when the task crashes due to OOM."
+)
+
+
+def test_a_worker_killed_for_memory_is_said_so_and_not_advised_to_rerun_as_is(tmp_path: Path) -> None:
+    """Trial 56a: the reason was Ray's last line, cut at 300 characters mid-word (`max_task_`), and
+    the advice was to run the same command again or raise max_failures: it runs out of memory again."""
+    from ray.train import WorkerGroupError
+
+    from cluster.ray_driver import failure_summary, what_next
+
+    error = WorkerGroupError("workers failed", {1: RuntimeError(RAY_OOM)})
+    assert failure_summary(error) == (
+        "\n  rank 1: RuntimeError: killed by Ray's memory monitor: the machine ran out of memory "
+        "(21.05GB of 22.17GB in use)"
+    )
+    advice = what_next(tmp_path, 0, [RuntimeError(RAY_OOM)])
+    assert advice.startswith("the workers need more memory than this machine had free: lower training.micro_batch")
+    assert "max_failures" not in advice
+    long = WorkerGroupError("x", {0: RuntimeError("word " * 100)})
+    assert failure_summary(long).endswith("word word ...")  # cut at a word's end
