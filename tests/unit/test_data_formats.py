@@ -322,6 +322,9 @@ ASSISTANT_A = {"role": "assistant", "content": "A."}
             "messages[1] is an assistant message with empty content",
         ),
         ("chat", {"messages": [{"role": "user", "content": 42}]}, "must be a string or a list of text parts"),
+        # Trial 56a: a message without a key was "role is None" / "content must be a string".
+        ("chat", {"messages": [{"content": "hi"}, ASSISTANT_A]}, "messages[0] has no 'role' (fields present: content)"),
+        ("chat", {"messages": [{"role": "user"}, ASSISTANT_A]}, "messages[0] has no 'content' (fields present: role)"),
         (
             "chat",
             {"messages": [{"role": "user", "content": [{"type": "image", "url": "a.png"}]}, ASSISTANT_A]},

@@ -263,6 +263,10 @@ def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[di
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise RowProblem(f"messages[{index}] must be an object with 'role' and 'content'")
+        if "role" not in message and "from" not in message:  # trial 56a: "role is None"
+            raise RowProblem(f"messages[{index}] has no 'role' (fields present: {', '.join(message) or 'none'})")
+        if not {"content", "value", "tool_calls"} & set(message):
+            raise RowProblem(f"messages[{index}] has no 'content' (fields present: {', '.join(message) or 'none'})")
         role = message.get("role", message.get("from"))
         content = message.get("content", message.get("value"))
         role = ROLE_ALIASES.get(role, role)
