@@ -356,6 +356,7 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
     return (
         lines
         + _unknown_token_lines(file)
+        + _swapped_roles_lines(file)
         + _problem_lines(file)
         + _dropped_lines(file)
         + _truncated_lines(file)
@@ -380,6 +381,24 @@ def _unknown_token_lines(file: FileCheck) -> list[str]:
     return [
         f"  warning: {file.unknown_tokens:,} tokens ({share:.1f}%) are the tokenizer's unknown token, text its "
         f"vocabulary cannot represent (another language or script?){rows}; check model.tokenizer"
+    ]
+
+
+SWAPPED_SHARE_WARNED = 0.1  # of a chat set's usable rows; a few odd conversations are no concern
+
+
+def _swapped_roles_lines(file: FileCheck) -> list[str]:
+    """Chat rows that open with the assistant and end on a user message nothing answers (trial 56a:
+    a set with user and assistant swapped trained without a word; the model learns to ask)."""
+    swapped = file.swapped_roles
+    if not swapped or len(swapped) < SWAPPED_SHARE_WARNED * max(file.usable, 1):
+        return []
+    named = ", ".join(swapped[:3]) + (f" and {len(swapped) - 3} more" if len(swapped) > 3 else "")
+    rows = f"all {len(swapped)} usable rows" if len(swapped) == file.usable else _count(len(swapped), "usable row")
+    return [
+        f"  warning: {rows} open with an assistant message and end on a user message "
+        f"nothing answers ({named}): are user and assistant swapped? Training teaches the model to say the "
+        "assistant's messages"
     ]
 
 

@@ -814,3 +814,27 @@ def test_held_out_overlap_counts_whole_rows_under_too_long_split(
     cfg = DataConfig(**data)
     report = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
     assert [w.split(":")[0] for w in report["overlap_warnings"]] == [expected]
+
+
+def test_chat_rows_with_user_and_assistant_swapped_are_warned_of(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Trial 56a: every row opened with the assistant and ended on a user message nothing answered;
+    validate --data showed it without a word, and training would teach the model to ask."""
+    swap = {"user": "assistant", "assistant": "user"}
+    rows = [json.loads(line) for line in (QA_DATA / "train.jsonl").read_text().splitlines()[:40]]
+    swapped = tmp_path / "swapped.jsonl"
+    swapped.write_text(
+        "".join(
+            json.dumps({"messages": [{**m, "role": swap.get(m["role"], m["role"])} for m in row["messages"]]}) + "\n"
+            for row in rows
+        )
+    )
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run")
+    code, out, _ = _validate_data(capsys, config, f"data.train={swapped}", "data.validation=null", "--examples", "0")
+    said = "warning: all 40 usable rows open with an assistant message and end on a user message nothing answers"
+    assert (
+        code == 0 and said in out and "swapped.jsonl line 1, swapped.jsonl line 2, swapped.jsonl line 3 and 37" in out
+    )
+    code, out, _ = _validate_data(capsys, config, "--examples", "0")
+    assert "open with an assistant message" not in out, out  # the bundled data

@@ -57,6 +57,7 @@ class FileCheck:
     row_digests: list[int] = field(default_factory=list, repr=False)
     unknown_tokens: int = 0  # the tokenizer's unknown token in kept examples: text it cannot represent
     mostly_unknown: list[str] = field(default_factory=list)  # rows at least half unknown tokens
+    swapped_roles: list[str] = field(default_factory=list)  # chat rows opening with the assistant, ending on the user
 
     @property
     def rows(self) -> int:
@@ -279,6 +280,8 @@ def _check_file(
                 check.lengths_cut += row.cut_before_tokenizing
                 if check.pairs:
                     check.rendered_lengths.append(row.rejected_rendered_len)
+            if row.swapped_roles:
+                check.swapped_roles.append(row.where)
             if row.usable and row.class_label is not None:
                 check.label_counts[row.class_label] += 1
             if row.usable and row.token_labels:  # one scored token a word: its tag (trial 39b: no counts for NER)

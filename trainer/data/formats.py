@@ -247,6 +247,16 @@ def _str_field(values: dict[str, Any], key: str, allow_empty: bool = True) -> st
     return value
 
 
+def roles_look_swapped(values: dict[str, Any]) -> bool:
+    """A chat row that opens with the assistant and ends on a user message nothing answers: its
+    roles are likely swapped, and training teaches the model to ask the questions (trial 56a)."""
+    try:
+        roles = [m["role"] for m in _messages(values) if m["role"] != "system"]
+    except RowProblem:
+        return False
+    return len(roles) >= 2 and roles[0] == "assistant" and roles[-1] == "user"
+
+
 def _messages(values: dict[str, Any], require_assistant: bool = True) -> list[dict[str, Any]]:
     messages = values.get("messages")
     if messages is None:

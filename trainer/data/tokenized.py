@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from trainer.cache_dir import cache_root as ftl_cache_root
-from trainer.data.formats import render_example, truncated
+from trainer.data.formats import render_example, roles_look_swapped, truncated
 from trainer.data.pair_styles import CHAT_PAIRS, PLAIN_PAIRS, is_chat_pair
 from trainer.data.sources import Row, dataset_fingerprint, empty_reason, read_rows
 from trainer.errors import DataError
@@ -277,6 +277,7 @@ class ScannedRow:
     # chosen and rejected are the same as training sees them (its DPO loss is ln 2 with no gradient)
     same_pair: str = ""
     chat_pair: bool = False  # a usable preference pair in chat style (pair_styles.py)
+    swapped_roles: bool = False  # a chat row opening with the assistant and ending on the user (roles_look_swapped)
     fields: tuple[str, ...] = ()  # the row's field names (`ftl validate --data` lists those its format ignores)
     # a string of the row was longer than max_seq_len x MAX_CHARS_PER_TOKEN characters and cut there
     # before tokenizing: rendered_len counts up to the cut (a lower bound)
@@ -370,10 +371,12 @@ def _scan_row(
     limit = max_seq_len * MAX_CHARS_PER_TOKEN
     # A classifier reads its text's tail too; a split row is trained on whole.
     if fmt == "classification" or too_long == "split" or _longest_string(row.values) <= limit:
-        return _scan_rendered(row_index, row, fmt, tokenizer, max_seq_len, too_long, label_names)
-    cut = Row(row.where, cut_long_strings(row.values, limit))
-    scanned = _scan_rendered(row_index, cut, fmt, tokenizer, max_seq_len, too_long, label_names, cut=True)
-    scanned.cut_before_tokenizing = True
+        scanned = _scan_rendered(row_index, row, fmt, tokenizer, max_seq_len, too_long, label_names)
+    else:
+        cut = Row(row.where, cut_long_strings(row.values, limit))
+        scanned = _scan_rendered(row_index, cut, fmt, tokenizer, max_seq_len, too_long, label_names, cut=True)
+        scanned.cut_before_tokenizing = True
+    scanned.swapped_roles = fmt == "chat" and scanned.usable and roles_look_swapped(row.values)
     return scanned
 
 
