@@ -281,8 +281,9 @@ def _build_trainee(
     )
     epochs = None if cfg.training.max_steps else cfg.training.epochs
     too_big = batch_larger_than_data(strategy.global_batch(), len(data.train), epochs, total_steps, data.train.packed)
-    if ctx.is_main and too_big:
-        log.warning("%s", too_big)
+    if ctx.is_main and too_big:  # in the console's own form (trial 56a: a logging-format line among them)
+        console.event(f"warning: {too_big}")
+        log.info("%s", too_big)  # and in the rank's log
     metrics = MetricsWriter(
         ctx.run_dir,
         enabled=ctx.is_main,

@@ -623,7 +623,10 @@ def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False
     if len(bad_rows) == 1:  # the whole path and what to do, as for several (a mixture may hold two d.jsonl)
         if only_too_long:
             return f"{spec}: 1 row longer than data.max_seq_len; raise it, or set data.too_long to {too_long_choices(fmt)}:\n  - {bad_rows[0]}"
-        return f"{spec}: 1 bad row; fix it, or set data.skip_bad_rows=true to skip malformed rows:\n  - {bad_rows[0]}"
+        return (
+            f"{spec}: 1 bad row; fix it, or set data.skip_bad_rows=true to skip malformed rows (`ftl validate CONFIG "
+            f"--data` finds every bad row before a start):\n  - {bad_rows[0]}"
+        )
     shown = _same_reasons_collapsed(bad_rows)
     listed = "\n".join(f"  - {problem}" for problem in shown[:MAX_LISTED_BAD_ROWS])
     more = len(shown) - MAX_LISTED_BAD_ROWS
@@ -631,7 +634,10 @@ def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False
     if only_too_long:
         what = f"rows longer than data.max_seq_len; raise it, or set data.too_long to {too_long_choices(fmt)}"
     else:
-        what = "bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows"
+        what = (
+            "bad rows; fix them, or set data.skip_bad_rows=true to skip malformed rows (`ftl validate CONFIG --data` "
+            "finds every bad row before a start)"
+        )
     return f"{spec}: {len(bad_rows)} {what}:\n{listed}{tail}"
 
 
