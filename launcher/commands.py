@@ -79,8 +79,8 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         periodic_eval_without_data,
         same_data_warnings,
         unused_zero_stage,
+        warmup_longer_than_the_run,
     )
-    from trainer.optim import warmup_longer_than_the_run
     from trainer.transfer.early_stopping import patience_past_the_run
 
     steps = cfg.training.max_steps  # with epochs, the run's length needs the data: training says it
@@ -375,7 +375,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             )
         else:
             lines.append(f"data: {data['train_examples']} examples {mode} {data['train_rows']} rows; {slots}")
-        from trainer.data.prepare import cut_examples_note  # numpy and the data code: not for every command
+        from trainer.data.cut_note import cut_examples_note  # numpy: not for every command
 
         cut = cut_examples_note(data)
         if cut is not None:

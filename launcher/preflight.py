@@ -112,7 +112,7 @@ def tokenizer_problem(cfg: RunConfig) -> str | None:
     found by the workers only after a backend start (trial 35b: 75 s on a local Ray)."""
     if cfg.data.format == "image_classification":
         return None
-    from trainer.model_builder import NO_TOKENIZER_FILES, lacks_chat_template, lacks_tokenizer_files
+    from trainer.tokenizer_files import NO_TOKENIZER_FILES, lacks_chat_template, lacks_tokenizer_files
 
     source = cfg.model.tokenizer or cfg.model.path
     if not source or not Path(source).is_dir():
@@ -168,6 +168,8 @@ def target_modules_problem(cfg: RunConfig) -> str | None:
 def position_problem(cfg: RunConfig) -> str | None:
     """data.max_seq_len past a learned position table (GPT-2, OPT): plan and train refused it,
     validate said valid (trial 46b; a rotary model's is a warning: position_limit.py)."""
+    if not _may_have_learned_positions(cfg):
+        return None
     from trainer.errors import TrainerInputError
     from trainer.sequence_length import learned_position_limit, refuse_past_learned_positions
 
@@ -280,6 +282,29 @@ def _meta_model_of(
         return None
 
 
+def _may_have_learned_positions(cfg: RunConfig) -> bool:
+    """False when config.json alone shows there is no learned position table to run past: no
+    position limit, or rotary positions (Llama, Mistral, Qwen, Gemma). Building the meta model for
+    the check cost 2-3 s of every validate and train start; GPT-2, OPT and BERT-like configs still
+    build it, as do configs this cannot read."""
+    from launcher.errors import UserError
+    from launcher.plan.catalogue import model_config_fields
+
+    try:
+        _, fields = model_config_fields(str(cfg.model.path), cfg.model.revision)
+    except (UserError, OSError, ValueError):
+        return True  # _meta_model decides (it finds no config either, and the workers check)
+    if not isinstance(fields, dict):
+        return True  # not a config transformers reads: said by model_config_problems
+    text = fields.get("text_config")
+    text = text if isinstance(text, dict) else fields
+    limit = text.get("max_position_embeddings") or text.get("n_positions")
+    if not isinstance(limit, int):
+        return False  # learned_position_limit needs a stated limit
+    rotary = text.get("rope_parameters") or text.get("rope_theta") or text.get("rope_scaling")
+    return not rotary
+
+
 def _block_count(cfg: RunConfig) -> int | None:
     """The model's number of blocks, read from its config.json (None: not known here)."""
     from trainer.transfer.model_parts import model_parts
@@ -348,7 +373,6 @@ def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
     from cluster.run_storage import is_uri
     from launcher.run_dir import finished_run_problem
     from trainer.checkpointing.protocol import committed_checkpoints, read_manifest, validate_checkpoint
-    from trainer.checkpointing.resume import config_change_note
     from trainer.config_hash import config_hash
     from trainer.global_batch import global_batch_size
 
@@ -366,6 +390,9 @@ def resume_change_preview(cfg: RunConfig, run_dir: Path) -> str | None:
         manifest = read_manifest(path)
     except (OSError, ValueError):
         return None  # a broken resume PATH is start_refusal's to say
+    # Only with a checkpoint to compare: resume.py brings torch, which a fresh start's validate needs nowhere.
+    from trainer.checkpointing.resume import config_change_note
+
     workers = cfg.cluster.world_size
     batch = global_batch_size(cfg.training.micro_batch_size, cfg.training.gradient_accumulation_steps, workers)
     changes = [change for change in [config_change_note(manifest, config_hash(cfg), cfg, batch)] if change]

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from trainer.config import MethodConfig
 from trainer.errors import TrainerInputError
+
+if TYPE_CHECKING:  # torch at run time only where weights load: `ftl validate` checks files and settings
+    import torch
 
 log = logging.getLogger(__name__)
 

@@ -985,6 +985,18 @@ def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:
     )
 
 
+def warmup_longer_than_the_run(cfg: TrainingConfig, total_steps: int) -> str | None:
+    """training.warmup_steps at or past the run's last step: cut to the run, so the learning rate
+    rises for the whole run and never decays (trial 37b: said nowhere)."""
+    if cfg.warmup_steps is None or cfg.warmup_steps < total_steps:
+        return None
+    return (
+        f"training.warmup_steps={cfg.warmup_steps} is not shorter than the run ({total_steps} steps): the learning "
+        f"rate rises over the whole run, the {cfg.lr_scheduler} schedule after the warmup never comes; lower "
+        "warmup_steps or use training.warmup_ratio"
+    )
+
+
 def intervals_past_the_run(cfg: TrainerConfig, total_steps: int) -> list[str]:
     """eval.every_steps / checkpoint.every_steps not shorter than the run: no evaluation or no
     checkpoint before its end (trial 56a: said nowhere; a stop request still checkpoints)."""

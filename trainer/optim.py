@@ -81,18 +81,6 @@ def warmup_steps(cfg: TrainingConfig, total_steps: int) -> int:
     return int(cfg.warmup_ratio * total_steps)
 
 
-def warmup_longer_than_the_run(cfg: TrainingConfig, total_steps: int) -> str | None:
-    """training.warmup_steps at or past the run's last step: cut to the run, so the learning rate
-    rises for the whole run and never decays (trial 37b: said nowhere)."""
-    if cfg.warmup_steps is None or cfg.warmup_steps < total_steps:
-        return None
-    return (
-        f"training.warmup_steps={cfg.warmup_steps} is not shorter than the run ({total_steps} steps): the learning "
-        f"rate rises over the whole run, the {cfg.lr_scheduler} schedule after the warmup never comes; lower "
-        "warmup_steps or use training.warmup_ratio"
-    )
-
-
 def lr_multiplier(step: int, total_steps: int, warmup: int, kind: str, min_ratio: float) -> float:
     """LR factor for optimizer step `step` (0-based): linear warmup, then constant/linear/cosine
     decay; or ULMFiT's slanted triangle."""

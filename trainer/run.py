@@ -38,14 +38,16 @@ from trainer.config import (
     periodic_eval_without_data,
     same_data_warnings,
     unused_zero_stage,
+    warmup_longer_than_the_run,
 )
 from trainer.config_hash import config_hash as result_config_hash
 from trainer.console import RunConsole
 from trainer.context import WorkerContext
 from trainer.data.batches import rows_fingerprint
+from trainer.data.cut_note import cut_examples_note
 from trainer.data.mixture_resume import continued_segment, retired_summary_name, segment_sampler
 from trainer.data.packing_check import check_packed_examples_stay_apart
-from trainer.data.prepare import PreparedData, cut_examples_note, mixture_note, prepare_data, same_pairs_note
+from trainer.data.prepare import PreparedData, mixture_note, prepare_data, same_pairs_note
 from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
@@ -68,7 +70,7 @@ from trainer.metrics import (
 )
 from trainer.model_builder import load_inputs, missing_eos_notice, missing_tokenizer_config_notice
 from trainer.model_options import apply_model_options, check_model_options
-from trainer.optim import build_scheduler, warmup_longer_than_the_run
+from trainer.optim import build_scheduler
 from trainer.preference_eval import preference_eval
 from trainer.preference_loss import PreferenceObjective
 from trainer.preference_precompute import adopt_reference_cache, precomputed_reference

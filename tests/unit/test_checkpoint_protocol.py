@@ -25,9 +25,9 @@ from trainer.checkpointing.protocol import (
     validate_checkpoint,
 )
 from trainer.checkpointing.retention import checkpoints_to_delete, purge_old
-from trainer.config import TrainingConfig
+from trainer.config import TrainingConfig, warmup_longer_than_the_run
 from trainer.loop_state import LoopState, loop_state_from_dict
-from trainer.optim import WarmupDecaySchedule, lr_multiplier, warmup_longer_than_the_run
+from trainer.optim import WarmupDecaySchedule, lr_multiplier
 
 
 def _training(model: torch.nn.Module) -> tuple[torch.optim.Optimizer, WarmupDecaySchedule]:

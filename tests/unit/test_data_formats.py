@@ -389,7 +389,8 @@ def test_a_mixture_reports_what_each_source_skipped(tmp_path: Path, tokenizer: A
     """A mixture's skipped rows are counted like a single file's (summary's data, the note before
     training and under the final table), and the note names the source they came from."""
     from trainer.config import DataConfig
-    from trainer.data.prepare import cut_examples_note, prepare_data
+    from trainer.data.cut_note import cut_examples_note
+    from trainer.data.prepare import prepare_data
 
     chat = _jsonl(tmp_path / "chat.jsonl", [GOOD, GOOD, GOOD])
     instr = _jsonl(tmp_path / "instr.jsonl", [GOOD, {"messages": []}, "{oops", GOOD, {"messages": 3}, GOOD])
@@ -809,7 +810,8 @@ def test_cut_counts_with_a_held_out_validation_say_they_are_the_training_files(t
     """With data.validation_split the truncated count is the training file's (held-out examples
     included): it read as the training examples' count ("900 examples ... 490 truncated")."""
     from trainer.config import DataConfig
-    from trainer.data.prepare import cut_examples_note, prepare_data
+    from trainer.data.cut_note import cut_examples_note
+    from trainer.data.prepare import prepare_data
 
     long_row = {"prompt": "Say it.", "completion": "word " * 80}
     train = _jsonl(tmp_path / "t.jsonl", [long_row] * 10)
@@ -838,7 +840,8 @@ def test_exact_match_leaves_out_rows_longer_than_max_seq_len(tokenizer: Any, tmp
     """A multi-turn row whose long middle turn training cuts: exact match sent its whole prompt
     (3x past the model's positions) and scored it against a last answer training never sees."""
     from trainer.config import DataConfig
-    from trainer.data.prepare import cut_examples_note, prepare_data
+    from trainer.data.cut_note import cut_examples_note
+    from trainer.data.prepare import prepare_data
 
     long_turns = {
         "messages": [

@@ -132,3 +132,20 @@ def test_the_forkserver_of_a_deepspeed_run_hides_mlflow_before_deepspeed(tmp_pat
     tracked = worker_preload(_cfg(tmp_path, parallel={"strategy": "deepspeed"}, tracking={"mlflow": {"enabled": True}}))
     assert "cluster.forkserver_hides_mlflow" not in tracked and "deepspeed" in tracked
     assert "cluster.forkserver_hides_mlflow" not in worker_preload(_cfg(tmp_path))
+
+
+def test_validate_of_a_rotary_model_reads_files_only_and_imports_no_torch(tmp_path: Path) -> None:
+    """`ftl validate` checks a Llama-family config from its files: building the model on the meta
+    device for the learned-position check cost 2-3 s of every validate and train start, and the
+    check has nothing to find in a rotary model (GPT-2's table is still checked: test_plan)."""
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", data={"max_seq_len": 512})
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from launcher.cli import main
+        code = main(["validate", {str(config)!r}])
+        print("RESULT", code, sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "RESULT 0 []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpointing.universal import universal_problem
-
 
 def resume_problem(
     path: Path,
@@ -43,6 +41,9 @@ def resume_problem(
                 f"{_carry_on_elsewhere(path, f'parallel.zero_stage={zero_stage}', manifest)}"
             )
         if saved_world != world_size:
+            # Here, not at the top: universal.py brings torch, which `ftl validate` needs nowhere else.
+            from trainer.checkpointing.universal import universal_problem
+
             reason = universal_problem(manifest, nvme_offload=nvme_offload)
             if reason:
                 return (
