@@ -14,6 +14,7 @@ from launcher.config_loader import config_to_yaml, load_config
 from launcher.data_format_probe import data_format_problems
 from launcher.errors import StartRefused, UserError
 from launcher.preflight import check_inputs, freeze_problem, position_problem, start_refusal, target_modules_problem
+from launcher.run_config import RunConfig
 from launcher.run_dir import (
     launch_held_by_a_run,
     load_snapshot,
@@ -70,6 +71,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     unsizable = unsizable_model_problem(cfg)
     if unsizable:  # trial 47b: validate said valid, and train refused it at once
         print(f"ftl: WARNING: `ftl train` would refuse this at its fit check: {unsizable}", file=sys.stderr)
+    else:
+        fit = _fit_warning(cfg)
+        if fit:
+            print(f"ftl: WARNING: {fit}", file=sys.stderr)
     from launcher.position_limit import rotary_context_note
     from launcher.preflight import lora_rank_note
     from trainer.config import (
@@ -122,6 +127,21 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         if preview:
             print(f"ftl: note: {preview}", file=sys.stderr)
     return 0
+
+
+def _fit_warning(cfg: RunConfig) -> str | None:
+    """What `ftl train`'s fit check on this machine would refuse or warn of (trial 56a: validate said
+    valid to micro_batch_size=100000, and train refused it at once). A fitting run costs the check
+    milliseconds; only a refusal's suggestions take seconds."""
+    from launcher.plan.command import fit_verdict
+
+    try:
+        verdict = fit_verdict(cfg)
+    except Exception:  # noqa: BLE001 - what the fit check cannot judge, validate's other checks say
+        return None
+    if verdict.fits is False:
+        return f"`ftl train` on this machine would refuse this at its fit check: {verdict.refusal()}"
+    return verdict.tight or None
 
 
 def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int:

@@ -103,3 +103,37 @@ def test_validate_warns_of_a_warmup_and_intervals_the_run_never_gets_past(
     short = ["training.max_steps=10", "training.warmup_steps=2", "eval.every_steps=5", "checkpoint.every_steps=5"]
     assert main(["validate", CONFIG, *short, f"output.dir={tmp_path / 'run'}"]) == 0
     assert "is not shorter than the run" not in capsys.readouterr().err
+
+
+def test_validate_says_what_trains_fit_check_would_refuse_and_a_fit_with_little_to_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 56a: micro_batch_size=100000 was "valid", and train refused it at once; a run planned
+    at 21.04 of 22.22 GiB passed the fit check without a word (Ray's memory monitor ends a worker
+    at 95% of the machine's memory)."""
+    import launcher.plan.command as command
+    from launcher.config_loader import load_config
+    from launcher.plan.hardware import Accelerator, accelerator
+    from launcher.plan.planner import Target, plan_run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = [f"output.dir={tmp_path / 'run'}", "cluster.workers=1"]
+    assert main(["validate", CONFIG, *run, "training.micro_batch_size=100000"]) == 0  # the config is valid
+    err = capsys.readouterr().err
+    assert "WARNING: `ftl train` on this machine would refuse this at its fit check: this run needs about" in err, err
+    assert "it would fit with: micro-batch " in err and "training.gradient_accumulation_steps=" in err, err
+
+    cfg = load_config(CONFIG, run)
+    need = plan_run(cfg, Target(accelerator("cpu")), with_throughput=False).memory.total_bytes
+    need += command.ray_on_cpu_bytes(cfg)[0]
+    for budget, tight in ((int(need / 0.95), True), (need * 2, False)):
+        machine = Accelerator("cpu", budget, None, bf16=False, is_gpu=False)
+        monkeypatch.setattr(command, "this_machine", lambda *a, machine=machine: machine)
+        command.check_fit(cfg)
+        said = capsys.readouterr().err
+        assert said.startswith("ftl: fit check: the run needs about "), said
+        warned = "WARNING: the run's estimated need is over 90% of what is available" in said
+        assert warned == tight, said
+        assert not tight or "Ray's memory monitor ends a worker once the machine's memory use passes 95%" in said
+        assert main(["validate", CONFIG, *run]) == 0
+        assert ("over 90% of what is available" in capsys.readouterr().err) == tight
