@@ -69,20 +69,27 @@ def _on_local(
 def _on_ray(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[str, Any]]:
     """Ray Train workers placed as a training run's would be; results through a shared folder
     next to the run directory (the same shared filesystem a run needs)."""
+    from cluster.gpu_probe import local_ray_shortfall
     from cluster.ray_driver import prefer_loopback
 
+    shortfall = local_ray_shortfall(cluster)
+    if shortfall:  # trial 57a: validate and train refused it; doctor started Ray, which retried for ever
+        return [
+            {"rank": 0, "check": "Ray reservations", "failed": shortfall, "fix": ""}
+        ]  # the message says what to set
     prefer_loopback(cluster.ray)  # before Ray is imported
     from ray.train import RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
-    from cluster.ray_driver import connect, end_local_ray, forwarded_env, scaling_for
+    from cluster.ray_driver import connect, end_local_ray, forwarded_env, plain_prefixes_off_a_terminal, scaling_for
 
+    plain_prefixes_off_a_terminal()
     started_here = connect(cluster.ray)
     parent = _existing_parent(run_dir)
     scratch = parent / f"{DOCTOR_PROBE}-{uuid.uuid4().hex[:8]}"
     try:
         scaling, _, gpus = scaling_for(cluster)
-        trainer = TorchTrainer(
+        trainer = _interruptible_torch_trainer()(
             _ray_doctor_worker,
             train_loop_config={"run_dir": str(run_dir), "size_mb": size_mb, "out": str(scratch / "results")},
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo", timeout_s=WORKER_TIMEOUT_S),
@@ -102,6 +109,19 @@ def _on_ray(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[
         shutil.rmtree(scratch, ignore_errors=True)
         if started_here:
             end_local_ray()
+
+
+def _interruptible_torch_trainer() -> type:
+    """Ray Train's TorchTrainer without its SIGINT handler, so Ctrl-C ends doctor: the handler waits
+    for the controller to abort, and a controller retrying a worker group a joined cluster cannot
+    place never answered (trial 57a: two Ctrl-C did nothing; only SIGTERM ended it)."""
+    from ray.train.torch import TorchTrainer
+
+    class InterruptibleTorchTrainer(TorchTrainer):  # type: ignore[misc]
+        def _register_sigint_handler(self, controller: Any) -> None:
+            pass  # Python's own: KeyboardInterrupt in fit(), and the finally below ends a local Ray
+
+    return InterruptibleTorchTrainer
 
 
 def _ray_doctor_worker(config: dict[str, Any]) -> None:

@@ -154,10 +154,7 @@ def launch_ray(
         else (_local_fs(), str(run_dir.parent), run_dir.name)
     )
     drop_ray_snapshot(storage_fs, f"{storage_path}/{name}")
-    if not sys.stderr.isatty():
-        # Ray colours its "(RayTrainWorker pid=N)" prefixes even into a file or pipe: raw escape
-        # codes in a redirected log (trial 38a). A terminal keeps them.
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    plain_prefixes_off_a_terminal()
     started_here = connect(cluster.ray)
     launch_id = f"{os.getpid()}-{time.time()}"
     try:
@@ -233,6 +230,13 @@ def launch_ray(
 
 
 @functools.cache
+def plain_prefixes_off_a_terminal() -> None:
+    """Ray colours its "(RayTrainWorker pid=N)" prefixes even into a file or pipe: raw escape codes
+    in a redirected log (trial 38a). A terminal keeps them. Before Ray starts or is joined."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
 def stop_requesting_torch_trainer() -> type:
     """Ray Train's TorchTrainer without its SIGINT handler. Ray Train installs one in fit() that
     aborts the controller (workers killed mid-step, no checkpoint, exit 1), replacing the one that

@@ -219,8 +219,6 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
     (none: an empty working copy on a new machine; an older one: a copy another machine has since
     overtaken), download the newest remote checkpoint that validates, and the run's history. Returns
     the checkpoint now resumable."""
-    import pyarrow.fs as pafs
-
     local = latest_valid_checkpoint(run_dir)
     newer = [step for step in remote_checkpoint_steps(remote) if local is None or step > step_of(local)]
     if not newer:
@@ -233,9 +231,24 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
             "written from another working copy): resuming from the bucket's",
             file=sys.stderr,
         )
+    final = _download_newest_valid(remote, run_dir, newer)
+    if final is None:
+        return local
+    # The run's history as the bucket has it (metrics, logs): this start appends to it, and the
+    # mirror at its end replaces the bucket's with the working copy's.
+    _download_history(remote, run_dir, replace=local is not None)
+    print(f"ftl: resuming from {remote.display}/checkpoints/{final.name} (downloaded to {final})", file=sys.stderr)
+    return final
+
+
+def _download_newest_valid(remote: RemoteRun, run_dir: Path, steps: list[int]) -> Path | None:
+    """The newest of the bucket's checkpoints `steps` that downloads and validates, moved into the
+    working copy's checkpoints/ (an invalid one is said, and the one before it tried), or None."""
+    import pyarrow.fs as pafs
+
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    for step in reversed(newer):
+    for step in reversed(steps):
         source = remote.join(CHECKPOINTS_DIR, step_name(step))
         staging = root / f"{TMP_PREFIX}pull-{step_name(step)}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -254,12 +267,6 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
             os.replace(staging, final)  # only a validated download becomes discoverable
             fsync_dir(root)
             log.info("pulled checkpoint %s from %s", final, source)
-            # The run's history as the bucket has it (metrics, logs): this start appends to it, and the
-            # mirror at its end replaces the bucket's with the working copy's.
-            _download_history(remote, run_dir, replace=local is not None)
-            print(
-                f"ftl: resuming from {remote.display}/checkpoints/step-{step} (downloaded to {final})", file=sys.stderr
-            )
             return final
         shutil.rmtree(staging, ignore_errors=True)
         print(
@@ -268,7 +275,40 @@ def pull(remote: RemoteRun, run_dir: Path) -> Path | None:
             file=sys.stderr,
             flush=True,
         )
-    return local
+    return None
+
+
+def catch_up(uri: str, run_dir: Path, timeout_s: float = 10.0) -> str | None:
+    """For the commands that read a run through its working copy (runs, report, export, generate):
+    when the bucket holds checkpoints past the working copy's newest (another machine took the run
+    further, or finished it), the bucket's newest valid checkpoint and the run's files as the bucket
+    has them (metrics, logs, config, summary, final/, report/) are brought into the working copy
+    first, as `ftl train` does before it resumes (trial 57a: `ftl report URI` on a copy at step 22
+    replaced the bucket's report of the finished 40 steps with its own). Returns the line to say,
+    or None when the bucket is not ahead or does not answer (the note is then validate's)."""
+    try:
+        remote = open_remote(uri)
+        steps = answered(lambda: remote_checkpoint_steps(remote), remote, timeout_s)
+    except StorageError:
+        return None
+    local = committed_checkpoints(run_dir)
+    ahead = [step for step in steps if local and step > step_of(local[-1])]
+    if not ahead:
+        return None
+    try:
+        newest = answered(lambda: _download_newest_valid(remote, run_dir, ahead), remote, timeout_s=3600.0)
+        answered(lambda: _download_history(remote, run_dir, replace=True, config=True), remote, timeout_s=3600.0)
+    except StorageError as exc:
+        return (
+            f"{remote.display} holds checkpoints past this working copy's {local[-1].name} (up to step-{ahead[-1]}), "
+            f"and bringing this copy up to them failed ({exc}); what follows reads the copy as it was"
+        )
+    got = f"its {newest.name}" if newest is not None else "no newer checkpoint (none of them validated)"
+    return (
+        f"{remote.display} holds checkpoints past this working copy's {local[-1].name} (up to step-{ahead[-1]}, "
+        f"written from another working copy): brought this copy up to the bucket's run ({got}, and its metrics, "
+        "logs and results) before reading it"
+    )
 
 
 def bucket_ahead_note(uri: str, run_dir: Path, timeout_s: float = 10.0) -> str | None:
@@ -292,7 +332,7 @@ def bucket_ahead_note(uri: str, run_dir: Path, timeout_s: float = 10.0) -> str |
     )
 
 
-def _download_history(remote: RemoteRun, run_dir: Path, replace: bool = False) -> None:
+def _download_history(remote: RemoteRun, run_dir: Path, replace: bool = False, config: bool = False) -> None:
     """The run's files the working copy lacks (metrics, rank logs, TensorBoard events), or, with
     `replace`, every one the bucket has (a working copy behind the bucket): a start on another
     machine appends to them, and the mirror at its end would otherwise replace the bucket's with
@@ -305,8 +345,8 @@ def _download_history(remote: RemoteRun, run_dir: Path, replace: bool = False) -
         relative = Path(info.path[len(remote.path) :].lstrip("/"))
         if info.type != pafs.FileType.File or not relative.parts or relative.parts[0] in NOT_MIRRORED:
             continue
-        if any(part.startswith(".") for part in relative.parts) or relative.name == "config.yaml":
-            continue  # control files; the snapshot is this start's own
+        if any(part.startswith(".") for part in relative.parts) or (relative.name == "config.yaml" and not config):
+            continue  # control files; a start's config snapshot is its own (`config`: the bucket's run's, to read it)
         if (run_dir / relative).exists() and not replace:
             continue
         _download_file(remote, info.path, run_dir / relative)

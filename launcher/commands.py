@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -599,12 +600,24 @@ def report(run_dir: str, compare: list[str], out: str | None) -> int:
         earlier = seen.setdefault(run.resolve(), run)
         if earlier is not run:  # two identical curves under one label: nothing to compare
             raise UserError(f"{run} is given twice ({earlier}); compare different runs")
-    target = Path(out) if out else RunLayout(runs[0]).report
+    target = Path(out) if out else _default_report_folder(runs)
     if out:  # the default, RUN/report, is the run's own
         refuse_foreign_target(target)
     page = write_report(runs, target)
     print(f"report written: {page}")
     return 0
+
+
+def _default_report_folder(runs: list[Path]) -> Path:
+    """RUN/report for one run; a comparison goes to RUN/report/compare-OTHER[-OTHER...] (trial 57a: it
+    replaced the run's own end-of-run report, and on object storage the bucket's copy of it too)."""
+    from trainer.run_layout import RunLayout
+
+    own = RunLayout(runs[0]).report
+    if len(runs) == 1:
+        return own
+    names = "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", run.resolve().name) for run in runs[1:])
+    return own / f"compare-{names[:80]}"
 
 
 def write_report_after_run(run_dir: Path, tracking: Any) -> None:

@@ -301,7 +301,10 @@ def worker_checks(results: list[dict[str, Any]], size_mb: float) -> list[Check]:
     if failed:
         return [
             Check(
-                f"worker {r['rank']}", False, r["failed"], "see the message; rerun with fewer --workers to isolate it"
+                r.get("check", f"worker {r['rank']}"),
+                False,
+                r["failed"],
+                r.get("fix", "see the message; rerun with fewer --workers to isolate it"),
             )
             for r in failed
         ]

@@ -273,7 +273,7 @@ def working_copy_of(given: str) -> str:
     """A run (or folder of runs) given as its object-storage URI, read through its local working
     copy, as the run itself is written (trial 53a: `ftl runs/report/export/generate URI` said "no
     such directory" of the output.dir the user had passed). Anything else is returned as given."""
-    from cluster.run_storage import bucket_ahead_note, default_local_dir, display_uri, is_uri
+    from cluster.run_storage import catch_up, default_local_dir, display_uri, is_uri
 
     if not is_uri(given):
         return given
@@ -281,9 +281,9 @@ def working_copy_of(given: str) -> str:
     local = default_local_dir(given)
     if local.is_dir():
         print(f"ftl: {shown}: reading its local working copy {local}", file=sys.stderr)
-        behind = bucket_ahead_note(given, local)
-        if behind:
-            print(f"ftl: note: {behind}", file=sys.stderr)
+        caught_up = catch_up(given, local)
+        if caught_up:
+            print(f"ftl: note: {caught_up}", file=sys.stderr)
         return str(local)
     raise UserError(
         f"{shown}: ftl reads a run on object storage through its local working copy, and {local} (the default "

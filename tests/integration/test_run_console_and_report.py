@@ -148,6 +148,16 @@ def test_ftl_report_on_the_stopped_run_and_a_comparison(runs, tmp_path):
     data = json.loads((tmp_path / "cmp" / "data.json").read_text())
     assert data["labels"] == ["run", "stopped-copy"]
     assert [len(r["charts"]["loss"]["loss"]) for r in data["runs"]] == [8, 4]
+    # Without --out a comparison goes beside the run's own report, not over it (trial 57a).
+    own = (runs["run"] / "report" / "data.json").read_text()
+    beside = subprocess.run(
+        [*FTL, "report", str(runs["run"]), "--compare", str(stopped)], capture_output=True, text=True, timeout=300
+    )
+    assert beside.returncode == 0, beside.stderr
+    folder = runs["run"] / "report" / f"compare-{stopped.resolve().name}"
+    assert json.loads((folder / "data.json").read_text())["labels"] == ["run", "stopped-copy"]
+    assert f"report written: {folder / 'index.html'}" in beside.stdout
+    assert (runs["run"] / "report" / "data.json").read_text() == own
     bad = subprocess.run([*FTL, "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a run directory" in bad.stderr
     # The same run twice drew one curve twice under one label (trial 31b).

@@ -27,6 +27,7 @@ from launcher.cli import main
 from launcher.run_dir import storage_problems
 from tests.conftest import REPO
 from trainer.checkpointing.protocol import MANIFEST
+from trainer.run_layout import RUN_MARKER
 
 
 class _SilentStore:
@@ -211,27 +212,43 @@ def test_the_commands_that_read_a_run_take_its_uri(
     assert f"ftl: {uri}: reading its local working copy {copy}" in capsys.readouterr().err
 
 
-def test_validate_and_runs_say_the_bucket_is_ahead_of_the_working_copy(
+def test_validate_says_the_bucket_is_ahead_and_the_reading_commands_bring_the_working_copy_up_to_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Trial 55a: on machine A, `ftl runs URI` said "resumable 22" and `ftl validate` said nothing,
-    while the bucket held machine B's step-61; train then resumed from 22 (now: from the bucket's)."""
+    while the bucket held machine B's step-61; train then resumed from 22 (now: from the bucket's).
+    Trial 57a: with the note said, `ftl report URI` still reported the copy's 22 steps and copied
+    that report over the bucket's report of the finished run."""
     monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "cache"))
     store = tmp_path / "store" / "run"
     uri = f"file://{store}"
     copy = tmp_path / "cache" / "runs" / "file" / str(store).strip("/")
     _valid_checkpoint(store, 22)
     _valid_checkpoint(store, 61)
+    (store / "metrics.jsonl").write_text("up to 61\n")
+    (store / "report").mkdir()
+    (store / "report" / "index.html").write_text("the bucket's report of 61 steps")
+    (store / "config.yaml").write_text("the bucket's run's")
     _valid_checkpoint(copy, 22)
-    said = "holds checkpoints past this working copy's step-22 (up to step-61, written from another working copy)"
-    assert main(["runs", uri]) == 0
-    assert f"ftl: note: {uri} {said}" in capsys.readouterr().err
+    (copy / "metrics.jsonl").write_text("up to 22\n")
+    (copy / "config.yaml").write_text("the copy's")
+    (copy / RUN_MARKER).write_text("")  # an ftl run directory
     assert main(["validate", str(REPO / "configs/examples/lora.yaml"), f"output.dir={uri}"]) == 0
-    assert f"ftl: note: {uri} {said}" in capsys.readouterr().err
-    # Level with the bucket: nothing to say.
-    _valid_checkpoint(copy, 61)
+    said = "holds checkpoints past this working copy's step-22 (up to step-61, written from another working copy)"
+    assert f"ftl: note: {uri} {said}: `ftl train` resumes from the bucket's" in capsys.readouterr().err
+    assert not (copy / "checkpoints" / "step-61").exists()  # validate only looks
+    assert main(["runs", uri]) == 0
+    err = capsys.readouterr().err
+    assert f"ftl: note: {uri} {said}: brought this copy up to the bucket's run (its step-61, " in err, err
+    assert (copy / "checkpoints" / "step-61" / "manifest.json").is_file()
+    assert (copy / "metrics.jsonl").read_text() == "up to 61\n"
+    assert (copy / "report" / "index.html").read_text() == "the bucket's report of 61 steps"
+    assert (copy / "config.yaml").read_text() == "the bucket's run's"
+    # Level with the bucket: nothing to say, nothing downloaded.
+    (copy / "metrics.jsonl").write_text("mine\n")
     assert main(["runs", uri]) == 0
     assert "holds checkpoints past" not in capsys.readouterr().err
+    assert (copy / "metrics.jsonl").read_text() == "mine\n"
 
 
 def test_a_finished_run_is_refused_once_and_its_working_copy_is_not_called_output_dir(
