@@ -158,14 +158,15 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         content = path.read_bytes()
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:  # trial 56a: a traceback, exit 1
-        line = content[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            str(path),
-            [
+        if content.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 byte-order mark (trial 57a: latin1 advice)
+            said = "UTF-16 text, not UTF-8; save the file as UTF-8 (e.g. `iconv -f utf-16 -t utf-8`, or your editor's encoding setting)"
+        else:
+            line = content[: exc.start].count(b"\n") + 1
+            said = (
                 f"line {line}: not UTF-8 text (byte 0x{content[exc.start]:02x}); save the file as UTF-8 "
-                "(e.g. `iconv -f latin1 -t utf-8`, or your editor's encoding setting)"
-            ],
-        ) from None
+                "(e.g. `iconv -f latin1 -t utf-8` for Latin-1, or your editor's encoding setting)"
+            )
+        raise ConfigError(str(path), [said]) from None
     except FileNotFoundError:
         where = path if path.is_absolute() else f"{path.absolute()} (relative to the current directory {Path.cwd()})"
         raise ConfigError(str(path), [f"file not found: {where}{did_you_mean(str(path))}"]) from None
@@ -505,15 +506,27 @@ def _describe_all(errors: list[Any], key_lines: dict[str, int]) -> list[str]:
 
 
 def _close_value(got: Any, allowed: str) -> str:
-    """'; did you mean 'accuracy'?' for a misspelt choice (`acuracy`, `Accuracy`, `zero-3`)."""
+    """'; did you mean 'accuracy'?' for a misspelt choice (`acuracy`, `Accuracy`, `zero-3`), the start
+    of one (`r`: 'ray', `class`: 'classification') or a part of a few (`16`: 'bf16' or 'fp16')."""
+    if isinstance(got, (int, float)) and not isinstance(got, bool):
+        got = str(got)  # `mixed_precision=16` (trial 57a: no suggestion)
     if not isinstance(got, str) or not got.strip():
         return ""
     choices = re.findall(r"'([^']*)'", allowed)
+    given = got.strip().lower()
     lowered = {choice.lower(): choice for choice in choices}
-    close = [lowered[got.strip().lower()]] if got.strip().lower() in lowered else []
+    close = [lowered[given]] if given in lowered else []
     # A part of several choices (`classification`: sequence_ or token_classification) names them all.
-    parts = [c for c in choices if len(got.strip()) >= 4 and got.strip().lower() in c.lower().split("_")]
-    close = close or (parts if len(parts) > 1 else []) or difflib.get_close_matches(got.strip(), choices, 1, 0.6)
+    parts = [c for c in choices if len(given) >= 4 and given in c.lower().split("_")]
+    starts = [c for c in choices if c.lower().startswith(given)]
+    within = [c for c in choices if len(given) >= 2 and given in c.lower()]
+    close = (
+        close
+        or (parts if len(parts) > 1 else [])
+        or (starts if len(starts) <= 3 else [])
+        or (within if len(within) <= 3 else [])
+        or difflib.get_close_matches(got.strip(), choices, 1, 0.6)
+    )
     if not close or close == [got]:
         return ""
     named = [repr(choice) for choice in close]
@@ -595,6 +608,16 @@ def _overrides_given_twice(overrides: list[str]) -> list[str]:
     problems = []
     for override in overrides:
         key = _dotted_indices(override).removeprefix("~").partition("=")[0].strip()
+        # A whole section set after one of its keys replaces it (trial 57a: `cluster.workers=2
+        # cluster={workers: 1}` lost the 2 in silence); a key after its section refines it.
+        for inner, earlier in list(first.items()):
+            if inner.startswith(key + "."):
+                shown = redact_argv([earlier, override])
+                problems.append(
+                    f"{shown[0]!r} is replaced by the later {shown[1]!r}, which sets the whole of "
+                    f"{shown_key(key.split('.'))} on the command line: the last applies"
+                )
+                del first[inner]
         earlier = first.setdefault(key, override)
         if earlier != override:
             shown = redact_argv([earlier, override])  # a pasted token is not echoed

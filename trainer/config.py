@@ -172,10 +172,12 @@ class DataConfig(Section):
             if len(set(names)) != len(names):
                 # Which entries (trial 50b: the message pointed at `data:`, with the names alone).
                 twice = next(name for name in names if names.count(name) > 1)
-                entries = " and ".join(f"data.mixture[{i}]" for i, name in enumerate(names) if name == twice)
+                first, again = [i for i, name in enumerate(names) if name == twice][:2]
+                # Said of the repeat, so it is located at that entry's line (trial 57a: at the first's,
+                # and cut to "and data.mixture[2] are both named").
                 raise ValueError(
-                    f"{entries} are both named {twice!r}; names must be unique (each source's scores and data "
-                    "position are kept under its name): rename one"
+                    f"data.mixture[{again}] is named {twice!r}, as data.mixture[{first}] is; names must be unique "
+                    "(each source's scores and data position are kept under its name): rename one"
                 )
             reserved = sorted(set(names) & {"validation", "test", "retain"})
             if reserved:

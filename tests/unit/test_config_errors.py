@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -176,6 +177,14 @@ def test_literal_lists_allowed_values(tmp_path: Path, valid_text: str) -> None:
     assert problem.endswith(
         "did you mean 'sequence_classification', 'token_classification' or 'image_classification'?"
     ), problem
+    # The start of one, a part of a few, a number where a name is expected (trial 57a: none of these).
+    for override, suggestion in (
+        ("cluster.backend=r", "did you mean 'ray'?"),
+        ("data.format=class", "did you mean 'classification'?"),
+        ("parallel.mixed_precision=16", "got 16; did you mean 'bf16' or 'fp16'?"),
+    ):
+        (problem,) = _problems(_write(tmp_path, valid_text), [override])
+        assert problem.endswith(suggestion), problem
 
 
 def test_missing_required_key(tmp_path: Path, valid_text: str) -> None:
@@ -1035,7 +1044,12 @@ def test_a_mixture_name_given_twice_names_both_entries(tmp_path: Path, valid_tex
     """Trial 50b: "data (line 3): data.mixture names must be unique; got ['qa', 'qa']"."""
     mixture = "data.mixture=[{name: qa, train: a.jsonl}, {name: b, train: b.jsonl}, {name: qa, train: c.jsonl}]"
     [problem] = _problems(_write(tmp_path, valid_text), ["~data.train", mixture])
-    assert "data.mixture[0] and data.mixture[2] are both named 'qa'; names must be unique" in problem, problem
+    assert "data.mixture[2] is named 'qa', as data.mixture[0] is; names must be unique" in problem, problem
+    # In a file: at the repeat's line (trial 57a: at the first's, and cut to "and data.mixture[2] are").
+    entries = "  mixture:\n    - {name: qa, train: a.jsonl}\n    - name: qa\n      train: c.jsonl\n"
+    text = re.sub(r"  train: .*\n", lambda _: entries, valid_text, count=1)
+    [problem] = _problems(_write(tmp_path, text))
+    assert problem.startswith("data.mixture[1] (line 6): is named 'qa', as data.mixture[0] is;"), problem
 
 
 def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path, valid_text: str) -> None:
@@ -1047,6 +1061,11 @@ def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path, valid_
     assert problem.startswith(f"line {line}: not UTF-8 text (byte 0xe9); save the file as UTF-8"), problem
     path.write_bytes(b"\xef\xbb\xbf" + valid_text.encode())  # a byte-order mark is UTF-8
     assert load_config(path).method.type == "lora"
+    path.write_text(valid_text, encoding="utf-16")  # trial 57a: told to convert it from latin1
+    [problem] = _problems(path)
+    assert problem.startswith("UTF-16 text, not UTF-8; save the file as UTF-8 (e.g. `iconv -f utf-16 -t utf-8`"), (
+        problem
+    )
 
 
 def test_one_key_given_twice_on_the_command_line_takes_the_last_and_says_so(
@@ -1062,6 +1081,16 @@ def test_one_key_given_twice_on_the_command_line_takes_the_last_and_says_so(
     assert f"ftl: note: {said}steps=20': the last applies" in err, err
     assert load_config(path, ["training.max_steps=10", "training.max_steps=10"]).training.max_steps == 10
     assert "given twice" not in capsys.readouterr().err  # the same override twice says nothing new
+    # A whole section after one of its keys (trial 57a: silent); a key after its section refines it.
+    cfg = load_config(path, ["cluster.workers=2", "cluster={workers: 1}"])
+    assert cfg.cluster.workers == 1
+    err = capsys.readouterr().err
+    assert (
+        "note: 'cluster.workers=2' is replaced by the later 'cluster={workers: 1}', which sets the whole of cluster"
+        in err
+    )
+    assert load_config(path, ["cluster={workers: 1}", "cluster.workers=2"]).cluster.workers == 2
+    assert "replaced" not in capsys.readouterr().err
     token = "hf_" + "a" * 34
     with pytest.raises(ConfigError):
         load_config(path, [f"tracking.wandb.api_key={token}", "tracking.wandb.api_key=x"])

@@ -341,12 +341,12 @@ NO_GEN = {"generation": {"enabled": False}}
             },
             "transfer.head.labels has two names that read as 'country'",
         ),
-        (  # which entries repeat (trial 54a: "must be unique" alone)
+        (  # which entries repeat (trial 54a: "must be unique" alone), at the repeat's line (trial 57a)
             {
                 "transfer": {**CLASSIFY, "head": {**CLASSIFY["head"], "labels": ["country", "x", "country"]}},
                 "data": KINDS,
             },
-            "transfer.head.labels must be unique: 'country' is entries [0] and [2]; keep one",
+            "transfer.head.labels[2] (line 36): is 'country', as [0] is; class names must be unique: keep one",
         ),
         # Choosing the checkpoint on the test set leaves no held-out score (trial 39b).
         (

@@ -306,9 +306,10 @@ class HeadConfig(Section):
                 raise ValueError(f"transfer.head.labels[{empty[0]}] is an empty name; give every class a name")
             if len(set(self.labels)) != len(self.labels):
                 twice = next(name for name in self.labels if self.labels.count(name) > 1)
-                entries = " and ".join(f"[{i}]" for i, name in enumerate(self.labels) if name == twice)
+                first, again = [i for i, name in enumerate(self.labels) if name == twice][:2]
+                # Said of the repeat, so it is located at that entry's line (trial 57a: at transfer.head's).
                 raise ValueError(
-                    f"transfer.head.labels must be unique: {twice!r} is entries {entries}; keep one"  # trial 54a
+                    f"transfer.head.labels[{again}] is {twice!r}, as [{first}] is; class names must be unique: keep one"
                 )
             if len(self.labels) == 1:
                 # One class: every prediction is that class, the loss is 0 and nothing trains (and a
