@@ -272,7 +272,8 @@ def describe_run(run_dir: Path, verify: bool = False) -> RunInfo:
 
 def score_marks(layout: RunLayout) -> dict[str, str]:
     """The final table's marks of a finished run's sets: `*` scored on the first eval.max_samples
-    examples only, `!` some of its rows are training rows."""
+    examples only, `!` some of its rows are training rows, `=` (the test set) some of its rows are
+    validation rows (trial 57a: left out here)."""
     try:
         summary = json.loads(layout.summary.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -287,13 +288,18 @@ def score_marks(layout: RunLayout) -> dict[str, str]:
         count = examples // 2 if isinstance(examples, int) and data.get("format") == "preference" else examples
         mark = "*" if isinstance(limit, int) and isinstance(count, int) and limit < count else ""
         mark += "!" if (data.get("overlap") or {}).get(split) else ""
+        mark += "=" if split == "test" and data.get("test_in_validation") else ""
         if mark:
             marks[split] = mark
     return marks
 
 
 def _marks_note(split: str, mark: str) -> str:
-    said = {"*": "scored on its first eval.max_samples examples only", "!": "some of its rows are training rows"}
+    said = {
+        "*": "scored on its first eval.max_samples examples only",
+        "!": "some of its rows are training rows",
+        "=": "some of its rows are validation rows",
+    }
     return f"{split}{mark}: " + "; ".join(said[m] for m in mark) + " (the run's final table says how many)"
 
 

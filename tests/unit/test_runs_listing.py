@@ -437,3 +437,10 @@ def test_a_partly_scored_or_trained_on_set_keeps_its_marks(tmp_path: Path, capsy
     (run / "summary.json").write_text(json.dumps({"scores": scores, "data": {"validation_examples": 50}}))
     assert main(["runs", str(tmp_path)]) == 0
     assert "validation loss 0.500" in capsys.readouterr().out  # a whole, clean set: no mark
+    # A test set sharing rows with the validation set: `=`, in --json too (trial 57a: left out).
+    scores["test"] = {"final": {"eval_loss": 0.6}}
+    data = {"validation_examples": 50, "test_examples": 16, "test_in_validation": [6, 16]}
+    (run / "summary.json").write_text(json.dumps({"scores": scores, "data": data}))
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["marks"] == {"test": "="}, listed
