@@ -78,22 +78,18 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
             print(f"ftl: WARNING: {fit}", file=sys.stderr)
     from launcher.position_limit import rotary_context_note
     from launcher.preflight import lora_rank_note
+    from launcher.run_length import run_length_warnings
     from trainer.config import (
-        intervals_past_the_run,
         local_revision_note,
         mixture_notes,
         periodic_eval_without_data,
         same_data_warnings,
         unused_zero_stage,
-        warmup_longer_than_the_run,
     )
-    from trainer.transfer.early_stopping import patience_past_the_run
 
-    steps = cfg.training.max_steps  # with epochs, the run's length needs the data: training says it
+    steps = cfg.training.max_steps  # with epochs, the run's length needs the data: --data counts it
     notes = (
-        patience_past_the_run(cfg.transfer.early_stopping, cfg.eval.every_steps, steps) if steps else None,
-        warmup_longer_than_the_run(cfg.training, steps) if steps else None,  # trial 56a: said by a worker only
-        *(intervals_past_the_run(cfg, steps) if steps else []),
+        *(run_length_warnings(cfg, steps) if steps else []),  # trial 56a: said by a worker only
         rotary_context_note(cfg),
         local_revision_note(cfg),
         periodic_eval_without_data(cfg),

@@ -61,6 +61,8 @@ def data_command(cfg: RunConfig, examples: int) -> int:
     too_big = _batch_larger_than_data(cfg, check)
     if too_big is not None:
         print(f"\nwarning: {too_big}")
+    for past in _past_an_epoch_runs_end(cfg, check):
+        print(f"\nwarning: {past}")
     larger = _tokenizer_past_the_model(cfg, tokenizer)
     if larger is not None:
         print(f"\nwarning: {larger}")
@@ -94,6 +96,19 @@ def _batch_larger_than_data(cfg: RunConfig, check: DataCheck) -> str | None:
     steps = planned_steps(training.max_steps, training.epochs, check.train_rows, batch)
     epochs = None if training.max_steps else training.epochs
     return batch_larger_than_data(batch, check.train_rows, epochs, steps, check.packing)
+
+
+def _past_an_epoch_runs_end(cfg: RunConfig, check: DataCheck) -> list[str]:
+    """An epoch run's warmup, intervals and patience its length never gets past, from the rows
+    counted here, as the workers count its steps (a max_steps run's: validate says them)."""
+    from launcher.run_length import run_length_warnings
+    from trainer.global_batch import global_batch_size, planned_steps
+
+    training = cfg.training
+    if training.max_steps or check.pairs or not check.train_rows or check.refusals():
+        return []
+    batch = global_batch_size(training.micro_batch_size, training.gradient_accumulation_steps, cfg.cluster.world_size)
+    return run_length_warnings(cfg, planned_steps(None, training.epochs, check.train_rows, batch))
 
 
 def _tokenizer_past_the_model(cfg: RunConfig, tokenizer: Any) -> str | None:

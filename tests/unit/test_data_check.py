@@ -838,3 +838,31 @@ def test_chat_rows_with_user_and_assistant_swapped_are_warned_of(
     )
     code, out, _ = _validate_data(capsys, config, "--examples", "0")
     assert "open with an assistant message" not in out, out  # the bundled data
+
+
+def test_an_epoch_runs_settings_past_its_end_are_warned_of_from_the_rows_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 57a: validate warned of a warmup, eval or checkpoint interval past the run's end only
+    with max_steps; every bundled recipe counts epochs, and only the workers said it."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        BUNDLED_MODEL,
+        tmp_path / "run",
+        training={"max_steps": None, "epochs": 1, "micro_batch_size": 16, "warmup_steps": 200},
+        eval={"every_steps": 150},
+        checkpoint={"every_steps": 120},
+    )
+    code, out, _ = _validate_data(capsys, config)
+    assert code == 0
+    steps = -(-399 // 16)  # the bundled rows, packed, in batches of 16: as the workers count
+    for said in (
+        f"warning: training.warmup_steps=200 is not shorter than the run ({steps} steps)",
+        f"warning: eval.every_steps=150 is not shorter than the run ({steps} steps)",
+        f"warning: checkpoint.every_steps=120 is not shorter than the run ({steps} steps)",
+    ):
+        assert said in out, out[-3000:]
+    code, out, _ = _validate_data(
+        capsys, config, "training.warmup_steps=5", "eval.every_steps=10", "checkpoint.every_steps=10"
+    )
+    assert code == 0 and "is not shorter than the run" not in out, out[-3000:]
