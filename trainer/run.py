@@ -633,6 +633,21 @@ def _scored_examples(cfg: TrainerConfig, data: PreparedData) -> dict[str, int]:
     return {held.name: min(len(held.examples) // per_row, cap) for held in data.evals}
 
 
+def _test_is_validation(evals: list[Any]) -> bool:
+    """data.test is the validation data (one file, or a copy of it: warned of before the start), read
+    alike: its scores would be the validation scores, so they are taken, not computed again."""
+    from trainer.data.same_files import same_data
+
+    by_name = {eval_set.name: eval_set for eval_set in evals}
+    validation, test = by_name.get("validation"), by_name.get("test")
+    if validation is None or test is None or (validation.format, validation.split) != (test.format, test.split):
+        return False
+    if len(validation.prompts) != len(test.prompts) or not same_data(validation.source, test.source):
+        return False
+    lengths, test_lengths = validation.examples.lengths(), test.examples.lengths()
+    return len(lengths) == len(test_lengths) and bool((lengths == test_lengths).all())
+
+
 class _Evaluator:
     def __init__(
         self,
@@ -658,6 +673,7 @@ class _Evaluator:
         self.extras = extras  # adds strategy-specific scores (classification, forgetting) to a record
         self.objective = objective  # preference sets are scored by it (trainer/preference_eval.py)
         self.last: tuple[int, dict[str, dict[str, Any]]] | None = None  # the latest evaluation of every set
+        self.test_is_validation = _test_is_validation(data.evals)
 
     def final(self, step: int, restored: int | None) -> None:
         """The final evaluation. Sets just scored at this very step on these very weights (a periodic
@@ -677,6 +693,7 @@ class _Evaluator:
                 only=rest,
                 shown_as=f"final: best step {restored}'s weights" if restored else None,
                 weights_step=restored,
+                scored=reused,
             )
 
     def __call__(
@@ -686,6 +703,7 @@ class _Evaluator:
         only: set[str] | None = None,
         shown_as: str | None = None,
         weights_step: int | None = None,
+        scored: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Score every eval set (or only those named in `only`); returns the records by set name. A
         periodic evaluation skips the test set: it reports the model at the start and the end, and
@@ -693,7 +711,9 @@ class _Evaluator:
         it (trial 53b).
         shown_as: the console's label when it says more than the record's (whose weights);
         weights_step: the step whose weights these are, recorded when not `step` (early stopping's
-        final evaluation of the best step, at the stop step: it was plotted as step 30 improving)."""
+        final evaluation of the best step, at the stop step: it was plotted as step 30 improving);
+        scored: sets already scored on these weights (the final evaluation's reused ones). A test set
+        that is the validation data takes the validation scores instead of scoring them again."""
         batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
         # The module with the original API (generate etc.); for sharded strategies it still
         # carries the hooks that gather parameters, so every rank evaluates in lockstep.
@@ -707,6 +727,16 @@ class _Evaluator:
             values: dict[str, Any] = {"split": eval_set.name, "label": label}
             if weights_step is not None and weights_step != step:
                 values["weights_step"] = weights_step
+            twin = {**(scored or {}), **results}.get("validation") if self.test_is_validation else None
+            if eval_set.name == "test" and twin is not None:
+                # Trial 57a: scored twice over, 11 s at each end for the same numbers (warned of at the start).
+                values = {**twin, **values}
+                self.metrics.write(step, values, kind="eval")
+                self.console.event(
+                    f"eval test step {step} ({shown_as or label}): the validation scores (the same data)"
+                )
+                results[eval_set.name] = values
+                continue
             with self.console.while_busy(f"evaluating {eval_set.name} at step {step}"):
                 self._score(model, eval_set, values, batch)
             self.metrics.write(step, values, kind="eval")

@@ -219,3 +219,32 @@ def test_evaluating_more_often_trains_the_same_weights(tmp_path: Path, tiny_mode
     assert len(quiet) == 5 and busy == quiet
     eval_records = read_metrics(tmp_path / "busy", "eval")
     assert len(eval_records) >= 6 and any("exact_match" in r for r in eval_records)
+
+
+def test_a_test_set_that_is_the_validation_data_takes_its_scores_without_scoring_them_again(
+    tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 57a: data.test set to the validation file (warned of) was scored again at the start and
+    the end, 11 s each for the same numbers. Now its records are the validation scores, said so;
+    at the end too when the final validation scores are a periodic evaluation's."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        data={"test": str(QA_DATA / "valid.jsonl")},
+        training={"max_steps": 2},
+        eval={"at_start": True, "every_steps": 2, "generation": {"enabled": True, "max_samples": 4}},
+    )
+    assert train(str(config), []) == 0
+    records = read_metrics(tmp_path / "run", "eval")
+    by_split = {(r["split"], r["step"], r["label"]): r for r in records}
+    for step, label, reused in ((0, "base", "base"), (2, "final", "final")):
+        test, validation = by_split[("test", step, label)], by_split[("validation", step, reused)]
+        assert (test["eval_loss"], test["exact_match"]) == (validation["eval_loss"], validation["exact_match"])
+    computed = (tmp_path / "run" / "logs" / "rank-0.log").read_text()
+    assert "eval test step" not in computed, computed[-2000:]  # never scored
+    console = capfd.readouterr().out
+    assert "eval test step 0 (base): the validation scores (the same data)" in console, console[-3000:]
+    assert "eval test step 2 (final): the validation scores (the same data)" in console, console[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["scores"]["test"]["final"]["eval_loss"] == summary["scores"]["validation"]["final"]["eval_loss"]
