@@ -31,11 +31,13 @@ from trainer.run_layout import CONFIG_FILE, RUN_MARKER, RunLayout
 
 def validate(config_path: str, overrides: list[str], data: bool = False, examples: int = 3) -> int:
     cfg = load_config(config_path, overrides)
-    problems = check_inputs(cfg)
-    if not data:  # --data reads every row and reports each bad one
-        from launcher.hub_datasets import hub_dataset_problems
+    from launcher.hub_datasets import hub_dataset_problems
 
-        problems += data_format_problems(cfg) + hub_dataset_problems(cfg)
+    # A Hub name nothing here can load: said as train's check says it, with --data too (trial 57a:
+    # the loader's ConnectionError there).
+    problems = check_inputs(cfg) + hub_dataset_problems(cfg)
+    if not data:  # --data reads every row and reports each bad one
+        problems += data_format_problems(cfg)
     from cluster.gpu_probe import local_ray_shortfall
 
     shortfall = local_ray_shortfall(cfg.cluster)

@@ -26,6 +26,8 @@ def test_a_hub_name_not_cached_while_downloads_are_off_is_refused_by_validate_an
         f"{tmp_path}), and no Hub dataset of that name is in the Hugging Face cache while downloads are off"
     )
     assert said in capsys.readouterr().err
+    assert main(["validate", CONFIG, "--data", *overrides]) == 2  # trial 57a: the loader's ConnectionError
+    assert said in capsys.readouterr().err
     assert main(["train", CONFIG, *overrides]) == 2
     err = capsys.readouterr().err
     assert said in err and not (tmp_path / "run").exists(), err  # before the run directory, before Ray
