@@ -88,6 +88,9 @@ FOREIGN_KEYS = {
 }
 
 
+EXTENSION_PREFIX = "x-"
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     source = str(path)
     raw, key_lines = _read_yaml(Path(path))
@@ -116,10 +119,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             key_lines[key] = 0
     if problems:
         raise ConfigError(source, problems)
-    # Before validation: its messages quote values, and a secret must not appear in any of them.
+    # Before validation: its messages quote values, and a secret must not appear in any of them (nor
+    # in an x- block: the file itself travels to a Ray Job or a Slurm node).
     secrets = secret_problems(raw)
     if secrets:
         raise ConfigError(source, secrets)
+    # Top-level keys starting with `x-` are the file's own (a block kept for YAML anchors, as in
+    # docker-compose): ftl reads none of them (trial 56a: `defaults: &d` was an unknown key).
+    raw = {key: value for key, value in raw.items() if not (isinstance(key, str) and key.startswith(EXTENSION_PREFIX))}
     problems = _resolve_paths(raw)
     if problems:
         raise ConfigError(source, problems)
@@ -540,6 +547,8 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         hint = _did_you_mean(loc)
+        if len(loc) == 1 and isinstance(err.get("input"), dict):  # a block of its own: perhaps anchors' holder
+            hint += f" (a block kept for YAML anchors goes under a top-level key named {EXTENSION_PREFIX}..., which ftl ignores)"
         return f"{where}: unknown key{hint}"
     if kind == "missing":
         return f"{where}: required key is missing"

@@ -1096,3 +1096,19 @@ def test_one_key_given_twice_on_the_command_line_takes_the_last_and_says_so(
         load_config(path, [f"tracking.wandb.api_key={token}", "tracking.wandb.api_key=x"])
     err = capsys.readouterr().err
     assert "tracking.wandb.api_key is given twice" in err and token not in err, err
+
+
+def test_top_level_x_keys_hold_yaml_anchors_and_are_ignored(tmp_path: Path, valid_text: str) -> None:
+    """Trial 56a: a block kept for YAML anchors (`defaults: &d`) was an unknown key with a did-you-mean
+    of 'eval'; keys starting with x- (as docker-compose reads them) are the file's own."""
+    anchored = "x-lora: &lora\n  r: 4\n  alpha: 8.0\n" + valid_text.replace(
+        "  type: lora\n", "  type: lora\n  lora: *lora\n"
+    )
+    cfg = load_config(_write(tmp_path, anchored))
+    assert (cfg.method.lora.r, cfg.method.lora.alpha) == (4, 8.0)
+    [problem] = _problems(_write(tmp_path, anchored.replace("x-lora:", "defaults:")))
+    assert problem.startswith("defaults (line 1): unknown key"), problem
+    assert "a block kept for YAML anchors goes under a top-level key named x-..., which ftl ignores" in problem
+    token = "hf_" + "b" * 34
+    [problem] = _problems(_write(tmp_path, anchored + f"x-secrets:\n  hf_token: {token}\n"))
+    assert "a secret-named key with a literal value" in problem and token not in problem  # x- blocks too
