@@ -550,6 +550,9 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
         if len(loc) == 1 and isinstance(err.get("input"), dict):  # a block of its own: perhaps anchors' holder
             hint += f" (a block kept for YAML anchors goes under a top-level key named {EXTENSION_PREFIX}..., which ftl ignores)"
         return f"{where}: unknown key{hint}"
+    if kind == "missing" and len(loc) > 1 and loc[-1].isdigit():
+        # A fixed-length list given too few values (`adam_betas=[0.9]`: "[1] required key is missing").
+        return f"{_where(loc[:-1], key_lines)}: too few values, entry [{loc[-1]}] is missing; got {err.get('input')!r}"
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "literal_error":
@@ -583,7 +586,9 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     if deeper:  # a section's rule about one of its entries: located at that entry's line
         return f"{_where(deeper, key_lines)}:{message[len(shown_key(deeper)) :]}"
     got = err.get("input")
-    if kind != "value_error" and not isinstance(got, dict):
+    # A mapping where a value goes (`max_steps={a: 1}`) is shown too; a section's own rule is not
+    # followed by the whole section.
+    if kind != "value_error" and (not isinstance(got, dict) or kind.endswith(("_type", "_parsing"))):
         message = f"{message}; got {got!r}{_null_hint(err, dotted, key_lines)}"
     if kind in ("int_parsing", "float_parsing") and isinstance(got, str) and re.match(r"^[-+]?0[xXoObB]", got):
         message += " (ftl reads numbers in decimal: write it so)"  # hex/octal/binary stay text (config_yaml.py)

@@ -1112,3 +1112,12 @@ def test_top_level_x_keys_hold_yaml_anchors_and_are_ignored(tmp_path: Path, vali
     token = "hf_" + "b" * 34
     [problem] = _problems(_write(tmp_path, anchored + f"x-secrets:\n  hf_token: {token}\n"))
     assert "a secret-named key with a literal value" in problem and token not in problem  # x- blocks too
+
+
+def test_a_mapping_for_a_value_and_a_short_list_say_what_was_given(tmp_path: Path, valid_text: str) -> None:
+    """Session 43's review: `training.max_steps={a: 1}` said "Input should be a valid integer" without
+    the value, and `training.adam_betas=[0.9]` "training.adam_betas[1]: required key is missing"."""
+    [problem] = _problems(_write(tmp_path, valid_text), ["training.max_steps={a: 1}"])
+    assert problem.endswith("valid integer; got {'a': 1}"), problem
+    [problem] = _problems(_write(tmp_path, valid_text), ["training.adam_betas=[0.9]"])
+    assert problem == "training.adam_betas (command line): too few values, entry [1] is missing; got [0.9]", problem
