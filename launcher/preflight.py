@@ -150,12 +150,12 @@ def target_modules_problem(cfg: RunConfig) -> str | None:
     targets = cfg.method.lora.target_modules
     if not cfg.method.uses_adapter or targets == "all-linear":
         return None
-    if isinstance(targets, str) and cfg.transfer.head.type != "causal_lm":
-        return None  # a pattern over full names: the model built here (a causal LM) names the head otherwise
     from trainer.errors import TrainerInputError
     from trainer.methods import check_target_modules
 
-    model = _meta_model(cfg)
+    # The run's own model: a classifier's names (`classifier`, `out_proj`), not the checkpoint's
+    # masked-LM head's (trial 57b: `classifier` was refused and `decoder` offered).
+    model = _meta_model(cfg, task=True)
     if model is None:
         return None
     try:

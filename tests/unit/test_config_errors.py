@@ -721,6 +721,17 @@ def test_validate_names_target_modules_no_module_has(tmp_path: Path) -> None:
     assert "did you mean 'q_proj' for 'q_prj'?" in problem
     assert target_modules_problem(load_config(lora, ["method.lora.target_modules=[q_proj, v_proj]"])) is None
     assert target_modules_problem(load_config(lora)) is None  # all-linear: PEFT's to match
+    # A classifier's own names (trial 57b: checked on the checkpoint's masked-LM model, `classifier`
+    # was refused and its MLM head's `decoder` offered).
+    encoder = [str(REPO / "configs/examples/encoder_classification.yaml"), ["method.type=lora"]]
+    assert (
+        target_modules_problem(load_config(encoder[0], [*encoder[1], "method.lora.target_modules=[query, classifier]"]))
+        is None
+    )
+    problem = target_modules_problem(load_config(encoder[0], [*encoder[1], "method.lora.target_modules=[decoder]"]))
+    assert problem is not None and "its linear layers are named: classifier, dense, key, query, value" in problem, (
+        problem
+    )
 
 
 def test_a_rule_across_a_sections_keys_names_the_command_line_when_a_value_came_from_there(tmp_path: Path) -> None:
