@@ -276,8 +276,14 @@ def failure_summary(error: Exception) -> str:
     for rank, failure in sorted(failures.items()):
         failure = getattr(failure, "_base_exc", failure)
         text = [line.strip() for line in str(failure).splitlines() if line.strip()]
-        # A dead worker process: Ray's "Worker exit type: ... Worker exit detail: ..." says why.
-        reason = next((line for line in text if "exit detail" in line), text[-1] if text else "")
+        # A dead worker process: Ray's "Worker exit type: ... Worker exit detail: ..." says why; an
+        # exception's message its first line (trial 57b: DDP's unused-parameter error was said as its
+        # last line, "In addition, you can set the environment variable ..."), or after a traceback
+        # the exception line that ends it.
+        raised = [line for line in text if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", line)]
+        traceback = any(line.startswith("Traceback (most recent call last)") for line in text)
+        first = (raised[-1] if traceback and raised else text[0]) if text else ""
+        reason = next((line for line in text if "exit detail" in line), first)
         memory = _out_of_memory(str(failure))
         if memory is not None:  # trial 56a: Ray's advice about max_task_retries, cut mid-word
             reason = f"killed by Ray's memory monitor: the machine ran out of memory{memory}"

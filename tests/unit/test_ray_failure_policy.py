@@ -103,3 +103,14 @@ def test_a_worker_killed_for_memory_is_said_so_and_not_advised_to_rerun_as_is(tm
     assert "max_failures" not in advice
     long = WorkerGroupError("x", {0: RuntimeError("word " * 100)})
     assert failure_summary(long).endswith("word word ...")  # cut at a word's end
+    # A message of several lines: its first (trial 57b: DDP's was said by its last, a debugging tip).
+    ddp = RuntimeError(
+        "Expected to have finished reduction in the prior iteration before starting a new one.\n"
+        "This error indicates that your module has parameters that were not used in producing loss.\n"
+        "In addition, you can set the environment variable TORCH_DISTRIBUTED_DEBUG to either INFO or DETAIL"
+    )
+    assert failure_summary(WorkerGroupError("x", {1: ddp})) == (
+        "\n  rank 1: RuntimeError: Expected to have finished reduction in the prior iteration before starting a new one."
+    )
+    traced = RuntimeError('Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: bad shape')
+    assert failure_summary(WorkerGroupError("x", {0: traced})).endswith("rank 0: RuntimeError: ValueError: bad shape")
