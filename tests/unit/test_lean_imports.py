@@ -137,7 +137,10 @@ def test_the_forkserver_of_a_deepspeed_run_hides_mlflow_before_deepspeed(tmp_pat
 def test_validate_of_a_rotary_model_reads_files_only_and_imports_no_torch(tmp_path: Path) -> None:
     """`ftl validate` checks a Llama-family config from its files: building the model on the meta
     device for the learned-position check cost 2-3 s of every validate and train start, and the
-    check has nothing to find in a rotary model (GPT-2's table is still checked: test_plan)."""
+    check has nothing to find in a rotary model (GPT-2's table is still checked: test_plan). The
+    fit check's model inventory is built once per model (torch then), and read from its cache after."""
+    import os
+
     config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", data={"max_seq_len": 512})
     script = textwrap.dedent(
         f"""
@@ -147,5 +150,10 @@ def test_validate_of_a_rotary_model_reads_files_only_and_imports_no_torch(tmp_pa
         print("RESULT", code, sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "RESULT 0 []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    env = dict(os.environ, FTL_CACHE_DIR=str(tmp_path / "cache"))  # an empty cache: the first validate fills it
+    for imported in ("'torch'", "[]"):
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
+        )
+        assert "RESULT 0 [" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+        assert imported in out.stdout.split("RESULT 0 ")[1].splitlines()[0], out.stdout[-2000:]
