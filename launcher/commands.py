@@ -99,7 +99,9 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         unused_zero_stage(cfg),
         *mixture_notes(cfg),
     )
-    for note in (*notes, lora_rank_note(cfg)):
+    from launcher.model_check import model_load_warning
+
+    for note in (*notes, lora_rank_note(cfg), model_load_warning(cfg)):
         if note:
             print(f"ftl: WARNING: {note}", file=sys.stderr)
     if data:
@@ -151,10 +153,15 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
+    from launcher.model_check import model_load_warning
     from launcher.tracking_check import missing_tracker_packages
     from trainer.config import local_revision_note
 
-    for missing in (*missing_tracker_packages(cfg), local_revision_note(cfg)):  # said before the start
+    for missing in (
+        *missing_tracker_packages(cfg),
+        local_revision_note(cfg),
+        model_load_warning(cfg),
+    ):  # said before the start
         if missing:
             print(f"ftl: WARNING: {missing}", file=sys.stderr)
     from cluster.gpu_probe import local_gpu_shortfall

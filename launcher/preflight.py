@@ -71,7 +71,10 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         adapter = None if resumes_a_checkpoint(cfg) else adapter_init_problem(cfg.method, cfg.model.path)
         if adapter:
             problems.append(adapter)
-        architecture = architecture_problem(cfg)
+        from launcher.model_check import model_load_problem
+
+        # What the workers' from_pretrained would refuse (trial 57b: said 20-30 s into a Ray start).
+        architecture = architecture_problem(cfg) or model_load_problem(cfg)
         if architecture:
             problems.append(architecture)
         tokenizer = tokenizer_problem(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,12 @@ def load_model(
             ) from None
         kind = "a causal LM" if auto_class is AutoModelForCausalLM else f"a model for {auto_class.__name__}"
         raise TrainerInputError(f"model.path: cannot load {kind} from {model_cfg.path!r}: {exc}") from None
+    except RuntimeError as exc:
+        if "ignore_mismatched_sizes" not in str(exc):
+            raise
+        # transformers' own words point at a load report printed in this worker's log, away from the
+        # error a Ray or Slurm run shows (trial 57b): the mismatches, named here.
+        raise TrainerInputError(_shape_mismatch_message(model_cfg, auto_class, head_kwargs or {})) from None
     except SafetensorError as exc:
         # A cut-off or damaged weights file: an input error (exit 2, never retried), not a failure
         # whose advice was to rerun or raise cluster.ray.max_failures (trial 37b).
@@ -222,6 +229,38 @@ def _refuse_unsupported_architecture(model_cfg: ModelConfig) -> None:
     problem = unsupported_architecture(config.to_dict(), "causal_lm")
     if problem:
         raise TrainerInputError(problem)
+
+
+def _shape_mismatch_message(model_cfg: ModelConfig, auto_class: Any, head_kwargs: dict[str, Any]) -> str:
+    """Which weights of model.path have other shapes than the model its config.json describes."""
+    from transformers import AutoConfig
+
+    from trainer.weight_shapes import checkpoint_shapes, defaulted_sizes, mismatch_problem, shape_mismatches
+
+    folder = Path(str(model_cfg.path)).expanduser()
+    held = checkpoint_shapes(folder) if folder.is_dir() else None
+    fallback = (
+        f"model.path: the weights in {model_cfg.path} do not fit the model its config.json describes (transformers' "
+        "load report in the worker's log lists them); use the config.json that came with these weights"
+    )
+    if held is None:
+        return fallback
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=model_cfg.trust_remote_code)
+        for key in ("num_labels", "id2label", "label2id"):
+            if key in head_kwargs:
+                setattr(config, key, head_kwargs[key])
+        with torch.device("meta"):
+            model = auto_class.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+        fields = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - the fallback still says what happened
+        return fallback
+    shapes = {name: list(param.shape) for name, param in model.named_parameters()}
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    mismatches = shape_mismatches(shapes, held, prefix)
+    if not mismatches:
+        return fallback
+    return mismatch_problem(str(model_cfg.path), mismatches, defaulted_sizes(config.to_dict(), fields))
 
 
 def _first_sentence(text: str) -> str:

@@ -30,8 +30,12 @@ def plan_command(args: argparse.Namespace) -> int:
     unreadable = model_config_problems(cfg)
     if unreadable:  # a damaged config.json: a JSONDecodeError traceback from the planner otherwise
         raise UserError("; ".join(unreadable))
-    architecture = architecture_problem(cfg)
-    if architecture:  # an encoder as a causal LM, an encoder-decoder: a traceback from the meta model
+    from launcher.model_check import model_load_problem
+
+    # An encoder as a causal LM, an encoder-decoder, a model transformers cannot build or load: a
+    # traceback from the meta model, or a plan of a model the workers cannot load (trial 57b).
+    architecture = architecture_problem(cfg) or model_load_problem(cfg, need_weights=False)
+    if architecture:
         raise UserError(architecture)
     acc = (
         accelerator(args.gpu, args.gpu_memory, args.peak_tflops)
@@ -174,7 +178,9 @@ def fit_verdict(cfg: RunConfig) -> FitVerdict:
     except TrainerInputError:  # the config names what this model does not have: the workers would refuse it too
         raise
     except Exception as exc:  # noqa: BLE001 - reported, then the run goes on
-        return FitVerdict(None, f"skipped: cannot plan this model ({type(exc).__name__}: {exc})")
+        # The first line: transformers goes on to list every model type it knows (hundreds).
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return FitVerdict(None, f"skipped: cannot plan this model ({type(exc).__name__}: {first})")
     memory = plan.memory
     if acc.is_gpu:
         need, have, what = memory.total_bytes, acc.memory_bytes, f"per GPU ({acc.name})"

@@ -14,14 +14,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from launcher.plan.inventory import Architecture, Inventory, ParamInfo
-from trainer.cache_dir import cache_root
+from trainer.cache_dir import cache_root, library_version, write_cache_entry
 from trainer.config import MethodConfig
 from trainer.transfer.config import FreezeConfig
 
@@ -84,19 +81,12 @@ def _key(
         "dtype": f"torch.{dtype}",
         "adapter_dtype": f"torch.{adapter}" if adapter is not None else "None",
         "freeze": freeze.model_dump(mode="json") if freeze is not None and freeze.any else None,
-        "libraries": {name: _version(name) for name in _LIBRARIES},
+        "libraries": {name: library_version(name) for name in _LIBRARIES},
     }
     digest.update(json.dumps(question, sort_keys=True, default=str).encode())
     for source in _DERIVING_SOURCES:
         digest.update((_REPO / source).read_bytes())
     return digest.hexdigest()[:32]
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "absent"
 
 
 def _read(entry: Path, label: str) -> Inventory | None:
@@ -126,15 +116,4 @@ def _write(entry: Path, inventory: Inventory) -> None:
     data = dataclasses.asdict(inventory)
     # Params as rows (field order of ParamInfo): a 70B model has hundreds, named at length.
     data["params"] = [dataclasses.astuple(p) for p in inventory.params]
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out)
-            os.replace(tmp, entry)  # whole or absent: a reader never sees half an entry
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:  # a read-only home: the answer is still right, only not kept
-        log.warning("could not cache the model inventory in %s (%s)", entry.parent, exc)
+    write_cache_entry(entry, data, "the model inventory")

@@ -1,0 +1,155 @@
+"""Would the workers' from_pretrained load this model? Said by `ftl validate`, `ftl plan` and
+train's pre-start check instead of by a worker 20-30 s into a Ray start (trial 57b).
+
+What transformers refuses: a config.json without model_type or with one it does not know, a model
+type with no class for the run's head (a vision-language model as a causal LM), a config it cannot
+build, no weights file, and weights of other shapes than the model config.json describes (often a
+size key left out, which transformers fills with its default). Building the model on the meta
+device imports torch and transformers (seconds), so the answer to "what does this config.json
+build" is kept in FTL_CACHE_DIR, keyed by the config's content, the head and the library versions,
+as the fit check's inventory is; the weights' shapes are read from their headers each time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from launcher.local_paths import looks_local
+from launcher.run_config import RunConfig
+from trainer.cache_dir import cache_root, library_version, write_cache_entry
+from trainer.weight_shapes import (
+    blocks_past_the_model,
+    checkpoint_shapes,
+    mismatch_problem,
+    missing_weights_problem,
+    shape_mismatches,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_SOURCE = Path(__file__)
+
+
+def model_load_problem(cfg: RunConfig, need_weights: bool = True) -> str | None:
+    """What the workers' model load would refuse, in one line (None: it would load, or this
+    machine cannot tell: a hub model not in the cache, remote code, a damaged config.json).
+    `need_weights=False`: a folder with only a config.json passes (`ftl plan` sizes a model
+    before its weights are downloaded)."""
+    found = _config(cfg)
+    if found is None:
+        return None
+    folder, fields = found
+    where = f"{folder}/config.json" if folder else f"{cfg.model.path}'s config.json"
+    if not fields.get("model_type"):
+        return (
+            f"model.path: {where} has no model_type, so transformers cannot tell which architecture it is; add the "
+            'model\'s type ("model_type": "llama", "qwen2", ...), as the config.json that came with the weights has'
+        )
+    if folder is not None and need_weights:
+        missing = missing_weights_problem(folder)
+        if missing:
+            return missing
+    if _remote_code(cfg, fields):
+        return None  # the folder's own code builds it, in the workers
+    verdict = model_verdict(fields, cfg.transfer.head.type)
+    if verdict.get("error"):
+        return f"model.path: {where}: {verdict['error']}"
+    if folder is None or fields.get("quantization_config"):
+        return None  # weights not here yet, or packed 4/8-bit shapes the config does not describe
+    held = checkpoint_shapes(folder)
+    if held is None:
+        return None
+    base_only = cfg.transfer.head.type != "causal_lm"  # a classifier's head is new, of the run's size
+    mismatches = shape_mismatches(verdict["shapes"], held, verdict["prefix"], base_only)
+    if mismatches:
+        return mismatch_problem(str(folder), mismatches, verdict["defaulted"])
+    return None
+
+
+def model_load_warning(cfg: RunConfig) -> str | None:
+    """Weights of more blocks than config.json's layer count: transformers drops the rest with a note
+    in the worker's log, and the run trains a cut model."""
+    found = _config(cfg)
+    if found is None or found[0] is None or not found[1].get("model_type") or _remote_code(cfg, found[1]):
+        return None
+    folder, fields = found
+    held = checkpoint_shapes(folder)
+    if held is None or fields.get("quantization_config"):
+        return None
+    verdict = model_verdict(fields, cfg.transfer.head.type)
+    if verdict.get("error"):
+        return None
+    past = blocks_past_the_model(verdict["shapes"], held, verdict["prefix"])
+    if not past:
+        return None
+    return (
+        f"the weights in {folder} hold {past[-1] + 1} blocks and its config.json describes {past[0]}: transformers "
+        f"leaves out blocks {past[0]}-{past[-1]}, so the run trains a cut-down model; if that is not meant, set the "
+        f"layer count (num_hidden_layers) in config.json to {past[-1] + 1}"
+    )
+
+
+def _config(cfg: RunConfig) -> tuple[Path | None, dict[str, Any]] | None:
+    """(local folder or None for the Hugging Face cache, config.json fields); None when there is
+    none to read (a missing folder or damaged file is said by check_inputs)."""
+    from launcher.hub_cache import cached_config
+
+    path = str(cfg.model.path)
+    folder = Path(path).expanduser()
+    try:
+        if looks_local(path) or (folder / "config.json").is_file():
+            if not (folder / "config.json").is_file():
+                return None
+            fields = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            return (folder, fields) if isinstance(fields, dict) else None
+        cached = cached_config(path, cfg.model.revision)
+        if cached is None:
+            return None
+        fields = json.loads(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (None, fields) if isinstance(fields, dict) else None
+
+
+def _remote_code(cfg: RunConfig, fields: dict[str, Any]) -> bool:
+    """The model is built by the folder's own code (auto_map, trusted): not judged here. Untrusted,
+    transformers' own class for model_type builds it, or the load fails: judged."""
+    return bool(fields.get("auto_map")) and cfg.model.trust_remote_code
+
+
+def model_verdict(fields: dict[str, Any], head_type: str, *, root: Path | None = None) -> dict[str, Any]:
+    """{"error": why it cannot be built, or None; "shapes": parameter name -> shape; "prefix": the
+    base model's attribute; "defaulted": size keys config.json leaves out -> transformers' value},
+    from the cache when this config, head and library versions were judged before (no torch)."""
+    entry = (root or cache_root() / "model-check") / f"{_key(fields, head_type)}.json"
+    try:
+        verdict = json.loads(entry.read_text())
+        if isinstance(verdict, dict) and {"error", "shapes", "prefix", "defaulted"} <= set(verdict):
+            return verdict
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:  # torn or foreign: judged again
+        log.warning("ignoring unreadable model check cache entry %s (%s)", entry, exc)
+    from launcher.model_build_verdict import build_verdict
+
+    verdict = build_verdict(fields, head_type)
+    write_cache_entry(entry, verdict, "the model check")
+    return verdict
+
+
+def _key(fields: dict[str, Any], head_type: str) -> str:
+    question = {
+        "format": FORMAT_VERSION,
+        "config": fields,
+        "head": head_type,
+        "libraries": {name: library_version(name) for name in ("torch", "transformers")},
+    }
+    digest = hashlib.sha256(json.dumps(question, sort_keys=True, default=str).encode())
+    for source in (_SOURCE, _SOURCE.with_name("model_build_verdict.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:32]

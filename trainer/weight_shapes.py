@@ -1,0 +1,187 @@
+"""Do a model folder's weights fit the model its config.json describes? Read from the weights
+files' headers (safetensors), no tensor loaded and no torch imported.
+
+transformers refuses a checkpoint whose tensors have other shapes than the model built from its
+config.json ("You set `ignore_mismatched_sizes` to `False`... look at the above report!"), and the
+report it means is printed by the worker, which on Ray is not where the error is shown. A
+config.json that leaves a size out is built at transformers' default (a Llama without hidden_size
+is 4096 wide, 32 layers), so the mismatch's cause is often a key that is not there: said too.
+Used by `ftl validate` / train's pre-start check (launcher/model_check.py) and by the workers
+when the load fails anyway (trainer/model_builder.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+# The files transformers' from_pretrained reads a model's weights from, in its order of preference.
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_HEADER_LIMIT = 100 << 20  # safetensors' own bound on the JSON header
+# config.json keys that size a model: left out, transformers builds the model at its default.
+SIZE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "d_model",
+    "ffn_dim",
+)
+_SHOWN = 3  # mismatches named in a message; the rest counted
+_INDEX = re.compile(r"\.(\d+)\.")  # a block's index in a parameter name: model.layers.3.mlp
+
+
+def missing_weights_problem(folder: Path) -> str | None:
+    """A model folder with no weights file, or an index naming shards that are not there."""
+    present = [name for name in WEIGHTS_FILES if (folder / name).is_file()]
+    if not present:
+        others = sorted(p.name for p in folder.glob("*.safetensors")) + sorted(p.name for p in folder.glob("*.bin"))
+        found = f" (it has {', '.join(others[:3])}, which transformers does not look for)" if others else ""
+        return (
+            f"model.path: {folder} has a config.json but no weights: transformers loads them from "
+            f"{' or '.join(WEIGHTS_FILES[::2])} (or a sharded copy with its .index.json){found}; copy the "
+            "model's weights into the folder"
+        )
+    if present[0].endswith(".index.json"):
+        try:
+            weight_map = json.loads((folder / present[0]).read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return f"model.path: {folder / present[0]} cannot be read as a weights index ({exc}); copy it again"
+        absent = [shard for shard in shards if not (folder / shard).is_file()]
+        if absent:
+            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+            return (
+                f"model.path: {folder / present[0]} names {len(shards)} weights files and {absent[0]}{more} "
+                f"{'is' if len(absent) == 1 else 'are'} not in the folder (a download or copy that stopped "
+                "early?); copy the missing files"
+            )
+    return None
+
+
+def checkpoint_shapes(folder: Path) -> dict[str, list[int]] | None:
+    """Each tensor's shape, from the headers of the folder's safetensors weights; None when its
+    weights are not safetensors or a header cannot be read (the load then says what it finds)."""
+    index = folder / "model.safetensors.index.json"
+    try:
+        if (folder / "model.safetensors").is_file():
+            files = [folder / "model.safetensors"]
+        elif index.is_file():
+            files = [folder / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        else:
+            return None
+        shapes: dict[str, list[int]] = {}
+        for file in files:
+            for name, meta in _header(file).items():
+                if name != "__metadata__":
+                    shapes[name] = [int(size) for size in meta["shape"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return shapes
+
+
+def _header(path: Path) -> dict[str, Any]:
+    with path.open("rb") as stream:
+        length = int.from_bytes(stream.read(8), "little")
+        if not 0 < length <= _HEADER_LIMIT:
+            raise ValueError(f"{path}: not a safetensors file")
+        header = json.loads(stream.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file")
+    return header
+
+
+def shape_mismatches(
+    model: dict[str, list[int]], checkpoint: dict[str, list[int]], prefix: str, base_only: bool = False
+) -> list[tuple[str, list[int], list[int]]]:
+    """(name, checkpoint shape, model shape) for each checkpoint tensor that names a model parameter
+    of another shape. A checkpoint of the bare model (no `model.` before its names) matches as
+    transformers matches it. Names that match nothing are left alone: transformers renames some
+    keys of older checkpoints, and a tied or new head is not in the file. `base_only`: only the
+    base model's parameters (a classifier's head is new, of the run's own size)."""
+    mismatches = []
+    for key, shape in checkpoint.items():
+        name = _model_name(model, key, prefix)
+        if name is None or (base_only and prefix and not name.startswith(prefix + ".")):
+            continue
+        if model[name] != shape:
+            mismatches.append((name, shape, model[name]))
+    return sorted(mismatches)
+
+
+def _model_name(model: dict[str, list[int]], key: str, prefix: str) -> str | None:
+    if key in model:
+        return key
+    if prefix and f"{prefix}.{key}" in model:
+        return f"{prefix}.{key}"
+    if prefix and key.startswith(prefix + ".") and key[len(prefix) + 1 :] in model:
+        return key[len(prefix) + 1 :]
+    return None
+
+
+def blocks_past_the_model(model: dict[str, list[int]], checkpoint: dict[str, list[int]], prefix: str) -> list[int]:
+    """Block indexes the weights hold and the model does not (config.json's layer count below the
+    checkpoint's): transformers drops those tensors with a note, and the run trains a cut model."""
+    held = {_INDEX.sub(".#.", name, count=1) for name in model if _INDEX.search(name)}
+    past = set()
+    for key in checkpoint:
+        found = _INDEX.search(key)
+        if found is None or _model_name(model, key, prefix) is not None:
+            continue
+        if any(candidate in held for candidate in (_INDEX.sub(".#.", k, count=1) for k in _spellings(key, prefix))):
+            past.add(int(found.group(1)))
+    return sorted(past)
+
+
+def _spellings(key: str, prefix: str) -> list[str]:
+    spellings = [key]
+    if prefix:
+        spellings.append(f"{prefix}.{key}")
+        if key.startswith(prefix + "."):
+            spellings.append(key[len(prefix) + 1 :])
+    return spellings
+
+
+def defaulted_sizes(built: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """The size keys config.json leaves out that the built model's config has a value for:
+    transformers' defaults, which are rarely the checkpoint's."""
+    nested = fields.get("text_config")
+    given = set(fields) | (set(nested) if isinstance(nested, dict) else set())
+    built_text = built.get("text_config")
+    values = {**built, **(built_text if isinstance(built_text, dict) else {})}
+    return {key: values[key] for key in SIZE_KEYS if key not in given and isinstance(values.get(key), int)}
+
+
+def mismatch_problem(folder: str, mismatches: list[tuple[str, list[int], list[int]]], defaulted: dict[str, Any]) -> str:
+    """One sentence naming the first mismatches (a block's tensors once for all blocks), and the
+    defaulted sizes that likely caused them."""
+    groups: dict[tuple[str, str, str], int] = {}
+    for name, held, built in mismatches:
+        key = (_INDEX.sub(".*.", name, count=1), str(list(held)), str(list(built)))
+        groups[key] = groups.get(key, 0) + 1
+    shown = "; ".join(
+        f"{name} is {held} in the weights but {built} by config.json" + (f" ({count} blocks)" if count > 1 else "")
+        for (name, held, built), count in list(groups.items())[:_SHOWN]
+    )
+    more = f" (and {len(groups) - _SHOWN} more tensors)" if len(groups) > _SHOWN else ""
+    cause = ""
+    if defaulted:
+        named = ", ".join(f"{key}, so transformers takes its default {value}" for key, value in defaulted.items())
+        cause = f" (config.json does not set {named})"
+    return (
+        f"model.path: the weights in {folder} do not fit the model its config.json describes{cause}: {shown}{more}; "
+        "transformers refuses to load them. Use the config.json that came with these weights, or correct its sizes"
+    )
