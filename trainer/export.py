@@ -58,7 +58,8 @@ def export_final(
         if merge:
             merged = merged_model(model, cfg, device)
             _stop_at_end_of_turn(getattr(merged, "generation_config", None), tokenizer)
-            merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
+            with _base_use_cache(merged, cfg):
+                merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
             tokenizer.save_pretrained(str(tmp / "merged"))
         described: dict[str, Any] = {
             "method": cfg.method.type,
@@ -75,6 +76,29 @@ def export_final(
         _swap_into_place(tmp, out_dir)
     log.info("exported %s", out_dir)
     return out_dir
+
+
+@contextmanager
+def _base_use_cache(model: Any, cfg: TrainerConfig) -> Iterator[None]:
+    """Training turns the KV cache off (model_builder.load_model); the exported config.json takes
+    the base model's setting again, or generation with the export recomputes every past token."""
+    from transformers import AutoConfig
+
+    trained = getattr(model.config, "use_cache", None)
+    if trained is None:
+        yield
+        return
+    try:
+        base = AutoConfig.from_pretrained(
+            cfg.model.path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+        )
+        model.config.use_cache = bool(getattr(base, "use_cache", True))
+    except (OSError, ValueError):  # a base no longer readable here: transformers' own default
+        model.config.use_cache = True
+    try:
+        yield
+    finally:
+        model.config.use_cache = trained
 
 
 def _quantization_used(model: Any, cfg: TrainerConfig) -> dict[str, Any]:

@@ -79,6 +79,8 @@ def test_method_trains_and_exports_loadable_equivalent_models(
     trained = _logits(_trained_model(run_dir), tokenizer)
     merged = AutoModelForCausalLM.from_pretrained(str(run_dir / "final" / "merged")).eval()
     torch.testing.assert_close(_logits(merged, tokenizer), trained, atol=MERGED_ATOL, rtol=0)
+    # Training turns the KV cache off; the export generates with it, as the base does.
+    assert json.loads((run_dir / "final" / "merged" / "config.json").read_text())["use_cache"] is True
     if method == "full":
         assert not (run_dir / "final" / "adapter").exists()
         return
