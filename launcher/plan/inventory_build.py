@@ -74,7 +74,8 @@ def build_inventory(
     from trainer.sequence_length import learned_position_limit
     from trainer.transfer.freezing import apply_freezing
     from trainer.transfer.model_parts import model_parts
-    from trainer.transfer.setup import frozen_blocks_regex
+    from trainer.transfer.setup import either_pattern, frozen_blocks_regex
+    from trainer.transfer.text_only import freeze_outside_the_text_model, outside_text_model_regex
 
     config = hf_config(config_fields)
     with torch.device("meta"):
@@ -91,7 +92,11 @@ def build_inventory(
 
         if method.type != "qlora":
             model.requires_grad_(False)
-        exclude = frozen_blocks_regex(model, freeze) if freeze else None
+        # As the workers: no adapters on frozen blocks, nor on a multimodal model's towers (text data).
+        exclude = either_pattern(
+            frozen_blocks_regex(model, freeze) if freeze else None,
+            outside_text_model_regex(model) if auto_class(config).__name__ == "AutoModelForCausalLM" else None,
+        )
         # An image classifier: no PEFT task type, its head trained in full (as trainer/transfer/heads.py does).
         built_as = auto_class(config).__name__
         image = built_as == "AutoModelForImageClassification"
@@ -119,6 +124,8 @@ def build_inventory(
                     param.data = param.data.to(DTYPES[adapter_dtype])
     else:
         model.requires_grad_(True)
+        if auto_class(config).__name__ == "AutoModelForCausalLM":
+            freeze_outside_the_text_model(model)
     if freeze is not None and freeze.any:
         apply_freezing(model, model_parts(model), freeze, announce=False)
     head = model.get_output_embeddings()

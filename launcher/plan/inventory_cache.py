@@ -35,6 +35,7 @@ _DERIVING_SOURCES = (
     "trainer/transfer/freezing.py",
     "trainer/transfer/model_parts.py",
     "trainer/transfer/setup.py",
+    "trainer/transfer/text_only.py",
 )
 _LIBRARIES = ("torch", "transformers", "peft")
 FORMAT_VERSION = 2  # 2: Architecture.experts

@@ -22,6 +22,7 @@ from trainer.transfer.heads import (
     peft_task_type,
 )
 from trainer.transfer.model_parts import decoder_blocks, head_modules, model_parts, pooler_modules
+from trainer.transfer.text_only import freeze_outside_the_text_model, outside_text_model_regex
 
 
 def build_model(
@@ -41,7 +42,11 @@ def build_model(
         check_new_head(model, loading_info)
     exclude = None
     if cfg.method.uses_adapter:
-        exclude = _either(frozen_blocks_regex(model, cfg.transfer.freeze), task_head_regex(model, head))
+        exclude = either_pattern(
+            frozen_blocks_regex(model, cfg.transfer.freeze),
+            task_head_regex(model, head),
+            outside_text_model_regex(model) if head.type == "causal_lm" else None,
+        )
     # An encoder's pooler is new for the task like the classifier (model_parts counts it as the head).
     # An image classifier has no PEFT task type to save it: it is new too.
     new_modules = [*pooler_modules(model), *head_modules_to_save(head, model)] if head.is_classification else None
@@ -53,6 +58,8 @@ def build_model(
         exclude_modules=exclude,
         new_modules=new_modules,
     )
+    if cfg.method.type == "full" and head.type == "causal_lm":
+        freeze_outside_the_text_model(model)
     if cfg.transfer.freeze.any:
         apply_freezing(model, model_parts(model), cfg.transfer.freeze)
     return model
@@ -82,6 +89,6 @@ def task_head_regex(model: torch.nn.Module, head: HeadConfig) -> str | None:
     return re.escape(name) if name else None
 
 
-def _either(*patterns: str | None) -> str | None:
+def either_pattern(*patterns: str | None) -> str | None:
     present = [p for p in patterns if p]
     return "|".join(f"(?:{p})" for p in present) or None

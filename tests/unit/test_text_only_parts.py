@@ -1,0 +1,50 @@
+"""What of a multimodal model text data never runs (its vision tower and projector), found from the
+model's own get_decoder: kept out of adapters and of a full fine-tune's trainable set, by the
+workers (tests/integration/test_multimodal_text_runs.py) and by the plan that sizes the run."""
+
+from __future__ import annotations
+
+import re
+
+import transformers as T
+
+from launcher.plan.inventory_build import build_inventory
+from trainer.config import MethodConfig
+from trainer.transfer.text_only import outside_text_model_regex, parts_outside_the_text_model
+
+TEXT = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+
+
+def _gemma3() -> T.PreTrainedModel:
+    config = T.Gemma3Config(text_config=TEXT, vision_config={**VISION, "image_size": 28, "patch_size": 14})
+    return T.AutoModelForCausalLM.from_config(config)
+
+
+def test_the_towers_of_a_multimodal_model_and_nothing_of_a_text_model() -> None:
+    model = _gemma3()
+    assert parts_outside_the_text_model(model) == ["model.vision_tower", "model.multi_modal_projector"]
+    pattern = outside_text_model_regex(model) or ""
+    names = [name for name, _ in model.named_modules()]
+    assert re.fullmatch(pattern, "model.vision_tower.encoder.layers.0.self_attn.q_proj")
+    assert not [n for n in names if re.fullmatch(pattern, n) and ("language_model" in n or n == "lm_head")]
+    for text_model in (T.LlamaForCausalLM(T.LlamaConfig(**TEXT)), T.GPT2LMHeadModel(T.GPT2Config(n_layer=1))):
+        assert parts_outside_the_text_model(text_model) == []
+        assert outside_text_model_regex(text_model) is None
+
+
+def test_the_plan_counts_no_tower_as_trainable() -> None:
+    fields = _gemma3().config.to_dict()
+    for method in ("lora", "full"):
+        inventory = build_inventory("gemma3", fields, MethodConfig(type=method), "float32")
+        trainable = [p.name for p in inventory.params if p.trainable]
+        assert trainable and any("language_model" in name for name in trainable), method
+        assert not [n for n in trainable if "vision" in n or "multi_modal_projector" in n], (method, trainable)
