@@ -53,7 +53,69 @@ def build_verdict(fields: dict[str, Any], head_type: str) -> dict[str, Any]:
         "shapes": {name: list(param.shape) for name, param in model.named_parameters()},
         "prefix": str(getattr(model, "base_model_prefix", "") or ""),
         "defaulted": defaulted_sizes(config.to_dict(), fields),
+        "packing_problem": _packing_problem(fields) if head_type == "causal_lm" else None,
     }
+
+
+# Size keys of the architectures' configs, and the small value the packing probe builds them at.
+_PROBE_SIZES = {
+    ("num_hidden_layers", "n_layer", "n_layers", "num_layers"): 2,
+    ("hidden_size", "n_embd", "d_model", "word_embed_proj_dim"): 64,
+    ("num_attention_heads", "n_head", "n_heads"): 4,
+    ("head_dim",): 16,
+    ("intermediate_size", "n_inner", "ffn_dim", "d_ff"): 128,
+    ("moe_intermediate_size", "shared_expert_intermediate_size"): 32,
+}
+_PROBE_VOCAB = 512
+
+
+def _packing_problem(fields: dict[str, Any]) -> str | None:
+    """The workers' packing probe (trainer/data/packing_check.py) on a tiny random model of the same
+    architecture: whether its attention keeps packed examples apart is its code's, not its sizes' or
+    weights'. None when they stay apart, or when no tiny copy could be built (the workers check)."""
+    import torch
+    import transformers
+
+    from launcher.plan.inventory_build import hf_config
+    from trainer.data.packing_check import check_packed_examples_stay_apart
+    from trainer.errors import TrainerInputError
+
+    tiny = _tiny_fields(fields)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = transformers.AutoModelForCausalLM.from_config(hf_config(tiny))
+            check_packed_examples_stay_apart(model, "cpu")
+    except TrainerInputError as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - no tiny copy of this architecture: the workers' probe decides
+        return None
+    return None
+
+
+def _tiny_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    tiny = dict(fields)
+    nested = [key for key in ("text_config", "vision_config", "audio_config") if isinstance(tiny.get(key), dict)]
+    for key in nested:
+        tiny[key] = dict(tiny[key])
+    for section in [tiny, *(tiny[key] for key in nested)]:
+        for keys, value in _PROBE_SIZES.items():
+            for key in keys:
+                if isinstance(section.get(key), int):
+                    section[key] = value
+        if isinstance(section.get("layer_types"), list):  # one entry a layer (sliding or full attention)
+            section["layer_types"] = section["layer_types"][:2]
+        if isinstance(section.get("rotary_dim"), int):  # GPT-J, CodeGen: rotary within a head of 16
+            section["rotary_dim"] = min(section["rotary_dim"], 8)
+        kv = section.get("num_key_value_heads")
+        if isinstance(kv, int):
+            section["num_key_value_heads"] = 1 if kv == 1 else 2  # grouped as before: 4 query heads share them
+        if isinstance(section.get("vocab_size"), int) and section["vocab_size"] > _PROBE_VOCAB:
+            section["vocab_size"] = _PROBE_VOCAB
+            for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+                if isinstance(section.get(key), int) and section[key] >= _PROBE_VOCAB:
+                    section[key] = None
+    return tiny
 
 
 _MAPPINGS = {
@@ -65,7 +127,7 @@ _MAPPINGS = {
 
 
 def _failed(error: str) -> dict[str, Any]:
-    return {"error": error, "shapes": {}, "prefix": "", "defaulted": {}}
+    return {"error": error, "shapes": {}, "prefix": "", "defaulted": {}, "packing_problem": None}
 
 
 def _no_class(fields: dict[str, Any], model_type: str, head_type: str, auto_name: str, version: str) -> str:

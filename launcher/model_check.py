@@ -94,6 +94,18 @@ def model_load_warning(cfg: RunConfig) -> str | None:
     )
 
 
+def packing_problem(cfg: RunConfig) -> str | None:
+    """data.packing on a model whose attention lets packed examples see each other (OPT, Bloom, MPT):
+    the workers refused it after a backend start and the data's tokenization (trial 57b)."""
+    if not cfg.data.packing or cfg.transfer.head.type != "causal_lm":
+        return None
+    found = _config(cfg)
+    if found is None or not found[1].get("model_type") or _remote_code(cfg, found[1]):
+        return None
+    verdict = model_verdict(found[1], "causal_lm")
+    return None if verdict.get("error") else verdict.get("packing_problem")
+
+
 def _config(cfg: RunConfig) -> tuple[Path | None, dict[str, Any]] | None:
     """(local folder or None for the Hugging Face cache, config.json fields); None when there is
     none to read (a missing folder or damaged file is said by check_inputs)."""
@@ -124,12 +136,13 @@ def _remote_code(cfg: RunConfig, fields: dict[str, Any]) -> bool:
 
 def model_verdict(fields: dict[str, Any], head_type: str, *, root: Path | None = None) -> dict[str, Any]:
     """{"error": why it cannot be built, or None; "shapes": parameter name -> shape; "prefix": the
-    base model's attribute; "defaulted": size keys config.json leaves out -> transformers' value},
+    base model's attribute; "defaulted": size keys config.json leaves out -> transformers' value;
+    "packing_problem": the workers' refusal of data.packing for this architecture, or None},
     from the cache when this config, head and library versions were judged before (no torch)."""
     entry = (root or cache_root() / "model-check") / f"{_key(fields, head_type)}.json"
     try:
         verdict = json.loads(entry.read_text())
-        if isinstance(verdict, dict) and {"error", "shapes", "prefix", "defaulted"} <= set(verdict):
+        if isinstance(verdict, dict) and {"error", "shapes", "prefix", "defaulted", "packing_problem"} <= set(verdict):
             return verdict
     except FileNotFoundError:
         pass

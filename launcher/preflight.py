@@ -77,6 +77,11 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         architecture = architecture_problem(cfg) or model_load_problem(cfg)
         if architecture:
             problems.append(architecture)
+        else:
+            from launcher.model_check import packing_problem
+
+            packing = packing_problem(cfg)
+            problems += [packing] if packing else []
         tokenizer = tokenizer_problem(cfg)
         if tokenizer:
             problems.append(tokenizer)

@@ -37,10 +37,13 @@ import signal
 import time
 from pathlib import Path
 
+from trainer.errors import TrainerInputError
+
 KILL, SIGNAL, HANG, FILL = "FTL_FAULT_KILL_AT", "FTL_FAULT_SIGNAL_AT", "FTL_FAULT_HANG_AT", "FTL_FAULT_FILL_DISK_AT"
 WAIT, RAISE = "FTL_FAULT_WAIT_AT", "FTL_FAULT_RAISE_AT"
-# What FTL_FAULT_RAISE may name: a bug's kinds and a machine's.
-RAISABLE = {kind.__name__: kind for kind in (TypeError, KeyError, ValueError, RuntimeError, OSError)}
+# What FTL_FAULT_RAISE may name: a bug's kinds, a machine's, and an input a worker refuses (found
+# by one rank alone: the driver must still report it once, as an input error).
+RAISABLE = {kind.__name__: kind for kind in (TypeError, KeyError, ValueError, RuntimeError, OSError, TrainerInputError)}
 ONCE, SLOW = "FTL_FAULT_ONCE_MARKER", "FTL_FAULT_SLOW_STEP_S"
 FILL_GUARD_BYTES = 1 << 30  # never fill a real disk: only small test filesystems
 

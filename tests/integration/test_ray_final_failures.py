@@ -70,8 +70,9 @@ def test_packing_on_a_model_that_mixes_packed_examples_is_refused_before_trainin
     tmp_path: Path, tokenizer, ray_cluster
 ) -> None:
     """OPT's attention ignores the restarting position ids of packed rows (each example would attend
-    to the ones before it): with the default data.packing the run stops before step 1 naming the
-    setting; with data.packing: false the same model trains."""
+    to the ones before it): with the default data.packing the start is refused before Ray, naming
+    the setting; with data.packing: false the same model trains. An input error one worker finds
+    alone is reported once, as an input error."""
     from transformers import OPTConfig, OPTForCausalLM
 
     model_dir = tmp_path / "opt"
@@ -90,13 +91,15 @@ def test_packing_on_a_model_that_mixes_packed_examples_is_refused_before_trainin
     out = _ftl("train", str(_ray_config(tmp_path, model_dir, run_dir, ray_cluster.address)))
     assert out.returncode == 2, out.stderr[-4000:]
     assert out.stderr.count("data.packing: OPTForCausalLM does not keep packed examples apart") == 1, out.stderr[-4000:]
-    assert _no_worker_traceback(out.stderr) and not (run_dir / "metrics.jsonl").exists()
-    # Rank 1 finds it alone (rank 0 held before its own check; only rank 0 records an input error
-    # for the driver): still the one message and exit 2, not "Ray Train run failed", exit 1.
+    assert "cannot start" in out.stderr and not run_dir.exists()  # before Ray: no worker ran
+    # Rank 1 finds an input error alone (rank 0 goes on to wait for it; only rank 0 records an input
+    # error for the driver): still the one message and exit 2, not "Ray Train run failed", exit 1.
     config = _ray_config(tmp_path, model_dir, run_dir, ray_cluster.address)
-    alone = _ftl("train", str(config), env={"FTL_FAULT_HANG_AT": "model_checks", "FTL_FAULT_RANK": "0"})
+    injected = {"FTL_FAULT_RAISE_AT": "model_checks", "FTL_FAULT_RAISE": "TrainerInputError", "FTL_FAULT_RANK": "1"}
+    alone = _ftl("train", str(config), "data.packing=false", env=injected)
     assert alone.returncode == 2, alone.stderr[-4000:]
-    assert "does not keep packed examples apart" in alone.stderr and "Ray Train run failed" not in alone.stderr
+    assert alone.stderr.count("injected fault at model_checks@0") == 1, alone.stderr[-4000:]
+    assert "Ray Train run failed" not in alone.stderr and _no_worker_traceback(alone.stderr), alone.stderr[-4000:]
     unpacked = _ftl("train", str(_ray_config(tmp_path, model_dir, run_dir, ray_cluster.address)), "data.packing=false")
     assert unpacked.returncode == 0, unpacked.stderr[-4000:]
 

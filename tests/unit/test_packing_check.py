@@ -4,10 +4,13 @@ apart, under PEFT too."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers as T
 
+from tests.conftest import BUNDLED_MODEL
 from trainer.data.packing_check import check_packed_examples_stay_apart
 from trainer.errors import TrainerInputError
 
@@ -58,3 +61,37 @@ def test_under_peft_the_base_class_is_named() -> None:
     model = get_peft_model(_model(LEAK["opt"], torch.float32), LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(TrainerInputError, match="OPTForCausalLM"):
         check_packed_examples_stay_apart(model, "cpu")
+
+
+@pytest.mark.parametrize("name", sorted({**KEEP_APART, **LEAK}))
+def test_the_check_before_the_start_gives_the_workers_answer(name: str) -> None:
+    """validate and train probe a tiny copy of the architecture (its full-size config, as a 7B's
+    config.json is, shrunk): the workers' answer without loading the model or starting a backend."""
+    from launcher.model_build_verdict import build_verdict
+
+    config = {**KEEP_APART, **LEAK}[name]
+    large = type(config)().to_dict()  # the architecture's default sizes: billions of parameters
+    problem = build_verdict(large, "causal_lm")["packing_problem"]
+    assert (problem is not None) == (name in LEAK), problem
+    if problem:
+        assert "does not keep packed examples apart" in problem and "set data.packing: false" in problem
+
+
+def test_validate_and_train_refuse_packing_an_opt_model_before_ray_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import launcher.cli
+    from tests.conftest import write_config
+
+    tokenizer = T.AutoTokenizer.from_pretrained(str(BUNDLED_MODEL))
+    opt = tmp_path / "opt"
+    config = LEAK["opt"]
+    config.vocab_size = len(tokenizer)
+    _model(config, torch.float32).save_pretrained(str(opt))
+    tokenizer.save_pretrained(str(opt))
+    cfg = write_config(tmp_path / "c.yaml", opt, tmp_path / "run", cluster={"backend": "ray", "workers": 2})
+    for command in ("validate", "train"):
+        assert launcher.cli.main([command, str(cfg)]) == 2, command
+        assert "data.packing: OPTForCausalLM does not keep packed examples apart" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert launcher.cli.main(["validate", str(cfg), "data.packing=false"]) == 0
