@@ -286,6 +286,25 @@ def catch_up(uri: str, run_dir: Path, timeout_s: float = 10.0) -> str | None:
     first, as `ftl train` does before it resumes (trial 57a: `ftl report URI` on a copy at step 22
     replaced the bucket's report of the finished 40 steps with its own). Returns the line to say,
     or None when the bucket is not ahead or does not answer (the note is then validate's)."""
+    found = _bucket_ahead(uri, run_dir, timeout_s)
+    if found is None:
+        return None
+    remote, local, ahead = found
+    try:
+        newest = answered(lambda: _download_newest_valid(remote, run_dir, ahead), remote, timeout_s=3600.0)
+        answered(lambda: _download_history(remote, run_dir, replace=True, config=True), remote, timeout_s=3600.0)
+    except StorageError as exc:
+        return f"{_ahead_words(remote, local, ahead)}), and bringing this copy up to them failed ({exc}); what follows reads the copy as it was"
+    got = f"its {newest.name}" if newest is not None else "no newer checkpoint (none of them validated)"
+    return (
+        f"{_ahead_words(remote, local, ahead)}, written from another working copy): brought this copy up to the bucket's run ({got}, and its metrics, "
+        "logs and results) before reading it"
+    )
+
+
+def _bucket_ahead(uri: str, run_dir: Path, timeout_s: float) -> tuple[RemoteRun, list[Path], list[int]] | None:
+    """(the bucket's run, the working copy's committed checkpoints, the bucket's steps past the
+    newest of them) when the bucket is ahead of the copy; None when it is not, or does not answer."""
     try:
         remote = open_remote(uri)
         steps = answered(lambda: remote_checkpoint_steps(remote), remote, timeout_s)
@@ -293,22 +312,11 @@ def catch_up(uri: str, run_dir: Path, timeout_s: float = 10.0) -> str | None:
         return None
     local = committed_checkpoints(run_dir)
     ahead = [step for step in steps if local and step > step_of(local[-1])]
-    if not ahead:
-        return None
-    try:
-        newest = answered(lambda: _download_newest_valid(remote, run_dir, ahead), remote, timeout_s=3600.0)
-        answered(lambda: _download_history(remote, run_dir, replace=True, config=True), remote, timeout_s=3600.0)
-    except StorageError as exc:
-        return (
-            f"{remote.display} holds checkpoints past this working copy's {local[-1].name} (up to step-{ahead[-1]}), "
-            f"and bringing this copy up to them failed ({exc}); what follows reads the copy as it was"
-        )
-    got = f"its {newest.name}" if newest is not None else "no newer checkpoint (none of them validated)"
-    return (
-        f"{remote.display} holds checkpoints past this working copy's {local[-1].name} (up to step-{ahead[-1]}, "
-        f"written from another working copy): brought this copy up to the bucket's run ({got}, and its metrics, "
-        "logs and results) before reading it"
-    )
+    return (remote, local, ahead) if ahead else None
+
+
+def _ahead_words(remote: RemoteRun, local: list[Path], ahead: list[int]) -> str:
+    return f"{remote.display} holds checkpoints past this working copy's {local[-1].name} (up to step-{ahead[-1]}"
 
 
 def bucket_ahead_note(uri: str, run_dir: Path, timeout_s: float = 10.0) -> str | None:
@@ -316,18 +324,12 @@ def bucket_ahead_note(uri: str, run_dir: Path, timeout_s: float = 10.0) -> str |
     commands that read a run through its working copy (trial 55a: both read a copy another machine
     had overtaken, and said nothing). None when it does not, or the storage does not answer (the
     start checks say why)."""
-    try:
-        remote = open_remote(uri)
-        steps = answered(lambda: remote_checkpoint_steps(remote), remote, timeout_s)
-    except StorageError:
+    found = _bucket_ahead(uri, run_dir, timeout_s)
+    if found is None:
         return None
-    local = committed_checkpoints(run_dir)
-    ahead = [step for step in steps if local and step > step_of(local[-1])]
-    if not ahead:
-        return None
+    remote, local, ahead = found
     return (
-        f"{remote.display} holds checkpoints past this working copy's {local[-1].name} (up to step-{ahead[-1]}, "
-        "written from another working copy): `ftl train` resumes from the bucket's; until then this copy's "
+        f"{_ahead_words(remote, local, ahead)}, written from another working copy): `ftl train` resumes from the bucket's; until then this copy's "
         "metrics, logs and checkpoints are behind the bucket's"
     )
 
