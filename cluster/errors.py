@@ -46,6 +46,24 @@ REPEATING_ERRORS = (
 )
 
 
+# RuntimeErrors that are a model's or config's, not a machine's: the same start raises them again.
+REPEATING_RUNTIME_ERRORS = (
+    # DDP: a trainable parameter the forward did not use (a model part the data never runs).
+    "Expected to have finished reduction in the prior iteration",
+    # transformers: weights of other shapes than the model its config describes.
+    "ignore_mismatched_sizes",
+    # torch's load_state_dict: the same, from a state dict.
+    "size mismatch for",
+)
+
+
+def repeats(exc: BaseException) -> bool:
+    """Whether a rerun or a restart of the worker group would meet this error again."""
+    if isinstance(exc, REPEATING_ERRORS):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in REPEATING_RUNTIME_ERRORS)
+
+
 def repeating_error_advice(run_dir: Path, kinds: list[str], restart: str = "") -> str:
     """After errors that repeat (`kinds`: their class names), every backend: fix the cause, then
     the same command resumes; neither a rerun as is nor a `restart` by the backend would pass them."""

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
-from cluster.errors import REPEATING_ERRORS, repeating_error_advice, resume_hint
+from cluster.errors import repeating_error_advice, repeats, resume_hint
 from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
 from cluster.ray_console_filter import quiet_transient_ray_warnings
 from cluster.ray_daemon_group import DaemonGroup, start_daemon_group
@@ -316,7 +316,7 @@ def what_next(run_dir: Path, max_failures: int, failures: Sequence[BaseException
             "the workers need more memory than this machine had free: lower training.micro_batch_size (raise "
             f"training.gradient_accumulation_steps to keep the global batch), or see `ftl plan CONFIG`; {resume}"
         )
-    if failures and all(isinstance(failure, REPEATING_ERRORS) for failure in failures):
+    if failures and all(repeats(failure) for failure in failures):
         return repeating_error_advice(run_dir, [type(failure).__name__ for failure in failures], "a Ray restart")
     if max_failures == 0:
         resume += "; set cluster.ray.max_failures (e.g. 3) to have Ray restart the worker group from it by itself"

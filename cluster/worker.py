@@ -181,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         if recorded_input_error(run_dir) is not None:
             return EXIT_INPUT_ERROR  # a consequence of another rank's input error (printed there): no traceback
         if not lost_a_peer(exc):
-            from cluster.errors import REPEATING_ERRORS
+            from cluster.errors import repeats
             from cluster.results import record_crash
 
-            record_crash(run_dir, rank, exc, repeats=isinstance(exc, REPEATING_ERRORS))
+            record_crash(run_dir, rank, exc, repeats=repeats(exc))
             raise
         # Another worker died (killed, out of memory): its own line says why. This rank's
         # collective traceback says nothing more; it goes to this rank's log only.

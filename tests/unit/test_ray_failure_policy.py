@@ -68,6 +68,9 @@ def test_the_advice_after_an_error_that_repeats_is_not_to_rerun_as_is(tmp_path: 
     assert repeating.startswith("no checkpoint was committed yet: run the same command again to start the run anew")
     assert "once its cause is fixed: TypeError, ValueError is an error of the code or of its input" in repeating
     assert "max_failures" not in repeating
+    # RuntimeErrors that are the model's (DDP's unused parameters, weights of other shapes) repeat too.
+    unused = RuntimeError("Expected to have finished reduction in the prior iteration before starting a new one.")
+    assert "once its cause is fixed: RuntimeError is an error of the code" in what_next(tmp_path, 0, [unused])
     # A lost process or a collective's error may not repeat: the usual advice, with restarts.
     for failures in ([RuntimeError("gloo connection reset")], [ValueError("x"), OSError("y")], None):
         said = what_next(tmp_path, 0, failures)
