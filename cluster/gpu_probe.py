@@ -42,6 +42,26 @@ def local_gpu_shortfall(backend: str, workers_per_node: int) -> str | None:
     )
 
 
+def reservation_shortfalls(
+    cluster: Any, cpus: float, gpus: float, have: dict[str, float], where: str
+) -> dict[str, str]:
+    """For each of CPU and GPU that the workers' reservations (`cpus`, `gpus` each) exceed what
+    `where` has (`have`), the sentence that says so; shared by the check before a local Ray starts
+    and Ray's own count after (cluster/ray_driver.check_resources)."""
+    count = f"{cluster.world_size} workers"
+    if cluster.nodes > 1:
+        count += f" (cluster.workers={cluster.workers} x cluster.nodes={cluster.nodes})"
+    return {
+        name: f"{count} x {each:g} {name} each ({key}) = {each * cluster.world_size:g} {name}s, but {where} has "
+        f"{have.get(name, 0):g}"
+        for name, key, each in (
+            ("CPU", "cluster.ray.cpus_per_worker", cpus),
+            ("GPU", "cluster.ray.gpus_per_worker", gpus),
+        )
+        if each and each * cluster.world_size > have.get(name, 0) + 1e-9
+    }
+
+
 def local_ray_shortfall(cluster: Any) -> str | None:
     """What the local Ray `ftl train` would start (no cluster.ray.address, no $RAY_ADDRESS) could never
     give the workers: the reservations per worker against this machine's cores and GPUs, said before
@@ -50,29 +70,19 @@ def local_ray_shortfall(cluster: Any) -> str | None:
     if cluster.backend != "ray" or cluster.ray.address or os.environ.get("RAY_ADDRESS"):
         return None
     cpus, gpus = cluster.ray.cpus_per_worker, cluster.ray.gpus_per_worker
-    short = []
-    if cpus and cpus * cluster.world_size > (os.cpu_count() or 1):
-        short.append(
-            f"{cluster.world_size} workers x {cpus:g} CPU each (cluster.ray.cpus_per_worker) = "
-            f"{cpus * cluster.world_size:g} CPUs, but this machine has {os.cpu_count() or 1}; lower "
-            "cluster.ray.cpus_per_worker (or leave it out: the cores are shared out) or cluster.workers"
-        )
-    if gpus:
-        have = 0
-        if cuda_available():
-            import torch
+    have_gpus = 0
+    if gpus and cuda_available():
+        import torch
 
-            have = torch.cuda.device_count()
-        if gpus * cluster.world_size > have:
-            fix = (
-                "set cluster.ray.gpus_per_worker=0 (or leave it out: workers use GPUs when there are some)"
-                if have == 0
-                else "lower cluster.ray.gpus_per_worker or cluster.workers"
-            )
-            short.append(
-                f"{cluster.world_size} workers x {gpus:g} GPU each (cluster.ray.gpus_per_worker) = "
-                f"{gpus * cluster.world_size:g} GPUs, but this machine has {have}; {fix}"
-            )
+        have_gpus = torch.cuda.device_count()
+    found = reservation_shortfalls(cluster, cpus, gpus, {"CPU": os.cpu_count() or 1, "GPU": have_gpus}, "this machine")
+    fixes = {
+        "CPU": "lower cluster.ray.cpus_per_worker (or leave it out: the cores are shared out) or cluster.workers",
+        "GPU": "set cluster.ray.gpus_per_worker=0 (or leave it out: workers use GPUs when there are some)"
+        if have_gpus == 0
+        else "lower cluster.ray.gpus_per_worker or cluster.workers",
+    }
+    short = [f"{line}; {fixes[name]}" for name, line in found.items()]
     if not short:
         return None
     return "the local Ray could never start these workers: " + "; ".join(short)

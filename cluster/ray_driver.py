@@ -51,6 +51,7 @@ from typing import Any
 
 from cluster.config import ClusterConfig, RayConfig
 from cluster.errors import repeating_error_advice, repeats, resume_hint
+from cluster.gpu_probe import reservation_shortfalls
 from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
 from cluster.ray_console_filter import quiet_transient_ray_warnings
 from cluster.ray_daemon_group import DaemonGroup, start_daemon_group
@@ -727,15 +728,7 @@ def check_resources(cluster: ClusterConfig, cpus: float, gpus: float, started_he
 
     have = ray.cluster_resources()
     where = "the local Ray (this machine)" if started_here else "the Ray cluster"
-    short = [
-        f"{cluster.world_size} workers (cluster.workers={cluster.workers} x cluster.nodes={cluster.nodes}) x "
-        f"{each:g} {name} each ({key}) = {each * cluster.world_size:g} {name}s, but {where} has {have.get(name, 0):g}"
-        for name, key, each in (
-            ("CPU", "cluster.ray.cpus_per_worker", cpus),
-            ("GPU", "cluster.ray.gpus_per_worker", gpus),
-        )
-        if each > 0 and each * cluster.world_size > have.get(name, 0) + 1e-9
-    ]
+    short = list(reservation_shortfalls(cluster, cpus, gpus, have, where).values())
     if not short:
         return
     advice = "lower cluster.workers or the reservation per worker"
