@@ -959,3 +959,24 @@ def test_a_semicolon_separated_csv_is_said_to_be_one(tmp_path: Path) -> None:
 def test_a_chat_row_without_messages_says_the_field_is_missing(tokenizer: Any) -> None:
     with pytest.raises(DataError, match=r"missing field 'messages' \(fields present: chosen, prompt, rejected\)"):
         render_example(Row("d.jsonl line 1", {"prompt": "Q?", "chosen": " a", "rejected": " b"}), "chat", tokenizer)
+
+
+def test_a_csv_quote_left_open_is_a_bad_row_not_a_cell_swallowing_the_next_lines(tmp_path: Path) -> None:
+    """A quote never closed made the rest of the file one cell (or, with a later quote, the lines up
+    to it): rows that trained as one long answer without a word. A real multi-line cell still reads."""
+    from trainer.data.sources import _Malformed
+
+    (tmp_path / "open.csv").write_text('prompt,completion\nq1,"a1\nq2,a2\nq3,a3\n', encoding="utf-8")
+    rows = list(read_rows(str(tmp_path / "open.csv")))
+    assert [row.where for row in rows] == ["open.csv lines 2-4"]
+    assert isinstance(rows[0].values, _Malformed)
+    assert rows[0].values.reason.startswith("a quote opened on line 2 is never closed, so the rest of the file")
+    (tmp_path / "later.csv").write_text('prompt,completion\nq1,"a1\nq2,a2\nq3,"a3"\nq4,a4\n', encoding="utf-8")
+    rows = list(read_rows(str(tmp_path / "later.csv")))
+    assert [row.where for row in rows] == ["later.csv lines 2-4", "later.csv line 5"]
+    assert isinstance(rows[0].values, _Malformed) and "the quotes do not pair up" in rows[0].values.reason
+    assert rows[1].values == {"prompt": "q4", "completion": "a4"}  # the rows after it read as before
+    (tmp_path / "fine.csv").write_text('prompt,completion\nq1,"two\nlines, and ""quoted"""\n', encoding="utf-8")
+    assert [row.values for row in read_rows(str(tmp_path / "fine.csv"))] == [
+        {"prompt": "q1", "completion": 'two\nlines, and "quoted"'}
+    ]

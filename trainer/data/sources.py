@@ -283,7 +283,9 @@ def _read_csv(path: Path, label: str) -> Iterator[Row]:
     # utf-8-sig: a CSV saved by Excel ("CSV UTF-8") starts with a byte-order mark, which would
     # otherwise become part of the first column's name.
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
+        # strict: a quote left open ends in an error at the row, not in a cell that swallows the next
+        # lines (or the rest of the file) as text.
+        reader = csv.reader(handle, strict=True)
         try:
             columns = next(reader, [])
             twice = sorted({name for name in columns if columns.count(name) > 1})
@@ -301,7 +303,16 @@ def _read_csv(path: Path, label: str) -> Iterator[Row]:
                     "ftl reads comma-separated CSV; save it with commas (or as JSON Lines)"
                 )
             end = reader.line_num
-            for cells in reader:
+            while True:
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    start, end = end + 1, reader.line_num
+                    where = f"line {end}" if start >= end else f"lines {start}-{end}"
+                    yield Row(f"{label} {where}", _Malformed(_quote_problem(str(exc), start, end)))
+                    continue
                 # line_num is the physical line just read (header is line 1), which is what editors show;
                 # a quoted cell with line breaks spans several lines.
                 start, end = end + 1, reader.line_num
@@ -326,6 +337,15 @@ def _read_csv(path: Path, label: str) -> Iterator[Row]:
             except UnicodeDecodeError as exc:
                 raise _not_utf8_file(path, raw, exc) from None
             raise
+
+
+def _quote_problem(error: str, start: int, end: int) -> str:
+    """A row the csv module could not read in strict mode: almost always a quote left open."""
+    fix = 'close the quote, write a quote inside a quoted cell as two (""), or leave the cell unquoted'
+    if "unexpected end of data" in error:
+        return f"a quote opened on line {start} is never closed, so the rest of the file (to line {end}) reads as one cell; {fix}"
+    spans = f" (a quote left open on line {start} makes the lines after it one cell)" if end > start else ""
+    return f"the quotes do not pair up: after a closing quote the cell must end ({error}){spans}; {fix}"
 
 
 def _csv_record(columns: list[str], cells: list[str]) -> dict[str, str]:
