@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from launcher.hub_cache import TRUE_VALUES, downloads_off
-from launcher.local_paths import did_you_mean, looks_local
+from launcher.local_paths import did_you_mean, looks_local, relative_to_cwd
 from launcher.run_config import RunConfig
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # a value ending so is a file, never a Hub name
@@ -61,7 +61,7 @@ def hub_dataset_problems(cfg: RunConfig, ask_the_hub: bool = True) -> list[str]:
     for key, name in hub_names(cfg):
         if cached(name):
             continue
-        head = f"{key}: {name!r} is not a local file or folder{did_you_mean(name)} (relative paths resolve from {Path.cwd()})"
+        head = f"{key}: {name!r} is not a local file or folder{did_you_mean(name)}{relative_to_cwd(name)}"
         if offline:
             problems.append(
                 f"{head}, and no Hub dataset of that name is in the Hugging Face cache while downloads are off "

@@ -20,6 +20,12 @@ def looks_local(value: str) -> bool:
     )
 
 
+def relative_to_cwd(value: str) -> str:
+    """ " (relative to the current directory /x/y)" for a relative path, "" for an absolute one: the
+    one wording every message about a path not found uses."""
+    return "" if Path(value).expanduser().is_absolute() else f" (relative to the current directory {Path.cwd()})"
+
+
 def did_you_mean(value: str) -> str:
     """'; did you mean X?' for a missing path whose folder holds a close spelling (a typo in the last
     part: ftl-tiny-lama for ftl-tiny-llama), else ''."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.hub_datasets import DATA_SUFFIXES, data_values
-from launcher.local_paths import did_you_mean, looks_local
+from launcher.local_paths import did_you_mean, looks_local, relative_to_cwd
 from launcher.run_config import RunConfig
 
 
@@ -25,11 +25,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
                     f"({Path(value).parent / 'merged'}; `ftl export RUN --merge` writes one), or set model.path "
                     f"to its base model and method.lora.init_from={value} (new adapters start from its weights)"
                 )
-            relative = (
-                "" if Path(value).expanduser().is_absolute() else f" (relative to the current directory {Path.cwd()})"
-            )
             problems.append(
-                f"{key}: {value}{relative} {what}{did_you_mean(value)}; "
+                f"{key}: {value}{relative_to_cwd(value)} {what}{did_you_mean(value)}; "
                 "point it at a Hugging Face model folder, or use a hub name when online"
             )
         elif value and looks_local(value) and not Path(value).exists():
@@ -50,9 +47,7 @@ def check_inputs(cfg: RunConfig) -> list[str]:
                 "the data a later run reads there; put output.dir outside it"
             )
         if value and (looks_local(value) or value.endswith(DATA_SUFFIXES)) and not Path(value).exists():
-            problems.append(
-                f"{key}: {value} not found{did_you_mean(value)} (relative paths resolve from the current directory)"
-            )
+            problems.append(f"{key}: {value}{relative_to_cwd(value)} not found{did_you_mean(value)}")
         elif value and Path(value).is_file() and not os.access(value, os.R_OK):
             problems.append(f"{key}: {value} cannot be read (permission denied); check the file's permissions")
     cache, where = (cfg.data.cache_dir, "data.cache_dir") if cfg.data.cache_dir else (None, "FTL_CACHE_DIR")

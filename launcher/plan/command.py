@@ -7,7 +7,6 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from cluster.gpu_probe import cuda_available
 from launcher.config_loader import load_config
@@ -127,7 +126,9 @@ def unsizable_model(cfg: RunConfig) -> str:
     from launcher.hub_cache import downloads_off
 
     model = cfg.model.path
-    where = f"(relative to the current directory {Path.cwd()}) " if not Path(model).expanduser().is_absolute() else ""
+    from launcher.local_paths import relative_to_cwd
+
+    where = relative_to_cwd(model).strip() + " " if relative_to_cwd(model) else ""
     offline = ", and downloads are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)" if downloads_off() else ""
     return (
         f"model.path: {model!r} {where}is no model folder with a config.json, nor a model in the Hugging Face "

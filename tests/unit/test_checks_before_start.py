@@ -22,7 +22,7 @@ def test_a_hub_name_not_cached_while_downloads_are_off_is_refused_by_validate_an
     overrides = ["data.train=trainset", f"output.dir={tmp_path / 'run'}"]
     assert main(["validate", CONFIG, *overrides]) == 2
     said = (
-        "data.train: 'trainset' is not a local file or folder (relative paths resolve from "
+        "data.train: 'trainset' is not a local file or folder (relative to the current directory "
         f"{tmp_path}), and no Hub dataset of that name is in the Hugging Face cache while downloads are off"
     )
     assert said in capsys.readouterr().err
