@@ -54,7 +54,17 @@ def build_verdict(fields: dict[str, Any], head_type: str) -> dict[str, Any]:
         "prefix": str(getattr(model, "base_model_prefix", "") or ""),
         "defaulted": defaulted_sizes(config.to_dict(), fields),
         "packing_problem": _packing_problem(fields) if head_type == "causal_lm" else None,
+        "position_limit": _position_limit(model),
     }
+
+
+def _position_limit(model: Any) -> int | None:
+    from trainer.sequence_length import learned_position_limit
+
+    try:
+        return learned_position_limit(model)
+    except Exception:  # noqa: BLE001 - a model whose positions are not found: the workers check
+        return None
 
 
 # Size keys of the architectures' configs, and the small value the packing probe builds them at.
@@ -127,7 +137,14 @@ _MAPPINGS = {
 
 
 def _failed(error: str) -> dict[str, Any]:
-    return {"error": error, "shapes": {}, "prefix": "", "defaulted": {}, "packing_problem": None}
+    return {
+        "error": error,
+        "shapes": {},
+        "prefix": "",
+        "defaulted": {},
+        "packing_problem": None,
+        "position_limit": None,
+    }
 
 
 def _no_class(fields: dict[str, Any], model_type: str, head_type: str, auto_name: str, version: str) -> str:

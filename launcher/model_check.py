@@ -32,6 +32,7 @@ from trainer.weight_shapes import (
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+_VERDICT_KEYS = {"error", "shapes", "prefix", "defaulted", "packing_problem", "position_limit"}
 _SOURCE = Path(__file__)
 
 
@@ -106,6 +107,16 @@ def packing_problem(cfg: RunConfig) -> str | None:
     return None if verdict.get("error") else verdict.get("packing_problem")
 
 
+def learned_position_limit(cfg: RunConfig) -> tuple[bool, int | None]:
+    """(judged, the model's learned position limit): judged False when this machine cannot build
+    the model (no config here, remote code, or a model transformers cannot build: said above)."""
+    found = _config(cfg)
+    if found is None or not found[1].get("model_type") or _remote_code(cfg, found[1]):
+        return False, None
+    verdict = model_verdict(found[1], cfg.transfer.head.type)
+    return (False, None) if verdict.get("error") else (True, verdict.get("position_limit"))
+
+
 def _config(cfg: RunConfig) -> tuple[Path | None, dict[str, Any]] | None:
     """(local folder or None for the Hugging Face cache, config.json fields); None when there is
     none to read (a missing folder or damaged file is said by check_inputs)."""
@@ -137,12 +148,13 @@ def _remote_code(cfg: RunConfig, fields: dict[str, Any]) -> bool:
 def model_verdict(fields: dict[str, Any], head_type: str, *, root: Path | None = None) -> dict[str, Any]:
     """{"error": why it cannot be built, or None; "shapes": parameter name -> shape; "prefix": the
     base model's attribute; "defaulted": size keys config.json leaves out -> transformers' value;
-    "packing_problem": the workers' refusal of data.packing for this architecture, or None},
+    "packing_problem": the workers' refusal of data.packing for this architecture, or None;
+    "position_limit": the rows of a learned position table (GPT-2, OPT, BERT), or None},
     from the cache when this config, head and library versions were judged before (no torch)."""
     entry = (root or cache_root() / "model-check") / f"{_key(fields, head_type)}.json"
     try:
         verdict = json.loads(entry.read_text())
-        if isinstance(verdict, dict) and {"error", "shapes", "prefix", "defaulted", "packing_problem"} <= set(verdict):
+        if isinstance(verdict, dict) and _VERDICT_KEYS <= set(verdict):
             return verdict
     except FileNotFoundError:
         pass

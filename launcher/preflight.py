@@ -173,14 +173,17 @@ def position_problem(cfg: RunConfig) -> str | None:
     validate said valid (trial 46b; a rotary model's is a warning: position_limit.py)."""
     if not _may_have_learned_positions(cfg):
         return None
+    from launcher.model_check import learned_position_limit
     from trainer.errors import TrainerInputError
-    from trainer.sequence_length import learned_position_limit, refuse_past_learned_positions
+    from trainer.sequence_length import refuse_past_learned_positions
 
-    model = _meta_model(cfg)
-    if model is None:
+    # From the model check's cached answer: building the model for it cost a GPT-2, OPT or BERT
+    # config 5-6 s of every validate and train start.
+    judged, limit = learned_position_limit(cfg)
+    if not judged:
         return None
     try:
-        refuse_past_learned_positions(cfg.data.max_seq_len, learned_position_limit(model))
+        refuse_past_learned_positions(cfg.data.max_seq_len, limit)
     except TrainerInputError as exc:
         return str(exc)
     return None

@@ -6,12 +6,12 @@ but on positions it never saw in pre-training, which the user may intend (RoPE s
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from trainer.errors import TrainerInputError
-from trainer.transfer.model_parts import decoder_blocks, position_tables
+
+if TYPE_CHECKING:  # torch is imported by the model code that calls these; the launcher's refusal needs none
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 def learned_position_limit(model: torch.nn.Module) -> int | None:
     """How many positions the model's learned position table has; None without one (rotary, ALiBi)
     or without a stated limit. Reads modules only: works on a meta model (the planner's)."""
+    from trainer.transfer.model_parts import decoder_blocks, position_tables
+
     limit = _position_limit(model)
     tables = position_tables(model, decoder_blocks(model)) if limit is not None else []
     if not tables:
