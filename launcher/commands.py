@@ -31,6 +31,8 @@ from trainer.run_layout import CONFIG_FILE, RUN_MARKER, RunLayout
 
 def validate(config_path: str, overrides: list[str], data: bool = False, examples: int = 3) -> int:
     cfg = load_config(config_path, overrides)
+    # The model checks and the fit check build the model with transformers and PEFT: no chatter.
+    _quiet_libraries(import_transformers=False)
     from launcher.hub_datasets import hub_dataset_problems
 
     # A Hub name nothing here can load: said as train's check says it, with --data too (trial 57a:
@@ -60,6 +62,11 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
 
     model_problems = (target_modules_problem(cfg), freeze_problem(cfg), position_problem(cfg), attention_refusal(cfg))
     problems += [problem for problem in model_problems if problem]
+    from launcher.plan.command import unsizable_model_problem
+
+    unsizable = unsizable_model_problem(cfg)
+    fit_refusal, fit = (None, None) if problems or unsizable else _fit_check(cfg)
+    problems += [fit_refusal] if fit_refusal else []
     if problems:
         raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
     from launcher.hub_cache import warn_unavailable_offline
@@ -69,15 +76,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
 
     for missing in missing_tracker_packages(cfg):
         print(f"ftl: WARNING: {missing}", file=sys.stderr)
-    from launcher.plan.command import unsizable_model_problem
-
-    unsizable = unsizable_model_problem(cfg)
     if unsizable:  # trial 47b: validate said valid, and train refused it at once
         print(f"ftl: WARNING: `ftl train` would refuse this at its fit check: {unsizable}", file=sys.stderr)
-    else:
-        fit = _fit_warning(cfg)
-        if fit:
-            print(f"ftl: WARNING: {fit}", file=sys.stderr)
+    elif fit:
+        print(f"ftl: WARNING: {fit}", file=sys.stderr)
     from launcher.position_limit import rotary_context_note
     from launcher.preflight import lora_rank_note
     from launcher.run_length import run_length_warnings
@@ -130,29 +132,34 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     return 0
 
 
-def _fit_warning(cfg: RunConfig) -> str | None:
-    """What `ftl train`'s fit check on this machine would refuse or warn of (trial 56a: validate said
-    valid to micro_batch_size=100000, and train refused it at once). A fitting run costs the check
-    milliseconds; only a refusal's suggestions take seconds."""
+def _fit_check(cfg: RunConfig) -> tuple[str | None, str | None]:
+    """(what the model refuses of this config, found by the fit check's model build; what `ftl
+    train`'s fit check on this machine would refuse or warn of). Trial 56a: validate said valid to
+    micro_batch_size=100000, and train refused it at once; trial 58a: LoRA dropout on a Mixtral's
+    fused experts, refused by plan and train, was valid. A fitting run costs the check
+    milliseconds once its model's inventory is cached; only a refusal's suggestions take seconds."""
     from launcher.plan.command import fit_verdict
+    from trainer.errors import TrainerInputError
 
     try:
         verdict = fit_verdict(cfg)
+    except TrainerInputError as exc:
+        return str(exc), None
     except Exception:  # noqa: BLE001 - what the fit check cannot judge, validate's other checks say
-        return None
+        return None, None
     if verdict.fits is False:
-        return f"`ftl train` on this machine would refuse this at its fit check: {verdict.refusal()}"
-    return verdict.tight or None
+        return None, f"`ftl train` on this machine would refuse this at its fit check: {verdict.refusal()}"
+    return None, verdict.tight or None
 
 
 def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int:
     cfg = load_config(config_path, overrides)
     from launcher.start_checks import problems_before_start
 
+    _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
     problems = problems_before_start(cfg)
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
-    _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
     from launcher.model_check import model_load_warning
     from launcher.tracking_check import missing_tracker_packages
     from trainer.config import local_revision_note

@@ -67,6 +67,12 @@ def quiet_third_party(import_transformers: bool = True) -> None:
     # tied modules by name and, for GPT-2's `wte`, says none were added while the export stays tied
     # (trial 46b: the warning contradicted what the user asked for).
     warnings.filterwarnings("ignore", message="You have requested `ensure_weight_tying`, but no tied modules are added")
+    # PEFT records the rank of a fused expert weight it adapts (Mixtral, Qwen3-MoE: target_parameters)
+    # as a rank_pattern key, then says the key matched no module: false (the rank is applied), and
+    # ftl sets no rank_pattern of its own (trial 58a: users read it as their rank being dropped).
+    warnings.filterwarnings(
+        "ignore", message="The following (rank|alpha)_pattern keys did not match any targeted module"
+    )
     # DeepSpeed's ZeRO gathers call a torch.distributed name torch now deprecates: once per rank
     # on every ZeRO run, about DeepSpeed's code, not the user's (trials 38a, 41b: repeated 23x).
     warnings.filterwarnings(

@@ -20,6 +20,7 @@ from typing import Any
 from launcher.plan.inventory import Architecture, Inventory, ParamInfo
 from trainer.cache_dir import cache_root, library_version, write_cache_entry
 from trainer.config import MethodConfig
+from trainer.errors import TrainerInputError
 from trainer.transfer.config import FreezeConfig
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,13 @@ def cached_inventory(
     # A miss: torch, transformers and PEFT are imported only now (seconds of CPU).
     from launcher.plan import inventory_build
 
-    inventory = inventory_build.build_inventory(label, config_fields, method, dtype, adapter_dtype, freeze)
+    try:
+        inventory = inventory_build.build_inventory(label, config_fields, method, dtype, adapter_dtype, freeze)
+    except TrainerInputError as exc:
+        # A setting this model refuses (PEFT's dropout on fused experts, a freeze past its blocks):
+        # kept too, so that every later command refuses it at once (trial 58a: 9 s each time).
+        write_cache_entry(entry, {"input_error": str(exc)}, "the model inventory")
+        raise
     _write(entry, inventory)
     return inventory
 
@@ -93,6 +100,8 @@ def _key(
 def _read(entry: Path, label: str) -> Inventory | None:
     try:
         data = json.loads(entry.read_text())
+        if isinstance(data, dict) and isinstance(data.get("input_error"), str):
+            raise TrainerInputError(data["input_error"])
         inventory = Inventory(
             label=label,
             arch=Architecture(**data["arch"]),
