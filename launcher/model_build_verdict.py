@@ -46,7 +46,8 @@ def build_verdict(fields: dict[str, Any], head_type: str) -> dict[str, Any]:
         with torch.device("meta"):
             model = getattr(transformers, auto_name).from_config(config)
     except Exception as exc:  # noqa: BLE001 - whatever transformers raises is the answer
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        first = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else "")
         return _failed(f"transformers {version} cannot build the model it describes ({type(exc).__name__}: {first})")
     return {
         "error": None,

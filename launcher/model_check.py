@@ -22,8 +22,11 @@ from launcher.local_paths import looks_local
 from launcher.run_config import RunConfig
 from trainer.cache_dir import cache_root, library_version, write_cache_entry
 from trainer.weight_shapes import (
+    SIZE_KEYS,
+    blocks_missing_from_the_weights,
     blocks_past_the_model,
     checkpoint_shapes,
+    damaged_weights_problem,
     mismatch_problem,
     missing_weights_problem,
     shape_mismatches,
@@ -51,8 +54,11 @@ def model_load_problem(cfg: RunConfig, need_weights: bool = True) -> str | None:
             f"model.path: {where} has no model_type, so transformers cannot tell which architecture it is; add the "
             'model\'s type ("model_type": "llama", "qwen2", ...), as the config.json that came with the weights has'
         )
+    sizes = _size_problem(fields, where)
+    if sizes:
+        return sizes
     if folder is not None and need_weights:
-        missing = missing_weights_problem(folder)
+        missing = missing_weights_problem(folder) or damaged_weights_problem(folder)
         if missing:
             return missing
     if _remote_code(cfg, fields):
@@ -69,6 +75,38 @@ def model_load_problem(cfg: RunConfig, need_weights: bool = True) -> str | None:
     mismatches = shape_mismatches(verdict["shapes"], held, verdict["prefix"], base_only)
     if mismatches:
         return mismatch_problem(str(folder), mismatches, verdict["defaulted"])
+    absent, blocks = blocks_missing_from_the_weights(verdict["shapes"], held, verdict["prefix"])
+    if absent:
+        return (
+            f"model.path: the weights in {folder} hold {blocks} blocks and its config.json describes "
+            f"{blocks + len(absent)}: blocks {_span(absent)} would start from random values (transformers loads "
+            f"them so, with a note in the worker's log); set the layer count (num_hidden_layers) in config.json to "
+            f"{blocks}, or use the weights that came with it"
+        )
+    return None
+
+
+def _span(indexes: list[int]) -> str:
+    return f"{indexes[0]}-{indexes[-1]}" if len(indexes) > 1 else str(indexes[0])
+
+
+def _size_problem(fields: dict[str, Any], where: str) -> str | None:
+    """A size key that is no positive whole number (0 layers, "64" as a string): transformers builds
+    a model of no layers (a traceback in plan, PEFT's in the workers) or refuses it in words that
+    stop at the key's name (trial 58a)."""
+    nested = fields.get("text_config")
+    for section, label in ((fields, ""), (nested if isinstance(nested, dict) else {}, "text_config.")):
+        for key in SIZE_KEYS:
+            value = section.get(key)
+            if key not in section or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                return (
+                    f"model.path: {where}: {label}{key} is {value!r}, not a whole number; write it as a number "
+                    "(as the config.json that came with the weights has it)"
+                )
+            if value <= 0:
+                return f"model.path: {where}: {label}{key} is {value}; a model needs at least 1 (check the file)"
     return None
 
 

@@ -185,6 +185,7 @@ def load_model(
             f"model.path: a weights file in {model_cfg.path!r} is damaged ({exc}); copy the model folder again "
             "(a cut-off download or copy)"
         ) from None
+    _refuse_random_blocks(model, info, model_cfg)
     if loading_info is not None:
         loading_info.update(info)
     if method_cfg.type == "qlora":
@@ -229,6 +230,23 @@ def _refuse_unsupported_architecture(model_cfg: ModelConfig) -> None:
     problem = unsupported_architecture(config.to_dict(), "causal_lm")
     if problem:
         raise TrainerInputError(problem)
+
+
+def _refuse_random_blocks(model: torch.nn.Module, info: dict[str, Any], model_cfg: ModelConfig) -> None:
+    """Whole blocks the weights do not hold (config.json's layer count above the checkpoint's):
+    transformers starts them from random values with a note, and the run trains a model half
+    random (trial 58a). A parameter missing inside a loaded block (a newer norm) is left to it."""
+    from trainer.weight_shapes import wholly_missing_blocks
+
+    names = [name for name, _ in model.named_parameters()]
+    absent = wholly_missing_blocks(list(info.get("missing_keys") or []), names)
+    if absent:
+        span = f"{absent[0]}-{absent[-1]}" if len(absent) > 1 else str(absent[0])
+        raise TrainerInputError(
+            f"model.path: the weights in {model_cfg.path} hold no values for blocks {span} of the model its "
+            "config.json describes (they would train from random values); set the layer count (num_hidden_layers) "
+            "in config.json to the checkpoint's, or use the weights that came with it"
+        )
 
 
 def _shape_mismatch_message(model_cfg: ModelConfig, auto_class: Any, head_kwargs: dict[str, Any]) -> str:

@@ -72,6 +72,42 @@ def missing_weights_problem(folder: Path) -> str | None:
     return None
 
 
+def damaged_weights_problem(folder: Path) -> str | None:
+    """A safetensors weights file that is empty, not safetensors, or shorter than its header says
+    (a cut-off download or copy): found by the workers only once they load it."""
+    index = folder / "model.safetensors.index.json"
+    try:
+        if (folder / "model.safetensors").is_file():
+            files = [folder / "model.safetensors"]
+        elif index.is_file():
+            files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # an unreadable index is missing_weights_problem's to say
+    for file in files:
+        size = file.stat().st_size if file.is_file() else None
+        if size is None:
+            continue  # a missing shard: said by missing_weights_problem
+        try:
+            header = _header(file)
+            length = int.from_bytes(file.open("rb").read(8), "little")
+            needed = (
+                8
+                + length
+                + max((int(meta["data_offsets"][1]) for n, meta in header.items() if n != "__metadata__"), default=0)
+            )
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            what = "is empty" if size == 0 else "is not a safetensors file (its header cannot be read)"
+            return f"model.path: {file} {what}; copy the model's weights again (a cut-off download or copy?)"
+        if size < needed:
+            return (
+                f"model.path: {file} is cut off: its header describes {needed:,} bytes and the file holds {size:,}; "
+                "copy the model's weights again (a download or copy that stopped early?)"
+            )
+    return None
+
+
 def checkpoint_shapes(folder: Path) -> dict[str, list[int]] | None:
     """Each tensor's shape, from the headers of the folder's safetensors weights; None when its
     weights are not safetensors or a header cannot be read (the load then says what it finds)."""
@@ -144,6 +180,39 @@ def blocks_past_the_model(model: dict[str, list[int]], checkpoint: dict[str, lis
         if any(candidate in held for candidate in (_INDEX.sub(".#.", k, count=1) for k in _spellings(key, prefix))):
             past.add(int(found.group(1)))
     return sorted(past)
+
+
+def blocks_missing_from_the_weights(
+    model: dict[str, list[int]], checkpoint: dict[str, list[int]], prefix: str
+) -> tuple[list[int], int]:
+    """(block indexes config.json builds that the weights do not hold, how many blocks the weights
+    hold): transformers starts those blocks from random values with a note in the worker's log,
+    and the run trains a model half random (trial 58a). Only blocks whose tensors the weights name
+    the same way for other blocks count, so keys transformers renames on loading are left alone."""
+    held_names = {spelling for key in checkpoint for spelling in _spellings(key, prefix)}
+    held_blocks: dict[str, set[int]] = {}
+    for name in held_names:
+        found = _INDEX.search(name)
+        if found:
+            held_blocks.setdefault(_INDEX.sub(".#.", name, count=1), set()).add(int(found.group(1)))
+    missing, counted = set(), set()
+    for name in model:
+        found = _INDEX.search(name)
+        pattern = _INDEX.sub(".#.", name, count=1) if found else None
+        if found is None or pattern not in held_blocks:
+            continue
+        counted |= held_blocks[pattern]
+        if name not in held_names:
+            missing.add(int(found.group(1)))
+    return sorted(missing), len(counted)
+
+
+def wholly_missing_blocks(missing: list[str], names: list[str]) -> list[int]:
+    """Block indexes none of whose parameters a load found (transformers' missing_keys), among the
+    model's parameter `names`: the workers' own check, for a model the launcher could not read."""
+    absent = {int(found.group(1)) for name in missing if (found := _INDEX.search(name))}
+    loaded = {int(found.group(1)) for name in names if name not in set(missing) and (found := _INDEX.search(name))}
+    return sorted(absent - loaded) if loaded else []
 
 
 def _spellings(key: str, prefix: str) -> list[str]:

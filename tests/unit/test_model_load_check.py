@@ -62,6 +62,12 @@ CASES: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         lambda f: f.update(vocab_size=2000),
         "model.embed_tokens.weight is [1729, 128] in the weights but [2000, 128] by config.json",
     ),
+    "zero_layers": (lambda f: f.update(num_hidden_layers=0), "config.json: num_hidden_layers is 0; a model needs"),
+    "size_as_text": (lambda f: f.update(hidden_size="128"), "config.json: hidden_size is '128', not a whole number"),
+    "more_layers_than_weights": (
+        lambda f: f.update(num_hidden_layers=6),
+        "hold 4 blocks and its config.json describes 6: blocks 4-5 would start from random values",
+    ),
     "heads": (
         lambda f: f.update(num_key_value_heads=4),
         "model.layers.*.self_attn.k_proj.weight is [64, 128] in the weights but [128, 128] by config.json (4 blocks)",
@@ -120,6 +126,28 @@ def test_weights_missing_or_cut_short_are_said(tmp_path: Path, capsys: pytest.Ca
     assert missing_weights_problem(bare) is None  # transformers prefers model.safetensors to the index
 
 
+@pytest.mark.parametrize(
+    "damage,said",
+    [
+        (b"", "model.safetensors is empty"),
+        (b"not a model", "model.safetensors is not a safetensors file"),
+        (None, "model.safetensors is cut off: its header describes 5,711,392 bytes and the file holds 2,855,696"),
+    ],
+)
+def test_a_damaged_weights_file_is_said_before_the_start(
+    damage: bytes | None, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the workers 35 s into a Ray start before (trial 58a), leaving a failed run folder."""
+    model = _variant(tmp_path, "damaged", lambda f: None, weights=False)
+    whole = (BUNDLED_MODEL / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(whole[: len(whole) // 2] if damage is None else damage)
+    config = write_config(tmp_path / "c.yaml", model, tmp_path / "run", cluster={"backend": "ray", "workers": 2})
+    for command in ("validate", "train"):
+        assert launcher.cli.main([command, str(config)]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_weights_of_more_blocks_than_the_config_are_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -154,3 +182,15 @@ def test_a_worker_names_the_mismatched_weights(tmp_path: Path) -> None:
     with pytest.raises(TrainerInputError) as raised:
         load_model(ModelConfig(path=str(model)), MethodConfig(type="full"), "cpu")
     assert CASES["no_hidden_size"][1] in str(raised.value) and "above report" not in str(raised.value)
+
+
+def test_a_worker_refuses_blocks_the_weights_do_not_hold(tmp_path: Path) -> None:
+    """For a model the launcher could not read (a hub model downloaded by the workers)."""
+    from trainer.config import MethodConfig, ModelConfig
+    from trainer.errors import TrainerInputError
+    from trainer.model_builder import load_model
+
+    model = _variant(tmp_path, "more", lambda f: f.update(num_hidden_layers=6))
+    with pytest.raises(TrainerInputError, match="hold no values for blocks 4-5 of the model its config.json describes"):
+        load_model(ModelConfig(path=str(model)), MethodConfig(type="lora"), "cpu")
+    load_model(ModelConfig(path=str(BUNDLED_MODEL)), MethodConfig(type="lora"), "cpu")  # the whole model loads
