@@ -114,9 +114,11 @@ def model_load_warning(cfg: RunConfig) -> str | None:
     """Weights of more blocks than config.json's layer count: transformers drops the rest with a note
     in the worker's log, and the run trains a cut model."""
     found = _config(cfg)
-    if found is None or found[0] is None or not found[1].get("model_type") or _remote_code(cfg, found[1]):
+    if found is None or not found[1].get("model_type") or _remote_code(cfg, found[1]):
         return None
     folder, fields = found
+    if folder is None:
+        return None  # a hub model: its weights are the workers' to download
     held = checkpoint_shapes(folder)
     if held is None or fields.get("quantization_config"):
         return None

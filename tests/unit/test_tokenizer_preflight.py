@@ -30,8 +30,11 @@ def _copy(tmp_path: Path, name: str, without: tuple[str, ...]) -> Path:
     folder = tmp_path / name
     folder.mkdir()
     for path in BUNDLED.iterdir():
-        if path.is_file() and path.name not in without and path.suffix != ".safetensors":
-            shutil.copy(path, folder / path.name)
+        if path.is_file() and path.name not in without:
+            if path.suffix == ".safetensors":  # linked: a model folder has its weights (validate checks them)
+                (folder / path.name).symlink_to(path)
+            else:
+                shutil.copy(path, folder / path.name)
     return folder
 
 

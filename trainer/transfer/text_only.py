@@ -27,8 +27,9 @@ def parts_outside_the_text_model(model: torch.nn.Module) -> list[str]:
     prefix = next((name for name, module in model.named_modules() if module is decoder), None)
     if not prefix:
         return []
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    outside = []
+    output_embeddings = getattr(model, "get_output_embeddings", None)
+    head = output_embeddings() if callable(output_embeddings) else None
+    outside: list[str] = []
     for name, module in model.named_modules():
         if not name or module is head or name == prefix or prefix.startswith(name + "."):
             continue  # the model itself, the head, the decoder and the modules holding it
