@@ -28,6 +28,27 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return torch.float32
 
 
+def dtype_note(model_cfg: ModelConfig, device: str) -> str | None:
+    """model.dtype auto widening a 16-bit checkpoint to float32 (on CPU, or a GPU without bf16): the
+    run and its merged export are float32, twice the checkpoint's size, which nothing said (trial
+    58a). Read from a local folder's config.json; None for a hub model or when nothing widens."""
+    if model_cfg.dtype != "auto":
+        return None
+    try:
+        fields = json.loads((Path(str(model_cfg.path)).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    text = fields.get("text_config") if isinstance(fields.get("text_config"), dict) else {}
+    saved = fields.get("dtype") or fields.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+    if saved not in ("bfloat16", "float16") or resolve_dtype("auto", device) != torch.float32:
+        return None
+    where = "on CPU" if not device.startswith("cuda") else "on this GPU (no bfloat16)"
+    return (
+        f"model.dtype auto: the checkpoint's weights are {saved}, and {where} they train in float32, so a merged "
+        f"export is float32 too (twice the checkpoint's size); set model.dtype: {saved} to keep {saved}"
+    )
+
+
 def resolve_attention(name: str, device: str, model_class: Any = None) -> str | None:
     """flash-attn only where it can run (installed + CUDA + a model class that supports it); else
     None: transformers' own choice, SDPA where the model supports it and eager where not (Gemma 2,

@@ -68,7 +68,7 @@ from trainer.metrics import (
     starts,
     wall_time_before_last_start,
 )
-from trainer.model_builder import load_inputs, missing_eos_notice, missing_tokenizer_config_notice
+from trainer.model_builder import dtype_note, load_inputs, missing_eos_notice, missing_tokenizer_config_notice
 from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
 from trainer.preference_eval import preference_eval
@@ -256,6 +256,9 @@ def _build_trainee(
     """The model (with the method applied), wrapped by the strategy, its optimizer, schedule and
     checkpoint manager, restored from `resume_from` when there is one."""
     base = build_model(cfg, ctx.device, tokenizer.pad_token_id, cfg.model.gradient_checkpointing)
+    widened = dtype_note(cfg.model, ctx.device) if ctx.is_main else None
+    if widened:
+        console.event(f"note: {widened}")
     if cfg.method.lora.init_from and resume_from is None:  # a resume restores its checkpoint's adapters instead
         load_initial_adapter(base, cfg.method, cfg.model.path)
     if cfg.data.format != "image_classification":

@@ -146,3 +146,20 @@ def test_a_model_folder_without_tokenizer_files_is_refused_by_name(
     with pytest.raises(TrainerInputError, match=error):
         load_tokenizer(ModelConfig(path=str(tmp_path)))
     assert load_tokenizer(ModelConfig(path=str(tmp_path), tokenizer=str(tiny_model_dir)))("Hello")["input_ids"]
+
+
+def test_a_16_bit_checkpoint_widened_to_float32_is_said(tmp_path: Path) -> None:
+    """model.dtype auto on CPU trains a bf16 checkpoint in float32: its merged export is twice the
+    size, which nothing said (trial 58a)."""
+    import json
+
+    from trainer.config import ModelConfig
+    from trainer.model_builder import dtype_note
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "bfloat16"}))
+    note = dtype_note(ModelConfig(path=str(tmp_path)), "cpu") or ""
+    assert note.startswith("model.dtype auto: the checkpoint's weights are bfloat16, and on CPU they train in float32")
+    assert note.endswith("set model.dtype: bfloat16 to keep bfloat16")
+    assert dtype_note(ModelConfig(path=str(tmp_path), dtype="float32"), "cpu") is None  # asked for
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "float32"}))
+    assert dtype_note(ModelConfig(path=str(tmp_path)), "cpu") is None
