@@ -963,19 +963,31 @@ def test_a_chat_row_without_messages_says_the_field_is_missing(tokenizer: Any) -
 
 def test_a_csv_quote_left_open_is_a_bad_row_not_a_cell_swallowing_the_next_lines(tmp_path: Path) -> None:
     """A quote never closed made the rest of the file one cell (or, with a later quote, the lines up
-    to it): rows that trained as one long answer without a word. A real multi-line cell still reads."""
+    to it): rows that trained as one long answer without a word. Now the line it opened on is a bad
+    row and the lines after it are read again as rows of their own (trial 58b: read on from where the
+    reader stopped, one open quote in a file of two-line records cost the 262 records after it)."""
     from trainer.data.sources import _Malformed
 
     (tmp_path / "open.csv").write_text('prompt,completion\nq1,"a1\nq2,a2\nq3,a3\n', encoding="utf-8")
     rows = list(read_rows(str(tmp_path / "open.csv")))
-    assert [row.where for row in rows] == ["open.csv lines 2-4"]
+    assert [row.where for row in rows] == ["open.csv line 2", "open.csv line 3", "open.csv line 4"]
     assert isinstance(rows[0].values, _Malformed)
-    assert rows[0].values.reason.startswith("a quote opened on line 2 is never closed, so the rest of the file")
-    (tmp_path / "later.csv").write_text('prompt,completion\nq1,"a1\nq2,a2\nq3,"a3"\nq4,a4\n', encoding="utf-8")
-    rows = list(read_rows(str(tmp_path / "later.csv")))
-    assert [row.where for row in rows] == ["later.csv lines 2-4", "later.csv line 5"]
-    assert isinstance(rows[0].values, _Malformed) and "the quotes do not pair up" in rows[0].values.reason
-    assert rows[1].values == {"prompt": "q4", "completion": "a4"}  # the rows after it read as before
+    assert rows[0].values.reason.startswith("a quote opened here is never closed (the file ends inside it)")
+    assert [row.values for row in rows[1:]] == [
+        {"prompt": "q2", "completion": "a2"},
+        {"prompt": "q3", "completion": "a3"},
+    ]
+    # Records of two lines each (a cell ending in a line break, as Excel writes them), one broken.
+    records = "".join(f'"question {n}?\n",answer {n}\r\n' for n in range(3))
+    broken = '"question?, nothing.\r\n'
+    (tmp_path / "two.csv").write_text("prompt,completion\r\n" + broken + records + records, encoding="utf-8-sig")
+    rows = list(read_rows(str(tmp_path / "two.csv")))
+    assert rows[0].where == "two.csv line 2" and isinstance(rows[0].values, _Malformed)
+    assert "does not pair up with the next one (on line 3" in rows[0].values.reason
+    assert [row.where for row in rows[1:3]] == ["two.csv lines 3-4", "two.csv lines 5-6"]
+    assert [row.values for row in rows[1:]] == [
+        {"prompt": f"question {n}?\n", "completion": f"answer {n}"} for n in (0, 1, 2) * 2
+    ]
     (tmp_path / "fine.csv").write_text('prompt,completion\nq1,"two\nlines, and ""quoted"""\n', encoding="utf-8")
     assert [row.values for row in read_rows(str(tmp_path / "fine.csv"))] == [
         {"prompt": "q1", "completion": 'two\nlines, and "quoted"'}

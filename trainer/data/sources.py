@@ -279,13 +279,42 @@ def _read_parquet(path: Path, label: str) -> Iterator[Row]:
         ) from None
 
 
+class _NumberedLines:
+    """The file's lines for csv.reader, numbered as an editor shows them, with the lines of the
+    record being read kept: a record the reader refuses gives back all but its first line, which are
+    read again (a quote left open must not take the lines after it with it)."""
+
+    def __init__(self, handle: Any):
+        self._handle = handle
+        self._again: list[tuple[int, str]] = []
+        self._number = 0
+        self.taken: list[tuple[int, str]] = []
+
+    def __iter__(self) -> _NumberedLines:
+        return self
+
+    def __next__(self) -> str:
+        if self._again:
+            item = self._again.pop(0)
+        else:
+            text = next(self._handle)
+            self._number += 1
+            item = (self._number, text)
+        self.taken.append(item)
+        return item[1]
+
+    def read_again_after_first(self) -> None:
+        self._again[:0] = self.taken[1:]
+
+
 def _read_csv(path: Path, label: str) -> Iterator[Row]:
     # utf-8-sig: a CSV saved by Excel ("CSV UTF-8") starts with a byte-order mark, which would
     # otherwise become part of the first column's name.
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        # strict: a quote left open ends in an error at the row, not in a cell that swallows the next
-        # lines (or the rest of the file) as text.
-        reader = csv.reader(handle, strict=True)
+        lines = _NumberedLines(handle)
+        # strict: a quote left open ends in an error at the record, not in a cell that swallows the
+        # next lines (or the rest of the file) as text.
+        reader = csv.reader(lines, strict=True)
         try:
             columns = next(reader, [])
             twice = sorted({name for name in columns if columns.count(name) > 1})
@@ -302,20 +331,22 @@ def _read_csv(path: Path, label: str) -> Iterator[Row]:
                     f"{path}: the header is one column, {columns[0]!r}: the file looks separated by {mark!r}, and "
                     "ftl reads comma-separated CSV; save it with commas (or as JSON Lines)"
                 )
-            end = reader.line_num
             while True:
+                lines.taken = []
                 try:
                     cells = next(reader)
                 except StopIteration:
                     break
                 except csv.Error as exc:
-                    start, end = end + 1, reader.line_num
-                    where = f"line {end}" if start >= end else f"lines {start}-{end}"
-                    yield Row(f"{label} {where}", _Malformed(_quote_problem(str(exc), start, end)))
+                    # The record is its first line alone; the lines after it are read again as
+                    # records of their own (trial 58b: one open quote cost the 262 rows after it).
+                    start, end = lines.taken[0][0], lines.taken[-1][0]
+                    yield Row(f"{label} line {start}", _Malformed(_quote_problem(str(exc), start, end)))
+                    lines.read_again_after_first()
                     continue
-                # line_num is the physical line just read (header is line 1), which is what editors show;
-                # a quoted cell with line breaks spans several lines.
-                start, end = end + 1, reader.line_num
+                # Numbered as an editor shows them (header is line 1); a quoted cell with line breaks
+                # spans several lines.
+                start, end = lines.taken[0][0], lines.taken[-1][0]
                 if not cells:  # a blank line (csv.DictReader skips them too)
                     continue
                 where = f"line {end}" if start >= end else f"lines {start}-{end}"
@@ -340,12 +371,11 @@ def _read_csv(path: Path, label: str) -> Iterator[Row]:
 
 
 def _quote_problem(error: str, start: int, end: int) -> str:
-    """A row the csv module could not read in strict mode: almost always a quote left open."""
+    """A record the csv module could not read in strict mode: a quote left open on its first line."""
     fix = 'close the quote, write a quote inside a quoted cell as two (""), or leave the cell unquoted'
     if "unexpected end of data" in error:
-        return f"a quote opened on line {start} is never closed, so the rest of the file (to line {end}) reads as one cell; {fix}"
-    spans = f" (a quote left open on line {start} makes the lines after it one cell)" if end > start else ""
-    return f"the quotes do not pair up: after a closing quote the cell must end ({error}){spans}; {fix}"
+        return f"a quote opened here is never closed (the file ends inside it); {fix}"
+    return f"a quote opened here does not pair up with the next one (on line {end}: {error}); {fix}"
 
 
 def _csv_record(columns: list[str], cells: list[str]) -> dict[str, str]:
