@@ -194,6 +194,11 @@ def load_model(
         kind = "a causal LM" if auto_class is AutoModelForCausalLM else f"a model for {auto_class.__name__}"
         raise TrainerInputError(f"model.path: cannot load {kind} from {model_cfg.path!r}: {exc}") from None
     except RuntimeError as exc:
+        if "PytorchStreamReader" in str(exc):  # a cut-off pytorch_model.bin (trial 58b: "run the same command again")
+            raise TrainerInputError(
+                f"model.path: a weights file in {model_cfg.path!r} is damaged ({_first_sentence(str(exc))}); copy the "
+                "model folder again (a cut-off download or copy)"
+            ) from None
         if "ignore_mismatched_sizes" not in str(exc):
             raise
         # transformers' own words point at a load report printed in this worker's log, away from the

@@ -82,7 +82,7 @@ def damaged_weights_problem(folder: Path) -> str | None:
         elif index.is_file():
             files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
         else:
-            return None
+            return _damaged_torch_file_problem(folder)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # an unreadable index is missing_weights_problem's to say
     for file in files:
@@ -105,6 +105,35 @@ def damaged_weights_problem(folder: Path) -> str | None:
                 f"model.path: {file} is cut off: its header describes {needed:,} bytes and the file holds {size:,}; "
                 "copy the model's weights again (a download or copy that stopped early?)"
             )
+    return None
+
+
+def _damaged_torch_file_problem(folder: Path) -> str | None:
+    """A pytorch_model.bin (or a shard of one) that is no zip archive, as torch.save writes them
+    since torch 1.6, nor the older pickle format: cut off (the zip's directory is at its end) or no
+    weights at all (trial 58b: "PytorchStreamReader failed reading zip archive" from the workers)."""
+    import zipfile
+
+    index = folder / "pytorch_model.bin.index.json"
+    try:
+        if (folder / "pytorch_model.bin").is_file():
+            files = [folder / "pytorch_model.bin"]
+        elif index.is_file():
+            files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    for file in files:
+        if not file.is_file():
+            continue  # a missing shard: said by missing_weights_problem
+        with file.open("rb") as stream:
+            legacy = stream.read(2) == b"\x80\x02"  # torch's format before 1.6: a pickle, protocol 2
+        if not legacy and not zipfile.is_zipfile(file):
+            what = (
+                "is empty" if file.stat().st_size == 0 else "is cut off or not a PyTorch weights file (no zip archive)"
+            )
+            return f"model.path: {file} {what}; copy the model's weights again (a download or copy that stopped early?)"
     return None
 
 

@@ -43,7 +43,10 @@ def plan_command(args: argparse.Namespace) -> int:
     )
     per_node = args.gpus_per_node or (cfg.cluster.workers if args.nodes == 1 else 1)
     target = Target(ram_share(acc, per_node), per_node, args.nodes)
-    plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
+    try:
+        plan = plan_run(cfg, target, mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a traceback before (trial 58b)
+        raise UserError(f"cannot plan this model: {cannot_plan_reason(cfg, exc)}") from None
     print(render(plan))
     beside, whose = ray_on_cpu_bytes(cfg) if not acc.is_gpu else (0, "")
     if beside:  # the per-worker table is the trainer's; Ray's library and daemons come on top (the fit check adds them)
@@ -155,6 +158,29 @@ def unsizable_model_problem(cfg: RunConfig) -> str | None:
     return None
 
 
+def cannot_plan_reason(cfg: RunConfig, exc: BaseException) -> str:
+    """Why the planner could not build this model, in one short line: transformers' errors go on to
+    list every model type it knows (trial 58b: a line of 12,104 characters)."""
+    from launcher.plan.catalogue import model_config_fields
+
+    try:
+        _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
+    except (UserError, OSError, ValueError):
+        fields = {}
+    if isinstance(fields, dict) and fields.get("auto_map") and cfg.model.trust_remote_code:
+        return (
+            "its modelling code is the model folder's own (auto_map, model.trust_remote_code), which the planner "
+            "does not run: it sizes models of transformers' own classes"
+        )
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    cut = first.find(" Should contain one of")  # AutoConfig's list of every model type
+    first = first[:cut] if cut > 0 else first
+    if len(first) > 300:
+        first = first[:300].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {first}"
+
+
 def fit_verdict(cfg: RunConfig) -> FitVerdict:
     """The fit check's judgement (check_fit before `ftl train`, a row of `ftl doctor`). On GPU the
     budget is one device per worker; on a CPU-only machine all local workers share the available
@@ -179,9 +205,7 @@ def fit_verdict(cfg: RunConfig) -> FitVerdict:
     except TrainerInputError:  # the config names what this model does not have: the workers would refuse it too
         raise
     except Exception as exc:  # noqa: BLE001 - reported, then the run goes on
-        # The first line: transformers goes on to list every model type it knows (hundreds).
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return FitVerdict(None, f"skipped: cannot plan this model ({type(exc).__name__}: {first})")
+        return FitVerdict(None, f"skipped: cannot plan this model ({cannot_plan_reason(cfg, exc)})")
     memory = plan.memory
     if acc.is_gpu:
         need, have, what = memory.total_bytes, acc.memory_bytes, f"per GPU ({acc.name})"

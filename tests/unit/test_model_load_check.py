@@ -194,3 +194,45 @@ def test_a_worker_refuses_blocks_the_weights_do_not_hold(tmp_path: Path) -> None
     with pytest.raises(TrainerInputError, match="hold no values for blocks 4-5 of the model its config.json describes"):
         load_model(ModelConfig(path=str(model)), MethodConfig(type="lora"), "cpu")
     load_model(ModelConfig(path=str(BUNDLED_MODEL)), MethodConfig(type="lora"), "cpu")  # the whole model loads
+
+
+def test_a_cut_off_pytorch_bin_is_said_before_the_start_and_by_a_worker(tmp_path: Path) -> None:
+    """Trial 58b: validate said valid, the workers failed with torch's zip error and the advice to
+    run the same command again."""
+    import torch
+
+    from launcher.config_loader import load_config
+    from launcher.model_check import model_load_problem
+    from trainer.config import MethodConfig, ModelConfig
+    from trainer.errors import TrainerInputError
+    from trainer.model_builder import load_model
+    from trainer.weight_shapes import damaged_weights_problem
+
+    model = _variant(tmp_path, "bin", lambda f: None, weights=False)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(BUNDLED_MODEL / "model.safetensors")), model / "pytorch_model.bin")
+    assert damaged_weights_problem(model) is None
+    whole = (model / "pytorch_model.bin").read_bytes()
+    (model / "pytorch_model.bin").write_bytes(whole[: len(whole) // 2])
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", model, tmp_path / "run")), [])
+    assert "pytorch_model.bin is cut off or not a PyTorch weights file" in (model_load_problem(cfg) or "")
+    with pytest.raises(TrainerInputError, match="is damaged .*copy the model folder again"):
+        load_model(ModelConfig(path=str(model)), MethodConfig(type="lora"), "cpu")
+
+
+def test_plan_says_it_cannot_size_a_model_of_its_own_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 58b: a traceback from `ftl plan`, and a fit-check line of 12,104 characters from train."""
+    model = _variant(
+        tmp_path,
+        "own",
+        lambda f: f.update(model_type="ownllama", auto_map={"AutoConfig": "conf.OwnConfig"}),
+    )
+    (model / "conf.py").write_text(
+        "from transformers import LlamaConfig\n\nclass OwnConfig(LlamaConfig):\n    model_type = 'ownllama'\n"
+    )
+    config = write_config(tmp_path / "c.yaml", model, tmp_path / "run")
+    assert launcher.cli.main(["plan", str(config), "model.trust_remote_code=true"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot plan this model: its modelling code is the model folder's own (auto_map" in err, err
+    assert "Traceback" not in err and len(err) < 2000

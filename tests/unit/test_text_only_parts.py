@@ -4,8 +4,10 @@ workers (tests/integration/test_multimodal_text_runs.py) and by the plan that si
 
 from __future__ import annotations
 
+import logging
 import re
 
+import pytest
 import transformers as T
 
 from launcher.plan.inventory_build import build_inventory
@@ -48,3 +50,25 @@ def test_the_plan_counts_no_tower_as_trainable() -> None:
         trainable = [p.name for p in inventory.params if p.trainable]
         assert trainable and any("language_model" in name for name in trainable), method
         assert not [n for n in trainable if "vision" in n or "multi_modal_projector" in n], (method, trainable)
+
+
+def test_a_named_target_only_outside_the_text_model_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    """Trial 58b: `extra_head`, a module the causal-LM forward never runs, was left out of the
+    adapters without a word though target_modules named it."""
+    import torch
+
+    from trainer.transfer.text_only import say_parts_left_out
+
+    model = T.LlamaForCausalLM(T.LlamaConfig(**TEXT))
+    model.extra_head = torch.nn.Linear(4, 4)
+    assert parts_outside_the_text_model(model) == ["extra_head"]
+    with caplog.at_level(logging.INFO, logger="trainer.transfer.text_only"):
+        say_parts_left_out(model, ["q_proj", "extra_head"])
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said == [
+        "method.lora.target_modules: extra_head is only in extra_head, which text data never runs: no adapters there"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="trainer.transfer.text_only"):
+        say_parts_left_out(model, "all-linear")
+    assert [r.levelno for r in caplog.records] == [logging.INFO]  # said in the rank log only

@@ -22,7 +22,7 @@ from trainer.transfer.heads import (
     peft_task_type,
 )
 from trainer.transfer.model_parts import decoder_blocks, head_modules, model_parts, pooler_modules
-from trainer.transfer.text_only import freeze_outside_the_text_model, outside_text_model_regex
+from trainer.transfer.text_only import freeze_outside_the_text_model, outside_text_model_regex, say_parts_left_out
 
 
 def build_model(
@@ -47,6 +47,8 @@ def build_model(
             task_head_regex(model, head),
             outside_text_model_regex(model) if head.type == "causal_lm" else None,
         )
+        if head.type == "causal_lm":
+            say_parts_left_out(model, cfg.method.lora.target_modules)
     # An encoder's pooler is new for the task like the classifier (model_parts counts it as the head).
     # An image classifier has no PEFT task type to save it: it is new too.
     new_modules = [*pooler_modules(model), *head_modules_to_save(head, model)] if head.is_classification else None

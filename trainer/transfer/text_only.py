@@ -63,3 +63,33 @@ def freeze_outside_the_text_model(model: torch.nn.Module) -> None:
             ", ".join(parts),
             frozen,
         )
+
+
+def say_parts_left_out(model: torch.nn.Module, targets: str | list[str]) -> None:
+    """LoRA on a model whose parts outside the text model get no adapters: said in the rank log, and
+    as a warning when method.lora.target_modules names a module only those parts have (trial 58b:
+    a name the user typed was left out without a word)."""
+    parts = parts_outside_the_text_model(model)
+    if not parts:
+        return
+    log.info("text data runs only the language model: %s get no adapters", ", ".join(parts))
+    if isinstance(targets, str):
+        return  # all-linear, or a pattern: what it matches outside is left out as designed
+    inside = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if not _within(name, parts)}
+    only_outside = [
+        target
+        for target in targets
+        if target not in inside
+        and any(_within(name, parts) for name, _ in model.named_modules() if name.endswith(target))
+    ]
+    if only_outside:
+        log.warning(
+            "method.lora.target_modules: %s %s only in %s, which text data never runs: no adapters there",
+            ", ".join(only_outside),
+            "is" if len(only_outside) == 1 else "are",
+            ", ".join(parts),
+        )
+
+
+def _within(name: str, parts: list[str]) -> bool:
+    return any(name == part or name.startswith(part + ".") for part in parts)
