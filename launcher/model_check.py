@@ -12,6 +12,7 @@ as the fit check's inventory is; the weights' shapes are read from their headers
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -68,7 +69,7 @@ def model_load_problem(cfg: RunConfig, need_weights: bool = True) -> str | None:
         return f"model.path: {where}: {verdict['error']}"
     if folder is None or fields.get("quantization_config"):
         return None  # weights not here yet, or packed 4/8-bit shapes the config does not describe
-    held = checkpoint_shapes(folder)
+    held = _held_shapes(folder)
     if held is None:
         return None
     base_only = cfg.transfer.head.type != "causal_lm"  # a classifier's head is new, of the run's size
@@ -84,6 +85,25 @@ def model_load_problem(cfg: RunConfig, need_weights: bool = True) -> str | None:
             f"{blocks}, or use the weights that came with it"
         )
     return None
+
+
+def _held_shapes(folder: Path) -> dict[str, list[int]] | None:
+    """checkpoint_shapes, read once per command for both the load check and the more-blocks
+    warning (a 70B model's headers are tens of shards), again when a weights file changes."""
+    try:
+        stamp = tuple(
+            (entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+            for entry in sorted(folder.iterdir())
+            if entry.name.endswith((".safetensors", ".json"))
+        )
+    except OSError:
+        return None
+    return _shapes_of(folder, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _shapes_of(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> dict[str, list[int]] | None:
+    return checkpoint_shapes(folder)
 
 
 def _span(indexes: list[int]) -> str:
@@ -119,7 +139,7 @@ def model_load_warning(cfg: RunConfig) -> str | None:
     folder, fields = found
     if folder is None:
         return None  # a hub model: its weights are the workers' to download
-    held = checkpoint_shapes(folder)
+    held = _held_shapes(folder)
     if held is None or fields.get("quantization_config"):
         return None
     verdict = model_verdict(fields, cfg.transfer.head.type)
@@ -190,8 +210,16 @@ def model_verdict(fields: dict[str, Any], head_type: str, *, root: Path | None =
     base model's attribute; "defaulted": size keys config.json leaves out -> transformers' value;
     "packing_problem": the workers' refusal of data.packing for this architecture, or None;
     "position_limit": the rows of a learned position table (GPT-2, OPT, BERT), or None},
-    from the cache when this config, head and library versions were judged before (no torch)."""
-    entry = (root or cache_root() / "model-check") / f"{_key(fields, head_type)}.json"
+    from the cache when this config, head and library versions were judged before (no torch).
+    A command asks up to four times (load, warning, packing, positions): answered once per process."""
+    folder = root or cache_root() / "model-check"
+    return _verdict(json.dumps(fields, sort_keys=True, default=str), head_type, str(folder))
+
+
+@functools.lru_cache(maxsize=16)
+def _verdict(config_text: str, head_type: str, folder: str) -> dict[str, Any]:
+    fields = json.loads(config_text)
+    entry = Path(folder) / f"{_key(fields, head_type)}.json"
     try:
         verdict = json.loads(entry.read_text())
         if isinstance(verdict, dict) and _VERDICT_KEYS <= set(verdict):

@@ -177,6 +177,27 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> 
     return out
 
 
+def tiny_gemma3_config(**text: Any) -> Any:
+    """A Gemma 3 of a few KB (a vision tower and a projector beside its language model): the
+    multimodal model trained on text in test_multimodal_text_runs and test_text_only_parts.
+    `text`: text_config fields over the tiny sizes (the tokenizer's vocabulary and special ids)."""
+    from transformers import Gemma3Config
+
+    sizes = {
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    }
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = Gemma3Config(text_config={**sizes, **text}, vision_config={**vision, "image_size": 28, "patch_size": 14})
+    config.mm_tokens_per_image = 4
+    return config
+
+
 def write_config(path: Path, model_dir: Path, run_dir: Path, **sections: dict[str, Any]) -> Path:
     """A small, fast config on the bundled QA data; `sections` deep-merge over the defaults."""
     config: dict[str, Any] = {

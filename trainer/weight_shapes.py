@@ -42,6 +42,8 @@ SIZE_KEYS = (
 )
 _SHOWN = 3  # mismatches named in a message; the rest counted
 _INDEX = re.compile(r"\.(\d+)\.")  # a block's index in a parameter name: model.layers.3.mlp
+# What reading a weights index (or a safetensors header) can raise: not there, not JSON, no weight_map.
+_UNREADABLE_INDEX = (OSError, ValueError, KeyError, TypeError, AttributeError)
 
 
 def missing_weights_problem(folder: Path) -> str | None:
@@ -57,9 +59,8 @@ def missing_weights_problem(folder: Path) -> str | None:
         )
     if present[0].endswith(".index.json"):
         try:
-            weight_map = json.loads((folder / present[0]).read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            shards = _index_shards(folder / present[0])
+        except _UNREADABLE_INDEX as exc:
             return f"model.path: {folder / present[0]} cannot be read as a weights index ({exc}); copy it again"
         absent = [shard for shard in shards if not (folder / shard).is_file()]
         if absent:
@@ -75,16 +76,12 @@ def missing_weights_problem(folder: Path) -> str | None:
 def damaged_weights_problem(folder: Path) -> str | None:
     """A safetensors weights file that is empty, not safetensors, or shorter than its header says
     (a cut-off download or copy): found by the workers only once they load it."""
-    index = folder / "model.safetensors.index.json"
     try:
-        if (folder / "model.safetensors").is_file():
-            files = [folder / "model.safetensors"]
-        elif index.is_file():
-            files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        else:
-            return _damaged_torch_file_problem(folder)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        files = _weight_files(folder, "model.safetensors")
+    except _UNREADABLE_INDEX:
         return None  # an unreadable index is missing_weights_problem's to say
+    if not files:
+        return _damaged_torch_file_problem(folder)
     for file in files:
         size = file.stat().st_size if file.is_file() else None
         if size is None:
@@ -114,16 +111,10 @@ def _damaged_torch_file_problem(folder: Path) -> str | None:
     weights at all (trial 58b: "PytorchStreamReader failed reading zip archive" from the workers)."""
     import zipfile
 
-    index = folder / "pytorch_model.bin.index.json"
     try:
-        if (folder / "pytorch_model.bin").is_file():
-            files = [folder / "pytorch_model.bin"]
-        elif index.is_file():
-            files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        else:
-            return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+        files = _weight_files(folder, "pytorch_model.bin")
+    except _UNREADABLE_INDEX:
+        return None  # said by missing_weights_problem
     for file in files:
         if not file.is_file():
             continue  # a missing shard: said by missing_weights_problem
@@ -140,22 +131,32 @@ def _damaged_torch_file_problem(folder: Path) -> str | None:
 def checkpoint_shapes(folder: Path) -> dict[str, list[int]] | None:
     """Each tensor's shape, from the headers of the folder's safetensors weights; None when its
     weights are not safetensors or a header cannot be read (the load then says what it finds)."""
-    index = folder / "model.safetensors.index.json"
     try:
-        if (folder / "model.safetensors").is_file():
-            files = [folder / "model.safetensors"]
-        elif index.is_file():
-            files = [folder / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        else:
+        files = _weight_files(folder, "model.safetensors")
+        if not files:
             return None
         shapes: dict[str, list[int]] = {}
         for file in files:
             for name, meta in _header(file).items():
                 if name != "__metadata__":
                     shapes[name] = [int(size) for size in meta["shape"]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except _UNREADABLE_INDEX:
         return None
     return shapes
+
+
+def _weight_files(folder: Path, name: str) -> list[Path]:
+    """The folder's weights files of one format: `name` itself, else the shards its .index.json
+    names (some perhaps missing); [] when it has neither. Raises one of _UNREADABLE_INDEX."""
+    if (folder / name).is_file():
+        return [folder / name]
+    index = folder / f"{name}.index.json"
+    return [folder / shard for shard in _index_shards(index)] if index.is_file() else []
+
+
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names a sharded checkpoint's .index.json maps its tensors to."""
+    return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
 
 
 def _header(path: Path) -> dict[str, Any]:

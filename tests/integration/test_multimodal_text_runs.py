@@ -13,32 +13,23 @@ import pytest
 from safetensors import safe_open
 
 from launcher.commands import train
-from tests.conftest import FTL, REPO, write_config
+from tests.conftest import FTL, REPO, tiny_gemma3_config, write_config
 from trainer.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
 def gemma3_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM, Gemma3Config
+    from transformers import AutoModelForCausalLM
 
     out = tmp_path_factory.mktemp("tiny-gemma3")
     torch.manual_seed(0)
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
-    config = Gemma3Config(text_config=text, vision_config={**vision, "image_size": 28, "patch_size": 14})
-    config.mm_tokens_per_image = 4
+    config = tiny_gemma3_config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out

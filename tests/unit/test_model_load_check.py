@@ -92,13 +92,14 @@ def test_validate_plan_and_train_refuse_what_transformers_cannot_load(
 
 def test_the_answer_is_kept_for_the_next_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Judging a config builds its model (torch imported: seconds); the next command reads the answer."""
-    from launcher import model_build_verdict
+    from launcher import model_build_verdict, model_check
 
     model = _variant(tmp_path, "vocab", CASES["vocab"][0])
     config = write_config(tmp_path / "c.yaml", model, tmp_path / "run")
     assert launcher.cli.main(["validate", str(config)]) == 2
     first = capsys.readouterr().err
     built = []
+    model_check._verdict.cache_clear()  # a new command is a new process: only FTL_CACHE_DIR is kept
     original = model_build_verdict.build_verdict
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model_build_verdict, "build_verdict", lambda *a: built.append(a) or original(*a))

@@ -11,24 +11,22 @@ import pytest
 import transformers as T
 
 from launcher.plan.inventory_build import build_inventory
+from tests.conftest import tiny_gemma3_config
 from trainer.config import MethodConfig
 from trainer.transfer.text_only import outside_text_model_regex, parts_outside_the_text_model
 
+# A text-only model of the same sizes as the tiny Gemma 3's language model.
 TEXT = {
     "vocab_size": 256,
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
 }
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
 
 
 def _gemma3() -> T.PreTrainedModel:
-    config = T.Gemma3Config(text_config=TEXT, vision_config={**VISION, "image_size": 28, "patch_size": 14})
-    return T.AutoModelForCausalLM.from_config(config)
+    return T.AutoModelForCausalLM.from_config(tiny_gemma3_config())
 
 
 def test_the_towers_of_a_multimodal_model_and_nothing_of_a_text_model() -> None:
