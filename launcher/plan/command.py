@@ -36,6 +36,9 @@ def plan_command(args: argparse.Namespace) -> int:
     architecture = architecture_problem(cfg) or model_load_problem(cfg, need_weights=False)
     if architecture:
         raise UserError(architecture)
+    own = own_code_reason(cfg)
+    if own:
+        raise UserError(f"cannot plan this model: {own}")
     acc = (
         accelerator(args.gpu, args.gpu_memory, args.peak_tflops)
         if args.gpu
@@ -158,20 +161,30 @@ def unsizable_model_problem(cfg: RunConfig) -> str | None:
     return None
 
 
-def cannot_plan_reason(cfg: RunConfig, exc: BaseException) -> str:
-    """Why the planner could not build this model, in one short line: transformers' errors go on to
-    list every model type it knows (trial 58b: a line of 12,104 characters)."""
+def own_code_reason(cfg: RunConfig) -> str | None:
+    """Why the planner does not size a model of its folder's own code (auto_map, trusted); asked
+    before the planner starts, which would import torch and transformers only to fail (~6 s of
+    every validate and train of such a model)."""
     from launcher.plan.catalogue import model_config_fields
 
     try:
         _, fields = model_config_fields(cfg.model.path, cfg.model.revision)
     except (UserError, OSError, ValueError):
-        fields = {}
+        return None
     if isinstance(fields, dict) and fields.get("auto_map") and cfg.model.trust_remote_code:
         return (
             "its modelling code is the model folder's own (auto_map, model.trust_remote_code), which the planner "
             "does not run: it sizes models of transformers' own classes"
         )
+    return None
+
+
+def cannot_plan_reason(cfg: RunConfig, exc: BaseException) -> str:
+    """Why the planner could not build this model, in one short line: transformers' errors go on to
+    list every model type it knows (trial 58b: a line of 12,104 characters)."""
+    own = own_code_reason(cfg)
+    if own:
+        return own
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     first = lines[0] if lines else ""
     cut = first.find(" Should contain one of")  # AutoConfig's list of every model type
@@ -191,6 +204,9 @@ def fit_verdict(cfg: RunConfig) -> FitVerdict:
             "skipped: a Slurm job runs on the allocation's nodes; `ftl plan CONFIG --gpu TYPE --gpus-per-node N` "
             "plans for them",
         )
+    own = own_code_reason(cfg)
+    if own:
+        return FitVerdict(None, f"skipped: cannot plan this model ({own})")
     workers = cfg.cluster.workers
     acc = ram_share(this_machine(), workers)  # on CPU each worker gets its share of the RAM, as in `ftl plan`
     try:

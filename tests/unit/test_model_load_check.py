@@ -237,3 +237,16 @@ def test_plan_says_it_cannot_size_a_model_of_its_own_code(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "cannot plan this model: its modelling code is the model folder's own (auto_map" in err, err
     assert "Traceback" not in err and len(err) < 2000
+    # The fit check (train's, validate's, doctor's) knows that without building anything: the
+    # planner imported torch and transformers only to fail, ~6 s of every validate of such a model.
+    from launcher.config_loader import load_config
+    from launcher.plan import command
+
+    planned = []
+    original = command.plan_run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(command, "plan_run", lambda *a, **k: planned.append(a) or original(*a, **k))
+        verdict = command.fit_verdict(load_config(config, ["model.trust_remote_code=true"]))
+        assert verdict.fits is None and "the model folder's own (auto_map" in verdict.said, verdict
+        assert launcher.cli.main(["validate", str(config), "model.trust_remote_code=true"]) == 0
+    assert planned == []
