@@ -30,7 +30,13 @@ from trainer.secret_values import redact_argv, secret_problems
 # torchrun/Axolotl); model/tokenizer/data values that do not exist locally may be hub names.
 LOCAL_OR_HUB_KEYS = ("model.path", "model.tokenizer", "data.train", "data.validation", "data.test", "eval.retain")
 MIXTURE_PATH_KEYS = ("train", "validation")  # in each data.mixture entry
-LOCAL_ONLY_KEYS = ("output.dir", "output.local_dir", "data.cache_dir")
+LOCAL_ONLY_KEYS = (
+    "output.dir",
+    "output.local_dir",
+    "data.cache_dir",
+    "parallel.deepspeed_config",
+    "parallel.nvme_path",
+)
 
 # Names users bring from other tools, for the did-you-mean hint where spelling distance fails.
 KEY_ALIASES = {

@@ -232,6 +232,18 @@ def config_checks(cfg: Any) -> list[Check]:
                 "pip install 'ftl[gpu]' on a CUDA machine, or use attn_implementation=auto",
             )
         )
+    if cfg.parallel.deepspeed_config:  # trial 59a: a missing file passed doctor; the workers failed on it
+        from launcher.deepspeed_check import deepspeed_config_problems
+
+        problems = deepspeed_config_problems(cfg)
+        checks.append(
+            Check(
+                "DeepSpeed config JSON",
+                not problems,
+                "; ".join(problems) if problems else f"{cfg.parallel.deepspeed_config} merges over ftl's own",
+                "fix the file or parallel.deepspeed_config as said" if problems else "",
+            )
+        )
     if cfg.parallel.offload_optimizer != "none" or cfg.parallel.offload_params != "none":
         compiler = shutil.which("c++") or shutil.which("g++")
         checks.append(

@@ -60,6 +60,9 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             "point it at a folder, or unset it for ~/.cache/ftl"
         )
     problems += gpu_only_problems(cfg)
+    from launcher.deepspeed_check import deepspeed_config_problems
+
+    problems += deepspeed_config_problems(cfg)
     from trainer.adapter_init import adapter_init_problem
 
     if not model_config_problems(cfg):  # the checks that read the model's config.json

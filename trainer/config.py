@@ -543,6 +543,12 @@ class ParallelConfig(Section):
                 "parallel.mixed_precision=fp16 needs dynamic loss scaling, which ftl gets from DeepSpeed: "
                 "use bf16, or parallel.strategy=deepspeed"
             )
+        if self.deepspeed_config and strategy != "deepspeed":
+            # Ignored without a word before (trial 59a), as offload_optimizer is refused below.
+            raise ValueError(
+                f"parallel.deepspeed_config is read with parallel.strategy=deepspeed only (this run's is {strategy}); "
+                "remove it, or set parallel.strategy: deepspeed"
+            )
         if self.offload_optimizer != "none" and strategy != "deepspeed":
             raise ValueError(
                 "parallel.offload_optimizer needs parallel.strategy=deepspeed "

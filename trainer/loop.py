@@ -165,6 +165,6 @@ def _say_skipped(console: RunConsole, step: int, scale: float, count: int) -> No
     more = "; further skipped steps are counted in summary.json (skipped_steps)" if count == SKIPPED_STEPS_SAID else ""
     console.event(
         f"step {step}: fp16 gradients overflowed at loss scale {scale:g}, so this step changed no weight and the "
-        f"learning-rate schedule waits (DeepSpeed lowers the scale and goes on; the first steps of an fp16 run "
-        f"often do this){more}"
+        "learning-rate schedule waits (DeepSpeed halves the scale after fp16.hysteresis overflows, 2 by default, "
+        f"and goes on; the first steps of an fp16 run often do this){more}"
     )

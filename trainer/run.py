@@ -6,6 +6,7 @@ loop, then final evaluation and export. Writes only inside context.run_dir.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -329,7 +330,11 @@ def _build_trainee(
     ):
         if idle_setting and ctx.is_main:
             console.event(f"warning: {idle_setting}")
-    model, optimizer = strategy.wrap(base, transfer.make_optimizer)
+    build = strategy.build_ahead() if ctx.is_main else None
+    if build:
+        console.event(f"note: {build}")
+    with console.while_busy("building DeepSpeed's CPU Adam") if build else contextlib.nullcontext():
+        model, optimizer = strategy.wrap(base, transfer.make_optimizer)
     scheduler = build_scheduler(optimizer, cfg.training, total_steps)
     fingerprint = rows_fingerprint(data.train) if ctx.is_main else None  # rank 0 writes the manifests
     if resume_from and ctx.is_main:

@@ -65,6 +65,11 @@ class Strategy(abc.ABC):
     ) -> tuple[torch.nn.Module, Optimizer]:
         """Wrap the model for training and build its optimizer over the wrapped parameters."""
 
+    def build_ahead(self) -> str | None:
+        """What wrap() is about to build the first time on this machine (minutes without a line
+        otherwise), said before it starts; None for most strategies."""
+        return None
+
     @abc.abstractmethod
     def unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module with the original parameter names (for evaluation and export)."""

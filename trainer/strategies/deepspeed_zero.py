@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer.cache_dir import cache_root
 from trainer.config import ParallelConfig, TrainingConfig
-from trainer.dict_merge import deep_merged
-from trainer.errors import TrainerInputError
-from trainer.global_batch import global_batch_size
 from trainer.strategies.base import Optimizer, Strategy, host_copy_once, resolved_precision
+from trainer.strategies.deepspeed_json import generated_config, merged_config, read_user_config
 from trainer.strategies.registry import register
 
 if TYPE_CHECKING:
@@ -36,40 +34,22 @@ if TYPE_CHECKING:
 def deepspeed_config(
     training: TrainingConfig, parallel: ParallelConfig, world_size: int, *, load_universal: bool = False
 ) -> dict[str, Any]:
-    """Our DeepSpeed config, generated from the run config, with the user's JSON merged over it.
+    """Our DeepSpeed config, generated from the run config, with the user's JSON merged over it
+    (refused where it changes what the run config decides: trainer/strategies/deepspeed_json.py).
     `load_universal`: the engine will load a universal checkpoint (a resume on another worker count)."""
-    zero: dict[str, Any] = {"stage": parallel.zero_stage}
-    if parallel.zero_stage == 3:
-        # Partition every parameter (DeepSpeed keeps small ones replicated by default), so the
-        # memory split is what the stage promises, and 16-bit weights can be gathered at save.
-        zero["stage3_param_persistence_threshold"] = 0
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    if parallel.offload_optimizer != "none":
-        zero["offload_optimizer"] = _offload(parallel.offload_optimizer, parallel.nvme_path)
-    if parallel.offload_params != "none":
-        zero["offload_param"] = _offload(parallel.offload_params, parallel.nvme_path)
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": training.micro_batch_size,
-        "gradient_accumulation_steps": training.gradient_accumulation_steps,
-        "train_batch_size": global_batch_size(
-            training.micro_batch_size, training.gradient_accumulation_steps, world_size
-        ),
-        "gradient_clipping": training.max_grad_norm or 0.0,
-        "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
     precision = resolved_precision(parallel.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
-    if precision == "bf16":
-        config["bf16"] = {"enabled": True}
-    elif precision == "fp16":
-        config["fp16"] = {"enabled": True, "loss_scale": 0}
+    config = generated_config(training, parallel, world_size, precision)
     if parallel.deepspeed_config:
-        config = deep_merged(config, _read_user_config(parallel.deepspeed_config))
+        config = merged_config(config, read_user_config(parallel.deepspeed_config), parallel.deepspeed_config)
     # After the user's JSON: which format the engine loads is ftl's decision (from the manifest).
     config.setdefault("checkpoint", {})["load_universal"] = load_universal
     return config
+
+
+def torch_extensions_dir() -> Path:
+    """Where DeepSpeed JIT-builds its ops (CPU Adam): $TORCH_EXTENSIONS_DIR, else in ftl's cache
+    ($FTL_CACHE_DIR/torch_extensions, ~/.cache/ftl/torch_extensions by default)."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cache_root() / "torch_extensions")
 
 
 @register("deepspeed")
@@ -105,7 +85,7 @@ class DeepSpeedStrategy(Strategy):
     def wrap(
         self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
     ) -> tuple[torch.nn.Module, Optimizer]:
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ftl" / "torch_extensions"))
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(torch_extensions_dir()))
         import deepspeed
 
         _skip_shared_memory_allreduce_build()
@@ -119,6 +99,18 @@ class DeepSpeedStrategy(Strategy):
         self.engine = engine
         # The ZeRO optimizer is what holds the live param_groups our LR schedule writes into.
         return engine, engine.optimizer
+
+    def build_ahead(self) -> str | None:
+        """Trial 59a: the first run with offload_optimizer spent ~58 s building DeepSpeed's CPU Adam
+        with nothing on the console or in the log."""
+        if self.parallel.offload_optimizer == "none":
+            return None
+        from deepspeed.git_version_info import installed_ops
+
+        folder = torch_extensions_dir() / "cpu_adam"
+        if installed_ops.get("cpu_adam") or any(folder.glob("cpu_adam*.so")):
+            return None  # prebuilt with DeepSpeed, or built by an earlier run
+        return f"building DeepSpeed's CPU Adam (parallel.offload_optimizer) into {folder}: once per machine, ~1-2 min"
 
     def _optimizer(
         self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
@@ -208,27 +200,5 @@ def _skip_shared_memory_allreduce_build() -> None:
     backend_module.build_shm_op = lambda: None
 
 
-def _offload(device: str, nvme_path: str | None) -> dict[str, Any]:
-    if device == "nvme":
-        if not nvme_path:
-            raise TrainerInputError(
-                "parallel.offload_*=nvme needs parallel.nvme_path (a directory on a fast local disk)"
-            )
-        return {"device": "nvme", "nvme_path": nvme_path}
-    return {"device": "cpu"}
-
-
 def _is_ds_cpu_adam(optimizer: Any) -> bool:
     return type(optimizer).__name__ == "DeepSpeedCPUAdam"
-
-
-def _read_user_config(path: str) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise TrainerInputError(f"parallel.deepspeed_config: {path} not found") from None
-    except json.JSONDecodeError as exc:
-        raise TrainerInputError(f"parallel.deepspeed_config: {path} line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise TrainerInputError(f"parallel.deepspeed_config: {path} must hold a JSON object")
-    return data
