@@ -1,4 +1,5 @@
-"""Ray Train's harmless "Failed to send resource request" warning, off the console.
+"""Ray Train's harmless "Failed to send resource request" warning, off the console (and its
+placement timeouts' tracebacks, which ftl says in a line of its own).
 
 Ray Train's controller registers the run with Ray's autoscaling coordinator, an actor it creates on
 first use, and gives the call 5 s. On a loaded machine starting that actor takes longer: the
@@ -27,6 +28,10 @@ SAID = (
     "and the run goes on"
 )
 
+
+# Ray Train's controller logs each worker group it could not place in time with a 30-line
+# traceback (trial 59b: one every 60 s, for ever); cluster/ray_stop_waiting.py says it in one line.
+PLACEMENT_TIMEOUT = "Error in control loop iteration: The worker group startup timed out"
 
 MUTEX_ABORT = "Mutex corrupt"  # abseil's check in Ray's C++ core (the dump's first line)
 # The lines of a fatal-signal dump (abseil's, then Python's faulthandler) after its first line.
@@ -73,6 +78,9 @@ class TransientWarningFilter:
                 if not self.said:
                     self.said = True
                     kept.append(SAID)
+                continue
+            if line.startswith(PLACEMENT_TIMEOUT):  # ftl's failure policy says it in one line
+                self._skipping[pid] = 0
                 continue
             skipped = self._skipping.get(pid)
             if skipped is None:

@@ -56,6 +56,7 @@ from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
 from cluster.ray_console_filter import quiet_transient_ray_warnings
 from cluster.ray_daemon_group import DaemonGroup, start_daemon_group
 from cluster.ray_leftovers import adopt_orphans, end_leftover_ray_processes
+from cluster.ray_stop_waiting import say_placement_wait, stop_was_requested, stopped_without_workers
 from cluster.results import clear_result, recorded_input_error, take_result
 from cluster.run_storage import (
     RemoteRun,
@@ -204,6 +205,9 @@ def launch_ray(
                 write_failure = next(iter(_final_worker_errors(exc, RunWriteError)), None)
                 if write_failure is not None:  # disk full: the worker's clear message is above
                     raise RunWriteError(str(write_failure)) from None
+                stopped = stopped_without_workers(run_dir, exc)
+                if stopped is not None:  # asked while Ray had no worker group to stop
+                    raise stopped from None
                 controller_write = getattr(exc, "controller_failure", None)
                 if isinstance(controller_write, OSError):  # Ray's own state, beside the run (disk full)
                     raise RayStorageWriteFailed(
@@ -351,6 +355,9 @@ def input_errors_not_retried(policy: Any, run_dir: Path) -> Any:
                 or isinstance(getattr(training_failed_error, "controller_failure", None), OSError)
             ):
                 return FailureDecision.RAISE
+            if stop_was_requested(run_dir):  # no new worker group only to stop it (trial 59b)
+                return FailureDecision.RAISE
+            say_placement_wait(training_failed_error)
             return self.inner.make_decision(training_failed_error)
 
     return InputErrorsAreFinal()
@@ -437,6 +444,8 @@ def joined_cluster_env(address: str) -> dict[str, str]:
     instances"), where the controller does not exist, and would remove the run's placement group.
     (A local Ray that ftl starts gets the same from _own_address_for_children.)"""
     env = {k: v for k, v in forwarded_env().items() if k in plain_env(forwarded_env()) or k.startswith(STORAGE_ENV)}
+    # Ray Train's own settings (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S...) are read by its controller.
+    env.update({k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")})
     host, _, port = address.rpartition(":")
     if "://" not in address and host and port.isdigit():
         env[RAY_ADDRESS_ENV] = address
@@ -734,10 +743,12 @@ def check_resources(cluster: ClusterConfig, cpus: float, gpus: float, started_he
     advice = "lower cluster.workers or the reservation per worker"
     if started_here:
         raise RayResourcesError("; ".join(short) + f": Ray could never start these workers; {advice}")
-    log.warning(
-        "%s: Ray Train waits until the cluster has them (an autoscaler may add nodes); else %s",
-        "; ".join(short),
-        advice,
+    # ftl's own line, as its others (trial 59b: unprefixed, it was lost among Ray's tracebacks).
+    print(
+        f"ftl: warning: {'; '.join(short)}: Ray Train waits until the cluster has them (an autoscaler may add "
+        f"nodes), and Ctrl-C stops the wait; else {advice}",
+        file=sys.stderr,
+        flush=True,
     )
 
 

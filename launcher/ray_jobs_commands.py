@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,20 @@ def submit(args: argparse.Namespace) -> int:
     _check_before_submitting(cfg)
     jobs = _jobs()
     python = args.python or _default_python(args.address)
+    if args.python and _head_is_here(args.address) and not shutil.which(args.python):
+        # Trial 59b: `/bin/sh: 1: /nonexistent/python: not found` from the job, exit 1, no hint.
+        raise UserError(
+            f"--python {args.python}: no such program on this machine, where the job server at "
+            f"{args.address or 'RAY_API_SERVER_ADDRESS'} runs the job; name the Python its Ray runs with"
+        )
     try:
         job_id = jobs.submit(config_to_yaml(cfg), run_name(cfg.output.dir), args.address, python=python, say=_say)
     except jobs.JobError as exc:
         raise UserError(str(exc)) from None
     print(job_id)
     print(
-        f"ftl: submitted Ray Job {job_id} (its Python: {python}); follow it with `ftl logs {job_id} --follow`, "
-        f"stop it with `ftl stop {job_id}`",
+        f"ftl: submitted Ray Job {job_id} (its Python: {python}); follow it with "
+        f"`ftl logs {job_id}{_address_flag(args.address)} --follow`, stop it with `ftl stop {job_id}{_address_flag(args.address)}`",
         file=sys.stderr,
     )
     return _follow(job_id, args.address) if args.follow else 0
@@ -44,12 +51,13 @@ def _check_before_submitting(cfg: Any) -> None:
     here are only said: the job reads them on the cluster, which may see other files."""
     from cluster.run_lock import locked_message, read_holder, stale_reason
     from launcher.preflight import check_inputs, start_refusal
-    from launcher.run_dir import local_run_dir
+    from launcher.run_dir import finished_run_problem, local_run_dir
     from launcher.start_checks import problems_before_start
     from trainer.run_layout import RunLayout
 
     run_dir = local_run_dir(cfg)
-    refusal = start_refusal(cfg, run_dir)
+    # A finished run (trial 59b: submitted, exit 0, and the job failed on it), as `ftl slurm` does.
+    refusal = start_refusal(cfg, run_dir) or finished_run_problem(run_dir, cfg.checkpoint.resume)
     if refusal:
         raise UserError(refusal)
     holder = read_holder(RunLayout(run_dir).lock) if run_dir.is_dir() else None
@@ -64,9 +72,13 @@ def _check_before_submitting(cfg: Any) -> None:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _default_python(address: str | None) -> str:
-    """A head on this machine runs the Python ftl runs with here (the usual one-machine setup);
-    elsewhere `python` on the cluster's PATH, unless --python names one."""
+def _address_flag(address: str | None) -> str:
+    """The --address the follow-up commands need (trial 59b: printed without it, they failed as
+    printed); none when it came from RAY_API_SERVER_ADDRESS, which they read too."""
+    return f" --address {address}" if address else ""
+
+
+def _head_is_here(address: str | None) -> bool:
     from urllib.parse import urlparse
 
     from cluster.ray_jobs import resolve_address
@@ -74,8 +86,14 @@ def _default_python(address: str | None) -> str:
     try:
         host = urlparse(resolve_address(address)).hostname
     except InputError:  # no address: submitting says so
-        return "python"
-    return sys.executable if host in ("127.0.0.1", "localhost", "::1") else "python"
+        return False
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _default_python(address: str | None) -> str:
+    """A head on this machine runs the Python ftl runs with here (the usual one-machine setup);
+    elsewhere `python` on the cluster's PATH, unless --python names one."""
+    return sys.executable if _head_is_here(address) else "python"
 
 
 def status(args: argparse.Namespace) -> int:

@@ -230,7 +230,8 @@ def fit_verdict(cfg: RunConfig) -> FitVerdict:
         need, have, what = (
             memory.total_bytes * workers + beside,
             acc.memory_bytes * workers,
-            f"of RAM for {workers} worker(s){whose}",
+            # cluster.workers is per node (trial 59b: "for 1 worker(s)" of a two-node run of 2 workers).
+            f"of RAM for {workers} worker(s){' on each of the ' + str(cfg.cluster.nodes) + ' nodes' if cfg.cluster.nodes > 1 else ''}{whose}",
         )
     said = (
         f"the run needs about {size(need)} {what}; {size(have)} available"

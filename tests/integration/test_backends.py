@@ -442,6 +442,8 @@ def test_ray_job_submit_stop_checkpoints_first_and_a_resubmit_resumes(tmp_path, 
     out = _ftl("submit", str(config), "--address", server, "--python", sys.executable, env=hold)
     assert out.returncode == 0, out.stderr[-3000:]
     first = out.stdout.strip().splitlines()[0]
+    # The follow-up commands as printed work as printed (trial 59b: without --address they failed).
+    assert f"`ftl logs {first} --address {server} --follow`" in out.stderr, out.stderr[-3000:]
     jobs = _job_server(server)
     _wait_for(lambda: 2 in train_losses(run_dir) or jobs.get_job_status(first) in FINAL_JOB_STATES, timeout=600)
     # A second submit while the job holds output.dir is refused here, naming the job and how to stop it.
@@ -466,6 +468,10 @@ def test_ray_job_submit_stop_checkpoints_first_and_a_resubmit_resumes(tmp_path, 
     assert _job_state(second, server) == "SUCCEEDED", logs[-3000:]
     assert "resumed from checkpoints/step-2" in logs and "Fine-tune finished: 4 steps" in logs
     assert_same_losses(run_dir, golden)
+    # The finished run is refused here, as `ftl train` and `ftl slurm` refuse it (trial 59b: exit 0,
+    # and the job failed on the cluster).
+    again = _ftl("submit", str(config), "--address", server, "--python", sys.executable)
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr, again.stderr[-3000:]
     missing = _ftl("status", "ftl-no-such-job", "--address", server)
     assert missing.returncode == 2 and "ftl-no-such-job" in missing.stderr
 

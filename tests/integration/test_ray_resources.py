@@ -62,3 +62,45 @@ def test_a_ray_address_where_nothing_listens_fails_at_once(tmp_path: Path, tiny_
     done = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr[-3000:]
     assert f"cannot join the Ray cluster at 127.0.0.1:{port}" in done.stderr and "nothing answers" in done.stderr
+
+
+def test_ctrl_c_while_a_joined_cluster_cannot_place_the_workers_stops_at_once(
+    tmp_path: Path, tiny_model_dir: Path, ray_cluster
+) -> None:
+    """Trial 59b: a worker group the cluster could not place (a node gone) was retried every 60 s
+    for ever, and Ctrl-C waited for workers that did not exist. Now each placement timeout is one
+    ftl line, and a stop asked meanwhile ends the run at the next one, at its newest checkpoint."""
+    import signal
+    import time
+
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        training={"max_steps": 2},
+        # 2 x 3 CPUs on a cluster of two 2-CPU nodes: a joined cluster may grow, so Ray Train waits.
+        cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address, "cpus_per_worker": 3}},
+    )
+    stderr = tmp_path / "stderr.txt"
+    # The job-level env reaches Ray Train's controller: a short placement timeout (60 s by default).
+    env = {**os.environ, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "5"}
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [*FTL, "train", str(config)], cwd=REPO, env=env, stdout=err, stderr=err, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "Ray could not place the worker group in time" not in stderr.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, stderr.read_text()[-3000:]
+            time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)  # the next placement timeout, 5 s on, ends it
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    said = stderr.read_text()
+    assert proc.returncode == 128 + signal.SIGINT, said[-3000:]
+    assert "ftl: warning: 2 workers" in said and "Ctrl-C stops the wait" in said, said[-3000:]
+    assert "the stop came while no worker group ran" in said and "stopped before the first step" in said, said[-3000:]
+    assert "Ray Train run failed" not in said and not (tmp_path / "run" / ".stop-requested").exists()
+    assert "Traceback" not in said, said[-3000:]  # Ray's 30 lines per placement timeout: ftl's one line instead

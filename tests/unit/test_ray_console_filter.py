@@ -116,3 +116,19 @@ def test_deepspeed_s_deprecated_gather_warning_is_kept_off_the_console() -> None
         )
         warnings.warn("another deprecation", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["another deprecation"]
+
+
+def test_a_placement_timeouts_traceback_is_dropped_for_ftls_own_line() -> None:
+    """Trial 59b: 30 lines every 60 s while Ray could not place the workers; the failure policy's
+    `ftl: Ray could not place the worker group in time ...` line (cluster/ray_stop_waiting.py) says it."""
+    timeout = [
+        "Error in control loop iteration: The worker group startup timed out after 5.0 seconds waiting for 2 "
+        "workers. Potential causes include: (1) temporary insufficient cluster resources",
+        "Traceback (most recent call last):",
+        '  File "/x/ray/train/v2/_internal/execution/controller/controller.py", line 914, in _run_control_loop_iteration',
+        "    result = await self._step()",
+        "ray.train.v2._internal.exceptions.WorkerGroupStartupTimeoutError: The worker group startup timed out after "
+        "5.0 seconds waiting for 2 workers.",
+    ]
+    said = "ftl: Ray could not place the worker group in time (...)"
+    assert TransientWarningFilter().lines(7, [*timeout, said, *timeout, "next"]) == [said, "next"]

@@ -102,3 +102,16 @@ def test_ftl_submit_refuses_a_target_module_the_model_lacks_before_contacting_ra
     )
     err = capsys.readouterr().err
     assert code == 2 and "cannot start:" in err and "'foo_proj' name(s) no module of this model" in err, err
+
+
+def test_ftl_submit_refuses_a_python_that_is_not_on_the_machine_of_the_job_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 59b: the job failed with `/bin/sh: 1: /nonexistent/python: not found`, exit 1, no hint."""
+    import launcher.cli
+    from tests.conftest import BUNDLED_MODEL, write_config
+
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", cluster={"backend": "ray"})
+    code = launcher.cli.main(["submit", str(config), "--address", "http://127.0.0.1:9", "--python", "/nonexistent/py"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--python /nonexistent/py: no such program on this machine" in err, err
