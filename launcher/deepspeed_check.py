@@ -1,20 +1,21 @@
 """parallel.deepspeed_config, judged before anything starts: the file is there and is a JSON
 object, and it changes nothing the run config decides (the rules are the workers':
-trainer/strategies/deepspeed_json.py). Trial 59a: a missing file passed validate, plan and doctor
+trainer/deepspeed_json.py). Trial 59a: a missing file passed validate, plan and doctor
 and failed 51 s into a Ray start; a contradicting one trained another ZeRO stage than the
 checkpoint manifest and the plan said."""
 
 from __future__ import annotations
 
 from launcher.run_config import RunConfig
-from trainer.errors import TrainerInputError
-from trainer.strategies.deepspeed_json import generated_config, read_user_config, user_config_problems
 
 
 def deepspeed_config_problems(cfg: RunConfig) -> list[str]:
     path = cfg.parallel.deepspeed_config
     if not path or cfg.parallel.strategy != "deepspeed":
         return []  # another strategy with a JSON is the config schema's to refuse
+    from trainer.deepspeed_json import generated_config, read_user_config, user_config_problems
+    from trainer.errors import TrainerInputError
+
     try:
         user = read_user_config(path)
     except TrainerInputError as exc:

@@ -14,8 +14,8 @@ import launcher.cli
 from launcher.config_loader import load_config
 from tests.conftest import BUNDLED_MODEL, write_config
 from trainer.config import ParallelConfig, TrainingConfig
+from trainer.deepspeed_json import generated_config, merged_config, user_config_problems
 from trainer.errors import TrainerInputError
-from trainer.strategies.deepspeed_json import generated_config, merged_config, user_config_problems
 from trainer.strategies.deepspeed_zero import DeepSpeedStrategy, torch_extensions_dir
 
 DEEPSPEED = {"strategy": "deepspeed", "zero_stage": 3}

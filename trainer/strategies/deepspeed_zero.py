@@ -23,8 +23,8 @@ import torch
 
 from trainer.cache_dir import cache_root
 from trainer.config import ParallelConfig, TrainingConfig
+from trainer.deepspeed_json import generated_config, merged_config, read_user_config
 from trainer.strategies.base import Optimizer, Strategy, host_copy_once, resolved_precision
-from trainer.strategies.deepspeed_json import generated_config, merged_config, read_user_config
 from trainer.strategies.registry import register
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def deepspeed_config(
     training: TrainingConfig, parallel: ParallelConfig, world_size: int, *, load_universal: bool = False
 ) -> dict[str, Any]:
     """Our DeepSpeed config, generated from the run config, with the user's JSON merged over it
-    (refused where it changes what the run config decides: trainer/strategies/deepspeed_json.py).
+    (refused where it changes what the run config decides: trainer/deepspeed_json.py).
     `load_universal`: the engine will load a universal checkpoint (a resume on another worker count)."""
     precision = resolved_precision(parallel.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     config = generated_config(training, parallel, world_size, precision)
