@@ -421,19 +421,28 @@ PROBE_TIMEOUT_S = 10.0
 def refuse_silent_address(address: str) -> None:
     """Nothing listening at HOST:PORT (a typo, a cluster that is down): say so now. Ray itself
     retries such an address forever, printing GCS timeouts every few seconds."""
+    problem = silent_address_problem(address)
+    if problem:
+        raise RayRunFailed(problem)
+
+
+def silent_address_problem(address: str) -> str | None:
+    """Why nothing can be joined at this address, or None (it answers, or it is a form Ray resolves
+    itself: auto, local). Also asked by train's pre-start check, before the run directory exists
+    (trial 59b: a typo left a run directory listed as failed)."""
     host_port = address.split("://", 1)[-1].rstrip("/")
     host, _, port = host_port.rpartition(":")
     if not host or not port.isdigit():  # "auto", "local" or a form Ray resolves itself
-        return
+        return None
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
-            return
+            return None
     except OSError as exc:
-        raise RayRunFailed(
+        return (
             f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): nothing "
             f"answers there ({exc.strerror or exc}); check the address and that the cluster is up "
             "(`ray status` on its head node), or leave both unset to run on a local Ray"
-        ) from None
+        )
 
 
 def joined_cluster_env(address: str) -> dict[str, str]:

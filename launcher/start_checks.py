@@ -5,6 +5,8 @@ first, and a typo in target_modules failed the job once it had its nodes."""
 
 from __future__ import annotations
 
+import os
+
 from launcher.run_config import RunConfig
 
 
@@ -25,6 +27,12 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
 
         shortfall = local_ray_shortfall(cfg.cluster)  # `ftl slurm` runs Ray inside the job: not this machine
         problems += [shortfall] if shortfall else []
+        address = cfg.cluster.ray.address or os.environ.get("RAY_ADDRESS")
+        if cfg.cluster.backend == "ray" and address and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+            from cluster.ray_driver import silent_address_problem
+
+            silent = silent_address_problem(address)
+            problems += [silent] if silent else []
     said = {problem.split(":")[0] for problem in problems}  # one problem a key (a short name: not also "not cached")
     problems += [p for p in unavailable_offline(cfg) if p.split(":")[0] not in said] + data_format_problems(cfg)
     # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).
