@@ -216,7 +216,8 @@ def plan_run(
         # over this plan under ZeRO-3, within ~3% for DDP and ZeRO-2, the same arithmetic.
         plan.notes.append(
             "ZeRO-3: DeepSpeed's gather and prefetch buffers are not counted (an estimate, not measured: on CPU "
-            "a ZeRO-3 worker used ~14% more than this plan, ZeRO-2 and DDP workers within ~3%)"
+            "a ZeRO-3 worker used ~14% more than this plan, ZeRO-2 and DDP workers within ~3%, each beside Ray's "
+            "library in the worker process, which the 'on Ray' line counts)"
         )
     if setup.method == "dora":
         plan.notes.append(
