@@ -289,6 +289,9 @@ def failure_summary(error: Exception) -> str:
         traceback = any(line.startswith("Traceback (most recent call last)") for line in text)
         first = (raised[-1] if traceback and raised else text[0]) if text else ""
         reason = next((line for line in text if "exit detail" in line), first)
+        if type(failure).__name__ == "WorkerHealthCheckFailedError" and not any("exit detail" in t for t in text):
+            # Trial 59b: a node that died was said as "A worker health check failed." alone.
+            reason += " (the worker stopped answering: its process or its node is gone)"
         memory = _out_of_memory(str(failure))
         if memory is not None:  # trial 56a: Ray's advice about max_task_retries, cut mid-word
             reason = f"killed by Ray's memory monitor: the machine ran out of memory{memory}"

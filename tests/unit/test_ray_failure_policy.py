@@ -117,3 +117,17 @@ def test_a_worker_killed_for_memory_is_said_so_and_not_advised_to_rerun_as_is(tm
     )
     traced = RuntimeError('Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: bad shape')
     assert failure_summary(WorkerGroupError("x", {0: traced})).endswith("rank 0: RuntimeError: ValueError: bad shape")
+
+
+def test_a_worker_that_stopped_answering_is_said_to_be_gone() -> None:
+    """Trial 59b: a node killed mid-run was said as "A worker health check failed." alone."""
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    from cluster.ray_driver import failure_summary
+
+    gone = WorkerHealthCheckFailedError("A worker health check failed.", TimeoutError("no answer"))
+    assert failure_summary(WorkerGroupError("x", {1: gone})) == (
+        "\n  rank 1: WorkerHealthCheckFailedError: A worker health check failed. (the worker stopped answering: "
+        "its process or its node is gone)"
+    )
