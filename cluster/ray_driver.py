@@ -350,6 +350,7 @@ def input_errors_not_retried(policy: Any, run_dir: Path) -> Any:
         def __init__(self) -> None:
             super().__init__(policy.failure_config)
             self.inner = policy
+            self.restarts = 0
 
         def make_decision(self, training_failed_error: Any) -> Any:
             if (
@@ -361,7 +362,18 @@ def input_errors_not_retried(policy: Any, run_dir: Path) -> Any:
             if stop_was_requested(run_dir):  # no new worker group only to stop it (trial 59b)
                 return FailureDecision.RAISE
             say_placement_wait(training_failed_error)
-            return self.inner.make_decision(training_failed_error)
+            decision = self.inner.make_decision(training_failed_error)
+            if decision == FailureDecision.RETRY and getattr(training_failed_error, "worker_failures", None):
+                # Trial 59c: ~150 lines of Ray's tracebacks after a node died, and no line of ftl's.
+                self.restarts += 1
+                print(
+                    f"ftl: the worker group failed:{failure_summary(training_failed_error)}\n"
+                    f"ftl: Ray Train starts it again from the newest committed checkpoint (restart {self.restarts} "
+                    f"of cluster.ray.max_failures={policy.failure_config.max_failures})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return decision
 
     return InputErrorsAreFinal()
 

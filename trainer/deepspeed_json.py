@@ -45,7 +45,21 @@ _REFUSED_SECTIONS = {
     "transfer.learning_rates) and hands it to DeepSpeed, which then ignores this section",
     "scheduler": "ftl's schedule (training.lr_scheduler, warmup_ratio) sets the learning rate every step",
     "amp": "ftl's precision is parallel.mixed_precision (bf16, or fp16 through DeepSpeed's loss scaling)",
+    # Trial 59c: DeepSpeed's old name for its bf16 section; it trained bf16 under mixed_precision auto.
+    "bfloat16": "DeepSpeed's old name for its bf16 section: ftl's precision is parallel.mixed_precision",
+    "elasticity": "DeepSpeed elasticity recomputes the batch sizes, which the config decides "
+    "(training.micro_batch_size, gradient_accumulation_steps, the workers)",
+    "curriculum_learning": "ftl reads, packs and orders the data itself (data.*); DeepSpeed's data pipeline is not used",
+    "data_efficiency": "ftl reads, packs and orders the data itself (data.*); DeepSpeed's data pipeline is not used",
 }
+# DeepSpeed's deprecated spellings of what the config decides (trial 59c: cpu_offload passed, and
+# DeepSpeed refused ftl's optimizer 50 s into the run).
+_OLD_SPELLINGS = {
+    "zero_optimization.cpu_offload": "parallel.offload_optimizer",
+    "zero_optimization.cpu_offload_param": "parallel.offload_params",
+}
+# Sections ftl generates: the JSON's must be objects too, merged key by key (a scalar replaced them).
+_OBJECT_SECTIONS = ("zero_optimization", "bf16", "fp16", "checkpoint")
 _PRECISION_KEYS = ("bf16.enabled", "fp16.enabled")
 
 
@@ -121,21 +135,32 @@ def user_config_problems(
     judged where the workers' device is not known): a JSON that switches bf16 or fp16 on is refused,
     to be said in the config, where ftl's precision, export dtype and plan follow it."""
     problems = [
-        f"parallel.deepspeed_config: {path} has an `{section}` section: {why}; remove it"
+        f"parallel.deepspeed_config: {path} has a section `{section}`: {why}; remove it"
         for section, why in _REFUSED_SECTIONS.items()
         if section in user
+    ]
+    problems += [
+        f"parallel.deepspeed_config: {path}: `{section}` is {json.dumps(user[section])}, not a JSON object "
+        "({...}) of the settings to merge into ftl's"
+        for section in _OBJECT_SECTIONS
+        if section in user and not isinstance(user[section], dict)
     ]
     ours = _leaves(generated)
     for key, value in _leaves(user).items():
         if key in _SET_AFTER:
             problems.append(f"parallel.deepspeed_config: {path} sets {key}: {_SET_AFTER[key]}; remove it from the JSON")
+        if key in _OLD_SPELLINGS:
+            problems.append(
+                f"parallel.deepspeed_config: {path} sets {key}, DeepSpeed's old spelling of what "
+                f"{_OLD_SPELLINGS[key]} decides; set {_OLD_SPELLINGS[key]} in the config instead and remove it from the JSON"
+            )
         if key not in _DECIDED:
             continue
         setting, absent = _DECIDED[key]
         if key in _PRECISION_KEYS and not precision_known:
-            if value is True:
+            if value not in (False, None):  # 1 and "true" too: DeepSpeed's own check refused them in the workers
                 problems.append(
-                    f"parallel.deepspeed_config: {path} sets {key} to true; set parallel.mixed_precision: "
+                    f"parallel.deepspeed_config: {path} sets {key} to {json.dumps(value)}; set parallel.mixed_precision: "
                     f"{key.split('.')[0]} in the config instead and remove it from the JSON"
                 )
             continue

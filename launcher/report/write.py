@@ -68,8 +68,17 @@ def _rewards_caveat(runs: list[Path]) -> str:
 
     objectives = {str(flat_config(run).get("training.objective", "sft")) for run in runs}
     if {"dpo", "orpo"} <= objectives:
-        return "DPO (β·log-ratio) and ORPO (λ·mean log-prob) rewards differ: compare runs of one objective"
+        return "DPO (β·log-ratios, summed log-probs) and ORPO (λ·mean log-probs) differ: compare runs of one objective"
     return ""
+
+
+# Charts whose values a DPO and an ORPO run compute differently (trial 59d: log-probs and preference
+# accuracy were drawn together without a word; the rewards had the caveat since trial 52b).
+_OBJECTIVE_CHARTS = ("reward", "logps", "preference_accuracy", "margin")
+
+
+def objective_dependent(chart: str) -> bool:
+    return any(name in chart for name in _OBJECTIVE_CHARTS)
 
 
 def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Path, caveat: str = "") -> Path:
@@ -106,7 +115,7 @@ def _plot(chart: str, series: list[dict[str, Any]], labels: list[str], path: Pat
                     va="top",
                     ha="right",
                 )
-        if caveat and "reward" in chart:
+        if caveat and objective_dependent(chart):
             axes.set_title(f"{chart_title(chart)}\n{caveat}", fontsize=9)
         else:
             axes.set_title(chart_title(chart))

@@ -102,6 +102,11 @@ def test_ray_node_failure_restarts_the_group_on_the_surviving_node(tmp_path, tin
         cluster.remove_node(doomed, allow_graceful=False)
         _, stderr = proc.communicate(timeout=400)
         assert proc.returncode == 0, stderr[-3000:]
+        # ftl's own lines say what happened (trial 59c: only Ray's tracebacks did).
+        assert "ftl: the worker group failed:" in stderr, stderr[-3000:]
+        assert (
+            "starts it again from the newest committed checkpoint (restart 1 of cluster.ray.max_failures=1)" in stderr
+        )
         resumed = (run_dir / "logs" / "rank-0.log").read_text()
         assert "resumed from" in resumed, resumed[-2000:]
         after = {json.loads(p.read_text())["node_id"] for p in (run_dir / "logs").glob("ray-worker-*.json")}

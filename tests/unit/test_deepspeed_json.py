@@ -45,8 +45,13 @@ def test_tuning_keys_merge_and_keys_equal_to_ftls_pass() -> None:
         ({"train_batch_size": 64}, "sets train_batch_size to 64, but training.micro_batch_size x"),
         ({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}, 'parallel.offload_optimizer makes it "none"'),
         ({"bf16": {"enabled": True}}, "sets bf16.enabled to true, but parallel.mixed_precision makes it false"),
-        ({"optimizer": {"type": "SGD"}}, "has an `optimizer` section: ftl builds the optimizer"),
-        ({"scheduler": {"type": "WarmupLR"}}, "has an `scheduler` section"),
+        ({"optimizer": {"type": "SGD"}}, "has a section `optimizer`: ftl builds the optimizer"),
+        ({"scheduler": {"type": "WarmupLR"}}, "has a section `scheduler`"),
+        # Trial 59c: DeepSpeed's old names, a section that is no object, and elasticity's batch sizes.
+        ({"bfloat16": {"enabled": True}}, "has a section `bfloat16`: DeepSpeed's old name for its bf16 section"),
+        ({"zero_optimization": {"cpu_offload": True}}, "sets zero_optimization.cpu_offload, DeepSpeed's old spelling"),
+        ({"zero_optimization": 1}, "`zero_optimization` is 1, not a JSON object"),
+        ({"elasticity": {"enabled": True}}, "has a section `elasticity`: DeepSpeed elasticity recomputes the batch"),
         ({"checkpoint": {"load_universal": True}}, "sets checkpoint.load_universal: ftl sets it"),
     ],
 )
@@ -63,6 +68,9 @@ def test_precision_is_judged_where_it_is_known() -> None:
     # The launcher cannot tell what `auto` resolves to on the workers' device: said in the config instead.
     unknown = user_config_problems(bf16, _generated(None), "ds.json", precision_known=False)
     assert unknown and "set parallel.mixed_precision: bf16 in the config instead" in unknown[0]
+    for truthy in (1, "true"):  # trial 59c: passed here, and the workers refused them 46 s later
+        said = user_config_problems({"bf16": {"enabled": truthy}}, _generated(None), "ds.json", precision_known=False)
+        assert said and f"sets bf16.enabled to {json.dumps(truthy)}" in said[0], said
     scale = {"fp16": {"loss_scale_window": 100, "hysteresis": 1}}  # tuning DeepSpeed's loss scaling: fine
     assert user_config_problems(scale, _generated("fp16", mixed_precision="fp16"), "ds.json") == []
 

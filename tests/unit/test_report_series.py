@@ -100,12 +100,15 @@ def test_a_failed_runs_status_cell_keeps_the_reason_after_its_announcing_line(tm
 
 def test_compared_dpo_and_orpo_reward_charts_say_they_differ(tmp_path: Path) -> None:
     """Trial 52b: ORPO's λ·mean log-prob rewards were drawn beside DPO's β·log-ratios without a word."""
-    from launcher.report.write import _rewards_caveat
+    from launcher.report.write import _rewards_caveat, objective_dependent
 
     runs = []
     for name in ("dpo", "orpo", "dpo2"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(f"training: {{objective: {name.rstrip('2')}}}\n")
         runs.append(tmp_path / name)
-    assert _rewards_caveat(runs[:2]).startswith("DPO (β·log-ratio) and ORPO (λ·mean log-prob) rewards differ")
+    assert _rewards_caveat(runs[:2]).startswith("DPO (β·log-ratios, summed log-probs) and ORPO (λ·mean log-probs)")
     assert _rewards_caveat([runs[0], runs[2]]) == ""  # one objective: comparable
+    # Trial 59d: log-probs and preference accuracy were drawn together without it.
+    assert all(map(objective_dependent, ("eval_rewards_margin", "eval_logps_chosen", "eval_preference_accuracy")))
+    assert not objective_dependent("train_loss") and not objective_dependent("lr")
