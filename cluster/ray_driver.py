@@ -190,7 +190,9 @@ def launch_ray(
             ),
         )
         clear_result(run_dir)
-        with signals_request_stop(run_dir) if handle_signals else contextlib.nullcontext():
+        # Trial 59c: said "workers will checkpoint" while Ray had none placed (a node gone).
+        waiting = "if Ray is still placing them, the run ends at its newest checkpoint within a minute"
+        with signals_request_stop(run_dir, while_none_run=waiting) if handle_signals else contextlib.nullcontext():
             try:
                 trainer.fit()
             except Exception as exc:  # ray.train.TrainingFailedError and controller errors

@@ -31,12 +31,14 @@ def signals_request_stop(
     force_quit: Callable[[], None] | None = None,
     on_request: Callable[[], None] | None = None,
     first_notice: Callable[[int], str | None] | None = None,
+    while_none_run: str = "",
 ) -> Iterator[None]:
     """Ctrl-C / SIGTERM / SIGUSR1 ask the workers to checkpoint and stop (and call `on_request`).
     Further signals are logged and ignored, except a third Ctrl-C: it calls `force_quit` (or
     raises KeyboardInterrupt), abandoning the checkpoint in progress. `first_notice(signum)` may
     replace the first signal's notice (None keeps it): a Slurm job still waiting in the queue has
-    no workers to checkpoint."""
+    no workers to checkpoint. `while_none_run`: said after the notice, what happens when no worker
+    runs yet (Ray still placing them)."""
     interrupts = 0
     requested = False
     quitting = False
@@ -54,6 +56,7 @@ def signals_request_stop(
                 notice
                 or f"{_signal_name(signum)}: workers will checkpoint and stop after the current step"
                 + (" (a third Ctrl-C force-quits without that checkpoint)" if signum == signal.SIGINT else "")
+                + (f"; {while_none_run}" if while_none_run else "")
             )
             request_stop(run_dir, signum)
             if on_request is not None:

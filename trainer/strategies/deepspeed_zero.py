@@ -110,7 +110,7 @@ class DeepSpeedStrategy(Strategy):
         folder = torch_extensions_dir() / "cpu_adam"
         if installed_ops.get("cpu_adam") or any(folder.glob("cpu_adam*.so")):
             return None  # prebuilt with DeepSpeed, or built by an earlier run
-        return f"building DeepSpeed's CPU Adam (parallel.offload_optimizer) into {folder}: once per machine, ~1-2 min"
+        return f"building DeepSpeed's CPU Adam (parallel.offload_optimizer) into {folder}: once per cache folder (FTL_CACHE_DIR), ~1-2 min"
 
     def _optimizer(
         self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
