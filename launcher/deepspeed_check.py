@@ -20,9 +20,8 @@ def deepspeed_config_problems(cfg: RunConfig) -> list[str]:
         user = read_user_config(path)
     except TrainerInputError as exc:
         return [str(exc)]
+    # `auto` is resolved on the workers' device: judged here as no precision section, so a JSON
+    # that switches bf16 or fp16 on is refused (the config is where precision is said).
     precision = None if cfg.parallel.mixed_precision == "auto" else cfg.parallel.mixed_precision
-    try:
-        generated = generated_config(cfg.training, cfg.parallel, cfg.cluster.world_size, precision)
-    except TrainerInputError as exc:
-        return [str(exc)]
-    return user_config_problems(user, generated, path, precision_known=precision is not None)
+    generated = generated_config(cfg.training, cfg.parallel, cfg.cluster.world_size, precision)
+    return user_config_problems(user, generated, path)

@@ -80,6 +80,7 @@ def doctor_command(args: argparse.Namespace) -> int:
 
         workers = max(1, torch.cuda.device_count())
     checks = launcher_checks(cfg)
+    say_failed_already(checks)
     run_dir = local_run_dir(cfg).resolve().parent if cfg else Path.cwd() / "runs"
     from cluster.doctor_backends import run_doctor_workers
 
@@ -103,6 +104,22 @@ def doctor_command(args: argparse.Namespace) -> int:
     checks += worker_checks(results, args.size_mb)
     print(render_table(checks))
     return 0 if all(c.ok for c in checks) else EXIT_FAILED
+
+
+def say_failed_already(checks: list[Check]) -> None:
+    """The checks that failed before any worker starts, said now: the worker checks take from
+    seconds to minutes (trial 59c: 35 s of Ray workers before a bad DeepSpeed JSON was said)."""
+    failed = [c for c in checks if not c.ok]
+    for check in failed:
+        fix = f"; fix: {check.fix}" if check.fix else ""
+        print(f"ftl doctor: FAIL {check.name}: {check.detail}{fix}", file=sys.stderr, flush=True)
+    if failed:
+        print(
+            f"ftl doctor: {len(failed)} check(s) failed before the workers; the worker checks run now "
+            "(the table at the end lists every check)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run_local_workers(

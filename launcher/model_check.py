@@ -92,13 +92,16 @@ def _held_shapes(folder: Path) -> dict[str, list[int]] | None:
     warning (a 70B model's headers are tens of shards), again when a weights file changes."""
     try:
         stamp = tuple(
-            (entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
-            for entry in sorted(folder.iterdir())
-            if entry.name.endswith((".safetensors", ".json"))
+            _file_stamp(entry) for entry in sorted(folder.iterdir()) if entry.name.endswith((".safetensors", ".json"))
         )
     except OSError:
         return None
     return _shapes_of(folder, stamp)
+
+
+def _file_stamp(entry: Path) -> tuple[str, int, int]:
+    status = entry.stat()  # one stat per file (a 70B model's folder holds tens of shards)
+    return entry.name, status.st_mtime_ns, status.st_size
 
 
 @functools.lru_cache(maxsize=4)

@@ -127,13 +127,11 @@ def read_user_config(path: str) -> dict[str, Any]:
     return data
 
 
-def user_config_problems(
-    user: dict[str, Any], generated: dict[str, Any], path: str, *, precision_known: bool = True
-) -> list[str]:
-    """What the user's JSON changes of what the run config decides, one line each.
-    `precision_known=False`: generated without a precision section (parallel.mixed_precision auto,
-    judged where the workers' device is not known): a JSON that switches bf16 or fp16 on is refused,
-    to be said in the config, where ftl's precision, export dtype and plan follow it."""
+def user_config_problems(user: dict[str, Any], generated: dict[str, Any], path: str) -> list[str]:
+    """What the user's JSON changes of what the run config decides, one line each. A JSON that
+    switches bf16 or fp16 on where the generated config does not (fp32, or parallel.mixed_precision
+    auto judged where the workers' device is not known: no precision section) is refused, to be
+    said in the config, where ftl's precision, export dtype and plan follow it."""
     problems = [
         f"parallel.deepspeed_config: {path} has a section `{section}`: {why}; remove it"
         for section, why in _REFUSED_SECTIONS.items()
@@ -157,15 +155,14 @@ def user_config_problems(
         if key not in _DECIDED:
             continue
         setting, absent = _DECIDED[key]
-        if key in _PRECISION_KEYS and not precision_known:
-            if value not in (False, None):  # 1 and "true" too: DeepSpeed's own check refused them in the workers
-                problems.append(
-                    f"parallel.deepspeed_config: {path} sets {key} to {json.dumps(value)}; set parallel.mixed_precision: "
-                    f"{key.split('.')[0]} in the config instead and remove it from the JSON"
-                )
-            continue
         expected = ours.get(key, absent)
         if expected is None or _same(value, expected):
+            continue
+        if key in _PRECISION_KEYS and expected is False:  # 1 and "true" too: DeepSpeed's own check refused them
+            problems.append(
+                f"parallel.deepspeed_config: {path} sets {key} to {json.dumps(value)}; set parallel.mixed_precision: "
+                f"{key.split('.')[0]} in the config instead and remove it from the JSON"
+            )
             continue
         problems.append(
             f"parallel.deepspeed_config: {path} sets {key} to {json.dumps(value)}, but {setting} makes it "
@@ -196,6 +193,8 @@ def _leaves(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _same(value: Any, expected: Any) -> bool:
+    if expected is False and value is None:
+        return True  # an `enabled: null` is off to DeepSpeed too
     if isinstance(value, bool) or isinstance(expected, bool):
         return value is expected
     if isinstance(value, (int, float)) and isinstance(expected, (int, float)):

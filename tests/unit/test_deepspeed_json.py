@@ -44,7 +44,7 @@ def test_tuning_keys_merge_and_keys_equal_to_ftls_pass() -> None:
         ({"train_micro_batch_size_per_gpu": 3}, "training.micro_batch_size makes it 8"),
         ({"train_batch_size": 64}, "sets train_batch_size to 64, but training.micro_batch_size x"),
         ({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}, 'parallel.offload_optimizer makes it "none"'),
-        ({"bf16": {"enabled": True}}, "sets bf16.enabled to true, but parallel.mixed_precision makes it false"),
+        ({"bf16": {"enabled": True}}, "sets bf16.enabled to true; set parallel.mixed_precision: bf16 in the config"),
         ({"optimizer": {"type": "SGD"}}, "has a section `optimizer`: ftl builds the optimizer"),
         ({"scheduler": {"type": "WarmupLR"}}, "has a section `scheduler`"),
         # Trial 59c: DeepSpeed's old names, a section that is no object, and elasticity's batch sizes.
@@ -66,12 +66,20 @@ def test_precision_is_judged_where_it_is_known() -> None:
     bf16 = {"bf16": {"enabled": True}}
     assert user_config_problems(bf16, _generated("bf16"), "ds.json") == []  # the workers' GPU resolved auto to bf16
     # The launcher cannot tell what `auto` resolves to on the workers' device: said in the config instead.
-    unknown = user_config_problems(bf16, _generated(None), "ds.json", precision_known=False)
+    unknown = user_config_problems(bf16, _generated(None), "ds.json")
     assert unknown and "set parallel.mixed_precision: bf16 in the config instead" in unknown[0]
     for truthy in (1, "true"):  # trial 59c: passed here, and the workers refused them 46 s later
-        said = user_config_problems({"bf16": {"enabled": truthy}}, _generated(None), "ds.json", precision_known=False)
+        said = user_config_problems({"bf16": {"enabled": truthy}}, _generated(None), "ds.json")
         assert said and f"sets bf16.enabled to {json.dumps(truthy)}" in said[0], said
     scale = {"fp16": {"loss_scale_window": 100, "hysteresis": 1}}  # tuning DeepSpeed's loss scaling: fine
+    off = {"bf16": {"enabled": None}, "fp16": {"enabled": False}}  # off, as ftl has it: fine known or not
+    assert (
+        user_config_problems(off, _generated(None), "ds.json")
+        == user_config_problems(off, _generated(), "ds.json")
+        == []
+    )
+    said = user_config_problems({"bf16": {"enabled": False}}, _generated("bf16"), "ds.json")
+    assert said and "parallel.mixed_precision makes it true" in said[0], said
     assert user_config_problems(scale, _generated("fp16", mixed_precision="fp16"), "ds.json") == []
 
 
@@ -107,6 +115,33 @@ def test_validate_train_and_doctor_say_it_before_anything_starts(
     # A JSON with another strategy was ignored without a word.
     assert launcher.cli.main(["validate", str(config), "parallel.strategy=fsdp"]) == 2
     assert "parallel.deepspeed_config is read with parallel.strategy=deepspeed only" in capsys.readouterr().err
+
+
+def test_doctor_says_a_bad_json_before_its_workers_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 59c: doctor ran 35 s of Ray workers before its table said the JSON was missing."""
+    import cluster.doctor_backends
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(
+        tmp_path / "c.yaml",
+        BUNDLED_MODEL,
+        tmp_path / "run",
+        parallel={**DEEPSPEED, "deepspeed_config": "gone.json"},
+        cluster={"backend": "ray", "workers": 2},
+    )
+    said_before_workers: list[str] = []
+
+    def workers_start(*args: object, **kwargs: object) -> list:
+        said_before_workers.append(capsys.readouterr().err)
+        raise KeyboardInterrupt  # the user's Ctrl-C once the problem is on the screen
+
+    monkeypatch.setattr(cluster.doctor_backends, "run_doctor_workers", workers_start)
+    assert launcher.cli.main(["doctor", str(config)]) == 130
+    (said,) = said_before_workers
+    assert f"ftl doctor: FAIL DeepSpeed config JSON: parallel.deepspeed_config: {tmp_path / 'gone.json'} not found" in said
+    assert "1 check(s) failed before the workers" in said, said
 
 
 def test_the_first_cpu_adam_build_is_said_and_lands_in_ftls_cache(

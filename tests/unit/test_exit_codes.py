@@ -13,6 +13,7 @@ import pytest
 
 import cluster.errors
 import cluster.ray_driver
+import cluster.ray_failures
 import cluster.ray_jobs
 import cluster.run_lock
 import cluster.run_storage
@@ -58,9 +59,9 @@ CASES: list[Case] = [
     ),
     *(
         _with_message(cls, 1, "ftl: ")
-        for cls in (FtlError, cluster.ray_driver.RayRunFailed, cluster.slurm.SlurmError, trainer.outcome.NoResult)
+        for cls in (FtlError, cluster.ray_failures.RayRunFailed, cluster.slurm.SlurmError, trainer.outcome.NoResult)
     ),
-    _with_message(cluster.ray_driver.RayStorageWriteFailed, 1, "ftl: error: "),
+    _with_message(cluster.ray_failures.RayStorageWriteFailed, 1, "ftl: error: "),
     (
         cluster.slurm.CancelledBeforeStart,
         lambda: cluster.slurm.CancelledBeforeStart("the message", signal.SIGTERM),

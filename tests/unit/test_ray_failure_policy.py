@@ -15,7 +15,7 @@ from ray.train.v2._internal.exceptions import UserExceptionWithTraceback  # noqa
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision  # noqa: E402
 from ray.train.v2.api.exceptions import WorkerGroupError  # noqa: E402
 
-from cluster.ray_driver import input_errors_not_retried  # noqa: E402
+from cluster.ray_failures import input_errors_not_retried  # noqa: E402
 from cluster.results import clear_result, write_result  # noqa: E402
 from trainer.errors import TrainerInputError  # noqa: E402
 from trainer.outcome import Outcome  # noqa: E402
@@ -62,7 +62,7 @@ def test_a_full_disk_is_never_retried(tmp_path: Path) -> None:
 
 def test_the_advice_after_an_error_that_repeats_is_not_to_rerun_as_is(tmp_path: Path) -> None:
     """'run the same command again' (and raise max_failures) after a TypeError meets it again."""
-    from cluster.ray_driver import what_next
+    from cluster.ray_failures import what_next
 
     repeating = what_next(tmp_path, 0, [ValueError("bad"), TypeError("worse")])
     assert repeating.startswith("no checkpoint was committed yet: run the same command again to start the run anew")
@@ -94,7 +94,7 @@ def test_a_worker_killed_for_memory_is_said_so_and_not_advised_to_rerun_as_is(tm
     the advice was to run the same command again or raise max_failures: it runs out of memory again."""
     from ray.train import WorkerGroupError
 
-    from cluster.ray_driver import failure_summary, what_next
+    from cluster.ray_failures import failure_summary, what_next
 
     error = WorkerGroupError("workers failed", {1: RuntimeError(RAY_OOM)})
     assert failure_summary(error) == (
@@ -124,10 +124,40 @@ def test_a_worker_that_stopped_answering_is_said_to_be_gone() -> None:
     from ray.train import WorkerGroupError
     from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
-    from cluster.ray_driver import failure_summary
+    from cluster.ray_failures import failure_summary
 
     gone = WorkerHealthCheckFailedError("A worker health check failed.", TimeoutError("no answer"))
     assert failure_summary(WorkerGroupError("x", {1: gone})) == (
         "\n  rank 1: WorkerHealthCheckFailedError: A worker health check failed. (the worker stopped answering: "
         "its process or its node is gone)"
     )
+
+
+def test_the_error_a_failed_run_ends_with(tmp_path: Path) -> None:
+    """The driver ends with the input error alone (exit 2, no Ray report chained), a stop asked
+    while no worker group ran as that stop, and any other failure as RayRunFailed caused by Ray's."""
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from cluster.ray_failures import RayRunFailed, RayStorageWriteFailed, failed_run_error
+    from trainer.run_layout import RunLayout
+    from trainer.stopping import StopRequested
+
+    bad_row = UserExceptionWithTraceback(TrainerInputError("train.jsonl line 3: invalid JSON"), "Traceback ...")
+    rejected = failed_run_error(WorkerGroupError("bad data", {0: bad_row}), tmp_path, str(tmp_path.parent), 2)
+    assert isinstance(rejected, TrainerInputError) and str(rejected) == "train.jsonl line 3: invalid JSON"
+    assert rejected.__suppress_context__ and rejected.__cause__ is None
+
+    crash = WorkerGroupError("rank 1 died", {1: RuntimeError("connection reset")})
+    failed = failed_run_error(crash, tmp_path, str(tmp_path.parent), 0)
+    assert isinstance(failed, RayRunFailed) and failed.__cause__ is crash
+    assert "rank 1: RuntimeError: connection reset" in str(failed)
+    assert "set cluster.ray.max_failures" in str(failed)
+
+    full = failed_run_error(ControllerError(OSError(28, "No space left on device")), tmp_path, "/runs", 2)
+    assert isinstance(full, RayStorageWriteFailed) and "could not write its state into /runs" in str(full)
+
+    layout = RunLayout(tmp_path)
+    layout.stop_request.parent.mkdir(parents=True, exist_ok=True)
+    layout.stop_request.write_text("2")
+    stopped = failed_run_error(crash, tmp_path, str(tmp_path.parent), 2)
+    assert isinstance(stopped, StopRequested) and stopped.signum == 2 and stopped.step == 0
