@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainerConfig
@@ -55,7 +56,27 @@ def result_part(values: dict[str, Any]) -> dict[str, Any]:
             (values.get("eval") or {}).pop(name, None)
     _class_weights_as_a_list((values.get("transfer") or {}).get("head"))
     _unread_settings_dropped(values)
+    _deepspeed_json_by_content(values)
     return values
+
+
+# Where result_values keeps parallel.deepspeed_config's JSON in place of its path.
+DEEPSPEED_JSON_KEY = "deepspeed_json"
+
+
+def _deepspeed_json_by_content(values: dict[str, Any]) -> None:
+    """parallel.deepspeed_config as the JSON it holds, not its path (trial 59c: a resume with the
+    same file moved was said as a change, one with the file edited in place was not). The JSON
+    only tunes DeepSpeed (what the config decides is refused in it), but a tuning such as fp16's
+    loss scale window changes the result."""
+    parallel = values.get("parallel")
+    if not isinstance(parallel, dict) or not parallel.get("deepspeed_config"):
+        return
+    path = str(parallel.pop("deepspeed_config"))
+    try:
+        parallel[DEEPSPEED_JSON_KEY] = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # refused before the start where it matters; the path is all there is
+        parallel[DEEPSPEED_JSON_KEY] = f"(unreadable: {path})"
 
 
 def _unread_settings_dropped(values: dict[str, Any]) -> None:
@@ -96,6 +117,8 @@ def config_written_with(cfg: TrainerConfig, manifest: dict[str, Any]) -> Trainer
     recorded = manifest.get("config")
     if not isinstance(recorded, dict) or manifest.get("config_hash") == config_hash(cfg):
         return cfg
+    recorded = copy.deepcopy(recorded)
+    (recorded.get("parallel") or {}).pop(DEEPSPEED_JSON_KEY, None)  # no setting: the config's own path stays
     try:
         model = type(cfg)  # the launcher's subclass too
         values = deep_merged(cfg.model_dump(mode="json"), recorded, lambda path: is_mapping_value(model, path))

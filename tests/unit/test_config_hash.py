@@ -180,3 +180,28 @@ def test_settings_the_run_never_reads_are_no_change() -> None:
     dpo, pairs = {"objective": "dpo"}, {"format": "preference", "packing": False}
     ipo = _cfg(data=pairs, training={**dpo, "preference": {"loss_type": "ipo"}})
     assert config_hash(ipo) != config_hash(_cfg(data=pairs, training=dpo))
+
+
+def test_a_deepspeed_json_counts_by_its_content_not_its_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Trial 59c: a resume with the JSON moved was said as a change; one edited in place was not."""
+    import json
+
+    here, moved = tmp_path / "ds.json", tmp_path / "elsewhere.json"
+    for path in (here, moved):
+        path.write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 5e7}}))
+    deepspeed = {"strategy": "deepspeed", "zero_stage": 2}
+    before = _cfg(parallel={**deepspeed, "deepspeed_config": str(here)})
+    recorded, hashed = result_values(before), config_hash(before)
+    assert config_hash(_cfg(parallel={**deepspeed, "deepspeed_config": str(moved)})) == hashed
+    here.write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 1e8}}))
+    edited = _cfg(parallel={**deepspeed, "deepspeed_config": str(here)})
+    assert config_hash(edited) != hashed
+    assert config_changes(result_part(recorded), result_values(edited)) == [
+        "parallel.deepspeed_json.zero_optimization.reduce_bucket_size: 50000000.0 -> 100000000.0"
+    ]
+    # The manifest's JSON is no setting: the config it was written with is rebuilt around it.
+    manifest = {"config": recorded, "config_hash": hashed}
+    now = _cfg(parallel={**deepspeed, "deepspeed_config": str(moved)}, training={"learning_rate": 5e-4})
+    rebuilt = config_written_with(now, manifest)
+    assert rebuilt.parallel.deepspeed_config == str(moved)
+    assert rebuilt.training.learning_rate == before.training.learning_rate != 5e-4
