@@ -140,7 +140,9 @@ def test_doctor_says_a_bad_json_before_its_workers_start(
     monkeypatch.setattr(cluster.doctor_backends, "run_doctor_workers", workers_start)
     assert launcher.cli.main(["doctor", str(config)]) == 130
     (said,) = said_before_workers
-    assert f"ftl doctor: FAIL DeepSpeed config JSON: parallel.deepspeed_config: {tmp_path / 'gone.json'} not found" in said
+    assert (
+        f"ftl doctor: FAIL DeepSpeed config JSON: parallel.deepspeed_config: {tmp_path / 'gone.json'} not found" in said
+    )
     assert "1 check(s) failed before the workers" in said, said
 
 
