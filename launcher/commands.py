@@ -387,6 +387,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"\nFine-tune finished: {summary['steps']} steps{here}, train loss {_fmt(summary['first_loss'])} -> "
         f"{_fmt(summary['last_loss'])}{means}{weighted}"
     ]
+    for change in summary.get("resumed_with_config_changes") or []:
+        # Trial 59d: a resume under another beta, and the loss line above spanned both without a word.
+        lines.append(
+            f"resumed at step {change.get('step')} under another config ({change.get('config_change')}): "
+            "the loss and the scores span both configs"
+        )
     if summary.get("skipped_steps"):
         lines.append(
             f"fp16: {summary['skipped_steps']} of {summary['steps']} steps overflowed and changed no weight "

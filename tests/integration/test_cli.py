@@ -137,6 +137,7 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
     change = "training.learning_rate: 0.005 -> 0.002"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["resumed_with_config_changes"] == [{"step": 4, "config_change": change}]
+    assert f"resumed at step 4 under another config ({change}): the loss and the scores span" in resumed.stdout
     listing = subprocess.run([*FTL, "runs", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
     assert f"run: resumed at step 4 under another config ({change})" in listing.stdout, listing.stdout
     report = subprocess.run(

@@ -222,3 +222,15 @@ def test_a_continuation_says_how_many_steps_it_trained_itself(tmp_path: Path) ->
     said = format_summary({**_summary(tmp_path), "steps": 55, "continued_from": continued})
     assert "Fine-tune finished: 55 steps (25 in this run), train loss" in said
     assert "in this run" not in format_summary({**_summary(tmp_path), "steps": 55})
+
+
+def test_a_resume_under_another_config_is_said_beside_the_loss(tmp_path: Path) -> None:
+    """Trial 59d: resumed under another preference beta, "train loss 0.6931 -> 0.8645" spanned
+    two losses of different scale without a word."""
+    change = {"step": 5, "config_change": "training.preference.beta: 0.1 -> 0.5"}
+    said = format_summary({**_summary(tmp_path), "resumed_with_config_changes": [change]})
+    assert (
+        "resumed at step 5 under another config (training.preference.beta: 0.1 -> 0.5): the loss and the scores "
+        "span both configs"
+    ) in said
+    assert "under another config" not in format_summary(_summary(tmp_path))
