@@ -44,7 +44,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -601,9 +601,13 @@ def default_cpus_per_worker(cluster: ClusterConfig) -> float:
     of 1 each could never be met and Ray Train would wait for the workers forever)."""
     import ray
 
-    node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    smallest = min((c for c in node_cpus if c > 0), default=1)
-    return cpu_share(smallest, cluster.workers)
+    return smallest_node_share([n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")], cluster.workers)
+
+
+def smallest_node_share(node_cpus: Sequence[float], workers: int) -> float:
+    """default_cpus_per_worker for nodes of these CPU counts (also where the cluster is known only
+    through its job server: `ftl submit`)."""
+    return cpu_share(min((c for c in node_cpus if c > 0), default=1), workers)
 
 
 def cpu_share(node_cpus: float, workers: int) -> float:

@@ -111,6 +111,25 @@ def submit(
             time.sleep(2)
 
 
+def alive_node_resources(address: str | None, timeout_s: int = 10) -> list[dict[str, float]] | None:
+    """Each alive node's total resources ({"CPU": 4.0, "GPU": 1.0, ...}) as the cluster behind the
+    job server reports them (Ray's state API, served by the same dashboard); None when it does not
+    say in time (an older head, a proxy that passes only the jobs API)."""
+    from ray.util.state import list_nodes
+
+    try:
+        nodes = list_nodes(
+            address=resolve_address(address),
+            filters=[("state", "=", "ALIVE")],
+            detail=True,
+            timeout=timeout_s,
+            raise_on_missing_output=False,
+        )
+    except Exception:  # noqa: BLE001 - the check is advisory: the job itself says the same once it runs
+        return None
+    return [{name: float(amount) for name, amount in (node.resources_total or {}).items()} for node in nodes]
+
+
 def status(job_id: str, address: str | None) -> dict[str, Any]:
     info = client(address).get_job_info(job_id)
     return {

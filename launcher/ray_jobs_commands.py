@@ -25,6 +25,7 @@ def submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     _check_before_submitting(cfg)
     jobs = _jobs()
+    _say_resource_shortfall(cfg.cluster, args.address)
     python = args.python or _default_python(args.address)
     if args.python and _head_is_here(args.address) and not shutil.which(args.python):
         # Trial 59b: `/bin/sh: 1: /nonexistent/python: not found` from the job, exit 1, no hint.
@@ -70,6 +71,33 @@ def _check_before_submitting(cfg: Any) -> None:
     problems = problems_before_start(cfg, inputs=False)
     if problems:
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _say_resource_shortfall(cluster: Any, address: str | None) -> None:
+    """The reservation the workers make against what the cluster has now, said here (trial 59c:
+    cluster.nodes=3 on a 2-node cluster, exit 0, and the warning only in the job's log). A warning,
+    as when `ftl train` joins a cluster: an autoscaler may add nodes."""
+    from cluster.gpu_probe import reservation_shortfalls
+    from cluster.ray_driver import smallest_node_share
+
+    nodes = _jobs().alive_node_resources(address)
+    if not nodes:
+        return
+    cpus = cluster.ray.cpus_per_worker or smallest_node_share([n.get("CPU", 0.0) for n in nodes], cluster.workers)
+    gpus = cluster.ray.gpus_per_worker
+    if gpus is None:  # as the job's driver decides it
+        gpus = 1.0 if any(n.get("GPU", 0.0) > 0 for n in nodes) else 0.0
+    have = {name: sum(n.get(name, 0.0) for n in nodes) for name in ("CPU", "GPU")}
+    where = f"the Ray cluster ({len(nodes)} node(s) alive)"
+    short = list(reservation_shortfalls(cluster, cpus, gpus, have, where).values())
+    if short:
+        print(
+            f"ftl: warning: {'; '.join(short)}: the job will wait until the cluster has them (an autoscaler "
+            "may add nodes; `ftl stop JOB_ID` ends the wait); else lower cluster.workers, cluster.nodes or the "
+            "reservation per worker",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _address_flag(address: str | None) -> str:

@@ -481,6 +481,23 @@ def test_ray_job_submit_stop_checkpoints_first_and_a_resubmit_resumes(tmp_path, 
     assert missing.returncode == 2 and "ftl-no-such-job" in missing.stderr
 
 
+def test_ray_job_submit_says_a_reservation_the_cluster_cannot_hold_now(tmp_path, tiny_model_dir, ray_cluster):
+    """Trial 59c: cluster.nodes=3 to a cluster of 2 nodes: exit 0, and the reservation warning only
+    in the job's log. Said at the submit (a warning: a cluster may grow); here the job is then
+    refused for its --python, so none runs."""
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "ray", "workers": 1, "nodes": 3})
+    out = _ftl("submit", str(config), "--address", ray_cluster.dashboard, "--python", "/nonexistent/python")
+    assert out.returncode == 2 and "--python /nonexistent/python: no such program" in out.stderr, out.stderr[-3000:]
+    assert (
+        "ftl: warning: 3 workers (cluster.workers=1 x cluster.nodes=3) x 2 CPU each (cluster.ray.cpus_per_worker) "
+        "= 6 CPUs, but the Ray cluster (2 node(s) alive) has 4: the job will wait"
+    ) in out.stderr, out.stderr[-3000:]
+    fits = _ftl(
+        "submit", str(config), "cluster.nodes=2", "--address", ray_cluster.dashboard, "--python", "/nonexistent/python"
+    )
+    assert fits.returncode == 2 and "warning" not in fits.stderr, fits.stderr[-3000:]
+
+
 def test_torchrun_max_restarts_resumes_after_a_killed_worker(tmp_path, tiny_model_dir, golden):
     config = _config(
         tmp_path, tiny_model_dir, "run", cluster={"backend": "torchrun", "workers": 2, "torchrun": {"max_restarts": 1}}
