@@ -54,7 +54,13 @@ def stopped_without_workers(run_dir: Path, error: BaseException) -> StopRequeste
     signum = int(text) if text.isdigit() else None
     failure = getattr(error, "controller_failure", None) or error  # Ray's own first line says only "controller error"
     reason = (str(failure).strip().splitlines() or [type(failure).__name__])[0].split(". Potential causes")[0][:200]
-    print(f"ftl: the stop came while no worker group ran ({reason}): nothing more to save", file=sys.stderr)
+    unplaced = (
+        "; Ray could not place the workers, and a new start waits the same way until the cluster has room for "
+        "them (or with fewer: cluster.workers, cluster.nodes, cluster.ray.cpus_per_worker)"
+        if type(failure).__name__ in PLACEMENT_TIMEOUTS  # trial 59c: advised to resubmit, which waited again
+        else ""
+    )
+    print(f"ftl: the stop came while no worker group ran ({reason}): nothing more to save{unplaced}", file=sys.stderr)
     committed = committed_checkpoints(run_dir)
     if not committed:
         return StopRequested(0, "", signum)

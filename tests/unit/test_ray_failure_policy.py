@@ -133,7 +133,7 @@ def test_a_worker_that_stopped_answering_is_said_to_be_gone() -> None:
     )
 
 
-def test_the_error_a_failed_run_ends_with(tmp_path: Path) -> None:
+def test_the_error_a_failed_run_ends_with(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The driver ends with the input error alone (exit 2, no Ray report chained), a stop asked
     while no worker group ran as that stop, and any other failure as RayRunFailed caused by Ray's."""
     from ray.train.v2.api.exceptions import ControllerError
@@ -161,3 +161,9 @@ def test_the_error_a_failed_run_ends_with(tmp_path: Path) -> None:
     layout.stop_request.write_text("2")
     stopped = failed_run_error(crash, tmp_path, str(tmp_path.parent), 2)
     assert isinstance(stopped, StopRequested) and stopped.signum == 2 and stopped.step == 0
+    assert "nothing more to save" in capsys.readouterr().err
+    # Stopped while Ray could not place the workers: a new start waits the same way (trial 59c).
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    failed_run_error(ControllerError(WorkerGroupStartupTimeoutError(2)), tmp_path, str(tmp_path.parent), 2)
+    assert "a new start waits the same way until the cluster has room for them" in capsys.readouterr().err
