@@ -59,6 +59,17 @@ class RayConfig(Section):
         0, ge=-1, description="Restart the worker group from the latest checkpoint this many times (-1 = always)."
     )
 
+    @field_validator("address")
+    @classmethod
+    def _a_ray_address(cls, value: str | None) -> str | None:
+        # Ray's own ValueError came as a traceback after the run directory was made (trial 60b).
+        from cluster.ray_address import address_form_problem
+
+        problem = address_form_problem(value, source="") if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value.strip() if value is not None else None
+
 
 class TorchrunConfig(Section):
     rdzv_endpoint: str | None = Field(

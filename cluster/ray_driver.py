@@ -51,6 +51,7 @@ from typing import Any
 from cluster.config import ClusterConfig, RayConfig
 from cluster.gpu_probe import reservation_shortfalls
 from cluster.loopback import LOOPBACK, LOOPBACK_INTERFACE
+from cluster.ray_address import SOURCE, address_form_problem
 from cluster.ray_console_filter import quiet_transient_ray_warnings
 from cluster.ray_daemon_group import DaemonGroup, start_daemon_group
 from cluster.ray_failures import RayRunFailed, failed_run_error, input_errors_not_retried
@@ -305,9 +306,20 @@ def silent_address_problem(address: str) -> str | None:
     """Why nothing can be joined at this address, or None (it answers, or it is a form Ray resolves
     itself: auto, local). Also asked by train's pre-start check, before the run directory exists
     (trial 59b: a typo left a run directory listed as failed)."""
+    malformed = address_form_problem(address)  # trial 60b: Ray's ValueError, a traceback, exit 1
+    if malformed:
+        return malformed
+    if address.strip() == "auto":
+        try:
+            address = auto_address()
+        except ConnectionError:  # trial 60b: said, but exit 1 and a run directory listed as failed
+            return (
+                f"cannot join the Ray cluster at auto ({SOURCE}): no Ray cluster runs on this machine (start one with "
+                "`ray start --head`, or give the head's HOST:PORT), or leave both unset to run on a local Ray"
+            )
     host_port = address.split("://", 1)[-1].rstrip("/")
     host, _, port = host_port.rpartition(":")
-    if not host or not port.isdigit():  # "auto", "local" or a form Ray resolves itself
+    if not host or not port.isdigit():  # "local", or a URL on its scheme's default port
         return None
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
@@ -318,6 +330,14 @@ def silent_address_problem(address: str) -> str | None:
             f"answers there ({exc.strerror or exc}); check the address and that the cluster is up "
             "(`ray status` on its head node), or leave both unset to run on a local Ray"
         )
+
+
+def auto_address() -> str:
+    """What Ray makes of `auto`: the cluster `ray start` last started on this machine (HOST:PORT),
+    or ConnectionError when none runs."""
+    from ray._private.services import get_ray_address_from_environment
+
+    return str(get_ray_address_from_environment("auto", None))
 
 
 def joined_cluster_env(address: str) -> dict[str, str]:

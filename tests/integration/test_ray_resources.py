@@ -63,6 +63,13 @@ def test_a_ray_address_where_nothing_listens_fails_at_once(tmp_path: Path, tiny_
     assert done.returncode == 2, done.stderr[-3000:]  # refused before the start, as `ftl submit` refuses it
     assert f"cannot join the Ray cluster at 127.0.0.1:{port}" in done.stderr and "nothing answers" in done.stderr
     assert not (tmp_path / "run").exists()  # trial 59b: a typo left a run directory listed as failed
+    # Malformed, from the environment (the config's own is refused by validate): Ray's ValueError
+    # was a traceback, exit 1, and a run directory listed as failed (trial 60b).
+    env = {**os.environ, "RAY_ADDRESS": "garbage:::"}
+    unset = "cluster.ray.address=null"
+    done = subprocess.run([*FTL, "train", str(config), unset], cwd=REPO, capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "'garbage:::' is no Ray address" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
 
 def test_ctrl_c_while_a_joined_cluster_cannot_place_the_workers_stops_at_once(

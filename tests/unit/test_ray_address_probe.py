@@ -23,10 +23,54 @@ def test_nothing_listening_is_refused_with_the_address(form: str) -> None:
     assert address in str(refused.value) and "cluster.ray.address" in str(refused.value)
 
 
-def test_a_listening_address_and_the_forms_ray_resolves_pass() -> None:
+def test_a_listening_address_and_the_forms_ray_resolves_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cluster.ray_driver
+
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        refuse_silent_address(f"127.0.0.1:{server.getsockname()[1]}")
-    refuse_silent_address("auto")
+        listening = f"127.0.0.1:{server.getsockname()[1]}"
+        refuse_silent_address(listening)
+        refuse_silent_address(f"http://{listening}/")
+        # `auto` is what Ray finds on this machine (Ray's lookup stood in for: no test starts a Ray here).
+        monkeypatch.setattr(cluster.ray_driver, "auto_address", lambda: listening)
+        refuse_silent_address("auto")
     refuse_silent_address("local")
+
+
+def test_auto_with_no_cluster_on_this_machine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 60b: Ray's "Could not find any running Ray instance", exit 1, and a failed run directory."""
+    import cluster.ray_driver
+
+    def none_runs() -> str:
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(cluster.ray_driver, "auto_address", none_runs)
+    with pytest.raises(RayRunFailed, match="no Ray cluster runs on this machine"):
+        refuse_silent_address("auto")
+
+
+@pytest.mark.parametrize(
+    ("address", "said"),
+    [
+        ("garbage:::", "the port '' is no number"),
+        ("localhost:abc", "the port 'abc' is no number"),
+        (":6379", "no host"),
+        ("head", "no :PORT after the host"),
+        ("my head:6379", "the host holds a space"),
+        ("::1:6379", "an IPv6 host is written in brackets"),
+        ("ftp://head:6379", "ftp:// is no scheme Ray takes"),
+        (" ", "is empty"),
+    ],
+)
+def test_a_malformed_address_is_refused_by_name_before_ray_reads_it(address: str, said: str) -> None:
+    """Trial 60b: Ray's ValueError ("Invalid address format") was a 37-line traceback, exit 1."""
+    from cluster.config import RayConfig
+    from cluster.ray_address import address_form_problem
+
+    problem = address_form_problem(address)
+    assert problem and said in problem and problem.startswith("cluster.ray.address / $RAY_ADDRESS: "), problem
+    with pytest.raises(ValueError, match="is no Ray address|is empty"):
+        RayConfig(address=address)
+    for fine in ("auto", "local", "10.0.0.5:6379", "ray://head:10001", "ray://head", "http://[::1]:8265", "[::1]:6379"):
+        assert address_form_problem(fine) is None and RayConfig(address=fine).address == fine
