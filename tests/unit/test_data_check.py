@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import launcher.cli
@@ -866,3 +867,18 @@ def test_an_epoch_runs_settings_past_its_end_are_warned_of_from_the_rows_counted
         capsys, config, "training.warmup_steps=5", "eval.every_steps=10", "checkpoint.every_steps=10"
     )
     assert code == 0 and "is not shorter than the run" not in out, out[-3000:]
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_the_cache_not_the_run(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trial 60b: a read-only FTL_CACHE_DIR failed a Ray run 35 s in with a PermissionError. (A
+    file where the cache's folder would go stands in for a read-only folder: root writes those.)"""
+    (tmp_path / "a-file").write_text("x")
+    args = (str(QA_DATA / "valid.jsonl"), "chat", tokenizer)
+    kwargs = {"max_seq_len": 128, "too_long": "truncate", "skip_bad_rows": False}
+    with caplog.at_level("WARNING", logger="trainer.data.tokenized"):
+        blocked = load_tokenized(*args, **kwargs, cache_root=tmp_path / "a-file" / "tokenized")
+    assert "could not cache the tokenized data in" in caplog.text and "training goes on" in caplog.text
+    cached = load_tokenized(*args, **kwargs, cache_root=tmp_path / "cache")
+    assert np.array_equal(blocked.ids, cached.ids) and np.array_equal(blocked.mask, cached.mask)

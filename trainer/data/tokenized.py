@@ -667,8 +667,19 @@ def _same_reasons_collapsed(bad_rows: list[str]) -> list[str]:
 
 
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    except OSError as exc:
+        # A cache folder this worker cannot write (a read-only FTL_CACHE_DIR or data.cache_dir):
+        # trial 60b's run failed on it 35 s in. The cache only saves the next start's tokenizing.
+        log.warning(
+            "could not cache the tokenized data in %s (%s); training goes on, and the next start tokenizes again "
+            "(point FTL_CACHE_DIR or data.cache_dir at a writable folder to keep it)",
+            entry.parent,
+            exc.strerror or exc,
+        )
+        return
     # mkdtemp's 0700 would keep the entry from the other users of a shared $FTL_CACHE_DIR.
     os.chmod(tmp, 0o777 & ~current_umask())
     try:
