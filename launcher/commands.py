@@ -304,6 +304,14 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
         if value is not None and not value.strip():  # an empty value meant "not given" (or the cwd)
             raise UserError(f"{flag} is empty; name a folder, or leave the flag out")
     cfg = load_snapshot(Path(run_dir))
+    if out is not None:
+        from launcher.local_paths import nearest_existing, new_entry_refusal
+
+        # The export is written beside --out first (a hidden folder, renamed into place).
+        where = nearest_existing(Path(out).resolve().parent)
+        refusal = new_entry_refusal(where) if where.is_dir() else None
+        if refusal:  # trial 60b: a PermissionError traceback
+            raise UserError(f"--out {out}: cannot write in {where} ({refusal}); choose another --out")
     _quiet_libraries()
     from cluster.local import default_device
     from trainer.export import export_run

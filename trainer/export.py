@@ -308,6 +308,14 @@ def export_run(
             f"{source} is the run's final model, not a checkpoint: `ftl export {run_dir}` (without --checkpoint) "
             "exports it, or load it as it is"
         )
+    if not Path(source).resolve().is_relative_to(layout.checkpoints.resolve()):
+        # Trial 60b: another run's step-40 exported as RUN/exports/step-40, a step RUN never reached.
+        owner = Path(source).parent.parent if Path(source).parent.name == "checkpoints" else None
+        how = f"`ftl export {owner} --checkpoint {Path(source).name}`" if owner else "from the run it belongs to"
+        raise TrainerInputError(
+            f"{source} is not a checkpoint of {run_dir} (whose checkpoints are in {layout.checkpoints}); "
+            f"export it from its own run: {how}"
+        )
     problem = validate_checkpoint(source)
     if problem:
         raise TrainerInputError(f"checkpoint {source} cannot be exported: {problem}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -268,6 +269,26 @@ def test_export_writes_only_its_own_folder(tmp_path: Path, tiny_model_dir: Path)
     into_other = export(other / "final")
     assert into_other.returncode == 2 and f"inside another run directory ({other})" in into_other.stderr
     assert sorted(p.name for p in (other / "final").iterdir()) == ["export.json"]
+
+    # A folder nobody may write in (trial 60b: a PermissionError traceback; /proc stops root too).
+    unwritable = export(Path("/proc/ftl-export"))
+    assert unwritable.returncode == 2 and "--out /proc/ftl-export: cannot write in /proc" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr, unwritable.stderr[-2000:]
+    # Another run's checkpoint is exported from that run, not filed under this one's exports/ as a
+    # step it never reached (trial 60b).
+    copy = Path(shutil.copytree(run, tmp_path / "copy"))
+    foreign = subprocess.run(
+        [*FTL, "export", str(run), "--checkpoint", str(copy / "checkpoints" / "step-2")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert foreign.returncode == 2, foreign.stderr[-2000:]
+    assert (
+        f"is not a checkpoint of {run}" in foreign.stderr
+        and f"`ftl export {copy} --checkpoint step-2`" in foreign.stderr
+    )
+    assert not (run / "exports").exists()
 
 
 def _umask() -> int:
