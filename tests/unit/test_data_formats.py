@@ -992,3 +992,23 @@ def test_a_csv_quote_left_open_is_a_bad_row_not_a_cell_swallowing_the_next_lines
     assert [row.values for row in read_rows(str(tmp_path / "fine.csv"))] == [
         {"prompt": "q1", "completion": 'two\nlines, and "quoted"'}
     ]
+
+
+def test_rows_too_long_by_different_counts_are_one_reason_in_file_order(tmp_path: Path, tokenizer: Any) -> None:
+    """Trial 60a: two rows of 136 tokens made a reason of their own, and line 33 came before line 19."""
+    lengths = [20, 30, 21, 30, 40, 20, 20, 30]  # words, 3 tokens each: the 20s and 21 fit in 80 tokens
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": " ".join(["word"] * n)} for n in lengths])
+    with pytest.raises(DataError) as info:
+        load_tokenized(
+            str(path),
+            "text",
+            tokenizer,
+            max_seq_len=80,
+            too_long="error",
+            skip_bad_rows=False,
+            cache_root=tmp_path / "c",
+        )
+    listed = re.findall(r"t\.jsonl line (\d+)|lines ([\d, ]+)", str(info.value))
+    lines = [int(n) for single, many in listed for n in ([single] if single else many.split(", "))]
+    assert lines == [2, 4, 5, 8], str(info.value)
+    assert "... and 1 more row(s) with the same reason (longer than data.max_seq_len=80): lines 8" in str(info.value)
