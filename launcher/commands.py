@@ -414,6 +414,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if data:
         mode = "packed into" if data.get("packing") else "padded in batches,"
         slots = f"{100 * data.get('token_efficiency', 0):.1f}% of token slots hold real tokens"
+        if data.get("token_efficiency_expected"):  # padded shuffled batches: a mean over shuffles (trial 60a)
+            slots = f"about {slots} (the mean over shuffles of the batches)"
         if data.get("format") == "image_classification":
             lines.append(f"data: {data['train_examples']} images")  # no tokens: slots and padding mean nothing here
         elif data.get("format") == "preference":  # a row is a pair of sequences (trial 45a: "16 examples, 8 rows")

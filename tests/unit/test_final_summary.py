@@ -68,6 +68,10 @@ def test_the_data_line_counts_images_not_token_slots(tmp_path: Path) -> None:
     # A preference row is a pair of sequences (trial 45a: "16 examples padded in batches, 8 rows").
     pairs = format_summary({**_summary(tmp_path), "data": {**data, "train_rows": 60, "format": "preference"}})
     assert "data: 60 pairs (120 sequences) padded in batches; 100.0% of token slots hold real tokens" in pairs
+    # Shuffled rows in padded batches: the figure is the mean over shuffles, not this run's draw (trial 60a).
+    shuffled = {**data, "format": "classification", "token_efficiency": 0.714, "token_efficiency_expected": True}
+    said = format_summary({**_summary(tmp_path), "data": shuffled})
+    assert "rows; about 71.4% of token slots hold real tokens (the mean over shuffles of the batches)" in said
 
 
 def test_a_set_scored_in_part_is_marked(tmp_path: Path) -> None:
