@@ -175,7 +175,17 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
         return None
     import numpy as np
 
-    if data.too_long == "split" and cached is None:
+    if data.too_long in ("drop", "error") and cached is None:
+        whole = np.asarray(lengths)
+        kept = whole[whole <= data.max_seq_len]
+        if data.too_long == "error" and len(kept) < len(whole):
+            # Trial 60a: an epoch estimated for data training refuses, without a word.
+            source += f"; {len(whole) - len(kept)} sampled row(s) are longer than max_seq_len, which training refuses (data.too_long=error)"
+        elif len(kept) < len(whole):  # dropped rows train nothing (trial 60a: 2.5x the epoch's tokens)
+            rows = int(round(rows * len(kept) / len(whole)))
+            lengths = kept
+            if len(lengths) == 0:
+                return None
         # A sampled row longer than max_seq_len trains as pieces of it (the cache holds the pieces).
         whole = np.asarray(lengths)
         pieces = [min(data.max_seq_len, n - start) for n in whole.tolist() for start in range(0, n, data.max_seq_len)]

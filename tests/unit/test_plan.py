@@ -872,3 +872,34 @@ def test_plan_on_ray_adds_what_ray_takes_as_the_fit_check_does() -> None:
     assert "on Ray    + " in on_ray.stdout and "as `ftl train`'s fit check counts" in on_ray.stdout
     local = subprocess.run([*FTL, "plan", lora, "cluster.backend=local"], capture_output=True, text=True, timeout=300)
     assert local.returncode == 0 and "on Ray" not in local.stdout
+
+
+def test_the_epoch_counts_what_too_long_keeps_before_the_data_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer: object
+) -> None:
+    """Trial 60a: with data.too_long=drop the uncached estimate counted the dropped rows (2.5x the
+    epoch's tokens); with error it estimated an epoch of data training refuses, without a word."""
+    import json
+
+    from launcher.plan.throughput import count_tokens
+    from trainer.data.tokenized import load_tokenized
+
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: the sampled estimate
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(["word"] * n)}) + "\n" for n in (5, 60, 8, 90, 10)))
+    settings = {"train": str(data), "format": "text", "max_seq_len": 64, "packing": False}
+    dropped = count_tokens(_cfg(tmp_path, data={**settings, "too_long": "drop"}))
+    kept = load_tokenized(
+        str(data),
+        "text",
+        tokenizer,
+        max_seq_len=64,
+        too_long="drop",
+        skip_bad_rows=False,
+        cache_root=tmp_path / "elsewhere",
+    )
+    assert dropped is not None and dropped.real_tokens == int(kept.lengths().sum()), (dropped, kept.lengths())
+    refused = count_tokens(_cfg(tmp_path, data={**settings, "too_long": "error"}))
+    assert (
+        refused is not None and "2 sampled row(s) are longer than max_seq_len, which training refuses" in refused.source
+    )
