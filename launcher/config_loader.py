@@ -224,14 +224,54 @@ def _as_written(key: yaml.ScalarNode) -> str:
     return f"{quote}{key.value}{quote}"
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _merge_problems(node: yaml.MappingNode, prefix: str) -> list[str]:
+    """YAML merge keys (`<<: *anchor`) whose outcome is not what the file seems to say. Two `<<` in
+    one mapping: the second silently replaces the first. `<<: [*a, *b]` with a key in both that
+    this mapping does not set itself: the spec says the first mapping wins, and PyYAML gives the
+    first for some keys and the last for others (yaml/pyyaml#953; trial 60b: r from one anchor,
+    alpha from the other, a LoRA scaling neither meant)."""
+    merges = [(key, value) for key, value in node.value if isinstance(key, yaml.ScalarNode) and key.tag == MERGE_TAG]
+    where = prefix.rstrip(".") or "the top level"
+    problems = []
+    if len(merges) > 1:
+        lines = " and ".join(str(key.start_mark.line + 1) for key, _ in merges)
+        problems.append(
+            f"{where}: `<<` written {len(merges)} times (lines {lines}); YAML keeps one, silently: merge once, "
+            "with a list (`<<: [*a, *b]`) of mappings that share no key"
+        )
+    own = {key.value for key, _ in node.value if isinstance(key, yaml.ScalarNode) and key.tag != MERGE_TAG}
+    for key, value in merges:
+        if not isinstance(value, yaml.SequenceNode):
+            continue
+        seen: dict[str, int] = {}
+        shared: list[str] = []
+        for index, mapping in enumerate(value.value):
+            names = [k.value for k, _ in getattr(mapping, "value", []) if isinstance(k, yaml.ScalarNode)]
+            for name in names:
+                if name in seen and seen[name] != index and name not in own and name not in shared:
+                    shared.append(name)
+                seen.setdefault(name, index)
+        if shared:
+            problems.append(
+                f"{where} (line {key.start_mark.line + 1}): more than one of the mappings merged by `<<` sets {', '.join(shared)}, "
+                "and which one wins is easy to misread (PyYAML mixes them: yaml/pyyaml#953); set "
+                f"{'it' if len(shared) == 1 else 'them'} here, beside the `<<`, or merge mappings that share no key"
+            )
+    return problems
+
+
 def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[str]:
     """A key written twice in one mapping: YAML keeps the last value without a word, so the
     first one (often the one the user edits) would be ignored."""
     problems: list[str] = []
     if isinstance(node, yaml.MappingNode):
+        problems += _merge_problems(node, prefix)
         seen: dict[str, tuple[int, yaml.ScalarNode]] = {}
         for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
                 continue
             key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
             if key in seen:

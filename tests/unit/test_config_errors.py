@@ -1125,6 +1125,27 @@ def test_top_level_x_keys_hold_yaml_anchors_and_are_ignored(tmp_path: Path, vali
     assert "a secret-named key with a literal value" in problem and token not in problem  # x- blocks too
 
 
+def test_merge_keys_whose_outcome_is_easy_to_misread_are_refused(tmp_path: Path, valid_text: str) -> None:
+    """Trial 60b: `<<: [*small, *big]` gave r from one anchor and alpha from the other (PyYAML,
+    yaml/pyyaml#953), a LoRA scaling neither meant; two `<<` in one mapping kept one silently."""
+    anchors = "x-small: &small {r: 4, alpha: 8.0}\nx-big: &big {r: 64, alpha: 128.0, dropout: 0.1}\n"
+
+    def lora(block: str) -> str:
+        return anchors + valid_text.replace("  type: lora\n", f"  type: lora\n  lora:\n{block}")
+
+    [problem] = _problems(_write(tmp_path, lora("    <<: [*small, *big]\n")))
+    assert problem.startswith("method.lora (line 10): more than one of the mappings merged by `<<` sets r, alpha"), (
+        problem
+    )
+    # The shared keys set beside the `<<` say which: fine, and so are mappings that share no key.
+    cfg = load_config(_write(tmp_path, lora("    <<: [*small, *big]\n    r: 4\n    alpha: 8.0\n")))
+    assert (cfg.method.lora.r, cfg.method.lora.alpha, cfg.method.lora.dropout) == (4, 8.0, 0.1)
+    cfg = load_config(_write(tmp_path, "x-drop: &drop {dropout: 0.2}\n" + lora("    <<: [*small, *drop]\n")))
+    assert (cfg.method.lora.r, cfg.method.lora.dropout) == (4, 0.2)
+    [problem] = _problems(_write(tmp_path, lora("    <<: *small\n    <<: *big\n")))
+    assert problem.startswith("method.lora: `<<` written 2 times (lines 10 and 11); YAML keeps one, silently"), problem
+
+
 def test_a_mapping_for_a_value_and_a_short_list_say_what_was_given(tmp_path: Path, valid_text: str) -> None:
     """Session 43's review: `training.max_steps={a: 1}` said "Input should be a valid integer" without
     the value, and `training.adam_betas=[0.9]` "training.adam_betas[1]: required key is missing"."""
