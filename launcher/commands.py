@@ -88,6 +88,7 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         mixture_notes,
         periodic_eval_without_data,
         same_data_warnings,
+        unused_method_settings,
         unused_zero_stage,
     )
 
@@ -99,6 +100,7 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         periodic_eval_without_data(cfg),
         *same_data_warnings(cfg),
         unused_zero_stage(cfg),
+        *unused_method_settings(cfg),
         *mixture_notes(cfg),
     )
     from launcher.model_check import model_load_warning

@@ -974,6 +974,32 @@ def unused_zero_stage(cfg: TrainerConfig) -> str | None:
     )
 
 
+def unused_method_settings(cfg: TrainerConfig) -> list[str]:
+    """method.quantization set (off its defaults) without QLoRA, method.lora without adapters: read by
+    nothing (trial 60b: `type: full` with a quantization block trained a full-precision full fine-tune
+    without a word, where adapter_dtype under full is refused and zero_stage under ddp warned of)."""
+    method = cfg.method
+    notes = []
+    quantized = _changed_keys(method.quantization, QuantizationConfig())
+    if quantized and method.type != "qlora":
+        notes.append(
+            f"method.quantization ({', '.join(quantized)}) is read by method.type=qlora only, and this run is "
+            f"{method.type}, which loads the base unquantized; set method.type=qlora for a 4-bit base, or remove it"
+        )
+    adapters = _changed_keys(method.lora, LoraConfig())
+    if adapters and method.type == "full":
+        notes.append(
+            f"method.lora ({', '.join(adapters)}) configures adapters, and method.type=full trains every weight "
+            "without them; set method.type=lora (or dora, qlora) to train adapters, or remove it"
+        )
+    return notes
+
+
+def _changed_keys(section: Section, default: Section) -> list[str]:
+    ours, theirs = section.model_dump(mode="json"), default.model_dump(mode="json")
+    return [key for key in ours if ours[key] != theirs.get(key)]
+
+
 def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:
     """eval.every_steps with nothing to evaluate: the run trains without a number (trial 37b). A
     warning, not a refusal: a recipe's every_steps is fine to keep while trying data without a split."""

@@ -1012,6 +1012,23 @@ def test_zero_stage_as_a_bool_is_refused_and_off_deepspeed_is_warned(tmp_path: P
     assert unused_zero_stage(zero) is None
 
 
+def test_settings_of_another_method_are_warned_of(tmp_path: Path, valid_text: str) -> None:
+    """Trial 60b: `type: full` with a quantization block trained full precision without a word."""
+    from trainer.config import unused_method_settings
+
+    config = _write(tmp_path, valid_text)
+    full = load_config(config, ["method.type=full", "method.quantization.quant_type=fp4", "method.lora.r=64"])
+    quantized, adapters = unused_method_settings(full)
+    assert quantized.startswith("method.quantization (quant_type) is read by method.type=qlora only"), quantized
+    assert adapters.startswith("method.lora (r) configures adapters, and method.type=full"), adapters
+    lora = load_config(config, ["method.quantization.double_quant=false", "method.lora.r=64"])
+    assert [note.split(" (")[0] for note in unused_method_settings(lora)] == ["method.quantization"]
+    assert (
+        unused_method_settings(load_config(config, ["method.type=qlora", "method.quantization.quant_type=fp4"])) == []
+    )
+    assert unused_method_settings(load_config(config, ["method.type=full"])) == []  # defaults: nothing set
+
+
 def test_a_relative_mlflow_store_is_made_absolute_for_the_workers(
     tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
