@@ -30,9 +30,12 @@ STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 
 
 class ModelConfig(Section):
-    path: str = Field(description="Local Hugging Face model directory, or a hub name when online.")
-    tokenizer: str | None = Field(None, description="Tokenizer directory or name; defaults to model.path.")
-    revision: str | None = None
+    # An empty path passed validate (trial 60b); train's refusal offered to download ''.
+    path: str = Field(min_length=1, description="Local Hugging Face model directory, or a hub name when online.")
+    tokenizer: str | None = Field(
+        None, min_length=1, description="Tokenizer directory or name; defaults to model.path."
+    )
+    revision: str | None = Field(None, min_length=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on a GPU that supports it, float32 otherwise."
     )

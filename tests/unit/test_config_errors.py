@@ -1170,3 +1170,10 @@ def test_a_mapping_for_a_value_and_a_short_list_say_what_was_given(tmp_path: Pat
     assert problem.endswith("valid integer; got {'a': 1}"), problem
     [problem] = _problems(_write(tmp_path, valid_text), ["training.adam_betas=[0.9]"])
     assert problem == "training.adam_betas (command line): too few values, entry [1] is missing; got [0.9]", problem
+
+
+def test_an_empty_model_path_is_refused_by_validate(tmp_path: Path, valid_text: str) -> None:
+    """Trial 60b: `model.path=` was valid, and train offered --skip-fit-check to download ''."""
+    for key in ("model.path", "model.tokenizer", "model.revision"):
+        (problem,) = _problems(_write(tmp_path, valid_text), [f"{key}="])
+        assert problem == f"{key} (command line): String should have at least 1 character; got ''", problem
