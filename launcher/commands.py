@@ -53,7 +53,9 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     uri = display_uri(cfg.output.dir) if is_uri(cfg.output.dir) else None
     if not run_dir_problems:
         run_dir_problems = output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume, uri)
-    run_dir_problems = ([refusal] if refusal else []) + run_dir_problems
+    # A finished run (or a folder not ftl's) is the refusal, alone: the checkpoint's own refusal beside it
+    # (past max_steps: "set max_steps above N") gave advice the finished run's refusal then refused (trial 60b).
+    run_dir_problems = run_dir_problems or ([refusal] if refusal else [])
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems

@@ -216,3 +216,19 @@ def test_validate_s_preview_names_what_a_start_would_move_and_moves_nothing(tmp_
     begin(run, plan_start(run, str(step_2), move_aside=False))
     [branch] = _branches(run)
     assert sorted(p.name for p in branch.iterdir()) == ["metrics.jsonl", "step-4", "step-6"]
+
+
+def test_validate_of_a_finished_run_gives_its_refusal_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 60b: validate first said "set training.max_steps above 6 to train further", then that
+    the folder holds a finished run, which refuses doing so."""
+    import launcher.cli
+    from tests.conftest import BUNDLED_MODEL, write_config
+
+    run = tmp_path / "run"
+    _earlier_run(run, [4, 6])
+    (run / ".ftl-run").write_text('{"ftl_run_directory": 1}')
+    (run / "summary.json").write_text("{}")
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, run, training={"max_steps": 5})
+    assert launcher.cli.main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a finished run" in err and "past training.max_steps" not in err, err
