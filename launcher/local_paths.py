@@ -30,10 +30,12 @@ def did_you_mean(value: str) -> str:
     """'; did you mean X?' for a missing path whose folder holds a close spelling (a typo in the last
     part: ftl-tiny-lama for ftl-tiny-llama), else ''."""
     path = Path(value).expanduser()
+    if path.is_symlink() and not path.exists():  # trial 60b: "did you mean dangling.jsonl?", its own name
+        return f"; it is a link to {path.readlink()}, which does not exist"
     if path.exists() or not path.parent.is_dir():
         return ""
     try:
-        siblings = [entry.name for entry in path.parent.iterdir()]
+        siblings = [entry.name for entry in path.parent.iterdir() if entry.name != path.name]
     except OSError:  # unreadable folder: nothing to suggest
         return ""
     close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.75)

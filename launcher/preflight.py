@@ -50,6 +50,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
             problems.append(f"{key}: {value}{relative_to_cwd(value)} not found{did_you_mean(value)}")
         elif value and Path(value).is_file() and not os.access(value, os.R_OK):
             problems.append(f"{key}: {value} cannot be read (permission denied); check the file's permissions")
+        elif value and Path(value).exists() and not (Path(value).is_file() or Path(value).is_dir()):
+            problems.append(f"{key}: {value} is not a regular file (a device, pipe or socket); point it at a data file")
     cache, where = (cfg.data.cache_dir, "data.cache_dir") if cfg.data.cache_dir else (None, "FTL_CACHE_DIR")
     from trainer.cache_dir import cache_root
 

@@ -271,6 +271,14 @@ def test_cli_validate_reports_missing_data_file(tmp_path: Path, valid_text: str)
     )
     assert typo.returncode == 2
     assert f"trian.jsonl not found; did you mean {tmp_path}/train.jsonl?" in typo.stderr, typo.stderr
+    # A link to nothing is said as one (trial 60b: "did you mean dangling.jsonl?", its own name).
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    from launcher.local_paths import did_you_mean
+
+    assert (
+        did_you_mean(str(tmp_path / "dangling.jsonl"))
+        == f"; it is a link to {tmp_path / 'gone.jsonl'}, which does not exist"
+    )
 
 
 def test_a_resume_path_that_is_no_checkpoint_is_refused_for_a_new_run_directory_too(
@@ -1177,3 +1185,13 @@ def test_an_empty_model_path_is_refused_by_validate(tmp_path: Path, valid_text: 
     for key in ("model.path", "model.tokenizer", "model.revision"):
         (problem,) = _problems(_write(tmp_path, valid_text), [f"{key}="])
         assert problem == f"{key} (command line): String should have at least 1 character; got ''", problem
+
+
+def test_a_device_as_data_is_said_to_be_no_file(tmp_path: Path, valid_text: str) -> None:
+    """Trial 60b: data.train=/dev/null was valid, and `validate --data` said "not found"."""
+    from launcher.preflight import check_inputs
+
+    (problem,) = [
+        p for p in check_inputs(load_config(_write(tmp_path, valid_text), ["data.train=/dev/null"])) if "/dev" in p
+    ]
+    assert problem == "data.train: /dev/null is not a regular file (a device, pipe or socket); point it at a data file"

@@ -62,6 +62,8 @@ def read_rows(spec: str, split: str = "train") -> Iterator[Row]:
         # Hub names and folders written by save_to_disk go through the `datasets` library.
         yield from _read_hub(spec, split)
         return
+    if path.exists() and not path.is_file():  # trial 60b: /dev/null was "not found"
+        raise DataError(f"{spec}: not a regular file (a device, pipe or socket); point it at a data file")
     if not path.is_file():
         raise DataError(f"{spec}: dataset file not found (relative paths resolve from the current directory)")
     yield from _read_file(path, path.name)
