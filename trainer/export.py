@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote  # a path with a space in a command to paste (trial 60b)
 from typing import Any
 
 import torch
@@ -305,13 +306,17 @@ def export_run(
         raise TrainerInputError(f"checkpoint {source} does not exist; this run's checkpoints: {kept}")
     if Path(source).resolve() == final.resolve():  # a finished model, not a checkpoint
         raise TrainerInputError(
-            f"{source} is the run's final model, not a checkpoint: `ftl export {run_dir}` (without --checkpoint) "
+            f"{source} is the run's final model, not a checkpoint: `ftl export {quote(str(run_dir))}` (without --checkpoint) "
             "exports it, or load it as it is"
         )
     if not Path(source).resolve().is_relative_to(layout.checkpoints.resolve()):
         # Trial 60b: another run's step-40 exported as RUN/exports/step-40, a step RUN never reached.
         owner = Path(source).parent.parent if Path(source).parent.name == "checkpoints" else None
-        how = f"`ftl export {owner} --checkpoint {Path(source).name}`" if owner else "from the run it belongs to"
+        how = (
+            f"`ftl export {quote(str(owner))} --checkpoint {Path(source).name}`"
+            if owner
+            else "from the run it belongs to"
+        )
         raise TrainerInputError(
             f"{source} is not a checkpoint of {run_dir} (whose checkpoints are in {layout.checkpoints}); "
             f"export it from its own run: {how}"

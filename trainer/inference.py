@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from shlex import quote  # a path with a space in a command to paste (trial 60b)
 from typing import Any
 
 from trainer.checkpointing.protocol import committed_checkpoints
@@ -93,7 +94,7 @@ def _no_model_here(path: Path, layout: RunLayout) -> str:
         if (export / "export.json").is_file() or (export / "adapter").is_dir() or (export / "merged").is_dir():
             return f"{path} is a checkpoint, not a model; it was exported to {export}: pass that directory"
         return (
-            f"{path} is a checkpoint, not a model: `ftl export {run_dir} --checkpoint {path}` writes it to "
+            f"{path} is a checkpoint, not a model: `ftl export {quote(str(run_dir))} --checkpoint {quote(str(path))}` writes it to "
             f"{RunLayout(run_dir).exports}/{path.name}; pass that directory"
         )
     if not (path / "config.yaml").is_file():
@@ -104,16 +105,16 @@ def _no_model_here(path: Path, layout: RunLayout) -> str:
     if exported:  # a stopped run exported before: name what is there
         return (
             f"{path}: no final/merged or final/adapter (the run has not finished); its latest export is "
-            f"{exported[-1]}: pass that directory (or `ftl export {path}` for its latest checkpoint, its best "
+            f"{exported[-1]}: pass that directory (or `ftl export {quote(str(path))}` for its latest checkpoint, its best "
             "one with early stopping)"
         )
     if not committed_checkpoints(path):  # export would only say "no valid checkpoint" (trial 38c)
         return (
-            f"{path}: no model yet: the run has not finished and saved no checkpoint (`ftl runs {path.parent}` says "
+            f"{path}: no model yet: the run has not finished and saved no checkpoint (`ftl runs {quote(str(path.parent))}` says "
             "whether it failed and why); train it (`ftl train` with its config resumes or starts it) first"
         )
     return (
-        f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {path}` "
+        f"{path}: no final/merged or final/adapter (has the run finished? `ftl export {quote(str(path))}` "
         f"writes its latest checkpoint to {layout.exports}/step-N; pass that directory)"
     )
 

@@ -131,3 +131,16 @@ def test_a_checkpoint_folder_points_at_its_export_or_the_command_that_makes_one(
     (tmp_path / "run" / "exports" / "step-4" / "adapter").mkdir(parents=True)
     said = _no_model_here(step, RunLayout(tmp_path / "run"))
     assert f"it was exported to {tmp_path / 'run' / 'exports' / 'step-4'}: pass that directory" in said, said
+
+
+def test_the_commands_it_suggests_can_be_pasted_with_a_space_in_the_path(tmp_path: Path) -> None:
+    """Trial 60b: `ftl export runs/x y --checkpoint runs/x y/checkpoints/step-10`, unquoted."""
+    from trainer.inference import _no_model_here
+    from trainer.run_layout import RunLayout
+
+    run = tmp_path / "x y"
+    step = run / "checkpoints" / "step-4"
+    step.mkdir(parents=True)
+    (step / "manifest.json").write_text("{}")
+    said = _no_model_here(step, RunLayout(run))
+    assert f"`ftl export '{run}' --checkpoint '{step}'`" in said, said

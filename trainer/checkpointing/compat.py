@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from shlex import quote  # a path with a space in a command to paste (trial 60b)
 from typing import Any
 
 
@@ -65,12 +66,12 @@ def _carry_on_elsewhere(path: Path, setting: str, manifest: dict[str, Any] | Non
     anew = "(the optimizer state, the learning-rate schedule and the data order start anew)"
     if isinstance(method, dict) and method.get("type") in ("lora", "qlora", "dora"):
         return (
-            f". To train on from its adapters with {setting}, export them (`ftl export {run_dir} --checkpoint "
+            f". To train on from its adapters with {setting}, export them (`ftl export {quote(str(run_dir))} --checkpoint "
             f"{path.name}`) and start a new output.dir with method.lora.init_from set to the exported adapter "
             f"({run_dir}/exports/{path.name}/adapter) {anew}"
         )
     return (
-        f". To train on from its weights with {setting}, export them (`ftl export {run_dir} --checkpoint "
+        f". To train on from its weights with {setting}, export them (`ftl export {quote(str(run_dir))} --checkpoint "
         f"{path.name} --merge`) and start a new output.dir with model.path set to the merged model {anew}"
     )
 
@@ -297,5 +298,5 @@ def trainable_state_problem(
         f"{path} holds {what} ({'; '.join(changes)}): set those back "
         "to resume it, or start a new run (another output.dir, or checkpoint.resume=never with "
         "checkpoint.move_aside=true). To train on from these weights with the new settings, export them "
-        f"(`ftl export {run_dir} --checkpoint {path.name} --merge`) and set model.path to the merged model"
+        f"(`ftl export {quote(str(run_dir))} --checkpoint {path.name} --merge`) and set model.path to the merged model"
     )

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote  # a path with a space in a command to paste (trial 60b)
 from typing import Any
 
 from trainer.checkpointing.compat import trainable_state_problem
@@ -205,7 +206,7 @@ def objective_changed(checkpoint: Path, manifest: dict, objective: str, loss_typ
     return (
         f"{checkpoint} was trained with {setting}={was}, and this config says {now}: a resume "
         f"continues one objective (its optimizer state, loss and metrics). To train {now} on these weights, "
-        f"export them (`ftl export {checkpoint.parent.parent} --checkpoint {checkpoint.name} --merge`) and start "
+        f"export them (`ftl export {quote(str(checkpoint.parent.parent))} --checkpoint {checkpoint.name} --merge`) and start "
         f"a new output.dir with model.path set to the merged model; or set {setting} back to "
         f"{was} to continue"
     )
@@ -218,7 +219,7 @@ def past_max_steps(checkpoint: Path, step: int, max_steps: int | None, run_dir: 
     return (
         f"the run's latest checkpoint ({checkpoint.name}) is past training.max_steps={max_steps}: nothing is left to "
         f"train, and finishing would label {step} steps as {max_steps}; set training.max_steps above {step} to "
-        f"train further, or export these weights with `ftl export {run_dir}`"
+        f"train further, or export these weights with `ftl export {quote(str(run_dir))}`"
     )
 
 
