@@ -637,7 +637,20 @@ def report(run_dir: str, compare: list[str], out: str | None) -> int:
         refuse_foreign_target(target)
     page = write_report(runs, target)
     print(f"report written: {page}")
+    for run in runs:  # trial 60b: a report of a run still training read as the whole run
+        if not RunLayout(run).is_finished():
+            print(f"  {run} has not finished: the report shows it as far as its metrics go now{_still_training(run)}")
     return 0
+
+
+def _still_training(run: Path) -> str:
+    from cluster.run_lock import read_holder, stale_reason
+    from trainer.run_layout import RunLayout
+
+    holder = read_holder(RunLayout(run).lock)
+    if holder is None or stale_reason(holder) is not None:
+        return ""
+    return " (it is training now)"
 
 
 def _default_report_folder(runs: list[Path]) -> Path:

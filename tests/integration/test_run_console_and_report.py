@@ -138,6 +138,8 @@ def test_ftl_report_on_the_stopped_run_and_a_comparison(runs, tmp_path):
     out = subprocess.run([*FTL, "report", str(stopped)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     _check_report(stopped, stopped / "report", resumed_at=[])
+    # A run that has not finished is said to be shown only so far (trial 60b: it read as the whole run).
+    assert f"{stopped} has not finished: the report shows it as far as its metrics go now" in out.stdout, out.stdout
     compared = subprocess.run(
         [*FTL, "report", str(runs["run"]), "--compare", str(stopped), "--out", str(tmp_path / "cmp")],
         capture_output=True,

@@ -238,3 +238,16 @@ def test_a_resume_under_another_config_is_said_beside_the_loss(tmp_path: Path) -
         "span both configs"
     ) in said
     assert "under another config" not in format_summary(_summary(tmp_path))
+
+
+def test_a_report_of_a_run_still_training_says_so(tmp_path: Path) -> None:
+    """Trial 60b: `ftl report` of a live run said "report written" as for a whole run."""
+    from cluster.run_lock import RunLock
+    from launcher.commands import _still_training
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert _still_training(run) == ""
+    with RunLock.acquire(run, "ftl train"):
+        assert _still_training(run) == " (it is training now)"
+    assert _still_training(run) == ""
