@@ -203,6 +203,9 @@ def cut_torn_line(path: Path) -> None:
         )
 
 
+_SAID_INCOMPLETE: set[tuple[str, int]] = set()
+
+
 def parse_records(path: Path) -> list[dict[str, Any]]:
     """Every complete record of a metrics file, in file order; lines that are not JSON (a line cut
     short by a crash) are skipped."""
@@ -216,13 +219,17 @@ def parse_records(path: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            # The last line may be one being written right now, or cut short by a crash.
-            log.log(
-                logging.DEBUG if number == len(lines) else logging.WARNING,
-                "%s line %d is not a complete record; skipped",
-                path,
-                number,
-            )
+            # The last line may be one being written right now, or cut short by a crash. Said once
+            # per line and process (trial 60b: twice, as a report reads the file twice).
+            last = number == len(lines)
+            if last or (str(path), number) not in _SAID_INCOMPLETE:
+                _SAID_INCOMPLETE.add((str(path), number))
+                log.log(
+                    logging.DEBUG if last else logging.WARNING,
+                    "%s line %d is not a complete record; skipped",
+                    path,
+                    number,
+                )
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -60,3 +60,13 @@ def test_fresh_start_drops_everything_before_it_and_duplicates_without_markers_k
     # A file written before start records existed: the latest record of a step is the one that counts.
     _lines(tmp_path / "metrics.jsonl", [_train(1, 1.0), _train(2, 0.9), _train(2, 0.95), _train(3, 0.7)])
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path, "train")] == [(1, 1.0), (2, 0.95), (3, 0.7)]
+
+
+def test_a_broken_line_inside_the_file_is_warned_of_once(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Trial 60b: said twice, as `ftl report` reads the file twice."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps(_train(1, 1.0)) + "\n{broken\n" + json.dumps(_train(2, 0.9)) + "\n")
+    with caplog.at_level("WARNING", logger="trainer.metrics"):
+        for _ in range(2):
+            assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2]
+    assert caplog.text.count("line 2 is not a complete record; skipped") == 1, caplog.text
