@@ -120,7 +120,10 @@ ADAPTER_METHODS = ("lora", "dora", "qlora")
 
 def training_method(run_dir: Path) -> str:
     """The method and objective of the run's latest start, e.g. "lora sft", "full dpo (ipo)",
-    "lora seq-cls": runs of one sweep that differ in those tell apart in the listing (trial 44b)."""
+    "lora seq-cls": runs of one sweep that differ in those tell apart in the listing (trial 44b).
+    "-" when the run directory holds no config (trial 60b: "lora sft" was made up from defaults)."""
+    if not RunLayout(run_dir).config.is_file():
+        return "-"
     method = _config_section(run_dir, "method").get("type", "lora")
     head = (_config_section(run_dir, "transfer").get("head") or {}).get("type", "causal_lm")
     if head in HEAD_NAMES:

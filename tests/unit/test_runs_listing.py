@@ -349,6 +349,8 @@ def test_the_listing_says_what_each_run_trains_and_by_which_loss(tmp_path: Path)
     assert training_method(run) == "lora dpo (ref precomputed)"
     config.write_text(base + "method: {type: qlora}\ntraining: {objective: orpo}\n")
     assert training_method(run) == "qlora orpo"
+    config.unlink()  # a run directory without its config says no method (trial 60b: "lora sft", made up)
+    assert training_method(run) == "-"
     config.write_text(base + "transfer: {head: {type: sequence_classification}}\n")
     assert training_method(run) == "lora seq-cls"
 
