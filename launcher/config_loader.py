@@ -507,6 +507,8 @@ def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) 
     # Only a variable that starts the path or one of its parts (`$SCRATCH/runs`, `/data/${USER}/x`):
     # a `$` inside a folder name is a character of it (the Slurm tests' hostile `;$IFS;` names).
     unset = re.search(r"(?:^|/)\$(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)", str(expanded))
+    if re.search(r"(?:^|/)\$\{[^}/]*(?:/|$)", str(expanded)):  # `${HOME` (trial 60b: a folder of that name)
+        return [f"{name}: {value} has `${{` without its closing `}}`; write ${{VARIABLE}} or the path out"]
     if unset:
         # expandvars leaves an unset variable as it is: `$UNSET/run1` became a folder named
         # `$UNSET` under the current directory (trial 37b).

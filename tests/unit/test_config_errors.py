@@ -813,6 +813,9 @@ def test_an_unset_environment_variable_in_a_path_is_refused(
     # A `$` inside a folder's name is a character of it, not a variable (Slurm's hostile-name tests).
     odd = tmp_path / "a;$FTL_TEST_UNSET;b"
     assert load_config(_write(tmp_path, valid_text), [f"output.dir={odd}"]).output.dir == str(odd)
+    # An unclosed `${` (trial 60b: `output.dir=${HOME` made a folder of that name).
+    (problem,) = _problems(_write(tmp_path, valid_text), ["output.dir=${HOME"])
+    assert problem == "output.dir: ${HOME has `${` without its closing `}`; write ${VARIABLE} or the path out"
 
 
 def test_a_model_folder_whose_config_json_is_broken_is_refused_by_validate_and_plan(
