@@ -320,13 +320,20 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     value = _override_value(value_text, key)
     target: Any = raw
     parts = key.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         if isinstance(target, list):  # data.mixture.1.weight=0: an entry of a list section
             if not part.isdigit() or int(part) >= len(target):
                 written = shown_key(key.split("."))  # as the user wrote it, [5] (trial 54a: `.5.`)
                 raise ValueError(f"override {written!r}: the list has entries 0-{len(target) - 1}; got {part!r}")
             child = target[int(part)]
         else:
+            if part not in target and parts[depth + 1].isdigit() and _list_of_sections(parts[: depth + 1]):
+                # data.mixture.0.weight with no data.mixture (trial 60b: "should be a valid list; got {'0': ...}").
+                listed = ".".join(parts[: depth + 1])
+                raise ValueError(
+                    f"override {shown_key(parts)!r}: the config has no {listed} list to take entry {parts[depth + 1]} "
+                    f"of; write the list in the file, or set it whole ({listed}='[...]')"
+                )
             child = target.setdefault(part, {})
         if not isinstance(child, (dict, list)) or (isinstance(child, list) and not isinstance(target, dict)):
             raise ValueError(f"override {key!r}: {part!r} is not a section")
@@ -342,6 +349,20 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         _merge_into(existing, value, parts)
     else:
         target[parts[-1]] = value
+
+
+def _list_of_sections(parts: list[str]) -> bool:
+    """Whether `parts` names a list whose entries are sections (data.mixture)."""
+    model: type[BaseModel] | None = RunConfig
+    field = None
+    for part in parts:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        model = _section_model(field.annotation)
+    return field is not None and model is not None and typing.get_origin(field.annotation) is list
 
 
 def _is_mapping_value(parts: list[str]) -> bool:

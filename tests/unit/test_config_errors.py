@@ -13,7 +13,7 @@ import yaml
 from launcher.config_loader import load_config
 from launcher.config_yaml import load_config_yaml
 from launcher.errors import ConfigError
-from tests.conftest import FTL, REPO
+from tests.conftest import BUNDLED_MODEL, FTL, REPO, write_config
 from trainer.transfer.config import HeadConfig
 
 VALID = """\
@@ -917,6 +917,10 @@ def test_a_mixture_entry_is_reached_by_its_index_and_its_typos_by_their_line(tmp
         load_config(config, ["data.mixture[1].weight=0"])
     with pytest.raises(ConfigError, match=r"override 'data.mixture\[5\].weight': the list has entries 0-1; got '5'"):
         load_config(config, ["data.mixture.5.weight=3"])
+    # No mixture in the file at all (trial 60b: "Input should be a valid list; got {'0': {'weight': 3}}").
+    plain = write_config(tmp_path / "plain.yaml", BUNDLED_MODEL, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"override 'data.mixture\[0\].weight': the config has no data.mixture list"):
+        load_config(plain, ["data.mixture.0.weight=3"])
 
 
 def test_a_mixture_source_that_draws_nothing_or_a_file_listed_twice_is_warned(tmp_path: Path) -> None:
