@@ -453,7 +453,25 @@ def _override_value(value_text: str, key: str = "") -> Any:
         return value_text  # the key's own check says what is wrong with it as text
     if twice:  # as in the file (trial 42a: `class_weights={person: 9, person: 3}` trained with 3)
         raise ValueError(f"override {key}={value_text}: " + "; ".join(f"{key}.{problem}" for problem in twice))
+    if isinstance(value, dict) and not value_text.lstrip().startswith("{") and _plain_value_key(key.split(".")):
+        # `output.dir=runs/a: b`, `cluster.ray.address=host::` read as YAML's `key: value` (trial 60b:
+        # "got {'runs/a': 'b'}"): a value key never takes a mapping, so the text is what was meant.
+        return value_text
     return value
+
+
+def _plain_value_key(parts: list[str]) -> bool:
+    """Whether `parts` names a key of one plain value: no section, list of sections or mapping."""
+    model: type[BaseModel] | None = RunConfig
+    field = None
+    for part in parts:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        model = _section_model(field.annotation)
+    return field is not None and model is None and not _is_mapping_value(parts)
 
 
 def _keys_set_by(key: str, value: Any) -> list[str]:

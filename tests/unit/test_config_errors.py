@@ -1202,3 +1202,12 @@ def test_a_device_as_data_is_said_to_be_no_file(tmp_path: Path, valid_text: str)
         p for p in check_inputs(load_config(_write(tmp_path, valid_text), ["data.train=/dev/null"])) if "/dev" in p
     ]
     assert problem == "data.train: /dev/null is not a regular file (a device, pipe or socket); point it at a data file"
+
+
+def test_an_override_value_with_a_colon_is_text_where_the_key_takes_text(tmp_path: Path, valid_text: str) -> None:
+    """Trial 60b: `output.dir=runs/a: b` read as YAML's `key: value`, "got {'runs/a': 'b'}"."""
+    config = _write(tmp_path, valid_text)
+    assert load_config(config, [f"output.dir={tmp_path}/a: b"]).output.dir == f"{tmp_path}/a: b"
+    assert load_config(config, ["training=max_steps: 5"]).training.max_steps == 5  # a section takes the mapping
+    (problem,) = _problems(config, ["cluster.ray.address=garbage:::"])
+    assert "'garbage:::' is no Ray address" in problem, problem
