@@ -218,5 +218,7 @@ def write_config(path: Path, model_dir: Path, run_dir: Path, **sections: dict[st
     }
     for section, values in sections.items():
         config[section] = deep_merged(config.get(section, {}), values)
+    if config["method"].get("type") == "full" and "lora" not in sections.get("method", {}):
+        del config["method"]["lora"]  # a full fine-tune's config has no adapter settings (they are warned of)
     path.write_text(yaml.safe_dump(config))
     return path
