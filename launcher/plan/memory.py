@@ -21,7 +21,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from launcher.plan.activations import Activations, activation_memory  # noqa: F401 (Activations: MemoryPlan field type)
+from launcher.plan.activations import (  # noqa: F401 (Activations: MemoryPlan field type)
+    Activations,
+    activation_memory,
+    cpu_heap_retention,
+)
 from launcher.plan.inventory import Inventory, ParamInfo
 from launcher.plan.setup import Setup
 from trainer.config import VOCAB_SLICE
@@ -67,6 +71,7 @@ class MemoryPlan:
     overhead_bytes: int
     capacity_bytes: int
     notes: list[str] = field(default_factory=list)
+    retention_bytes: int = 0  # CPU: what glibc's heap keeps beside the live tensors (part of overhead_bytes)
 
     def state_bytes(self, label_prefix: str, where: str = "gpu") -> int:
         return sum(i.bytes for i in self.items if i.label.startswith(label_prefix) and i.where == where)
@@ -148,8 +153,11 @@ def plan_memory(inventory: Inventory, setup: Setup) -> MemoryPlan:
                 kind="activation",
             )
         )
-    overhead = process_overhead(setup, peak)
-    return MemoryPlan(setup, items, acts, peak, overhead, setup.accelerator.memory_bytes, notes=notes)
+    retention = cpu_heap_retention(inventory.arch, setup, inventory.lora_targets)
+    overhead = process_overhead(setup, peak) + retention
+    return MemoryPlan(
+        setup, items, acts, peak, overhead, setup.accelerator.memory_bytes, notes=notes, retention_bytes=retention
+    )
 
 
 def head_gradient_in_forward(inv: Inventory, s: Setup) -> tuple[int, int]:

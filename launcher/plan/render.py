@@ -39,7 +39,11 @@ def memory_table(memory: MemoryPlan) -> list[str]:
         f"    {'peak of live tensors (at the larger of: activations, gradients)':<60}{size(memory.peak_bytes):>12}"
     )
     where = "CUDA context, NCCL, allocator slack" if memory.setup.accelerator.is_gpu else "python + torch + libraries"
-    lines.append(f"    {'framework overhead (' + where + ')':<60}{size(memory.overhead_bytes):>12}")
+    framework = memory.overhead_bytes - memory.retention_bytes
+    lines.append(f"    {'framework overhead (' + where + ')':<60}{size(framework):>12}")
+    if memory.retention_bytes:
+        label = "allocator retention (freed activations glibc keeps)"
+        lines.append(f"    {label:<60}{size(memory.retention_bytes):>12}")
     lines.append(f"    {'total':<60}{size(memory.total_bytes):>12}")
     offloaded = [i for i in memory.items if i.where != "gpu" and i.bytes]
     for item in offloaded:
