@@ -289,7 +289,10 @@ def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     given = Path(checkpoint).expanduser()
     checkpoints = RunLayout(run_dir).checkpoints
     name = f"step-{checkpoint}" if checkpoint.isdigit() else checkpoint
-    if given.parts[-2:] == ("checkpoints", "latest"):  # the pointer file as a path: what it names
+    if given.parts[-2:] == ("checkpoints", "latest"):  # the pointer file as a path: what it names, in ITS folder
+        for pointer in (given, run_dir / given):  # trial 60c: another run's `latest` exported this run's
+            if pointer.is_file():
+                return (pointer.parent / pointer.read_text().strip()).resolve()
         name = "latest"
     if name == "latest" and (checkpoints / "latest").is_file():
         name = (checkpoints / "latest").read_text().strip()  # the name of the newest committed one
@@ -313,7 +316,9 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
 
         # The export is written beside --out first (a hidden folder, renamed into place).
         where = nearest_existing(Path(out).resolve().parent)
-        refusal = new_entry_refusal(where) if where.is_dir() else None
+        if not where.is_dir():  # trial 60c: `afile/sub`, a FileExistsError traceback
+            raise UserError(f"--out {out}: {where} is a file, not a folder; choose another --out")
+        refusal = new_entry_refusal(where)
         if refusal:  # trial 60b: a PermissionError traceback
             raise UserError(f"--out {out}: cannot write in {where} ({refusal}); choose another --out")
     _quiet_libraries()
@@ -322,14 +327,21 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
 
     # Not while the run trains (its final/ and checkpoints are in flux), nor two exports at once.
     with lock_run_dir(Path(run_dir), "ftl export"):
-        done = export_run(
-            cfg,
-            Path(run_dir),
-            checkpoint=_checkpoint_path(Path(run_dir), checkpoint) if checkpoint else None,
-            merge=merge,
-            device=default_device(),
-            out=Path(out).resolve() if out else None,
-        )
+        try:
+            done = export_run(
+                cfg,
+                Path(run_dir),
+                checkpoint=_checkpoint_path(Path(run_dir), checkpoint) if checkpoint else None,
+                merge=merge,
+                device=default_device(),
+                out=Path(out).resolve() if out else None,
+            )
+        except OSError as exc:  # trial 60c: an --out folder that cannot be replaced, a traceback
+            where = f" at {exc.filename}" if exc.filename else ""
+            raise UserError(
+                f"the export stopped{where}: {exc.strerror or exc}; an earlier export there is as it was "
+                "(choose another --out, or free the disk)"
+            ) from None
     if not done.written:
         has_merged = (done.path / "merged").is_dir()
         print(

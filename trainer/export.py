@@ -152,8 +152,16 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         # Keep the previous export until the new one is complete, then swap (the previous one is
         # moved onto a fresh empty folder of ftl's own, which rename replaces).
         old = _fresh_sibling(out_dir, "old")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(out_dir, old)
+        except OSError:
+            old.rmdir()  # ftl's own empty folder (trial 60c: one left per failed try)
+            raise
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            os.replace(old, out_dir)  # the previous export back where it was
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
@@ -312,14 +320,14 @@ def export_run(
     if not Path(source).resolve().is_relative_to(layout.checkpoints.resolve()):
         # Trial 60b: another run's step-40 exported as RUN/exports/step-40, a step RUN never reached.
         owner = Path(source).parent.parent if Path(source).parent.name == "checkpoints" else None
-        how = (
-            f"`ftl export {quote(str(owner))} --checkpoint {Path(source).name}`"
-            if owner
-            else "from the run it belongs to"
-        )
+        if owner is not None:
+            how = f"export it from its own run: `ftl export {quote(str(owner))} --checkpoint {Path(source).name}`"
+        elif RunLayout(Path(source)).marker.is_file():  # a run directory given as the checkpoint
+            how = f"export that run: `ftl export {quote(str(source))}`"
+        else:
+            how = "export it from the run it belongs to"
         raise TrainerInputError(
-            f"{source} is not a checkpoint of {run_dir} (whose checkpoints are in {layout.checkpoints}); "
-            f"export it from its own run: {how}"
+            f"{source} is not a checkpoint of {run_dir} (whose checkpoints are in {layout.checkpoints}); {how}"
         )
     problem = validate_checkpoint(source)
     if problem:

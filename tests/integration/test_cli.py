@@ -289,6 +289,17 @@ def test_export_writes_only_its_own_folder(tmp_path: Path, tiny_model_dir: Path)
         and f"`ftl export {copy} --checkpoint step-2`" in foreign.stderr
     )
     assert not (run / "exports").exists()
+    # Its `latest` pointer too (trial 60c: this run's own latest was exported without a word).
+    foreign = subprocess.run(
+        [*FTL, "export", str(run), "--checkpoint", str(copy / "checkpoints" / "latest")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert foreign.returncode == 2 and f"is not a checkpoint of {run}" in foreign.stderr, foreign.stderr[-2000:]
+    assert not (run / "exports").exists()
+    through_a_file = export(a_file / "sub")  # trial 60c: a FileExistsError traceback
+    assert through_a_file.returncode == 2 and f"{a_file} is a file, not a folder" in through_a_file.stderr
 
 
 def _umask() -> int:
