@@ -166,12 +166,13 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
         raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     from launcher.model_check import model_load_warning
     from launcher.tracking_check import missing_tracker_packages
-    from trainer.config import local_revision_note
+    from trainer.config import local_revision_note, unused_method_settings
 
     for missing in (
         *missing_tracker_packages(cfg),
         local_revision_note(cfg),
         model_load_warning(cfg),
+        *unused_method_settings(cfg),  # the keys the user's config wrote (the workers see a full snapshot)
     ):  # said before the start
         if missing:
             print(f"ftl: WARNING: {missing}", file=sys.stderr)

@@ -63,6 +63,13 @@ class ModelConfig(Section):
     )
     trust_remote_code: bool = False
 
+    @field_validator("path", "tokenizer", "revision")
+    @classmethod
+    def _not_only_spaces(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():  # trial 60c: "  " passed as a model name
+            raise ValueError(f"{value!r} is only spaces; give a model folder or hub name, or leave it out")
+        return value
+
 
 DataFormat = Literal[
     "alpaca",
@@ -978,18 +985,19 @@ def unused_zero_stage(cfg: TrainerConfig) -> str | None:
 
 
 def unused_method_settings(cfg: TrainerConfig) -> list[str]:
-    """method.quantization set (off its defaults) without QLoRA, method.lora without adapters: read by
-    nothing (trial 60b: `type: full` with a quantization block trained a full-precision full fine-tune
-    without a word, where adapter_dtype under full is refused and zero_stage under ddp warned of)."""
+    """method.quantization written without QLoRA, method.lora under full fine-tuning: read by nothing
+    (trial 60b: `type: full` with a quantization block trained a full-precision full fine-tune without
+    a word, where adapter_dtype under full is refused and zero_stage under ddp warned of). The keys
+    the config wrote (trial 60c: judged by value, a block equal to the defaults was not said)."""
     method = cfg.method
     notes = []
-    quantized = _changed_keys(method.quantization, QuantizationConfig())
+    quantized = _written_keys(method, "quantization", QuantizationConfig())
     if quantized and method.type != "qlora":
         notes.append(
             f"method.quantization ({', '.join(quantized)}) is read by method.type=qlora only, and this run is "
             f"{method.type}, which loads the base unquantized; set method.type=qlora for a 4-bit base, or remove it"
         )
-    adapters = _changed_keys(method.lora, LoraConfig())
+    adapters = _written_keys(method, "lora", LoraConfig())
     if adapters and method.type == "full":
         notes.append(
             f"method.lora ({', '.join(adapters)}) configures adapters, and method.type=full trains every weight "
@@ -998,9 +1006,18 @@ def unused_method_settings(cfg: TrainerConfig) -> list[str]:
     return notes
 
 
-def _changed_keys(section: Section, default: Section) -> list[str]:
-    ours, theirs = section.model_dump(mode="json"), default.model_dump(mode="json")
-    return [key for key in ours if ours[key] != theirs.get(key)]
+def _written_keys(parent: Section, name: str, default: Section) -> list[str]:
+    """The keys of section `name` the config wrote. A config that sets every key is a snapshot (the
+    run's config.yaml, a job's copy): there, the keys whose values differ from the defaults."""
+    if name not in parent.model_fields_set:
+        return []
+    section = getattr(parent, name)
+    fields = type(section).model_fields
+    written = [key for key in fields if key in section.model_fields_set]
+    if len(written) == len(fields) and len(parent.model_fields_set) == len(type(parent).model_fields):
+        ours, theirs = section.model_dump(mode="json"), default.model_dump(mode="json")
+        return [key for key in ours if ours[key] != theirs.get(key)]
+    return written or ["an empty block"]
 
 
 def periodic_eval_without_data(cfg: TrainerConfig) -> str | None:

@@ -38,7 +38,6 @@ from trainer.config import (
     mixture_notes,
     periodic_eval_without_data,
     same_data_warnings,
-    unused_method_settings,
     unused_zero_stage,
     warmup_longer_than_the_run,
 )
@@ -327,7 +326,6 @@ def _build_trainee(
         periodic_eval_without_data(cfg),
         *same_data_warnings(cfg),
         unused_zero_stage(cfg),
-        *unused_method_settings(cfg),
         *mixture_notes(cfg),
     ):
         if idle_setting and ctx.is_main:

@@ -1028,8 +1028,12 @@ def test_zero_stage_as_a_bool_is_refused_and_off_deepspeed_is_warned(tmp_path: P
 
 
 def test_settings_of_another_method_are_warned_of(tmp_path: Path, valid_text: str) -> None:
-    """Trial 60b: `type: full` with a quantization block trained full precision without a word."""
-    from trainer.config import unused_method_settings
+    """Trial 60b: `type: full` with a quantization block trained full precision without a word;
+    trial 60c: a block equal to the defaults (qlora.yaml under full) was not said either."""
+    import yaml
+
+    from launcher.config_loader import config_to_yaml
+    from trainer.config import TrainerConfig, unused_method_settings
 
     config = _write(tmp_path, valid_text)
     full = load_config(config, ["method.type=full", "method.quantization.quant_type=fp4", "method.lora.r=64"])
@@ -1041,7 +1045,14 @@ def test_settings_of_another_method_are_warned_of(tmp_path: Path, valid_text: st
     assert (
         unused_method_settings(load_config(config, ["method.type=qlora", "method.quantization.quant_type=fp4"])) == []
     )
-    assert unused_method_settings(load_config(config, ["method.type=full"])) == []  # defaults: nothing set
+    assert unused_method_settings(load_config(config, ["method.type=full"])) == []  # nothing written
+    qlora = load_config(REPO / "configs/examples/qlora.yaml", ["method.type=full", f"output.dir={tmp_path / 'q'}"])
+    written = unused_method_settings(qlora)  # the defaults, written out: said by the keys written
+    assert written[0].startswith("method.quantization (quant_type, double_quant, compute_dtype)"), written
+    # The run's snapshot (every key written) is judged by value: no note for the defaults it spells out.
+    raw = yaml.safe_load(config_to_yaml(qlora))
+    raw.pop("cluster")
+    assert [n.split(" (")[0] for n in unused_method_settings(TrainerConfig.model_validate(raw))] == ["method.lora"]
 
 
 def test_a_relative_mlflow_store_is_made_absolute_for_the_workers(
@@ -1192,6 +1203,8 @@ def test_an_empty_model_path_is_refused_by_validate(tmp_path: Path, valid_text: 
     for key in ("model.path", "model.tokenizer", "model.revision"):
         (problem,) = _problems(_write(tmp_path, valid_text), [f"{key}="])
         assert problem == f"{key} (command line): String should have at least 1 character; got ''", problem
+    (problem,) = _problems(_write(tmp_path, valid_text), ["model.path='  '"])  # trial 60c
+    assert problem.startswith("model.path (command line): '  ' is only spaces"), problem
 
 
 def test_a_device_as_data_is_said_to_be_no_file(tmp_path: Path, valid_text: str) -> None:
