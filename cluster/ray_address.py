@@ -26,8 +26,8 @@ def address_form_problem(address: str, source: str = SOURCE) -> str | None:
         scheme, rest = "", text
     rest = rest.rstrip("/")
     host, colon, port = rest.rpartition(":")
-    if not colon or (scheme and not port.isdigit() and "]" in port):  # no port: a URL's default (ray://h, http://h)
-        host, port = rest, ""
+    if not colon or rest.endswith("]"):  # no port: `host`, `[::1]` (trial 60c: said as "the port '1]'")
+        host, port, colon = rest, "", ""
     bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
     needs_port = not scheme
     port_ok = (port.isdigit() and 0 < int(port) < 65536) or (not port and not needs_port)

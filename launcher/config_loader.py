@@ -249,8 +249,7 @@ def _merge_problems(node: yaml.MappingNode, prefix: str) -> list[str]:
         seen: dict[str, int] = {}
         shared: list[str] = []
         for index, mapping in enumerate(value.value):
-            names = [k.value for k, _ in getattr(mapping, "value", []) if isinstance(k, yaml.ScalarNode)]
-            for name in names:
+            for name in _merged_mapping_keys(mapping):
                 if name in seen and seen[name] != index and name not in own and name not in shared:
                     shared.append(name)
                 seen.setdefault(name, index)
@@ -261,6 +260,23 @@ def _merge_problems(node: yaml.MappingNode, prefix: str) -> list[str]:
                 f"{'it' if len(shared) == 1 else 'them'} here, beside the `<<`, or merge mappings that share no key"
             )
     return problems
+
+
+def _merged_mapping_keys(node: yaml.Node, depth: int = 0) -> list[str]:
+    """The keys a mapping brings to a merge: its own, and those of the mappings it merges in turn
+    (trial 60c: `&both {<<: *small}` merged beside `*big` shared r without a word)."""
+    if not isinstance(node, yaml.MappingNode) or depth > 20:
+        return []
+    keys = []
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        if key.tag != MERGE_TAG:
+            keys.append(key.value)
+            continue
+        for merged in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+            keys += [name for name in _merged_mapping_keys(merged, depth + 1) if name not in keys]
+    return keys
 
 
 def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[str]:
@@ -453,9 +469,12 @@ def _override_value(value_text: str, key: str = "") -> Any:
         return value_text  # the key's own check says what is wrong with it as text
     if twice:  # as in the file (trial 42a: `class_weights={person: 9, person: 3}` trained with 3)
         raise ValueError(f"override {key}={value_text}: " + "; ".join(f"{key}.{problem}" for problem in twice))
-    if isinstance(value, dict) and not value_text.lstrip().startswith("{") and _plain_value_key(key.split(".")):
+    mapping = isinstance(value, dict) and not value_text.lstrip().startswith("{")
+    comment = " #" in value_text or value_text.lstrip().startswith("#")
+    if (mapping or comment) and _plain_value_key(key.split(".")):
         # `output.dir=runs/a: b`, `cluster.ray.address=host::` read as YAML's `key: value` (trial 60b:
-        # "got {'runs/a': 'b'}"): a value key never takes a mapping, so the text is what was meant.
+        # "got {'runs/a': 'b'}"), `output.dir=runs/a #b` as `runs/a` and a comment (trial 60c): a
+        # key of one value on the command line means the text as typed.
         return value_text
     return value
 

@@ -1185,6 +1185,10 @@ def test_merge_keys_whose_outcome_is_easy_to_misread_are_refused(tmp_path: Path,
     assert (cfg.method.lora.r, cfg.method.lora.alpha, cfg.method.lora.dropout) == (4, 8.0, 0.1)
     cfg = load_config(_write(tmp_path, "x-drop: &drop {dropout: 0.2}\n" + lora("    <<: [*small, *drop]\n")))
     assert (cfg.method.lora.r, cfg.method.lora.dropout) == (4, 0.2)
+    # A shared key that comes through a merge inside a merged mapping (trial 60c).
+    nested = "x-both: &both {<<: *small, dropout: 0.2}\n"
+    [problem] = _problems(_write(tmp_path, lora("    <<: [*both, *big]\n").replace(anchors, anchors + nested)))
+    assert "more than one of the mappings merged by `<<` sets r, alpha, dropout" in problem, problem
     [problem] = _problems(_write(tmp_path, lora("    <<: *small\n    <<: *big\n")))
     assert problem.startswith("method.lora: `<<` written 2 times (lines 10 and 11); YAML keeps one, silently"), problem
 
@@ -1222,5 +1226,6 @@ def test_an_override_value_with_a_colon_is_text_where_the_key_takes_text(tmp_pat
     config = _write(tmp_path, valid_text)
     assert load_config(config, [f"output.dir={tmp_path}/a: b"]).output.dir == f"{tmp_path}/a: b"
     assert load_config(config, ["training=max_steps: 5"]).training.max_steps == 5  # a section takes the mapping
+    assert load_config(config, [f"output.dir={tmp_path}/a #b"]).output.dir == f"{tmp_path}/a #b"  # no comment (60c)
     (problem,) = _problems(config, ["cluster.ray.address=garbage:::"])
     assert "'garbage:::' is no Ray address" in problem, problem

@@ -880,5 +880,10 @@ def test_a_cache_folder_that_cannot_be_written_costs_the_cache_not_the_run(
     with caplog.at_level("WARNING", logger="trainer.data.tokenized"):
         blocked = load_tokenized(*args, **kwargs, cache_root=tmp_path / "a-file" / "tokenized")
     assert "could not cache the tokenized data in" in caplog.text and "training goes on" in caplog.text
+    caplog.clear()
+    load_tokenized(
+        str(QA_DATA / "test.jsonl"), "chat", tokenizer, **kwargs, cache_root=tmp_path / "a-file" / "tokenized"
+    )
+    assert "could not cache" not in caplog.text  # said once per folder (trial 60c: once per dataset)
     cached = load_tokenized(*args, **kwargs, cache_root=tmp_path / "cache")
     assert np.array_equal(blocked.ids, cached.ids) and np.array_equal(blocked.mask, cached.mask)

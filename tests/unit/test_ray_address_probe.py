@@ -57,6 +57,7 @@ def test_auto_with_no_cluster_on_this_machine_is_refused(monkeypatch: pytest.Mon
         ("localhost:abc", "the port 'abc' is no number"),
         (":6379", "no host"),
         ("head", "no :PORT after the host"),
+        ("[::1]", "no :PORT after the host"),
         ("my head:6379", "the host holds a space"),
         ("::1:6379", "an IPv6 host is written in brackets"),
         ("ftp://head:6379", "ftp:// is no scheme Ray takes"),

@@ -669,6 +669,9 @@ def _same_reasons_collapsed(bad_rows: list[str]) -> list[str]:
     return shown
 
 
+_UNWRITABLE_SAID: set[Path] = set()
+
+
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -676,6 +679,9 @@ def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> N
     except OSError as exc:
         # A cache folder this worker cannot write (a read-only FTL_CACHE_DIR or data.cache_dir):
         # trial 60b's run failed on it 35 s in. The cache only saves the next start's tokenizing.
+        if entry.parent in _UNWRITABLE_SAID:  # once per folder (trial 60c: once per dataset)
+            return
+        _UNWRITABLE_SAID.add(entry.parent)
         log.warning(
             "could not cache the tokenized data in %s (%s); training goes on, and the next start tokenizes again "
             "(point FTL_CACHE_DIR or data.cache_dir at a writable folder to keep it)",
