@@ -309,7 +309,8 @@ def silent_address_problem(address: str) -> str | None:
     malformed = address_form_problem(address)  # trial 60b: Ray's ValueError, a traceback, exit 1
     if malformed:
         return malformed
-    if address.strip() == "auto":
+    explicit = address.strip() != "auto"
+    if not explicit:
         try:
             address = auto_address()
         except ConnectionError:  # trial 60b: said, but exit 1 and a run directory listed as failed
@@ -323,13 +324,18 @@ def silent_address_problem(address: str) -> str | None:
         return None
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
-            return None
+            pass
     except OSError as exc:
         return (
             f"cannot join the Ray cluster at {address} (cluster.ray.address / $RAY_ADDRESS): nothing "
             f"answers there ({exc.strerror or exc}); check the address and that the cluster is up "
             "(`ray status` on its head node), or leave both unset to run on a local Ray"
         )
+    if "://" in address or not explicit:  # Ray Client or a dashboard: no GCS to ask; `auto` sends the token
+        return None
+    from cluster.ray_auth_probe import token_auth_problem
+
+    return token_auth_problem(host_port, SOURCE)
 
 
 def auto_address() -> str:

@@ -114,3 +114,76 @@ def test_ctrl_c_while_a_joined_cluster_cannot_place_the_workers_stops_at_once(
     assert "a new start waits the same way until the cluster has room for them" in said, said[-3000:]
     assert "Ray Train run failed" not in said and not (tmp_path / "run" / ".stop-requested").exists()
     assert "Traceback" not in said, said[-3000:]  # Ray's 30 lines per placement timeout: ftl's one line instead
+
+
+def test_a_cluster_with_token_authentication_is_refused_before_the_start_without_its_token(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Trial 60c: `ray start --head` turns token authentication on, and Ray sends a local token only to
+    a cluster it finds itself (`auto`): a run given the head's HOST:PORT retried 20 s, exited 1 telling
+    to check the address, and left a failed run directory."""
+    import shutil
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    from cluster.local import free_port
+
+    port = free_port()
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "f" * 32}  # the head's own, not this machine's file
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    temp = tempfile.mkdtemp(prefix="ftl-ray-auth-", dir="/tmp")  # short: Ray's socket paths have a limit
+    ray = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--block",
+        ],
+        env={**plain, **token},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and head.poll() is None, "the Ray head did not start"
+                time.sleep(1)
+        config = write_config(
+            tmp_path / "c.yaml",
+            tiny_model_dir,
+            tmp_path / "run",
+            cluster={"backend": "ray", "workers": 1, "ray": {"address": f"127.0.0.1:{port}"}},
+        )
+        done = subprocess.run(
+            [*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, env=plain, timeout=120
+        )
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert f"cannot join the Ray cluster at 127.0.0.1:{port}" in done.stderr, done.stderr[-3000:]
+        assert "it uses token authentication" in done.stderr and "set RAY_AUTH_MODE=token" in done.stderr
+        assert not (tmp_path / "run").exists()
+        # With the head's token the same check passes.
+        probe = "import sys; from cluster.ray_driver import silent_address_problem as p; print(p(sys.argv[1]))"
+        passes = subprocess.run(
+            [sys.executable, "-c", probe, f"127.0.0.1:{port}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**plain, **token},
+        )
+        assert passes.stdout.strip() == "None", passes.stdout + passes.stderr[-2000:]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` ends its cluster on SIGTERM
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
