@@ -59,7 +59,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     if cache_path.exists() and not cache_path.is_dir():
         problems.append(
             f"{where}: {cache_path} is a file, not a folder (the tokenized-data cache goes there); "
-            "point it at a folder, or unset it for ~/.cache/ftl"
+            f"point it at a folder, or unset it for {'$FTL_CACHE_DIR, else ' if cache and os.environ.get('FTL_CACHE_DIR') else ''}"
+            "~/.cache/ftl"
         )
     problems += gpu_only_problems(cfg)
     from launcher.deepspeed_check import deepspeed_config_problems
