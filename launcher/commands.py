@@ -338,9 +338,9 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
                 out=Path(out).resolve() if out else None,
             )
         except OSError as exc:  # trial 60c: an --out folder that cannot be replaced, a traceback
-            where = f" at {exc.filename}" if exc.filename else ""
+            at = f" at {exc.filename}" if exc.filename else ""
             raise UserError(
-                f"the export stopped{where}: {exc.strerror or exc}; an earlier export there is as it was "
+                f"the export stopped{at}: {exc.strerror or exc}; an earlier export there is as it was "
                 "(choose another --out, or free the disk)"
             ) from None
     if not done.written:
