@@ -20,7 +20,9 @@ def address_form_problem(address: str, source: str = SOURCE) -> str | None:
     if text in KEYWORDS:
         return None
     if not text:
-        return f"{source + ': ' if source else ''}{address!r} is empty; give the head's HOST:PORT (e.g. 10.0.0.5:6379), or leave it unset"
+        return (
+            f"{_prefix(source)}{address!r} is empty; give the head's HOST:PORT (e.g. 10.0.0.5:6379), or leave it unset"
+        )
     scheme, separator, rest = text.partition("://")
     if not separator:
         scheme, rest = "", text
@@ -42,6 +44,11 @@ def address_form_problem(address: str, source: str = SOURCE) -> str | None:
     if problem is None:
         return None
     return (
-        f"{source + ': ' if source else ''}{address!r} is no Ray address ({problem}); give the head's HOST:PORT (as `ray start --head` "
+        f"{_prefix(source)}{address!r} is no Ray address ({problem}); give the head's HOST:PORT (as `ray start --head` "
         "printed it, e.g. 10.0.0.5:6379), ray://HOST:10001, or auto for the cluster started on this machine"
     )
+
+
+def _prefix(source: str) -> str:
+    """`source: ` naming the setting the address came from; nothing where the caller says it."""
+    return f"{source}: " if source else ""

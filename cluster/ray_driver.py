@@ -292,11 +292,17 @@ def scaling_for(cluster: ClusterConfig) -> tuple[Any, float, float]:
 
 
 PROBE_TIMEOUT_S = 10.0
+# An address that answered moments ago in this process (train's pre-start check) is not probed again
+# by connect(): each probe of a token-authenticated GCS costs ~0.5 s in a subprocess.
+ANSWER_FRESH_S = 60.0
+_answered_at: dict[str, float] = {}
 
 
 def refuse_silent_address(address: str) -> None:
     """Nothing listening at HOST:PORT (a typo, a cluster that is down): say so now. Ray itself
     retries such an address forever, printing GCS timeouts every few seconds."""
+    if time.monotonic() - _answered_at.get(address, -ANSWER_FRESH_S) < ANSWER_FRESH_S:
+        return
     problem = silent_address_problem(address)
     if problem:
         raise RayRunFailed(problem)
@@ -306,6 +312,13 @@ def silent_address_problem(address: str) -> str | None:
     """Why nothing can be joined at this address, or None (it answers, or it is a form Ray resolves
     itself: auto, local). Also asked by train's pre-start check, before the run directory exists
     (trial 59b: a typo left a run directory listed as failed)."""
+    problem = _address_problem(address)
+    if problem is None:
+        _answered_at[address] = time.monotonic()
+    return problem
+
+
+def _address_problem(address: str) -> str | None:
     malformed = address_form_problem(address)  # trial 60b: Ray's ValueError, a traceback, exit 1
     if malformed:
         return malformed

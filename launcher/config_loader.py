@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from launcher.config_yaml import compose_config_yaml, load_config_yaml
 from launcher.errors import ConfigError
@@ -367,8 +368,10 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         target[parts[-1]] = value
 
 
-def _list_of_sections(parts: list[str]) -> bool:
-    """Whether `parts` names a list whose entries are sections (data.mixture)."""
+def _schema_field(parts: list[str]) -> tuple[FieldInfo | None, type[BaseModel] | None]:
+    """The schema's field `parts` names (None: no key) and the section model it holds (None: a
+    value); `[]` is the top level's. A list section's entry, by its index (data.mixture.1.weight),
+    has the item's model. The one walk of the schema that the key checks below share."""
     model: type[BaseModel] | None = RunConfig
     field = None
     for part in parts:
@@ -376,8 +379,14 @@ def _list_of_sections(parts: list[str]) -> bool:
             continue
         field = model.model_fields.get(part) if model is not None else None
         if field is None:
-            return False
+            return None, None
         model = _section_model(field.annotation)
+    return field, model
+
+
+def _list_of_sections(parts: list[str]) -> bool:
+    """Whether `parts` names a list whose entries are sections (data.mixture)."""
+    field, model = _schema_field(parts)
     return field is not None and model is not None and typing.get_origin(field.annotation) is list
 
 
@@ -417,22 +426,20 @@ def _unset(raw: dict[str, Any], key: str) -> None:
 def _unknown_key(parts: list[str]) -> str | None:
     """Why `parts` names no key of the schema (with a did-you-mean), or None. Inside a free-form
     mapping (tracking.mlflow.tags, transfer.head.class_weights) any key is one."""
-    model: type[BaseModel] = RunConfig
     for index, part in enumerate(parts):
         if part.isdigit() and index:  # an entry of a list section: its model is the item's
             continue
-        if part not in model.model_fields:
+        field, inner = _schema_field(parts[: index + 1])
+        if field is None:
             return f"{shown_key(parts[: index + 1])} is no key{_did_you_mean(parts[: index + 1])}"
         if index == len(parts) - 1:
             return None
-        annotation = model.model_fields[part].annotation
-        inner = _section_model(annotation)
         if inner is None:
+            annotation = field.annotation
             free_form = typing.get_origin(annotation) is dict or any(
                 typing.get_origin(arg) is dict for arg in typing.get_args(annotation)
             )
             return None if free_form else f"{shown_key(parts[: index + 1])} is a value, not a section"
-        model = inner
     return None
 
 
@@ -481,15 +488,7 @@ def _override_value(value_text: str, key: str = "") -> Any:
 
 def _plain_value_key(parts: list[str]) -> bool:
     """Whether `parts` names a key of one plain value: no section, list of sections or mapping."""
-    model: type[BaseModel] | None = RunConfig
-    field = None
-    for part in parts:
-        if part.isdigit():
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        if field is None:
-            return False
-        model = _section_model(field.annotation)
+    field, model = _schema_field(parts)
     return field is not None and model is None and not _is_mapping_value(parts)
 
 
@@ -792,30 +791,15 @@ def _nearest_line(loc: list[str], key_lines: dict[str, int]) -> int | None:
 
 def _section_keys(loc: list[str]) -> list[str]:
     """The keys of the config section at `loc` ([] when it is no section of RunConfig)."""
-    model: type[BaseModel] = RunConfig
-    for part in loc:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None) if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
+    _, model = _schema_field(loc)
+    return list(model.model_fields) if model is not None else []
 
 
 def _did_you_mean(loc: list[str]) -> str:
     """Suggest the closest valid key in the section that holds the unknown one."""
-    model: type[BaseModel] = RunConfig
-    for part in loc[:-1]:
-        if part.isdigit():  # an entry of a list section (data.mixture.1.wieght): its model is the item's
-            continue
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None) if field else None
-        args = typing.get_args(annotation) if typing.get_origin(annotation) is list else ()
-        if args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
-            annotation = args[0]
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return ""
-        model = annotation
+    _, model = _schema_field(loc[:-1])  # an entry of a list section (data.mixture.1.wieght): the item's model
+    if model is None:
+        return ""
     valid = list(model.model_fields)
     foreign = FOREIGN_KEYS.get(loc[-1])
     prefix = ".".join(loc[:-1]) + "." if loc[:-1] else ""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from trainer.config import VOCAB_SLICE
 from trainer.data.batches import IGNORE_INDEX
 from trainer.errors import TrainerInputError
+from trainer.said_once import SaidOnce
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,11 @@ log = logging.getLogger(__name__)
 # see those logits, so these models keep the full-logits path.
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
 
-_logged: set[str] = set()
+_LOGGED = SaidOnce()
 
 
 def log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
+    if _LOGGED.first(message):
         log.info(message)
 
 

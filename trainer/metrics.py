@@ -29,6 +29,7 @@ from typing import Any
 from trainer.errors import RunWriteError
 from trainer.faults import fault_point
 from trainer.run_layout import RunLayout
+from trainer.said_once import SaidOnce
 from trainer.tracking.config import TrackingConfig
 from trainer.tracking.series import scalar_series
 from trainer.tracking.trackers import TrackerSet
@@ -203,7 +204,7 @@ def cut_torn_line(path: Path) -> None:
         )
 
 
-_SAID_INCOMPLETE: set[tuple[str, int]] = set()
+_INCOMPLETE_SAID = SaidOnce()
 
 
 def parse_records(path: Path) -> list[dict[str, Any]]:
@@ -222,8 +223,7 @@ def parse_records(path: Path) -> list[dict[str, Any]]:
             # The last line may be one being written right now, or cut short by a crash. Said once
             # per line and process (trial 60b: twice, as a report reads the file twice).
             last = number == len(lines)
-            if last or (str(path), number) not in _SAID_INCOMPLETE:
-                _SAID_INCOMPLETE.add((str(path), number))
+            if _INCOMPLETE_SAID.first((str(path), number)) or last:
                 log.log(
                     logging.DEBUG if last else logging.WARNING,
                     "%s line %d is not a complete record; skipped",

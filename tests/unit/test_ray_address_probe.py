@@ -9,6 +9,13 @@ import pytest
 from cluster.ray_driver import RayRunFailed, refuse_silent_address
 
 
+@pytest.fixture(autouse=True)
+def _no_earlier_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cluster.ray_driver
+
+    monkeypatch.setattr(cluster.ray_driver, "_answered_at", {})  # each test asks afresh
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -36,6 +43,25 @@ def test_a_listening_address_and_the_forms_ray_resolves_pass(monkeypatch: pytest
         monkeypatch.setattr(cluster.ray_driver, "auto_address", lambda: listening)
         refuse_silent_address("auto")
     refuse_silent_address("local")
+
+
+def test_an_address_that_answered_moments_ago_is_not_probed_again() -> None:
+    """Train's pre-start check asks first; connect() then takes its answer (a token-authenticated
+    GCS costs ~0.5 s a probe). A stale answer is asked again."""
+    import cluster.ray_driver
+    from cluster.ray_driver import ANSWER_FRESH_S, silent_address_problem
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        assert silent_address_problem(address) is None
+    refuse_silent_address(address)  # nothing listens now, but it answered moments ago
+    cluster.ray_driver._answered_at[address] -= ANSWER_FRESH_S + 1
+    with pytest.raises(RayRunFailed, match="nothing answers there"):
+        refuse_silent_address(address)
+    with pytest.raises(RayRunFailed, match="nothing answers there"):  # a refusal is not kept as an answer
+        refuse_silent_address(address)
 
 
 def test_auto_with_no_cluster_on_this_machine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

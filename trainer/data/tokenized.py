@@ -27,6 +27,7 @@ from trainer.data.pair_styles import CHAT_PAIRS, PLAIN_PAIRS, is_chat_pair
 from trainer.data.sources import Row, dataset_fingerprint, empty_reason, read_rows
 from trainer.errors import DataError
 from trainer.file_modes import current_umask
+from trainer.said_once import SaidOnce
 
 log = logging.getLogger(__name__)
 TOO_LONG_CHOICES = "truncate or drop"
@@ -669,7 +670,7 @@ def _same_reasons_collapsed(bad_rows: list[str]) -> list[str]:
     return shown
 
 
-_UNWRITABLE_SAID: set[Path] = set()
+_UNWRITABLE_SAID = SaidOnce()
 
 
 def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> None:
@@ -679,9 +680,8 @@ def _write_entry(entry: Path, data: TokenizedSet, settings: dict[str, Any]) -> N
     except OSError as exc:
         # A cache folder this worker cannot write (a read-only FTL_CACHE_DIR or data.cache_dir):
         # trial 60b's run failed on it 35 s in. The cache only saves the next start's tokenizing.
-        if entry.parent in _UNWRITABLE_SAID:  # once per folder (trial 60c: once per dataset)
+        if not _UNWRITABLE_SAID.first(entry.parent):  # once per folder (trial 60c: once per dataset)
             return
-        _UNWRITABLE_SAID.add(entry.parent)
         log.warning(
             "could not cache the tokenized data in %s (%s); training goes on, and the next start tokenizes again "
             "(point FTL_CACHE_DIR or data.cache_dir at a writable folder to keep it)",
