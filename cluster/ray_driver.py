@@ -672,7 +672,7 @@ def check_resources(cluster: ClusterConfig, cpus: float, gpus: float, started_he
         raise RayResourcesError("; ".join(short) + f": Ray could never start these workers; {advice}")
     # ftl's own line, as its others (trial 59b: unprefixed, it was lost among Ray's tracebacks).
     print(
-        f"ftl: warning: {'; '.join(short)}: Ray Train waits until the cluster has them (an autoscaler may add "
+        f"ftl: WARNING: {'; '.join(short)}: Ray Train waits until the cluster has them (an autoscaler may add "
         f"nodes), and Ctrl-C stops the wait; else {advice}",
         file=sys.stderr,
         flush=True,

@@ -186,11 +186,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(redact_argv(extra))}")  # a pasted token is not echoed
         args.overrides += extra
     from trainer.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, FtlError
-    from trainer.logging_setup import quiet_third_party
+    from trainer.logging_setup import quiet_third_party, setup_launcher_logging
 
     # Libraries' chatter stays off every command's console, not only train's and plan's (trial 49a:
     # transformers' "add is_decoder=True" from sizing a BERT on the meta device, on every command).
     quiet_third_party(import_transformers=False)
+    setup_launcher_logging()
     try:
         return _dispatch(args)
     except FtlError as exc:  # what the user should see and the exit code are the error's own (trainer/errors.py)

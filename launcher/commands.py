@@ -691,7 +691,7 @@ def write_report_after_run(run_dir: Path, tracking: Any) -> None:
         upload_after_run(tracking, run_dir, [RunLayout(run_dir).report])
     except Exception as exc:  # the run itself is done and intact
         print(
-            f"ftl: warning: could not write the run's report ({type(exc).__name__}: {exc}); "
+            f"ftl: WARNING: could not write the run's report ({type(exc).__name__}: {exc}); "
             f"`ftl report {run_dir}` retries",
             file=sys.stderr,
         )

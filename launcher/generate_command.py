@@ -213,7 +213,7 @@ def _usable_positions(model: Any) -> int | None:
     if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0:
         return positions
     print(
-        f"ftl: warning: the model's config.json has max_position_embeddings={positions!r}, which is no usable "
+        f"ftl: WARNING: the model's config.json has max_position_embeddings={positions!r}, which is no usable "
         "position limit, so replies are not kept inside one; fix config.json to the number of positions the "
         "model was trained with",
         file=sys.stderr,

@@ -227,7 +227,7 @@ def _verdict(config_text: str, head_type: str, folder: str) -> dict[str, Any]:
         verdict = json.loads(entry.read_text())
         if isinstance(verdict, dict) and _VERDICT_KEYS <= set(verdict):
             return verdict
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet; a cache folder that cannot be is said when written
         pass
     except (OSError, ValueError) as exc:  # torn or foreign: judged again
         log.warning("ignoring unreadable model check cache entry %s (%s)", entry, exc)

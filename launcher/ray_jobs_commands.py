@@ -65,7 +65,7 @@ def _check_before_submitting(cfg: Any) -> None:
     if holder is not None and stale_reason(holder) is None:
         raise UserError(locked_message(run_dir, holder))
     for problem in check_inputs(cfg):
-        print(f"ftl: warning: {problem} on this machine; the job needs it on the cluster", file=sys.stderr)
+        print(f"ftl: WARNING: {problem} on this machine; the job needs it on the cluster", file=sys.stderr)
     # Read where the files are here (a shared filesystem): a data file that does not fit data.format,
     # target modules the model lacks fail the job once it runs (trial 45b, on Slurm).
     problems = problems_before_start(cfg, inputs=False)
@@ -92,7 +92,7 @@ def _say_resource_shortfall(cluster: Any, address: str | None) -> None:
     short = list(reservation_shortfalls(cluster, cpus, gpus, have, where).values())
     if short:
         print(
-            f"ftl: warning: {'; '.join(short)}: the job will wait until the cluster has them (an autoscaler "
+            f"ftl: WARNING: {'; '.join(short)}: the job will wait until the cluster has them (an autoscaler "
             "may add nodes; `ftl stop JOB_ID` ends the wait); else lower cluster.workers, cluster.nodes or the "
             "reservation per worker",
             file=sys.stderr,

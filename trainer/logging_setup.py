@@ -8,6 +8,7 @@ import socket
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from trainer.run_layout import RunLayout
 
@@ -27,6 +28,7 @@ def setup_worker_logging(run_dir: Path, rank: int) -> None:
             # e.g. Ray Train's plain console handler in its workers: ftl's own (below) prints the
             # same records with their rank, and both would print every warning twice.
             root.removeHandler(handler)
+    _drop_launcher_logging()  # a worker in the launcher's process (one local worker): its console says it
     rank_filter = _RankFilter(rank)
     file_handler = logging.FileHandler(layout.rank_log(rank), encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(FORMAT))
@@ -88,6 +90,46 @@ def quiet_third_party(import_transformers: bool = True) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a core dependency
         pass
+
+
+OWN_PACKAGES = ("launcher", "cluster", "trainer")
+
+
+class _ConsoleOfNow(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to whatever sys.stderr is when a record comes (a test's capture, or the
+    terminal), not the stream it was made with."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; sys.stderr is read at each write
+        pass
+
+
+def setup_launcher_logging() -> None:
+    """The launcher's own warnings on its console, said as ftl's (`ftl: WARNING: ...`, as its
+    printed warnings; trial 60b: the model check's "could not cache ..." came bare through Python's
+    last-resort handler). On ftl's package loggers only: a library's records stay with their own
+    handlers or Python's last resort, as before. Once per process; a worker run in this process
+    takes them off (setup_worker_logging) for its own console handler."""
+    for name in OWN_PACKAGES:
+        logger = logging.getLogger(name)
+        if any(getattr(handler, "_ftl_launcher", False) for handler in logger.handlers):
+            continue
+        console = _ConsoleOfNow()
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter("ftl: %(levelname)s: %(message)s"))
+        console._ftl_launcher = True  # type: ignore[attr-defined]
+        logger.addHandler(console)
+
+
+def _drop_launcher_logging() -> None:
+    for name in OWN_PACKAGES:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if getattr(h, "_ftl_launcher", False)]:
+            logger.removeHandler(handler)
 
 
 def warn_loudly(logger: logging.Logger, message: str) -> None:

@@ -67,7 +67,7 @@ def plan_command(args: argparse.Namespace) -> int:
         from launcher.preflight import gpu_only_problems
 
         for problem in gpu_only_problems(cfg):  # planned as asked; `ftl train` here refuses it
-            print(f"ftl: warning: `ftl train` on this machine refuses this config: {problem}", file=sys.stderr)
+            print(f"ftl: WARNING: `ftl train` on this machine refuses this config: {problem}", file=sys.stderr)
     return 0 if plan.memory.fits else EXIT_FAILED  # does not fit
 
 

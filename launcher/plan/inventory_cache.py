@@ -114,7 +114,7 @@ def _read(entry: Path, label: str) -> Inventory | None:
             head_chunkable_reason=str(data["head_chunkable_reason"]),
             extras=dict(data["extras"]),
         )
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet; a cache folder that cannot be is said when written
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:  # torn or foreign: rebuilt below
         log.warning("ignoring unreadable inventory cache entry %s (%s)", entry, exc)

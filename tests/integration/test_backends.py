@@ -489,7 +489,7 @@ def test_ray_job_submit_says_a_reservation_the_cluster_cannot_hold_now(tmp_path,
     out = _ftl("submit", str(config), "--address", ray_cluster.dashboard, "--python", "/nonexistent/python")
     assert out.returncode == 2 and "--python /nonexistent/python: no such program" in out.stderr, out.stderr[-3000:]
     assert (
-        "ftl: warning: 3 workers (cluster.workers=1 x cluster.nodes=3) x 2 CPU each (cluster.ray.cpus_per_worker) "
+        "ftl: WARNING: 3 workers (cluster.workers=1 x cluster.nodes=3) x 2 CPU each (cluster.ray.cpus_per_worker) "
         "= 6 CPUs, but the Ray cluster (2 node(s) alive) has 4: the job will wait"
     ) in out.stderr, out.stderr[-3000:]
     fits = _ftl(

@@ -108,7 +108,7 @@ def test_ctrl_c_while_a_joined_cluster_cannot_place_the_workers_stops_at_once(
             os.killpg(proc.pid, signal.SIGKILL)
     said = stderr.read_text()
     assert proc.returncode == 128 + signal.SIGINT, said[-3000:]
-    assert "ftl: warning: 2 workers" in said and "Ctrl-C stops the wait" in said, said[-3000:]
+    assert "ftl: WARNING: 2 workers" in said and "Ctrl-C stops the wait" in said, said[-3000:]
     assert "if Ray is still placing them, the run ends at its newest checkpoint" in said, said[-3000:]
     assert "the stop came while no worker group ran" in said and "stopped before the first step" in said, said[-3000:]
     assert "a new start waits the same way until the cluster has room for them" in said, said[-3000:]

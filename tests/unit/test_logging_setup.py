@@ -64,3 +64,62 @@ def test_a_checkpoint_warning_in_a_worker_is_one_record_in_console_and_log(
     err = capsys.readouterr().err
     assert err.count("step-3 is INVALID") == 1 and "[rank 1]" in err and "ftl: WARNING" not in err, err
     assert "step-3 is INVALID" in (tmp_path / "logs" / "rank-1.log").read_text()
+
+
+@pytest.fixture
+def launcher_handlers() -> Iterator[None]:
+    from trainer.logging_setup import OWN_PACKAGES
+
+    before = {name: list(logging.getLogger(name).handlers) for name in OWN_PACKAGES}
+    yield
+    for name, handlers in before.items():
+        logging.getLogger(name).handlers[:] = handlers
+
+
+def test_the_launchers_own_warnings_are_ftl_lines_and_a_librarys_stay_as_they_were(
+    capsys: pytest.CaptureFixture[str], launcher_handlers: None, root_handlers: None
+) -> None:
+    """Trial 60b: the model check's "could not cache ..." came bare through Python's last resort."""
+    from trainer.logging_setup import setup_launcher_logging
+
+    setup_launcher_logging()
+    setup_launcher_logging()  # once per process: not two lines a warning
+    logging.getLogger("launcher.model_check").warning("could not cache the model check in /x")
+    logging.getLogger("cluster.ray_driver").info("an info line stays off the console")
+    logging.getLogger("some_library").warning("a library's own warning")
+    err = capsys.readouterr().err.splitlines()
+    # A library's record is not ftl's to say (pytest's own root handler takes it here, where a
+    # plain process has Python's last resort print it bare).
+    assert err == ["ftl: WARNING: could not cache the model check in /x"], err
+
+
+def test_a_worker_in_the_launchers_process_says_each_warning_once_with_its_rank(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], launcher_handlers: None, root_handlers: None
+) -> None:
+    from trainer.logging_setup import setup_launcher_logging
+
+    setup_launcher_logging()
+    setup_worker_logging(tmp_path / "run", rank=0)  # one local worker runs in the launcher's process
+    logging.getLogger("trainer.example").warning("a worker's warning")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "a worker's warning" in line]
+    assert len(lines) == 1 and "[rank 0]" in lines[0], lines
+
+
+def test_validate_with_a_cache_folder_that_cannot_be_made_says_so_as_ftl_warnings(
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path,
+    launcher_handlers: None,
+) -> None:
+    import launcher.cli
+    from tests.conftest import write_config
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # no folder can be made there
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "run")
+    assert launcher.cli.main(["validate", str(config)]) == 0
+    err = capfd.readouterr().err
+    said = [line for line in err.splitlines() if "could not cache" in line]
+    assert said and all(line.startswith("ftl: WARNING: could not cache the model") for line in said), err
+    assert "ignoring unreadable" not in err, err  # an entry that cannot exist is no torn entry
