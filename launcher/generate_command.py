@@ -311,10 +311,17 @@ class _Generator:
 def _read_prompts(args: argparse.Namespace) -> list[PromptRow]:
     """Each row with its prompt (a string) or conversation; every bad row is reported at once."""
     if not Path(args.input).is_file():
-        raise UserError(f"--input {args.input}: no such file (a .jsonl/.json/.csv/.parquet file of prompts)")
+        raise UserError(
+            f"--input {args.input}: no such file (a .jsonl/.json/.csv/.parquet file of prompts, or .txt: one a line)"
+        )
     rows: list[PromptRow] = []
     problems: list[str] = []
+    plain_text = Path(args.input).suffix.lower() == ".txt"
     for row in read_rows(args.input):
+        if plain_text and isinstance(
+            row.values, dict
+        ):  # trial 60b: a .txt's lines were refused as rows without a prompt
+            row = Row(row.where, {"prompt": row.values["text"]})
         try:
             rows.append((row.values, _prompt_of(row, args.field), row.where))
         except DataError as exc:

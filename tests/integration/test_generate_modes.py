@@ -83,6 +83,29 @@ def test_input_file_batched_equals_one_by_one_and_keeps_fields(
     assert len(set(expected)) > 1  # different prompts, different replies: the rows were not mixed up
 
 
+def test_a_text_file_of_prompts_is_one_prompt_a_line(
+    tmp_path: Path, model_and_tokenizer: tuple[Any, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 60b: a .txt was read as rows of `text` and every line refused for having no prompt."""
+    (tmp_path / "prompts.txt").write_text(f"{QUESTIONS[0]}\n\n{QUESTIONS[4]}\n")  # a blank line is no prompt
+    args = [
+        "generate",
+        str(BUNDLED_MODEL),
+        "--input",
+        str(tmp_path / "prompts.txt"),
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+    ]
+    assert launcher.cli.main(args) == 0
+    written = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    model, tokenizer = model_and_tokenizer
+    expected = [
+        generate_reply(model, tokenizer, q, raw=False, max_new_tokens=NEW_TOKENS, device="cpu")
+        for q in (QUESTIONS[0], QUESTIONS[4])
+    ]
+    assert written == [{"prompt": q, "completion": r} for q, r in zip((QUESTIONS[0], QUESTIONS[4]), expected)]
+
+
 def test_bad_input_rows_are_all_reported_before_the_model_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
