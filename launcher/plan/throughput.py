@@ -165,32 +165,21 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
     if cached is not None:
         lengths, rows, source = cached.lengths(), len(cached), "tokenized-data cache (exact)"
     else:
-        sampled = _sample_lengths(cfg, tokenizer)
-        if sampled is None:
+        sample = _sample_lengths(cfg, tokenizer)
+        if sample is None:
             return None
-        lengths, rows = sampled
+        # Each sampled row's examples as training keeps them (truncated, split into pieces; rows
+        # too_long=drop drops and rows left with no trained token are none: trial 60a's plan
+        # counted 2.5x the epoch's tokens), scaled from the rows sampled to all of them.
+        lengths, rows = sample.lengths, int(round(len(sample.lengths) * sample.rows / sample.sampled))
         unit = "sequences (both of each pair)" if data.format == "preference" else "rows"
-        source = f"tokenized sample of {len(lengths)} of {rows} {unit}, scaled"
+        source = f"tokenized sample of {sample.sampled} of {sample.rows} {unit}, scaled"
+        if sample.refused:  # trial 60a: an epoch estimated for data training refuses, without a word
+            source += f"; {sample.refused} sampled row(s) are longer than max_seq_len, which training refuses (data.too_long=error)"
     if len(lengths) == 0:
         return None
     import numpy as np
 
-    if data.too_long in ("drop", "error") and cached is None:
-        whole = np.asarray(lengths)
-        kept = whole[whole <= data.max_seq_len]
-        if data.too_long == "error" and len(kept) < len(whole):
-            # Trial 60a: an epoch estimated for data training refuses, without a word.
-            source += f"; {len(whole) - len(kept)} sampled row(s) are longer than max_seq_len, which training refuses (data.too_long=error)"
-        elif len(kept) < len(whole):  # dropped rows train nothing (trial 60a: 2.5x the epoch's tokens)
-            rows = int(round(rows * len(kept) / len(whole)))
-            lengths = kept
-            if len(lengths) == 0:
-                return None
-        # A sampled row longer than max_seq_len trains as pieces of it (the cache holds the pieces).
-        whole = np.asarray(lengths)
-        pieces = [min(data.max_seq_len, n - start) for n in whole.tolist() for start in range(0, n, data.max_seq_len)]
-        rows = int(round(rows * len(pieces) / len(whole)))
-        lengths = np.asarray(pieces)
     lengths = np.minimum(np.asarray(lengths), data.max_seq_len)
     if data.packing:
         efficiency = packing_efficiency(lengths, pack_examples(lengths, data.max_seq_len), data.max_seq_len)
@@ -214,27 +203,42 @@ def _tokenizer(cfg: RunConfig) -> Any:
         return None
 
 
-def _sample_lengths(cfg: RunConfig, tokenizer: Any) -> tuple[list[int], int] | None:
-    from trainer.data.formats import render_example
-    from trainer.data.sources import read_rows
+@dataclass
+class _Sample:
+    lengths: list[int]  # tokens of each example the sampled rows become in training
+    sampled: int  # rows sampled (the first SAMPLE_ROWS readable ones)
+    rows: int  # rows of data.train
+    refused: int  # sampled rows longer than max_seq_len with too_long=error
 
+
+def _sample_lengths(cfg: RunConfig, tokenizer: Any) -> _Sample | None:
+    """The first rows tokenized as training tokenizes them (trainer/data/tokenized.scan_row)."""
+    from trainer.data.sources import read_rows
+    from trainer.data.tokenized import scan_row
+
+    data = cfg.data
     lengths: list[int] = []
-    rows = 0
+    rows = sampled = refused = 0
     try:
-        for row in read_rows(cfg.data.train, cfg.data.split):
+        for row in read_rows(data.train, data.split):
             rows += 1
-            if len(lengths) < SAMPLE_ROWS:
-                try:
-                    example = render_example(row, cfg.data.format, tokenizer)
-                except Exception:
-                    continue
-                lengths.append(len(example.input_ids))
-                if example.rejected is not None:  # a preference pair trains both sequences
-                    lengths.append(len(example.rejected.input_ids))
+            if sampled >= SAMPLE_ROWS:
+                continue
+            scanned = scan_row(rows - 1, row, data.format, tokenizer, data.max_seq_len, data.too_long, None)
+            if scanned.fate == "bad":  # training refuses or skips it: not part of the epoch
+                continue
+            sampled += 1
+            if scanned.fate == "too_long":  # counted as training would see it, were it allowed
+                refused += 1
+                lengths += [n for n in (scanned.rendered_len, scanned.rejected_rendered_len) if n]
+            elif scanned.usable:
+                lengths += [len(ids) for ids, _ in scanned.examples()]
     except Exception:
         return None
-    per_row = 2 if cfg.data.format == "preference" else 1
-    return (lengths, rows * per_row) if lengths else None
+    if not sampled:
+        return None
+    per_row = 2 if data.format == "preference" else 1
+    return _Sample(lengths, sampled * per_row, rows * per_row, refused)
 
 
 CHARS_PER_TOKEN = 4  # rough English average for BPE tokenizers, used only without a tokenizer

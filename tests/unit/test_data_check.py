@@ -412,19 +412,19 @@ def test_a_huge_row_is_cut_before_tokenizing_and_trains_the_same_tokens(tokenize
     """A 50 MB row was tokenized whole (14 GiB of RAM, 3 minutes) to keep 128 tokens: strings past
     max_seq_len x MAX_CHARS_PER_TOKEN characters are cut first, and what training keeps is the same."""
     from trainer.data.sources import Row
-    from trainer.data.tokenized import MAX_CHARS_PER_TOKEN, _scan_rendered, _scan_row
+    from trainer.data.tokenized import MAX_CHARS_PER_TOKEN, _scan_rendered, scan_row
 
     answer = "omega " * (128 * MAX_CHARS_PER_TOKEN // 3)  # twice the limit
     row = Row(
         "f.jsonl line 1", {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": answer}]}
     )
-    cut = _scan_row(0, row, "chat", tokenizer, 128, "truncate", None)
+    cut = scan_row(0, row, "chat", tokenizer, 128, "truncate", None)
     whole = _scan_rendered(0, row, "chat", tokenizer, 128, "truncate", None)
     assert cut.cut_before_tokenizing and not whole.cut_before_tokenizing
     assert (cut.ids, cut.mask, cut.fate) == (whole.ids, whole.mask, "truncated")
     assert 128 < cut.rendered_len < whole.rendered_len  # counted up to the cut: a lower bound
     # ... and said as one where a count is shown (it read "2498 tokens" for a 3,125-token row).
-    refused = _scan_row(0, row, "chat", tokenizer, 128, "error", None)
+    refused = scan_row(0, row, "chat", tokenizer, 128, "error", None)
     assert (
         f"f.jsonl line 1: at least {refused.rendered_len} tokens, longer than data.max_seq_len=128" in refused.problem
     )
@@ -478,17 +478,17 @@ def test_a_too_long_pair_says_which_sequence_is_too_long(tokenizer: Any) -> None
     """ "line 15: 12803 tokens, longer than data.max_seq_len" left the user to find out whether the
     chosen or the rejected answer was the long one."""
     from trainer.data.sources import Row
-    from trainer.data.tokenized import _scan_row
+    from trainer.data.tokenized import scan_row
 
     row = Row("p.jsonl line 3", _pair("Q: a\nA:", " yes", " no" * 40))
-    refused = _scan_row(0, row, "preference", tokenizer, 32, "error", None)
+    refused = scan_row(0, row, "preference", tokenizer, 32, "error", None)
     rejected = refused.rejected_rendered_len
     assert refused.fate == "too_long" and rejected > 32 >= refused.rendered_len
     assert refused.problem.startswith(
         f"p.jsonl line 3: prompt + rejected {rejected} tokens (prompt + chosen {refused.rendered_len}), "
         "longer than data.max_seq_len=32;"
     )
-    both = _scan_row(
+    both = scan_row(
         0, Row("p.jsonl line 4", _pair("Q: a\nA:", " yes" * 40, " no" * 40)), "preference", tokenizer, 32, "drop", None
     )
     assert both.problem.startswith("p.jsonl line 4: prompt + chosen ") and " and prompt + rejected " in both.problem

@@ -905,6 +905,42 @@ def test_the_epoch_counts_what_too_long_keeps_before_the_data_is_cached(
     )
 
 
+@pytest.mark.parametrize("fmt", ["chat", "text"])
+def test_the_uncached_epoch_is_what_training_tokenizes_from_chat_rows_with_no_trained_token_and_split_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer: object, fmt: str
+) -> None:
+    """Chat rows whose prompt fills max_seq_len train nothing and are dropped (the sampled estimate
+    counted them), and a text row too_long=split splits trains as all its pieces (it counted one)."""
+    import json
+
+    from launcher.plan.throughput import count_tokens
+    from trainer.data.tokenized import load_tokenized
+
+    monkeypatch.setenv("FTL_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: the sampled estimate
+    data = tmp_path / "rows.jsonl"
+    sizes = (4, 200, 6, 150, 9)  # the 200- and 150-word texts fill 64 tokens
+    if fmt == "chat":  # their prompts leave nothing to train
+        rows = [
+            {"messages": [{"role": "user", "content": " ".join(["word"] * n)}, {"role": "assistant", "content": "ok"}]}
+            for n in sizes
+        ]
+    else:
+        rows = [{"text": " ".join(["word"] * n)} for n in sizes]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    too_long = "truncate" if fmt == "chat" else "split"
+    settings = {"train": str(data), "format": fmt, "max_seq_len": 64, "packing": False, "too_long": too_long}
+    estimated = count_tokens(_cfg(tmp_path, data=settings))
+    trained = load_tokenized(
+        str(data), fmt, tokenizer, max_seq_len=64, too_long=too_long, skip_bad_rows=False, cache_root=tmp_path / "x"
+    )
+    # As training keeps them: chat rows left out, text rows in several pieces.
+    assert len(trained.lengths()) == 3 if fmt == "chat" else len(trained.lengths()) > 5
+    assert estimated is not None and estimated.real_tokens == int(trained.lengths().sum()), (
+        estimated,
+        trained.lengths(),
+    )
+
+
 def test_a_cpu_plan_counts_what_glibc_keeps_of_freed_activations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -325,7 +325,7 @@ def scan_rows(
     for row_index, row in enumerate(read_rows(spec, split)):
         if row_index % parts != part:
             continue
-        scanned = _scan_row(row_index, row, fmt, tokenizer, max_seq_len, too_long, label_names)
+        scanned = scan_row(row_index, row, fmt, tokenizer, max_seq_len, too_long, label_names)
         if isinstance(row.values, dict):
             scanned.fields = tuple(str(name) for name in row.values)
         yield scanned
@@ -360,7 +360,7 @@ def _longest_string(values: Any) -> int:
     return 0
 
 
-def _scan_row(
+def scan_row(
     row_index: int,
     row: Any,
     fmt: str,
