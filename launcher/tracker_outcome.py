@@ -48,8 +48,7 @@ def tracker_lines(run_dir: Path) -> list[str]:
             # With a run id, the tracker run exists (this start or an earlier one logged to it) and lacks the rest.
             what = f"run {entry['run_id']} stopped logging" if entry.get("run_id") else "NOT logged"
             lines.append(
-                f"{name:<8} {what} ({entry['failed']}); fix tracking.{name} for the next run "
-                "(metrics.jsonl has every record)"
+                f"{name:<8} {what} ({entry['failed']}); {_what_next(name, entry)} (metrics.jsonl has every record)"
             )
         elif name == "mlflow" and entry.get("run_id"):
             uri = str(entry.get("tracking_uri", ""))
@@ -70,3 +69,19 @@ def tracker_lines(run_dir: Path) -> list[str]:
             if entry.get("missing"):
                 lines.append(f"         it lacks {entry['missing']} (metrics.jsonl has every record)")
     return lines
+
+
+# A tracker's failure that is its server's, not its settings' (trial 61a: a server killed mid-run
+# was told as "fix tracking.mlflow"): reasons from trackers.py and the MLflow tracker's probe.
+SERVER_GONE = ("still sending", "still opening", "ConnectionError", "cannot reach")
+
+
+def _what_next(name: str, entry: dict[str, Any]) -> str:
+    reason = str(entry["failed"])
+    if not any(sign in reason for sign in SERVER_GONE):
+        return f"fix tracking.{name} for the next run"
+    advice = "its server did not answer: check that it is up before the next run"
+    if name == "mlflow" and entry.get("run_id"):
+        # Its end could not be sent: the MLflow UI shows it live for good.
+        advice += f"; the MLflow run shows RUNNING until ended (MlflowClient().set_terminated('{entry['run_id']}'))"
+    return advice

@@ -46,6 +46,14 @@ def tracking_problems(cfg: RunConfig) -> list[str]:
         scheme = urlsplit(uri).scheme.lower()
         if scheme.split("+")[0] not in MLFLOW_SCHEMES and scheme not in _plugin_schemes():
             return [f"{key}: {shown}: MLflow has no store for scheme '{scheme}:'; use {FORMS}"]
+        if scheme == "sqlite" and not uri.startswith("sqlite:///") and uri.rstrip("/") != "sqlite:":
+            # `sqlite://relative.db` names a host, which SQLite has none of: the workers dropped
+            # MLflow with "Invalid SQLite URL" at the first record (trial 61a).
+            path = uri.split(":", 1)[1].lstrip("/")
+            return [
+                f"{key}: {shown}: a SQLite URI has three slashes before a relative path and four before an "
+                f"absolute one (sqlite:///{path}, sqlite:////abs/path/{Path(path).name})"
+            ]
         problem = _local_store_problem(uri, scheme)
     return [f"{key}: {shown}: {problem}; use a place this user can write, or {FORMS}"] if problem else []
 

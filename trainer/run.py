@@ -568,8 +568,10 @@ def _finish(
         # A finished run is not resumed: the universal copy a ZeRO resume on another worker count
         # made (about a checkpoint's size) has no use left (trial 38a: 23 MB stayed).
         shutil.rmtree(RunLayout(ctx.run_dir).universal, ignore_errors=True)
-    trainee.metrics.close()
+    # Said before the trackers' last records are waited for (trial 61a: a gone server's 60 s were
+    # counted in "finished ... in").
     trainee.console.finished(summary)
+    trainee.metrics.close()
     barrier()
     return summary
 

@@ -1,6 +1,7 @@
 """The settings that tell compared runs apart: the keys of their config.yaml snapshots whose values
 differ (a sweep's learning rate, rank or method), for the report's table. Where a run writes is
-not a setting (output.dir, the trackers' run names)."""
+not a setting (output.dir, the tracking section: trial 61a's sweep of learning rates listed three
+tracking keys before the learning rate)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import yaml
 from trainer.run_layout import RunLayout
 from trainer.tracking.series import flat_params
 
-NOT_SETTINGS = ("output.dir", "output.local_dir", "tracking.mlflow.run_name", "tracking.wandb.run_name")
+NOT_SETTINGS = ("output.dir", "output.local_dir")
+NOT_SETTING_SECTIONS = ("tracking.",)  # where the metrics are copied to: the same training either way
 UNSET = "(unset)"
 
 
 def differing_settings(runs: list[Path]) -> list[dict[str, str]]:
     """Per run, {key: value} of every setting whose value is not the same in all `runs`."""
     flats = [flat_config(run) for run in runs]
-    keys = sorted({key for flat in flats for key in flat} - set(NOT_SETTINGS))
+    keys = sorted(
+        key
+        for key in {key for flat in flats for key in flat} - set(NOT_SETTINGS)
+        if not key.startswith(NOT_SETTING_SECTIONS)
+    )
     differ = [key for key in keys if len({flat.get(key, UNSET) for flat in flats}) > 1]
     return [{key: flat.get(key, UNSET) for key in differ} for flat in flats]
 

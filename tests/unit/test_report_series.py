@@ -52,6 +52,8 @@ def test_compared_runs_show_the_settings_that_tell_them_apart(tmp_path: Path) ->
         "lr5e-3": "training: {learning_rate: 0.005, seed: 1}\nmethod: {lora: {r: 8}}\n",
         "r32": "training: {learning_rate: 0.002, seed: 1}\nmethod: {lora: {r: 32}, type: dora}\n",
     }
+    # Where the metrics were copied is not a setting either (trial 61a: three tracking keys first).
+    configs["r32"] += "tracking: {wandb: {enabled: true}, mlflow: {experiment: sweep, tracking_uri: 'http://h:5000'}}\n"
     runs = []
     for name, text in configs.items():
         (tmp_path / name).mkdir()

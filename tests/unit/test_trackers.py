@@ -3,6 +3,7 @@ and TensorBoard keep every record. Eval splits are series of their own."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -59,8 +60,12 @@ def test_a_failing_tracker_warns_once_and_the_metrics_go_on(
     (tmp_path / "config.yaml").write_text("model: {}\n")
     [line] = tracker_lines(tmp_path)
     assert line.startswith("mlflow   NOT logged (ConnectionError: cannot reach the MLflow server at http://127.0.0.1:9")
-    assert "fix tracking.mlflow for the next run" in line
+    # The server's, not the settings' (trial 61a: "fix tracking.mlflow" for a server that was down).
+    assert "its server did not answer: check that it is up before the next run" in line, line
+    assert "fix tracking.mlflow" not in line and "RUNNING" not in line  # no MLflow run was made
     assert "tracking.mlflow failed (ConnectionError: cannot reach" in describe_run(tmp_path).note
+    # Where it was to log is kept beside why it could not (trial 61a: only inside the error text).
+    assert json.loads((tmp_path / "trackers.json").read_text())["mlflow"]["tracking_uri"] == "http://127.0.0.1:9"
 
 
 def test_an_mlflow_server_nobody_answers_on_is_reported_at_its_first_record(
@@ -221,6 +226,44 @@ def test_a_tracker_that_failed_after_logging_says_so_not_that_it_logged_nothing(
         wandb
         == f"wandb    offline run w1 in {tmp_path / 'wandb'} (upload: wandb sync {tmp_path / 'wandb'}/offline-run-*)"
     )
+
+
+def test_a_server_that_stops_answering_mid_run_is_said_during_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trial 61a: an MLflow server killed at step 10 of 40 was heard of only after the last step."""
+    answer = threading.Event()
+    tracker = _held(monkeypatch, answer)
+    answer.set()
+    monkeypatch.setattr(trackers, "SEND_SLOW_S", 0.2)
+    monkeypatch.setattr(trackers, "STOP_WAIT_S", 5.0)
+    writer = MetricsWriter(tmp_path, tracking=TrackingConfig(tensorboard=False, mlflow={"enabled": True}))
+    with caplog.at_level(logging.WARNING):
+        writer.write(1, {"loss": 1.0})
+        deadline = time.monotonic() + 5
+        while tracker.logged != [(1, True)] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answer.clear()  # the server goes away
+        writer.write(2, {"loss": 0.5})
+        time.sleep(0.5)
+        writer.write(3, {"loss": 0.4})  # a step later: the stall is said
+        writer.write(4, {"loss": 0.3})  # once
+        said = [r.getMessage() for r in caplog.records if "no answer from its server" in r.getMessage()]
+        answer.set()
+        writer.close()
+    assert len(said) == 1, said
+    assert said[0].startswith("tracking.mlflow: no answer from its server for "), said
+    assert "records after step 1 wait" in said[0] and "training goes on" in said[0], said
+
+
+def test_an_mlflow_run_whose_server_went_away_says_it_shows_running(tmp_path: Path) -> None:
+    from launcher.tracker_outcome import tracker_lines
+
+    state = {"mlflow": {"run_id": "r9", "failed": "still sending after 60 s (server slow or unreachable)"}}
+    (tmp_path / "trackers.json").write_text(json.dumps(state))
+    [line] = tracker_lines(tmp_path)
+    assert "its server did not answer: check that it is up before the next run" in line, line
+    assert "the MLflow run shows RUNNING until ended (MlflowClient().set_terminated('r9'))" in line, line
 
 
 def test_a_tracker_still_opening_its_run_is_said_during_training(

@@ -97,3 +97,37 @@ def test_an_empty_experiment_or_project_name_is_refused(tmp_path: Path) -> None:
             load_config(str(config), [override])
         [problem] = refused.value.problems
         assert problem.endswith("an empty name; write one, or leave the key out for the default (ftl)"), problem
+
+
+def test_a_wandb_project_name_wandb_refuses_is_refused_before_the_start(tmp_path: Path) -> None:
+    """Trial 61a: `a/b:c#d?e` passed validate; W&B refused it after the model loaded and the base
+    eval ran, and the run went untracked."""
+    from launcher.errors import ConfigError
+
+    (tmp_path / "t.jsonl").write_text('{"text": "x"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"model: {{path: m}}\ndata: {{train: {tmp_path / 't.jsonl'}, format: text}}\noutput: {{dir: {tmp_path / 'r'}}}\n"
+    )
+    for override, said in (
+        ("tracking.wandb.project=a/b:c#d?e", "a W&B project name cannot hold / : # ?"),
+        ("tracking.wandb.project=100%", "cannot hold %"),
+        (f"tracking.wandb.project={'p' * 129}", "129 characters; a W&B project name has at most 128"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            load_config(str(config), [override])
+        [problem] = refused.value.problems
+        assert problem.startswith("tracking.wandb.project") and said in problem, problem
+    assert load_config(str(config), ["tracking.wandb.project=my-project_2"]).tracking.wandb.project == "my-project_2"
+
+
+def test_a_sqlite_uri_with_two_slashes_is_refused_with_the_forms_that_work(tmp_path: Path) -> None:
+    """Trial 61a: `sqlite://relative.db` passed; the workers dropped MLflow with "Invalid SQLite URL"."""
+    for uri in ("sqlite://relative.db", "sqlite:relative.db"):
+        [problem] = _problems(tmp_path, uri)
+        assert problem == (
+            f"tracking.mlflow.tracking_uri: {uri}: a SQLite URI has three slashes before a relative path and "
+            "four before an absolute one (sqlite:///relative.db, sqlite:////abs/path/relative.db)"
+        ), problem
+    for fine in ("sqlite:///relative.db", f"sqlite:///{tmp_path}/m.db", "sqlite:///:memory:"):
+        assert _problems(tmp_path, fine) == [], fine

@@ -32,6 +32,10 @@ class MlflowConfig(Section):
         return _not_blank(value, "ftl")
 
 
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+WANDB_PROJECT_MAX_CHARS = 128
+
+
 class WandbConfig(Section):
     enabled: bool = False
     project: str = "ftl"
@@ -47,6 +51,16 @@ class WandbConfig(Section):
     @field_validator("project")
     @classmethod
     def _named(cls, value: str) -> str:
+        # W&B's own rule (wandb.sdk.lib.project), refused by the workers after the model loaded and
+        # the base eval ran; the run then went untracked (trial 61a).
+        forbidden = sorted({c for c in value if c in WANDB_PROJECT_FORBIDDEN}, key=value.index)
+        if forbidden:
+            raise ValueError(
+                f"{value!r}: a W&B project name cannot hold {' '.join(forbidden)} "
+                f"(none of {' '.join(WANDB_PROJECT_FORBIDDEN)}); use letters, digits, - or _"
+            )
+        if len(value) > WANDB_PROJECT_MAX_CHARS:
+            raise ValueError(f"{len(value)} characters; a W&B project name has at most {WANDB_PROJECT_MAX_CHARS}")
         return _not_blank(value, "ftl")
 
 

@@ -64,6 +64,8 @@ class MlflowTracker:
 
     def __init__(self, cfg: MlflowConfig, run_dir: Path, params: dict[str, Any], state: dict[str, Any]):
         uri = resolve_tracking_uri(cfg, run_dir)
+        if not state.get("run_id"):  # where it was to log, also when it cannot (trial 61a: only in the error)
+            state["tracking_uri"] = strip_userinfo(uri)
         check_server_reachable(uri)
         self.client = MlflowClient(tracking_uri=uri)
         # trackers.json keeps the URI without its user:password@ (a file in the run directory).

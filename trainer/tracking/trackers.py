@@ -35,6 +35,7 @@ FINISH_WAIT_S = 60.0  # how long the end of a finished run waits for trackers st
 STOP_WAIT_S = 15.0  # on a stop (Ctrl-C, preemption): the user is waiting to get out; the rest is in metrics.jsonl
 SAY_WAITING_AFTER_S = 2.0  # a wait longer than this is said, so a quiet end is not taken for a hang
 OPEN_SLOW_S = 30.0  # a tracker still opening its run this long is said during training, not only at the end
+SEND_SLOW_S = 30.0  # likewise a record still sending this long (trial 61a: a server gone mid-run, said at the end)
 FAILED = "failed"  # trackers.json: why a tracker was dropped in the latest start
 TENSORBOARD = "tensorboard"  # trackers.json's entry for RUN_DIR/tensorboard: only a gap is ever kept there
 MISSING = "missing"  # trackers.json: what the tracker's run lacks from an earlier start (kept across starts)
@@ -63,6 +64,8 @@ class _Lane:
         self.opened = False  # an open was tried (it may have failed: then `dropped`)
         self.dropped = False
         self.last_step: int | None = None  # the last step whose records reached the tracker
+        self.busy_since: float | None = None  # when the call now sending began (monotonic)
+        self.said_slow = False
 
     def put(self, call: Callable[[], None]) -> None:
         if self.thread is None:
@@ -72,7 +75,18 @@ class _Lane:
 
     def _drain(self) -> None:
         while (call := self.calls.get()) is not None:
+            self.busy_since = time.monotonic()
             call()
+            self.busy_since = None
+
+    def slow_send_s(self) -> float | None:
+        """How long the record now sending to an open tracker run has taken, past SEND_SLOW_S; None
+        otherwise (an open still under way is said by its own timer)."""
+        since = self.busy_since
+        if since is None or self.tracker is None or self.said_slow:
+            return None
+        waited = time.monotonic() - since
+        return waited if waited >= SEND_SLOW_S else None
 
 
 class TrackerSet:
@@ -94,7 +108,25 @@ class TrackerSet:
         when = time.time() if when is None else when
         if series:
             for lane in self._lanes.values():
+                self._say_slow_send(lane)
                 lane.put(lambda lane=lane: self._log_now(lane, step, series, when))  # type: ignore[misc]
+
+    def _say_slow_send(self, lane: _Lane) -> None:
+        """A server that stopped answering mid-run, said while training goes on (trial 61a: heard of
+        only at the end, a minute of training later, and the end waited for it)."""
+        waited = lane.slow_send_s()
+        if waited is None:
+            return
+        lane.said_slow = True
+        after = f"after step {lane.last_step}" if lane.last_step is not None else "since its run opened"
+        log.warning(
+            "tracking.%s: no answer from its server for %.0f s (slow or unreachable); training goes on, its "
+            "records %s wait, and the end of the run waits for them at most %.0f s (metrics.jsonl has every record)",
+            lane.name,
+            waited,
+            after,
+            FINISH_WAIT_S,
+        )
 
     def finish(self) -> None:
         """At the end of a start (finished or stopped): summary, config and report uploaded, after
