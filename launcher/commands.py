@@ -84,7 +84,7 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
         print(f"ftl: WARNING: {fit}", file=sys.stderr)
     from launcher.position_limit import rotary_context_note
     from launcher.preflight import lora_rank_note
-    from launcher.run_length import run_length_warnings
+    from launcher.run_length import run_length_warnings, unfreezing_past_the_run
     from trainer.config import (
         local_revision_note,
         mixture_notes,
@@ -97,6 +97,7 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     steps = cfg.training.max_steps  # with epochs, the run's length needs the data: --data counts it
     notes = (
         *(run_length_warnings(cfg, steps) if steps else []),  # trial 56a: said by a worker only
+        None if steps else unfreezing_past_the_run(cfg, None),
         rotary_context_note(cfg),
         local_revision_note(cfg),
         periodic_eval_without_data(cfg),
@@ -546,8 +547,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             if isinstance(stopping.get("patience"), int) and isinstance(stopping.get("min_delta"), (int, float))
             else ""
         )
+        total = summary.get("total_steps")
+        # Patience used up at the last planned step stopped nothing (trial 61b: "stopped at step 38" of 38).
+        stopped = (
+            f"ran all {total} steps (patience ran out at the last evaluation{why})"
+            if isinstance(total, int) and stopping["stopped_at"] >= total
+            else f"stopped at step {stopping['stopped_at']}{why}"
+        )
         lines.append(
-            f"early stopping: stopped at step {stopping['stopped_at']}{why}; final/ holds the best step {best} "
+            f"early stopping: {stopped}; final/ holds the best step {best} "
             f"({stopping['split']} {stopping['metric']} {_fmt(stopping['best'])}{elsewhere})"
         )
     elif stopping and best is not None and best != summary.get("steps"):

@@ -16,5 +16,27 @@ def run_length_warnings(cfg: RunConfig, steps: int) -> list[str]:
         patience_past_the_run(cfg.transfer.early_stopping, cfg.eval.every_steps, steps),
         warmup_longer_than_the_run(cfg.training, steps),
         *intervals_past_the_run(cfg, steps),
+        unfreezing_past_the_run(cfg, steps),
     )
     return [warning for warning in found if warning]
+
+
+def unfreezing_past_the_run(cfg: RunConfig, steps: int | None) -> str | None:
+    """Gradual unfreezing whose first unfreeze comes at or after the run's end, so only its first
+    group (the head) ever trains (trial 61b: `ftl train`'s workers said it, validate did not).
+    `steps`: the run's length, for a schedule in steps; None: a schedule in epochs of an epoch run
+    (known without the data)."""
+    gradual, training = cfg.transfer.gradual_unfreezing, cfg.training
+    if not gradual.enabled:
+        return None
+    if steps is not None and gradual.unit == "steps" and gradual.every >= steps:
+        length = f"{steps} steps"
+    elif steps is None and gradual.unit == "epochs" and not training.max_steps and gradual.every >= training.epochs:
+        length = f"{training.epochs:g} epoch(s)"
+    else:
+        return None
+    return (
+        f"transfer.gradual_unfreezing: the first unfreeze would come after {gradual.every} {gradual.unit}, at or "
+        f"after the run's end ({length}), so only its first group (the head) trains; lower "
+        "transfer.gradual_unfreezing.every or train longer"
+    )

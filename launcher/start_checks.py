@@ -15,7 +15,7 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
     paths (`ftl submit`: the cluster may see other files; the rest is checked where the files are here)."""
     from launcher.data_format_probe import data_format_problems
     from launcher.hub_cache import unavailable_offline
-    from launcher.preflight import check_inputs, position_problem, target_modules_problem
+    from launcher.preflight import check_inputs, freeze_problem, position_problem, target_modules_problem
 
     problems = check_inputs(cfg) if inputs else []
     if inputs:  # an output.dir on object storage, looked at once (a cluster may reach other storage)
@@ -38,5 +38,5 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
     # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).
     from launcher.plan.planner import attention_refusal
 
-    model = (target_modules_problem(cfg), position_problem(cfg), attention_refusal(cfg))
+    model = (target_modules_problem(cfg), freeze_problem(cfg), position_problem(cfg), attention_refusal(cfg))
     return problems + [problem for problem in model if problem]

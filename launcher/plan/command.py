@@ -36,6 +36,11 @@ def plan_command(args: argparse.Namespace) -> int:
     architecture = architecture_problem(cfg) or model_load_problem(cfg, need_weights=False)
     if architecture:
         raise UserError(architecture)
+    from launcher.preflight import freeze_problem
+
+    freezing = freeze_problem(cfg)  # on the run's model, task head and all (the planner's may be another class)
+    if freezing:
+        raise UserError(freezing)
     own = own_code_reason(cfg)
     if own:
         raise UserError(f"cannot plan this model: {own}")

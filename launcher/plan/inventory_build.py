@@ -127,7 +127,9 @@ def build_inventory(
         if auto_class(config).__name__ == "AutoModelForCausalLM":
             freeze_outside_the_text_model(model)
     if freeze is not None and freeze.any:
-        apply_freezing(model, model_parts(model), freeze, announce=False)
+        # The patterns are checked on the run's own model, with its task head (preflight.freeze_problem):
+        # this one may be another class (a classifier's causal or masked LM).
+        apply_freezing(model, model_parts(model), freeze, announce=False, check_patterns=False)
     head = model.get_output_embeddings()
     head_id = id(head.weight) if head is not None and getattr(head, "weight", None) is not None else None
     head_name = next((name for name, p in model.named_parameters() if id(p) == head_id), None)

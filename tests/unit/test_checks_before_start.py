@@ -107,6 +107,27 @@ def test_validate_warns_of_a_warmup_and_intervals_the_run_never_gets_past(
     assert "is not shorter than the run" not in capsys.readouterr().err
 
 
+def test_validate_warns_of_gradual_unfreezing_that_never_unfreezes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 61b: `ftl train`'s workers said it at the start; validate said valid without a word."""
+    on = ["transfer.gradual_unfreezing.enabled=true", f"output.dir={tmp_path / 'run'}"]
+    said = "ftl: WARNING: transfer.gradual_unfreezing: the first unfreeze would come after"
+    in_epochs = ["~training.max_steps", "training.epochs=2", "transfer.gradual_unfreezing.unit=epochs"]
+    assert main(["validate", CONFIG, *on, *in_epochs, "transfer.gradual_unfreezing.every=2"]) == 0
+    err = capsys.readouterr().err
+    assert f"{said} 2 epochs, at or after the run's end (2 epoch(s)), so only its first group" in err, err
+    in_steps = ["training.max_steps=10", "transfer.gradual_unfreezing.unit=steps"]
+    assert main(["validate", CONFIG, *on, *in_steps, "transfer.gradual_unfreezing.every=10"]) == 0
+    assert f"{said} 10 steps, at or after the run's end (10 steps)" in capsys.readouterr().err
+    for early in (
+        [*in_epochs, "transfer.gradual_unfreezing.every=1"],
+        [*in_steps, "transfer.gradual_unfreezing.every=9"],
+    ):
+        assert main(["validate", CONFIG, *on, *early]) == 0
+        assert said not in capsys.readouterr().err, early
+
+
 def test_validate_says_what_trains_fit_check_would_refuse_and_a_fit_with_little_to_spare(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

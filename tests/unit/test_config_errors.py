@@ -981,6 +981,33 @@ def test_validate_refuses_freezing_what_the_model_does_not_have() -> None:
     assert fine.returncode == 0, fine.stderr[-2000:]
 
 
+@pytest.mark.parametrize(
+    ("config", "pattern"),
+    [
+        ("encoder_classification.yaml", "pooler"),
+        ("encoder_classification.yaml", "classifier"),
+        ("ner.yaml", "classifier"),
+        ("classification.yaml", "score"),
+    ],
+)
+def test_a_text_classifiers_head_or_pooler_can_be_frozen_by_pattern(
+    config: str, pattern: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 61b: validate, plan and train refused `pooler`, `classifier` and `score` as matching
+    nothing (the fit check's stand-in was the checkpoint's masked or causal LM), naming lm_head."""
+    import launcher.cli
+    from tests.conftest import REPO
+
+    path = str(REPO / "configs" / "examples" / config)
+    override = f"transfer.freeze.patterns=[{pattern}]"
+    assert launcher.cli.main(["validate", path, override]) == 0, capsys.readouterr().err[-2000:]
+    assert launcher.cli.main(["plan", path, override, "cluster.backend=local"]) == 0, capsys.readouterr().err[-2000:]
+    # A pattern the stand-in LM has and the classifier has not is still refused, by the classifier's names.
+    assert launcher.cli.main(["plan", path, "transfer.freeze.patterns=[lm_head|cls\\.]"]) == 2
+    err = capsys.readouterr().err
+    assert "matches no parameter of this model" in err and "lm_head.weight" not in err, err[-2000:]
+
+
 def test_a_lora_rank_past_the_models_width_is_warned() -> None:
     """r=512 on 128-wide layers was valid without a word (trial 39a)."""
     from launcher.config_loader import load_config

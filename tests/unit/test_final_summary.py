@@ -42,6 +42,15 @@ def test_final_holds_the_best_step_whether_or_not_training_stopped_early(tmp_pat
         "early stopping: the best of the run continued from, step 24 (validation accuracy 1.3528), was not kept "
         "(/runs/a/checkpoints/step-24), so final/ holds this run's own best"
     ) in said
+    # Patience used up at the last planned step stopped nothing (trial 61b: "stopped at step 38" of 38).
+    at_the_end = {**_summary(tmp_path, stopped_at=45, best_step=35, patience=2, min_delta=0), "total_steps": 45}
+    assert (
+        "early stopping: ran all 45 steps (patience ran out at the last evaluation after 2 evaluations in a row "
+        "without beating the best by more than min_delta 0); final/ holds the best step 35"
+    ) in format_summary(at_the_end)
+    assert "stopped at step" not in format_summary(at_the_end)
+    early = {**_summary(tmp_path, stopped_at=45, best_step=35), "total_steps": 60}
+    assert "early stopping: stopped at step 45; final/ holds the best step 35" in format_summary(early)
     ran_out = format_summary(_summary(tmp_path, stopped_at=None))
     assert "early stopping: ran all 45 steps; final/ holds the best step 40 (validation accuracy 0.9889)" in ran_out
     # The last step was the best: final/ is the last step's model, nothing to say.

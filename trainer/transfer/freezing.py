@@ -66,13 +66,18 @@ def check_patterns_match(names: list[str], patterns: list[str]) -> None:
     )
 
 
-def apply_freezing(model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig, *, announce: bool = True) -> int:
+def apply_freezing(
+    model: torch.nn.Module, parts: ModelParts, cfg: FreezeConfig, *, announce: bool = True, check_patterns: bool = True
+) -> int:
     """Set requires_grad=False on the frozen parameters; returns how many tensors were frozen.
     `announce=False` for a model that only stands in for the run's (`ftl plan`'s meta-device
     model, which may be another class: an encoder's masked-LM model with its tied decoder stood in
-    for a classifier, and its "head is frozen too" warning was printed for a head that trains)."""
+    for a classifier, and its "head is frozen too" warning was printed for a head that trains).
+    `check_patterns=False` there too: its names are not the run's (trial 61b: `classifier`, `score`
+    and `pooler` were refused as matching nothing, naming lm_head among the names to use)."""
     check_block_count(cfg, parts.num_blocks)
-    check_patterns_match([name for name, _ in model.named_parameters()], cfg.patterns)
+    if check_patterns:
+        check_patterns_match([name for name, _ in model.named_parameters()], cfg.patterns)
     frozen = 0
     for name, parameter in model.named_parameters():
         if parameter.requires_grad and should_freeze(name, parts, cfg):
