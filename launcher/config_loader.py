@@ -37,6 +37,9 @@ LOCAL_ONLY_KEYS = (
     "data.cache_dir",
     "parallel.deepspeed_config",
     "parallel.nvme_path",
+    # An adapter folder; three levels deep, it was left relative and a Ray worker (its cwd Ray's
+    # session folder) said it "does not exist" (trial 61c).
+    "method.lora.init_from",
 )
 
 # Names users bring from other tools, for the did-you-mean hint where spelling distance fails.
@@ -514,9 +517,12 @@ def _resolve_paths(raw: dict[str, Any]) -> list[str]:
     """Path keys made absolute (workers run elsewhere); the problems of paths that cannot be."""
     problems: list[str] = []
     for dotted in LOCAL_OR_HUB_KEYS + LOCAL_ONLY_KEYS:
-        section, _, key = dotted.partition(".")
-        if isinstance(raw.get(section), dict):
-            problems += _resolve_one(raw[section], key, local_only=dotted in LOCAL_ONLY_KEYS, name=dotted)
+        *sections, key = dotted.split(".")
+        holder: Any = raw
+        for section in sections:
+            holder = holder.get(section) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            problems += _resolve_one(holder, key, local_only=dotted in LOCAL_ONLY_KEYS, name=dotted)
     checkpoint = raw.get("checkpoint")
     if isinstance(checkpoint, dict) and checkpoint.get("resume") not in (None, "auto", "never"):
         # A checkpoint path: resolved here, so workers (other cwd) and restarts see one same path.

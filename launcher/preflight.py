@@ -365,6 +365,9 @@ def start_refusal(cfg: RunConfig, run_dir: Path) -> str | None:
             from trainer.preference_precompute import missing_cache_message
 
             return missing_cache_message(cache)
+        from trainer.preference_precompute import damaged_cache_problem
+
+        return damaged_cache_problem(cache if cache.is_file() else origin)  # trial 61c: a flipped bit
     return refusal
 
 

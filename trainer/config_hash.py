@@ -56,8 +56,19 @@ def result_part(values: dict[str, Any]) -> dict[str, Any]:
             (values.get("eval") or {}).pop(name, None)
     _class_weights_as_a_list((values.get("transfer") or {}).get("head"))
     _unread_settings_dropped(values)
+    _reference_kind_dropped(values)
     _deepspeed_json_by_content(values)
     return values
+
+
+def _reference_kind_dropped(values: dict[str, Any]) -> None:
+    """training.preference.reference says how the reference's log-probs are had (a frozen copy, the
+    adapters turned off, or scored once before the first step), not which model it is: the initial
+    model in every kind. A resume that switches (ftl's own advice for a lost precomputed cache) trains
+    the same (trial 61c: bit-identical, said as a change whose result would differ)."""
+    preference = (values.get("training") or {}).get("preference")
+    if isinstance(preference, dict):
+        preference.pop("reference", None)
 
 
 # Where result_values keeps parallel.deepspeed_config's JSON in place of its path.

@@ -178,16 +178,34 @@ def adopt_reference_cache(cache: Path, checkpoint: Path | None, is_main: bool) -
     barrier()
 
 
-def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) -> dict[str, torch.Tensor]:
-    fix = _no_rescore(path)
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The cache's metadata and tables; TrainerInputError for one that is gone or unreadable."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tables = {name: handle.get_tensor(name) for name in handle.keys()}
+            return handle.metadata() or {}, {name: handle.get_tensor(name) for name in handle.keys()}
     except FileNotFoundError:
         raise TrainerInputError(missing_cache_message(path)) from None
     except Exception as error:  # a truncated or corrupt file
-        raise TrainerInputError(f"{WHAT}: {path} is unreadable ({error}); {fix}") from error
+        raise TrainerInputError(f"{WHAT}: {path} is unreadable ({error}); {_no_rescore(path)}") from error
+
+
+def damaged_cache_problem(path: Path) -> str | None:
+    """Why the cache at `path` is not as it was written (unreadable, or a table failing its
+    checksum), or None. Asked by `ftl validate` before a resume (trial 61c: a flipped bit was found
+    by train's workers only, after validate had said the resume would go ahead)."""
+    try:
+        metadata, tables = _read(path)
+    except TrainerInputError as exc:
+        return str(exc)
+    for name, table in tables.items():
+        if metadata.get(f"checksum.{name}") != _checksum(table):
+            return f"{WHAT}: the {name} table of {path} fails its checksum; {_no_rescore(path)}"
+    return None
+
+
+def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) -> dict[str, torch.Tensor]:
+    fix = _no_rescore(path)
+    metadata, tables = _read(path)
     for name, fingerprint in fingerprints.items():
         table = tables.get(name)
         if table is None or metadata.get(f"fingerprint.{name}") != fingerprint or len(table) != expected[name]:

@@ -185,6 +185,14 @@ def test_precomputed_reference_equals_the_copy_and_a_resumed_run_reuses_it(
         assert "reference=copy (full fine-tuning" in refused.stderr  # a way on that keeps the trained steps
     assert not list((run / "logs").glob("rank-*.log")) or _scoring_passes(run) == (1, 0)
     aside.rename(cache)
+    # Damaged (one bit of a table): validate says so too (trial 61c: train's workers found it, after
+    # validate said the resume would go ahead).
+    good = cache.read_bytes()
+    cache.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    refused = subprocess.run([*FTL, "validate", str(config)], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "fails its checksum" in refused.stderr, refused.stderr[-2000:]
+    cache.write_bytes(good)
+    os.utime(cache, ns=(written, written))
     assert train(str(config), []) == 0
     assert cache.stat().st_mtime_ns == written and _scoring_passes(run) == (1, 1)  # resumed from the cache
     # Looked up instead of computed beside the policy, the reference gives the copy's loss every step.

@@ -1106,6 +1106,18 @@ def test_a_relative_mlflow_store_is_made_absolute_for_the_workers(
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
 
 
+def test_a_relative_adapter_to_start_from_is_made_absolute_for_the_workers(
+    tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 61c: method.lora.init_from, three levels deep, stayed relative; a Ray worker (its cwd
+    Ray's session folder) said the adapter "does not exist"."""
+    monkeypatch.chdir(tmp_path)
+    config = _write(tmp_path, valid_text)
+    cfg = load_config(config, ["method.lora.init_from=runs/sft/final/adapter"])
+    assert cfg.method.lora.init_from == str(tmp_path / "runs" / "sft" / "final" / "adapter")
+    assert load_config(config, ["method.lora.init_from=~/a"]).method.lora.init_from == str(Path.home() / "a")
+
+
 def test_an_empty_file_an_empty_mixture_and_misplaced_head_keys_say_what_they_are(
     tmp_path: Path, valid_text: str
 ) -> None:

@@ -180,6 +180,13 @@ def test_settings_the_run_never_reads_are_no_change() -> None:
     dpo, pairs = {"objective": "dpo"}, {"format": "preference", "packing": False}
     ipo = _cfg(data=pairs, training={**dpo, "preference": {"loss_type": "ipo"}})
     assert config_hash(ipo) != config_hash(_cfg(data=pairs, training=dpo))
+    # How the reference's log-probs are had is no change of the reference (trial 61c: the switch
+    # ftl advises for a lost precomputed cache trained bit-identically, and was said as a change).
+    hashes = {
+        config_hash(_cfg(data=pairs, training={**dpo, "preference": {"reference": kind}}))
+        for kind in ("auto", "precomputed", "adapters_disabled")
+    }
+    assert hashes == {config_hash(_cfg(data=pairs, training=dpo))}
 
 
 def test_a_deepspeed_json_counts_by_its_content_not_its_path(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -227,3 +227,14 @@ def test_a_worker_that_cannot_read_its_data_does_not_leave_the_others_waiting(
         assert isinstance(other, RuntimeError) and "worker 1 failed while tokenizing" in str(other), other
         assert "no such file on this machine" in str(other)
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())  # nothing half-written
+
+
+def test_skipped_rows_past_the_first_five_are_counted_and_located() -> None:
+    """Trial 61c: "skipped 6 malformed row(s)", five listed, and the sixth (a non-UTF-8 line) named nowhere."""
+    from trainer.data.tokenized import skipped_rows_listing
+
+    rows = [f"t.jsonl line {n}: field 'rejected' is empty" for n in (22, 24, 25, 27, 28, 29, 31)]
+    lines = skipped_rows_listing(rows, 7).split("\n")
+    assert lines[:5] == [f"  - {row}" for row in rows[:5]]
+    assert lines[5:] == ["  ... and 2 more: lines 29, 31 (`ftl validate --data` lists every one)"]
+    assert skipped_rows_listing(rows[:3], 3).count("\n") == 2  # all shown: no "more" line

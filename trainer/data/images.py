@@ -37,6 +37,7 @@ from trainer.data.tokenized import (
     TokenizedSet,
     bad_rows_message,
     no_usable_rows_message,
+    skipped_rows_listing,
 )
 from trainer.errors import DataError, TrainerInputError
 
@@ -189,7 +190,7 @@ def load_image_set(
             "%s: skipped %d bad image(s) (data.skip_bad_rows); the first:\n%s",
             spec,
             len(bad),
-            "\n".join(f"  - {why}" for why in bad[:5]),
+            skipped_rows_listing(bad, len(bad)),
         )
     stats["skipped_examples"] = bad[:MAX_REPORTED_ERRORS]
     if not images:

@@ -573,7 +573,7 @@ def _merged(spec: str, parts: list[_TokenizedPart], speaks: bool = True, fmt: st
             "%s: skipped %d malformed row(s) (data.skip_bad_rows); the first:\n%s",
             spec,
             stats["skipped_bad"],
-            "\n".join(f"  - {why}" for why in errors[:5]),
+            skipped_rows_listing(errors, stats["skipped_bad"]),
         )
     stats["skipped_examples"] = errors
     lengths = np.concatenate([p.lengths for p in parts])
@@ -640,6 +640,21 @@ def bad_rows_message(spec: str, bad_rows: list[str], only_too_long: bool = False
             "finds every bad row before a start)"
         )
     return f"{spec}: {len(bad_rows)} {what}:\n{listed}{tail}"
+
+
+SKIPPED_SHOWN = 5  # skipped rows named in the worker's warning; `ftl validate --data` lists them all
+
+
+def skipped_rows_listing(skipped: list[str], count: int) -> str:
+    """The first SKIPPED_SHOWN of `count` skipped rows ('FILE line N: reason'), one a line, then how
+    many more and where (trial 61c: "skipped 6", five listed, the sixth named nowhere)."""
+    lines = [f"  - {why}" for why in skipped[:SKIPPED_SHOWN]]
+    more = count - len(lines)
+    if more > 0:
+        where = [found.group(1) for why in skipped[SKIPPED_SHOWN:] if (found := re.search(r" line (\d+)", why))]
+        at = f": lines {', '.join(where[:12])}{', ...' if more > len(where[:12]) else ''}" if where else ""
+        lines.append(f"  ... and {more} more{at} (`ftl validate --data` lists every one)")
+    return "\n".join(lines)
 
 
 SAME_REASON_SHOWN = 3  # rows listed with one reason, then a count of the others (as `validate --data` does)
