@@ -37,11 +37,13 @@ def test_a_new_run_on_two_ray_workers_starts_from_a_finished_runs_adapter(
 
     second = tmp_path / "second"
     on_ray = {"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}}
+    # Written relative to where ftl runs (trial 61c: left relative, a Ray worker, whose cwd is Ray's
+    # session folder, said the adapter did not exist).
     followed = write_config(
         tmp_path / "second.yaml",
         tiny_model_dir,
         second,
-        method={"lora": {"init_from": str(adapter)}},
+        method={"lora": {"init_from": os.path.relpath(adapter, REPO)}},
         training={"max_steps": 2, "seed": 7},
         eval={"at_start": True},
         cluster=on_ray,
