@@ -210,6 +210,9 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     model = _meta_model(cfg, task=True)
     if model is None:
         return None
+    new = _new_weights_frozen(cfg, model)
+    if new:
+        return new
     try:
         if cfg.method.type == "full":
             # The model built here is the one that trains: freezing it as training will also finds
@@ -224,6 +227,31 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     except TrainerInputError as exc:
         return str(exc)
     return None
+
+
+def _new_weights_frozen(cfg: RunConfig, model: Any) -> str | None:
+    """Weights transfer.freeze.patterns freeze that model.path's checkpoint does not hold (a task
+    head or pooler made new for the run), judged from the weights' headers: the workers refuse it
+    after loading (trainer/transfer/freezing.check_new_weights_train), this says it before a start."""
+    patterns = cfg.transfer.freeze.patterns
+    if not patterns or cfg.transfer.head.type == "causal_lm":
+        return None
+    from trainer.transfer.freezing import new_weights_message
+    from trainer.transfer.model_parts import matches_any
+    from trainer.weight_shapes import checkpoint_shapes, key_spellings
+
+    held = checkpoint_shapes(Path(str(cfg.model.path)).expanduser())
+    if not held:
+        return None  # no local safetensors to read: the workers judge the loaded model
+    prefix = getattr(model, "base_model_prefix", "")
+    new = []
+    for name, parameter in model.named_parameters():
+        if matches_any(name, patterns):
+            # Held under one of its spellings, in its shape (a pretrained head for another label count is replaced).
+            shapes = [held[spelling] for spelling in key_spellings(name, prefix) if spelling in held]
+            if list(parameter.shape) not in shapes:
+                new.append(name)
+    return new_weights_message(new) if new else None
 
 
 def lora_rank_note(cfg: RunConfig) -> str | None:

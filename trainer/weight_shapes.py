@@ -207,7 +207,7 @@ def blocks_past_the_model(model: dict[str, list[int]], checkpoint: dict[str, lis
         found = _INDEX.search(key)
         if found is None or _model_name(model, key, prefix) is not None:
             continue
-        if any(candidate in held for candidate in (_INDEX.sub(".#.", k, count=1) for k in _spellings(key, prefix))):
+        if any(candidate in held for candidate in (_INDEX.sub(".#.", k, count=1) for k in key_spellings(key, prefix))):
             past.add(int(found.group(1)))
     return sorted(past)
 
@@ -219,7 +219,7 @@ def blocks_missing_from_the_weights(
     hold): transformers starts those blocks from random values with a note in the worker's log,
     and the run trains a model half random (trial 58a). Only blocks whose tensors the weights name
     the same way for other blocks count, so keys transformers renames on loading are left alone."""
-    held_names = {spelling for key in checkpoint for spelling in _spellings(key, prefix)}
+    held_names = {spelling for key in checkpoint for spelling in key_spellings(key, prefix)}
     held_blocks: dict[str, set[int]] = {}
     for name in held_names:
         found = _INDEX.search(name)
@@ -245,7 +245,7 @@ def wholly_missing_blocks(missing: list[str], names: list[str]) -> list[int]:
     return sorted(absent - loaded) if loaded else []
 
 
-def _spellings(key: str, prefix: str) -> list[str]:
+def key_spellings(key: str, prefix: str) -> list[str]:
     spellings = [key]
     if prefix:
         spellings.append(f"{prefix}.{key}")

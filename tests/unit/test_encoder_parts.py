@@ -176,3 +176,43 @@ def test_plan_builds_an_encoder_without_a_causal_lm_class(method: str) -> None:
     else:  # the adapters and the classifier train (PEFT's SEQ_CLS); the encoder stays frozen
         trained = {p.name for p in inventory.params if p.trainable}
         assert any("lora_" in name for name in trained) and any("classifier" in name for name in trained)
+
+
+@pytest.mark.parametrize(("method", "pattern"), [("full", "pooler"), ("lora", "pooler"), ("full", "classifier")])
+def test_freezing_weights_the_checkpoint_lacks_is_refused_and_a_pretrained_pooler_may_be_frozen(
+    tmp_path: Path, method: str, pattern: str
+) -> None:
+    """Trial 61d: a frozen new pooler or head stayed random; no checkpoint kept it, so two exports of
+    one checkpoint differed, and the classifier scored at chance."""
+    from launcher.config_loader import load_config
+    from tests.conftest import REPO, write_config
+    from trainer.errors import TrainerInputError
+    from trainer.transfer.setup import build_model
+
+    kinds = REPO / "assets" / "data" / "fictional-kinds"
+    settings = {
+        "data": {"train": str(kinds / "train.jsonl"), "format": "classification", "packing": False},
+        "method": {"type": method},
+        "transfer": {
+            "head": {"type": "sequence_classification", "labels": ["country", "person", "creature"]},
+            "freeze": {"patterns": [pattern]},
+        },
+    }
+    bundled = REPO / "assets" / "models" / "ftl-tiny-bert"  # holds neither a pooler nor a classifier
+    config = write_config(tmp_path / "c.yaml", bundled, tmp_path / "run", **settings)
+    with pytest.raises(TrainerInputError, match=f"transfer.freeze freezes .*{pattern}.*which model.path's checkpoint"):
+        build_model(load_config(str(config)), "cpu", 0, False)
+    if pattern != "pooler":
+        return
+    with_pooler = _tiny_bert_classifier()  # a checkpoint with a pretrained pooler: freezing it is a choice
+    with_pooler.save_pretrained(tmp_path / "bert-pooled")
+    config = write_config(tmp_path / "c2.yaml", tmp_path / "bert-pooled", tmp_path / "run2", **settings)
+    model = build_model(load_config(str(config)), "cpu", 0, False)
+    assert not any(p.requires_grad for name, p in model.named_parameters() if "pooler" in name)
+    # Before a start too (validate, plan and train's checks), judged from the checkpoint's weights headers.
+    from launcher.preflight import freeze_problem
+
+    assert freeze_problem(load_config(str(config))) is None
+    bundled_config = write_config(tmp_path / "c3.yaml", bundled, tmp_path / "run3", **settings)
+    said = freeze_problem(load_config(str(bundled_config)))
+    assert said is not None and said.startswith("transfer.freeze freezes bert.pooler.dense.bias"), said

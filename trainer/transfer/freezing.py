@@ -97,6 +97,39 @@ def apply_freezing(
     return frozen
 
 
+PEFT_COPIES = (".modules_to_save.default", ".original_module", ".base_layer")
+PEFT_PREFIX = "base_model.model."
+
+
+def check_new_weights_train(model: torch.nn.Module, new: list[str]) -> None:
+    """Refuse a freeze that covers weights the checkpoint does not hold (`new`: transformers'
+    missing and re-initialised keys, a task head or pooler made for this run): they start random,
+    a frozen one stays random, and as no checkpoint keeps a frozen weight, each resume or export of
+    one drew it anew (trial 61d: two exports of one checkpoint differed, and the classifier stayed at
+    chance). A weight counts as trained when any copy of it trains (PEFT keeps a frozen original
+    beside the trained one)."""
+    wanted = set(new)
+    trains: dict[str, bool] = {}
+    for name, parameter in model.named_parameters():
+        plain = plain_name(name).removeprefix(PEFT_PREFIX)
+        for copy in PEFT_COPIES:
+            plain = plain.replace(copy, "")
+        if plain in wanted:
+            trains[plain] = trains.get(plain, False) or parameter.requires_grad
+    frozen = sorted(name for name, trained in trains.items() if not trained)
+    if frozen:
+        raise TrainerInputError(new_weights_message(frozen))
+
+
+def new_weights_message(frozen: list[str]) -> str:
+    shown = ", ".join(sorted(frozen)[:6]) + (f" and {len(frozen) - 6} more" if len(frozen) > 6 else "")
+    return (
+        f"transfer.freeze freezes {shown}, which model.path's checkpoint does not hold (made new for this "
+        "run's task head): they start random and would stay random, untrained; leave them out of "
+        "transfer.freeze (its patterns, or the blocks it counts)"
+    )
+
+
 def freeze_description(cfg: FreezeConfig, num_blocks: int, trainable: int, total: int) -> str:
     """'transfer.freeze: blocks 0-27 of 32 and the embeddings frozen; 12.5M of 1.2B parameters train (1.0%)'."""
     parts = []

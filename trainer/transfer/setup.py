@@ -13,7 +13,7 @@ from trainer.config import TrainerConfig
 from trainer.methods import apply_method
 from trainer.model_builder import load_model
 from trainer.transfer.config import FreezeConfig, HeadConfig
-from trainer.transfer.freezing import apply_freezing, check_block_count
+from trainer.transfer.freezing import apply_freezing, check_block_count, check_new_weights_train
 from trainer.transfer.heads import (
     auto_model_class,
     check_new_head,
@@ -64,6 +64,11 @@ def build_model(
         freeze_outside_the_text_model(model)
     if cfg.transfer.freeze.any:
         apply_freezing(model, model_parts(model), cfg.transfer.freeze)
+        new = [
+            *(loading_info.get("missing_keys") or []),
+            *(key[0] for key in loading_info.get("mismatched_keys") or []),
+        ]
+        check_new_weights_train(model, new)
     return model
 
 
