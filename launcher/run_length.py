@@ -37,6 +37,7 @@ def unfreezing_past_the_run(cfg: RunConfig, steps: int | None) -> str | None:
         return None
     return (
         f"transfer.gradual_unfreezing: the first unfreeze would come after {gradual.every} {gradual.unit}, at or "
-        f"after the run's end ({length}), so only its first group (the head) trains; lower "
+        f"after the run's end ({length}), so only its first group trains (the head; under an adapter method, "
+        "the top block's adapters too); lower "
         "transfer.gradual_unfreezing.every or train longer"
     )

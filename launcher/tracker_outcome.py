@@ -83,5 +83,10 @@ def _what_next(name: str, entry: dict[str, Any]) -> str:
     advice = "its server did not answer: check that it is up before the next run"
     if name == "mlflow" and entry.get("run_id"):
         # Its end could not be sent: the MLflow UI shows it live for good.
-        advice += f"; the MLflow run shows RUNNING until ended (MlflowClient().set_terminated('{entry['run_id']}'))"
+        # With the store named: a default client looks in ./mlruns, finds no such run (trial 61d).
+        store = f"'{entry['tracking_uri']}'" if entry.get("tracking_uri") else "TRACKING_URI"
+        advice += (
+            f"; the MLflow run shows RUNNING until ended "
+            f"(MlflowClient({store}).set_terminated('{entry['run_id']}'), once the server is back)"
+        )
     return advice

@@ -46,10 +46,17 @@ def tracking_problems(cfg: RunConfig) -> list[str]:
         scheme = urlsplit(uri).scheme.lower()
         if scheme.split("+")[0] not in MLFLOW_SCHEMES and scheme not in _plugin_schemes():
             return [f"{key}: {shown}: MLflow has no store for scheme '{scheme}:'; use {FORMS}"]
-        if scheme == "sqlite" and not uri.startswith("sqlite:///") and uri.rstrip("/") != "sqlite:":
+        if scheme == "sqlite" and (uri.rstrip("/") == "sqlite:" or ":memory:" in uri):
+            # SQLAlchemy's in-memory database: it lives in the worker and goes with it, and the
+            # final table named it as where the run logged (trial 61d).
+            return [f"{key}: {shown} is a database in memory, lost when the run ends; give a file: {FORMS}"]
+        if scheme == "sqlite" and not uri.startswith("sqlite:///"):
             # `sqlite://relative.db` names a host, which SQLite has none of: the workers dropped
             # MLflow with "Invalid SQLite URL" at the first record (trial 61a).
-            path = uri.split(":", 1)[1].lstrip("/")
+            rest = uri[len("sqlite:") :]
+            if rest.startswith("/") and not rest.startswith("//"):  # `sqlite:/abs.db`: an absolute path meant
+                return [f"{key}: {shown}: a SQLite URI has four slashes before an absolute path (sqlite:///{rest})"]
+            path = rest.lstrip("/")
             return [
                 f"{key}: {shown}: a SQLite URI has three slashes before a relative path and four before an "
                 f"absolute one (sqlite:///{path}, sqlite:////abs/path/{Path(path).name})"

@@ -13,7 +13,8 @@ import yaml
 from trainer.run_layout import RunLayout
 from trainer.tracking.series import flat_params
 
-NOT_SETTINGS = ("output.dir", "output.local_dir")
+# How progress is shown is not a setting of the training either (trial 61d: progress_every_s listed).
+NOT_SETTINGS = ("output.dir", "output.local_dir", "training.progress_bar", "training.progress_every_s")
 NOT_SETTING_SECTIONS = ("tracking.",)  # where the metrics are copied to: the same training either way
 UNSET = "(unset)"
 

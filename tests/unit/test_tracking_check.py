@@ -129,5 +129,11 @@ def test_a_sqlite_uri_with_two_slashes_is_refused_with_the_forms_that_work(tmp_p
             f"tracking.mlflow.tracking_uri: {uri}: a SQLite URI has three slashes before a relative path and "
             "four before an absolute one (sqlite:///relative.db, sqlite:////abs/path/relative.db)"
         ), problem
-    for fine in ("sqlite:///relative.db", f"sqlite:///{tmp_path}/m.db", "sqlite:///:memory:"):
+    for fine in ("sqlite:///relative.db", f"sqlite:///{tmp_path}/m.db"):
         assert _problems(tmp_path, fine) == [], fine
+    # One slash: an absolute path meant; none after it: a database in memory, lost with the worker (trial 61d).
+    [problem] = _problems(tmp_path, "sqlite:/abs/m.db")
+    assert problem.endswith("a SQLite URI has four slashes before an absolute path (sqlite:////abs/m.db)"), problem
+    for memory in ("sqlite://", "sqlite:///:memory:"):
+        [problem] = _problems(tmp_path, memory)
+        assert "is a database in memory, lost when the run ends" in problem, problem

@@ -166,7 +166,7 @@ class TrackerSet:
             else:
                 lacks = f"the records after step {lane.last_step}" if lane.last_step is not None else "every record"
                 reason = f"still sending {waited}; its run lacks {lacks}"
-            self._record_failure(lane.name, reason, warn=True)
+            self._record_failure(lane.name, reason, warn=True, ended=True)
 
     def note_tensorboard(self, logging_now: bool) -> None:
         """What RUN_DIR/tensorboard lacks because of a start that did not log to it, kept in
@@ -271,12 +271,14 @@ class TrackerSet:
             return False
         return True
 
-    def _record_failure(self, name: str, reason: str, warn: bool) -> None:
+    def _record_failure(self, name: str, reason: str, warn: bool, ended: bool = False) -> None:
+        """`ended`: said at the end of a start, where no training goes on (trial 61d)."""
         if warn:
             log.warning(
-                "tracking.%s: the tracker failed (%s); training goes on without it (metrics.jsonl has every record)",
+                "tracking.%s: the tracker failed (%s); %s (metrics.jsonl has every record)",
                 name,
                 reason,
+                "its run goes without the rest" if ended else "training goes on without it",
             )
         # Kept for the end of the run: the launcher's final table says it again (launcher/tracker_outcome.py).
         with self._lock:
