@@ -701,4 +701,21 @@ def gpu_only_problems(cfg: RunConfig) -> list[str]:
             "model.liger_kernels needs a CUDA device (Liger's kernels are Triton GPU kernels) and this machine's "
             "workers run on CPU: set model.liger_kernels=false"
         )
+    if cfg.parallel.strategy == "deepspeed" and cfg.parallel.mixed_precision == "fp16" and not cpu_has_fp16():
+        # DeepSpeed's CPU accelerator takes fp16 only where oneDNN has fp16 kernels (AVX512-FP16, AMX-FP16):
+        # elsewhere its engine refused it in every worker, a traceback after the model loaded (CI, 2026-12-07).
+        problems.append(
+            "parallel.mixed_precision=fp16 with deepspeed: this machine's workers run on a CPU without fp16 "
+            "kernels (DeepSpeed's CPU engine refuses it): use bf16, or no mixed precision"
+        )
     return problems
+
+
+def cpu_has_fp16() -> bool:
+    """Whether DeepSpeed's CPU accelerator takes fp16 here (its own test: oneDNN's fp16 support)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except Exception:  # noqa: BLE001 - an older torch without the op: DeepSpeed then says no too
+        return False
