@@ -14,7 +14,7 @@ from typing import Any
 from launcher.config_loader import config_to_yaml, load_config
 from launcher.data_format_probe import data_format_problems
 from launcher.errors import StartRefused, UserError
-from launcher.preflight import check_inputs, freeze_problem, position_problem, start_refusal, target_modules_problem
+from launcher.preflight import check_inputs, start_refusal
 from launcher.run_config import RunConfig
 from launcher.run_dir import (
     launch_held_by_a_run,
@@ -59,11 +59,9 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     # --data checks the data: a config whose output.dir holds a finished run (trial 36b) is still one
     # whose new data a user wants to look at; the refusal is said after the report instead.
     problems += [] if data else run_dir_problems
-    # The workers refuse them too, later.
-    from launcher.plan.planner import attention_refusal
+    from launcher.start_checks import model_problems
 
-    model_problems = (target_modules_problem(cfg), freeze_problem(cfg), position_problem(cfg), attention_refusal(cfg))
-    problems += [problem for problem in model_problems if problem]
+    problems += model_problems(cfg)  # the workers refuse them too, later
     from launcher.plan.command import unsizable_model_problem
 
     unsizable = unsizable_model_problem(cfg)

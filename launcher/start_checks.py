@@ -15,7 +15,7 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
     paths (`ftl submit`: the cluster may see other files; the rest is checked where the files are here)."""
     from launcher.data_format_probe import data_format_problems
     from launcher.hub_cache import unavailable_offline
-    from launcher.preflight import check_inputs, freeze_problem, position_problem, target_modules_problem
+    from launcher.preflight import check_inputs
 
     problems = check_inputs(cfg) if inputs else []
     if inputs:  # an output.dir on object storage, looked at once (a cluster may reach other storage)
@@ -35,8 +35,14 @@ def problems_before_start(cfg: RunConfig, inputs: bool = True) -> list[str]:
             problems += [silent] if silent else []
     said = {problem.split(":")[0] for problem in problems}  # one problem a key (a short name: not also "not cached")
     problems += [p for p in unavailable_offline(cfg) if p.split(":")[0] not in said] + data_format_problems(cfg)
-    # The model's own limits, from its config.json: the workers found them after loading it (trials 39a, 46b).
-    from launcher.plan.planner import attention_refusal
+    return problems + model_problems(cfg)
 
-    model = (target_modules_problem(cfg), freeze_problem(cfg), position_problem(cfg), attention_refusal(cfg))
-    return problems + [problem for problem in model if problem]
+
+def model_problems(cfg: RunConfig) -> list[str]:
+    """The model's own limits, from its config.json and weights' headers (target modules, freezing,
+    positions, attention): the workers found them after loading it (trials 39a, 46b). Also validate's."""
+    from launcher.plan.planner import attention_refusal
+    from launcher.preflight import freeze_problem, position_problem, target_modules_problem
+
+    found = (target_modules_problem(cfg), freeze_problem(cfg), position_problem(cfg), attention_refusal(cfg))
+    return [problem for problem in found if problem]
