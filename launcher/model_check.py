@@ -69,7 +69,7 @@ def model_load_problem(cfg: RunConfig, need_weights: bool = True) -> str | None:
         return f"model.path: {where}: {verdict['error']}"
     if folder is None or fields.get("quantization_config"):
         return None  # weights not here yet, or packed 4/8-bit shapes the config does not describe
-    held = _held_shapes(folder)
+    held = held_shapes(folder)
     if held is None:
         return None
     base_only = cfg.transfer.head.type != "causal_lm"  # a classifier's head is new, of the run's size
@@ -87,7 +87,7 @@ def model_load_problem(cfg: RunConfig, need_weights: bool = True) -> str | None:
     return None
 
 
-def _held_shapes(folder: Path) -> dict[str, list[int]] | None:
+def held_shapes(folder: Path) -> dict[str, list[int]] | None:
     """checkpoint_shapes, read once per command for both the load check and the more-blocks
     warning (a 70B model's headers are tens of shards), again when a weights file changes."""
     try:
@@ -142,7 +142,7 @@ def model_load_warning(cfg: RunConfig) -> str | None:
     folder, fields = found
     if folder is None:
         return None  # a hub model: its weights are the workers' to download
-    held = _held_shapes(folder)
+    held = held_shapes(folder)
     if held is None or fields.get("quantization_config"):
         return None
     verdict = model_verdict(fields, cfg.transfer.head.type)

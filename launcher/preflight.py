@@ -204,7 +204,7 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     if not freeze.freezes_blocks and not freeze.patterns:
         return None
     from trainer.errors import TrainerInputError
-    from trainer.transfer.freezing import apply_freezing, check_block_count, check_patterns_match
+    from trainer.transfer.freezing import check_block_count, check_patterns_match
     from trainer.transfer.model_parts import model_parts
 
     model = _meta_model(cfg, task=True)
@@ -217,8 +217,7 @@ def freeze_problem(cfg: RunConfig) -> str | None:
         if cfg.method.type == "full":
             # The model built here is the one that trains: freezing it as training will also finds
             # a freeze that leaves nothing to train (trial 43a: validate said valid, plan refused it).
-            model.requires_grad_(True)
-            apply_freezing(model, model_parts(model), freeze, announce=False)
+            _freeze_as_training_will(model, freeze)
             return None
         if freeze.freezes_blocks:
             check_block_count(freeze, model_parts(model).num_blocks)
@@ -229,6 +228,21 @@ def freeze_problem(cfg: RunConfig) -> str | None:
     return None
 
 
+def _freeze_as_training_will(model: Any, freeze: Any) -> None:
+    """apply_freezing on the shared meta model, its requires_grad flags put back after: the model is
+    cached for every check of the command, and a later check must not see this run's freeze."""
+    from trainer.transfer.freezing import apply_freezing
+    from trainer.transfer.model_parts import model_parts
+
+    flags = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+    try:
+        model.requires_grad_(True)
+        apply_freezing(model, model_parts(model), freeze, announce=False)
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(flags[name])
+
+
 def _new_weights_frozen(cfg: RunConfig, model: Any) -> str | None:
     """Weights transfer.freeze.patterns freeze that model.path's checkpoint does not hold (a task
     head or pooler made new for the run), judged from the weights' headers: the workers refuse it
@@ -236,11 +250,12 @@ def _new_weights_frozen(cfg: RunConfig, model: Any) -> str | None:
     patterns = cfg.transfer.freeze.patterns
     if not patterns or cfg.transfer.head.type == "causal_lm":
         return None
+    from launcher.model_check import held_shapes
     from trainer.transfer.freezing import new_weights_message
     from trainer.transfer.model_parts import matches_any
-    from trainer.weight_shapes import checkpoint_shapes, key_spellings
+    from trainer.weight_shapes import key_spellings
 
-    held = checkpoint_shapes(Path(str(cfg.model.path)).expanduser())
+    held = held_shapes(Path(str(cfg.model.path)).expanduser())  # the model check's read, not a second one
     if not held:
         return None  # no local safetensors to read: the workers judge the loaded model
     prefix = getattr(model, "base_model_prefix", "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -216,3 +217,23 @@ def test_freezing_weights_the_checkpoint_lacks_is_refused_and_a_pretrained_poole
     bundled_config = write_config(tmp_path / "c3.yaml", bundled, tmp_path / "run3", **settings)
     said = freeze_problem(load_config(str(bundled_config)))
     assert said is not None and said.startswith("transfer.freeze freezes bert.pooler.dense.bias"), said
+
+
+def test_the_freeze_check_leaves_the_shared_meta_model_as_it_found_it(tmp_path: Path) -> None:
+    """freeze_problem freezes the meta model every check of a command shares (full fine-tuning: the
+    freeze training will apply); a later check must see it unfrozen, not this run's freeze."""
+    from launcher.config_loader import load_config
+    from launcher.preflight import _meta_model, freeze_problem
+    from tests.conftest import REPO, write_config
+
+    bundled = REPO / "assets" / "models" / "ftl-tiny-llama"
+    settings: dict[str, Any] = {"method": {"type": "full"}, "transfer": {"freeze": {"first_n_blocks": 1}}}
+    cfg = load_config(str(write_config(tmp_path / "c.yaml", bundled, tmp_path / "run", **settings)))
+    assert freeze_problem(cfg) is None
+    model = _meta_model(cfg, task=True)
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    everything = {"method": {"type": "full"}, "transfer": {"freeze": {"patterns": [".*"]}}}
+    cfg = load_config(str(write_config(tmp_path / "c2.yaml", bundled, tmp_path / "run2", **everything)))
+    assert freeze_problem(cfg) is not None  # nothing left to train: refused, and still put back
+    assert _meta_model(cfg, task=True) is model
+    assert all(parameter.requires_grad for parameter in model.parameters())
