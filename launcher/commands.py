@@ -25,7 +25,7 @@ from launcher.run_dir import (
     running_in,
     storage_problems,
 )
-from trainer.errors import EXIT_FAILED
+from trainer.errors import EXIT_FAILED, EXIT_STOPPED, STOP_SIGNAL_CODES, FtlError
 from trainer.run_layout import CONFIG_FILE, RUN_MARKER, RunLayout
 
 
@@ -224,7 +224,12 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
             refusal = start_refusal(cfg, run_dir)  # the workers would refuse it, after a backend start
             if refusal:
                 raise StartRefused(refusal)
-            summary = launch(cfg, run_dir, cfg.cluster)
+            try:
+                summary = launch(cfg, run_dir, cfg.cluster)
+            except FtlError as exc:
+                if exc.exit_code == EXIT_STOPPED or exc.exit_code in STOP_SIGNAL_CODES:
+                    _say_failed_trackers(run_dir)
+                raise
         from cluster.results import reported_here
 
         if cfg.output.report and reported_here(run_dir):  # one launcher of a multi-node torchrun run writes it
@@ -238,6 +243,15 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     if is_uri(cfg.output.dir):  # the paths above are the working copy's (trial 53a: the URI went unsaid)
         print(f"stored      {display_uri(cfg.output.dir)} (the paths above: its working copy)")
     return 0
+
+
+def _say_failed_trackers(run_dir: Path) -> None:
+    """A stopped run prints no final table: a tracker that failed is said here, with what to do
+    (an MLflow run whose server went away shows RUNNING until ended; a resume continues it)."""
+    from launcher.tracker_outcome import tracker_failure_lines
+
+    for line in tracker_failure_lines(run_dir):
+        print(f"ftl: tracking: {line}", file=sys.stderr)
 
 
 def _refused_early(run_dir: Path) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.run_layout import RunLayout
+from trainer.tracking.trackers import SERVER_GONE
 
 
 def tracker_state(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -45,11 +46,7 @@ def tracker_lines(run_dir: Path) -> list[str]:
         if name == "tensorboard":
             continue
         if entry.get("failed"):
-            # With a run id, the tracker run exists (this start or an earlier one logged to it) and lacks the rest.
-            what = f"run {entry['run_id']} stopped logging" if entry.get("run_id") else "NOT logged"
-            lines.append(
-                f"{name:<8} {what} ({entry['failed']}); {_what_next(name, entry)} (metrics.jsonl has every record)"
-            )
+            lines.append(_failure_line(name, entry))
         elif name == "mlflow" and entry.get("run_id"):
             uri = str(entry.get("tracking_uri", ""))
             experiment = f"experiment {entry['experiment']}, " if entry.get("experiment") else ""
@@ -71,14 +68,22 @@ def tracker_lines(run_dir: Path) -> list[str]:
     return lines
 
 
-# A tracker's failure that is its server's, not its settings' (trial 61a: a server killed mid-run
-# was told as "fix tracking.mlflow"): reasons from trackers.py and the MLflow tracker's probe.
-SERVER_GONE = ("still sending", "still opening", "ConnectionError", "cannot reach")
+def tracker_failure_lines(run_dir: Path) -> list[str]:
+    """The trackers that failed in the run's latest start, one line each: a stopped run's end says
+    them (trial 61d: after a Ctrl-C with the MLflow server gone, nothing said its run shows RUNNING)."""
+    return [_failure_line(name, entry) for name, entry in tracker_state(run_dir).items() if entry.get("failed")]
+
+
+def _failure_line(name: str, entry: dict[str, Any]) -> str:
+    # With a run id, the tracker run exists (this start or an earlier one logged to it) and lacks the rest.
+    what = f"run {entry['run_id']} stopped logging" if entry.get("run_id") else "NOT logged"
+    return f"{name:<8} {what} ({entry['failed']}); {_what_next(name, entry)} (metrics.jsonl has every record)"
 
 
 def _what_next(name: str, entry: dict[str, Any]) -> str:
-    reason = str(entry["failed"])
-    if not any(sign in reason for sign in SERVER_GONE):
+    # The trackers mark a failure that is the server's, not the settings' (trial 61a: a server killed
+    # mid-run was told as "fix tracking.mlflow").
+    if not entry.get(SERVER_GONE):
         return f"fix tracking.{name} for the next run"
     advice = "its server did not answer: check that it is up before the next run"
     if name == "mlflow" and entry.get("run_id"):

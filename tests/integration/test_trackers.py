@@ -231,3 +231,25 @@ def test_mlflow_file_store_without_a_server(
     assert losses == {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run", "train")}
     assert run.data.params["training.max_steps"] == "2" and run.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"summary.json", "config.yaml"}
+
+
+def test_a_stopped_ray_run_says_its_failed_tracker(tmp_path: Path, tiny_model_dir: Path, ray_cluster) -> None:
+    """A stopped run prints no final table: the tracker that failed is said at the stop, with what
+    to do (trial 61d: after a Ctrl-C with the MLflow server gone, nothing said its run shows RUNNING)."""
+    config = write_config(
+        tmp_path / "run.yaml",
+        tiny_model_dir,
+        tmp_path / "run",
+        training={"max_steps": 3},
+        cluster={"backend": "ray", "workers": 2, "ray": {"address": ray_cluster.address}},
+        # Nothing listens on port 9 of loopback: the tracker's probe is refused at once.
+        tracking={"tensorboard": False, "mlflow": {"enabled": True, "tracking_uri": "http://127.0.0.1:9"}},
+    )
+    stopped = subprocess.run(
+        [*FTL, "train", str(config)], env=dict(os.environ, FTL_FAULT_STOP_AT_STEP="1"), cwd=REPO,
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    said = "ftl: tracking: mlflow   NOT logged (ConnectionError: cannot reach the MLflow server at http://127.0.0.1:9"
+    assert said in stopped.stderr, stopped.stderr[-3000:]
+    assert "its server did not answer: check that it is up before the next run" in stopped.stderr

@@ -259,7 +259,7 @@ def test_a_server_that_stops_answering_mid_run_is_said_during_training(
 def test_an_mlflow_run_whose_server_went_away_says_it_shows_running(tmp_path: Path) -> None:
     from launcher.tracker_outcome import tracker_lines
 
-    failed = {"run_id": "r9", "failed": "still sending after 60 s (server slow or unreachable)"}
+    failed = {"run_id": "r9", "failed": "still sending after 60 s (server slow or unreachable)", "server_gone": True}
     (tmp_path / "trackers.json").write_text(json.dumps({"mlflow": {**failed, "tracking_uri": "http://h:5000"}}))
     [line] = tracker_lines(tmp_path)
     assert "its server did not answer: check that it is up before the next run" in line, line
@@ -359,3 +359,32 @@ def test_mlflow_says_only_warnings_on_the_console() -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
     assert out.stdout.strip() == str(logging.WARNING), out.stderr
+
+
+def test_a_failure_is_the_servers_by_its_exceptions_not_its_words(tmp_path: Path) -> None:
+    """The final table's advice (check the server / fix the settings) follows a flag the trackers
+    write from the exception's chain, not words of a reason cut at 300 characters and redacted."""
+    import requests
+
+    from launcher.tracker_outcome import tracker_lines
+    from trainer.tracking.trackers import _server_gone
+
+    def raised_while_handling(cause: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except Exception:  # as MLflow's rest_utils does: its own exception, raised while handling requests'
+                raise RuntimeError("API request to http://h:5000/api/2.0/mlflow/runs/log-batch failed") from None
+        except RuntimeError as wrapped:
+            return wrapped
+
+    assert _server_gone(raised_while_handling(requests.exceptions.ConnectionError("Max retries exceeded")))
+    assert _server_gone(raised_while_handling(requests.exceptions.RetryError("too many 503 error responses")))
+    assert not _server_gone(raised_while_handling(KeyError("run_id")))
+    assert _server_gone(ConnectionError("cannot reach the MLflow server"))
+    assert _server_gone(TimeoutError())
+    assert not _server_gone(ValueError("experiment name may not contain ConnectionError"))
+    failed = {"run_id": "r9", "failed": "RuntimeError: bad experiment (ConnectionError in its name)"}
+    (tmp_path / "trackers.json").write_text(json.dumps({"mlflow": failed}))
+    [line] = tracker_lines(tmp_path)
+    assert "fix tracking.mlflow for the next run" in line, line

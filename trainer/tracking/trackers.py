@@ -37,6 +37,7 @@ SAY_WAITING_AFTER_S = 2.0  # a wait longer than this is said, so a quiet end is 
 OPEN_SLOW_S = 30.0  # a tracker still opening its run this long is said during training, not only at the end
 SEND_SLOW_S = 30.0  # likewise a record still sending this long (trial 61a: a server gone mid-run, said at the end)
 FAILED = "failed"  # trackers.json: why a tracker was dropped in the latest start
+SERVER_GONE = "server_gone"  # trackers.json: that failure was its server's (down, unreachable), not its settings'
 TENSORBOARD = "tensorboard"  # trackers.json's entry for RUN_DIR/tensorboard: only a gap is ever kept there
 MISSING = "missing"  # trackers.json: what the tracker's run lacks from an earlier start (kept across starts)
 
@@ -166,7 +167,7 @@ class TrackerSet:
             else:
                 lacks = f"the records after step {lane.last_step}" if lane.last_step is not None else "every record"
                 reason = f"still sending {waited}; its run lacks {lacks}"
-            self._record_failure(lane.name, reason, warn=True, ended=True)
+            self._record_failure(lane.name, reason, warn=True, ended=True, server_gone=True)
 
     def note_tensorboard(self, logging_now: bool) -> None:
         """What RUN_DIR/tensorboard lacks because of a start that did not log to it, kept in
@@ -213,6 +214,7 @@ class TrackerSet:
             state = self._loaded_state()
             entry = dict(state.get(lane.name) or {})
             earlier_failure = entry.pop(FAILED, None)  # an earlier start's failure: this start tries again
+            entry.pop(SERVER_GONE, None)
             if self.resumed_at and not entry.get("run_id") and not entry.get(MISSING):
                 # A new tracker run for a resumed run: the earlier starts' records are not in it
                 # (trial 41a: the final table showed the run with no word of steps 1-11).
@@ -230,7 +232,7 @@ class TrackerSet:
             lane.tracker = _open_tracker(lane.name, self.cfg, self.run_dir, params, entry)
         except Exception as exc:  # noqa: BLE001 - any failure of a tracker must not end training
             lane.dropped = True
-            self._record_failure(lane.name, _reason(exc), warn=True)
+            self._record_failure(lane.name, _reason(exc), warn=True, server_gone=_server_gone(exc))
             return None
         finally:
             slow.cancel()
@@ -267,12 +269,15 @@ class TrackerSet:
             call()
         except Exception as exc:  # noqa: BLE001 - see _tracker
             lane.dropped, lane.tracker = True, None
-            self._record_failure(lane.name, _reason(exc), warn=True)
+            self._record_failure(lane.name, _reason(exc), warn=True, server_gone=_server_gone(exc))
             return False
         return True
 
-    def _record_failure(self, name: str, reason: str, warn: bool, ended: bool = False) -> None:
-        """`ended`: said at the end of a start, where no training goes on (trial 61d)."""
+    def _record_failure(
+        self, name: str, reason: str, warn: bool, ended: bool = False, server_gone: bool = False
+    ) -> None:
+        """`ended`: said at the end of a start, where no training goes on (trial 61d). `server_gone`:
+        the tracker's server failed, not its settings (the final table's advice differs)."""
         if warn:
             log.warning(
                 "tracking.%s: the tracker failed (%s); %s (metrics.jsonl has every record)",
@@ -287,7 +292,29 @@ class TrackerSet:
             if not isinstance(entry, dict):
                 entry = state[name] = {}
             entry[FAILED] = reason
+            if server_gone:
+                entry[SERVER_GONE] = True
+            else:
+                entry.pop(SERVER_GONE, None)
             self._save_state()
+
+
+# Failures that are the server's or the network's: requests' and W&B's own, by name (neither is
+# imported here for a check; a tracker's library wraps them, so the whole chain is looked at).
+_NETWORK_FAILURES = {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "RetryError", "CommError"}
+
+
+def _server_gone(exc: BaseException) -> bool:
+    """Whether exc, or an exception it was raised from or during, is a connection's or a timeout's:
+    MLflow raises MlflowException "API request ... failed" while handling requests' ConnectionError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError)) or type(current).__name__ in _NETWORK_FAILURES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _reason(exc: BaseException) -> str:
