@@ -470,7 +470,8 @@ def _section_at(raw: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
 def _override_value(value_text: str, key: str = "") -> Any:
     """The value typed as YAML would type it (3e-4, false, [a, b], {k: v}); text when it is no YAML."""
     try:
-        value = load_config_yaml(value_text) if value_text != "" else ""
+        # Blank text stays text (YAML reads "   " as null: trial 61d, spaces said as "got None").
+        value = load_config_yaml(value_text) if value_text.strip() else value_text
         twice = _duplicate_keys(compose_config_yaml(value_text)) if isinstance(value, (dict, list)) else []
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)

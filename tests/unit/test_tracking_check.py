@@ -113,6 +113,8 @@ def test_a_wandb_project_name_wandb_refuses_is_refused_before_the_start(tmp_path
         ("tracking.wandb.project=a/b:c#d?e", "a W&B project name cannot hold / : # ?"),
         ("tracking.wandb.project=100%", "cannot hold %"),
         (f"tracking.wandb.project={'p' * 129}", "129 characters; a W&B project name has at most 128"),
+        ("tracking.wandb.project=a\\b", "'a\\b': a W&B project name cannot hold \\ "),  # as typed, not a repr
+        ("tracking.wandb.project=   ", "an empty name; write one"),  # spaces, not "got None" (trial 61d)
     ):
         with pytest.raises(ConfigError) as refused:
             load_config(str(config), [override])

@@ -55,8 +55,8 @@ class WandbConfig(Section):
         # the base eval ran; the run then went untracked (trial 61a).
         forbidden = sorted({c for c in value if c in WANDB_PROJECT_FORBIDDEN}, key=value.index)
         if forbidden:
-            raise ValueError(
-                f"{value!r}: a W&B project name cannot hold {' '.join(forbidden)} "
+            raise ValueError(  # as typed: a repr doubles each backslash (trial 61d)
+                f"'{value}': a W&B project name cannot hold {' '.join(forbidden)} "
                 f"(none of {' '.join(WANDB_PROJECT_FORBIDDEN)}); use letters, digits, - or _"
             )
         if len(value) > WANDB_PROJECT_MAX_CHARS:
