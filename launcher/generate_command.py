@@ -331,8 +331,9 @@ def _read_prompts(args: argparse.Namespace) -> list[PromptRow]:
             f"{args.input}: {len(problems)} bad row(s); each needs a 'prompt' string or a 'messages' list:\n"
             + "\n".join(f"  - {problem}" for problem in problems)
         )
-    if not rows:
-        raise UserError(f"--input {args.input}: no rows")
+    if not rows:  # what the file needed, by its kind (trial 61d: an empty .txt was said as "no rows")
+        wanted = "no prompt lines (one prompt a line)" if plain_text else "no rows (one prompt or conversation a row)"
+        raise UserError(f"--input {args.input}: {wanted}; nothing to generate from")
     return rows
 
 

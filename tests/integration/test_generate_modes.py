@@ -104,6 +104,11 @@ def test_a_text_file_of_prompts_is_one_prompt_a_line(
         for q in (QUESTIONS[0], QUESTIONS[4])
     ]
     assert written == [{"prompt": q, "completion": r} for q, r in zip((QUESTIONS[0], QUESTIONS[4]), expected)]
+    # A .txt of blank lines: said as lines, not rows (trial 61d: "no rows").
+    (tmp_path / "blank.txt").write_text("\n\n")
+    assert launcher.cli.main([*args[:3], str(tmp_path / "blank.txt")]) == 2
+    said = f"--input {tmp_path / 'blank.txt'}: no prompt lines (one prompt a line); nothing to generate from"
+    assert said in capfd.readouterr().err
 
 
 def test_bad_input_rows_are_all_reported_before_the_model_loads(
