@@ -17,6 +17,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("FTL_CACHE_DIR") or Path.home() / ".cache" / "ftl")
 
 
+def writable_folder(folder: Path) -> bool:
+    """Whether `folder` is, or could be made as, a folder this user can write: its nearest existing
+    ancestor is a folder with write and search permission."""
+    probe = folder.expanduser().absolute()
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
 def write_cache_entry(entry: Path, data: Any, what: str) -> None:
     """`data` as JSON at `entry`, whole or not at all: a reader never sees half an entry. A cache
     that cannot be written (a read-only home) is a warning: the answer is still right, only not

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from trainer.adapter_init import load_initial_adapter
+from trainer.cache_dir import writable_folder
 from trainer.checkpointing.layouts import load_trainable
 from trainer.checkpointing.manager import CheckpointManager
 from trainer.checkpointing.preflight import check_disk_space, verify_shared_run_dir
@@ -140,7 +141,7 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     prepared = (
         "every image decoded once, before training"
         if images
-        else f"tokenizer {type(tokenizer).__name__}, {len(tokenizer)} tokens; tokenized once, then from the cache"
+        else f"tokenizer {type(tokenizer).__name__}, {len(tokenizer)} tokens; {_tokenized_where(cfg.data.cache_dir)}"
     )
     console.event(f"data: reading {', '.join(map(str, sources))} ({prepared})")
     data = _prepare_data_on_every_rank(cfg, tokenizer, ctx)
@@ -604,6 +605,17 @@ def _export(cfg: TrainerConfig, ctx: WorkerContext, strategy: Strategy, model: A
             merge=cfg.output.save_merged,
             adapter=cfg.output.save_adapter,
         )
+
+
+def _tokenized_where(cache_dir: str | None) -> str:
+    """Whether the next start reads the tokenized data from the cache (trial 61d: "then from the
+    cache" was said where no cache could be written; the cache's own warning follows)."""
+    from trainer.data.tokenized import default_cache_root
+
+    folder = Path(cache_dir) / "tokenized" if cache_dir else default_cache_root()
+    if writable_folder(folder):
+        return "tokenized once, then from the cache"
+    return f"tokenized at each start: the cache folder {folder} cannot be written"
 
 
 def _prepare_data_on_every_rank(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerContext) -> PreparedData:

@@ -887,3 +887,9 @@ def test_a_cache_folder_that_cannot_be_written_costs_the_cache_not_the_run(
     assert "could not cache" not in caplog.text  # said once per folder (trial 60c: once per dataset)
     cached = load_tokenized(*args, **kwargs, cache_root=tmp_path / "cache")
     assert np.array_equal(blocked.ids, cached.ids) and np.array_equal(blocked.mask, cached.mask)
+    # The start's data line says the cache only where one can be written (trial 61d).
+    from trainer.run import _tokenized_where
+
+    said = f"tokenized at each start: the cache folder {tmp_path / 'a-file' / 'tokenized'} cannot be written"
+    assert _tokenized_where(str(tmp_path / "a-file")) == said
+    assert _tokenized_where(str(tmp_path / "not-yet" / "made")) == "tokenized once, then from the cache"
