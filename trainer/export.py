@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -335,7 +336,7 @@ def export_run(
     manifest = read_manifest(source)
     step = int(manifest["step"])
     target = out or layout.export(step)
-    _check_target(target, run_dir)
+    _check_target(target, run_dir, step)
     # The model the checkpoint fits: config.yaml is the last start's, which may have changed settings
     # (a start refused for another LoRA rank still rewrote it).
     written_with = config_written_with(cfg, manifest)
@@ -387,7 +388,7 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
     adapter = final / "adapter" / "adapter_model.safetensors"
     if target.resolve() == final.resolve() and (not merge or (final / "merged").exists() or not adapter.exists()):
         return Exported(final, step, str(final), written=False)
-    _check_target(target, run_dir)
+    _check_target(target, run_dir, step)
     if cfg.method.uses_adapter and adapter.exists():
         from peft import set_peft_model_state_dict
 
@@ -441,10 +442,13 @@ def _fresh_model(cfg: TrainerConfig, device: str) -> tuple[Any, Any]:
     return tokenizer, build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
 
 
-def _check_target(target: Path, run_dir: Path) -> None:
+def _check_target(target: Path, run_dir: Path, step: int | None) -> None:
     """An export replaces an earlier export, never a file, a directory with other contents, or
     anything inside another run directory (its final/ is what that run finished with, and its
-    summary and report describe it)."""
+    summary and report describe it). Inside its own run, only under exports/, and exports/step-N
+    holds step N (trial 62b: an export in checkpoints/step-4/ went with that checkpoint when
+    keep_last deleted it; step 8's weights as exports/step-4, to which `ftl generate` then sent
+    users of checkpoint 4)."""
     from trainer.errors import TrainerInputError
 
     if target.exists() and not target.is_dir():
@@ -452,9 +456,25 @@ def _check_target(target: Path, run_dir: Path) -> None:
     if target.is_dir() and any(target.iterdir()) and not (target / "export.json").is_file():
         raise TrainerInputError(f"{target} exists and is not an ftl export; choose a new or empty directory (--out)")
     own = run_dir.resolve()
-    for folder in target.resolve().parents:
+    exports = RunLayout(run_dir).exports.resolve()
+    resolved = target.resolve()
+    if resolved == RunLayout(run_dir).final.resolve():
+        return  # a finished run's final/ gets what it lacks (merged/); a checkpoint there is refused before
+    for folder in resolved.parents:
         if folder == own:
-            return  # this run's exports/ (its final/ is refused before)
+            if not resolved.is_relative_to(exports) or resolved == exports:
+                raise TrainerInputError(
+                    f"{target} is inside the run directory {run_dir}, whose files are the run's own (checkpoints "
+                    f"are deleted as newer ones come); leave out --out for {exports}/step-{step}, or export to a "
+                    "folder outside the run"
+                )
+            named = re.fullmatch(r"step-(\d+)", resolved.relative_to(exports).parts[0])
+            if named and int(named.group(1)) != step:
+                raise TrainerInputError(
+                    f"{target} is where ftl keeps step {int(named.group(1))}'s export, and this is step {step}'s; "
+                    f"leave out --out for {exports}/step-{step}, or choose another name"
+                )
+            return
         if RunLayout(folder).marker.is_file():
             raise TrainerInputError(
                 f"{target} is inside another run directory ({folder}), whose files are that run's own; "

@@ -81,6 +81,17 @@ def _qlora_quantization(export_info: Path) -> dict[str, Any] | None:
     return info.get("quantization") or {}
 
 
+def _export_of(export: Path, checkpoint: Path) -> bool:
+    """Whether `export` holds `checkpoint`'s step, by its export.json (trial 62b: an export of
+    step 8 named step-4 was offered for checkpoint 4)."""
+    try:
+        info = json.loads((export / "export.json").read_text())
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and isinstance(manifest, dict) and info.get("step") == manifest.get("step")
+
+
 def _no_model_here(path: Path, layout: RunLayout) -> str:
     """What to pass instead: a checkpoint is exported from its run directory, a run is exported."""
     if not path.exists():  # e.g. a checkpoint retention has deleted since (trial 38a)
@@ -91,7 +102,7 @@ def _no_model_here(path: Path, layout: RunLayout) -> str:
     if (path / "manifest.json").is_file() and path.parent.name == "checkpoints":
         run_dir = path.parent.parent
         export = RunLayout(run_dir).exports / path.name
-        if (export / "export.json").is_file() or (export / "adapter").is_dir() or (export / "merged").is_dir():
+        if _export_of(export, path):
             return f"{path} is a checkpoint, not a model; it was exported to {export}: pass that directory"
         return (
             f"{path} is a checkpoint, not a model: `ftl export {quote(str(run_dir))} --checkpoint {quote(str(path))}` writes it to "

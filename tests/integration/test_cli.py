@@ -300,6 +300,18 @@ def test_export_writes_only_its_own_folder(tmp_path: Path, tiny_model_dir: Path)
     assert not (run / "exports").exists()
     through_a_file = export(a_file / "sub")  # trial 60c: a FileExistsError traceback
     assert through_a_file.returncode == 2 and f"{a_file} is a file, not a folder" in through_a_file.stderr
+    # Inside its own run only under exports/, and exports/step-N holds step N (trial 62b: an export
+    # in checkpoints/step-4/ went when keep_last deleted the checkpoint; step 8 filed as step-4).
+    in_a_checkpoint = export(run / "checkpoints" / "step-2" / "mine")
+    assert in_a_checkpoint.returncode == 2, in_a_checkpoint.stderr[-2000:]
+    assert f"{run / 'checkpoints' / 'step-2' / 'mine'} is inside the run directory {run}" in in_a_checkpoint.stderr
+    mislabelled = export(run / "exports" / "step-9")
+    assert mislabelled.returncode == 2, mislabelled.stderr[-2000:]
+    said = f"{run / 'exports' / 'step-9'} is where ftl keeps step 9's export, and this is step 2's"
+    assert said in mislabelled.stderr and not (run / "exports" / "step-9").exists(), mislabelled.stderr[-2000:]
+    assert not (run / "checkpoints" / "step-2" / "mine").exists()
+    named = export(run / "exports" / "mine")  # a name of the user's under exports/ is theirs to choose
+    assert named.returncode == 0 and (run / "exports" / "mine" / "export.json").is_file(), named.stderr[-2000:]
 
 
 def _umask() -> int:

@@ -125,12 +125,17 @@ def test_a_checkpoint_folder_points_at_its_export_or_the_command_that_makes_one(
 
     step = tmp_path / "run" / "checkpoints" / "step-4"
     step.mkdir(parents=True)
-    (step / "manifest.json").write_text("{}")
+    (step / "manifest.json").write_text('{"step": 4}')
     said = _no_model_here(step, RunLayout(tmp_path / "run"))
-    assert f"is a checkpoint, not a model: `ftl export {tmp_path / 'run'} --checkpoint {step}`" in said, said
+    made_by = f"is a checkpoint, not a model: `ftl export {tmp_path / 'run'} --checkpoint {step}`"
+    assert made_by in said, said
     (tmp_path / "run" / "exports" / "step-4" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "exports" / "step-4" / "export.json").write_text('{"step": 4}')
     said = _no_model_here(step, RunLayout(tmp_path / "run"))
     assert f"it was exported to {tmp_path / 'run' / 'exports' / 'step-4'}: pass that directory" in said, said
+    # Another step's export under that name is not offered (trial 62b: step 8's weights as step-4).
+    (tmp_path / "run" / "exports" / "step-4" / "export.json").write_text('{"step": 8}')
+    assert made_by in _no_model_here(step, RunLayout(tmp_path / "run"))
 
 
 def test_the_commands_it_suggests_can_be_pasted_with_a_space_in_the_path(tmp_path: Path) -> None:
