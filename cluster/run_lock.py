@@ -143,7 +143,9 @@ class RunLock:
             if reason is None:
                 if group is not None and holder.group == group:
                     return cls(path, holder, owned=False)
-                raise RunDirLocked(locked_message(Path(run_dir), holder, stale_after_s))
+                raise RunDirLocked(
+                    locked_message(Path(run_dir), holder, stale_after_s, for_a_start=purpose != "ftl export")
+                )
             own_reservation = slurm_job is not None and holder.slurm_job == slurm_job  # no news to print
             if _remove_stale(path, holder) and not own_reservation:
                 print(
@@ -285,7 +287,11 @@ def stale_reason(holder: Holder, stale_after_s: float = STALE_AFTER_S, slurm_job
     return f"no heartbeat from {holder.host} for {age:.0f} s" if age > stale_after_s else None
 
 
-def locked_message(run_dir: Path, holder: Holder, stale_after_s: float = STALE_AFTER_S) -> str:
+def locked_message(
+    run_dir: Path, holder: Holder, stale_after_s: float = STALE_AFTER_S, for_a_start: bool = True
+) -> str:
+    """`for_a_start`: a run's start, which may take another output.dir; an export waits for the
+    run (trial 62b: an export was told to choose another output.dir)."""
     age = max(0.0, time.time() - holder.heartbeat)
     if holder.pid is None or holder.purpose.startswith("Slurm job"):  # a job's own process: Slurm stops it
         stop = f"cancel it (scancel {holder.slurm_job})" if holder.slurm_job else "make sure no ftl uses it"
@@ -296,10 +302,21 @@ def locked_message(run_dir: Path, holder: Holder, stale_after_s: float = STALE_A
             f"stop it (Ctrl-C in its terminal, or `kill -INT {holder.pid}` on {holder.host}; it checkpoints first"
             f"{f'; or scancel {holder.slurm_job}' if holder.slurm_job else ''})"
         )
+    lock = f"{holder.describe()} (lock {RunLayout(run_dir).lock}, last heartbeat {age:.0f} s ago)"
+    if for_a_start:
+        said = (
+            f"output.dir {run_dir} is in use by another run: {lock}. Wait for that run to end, {stop}, or choose "
+            "another output.dir."
+        )
+    elif holder.purpose == "ftl export":
+        said = f"{run_dir} is being exported by another ftl export: {lock}. Export again once it has ended."
+    else:
+        said = (
+            f"{run_dir} is in use by a run: {lock}. Export once that run has ended, or {stop} and export the "
+            "checkpoint it writes then."
+        )
     return (
-        f"output.dir {run_dir} is in use by another run: {holder.describe()} (lock {RunLayout(run_dir).lock}, "
-        f"last heartbeat {age:.0f} s ago). Wait for that run to end, {stop}, or choose another output.dir. "
-        f"A lock whose process is gone is taken over automatically (at once on {holder.host}, after "
+        f"{said} A lock whose process is gone is taken over automatically (at once on {holder.host}, after "
         f"{stale_after_s:.0f} s without heartbeat from another host)."
     )
 

@@ -46,6 +46,15 @@ def test_a_second_acquire_is_refused_naming_the_holder_and_release_frees_it(tmp_
         message = str(refused.value)
         assert f"host {socket.gethostname()}, pid {os.getpid()}" in message and "since" in message
         assert "Ctrl-C" in message and "another output.dir" in message
+        # An export waits for the run; another output.dir is no answer for it (trial 62b).
+        with pytest.raises(RunDirLocked) as refused:
+            RunLock.acquire(tmp_path, "ftl export")
+        message = str(refused.value)
+        assert message.startswith(f"{tmp_path} is in use by a run: ftl train") and "output.dir" not in message
+        assert "Export once that run has ended, or stop it (Ctrl-C in its terminal" in message, message
+    with RunLock.acquire(tmp_path, "ftl export"):
+        with pytest.raises(RunDirLocked, match="is being exported by another ftl export: ftl export on host"):
+            RunLock.acquire(tmp_path, "ftl export")
     assert not (tmp_path / LOCK_FILE).exists()
     RunLock.acquire(tmp_path, "ftl train").release()
 
