@@ -23,7 +23,7 @@ before_shards, mid_shard (half of trainable.safetensors written), before_manifes
 before_rename, during_purge (an old checkpoint half deleted), async_in_flight (an asynchronous
 write was started); and in the loop: micro (after the first micro-batch of a step), step_end,
 tensorboard (a step's metrics line is written, its TensorBoard events not yet); before training:
-model_checks (the base model is loaded, the checks of it not run yet); after training:
+tokenizing (`@N`: before row N of the data a rank tokenizes is looked at, only the rank whose share holds it), model_checks (the base model is loaded, the checks of it not run yet); after training:
 final_export (the final evaluation is recorded, final/ not written yet); in the Ray launcher:
 ray_start (the local Ray it starts is up, Ctrl-C still held back).
 Unset variables cost one dict lookup per point.

@@ -13,7 +13,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -50,6 +50,7 @@ from trainer.data.cut_note import cut_examples_note
 from trainer.data.mixture_resume import continued_segment, retired_summary_name, segment_sampler
 from trainer.data.packing_check import check_packed_examples_stay_apart
 from trainer.data.prepare import PreparedData, mixture_note, prepare_data, same_pairs_note
+from trainer.data.tokenized import TokenizingStopped
 from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
 from trainer.export import export_final
@@ -144,7 +145,10 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         else f"tokenizer {type(tokenizer).__name__}, {len(tokenizer)} tokens; {_tokenized_where(cfg.data.cache_dir)}"
     )
     console.event(f"data: reading {', '.join(map(str, sources))} ({prepared})")
-    data = _prepare_data_on_every_rank(cfg, tokenizer, ctx)
+    try:
+        data = _prepare_data_on_every_rank(cfg, tokenizer, ctx, stop)
+    except TokenizingStopped:
+        _stopped_while_tokenizing(stop, console, resume_from)
     mixture = mixture_note(data.report)
     if mixture is not None:
         console.event(mixture)
@@ -618,7 +622,23 @@ def _tokenized_where(cache_dir: str | None) -> str:
     return f"tokenized at each start: the cache folder {folder} cannot be written"
 
 
-def _prepare_data_on_every_rank(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerContext) -> PreparedData:
+def _stopped_while_tokenizing(stop: StopFlag, console: RunConsole, resume_from: Any) -> NoReturn:
+    """A stop asked for while the data was tokenized ends the start there, on every rank alike (the
+    shares' exchange decided it): nothing trained, nothing cached, a resumed checkpoint stays the latest."""
+    if resume_from is not None:
+        step = int(resume_from.manifest.get("step", 0))
+        console.event(
+            f"stopped while tokenizing the data (at step {step}): nothing trained, nothing new to save; resume from "
+            f"{resume_from.path.parent.name}/{resume_from.path.name}"
+        )
+        raise StopRequested(step, str(resume_from.path), stop.signum)
+    console.event("stopped while tokenizing the data: nothing trained, nothing to save")
+    raise StopRequested(0, "", stop.signum)
+
+
+def _prepare_data_on_every_rank(
+    cfg: TrainerConfig, tokenizer: Any, ctx: WorkerContext, stop: StopFlag | None = None
+) -> PreparedData:
     """Every rank prepares the data at the same time; a tokenization the cache does not hold yet is
     shared: each rank tokenizes every world_size-th row and the ranks exchange their shares
     (trainer/data/tokenized.py), so a large set takes 1/world_size of the time it took one rank,
@@ -645,6 +665,7 @@ def _prepare_data_on_every_rank(cfg: TrainerConfig, tokenizer: Any, ctx: WorkerC
         label_names=cfg.transfer.head.label_names if cfg.transfer.head.is_classification else None,
         sharing=sharing,
         eval_max_samples=cfg.eval.max_samples,
+        stop_asked=stop.check if stop is not None else None,
     )
 
 

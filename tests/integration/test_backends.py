@@ -300,6 +300,36 @@ def test_ctrl_c_while_the_workers_load_the_model_stops_before_the_first_step(tmp
     assert not (run_dir / STOP_REQUEST_FILE).exists() and not (run_dir / ".ftl-lock").exists()
 
 
+def test_ctrl_c_while_the_workers_tokenize_the_data_stops_there(tmp_path, tiny_model_dir):
+    """Ray, 2 workers: a Ctrl-C while the data is tokenized ends the start between rows, not after
+    the whole set (minutes on a large one) and a model load (trial 62a). Rank 0 is held at a row of
+    its share until the stop is asked for; rank 1 has finished its share by then and waits in the
+    exchange: both stop, nothing trained, nothing cached."""
+    cache = tmp_path / "cache"  # its own cache: nothing tokenized by another test is read instead
+    config = _config(
+        tmp_path, tiny_model_dir, "run", data={"cache_dir": str(cache)}, cluster={"backend": "ray", "workers": 2}
+    )
+    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+    hold = {"FTL_FAULT_WAIT_AT": f"tokenizing@10={run_dir / STOP_REQUEST_FILE}"}
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen([*FTL, "train", str(config)], stdout=stderr, stderr=stderr, env={**os.environ, **hold})
+    try:
+        _wait_for(lambda: "data: reading" in stderr_path.read_text(), timeout=400)  # rank 0 tokenizes
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = stderr_path.read_text()
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    said = "stopped while tokenizing the data: nothing trained, nothing to save"
+    assert f"ftl: {said}" in err or said in err, err[-3000:]
+    assert "training " not in err and "model" not in err.split("data: reading")[-1].split(said)[0], err[-3000:]
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
+    assert not list(cache.rglob("meta.json"))  # a part-tokenized set is not cached
+    assert not (run_dir / STOP_REQUEST_FILE).exists() and not (run_dir / ".ftl-lock").exists()
+
+
 @pytest.mark.parametrize("name,last_line", [("INT", "ftl: interrupted"), ("TERM", "stopped before the run began")])
 def test_a_stop_signal_while_the_local_ray_starts_ends_ftl_before_the_run(tmp_path, tiny_model_dir, name, last_line):
     """A Ctrl-C or SIGTERM in the seconds ftl's local Ray takes to start (SIGINT held back there,

@@ -229,6 +229,32 @@ def test_a_worker_that_cannot_read_its_data_does_not_leave_the_others_waiting(
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())  # nothing half-written
 
 
+@pytest.mark.parametrize("parts", [1, 3])
+def test_a_stop_asked_for_while_tokenizing_ends_every_worker_there(tokenizer: Any, tmp_path: Path, parts: int) -> None:
+    """Trial 62a: a Ctrl-C waited for the whole tokenizing. Worker 1 alone sees the stop (a request
+    file read a moment apart); the others, done with their shares, hear it in the exchange."""
+    from trainer.data.tokenized import TokenizingStopped
+
+    path = _write(tmp_path / "data.jsonl", _chat_rows(30))
+    kwargs: dict[str, Any] = {"max_seq_len": 48, "too_long": "truncate", "skip_bad_rows": False}
+    if parts == 1:
+        with pytest.raises(TokenizingStopped):
+            load_tokenized(str(path), "chat", tokenizer, **kwargs, cache_root=tmp_path / "c", stop_asked=lambda: True)
+    else:
+
+        def call(sharing: Sharing) -> Any:
+            asked = sharing.part == 1
+            return load_tokenized(
+                str(path), "chat", tokenizer, **kwargs, cache_root=tmp_path / "c", sharing=sharing,
+                stop_asked=lambda: asked,
+            )  # fmt: skip
+
+        assert all(isinstance(result, TokenizingStopped) for result in _run_parts(parts, call))
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("meta.json"))  # nothing cached
+    never = load_tokenized(str(path), "chat", tokenizer, **kwargs, cache_root=tmp_path / "d", stop_asked=lambda: False)
+    _same(never, load_tokenized(str(path), "chat", tokenizer, **kwargs, cache_root=tmp_path / "e"))
+
+
 def test_skipped_rows_past_the_first_five_are_counted_and_located() -> None:
     """Trial 61c: "skipped 6 malformed row(s)", five listed, and the sixth (a non-UTF-8 line) named nowhere."""
     from trainer.data.tokenized import skipped_rows_listing

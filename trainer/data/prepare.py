@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,10 @@ def prepare_data(
     label_names: list[str] | None = None,
     sharing: Sharing | None = None,
     eval_max_samples: int | None = None,
+    stop_asked: Callable[[], bool] | None = None,
 ) -> PreparedData:
     """sharing: the run's workers, every one calling this alike, share each tokenization.
+    stop_asked: a run's stop, looked at while tokenizing (raises TokenizingStopped).
     eval_max_samples: eval.max_samples, for the part of a held-out set's overlap with training that
     the scores see."""
     cache_root = Path(cfg.cache_dir) / "tokenized" if cfg.cache_dir else None
@@ -78,6 +81,7 @@ def prepare_data(
         cache_root=cache_root,
         label_names=label_names,
         sharing=sharing,
+        stop_asked=stop_asked,
     )
 
     def load(key: str, spec: str, fmt: str, split: str = "train", training: bool = False) -> TokenizedSet:

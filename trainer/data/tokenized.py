@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from trainer.data.formats import render_example, roles_look_swapped, truncated
 from trainer.data.pair_styles import CHAT_PAIRS, PLAIN_PAIRS, is_chat_pair
 from trainer.data.sources import Row, dataset_fingerprint, empty_reason, read_rows
 from trainer.errors import DataError
+from trainer.faults import fault_point
 from trainer.file_modes import current_umask
 from trainer.said_once import SaidOnce
 
@@ -121,11 +123,13 @@ def load_tokenized(
     cache_root: Path | None = None,
     label_names: list[str] | None = None,
     sharing: Sharing | None = None,
+    stop_asked: Callable[[], bool] | None = None,
 ) -> TokenizedSet:
     """The dataset tokenized as training uses it, from the cache when it holds it. With `sharing`
     (the workers of a run, every one calling this with the same arguments), each worker tokenizes
     its share of the rows and they exchange them: every worker gets the whole set, as one process
-    would have tokenized it."""
+    would have tokenized it. `stop_asked`: looked at between rows (a run's stop: Ctrl-C); when it
+    says so, TokenizingStopped is raised, on every worker alike."""
     entry, settings = cache_entry(
         spec,
         fmt,
@@ -147,10 +151,12 @@ def load_tokenized(
         return cached
     scan = (spec, fmt, tokenizer, max_seq_len, too_long, split, label_names)
     if sharing is None:
-        result = _merged(spec, [_tokenize_part(*scan, skip_bad_rows=skip_bad_rows, part=0, parts=1)], fmt=fmt)
+        alone = _tokenize_part(*scan, skip_bad_rows=skip_bad_rows, part=0, parts=1, stop_asked=stop_asked)
+        result = _merged(spec, [alone], fmt=fmt)
     else:
         # Every worker merges the same shares: worker 0 alone says what was skipped.
-        result = _merged(spec, _exchanged_parts(sharing, scan, skip_bad_rows), speaks=sharing.part == 0, fmt=fmt)
+        shares = _exchanged_parts(sharing, scan, skip_bad_rows, stop_asked)
+        result = _merged(spec, shares, speaks=sharing.part == 0, fmt=fmt)
     if not hit and (sharing is None or sharing.writes_cache):
         _write_entry(entry, result, settings)
     return result
@@ -187,6 +193,14 @@ class _TokenizedPart:
     too_long_rows: int  # of bad_rows, those refused for their length
 
 
+class TokenizingStopped(Exception):
+    """A run's stop (Ctrl-C, preemption) asked for while its data was being tokenized: nothing was
+    cached, nothing trained (trial 62a: a stop waited for minutes of tokenizing, then a model load)."""
+
+
+STOP_LOOK_EVERY_S = 0.5  # how often the tokenizing loop looks for a stop (a stat of the request file)
+
+
 @dataclass
 class _FailedPart:
     """A worker that could not tokenize its share: said on every worker, not a hang in the exchange."""
@@ -194,18 +208,27 @@ class _FailedPart:
     part: int
     message: str
     data_error: bool
+    stopped: bool = False  # a stop was asked for: every worker stops, none reports an error
 
 
-def _exchanged_parts(sharing: Sharing, scan: tuple[Any, ...], skip_bad_rows: bool) -> list[_TokenizedPart]:
+def _exchanged_parts(
+    sharing: Sharing, scan: tuple[Any, ...], skip_bad_rows: bool, stop_asked: Callable[[], bool] | None = None
+) -> list[_TokenizedPart]:
     failure: BaseException | None = None
     mine: _TokenizedPart | _FailedPart
     try:
-        mine = _tokenize_part(*scan, skip_bad_rows=skip_bad_rows, part=sharing.part, parts=sharing.parts)
+        mine = _tokenize_part(
+            *scan, skip_bad_rows=skip_bad_rows, part=sharing.part, parts=sharing.parts, stop_asked=stop_asked
+        )
+    except TokenizingStopped:
+        mine = _FailedPart(sharing.part, "stopped", data_error=False, stopped=True)
     except Exception as exc:  # the others wait in the exchange: they must hear of it
         failure = exc
         mine = _FailedPart(sharing.part, str(exc), isinstance(exc, DataError))
     # One share at a time: a worker holds the whole set plus one share in transit, not every share twice.
     parts = [sharing.broadcast(mine if src == sharing.part else None, src) for src in range(sharing.parts)]
+    if any(isinstance(p, _FailedPart) and p.stopped for p in parts):  # decided from the shares: alike everywhere
+        raise TokenizingStopped(scan[0])
     failed = next((p for p in parts if isinstance(p, _FailedPart)), None)
     if failure is not None:
         raise failure
@@ -498,6 +521,7 @@ def _tokenize_part(
     skip_bad_rows: bool,
     part: int,
     parts: int,
+    stop_asked: Callable[[], bool] | None = None,
 ) -> _TokenizedPart:
     ids: list[np.ndarray] = []
     masks: list[np.ndarray] = []
@@ -513,7 +537,13 @@ def _tokenize_part(
         stats[SAME_PAIRS] = 0
         stats[CHAT_PAIRS] = stats[PLAIN_PAIRS] = 0
     too_long_rows = 0
+    looked_at = 0.0  # looked at before the first row too: a stop asked for while the tokenizer loaded
     for scanned in scan_rows(spec, fmt, tokenizer, max_seq_len, too_long, split, label_names, part=part, parts=parts):
+        fault_point("tokenizing", scanned.index, part)
+        if stop_asked is not None and time.monotonic() - looked_at > STOP_LOOK_EVERY_S:
+            looked_at = 0.0  # looked at before the first row too: a stop asked for while the tokenizer loaded
+            if stop_asked():
+                raise TokenizingStopped(spec)
         if scanned.fate == "bad" and skip_bad_rows:
             stats["skipped_bad"] += 1
             if len(errors) < MAX_REPORTED_ERRORS:
