@@ -55,14 +55,14 @@ def export_final(
     with _removed_on_failure(tmp), deepspeed_probe_skipped():
         if cfg.method.uses_adapter and adapter:
             model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
-            tokenizer.save_pretrained(str(tmp / "adapter"))
+            _save_tokenizer(tokenizer, tmp / "adapter")
             _save_generation_config(model, tokenizer, tmp / "adapter")
         if merge:
             merged = merged_model(model, cfg, device)
             _stop_at_end_of_turn(getattr(merged, "generation_config", None), tokenizer)
             with _base_use_cache(merged, cfg):
                 merged.save_pretrained(str(tmp / "merged"))  # transformers 5 always writes safetensors
-            tokenizer.save_pretrained(str(tmp / "merged"))
+            _save_tokenizer(tokenizer, tmp / "merged")
         described: dict[str, Any] = {
             "method": cfg.method.type,
             "base_model": cfg.model.path,
@@ -440,6 +440,31 @@ def _fresh_model(cfg: TrainerConfig, device: str) -> tuple[Any, Any]:
 
     tokenizer = load_inputs(cfg.model, cfg.data.format)
     return tokenizer, build_model(cfg, device, tokenizer.pad_token_id, gradient_checkpointing=False)
+
+
+# What transformers 5 keeps of how this machine loaded the tokenizer and writes into its
+# tokenizer_config.json (offline mode: local_files_only): no property of the tokenizer, and an
+# export is copied to other machines (trial 62b). Trust and tokens never travel with it either.
+LOADER_ONLY_KEYS = (
+    "is_local",
+    "local_files_only",
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "token",
+    "trust_remote_code",
+)
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    tokenizer.save_pretrained(str(folder))
+    config_file = folder / "tokenizer_config.json"  # an image processor writes none
+    if not config_file.is_file():
+        return
+    written = json.loads(config_file.read_text())
+    if isinstance(written, dict) and any(key in written for key in LOADER_ONLY_KEYS):
+        kept = {key: value for key, value in written.items() if key not in LOADER_ONLY_KEYS}
+        config_file.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
 
 
 def _check_target(target: Path, run_dir: Path, step: int | None) -> None:

@@ -39,6 +39,12 @@ def test_export_stopped_run_then_generate_and_resume(tmp_path: Path, tiny_model_
     assert (exported / "merged" / "chat_template.jinja").exists() or "chat_template" in (
         exported / "merged" / "tokenizer_config.json"
     ).read_text()
+    # How this machine loaded the tokenizer (offline: local_files_only) does not travel with the
+    # model (trial 62b: transformers 5 wrote it into every export's tokenizer_config.json).
+    for folder in ("adapter", "merged"):
+        written = json.loads((exported / folder / "tokenizer_config.json").read_text())
+        assert not {"is_local", "local_files_only"} & set(written), written
+        assert written["eos_token"] == json.loads((tiny_model_dir / "tokenizer_config.json").read_text())["eos_token"]
     listing = subprocess.run([*FTL, "runs", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert listing.returncode == 0 and " resumable " in listing.stdout, listing.stdout
 
