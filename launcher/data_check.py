@@ -462,7 +462,7 @@ def _truncated_lines(file: FileCheck) -> list[str]:
     lost = (
         [
             f"    {file.trained_cut_rows:,} of them {'loses' if file.trained_cut_rows == 1 else 'lose'} trained "
-            f"tokens ({file.trained_cut:,} in all): {what}"
+            f"tokens ({'at least ' if file.trained_cut_bounded else ''}{file.trained_cut:,} in all): {what}"
         ]
         if file.trained_cut_rows
         else []

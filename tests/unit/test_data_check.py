@@ -450,6 +450,8 @@ def test_validate_says_a_max_length_counted_up_to_a_cut_is_a_lower_bound(
     assert stats.endswith(
         "1 longer than max_seq_len 128 (1 row counted only up to a cut of the text: the max is at least that, not exact)"
     )
+    # So is what truncation costs it (trial 62a: "1,361 in all" for a row of ~6M tokens).
+    assert "    1 of them loses trained tokens (at least " in out, out
     # Rows read whole say nothing of the kind.
     (tmp_path / "d.jsonl").write_text(json.dumps(rows[1]) + "\n")
     code, out, err = _validate_data(capsys, config)
