@@ -143,11 +143,34 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, _describe_all(exc.errors(), key_lines)) from None
+        raise ConfigError(
+            source, _describe_all([*exc.errors(), *_unchecked_mixture_names(raw, exc)], key_lines)
+        ) from None
     problems = _unread_preference_keys_written(raw, cfg, key_lines)
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def _unchecked_mixture_names(raw: dict[str, Any], exc: ValidationError) -> list[dict[str, Any]]:
+    """A repeated data.mixture name, as the data section's own check says it, where an entry's other
+    errors kept that check from running (trial 62a: said only once the others were fixed)."""
+    from trainer.config import repeated_mixture_name
+
+    data = raw.get("data")
+    mixture = data.get("mixture") if isinstance(data, dict) else None
+    if not isinstance(mixture, list) or any("names must be unique" in str(err.get("msg")) for err in exc.errors()):
+        return []
+    names = [
+        entry.get("name") if isinstance(entry, dict) and isinstance(entry.get("name"), str) else None
+        for entry in mixture
+    ]
+    repeated = repeated_mixture_name(names)
+    return (
+        [{"type": "value_error", "loc": ("data",), "msg": f"Value error, {repeated}", "input": data}]
+        if repeated
+        else []
+    )
 
 
 def _unread_preference_keys_written(raw: dict[str, Any], cfg: RunConfig, key_lines: dict[str, int]) -> list[str]:

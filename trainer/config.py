@@ -116,6 +116,23 @@ class ImageAugmentationConfig(Section):
         return self
 
 
+def repeated_mixture_name(names: list[Any]) -> str | None:
+    """A data.mixture name given twice, said of the repeat (the launcher also says it beside the
+    entries' other errors, which keep this check from running: trial 62a)."""
+    # None: an entry without a name (said apart), kept so the indexes stay the entries'.
+    twice = next((name for name in names if name is not None and names.count(name) > 1), None)
+    if twice is None:
+        return None
+    # Which entries (trial 50b: the message pointed at `data:`, with the names alone).
+    first, again = [i for i, name in enumerate(names) if name == twice][:2]
+    # Said of the repeat, so it is located at that entry's line (trial 57a: at the first's, and cut
+    # to "and data.mixture[2] are both named").
+    return (
+        f"data.mixture[{again}] is named {twice!r}, as data.mixture[{first}] is; names must be unique "
+        "(each source's scores and data position are kept under its name): rename one"
+    )
+
+
 class MixtureSource(Section):
     """One dataset of a multi-task mixture."""
 
@@ -179,16 +196,9 @@ class DataConfig(Section):
             raise ValueError("set either data.train or data.mixture (a list of datasets with weights), not both")
         if self.mixture:
             names = [source.name for source in self.mixture]
-            if len(set(names)) != len(names):
-                # Which entries (trial 50b: the message pointed at `data:`, with the names alone).
-                twice = next(name for name in names if names.count(name) > 1)
-                first, again = [i for i, name in enumerate(names) if name == twice][:2]
-                # Said of the repeat, so it is located at that entry's line (trial 57a: at the first's,
-                # and cut to "and data.mixture[2] are both named").
-                raise ValueError(
-                    f"data.mixture[{again}] is named {twice!r}, as data.mixture[{first}] is; names must be unique "
-                    "(each source's scores and data position are kept under its name): rename one"
-                )
+            repeated = repeated_mixture_name(names)
+            if repeated:
+                raise ValueError(repeated)
             reserved = sorted(set(names) & {"validation", "test", "retain"})
             if reserved:
                 raise ValueError(f"data.mixture name {reserved[0]!r} is reserved for another evaluation set; rename it")

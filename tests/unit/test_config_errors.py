@@ -1148,6 +1148,14 @@ def test_a_mixture_name_given_twice_names_both_entries(tmp_path: Path, valid_tex
     text = re.sub(r"  train: .*\n", lambda _: entries, valid_text, count=1)
     [problem] = _problems(_write(tmp_path, text))
     assert problem.startswith("data.mixture[1] (line 6): is named 'qa', as data.mixture[0] is;"), problem
+    # Beside the entries' other errors, which keep the data section's check from running (trial 62a:
+    # said only once they were fixed); an entry without a name keeps the indexes the entries'.
+    mixture = "data.mixture=[{name: qa, train: a.jsonl, weight: 0}, {train: b.jsonl}, {name: qa, train: c.jsonl}]"
+    problems = _problems(_write(tmp_path, valid_text), ["~data.train", mixture])
+    assert len(problems) == 3, problems
+    assert any(p.startswith("data.mixture[0].weight") for p in problems), problems
+    assert any(p.startswith("data.mixture[1].name") for p in problems), problems
+    assert any("data.mixture[2]" in p and "is named 'qa', as data.mixture[0] is" in p for p in problems), problems
 
 
 def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path, valid_text: str) -> None:
