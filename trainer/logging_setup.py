@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from trainer.console import stamp
 from trainer.run_layout import RunLayout
 
 FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s] %(name)s: %(message)s"
@@ -38,7 +39,7 @@ def setup_worker_logging(run_dir: Path, rank: int) -> None:
     console = logging.StreamHandler(sys.stderr)
     # Console shows warnings from every rank but progress info only via the progress bar.
     console.setLevel(logging.WARNING)
-    console.setFormatter(logging.Formatter(FORMAT))
+    console.setFormatter(_ConsoleFormatter(FORMAT))
     console.addFilter(rank_filter)
     console._ftl = True  # type: ignore[attr-defined]
     root.addHandler(console)
@@ -150,6 +151,22 @@ def _writes_to_console(handler: logging.Handler) -> bool:
         and stream is not None
         and stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
     )
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """ftl's own warnings on a worker's console as the run's other lines (`ftl TIME warning: ...`,
+    with the rank when not 0), so one grep finds them all (trial 62a: a skipped-rows and a changed-data
+    warning came as Python logging lines among ftl's); a library's keep its name, as FORMAT has it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.split(".")[0] not in OWN_PACKAGES:
+            return super().format(record)
+        rank = getattr(record, "rank", 0)
+        kind = record.levelname.lower() + (f" (rank {rank})" if rank else "")
+        said = f"ftl {stamp(record.created)} {kind}: {record.getMessage()}"
+        if record.exc_info:
+            said += "\n" + self.formatException(record.exc_info)
+        return said
 
 
 class _RankFilter(logging.Filter):

@@ -4,6 +4,7 @@ had before (Ray Train's workers come with one of their own)."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,9 +42,15 @@ def test_a_warning_reaches_the_console_once_with_its_rank(
     setup_worker_logging(tmp_path / "run", rank=1)
     logging.getLogger("trainer.example").warning("resuming a checkpoint of another config")
 
-    lines = [line for line in capsys.readouterr().err.splitlines() if "resuming a checkpoint" in line]
+    logging.getLogger("some_library").warning("a library's own warning")
+    err = capsys.readouterr().err.splitlines()
+    lines = [line for line in err if "resuming a checkpoint" in line]
     assert len(lines) == 1, lines
-    assert "[rank 1]" in lines[0]
+    # As the run's other lines (trial 62a: Python logging lines among ftl's), with the rank.
+    assert re.fullmatch(r"ftl \S+ \S+ warning \(rank 1\): resuming a checkpoint of another config", lines[0]), lines
+    # A library's keeps its name and level.
+    [library] = [line for line in err if "a library's own warning" in line]
+    assert "WARNING [rank 1] some_library: a library's own warning" in library, library
     assert keep in logging.getLogger().handlers
     assert "resuming a checkpoint" in (tmp_path / "other.log").read_text()
     assert "resuming a checkpoint" in (tmp_path / "run" / "logs" / "rank-1.log").read_text()
@@ -62,7 +69,7 @@ def test_a_checkpoint_warning_in_a_worker_is_one_record_in_console_and_log(
     (tmp_path / "checkpoints" / "step-3" / "manifest.json").write_text("{trunc")
     assert latest_valid_checkpoint(tmp_path) is None
     err = capsys.readouterr().err
-    assert err.count("step-3 is INVALID") == 1 and "[rank 1]" in err and "ftl: WARNING" not in err, err
+    assert err.count("step-3 is INVALID") == 1 and "warning (rank 1): " in err and "ftl: WARNING" not in err, err
     assert "step-3 is INVALID" in (tmp_path / "logs" / "rank-1.log").read_text()
 
 
@@ -102,7 +109,7 @@ def test_a_worker_in_the_launchers_process_says_each_warning_once_with_its_rank(
     setup_worker_logging(tmp_path / "run", rank=0)  # one local worker runs in the launcher's process
     logging.getLogger("trainer.example").warning("a worker's warning")
     lines = [line for line in capsys.readouterr().err.splitlines() if "a worker's warning" in line]
-    assert len(lines) == 1 and "[rank 0]" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("ftl ") and lines[0].endswith(" warning: a worker's warning"), lines
 
 
 def test_validate_with_a_cache_folder_that_cannot_be_made_says_so_as_ftl_warnings(
