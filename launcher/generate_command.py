@@ -327,8 +327,10 @@ def _read_prompts(args: argparse.Namespace) -> list[PromptRow]:
         except DataError as exc:
             problems.append(str(exc))
     if problems:
+        # Each row's own reason says what is wrong with it (a field clash is no missing prompt: trial 62b).
         raise DataError(
-            f"{args.input}: {len(problems)} bad row(s); each needs a 'prompt' string or a 'messages' list:\n"
+            f"{args.input}: {len(problems)} bad row(s) (each row needs a 'prompt' string or a 'messages' list, and no "
+            f"{args.field!r} field: that is where the reply goes):\n"
             + "\n".join(f"  - {problem}" for problem in problems)
         )
     if not rows:  # what the file needed, by its kind (trial 61d: an empty .txt was said as "no rows")
@@ -351,6 +353,9 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
     messages = values.get("messages", values.get("conversations"))
     if messages is None and isinstance(values.get("prompt"), list):
         messages = values["prompt"]  # a preference row's prompt as chat messages (data.format: preference)
+    prompt = values.get("prompt")
+    if messages is None and prompt is not None and not isinstance(prompt, list):  # trial 62b: "no 'prompt' string"
+        raise DataError(f"{row.where}: the 'prompt' is {_kind_of(prompt)}, not text; write it as a string")
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{row.where}: no 'prompt' string and no non-empty 'messages' list{_fields_hint(values)}")
     clean = []
@@ -365,6 +370,14 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
     if clean[-1]["role"] == "assistant":
         raise DataError(f"{row.where}: the conversation ends with an assistant message; end it where the reply goes")
     return clean
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
 
 
 def _fields_hint(values: dict[str, Any]) -> str:

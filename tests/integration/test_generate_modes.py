@@ -122,6 +122,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         '{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}',
         '{"Prompt": "capitalised", "id": 7}',
         '{"prompt": "  "}',
+        '{"prompt": 5}',
     ]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     code = launcher.cli.main(
@@ -136,7 +137,8 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     )
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "6 bad row(s)" in err
+    # The header says what every row needs, a field clash included (trial 62b: only the prompt).
+    assert "7 bad row(s) (each row needs a 'prompt' string or a 'messages' list, and no 'completion' field" in err
     for number, reason in (
         (2, "invalid JSON"),
         (3, "no 'prompt' string and no non-empty 'messages' list (fields present: text)"),
@@ -147,6 +149,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         (4, "already has a 'completion' field"),
         (5, "the conversation ends with an assistant message"),
         (7, "the 'prompt' is empty"),
+        (8, "the 'prompt' is a number (5), not text; write it as a string"),  # trial 62b: "no 'prompt' string"
     ):
         assert f"p.jsonl line {number}: {reason}" in err
     assert not (tmp_path / "o.jsonl").exists()
