@@ -129,29 +129,60 @@ def estimate(
         run_s = cfg.training.max_steps * rows_per_step * setup.seq_len / tokens_per_s
         cost = run_s / 3600 * setup.workers * price_per_gpu_hour if price_per_gpu_hour is not None else None
     result = Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost, reference_s)
-    if cfg.data.mixture:  # its sources are drawn by weight: one file's tokens are not an epoch's
-        result.no_tokens_reason = "data.mixture draws its sources by weight, and its epoch is not estimated"
+    if cfg.data.mixture:  # a source the tokenizer or this machine cannot read
+        result.no_tokens_reason = (
+            "data.mixture's sources are not all readable here (or no tokenizer), so its epoch is not estimated"
+        )
     return result
 
 
 def count_tokens(cfg: RunConfig) -> TokenCount | None:
     """Tokens in one epoch of data.train: exact from the tokenized-data cache when this config was
     prepared before, else tokenized from a sample of the first rows and scaled to the row count.
-    None when the tokenizer or the data cannot be read here."""
-    from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
-    from trainer.data.tokenized import cache_entry, read_cached
-
-    if cfg.data.mixture:
-        return None
+    A mixture's epoch: as many training rows as its sources hold, drawn by weight (trainer/data/
+    mixture.py). None when the tokenizer or the data cannot be read here."""
     tokenizer = _tokenizer(cfg)
     data = cfg.data
     if tokenizer is None:
-        return _estimate_without_tokenizer(cfg)
+        return None if data.mixture else _estimate_without_tokenizer(cfg)
+    if not data.mixture:
+        counted = _source_epoch(cfg, tokenizer, data.train, data.format)
+        return counted.tokens if counted is not None else None
+    sources = []
+    for entry in data.mixture:
+        counted = _source_epoch(cfg, tokenizer, entry.train, entry.format or data.format)
+        if counted is None:
+            return None
+        sources.append((entry.name, entry.weight, counted))
+    # Each draw is a training row (a packed row with packing, else an example) of source i with
+    # probability w_i / sum(w); an epoch is as many draws as the sources hold rows together.
+    draws = sum(counted.units for _, _, counted in sources)
+    total_weight = sum(weight for _, weight, _ in sources)
+    real = slots = 0.0
+    for _, weight, counted in sources:
+        share = draws * weight / total_weight / max(counted.units, 1e-9)
+        real += share * counted.tokens.real_tokens
+        slots += share * counted.tokens.slots
+    said = "; ".join(f"{name}: {counted.tokens.source}" for name, _, counted in sources)
+    return TokenCount(int(round(real)), int(math.ceil(slots)), f"data.mixture drawn by weight ({said})")
+
+
+@dataclass
+class _SourceEpoch:
+    tokens: TokenCount  # one pass over the source
+    units: float  # its training rows: packed rows with packing, else examples
+
+
+def _source_epoch(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _SourceEpoch | None:
+    from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
+    from trainer.data.tokenized import cache_entry, read_cached
+
+    data = cfg.data
     cache_root = Path(data.cache_dir) / "tokenized" if data.cache_dir else None
     try:
         entry, _ = cache_entry(
-            data.train,
-            data.format,
+            train,
+            fmt,
             tokenizer,
             max_seq_len=data.max_seq_len,
             too_long=data.too_long,
@@ -165,14 +196,14 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
     if cached is not None:
         lengths, rows, source = cached.lengths(), len(cached), "tokenized-data cache (exact)"
     else:
-        sample = _sample_lengths(cfg, tokenizer)
+        sample = _sample_lengths(cfg, tokenizer, train, fmt)
         if sample is None:
             return None
         # Each sampled row's examples as training keeps them (truncated, split into pieces; rows
         # too_long=drop drops and rows left with no trained token are none: trial 60a's plan
         # counted 2.5x the epoch's tokens), scaled from the rows sampled to all of them.
         lengths, rows = sample.lengths, int(round(len(sample.lengths) * sample.rows / sample.sampled))
-        unit = "sequences (both of each pair)" if data.format == "preference" else "rows"
+        unit = "sequences (both of each pair)" if fmt == "preference" else "rows"
         source = f"tokenized sample of {sample.sampled} of {sample.rows} {unit}, scaled"
         if sample.refused:  # trial 60a: an epoch estimated for data training refuses, without a word
             source += f"; {sample.refused} sampled row(s) are longer than max_seq_len, which training refuses (data.too_long=error)"
@@ -184,10 +215,12 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
     if data.packing:
         efficiency = packing_efficiency(lengths, pack_examples(lengths, data.max_seq_len), data.max_seq_len)
     else:
-        per_row = 2 if data.format == "preference" else 1  # a pair's two sequences, consecutive
+        per_row = 2 if fmt == "preference" else 1  # a pair's two sequences, consecutive
         efficiency = padding_efficiency(lengths, cfg.training.micro_batch_size, shuffled=data.shuffle, per_row=per_row)
     real = int(round(float(lengths.mean()) * rows))
-    return TokenCount(real, int(math.ceil(real / max(efficiency, 1e-6))), source)
+    slots = int(math.ceil(real / max(efficiency, 1e-6)))
+    units = slots / data.max_seq_len if data.packing else float(rows)
+    return _SourceEpoch(TokenCount(real, slots, source), units)
 
 
 def _tokenizer(cfg: RunConfig) -> Any:
@@ -211,8 +244,8 @@ class _Sample:
     refused: int  # sampled rows longer than max_seq_len with too_long=error
 
 
-def _sample_lengths(cfg: RunConfig, tokenizer: Any) -> _Sample | None:
-    """The first rows tokenized as training tokenizes them (trainer/data/tokenized.scan_row)."""
+def _sample_lengths(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sample | None:
+    """The first rows of `train` tokenized as training tokenizes them (trainer/data/tokenized.scan_row)."""
     from trainer.data.sources import read_rows
     from trainer.data.tokenized import scan_row
 
@@ -220,11 +253,11 @@ def _sample_lengths(cfg: RunConfig, tokenizer: Any) -> _Sample | None:
     lengths: list[int] = []
     rows = sampled = refused = 0
     try:
-        for row in read_rows(data.train, data.split):
+        for row in read_rows(train, data.split):
             rows += 1
             if sampled >= SAMPLE_ROWS:
                 continue
-            scanned = scan_row(rows - 1, row, data.format, tokenizer, data.max_seq_len, data.too_long, None)
+            scanned = scan_row(rows - 1, row, fmt, tokenizer, data.max_seq_len, data.too_long, None)
             if scanned.fate == "bad":  # training refuses or skips it: not part of the epoch
                 continue
             sampled += 1
@@ -237,7 +270,7 @@ def _sample_lengths(cfg: RunConfig, tokenizer: Any) -> _Sample | None:
         return None
     if not sampled:
         return None
-    per_row = 2 if data.format == "preference" else 1
+    per_row = 2 if fmt == "preference" else 1
     return _Sample(lengths, sampled * per_row, rows * per_row, refused)
 
 

@@ -827,25 +827,52 @@ def test_validate_on_an_encoder_prints_no_library_chatter(tmp_path: Path) -> Non
     assert "[transformers]" not in out.stderr and "is_decoder" not in out.stderr, out.stderr
 
 
-def test_a_mixture_plan_says_its_epoch_is_not_estimated_not_that_its_data_is_unreadable(tmp_path: Path) -> None:
+def test_a_mixture_plan_estimates_the_epoch_training_draws(tmp_path: Path) -> None:
+    """Trial 62a: a mixture's plan said "its epoch is not estimated", no time or cost, while validate
+    --data and the run count it. Its epoch is as many training rows as the sources hold, drawn by
+    weight: the positions are those rows' (here packed rows of max_seq_len), as training packs them."""
     from launcher.plan.render import throughput_lines
+    from trainer.data.packing import pack_examples
+    from trainer.data.prepare import prepare_data
+    from trainer.data.tokenized import load_tokenized
+    from trainer.model_builder import load_tokenizer
 
-    cfg = load_config(REPO / "configs/examples/mixture.yaml", [f"output.dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        REPO / "configs/examples/mixture.yaml", [f"output.dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path}"]
+    )
     plan = plan_run(cfg, Target(accelerator("A100-80GB")), with_throughput=True)
-    assert plan.throughput is not None and plan.throughput.tokens is None
-    lines = throughput_lines(plan.throughput, 1)
-    assert (
-        "  epoch: data.mixture draws its sources by weight, and its epoch is not estimated; no time estimate" in lines
+    assert plan.throughput is not None and plan.throughput.tokens is not None
+    [said] = [line for line in throughput_lines(plan.throughput, 1) if line.startswith("  epoch:")]
+    assert "from data.mixture drawn by weight (qa: tokenized sample of 256 of 1566 rows, scaled; facts: " in said, said
+    assert plan.throughput.epoch_seconds is not None and plan.throughput.run_seconds is not None
+    prepared = prepare_data(
+        cfg.data, load_tokenizer(cfg.model), seed=1, micro_batch_size=8, want_prompts=False, max_prompts=None
     )
-    assert not any("not readable" in line for line in lines)
-    # With training.max_steps the run's positions are known without the data (trial 38b: no estimate).
-    steps = load_config(
-        REPO / "configs/examples/mixture.yaml", [f"output.dir={tmp_path / 'run'}", "training.max_steps=50"]
+    packed_rows = sum(source["rows"] for source in prepared.report["mixture"].values())
+    assert plan.throughput.tokens.slots == pytest.approx(packed_rows * cfg.data.max_seq_len, rel=0.03)
+    # Real tokens: each source's share of the draws (qa 3:1 facts) times its real tokens per packed
+    # row, as training tokenizes (from the cache prepare_data filled) and packs each source.
+    per_row = {}
+    for source in cfg.data.mixture:
+        tokenized = load_tokenized(
+            source.train, source.format, load_tokenizer(cfg.model), max_seq_len=cfg.data.max_seq_len,
+            too_long=cfg.data.too_long, skip_bad_rows=cfg.data.skip_bad_rows, cache_root=tmp_path / "tokenized",
+        )  # fmt: skip
+        lengths = tokenized.lengths()
+        rows = pack_examples(lengths, cfg.data.max_seq_len)
+        assert len(rows) == prepared.report["mixture"][source.name]["rows"]
+        per_row[source.name] = float(lengths.sum()) / len(rows)
+    expected = packed_rows * (0.75 * per_row["qa"] + 0.25 * per_row["facts"])
+    assert plan.throughput.tokens.real_tokens == pytest.approx(expected, rel=0.05)
+    # A source this machine cannot read: said, with the configured steps' time when max_steps is set.
+    gone = load_config(
+        REPO / "configs/examples/mixture.yaml",
+        [f"output.dir={tmp_path / 'run'}", f"data.mixture.1.train={tmp_path / 'gone.jsonl'}", "training.max_steps=50"],
     )
-    timed = plan_run(steps, Target(accelerator("A100-80GB")), with_throughput=True)
-    assert timed.throughput is not None and timed.throughput.run_seconds is not None
+    timed = plan_run(gone, Target(accelerator("A100-80GB")), with_throughput=True)
+    assert timed.throughput is not None and timed.throughput.tokens is None
     [said] = [line for line in throughput_lines(timed.throughput, 1) if line.startswith("  epoch:")]
-    assert said.endswith("for the configured steps") and "; time: " in said
+    assert said.startswith("  epoch: data.mixture's sources are not all readable here") and "; time: " in said, said
 
 
 def test_more_cpu_workers_than_cores_is_noted(capsys: pytest.CaptureFixture[str]) -> None:
