@@ -194,9 +194,12 @@ def format_data_check(
         training = f"training: {_count(check.train_examples, 'image')}{held}, {check.micro_batch_size} a micro-batch"
         lines += ["", training if images else _training_line(check)]
         if check.mixture_rows:
-            from trainer.data.mixture import epoch_draws_line
+            from trainer.data.mixture import epoch_draws_line, repeated_sources_warning
 
             lines.append(epoch_draws_line(check.mixture_rows, packed=check.packing))
+            repeated = repeated_sources_warning(check.mixture_rows, packed=check.packing)
+            if repeated:
+                lines.append(f"warning: {repeated}")
     lines += [f"warning: {warning}" for warning in check.label_warnings()]
     lines += [f"warning: {warning}" for warning in check.overlap_warnings(scored)]
     lines += [f"warning: {warning}" for warning in check.pair_style_warnings()]

@@ -49,7 +49,7 @@ from trainer.data.batches import rows_fingerprint
 from trainer.data.cut_note import cut_examples_note
 from trainer.data.mixture_resume import continued_segment, retired_summary_name, segment_sampler
 from trainer.data.packing_check import check_packed_examples_stay_apart
-from trainer.data.prepare import PreparedData, mixture_note, prepare_data, same_pairs_note
+from trainer.data.prepare import PreparedData, mixture_note, prepare_data, repeated_sources_note, same_pairs_note
 from trainer.data.tokenized import TokenizingStopped
 from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
@@ -152,6 +152,9 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     mixture = mixture_note(data.report)
     if mixture is not None:
         console.event(mixture)
+    repeated = repeated_sources_note(data.report)
+    if repeated is not None:
+        console.event(f"warning: {repeated}")
     cut = cut_examples_note(data.report)
     if cut is not None:  # said before training, not only in the end's table
         console.event(f"note: {cut} (`ftl validate --data` shows them)")

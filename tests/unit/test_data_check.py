@@ -895,3 +895,23 @@ def test_a_cache_folder_that_cannot_be_written_costs_the_cache_not_the_run(
     said = f"tokenized at each start: the cache folder {tmp_path / 'a-file' / 'tokenized'} cannot be written"
     assert _tokenized_where(str(tmp_path / "a-file")) == said
     assert _tokenized_where(str(tmp_path / "not-yet" / "made")) == "tokenized once, then from the cache"
+
+
+def test_validate_warns_of_a_mixture_source_an_epoch_draws_many_times_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 62a: 9 rows beside a few hundred at the same weight were drawn 18 times an epoch,
+    said only as a count in the mixture's line."""
+    lines = (QA_DATA / "train.jsonl").read_text().splitlines()
+    (tmp_path / "tiny.jsonl").write_text("\n".join(lines[:9]) + "\n")
+    mixture = [
+        {"name": "qa", "train": str(QA_DATA / "train.jsonl"), "weight": 1.0},
+        {"name": "tiny", "train": str(tmp_path / "tiny.jsonl"), "weight": 1.0},
+    ]
+    data = {"train": None, "validation": None, "mixture": mixture}
+    config = write_config(tmp_path / "c.yaml", BUNDLED_MODEL, tmp_path / "run", data=data)
+    code, out, err = _validate_data(capsys, config)
+    assert code == 0, err
+    assert "warning: data.mixture: an epoch draws tiny (" in out and "lower its weight or give it more rows" in out, out
+    code, out, err = _validate_data(capsys, config, "data.mixture.1.weight=0.01")
+    assert code == 0 and "learnt by heart" not in out, out

@@ -645,6 +645,20 @@ def test_what_an_epoch_of_a_weighted_mixture_draws_from_each_source() -> None:
     assert "(570025 packed rows)" in epoch_draws_line(list(zip(["chat", "alp", "txt", "comp"], rows, weights)), True)
 
 
+def test_a_source_an_epoch_draws_many_times_over_is_warned_of() -> None:
+    """Trial 62a: 9 rows at weight 1 beside 298 were drawn 18 times an epoch, said only as a count."""
+    from trainer.data.mixture import MANY_PASSES, repeated_sources_warning
+
+    said = repeated_sources_warning([("big", 298, 1.0), ("tiny", 9, 1.0)])
+    assert said == (
+        "data.mixture: an epoch draws tiny (9 rows, ~17 passes) at its weight: rows repeated that often are learnt "
+        "by heart rather than from; lower its weight or give it more rows"
+    )
+    assert "(9 packed rows, " in str(repeated_sources_warning([("big", 298, 1.0), ("tiny", 9, 1.0)], packed=True))
+    # Below MANY_PASSES (the bundled mixture's 2.4 passes, 6.6 above): nothing to say.
+    assert MANY_PASSES == 10.0 and repeated_sources_warning([("chat", 47405, 3.0), ("comp", 167118, 0.5)]) is None
+
+
 def test_unfreezing_groups_a_short_run_never_reaches_are_named() -> None:
     """Trial 36b: a 38-step run whose schedule unfreezes block 0 at step 40 and the embeddings at
     50 said so only in its rank-0 log; the first-unfreeze-too-late case keeps its own wording."""

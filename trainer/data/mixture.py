@@ -57,6 +57,27 @@ def epoch_draws_line(sources: list[tuple[str, int, float]], packed: bool = False
     return f"mixture: an epoch ({total} {unit}) draws, by weight, on average: " + "; ".join(parts)
 
 
+# A source drawn this many times an epoch: its few rows are seen so often that they are learnt by
+# heart rather than from (trial 62a: 9 rows drawn 18 times an epoch, said only as a count).
+MANY_PASSES = 10.0
+
+
+def repeated_sources_warning(sources: list[tuple[str, int, float]], packed: bool = False) -> str | None:
+    """(name, rows, weight) per source: the sources an epoch draws MANY_PASSES times or more, or None."""
+    draws = epoch_draws([count for _, count, _ in sources], [weight for _, _, weight in sources])
+    heavy = [
+        f"{name} ({count} {'packed rows' if packed else 'rows'}, ~{passes:.0f} passes)"
+        for (name, count, _), (_, passes) in zip(sources, draws, strict=True)
+        if passes >= MANY_PASSES
+    ]
+    if not heavy:
+        return None
+    return (
+        f"data.mixture: an epoch draws {', '.join(heavy)} at its weight: rows repeated that often are learnt "
+        "by heart rather than from; lower its weight or give it more rows"
+    )
+
+
 class MixtureSampler:
     """Positions from `start` on drawn by the spans' weights; `drawn`: each source's rows drawn before
     `start` (under earlier weights), so it continues its own order there; `orders`: each source's

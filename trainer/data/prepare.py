@@ -16,7 +16,7 @@ from trainer.data.batches import RowDataset
 from trainer.data.formats import Prompt, render_prompt
 from trainer.data.images import load_image_set
 from trainer.data.label_coverage import label_coverage_warnings
-from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line
+from trainer.data.mixture import MixtureSpan, concat_sets, epoch_draws, epoch_draws_line, repeated_sources_warning
 from trainer.data.overlap import (
     overlap_warning,
     scored_limit,
@@ -243,6 +243,13 @@ def prepare_data(
         report["label_warnings"] = label_coverage_warnings(Counter(train.classes.tolist()), held_out, label_names)
     log.info("data: %s", report)
     return PreparedData(RowDataset(train, rows, cfg.packing, spans, pairs=cfg.format == "preference"), evals, report)
+
+
+def repeated_sources_note(report: dict[str, Any]) -> str | None:
+    """A mixture source an epoch draws many times over (trainer/data/mixture.py), from the data report."""
+    mixture = report.get("mixture") or {}
+    sources = [(name, entry["rows"], entry["weight"]) for name, entry in mixture.items()]
+    return repeated_sources_warning(sources, packed=bool(report.get("packing"))) if sources else None
 
 
 def mixture_note(report: dict[str, Any]) -> str | None:
