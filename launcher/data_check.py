@@ -379,6 +379,7 @@ def _file_lines(file: FileCheck, check: DataCheck) -> list[str]:
         + _dropped_lines(file)
         + _truncated_lines(file)
         + _same_pair_lines(file)
+        + _empty_prompt_lines(file)
     )
 
 
@@ -486,6 +487,17 @@ def _same_pair_lines(file: FileCheck) -> list[str]:
         "them, no preference to learn from them (DPO: loss ln 2, no gradient; ORPO: only its SFT term on "
         "the chosen response trains):",
         *(f"    - {line}" for line in _grouped(file.same_pairs)),
+    ]
+
+
+def _empty_prompt_lines(file: FileCheck) -> list[str]:
+    """Trained on, so a warning: a preference with nothing to answer is nearly always a templating slip."""
+    if not file.empty_prompts:
+        return []
+    return [
+        f"  warning: {_count(len(file.empty_prompts), 'pair')} with an empty prompt: the preference is learnt "
+        "with nothing to answer (an empty chat prompt, [], is refused as a bad row):",
+        *(f"    - {line}" for line in _grouped(file.empty_prompts)),
     ]
 
 

@@ -49,7 +49,14 @@ from trainer.data.batches import rows_fingerprint
 from trainer.data.cut_note import cut_examples_note
 from trainer.data.mixture_resume import continued_segment, retired_summary_name, segment_sampler
 from trainer.data.packing_check import check_packed_examples_stay_apart
-from trainer.data.prepare import PreparedData, mixture_note, prepare_data, repeated_sources_note, same_pairs_note
+from trainer.data.prepare import (
+    PreparedData,
+    empty_prompts_note,
+    mixture_note,
+    prepare_data,
+    repeated_sources_note,
+    same_pairs_note,
+)
 from trainer.data.tokenized import TokenizingStopped
 from trainer.distributed import any_rank, barrier, expect_world
 from trainer.evaluate import eval_loss, exact_match
@@ -158,6 +165,9 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     cut = cut_examples_note(data.report)
     if cut is not None:  # said before training, not only in the end's table
         console.event(f"note: {cut} (`ftl validate --data` shows them)")
+    empty = empty_prompts_note(data.report)
+    if empty is not None:
+        console.event(f"warning: {empty} (`ftl validate --data` names them)")
     same = same_pairs_note(data.report)
     if same is not None:
         console.event(f"warning: {same} (`ftl validate --data` names them)")

@@ -19,7 +19,7 @@ from launcher.data_check import CLOSE_COLOR, OPEN_COLOR, OPEN_PLAIN, mark_traine
 from tests.conftest import BUNDLED_MODEL, QA_DATA, REPO, write_config
 from trainer.config import DataConfig
 from trainer.data.batches import IGNORE_INDEX, RowDataset, make_batch
-from trainer.data.prepare import prepare_data, same_pairs_note
+from trainer.data.prepare import empty_prompts_note, prepare_data, same_pairs_note
 from trainer.data.tokenized import load_tokenized
 from trainer.errors import DataError
 
@@ -379,6 +379,25 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
         "training data: 2 preference pair(s) with chosen and rejected the same as training sees them, "
         "no preference to learn from them (DPO: their loss is ln 2 with no gradient; ORPO: only its SFT term on "
         "the chosen response trains)"
+    )
+
+    # A pair with an empty prompt string: trained on, warned of with its line (trial 61c: taken
+    # without a word, while an empty response and an empty chat prompt are refused).
+    rows[0] = _pair("", " good", " bad")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, out, err = _validate_data(capsys, config)
+    assert code == 0, err
+    assert (
+        "  warning: 1 pair with an empty prompt: the preference is learnt with nothing to answer (an empty chat "
+        "prompt, [], is refused as a bad row):\n"
+        "    - pairs.jsonl line 1: the prompt is empty\n"
+    ) in out, out
+    cfg = DataConfig(**data, max_seq_len=128, cache_dir=str(tmp_path / "cache"))
+    report = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
+    assert report["train_empty_prompt_pairs"] == 1
+    assert empty_prompts_note(report) == (
+        "training data: 1 preference pair(s) with an empty prompt: the preference is learnt with nothing to answer "
+        "(an empty chat prompt, [], is refused as a bad row)"
     )
 
     # Any format: a completion row whose prompt fills max_seq_len is named the same way.

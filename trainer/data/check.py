@@ -41,6 +41,7 @@ class FileCheck:
     trained_cut_bounded: bool = False  # trained_cut counts a row only up to a cut of its text: a lower bound
     trained_cut: int = 0  # the trained tokens truncation cuts off
     same_pairs: list[str] = field(default_factory=list)  # usable preference pairs with chosen == rejected
+    empty_prompts: list[str] = field(default_factory=list)  # usable preference pairs with an empty prompt string
     pair_styles: Counter[bool] = field(default_factory=Counter)  # usable preference pairs by chat style or not
     # every rendered example, before truncation (a preference pair's two: both are trained on, and
     # the token counts count both)
@@ -276,6 +277,8 @@ def _check_file(
                 check.problems.append(row.problem)
             if row.same_pair:
                 check.same_pairs.append(row.same_pair)
+            if row.empty_prompt and row.usable:
+                check.empty_prompts.append(row.empty_prompt)
             if check.pairs and row.usable:
                 check.pair_styles[row.chat_pair] += 1
             if row.fate != "bad":

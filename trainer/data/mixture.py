@@ -17,7 +17,7 @@ import numpy as np
 
 from trainer.data.pair_styles import CHAT_PAIRS, PLAIN_PAIRS
 from trainer.data.sampler import GlobalSampler
-from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, TokenizedSet
+from trainer.data.tokenized import CUT_COUNTS, EMPTY_PROMPTS, SAME_PAIRS, TokenizedSet
 
 BLOCK = 4096
 
@@ -154,7 +154,7 @@ class MixtureSampler:
 
 
 # What a mixture's sources count that adds up for the whole training set.
-SUMMED_STATS = (*CUT_COUNTS, SAME_PAIRS, CHAT_PAIRS, PLAIN_PAIRS)
+SUMMED_STATS = (*CUT_COUNTS, SAME_PAIRS, EMPTY_PROMPTS, CHAT_PAIRS, PLAIN_PAIRS)
 
 
 def concat_sets(sets: list[TokenizedSet]) -> tuple[TokenizedSet, list[int]]:

@@ -29,7 +29,15 @@ from trainer.data.packing import pack_examples, packing_efficiency, padding_effi
 from trainer.data.pair_styles import pair_style_warnings, pair_styles
 from trainer.data.same_files import same_data
 from trainer.data.sources import read_rows
-from trainer.data.tokenized import CUT_COUNTS, SAME_PAIRS, Sharing, TokenizedSet, cut_counts, load_tokenized
+from trainer.data.tokenized import (
+    CUT_COUNTS,
+    EMPTY_PROMPTS,
+    SAME_PAIRS,
+    Sharing,
+    TokenizedSet,
+    cut_counts,
+    load_tokenized,
+)
 from trainer.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -259,6 +267,18 @@ def mixture_note(report: dict[str, Any]) -> str | None:
         return None
     return epoch_draws_line(
         [(name, entry["rows"], entry["weight"]) for name, entry in mixture.items()], packed=bool(report.get("packing"))
+    )
+
+
+def empty_prompts_note(report: dict[str, Any]) -> str | None:
+    """The training preference pairs with an empty prompt string (trained on: a warning; nearly
+    always a templating slip, trial 61c), from the data report."""
+    empty = int(report.get(f"train_{EMPTY_PROMPTS}", 0))
+    if not empty:
+        return None
+    return (
+        f"training data: {empty} preference pair(s) with an empty prompt: the preference is learnt with "
+        "nothing to answer (an empty chat prompt, [], is refused as a bad row)"
     )
 
 

@@ -42,13 +42,14 @@ def too_long_choices(fmt: str | None) -> str:
 
 
 # Bump when rendering/masking logic changes so stale caches are not reused.
-CACHE_VERSION = 11  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
+CACHE_VERSION = 12  # 2: an opening assistant message trains no header; 3: tool_calls kept; 4: alpaca system;
 # 5: generation markers decide the trained tokens; history-rewriting and R1-style templates located (rows
 # skipped before); reasoning_content kept; 6: a turn the template writes empty (reasoning only) is refused;
 # 7: with numeric label names a number is a name, not an id; 8: preference stats count the pairs whose
 # chosen and rejected training sees as the same; 9: a JSON object naming a key twice is a bad row, CSV
 # records are named by all their lines; 10: preference stats count chat-style pairs, an implicit prompt leaves
-# each text response a word; 11: a cut token-classification row keeps its closing special tokens ([SEP])
+# each text response a word; 11: a cut token-classification row keeps its closing special tokens ([SEP]);
+# 12: preference stats count the pairs with an empty prompt string
 MAX_REPORTED_ERRORS = 5  # skipped rows named in the data report
 MAX_LISTED_BAD_ROWS = 20  # bad rows listed in the error that stops a run (then a count)
 
@@ -300,6 +301,8 @@ class ScannedRow:
     # "WHERE: why" for a usable row training takes that is nearly always a data bug: a preference pair whose
     # chosen and rejected are the same as training sees them (its DPO loss is ln 2 with no gradient)
     same_pair: str = ""
+    # likewise a preference pair whose prompt is an empty string: a preference with nothing to answer
+    empty_prompt: str = ""
     chat_pair: bool = False  # a usable preference pair in chat style (pair_styles.py)
     swapped_roles: bool = False  # a chat row opening with the assistant and ending on the user (roles_look_swapped)
     fields: tuple[str, ...] = ()  # the row's field names (`ftl validate --data` lists those its format ignores)
@@ -469,6 +472,9 @@ def _scan_rendered(
             whole = not cut and parts[0].input_ids == parts[1].input_ids and parts[0].loss_mask == parts[1].loss_mask
             kept_part = "" if whole else f" in the first {max_seq_len} tokens (data.max_seq_len), all training keeps"
             scanned.same_pair = f"{row.where}: chosen and rejected are the same{kept_part}"
+        prompt = row.values.get("prompt") if isinstance(row.values, dict) else None
+        if isinstance(prompt, str) and not prompt.strip():  # an empty chat prompt ([]) is refused as a bad row
+            scanned.empty_prompt = f"{row.where}: the prompt is empty"
     if example.token_labels is not None:  # cut as its ids are (an encoder's closing [SEP] kept: trial 47b)
         scanned.token_labels = truncated(example.token_labels, max_seq_len, example.keep_tail)
     return scanned
@@ -534,7 +540,7 @@ def _tokenize_part(
     if too_long == "split":
         stats["split"] = 0  # rows split into pieces (counted apart: their later pieces add examples)
     if fmt == "preference":
-        stats[SAME_PAIRS] = 0
+        stats[SAME_PAIRS] = stats[EMPTY_PROMPTS] = 0
         stats[CHAT_PAIRS] = stats[PLAIN_PAIRS] = 0
     too_long_rows = 0
     looked_at = 0.0  # looked at before the first row too: a stop asked for while the tokenizer loaded
@@ -560,6 +566,8 @@ def _tokenize_part(
             stats[scanned.fate] += 1
         if scanned.same_pair:
             stats[SAME_PAIRS] += 1
+        if scanned.empty_prompt:
+            stats[EMPTY_PROMPTS] += 1
         if fmt == "preference":
             stats[CHAT_PAIRS if scanned.chat_pair else PLAIN_PAIRS] += 1
         # A preference pair: examples 2i (chosen) and 2i + 1 (rejected); a split row: its pieces in order.
@@ -630,6 +638,8 @@ def _merged(spec: str, parts: list[_TokenizedPart], speaks: bool = True, fmt: st
 CUT_COUNTS = ("truncated", "split", "dropped_too_long", "dropped_no_loss", "skipped_bad")
 # A preference set's stats key: pairs whose chosen and rejected training sees as the same (trained on, warned of)
 SAME_PAIRS = "identical_pairs"
+# ... and pairs whose prompt is an empty string (trained on, warned of: nearly always a templating slip)
+EMPTY_PROMPTS = "empty_prompt_pairs"
 
 
 def cut_counts(stats: dict[str, Any]) -> dict[str, int]:
