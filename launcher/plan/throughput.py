@@ -146,6 +146,7 @@ def count_tokens(cfg: RunConfig) -> TokenCount | None:
     if tokenizer is None:
         return None if data.mixture else _estimate_without_tokenizer(cfg)
     if not data.mixture:
+        assert data.train is not None  # DataConfig requires train or mixture
         counted = _source_epoch(cfg, tokenizer, data.train, data.format)
         return counted.tokens if counted is not None else None
     sources = []
