@@ -388,7 +388,7 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
     adapter = final / "adapter" / "adapter_model.safetensors"
     if target.resolve() == final.resolve() and (not merge or (final / "merged").exists() or not adapter.exists()):
         return Exported(final, step, str(final), written=False)
-    _check_target(target, run_dir, step)
+    _check_target(target, run_dir, step, finished=True)
     if cfg.method.uses_adapter and adapter.exists():
         from peft import set_peft_model_state_dict
 
@@ -467,13 +467,13 @@ def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
         config_file.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
 
 
-def _check_target(target: Path, run_dir: Path, step: int | None) -> None:
+def _check_target(target: Path, run_dir: Path, step: int | None, finished: bool = False) -> None:
     """An export replaces an earlier export, never a file, a directory with other contents, or
     anything inside another run directory (its final/ is what that run finished with, and its
     summary and report describe it). Inside its own run, only under exports/, and exports/step-N
     holds step N (trial 62b: an export in checkpoints/step-4/ went with that checkpoint when
     keep_last deleted it; step 8's weights as exports/step-4, to which `ftl generate` then sent
-    users of checkpoint 4)."""
+    users of checkpoint 4). `finished`: the finished run's own model, which final/ holds."""
     from trainer.errors import TrainerInputError
 
     if target.exists() and not target.is_dir():
@@ -487,11 +487,17 @@ def _check_target(target: Path, run_dir: Path, step: int | None) -> None:
         return  # a finished run's final/ gets what it lacks (merged/); a checkpoint there is refused before
     for folder in resolved.parents:
         if folder == own:
-            if not resolved.is_relative_to(exports) or resolved == exports:
+            # One level under exports/: a folder deeper sits inside another export, replaced with it (trial 62c).
+            if resolved.parent != exports:
+                where = (
+                    f"its final/ holds the finished model ({RunLayout(run_dir).final})"
+                    if finished
+                    else f"leave out --out for {exports}/step-{step}"
+                )
                 raise TrainerInputError(
                     f"{target} is inside the run directory {run_dir}, whose files are the run's own (checkpoints "
-                    f"are deleted as newer ones come); leave out --out for {exports}/step-{step}, or export to a "
-                    "folder outside the run"
+                    f"are deleted as newer ones come, an export is replaced whole); {where}, or export to "
+                    f"{exports}/NAME or a folder outside the run"
                 )
             named = re.fullmatch(r"step-(\d+)", resolved.relative_to(exports).parts[0])
             if named and int(named.group(1)) != step:

@@ -318,6 +318,14 @@ def test_export_writes_only_its_own_folder(tmp_path: Path, tiny_model_dir: Path)
     assert not (run / "checkpoints" / "step-2" / "mine").exists()
     named = export(run / "exports" / "mine")  # a name of the user's under exports/ is theirs to choose
     assert named.returncode == 0 and (run / "exports" / "mine" / "export.json").is_file(), named.stderr[-2000:]
+    nested = export(run / "exports" / "mine" / "sub")  # inside another export, replaced with it (trial 62c)
+    assert nested.returncode == 2 and "is inside the run directory" in nested.stderr, nested.stderr[-2000:]
+    # The finished run's own model: final/ holds it (trial 62c: sent to an exports/step-N never written).
+    finished = subprocess.run(
+        [*FTL, "export", str(run), "--out", str(run / "checkpoints" / "mine")], cwd=REPO, capture_output=True, text=True
+    )
+    assert finished.returncode == 2, finished.stderr[-2000:]
+    assert f"its final/ holds the finished model ({run / 'final'})" in finished.stderr, finished.stderr[-2000:]
 
 
 def _umask() -> int:
