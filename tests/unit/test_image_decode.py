@@ -36,6 +36,19 @@ def test_a_floating_point_image_is_scaled_to_its_range(tmp_path: Path, low: floa
     assert pixels.min() == 0 and pixels.max() == 255 and len(np.unique(pixels)) > 200
 
 
+def test_a_32_bit_integer_image_of_8_bit_values_is_read_as_they_are(tmp_path: Path) -> None:
+    """Trial 62d: an int32 TIFF (mode I, as OpenCV or NumPy pipelines write one) of values 0..131
+    was divided by 257: a black image, trained with its label without a word."""
+    gray = np.random.default_rng(1).integers(0, 132, (16, 16)).astype(np.int32)
+    Image.fromarray(gray).save(tmp_path / "i8.tif")
+    assert Image.open(tmp_path / "i8.tif").mode == "I"
+    assert np.array_equal(_pixels(tmp_path / "i8.tif")[..., 0], gray.astype(np.uint8))
+    # Past 255 it is wide data: the 16-bit rule.
+    wide = (gray * 400).astype(np.int32)
+    Image.fromarray(wide).save(tmp_path / "i16.tif")
+    assert np.array_equal(_pixels(tmp_path / "i16.tif")[..., 0], np.rint(wide / 257.0).astype(np.uint8))
+
+
 def test_8_bit_images_are_read_as_they_were(tmp_path: Path) -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "c.png")

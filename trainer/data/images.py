@@ -281,8 +281,11 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _eight_bit(image: Any) -> Any:
-    """`image` with a wide grayscale mode scaled to 8 bits (16-bit range: value / 257; wider or
-    floating-point values: their own min..max), as an "L" image; other modes as they are."""
+    """`image` with a wide grayscale mode scaled to 8 bits, as an "L" image; other modes as they are.
+    16-bit modes: value / 257. 32-bit integers ("I", from TIFFs of OpenCV or NumPy pipelines): as they
+    are when every value fits 0..255 (8-bit data in a wide container: / 257 made it black, trial 62d),
+    else / 257 within 0..65535. Floating point ("F"): x 255 within 0..1. Anything else: the image's
+    own min..max."""
     if image.mode not in WIDE_MODES:
         return image
     import numpy as np
@@ -290,7 +293,9 @@ def _eight_bit(image: Any) -> Any:
 
     values = np.asarray(image, dtype=np.float64)
     low, high = float(values.min()), float(values.max())
-    if image.mode != "F" and low >= 0 and high <= 65535:
+    if image.mode == "I" and low >= 0 and high <= 255:
+        scaled = values
+    elif image.mode != "F" and low >= 0 and high <= 65535:
         scaled = values / 257.0
     elif image.mode == "F" and low >= 0 and high <= 1.0:
         scaled = values * 255.0
