@@ -145,6 +145,8 @@ def _class_weights_line(cfg: RunConfig, check: DataCheck) -> str | None:
     for file in check.files:
         if file.role.endswith("train"):
             counts.update(file.label_counts)
+    if check.split_train_labels is not None:  # what training keeps after data.validation_split (trial 62d)
+        counts = check.split_train_labels
     classes = np.repeat(np.arange(len(head.label_names)), [counts[i] for i in range(len(head.label_names))])
     weights = resolved_class_weights(head, classes)
     return class_weights_note(head, weights) if weights is not None else None

@@ -4,6 +4,8 @@ where they cannot apply."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,39 @@ def test_validate_data_says_the_weights_training_would_use() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "class weights (transfer.head.class_weights): country: 1, person: 2, creature: 4" in out.stdout
+
+
+def test_validate_data_says_the_balanced_weights_of_the_rows_left_after_a_validation_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 62d: validate --data said the balanced weights of the whole file (82 rows), training
+    those of the 66 left after data.validation_split held some out."""
+    import launcher.cli
+    from launcher.config_loader import load_config
+    from tests.conftest import REPO
+    from trainer.data.prepare import prepare_data
+    from trainer.model_builder import load_tokenizer
+
+    overrides = [
+        "transfer.head.class_weights=balanced",
+        "data.validation=null",
+        "data.validation_split=0.3",
+        f"data.cache_dir={tmp_path}",
+        f"output.dir={tmp_path / 'run'}",
+    ]
+    config = str(REPO / "configs/examples/classification.yaml")
+    assert launcher.cli.main(["validate", config, "--data", *overrides]) == 0
+    [said] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("class weights")]
+    cfg = load_config(config, overrides)
+    head = cfg.transfer.head
+    prepared = prepare_data(
+        cfg.data,
+        load_tokenizer(cfg.model),
+        seed=cfg.training.seed,
+        micro_batch_size=cfg.training.micro_batch_size,
+        want_prompts=False,
+        max_prompts=None,
+        label_names=head.label_names,
+    )
+    weights = resolved_class_weights(head, prepared.train.examples.classes)
+    assert weights is not None and said == class_weights_note(head, weights), said

@@ -53,6 +53,7 @@ class FileCheck:
     samples: list[ScannedRow] = field(default_factory=list)  # the first kept examples, to show
     ignored_fields: Counter[str] = field(default_factory=Counter)  # fields the format does not read: rows with each
     label_counts: Counter[int] = field(default_factory=Counter)  # usable rows per class id (classifiers)
+    kept_classes: list[int] = field(default_factory=list)  # each usable row's class id, in order (classifiers)
     tag_counts: Counter[int] = field(default_factory=Counter)  # tagged words per tag id (token classification)
     # A digest of each usable row's tokens (as training reads them): held-out rows that training
     # also sees are found by these
@@ -103,6 +104,9 @@ class DataCheck:
     micro_batch_size: int
     train_examples: int = 0  # after data.validation_split holds some out
     held_out: int = 0
+    # Usable training rows per class id after data.validation_split held some out (classifiers; None
+    # without a split: the training files' counts are training's)
+    split_train_labels: Counter[int] | None = None
     train_rows: int = 0
     token_efficiency: float = 0.0
     label_names: list[str] | None = None  # transfer.head.labels (a token-classification sample shows its tags)
@@ -121,6 +125,8 @@ class DataCheck:
         for file in self.files:
             if file.role.endswith("train"):
                 train.update(file.label_counts or file.tag_counts)
+        if self.split_train_labels is not None:  # what training keeps after the hold-out
+            train = self.split_train_labels
         held_out = {
             file.role: file.label_counts or file.tag_counts
             for file in self.files
@@ -290,6 +296,7 @@ def _check_file(
                 check.swapped_roles.append(row.where)
             if row.usable and row.class_label is not None:
                 check.label_counts[row.class_label] += 1
+                check.kept_classes.append(row.class_label)
             if row.usable and row.token_labels:  # one scored token a word: its tag (trial 39b: no counts for NER)
                 check.tag_counts.update(tag for tag in row.token_labels if tag != IGNORE_INDEX)
             if row.usable:
@@ -320,6 +327,13 @@ def _training_rows(check: DataCheck, cfg: DataConfig, seed: int) -> None:
     lengths: list[np.ndarray] = []
     rows: list[list[int]] = []
     first = 0
+    if cfg.validation_split > 0 and not cfg.mixture:
+        # A classifier's rows per class after the hold-out, as prepare_data draws it (trial 62d:
+        # validate said the balanced class weights of the whole file, training those of the rest).
+        for file in check.files:
+            if file.role.endswith("train") and file.kept_classes:
+                _, rest = held_out_split(len(file.kept_classes), cfg.validation_split, seed)
+                check.split_train_labels = Counter(np.asarray(file.kept_classes)[rest].tolist())
     for file in check.files:
         if not file.role.endswith("train") or not file.kept_lengths:
             continue
