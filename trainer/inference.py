@@ -94,6 +94,8 @@ def _export_of(export: Path, checkpoint: Path) -> bool:
 
 def _no_model_here(path: Path, layout: RunLayout) -> str:
     """What to pass instead: a checkpoint is exported from its run directory, a run is exported."""
+    if path.is_file() and path.name == "latest" and path.parent.name == "checkpoints":
+        path = path.parent / path.read_text().strip()  # the pointer (trial 62c): said of the checkpoint it names
     if not path.exists():  # e.g. a checkpoint retention has deleted since (trial 38a)
         parent = path.parent
         while not parent.exists() and parent != parent.parent:

@@ -158,3 +158,9 @@ def test_validate_data_says_the_balanced_weights_of_the_rows_left_after_a_valida
     )
     weights = resolved_class_weights(head, prepared.train.examples.classes)
     assert weights is not None and said == class_weights_note(head, weights), said
+
+
+def test_a_label_written_without_a_space_before_its_weight_is_said_so() -> None:
+    """Trial 62d: `class_weights={rare:4}` (YAML: one key `rare:4`, no value) said "None is not a number"."""
+    with pytest.raises(ValueError, match="a label with no weight; write each as `name: weight`, with a space"):
+        _head({"country:4": None})

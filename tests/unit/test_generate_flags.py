@@ -136,6 +136,10 @@ def test_a_checkpoint_folder_points_at_its_export_or_the_command_that_makes_one(
     # Another step's export under that name is not offered (trial 62b: step 8's weights as step-4).
     (tmp_path / "run" / "exports" / "step-4" / "export.json").write_text('{"step": 8}')
     assert made_by in _no_model_here(step, RunLayout(tmp_path / "run"))
+    # The `latest` pointer is said as the checkpoint it names (trial 62c: "no config.json").
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step-4\n")
+    latest = _no_model_here(tmp_path / "run" / "checkpoints" / "latest", RunLayout(tmp_path / "run"))
+    assert made_by in latest, latest
 
 
 def test_the_commands_it_suggests_can_be_pasted_with_a_space_in_the_path(tmp_path: Path) -> None:

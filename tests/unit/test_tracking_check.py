@@ -115,11 +115,12 @@ def test_a_wandb_project_name_wandb_refuses_is_refused_before_the_start(tmp_path
         (f"tracking.wandb.project={'p' * 129}", "129 characters; a W&B project name has at most 128"),
         ("tracking.wandb.project=a\\b", "'a\\b': a W&B project name cannot hold \\ "),  # as typed, not a repr
         ("tracking.wandb.project=   ", "an empty name; write one"),  # spaces, not "got None" (trial 61d)
+        ("tracking.wandb.entity=   ", "an empty name; write one"),  # trial 62c: spaces named no team
     ):
         with pytest.raises(ConfigError) as refused:
             load_config(str(config), [override])
         [problem] = refused.value.problems
-        assert problem.startswith("tracking.wandb.project") and said in problem, problem
+        assert problem.startswith(override.split("=")[0]) and said in problem, problem
     assert load_config(str(config), ["tracking.wandb.project=my-project_2"]).tracking.wandb.project == "my-project_2"
 
 

@@ -48,6 +48,12 @@ class WandbConfig(Section):
     )
     tags: list[str] = Field(default_factory=list)
 
+    @field_validator("entity")
+    @classmethod
+    def _entity_named(cls, value: str | None) -> str | None:
+        # Spaces named no team (trial 62c: accepted, while a project of spaces was refused).
+        return None if value is None else _not_blank(value, "the API key's default entity")
+
     @field_validator("project")
     @classmethod
     def _named(cls, value: str) -> str:

@@ -280,6 +280,11 @@ class HeadConfig(Section):
                 weight = float(weight)
             except ValueError:
                 raise ValueError(f"transfer.head.class_weights: {weight!r} is not a number") from None
+        if weight is None:  # `{rare:4}`: YAML reads one key `rare:4` with no value (trial 62d: "None is not a number")
+            raise ValueError(
+                "transfer.head.class_weights: a label with no weight; write each as `name: weight`, with a space "
+                "after the colon ({rare: 4.0}: YAML reads `rare:4` as one key with no value)"
+            )
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ValueError(f"transfer.head.class_weights: {weight!r} is not a number; weights are numbers (4.0)")
         low, high = CLASS_WEIGHT_RANGE
