@@ -276,24 +276,32 @@ def _sigterm_to_the_group_once(config: Path, stderr_path: Path, hold: str, ready
     return proc.returncode, stderr_path.read_text()
 
 
-def test_ctrl_c_while_the_workers_load_the_model_stops_before_the_first_step(tmp_path, tiny_model_dir):
-    """Ray, 2 workers: a Ctrl-C after the workers started but before the first step (held where
-    the model is loaded) ends the run there: no base evaluation, no step, nothing to save, exit
-    130, and ftl says so. Before, the run did the base evaluation and one step, then saved it."""
-    config = _config(tmp_path, tiny_model_dir, "run", eval={"at_start": True}, cluster={"backend": "ray", "workers": 2})
-    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
-    hold = {"FTL_FAULT_WAIT_AT": f"model_checks={run_dir / STOP_REQUEST_FILE}"}  # the workers wait for the stop
+def _ctrl_c_once_held(config: Path, run_dir: Path, point: str, ready: Any) -> tuple[int, str]:
+    """`ftl train` whose workers wait at fault point `point` until the stop is asked for; a Ctrl-C
+    once ready(the output so far) holds. Its exit code and output."""
+    stderr_path = run_dir.parent / "stderr.txt"
+    hold = {"FTL_FAULT_WAIT_AT": f"{point}={run_dir / STOP_REQUEST_FILE}"}
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen([*FTL, "train", str(config)], stdout=stderr, stderr=stderr, env={**os.environ, **hold})
     try:
-        _wait_for(lambda: (run_dir / "logs" / "rank-1.log").exists(), timeout=400)  # both workers run
+        _wait_for(lambda: ready(stderr_path.read_text()), timeout=400)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = stderr_path.read_text()
-    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    return proc.returncode, stderr_path.read_text()
+
+
+def test_ctrl_c_while_the_workers_load_the_model_stops_before_the_first_step(tmp_path, tiny_model_dir):
+    """Ray, 2 workers: a Ctrl-C after the workers started but before the first step (held where
+    the model is loaded) ends the run there: no base evaluation, no step, nothing to save, exit
+    130, and ftl says so. Before, the run did the base evaluation and one step, then saved it."""
+    config = _config(tmp_path, tiny_model_dir, "run", eval={"at_start": True}, cluster={"backend": "ray", "workers": 2})
+    run_dir = tmp_path / "run"
+    both_run = lambda err: (run_dir / "logs" / "rank-1.log").exists()  # noqa: E731
+    code, err = _ctrl_c_once_held(config, run_dir, "model_checks", ready=both_run)
+    assert code == 128 + signal.SIGINT, err[-3000:]
     said = "stopped before the first step: nothing trained, nothing to save; run the same command again to start"
     assert f"ftl: {said}" in err, err[-3000:]
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
@@ -309,21 +317,11 @@ def test_ctrl_c_while_the_workers_tokenize_the_data_stops_there(tmp_path, tiny_m
     config = _config(
         tmp_path, tiny_model_dir, "run", data={"cache_dir": str(cache)}, cluster={"backend": "ray", "workers": 2}
     )
-    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
-    hold = {"FTL_FAULT_WAIT_AT": f"tokenizing@10={run_dir / STOP_REQUEST_FILE}"}
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen([*FTL, "train", str(config)], stdout=stderr, stderr=stderr, env={**os.environ, **hold})
-    try:
-        _wait_for(lambda: "data: reading" in stderr_path.read_text(), timeout=400)  # rank 0 tokenizes
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    err = stderr_path.read_text()
-    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    run_dir = tmp_path / "run"
+    code, err = _ctrl_c_once_held(config, run_dir, "tokenizing@10", ready=lambda err: "data: reading" in err)
+    assert code == 128 + signal.SIGINT, err[-3000:]
     said = "stopped while tokenizing the data: nothing trained, nothing to save"
-    assert f"ftl: {said}" in err or said in err, err[-3000:]
+    assert said in err, err[-3000:]
     assert "training " not in err and "model" not in err.split("data: reading")[-1].split(said)[0], err[-3000:]
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
     assert not list(cache.rglob("meta.json"))  # a part-tokenized set is not cached
