@@ -101,7 +101,7 @@ def apply_method(
         ) from None
     if not fp32:
         _cast_trainable(peft_model, compute_dtype(model, method))
-    _note_unadapted_experts(peft_model)
+    _note_unadapted_experts(peft_model, method.lora.target_modules)
     trainable, total = count_parameters(peft_model)
     log.info("%s: %d trainable of %d parameters (%.3f%%)", method.type, trainable, total, 100 * trainable / total)
     return peft_model
@@ -140,15 +140,19 @@ def modules_to_save_keeping_tie(model: torch.nn.Module, modules_to_save: list[st
     return modules_to_save, False
 
 
-def _note_unadapted_experts(model: torch.nn.Module) -> None:
-    """PEFT adapts some mixtures' fused 3-D expert weights (Mixtral) and not others' (Qwen2-MoE:
-    all-linear takes the attention and the shared expert): said when the experts got nothing."""
+def _note_unadapted_experts(model: torch.nn.Module, targets: str | list[str]) -> None:
+    """all-linear reaches a mixture's fused 3-D expert weights only on the architectures PEFT knows
+    (Mixtral, Qwen3-MoE; Qwen2-MoE from PEFT 0.22, before which it took the attention and the shared
+    expert only): said when the experts got nothing, as the user asked for every linear layer (a list
+    or a pattern names what it adapts)."""
+    if targets != "all-linear":
+        return
     named = list(model.named_parameters())
     experts = [n for n, p in named if ".experts." in n and p.dim() >= 3 and "lora_" not in n]
     if experts and not any(".experts." in n and "lora_" in n for n, _ in named):
         log.warning(
-            "LoRA: the %d fused expert weights of this mixture of experts (e.g. %s) get no adapter; "
-            "only the other targeted layers train",
+            "LoRA: all-linear leaves the %d fused expert weights of this mixture of experts (e.g. %s) without "
+            "an adapter (PEFT adapts fused experts of some architectures only); only the other layers train",
             len(experts),
             experts[0],
         )

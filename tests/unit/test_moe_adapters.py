@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import transformers as T
 
 from tests.conftest import BUNDLED_MODEL, FTL, REPO
@@ -91,8 +92,52 @@ def test_qlora_says_the_experts_stay_unquantized(tiny_mixtral: Path, caplog: pyt
     assert any(n.startswith("QLoRA: ") and "not quantize" in n and "upcast to fp32" in n for n in notes), notes
 
 
-def test_a_mixture_whose_experts_get_no_adapter_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Qwen2-MoE: all-linear adapts the attention and the shared expert, not the routed experts."""
+class _FusedExperts(torch.nn.Module):
+    """A mixture's experts as transformers 5 keeps them: one 3-D weight for all experts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_up_proj = torch.nn.Parameter(torch.zeros(4, 16, 8))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = torch.nn.Linear(8, 8)
+        self.experts = _FusedExperts()
+
+
+class _Mixture(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([_Block()])
+
+
+@pytest.mark.parametrize("targets,warned", [("all-linear", True), (["q_proj"], False)])
+def test_experts_all_linear_leaves_without_an_adapter_are_said(
+    targets, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An architecture PEFT does not know (Qwen2-MoE before PEFT 0.22): all-linear adapts the other
+    layers only. Said then; not when the targets were listed (the user chose them)."""
+    import logging
+
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.methods import _note_unadapted_experts
+
+    model = get_peft_model(_Mixture(), LoraConfig(r=2, target_modules=targets))
+    assert not any("experts" in name and "lora_" in name for name, _ in model.named_parameters())
+    with caplog.at_level(logging.WARNING, logger="trainer.methods"):
+        _note_unadapted_experts(model, targets)
+    said = [r.getMessage() for r in caplog.records if "fused expert weights" in r.getMessage()]
+    assert bool(said) == warned, said
+    if warned:
+        assert "layers.0.experts.gate_up_proj" in said[0] and "without an adapter" in said[0], said
+
+
+def test_qwen2_moe_experts_are_adapted_or_said_not_to_be(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Qwen2-MoE: PEFT 0.22 adapts its routed experts (and its router) as Mixtral's; 0.21 took the
+    attention and the shared expert only. Whichever PEFT is installed, the log matches what trains."""
     import logging
 
     from trainer.config import MethodConfig, ModelConfig
@@ -112,7 +157,10 @@ def test_a_mixture_whose_experts_get_no_adapter_says_so(tmp_path: Path, caplog: 
         num_experts_per_tok=2,
     )
     T.Qwen2MoeForCausalLM(config).save_pretrained(tmp_path)
-    method = MethodConfig(type="lora")
+    method = MethodConfig(type="lora", lora={"dropout": 0.0})
     with caplog.at_level(logging.WARNING, logger="trainer.methods"):
-        apply_method(load_model(ModelConfig(path=str(tmp_path)), method, "cpu"), method, False)
-    assert any("fused expert weights" in r.getMessage() and "get no adapter" in r.getMessage() for r in caplog.records)
+        model = apply_method(load_model(ModelConfig(path=str(tmp_path)), method, "cpu"), method, False)
+    adapted = any(".experts." in name and "lora_" in name for name, _ in model.named_parameters())
+    warned = any("fused expert weights" in r.getMessage() for r in caplog.records)
+    assert adapted != warned, (adapted, warned)
+    assert any("self_attn.q_proj.lora_A" in name for name, _ in model.named_parameters())
