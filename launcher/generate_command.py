@@ -350,9 +350,12 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
         if not values["prompt"].strip():  # the model would continue from nothing: never what was meant
             raise DataError(f"{row.where}: the 'prompt' is empty")
         return str(values["prompt"])
+    listed = "messages" if "messages" in values else "conversations"  # the field named in a message's problem
     messages = values.get("messages", values.get("conversations"))
     if messages is None and isinstance(values.get("prompt"), list):
-        messages = values["prompt"]  # a preference row's prompt as chat messages (data.format: preference)
+        # A preference row's prompt as chat messages (data.format: preference); its problems are said
+        # of 'prompt' (trial 62c: `{"prompt": ["a"]}` was said as messages[0]).
+        messages, listed = values["prompt"], "prompt"
     prompt = values.get("prompt")
     if messages is None and prompt is not None and not isinstance(prompt, list):  # trial 62b: "no 'prompt' string"
         raise DataError(f"{row.where}: the 'prompt' is {_kind_of(prompt)}, not text; write it as a string")
@@ -361,11 +364,12 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
     clean = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise DataError(f"{row.where}: messages[{index}] must be an object with 'role' and 'content'")
+            plain = "; a plain prompt is written as one string" if listed == "prompt" else ""
+            raise DataError(f"{row.where}: {listed}[{index}] must be an object with 'role' and 'content'{plain}")
         role = str(message.get("role", message.get("from")))
         role, content = ROLE_ALIASES.get(role, role), message.get("content", message.get("value"))
         if role not in CHAT_ROLES or not isinstance(content, str):
-            raise DataError(f"{row.where}: messages[{index}] needs a role ({', '.join(CHAT_ROLES)}) and string content")
+            raise DataError(f"{row.where}: {listed}[{index}] needs a role ({', '.join(CHAT_ROLES)}) and string content")
         clean.append({"role": role, "content": content})
     if clean[-1]["role"] == "assistant":
         raise DataError(f"{row.where}: the conversation ends with an assistant message; end it where the reply goes")

@@ -123,6 +123,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         '{"Prompt": "capitalised", "id": 7}',
         '{"prompt": "  "}',
         '{"prompt": 5}',
+        '{"prompt": ["a"]}',
     ]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     code = launcher.cli.main(
@@ -138,7 +139,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     err = capsys.readouterr().err
     assert code == 2, err
     # The header says what every row needs, a field clash included (trial 62b: only the prompt).
-    assert "7 bad row(s) (each row needs a 'prompt' string or a 'messages' list, and no 'completion' field" in err
+    assert "8 bad row(s) (each row needs a 'prompt' string or a 'messages' list, and no 'completion' field" in err
     for number, reason in (
         (2, "invalid JSON"),
         (3, "no 'prompt' string and no non-empty 'messages' list (fields present: text)"),
@@ -150,6 +151,8 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         (5, "the conversation ends with an assistant message"),
         (7, "the 'prompt' is empty"),
         (8, "the 'prompt' is a number (5), not text; write it as a string"),  # trial 62b: "no 'prompt' string"
+        # A prompt list is a conversation (a preference row's); trial 62c: said as messages[0].
+        (9, "prompt[0] must be an object with 'role' and 'content'; a plain prompt is written as one string"),
     ):
         assert f"p.jsonl line {number}: {reason}" in err
     assert not (tmp_path / "o.jsonl").exists()
