@@ -213,6 +213,7 @@ def test_bad_images_and_unknown_labels_are_named_by_file(tmp_path: Path) -> None
         {"image": "missing.png", "label": "ellipse"},
         {"image": "broken.png", "label": "x_cross"},
         {"image": str(good), "label": "hexagon"},
+        {"image": str(good.parent), "label": "diamond"},
     ]
     data = tmp_path / "images.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -228,6 +229,8 @@ def test_bad_images_and_unknown_labels_are_named_by_file(tmp_path: Path) -> None
     assert "images.jsonl line 2" in output and "missing.png not found" in output
     assert "images.jsonl line 3" in output and "cannot read image" in output and "broken.png" in output
     assert "images.jsonl line 4" in output and "'hexagon'" in output
+    # A folder is there: not "not found" (trial 62d).
+    assert f"images.jsonl line 5 ({good.parent}): {good.parent} is a folder, not an image file" in output, output
     # Images have no tokens: no max_seq_len, packing or token-slot wording (trial 33a).
     assert "max_seq_len" not in output and "token slots" not in output and "packing" not in output, output
 
@@ -251,12 +254,19 @@ def test_skipped_bad_images_are_said_by_one_rank(tmp_path: Path, caplog: pytest.
     (tmp_path / "diamond").mkdir()
     (tmp_path / "diamond" / "a.png").write_bytes(good.read_bytes())
     (tmp_path / "diamond" / "b.png").write_bytes(b"this is not a png")
+    # Files that are not images by their suffix are not read, and said so (trial 62d: silently).
+    for name in ("notes.txt", "c.jfif", "d.jfif"):
+        (tmp_path / "diamond" / name).write_bytes(good.read_bytes())
+    (tmp_path / "diamond" / ".DS_Store").write_bytes(b"")  # a hidden file is no one's image
     _, inputs = _images("valid")
     for speaks, said in ((False, 0), (True, 1)):
         caplog.clear()
         loaded = load_image_set(str(tmp_path), inputs, LABELS, skip_bad_rows=True, speaks=speaks)
         assert len(loaded) == 1 and loaded.stats["skipped_bad"] == 1
         assert sum("skipped 1 bad image(s)" in r.getMessage() for r in caplog.records) == said
+        unread = [r.getMessage() for r in caplog.records if "not read, as they are not images" in r.getMessage()]
+        assert len(unread) == said, unread
+    assert "3 file(s) not read, as they are not images by their suffix (.jfif: 2, .txt: 1; e.g." in unread[0], unread
 
 
 @pytest.mark.parametrize(

@@ -128,11 +128,14 @@ def _crop_box(
     return (0.0, 0.0, float(width), float(height))
 
 
-def read_images(spec: str, label_names: list[str]) -> Iterator[tuple[ScannedRow, Any]]:
-    """Every image of the dataset in order, decoded (None for a bad one, whose ScannedRow says why)."""
+def read_images(spec: str, label_names: list[str], *, speaks: bool = True) -> Iterator[tuple[ScannedRow, Any]]:
+    """Every image of the dataset in order, decoded (None for a bad one, whose ScannedRow says why).
+    `speaks`: this process says what an image folder holds besides images (one rank of several)."""
     path = Path(spec)
     if path.is_dir():
-        entries = _folder_entries(path, label_names)
+        entries, unread = _folder_entries(path, label_names)
+        if unread and speaks:
+            log.warning(unread_files_note(path, unread))
     elif path.is_file():
         entries = _file_entries(path, label_names)
     else:
@@ -173,7 +176,7 @@ def load_image_set(
     classes: list[int] = []
     bad: list[str] = []
     stats: dict[str, Any] = {"rows": 0, "skipped_bad": 0}
-    for row, image in read_images(spec, label_names):
+    for row, image in read_images(spec, label_names, speaks=speaks):
         if row.fate == "bad":
             bad.append(row.problem)
             continue
@@ -210,8 +213,11 @@ def load_image_set(
 Entry = tuple[str, Path | None, int | None, str]  # where, image path, class id, problem ("" if none)
 
 
-def _folder_entries(root: Path, label_names: list[str]) -> list[Entry]:
+def _folder_entries(root: Path, label_names: list[str]) -> tuple[list[Entry], list[Path]]:
+    """The folder's images, and its other files (not read: said, as a .jfif or .heic folder of
+    photos would train on nothing of it without a word; trial 62d)."""
     entries: list[Entry] = []
+    unread: list[Path] = []
     for item in sorted(root.iterdir()):
         if item.name.startswith("."):
             continue
@@ -220,7 +226,9 @@ def _folder_entries(root: Path, label_names: list[str]) -> list[Entry]:
         if not item.is_dir():
             continue
         label = name_index(item.name, label_names)  # a folder name in another Unicode form is the same label
-        for file in sorted(f for f in item.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES):
+        files = sorted(f for f in item.rglob("*") if f.is_file() and not f.name.startswith("."))
+        unread += [f for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+        for file in (f for f in files if f.suffix.lower() in IMAGE_SUFFIXES):
             problem = (
                 ""
                 if label is not None
@@ -231,8 +239,21 @@ def _folder_entries(root: Path, label_names: list[str]) -> list[Entry]:
     if not entries:
         raise DataError(
             f"{root}: no images found; an image folder holds root/<label>/*.png (or .jpg, ...), one folder per label"
+            + (f" ({unread_files_note(root, unread)})" if unread else "")
         )
-    return entries
+    return entries, unread
+
+
+def unread_files_note(root: Path, unread: list[Path]) -> str:
+    """The files of an image folder's label folders that are not read, counted by suffix."""
+    by_suffix: dict[str, int] = {}
+    for file in unread:
+        by_suffix[file.suffix.lower() or "(none)"] = by_suffix.get(file.suffix.lower() or "(none)", 0) + 1
+    counts = ", ".join(f"{suffix}: {count}" for suffix, count in sorted(by_suffix.items()))
+    return (
+        f"{root}: {len(unread)} file(s) not read, as they are not images by their suffix ({counts}; e.g. "
+        f"{unread[0]}); images end in {', '.join(IMAGE_SUFFIXES)}: convert or rename any that are images"
+    )
 
 
 def _file_entries(path: Path, label_names: list[str]) -> list[Entry]:
@@ -262,6 +283,11 @@ def _decode(path: Path | None) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     assert path is not None  # entries without a path carry a problem
+    if path.is_dir():  # trial 62d: said as "not found", though it is there
+        raise RowProblem(
+            f"{path} is a folder, not an image file; a row names one image (a whole image folder, "
+            "root/<label>/*.png, is given as the data path itself)"
+        )
     if not path.is_file():
         raise RowProblem(f"image file {path} not found")
     try:
