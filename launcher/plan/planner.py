@@ -205,9 +205,11 @@ def plan_run(
             setup, inventory, _inventories(cfg, setup), lambda overrides: config_accepts(cfg, overrides)
         )
     if with_throughput:
-        plan.throughput = estimate(
-            inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=count_tokens(cfg)
-        )
+        counted = count_tokens(cfg)
+        tokens = None if isinstance(counted, str) else counted
+        plan.throughput = estimate(inventory, setup, cfg, mfu=mfu, price_per_gpu_hour=price_per_gpu_hour, tokens=tokens)
+        if isinstance(counted, str):
+            plan.throughput.no_tokens_reason = counted
     plan.notes += transfer_notes(cfg, inventory)
     if rotary_note:
         plan.notes.append(rotary_note)

@@ -128,32 +128,33 @@ def estimate(
         rows_per_step = global_batch_size(setup.micro_batch, setup.accumulation, setup.workers)
         run_s = cfg.training.max_steps * rows_per_step * setup.seq_len / tokens_per_s
         cost = run_s / 3600 * setup.workers * price_per_gpu_hour if price_per_gpu_hour is not None else None
-    result = Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost, reference_s)
-    if cfg.data.mixture:  # a source the tokenizer or this machine cannot read
-        result.no_tokens_reason = (
-            "data.mixture's sources are not all readable here (or no tokenizer), so its epoch is not estimated"
-        )
-    return result
+    return Throughput(model, hardware, tokens_per_s, mfu, peak, tokens, epoch_s, run_s, cost, reference_s)
 
 
-def count_tokens(cfg: RunConfig) -> TokenCount | None:
+def count_tokens(cfg: RunConfig) -> TokenCount | str:
     """Tokens in one epoch of data.train: exact from the tokenized-data cache when this config was
     prepared before, else tokenized from a sample of the first rows and scaled to the row count.
     A mixture's epoch: as many training rows as its sources hold, drawn by weight (trainer/data/
-    mixture.py). None when the tokenizer or the data cannot be read here."""
+    mixture.py). Else why it is not estimated: the source not read here and why (trial 62c: a
+    mixture's unreadable source was "not all readable", neither named nor its reason)."""
     tokenizer = _tokenizer(cfg)
     data = cfg.data
     if tokenizer is None:
-        return None if data.mixture else _estimate_without_tokenizer(cfg)
+        if data.mixture:
+            return "the tokenizer is not on this machine, so data.mixture's epoch is not estimated"
+        return _estimate_without_tokenizer(cfg) or "the training data is not readable here"
     if not data.mixture:
         assert data.train is not None  # DataConfig requires train or mixture
         counted = _source_epoch(cfg, tokenizer, data.train, data.format)
-        return counted.tokens if counted is not None else None
+        return counted.tokens if not isinstance(counted, str) else f"data.train could not be counted: {counted}"
     sources = []
-    for entry in data.mixture:
+    for index, entry in enumerate(data.mixture):
         counted = _source_epoch(cfg, tokenizer, entry.train, entry.format or data.format)
-        if counted is None:
-            return None
+        if isinstance(counted, str):
+            return (
+                f"data.mixture[{index}] ({entry.name}) could not be counted: {counted}; so the mixture's epoch is "
+                "not estimated (`ftl validate --data` checks every source)"
+            )
         sources.append((entry.name, entry.weight, counted))
     # Each draw is a training row (a packed row with packing, else an example) of source i with
     # probability w_i / sum(w); an epoch is as many draws as the sources hold rows together.
@@ -174,7 +175,8 @@ class _SourceEpoch:
     units: float  # its training rows: packed rows with packing, else examples
 
 
-def _source_epoch(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _SourceEpoch | None:
+def _source_epoch(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _SourceEpoch | str:
+    """One pass over `train`, or why it cannot be counted here."""
     from trainer.data.packing import pack_examples, packing_efficiency, padding_efficiency
     from trainer.data.tokenized import cache_entry, read_cached
 
@@ -192,14 +194,14 @@ def _source_epoch(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sour
             cache_root=cache_root,
         )
         cached = read_cached(entry)
-    except Exception:  # the dataset is not readable here (e.g. a hub dataset offline)
-        return None
+    except Exception as exc:  # the dataset is not readable here (e.g. a hub dataset offline)
+        return _first_line(exc)
     if cached is not None:
         lengths, rows, source = cached.lengths(), len(cached), "tokenized-data cache (exact)"
     else:
         sample = _sample_lengths(cfg, tokenizer, train, fmt)
-        if sample is None:
-            return None
+        if isinstance(sample, str):
+            return sample
         # Each sampled row's examples as training keeps them (truncated, split into pieces; rows
         # too_long=drop drops and rows left with no trained token are none: trial 60a's plan
         # counted 2.5x the epoch's tokens), scaled from the rows sampled to all of them.
@@ -209,7 +211,7 @@ def _source_epoch(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sour
         if sample.refused:  # trial 60a: an epoch estimated for data training refuses, without a word
             source += f"; {sample.refused} sampled row(s) are longer than max_seq_len, which training refuses (data.too_long=error)"
     if len(lengths) == 0:
-        return None
+        return f"{train}: no usable rows as data.format {fmt}"
     import numpy as np
 
     lengths = np.minimum(np.asarray(lengths), data.max_seq_len)
@@ -245,8 +247,9 @@ class _Sample:
     refused: int  # sampled rows longer than max_seq_len with too_long=error
 
 
-def _sample_lengths(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sample | None:
-    """The first rows of `train` tokenized as training tokenizes them (trainer/data/tokenized.scan_row)."""
+def _sample_lengths(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sample | str:
+    """The first rows of `train` tokenized as training tokenizes them (trainer/data/tokenized.scan_row);
+    else why none could be."""
     from trainer.data.sources import read_rows
     from trainer.data.tokenized import scan_row
 
@@ -267,12 +270,19 @@ def _sample_lengths(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sa
                 lengths += [n for n in (scanned.rendered_len, scanned.rejected_rendered_len) if n]
             elif scanned.usable:
                 lengths += [len(ids) for ids, _ in scanned.examples()]
-    except Exception:
-        return None
+    except Exception as exc:
+        return _first_line(exc)
     if not sampled:
-        return None
+        return (
+            f"{train}: none of its first {rows} row(s) is usable as data.format {fmt}" if rows else f"{train}: no rows"
+        )
     per_row = 2 if fmt == "preference" else 1
     return _Sample(lengths, sampled * per_row, rows * per_row, refused)
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception as one line: a data error names its file and what is wrong."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 CHARS_PER_TOKEN = 4  # rough English average for BPE tokenizers, used only without a tokenizer

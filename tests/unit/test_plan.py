@@ -832,6 +832,7 @@ def test_a_mixture_plan_estimates_the_epoch_training_draws(tmp_path: Path) -> No
     --data and the run count it. Its epoch is as many training rows as the sources hold, drawn by
     weight: the positions are those rows' (here packed rows of max_seq_len), as training packs them."""
     from launcher.plan.render import throughput_lines
+    from launcher.plan.throughput import count_tokens
     from trainer.data.packing import pack_examples
     from trainer.data.prepare import prepare_data
     from trainer.data.tokenized import load_tokenized
@@ -872,7 +873,19 @@ def test_a_mixture_plan_estimates_the_epoch_training_draws(tmp_path: Path) -> No
     timed = plan_run(gone, Target(accelerator("A100-80GB")), with_throughput=True)
     assert timed.throughput is not None and timed.throughput.tokens is None
     [said] = [line for line in throughput_lines(timed.throughput, 1) if line.startswith("  epoch:")]
-    assert said.startswith("  epoch: data.mixture's sources are not all readable here") and "; time: " in said, said
+    # Which source, and why (trial 62c: "not all readable here", neither named).
+    assert said.startswith(
+        f"  epoch: data.mixture[1] (facts) could not be counted: {tmp_path / 'gone.jsonl'}: dataset file not found"
+    ), said
+    assert "so the mixture's epoch is not estimated" in said and "; time: " in said, said
+    (tmp_path / "noise.jsonl").write_bytes(bytes(range(256)) * 8)
+    noise = load_config(
+        REPO / "configs/examples/mixture.yaml",
+        [f"output.dir={tmp_path / 'run'}", f"data.mixture.0.train={tmp_path / 'noise.jsonl'}"],
+    )
+    counted = count_tokens(noise)
+    assert isinstance(counted, str) and counted.startswith("data.mixture[0] (qa) could not be counted: "), counted
+    assert "is usable as data.format" in counted, counted
 
 
 def test_more_cpu_workers_than_cores_is_noted(capsys: pytest.CaptureFixture[str]) -> None:
