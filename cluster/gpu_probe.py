@@ -69,6 +69,12 @@ def local_ray_shortfall(cluster: Any) -> str | None:
     cluster is joined (it may grow)."""
     if cluster.backend != "ray" or cluster.ray.address or os.environ.get("RAY_ADDRESS"):
         return None
+    if cluster.nodes > 1:  # trial 63a: valid, then train refused it for CPUs, blaming unset keys
+        return (
+            f"cluster.nodes={cluster.nodes}: the local Ray `ftl train` starts is this machine, one node; set "
+            "cluster.nodes: 1 (cluster.workers are the workers here), or join a Ray cluster of that many nodes "
+            "(cluster.ray.address)"
+        )
     cpus, gpus = cluster.ray.cpus_per_worker, cluster.ray.gpus_per_worker
     have_gpus = 0
     if gpus and cuda_available():

@@ -7,6 +7,7 @@ and what to do (allowed values, or the nearest valid key for a typo).
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import sys
@@ -548,7 +549,10 @@ def _resolve_paths(raw: dict[str, Any]) -> list[str]:
         if isinstance(holder, dict):
             problems += _resolve_one(holder, key, local_only=dotted in LOCAL_ONLY_KEYS, name=dotted)
     checkpoint = raw.get("checkpoint")
-    if isinstance(checkpoint, dict) and checkpoint.get("resume") not in (None, "auto", "never"):
+    unknown_word = _resume_word_problem(checkpoint.get("resume") if isinstance(checkpoint, dict) else None)
+    if unknown_word:
+        problems.append(unknown_word)
+    elif isinstance(checkpoint, dict) and checkpoint.get("resume") not in (None, "auto", "never"):
         # A checkpoint path: resolved here, so workers (other cwd) and restarts see one same path.
         problems += _resolve_one(checkpoint, "resume", local_only=True, name="checkpoint.resume")
     mixture = raw.get("data", {}).get("mixture") if isinstance(raw.get("data"), dict) else None
@@ -565,6 +569,24 @@ def _resolve_paths(raw: dict[str, Any]) -> list[str]:
     if env_uri and absolute_store_uri(env_uri) != env_uri:
         os.environ["MLFLOW_TRACKING_URI"] = absolute_store_uri(env_uri)
     return problems
+
+
+def _resume_word_problem(value: Any) -> str | None:
+    """checkpoint.resume written as a word that is neither auto, never nor a folder here (`autoo`,
+    `Auto`, `latest`): it was read as a path and said as "not a directory" (trial 63a)."""
+    if not isinstance(value, str) or value in ("auto", "never") or "/" in value or "$" in value or "~" in value:
+        return None
+    if Path(value).exists():
+        return None
+    if value.strip().lower() in ("latest", "last", "resume", "true", "yes"):
+        hint = "; auto resumes the latest valid checkpoint of output.dir"
+    else:
+        close = difflib.get_close_matches(value.strip().lower(), ["auto", "never"], n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+    return (
+        f"checkpoint.resume={value!r}: no such checkpoint folder here; it takes auto, never, or a checkpoint "
+        f"folder (e.g. runs/x/checkpoints/step-40){hint}"
+    )
 
 
 def absolute_store_uri(uri: str) -> str:
@@ -608,7 +630,11 @@ def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) 
         if local_only or expanded.exists() or value.startswith((".", "/", "~")):
             holder[key] = str(expanded.resolve())
     except (OSError, RuntimeError) as exc:  # a symbolic link loop (RuntimeError before Python 3.13)
-        return [f"{name}: {value} cannot be resolved ({exc}); is it a symbolic link loop?"]
+        shown = value if len(value) <= 120 else f"{value[:60]}...{value[-40:]} ({len(value)} characters)"
+        if getattr(exc, "errno", None) == errno.ENAMETOOLONG:  # trial 63a: guessed as a link loop
+            return [f"{name}: {shown} is too long a path for this system ({exc.strerror}); shorten it"]
+        said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return [f"{name}: {shown} cannot be resolved ({said}); is it a symbolic link loop?"]
     return []
 
 

@@ -56,6 +56,26 @@ def new_entry_refusal(folder: Path) -> str | None:
     return None
 
 
+def long_name_refusal(existing: Path, path: Path) -> str | None:
+    """Why `path`'s parts below `existing` (a folder) cannot be made for their length alone, or None:
+    each name against the filesystem's limit (255 bytes on most), the whole against its path limit."""
+    import os
+
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):  # a filesystem that does not say
+        return None
+    for part in path.relative_to(existing).parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            return f"the name {part[:40]}... is {size} bytes, over this filesystem's limit of {name_max}"
+    size = len(os.fsencode(str(path)))
+    if size >= path_max:
+        return f"the path {str(path)[:60]}... is {size} bytes, over this system's limit of {path_max - 1}"
+    return None
+
+
 def nearest_existing(path: Path) -> Path:
     """`path`, or the closest folder above it that exists (where making it starts)."""
     while not path.exists() and path != path.parent:

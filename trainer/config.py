@@ -117,19 +117,27 @@ class ImageAugmentationConfig(Section):
 
 
 def repeated_mixture_name(names: list[Any]) -> str | None:
-    """A data.mixture name given twice, said of the repeat (the launcher also says it beside the
-    entries' other errors, which keep this check from running: trial 62a)."""
+    """Every data.mixture name given again, said of the repeats (the launcher also says it beside
+    the entries' other errors, which keep this check from running: trial 62a)."""
     # None: an entry without a name (said apart), kept so the indexes stay the entries'.
-    twice = next((name for name in names if name is not None and names.count(name) > 1), None)
-    if twice is None:
+    first: dict[Any, int] = {}
+    repeats = []
+    for index, name in enumerate(names):
+        if name is None:
+            continue
+        if name in first:
+            # Which entries (trial 50b: the message pointed at `data:`, with the names alone), each
+            # repeat (trial 62c: a third 'qa' was left out).
+            repeats.append(f"data.mixture[{index}] is named {name!r}, as data.mixture[{first[name]}] is")
+        else:
+            first[name] = index
+    if not repeats:
         return None
-    # Which entries (trial 50b: the message pointed at `data:`, with the names alone).
-    first, again = [i for i, name in enumerate(names) if name == twice][:2]
-    # Said of the repeat, so it is located at that entry's line (trial 57a: at the first's, and cut
-    # to "and data.mixture[2] are both named").
+    # Said of the first repeat, so it is located at that entry's line (trial 57a: at the first's,
+    # and cut to "and data.mixture[2] are both named").
     return (
-        f"data.mixture[{again}] is named {twice!r}, as data.mixture[{first}] is; names must be unique "
-        "(each source's scores and data position are kept under its name): rename one"
+        "; ".join(repeats) + "; names must be unique (each source's scores and data position are kept under its "
+        f"name): rename {'one' if len(repeats) == 1 else 'the repeats'}"
     )
 
 
@@ -1068,16 +1076,21 @@ def intervals_past_the_run(cfg: TrainerConfig, total_steps: int) -> list[str]:
     every = cfg.eval.every_steps
     if every and every >= total_steps and cfg.eval_set_names():
         notes.append(
-            f"eval.every_steps={every} is not shorter than the run ({total_steps} steps): nothing is evaluated before "
+            f"eval.every_steps={every} is not shorter than the run ({_steps(total_steps)}): nothing is evaluated before "
             "the final evaluation; lower it to follow training"
         )
     every = cfg.checkpoint.every_steps
     if every and every >= total_steps:
         notes.append(
-            f"checkpoint.every_steps={every} is not shorter than the run ({total_steps} steps): no checkpoint is "
-            "written before the end (a stop request still writes one), so a crash loses the whole run; lower it"
+            f"checkpoint.every_steps={every} is not shorter than the run ({_steps(total_steps)}): no checkpoint is "
+            "written while it trains (final/ is saved at its end, and a stop request still writes one), so a crash "
+            "loses the whole run; lower it"
         )
     return notes
+
+
+def _steps(count: int) -> str:
+    return f"{count} step{'' if count == 1 else 's'}"  # trial 63a: "(1 steps)"
 
 
 def same_data_warnings(cfg: TrainerConfig) -> list[str]:

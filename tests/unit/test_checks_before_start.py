@@ -85,6 +85,15 @@ def test_reservations_the_local_ray_could_never_meet_are_refused_before_it_start
     assert local_ray_shortfall(fits) is None
     joined = load_config(CONFIG, [*too_many[:2], "cluster.ray.address=10.0.0.1:6379"]).cluster
     assert local_ray_shortfall(joined) is None  # a cluster joined may have them (or grow)
+    # Trial 63a: cluster.nodes=2 on the local Ray was valid; train then refused it for CPUs, blaming
+    # cluster.ray.cpus_per_worker (unset) and telling to lower cluster.workers (1), a failed run left.
+    two_nodes = ["cluster.nodes=2", f"output.dir={tmp_path / 'run'}"]
+    assert main(["validate", CONFIG, *two_nodes]) == 2
+    said = "cluster.nodes=2: the local Ray `ftl train` starts is this machine, one node; set cluster.nodes: 1"
+    assert said in capsys.readouterr().err
+    assert main(["train", CONFIG, *two_nodes]) == 2
+    assert said in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert local_ray_shortfall(load_config(CONFIG, [*two_nodes, "cluster.ray.address=10.0.0.1:6379"]).cluster) is None
     if not cuda_available():
         gpus = load_config(CONFIG, ["cluster.ray.gpus_per_worker=1"]).cluster
         shortfall = local_ray_shortfall(gpus)
@@ -102,6 +111,11 @@ def test_validate_warns_of_a_warmup_and_intervals_the_run_never_gets_past(
     assert "ftl: WARNING: training.warmup_steps=1000 is not shorter than the run (10 steps)" in err, err
     assert "ftl: WARNING: eval.every_steps=1000 is not shorter than the run (10 steps): nothing is evaluated" in err
     assert "ftl: WARNING: checkpoint.every_steps=10 is not shorter than the run (10 steps): no checkpoint" in err
+    # A one-step run is one step; final/ is still saved (trial 63a: "(1 steps): no checkpoint is written
+    # before the end", as if one were written at the end).
+    assert main(["validate", CONFIG, "training.max_steps=1", f"output.dir={tmp_path / 'run'}"]) == 0
+    err = capsys.readouterr().err
+    assert "not shorter than the run (1 step): no checkpoint is written while it trains (final/ is saved" in err, err
     short = ["training.max_steps=10", "training.warmup_steps=2", "eval.every_steps=5", "checkpoint.every_steps=5"]
     assert main(["validate", CONFIG, *short, f"output.dir={tmp_path / 'run'}"]) == 0
     assert "is not shorter than the run" not in capsys.readouterr().err

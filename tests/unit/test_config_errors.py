@@ -592,6 +592,37 @@ def test_a_symbolic_link_loop_in_a_path_key_is_one_problem(tmp_path: Path, valid
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, valid_text), [f"data.train={tmp_path / 'loop1.jsonl'}"])
     assert any("data.train:" in p and "symbolic link loop" in p for p in info.value.problems), info.value.problems
+    # A name too long is no link loop, and a 5,000-character path is said once, cut (trial 63a).
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, valid_text), [f"model.path=assets/{'x' * 5000}"])
+    [problem] = info.value.problems
+    assert "is too long a path for this system (File name too long); shorten it" in problem, problem
+    assert "(5007 characters)" in problem and len(problem) < 300 and "link loop" not in problem, problem
+
+
+@pytest.mark.parametrize(
+    "value,hint",
+    [
+        ("autoo", "did you mean 'auto'?"),
+        ("Auto", "did you mean 'auto'?"),
+        ("nevr", "did you mean 'never'?"),
+        ("latest", "auto resumes the latest valid checkpoint of output.dir"),
+    ],
+)
+def test_a_checkpoint_resume_word_that_is_no_folder_gets_the_choices(
+    tmp_path: Path, valid_text: str, monkeypatch: pytest.MonkeyPatch, value: str, hint: str
+) -> None:
+    """Trial 63a: `autoo`, `Auto`, `latest` were read as paths: "cannot resume from it: not a directory"."""
+    monkeypatch.chdir(tmp_path)
+    [problem] = _problems(_write(tmp_path, valid_text), [f"checkpoint.resume={value}"])
+    assert (
+        f"checkpoint.resume={value!r}: no such checkpoint folder here; it takes auto, never, or a checkpoint" in problem
+    )
+    assert problem.endswith(hint), problem
+    (tmp_path / value).mkdir()  # a folder of that name here is a path (checked as one by train's checks)
+    assert load_config(_write(tmp_path, valid_text), [f"checkpoint.resume={value}"]).checkpoint.resume == str(
+        tmp_path / value
+    )
 
 
 def test_inputs_train_would_fail_on_are_said_by_the_input_check(
@@ -1156,6 +1187,15 @@ def test_a_mixture_name_given_twice_names_both_entries(tmp_path: Path, valid_tex
     assert any(p.startswith("data.mixture[0].weight") for p in problems), problems
     assert any(p.startswith("data.mixture[1].name") for p in problems), problems
     assert any("data.mixture[2]" in p and "is named 'qa', as data.mixture[0] is" in p for p in problems), problems
+    # Every repeat (trial 62c: a third 'qa' was left out), beside other errors and alone.
+    mixture = (
+        "data.mixture=[{name: qa, train: a.jsonl}, {name: qa, train: b.jsonl, weight: -1}, {name: qa, train: c.jsonl}]"
+    )
+    for overrides in ([mixture], [mixture.replace(", weight: -1", "")]):
+        problems = _problems(_write(tmp_path, valid_text), ["~data.train", *overrides])
+        [repeats] = [p for p in problems if "names must be unique" in p]
+        assert "data.mixture[2] is named 'qa', as data.mixture[0] is; names must be unique" in repeats, repeats
+        assert "data.mixture[1]" in repeats and repeats.endswith("rename the repeats"), repeats
 
 
 def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path, valid_text: str) -> None:
