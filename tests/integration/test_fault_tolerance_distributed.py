@@ -208,6 +208,9 @@ def test_zero3_full_finetuning_reshards_2_to_1(tiny_model_dir: Path, tmp_path: P
     step2 = _copy_checkpoint(tmp_path / "golden" / "checkpoints" / "step-2", tmp_path / "one")
     single = _train(_config(tmp_path, "one", tiny_model_dir, zero3, workers=1, micro=4, method="full"))
     assert single.returncode == 0, single.stderr[-3000:]
+    # Said on the console before DeepSpeed's progress bars (trial 63b: only in the rank's log).
+    said = single.stdout + single.stderr
+    assert "warning: converting ZeRO checkpoint" in said and "DeepSpeed's progress bars follow" in said, said[-3000:]
     _assert_continues_golden(tmp_path / "one", tmp_path / "golden", [3, 4])
     assert validate_checkpoint(step2) is None
 

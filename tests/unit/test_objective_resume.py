@@ -115,6 +115,15 @@ def test_another_parallel_strategy_is_refused_before_launch_with_the_way_on(tmp_
     assert optimizer.returncode == 2 and "holds training.optimizer=adamw state" in optimizer.stderr
     assert "method.lora.init_from set to the exported adapter" in optimizer.stderr
     assert validate("parallel.strategy=ddp", "cluster.workers=2").returncode == 0  # the same replicated state
+    # Trial 63b: "or start a new output.dir" to a user who had, with checkpoint.resume=PATH; and a full
+    # fine-tune's export is its model already (--merge added nothing).
+    full = _run_with_a_checkpoint(tmp_path / "full", "sft", {"type": "full"})
+    elsewhere = [f"checkpoint.resume={full}/checkpoints/step-2", "parallel.strategy=fsdp", "cluster.workers=2"]
+    out = _validate("configs/examples/full.yaml", tmp_path / "new", *elsewhere)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "or start afresh (a new output.dir and no checkpoint.resume path)" in out.stderr, out.stderr[-2000:]
+    assert f"ftl export {full} --checkpoint step-2`" in out.stderr and "--merge" not in out.stderr
+    assert f"model.path set to the exported model ({full}/exports/step-2/merged)" in out.stderr
 
 
 def test_reordered_head_labels_are_refused_before_launch(tmp_path: Path) -> None:

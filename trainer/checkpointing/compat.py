@@ -31,8 +31,10 @@ def resume_problem(
     if saved_layout != layout:
         return (
             f"checkpoint {path} holds {saved_layout} state (parallel.strategy={saved_strategy}) but this run uses "
-            f"parallel.strategy={strategy} ({layout} state); resume with parallel.strategy={saved_strategy}, "
-            f"or start a new output.dir{_carry_on_elsewhere(path, f'parallel.strategy={strategy}', manifest)}"
+            f"parallel.strategy={strategy} ({layout} state); resume with parallel.strategy={saved_strategy}, or "
+            # Trial 63b: "start a new output.dir" to a user who had, with checkpoint.resume=PATH.
+            "start afresh (a new output.dir and no checkpoint.resume path)"
+            f"{_carry_on_elsewhere(path, f'parallel.strategy={strategy}', manifest)}"
         )
     if layout == "deepspeed":
         if manifest.get("zero_stage") != zero_stage:
@@ -69,6 +71,12 @@ def _carry_on_elsewhere(path: Path, setting: str, manifest: dict[str, Any] | Non
             f". To train on from its adapters with {setting}, export them (`ftl export {quote(str(run_dir))} --checkpoint "
             f"{path.name}`) and start a new output.dir with method.lora.init_from set to the exported adapter "
             f"({run_dir}/exports/{path.name}/adapter) {anew}"
+        )
+    if isinstance(method, dict) and method.get("type") == "full":  # its export is the model: no --merge to add
+        return (
+            f". To train on from its weights with {setting}, export them (`ftl export {quote(str(run_dir))} "
+            f"--checkpoint {path.name}`) and start a new output.dir with model.path set to the exported model "
+            f"({run_dir}/exports/{path.name}/merged) {anew}"
         )
     return (
         f". To train on from its weights with {setting}, export them (`ftl export {quote(str(run_dir))} --checkpoint "

@@ -154,8 +154,13 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
             return
         shutil.rmtree(target)  # made from another checkpoint with the same step (checkpoint.resume=PATH), or damaged
     tmp = root / f".tmp-{target.name}"
-    log.info(
-        "converting ZeRO checkpoint %s to a universal checkpoint in %s (for a new worker count)", checkpoint, target
+    # On the console (trial 63b: only the log said it, and DeepSpeed's progress bars that follow were
+    # unexplained); a large model's conversion takes minutes and about the checkpoint's size on disk.
+    log.warning(
+        "converting ZeRO checkpoint %s to a universal checkpoint in %s, as it was written by another worker "
+        "count (DeepSpeed's progress bars follow; it takes about the checkpoint's size on disk)",
+        checkpoint,
+        target,
     )
     try:
         _ds_to_universal(checkpoint / TAG, tmp / TAG)
