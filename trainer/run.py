@@ -155,7 +155,7 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     try:
         data = _prepare_data_on_every_rank(cfg, tokenizer, ctx, stop)
     except TokenizingStopped:
-        _stopped_while_tokenizing(stop, console, resume_from)
+        _stopped_while_tokenizing(stop, console, resume_from, ctx.run_dir)
     mixture = mixture_note(data.report)
     if mixture is not None:
         console.event(mixture)
@@ -209,18 +209,18 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         extras=trainee.transfer.eval_extras,
         objective=trainee.objective,
     )
-    _stop_before_training(stop, trainee, resume_from, strategy.device)
+    _stop_before_training(stop, trainee, resume_from, strategy.device, ctx.run_dir)
     if trainee.state.step == 0 and data.evals and (cfg.eval.at_start or cfg.eval.retain):
         # The forgetting check needs the base model's retain loss even when at_start is off.
         # Recorded as "base" (the scores the run started from); an adapter's start is said as such.
         start = "start: the init_from adapter" if cfg.method.lora.init_from else None
         evaluator(0, label="base", only=None if cfg.eval.at_start else {"retain"}, shown_as=start)
-        _stop_before_training(stop, trainee, resume_from, strategy.device)
+        _stop_before_training(stop, trainee, resume_from, strategy.device, ctx.run_dir)
     state = _train(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, stop)
     return _finish(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, state)
 
 
-def _stop_before_training(stop: StopFlag, trainee: _Trainee, resume_from: Any, device: str) -> None:
+def _stop_before_training(stop: StopFlag, trainee: _Trainee, resume_from: Any, device: str, run_dir: Path) -> None:
     """A stop asked for before the first step (while the model loaded, or during the base
     evaluation) ends the run here: nothing new to save, the resumed checkpoint (if any) stays the
     latest. Every rank decides alike (the request file may appear between two ranks' reads)."""
@@ -232,7 +232,7 @@ def _stop_before_training(stop: StopFlag, trainee: _Trainee, resume_from: Any, d
     if checkpoint:  # a resumed start stopped while loading: its checkpoint stays the latest
         trainee.console.event(
             f"stopped before this start's first step (at step {step}): nothing trained, nothing new to save; "
-            f"resume from {resume_from.path.parent.name}/{resume_from.path.name}"
+            f"resume from {_shown_path(resume_from.path, run_dir)}"
         )
     else:
         trainee.console.event("stopped before the first step: nothing trained, nothing to save")
@@ -635,14 +635,15 @@ def _tokenized_where(cache_dir: str | None) -> str:
     return f"tokenized at each start: the cache folder {folder} cannot be written"
 
 
-def _stopped_while_tokenizing(stop: StopFlag, console: RunConsole, resume_from: Any) -> NoReturn:
+def _stopped_while_tokenizing(stop: StopFlag, console: RunConsole, resume_from: Any, run_dir: Path) -> NoReturn:
     """A stop asked for while the data was tokenized ends the start there, on every rank alike (the
     shares' exchange decided it): nothing trained, nothing cached, a resumed checkpoint stays the latest."""
     if resume_from is not None:
         step = int(resume_from.manifest.get("step", 0))
         console.event(
+            # Another run's checkpoint (checkpoint.resume=PATH) in full (trial 62c: as if this run's).
             f"stopped while tokenizing the data (at step {step}): nothing trained, nothing new to save; resume from "
-            f"{resume_from.path.parent.name}/{resume_from.path.name}"
+            f"{_shown_path(resume_from.path, run_dir)}"
         )
         raise StopRequested(step, str(resume_from.path), stop.signum)
     console.event("stopped while tokenizing the data: nothing trained, nothing to save")

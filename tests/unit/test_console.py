@@ -125,12 +125,12 @@ def test_a_stop_before_the_first_step_says_nothing_was_trained(resumed: bool) ->
         console=RunConsole(True, every_s=10.0, stream=stream),
     )
     checkpoint = SimpleNamespace(path=Path("/runs/r/checkpoints/step-15")) if resumed else None
-    _stop_before_training(StopFlag(), trainee, checkpoint, "cpu")  # nothing asked: nothing said
+    _stop_before_training(StopFlag(), trainee, checkpoint, "cpu", Path("/runs/r"))  # nothing asked: nothing said
     assert stream.getvalue() == "" and not closed
     stop = StopFlag()
     stop.requested = True
     with pytest.raises(StopRequested) as raised:
-        _stop_before_training(stop, trainee, checkpoint, "cpu")
+        _stop_before_training(stop, trainee, checkpoint, "cpu", Path("/runs/r"))
     said = stream.getvalue().split(" ", 3)[3].strip()
     if resumed:
         assert said == (
@@ -138,10 +138,14 @@ def test_a_stop_before_the_first_step_says_nothing_was_trained(resumed: bool) ->
             "resume from checkpoints/step-15"
         )
         assert raised.value.checkpoint == "/runs/r/checkpoints/step-15"
+        # Another run's checkpoint (checkpoint.resume=PATH) in full (trial 62c: as if this run's).
+        with pytest.raises(StopRequested):
+            _stop_before_training(stop, trainee, checkpoint, "cpu", Path("/runs/other"))
+        assert stream.getvalue().rstrip().endswith("resume from /runs/r/checkpoints/step-15"), stream.getvalue()
     else:
         assert said == "stopped before the first step: nothing trained, nothing to save"
         assert raised.value.checkpoint == ""
-    assert closed == [True]
+    assert closed == [True] * (2 if resumed else 1)  # closed at each stop
 
 
 def test_a_long_evaluation_says_it_is_still_running() -> None:
