@@ -377,7 +377,8 @@ def export(run_dir: str, merge: bool, checkpoint: str | None, out: str | None = 
             if done.passed_over
             else ""
         )
-        print(f"exported step {done.step}{best} (from {done.source}) to {done.path}{again}")
+        replaced = f"; it replaced the export of {done.replaced} there" if done.replaced else ""
+        print(f"exported step {done.step}{best} (from {done.source}) to {done.path}{again}{replaced}")
     return 0
 
 

@@ -271,6 +271,7 @@ class Exported:
     written: bool = True  # False: the destination already held everything asked for
     merged_as_before: bool = False  # merged/ written without --merge: the export there before had one
     passed_over: str = ""  # the latest checkpoint, when early stopping's best one was exported instead
+    replaced: str = ""  # the other export this one replaced at its path (its step), said by `ftl export`
 
 
 def export_run(
@@ -366,11 +367,26 @@ def export_run(
     # new adapter); a full fine-tune's only output is the merged model.
     kept_merged = not merge and cfg.method.type != "full" and (target / "merged").exists()
     merge = merge or cfg.method.type == "full" or kept_merged
+    replaced = _replaced_export(target, step, str(source))
     export_final(
         model, tokenizer, cfg, target, device, merge=merge, adapter=True, info={"step": step, "source": str(source)}
     )
     passed_over = Path(latest).name if Path(latest) != Path(source) else ""
-    return Exported(target, step, str(source), merged_as_before=kept_merged, passed_over=passed_over)
+    return Exported(target, step, str(source), merged_as_before=kept_merged, passed_over=passed_over, replaced=replaced)
+
+
+def _replaced_export(target: Path, step: int | None, source: str) -> str:
+    """The export at `target` that this one replaces, when it holds other weights (another step or
+    source), as `ftl export` says it (trial 62c: step 20's export replaced by step 10's without a word)."""
+    try:
+        before = json.loads((target / "export.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(before, dict):
+        return ""
+    if before.get("step") == step and Path(str(before.get("source"))).resolve() == Path(source).resolve():
+        return ""
+    return f"step {before.get('step')}" + (f" (from {before['source']})" if before.get("source") else "")
 
 
 def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: str, out: Path | None) -> Exported:
@@ -389,6 +405,7 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
     if target.resolve() == final.resolve() and (not merge or (final / "merged").exists() or not adapter.exists()):
         return Exported(final, step, str(final), written=False)
     _check_target(target, run_dir, step, finished=True)
+    replaced = _replaced_export(target, step, str(final))
     if cfg.method.uses_adapter and adapter.exists():
         from peft import set_peft_model_state_dict
 
@@ -404,7 +421,7 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
             adapter=True,
             info={"step": step, "source": str(final)},
         )
-        return Exported(target, step, str(final / "adapter"))
+        return Exported(target, step, str(final / "adapter"), replaced=replaced)
     if not final.is_dir():
         raise TrainerInputError(
             f"{run_dir} finished but has no {FINAL_DIR}/; export one of its checkpoints with --checkpoint"
@@ -413,7 +430,7 @@ def _export_finished(cfg: TrainerConfig, run_dir: Path, *, merge: bool, device: 
     with _removed_on_failure(tmp):
         shutil.copytree(final, tmp, dirs_exist_ok=True)
         _swap_into_place(tmp, target)
-    return Exported(target, step, str(final))
+    return Exported(target, step, str(final), replaced=replaced)
 
 
 def _apply_unfreezing_stage(cfg: TrainerConfig, model: torch.nn.Module, checkpoint: Path) -> None:

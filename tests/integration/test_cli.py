@@ -229,6 +229,14 @@ def test_export_of_a_finished_run_never_replaces_its_final_weights(tmp_path: Pat
         [*FTL, "export", str(run), "--checkpoint", str(run / "final")], cwd=REPO, capture_output=True, text=True
     )
     assert final.returncode == 2 and "is the run's final model, not a checkpoint" in final.stderr, final.stderr
+    # Another step's export at --out is replaced, and said (trial 62c: without a word); the same one again is not.
+    out = ["--out", str(tmp_path / "shipped")]
+    assert subprocess.run([*FTL, "export", str(run), *out], cwd=REPO, capture_output=True, text=True).returncode == 0
+    for replaced in (True, False):
+        over = subprocess.run([*export, *out], cwd=REPO, capture_output=True, text=True)
+        assert over.returncode == 0, over.stderr[-2000:]
+        said = f"; it replaced the export of step 5 (from {run / 'final'}) there"
+        assert (said in over.stdout) == replaced and ("replaced" in over.stdout) == replaced, over.stdout
 
 
 def test_export_writes_only_its_own_folder(tmp_path: Path, tiny_model_dir: Path) -> None:
