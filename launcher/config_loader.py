@@ -7,7 +7,6 @@ and what to do (allowed values, or the nearest valid key for a typo).
 from __future__ import annotations
 
 import difflib
-import errno
 import os
 import re
 import sys
@@ -22,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from launcher.config_yaml import compose_config_yaml, load_config_yaml
 from launcher.errors import ConfigError
-from launcher.local_paths import did_you_mean
+from launcher.local_paths import did_you_mean, long_name_refusal
 from launcher.run_config import RunConfig
 from trainer.config import TrainerConfig, unread_preference_keys
 from trainer.config_fields import is_mapping_value
@@ -626,13 +625,14 @@ def _resolve_one(holder: dict[str, Any], key: str, local_only: bool, name: str) 
             f"{name}: {value} uses the environment variable ${variable}, which is not set here; set it "
             f"(export {variable}=...) or write the path out"
         ]
+    shown = value if len(value) <= 120 else f"{value[:60]}...{value[-40:]} ({len(value)} characters)"
+    too_long = long_name_refusal(expanded)
+    if too_long:  # trials 63a, 63c: a link loop guessed, valid then refused by train, a traceback
+        return [f"{name}: {shown}: {too_long}; shorten it"]
     try:
         if local_only or expanded.exists() or value.startswith((".", "/", "~")):
             holder[key] = str(expanded.resolve())
     except (OSError, RuntimeError) as exc:  # a symbolic link loop (RuntimeError before Python 3.13)
-        shown = value if len(value) <= 120 else f"{value[:60]}...{value[-40:]} ({len(value)} characters)"
-        if getattr(exc, "errno", None) == errno.ENAMETOOLONG:  # trial 63a: guessed as a link loop
-            return [f"{name}: {shown} is too long a path for this system ({exc.strerror}); shorten it"]
         said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return [f"{name}: {shown} cannot be resolved ({said}); is it a symbolic link loop?"]
     return []

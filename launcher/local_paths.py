@@ -56,20 +56,22 @@ def new_entry_refusal(folder: Path) -> str | None:
     return None
 
 
-def long_name_refusal(existing: Path, path: Path) -> str | None:
-    """Why `path`'s parts below `existing` (a folder) cannot be made for their length alone, or None:
-    each name against the filesystem's limit (255 bytes on most), the whole against its path limit."""
+def long_name_refusal(path: Path) -> str | None:
+    """Why `path` cannot be made or read for its length alone, or None: each name against the
+    system's limit (255 bytes on most filesystems), the whole against its path limit. From the
+    text alone: looking a too-long name up raises ENAMETOOLONG, which Path.exists() does not
+    swallow (trial 63c: a traceback from validate's look for summary.json)."""
     import os
 
     try:
-        name_max = os.pathconf(existing, "PC_NAME_MAX")
-        path_max = os.pathconf(existing, "PC_PATH_MAX")
-    except (OSError, ValueError):  # a filesystem that does not say
-        return None
-    for part in path.relative_to(existing).parts:
+        name_max = os.pathconf("/", "PC_NAME_MAX")
+        path_max = os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError):  # a system that does not say
+        name_max, path_max = 255, 4096
+    for part in path.parts:
         size = len(os.fsencode(part))
         if size > name_max:
-            return f"the name {part[:40]}... is {size} bytes, over this filesystem's limit of {name_max}"
+            return f"the name {part[:40]}... is {size} bytes, over this system's limit of {name_max}"
     size = len(os.fsencode(str(path)))
     if size >= path_max:
         return f"the path {str(path)[:60]}... is {size} bytes, over this system's limit of {path_max - 1}"

@@ -340,14 +340,11 @@ def _working_copy_of_another(run_dir: Path, display: str) -> str | None:
 def _write_refusal(run_dir: Path) -> str | None:
     """prepare_run_dir's refusal of a place it cannot write, said before it (trial 50b: validate
     said valid for an immutable folder; train refused it)."""
-    from launcher.local_paths import long_name_refusal, nearest_existing, new_entry_refusal
+    from launcher.local_paths import nearest_existing, new_entry_refusal
 
     where = nearest_existing(run_dir)
     if not where.is_dir():
         return None  # a file in the way: file_in_the_way says it
-    too_long = long_name_refusal(where, run_dir)
-    if too_long:  # trial 63a: valid, then train's mkdir refused it ("File name too long")
-        return f"output.dir: {too_long}; pick a shorter name"
     refusal = new_entry_refusal(where)
     return f"output.dir {run_dir}: cannot write there ({refusal}); pick a writable directory" if refusal else None
 

@@ -596,8 +596,15 @@ def test_a_symbolic_link_loop_in_a_path_key_is_one_problem(tmp_path: Path, valid
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, valid_text), [f"model.path=assets/{'x' * 5000}"])
     [problem] = info.value.problems
-    assert "is too long a path for this system (File name too long); shorten it" in problem, problem
-    assert "(5007 characters)" in problem and len(problem) < 300 and "link loop" not in problem, problem
+    assert "(5007 characters): the name xxxx" in problem and "is 5000 bytes, over this system's limit of" in problem
+    assert len(problem) < 300 and "link loop" not in problem, problem
+    # An output.dir name over the limit, in a folder that exists (trial 63c: a traceback from the look for
+    # its summary.json; trial 63a: valid, then train's "File name too long").
+    for where in (tmp_path, tmp_path / "new"):
+        with pytest.raises(ConfigError) as info:
+            load_config(_write(tmp_path, valid_text), [f"output.dir={where / ('a' * 300)}"])
+        [problem] = info.value.problems
+        assert problem.startswith("output.dir") and "is 300 bytes, over this system's limit" in problem, problem
 
 
 @pytest.mark.parametrize(
