@@ -190,7 +190,19 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
 
             _refuse_tied_targets(model, [name for name in names if re.fullmatch(targets, name)])
         return
-    _refuse_tied_targets(model, [name for name in names if any(name == t or name.endswith("." + t) for t in targets)])
+    adapted = [name for name in names if any(name == t or name.endswith("." + t) for t in targets)]
+    _refuse_tied_targets(model, adapted)
+    modules = dict(model.named_modules())
+    containers = _not_adaptable(modules, adapted)
+    if containers:  # trial 63c: `experts` (a mixture's fused experts) passed validate; PEFT's repr crashed plan
+        shown = ", ".join(f"{name} ({type(modules[name]).__name__})" for name in containers[:3])
+        fused = any(p.dim() >= 3 for name in containers for p in modules[name].parameters(recurse=False))
+        raise TrainerInputError(
+            f"method.lora.target_modules names modules LoRA cannot adapt: {shown}"
+            f"{f' and {len(containers) - 3} more' if len(containers) > 3 else ''}; list layers only (its linear "
+            f"layers are named: {', '.join(linear_layer_names(model))}), or use all-linear"
+            + (" (which adapts a mixture's fused experts where PEFT can, with method.lora.dropout: 0)" if fused else "")
+        )
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
     if missing:
         linear = linear_layer_names(model)
@@ -228,6 +240,15 @@ ADAPTABLE = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv
 ADAPTABLE_NAMES = ("Conv1D", "Linear4bit", "Linear8bitLt", "MultiheadAttention")
 
 
+def _not_adaptable(modules: dict[str, torch.nn.Module], names: list[str]) -> list[str]:
+    """The named modules that are no layer LoRA adapts (containers, a mixture's fused experts)."""
+    return [
+        name
+        for name in names
+        if not isinstance(modules[name], ADAPTABLE) and type(modules[name]).__name__ not in ADAPTABLE_NAMES
+    ]
+
+
 def _check_target_pattern(pattern: str, modules: dict[str, torch.nn.Module], linear: list[str]) -> None:
     """A string other than all-linear is PEFT's regular expression, matched against each module's
     full name: one that matches none adapts nothing, one that matches a container (`.*` matches the
@@ -238,11 +259,7 @@ def _check_target_pattern(pattern: str, modules: dict[str, torch.nn.Module], lin
     names = [name for name in modules if name]
     matched = [name for name in names if re.fullmatch(pattern, name)]
     if matched:
-        containers = [
-            name
-            for name in matched
-            if not isinstance(modules[name], ADAPTABLE) and type(modules[name]).__name__ not in ADAPTABLE_NAMES
-        ]
+        containers = _not_adaptable(modules, matched)
         if containers:
             shown = ", ".join(f"{name or 'the model'} ({type(modules[name]).__name__})" for name in containers[:3])
             raise TrainerInputError(

@@ -40,6 +40,11 @@ def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [
         (["method.lora.dropout=0.05"], "set method.lora.dropout: 0, or method.lora.target_modules"),
         (["method.type=dora", "method.lora.dropout=0"], "PEFT cannot apply DoRA to this model's fused 3-D expert"),
+        # Trial 63c: `experts` listed passed validate, and PEFT's ValueError (a module repr) crashed plan.
+        (
+            ["method.lora.target_modules=[q_proj, experts]", "method.lora.dropout=0"],
+            "method.lora.target_modules names modules LoRA cannot adapt: model.layers.0.mlp.experts (MixtralExperts)",
+        ),
     ],
 )
 def test_validate_plan_and_train_name_the_setting_to_change(
