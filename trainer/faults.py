@@ -5,7 +5,8 @@ process die, signal itself, hang or fill its disk, through environment variables
     FTL_FAULT_SIGNAL_AT=step_end@3,before_manifest@3   send FTL_FAULT_SIGNAL (USR1|TERM|INT,
                                             default USR1) to this process at each listed point
     FTL_FAULT_HANG_AT=step_end@2            sleep forever there (a stuck worker)
-    FTL_FAULT_WAIT_AT=step_end@2=/path/go   every rank waits there until that file exists: a test
+    FTL_FAULT_WAIT_AT=step_end@2=/path/go   every rank waits there until that file exists (and touches
+                                            /path/go.held on arriving): a test
                                             holds the run at a known point (e.g. a save open, a run
                                             surely still running) while it acts, without timing
     FTL_FAULT_FILL_DISK_AT=before_shards@4  fill the checkpoint's filesystem (only one < 1 GiB free)
@@ -31,6 +32,7 @@ Unset variables cost one dict lookup per point.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -57,6 +59,8 @@ def fault_point(name: str, step: int, rank: int, path: Path | None = None) -> No
     for item in os.environ.get(WAIT, "").split(","):
         point, _, until = item.strip().partition("=")
         if until and _matches(point, name, step):
+            with contextlib.suppress(OSError):  # tests: the point is reached (UNTIL.held)
+                Path(f"{until}.held").touch()
             while not os.path.exists(until):
                 time.sleep(0.1)
     if rank != int(os.environ.get("FTL_FAULT_RANK", "0")):

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -214,7 +215,13 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         # The forgetting check needs the base model's retain loss even when at_start is off.
         # Recorded as "base" (the scores the run started from); an adapter's start is said as such.
         start = "start: the init_from adapter" if cfg.method.lora.init_from else None
-        evaluator(0, label="base", only=None if cfg.eval.at_start else {"retain"}, shown_as=start)
+
+        # A stop asked for meanwhile skips the sets not started (trial 63c: validation, then the whole
+        # test set, a minute from Ctrl-C to the exit); every rank decides alike before each set.
+        def asked() -> bool:
+            return any_rank(stop.check(), strategy.device)
+
+        evaluator(0, label="base", only=None if cfg.eval.at_start else {"retain"}, shown_as=start, stop=asked)
         _stop_before_training(stop, trainee, resume_from, strategy.device, ctx.run_dir)
     state = _train(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, stop)
     return _finish(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, state)
@@ -761,6 +768,7 @@ class _Evaluator:
         shown_as: str | None = None,
         weights_step: int | None = None,
         scored: dict[str, dict[str, Any]] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Score every eval set (or only those named in `only`); returns the records by set name. A
         periodic evaluation skips the test set: it reports the model at the start and the end, and
@@ -770,7 +778,8 @@ class _Evaluator:
         weights_step: the step whose weights these are, recorded when not `step` (early stopping's
         final evaluation of the best step, at the stop step: it was plotted as step 30 improving);
         scored: sets already scored on these weights (the final evaluation's reused ones). A test set
-        that is the validation data takes the validation scores instead of scoring them again."""
+        that is the validation data takes the validation scores instead of scoring them again.
+        stop: asked before each set (every rank alike); True skips the sets not started."""
         batch = self.cfg.eval.micro_batch_size or self.cfg.training.micro_batch_size
         # The module with the original API (generate etc.); for sharded strategies it still
         # carries the hooks that gather parameters, so every rank evaluates in lockstep.
@@ -781,6 +790,9 @@ class _Evaluator:
                 continue
             if label == "periodic" and eval_set.name == "test":
                 continue
+            if stop is not None and stop():
+                break
+            fault_point("eval_set", step, self.strategy.rank)  # tests: a stop asked while a set is scored
             values: dict[str, Any] = {"split": eval_set.name, "label": label}
             if weights_step is not None and weights_step != step:
                 values["weights_step"] = weights_step

@@ -293,6 +293,24 @@ def _ctrl_c_once_held(config: Path, run_dir: Path, point: str, ready: Any) -> tu
     return proc.returncode, stderr_path.read_text()
 
 
+def test_ctrl_c_during_the_base_evaluation_skips_the_sets_not_started(tmp_path, tiny_model_dir):
+    """Ray, 2 workers: a Ctrl-C while the step-0 evaluation scores validation stops before the test
+    set is scored (trial 63c: validation, then the whole test set, a minute to the exit)."""
+    from tests.conftest import QA_DATA
+
+    data = {"test": str(QA_DATA / "test.jsonl")}
+    cluster = {"backend": "ray", "workers": 2}
+    config = _config(tmp_path, tiny_model_dir, "run", eval={"at_start": True}, data=data, cluster=cluster)
+    run_dir = tmp_path / "run"
+    held = run_dir / f"{STOP_REQUEST_FILE}.held"  # a worker waits where the first set is scored
+    code, err = _ctrl_c_once_held(config, run_dir, "eval_set@0", ready=lambda err: held.exists())
+    assert code == 128 + signal.SIGINT, err[-3000:]
+    assert "ftl: stopped before the first step: nothing trained, nothing to save" in err, err[-3000:]
+    scored = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    splits = [record.get("split") for record in scored]
+    assert "validation" in splits and "test" not in splits, splits
+
+
 def test_ctrl_c_while_the_workers_load_the_model_stops_before_the_first_step(tmp_path, tiny_model_dir):
     """Ray, 2 workers: a Ctrl-C after the workers started but before the first step (held where
     the model is loaded) ends the run there: no base evaluation, no step, nothing to save, exit
