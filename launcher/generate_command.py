@@ -359,7 +359,9 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
     prompt = values.get("prompt")
     if messages is None and prompt is not None and not isinstance(prompt, list):  # trial 62b: "no 'prompt' string"
         raise DataError(f"{row.where}: the 'prompt' is {_kind_of(prompt)}, not text; write it as a string")
-    if not isinstance(messages, list) or not messages:
+    if isinstance(messages, list) and not messages:  # trial 63c: "no ... non-empty 'messages' list" of a prompt
+        raise DataError(f"{row.where}: the {listed!r} list is empty; write the prompt (or its messages) in it")
+    if not isinstance(messages, list):
         raise DataError(f"{row.where}: no 'prompt' string and no non-empty 'messages' list{_fields_hint(values)}")
     clean = []
     for index, message in enumerate(messages):
@@ -369,7 +371,13 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
         role = str(message.get("role", message.get("from")))
         role, content = ROLE_ALIASES.get(role, role), message.get("content", message.get("value"))
         if role not in CHAT_ROLES or not isinstance(content, str):
-            raise DataError(f"{row.where}: {listed}[{index}] needs a role ({', '.join(CHAT_ROLES)}) and string content")
+            # A ShareGPT turn is said in its own keys (trial 63c: told of 'role' and 'content').
+            keys = (
+                "'from' (human, gpt, system) and a string 'value'"
+                if "from" in message or "value" in message
+                else (f"a role ({', '.join(CHAT_ROLES)}) and string content")
+            )
+            raise DataError(f"{row.where}: {listed}[{index}] needs {keys}")
         clean.append({"role": role, "content": content})
     if clean[-1]["role"] == "assistant":
         raise DataError(f"{row.where}: the conversation ends with an assistant message; end it where the reply goes")

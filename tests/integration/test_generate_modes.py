@@ -124,6 +124,8 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         '{"prompt": "  "}',
         '{"prompt": 5}',
         '{"prompt": ["a"]}',
+        '{"prompt": []}',
+        '{"conversations": [{"from": "human"}]}',
     ]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     code = launcher.cli.main(
@@ -139,7 +141,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     err = capsys.readouterr().err
     assert code == 2, err
     # The header says what every row needs, a field clash included (trial 62b: only the prompt).
-    assert "8 bad row(s) (each row needs a 'prompt' string or a 'messages' list, and no 'completion' field" in err
+    assert "10 bad row(s) (each row needs a 'prompt' string or a 'messages' list, and no 'completion' field" in err
     for number, reason in (
         (2, "invalid JSON"),
         (3, "no 'prompt' string and no non-empty 'messages' list (fields present: text)"),
@@ -153,6 +155,9 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         (8, "the 'prompt' is a number (5), not text; write it as a string"),  # trial 62b: "no 'prompt' string"
         # A prompt list is a conversation (a preference row's); trial 62c: said as messages[0].
         (9, "prompt[0] must be an object with 'role' and 'content'; a plain prompt is written as one string"),
+        # Trial 63c: an empty list said as "no ... non-empty 'messages' list"; a ShareGPT turn told of 'role'.
+        (10, "the 'prompt' list is empty; write the prompt (or its messages) in it"),
+        (11, "conversations[0] needs 'from' (human, gpt, system) and a string 'value'"),
     ):
         assert f"p.jsonl line {number}: {reason}" in err
     assert not (tmp_path / "o.jsonl").exists()
