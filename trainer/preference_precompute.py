@@ -33,6 +33,7 @@ from trainer.data.prepare import PreparedData
 from trainer.distributed import all_reduce_sum, barrier
 from trainer.errors import TrainerInputError
 from trainer.evaluate import lockstep_batches
+from trainer.faults import fault_point
 from trainer.preference_eval import eval_pairs
 from trainer.preference_loss import sequence_logps
 from trainer.strategies.base import Strategy
@@ -40,6 +41,10 @@ from trainer.strategies.base import Strategy
 log = logging.getLogger(__name__)
 
 TRAIN = "train"
+
+
+class ScoringStopped(Exception):
+    """A stop asked for while the initial model scored the pairs: every rank ends the start there."""
 
 
 class PrecomputedReference:
@@ -67,9 +72,13 @@ def precomputed_reference(
     pad_id: int,
     is_main: bool,
     say: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    identity: str = "",
 ) -> PrecomputedReference:
     """The reference tables: scored now by `model` (the unwrapped initial model) at step 0, else read
-    from `path`, which the run's first start wrote."""
+    from `path`, which the run's first start wrote. At step 0 too when a start of the same config
+    (`identity`, its hash) scored them whole and stopped before its first step (trial 63d: scored
+    again). `stop`, asked between batches on every rank alike, raises ScoringStopped."""
     sets = {TRAIN: data.train}
     # All of each preference eval set's pairs (not just eval.max_samples): the cache stays valid when a
     # resumed run evaluates more of them.
@@ -79,15 +88,20 @@ def precomputed_reference(
         tables = _load(path, fingerprints, {name: len(rows) for name, rows in sets.items()})
         log.info("DPO reference: read the precomputed log-probs of %s from %s", _counts(tables), path)
         return PrecomputedReference(tables)
+    scored_before = _scored_by_a_stopped_start(path, fingerprints, identity)
+    if scored_before is not None:
+        if say is not None:
+            say(f"DPO reference: read the initial model's log-probs of {_counts(scored_before)} a stopped start scored")
+        return PrecomputedReference(scored_before)
     started = time.perf_counter()
     if say is not None:  # a pass over every pair: minutes on a real data set (trial 44b: said in the rank log only)
         pairs = ", ".join(f"{len(rows)} {name} pairs" for name, rows in sets.items())
         say(f"DPO reference: the initial model scores {pairs} once (training.preference.reference=precomputed)")
-    tables = {name: score_pairs(model, rows, batch_size, pad_id, strategy) for name, rows in sets.items()}
+    tables = {name: score_pairs(model, rows, batch_size, pad_id, strategy, stop) for name, rows in sets.items()}
     if say is not None:
         say(f"DPO reference: its scoring pass took {time.perf_counter() - started:.1f}s")
     if is_main:
-        _save(path, tables, fingerprints)
+        _save(path, tables, fingerprints, identity)
     barrier()  # a run stopped right after this start finds the cache complete
     log.info(
         "DPO reference: scored %s with the initial model in %.1fs -> %s",
@@ -100,7 +114,12 @@ def precomputed_reference(
 
 @torch.no_grad()
 def score_pairs(
-    model: torch.nn.Module, rows: RowDataset, batch_size: int, pad_id: int, strategy: Strategy
+    model: torch.nn.Module,
+    rows: RowDataset,
+    batch_size: int,
+    pad_id: int,
+    strategy: Strategy,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """[pairs, 2] float32: the summed log-probs of each pair's chosen and rejected response under
     `model`, the same on every rank (each rank scores its share; the shares are summed)."""
@@ -108,7 +127,11 @@ def score_pairs(
     table = torch.zeros(count, 2, dtype=torch.float32)
     was_training = model.training
     model.eval()  # deterministic (no dropout), as the frozen copy is
-    for indices in lockstep_batches(count, batch_size, strategy.rank, strategy.world_size, True):
+    for number, indices in enumerate(lockstep_batches(count, batch_size, strategy.rank, strategy.world_size, True)):
+        fault_point("scoring", number, strategy.rank)  # tests: a stop asked while the pairs are scored
+        if stop is not None and stop():  # every rank has as many batches: all ask, all stop alike
+            model.train(was_training)
+            raise ScoringStopped
         batch = make_batch(rows, indices or [0], pad_id)
         with strategy.autocast():
             logps = sequence_logps(model, {k: v.to(strategy.device) for k, v in batch.items()}).float().cpu()
@@ -135,8 +158,30 @@ def _checksum(table: torch.Tensor) -> str:
     return hashlib.sha256(table.contiguous().numpy().tobytes()).hexdigest()
 
 
-def _save(path: Path, tables: dict[str, torch.Tensor], fingerprints: dict[str, str]) -> None:
+def _scored_by_a_stopped_start(
+    path: Path, fingerprints: dict[str, str], identity: str
+) -> dict[str, torch.Tensor] | None:
+    """The tables a start of this same config scored whole before it was stopped (same pairs,
+    intact), or None: anything else is scored again."""
+    if not identity or not path.is_file():
+        return None
+    try:
+        metadata, tables = _read(path)
+    except TrainerInputError:
+        return None
+    if metadata.get("identity") != identity or set(tables) != set(fingerprints):
+        return None
+    for name, table in tables.items():
+        if metadata.get(f"fingerprint.{name}") != fingerprints[name] or metadata.get(f"checksum.{name}") != _checksum(
+            table
+        ):
+            return None
+    return tables
+
+
+def _save(path: Path, tables: dict[str, torch.Tensor], fingerprints: dict[str, str], identity: str = "") -> None:
     metadata = {f"fingerprint.{name}": fingerprints[name] for name in tables}
+    metadata["identity"] = identity
     metadata.update({f"checksum.{name}": _checksum(table) for name, table in tables.items()})
     tmp = path.with_name(f".{path.name}.tmp")
     write_durably(tmp, save(tables, metadata=metadata))

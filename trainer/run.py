@@ -84,7 +84,7 @@ from trainer.model_options import apply_model_options, check_model_options
 from trainer.optim import build_scheduler
 from trainer.preference_eval import preference_eval
 from trainer.preference_loss import PreferenceObjective
-from trainer.preference_precompute import adopt_reference_cache, precomputed_reference
+from trainer.preference_precompute import ScoringStopped, adopt_reference_cache, precomputed_reference
 from trainer.preference_reference import auto_reference_note, build_objective, frozen_copy
 from trainer.run_layout import RunLayout
 from trainer.sequence_length import check_sequence_length
@@ -185,7 +185,11 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         data.report["class_weights"] = dict(zip(cfg.transfer.head.label_names, rounded, strict=True))
         data.report["class_weights_from"] = "balanced" if cfg.transfer.head.class_weights == "balanced" else "config"
         console.event(class_weights_note(cfg.transfer.head, weights))
-    trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console)
+    try:
+        trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console, stop)
+    except ScoringStopped:  # trial 63d: the whole pass ran on after the Ctrl-C, then was scored again
+        console.event("stopped while the initial model scored the DPO reference: nothing trained, nothing to save")
+        raise StopRequested(0, "", stop.signum) from None
     console.started(
         trainee.total_steps,
         trainee.state.step,
@@ -278,6 +282,7 @@ def _build_trainee(
     resume_from: ResumePoint | None,
     config_hash: str,
     console: RunConsole,
+    stop: StopFlag,
 ) -> _Trainee:
     """The model (with the method applied), wrapped by the strategy, its optimizer, schedule and
     checkpoint manager, restored from `resume_from` when there is one."""
@@ -406,6 +411,8 @@ def _build_trainee(
             pad_id=tokenizer.pad_token_id,
             is_main=ctx.is_main,
             say=console.event if ctx.is_main else None,
+            stop=lambda: any_rank(stop.check(), strategy.device),
+            identity=config_hash,
         )
         if cfg.reference_kind() == "precomputed"
         else None

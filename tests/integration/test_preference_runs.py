@@ -254,3 +254,32 @@ def test_orpo_run_is_reference_free_nll_plus_odds_ratio(tiny_model_dir: Path, tm
     odds_term = first["loss"] + first["logps_chosen"]
     assert 0 < odds_term < lam * 2
     assert first["rewards_chosen"] == pytest.approx(lam * first["logps_chosen"])
+
+
+def test_ctrl_c_while_the_reference_is_scored_stops_there_and_a_whole_scoring_is_reused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Ray, 2 workers (trial 63d): a Ctrl-C while the initial model scored the DPO reference ran the
+    whole pass on, then the next start scored it all again. Now the pass stops between batches on
+    every rank, nothing half-scored is kept; a start stopped after a whole pass leaves it to the next."""
+    from tests.integration.test_backends import _ctrl_c_once_held
+    from trainer.stopping import STOP_REQUEST_FILE
+
+    extra = {"training": {"preference": {"reference": "precomputed"}}, "cluster": {"backend": "ray", "workers": 2}}
+    config = _config(tmp_path, "run", tiny_model_dir, **extra)
+    run = tmp_path / "run"
+    held = run / f"{STOP_REQUEST_FILE}.held"
+    code, err = _ctrl_c_once_held(config, run, "scoring@1", ready=lambda _: held.exists())
+    assert code == 130, err[-3000:]
+    assert "stopped while the initial model scored the DPO reference: nothing trained, nothing to save" in err
+    assert "its scoring pass took" not in err and not (run / "reference_logps.safetensors").exists(), err[-3000:]
+    held.unlink()
+    # Stopped in the base evaluation, after a whole pass: the cache is complete, and the next start reads it.
+    code, err = _ctrl_c_once_held(config, run, "eval_set@0", ready=lambda _: held.exists())
+    assert code == 130 and "its scoring pass took" in err, err[-3000:]
+    assert (run / "reference_logps.safetensors").is_file()
+    again = subprocess.run([*FTL, "train", str(config)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    said = again.stdout + again.stderr
+    assert "DPO reference: read the initial model's log-probs of " in said and "a stopped start scored" in said, said
+    assert "the initial model scores " not in said, said[-3000:]
