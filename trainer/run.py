@@ -189,7 +189,7 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
         trainee = _build_trainee(cfg, ctx, strategy, tokenizer, data, resume_from, config_hash, console, stop)
     except ScoringStopped:  # trial 63d: the whole pass ran on after the Ctrl-C, then was scored again
         console.event("stopped while the initial model scored the DPO reference: nothing trained, nothing to save")
-        raise StopRequested(0, "", stop.signum) from None
+        raise StopRequested(0, "", stop.signal_number()) from None
     console.started(
         trainee.total_steps,
         trainee.state.step,
@@ -247,7 +247,7 @@ def _stop_before_training(stop: StopFlag, trainee: _Trainee, resume_from: Any, d
         )
     else:
         trainee.console.event("stopped before the first step: nothing trained, nothing to save")
-    raise StopRequested(step, checkpoint, stop.signum)
+    raise StopRequested(step, checkpoint, stop.signal_number())
 
 
 def _check_worker_can_run(cfg: TrainerConfig, ctx: WorkerContext) -> None:
@@ -546,7 +546,7 @@ def _train(
         trainee.metrics.close()
         checkpoint = RunLayout(ctx.run_dir).checkpoint(state.step)
         trainee.console.stopped(state.step, f"{checkpoint.parent.name}/{checkpoint.name}")
-        raise StopRequested(state.step, str(checkpoint), stop.signum)
+        raise StopRequested(state.step, str(checkpoint), stop.signal_number())
     return state
 
 
@@ -659,9 +659,9 @@ def _stopped_while_tokenizing(stop: StopFlag, console: RunConsole, resume_from: 
             f"stopped while tokenizing the data (at step {step}): nothing trained, nothing new to save; resume from "
             f"{_shown_path(resume_from.path, run_dir)}"
         )
-        raise StopRequested(step, str(resume_from.path), stop.signum)
+        raise StopRequested(step, str(resume_from.path), stop.signal_number())
     console.event("stopped while tokenizing the data: nothing trained, nothing to save")
-    raise StopRequested(0, "", stop.signum)
+    raise StopRequested(0, "", stop.signal_number())
 
 
 def _prepare_data_on_every_rank(

@@ -115,6 +115,18 @@ class StopFlag:
             log.info("stop requested by the launcher (%s)", self.request_file)
         return self.requested
 
+    def signal_number(self) -> int | None:
+        """The signal the stop was asked with: this rank's own, else the launcher's request file's. A
+        rank that stops because a peer saw the request first had not read the file (trial 63e: rank 0
+        recorded no signal, and a Ctrl-C exited 3, not 130)."""
+        if self.signum is None and self.request_file is not None:
+            try:
+                content = self.request_file.read_text().strip()
+            except OSError:
+                return None
+            self.signum = int(content) if content.isdigit() else None
+        return self.signum
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             log.warning("signal %d again: already stopping, finishing the checkpoint first", signum)

@@ -121,3 +121,21 @@ def test_a_stop_signal_before_the_runs_handler_is_noted_not_lost_nor_fatal() -> 
     result = subprocess.run([sys.executable, "-c", EARLY_SIGNAL], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["True", "True", "True"]
+
+
+def test_a_rank_that_stops_because_a_peer_saw_the_request_records_its_signal(tmp_path: Path) -> None:
+    """Trial 63e: two Ray workers, a Ctrl-C as scoring began: rank 1 read the launcher's request file,
+    rank 0 stopped because the ranks agreed (any_rank) without reading it, recorded no signal, and
+    the run exited 3, not 130."""
+    from trainer.stopping import StopFlag
+
+    request = tmp_path / STOP_REQUEST_FILE
+    seen, agreed = StopFlag(request_file=request), StopFlag(request_file=request)
+    assert agreed.signal_number() is None  # no request yet: no signal
+    request.write_text(str(int(signal.SIGINT)))
+    assert seen.check() and seen.signal_number() == signal.SIGINT
+    agreed.requested = True  # as the training loop marks a stop the ranks agreed on
+    assert agreed.signal_number() == signal.SIGINT
+    own = StopFlag(request_file=request)
+    own.signum, own.requested = int(signal.SIGTERM), True  # a signal this rank got itself wins
+    assert own.signal_number() == signal.SIGTERM
