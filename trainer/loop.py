@@ -14,7 +14,7 @@ import torch
 from trainer.config import TrainingConfig
 from trainer.console import RunConsole
 from trainer.data.batches import RowDataset, make_batch
-from trainer.distributed import all_reduce_sum, any_rank
+from trainer.distributed import all_reduce_sum
 from trainer.errors import TrainingDivergedError
 from trainer.faults import fault_point
 from trainer.global_batch import global_batch_size
@@ -144,11 +144,10 @@ def train_loop(
         hooks.step_end(state.step)
         fault_point("step_end", state.step, rank)
         # Every rank must agree to stop at the same step, or the next collective would hang.
-        stopping = any_rank(stop.check_step(state.step), device)
+        stopping = stop.agreed(device, state.step)
         if hooks.should_save(state.step, stopping):
             hooks.save(state)
         if stopping and state.step < total_steps:
-            stop.requested = True
             break
         if hooks.should_stop_early():
             break

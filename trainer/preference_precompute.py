@@ -171,12 +171,14 @@ def _scored_by_a_stopped_start(
         return None
     if metadata.get("identity") != identity or set(tables) != set(fingerprints):
         return None
-    for name, table in tables.items():
-        if metadata.get(f"fingerprint.{name}") != fingerprints[name] or metadata.get(f"checksum.{name}") != _checksum(
-            table
-        ):
-            return None
-    return tables
+    if any(metadata.get(f"fingerprint.{name}") != fingerprints[name] for name in tables):
+        return None
+    return None if _failing_checksum(metadata, tables) else tables
+
+
+def _failing_checksum(metadata: dict[str, str], tables: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first table whose bytes are not those its checksum was taken of, or None."""
+    return next((name for name, table in tables.items() if metadata.get(f"checksum.{name}") != _checksum(table)), None)
 
 
 def _save(path: Path, tables: dict[str, torch.Tensor], fingerprints: dict[str, str], identity: str = "") -> None:
@@ -242,14 +244,15 @@ def damaged_cache_problem(path: Path) -> str | None:
         metadata, tables = _read(path)
     except TrainerInputError as exc:
         return str(exc)
-    for name, table in tables.items():
-        if metadata.get(f"checksum.{name}") != _checksum(table):
-            return f"{WHAT}: the {name} table of {path} fails its checksum; {_no_rescore(path)}"
-    return None
+    damaged = _failing_checksum(metadata, tables)
+    return None if damaged is None else _checksum_failure(damaged, path)
+
+
+def _checksum_failure(name: str, path: Path) -> str:
+    return f"{WHAT}: the {name} table of {path} fails its checksum; {_no_rescore(path)}"
 
 
 def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) -> dict[str, torch.Tensor]:
-    fix = _no_rescore(path)
     metadata, tables = _read(path)
     for name, fingerprint in fingerprints.items():
         table = tables.get(name)
@@ -260,9 +263,11 @@ def _load(path: Path, fingerprints: dict[str, str], expected: dict[str, int]) ->
                 "data it was written for, or start the run afresh (a new output.dir); the reference is the "
                 "initial model, which a resumed run no longer holds, so the new pairs cannot be scored"
             )
-        if metadata.get(f"checksum.{name}") != _checksum(table):
-            raise TrainerInputError(f"{WHAT}: the {name} table of {path} fails its checksum; {fix}")
-    return {name: tables[name] for name in fingerprints}
+    kept = {name: tables[name] for name in fingerprints}
+    damaged = _failing_checksum(metadata, kept)
+    if damaged is not None:
+        raise TrainerInputError(_checksum_failure(damaged, path))
+    return kept
 
 
 def _counts(tables: dict[str, torch.Tensor]) -> str:

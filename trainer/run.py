@@ -222,10 +222,13 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
 
         # A stop asked for meanwhile skips the sets not started (trial 63c: validation, then the whole
         # test set, a minute from Ctrl-C to the exit); every rank decides alike before each set.
-        def asked() -> bool:
-            return any_rank(stop.check(), strategy.device)
-
-        evaluator(0, label="base", only=None if cfg.eval.at_start else {"retain"}, shown_as=start, stop=asked)
+        evaluator(
+            0,
+            label="base",
+            only=None if cfg.eval.at_start else {"retain"},
+            shown_as=start,
+            stop=lambda: stop.agreed(strategy.device),
+        )
         _stop_before_training(stop, trainee, resume_from, strategy.device, ctx.run_dir)
     state = _train(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, stop)
     return _finish(cfg, ctx, strategy, trainee, evaluator, data, tokenizer, state)
@@ -235,7 +238,7 @@ def _stop_before_training(stop: StopFlag, trainee: _Trainee, resume_from: Any, d
     """A stop asked for before the first step (while the model loaded, or during the base
     evaluation) ends the run here: nothing new to save, the resumed checkpoint (if any) stays the
     latest. Every rank decides alike (the request file may appear between two ranks' reads)."""
-    if not any_rank(stop.check(), device):
+    if not stop.agreed(device):
         return
     trainee.metrics.close()
     step = trainee.state.step
@@ -411,7 +414,7 @@ def _build_trainee(
             pad_id=tokenizer.pad_token_id,
             is_main=ctx.is_main,
             say=console.event if ctx.is_main else None,
-            stop=lambda: any_rank(stop.check(), strategy.device),
+            stop=lambda: stop.agreed(strategy.device),
             identity=config_hash,
         )
         if cfg.reference_kind() == "precomputed"

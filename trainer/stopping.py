@@ -115,6 +115,19 @@ class StopFlag:
             log.info("stop requested by the launcher (%s)", self.request_file)
         return self.requested
 
+    def agreed(self, device: str, step: int | None = None) -> bool:
+        """Whether any rank was asked to stop (a signal, the request file, or the fault point at
+        `step`), the same answer on every rank: a rank alone stopping would hang the next
+        collective. A rank stopping for a peer notes the request too, so its exit code and
+        messages are a stopped run's."""
+        from trainer.distributed import any_rank  # torch: not for the launcher, which imports this module
+
+        asked = self.check_step(step) if step is not None else self.check()
+        if any_rank(asked, device):
+            self.requested = True
+            return True
+        return False
+
     def signal_number(self) -> int | None:
         """The signal the stop was asked with: this rank's own, else the launcher's request file's. A
         rank that stops because a peer saw the request first had not read the file (trial 63e: rank 0

@@ -4,6 +4,7 @@ asks for a checkpoint, a second while it is written is said and ignored, a third
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -139,3 +140,43 @@ def test_a_rank_that_stops_because_a_peer_saw_the_request_records_its_signal(tmp
     own = StopFlag(request_file=request)
     own.signum, own.requested = int(signal.SIGTERM), True  # a signal this rank got itself wins
     assert own.signal_number() == signal.SIGTERM
+
+
+AGREE_SCRIPT = """
+import json, sys, torch.distributed as dist
+from pathlib import Path
+from trainer.stopping import StopFlag
+
+rank, port, request = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+# Only rank 1 is told (its own signal or the file); rank 0 reads nothing itself.
+flag = StopFlag(request_file=request if rank == 1 else None)
+before = flag.agreed("cpu")  # no request yet: both go on
+if rank == 1:
+    request.write_text("2")
+dist.barrier()
+after = flag.agreed("cpu", step=3)
+print(json.dumps({"before": before, "after": after, "requested": flag.requested}))
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_agree_on_a_stop_only_one_of_them_was_asked_for(tmp_path: Path) -> None:
+    """Two real gloo ranks: a stop seen by one rank is agreed by both at the same check (or the next
+    collective hangs), and the rank that stopped for its peer counts itself stopped."""
+    from cluster.local import free_port
+
+    port = str(free_port())
+    request = tmp_path / STOP_REQUEST_FILE
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", AGREE_SCRIPT, str(rank), port, str(request)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for rank in (0, 1)
+    ]
+    answers = [json.loads(rank.communicate(timeout=120)[0].strip().splitlines()[-1]) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0]
+    assert answers == [{"before": False, "after": True, "requested": True}] * 2
