@@ -63,9 +63,12 @@ def long_name_refusal(path: Path) -> str | None:
     swallow (trial 63c: a traceback from validate's look for summary.json)."""
     import os
 
+    # The limits of the filesystem the path is on (a FAT or network mount may allow fewer bytes
+    # than the root's), asked of its deepest folder that exists.
+    folder = _deepest_existing_folder(path)
     try:
-        name_max = os.pathconf("/", "PC_NAME_MAX")
-        path_max = os.pathconf("/", "PC_PATH_MAX")
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+        path_max = os.pathconf(folder, "PC_PATH_MAX")
     except (OSError, ValueError):  # a system that does not say
         name_max, path_max = 255, 4096
     for part in path.parts:
@@ -76,6 +79,19 @@ def long_name_refusal(path: Path) -> str | None:
     if size >= path_max:
         return f"the path {str(path)[:60]}... is {size} bytes, over this system's limit of {path_max - 1}"
     return None
+
+
+def _deepest_existing_folder(path: Path) -> Path:
+    """The deepest folder on `path`'s way that exists, found from the top down: os.path.isdir says
+    False for a too-long name where Path.exists() would raise ENAMETOOLONG."""
+    import os
+
+    folder = Path(path.anchor) if path.anchor else Path(".")
+    for part in path.parts[1 if path.anchor else 0 :]:
+        if not os.path.isdir(folder / part):
+            break
+        folder = folder / part
+    return folder
 
 
 def nearest_existing(path: Path) -> Path:

@@ -607,6 +607,31 @@ def test_a_symbolic_link_loop_in_a_path_key_is_one_problem(tmp_path: Path, valid
         assert problem.startswith("output.dir") and "is 300 bytes, over this system's limit" in problem, problem
 
 
+def test_name_limits_are_those_of_the_filesystem_the_path_is_on(tmp_path: Path, monkeypatch) -> None:
+    """A mount with a lower limit than the root's (FAT: fewer bytes per name) refuses by its own limit:
+    the limits are asked of the deepest folder that exists, not of /. pathconf stands in for such a mount."""
+    import os
+
+    from launcher.local_paths import long_name_refusal
+
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    real_pathconf = os.pathconf
+    asked: list[str] = []
+
+    def pathconf(where, name):
+        asked.append(str(where))
+        if Path(where) == mount and name == "PC_NAME_MAX":
+            return 100
+        return real_pathconf(where, name)
+
+    monkeypatch.setattr(os, "pathconf", pathconf)
+    problem = long_name_refusal(mount / "new" / ("b" * 150))
+    assert problem is not None and "is 150 bytes, over this system's limit of 100" in problem, problem
+    assert asked[0] == str(mount)  # the deepest existing folder, even below a name too long to look up
+    assert long_name_refusal(tmp_path / ("b" * 150)) is None  # beside the mount: the root's 255
+
+
 @pytest.mark.parametrize(
     "value,hint",
     [
