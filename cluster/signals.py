@@ -54,7 +54,10 @@ def signals_request_stop(
             notice = first_notice(signum) if first_notice is not None else None
             _say(
                 notice
+                # Before the first step (model loading, the base evaluation, DPO's reference scoring) there
+                # is nothing to save (trial 63e: the notice promised a checkpoint there).
                 or f"{_signal_name(signum)}: workers will checkpoint and stop after the current step"
+                " (before the first step: stop, nothing to save)"
                 + (" (a third Ctrl-C force-quits without that checkpoint)" if signum == signal.SIGINT else "")
                 + (f"; {while_none_run}" if while_none_run else "")
             )

@@ -199,8 +199,8 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str]) -> No
         fused = any(p.dim() >= 3 for name in containers for p in modules[name].parameters(recurse=False))
         raise TrainerInputError(
             f"method.lora.target_modules names modules LoRA cannot adapt: {shown}"
-            f"{f' and {len(containers) - 3} more' if len(containers) > 3 else ''}; list layers only (its linear "
-            f"layers are named: {', '.join(linear_layer_names(model))}), or use all-linear"
+            f"{f' and {len(containers) - 3} more' if len(containers) > 3 else ''}; list the model's linear "
+            f"layers by name instead ({', '.join(linear_layer_names(model))}), or use all-linear"
             + (" (which adapts a mixture's fused experts where PEFT can, with method.lora.dropout: 0)" if fused else "")
         )
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]

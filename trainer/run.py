@@ -795,12 +795,17 @@ class _Evaluator:
         # carries the hooks that gather parameters, so every rank evaluates in lockstep.
         model = self.strategy.unwrapped(self.model)
         results: dict[str, dict[str, Any]] = {}
-        for eval_set in self.data.evals:
-            if only is not None and eval_set.name not in only:
-                continue
-            if label == "periodic" and eval_set.name == "test":
-                continue
+        due = [
+            eval_set
+            for eval_set in self.data.evals
+            if (only is None or eval_set.name in only) and not (label == "periodic" and eval_set.name == "test")
+        ]
+        for number, eval_set in enumerate(due):
             if stop is not None and stop():
+                # Said, or the sets left out looked forgotten (trial 63e: the test set, silently).
+                skipped = " and ".join(later.name for later in due[number:])
+                several = len(due) - number > 1
+                self.console.event(f"stopping: the {skipped} {'sets are' if several else 'set is'} not scored")
                 break
             fault_point("eval_set", step, self.strategy.rank)  # tests: a stop asked while a set is scored
             values: dict[str, Any] = {"split": eval_set.name, "label": label}

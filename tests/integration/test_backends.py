@@ -306,6 +306,7 @@ def test_ctrl_c_during_the_base_evaluation_skips_the_sets_not_started(tmp_path, 
     code, err = _ctrl_c_once_held(config, run_dir, "eval_set@0", ready=lambda err: held.exists())
     assert code == 128 + signal.SIGINT, err[-3000:]
     assert "ftl: stopped before the first step: nothing trained, nothing to save" in err, err[-3000:]
+    assert "stopping: the test set is not scored" in err, err[-3000:]  # trial 63e: skipped silently
     scored = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     splits = [record.get("split") for record in scored]
     assert "validation" in splits and "test" not in splits, splits

@@ -28,6 +28,8 @@ LINEAR = "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj
         ("q_proj", "matches none of this model's; to name modules, give a list: [q_proj]"),
         # A pattern matching containers (".*" matches the whole model): PEFT refused it after the load (trial 40a).
         (".*", "matches modules LoRA cannot adapt: model (LlamaModel), model.layers (ModuleList)"),
+        # Trial 63e: "list layers only" read as advice to list `layers`, the very name refused.
+        (["q_proj", "layers"], "cannot adapt: model.layers (ModuleList); list the model's linear layers by name"),
     ],
 )
 def test_unknown_target_modules_are_named_with_the_real_ones(tiny_model_dir: Path, targets, named: str) -> None:  # type: ignore[no-untyped-def]

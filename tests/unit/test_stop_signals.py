@@ -35,7 +35,9 @@ def test_first_ctrl_c_requests_a_checkpoint_second_is_ignored_third_force_quits(
         _signal_self(signal.SIGINT)
         assert (tmp_path / STOP_REQUEST_FILE).read_text() == str(int(signal.SIGINT))
         # Named as people know it (trial 51a: "signal 2").
-        assert "Ctrl-C (SIGINT): workers will checkpoint and stop after the current step" in capfd.readouterr().err
+        said = capfd.readouterr().err
+        assert "Ctrl-C (SIGINT): workers will checkpoint and stop after the current step" in said
+        assert "(before the first step: stop, nothing to save)" in said  # trial 63e: no checkpoint promised there
 
         (tmp_path / STOP_REQUEST_FILE).unlink()  # a second request would rewrite it
         _signal_self(signal.SIGINT)
