@@ -329,8 +329,8 @@ def _read_prompts(args: argparse.Namespace) -> list[PromptRow]:
     if problems:
         # Each row's own reason says what is wrong with it (a field clash is no missing prompt: trial 62b).
         raise DataError(
-            f"{args.input}: {len(problems)} bad row(s) (each row needs a 'prompt' string or a 'messages' list, and no "
-            f"{args.field!r} field: that is where the reply goes):\n"
+            f"{args.input}: {len(problems)} bad row(s) (each row needs a 'prompt' string, or a 'messages' list "
+            f"(ShareGPT: 'conversations'), and no {args.field!r} field: that is where the reply goes):\n"
             + "\n".join(f"  - {problem}" for problem in problems)
         )
     if not rows:  # what the file needed, by its kind (trial 61d: an empty .txt was said as "no rows")
@@ -368,20 +368,32 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
         if not isinstance(message, dict):
             plain = "; a plain prompt is written as one string" if listed == "prompt" else ""
             raise DataError(f"{row.where}: {listed}[{index}] must be an object with 'role' and 'content'{plain}")
-        role = str(message.get("role", message.get("from")))
-        role, content = ROLE_ALIASES.get(role, role), message.get("content", message.get("value"))
+        raw_role = message.get("role", message.get("from"))
+        role = ROLE_ALIASES.get(str(raw_role), str(raw_role))
+        content = message.get("content", message.get("value"))
         if role not in CHAT_ROLES or not isinstance(content, str):
-            # A ShareGPT turn is said in its own keys (trial 63c: told of 'role' and 'content').
-            keys = (
-                "'from' (human, gpt, system) and a string 'value'"
-                if "from" in message or "value" in message
-                else (f"a role ({', '.join(CHAT_ROLES)}) and string content")
-            )
-            raise DataError(f"{row.where}: {listed}[{index}] needs {keys}")
+            raise DataError(f"{row.where}: {listed}[{index}]: {_turn_problem(message, raw_role, role, content)}")
         clean.append({"role": role, "content": content})
     if clean[-1]["role"] == "assistant":
         raise DataError(f"{row.where}: the conversation ends with an assistant message; end it where the reply goes")
     return clean
+
+
+def _turn_problem(message: dict[str, Any], raw_role: Any, role: str, content: Any) -> str:
+    """What a chat turn lacks, in its own keys: a ShareGPT turn in from/value (trial 63c: told of
+    'role' and 'content'), and only the part that is wrong (trial 63e: a turn missing only 'value'
+    was told it needed 'from')."""
+    sharegpt = "from" in message or "value" in message
+    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
+    roles = "human, gpt, system" if sharegpt else ", ".join(CHAT_ROLES)
+    wrong = []
+    if role not in CHAT_ROLES:
+        wrong.append(f"no {role_key!r}" if raw_role is None else f"{role_key!r} is {raw_role!r}, not one of {roles}")
+    if content is None:
+        wrong.append(f"no {content_key!r}")
+    elif not isinstance(content, str):
+        wrong.append(f"{content_key!r} is {_kind_of(content)}, not text")
+    return f"{'; '.join(wrong)} (a turn needs {role_key!r} ({roles}) and a string {content_key!r})"
 
 
 def _kind_of(value: Any) -> str:

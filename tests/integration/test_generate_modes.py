@@ -126,6 +126,8 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         '{"prompt": ["a"]}',
         '{"prompt": []}',
         '{"conversations": [{"from": "human"}]}',
+        '{"conversations": [{"from": "robot", "value": "hi"}]}',
+        '{"messages": [{"role": "user", "content": 3}]}',
     ]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     code = launcher.cli.main(
@@ -141,7 +143,10 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     err = capsys.readouterr().err
     assert code == 2, err
     # The header says what every row needs, a field clash included (trial 62b: only the prompt).
-    assert "10 bad row(s) (each row needs a 'prompt' string or a 'messages' list, and no 'completion' field" in err
+    assert (
+        "12 bad row(s) (each row needs a 'prompt' string, or a 'messages' list (ShareGPT: 'conversations'), "
+        "and no 'completion' field" in err
+    )
     for number, reason in (
         (2, "invalid JSON"),
         (3, "no 'prompt' string and no non-empty 'messages' list (fields present: text)"),
@@ -157,7 +162,10 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         (9, "prompt[0] must be an object with 'role' and 'content'; a plain prompt is written as one string"),
         # Trial 63c: an empty list said as "no ... non-empty 'messages' list"; a ShareGPT turn told of 'role'.
         (10, "the 'prompt' list is empty; write the prompt (or its messages) in it"),
-        (11, "conversations[0] needs 'from' (human, gpt, system) and a string 'value'"),
+        # Trial 63e: a turn missing only 'value' was told it needed 'from': only what is wrong is said.
+        (11, "conversations[0]: no 'value' (a turn needs 'from' (human, gpt, system) and a string 'value')"),
+        (12, "conversations[0]: 'from' is 'robot', not one of human, gpt, system (a turn needs 'from'"),
+        (13, "messages[0]: 'content' is a number (3), not text (a turn needs 'role' (system, user, assistant, tool)"),
     ):
         assert f"p.jsonl line {number}: {reason}" in err
     assert not (tmp_path / "o.jsonl").exists()
