@@ -189,6 +189,41 @@ def test_a_run_directory_given_as_the_checkpoint_to_resume_names_its_latest(tmp_
     )
 
 
+def test_a_folder_that_was_never_a_checkpoint_is_said_as_what_it_is(tmp_path: Path) -> None:
+    """Trial 63e: an empty folder as checkpoint.resume was said as 'no manifest (the write did not
+    finish)'; a model or adapter folder is a different key's."""
+    new = tmp_path / "new"
+    empty = tmp_path / "auto2"
+    empty.mkdir()
+    said = refusal_before_launch(new, str(empty), move_aside=False, max_steps=None)
+    assert said == (
+        f"checkpoint.resume={str(empty)!r} is an empty folder, not a checkpoint: name a checkpoint folder "
+        "(e.g. runs/x/checkpoints/step-40), or use auto or never"
+    )
+    adapter, model = tmp_path / "final" / "adapter", tmp_path / "final" / "merged"
+    for folder, marker in ((adapter, "adapter_config.json"), (model, "config.json")):
+        folder.mkdir(parents=True)
+        (folder / marker).write_text("{}")
+    said = refusal_before_launch(new, str(adapter), move_aside=False, max_steps=None)
+    assert (
+        said is not None
+        and f"is an adapter (adapter_config.json), not an ftl checkpoint: to train on from its "
+        f"weights, set method.lora.init_from={adapter}"
+        in said
+    ), said
+    with pytest.raises(TrainerInputError) as refused:
+        plan_start(new, str(model), move_aside=False)
+    assert f"is a model folder (config.json), not an ftl checkpoint: to fine-tune it, set model.path={model}" in str(
+        refused.value
+    )
+    unfinished = tmp_path / "step-9"  # a folder with files but no manifest: a write that did not finish
+    unfinished.mkdir()
+    (unfinished / "model.safetensors").write_bytes(b"x")
+    said = refusal_before_launch(new, str(unfinished), move_aside=False, max_steps=None)
+    assert said is not None and said.endswith("cannot resume from it: no manifest (the write did not finish)"), said
+    assert not new.exists()
+
+
 def test_validate_s_preview_names_what_a_start_would_move_and_moves_nothing(tmp_path: Path) -> None:
     """`ftl validate` says what `ftl train` would move into a branch (trial 36a: only the start said so)."""
     from trainer.checkpointing.trajectory import move_preview

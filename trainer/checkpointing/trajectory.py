@@ -247,7 +247,31 @@ def _bad_resume_path(mode: str, problem: str) -> str:
             f"checkpoint.resume={mode!r} is {'a run' if path == Path(mode) else 'the checkpoints folder of a run'} "
             f"directory, not a checkpoint: name one of its checkpoints, e.g. {pick}"
         )
+    not_a_checkpoint = _what_else_it_is(Path(mode))
+    if not_a_checkpoint:
+        return f"checkpoint.resume={mode!r} {not_a_checkpoint}"
     return f"checkpoint.resume={mode!r}: cannot resume from it: {problem}"
+
+
+def _what_else_it_is(path: Path) -> str | None:
+    """A folder without a manifest that was never a checkpoint write: said as what it is, with the
+    key that takes it (trial 63e: an empty folder was said as "the write did not finish")."""
+    example = "e.g. runs/x/checkpoints/step-40"
+    if (path / MANIFEST).exists() or not path.is_dir():
+        return None
+    if not any(path.iterdir()):
+        return f"is an empty folder, not a checkpoint: name a checkpoint folder ({example}), or use auto or never"
+    if (path / "adapter_config.json").is_file():
+        return (
+            "is an adapter (adapter_config.json), not an ftl checkpoint: to train on from its weights, set "
+            f"method.lora.init_from={path}; to resume a run, name its checkpoint folder ({example})"
+        )
+    if (path / "config.json").is_file():
+        return (
+            "is a model folder (config.json), not an ftl checkpoint: to fine-tune it, set "
+            f"model.path={path}; to resume a run, name its checkpoint folder ({example})"
+        )
+    return None
 
 
 def begin(run_dir: Path, plan: StartPlan) -> Path | None:
