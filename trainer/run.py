@@ -809,6 +809,10 @@ class _Evaluator:
                 break
             fault_point("eval_set", step, self.strategy.rank)  # tests: a stop asked while a set is scored
             values: dict[str, Any] = {"split": eval_set.name, "label": label}
+            if label == "base" and self.cfg.method.lora.init_from:
+                # The step-0 scores are the starting adapter's, not the base model's (trial 63d: a
+                # script reading metrics.jsonl took them for the base's; the console says "start").
+                values["started_from"] = str(self.cfg.method.lora.init_from)
             if weights_step is not None and weights_step != step:
                 values["weights_step"] = weights_step
             twin = {**(scored or {}), **results}.get("validation") if self.test_is_validation else None

@@ -61,6 +61,10 @@ def test_a_new_run_on_two_ray_workers_starts_from_a_finished_runs_adapter(
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     said = stopped.stdout + stopped.stderr
     assert "(start: the init_from adapter)" in said and "(base)" not in said, said[-3000:]
+    # metrics.jsonl says so too (trial 63d: its "base" record read as the base model's scores).
+    records = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    [start] = [r for r in records if r["kind"] == "eval" and r["step"] == 0]
+    assert start["label"] == "base" and start["started_from"] == str(adapter.resolve()), start
     away = tmp_path / "moved-away"
     adapter.rename(away)
     done = _ftl("train", str(followed))
