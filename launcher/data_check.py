@@ -440,10 +440,17 @@ def _dropped_lines(file: FileCheck) -> list[str]:
     sends the user here to find them."""
     if not file.dropped:
         return []
-    return [
+    lines = [
         f"  dropped rows ({len(file.dropped)}):",
         *(f"    - {line}" for line in _grouped(file.dropped, counted=True)),
     ]
+    if any(line.endswith("(data.max_seq_len), all prompt") for line in file.dropped):
+        # What to do about a prompt that fills max_seq_len (trial 63d: named, but no next step).
+        lines.append(
+            "    a prompt that fills data.max_seq_len leaves no room for the answer: raise data.max_seq_len, or "
+            "shorten the prompt (data.too_long=error refuses such rows instead of dropping them)"
+        )
+    return lines
 
 
 def _truncated_lines(file: FileCheck) -> list[str]:

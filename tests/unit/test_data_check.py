@@ -361,6 +361,8 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
         "  dropped rows (1):\n"
         "    - pairs.jsonl line 2: chosen and rejected have no trained token in the first 128 tokens "
         "(data.max_seq_len), all prompt\n"
+        "    a prompt that fills data.max_seq_len leaves no room for the answer: raise data.max_seq_len, or shorten "
+        "the prompt (data.too_long=error refuses such rows instead of dropping them)\n"
         "  truncated rows (1):\n"
         "    - pairs.jsonl line 4: prompt + chosen 131 tokens and prompt + rejected 131 tokens, cut to 128\n"
         "    1 of them loses trained tokens (6 in all): an answer cut short, or its end-of-turn token, which "
@@ -417,6 +419,8 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
     assert (
         "  dropped rows (1):\n"
         "    - sft.jsonl line 1: no trained token in the first 128 tokens (data.max_seq_len), all prompt\n"
+        "    a prompt that fills data.max_seq_len leaves no room for the answer: raise data.max_seq_len, or shorten "
+        "the prompt (data.too_long=error refuses such rows instead of dropping them)\n"
     ) in out
     assert "chosen and rejected" not in out  # no pair warning for SFT data (one row: the global batch is warned of)
     # ... and so is a row dropped as too long (data.too_long=drop), which training counts alike.
