@@ -140,6 +140,9 @@ def training_method(run_dir: Path) -> str:
     reference = dpo_reference(
         preference.get("reference", "auto"), method in ADAPTER_METHODS, bool(lora.get("init_from")), strategy
     )
+    smoothing = preference.get("label_smoothing") or 0
+    if loss == "sigmoid" and isinstance(smoothing, (int, float)) and smoothing > 0:
+        loss = f"cdpo {smoothing:g}"  # conservative DPO: its own loss (trial 63d: listed as plain sigmoid)
     details = ([loss] if loss != "sigmoid" else []) + [f"ref {REFERENCE_NAMES.get(reference, reference)}"]
     return f"{method} {objective} ({', '.join(details)})"
 

@@ -377,6 +377,7 @@ def test_dropped_rows_are_named_and_identical_pairs_warned(
     cfg = DataConfig(**data, max_seq_len=128, cache_dir=str(tmp_path / "cache"))
     report = prepare_data(cfg, tokenizer, seed=1, micro_batch_size=4, want_prompts=False, max_prompts=None).report
     assert report["train_dropped_no_loss"] == 1 and report["train_identical_pairs"] == 2
+    assert report["train_pairs"] == 3 and report["train_examples"] == 6  # each pair two sequences (trial 63d)
     assert same_pairs_note(report) == (
         "training data: 2 preference pair(s) with chosen and rejected the same as training sees them, "
         "no preference to learn from them (DPO: their loss is ln 2 with no gradient; ORPO: only its SFT term on "

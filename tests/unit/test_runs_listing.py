@@ -340,6 +340,8 @@ def test_the_listing_says_what_each_run_trains_and_by_which_loss(tmp_path: Path)
     assert training_method(run) == "full dpo (ipo, ref copy)"
     config.write_text(base + "training: {objective: dpo, preference: {loss_type: sigmoid}}\n")
     assert training_method(run) == "lora dpo (ref base)"
+    config.write_text(base + "training: {objective: dpo, preference: {label_smoothing: 0.1}}\n")
+    assert training_method(run) == "lora dpo (cdpo 0.1, ref base)"  # trial 63d: listed as plain DPO
     # Which reference the rewards are against (session 41): chosen, or `auto` resolved as training does.
     config.write_text(base + "training: {objective: dpo, preference: {reference: precomputed}}\n")
     assert training_method(run) == "lora dpo (ref precomputed)"

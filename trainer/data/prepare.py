@@ -192,6 +192,9 @@ def prepare_data(
     report = {
         "train_examples": len(train),
         "train_rows": len(rows),
+        # A pair is two examples (chosen, rejected) in one row: counted as pairs too (trial 63d: 138
+        # "examples" for 69 pairs).
+        **({"train_pairs": len(train) // 2} if cfg.format == "preference" else {}),
         "train_tokens": int(lengths.sum()),
         "train_loss_tokens": int(train.mask.sum()),
         "format": "mixture" if cfg.mixture else cfg.format,
