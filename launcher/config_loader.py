@@ -755,6 +755,14 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
         message += " (ftl reads numbers in decimal: write it so)"  # hex/octal/binary stay text (config_yaml.py)
     elif kind == "int_parsing" and isinstance(got, str) and _whole_number(got) is not None:
         message += f" (a whole number: write {_whole_number(got)})"  # `1e2` (trial 52a)
+    elif kind.endswith("_parsing") and isinstance(got, str) and re.search(r"\$\{?[A-Za-z_]", got):
+        # Trial 63a: `training.learning_rate=${LR}` in single quotes; ftl expands variables in path keys only.
+        variable = got.lstrip("$").strip("{}")
+        shell = f'let the shell expand it: {shown_key(loc)}="${variable}" in double quotes, or write the number'
+        message += (
+            f" (ftl expands environment variables in path keys only; "
+            f"{shell if 'command line' in where else 'write the number'})"
+        )
     return f"{where}: {message}" if dotted else message
 
 
@@ -867,7 +875,19 @@ def _did_you_mean(loc: list[str]) -> str:
     if alias not in valid and (elsewhere := _key_elsewhere(loc[-1])):
         # The right name in another section (training.early_stopping for transfer.early_stopping).
         return f"; did you mean {elsewhere!r}? ({loc[-1]} is a key of {elsewhere.rsplit('.', 1)[0]})"
-    close = [alias] if alias in valid else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+    head, dot, rest = loc[-1].partition(".")
+    if (
+        dot and head in valid
+    ):  # `training.max_steps: 5` written flat in the file (trial 63a: "did you mean 'training'?")
+        return (
+            f"; YAML nests a dotted name: write {head}: then {rest}: indented under it (dotted names are for "
+            "command-line overrides)"
+        )
+    # ftl's keys are lower case: TRAINING.MAX_STEPS=5 got no suggestion (trial 63a).
+    lower = loc[-1].lower() if loc[-1].lower() in valid else None
+    close = (
+        [alias] if alias in valid else [lower] if lower else difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+    )
     section = shown_key(loc[:-1]) or "top level"
     if close:
         return f"; did you mean {shown_key(loc[:-1] + [close[0]])!r}?"

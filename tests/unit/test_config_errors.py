@@ -1353,3 +1353,29 @@ def test_an_override_value_with_a_colon_is_text_where_the_key_takes_text(tmp_pat
     assert load_config(config, [f"output.dir={tmp_path}/a #b"]).output.dir == f"{tmp_path}/a #b"  # no comment (60c)
     (problem,) = _problems(config, ["cluster.ray.address=garbage:::"])
     assert "'garbage:::' is no Ray address" in problem, problem
+
+
+def test_upper_case_and_flat_dotted_keys_and_variables_in_numbers_get_their_fix(
+    tmp_path: Path, valid_text: str
+) -> None:
+    """Trial 63a: TRAINING.MAX_STEPS=5 got no suggestion, `training.max_steps: 5` written flat in the
+    file was offered 'training', and '${LR}' in a number key was only "unable to parse"."""
+    path = _write(tmp_path, valid_text)
+    (problem,) = _problems(path, ["TRAINING.MAX_STEPS=5"])
+    assert problem.startswith("TRAINING: unknown key; did you mean 'training'?"), problem
+    (problem,) = _problems(path, ["training.MAX_STEPS=5"])
+    assert problem == "training.MAX_STEPS (command line): unknown key; did you mean 'training.max_steps'?"
+    (problem,) = _problems(_write(tmp_path, valid_text + "training.max_steps: 5\n"))
+    assert (
+        "training.max_steps (line " in problem
+        and ("unknown key; YAML nests a dotted name: write training: then max_steps: indented under it") in problem
+    ), problem
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.learning_rate=${LR}"])
+    assert problem.endswith(
+        "got '${LR}' (ftl expands environment variables in path keys only; let the shell expand it: "
+        'training.learning_rate="$LR" in double quotes, or write the number)'
+    ), problem
+    in_file = valid_text.replace("training:\n", "training:\n  max_steps: $STEPS\n", 1)
+    assert in_file != valid_text
+    (problem,) = _problems(_write(tmp_path, in_file))
+    assert problem.endswith("got '$STEPS' (ftl expands environment variables in path keys only; write the number)")
