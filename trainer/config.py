@@ -125,12 +125,17 @@ def repeated_mixture_name(names: list[Any]) -> str | None:
     for index, name in enumerate(names):
         if name is None:
             continue
-        if name in first:
+        # Names differing only in case are one name to a case-insensitive filesystem (macOS) and to
+        # some trackers' metric keys (trial 63c: `qa` and `QA` were accepted).
+        key = name.casefold() if isinstance(name, str) else name
+        if key in first:
             # Which entries (trial 50b: the message pointed at `data:`, with the names alone), each
             # repeat (trial 62c: a third 'qa' was left out).
-            repeats.append(f"data.mixture[{index}] is named {name!r}, as data.mixture[{first[name]}] is")
+            earlier = names[first[key]]
+            case = "" if earlier == name else f" {earlier!r} (names differing only in case count as one)"
+            repeats.append(f"data.mixture[{index}] is named {name!r}, as data.mixture[{first[key]}] is{case}")
         else:
-            first[name] = index
+            first[key] = index
     if not repeats:
         return None
     # Said of the first repeat, so it is located at that entry's line (trial 57a: at the first's,

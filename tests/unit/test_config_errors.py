@@ -1228,6 +1228,12 @@ def test_a_mixture_name_given_twice_names_both_entries(tmp_path: Path, valid_tex
         [repeats] = [p for p in problems if "names must be unique" in p]
         assert "data.mixture[2] is named 'qa', as data.mixture[0] is; names must be unique" in repeats, repeats
         assert "data.mixture[1]" in repeats and repeats.endswith("rename the repeats"), repeats
+    # Names differing only in case are one (trial 63c: `qa` and `QA` accepted; they collide on macOS).
+    mixture = "data.mixture=[{name: qa, train: a.jsonl}, {name: QA, train: b.jsonl}]"
+    [problem] = _problems(_write(tmp_path, valid_text), ["~data.train", mixture])
+    assert (
+        "data.mixture[1] is named 'QA', as data.mixture[0] is 'qa' (names differing only in case count as one)"
+    ) in problem, problem
 
 
 def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path, valid_text: str) -> None:
