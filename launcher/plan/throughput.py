@@ -148,14 +148,15 @@ def count_tokens(cfg: RunConfig) -> TokenCount | str:
         counted = _source_epoch(cfg, tokenizer, data.train, data.format)
         return counted.tokens if not isinstance(counted, str) else f"data.train could not be counted: {counted}"
     sources = []
+    uncounted = []  # every source not counted, each with its reason (trial 63c: only the first was named)
     for index, entry in enumerate(data.mixture):
         counted = _source_epoch(cfg, tokenizer, entry.train, entry.format or data.format)
         if isinstance(counted, str):
-            return (
-                f"data.mixture[{index}] ({entry.name}) could not be counted: {counted}; so the mixture's epoch is "
-                "not estimated (`ftl validate --data` checks every source)"
-            )
-        sources.append((entry.name, entry.weight, counted))
+            uncounted.append(f"data.mixture[{index}] ({entry.name}) could not be counted: {counted}")
+        else:
+            sources.append((entry.name, entry.weight, counted))
+    if uncounted:
+        return f"{'; '.join(uncounted)}; so the mixture's epoch is not estimated (`ftl validate --data` checks every source)"
     # Each draw is a training row (a packed row with packing, else an example) of source i with
     # probability w_i / sum(w); an epoch is as many draws as the sources hold rows together.
     draws = sum(counted.units for _, _, counted in sources)
@@ -256,6 +257,7 @@ def _sample_lengths(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sa
     data = cfg.data
     lengths: list[int] = []
     rows = sampled = refused = 0
+    first_problem = ""  # why the first unusable row is not data: said when none is (trial 63c: binary garbage)
     try:
         for row in read_rows(train, data.split):
             rows += 1
@@ -263,6 +265,7 @@ def _sample_lengths(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sa
                 continue
             scanned = scan_row(rows - 1, row, fmt, tokenizer, data.max_seq_len, data.too_long, None)
             if scanned.fate == "bad":  # training refuses or skips it: not part of the epoch
+                first_problem = first_problem or scanned.problem
                 continue
             sampled += 1
             if scanned.fate == "too_long":  # counted as training would see it, were it allowed
@@ -273,9 +276,10 @@ def _sample_lengths(cfg: RunConfig, tokenizer: Any, train: str, fmt: str) -> _Sa
     except Exception as exc:
         return _first_line(exc)
     if not sampled:
-        return (
-            f"{train}: none of its first {rows} row(s) is usable as data.format {fmt}" if rows else f"{train}: no rows"
-        )
+        if not rows:
+            return f"{train}: no rows"
+        why = f" (the first: {first_problem})" if first_problem else ""
+        return f"{train}: none of its first {rows} row(s) is usable as data.format {fmt}{why}"
     per_row = 2 if fmt == "preference" else 1
     return _Sample(lengths, sampled * per_row, rows * per_row, refused)
 

@@ -885,7 +885,19 @@ def test_a_mixture_plan_estimates_the_epoch_training_draws(tmp_path: Path) -> No
     )
     counted = count_tokens(noise)
     assert isinstance(counted, str) and counted.startswith("data.mixture[0] (qa) could not be counted: "), counted
-    assert "is usable as data.format" in counted, counted
+    assert "is usable as data.format" in counted and "(the first: " in counted, counted  # trial 63c: why not
+    # Every source not counted, each with its reason (trial 63c: only the first was named).
+    both = load_config(
+        REPO / "configs/examples/mixture.yaml",
+        [
+            f"output.dir={tmp_path / 'run'}",
+            f"data.mixture.0.train={tmp_path / 'noise.jsonl'}",
+            f"data.mixture.1.train={tmp_path / 'gone.jsonl'}",
+        ],
+    )
+    counted = count_tokens(both)
+    assert isinstance(counted, str) and "data.mixture[0] (qa) could not be counted: " in counted, counted
+    assert f"; data.mixture[1] (facts) could not be counted: {tmp_path / 'gone.jsonl'}" in counted, counted
 
 
 def test_more_cpu_workers_than_cores_is_noted(capsys: pytest.CaptureFixture[str]) -> None:
