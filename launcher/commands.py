@@ -68,7 +68,10 @@ def validate(config_path: str, overrides: list[str], data: bool = False, example
     fit_refusal, fit = (None, None) if problems or unsizable else _fit_check(cfg)
     problems += [fit_refusal] if fit_refusal else []
     if problems:
-        raise UserError("config is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems))
+        # Named: a sweep script's log then says which of its configs failed (trial 63a).
+        raise UserError(
+            f"config {config_path} is well-formed but its inputs are not:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     from launcher.hub_cache import warn_unavailable_offline
 
     warn_unavailable_offline(cfg)  # the config is valid; training it on this machine would fail
@@ -162,7 +165,7 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     _quiet_libraries(import_transformers=False)  # workers elsewhere load the model, not this process
     problems = problems_before_start(cfg)
     if problems:
-        raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise UserError(f"cannot start {config_path}:\n" + "\n".join(f"  - {p}" for p in problems))
     from launcher.model_check import model_load_warning
     from launcher.tracking_check import missing_tracker_packages
     from trainer.config import local_revision_note, unused_method_settings

@@ -66,6 +66,9 @@ def test_validate_and_train_refuse_a_pattern_that_matches_nothing_before_any_bac
             timeout=300,
         )
         assert out.returncode == 2 and "did you mean all-linear?" in out.stderr, out.stderr[-2000:]
+        # Which config (trial 63a: a sweep's log could not tell which of its files failed).
+        named = {"validate": "error: config configs/examples/lora.yaml is well-formed but its inputs are not:"}
+        assert named.get(command, "error: cannot start configs/examples/lora.yaml:") in out.stderr, out.stderr
     assert not (tmp_path / "run").exists()
     matching = r"method.lora.target_modules=.*\.(q_proj|v_proj)"
     out = subprocess.run(
