@@ -158,6 +158,13 @@ def _note_unadapted_experts(model: torch.nn.Module, targets: str | list[str]) ->
         )
 
 
+def _default_said(section: Any, key: str) -> str:
+    """' (the default)' when `key` holds its default value (trial 63c: a refusal of dropout=0.05 that
+    the user never wrote)."""
+    field = type(section).model_fields.get(key)
+    return " (the default)" if field is not None and getattr(section, key) == field.default else ""
+
+
 def fused_expert_problem(error: str, method: MethodConfig) -> str | None:
     """PEFT adapts a mixture-of-experts model's fused 3-D expert weights (transformers 5's Mixtral:
     one gate_up_proj / down_proj parameter for all experts) with a wrapper that takes neither
@@ -167,7 +174,8 @@ def fused_expert_problem(error: str, method: MethodConfig) -> str | None:
     attention = "method.lora.target_modules: [q_proj, k_proj, v_proj, o_proj] to adapt the attention only"
     if "dropout" in error:
         return (
-            f"method.lora.dropout={method.lora.dropout}: this model's experts are fused 3-D weights, which PEFT "
+            f"method.lora.dropout={method.lora.dropout}{_default_said(method.lora, 'dropout')}: this model's experts "
+            "are fused 3-D weights, which PEFT "
             f"adapts only without dropout; set method.lora.dropout: 0, or {attention}"
         )
     if "dora" in error.lower():

@@ -211,6 +211,7 @@ def test_zero3_full_finetuning_reshards_2_to_1(tiny_model_dir: Path, tmp_path: P
     # Said on the console before DeepSpeed's progress bars (trial 63b: only in the rank's log).
     said = single.stdout + single.stderr
     assert "warning: converting ZeRO checkpoint" in said and "DeepSpeed's progress bars follow" in said, said[-3000:]
+    assert "as it was written by 2 workers and this start has 1 (" in said, said[-3000:]  # trial 63c: the counts
     _assert_continues_golden(tmp_path / "one", tmp_path / "golden", [3, 4])
     assert validate_checkpoint(step2) is None
 

@@ -39,6 +39,8 @@ def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
     "overrides,said",
     [
         (["method.lora.dropout=0.05"], "set method.lora.dropout: 0, or method.lora.target_modules"),
+        # The default said as such (trial 63c: a value the user never wrote).
+        (["~method.lora.dropout"], "method.lora.dropout=0.05 (the default): this model's experts are fused 3-D"),
         (["method.type=dora", "method.lora.dropout=0"], "PEFT cannot apply DoRA to this model's fused 3-D expert"),
         # Trial 63c: `experts` listed passed validate, and PEFT's ValueError (a module repr) crashed plan.
         (

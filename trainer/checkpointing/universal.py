@@ -35,6 +35,7 @@ from trainer.checkpointing.protocol import (
     fsync_dir,
     fsync_tree_dirs,
     list_files,
+    read_manifest,
     step_of,
     validate_checkpoint,
     write_manifest,
@@ -157,10 +158,12 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
     # On the console (trial 63b: only the log said it, and DeepSpeed's progress bars that follow were
     # unexplained); a large model's conversion takes minutes and about the checkpoint's size on disk.
     log.warning(
-        "converting ZeRO checkpoint %s to a universal checkpoint in %s, as it was written by another worker "
-        "count (DeepSpeed's progress bars follow; it takes about the checkpoint's size on disk)",
+        "converting ZeRO checkpoint %s to a universal checkpoint in %s, as it was written by %s workers and "
+        "this start has %s (DeepSpeed's progress bars follow; it takes about the checkpoint's size on disk)",
         checkpoint,
         target,
+        read_manifest(checkpoint).get("world_size", "another number of"),  # trial 63c: the counts came later
+        _workers_now(),
     )
     try:
         _ds_to_universal(checkpoint / TAG, tmp / TAG)
@@ -172,6 +175,12 @@ def _convert_once(checkpoint: Path, target: Path) -> None:
         raise
     tmp.rename(target)
     fsync_dir(root)
+
+
+def _workers_now() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _recorded_source(target: Path) -> dict[str, Any] | None:
