@@ -37,6 +37,12 @@ def run_series(run_dir: Path) -> dict[str, Any]:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             charts.setdefault(chart, {}).setdefault(line, []).append((step, float(value)))
 
+    # An evaluation of another step's weights (early stopping's final one, of the best step) is that
+    # step's point, already plotted for a set periodic evaluations score; the test set is scored at the
+    # end only, so its final score is plotted at the best step (trial 64b: it was left out).
+    scored_at = {
+        (r.get("split"), r.get("step", 0)) for r in trajectory if r.get("kind") == "eval" and "weights_step" not in r
+    }
     for record in trajectory:
         step = record.get("step", 0)
         if record.get("kind") == "train":
@@ -50,16 +56,21 @@ def run_series(run_dir: Path) -> dict[str, Any]:
             else:
                 add("lr", "lr", step, record.get("lr"))
         elif record.get("kind") == "eval":
-            if "weights_step" in record:  # another step's weights (early stopping's best), plotted at that step already
-                continue
             split = record.get("split", "?")
+            if "weights_step" in record:
+                step = record["weights_step"]
+                if (split, step) in scored_at:
+                    continue
             for key, value in record.items():
-                if key in ("step", "time", "split", "label", "kind", "samples"):
+                if key in ("step", "time", "split", "label", "kind", "samples", "weights_step"):
                     continue
                 if split == RETAIN_SPLIT:  # its loss and the change since the base model, together
                     add("retain", key, step, value)
                 else:
                     add(f"eval_{key}", split, step, value)
+    for lines in charts.values():  # a best step's point comes after later steps' in the file
+        for line in lines.values():
+            line.sort(key=lambda point: point[0])
     # Each start after the first that continued from a checkpoint: a resume (or a restart's resume).
     resumes = [r.get("step", 0) for r in records if r.get("kind") == START and r.get("step", 0) > 0]
     changed = {c["step"] for c in changed_config_starts(records)}  # resumed under another config

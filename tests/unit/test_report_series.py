@@ -114,3 +114,24 @@ def test_compared_dpo_and_orpo_reward_charts_say_they_differ(tmp_path: Path) -> 
     # Trial 59d: log-probs and preference accuracy were drawn together without it.
     assert all(map(objective_dependent, ("eval_rewards_margin", "eval_logps_chosen", "eval_preference_accuracy")))
     assert not objective_dependent("train_loss") and not objective_dependent("lr")
+
+
+def test_an_early_stopped_runs_final_test_score_is_plotted_at_the_best_step(tmp_path: Path) -> None:
+    """Trial 64b: the final evaluation of the best step's weights was left out of every chart, right for
+    validation (plotted at that step by its periodic evaluation) but the test set, scored at the end
+    only, lost its final score."""
+    records = [
+        {"kind": "eval", "step": 0, "split": "validation", "label": "base", "eval_loss": 3.0},
+        {"kind": "eval", "step": 0, "split": "test", "label": "base", "eval_loss": 3.1},
+        {"kind": "eval", "step": 10, "split": "validation", "label": "periodic", "eval_loss": 1.0},
+        {"kind": "eval", "step": 20, "split": "validation", "label": "periodic", "eval_loss": 1.5},
+        {"kind": "eval", "step": 20, "split": "validation", "label": "final", "eval_loss": 1.0, "weights_step": 10},
+        {"kind": "eval", "step": 20, "split": "test", "label": "final", "eval_loss": 1.2, "weights_step": 10},
+    ]
+    (tmp_path / "es").mkdir()
+    charts = run_series(_run(tmp_path / "es", records))["charts"]
+    assert charts["eval_eval_loss"] == {
+        "validation": [(0, 3.0), (10, 1.0), (20, 1.5)],  # the best step's point once, the stop step's as scored
+        "test": [(0, 3.1), (10, 1.2)],  # at the step whose weights it scored
+    }
+    assert "eval_weights_step" not in charts
