@@ -468,7 +468,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         # Classification runs report accuracy, token classification entity F1 (token accuracy without BIO
         # tags), preference runs preference accuracy, generation runs exact match.
         reported = {key for entry in scores.values() for part in entry.values() for key in part}
-        metric, title = ("exact_match", "exact match")
+        exact = "exact match (normalized)" if summary.get("exact_match_rule") == "normalized" else "exact match"
+        metric, title = ("exact_match", exact)
         if "entity_f1" in reported:
             metric, title = ("entity_f1", "entity F1")
         elif "token_accuracy" in reported:
@@ -485,7 +486,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             columns.append(("macro_f1", "macro F1"))
         if metric == "preference_accuracy" and "exact_match" in reported:
             # Generation scored the chosen answers too (eval.generation on): shown, not only logged (trial 37a).
-            columns.append(("exact_match", "exact match"))
+            columns.append(("exact_match", exact))
         watched = (summary.get("transfer", {}).get("early_stopping") or {}).get("metric")
         if (
             isinstance(watched, str)

@@ -483,6 +483,11 @@ class GenerationEvalConfig(Section):
         200, ge=1, description="Score at most this many rows per eval (generation is slow)."
     )
     metric: Literal["exact_match"] = "exact_match"
+    match: Literal["exact", "normalized"] = Field(
+        "exact",
+        description="exact: the answer as written (whitespace runs and the ends aside); normalized: also "
+        "ignoring case, punctuation and the English articles a/an/the (SQuAD's rule).",
+    )
 
 
 class EvalConfig(Section):

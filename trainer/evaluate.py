@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any
 
 import torch
@@ -60,7 +61,13 @@ def eval_loss(
     return summed_loss / max(token_count, 1)
 
 
-def normalize_answer(text: str) -> str:
+def normalize_answer(text: str, normalized: bool = False) -> str:
+    """The answer as exact match compares it: whitespace runs and the ends aside; `normalized`
+    (eval.generation.match) also case, punctuation and the English articles, as SQuAD scores
+    (trial 64b: "15." against "15" was a miss, with nothing to change that)."""
+    if normalized:
+        text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text.casefold())
+        return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
     return " ".join(text.strip().split())
 
 
@@ -141,7 +148,13 @@ SAMPLES = 3  # generated answers kept with each evaluation record (and shown on 
 
 
 def exact_match(
-    model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int, strategy: Strategy
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    max_new_tokens: int,
+    batch_size: int,
+    strategy: Strategy,
+    normalized: bool = False,
 ) -> tuple[float, list[dict[str, str]]]:
     hits, own = 0, list[tuple[int, dict[str, str]]]()
     collective = strategy.forward_is_collective
@@ -158,7 +171,9 @@ def exact_match(
         )
         if indices is None:
             continue
-        hits += sum(normalize_answer(t) == normalize_answer(p.reference) for t, p in zip(texts, chunk))
+        hits += sum(
+            normalize_answer(t, normalized) == normalize_answer(p.reference, normalized) for t, p in zip(texts, chunk)
+        )
         own.extend((i, {"reference": p.reference, "generated": t}) for i, p, t in zip(indices, chunk, texts))
     (total_hits,) = all_reduce_sum([float(hits)], strategy.device)
     # The set's first SAMPLES prompts, whichever rank generated them (trial 40b: on 2 workers rank 0's

@@ -582,6 +582,7 @@ def _finish(
     fault_point("final_export", state.step, ctx.rank)  # tests: a stop request after the last step
     _export(cfg, ctx, strategy, trainee.model, tokenizer)
     summary = _summary(ctx.run_dir, data, state, trainee.total_steps, cfg.eval.max_samples)
+    summary["exact_match_rule"] = cfg.eval.generation.match  # the final table's column says a normalized one
     summary["parallel"] = {"strategy": strategy.name, "workers": ctx.world_size, "memory_per_rank": memory}
     summary["transfer"] = trainee.transfer.summary()
     if data.train.mixture and "mixture" in summary["data"]:
@@ -866,6 +867,7 @@ class _Evaluator:
                 self.cfg.eval.generation.max_new_tokens,
                 batch,
                 self.strategy,
+                normalized=self.cfg.eval.generation.match == "normalized",
             )
             values["exact_match"] = score
             values["samples"] = samples

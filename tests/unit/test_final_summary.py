@@ -260,3 +260,22 @@ def test_a_report_of_a_run_still_training_says_so(tmp_path: Path) -> None:
     with RunLock.acquire(run, "ftl train"):
         assert _still_training(run) == " (it is training now)"
     assert _still_training(run) == ""
+
+
+def test_exact_match_normalized_ignores_case_punctuation_and_articles_and_the_table_says_so(tmp_path: Path) -> None:
+    """Trial 64b: "15." against "15" was a miss, and nothing said exact match ignores only whitespace."""
+    from trainer.evaluate import normalize_answer
+
+    assert normalize_answer("  15. ") != normalize_answer("15")  # exact: as written
+    assert normalize_answer("The  Rainling.", normalized=True) == normalize_answer("rainling", normalized=True)
+    assert normalize_answer("15.", normalized=True) == normalize_answer(" 15", normalized=True) == "15"
+    assert normalize_answer("Mt. Oro", normalized=True) == "mt oro"
+    assert normalize_answer("theory", normalized=True) == "theory"  # whole words only
+    data = {"train_examples": 12, "train_rows": 12, "token_efficiency": 1.0, "packing": False}
+    scores = {
+        "validation": {"base": {"eval_loss": 3.0, "exact_match": 0.0}, "final": {"eval_loss": 1.0, "exact_match": 0.5}}
+    }
+    summary = {**_summary(tmp_path), "data": data, "scores": scores}
+    assert "exact match (base -> tuned)" in format_summary(summary)
+    said = format_summary({**summary, "exact_match_rule": "normalized"})
+    assert "exact match (normalized) (base -> tuned)" in said, said
