@@ -144,6 +144,24 @@ def generate_texts(
     return outputs
 
 
+def answers_past_new_tokens(evals: list[Any], tokenizer: Any, max_new_tokens: int) -> str | None:
+    """Reference answers longer than eval.generation.max_new_tokens, which no generation can match
+    (trial 64b: max_new_tokens 1 against 2-token answers scored 0.0% -> 0.0% without a word)."""
+    said = []
+    for eval_set in evals:
+        prompts = getattr(eval_set, "prompts", None) or []
+        longer = [len(tokenizer.encode(p.reference, add_special_tokens=False)) for p in prompts]
+        longer = [n for n in longer if n > max_new_tokens]
+        if longer:
+            said.append(f"{eval_set.name}: {len(longer)} of {len(prompts)} (up to {max(longer)} tokens)")
+    if not said:
+        return None
+    return (
+        f"reference answers longer than eval.generation.max_new_tokens={max_new_tokens} tokens can never be an "
+        f"exact match: {'; '.join(said)}; raise eval.generation.max_new_tokens"
+    )
+
+
 SAMPLES = 3  # generated answers kept with each evaluation record (and shown on the console)
 
 

@@ -60,7 +60,7 @@ from trainer.data.prepare import (
 )
 from trainer.data.tokenized import TokenizingStopped
 from trainer.distributed import any_rank, barrier, expect_world
-from trainer.evaluate import eval_loss, exact_match
+from trainer.evaluate import answers_past_new_tokens, eval_loss, exact_match
 from trainer.export import export_final
 from trainer.faults import fault_point
 from trainer.global_batch import batch_larger_than_data, planned_steps
@@ -166,6 +166,10 @@ def _run_noting_stops(cfg: TrainerConfig, ctx: WorkerContext, stop: StopFlag) ->
     cut = cut_examples_note(data.report)
     if cut is not None:  # said before training, not only in the end's table
         console.event(f"note: {cut} (`ftl validate --data` shows them)")
+    if cfg.eval.generation.enabled and ctx.is_main:
+        beyond = answers_past_new_tokens(data.evals, tokenizer, cfg.eval.generation.max_new_tokens)
+        if beyond is not None:
+            console.event(f"warning: {beyond}")
     empty = empty_prompts_note(data.report)
     if empty is not None:
         console.event(f"warning: {empty} (`ftl validate --data` names them)")

@@ -279,3 +279,24 @@ def test_exact_match_normalized_ignores_case_punctuation_and_articles_and_the_ta
     assert "exact match (base -> tuned)" in format_summary(summary)
     said = format_summary({**summary, "exact_match_rule": "normalized"})
     assert "exact match (normalized) (base -> tuned)" in said, said
+
+
+def test_answers_longer_than_max_new_tokens_are_warned_of(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Trial 64b: max_new_tokens 1 against 2-token answers scored 0.0% -> 0.0% with no word."""
+    from types import SimpleNamespace
+
+    from trainer.data.formats import Prompt
+    from trainer.evaluate import answers_past_new_tokens
+
+    short, long = "Rainling", "the " * 10 + "end"
+    tokens = len(tokenizer.encode(long, add_special_tokens=False))
+    evals = [
+        SimpleNamespace(name="validation", prompts=[Prompt([1], short), Prompt([1], long), Prompt([1], short)]),
+        SimpleNamespace(name="retain", prompts=None),  # text sets have no prompts
+    ]
+    said = answers_past_new_tokens(evals, tokenizer, max_new_tokens=tokens - 1)
+    assert said == (
+        f"reference answers longer than eval.generation.max_new_tokens={tokens - 1} tokens can never be an exact "
+        f"match: validation: 1 of 3 (up to {tokens} tokens); raise eval.generation.max_new_tokens"
+    )
+    assert answers_past_new_tokens(evals, tokenizer, max_new_tokens=tokens) is None
