@@ -52,16 +52,16 @@ def signals_request_stop(
         if not requested:
             requested = True
             notice = first_notice(signum) if first_notice is not None else None
+            request_stop(run_dir, signum)  # first: the notice below may fail to print
             _say(
                 notice
                 # Before the first step (model loading, the base evaluation, DPO's reference scoring) there
                 # is nothing to save (trial 63e: the notice promised a checkpoint there).
-                or f"{_signal_name(signum)}: workers will checkpoint and stop after the current step"
+                or f"{signal_name(signum)}: workers will checkpoint and stop after the current step"
                 " (before the first step: stop, nothing to save)"
                 + (" (a third Ctrl-C force-quits without that checkpoint)" if signum == signal.SIGINT else "")
                 + (f"; {while_none_run}" if while_none_run else "")
             )
-            request_stop(run_dir, signum)
             if on_request is not None:
                 on_request()
             return
@@ -73,7 +73,7 @@ def signals_request_stop(
             force_quit()
             return
         _say(
-            f"{_signal_name(signum)} again: already stopping, finishing the checkpoint first (then MLflow/W&B's last "
+            f"{signal_name(signum)} again: already stopping, finishing the checkpoint first (then MLflow/W&B's last "
             "records, at most 15 s)"
             + (
                 " (a third Ctrl-C force-quits, keeping the checkpoints already committed)"
@@ -174,10 +174,16 @@ def _where_it_resumes(run_dir: Path) -> str:
 
 
 def _say(message: str) -> None:
-    print(f"ftl: {message}", file=sys.stderr, flush=True)
+    # A reader of ftl's output that has gone (`ftl train ... | head`) must not cost the stop: the
+    # notice raised BrokenPipeError in the handler, before the request was written, and every later
+    # Ctrl-C or SIGTERM was lost with it (trial 64a).
+    try:
+        print(f"ftl: {message}", file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
 
 
-def _signal_name(signum: int) -> str:
+def signal_name(signum: int) -> str:
     """'Ctrl-C (SIGINT)', 'SIGTERM': said as people know them (trial 51a: "signal 2")."""
     try:
         name = signal.Signals(signum).name

@@ -21,7 +21,7 @@ from typing import Any
 from cluster.config import ClusterConfig, sbatch_path_problem
 from cluster.errors import WorkerFailed
 from cluster.results import clear_result, read_result, recorded_input_error, take_result
-from cluster.signals import signals_request_stop
+from cluster.signals import signal_name, signals_request_stop
 from cluster.slurm_states import FINAL_STATES
 from trainer.errors import EXIT_INPUT_ERROR, FtlError, InputError
 from trainer.outcome import OutcomeKind
@@ -156,7 +156,11 @@ def _key_hint(said: str) -> str:
         (("--mem",), "cluster.slurm.mem"),
         (("account",), "cluster.slurm.account"),
         (("qos",), "cluster.slurm.qos"),
-        (("node configuration", "node count"), "cluster.nodes, cluster.workers, cluster.slurm.gpus_per_node"),
+        # cpus_per_task multiplies the CPUs a node is asked for (trial 64a: left out of the hint).
+        (
+            ("node configuration", "node count", "cpu count"),
+            "cluster.nodes, cluster.workers, cluster.slurm.gpus_per_node, cluster.slurm.cpus_per_task",
+        ),
         (("unrecognized option",), "cluster.slurm.extra_sbatch"),
     ):
         if any(word in lowered for word in words):
@@ -180,6 +184,41 @@ def check_slurm_client() -> None:
             "usually unset, or /etc/slurm/slurm.conf), or unset it; for a local Slurm on this machine run "
             "scripts/slurm/start_local_slurm.sh and export the SLURM_CONF it prints"
         )
+
+
+def queue_warnings(cluster: ClusterConfig) -> list[str]:
+    """What this Slurm (sinfo) says the job would wait on for ever: a partition it does not have, more
+    nodes than the partition holds. sbatch accepts the latter and the job pends with PartitionConfig
+    (trial 64a: `--nodes 3` on two nodes, exit 0 and a job that never started). Warnings, not
+    refusals: a dry run may be rendered for another cluster, and a partition can grow. [] when sinfo
+    cannot tell."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %D"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    nodes: dict[str, int] = {}
+    default = None
+    for line in out.stdout.splitlines():
+        name, _, count = line.strip().partition(" ")
+        if not count.strip().isdigit():
+            continue
+        if name.endswith("*"):
+            name = default = name[:-1]
+        nodes[name] = nodes.get(name, 0) + int(count)  # a partition's nodes are listed by state
+    asked = cluster.slurm.partition
+    if asked and "," not in asked and asked not in nodes:
+        listed = ", ".join(f"{name}{'*' if name == default else ''}" for name in nodes)
+        return [f"cluster.slurm.partition={asked!r}: this Slurm has no such partition (sinfo; * = default): {listed}"]
+    partition = asked or default
+    held = nodes.get(partition or "")
+    if held is not None and cluster.nodes > held:
+        return [
+            f"cluster.nodes={cluster.nodes}, but partition {partition} has {held} node(s): the job would wait until it "
+            f"has {cluster.nodes} (perhaps never); lower cluster.nodes or pick another cluster.slurm.partition"
+        ]
+    return []
 
 
 def submit(run_dir: Path, cluster: ClusterConfig, followed: bool = False) -> str:
@@ -234,7 +273,8 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
         if state != "PENDING":
             return None
         return (
-            f"signal {signum}: Slurm job {job_id} has not started; cancelling it (nothing ran, nothing to checkpoint)"
+            f"{signal_name(signum)}: Slurm job {job_id} has not started; cancelling it (nothing ran, nothing to "
+            "checkpoint)"
         )
 
     with signals_request_stop(
@@ -284,6 +324,9 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
 # Why a job waits (squeue's REASON) when the wait may never end: what in ftl's config to look at.
 PENDING_HINTS = {
     "PartitionNodeLimit": "more nodes than the partition has up or allows: check cluster.nodes (`sinfo`)",
+    # Trial 64a: --nodes 3 on a 2-node partition waited for ever with no hint.
+    "PartitionConfig": "more nodes, CPUs or memory than the partition has: check cluster.nodes and cluster.slurm "
+    "(`sinfo -o '%P %D %c %m'`)",
     "PartitionTimeLimit": "cluster.slurm.time is over the partition's limit",
     "PartitionDown": "the partition is down",
     "ReqNodeNotAvail": "the nodes it needs are down, drained or reserved",

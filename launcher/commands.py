@@ -210,9 +210,11 @@ def train(config_path: str, overrides: list[str], fit_check: bool = True) -> int
     if started_by_torchrun():
         return _train_as_torchrun_worker(cfg)
     if cfg.cluster.backend == "slurm":
-        from cluster.slurm import check_slurm_client
+        from cluster.slurm import check_slurm_client, queue_warnings
 
         check_slurm_client()  # before the run directory exists
+        for warning in queue_warnings(cfg.cluster):
+            print(f"ftl: WARNING: {warning}", file=sys.stderr)
     # This process holds the run directory's lock until the run ends, however it ends (on Slurm
     # the job takes it over once submitted: cluster/slurm.py).
     # A Ray Job's driver holds the lock as that job: a second start names the job to stop.

@@ -34,6 +34,10 @@ def slurm(args: argparse.Namespace) -> int:
     # A setting sbatch refuses is an input error (exit 2, cluster.slurm.SlurmSettingRejected); an
     # unreachable cluster or a missing sbatch is a failure (exit 1), as under `ftl train`.
     problems = problems_before_start(cfg)  # what `ftl train` refuses before a job waits in the queue
+    from cluster.slurm import queue_warnings
+
+    for warning in queue_warnings(cfg.cluster):  # dry run too (trial 64a: exit 0, then a job pending for ever)
+        print(f"ftl: WARNING: {warning}", file=sys.stderr)
     if args.dry_run:
         from pathlib import Path
 

@@ -922,8 +922,10 @@ def test_slurm_job_that_cannot_start_says_why_and_ctrl_c_cancels_it(tmp_path, ti
     with stderr.open("w") as err:
         launcher = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.DEVNULL, stderr=err)
     try:
-        _wait_for(lambda: "waiting to start (PartitionNodeLimit)" in stderr.read_text(), timeout=120)
+        _wait_for(lambda: "waiting to start (Partition" in stderr.read_text(), timeout=120)
         assert "check cluster.nodes" in stderr.read_text()
+        # Said before it is submitted (trial 64a: nothing until the wait, and `ftl slurm` exited 0).
+        assert "ftl: WARNING: cluster.nodes=3, but partition debug has 2 node(s)" in stderr.read_text()
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=60) == 130  # a Ctrl-C before the run started, as on every backend
     finally:
@@ -932,6 +934,7 @@ def test_slurm_job_that_cannot_start_says_why_and_ctrl_c_cancels_it(tmp_path, ti
     said = stderr.read_text()
     assert "stopped before Slurm job" in said and "it is cancelled (nothing ran)" in said, said
     assert "has not started; cancelling it" in said and "workers will checkpoint" not in said, said
+    assert "ftl: Ctrl-C (SIGINT): Slurm job" in said, said  # trial 64a: "signal 2:"
     from cluster.slurm import job_info
     from trainer.run_layout import RunLayout
 
@@ -950,6 +953,10 @@ def test_slurm_unknown_partition_names_the_clusters_partitions(tmp_path, tiny_mo
         "invalid partition" in out.stderr.lower()
         and "this cluster's partitions (sinfo; * = default): debug*" in out.stderr
     )
+    # A dry run warns of it (trial 64a: exit 0 and no word), and still prints the script.
+    dry = _ftl("slurm", str(config), "--partition", "gpu", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.startswith("#!"), dry.stderr
+    assert "cluster.slurm.partition='gpu': this Slurm has no such partition (sinfo; * = default): debug*" in dry.stderr
     trained = _ftl("train", str(config), "cluster.slurm.partition=gpu")  # the same input error, the same exit
     assert trained.returncode == 2 and "this cluster's partitions" in trained.stderr, trained.stderr
     doctor = _ftl("doctor", str(config), "cluster.slurm.partition=gpu")

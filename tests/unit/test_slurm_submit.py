@@ -115,3 +115,27 @@ def test_ftl_submit_refuses_a_python_that_is_not_on_the_machine_of_the_job_serve
     code = launcher.cli.main(["submit", str(config), "--address", "http://127.0.0.1:9", "--python", "/nonexistent/py"])
     err = capsys.readouterr().err
     assert code == 2 and "--python /nonexistent/py: no such program on this machine" in err, err
+
+
+def test_a_job_that_would_wait_for_ever_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 64a: `--nodes 3` on a 2-node partition was submitted with exit 0 (a dry run too) and
+    pended for ever (PartitionConfig). sinfo stands in for a cluster of two partitions."""
+    from cluster.slurm import queue_warnings
+
+    sinfo = tmp_path / "sinfo"
+    # debug's nodes in two states (two lines); gpu: one node
+    sinfo.write_text("#!/bin/sh\nprintf 'debug* 1\\ndebug* 1\\ngpu 1\\n'\n")
+    sinfo.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert queue_warnings(ClusterConfig(backend="slurm", nodes=2)) == []
+    assert queue_warnings(ClusterConfig(backend="slurm", nodes=3)) == [
+        "cluster.nodes=3, but partition debug has 2 node(s): the job would wait until it has 3 (perhaps never); "
+        "lower cluster.nodes or pick another cluster.slurm.partition"
+    ]
+    [said] = queue_warnings(ClusterConfig(backend="slurm", nodes=2, slurm={"partition": "gpu"}))
+    assert said.startswith("cluster.nodes=2, but partition gpu has 1 node(s)"), said
+    assert queue_warnings(ClusterConfig(backend="slurm", slurm={"partition": "big"})) == [
+        "cluster.slurm.partition='big': this Slurm has no such partition (sinfo; * = default): debug*, gpu"
+    ]
+    sinfo.write_text("#!/bin/sh\nexit 1\n")  # no cluster to ask: nothing said
+    assert queue_warnings(ClusterConfig(backend="slurm", nodes=9)) == []

@@ -182,3 +182,28 @@ def test_ranks_agree_on_a_stop_only_one_of_them_was_asked_for(tmp_path: Path) ->
     answers = [json.loads(rank.communicate(timeout=120)[0].strip().splitlines()[-1]) for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0]
     assert answers == [{"before": False, "after": True, "requested": True}] * 2
+
+
+class _GonePipe:
+    """stderr whose reader has exited (`ftl train ... | head`): every write raises."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stop_is_asked_for_when_the_reader_of_ftls_output_has_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 64a: `ftl train ... | head -4`, then Ctrl-C and SIGTERM were both lost: the notice raised
+    BrokenPipeError in the handler before the request was written, and the launcher polled on."""
+    forced: list[bool] = []
+    monkeypatch.setattr(sys, "stderr", _GonePipe())
+    with signals_request_stop(tmp_path, force_quit=lambda: forced.append(True)):
+        _signal_self(signal.SIGINT)
+        assert (tmp_path / STOP_REQUEST_FILE).read_text() == str(int(signal.SIGINT))
+        _signal_self(signal.SIGINT)
+        _signal_self(signal.SIGINT)  # the handler lives on: a third Ctrl-C still force-quits
+        assert forced == [True]
