@@ -28,13 +28,15 @@ def data_format_problems(cfg: RunConfig) -> list[str]:
         files += [(f"data.mixture[{index}].validation", source.validation, fmt, "train")]
     problems = []
     for key, spec, fmt, split in files:
-        problem = _first_row_problem(key, spec, fmt, split)
+        problem = _first_row_problem(key, spec, fmt, split, data.skip_bad_rows)
         if problem:
             problems.append(problem)
     return problems
 
 
-def _first_row_problem(key: str, spec: str | None, fmt: str, split: str = "train") -> str | None:
+def _first_row_problem(
+    key: str, spec: str | None, fmt: str, split: str = "train", skip_bad_rows: bool = False
+) -> str | None:
     if not spec or fmt not in PROBED or not (Path(spec).is_file() or Path(spec).is_dir()):
         return None  # a hub name or a missing file: said elsewhere
     from trainer.data.formats import missing_format_fields, other_format_hint
@@ -67,10 +69,15 @@ def _first_row_problem(key: str, spec: str | None, fmt: str, split: str = "train
         return None
     values = row.values
     missing = missing_format_fields(values, fmt)
-    if not missing:
-        return None
-    fields = ", ".join(sorted(map(str, values))) or "none"
     where = f"{spec}: {row.where}" if folder else row.where  # a folder's rows are named within it
+    if not missing:
+        from trainer.data.formats import chat_row_problem
+
+        # A first row training refuses for its messages (trial 64b: `{"messages": []}` in the validation
+        # file passed validate, and the workers refused it after Ray's start-up).
+        refused = chat_row_problem(values) if fmt == "chat" and not skip_bad_rows else None
+        return f"{key}: {where}: {refused}; fix the row (`ftl validate --data` checks every row)" if refused else None
+    fields = ", ".join(sorted(map(str, values))) or "none"
     return (
         f"{key}: {where}: data.format {fmt!r} needs the field(s) {', '.join(missing)}; the row has {fields}"
         f"{other_format_hint(values, fmt)}"

@@ -87,3 +87,24 @@ def test_an_empty_file_is_refused_before_any_backend(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "holds no rows" in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_first_chat_row_training_refuses_is_refused_before_any_backend(tmp_path: Path) -> None:
+    """Trial 64b: a validation file whose first row is `{"messages": []}` passed validate and train's
+    checks; the workers refused it after Ray's start-up, leaving a failed run."""
+    from launcher.config_loader import load_config
+    from launcher.data_format_probe import data_format_problems
+
+    lora = REPO / "configs/examples/lora.yaml"
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"messages": []}, {"messages": [{"role": "user", "content": "q"}]}])
+    [said] = data_format_problems(load_config(lora, [f"data.validation={bad}"]))
+    assert said == (
+        "data.validation: bad.jsonl line 1: field 'messages' must be a non-empty list of {role, content} objects; "
+        "fix the row (`ftl validate --data` checks every row)"
+    )
+    # A row with no assistant answer, in the training data.
+    _jsonl(bad, [{"messages": [{"role": "user", "content": "q"}]}])
+    [said] = data_format_problems(load_config(lora, [f"data.train={bad}"]))
+    assert said.startswith("data.train: bad.jsonl line 1: no assistant message"), said
+    # Skipped rows are training's to skip: not refused here.
+    assert data_format_problems(load_config(lora, [f"data.train={bad}", "data.skip_bad_rows=true"])) == []

@@ -101,6 +101,16 @@ def missing_format_fields(values: dict[str, Any], fmt: str) -> list[str]:
     return ["/".join(keys) for keys in _REQUIRED_FIELDS.get(fmt, ()) if not any(key in values for key in keys)]
 
 
+def chat_row_problem(values: dict[str, Any]) -> str | None:
+    """What training refuses in a chat row's messages (empty, no assistant turn, a bad role), found
+    without a tokenizer; None when its messages are well formed."""
+    try:
+        _messages(values)
+    except RowProblem as exc:
+        return str(exc)
+    return None
+
+
 def other_format_hint(values: dict[str, Any], fmt: str) -> str:
     """A row missing its format's fields that has another format's: the config's data.format (or
     data.train) is probably the wrong one (trial 37a: a chat row in a preference file)."""
