@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--input",
         metavar="FILE",
-        help="a .jsonl/.json/.csv/.parquet file of rows with a 'prompt' string or a 'messages' list (ShareGPT: 'conversations'); "
+        help="a .jsonl/.json/.csv/.parquet file of rows with a 'prompt' string, a 'messages' list (ShareGPT: 'conversations') or an alpaca "
+        "'instruction' (with 'input', 'system'); "
         "each row is written out with its completion added",
     )
     source.add_argument(

@@ -87,9 +87,12 @@ def retry_note(run_dir: Path, resume: str) -> str | None:
 def failure_line(reason: str) -> str:
     """The reason on one line: its first line, and the next one when the first only announces it
     (Ray's "Ray Train run failed:" is followed by one line per failed rank)."""
-    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    raw = [line for line in reason.splitlines() if line.strip()]
+    lines = [line.strip() for line in raw]
     if not lines:
         return "(no reason recorded)"
     if lines[0].endswith(":") and len(lines) > 1:
-        return f"{lines[0]} {lines[1]}"
+        # The other indented items counted (trial 64a: two bad rows, one said); the run's log has them.
+        items = sum(1 for line in raw[2:] if line[:1].isspace())
+        return f"{lines[0]} {lines[1]}{f' (and {items} more)' if items else ''}"
     return lines[0]

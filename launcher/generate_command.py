@@ -4,6 +4,7 @@ interactive chat (--chat) with a run's fine-tuned model or any model directory."
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import math
@@ -21,8 +22,17 @@ from trainer.errors import DataError, TrainerInputError
 
 DEFAULT_NEW_TOKENS = 64
 
+
 # A row of --input: its values (written back with the reply), its prompt or conversation, where it is.
-PromptRow = tuple[dict[str, Any], str | list[dict[str, str]], str]
+@dataclasses.dataclass(frozen=True)
+class AlpacaRow:
+    """An alpaca row (instruction, input, system) given to --input: rendered as training renders its
+    prompt, once the tokenizer is loaded (trial 64b: the run's own alpaca eval file was refused)."""
+
+    values: dict[str, Any]
+
+
+PromptRow = tuple[dict[str, Any], str | list[dict[str, str]] | AlpacaRow, str]
 
 
 def _is_utf8(text: str) -> bool:
@@ -261,6 +271,18 @@ class _Generator:
 
         return prompt_ids(self.tokenizer, text, raw=self.raw, system=self.system)
 
+    def alpaca(self, values: dict[str, Any]) -> list[int]:
+        """An alpaca row's prompt as training rendered it: in the chat template, else the Alpaca text."""
+        from trainer.data.formats import alpaca_plain_prompt, alpaca_prompt_messages
+        from trainer.inference import conversation_ids, prompt_ids
+
+        if self.tokenizer.chat_template and not self.raw:
+            own_system = any(message["role"] == "system" for message in alpaca_prompt_messages(values))
+            return conversation_ids(
+                self.tokenizer, alpaca_prompt_messages(values), system=None if own_system else self.system
+            )
+        return prompt_ids(self.tokenizer, alpaca_plain_prompt(values), raw=True)
+
     def conversation(self, messages: list[dict[str, str]]) -> list[int]:
         from trainer.inference import conversation_ids
 
@@ -329,8 +351,8 @@ def _read_prompts(args: argparse.Namespace) -> list[PromptRow]:
     if problems:
         # Each row's own reason says what is wrong with it (a field clash is no missing prompt: trial 62b).
         raise DataError(
-            f"{args.input}: {len(problems)} bad row(s) (each row needs a 'prompt' string, or a 'messages' list "
-            f"(ShareGPT: 'conversations'), and no {args.field!r} field: that is where the reply goes):\n"
+            f"{args.input}: {len(problems)} bad row(s) (each row needs a 'prompt' string, a 'messages' list "
+            f"(ShareGPT: 'conversations') or an alpaca 'instruction', and no {args.field!r} field: that is where the reply goes):\n"
             + "\n".join(f"  - {problem}" for problem in problems)
         )
     if not rows:  # what the file needed, by its kind (trial 61d: an empty .txt was said as "no rows")
@@ -339,7 +361,7 @@ def _read_prompts(args: argparse.Namespace) -> list[PromptRow]:
     return rows
 
 
-def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
+def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]] | AlpacaRow:
     values = row.values
     reason = getattr(values, "reason", None)  # a line that is not JSON
     if reason or not isinstance(values, dict):
@@ -350,6 +372,14 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]]:
         if not values["prompt"].strip():  # the model would continue from nothing: never what was meant
             raise DataError(f"{row.where}: the 'prompt' is empty")
         return str(values["prompt"])
+    if "instruction" in values and not any(key in values for key in ("prompt", "messages", "conversations")):
+        from trainer.data.formats import RowProblem, alpaca_prompt_messages
+
+        try:
+            alpaca_prompt_messages(values)
+        except RowProblem as exc:
+            raise DataError(f"{row.where}: {exc}") from None
+        return AlpacaRow(values)
     listed = "messages" if "messages" in values else "conversations"  # the field named in a message's problem
     messages = values.get("messages", values.get("conversations"))
     if messages is None and isinstance(values.get("prompt"), list):
@@ -424,7 +454,10 @@ def _generate_file(generate: _Generator, rows: list[PromptRow], args: argparse.N
     prompts, problems = [], []
     for _, prompt, where in rows:
         try:
-            prompts.append(generate.prompt(prompt) if isinstance(prompt, str) else generate.conversation(prompt))
+            if isinstance(prompt, AlpacaRow):
+                prompts.append(generate.alpaca(prompt.values))
+            else:
+                prompts.append(generate.prompt(prompt) if isinstance(prompt, str) else generate.conversation(prompt))
         except TrainerInputError as exc:  # the chat template refused it: every such row, at once
             problems.append(f"{where}: {exc}")
     if problems:

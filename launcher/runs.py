@@ -293,6 +293,10 @@ def score_marks(layout: RunLayout) -> dict[str, str]:
         examples = data.get(f"{split}_examples")
         count = examples // 2 if isinstance(examples, int) and data.get("format") == "preference" else examples
         mark = "*" if isinstance(limit, int) and isinstance(count, int) and limit < count else ""
+        # Exact match on part of the set (eval.generation.max_samples), as the final table marks it
+        # (trial 64b: the listing dropped the mark, and its note said eval.max_samples).
+        generated, of = data.get(f"{split}_exact_match_scored"), data.get(f"{split}_exact_match_of")
+        mark += "+" if isinstance(generated, int) and isinstance(of, int) and 0 < generated < of else ""
         mark += "!" if (data.get("overlap") or {}).get(split) else ""
         mark += "=" if split == "test" and data.get("test_in_validation") else ""
         if mark:
@@ -303,6 +307,7 @@ def score_marks(layout: RunLayout) -> dict[str, str]:
 def _marks_note(split: str, mark: str) -> str:
     said = {
         "*": "scored on its first eval.max_samples examples only",
+        "+": "exact match on its first eval.generation.max_samples rows only",
         "!": "some of its rows are training rows",
         "=": "some of its rows are validation rows",
     }

@@ -83,6 +83,35 @@ def test_input_file_batched_equals_one_by_one_and_keeps_fields(
     assert len(set(expected)) > 1  # different prompts, different replies: the rows were not mixed up
 
 
+def test_alpaca_rows_are_prompted_as_training_rendered_them(
+    tmp_path: Path, model_and_tokenizer: tuple[Any, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 64b: the run's own alpaca eval file was refused ("no 'prompt' string"); its rows are
+    the chat messages training renders (instruction and input, the row's system)."""
+    rows = [
+        {"instruction": QUESTIONS[0], "output": "kept as it is"},
+        {"instruction": "Answer briefly.", "input": QUESTIONS[2], "system": "You are terse."},
+    ]
+    (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["generate", str(BUNDLED_MODEL), "--input", str(tmp_path / "alpaca.jsonl"), "--max-new-tokens"]
+    assert launcher.cli.main([*args, str(NEW_TOKENS)]) == 0
+    written = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    expected = [
+        _one_by_one(model_and_tokenizer, [{"role": "user", "content": QUESTIONS[0]}]),
+        _one_by_one(
+            model_and_tokenizer,
+            [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": f"Answer briefly.\n\n{QUESTIONS[2]}"},
+            ],
+        ),
+    ]
+    assert written == [{**row, "completion": reply} for row, reply in zip(rows, expected)]
+    (tmp_path / "alpaca.jsonl").write_text(json.dumps({"instruction": "  "}) + "\n")
+    assert launcher.cli.main([*args, str(NEW_TOKENS)]) == 2
+    assert "alpaca.jsonl line 1: field 'instruction' is empty" in capfd.readouterr().err
+
+
 def test_a_text_file_of_prompts_is_one_prompt_a_line(
     tmp_path: Path, model_and_tokenizer: tuple[Any, Any], capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -144,8 +173,8 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     assert code == 2, err
     # The header says what every row needs, a field clash included (trial 62b: only the prompt).
     assert (
-        "12 bad row(s) (each row needs a 'prompt' string, or a 'messages' list (ShareGPT: 'conversations'), "
-        "and no 'completion' field" in err
+        "12 bad row(s) (each row needs a 'prompt' string, a 'messages' list (ShareGPT: 'conversations') or an "
+        "alpaca 'instruction', and no 'completion' field" in err
     )
     for number, reason in (
         (2, "invalid JSON"),

@@ -238,6 +238,11 @@ def test_a_failure_reason_that_only_announces_itself_shows_its_next_line() -> No
     assert failure_line(ray) == "Ray Train run failed: rank 1: WorkerHealthCheckFailedError: the worker died"
     assert failure_line("train.jsonl row 7: bad\nmore") == "train.jsonl row 7: bad"
     assert failure_line("\n") == "(no reason recorded)"
+    # Every bad row counted (trial 64a: two bad rows, the listing said one).
+    rows = "training data has bad rows; set data.skip_bad_rows=true:\n  t.jsonl line 3: x\n  t.jsonl line 9: y\n"
+    assert (
+        failure_line(rows) == "training data has bad rows; set data.skip_bad_rows=true: t.jsonl line 3: x (and 1 more)"
+    )
 
 
 def test_a_run_stopped_before_its_first_step_shows_its_score_as_the_base_models(
@@ -438,6 +443,12 @@ def test_a_partly_scored_or_trained_on_set_keeps_its_marks(tmp_path: Path, capsy
     assert out.count("scored on its first eval.max_samples examples only") == 1, out
     assert "  marked, twin: validation*!: scored on its first" in out, out
     shutil.rmtree(twin)
+    # Exact match on part of it (eval.generation.max_samples), as the final table's `+` (trial 64b: dropped).
+    data.update(validation_exact_match_scored=5, validation_exact_match_of=50)
+    (run / "summary.json").write_text(json.dumps({"scores": scores, "data": data, "eval_max_samples": 30}))
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "validation*+!: scored on its first eval.max_samples examples only; exact match on its first " in out, out
     (run / "summary.json").write_text(json.dumps({"scores": scores, "data": {"validation_examples": 50}}))
     assert main(["runs", str(tmp_path)]) == 0
     assert "validation loss 0.500" in capsys.readouterr().out  # a whole, clean set: no mark

@@ -182,7 +182,7 @@ def render_prompt(row: Row, fmt: str, tokenizer: Any) -> Prompt:
             if tokenizer.chat_template:
                 text = _apply_template(tokenizer, messages, add_generation_prompt=True)
                 return Prompt(_encode(tokenizer, text, specials=False), answer)
-            return Prompt(_encode(tokenizer, _alpaca_plain_prompt(values), specials=True), answer)
+            return Prompt(_encode(tokenizer, alpaca_plain_prompt(values), specials=True), answer)
         if fmt == "completion":
             prompt = _str_field(values, "prompt")
             return Prompt(_encode(tokenizer, prompt, specials=True), _str_field(values, "completion"))
@@ -715,13 +715,19 @@ def _assistant_opening(tokenizer: Any, message: dict[str, str], through: str) ->
 
 
 def _alpaca_messages(values: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+    prompt = alpaca_prompt_messages(values)
+    return prompt, _str_field(values, "output", allow_empty=False)
+
+
+def alpaca_prompt_messages(values: dict[str, Any]) -> list[dict[str, str]]:
+    """An alpaca row's prompt as chat messages (its system, then instruction and input), as training
+    renders it with a chat template; RowProblem for a missing or empty instruction."""
     instruction = _str_field(values, "instruction", allow_empty=False)
     extra = _optional_str(values, "input")
     system = _optional_str(values, "system")
-    output = _str_field(values, "output", allow_empty=False)
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     opening = [{"role": "system", "content": system}] if system.strip() else []
-    return [*opening, {"role": "user", "content": user}], output
+    return [*opening, {"role": "user", "content": user}]
 
 
 def _optional_str(values: dict[str, Any], key: str) -> str:
@@ -731,7 +737,8 @@ def _optional_str(values: dict[str, Any], key: str) -> str:
     return value
 
 
-def _alpaca_plain_prompt(values: dict[str, Any]) -> str:
+def alpaca_plain_prompt(values: dict[str, Any]) -> str:
+    """An alpaca row's prompt as training renders it without a chat template (the classic Alpaca text)."""
     extra = values.get("input") or ""
     template = ALPACA_PROMPT_WITH_INPUT if extra.strip() else ALPACA_PROMPT
     system = values.get("system") or ""  # LLaMA-Factory's alpaca column: before the instruction
@@ -743,7 +750,7 @@ def _render_alpaca(values: dict[str, Any], tokenizer: Any) -> Example:
     messages, output = _alpaca_messages(values)
     if tokenizer.chat_template:
         return _render_chat(messages + [{"role": "assistant", "content": output}], tokenizer)
-    return _prompt_answer(tokenizer, _alpaca_plain_prompt(values), output)
+    return _prompt_answer(tokenizer, alpaca_plain_prompt(values), output)
 
 
 def _prompt_answer(tokenizer: Any, prompt: str, answer: str) -> Example:
