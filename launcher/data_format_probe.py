@@ -37,7 +37,7 @@ def data_format_problems(cfg: RunConfig) -> list[str]:
 def _first_row_problem(
     key: str, spec: str | None, fmt: str, split: str = "train", skip_bad_rows: bool = False
 ) -> str | None:
-    if not spec or fmt not in PROBED or not (Path(spec).is_file() or Path(spec).is_dir()):
+    if not spec or fmt not in (*PROBED, "preference") or not (Path(spec).is_file() or Path(spec).is_dir()):
         return None  # a hub name or a missing file: said elsewhere
     from trainer.data.formats import missing_format_fields, other_format_hint
     from trainer.data.sources import read_rows
@@ -68,15 +68,17 @@ def _first_row_problem(
     if not isinstance(row.values, dict):
         return None
     values = row.values
-    missing = missing_format_fields(values, fmt)
+    missing = missing_format_fields(values, fmt) if fmt != "preference" else []
     where = f"{spec}: {row.where}" if folder else row.where  # a folder's rows are named within it
     if not missing:
-        from trainer.data.formats import chat_row_problem
+        from trainer.data.formats import chat_row_problem, preference_row_problem
 
-        # A first row training refuses for its messages (trial 64b: `{"messages": []}` in the validation
-        # file passed validate, and the workers refused it after Ray's start-up).
-        refused = chat_row_problem(values) if fmt == "chat" and not skip_bad_rows else None
-        return f"{key}: {where}: {refused}; fix the row (`ftl validate --data` checks every row)" if refused else None
+        # A first row training refuses for its messages or its pair (trial 64b: `{"messages": []}` in the
+        # validation file passed validate, and the workers refused it after Ray's start-up; 64c: a pair).
+        check = {"chat": chat_row_problem, "preference": preference_row_problem}.get(fmt)
+        refused = check(values) if check is not None and not skip_bad_rows else None
+        fix = "fix the row, or set data.skip_bad_rows=true to skip such rows (`ftl validate --data` checks every row)"
+        return f"{key}: {where}: {refused}; {fix}" if refused else None
     fields = ", ".join(sorted(map(str, values))) or "none"
     return (
         f"{key}: {where}: data.format {fmt!r} needs the field(s) {', '.join(missing)}; the row has {fields}"

@@ -389,6 +389,8 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]] | AlpacaRow:
     prompt = values.get("prompt")
     if messages is None and prompt is not None and not isinstance(prompt, list):  # trial 62b: "no 'prompt' string"
         raise DataError(f"{row.where}: the 'prompt' is {_kind_of(prompt)}, not text; write it as a string")
+    if messages is not None and not isinstance(messages, list):  # trial 64c: `"conversations": "hello"`
+        raise DataError(f"{row.where}: the {listed!r} field is {_kind_of(messages)}, not a list of turns")
     if isinstance(messages, list) and not messages:  # trial 63c: "no ... non-empty 'messages' list" of a prompt
         raise DataError(f"{row.where}: the {listed!r} list is empty; write the prompt (or its messages) in it")
     if not isinstance(messages, list):
@@ -397,7 +399,8 @@ def _prompt_of(row: Row, field: str) -> str | list[dict[str, str]] | AlpacaRow:
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             plain = "; a plain prompt is written as one string" if listed == "prompt" else ""
-            raise DataError(f"{row.where}: {listed}[{index}] must be an object with 'role' and 'content'{plain}")
+            keys = "'from' and 'value'" if listed == "conversations" else "'role' and 'content'"  # trial 64c
+            raise DataError(f"{row.where}: {listed}[{index}] must be an object with {keys}{plain}")
         raw_role = message.get("role", message.get("from"))
         role = ROLE_ALIASES.get(str(raw_role), str(raw_role))
         content = message.get("content", message.get("value"))
@@ -427,6 +430,8 @@ def _turn_problem(message: dict[str, Any], raw_role: Any, role: str, content: An
 
 
 def _kind_of(value: Any) -> str:
+    if isinstance(value, str):
+        return "text"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, (int, float)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import string
 import unicodedata
 from typing import Any
 
@@ -66,7 +67,9 @@ def normalize_answer(text: str, normalized: bool = False) -> str:
     (eval.generation.match) also case, punctuation and the English articles, as SQuAD scores
     (trial 64b: "15." against "15" was a miss, with nothing to change that)."""
     if normalized:
-        text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text.casefold())
+        # SQuAD's order: lower case, punctuation deleted (not spaced: "1,000" is "1000", "U.S." is "US"),
+        # articles dropped, whitespace collapsed; Unicode punctuation too ("«», —").
+        text = "".join(c for c in text.casefold() if c not in string.punctuation and unicodedata.category(c)[0] != "P")
         return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
     return " ".join(text.strip().split())
 

@@ -157,6 +157,8 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         '{"conversations": [{"from": "human"}]}',
         '{"conversations": [{"from": "robot", "value": "hi"}]}',
         '{"messages": [{"role": "user", "content": 3}]}',
+        '{"conversations": ["hi"]}',
+        '{"conversations": "hello"}',
     ]
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     code = launcher.cli.main(
@@ -173,7 +175,7 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
     assert code == 2, err
     # The header says what every row needs, a field clash included (trial 62b: only the prompt).
     assert (
-        "12 bad row(s) (each row needs a 'prompt' string, a 'messages' list (ShareGPT: 'conversations') or an "
+        "14 bad row(s) (each row needs a 'prompt' string, a 'messages' list (ShareGPT: 'conversations') or an "
         "alpaca 'instruction', and no 'completion' field" in err
     )
     for number, reason in (
@@ -194,6 +196,8 @@ def test_bad_input_rows_are_all_reported_before_the_model_loads(
         # Trial 63e: a turn missing only 'value' was told it needed 'from': only what is wrong is said.
         (11, "conversations[0]: no 'value' (a turn needs 'from' (human, gpt, system) and a string 'value')"),
         (12, "conversations[0]: 'from' is 'robot', not one of human, gpt, system (a turn needs 'from'"),
+        (14, "conversations[0] must be an object with 'from' and 'value'"),  # trial 64c: told of role/content
+        (15, "the 'conversations' field is text, not a list of turns"),
         (13, "messages[0]: 'content' is a number (3), not text (a turn needs 'role' (system, user, assistant, tool)"),
     ):
         assert f"p.jsonl line {number}: {reason}" in err

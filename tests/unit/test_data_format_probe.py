@@ -100,7 +100,7 @@ def test_a_first_chat_row_training_refuses_is_refused_before_any_backend(tmp_pat
     [said] = data_format_problems(load_config(lora, [f"data.validation={bad}"]))
     assert said == (
         "data.validation: bad.jsonl line 1: field 'messages' must be a non-empty list of {role, content} objects; "
-        "fix the row (`ftl validate --data` checks every row)"
+        "fix the row, or set data.skip_bad_rows=true to skip such rows (`ftl validate --data` checks every row)"
     )
     # A row with no assistant answer, in the training data.
     _jsonl(bad, [{"messages": [{"role": "user", "content": "q"}]}])
@@ -108,3 +108,12 @@ def test_a_first_chat_row_training_refuses_is_refused_before_any_backend(tmp_pat
     assert said.startswith("data.train: bad.jsonl line 1: no assistant message"), said
     # Skipped rows are training's to skip: not refused here.
     assert data_format_problems(load_config(lora, [f"data.train={bad}", "data.skip_bad_rows=true"])) == []
+    # A preference pair (trial 64c: a first row without 'rejected' passed, a DPO run refused it after Ray).
+    dpo = REPO / "configs/examples/dpo.yaml"
+    assert data_format_problems(load_config(dpo)) == []  # the bundled pairs, in either style
+    _jsonl(bad, [{"prompt": "q", "chosen": "a"}])
+    [said] = data_format_problems(load_config(dpo, [f"data.train={bad}"]))
+    assert said.startswith("data.train: bad.jsonl line 1: missing field 'rejected'"), said
+    _jsonl(bad, [{"prompt": "q", "chosen": " ", "rejected": ""}])
+    [said] = data_format_problems(load_config(dpo, [f"data.train={bad}"]))
+    assert said.startswith("data.train: bad.jsonl line 1: fields 'chosen' and 'rejected' are empty"), said

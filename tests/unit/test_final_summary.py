@@ -270,6 +270,10 @@ def test_exact_match_normalized_ignores_case_punctuation_and_articles_and_the_ta
     assert normalize_answer("The  Rainling.", normalized=True) == normalize_answer("rainling", normalized=True)
     assert normalize_answer("15.", normalized=True) == normalize_answer(" 15", normalized=True) == "15"
     assert normalize_answer("Mt. Oro", normalized=True) == "mt oro"
+    # Punctuation deleted, as SQuAD does (trial 64c: spaced, "1,000" was not "1000", "A-ha" was "ha").
+    for said, reference in (("1,000", "1000"), ("U.S.", "US"), ("e-mail", "email"), ("$5", "5"), ("don't", "dont")):
+        assert normalize_answer(said, normalized=True) == normalize_answer(reference, normalized=True), said
+    assert normalize_answer("A-ha", normalized=True) != normalize_answer("ha", normalized=True)
     assert normalize_answer("theory", normalized=True) == "theory"  # whole words only
     data = {"train_examples": 12, "train_rows": 12, "token_efficiency": 1.0, "packing": False}
     scores = {

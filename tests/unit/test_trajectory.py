@@ -216,6 +216,23 @@ def test_a_folder_that_was_never_a_checkpoint_is_said_as_what_it_is(tmp_path: Pa
     assert f"is a model folder (config.json), not an ftl checkpoint: to fine-tune it, set model.path={model}" in str(
         refused.value
     )
+    # A run's final/ (trial 64c: said as an unfinished write): its latest checkpoint, or its adapter.
+    old = tmp_path / "old"
+    _earlier_run(old, [2, 4])
+    (old / "final" / "adapter").mkdir(parents=True)
+    said = refusal_before_launch(new, str(old / "final"), move_aside=False, max_steps=None)
+    assert said == (
+        f"checkpoint.resume={str(old / 'final')!r} is the final model folder of a run, not a checkpoint: to go on "
+        f"training that run, name one of its checkpoints, e.g. checkpoint.resume={old / 'checkpoints' / 'step-4'}; "
+        f"to start a new run from its adapter, method.lora.init_from={old / 'final' / 'adapter'}"
+    )
+    data = tmp_path / "data"  # any other folder
+    data.mkdir()
+    (data / "train.jsonl").write_text("{}\n")
+    said = refusal_before_launch(new, str(data), move_aside=False, max_steps=None)
+    assert said is not None and said.endswith(
+        "holds no manifest.json, so it is no ftl checkpoint: name a checkpoint folder (e.g. runs/x/checkpoints/step-40)"
+    ), said
     unfinished = tmp_path / "step-9"  # a folder with files but no manifest: a write that did not finish
     unfinished.mkdir()
     (unfinished / "model.safetensors").write_bytes(b"x")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -271,6 +272,17 @@ def _what_else_it_is(path: Path) -> str | None:
             "is a model folder (config.json), not an ftl checkpoint: to fine-tune it, set "
             f"model.path={path}; to resume a run, name its checkpoint folder ({example})"
         )
+    if (path.parent / "checkpoints").is_dir() and ((path / "adapter").is_dir() or (path / "merged").is_dir()):
+        # A run's final/ (trial 64c: the path a user most likely types, said as an unfinished write).
+        fine = [c for c in committed_checkpoints(path.parent) if validate_checkpoint(c, checksums=False) is None]
+        pick = f"checkpoint.resume={fine[-1]}" if fine else f"one of {path.parent / 'checkpoints'}/step-N"
+        adapter = f"; to start a new run from its adapter, method.lora.init_from={path / 'adapter'}"
+        return (
+            f"is the final model folder of a run, not a checkpoint: to go on training that run, name one of its "
+            f"checkpoints, e.g. {pick}{adapter if (path / 'adapter').is_dir() else ''}"
+        )
+    if not re.fullmatch(r"step-\d+", path.name):  # a step-N folder without a manifest: a write that did not finish
+        return f"holds no {MANIFEST}, so it is no ftl checkpoint: name a checkpoint folder ({example})"
     return None
 
 

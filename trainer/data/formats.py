@@ -111,6 +111,18 @@ def chat_row_problem(values: dict[str, Any]) -> str | None:
     return None
 
 
+def preference_row_problem(values: dict[str, Any]) -> str | None:
+    """What training refuses in a preference row's prompt, chosen and rejected (missing, empty,
+    mixed styles), found without a tokenizer; None when the pair is well formed."""
+    try:
+        _preference_responses(implicit_prompt(values))
+    except RowProblem as exc:
+        return str(exc)
+    except KeyError as exc:  # no prompt, and none the conversations imply
+        return f"missing field {exc}"
+    return None
+
+
 def other_format_hint(values: dict[str, Any], fmt: str) -> str:
     """A row missing its format's fields that has another format's: the config's data.format (or
     data.train) is probably the wrong one (trial 37a: a chat row in a preference file)."""
