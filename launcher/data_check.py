@@ -69,6 +69,9 @@ def data_command(cfg: RunConfig, examples: int) -> int:
     few = _early_stopping_on_few(cfg, check)
     if few is not None:
         print(f"\nwarning: {few}")
+    beyond = _answers_past_new_tokens(cfg, tokenizer) if generated else None
+    if beyond is not None:
+        print(f"\nwarning: {beyond}")
     refusals = check.refusals()
     if refusals:
         bad = not check.skip_bad_rows and any(file.fates["bad"] for file in check.files)
@@ -429,6 +432,38 @@ def _cut_lengths_note(cut: int) -> str:
     if not cut:
         return ""
     return f" ({_count(cut, 'row')} counted only up to a cut of the text: the max is at least that, not exact)"
+
+
+def _answers_past_new_tokens(cfg: RunConfig, tokenizer: Any) -> str | None:
+    """The warning training gives of reference answers exact match can never reach (longer than
+    eval.generation.max_new_tokens), from the same rows it scores (trial 64c: only the workers said it)."""
+    from types import SimpleNamespace
+
+    from trainer.data.formats import render_prompt
+    from trainer.data.sources import read_rows
+    from trainer.errors import DataError as RowError
+    from trainer.evaluate import answers_past_new_tokens
+
+    data, limit = cfg.data, cfg.eval.generation.max_samples
+    files = [("validation", data.validation, data.format), ("test", data.test, data.format)]
+    files += [(source.name, source.validation, source.format or data.format) for source in data.mixture]
+    sets = []
+    for name, spec, fmt in files:
+        if not spec or fmt not in ("chat", "alpaca", "completion", "preference"):
+            continue
+        prompts = []
+        try:
+            for row in read_rows(spec, "train"):
+                if limit is not None and len(prompts) >= limit:
+                    break
+                try:
+                    prompts.append(render_prompt(row, fmt, tokenizer))
+                except RowError:
+                    continue  # a bad row: the report above names it
+        except (RowError, OSError):
+            continue
+        sets.append(SimpleNamespace(name=name, prompts=prompts))
+    return answers_past_new_tokens(sets, tokenizer, cfg.eval.generation.max_new_tokens)
 
 
 def _count(n: int, noun: str) -> str:

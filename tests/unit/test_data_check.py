@@ -939,3 +939,20 @@ def test_validate_warns_of_a_mixture_source_an_epoch_draws_many_times_over(
     assert "warning: data.mixture: an epoch draws tiny (" in out and "lower its weight or give it more rows" in out, out
     code, out, err = _validate_data(capsys, config, "data.mixture.1.weight=0.01")
     assert code == 0 and "learnt by heart" not in out, out
+
+
+def test_answers_exact_match_cannot_reach_are_warned_of(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 64c: the warning of answers longer than eval.generation.max_new_tokens came from the
+    workers only, after Ray's start-up; validate --data reads the same rows."""
+    config = write_config(tmp_path / "cfg.yaml", BUNDLED_MODEL, tmp_path / "run")
+    on = "eval.generation.enabled=true"
+    code, out, err = _validate_data(
+        capsys, config, on, "eval.generation.max_new_tokens=1", "eval.generation.max_samples=20"
+    )
+    assert code == 0, err
+    assert (
+        "warning: reference answers longer than eval.generation.max_new_tokens=1 tokens can never be an exact "
+        "match: validation: 20 of 20 (up to 2 tokens); raise eval.generation.max_new_tokens"
+    ) in out, out[-2000:]
+    code, out, err = _validate_data(capsys, config, on, "eval.generation.max_new_tokens=2")
+    assert code == 0 and "can never be an exact match" not in out, err
