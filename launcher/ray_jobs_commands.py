@@ -174,9 +174,16 @@ def _call(action, job_id: str | None = None):  # type: ignore[no-untyped-def]
     try:
         return action(jobs)
     except jobs.JobError as exc:
-        raise UserError(f"{exc}{_not_a_ray_job_hint(job_id)}") from None
+        raise UserError(_with_hint(str(exc), job_id)) from None
     except RuntimeError as exc:  # the job server's answer, e.g. "job does not exist"
-        raise UserError(f"Ray job server: {exc}{_not_a_ray_job_hint(job_id)}") from None
+        raise UserError(_with_hint(f"Ray job server: {exc}", job_id)) from None
+
+
+def _with_hint(said: str, job_id: str | None) -> str:
+    """What Ray said, after the hint when the id is a Slurm job's or a folder: that is what the user
+    needs first (trial 64a: a Ray address error opened the message for a Slurm job id)."""
+    hint = _not_a_ray_job_hint(job_id)
+    return f"{hint.strip()}\n(Ray: {said})" if hint else said
 
 
 def _not_a_ray_job_hint(job_id: str | None) -> str:

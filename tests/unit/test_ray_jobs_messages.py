@@ -63,6 +63,7 @@ def test_a_slurm_job_id_given_to_the_ray_jobs_verbs_says_where_slurms_commands_a
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     out = subprocess.run([*FTL, "status", "172"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2 and "172 looks like a Slurm job id" in out.stderr and "scancel 172" in out.stderr
+    assert out.stderr.startswith("error: 172 looks like a Slurm job id"), out.stderr  # first (trial 64a)
     named = subprocess.run([*FTL, "status", "ftl-run-1"], cwd=REPO, capture_output=True, text=True, env=env)
     assert named.returncode == 2 and "Slurm" not in named.stderr
 
