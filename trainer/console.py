@@ -108,7 +108,7 @@ class RunConsole:
         # The first step includes warm-up (compilation, caches): the pace counts the steps after it.
         eta = duration((now - first_time) / (step - first_step) * (total - step)) if step > first_step else "-"
         self.event(
-            f"{PROGRESS} {step}/{total} {100 * step / max(total, 1):.0f}% loss {values['loss']:.4f} "
+            f"{PROGRESS} {step}/{total} {100 * step // max(total, 1)}% loss {values['loss']:.4f} "
             f"lr {values['lr']:.2e} {self.speed_unit} {values['tokens_per_s']:.0f} eta {eta}"
         )
 

@@ -45,6 +45,13 @@ def test_an_image_run_counts_images_per_second() -> None:
     assert stream.getvalue().rstrip().endswith("step 1/100 1% loss 1.5000 lr 2.00e-04 img/s 1234 eta -")
 
 
+def test_a_step_before_the_last_is_not_said_as_done() -> None:
+    """Trial 64a: 'step 199/200 100%' (rounded up) while a step was left."""
+    stream = io.StringIO()
+    RunConsole(True, every_s=10.0, stream=stream, clock=Clock()).progress(199, 200, _values())
+    assert "step 199/200 99% loss" in stream.getvalue()
+
+
 def test_events_and_other_ranks_silent() -> None:
     stream = io.StringIO()
     console = RunConsole(True, every_s=10.0, stream=stream, clock=Clock())
