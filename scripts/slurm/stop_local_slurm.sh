@@ -14,3 +14,7 @@ for pidfile in "$DIR"/slurmd-*.pid "$DIR/slurmctld.pid"; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
 done
 sleep 1
+# munged stays: the system's own Slurm (or another user's) may use it (trial 64a: not said).
+if pgrep -x munged >/dev/null 2>&1; then
+    echo "stopped the local Slurm in $DIR; munged is left running (other Slurm users may need it; stop it with: pkill -x munged)"
+fi
