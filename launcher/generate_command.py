@@ -317,7 +317,20 @@ class _Generator:
         out = [""] * len(prompts)
         for index, text in zip(order, texts):
             out[index] = text
+        self._note_cut_replies(out)
         return out
+
+    def _note_cut_replies(self, replies: list[str]) -> None:
+        """Replies that used every one of --max-new-tokens: most likely cut there, not finished
+        (trial 64b: nothing said so). Counted by re-encoding, close to the tokens generated."""
+        cut = sum(len(self.tokenizer.encode(r, add_special_tokens=False)) >= self.max_new_tokens for r in replies)
+        if cut:
+            which = "the reply" if len(replies) == 1 else f"{cut} of {len(replies)} replies"
+            print(
+                f"ftl: note: {which} used all --max-new-tokens {self.max_new_tokens} tokens and may be cut short; "
+                "raise --max-new-tokens for longer answers",
+                file=sys.stderr,
+            )
 
     def past_positions(self, ids: list[int]) -> str | None:
         """Why these prompt tokens leave no room for a reply (a learned position table has no row

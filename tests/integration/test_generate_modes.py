@@ -535,3 +535,13 @@ def test_an_empty_reply_is_said_as_one(
     monkeypatch.setattr(generate_command._Generator, "replies", lambda self, batch: ["yes"] * len(batch))
     assert launcher.cli.main(["generate", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
     assert "empty reply" not in capsys.readouterr().err
+
+
+def test_a_reply_cut_at_max_new_tokens_is_said(capfd: pytest.CaptureFixture[str]) -> None:
+    """Trial 64b: a reply cut by --max-new-tokens looked like the model's whole answer."""
+    args = ["generate", str(BUNDLED_MODEL), "--prompt", QUESTIONS[0], "--max-new-tokens"]
+    assert launcher.cli.main([*args, "1"]) == 0
+    said = capfd.readouterr().err
+    assert "ftl: note: the reply used all --max-new-tokens 1 tokens and may be cut short" in said, said
+    assert launcher.cli.main([*args, "40"]) == 0  # the bundled model ends its short answer well before 40
+    assert "may be cut short" not in capfd.readouterr().err
