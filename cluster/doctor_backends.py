@@ -147,12 +147,27 @@ def _ray_doctor_worker(config: dict[str, Any]) -> None:
     (out / f"rank-{rank}.json").write_text(json.dumps(result))
 
 
+WAITING_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+
+
 def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dict[str, Any]]:
     """A short Slurm job with the run's shape (nodes x workers tasks, partition, account...):
     srun starts the doctor workers with torchrun's environment built from Slurm's."""
-    from cluster.slurm import SlurmError, check_slurm_client, job_info, sbatch_refusal
+    from cluster.slurm import (
+        PENDING_HINTS,
+        SlurmError,
+        SlurmSettingRejected,
+        check_slurm_client,
+        job_info,
+        queue_warnings,
+        sbatch_refusal,
+    )
 
     check_slurm_client()
+    # A job this Slurm can never start (trial 64d: `cluster.nodes=3` on two nodes waited silently for ever).
+    never = queue_warnings(cluster)
+    if never:
+        raise SlurmSettingRejected(f"the doctor's Slurm job would not start: {never[0]}")
 
     scratch = _existing_parent(run_dir) / f"{DOCTOR_PROBE}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
@@ -194,11 +209,18 @@ def _on_slurm(cluster: ClusterConfig, run_dir: Path, size_mb: float) -> list[dic
         raise sbatch_refusal("sbatch of the doctor job", out.stderr.strip() or out.stdout.strip())
     job_id = out.stdout.strip().split(";")[0]
     deadline = time.time() + SLURM_WAIT_S
-    while job_info(job_id).get("JobState", "UNKNOWN") in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
-        if time.time() > deadline:
-            subprocess.run(["scancel", job_id], check=False)
-            raise SlurmError(f"the doctor job {job_id} did not finish in {SLURM_WAIT_S} s (queue wait?)")
-        time.sleep(1)
+    try:
+        while (info := job_info(job_id)).get("JobState", "UNKNOWN") in WAITING_STATES:
+            reason = str(info.get("Reason", "")).split(",")[0].strip("()")
+            if info.get("JobState") == "PENDING" and reason in PENDING_HINTS:  # it would wait for ever
+                raise SlurmError(f"the doctor job {job_id} cannot start ({reason}): {PENDING_HINTS[reason]}")
+            if time.time() > deadline:
+                raise SlurmError(f"the doctor job {job_id} did not finish in {SLURM_WAIT_S} s (queue wait?)")
+            time.sleep(1)
+    except BaseException:  # refused above, or Ctrl-C: no job of the doctor's left in the queue, no scratch folder
+        subprocess.run(["scancel", job_id], check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     try:
         results = _collect(scratch / "results", cluster.world_size)
     except FileNotFoundError:

@@ -14,12 +14,12 @@ import contextlib
 import select
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cluster.stderr_gone import say_to_stderr
 from trainer.stopping import STOP_SIGNALS, request_stop
 
 FORCE_QUIT_AFTER = 3  # Ctrl-C presses
@@ -177,10 +177,7 @@ def _say(message: str) -> None:
     # A reader of ftl's output that has gone (`ftl train ... | head`) must not cost the stop: the
     # notice raised BrokenPipeError in the handler, before the request was written, and every later
     # Ctrl-C or SIGTERM was lost with it (trial 64a).
-    try:
-        print(f"ftl: {message}", file=sys.stderr, flush=True)
-    except (BrokenPipeError, OSError, ValueError):
-        pass
+    say_to_stderr(f"ftl: {message}\n")
 
 
 def signal_name(signum: int) -> str:

@@ -23,6 +23,7 @@ from cluster.errors import WorkerFailed
 from cluster.results import clear_result, read_result, recorded_input_error, take_result
 from cluster.signals import signal_name, signals_request_stop
 from cluster.slurm_states import FINAL_STATES
+from cluster.stderr_gone import say_to_stderr
 from trainer.errors import EXIT_INPUT_ERROR, FtlError, InputError
 from trainer.outcome import OutcomeKind
 from trainer.run_layout import RunLayout
@@ -153,7 +154,7 @@ def _key_hint(said: str) -> str:
     lowered = said.lower()
     for words, key in (
         (("--time", "time limit"), "cluster.slurm.time"),
-        (("--mem",), "cluster.slurm.mem"),
+        (("--mem", "memory specification"), "cluster.slurm.mem"),  # before "node configuration" (trial 64d)
         (("account",), "cluster.slurm.account"),
         (("qos",), "cluster.slurm.qos"),
         # cpus_per_task multiplies the CPUs a node is asked for (trial 64a: left out of the hint).
@@ -210,7 +211,10 @@ def queue_warnings(cluster: ClusterConfig) -> list[str]:
     asked = cluster.slurm.partition
     if asked and "," not in asked and asked not in nodes:
         listed = ", ".join(f"{name}{'*' if name == default else ''}" for name in nodes)
-        return [f"cluster.slurm.partition={asked!r}: this Slurm has no such partition (sinfo; * = default): {listed}"]
+        return [
+            f"cluster.slurm.partition={asked!r}: this Slurm has no such partition (sinfo; * = default): {listed}; "
+            "set cluster.slurm.partition"
+        ]
     partition = asked or default
     held = nodes.get(partition or "")
     if held is not None and cluster.nodes > held:
@@ -256,7 +260,7 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
     clear_result(run_dir)
     job_id = submit(run_dir, cluster, followed=True)
     log_path = RunLayout(run_dir).slurm_log(job_id)
-    print(f"ftl: submitted Slurm job {job_id}; log {log_path}", file=sys.stderr, flush=True)
+    say_to_stderr(f"ftl: submitted Slurm job {job_id}; log {log_path}\n")
     shown = 0
 
     def cancel() -> None:
@@ -292,11 +296,7 @@ def submit_and_wait(run_dir: Path, cluster: ClusterConfig) -> dict[str, Any]:
                     cancelled_pending = True
                 reason = info.get("Reason", "None")
                 if reason not in ("None", said_reason):
-                    print(
-                        f"ftl: Slurm job {job_id} is waiting to start ({reason}){_pending_hint(reason)}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    say_to_stderr(f"ftl: Slurm job {job_id} is waiting to start ({reason}){_pending_hint(reason)}\n")
                     said_reason = reason
             time.sleep(POLL_S)
     _stream_new(log_path, shown)
@@ -350,7 +350,6 @@ def _stream_new(path: Path, shown: int) -> int:
     with path.open("rb") as handle:
         handle.seek(shown)
         chunk = handle.read()
-    if chunk:
-        sys.stderr.write(chunk.decode(errors="replace"))
-        sys.stderr.flush()
+    if chunk:  # a reader of ftl's output that has gone must not end the following (trial 64d)
+        say_to_stderr(chunk.decode(errors="replace"))
     return shown + len(chunk)

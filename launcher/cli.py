@@ -196,12 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except FtlError as exc:  # what the user should see and the exit code are the error's own (trainer/errors.py)
+        from cluster.stderr_gone import say_to_stderr
+
         message = exc.report()
         if message is not None and not _said_by_rank0(exc.exit_code):
-            print(message, file=sys.stderr)
+            say_to_stderr(message + "\n")  # the exit code is the error's even when no one reads it (trial 64d)
         return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the run started, or a force-quit (third Ctrl-C) during it
-        print("ftl: interrupted", file=sys.stderr)
+        from cluster.stderr_gone import say_to_stderr
+
+        say_to_stderr("ftl: interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `ftl runs | head -1`: the reader has all it wanted; no traceback
         # Python would flush stdout again at exit and fail the same way: point it at /dev/null.

@@ -945,6 +945,32 @@ def test_slurm_job_that_cannot_start_says_why_and_ctrl_c_cancels_it(tmp_path, ti
     assert " not started " in shown.stdout and "failed" not in shown.stdout, shown.stdout
 
 
+def test_a_slurm_job_followed_through_a_pipe_whose_reader_left_still_stops_on_ctrl_c(tmp_path, tiny_model_dir, slurm):
+    """Trial 64d: `ftl train ... | head -4`: the next line ftl printed raised BrokenPipeError, ftl exited
+    141, and its pending job was left queued for ever (no one left for a Ctrl-C to reach)."""
+    config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm", "nodes": 3, "workers": 1})
+    launcher = subprocess.Popen([*FTL, "train", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        said = b""
+        while b"waiting to start" not in said:  # what `head` would read before it exits
+            line = launcher.stderr.readline()
+            assert line, said.decode()[-3000:]
+            said += line
+        launcher.stderr.close()  # the reader is gone: every later write of ftl's fails
+        time.sleep(2 * 2)  # two polls (POLL_S) with nothing to say: ftl still follows the job
+        assert launcher.poll() is None, launcher.returncode
+        launcher.send_signal(signal.SIGINT)  # its notice cannot be printed either
+        assert launcher.wait(timeout=60) == 128 + signal.SIGINT
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    from cluster.slurm import job_info
+    from trainer.run_layout import RunLayout
+
+    job_id = RunLayout(tmp_path / "run").slurm_job_id.read_text().strip()
+    assert job_info(job_id).get("JobState", "CANCELLED") == "CANCELLED"
+
+
 def test_slurm_unknown_partition_names_the_clusters_partitions(tmp_path, tiny_model_dir, slurm):
     config = _config(tmp_path, tiny_model_dir, "run", cluster={"backend": "slurm"})
     out = _ftl("slurm", str(config), "--partition", "gpu")
@@ -962,6 +988,10 @@ def test_slurm_unknown_partition_names_the_clusters_partitions(tmp_path, tiny_mo
     doctor = _ftl("doctor", str(config), "cluster.slurm.partition=gpu")
     assert doctor.returncode == 2 and "set cluster.slurm.partition" in doctor.stderr, doctor.stderr
     assert not list(tmp_path.glob("*doctor*")), "the doctor's scratch directory is left behind"
+    # A job the partition can never start (trial 64d: the doctor waited silently for ever).
+    doctor = _ftl("doctor", str(config), "cluster.nodes=3")
+    assert doctor.returncode == 2 and "the doctor's Slurm job would not start: cluster.nodes=3" in doctor.stderr
+    assert not list(tmp_path.glob("*doctor*"))
     no_conf = _ftl("slurm", str(config), "output.dir=" + str(tmp_path / "never"), env={"SLURM_CONF": "/nonexistent"})
     assert no_conf.returncode == 1 and "SLURM_CONF=/nonexistent: no such file" in no_conf.stderr, no_conf.stderr
     assert not (tmp_path / "never").exists()

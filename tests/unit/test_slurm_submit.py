@@ -135,7 +135,8 @@ def test_a_job_that_would_wait_for_ever_is_warned_of(tmp_path: Path, monkeypatch
     [said] = queue_warnings(ClusterConfig(backend="slurm", nodes=2, slurm={"partition": "gpu"}))
     assert said.startswith("cluster.nodes=2, but partition gpu has 1 node(s)"), said
     assert queue_warnings(ClusterConfig(backend="slurm", slurm={"partition": "big"})) == [
-        "cluster.slurm.partition='big': this Slurm has no such partition (sinfo; * = default): debug*, gpu"
+        "cluster.slurm.partition='big': this Slurm has no such partition (sinfo; * = default): debug*, gpu; "
+        "set cluster.slurm.partition"
     ]
     sinfo.write_text("#!/bin/sh\nexit 1\n")  # no cluster to ask: nothing said
     assert queue_warnings(ClusterConfig(backend="slurm", nodes=9)) == []
