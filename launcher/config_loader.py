@@ -719,7 +719,12 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
     if kind == "literal_error":
         allowed = err.get("ctx", {}).get("expected", "")
         got = err.get("input")
-        return f"{where}: must be one of {allowed}; got {got!r}{_close_value(got, allowed)}{_null_hint(err, dotted, key_lines)}"
+        unexpanded = (
+            " (ftl expands environment variables in path keys only)"  # trial 64d: `lr_scheduler=${SCHED}`
+            if isinstance(got, str) and re.search(r"\$\{?[A-Za-z_]", got)
+            else ""
+        )
+        return f"{where}: must be one of {allowed}; got {got!r}{_close_value(got, allowed)}{unexpanded}{_null_hint(err, dotted, key_lines)}"
     if kind == "model_type" and not isinstance(err.get("input"), dict):
         # `tracking=[mlflow]`, `training=5`: pydantic's "valid dictionary or instance of
         # TrackingConfig" names a class the user never sees.
@@ -757,11 +762,11 @@ def _describe(err: Mapping[str, Any], key_lines: dict[str, int]) -> str:
         message += f" (a whole number: write {_whole_number(got)})"  # `1e2` (trial 52a)
     elif kind.endswith("_parsing") and isinstance(got, str) and re.search(r"\$\{?[A-Za-z_]", got):
         # Trial 63a: `training.learning_rate=${LR}` in single quotes; ftl expands variables in path keys only.
-        variable = got.lstrip("$").strip("{}")
-        shell = f'let the shell expand it: {shown_key(loc)}="${variable}" in double quotes, or write the number'
+        # The text as written, in double quotes: the shell expands ${LR:-1e-3} too (trial 64d: cut to "$LR:-1e-3").
+        shell = f'let the shell expand it: {shown_key(loc)}="{got}" in double quotes, or write the value'
         message += (
             f" (ftl expands environment variables in path keys only; "
-            f"{shell if 'command line' in where else 'write the number'})"
+            f"{shell if 'command line' in where else 'write the value'})"
         )
     return f"{where}: {message}" if dotted else message
 
@@ -875,14 +880,12 @@ def _did_you_mean(loc: list[str]) -> str:
     if alias not in valid and (elsewhere := _key_elsewhere(loc[-1])):
         # The right name in another section (training.early_stopping for transfer.early_stopping).
         return f"; did you mean {elsewhere!r}? ({loc[-1]} is a key of {elsewhere.rsplit('.', 1)[0]})"
-    head, dot, rest = loc[-1].partition(".")
-    if (
-        dot and head in valid
-    ):  # `training.max_steps: 5` written flat in the file (trial 63a: "did you mean 'training'?")
-        return (
-            f"; YAML nests a dotted name: write {head}: then {rest}: indented under it (dotted names are for "
-            "command-line overrides)"
-        )
+    # `training.max_steps: 5` written flat in the file (trial 63a: "did you mean 'training'?"), every
+    # level nested (trial 64d: `method.lora.r` was told to write `lora.r:` under method:).
+    levels = loc[-1].split(".")
+    if len(levels) > 1 and levels[0].lower() in valid:
+        nested = ", then ".join(f"{name.lower()}:" for name in levels)
+        return f"; YAML nests a dotted name: write {nested}, each indented under the one before (dotted names are for command-line overrides)"
     # ftl's keys are lower case: TRAINING.MAX_STEPS=5 got no suggestion (trial 63a).
     lower = loc[-1].lower() if loc[-1].lower() in valid else None
     close = (

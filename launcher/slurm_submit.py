@@ -52,15 +52,17 @@ def slurm(args: argparse.Namespace) -> int:
             problems + ([refusal] if refusal else []) + output_dir_problems(local_run_dir(cfg), cfg.checkpoint.resume)
         )
         if refused:
-            raise UserError("`ftl slurm` would refuse this job:\n" + "\n".join(f"  - {p}" for p in refused))
+            raise UserError(
+                f"`ftl slurm` would refuse this job ({args.config}):\n" + "\n".join(f"  - {p}" for p in refused)
+            )
         from launcher.failure_record import retry_note
 
         retry = retry_note(local_run_dir(cfg), cfg.checkpoint.resume)
         if retry:
             print(f"ftl: note: {retry}", file=sys.stderr)
         return 0
-    if problems:
-        raise UserError("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    if problems:  # the config named, as validate and train do (trial 64d)
+        raise UserError(f"cannot start {args.config}:\n" + "\n".join(f"  - {p}" for p in problems))
     check_slurm_client()  # before the run directory exists: no directory left for a job that never was
     if not local_run_dir(cfg).exists():  # a refusal now leaves no run directory behind
         refusal = start_refusal(cfg, local_run_dir(cfg))

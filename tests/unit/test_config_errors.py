@@ -1374,14 +1374,24 @@ def test_upper_case_and_flat_dotted_keys_and_variables_in_numbers_get_their_fix(
     (problem,) = _problems(_write(tmp_path, valid_text + "training.max_steps: 5\n"))
     assert (
         "training.max_steps (line " in problem
-        and ("unknown key; YAML nests a dotted name: write training: then max_steps: indented under it") in problem
+        and (
+            "unknown key; YAML nests a dotted name: write training:, then max_steps:, each indented under the one before"
+        )
+        in problem
     ), problem
     (problem,) = _problems(_write(tmp_path, valid_text), ["training.learning_rate=${LR}"])
     assert problem.endswith(
         "got '${LR}' (ftl expands environment variables in path keys only; let the shell expand it: "
-        'training.learning_rate="$LR" in double quotes, or write the number)'
+        'training.learning_rate="${LR}" in double quotes, or write the value)'
     ), problem
     in_file = valid_text.replace("training:\n", "training:\n  max_steps: $STEPS\n", 1)
     assert in_file != valid_text
     (problem,) = _problems(_write(tmp_path, in_file))
-    assert problem.endswith("got '$STEPS' (ftl expands environment variables in path keys only; write the number)")
+    assert problem.endswith("got '$STEPS' (ftl expands environment variables in path keys only; write the value)")
+    # Every level nested, the shell's own default syntax kept, a choice key told too (trial 64d).
+    (problem,) = _problems(_write(tmp_path, valid_text + "METHOD.lora.r: 4\n"))
+    assert "write method:, then lora:, then r:, each indented under the one before" in problem, problem
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.learning_rate=${LR:-1e-3}"])
+    assert 'training.learning_rate="${LR:-1e-3}" in double quotes, or write the value)' in problem, problem
+    (problem,) = _problems(_write(tmp_path, valid_text), ["training.lr_scheduler=${SCHED}"])
+    assert problem.endswith("got '${SCHED}' (ftl expands environment variables in path keys only)"), problem
