@@ -85,7 +85,7 @@ def test_ftl_slurm_refuses_what_ftl_train_refuses_before_a_job_is_queued(
     ):
         assert launcher.cli.main(["slurm", str(config), override]) == 2
         err = capsys.readouterr().err
-        assert "cannot start:" in err and said in err, err
+        assert f"cannot start {config}:" in err and said in err, err  # the config named (trial 64d)
     assert not called.exists() and not (tmp_path / "run").exists()
 
 
