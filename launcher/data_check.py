@@ -451,7 +451,7 @@ def _answers_past_new_tokens(cfg: RunConfig, tokenizer: Any) -> str | None:
     for name, spec, fmt in files:
         if not spec or fmt not in ("chat", "alpaca", "completion", "preference"):
             continue
-        prompts = []
+        prompts: list[Any] = []
         try:
             for row in read_rows(spec, "train"):
                 if limit is not None and len(prompts) >= limit:
